@@ -1,0 +1,96 @@
+"""Ed25519 keys on disk: ``$DEAI_HOME/keys/NAME.key`` holds the 32-byte seed in hex.
+
+``DEAI_HOME`` defaults to ``./.deai``, beside the devnet's database, so each
+checkout has its own keys. Files are created 0600.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from nacl.signing import SigningKey, VerifyKey
+
+from deai.core import auth
+from deai.core.errors import InvalidInput, NotFound
+
+_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+
+def home() -> Path:
+    return Path(os.environ.get("DEAI_HOME", ".deai")).resolve()
+
+
+def keys_dir() -> Path:
+    return home() / "keys"
+
+
+@dataclass(frozen=True)
+class Identity:
+    name: str
+    signing_key: SigningKey
+
+    @property
+    def id(self) -> str:
+        return self.signing_key.verify_key.encode().hex()
+
+    def sign(self, data: bytes) -> str:
+        return self.signing_key.sign(data).signature.hex()
+
+    def headers(self, method: str, path: str, body: bytes) -> dict[str, str]:
+        ts = f"{time.time():.3f}"
+        nonce = secrets.token_urlsafe(18)
+        sig = self.sign(auth.message(method, path, body, ts, nonce))
+        return {auth.HEADER_KEY: self.id, auth.HEADER_TS: ts, auth.HEADER_NONCE: nonce,
+                auth.HEADER_SIG: sig}
+
+    @classmethod
+    def generate(cls, name: str = "") -> Identity:
+        return cls(name, SigningKey.generate())
+
+
+def verify(account_id: str, data: bytes, signature_hex: str) -> bool:
+    try:
+        VerifyKey(bytes.fromhex(account_id)).verify(data, bytes.fromhex(signature_hex))
+        return True
+    except Exception:
+        return False
+
+
+def _path(name: str) -> Path:
+    if not _NAME.match(name):
+        raise InvalidInput(f"key name {name!r}: use letters, digits, '.', '_' or '-'",
+                           field="name")
+    return keys_dir() / f"{name}.key"
+
+
+def create(name: str, *, exist_ok: bool = False) -> Identity:
+    path = _path(name)
+    if path.exists():
+        if exist_ok:
+            return load(name)
+        raise InvalidInput(f"key {name!r} already exists at {path}", field="name")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ident = Identity.generate(name)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(ident.signing_key.encode().hex() + "\n")
+    return ident
+
+
+def load(name: str) -> Identity:
+    path = _path(name)
+    if not path.exists():
+        raise NotFound(f"no key named {name!r} (looked in {path.parent}); "
+                       f"create one with `deai keys new {name}`", field="key")
+    seed = bytes.fromhex(path.read_text().strip())
+    return Identity(name, SigningKey(seed))
+
+
+def names() -> list[str]:
+    d = keys_dir()
+    return sorted(p.stem for p in d.glob("*.key")) if d.exists() else []

@@ -1,0 +1,189 @@
+"""The Python SDK: typed calls over the native API, signing every mutating request.
+
+    client = Client("http://127.0.0.1:8000", keys.load("alice"))
+    digest = client.upload(Path("data.jsonl").read_bytes()).digest
+    job = client.submit_job(spec, digest)
+
+Errors come back as the ``DeAIError`` subclass the server named, so callers can
+catch ``InsufficientFunds`` rather than parse status codes. Transport failures
+(coordinator down) raise ``httpx.TransportError``; ``retrying`` wraps a call
+with capped exponential back-off for agents that must ride out a restart.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import httpx
+
+from deai.client.keys import Identity
+from deai.core import wire
+from deai.core.errors import DeAIError, from_dict
+
+T = TypeVar("T")
+
+
+class Client:
+    def __init__(self, base_url: str, identity: Identity | None = None, *,
+                 timeout: float = 30.0) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.identity = identity
+        self.http = httpx.Client(base_url=self.base_url, timeout=timeout)
+
+    def close(self) -> None:
+        self.http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- plumbing -------------------------------------------------------------------------
+
+    def request(self, method: str, path: str, *, body: bytes | None = None,
+                json_body: Any = None, params: dict[str, Any] | None = None,
+                timeout: float | None = None, content_type: str = "application/json",
+                signed: bool | None = None) -> httpx.Response:
+        if json_body is not None:
+            body = json.dumps(json_body).encode()
+        body = body or b""
+        headers = {"content-type": content_type} if body else {}
+        if signed if signed is not None else method.upper() != "GET":
+            if self.identity is None:
+                raise DeAIError("this call needs a key (pass --key)")
+            headers.update(self.identity.headers(method, path, body))
+        kwargs: dict[str, Any] = {}
+        if timeout is not None:
+            kwargs["timeout"] = timeout
+        resp = self.http.request(method, path, content=body or None, headers=headers,
+                                 params=params, **kwargs)
+        if resp.status_code >= 400:
+            try:
+                payload = resp.json()
+            except ValueError:
+                payload = resp.text
+            raise from_dict(resp.status_code, payload)
+        return resp
+
+    def _get(self, path: str, model: type[T], **params: Any) -> T:
+        clean = {k: v for k, v in params.items() if v is not None}
+        return model.model_validate(self.request("GET", path, params=clean).json())  # type: ignore[attr-defined, no-any-return]
+
+    def _post(self, path: str, payload: Any, model: type[T], **kw: Any) -> T:
+        if hasattr(payload, "model_dump"):
+            payload = payload.model_dump(mode="json")
+        resp = self.request("POST", path, json_body=payload, **kw)
+        return model.model_validate(resp.json())  # type: ignore[attr-defined, no-any-return]
+
+    # --- network and money ----------------------------------------------------------------
+
+    def network(self) -> wire.NetworkInfo:
+        return self._get("/api/network", wire.NetworkInfo)
+
+    def faucet(self, amount: int) -> wire.BalanceOut:
+        return self._post("/api/faucet", wire.FaucetIn(amount=amount), wire.BalanceOut)
+
+    def balance(self, account: str | None = None) -> wire.BalanceOut:
+        account = account or self._me()
+        return self._get(f"/api/accounts/{account}", wire.BalanceOut)
+
+    def upload(self, data: bytes) -> wire.BlobOut:
+        resp = self.request("PUT", "/api/blobs", body=data,
+                            content_type="application/octet-stream")
+        return wire.BlobOut.model_validate(resp.json())
+
+    def download(self, digest: str) -> bytes:
+        return self.request("GET", f"/api/blobs/{digest}").content
+
+    # --- providers ------------------------------------------------------------------------
+
+    def register(self, reg: wire.RegisterIn) -> wire.ProviderOut:
+        return self._post("/api/providers/register", reg, wire.ProviderOut)
+
+    def bond(self, amount: int) -> wire.BalanceOut:
+        return self._post("/api/providers/bond", wire.BondIn(amount=amount), wire.BalanceOut)
+
+    def heartbeat(self, running: list[str]) -> wire.HeartbeatOut:
+        return self._post("/api/providers/heartbeat", wire.HeartbeatIn(running=running),
+                          wire.HeartbeatOut)
+
+    def poll(self, wait: float = 20.0) -> wire.PollOut:
+        return self._post("/api/providers/poll", wire.PollIn(wait=wait), wire.PollOut,
+                          timeout=wait + 15.0)
+
+    def submit_result(self, assignment_id: str, result: wire.ResultIn) -> wire.ResultOut:
+        return self._post(f"/api/assignments/{assignment_id}/result", result, wire.ResultOut)
+
+    def report_failure(self, assignment_id: str, error: str) -> wire.ResultOut:
+        return self._post(f"/api/assignments/{assignment_id}/fail",
+                          wire.FailIn(error=error[:2000]), wire.ResultOut)
+
+    def providers(self) -> list[wire.ProviderOut]:
+        data = self.request("GET", "/api/providers").json()
+        return [wire.ProviderOut.model_validate(p) for p in data["providers"]]
+
+    def provider(self, provider_id: str) -> wire.ProviderOut:
+        return self._get(f"/api/providers/{provider_id}", wire.ProviderOut)
+
+    # --- jobs -----------------------------------------------------------------------------
+
+    def quote(self, spec: dict[str, Any], shard_units: list[int]) -> wire.QuoteOut:
+        return self._post("/api/market/quote", wire.QuoteIn(spec=spec, shard_units=shard_units),
+                          wire.QuoteOut, signed=False)
+
+    def submit_job(self, spec: dict[str, Any], input_digest: str) -> wire.JobOut:
+        return self._post("/api/jobs", wire.JobIn(spec=spec, input_digest=input_digest),
+                          wire.JobOut)
+
+    def job(self, job_id: str) -> wire.JobOut:
+        return self._get(f"/api/jobs/{job_id}", wire.JobOut)
+
+    def jobs(self, owner: str | None = None, limit: int = 50) -> list[wire.JobOut]:
+        data = self.request("GET", "/api/jobs", params={
+            k: v for k, v in {"owner": owner, "limit": limit}.items() if v is not None}).json()
+        return [wire.JobOut.model_validate(j) for j in data["jobs"]]
+
+    def cancel_job(self, job_id: str) -> wire.JobOut:
+        return self._post(f"/api/jobs/{job_id}/cancel", {}, wire.JobOut)
+
+    def results(self, job_id: str) -> bytes:
+        return self.request("GET", f"/api/jobs/{job_id}/results").content
+
+    # --- ledger ---------------------------------------------------------------------------
+
+    def journal(self, after: int = 0, limit: int = 1000) -> wire.JournalOut:
+        return self._get("/api/ledger/journal", wire.JournalOut, after=after, limit=limit)
+
+    def all_balances(self) -> dict[str, int]:
+        return dict(self.request("GET", "/api/ledger/balances").json()["balances"])
+
+    def server_audit(self) -> wire.AuditOut:
+        return self._get("/api/ledger/audit", wire.AuditOut)
+
+    def _me(self) -> str:
+        if self.identity is None:
+            raise DeAIError("no account given and no key loaded")
+        return self.identity.id
+
+
+def retrying(call: Callable[[], T], *, attempts: int | None = None, base: float = 0.5,
+             cap: float = 15.0, on_retry: Callable[[Exception, float], None] | None = None) -> T:
+    """Call until it succeeds, backing off on transport errors and 5xx/503 answers."""
+    n = 0
+    while True:
+        try:
+            return call()
+        except (httpx.TransportError, DeAIError) as exc:
+            transient = isinstance(exc, httpx.TransportError) or getattr(exc, "status", 0) >= 500
+            n += 1
+            if not transient or (attempts is not None and n >= attempts):
+                raise
+            delay = min(cap, base * 2 ** min(n, 10)) * (0.5 + random.random() / 2)
+            if on_retry is not None:
+                on_retry(exc, delay)
+            time.sleep(delay)

@@ -1,0 +1,1 @@
+"""The coordinator: admits providers, matches tasks, escrows and settles, publishes events."""

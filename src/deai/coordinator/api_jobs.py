@@ -1,0 +1,99 @@
+"""Routes for providers, their assignments, and jobs (native API under /api)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, Response
+from starlette.concurrency import run_in_threadpool
+
+from deai.coordinator import jobs
+from deai.coordinator.auth import coordinator, signer
+from deai.coordinator.service import Coordinator
+from deai.core import wire
+
+router = APIRouter(prefix="/api")
+C = Annotated[Coordinator, Depends(coordinator)]
+Signer = Annotated[str, Depends(signer)]
+
+
+@router.post("/providers/register", response_model=wire.ProviderOut)
+def register(body: wire.RegisterIn, c: C, me: Signer) -> wire.ProviderOut:
+    return c.register(me, body)
+
+
+@router.post("/providers/bond", response_model=wire.BalanceOut)
+def bond(body: wire.BondIn, c: C, me: Signer) -> wire.BalanceOut:
+    return c.bond(me, body.amount)
+
+
+@router.post("/providers/heartbeat", response_model=wire.HeartbeatOut)
+def heartbeat(body: wire.HeartbeatIn, c: C, me: Signer) -> wire.HeartbeatOut:
+    return c.heartbeat(me, body.running)
+
+
+@router.post("/providers/poll", response_model=wire.PollOut)
+async def poll(body: wire.PollIn, c: C, me: Signer) -> wire.PollOut:
+    """Long-poll for work: answers as soon as a lease is placed on the caller, or after
+    ``wait`` seconds with nothing."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + body.wait
+    c.notifier.kick()
+    while True:
+        got = await run_in_threadpool(jobs.deliver, c, me)
+        left = deadline - loop.time()
+        if got or left <= 0:
+            return wire.PollOut(assignments=got)
+        await c.notifier.wait_provider(me, min(left, 5.0))
+
+
+@router.get("/providers", response_model=dict[str, list[wire.ProviderOut]])
+def providers(c: C) -> dict[str, list[wire.ProviderOut]]:
+    return {"providers": c.providers()}
+
+
+@router.get("/providers/{provider_id}", response_model=wire.ProviderOut)
+def provider(provider_id: str, c: C) -> wire.ProviderOut:
+    return c.provider(provider_id)
+
+
+@router.post("/assignments/{assignment_id}/result", response_model=wire.ResultOut)
+def result(assignment_id: str, body: wire.ResultIn, c: C, me: Signer) -> wire.ResultOut:
+    return jobs.submit_result(c, me, assignment_id, body)
+
+
+@router.post("/assignments/{assignment_id}/fail", response_model=wire.ResultOut)
+def fail(assignment_id: str, body: wire.FailIn, c: C, me: Signer) -> wire.ResultOut:
+    return jobs.report_failure(c, me, assignment_id, body.error)
+
+
+@router.post("/market/quote", response_model=wire.QuoteOut)
+def quote(body: wire.QuoteIn, c: C) -> wire.QuoteOut:
+    return jobs.quote(c, body)
+
+
+@router.post("/jobs", response_model=wire.JobOut, status_code=201)
+def submit(body: wire.JobIn, c: C, me: Signer) -> wire.JobOut:
+    return jobs.submit(c, me, body)
+
+
+@router.get("/jobs", response_model=dict[str, list[wire.JobOut]])
+def list_jobs(c: C, owner: str | None = None,
+              limit: Annotated[int, Query(ge=1, le=500)] = 50) -> dict[str, list[wire.JobOut]]:
+    return {"jobs": jobs.list_jobs(c, owner, limit)}
+
+
+@router.get("/jobs/{job_id}", response_model=wire.JobOut)
+def job(job_id: str, c: C) -> wire.JobOut:
+    return jobs.view(c, job_id)
+
+
+@router.post("/jobs/{job_id}/cancel", response_model=wire.JobOut)
+def cancel(job_id: str, c: C, me: Signer) -> wire.JobOut:
+    return jobs.cancel(c, me, job_id)
+
+
+@router.get("/jobs/{job_id}/results")
+def results(job_id: str, c: C) -> Response:
+    return Response(jobs.results(c, job_id), media_type="application/jsonl")

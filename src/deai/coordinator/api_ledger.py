@@ -1,0 +1,76 @@
+"""Routes for the network, accounts, blobs and the ledger (native API under /api)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, Request, Response
+from sqlalchemy import select
+
+from deai.coordinator.auth import coordinator, read_body, signer
+from deai.coordinator.service import Coordinator
+from deai.core import ledger, wire
+from deai.core.errors import InvalidInput
+from deai.store import journal
+from deai.store.models import Balance, JournalEntry, JournalHead
+
+router = APIRouter(prefix="/api")
+C = Annotated[Coordinator, Depends(coordinator)]
+Signer = Annotated[str, Depends(signer)]
+
+
+@router.get("/network", response_model=wire.NetworkInfo)
+def network(c: C) -> wire.NetworkInfo:
+    return c.network()
+
+
+@router.post("/faucet", response_model=wire.BalanceOut)
+def faucet(body: wire.FaucetIn, c: C, me: Signer) -> wire.BalanceOut:
+    return c.faucet(me, body.amount)
+
+
+@router.get("/accounts/{account}", response_model=wire.BalanceOut)
+def account(account: str, c: C) -> wire.BalanceOut:
+    return c.balance(account)
+
+
+@router.put("/blobs", response_model=wire.BlobOut, status_code=201)
+async def put_blob(request: Request, c: C, me: Signer) -> wire.BlobOut:
+    data = await read_body(request, c.settings.max_upload_bytes)
+    if not data:
+        raise InvalidInput("body: an empty blob is not allowed", field="body")
+    return c.put_blob(data)
+
+
+@router.get("/blobs/{digest}")
+def get_blob(digest: str, c: C) -> Response:
+    return Response(c.get_blob(digest), media_type="application/octet-stream")
+
+
+@router.get("/ledger/journal", response_model=wire.JournalOut)
+def journal_page(c: C, after: Annotated[int, Query(ge=0)] = 0,
+                 limit: Annotated[int, Query(ge=1, le=5000)] = 1000) -> wire.JournalOut:
+    with c.db.read() as s:
+        rows = s.scalars(select(JournalEntry).where(JournalEntry.seq > after)
+                         .order_by(JournalEntry.seq).limit(limit)).all()
+        head = s.get(JournalHead, 1)
+        return wire.JournalOut(entries=[journal.to_entry(r).to_dict() for r in rows],
+                               head_seq=head.seq if head else 0)
+
+
+@router.get("/ledger/balances")
+def balances(c: C) -> dict[str, dict[str, int]]:
+    with c.db.read() as s:
+        return {"balances": {b.account: b.amount for b in s.scalars(select(Balance))}}
+
+
+@router.get("/ledger/audit", response_model=wire.AuditOut)
+def audit(c: C) -> wire.AuditOut:
+    """Replay the whole journal on the server; clients can (and should) do it themselves."""
+    with c.db.read() as s:
+        claimed = {b.account: b.amount for b in s.scalars(select(Balance))}
+        entries = (journal.to_entry(r) for r in
+                   s.scalars(select(JournalEntry).order_by(JournalEntry.seq)
+                             .execution_options(yield_per=1000)))
+        rep = ledger.audit(entries, claimed)
+    return wire.AuditOut(**rep.summary())

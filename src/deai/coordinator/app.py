@@ -1,0 +1,99 @@
+"""The FastAPI application and its background loops.
+
+Loops (matching, lease expiry, deadlines, release of earnings) run on the
+event loop and do their database work in threads. They hold no state of their
+own: killed at any instant, the coordinator restarts from the database alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+
+from deai import __version__
+from deai.coordinator import api_jobs, api_ledger, errors, jobs, matching
+from deai.coordinator.service import Coordinator
+from deai.coordinator.settings import Settings
+from deai.core.errors import PayloadTooLarge
+from deai.store import migrate
+
+log = logging.getLogger("deai.coordinator")
+
+
+async def _every(period: float, fn: Callable[[], Any], name: str) -> None:
+    while True:
+        try:
+            await run_in_threadpool(fn)
+        except Exception:
+            log.exception("%s failed; retrying", name)
+        await asyncio.sleep(period)
+
+
+async def _matcher(c: Coordinator) -> None:
+    while True:
+        try:
+            placed = await run_in_threadpool(matching.match_once, c)
+            c.notifier.wake(placed)
+        except Exception:
+            log.exception("matching failed; retrying")
+        await c.notifier.wait_match(c.settings.tick)
+
+
+def _upkeep(c: Coordinator) -> None:
+    jobs.expire_leases(c)
+    jobs.enforce_deadlines(c)
+    jobs.release_earnings(c)
+
+
+def create_app(settings: Settings, coordinator: Coordinator | None = None) -> FastAPI:
+    c = coordinator or Coordinator(settings)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await run_in_threadpool(migrate.upgrade, c.db.engine)
+        await run_in_threadpool(jobs.recover, c)
+        c.notifier.bind(asyncio.get_running_loop())
+        tasks = [
+            asyncio.create_task(_matcher(c)),
+            asyncio.create_task(_every(settings.tick, lambda: _upkeep(c), "upkeep")),
+            asyncio.create_task(_every(60.0, c.purge_nonces, "nonce purge")),
+        ]
+        log.info("coordinator up: %s (devnet=%s)", settings.db_url.split("@")[-1],
+                 settings.devnet)
+        try:
+            yield
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            c.db.dispose()
+
+    app = FastAPI(title="DeAI coordinator", version=__version__, lifespan=lifespan)
+    app.state.coordinator = c
+    errors.install(app)
+
+    @app.middleware("http")
+    async def limit_size(request: Request, call_next):  # type: ignore[no-untyped-def]
+        declared = request.headers.get("content-length")
+        limit = settings.max_upload_bytes
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            exc = PayloadTooLarge(f"body of {declared} bytes is over the {limit}-byte limit",
+                                  field="body", limit=limit)
+            return JSONResponse(exc.to_dict(), status_code=exc.status)
+        return await call_next(request)
+
+    app.include_router(api_ledger.router)
+    app.include_router(api_jobs.router)
+
+    @app.get("/health")
+    def health() -> dict[str, str]:
+        return {"status": "ok", "version": __version__}
+
+    return app

@@ -1,0 +1,65 @@
+"""Request authentication: the signed-request dependency and the body size guard.
+
+``signer`` verifies the four signature headers over the exact bytes received,
+rejects stale timestamps and replayed nonces, and returns the account id. It
+reads the body itself (bounded by the upload limit) so routes that take raw
+bytes and routes that take JSON are checked the same way.
+"""
+
+from __future__ import annotations
+
+from fastapi import Request
+from starlette.concurrency import run_in_threadpool
+
+from deai.coordinator.service import Coordinator
+from deai.core import auth
+from deai.core.errors import AuthError, PayloadTooLarge
+
+
+def coordinator(request: Request) -> Coordinator:
+    c: Coordinator = request.app.state.coordinator
+    return c
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"body of {declared} bytes is over the {limit}-byte limit",
+                              field="body", limit=limit)
+    cached = getattr(request, "_body", None)
+    if cached is not None:
+        return bytes(cached)
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"body is over the {limit}-byte limit", field="body",
+                                  limit=limit)
+        chunks.append(chunk)
+    body = b"".join(chunks)
+    request._body = body
+    return body
+
+
+async def signer(request: Request) -> str:
+    c = coordinator(request)
+    h = request.headers
+    key, ts, nonce, sig = (h.get(auth.HEADER_KEY), h.get(auth.HEADER_TS),
+                           h.get(auth.HEADER_NONCE), h.get(auth.HEADER_SIG))
+    if not (key and ts and nonce and sig):
+        raise AuthError("this request must be signed (X-DeAI-Key, -Timestamp, -Nonce, "
+                        "-Signature)")
+    if not auth.is_account_id(key):
+        raise AuthError("X-DeAI-Key must be a 64-character hex Ed25519 public key")
+    if not auth.is_nonce(nonce):
+        raise AuthError("X-DeAI-Nonce must be 8-64 characters of [A-Za-z0-9_-]")
+    try:
+        stamp = float(ts)
+    except ValueError:
+        raise AuthError("X-DeAI-Timestamp must be seconds since the epoch") from None
+    if abs(stamp - c.now()) > auth.MAX_SKEW:
+        raise AuthError("request timestamp is too far from the coordinator's clock (stale)")
+    body = await read_body(request, c.settings.max_upload_bytes)
+    c.check_signature(key, auth.message(request.method, request.url.path, body, ts, nonce), sig)
+    await run_in_threadpool(c.use_nonce, key, nonce, 2 * auth.MAX_SKEW)
+    return key

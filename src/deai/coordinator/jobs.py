@@ -1,0 +1,365 @@
+"""Jobs and their tasks: submission with escrow, results, settlement, failure.
+
+Money rules, each applied inside the same transaction as the state change it
+belongs to: submitting escrows the job's maximum cost; an accepted task pays
+its provider's price for the task's units from escrow (minus the fee) into
+pending earnings, once; a job that ends for any reason refunds what is left in
+its escrow.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from deai.coordinator.matching import all_provider_states
+from deai.coordinator.service import Coordinator, new_id
+from deai.core import auth, catalog, ledger, market, outputs, specs, wire
+from deai.core.errors import Conflict, Forbidden, InvalidInput, NoCapacity, NotFound
+from deai.core.money import cost_for_units, fee_of
+from deai.store import journal
+from deai.store.models import Assignment, Event, Job, Payout, Provider, Task
+
+ACTIVE = ("pending", "running")
+
+
+def quote(c: Coordinator, q: wire.QuoteIn) -> wire.QuoteOut:
+    spec = specs.parse_spec(q.spec)
+    if any(u <= 0 for u in q.shard_units):
+        raise InvalidInput("shard_units: every shard needs at least one unit",
+                           field="shard_units")
+    with c.db.read() as s:
+        providers = all_provider_states(c, s)
+    return _quote_out(c, spec, q.shard_units, providers)
+
+
+def _quote_out(c: Coordinator, spec: specs.JobSpec, shard_units: list[int],
+               providers: list[market.ProviderState]) -> wire.QuoteOut:
+    info = catalog.lookup(spec.model, field="spec.model")
+    d = market.TaskDemand(id="quote", workload=spec.kind, model=info.name,
+                          max_price=spec.max_price, memory_mb=info.memory_mb)
+    r = market.quote(d, shard_units, providers, c.settings.min_stake)
+    return wire.QuoteOut(
+        units=r.units, best_price=r.best_price, estimated_cost=r.estimated_cost,
+        max_cost=r.max_cost,
+        eligible=[{"provider": p, "price": pr} for p, pr in r.eligible],
+        ineligible=[{"provider": p, "reasons": rs} for p, rs in r.ineligible])
+
+
+def submit(c: Coordinator, owner: str, body: wire.JobIn) -> wire.JobOut:
+    spec = specs.parse_spec(body.spec)
+    model = spec.canonical_model()
+    if not c.blobs.exists(body.input_digest):
+        raise NotFound("input_digest: no uploaded blob has this digest; upload it first",
+                       field="input_digest")
+    items = specs.parse_input(c.blobs.get(body.input_digest), spec)
+    shards = specs.shard(items, spec.shard_size)
+    shard_units = [sum(it.units for it in sh) for sh in shards]
+    max_cost = sum(cost_for_units(u, spec.max_price) for u in shard_units)
+    shard_digests = [c.blobs.put(specs.encode_items(sh)) for sh in shards]
+    now = c.now()
+    job_id = new_id("job")
+    with c.db.write() as s:
+        q = _quote_out(c, spec, shard_units, all_provider_states(c, s))
+        if not q.eligible:
+            reasons = {p["provider"][:12]: p["reasons"] for p in q.ineligible}
+            why = "; ".join(f"{k}: {', '.join(v)}" for k, v in reasons.items()) \
+                or "no provider is registered"
+            raise NoCapacity(f"no provider can run this job ({why})", field="spec",
+                             providers=q.ineligible)
+        journal.append(s, ledger.escrow_job(owner, job_id, max_cost), c.clock)
+        s.add(Job(id=job_id, owner=owner, status="pending", kind=spec.kind, model=model,
+                  spec=spec.model_dump(), input_digest=body.input_digest, items=len(items),
+                  units=sum(shard_units), max_price=spec.max_price, escrow=max_cost, cost=0,
+                  refunded=0, created_at=now, deadline_at=now + spec.deadline))
+        s.flush()
+        for i, (dg, (sh, units)) in enumerate(zip(shard_digests, zip(shards, shard_units,
+                                                                       strict=True),
+                                                  strict=True)):
+            s.add(Task(id=f"{job_id}.t{i:05d}", job_id=job_id, idx=i, status="queued",
+                       input_digest=dg, items=len(sh), units=units, attempts=0,
+                       updated_at=now))
+        c.emit(s, "job_submitted", job_id, owner=owner, tasks=len(shards), escrow=max_cost,
+               model=model, units=sum(shard_units))
+    c.notifier.kick()
+    c.notifier.published()
+    return view(c, job_id)
+
+
+def view(c: Coordinator, job_id: str) -> wire.JobOut:
+    with c.db.read() as s:
+        job = s.get(Job, job_id)
+        if job is None:
+            raise NotFound(f"no job {job_id}", field="job")
+        return _job_out(s, job)
+
+
+def _job_out(s: Session, job: Job) -> wire.JobOut:
+    counts: dict[str, int] = {}
+    for st in s.scalars(select(Task.status).where(Task.job_id == job.id)):
+        counts[st] = counts.get(st, 0) + 1
+    providers: dict[str, int] = {}
+    for pid in s.scalars(select(Assignment.provider_id).where(
+            Assignment.job_id == job.id, Assignment.status == "accepted")):
+        providers[pid] = providers.get(pid, 0) + 1
+    return wire.JobOut(
+        id=job.id, owner=job.owner, status=job.status, spec=job.spec, created_at=job.created_at,
+        deadline_at=job.deadline_at, finished_at=job.finished_at, error=job.error,
+        items=job.items, units=job.units, tasks=counts, escrow=job.escrow, cost=job.cost,
+        refunded=job.refunded, providers=providers, output_digest=job.output_digest)
+
+
+def list_jobs(c: Coordinator, owner: str | None, limit: int) -> list[wire.JobOut]:
+    with c.db.read() as s:
+        q = select(Job).order_by(Job.created_at.desc()).limit(max(1, min(limit, 500)))
+        if owner:
+            q = q.where(Job.owner == owner)
+        return [_job_out(s, j) for j in s.scalars(q)]
+
+
+def results(c: Coordinator, job_id: str) -> bytes:
+    with c.db.read() as s:
+        job = s.get(Job, job_id)
+        if job is None:
+            raise NotFound(f"no job {job_id}", field="job")
+        if job.status != "completed" or job.output_digest is None:
+            raise Conflict(f"job {job_id} is {job.status}; results exist once it completes",
+                           status=job.status)
+        digest = job.output_digest
+    return c.blobs.get(digest)
+
+
+def cancel(c: Coordinator, owner: str, job_id: str) -> wire.JobOut:
+    with c.db.write() as s:
+        job = s.get(Job, job_id, with_for_update=True)
+        if job is None:
+            raise NotFound(f"no job {job_id}", field="job")
+        if job.owner != owner:
+            raise Forbidden("only the job's owner may cancel it")
+        if job.status not in ACTIVE:
+            raise Conflict(f"job {job_id} is already {job.status}", status=job.status)
+        _end(c, s, job, "cancelled", "cancelled by its owner")
+    c.notifier.published()
+    return view(c, job_id)
+
+
+def _end(c: Coordinator, s: Session, job: Job, status: str, error: str | None) -> None:
+    """Close a job: stop its tasks and leases and refund what is left in escrow."""
+    now = c.now()
+    for t in s.scalars(select(Task).where(Task.job_id == job.id, Task.status != "done")):
+        t.status, t.updated_at = "failed", now
+    for a in s.scalars(select(Assignment).where(Assignment.job_id == job.id,
+                                                Assignment.status == "leased")):
+        a.status = "cancelled"
+    left = journal.balance(s, ledger.escrow(job.id))
+    if left > 0:
+        journal.append(s, ledger.refund(job.owner, job.id, left, status), c.clock)
+    job.status, job.error, job.finished_at = status, error, now
+    job.refunded += left
+    c.emit(s, f"job_{status}", job.id, refunded=left, cost=job.cost, error=error)
+
+
+# --- results from providers -----------------------------------------------------------------
+
+def _lease(c: Coordinator, s: Session, pid: str, assignment_id: str) -> Assignment:
+    a = s.get(Assignment, assignment_id, with_for_update=True)
+    if a is None:
+        raise NotFound(f"no assignment {assignment_id}", field="assignment")
+    if a.provider_id != pid:
+        raise Forbidden("this assignment was leased to another provider")
+    if a.status != "leased":
+        raise Conflict(f"assignment {assignment_id} is {a.status}; its lease is over",
+                       status=a.status)
+    if a.lease_deadline < c.now():
+        raise Conflict(f"assignment {assignment_id}: the lease expired", status="expired")
+    return a
+
+
+def submit_result(c: Coordinator, pid: str, assignment_id: str,
+                  r: wire.ResultIn) -> wire.ResultOut:
+    c.check_signature(pid, auth.result_message(assignment_id, r.output_digest, r.units),
+                      r.signature)
+    if not c.blobs.exists(r.output_digest):
+        raise InvalidInput("output_digest: upload the output blob first", field="output_digest")
+    with c.db.write() as s:
+        a = _lease(c, s, pid, assignment_id)
+        task = s.get(Task, a.task_id, with_for_update=True)
+        job = s.get(Job, a.job_id, with_for_update=True)
+        assert task is not None and job is not None
+        a.submitted_at, a.output_digest = c.now(), r.output_digest
+        a.units, a.seconds, a.signature = r.units, r.seconds, r.signature
+        try:
+            if r.units != task.units:
+                raise InvalidInput(f"units: task has {task.units}, result claims {r.units}",
+                                   field="units")
+            dims = catalog.lookup(job.model).dims
+            outputs.check_embeddings(c.blobs.get(task.input_digest),
+                                     c.blobs.get(r.output_digest), dims)
+        except InvalidInput as exc:
+            a.status, a.error = "rejected", exc.message
+            _requeue(c, s, task, job, f"rejected output from {pid[:12]}: {exc.message}")
+            c.emit(s, "result_rejected", task.id, provider=pid, error=exc.message)
+            return wire.ResultOut(status="rejected")
+        paid = _accept(c, s, a, task, job)
+    c.notifier.kick()
+    c.notifier.published()
+    return wire.ResultOut(status="accepted", paid=paid)
+
+
+def _accept(c: Coordinator, s: Session, a: Assignment, task: Task, job: Job) -> int:
+    cost = cost_for_units(task.units, a.price)
+    fee = fee_of(cost, c.settings.fee_bps)
+    entry = journal.append(s, ledger.payout(job.id, task.id, a.id, a.provider_id, cost, fee),
+                           c.clock)
+    s.add(Payout(assignment_id=a.id, task_id=task.id, provider_id=a.provider_id,
+                 amount=cost - fee, release_at=c.now() + c.settings.challenge_window,
+                 released=False, journal_seq=entry.seq))
+    a.status = "accepted"
+    task.status, task.output_digest, task.updated_at = "done", a.output_digest, c.now()
+    job.cost += cost
+    prov = s.get(Provider, a.provider_id)
+    if prov is not None:
+        prov.tasks_done += 1
+    c.emit(s, "task_accepted", task.id, job=job.id, provider=a.provider_id, cost=cost, fee=fee)
+    s.flush()
+    left = s.scalar(select(Task.id).where(Task.job_id == job.id, Task.status != "done")
+                    .limit(1))
+    if left is None:
+        _complete(c, s, job)
+    return cost - fee
+
+
+def _complete(c: Coordinator, s: Session, job: Job) -> None:
+    digests = list(s.scalars(select(Task.output_digest).where(Task.job_id == job.id)
+                             .order_by(Task.idx)))
+    data = outputs.assemble(job.id, job.model, [c.blobs.get(d) for d in digests if d])
+    job.output_digest = c.blobs.put(data)
+    _end(c, s, job, "completed", None)
+
+
+def report_failure(c: Coordinator, pid: str, assignment_id: str, error: str) -> wire.ResultOut:
+    with c.db.write() as s:
+        a = _lease(c, s, pid, assignment_id)
+        task, job = s.get(Task, a.task_id), s.get(Job, a.job_id)
+        assert task is not None and job is not None
+        a.status, a.error = "failed", error
+        _requeue(c, s, task, job, f"provider {pid[:12]} failed: {error}")
+        c.emit(s, "task_failed", task.id, provider=pid, error=error[:500])
+    c.notifier.kick()
+    c.notifier.published()
+    return wire.ResultOut(status="failed")
+
+
+def _requeue(c: Coordinator, s: Session, task: Task, job: Job, why: str) -> None:
+    task.error, task.updated_at = why, c.now()
+    if task.attempts >= c.settings.max_attempts:
+        task.status = "failed"
+        _end(c, s, job, "failed", f"task {task.idx} failed {task.attempts} times; last: {why}")
+    else:
+        task.status = "queued"
+
+
+def _expire(c: Coordinator, s: Session, a: Assignment, why: str) -> None:
+    a.status, a.error = "expired", why
+    task, job = s.get(Task, a.task_id), s.get(Job, a.job_id)
+    assert task is not None and job is not None
+    c.emit(s, "lease_expired", task.id, provider=a.provider_id, reason=why)
+    if task.status == "assigned" and job.status in ACTIVE:
+        _requeue(c, s, task, job, why)
+
+
+# --- periodic upkeep -----------------------------------------------------------------------
+
+def expire_leases(c: Coordinator) -> int:
+    """Expire leases past their deadline or held by providers that stopped heartbeating."""
+    now = c.now()
+    stale = now - c.settings.heartbeat_timeout
+    with c.db.write() as s:
+        rows = s.execute(select(Assignment, Provider.last_seen)
+                         .join(Provider, Provider.id == Assignment.provider_id)
+                         .where(Assignment.status == "leased")).all()
+        n = 0
+        for a, last_seen in rows:
+            if a.lease_deadline < now:
+                _expire(c, s, a, "lease deadline passed")
+            elif last_seen < stale:
+                _expire(c, s, a, "provider stopped heartbeating")
+            else:
+                continue
+            n += 1
+    if n:
+        c.notifier.kick()
+        c.notifier.published()
+    return n
+
+
+def enforce_deadlines(c: Coordinator) -> int:
+    with c.db.write() as s:
+        jobs = s.scalars(select(Job).where(Job.status.in_(ACTIVE),
+                                           Job.deadline_at < c.now())).all()
+        for job in jobs:
+            _end(c, s, job, "failed", "deadline passed before every task was accepted")
+    if jobs:
+        c.notifier.published()
+    return len(jobs)
+
+
+def release_earnings(c: Coordinator) -> int:
+    """Move pending earnings past their challenge window to the provider's balance."""
+    with c.db.write() as s:
+        due = s.scalars(select(Payout).where(Payout.released.is_(False),
+                                             Payout.release_at <= c.now())
+                        .order_by(Payout.id)).all()
+        by_provider: dict[str, list[Payout]] = {}
+        for p in due:
+            by_provider.setdefault(p.provider_id, []).append(p)
+        for pid, rows in by_provider.items():
+            amount = sum(p.amount for p in rows)
+            if amount > 0:
+                journal.append(s, ledger.release(pid, amount, [p.id for p in rows]), c.clock)
+            for p in rows:
+                p.released = True
+            c.emit(s, "earnings_released", pid, amount=amount)
+    if due:
+        c.notifier.published()
+    return len(due)
+
+
+def deliver(c: Coordinator, pid: str) -> list[wire.AssignmentOut]:
+    """Hand a provider the leases placed on it that it has not yet received."""
+    now = c.now()
+    with c.db.write() as s:
+        p = c.require_provider(s, pid)
+        p.last_seen = now
+        rows = s.execute(select(Assignment, Task, Job)
+                         .join(Task, Task.id == Assignment.task_id)
+                         .join(Job, Job.id == Assignment.job_id)
+                         .where(Assignment.provider_id == pid, Assignment.status == "leased",
+                                Assignment.delivered.is_(False))).all()
+        out = []
+        for a, t, j in rows:
+            a.delivered = True
+            a.lease_deadline = now + c.settings.lease_ttl
+            out.append(wire.AssignmentOut(
+                id=a.id, task_id=t.id, job_id=j.id, workload=j.kind, model=j.model,
+                input_digest=t.input_digest, units=t.units, price=a.price,
+                lease_deadline=a.lease_deadline))
+        return out
+
+
+def recover(c: Coordinator) -> None:
+    """After a restart, give providers a heartbeat's grace before declaring them gone.
+
+    The coordinator was down, not they: leases that lapsed while it was away are
+    extended so work finished during the outage can still be submitted.
+    """
+    now = c.now()
+    with c.db.write() as s:
+        last_alive = max(s.scalar(select(func.max(Event.ts))) or 0.0,
+                         s.scalar(select(func.max(Provider.last_seen))) or 0.0)
+        for p in s.scalars(select(Provider).where(
+                Provider.last_seen >= last_alive - c.settings.heartbeat_timeout)):
+            p.last_seen = max(p.last_seen, now)
+        for a in s.scalars(select(Assignment).where(Assignment.status == "leased")):
+            a.lease_deadline = max(a.lease_deadline, now + c.settings.lease_ttl)
+        c.emit(s, "coordinator_started", "")

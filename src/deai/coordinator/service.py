@@ -1,0 +1,200 @@
+"""The coordinator's state and its account, blob and provider operations.
+
+``Coordinator`` bundles the database, blob store, settings, clock and notifier;
+every operation is a method or a function taking it, and every change of state
+happens inside one ``db.write()`` transaction so a crash leaves no half-written
+job, task or posting.
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any
+
+from nacl.exceptions import BadSignatureError
+from nacl.signing import VerifyKey
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from deai import __version__
+from deai.coordinator.notifier import Notifier
+from deai.coordinator.settings import Settings
+from deai.core import catalog, compute, ledger, wire
+from deai.core.clock import Clock, SystemClock
+from deai.core.errors import AuthError, Forbidden, InvalidInput, NotFound
+from deai.store import journal
+from deai.store.blobs import BlobStore
+from deai.store.db import Database
+from deai.store.models import Assignment, Event, Nonce, Offer, Payout, Provider
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}_{secrets.token_hex(8)}"
+
+
+class Coordinator:
+    def __init__(self, settings: Settings, clock: Clock | None = None) -> None:
+        self.settings = settings
+        self.clock: Clock = clock or SystemClock()
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        self.db = Database(settings.db_url)
+        self.blobs = BlobStore(settings.blob_dir)
+        self.notifier = Notifier()
+
+    def now(self) -> float:
+        return self.clock.now()
+
+    def emit(self, s: Session, kind: str, subject: str = "", **body: Any) -> None:
+        s.add(Event(ts=self.now(), kind=kind, subject=subject, body=body))
+
+    def network(self) -> wire.NetworkInfo:
+        st = self.settings
+        return wire.NetworkInfo(
+            version=__version__, devnet=st.devnet, min_stake=st.min_stake, fee_bps=st.fee_bps,
+            challenge_window=st.challenge_window, heartbeat_timeout=st.heartbeat_timeout,
+            lease_ttl=st.lease_ttl, max_upload_bytes=st.max_upload_bytes)
+
+    # --- identity -------------------------------------------------------------------------
+
+    def check_signature(self, account: str, message: bytes, signature: str) -> None:
+        try:
+            VerifyKey(bytes.fromhex(account)).verify(message, bytes.fromhex(signature))
+        except (BadSignatureError, ValueError):
+            raise AuthError("signature does not verify") from None
+
+    def use_nonce(self, account: str, nonce: str, window: float) -> None:
+        """Record a nonce; a second use inside the window is a replay."""
+        try:
+            with self.db.write() as s:
+                s.add(Nonce(account=account, nonce=nonce, expires_at=self.now() + window))
+        except IntegrityError:
+            raise AuthError("nonce already used (replayed request)") from None
+
+    def purge_nonces(self) -> None:
+        with self.db.write() as s:
+            s.execute(delete(Nonce).where(Nonce.expires_at < self.now()))
+
+    # --- money ----------------------------------------------------------------------------
+
+    def faucet(self, account: str, amount: int) -> wire.BalanceOut:
+        if not self.settings.devnet:
+            raise Forbidden("the faucet exists only on a devnet")
+        if amount > self.settings.faucet_max:
+            raise InvalidInput(f"amount: at most {self.settings.faucet_max} µ per request",
+                               field="amount")
+        with self.db.write() as s:
+            journal.append(s, ledger.faucet(account, amount), self.clock)
+            self.emit(s, "faucet", account, amount=amount)
+        self.notifier.published()
+        return self.balance(account)
+
+    def balance(self, account: str) -> wire.BalanceOut:
+        with self.db.read() as s:
+            b = journal.balances(s, [ledger.acct(account), ledger.pending(account),
+                                     ledger.stake(account)])
+        return wire.BalanceOut(account=account, available=b.get(ledger.acct(account), 0),
+                               pending=b.get(ledger.pending(account), 0),
+                               stake=b.get(ledger.stake(account), 0))
+
+    # --- blobs ----------------------------------------------------------------------------
+
+    def put_blob(self, data: bytes) -> wire.BlobOut:
+        return wire.BlobOut(digest=self.blobs.put(data), size=len(data))
+
+    def get_blob(self, digest: str) -> bytes:
+        if not self.blobs.exists(digest):
+            raise NotFound(f"no blob {digest}", field="digest")
+        return self.blobs.get(digest)
+
+    # --- providers ------------------------------------------------------------------------
+
+    def register(self, pid: str, reg: wire.RegisterIn) -> wire.ProviderOut:
+        for i, o in enumerate(reg.offers):
+            info = catalog.lookup(o.model, field=f"offers[{i}].model", workload=o.workload)
+            o.model = info.name
+        cu = compute.compute_units(reg.benchmark.gflops, reg.benchmark.mem_gbps)
+        now = self.now()
+        with self.db.write() as s:
+            p = s.get(Provider, pid)
+            if p is None:
+                p = Provider(id=pid, registered_at=now, reputation=0.5, tasks_done=0)
+                s.add(p)
+            p.name = reg.name or pid[:12]
+            p.hardware = reg.hardware.model_dump()
+            p.benchmark = reg.benchmark.model_dump()
+            p.compute_units = cu
+            p.threads, p.slots, p.status, p.last_seen = reg.threads, reg.slots, "active", now
+            s.flush()
+            s.execute(delete(Offer).where(Offer.provider_id == pid))
+            for o in reg.offers:
+                s.add(Offer(provider_id=pid, workload=o.workload, model=o.model, price=o.price))
+            self.emit(s, "provider_registered", pid, name=p.name, compute_units=cu,
+                      offers=[o.model_dump() for o in reg.offers])
+        self.notifier.kick()
+        self.notifier.published()
+        return self.provider(pid)
+
+    def require_provider(self, s: Session, pid: str) -> Provider:
+        p = s.get(Provider, pid)
+        if p is None:
+            raise NotFound("this key is not a registered provider; register first",
+                           field="provider")
+        return p
+
+    def bond(self, pid: str, amount: int) -> wire.BalanceOut:
+        with self.db.write() as s:
+            self.require_provider(s, pid)
+            journal.append(s, ledger.bond(pid, amount), self.clock)
+            self.emit(s, "bond", pid, amount=amount)
+        self.notifier.kick()
+        self.notifier.published()
+        return self.balance(pid)
+
+    def heartbeat(self, pid: str, running: list[str]) -> wire.HeartbeatOut:
+        now = self.now()
+        with self.db.write() as s:
+            p = self.require_provider(s, pid)
+            p.last_seen = now
+            drop: list[str] = []
+            if running:
+                rows = s.scalars(select(Assignment).where(Assignment.id.in_(running))).all()
+                live = {a.id for a in rows if a.provider_id == pid and a.status == "leased"}
+                drop = [a for a in running if a not in live]
+                s.execute(update(Assignment).where(Assignment.id.in_(live))
+                          .values(lease_deadline=now + self.settings.lease_ttl))
+        return wire.HeartbeatOut(drop=drop)
+
+    def online(self, p: Provider) -> bool:
+        return p.status == "active" and p.last_seen >= self.now() - self.settings.heartbeat_timeout
+
+    def provider(self, pid: str) -> wire.ProviderOut:
+        with self.db.read() as s:
+            p = s.get(Provider, pid)
+            if p is None:
+                raise NotFound(f"no provider {pid}", field="provider")
+            return self._provider_out(s, p)
+
+    def providers(self) -> list[wire.ProviderOut]:
+        with self.db.read() as s:
+            rows = s.scalars(select(Provider).order_by(Provider.registered_at)).all()
+            return [self._provider_out(s, p) for p in rows]
+
+    def _provider_out(self, s: Session, p: Provider) -> wire.ProviderOut:
+        offers = s.scalars(select(Offer).where(Offer.provider_id == p.id)).all()
+        bal = journal.balances(s, [ledger.stake(p.id)])
+        earned = s.scalar(select(func.coalesce(func.sum(Payout.amount), 0))
+                          .where(Payout.provider_id == p.id)) or 0
+        return wire.ProviderOut(
+            id=p.id, name=p.name, status=p.status, online=self.online(p), hardware=p.hardware,
+            benchmark=p.benchmark, compute_units=p.compute_units, threads=p.threads,
+            slots=p.slots, stake=bal.get(ledger.stake(p.id), 0), reputation=p.reputation,
+            last_seen=p.last_seen, tasks_done=p.tasks_done, earned=int(earned),
+            offers=[wire.OfferOut(workload=o.workload, model=o.model, price=o.price,
+                                  price_per_cu=_per_cu(o.price, p.compute_units))
+                    for o in offers])
+
+
+def _per_cu(price: int, cu: float) -> float | None:
+    return round(compute.price_per_cu(price, cu), 3) if cu > 0 else None
+

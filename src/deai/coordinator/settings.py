@@ -1,0 +1,42 @@
+"""Coordinator settings: one frozen object, built from flags or ``DEAI_*`` variables."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+
+def default_data_dir() -> Path:
+    return Path(os.environ.get("DEAI_HOME", ".deai")).resolve() / "coordinator"
+
+
+@dataclass(frozen=True)
+class Settings:
+    data_dir: Path = field(default_factory=default_data_dir)
+    database_url: str = ""  # empty: SQLite file under data_dir
+    devnet: bool = False
+    min_stake: int = 10_000_000  # 10 DEAI
+    fee_bps: int = 500  # 5 %
+    challenge_window: float = 3600.0
+    heartbeat_timeout: float = 15.0
+    lease_ttl: float = 120.0
+    max_attempts: int = 5
+    max_upload_bytes: int = 64 * 1024 * 1024
+    faucet_max: int = 1_000_000_000_000
+    tick: float = 0.5  # background loop period
+
+    @property
+    def db_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{self.data_dir / 'deai.sqlite3'}"
+
+    @property
+    def blob_dir(self) -> Path:
+        return self.data_dir / "blobs"
+
+    def for_devnet(self) -> Settings:
+        """Short windows so a demo settles in seconds rather than an hour."""
+        return replace(self, devnet=True, challenge_window=5.0, heartbeat_timeout=6.0,
+                       lease_ttl=60.0)

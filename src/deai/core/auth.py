@@ -1,0 +1,42 @@
+"""What a signed request signs, and the rules for accepting one.
+
+A mutating request carries four headers: the signer's public key, a timestamp,
+a nonce and an Ed25519 signature over
+
+    METHOD \\n PATH \\n sha256(body) \\n TIMESTAMP \\n NONCE
+
+The server refuses a request whose timestamp is more than ``MAX_SKEW`` seconds
+from its clock, or whose (key, nonce) it has seen inside that window.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+HEADER_KEY = "X-DeAI-Key"
+HEADER_TS = "X-DeAI-Timestamp"
+HEADER_NONCE = "X-DeAI-Nonce"
+HEADER_SIG = "X-DeAI-Signature"
+MAX_SKEW = 120.0
+
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_NONCE = re.compile(r"^[0-9A-Za-z_-]{8,64}$")
+
+
+def message(method: str, path: str, body: bytes, timestamp: str, nonce: str) -> bytes:
+    digest = hashlib.sha256(body).hexdigest()
+    return "\n".join([method.upper(), path, digest, timestamp, nonce]).encode()
+
+
+def is_account_id(value: str) -> bool:
+    return bool(_HEX64.match(value))
+
+
+def is_nonce(value: str) -> bool:
+    return bool(_NONCE.match(value))
+
+
+def result_message(assignment_id: str, digest: str, units: int) -> bytes:
+    """What a provider signs when it submits a result, kept as evidence."""
+    return f"deai-result\n{assignment_id}\n{digest}\n{units}".encode()

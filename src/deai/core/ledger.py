@@ -1,0 +1,232 @@
+"""Double-entry journal: balanced postings, a hash chain, and a replaying audit.
+
+Accounts are strings:
+
+    mint              the devnet faucet's source; the only account allowed below zero
+    acct:<id>         an account's spendable balance (id = Ed25519 public key, hex)
+    escrow:<job>      a job's escrowed maximum cost
+    pending:<id>      a provider's earnings inside the challenge window
+    stake:<id>        a provider's bonded stake
+    fee               the network's fees
+
+Every entry's postings sum to zero, so the sum of all balances is always zero
+and total supply is ``-balance(mint)``. Entry ``n`` carries the hash of entry
+``n-1``; the hash covers seq, previous hash, time, kind, body and postings.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from deai.core.errors import InsufficientFunds, InvalidInput
+
+GENESIS = "0" * 64
+MINT = "mint"
+FEE = "fee"
+
+
+def acct(owner: str) -> str:
+    return f"acct:{owner}"
+
+
+def escrow(job_id: str) -> str:
+    return f"escrow:{job_id}"
+
+
+def pending(provider: str) -> str:
+    return f"pending:{provider}"
+
+
+def stake(provider: str) -> str:
+    return f"stake:{provider}"
+
+
+@dataclass(frozen=True)
+class Draft:
+    """An entry before it is chained: what happened and how money moved."""
+
+    kind: str
+    body: dict[str, Any]
+    postings: tuple[tuple[str, int], ...]
+
+    def __post_init__(self) -> None:
+        if sum(d for _, d in self.postings) != 0:
+            raise ValueError(f"unbalanced postings in {self.kind}: {self.postings}")
+        for account, delta in self.postings:
+            if not isinstance(delta, int) or isinstance(delta, bool):
+                raise TypeError(f"amount for {account} is not an int")
+
+
+@dataclass(frozen=True)
+class Entry:
+    seq: int
+    prev_hash: str
+    ts_ms: int
+    kind: str
+    body: dict[str, Any]
+    postings: tuple[tuple[str, int], ...]
+    hash: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "seq": self.seq, "prev_hash": self.prev_hash, "ts_ms": self.ts_ms,
+            "kind": self.kind, "body": self.body,
+            "postings": [[a, d] for a, d in self.postings], "hash": self.hash,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Entry:
+        return cls(
+            seq=int(d["seq"]), prev_hash=str(d["prev_hash"]), ts_ms=int(d["ts_ms"]),
+            kind=str(d["kind"]), body=dict(d["body"]),
+            postings=tuple((str(a), int(v)) for a, v in d["postings"]), hash=str(d["hash"]),
+        )
+
+
+def entry_hash(seq: int, prev_hash: str, ts_ms: int, kind: str, body: Mapping[str, Any],
+               postings: Iterable[tuple[str, int]]) -> str:
+    payload = json.dumps(
+        [seq, prev_hash, ts_ms, kind, body, [[a, d] for a, d in postings]],
+        sort_keys=True, separators=(",", ":"), ensure_ascii=True,
+    )
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def chain(draft: Draft, seq: int, prev_hash: str, ts_ms: int) -> Entry:
+    h = entry_hash(seq, prev_hash, ts_ms, draft.kind, draft.body, draft.postings)
+    return Entry(seq, prev_hash, ts_ms, draft.kind, draft.body, draft.postings, h)
+
+
+def check_funds(draft: Draft, balances: Mapping[str, int]) -> None:
+    """Refuse a draft that would take any account but the mint below zero."""
+    net: dict[str, int] = {}
+    for account, delta in draft.postings:
+        net[account] = net.get(account, 0) + delta
+    for account, delta in net.items():
+        have = balances.get(account, 0)
+        if account != MINT and have + delta < 0:
+            raise InsufficientFunds(
+                f"{account} holds {have} µ, {draft.kind} needs {-delta} µ",
+                account=account, balance=have, needed=-delta,
+            )
+
+
+# --- the movements of money --------------------------------------------------------------
+
+def _positive(amount: int, what: str) -> None:
+    if amount <= 0:
+        raise InvalidInput(f"{what} must be a positive amount of micro-units", field="amount")
+
+
+def faucet(owner: str, amount: int) -> Draft:
+    _positive(amount, "faucet amount")
+    return Draft("faucet", {"account": owner, "amount": amount},
+                 ((MINT, -amount), (acct(owner), amount)))
+
+
+def bond(provider: str, amount: int) -> Draft:
+    _positive(amount, "stake")
+    return Draft("bond", {"provider": provider, "amount": amount},
+                 ((acct(provider), -amount), (stake(provider), amount)))
+
+
+def unbond(provider: str, amount: int) -> Draft:
+    _positive(amount, "stake")
+    return Draft("unbond", {"provider": provider, "amount": amount},
+                 ((stake(provider), -amount), (acct(provider), amount)))
+
+
+def escrow_job(owner: str, job_id: str, amount: int) -> Draft:
+    return Draft("escrow", {"job": job_id, "owner": owner, "amount": amount},
+                 ((acct(owner), -amount), (escrow(job_id), amount)))
+
+
+def payout(job_id: str, task_id: str, assignment_id: str, provider: str, cost: int,
+           fee_amount: int) -> Draft:
+    """Pay an accepted task from escrow: the provider's share into pending, the fee aside."""
+    if not 0 <= fee_amount <= cost:
+        raise ValueError("fee must lie between 0 and the cost")
+    return Draft(
+        "payout",
+        {"job": job_id, "task": task_id, "assignment": assignment_id, "provider": provider,
+         "cost": cost, "fee": fee_amount},
+        ((escrow(job_id), -cost), (pending(provider), cost - fee_amount), (FEE, fee_amount)),
+    )
+
+
+def release(provider: str, amount: int, payouts: list[int]) -> Draft:
+    """Pending earnings whose challenge window has passed become spendable."""
+    return Draft("release", {"provider": provider, "amount": amount, "payouts": payouts},
+                 ((pending(provider), -amount), (acct(provider), amount)))
+
+
+def refund(owner: str, job_id: str, amount: int, reason: str) -> Draft:
+    return Draft("refund", {"job": job_id, "owner": owner, "amount": amount, "reason": reason},
+                 ((escrow(job_id), -amount), (acct(owner), amount)))
+
+
+# --- the audit ---------------------------------------------------------------------------
+
+@dataclass
+class AuditReport:
+    ok: bool = True
+    entries: int = 0
+    head: str = GENESIS
+    supply: int = 0
+    accounts: int = 0
+    problems: list[str] = field(default_factory=list)
+    balances: dict[str, int] = field(default_factory=dict)
+
+    def fail(self, problem: str) -> None:
+        self.ok = False
+        if len(self.problems) < 50:
+            self.problems.append(problem)
+
+    def summary(self) -> dict[str, Any]:
+        return {"ok": self.ok, "entries": self.entries, "head": self.head,
+                "supply": self.supply, "accounts": self.accounts, "problems": self.problems}
+
+
+def audit(entries: Iterable[Entry], claimed: Mapping[str, int] | None = None) -> AuditReport:
+    """Replay the journal from genesis and check every invariant.
+
+    The chain is unbroken and every hash recomputes; every entry balances; no
+    account but the mint ever dips below zero; the balances the operator claims
+    equal the replayed ones; and the sum of all balances is zero, so the only
+    source of money is the mint.
+    """
+    rep = AuditReport()
+    prev, expect = GENESIS, 1
+    bal = rep.balances
+    for e in entries:
+        if e.seq != expect:
+            rep.fail(f"entry {e.seq}: expected seq {expect}")
+        if e.prev_hash != prev:
+            rep.fail(f"entry {e.seq}: prev_hash does not match entry {e.seq - 1}")
+        if entry_hash(e.seq, e.prev_hash, e.ts_ms, e.kind, e.body, e.postings) != e.hash:
+            rep.fail(f"entry {e.seq}: hash does not recompute")
+        if sum(d for _, d in e.postings) != 0:
+            rep.fail(f"entry {e.seq}: postings do not balance")
+        for account, delta in e.postings:
+            bal[account] = bal.get(account, 0) + delta
+        # An entry is atomic: judge balances after all its postings, as check_funds does.
+        for account in dict.fromkeys(a for a, _ in e.postings):
+            if account != MINT and bal[account] < 0:
+                rep.fail(f"entry {e.seq}: {account} went negative ({bal[account]})")
+        prev, expect = e.hash, e.seq + 1
+        rep.entries += 1
+    rep.head = prev
+    if sum(bal.values()) != 0:
+        rep.fail(f"supply not conserved: balances sum to {sum(bal.values())}")
+    rep.supply = -bal.get(MINT, 0)
+    rep.accounts = len(bal)
+    if claimed is not None:
+        for account in sorted(set(claimed) | set(bal)):
+            if claimed.get(account, 0) != bal.get(account, 0):
+                rep.fail(f"{account}: claimed {claimed.get(account, 0)}, "
+                         f"journal says {bal.get(account, 0)}")
+    return rep

@@ -1,0 +1,181 @@
+"""Matching: which provider runs which task, as pure functions of plain data.
+
+Placement is eligibility first (online, staked, serves the model at or under the
+job's maximum price, enough memory, free slot, not excluded), then the cheapest
+by a strategy's score. The default strategy scores ``price × (1.5 − reputation)``
+so that at equal reputation the cheaper offer always wins and a provider with a
+better record may charge a little more; ties go to the less loaded provider.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from deai.core.money import cost_for_units
+
+
+@dataclass(frozen=True)
+class Offer:
+    workload: str
+    model: str
+    price: int  # micro-units per 1,000 units
+
+
+@dataclass(frozen=True)
+class ProviderState:
+    id: str
+    online: bool
+    stake: int
+    memory_mb: int
+    slots: int
+    load: int = 0
+    reputation: float = 0.5
+    compute_units: float = 1.0
+    offers: tuple[Offer, ...] = ()
+
+    def price_for(self, workload: str, model: str) -> int | None:
+        for o in self.offers:
+            if o.workload == workload and o.model == model:
+                return o.price
+        return None
+
+
+@dataclass(frozen=True)
+class TaskDemand:
+    id: str
+    workload: str
+    model: str
+    max_price: int
+    memory_mb: int
+    units: int = 1
+    exclude: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
+class Placement:
+    task_id: str
+    provider_id: str
+    price: int
+
+
+class Strategy(Protocol):
+    def score(self, price: int, provider: ProviderState) -> float:
+        """Lower is better."""
+        ...
+
+
+class LowestEffectivePrice:
+    def score(self, price: int, provider: ProviderState) -> float:
+        rep = min(1.0, max(0.0, provider.reputation))
+        return price * (1.5 - rep)
+
+
+DEFAULT_STRATEGY: Strategy = LowestEffectivePrice()
+
+
+def why_not(task: TaskDemand, p: ProviderState, min_stake: int,
+            *, need_slot: bool = False) -> list[str]:
+    """Every reason ``p`` cannot run ``task``; empty when it can."""
+    reasons: list[str] = []
+    if not p.online:
+        reasons.append("offline")
+    if p.stake < min_stake:
+        reasons.append(f"no stake (bonded {p.stake} µ, needs {min_stake} µ)")
+    price = p.price_for(task.workload, task.model)
+    if price is None:
+        reasons.append(f"model not served ({task.model})")
+    elif price > task.max_price:
+        reasons.append(f"price above the maximum ({price} > {task.max_price} µ per 1,000)")
+    if p.memory_mb < task.memory_mb:
+        reasons.append(f"not enough memory ({p.memory_mb} MB < {task.memory_mb} MB)")
+    if p.id in task.exclude:
+        reasons.append("excluded for this task")
+    if need_slot and p.load >= p.slots:
+        reasons.append("no free slot")
+    return reasons
+
+
+def place(tasks: Sequence[TaskDemand], providers: Iterable[ProviderState], min_stake: int,
+          strategy: Strategy = DEFAULT_STRATEGY) -> list[Placement]:
+    """Place tasks in order on the best eligible provider with a free slot.
+
+    Providers are indexed by (workload, model) into heaps ordered by score, so a
+    task costs O(log n) when the best candidate is eligible, which is the common
+    case; candidates skipped for a task go back on the heap afterwards.
+    """
+    heaps: dict[tuple[str, str], list[tuple[float, int, str]]] = {}
+    by_id: dict[str, ProviderState] = {}
+    load: dict[str, int] = {}
+    for p in providers:
+        if not p.online or p.stake < min_stake or p.load >= p.slots:
+            continue
+        by_id[p.id] = p
+        load[p.id] = p.load
+        for o in p.offers:
+            heaps.setdefault((o.workload, o.model), []).append(
+                (strategy.score(o.price, p), p.load, p.id))
+    for h in heaps.values():
+        heapq.heapify(h)
+
+    out: list[Placement] = []
+    for t in tasks:
+        heap = heaps.get((t.workload, t.model))
+        if not heap:
+            continue
+        skipped: list[tuple[float, int, str]] = []
+        while heap:
+            score, seen_load, pid = heapq.heappop(heap)
+            p = by_id[pid]
+            if seen_load != load[pid]:
+                # Placed through another of its offers since this entry was pushed.
+                if load[pid] < p.slots:
+                    heapq.heappush(heap, (score, load[pid], pid))
+                continue
+            price = p.price_for(t.workload, t.model)
+            if (price is None or price > t.max_price or p.memory_mb < t.memory_mb
+                    or pid in t.exclude):
+                skipped.append((score, seen_load, pid))
+                continue
+            out.append(Placement(t.id, pid, price))
+            load[pid] = seen_load + 1
+            if load[pid] < p.slots:
+                heapq.heappush(heap, (score, load[pid], pid))
+            break
+        for item in skipped:
+            heapq.heappush(heap, item)
+    return out
+
+
+@dataclass
+class Quote:
+    units: int
+    best_price: int | None
+    estimated_cost: int | None
+    max_cost: int
+    eligible: list[tuple[str, int]] = field(default_factory=list)
+    ineligible: list[tuple[str, list[str]]] = field(default_factory=list)
+
+
+def quote(task: TaskDemand, shard_units: Sequence[int], providers: Iterable[ProviderState],
+          min_stake: int, strategy: Strategy = DEFAULT_STRATEGY) -> Quote:
+    """What a job would cost and who could run it, with every other provider's reasons."""
+    eligible: list[tuple[float, str, int]] = []
+    ineligible: list[tuple[str, list[str]]] = []
+    for p in providers:
+        reasons = why_not(task, p, min_stake)
+        if reasons:
+            ineligible.append((p.id, reasons))
+        else:
+            price = p.price_for(task.workload, task.model)
+            assert price is not None
+            eligible.append((strategy.score(price, p), p.id, price))
+    eligible.sort()
+    units = sum(shard_units)
+    max_cost = sum(cost_for_units(u, task.max_price) for u in shard_units)
+    best = eligible[0][2] if eligible else None
+    est = sum(cost_for_units(u, best) for u in shard_units) if best is not None else None
+    return Quote(units, best, est, max_cost, [(pid, pr) for _, pid, pr in eligible],
+                 sorted(ineligible))

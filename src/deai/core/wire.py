@@ -1,0 +1,210 @@
+"""Every request and response body of the native API (/api), in one place.
+
+Compatibility rules: inputs forbid unknown fields so typos fail loudly; a new
+field is added with a default so older peers keep working; a field is never
+renamed or re-typed in place.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class In(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Out(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+# --- network --------------------------------------------------------------------------
+
+class NetworkInfo(Out):
+    version: str
+    devnet: bool
+    min_stake: int
+    fee_bps: int
+    challenge_window: float
+    heartbeat_timeout: float
+    lease_ttl: float
+    max_upload_bytes: int
+
+
+class FaucetIn(In):
+    amount: int = Field(gt=0, le=10**15)
+
+
+class BalanceOut(Out):
+    account: str
+    available: int
+    pending: int
+    stake: int
+
+
+class BlobOut(Out):
+    digest: str
+    size: int
+
+
+# --- providers ------------------------------------------------------------------------
+
+class Hardware(In):
+    cpu_model: str = Field(max_length=200)
+    cores: int = Field(ge=1, le=4096)
+    memory_mb: int = Field(ge=1)
+    gpus: list[dict[str, Any]] = Field(default_factory=list, max_length=64)
+    platform: str = Field(default="", max_length=200)
+
+
+class Benchmark(In):
+    gflops: float = Field(ge=0)
+    mem_gbps: float = Field(ge=0)
+    seconds: float = Field(default=0.0, ge=0)
+
+
+class OfferIn(In):
+    workload: Literal["embeddings"]
+    model: str = Field(min_length=1, max_length=200)
+    price: int = Field(ge=0, le=10**12, description="micro-units per 1,000 units")
+
+
+class RegisterIn(In):
+    name: str = Field(default="", max_length=100)
+    hardware: Hardware
+    benchmark: Benchmark
+    threads: int = Field(ge=1, le=4096)
+    slots: int = Field(default=1, ge=1, le=256)
+    offers: list[OfferIn] = Field(min_length=1, max_length=64)
+
+
+class BondIn(In):
+    amount: int = Field(gt=0, le=10**15)
+
+
+class OfferOut(Out):
+    workload: str
+    model: str
+    price: int
+    price_per_cu: float | None = None
+
+
+class ProviderOut(Out):
+    id: str
+    name: str
+    status: str
+    online: bool
+    hardware: dict[str, Any]
+    benchmark: dict[str, Any]
+    compute_units: float
+    threads: int
+    slots: int
+    stake: int
+    reputation: float
+    last_seen: float
+    offers: list[OfferOut]
+    tasks_done: int = 0
+    earned: int = 0
+
+
+class HeartbeatIn(In):
+    running: list[str] = Field(default_factory=list, max_length=1024)
+
+
+class HeartbeatOut(Out):
+    drop: list[str]
+    """Assignments the provider should abandon (cancelled job, expired lease)."""
+
+
+class PollIn(In):
+    wait: float = Field(default=20.0, ge=0, le=60)
+
+
+class AssignmentOut(Out):
+    id: str
+    task_id: str
+    job_id: str
+    workload: str
+    model: str
+    input_digest: str
+    units: int
+    price: int
+    lease_deadline: float
+
+
+class PollOut(Out):
+    assignments: list[AssignmentOut]
+
+
+class ResultIn(In):
+    output_digest: str = Field(pattern=r"^[0-9a-f]{64}$")
+    units: int = Field(ge=0)
+    seconds: float = Field(default=0.0, ge=0)
+    signature: str = Field(pattern=r"^[0-9a-f]{128}$")
+
+
+class FailIn(In):
+    error: str = Field(max_length=2000)
+
+
+class ResultOut(Out):
+    status: str
+    paid: int = 0
+
+
+# --- jobs -----------------------------------------------------------------------------
+
+class JobIn(In):
+    spec: dict[str, Any]
+    input_digest: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+
+class JobOut(Out):
+    id: str
+    owner: str
+    status: str
+    spec: dict[str, Any]
+    created_at: float
+    deadline_at: float
+    finished_at: float | None = None
+    error: str | None = None
+    items: int
+    units: int
+    tasks: dict[str, int]
+    escrow: int
+    cost: int
+    refunded: int
+    providers: dict[str, int]
+    output_digest: str | None = None
+
+
+class QuoteIn(In):
+    spec: dict[str, Any]
+    shard_units: list[int] = Field(min_length=1, max_length=1_000_000)
+
+
+class QuoteOut(Out):
+    units: int
+    best_price: int | None
+    estimated_cost: int | None
+    max_cost: int
+    eligible: list[dict[str, Any]]
+    ineligible: list[dict[str, Any]]
+
+
+# --- ledger ---------------------------------------------------------------------------
+
+class JournalOut(Out):
+    entries: list[dict[str, Any]]
+    head_seq: int
+
+
+class AuditOut(Out):
+    ok: bool
+    entries: int
+    head: str
+    supply: int
+    accounts: int
+    problems: list[str]

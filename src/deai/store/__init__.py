@@ -1,0 +1,1 @@
+"""Persistence: SQLAlchemy tables, the journal appender, migrations and the blob store."""

@@ -1,0 +1,168 @@
+"""The tables. Money columns are BigInteger micro-units; times are epoch seconds.
+
+Balances are a materialised view of the journal kept in the same transaction
+as each entry; ``deai ledger audit`` recomputes them from the postings.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON}
+
+
+class JournalEntry(Base):
+    __tablename__ = "journal"
+    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64), unique=True)
+    ts_ms: Mapped[int] = mapped_column(BigInteger)
+    kind: Mapped[str] = mapped_column(String(32), index=True)
+    body: Mapped[dict[str, Any]] = mapped_column(JSON)
+    postings: Mapped[list[Any]] = mapped_column(JSON)
+
+
+class JournalHead(Base):
+    """One row; locking it serialises appends so the chain never forks."""
+
+    __tablename__ = "journal_head"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    seq: Mapped[int] = mapped_column(BigInteger, default=0)
+    hash: Mapped[str] = mapped_column(String(64))
+
+
+class Balance(Base):
+    __tablename__ = "balances"
+    account: Mapped[str] = mapped_column(String(100), primary_key=True)
+    amount: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class Nonce(Base):
+    __tablename__ = "nonces"
+    account: Mapped[str] = mapped_column(String(64), primary_key=True)
+    nonce: Mapped[str] = mapped_column(String(64), primary_key=True)
+    expires_at: Mapped[float] = mapped_column(Float, index=True)
+
+
+class Provider(Base):
+    __tablename__ = "providers"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), default="")
+    hardware: Mapped[dict[str, Any]] = mapped_column(JSON)
+    benchmark: Mapped[dict[str, Any]] = mapped_column(JSON)
+    compute_units: Mapped[float] = mapped_column(Float, default=0.0)
+    threads: Mapped[int] = mapped_column(Integer, default=1)
+    slots: Mapped[int] = mapped_column(Integer, default=1)
+    status: Mapped[str] = mapped_column(String(16), default="active")
+    registered_at: Mapped[float] = mapped_column(Float)
+    last_seen: Mapped[float] = mapped_column(Float, index=True)
+    reputation: Mapped[float] = mapped_column(Float, default=0.5)
+    tasks_done: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class Offer(Base):
+    __tablename__ = "offers"
+    provider_id: Mapped[str] = mapped_column(ForeignKey("providers.id"), primary_key=True)
+    workload: Mapped[str] = mapped_column(String(32), primary_key=True)
+    model: Mapped[str] = mapped_column(String(200), primary_key=True)
+    price: Mapped[int] = mapped_column(BigInteger)
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(64), index=True)
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    model: Mapped[str] = mapped_column(String(200))
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)
+    input_digest: Mapped[str] = mapped_column(String(64))
+    items: Mapped[int] = mapped_column(Integer)
+    units: Mapped[int] = mapped_column(BigInteger)
+    max_price: Mapped[int] = mapped_column(BigInteger)
+    escrow: Mapped[int] = mapped_column(BigInteger)
+    cost: Mapped[int] = mapped_column(BigInteger, default=0)
+    refunded: Mapped[int] = mapped_column(BigInteger, default=0)
+    created_at: Mapped[float] = mapped_column(Float, index=True)
+    deadline_at: Mapped[float] = mapped_column(Float)
+    finished_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    output_digest: Mapped[str | None] = mapped_column(String(64), nullable=True)
+
+
+class Task(Base):
+    __tablename__ = "tasks"
+    id: Mapped[str] = mapped_column(String(60), primary_key=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"), index=True)
+    idx: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    input_digest: Mapped[str] = mapped_column(String(64))
+    items: Mapped[int] = mapped_column(Integer)
+    units: Mapped[int] = mapped_column(Integer)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    output_digest: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    updated_at: Mapped[float] = mapped_column(Float)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+class Assignment(Base):
+    __tablename__ = "assignments"
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    task_id: Mapped[str] = mapped_column(ForeignKey("tasks.id"), index=True)
+    job_id: Mapped[str] = mapped_column(String(40), index=True)
+    provider_id: Mapped[str] = mapped_column(ForeignKey("providers.id"), index=True)
+    role: Mapped[str] = mapped_column(String(16), default="primary")
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    price: Mapped[int] = mapped_column(BigInteger)
+    leased_at: Mapped[float] = mapped_column(Float)
+    lease_deadline: Mapped[float] = mapped_column(Float)
+    delivered: Mapped[bool] = mapped_column(Boolean, default=False)
+    submitted_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    output_digest: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    units: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
+    signature: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+    __table_args__ = (Index("ix_assignments_provider_status", "provider_id", "status"),)
+
+
+class Payout(Base):
+    """Earnings held for the challenge window; an assignment is paid at most once."""
+
+    __tablename__ = "payouts"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    assignment_id: Mapped[str] = mapped_column(String(40))
+    task_id: Mapped[str] = mapped_column(String(60))
+    provider_id: Mapped[str] = mapped_column(String(64), index=True)
+    amount: Mapped[int] = mapped_column(BigInteger)
+    release_at: Mapped[float] = mapped_column(Float, index=True)
+    released: Mapped[bool] = mapped_column(Boolean, default=False, index=True)
+    journal_seq: Mapped[int] = mapped_column(BigInteger)
+
+    __table_args__ = (UniqueConstraint("assignment_id", name="uq_payouts_assignment"),)
+
+
+class Event(Base):
+    __tablename__ = "events"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    ts: Mapped[float] = mapped_column(Float, index=True)
+    kind: Mapped[str] = mapped_column(String(32), index=True)
+    subject: Mapped[str] = mapped_column(String(100), default="")
+    body: Mapped[dict[str, Any]] = mapped_column(JSON)
