@@ -37,6 +37,12 @@ class Client:
     def close(self) -> None:
         self.http.close()
 
+    def __del__(self) -> None:
+        # A dropped client must not leak its pooled sockets.
+        http = getattr(self, "http", None)
+        if http is not None:
+            http.close()
+
     def __enter__(self) -> Client:
         return self
 
