@@ -67,7 +67,8 @@ def submit(c: Coordinator, owner: str, body: wire.JobIn) -> wire.JobOut:
                 or "no provider is registered"
             raise NoCapacity(f"no provider can run this job ({why})", field="spec",
                              providers=q.ineligible)
-        journal.append(s, ledger.escrow_job(owner, job_id, max_cost), c.clock)
+        if max_cost > 0:
+            journal.append(s, ledger.escrow_job(owner, job_id, max_cost), c.clock)
         s.add(Job(id=job_id, owner=owner, status="pending", kind=spec.kind, model=model,
                   spec=spec.model_dump(), input_digest=body.input_digest, items=len(items),
                   units=sum(shard_units), max_price=spec.max_price, escrow=max_cost, cost=0,
@@ -209,11 +210,13 @@ def submit_result(c: Coordinator, pid: str, assignment_id: str,
 def _accept(c: Coordinator, s: Session, a: Assignment, task: Task, job: Job) -> int:
     cost = cost_for_units(task.units, a.price)
     fee = fee_of(cost, c.settings.fee_bps)
-    entry = journal.append(s, ledger.payout(job.id, task.id, a.id, a.provider_id, cost, fee),
-                           c.clock)
+    seq = 0  # free work (a zero price) moves no money and has no entry
+    if cost > 0:
+        seq = journal.append(s, ledger.payout(job.id, task.id, a.id, a.provider_id, cost, fee),
+                             c.clock).seq
     s.add(Payout(assignment_id=a.id, task_id=task.id, provider_id=a.provider_id,
                  amount=cost - fee, release_at=c.now() + c.settings.challenge_window,
-                 released=False, journal_seq=entry.seq))
+                 released=cost == fee, journal_seq=seq))
     a.status = "accepted"
     task.status, task.output_digest, task.updated_at = "done", a.output_digest, c.now()
     job.cost += cost

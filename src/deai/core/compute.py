@@ -13,8 +13,8 @@ REFERENCE_GBPS = 10.0
 def compute_units(gflops: float, mem_gbps: float) -> float:
     if gflops <= 0 or mem_gbps <= 0:
         return 0.0
-    bandwidth_factor = min(1.0, (mem_gbps / REFERENCE_GBPS) ** 0.5)
-    return round(gflops / REFERENCE_GFLOPS * (0.5 + 0.5 * bandwidth_factor), 3)
+    bandwidth_factor = min(1.0, float((mem_gbps / REFERENCE_GBPS) ** 0.5))
+    return float(round(gflops / REFERENCE_GFLOPS * (0.5 + 0.5 * bandwidth_factor), 3))
 
 
 def price_per_cu(price_per_1000: int, cu: float) -> float:

@@ -141,6 +141,7 @@ def unbond(provider: str, amount: int) -> Draft:
 
 
 def escrow_job(owner: str, job_id: str, amount: int) -> Draft:
+    _positive(amount, "escrow")
     return Draft("escrow", {"job": job_id, "owner": owner, "amount": amount},
                  ((acct(owner), -amount), (escrow(job_id), amount)))
 
@@ -148,8 +149,8 @@ def escrow_job(owner: str, job_id: str, amount: int) -> Draft:
 def payout(job_id: str, task_id: str, assignment_id: str, provider: str, cost: int,
            fee_amount: int) -> Draft:
     """Pay an accepted task from escrow: the provider's share into pending, the fee aside."""
-    if not 0 <= fee_amount <= cost:
-        raise ValueError("fee must lie between 0 and the cost")
+    if not 0 <= fee_amount <= cost or cost <= 0:
+        raise ValueError("cost must be positive and the fee between 0 and the cost")
     return Draft(
         "payout",
         {"job": job_id, "task": task_id, "assignment": assignment_id, "provider": provider,
@@ -160,11 +161,13 @@ def payout(job_id: str, task_id: str, assignment_id: str, provider: str, cost: i
 
 def release(provider: str, amount: int, payouts: list[int]) -> Draft:
     """Pending earnings whose challenge window has passed become spendable."""
+    _positive(amount, "release")
     return Draft("release", {"provider": provider, "amount": amount, "payouts": payouts},
                  ((pending(provider), -amount), (acct(provider), amount)))
 
 
 def refund(owner: str, job_id: str, amount: int, reason: str) -> Draft:
+    _positive(amount, "refund")
     return Draft("refund", {"job": job_id, "owner": owner, "amount": amount, "reason": reason},
                  ((escrow(job_id), -amount), (acct(owner), amount)))
 

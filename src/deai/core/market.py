@@ -114,9 +114,12 @@ def place(tasks: Sequence[TaskDemand], providers: Iterable[ProviderState], min_s
             continue
         by_id[p.id] = p
         load[p.id] = p.load
+        # Rank each (workload, model) by the offer price_for() charges: the first one.
+        first: dict[tuple[str, str], int] = {}
         for o in p.offers:
-            heaps.setdefault((o.workload, o.model), []).append(
-                (strategy.score(o.price, p), p.load, p.id))
+            first.setdefault((o.workload, o.model), o.price)
+        for key, offered in first.items():
+            heaps.setdefault(key, []).append((strategy.score(offered, p), p.load, p.id))
     for h in heaps.values():
         heapq.heapify(h)
 

@@ -36,7 +36,8 @@ def parse(text: str) -> int:
     if neg:
         s = s[1:]
     whole, _, frac = s.partition(".")
-    if not whole.isdigit() and whole != "" or (frac and not frac.isdigit()) or len(frac) > 6:
+    if (not (whole.isdigit() or (whole == "" and frac)) or (frac and not frac.isdigit())
+            or len(frac) > 6):
         raise ValueError(f"not an amount: {text!r}")
     value = int(whole or "0") * MICRO + int((frac or "0").ljust(6, "0"))
     return -value if neg else value

@@ -20,7 +20,7 @@ from deai.core.errors import InvalidInput
 
 def _lines(data: bytes, what: str) -> list[Any]:
     out = []
-    for n, raw in enumerate(data.decode("utf-8", errors="strict").splitlines(), start=1):
+    for n, raw in enumerate(data.decode("utf-8", errors="strict").split("\n"), start=1):
         if raw.strip():
             try:
                 out.append(json.loads(raw))

@@ -33,9 +33,11 @@ class JobSpec(BaseModel):
 
     kind: Literal["embeddings"]
     model: str = Field(min_length=1, max_length=200)
-    max_price: int = Field(ge=0, le=10**12, description="micro-units per 1,000 units")
-    deadline: int = Field(default=3600, ge=10, le=7 * 24 * 3600, description="seconds")
-    shard_size: int = Field(default=64, ge=1, le=10_000)
+    max_price: int = Field(ge=0, le=10**12, strict=True,
+                           description="micro-units per 1,000 units")
+    deadline: int = Field(default=3600, ge=10, le=7 * 24 * 3600, strict=True,
+                          description="seconds")
+    shard_size: int = Field(default=64, ge=1, le=10_000, strict=True)
 
     def canonical_model(self) -> str:
         return catalog.lookup(self.model, field="spec.model", workload=self.kind).name
@@ -83,7 +85,9 @@ def parse_input(data: bytes, spec: JobSpec) -> list[Item]:
     url = WORKLOAD_URLS[spec.kind]
     items: list[Item] = []
     seen: set[str] = set()
-    for lineno, raw in enumerate(text.splitlines(), start=1):
+    # Only "\n" ends a JSONL line; str.splitlines would also split on U+2028 inside strings.
+    for lineno, raw in enumerate(text.split("\n"), start=1):
+        raw = raw.removesuffix("\r")
         if not raw.strip():
             continue
         where = f"input[line {lineno}]"

@@ -1,0 +1,51 @@
+"""Shared fixtures: a throwaway PostgreSQL server for the whole session.
+
+``pg_server`` starts lazily, the first time a test asks for a database, and is
+stopped at the end of the session. ``pg_url`` is the session's ``deai_test``
+database; ``module_pg_url`` and ``fresh_pg_url`` create a new, empty database for
+each module or test. Without the server binaries these fixtures fail, they do
+not skip.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tests.pg import PgServer, PgUnavailable
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PgServer]:
+    try:
+        server = PgServer.start()
+    except PgUnavailable as exc:
+        problem = str(exc)
+    else:
+        problem = ""
+    if problem:
+        pytest.fail(f"PostgreSQL is required for this test and could not start: {problem}",
+                    pytrace=False)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def pg_url(pg_server: PgServer) -> str:
+    """``postgresql+psycopg://postgres@127.0.0.1:PORT/deai_test``, shared by the session."""
+    return pg_server.url(pg_server.create_database("deai_test"))
+
+
+@pytest.fixture(scope="module")
+def module_pg_url(pg_server: PgServer) -> str:
+    """An empty database of its own for one test module."""
+    return pg_server.url(pg_server.create_database())
+
+
+@pytest.fixture
+def fresh_pg_url(pg_server: PgServer) -> str:
+    """An empty database of its own for one test."""
+    return pg_server.url(pg_server.create_database())
