@@ -179,13 +179,15 @@ class Client:
 
 def retrying(call: Callable[[], T], *, attempts: int | None = None, base: float = 0.5,
              cap: float = 15.0, on_retry: Callable[[Exception, float], None] | None = None) -> T:
-    """Call until it succeeds, backing off on transport errors and 5xx/503 answers."""
+    """Call until it succeeds, backing off on transport errors and 502/503/504 answers."""
     n = 0
     while True:
         try:
             return call()
         except (httpx.TransportError, DeAIError) as exc:
-            transient = isinstance(exc, httpx.TransportError) or getattr(exc, "status", 0) >= 500
+            # 500 is a bug on the server, not an outage: retrying would spin forever.
+            transient = (isinstance(exc, httpx.TransportError)
+                         or getattr(exc, "status", 0) in (502, 503, 504))
             n += 1
             if not transient or (attempts is not None and n >= attempts):
                 raise

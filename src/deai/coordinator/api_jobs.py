@@ -43,7 +43,7 @@ async def poll(body: wire.PollIn, c: C, me: Signer) -> wire.PollOut:
     while True:
         got = await run_in_threadpool(jobs.deliver, c, me)
         left = deadline - loop.time()
-        if got or left <= 0:
+        if got or left <= 0 or c.notifier.closing:
             return wire.PollOut(assignments=got)
         await c.notifier.wait_provider(me, min(left, 5.0))
 

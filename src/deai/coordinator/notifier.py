@@ -17,6 +17,7 @@ class Notifier:
         self._providers: dict[str, asyncio.Event] = {}
         self._match = asyncio.Event()
         self._listeners: set[asyncio.Queue[int]] = set()
+        self.closing = False
 
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
@@ -42,6 +43,18 @@ class Notifier:
     def _wake(self, ids: list[str]) -> None:
         for pid in ids:
             self._providers.setdefault(pid, asyncio.Event()).set()
+
+    def close(self) -> None:
+        """Shutting down: release every long-poll so the server can stop at once."""
+        self.closing = True
+        self._call(self._release)
+
+    def _release(self) -> None:
+        for ev in self._providers.values():
+            ev.set()
+        for q in list(self._listeners):
+            with contextlib.suppress(asyncio.QueueFull):
+                q.put_nowait(0)
 
     def kick(self) -> None:
         """Ask the matcher to run now rather than at its next tick."""

@@ -1,0 +1,313 @@
+"""The provider agent: join the network, then long-poll for shards, run them, submit results.
+
+    agent = ProviderAgent("http://127.0.0.1:8000", keys.load("gpu1"), threads=4)
+    agent.run(stop)            # blocks until ``stop`` is set and running tasks finish
+
+Joining: set torch's thread count, probe the hardware, benchmark it, load every
+offered model (so the first task does not pay for loading), read the network
+parameters, top up from the faucet on a devnet, register the offers and bond
+stake up to the desired amount.
+
+Working: a heartbeat thread reports the running assignments every
+``heartbeat_timeout / 3`` seconds and abandons the ones the coordinator says
+to drop; the main loop polls, and a pool of ``slots`` threads runs each
+assignment: download the input (checked against its digest), run the
+workload, upload the output, sign ``core.auth.result_message`` and submit. A
+task that raises is reported as failed; a 409 on submit (lease expired, job
+cancelled) is logged and skipped.
+
+Every coordinator call goes through ``sdk.retrying``: while the coordinator is
+down the agent backs off, and after a transport failure, or when the
+coordinator no longer knows the provider (401/404), it joins again before
+going on (registering is idempotent). ``start()`` is the entry point for the
+CLI: it wires SIGTERM/SIGINT to a clean exit with status 0.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+from typing import TypeVar
+
+import httpx
+
+from deai import workloads
+from deai.client import keys, sdk
+from deai.client.keys import Identity
+from deai.core import auth, catalog, wire
+from deai.core.errors import AuthError, Conflict, DeAIError, InsufficientFunds, NotFound
+from deai.provider import benchmark, hardware
+
+log = logging.getLogger("deai.provider")
+T = TypeVar("T")
+
+DEFAULT_MODELS = ("all-MiniLM-L6-v2",)
+POLL_WAIT = 20.0
+DRAIN_TIMEOUT = 120.0
+
+
+class Stopped(Exception):
+    """Raised inside the agent's threads to unwind once the stop event is set."""
+
+
+class ProviderAgent:
+    def __init__(self, coordinator_url: str, identity: Identity, *, threads: int,
+                 slots: int = 1, price: int = 1000, stake: int | None = None, name: str = "",
+                 models: tuple[str, ...] = DEFAULT_MODELS, faucet: bool = True,
+                 poll_wait: float = POLL_WAIT) -> None:
+        self.client = sdk.Client(coordinator_url, identity)
+        self.identity = identity
+        self.threads = max(1, threads)
+        self.slots = max(1, slots)
+        self.price = price
+        self.stake = stake
+        self.name = name or f"{socket.gethostname()}-{identity.id[:8]}"
+        self.models = tuple(catalog.lookup(m).name for m in models)
+        self.faucet = faucet
+        self.poll_wait = poll_wait
+        self.network: wire.NetworkInfo | None = None
+        self.registration: wire.RegisterIn | None = None
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._running: set[str] = set()
+        self._dropped: set[str] = set()
+        self._idle = threading.Condition(self._lock)
+        self._rejoin = threading.Event()
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    def run(self, stop: threading.Event) -> None:
+        """Join, then work until ``stop`` is set; return once running tasks are done."""
+        self._stop = stop
+        try:
+            self.registration = self.prepare()
+            self.join()
+        except Stopped:
+            return
+        beat = threading.Thread(target=self._heartbeat_loop, name="deai-heartbeat", daemon=True)
+        beat.start()
+        with ThreadPoolExecutor(self.slots, thread_name_prefix="deai-task") as pool:
+            while not stop.is_set():
+                try:
+                    self._work_once(pool)
+                except Stopped:
+                    break
+                except DeAIError as exc:  # refused, not unreachable: say why, then go on
+                    log.error("coordinator refused: %s", exc)
+                    stop.wait(5.0)
+        self.client.close()
+        log.info("provider %s stopped", self.identity.id[:12])
+
+    def prepare(self) -> wire.RegisterIn:
+        """Probe, benchmark and warm the models: everything that needs no coordinator."""
+        import torch
+
+        torch.set_num_threads(self.threads)
+        hw = hardware.probe()
+        device = "cuda" if hw.gpus else "cpu"
+        bench = benchmark.run(self.threads, device)
+        log.info("hardware: %s, %d cores, %d MiB, %d GPU(s); benchmark %.1f GFLOP/s, "
+                 "%.1f GB/s (%.2f CU)", hw.cpu_model, hw.cores, hw.memory_mb, len(hw.gpus),
+                 bench.gflops, bench.mem_gbps, benchmark.compute_units(bench))
+        offers = []
+        for model in self.models:
+            info = catalog.lookup(model)
+            t0 = time.monotonic()
+            workloads.get(info.workload).load(model)
+            log.info("loaded %s (%s) in %.1f s", model, info.workload, time.monotonic() - t0)
+            offers.append(wire.OfferIn.model_validate(
+                {"workload": info.workload, "model": model, "price": self.price}))
+        return wire.RegisterIn(name=self.name, hardware=hw, benchmark=bench,
+                               threads=self.threads, slots=self.slots, offers=offers)
+
+    def join(self) -> wire.ProviderOut:
+        """Fund (devnet), register and bond; safe to repeat after a reconnect."""
+        assert self.registration is not None, "prepare() first"
+        self._rejoin.clear()
+        net = self.network = self._call(self.client.network)
+        want = net.min_stake if self.stake is None else self.stake
+        try:
+            bal = self._call(self.client.balance)
+        except NotFound:  # an account the ledger has never seen holds nothing
+            bal = wire.BalanceOut(account=self.identity.id, available=0, pending=0, stake=0)
+        short = want - (bal.available + bal.stake)
+        if short > 0 and net.devnet and self.faucet:
+            bal = self._call(lambda: self.client.faucet(short))
+            log.info("faucet: +%d µ (available %d)", short, bal.available)
+        reg = self.registration
+        provider = self._call(lambda: self.client.register(reg))
+        if want > bal.stake:
+            try:
+                bal = self._call(lambda: self.client.bond(want - bal.stake))
+            except InsufficientFunds as exc:
+                raise DeAIError(f"cannot bond {want} µ stake: {exc.message}") from exc
+        log.info("registered %s as %r: stake %d µ, %d offer(s), %d slot(s)",
+                 self.identity.id, self.name, bal.stake, len(reg.offers), self.slots)
+        return provider
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait until no assignment is running; False if ``timeout`` passed first."""
+        with self._idle:
+            return self._idle.wait_for(lambda: not self._running, timeout)
+
+    # --- coordinator calls ----------------------------------------------------------------
+
+    def _call(self, fn: Callable[[], T]) -> T:
+        def on_retry(exc: Exception, delay: float) -> None:
+            if self._stop.is_set():
+                raise Stopped from exc
+            if isinstance(exc, httpx.TransportError):
+                self._rejoin.set()
+            log.warning("coordinator unavailable (%s); retrying in %.1f s",
+                        type(exc).__name__ if isinstance(exc, httpx.TransportError) else exc,
+                        delay)
+
+        return sdk.retrying(fn, on_retry=on_retry)
+
+    def _work_once(self, pool: ThreadPoolExecutor) -> None:
+        if self._rejoin.is_set():
+            self.join()
+        with self._idle:  # every slot busy: wait for one to free up before polling
+            if not self._idle.wait_for(lambda: len(self._running) < self.slots, timeout=1.0):
+                return
+        try:
+            polled = self._call(lambda: self.client.poll(wait=self.poll_wait))
+        except (AuthError, NotFound) as exc:
+            log.warning("coordinator does not know this provider (%s); registering again", exc)
+            self._rejoin.set()
+            self._stop.wait(1.0)
+            return
+        for a in polled.assignments:
+            if self._stop.is_set():  # shutting down: hand it back rather than let it expire
+                self._fail(a.id, "provider is shutting down")
+                continue
+            with self._lock:
+                self._running.add(a.id)
+            pool.submit(self._execute, a)
+
+    def _heartbeat_loop(self) -> None:
+        while not self._stop.is_set():
+            net = self.network
+            interval = (net.heartbeat_timeout if net else 15.0) / 3
+            with self._lock:
+                running = sorted(self._running - self._dropped)
+            try:
+                out = sdk.retrying(partial(self.client.heartbeat, running), attempts=2)
+            except (AuthError, NotFound):
+                self._rejoin.set()
+            except (httpx.TransportError, DeAIError) as exc:
+                log.debug("heartbeat failed: %s", exc)
+                if isinstance(exc, httpx.TransportError):
+                    self._rejoin.set()
+            else:
+                if out.drop:
+                    log.info("coordinator dropped %s", ", ".join(out.drop))
+                    with self._lock:  # ids no longer running need no mark
+                        self._dropped.update(set(out.drop) & self._running)
+            self._stop.wait(interval)
+
+    # --- one assignment -------------------------------------------------------------------
+
+    def _execute(self, a: wire.AssignmentOut) -> None:
+        try:
+            self._process(a)
+        except Stopped:
+            pass
+        except Conflict as exc:
+            log.warning("assignment %s: %s (lease expired or job cancelled)", a.id, exc)
+        except Exception as exc:
+            log.exception("assignment %s failed", a.id)
+            self._fail(a.id, f"{type(exc).__name__}: {exc}")
+        finally:
+            with self._idle:
+                self._running.discard(a.id)
+                self._dropped.discard(a.id)
+                self._idle.notify_all()
+
+    def _process(self, a: wire.AssignmentOut) -> None:
+        blob = self._call(lambda: self.client.download(a.input_digest))
+        if hashlib.sha256(blob).hexdigest() != a.input_digest:
+            raise DeAIError(f"input blob does not match its digest {a.input_digest}")
+        t0 = time.monotonic()
+        output, units = workloads.get(a.workload).run(a.model, blob)
+        seconds = time.monotonic() - t0
+        if self._is_dropped(a.id):
+            log.info("assignment %s dropped by the coordinator; result discarded", a.id)
+            return
+        result = signed_result(self.identity, a.id, output, units, seconds)
+        uploaded = self._call(lambda: self.client.upload(output))
+        if uploaded.digest != result.output_digest:
+            raise DeAIError(f"coordinator stored output as {uploaded.digest}, "
+                            f"expected {result.output_digest}")
+        out = self._call(lambda: self.client.submit_result(a.id, result))
+        log.info("task %s: %d units in %.2f s -> %s (paid %d µ)", a.id, units, seconds,
+                 out.status, out.paid)
+
+    def _is_dropped(self, assignment_id: str) -> bool:
+        with self._lock:
+            return assignment_id in self._dropped
+
+    def _fail(self, assignment_id: str, error: str) -> None:
+        try:
+            sdk.retrying(lambda: self.client.report_failure(assignment_id, error), attempts=3)
+        except (httpx.TransportError, DeAIError) as exc:
+            log.warning("could not report failure of %s: %s", assignment_id, exc)
+
+
+def signed_result(identity: Identity, assignment_id: str, output: bytes, units: int,
+                  seconds: float) -> wire.ResultIn:
+    """The result body for ``output``, signed over ``core.auth.result_message``."""
+    digest = hashlib.sha256(output).hexdigest()
+    return wire.ResultIn(output_digest=digest, units=units, seconds=round(seconds, 4),
+                         signature=identity.sign(auth.result_message(assignment_id, digest,
+                                                                     units)))
+
+
+def start(coordinator: str, key: str, threads: int, slots: int = 1, price: int = 1000,
+          stake: int | None = None, name: str = "") -> int:
+    """Run a provider until SIGTERM/SIGINT; the exit status for the CLI (0 on a clean stop)."""
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO,
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request is noise
+    identity = keys.create(key, exist_ok=True)
+    agent = ProviderAgent(coordinator, identity, threads=threads, slots=slots, price=price,
+                          stake=stake, name=name)
+    stop = threading.Event()
+    failure: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            agent.run(stop)
+        except BaseException as exc:  # reported by the main thread
+            failure.append(exc)
+        finally:
+            stop.set()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        log.info("received %s; finishing running tasks", signal.Signals(signum).name)
+        stop.set()
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+    worker = threading.Thread(target=target, name="deai-agent", daemon=True)
+    worker.start()
+    while not stop.wait(0.5):
+        pass
+    # The worker may sit in a long poll for up to poll_wait seconds; the exit need
+    # not wait for that, only for assignments already being run.
+    if not agent.wait_idle(DRAIN_TIMEOUT):
+        log.warning("tasks still running after %.0f s; leaving them to expire", DRAIN_TIMEOUT)
+    worker.join(timeout=1.0)
+    if failure:
+        log.error("provider stopped: %s", failure[0])
+        return 1
+    return 0

@@ -1,0 +1,59 @@
+"""The ``Workload`` protocol and the registry of workloads by name.
+
+A workload turns one shard blob into one output blob and a count of billable
+units. It must be deterministic on a given device: the same model and shard
+give the same bytes, so replicas and referees can compare results.
+
+    wl = get("embeddings")
+    wl.load("all-MiniLM-L6-v2")             # keep the model warm (idempotent)
+    output, units = wl.run("all-MiniLM-L6-v2", shard)
+
+Workloads are registered as ``module:attribute`` strings and imported on first
+use, so a process that never runs one never imports its heavy dependencies.
+"""
+
+from __future__ import annotations
+
+import importlib
+import threading
+from typing import Protocol, runtime_checkable
+
+from deai.core.errors import InvalidInput
+
+
+@runtime_checkable
+class Workload(Protocol):
+    name: str
+
+    def load(self, model: str) -> None:
+        """Load ``model`` and keep it warm; a second call is a no-op."""
+
+    def run(self, model: str, shard: bytes) -> tuple[bytes, int]:
+        """Run one shard; return the output blob and the units it consumed."""
+
+
+_REGISTRY: dict[str, str] = {
+    "embeddings": "deai.workloads.embeddings:WORKLOAD",
+}
+_LOADED: dict[str, Workload] = {}
+_LOCK = threading.Lock()
+
+
+def names() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def get(name: str) -> Workload:
+    """The workload registered as ``name``; ``InvalidInput`` for an unknown one."""
+    with _LOCK:
+        wl = _LOADED.get(name)
+        if wl is None:
+            target = _REGISTRY.get(name)
+            if target is None:
+                raise InvalidInput(
+                    f"unknown workload {name!r}; known: {', '.join(names())}", field="workload"
+                )
+            module, attr = target.split(":")
+            wl = getattr(importlib.import_module(module), attr)
+            _LOADED[name] = wl
+        return wl
