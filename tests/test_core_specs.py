@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from deai.core import specs
+from deai.core import kinds, specs
 from deai.core.errors import InvalidInput, UnknownModel
 from deai.core.specs import Item, JobSpec, parse_input, parse_spec, shard
 
@@ -54,7 +54,7 @@ def test_a_good_spec_parses_with_defaults() -> None:
     assert (s.kind, s.model, s.max_price, s.deadline, s.shard_size) == (
         "embeddings", MODEL, 2_000, 3600, 64)
     alias = parse_spec(spec_with(model="sentence-transformers/all-MiniLM-L6-v2"))
-    assert alias.canonical_model() == MODEL
+    assert kinds.get("embeddings").model(alias).name == MODEL
 
 
 @pytest.mark.parametrize(("data", "field"), [

@@ -135,7 +135,7 @@ def _stop(proc: subprocess.Popen[bytes]) -> int:
 @pytest.mark.slow
 def test_end_to_end_job_through_a_real_coordinator(tmp_path: Path) -> None:
     """Coordinator and provider as real processes; the job's vectors equal a local run's."""
-    from deai.core.specs import JobSpec, encode_items, parse_input, shard
+    from deai.core.specs import encode_items, parse_input, parse_spec, shard
     from deai.workloads import embeddings
 
     env = {**os.environ, "DEAI_HOME": str(tmp_path / "home")}
@@ -169,7 +169,7 @@ def test_end_to_end_job_through_a_real_coordinator(tmp_path: Path) -> None:
                 obj = json.loads(line)
                 got[obj["custom_id"]] = [d["embedding"] for d in obj["response"]["body"]["data"]]
         want = {}
-        for part in shard(parse_input(data, JobSpec.model_validate(spec)), 3):
+        for part in shard(parse_input(data, parse_spec(spec)), 3):
             for line in embeddings.embed("all-MiniLM-L6-v2", encode_items(part))[0].splitlines():
                 obj = json.loads(line)
                 want[obj["custom_id"]] = obj["embeddings"]

@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from deai.core import outputs
 from deai.core.errors import InvalidInput, UnknownModel
+from deai.core.kinds.embeddings import check_output
 from deai.core.specs import Item, encode_items
 from deai.workloads import embeddings, get
 
@@ -40,13 +40,13 @@ def test_one_line_per_input_line_in_order(output: tuple[bytes, int]) -> None:
 
 
 def test_output_passes_the_coordinators_structural_check(output: tuple[bytes, int]) -> None:
-    outputs.check_embeddings(encode_items(ITEMS), output[0], dims=384)
+    check_output(encode_items(ITEMS), output[0], dims=384)
 
 
 def test_line_separators_inside_texts_do_not_split_lines() -> None:
     items = [Item(0, "sep\u2028id", ("one\u2028two", "three\x85four\x1c")), Item(1, "z", ("z",))]
     blob, units = embeddings.embed(MODEL, encode_items(items))
-    outputs.check_embeddings(encode_items(items), blob, dims=384)
+    check_output(encode_items(items), blob, dims=384)
     assert units == 3
 
 

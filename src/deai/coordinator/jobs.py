@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from deai.coordinator.matching import all_provider_states
 from deai.coordinator.service import Coordinator, new_id
-from deai.core import auth, catalog, ledger, market, outputs, specs, wire
+from deai.core import auth, kinds, ledger, market, specs, wire
 from deai.core.errors import Conflict, Forbidden, InvalidInput, NoCapacity, NotFound
 from deai.core.money import cost_for_units, fee_of
 from deai.store import journal
@@ -35,7 +35,7 @@ def quote(c: Coordinator, q: wire.QuoteIn) -> wire.QuoteOut:
 
 def _quote_out(c: Coordinator, spec: specs.JobSpec, shard_units: list[int],
                providers: list[market.ProviderState]) -> wire.QuoteOut:
-    info = catalog.lookup(spec.model, field="spec.model")
+    info = kinds.get(spec.kind).model(spec)
     d = market.TaskDemand(id="quote", workload=spec.kind, model=info.name,
                           max_price=spec.max_price, memory_mb=info.memory_mb)
     r = market.quote(d, shard_units, providers, c.settings.min_stake)
@@ -48,15 +48,15 @@ def _quote_out(c: Coordinator, spec: specs.JobSpec, shard_units: list[int],
 
 def submit(c: Coordinator, owner: str, body: wire.JobIn) -> wire.JobOut:
     spec = specs.parse_spec(body.spec)
-    model = spec.canonical_model()
+    kind = kinds.get(spec.kind)
+    model = kind.model(spec).name
     if not c.blobs.exists(body.input_digest):
         raise NotFound("input_digest: no uploaded blob has this digest; upload it first",
                        field="input_digest")
-    items = specs.parse_input(c.blobs.get(body.input_digest), spec)
-    shards = specs.shard(items, spec.shard_size)
-    shard_units = [sum(it.units for it in sh) for sh in shards]
+    shards = kind.split(spec, c.blobs.get(body.input_digest))
+    shard_units = [sh.max_units for sh in shards]
     max_cost = sum(cost_for_units(u, spec.max_price) for u in shard_units)
-    shard_digests = [c.blobs.put(specs.encode_items(sh)) for sh in shards]
+    shard_digests = [c.blobs.put(sh.payload) for sh in shards]
     now = c.now()
     job_id = new_id("job")
     with c.db.write() as s:
@@ -70,15 +70,14 @@ def submit(c: Coordinator, owner: str, body: wire.JobIn) -> wire.JobOut:
         if max_cost > 0:
             journal.append(s, ledger.escrow_job(owner, job_id, max_cost), c.clock)
         s.add(Job(id=job_id, owner=owner, status="pending", kind=spec.kind, model=model,
-                  spec=spec.model_dump(), input_digest=body.input_digest, items=len(items),
+                  spec=spec.model_dump(), input_digest=body.input_digest,
+                  items=sum(sh.items for sh in shards),
                   units=sum(shard_units), max_price=spec.max_price, escrow=max_cost, cost=0,
                   refunded=0, created_at=now, deadline_at=now + spec.deadline))
         s.flush()
-        for i, (dg, (sh, units)) in enumerate(zip(shard_digests, zip(shards, shard_units,
-                                                                       strict=True),
-                                                  strict=True)):
+        for i, (dg, sh) in enumerate(zip(shard_digests, shards, strict=True)):
             s.add(Task(id=f"{job_id}.t{i:05d}", job_id=job_id, idx=i, status="queued",
-                       input_digest=dg, items=len(sh), units=units, attempts=0,
+                       input_digest=dg, items=sh.items, units=sh.max_units, attempts=0,
                        updated_at=now))
         c.emit(s, "job_submitted", job_id, owner=owner, tasks=len(shards), escrow=max_cost,
                model=model, units=sum(shard_units))
@@ -190,12 +189,12 @@ def submit_result(c: Coordinator, pid: str, assignment_id: str,
         a.submitted_at, a.output_digest = c.now(), r.output_digest
         a.units, a.seconds, a.signature = r.units, r.seconds, r.signature
         try:
-            if r.units != task.units:
-                raise InvalidInput(f"units: task has {task.units}, result claims {r.units}",
-                                   field="units")
-            dims = catalog.lookup(job.model).dims
-            outputs.check_embeddings(c.blobs.get(task.input_digest),
-                                     c.blobs.get(r.output_digest), dims)
+            kind = kinds.get(job.kind)
+            metered = kind.meter(kind.parse_spec(job.spec), c.blobs.get(task.input_digest),
+                                 c.blobs.get(r.output_digest))
+            if r.units != metered:
+                raise InvalidInput(f"units: the output shows {metered}, the result claims "
+                                   f"{r.units}", field="units")
         except InvalidInput as exc:
             a.status, a.error = "rejected", exc.message
             _requeue(c, s, task, job, f"rejected output from {pid[:12]}: {exc.message}")
@@ -208,7 +207,7 @@ def submit_result(c: Coordinator, pid: str, assignment_id: str,
 
 
 def _accept(c: Coordinator, s: Session, a: Assignment, task: Task, job: Job) -> int:
-    cost = cost_for_units(task.units, a.price)
+    cost = cost_for_units(a.units or 0, a.price)
     fee = fee_of(cost, c.settings.fee_bps)
     seq = 0  # free work (a zero price) moves no money and has no entry
     if cost > 0:
@@ -235,7 +234,8 @@ def _accept(c: Coordinator, s: Session, a: Assignment, task: Task, job: Job) -> 
 def _complete(c: Coordinator, s: Session, job: Job) -> None:
     digests = list(s.scalars(select(Task.output_digest).where(Task.job_id == job.id)
                              .order_by(Task.idx)))
-    data = outputs.assemble(job.id, job.model, [c.blobs.get(d) for d in digests if d])
+    kind = kinds.get(job.kind)
+    data = kind.assemble(job.id, kind.parse_spec(job.spec), [c.blobs.get(d) for d in digests if d])
     job.output_digest = c.blobs.put(data)
     _end(c, s, job, "completed", None)
 

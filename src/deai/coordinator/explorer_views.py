@@ -1,0 +1,359 @@
+"""Read-only views for the explorer: each function is one snapshot read of the store.
+
+Nothing here writes. Every view reads inside one ``db.read()`` transaction so
+the numbers on a page agree with each other; aggregation that SQLite and
+PostgreSQL would spell differently (time buckets, JSON filters) is done in
+Python over bounded row sets.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import weakref
+from collections import defaultdict
+from typing import Any
+
+from sqlalchemy import String, cast, func, select
+from sqlalchemy.orm import Session
+
+from deai.coordinator import api_ledger, jobs
+from deai.coordinator.service import Coordinator
+from deai.core import compute, ledger
+from deai.core import wire_explorer as wx
+from deai.core.errors import NotFound
+from deai.core.money import cost_for_units
+from deai.store import journal
+from deai.store.models import (
+    Assignment,
+    Event,
+    Job,
+    JournalEntry,
+    JournalHead,
+    Offer,
+    Payout,
+    Provider,
+    Task,
+)
+
+BUCKETS = 60
+MAX_PRICE_ROWS = 50_000
+MAX_SHARDS = 20_000
+FINISHED = ("completed", "failed", "cancelled")
+
+
+def event_out(e: Event) -> wx.EventOut:
+    return wx.EventOut(id=e.id, ts=e.ts, kind=e.kind, subject=e.subject, body=dict(e.body or {}))
+
+
+def _counts(s: Session, col: Any) -> dict[str, int]:
+    return {str(k): int(n) for k, n in s.execute(select(col, func.count()).group_by(col)).all()}
+
+
+def _int(v: Any) -> int:
+    try:
+        return int(v)
+    except (TypeError, ValueError):
+        return 0
+
+
+def last_event_id(s: Session) -> int:
+    return int(s.scalar(select(func.max(Event.id))) or 0)
+
+
+def _supply(s: Session) -> int:
+    """Everything the faucet ever minted: the only account allowed below zero."""
+    return -journal.balance(s, ledger.MINT)
+
+
+# --- overview -------------------------------------------------------------------------
+
+def overview(c: Coordinator, window: float, price_window: float) -> wx.OverviewOut:
+    now = c.now()
+    with c.db.read() as s:
+        provs = s.scalars(select(Provider).order_by(Provider.registered_at)).all()
+        online = [p for p in provs if c.online(p)]
+        job_counts = _counts(s, Job.status)
+        task_counts = _counts(s, Task.status)
+
+        bucket = window / BUCKETS
+        since = now - window
+        done_ts = s.scalars(select(Event.ts).where(Event.kind == "task_accepted",
+                                                   Event.ts >= since)).all()
+        per_bucket = [0] * BUCKETS
+        for ts in done_ts:
+            per_bucket[min(BUCKETS - 1, max(0, int((ts - since) // bucket)))] += 1
+        last_minute = sum(1 for ts in done_ts if ts >= now - 60.0)
+
+        offers = s.scalars(select(Offer)).all()
+        by_id = {p.id: p for p in provs}
+        provider_prices = [
+            wx.ProviderPrice(provider=o.provider_id, name=by_id[o.provider_id].name,
+                             online=by_id[o.provider_id] in online, workload=o.workload,
+                             model=o.model, price=o.price,
+                             compute_units=by_id[o.provider_id].compute_units,
+                             price_per_cu=_per_cu(o.price, by_id[o.provider_id].compute_units))
+            for o in offers if o.provider_id in by_id]
+
+        verif = _counts_where(s, Event.kind, Event.kind.in_(wx.VERIFICATION_KINDS))
+        roles = _counts(s, Assignment.role)
+        primary = roles.get("primary", 0)
+        extra = sum(n for r, n in roles.items() if r != "primary")
+        head = s.get(JournalHead, 1)
+        return wx.OverviewOut(
+            now=now, providers_online=len(online), providers_total=len(provs),
+            cpus=sum(_int(p.hardware.get("cores")) for p in online),
+            gpus=sum(len(p.hardware.get("gpus") or []) for p in online),
+            compute_units=round(sum(p.compute_units for p in online), 3),
+            jobs=job_counts,
+            jobs_running=sum(job_counts.get(k, 0) for k in jobs.ACTIVE),
+            jobs_finished=job_counts.get("completed", 0),
+            tasks=task_counts, tasks_per_second=round(last_minute / 60.0, 3),
+            throughput=[wx.ThroughputPoint(t=since + i * bucket, tasks=n)
+                        for i, n in enumerate(per_bucket)],
+            bucket_seconds=bucket,
+            prices=_price_series(s, now, price_window),
+            provider_prices=provider_prices,
+            verification=wx.VerificationCounts(
+                checks_passed=verif.get("check_passed", 0),
+                checks_failed=verif.get("check_failed", 0),
+                verdicts=verif.get("verdict", 0), slashes=verif.get("slash", 0),
+                overhead=round(extra / primary, 4) if primary else 0.0),
+            journal_seq=head.seq if head else 0, supply=_supply(s),
+            last_event_id=last_event_id(s))
+
+
+def _counts_where(s: Session, col: Any, cond: Any) -> dict[str, int]:
+    rows = s.execute(select(col, func.count()).where(cond).group_by(col)).all()
+    return {str(k): int(n) for k, n in rows}
+
+
+def _per_cu(price: int, cu: float) -> float | None:
+    return round(compute.price_per_cu(price, cu), 3) if cu > 0 else None
+
+
+def _price_series(s: Session, now: float, window: float) -> list[wx.PriceSeries]:
+    since = now - window
+    bucket = window / BUCKETS
+    rows = s.execute(select(Job.kind, Assignment.price, Assignment.leased_at)
+                     .join(Job, Job.id == Assignment.job_id)
+                     .where(Assignment.leased_at >= since)
+                     .order_by(Assignment.leased_at.desc()).limit(MAX_PRICE_ROWS)).all()
+    acc: dict[str, dict[int, list[int]]] = defaultdict(lambda: defaultdict(list))
+    for kind, price, at in rows:
+        acc[kind][min(BUCKETS - 1, max(0, int((at - since) // bucket)))].append(int(price))
+    out = []
+    for kind in sorted(acc):
+        pts = [wx.PricePoint(t=since + i * bucket, avg=round(sum(v) / len(v), 2), min=min(v),
+                             max=max(v), n=len(v)) for i, v in sorted(acc[kind].items())]
+        out.append(wx.PriceSeries(workload=kind, points=pts))
+    return out
+
+
+# --- providers ------------------------------------------------------------------------
+
+def assignment_row(a: Assignment) -> wx.AssignmentRow:
+    return wx.AssignmentRow(
+        id=a.id, task_id=a.task_id, job_id=a.job_id, provider_id=a.provider_id, role=a.role,
+        status=a.status, price=a.price, leased_at=a.leased_at, submitted_at=a.submitted_at,
+        seconds=a.seconds, units=a.units, output_digest=a.output_digest, error=a.error)
+
+
+def _mentions(value: Any, needle: str) -> bool:
+    if isinstance(value, str):
+        return value == needle
+    if isinstance(value, dict):
+        return any(_mentions(v, needle) for v in value.values())
+    if isinstance(value, list | tuple):
+        return any(_mentions(v, needle) for v in value)
+    return False
+
+
+def verification_events(s: Session, limit: int, before: int | None = None,
+                        party: str | None = None) -> list[wx.EventOut]:
+    q = select(Event).where(Event.kind.in_(wx.VERIFICATION_KINDS))
+    if before is not None:
+        q = q.where(Event.id < before)
+    if party is None:
+        return [event_out(e) for e in s.scalars(q.order_by(Event.id.desc()).limit(limit))]
+    rows = s.scalars(q.order_by(Event.id.desc()).limit(max(limit * 40, 2000)))
+    return [event_out(e) for e in rows
+            if e.subject == party or _mentions(e.body, party)][:limit]
+
+
+def provider_detail(c: Coordinator, pid: str, limit: int) -> wx.ProviderDetailOut:
+    prov = c.provider(pid)  # NotFound for an unknown id
+    bal = c.balance(pid)
+    with c.db.read() as s:
+        sums = dict(s.execute(select(Payout.released, func.coalesce(func.sum(Payout.amount), 0))
+                              .where(Payout.provider_id == pid)
+                              .group_by(Payout.released)).all())
+        statuses = _counts_where(s, Assignment.status, Assignment.provider_id == pid)
+        recent = s.scalars(select(Assignment).where(Assignment.provider_id == pid)
+                           .order_by(Assignment.leased_at.desc()).limit(limit)).all()
+        return wx.ProviderDetailOut(
+            provider=prov, balance=bal, pending_earnings=int(sums.get(False, 0)),
+            released_earnings=int(sums.get(True, 0)), assignments=statuses,
+            recent=[assignment_row(a) for a in recent],
+            checks=verification_events(s, limit, party=pid))
+
+
+# --- jobs -----------------------------------------------------------------------------
+
+def shard_state(task_status: str, submitted: bool) -> str:
+    """What the shard map shows: the task's status in words a user reads."""
+    if task_status == "assigned":
+        return "verifying" if submitted else "running"
+    return {"done": "accepted"}.get(task_status, task_status)
+
+
+def job_detail(c: Coordinator, job_id: str) -> wx.JobDetailOut:
+    job = jobs.view(c, job_id)  # NotFound for an unknown id
+    with c.db.read() as s:
+        tasks = s.scalars(select(Task).where(Task.job_id == job_id).order_by(Task.idx)
+                          .limit(MAX_SHARDS)).all()
+        asgs = s.scalars(select(Assignment).where(Assignment.job_id == job_id)
+                         .order_by(Assignment.leased_at)).all()
+        by_task: dict[str, list[Assignment]] = defaultdict(list)
+        for a in asgs:
+            by_task[a.task_id].append(a)
+        units = {t.id: t.units for t in tasks}
+        shards, states = [], defaultdict(int)
+        for t in tasks:
+            mine = by_task.get(t.id, [])
+            state = shard_state(t.status, any(a.status == "submitted" for a in mine))
+            states[state] += 1
+            shards.append(wx.ShardOut(
+                idx=t.idx, task_id=t.id, status=t.status, state=state, attempts=t.attempts,
+                redone=t.attempts > 1, items=t.items, units=t.units,
+                providers=list(dict.fromkeys(a.provider_id for a in mine)), error=t.error))
+        per: dict[str, dict[str, int]] = defaultdict(lambda: {"accepted": 0, "n": 0, "paid": 0})
+        for a in asgs:
+            row = per[a.provider_id]
+            row["n"] += 1
+            if a.status == "accepted":
+                row["accepted"] += 1
+                row["paid"] += cost_for_units(units.get(a.task_id, a.units or 0), a.price)
+        names = dict(s.execute(select(Provider.id, Provider.name)
+                               .where(Provider.id.in_(list(per)))).all()) if per else {}
+        providers = [wx.JobProviderOut(id=pid, name=names.get(pid, pid[:12]),
+                                       accepted=r["accepted"], assignments=r["n"],
+                                       paid=r["paid"])
+                     for pid, r in sorted(per.items(), key=lambda kv: -kv[1]["accepted"])]
+        latest = sorted(asgs, key=lambda a: a.leased_at, reverse=True)[:200]
+        return wx.JobDetailOut(job=job, shards=shards, states=dict(states), cost_so_far=job.cost,
+                               providers=providers,
+                               assignments=[assignment_row(a) for a in latest])
+
+
+# --- events ---------------------------------------------------------------------------
+
+def events_after(c: Coordinator, after: int, limit: int,
+                 kinds: list[str] | None = None) -> list[wx.EventOut]:
+    with c.db.read() as s:
+        q = select(Event).where(Event.id > after)
+        if kinds:
+            q = q.where(Event.kind.in_(kinds))
+        return [event_out(e) for e in s.scalars(q.order_by(Event.id).limit(limit))]
+
+
+def events_page(c: Coordinator, after: int, limit: int,
+                kinds: list[str] | None) -> wx.EventsOut:
+    rows = events_after(c, after, limit, kinds)
+    with c.db.read() as s:
+        return wx.EventsOut(events=rows, last_id=last_event_id(s))
+
+
+def latest_event_id(c: Coordinator) -> int:
+    with c.db.read() as s:
+        return last_event_id(s)
+
+
+def verification(c: Coordinator, limit: int, before: int | None) -> wx.EventsOut:
+    with c.db.read() as s:
+        return wx.EventsOut(events=verification_events(s, limit, before),
+                            last_id=last_event_id(s))
+
+
+# --- ledger ---------------------------------------------------------------------------
+
+class AuditCache:
+    """The latest server-side audit of each coordinator, with when it ran."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._runs: weakref.WeakKeyDictionary[Coordinator, wx.AuditRun] = (
+            weakref.WeakKeyDictionary())
+
+    def latest(self, c: Coordinator) -> wx.AuditRun | None:
+        return self._runs.get(c)
+
+    def run(self, c: Coordinator) -> wx.AuditRun:
+        asked = c.now()
+        with self._lock:  # one replay at a time; callers queued behind it share its result
+            last = self._runs.get(c)
+            if last is not None and last.at >= asked:
+                return last
+            t0 = time.perf_counter()
+            result = api_ledger.audit(c)
+            run = wx.AuditRun(at=c.now(), seconds=round(time.perf_counter() - t0, 4),
+                              result=result)
+            self._runs[c] = run
+            return run
+
+
+AUDITS = AuditCache()
+
+
+def journal_row(r: JournalEntry) -> wx.JournalRow:
+    return wx.JournalRow(seq=r.seq, ts_ms=r.ts_ms, kind=r.kind, hash=r.hash,
+                         prev_hash=r.prev_hash, body=dict(r.body or {}),
+                         postings=[list(p) for p in r.postings])
+
+
+def ledger_view(c: Coordinator, limit: int, before: int | None) -> wx.LedgerOut:
+    with c.db.read() as s:
+        q = select(JournalEntry)
+        if before is not None:
+            q = q.where(JournalEntry.seq < before)
+        rows = s.scalars(q.order_by(JournalEntry.seq.desc()).limit(limit)).all()
+        head = s.get(JournalHead, 1)
+        return wx.LedgerOut(head_seq=head.seq if head else 0,
+                            head_hash=head.hash if head else ledger.GENESIS,
+                            supply=_supply(s), entries=[journal_row(r) for r in rows],
+                            last_audit=AUDITS.latest(c))
+
+
+def ledger_accounts_of(account: str) -> list[str]:
+    """An owner id stands for its spendable, pending and staked accounts."""
+    if len(account) == 64 and all(ch in "0123456789abcdef" for ch in account):
+        return [ledger.acct(account), ledger.pending(account), ledger.stake(account)]
+    return [account]
+
+
+def _like(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def account_view(c: Coordinator, account: str, limit: int) -> wx.AccountOut:
+    names = ledger_accounts_of(account)
+    with c.db.read() as s:
+        bal = journal.balances(s, names)
+        text = cast(JournalEntry.postings, String)
+        cond = text.like(f'%"{_like(names[0])}"%', escape="\\")
+        for n in names[1:]:
+            cond = cond | text.like(f'%"{_like(n)}"%', escape="\\")
+        rows = s.scalars(select(JournalEntry).where(cond)
+                         .order_by(JournalEntry.seq.desc()).limit(limit)).all()
+        history = []
+        for r in rows:
+            delta = sum(int(d) for a, d in r.postings if a in names)
+            if any(a in names for a, _ in r.postings):
+                history.append(wx.AccountHistoryRow(seq=r.seq, ts_ms=r.ts_ms, kind=r.kind,
+                                                    hash=r.hash, delta=delta,
+                                                    postings=[list(p) for p in r.postings]))
+    if not history and not bal:
+        raise NotFound(f"no ledger account {account}", field="account")
+    owner = c.balance(account) if len(names) == 3 else None
+    return wx.AccountOut(account=account, ledger_accounts={n: bal.get(n, 0) for n in names},
+                         balance=owner, history=history)

@@ -1,0 +1,78 @@
+"""OpenAI Batch files: reading input lines and writing output lines.
+
+Input: one JSON object a line, ``{"custom_id", "method": "POST", "url", "body"}``.
+Only "\\n" ends a line: ``str.splitlines`` would also split on U+2028 and
+friends, which JSON writers leave raw inside strings.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+from deai.core.errors import InvalidInput
+
+T = TypeVar("T")
+
+
+def jsonl(data: bytes, what: str = "input") -> Iterator[tuple[int, Any]]:
+    """Decode JSONL, yielding (line number, object); blank lines are skipped."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidInput(f"{what} is not UTF-8 (byte {exc.start})", field=what) from None
+    for lineno, raw in enumerate(text.split("\n"), start=1):
+        raw = raw.removesuffix("\r")
+        if not raw.strip():
+            continue
+        try:
+            yield lineno, json.loads(raw)
+        except json.JSONDecodeError as exc:
+            where = f"{what}[line {lineno}]"
+            raise InvalidInput(f"{where}: not JSON ({exc.msg})", field=where) from None
+
+
+def dumps(obj: Any) -> bytes:
+    return json.dumps(obj, separators=(",", ":")).encode() + b"\n"
+
+
+def parse_lines(data: bytes, url: str, kind: str,
+                body: Callable[[str, dict[str, Any], str, int], T]) -> list[T]:
+    """Check every line's envelope; ``body(custom_id, body, where, index)`` checks the rest."""
+    out: list[T] = []
+    seen: set[str] = set()
+    for lineno, obj in jsonl(data):
+        where = f"input[line {lineno}]"
+        if not isinstance(obj, dict):
+            raise InvalidInput(f"{where}: must be a JSON object", field=where)
+        extra = set(obj) - {"custom_id", "method", "url", "body"}
+        if extra:
+            raise InvalidInput(f"{where}: unknown field {sorted(extra)[0]!r}", field=where)
+        cid = obj.get("custom_id")
+        if not isinstance(cid, str) or not cid or len(cid) > 512:
+            raise InvalidInput(f"{where}.custom_id: must be a non-empty string",
+                               field=f"{where}.custom_id")
+        if cid in seen:
+            raise InvalidInput(f"{where}.custom_id: duplicate {cid!r}",
+                               field=f"{where}.custom_id")
+        seen.add(cid)
+        if obj.get("method", "POST") != "POST":
+            raise InvalidInput(f"{where}.method: must be POST", field=f"{where}.method")
+        if obj.get("url", url) != url:
+            raise InvalidInput(f"{where}.url: must be {url} for a {kind} job",
+                               field=f"{where}.url")
+        b = obj.get("body")
+        if not isinstance(b, dict):
+            raise InvalidInput(f"{where}.body: must be an object", field=f"{where}.body")
+        out.append(body(cid, b, where, len(out)))
+    if not out:
+        raise InvalidInput("input has no lines", field="input")
+    return out
+
+
+def output_line(job_id: str, custom_id: str, body: dict[str, Any]) -> dict[str, Any]:
+    """One successful line of an OpenAI Batch output file."""
+    rid = f"{job_id}-{custom_id}"
+    return {"id": rid, "custom_id": custom_id,
+            "response": {"status_code": 200, "request_id": rid, "body": body}, "error": None}

@@ -1,0 +1,78 @@
+"""What every kind of job has in common, and the contract each kind fulfils.
+
+A kind (embeddings, chat, train, command) knows, purely:
+- its spec (a pydantic model with ``extra="forbid"``),
+- how to split an input into shards, each with the most units it can bill,
+- how to check a provider's output for a shard and meter the units it used,
+- how to assemble accepted shard outputs into the job's result.
+
+Running a shard is the provider's business (``deai.workloads``); checking
+whether numbers are *right* is the verifier's (``deai.core.verify``).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from deai.core import catalog
+from deai.core.errors import InvalidInput
+
+
+class SpecBase(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: str
+    model: str = Field(min_length=1, max_length=200)
+    max_price: int = Field(ge=0, le=10**12, strict=True,
+                           description="micro-units per 1,000 units of the kind")
+    deadline: int = Field(default=3600, ge=10, le=7 * 24 * 3600, strict=True,
+                          description="seconds")
+    replicate: bool = Field(default=False, strict=True,
+                            description="run every task on two providers and compare")
+
+
+@dataclass(frozen=True)
+class Shard:
+    payload: bytes
+    items: int
+    max_units: int
+
+
+def first_error(exc: ValidationError, prefix: str) -> InvalidInput:
+    err = exc.errors()[0]
+    loc = ".".join(str(p) for p in err["loc"])
+    field = f"{prefix}.{loc}" if loc else prefix
+    return InvalidInput(f"{field}: {err['msg']}", field=field)
+
+
+class Kind(ABC):
+    name: ClassVar[str]
+    unit: ClassVar[str]
+    spec_type: ClassVar[type[SpecBase]]
+
+    def parse_spec(self, data: dict[str, Any]) -> SpecBase:
+        try:
+            spec = self.spec_type.model_validate(data)
+        except ValidationError as exc:
+            raise first_error(exc, "spec") from None
+        self.model(spec)
+        return spec
+
+    def model(self, spec: SpecBase) -> catalog.ModelInfo:
+        return catalog.lookup(spec.model, field="spec.model", workload=self.name)
+
+    @abstractmethod
+    def split(self, spec: SpecBase, data: bytes) -> list[Shard]:
+        """Validate the whole input and cut it into shards; raises InvalidInput."""
+
+    @abstractmethod
+    def meter(self, spec: SpecBase, shard: bytes, output: bytes) -> int:
+        """Check an output's shape against its shard; return the units it used."""
+
+    @abstractmethod
+    def assemble(self, job_id: str, spec: SpecBase, outputs: list[bytes]) -> bytes:
+        """Join accepted shard outputs, in shard order, into the job's result file."""

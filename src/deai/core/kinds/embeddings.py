@@ -1,0 +1,158 @@
+"""Embeddings jobs: texts in, one vector per text out, priced per 1,000 texts.
+
+Spec::
+
+    kind: embeddings
+    model: all-MiniLM-L6-v2
+    max_price: 2000        # micro-units per 1,000 inputs
+    deadline: 600          # seconds from submission
+    shard_size: 50         # input lines per task
+
+Input lines: ``{"custom_id", "method": "POST", "url": "/v1/embeddings",
+"body": {"model", "input": str | [str, ...]}}``. A shard travels to the
+provider as ``{"custom_id", "input": [str, ...]}`` lines; its output is one line
+per input line, in order::
+
+    {"custom_id": "...", "embeddings": [[f32, ...], ...], "prompt_tokens": 12}
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field
+
+from deai.core import batch, catalog
+from deai.core.errors import InvalidInput
+from deai.core.kinds.base import Kind, Shard, SpecBase
+
+URL = "/v1/embeddings"
+MAX_INPUTS_PER_LINE = 2048
+MAX_INPUT_CHARS = 32_768
+
+
+class EmbeddingsSpec(SpecBase):
+    kind: Literal["embeddings"]
+    shard_size: int = Field(default=64, ge=1, le=10_000, strict=True)
+
+
+@dataclass(frozen=True)
+class Item:
+    """One line of input: its id, its position and the texts it carries."""
+
+    index: int
+    custom_id: str
+    inputs: tuple[str, ...]
+
+    @property
+    def units(self) -> int:
+        return len(self.inputs)
+
+
+def parse_input(data: bytes, spec: SpecBase) -> list[Item]:
+    """Parse and check every input line; the first bad line is reported by number."""
+    model = catalog.lookup(spec.model, field="spec.model").name
+
+    def body(cid: str, b: dict[str, Any], where: str, index: int) -> Item:
+        line_model = b.get("model", model)
+        if not isinstance(line_model, str) or catalog.lookup(
+                line_model, field=f"{where}.body.model").name != model:
+            raise InvalidInput(f"{where}.body.model: {line_model!r} differs from the job's "
+                               f"{model!r}", field=f"{where}.body.model")
+        return Item(index=index, custom_id=cid, inputs=_texts(b, where))
+
+    return batch.parse_lines(data, URL, "embeddings", body)
+
+
+def _texts(b: dict[str, Any], where: str) -> tuple[str, ...]:
+    field = f"{where}.body.input"
+    value = b.get("input")
+    texts = [value] if isinstance(value, str) else value
+    if not isinstance(texts, list) or not texts:
+        raise InvalidInput(f"{field}: must be a string or a non-empty list of strings",
+                           field=field)
+    if len(texts) > MAX_INPUTS_PER_LINE:
+        raise InvalidInput(f"{field}: at most {MAX_INPUTS_PER_LINE} inputs a line", field=field)
+    for t in texts:
+        if not isinstance(t, str) or not t.strip():
+            raise InvalidInput(f"{field}: every input must be a non-empty string", field=field)
+        if len(t) > MAX_INPUT_CHARS:
+            raise InvalidInput(f"{field}: an input is over {MAX_INPUT_CHARS} characters",
+                               field=field)
+    return tuple(texts)
+
+
+def shard(items: list[Item], shard_size: int) -> list[list[Item]]:
+    return [items[i : i + shard_size] for i in range(0, len(items), shard_size)]
+
+
+def encode_items(items: list[Item]) -> bytes:
+    """The shard blob a provider receives: one ``{"custom_id", "input"}`` a line."""
+    return b"".join(batch.dumps({"custom_id": it.custom_id, "input": list(it.inputs)})
+                    for it in items)
+
+
+def check_output(shard_input: bytes, output: bytes, dims: int) -> list[dict[str, Any]]:
+    """Check a shard's output against its input; returns the parsed lines.
+
+    One line per input line with the same custom_id in the same order, one
+    vector of ``dims`` finite numbers per input text, and a token count. This
+    catches truncated, reordered or malformed work; whether the numbers are
+    *right* is the verifier's job.
+    """
+    inputs = [obj for _, obj in batch.jsonl(shard_input, "input")]
+    lines = [obj for _, obj in batch.jsonl(output, "output")]
+    if len(lines) != len(inputs):
+        raise InvalidInput(f"output has {len(lines)} lines for {len(inputs)} inputs",
+                           field="output")
+    for n, (inp, line) in enumerate(zip(inputs, lines, strict=True), start=1):
+        where = f"output line {n}"
+        if not isinstance(line, dict) or line.get("custom_id") != inp["custom_id"]:
+            raise InvalidInput(f"{where}: custom_id does not match the input", field="output")
+        vecs = line.get("embeddings")
+        if not isinstance(vecs, list) or len(vecs) != len(inp["input"]):
+            raise InvalidInput(f"{where}: needs {len(inp['input'])} vectors", field="output")
+        for v in vecs:
+            if (not isinstance(v, list) or len(v) != dims
+                    or not all(isinstance(x, (int, float)) and not isinstance(x, bool)
+                               and math.isfinite(x) for x in v)):
+                raise InvalidInput(f"{where}: each vector needs {dims} finite numbers",
+                                   field="output")
+        tokens = line.get("prompt_tokens")
+        if not isinstance(tokens, int) or isinstance(tokens, bool) or tokens < 0:
+            raise InvalidInput(f"{where}: prompt_tokens must be a non-negative integer",
+                               field="output")
+    return lines
+
+
+def response_body(model: str, line: dict[str, Any]) -> dict[str, Any]:
+    """An OpenAI embeddings response for one input line."""
+    tokens = int(line["prompt_tokens"])
+    return {"object": "list",
+            "data": [{"object": "embedding", "index": i, "embedding": vec}
+                     for i, vec in enumerate(line["embeddings"])],
+            "model": model, "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+
+
+class EmbeddingsKind(Kind):
+    name: ClassVar[str] = "embeddings"
+    unit: ClassVar[str] = "input"
+    spec_type: ClassVar[type[SpecBase]] = EmbeddingsSpec
+
+    def split(self, spec: SpecBase, data: bytes) -> list[Shard]:
+        assert isinstance(spec, EmbeddingsSpec)
+        items = parse_input(data, spec)
+        return [Shard(encode_items(sh), len(sh), sum(it.units for it in sh))
+                for sh in shard(items, spec.shard_size)]
+
+    def meter(self, spec: SpecBase, shard_input: bytes, output: bytes) -> int:
+        lines = check_output(shard_input, output, self.model(spec).dims)
+        return sum(len(line["embeddings"]) for line in lines)
+
+    def assemble(self, job_id: str, spec: SpecBase, outputs: list[bytes]) -> bytes:
+        model = self.model(spec).name
+        return b"".join(
+            batch.dumps(batch.output_line(job_id, line["custom_id"], response_body(model, line)))
+            for out in outputs for _, line in batch.jsonl(out, "output"))

@@ -1,0 +1,191 @@
+"""Response bodies of the explorer's read endpoints (``/api/explorer/*``, ``/api/events``).
+
+The same compatibility rules as ``wire``: a new field comes with a default, a
+field is never renamed or re-typed in place. Times are epoch seconds, money is
+integer micro-units, prices are micro-units per 1,000 units.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import Field
+
+from deai.core.wire import AuditOut, BalanceOut, JobOut, Out, ProviderOut
+
+VERIFICATION_KINDS = ("check_passed", "check_failed", "verdict", "slash")
+"""Event kinds the verification stream and its counters are made of."""
+
+
+class EventOut(Out):
+    id: int
+    ts: float
+    kind: str
+    subject: str
+    body: dict[str, Any]
+
+
+class EventsOut(Out):
+    events: list[EventOut]
+    last_id: int = Field(description="the newest event id in the store (resume from here)")
+
+
+# --- overview -------------------------------------------------------------------------
+
+class PricePoint(Out):
+    t: float = Field(description="start of the time bucket")
+    avg: float
+    min: int
+    max: int
+    n: int
+
+
+class PriceSeries(Out):
+    workload: str
+    points: list[PricePoint]
+
+
+class ThroughputPoint(Out):
+    t: float
+    tasks: int
+
+
+class ProviderPrice(Out):
+    provider: str
+    name: str
+    online: bool
+    workload: str
+    model: str
+    price: int
+    compute_units: float
+    price_per_cu: float | None
+
+
+class VerificationCounts(Out):
+    checks_passed: int = 0
+    checks_failed: int = 0
+    verdicts: int = 0
+    slashes: int = 0
+    overhead: float = Field(0.0, description="verification assignments per primary one")
+
+
+class OverviewOut(Out):
+    now: float
+    providers_online: int
+    providers_total: int
+    cpus: int
+    gpus: int
+    compute_units: float
+    jobs: dict[str, int] = Field(description="job count by status")
+    jobs_running: int
+    jobs_finished: int
+    tasks: dict[str, int] = Field(description="task count by status")
+    tasks_per_second: float = Field(description="tasks accepted per second, last minute")
+    throughput: list[ThroughputPoint] = Field(description="tasks accepted per bucket")
+    bucket_seconds: float
+    prices: list[PriceSeries] = Field(description="assignment prices over time, by workload")
+    provider_prices: list[ProviderPrice]
+    verification: VerificationCounts
+    journal_seq: int
+    supply: int
+    last_event_id: int
+
+
+# --- providers and jobs ---------------------------------------------------------------
+
+class AssignmentRow(Out):
+    id: str
+    task_id: str
+    job_id: str
+    provider_id: str
+    role: str
+    status: str
+    price: int
+    leased_at: float
+    submitted_at: float | None = None
+    seconds: float | None = None
+    units: int | None = None
+    output_digest: str | None = None
+    error: str | None = None
+
+
+class ProviderDetailOut(Out):
+    provider: ProviderOut
+    balance: BalanceOut
+    pending_earnings: int
+    released_earnings: int
+    assignments: dict[str, int] = Field(description="assignment count by status")
+    recent: list[AssignmentRow]
+    checks: list[EventOut]
+
+
+class ShardOut(Out):
+    idx: int
+    task_id: str
+    status: str = Field(description="the task's own status")
+    state: str = Field(description="queued | running | verifying | accepted | failed")
+    attempts: int
+    redone: bool
+    items: int
+    units: int
+    providers: list[str]
+    error: str | None = None
+
+
+class JobProviderOut(Out):
+    id: str
+    name: str
+    accepted: int
+    assignments: int
+    paid: int
+
+
+class JobDetailOut(Out):
+    job: JobOut
+    shards: list[ShardOut]
+    states: dict[str, int]
+    cost_so_far: int
+    providers: list[JobProviderOut]
+    assignments: list[AssignmentRow]
+
+
+# --- ledger ---------------------------------------------------------------------------
+
+class JournalRow(Out):
+    seq: int
+    ts_ms: int
+    kind: str
+    hash: str
+    prev_hash: str
+    body: dict[str, Any]
+    postings: list[list[Any]]
+
+
+class AuditRun(Out):
+    at: float
+    seconds: float
+    result: AuditOut
+
+
+class LedgerOut(Out):
+    head_seq: int
+    head_hash: str
+    supply: int
+    entries: list[JournalRow]
+    last_audit: AuditRun | None = None
+
+
+class AccountHistoryRow(Out):
+    seq: int
+    ts_ms: int
+    kind: str
+    hash: str
+    delta: int
+    postings: list[list[Any]]
+
+
+class AccountOut(Out):
+    account: str
+    ledger_accounts: dict[str, int] = Field(description="balance of each ledger account")
+    balance: BalanceOut | None = None
+    history: list[AccountHistoryRow]
