@@ -125,6 +125,10 @@ class Client:
     def submit_result(self, assignment_id: str, result: wire.ResultIn) -> wire.ResultOut:
         return self._post(f"/api/assignments/{assignment_id}/result", result, wire.ResultOut)
 
+    def checkpoint(self, assignment_id: str, cp: wire.CheckpointIn) -> wire.CheckpointOut:
+        return self._post(f"/api/assignments/{assignment_id}/checkpoint", cp,
+                          wire.CheckpointOut)
+
     def report_failure(self, assignment_id: str, error: str) -> wire.ResultOut:
         return self._post(f"/api/assignments/{assignment_id}/fail",
                           wire.FailIn(error=error[:2000]), wire.ResultOut)

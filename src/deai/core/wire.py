@@ -7,7 +7,7 @@ renamed or re-typed in place.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -66,7 +66,7 @@ class Benchmark(In):
 
 
 class OfferIn(In):
-    workload: Literal["embeddings"]
+    workload: str = Field(min_length=1, max_length=32)
     model: str = Field(min_length=1, max_length=200)
     price: int = Field(ge=0, le=10**12, description="micro-units per 1,000 units")
 
@@ -132,6 +132,20 @@ class AssignmentOut(Out):
     units: int
     price: int
     lease_deadline: float
+    resume: dict[str, Any] | None = None
+    """The task's last accepted checkpoint, for a task that resumes elsewhere."""
+
+
+class CheckpointIn(In):
+    step: int = Field(ge=0)
+    digest: str = Field(pattern=r"^[0-9a-f]{64}$")
+    chain_hash: str = Field(pattern=r"^[0-9a-f]{64}$")
+    meta: dict[str, Any] = Field(default_factory=dict)
+
+
+class CheckpointOut(Out):
+    status: str
+    step: int
 
 
 class PollOut(Out):

@@ -34,7 +34,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import httpx
 
@@ -44,6 +44,7 @@ from deai.client.keys import Identity
 from deai.core import auth, catalog, wire
 from deai.core.errors import AuthError, Conflict, DeAIError, InsufficientFunds, NotFound
 from deai.provider import benchmark, hardware
+from deai.workloads.base import TaskContext
 
 log = logging.getLogger("deai.provider")
 T = TypeVar("T")
@@ -236,7 +237,7 @@ class ProviderAgent:
         if hashlib.sha256(blob).hexdigest() != a.input_digest:
             raise DeAIError(f"input blob does not match its digest {a.input_digest}")
         t0 = time.monotonic()
-        output, units = workloads.get(a.workload).run(a.model, blob)
+        output, units = workloads.get(a.workload).run(a.model, blob, self._context(a))
         seconds = time.monotonic() - t0
         if self._is_dropped(a.id):
             log.info("assignment %s dropped by the coordinator; result discarded", a.id)
@@ -249,6 +250,22 @@ class ProviderAgent:
         out = self._call(lambda: self.client.submit_result(a.id, result))
         log.info("task %s: %d units in %.2f s -> %s (paid %d µ)", a.id, units, seconds,
                  out.status, out.paid)
+
+    def _context(self, a: wire.AssignmentOut) -> TaskContext:
+        def checkpoint(step: int, data: bytes, chain_hash: str, meta: dict[str, Any]) -> None:
+            digest = self._call(lambda: self.client.upload(data)).digest
+            cp = wire.CheckpointIn(step=step, digest=digest, chain_hash=chain_hash, meta=meta)
+            self._call(lambda: self.client.checkpoint(a.id, cp))
+
+        def fetch(digest: str) -> bytes:
+            data = self._call(lambda: self.client.download(digest))
+            if hashlib.sha256(data).hexdigest() != digest:
+                raise DeAIError(f"blob does not match its digest {digest}")
+            return data
+
+        return TaskContext(assignment_id=a.id, resume=a.resume, checkpoint=checkpoint,
+                           fetch=fetch,
+                           cancelled=lambda: self._stop.is_set() or self._is_dropped(a.id))
 
     def _is_dropped(self, assignment_id: str) -> bool:
         with self._lock:

@@ -7,6 +7,7 @@ give the same bytes, so replicas and referees can compare results.
     wl = get("embeddings")
     wl.load("all-MiniLM-L6-v2")             # keep the model warm (idempotent)
     output, units = wl.run("all-MiniLM-L6-v2", shard)
+    output, units = wl.run(model, shard, ctx)  # long tasks: checkpoints, resume, cancel
 
 Workloads are registered as ``module:attribute`` strings and imported on first
 use, so a process that never runs one never imports its heavy dependencies.
@@ -16,9 +17,36 @@ from __future__ import annotations
 
 import importlib
 import threading
-from typing import Protocol, runtime_checkable
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
 
 from deai.core.errors import InvalidInput
+
+
+def _no_checkpoint(step: int, data: bytes, chain_hash: str, meta: dict[str, Any]) -> None:
+    return None
+
+
+def _no_fetch(digest: str) -> bytes:
+    raise LookupError(f"no blob store to fetch {digest} from")
+
+
+@dataclass
+class TaskContext:
+    """What a long-running workload may use besides its shard.
+
+    ``resume`` is the task's last accepted checkpoint (``{"step", "digest",
+    "chain_hash", "meta"}``) when it resumes after another provider stopped;
+    ``checkpoint`` uploads a checkpoint and records it with the coordinator;
+    ``fetch`` downloads a blob by digest; ``cancelled`` says to stop early.
+    """
+
+    assignment_id: str = ""
+    resume: dict[str, Any] | None = None
+    checkpoint: Callable[[int, bytes, str, dict[str, Any]], None] = _no_checkpoint
+    fetch: Callable[[str], bytes] = _no_fetch
+    cancelled: Callable[[], bool] = field(default=lambda: False)
 
 
 @runtime_checkable
@@ -28,7 +56,8 @@ class Workload(Protocol):
     def load(self, model: str) -> None:
         """Load ``model`` and keep it warm; a second call is a no-op."""
 
-    def run(self, model: str, shard: bytes) -> tuple[bytes, int]:
+    def run(self, model: str, shard: bytes, ctx: TaskContext | None = None
+            ) -> tuple[bytes, int]:
         """Run one shard; return the output blob and the units it consumed."""
 
 

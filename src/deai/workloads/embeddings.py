@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from deai.core import catalog
 from deai.core.errors import InvalidInput, UnknownModel
+from deai.workloads.base import TaskContext
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -157,7 +158,8 @@ class EmbeddingsWorkload:
     def load(self, model: str) -> None:
         load_model(model)
 
-    def run(self, model: str, shard: bytes) -> tuple[bytes, int]:
+    def run(self, model: str, shard: bytes, ctx: TaskContext | None = None
+            ) -> tuple[bytes, int]:
         return embed(model, shard)
 
 
