@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
@@ -19,8 +18,16 @@ from deai.client.keys import Identity
 from deai.client.sdk import Client
 from deai.core import auth, ledger, wire
 from deai.core.errors import (
-    AuthError, Conflict, DeAIError, Forbidden, InsufficientFunds, InvalidInput, NoCapacity,
-    NotFound, PayloadTooLarge, UnknownModel,
+    AuthError,
+    Conflict,
+    DeAIError,
+    Forbidden,
+    InsufficientFunds,
+    InvalidInput,
+    NoCapacity,
+    NotFound,
+    PayloadTooLarge,
+    UnknownModel,
 )
 from tests.netutil import Network
 

@@ -1,0 +1,517 @@
+"""The ``deai`` command line: keys, the coordinator, providers, a devnet, jobs, market, ledger.
+
+Every command that talks to a network takes ``--coordinator URL`` (default
+``$DEAI_COORDINATOR``, then ``http://127.0.0.1:8000``) and, where it signs,
+``--key NAME`` (default ``$DEAI_KEY``, then ``client``: the key a devnet funds).
+Amounts of money are typed and shown in DEAI as decimals (``core.money``);
+prices are integer micro-units per 1,000 units, as in a job spec.
+
+Errors are handled in one place (``handled``): a ``DeAIError`` prints
+``error: <message> (field: X)`` on stderr and exits 1; an unreachable
+coordinator prints where we tried. Neither prints a traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import FrameType
+from typing import Annotated, Any, ParamSpec, TypeVar
+
+import httpx
+import typer
+import yaml
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from deai.client import keys
+from deai.client.sdk import Client, retrying
+from deai.core import money, specs, wire
+from deai.core.errors import DeAIError, InvalidInput
+from deai.core.ledger import AuditReport, Entry
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+DEFAULT_COORDINATOR = "http://127.0.0.1:8000"
+TERMINAL = frozenset({"completed", "failed", "cancelled"})
+POLL = 0.5
+POLL_ATTEMPTS = 10
+
+console = Console(highlight=False, soft_wrap=True)
+
+app = typer.Typer(no_args_is_help=True, add_completion=False,
+                  help="DeAI: an open, verified marketplace for AI compute.")
+keys_app = typer.Typer(no_args_is_help=True, help="Ed25519 keys under $DEAI_HOME/keys.")
+provider_app = typer.Typer(no_args_is_help=True, help="Sell compute.")
+devnet_app = typer.Typer(no_args_is_help=True, help="A local network on loopback.")
+job_app = typer.Typer(no_args_is_help=True, help="Submit and follow jobs.")
+market_app = typer.Typer(no_args_is_help=True, help="Prices and who could run a job.")
+ledger_app = typer.Typer(no_args_is_help=True, help="Balances and the journal's audit.")
+for _name, _sub in (("keys", keys_app), ("provider", provider_app), ("devnet", devnet_app),
+                    ("job", job_app), ("market", market_app), ("ledger", ledger_app)):
+    app.add_typer(_sub, name=_name)
+
+Coordinator = Annotated[str, typer.Option("--coordinator", envvar="DEAI_COORDINATOR",
+                                          help="Coordinator URL.")]
+Key = Annotated[str, typer.Option("--key", envvar="DEAI_KEY", help="Key name to sign with.")]
+
+
+# --- errors, in one place ------------------------------------------------------------------
+
+def fail(message: str, code: int = 1) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(code)
+
+
+def handled(fn: Callable[P, R]) -> Callable[P, R]:
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return fn(*args, **kwargs)
+        except DeAIError as exc:
+            where = f" (field: {exc.field})" if exc.field else ""
+            raise fail(f"{exc.message}{where}") from None
+        except httpx.TransportError as exc:
+            url = "the coordinator"
+            if _has_request(exc):
+                u = exc.request.url
+                url = f"{u.scheme}://{u.netloc.decode()}"
+            raise fail(f"cannot reach {url}: {exc}") from None
+        except OSError as exc:  # a file we were told to read or write
+            raise fail(str(exc)) from None
+    return wrapper
+
+
+def _has_request(exc: httpx.TransportError) -> bool:
+    try:
+        exc.request  # noqa: B018 - raises RuntimeError when unset
+    except RuntimeError:
+        return False
+    return True
+
+
+def command(group: typer.Typer, name: str | None = None) -> Callable[[Callable[P, R]],
+                                                                      Callable[P, R]]:
+    def register(fn: Callable[P, R]) -> Callable[P, R]:
+        group.command(name)(handled(fn))
+        return fn
+    return register
+
+
+def sigterm_as_interrupt() -> None:
+    """Let ``kill PID`` stop a long-running command as cleanly as Ctrl-C does."""
+    def raise_interrupt(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGTERM, raise_interrupt)
+
+
+# --- helpers shared with the demo ----------------------------------------------------------
+
+def load_spec(path: Path) -> specs.JobSpec:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise InvalidInput(f"cannot read spec {path}: {exc.strerror}", field="spec") from None
+    except yaml.YAMLError as exc:
+        raise InvalidInput(f"{path} is not valid YAML: {exc}", field="spec") from None
+    return specs.parse_spec(data)
+
+
+def read_input(path: Path, spec: specs.JobSpec) -> tuple[bytes, list[specs.Item]]:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise InvalidInput(f"cannot read input {path}: {exc.strerror}", field="input") from None
+    return data, specs.parse_input(data, spec)
+
+
+def signer(coordinator: str, key: str) -> Client:
+    return Client(coordinator, keys.load(key))
+
+
+def usable_cores() -> int:
+    """The cores this process may run on, as the provider's own default counts them."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def resolve_account(name_or_id: str) -> str:
+    if re.fullmatch(r"[0-9a-f]{64}", name_or_id):
+        return name_or_id
+    return keys.load(name_or_id).id
+
+
+def task_counts(job: wire.JobOut) -> tuple[int, int]:
+    """(accepted, total) tasks of a job, whatever other states the coordinator counts."""
+    t = job.tasks
+    total = t.get("total", sum(v for k, v in t.items() if k != "total"))
+    return t.get("done", 0), total
+
+
+def follow_job(client: Client, job_id: str, out: Console = console) -> wire.JobOut:
+    """Poll a job with a progress bar of accepted tasks until it ends; returns its last state.
+
+    Polls ride out a coordinator restart (back-off on transport errors and 5xx)
+    for a minute or two before giving up.
+    """
+    def poll() -> wire.JobOut:
+        return retrying(lambda: client.job(job_id), attempts=POLL_ATTEMPTS)
+
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("tasks  {task.fields[status]}"), TimeElapsedColumn())
+    with Progress(*columns, console=out, transient=False) as bar:
+        job = poll()
+        done, total = task_counts(job)
+        tid = bar.add_task(job_id, total=total or None, completed=done, status=job.status)
+        while job.status not in TERMINAL:
+            time.sleep(POLL)
+            job = poll()
+            done, total = task_counts(job)
+            bar.update(tid, total=total or None, completed=done, status=job.status)
+    return job
+
+
+def job_table(job: wire.JobOut, names: dict[str, str] | None = None) -> Table:
+    """A job's state; ``names`` maps provider ids to display names where known."""
+    names = names or {}
+    done, total = task_counts(job)
+    t = Table(show_header=False, box=None)
+    t.add_column(no_wrap=True)
+    t.add_column(overflow="fold")
+    rows: list[tuple[str, str]] = [
+        ("job", job.id), ("status", job.status), ("owner", job.owner),
+        ("model", str(job.spec.get("model", ""))), ("inputs", f"{job.items} lines, "
+                                                    f"{job.units} units"),
+        ("tasks", f"{done}/{total} accepted  " + "  ".join(
+            f"{k}={v}" for k, v in sorted(job.tasks.items()) if k != "total")),
+        ("escrow", money.fmt(job.escrow)), ("cost", money.fmt(job.cost)),
+        ("refunded", money.fmt(job.refunded)),
+    ]
+    rows += [(f"  by {names.get(pid) or pid[:12] + '…'}", f"{n} tasks")
+             for pid, n in sorted(job.providers.items(), key=lambda kv: names.get(kv[0], kv[0]))]
+    if job.error:
+        rows.append(("error", job.error))
+    if job.output_digest:
+        rows.append(("output", job.output_digest))
+    for k, v in rows:
+        t.add_row(k, v)
+    return t
+
+
+def provider_names(c: Client) -> dict[str, str]:
+    return {p.id: p.name for p in c.providers() if p.name}
+
+
+def write_results(client: Client, job_id: str, path: Path | None) -> tuple[Path, int]:
+    data = client.results(job_id)
+    path = path or Path("results") / f"{job_id}.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path, data.count(b"\n")
+
+
+# --- keys ----------------------------------------------------------------------------------
+
+@command(keys_app, "new")
+def keys_new(name: str) -> None:
+    """Create an Ed25519 key; its public key is the account id."""
+    ident = keys.create(name)
+    console.print(f"created key [bold]{name}[/]: {ident.id}")
+    console.print(f"stored in {keys.keys_dir() / (name + '.key')}")
+
+
+@command(keys_app, "list")
+def keys_list() -> None:
+    """Every key under $DEAI_HOME/keys."""
+    names = keys.names()
+    if not names:
+        console.print(f"no keys in {keys.keys_dir()}; create one with `deai keys new NAME`")
+        return
+    t = Table("name", "account id")
+    for n in names:
+        t.add_row(n, keys.load(n).id)
+    console.print(t)
+
+
+@command(keys_app, "show")
+def keys_show(name: str) -> None:
+    """Print a key's account id (nothing else, so scripts can use it)."""
+    typer.echo(keys.load(name).id)
+
+
+# --- processes ---------------------------------------------------------------------------
+
+@command(app, "coordinator")
+def coordinator_cmd(
+    database_url: Annotated[str, typer.Option(help="SQLAlchemy URL; SQLite under "
+                                              "--data-dir when empty.")] = "",
+    host: str = "127.0.0.1", port: int = 8000,
+    data_dir: Annotated[Path | None, typer.Option(help="Default $DEAI_HOME/coordinator.")] = None,
+    devnet: Annotated[bool, typer.Option(help="Faucet on, short windows.")] = False,
+) -> None:
+    """Run the coordinator (blocks until stopped)."""
+    from deai.coordinator.server import serve
+    from deai.coordinator.settings import Settings, default_data_dir
+
+    settings = Settings(data_dir=(data_dir or default_data_dir()).resolve(),
+                        database_url=database_url)
+    serve(settings.for_devnet() if devnet else settings, host, port)
+
+
+@command(provider_app, "start")
+def provider_start(
+    key: Key, coordinator: Coordinator = DEFAULT_COORDINATOR,
+    threads: Annotated[int | None, typer.Option(min=1, help="CPU threads to offer; "
+                                                "default every usable core.")] = None,
+    slots: Annotated[int, typer.Option(min=1, help="Tasks run at once.")] = 1,
+    price: Annotated[int, typer.Option(min=0, help="µ per 1,000 inputs.")] = 1000,
+    stake: Annotated[str | None, typer.Option(help="DEAI to bond, e.g. 25; default the "
+                                              "network's minimum.")] = None,
+    name: str = "",
+) -> None:
+    """Run a provider agent: probe, benchmark, bond, offer, then serve work until stopped."""
+    from deai.provider.agent import start
+
+    threads = threads or usable_cores()
+    amount = money.parse(stake) if stake is not None else None
+    raise typer.Exit(start(coordinator, key, threads, slots, price, amount, name))
+
+
+@command(devnet_app, "up")
+def devnet_up(
+    providers: Annotated[int, typer.Option(min=0)] = 3,
+    port: Annotated[int, typer.Option(help="0 picks a free port.")] = 0,
+    cheaters: Annotated[int, typer.Option(min=0, help="Providers that return bad work.")] = 0,
+) -> None:
+    """Start a coordinator and N providers on loopback; stay up until Ctrl-C."""
+    from deai.client.devnet import Devnet
+
+    sigterm_as_interrupt()
+    net = Devnet(providers, port=port, cheaters=cheaters,
+                 log=lambda m: console.print(f"[dim]{m}[/]"))
+    try:
+        with net:
+            console.print(f"coordinator  {net.url}\nexplorer     {net.explorer_line()}\n"
+                          f"logs         {net.dir / 'logs'}\n"
+                          f"export DEAI_COORDINATOR={net.url}   # then: deai job submit ...\n"
+                          "Ctrl-C to stop")
+            while True:
+                time.sleep(1)
+                for child in net.children:
+                    if not child.alive():
+                        raise DeAIError(f"{child.name} exited ({child.proc.returncode}); "
+                                        f"see {child.log_path}")
+    except KeyboardInterrupt:
+        console.print("stopped")
+
+
+# --- money -------------------------------------------------------------------------------
+
+@command(app, "faucet")
+def faucet(coordinator: Coordinator = DEFAULT_COORDINATOR, key: Key = "client",
+           amount: Annotated[str, typer.Option(help="DEAI, e.g. 100 or 2.5")] = "100") -> None:
+    """Fund a key from the devnet's faucet."""
+    try:
+        micro = money.parse(amount)
+    except ValueError as exc:
+        raise InvalidInput(str(exc), field="amount") from None
+    with signer(coordinator, key) as c:
+        bal = c.faucet(micro)
+    console.print(f"funded {key} with {money.fmt(micro)} DEAI; available "
+                  f"{money.fmt(bal.available)} DEAI")
+
+
+@command(ledger_app, "balance")
+def ledger_balance(account: Annotated[str | None, typer.Argument(
+                       help="Account id or key name; default --key.")] = None,
+                   coordinator: Coordinator = DEFAULT_COORDINATOR, key: Key = "client") -> None:
+    """An account's available, pending and staked DEAI."""
+    with Client(coordinator) as c:
+        bal = c.balance(resolve_account(account or key))
+    console.print(f"account    {bal.account}\n"
+                  f"available  {money.fmt(bal.available)} DEAI\n"
+                  f"pending    {money.fmt(bal.pending)} DEAI\n"
+                  f"stake      {money.fmt(bal.stake)} DEAI")
+
+
+@command(ledger_app, "audit")
+def ledger_audit(coordinator: Coordinator = DEFAULT_COORDINATOR,
+                 last: Annotated[int, typer.Option(help="Entries to list; 0 lists all.")] = 20,
+                 ) -> None:
+    """Fetch the whole journal and replay it here; exit 1 if any invariant fails."""
+    from deai.client.audit import client_audit
+
+    with Client(coordinator) as c:
+        result = client_audit(c)
+    print_audit(result.report, result.entries, last)
+    if not result.ok:
+        raise typer.Exit(1)
+
+
+def print_audit(report: AuditReport, entries: list[Entry], last: int = 20,
+                out: Console = console) -> None:
+    shown = entries if last <= 0 else entries[-last:]
+    if shown:
+        t = Table("seq", "kind", "postings", "hash",
+                  title=f"journal (last {len(shown)} of {len(entries)} entries)")
+        for e in shown:
+            postings = ", ".join(f"{a[:20]} {'+' if d >= 0 else ''}{money.fmt(d)}"
+                                 for a, d in e.postings)
+            t.add_row(str(e.seq), e.kind, postings, e.hash[:12])
+        out.print(t)
+    kinds: dict[str, int] = {}
+    for e in entries:
+        kinds[e.kind] = kinds.get(e.kind, 0) + 1
+    out.print("by kind " + ", ".join(f"{k} {n}" for k, n in kinds.items()))
+    out.print(f"entries {report.entries}   accounts {report.accounts}   "
+              f"supply {money.fmt(report.supply)} DEAI\nhead    {report.head}")
+    if report.ok:
+        out.print("[bold green]audit OK[/]: hash chain intact, every balance equals its "
+                  "postings, supply conserved")
+    else:
+        out.print("[bold red]audit FAILED[/]")
+        for p in report.problems:
+            out.print(f"  - {p}", markup=False)
+
+
+# --- jobs ----------------------------------------------------------------------------------
+
+@command(job_app, "submit")
+def job_submit(spec_file: Annotated[Path, typer.Argument(metavar="SPEC.yaml")],
+               input_file: Annotated[Path, typer.Option("--input", help="OpenAI Batch JSONL.")],
+               wait: Annotated[bool, typer.Option(help="Follow until the job ends.")] = False,
+               coordinator: Coordinator = DEFAULT_COORDINATOR, key: Key = "client") -> None:
+    """Validate locally, upload the input, submit; with --wait exit 0 only if it completes."""
+    spec = load_spec(spec_file)
+    data, items = read_input(input_file, spec)
+    with signer(coordinator, key) as c:
+        digest = c.upload(data).digest
+        job = c.submit_job(spec.model_dump(), digest)
+        console.print(f"submitted job [bold]{job.id}[/]: {len(items)} lines, {job.units} units, "
+                      f"escrowed {money.fmt(job.escrow)} DEAI")
+        if not wait:
+            return
+        try:
+            job = follow_job(c, job.id)
+        except KeyboardInterrupt:
+            console.print(f"still running; follow with `deai job status {job.id}`")
+            raise typer.Exit(130) from None
+        console.print(job_table(job, provider_names(c)))
+    if job.status != "completed":
+        raise typer.Exit(1)
+    console.print(f"fetch the output with `deai job results {job.id}`")
+
+
+@command(job_app, "status")
+def job_status(job_id: str, coordinator: Coordinator = DEFAULT_COORDINATOR) -> None:
+    """A job's state, tasks and money."""
+    with Client(coordinator) as c:
+        console.print(job_table(c.job(job_id), provider_names(c)))
+
+
+@command(job_app, "list")
+def job_list(coordinator: Coordinator = DEFAULT_COORDINATOR, key: Key = "client",
+             all_owners: Annotated[bool, typer.Option("--all", help="Every owner's jobs.")]
+             = False, limit: int = 50) -> None:
+    """Your jobs (the --key's), newest first."""
+    owner = None if all_owners else keys.load(key).id
+    with Client(coordinator) as c:
+        jobs = c.jobs(owner=owner, limit=limit)
+    t = Table("job", "status", "tasks", "inputs", "cost", "created")
+    t.columns[0].no_wrap = t.columns[5].no_wrap = True
+    for j in jobs:
+        done, total = task_counts(j)
+        t.add_row(j.id, j.status, f"{done}/{total}", str(j.items), money.fmt(j.cost),
+                  time.strftime("%m-%d %H:%M:%S", time.localtime(j.created_at)))
+    console.print(t)
+
+
+@command(job_app, "results")
+def job_results(job_id: str, output: Annotated[Path | None, typer.Option(
+                    "-o", "--output", help="Default results/<job id>.jsonl.")] = None,
+                coordinator: Coordinator = DEFAULT_COORDINATOR) -> None:
+    """Write a completed job's output (one line per input line, in input order)."""
+    with Client(coordinator) as c:
+        path, lines = write_results(c, job_id, output)
+    console.print(f"wrote {lines} lines to {path}")
+
+
+@command(job_app, "cancel")
+def job_cancel(job_id: str, coordinator: Coordinator = DEFAULT_COORDINATOR,
+               key: Key = "client") -> None:
+    """Cancel a job; the unused escrow comes back."""
+    with signer(coordinator, key) as c:
+        job = c.cancel_job(job_id)
+    console.print(f"job {job.id} {job.status}; refunded {money.fmt(job.refunded)} DEAI")
+
+
+# --- market --------------------------------------------------------------------------------
+
+def shard_units(spec: specs.JobSpec, input_file: Path | None, units: int | None) -> list[int]:
+    if input_file is not None:
+        _, items = read_input(input_file, spec)
+        return [sum(it.units for it in s) for s in specs.shard(items, spec.shard_size)]
+    if units is None or units < 1:
+        raise InvalidInput("give --input FILE or --units N (N >= 1)", field="input")
+    return [min(spec.shard_size, units - i) for i in range(0, units, spec.shard_size)]
+
+
+@command(market_app, "quote")
+def market_quote(spec_file: Annotated[Path, typer.Argument(metavar="SPEC.yaml")],
+                 input_file: Annotated[Path | None, typer.Option("--input")] = None,
+                 units: Annotated[int | None, typer.Option(help="Inputs, one unit each.")]
+                 = None, coordinator: Coordinator = DEFAULT_COORDINATOR) -> None:
+    """What the job would cost, who could run it, and why every other provider cannot."""
+    spec = load_spec(spec_file)
+    su = shard_units(spec, input_file, units)
+    with Client(coordinator) as c:
+        q = c.quote(spec.model_dump(), su)
+        names = {p.id: p.name for p in c.providers()}
+
+    def who(d: dict[str, Any]) -> tuple[str, str]:
+        pid = str(d.get("provider") or d.get("provider_id") or d.get("id") or "?")
+        return pid[:16], str(d.get("name") or names.get(pid, ""))
+
+    t = Table("provider", "name", "price µ/1,000", title=f"eligible ({len(q.eligible)})")
+    for d in q.eligible:
+        t.add_row(*who(d), str(d.get("price", "")))
+    console.print(t)
+    if q.ineligible:
+        t = Table("provider", "name", "why not", title=f"ineligible ({len(q.ineligible)})")
+        for d in q.ineligible:
+            t.add_row(*who(d), "; ".join(str(r) for r in d.get("reasons", [])))
+        console.print(t)
+    est = f"{money.fmt(q.estimated_cost)} DEAI at {q.best_price} µ/1,000" \
+        if q.estimated_cost is not None else "no provider can run this job"
+    console.print(f"{q.units} units in {len(su)} shards\nestimated cost {est}\n"
+                  f"maximum cost   {money.fmt(q.max_cost)} DEAI (escrowed on submit)")
+
+
+# --- demo ----------------------------------------------------------------------------------
+
+@command(app, "demo")
+def demo(providers: Annotated[int, typer.Option(min=1)] = 3,
+         spec_file: Annotated[Path | None, typer.Option("--spec")] = None,
+         input_file: Annotated[Path | None, typer.Option("--input")] = None) -> None:
+    """Start a devnet, run an embeddings job end to end, audit the ledger, shut down."""
+    from deai.client.demo import run_demo
+
+    sigterm_as_interrupt()
+    raise typer.Exit(run_demo(providers, spec_file, input_file, console))
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()
