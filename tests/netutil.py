@@ -64,7 +64,8 @@ class Network:
 
     def __init__(self, root: Path, database_url: str = "", *, heartbeat_timeout: float = 4.0,
                  lease_ttl: float = 60.0, challenge_window: float = 2.0,
-                 max_upload_bytes: int | None = None) -> None:
+                 max_upload_bytes: int | None = None, verify: bool = True,
+                 extra: tuple[str, ...] = ()) -> None:
         self.root = root
         self.database_url = database_url
         self.port = free_port()
@@ -76,6 +77,9 @@ class Network:
                       str(lease_ttl), "--challenge-window", str(challenge_window)]
         if max_upload_bytes is not None:
             self.flags += ["--max-upload-bytes", str(max_upload_bytes)]
+        if not verify:
+            self.flags.append("--no-verify")
+        self.flags += list(extra)
         self.coordinator: Proc | None = None
         self.providers: dict[str, Proc] = {}
 

@@ -47,7 +47,7 @@ def net(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
         ) -> Iterator[Network]:
     url = "" if request.param == "sqlite" else request.getfixturevalue("module_pg_url")
     n = Network(tmp_path_factory.mktemp(f"api-{request.param}"), url, heartbeat_timeout=2.0,
-                lease_ttl=30.0, max_upload_bytes=200_000)
+                lease_ttl=30.0, max_upload_bytes=200_000, verify=False)
     n.start_coordinator()
     yield n
     n.close()

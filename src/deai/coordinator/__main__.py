@@ -8,6 +8,7 @@ from pathlib import Path
 
 from deai.coordinator.server import serve
 from deai.coordinator.settings import Settings
+from deai.core.verify.params import OFF
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -21,6 +22,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--lease-ttl", type=float, default=None)
     ap.add_argument("--challenge-window", type=float, default=None)
     ap.add_argument("--max-upload-bytes", type=int, default=None)
+    ap.add_argument("--no-verify", action="store_true",
+                    help="no canaries and no replication unless a job asks for it")
+    ap.add_argument("--canary-share", type=float, default=None)
+    ap.add_argument("--verify-timeout", type=float, default=None)
     a = ap.parse_args(argv)
     st = Settings(database_url=a.database_url)
     if a.data_dir is not None:
@@ -31,7 +36,14 @@ def main(argv: list[str] | None = None) -> None:
         "heartbeat_timeout": a.heartbeat_timeout, "lease_ttl": a.lease_ttl,
         "challenge_window": a.challenge_window, "max_upload_bytes": a.max_upload_bytes,
     }.items() if v is not None}
-    serve(replace(st, **overrides), a.host, a.port)
+    st = replace(st, **overrides)
+    if a.no_verify:
+        st = replace(st, verify=OFF)
+    if a.canary_share is not None:
+        st = replace(st, verify=replace(st.verify, canary_share=a.canary_share))
+    if a.verify_timeout is not None:
+        st = replace(st, verify_timeout=a.verify_timeout)
+    serve(st, a.host, a.port)
 
 
 if __name__ == "__main__":

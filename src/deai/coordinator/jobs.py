@@ -12,15 +12,16 @@ from __future__ import annotations
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from deai.coordinator.matching import all_provider_states
+from deai.coordinator import checkpoints, verify
+from deai.coordinator.matching import all_provider_states, stake_needed
 from deai.coordinator.service import Coordinator, new_id
 from deai.core import auth, kinds, ledger, market, specs, wire
 from deai.core.errors import Conflict, Forbidden, InvalidInput, NoCapacity, NotFound
-from deai.core.money import cost_for_units, fee_of
+from deai.core.money import cost_for_units
 from deai.store import journal
 from deai.store.models import Assignment, Event, Job, Payout, Provider, Task
 
-ACTIVE = ("pending", "running")
+ACTIVE = ("pending", "running", "verifying")
 
 
 def quote(c: Coordinator, q: wire.QuoteIn) -> wire.QuoteOut:
@@ -36,8 +37,11 @@ def quote(c: Coordinator, q: wire.QuoteIn) -> wire.QuoteOut:
 def _quote_out(c: Coordinator, spec: specs.JobSpec, shard_units: list[int],
                providers: list[market.ProviderState]) -> wire.QuoteOut:
     info = kinds.get(spec.kind).model(spec)
+    biggest = max(shard_units)
     d = market.TaskDemand(id="quote", workload=spec.kind, model=info.name,
-                          max_price=spec.max_price, memory_mb=info.memory_mb)
+                          max_price=spec.max_price, memory_mb=info.memory_mb, units=biggest,
+                          stake_needed=stake_needed(c, cost_for_units(biggest,
+                                                                      spec.max_price)))
     r = market.quote(d, shard_units, providers, c.settings.min_stake)
     return wire.QuoteOut(
         units=r.units, best_price=r.best_price, estimated_cost=r.estimated_cost,
@@ -111,7 +115,8 @@ def _job_out(s: Session, job: Job) -> wire.JobOut:
 
 def list_jobs(c: Coordinator, owner: str | None, limit: int) -> list[wire.JobOut]:
     with c.db.read() as s:
-        q = select(Job).order_by(Job.created_at.desc()).limit(max(1, min(limit, 500)))
+        q = (select(Job).where(Job.owner != verify.NETWORK).order_by(Job.created_at.desc())
+             .limit(max(1, min(limit, 500))))
         if owner:
             q = q.where(Job.owner == owner)
         return [_job_out(s, j) for j in s.scalars(q)]
@@ -188,50 +193,53 @@ def submit_result(c: Coordinator, pid: str, assignment_id: str,
         assert task is not None and job is not None
         a.submitted_at, a.output_digest = c.now(), r.output_digest
         a.units, a.seconds, a.signature = r.units, r.seconds, r.signature
+        kind = kinds.get(job.kind)
+        spec = kind.parse_spec(job.spec)
         try:
-            kind = kinds.get(job.kind)
-            metered = kind.meter(kind.parse_spec(job.spec), c.blobs.get(task.input_digest),
-                                 c.blobs.get(r.output_digest))
+            payload = c.blobs.get(a.input_digest or task.input_digest)
+            output = c.blobs.get(r.output_digest)
+            metered = (kind.meter(spec, payload, output) if a.input_digest is None
+                       else kind.meter_check(spec, payload, output))
             if r.units != metered:
                 raise InvalidInput(f"units: the output shows {metered}, the result claims "
                                    f"{r.units}", field="units")
         except InvalidInput as exc:
             a.status, a.error = "rejected", exc.message
-            _requeue(c, s, task, job, f"rejected output from {pid[:12]}: {exc.message}")
-            c.emit(s, "result_rejected", task.id, provider=pid, error=exc.message)
+            c.emit(s, "result_rejected", task.id, provider=pid, error=exc.message, role=a.role)
+            _retry(c, s, a, task, job, f"rejected output from {pid[:12]}: {exc.message}")
             return wire.ResultOut(status="rejected")
-        paid = _accept(c, s, a, task, job)
+        before = journal.balance(s, ledger.pending(pid))
+        status = (verify.on_primary(c, s, a, task, job) if a.role == "primary"
+                  else verify.on_check(c, s, a, task, job))
+        paid = journal.balance(s, ledger.pending(pid)) - before
+        refresh_status(s, job)
     c.notifier.kick()
     c.notifier.published()
-    return wire.ResultOut(status="accepted", paid=paid)
+    return wire.ResultOut(status=status, paid=max(0, paid))
 
 
-def _accept(c: Coordinator, s: Session, a: Assignment, task: Task, job: Job) -> int:
-    cost = cost_for_units(a.units or 0, a.price)
-    fee = fee_of(cost, c.settings.fee_bps)
-    seq = 0  # free work (a zero price) moves no money and has no entry
-    if cost > 0:
-        seq = journal.append(s, ledger.payout(job.id, task.id, a.id, a.provider_id, cost, fee),
-                             c.clock).seq
-    s.add(Payout(assignment_id=a.id, task_id=task.id, provider_id=a.provider_id,
-                 amount=cost - fee, release_at=c.now() + c.settings.challenge_window,
-                 released=cost == fee, journal_seq=seq))
-    a.status = "accepted"
-    task.status, task.output_digest, task.updated_at = "done", a.output_digest, c.now()
-    job.cost += cost
-    prov = s.get(Provider, a.provider_id)
-    if prov is not None:
-        prov.tasks_done += 1
-    c.emit(s, "task_accepted", task.id, job=job.id, provider=a.provider_id, cost=cost, fee=fee)
+def refresh_status(s: Session, job: Job) -> None:
+    """running ↔ verifying: a job whose open tasks are all being checked is verifying."""
+    if job.status not in ("running", "verifying"):
+        return
+    s.flush()
+    open_statuses = set(s.scalars(select(Task.status).where(
+        Task.job_id == job.id, Task.status.not_in(("done", "failed")))))
+    job.status = "verifying" if open_statuses == {"verifying"} else "running"
+
+
+def maybe_complete(c: Coordinator, s: Session, job: Job) -> None:
     s.flush()
     left = s.scalar(select(Task.id).where(Task.job_id == job.id, Task.status != "done")
                     .limit(1))
-    if left is None:
+    if left is None and job.status in ACTIVE:
         _complete(c, s, job)
-    return cost - fee
 
 
 def _complete(c: Coordinator, s: Session, job: Job) -> None:
+    if job.owner == verify.NETWORK:  # a canary: nothing to assemble
+        _end(c, s, job, "completed", None)
+        return
     digests = list(s.scalars(select(Task.output_digest).where(Task.job_id == job.id)
                              .order_by(Task.idx)))
     kind = kinds.get(job.kind)
@@ -246,11 +254,22 @@ def report_failure(c: Coordinator, pid: str, assignment_id: str, error: str) -> 
         task, job = s.get(Task, a.task_id), s.get(Job, a.job_id)
         assert task is not None and job is not None
         a.status, a.error = "failed", error
-        _requeue(c, s, task, job, f"provider {pid[:12]} failed: {error}")
-        c.emit(s, "task_failed", task.id, provider=pid, error=error[:500])
+        c.emit(s, "task_failed", task.id, provider=pid, error=error[:500], role=a.role)
+        _retry(c, s, a, task, job, f"provider {pid[:12]} failed: {error}")
     c.notifier.kick()
     c.notifier.published()
     return wire.ResultOut(status="failed")
+
+
+def _retry(c: Coordinator, s: Session, a: Assignment, task: Task, job: Job, why: str) -> None:
+    """An assignment ended without a usable result: place its role again."""
+    if a.role == "canary":
+        _end(c, s, job, "failed", why)  # a canary is never re-placed: it would reveal itself
+    elif a.role in ("replica", "referee"):
+        if task.status == "verifying" and job.status in ACTIVE:
+            task.pending_role, task.updated_at = a.role, c.now()
+    elif task.status == "assigned" and job.status in ACTIVE:
+        _requeue(c, s, task, job, why)
 
 
 def _requeue(c: Coordinator, s: Session, task: Task, job: Job, why: str) -> None:
@@ -266,9 +285,8 @@ def _expire(c: Coordinator, s: Session, a: Assignment, why: str) -> None:
     a.status, a.error = "expired", why
     task, job = s.get(Task, a.task_id), s.get(Job, a.job_id)
     assert task is not None and job is not None
-    c.emit(s, "lease_expired", task.id, provider=a.provider_id, reason=why)
-    if task.status == "assigned" and job.status in ACTIVE:
-        _requeue(c, s, task, job, why)
+    c.emit(s, "lease_expired", task.id, provider=a.provider_id, reason=why, role=a.role)
+    _retry(c, s, a, task, job, why)
 
 
 # --- periodic upkeep -----------------------------------------------------------------------
@@ -305,6 +323,35 @@ def enforce_deadlines(c: Coordinator) -> int:
     if jobs:
         c.notifier.published()
     return len(jobs)
+
+
+def give_up_checks(c: Coordinator) -> int:
+    """A check nobody could place in time: accept a lone primary unchecked; for a
+    stuck referee, run the task again from scratch. Nobody is paid or penalised."""
+    cutoff = c.now() - c.settings.verify_timeout
+    with c.db.write() as s:
+        stuck = s.execute(select(Task, Job).join(Job, Job.id == Task.job_id).where(
+            Task.status == "verifying", Task.pending_role.is_not(None),
+            Task.updated_at < cutoff)).all()
+        for task, job in stuck:
+            subject = s.scalars(select(Assignment).where(
+                Assignment.task_id == task.id, Assignment.status == "submitted",
+                Assignment.role.in_(("primary", "canary")))).first()
+            c.emit(s, "check_abandoned", task.id, role=task.pending_role)
+            if task.pending_role == "replica" and subject is not None:
+                verify.accept(c, s, subject, task, job)
+            elif job.owner == verify.NETWORK:
+                _end(c, s, job, "failed", "no referee available")
+            else:
+                for a in s.scalars(select(Assignment).where(Assignment.task_id == task.id,
+                                                            Assignment.status == "submitted")):
+                    a.status = "expired"
+                task.status, task.pending_role, task.updated_at = "queued", None, c.now()
+            refresh_status(s, job)
+    if stuck:
+        c.notifier.kick()
+        c.notifier.published()
+    return len(stuck)
 
 
 def release_earnings(c: Coordinator) -> int:
@@ -345,8 +392,8 @@ def deliver(c: Coordinator, pid: str) -> list[wire.AssignmentOut]:
             a.lease_deadline = now + c.settings.lease_ttl
             out.append(wire.AssignmentOut(
                 id=a.id, task_id=t.id, job_id=j.id, workload=j.kind, model=j.model,
-                input_digest=t.input_digest, units=t.units, price=a.price,
-                lease_deadline=a.lease_deadline))
+                input_digest=a.input_digest or t.input_digest, units=t.units, price=a.price,
+                lease_deadline=a.lease_deadline, resume=checkpoints.resume_for(s, a)))
         return out
 
 
@@ -365,4 +412,10 @@ def recover(c: Coordinator) -> None:
             p.last_seen = max(p.last_seen, now)
         for a in s.scalars(select(Assignment).where(Assignment.status == "leased")):
             a.lease_deadline = max(a.lease_deadline, now + c.settings.lease_ttl)
+        if c.settings.devnet and c.settings.treasury_grant > 0 and s.scalar(
+                select(func.count()).select_from(Event).where(
+                    Event.kind == "treasury_granted")) == 0:
+            journal.append(s, ledger.treasury_grant(c.settings.treasury_grant,
+                                                    "devnet genesis"), c.clock)
+            c.emit(s, "treasury_granted", "", amount=c.settings.treasury_grant)
         c.emit(s, "coordinator_started", "")

@@ -7,11 +7,15 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from sqlalchemy import func, select
+from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session
 
+from deai.coordinator import verify
 from deai.coordinator.service import Coordinator, new_id
-from deai.core import catalog, ledger, market
+from deai.core import catalog, kinds, ledger, market
+from deai.core.money import cost_for_units
+from deai.core.verify import policy
+from deai.core.verify.reputation import Reputation
 from deai.store import journal
 from deai.store.models import Assignment, Job, Offer, Provider, Task
 
@@ -59,47 +63,96 @@ def all_provider_states(c: Coordinator, s: Session) -> list[market.ProviderState
     return out
 
 
-def demand(job: Job, task: Task, exclude: frozenset[str] = frozenset()) -> market.TaskDemand:
+def demand(c: Coordinator, job: Job, task: Task,
+           exclude: frozenset[str] = frozenset()) -> market.TaskDemand:
     info = catalog.lookup(job.model)
     return market.TaskDemand(id=task.id, workload=job.kind, model=job.model,
                              max_price=job.max_price, memory_mb=info.memory_mb,
-                             units=task.units, exclude=exclude)
+                             units=task.units, exclude=exclude,
+                             stake_needed=stake_needed(c, cost_for_units(task.units,
+                                                                         job.max_price)))
+
+
+def stake_needed(c: Coordinator, value: int) -> int:
+    """Stake a provider needs for a task worth ``value`` (0 when nothing is checked)."""
+    vp = c.settings.verify
+    p = policy.check_probability(Reputation(cv=2**31), vp)
+    return market.stake_for(value, vp.slash_fraction, p) if p > 0 else 0
 
 
 def match_once(c: Coordinator) -> list[str]:
-    """Place queued tasks; returns the providers that were given work."""
+    """Place queued tasks and pending checks; returns the providers given work.
+
+    A task's primary goes to the best eligible provider; a replica or referee
+    (``task.pending_role``) goes to a provider that has not touched the task.
+    Alongside real work, canaries are planted at the network's canary share.
+    """
     now = c.now()
     with c.db.write() as s:
         rows = s.execute(
             select(Task, Job).join(Job, Job.id == Task.job_id)
-            .where(Task.status == "queued", Job.status.in_(("pending", "running")))
-            .order_by(Job.created_at, Task.idx).limit(BATCH)).all()
+            .where(or_(Task.status == "queued",
+                       and_(Task.status == "verifying", Task.pending_role.is_not(None))),
+                   Job.status.in_(("pending", "running", "verifying")))
+            .order_by(Task.pending_role.is_(None), Job.created_at, Task.idx)
+            .limit(BATCH)).all()
         if not rows:
             return []
         providers = provider_states(c, s)
         if not providers:
             return []
         task_ids = [t.id for t, _ in rows]
+        # A check goes to a provider that has not touched the task; a redo avoids
+        # providers whose result for it was rejected or failed.
+        checking = {t.id for t, _ in rows if t.pending_role is not None}
         excluded: dict[str, set[str]] = defaultdict(set)
-        for a in s.execute(select(Assignment.task_id, Assignment.provider_id)
-                           .where(Assignment.task_id.in_(task_ids),
-                                  Assignment.status.in_(("rejected", "failed")))):
-            excluded[a.task_id].add(a.provider_id)
-        demands = [demand(j, t, frozenset(excluded.get(t.id, ()))) for t, j in rows]
+        for a in s.execute(select(Assignment.task_id, Assignment.provider_id,
+                                  Assignment.status).where(Assignment.task_id.in_(task_ids))):
+            if a.task_id in checking or a.status in ("rejected", "failed"):
+                excluded[a.task_id].add(a.provider_id)
+        demands = [demand(c, j, t, frozenset(excluded.get(t.id, ()))) for t, j in rows]
         placements = market.place(demands, providers, c.settings.min_stake)
         by_task = {t.id: (t, j) for t, j in rows}
         for pl in placements:
             task, job = by_task[pl.task_id]
-            task.status, task.updated_at = "assigned", now
-            task.attempts += 1
-            if job.status == "pending":
-                job.status = "running"
-            s.add(Assignment(id=new_id("asg"), task_id=task.id, job_id=job.id,
-                             provider_id=pl.provider_id, role="primary", status="leased",
-                             price=pl.price, leased_at=now,
-                             lease_deadline=now + c.settings.lease_ttl, delivered=False))
-            c.emit(s, "task_assigned", task.id, job=job.id, provider=pl.provider_id,
-                   price=pl.price)
+            _lease(c, s, task, job, pl, now)
+        planted = [pl.provider_id for pl in placements
+                   if by_task[pl.task_id][1].owner != verify.NETWORK and verify.want_canary(c)
+                   and verify.plant_canary(c, s, pl.provider_id, by_task[pl.task_id][1].kind,
+                                           by_task[pl.task_id][1].model, pl.price)]
     if placements:
         c.notifier.published()
-    return sorted({p.provider_id for p in placements})
+    return sorted({p.provider_id for p in placements} | set(planted))
+
+
+def _lease(c: Coordinator, s: Session, task: Task, job: Job, pl: market.Placement,
+           now: float) -> None:
+    role = task.pending_role or "primary"
+    payload: str | None = None
+    check_of: str | None = None
+    if role == "primary":
+        task.status = "assigned"
+        task.attempts += 1
+        if job.status == "pending":
+            job.status = "running"
+    else:
+        subject = s.scalars(select(Assignment).where(
+            Assignment.task_id == task.id, Assignment.status == "submitted",
+            Assignment.role.in_(("primary", "canary")))).first()
+        if subject is None or subject.output_digest is None:
+            task.pending_role = None
+            return
+        check_of = subject.id
+        kind = kinds.get(job.kind)
+        spec = kind.parse_spec(job.spec)
+        extra = kind.check_payload(spec, c.blobs.get(task.input_digest),
+                                   c.blobs.get(subject.output_digest))
+        payload = c.blobs.put(extra) if extra is not None else None
+        task.pending_role = None
+    task.updated_at = now
+    s.add(Assignment(id=new_id("asg"), task_id=task.id, job_id=job.id,
+                     provider_id=pl.provider_id, role=role, status="leased", price=pl.price,
+                     leased_at=now, lease_deadline=now + c.settings.lease_ttl, delivered=False,
+                     input_digest=payload, check_of=check_of))
+    c.emit(s, "task_assigned", task.id, job=job.id, provider=pl.provider_id, price=pl.price,
+           role=role)

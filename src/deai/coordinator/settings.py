@@ -6,6 +6,8 @@ import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from deai.core.verify.params import VerifyParams
+
 
 def default_data_dir() -> Path:
     return Path(os.environ.get("DEAI_HOME", ".deai")).resolve() / "coordinator"
@@ -25,6 +27,9 @@ class Settings:
     max_upload_bytes: int = 64 * 1024 * 1024
     faucet_max: int = 1_000_000_000_000
     tick: float = 0.5  # background loop period
+    verify: VerifyParams = field(default_factory=VerifyParams)
+    verify_timeout: float = 300.0  # a check nobody can place is given up after this
+    treasury_grant: int = 1_000_000_000_000  # devnet: the treasury starts with 1,000,000 DEAI
 
     @property
     def db_url(self) -> str:

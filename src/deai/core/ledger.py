@@ -166,6 +166,49 @@ def release(provider: str, amount: int, payouts: list[int]) -> Draft:
                  ((pending(provider), -amount), (acct(provider), amount)))
 
 
+def treasury_grant(amount: int, reason: str) -> Draft:
+    """Seed the network treasury (the ``fee`` account), which pays for verification work."""
+    _positive(amount, "grant")
+    return Draft("treasury_grant", {"amount": amount, "reason": reason},
+                 ((MINT, -amount), (FEE, amount)))
+
+
+def check_fee(provider: str, amount: int, assignment_id: str, role: str) -> Draft:
+    """The treasury pays a replica, referee or canary run into pending earnings."""
+    _positive(amount, "check fee")
+    return Draft("check_fee", {"provider": provider, "amount": amount,
+                               "assignment": assignment_id, "role": role},
+                 ((FEE, -amount), (pending(provider), amount)))
+
+
+def verdict(task_id: str, evidence: dict[str, Any]) -> Draft:
+    """A referee's decision, kept in the journal as evidence; it moves no money."""
+    return Draft("verdict", {"task": task_id, **evidence}, ())
+
+
+def slash(provider: str, amount: int, bounty_to: str | None, bounty: int,
+          evidence: dict[str, Any]) -> Draft:
+    """Take ``amount`` of a faulty provider's stake: a bounty to the reporter, the rest
+    to the treasury."""
+    _positive(amount, "slash")
+    if not 0 <= bounty <= amount or (bounty and bounty_to is None):
+        raise ValueError("bounty must lie between 0 and the slash, with a recipient")
+    postings: list[tuple[str, int]] = [(stake(provider), -amount), (FEE, amount - bounty)]
+    if bounty:
+        assert bounty_to is not None
+        postings.append((acct(bounty_to), bounty))
+    return Draft("slash", {"provider": provider, "amount": amount, "bounty": bounty,
+                           "bounty_to": bounty_to, **evidence}, tuple(postings))
+
+
+def forfeit(provider: str, job_id: str, amount: int, to_account: str) -> Draft:
+    """A faulty provider's unreleased earnings for a job go back to the job's payer."""
+    _positive(amount, "forfeit")
+    return Draft("forfeit", {"provider": provider, "job": job_id, "amount": amount,
+                             "to": to_account},
+                 ((pending(provider), -amount), (to_account, amount)))
+
+
 def refund(owner: str, job_id: str, amount: int, reason: str) -> Draft:
     _positive(amount, "refund")
     return Draft("refund", {"job": job_id, "owner": owner, "amount": amount, "reason": reason},

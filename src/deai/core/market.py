@@ -10,6 +10,7 @@ better record may charge a little more; ties go to the less loaded provider.
 from __future__ import annotations
 
 import heapq
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -52,6 +53,8 @@ class TaskDemand:
     memory_mb: int
     units: int = 1
     exclude: frozenset[str] = frozenset()
+    stake_needed: int = 0
+    """Stake that makes cheating on this task a losing bet (see ``stake_for``)."""
 
 
 @dataclass(frozen=True)
@@ -93,6 +96,9 @@ def why_not(task: TaskDemand, p: ProviderState, min_stake: int,
         reasons.append(f"not enough memory ({p.memory_mb} MB < {task.memory_mb} MB)")
     if p.id in task.exclude:
         reasons.append("excluded for this task")
+    if task.stake_needed > max(p.stake, min_stake - 1) and p.stake >= min_stake:
+        reasons.append(f"stake too small for a task this large (bonded {p.stake} µ, "
+                       f"needs {task.stake_needed} µ)")
     if need_slot and p.load >= p.slots:
         reasons.append("no free slot")
     return reasons
@@ -139,7 +145,7 @@ def place(tasks: Sequence[TaskDemand], providers: Iterable[ProviderState], min_s
                 continue
             price = p.price_for(t.workload, t.model)
             if (price is None or price > t.max_price or p.memory_mb < t.memory_mb
-                    or pid in t.exclude):
+                    or pid in t.exclude or p.stake < t.stake_needed):
                 skipped.append((score, seen_load, pid))
                 continue
             out.append(Placement(t.id, pid, price))
@@ -150,6 +156,25 @@ def place(tasks: Sequence[TaskDemand], providers: Iterable[ProviderState], min_s
         for item in skipped:
             heapq.heappush(heap, item)
     return out
+
+
+def stake_for(value: int, slash_fraction: float, check_probability: float) -> int:
+    """The bond at which cheating on a task worth ``value`` has negative expected profit.
+
+    Caught with probability p, a cheater loses ``slash_fraction`` of its stake;
+    unchecked it keeps ``value``. Loss outweighs gain when
+    p · slash_fraction · stake > (1 − p) · value.
+    """
+    if value <= 0:
+        return 0
+    if slash_fraction <= 0 or check_probability <= 0:
+        return 2**62
+    p = check_probability
+    loss = int(value * (1 - p) / p) + 1  # the slash must exceed this
+    stake = math.ceil(loss / slash_fraction)
+    while int(stake * slash_fraction) < loss:  # the slash rounds down to a micro-unit
+        stake += 1
+    return stake
 
 
 @dataclass

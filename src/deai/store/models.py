@@ -119,6 +119,10 @@ class Task(Base):
     output_digest: Mapped[str | None] = mapped_column(String(64), nullable=True)
     updated_at: Mapped[float] = mapped_column(Float)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # Verification: the role a new assignment must fill (replica, referee), if any.
+    pending_role: Mapped[str | None] = mapped_column(String(16), nullable=True, index=True)
+    # A canary task's known answer.
+    reference_digest: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
 
 class Assignment(Base):
@@ -139,6 +143,10 @@ class Assignment(Base):
     seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
     signature: Mapped[str | None] = mapped_column(String(128), nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # A checker's payload when it differs from the task's shard (e.g. tokens to re-score).
+    input_digest: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # For a replica or referee: the assignment whose result it checks.
+    check_of: Mapped[str | None] = mapped_column(String(40), nullable=True)
 
     __table_args__ = (Index("ix_assignments_provider_status", "provider_id", "status"),)
 
@@ -155,6 +163,8 @@ class Payout(Base):
     release_at: Mapped[float] = mapped_column(Float, index=True)
     released: Mapped[bool] = mapped_column(Boolean, default=False, index=True)
     journal_seq: Mapped[int] = mapped_column(BigInteger)
+    job_id: Mapped[str | None] = mapped_column(String(40), nullable=True, index=True)
+    forfeited: Mapped[bool] = mapped_column(Boolean, default=False)
 
     __table_args__ = (UniqueConstraint("assignment_id", name="uq_payouts_assignment"),)
 
@@ -166,3 +176,55 @@ class Event(Base):
     kind: Mapped[str] = mapped_column(String(32), index=True)
     subject: Mapped[str] = mapped_column(String(100), default="")
     body: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
+class Reputation(Base):
+    """Per provider and workload: consecutive valid checks, decayed passes and fails."""
+
+    __tablename__ = "reputation"
+    provider_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    workload: Mapped[str] = mapped_column(String(32), primary_key=True)
+    cv: Mapped[int] = mapped_column(Integer, default=0)
+    passes: Mapped[float] = mapped_column(Float, default=0.0)
+    fails: Mapped[float] = mapped_column(Float, default=0.0)
+    probation: Mapped[int] = mapped_column(Integer, default=0)
+    updated_at: Mapped[float] = mapped_column(Float, default=0.0)
+
+
+class Canary(Base):
+    """A shard whose answer the network knows: verified earlier work, reused as a test."""
+
+    __tablename__ = "canaries"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    kind: Mapped[str] = mapped_column(String(32), index=True)
+    model: Mapped[str] = mapped_column(String(200), index=True)
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)
+    input_digest: Mapped[str] = mapped_column(String(64))
+    output_digest: Mapped[str] = mapped_column(String(64))
+    items: Mapped[int] = mapped_column(Integer)
+    units: Mapped[int] = mapped_column(Integer)
+    source_task: Mapped[str] = mapped_column(String(60))
+    created_at: Mapped[float] = mapped_column(Float)
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    uses: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class Checkpoint(Base):
+    """A training checkpoint a provider recorded: its blob digest and its chain hash.
+
+    A task's checkpoints form a hash chain (``core.checkpoints``) per role: a
+    replica's chain is its own, never resumed from the primary's.
+    """
+
+    __tablename__ = "checkpoints"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    task_id: Mapped[str] = mapped_column(String(60), index=True)
+    step: Mapped[int] = mapped_column(BigInteger)
+    digest: Mapped[str] = mapped_column(String(64))
+    chain_hash: Mapped[str] = mapped_column(String(64))
+    meta: Mapped[dict[str, Any]] = mapped_column(JSON)
+    assignment_id: Mapped[str] = mapped_column(String(40), index=True)
+    provider_id: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[float] = mapped_column(Float)
+
+    __table_args__ = (UniqueConstraint("assignment_id", "step", name="uq_checkpoints_step"),)

@@ -42,6 +42,15 @@ class Shard:
     max_units: int
 
 
+@dataclass(frozen=True)
+class Comparison:
+    """Whether two results agree, with the statistic that decided it (kept as evidence)."""
+
+    match: bool
+    statistic: float = 0.0
+    detail: str = ""
+
+
 def first_error(exc: ValidationError, prefix: str) -> InvalidInput:
     err = exc.errors()[0]
     loc = ".".join(str(p) for p in err["loc"])
@@ -76,3 +85,30 @@ class Kind(ABC):
     @abstractmethod
     def assemble(self, job_id: str, spec: SpecBase, outputs: list[bytes]) -> bytes:
         """Join accepted shard outputs, in shard order, into the job's result file."""
+
+    # --- verification ---------------------------------------------------------------------
+    # A checker (replica or referee) runs ``check_payload``: by default the shard
+    # itself, i.e. a re-execution; a kind may instead send something cheaper, such
+    # as the claimed tokens to re-score in one forward pass.
+
+    def compare(self, spec: SpecBase, shard: bytes, a: bytes, b: bytes) -> Comparison:
+        """Do two outputs of the same shard agree? Exact bytes unless a kind knows better."""
+        same = a == b
+        return Comparison(same, 0.0 if same else 1.0, "identical" if same else "outputs differ")
+
+    def check_payload(self, spec: SpecBase, shard: bytes, claimed: bytes) -> bytes | None:
+        """What a checker runs to test ``claimed``; None: re-execute the shard."""
+        return None
+
+    def check(self, spec: SpecBase, shard: bytes, claimed: bytes,
+              check_output: bytes) -> Comparison:
+        """Does a checker's output support the claimed output?"""
+        return self.compare(spec, shard, claimed, check_output)
+
+    def compare_checks(self, spec: SpecBase, payload: bytes, a: bytes, b: bytes) -> Comparison:
+        """Do two checkers that ran the same ``payload`` agree (replica against referee)?"""
+        return self.compare(spec, payload, a, b)
+
+    def meter_check(self, spec: SpecBase, payload: bytes, output: bytes) -> int:
+        """Units a checker used running ``payload`` (a re-execution is metered as usual)."""
+        return self.meter(spec, payload, output)

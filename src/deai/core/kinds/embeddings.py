@@ -26,11 +26,15 @@ from pydantic import Field
 
 from deai.core import batch, catalog
 from deai.core.errors import InvalidInput
-from deai.core.kinds.base import Kind, Shard, SpecBase
+from deai.core.kinds.base import Comparison, Kind, Shard, SpecBase
 
 URL = "/v1/embeddings"
 MAX_INPUTS_PER_LINE = 2048
 MAX_INPUT_CHARS = 32_768
+# Honest replicas on one hardware class agree bitwise; across classes float32
+# noise moves cosine by ~1e-6. A cheaper model, truncated text or random
+# vectors land far below this line (see tests/test_verify_embeddings.py).
+COSINE_TOLERANCE = 1e-3
 
 
 class EmbeddingsSpec(SpecBase):
@@ -127,6 +131,15 @@ def check_output(shard_input: bytes, output: bytes, dims: int) -> list[dict[str,
     return lines
 
 
+def cosine(u: list[float], v: list[float]) -> float:
+    dot = sum(a * b for a, b in zip(u, v, strict=True))
+    nu = math.sqrt(sum(a * a for a in u))
+    nv = math.sqrt(sum(b * b for b in v))
+    if nu == 0.0 or nv == 0.0:
+        return 1.0 if nu == nv else 0.0
+    return dot / (nu * nv)
+
+
 def response_body(model: str, line: dict[str, Any]) -> dict[str, Any]:
     """An OpenAI embeddings response for one input line."""
     tokens = int(line["prompt_tokens"])
@@ -150,6 +163,23 @@ class EmbeddingsKind(Kind):
     def meter(self, spec: SpecBase, shard_input: bytes, output: bytes) -> int:
         lines = check_output(shard_input, output, self.model(spec).dims)
         return sum(len(line["embeddings"]) for line in lines)
+
+    def compare(self, spec: SpecBase, shard: bytes, a: bytes, b: bytes) -> Comparison:
+        """Every pair of vectors within ``COSINE_TOLERANCE`` and the same token counts."""
+        dims = self.model(spec).dims
+        try:
+            la, lb = check_output(shard, a, dims), check_output(shard, b, dims)
+        except InvalidInput as exc:
+            return Comparison(False, 1.0, f"malformed output: {exc.message}")
+        worst = 0.0
+        for n, (x, y) in enumerate(zip(la, lb, strict=True), start=1):
+            if x["prompt_tokens"] != y["prompt_tokens"]:
+                return Comparison(False, 1.0, f"line {n}: token counts differ")
+            for u, v in zip(x["embeddings"], y["embeddings"], strict=True):
+                worst = max(worst, 1.0 - cosine(u, v))
+        ok = worst <= COSINE_TOLERANCE
+        return Comparison(ok, worst, f"max cosine distance {worst:.3g} "
+                                     f"(tolerance {COSINE_TOLERANCE:g})")
 
     def assemble(self, job_id: str, spec: SpecBase, outputs: list[bytes]) -> bytes:
         model = self.model(spec).name

@@ -1,0 +1,101 @@
+"""Who gets checked and who is at fault, as pure functions.
+
+Replication (research/verification.md §10.4): ρ = 1 while a provider's CV is
+under the bootstrap threshold, while it is on probation, or when the client
+asked for it; otherwise ρ = max(ρ_min, 1/CV). Canaries are drawn at share q
+among dispatched tasks. A mismatch never slashes by itself: a referee re-runs
+the work and the party that contradicts the referee is at fault.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+
+from deai.core.verify.params import VerifyParams
+from deai.core.verify.reputation import Reputation
+
+
+def replication_probability(rep: Reputation, p: VerifyParams, *, always: bool = False) -> float:
+    if always:
+        return 1.0
+    if not p.replicate:
+        return 0.0
+    if rep.probation > 0 or rep.cv < p.cv_bootstrap:
+        return 1.0
+    return max(p.rho_min, 1.0 / rep.cv)
+
+
+def should_replicate(rep: Reputation, p: VerifyParams, draw: float, *,
+                     always: bool = False) -> bool:
+    """``draw`` is a uniform number in [0, 1) from the coordinator's RNG."""
+    return draw < replication_probability(rep, p, always=always)
+
+
+def canary_odds(p: VerifyParams) -> float:
+    """Canaries per real task so that canaries are a share q of all dispatched tasks."""
+    return p.canary_share / (1.0 - p.canary_share) if p.canary_share < 1.0 else float("inf")
+
+
+def check_probability(rep: Reputation, p: VerifyParams) -> float:
+    """p = q + (1 − q)·ρ: the chance that a given dispatched task is checked."""
+    q = p.canary_share
+    return q + (1.0 - q) * replication_probability(rep, p)
+
+
+class Fault(StrEnum):
+    NONE = "none"          # the parties agree with the referee
+    SUBJECT = "subject"    # the checked party contradicts the referee
+    CHECKER = "checker"    # the replica (or canary reference) contradicts the referee
+    BOTH = "both"          # the referee agrees with neither
+
+
+@dataclass(frozen=True)
+class Verdict:
+    fault: Fault
+    votes_subject: int
+    votes_checker: int
+    referees: int
+
+    @property
+    def accepted(self) -> str:
+        """Whose output becomes the task's result: subject, checker or referee."""
+        return {Fault.NONE: "subject", Fault.SUBJECT: "checker",
+                Fault.CHECKER: "subject", Fault.BOTH: "referee"}[self.fault]
+
+
+def verdict(referee_agrees_subject: Sequence[bool],
+            referee_agrees_checker: Sequence[bool]) -> Verdict:
+    """Majority of the referee committee decides; ties convict nobody."""
+    n = len(referee_agrees_subject)
+    if n == 0 or n != len(referee_agrees_checker):
+        raise ValueError("need one vote on each party from every referee")
+    s, c = sum(referee_agrees_subject), sum(referee_agrees_checker)
+    subject_ok, checker_ok = 2 * s > n, 2 * c > n
+    subject_bad, checker_bad = 2 * s < n, 2 * c < n
+    if subject_ok and checker_ok:
+        fault = Fault.NONE
+    elif subject_bad and checker_ok:
+        fault = Fault.SUBJECT
+    elif checker_bad and subject_ok:
+        fault = Fault.CHECKER
+    elif subject_bad and checker_bad:
+        fault = Fault.BOTH
+    else:
+        fault = Fault.NONE  # a tied committee convicts nobody
+    return Verdict(fault, s, c, n)
+
+
+@dataclass(frozen=True)
+class Slash:
+    amount: int
+    bounty: int
+    treasury: int
+
+
+def slash_amounts(stake: int, p: VerifyParams, *, reporter: bool) -> Slash:
+    """How much of ``stake`` a confirmed fault costs and where it goes."""
+    amount = int(stake * p.slash_fraction)
+    bounty = int(amount * p.bounty_share) if reporter else 0
+    return Slash(amount, bounty, amount - bounty)
