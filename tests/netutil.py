@@ -105,11 +105,14 @@ class Network:
             time.sleep(0.2)
         raise TimeoutError("coordinator did not come up")
 
-    def start_provider(self, name: str, price: int = 1000, *extra: str) -> Proc:
+    def start_provider(self, name: str, price: int = 1000, *extra: str,
+                       env: dict[str, str] | None = None) -> Proc:
         keys.create(name, exist_ok=True)
+        if "--models" not in extra:  # embeddings only unless a test asks for more
+            extra = ("--models", "all-MiniLM-L6-v2", *extra)
         args = [sys.executable, "-m", "deai.provider", "--coordinator", self.url, "--key", name,
                 "--threads", "1", "--price", str(price), *extra]
-        proc = Proc(args, self.root / f"{name}.log", self.env)
+        proc = Proc(args, self.root / f"{name}.log", {**self.env, **(env or {})})
         self.providers[name] = proc
         return proc
 

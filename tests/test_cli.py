@@ -84,7 +84,8 @@ def test_keys_list_empty() -> None:
 @pytest.mark.parametrize(("spec", "field"), [
     ("kind: embeddings\nmodel: all-MiniLM-L6-v2\nmax_price: -1\n", "spec.max_price"),
     ("kind: embeddings\nmodel: gpt-17\nmax_price: 10\n", "spec.model"),
-    ("kind: chat\nmodel: all-MiniLM-L6-v2\nmax_price: 10\n", "spec.kind"),
+    ("kind: mining\nmodel: all-MiniLM-L6-v2\nmax_price: 10\n", "spec.kind"),
+    ("kind: chat\nmodel: all-MiniLM-L6-v2\nmax_price: 10\n", "spec.model"),
     ("kind: embeddings\nmodel: all-MiniLM-L6-v2\nmax_price: 10\nshard_size: 0\n",
      "spec.shard_size"),
     ("kind: embeddings\nmodel: all-MiniLM-L6-v2\nmax_price: 10\ncolour: red\n",

@@ -96,7 +96,7 @@ def test_default_parameters_meet_the_targets() -> None:
     """Research §10.7: ~5 % overhead; f ≥ 10 % caught within 1,000 tasks with ≥ 99 %."""
     established = Reputation(cv=10_000)
     p = policy.check_probability(established, DEFAULT)
-    assert p == pytest.approx(0.02 + 0.98 * 0.03)
+    assert p == pytest.approx(0.02 + 0.98 * DEFAULT.rho_min)
     overhead = policy.canary_odds(DEFAULT) + policy.replication_probability(established, DEFAULT)
     assert overhead <= 0.051
     assert economics.p_caught_within(1000, 0.1, p) >= 0.99

@@ -30,7 +30,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from deai.client import keys
+from deai.client import keys, training
 from deai.client.sdk import Client, retrying
 from deai.core import money, specs, wire
 from deai.core.errors import DeAIError, InvalidInput
@@ -124,12 +124,13 @@ def load_spec(path: Path) -> specs.JobSpec:
     return specs.parse_spec(data)
 
 
-def read_input(path: Path, spec: specs.JobSpec) -> tuple[bytes, list[specs.Item]]:
+def read_input(path: Path, spec: specs.JobSpec) -> tuple[bytes, list[specs.Shard]]:
+    """The input's bytes and the shards the coordinator will cut (any kind's checks)."""
     try:
         data = path.read_bytes()
     except OSError as exc:
         raise InvalidInput(f"cannot read input {path}: {exc.strerror}", field="input") from None
-    return data, specs.parse_input(data, spec)
+    return data, specs.split(spec, data)
 
 
 def signer(coordinator: str, key: str) -> Client:
@@ -246,6 +247,54 @@ def keys_list() -> None:
 def keys_show(name: str) -> None:
     """Print a key's account id (nothing else, so scripts can use it)."""
     typer.echo(keys.load(name).id)
+
+
+# API keys for the OpenAI-compatible API: bearer secrets bound to the account of --key.
+api_key_app = typer.Typer(no_args_is_help=True,
+                          help="Bearer keys for the OpenAI-compatible API under /v1.")
+keys_app.add_typer(api_key_app, name="api-key")
+
+
+@command(api_key_app, "create")
+def api_key_create(coordinator: Coordinator = DEFAULT_COORDINATOR, key: Key = "client",
+                   name: Annotated[str, typer.Option(help="A label for the key.")] = "",
+                   spend_cap: Annotated[str | None, typer.Option(
+                       help="Most DEAI the key may commit, e.g. 5; default no cap.")] = None
+                   ) -> None:
+    """Mint an API key that spends from --key's account; the secret is printed once."""
+    try:
+        cap = money.parse(spend_cap) if spend_cap is not None else None
+    except ValueError as exc:
+        raise InvalidInput(str(exc), field="spend_cap") from None
+    with signer(coordinator, key) as c:
+        out = c.create_api_key(name, cap)
+    console.print(f"created API key [bold]{out.id}[/] for {key} ({out.account[:12]}…)"
+                  + (f", spend cap {money.fmt(cap)} DEAI" if cap is not None else ""))
+    console.print("use it as OPENAI_API_KEY with base URL "
+                  f"{coordinator.rstrip('/')}/v1; it is not shown again:")
+    typer.echo(out.key)
+
+
+@command(api_key_app, "list")
+def api_key_list(coordinator: Coordinator = DEFAULT_COORDINATOR, key: Key = "client") -> None:
+    """The API keys of --key's account."""
+    with signer(coordinator, key) as c:
+        rows = c.api_keys()
+    t = Table("id", "name", "prefix", "spent (DEAI)", "cap (DEAI)", "status")
+    for k in rows:
+        t.add_row(k.id, k.name, k.prefix + "…", money.fmt(k.spent),
+                  money.fmt(k.spend_cap) if k.spend_cap is not None else "-",
+                  "revoked" if k.revoked_at is not None else "active")
+    console.print(t)
+
+
+@command(api_key_app, "revoke")
+def api_key_revoke(key_id: str, coordinator: Coordinator = DEFAULT_COORDINATOR,
+                   key: Key = "client") -> None:
+    """Revoke an API key: requests with it fail with 401 from now on."""
+    with signer(coordinator, key) as c:
+        out = c.revoke_api_key(key_id)
+    console.print(f"revoked {out.id} ({out.prefix}…)")
 
 
 # --- processes ---------------------------------------------------------------------------
@@ -392,12 +441,12 @@ def job_submit(spec_file: Annotated[Path, typer.Argument(metavar="SPEC.yaml")],
                coordinator: Coordinator = DEFAULT_COORDINATOR, key: Key = "client") -> None:
     """Validate locally, upload the input, submit; with --wait exit 0 only if it completes."""
     spec = load_spec(spec_file)
-    data, items = read_input(input_file, spec)
+    data, shards = read_input(input_file, spec)
     with signer(coordinator, key) as c:
         digest = c.upload(data).digest
         job = c.submit_job(spec.model_dump(), digest)
-        console.print(f"submitted job [bold]{job.id}[/]: {len(items)} lines, {job.units} units, "
-                      f"escrowed {money.fmt(job.escrow)} DEAI")
+        console.print(f"submitted job [bold]{job.id}[/]: {sum(sh.items for sh in shards)} "
+                      f"items, {job.units} units, escrowed {money.fmt(job.escrow)} DEAI")
         if not wait:
             return
         try:
@@ -442,7 +491,23 @@ def job_results(job_id: str, output: Annotated[Path | None, typer.Option(
     """Write a completed job's output (one line per input line, in input order)."""
     with Client(coordinator) as c:
         path, lines = write_results(c, job_id, output)
+        result = training.parse(path.read_bytes())
+        extra = training.save(c, result, path) if result else []
     console.print(f"wrote {lines} lines to {path}")
+    for p in extra:
+        console.print(f"wrote {p}")
+
+
+@command(job_app, "plot")
+def job_plot(job_id: str, output: Annotated[Path, typer.Option(
+                 "-o", "--output", help="PNG file to write.")] = Path("loss.png"),
+             coordinator: Coordinator = DEFAULT_COORDINATOR) -> None:
+    """Draw a completed training job's loss curve and test accuracy to a PNG."""
+    with Client(coordinator) as c:
+        result = training.parse(c.results(job_id))
+    if result is None:
+        raise InvalidInput(f"job {job_id} is not a training job", field="job")
+    console.print(f"wrote {training.plot(result, output)}")
 
 
 @command(job_app, "cancel")
@@ -458,8 +523,7 @@ def job_cancel(job_id: str, coordinator: Coordinator = DEFAULT_COORDINATOR,
 
 def shard_units(spec: specs.JobSpec, input_file: Path | None, units: int | None) -> list[int]:
     if input_file is not None:
-        _, items = read_input(input_file, spec)
-        return [sum(it.units for it in s) for s in specs.shard(items, spec.shard_size)]
+        return [sh.max_units for sh in read_input(input_file, spec)[1]]
     if units is None or units < 1:
         raise InvalidInput("give --input FILE or --units N (N >= 1)", field="input")
     return [min(spec.shard_size, units - i) for i in range(0, units, spec.shard_size)]
@@ -507,6 +571,41 @@ def demo(providers: Annotated[int, typer.Option(min=1)] = 3,
 
     sigterm_as_interrupt()
     raise typer.Exit(run_demo(providers, spec_file, input_file, console))
+
+
+# --- simulator -----------------------------------------------------------------------------
+
+sim_app = typer.Typer(no_args_is_help=True, help="Simulate the network's policies at scale.")
+app.add_typer(sim_app, name="sim")
+
+
+@command(sim_app, "verify")
+def sim_verify(
+        providers: Annotated[int, typer.Option(min=2)] = 10_000,
+        tasks: Annotated[int, typer.Option(min=1)] = 1_000_000,
+        seed: int = 0,
+        out: Annotated[Path, typer.Option(help="Where report.json and the PNG go.")] = Path(
+            "sim-verify"),
+        fast: Annotated[bool, typer.Option(help="Small sizes everywhere (seconds).")] = False,
+        referee_error: Annotated[float, typer.Option(min=0.0, max=1.0)] = 0.0,
+        churn: Annotated[bool, typer.Option(help="Slashed cheaters return as new identities.")
+                         ] = True) -> None:
+    """Drive core's verification policies over a simulated network; check the targets."""
+    from dataclasses import replace
+
+    from deai.sim import report, run
+    from deai.sim.engine import World
+
+    plan = run.Plan.fast() if fast else run.Plan()
+    if not fast or providers != 10_000 or tasks != 1_000_000:
+        plan = replace(plan, providers=providers, tasks=tasks)
+    world = World(referee_error=referee_error, churn=churn)
+    r = run.verify(plan, seed, world, progress=lambda name: console.print(f"running {name}…"))
+    report.show(r, console)
+    for path in report.write(r, out):
+        console.print(f"wrote {path}")
+    if not all(t["pass"] for t in r["targets"]):
+        raise typer.Exit(1)
 
 
 def main() -> None:

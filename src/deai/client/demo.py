@@ -50,8 +50,8 @@ def run_demo(providers: int, spec_file: Path | None, input_file: Path | None,
             out.print(f"coordinator {net.url}   explorer {net.explorer_line()}")
             c = net.client
             job = c.submit_job(spec.model_dump(), c.upload(data).digest)
-            out.print(f"submitted job [bold]{job.id}[/]: {len(items)} sentences from "
-                      f"{input_path} in shards of {spec.shard_size}, escrowed "
+            out.print(f"submitted job [bold]{job.id}[/]: {sum(sh.items for sh in items)} "
+                      f"sentences from {input_path} in shards of {spec.shard_size}, escrowed "
                       f"{money.fmt(job.escrow)} DEAI")
             job = follow_job(c, job.id, out)
             out.print(job_table(job, {k.id: k.name for k in net.provider_keys}))

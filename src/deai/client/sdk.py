@@ -164,6 +164,20 @@ class Client:
     def results(self, job_id: str) -> bytes:
         return self.request("GET", f"/api/jobs/{job_id}/results").content
 
+    # --- API keys for the OpenAI-compatible API (/v1) --------------------------------------
+
+    def create_api_key(self, name: str = "", spend_cap: int | None = None) -> wire.ApiKeyOut:
+        """Mint a bearer key for /v1 bound to this account; ``.key`` is shown only now."""
+        return self._post("/api/api-keys", wire.ApiKeyIn(name=name, spend_cap=spend_cap),
+                          wire.ApiKeyOut)
+
+    def api_keys(self) -> list[wire.ApiKeyOut]:
+        data = self.request("GET", "/api/api-keys", signed=True).json()
+        return [wire.ApiKeyOut.model_validate(k) for k in data["api_keys"]]
+
+    def revoke_api_key(self, key_id: str) -> wire.ApiKeyOut:
+        return self._post(f"/api/api-keys/{key_id}/revoke", {}, wire.ApiKeyOut)
+
     # --- ledger ---------------------------------------------------------------------------
 
     def journal(self, after: int = 0, limit: int = 1000) -> wire.JournalOut:

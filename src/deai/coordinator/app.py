@@ -18,7 +18,17 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from deai import __version__
-from deai.coordinator import api_jobs, api_ledger, errors, jobs, matching
+from deai.coordinator import (
+    api_explorer,
+    api_jobs,
+    api_ledger,
+    checkpoints,
+    errors,
+    jobs,
+    matching,
+    metrics,
+    openai,
+)
 from deai.coordinator.service import Coordinator
 from deai.coordinator.settings import Settings
 from deai.core.errors import PayloadTooLarge
@@ -48,6 +58,7 @@ async def _matcher(c: Coordinator) -> None:
 
 def _upkeep(c: Coordinator) -> None:
     jobs.expire_leases(c)
+    jobs.give_up_checks(c)
     jobs.enforce_deadlines(c)
     jobs.release_earnings(c)
 
@@ -91,6 +102,10 @@ def create_app(settings: Settings, coordinator: Coordinator | None = None) -> Fa
 
     app.include_router(api_ledger.router)
     app.include_router(api_jobs.router)
+    app.include_router(checkpoints.router)
+    api_explorer.install(app)  # read API, event stream, and the page at /explorer/
+    metrics.install(app)  # /metrics, and request counts
+    openai.install(app)  # /v1 in OpenAI's shape, API keys, task progress
 
     @app.get("/health")
     def health() -> dict[str, str]:

@@ -213,6 +213,7 @@ def submit_result(c: Coordinator, pid: str, assignment_id: str,
                   else verify.on_check(c, s, a, task, job))
         paid = journal.balance(s, ledger.pending(pid)) - before
         refresh_status(s, job)
+    c.notifier.result_arrived(a.task_id)  # an interactive caller may be waiting (/v1)
     c.notifier.kick()
     c.notifier.published()
     return wire.ResultOut(status=status, paid=max(0, paid))
@@ -243,9 +244,16 @@ def _complete(c: Coordinator, s: Session, job: Job) -> None:
     digests = list(s.scalars(select(Task.output_digest).where(Task.job_id == job.id)
                              .order_by(Task.idx)))
     kind = kinds.get(job.kind)
-    data = kind.assemble(job.id, kind.parse_spec(job.spec), [c.blobs.get(d) for d in digests if d])
-    job.output_digest = c.blobs.put(data)
-    _end(c, s, job, "completed", None)
+    outputs = [c.blobs.get(d) for d in digests if d]
+    job.output_digest = c.blobs.put(kind.assemble(job.id, kind.parse_spec(job.spec), outputs))
+    # Work that ran and failed on its own terms (a command over its limit) is still
+    # accepted work; the job completes and says what went wrong.
+    problems = kind.errors(outputs)
+    error = None
+    if problems:
+        error = "; ".join(problems[:5]) + (f" (and {len(problems) - 5} more)"
+                                            if len(problems) > 5 else "")
+    _end(c, s, job, "completed", error)
 
 
 def report_failure(c: Coordinator, pid: str, assignment_id: str, error: str) -> wire.ResultOut:
@@ -326,8 +334,10 @@ def enforce_deadlines(c: Coordinator) -> int:
 
 
 def give_up_checks(c: Coordinator) -> int:
-    """A check nobody could place in time: accept a lone primary unchecked; for a
-    stuck referee, run the task again from scratch. Nobody is paid or penalised."""
+    """A check nobody could place in time. A sampled replica (an established provider,
+    ρ < 1) is skipped and the primary accepted; a check that policy requires (a new or
+    probationary provider, a client that asked) or a stuck referee sends the task back
+    to be run again from scratch. Nobody is paid or penalised."""
     cutoff = c.now() - c.settings.verify_timeout
     with c.db.write() as s:
         stuck = s.execute(select(Task, Job).join(Job, Job.id == Task.job_id).where(
@@ -338,7 +348,12 @@ def give_up_checks(c: Coordinator) -> int:
                 Assignment.task_id == task.id, Assignment.status == "submitted",
                 Assignment.role.in_(("primary", "canary")))).first()
             c.emit(s, "check_abandoned", task.id, role=task.pending_role)
-            if task.pending_role == "replica" and subject is not None:
+            if task.pending_role == "replica" and subject is not None and (
+                    not verify.must_check(c, s, subject, job)
+                    or task.attempts >= c.settings.max_attempts):
+                # Sampled checks may be skipped; a required one is retried a few times
+                # (perhaps a checker turns up), then accepted and marked unverified.
+                c.emit(s, "unverified", task.id, job=job.id, provider=subject.provider_id)
                 verify.accept(c, s, subject, task, job)
             elif job.owner == verify.NETWORK:
                 _end(c, s, job, "failed", "no referee available")

@@ -125,6 +125,17 @@ def match_once(c: Coordinator) -> list[str]:
     return sorted({p.provider_id for p in placements} | set(planted))
 
 
+def place_now(c: Coordinator, s: Session, task: Task, job: Job) -> str | None:
+    """Place one queued primary at once, ahead of the queue (an interactive /v1 request),
+    inside the caller's transaction; returns the provider, or None to leave it queued."""
+    providers = provider_states(c, s)
+    placed = market.place([demand(c, job, task)], providers, c.settings.min_stake)
+    if not placed:
+        return None
+    _lease(c, s, task, job, placed[0], c.now())
+    return placed[0].provider_id
+
+
 def _lease(c: Coordinator, s: Session, task: Task, job: Job, pl: market.Placement,
            now: float) -> None:
     role = task.pending_role or "primary"

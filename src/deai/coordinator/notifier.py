@@ -17,6 +17,7 @@ class Notifier:
         self._providers: dict[str, asyncio.Event] = {}
         self._match = asyncio.Event()
         self._listeners: set[asyncio.Queue[int]] = set()
+        self._results: dict[str, asyncio.Event] = {}
         self.closing = False
 
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -50,7 +51,7 @@ class Notifier:
         self._call(self._release)
 
     def _release(self) -> None:
-        for ev in self._providers.values():
+        for ev in (*self._providers.values(), *self._results.values()):
             ev.set()
         for q in list(self._listeners):
             with contextlib.suppress(asyncio.QueueFull):
@@ -87,3 +88,20 @@ class Notifier:
         for q in list(self._listeners):
             with contextlib.suppress(asyncio.QueueFull):
                 q.put_nowait(1)
+
+    # Result waiters (the /v1 gateway) wait on a task id for its first submitted output.
+    def watch_result(self, task_id: str) -> asyncio.Event:
+        """Register interest in ``task_id`` (on the event loop) before checking the database."""
+        return self._results.setdefault(task_id, asyncio.Event())
+
+    def unwatch_result(self, task_id: str) -> None:
+        self._results.pop(task_id, None)
+
+    def result_arrived(self, task_id: str) -> None:
+        """An assignment of ``task_id`` has a result (any thread); wakes only its watchers."""
+        self._call(self._result, task_id)
+
+    def _result(self, task_id: str) -> None:
+        ev = self._results.get(task_id)
+        if ev is not None:
+            ev.set()

@@ -45,7 +45,7 @@ class Coordinator:
     def now(self) -> float:
         return self.clock.now()
 
-    def emit(self, s: Session, kind: str, subject: str = "", **body: Any) -> None:
+    def emit(self, s: Session, kind: str, subject: str = "", /, **body: Any) -> None:
         s.add(Event(ts=self.now(), kind=kind, subject=subject, body=body))
 
     def network(self) -> wire.NetworkInfo:
@@ -125,6 +125,7 @@ class Coordinator:
             p.benchmark = reg.benchmark.model_dump()
             p.compute_units = cu
             p.threads, p.slots, p.status, p.last_seen = reg.threads, reg.slots, "active", now
+            p.capabilities = dict(reg.capabilities)
             s.flush()
             s.execute(delete(Offer).where(Offer.provider_id == pid))
             for o in reg.offers:
@@ -190,6 +191,7 @@ class Coordinator:
             benchmark=p.benchmark, compute_units=p.compute_units, threads=p.threads,
             slots=p.slots, stake=bal.get(ledger.stake(p.id), 0), reputation=p.reputation,
             last_seen=p.last_seen, tasks_done=p.tasks_done, earned=int(earned),
+            capabilities=p.capabilities or {},
             offers=[wire.OfferOut(workload=o.workload, model=o.model, price=o.price,
                                   price_per_cu=_per_cu(o.price, p.compute_units))
                     for o in offers])

@@ -44,4 +44,4 @@ class Settings:
     def for_devnet(self) -> Settings:
         """Short windows so a demo settles in seconds rather than an hour."""
         return replace(self, devnet=True, challenge_window=5.0, heartbeat_timeout=6.0,
-                       lease_ttl=60.0)
+                       lease_ttl=60.0, verify_timeout=30.0)

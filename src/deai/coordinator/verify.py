@@ -37,7 +37,7 @@ from deai.core.verify import policy
 from deai.core.verify.params import VerifyParams
 from deai.core.verify.reputation import Reputation
 from deai.store import journal
-from deai.store.models import Assignment, Canary, Job, Payout, Provider, Task
+from deai.store.models import Assignment, Canary, Job, JournalEntry, Payout, Provider, Task
 from deai.store.models import Reputation as RepRow
 
 NETWORK = "network"  # owner of canary jobs
@@ -115,16 +115,28 @@ def _slash(c: Coordinator, s: Session, pid: str, job: Job, bounty_to: str | None
     if cut.amount > 0:
         journal.append(s, ledger.slash(pid, cut.amount, bounty_to, cut.bounty, evidence),
                        c.clock)
-    forfeited = 0
+    forfeited = fee_back = 0
     for row in s.scalars(select(Payout).where(Payout.provider_id == pid, Payout.job_id == job.id,
                                               Payout.released.is_(False),
                                               Payout.forfeited.is_(False))):
         row.forfeited, row.released = True, True
         forfeited += row.amount
-    if forfeited:
-        to = (ledger.escrow(job.id) if job.status in ("pending", "running", "verifying")
-              else ledger.acct(job.owner) if job.owner != NETWORK else ledger.FEE)
-        journal.append(s, ledger.forfeit(pid, job.id, forfeited, to), c.clock)
+        entry = s.get(JournalEntry, row.journal_seq)
+        if entry is not None and entry.kind == "payout":  # the client paid a fee on it too
+            fee_back += int(entry.body.get("fee", 0))
+    if forfeited or fee_back:
+        fee_back = min(fee_back, journal.balance(s, ledger.FEE))
+        if job.owner == NETWORK:
+            to, fee_back = ledger.FEE, 0
+        elif job.status in ("pending", "running", "verifying"):
+            to = ledger.escrow(job.id)
+        else:
+            to = ledger.acct(job.owner)
+        journal.append(s, ledger.forfeit(pid, job.id, forfeited, fee_back, to), c.clock)
+        if job.owner != NETWORK:
+            job.cost -= forfeited + fee_back
+            if to != ledger.escrow(job.id):
+                job.refunded += forfeited + fee_back
     c.emit(s, "slash", pid, job=job.id, amount=cut.amount, bounty=cut.bounty,
            bounty_to=bounty_to, forfeited=forfeited, **evidence)
 
@@ -145,6 +157,14 @@ def on_primary(c: Coordinator, s: Session, a: Assignment, task: Task, job: Job) 
         return "submitted"
     accept(c, s, a, task, job)
     return "accepted"
+
+
+def must_check(c: Coordinator, s: Session, a: Assignment, job: Job) -> bool:
+    """Whether policy requires ``a``'s result to be checked (ρ = 1), not merely samples it."""
+    spec = kinds.get(job.kind).parse_spec(job.spec)
+    rep = get_rep(s, a.provider_id, job.kind)
+    always = bool(getattr(spec, "replicate", False))
+    return policy.replication_probability(rep, params(c), always=always) >= 1.0
 
 
 def accept(c: Coordinator, s: Session, a: Assignment, task: Task, job: Job) -> int:

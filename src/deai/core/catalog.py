@@ -31,6 +31,32 @@ CATALOG: tuple[ModelInfo, ...] = (
         aliases=("sentence-transformers/all-MiniLM-L6-v2",),
         description="MiniLM sentence embeddings, 384 dimensions",
     ),
+    ModelInfo(
+        name="bwrap-sandbox",
+        workload="command",
+        memory_mb=256,
+        description="a script or program run under bubblewrap: no network, read-only "
+                    "system, CPU/memory/file/wall limits",
+    ),
+    ModelInfo(
+        name="SmolLM2-135M-Instruct",
+        workload="chat",
+        memory_mb=1024,
+        aliases=("HuggingFaceTB/SmolLM2-135M-Instruct",),
+        description="SmolLM2 135M instruct chat model, 8k context",
+    ),
+    ModelInfo(
+        name="mlp-digits",
+        workload="train",
+        memory_mb=256,
+        description="MLP (features-128-64-classes, ReLU) trained deterministically on CPU",
+    ),
+    ModelInfo(
+        name="cnn-digits",
+        workload="train",
+        memory_mb=256,
+        description="small CNN for 8x8 images (conv16-conv32-pool-64-classes) on CPU",
+    ),
 )
 
 _BY_NAME = {alias: m for m in CATALOG for alias in (m.name, *m.aliases)}

@@ -201,12 +201,17 @@ def slash(provider: str, amount: int, bounty_to: str | None, bounty: int,
                            "bounty_to": bounty_to, **evidence}, tuple(postings))
 
 
-def forfeit(provider: str, job_id: str, amount: int, to_account: str) -> Draft:
-    """A faulty provider's unreleased earnings for a job go back to the job's payer."""
-    _positive(amount, "forfeit")
+def forfeit(provider: str, job_id: str, amount: int, fee_back: int, to_account: str) -> Draft:
+    """A faulty provider's unreleased earnings for a job, and the fee the network took on
+    them, go back to the job's payer: the client pays nothing for rejected work."""
+    _positive(amount + fee_back, "forfeit")
+    if amount < 0 or fee_back < 0:
+        raise ValueError("forfeit amounts must not be negative")
+    postings = [(pending(provider), -amount), (to_account, amount + fee_back)]
+    if fee_back:
+        postings.append((FEE, -fee_back))
     return Draft("forfeit", {"provider": provider, "job": job_id, "amount": amount,
-                             "to": to_account},
-                 ((pending(provider), -amount), (to_account, amount)))
+                             "fee_back": fee_back, "to": to_account}, tuple(postings))
 
 
 def refund(owner: str, job_id: str, amount: int, reason: str) -> Draft:

@@ -78,6 +78,9 @@ class RegisterIn(In):
     threads: int = Field(ge=1, le=4096)
     slots: int = Field(default=1, ge=1, le=256)
     offers: list[OfferIn] = Field(min_length=1, max_length=64)
+    capabilities: dict[str, Any] = Field(default_factory=dict, max_length=32)
+    """What this machine can and cannot do, e.g. ``{"sandbox": false, "sandbox_reason":
+    "bwrap not found on PATH"}``: a provider without a sandbox offers no command model."""
 
 
 class BondIn(In):
@@ -107,6 +110,7 @@ class ProviderOut(Out):
     offers: list[OfferOut]
     tasks_done: int = 0
     earned: int = 0
+    capabilities: dict[str, Any] = Field(default_factory=dict)
 
 
 class HeartbeatIn(In):
@@ -222,3 +226,25 @@ class AuditOut(Out):
     supply: int
     accounts: int
     problems: list[str]
+
+
+# --- API keys for the OpenAI-compatible API (/v1) -------------------------------------
+
+class ApiKeyIn(In):
+    name: str = Field(default="", max_length=100)
+    spend_cap: int | None = Field(default=None, ge=0, le=10**15,
+                                  description="most µ this key may commit; None: no cap")
+
+
+class ApiKeyOut(Out):
+    id: str
+    account: str
+    name: str
+    prefix: str
+    spend_cap: int | None = None
+    spent: int = 0
+    """µ committed through this key: escrow of its running jobs plus the cost of ended ones."""
+    created_at: float
+    revoked_at: float | None = None
+    key: str | None = None
+    """The secret itself: returned once, by the call that creates the key."""

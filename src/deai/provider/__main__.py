@@ -1,7 +1,11 @@
 """``python -m deai.provider --coordinator URL --key NAME``: run a provider agent.
 
 Exits 0 after SIGTERM/SIGINT once running tasks are done, 1 if the agent stops
-on an error it cannot ride out (such as stake it cannot bond).
+on an error it cannot ride out (such as stake it cannot bond), 2 on bad
+arguments (an unknown model, a price for a model not offered).
+
+    --models all-MiniLM-L6-v2,SmolLM2-135M-Instruct   (default: every available model)
+    --price 1000 --price-for SmolLM2-135M-Instruct=300
 """
 
 from __future__ import annotations
@@ -9,8 +13,32 @@ from __future__ import annotations
 import argparse
 import sys
 
+from deai.core import catalog
+from deai.core.errors import InvalidInput
 from deai.provider import hardware
-from deai.provider.agent import start
+from deai.provider.agent import offer_prices, start
+
+
+def model_list(value: str) -> tuple[str, ...]:
+    """``a,b`` -> catalog names; an unknown name is an argument error."""
+    names = tuple(v.strip() for v in value.split(",") if v.strip())
+    if not names:
+        raise argparse.ArgumentTypeError("name at least one model")
+    try:
+        return tuple(catalog.lookup(n).name for n in names)
+    except InvalidInput as exc:
+        raise argparse.ArgumentTypeError(exc.message) from None
+
+
+def model_price(value: str) -> tuple[str, int]:
+    """``MODEL=PRICE`` -> (catalog name, micro-units per 1,000 units)."""
+    model, sep, price = value.rpartition("=")
+    if not sep or not model or not price.isdigit():
+        raise argparse.ArgumentTypeError(f"want MODEL=PRICE, got {value!r}")
+    try:
+        return catalog.lookup(model).name, int(price)
+    except InvalidInput as exc:
+        raise argparse.ArgumentTypeError(exc.message) from None
 
 
 def parser() -> argparse.ArgumentParser:
@@ -22,7 +50,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=hardware.cores(),
                    help="CPU threads to offer (default: every core this process may use)")
     p.add_argument("--slots", type=int, default=1, help="assignments run at once")
-    p.add_argument("--price", type=int, default=1000, help="micro-units per 1,000 inputs")
+    p.add_argument("--price", type=int, default=1000,
+                   help="default price: micro-units per 1,000 units (inputs for embeddings, "
+                        "tokens for chat)")
+    p.add_argument("--models", type=model_list, default=None,
+                   help="comma-separated catalog models to offer (default: every model "
+                        "whose workload is available on this machine)")
+    p.add_argument("--price-for", type=model_price, action="append", default=[],
+                   metavar="MODEL=PRICE", help="a model's own price (repeatable)")
     p.add_argument("--stake", type=int, default=None,
                    help="stake to bond in micro-units (default: the network's minimum)")
     p.add_argument("--name", default="", help="display name (default: host name)")
@@ -30,9 +65,17 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    p = parser()
+    args = p.parse_args(argv)
+    prices = dict(args.price_for)
+    if args.models is not None:
+        try:
+            offer_prices(args.models, args.price, prices)
+        except InvalidInput as exc:
+            p.error(exc.message)
     return start(args.coordinator, args.key, threads=args.threads, slots=args.slots,
-                 price=args.price, stake=args.stake, name=args.name)
+                 price=args.price, stake=args.stake, name=args.name, models=args.models,
+                 prices=prices)
 
 
 if __name__ == "__main__":

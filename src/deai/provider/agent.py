@@ -8,6 +8,13 @@ offered model (so the first task does not pay for loading), read the network
 parameters, top up from the faucet on a devnet, register the offers and bond
 stake up to the desired amount.
 
+Offers: one per model, by default every catalog model whose workload this
+machine can run (``available_models``: the workload is registered and, where
+it has an ``available(model)`` check, says yes). Each is priced at
+``prices[model]`` when given, else at ``price`` (micro-units per 1,000 units of
+the model's kind: inputs for embeddings, tokens for chat). Loaded models stay
+warm in this process for its whole life.
+
 Working: a heartbeat thread reports the running assignments every
 ``heartbeat_timeout / 3`` seconds and abandons the ones the coordinator says
 to drop; the main loop polls, and a pool of ``slots`` threads runs each
@@ -27,6 +34,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import signal
 import socket
 import threading
@@ -42,14 +50,21 @@ from deai import workloads
 from deai.client import keys, sdk
 from deai.client.keys import Identity
 from deai.core import auth, catalog, wire
-from deai.core.errors import AuthError, Conflict, DeAIError, InsufficientFunds, NotFound
-from deai.provider import benchmark, hardware
+from deai.core.errors import (
+    AuthError,
+    Conflict,
+    DeAIError,
+    InsufficientFunds,
+    InvalidInput,
+    NotFound,
+)
+from deai.provider import benchmark, hardware, sandbox
+from deai.provider.cheats import Cheat
 from deai.workloads.base import TaskContext
 
 log = logging.getLogger("deai.provider")
 T = TypeVar("T")
 
-DEFAULT_MODELS = ("all-MiniLM-L6-v2",)
 POLL_WAIT = 20.0
 DRAIN_TIMEOUT = 120.0
 
@@ -61,8 +76,8 @@ class Stopped(Exception):
 class ProviderAgent:
     def __init__(self, coordinator_url: str, identity: Identity, *, threads: int,
                  slots: int = 1, price: int = 1000, stake: int | None = None, name: str = "",
-                 models: tuple[str, ...] = DEFAULT_MODELS, faucet: bool = True,
-                 poll_wait: float = POLL_WAIT) -> None:
+                 models: tuple[str, ...] | None = None, faucet: bool = True,
+                 poll_wait: float = POLL_WAIT, prices: dict[str, int] | None = None) -> None:
         self.client = sdk.Client(coordinator_url, identity)
         self.identity = identity
         self.threads = max(1, threads)
@@ -70,9 +85,14 @@ class ProviderAgent:
         self.price = price
         self.stake = stake
         self.name = name or f"{socket.gethostname()}-{identity.id[:8]}"
-        self.models = tuple(catalog.lookup(m).name for m in models)
+        self.models = tuple(dict.fromkeys(
+            catalog.lookup(m).name for m in (available_models() if models is None else models)))
+        if not self.models:
+            raise DeAIError("no model to offer: no workload can run on this machine")
+        self.prices = offer_prices(self.models, price, prices or {})
         self.faucet = faucet
         self.poll_wait = poll_wait
+        self.cheat = Cheat.parse(os.environ.get("DEAI_PROVIDER_CHEAT", ""))
         self.network: wire.NetworkInfo | None = None
         self.registration: wire.RegisterIn | None = None
         self._stop = threading.Event()
@@ -118,15 +138,22 @@ class ProviderAgent:
                  "%.1f GB/s (%.2f CU)", hw.cpu_model, hw.cores, hw.memory_mb, len(hw.gpus),
                  bench.gflops, bench.mem_gbps, benchmark.compute_units(bench))
         offers = []
+        can_sandbox, why = sandbox.available()  # commands run only inside bubblewrap
         for model in self.models:
             info = catalog.lookup(model)
+            if info.workload == "command" and not can_sandbox:
+                log.warning("not offering %s: no sandbox here (%s)", model, why)
+                continue
             t0 = time.monotonic()
             workloads.get(info.workload).load(model)
             log.info("loaded %s (%s) in %.1f s", model, info.workload, time.monotonic() - t0)
             offers.append(wire.OfferIn.model_validate(
-                {"workload": info.workload, "model": model, "price": self.price}))
+                {"workload": info.workload, "model": model, "price": self.prices[model]}))
+        if not offers:
+            raise DeAIError("no model to offer on this machine")
         return wire.RegisterIn(name=self.name, hardware=hw, benchmark=bench,
-                               threads=self.threads, slots=self.slots, offers=offers)
+                               threads=self.threads, slots=self.slots, offers=offers,
+                               capabilities={"sandbox": can_sandbox, "sandbox_reason": why})
 
     def join(self) -> wire.ProviderOut:
         """Fund (devnet), register and bond; safe to repeat after a reconnect."""
@@ -237,7 +264,13 @@ class ProviderAgent:
         if hashlib.sha256(blob).hexdigest() != a.input_digest:
             raise DeAIError(f"input blob does not match its digest {a.input_digest}")
         t0 = time.monotonic()
+        cheat = self.cheat if self.cheat is not None and self.cheat.active() else None
+        if cheat is not None:  # a faulty executor, for demonstrations of verification
+            blob = cheat.shard(a.workload, blob)
         output, units = workloads.get(a.workload).run(a.model, blob, self._context(a))
+        if cheat is not None:
+            output = cheat.output(a.workload, output)
+            log.warning("task %s: returned a tampered result (cheat mode %s)", a.id, cheat.mode)
         seconds = time.monotonic() - t0
         if self._is_dropped(a.id):
             log.info("assignment %s dropped by the coordinator; result discarded", a.id)
@@ -278,6 +311,35 @@ class ProviderAgent:
             log.warning("could not report failure of %s: %s", assignment_id, exc)
 
 
+def available_models() -> tuple[str, ...]:
+    """Every catalog model whose workload is registered and says it can run here."""
+    found = []
+    for info in catalog.CATALOG:
+        if info.workload not in workloads.names():
+            continue
+        try:
+            check = getattr(workloads.get(info.workload), "available", None)
+        except ImportError as exc:  # its module or a dependency is missing here
+            log.info("workload %s unavailable: %s", info.workload, exc)
+            continue
+        if check is None or check(info.name):
+            found.append(info.name)
+    return tuple(found)
+
+
+def offer_prices(models: tuple[str, ...], default: int,
+                 prices: dict[str, int]) -> dict[str, int]:
+    """Each offered model's price: its own where given, else ``default``."""
+    own = {}
+    for name, p in prices.items():
+        model = catalog.lookup(name, field="prices").name
+        if model not in models:
+            raise InvalidInput(f"a price for {model!r}, which is not offered "
+                               f"(offered: {', '.join(models)})", field="prices")
+        own[model] = p
+    return {m: own.get(m, default) for m in models}
+
+
 def signed_result(identity: Identity, assignment_id: str, output: bytes, units: int,
                   seconds: float) -> wire.ResultIn:
     """The result body for ``output``, signed over ``core.auth.result_message``."""
@@ -288,15 +350,24 @@ def signed_result(identity: Identity, assignment_id: str, output: bytes, units: 
 
 
 def start(coordinator: str, key: str, threads: int, slots: int = 1, price: int = 1000,
-          stake: int | None = None, name: str = "") -> int:
-    """Run a provider until SIGTERM/SIGINT; the exit status for the CLI (0 on a clean stop)."""
+          stake: int | None = None, name: str = "", *, models: tuple[str, ...] | None = None,
+          prices: dict[str, int] | None = None) -> int:
+    """Run a provider until SIGTERM/SIGINT; the exit status for the CLI (0 on a clean stop).
+
+    ``models`` defaults to ``available_models()``; ``prices`` maps a model to its
+    own price, the others are offered at ``price``.
+    """
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO,
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request is noise
     identity = keys.create(key, exist_ok=True)
-    agent = ProviderAgent(coordinator, identity, threads=threads, slots=slots, price=price,
-                          stake=stake, name=name)
+    try:
+        agent = ProviderAgent(coordinator, identity, threads=threads, slots=slots,
+                              price=price, stake=stake, name=name, models=models, prices=prices)
+    except DeAIError as exc:
+        log.error("provider cannot start: %s", exc)
+        return 1
     stop = threading.Event()
     failure: list[BaseException] = []
 

@@ -74,6 +74,7 @@ class Provider(Base):
     last_seen: Mapped[float] = mapped_column(Float, index=True)
     reputation: Mapped[float] = mapped_column(Float, default=0.5)
     tasks_done: Mapped[int] = mapped_column(Integer, default=0)
+    capabilities: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
 
 
 class Offer(Base):
@@ -228,3 +229,60 @@ class Checkpoint(Base):
     created_at: Mapped[float] = mapped_column(Float)
 
     __table_args__ = (UniqueConstraint("assignment_id", "step", name="uq_checkpoints_step"),)
+
+
+# --- the OpenAI-compatible API (/v1) ---------------------------------------------------------
+
+class ApiKey(Base):
+    """A bearer key for /v1, bound to an account. Only the key's sha256 is stored."""
+
+    __tablename__ = "api_keys"
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    account: Mapped[str] = mapped_column(String(64), index=True)
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    prefix: Mapped[str] = mapped_column(String(24))
+    name: Mapped[str] = mapped_column(String(100), default="")
+    spend_cap: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    created_at: Mapped[float] = mapped_column(Float)
+    revoked_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class ApiKeyJob(Base):
+    """A job started through an API key: what the key has committed is derived from these."""
+
+    __tablename__ = "api_key_jobs"
+    job_id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    api_key_id: Mapped[str] = mapped_column(String(40), index=True)
+    source: Mapped[str] = mapped_column(String(16))  # request | batch
+    created_at: Mapped[float] = mapped_column(Float)
+
+
+class ApiFile(Base):
+    """An OpenAI file: an uploaded batch input, or a batch's output or error file."""
+
+    __tablename__ = "api_files"
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    account: Mapped[str] = mapped_column(String(64), index=True)
+    purpose: Mapped[str] = mapped_column(String(32))
+    filename: Mapped[str] = mapped_column(String(255))
+    size: Mapped[int] = mapped_column(BigInteger)
+    digest: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[float] = mapped_column(Float, index=True)
+
+
+class ApiBatch(Base):
+    """An OpenAI batch: an input file run as one DeAI job."""
+
+    __tablename__ = "api_batches"
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    account: Mapped[str] = mapped_column(String(64), index=True)
+    api_key_id: Mapped[str] = mapped_column(String(40))
+    endpoint: Mapped[str] = mapped_column(String(64))
+    input_file_id: Mapped[str] = mapped_column(String(40))
+    job_id: Mapped[str] = mapped_column(String(40), index=True)
+    completion_window: Mapped[str] = mapped_column(String(16))
+    meta: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    created_at: Mapped[float] = mapped_column(Float, index=True)
+    cancelling_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    output_file_id: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    error_file_id: Mapped[str | None] = mapped_column(String(40), nullable=True)

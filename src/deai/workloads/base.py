@@ -63,6 +63,9 @@ class Workload(Protocol):
 
 _REGISTRY: dict[str, str] = {
     "embeddings": "deai.workloads.embeddings:WORKLOAD",
+    "command": "deai.workloads.command:WORKLOAD",
+    "chat": "deai.workloads.chat:WORKLOAD",
+    "train": "deai.workloads.train:WORKLOAD",
 }
 _LOADED: dict[str, Workload] = {}
 _LOCK = threading.Lock()

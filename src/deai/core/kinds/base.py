@@ -86,6 +86,10 @@ class Kind(ABC):
     def assemble(self, job_id: str, spec: SpecBase, outputs: list[bytes]) -> bytes:
         """Join accepted shard outputs, in shard order, into the job's result file."""
 
+    def errors(self, outputs: list[bytes]) -> list[str]:
+        """Failures the work itself reports (e.g. a command over its limit), for the job."""
+        return []
+
     # --- verification ---------------------------------------------------------------------
     # A checker (replica or referee) runs ``check_payload``: by default the shard
     # itself, i.e. a re-execution; a kind may instead send something cheaper, such

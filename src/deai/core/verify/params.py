@@ -9,7 +9,7 @@ from dataclasses import dataclass
 class VerifyParams:
     replicate: bool = True            # False: replicate only when a client asks (no policy)
     canary_share: float = 0.02        # q: share of dispatched tasks that are canaries
-    rho_min: float = 0.03             # replication floor for established providers
+    rho_min: float = 0.029            # replication floor: 2.04 % canaries + 2.9 % ≤ 5 %
     cv_bootstrap: int = 10            # full replication until this many consecutive passes
     probation_tasks: int = 50         # full replication after a fault, for this many checks
     slash_fraction: float = 0.5       # share of bonded stake lost per confirmed fault

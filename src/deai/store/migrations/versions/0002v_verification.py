@@ -45,6 +45,9 @@ def upgrade() -> None:
     sa.Column('updated_at', sa.Float(), nullable=False),
     sa.PrimaryKeyConstraint('provider_id', 'workload')
     )
+    with op.batch_alter_table('providers', schema=None) as batch_op:
+        batch_op.add_column(sa.Column('capabilities', sa.JSON(), nullable=True))
+
     with op.batch_alter_table('assignments', schema=None) as batch_op:
         batch_op.add_column(sa.Column('input_digest', sa.String(length=64), nullable=True))
         batch_op.add_column(sa.Column('check_of', sa.String(length=40), nullable=True))
@@ -77,6 +80,9 @@ def downgrade() -> None:
     with op.batch_alter_table('assignments', schema=None) as batch_op:
         batch_op.drop_column('check_of')
         batch_op.drop_column('input_digest')
+
+    with op.batch_alter_table('providers', schema=None) as batch_op:
+        batch_op.drop_column('capabilities')
 
     op.drop_table('reputation')
     with op.batch_alter_table('canaries', schema=None) as batch_op:

@@ -1,0 +1,162 @@
+"""Training checkpoints: providers record them as they go; a resumed task starts from the last.
+
+    POST /api/assignments/{id}/checkpoint   (signed by the provider holding the lease)
+    body  wire.CheckpointIn {step, digest, chain_hash, meta}
+    →     wire.CheckpointOut {status: "recorded", step}
+    GET  /api/jobs/{id}/checkpoints         → {"checkpoints": [{task_id, step, ...}, ...]}
+
+A checkpoint is recorded only if the lease is the signer's and still live,
+the blob was uploaded, the step advances past the assignment's own last
+checkpoint, and ``chain_hash`` links to the chain so far: it must equal
+``core.checkpoints.link(sha256(blob), H_prev, prev_step, step, seed)`` where
+``H_prev`` and ``prev_step`` come from the latest checkpoint of the same task
+and role below ``step`` (the task's genesis and step 0 when there is none)
+and ``seed`` is the payload's data order seed. Refusals: 403 another
+provider's lease, 409 a lease that is over or a step that does not advance,
+422 a missing blob, a step past the run or a hash that does not link.
+
+Chains are kept per role, so a replica or referee that re-runs a task
+builds its own chain instead of resuming the primary's. ``resume_for`` gives
+``deliver`` the checkpoint a new assignment resumes from.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from deai.coordinator.auth import coordinator, signer
+from deai.coordinator.service import Coordinator
+from deai.core import checkpoints, wire
+from deai.core.errors import Conflict, Forbidden, InvalidInput, NotFound
+from deai.core.kinds import train
+from deai.store.models import Assignment, Checkpoint, Job, Task
+
+router = APIRouter(prefix="/api")
+C = Annotated[Coordinator, Depends(coordinator)]
+Signer = Annotated[str, Depends(signer)]
+
+
+@router.post("/assignments/{assignment_id}/checkpoint", response_model=wire.CheckpointOut)
+def checkpoint(assignment_id: str, body: wire.CheckpointIn, c: C,
+               me: Signer) -> wire.CheckpointOut:
+    return record(c, me, assignment_id, body)
+
+
+@router.get("/jobs/{job_id}/checkpoints", response_model=dict[str, list[dict[str, Any]]])
+def listing(job_id: str, c: C) -> dict[str, list[dict[str, Any]]]:
+    """Every checkpoint recorded for a job's tasks, oldest first (progress, audits)."""
+    with c.db.read() as s:
+        if s.get(Job, job_id) is None:
+            raise NotFound(f"no job {job_id}", field="job")
+        rows = s.execute(select(Checkpoint, Assignment.role)
+                         .join(Assignment, Assignment.id == Checkpoint.assignment_id)
+                         .where(Assignment.job_id == job_id).order_by(Checkpoint.id)).all()
+        return {"checkpoints": [
+            {"task_id": cp.task_id, "step": cp.step, "digest": cp.digest,
+             "chain_hash": cp.chain_hash, "meta": cp.meta, "assignment_id": cp.assignment_id,
+             "provider_id": cp.provider_id, "role": role, "created_at": cp.created_at}
+            for cp, role in rows]}
+
+
+def record(c: Coordinator, pid: str, assignment_id: str,
+           body: wire.CheckpointIn) -> wire.CheckpointOut:
+    if not c.blobs.exists(body.digest):
+        raise InvalidInput("digest: upload the checkpoint blob first", field="digest")
+    blob_digest = hashlib.sha256(c.blobs.get(body.digest)).hexdigest()
+    with c.db.write() as s:
+        a = _live_lease(c, s, pid, assignment_id)
+        job, task = s.get(Job, a.job_id), s.get(Task, a.task_id)
+        assert job is not None and task is not None
+        if job.kind != train.TrainKind.name:
+            raise InvalidInput(f"assignment: {job.kind} jobs take no checkpoints",
+                               field="assignment")
+        payload_digest = a.input_digest or task.input_digest
+        seed, steps = _run_of(c, payload_digest)
+        if body.step > steps:
+            raise InvalidInput(f"step: the run has {steps} steps", field="step")
+        own = s.scalar(select(Checkpoint.step).where(Checkpoint.assignment_id == a.id)
+                       .order_by(Checkpoint.step.desc()).limit(1))
+        if own is not None and body.step <= own:
+            raise Conflict(f"step: {body.step} does not advance past this assignment's "
+                           f"checkpoint at step {own}", status="stale")
+        prev = _latest(s, a.task_id, a.role, below=body.step)
+        prev_hash = prev.chain_hash if prev else checkpoints.genesis(payload_digest)
+        prev_step = prev.step if prev else 0
+        want = checkpoints.link(blob_digest, prev_hash, prev_step, body.step, seed)
+        if body.chain_hash != want:
+            raise InvalidInput(f"chain_hash: does not link the checkpoint at step {body.step} "
+                               f"to the one at step {prev_step}", field="chain_hash")
+        s.add(Checkpoint(task_id=a.task_id, step=body.step, digest=body.digest,
+                         chain_hash=body.chain_hash, meta=body.meta, assignment_id=a.id,
+                         provider_id=pid, created_at=c.now()))
+        c.emit(s, "checkpoint", a.task_id, provider=pid, step=body.step, digest=body.digest,
+               role=a.role)
+    c.notifier.published()
+    return wire.CheckpointOut(status="recorded", step=body.step)
+
+
+def resume_for(s: Session, a: Assignment) -> dict[str, Any] | None:
+    """The checkpoint assignment ``a`` resumes from: its task's latest, in its role's chain."""
+    cp = _latest(s, a.task_id, a.role)
+    if cp is None:
+        return None
+    return {"step": cp.step, "digest": cp.digest, "chain_hash": cp.chain_hash,
+            "meta": cp.meta}
+
+
+def chain_of(s: Session, task_id: str, role: str = "primary") -> list[Checkpoint]:
+    """A task's recorded checkpoints in one role, by step (first recorded wins a tie)."""
+    rows = s.scalars(select(Checkpoint).join(Assignment, Assignment.id ==
+                                             Checkpoint.assignment_id)
+                     .where(Checkpoint.task_id == task_id, Assignment.role == role)
+                     .order_by(Checkpoint.step, Checkpoint.id)).all()
+    by_step: dict[int, Checkpoint] = {}
+    for cp in rows:
+        by_step.setdefault(cp.step, cp)
+    return list(by_step.values())
+
+
+def _latest(s: Session, task_id: str, role: str, below: int | None = None) -> Checkpoint | None:
+    q = (select(Checkpoint).join(Assignment, Assignment.id == Checkpoint.assignment_id)
+         .where(Checkpoint.task_id == task_id, Assignment.role == role))
+    if below is not None:
+        q = q.where(Checkpoint.step < below)
+    return s.scalar(q.order_by(Checkpoint.step.desc(), Checkpoint.id).limit(1))
+
+
+_RUNS: dict[str, tuple[int, int]] = {}
+_RUNS_LOCK = threading.Lock()
+
+
+def _run_of(c: Coordinator, payload_digest: str) -> tuple[int, int]:
+    """(data order seed, steps) of a payload; cached, as a user's data can make it large."""
+    with _RUNS_LOCK:
+        run = _RUNS.get(payload_digest)
+    if run is None:
+        p = train.parse_payload(c.blobs.get(payload_digest))
+        run = (p.seed, p.steps)
+        with _RUNS_LOCK:
+            _RUNS[payload_digest] = run
+            if len(_RUNS) > 1024:
+                _RUNS.pop(next(iter(_RUNS)))
+    return run
+
+
+def _live_lease(c: Coordinator, s: Session, pid: str, assignment_id: str) -> Assignment:
+    a = s.get(Assignment, assignment_id, with_for_update=True)
+    if a is None:
+        raise NotFound(f"no assignment {assignment_id}", field="assignment")
+    if a.provider_id != pid:
+        raise Forbidden("this assignment was leased to another provider")
+    if a.status != "leased":
+        raise Conflict(f"assignment {assignment_id} is {a.status}; its lease is over",
+                       status=a.status)
+    if a.lease_deadline < c.now():
+        raise Conflict(f"assignment {assignment_id}: the lease expired", status="expired")
+    return a

@@ -1,0 +1,168 @@
+"""One OpenAI request = one one-task DeAI job, answered from its primary result.
+
+``start`` validates the request as a one-line batch input (the kind's own
+rules), escrows its maximum cost at the highest price any online provider
+asks for the model, and places the task on the best provider in the same
+transaction (``matching.place_now``): it never waits behind queued batch work.
+The job belongs to the key's account and is billed like any other, at the
+provider's price.
+
+``primary_output`` is what the caller gets: the first structurally valid
+output of the task's primary assignment (``submitted`` or ``accepted``).
+The caller does not wait for verification: a result held for a replica or a
+referee is returned at once, and the checks go on in the background exactly
+as for batch work; a provider caught cheating is slashed after the fact.
+Waiting is on the notifier's result event (``jobs.submit_result`` fires it),
+with a slow re-check as a backstop for jobs that end without a result.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import secrets
+from dataclasses import dataclass
+
+from fastapi import Request
+from sqlalchemy import select
+from starlette.concurrency import run_in_threadpool
+
+from deai.coordinator import jobs, matching
+from deai.coordinator.openai import keys
+from deai.coordinator.openai.errors import ApiError
+from deai.coordinator.service import Coordinator, new_id
+from deai.core import batch, catalog, kinds, ledger
+from deai.core.errors import DeAIError, InvalidInput, UnknownModel
+from deai.core.money import cost_for_units
+from deai.store import journal
+from deai.store.models import Assignment, Job, Task
+
+DEADLINE = 3600  # seconds for the job: the answer comes at once, its checks may take longer
+WAIT = 600.0  # longest a caller waits for an answer before the request is cancelled
+URLS = {"embeddings": "/v1/embeddings", "chat": "/v1/chat/completions"}
+_LINE = re.compile(r"^input\[line \d+\]\.body\.?")
+
+
+@dataclass(frozen=True)
+class Started:
+    job_id: str
+    task_id: str
+    model: str
+    provider: str | None
+
+
+def served_prices(c: Coordinator, workload: str, model: str) -> list[int]:
+    """Prices of the online providers that offer ``model`` (empty: nobody serves it)."""
+    with c.db.read() as s:
+        return _prices(matching.provider_states(c, s), workload, model)
+
+
+def _prices(providers: list, workload: str, model: str) -> list[int]:  # type: ignore[type-arg]
+    return [p for p in (st.price_for(workload, model) for st in providers) if p is not None]
+
+
+def _clean(exc: InvalidInput) -> InvalidInput:
+    """``input[line 1].body.messages`` -> ``messages``: the caller sent a body, not a file."""
+    field = _LINE.sub("", exc.field or "") or None
+    msg = _LINE.sub("", exc.message)
+    return type(exc)(msg, field=field)
+
+
+def start(c: Coordinator, key: keys.KeyInfo, workload: str, body: dict[str, object]) -> Started:
+    kind = kinds.get(workload)
+    info = catalog.lookup(str(body.get("model", "")), field="model", workload=workload)
+    custom_id = f"req-{secrets.token_hex(6)}"  # also seeds sampling (core.kinds.chat)
+    line = batch.dumps({"custom_id": custom_id, "method": "POST", "url": URLS[workload],
+                        "body": body})
+    try:
+        spec = kind.parse_spec({"kind": workload, "model": info.name, "max_price": 0,
+                                "deadline": DEADLINE})
+        (shard,) = kind.split(spec, line)
+    except InvalidInput as exc:
+        raise _clean(exc) from None
+    input_digest = c.blobs.put(line)
+    shard_digest = c.blobs.put(shard.payload)
+    now = c.now()
+    job_id = new_id("job")
+    with c.db.write() as s:
+        providers = matching.provider_states(c, s)
+        prices = _prices(providers, workload, info.name)
+        if not prices:
+            raise UnknownModel(f"The model `{info.name}` is not served by any online provider.",
+                               field="model")
+        spec = spec.model_copy(update={"max_price": max(prices)})
+        max_cost = cost_for_units(shard.max_units, spec.max_price)
+        keys.check_cap(s, key, max_cost)
+        if max_cost > 0:
+            journal.append(s, ledger.escrow_job(key.account, job_id, max_cost), c.clock)
+        job = Job(id=job_id, owner=key.account, status="pending", kind=workload,
+                  model=info.name, spec=spec.model_dump(), input_digest=input_digest,
+                  items=shard.items, units=shard.max_units, max_price=spec.max_price,
+                  escrow=max_cost, cost=0, refunded=0, created_at=now,
+                  deadline_at=now + DEADLINE)
+        task = Task(id=f"{job_id}.t00000", job_id=job_id, idx=0, status="queued",
+                    input_digest=shard_digest, items=shard.items, units=shard.max_units,
+                    attempts=0, updated_at=now)
+        s.add(job)
+        s.flush()
+        s.add(task)
+        keys.record_job(s, key, job_id, "request", now)
+        c.emit(s, "job_submitted", job_id, owner=key.account, tasks=1, escrow=max_cost,
+               model=info.name, units=shard.max_units, via="v1")
+        s.flush()
+        provider = matching.place_now(c, s, task, job)
+    if provider is not None:
+        c.notifier.wake([provider])
+    else:
+        c.notifier.kick()  # every provider busy: the matcher places it when one frees up
+    c.notifier.published()
+    return Started(job_id, task.id, info.name, provider)
+
+
+def primary_output(c: Coordinator, job_id: str, task_id: str) -> bytes | None:
+    """The primary's output once submitted; raises when the job ended without one."""
+    with c.db.read() as s:
+        digest = s.scalars(select(Assignment.output_digest).where(
+            Assignment.task_id == task_id, Assignment.role == "primary",
+            Assignment.status.in_(("submitted", "accepted")),
+            Assignment.output_digest.is_not(None)).limit(1)).first()
+        if digest is None:
+            job = s.get(Job, job_id)
+            if job is not None and job.status in ("failed", "cancelled"):
+                raise ApiError(502 if job.status == "failed" else 499,
+                               f"the request's job {job_id} {job.status}: {job.error}",
+                               "server_error", "job_" + job.status)
+            return None
+    return c.blobs.get(digest)
+
+
+def cancel(c: Coordinator, owner: str, job_id: str) -> None:
+    with contextlib.suppress(DeAIError):  # already over: nothing left to refund
+        jobs.cancel(c, owner, job_id)
+
+
+async def wait_output(c: Coordinator, started: Started, owner: str,
+                      request: Request | None = None, timeout: float = WAIT) -> bytes:
+    """Wait for the primary's output; a caller that hangs up cancels the job (refund)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    ev = c.notifier.watch_result(started.task_id)
+    try:
+        while True:
+            ev.clear()
+            out = await run_in_threadpool(primary_output, c, started.job_id, started.task_id)
+            if out is not None:
+                return out
+            left = deadline - loop.time()
+            if left <= 0 or c.notifier.closing:
+                await run_in_threadpool(cancel, c, owner, started.job_id)
+                raise ApiError(504, "no provider answered in time; the request was cancelled",
+                               "server_error", "timeout")
+            if request is not None and await request.is_disconnected():
+                await run_in_threadpool(cancel, c, owner, started.job_id)
+                raise ApiError(499, "client closed the request", "server_error")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(ev.wait(), min(left, 1.0))
+    finally:
+        c.notifier.unwatch_result(started.task_id)

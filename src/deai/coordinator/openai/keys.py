@@ -1,0 +1,109 @@
+"""API keys: minted by an account's signed request, presented as ``Authorization: Bearer``.
+
+A key is ``sk-deai-`` plus 43 random URL-safe characters; only its sha256 is
+stored, with a short prefix for people to recognise it. Spending through a key
+draws on its account's balance. What a key has committed is derived, not
+counted: the escrow of the jobs it started minus what those jobs refunded
+(``api_key_jobs``), so a refund or a forfeit lowers it without bookkeeping of
+its own. A key with a ``spend_cap`` refuses a request whose maximum cost would
+take the committed amount past the cap.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from dataclasses import dataclass
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from deai.coordinator.openai.errors import SpendCapExceeded
+from deai.coordinator.service import Coordinator, new_id
+from deai.core import wire
+from deai.core.errors import AuthError, Forbidden, NotFound
+from deai.store.models import ApiKey, ApiKeyJob, Job
+
+PREFIX = "sk-deai-"
+
+
+@dataclass(frozen=True)
+class KeyInfo:
+    id: str
+    account: str
+    spend_cap: int | None
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def committed(s: Session, key_id: str) -> int:
+    total = s.scalar(select(func.coalesce(func.sum(Job.escrow - Job.refunded), 0))
+                     .join(ApiKeyJob, ApiKeyJob.job_id == Job.id)
+                     .where(ApiKeyJob.api_key_id == key_id))
+    return int(total or 0)
+
+
+def check_cap(s: Session, key: KeyInfo, amount: int) -> None:
+    if key.spend_cap is None:
+        return
+    used = committed(s, key.id)
+    if used + amount > key.spend_cap:
+        raise SpendCapExceeded(
+            f"this API key's spend cap is {key.spend_cap} µ; {used} µ is committed and the "
+            f"request may cost up to {amount} µ", spend_cap=key.spend_cap, committed=used,
+            needed=amount)
+
+
+def record_job(s: Session, key: KeyInfo, job_id: str, source: str, now: float) -> None:
+    s.add(ApiKeyJob(job_id=job_id, api_key_id=key.id, source=source, created_at=now))
+
+
+def _out(s: Session, row: ApiKey, key: str | None = None) -> wire.ApiKeyOut:
+    return wire.ApiKeyOut(id=row.id, account=row.account, name=row.name, prefix=row.prefix,
+                          spend_cap=row.spend_cap, spent=committed(s, row.id),
+                          created_at=row.created_at, revoked_at=row.revoked_at, key=key)
+
+
+def create(c: Coordinator, account: str, body: wire.ApiKeyIn) -> wire.ApiKeyOut:
+    key = PREFIX + secrets.token_urlsafe(32)
+    with c.db.write() as s:
+        row = ApiKey(id=new_id("key"), account=account, key_hash=hash_key(key),
+                     prefix=key[:len(PREFIX) + 4], name=body.name, spend_cap=body.spend_cap,
+                     created_at=c.now(), revoked_at=None)
+        s.add(row)
+        c.emit(s, "api_key_created", account, key=row.id, name=row.name,
+               spend_cap=row.spend_cap)
+        s.flush()
+        return _out(s, row, key)
+
+
+def list_keys(c: Coordinator, account: str) -> list[wire.ApiKeyOut]:
+    with c.db.read() as s:
+        rows = s.scalars(select(ApiKey).where(ApiKey.account == account)
+                         .order_by(ApiKey.created_at)).all()
+        return [_out(s, r) for r in rows]
+
+
+def revoke(c: Coordinator, account: str, key_id: str) -> wire.ApiKeyOut:
+    with c.db.write() as s:
+        row = s.get(ApiKey, key_id)
+        if row is None:
+            raise NotFound(f"no API key {key_id}", field="key")
+        if row.account != account:
+            raise Forbidden("only the key's account may revoke it")
+        if row.revoked_at is None:
+            row.revoked_at = c.now()
+            c.emit(s, "api_key_revoked", account, key=row.id)
+        return _out(s, row)
+
+
+def authenticate(c: Coordinator, key: str) -> KeyInfo:
+    with c.db.read() as s:
+        row = s.scalars(select(ApiKey).where(ApiKey.key_hash == hash_key(key))).first()
+        if row is None:
+            raise AuthError("Incorrect API key provided.")
+        if row.revoked_at is not None:
+            raise AuthError("This API key has been revoked.")
+        return KeyInfo(row.id, row.account, row.spend_cap)

@@ -1,0 +1,236 @@
+"""The OpenAI-compatible routes under /v1, authenticated with ``Authorization: Bearer``.
+
+    GET  /v1/models                     models that online providers serve
+    POST /v1/embeddings                 one request = one one-task job (gateway)
+    POST /v1/chat/completions           the same; "stream": true answers server-sent events
+    POST /v1/files                      multipart upload, purpose "batch"
+    GET  /v1/files/{id}[/content]
+    POST /v1/batches, GET /v1/batches[/{id}], POST /v1/batches/{id}/cancel
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import struct
+import time
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, File, Form, Query, Request, UploadFile
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.concurrency import run_in_threadpool
+
+from deai.coordinator import matching
+from deai.coordinator.auth import coordinator
+from deai.coordinator.openai import batches, gateway, keys
+from deai.coordinator.openai import schemas as S
+from deai.coordinator.openai.errors import ApiError, to_api_error
+from deai.coordinator.openai.relay import Relay, relay_of
+from deai.coordinator.service import Coordinator
+from deai.core import batch, catalog
+from deai.core.errors import AuthError, InvalidInput, PayloadTooLarge
+from deai.core.kinds import chat as chat_kind
+from deai.core.kinds import embeddings as emb_kind
+
+router = APIRouter(prefix="/v1")
+C = Annotated[Coordinator, Depends(coordinator)]
+
+
+async def api_key(request: Request) -> keys.KeyInfo:
+    auth = request.headers.get("authorization", "")
+    scheme, _, token = auth.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise AuthError("You didn't provide an API key. Send it as 'Authorization: Bearer "
+                        "sk-deai-...' (mint one with `deai keys api-key create`).")
+    c: Coordinator = request.app.state.coordinator
+    return await run_in_threadpool(keys.authenticate, c, token.strip())
+
+
+Key = Annotated[keys.KeyInfo, Depends(api_key)]
+
+
+# --- models -------------------------------------------------------------------------------
+
+def _served(c: Coordinator) -> list[str]:
+    with c.db.read() as s:
+        providers = matching.provider_states(c, s)
+    names = {o.model for p in providers for o in p.offers}
+    return [m.name for m in catalog.CATALOG if m.name in names]
+
+
+@router.get("/models", response_model=S.ModelList)
+def models(c: C, _: Key) -> S.ModelList:
+    return S.ModelList(data=[S.ModelOut(id=m) for m in _served(c)])
+
+
+@router.get("/models/{model:path}", response_model=S.ModelOut)
+def model(model: str, c: C, _: Key) -> S.ModelOut:
+    if model not in _served(c):
+        raise ApiError(404, f"The model `{model}` does not exist or is not served by any "
+                            "online provider.", code="model_not_found", param="model")
+    return S.ModelOut(id=model)
+
+
+# --- embeddings ---------------------------------------------------------------------------
+
+def _f32_base64(vec: list[float]) -> str:
+    return base64.b64encode(struct.pack(f"<{len(vec)}f", *vec)).decode()
+
+
+@router.post("/embeddings")
+async def embeddings(body: S.EmbeddingsIn, request: Request, c: C, key: Key) -> JSONResponse:
+    info = catalog.lookup(body.model, field="model", workload="embeddings")
+    if body.dimensions is not None and body.dimensions != info.dims:
+        raise ApiError(400, f"{info.name} has {info.dims} dimensions; it cannot be shortened",
+                       param="dimensions")
+    started = await run_in_threadpool(gateway.start, c, key, "embeddings",
+                                      {"model": body.model, "input": body.input})
+    out = await gateway.wait_output(c, started, key.account, request)
+    line = next(obj for _, obj in batch.jsonl(out, "output"))
+    resp = emb_kind.response_body(started.model, line)
+    if body.encoding_format == "base64":
+        for d in resp["data"]:
+            d["embedding"] = _f32_base64(d["embedding"])
+    return JSONResponse(resp, headers={"x-deai-job": started.job_id})
+
+
+# --- chat ---------------------------------------------------------------------------------
+
+def _chat_id(job_id: str) -> str:
+    return f"chatcmpl-{job_id}"
+
+
+@router.post("/chat/completions", response_model=None)
+async def chat_completions(body: S.ChatIn, request: Request, c: C, key: Key,
+                           relay: Annotated[Relay, Depends(relay_of)]) -> Response:
+    payload = body.deai_body()
+    if body.stream:
+        payload["stream"] = True  # the provider reports tokens as it makes them
+    try:
+        started = await run_in_threadpool(gateway.start, c, key, "chat", payload)
+    except InvalidInput as exc:
+        if exc.field == "stream":  # a chat kind without streaming: fall back to whole chunks
+            payload.pop("stream")
+            started = await run_in_threadpool(gateway.start, c, key, "chat", payload)
+        else:
+            raise
+    if body.stream:
+        usage = bool(body.stream_options and body.stream_options.include_usage)
+        return StreamingResponse(_stream(c, relay, started, key.account, usage),
+                                 media_type="text/event-stream",
+                                 headers={"x-deai-job": started.job_id,
+                                          "cache-control": "no-cache"})
+    out = await gateway.wait_output(c, started, key.account, request)
+    line = next(obj for _, obj in batch.jsonl(out, "output"))
+    resp = chat_kind.response_body(started.job_id, started.model, line)
+    resp["id"], resp["created"] = _chat_id(started.job_id), int(time.time())
+    return JSONResponse(resp, headers={"x-deai-job": started.job_id})
+
+
+def _sse(obj: Any) -> bytes:
+    return b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n"
+
+
+async def _stream(c: Coordinator, relay: Relay, started: gateway.Started, owner: str,
+                  include_usage: bool) -> AsyncIterator[bytes]:
+    created = int(time.time())
+    cid = _chat_id(started.job_id)
+
+    def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
+        return _sse({"id": cid, "object": "chat.completion.chunk", "created": created,
+                     "model": started.model, "system_fingerprint": None,
+                     "choices": [{"index": 0, "delta": delta, "logprobs": None,
+                                  "finish_reason": finish}]})
+
+    queue = relay.open(started.task_id)
+    sent = ""
+    finished = False
+    result = asyncio.ensure_future(gateway.wait_output(c, started, owner))
+    try:
+        yield chunk({"role": "assistant", "content": ""})
+        while not result.done():
+            get = asyncio.ensure_future(queue.get())
+            await asyncio.wait({result, get}, return_when=asyncio.FIRST_COMPLETED)
+            if not get.done():
+                get.cancel()
+                continue
+            text = get.result().get("text")
+            if isinstance(text, str) and text:
+                sent += text
+                yield chunk({"content": text})
+        try:
+            out = result.result()
+        except Exception as exc:
+            finished = True
+            yield _sse(to_api_error(exc).body())
+            return
+        line = next(obj for _, obj in batch.jsonl(out, "output"))
+        final = str(line["text"])
+        # The result is the record: send whatever the streamed deltas did not cover.
+        rest = final[len(sent):] if final.startswith(sent) else ""
+        if rest:
+            yield chunk({"content": rest})
+        yield chunk({}, str(line["finish_reason"]))
+        if include_usage:
+            p, k = int(line["prompt_tokens"]), int(line["completion_tokens"])
+            yield _sse({"id": cid, "object": "chat.completion.chunk", "created": created,
+                        "model": started.model, "system_fingerprint": None, "choices": [],
+                        "usage": {"prompt_tokens": p, "completion_tokens": k,
+                                  "total_tokens": p + k}})
+        yield b"data: [DONE]\n\n"
+        finished = True
+    finally:
+        relay.close(started.task_id)
+        result.cancel()
+        if not finished:  # the caller hung up before the answer: stop paying for it
+            await run_in_threadpool(gateway.cancel, c, owner, started.job_id)
+
+
+# --- files --------------------------------------------------------------------------------
+
+@router.post("/files", response_model=S.FileOut)
+async def upload_file(c: C, key: Key, file: Annotated[UploadFile, File()],
+                      purpose: Annotated[str, Form()]) -> S.FileOut:
+    limit = c.settings.max_upload_bytes
+    data = await file.read(limit + 1)
+    if len(data) > limit:
+        raise PayloadTooLarge(f"file is over the {limit}-byte limit", field="file",
+                              limit=limit)
+    return await run_in_threadpool(batches.upload, c, key.account, file.filename or "",
+                                   purpose, data)
+
+
+@router.get("/files/{file_id}", response_model=S.FileOut)
+def get_file(file_id: str, c: C, key: Key) -> S.FileOut:
+    return batches.get_file(c, key.account, file_id)
+
+
+@router.get("/files/{file_id}/content")
+def file_content(file_id: str, c: C, key: Key) -> Response:
+    return Response(batches.file_content(c, key.account, file_id),
+                    media_type="application/jsonl")
+
+
+# --- batches ------------------------------------------------------------------------------
+
+@router.post("/batches", response_model=S.BatchOut)
+def create_batch(body: S.BatchIn, c: C, key: Key) -> S.BatchOut:
+    return batches.create(c, key, body)
+
+
+@router.get("/batches", response_model=S.BatchList)
+def list_batches(c: C, key: Key, after: str | None = None,
+                 limit: Annotated[int, Query(ge=1, le=100)] = 20) -> S.BatchList:
+    return batches.list_batches(c, key.account, after, limit)
+
+
+@router.get("/batches/{batch_id}", response_model=S.BatchOut)
+def get_batch(batch_id: str, c: C, key: Key) -> S.BatchOut:
+    return batches.get(c, key.account, batch_id)
+
+
+@router.post("/batches/{batch_id}/cancel", response_model=S.BatchOut)
+def cancel_batch(batch_id: str, c: C, key: Key) -> S.BatchOut:
+    return batches.cancel(c, key.account, batch_id)

@@ -1,0 +1,168 @@
+"""Every request and response body of the OpenAI-compatible API (/v1), in one place.
+
+Inputs forbid unknown fields (OpenAI answers "Unrecognized request argument"
+too); a parameter DeAI does not implement is accepted only at its default, so
+a request never silently means something else here than at OpenAI.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class In(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Out(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+# --- models -------------------------------------------------------------------------------
+
+class ModelOut(Out):
+    id: str
+    object: Literal["model"] = "model"
+    created: int = 0
+    owned_by: str = "deai"
+
+
+class ModelList(Out):
+    object: Literal["list"] = "list"
+    data: list[ModelOut]
+
+
+# --- embeddings ---------------------------------------------------------------------------
+
+class EmbeddingsIn(In):
+    model: str = Field(min_length=1, max_length=200)
+    input: str | list[str] = Field(description="token-id inputs are not supported")
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = Field(default=None, ge=1)
+    user: str | None = Field(default=None, max_length=256)
+
+
+# --- chat ---------------------------------------------------------------------------------
+
+class ContentPart(In):
+    type: Literal["text"]
+    text: str
+
+
+class MessageIn(In):
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[ContentPart]
+    name: str | None = Field(default=None, max_length=64)
+
+
+class StreamOptions(In):
+    include_usage: bool = False
+    include_obfuscation: bool | None = None
+
+
+class ChatIn(In):
+    model: str = Field(min_length=1, max_length=200)
+    messages: list[MessageIn] = Field(min_length=1)
+    max_tokens: int | None = None
+    max_completion_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    seed: int | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    n: Literal[1] | None = None
+    stop: None = None
+    presence_penalty: Literal[0] | None = None
+    frequency_penalty: Literal[0] | None = None
+    logprobs: Literal[False] | None = None
+    user: str | None = Field(default=None, max_length=256)
+    store: bool | None = None
+    metadata: dict[str, str] | None = None
+
+    def deai_body(self) -> dict[str, Any]:
+        """The body of a DeAI chat input line (``core.kinds.chat``)."""
+        msgs = []
+        for m in self.messages:
+            text = m.content if isinstance(m.content, str) else "".join(
+                p.text for p in m.content)
+            msgs.append({"role": "system" if m.role == "developer" else m.role,
+                         "content": text})
+        body: dict[str, Any] = {"model": self.model, "messages": msgs}
+        for key in ("max_tokens", "max_completion_tokens", "temperature", "top_p", "seed"):
+            value = getattr(self, key)
+            if value is not None:
+                body[key] = value
+        return body
+
+
+# --- files and batches --------------------------------------------------------------------
+
+class FileOut(Out):
+    id: str
+    object: Literal["file"] = "file"
+    bytes: int
+    created_at: int
+    filename: str
+    purpose: str
+    status: str = "processed"
+    expires_at: int | None = None
+
+
+class BatchIn(In):
+    input_file_id: str = Field(min_length=1, max_length=40)
+    endpoint: str
+    completion_window: str = "24h"
+    metadata: dict[str, str] | None = None
+    output_expires_after: dict[str, Any] | None = None
+
+
+class RequestCounts(Out):
+    total: int
+    completed: int
+    failed: int
+
+
+class BatchError(Out):
+    code: str
+    message: str
+    line: int | None = None
+    param: str | None = None
+
+
+class BatchErrors(Out):
+    object: Literal["list"] = "list"
+    data: list[BatchError]
+
+
+class BatchOut(Out):
+    id: str
+    object: Literal["batch"] = "batch"
+    endpoint: str
+    errors: BatchErrors | None = None
+    input_file_id: str
+    completion_window: str
+    status: str
+    output_file_id: str | None = None
+    error_file_id: str | None = None
+    created_at: int
+    in_progress_at: int | None = None
+    expires_at: int | None = None
+    finalizing_at: int | None = None
+    completed_at: int | None = None
+    failed_at: int | None = None
+    expired_at: int | None = None
+    cancelling_at: int | None = None
+    cancelled_at: int | None = None
+    request_counts: RequestCounts
+    metadata: dict[str, str] | None = None
+    model: str | None = None
+
+
+class BatchList(Out):
+    object: Literal["list"] = "list"
+    data: list[BatchOut]
+    first_id: str | None = None
+    last_id: str | None = None
+    has_more: bool = False

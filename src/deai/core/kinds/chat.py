@@ -1,0 +1,313 @@
+"""Chat jobs: conversations in, one chat completion per line out, priced per 1,000 tokens.
+
+Spec::
+
+    kind: chat
+    model: SmolLM2-135M-Instruct
+    max_price: 500         # micro-units per 1,000 tokens (prompt + completion)
+    deadline: 900          # seconds from submission
+    shard_size: 8          # input lines per task
+
+Input lines: ``{"custom_id", "method": "POST", "url": "/v1/chat/completions",
+"body": {"model"?, "messages": [{"role", "content"}, ...], "max_tokens"?,
+"temperature"?, "top_p"?, "seed"?}}``. Roles are system, user or assistant and
+content is a string. ``max_tokens`` (alias ``max_completion_tokens``) is 1 to
+2,048, default 128; ``temperature`` 0 to 2, default 1 (0 is greedy);
+``top_p`` in (0, 1], default 1. Sampling is seeded per line: a line without a
+``seed`` gets one derived from its ``custom_id``, so every line's result can
+be reproduced and checked. Any other body field is refused, naming it.
+
+A shard travels to the provider as self-contained lines::
+
+    {"custom_id", "messages", "max_tokens", "temperature", "top_p", "seed"}
+
+and its output is one line per input line, in order::
+
+    {"custom_id", "token_ids": [int, ...], "text": str,
+     "finish_reason": "stop" | "length", "prompt_tokens": int, "completion_tokens": int}
+
+``token_ids`` are the generated ids, the end-of-turn token included when the
+model stopped (so a verifier can rescore the decision to stop);
+``completion_tokens == len(token_ids)``. Units are prompt + completion tokens.
+
+Escrow without a tokenizer: every catalog chat model uses a byte-level BPE
+tokenizer with no normalizer, so a run of text never takes more tokens than
+its UTF-8 bytes. The chat template adds, per message, a few special and role
+tokens (at most ``MESSAGE_OVERHEAD``) and, per prompt, a default system prompt
+and the assistant header (at most ``PROMPT_OVERHEAD``). A line's bound is
+therefore ``sum(bytes(content) + MESSAGE_OVERHEAD) + PROMPT_OVERHEAD +
+max_tokens`` (``line_bound``), a shard's ``max_units`` is the sum over its
+lines, and ``meter`` refuses a line whose usage exceeds its bound.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field
+
+from deai.core import batch, catalog
+from deai.core.errors import InvalidInput
+from deai.core.kinds.base import Kind, Shard, SpecBase
+
+URL = "/v1/chat/completions"
+ROLES = ("system", "user", "assistant")
+MAX_MESSAGES = 256
+MAX_PROMPT_BYTES = 16_384
+MAX_TOKENS = 2048
+DEFAULT_MAX_TOKENS = 128
+MESSAGE_OVERHEAD = 16
+PROMPT_OVERHEAD = 64
+BODY_FIELDS = frozenset({"model", "messages", "max_tokens", "max_completion_tokens",
+                         "temperature", "top_p", "seed"})
+FINISH_REASONS = ("stop", "length")
+
+
+class ChatSpec(SpecBase):
+    kind: Literal["chat"]
+    shard_size: int = Field(default=8, ge=1, le=10_000, strict=True)
+
+
+@dataclass(frozen=True)
+class Request:
+    """One input line, checked, with every sampling parameter resolved."""
+
+    index: int
+    custom_id: str
+    messages: tuple[tuple[str, str], ...]
+    max_tokens: int
+    temperature: float
+    top_p: float
+    seed: int
+
+    @property
+    def max_units(self) -> int:
+        return line_bound(self.messages, self.max_tokens)
+
+    def payload(self) -> dict[str, Any]:
+        return {"custom_id": self.custom_id,
+                "messages": [{"role": r, "content": c} for r, c in self.messages],
+                "max_tokens": self.max_tokens, "temperature": self.temperature,
+                "top_p": self.top_p, "seed": self.seed}
+
+
+def line_bound(messages: tuple[tuple[str, str], ...] | list[dict[str, str]],
+               max_tokens: int) -> int:
+    """The most tokens a line can bill: see the module docstring."""
+    pairs = [(m["role"], m["content"]) if isinstance(m, dict) else m for m in messages]
+    return (sum(len(c.encode("utf-8")) + MESSAGE_OVERHEAD for _, c in pairs)
+            + PROMPT_OVERHEAD + max_tokens)
+
+
+def default_seed(custom_id: str) -> int:
+    """The seed of a line that names none: stable, and different from line to line."""
+    return int.from_bytes(hashlib.sha256(custom_id.encode()).digest()[:4], "big")
+
+
+def greedy_ok(margins: list[float], tolerance: float) -> bool:
+    """Whether a completion is what greedy decoding would produce, within ``tolerance``.
+
+    ``margins`` are, for each completion token, the logit of the model's top
+    token minus the logit of the claimed token (``workloads.chat.rescore``): 0
+    where the claimed token is the argmax. A token within ``tolerance`` of the
+    top logit passes, because an incremental decode and a teacher-forced pass
+    differ in float rounding and may break a near tie differently.
+    """
+    return all(math.isfinite(m) and m <= tolerance for m in margins)
+
+
+def parse_input(data: bytes, spec: SpecBase) -> list[Request]:
+    """Parse and check every input line; the first bad line is reported by number."""
+    model = catalog.lookup(spec.model, field="spec.model").name
+
+    def body(cid: str, b: dict[str, Any], where: str, index: int) -> Request:
+        extra = sorted(set(b) - BODY_FIELDS)
+        if extra:
+            raise InvalidInput(f"{where}.body.{extra[0]}: not supported; use "
+                               f"{', '.join(sorted(BODY_FIELDS))}",
+                               field=f"{where}.body.{extra[0]}")
+        line_model = b.get("model", model)
+        if not isinstance(line_model, str) or catalog.lookup(
+                line_model, field=f"{where}.body.model").name != model:
+            raise InvalidInput(f"{where}.body.model: {line_model!r} differs from the job's "
+                               f"{model!r}", field=f"{where}.body.model")
+        return Request(index=index, custom_id=cid, messages=_messages(b, where),
+                       max_tokens=_max_tokens(b, where),
+                       temperature=_number(b, "temperature", where, 1.0, 0.0, 2.0),
+                       top_p=_top_p(b, where), seed=_seed(b, where, cid))
+
+    return batch.parse_lines(data, URL, "chat", body)
+
+
+def _messages(b: dict[str, Any], where: str) -> tuple[tuple[str, str], ...]:
+    field = f"{where}.body.messages"
+    msgs = b.get("messages")
+    if not isinstance(msgs, list) or not msgs:
+        raise InvalidInput(f"{field}: must be a non-empty list of messages", field=field)
+    if len(msgs) > MAX_MESSAGES:
+        raise InvalidInput(f"{field}: at most {MAX_MESSAGES} messages", field=field)
+    out: list[tuple[str, str]] = []
+    size = 0
+    for i, m in enumerate(msgs):
+        at = f"{field}[{i}]"
+        if not isinstance(m, dict):
+            raise InvalidInput(f"{at}: must be an object with role and content", field=at)
+        extra = sorted(set(m) - {"role", "content"})
+        if extra:
+            raise InvalidInput(f"{at}.{extra[0]}: not supported", field=f"{at}.{extra[0]}")
+        role, content = m.get("role"), m.get("content")
+        if role not in ROLES:
+            raise InvalidInput(f"{at}.role: must be one of {', '.join(ROLES)}",
+                               field=f"{at}.role")
+        if not isinstance(content, str):
+            raise InvalidInput(f"{at}.content: must be a string", field=f"{at}.content")
+        size += len(content.encode("utf-8"))
+        out.append((role, content))
+    if size > MAX_PROMPT_BYTES:
+        raise InvalidInput(f"{field}: contents total {size} bytes, over {MAX_PROMPT_BYTES}",
+                           field=field)
+    if out[-1][0] == "assistant":
+        raise InvalidInput(f"{field}: the last message must be from the user or system",
+                           field=f"{field}[{len(out) - 1}].role")
+    return tuple(out)
+
+
+def _int(b: dict[str, Any], key: str, where: str) -> int | None:
+    value = b.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise InvalidInput(f"{where}.body.{key}: must be an integer", field=f"{where}.body.{key}")
+    return value
+
+
+def _max_tokens(b: dict[str, Any], where: str) -> int:
+    key = "max_tokens" if b.get("max_tokens") is not None else "max_completion_tokens"
+    value = _int(b, key, where)
+    if value is None:
+        return DEFAULT_MAX_TOKENS
+    if not 1 <= value <= MAX_TOKENS:
+        raise InvalidInput(f"{where}.body.{key}: must be between 1 and {MAX_TOKENS}",
+                           field=f"{where}.body.{key}")
+    return value
+
+
+def _number(b: dict[str, Any], key: str, where: str, default: float, lo: float,
+            hi: float) -> float:
+    value = b.get(key)
+    if value is None:
+        return default
+    field = f"{where}.body.{key}"
+    if (not isinstance(value, (int, float)) or isinstance(value, bool)
+            or not math.isfinite(value) or not lo <= value <= hi):
+        raise InvalidInput(f"{field}: must be a number from {lo:g} to {hi:g}", field=field)
+    return float(value)
+
+
+def _top_p(b: dict[str, Any], where: str) -> float:
+    value = _number(b, "top_p", where, 1.0, 0.0, 1.0)
+    if value <= 0.0:
+        raise InvalidInput(f"{where}.body.top_p: must be above 0", field=f"{where}.body.top_p")
+    return value
+
+
+def _seed(b: dict[str, Any], where: str, cid: str) -> int:
+    value = _int(b, "seed", where)
+    if value is None:
+        return default_seed(cid)
+    if not 0 <= value < 2**63:
+        raise InvalidInput(f"{where}.body.seed: must be from 0 to 2**63 - 1",
+                           field=f"{where}.body.seed")
+    return value
+
+
+def encode_requests(requests: list[Request]) -> bytes:
+    """The shard blob a provider receives: one self-contained request a line."""
+    return b"".join(batch.dumps(r.payload()) for r in requests)
+
+
+def _count(line: dict[str, Any], key: str, where: str, least: int) -> int:
+    value = line.get(key)
+    if not isinstance(value, int) or isinstance(value, bool) or value < least:
+        raise InvalidInput(f"{where}: {key} must be an integer >= {least}", field="output")
+    return value
+
+
+def check_output(shard_input: bytes, output: bytes) -> list[dict[str, Any]]:
+    """Check a shard's output against its input; returns the parsed lines.
+
+    One line per request, same custom_id and order; token ids that are
+    non-negative integers, no more than ``max_tokens`` of them; a finish
+    reason; usage that fits the line's escrow bound. Whether the tokens are
+    what the model would produce is the verifier's job (``greedy_ok``).
+    """
+    inputs = [obj for _, obj in batch.jsonl(shard_input, "input")]
+    lines = [obj for _, obj in batch.jsonl(output, "output")]
+    if len(lines) != len(inputs):
+        raise InvalidInput(f"output has {len(lines)} lines for {len(inputs)} inputs",
+                           field="output")
+    for n, (inp, line) in enumerate(zip(inputs, lines, strict=True), start=1):
+        where = f"output line {n}"
+        if not isinstance(line, dict) or line.get("custom_id") != inp["custom_id"]:
+            raise InvalidInput(f"{where}: custom_id does not match the input", field="output")
+        ids = line.get("token_ids")
+        if not isinstance(ids, list) or not all(
+                isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in ids):
+            raise InvalidInput(f"{where}: token_ids must be a list of token ids",
+                               field="output")
+        if not isinstance(line.get("text"), str):
+            raise InvalidInput(f"{where}: text must be a string", field="output")
+        if line.get("finish_reason") not in FINISH_REASONS:
+            raise InvalidInput(f"{where}: finish_reason must be stop or length", field="output")
+        completion = _count(line, "completion_tokens", where, 0)
+        prompt = _count(line, "prompt_tokens", where, 1)
+        if completion != len(ids) or completion > inp["max_tokens"]:
+            raise InvalidInput(f"{where}: completion_tokens must equal len(token_ids) and be "
+                               f"at most max_tokens ({inp['max_tokens']})", field="output")
+        bound = line_bound(inp["messages"], inp["max_tokens"])
+        if prompt + completion > bound:
+            raise InvalidInput(f"{where}: {prompt + completion} tokens, over the line's bound "
+                               f"of {bound}", field="output")
+    return lines
+
+
+def response_body(job_id: str, model: str, line: dict[str, Any]) -> dict[str, Any]:
+    """An OpenAI chat-completion object for one output line.
+
+    ``created`` is 0: results are assembled by a pure function without a clock,
+    and the job record carries its real times (``created_at``, ``finished_at``).
+    """
+    prompt, completion = int(line["prompt_tokens"]), int(line["completion_tokens"])
+    return {"id": f"chatcmpl-{job_id}-{line['custom_id']}", "object": "chat.completion",
+            "created": 0, "model": model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": line["text"]},
+                         "logprobs": None, "finish_reason": line["finish_reason"]}],
+            "usage": {"prompt_tokens": prompt, "completion_tokens": completion,
+                      "total_tokens": prompt + completion}}
+
+
+class ChatKind(Kind):
+    name: ClassVar[str] = "chat"
+    unit: ClassVar[str] = "token"
+    spec_type: ClassVar[type[SpecBase]] = ChatSpec
+
+    def split(self, spec: SpecBase, data: bytes) -> list[Shard]:
+        assert isinstance(spec, ChatSpec)
+        reqs = parse_input(data, spec)
+        n = spec.shard_size
+        return [Shard(encode_requests(sh), len(sh), sum(r.max_units for r in sh))
+                for sh in (reqs[i:i + n] for i in range(0, len(reqs), n))]
+
+    def meter(self, spec: SpecBase, shard_input: bytes, output: bytes) -> int:
+        return sum(int(x["prompt_tokens"]) + int(x["completion_tokens"])
+                   for x in check_output(shard_input, output))
+
+    def assemble(self, job_id: str, spec: SpecBase, outputs: list[bytes]) -> bytes:
+        model = self.model(spec).name
+        return b"".join(
+            batch.dumps(batch.output_line(job_id, line["custom_id"],
+                                          response_body(job_id, model, line)))
+            for out in outputs for _, line in batch.jsonl(out, "output"))

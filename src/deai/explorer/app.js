@@ -1,0 +1,611 @@
+// DeAI explorer: a hash-routed single page over the coordinator's read API.
+// Each view mounts its layout once and then updates in place whenever the
+// server-sent event stream reports a change, so nothing ever needs a reload.
+"use strict";
+
+(() => {
+  const main = document.getElementById("main");
+  const HAS_CHARTS = typeof window.Chart === "function";
+  const state = { view: null, feed: [], names: {}, sort: { key: "online", asc: false }, auditTried: false };
+
+  // --- small helpers -------------------------------------------------------------------
+
+  function h(tag, props, ...kids) {
+    const el = document.createElement(tag);
+    for (const [k, v] of Object.entries(props || {})) {
+      if (v === null || v === undefined || v === false) continue;
+      if (k === "class") el.className = v;
+      else if (k === "text") el.textContent = v;
+      else if (k.startsWith("on")) el.addEventListener(k.slice(2), v);
+      else el.setAttribute(k, v === true ? "" : v);
+    }
+    for (const kid of kids.flat(Infinity)) {
+      if (kid === null || kid === undefined || kid === false) continue;
+      el.append(kid instanceof Node ? kid : String(kid));
+    }
+    return el;
+  }
+
+  const nf = new Intl.NumberFormat("en-US");
+  const num = (v, d = 0) => Number(v || 0).toLocaleString("en-US", { minimumFractionDigits: d, maximumFractionDigits: d });
+  function money(micro) {
+    const v = Number(micro || 0) / 1e6;
+    const digits = v !== 0 && Math.abs(v) < 1 ? 6 : 2;
+    return v.toLocaleString("en-US", { minimumFractionDigits: 2, maximumFractionDigits: digits }) + " DEAI";
+  }
+  function moneyEl(micro) {  // for big numbers in cards: compact, the unit small, never wrapping
+    const v = Number(micro || 0) / 1e6;
+    const text = Math.abs(v) >= 1e5
+      ? v.toLocaleString("en-US", { notation: "compact", maximumFractionDigits: 2 }) : money(micro).slice(0, -5);
+    return h("span", { title: money(micro) }, text, h("small", { class: "unit" }, " DEAI"));
+  }
+  const price = (p) => `${nf.format(p)} µ/1k`;
+  const short = (id, n = 10) => (id && id.length > n + 2 ? id.slice(0, n) + "…" : id || "");
+  const nameOf = (id) => state.names[id] || short(id, 12);
+  const clock = (ts) => new Date(ts * 1000).toLocaleTimeString("en-GB", { hour12: false });
+  function ago(ts) {
+    if (!ts) return "—";
+    const s = Math.max(0, Date.now() / 1000 - ts);
+    if (s < 60) return `${Math.round(s)}s ago`;
+    if (s < 3600) return `${Math.round(s / 60)}m ago`;
+    if (s < 86400) return `${Math.round(s / 3600)}h ago`;
+    return new Date(ts * 1000).toLocaleDateString();
+  }
+  const badge = (status, text) => h("span", { class: `badge ${status}` }, text || status);
+  const link = (href, text, title) => h("a", { href, title }, text);
+  const providerLink = (id) => link(`#/providers/${id}`, nameOf(id), id);
+  const jobLink = (id) => link(`#/jobs/${id}`, short(id, 14), id);
+  const hashText = (hex) => h("span", { class: "mono", title: hex }, short(hex, 12));
+  const sum = (obj) => Object.values(obj || {}).reduce((a, b) => a + b, 0);
+
+  async function api(path, opts) {
+    const r = await fetch(path, { headers: { accept: "application/json" }, ...opts });
+    const body = await r.json().catch(() => null);
+    if (!r.ok) {
+      const e = new Error((body && body.error && body.error.message) || `HTTP ${r.status}`);
+      e.status = r.status;
+      throw e;
+    }
+    return body;
+  }
+
+  function card(title, body, opts = {}) {
+    return h("section", { class: `card ${opts.flush ? "flush" : ""}`, "data-testid": opts.testid }, title ? h("h2", {}, title) : null, body);
+  }
+  function stat(label, value, hint, cls, testid) {
+    return h("div", { class: `card stat ${cls || ""}`, "data-testid": testid },
+      h("div", { class: "label" }, label), h("div", { class: "value" }, value), hint ? h("div", { class: "hint" }, hint) : null);
+  }
+  function table(cols, rows, opts = {}) {
+    if (!rows.length) return h("div", { class: "empty" }, opts.empty || "Nothing yet.");
+    const head = h("tr", {}, cols.map((c) => {
+      const sortable = opts.sort && c.sort !== false;
+      const sorted = sortable && opts.sort.key === c.key;
+      return h("th", {
+        class: [c.num ? "num" : "", sortable ? "sortable" : "", sorted ? "sorted" : "", sorted && opts.sort.asc ? "asc" : ""].join(" "),
+        onclick: sortable ? () => opts.onSort(c.key) : null, title: c.title,
+      }, c.label);
+    }));
+    const body = rows.map((r) => h("tr", {
+      class: opts.href ? "link" : "", "data-testid": opts.rowTestid, "data-id": opts.rowId ? opts.rowId(r) : null,
+      onclick: opts.href ? (ev) => { if (!ev.target.closest("a")) location.hash = opts.href(r); } : null,
+    }, cols.map((c) => h("td", { class: `${c.num ? "num" : ""} ${c.wrap ? "wrap" : ""}` }, c.render ? c.render(r) : r[c.key]))));
+    return h("div", { class: "table-wrap" }, h("table", { "data-testid": opts.testid }, h("thead", {}, head), h("tbody", {}, body)));
+  }
+  function progress(tasks, big) {
+    const total = sum(tasks) || 1;
+    const seg = (k, n) => (n ? h("span", { class: k, style: `width:${(100 * n) / total}%` }) : null);
+    return h("div", { class: `progress ${big ? "big" : ""}`, title: Object.entries(tasks || {}).map(([k, v]) => `${v} ${k}`).join(", ") },
+      seg("accepted", tasks.done || tasks.accepted || 0), seg("verifying", tasks.verifying || 0),
+      seg("running", tasks.assigned || tasks.running || 0), seg("failed", tasks.failed || 0));
+  }
+  function kv(pairs) {
+    return h("dl", { class: "kv" }, pairs.filter(Boolean).map(([k, v]) => [h("dt", {}, k), h("dd", {}, v)]));
+  }
+
+  // --- charts (optional: without Chart.js the numbers still show) ------------------------
+
+  function css(name) { return getComputedStyle(document.documentElement).getPropertyValue(name).trim(); }
+  function chartBox(testid) {
+    const box = h("div", { class: "chart-box", "data-testid": testid });
+    if (HAS_CHARTS) box.append(h("canvas", {}));
+    return box;
+  }
+  function palette() {
+    return [css("--accent"), css("--accepted"), css("--verifying"), css("--warn"), css("--failed"), css("--running")];
+  }
+  function baseOptions(extra) {
+    const grid = css("--border"), text = css("--muted");
+    const axis = { grid: { color: grid }, ticks: { color: text, maxRotation: 0, autoSkipPadding: 16 }, border: { color: grid } };
+    return {
+      responsive: true, maintainAspectRatio: false, animation: { duration: 250 },
+      plugins: { legend: { labels: { color: text, boxWidth: 12 } }, tooltip: { intersect: false, mode: "index" } },
+      scales: { x: { ...axis }, y: { ...axis, beginAtZero: true } }, ...extra,
+    };
+  }
+  function upsertChart(view, key, box, make, fallback) {
+    if (!HAS_CHARTS) { box.replaceChildren(h("div", { class: "chart-fallback" }, fallback())); return; }
+    const cfg = make();
+    const old = view.charts[key];
+    if (old) {
+      old.data.labels = cfg.data.labels;
+      cfg.data.datasets.forEach((ds, i) => {
+        if (old.data.datasets[i]) Object.assign(old.data.datasets[i], ds); else old.data.datasets.push(ds);
+      });
+      old.data.datasets.length = cfg.data.datasets.length;
+      old.update("none");
+    } else {
+      view.charts[key] = new window.Chart(box.querySelector("canvas"), cfg);
+    }
+  }
+
+  // --- the live event stream ------------------------------------------------------------
+
+  function describe(ev) {
+    const b = ev.body || {};
+    const shard = (task) => { const m = /\.t0*(\d+)$/.exec(task || ""); return m ? `#${m[1]}` : short(task); };
+    switch (ev.kind) {
+      case "provider_registered": return [`Provider `, providerLink(ev.subject), ` registered (${num(b.compute_units, 2)} CU)`];
+      case "bond": return [providerLink(ev.subject), ` bonded ${money(b.amount)}`];
+      case "faucet": return [`Faucet: ${money(b.amount)} to ${short(ev.subject)}`];
+      case "job_submitted": return [`Job `, jobLink(ev.subject), ` submitted · ${b.tasks} shards · escrow ${money(b.escrow)}`];
+      case "task_assigned": return [`Shard ${shard(ev.subject)} of `, jobLink(b.job), ` → `, providerLink(b.provider), ` at ${price(b.price)}`];
+      case "task_accepted": return [`Shard ${shard(ev.subject)} of `, jobLink(b.job), ` accepted from `, providerLink(b.provider)];
+      case "result_rejected": return [`Result for shard ${shard(ev.subject)} rejected from `, providerLink(b.provider)];
+      case "task_failed": return [`Shard ${shard(ev.subject)} failed on `, providerLink(b.provider)];
+      case "lease_expired": return [`Lease on shard ${shard(ev.subject)} expired (${b.reason || ""})`];
+      case "earnings_released": return [`Earnings of ${money(b.amount)} released to `, providerLink(ev.subject)];
+      case "coordinator_started": return ["Coordinator started"];
+      default:
+        if (ev.kind.startsWith("job_")) return [`Job `, jobLink(ev.subject), ` ${ev.kind.slice(4)}`];
+        return [`${ev.kind.replace(/_/g, " ")} `, ev.subject ? short(ev.subject, 14) : ""];
+    }
+  }
+  function feedItem(ev, isNew) {
+    return h("li", { class: isNew ? "new" : "" }, h("time", {}, clock(ev.ts)), badge(ev.kind.split("_").pop(), ev.kind), h("span", { class: "what" }, describe(ev)));
+  }
+  function pushFeed(ev) {
+    if (state.feed.some((e) => e.id === ev.id)) return;
+    state.feed.unshift(ev);
+    state.feed.length = Math.min(state.feed.length, 60);
+    const list = document.querySelector("[data-testid=feed]");
+    if (list) {
+      list.querySelector(".empty")?.remove();
+      list.prepend(feedItem(ev, true));
+      while (list.children.length > 30) list.lastChild.remove();
+    }
+  }
+
+  function setLive(on) {
+    const el = document.getElementById("live");
+    el.className = `live ${on ? "on" : "off"}`;
+    el.textContent = on ? "live" : "reconnecting";
+  }
+
+  function connect() {
+    const es = new EventSource("/api/events/stream");
+    es.onopen = () => setLive(true);
+    es.onerror = () => setLive(false);
+    es.onmessage = (m) => {
+      let ev;
+      try { ev = JSON.parse(m.data); } catch (e) { return; }
+      if (ev.kind === "provider_registered" && ev.body && ev.body.name) state.names[ev.subject] = ev.body.name;
+      pushFeed(ev);
+      scheduleRefresh(150);
+    };
+    window.addEventListener("pagehide", () => es.close());
+  }
+
+  // --- refresh scheduling: at most one request in flight per view -------------------------
+
+  let timer = null, inflight = false, again = false;
+  function scheduleRefresh(delay = 0) {
+    if (timer) return;
+    timer = setTimeout(async () => {
+      timer = null;
+      if (inflight) { again = true; return; }
+      inflight = true;
+      await refresh();
+      inflight = false;
+      if (again) { again = false; scheduleRefresh(300); }
+    }, delay);
+  }
+  async function refresh() {
+    const v = state.view;
+    if (!v) return;
+    try {
+      const data = await v.load();
+      if (v === state.view) { v.update(data); v.root.querySelector(".view-error")?.remove(); }
+    } catch (e) {
+      if (v !== state.view) return;
+      let box = v.root.querySelector(".view-error");
+      if (!box) { box = h("div", { class: "card view-error error-box" }); v.root.prepend(box); }
+      box.textContent = e.status === 404 ? `Not found: ${e.message}` : `Could not load: ${e.message}`;
+    }
+  }
+
+  // --- views -------------------------------------------------------------------------------
+
+  function overviewView() {
+    const v = { nav: "overview", charts: {} };
+    v.mount = (root) => {
+      v.stats = h("div", { class: "grid stats", "data-testid": "stats" });
+      v.tp = chartBox("chart-throughput"); v.px = chartBox("chart-prices"); v.cu = chartBox("chart-price-cu");
+      v.provs = h("div"); v.jobs = h("div");
+      const feed = h("ul", { class: "feed", "data-testid": "feed" }, state.feed.length ? state.feed.slice(0, 30).map((e) => feedItem(e)) : h("li", { class: "empty" }, "Waiting for events…"));
+      root.append(
+        h("div", { class: "page-head" }, h("h1", {}, "Network overview"), h("div", { class: "sub" }, "Providers, work and money on this DeAI network, updated live as events arrive.")),
+        v.stats,
+        h("div", { class: "grid cols-3" }, card("Throughput · tasks accepted", v.tp), card("Price per workload over time", v.px), card("Price per compute unit", v.cu)),
+        h("div", { class: "grid cols-2" }, card("Providers", v.provs, { testid: "overview-providers" }), card("Live events", feed)),
+        card("Recent jobs", v.jobs));
+      if (!state.feed.length) {
+        api("/api/events?after=0&limit=1").then((p) => api(`/api/events?after=${Math.max(0, p.last_id - 30)}&limit=30`))
+          .then((p) => p.events.forEach((e) => pushFeed(e))).catch(() => {});
+      }
+    };
+    v.load = async () => {
+      const [o, provs, jobs] = await Promise.all([api("/api/explorer/overview"), api("/api/providers"), api("/api/jobs?limit=8")]);
+      provs.providers.forEach((p) => { state.names[p.id] = p.name; });
+      return { o, provs: provs.providers, jobs: jobs.jobs };
+    };
+    v.update = ({ o, provs, jobs }) => {
+      const vf = o.verification;
+      v.stats.replaceChildren(
+        stat("Providers online", nf.format(o.providers_online), `of ${o.providers_total} registered`, o.providers_online ? "good" : "", "stat-providers-online"),
+        stat("CPU cores", nf.format(o.cpus), "on online providers", "", "stat-cpus"),
+        stat("GPUs", nf.format(o.gpus), "on online providers", "", "stat-gpus"),
+        stat("Compute units", num(o.compute_units, 1), "1 CU ≈ 50 GFLOP/s", "", "stat-cu"),
+        stat("Jobs running", nf.format(o.jobs_running), `${o.jobs.pending || 0} pending`, "", "stat-jobs-running"),
+        stat("Jobs completed", nf.format(o.jobs_finished), `${o.jobs.failed || 0} failed · ${o.jobs.cancelled || 0} cancelled`, "", "stat-jobs-finished"),
+        stat("Tasks / second", num(o.tasks_per_second, 2), "accepted, last minute", "", "stat-tps"),
+        stat("Checks passed", nf.format(vf.checks_passed), `overhead ${num(vf.overhead * 100, 0)}%`, vf.checks_passed ? "good" : "", "stat-checks-passed"),
+        stat("Checks failed", nf.format(vf.checks_failed), `${vf.verdicts} referee verdicts`, vf.checks_failed ? "bad" : "", "stat-checks-failed"),
+        stat("Slashes", nf.format(vf.slashes), "stake taken for bad work", vf.slashes ? "bad" : "", "stat-slashes"),
+        stat("Tasks done", nf.format(o.tasks.done || 0), `${o.tasks.queued || 0} queued · ${o.tasks.assigned || 0} running`, "", "stat-tasks-done"),
+        stat("Supply", moneyEl(o.supply), `journal entry #${nf.format(o.journal_seq)}`, "", "stat-supply"));
+
+      const acc = palette();
+      upsertChart(v, "tp", v.tp, () => ({
+        type: "bar",
+        data: { labels: o.throughput.map((p) => clock(p.t)), datasets: [{ label: `tasks per ${Math.round(o.bucket_seconds)} s`, data: o.throughput.map((p) => p.tasks), backgroundColor: css("--accepted"), borderRadius: 3 }] },
+        options: baseOptions({ plugins: { legend: { display: false } } }),
+      }), () => `${sum(o.throughput.map((p) => p.tasks))} tasks accepted in the last ${Math.round(o.bucket_seconds * o.throughput.length / 60)} minutes.`);
+
+      v.px.dataset.empty = o.prices.length ? "" : "No assignments in the last hour";
+      upsertChart(v, "px", v.px, () => ({
+        type: "line",
+        data: { datasets: o.prices.map((s, i) => ({ label: `${s.workload} (avg µ/1k)`, data: s.points.map((p) => ({ x: p.t * 1000, y: p.avg })), borderColor: acc[i % acc.length], backgroundColor: acc[i % acc.length], tension: 0.25, pointRadius: 2 })) },
+        options: baseOptions({ scales: { x: { type: "linear", grid: { color: css("--border") }, ticks: { color: css("--muted"), maxTicksLimit: 6, callback: (t) => clock(t / 1000).slice(0, 5) } }, y: { beginAtZero: true, grid: { color: css("--border") }, ticks: { color: css("--muted") } } } }),
+      }), () => o.prices.length ? o.prices.map((s) => `${s.workload}: ${price(s.points[s.points.length - 1].avg)}`).join(" · ") : "No assignments in the last hour.");
+
+      const pp = [...o.provider_prices].filter((p) => p.price_per_cu !== null).sort((a, b) => a.price_per_cu - b.price_per_cu);
+      upsertChart(v, "cu", v.cu, () => ({
+        type: "bar",
+        data: { labels: pp.map((p) => p.name), datasets: [{ label: "µ per 1k units per CU", data: pp.map((p) => p.price_per_cu), backgroundColor: pp.map((p) => (p.online ? css("--accent") : css("--queued"))), borderRadius: 3 }] },
+        options: baseOptions({ indexAxis: "y", plugins: { legend: { display: false } } }),
+      }), () => pp.map((p) => `${p.name}: ${num(p.price_per_cu, 1)}`).join(" · ") || "No offers yet.");
+
+      v.provs.replaceChildren(table([
+        { key: "name", label: "Provider", render: (p) => providerLink(p.id) },
+        { key: "online", label: "Status", render: (p) => badge(p.online ? "online" : "offline") },
+        { key: "hw", label: "Hardware", render: (p) => `${p.hardware.cores || "?"} cores${(p.hardware.gpus || []).length ? ` · ${p.hardware.gpus.length} GPU` : ""}` },
+        { key: "cu", label: "CU", num: true, render: (p) => num(p.compute_units, 2) },
+        { key: "price", label: "Price", num: true, render: (p) => bestOffer(p) ? price(bestOffer(p).price) : "—" },
+        { key: "tasks", label: "Tasks", num: true, render: (p) => nf.format(p.tasks_done) },
+      ], provs, { href: (p) => `#/providers/${p.id}`, rowTestid: "overview-provider", rowId: (p) => p.id, empty: "No provider has registered yet." }));
+      v.jobs.replaceChildren(jobsTable(jobs));
+    };
+    return v;
+  }
+
+  function bestOffer(p) {
+    return (p.offers || []).reduce((best, o) => (!best || o.price < best.price ? o : best), null);
+  }
+
+  function jobsTable(jobs) {
+    return table([
+      { key: "id", label: "Job", render: (j) => jobLink(j.id) },
+      { key: "status", label: "Status", render: (j) => badge(j.status) },
+      { key: "model", label: "Model", render: (j) => `${j.spec.kind || ""} · ${j.spec.model || ""}` },
+      { key: "progress", label: "Shards", render: (j) => h("div", { style: "display:flex;align-items:center;gap:10px" }, progress(j.tasks), h("span", { class: "muted" }, `${j.tasks.done || 0}/${sum(j.tasks)}`)) },
+      { key: "cost", label: "Cost", num: true, render: (j) => money(j.cost) },
+      { key: "created", label: "Submitted", render: (j) => ago(j.created_at) },
+    ], jobs, { href: (j) => `#/jobs/${j.id}`, rowTestid: "job-row", rowId: (j) => j.id, empty: "No job has been submitted yet." });
+  }
+
+  function providersView() {
+    const v = { nav: "providers", charts: {} };
+    const cols = [
+      { key: "name", label: "Provider", value: (p) => p.name.toLowerCase(), render: (p) => providerLink(p.id) },
+      { key: "online", label: "Status", value: (p) => (p.online ? 1 : 0), render: (p) => badge(p.online ? "online" : "offline") },
+      { key: "cpu", label: "CPU", value: (p) => p.hardware.cpu_model || "", render: (p) => h("span", { title: p.hardware.cpu_model }, short(p.hardware.cpu_model || "?", 28)) },
+      { key: "cores", label: "Cores", num: true, value: (p) => p.hardware.cores || 0, render: (p) => nf.format(p.hardware.cores || 0) },
+      { key: "gpus", label: "GPUs", num: true, value: (p) => (p.hardware.gpus || []).length, render: (p) => nf.format((p.hardware.gpus || []).length) },
+      { key: "mem", label: "Memory", num: true, value: (p) => p.hardware.memory_mb || 0, render: (p) => `${num((p.hardware.memory_mb || 0) / 1024, 1)} GB` },
+      { key: "cu", label: "CU", num: true, value: (p) => p.compute_units, render: (p) => num(p.compute_units, 2) },
+      { key: "price", label: "Price", num: true, value: (p) => (bestOffer(p) ? bestOffer(p).price : Infinity), render: (p) => (bestOffer(p) ? price(bestOffer(p).price) : "—") },
+      { key: "ppcu", label: "Price / CU", num: true, value: (p) => (bestOffer(p) && bestOffer(p).price_per_cu !== null ? bestOffer(p).price_per_cu : Infinity), render: (p) => (bestOffer(p) && bestOffer(p).price_per_cu !== null ? num(bestOffer(p).price_per_cu, 1) : "—") },
+      { key: "stake", label: "Stake", num: true, value: (p) => p.stake, render: (p) => money(p.stake) },
+      { key: "rep", label: "Reputation", num: true, value: (p) => p.reputation, render: (p) => num(p.reputation, 2) },
+      { key: "tasks", label: "Tasks", num: true, value: (p) => p.tasks_done, render: (p) => nf.format(p.tasks_done) },
+      { key: "earned", label: "Earned", num: true, value: (p) => p.earned, render: (p) => money(p.earned) },
+      { key: "seen", label: "Last seen", value: (p) => p.last_seen, render: (p) => ago(p.last_seen) },
+    ];
+    v.mount = (root) => {
+      v.body = h("div");
+      root.append(h("div", { class: "page-head" }, h("h1", {}, "Providers"), h("div", { class: "sub" }, "Every machine that sells compute here. Click a column to sort; prices are micro-DEAI per 1,000 units, and per compute unit so different hardware compares fairly.")),
+        card(null, v.body, { flush: true }));
+    };
+    v.load = async () => (await api("/api/providers")).providers;
+    v.update = (provs) => {
+      provs.forEach((p) => { state.names[p.id] = p.name; });
+      const col = cols.find((c) => c.key === state.sort.key) || cols[1];
+      const sorted = [...provs].sort((a, b) => {
+        const x = col.value(a), y = col.value(b);
+        const c = x < y ? -1 : x > y ? 1 : 0;
+        return state.sort.asc ? c : -c;
+      });
+      v.body.replaceChildren(table(cols, sorted, {
+        testid: "providers-table", rowTestid: "provider-row", rowId: (p) => p.id, href: (p) => `#/providers/${p.id}`,
+        sort: state.sort, empty: "No provider has registered yet.",
+        onSort: (key) => { state.sort = { key, asc: state.sort.key === key ? !state.sort.asc : false }; v.update(provs); },
+      }));
+    };
+    return v;
+  }
+
+  function providerView(id) {
+    const v = { nav: "providers", charts: {} };
+    v.mount = (root) => {
+      v.head = h("div", { class: "page-head" }, h("h1", {}, nameOf(id)));
+      v.cards = h("div", { class: "grid cols-4" });
+      v.offers = h("div"); v.checks = h("div"); v.recent = h("div");
+      root.append(v.head, v.cards, h("div", { class: "grid cols-2" }, card("Offers", v.offers, { testid: "offers" }), card("Verification history", v.checks, { testid: "checks" })), card("Latest assignments", v.recent));
+    };
+    v.load = () => api(`/api/explorer/providers/${encodeURIComponent(id)}?limit=20`);
+    v.update = (d) => {
+      const p = d.provider, hw = p.hardware, bm = p.benchmark;
+      state.names[p.id] = p.name;
+      v.head.replaceChildren(h("h1", {}, p.name), badge(p.online ? "online" : "offline"), h("div", { class: "sub mono" }, p.id));
+      const gpus = (hw.gpus || []).map((g) => g.name || g.model || JSON.stringify(g));
+      v.cards.replaceChildren(
+        card("Hardware", kv([["CPU", hw.cpu_model || "?"], ["Cores", nf.format(hw.cores || 0)], ["Memory", `${num((hw.memory_mb || 0) / 1024, 1)} GB`], ["GPUs", gpus.length ? gpus.join(", ") : "none"], hw.platform ? ["Platform", hw.platform] : null]), { testid: "hardware" }),
+        card("Benchmark", kv([["Matmul", `${num(bm.gflops, 1)} GFLOP/s`], ["Memory", `${num(bm.mem_gbps, 1)} GB/s`], ["Compute units", num(p.compute_units, 3)], ["Threads · slots", `${p.threads} · ${p.slots}`]]), { testid: "benchmark" }),
+        card("Stake and earnings", kv([["Stake", money(p.stake)], ["Available", money(d.balance.available)], ["Pending", money(d.pending_earnings)], ["Released", money(d.released_earnings)], ["Earned in all", money(p.earned)]]), { testid: "money" }),
+        card("Reputation", h("div", {}, h("div", { class: "stat" }, h("div", { class: "value" }, num(p.reputation, 2))), h("div", { class: "meter" }, h("span", { style: `width:${Math.round(100 * Math.min(1, p.reputation))}%` })),
+          h("div", { class: "muted", style: "margin-top:10px" }, `${nf.format(p.tasks_done)} tasks done · last seen ${ago(p.last_seen)}`),
+          h("div", { class: "evidence", style: "margin-top:6px" }, Object.entries(d.assignments).map(([k, n]) => h("span", {}, `${k} `, h("b", {}, nf.format(n)))))), { testid: "reputation" }));
+      v.offers.replaceChildren(table([
+        { key: "workload", label: "Workload" }, { key: "model", label: "Model" },
+        { key: "price", label: "Price", num: true, render: (o) => price(o.price) },
+        { key: "ppcu", label: "Per CU", num: true, render: (o) => (o.price_per_cu === null ? "—" : num(o.price_per_cu, 1)) },
+      ], p.offers));
+      v.checks.replaceChildren(eventsTable(d.checks.slice(0, 8), "No check has involved this provider yet: canary, replica and referee results will be listed here."),
+        d.checks.length > 8 ? h("div", { style: "margin-top:8px" }, link("#/verification", "All checks →")) : null);
+      v.recent.replaceChildren(assignmentsTable(d.recent, true));
+    };
+    return v;
+  }
+
+  function assignmentsTable(rows, showJob) {
+    return table([
+      { key: "task", label: "Shard", render: (a) => h("span", { class: "mono", title: a.task_id }, a.task_id.split(".").pop()) },
+      showJob ? { key: "job", label: "Job", render: (a) => jobLink(a.job_id) } : { key: "provider", label: "Provider", render: (a) => providerLink(a.provider_id) },
+      { key: "role", label: "Role" },
+      { key: "status", label: "Status", render: (a) => badge(a.status) },
+      { key: "price", label: "Price", num: true, render: (a) => price(a.price) },
+      { key: "took", label: "Took", num: true, render: (a) => (a.submitted_at ? `${num(a.submitted_at - a.leased_at, 1)} s` : "—") },
+      { key: "digest", label: "Output", render: (a) => (a.output_digest ? hashText(a.output_digest) : a.error ? h("span", { class: "neg", title: a.error }, short(a.error, 30)) : "—") },
+      { key: "leased", label: "Leased", render: (a) => ago(a.leased_at) },
+    ], rows, { empty: "No assignment yet." });
+  }
+
+  function evidence(body) {
+    return h("div", { class: "evidence" }, Object.entries(body || {}).map(([k, val]) => {
+      const text = typeof val === "object" ? JSON.stringify(val)
+        : typeof val === "number" && !Number.isInteger(val) ? val.toPrecision(3) : String(val);
+      const isHash = typeof val === "string" && /^[0-9a-f]{40,}$/.test(val);
+      const isKey = typeof val === "string" && /^[0-9a-f]{64}$/.test(val) && state.names[val];
+      return h("span", {}, `${k} `, isKey ? providerLink(val) : h("b", { class: isHash ? "mono" : "", title: text }, isHash ? short(text, 12) : short(text, 60)));
+    }));
+  }
+  function subjectEl(subject) {
+    if (state.names[subject]) return providerLink(subject);
+    const m = /^(job_[0-9a-f]+)\.t0*(\d+)$/.exec(subject || "");
+    if (m) return h("span", {}, `shard #${m[2]} of `, jobLink(m[1]));
+    if (/^job_/.test(subject || "")) return jobLink(subject);
+    return h("span", { class: "mono", title: subject }, short(subject, 18));
+  }
+  function eventsTable(events, empty) {
+    if (!events.length) return h("div", { class: "empty" }, empty);
+    return h("ul", { class: "events" }, events.map((e) => h("li", { "data-kind": e.kind },
+      h("div", { class: "ev-head" }, badge(e.kind, e.kind.replace(/_/g, " ")), subjectEl(e.subject),
+        h("time", { title: new Date(e.ts * 1000).toISOString() }, ago(e.ts))),
+      evidence(e.body))));
+  }
+
+  function jobsView() {
+    const v = { nav: "jobs", charts: {} };
+    v.mount = (root) => {
+      v.body = h("div");
+      root.append(h("div", { class: "page-head" }, h("h1", {}, "Jobs"), h("div", { class: "sub" }, "The latest jobs on the network and how far each has come.")), card(null, v.body, { flush: true }));
+    };
+    v.load = async () => (await api("/api/jobs?limit=100")).jobs;
+    v.update = (jobs) => v.body.replaceChildren(jobsTable(jobs));
+    return v;
+  }
+
+  const STATES = ["queued", "running", "verifying", "accepted", "failed"];
+  function jobView(id) {
+    const v = { nav: "jobs", charts: {} };
+    v.mount = (root) => {
+      v.head = h("div", { class: "page-head" }, h("h1", {}, `Job ${short(id, 16)}`));
+      v.bar = h("div"); v.stats = h("div", { class: "grid stats" });
+      v.map = h("div", { class: "shards", "data-testid": "shard-map" });
+      v.provs = h("div"); v.asg = h("div");
+      const legend = h("div", { class: "legend" }, STATES.map((s) => h("span", {}, h("i", { style: `background:var(--${s})` }), s)), h("span", {}, h("i", { class: "redone" }), "redone"));
+      root.append(v.head, v.bar, v.stats, card("Shard map", [legend, v.map]), h("div", { class: "grid cols-wide", style: "margin-top:16px" }, card("Providers", v.provs), card("Latest assignments", v.asg)));
+    };
+    v.load = () => api(`/api/explorer/jobs/${encodeURIComponent(id)}`);
+    v.update = (d) => {
+      const j = d.job;
+      d.providers.forEach((p) => { state.names[p.id] = p.name; });
+      v.head.replaceChildren(h("h1", {}, `Job ${short(j.id, 20)}`), h("span", { "data-testid": "job-status", "data-status": j.status }, badge(j.status)),
+        h("div", { class: "sub" }, `${j.spec.kind} · ${j.spec.model} · ${nf.format(j.items)} items · submitted ${ago(j.created_at)} by `, h("span", { class: "mono", title: j.owner }, short(j.owner, 12)), j.error ? h("div", { class: "neg" }, j.error) : null));
+      v.bar.replaceChildren(progress({ done: d.states.accepted || 0, verifying: d.states.verifying || 0, assigned: d.states.running || 0, failed: d.states.failed || 0, queued: d.states.queued || 0 }, true));
+      const total = d.shards.length;
+      v.stats.replaceChildren(
+        stat("Shards accepted", `${nf.format(d.states.accepted || 0)} / ${nf.format(total)}`, `${d.states.running || 0} running · ${d.states.queued || 0} queued`, "", "stat-shards"),
+        stat("Redone", nf.format(d.shards.filter((s) => s.redone).length), "shards run more than once"),
+        stat("Cost so far", moneyEl(d.cost_so_far), `of ${money(j.escrow)} escrowed`, "", "stat-cost"),
+        stat("Refunded", moneyEl(j.refunded), j.finished_at ? `finished ${ago(j.finished_at)}` : "when the job ends"),
+        stat("Units", nf.format(j.units), "metered work"),
+        stat("Providers", nf.format(d.providers.length), "ran its shards"));
+      if (v.map.children.length !== total) {
+        v.map.replaceChildren(...d.shards.map(() => h("div", { class: "cell" })));
+      }
+      d.shards.forEach((s, i) => {
+        const cell = v.map.children[i];
+        cell.dataset.state = s.state;
+        cell.classList.toggle("redone", s.redone);
+        cell.title = `shard ${s.idx} · ${s.state} · ${s.attempts} attempt${s.attempts === 1 ? "" : "s"}${s.providers.length ? " · " + s.providers.map(nameOf).join(", ") : ""}${s.error ? " · " + s.error : ""}`;
+      });
+      v.provs.replaceChildren(table([
+        { key: "name", label: "Provider", render: (p) => providerLink(p.id) },
+        { key: "accepted", label: "Accepted", num: true, render: (p) => nf.format(p.accepted) },
+        { key: "assignments", label: "Leases", num: true, render: (p) => nf.format(p.assignments) },
+        { key: "paid", label: "Paid", num: true, render: (p) => money(p.paid) },
+      ], d.providers, { empty: "No provider has taken a shard yet." }));
+      v.asg.replaceChildren(assignmentsTable(d.assignments.slice(0, 12), false));
+    };
+    return v;
+  }
+
+  function verificationView() {
+    const v = { nav: "verification", charts: {} };
+    v.mount = (root) => {
+      v.stats = h("div", { class: "grid stats" }); v.body = h("div");
+      root.append(h("div", { class: "page-head" }, h("h1", {}, "Verification"), h("div", { class: "sub" }, "Canaries, replicas, referee verdicts and slashes as they happen, each with its evidence: the digests compared and which party the referee sided with.")),
+        v.stats, card("Stream", v.body, { testid: "verification-stream" }));
+    };
+    v.load = async () => {
+      const [o, ev] = await Promise.all([api("/api/explorer/overview"), api("/api/explorer/verification?limit=100")]);
+      return { o, ev };
+    };
+    v.update = ({ o, ev }) => {
+      const vf = o.verification;
+      v.stats.replaceChildren(stat("Checks passed", nf.format(vf.checks_passed), "", vf.checks_passed ? "good" : ""), stat("Checks failed", nf.format(vf.checks_failed), "", vf.checks_failed ? "bad" : ""),
+        stat("Referee verdicts", nf.format(vf.verdicts)), stat("Slashes", nf.format(vf.slashes), "", vf.slashes ? "bad" : ""), stat("Overhead", `${num(vf.overhead * 100, 1)}%`, "verification leases per primary"));
+      v.body.replaceChildren(eventsTable(ev.events, "No verification event yet. When the network checks work (canaries, replicas, referee verdicts, slashes) each one appears here, live."));
+    };
+    return v;
+  }
+
+  function postingsCell(postings) {
+    const shown = postings.slice(0, 4).map(([a, d]) => h("div", {}, h("span", { class: "mono", title: a }, short(a, 22)), " ", h("span", { class: d >= 0 ? "pos" : "neg" }, `${d >= 0 ? "+" : ""}${money(d)}`)));
+    return h("div", {}, shown, postings.length > 4 ? h("div", { class: "muted" }, `+${postings.length - 4} more`) : null);
+  }
+
+  function ledgerView() {
+    const v = { nav: "ledger", charts: {} };
+    v.mount = (root) => {
+      v.cards = h("div", { class: "grid cols-3" }); v.body = h("div");
+      const input = h("input", { placeholder: "account id, fee, mint or escrow:job_…", "aria-label": "account" });
+      const form = h("form", { class: "search", onsubmit: (e) => { e.preventDefault(); if (input.value.trim()) location.hash = `#/ledger/account/${encodeURIComponent(input.value.trim())}`; } }, input, h("button", { class: "btn", type: "submit" }, "Look up"));
+      root.append(h("div", { class: "page-head" }, h("h1", {}, "Ledger"), h("div", { class: "sub" }, "The hash-chained journal: every movement of money is one balanced entry that anyone can replay.")),
+        v.cards, card("Account", form), h("div", { style: "height:16px" }), card("Latest journal entries", v.body, { testid: "journal" }));
+    };
+    v.load = async () => {
+      const d = await api("/api/explorer/ledger?limit=30");
+      if (!d.last_audit && !state.auditTried) { state.auditTried = true; d.last_audit = await api("/api/explorer/audit", { method: "POST" }); }
+      return d;
+    };
+    v.update = (d) => {
+      const a = d.last_audit;
+      const run = h("button", { class: "btn primary", type: "button", onclick: async (e) => { e.target.disabled = true; e.target.textContent = "Auditing…"; await api("/api/explorer/audit", { method: "POST" }).catch(() => {}); scheduleRefresh(); } }, "Run audit");
+      v.cards.replaceChildren(
+        card("Head", kv([["Entries", nf.format(d.head_seq)], ["Head hash", hashText(d.head_hash)], ["Supply", money(d.supply)]])),
+        card("Last audit", a ? h("div", { "data-testid": "audit" }, h("div", { style: "margin-bottom:8px" }, badge(a.result.ok ? "ok" : "bad", a.result.ok ? "chain and balances check out" : "audit FAILED")),
+          kv([["Ran", `${ago(a.at)} · ${num(a.seconds * 1000, 0)} ms`], ["Entries replayed", nf.format(a.result.entries)], ["Accounts", nf.format(a.result.accounts)]]),
+          a.result.problems.length ? h("ul", { class: "neg" }, a.result.problems.slice(0, 5).map((p) => h("li", {}, p))) : null) : h("div", { class: "empty" }, "No audit has run yet.")),
+        card("Replay it yourself", h("div", {}, h("p", { class: "muted", style: "margin-top:0" }, "The coordinator is not trusted: fetch the journal and check the chain, every balance and the supply on your own machine."), h("code", {}, "deai ledger audit"), h("div", { style: "margin-top:12px" }, run))));
+      v.body.replaceChildren(table([
+        { key: "seq", label: "#", num: true, render: (e) => nf.format(e.seq) },
+        { key: "ts", label: "Time", render: (e) => ago(e.ts_ms / 1000) },
+        { key: "kind", label: "Kind", render: (e) => h("span", { class: "kind" }, e.kind) },
+        { key: "postings", label: "Postings", render: (e) => postingsCell(e.postings) },
+        { key: "hash", label: "Hash", render: (e) => hashText(e.hash) },
+        { key: "prev", label: "Previous", render: (e) => hashText(e.prev_hash) },
+      ], d.entries, { empty: "The journal is empty." }));
+    };
+    return v;
+  }
+
+  function accountView(account) {
+    const v = { nav: "ledger", charts: {} };
+    v.mount = (root) => {
+      v.head = h("div", { class: "page-head" }, h("h1", {}, "Account"), h("div", { class: "sub mono" }, account));
+      v.cards = h("div", { class: "grid cols-3" }); v.body = h("div");
+      root.append(v.head, v.cards, card("History", v.body));
+    };
+    v.load = () => api(`/api/explorer/accounts/${encodeURIComponent(account)}?limit=100`);
+    v.update = (d) => {
+      v.cards.replaceChildren(...Object.entries(d.ledger_accounts).map(([k, amt]) => stat(k.split(":")[0], money(amt), short(k, 30))));
+      v.body.replaceChildren(table([
+        { key: "seq", label: "#", num: true, render: (e) => nf.format(e.seq) },
+        { key: "ts", label: "Time", render: (e) => ago(e.ts_ms / 1000) },
+        { key: "kind", label: "Kind", render: (e) => h("span", { class: "kind" }, e.kind) },
+        { key: "delta", label: "Change", num: true, render: (e) => h("span", { class: e.delta >= 0 ? "pos" : "neg" }, `${e.delta >= 0 ? "+" : ""}${money(e.delta)}`) },
+        { key: "hash", label: "Entry hash", render: (e) => hashText(e.hash) },
+      ], d.history, { empty: "No entry has touched this account." }));
+    };
+    return v;
+  }
+
+  // --- routing ---------------------------------------------------------------------------
+
+  const ROUTES = [
+    [/^#?\/?$/, overviewView], [/^#\/providers\/?$/, providersView], [/^#\/providers\/(.+)$/, providerView],
+    [/^#\/jobs\/?$/, jobsView], [/^#\/jobs\/(.+)$/, jobView], [/^#\/verification\/?$/, verificationView],
+    [/^#\/ledger\/?$/, ledgerView], [/^#\/ledger\/account\/(.+)$/, accountView],
+  ];
+
+  function route() {
+    const hash = location.hash || "#/";
+    let view = null;
+    for (const [re, make] of ROUTES) {
+      const m = re.exec(hash);
+      if (m) { view = make(...m.slice(1).map(decodeURIComponent)); break; }
+    }
+    if (!view) view = overviewView();
+    if (state.view) Object.values(state.view.charts).forEach((c) => c.destroy());
+    document.querySelectorAll("#nav a").forEach((a) => a.classList.toggle("active", a.dataset.nav === view.nav));
+    view.root = h("div", { "data-view": view.nav });
+    main.replaceChildren(view.root);
+    state.view = view;
+    view.mount(view.root);
+    window.scrollTo(0, 0);
+    scheduleRefresh();
+  }
+
+  document.getElementById("theme").addEventListener("click", () => {
+    const dark = getComputedStyle(document.documentElement).colorScheme !== "light";
+    const next = dark ? "light" : "dark";
+    document.documentElement.dataset.theme = next;
+    try { localStorage.setItem("deai-theme", next); } catch (e) { /* private mode */ }
+    route();
+  });
+
+  if (!HAS_CHARTS) {
+    const n = document.getElementById("notice");
+    n.hidden = false;
+    n.textContent = "Charts are off: the charting library is not installed on this coordinator (run `make explorer`). Every number below is still live.";
+  }
+
+  api("/api/providers").then((d) => { d.providers.forEach((p) => { state.names[p.id] = p.name; }); scheduleRefresh(); }).catch(() => {});
+  window.addEventListener("hashchange", route);
+  setInterval(() => { if (!document.hidden) scheduleRefresh(); }, 10000);
+  route();
+  connect();
+})();

@@ -1,0 +1,440 @@
+"""Run an untrusted program under bubblewrap with resource limits; never without it.
+
+    ok, why = sandbox.available()        # (False, "bwrap not found ...") on a bare host
+    res = sandbox.run(["/bin/sh", "-c", "sort in.txt > out/s.txt"], workdir,
+                      Limits(cpu_seconds=5, wall_seconds=10, memory_mb=256,
+                             file_size_mb=16, max_processes=32),
+                      stdout=logs / "stdout", stderr=logs / "stderr")
+    res.exit_code, res.signal, res.cpu_ms, res.limit, res.error
+
+What the program sees: a fresh root with ``/usr`` (and the ``/bin``, ``/lib``,
+``/lib64``, ``/sbin`` links or binds) and a few ``/etc`` files read-only, a new
+``/proc`` and ``/dev``, an empty tmpfs ``/tmp``, and ``workdir`` read-write at
+``/work`` (its current folder, and ``$HOME``). Nothing else of the host: not
+``/root``, ``/home``, ``$DEAI_HOME`` or the provider's keys. Every namespace is
+new (``--unshare-all``): no network but its own loopback, its own pids, no
+further user namespaces. It dies with the provider (``--die-with-parent``) and
+cannot reach the provider's terminal (``--new-session``).
+
+Identity: when the provider runs as root, the sandbox runs as an unprivileged
+uid of its own from a pool (``UID_BASE + n``), so RLIMIT_NPROC counts only its
+processes (root is exempt from RLIMIT_NPROC); ``workdir`` is handed to that
+uid. Otherwise it runs as the provider's uid in a user namespace.
+
+Limits, set with ``setrlimit`` just before ``bwrap`` starts and inherited by
+everything inside: RLIMIT_CPU (per process; SIGXCPU, then SIGKILL a second
+later), RLIMIT_AS (address space per process), RLIMIT_FSIZE (per file
+written, stdout and stderr included), RLIMIT_NPROC, RLIMIT_NOFILE and
+RLIMIT_CORE = 0. A watcher samples the sandbox's processes every
+``POLL_SECONDS``: it kills the whole sandbox when their CPU time *together*
+passes the CPU limit or the wall clock passes its limit, and records the
+peak process count. Killing the outer ``bwrap`` takes its pid-1 with it
+(``--die-with-parent``), and the kernel then kills every process of that pid
+namespace; ``run`` returns only once none is left. To count and reap those
+processes itself, the calling process makes itself a child subreaper
+(``PR_SET_CHILD_SUBREAPER``, once, process-wide): a sandbox's orphans are
+re-parented to it, and the watcher reaps the ones in the sandbox's namespace.
+
+Not covered (no cgroups here): total disk use of ``workdir`` (each file is
+capped, the number of files is not) and memory summed over processes.
+
+Which limit stopped a program is read from what the kernel and the program
+say: SIGXCPU/SIGXFSZ (also as exit status 128+N, as shells report a killed
+child), the watcher's own kills, the peak process count, and the usual
+messages of failed allocations and forks on stderr. A program that exits 0
+is fine unless the watcher killed it or one of its forks was refused (then
+part of it never ran: a "processes" error).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import functools
+import json
+import os
+import re
+import resource
+import shutil
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+POLL_SECONDS = 0.05
+PR_SET_CHILD_SUBREAPER = 36
+UID_BASE = 1_900_000
+UID_POOL = 64  # uids a process may use at once; each process gets its own block
+OPEN_FILES = 256
+REAP_SECONDS = 10.0
+TAIL = 4096
+SANDBOX_PATH = "/usr/local/bin:/usr/bin:/bin"
+ETC_FILES = ("/etc/alternatives", "/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d",
+             "/etc/localtime")
+
+_MEMORY = re.compile(r"MemoryError|Cannot allocate memory|out of memory|bad_alloc|"
+                     r"memory exhausted|failed to allocate", re.IGNORECASE)
+_FORK = re.compile(r"Cannot fork|can't fork|fork: retry|fork failed|"
+                   r"Resource temporarily unavailable", re.IGNORECASE)
+_FSIZE = re.compile(r"File too large|File size limit exceeded", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class Limits:
+    cpu_seconds: int
+    wall_seconds: int
+    memory_mb: int
+    file_size_mb: int
+    max_processes: int
+    open_files: int = OPEN_FILES
+
+
+@dataclass(frozen=True)
+class Result:
+    exit_code: int | None
+    """The program's exit status; None when it was killed by a signal."""
+    signal: str | None
+    cpu_ms: int
+    wall_ms: int
+    peak_processes: int
+    limit: str | None
+    """cpu, wall, memory, file_size or processes: the limit that stopped it, if one did."""
+    error: str | None
+    """None when the program exited 0; else what went wrong, naming the limit."""
+
+
+class SandboxUnavailable(RuntimeError):
+    """bubblewrap is missing or cannot build a sandbox here; the command is not run."""
+
+
+# --- availability ---------------------------------------------------------------------------
+
+@functools.lru_cache(maxsize=1)
+def available() -> tuple[bool, str]:
+    """Whether this host can run sandboxed commands, and why not (or which bwrap)."""
+    exe = shutil.which("bwrap")
+    if exe is None:
+        return False, "bwrap not found on PATH (install it: apt-get install -y bubblewrap)"
+    home = Path(os.environ.get("DEAI_HOME", ".deai")).resolve()
+    if home.is_relative_to("/usr") or home.is_relative_to("/etc"):
+        return False, f"DEAI_HOME {home} lies in a folder the sandbox exposes"
+    with tempfile.TemporaryDirectory(prefix="deai-sbx-probe-") as tmp:
+        work, logs = Path(tmp, "work"), Path(tmp)
+        os.chmod(tmp, 0o711)  # the sandbox's uid must reach work/, not list tmp
+        work.mkdir()
+        try:
+            res = run(["/bin/sh", "-c", "echo ok > probe"], work,
+                      Limits(cpu_seconds=5, wall_seconds=20, memory_mb=256, file_size_mb=1,
+                             max_processes=8), stdout=logs / "o", stderr=logs / "e")
+        except OSError as exc:
+            return False, f"bwrap cannot start: {exc}"
+        if res.exit_code != 0 or not (work / "probe").is_file():
+            why = (logs / "e").read_text(errors="replace").strip()[-300:]
+            return False, f"bwrap cannot build a sandbox here: {why or res.error}"
+    version = subprocess.run([exe, "--version"], capture_output=True, text=True,
+                             check=False).stdout.strip()
+    return True, version or exe
+
+
+# --- the sandbox ----------------------------------------------------------------------------
+
+def bwrap_args(workdir: Path, env: dict[str, str], argv: list[str], *,
+               info_fd: int | None = None) -> list[str]:
+    """The ``bwrap`` command line that runs ``argv`` with ``workdir`` at /work."""
+    args = ["bwrap", "--unshare-all", "--unshare-user", "--disable-userns", "--die-with-parent",
+            "--new-session", "--hostname", "sandbox", "--ro-bind", "/usr", "/usr"]
+    if info_fd is not None:
+        args += ["--info-fd", str(info_fd)]
+    for top in ("/bin", "/lib", "/lib64", "/sbin", "/lib32", "/libx32"):
+        p = Path(top)
+        if p.is_symlink():
+            args += ["--symlink", os.readlink(p), top]
+        elif p.is_dir():
+            args += ["--ro-bind", top, top]
+    for etc in ETC_FILES:
+        args += ["--ro-bind-try", etc, etc]
+    args += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp",
+             "--bind", str(workdir), "/work", "--chdir", "/work", "--clearenv"]
+    base = {"PATH": SANDBOX_PATH, "HOME": "/work", "TMPDIR": "/tmp", "LANG": "C.UTF-8"}
+    for k, v in {**base, **env}.items():
+        args += ["--setenv", k, v]
+    return [*args, "--", *argv]
+
+
+class _UidPool:
+    """Unprivileged uids for sandboxes of a root provider, one per running sandbox."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        # providers sharing a host should not share RLIMIT_NPROC counts
+        self.first = UID_BASE + (os.getpid() % 1024) * UID_POOL
+        self._free = list(range(self.first + UID_POOL - 1, self.first - 1, -1))
+
+    def take(self) -> int:
+        with self._lock:
+            if not self._free:
+                raise SandboxUnavailable(f"more than {UID_POOL} sandboxes at once")
+            return self._free.pop()
+
+    def give(self, uid: int) -> None:
+        with self._lock:
+            self._free.append(uid)
+
+
+_UIDS = _UidPool()
+
+
+def _own_processes() -> int:
+    uid, n = os.getuid(), 0
+    for d in Path("/proc").iterdir():
+        try:
+            if d.name.isdigit() and d.stat().st_uid == uid:
+                n += 1
+        except OSError:
+            continue
+    return n
+
+
+def _set_limits(limits: Limits, nproc: int) -> None:
+    """Runs in the child between fork and exec: no allocation-heavy work, no locks."""
+    mb = 1024 * 1024
+    resource.setrlimit(resource.RLIMIT_CPU, (limits.cpu_seconds, limits.cpu_seconds + 1))
+    resource.setrlimit(resource.RLIMIT_AS, (limits.memory_mb * mb, limits.memory_mb * mb))
+    resource.setrlimit(resource.RLIMIT_FSIZE,
+                       (limits.file_size_mb * mb, limits.file_size_mb * mb))
+    resource.setrlimit(resource.RLIMIT_NPROC, (nproc, nproc))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (limits.open_files, limits.open_files))
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+
+
+class _Watch:
+    """The processes of one sandbox's pid namespace: count and CPU time together.
+
+    CPU time is utime+stime+cutime+cstime summed over the namespace's processes
+    (zombies included, so a child's time is counted until its parent has
+    reaped it and it shows in the parent's cutime), plus the rusage of the
+    ones this process reaped itself as their subreaper.
+    """
+
+    def __init__(self, outer: int, info: int) -> None:
+        self.outer = outer
+        self._info = info  # read end of bwrap's --info-fd: {"child-pid": N}
+        self._buf = b""
+        self.ns: str | None = None
+        self.inner: int | None = None
+        self.cpu_ms = 0
+        self.peak = 0
+        self._reaped_ms = 0
+        self._tick = os.sysconf("SC_CLK_TCK")
+        self._me = os.getpid()
+
+    def _find_ns(self) -> None:
+        try:
+            while chunk := os.read(self._info, 4096):
+                self._buf += chunk
+        except BlockingIOError:
+            return  # bwrap has not written it yet
+        info = json.loads(self._buf or b"{}")
+        if "child-pid" in info:
+            self.inner = int(info["child-pid"])
+            self.ns = os.readlink(f"/proc/{self.inner}/ns/pid")
+        else:
+            self.ns = ""  # bwrap exited before starting the sandbox
+
+    def in_sandbox(self, pid: int) -> bool:
+        try:
+            return self.ns is not None and os.readlink(f"/proc/{pid}/ns/pid") == self.ns
+        except OSError:
+            return False
+
+    def sample(self) -> int:
+        """Refresh ``cpu_ms`` and ``peak``, reap zombies re-parented here; return how many
+        processes (zombies included) are left."""
+        if self.ns is None:
+            self._find_ns()
+            if self.ns is None:
+                return 0
+        n, ticks = 0, 0
+        for d in os.listdir("/proc"):
+            if not d.isdigit():
+                continue
+            try:
+                if os.readlink(f"/proc/{d}/ns/pid") != self.ns:
+                    continue
+                with open(f"/proc/{d}/stat", "rb") as f:
+                    stat = f.read()
+            except OSError:
+                continue
+            # after "comm)": state, ppid, ... ; utime..cstime are fields 14-17 of proc(5)
+            fields = stat[stat.rfind(b")") + 2:].split()
+            if fields[0] == b"Z" and int(fields[1]) == self._me and self._reap(int(d)):
+                continue
+            ticks += sum(int(x) for x in fields[11:15])
+            n += 1
+        self.cpu_ms = max(self.cpu_ms, ticks * 1000 // self._tick + self._reaped_ms)
+        self.peak = max(self.peak, n)  # zombies count: RLIMIT_NPROC counts them too
+        return n
+
+    def _reap(self, pid: int) -> bool:
+        try:
+            done, _, ru = os.wait4(pid, os.WNOHANG)
+        except ChildProcessError:
+            return False
+        if done:
+            self._reaped_ms += int((ru.ru_utime + ru.ru_stime) * 1000)
+        return bool(done)
+
+
+_SUBREAPER = threading.Lock()
+_subreaper_set = False
+
+
+def _become_subreaper() -> None:
+    """Orphans of a sandbox (its pid 1 killed, bwrap gone) are re-parented here, so
+    their CPU time is counted and they are reaped now rather than by init.
+    Linux-only, process-wide and idempotent."""
+    global _subreaper_set
+    with _SUBREAPER:
+        if not _subreaper_set:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+            _subreaper_set = True
+
+
+def run(argv: list[str], workdir: Path, limits: Limits, *, env: dict[str, str] | None = None,
+        stdout: Path, stderr: Path) -> Result:
+    """Run ``argv`` in a sandbox over ``workdir``; stdout and stderr go to the given files.
+
+    ``workdir``'s parent folders must be searchable (o+x) by the sandbox's uid.
+
+    Raises ``SandboxUnavailable`` if ``bwrap`` is missing; a program that fails or
+    breaks a limit is a ``Result`` with ``error`` set, not an exception.
+    """
+    if shutil.which("bwrap") is None:
+        raise SandboxUnavailable("bwrap not found on PATH; refusing to run unsandboxed")
+    root = os.getuid() == 0
+    uid = _UIDS.take() if root else None
+    try:
+        if uid is not None:
+            for d, _, files in os.walk(workdir):
+                os.chown(d, uid, uid)
+                for f in files:
+                    os.chown(os.path.join(d, f), uid, uid, follow_symlinks=False)
+        # the outer bwrap and the sandbox's pid 1 count against RLIMIT_NPROC too
+        nproc = limits.max_processes + 2 + (0 if root else _own_processes())
+        return _run(argv, workdir, limits, env or {}, stdout, stderr, uid, nproc)
+    finally:
+        if uid is not None:
+            _UIDS.give(uid)
+
+
+def _run(argv: list[str], workdir: Path, limits: Limits, env: dict[str, str], stdout: Path,
+         stderr: Path, uid: int | None, nproc: int) -> Result:
+    _become_subreaper()
+    info_r, info_w = os.pipe()
+    os.set_blocking(info_r, False)
+    cmd = bwrap_args(workdir, env, argv, info_fd=info_w)
+    t0 = time.monotonic()
+    with open(stdout, "wb") as out, open(stderr, "wb") as err:
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+                                close_fds=True, start_new_session=True,
+                                pass_fds=(info_w,), user=uid, group=uid,
+                                extra_groups=None if uid is None else [],
+                                preexec_fn=lambda: _set_limits(limits, nproc))
+    os.close(info_w)
+    try:
+        return _watch(proc, _Watch(proc.pid, info_r), limits, t0, stderr)
+    finally:
+        os.close(info_r)
+
+
+def _watch(proc: subprocess.Popen[bytes], watch: _Watch, limits: Limits, t0: float,
+           stderr: Path) -> Result:
+    killed: str | None = None
+    status, usage = 0, None
+    pause = POLL_SECONDS / 16  # short commands should not wait a whole poll
+    while True:
+        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+        if pid:
+            break
+        watch.sample()
+        if killed is None:
+            if time.monotonic() - t0 > limits.wall_seconds:
+                killed = "wall"
+            elif watch.cpu_ms > limits.cpu_seconds * 1000:
+                killed = "cpu"
+            if killed:
+                _kill(watch.inner, proc.pid)
+        time.sleep(pause)
+        pause = min(POLL_SECONDS, pause * 2)
+    proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here, not by Popen
+    wall_ms = int((time.monotonic() - t0) * 1000)
+    if watch.inner is not None and watch.in_sandbox(watch.inner):
+        _kill(watch.inner)  # leftovers (daemonised children) go with their pid 1
+    end = time.monotonic() + REAP_SECONDS  # until every process is gone and reaped
+    while watch.sample() and time.monotonic() < end:
+        time.sleep(POLL_SECONDS / 5)
+    assert usage is not None
+    cpu_ms = max(watch.cpu_ms, int((usage.ru_utime + usage.ru_stime) * 1000))
+    return classify(proc.returncode, killed, cpu_ms, wall_ms, watch.peak, limits,
+                    _tail(stderr))
+
+
+def _kill(*pids: int | None) -> None:
+    for pid in pids:
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def _tail(path: Path) -> str:
+    with open(path, "rb") as f:
+        f.seek(max(0, f.seek(0, os.SEEK_END) - TAIL))
+        return f.read().decode("utf-8", errors="replace")
+
+
+def _signal_name(n: int) -> str:
+    try:
+        return signal.Signals(n).name
+    except ValueError:
+        return f"signal {n}"
+
+
+def classify(returncode: int, killed: str | None, cpu_ms: int, wall_ms: int, peak: int,
+             limits: Limits, stderr_tail: str) -> Result:
+    """Turn how the sandbox ended into an exit status, a signal and the limit it broke."""
+    code: int | None = returncode
+    sig: int | None = None
+    if returncode < 0:  # the outer bwrap itself was killed (by the watcher)
+        code, sig = None, -returncode
+    elif returncode > 128 and returncode - 128 < signal.NSIG:
+        sig = returncode - 128  # bwrap and shells report a child killed by N as 128+N
+    name = _signal_name(sig) if sig is not None else None
+    # A refused fork is an error even when the program exits 0: part of it never ran.
+    # The peak (pid 1 is bwrap's) is sampled, so a fast fork bomb shows only on stderr.
+    capped = peak - 1 >= limits.max_processes or bool(_FORK.search(stderr_tail))
+    if returncode == 0 and killed is None and not capped:
+        return Result(0, None, cpu_ms, wall_ms, peak, None, None)
+    found: list[tuple[str, str]] = []
+    if capped:
+        found.append(("processes", f"process limit reached ({limits.max_processes} "
+                                   "processes)"))
+    if returncode != 0 and _MEMORY.search(stderr_tail):
+        found.append(("memory", f"memory limit reached ({limits.memory_mb} MB of address "
+                                "space per process)"))
+    if sig == signal.SIGXFSZ or (returncode != 0 and _FSIZE.search(stderr_tail)):
+        found.append(("file_size", f"file-size limit exceeded ({limits.file_size_mb} MB "
+                                   "per file)"))
+    if killed == "cpu" or sig == signal.SIGXCPU or (
+            sig == signal.SIGKILL and cpu_ms >= limits.cpu_seconds * 1000):
+        found.append(("cpu", f"CPU-time limit exceeded ({limits.cpu_seconds} s)"))
+    if killed == "wall":
+        found.append(("wall", f"wall-clock limit exceeded ({limits.wall_seconds} s)"
+                              ))
+    how = f"killed by {name}" if code is None or sig is not None else f"exited with {code}"
+    error = "; ".join(m for _, m in found) + f" ({how})" if found else f"command {how}"
+    return Result(code, name, cpu_ms, wall_ms, peak,
+                  found[0][0] if found else None, error)

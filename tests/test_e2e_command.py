@@ -1,0 +1,107 @@
+"""Sandboxed commands end to end: a real coordinator and a real provider process.
+
+One job carries every escape attempt (the provider's key file, a socket, a
+fork bomb, memory, file size, CPU and wall-clock limits); each is contained
+and comes back as that command's error naming the limit, the provider is paid
+for the CPU time it metered, and it goes on to run a good job afterwards.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from deai.core.kinds import command as cmd
+from deai.provider import sandbox
+from tests.netutil import Network
+from tests.test_e2e import check_books
+
+pytestmark = pytest.mark.slow
+SPEC = {"kind": "command", "model": "bwrap-sandbox", "max_price": 500, "deadline": 600,
+        "cpu_seconds": 1, "wall_seconds": 6, "memory_mb": 128, "file_size_mb": 1,
+        "max_processes": 16}
+
+
+@pytest.fixture
+def net(tmp_path: Path) -> Iterator[Network]:
+    ok, why = sandbox.available()
+    if not ok:
+        pytest.fail(f"bubblewrap is required: {why}; `make test` installs it")
+    # Checking results (replicas, canaries) is the verifier's; its tests cover it.
+    n = Network(tmp_path, heartbeat_timeout=4.0, lease_ttl=60.0, challenge_window=1.0,
+                extra=("--no-verify",))
+    n.start_coordinator()
+    try:
+        yield n
+    finally:
+        n.close()
+
+
+def jsonl(*objs: dict[str, Any]) -> bytes:
+    return b"".join(json.dumps(o).encode() + b"\n" for o in objs)
+
+
+def results(net: Network, job_id: str, c: Any) -> dict[str, dict[str, Any]]:
+    assert net.wait_job(c, job_id) == "completed", net.logs()
+    return {o["custom_id"]: o for o in map(json.loads, c.results(job_id).splitlines())}
+
+
+def test_escapes_are_contained_and_the_provider_keeps_working(net: Network) -> None:
+    net.start_provider("sandboxer", 400, "--models", "bwrap-sandbox")
+    net.wait_providers(1)
+    key = Path(net.env["DEAI_HOME"]) / "keys" / "sandboxer.key"
+    assert key.is_file()
+    c = net.client("client")
+    c.faucet(1_000_000_000)
+    py = "/usr/bin/python3"
+    bad = jsonl(
+        {"custom_id": "key", "script": f"cat {key} || echo hidden"},
+        {"custom_id": "socket", "argv": [py, "-c", "import socket; socket.create_connection("
+                                          "('127.0.0.1', 1), timeout=1)"]},
+        {"custom_id": "forkbomb", "script": "f(){ f | f & }; f; wait"},
+        {"custom_id": "memory", "argv": [py, "-c", "x = bytearray(400 * 2**20)"]},
+        {"custom_id": "filesize", "script": "head -c 3000000 /dev/zero > out/big"},
+        {"custom_id": "cpu", "script": "while :; do :; done"},
+        {"custom_id": "wall", "script": "sleep 60"},
+    )
+    job = c.submit_job(SPEC, c.upload(bad).digest)
+    assert job.units == 7 * 1000  # CPU-milliseconds escrowed: cpu_seconds per command
+    out = results(net, job.id, c)
+    assert out["key"]["status"] == "ok" and out["key"]["stdout_tail"] == "hidden\n"
+    assert key.read_text().strip() not in json.dumps(out)
+    assert out["socket"]["status"] == "error" and out["socket"]["limit"] is None
+    assert "Connection refused" in out["socket"]["stderr_tail"] \
+        or "unreachable" in out["socket"]["stderr_tail"]
+    limits = {k: (o["limit"], o["error"]) for k, o in out.items() if o["limit"]}
+    assert limits == {
+        "forkbomb": ("processes", limits["forkbomb"][1]),
+        "memory": ("memory", limits["memory"][1]),
+        "filesize": ("file_size", limits["filesize"][1]),
+        "cpu": ("cpu", limits["cpu"][1]),
+        "wall": ("wall", limits["wall"][1]),
+    }
+    assert "process limit reached (16 processes)" in limits["forkbomb"][1]
+    assert "memory limit reached (128 MB" in limits["memory"][1]
+    assert "file-size limit exceeded (1 MB" in limits["filesize"][1]
+    assert "CPU-time limit exceeded (1 s)" in limits["cpu"][1]
+    assert "wall-clock limit exceeded (6 s)" in limits["wall"][1]
+    final = c.job(job.id)
+    assert 0 < final.cost <= final.escrow
+    check_books(c, job.id)
+
+    # the same provider, still up, runs a good job after all of that
+    assert net.providers["sandboxer"].alive()
+    good = jsonl({"custom_id": "sort", "script": "sort words > out/sorted && echo sorted",
+                  "files": {"words": {"text": "pear\napple\nfig\n"}}})
+    job2 = c.submit_job(SPEC, c.upload(good).digest)
+    res = results(net, job2.id, c)["sort"]
+    assert res["status"] == "ok" and res["stdout_tail"] == "sorted\n", res
+    [f] = res["files"]
+    assert (f["path"], base64.b64decode(f["base64"])) == ("sorted", b"apple\nfig\npear\n")
+    assert res["manifest_sha256"] == cmd.manifest_sha256(res["files"])
+    check_books(c, job2.id)

@@ -1,0 +1,97 @@
+"""Cheaters against real processes: a devnet of honest providers plus one with a
+faulty executor. Every cheat is caught by a replica, confirmed by a referee and
+slashed; clients get correct results; honest providers are never slashed; the
+ledger audits.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+
+from deai.client import keys
+from deai.client.sdk import Client
+from deai.core import ledger
+from deai.workloads import embeddings
+from tests.netutil import Network
+from tests.test_e2e import check_books, journal, sample
+
+pytestmark = pytest.mark.slow
+SPEC = {"kind": "embeddings", "model": "all-MiniLM-L6-v2", "max_price": 2000, "deadline": 900,
+        "shard_size": 5}
+
+
+@pytest.fixture(scope="module")
+def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Network]:
+    """Three honest providers shared by every case; each case brings its own cheater."""
+    n = Network(tmp_path_factory.mktemp("verify"), heartbeat_timeout=4.0,
+                challenge_window=60.0, extra=("--verify-timeout", "30"))
+    n.start_coordinator()
+    try:
+        for i, price in enumerate((900, 950, 1000), start=1):
+            n.start_provider(f"honest-{i}", price)
+        n.wait_providers(3)
+        yield n
+    finally:
+        n.close()
+
+
+def honest_vectors(data: bytes) -> dict[str, np.ndarray]:
+    shard = b"".join(json.dumps({"custom_id": json.loads(x)["custom_id"],
+                                 "input": [json.loads(x)["body"]["input"]]}).encode() + b"\n"
+                     for x in data.splitlines())
+    out, _ = embeddings.WORKLOAD.run("all-MiniLM-L6-v2", shard)
+    return {o["custom_id"]: np.array(o["embeddings"][0]) for o in map(json.loads,
+                                                                      out.splitlines())}
+
+
+@pytest.mark.parametrize("mode", ["wrong", "lazy", "sloppy", "truncate", "sometimes:0.5",
+                                  "turncoat:2"])
+def test_cheater_is_caught_and_slashed_and_clients_get_correct_results(
+        net: Network, mode: str) -> None:
+    name = "cheater-" + mode.replace(":", "-").replace(".", "")
+    proc = net.start_provider(name, 500, env={"DEAI_PROVIDER_CHEAT": mode})
+    cheater = keys.load(name).id
+    end = time.time() + 120
+    while not any(p.id == cheater and p.online and p.stake > 0
+                  for p in net.client().providers()):
+        assert proc.alive() and time.time() < end, proc.tail()
+        time.sleep(0.5)
+    honest = {keys.load(f"honest-{i}").id for i in (1, 2, 3)}
+    c = net.client("client")
+    c.faucet(1_000_000_000)
+    stake_before = {p.id: p.stake for p in c.providers()}
+    data = sample(40)
+    job = c.submit_job(SPEC, c.upload(data).digest)
+    assert net.wait_job(c, job.id, timeout=300) == "completed", net.logs()
+    proc.stop()
+
+    want = honest_vectors(data)
+    for line in map(json.loads, c.results(job.id).splitlines()):
+        got = np.array(line["response"]["body"]["data"][0]["embedding"])
+        assert float(got @ want[line["custom_id"]]) > 0.999, (mode, line["custom_id"])
+
+    entries = journal(c)
+    slashes = [e for e in entries if e.kind == "slash"]
+    verdicts = [e for e in entries if e.kind == "verdict" and cheater in
+                (e.body["subject"], e.body["checker"])]
+    assert {e.body["provider"] for e in slashes} <= {
+        keys.load(k).id for k in net.providers if k.startswith("cheater")}, net.logs()
+    assert cheater in {e.body["provider"] for e in slashes}, net.logs()
+    assert verdicts and all(e.body["fault"] != "none" for e in verdicts)
+    for e in verdicts:  # evidence: who, what each returned, whom the referee sided with
+        assert {"subject", "checker", "referee", "subject_output", "referee_output",
+                "fault"} <= set(e.body)
+    after = {p.id: p for p in c.providers()}
+    assert after[cheater].stake < stake_before[cheater]
+    for pid in honest:
+        assert after[pid].stake == stake_before[pid]
+    rep = Client(net.url).provider(cheater).reputation
+    assert rep < min(after[pid].reputation for pid in honest)
+    check_books(c, job.id)
+    rep_audit = ledger.audit(entries, c.all_balances())
+    assert rep_audit.ok, rep_audit.problems
