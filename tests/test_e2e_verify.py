@@ -17,10 +17,13 @@ from deai.client import keys
 from deai.client.sdk import Client
 from deai.core import ledger
 from deai.workloads import embeddings
-from tests.netutil import Network
+from tests.netutil import Network, Proc
 from tests.test_e2e import check_books, journal, sample
 
 pytestmark = pytest.mark.slow
+BOTH = "all-MiniLM-L6-v2,SmolLM2-135M-Instruct"
+CHAT = {"kind": "chat", "model": "SmolLM2-135M-Instruct", "max_price": 5000, "deadline": 900,
+        "shard_size": 1}
 SPEC = {"kind": "embeddings", "model": "all-MiniLM-L6-v2", "max_price": 2000, "deadline": 900,
         "shard_size": 5}
 
@@ -33,11 +36,22 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Network]:
     n.start_coordinator()
     try:
         for i, price in enumerate((900, 950, 1000), start=1):
-            n.start_provider(f"honest-{i}", price)
+            n.start_provider(f"honest-{i}", price, "--models", BOTH)
         n.wait_providers(3)
         yield n
     finally:
         n.close()
+
+
+def start_cheater(net: Network, name: str, mode: str, models: str) -> Proc:
+    proc = net.start_provider(name, 500, "--models", models,
+                              env={"DEAI_PROVIDER_CHEAT": mode})
+    pid = keys.load(name).id
+    end = time.time() + 180
+    while not any(p.id == pid and p.online and p.stake > 0 for p in net.client().providers()):
+        assert proc.alive() and time.time() < end, proc.tail()
+        time.sleep(0.5)
+    return proc
 
 
 def honest_vectors(data: bytes) -> dict[str, np.ndarray]:
@@ -54,13 +68,8 @@ def honest_vectors(data: bytes) -> dict[str, np.ndarray]:
 def test_cheater_is_caught_and_slashed_and_clients_get_correct_results(
         net: Network, mode: str) -> None:
     name = "cheater-" + mode.replace(":", "-").replace(".", "")
-    proc = net.start_provider(name, 500, env={"DEAI_PROVIDER_CHEAT": mode})
+    proc = start_cheater(net, name, mode, "all-MiniLM-L6-v2")
     cheater = keys.load(name).id
-    end = time.time() + 120
-    while not any(p.id == cheater and p.online and p.stake > 0
-                  for p in net.client().providers()):
-        assert proc.alive() and time.time() < end, proc.tail()
-        time.sleep(0.5)
     honest = {keys.load(f"honest-{i}").id for i in (1, 2, 3)}
     c = net.client("client")
     c.faucet(1_000_000_000)
@@ -95,3 +104,37 @@ def test_cheater_is_caught_and_slashed_and_clients_get_correct_results(
     check_books(c, job.id)
     rep_audit = ledger.audit(entries, c.all_balances())
     assert rep_audit.ok, rep_audit.problems
+
+
+@pytest.mark.parametrize("mode", ["wrong", "truncate"])
+def test_chat_cheater_is_caught_by_one_pass_rescoring(net: Network, mode: str) -> None:
+    """Claimed tokens that are not the model's greedy choice fail the teacher-forced
+    check, a referee confirms, the cheater is slashed; the client gets greedy text."""
+    name = f"chat-cheater-{mode}"
+    proc = start_cheater(net, name, mode, "SmolLM2-135M-Instruct")
+    cheater = keys.load(name).id
+    c = net.client("client")
+    c.faucet(1_000_000_000)
+    prompts = ["Name a colour.", "What is 2 + 2?", "Say hello.", "Name a fruit."]
+    data = b"".join(json.dumps({
+        "custom_id": f"q{i}", "url": "/v1/chat/completions",
+        "body": {"model": "SmolLM2-135M-Instruct", "max_tokens": 8, "temperature": 0,
+                 "messages": [{"role": "user", "content": p}]}}).encode() + b"\n"
+        for i, p in enumerate(prompts))
+    job = c.submit_job(CHAT, c.upload(data).digest)
+    assert net.wait_job(c, job.id, timeout=300) == "completed", net.logs()
+    proc.stop()
+    from deai.workloads import chat
+
+    shard = b"".join(json.dumps({"custom_id": f"q{i}", "messages": [
+        {"role": "user", "content": p}], "max_tokens": 8, "temperature": 0.0, "top_p": 1.0,
+        "seed": 0}).encode() + b"\n" for i, p in enumerate(prompts))
+    want = {o["custom_id"]: o["text"] for o in map(
+        json.loads, chat.complete("SmolLM2-135M-Instruct", shard)[0].splitlines())}
+    for line in map(json.loads, c.results(job.id).splitlines()):
+        got = line["response"]["body"]["choices"][0]["message"]["content"]
+        assert got == want[line["custom_id"]], (mode, line["custom_id"])
+    slashed = {e.body["provider"] for e in journal(c) if e.kind == "slash"}
+    assert cheater in slashed, net.logs()
+    assert not slashed & {keys.load(f"honest-{i}").id for i in (1, 2, 3)}
+    check_books(c, job.id)

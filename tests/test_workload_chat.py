@@ -66,6 +66,7 @@ def test_greedy_output_is_well_formed_and_metered(greedy: tuple[bytes, int]) -> 
     assert "Paris" in out[0]["text"] and out[0]["finish_reason"] == "stop"
     assert out[0]["token_ids"][-1] in chat._loaded(MODEL).stop_ids
     assert out[1]["finish_reason"] == "length" and out[1]["completion_tokens"] == 4
+    assert all(chat.text_of(MODEL, x["token_ids"]) == x["text"] for x in out)
 
 
 def test_greedy_is_deterministic(greedy: tuple[bytes, int]) -> None:

@@ -59,7 +59,7 @@ from deai.core.errors import (
     NotFound,
 )
 from deai.provider import benchmark, hardware, sandbox
-from deai.provider.cheats import Cheat
+from deai.provider.cheats import Cheat, units_of
 from deai.workloads.base import TaskContext
 
 log = logging.getLogger("deai.provider")
@@ -269,7 +269,8 @@ class ProviderAgent:
             blob = cheat.shard(a.workload, blob)
         output, units = workloads.get(a.workload).run(a.model, blob, self._context(a))
         if cheat is not None:
-            output = cheat.output(a.workload, output)
+            output = cheat.output(a.workload, output, a.model)
+            units = units_of(a.workload, output, units)
             log.warning("task %s: returned a tampered result (cheat mode %s)", a.id, cheat.mode)
         seconds = time.monotonic() - t0
         if self._is_dropped(a.id):

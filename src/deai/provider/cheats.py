@@ -66,8 +66,10 @@ class Cheat:
             out.append(batch.dumps(line))
         return b"".join(out)
 
-    def output(self, workload: str, output: bytes) -> bytes:
+    def output(self, workload: str, output: bytes, model: str = "") -> bytes:
         """Output tampering (``wrong``, ``sloppy``, ``truncate``)."""
+        if workload == "chat" and self.mode in ("wrong", "truncate"):
+            return self._chat(output, model)
         if workload != "embeddings" or self.mode == "lazy":
             return output
         lines = []
@@ -82,3 +84,34 @@ class Cheat:
             line["embeddings"] = vecs
             lines.append(json.dumps(line, separators=(",", ":")).encode() + b"\n")
         return b"".join(lines)
+
+    def _chat(self, output: bytes, model: str) -> bytes:
+        """Claim tokens the model did not choose (``wrong``) or stop early (``truncate``),
+        with text and usage made consistent so that only a real check can tell."""
+        from deai.workloads import chat
+
+        lines = []
+        for _, line in batch.jsonl(output, "output"):
+            if "completion_tokens" not in line:  # a check we were asked to run
+                if isinstance(line.get("margins"), list):  # rubber-stamp every claim
+                    line["margins"] = [0.0] * len(line["margins"])
+                lines.append(json.dumps(line, separators=(",", ":")).encode() + b"\n")
+                continue
+            ids = list(line["token_ids"])
+            if self.mode == "wrong":
+                ids = [(t + 1 + self._rng.randrange(100)) % 49_000 for t in ids]
+            else:
+                ids = ids[: max(1, len(ids) // 2)]
+                line["finish_reason"] = "length"
+            line["token_ids"], line["completion_tokens"] = ids, len(ids)
+            line["text"] = chat.text_of(model, ids)
+            lines.append(json.dumps(line, separators=(",", ":")).encode() + b"\n")
+        return b"".join(lines)
+
+
+def units_of(workload: str, output: bytes, units: int) -> int:
+    """Billable units of a tampered output: chat bills the tokens it claims."""
+    if workload != "chat" or b'"completion_tokens"' not in output:
+        return units
+    return sum(int(line["prompt_tokens"]) + int(line["completion_tokens"])
+               for _, line in batch.jsonl(output, "output"))

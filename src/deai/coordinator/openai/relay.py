@@ -40,16 +40,16 @@ class ProgressOut(wire.Out):
 class Relay:
     def __init__(self) -> None:
         self._streams: dict[str, asyncio.Queue[Event]] = {}
-        self._routes: dict[str, tuple[str, str] | None] = {}  # assignment -> (task, provider)
+        self.routes: dict[str, tuple[str, str] | None] = {}  # assignment -> (task, provider)
 
     def open(self, task_id: str) -> asyncio.Queue[Event]:
         return self._streams.setdefault(task_id, asyncio.Queue())
 
     def close(self, task_id: str) -> None:
         self._streams.pop(task_id, None)
-        for a, route in list(self._routes.items()):
+        for a, route in list(self.routes.items()):
             if route is None or route[0] == task_id:
-                self._routes.pop(a, None)
+                self.routes.pop(a, None)
 
     def streaming(self) -> bool:
         return bool(self._streams)
@@ -87,9 +87,9 @@ async def progress(assignment_id: str, body: ProgressIn,
                    relay: Annotated[Relay, Depends(relay_of)]) -> ProgressOut:
     if not relay.streaming():
         return ProgressOut(listening=False)
-    if assignment_id not in relay._routes:
-        relay._routes[assignment_id] = await run_in_threadpool(_route, c, assignment_id)
-    route = relay._routes[assignment_id]
+    if assignment_id not in relay.routes:
+        relay.routes[assignment_id] = await run_in_threadpool(_route, c, assignment_id)
+    route = relay.routes[assignment_id]
     if route is None or route[1] != me:
         return ProgressOut(listening=False)
     return ProgressOut(listening=relay.push(route[0], body.events))

@@ -51,13 +51,17 @@ from pydantic import Field
 
 from deai.core import batch, catalog
 from deai.core.errors import InvalidInput
-from deai.core.kinds.base import Kind, Shard, SpecBase
+from deai.core.kinds.base import Comparison, Kind, Shard, SpecBase
 
 URL = "/v1/chat/completions"
 ROLES = ("system", "user", "assistant")
 MAX_MESSAGES = 256
 MAX_PROMPT_BYTES = 16_384
 MAX_TOKENS = 2048
+# Logit margin below the top token within which a claimed token still counts as the
+# greedy choice: an incremental decode and a teacher-forced pass round differently.
+# Honest runs on one machine measure exactly 0; a different token is typically > 0.5.
+GREEDY_TOLERANCE = 1e-2
 DEFAULT_MAX_TOKENS = 128
 MESSAGE_OVERHEAD = 16
 PROMPT_OVERHEAD = 64
@@ -304,6 +308,105 @@ class ChatKind(Kind):
     def meter(self, spec: SpecBase, shard_input: bytes, output: bytes) -> int:
         return sum(int(x["prompt_tokens"]) + int(x["completion_tokens"])
                    for x in check_output(shard_input, output))
+
+    # --- verification: a check costs one forward pass, not a regeneration -----------------
+
+    def compare(self, spec: SpecBase, shard: bytes, a: bytes, b: bytes) -> Comparison:
+        """Two completions of one shard agree when every line has the same tokens."""
+        try:
+            la, lb = check_output(shard, a), check_output(shard, b)
+        except InvalidInput as exc:
+            return Comparison(False, 1.0, f"malformed output: {exc.message}")
+        for n, (x, y) in enumerate(zip(la, lb, strict=True), start=1):
+            if x["token_ids"] != y["token_ids"]:
+                return Comparison(False, 1.0, f"line {n}: different tokens")
+        return Comparison(True, 0.0, "same tokens on every line")
+
+    def check_payload(self, spec: SpecBase, shard: bytes, claimed: bytes) -> bytes | None:
+        """Each line's request with the claimed tokens, for the checker to re-score."""
+        reqs = [obj for _, obj in batch.jsonl(shard, "shard")]
+        try:
+            outs = check_output(shard, claimed)
+        except InvalidInput:
+            return None  # malformed claims never get this far; re-execute to be safe
+        return b"".join(batch.dumps({"check": True, **r, "token_ids": o["token_ids"]})
+                        for r, o in zip(reqs, outs, strict=True))
+
+    def check(self, spec: SpecBase, shard: bytes, claimed: bytes,
+              check_output_: bytes) -> Comparison:
+        """Greedy lines: every claimed token within ``GREEDY_TOLERANCE`` of the top logit.
+        Sampled lines: the seeded re-generation gives the same tokens. Every line: the
+        claimed text is what the claimed tokens decode to."""
+        try:
+            outs = check_output(shard, claimed)
+            checks = [obj for _, obj in batch.jsonl(check_output_, "output")]
+        except InvalidInput as exc:
+            return Comparison(False, 1.0, f"malformed: {exc.message}")
+        if len(checks) != len(outs):
+            return Comparison(False, 1.0, "the check has the wrong number of lines")
+        limits = [int(obj["max_tokens"]) for _, obj in batch.jsonl(shard, "shard")]
+        worst = 0.0
+        for n, (o, chk, limit) in enumerate(zip(outs, checks, limits, strict=True), start=1):
+            room = chk.get("room") if isinstance(chk, dict) else None
+            if isinstance(room, int) and not isinstance(room, bool):
+                limit = min(limit, room)  # the model's context may end a completion first
+            if o["finish_reason"] == "length" and len(o["token_ids"]) < limit:
+                # Every claimed token may be greedy, yet the completion stopped early.
+                return Comparison(False, 1.0, f"line {n}: cut off at {len(o['token_ids'])} of "
+                                              f"{limit} tokens without a stop token")
+            if not isinstance(chk, dict) or chk.get("custom_id") != o["custom_id"]:
+                return Comparison(False, 1.0, f"line {n}: the check is for another line")
+            if chk.get("text") != o["text"]:
+                return Comparison(False, 1.0, f"line {n}: text does not match its tokens")
+            margins = chk.get("margins")
+            if isinstance(margins, list):
+                if len(margins) != len(o["token_ids"]) or not all(
+                        isinstance(m, (int, float)) for m in margins):
+                    return Comparison(False, 1.0, f"line {n}: malformed margins")
+                worst = max([worst, *(float(m) for m in margins)])
+                if not greedy_ok([float(m) for m in margins], GREEDY_TOLERANCE):
+                    return Comparison(False, worst, f"line {n}: a token is not the greedy "
+                                                    f"choice (margin {worst:.3g})")
+            elif chk.get("token_ids") != o["token_ids"]:
+                return Comparison(False, 1.0, f"line {n}: seeded sampling gives other tokens")
+        return Comparison(True, worst, f"max greedy margin {worst:.3g} "
+                                       f"(tolerance {GREEDY_TOLERANCE:g})")
+
+    def compare_checks(self, spec: SpecBase, payload: bytes, a: bytes, b: bytes
+                       ) -> Comparison:
+        """Two checkers of the same claims agree on texts, tokens and (within tolerance)
+        margins."""
+        la = [obj for _, obj in batch.jsonl(a, "output")]
+        lb = [obj for _, obj in batch.jsonl(b, "output")]
+        if len(la) != len(lb):
+            return Comparison(False, 1.0, "checks differ in length")
+        for n, (x, y) in enumerate(zip(la, lb, strict=True), start=1):
+            if any(x.get(k) != y.get(k) for k in ("text", "token_ids", "room")):
+                return Comparison(False, 1.0, f"line {n}: checks disagree")
+            mx, my = x.get("margins") or [], y.get("margins") or []
+            if len(mx) != len(my) or any(abs(float(p) - float(q)) > GREEDY_TOLERANCE
+                                         for p, q in zip(mx, my, strict=True)):
+                return Comparison(False, 1.0, f"line {n}: margins disagree")
+        return Comparison(True, 0.0, "checks agree")
+
+    def meter_check(self, spec: SpecBase, payload: bytes, output: bytes) -> int:
+        """A check bills the prompt plus the tokens it re-scored or re-generated."""
+        reqs = [obj for _, obj in batch.jsonl(payload, "shard")]
+        checks = [obj for _, obj in batch.jsonl(output, "output")]
+        if len(reqs) != len(checks):
+            raise InvalidInput("the check needs one line per claimed line", field="output")
+        units = 0
+        for r, chk in zip(reqs, checks, strict=True):
+            if not isinstance(chk, dict) or chk.get("custom_id") != r["custom_id"]:
+                raise InvalidInput("check lines must follow the payload", field="output")
+            prompt = chk.get("prompt_tokens")
+            if not isinstance(prompt, int) or isinstance(prompt, bool) or prompt < 0:
+                raise InvalidInput("prompt_tokens must be a non-negative integer",
+                                   field="output")
+            regenerated = chk.get("token_ids")
+            done: list[Any] = regenerated if isinstance(regenerated, list) else r["token_ids"]
+            units += prompt + len(done)
+        return units
 
     def assemble(self, job_id: str, spec: SpecBase, outputs: list[bytes]) -> bytes:
         model = self.model(spec).name
