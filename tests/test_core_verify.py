@@ -127,12 +127,12 @@ def test_the_stake_matching_demands_makes_every_cheat_a_losing_bet(value: int) -
 
 
 def test_default_stake_covers_default_sized_tasks() -> None:
-    """At the default 10 DEAI bond a provider may take tasks worth up to ~0.26 DEAI,
-    e.g. 64 inputs at 4 DEAI per 1,000, and cheating on any of them loses money."""
+    """At the default 10 DEAI bond a provider may take tasks worth up to ~0.25 DEAI,
+    e.g. 64 inputs at 3.5 DEAI per 1,000, and cheating on any of them loses money."""
     from deai.coordinator.settings import Settings
 
     p = policy.check_probability(Reputation(cv=10_000), DEFAULT)
-    value = 64 * 4_000_000 // 1000
+    value = 64 * 3_500_000 // 1000
     assert market.stake_for(value, DEFAULT.slash_fraction, p) <= Settings().min_stake
     assert math.isinf(economics.minimum_stake(value, 0.0))
 

@@ -61,7 +61,9 @@ def check_results(c: Client, job_id: str, data: bytes) -> None:
 @pytest.fixture(params=["sqlite", "postgres"])
 def net(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Network]:
     url = "" if request.param == "sqlite" else request.getfixturevalue("fresh_pg_url")
-    n = Network(tmp_path, url, heartbeat_timeout=4.0, lease_ttl=60.0, challenge_window=1.0)
+    # Fault tolerance, not verification, is under test here: see test_e2e_verify.py.
+    n = Network(tmp_path, url, heartbeat_timeout=4.0, lease_ttl=60.0, challenge_window=1.0,
+                verify=False)
     n.start_coordinator()
     try:
         yield n

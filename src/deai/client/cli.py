@@ -563,14 +563,20 @@ def market_quote(spec_file: Annotated[Path, typer.Argument(metavar="SPEC.yaml")]
 # --- demo ----------------------------------------------------------------------------------
 
 @command(app, "demo")
-def demo(providers: Annotated[int, typer.Option(min=1)] = 3,
+def demo(providers: Annotated[int, typer.Option(min=1)] = 4,
+         cheaters: Annotated[int, typer.Option(min=0, help="Providers with a faulty "
+                                                         "executor, to be caught.")] = 1,
          spec_file: Annotated[Path | None, typer.Option("--spec")] = None,
-         input_file: Annotated[Path | None, typer.Option("--input")] = None) -> None:
-    """Start a devnet, run an embeddings job end to end, audit the ledger, shut down."""
+         input_file: Annotated[Path | None, typer.Option("--input")] = None,
+         extras: Annotated[bool, typer.Option(help="Also run chat, training and the "
+                                                   "OpenAI API.")] = True) -> None:
+    """Start a devnet with a cheater; run embeddings (the cheater is caught), chat and
+    training jobs and the OpenAI API; audit the ledger; shut down."""
     from deai.client.demo import run_demo
 
     sigterm_as_interrupt()
-    raise typer.Exit(run_demo(providers, spec_file, input_file, console))
+    raise typer.Exit(run_demo(providers, spec_file, input_file, console, cheaters=cheaters,
+                              extras=extras))
 
 
 # --- simulator -----------------------------------------------------------------------------

@@ -1,29 +1,50 @@
-"""``deai demo``: the whole loop on loopback, narrated, in about a minute.
+"""``deai demo``: the whole network on loopback, narrated, in a few minutes.
 
-Starts a ``Devnet`` (coordinator + N providers as processes, funded ``client``
-key), submits ``examples/embeddings.yaml`` over ``examples/sentences.jsonl``
-with a progress bar, writes the results, prints the job's cost and what each
-provider earned, waits out the devnet's short challenge window so earnings are
-released, replays the ledger on the client side, and shuts everything down.
+Starts a ``Devnet`` (a coordinator and N provider processes, one of them a
+cheater with a faulty executor, and a funded ``client`` key), then:
 
-Returns 0 when the job completed and the audit passed, 1 otherwise. Input is
-validated before any process starts, so a bad spec costs nothing.
+1. submits ``examples/embeddings.yaml`` over ``examples/sentences.jsonl`` with a
+   progress bar, writes the results and shows what the job cost;
+2. shows verification at work: the replicas that disagreed, the referee's
+   verdicts and the cheater's slash, from the journal;
+3. runs a chat job (``examples/chat.yaml``) and a deterministic training job
+   (``examples/train.yaml``), prints their answers and accuracy, plots the loss;
+4. calls the OpenAI-compatible API with the official ``openai`` client
+   (``examples/openai_client.py``) using a freshly minted API key;
+5. waits out the devnet's challenge window, prints what each provider earned,
+   replays the ledger on the client side, and shuts everything down.
+
+Returns 0 when every job completed, the cheater was caught, no honest provider
+was slashed and the audit passed; 1 otherwise. Inputs are validated before any
+process starts, so a bad spec costs nothing.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
+from deai.client import training
 from deai.client.audit import client_audit
-from deai.client.cli import follow_job, job_table, load_spec, print_audit, read_input, write_results
+from deai.client.cli import (
+    follow_job,
+    job_table,
+    load_spec,
+    print_audit,
+    read_input,
+    write_results,
+)
 from deai.client.devnet import Devnet
 from deai.client.sdk import Client
 from deai.core import money
-from deai.core.errors import InvalidInput
+from deai.core.errors import DeAIError, InvalidInput
 
 EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
 
@@ -37,42 +58,159 @@ def example(name: str) -> Path:
 
 
 def run_demo(providers: int, spec_file: Path | None, input_file: Path | None,
-             out: Console) -> int:
+             out: Console, *, cheaters: int = 1, extras: bool = True) -> int:
     spec_path = spec_file or example("embeddings.yaml")
     input_path = input_file or example("sentences.jsonl")
     spec = load_spec(spec_path)
-    data, items = read_input(input_path, spec)
+    data, shards = read_input(input_path, spec)
+    jobs = [(load_spec(example(s)), *read_input(example(i), load_spec(example(s))), label)
+            for s, i, label in (("chat.yaml", "chat.jsonl", "chat"),
+                                ("train.yaml", "digits.json", "training"))] if extras else []
 
     out.rule("DeAI demo")
     t0 = time.monotonic()
+    checks: dict[str, bool] = {}
     try:
-        with Devnet(providers, log=lambda m: out.print(f"[dim]{m}[/]")) as net:
+        with Devnet(providers, cheaters=cheaters,
+                    log=lambda m: out.print(f"[dim]{m}[/]")) as net:
+            names = {k.id: k.name for k in net.provider_keys}
+            cheats = {k.id for k in net.provider_keys[:cheaters]}
             out.print(f"coordinator {net.url}   explorer {net.explorer_line()}")
+            if cheats:
+                out.print(f"[yellow]{', '.join(names[c] for c in cheats)} runs a faulty "
+                          "executor: it returns made-up vectors and will have to be caught[/]")
             c = net.client
+
+            out.rule("1. batch embeddings")
             job = c.submit_job(spec.model_dump(), c.upload(data).digest)
-            out.print(f"submitted job [bold]{job.id}[/]: {sum(sh.items for sh in items)} "
-                      f"sentences from {input_path} in shards of {spec.shard_size}, escrowed "
+            out.print(f"submitted job [bold]{job.id}[/]: {sum(sh.items for sh in shards)} "
+                      f"sentences from {input_path}, {len(shards)} tasks, escrowed "
                       f"{money.fmt(job.escrow)} DEAI")
             job = follow_job(c, job.id, out)
-            out.print(job_table(job, {k.id: k.name for k in net.provider_keys}))
+            out.print(job_table(job, names))
+            checks["embeddings"] = job.status == "completed"
             if job.status == "completed":
                 path, lines = write_results(c, job.id, None)
                 out.print(f"results: [bold]{path}[/] ({lines} lines)")
             out.print(f"job cost {money.fmt(job.cost)} DEAI, refunded "
                       f"{money.fmt(job.refunded)} DEAI of the escrow")
+
+            out.rule("2. verification: replicas, referees, slashing")
+            slashed = verification_report(c, names, out)
+            if cheats:
+                checks["cheater caught"] = bool(slashed & cheats)
+            checks["no honest provider slashed"] = not (slashed - cheats)
+
+            for jspec, jdata, _shards, label in jobs:
+                out.rule(f"3. {label}")
+                checks[label] = run_extra(c, label, jspec.model_dump(), jdata, names, out)
+
+            if extras:
+                out.rule("4. the OpenAI API, with the official openai client")
+                checks["openai client"] = openai_example(c, net.url, out)
+
+            out.rule("5. earnings and the ledger")
             wait_for_release(c, [k.id for k in net.provider_keys], out)
             result = client_audit(c)
-            earnings_table(c, net, result.earnings(), out)
+            earnings_table(c, net, result.earnings(), cheats, out)
             out.rule("ledger audit (replayed here, trusting nothing)")
             print_audit(result.report, result.entries, last=6, out=out)
+            checks["ledger audit"] = result.ok
             out.print("[dim]stopping the network…[/]")
     except KeyboardInterrupt:
         out.print("interrupted; network stopped")
         return 130
-    ok = job.status == "completed" and result.ok
+    ok = all(checks.values())
+    summary = "  ".join(f"{k}: {'[green]ok[/]' if v else '[red]FAILED[/]'}"
+                        for k, v in checks.items())
+    out.print(summary)
     out.print(f"network stopped. demo {'[bold green]passed' if ok else '[bold red]failed'}[/] "
               f"in {time.monotonic() - t0:.0f} s")
     return 0 if ok else 1
+
+
+def verification_report(c: Client, names: dict[str, str], out: Console) -> set[str]:
+    """The journal's verdicts and slashes; returns the providers slashed."""
+    entries = c.journal(after=0, limit=5000).entries
+    verdicts = [e for e in entries if e["kind"] == "verdict"]
+    slashes = [e for e in entries if e["kind"] == "slash"]
+    checks = c.request("GET", "/api/events", params={
+        "kind": ["check_passed", "check_failed"], "limit": 500}).json().get("events", [])
+    passed = sum(1 for e in checks if e["kind"] == "check_passed")
+    failed = len(checks) - passed
+    out.print(f"{passed} checks agreed, {failed} disagreed and went to a referee; "
+              f"{len(verdicts)} verdicts, {len(slashes)} slashes")
+
+    def who(pid: str | None) -> str:
+        return names.get(pid or "", (pid or "network")[:10])
+
+    if verdicts:
+        t = Table("task", "checked", "checker", "referee", "at fault", title="referee verdicts")
+        for e in verdicts[:8]:
+            b = e["body"]
+            t.add_row(b["task"][-10:], who(b["subject"]), who(b.get("checker")),
+                      who(b["referee"]), b["fault"])
+        out.print(t)
+    for e in slashes:
+        b = e["body"]
+        out.print(f"[red]slashed {who(b['provider'])}[/]: {money.fmt(b['amount'])} DEAI of its "
+                  f"stake ({money.fmt(b['bounty'])} to {who(b.get('bounty_to'))} for raising "
+                  f"the mismatch), entry #{e['seq']} {e['hash'][:16]}…")
+    return {e["body"]["provider"] for e in slashes}
+
+
+def run_extra(c: Client, label: str, spec: dict[str, Any], data: bytes,
+              names: dict[str, str], out: Console) -> bool:
+    job = c.submit_job(spec, c.upload(data).digest)
+    out.print(f"submitted {label} job [bold]{job.id}[/], escrowed {money.fmt(job.escrow)} DEAI")
+    job = follow_job(c, job.id, out)
+    if job.status != "completed":
+        out.print(job_table(job, names))
+        return False
+    path, _ = write_results(c, job.id, None)
+    raw = c.results(job.id)
+    show: Callable[[bytes, Path, Console], None] = (show_chat if label == "chat"
+                                                     else show_training)
+    try:
+        show(raw, path, out)
+    except (DeAIError, KeyError, ValueError) as exc:
+        out.print(f"[red]could not read the {label} result: {exc}[/]")
+        return False
+    out.print(f"cost {money.fmt(job.cost)} DEAI; results in [bold]{path}[/]")
+    return True
+
+
+def show_chat(raw: bytes, path: Path, out: Console) -> None:
+    t = Table("id", "completion", title="chat completions (greedy, SmolLM2-135M-Instruct)")
+    for line in raw.splitlines()[:4]:
+        o = json.loads(line)
+        body = o["response"]["body"]
+        t.add_row(o["custom_id"], body["choices"][0]["message"]["content"].strip())
+    out.print(t)
+
+
+def show_training(raw: bytes, path: Path, out: Console) -> None:
+    result = training.parse(raw)
+    if result is None:
+        raise ValueError("not a training result")
+    metrics = result.get("metrics", {})
+    acc = metrics.get("final_test_accuracy")
+    out.print(f"trained {result.get('model')} for {result.get('steps')} steps; test accuracy "
+              f"[bold]{acc}[/]; {len(result.get('chain', []))} checkpoints in the hash chain")
+    png = path.with_suffix(".loss.png")
+    training.plot(result, png)
+    out.print(f"loss curve: [bold]{png}[/]")
+
+
+def openai_example(c: Client, url: str, out: Console) -> bool:
+    key = c.create_api_key(name="demo")
+    out.print(f"minted API key {key.key[:14]}… for the client's account")
+    spec = importlib.util.spec_from_file_location("openai_client", example("openai_client.py"))
+    if spec is None or spec.loader is None:
+        return False
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return int(module.main(f"{url}/v1", key.key)) == 0
 
 
 def wait_for_release(c: Client, provider_ids: list[str], out: Console) -> None:
@@ -89,15 +227,17 @@ def wait_for_release(c: Client, provider_ids: list[str], out: Console) -> None:
         time.sleep(0.5)
 
 
-def earnings_table(c: Client, net: Devnet, earned: dict[str, int], out: Console) -> None:
+def earnings_table(c: Client, net: Devnet, earned: dict[str, int], cheats: set[str],
+                   out: Console) -> None:
     by_id = {p.id: p for p in c.providers()}
-    t = Table("provider", "price", "tasks", "earned", "pending", "available", "stake",
-              title="what each provider earned (DEAI; price in µ per 1,000 inputs; "
-                    "earned = payouts in the journal)")
+    t = Table("provider", "price", "tasks", "reputation", "earned", "available", "stake",
+              title="what each provider earned (DEAI; price in µ per 1,000 inputs)")
     for k in net.provider_keys:
         p = by_id.get(k.id)
         bal = c.balance(k.id)
         price = str(p.offers[0].price) if p and p.offers else "?"
-        t.add_row(k.name, price, str(p.tasks_done if p else 0), money.fmt(earned.get(k.id, 0)),
-                  money.fmt(bal.pending), money.fmt(bal.available), money.fmt(bal.stake))
+        name = k.name + (" [red](cheater)[/]" if k.id in cheats else "")
+        t.add_row(name, price, str(p.tasks_done if p else 0),
+                  f"{p.reputation:.2f}" if p else "?", money.fmt(earned.get(k.id, 0)),
+                  money.fmt(bal.available), money.fmt(bal.stake))
     out.print(t)

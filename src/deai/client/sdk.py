@@ -129,6 +129,12 @@ class Client:
         return self._post(f"/api/assignments/{assignment_id}/checkpoint", cp,
                           wire.CheckpointOut)
 
+    def progress(self, assignment_id: str, events: list[dict[str, Any]]) -> bool:
+        """Relay partial output to a caller streaming the answer; False: nobody listens."""
+        resp = self.request("POST", f"/api/assignments/{assignment_id}/progress",
+                            json_body={"events": events}, timeout=5.0)
+        return bool(resp.json().get("listening", False))
+
     def report_failure(self, assignment_id: str, error: str) -> wire.ResultOut:
         return self._post(f"/api/assignments/{assignment_id}/fail",
                           wire.FailIn(error=error[:2000]), wire.ResultOut)

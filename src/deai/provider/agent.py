@@ -298,7 +298,7 @@ class ProviderAgent:
             return data
 
         return TaskContext(assignment_id=a.id, resume=a.resume, checkpoint=checkpoint,
-                           fetch=fetch,
+                           fetch=fetch, progress=ProgressSender(self.client, a.id).send,
                            cancelled=lambda: self._stop.is_set() or self._is_dropped(a.id))
 
     def _is_dropped(self, assignment_id: str) -> bool:
@@ -339,6 +339,49 @@ def offer_prices(models: tuple[str, ...], default: int,
                                f"(offered: {', '.join(models)})", field="prices")
         own[model] = p
     return {m: own.get(m, default) for m in models}
+
+
+class ProgressSender:
+    """Posts a task's partial output to the coordinator from a thread of its own, so
+    decoding never waits on the network; events that pile up go in one request.
+    Best effort: once the coordinator says nobody is listening, or a post fails, it
+    stops. The submitted result stays the only record."""
+
+    def __init__(self, client: sdk.Client, assignment_id: str) -> None:
+        self.client, self.assignment_id = client, assignment_id
+        self._queue: list[dict[str, Any]] = []
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._done = False
+
+    def send(self, event: dict[str, Any]) -> None:
+        with self._cond:
+            if self._done:
+                return
+            self._queue.append(event)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, daemon=True,
+                                                name=f"deai-progress-{self.assignment_id}")
+                self._thread.start()
+            self._cond.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                if not self._queue:
+                    self._cond.wait(timeout=30.0)
+                    if not self._queue:  # the task has long finished
+                        self._done = True
+                        return
+                batch, self._queue = self._queue, []
+            try:
+                listening = self.client.progress(self.assignment_id, batch)
+            except (httpx.TransportError, DeAIError):
+                listening = False
+            if not listening:
+                with self._cond:
+                    self._done, self._queue = True, []
+                return
 
 
 def signed_result(identity: Identity, assignment_id: str, output: bytes, units: int,

@@ -45,6 +45,7 @@ import os
 import shutil
 import tempfile
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -209,6 +210,7 @@ class Request:
     temperature: float
     top_p: float
     seed: int
+    stream: bool = False
 
 
 def parse_shard(shard: bytes) -> list[Request]:
@@ -260,7 +262,8 @@ def _pick(logits: torch.Tensor, req: Request, gen: torch.Generator | None) -> in
     return int(torch.multinomial(probs, 1, generator=gen))
 
 
-def _decode(entry: _Loaded, req: Request) -> dict[str, Any]:
+def _decode(entry: _Loaded, req: Request,
+            progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     import torch
 
     ids = prompt_ids(entry, req.messages)
@@ -277,12 +280,18 @@ def _decode(entry: _Loaded, req: Request) -> dict[str, Any]:
     finish = "length"
     x = torch.tensor([ids], device=entry.device)
     past = None
+    sent = 0
     with torch.inference_mode():
         while len(out) < limit:
             res = entry.model(input_ids=x, past_key_values=past, use_cache=True)
             past = res.past_key_values
             tok = _pick(res.logits[0, -1], req, gen)
             out.append(tok)
+            if progress is not None:  # a caller is streaming: send the new text
+                text = entry.tokenizer.decode(out, skip_special_tokens=True)
+                if len(text) > sent and not text.endswith("\ufffd"):
+                    progress({"custom_id": req.custom_id, "text": text[sent:]})
+                    sent = len(text)
             if tok in entry.stop_ids:
                 finish = "stop"
                 break
@@ -292,15 +301,17 @@ def _decode(entry: _Loaded, req: Request) -> dict[str, Any]:
             "finish_reason": finish, "prompt_tokens": len(ids), "completion_tokens": len(out)}
 
 
-def complete(model: str, shard: bytes) -> tuple[bytes, int]:
-    """Run every request of a shard; return the output blob and the tokens it used."""
+def complete(model: str, shard: bytes,
+             progress: Callable[[dict[str, Any]], None] | None = None) -> tuple[bytes, int]:
+    """Run every request of a shard; return the output blob and the tokens it used.
+    Lines that ask to stream report each new piece of text to ``progress``."""
     reqs = parse_shard(shard)
     entry = _loaded(model)
     lines: list[bytes] = []
     units = 0
     with entry.lock:
         for req in reqs:
-            line = _decode(entry, req)
+            line = _decode(entry, req, progress if req.stream else None)
             units += line["prompt_tokens"] + line["completion_tokens"]
             lines.append(json.dumps(line, separators=(",", ":")).encode() + b"\n")
     return b"".join(lines), units
@@ -392,7 +403,7 @@ class ChatWorkload:
             ) -> tuple[bytes, int]:
         if is_check(shard):
             return check(model, shard)
-        return complete(model, shard)
+        return complete(model, shard, ctx.progress if ctx is not None else None)
 
 
 WORKLOAD = ChatWorkload()

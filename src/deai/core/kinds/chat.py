@@ -66,7 +66,7 @@ DEFAULT_MAX_TOKENS = 128
 MESSAGE_OVERHEAD = 16
 PROMPT_OVERHEAD = 64
 BODY_FIELDS = frozenset({"model", "messages", "max_tokens", "max_completion_tokens",
-                         "temperature", "top_p", "seed"})
+                         "temperature", "top_p", "seed", "stream"})
 FINISH_REASONS = ("stop", "length")
 
 
@@ -86,6 +86,7 @@ class Request:
     temperature: float
     top_p: float
     seed: int
+    stream: bool = False
 
     @property
     def max_units(self) -> int:
@@ -95,7 +96,8 @@ class Request:
         return {"custom_id": self.custom_id,
                 "messages": [{"role": r, "content": c} for r, c in self.messages],
                 "max_tokens": self.max_tokens, "temperature": self.temperature,
-                "top_p": self.top_p, "seed": self.seed}
+                "top_p": self.top_p, "seed": self.seed,
+                **({"stream": True} if self.stream else {})}
 
 
 def line_bound(messages: tuple[tuple[str, str], ...] | list[dict[str, str]],
@@ -141,7 +143,8 @@ def parse_input(data: bytes, spec: SpecBase) -> list[Request]:
         return Request(index=index, custom_id=cid, messages=_messages(b, where),
                        max_tokens=_max_tokens(b, where),
                        temperature=_number(b, "temperature", where, 1.0, 0.0, 2.0),
-                       top_p=_top_p(b, where), seed=_seed(b, where, cid))
+                       top_p=_top_p(b, where), seed=_seed(b, where, cid),
+                       stream=_flag(b, "stream", where))
 
     return batch.parse_lines(data, URL, "chat", body)
 
@@ -177,6 +180,14 @@ def _messages(b: dict[str, Any], where: str) -> tuple[tuple[str, str], ...]:
         raise InvalidInput(f"{field}: the last message must be from the user or system",
                            field=f"{field}[{len(out) - 1}].role")
     return tuple(out)
+
+
+def _flag(b: dict[str, Any], key: str, where: str) -> bool:
+    value = b.get(key, False)
+    if not isinstance(value, bool):
+        raise InvalidInput(f"{where}.body.{key}: must be true or false",
+                           field=f"{where}.body.{key}")
+    return value
 
 
 def _int(b: dict[str, Any], key: str, where: str) -> int | None:
