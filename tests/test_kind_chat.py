@@ -84,7 +84,7 @@ BAD_LINES: list[tuple[dict[str, Any], str]] = [
     (line(top_p=1.1), "input[line 2].body.top_p"),
     (line(seed=-1), "input[line 2].body.seed"),
     (line(seed="7"), "input[line 2].body.seed"),
-    (line(stream=True), "input[line 2].body.stream"),
+    (line(stream="yes"), "input[line 2].body.stream"),
     (line(model="all-MiniLM-L6-v2"), "input[line 2].body.model"),
     (line(model="nope"), "input[line 2].body.model"),
     ({**line(), "url": "/v1/embeddings"}, "input[line 2].url"),

@@ -14,6 +14,7 @@ import math
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
@@ -27,6 +28,23 @@ pytestmark = pytest.mark.slow
 EMB, CHAT = "all-MiniLM-L6-v2", "SmolLM2-135M-Instruct"
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 
+
+
+_OPEN: list[openai.OpenAI] = []
+
+
+def _oa(**kw: Any) -> openai.OpenAI:
+    """An openai client that is closed when the test ends (no leaked sockets)."""
+    client = openai.OpenAI(**kw)
+    _OPEN.append(client)
+    return client
+
+
+@pytest.fixture(autouse=True)
+def _close_clients() -> Iterator[None]:
+    yield
+    while _OPEN:
+        _OPEN.pop().close()
 
 @pytest.fixture(scope="module")
 def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Network]:
@@ -51,7 +69,7 @@ def account(net: Network) -> Client:
 def api(net: Network, account: Client) -> openai.OpenAI:
     key = account.create_api_key("tests").key
     assert key is not None and key.startswith("sk-deai-")
-    return openai.OpenAI(base_url=f"{net.url}/v1", api_key=key, max_retries=0)
+    return _oa(base_url=f"{net.url}/v1", api_key=key, max_retries=0)
 
 
 def test_models_lists_what_online_providers_serve(api: openai.OpenAI) -> None:
@@ -159,14 +177,14 @@ def test_cancelled_batch(api: openai.OpenAI) -> None:
 def test_revoked_key(net: Network, account: Client) -> None:
     made = account.create_api_key("short-lived")
     assert made.key is not None
-    client = openai.OpenAI(base_url=f"{net.url}/v1", api_key=made.key, max_retries=0)
+    client = _oa(base_url=f"{net.url}/v1", api_key=made.key, max_retries=0)
     assert client.models.list().data
     account.revoke_api_key(made.id)
     with pytest.raises(openai.AuthenticationError):
         client.models.list()
     assert [k.revoked_at is not None for k in account.api_keys() if k.id == made.id] == [True]
     with pytest.raises(openai.AuthenticationError):
-        openai.OpenAI(base_url=f"{net.url}/v1", api_key="sk-deai-nope",
+        _oa(base_url=f"{net.url}/v1", api_key="sk-deai-nope",
                       max_retries=0).models.list()
 
 
@@ -175,7 +193,7 @@ def test_exhausted_balance_and_spend_cap(net: Network, account: Client) -> None:
     poor.faucet(1)  # one µ: not enough for a chat request's escrow
     key = poor.create_api_key().key
     assert key is not None
-    client = openai.OpenAI(base_url=f"{net.url}/v1", api_key=key, max_retries=0)
+    client = _oa(base_url=f"{net.url}/v1", api_key=key, max_retries=0)
     with pytest.raises(openai.RateLimitError) as exc:
         client.chat.completions.create(model=CHAT, messages=QUESTION, max_tokens=4)
     assert exc.value.code == "insufficient_quota"
@@ -183,7 +201,7 @@ def test_exhausted_balance_and_spend_cap(net: Network, account: Client) -> None:
 
     capped = account.create_api_key("capped", spend_cap=3)
     assert capped.key is not None
-    client = openai.OpenAI(base_url=f"{net.url}/v1", api_key=capped.key, max_retries=0)
+    client = _oa(base_url=f"{net.url}/v1", api_key=capped.key, max_retries=0)
     client.embeddings.create(model=EMB, input=["a", "b"])  # 2 µ of a 3 µ cap
     with pytest.raises(openai.RateLimitError) as exc:
         client.embeddings.create(model=EMB, input=["c", "d"])
@@ -224,7 +242,7 @@ def test_gateway_verifies_afterwards(tmp_path: Path) -> None:
         c.faucet(1_000_000_000)
         key = c.create_api_key().key
         assert key is not None
-        client = openai.OpenAI(base_url=f"{n.url}/v1", api_key=key, max_retries=0)
+        client = _oa(base_url=f"{n.url}/v1", api_key=key, max_retries=0)
         raw = client.embeddings.with_raw_response.create(model=EMB, input="checked later")
         assert len(raw.parse().data[0].embedding) == 384
         job_id = raw.headers["x-deai-job"]

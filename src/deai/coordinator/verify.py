@@ -352,10 +352,12 @@ def plant_canary(c: Coordinator, s: Session, pid: str, workload: str, model: str
               spec=spec, input_digest=canary.input_digest, items=canary.items,
               units=canary.units, max_price=int(spec.get("max_price", price)), escrow=0,
               cost=0, refunded=0, created_at=now, deadline_at=now + 24 * 3600))
+    s.flush()  # no relationship() orders these inserts: the job must exist first
     task_id = f"{job_id}.t00000"
     s.add(Task(id=task_id, job_id=job_id, idx=0, status="assigned",
                input_digest=canary.input_digest, items=canary.items, units=canary.units,
                attempts=1, updated_at=now, reference_digest=canary.output_digest))
+    s.flush()
     s.add(Assignment(id=new_id("asg"), task_id=task_id, job_id=job_id, provider_id=pid,
                      role="canary", status="leased", price=price, leased_at=now,
                      lease_deadline=now + c.settings.lease_ttl, delivered=False))

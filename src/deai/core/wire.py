@@ -138,6 +138,8 @@ class AssignmentOut(Out):
     lease_deadline: float
     resume: dict[str, Any] | None = None
     """The task's last accepted checkpoint, for a task that resumes elsewhere."""
+    input_b64: str | None = None
+    """The input blob itself (base64) when it is at most ``INLINE_MAX`` bytes."""
 
 
 class CheckpointIn(In):
@@ -156,11 +158,18 @@ class PollOut(Out):
     assignments: list[AssignmentOut]
 
 
+INLINE_MAX = 64 * 1024
+"""Blobs up to this size travel inside a lease or a result instead of as separate
+requests: a one-line task then costs one round trip each way, not three."""
+
+
 class ResultIn(In):
     output_digest: str = Field(pattern=r"^[0-9a-f]{64}$")
     units: int = Field(ge=0)
     seconds: float = Field(default=0.0, ge=0)
     signature: str = Field(pattern=r"^[0-9a-f]{128}$")
+    output_b64: str | None = Field(default=None, max_length=(INLINE_MAX * 4) // 3 + 4)
+    """The output itself (base64) when small; its sha256 must be ``output_digest``."""
 
 
 class FailIn(In):

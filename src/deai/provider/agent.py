@@ -32,6 +32,7 @@ CLI: it wires SIGTERM/SIGINT to a clean exit with status 0.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import logging
 import os
@@ -260,7 +261,8 @@ class ProviderAgent:
                 self._idle.notify_all()
 
     def _process(self, a: wire.AssignmentOut) -> None:
-        blob = self._call(lambda: self.client.download(a.input_digest))
+        blob = (base64.b64decode(a.input_b64) if a.input_b64 is not None
+                else self._call(lambda: self.client.download(a.input_digest)))
         if hashlib.sha256(blob).hexdigest() != a.input_digest:
             raise DeAIError(f"input blob does not match its digest {a.input_digest}")
         t0 = time.monotonic()
@@ -277,10 +279,13 @@ class ProviderAgent:
             log.info("assignment %s dropped by the coordinator; result discarded", a.id)
             return
         result = signed_result(self.identity, a.id, output, units, seconds)
-        uploaded = self._call(lambda: self.client.upload(output))
-        if uploaded.digest != result.output_digest:
-            raise DeAIError(f"coordinator stored output as {uploaded.digest}, "
-                            f"expected {result.output_digest}")
+        if len(output) <= wire.INLINE_MAX:  # small: it rides along with the result
+            result.output_b64 = base64.b64encode(output).decode()
+        else:
+            uploaded = self._call(lambda: self.client.upload(output))
+            if uploaded.digest != result.output_digest:
+                raise DeAIError(f"coordinator stored output as {uploaded.digest}, "
+                                f"expected {result.output_digest}")
         out = self._call(lambda: self.client.submit_result(a.id, result))
         log.info("task %s: %d units in %.2f s -> %s (paid %d µ)", a.id, units, seconds,
                  out.status, out.paid)
