@@ -21,7 +21,7 @@ from tests.netutil import Network, Proc
 from tests.test_e2e import check_books, journal, sample
 
 pytestmark = pytest.mark.slow
-BOTH = "all-MiniLM-L6-v2,SmolLM2-135M-Instruct"
+BOTH = "all-MiniLM-L6-v2,SmolLM2-135M-Instruct,mlp-digits"
 CHAT = {"kind": "chat", "model": "SmolLM2-135M-Instruct", "max_price": 5000, "deadline": 900,
         "shard_size": 1}
 SPEC = {"kind": "embeddings", "model": "all-MiniLM-L6-v2", "max_price": 2000, "deadline": 900,
@@ -137,4 +137,22 @@ def test_chat_cheater_is_caught_by_one_pass_rescoring(net: Network, mode: str) -
     slashed = {e.body["provider"] for e in journal(c) if e.kind == "slash"}
     assert cheater in slashed, net.logs()
     assert not slashed & {keys.load(f"honest-{i}").id for i in (1, 2, 3)}
+    check_books(c, job.id)
+
+
+def test_training_is_checked_by_replaying_audited_segments(net: Network) -> None:
+    """A new provider's training run is audited: another provider replays a few of its
+    checkpoint segments (not the whole job) and the result is accepted and paid."""
+    c = net.client("client")
+    c.faucet(1_000_000_000)
+    spec = {"kind": "train", "model": "mlp-digits", "max_price": 5000, "deadline": 600,
+            "epochs": 2, "batch_size": 32, "checkpoint_every": 10, "seed": 3}
+    job = c.submit_job(spec, c.upload(b'{"dataset": "digits"}').digest)
+    assert net.wait_job(c, job.id, timeout=300) == "completed", net.logs()
+    events = c.request("GET", "/api/events", params={"kind": ["check_passed", "check_failed"],
+                                                      "limit": 500}).json()["events"]
+    mine = [e for e in events if e["subject"].startswith(job.id)]
+    assert [e["kind"] for e in mine] == ["check_passed"], mine
+    detail = mine[0]["body"]["detail"]
+    assert "audited segment" in detail and "replay bitwise" in detail
     check_books(c, job.id)

@@ -331,6 +331,27 @@ def replay(payload: bytes, checkpoint: bytes, start_step: int, k: int) -> bytes:
     return blob
 
 
+def audit(request: bytes, ctx: TaskContext | None) -> tuple[bytes, int]:
+    """Replay the segments an audit asks for, each from its starting checkpoint (fetched
+    from the coordinator's blob store), and report the digest each one ends in."""
+    if ctx is None:
+        raise InvalidInput("an audit needs the blob store to fetch checkpoints", field="shard")
+    try:
+        req = json.loads(request)
+        shard = ctx.fetch(req["shard"])
+        segments = [(int(x["start"]), int(x["end"]), str(x["from"])) for x in req["segments"]]
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+        raise InvalidInput("malformed audit request", field="shard") from None
+    p = parse_payload(shard)
+    out = []
+    for start, end, origin in segments:
+        blob = replay(shard, ctx.fetch(origin) if origin else b"", start, end - start)
+        out.append({"start": start, "end": end, "digest": sha256(blob)})
+    units = sum(e - s for s, e, _ in segments) * p.step_units
+    result = {"audit": "deai.train.audit.v1", "segments": out, "step_units": p.step_units}
+    return json.dumps(result, separators=(",", ":")).encode(), units
+
+
 def state_dict_digest(checkpoint: bytes) -> str:
     """sha256 over the model tensors of a checkpoint (names sorted, raw bytes)."""
     h = hashlib.sha256()
@@ -360,6 +381,8 @@ class TrainWorkload:
 
     def run(self, model: str, shard: bytes, ctx: TaskContext | None = None
             ) -> tuple[bytes, int]:
+        if shard.startswith(b'{"audit"'):
+            return audit(shard, ctx)
         if parse_payload(shard).model != catalog.lookup(model, workload="train").name:
             raise InvalidInput("shard: trains another model than the assignment's",
                                field="shard")

@@ -170,6 +170,44 @@ def step_units(arch: str, features: int, classes: int, batch_size: int) -> int:
     return max(1, ceil_div(3 * forward_flops(arch, features, classes) * batch_size, 10**6))
 
 
+# --- audits ---------------------------------------------------------------------------------
+
+AUDIT_FORMAT = "deai.train.audit.v1"
+AUDIT_SHARE = 0.05  # research §10.3: p_a = max(1/N_seg, 2–5 %)
+
+
+def audit_segments(chain: list[checkpoints.Link], seed: bytes) -> list[int]:
+    """Which segments a checker replays: max(1, ⌈5 % of them⌉), drawn from ``seed``.
+
+    The seed is the hash of the claimed output, so the draw happens after the
+    provider committed to every checkpoint and cannot be steered without
+    re-training; the last segment (the final model) is always among them.
+    """
+    n = len(chain)
+    if n == 0:
+        return []
+    m = max(1, math.ceil(AUDIT_SHARE * n))
+    picks = {n - 1}
+    counter = 0
+    while len(picks) < m:
+        draw = hashlib.sha256(seed + counter.to_bytes(8, "big")).digest()
+        picks.add(int.from_bytes(draw[:8], "big") % n)
+        counter += 1
+    return sorted(picks)
+
+
+def _audit_output(data: bytes) -> list[dict[str, Any]]:
+    out = json.loads(data)
+    if not isinstance(out, dict) or out.get("audit") != AUDIT_FORMAT:
+        raise InvalidInput("not an audit result", field="output")
+    segs = out["segments"]
+    if not isinstance(segs, list) or not all(
+            isinstance(x, dict) and _int(x.get("start")) and _int(x.get("end"))
+            and isinstance(x.get("digest"), str) for x in segs):
+        raise InvalidInput("audit segments must be {start, end, digest}", field="output")
+    return [{"start": x["start"], "end": x["end"], "digest": x["digest"]} for x in segs]
+
+
 # --- the kind -------------------------------------------------------------------------------
 
 def parse_payload(shard: bytes) -> Payload:
@@ -332,6 +370,63 @@ class TrainKind(Kind):
             return Comparison(False, 1.0, "same checkpoints, other metrics or length")
         return Comparison(False, 1.0, f"chains part at chain[{i}]: steps ({ca[i].start}, "
                                       f"{ca[i].end}]")
+
+    # --- verification: audit a few segments instead of re-running the whole job ----------
+
+    def check_payload(self, spec: SpecBase, shard: bytes, claimed: bytes) -> bytes | None:
+        """Segments of the claimed chain for a checker to replay from their starting
+        checkpoint (``audit_segments``); the checker is not told the claimed digests."""
+        try:
+            chain = _chain(json.loads(claimed))
+        except (InvalidInput, ValueError, TypeError, KeyError):
+            return None
+        picks = audit_segments(chain, hashlib.sha256(claimed).digest())
+        segments = [{"start": chain[i].start, "end": chain[i].end,
+                     "from": chain[i - 1].digest if i > 0 else ""} for i in picks]
+        return json.dumps({"audit": AUDIT_FORMAT, "shard": hashlib.sha256(shard).hexdigest(),
+                           "step_units": parse_payload(shard).step_units,
+                           "segments": segments}, separators=(",", ":")).encode()
+
+    def check(self, spec: SpecBase, shard: bytes, claimed: bytes,
+              check_output: bytes) -> Comparison:
+        """Every audited segment, replayed from its starting checkpoint, ends in the very
+        checkpoint the claim names (deterministic training agrees bitwise)."""
+        try:
+            chain = {link.end: link for link in _chain(json.loads(claimed))}
+            replayed = _audit_output(check_output)
+        except (InvalidInput, ValueError, TypeError, KeyError):
+            return Comparison(False, 1.0, "malformed claim or audit")
+        if not replayed:
+            return Comparison(False, 1.0, "the audit replayed nothing")
+        for seg in replayed:
+            link = chain.get(seg["end"])
+            if link is None or link.start != seg["start"]:
+                return Comparison(False, 1.0, f"no claimed segment ({seg['start']}, "
+                                              f"{seg['end']}]")
+            if link.digest != seg["digest"]:
+                return Comparison(False, 1.0, f"steps ({seg['start']}, {seg['end']}] replay "
+                                              "to another checkpoint")
+        return Comparison(True, 0.0, f"{len(replayed)} audited segment(s) replay bitwise")
+
+    def compare_checks(self, spec: SpecBase, payload: bytes, a: bytes, b: bytes
+                       ) -> Comparison:
+        try:
+            same = _audit_output(a) == _audit_output(b)
+        except (InvalidInput, ValueError, TypeError, KeyError):
+            same = False
+        return Comparison(same, 0.0 if same else 1.0,
+                          "audits agree" if same else "audits replay differently")
+
+    def meter_check(self, spec: SpecBase, payload: bytes, output: bytes) -> int:
+        """An audit bills the steps it replayed, at the job's units per step."""
+        request = json.loads(payload)
+        done = _audit_output(output)
+        if [(x["start"], x["end"]) for x in done] != [(x["start"], x["end"])
+                                                      for x in request["segments"]]:
+            raise InvalidInput("the audit must replay exactly the segments asked for",
+                               field="output")
+        per_step = int(request["step_units"])  # from the shard, not from the checker
+        return sum(int(x["end"]) - int(x["start"]) for x in done) * per_step
 
     def assemble(self, job_id: str, spec: SpecBase, outputs: list[bytes]) -> bytes:
         assert isinstance(spec, TrainSpec)
