@@ -66,10 +66,11 @@ def account(net: Network) -> Client:
 
 
 @pytest.fixture(scope="module")
-def api(net: Network, account: Client) -> openai.OpenAI:
+def api(net: Network, account: Client) -> Iterator[openai.OpenAI]:
     key = account.create_api_key("tests").key
     assert key is not None and key.startswith("sk-deai-")
-    return _oa(base_url=f"{net.url}/v1", api_key=key, max_retries=0)
+    with openai.OpenAI(base_url=f"{net.url}/v1", api_key=key, max_retries=0) as client:
+        yield client
 
 
 def test_models_lists_what_online_providers_serve(api: openai.OpenAI) -> None:

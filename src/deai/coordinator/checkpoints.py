@@ -33,7 +33,7 @@ from sqlalchemy.orm import Session
 from deai.coordinator.auth import coordinator, signer
 from deai.coordinator.service import Coordinator
 from deai.core import checkpoints, wire
-from deai.core.errors import Conflict, Forbidden, InvalidInput, NotFound
+from deai.core.errors import Conflict, InvalidInput, NotFound
 from deai.core.kinds import train
 from deai.store.models import Assignment, Checkpoint, Job, Task
 
@@ -70,7 +70,7 @@ def record(c: Coordinator, pid: str, assignment_id: str,
         raise InvalidInput("digest: upload the checkpoint blob first", field="digest")
     blob_digest = hashlib.sha256(c.blobs.get(body.digest)).hexdigest()
     with c.db.write() as s:
-        a = _live_lease(c, s, pid, assignment_id)
+        a = c.live_lease(s, pid, assignment_id)
         job, task = s.get(Job, a.job_id), s.get(Task, a.task_id)
         assert job is not None and task is not None
         if job.kind != train.TrainKind.name:
@@ -148,15 +148,3 @@ def _run_of(c: Coordinator, payload_digest: str) -> tuple[int, int]:
     return run
 
 
-def _live_lease(c: Coordinator, s: Session, pid: str, assignment_id: str) -> Assignment:
-    a = s.get(Assignment, assignment_id, with_for_update=True)
-    if a is None:
-        raise NotFound(f"no assignment {assignment_id}", field="assignment")
-    if a.provider_id != pid:
-        raise Forbidden("this assignment was leased to another provider")
-    if a.status != "leased":
-        raise Conflict(f"assignment {assignment_id} is {a.status}; its lease is over",
-                       status=a.status)
-    if a.lease_deadline < c.now():
-        raise Conflict(f"assignment {assignment_id}: the lease expired", status="expired")
-    return a

@@ -169,20 +169,6 @@ def _end(c: Coordinator, s: Session, job: Job, status: str, error: str | None) -
 
 # --- results from providers -----------------------------------------------------------------
 
-def _lease(c: Coordinator, s: Session, pid: str, assignment_id: str) -> Assignment:
-    a = s.get(Assignment, assignment_id, with_for_update=True)
-    if a is None:
-        raise NotFound(f"no assignment {assignment_id}", field="assignment")
-    if a.provider_id != pid:
-        raise Forbidden("this assignment was leased to another provider")
-    if a.status != "leased":
-        raise Conflict(f"assignment {assignment_id} is {a.status}; its lease is over",
-                       status=a.status)
-    if a.lease_deadline < c.now():
-        raise Conflict(f"assignment {assignment_id}: the lease expired", status="expired")
-    return a
-
-
 def submit_result(c: Coordinator, pid: str, assignment_id: str,
                   r: wire.ResultIn) -> wire.ResultOut:
     c.check_signature(pid, auth.result_message(assignment_id, r.output_digest, r.units),
@@ -198,7 +184,7 @@ def submit_result(c: Coordinator, pid: str, assignment_id: str,
     if not c.blobs.exists(r.output_digest):
         raise InvalidInput("output_digest: upload the output blob first", field="output_digest")
     with c.db.write() as s:
-        a = _lease(c, s, pid, assignment_id)
+        a = c.live_lease(s, pid, assignment_id)
         task = s.get(Task, a.task_id, with_for_update=True)
         job = s.get(Job, a.job_id, with_for_update=True)
         assert task is not None and job is not None
@@ -269,7 +255,7 @@ def _complete(c: Coordinator, s: Session, job: Job) -> None:
 
 def report_failure(c: Coordinator, pid: str, assignment_id: str, error: str) -> wire.ResultOut:
     with c.db.write() as s:
-        a = _lease(c, s, pid, assignment_id)
+        a = c.live_lease(s, pid, assignment_id)
         task, job = s.get(Task, a.task_id), s.get(Job, a.job_id)
         assert task is not None and job is not None
         a.status, a.error = "failed", error

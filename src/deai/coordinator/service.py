@@ -22,7 +22,7 @@ from deai.coordinator.notifier import Notifier
 from deai.coordinator.settings import Settings
 from deai.core import catalog, compute, ledger, wire
 from deai.core.clock import Clock, SystemClock
-from deai.core.errors import AuthError, Forbidden, InvalidInput, NotFound
+from deai.core.errors import AuthError, Conflict, Forbidden, InvalidInput, NotFound
 from deai.store import journal
 from deai.store.blobs import BlobStore
 from deai.store.db import Database
@@ -165,6 +165,20 @@ class Coordinator:
                 s.execute(update(Assignment).where(Assignment.id.in_(live))
                           .values(lease_deadline=now + self.settings.lease_ttl))
         return wire.HeartbeatOut(drop=drop)
+
+    def live_lease(self, s: Session, pid: str, assignment_id: str) -> Assignment:
+        """The assignment, locked, if ``pid`` holds its lease and the lease is still live."""
+        a = s.get(Assignment, assignment_id, with_for_update=True)
+        if a is None:
+            raise NotFound(f"no assignment {assignment_id}", field="assignment")
+        if a.provider_id != pid:
+            raise Forbidden("this assignment was leased to another provider")
+        if a.status != "leased":
+            raise Conflict(f"assignment {assignment_id} is {a.status}; its lease is over",
+                           status=a.status)
+        if a.lease_deadline < self.now():
+            raise Conflict(f"assignment {assignment_id}: the lease expired", status="expired")
+        return a
 
     def online(self, p: Provider) -> bool:
         return p.status == "active" and p.last_seen >= self.now() - self.settings.heartbeat_timeout
