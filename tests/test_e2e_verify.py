@@ -75,14 +75,20 @@ def test_cheater_is_caught_and_slashed_and_clients_get_correct_results(
     c.faucet(1_000_000_000)
     stake_before = {p.id: p.stake for p in c.providers()}
     data = sample(40)
-    job = c.submit_job(SPEC, c.upload(data).digest)
-    assert net.wait_job(c, job.id, timeout=300) == "completed", net.logs()
-    proc.stop()
-
     want = honest_vectors(data)
-    for line in map(json.loads, c.results(job.id).splitlines()):
-        got = np.array(line["response"]["body"]["data"][0]["embedding"])
-        assert float(got @ want[line["custom_id"]]) > 0.999, (mode, line["custom_id"])
+    jobs = []
+    # A stream of jobs until the cheater is caught: cheats that strike only sometimes
+    # (or only after a few honest tasks) may need more than one job to show.
+    for _ in range(4):
+        job = c.submit_job(SPEC, c.upload(data).digest)
+        assert net.wait_job(c, job.id, timeout=300) == "completed", net.logs()
+        jobs.append(job.id)
+        for line in map(json.loads, c.results(job.id).splitlines()):
+            got = np.array(line["response"]["body"]["data"][0]["embedding"])
+            assert float(got @ want[line["custom_id"]]) > 0.999, (mode, line["custom_id"])
+        if any(e.kind == "slash" and e.body["provider"] == cheater for e in journal(c)):
+            break
+    proc.stop()
 
     entries = journal(c)
     slashes = [e for e in entries if e.kind == "slash"]
@@ -101,7 +107,8 @@ def test_cheater_is_caught_and_slashed_and_clients_get_correct_results(
         assert after[pid].stake == stake_before[pid]
     rep = Client(net.url).provider(cheater).reputation
     assert rep < min(after[pid].reputation for pid in honest)
-    check_books(c, job.id)
+    for job_id in jobs:
+        check_books(c, job_id)
     rep_audit = ledger.audit(entries, c.all_balances())
     assert rep_audit.ok, rep_audit.problems
 
