@@ -1,0 +1,21 @@
+"""Hardening: privacy, idempotency, blob quotas, bounded inputs
+
+Revision ID: 0005
+Revises: 0004
+Create Date: 2026-11-30 06:45:00.000000
+
+A slot reserved in the chain; filled in by the change that needs it (a no-op until then).
+"""
+
+revision = '0005'
+down_revision = '0004'
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    pass
+
+
+def downgrade() -> None:
+    pass
