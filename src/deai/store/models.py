@@ -286,3 +286,15 @@ class ApiBatch(Base):
     cancelling_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     output_file_id: Mapped[str | None] = mapped_column(String(40), nullable=True)
     error_file_id: Mapped[str | None] = mapped_column(String(40), nullable=True)
+
+
+# --- hardening (issue 11) --------------------------------------------------------------------
+
+class BlobRef(Base):
+    """An account that uploaded a blob: one of the parties allowed to read it back."""
+
+    __tablename__ = "blob_refs"
+    digest: Mapped[str] = mapped_column(String(64), primary_key=True)
+    account: Mapped[str] = mapped_column(String(64), primary_key=True, index=True)
+    size: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[float] = mapped_column(Float)
