@@ -1,20 +1,65 @@
 """Engine and transactions for SQLite (embedded default) and PostgreSQL.
 
-``Database.write()`` is the only way to change state. On SQLite it takes a
-process-wide lock and ``BEGIN IMMEDIATE`` so writers queue instead of failing
-with "database is locked"; on PostgreSQL rows are locked with ``FOR UPDATE``
-where order matters (the journal head), so several API replicas can share it.
+``Database.write()`` and ``Database.run(fn)`` are the only ways to change state.
+On SQLite a process-wide lock and ``BEGIN IMMEDIATE`` make writers queue
+instead of failing with "database is locked". On PostgreSQL several API
+replicas share the database, so a transaction can lose a race: PostgreSQL
+aborts it with a deadlock (SQLSTATE 40P01) or a serialization failure
+(40001). ``run(fn)`` runs ``fn(session)`` in a fresh transaction and, when it
+aborts for one of those reasons (or SQLite reports "database is locked"),
+rolls back and calls ``fn`` again, up to ``attempts`` times with a short
+jittered back-off. ``fn`` must therefore only touch the database and its own
+locals before it returns: side effects (notifications, blob writes that are
+not idempotent, journal cursors) go after ``run`` returns. ``write()`` remains
+a plain context manager for callers that cannot be re-run; it does not retry.
+
+Lock order (PostgreSQL; the rule every write transaction follows)
+------------------------------------------------------------------
+A row is locked when it is UPDATEd, DELETEd or read ``FOR UPDATE``. Within a
+transaction take row locks in this order, and within one table in ascending
+primary key::
+
+    jobs → tasks → assignments → providers → offers, reputation → payouts
+         → journal_head → balances (ascending account)
+
+Inserts of new rows (events, nonces, journal entries, assignments being
+created) take no lock anyone else waits on and may happen at any point.
+
+Consequences:
+- The journal head is the last lock before the balances: ``journal.append``
+  flushes the session first (autoflush), so the caller's pending changes to
+  earlier tables are written, and locked, before the head. Changes to a
+  provider or reputation row must be made (and flushed) *before* the
+  payout/append that follows them, not after.
+- A transaction that starts from an assignment id (a result, a failure) reads
+  the assignment without a lock to learn its task and job, then locks job,
+  task, assignment in that order and re-checks what it read.
+- Heartbeats and deliveries lock assignments before the provider row
+  (``coordinator.liveness`` does so in ascending id, with ``SKIP LOCKED``).
+Anything that cannot follow the order is still safe, only slower: ``run``
+retries the loser of a deadlock.
 """
 
 from __future__ import annotations
 
+import logging
+import random
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TypeVar
 
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
+
+T = TypeVar("T")
+log = logging.getLogger("deai.store.db")
+
+RETRY_SQLSTATES = frozenset({"40001", "40P01"})  # serialization_failure, deadlock_detected
+DEFAULT_ATTEMPTS = 8
 
 
 def make_engine(url: str) -> Engine:
@@ -45,6 +90,18 @@ def make_engine(url: str) -> Engine:
     return create_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
 
 
+def is_retryable(exc: BaseException) -> bool:
+    """A transaction that lost a race and may succeed if run again from the start."""
+    if not isinstance(exc, DBAPIError):
+        return False
+    if exc.connection_invalidated:
+        return False
+    code = getattr(exc.orig, "sqlstate", None)
+    if code in RETRY_SQLSTATES:
+        return True
+    return "database is locked" in str(exc.orig)
+
+
 class Database:
     def __init__(self, url: str) -> None:
         self.url = url
@@ -52,10 +109,15 @@ class Database:
         self.is_sqlite = url.startswith("sqlite")
         self._factory = sessionmaker(self.engine, expire_on_commit=False)
         self._write_lock = threading.Lock()
+        self.retries = 0  # transactions re-run after a deadlock or serialization failure
 
     @contextmanager
-    def write(self) -> Iterator[Session]:
-        """A read-write transaction: committed on success, rolled back on any error."""
+    def write(self, isolation: str | None = None) -> Iterator[Session]:
+        """A read-write transaction: committed on success, rolled back on any error.
+
+        ``isolation`` (PostgreSQL only) is e.g. ``"REPEATABLE READ"``; the default is
+        READ COMMITTED. Not retried: use ``run`` for a body that can be re-run.
+        """
         if self.is_sqlite:
             with self._write_lock, self.engine.connect() as conn:
                 conn.info["write"] = True
@@ -66,7 +128,33 @@ class Database:
                     conn.info.pop("write", None)
         else:
             with self._factory() as s, s.begin():
+                if isolation:
+                    s.connection(execution_options={"isolation_level": isolation})
                 yield s
+
+    def run(self, fn: Callable[[Session], T], *, attempts: int = DEFAULT_ATTEMPTS,
+            isolation: str | None = None) -> T:
+        """``fn(session)`` in a write transaction, re-run from scratch when it loses a race.
+
+        Returns what ``fn`` returns, after the commit. Any other exception, or the
+        last retryable one after ``attempts`` tries, propagates unchanged.
+        """
+        for attempt in range(1, attempts + 1):
+            try:
+                with self.write(isolation) as s:
+                    return fn(s)
+            except DBAPIError as exc:
+                if attempt == attempts or not is_retryable(exc):
+                    raise
+                self.retries += 1
+                code = getattr(exc.orig, "sqlstate", None) or "locked"
+                log.info("transaction lost a race (%s); retry %d of %d", code, attempt,
+                         attempts - 1)
+                # Jittered exponential back-off: 2, 4, 8 ... ms, at most 250 ms.
+                time.sleep(random.uniform(0.5, 1.0) * min(0.25, 0.002 * 2 ** attempt))
+        raise AssertionError("unreachable")
+
+    write_retrying = run
 
     @contextmanager
     def read(self) -> Iterator[Session]:
