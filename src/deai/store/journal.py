@@ -1,41 +1,67 @@
 """Appending to the journal: the one place balances change.
 
-``append`` locks the head row, checks that no account would dip below zero,
-chains the entry to the previous hash and updates the materialised balances,
-all inside the caller's transaction: the entry and everything else the caller
-wrote commit together or not at all.
+``append_many(s, drafts, clock)`` appends a batch of entries in a handful of
+statements whatever its size: it flushes the caller's pending changes (so rows
+of earlier tables in the lock order are locked first, see ``store.db``), locks
+the head row, reads and locks the balances of the accounts the batch debits,
+checks entry by entry that no account but the mint would dip below zero (an
+entry sees the balances left by the ones before it, exactly as the audit
+replays them), chains every entry to the previous hash, inserts the entries
+with one executemany, moves the materialised balances with one upsert
+(``INSERT ... ON CONFLICT DO UPDATE SET amount = amount + excluded.amount``)
+and moves the head once. ``append(s, draft, clock)`` is a batch of one. All of
+it happens inside the caller's transaction: the entries and everything else
+the caller wrote commit together or not at all; if any draft is refused
+(``InsufficientFunds``) nothing of the batch is written.
+
+Reads (``balances``) select columns rather than ORM objects so they always see
+what this module wrote with Core statements in the same transaction.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import insert, select
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from deai.core import ledger
 from deai.core.clock import Clock
 from deai.store.models import Balance, JournalEntry, JournalHead
 
+CHUNK = 1000  # rows per multi-row upsert: well inside SQLite's bound-parameter limit
+
+
+def _insert(s: Session, table: Any) -> Any:
+    dialect = s.get_bind().dialect.name
+    mod = postgresql if dialect == "postgresql" else sqlite
+    return mod.insert(table)
+
 
 def head(s: Session, *, lock: bool = False) -> JournalHead:
     q = select(JournalHead).where(JournalHead.id == 1)
     if lock:
-        q = q.with_for_update()
+        q = q.with_for_update().execution_options(populate_existing=True)
     row = s.scalars(q).first()
     if row is None:
-        row = JournalHead(id=1, seq=0, hash=ledger.GENESIS)
-        s.add(row)
-        s.flush()
+        # Two replicas may create the head at once: whoever loses simply reads it.
+        s.execute(_insert(s, JournalHead).values(id=1, seq=0, hash=ledger.GENESIS)
+                  .on_conflict_do_nothing(index_elements=["id"]))
+        row = s.scalars(q.execution_options(populate_existing=True)).one()
     return row
 
 
 def balances(s: Session, accounts: Iterable[str], *, lock: bool = False) -> dict[str, int]:
     accts = sorted(set(accounts))
-    q = select(Balance).where(Balance.account.in_(accts))
+    if not accts:
+        return {}
+    q = (select(Balance.account, Balance.amount).where(Balance.account.in_(accts))
+         .order_by(Balance.account))
     if lock:
         q = q.with_for_update()
-    return {b.account: b.amount for b in s.scalars(q)}
+    return {a: int(v) for a, v in s.execute(q)}
 
 
 def balance(s: Session, account: str) -> int:
@@ -43,27 +69,52 @@ def balance(s: Session, account: str) -> int:
 
 
 def append(s: Session, draft: ledger.Draft, clock: Clock) -> ledger.Entry:
+    return append_many(s, [draft], clock)[0]
+
+
+def append_many(s: Session, drafts: Sequence[ledger.Draft], clock: Clock) -> list[ledger.Entry]:
+    """Chain ``drafts`` in order onto the journal; all of them or, on a refusal, none."""
+    if not drafts:
+        return []
+    s.flush()  # the caller's earlier-in-order row locks come before the head's
     h = head(s, lock=True)
-    accounts = [a for a, _ in draft.postings]
-    current = balances(s, accounts, lock=True)
-    ledger.check_funds(draft, current)
-    entry = ledger.chain(draft, h.seq + 1, h.hash, int(clock.now() * 1000))
-    s.add(JournalEntry(seq=entry.seq, prev_hash=entry.prev_hash, hash=entry.hash,
-                       ts_ms=entry.ts_ms, kind=entry.kind, body=entry.body,
-                       postings=[[a, d] for a, d in entry.postings]))
     net: dict[str, int] = {}
-    for account, delta in draft.postings:
-        net[account] = net.get(account, 0) + delta
-    for account in net:
-        if account not in current:
-            current[account] = 0
-            s.add(Balance(account=account, amount=0))
+    for d in drafts:
+        for account, delta in d.postings:
+            net[account] = net.get(account, 0) + delta
+    debited = {a for d in drafts for a, delta in d.postings if delta < 0 and a != ledger.MINT}
+    running = dict.fromkeys(net, 0)
+    running.update(balances(s, debited, lock=True))
+    ts_ms = int(clock.now() * 1000)
+    entries: list[ledger.Entry] = []
+    seq, prev = h.seq, h.hash
+    for d in drafts:
+        ledger.check_funds(d, running)
+        for account, delta in d.postings:
+            running[account] += delta
+        seq += 1
+        e = ledger.chain(d, seq, prev, ts_ms)
+        entries.append(e)
+        prev = e.hash
+    s.execute(insert(JournalEntry), [
+        {"seq": e.seq, "prev_hash": e.prev_hash, "hash": e.hash, "ts_ms": e.ts_ms,
+         "kind": e.kind, "body": e.body, "postings": [[a, v] for a, v in e.postings]}
+        for e in entries])
+    moved = sorted((a, v) for a, v in net.items() if v != 0)
+    for i in range(0, len(moved), CHUNK):
+        stmt = _insert(s, Balance).values(
+            [{"account": a, "amount": v} for a, v in moved[i:i + CHUNK]])
+        s.execute(stmt.on_conflict_do_update(
+            index_elements=["account"],
+            set_={"amount": Balance.__table__.c.amount + stmt.excluded.amount}))
+    untouched = sorted(a for a, v in net.items() if v == 0)
+    for i in range(0, len(untouched), CHUNK):  # posted to, even if it nets to zero
+        s.execute(_insert(s, Balance).values(
+            [{"account": a, "amount": 0} for a in untouched[i:i + CHUNK]])
+            .on_conflict_do_nothing(index_elements=["account"]))
+    h.seq, h.hash = seq, prev
     s.flush()
-    for row in s.scalars(select(Balance).where(Balance.account.in_(sorted(net)))):
-        row.amount = current[row.account] + net[row.account]
-    h.seq, h.hash = entry.seq, entry.hash
-    s.flush()
-    return entry
+    return entries
 
 
 def to_entry(row: JournalEntry) -> ledger.Entry:
