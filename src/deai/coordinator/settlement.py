@@ -1,0 +1,125 @@
+"""The settlement port: the one door every movement of money goes through.
+
+``Settlement.post`` appends a balanced entry to the hash-chained journal (the
+first rail, always present and the source of truth) inside the caller's
+transaction, then hands the chained entry to every other registered rail in the
+same transaction. A rail mirrors what it needs elsewhere, typically by writing
+an outbox row that a background sender delivers (an EVM chain: bonds, slashes,
+epoch roots). Adding a rail touches no job or verification code:
+
+    class Rail(Protocol):
+        name: str
+        def on_posted(self, s: Session, entry: ledger.Entry) -> None: ...
+
+    Settlement(clock, rails=[ChainRail(...)])
+
+The named operations below (escrow, pay, check fee, slash, forfeit, refund,
+release, bond, faucet, grant) are the effects the lifecycle asks for, each
+turned into one journal entry here and nowhere else.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any, Protocol
+
+from sqlalchemy.orm import Session
+
+from deai.core import ledger
+from deai.core.clock import Clock
+from deai.core.money import fee_of
+from deai.store import journal
+
+
+class Rail(Protocol):
+    name: str
+
+    def on_posted(self, s: Session, entry: ledger.Entry) -> None:
+        """Called inside the posting transaction, after the journal holds ``entry``."""
+        ...
+
+
+class Settlement:
+    def __init__(self, clock: Clock, fee_bps: int, rails: Sequence[Rail] = ()) -> None:
+        self.clock = clock
+        self.fee_bps = fee_bps
+        self.rails: list[Rail] = list(rails)
+
+    def add_rail(self, rail: Rail) -> None:
+        self.rails.append(rail)
+
+    # --- the port -------------------------------------------------------------------------
+
+    def post(self, s: Session, draft: ledger.Draft) -> ledger.Entry:
+        entry = journal.append(s, draft, self.clock)
+        for rail in self.rails:
+            rail.on_posted(s, entry)
+        return entry
+
+    def balance(self, s: Session, account: str) -> int:
+        return journal.balance(s, account)
+
+    def balances(self, s: Session, accounts: Iterable[str]) -> dict[str, int]:
+        return journal.balances(s, accounts)
+
+    def fee(self, cost: int) -> int:
+        """The network's cut of a payment: the one fee rule."""
+        return fee_of(cost, self.fee_bps)
+
+    # --- the operations ---------------------------------------------------------------------
+
+    def escrow(self, s: Session, owner: str, job_id: str, amount: int) -> None:
+        if amount > 0:
+            self.post(s, ledger.escrow_job(owner, job_id, amount))
+
+    def pay_task(self, s: Session, job_id: str, task_id: str, assignment_id: str,
+                 provider: str, cost: int) -> tuple[ledger.Entry, int, int]:
+        """Pay accepted work from the job's escrow; returns (entry, to provider, fee)."""
+        fee = self.fee(cost)
+        entry = self.post(s, ledger.payout(job_id, task_id, assignment_id, provider, cost, fee))
+        return entry, cost - fee, fee
+
+    def pay_check(self, s: Session, provider: str, cost: int, assignment_id: str,
+                  role: str) -> tuple[ledger.Entry | None, int]:
+        """The treasury pays a check, as far as it can; returns (entry, amount)."""
+        amount = min(cost, self.balance(s, ledger.FEE))
+        if amount <= 0:
+            return None, 0
+        return self.post(s, ledger.check_fee(provider, amount, assignment_id, role)), amount
+
+    def slash(self, s: Session, provider: str, amount: int, bounty_to: str | None,
+              bounty: int, evidence: dict[str, Any]) -> None:
+        if amount > 0:
+            self.post(s, ledger.slash(provider, amount, bounty_to, bounty, evidence))
+
+    def forfeit(self, s: Session, provider: str, job_id: str, amount: int, fee_back: int,
+                to_account: str) -> int:
+        """Unreleased earnings back to the payer; returns the fee actually returned."""
+        fee_back = min(fee_back, self.balance(s, ledger.FEE))
+        if amount + fee_back > 0:
+            self.post(s, ledger.forfeit(provider, job_id, amount, fee_back, to_account))
+        return fee_back
+
+    def refund(self, s: Session, owner: str, job_id: str, why: str) -> int:
+        """Return what is left in a job's escrow to its owner; returns the amount."""
+        left = self.balance(s, ledger.escrow(job_id))
+        if left > 0:
+            self.post(s, ledger.refund(owner, job_id, left, why))
+        return max(0, left)
+
+    def release(self, s: Session, provider: str, amount: int, payout_ids: list[int]) -> None:
+        if amount > 0:
+            self.post(s, ledger.release(provider, amount, payout_ids))
+
+    def record(self, s: Session, task_id: str, evidence: dict[str, Any]) -> None:
+        """A verdict: evidence in the journal, no money moves."""
+        self.post(s, ledger.verdict(task_id, evidence))
+
+    def bond(self, s: Session, provider: str, amount: int) -> None:
+        self.post(s, ledger.bond(provider, amount))
+
+    def faucet(self, s: Session, account: str, amount: int) -> None:
+        self.post(s, ledger.faucet(account, amount))
+
+    def grant(self, s: Session, amount: int, reason: str) -> None:
+        self.post(s, ledger.treasury_grant(amount, reason))
