@@ -281,3 +281,26 @@ def audit(entries: Iterable[Entry], claimed: Mapping[str, int] | None = None) ->
                 rep.fail(f"{account}: claimed {claimed.get(account, 0)}, "
                          f"journal says {bal.get(account, 0)}")
     return rep
+
+
+# --- settlement on an EVM chain (deai.chain) ------------------------------------------------
+# Tokens deposited into the settlement contract enter the journal from the mint, and
+# tokens withdrawn to the chain leave through it, so ``supply`` counts what the chain
+# holds for DeAI accounts (plus, on a devnet, what the faucet made). A withdrawal moves
+# an account's money out at once; the address may claim it on chain, by Merkle proof,
+# after the next epoch commitment's challenge delay.
+
+def deposit(owner: str, amount: int, chain_id: int, tx_hash: str, log_index: int,
+            block: int) -> Draft:
+    """Tokens deposited on chain for ``owner``, credited once per (tx hash, log index)."""
+    _positive(amount, "deposit")
+    return Draft("deposit", {"account": owner, "amount": amount, "chain_id": chain_id,
+                             "tx": tx_hash, "log_index": log_index, "block": block},
+                 ((MINT, -amount), (acct(owner), amount)))
+
+
+def withdrawal(owner: str, amount: int, address: str) -> Draft:
+    """``owner`` sends ``amount`` to ``address`` on chain (claimable by Merkle proof)."""
+    _positive(amount, "withdrawal")
+    return Draft("withdrawal", {"account": owner, "amount": amount, "address": address},
+                 ((acct(owner), -amount), (MINT, amount)))

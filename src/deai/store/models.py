@@ -298,3 +298,79 @@ class BlobRef(Base):
     account: Mapped[str] = mapped_column(String(64), primary_key=True, index=True)
     size: Mapped[int] = mapped_column(BigInteger)
     created_at: Mapped[float] = mapped_column(Float)
+
+
+# --- settlement on an EVM chain (deai.chain; migration 0007) ---------------------------------
+
+import sqlalchemy as _sa  # noqa: E402 - the chain tables' CHECK constraints
+
+
+class ChainDeposit(Base):
+    """A Deposit event credited to the journal: at most once per (tx hash, log index)."""
+
+    __tablename__ = "chain_deposits"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    tx_hash: Mapped[str] = mapped_column(String(66))
+    log_index: Mapped[int] = mapped_column(Integer)
+    block: Mapped[int] = mapped_column(BigInteger)
+    account: Mapped[str] = mapped_column(String(64), index=True)
+    sender: Mapped[str] = mapped_column(String(42))
+    amount: Mapped[int] = mapped_column(BigInteger)
+    journal_seq: Mapped[int] = mapped_column(BigInteger)
+    credited_at: Mapped[float] = mapped_column(Float)
+
+    __table_args__ = (UniqueConstraint("tx_hash", "log_index", name="uq_chain_deposits_log"),)
+
+
+class ChainEpoch(Base):
+    """An epoch commitment: the journal head and the Merkle root of what each address may
+    withdraw (cumulative), with the leaves so proofs can be served."""
+
+    __tablename__ = "chain_epochs"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    epoch: Mapped[int | None] = mapped_column(BigInteger, nullable=True, unique=True)
+    head_seq: Mapped[int] = mapped_column(BigInteger)
+    head_hash: Mapped[str] = mapped_column(String(64))
+    root: Mapped[str] = mapped_column(String(66))
+    total: Mapped[int] = mapped_column(BigInteger)
+    leaves: Mapped[dict[str, Any]] = mapped_column(JSON)
+    tx_hash: Mapped[str | None] = mapped_column(String(66), nullable=True)
+    block: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    created_at: Mapped[float] = mapped_column(Float)
+    posted_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+    __table_args__ = (_sa.CheckConstraint("status IN ('pending', 'posted')",
+                                          name="ck_chain_epochs_status"),)
+
+
+class ChainOutbox(Base):
+    """A journal entry to mirror on chain (bond, unbond, slash), sent once by the rail."""
+
+    __tablename__ = "chain_outbox"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    journal_seq: Mapped[int] = mapped_column(BigInteger)
+    op: Mapped[str] = mapped_column(String(16))
+    args: Mapped[dict[str, Any]] = mapped_column(JSON)
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    tx_hash: Mapped[str | None] = mapped_column(String(66), nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[float] = mapped_column(Float)
+    done_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+    __table_args__ = (
+        UniqueConstraint("journal_seq", "op", name="uq_chain_outbox_entry"),
+        _sa.CheckConstraint("op IN ('bond', 'unbond', 'slash')", name="ck_chain_outbox_op"),
+        _sa.CheckConstraint("status IN ('pending', 'done', 'failed')",
+                            name="ck_chain_outbox_status"),
+    )
+
+
+class ChainCursor(Base):
+    """How far a chain loop has read: the last block scanned for deposits, the last
+    journal entry scanned for the outbox."""
+
+    __tablename__ = "chain_cursors"
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    value: Mapped[int] = mapped_column(BigInteger)
