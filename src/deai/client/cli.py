@@ -461,20 +461,22 @@ def job_submit(spec_file: Annotated[Path, typer.Argument(metavar="SPEC.yaml")],
 
 
 @command(job_app, "status")
-def job_status(job_id: str, coordinator: Coordinator = DEFAULT_COORDINATOR) -> None:
-    """A job's state, tasks and money."""
-    with Client(coordinator) as c:
+def job_status(job_id: str, coordinator: Coordinator = DEFAULT_COORDINATOR,
+               key: Key = "client") -> None:
+    """A job's state, tasks and money (jobs are private: the owner's --key reads them)."""
+    with Client(coordinator, keys.load(key)) as c:
         console.print(job_table(c.job(job_id), provider_names(c)))
 
 
 @command(job_app, "list")
 def job_list(coordinator: Coordinator = DEFAULT_COORDINATOR, key: Key = "client",
-             all_owners: Annotated[bool, typer.Option("--all", help="Every owner's jobs.")]
+             all_owners: Annotated[bool, typer.Option("--all", help="Ignored: jobs are private.")]
              = False, limit: int = 50) -> None:
-    """Your jobs (the --key's), newest first."""
-    owner = None if all_owners else keys.load(key).id
-    with Client(coordinator) as c:
-        jobs = c.jobs(owner=owner, limit=limit)
+    """Your jobs (the --key's), newest first; --all is kept for old scripts (jobs are private:
+    every owner's jobs are on the explorer, without their specs)."""
+    me = keys.load(key)
+    with Client(coordinator, me) as c:
+        jobs = c.jobs(owner=me.id, limit=limit)
     t = Table("job", "status", "tasks", "inputs", "cost", "created")
     t.columns[0].no_wrap = t.columns[5].no_wrap = True
     for j in jobs:
@@ -487,9 +489,9 @@ def job_list(coordinator: Coordinator = DEFAULT_COORDINATOR, key: Key = "client"
 @command(job_app, "results")
 def job_results(job_id: str, output: Annotated[Path | None, typer.Option(
                     "-o", "--output", help="Default results/<job id>.jsonl.")] = None,
-                coordinator: Coordinator = DEFAULT_COORDINATOR) -> None:
+                coordinator: Coordinator = DEFAULT_COORDINATOR, key: Key = "client") -> None:
     """Write a completed job's output (one line per input line, in input order)."""
-    with Client(coordinator) as c:
+    with Client(coordinator, keys.load(key)) as c:
         path, lines = write_results(c, job_id, output)
         result = training.parse(path.read_bytes())
         extra = training.save(c, result, path) if result else []
@@ -501,9 +503,9 @@ def job_results(job_id: str, output: Annotated[Path | None, typer.Option(
 @command(job_app, "plot")
 def job_plot(job_id: str, output: Annotated[Path, typer.Option(
                  "-o", "--output", help="PNG file to write.")] = Path("loss.png"),
-             coordinator: Coordinator = DEFAULT_COORDINATOR) -> None:
+             coordinator: Coordinator = DEFAULT_COORDINATOR, key: Key = "client") -> None:
     """Draw a completed training job's loss curve and test accuracy to a PNG."""
-    with Client(coordinator) as c:
+    with Client(coordinator, keys.load(key)) as c:
         result = training.parse(c.results(job_id))
     if result is None:
         raise InvalidInput(f"job {job_id} is not a training job", field="job")

@@ -1,4 +1,4 @@
-"""The Python SDK: typed calls over the native API, signing every mutating request.
+"""The Python SDK: typed calls over the native API, signing every request when it has a key.
 
     client = Client("http://127.0.0.1:8000", keys.load("alice"))
     digest = client.upload(Path("data.jsonl").read_bytes()).digest
@@ -59,7 +59,10 @@ class Client:
             body = json.dumps(json_body).encode()
         body = body or b""
         headers = {"content-type": content_type} if body else {}
-        if signed if signed is not None else method.upper() != "GET":
+        # A GET is signed whenever a key is loaded: private reads (jobs, results, blobs)
+        # are answered only to their owner or a provider whose lease needs them.
+        if signed if signed is not None else (method.upper() != "GET"
+                                              or self.identity is not None):
             if self.identity is None:
                 raise DeAIError("this call needs a key (pass --key)")
             headers.update(self.identity.headers(method, path, body))

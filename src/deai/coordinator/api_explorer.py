@@ -1,6 +1,8 @@
 """Read endpoints for the explorer and the CLI, the live event stream, and the page itself.
 
-Everything here reads; nothing needs a signature. ``/api/events/stream`` is a
+Everything here reads; nothing needs a signature, so everything here is public
+(``coordinator.public``): no spec, output digest or error text of a job, and
+event bodies through the allow-list of their kind. ``/api/events/stream`` is a
 server-sent-events stream of event rows: it resumes after ``Last-Event-ID`` (or
 ``?after=``), sends a comment every ``heartbeat`` seconds so proxies keep it
 open, and ends as soon as the coordinator starts shutting down.
@@ -24,6 +26,7 @@ from starlette.concurrency import run_in_threadpool
 from deai.coordinator import explorer_views as views
 from deai.coordinator.auth import coordinator
 from deai.coordinator.service import Coordinator
+from deai.core import wire
 from deai.core import wire_explorer as wx
 from deai.core.errors import InvalidInput
 
@@ -31,6 +34,10 @@ router = APIRouter(prefix="/api")
 page = APIRouter()
 C = Annotated[Coordinator, Depends(coordinator)]
 Limit = Annotated[int, Query(ge=1, le=500)]
+MAX_ID = 2**63 - 1  # the database's BIGINT: a larger cursor is bad input, not a 500
+After = Annotated[int, Query(ge=0, le=MAX_ID)]
+Before = Annotated[int | None, Query(ge=1, le=MAX_ID)]
+Kinds = Annotated[list[str] | None, Query(max_length=32)]
 Id = Annotated[str, PathParam(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.:-]+$")]
 
 EXPLORER_DIR = Path(__file__).resolve().parents[1] / "explorer"
@@ -53,6 +60,12 @@ def provider_detail(provider_id: Id, c: C, limit: Limit = 50) -> wx.ProviderDeta
     return views.provider_detail(c, provider_id, limit)
 
 
+@router.get("/explorer/jobs", response_model=dict[str, list[wire.JobOut]])
+def job_list(c: C, limit: Limit = 50) -> dict[str, list[wire.JobOut]]:
+    """The latest jobs of every owner, newest first: status, counts and money only."""
+    return {"jobs": views.job_list(c, limit)}
+
+
 @router.get("/explorer/jobs/{job_id}", response_model=wx.JobDetailOut)
 def job_detail(job_id: Id, c: C) -> wx.JobDetailOut:
     """A job with the state of each shard, its providers and its latest assignments."""
@@ -60,15 +73,13 @@ def job_detail(job_id: Id, c: C) -> wx.JobDetailOut:
 
 
 @router.get("/explorer/verification", response_model=wx.EventsOut)
-def verification(c: C, limit: Limit = 100,
-                 before: Annotated[int | None, Query(ge=1)] = None) -> wx.EventsOut:
+def verification(c: C, limit: Limit = 100, before: Before = None) -> wx.EventsOut:
     """Checks, verdicts and slashes, newest first (``before``: an event id, to page back)."""
     return views.verification(c, limit, before)
 
 
 @router.get("/explorer/ledger", response_model=wx.LedgerOut)
-def ledger(c: C, limit: Limit = 50,
-           before: Annotated[int | None, Query(ge=1)] = None) -> wx.LedgerOut:
+def ledger(c: C, limit: Limit = 50, before: Before = None) -> wx.LedgerOut:
     """The journal's latest entries, newest first, its head, supply and the last audit."""
     return views.ledger_view(c, limit, before)
 
@@ -93,8 +104,7 @@ def account(account: Id, c: C, limit: Limit = 100) -> wx.AccountOut:
 
 
 @router.get("/events", response_model=wx.EventsOut)
-def events(c: C, after: Annotated[int, Query(ge=0)] = 0, limit: Limit = 100,
-           kind: Annotated[list[str] | None, Query(max_length=32)] = None) -> wx.EventsOut:
+def events(c: C, after: After = 0, limit: Limit = 100, kind: Kinds = None) -> wx.EventsOut:
     """Event rows with an id above ``after``, oldest first; ``kind`` filters (repeatable)."""
     return views.events_page(c, after, limit, kind)
 
@@ -112,9 +122,9 @@ def _resume_point(after: int | None, last_event_id: str | None) -> int | None:
 @router.get("/events/stream", response_class=StreamingResponse,
             responses={200: {"content": {"text/event-stream": {}},
                              "description": "one `data:` line per event row (JSON)"}})
-async def stream(c: C, after: Annotated[int | None, Query(ge=0)] = None,
+async def stream(c: C, after: Annotated[int | None, Query(ge=0, le=MAX_ID)] = None,
                  heartbeat: Annotated[float, Query(ge=0.5, le=60)] = 15.0,
-                 kind: Annotated[list[str] | None, Query(max_length=32)] = None,
+                 kind: Kinds = None,
                  last_event_id: Annotated[str | None, Header(max_length=32)] = None,
                  ) -> StreamingResponse:
     """Server-sent events: every new event row as JSON, with its id as the SSE id.

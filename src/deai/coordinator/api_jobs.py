@@ -1,14 +1,20 @@
-"""Routes for providers, their assignments, and jobs (native API under /api)."""
+"""Routes for providers, their assignments, and jobs (native API under /api).
+
+Jobs are private: listing, reading and fetching the results of a job take a
+request signed by its owner (``access``); anyone else, signed or not, gets the
+404 of a job that does not exist. A job may only name an input its owner may
+read. The explorer shows every job's public face instead.
+"""
 
 from __future__ import annotations
 
 import asyncio
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Response
+from fastapi import APIRouter, Depends, Path, Query, Response
 from starlette.concurrency import run_in_threadpool
 
-from deai.coordinator import jobs
+from deai.coordinator import access, jobs
 from deai.coordinator.auth import coordinator, signer
 from deai.coordinator.service import Coordinator
 from deai.core import wire
@@ -16,6 +22,9 @@ from deai.core import wire
 router = APIRouter(prefix="/api")
 C = Annotated[Coordinator, Depends(coordinator)]
 Signer = Annotated[str, Depends(signer)]
+JobId = Annotated[str, Path(min_length=1, max_length=40)]
+ProviderId = Annotated[str, Path(min_length=1, max_length=64)]
+AssignmentId = Annotated[str, Path(min_length=1, max_length=40)]
 
 
 @router.post("/providers/register", response_model=wire.ProviderOut)
@@ -54,17 +63,17 @@ def providers(c: C) -> dict[str, list[wire.ProviderOut]]:
 
 
 @router.get("/providers/{provider_id}", response_model=wire.ProviderOut)
-def provider(provider_id: str, c: C) -> wire.ProviderOut:
+def provider(provider_id: ProviderId, c: C) -> wire.ProviderOut:
     return c.provider(provider_id)
 
 
 @router.post("/assignments/{assignment_id}/result", response_model=wire.ResultOut)
-def result(assignment_id: str, body: wire.ResultIn, c: C, me: Signer) -> wire.ResultOut:
+def result(assignment_id: AssignmentId, body: wire.ResultIn, c: C, me: Signer) -> wire.ResultOut:
     return jobs.submit_result(c, me, assignment_id, body)
 
 
 @router.post("/assignments/{assignment_id}/fail", response_model=wire.ResultOut)
-def fail(assignment_id: str, body: wire.FailIn, c: C, me: Signer) -> wire.ResultOut:
+def fail(assignment_id: AssignmentId, body: wire.FailIn, c: C, me: Signer) -> wire.ResultOut:
     return jobs.report_failure(c, me, assignment_id, body.error)
 
 
@@ -75,25 +84,32 @@ def quote(body: wire.QuoteIn, c: C) -> wire.QuoteOut:
 
 @router.post("/jobs", response_model=wire.JobOut, status_code=201)
 def submit(body: wire.JobIn, c: C, me: Signer) -> wire.JobOut:
+    access.require_blob(c, me, body.input_digest, "input_digest")
     return jobs.submit(c, me, body)
 
 
 @router.get("/jobs", response_model=dict[str, list[wire.JobOut]])
-def list_jobs(c: C, owner: str | None = None,
+def list_jobs(c: C, me: Signer,
+              owner: Annotated[str | None, Query(max_length=64)] = None,
               limit: Annotated[int, Query(ge=1, le=500)] = 50) -> dict[str, list[wire.JobOut]]:
-    return {"jobs": jobs.list_jobs(c, owner, limit)}
+    """The signer's own jobs, newest first (``owner``, if given, must be the signer)."""
+    if owner is not None and owner != me:
+        return {"jobs": []}
+    return {"jobs": jobs.list_jobs(c, me, limit)}
 
 
 @router.get("/jobs/{job_id}", response_model=wire.JobOut)
-def job(job_id: str, c: C) -> wire.JobOut:
+def job(job_id: JobId, c: C, me: Signer) -> wire.JobOut:
+    access.require_job(c, me, job_id)
     return jobs.view(c, job_id)
 
 
 @router.post("/jobs/{job_id}/cancel", response_model=wire.JobOut)
-def cancel(job_id: str, c: C, me: Signer) -> wire.JobOut:
+def cancel(job_id: JobId, c: C, me: Signer) -> wire.JobOut:
     return jobs.cancel(c, me, job_id)
 
 
 @router.get("/jobs/{job_id}/results")
-def results(job_id: str, c: C) -> Response:
+def results(job_id: JobId, c: C, me: Signer) -> Response:
+    access.require_job(c, me, job_id)
     return Response(jobs.results(c, job_id), media_type="application/jsonl")

@@ -1,12 +1,21 @@
-"""Routes for the network, accounts, blobs and the ledger (native API under /api)."""
+"""Routes for the network, accounts, blobs and the ledger (native API under /api).
+
+Blobs are private: ``PUT /api/blobs`` records the uploader, and ``GET
+/api/blobs/{digest}`` answers only a signed request from an account that
+``access`` lets read it (uploader, owner of a job using it, provider with a live
+lease that needs it); anyone else gets the 404 of a missing blob. The journal
+and balances are public.
+"""
 
 from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from sqlalchemy import select
+from starlette.concurrency import run_in_threadpool
 
+from deai.coordinator import access
 from deai.coordinator.auth import coordinator, read_body, signer
 from deai.coordinator.service import Coordinator
 from deai.core import ledger, wire
@@ -30,7 +39,8 @@ def faucet(body: wire.FaucetIn, c: C, me: Signer) -> wire.BalanceOut:
 
 
 @router.get("/accounts/{account}", response_model=wire.BalanceOut)
-def account(account: str, c: C) -> wire.BalanceOut:
+def account(account: Annotated[str, Path(min_length=1, max_length=100)],
+            c: C) -> wire.BalanceOut:
     return c.balance(account)
 
 
@@ -39,16 +49,20 @@ async def put_blob(request: Request, c: C, me: Signer) -> wire.BlobOut:
     data = await read_body(request, c.settings.max_upload_bytes)
     if not data:
         raise InvalidInput("body: an empty blob is not allowed", field="body")
-    return c.put_blob(data)
+    out = c.put_blob(data)
+    await run_in_threadpool(access.record_upload, c, me, out.digest, out.size)
+    return out
 
 
 @router.get("/blobs/{digest}")
-def get_blob(digest: str, c: C) -> Response:
+def get_blob(digest: Annotated[str, Path(pattern=r"^[0-9a-f]{64}$")], c: C,
+             me: Signer) -> Response:
+    access.require_blob(c, me, digest)
     return Response(c.get_blob(digest), media_type="application/octet-stream")
 
 
 @router.get("/ledger/journal", response_model=wire.JournalOut)
-def journal_page(c: C, after: Annotated[int, Query(ge=0)] = 0,
+def journal_page(c: C, after: Annotated[int, Query(ge=0, le=2**63 - 1)] = 0,
                  limit: Annotated[int, Query(ge=1, le=5000)] = 1000) -> wire.JournalOut:
     with c.db.read() as s:
         rows = s.scalars(select(JournalEntry).where(JournalEntry.seq > after)

@@ -1,12 +1,16 @@
 """Request authentication: the signed-request dependency and the body size guard.
 
 ``signer`` verifies the four signature headers over the exact bytes received,
-rejects stale timestamps and replayed nonces, and returns the account id. It
-reads the body itself (bounded by the upload limit) so routes that take raw
-bytes and routes that take JSON are checked the same way.
+rejects stale or non-finite timestamps and replayed nonces, and returns the
+account id. It checks the headers before it reads the body, and reads the body
+itself (bounded by the upload limit, which ``limits.BodyLimit`` has already
+enforced on the wire) so routes that take raw bytes and routes that take JSON
+are checked the same way.
 """
 
 from __future__ import annotations
+
+import math
 
 from fastapi import Request
 from starlette.concurrency import run_in_threadpool
@@ -54,9 +58,11 @@ async def signer(request: Request) -> str:
     if not auth.is_nonce(nonce):
         raise AuthError("X-DeAI-Nonce must be 8-64 characters of [A-Za-z0-9_-]")
     try:
-        stamp = float(ts)
+        stamp = float(ts) if len(ts) <= 32 else math.nan
     except ValueError:
-        raise AuthError("X-DeAI-Timestamp must be seconds since the epoch") from None
+        stamp = math.nan
+    if not math.isfinite(stamp):  # nan would pass any comparison below, and replay later
+        raise AuthError("X-DeAI-Timestamp must be seconds since the epoch (a finite number)")
     if abs(stamp - c.now()) > auth.MAX_SKEW:
         raise AuthError("request timestamp is too far from the coordinator's clock (stale)")
     body = await read_body(request, c.settings.max_upload_bytes)

@@ -3,7 +3,8 @@
 Nothing here writes. Every view reads inside one ``db.read()`` transaction so
 the numbers on a page agree with each other; aggregation that SQLite and
 PostgreSQL would spell differently (time buckets, JSON filters) is done in
-Python over bounded row sets.
+Python over bounded row sets. What leaves is public (``public``): event bodies
+through the allow-list, jobs without their spec, outputs or error texts.
 """
 
 from __future__ import annotations
@@ -17,9 +18,9 @@ from typing import Any
 from sqlalchemy import String, cast, func, select
 from sqlalchemy.orm import Session
 
-from deai.coordinator import api_ledger, jobs
+from deai.coordinator import api_ledger, jobs, public
 from deai.coordinator.service import Coordinator
-from deai.core import compute, ledger
+from deai.core import compute, ledger, wire
 from deai.core import wire_explorer as wx
 from deai.core.errors import NotFound
 from deai.core.money import cost_for_units
@@ -43,7 +44,8 @@ FINISHED = ("completed", "failed", "cancelled")
 
 
 def event_out(e: Event) -> wx.EventOut:
-    return wx.EventOut(id=e.id, ts=e.ts, kind=e.kind, subject=e.subject, body=dict(e.body or {}))
+    return wx.EventOut(id=e.id, ts=e.ts, kind=e.kind, subject=e.subject,
+                       body=public.event_body(e.kind, e.body))
 
 
 def _counts(s: Session, col: Any) -> dict[str, int]:
@@ -153,10 +155,10 @@ def _price_series(s: Session, now: float, window: float) -> list[wx.PriceSeries]
 # --- providers ------------------------------------------------------------------------
 
 def assignment_row(a: Assignment) -> wx.AssignmentRow:
-    return wx.AssignmentRow(
+    return public.assignment(wx.AssignmentRow(
         id=a.id, task_id=a.task_id, job_id=a.job_id, provider_id=a.provider_id, role=a.role,
         status=a.status, price=a.price, leased_at=a.leased_at, submitted_at=a.submitted_at,
-        seconds=a.seconds, units=a.units, output_digest=a.output_digest, error=a.error)
+        seconds=a.seconds, units=a.units, output_digest=a.output_digest, error=a.error))
 
 
 def _mentions(value: Any, needle: str) -> bool:
@@ -208,7 +210,7 @@ def shard_state(task_status: str, submitted: bool) -> str:
 
 
 def job_detail(c: Coordinator, job_id: str) -> wx.JobDetailOut:
-    job = jobs.view(c, job_id)  # NotFound for an unknown id
+    job = public.job(jobs.view(c, job_id))  # NotFound for an unknown id
     with c.db.read() as s:
         tasks = s.scalars(select(Task).where(Task.job_id == job_id).order_by(Task.idx)
                           .limit(MAX_SHARDS)).all()
@@ -226,7 +228,8 @@ def job_detail(c: Coordinator, job_id: str) -> wx.JobDetailOut:
             shards.append(wx.ShardOut(
                 idx=t.idx, task_id=t.id, status=t.status, state=state, attempts=t.attempts,
                 redone=t.attempts > 1, items=t.items, units=t.units,
-                providers=list(dict.fromkeys(a.provider_id for a in mine)), error=t.error))
+                providers=list(dict.fromkeys(a.provider_id for a in mine)),
+                error=public.error(t.error)))
         per: dict[str, dict[str, int]] = defaultdict(lambda: {"accepted": 0, "n": 0, "paid": 0})
         for a in asgs:
             row = per[a.provider_id]
@@ -244,6 +247,11 @@ def job_detail(c: Coordinator, job_id: str) -> wx.JobDetailOut:
         return wx.JobDetailOut(job=job, shards=shards, states=dict(states), cost_so_far=job.cost,
                                providers=providers,
                                assignments=[assignment_row(a) for a in latest])
+
+
+def job_list(c: Coordinator, limit: int) -> list[wire.JobOut]:
+    """The latest jobs of every owner, each by its public face."""
+    return [public.job(j) for j in jobs.list_jobs(c, None, limit)]
 
 
 # --- events ---------------------------------------------------------------------------

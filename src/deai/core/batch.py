@@ -2,7 +2,9 @@
 
 Input: one JSON object a line, ``{"custom_id", "method": "POST", "url", "body"}``.
 Only "\\n" ends a line: ``str.splitlines`` would also split on U+2028 and
-friends, which JSON writers leave raw inside strings.
+friends, which JSON writers leave raw inside strings. A line nested more than
+``MAX_DEPTH`` levels, or holding a non-finite number (``NaN``, ``Infinity``), is
+refused with the line's number, before anything recurses into it.
 """
 
 from __future__ import annotations
@@ -15,6 +17,41 @@ from deai.core.errors import InvalidInput
 
 T = TypeVar("T")
 
+MAX_DEPTH = 64
+
+
+def depth(value: Any) -> int:
+    """How deeply arrays and objects nest in a decoded JSON value (iteratively)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        v, d = stack.pop()
+        if isinstance(v, dict):
+            v = list(v.values())
+        if isinstance(v, list):
+            deepest = max(deepest, d)
+            stack.extend((x, d + 1) for x in v if isinstance(x, dict | list))
+    return deepest
+
+
+def _constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
+def loads(raw: str, where: str) -> Any:
+    """One JSON document, finite and at most ``MAX_DEPTH`` deep, or ``InvalidInput(where)``."""
+    deep = InvalidInput(f"{where}: nested more than {MAX_DEPTH} levels", field=where)
+    try:
+        obj = json.loads(raw, parse_constant=_constant)
+    except json.JSONDecodeError as exc:
+        raise InvalidInput(f"{where}: not JSON ({exc.msg})", field=where) from None
+    except ValueError as exc:
+        raise InvalidInput(f"{where}: {exc}", field=where) from None
+    except RecursionError:
+        raise deep from None
+    if raw.count("[") + raw.count("{") > MAX_DEPTH and depth(obj) > MAX_DEPTH:
+        raise deep
+    return obj
+
 
 def jsonl(data: bytes, what: str = "input") -> Iterator[tuple[int, Any]]:
     """Decode JSONL, yielding (line number, object); blank lines are skipped."""
@@ -26,11 +63,7 @@ def jsonl(data: bytes, what: str = "input") -> Iterator[tuple[int, Any]]:
         raw = raw.removesuffix("\r")
         if not raw.strip():
             continue
-        try:
-            yield lineno, json.loads(raw)
-        except json.JSONDecodeError as exc:
-            where = f"{what}[line {lineno}]"
-            raise InvalidInput(f"{where}: not JSON ({exc.msg})", field=where) from None
+        yield lineno, loads(raw, f"{what}[line {lineno}]")
 
 
 def dumps(obj: Any) -> bytes:

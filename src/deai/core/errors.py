@@ -9,7 +9,8 @@
     ├── NotFound                   404 no such object                   code=not_found
     ├── Conflict                   409 wrong state (late result, ...)   code=conflict
     ├── InsufficientFunds          402 balance cannot cover             code=insufficient_funds
-    └── NoCapacity                 409 no provider can run the job      code=no_capacity
+    ├── NoCapacity                 409 no provider can run the job      code=no_capacity
+    └── RateLimited                429 too many requests; retry later   code=rate_limited
 
 Each carries a machine-readable ``code``, a ``message`` for people, and where
 it concerns one field of the request, that field's dotted path.
@@ -84,11 +85,16 @@ class NoCapacity(DeAIError):
     code = "no_capacity"
 
 
+class RateLimited(DeAIError):
+    status = 429
+    code = "rate_limited"
+
+
 _BY_CODE: dict[str, type[DeAIError]] = {
     cls.code: cls
     for cls in (
         DeAIError, InvalidInput, UnknownModel, PayloadTooLarge, AuthError, Forbidden,
-        NotFound, Conflict, InsufficientFunds, NoCapacity,
+        NotFound, Conflict, InsufficientFunds, NoCapacity, RateLimited,
     )
 }
 

@@ -172,9 +172,23 @@ def stake_for(value: int, slash_fraction: float, check_probability: float) -> in
     p = check_probability
     loss = int(value * (1 - p) / p) + 1  # the slash must exceed this
     stake = math.ceil(loss / slash_fraction)
-    while int(stake * slash_fraction) < loss:  # the slash rounds down to a micro-unit
-        stake += 1
-    return stake
+
+    def enough(st: int) -> bool:  # the slash rounds down to a micro-unit
+        return int(st * slash_fraction) >= loss
+
+    if enough(stake):
+        return stake
+    # The smallest stake above that is enough: ``enough`` only flips once as the stake
+    # grows, so step out by doubling and bisect back, in O(log) steps even where floats
+    # are too coarse for +1 to change the product (values of 10^22 and up).
+    low, step = stake, 1
+    while not enough(low + step):
+        low, step = low + step, step * 2
+    high = low + step
+    while high - low > 1:
+        mid = (low + high) // 2
+        low, high = (low, mid) if enough(mid) else (mid, high)
+    return high
 
 
 @dataclass

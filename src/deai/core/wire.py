@@ -3,17 +3,54 @@
 Compatibility rules: inputs forbid unknown fields so typos fail loudly; a new
 field is added with a default so older peers keep working; a field is never
 renamed or re-typed in place.
+
+Every input is bounded: numbers are finite and within the database's range,
+money is a strict integer (``"10"``, ``true`` and ``1e3`` are refused), lists
+and free-form objects have a size and depth limit (``bounded``).
 """
 
 from __future__ import annotations
 
-from typing import Any
+import json
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt
+
+INT32 = 2**31 - 1
+INT64 = 2**63 - 1
+MAX_MONEY = 10**15
+
+
+def _depth(value: Any) -> int:
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        v, d = stack.pop()
+        if isinstance(v, dict):
+            v = list(v.values())
+        if isinstance(v, list):
+            deepest = max(deepest, d)
+            stack.extend((x, d + 1) for x in v if isinstance(x, dict | list))
+    return deepest
+
+
+def bounded(max_bytes: int, max_depth: int) -> AfterValidator:
+    """A free-form JSON value at most ``max_bytes`` long (as compact JSON) and
+    ``max_depth`` levels deep, with finite numbers only."""
+    def check(value: Any) -> Any:
+        if _depth(value) > max_depth:
+            raise ValueError(f"nested more than {max_depth} levels")
+        try:
+            text = json.dumps(value, separators=(",", ":"), allow_nan=False)
+        except ValueError:
+            raise ValueError("numbers must be finite") from None
+        if len(text) > max_bytes:
+            raise ValueError(f"over {max_bytes} bytes as JSON")
+        return value
+    return AfterValidator(check)
 
 
 class In(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class Out(BaseModel):
@@ -34,7 +71,7 @@ class NetworkInfo(Out):
 
 
 class FaucetIn(In):
-    amount: int = Field(gt=0, le=10**15)
+    amount: StrictInt = Field(gt=0, le=MAX_MONEY)
 
 
 class BalanceOut(Out):
@@ -54,21 +91,22 @@ class BlobOut(Out):
 class Hardware(In):
     cpu_model: str = Field(max_length=200)
     cores: int = Field(ge=1, le=4096)
-    memory_mb: int = Field(ge=1)
-    gpus: list[dict[str, Any]] = Field(default_factory=list, max_length=64)
+    memory_mb: int = Field(ge=1, le=2**26, description="at most 64 TiB")
+    gpus: Annotated[list[dict[str, Any]], bounded(16_384, 3)] = Field(default_factory=list,
+                                                                       max_length=64)
     platform: str = Field(default="", max_length=200)
 
 
 class Benchmark(In):
-    gflops: float = Field(ge=0)
-    mem_gbps: float = Field(ge=0)
-    seconds: float = Field(default=0.0, ge=0)
+    gflops: float = Field(ge=0, le=1e9, description="finite; at most an exaflop")
+    mem_gbps: float = Field(ge=0, le=1e7)
+    seconds: float = Field(default=0.0, ge=0, le=86_400)
 
 
 class OfferIn(In):
     workload: str = Field(min_length=1, max_length=32)
     model: str = Field(min_length=1, max_length=200)
-    price: int = Field(ge=0, le=10**12, description="micro-units per 1,000 units")
+    price: StrictInt = Field(ge=0, le=10**12, description="micro-units per 1,000 units")
 
 
 class RegisterIn(In):
@@ -78,13 +116,14 @@ class RegisterIn(In):
     threads: int = Field(ge=1, le=4096)
     slots: int = Field(default=1, ge=1, le=256)
     offers: list[OfferIn] = Field(min_length=1, max_length=64)
-    capabilities: dict[str, Any] = Field(default_factory=dict, max_length=32)
+    capabilities: Annotated[dict[str, Any], bounded(4096, 3)] = Field(default_factory=dict,
+                                                                       max_length=32)
     """What this machine can and cannot do, e.g. ``{"sandbox": false, "sandbox_reason":
     "bwrap not found on PATH"}``: a provider without a sandbox offers no command model."""
 
 
 class BondIn(In):
-    amount: int = Field(gt=0, le=10**15)
+    amount: StrictInt = Field(gt=0, le=MAX_MONEY)
 
 
 class OfferOut(Out):
@@ -114,7 +153,8 @@ class ProviderOut(Out):
 
 
 class HeartbeatIn(In):
-    running: list[str] = Field(default_factory=list, max_length=1024)
+    running: list[Annotated[str, Field(max_length=64)]] = Field(default_factory=list,
+                                                                 max_length=1024)
 
 
 class HeartbeatOut(Out):
@@ -143,10 +183,10 @@ class AssignmentOut(Out):
 
 
 class CheckpointIn(In):
-    step: int = Field(ge=0)
+    step: int = Field(ge=0, le=INT64)
     digest: str = Field(pattern=r"^[0-9a-f]{64}$")
     chain_hash: str = Field(pattern=r"^[0-9a-f]{64}$")
-    meta: dict[str, Any] = Field(default_factory=dict)
+    meta: Annotated[dict[str, Any], bounded(65_536, 8)] = Field(default_factory=dict)
 
 
 class CheckpointOut(Out):
@@ -165,8 +205,8 @@ requests: a one-line task then costs one round trip each way, not three."""
 
 class ResultIn(In):
     output_digest: str = Field(pattern=r"^[0-9a-f]{64}$")
-    units: int = Field(ge=0)
-    seconds: float = Field(default=0.0, ge=0)
+    units: int = Field(ge=0, le=INT32)
+    seconds: float = Field(default=0.0, ge=0, le=10**7)
     signature: str = Field(pattern=r"^[0-9a-f]{128}$")
     output_b64: str | None = Field(default=None, max_length=(INLINE_MAX * 4) // 3 + 4)
     """The output itself (base64) when small; its sha256 must be ``output_digest``."""
@@ -184,7 +224,7 @@ class ResultOut(Out):
 # --- jobs -----------------------------------------------------------------------------
 
 class JobIn(In):
-    spec: dict[str, Any]
+    spec: Annotated[dict[str, Any], bounded(262_144, 16)]
     input_digest: str = Field(pattern=r"^[0-9a-f]{64}$")
 
 
@@ -208,8 +248,9 @@ class JobOut(Out):
 
 
 class QuoteIn(In):
-    spec: dict[str, Any]
-    shard_units: list[int] = Field(min_length=1, max_length=1_000_000)
+    spec: Annotated[dict[str, Any], bounded(262_144, 16)]
+    shard_units: list[Annotated[StrictInt, Field(ge=0, le=INT32)]] = Field(
+        min_length=1, max_length=100_000)
 
 
 class QuoteOut(Out):
@@ -241,7 +282,7 @@ class AuditOut(Out):
 
 class ApiKeyIn(In):
     name: str = Field(default="", max_length=100)
-    spend_cap: int | None = Field(default=None, ge=0, le=10**15,
+    spend_cap: StrictInt | None = Field(default=None, ge=0, le=MAX_MONEY,
                                   description="most µ this key may commit; None: no cap")
 
 

@@ -245,7 +245,7 @@
       }
     };
     v.load = async () => {
-      const [o, provs, jobs] = await Promise.all([api("/api/explorer/overview"), api("/api/providers"), api("/api/jobs?limit=8")]);
+      const [o, provs, jobs] = await Promise.all([api("/api/explorer/overview"), api("/api/providers"), api("/api/explorer/jobs?limit=8")]);
       provs.providers.forEach((p) => { state.names[p.id] = p.name; });
       return { o, provs: provs.providers, jobs: jobs.jobs };
     };
@@ -431,7 +431,7 @@
       v.body = h("div");
       root.append(h("div", { class: "page-head" }, h("h1", {}, "Jobs"), h("div", { class: "sub" }, "The latest jobs on the network and how far each has come.")), card(null, v.body, { flush: true }));
     };
-    v.load = async () => (await api("/api/jobs?limit=100")).jobs;
+    v.load = async () => (await api("/api/explorer/jobs?limit=100")).jobs;
     v.update = (jobs) => v.body.replaceChildren(jobsTable(jobs));
     return v;
   }

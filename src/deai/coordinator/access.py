@@ -1,0 +1,116 @@
+"""Who may read what: private data is its owner's, or a live lease's while it needs it.
+
+A blob is readable by an account that
+
+- uploaded it (a ``blob_refs`` row, written by ``PUT /api/blobs``), or
+- owns a job that uses it: the job's input or output, a task's shard or
+  output, an assignment's payload or output, a checkpoint of one of its tasks,
+  or one of its ``/v1`` files;
+
+and by a provider holding a live lease (status ``leased``, deadline not
+passed) whose task needs it: the task's shard, the assignment's check payload,
+a checkpoint of that task (a resume point), or a digest named inside that
+payload that the job's owner may read itself (files of a command job, the
+shard and checkpoints of a network audit). The last condition stops a job
+owner from naming someone else's digest in a payload and reading it back
+through a provider of its own.
+
+Everyone else gets the same 404 as for a digest that does not exist, so a
+guess confirms nothing. Jobs follow the same rule: a job's spec, status and
+results are its owner's (``require_job``).
+"""
+
+from __future__ import annotations
+
+import re
+
+from sqlalchemy import or_, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from deai.coordinator.service import Coordinator
+from deai.core.errors import NotFound
+from deai.store.models import ApiFile, Assignment, BlobRef, Checkpoint, Job, Task
+
+NETWORK = "network"
+"""Owner of the jobs the coordinator makes itself (canaries, audits): ``verify.NETWORK``."""
+
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def record_upload(c: Coordinator, account: str, digest: str, size: int) -> None:
+    """Remember that ``account`` uploaded ``digest`` (idempotent)."""
+    try:
+        with c.db.write() as s:
+            if s.get(BlobRef, (digest, account)) is None:
+                s.add(BlobRef(digest=digest, account=account, size=size, created_at=c.now()))
+    except IntegrityError:  # a concurrent upload of the same blob by the same account
+        pass
+
+
+def owner_may_read(s: Session, account: str, digest: str) -> bool:
+    """``account`` uploaded the blob or owns a job (or /v1 file) that uses it."""
+    if s.get(BlobRef, (digest, account)) is not None:
+        return True
+    mine = select(Job.id).where(Job.owner == account)
+    checks = (
+        select(Job.id).where(Job.owner == account,
+                             or_(Job.input_digest == digest, Job.output_digest == digest)),
+        select(Task.id).where(Task.job_id.in_(mine),
+                              or_(Task.input_digest == digest, Task.output_digest == digest)),
+        select(Assignment.id).where(Assignment.job_id.in_(mine),
+                                    or_(Assignment.input_digest == digest,
+                                        Assignment.output_digest == digest)),
+        select(Checkpoint.id).join(Task, Task.id == Checkpoint.task_id)
+        .where(Task.job_id.in_(mine), Checkpoint.digest == digest),
+        select(ApiFile.id).where(ApiFile.account == account, ApiFile.digest == digest),
+    )
+    return any(s.scalar(q.limit(1)) is not None for q in checks)
+
+
+def lease_may_read(c: Coordinator, s: Session, provider: str, digest: str) -> bool:
+    """``provider`` holds a live lease on a task that needs the blob."""
+    rows = s.execute(select(Assignment, Task, Job.owner)
+                     .join(Task, Task.id == Assignment.task_id)
+                     .join(Job, Job.id == Assignment.job_id)
+                     .where(Assignment.provider_id == provider, Assignment.status == "leased",
+                            Assignment.lease_deadline >= c.now())).all()
+    if not rows:
+        return False
+    for a, t, _ in rows:
+        if digest in (a.input_digest, t.input_digest):
+            return True
+    tasks = [t.id for _, t, _ in rows]
+    if s.scalar(select(Checkpoint.id).where(Checkpoint.task_id.in_(tasks),
+                                            Checkpoint.digest == digest).limit(1)) is not None:
+        return True
+    needle = digest.encode()
+    for a, t, owner in rows:
+        payload = a.input_digest or t.input_digest
+        if not c.blobs.exists(payload) or needle not in c.blobs.get(payload):
+            continue
+        if owner == NETWORK or owner_may_read(s, owner, digest):
+            return True
+    return False
+
+
+def may_read_blob(c: Coordinator, account: str, digest: str) -> bool:
+    if not _HEX64.match(digest) or not c.blobs.exists(digest):
+        return False
+    with c.db.read() as s:
+        return owner_may_read(s, account, digest) or lease_may_read(c, s, account, digest)
+
+
+def require_blob(c: Coordinator, account: str, digest: str, field: str = "digest") -> None:
+    """Raise the not-found error unless ``account`` may read the blob (or use it in a job)."""
+    if not may_read_blob(c, account, digest):
+        raise NotFound(f"{field}: no blob {digest} that this key may read "
+                       "(upload it first)", field=field)
+
+
+def require_job(c: Coordinator, account: str, job_id: str) -> None:
+    """Raise the not-found error unless ``account`` owns the job."""
+    with c.db.read() as s:
+        owner = s.scalar(select(Job.owner).where(Job.id == job_id))
+    if owner is None or owner != account:
+        raise NotFound(f"no job {job_id} owned by this key", field="job")
