@@ -13,8 +13,7 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
 from deai import __version__
@@ -25,13 +24,13 @@ from deai.coordinator import (
     checkpoints,
     errors,
     jobs,
+    limits,
     matching,
     metrics,
     openai,
 )
 from deai.coordinator.service import Coordinator
 from deai.coordinator.settings import Settings
-from deai.core.errors import PayloadTooLarge
 from deai.store import migrate
 
 log = logging.getLogger("deai.coordinator")
@@ -90,15 +89,7 @@ def create_app(settings: Settings, coordinator: Coordinator | None = None) -> Fa
     app.state.coordinator = c
     errors.install(app)
 
-    @app.middleware("http")
-    async def limit_size(request: Request, call_next):  # type: ignore[no-untyped-def]
-        declared = request.headers.get("content-length")
-        limit = settings.max_upload_bytes
-        if declared is not None and declared.isdigit() and int(declared) > limit:
-            exc = PayloadTooLarge(f"body of {declared} bytes is over the {limit}-byte limit",
-                                  field="body", limit=limit)
-            return JSONResponse(exc.to_dict(), status_code=exc.status)
-        return await call_next(request)
+    limits.install(app, settings.max_upload_bytes)  # body size and depth, request rates
 
     app.include_router(api_ledger.router)
     app.include_router(api_jobs.router)
