@@ -46,6 +46,14 @@ async def read_body(request: Request, limit: int) -> bytes:
 
 
 async def signer(request: Request) -> str:
+    key, nonce, _ = await verified(request)
+    await run_in_threadpool(coordinator(request).use_nonce, key, nonce, 2 * auth.MAX_SKEW)
+    return key
+
+
+async def verified(request: Request) -> tuple[str, str, float]:
+    """Every check of ``signer`` but the nonce's: (account, nonce, timestamp). Heartbeats
+    use it with a per-provider timestamp floor instead (``coordinator.liveness``)."""
     c = coordinator(request)
     h = request.headers
     key, ts, nonce, sig = (h.get(auth.HEADER_KEY), h.get(auth.HEADER_TS),
@@ -67,5 +75,4 @@ async def signer(request: Request) -> str:
         raise AuthError("request timestamp is too far from the coordinator's clock (stale)")
     body = await read_body(request, c.settings.max_upload_bytes)
     c.check_signature(key, auth.message(request.method, request.url.path, body, ts, nonce), sig)
-    await run_in_threadpool(c.use_nonce, key, nonce, 2 * auth.MAX_SKEW)
-    return key
+    return key, nonce, stamp

@@ -34,7 +34,8 @@ from deai.store.models import Balance, JournalEntry, JournalHead
 CHUNK = 1000  # rows per multi-row upsert: well inside SQLite's bound-parameter limit
 
 
-def _insert(s: Session, table: Any) -> Any:
+def dialect_insert(s: Session, table: Any) -> Any:
+    """``INSERT`` with ``on_conflict_do_update``/``_nothing`` for the session's engine."""
     dialect = s.get_bind().dialect.name
     mod = postgresql if dialect == "postgresql" else sqlite
     return mod.insert(table)
@@ -47,7 +48,7 @@ def head(s: Session, *, lock: bool = False) -> JournalHead:
     row = s.scalars(q).first()
     if row is None:
         # Two replicas may create the head at once: whoever loses simply reads it.
-        s.execute(_insert(s, JournalHead).values(id=1, seq=0, hash=ledger.GENESIS)
+        s.execute(dialect_insert(s, JournalHead).values(id=1, seq=0, hash=ledger.GENESIS)
                   .on_conflict_do_nothing(index_elements=["id"]))
         row = s.scalars(q.execution_options(populate_existing=True)).one()
     return row
@@ -102,14 +103,14 @@ def append_many(s: Session, drafts: Sequence[ledger.Draft], clock: Clock) -> lis
         for e in entries])
     moved = sorted((a, v) for a, v in net.items() if v != 0)
     for i in range(0, len(moved), CHUNK):
-        stmt = _insert(s, Balance).values(
+        stmt = dialect_insert(s, Balance).values(
             [{"account": a, "amount": v} for a, v in moved[i:i + CHUNK]])
         s.execute(stmt.on_conflict_do_update(
             index_elements=["account"],
             set_={"amount": Balance.__table__.c.amount + stmt.excluded.amount}))
     untouched = sorted(a for a, v in net.items() if v == 0)
     for i in range(0, len(untouched), CHUNK):  # posted to, even if it nets to zero
-        s.execute(_insert(s, Balance).values(
+        s.execute(dialect_insert(s, Balance).values(
             [{"account": a, "amount": 0} for a in untouched[i:i + CHUNK]])
             .on_conflict_do_nothing(index_elements=["account"]))
     h.seq, h.hash = seq, prev
