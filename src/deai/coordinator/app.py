@@ -18,6 +18,7 @@ from starlette.concurrency import run_in_threadpool
 
 from deai import __version__
 from deai.coordinator import (
+    api_chain,
     api_explorer,
     api_jobs,
     api_ledger,
@@ -97,6 +98,7 @@ def create_app(settings: Settings, coordinator: Coordinator | None = None) -> Fa
     api_explorer.install(app)  # read API, event stream, and the page at /explorer/
     metrics.install(app)  # /metrics, and request counts
     openai.install(app)  # /v1 in OpenAI's shape, API keys, task progress
+    api_chain.install(app)  # /api/chain; the chain rail when $DEAI_CHAIN is set
 
     @app.get("/health")
     def health() -> dict[str, str]:

@@ -1,0 +1,309 @@
+"""The coordinator's chain rail: mirror, watch, commit, all idempotent.
+
+``ChainRail.on_posted`` runs inside the posting transaction of the settlement
+port and writes one ``chain_outbox`` row per vault call that mirrors the entry
+(``books.mirror_ops``); ``scan_journal`` does the same for entries posted
+without the port, from a cursor, so no entry is missed either way (the outbox's
+unique key on journal seq and op makes the two paths meet once).
+
+``tick(db, chain, post, now)`` is one round of the background loop:
+
+1. ``watch_deposits``: Deposited events at least ``confirmations`` blocks deep
+   are credited to the journal, each once (unique tx hash + log index, and the
+   block cursor moves in the same transaction as the credits), so a reorg
+   shallower than the confirmations never credits a deposit that vanished;
+2. ``send_outbox``: pending rows are sent with the settlement key; a row the
+   vault already applied (its ``ref`` or evidence hash) is marked done without
+   sending, so a crash between sending and recording never applies it twice;
+3. ``commit_epoch``: every ``epoch_interval`` seconds, if the journal moved, the
+   head hash and the Merkle root of cumulative withdrawals are committed; a
+   pending epoch found on chain (same head and root) is recorded, not resent.
+
+Nothing here holds state between ticks: the database and the chain are the state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from deai.chain import books, merkle
+from deai.chain.adapter import Chain, ChainError, Deployment
+from deai.core import ledger
+from deai.store import journal
+from deai.store.db import Database
+from deai.store.models import ChainCursor, ChainDeposit, ChainEpoch, ChainOutbox, JournalEntry
+
+log = logging.getLogger("deai.chain")
+
+Post = Callable[[Session, ledger.Draft], Any]
+MAX_ATTEMPTS = 5
+PAGE = 1000
+
+
+def enqueue(s: Session, entry: ledger.Entry, now: float) -> int:
+    """Outbox rows for the vault calls that mirror ``entry``; returns how many were new."""
+    new = 0
+    for op, args in books.mirror_ops(entry):
+        exists = s.scalar(select(ChainOutbox.id).where(ChainOutbox.journal_seq == entry.seq,
+                                                       ChainOutbox.op == op))
+        if exists is None:
+            s.add(ChainOutbox(journal_seq=entry.seq, op=op, args=args, status="pending",
+                              attempts=0, created_at=now))
+            new += 1
+    if new:
+        s.flush()
+    return new
+
+
+class ChainRail:
+    """A rail of the settlement port (``name`` and ``on_posted``)."""
+
+    name = "chain"
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self.clock = clock
+
+    def on_posted(self, s: Session, entry: ledger.Entry) -> None:
+        enqueue(s, entry, self.clock())
+
+
+# --- cursors ---------------------------------------------------------------------------------
+
+def cursor(s: Session, name: str, default: int) -> int:
+    row = s.get(ChainCursor, name)
+    return row.value if row is not None else default
+
+
+def set_cursor(s: Session, name: str, value: int) -> None:
+    row = s.get(ChainCursor, name)
+    if row is None:
+        s.add(ChainCursor(name=name, value=value))
+    else:
+        row.value = value
+
+
+# --- the loop's steps --------------------------------------------------------------------------
+
+def scan_journal(db: Database, now: float) -> int:
+    """Enqueue mirror rows for entries after the cursor (those posted without the rail)."""
+    new = 0
+    with db.write() as s:
+        after = cursor(s, "journal_seq", 0)
+        rows = s.scalars(select(JournalEntry).where(JournalEntry.seq > after)
+                         .order_by(JournalEntry.seq).limit(PAGE)).all()
+        for row in rows:
+            new += enqueue(s, journal.to_entry(row), now)
+        if rows:
+            set_cursor(s, "journal_seq", rows[-1].seq)
+    return new
+
+
+def watch_deposits(db: Database, chain: Chain, post: Post, now: float) -> int:
+    """Credit confirmed Deposited events once each; returns how many were credited."""
+    safe = chain.block_number() - chain.dep.confirmations
+    with db.read() as s:
+        start = cursor(s, "deposit_block", chain.dep.start_block - 1) + 1
+    if safe < start:
+        return 0
+    events = chain.events(chain.settlement, "Deposited", start, safe)
+    credited = 0
+    with db.write() as s:
+        if cursor(s, "deposit_block", chain.dep.start_block - 1) + 1 != start:
+            return 0  # another replica moved the cursor meanwhile
+        for ev in events:
+            tx = "0x" + bytes(ev.transactionHash).hex()
+            idx = int(ev.logIndex)
+            if s.scalar(select(ChainDeposit.id).where(ChainDeposit.tx_hash == tx,
+                                                      ChainDeposit.log_index == idx)):
+                continue
+            account = bytes(ev.args.account).hex()
+            amount = int(ev.args.amount)
+            entry = post(s, ledger.deposit(account, amount, chain.dep.chain_id, tx, idx,
+                                           int(ev.blockNumber)))
+            s.add(ChainDeposit(tx_hash=tx, log_index=idx, block=int(ev.blockNumber),
+                               account=account, sender=str(ev.args.sender), amount=amount,
+                               journal_seq=entry.seq, credited_at=now))
+            credited += 1
+        set_cursor(s, "deposit_block", safe)
+    return credited
+
+
+@dataclass(frozen=True)
+class Pending:
+    id: int
+    op: str
+    args: dict[str, Any]
+
+
+def _applied(chain: Chain, row: Pending) -> bool:
+    key = row.args["evidence"] if row.op == "slash" else row.args["ref"]
+    return bool(chain.vault.functions.applied(bytes.fromhex(key[2:])).call())
+
+
+def _send(chain: Chain, row: Pending) -> Any:
+    a = row.args
+    pid = bytes.fromhex(a["provider"])
+    v = chain.vault.functions
+    if row.op == "bond":
+        fn = v.mirror_bond(pid, a["amount"], bytes.fromhex(a["ref"][2:]))
+    elif row.op == "unbond":
+        fn = v.mirror_unbond(pid, a["amount"], bytes.fromhex(a["ref"][2:]))
+    else:  # the reporter's bounty is paid in the journal; on chain it all goes to treasury
+        fn = v.slash(pid, a["amount"], 0, "0x" + "0" * 40, bytes.fromhex(a["evidence"][2:]))
+    return chain.send(chain.settler, fn)
+
+
+def send_outbox(db: Database, chain: Chain, now: float, limit: int = 50) -> int:
+    with db.read() as s:
+        rows = [Pending(r.id, r.op, dict(r.args)) for r in
+                s.scalars(select(ChainOutbox).where(ChainOutbox.status == "pending")
+                          .order_by(ChainOutbox.id).limit(limit))]
+    sent = 0
+    for row in rows:
+        tx_hash, error = None, None
+        try:
+            if not _applied(chain, row):
+                tx_hash = "0x" + bytes(_send(chain, row)["transactionHash"]).hex()
+        except ChainError as exc:
+            error = exc.message
+        with db.write() as s:
+            r = s.get(ChainOutbox, row.id)
+            if r is None or r.status != "pending":
+                continue
+            r.attempts += 1
+            if error is None:
+                r.status, r.tx_hash, r.done_at, r.error = "done", tx_hash, now, None
+                sent += 1
+            else:
+                r.error = error
+                if r.attempts >= MAX_ATTEMPTS:
+                    r.status = "failed"
+                log.warning("chain outbox %d (%s): %s", r.id, r.op, error)
+        if error is not None:
+            break  # keep the order: a later row may depend on this one
+    return sent
+
+
+def leaves_at(s: Session, head_seq: int) -> dict[str, int]:
+    rows = s.scalars(select(JournalEntry).where(JournalEntry.kind == "withdrawal",
+                                                JournalEntry.seq <= head_seq)
+                     .order_by(JournalEntry.seq)).all()
+    return books.withdrawable(journal.to_entry(r) for r in rows)
+
+
+def commit_epoch(db: Database, chain: Chain, now: float, *, force: bool = False) -> int | None:
+    """Post a pending epoch, or start a new one when due; the epoch number posted."""
+    with db.write() as s:
+        pending = s.scalars(select(ChainEpoch).where(ChainEpoch.status == "pending")
+                            .order_by(ChainEpoch.id)).first()
+        if pending is None:
+            last = s.scalars(select(ChainEpoch).order_by(ChainEpoch.id.desc())).first()
+            head = journal.head(s)
+            due = last is None or now - last.created_at >= chain.dep.epoch_interval
+            if not (force or due) or head.seq == 0 or (last and last.head_seq == head.seq):
+                return None
+            tree = merkle.Tree(chain.dep.settlement, leaves_at(s, head.seq))
+            pending = ChainEpoch(status="pending", head_seq=head.seq, head_hash=head.hash,
+                                 root="0x" + tree.root.hex(), total=tree.total,
+                                 leaves=tree.amounts, created_at=now)
+            s.add(pending)
+            s.flush()
+        pid, head_seq, head_hash, root, total = (pending.id, pending.head_seq,
+                                                 pending.head_hash, pending.root, pending.total)
+    st = chain.settlement.functions
+    found = _find_epoch(chain, head_seq, head_hash, root)
+    block = None
+    tx_hash = None
+    if found is None:
+        receipt = chain.send(chain.settler, st.commit(head_seq, bytes.fromhex(head_hash),
+                                                      bytes.fromhex(root[2:]), total))
+        (ev,) = chain.logs(chain.settlement, "EpochCommitted", receipt)
+        found = int(ev.args.epoch)
+        block = int(receipt["blockNumber"])
+        tx_hash = "0x" + bytes(receipt["transactionHash"]).hex()
+    with db.write() as s:
+        row = s.get(ChainEpoch, pid)
+        if row is not None and row.status == "pending":
+            row.status, row.epoch, row.posted_at = "posted", found, now
+            row.block, row.tx_hash = block, tx_hash
+    return found
+
+
+def _find_epoch(chain: Chain, head_seq: int, head_hash: str, root: str) -> int | None:
+    """The number of the latest epoch on chain if it is this commitment (a resend guard)."""
+    n = int(chain.settlement.functions.epoch_count().call())
+    if n == 0:
+        return None
+    e = chain.settlement.functions.epochs(n).call()
+    if int(e[0]) == head_seq and bytes(e[1]).hex() == head_hash and \
+            "0x" + bytes(e[2]).hex() == root:
+        return n
+    return None
+
+
+def tick(db: Database, chain: Chain, post: Post, now: float) -> dict[str, Any]:
+    done: dict[str, Any] = {"enqueued": scan_journal(db, now)}
+    done["deposits"] = watch_deposits(db, chain, post, now)
+    done["sent"] = send_outbox(db, chain, now)
+    done["epoch"] = commit_epoch(db, chain, now)
+    return done
+
+
+# --- reads for the API ------------------------------------------------------------------------
+
+def reserve(s: Session) -> int:
+    """Tokens the settlement contract holds for DeAI accounts, by the journal's account:
+    credited deposits less every withdrawal (claimed on chain or not)."""
+    deposited = s.scalar(select(func.coalesce(func.sum(ChainDeposit.amount), 0))) or 0
+    rows = s.scalars(select(JournalEntry).where(JournalEntry.kind == "withdrawal")).all()
+    return int(deposited) - sum(int(r.body["amount"]) for r in rows)
+
+
+def latest_epoch(s: Session) -> ChainEpoch | None:
+    return s.scalars(select(ChainEpoch).where(ChainEpoch.status == "posted")
+                     .order_by(ChainEpoch.epoch.desc())).first()
+
+
+# --- wiring -------------------------------------------------------------------------------------
+
+ENV = "DEAI_CHAIN"  # path of a deployment file (adapter.Deployment) with the settlement key
+
+
+def deployment_from_settings(settings: Any) -> Deployment | None:
+    """The chain this coordinator settles on: ``settings.chain_deployment`` (a path) or
+    ``$DEAI_CHAIN``; ``settings.chain_rpc`` overrides the file's RPC URL. None: no chain."""
+    path = getattr(settings, "chain_deployment", "") or os.environ.get(ENV, "")
+    if not path:
+        return None
+    dep = Deployment.load(Path(path))
+    rpc = getattr(settings, "chain_rpc", "")
+    return replace(dep, rpc=rpc) if rpc else dep
+
+
+def from_settings(settings: Any, clock: Callable[[], float] = time.time) -> list[ChainRail]:
+    """The rails to register with the settlement port: one ChainRail when a chain is set."""
+    return [ChainRail(clock)] if deployment_from_settings(settings) is not None else []
+
+
+async def run(db: Database, chain: Chain, post: Post, clock: Callable[[], float],
+              is_leader: Callable[[], bool] = lambda: True, period: float = 1.0) -> None:
+    """The background loop: one ``tick`` per period, in a thread, on the leader only."""
+    while True:
+        try:
+            if is_leader():
+                await asyncio.to_thread(tick, db, chain, post, clock())
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("chain tick failed; retrying")
+        await asyncio.sleep(period)

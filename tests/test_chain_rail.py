@@ -1,0 +1,161 @@
+"""The chain rail against a real SQLite database and web3's in-process EVM: deposits
+credited once and only when confirmed, bonds and slashes mirrored once through the
+settlement port, epochs whose proofs pay on chain once, and an audit that holds until
+the books and the chain disagree."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from eth_account.signers.local import LocalAccount
+from sqlalchemy import select, update
+
+from deai.chain import books, merkle, rail
+from deai.chain.adapter import ChainError
+from deai.chain.audit import audit_chain
+from deai.coordinator.settlement import Settlement
+from deai.core import ledger
+from deai.core.clock import ManualClock
+from deai.store import journal, migrate
+from deai.store.db import Database
+from deai.store.models import ChainDeposit, ChainOutbox, JournalEntry
+from tests.chainutil import LocalChain, local_chain
+
+ALICE = "a1" * 32
+PROV = "b2" * 32
+
+
+class World:
+    def __init__(self, tmp: Path) -> None:
+        self.lc: LocalChain = local_chain(challenge_delay=600, unbond_delay=600)
+        self.chain = self.lc.chain
+        self.db = Database(f"sqlite:///{tmp / 'deai.sqlite3'}")
+        migrate.upgrade(self.db.engine)
+        self.clock = ManualClock()
+        self.port = Settlement(self.clock, 500, rails=[rail.ChainRail(self.clock.now)])
+        c, s = self.chain, self.lc.settler
+        c.send(self.lc.deployer, c.token.functions.transfer(s.address, 10**12))
+        c.send(s, c.token.functions.approve(c.dep.vault, 10**12))
+
+    def post(self, draft: ledger.Draft) -> ledger.Entry:
+        with self.db.write() as s:
+            return self.port.post(s, draft)
+
+    def entries(self) -> list[ledger.Entry]:
+        with self.db.read() as s:
+            return [journal.to_entry(r) for r in
+                    s.scalars(select(JournalEntry).order_by(JournalEntry.seq))]
+
+    def tick(self) -> dict[str, object]:
+        return rail.tick(self.db, self.chain, self.port.post, self.clock.now())
+
+    def deposit(self, who: LocalAccount, account: str, amount: int) -> None:
+        c = self.chain
+        c.send(who, c.token.functions.approve(c.dep.settlement, amount))
+        c.send(who, c.settlement.functions.deposit(bytes.fromhex(account), amount))
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    w = World(tmp_path_factory.mktemp("rail"))
+    yield w
+    w.db.dispose()
+
+
+def credited(w: World) -> list[int]:
+    with w.db.read() as s:
+        return [d.amount for d in s.scalars(select(ChainDeposit))]
+
+
+def test_deposit_is_credited_once_after_its_confirmations(world: World) -> None:
+    w = world
+    object.__setattr__(w.chain, "dep", w.chain.dep.__class__(
+        **{**w.chain.dep.__dict__, "confirmations": 2}))
+    payer = w.lc.account("payer", tokens=5_000_000)
+    w.deposit(payer, ALICE, 3_000_000)
+    assert rail.watch_deposits(w.db, w.chain, w.port.post, w.clock.now()) == 0
+    w.lc.tester.mine_blocks(2)
+    assert rail.watch_deposits(w.db, w.chain, w.port.post, w.clock.now()) == 1
+    assert rail.watch_deposits(w.db, w.chain, w.port.post, w.clock.now()) == 0
+    # Even with the cursor wound back, the unique (tx, log index) credits it only once.
+    with w.db.write() as s:
+        rail.set_cursor(s, "deposit_block", 0)
+    assert rail.watch_deposits(w.db, w.chain, w.port.post, w.clock.now()) == 0
+    with w.db.read() as s:
+        assert journal.balance(s, ledger.acct(ALICE)) == 3_000_000
+    assert credited(w) == [3_000_000]
+
+
+def test_bonds_and_slashes_are_mirrored_once_with_their_evidence(world: World) -> None:
+    w = world
+    w.post(ledger.faucet(PROV, 50_000_000))
+    w.post(ledger.bond(PROV, 20_000_000))
+    slash = w.post(ledger.slash(PROV, 5_000_000, ALICE, 1_000_000,
+                                {"task": "t1", "verdict": "wrong output"}))
+    with w.db.read() as s:
+        ops = [(r.op, r.journal_seq) for r in s.scalars(select(ChainOutbox))]
+    assert [op for op, _ in ops] == ["bond", "slash"]
+    assert rail.scan_journal(w.db, w.clock.now()) == 0  # the port already enqueued them
+    assert rail.send_outbox(w.db, w.chain, w.clock.now()) == 2
+    v = w.chain.vault.functions
+    assert v.stake(bytes.fromhex(PROV)).call() == 15_000_000
+    (ev,) = w.chain.events(w.chain.vault, "Slashed", 0)
+    assert "0x" + bytes(ev.args.evidence).hex() == books.evidence_hash(slash.body)
+    # A row sent but not recorded (a crash in between) is found applied, not resent.
+    with w.db.write() as s:
+        s.execute(update(ChainOutbox).values(status="pending"))
+    assert rail.send_outbox(w.db, w.chain, w.clock.now()) == 2
+    assert v.stake(bytes.fromhex(PROV)).call() == 15_000_000
+    assert len(w.chain.events(w.chain.vault, "Slashed", 0)) == 1
+
+
+def test_withdrawal_by_proof_after_the_epoch_matures(world: World) -> None:
+    w = world
+    payee = w.lc.account("payee")
+    w.post(ledger.withdrawal(ALICE, 1_200_000, payee.address))
+    epoch = rail.commit_epoch(w.db, w.chain, w.clock.now(), force=True)
+    assert epoch == 1
+    assert rail.commit_epoch(w.db, w.chain, w.clock.now(), force=True) is None  # no news
+    with w.db.read() as s:
+        e = rail.latest_epoch(s)
+        assert e is not None
+        leaves = dict(e.leaves)
+    assert leaves == {payee.address: 1_200_000}
+    tree = merkle.Tree(w.chain.dep.settlement, leaves)
+    fn = w.chain.settlement.functions.withdraw
+    with pytest.raises(ChainError, match="challenge delay"):
+        w.chain.send(payee, fn(epoch, payee.address, 1_200_000, tree.proof(payee.address)))
+    w.lc.skip(600)
+    w.chain.send(payee, fn(epoch, payee.address, 1_200_000, tree.proof(payee.address)))
+    assert w.chain.token_balance(payee.address) == 1_200_000
+    with pytest.raises(ChainError, match="already withdrawn"):
+        w.chain.send(payee, fn(epoch, payee.address, 1_200_000, tree.proof(payee.address)))
+
+
+def test_audit_holds_then_reports_a_tampered_root_and_journal(world: World) -> None:
+    w = world
+    w.lc.tester.mine_blocks(2)
+    w.tick()
+    rep = audit_chain(w.entries(), w.chain)
+    assert rep.ok, rep.problems
+    assert (rep.epochs, rep.deposits, rep.claims, rep.slashes) == (1, 1, 1, 1)
+    # The settlement key commits a root the journal does not support.
+    thief = w.lc.account("thief")
+
+    bad = merkle.Tree(w.chain.dep.settlement, {thief.address: 1_000_000})
+    head = w.entries()[-1]
+    w.chain.send(w.lc.settler, w.chain.settlement.functions.commit(
+        head.seq, bytes.fromhex(head.hash), bad.root, bad.total))
+    rep = audit_chain(w.entries(), w.chain)
+    assert not rep.ok
+    assert any("epoch 2: root" in p for p in rep.problems), rep.problems
+    # A journal whose deposit was edited no longer matches the chain either.
+    entries = w.entries()
+    forged = [e if e.kind != "deposit" else ledger.Entry(
+        e.seq, e.prev_hash, e.ts_ms, e.kind, {**e.body, "amount": 9_000_000},
+        ((ledger.MINT, -9_000_000), (ledger.acct(ALICE), 9_000_000)), e.hash)
+        for e in entries]
+    rep = audit_chain(forged, w.chain)
+    assert any("credits 9000000 µ" in p for p in rep.problems), rep.problems
