@@ -21,6 +21,7 @@ from deai.coordinator import (
     api_chain,
     api_explorer,
     api_jobs,
+    api_leases,
     api_ledger,
     checkpoints,
     errors,
@@ -95,6 +96,7 @@ def create_app(settings: Settings, coordinator: Coordinator | None = None) -> Fa
     app.include_router(api_ledger.router)
     app.include_router(api_jobs.router)
     app.include_router(checkpoints.router)
+    app.include_router(api_leases.router)  # leases by the hour, their relay and loop
     api_explorer.install(app)  # read API, event stream, and the page at /explorer/
     metrics.install(app)  # /metrics, and request counts
     openai.install(app)  # /v1 in OpenAI's shape, API keys, task progress

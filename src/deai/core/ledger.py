@@ -283,6 +283,45 @@ def audit(entries: Iterable[Entry], claimed: Mapping[str, int] | None = None) ->
     return rep
 
 
+# --- leases of machines by the hour (core.leases) -----------------------------------------
+# A lease's escrow is ``escrow:<lease id>`` (lease ids start with ``lease_``, so they never
+# meet a job's). Charges go to the provider's pending earnings, less the network fee.
+
+def escrow_lease(owner: str, lease_id: str, amount: int) -> Draft:
+    """The owner funds (or tops up) a lease's escrow."""
+    _positive(amount, "escrow")
+    return Draft("lease_escrow", {"lease": lease_id, "owner": owner, "amount": amount},
+                 ((acct(owner), -amount), (escrow(lease_id), amount)))
+
+
+def lease_charge(lease_id: str, provider: str, cost: int, fee_amount: int,
+                 seconds: int) -> Draft:
+    """Pay the seconds used since the last charge: the provider's share into pending."""
+    if not 0 <= fee_amount <= cost or cost <= 0:
+        raise ValueError("cost must be positive and the fee between 0 and the cost")
+    postings = [(escrow(lease_id), -cost), (pending(provider), cost - fee_amount)]
+    if fee_amount:
+        postings.append((FEE, fee_amount))
+    return Draft("lease_charge", {"lease": lease_id, "provider": provider, "cost": cost,
+                                  "fee": fee_amount, "seconds": seconds}, tuple(postings))
+
+
+def lease_refund(owner: str, lease_id: str, amount: int, reason: str) -> Draft:
+    """What is left of a lease's escrow at its end goes back to the owner."""
+    _positive(amount, "refund")
+    return Draft("lease_refund", {"lease": lease_id, "owner": owner, "amount": amount,
+                                  "reason": reason},
+                 ((escrow(lease_id), -amount), (acct(owner), amount)))
+
+
+def downtime_penalty(provider: str, lease_id: str, amount: int, downtime: float) -> Draft:
+    """A provider that lost a lease forfeits a small part of its stake to the treasury."""
+    _positive(amount, "penalty")
+    return Draft("lease_penalty", {"provider": provider, "lease": lease_id, "amount": amount,
+                                   "downtime": round(downtime, 3)},
+                 ((stake(provider), -amount), (FEE, amount)))
+
+
 # --- settlement on an EVM chain (deai.chain) ------------------------------------------------
 # Tokens deposited into the settlement contract enter the journal from the mint, and
 # tokens withdrawn to the chain leave through it, so ``supply`` counts what the chain

@@ -61,7 +61,27 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--stake", type=int, default=None,
                    help="stake to bond in micro-units (default: the network's minimum)")
     p.add_argument("--name", default="", help="display name (default: host name)")
+    p.add_argument("--lease-prices", type=lease_prices, default=None,
+                   metavar="cpu=P,memory_gb=P[,gpu=P]",
+                   help="host leases by the hour at these µ per hour per resource class")
+    p.add_argument("--lease-cpus", type=int, default=None,
+                   help="CPUs to lease out (default --threads)")
+    p.add_argument("--lease-memory-mb", type=int, default=None,
+                   help="memory to lease out in MiB (default half of this machine's)")
+    p.add_argument("--lease-network", action="store_true",
+                   help="let leases that ask for it use this machine's network")
     return p
+
+
+def lease_prices(value: str) -> dict[str, int]:
+    """``cpu=100000,memory_gb=20000`` -> {class: µ per hour}."""
+    out = {}
+    for part in value.split(","):
+        name, sep, price = part.strip().partition("=")
+        if not sep or not price.isdigit():
+            raise argparse.ArgumentTypeError(f"want CLASS=PRICE, got {part!r}")
+        out[name] = int(price)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -73,9 +93,16 @@ def main(argv: list[str] | None = None) -> int:
             offer_prices(args.models, args.price, prices)
         except InvalidInput as exc:
             p.error(exc.message)
+    offer = None
+    if args.lease_prices is not None:
+        from deai.provider.lease_runner import HostOffer
+
+        offer = HostOffer(cpus=args.lease_cpus or args.threads,
+                          memory_mb=args.lease_memory_mb or hardware.memory_mb() // 2,
+                          prices=args.lease_prices, network=args.lease_network)
     return start(args.coordinator, args.key, threads=args.threads, slots=args.slots,
                  price=args.price, stake=args.stake, name=args.name, models=args.models,
-                 prices=prices)
+                 prices=prices, lease_offer=offer)
 
 
 if __name__ == "__main__":

@@ -61,6 +61,7 @@ from deai.core.errors import (
 )
 from deai.provider import benchmark, hardware, sandbox
 from deai.provider.cheats import Cheat, units_of
+from deai.provider.lease_runner import HostOffer, LeaseRunner
 from deai.workloads.base import TaskContext
 
 log = logging.getLogger("deai.provider")
@@ -78,7 +79,8 @@ class ProviderAgent:
     def __init__(self, coordinator_url: str, identity: Identity, *, threads: int,
                  slots: int = 1, price: int = 1000, stake: int | None = None, name: str = "",
                  models: tuple[str, ...] | None = None, faucet: bool = True,
-                 poll_wait: float = POLL_WAIT, prices: dict[str, int] | None = None) -> None:
+                 poll_wait: float = POLL_WAIT, prices: dict[str, int] | None = None,
+                 lease_offer: HostOffer | None = None) -> None:
         self.client = sdk.Client(coordinator_url, identity)
         self.identity = identity
         self.threads = max(1, threads)
@@ -92,6 +94,7 @@ class ProviderAgent:
             raise DeAIError("no model to offer: no workload can run on this machine")
         self.prices = offer_prices(self.models, price, prices or {})
         self.faucet = faucet
+        self.lease_offer = lease_offer  # host leases by the hour too (lease_runner)
         self.poll_wait = poll_wait
         self.cheat = Cheat.parse(os.environ.get("DEAI_PROVIDER_CHEAT", ""))
         self.network: wire.NetworkInfo | None = None
@@ -115,6 +118,11 @@ class ProviderAgent:
             return
         beat = threading.Thread(target=self._heartbeat_loop, name="deai-heartbeat", daemon=True)
         beat.start()
+        if self.lease_offer is not None:
+            runner = LeaseRunner(sdk.Client(self.client.base_url, self.identity),
+                                 self.identity, self.lease_offer)
+            threading.Thread(target=runner.run, args=(stop,), name="deai-leases",
+                             daemon=True).start()
         with ThreadPoolExecutor(self.slots, thread_name_prefix="deai-task") as pool:
             while not stop.is_set():
                 try:
@@ -400,7 +408,7 @@ def signed_result(identity: Identity, assignment_id: str, output: bytes, units: 
 
 def start(coordinator: str, key: str, threads: int, slots: int = 1, price: int = 1000,
           stake: int | None = None, name: str = "", *, models: tuple[str, ...] | None = None,
-          prices: dict[str, int] | None = None) -> int:
+          prices: dict[str, int] | None = None, lease_offer: HostOffer | None = None) -> int:
     """Run a provider until SIGTERM/SIGINT; the exit status for the CLI (0 on a clean stop).
 
     ``models`` defaults to ``available_models()``; ``prices`` maps a model to its
@@ -413,7 +421,8 @@ def start(coordinator: str, key: str, threads: int, slots: int = 1, price: int =
     identity = keys.create(key, exist_ok=True)
     try:
         agent = ProviderAgent(coordinator, identity, threads=threads, slots=slots,
-                              price=price, stake=stake, name=name, models=models, prices=prices)
+                              price=price, stake=stake, name=name, models=models, prices=prices,
+                              lease_offer=lease_offer)
     except DeAIError as exc:
         log.error("provider cannot start: %s", exc)
         return 1

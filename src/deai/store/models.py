@@ -374,3 +374,76 @@ class ChainCursor(Base):
     __tablename__ = "chain_cursors"
     name: Mapped[str] = mapped_column(String(32), primary_key=True)
     value: Mapped[int] = mapped_column(BigInteger)
+
+
+# --- leases of machines by the hour (core.leases; migration 0008) ---------------------------
+
+from sqlalchemy import CheckConstraint  # noqa: E402 - only the lease tables use it
+
+
+class LeaseHost(Base):
+    """A provider's offer to host leases: capacity, per-hour prices per resource class."""
+
+    __tablename__ = "lease_hosts"
+    provider_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    cpus: Mapped[int] = mapped_column(Integer)
+    memory_mb: Mapped[int] = mapped_column(Integer)
+    gpus: Mapped[int] = mapped_column(Integer, default=0)
+    gpu_model: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    network: Mapped[bool] = mapped_column(Boolean, default=False)
+    prices: Mapped[dict[str, Any]] = mapped_column(JSON)  # resource class -> µ per hour
+    updated_at: Mapped[float] = mapped_column(Float)
+
+
+class Lease(Base):
+    """A machine by the hour: ``pending → active → ended(reason)`` (``core.leases``)."""
+
+    __tablename__ = "leases"
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(64), index=True)
+    provider_id: Mapped[str] = mapped_column(String(64), index=True)
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    end_reason: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    cpus: Mapped[int] = mapped_column(Integer)
+    memory_mb: Mapped[int] = mapped_column(Integer)
+    gpus: Mapped[int] = mapped_column(Integer, default=0)
+    gpu_model: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    network: Mapped[bool] = mapped_column(Boolean, default=False)
+    spot: Mapped[bool] = mapped_column(Boolean, default=False)
+    price_hour: Mapped[int] = mapped_column(BigInteger)
+    max_price_hour: Mapped[int] = mapped_column(BigInteger)
+    escrow: Mapped[int] = mapped_column(BigInteger)  # deposited in total
+    charged: Mapped[int] = mapped_column(BigInteger, default=0)
+    refunded: Mapped[int] = mapped_column(BigInteger, default=0)
+    penalty: Mapped[int] = mapped_column(BigInteger, default=0)
+    created_at: Mapped[float] = mapped_column(Float, index=True)
+    started_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    last_heartbeat: Mapped[float | None] = mapped_column(Float, nullable=True)
+    term_seconds: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    term_end: Mapped[float | None] = mapped_column(Float, nullable=True)
+    settled_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    warned_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    ended_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    detail: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+    __table_args__ = (
+        CheckConstraint("status IN ('pending', 'active', 'ended')", name="ck_leases_status"),
+        CheckConstraint("end_reason IS NULL OR end_reason IN ('owner ended', 'time up', "
+                        "'escrow exhausted', 'provider lost', 'preempted', 'policy')",
+                        name="ck_leases_end_reason"),
+        CheckConstraint("(status = 'ended') = (end_reason IS NOT NULL)",
+                        name="ck_leases_ended_reason"),
+    )
+
+
+class LeaseEarning(Base):
+    """A lease charge's provider share, held in pending earnings for the challenge window."""
+
+    __tablename__ = "lease_earnings"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    lease_id: Mapped[str] = mapped_column(String(40), index=True)
+    provider_id: Mapped[str] = mapped_column(String(64), index=True)
+    amount: Mapped[int] = mapped_column(BigInteger)
+    release_at: Mapped[float] = mapped_column(Float, index=True)
+    released: Mapped[bool] = mapped_column(Boolean, default=False, index=True)
+    journal_seq: Mapped[int] = mapped_column(BigInteger)

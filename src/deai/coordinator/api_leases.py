@@ -1,0 +1,166 @@
+"""Routes for leases of machines by the hour, and the lease loop's lifespan.
+
+Owner (signed):     POST /api/leases, GET /api/leases, GET /api/leases/{id},
+                    POST /api/leases/{id}/end, POST /api/leases/{id}/extend,
+                    WS /api/leases/{id}/attach (``relay_leases``)
+Provider (signed):  PUT /api/provider/leases/host, POST /api/provider/leases/poll,
+                    POST /api/provider/leases/heartbeat,
+                    WS /api/provider/leases/sessions/{sid}
+Public:             GET /api/market/leases (hosts, prices, counts by status and reason)
+
+``router`` carries its own lifespan (merged into the app's by ``include_router``):
+it makes the session ``Hub`` and runs ``leases.tick`` every ``LeaseConfig.tick``
+seconds. Like the app's loops it keeps no state of its own: a restarted
+coordinator picks up from the database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, FastAPI, Request, WebSocket
+from starlette.concurrency import run_in_threadpool
+
+from deai.coordinator import leases, relay_leases
+from deai.coordinator.auth import coordinator, signer
+from deai.coordinator.service import Coordinator
+from deai.core.wire_leases import (
+    ExtendIn,
+    HostIn,
+    HostOut,
+    LeaseBeatIn,
+    LeaseBeatOut,
+    LeaseIn,
+    LeaseOut,
+    LeasePollIn,
+    LeasePollOut,
+)
+
+log = logging.getLogger("deai.coordinator.leases")
+
+
+async def _loop(app: FastAPI) -> None:
+    c: Coordinator = app.state.coordinator
+    cfg: leases.LeaseConfig = app.state.lease_config
+    hub: relay_leases.Hub = app.state.lease_hub
+    failures = 0
+    while True:
+        leader = getattr(app.state, "leader", None)  # with replicas, only the leader ticks
+        try:
+            if leader is None or leader.is_leader:
+                for pid in await run_in_threadpool(leases.tick, c, cfg):
+                    hub.wake(pid)
+            failures = 0
+        except Exception:
+            failures += 1  # the first ticks may run before the app's migration
+            if failures > 3:
+                log.exception("lease tick failed; retrying")
+        await asyncio.sleep(cfg.tick)
+
+
+@contextlib.asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    app.state.lease_config = leases.LeaseConfig.from_env()
+    app.state.lease_hub = relay_leases.Hub(asyncio.get_running_loop())
+    task = asyncio.create_task(_loop(app))
+    try:
+        yield
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+router = APIRouter(prefix="/api", lifespan=lifespan)
+C = Annotated[Coordinator, Depends(coordinator)]
+Signer = Annotated[str, Depends(signer)]
+
+
+def _hub(request: Request) -> relay_leases.Hub:
+    hub: relay_leases.Hub = request.app.state.lease_hub
+    return hub
+
+
+def _cfg(request: Request) -> leases.LeaseConfig:
+    cfg: leases.LeaseConfig = request.app.state.lease_config
+    return cfg
+
+
+Hub = Annotated[relay_leases.Hub, Depends(_hub)]
+Cfg = Annotated[leases.LeaseConfig, Depends(_cfg)]
+
+
+# --- the owner ----------------------------------------------------------------------------
+
+@router.post("/leases", response_model=LeaseOut, status_code=201)
+async def create(body: LeaseIn, c: C, me: Signer, hub: Hub) -> LeaseOut:
+    out = await run_in_threadpool(leases.create, c, me, body)
+    hub.wake(out.provider_id)
+    return out
+
+
+@router.get("/leases", response_model=dict[str, list[LeaseOut]])
+def listing(c: C, me: Signer) -> dict[str, list[LeaseOut]]:
+    return {"leases": leases.listing(c, me)}
+
+
+@router.get("/leases/{lease_id}", response_model=LeaseOut)
+def show(lease_id: str, c: C, me: Signer) -> LeaseOut:
+    return leases.show(c, me, lease_id)
+
+
+@router.post("/leases/{lease_id}/end", response_model=LeaseOut)
+async def end(lease_id: str, c: C, me: Signer, hub: Hub) -> LeaseOut:
+    out = await run_in_threadpool(leases.end, c, me, lease_id)
+    hub.wake(out.provider_id)
+    return out
+
+
+@router.post("/leases/{lease_id}/extend", response_model=LeaseOut)
+def extend(lease_id: str, body: ExtendIn, c: C, me: Signer) -> LeaseOut:
+    return leases.extend(c, me, lease_id, body)
+
+
+@router.websocket("/leases/{lease_id}/attach")
+async def attach(ws: WebSocket, lease_id: str) -> None:
+    await relay_leases.attach(ws, lease_id, ws.app.state.coordinator, ws.app.state.lease_hub)
+
+
+@router.get("/market/leases")
+def market(c: C) -> dict[str, Any]:
+    return leases.public_summary(c)
+
+
+# --- the provider -------------------------------------------------------------------------
+
+@router.put("/provider/leases/host", response_model=HostOut)
+def host(body: HostIn, c: C, me: Signer, cfg: Cfg) -> HostOut:
+    return leases.set_host(c, cfg, me, body)
+
+
+@router.post("/provider/leases/poll", response_model=LeasePollOut)
+async def poll(body: LeasePollIn, c: C, me: Signer, hub: Hub) -> LeasePollOut:
+    """Long-poll for lease work: leases to start or stop, sessions to pick up."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + body.wait
+    known = set(body.known)
+    while True:
+        start, stop = await run_in_threadpool(leases.work_for, c, me, known)
+        sessions = hub.take(me)
+        left = deadline - loop.time()
+        if start or stop or sessions or left <= 0 or c.notifier.closing:
+            return LeasePollOut(start=start, stop=stop, sessions=sessions)
+        await hub.wait(me, min(left, 5.0))
+
+
+@router.post("/provider/leases/heartbeat", response_model=LeaseBeatOut)
+def heartbeat(body: LeaseBeatIn, c: C, me: Signer) -> LeaseBeatOut:
+    return LeaseBeatOut(stop=leases.heartbeat(c, me, body.running, body.failed))
+
+
+@router.websocket("/provider/leases/sessions/{sid}")
+async def session(ws: WebSocket, sid: str) -> None:
+    await relay_leases.provider_end(ws, sid, ws.app.state.coordinator, ws.app.state.lease_hub)

@@ -1,0 +1,421 @@
+"""Leases on the coordinator: hosts, placement, per-second billing, ends with a reason.
+
+Every change happens in one ``db.write()`` transaction together with its journal
+entries (``core.ledger``'s lease postings), so a crash leaves no half-ended
+lease. The money rules are ``core.leases``'s; this module applies them.
+
+- ``set_host``: a provider offers capacity and per-hour prices per resource class.
+- ``create``: choose a host (``core.leases.choose`` over online providers, their
+  free capacity, stake and reputation), escrow the deposit, record the lease as
+  ``pending``. The provider's agent builds the sandbox and its first heartbeat
+  naming the lease makes it ``active``; billing starts then.
+- ``heartbeat``: the agent names the leases it runs; each gets ``last_heartbeat``.
+- ``tick`` (a background loop, every ``LeaseConfig.tick`` seconds): end leases
+  whose term or escrow is over (``time up``, ``escrow exhausted``), whose provider
+  has not been heard from for ``grace`` seconds (``provider lost``: billed up to
+  the last heartbeat, the rest refunded, ``penalty_bps`` of the stake taken), or
+  that no provider started within ``start_timeout``; warn owners whose escrow
+  runs out within ``warn`` seconds (event ``lease_warning``); charge running
+  leases every ``settle_every`` seconds; release the provider's share after the
+  challenge window.
+- ``end`` (the owner) and ``extend`` (more hours or more escrow).
+
+Knobs come from ``DEAI_LEASE_*`` environment variables (``LeaseConfig.from_env``)
+because the coordinator's ``Settings`` belong to another module.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from deai.coordinator.service import Coordinator, new_id
+from deai.core import leases as core
+from deai.core import ledger
+from deai.core.errors import Conflict, Forbidden, InvalidInput, NoCapacity, NotFound
+from deai.core.leases import EndReason, LeaseStatus
+from deai.core.wire_leases import ExtendIn, HostIn, HostOut, LeaseIn, LeaseOut, LeaseSpec
+from deai.store import journal
+from deai.store.models import Event, Lease, LeaseEarning, LeaseHost, Provider
+
+log = logging.getLogger("deai.coordinator.leases")
+LIVE = (LeaseStatus.PENDING.value, LeaseStatus.ACTIVE.value)
+
+
+@dataclass(frozen=True)
+class LeaseConfig:
+    grace: float = 60.0  # seconds without a heartbeat before a lease's provider is lost
+    warn: float = 300.0  # warn this long before the escrow runs out
+    settle_every: float = 60.0
+    start_timeout: float = 120.0
+    penalty_bps: int = 100  # 1 % of the stake for a lost lease
+    tick: float = 1.0
+
+    @classmethod
+    def from_env(cls) -> LeaseConfig:
+        env = os.environ
+        d = cls()
+        return cls(grace=float(env.get("DEAI_LEASE_GRACE", d.grace)),
+                   warn=float(env.get("DEAI_LEASE_WARN", d.warn)),
+                   settle_every=float(env.get("DEAI_LEASE_SETTLE", d.settle_every)),
+                   start_timeout=float(env.get("DEAI_LEASE_START_TIMEOUT", d.start_timeout)),
+                   penalty_bps=int(env.get("DEAI_LEASE_PENALTY_BPS", d.penalty_bps)),
+                   tick=float(env.get("DEAI_LEASE_TICK", d.tick)))
+
+    @property
+    def heartbeat_interval(self) -> float:
+        return max(0.5, self.grace / 4)
+
+
+# --- hosts ------------------------------------------------------------------------------------
+
+def set_host(c: Coordinator, cfg: LeaseConfig, pid: str, body: HostIn) -> HostOut:
+    for name, price in body.prices.items():
+        core.check_price_class(name, price)
+    if "cpu" not in body.prices or "memory_gb" not in body.prices:
+        raise InvalidInput("prices: give at least cpu and memory_gb (µ per hour)",
+                           field="prices")
+    if body.gpus and not any(k == "gpu" or k.startswith("gpu:") for k in body.prices):
+        raise InvalidInput("prices: a host with GPUs needs a gpu price", field="prices")
+    with c.db.write() as s:
+        c.require_provider(s, pid)
+        h = s.get(LeaseHost, pid)
+        if h is None:
+            h = LeaseHost(provider_id=pid)
+            s.add(h)
+        h.cpus, h.memory_mb, h.gpus, h.gpu_model = (body.cpus, body.memory_mb, body.gpus,
+                                                    body.gpu_model)
+        h.network, h.prices, h.updated_at = body.network, dict(body.prices), c.now()
+        c.emit(s, "lease_host", pid, cpus=body.cpus, memory_mb=body.memory_mb, gpus=body.gpus,
+               prices=dict(body.prices))
+        out = _host_out(h, cfg)
+    c.notifier.published()
+    return out
+
+
+def _host_out(h: LeaseHost, cfg: LeaseConfig) -> HostOut:
+    return HostOut(provider_id=h.provider_id, cpus=h.cpus, memory_mb=h.memory_mb, gpus=h.gpus,
+                   gpu_model=h.gpu_model, network=h.network, prices=dict(h.prices),
+                   heartbeat_interval=cfg.heartbeat_interval, grace=cfg.grace)
+
+
+def hosts(c: Coordinator, s: Session) -> list[core.Host]:
+    """Every lease host as ``core.leases.Host``, with what its live leases leave free."""
+    used: dict[str, tuple[int, int, int]] = {
+        pid: (int(cpu or 0), int(mem or 0), int(gpu or 0))
+        for pid, cpu, mem, gpu in s.execute(
+            select(Lease.provider_id, func.sum(Lease.cpus), func.sum(Lease.memory_mb),
+                   func.sum(Lease.gpus)).where(Lease.status.in_(LIVE))
+            .group_by(Lease.provider_id))}
+    out = []
+    for h, p in s.execute(select(LeaseHost, Provider)
+                          .join(Provider, Provider.id == LeaseHost.provider_id)):
+        cpu, mem, gpu = used.get(h.provider_id, (0, 0, 0))
+        stake = journal.balance(s, ledger.stake(p.id))
+        out.append(core.Host(
+            provider_id=p.id, prices=dict(h.prices), free_cpus=h.cpus - cpu,
+            free_memory_mb=h.memory_mb - mem, free_gpus=h.gpus - gpu, gpu_model=h.gpu_model,
+            network=h.network, online=c.online(p), stake=stake, reputation=p.reputation,
+            sandbox=bool((p.capabilities or {}).get("sandbox", True))))
+    return out
+
+
+# --- the owner's operations -------------------------------------------------------------------
+
+def create(c: Coordinator, owner: str, body: LeaseIn) -> LeaseOut:
+    ask = core.Ask(cpus=body.cpus, memory_mb=body.memory_mb, gpus=body.gpus,
+                   gpu_model=body.gpu_model, network=body.network, spot=body.spot)
+    lid = new_id("lease")
+    with c.db.write() as s:
+        host, price, rejected = core.choose(ask, hosts(c, s), body.max_price_hour,
+                                            c.settings.min_stake)
+        if host is None:
+            why = "; ".join(f"{pid[:12]}: {', '.join(r)}" for pid, r in sorted(rejected.items()))
+            raise NoCapacity(f"no provider can host this lease ({why or 'no lease hosts'})",
+                             rejected={k: v for k, v in list(rejected.items())[:20]})
+        term = round(body.hours * core.SECONDS_PER_HOUR) if body.hours is not None else None
+        deposit = body.deposit if body.deposit is not None else core.escrow_for(
+            price, body.hours or 0.0)
+        if deposit <= 0:  # a free lease still needs a positive escrow to be recorded
+            deposit = 1
+        lease = Lease(id=lid, owner=owner, provider_id=host.provider_id,
+                      status=LeaseStatus.PENDING.value, cpus=body.cpus,
+                      memory_mb=body.memory_mb, gpus=body.gpus, gpu_model=body.gpu_model,
+                      network=body.network, spot=body.spot, price_hour=price,
+                      max_price_hour=body.max_price_hour, escrow=deposit, charged=0,
+                      refunded=0, penalty=0, created_at=c.now(), term_seconds=term)
+        s.add(lease)
+        s.flush()
+        journal.append(s, ledger.escrow_lease(owner, lid, deposit), c.clock)
+        c.emit(s, "lease_created", lid, owner=owner, provider=host.provider_id,
+               price_hour=price, escrow=deposit, cpus=body.cpus, memory_mb=body.memory_mb)
+        out = lease_out(lease, c)
+    c.notifier.published()
+    return out
+
+
+def owned(s: Session, owner: str, lid: str, *, lock: bool = False) -> Lease:
+    lease = s.get(Lease, lid, with_for_update=lock)
+    if lease is None:
+        raise NotFound(f"no lease {lid}", field="lease")
+    if lease.owner != owner:
+        raise Forbidden("this lease belongs to another account")
+    return lease
+
+
+def end(c: Coordinator, owner: str, lid: str) -> LeaseOut:
+    with c.db.write() as s:
+        lease = owned(s, owner, lid, lock=True)
+        if lease.status != LeaseStatus.ENDED.value:
+            finish(c, s, lease, EndReason.OWNER_ENDED, c.now())
+        out = lease_out(lease, c)
+    c.notifier.published()
+    return out
+
+
+def extend(c: Coordinator, owner: str, lid: str, body: ExtendIn) -> LeaseOut:
+    with c.db.write() as s:
+        lease = owned(s, owner, lid, lock=True)
+        if lease.status == LeaseStatus.ENDED.value:
+            raise Conflict(f"lease {lid} has ended ({lease.end_reason})", status="ended")
+        if body.hours is not None:
+            seconds = round(body.hours * core.SECONDS_PER_HOUR)
+            amount = max(1, core.escrow_for(lease.price_hour, body.hours))
+            if lease.term_seconds is not None:
+                lease.term_seconds += seconds
+                if lease.term_end is not None:
+                    lease.term_end += seconds
+        else:
+            assert body.amount is not None
+            amount = body.amount
+        journal.append(s, ledger.escrow_lease(owner, lid, amount), c.clock)
+        lease.escrow += amount
+        lease.warned_at = None  # a new warning if the topped-up escrow runs low again
+        c.emit(s, "lease_extended", lid, owner=owner, amount=amount, hours=body.hours)
+        out = lease_out(lease, c)
+    c.notifier.published()
+    return out
+
+
+def show(c: Coordinator, owner: str, lid: str) -> LeaseOut:
+    with c.db.read() as s:
+        lease = owned(s, owner, lid)
+        events = s.scalars(select(Event).where(Event.subject == lid).order_by(Event.id)
+                           .limit(100)).all()
+        out = lease_out(lease, c)
+        out.events = [{"ts": e.ts, "kind": e.kind, **e.body} for e in events]
+    return out
+
+
+def listing(c: Coordinator, owner: str, limit: int = 100) -> list[LeaseOut]:
+    with c.db.read() as s:
+        rows = s.scalars(select(Lease).where(Lease.owner == owner)
+                         .order_by(Lease.created_at.desc()).limit(limit)).all()
+        return [lease_out(x, c) for x in rows]
+
+
+# --- the provider's side ----------------------------------------------------------------------
+
+def work_for(c: Coordinator, pid: str, known: set[str]) -> tuple[list[LeaseSpec], list[str]]:
+    """Pending leases of ``pid`` that its agent does not know yet, and the known ones it
+    should stop (ended, or not its own)."""
+    with c.db.read() as s:
+        rows = s.scalars(select(Lease).where(Lease.provider_id == pid,
+                                             Lease.status == LeaseStatus.PENDING.value)).all()
+        start = [LeaseSpec(id=x.id, cpus=x.cpus, memory_mb=x.memory_mb, gpus=x.gpus,
+                           network=x.network) for x in rows if x.id not in known]
+        stop: list[str] = []
+        if known:
+            live = set(s.scalars(select(Lease.id).where(Lease.id.in_(sorted(known)),
+                                                        Lease.provider_id == pid,
+                                                        Lease.status.in_(LIVE))))
+            stop = sorted(known - live)
+        return start, stop
+
+
+def heartbeat(c: Coordinator, pid: str, running: list[str], failed: dict[str, str]) -> list[str]:
+    """Record the agent's running leases; start pending ones; return the ids to stop."""
+    now = c.now()
+    stop: list[str] = []
+    changed = False
+    with c.db.write() as s:
+        c.require_provider(s, pid).last_seen = now
+        ids = sorted(set(running) | set(failed))
+        rows = {x.id: x for x in s.scalars(select(Lease).where(Lease.id.in_(ids))
+                                           .with_for_update())} if ids else {}
+        for lid in ids:
+            lease = rows.get(lid)
+            if lease is None or lease.provider_id != pid:
+                stop.append(lid)
+                continue
+            if lid in failed:
+                if lease.status != LeaseStatus.ENDED.value:
+                    lease.detail = f"provider could not run it: {failed[lid][:500]}"
+                    finish(c, s, lease, EndReason.POLICY, now)
+                    changed = True
+                stop.append(lid)
+            elif lease.status == LeaseStatus.PENDING.value:
+                core.check_transition(lease.status, LeaseStatus.ACTIVE)
+                lease.status = LeaseStatus.ACTIVE.value
+                lease.started_at = lease.last_heartbeat = lease.settled_at = now
+                if lease.term_seconds is not None:
+                    lease.term_end = now + lease.term_seconds
+                c.emit(s, "lease_started", lid, owner=lease.owner, provider=pid)
+                changed = True
+            elif lease.status == LeaseStatus.ACTIVE.value:
+                lease.last_heartbeat = now
+            else:
+                stop.append(lid)
+    if changed:
+        c.notifier.published()
+    return stop
+
+
+def runs_on(c: Coordinator, lid: str) -> tuple[str, str, str]:
+    """(owner, provider, status) of a lease."""
+    with c.db.read() as s:
+        lease = s.get(Lease, lid)
+        if lease is None:
+            raise NotFound(f"no lease {lid}", field="lease")
+        return lease.owner, lease.provider_id, lease.status
+
+
+# --- time passing -----------------------------------------------------------------------------
+
+def billing(lease: Lease) -> core.Billing:
+    return core.Billing(price_hour=lease.price_hour, escrow=lease.escrow,
+                        charged=lease.charged, started_at=lease.started_at,
+                        term_end=lease.term_end)
+
+
+def charge(c: Coordinator, s: Session, lease: Lease, until: float, *, final: bool = False,
+           penalty_bps: int = 0) -> core.Settlement:
+    """Move what ``core.leases.settle`` says; the lease row keeps the running totals."""
+    b = billing(lease)
+    stake = journal.balance(s, ledger.stake(lease.provider_id)) if penalty_bps else 0
+    st = core.settle(b, until, c.settings.fee_bps, final=final, stake=stake,
+                     penalty_bps=penalty_bps)
+    if st.charge > 0:
+        seconds = core.billable_seconds(b, until)
+        entry = journal.append(s, ledger.lease_charge(lease.id, lease.provider_id, st.charge,
+                                                      st.fee, seconds), c.clock)
+        if st.to_provider > 0:
+            s.add(LeaseEarning(lease_id=lease.id, provider_id=lease.provider_id,
+                               amount=st.to_provider, released=False, journal_seq=entry.seq,
+                               release_at=c.now() + c.settings.challenge_window))
+        lease.charged += st.charge
+    if st.refund > 0:
+        journal.append(s, ledger.lease_refund(lease.owner, lease.id, st.refund,
+                                              lease.end_reason or ""), c.clock)
+        lease.refunded += st.refund
+    if st.penalty > 0:
+        downtime = c.now() - (lease.last_heartbeat or lease.created_at)
+        journal.append(s, ledger.downtime_penalty(lease.provider_id, lease.id, st.penalty,
+                                                  downtime), c.clock)
+        lease.penalty += st.penalty
+    lease.settled_at = c.now()
+    return st
+
+
+def finish(c: Coordinator, s: Session, lease: Lease, reason: EndReason, until: float,
+           penalty_bps: int = 0) -> None:
+    """End a lease: charge up to ``until``, refund the rest, take any penalty."""
+    core.check_transition(lease.status, LeaseStatus.ENDED)
+    lease.status, lease.end_reason, lease.ended_at = (LeaseStatus.ENDED.value, reason.value,
+                                                      c.now())
+    st = charge(c, s, lease, until, final=True, penalty_bps=penalty_bps)
+    c.emit(s, "lease_ended", lease.id, owner=lease.owner, provider=lease.provider_id,
+           reason=reason.value, charged=lease.charged, refunded=st.refund,
+           penalty=st.penalty)
+    log.info("lease %s ended: %s (charged %d µ, refunded %d µ, penalty %d µ)", lease.id,
+             reason.value, lease.charged, st.refund, st.penalty)
+
+
+def tick(c: Coordinator, cfg: LeaseConfig) -> list[str]:
+    """One pass of the lease loop; returns the providers whose leases ended."""
+    now = c.now()
+    touched: list[str] = []
+    with c.db.write() as s:
+        rows = s.scalars(select(Lease).where(Lease.status.in_(LIVE)).order_by(Lease.id)
+                         .with_for_update()).all()
+        for lease in rows:
+            if lease.status == LeaseStatus.PENDING.value:
+                if now - lease.created_at > cfg.start_timeout:
+                    lease.detail = f"not started within {cfg.start_timeout:.0f} s"
+                    finish(c, s, lease, EndReason.PROVIDER_LOST, now, cfg.penalty_bps)
+                    touched.append(lease.provider_id)
+                continue
+            last = lease.last_heartbeat or lease.started_at or now
+            at, reason = core.ends_at(billing(lease))
+            if now - last > cfg.grace and (at is None or last < at):
+                lease.detail = f"no heartbeat for {now - last:.0f} s (grace {cfg.grace:.0f} s)"
+                finish(c, s, lease, EndReason.PROVIDER_LOST, last, cfg.penalty_bps)
+                touched.append(lease.provider_id)
+            elif at is not None and reason is not None and now >= at:
+                finish(c, s, lease, reason, at)
+                touched.append(lease.provider_id)
+            else:
+                if lease.warned_at is None and core.warn_due(billing(lease), now, cfg.warn):
+                    lease.warned_at = now
+                    c.emit(s, "lease_warning", lease.id, owner=lease.owner,
+                           ends_at=at, reason=EndReason.ESCROW_EXHAUSTED.value,
+                           message=f"escrow runs out in {max(0.0, (at or now) - now):.0f} s; "
+                                   "top it up with `deai lease extend`")
+                if now - (lease.settled_at or now) >= cfg.settle_every:
+                    charge(c, s, lease, now)
+        _release(c, s, now)
+    if touched:
+        c.notifier.published()
+    return touched
+
+
+def _release(c: Coordinator, s: Session, now: float) -> None:
+    due = s.scalars(select(LeaseEarning).where(LeaseEarning.released.is_(False),
+                                               LeaseEarning.release_at <= now)
+                    .order_by(LeaseEarning.id)).all()
+    by_provider: dict[str, list[LeaseEarning]] = {}
+    for e in due:
+        by_provider.setdefault(e.provider_id, []).append(e)
+    for pid, rows in sorted(by_provider.items()):
+        amount = sum(e.amount for e in rows)
+        if amount > 0:
+            journal.append(s, ledger.release(pid, amount, []), c.clock)
+        for e in rows:
+            e.released = True
+
+
+# --- views ------------------------------------------------------------------------------------
+
+def lease_out(lease: Lease, c: Coordinator) -> LeaseOut:
+    at, reason = (core.ends_at(billing(lease)) if lease.status == LeaseStatus.ACTIVE.value
+                  else (None, None))
+    return LeaseOut(
+        id=lease.id, owner=lease.owner, provider_id=lease.provider_id, status=lease.status,
+        end_reason=lease.end_reason, cpus=lease.cpus, memory_mb=lease.memory_mb,
+        gpus=lease.gpus, gpu_model=lease.gpu_model, network=lease.network, spot=lease.spot,
+        price_hour=lease.price_hour, escrow=lease.escrow, charged=lease.charged,
+        refunded=lease.refunded, penalty=lease.penalty, created_at=lease.created_at,
+        started_at=lease.started_at, last_heartbeat=lease.last_heartbeat,
+        term_end=lease.term_end, ends_at=at, ends_by=reason.value if reason else None,
+        warned_at=lease.warned_at, ended_at=lease.ended_at, detail=lease.detail)
+
+
+def public_summary(c: Coordinator) -> dict[str, Any]:
+    """Counts for the explorer: leases by status and end reason, hosts and their prices."""
+    with c.db.read() as s:
+        by_status = dict(s.execute(select(Lease.status, func.count())
+                                   .group_by(Lease.status)).all())
+        by_reason = dict(s.execute(select(Lease.end_reason, func.count())
+                                   .where(Lease.end_reason.is_not(None))
+                                   .group_by(Lease.end_reason)).all())
+        host_rows = [{"provider_id": h.provider_id, "cpus": h.cpus, "memory_mb": h.memory_mb,
+                      "gpus": h.gpus, "prices": dict(h.prices)}
+                     for h in s.scalars(select(LeaseHost))]
+    return {"leases": {str(k): int(v) for k, v in by_status.items()},
+            "end_reasons": {str(k): int(v) for k, v in by_reason.items()},
+            "hosts": host_rows}

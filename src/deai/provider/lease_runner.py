@@ -1,0 +1,410 @@
+"""The agent's side of leases: a sandbox per lease, heartbeats, and relayed sessions.
+
+    runner = LeaseRunner(client, identity, HostOffer(cpus=2, memory_mb=4096,
+                         prices={"cpu": 100_000, "memory_gb": 20_000}))
+    runner.run(stop)     # blocks: publishes the offer, then polls and heartbeats
+
+The environment of a lease (``LeaseSandbox``) is ``deai.workloads.sandbox``'s
+bubblewrap sandbox, built with that module's ``bwrap_args`` and rlimits so it
+gets the same sealing as command jobs, plus:
+
+- a home folder that lives as long as the lease (``/work``, ``$HOME``), kept
+  across every exec and shell of the lease and removed at its end;
+- the provider's Python packages (its virtualenv, torch and the models that
+  ship inside packages) read-only, on ``PYTHONPATH`` for ``/usr/bin/python3``;
+- the limits asked: CPUs by affinity (the first N of the agent's cores),
+  memory as RLIMIT_AS per process, processes, open files, file size;
+- no network but its own loopback, unless the lease asked for it and the
+  provider allows it (``HostOffer.network``: then the host's network is shared);
+- a long-lived ``lease_init.py`` inside that serves sessions over a Unix socket
+  the agent bound on the host, in a folder the sandbox cannot see, and handed
+  in as an inherited descriptor.
+
+Loops: ``_poll_loop`` long-polls ``/api/provider/leases/poll`` for leases to
+start or stop and for sessions to open; ``_beat_loop`` names the running
+leases every ``heartbeat_interval`` seconds (and at once after a start), which
+makes a new lease active and keeps running ones from being declared lost. A
+session dials ``WS /api/provider/leases/sessions/{sid}`` and pipes WebSocket
+messages to and from the lease's socket (``lease_init``'s frames, one to one).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import logging
+import os
+import queue
+import shutil
+import signal
+import socket
+import subprocess
+import sysconfig
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect
+
+from deai.client import leases as lease_sdk
+from deai.client.keys import Identity
+from deai.client.sdk import Client
+from deai.core import wire_leases as wl
+from deai.core.errors import DeAIError
+from deai.provider import lease_init
+from deai.workloads import sandbox
+
+log = logging.getLogger("deai.provider.leases")
+
+INIT_PYTHON = "/usr/bin/python3"  # under /usr, so it exists inside every sandbox
+START_TIMEOUT = 20.0
+PYTHON_MOUNT = "/opt/deai/python"  # the provider's packages, read-only, on PYTHONPATH
+HEADER = lease_init.HEADER
+
+
+@dataclass(frozen=True)
+class HostOffer:
+    cpus: int
+    memory_mb: int
+    prices: dict[str, int]
+    gpus: int = 0
+    gpu_model: str | None = None
+    network: bool = False
+    max_processes: int = 512
+    file_size_mb: int = 4096
+
+
+def available() -> tuple[bool, str]:
+    """Whether this machine can host leases (bubblewrap and a Python under /usr)."""
+    ok, why = sandbox.available()
+    if not ok:
+        return False, why
+    if not os.access(INIT_PYTHON, os.X_OK):
+        return False, f"{INIT_PYTHON} is missing (the lease's init runs on it)"
+    return True, why
+
+
+def _python_paths() -> list[str]:
+    """Folders of the provider's Python packages to show read-only inside a lease."""
+    paths = {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}
+    return sorted(p for p in paths if Path(p).is_dir() and not p.startswith("/usr/"))
+
+
+class LeaseSandbox:
+    """One lease's long-lived sandbox."""
+
+    def __init__(self, spec: wl.LeaseSpec, offer: HostOffer, cpus: list[int]) -> None:
+        self.spec, self.offer, self.cpus = spec, offer, cpus
+        self.dir = Path(tempfile.mkdtemp(prefix=f"deai-{spec.id}-"))
+        os.chmod(self.dir, 0o711)  # the sandbox's uid must reach home/, not list the rest
+        self.home = self.dir / "home"
+        self.ctl = self.dir / "ctl"  # root's: the sandbox never sees it
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.uid: int | None = None
+        self._listener: socket.socket | None = None
+
+    def start(self) -> None:
+        self.home.mkdir(mode=0o700)
+        self.ctl.mkdir(mode=0o700)
+        init = self.dir / "init.py"
+        shutil.copyfile(lease_init.__file__, init)
+        os.chmod(init, 0o644)
+        if os.getuid() == 0:
+            self.uid = sandbox._UIDS.take()
+            os.chown(self.home, self.uid, self.uid)
+        lst = self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        lst.bind(str(self.ctl / "ctl.sock"))
+        lst.listen(64)
+        env = {"DEAI_CTL_FD": str(lst.fileno()), "DEAI_LEASE": self.spec.id,
+               "PYTHONPATH": ":".join(f"{PYTHON_MOUNT}/{i}"
+                                      for i in range(len(_python_paths())))}
+        limits = sandbox.Limits(cpu_seconds=10**9, wall_seconds=10**9,
+                                memory_mb=self.spec.memory_mb,
+                                file_size_mb=self.offer.file_size_mb,
+                                max_processes=self.offer.max_processes, open_files=1024)
+        argv = bwrap_command(self.home, env, [INIT_PYTHON, "-I", "/run/deai/init.py"], limits,
+                             init=init, network=self.spec.network and self.offer.network)
+        nproc = limits.max_processes + 2 + (0 if self.uid is not None
+                                            else sandbox._own_processes())
+        cpus = set(self.cpus)
+
+        def pre_exec() -> None:
+            sandbox._set_limits(limits, nproc)
+            if cpus:
+                os.sched_setaffinity(0, cpus)
+
+        log_file = open(self.dir / "sandbox.log", "wb")  # noqa: SIM115 - the child keeps it
+        try:
+            self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log_file,
+                                         stderr=log_file, pass_fds=(lst.fileno(),),
+                                         start_new_session=True, user=self.uid,
+                                         env=getattr(sandbox, "BWRAP_ENV", None),
+                                         group=self.uid, preexec_fn=pre_exec,
+                                         extra_groups=None if self.uid is None else [])
+        finally:
+            log_file.close()
+        self._wait_ready()
+
+    def _wait_ready(self) -> None:
+        end = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < end:
+            if self.proc is None or self.proc.poll() is not None:
+                break
+            try:
+                with self.connect() as s:
+                    ch = lease_init.Channel(s)
+                    ch.text(op="ping")
+                    if ch.recv() is not None:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.02)
+        why = (self.dir / "sandbox.log").read_text(errors="replace")[-500:].strip()
+        self.stop()
+        raise DeAIError(f"the lease's sandbox did not start: {why or 'no reason given'}")
+
+    def connect(self) -> socket.socket:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            s.connect(str(self.ctl / "ctl.sock"))
+        except OSError:
+            s.close()
+            raise
+        return s
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self) -> None:
+        """Kill everything in the sandbox and remove the lease's home."""
+        if self.proc is not None and self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)  # --die-with-parent takes the rest
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(10)
+        if self._listener is not None:
+            self._listener.close()
+        if self.uid is not None:
+            sandbox._UIDS.give(self.uid)
+            self.uid = None
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def bwrap_command(home: Path, env: dict[str, str], argv: list[str], limits: sandbox.Limits,
+                  *, init: Path, network: bool) -> list[str]:
+    """``sandbox.bwrap_args`` with the lease's mounts added before the sandbox seals its
+    root (its first ``--remount-ro``), or before ``--clearenv``/``--`` in older versions."""
+    if "limits" in inspect.signature(sandbox.bwrap_args).parameters:
+        args = sandbox.bwrap_args(home, env, argv, limits)
+    else:  # the signature before the sandbox took its limits
+        args = sandbox.bwrap_args(home, env, argv)  # type: ignore[call-arg]
+    cut = next(args.index(op) for op in ("--remount-ro", "--clearenv", "--") if op in args)
+    extra = ["--ro-bind", str(init), "/run/deai/init.py"]
+    for i, p in enumerate(_python_paths()):
+        extra += ["--ro-bind", p, f"{PYTHON_MOUNT}/{i}"]
+    if network:
+        extra += ["--share-net", "--ro-bind-try", "/etc/resolv.conf", "/etc/resolv.conf",
+                  "--ro-bind-try", "/etc/hosts", "/etc/hosts", "--ro-bind-try", "/etc/ssl",
+                  "/etc/ssl"]
+    return [*args[:cut], *extra, *args[cut:]]
+
+
+@dataclass
+class _State:
+    boxes: dict[str, LeaseSandbox] = field(default_factory=dict)
+    starting: set[str] = field(default_factory=set)
+    failed: dict[str, str] = field(default_factory=dict)
+
+
+class LeaseRunner:
+    def __init__(self, client: Client, identity: Identity, offer: HostOffer, *,
+                 poll_wait: float = 20.0) -> None:
+        self.client, self.identity, self.offer = client, identity, offer
+        self.api = lease_sdk.Leases(client)
+        self.poll_wait = poll_wait
+        self.state = _State()
+        self._lock = threading.Lock()
+        self._beat_now = threading.Event()
+        self._interval = 5.0
+        self._stop = threading.Event()
+        try:
+            cores = sorted(os.sched_getaffinity(0))
+        except (AttributeError, OSError):
+            cores = list(range(os.cpu_count() or 1))
+        self._cores = cores
+        self._next_core = 0
+        self._starts: queue.Queue[wl.LeaseSpec] = queue.Queue()
+
+    def run(self, stop: threading.Event) -> None:
+        self._stop = stop
+        host = self._retry(lambda: self.api.set_host(wl.HostIn(
+            cpus=self.offer.cpus, memory_mb=self.offer.memory_mb, gpus=self.offer.gpus,
+            gpu_model=self.offer.gpu_model, network=self.offer.network,
+            prices=self.offer.prices)))
+        if host is None:
+            return
+        self._interval = host.heartbeat_interval
+        log.info("hosting leases: %d CPUs, %d MiB, prices %s", host.cpus, host.memory_mb,
+                 host.prices)
+        beat = threading.Thread(target=self._beat_loop, name="deai-lease-beat", daemon=True)
+        beat.start()
+        # bwrap's --die-with-parent follows the *thread* that started it: sandboxes are
+        # started from this one thread, which lives as long as the runner
+        threading.Thread(target=self._spawner, name="deai-lease-spawner", daemon=True).start()
+        try:
+            self._poll_loop()
+        finally:
+            with self._lock:
+                boxes = list(self.state.boxes.values())
+                self.state.boxes.clear()
+            for box in boxes:
+                box.stop()
+
+    def _retry(self, fn):  # type: ignore[no-untyped-def]
+        while not self._stop.is_set():
+            try:
+                return fn()
+            except (httpx.TransportError, DeAIError) as exc:
+                log.warning("lease call failed (%s); retrying", exc)
+                self._stop.wait(2.0)
+        return None
+
+    def _poll_loop(self) -> None:
+        while not self._stop.is_set():
+            with self._lock:
+                known = sorted(set(self.state.boxes) | self.state.starting)
+            try:
+                work = self.api.poll(self.poll_wait, known)
+            except (httpx.TransportError, DeAIError) as exc:
+                log.warning("lease poll failed (%s); retrying", exc)
+                self._stop.wait(2.0)
+                continue
+            for spec in work.start:
+                with self._lock:
+                    if spec.id in self.state.boxes or spec.id in self.state.starting:
+                        continue
+                    self.state.starting.add(spec.id)
+                self._starts.put(spec)
+            for lid in work.stop:
+                self._end(lid)
+            for sess in work.sessions:
+                threading.Thread(target=self._session, args=(sess,), daemon=True,
+                                 name=f"deai-session-{sess.id[:8]}").start()
+
+    def _cpus_for(self, n: int) -> list[int]:
+        with self._lock:
+            picked = [self._cores[(self._next_core + i) % len(self._cores)]
+                      for i in range(min(n, len(self._cores)))]
+            self._next_core = (self._next_core + n) % len(self._cores)
+        return picked
+
+    def _spawner(self) -> None:
+        while not self._stop.is_set():
+            try:
+                spec = self._starts.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            self._start(spec)
+
+    def _start(self, spec: wl.LeaseSpec) -> None:
+        box = LeaseSandbox(spec, self.offer, self._cpus_for(spec.cpus))
+        try:
+            box.start()
+        except Exception as exc:
+            log.exception("lease %s: sandbox failed", spec.id)
+            with self._lock:
+                self.state.starting.discard(spec.id)
+                self.state.failed[spec.id] = f"{type(exc).__name__}: {exc}"
+        else:
+            log.info("lease %s: sandbox up (%d CPU, %d MiB)", spec.id, spec.cpus,
+                     spec.memory_mb)
+            with self._lock:
+                self.state.starting.discard(spec.id)
+                self.state.boxes[spec.id] = box
+        self._beat_now.set()
+
+    def _end(self, lid: str) -> None:
+        with self._lock:
+            box = self.state.boxes.pop(lid, None)
+        if box is not None:
+            box.stop()
+            log.info("lease %s: stopped", lid)
+
+    def _beat_loop(self) -> None:
+        while not self._stop.is_set():
+            with self._lock:
+                running = sorted(k for k, b in self.state.boxes.items() if b.alive())
+                dead = {k: "the sandbox exited" for k, b in self.state.boxes.items()
+                        if not b.alive()}
+                failed = {**self.state.failed, **dead}
+            try:
+                out = self.api.heartbeat(running, failed)
+            except (httpx.TransportError, DeAIError) as exc:
+                log.debug("lease heartbeat failed: %s", exc)
+            else:
+                with self._lock:
+                    for k in failed:
+                        self.state.failed.pop(k, None)
+                for lid in set(out.stop) | set(dead):
+                    self._end(lid)
+            self._beat_now.wait(self._interval)
+            self._beat_now.clear()
+
+    def _session(self, sess: wl.SessionOpen) -> None:
+        with self._lock:
+            box = self.state.boxes.get(sess.lease_id)
+        path = f"/api/provider/leases/sessions/{sess.id}"
+        try:
+            ws = connect(lease_sdk.ws_url(self.client.base_url, path), compression=None,
+                         proxy=None, additional_headers=self.identity.headers("GET", path, b""),
+                         max_size=8 * 1024 * 1024, ping_interval=None)
+        except Exception as exc:
+            log.warning("session %s: cannot reach the relay: %s", sess.id[:8], exc)
+            return
+        with ws:
+            if box is None or not box.alive():
+                ws.send('{"type": "error", "status": 409, "code": "conflict", '
+                        '"message": "the lease is not running on this provider"}')
+                return
+            try:
+                sock = box.connect()
+            except OSError as exc:
+                ws.send(f'{{"type": "error", "status": 409, "code": "conflict", '
+                        f'"message": "the lease does not answer: {exc.strerror}"}}')
+                return
+            with sock:
+                relay(ws, sock, sess.params)
+
+
+def relay(ws, sock: socket.socket, params: dict[str, object]) -> None:  # type: ignore[no-untyped-def]
+    """Pipe a session: WebSocket messages <-> ``lease_init`` frames on ``sock``."""
+    ch = lease_init.Channel(sock)
+    ch.text(**params)
+
+    def inbound() -> None:
+        try:
+            while True:
+                msg = ws.recv()
+                if isinstance(msg, bytes):
+                    ch.send(b"B", msg)
+                else:
+                    ch.send(b"T", msg.encode())
+        except (ConnectionClosed, OSError):
+            pass
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+
+    t = threading.Thread(target=inbound, daemon=True)
+    t.start()
+    try:
+        while (frame := ch.recv()) is not None:
+            kind, body = frame
+            ws.send(body if kind == b"B" else body.decode())
+    except (ConnectionClosed, OSError, ValueError):
+        pass
+    ws.close()
+    t.join(5.0)
