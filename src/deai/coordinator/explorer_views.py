@@ -23,6 +23,7 @@ from deai.coordinator.service import Coordinator
 from deai.core import compute, ledger, wire
 from deai.core import wire_explorer as wx
 from deai.core.errors import NotFound
+from deai.core.lifecycle import JOB_ACTIVE
 from deai.core.money import cost_for_units
 from deai.store import journal
 from deai.store.models import (
@@ -108,7 +109,7 @@ def overview(c: Coordinator, window: float, price_window: float) -> wx.OverviewO
             gpus=sum(len(p.hardware.get("gpus") or []) for p in online),
             compute_units=round(sum(p.compute_units for p in online), 3),
             jobs=job_counts,
-            jobs_running=sum(job_counts.get(k, 0) for k in jobs.ACTIVE),
+            jobs_running=sum(job_counts.get(k, 0) for k in JOB_ACTIVE),
             jobs_finished=job_counts.get("completed", 0),
             tasks=task_counts, tasks_per_second=round(last_minute / 60.0, 3),
             throughput=[wx.ThroughputPoint(t=since + i * bucket, tasks=n)

@@ -10,13 +10,21 @@ from collections import defaultdict
 from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session
 
-from deai.coordinator import verify
+from deai.coordinator import canaries, effects
 from deai.coordinator.service import Coordinator, new_id
 from deai.core import catalog, kinds, ledger, market
+from deai.core.lifecycle import (
+    JOB_ACTIVE,
+    SUBJECT_ROLES,
+    AssignmentStatus,
+    ProviderStatus,
+    Role,
+    TaskStatus,
+)
+from deai.core.lifecycle import decide as D
 from deai.core.money import cost_for_units
 from deai.core.verify import policy
 from deai.core.verify.reputation import Reputation
-from deai.store import journal
 from deai.store.models import Assignment, Job, Offer, Provider, Task
 
 BATCH = 2000
@@ -24,7 +32,7 @@ BATCH = 2000
 
 def provider_states(c: Coordinator, s: Session) -> list[market.ProviderState]:
     since = c.now() - c.settings.heartbeat_timeout
-    rows = s.scalars(select(Provider).where(Provider.status == "active",
+    rows = s.scalars(select(Provider).where(Provider.status == ProviderStatus.ACTIVE,
                                             Provider.last_seen >= since)).all()
     if not rows:
         return []
@@ -33,10 +41,10 @@ def provider_states(c: Coordinator, s: Session) -> list[market.ProviderState]:
     for o in s.scalars(select(Offer).where(Offer.provider_id.in_(ids))):
         offers[o.provider_id].append(market.Offer(o.workload, o.model, o.price))
     load = dict(s.execute(select(Assignment.provider_id, func.count())
-                          .where(Assignment.status == "leased",
+                          .where(Assignment.status == AssignmentStatus.LEASED,
                                  Assignment.provider_id.in_(ids))
                           .group_by(Assignment.provider_id)).all())
-    stakes = journal.balances(s, [ledger.stake(i) for i in ids])
+    stakes = c.settlement.balances(s, [ledger.stake(i) for i in ids])
     return [market.ProviderState(
         id=p.id, online=True, stake=stakes.get(ledger.stake(p.id), 0),
         memory_mb=int(p.hardware.get("memory_mb", 0)), slots=p.slots,
@@ -48,7 +56,7 @@ def all_provider_states(c: Coordinator, s: Session) -> list[market.ProviderState
     """Every registered provider, online or not, for quotes that explain themselves."""
     online = {p.id: p for p in provider_states(c, s)}
     rows = s.scalars(select(Provider)).all()
-    stakes = journal.balances(s, [ledger.stake(p.id) for p in rows])
+    stakes = c.settlement.balances(s, [ledger.stake(p.id) for p in rows])
     out = []
     for p in rows:
         if p.id in online:
@@ -91,9 +99,9 @@ def match_once(c: Coordinator) -> list[str]:
     with c.db.write() as s:
         rows = s.execute(
             select(Task, Job).join(Job, Job.id == Task.job_id)
-            .where(or_(Task.status == "queued",
-                       and_(Task.status == "verifying", Task.pending_role.is_not(None))),
-                   Job.status.in_(("pending", "running", "verifying")))
+            .where(or_(Task.status == TaskStatus.QUEUED,
+                       and_(Task.status == TaskStatus.VERIFYING, Task.pending_role.is_not(None))),
+                   Job.status.in_(JOB_ACTIVE))
             .order_by(Task.pending_role.is_(None), Job.created_at, Task.idx)
             .limit(BATCH)).all()
         if not rows:
@@ -108,18 +116,19 @@ def match_once(c: Coordinator) -> list[str]:
         excluded: dict[str, set[str]] = defaultdict(set)
         for a in s.execute(select(Assignment.task_id, Assignment.provider_id,
                                   Assignment.status).where(Assignment.task_id.in_(task_ids))):
-            if a.task_id in checking or a.status in ("rejected", "failed"):
+            if a.task_id in checking or a.status in (AssignmentStatus.REJECTED,
+                                                     AssignmentStatus.FAILED):
                 excluded[a.task_id].add(a.provider_id)
         demands = [demand(c, j, t, frozenset(excluded.get(t.id, ()))) for t, j in rows]
-        placements = market.place(demands, providers, c.settings.min_stake)
+        placements = market.place(demands, providers, c.settings.min_stake, c.settings.strategy)
         by_task = {t.id: (t, j) for t, j in rows}
         for pl in placements:
             task, job = by_task[pl.task_id]
             _lease(c, s, task, job, pl, now)
         planted = [pl.provider_id for pl in placements
-                   if by_task[pl.task_id][1].owner != verify.NETWORK and verify.want_canary(c)
-                   and verify.plant_canary(c, s, pl.provider_id, by_task[pl.task_id][1].kind,
-                                           by_task[pl.task_id][1].model, pl.price)]
+                   if by_task[pl.task_id][1].owner != canaries.NETWORK and canaries.wanted(c)
+                   and canaries.plant(c, s, pl.provider_id, by_task[pl.task_id][1].kind,
+                                      by_task[pl.task_id][1].model, pl.price)]
     if placements:
         c.notifier.published()
     return sorted({p.provider_id for p in placements} | set(planted))
@@ -129,7 +138,8 @@ def place_now(c: Coordinator, s: Session, task: Task, job: Job) -> str | None:
     """Place one queued primary at once, ahead of the queue (an interactive /v1 request),
     inside the caller's transaction; returns the provider, or None to leave it queued."""
     providers = provider_states(c, s)
-    placed = market.place([demand(c, job, task)], providers, c.settings.min_stake)
+    placed = market.place([demand(c, job, task)], providers, c.settings.min_stake,
+                          c.settings.strategy)
     if not placed:
         return None
     _lease(c, s, task, job, placed[0], c.now())
@@ -138,20 +148,15 @@ def place_now(c: Coordinator, s: Session, task: Task, job: Job) -> str | None:
 
 def _lease(c: Coordinator, s: Session, task: Task, job: Job, pl: market.Placement,
            now: float) -> None:
-    role = task.pending_role or "primary"
+    role = Role(task.pending_role or Role.PRIMARY)
     payload: str | None = None
     check_of: str | None = None
-    if role == "primary":
-        task.status = "assigned"
-        task.attempts += 1
-        if job.status == "pending":
-            job.status = "running"
-    else:
+    if role != Role.PRIMARY:
         subject = s.scalars(select(Assignment).where(
-            Assignment.task_id == task.id, Assignment.status == "submitted",
-            Assignment.role.in_(("primary", "canary")))).first()
+            Assignment.task_id == task.id, Assignment.status == AssignmentStatus.SUBMITTED,
+            Assignment.role.in_(SUBJECT_ROLES))).first()
         if subject is None or subject.output_digest is None:
-            task.pending_role = None
+            effects.apply(c, s, job, task, D.on_placed(effects.ctx(c, job, task), role))
             return
         check_of = subject.id
         kind = kinds.get(job.kind)
@@ -159,11 +164,11 @@ def _lease(c: Coordinator, s: Session, task: Task, job: Job, pl: market.Placemen
         extra = kind.check_payload(spec, c.blobs.get(task.input_digest),
                                    c.blobs.get(subject.output_digest))
         payload = c.blobs.put(extra) if extra is not None else None
-        task.pending_role = None
+    effects.apply(c, s, job, task, D.on_placed(effects.ctx(c, job, task), role))
     task.updated_at = now
     s.add(Assignment(id=new_id("asg"), task_id=task.id, job_id=job.id,
-                     provider_id=pl.provider_id, role=role, status="leased", price=pl.price,
-                     leased_at=now, lease_deadline=now + c.settings.lease_ttl, delivered=False,
-                     input_digest=payload, check_of=check_of))
+                     provider_id=pl.provider_id, role=role, status=AssignmentStatus.LEASED,
+                     price=pl.price, leased_at=now, lease_deadline=now + c.settings.lease_ttl,
+                     delivered=False, input_digest=payload, check_of=check_of))
     c.emit(s, "task_assigned", task.id, job=job.id, provider=pl.provider_id, price=pl.price,
-           role=role)
+           role=role.value)

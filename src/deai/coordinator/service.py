@@ -8,6 +8,7 @@ job, task or posting.
 
 from __future__ import annotations
 
+import random
 import secrets
 from typing import Any
 
@@ -20,10 +21,11 @@ from sqlalchemy.orm import Session
 from deai import __version__
 from deai.coordinator.notifier import Notifier
 from deai.coordinator.settings import Settings
+from deai.coordinator.settlement import Settlement
 from deai.core import catalog, compute, ledger, wire
 from deai.core.clock import Clock, SystemClock
 from deai.core.errors import AuthError, Conflict, Forbidden, InvalidInput, NotFound
-from deai.store import journal
+from deai.core.lifecycle import AssignmentStatus, ProviderStatus
 from deai.store.blobs import BlobStore
 from deai.store.db import Database
 from deai.store.models import Assignment, Event, Nonce, Offer, Payout, Provider
@@ -41,6 +43,11 @@ class Coordinator:
         self.db = Database(settings.db_url)
         self.blobs = BlobStore(settings.blob_dir)
         self.notifier = Notifier()
+        self.settlement = Settlement(self.clock, settings.fee_bps)
+        # The verification draws (replicate? plant a canary?): seedable for tests and
+        # replays, unpredictable otherwise.
+        self.rng: random.Random = (random.Random(settings.verify_seed)
+                                   if settings.verify_seed is not None else secrets.SystemRandom())
 
     def now(self) -> float:
         return self.clock.now()
@@ -84,15 +91,15 @@ class Coordinator:
             raise InvalidInput(f"amount: at most {self.settings.faucet_max} µ per request",
                                field="amount")
         with self.db.write() as s:
-            journal.append(s, ledger.faucet(account, amount), self.clock)
+            self.settlement.faucet(s, account, amount)
             self.emit(s, "faucet", account, amount=amount)
         self.notifier.published()
         return self.balance(account)
 
     def balance(self, account: str) -> wire.BalanceOut:
         with self.db.read() as s:
-            b = journal.balances(s, [ledger.acct(account), ledger.pending(account),
-                                     ledger.stake(account)])
+            b = self.settlement.balances(s, [ledger.acct(account), ledger.pending(account),
+                                             ledger.stake(account)])
         return wire.BalanceOut(account=account, available=b.get(ledger.acct(account), 0),
                                pending=b.get(ledger.pending(account), 0),
                                stake=b.get(ledger.stake(account), 0))
@@ -124,7 +131,8 @@ class Coordinator:
             p.hardware = reg.hardware.model_dump()
             p.benchmark = reg.benchmark.model_dump()
             p.compute_units = cu
-            p.threads, p.slots, p.status, p.last_seen = reg.threads, reg.slots, "active", now
+            p.threads, p.slots, p.last_seen = reg.threads, reg.slots, now
+            p.status = ProviderStatus.ACTIVE
             p.capabilities = dict(reg.capabilities)
             s.flush()
             s.execute(delete(Offer).where(Offer.provider_id == pid))
@@ -146,7 +154,7 @@ class Coordinator:
     def bond(self, pid: str, amount: int) -> wire.BalanceOut:
         with self.db.write() as s:
             self.require_provider(s, pid)
-            journal.append(s, ledger.bond(pid, amount), self.clock)
+            self.settlement.bond(s, pid, amount)
             self.emit(s, "bond", pid, amount=amount)
         self.notifier.kick()
         self.notifier.published()
@@ -160,7 +168,8 @@ class Coordinator:
             drop: list[str] = []
             if running:
                 rows = s.scalars(select(Assignment).where(Assignment.id.in_(running))).all()
-                live = {a.id for a in rows if a.provider_id == pid and a.status == "leased"}
+                live = {a.id for a in rows
+                        if a.provider_id == pid and a.status == AssignmentStatus.LEASED}
                 drop = [a for a in running if a not in live]
                 s.execute(update(Assignment).where(Assignment.id.in_(live))
                           .values(lease_deadline=now + self.settings.lease_ttl))
@@ -173,7 +182,7 @@ class Coordinator:
             raise NotFound(f"no assignment {assignment_id}", field="assignment")
         if a.provider_id != pid:
             raise Forbidden("this assignment was leased to another provider")
-        if a.status != "leased":
+        if a.status != AssignmentStatus.LEASED:
             raise Conflict(f"assignment {assignment_id} is {a.status}; its lease is over",
                            status=a.status)
         if a.lease_deadline < self.now():
@@ -181,7 +190,8 @@ class Coordinator:
         return a
 
     def online(self, p: Provider) -> bool:
-        return p.status == "active" and p.last_seen >= self.now() - self.settings.heartbeat_timeout
+        fresh = p.last_seen >= self.now() - self.settings.heartbeat_timeout
+        return p.status == ProviderStatus.ACTIVE and fresh
 
     def provider(self, pid: str) -> wire.ProviderOut:
         with self.db.read() as s:
@@ -197,7 +207,7 @@ class Coordinator:
 
     def _provider_out(self, s: Session, p: Provider) -> wire.ProviderOut:
         offers = s.scalars(select(Offer).where(Offer.provider_id == p.id)).all()
-        bal = journal.balances(s, [ledger.stake(p.id)])
+        bal = self.settlement.balances(s, [ledger.stake(p.id)])
         earned = s.scalar(select(func.coalesce(func.sum(Payout.amount), 0))
                           .where(Payout.provider_id == p.id)) or 0
         return wire.ProviderOut(

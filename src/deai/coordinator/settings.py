@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from deai.core.market import DEFAULT_STRATEGY, Strategy
 from deai.core.verify.params import VerifyParams
 
 
@@ -30,6 +31,10 @@ class Settings:
     verify: VerifyParams = field(default_factory=VerifyParams)
     verify_timeout: float = 300.0  # a check nobody can place is given up after this
     treasury_grant: int = 1_000_000_000_000  # devnet: the treasury starts with 1,000,000 DEAI
+    # Policies, injected: how providers are ranked, and the seed of the verification
+    # draws (None: the operating system's randomness, which providers cannot predict).
+    strategy: Strategy = DEFAULT_STRATEGY
+    verify_seed: int | None = None
 
     @property
     def db_url(self) -> str:

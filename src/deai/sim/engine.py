@@ -7,8 +7,10 @@ coordinator (``deai.coordinator.verify``) would handle it:
     else replicate?  ρ = core's replication_probability    → a replica on another provider
     training job, not replicated  → segment audits at p_a (research §10.3)
     mismatch (d > τ)  → referee committee; core.verify.policy.verdict names the fault
-    fault  → core.verify.policy.slash_amounts on the bonded stake, bounty to the
-             reporter, the job's unreleased earnings forfeited, CV reset, probation
+    fault  → who is paid, slashed (with or without a bounty) and whose output stands
+             are core.lifecycle.decide's effects, read through deai.sim.rules;
+             core.verify.policy.slash_amounts on the bonded stake, the job's
+             unreleased earnings forfeited, CV reset, probation
     stake below the minimum  → the slot stops getting work, or (Sybil churn) comes
              back as a new identity with fresh stake and a fresh reputation
 
@@ -29,10 +31,11 @@ from functools import lru_cache
 import numpy as np
 
 from deai.core.market import stake_for
+from deai.core.money import fee_of
 from deai.core.verify import policy
 from deai.core.verify.params import VerifyParams
 from deai.core.verify.reputation import Reputation
-from deai.sim import agents, noise, vec
+from deai.sim import agents, noise, rules, vec
 from deai.sim.agents import Behaviour
 
 MIN_STAKE = 10_000_000  # µ; deai.coordinator.settings.Settings().min_stake (a test pins it)
@@ -214,21 +217,25 @@ class Network:
             extra[esc] += value[esc] * k
             self.escalations += esc.size
             self.faults += np.bincount(fault[esc], minlength=4)
-        sub_bad = fault % 2 == 1       # SUBJECT or BOTH
-        chk_bad = fault >= 2           # CHECKER or BOTH
-        self.canary_refs_dropped += int((chk_bad & canary).sum())
+        # who is paid, slashed and believed: core's decisions (deai.sim.rules)
+        code = np.where(mismatch, fault, rules.AGREE)
+        look = lambda f: rules.lookup(f, code, repl, canary)  # noqa: E731
+        sub_bad, chk_bad = look("subject_slashed"), look("checker_slashed") & repl
+        self.canary_refs_dropped += int((mismatch & (fault >= 2) & canary).sum())
 
         # money and compute
         cs = w.cost_share
         self.compute[idx] += cs * value * (1 - self.b_saving[beh] * cheat_s)
         cost_j = cs * value * (1 - self.b_saving[self.sb[j]] * cheat_j)
         np.add.at(self.compute, j[repl], cost_j[repl])
-        pay_s = np.where(real, value - value * w.fee_bps // 10_000, value) * ~sub_bad
-        pay_j = value * (repl & ~chk_bad)
+        pay_s = np.where(real, value - fee_of(value, w.fee_bps), value) * look("subject_paid")
+        pay_j = value * (repl & look("checker_paid"))
         np.add.at(self.earned, j, pay_j)
 
-        # accepted results: the subject's unless the referee convicted it
-        accepted_e = np.where(sub_bad, np.where(repl & ~chk_bad, e_j, 0.0), e_s)
+        # accepted results: whichever output the decision let stand
+        stands = look("stands")
+        accepted_e = np.where(stands == rules.SUBJECT, e_s,
+                              np.where(stands == rules.CHECKER, e_j, 0.0))
         bad = real & (accepted_e > noise.TAU)
         self.bad_accepted[idx] += bad
         self.real_tasks[idx] += real
@@ -252,11 +259,11 @@ class Network:
         vec.failed(self.rep, np.concatenate([idx[sub_bad], j[repl & chk_bad]]), now, p)
 
         # slashes (few): subject then checker
+        sub_rep, chk_rep = look("subject_reported"), look("checker_reported")
         for t in np.flatnonzero(sub_bad):
-            reporter = int(j[t]) if repl[t] and not chk_bad[t] else None
-            self._slash(int(idx[t]), reporter, subject=True)
-        for t in np.flatnonzero(chk_bad & repl):
-            self._slash(int(j[t]), None if sub_bad[t] else int(idx[t]), subject=False)
+            self._slash(int(idx[t]), int(j[t]) if sub_rep[t] else None, subject=True)
+        for t in np.flatnonzero(chk_bad):
+            self._slash(int(j[t]), int(idx[t]) if chk_rep[t] else None, subject=False)
 
         # this step's pay joins the job's pending earnings; whole jobs are released
         self.earned[idx] += pay_s

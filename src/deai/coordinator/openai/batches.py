@@ -17,19 +17,18 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from deai.coordinator import jobs
+from deai.coordinator import admission, jobs
 from deai.coordinator.openai import gateway, keys
 from deai.coordinator.openai import schemas as S
 from deai.coordinator.openai.errors import ApiError
 from deai.coordinator.service import Coordinator
 from deai.core import batch, catalog, kinds, wire
 from deai.core.errors import InvalidInput, NotFound, UnknownModel
-from deai.core.money import cost_for_units
+from deai.core.lifecycle import JOB_ACTIVE, JobStatus, TaskStatus
 from deai.store.models import ApiBatch, ApiFile, Job, Task
 
 KINDS = {url: kind for kind, url in gateway.URLS.items()}
 WINDOWS = {"24h": 24 * 3600}
-ACTIVE = ("pending", "running", "verifying")
 
 
 def _file_id() -> str:
@@ -109,20 +108,20 @@ def create(c: Coordinator, key: keys.KeyInfo, body: S.BatchIn) -> S.BatchOut:
         shards = kind.split(kind.parse_spec(spec), data)
     except InvalidInput as exc:
         raise ApiError(400, exc.message, param=exc.field) from None
-    max_cost = sum(cost_for_units(sh.max_units, max(prices)) for sh in shards)
-    with c.db.read() as s:
-        keys.check_cap(s, key, max_cost)  # checked here, escrowed by jobs.submit just after
-    job = jobs.submit(c, key.account, wire.JobIn(spec=spec, input_digest=digest))
-    now = c.now()
-    with c.db.write() as s:
-        row = ApiBatch(id=f"batch_{secrets.token_hex(12)}", account=key.account,
-                       api_key_id=key.id, endpoint=body.endpoint,
-                       input_file_id=body.input_file_id, job_id=job.id,
+    del shards  # split here only to refuse a bad file with OpenAI's error; submit splits again
+    batch_id = f"batch_{secrets.token_hex(12)}"
+
+    def record(s: Session, job: Job) -> None:  # in the transaction that escrows the job
+        s.add(ApiBatch(id=batch_id, account=key.account, api_key_id=key.id,
+                       endpoint=body.endpoint, input_file_id=body.input_file_id, job_id=job.id,
                        completion_window=body.completion_window, meta=body.metadata,
-                       created_at=now)
-        s.add(row)
-        keys.record_job(s, key, job.id, "batch", now)
-        s.flush()
+                       created_at=c.now()))
+
+    jobs.submit(c, key.account, wire.JobIn(spec=spec, input_digest=digest),
+                key=admission.KeyUse(key.id, "batch"), then=record)
+    with c.db.write() as s:
+        row = s.get(ApiBatch, batch_id)
+        assert row is not None
         return _view(c, s, row)
 
 
@@ -165,9 +164,9 @@ def _own_batch(s: Session, account: str, batch_id: str) -> ApiBatch:
 
 
 def _status(b: ApiBatch, job: Job) -> str:
-    if job.status in ACTIVE:
+    if job.status in JOB_ACTIVE:
         return "cancelling" if b.cancelling_at is not None else "in_progress"
-    if job.status == "failed" and job.error and "deadline" in job.error:
+    if job.status == JobStatus.FAILED and job.error and "deadline" in job.error:
         return "expired"
     return job.status
 
@@ -177,13 +176,13 @@ def _view(c: Coordinator, s: Session, b: ApiBatch) -> S.BatchOut:
     assert job is not None
     status = _status(b, job)
     done = sum(t.items for t in s.scalars(select(Task).where(Task.job_id == job.id,
-                                                             Task.status == "done")))
-    ended = job.status not in ACTIVE
+                                                             Task.status == TaskStatus.DONE)))
+    ended = job.status not in JOB_ACTIVE
     if ended and b.output_file_id is None and b.error_file_id is None:
         _finalize(c, s, b, job, status)
     t = int(job.finished_at) if job.finished_at is not None else None
     errors = None
-    if job.status == "failed" and job.error:
+    if job.status == JobStatus.FAILED and job.error:
         errors = S.BatchErrors(data=[S.BatchError(code=status, message=job.error)])
     return S.BatchOut(
         id=b.id, endpoint=b.endpoint, errors=errors, input_file_id=b.input_file_id,
@@ -191,7 +190,7 @@ def _view(c: Coordinator, s: Session, b: ApiBatch) -> S.BatchOut:
         error_file_id=b.error_file_id, created_at=int(b.created_at),
         in_progress_at=int(b.created_at), expires_at=int(b.created_at) + WINDOWS.get(
             b.completion_window, 86400),
-        finalizing_at=t if job.status == "completed" else None,
+        finalizing_at=t if job.status == JobStatus.COMPLETED else None,
         completed_at=t if status == "completed" else None,
         failed_at=t if status == "failed" else None,
         expired_at=t if status == "expired" else None,
@@ -205,11 +204,11 @@ def _view(c: Coordinator, s: Session, b: ApiBatch) -> S.BatchOut:
 def _finalize(c: Coordinator, s: Session, b: ApiBatch, job: Job, status: str) -> None:
     """Write the output file (finished requests) and the error file (the others)."""
     kind = kinds.get(job.kind)
-    if job.status == "completed" and job.output_digest:
+    if job.status == JobStatus.COMPLETED and job.output_digest:
         output = c.blobs.get(job.output_digest)
     else:
         digests = s.scalars(select(Task.output_digest).where(
-            Task.job_id == job.id, Task.status == "done").order_by(Task.idx)).all()
+            Task.job_id == job.id, Task.status == TaskStatus.DONE).order_by(Task.idx)).all()
         outs = [c.blobs.get(d) for d in digests if d]
         output = kind.assemble(job.id, kind.parse_spec(job.spec), outs) if outs else b""
     finished = {obj.get("custom_id") for _, obj in batch.jsonl(output, "output")}

@@ -27,6 +27,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
 
+from deai.coordinator.admission import SpendCapExceeded
 from deai.core.errors import (
     AuthError,
     Conflict,
@@ -41,13 +42,6 @@ from deai.core.errors import (
 )
 
 log = logging.getLogger("deai.coordinator")
-
-
-class SpendCapExceeded(DeAIError):
-    """The API key's spend cap cannot cover the request's maximum cost."""
-
-    status = 429
-    code = "spend_cap_exceeded"
 
 
 class ApiError(Exception):

@@ -28,15 +28,15 @@ from fastapi import Request
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
-from deai.coordinator import jobs, matching
+from deai.coordinator import admission, jobs, matching
 from deai.coordinator.openai import keys
 from deai.coordinator.openai.errors import ApiError
-from deai.coordinator.service import Coordinator, new_id
-from deai.core import batch, catalog, kinds, ledger
+from deai.coordinator.service import Coordinator
+from deai.core import batch, catalog, kinds
 from deai.core.errors import DeAIError, InvalidInput, UnknownModel
+from deai.core.lifecycle import AssignmentStatus, JobStatus, Role
 from deai.core.money import cost_for_units
-from deai.store import journal
-from deai.store.models import Assignment, Job, Task
+from deai.store.models import Assignment, Job
 
 DEADLINE = 3600  # seconds for the job: the answer comes at once, its checks may take longer
 WAIT = 600.0  # longest a caller waits for an answer before the request is cancelled
@@ -84,8 +84,6 @@ def start(c: Coordinator, key: keys.KeyInfo, workload: str, body: dict[str, obje
     # A lost request blob (machine crash) costs a failed request, not money: no fsync.
     input_digest = c.blobs.put(line, sync=False)
     shard_digest = c.blobs.put(shard.payload, sync=False)
-    now = c.now()
-    job_id = new_id("job")
     with c.db.write() as s:
         providers = matching.provider_states(c, s)
         prices = _prices(providers, workload, info.name)
@@ -94,44 +92,32 @@ def start(c: Coordinator, key: keys.KeyInfo, workload: str, body: dict[str, obje
                                field="model")
         spec = spec.model_copy(update={"max_price": max(prices)})
         max_cost = cost_for_units(shard.max_units, spec.max_price)
-        keys.check_cap(s, key, max_cost)
-        if max_cost > 0:
-            journal.append(s, ledger.escrow_job(key.account, job_id, max_cost), c.clock)
-        job = Job(id=job_id, owner=key.account, status="pending", kind=workload,
-                  model=info.name, spec=spec.model_dump(), input_digest=input_digest,
-                  items=shard.items, units=shard.max_units, max_price=spec.max_price,
-                  escrow=max_cost, cost=0, refunded=0, created_at=now,
-                  deadline_at=now + DEADLINE)
-        task = Task(id=f"{job_id}.t00000", job_id=job_id, idx=0, status="queued",
-                    input_digest=shard_digest, items=shard.items, units=shard.max_units,
-                    attempts=0, updated_at=now)
-        s.add(job)
-        s.flush()
-        s.add(task)
-        keys.record_job(s, key, job_id, "request", now)
-        c.emit(s, "job_submitted", job_id, owner=key.account, tasks=1, escrow=max_cost,
-               model=info.name, units=shard.max_units, via="v1")
-        s.flush()
+        job, (task,) = admission.create(
+            c, s, owner=key.account, kind=workload, model=info.name, spec=spec.model_dump(),
+            input_digest=input_digest, max_price=spec.max_price,
+            shards=[admission.ShardIn(shard_digest, shard.items, shard.max_units)],
+            escrow=max_cost, deadline=DEADLINE, key=admission.KeyUse(key.id, "request"),
+            event={"via": "v1"})
         provider = matching.place_now(c, s, task, job)
     if provider is not None:
         c.notifier.wake([provider])
     else:
         c.notifier.kick()  # every provider busy: the matcher places it when one frees up
     c.notifier.published()
-    return Started(job_id, task.id, info.name, provider)
+    return Started(job.id, task.id, info.name, provider)
 
 
 def primary_output(c: Coordinator, job_id: str, task_id: str) -> bytes | None:
     """The primary's output once submitted; raises when the job ended without one."""
     with c.db.read() as s:
         digest = s.scalars(select(Assignment.output_digest).where(
-            Assignment.task_id == task_id, Assignment.role == "primary",
-            Assignment.status.in_(("submitted", "accepted")),
+            Assignment.task_id == task_id, Assignment.role == Role.PRIMARY,
+            Assignment.status.in_((AssignmentStatus.SUBMITTED, AssignmentStatus.ACCEPTED)),
             Assignment.output_digest.is_not(None)).limit(1)).first()
         if digest is None:
             job = s.get(Job, job_id)
-            if job is not None and job.status in ("failed", "cancelled"):
-                raise ApiError(502 if job.status == "failed" else 499,
+            if job is not None and job.status in (JobStatus.FAILED, JobStatus.CANCELLED):
+                raise ApiError(502 if job.status == JobStatus.FAILED else 499,
                                f"the request's job {job_id} {job.status}: {job.error}",
                                "server_error", "job_" + job.status)
             return None

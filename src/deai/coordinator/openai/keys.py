@@ -6,7 +6,8 @@ draws on its account's balance. What a key has committed is derived, not
 counted: the escrow of the jobs it started minus what those jobs refunded
 (``api_key_jobs``), so a refund or a forfeit lowers it without bookkeeping of
 its own. A key with a ``spend_cap`` refuses a request whose maximum cost would
-take the committed amount past the cap.
+take the committed amount past the cap: ``admission.create`` holds the cap in
+the transaction that escrows, with the key's row locked.
 """
 
 from __future__ import annotations
@@ -15,14 +16,14 @@ import hashlib
 import secrets
 from dataclasses import dataclass
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from deai.coordinator.openai.errors import SpendCapExceeded
+from deai.coordinator import admission
 from deai.coordinator.service import Coordinator, new_id
 from deai.core import wire
 from deai.core.errors import AuthError, Forbidden, NotFound
-from deai.store.models import ApiKey, ApiKeyJob, Job
+from deai.store.models import ApiKey
 
 PREFIX = "sk-deai-"
 
@@ -39,25 +40,7 @@ def hash_key(key: str) -> str:
 
 
 def committed(s: Session, key_id: str) -> int:
-    total = s.scalar(select(func.coalesce(func.sum(Job.escrow - Job.refunded), 0))
-                     .join(ApiKeyJob, ApiKeyJob.job_id == Job.id)
-                     .where(ApiKeyJob.api_key_id == key_id))
-    return int(total or 0)
-
-
-def check_cap(s: Session, key: KeyInfo, amount: int) -> None:
-    if key.spend_cap is None:
-        return
-    used = committed(s, key.id)
-    if used + amount > key.spend_cap:
-        raise SpendCapExceeded(
-            f"this API key's spend cap is {key.spend_cap} µ; {used} µ is committed and the "
-            f"request may cost up to {amount} µ", spend_cap=key.spend_cap, committed=used,
-            needed=amount)
-
-
-def record_job(s: Session, key: KeyInfo, job_id: str, source: str, now: float) -> None:
-    s.add(ApiKeyJob(job_id=job_id, api_key_id=key.id, source=source, created_at=now))
+    return admission.committed(s, key_id)
 
 
 def _out(s: Session, row: ApiKey, key: str | None = None) -> wire.ApiKeyOut:

@@ -24,6 +24,7 @@ from starlette.concurrency import run_in_threadpool
 from deai.coordinator.auth import coordinator, signer
 from deai.coordinator.service import Coordinator
 from deai.core import wire
+from deai.core.lifecycle import AssignmentStatus, Role
 from deai.store.models import Assignment
 
 Event = dict[str, Any]
@@ -67,8 +68,8 @@ class Relay:
 def _route(c: Coordinator, assignment_id: str) -> tuple[str, str] | None:
     with c.db.read() as s:
         row = s.execute(select(Assignment.task_id, Assignment.provider_id).where(
-            Assignment.id == assignment_id, Assignment.role == "primary",
-            Assignment.status == "leased")).first()
+            Assignment.id == assignment_id, Assignment.role == Role.PRIMARY,
+            Assignment.status == AssignmentStatus.LEASED)).first()
     return (row.task_id, row.provider_id) if row else None
 
 

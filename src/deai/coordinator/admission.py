@@ -1,0 +1,101 @@
+"""The one way a job comes into being: client jobs, /v1 requests and batches, canaries.
+
+``create`` runs inside the caller's write transaction and does, atomically:
+check and hold an API key's spend cap (the key's row is locked, so concurrent
+requests on one key serialise and can never commit more than the cap), escrow
+the maximum cost through the settlement port, and write the job and its tasks.
+Either all of it commits or none of it does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from deai.coordinator.service import Coordinator, new_id
+from deai.core.errors import DeAIError
+from deai.core.lifecycle import JobStatus, TaskStatus
+from deai.store.models import ApiKey, ApiKeyJob, Job, Task
+
+NETWORK = "network"  # owner of canary jobs
+
+
+@dataclass(frozen=True)
+class ShardIn:
+    digest: str
+    items: int
+    units: int
+
+
+@dataclass(frozen=True)
+class KeyUse:
+    """Spending through an API key: its id, and where the job came from."""
+
+    key_id: str
+    source: str  # request | batch
+
+
+class SpendCapExceeded(DeAIError):
+    """The API key's spend cap cannot cover the request's maximum cost."""
+
+    status = 429
+    code = "spend_cap_exceeded"
+
+
+def committed(s: Session, key_id: str) -> int:
+    """What a key has committed: its jobs' escrow minus what they refunded."""
+    total = s.scalar(select(func.coalesce(func.sum(Job.escrow - Job.refunded), 0))
+                     .join(ApiKeyJob, ApiKeyJob.job_id == Job.id)
+                     .where(ApiKeyJob.api_key_id == key_id))
+    return int(total or 0)
+
+
+def hold_cap(s: Session, key_id: str, amount: int) -> None:
+    """Lock the key and refuse ``amount`` if it would take the key past its cap."""
+    row = s.scalars(select(ApiKey).where(ApiKey.id == key_id).with_for_update()).first()
+    if row is None or row.spend_cap is None:
+        return
+    used = committed(s, key_id)
+    if used + amount > row.spend_cap:
+        raise SpendCapExceeded(
+            f"this API key's spend cap is {row.spend_cap} µ; {used} µ is committed and the "
+            f"request may cost up to {amount} µ", spend_cap=row.spend_cap, committed=used,
+            needed=amount)
+
+
+def create(c: Coordinator, s: Session, *, owner: str, kind: str, model: str,
+           spec: dict[str, Any], input_digest: str, max_price: int, shards: Sequence[ShardIn],
+           escrow: int, deadline: float, key: KeyUse | None = None, placed: bool = False,
+           reference: str | None = None, event: dict[str, Any] | None = None,
+           ) -> tuple[Job, list[Task]]:
+    """Create a job and its tasks; ``placed``: the caller leases its tasks at once."""
+    if key is not None:
+        hold_cap(s, key.key_id, escrow)
+    now = c.now()
+    job_id = new_id("job")
+    c.settlement.escrow(s, owner, job_id, escrow)
+    job = Job(id=job_id, owner=owner, status=JobStatus.RUNNING if placed else JobStatus.PENDING,
+              kind=kind, model=model, spec=spec, input_digest=input_digest,
+              items=sum(sh.items for sh in shards), units=sum(sh.units for sh in shards),
+              max_price=max_price, escrow=escrow, cost=0, refunded=0, created_at=now,
+              deadline_at=now + deadline)
+    s.add(job)
+    s.flush()  # no relationship() orders these inserts: the job must exist first
+    tasks = [Task(id=f"{job_id}.t{i:05d}", job_id=job_id, idx=i,
+                  status=TaskStatus.ASSIGNED if placed else TaskStatus.QUEUED,
+                  input_digest=sh.digest, items=sh.items, units=sh.units,
+                  attempts=1 if placed else 0, updated_at=now, reference_digest=reference)
+             for i, sh in enumerate(shards)]
+    s.add_all(tasks)
+    if key is not None:
+        s.add(ApiKeyJob(job_id=job_id, api_key_id=key.key_id, source=key.source,
+                        created_at=now))
+    if owner != NETWORK:
+        c.emit(s, "job_submitted", job_id, owner=owner, tasks=len(tasks), escrow=escrow,
+               model=model, units=job.units, **(event or {}))
+    s.flush()
+    return job, tasks

@@ -1,0 +1,255 @@
+"""Applies the lifecycle's effects to the database, inside the caller's transaction.
+
+This is the only module that changes a job's, task's or assignment's status
+after creation, and every change goes through ``core.lifecycle.move`` (the
+table) first. Money goes through the settlement port. The decisions themselves
+are ``core.lifecycle.decide``'s; nothing here chooses what happens next.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from deai.coordinator import canaries
+from deai.coordinator import reputation as rep
+from deai.coordinator.service import Coordinator
+from deai.core import kinds, ledger
+from deai.core.lifecycle import (
+    ASSIGNMENT_MOVES,
+    JOB_ACTIVE,
+    JOB_MOVES,
+    TASK_MOVES,
+    AssignmentStatus,
+    IllegalTransition,
+    JobStatus,
+    TaskStatus,
+    move,
+)
+from deai.core.lifecycle import effects as E
+from deai.core.lifecycle.decide import TaskCtx, job_status_for
+from deai.core.money import cost_for_units
+from deai.core.verify import policy
+from deai.store.models import Assignment, Job, JournalEntry, Payout, Provider, Task
+
+NETWORK = canaries.NETWORK
+
+
+def ctx(c: Coordinator, job: Job, task: Task) -> TaskCtx:
+    return TaskCtx(task=task.id, job=job.id, idx=task.idx, job_status=JobStatus(job.status),
+                   task_status=TaskStatus(task.status), attempts=task.attempts,
+                   max_attempts=c.settings.max_attempts, canary=job.owner == NETWORK)
+
+
+def apply(c: Coordinator, s: Session, job: Job, task: Task | None,
+          effects: Iterable[E.Effect]) -> None:
+    """Apply ``effects`` in order; ``task`` may be None for job-level effects only."""
+    _Applier(c, s, job, task).run(effects)
+
+
+class _Applier:
+    def __init__(self, c: Coordinator, s: Session, job: Job, task: Task | None) -> None:
+        self.c, self.s, self.job, self._task = c, s, job, task
+        self.handlers: dict[type, Callable[[Any], None]] = {
+            E.MoveAssignment: self.move_assignment, E.MoveTask: self.move_task,
+            E.NeedCheck: self.need_check, E.MoveJob: self.move_job, E.Accept: self.accept,
+            E.PayCheck: self.pay_check, E.Slash: self.slash, E.Rate: self.rate,
+            E.RecordVerdict: self.record_verdict, E.Remember: self.remember,
+            E.RetireReference: self.retire_reference, E.EndJob: self.end_job,
+            E.CompleteIfDone: self.complete_if_done, E.RefreshJob: self.refresh_job,
+            E.Emit: self.emit,
+        }
+
+    @property
+    def task(self) -> Task:
+        if self._task is None:
+            raise IllegalTransition("a task effect without a task")
+        return self._task
+
+    def run(self, effects: Iterable[E.Effect]) -> None:
+        for e in effects:
+            self.handlers[type(e)](e)
+
+    def _assignment(self, aid: str) -> Assignment:
+        a = self.s.get(Assignment, aid)
+        if a is None:
+            raise IllegalTransition(f"no assignment {aid}")
+        return a
+
+    # --- statuses ---------------------------------------------------------------------------
+
+    def move_assignment(self, e: E.MoveAssignment) -> None:
+        a = self._assignment(e.assignment)
+        a.status = move(ASSIGNMENT_MOVES, a.status, e.to)
+        if e.error is not None:
+            a.error = e.error
+
+    def move_task(self, e: E.MoveTask) -> None:
+        t = self.task
+        t.status = move(TASK_MOVES, t.status, e.to)
+        t.pending_role = e.need
+        t.attempts += int(e.attempt)
+        if e.error is not None:
+            t.error = e.error
+        t.updated_at = self.c.now()
+
+    def need_check(self, e: E.NeedCheck) -> None:
+        t = self.task
+        if e.need is not None and t.status != TaskStatus.VERIFYING:
+            raise IllegalTransition(f"a {t.status} task cannot wait for a check",
+                                    status=t.status)
+        t.pending_role, t.updated_at = e.need, self.c.now()
+
+    def move_job(self, e: E.MoveJob) -> None:
+        self.job.status = move(JOB_MOVES, self.job.status, e.to)
+
+    # --- money ------------------------------------------------------------------------------
+
+    def _payout(self, a: Assignment, amount: int, entry: ledger.Entry) -> None:
+        self.s.add(Payout(assignment_id=a.id, task_id=a.task_id, provider_id=a.provider_id,
+                          amount=amount, release_at=self.c.now() + self.c.settings.challenge_window,
+                          released=False, journal_seq=entry.seq, job_id=a.job_id))
+
+    def accept(self, e: E.Accept) -> None:
+        """Pay the assignment (escrow; a canary's from the treasury), task done."""
+        a, t, job = self._assignment(e.assignment), self.task, self.job
+        cost = cost_for_units(a.units or 0, a.price)
+        if job.owner == NETWORK:
+            self.pay_check(E.PayCheck(a.id))
+        elif cost > 0:
+            entry, to_provider, _ = self.c.settlement.pay_task(
+                self.s, job.id, t.id, a.id, a.provider_id, cost)
+            job.cost += cost
+            self._payout(a, to_provider, entry)
+        if a.status != AssignmentStatus.ACCEPTED:
+            a.status = move(ASSIGNMENT_MOVES, a.status, AssignmentStatus.ACCEPTED)
+        t.status = move(TASK_MOVES, t.status, TaskStatus.DONE)
+        t.output_digest, t.pending_role, t.updated_at = a.output_digest, None, self.c.now()
+        prov = self.s.get(Provider, a.provider_id)
+        if prov is not None:
+            prov.tasks_done += 1
+        self.c.emit(self.s, "task_accepted", t.id, job=job.id, provider=a.provider_id,
+                    cost=cost, role=a.role)
+        self.s.flush()
+        self.complete_if_done(E.CompleteIfDone())
+
+    def pay_check(self, e: E.PayCheck) -> None:
+        a = self._assignment(e.assignment)
+        cost = cost_for_units(a.units or 0, a.price)
+        if cost <= 0:
+            return
+        entry, amount = self.c.settlement.pay_check(self.s, a.provider_id, cost, a.id, a.role)
+        if entry is None:
+            self.c.emit(self.s, "check_unpaid", a.id, provider=a.provider_id, owed=cost)
+            return
+        self._payout(a, amount, entry)
+
+    def slash(self, e: E.Slash) -> None:
+        """Cut the stake, pay the bounty, and forfeit the job's unreleased earnings."""
+        s, c, job = self.s, self.c, self.job
+        stake = c.settlement.balance(s, ledger.stake(e.provider))
+        cut = policy.slash_amounts(stake, c.settings.verify, reporter=e.reporter is not None)
+        evidence = {"task": self.task.id, "role": e.role.value}
+        c.settlement.slash(s, e.provider, cut.amount, e.reporter, cut.bounty, evidence)
+        forfeited = fee_back = 0
+        for row in s.scalars(select(Payout).where(
+                Payout.provider_id == e.provider, Payout.job_id == job.id,
+                Payout.released.is_(False), Payout.forfeited.is_(False))):
+            row.forfeited, row.released = True, True
+            forfeited += row.amount
+            entry = s.get(JournalEntry, row.journal_seq)
+            if entry is not None and entry.kind == "payout":  # the client paid a fee on it too
+                fee_back += int(entry.body.get("fee", 0))
+        if forfeited or fee_back:
+            if job.owner == NETWORK:
+                to, fee_back = ledger.FEE, 0
+            elif job.status in JOB_ACTIVE:
+                to = ledger.escrow(job.id)
+            else:
+                to = ledger.acct(job.owner)
+            fee_back = c.settlement.forfeit(s, e.provider, job.id, forfeited, fee_back, to)
+            if job.owner != NETWORK:
+                job.cost -= forfeited + fee_back
+                if to != ledger.escrow(job.id):
+                    job.refunded += forfeited + fee_back
+        c.emit(s, "slash", e.provider, job=job.id, amount=cut.amount, bounty=cut.bounty,
+               bounty_to=e.reporter, forfeited=forfeited, **evidence)
+
+    # --- verification records ---------------------------------------------------------------
+
+    def rate(self, e: E.Rate) -> None:
+        rep.rate(self.s, e.provider, self.job.kind, e.passed, self.c.now(),
+                 self.c.settings.verify)
+
+    def record_verdict(self, e: E.RecordVerdict) -> None:
+        self.c.settlement.record(self.s, self.task.id, e.evidence)
+
+    def remember(self, e: E.Remember) -> None:
+        canaries.remember(self.c, self.s, self.job, self.task, self._assignment(e.assignment))
+
+    def retire_reference(self, _: E.RetireReference) -> None:
+        canaries.retire(self.s, self.task.reference_digest)
+
+    # --- the job ------------------------------------------------------------------------------
+
+    def end_job(self, e: E.EndJob) -> None:
+        """Close the job: open tasks fail, live leases are cancelled, escrow refunded."""
+        s, c, job = self.s, self.c, self.job
+        now = c.now()
+        for t in s.scalars(select(Task).where(Task.job_id == job.id,
+                                              Task.status != TaskStatus.DONE)):
+            if t.status != TaskStatus.FAILED:
+                t.status = move(TASK_MOVES, t.status, TaskStatus.FAILED)
+            t.pending_role, t.updated_at = None, now
+        for a in s.scalars(select(Assignment).where(Assignment.job_id == job.id,
+                                                    Assignment.status == AssignmentStatus.LEASED)):
+            a.status = move(ASSIGNMENT_MOVES, a.status, AssignmentStatus.CANCELLED)
+        left = c.settlement.refund(s, job.owner, job.id, e.to.value)
+        job.status = move(JOB_MOVES, job.status, e.to)
+        job.error, job.finished_at = e.error, now
+        job.refunded += left
+        c.emit(s, f"job_{e.to.value}", job.id, refunded=left, cost=job.cost, error=e.error)
+
+    def complete_if_done(self, _: E.CompleteIfDone) -> None:
+        s, job = self.s, self.job
+        s.flush()
+        left = s.scalar(select(Task.id).where(Task.job_id == job.id,
+                                              Task.status != TaskStatus.DONE).limit(1))
+        if left is not None or job.status not in JOB_ACTIVE:
+            return
+        error = None
+        if job.owner != NETWORK:  # a canary has nothing to assemble
+            error = self._assemble()
+        self.end_job(E.EndJob(JobStatus.COMPLETED, error))
+
+    def _assemble(self) -> str | None:
+        s, c, job = self.s, self.c, self.job
+        digests = list(s.scalars(select(Task.output_digest).where(Task.job_id == job.id)
+                                 .order_by(Task.idx)))
+        kind = kinds.get(job.kind)
+        outputs = [c.blobs.get(d) for d in digests if d]
+        job.output_digest = c.blobs.put(kind.assemble(job.id, kind.parse_spec(job.spec), outputs))
+        # Work that ran and failed on its own terms (a command over its limit) is still
+        # accepted work; the job completes and says what went wrong.
+        problems = kind.errors(outputs)
+        if not problems:
+            return None
+        more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
+        return "; ".join(problems[:5]) + more
+
+    def refresh_job(self, _: E.RefreshJob) -> None:
+        s, job = self.s, self.job
+        if job.status not in (JobStatus.RUNNING, JobStatus.VERIFYING):
+            return
+        s.flush()
+        open_ = {TaskStatus(x) for x in s.scalars(select(Task.status).where(
+            Task.job_id == job.id, Task.status.not_in((TaskStatus.DONE, TaskStatus.FAILED))))}
+        want = job_status_for(open_)
+        if want != job.status:
+            job.status = move(JOB_MOVES, job.status, want)
+
+    def emit(self, e: E.Emit) -> None:
+        self.c.emit(self.s, e.kind, e.subject, **e.body)

@@ -1,0 +1,129 @@
+"""What a decision asks the world to do: plain frozen records, applied in order.
+
+The coordinator applies a list of effects inside one transaction
+(``deai.coordinator.effects``); the simulator and the property tests apply the
+same lists to an in-memory ``Machine``. Money effects say who pays whom in the
+lifecycle's terms; the settlement port turns them into journal entries.
+
+    Effect
+    ├── MoveAssignment   an assignment's new status (checked against the table)
+    ├── MoveTask         a task's new status, and the check it waits for (need)
+    ├── NeedCheck        a verifying task's wanted check changes (status unchanged)
+    ├── MoveJob          a job's new status (placement starts it)
+    ├── Accept           the task's output is this assignment's; pay it, task done
+    ├── PayCheck         a check fee from the treasury to a checker or referee
+    ├── Slash            a confirmed fault: stake cut, bounty, unreleased earnings forfeited
+    ├── Rate             a pass or a fail for a provider's reputation
+    ├── RecordVerdict    the verdict and its evidence, in the journal
+    ├── Remember         verified work becomes a future canary
+    ├── RetireReference  a canary's known answer proved wrong: never use it again
+    ├── EndJob           close the job: open tasks fail, leases cancel, escrow refunded
+    ├── CompleteIfDone   complete the job if every task is done
+    ├── RefreshJob       running ⇄ verifying from the tasks' statuses
+    └── Emit             an event for the stream
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from deai.core.lifecycle.states import AssignmentStatus, JobStatus, Role, TaskStatus
+
+
+@dataclass(frozen=True)
+class MoveAssignment:
+    assignment: str
+    to: AssignmentStatus
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class MoveTask:
+    """A task's new status; ``attempt`` counts a new primary run (placement)."""
+
+    to: TaskStatus
+    need: Role | None = None
+    error: str | None = None
+    attempt: bool = False
+
+
+@dataclass(frozen=True)
+class NeedCheck:
+    """A verifying task now waits for a check of this role (None: waits for nothing)."""
+
+    need: Role | None
+
+
+@dataclass(frozen=True)
+class MoveJob:
+    to: JobStatus
+
+
+@dataclass(frozen=True)
+class Accept:
+    """The task's result is ``assignment``'s output. The client pays it from escrow
+    (a canary's is paid by the treasury, like a check); the task is done."""
+
+    assignment: str
+
+
+@dataclass(frozen=True)
+class PayCheck:
+    assignment: str
+
+
+@dataclass(frozen=True)
+class Slash:
+    provider: str
+    reporter: str | None
+    role: Role
+
+
+@dataclass(frozen=True)
+class Rate:
+    provider: str
+    passed: bool
+
+
+@dataclass(frozen=True)
+class RecordVerdict:
+    evidence: dict[str, Any] = field(hash=False)
+
+
+@dataclass(frozen=True)
+class Remember:
+    assignment: str
+
+
+@dataclass(frozen=True)
+class RetireReference:
+    pass
+
+
+@dataclass(frozen=True)
+class EndJob:
+    to: JobStatus
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class CompleteIfDone:
+    pass
+
+
+@dataclass(frozen=True)
+class RefreshJob:
+    pass
+
+
+@dataclass(frozen=True)
+class Emit:
+    kind: str
+    subject: str
+    body: dict[str, Any] = field(default_factory=dict, hash=False)
+
+
+Effect = (MoveAssignment | MoveTask | NeedCheck | MoveJob | Accept | PayCheck | Slash | Rate
+          | RecordVerdict | Remember | RetireReference | EndJob | CompleteIfDone | RefreshJob
+          | Emit)
