@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -210,3 +211,133 @@ def test_locked_output_folders_are_collected_and_cleaned_up() -> None:
     out = run({"script": "mkdir -p out/d && echo 1 > out/d/f && chmod 000 out/d out"})
     assert out["status"] == "ok" and [f["path"] for f in out["files"]] == ["d/f"], out
     assert set(Path(os.environ.get("TMPDIR", "/tmp")).glob("deai-cmd-*")) <= before
+
+
+# --- sealed: environment, read-only root, tmpfs, disk quota, manifest ----------------------
+
+def test_pid_1_holds_only_the_minimal_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DEAI_SECRET", "s3cr3t-of-the-provider")
+    out = run({"script": "tr '\\0' '\\n' </proc/1/environ; echo ---; "
+                         "cat /proc/[0-9]*/environ | tr '\\0' '\\n' | sort -u"})
+    assert out["status"] == "ok", out
+    pid1, everyone = out["stdout_tail"].split("---\n")
+    assert sorted(pid1.split()) == sorted(f"{k}={v}" for k, v in impl.BWRAP_ENV.items())
+    assert "s3cr3t" not in out["stdout_tail"] and "DEAI_SECRET" not in out["stdout_tail"]
+    names = {line.split("=", 1)[0] for line in everyone.split()}
+    assert names <= {"PATH", "HOME", "LANG", "TMPDIR", "PWD"}, names  # sh exports PWD
+
+
+def test_only_work_tmp_and_shm_are_writable() -> None:
+    out = run({"script": "for d in / /dev /usr /etc /proc /tmp /dev/shm /work; do "
+                         "touch $d/x 2>/dev/null && echo W$d; done; mkdir /new; mv /tmp /t"})
+    assert out["stdout_tail"].split() == ["W/tmp", "W/dev/shm", "W/work"], out
+    assert out["stderr_tail"].count("Read-only file system") == 2
+
+
+@pytest.mark.parametrize("where", ["/tmp", "/dev/shm"])
+def test_tmpfs_is_sized_from_the_memory_limit(where: str) -> None:
+    # /tmp is half of memory_mb (32 MB) and /dev/shm a quarter (16 MB): RAM either way
+    out = run({"script": f"df -k {where}; head -c 40000000 /dev/zero > {where}/big"},
+              memory_mb=64, file_size_mb=64)
+    assert out["status"] == "error" and out["limit"] == wl.DISK_LIMIT, out
+    assert "No space left on device" in out["stderr_tail"]
+    assert "no space left on a device (/tmp holds 32 MB and /dev/shm 16 MB" in out["error"]
+    size_kb = int(out["stdout_tail"].splitlines()[-1].split()[1])
+    assert size_kb == {"/tmp": 32, "/dev/shm": 16}[where] * 1024
+    assert run({"script": "echo fine > /tmp/x && cat /tmp/x"})["status"] == "ok"
+
+
+def run_sandbox(script: str, **over: Any) -> impl.Result:
+    """Run a shell script straight in the sandbox, with small limits of our own."""
+    base = Path(tempfile.mkdtemp(prefix="deai-cmd-test-"))
+    try:
+        os.chmod(base, 0o711)
+        (base / "work").mkdir()
+        (base / "work" / "input").write_bytes(b"\0" * 4 * 1024 * 1024)  # inputs are free
+        limits = impl.Limits(**{"cpu_seconds": 10, "wall_seconds": 60, "memory_mb": 128,
+                                "file_size_mb": 64, "max_processes": 8, **over})
+        return impl.run(["/bin/sh", "-c", script], base / "work", limits,
+                        stdout=base / "o", stderr=base / "e")
+    finally:
+        wl._rmtree(base)
+
+
+MANY_FILES = {
+    "in subfolders": "for d in range(200):\n    os.mkdir(f'd{d}')\n"
+                     "    for i in range(100): open(f'd{d}/{i}', 'w').close()",
+    "in /tmp": "for i in range(20000): open(f'/tmp/{i}', 'w').close()",
+    "in /dev/shm": "for i in range(20000): open(f'/dev/shm/{i}', 'w').close()",
+}
+
+
+@pytest.mark.parametrize("how", MANY_FILES)
+def test_twenty_thousand_empty_files_are_stopped_while_running(how: str) -> None:
+    script = f"import os, time\n{MANY_FILES[how]}\nprint('made them')\ntime.sleep(60)"
+    # creating files can cost the kernel seconds of CPU on a slow disk: not the limit here
+    out = run({"argv": ["/usr/bin/python3", "-c", script]}, memory_mb=128, cpu_seconds=120,
+              wall_seconds=120)
+    assert out["status"] == "error" and out["limit"] == wl.DISK_LIMIT, out
+    assert out["error"].startswith(f"file-count quota exceeded (more than {impl.MAX_FILES} "
+                                   "files and folders created in /work, /tmp and /dev/shm)")
+    assert out["signal"] == "SIGKILL"  # killed in its sleep, not at the wall-clock limit
+
+
+@pytest.mark.parametrize("link", ["ln f", "ln -s /usr"])
+def test_links_count_as_files(link: str) -> None:
+    res = run_sandbox(f"touch f; mkdir -p a/b/c; i=0; while [ $i -lt 400 ]; do i=$((i+1)); "
+                      f"{link} a/b/c/l$i; done; sleep 60", max_files=300)
+    assert res.limit == "disk" and res.signal == "SIGKILL", res
+    assert "file-count quota exceeded (more than 300 files" in str(res.error)
+
+
+def test_files_made_faster_than_a_sample_are_caught_at_the_end() -> None:
+    res = run_sandbox("mkdir d && cd d && touch $(seq 301)", max_files=300)
+    assert res.exit_code == 0 and res.limit == "disk", res
+    assert res.error == ("file-count quota exceeded (more than 300 files and folders created "
+                         "in /work, /tmp and /dev/shm) (exited with 0)")
+    assert run_sandbox("touch $(seq 299)", max_files=300).error is None
+
+
+def test_many_files_past_the_work_quota_are_stopped() -> None:
+    # file_size_mb=1: 1 MB a file, so a work-folder quota of 64 MB (the floor)
+    out = run({"script": "i=0; while :; do i=$((i+1)); mkdir -p d/$((i % 7)); "
+                         "head -c 1000000 /dev/zero > d/$((i % 7))/f$i || exit 1; done"},
+              file_size_mb=1, wall_seconds=60)
+    assert out["limit"] == wl.DISK_LIMIT and out["signal"] == "SIGKILL", out
+    assert "work-folder quota exceeded (more than 64 MB written to /work)" in out["error"]
+
+
+def test_deleted_files_held_open_count_against_the_quota() -> None:
+    script = ("import os, time\nkeep = []\nfor i in range(100):\n"
+              "    f = open(f'x{i}', 'wb'); os.unlink(f'x{i}')\n"
+              "    f.write(b'1' * 1000000); f.flush(); keep.append(f)\ntime.sleep(60)")
+    out = run({"argv": ["/usr/bin/python3", "-c", script]}, memory_mb=128, file_size_mb=1,
+              wall_seconds=60)
+    assert out["limit"] == wl.DISK_LIMIT and "work-folder quota exceeded" in out["error"], out
+
+
+def test_a_big_file_past_the_work_quota_is_stopped() -> None:
+    res = run_sandbox("head -c 6000000 /dev/zero > ok && rm ok && "
+                      "head -c 30000000 /dev/zero > big; sleep 60", disk_mb=8)
+    assert res.limit == "disk" and res.signal == "SIGKILL", res
+    assert res.error == ("work-folder quota exceeded (more than 8 MB written to /work) "
+                         "(killed by SIGKILL)")
+
+
+def test_the_manifest_counts_in_the_output_limit() -> None:
+    # 1,000,000 bytes of data fit in output_mb=1 (1,048,576), with 300 long-named
+    # empty files beside them they do not: their manifest rows count too
+    script = ("head -c 1000000 /dev/zero > out/data && cd out && "
+              "for i in $(seq 300); do : > $(printf '%0200d' $i); done")
+    out = run({"script": script}, output_mb=1)
+    assert out["status"] == "error" and out["limit"] == "output", out
+    assert out["files"] == [] and len(cmd.canonical(out)) < 64 * 1024
+    alone = run({"script": "head -c 1000000 /dev/zero > out/data"}, output_mb=1)
+    assert alone["status"] == "ok" and len(alone["files"]) == 1, alone
+
+
+def test_the_provider_keeps_working_after_the_limits() -> None:
+    run({"script": "head -c 40000000 /dev/zero > /tmp/big"}, memory_mb=64, file_size_mb=64)
+    run({"argv": ["/usr/bin/python3", "-c", MANY_FILES["in /tmp"]]}, memory_mb=128)
+    out = run({"script": "echo again > out/x && ls /tmp | wc -l"})
+    assert out["status"] == "ok" and out["stdout_tail"] == "0\n", out

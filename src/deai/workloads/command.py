@@ -7,19 +7,25 @@ Shard and output formats are ``deai.core.kinds.command``'s. For each shard:
    empty output folder; stdout and stderr go to files beside ``work/``, which
    the sandbox cannot see;
 2. ``deai.provider.sandbox.run`` runs the argv with ``work/`` at ``/work`` and
-   the shard's limits;
+   the shard's limits (its disk quota and tmpfs sizes derived from them: see
+   ``sandbox.Limits``);
 3. the output folder is collected (after ``unlock``, so folders the command
    made unreadable do not make a non-root provider differ): regular files only (symlinks, fifos and
    the like are skipped, and nothing is followed, so a link to a host file
    leaks nothing), paths sorted, each hashed with sha256 and carried inline
-   as base64; if they total more than ``output_mb`` none is carried and the
-   result is an "output" limit error;
+   as base64; if their bytes plus their manifest rows (``[path, size,
+   sha256]``, so that many empty files cost too) total more than
+   ``output_mb``, none is carried and the result is an "output" limit error;
 4. the host folder is removed.
 
 Units: the sandbox's CPU time in milliseconds, capped at the shard's
 ``cpu_seconds * 1000`` (the overrun of a process killed at its limit is the
 provider's, not the user's). Without a working bubblewrap, ``load`` and
 ``run`` raise ``SandboxUnavailable``: a command is never run unsandboxed.
+
+The sandbox's "disk" limit (work-folder or file-count quota, full tmpfs) is
+reported as ``DISK_LIMIT``: "disk" once the kind lists it, "file_size" (the
+limit family of what a job writes) until then; the error message names it.
 """
 
 from __future__ import annotations
@@ -41,6 +47,7 @@ from deai.workloads import sandbox
 from deai.workloads.base import TaskContext
 
 MODEL = "bwrap-sandbox"
+DISK_LIMIT = "disk" if "disk" in kind.LIMITS else "file_size"
 log = logging.getLogger("deai.workloads.command")
 
 
@@ -78,8 +85,14 @@ def _read_regular(path: str, limit: int) -> bytes | None:
         return f.read(limit + 1)
 
 
+def row_bytes(path: str, size: int, sha256: str) -> int:
+    """What one file adds to the manifest: its canonical ``[path, size, sha256]`` row."""
+    return len(kind.canonical([path, size, sha256])) + 1
+
+
 def collect(out_dir: Path, limit: int) -> list[dict[str, Any]] | None:
-    """Regular files under ``out_dir``, sorted by path; None if they exceed ``limit`` bytes."""
+    """Regular files under ``out_dir``, sorted by path; None if their bytes and manifest
+    rows (``row_bytes``) exceed ``limit`` bytes."""
     if out_dir.is_symlink() or not out_dir.is_dir():
         return []
     files: list[dict[str, Any]] = []
@@ -96,11 +109,11 @@ def collect(out_dir: Path, limit: int) -> list[dict[str, Any]] | None:
             data = _read_regular(full, limit - total)
             if data is None:
                 continue
-            total += len(data)
+            digest = hashlib.sha256(data).hexdigest()
+            total += len(data) + row_bytes(rel, len(data), digest)
             if total > limit:
                 return None
-            files.append({"path": rel, "size": len(data),
-                          "sha256": hashlib.sha256(data).hexdigest(),
+            files.append({"path": rel, "size": len(data), "sha256": digest,
                           "base64": base64.b64encode(data).decode()})
     return sorted(files, key=lambda f: str(f["path"]))
 
@@ -158,7 +171,7 @@ def execute(payload: dict[str, Any], ctx: TaskContext | None = None) -> dict[str
         unlock(work)
         out_limit = lim["output_mb"] * 1024 * 1024
         files = collect(work / payload["output_dir"], out_limit)
-        error, limit = res.error, res.limit
+        error, limit = res.error, DISK_LIMIT if res.limit == "disk" else res.limit
         if files is None:
             files = []
             msg = (f"output limit exceeded ({lim['output_mb']} MB in "

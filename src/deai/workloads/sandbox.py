@@ -7,14 +7,21 @@
                       stdout=logs / "stdout", stderr=logs / "stderr")
     res.exit_code, res.signal, res.cpu_ms, res.limit, res.error
 
-What the program sees: a fresh root with ``/usr`` (and the ``/bin``, ``/lib``,
-``/lib64``, ``/sbin`` links or binds) and a few ``/etc`` files read-only, a new
-``/proc`` and ``/dev``, an empty tmpfs ``/tmp``, and ``workdir`` read-write at
-``/work`` (its current folder, and ``$HOME``). Nothing else of the host: not
+What the program sees: a fresh read-only root with ``/usr`` (and the ``/bin``,
+``/lib``, ``/lib64``, ``/sbin`` links or binds) and a few ``/etc`` files, a new
+``/proc`` and a read-only ``/dev``; it can write only to ``workdir`` at ``/work``
+(its current folder, and ``$HOME``) and to two empty size-limited tmpfs,
+``/tmp`` (``Limits.tmp_mb``) and ``/dev/shm`` (``Limits.shm_mb``), both sized
+from ``memory_mb`` because their pages are RAM. Nothing else of the host: not
 ``/root``, ``/home``, ``$DEAI_HOME`` or the provider's keys. Every namespace is
 new (``--unshare-all``): no network but its own loopback, its own pids, no
 further user namespaces. It dies with the provider (``--die-with-parent``) and
 cannot reach the provider's terminal (``--new-session``).
+
+Environment: ``bwrap`` itself, which stays in the sandbox as its pid 1 (its
+``/proc/1/environ`` is readable there), starts with ``BWRAP_ENV`` only, never
+the provider's; the program gets ``--clearenv`` plus ``PATH``, ``HOME``,
+``TMPDIR``, ``LANG`` and the ``env`` it was given.
 
 Identity: when the provider runs as root, the sandbox runs as an unprivileged
 uid of its own from a pool (``UID_BASE + n``), so RLIMIT_NPROC counts only its
@@ -35,13 +42,21 @@ processes itself, the calling process makes itself a child subreaper
 (``PR_SET_CHILD_SUBREAPER``, once, process-wide): a sandbox's orphans are
 re-parented to it, and the watcher reaps the ones in the sandbox's namespace.
 
-Not covered (no cgroups here): total disk use of ``workdir`` (each file is
-capped, the number of files is not) and memory summed over processes.
+Disk (``deai.workloads.quota``): every ``DISK_POLL_SECONDS`` (or longer, when a
+walk is slow) the watcher measures what was added to ``workdir`` (bytes, and
+names however deep, links not followed, hard links' bytes once, deleted files
+still held open included) and the inodes used in ``/tmp`` and ``/dev/shm``;
+past ``Limits.work_mb`` or ``Limits.max_files`` it kills the sandbox, and a
+last check after the program ended catches a run faster than one sample.
+
+Not covered (no cgroups here): memory summed over processes, and a disk
+overshoot between two samples (see ``quota``).
 
 Which limit stopped a program is read from what the kernel and the program
 say: SIGXCPU/SIGXFSZ (also as exit status 128+N, as shells report a killed
 child), the watcher's own kills, the peak process count, and the usual
-messages of failed allocations and forks on stderr. A program that exits 0
+messages of failed allocations, forks and writes to a full tmpfs ("No space
+left on device": the "disk" limit) on stderr. A program that exits 0
 is fine unless the watcher killed it or one of its forks was refused (then
 part of it never ran: a "processes" error).
 """
@@ -64,7 +79,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from deai.workloads.quota import MB, Quota
+
 POLL_SECONDS = 0.05
+DISK_POLL_SECONDS = 0.2
+DISK_POLL_COST = 5  # wait at least this many times as long as a disk walk took
+MAX_FILES = 10_000
+DISK_FLOOR_MB = 64
 PR_SET_CHILD_SUBREAPER = 36
 UID_BASE = 1_900_000
 UID_POOL = 64  # uids a process may use at once; each process gets its own block
@@ -72,6 +93,7 @@ OPEN_FILES = 256
 REAP_SECONDS = 10.0
 TAIL = 4096
 SANDBOX_PATH = "/usr/local/bin:/usr/bin:/bin"
+BWRAP_ENV = {"PATH": SANDBOX_PATH, "LANG": "C.UTF-8", "HOME": "/work"}
 ETC_FILES = ("/etc/alternatives", "/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d",
              "/etc/localtime")
 
@@ -80,6 +102,7 @@ _MEMORY = re.compile(r"MemoryError|Cannot allocate memory|out of memory|bad_allo
 _FORK = re.compile(r"Cannot fork|can't fork|fork: retry|fork failed|"
                    r"Resource temporarily unavailable", re.IGNORECASE)
 _FSIZE = re.compile(r"File too large|File size limit exceeded", re.IGNORECASE)
+_NOSPACE = re.compile(r"No space left on device|Disk quota exceeded", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -90,6 +113,25 @@ class Limits:
     file_size_mb: int
     max_processes: int
     open_files: int = OPEN_FILES
+    disk_mb: int | None = None
+    """MB the program may add to ``workdir``; None: ``4 * file_size_mb``, at least 64."""
+    max_files: int = MAX_FILES
+    """Files and folders it may create in ``/work``, ``/tmp`` and ``/dev/shm`` together."""
+
+    @property
+    def work_mb(self) -> int:
+        return self.disk_mb if self.disk_mb is not None else max(DISK_FLOOR_MB,
+                                                                 4 * self.file_size_mb)
+
+    @property
+    def tmp_mb(self) -> int:
+        """Size of the ``/tmp`` tmpfs: half of ``memory_mb``."""
+        return max(1, self.memory_mb // 2)
+
+    @property
+    def shm_mb(self) -> int:
+        """Size of the ``/dev/shm`` tmpfs: a quarter of ``memory_mb``."""
+        return max(1, self.memory_mb // 4)
 
 
 @dataclass(frozen=True)
@@ -101,7 +143,7 @@ class Result:
     wall_ms: int
     peak_processes: int
     limit: str | None
-    """cpu, wall, memory, file_size or processes: the limit that stopped it, if one did."""
+    """cpu, wall, memory, file_size, processes or disk: the limit that stopped it, if any."""
     error: str | None
     """None when the program exited 0; else what went wrong, naming the limit."""
 
@@ -118,6 +160,10 @@ def available() -> tuple[bool, str]:
     exe = shutil.which("bwrap")
     if exe is None:
         return False, "bwrap not found on PATH (install it: apt-get install -y bubblewrap)"
+    usage = subprocess.run([exe, "--help"], capture_output=True, text=True, env=BWRAP_ENV,
+                           check=False).stdout
+    if "--size" not in usage:
+        return False, f"{exe} has no --size option for size-limited tmpfs (upgrade bubblewrap)"
     home = Path(os.environ.get("DEAI_HOME", ".deai")).resolve()
     if home.is_relative_to("/usr") or home.is_relative_to("/etc"):
         return False, f"DEAI_HOME {home} lies in a folder the sandbox exposes"
@@ -141,13 +187,11 @@ def available() -> tuple[bool, str]:
 
 # --- the sandbox ----------------------------------------------------------------------------
 
-def bwrap_args(workdir: Path, env: dict[str, str], argv: list[str], *,
-               info_fd: int | None = None) -> list[str]:
+def bwrap_args(workdir: Path, env: dict[str, str], argv: list[str], limits: Limits, *,
+               exe: str = "bwrap") -> list[str]:
     """The ``bwrap`` command line that runs ``argv`` with ``workdir`` at /work."""
-    args = ["bwrap", "--unshare-all", "--unshare-user", "--disable-userns", "--die-with-parent",
+    args = [exe, "--unshare-all", "--unshare-user", "--disable-userns", "--die-with-parent",
             "--new-session", "--hostname", "sandbox", "--ro-bind", "/usr", "/usr"]
-    if info_fd is not None:
-        args += ["--info-fd", str(info_fd)]
     for top in ("/bin", "/lib", "/lib64", "/sbin", "/lib32", "/libx32"):
         p = Path(top)
         if p.is_symlink():
@@ -156,8 +200,12 @@ def bwrap_args(workdir: Path, env: dict[str, str], argv: list[str], *,
             args += ["--ro-bind", top, top]
     for etc in ETC_FILES:
         args += ["--ro-bind-try", etc, etc]
-    args += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp",
-             "--bind", str(workdir), "/work", "--chdir", "/work", "--clearenv"]
+    args += ["--proc", "/proc", "--dev", "/dev",
+             "--size", str(limits.tmp_mb * MB), "--tmpfs", "/tmp",
+             "--size", str(limits.shm_mb * MB), "--tmpfs", "/dev/shm",
+             "--bind", str(workdir), "/work", "--chdir", "/work",
+             # after every mount: the root's and /dev's own tmpfs are not size-limited
+             "--remount-ro", "/dev", "--remount-ro", "/", "--clearenv"]
     base = {"PATH": SANDBOX_PATH, "HOME": "/work", "TMPDIR": "/tmp", "LANG": "C.UTF-8"}
     for k, v in {**base, **env}.items():
         args += ["--setenv", k, v]
@@ -227,6 +275,8 @@ class _Watch:
         self.inner: int | None = None
         self.cpu_ms = 0
         self.peak = 0
+        self.pids: list[int] = []
+        """The namespace's processes at the last sample."""
         self._reaped_ms = 0
         self._tick = os.sysconf("SC_CLK_TCK")
         self._me = os.getpid()
@@ -240,7 +290,10 @@ class _Watch:
         info = json.loads(self._buf or b"{}")
         if "child-pid" in info:
             self.inner = int(info["child-pid"])
-            self.ns = os.readlink(f"/proc/{self.inner}/ns/pid")
+            try:
+                self.ns = os.readlink(f"/proc/{self.inner}/ns/pid")
+            except OSError:
+                self.ns = ""  # the sandbox has ended already
         else:
             self.ns = ""  # bwrap exited before starting the sandbox
 
@@ -257,7 +310,7 @@ class _Watch:
             self._find_ns()
             if self.ns is None:
                 return 0
-        n, ticks = 0, 0
+        n, ticks, pids = 0, 0, []
         for d in os.listdir("/proc"):
             if not d.isdigit():
                 continue
@@ -273,7 +326,9 @@ class _Watch:
             if fields[0] == b"Z" and int(fields[1]) == self._me and self._reap(int(d)):
                 continue
             ticks += sum(int(x) for x in fields[11:15])
+            pids.append(int(d))
             n += 1
+        self.pids = pids
         self.cpu_ms = max(self.cpu_ms, ticks * 1000 // self._tick + self._reaped_ms)
         self.peak = max(self.peak, n)  # zombies count: RLIMIT_NPROC counts them too
         return n
@@ -313,7 +368,8 @@ def run(argv: list[str], workdir: Path, limits: Limits, *, env: dict[str, str] |
     Raises ``SandboxUnavailable`` if ``bwrap`` is missing; a program that fails or
     breaks a limit is a ``Result`` with ``error`` set, not an exception.
     """
-    if shutil.which("bwrap") is None:
+    exe = shutil.which("bwrap")
+    if exe is None:
         raise SandboxUnavailable("bwrap not found on PATH; refusing to run unsandboxed")
     root = os.getuid() == 0
     uid = _UIDS.take() if root else None
@@ -325,47 +381,58 @@ def run(argv: list[str], workdir: Path, limits: Limits, *, env: dict[str, str] |
                     os.chown(os.path.join(d, f), uid, uid, follow_symlinks=False)
         # the outer bwrap and the sandbox's pid 1 count against RLIMIT_NPROC too
         nproc = limits.max_processes + 2 + (0 if root else _own_processes())
-        return _run(argv, workdir, limits, env or {}, stdout, stderr, uid, nproc)
+        quota = Quota(workdir, max_bytes=limits.work_mb * MB, max_files=limits.max_files)
+        cmd = bwrap_args(workdir, env or {}, argv, limits, exe=exe)
+        return _run(cmd, limits, stdout, stderr, uid, nproc, quota)
     finally:
         if uid is not None:
             _UIDS.give(uid)
 
 
-def _run(argv: list[str], workdir: Path, limits: Limits, env: dict[str, str], stdout: Path,
-         stderr: Path, uid: int | None, nproc: int) -> Result:
+def _run(cmd: list[str], limits: Limits, stdout: Path, stderr: Path, uid: int | None,
+         nproc: int, quota: Quota) -> Result:
     _become_subreaper()
     info_r, info_w = os.pipe()
     os.set_blocking(info_r, False)
-    cmd = bwrap_args(workdir, env, argv, info_fd=info_w)
+    cmd = [cmd[0], "--info-fd", str(info_w), *cmd[1:]]
     t0 = time.monotonic()
     with open(stdout, "wb") as out, open(stderr, "wb") as err:
+        # bwrap stays inside as pid 1 with this environment: never the provider's
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
-                                close_fds=True, start_new_session=True,
+                                env=BWRAP_ENV, close_fds=True, start_new_session=True,
                                 pass_fds=(info_w,), user=uid, group=uid,
                                 extra_groups=None if uid is None else [],
                                 preexec_fn=lambda: _set_limits(limits, nproc))
     os.close(info_w)
     try:
-        return _watch(proc, _Watch(proc.pid, info_r), limits, t0, stderr)
+        return _watch(proc, _Watch(proc.pid, info_r), quota, limits, t0, stderr)
     finally:
         os.close(info_r)
 
 
-def _watch(proc: subprocess.Popen[bytes], watch: _Watch, limits: Limits, t0: float,
-           stderr: Path) -> Result:
+def _watch(proc: subprocess.Popen[bytes], watch: _Watch, quota: Quota, limits: Limits,
+           t0: float, stderr: Path) -> Result:
     killed: str | None = None
+    disk: str | None = None
     status, usage = 0, None
     pause = POLL_SECONDS / 16  # short commands should not wait a whole poll
+    next_disk = t0 + DISK_POLL_SECONDS
     while True:
         pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
         if pid:
             break
         watch.sample()
         if killed is None:
-            if time.monotonic() - t0 > limits.wall_seconds:
+            now = time.monotonic()
+            if now - t0 > limits.wall_seconds:
                 killed = "wall"
             elif watch.cpu_ms > limits.cpu_seconds * 1000:
                 killed = "cpu"
+            elif now >= next_disk:
+                disk = quota.check(watch.inner, watch.pids)
+                killed = "disk" if disk else None
+                took = time.monotonic() - now
+                next_disk = now + max(DISK_POLL_SECONDS, DISK_POLL_COST * took)
             if killed:
                 _kill(watch.inner, proc.pid)
         time.sleep(pause)
@@ -377,10 +444,13 @@ def _watch(proc: subprocess.Popen[bytes], watch: _Watch, limits: Limits, t0: flo
     end = time.monotonic() + REAP_SECONDS  # until every process is gone and reaped
     while watch.sample() and time.monotonic() < end:
         time.sleep(POLL_SECONDS / 5)
+    if killed is None:  # a run shorter than a sample is measured once it is over
+        disk = quota.check()
+        killed = "disk" if disk else None
     assert usage is not None
     cpu_ms = max(watch.cpu_ms, int((usage.ru_utime + usage.ru_stime) * 1000))
     return classify(proc.returncode, killed, cpu_ms, wall_ms, watch.peak, limits,
-                    _tail(stderr))
+                    _tail(stderr), disk=disk)
 
 
 def _kill(*pids: int | None) -> None:
@@ -404,8 +474,11 @@ def _signal_name(n: int) -> str:
 
 
 def classify(returncode: int, killed: str | None, cpu_ms: int, wall_ms: int, peak: int,
-             limits: Limits, stderr_tail: str) -> Result:
-    """Turn how the sandbox ended into an exit status, a signal and the limit it broke."""
+             limits: Limits, stderr_tail: str, *, disk: str | None = None) -> Result:
+    """Turn how the sandbox ended into an exit status, a signal and the limit it broke.
+
+    ``killed`` is the watcher's reason ("cpu", "wall" or "disk", then ``disk`` says
+    which quota), if it stopped the program or found it over its disk quota."""
     code: int | None = returncode
     sig: int | None = None
     if returncode < 0:  # the outer bwrap itself was killed (by the watcher)
@@ -419,6 +492,8 @@ def classify(returncode: int, killed: str | None, cpu_ms: int, wall_ms: int, pea
     if returncode == 0 and killed is None and not capped:
         return Result(0, None, cpu_ms, wall_ms, peak, None, None)
     found: list[tuple[str, str]] = []
+    if killed == "disk":
+        found.append(("disk", disk or "disk quota exceeded"))
     if capped:
         found.append(("processes", f"process limit reached ({limits.max_processes} "
                                    "processes)"))
@@ -428,6 +503,9 @@ def classify(returncode: int, killed: str | None, cpu_ms: int, wall_ms: int, pea
     if sig == signal.SIGXFSZ or (returncode != 0 and _FSIZE.search(stderr_tail)):
         found.append(("file_size", f"file-size limit exceeded ({limits.file_size_mb} MB "
                                    "per file)"))
+    if returncode != 0 and killed != "disk" and _NOSPACE.search(stderr_tail):
+        found.append(("disk", f"no space left on a device (/tmp holds {limits.tmp_mb} MB "
+                              f"and /dev/shm {limits.shm_mb} MB, from memory_mb)"))
     if killed == "cpu" or sig == signal.SIGXCPU or (
             sig == signal.SIGKILL and cpu_ms >= limits.cpu_seconds * 1000):
         found.append(("cpu", f"CPU-time limit exceeded ({limits.cpu_seconds} s)"))
