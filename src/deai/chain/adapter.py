@@ -30,6 +30,7 @@ from deai.chain.compile import artifact
 from deai.core.errors import Conflict
 
 SUPPLY = 1_000_000_000 * 10**6  # one billion DEAI, in micro-units
+CHAIN_ENV = "DEAI_CHAIN"  # names the deployment file a coordinator settles with
 
 
 class ChainError(Conflict):

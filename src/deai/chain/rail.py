@@ -37,7 +37,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from deai.chain import books, merkle
-from deai.chain.adapter import Chain, ChainError, Deployment
+from deai.chain.adapter import CHAIN_ENV, Chain, ChainError, Deployment
 from deai.core import ledger
 from deai.store import journal
 from deai.store.db import Database
@@ -276,13 +276,10 @@ def latest_epoch(s: Session) -> ChainEpoch | None:
 
 # --- wiring -------------------------------------------------------------------------------------
 
-ENV = "DEAI_CHAIN"  # path of a deployment file (adapter.Deployment) with the settlement key
-
-
 def deployment_from_settings(settings: Any) -> Deployment | None:
     """The chain this coordinator settles on: ``settings.chain_deployment`` (a path) or
     ``$DEAI_CHAIN``; ``settings.chain_rpc`` overrides the file's RPC URL. None: no chain."""
-    path = getattr(settings, "chain_deployment", "") or os.environ.get(ENV, "")
+    path = getattr(settings, "chain_deployment", "") or os.environ.get(CHAIN_ENV, "")
     if not path:
         return None
     dep = Deployment.load(Path(path))

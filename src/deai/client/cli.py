@@ -340,13 +340,19 @@ def devnet_up(
     providers: Annotated[int, typer.Option(min=0)] = 3,
     port: Annotated[int, typer.Option(help="0 picks a free port.")] = 0,
     cheaters: Annotated[int, typer.Option(min=0, help="Providers that return bad work.")] = 0,
+    chain: Annotated[bool, typer.Option("--chain", help="Settle on a local hardhat chain.")]
+    = False,
 ) -> None:
     """Start a coordinator and N providers on loopback; stay up until Ctrl-C."""
     from deai.client.devnet import Devnet
 
     sigterm_as_interrupt()
-    net = Devnet(providers, port=port, cheaters=cheaters,
-                 log=lambda m: console.print(f"[dim]{m}[/]"))
+    kind: type[Devnet] = Devnet
+    if chain:
+        from deai.chain.devnet import ChainDevnet
+        kind = ChainDevnet
+    net = kind(providers, port=port, cheaters=cheaters,
+               log=lambda m: console.print(f"[dim]{m}[/]"))
     try:
         with net:
             console.print(f"coordinator  {net.url}\nexplorer     {net.explorer_line()}\n"
@@ -395,14 +401,18 @@ def ledger_balance(account: Annotated[str | None, typer.Argument(
 @command(ledger_app, "audit")
 def ledger_audit(coordinator: Coordinator = DEFAULT_COORDINATOR,
                  last: Annotated[int, typer.Option(help="Entries to list; 0 lists all.")] = 20,
+                 chain: Annotated[bool, typer.Option(
+                     "--chain", help="Also compare with the chain it settles on.")] = False,
                  ) -> None:
     """Fetch the whole journal and replay it here; exit 1 if any invariant fails."""
     from deai.client.audit import client_audit
+    from deai.client.cli_chain import check_chain
 
     with Client(coordinator) as c:
         result = client_audit(c)
-    print_audit(result.report, result.entries, last)
-    if not result.ok:
+        print_audit(result.report, result.entries, last)
+        chain_ok = check_chain(c, result.entries) if chain else True
+    if not result.ok or not chain_ok:
         raise typer.Exit(1)
 
 
@@ -614,6 +624,12 @@ def sim_verify(
         console.print(f"wrote {path}")
     if not all(t["pass"] for t in r["targets"]):
         raise typer.Exit(1)
+
+
+from deai.client import cli_chain  # noqa: E402, F401 - registers chain, deposit and withdraw
+from deai.client.cli_lease import lease_app  # noqa: E402 - it uses the helpers above
+
+app.add_typer(lease_app, name="lease")
 
 
 def main() -> None:
