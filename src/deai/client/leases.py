@@ -37,6 +37,16 @@ STDIN, STDOUT, STDERR = 0, 1, 2
 TERMINAL = "ended"
 
 
+def refusal(exc: ConnectionClosed) -> DeAIError:
+    """The error a relay's close frame carries (code 4000 + HTTP status, reason
+    ``code: message``)."""
+    frame = exc.rcvd
+    if frame is None or not 4000 <= frame.code < 5000:
+        return DeAIError(f"the relay closed the session: {exc}")
+    code, _, message = frame.reason.partition(": ")
+    return from_dict(frame.code - 4000, {"error": {"code": code, "message": message}})
+
+
 class Session:
     """One interactive session inside a lease (an exec, a copy or a forwarded connection)."""
 
@@ -51,10 +61,12 @@ class Session:
 
     def recv(self, timeout: float | None = None) -> tuple[int, bytes] | dict[str, Any] | None:
         """(channel, data), a control message, or None once the session is closed.
-        An ``error`` message is raised."""
+        An ``error`` message (or a refusing close) is raised."""
         try:
             msg = self.ws.recv(timeout=timeout)
-        except ConnectionClosed:
+        except ConnectionClosed as exc:
+            if exc.rcvd is not None and 4000 <= exc.rcvd.code < 5000:
+                raise refusal(exc) from None
             return None
         if isinstance(msg, bytes):
             return msg[0], msg[1:]
@@ -143,7 +155,17 @@ class Leases:
         ws = connect(ws_url(self.client.base_url, path), compression=None, proxy=None,
                      additional_headers=self.client.identity.headers("GET", path, b""),
                      open_timeout=timeout, max_size=8 * 1024 * 1024, ping_interval=None)
-        ws.send(json.dumps(params))
+        try:
+            ws.send(json.dumps(params))
+            first = Session(ws).recv(timeout=timeout)
+        except ConnectionClosed as exc:
+            raise refusal(exc) from None
+        except Exception:
+            ws.close()
+            raise
+        if not (isinstance(first, dict) and first.get("type") == "open"):
+            ws.close()
+            raise DeAIError(f"the relay answered {first!r} instead of opening the session")
         return Session(ws)
 
     def exec(self, lease_id: str, argv: list[str], *, stdin: bytes | None = None,

@@ -10,9 +10,10 @@ Providers sit behind NAT, so both ends dial in:
    its long-poll (``Hub.wake``); the poll hands it over (``LeasePollOut.sessions``);
 3. the agent opens ``WS /api/provider/leases/sessions/{sid}``, signed by the
    provider the session was filed for, and sends the params on to the sandbox;
-4. from then on every message from one side goes to the other unchanged (binary
-   frames carry a channel byte and data, text frames carry JSON control:
-   resize, eof, signal, ready, exit, error) until either side closes.
+4. the owner gets ``{"type": "open"}``; from then on every message from one side
+   goes to the other unchanged (binary frames carry a channel byte and data, text
+   frames carry JSON control: resize, eof, signal, ready, exit, error) until
+   either side closes.
 
 A refusal is sent as a text frame ``{"type": "error", "code", "message",
 "status"}`` followed by a close with code ``4000 + status``, so a client can
@@ -121,7 +122,8 @@ async def refuse(ws: WebSocket, exc: DeAIError, *, accepted: bool = False) -> No
             await ws.accept()
         await ws.send_text(json.dumps({"type": "error", "status": exc.status,
                                        **exc.to_dict()["error"]}))
-        await ws.close(code=4000 + exc.status)
+        # the reason repeats it, for a client that is cut off before it reads the message
+        await ws.close(code=4000 + exc.status, reason=f"{exc.code}: {exc.message}"[:120])
 
 
 async def attach(ws: WebSocket, lease_id: str, c: Coordinator, hub: Hub) -> None:
@@ -160,6 +162,7 @@ async def attach(ws: WebSocket, lease_id: str, c: Coordinator, hub: Hub) -> None
                                   field="lease"), accepted=True)
         return
     try:
+        await ws.send_text('{"type": "open"}')  # the session is through to the lease
         await pipe(ws, agent)
     finally:
         done.set()
