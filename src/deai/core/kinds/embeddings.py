@@ -9,7 +9,8 @@ Spec::
     shard_size: 50         # input lines per task
 
 Input lines: ``{"custom_id", "method": "POST", "url": "/v1/embeddings",
-"body": {"model", "input": str | [str, ...]}}``. A shard travels to the
+"body": {"model", "input": str | [str, ...]}}`` (token ids are refused here,
+naming the field: /v1/embeddings decodes them to text before a job is made). A shard travels to the
 provider as ``{"custom_id", "input": [str, ...]}`` lines; its output is one line
 per input line, in order::
 
@@ -74,6 +75,12 @@ def _texts(b: dict[str, Any], where: str) -> tuple[str, ...]:
     field = f"{where}.body.input"
     value = b.get("input")
     texts = [value] if isinstance(value, str) else value
+    if isinstance(texts, list) and texts and all(
+            isinstance(t, int) or (isinstance(t, list) and all(isinstance(x, int) for x in t))
+            for t in texts):
+        raise InvalidInput(f"{field}: token ids are read only by POST /v1/embeddings, which "
+                           "decodes them with the model's tokenizer; a job's input lines "
+                           "carry text", field=field)
     if not isinstance(texts, list) or not texts:
         raise InvalidInput(f"{field}: must be a string or a non-empty list of strings",
                            field=field)
