@@ -1,4 +1,5 @@
-"""``python -m deai.coordinator --database-url URL --host H --port P --data-dir D [--devnet]``"""
+"""``python -m deai.coordinator --database-url URL --host H --port P --data-dir D [--devnet]
+[--workers N]``"""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--database-url", default="", help="SQLAlchemy URL; default SQLite file")
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=8000)
+    ap.add_argument("--workers", type=int, default=1,
+                    help="replica processes on this port (PostgreSQL only)")
     ap.add_argument("--data-dir", type=Path, default=None)
     ap.add_argument("--devnet", action="store_true", help="faucet on, short windows")
     ap.add_argument("--heartbeat-timeout", type=float, default=None)
@@ -43,7 +46,7 @@ def main(argv: list[str] | None = None) -> None:
         st = replace(st, verify=replace(st.verify, canary_share=a.canary_share))
     if a.verify_timeout is not None:
         st = replace(st, verify_timeout=a.verify_timeout)
-    serve(st, a.host, a.port)
+    serve(st, a.host, a.port, workers=a.workers)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Path, Query, Response
 from starlette.concurrency import run_in_threadpool
 
-from deai.coordinator import access, jobs
+from deai.coordinator import access, jobs, liveness
 from deai.coordinator.auth import coordinator, signer
 from deai.coordinator.service import Coordinator
 from deai.core import wire
@@ -38,8 +38,9 @@ def bond(body: wire.BondIn, c: C, me: Signer) -> wire.BalanceOut:
 
 
 @router.post("/providers/heartbeat", response_model=wire.HeartbeatOut)
-def heartbeat(body: wire.HeartbeatIn, c: C, me: Signer) -> wire.HeartbeatOut:
-    return c.heartbeat(me, body.running)
+def heartbeat(body: wire.HeartbeatIn, c: C, beat: liveness.SignedBeat) -> wire.HeartbeatOut:
+    """No nonce row: the signed timestamp must pass the provider's last (``liveness``)."""
+    return liveness.of(c).heartbeat(beat.account, beat.stamp, body.running)
 
 
 @router.post("/providers/poll", response_model=wire.PollOut)

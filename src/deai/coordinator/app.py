@@ -26,14 +26,16 @@ from deai.coordinator import (
     checkpoints,
     errors,
     jobs,
+    leader,
     limits,
+    liveness,
     matching,
     metrics,
     openai,
 )
+from deai.coordinator.leader import Leader
 from deai.coordinator.service import Coordinator
 from deai.coordinator.settings import Settings
-from deai.store import migrate
 
 log = logging.getLogger("deai.coordinator")
 
@@ -67,28 +69,41 @@ def _upkeep(c: Coordinator) -> None:
 def create_app(settings: Settings, coordinator: Coordinator | None = None) -> FastAPI:
     c = coordinator or Coordinator(settings)
 
+    elected = Leader(c.db)  # every replica serves; only the leader runs the loops
+
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        await run_in_threadpool(migrate.upgrade, c.db.engine)
-        await run_in_threadpool(jobs.recover, c)
+        await run_in_threadpool(leader.migrate, c.db)
         c.notifier.bind(asyncio.get_running_loop())
-        tasks = [
-            asyncio.create_task(_matcher(c)),
-            asyncio.create_task(_every(settings.tick, lambda: _upkeep(c), "upkeep")),
-            asyncio.create_task(_every(60.0, c.purge_nonces, "nonce purge")),
-        ]
-        log.info("coordinator up: %s (devnet=%s)", settings.db_url.split("@")[-1],
-                 settings.devnet)
+        await c.notifier.connect(c.db.url)  # LISTEN/NOTIFY between replicas (PostgreSQL)
+
+        async def start_loops() -> list[asyncio.Task[None]]:
+            await run_in_threadpool(jobs.recover, c)
+            return [
+                asyncio.create_task(_matcher(c)),
+                asyncio.create_task(_every(settings.tick, lambda: _upkeep(c), "upkeep")),
+                asyncio.create_task(_every(60.0, c.purge_nonces, "nonce purge")),
+            ]
+
+        await elected.campaign(start_loops)
+        beats = liveness.of(c)  # every replica writes the heartbeats it received
+        tasks = [asyncio.create_task(elected.run(start_loops)),
+                 asyncio.create_task(_every(beats.period, beats.flush, "liveness flush"))]
+        log.info("coordinator up: %s (devnet=%s, leader=%s)", settings.db_url.split("@")[-1],
+                 settings.devnet, elected.is_leader)
         try:
             yield
         finally:
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            await run_in_threadpool(beats.flush)
+            await c.notifier.disconnect()
             c.db.dispose()
 
     app = FastAPI(title="DeAI coordinator", version=__version__, lifespan=lifespan)
     app.state.coordinator = c
+    app.state.leader = elected
     errors.install(app)
 
     limits.install(app, settings.max_upload_bytes)  # body size and depth, request rates
@@ -103,7 +118,7 @@ def create_app(settings: Settings, coordinator: Coordinator | None = None) -> Fa
     api_chain.install(app)  # /api/chain; the chain rail when $DEAI_CHAIN is set
 
     @app.get("/health")
-    def health() -> dict[str, str]:
-        return {"status": "ok", "version": __version__}
+    def health() -> dict[str, str | bool]:
+        return {"status": "ok", "version": __version__, "leader": elected.is_leader}
 
     return app

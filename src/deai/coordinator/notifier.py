@@ -1,14 +1,37 @@
-"""Wake-ups between threads and the event loop: long-polls and the matcher sleep here.
+"""Wake-ups between threads, the event loop and other replicas.
 
+Long-polls, the matcher, the event stream and /v1 result waiters sleep here.
 Request handlers run in a thread pool; the poll endpoint and background loops
-run on the event loop. ``wake`` and ``kick`` may be called from either.
+run on the event loop. ``wake``, ``kick``, ``published`` and ``result_arrived``
+may be called from either, and act locally at once.
+
+With PostgreSQL, several replicas share the database and ``connect(url)``
+bridges them: every local signal is also sent as a ``NOTIFY deai`` (coalesced:
+one sender task drains whatever accumulated since its last send, so a burst of
+kicks costs one notification), and a listener applies the other replicas'
+signals locally (a replica ignores its own by a random origin tag). Signals
+are hints: a waiter always re-reads the database when woken and every wait
+has a timeout, so a notification lost while a connection is down costs
+latency, never correctness. After the listener reconnects it wakes every
+local waiter once for that reason. On SQLite ``connect`` does nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import logging
+import secrets
 from collections.abc import Iterable
+from typing import Any
+
+import psycopg
+
+log = logging.getLogger("deai.coordinator.notifier")
+
+CHANNEL = "deai"
+PAYLOAD_MAX = 7000  # PostgreSQL refuses NOTIFY payloads of 8000 bytes or more
 
 
 class Notifier:
@@ -19,6 +42,15 @@ class Notifier:
         self._listeners: set[asyncio.Queue[int]] = set()
         self._results: dict[str, asyncio.Event] = {}
         self.closing = False
+        # The PostgreSQL bridge (None until ``connect``).
+        self.origin = secrets.token_hex(6)
+        self._url: str | None = None
+        self._dirty: asyncio.Event | None = None
+        self._out: dict[str, Any] = {"kick": False, "pub": False, "wake": set(), "res": set()}
+        self._bridge: list[asyncio.Task[None]] = []
+        self.sent = 0  # notifications sent and received from other replicas
+        self.received = 0
+        self.listening = asyncio.Event()
 
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
@@ -39,9 +71,13 @@ class Notifier:
     def wake(self, provider_ids: Iterable[str]) -> None:
         ids = list(provider_ids)
         if ids:
-            self._call(self._wake, ids)
+            self._call(self._wake_out, ids)
 
-    def _wake(self, ids: list[str]) -> None:
+    def _wake_out(self, ids: list[str]) -> None:
+        self._wake(ids)
+        self._send("wake", ids)
+
+    def _wake(self, ids: Iterable[str]) -> None:
         for pid in ids:
             self._providers.setdefault(pid, asyncio.Event()).set()
 
@@ -58,8 +94,12 @@ class Notifier:
                 q.put_nowait(0)
 
     def kick(self) -> None:
-        """Ask the matcher to run now rather than at its next tick."""
-        self._call(self._match.set)
+        """Ask the matcher (on whichever replica leads) to run now rather than at its tick."""
+        self._call(self._kick_out)
+
+    def _kick_out(self) -> None:
+        self._match.set()
+        self._send("kick")
 
     async def wait_provider(self, provider_id: str, timeout: float) -> None:
         ev = self._providers.setdefault(provider_id, asyncio.Event())
@@ -82,7 +122,11 @@ class Notifier:
         self._listeners.discard(q)
 
     def published(self) -> None:
-        self._call(self._publish)
+        self._call(self._publish_out)
+
+    def _publish_out(self) -> None:
+        self._publish()
+        self._send("pub")
 
     def _publish(self) -> None:
         for q in list(self._listeners):
@@ -99,9 +143,134 @@ class Notifier:
 
     def result_arrived(self, task_id: str) -> None:
         """An assignment of ``task_id`` has a result (any thread); wakes only its watchers."""
-        self._call(self._result, task_id)
+        self._call(self._result_out, task_id)
+
+    def _result_out(self, task_id: str) -> None:
+        self._result(task_id)
+        self._send("res", [task_id])
 
     def _result(self, task_id: str) -> None:
         ev = self._results.get(task_id)
         if ev is not None:
             ev.set()
+
+    # --- the PostgreSQL bridge (on the event loop) ------------------------------------------
+
+    async def connect(self, url: str) -> None:
+        """Bridge this replica to the others on the same PostgreSQL; no-op on SQLite."""
+        if url.startswith("sqlite") or self._bridge:
+            return
+        self._url, self._dirty = url, asyncio.Event()
+        self._bridge = [asyncio.create_task(self._listen(), name="notify-listen"),
+                        asyncio.create_task(self._sender(), name="notify-send")]
+
+    async def disconnect(self) -> None:
+        tasks, self._bridge = self._bridge, []
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._dirty = None
+
+    def _send(self, kind: str, ids: Iterable[str] = ()) -> None:
+        if self._dirty is None:
+            return
+        if kind in ("kick", "pub"):
+            self._out[kind] = True
+        else:
+            self._out[kind].update(ids)
+        self._dirty.set()
+
+    def _drain(self) -> list[str]:
+        out, self._out = self._out, {"kick": False, "pub": False, "wake": set(), "res": set()}
+        msgs = [json.dumps({"o": self.origin, "k": k}) for k in ("kick", "pub") if out[k]]
+        for kind in ("wake", "res"):
+            chunk: list[str] = []
+            size = 0
+            for i in sorted(out[kind]):
+                if size + len(i) + 4 > PAYLOAD_MAX and chunk:
+                    msgs.append(json.dumps({"o": self.origin, "k": kind, "ids": chunk}))
+                    chunk, size = [], 0
+                chunk.append(i)
+                size += len(i) + 4
+            if chunk:
+                msgs.append(json.dumps({"o": self.origin, "k": kind, "ids": chunk}))
+        return msgs
+
+    async def _sender(self) -> None:
+        from deai.coordinator.leader import connect
+
+        assert self._url is not None and self._dirty is not None
+        conn = None
+        try:
+            while True:
+                await self._dirty.wait()
+                self._dirty.clear()
+                msgs = self._drain()
+                try:
+                    if conn is None or conn.closed:
+                        conn = await connect(self._url, "deai-notify")
+                    for m in msgs:
+                        await conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, m))
+                        self.sent += 1
+                except (OSError, psycopg.Error) as exc:  # hints only: see the docstring
+                    log.warning("NOTIFY failed (%s); dropping %d hints", exc, len(msgs))
+                    if conn is not None:
+                        with contextlib.suppress(Exception):
+                            await conn.close()
+                    conn = None
+                    await asyncio.sleep(0.5)
+        finally:
+            if conn is not None:
+                with contextlib.suppress(Exception):
+                    await conn.close()
+
+    async def _listen(self) -> None:
+        from deai.coordinator.leader import connect
+
+        assert self._url is not None
+        first = True
+        while True:
+            conn = None
+            try:
+                conn = await connect(self._url, "deai-listen")
+                await conn.execute(f"LISTEN {CHANNEL}")
+                if not first:  # we may have missed signals while away
+                    self._match.set()
+                    self._release_soft()
+                first = False
+                self.listening.set()
+                async for n in conn.notifies():
+                    self._apply(n.payload)
+            except (OSError, psycopg.Error) as exc:
+                log.warning("LISTEN connection lost (%s); reconnecting", exc)
+            finally:
+                self.listening.clear()
+                if conn is not None:
+                    with contextlib.suppress(Exception):
+                        await conn.close()
+            await asyncio.sleep(1.0)
+
+    def _release_soft(self) -> None:
+        """Wake every local waiter once (they re-check the database)."""
+        for ev in (*self._providers.values(), *self._results.values()):
+            ev.set()
+        self._publish()
+
+    def _apply(self, payload: str) -> None:
+        try:
+            msg = json.loads(payload)
+        except ValueError:
+            return
+        if not isinstance(msg, dict) or msg.get("o") == self.origin:
+            return
+        self.received += 1
+        kind, ids = msg.get("k"), msg.get("ids") or []
+        if kind == "kick":
+            self._match.set()
+        elif kind == "pub":
+            self._publish()
+        elif kind == "wake":
+            self._wake(str(i) for i in ids)
+        elif kind == "res":
+            for i in ids:
+                self._result(str(i))

@@ -1,8 +1,24 @@
-"""Run the coordinator under uvicorn."""
+"""Run the coordinator under uvicorn: one process, or N worker processes on one port.
+
+``serve(settings, host, port, workers=N)`` with N > 1 binds the listening
+socket once, forks N workers that each build their own app (their own
+database pool, notifier and leader campaign) and accept on the shared socket,
+and supervises them: a worker that dies is replaced, SIGTERM/SIGINT is passed
+on to all and the supervisor exits when they have. Several workers need
+PostgreSQL: they are replicas, and exactly one of them (the advisory-lock
+leader, ``coordinator.leader``) runs the background loops. Replicas on several
+machines are simply several ``deai coordinator`` processes with the same
+``--database-url``.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import signal
+import socket
+import time
 from types import FrameType
 
 import uvicorn
@@ -10,6 +26,8 @@ import uvicorn
 from deai.coordinator.app import create_app
 from deai.coordinator.notifier import Notifier
 from deai.coordinator.settings import Settings
+
+log = logging.getLogger("deai.coordinator.server")
 
 
 class _Server(uvicorn.Server):
@@ -24,10 +42,73 @@ class _Server(uvicorn.Server):
         super().handle_exit(sig, frame)
 
 
-def serve(settings: Settings, host: str = "127.0.0.1", port: int = 8000) -> None:
-    logging.basicConfig(level=logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+def _run(settings: Settings, host: str, port: int, sock: socket.socket | None = None) -> None:
     app = create_app(settings)
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
                             timeout_graceful_shutdown=5)
-    _Server(config, app.state.coordinator.notifier).run()
+    server = _Server(config, app.state.coordinator.notifier)
+    server.run(sockets=[sock] if sock is not None else None)
+
+
+def serve(settings: Settings, host: str = "127.0.0.1", port: int = 8000,
+          workers: int = 1) -> None:
+    logging.basicConfig(level=logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if workers <= 1:
+        _run(settings, host, port)
+        return
+    if settings.db_url.startswith("sqlite"):
+        raise SystemExit("--workers above 1 needs PostgreSQL (--database-url "
+                         "postgresql+psycopg://...): SQLite serves one process")
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    _supervise(settings, host, port, sock, workers)
+
+
+def _supervise(settings: Settings, host: str, port: int, sock: socket.socket,
+               workers: int) -> None:
+    children: set[int] = set()
+    stopping = False
+
+    def spawn() -> None:
+        pid = os.fork()
+        if pid == 0:  # the worker: default signal handling, then uvicorn installs its own
+            code = 0
+            try:
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                signal.signal(signal.SIGINT, signal.SIG_DFL)
+                _run(settings, host, port, sock)
+            except BaseException:  # noqa: BLE001 - a worker never returns into the parent
+                logging.getLogger("deai.coordinator").exception("worker failed")
+                code = 1
+            finally:
+                os._exit(code)
+        children.add(pid)
+
+    def stop(sig: int, _frame: FrameType | None) -> None:
+        nonlocal stopping
+        stopping = True
+        for pid in list(children):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    for _ in range(workers):
+        spawn()
+    log.info("coordinator: %d workers on %s:%d (supervisor pid %d)", workers, host, port,
+             os.getpid())
+    while children:
+        try:
+            pid, status = os.wait()
+        except ChildProcessError:
+            break
+        children.discard(pid)
+        if not stopping:
+            log.warning("worker %d exited (status %d); starting another", pid, status)
+            time.sleep(0.5)
+            spawn()
+    sock.close()

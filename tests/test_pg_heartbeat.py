@@ -1,0 +1,146 @@
+"""Heartbeats are replay-protected by a per-provider timestamp floor, not nonce rows.
+
+Against real coordinator processes on SQLite and PostgreSQL: a heartbeat writes
+no nonce row of its own; the same signed heartbeat sent again, or one stamped
+before the last accepted, is refused 401; liveness reaches the database in a
+batched flush; and on PostgreSQL a heartbeat replayed to a second replica is
+refused there too, from the floor the first one stored.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy import select
+
+from deai.client.keys import Identity
+from deai.client.sdk import Client
+from deai.coordinator.liveness import FLOOR_NONCE, WINDOW
+from deai.core import auth, wire
+from deai.store.db import Database
+from deai.store.models import Nonce, Provider
+from tests.netutil import Network
+
+PATH = "/api/providers/heartbeat"
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def net(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+        ) -> Iterator[Network]:
+    url = "" if request.param == "sqlite" else request.getfixturevalue("module_pg_url")
+    n = Network(tmp_path_factory.mktemp(f"hb-{request.param}"), url, heartbeat_timeout=5.0,
+                verify=False)
+    n.start_coordinator()
+    yield n
+    n.close()
+
+
+def database(net: Network) -> Database:
+    return Database(net.database_url or
+                    f"sqlite:///{net.root / 'coordinator' / 'deai.sqlite3'}")
+
+
+def register(net: Network) -> Identity:
+    me = Identity.generate()
+    c = Client(net.url, me)
+    c.register(wire.RegisterIn(
+        hardware=wire.Hardware(cpu_model="test cpu", cores=2, memory_mb=4096),
+        benchmark=wire.Benchmark(gflops=50.0, mem_gbps=10.0), threads=1,
+        offers=[wire.OfferIn(workload="embeddings", model="all-MiniLM-L6-v2", price=1000)]))
+    c.close()
+    return me
+
+
+def signed(me: Identity, stamp: float, running: list[str] | None = None
+           ) -> tuple[bytes, dict[str, str]]:
+    body = json.dumps({"running": running or []}).encode()
+    hdr = me.headers("POST", PATH, body)
+    hdr[auth.HEADER_TS] = f"{stamp:.3f}"
+    hdr[auth.HEADER_SIG] = me.sign(auth.message("POST", PATH, body, hdr[auth.HEADER_TS],
+                                                hdr[auth.HEADER_NONCE]))
+    return body, {**hdr, "content-type": "application/json"}
+
+
+def send(url: str, req: tuple[bytes, dict[str, str]]) -> httpx.Response:
+    return httpx.post(f"{url}{PATH}", content=req[0], headers=req[1], timeout=10)
+
+
+def stored_floor(db: Database, pid: str, at_least: float, timeout: float = 20.0) -> float:
+    """The floor the coordinator flushed for ``pid``, once it reaches ``at_least``."""
+    end = time.time() + timeout
+    while True:
+        with db.read() as s:
+            exp = s.scalar(select(Nonce.expires_at).where(Nonce.account == pid,
+                                                          Nonce.nonce == FLOOR_NONCE))
+        if exp is not None and exp - WINDOW >= at_least - 1e-6:
+            return float(exp - WINDOW)
+        assert time.time() < end, f"floor not flushed: {exp}"
+        time.sleep(0.1)
+
+
+def test_replayed_and_older_heartbeats_are_refused_without_nonce_rows(net: Network) -> None:
+    me = register(net)
+    db = database(net)
+    with db.read() as s:
+        before = set(s.scalars(select(Nonce.nonce).where(Nonce.account == me.id)))
+    t0 = round(time.time(), 3)
+    first = signed(me, t0)
+    r = send(net.url, first)
+    assert r.status_code == 200, r.text
+    assert r.json() == {"drop": []}
+
+    again = send(net.url, first)
+    assert again.status_code == 401 and "replayed" in again.json()["error"]["message"]
+    older = send(net.url, signed(me, t0 - 0.5))
+    assert older.status_code == 401
+    assert send(net.url, signed(me, t0 + 0.001)).status_code == 200
+
+    assert stored_floor(db, me.id, t0 + 0.001) == pytest.approx(t0 + 0.001, abs=1e-3)
+    with db.read() as s:
+        nonces = s.scalars(select(Nonce.nonce).where(Nonce.account == me.id)).all()
+        seen = s.scalar(select(Provider.last_seen).where(Provider.id == me.id))
+    assert set(nonces) - before == {FLOOR_NONCE}  # one floor row, no nonce per heartbeat
+    assert seen is not None and seen >= t0 - 1.0
+
+    # A lease the provider does not hold is answered as one to drop.
+    r = send(net.url, signed(me, t0 + 0.002, ["as_nothing"]))
+    assert r.status_code == 200 and r.json() == {"drop": ["as_nothing"]}
+    db.dispose()
+
+
+def test_unregistered_key_is_404_and_bad_signature_401(net: Network) -> None:
+    stranger = Identity.generate()
+    r = send(net.url, signed(stranger, time.time()))
+    assert r.status_code == 404 and r.json()["error"]["field"] == "provider"
+    body, hdr = signed(register(net), time.time())
+    hdr[auth.HEADER_SIG] = "00" * 64
+    assert send(net.url, (body, hdr)).status_code == 401
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_replay_to_another_replica_is_refused(tmp_path: Path, fresh_pg_url: str) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    a = Network(tmp_path / "a", fresh_pg_url, verify=False)
+    b = Network(tmp_path / "b", fresh_pg_url, verify=False)
+    a.start_coordinator()
+    b.start_coordinator()
+    db = Database(fresh_pg_url)
+    try:
+        me = register(a)
+        beat = signed(me, time.time())
+        assert send(a.url, beat).status_code == 200
+        stored_floor(db, me.id, float(beat[1][auth.HEADER_TS]))
+        r = send(b.url, beat)
+        assert r.status_code == 401 and "replayed" in r.json()["error"]["message"]
+        assert send(b.url, signed(me, time.time())).status_code == 200
+    finally:
+        db.dispose()
+        a.close()
+        b.close()
