@@ -306,6 +306,8 @@ def coordinator_cmd(
     host: str = "127.0.0.1", port: int = 8000,
     data_dir: Annotated[Path | None, typer.Option(help="Default $DEAI_HOME/coordinator.")] = None,
     devnet: Annotated[bool, typer.Option(help="Faucet on, short windows.")] = False,
+    workers: Annotated[int, typer.Option(min=1, help="Replica processes on this port "
+                                         "(PostgreSQL only).")] = 1,
 ) -> None:
     """Run the coordinator (blocks until stopped)."""
     from deai.coordinator.server import serve
@@ -313,7 +315,7 @@ def coordinator_cmd(
 
     settings = Settings(data_dir=(data_dir or default_data_dir()).resolve(),
                         database_url=database_url)
-    serve(settings.for_devnet() if devnet else settings, host, port)
+    serve(settings.for_devnet() if devnet else settings, host, port, workers=workers)
 
 
 @command(provider_app, "start")
