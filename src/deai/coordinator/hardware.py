@@ -1,0 +1,360 @@
+"""Hardware challenges on the coordinator: issue, time, check, record, flag and slash.
+
+The provider asks (``poll``) and gets a challenge when one is due: at once
+for a new provider (``registration``) or one whose registered hardware or
+claimed rates changed since the last check (``identity``: the claim's
+verified figures are dropped until it passes again), soon after a failure
+(``retry``), and otherwise at exponentially distributed random times with
+mean ``period_s`` (``random``). The clock starts when the challenge leaves
+here and stops when its commitment arrives; only then are the rows to open
+drawn (``commit``), and ``open`` judges the answer with ``core.hwcheck.check``
+and applies ``core.hwcheck.next_state``: verified figures, ``Provider.compute_units``
+set to the verified units, a flag, and on repeated failure a slash of part of
+the stake through the settlement port (a journal entry). A challenge left
+unanswered past its deadline plus ``grace_s`` expires, which is a failure.
+
+Matching reads the outcome through ``apply_verified`` (see its docstring).
+Parameters come from ``DEAI_HW_*`` variables (``params_from_env``).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import math
+import os
+import secrets
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+import numpy as np
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from deai.coordinator.service import Coordinator, new_id
+from deai.core import hwcheck as hc
+from deai.core import ledger, market
+from deai.core import wire_hardware as wh
+from deai.core.errors import Conflict, Forbidden, InvalidInput, NotFound
+from deai.store.models import HwChallenge, HwClaim, Provider
+
+LIVE = ("issued", "committed")
+
+
+def params_from_env(env: dict[str, str] | None = None) -> hc.Params:
+    """``DEAI_HW_<FIELD>`` overrides a field of ``core.hwcheck.Params`` (numbers only)."""
+    env = dict(os.environ) if env is None else env
+    over: dict[str, Any] = {}
+    for f in fields(hc.Params):
+        raw = env.get(f"DEAI_HW_{f.name.upper()}")
+        if raw is None or f.name == "cpu_n":
+            continue
+        try:
+            over[f.name] = int(raw) if isinstance(getattr(hc.Params, f.name), int) \
+                else float(raw)
+        except ValueError:
+            raise InvalidInput(f"DEAI_HW_{f.name.upper()} must be a number",
+                               field=f.name) from None
+    return replace(hc.Params(), **over)
+
+
+def params(c: Coordinator) -> hc.Params:
+    p: hc.Params | None = getattr(c, "_hw_params", None)
+    if p is None:
+        p = params_from_env()
+        c._hw_params = p  # type: ignore[attr-defined]
+    return p
+
+
+def required(c: Coordinator) -> bool:
+    """DEAI_HW_REQUIRE=1: a provider is matched only once its claim is verified."""
+    return os.environ.get("DEAI_HW_REQUIRE", "") in ("1", "true", "yes")
+
+
+# --- the claim ---------------------------------------------------------------------------------
+
+def _state(row: HwClaim) -> hc.ClaimState:
+    return hc.ClaimState(row.status, row.failures, row.passes, row.fails,
+                         tuple(float(r) for r in row.ratios or ()), row.wrong, row.flags)
+
+
+def _store(row: HwClaim, st: hc.ClaimState) -> None:
+    row.status, row.failures, row.passes, row.fails = st.status, st.failures, st.passes, st.fails
+    row.ratios, row.wrong, row.flags = list(st.ratios), st.wrong, st.flags
+
+
+def _claim(c: Coordinator, s: Session, p: Provider) -> tuple[HwClaim, str | None]:
+    """The claim row, created or reset when the identity changed; and why a challenge is
+    due now (None: not due)."""
+    now = c.now()
+    fp = hc.fingerprint(p.hardware or {}, p.benchmark or {})
+    row = s.get(HwClaim, p.id, with_for_update=True)
+    if row is None:
+        row = HwClaim(provider_id=p.id, fingerprint=fp, status="unverified", failures=0,
+                      passes=0, fails=0, flags=0, wrong=False, ratios=[], verified={},
+                      verified_units=0.0, slashed=0, next_at=now, updated_at=now)
+        s.add(row)
+        s.flush()
+        return row, "registration"
+    if row.fingerprint != fp:
+        _store(row, hc.reset(_state(row)))
+        row.fingerprint, row.next_at, row.updated_at = fp, now, now
+        _refresh(c, s, row, p)
+        c.emit(s, "hardware_identity_changed", p.id)
+        return row, "identity"
+    if row.next_at <= now:
+        return row, "retry" if row.failures else "random"
+    return row, None
+
+
+def _refresh(c: Coordinator, s: Session, row: HwClaim, p: Provider) -> None:
+    devs = hc.devices(p.hardware or {}, p.benchmark or {})
+    v = hc.verified(devs, int((p.hardware or {}).get("memory_mb", 0)), _state(row), params(c))
+    row.verified = {"devices": list(v.devices), "units": v.units, "memory_mb": v.memory_mb}
+    row.verified_units = v.units
+    if row.status != "unverified":
+        p.compute_units = v.units
+
+
+# --- the protocol ------------------------------------------------------------------------------
+
+def poll(c: Coordinator, pid: str) -> wh.PollOut:
+    with c.db.write() as s:
+        p = c.require_provider(s, pid)
+        row, why = _claim(c, s, p)
+        live = s.scalars(select(HwChallenge).where(HwChallenge.provider_id == pid,
+                                                   HwChallenge.status.in_(LIVE))).all()
+        for ch in live:
+            _expire_if_due(c, s, row, p, ch)
+        if why == "identity":  # a challenge issued for the old identity proves nothing now
+            for ch in live:
+                if ch.status in LIVE:
+                    ch.status, ch.detail = "expired", "superseded: the identity changed"
+        if why is None or any(ch.status in LIVE for ch in live):
+            return wh.PollOut()
+        prm = params(c)
+        spec = hc.make_spec(secrets.randbits(63), hc.devices(p.hardware or {},
+                                                             p.benchmark or {}), prm)
+        ch = HwChallenge(id=new_id("hwc"), provider_id=pid, fingerprint=row.fingerprint,
+                         reason=why, spec=spec.to_dict(), status="issued", issued_at=c.now())
+        s.add(ch)
+        row.next_at = c.now() + prm.period_s  # until this one is judged
+        c.emit(s, "hardware_challenge", pid, challenge=ch.id, reason=why)
+        return wh.PollOut(challenge=wh.ChallengeOut(id=ch.id, spec=ch.spec))
+
+
+def _own(c: Coordinator, s: Session, pid: str, cid: str) -> HwChallenge:
+    ch = s.get(HwChallenge, cid, with_for_update=True)
+    if ch is None:
+        raise NotFound(f"no hardware challenge {cid}", field="challenge")
+    if ch.provider_id != pid:
+        raise Forbidden("this challenge was issued to another provider")
+    return ch
+
+
+def commit(c: Coordinator, pid: str, cid: str, body: wh.CommitIn) -> wh.CommitOut:
+    now = c.now()
+    with c.db.write() as s:
+        ch = _own(c, s, pid, cid)
+        if ch.status != "issued":
+            raise Conflict(f"challenge {cid} is {ch.status}; it takes one commitment",
+                           status=ch.status)
+        p = c.require_provider(s, pid)
+        row, _ = _claim(c, s, p)
+        ch.elapsed_s = round(now - ch.issued_at, 4)
+        if body.error is not None or body.root is None:
+            if body.error is None:
+                raise InvalidInput("root: a commitment needs a root or an error", field="root")
+            v = hc.Verdict("error", f"the provider could not run it: {body.error}")
+            return wh.CommitOut(verdict=_judge(c, s, row, p, ch, v))
+        ch.status, ch.committed_at, ch.root = "committed", now, body.root
+        ch.open_seed = str(secrets.randbits(63))
+        op = hc.openings(hc.Spec.from_dict(ch.spec), int(ch.open_seed), params(c))
+        return wh.CommitOut(opening=wh.OpeningOut(rows=[list(r) for r in op.rows],
+                                                  positions=[list(q) for q in op.positions]))
+
+
+def open_(c: Coordinator, pid: str, cid: str, body: wh.OpenIn) -> wh.VerdictOut:
+    with c.db.write() as s:
+        ch = _own(c, s, pid, cid)
+        if ch.status != "committed":
+            raise Conflict(f"challenge {cid} is {ch.status}; open it once, after committing",
+                           status=ch.status)
+        p = c.require_provider(s, pid)
+        row, _ = _claim(c, s, p)
+        spec = hc.Spec.from_dict(ch.spec)
+        prm = params(c)
+        assert ch.open_seed is not None and ch.root is not None and ch.elapsed_s is not None
+        op = hc.openings(spec, int(ch.open_seed), prm)
+        ans = _answer(spec, op, body)
+        if c.now() - (ch.committed_at or 0.0) > spec.deadline_s + prm.grace_s:
+            v = hc.Verdict("expired", "the opening came after the grace period")
+        else:
+            v = hc.check(spec, op, bytes.fromhex(ch.root), ans, ch.elapsed_s, prm)
+        return _judge(c, s, row, p, ch, v)
+
+
+def _answer(spec: hc.Spec, op: hc.Opening, body: wh.OpenIn) -> hc.Answer:
+    """Decode the opening; malformed data is bad input (4xx) and changes nothing."""
+    if len(body.rows) != len(op.rows) or len(body.proofs) != len(op.rows):
+        raise InvalidInput(f"rows: {len(op.rows)} rows and proofs were asked for",
+                           field="rows")
+    if len(body.values) != len(op.positions):
+        raise InvalidInput(f"values: {len(op.positions)} buffer words were asked for",
+                           field="values")
+    rows, proofs = [], []
+    for i, ((p, _t, _r), text, proof) in enumerate(zip(op.rows, body.rows, body.proofs,
+                                                       strict=True)):
+        n = spec.parts[p].n
+        try:
+            raw = base64.b64decode(text, validate=True)
+            hashes = [bytes.fromhex(h) for h in proof]
+        except (binascii.Error, ValueError):
+            raise InvalidInput(f"rows[{i}]: base64 rows and hex proofs", field=f"rows[{i}]") \
+                from None
+        if len(raw) != 4 * n or len(hashes) > 64 or any(len(h) != 32 for h in hashes):
+            raise InvalidInput(f"rows[{i}]: {n} float32 values and 32-byte proof hashes",
+                               field=f"rows[{i}]")
+        rows.append(np.frombuffer(raw, dtype="<f4"))
+        proofs.append(hashes)
+    return hc.Answer(rows, proofs, list(body.values))
+
+
+def _expire_if_due(c: Coordinator, s: Session, row: HwClaim, p: Provider,
+                   ch: HwChallenge) -> None:
+    spec_deadline = float(ch.spec.get("deadline_s", 0.0))
+    start = ch.committed_at if ch.status == "committed" else ch.issued_at
+    if c.now() > (start or 0.0) + spec_deadline + params(c).grace_s:
+        _judge(c, s, row, p, ch, hc.Verdict("expired", "no answer before the deadline"))
+
+
+def _judge(c: Coordinator, s: Session, row: HwClaim, p: Provider, ch: HwChallenge,
+           v: hc.Verdict) -> wh.VerdictOut:
+    prm = params(c)
+    now = c.now()
+    ch.status, ch.ratio, ch.detail = v.outcome, v.ratio, v.reason or None
+    if ch.fingerprint != row.fingerprint:  # judged against an identity no longer claimed
+        return _out(ch, row)
+    step = hc.next_state(_state(row), v, prm, 1.0 - secrets.SystemRandom().random())
+    _store(row, step.state)
+    row.last_at, row.last_outcome, row.updated_at = now, v.outcome, now
+    row.next_at = now + step.next_in_s
+    _refresh(c, s, row, p)
+    c.emit(s, "hardware_verdict", p.id, challenge=ch.id, outcome=v.outcome,
+           status=row.status, verified_units=row.verified_units)
+    if step.flagged_now:
+        c.emit(s, "hardware_flagged", p.id, challenge=ch.id, outcome=v.outcome)
+    if step.slash_bps:
+        stake = c.settlement.balance(s, ledger.stake(p.id))
+        amount = stake * step.slash_bps // 10_000
+        if amount > 0:
+            c.settlement.slash(s, p.id, amount, None, 0,
+                               {"reason": "hardware challenge", "challenge": ch.id,
+                                "outcome": v.outcome, "failures": row.failures})
+            row.slashed += amount
+            c.emit(s, "slash", p.id, amount=amount, reason="hardware challenge")
+    c.notifier.kick()
+    return _out(ch, row)
+
+
+def _out(ch: HwChallenge, row: HwClaim) -> wh.VerdictOut:
+    return wh.VerdictOut(challenge=ch.id, outcome=ch.status, reason=ch.detail or "",
+                         ratio=ch.ratio or 0.0, elapsed_s=ch.elapsed_s,
+                         deadline_s=float(ch.spec.get("deadline_s", 0.0)), status=row.status,
+                         verified_units=row.verified_units)
+
+
+def expire(c: Coordinator) -> int:
+    """Judge every challenge left unanswered past its deadline (for a background loop)."""
+    n = 0
+    with c.db.write() as s:
+        for ch in s.scalars(select(HwChallenge).where(HwChallenge.status.in_(LIVE))).all():
+            p = s.get(Provider, ch.provider_id)
+            row = s.get(HwClaim, ch.provider_id)
+            if p is not None and row is not None:
+                before = ch.status
+                _expire_if_due(c, s, row, p, ch)
+                n += ch.status != before
+    return n
+
+
+# --- what matching uses -----------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class VerifiedClaim:
+    status: str  # unverified | verified | flagged
+    current: bool  # the registered hardware is the one that was verified
+    units: float
+    memory_mb: int
+    gpus: int  # GPUs whose part passed
+    wrong: bool
+
+
+def verified_state(s: Session, providers: list[Provider]) -> dict[str, VerifiedClaim]:
+    rows = {r.provider_id: r for r in s.scalars(select(HwClaim).where(
+        HwClaim.provider_id.in_([p.id for p in providers])))}
+    out = {}
+    for p in providers:
+        r = rows.get(p.id)
+        if r is None:
+            out[p.id] = VerifiedClaim("unverified", False, 0.0, 0, 0, False)
+            continue
+        current = r.fingerprint == hc.fingerprint(p.hardware or {}, p.benchmark or {})
+        devs = (r.verified or {}).get("devices", [])
+        gpus = sum(1 for d in devs if str(d.get("device", "")).startswith("cuda")
+                   and d.get("memory_mb", 0) > 0) if r.status == "verified" else 0
+        out[p.id] = VerifiedClaim(r.status if current else "unverified", current,
+                                  r.verified_units if current else 0.0,
+                                  int((r.verified or {}).get("memory_mb", 0)) if current else 0,
+                                  gpus, r.wrong)
+    return out
+
+
+def eligible(claim: VerifiedClaim, needs_gpu: bool, strict: bool) -> bool:
+    """May a provider with ``claim`` be matched for work (GPU work: ``needs_gpu``)?"""
+    if claim.wrong and claim.status == "flagged":
+        return False  # it answered wrongly: no work until it passes again
+    if needs_gpu and claim.gpus == 0:
+        return False
+    return claim.status != "unverified" or not strict
+
+
+def apply_verified(c: Coordinator, s: Session,
+                   states: list[market.ProviderState]) -> list[market.ProviderState]:
+    """Matching's inputs with hardware as verified: a provider flagged for a wrong or
+    missing answer (or, with DEAI_HW_REQUIRE=1, not yet verified) is left out; a flagged
+    one keeps only the memory and compute units it proved. The hook for
+    ``matching.provider_states``: ``return hardware.apply_verified(c, s, states)``."""
+    if not states:
+        return states
+    rows = s.scalars(select(Provider).where(Provider.id.in_([p.id for p in states]))).all()
+    claims = verified_state(s, list(rows))
+    strict, out = required(c), []
+    for st in states:
+        cl = claims.get(st.id)
+        if cl is None or not eligible(cl, False, strict):
+            continue
+        if cl.status == "flagged":
+            st = replace(st, memory_mb=min(st.memory_mb, cl.memory_mb),
+                         compute_units=cl.units)
+        out.append(st)
+    return out
+
+
+def hardware_class(hw: dict[str, Any]) -> str:
+    gpus = hw.get("gpus") or []
+    if not gpus:
+        return "cpu"
+    name = str(gpus[0].get("name", "gpu")) if isinstance(gpus[0], dict) else "gpu"
+    for known in ("H200", "H100", "A100", "L40S", "L4", "A10", "4090", "3090", "T4", "V100"):
+        if known in name:
+            return f"gpu:{known}"
+    return "gpu:other"
+
+
+def median(values: list[float]) -> float | None:
+    return float(np.median(values)) if values else None
+
+
+def finite(x: float | None) -> float | None:
+    return None if x is None or not math.isfinite(x) else round(x, 4)
