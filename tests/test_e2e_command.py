@@ -4,6 +4,9 @@ One job carries every escape attempt (the provider's key file, a socket, a
 fork bomb, memory, file size, CPU and wall-clock limits); each is contained
 and comes back as that command's error naming the limit, the provider is paid
 for the CPU time it metered, and it goes on to run a good job afterwards.
+A second job tries what the sealed sandbox stops: reading bubblewrap's own
+environment (pid 1), filling ``/tmp``, 20,000 empty files, filling the work
+folder, and a result whose manifest is over ``output_mb``.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ import pytest
 
 from deai.core.kinds import command as cmd
 from deai.provider import sandbox
+from deai.workloads import command as wl
+from deai.workloads import sandbox as impl
 from tests.netutil import Network
 from tests.test_e2e import check_books
 
@@ -25,6 +30,8 @@ pytestmark = pytest.mark.slow
 SPEC = {"kind": "command", "model": "bwrap-sandbox", "max_price": 500, "deadline": 600,
         "cpu_seconds": 1, "wall_seconds": 6, "memory_mb": 128, "file_size_mb": 1,
         "max_processes": 16}
+# slow disks spend seconds of kernel CPU on many files: the disk limits must stop these
+SEALED = {**SPEC, "cpu_seconds": 30, "wall_seconds": 60, "output_mb": 1}
 
 
 @pytest.fixture
@@ -93,6 +100,35 @@ def test_escapes_are_contained_and_the_provider_keeps_working(net: Network) -> N
     final = c.job(job.id)
     assert 0 < final.cost <= final.escrow
     check_books(c, job.id)
+
+    sealed = jsonl(
+        {"custom_id": "environ", "script": "tr '\\0' '\\n' </proc/1/environ"},
+        {"custom_id": "tmp", "script": "i=0; while :; do i=$((i+1)); "
+                                       "head -c 1000000 /dev/zero > /tmp/$i || exit 1; done"},
+        {"custom_id": "files", "argv": [py, "-c", "import time\nfor i in range(20000): "
+                                        "open(f'/tmp/{i}', 'w').close()\ntime.sleep(60)"]},
+        {"custom_id": "work", "script": "i=0; while :; do i=$((i+1)); "
+                                        "head -c 1000000 /dev/zero > $i || exit 1; done"},
+        {"custom_id": "manifest", "script": "head -c 1000000 /dev/zero > out/data && cd out "
+                                            "&& for i in $(seq 300); do : > "
+                                            "$(printf '%0200d' $i); done"},
+    )
+    job1 = c.submit_job(SEALED, c.upload(sealed).digest)
+    out = results(net, job1.id, c)
+    env = out["environ"]
+    assert env["status"] == "ok", env
+    assert sorted(env["stdout_tail"].split()) == sorted(f"{k}={v}"
+                                                        for k, v in impl.BWRAP_ENV.items())
+    assert (out["tmp"]["limit"], out["tmp"]["exit_code"]) == (wl.DISK_LIMIT, 1), out["tmp"]
+    assert "no space left on a device (/tmp holds 64 MB" in out["tmp"]["error"]
+    assert out["files"]["limit"] == wl.DISK_LIMIT, out["files"]
+    assert out["files"]["error"].startswith("file-count quota exceeded (more than 10000")
+    assert out["work"]["limit"] == wl.DISK_LIMIT, out["work"]
+    assert "work-folder quota exceeded (more than 64 MB" in out["work"]["error"]
+    m = out["manifest"]
+    assert (m["limit"], m["files"]) == ("output", []), m
+    assert len(c.results(job1.id)) < 64 * 1024  # not megabytes of manifest for output_mb=1
+    check_books(c, job1.id)
 
     # the same provider, still up, runs a good job after all of that
     assert net.providers["sandboxer"].alive()
