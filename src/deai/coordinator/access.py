@@ -30,6 +30,7 @@ from sqlalchemy.orm import Session
 
 from deai.coordinator.service import Coordinator
 from deai.core.errors import NotFound
+from deai.core.lifecycle import AssignmentStatus
 from deai.store.models import ApiFile, Assignment, BlobRef, Checkpoint, Job, Task
 
 NETWORK = "network"
@@ -73,7 +74,8 @@ def lease_may_read(c: Coordinator, s: Session, provider: str, digest: str) -> bo
     rows = s.execute(select(Assignment, Task, Job.owner)
                      .join(Task, Task.id == Assignment.task_id)
                      .join(Job, Job.id == Assignment.job_id)
-                     .where(Assignment.provider_id == provider, Assignment.status == "leased",
+                     .where(Assignment.provider_id == provider,
+                            Assignment.status == AssignmentStatus.LEASED,
                             Assignment.lease_deadline >= c.now())).all()
     if not rows:
         return False

@@ -23,7 +23,7 @@ from deai.coordinator.service import Coordinator
 from deai.core import compute, ledger, wire
 from deai.core import wire_explorer as wx
 from deai.core.errors import NotFound
-from deai.core.lifecycle import JOB_ACTIVE
+from deai.core.lifecycle import JOB_ACTIVE, AssignmentStatus
 from deai.core.money import cost_for_units
 from deai.store import journal
 from deai.store.models import (
@@ -224,7 +224,7 @@ def job_detail(c: Coordinator, job_id: str) -> wx.JobDetailOut:
         shards, states = [], defaultdict(int)
         for t in tasks:
             mine = by_task.get(t.id, [])
-            state = shard_state(t.status, any(a.status == "submitted" for a in mine))
+            state = shard_state(t.status, any(a.status == AssignmentStatus.SUBMITTED for a in mine))
             states[state] += 1
             shards.append(wx.ShardOut(
                 idx=t.idx, task_id=t.id, status=t.status, state=state, attempts=t.attempts,
@@ -235,7 +235,7 @@ def job_detail(c: Coordinator, job_id: str) -> wx.JobDetailOut:
         for a in asgs:
             row = per[a.provider_id]
             row["n"] += 1
-            if a.status == "accepted":
+            if a.status == AssignmentStatus.ACCEPTED:
                 row["accepted"] += 1
                 row["paid"] += cost_for_units(units.get(a.task_id, a.units or 0), a.price)
         names = dict(s.execute(select(Provider.id, Provider.name)

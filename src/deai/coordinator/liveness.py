@@ -47,10 +47,11 @@ from fastapi import Depends, Request
 from sqlalchemy import bindparam, case, select, update
 from sqlalchemy.orm import Session
 
-from deai.coordinator.auth import coordinator, verified
+from deai.coordinator.auth import verified
 from deai.coordinator.service import Coordinator
 from deai.core import auth, wire
 from deai.core.errors import AuthError, NotFound
+from deai.core.lifecycle import AssignmentStatus
 from deai.store.journal import dialect_insert
 from deai.store.models import Assignment, Nonce, Provider
 
@@ -111,7 +112,7 @@ class Liveness:
                     rows = s.execute(select(Assignment.id, Assignment.provider_id,
                                             Assignment.status)
                                      .where(Assignment.id.in_(running))).all()
-                    live = {i for i, p, st in rows if p == pid and st == "leased"}
+                    live = {i for i, p, st in rows if p == pid and st == AssignmentStatus.LEASED}
                     drop = [a for a in running if a not in live]
         now = self.c.now()
         with self._lock:
@@ -176,7 +177,8 @@ class Liveness:
     def _write(self, s: Session, due: dict[str, _Due]) -> set[str]:
         ttl = self.c.settings.lease_ttl
         owner = {a: pid for pid, d in due.items() for a in d.live}
-        leases = self._locked(s, Assignment.id, sorted(owner), Assignment.status == "leased")
+        leases = self._locked(s, Assignment.id, sorted(owner),
+                              Assignment.status == AssignmentStatus.LEASED)
         if leases:
             t = Assignment.__table__
             s.execute(update(t).where(t.c.id == bindparam("b_id"),
@@ -211,5 +213,3 @@ def of(c: Coordinator) -> Liveness:
     return lv
 
 
-def liveness(request: Request) -> Liveness:
-    return of(coordinator(request))

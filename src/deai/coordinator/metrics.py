@@ -34,6 +34,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from deai.coordinator.service import Coordinator
+from deai.core.lifecycle import AssignmentStatus
 from deai.core.wire_explorer import VERIFICATION_KINDS
 from deai.store.models import Assignment, Event, Job, JournalEntry, Provider, Task
 
@@ -125,7 +126,7 @@ class Metrics:
                     select(Assignment.task_id, Assignment.provider_id, Assignment.leased_at,
                            Assignment.submitted_at)
                     .where(Assignment.task_id.in_(sorted({t for t, _ in accepted})),
-                           Assignment.status == "accepted")):
+                           Assignment.status == AssignmentStatus.ACCEPTED)):
                 if (task_id, pid) in wanted and submitted is not None:
                     self.durations.observe(max(0.0, submitted - leased))
         return len(rows) == BATCH

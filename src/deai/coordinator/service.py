@@ -186,7 +186,8 @@ class Coordinator:
             raise Conflict(f"assignment {assignment_id} is {a.status}; its lease is over",
                            status=a.status)
         if a.lease_deadline < self.now():
-            raise Conflict(f"assignment {assignment_id}: the lease expired", status="expired")
+            raise Conflict(f"assignment {assignment_id}: the lease expired",
+                           status=AssignmentStatus.EXPIRED.value)
         return a
 
     def online(self, p: Provider) -> bool:

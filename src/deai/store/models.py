@@ -12,6 +12,7 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     Boolean,
+    CheckConstraint,
     Float,
     ForeignKey,
     Index,
@@ -21,6 +22,13 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from deai.core.lifecycle.states import CHECKS
+
+
+def _checks(table: str) -> tuple[CheckConstraint, ...]:
+    """The lifecycle's CHECK constraints for ``table`` (migration 0004 installs them)."""
+    return tuple(CheckConstraint(sql, name=name) for name, sql in CHECKS[table])
 
 
 class Base(DeclarativeBase):
@@ -76,6 +84,8 @@ class Provider(Base):
     tasks_done: Mapped[int] = mapped_column(Integer, default=0)
     capabilities: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
 
+    __table_args__ = _checks("providers")
+
 
 class Offer(Base):
     __tablename__ = "offers"
@@ -106,6 +116,8 @@ class Job(Base):
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     output_digest: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
+    __table_args__ = _checks("jobs")
+
 
 class Task(Base):
     __tablename__ = "tasks"
@@ -120,10 +132,13 @@ class Task(Base):
     output_digest: Mapped[str | None] = mapped_column(String(64), nullable=True)
     updated_at: Mapped[float] = mapped_column(Float)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
-    # Verification: the role a new assignment must fill (replica, referee), if any.
+    # Verification: the check a verifying task waits for (replica, referee), if any:
+    # an explicit part of the task's state in core.lifecycle, not a hidden flag.
     pending_role: Mapped[str | None] = mapped_column(String(16), nullable=True, index=True)
     # A canary task's known answer.
     reference_digest: Mapped[str | None] = mapped_column(String(64), nullable=True)
+
+    __table_args__ = _checks("tasks")
 
 
 class Assignment(Base):
@@ -149,7 +164,8 @@ class Assignment(Base):
     # For a replica or referee: the assignment whose result it checks.
     check_of: Mapped[str | None] = mapped_column(String(40), nullable=True)
 
-    __table_args__ = (Index("ix_assignments_provider_status", "provider_id", "status"),)
+    __table_args__ = (Index("ix_assignments_provider_status", "provider_id", "status"),
+                      *_checks("assignments"))
 
 
 class Payout(Base):
@@ -300,6 +316,79 @@ class BlobRef(Base):
     created_at: Mapped[float] = mapped_column(Float)
 
 
+# --- leases of machines by the hour (core.leases; migration 0008) ---------------------------
+
+from sqlalchemy import CheckConstraint  # noqa: E402 - only the lease tables use it
+
+
+class LeaseHost(Base):
+    """A provider's offer to host leases: capacity, per-hour prices per resource class."""
+
+    __tablename__ = "lease_hosts"
+    provider_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    cpus: Mapped[int] = mapped_column(Integer)
+    memory_mb: Mapped[int] = mapped_column(Integer)
+    gpus: Mapped[int] = mapped_column(Integer, default=0)
+    gpu_model: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    network: Mapped[bool] = mapped_column(Boolean, default=False)
+    prices: Mapped[dict[str, Any]] = mapped_column(JSON)  # resource class -> µ per hour
+    updated_at: Mapped[float] = mapped_column(Float)
+
+
+class Lease(Base):
+    """A machine by the hour: ``pending → active → ended(reason)`` (``core.leases``)."""
+
+    __tablename__ = "leases"
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(64), index=True)
+    provider_id: Mapped[str] = mapped_column(String(64), index=True)
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    end_reason: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    cpus: Mapped[int] = mapped_column(Integer)
+    memory_mb: Mapped[int] = mapped_column(Integer)
+    gpus: Mapped[int] = mapped_column(Integer, default=0)
+    gpu_model: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    network: Mapped[bool] = mapped_column(Boolean, default=False)
+    spot: Mapped[bool] = mapped_column(Boolean, default=False)
+    price_hour: Mapped[int] = mapped_column(BigInteger)
+    max_price_hour: Mapped[int] = mapped_column(BigInteger)
+    escrow: Mapped[int] = mapped_column(BigInteger)  # deposited in total
+    charged: Mapped[int] = mapped_column(BigInteger, default=0)
+    refunded: Mapped[int] = mapped_column(BigInteger, default=0)
+    penalty: Mapped[int] = mapped_column(BigInteger, default=0)
+    created_at: Mapped[float] = mapped_column(Float, index=True)
+    started_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    last_heartbeat: Mapped[float | None] = mapped_column(Float, nullable=True)
+    term_seconds: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    term_end: Mapped[float | None] = mapped_column(Float, nullable=True)
+    settled_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    warned_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    ended_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    detail: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+    __table_args__ = (
+        CheckConstraint("status IN ('pending', 'active', 'ended')", name="ck_leases_status"),
+        CheckConstraint("end_reason IS NULL OR end_reason IN ('owner ended', 'time up', "
+                        "'escrow exhausted', 'provider lost', 'preempted', 'policy')",
+                        name="ck_leases_end_reason"),
+        CheckConstraint("(status = 'ended') = (end_reason IS NOT NULL)",
+                        name="ck_leases_ended_reason"),
+    )
+
+
+class LeaseEarning(Base):
+    """A lease charge's provider share, held in pending earnings for the challenge window."""
+
+    __tablename__ = "lease_earnings"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    lease_id: Mapped[str] = mapped_column(String(40), index=True)
+    provider_id: Mapped[str] = mapped_column(String(64), index=True)
+    amount: Mapped[int] = mapped_column(BigInteger)
+    release_at: Mapped[float] = mapped_column(Float, index=True)
+    released: Mapped[bool] = mapped_column(Boolean, default=False, index=True)
+    journal_seq: Mapped[int] = mapped_column(BigInteger)
+
+
 # --- settlement on an EVM chain (deai.chain; migration 0007) ---------------------------------
 
 import sqlalchemy as _sa  # noqa: E402 - the chain tables' CHECK constraints
@@ -376,74 +465,54 @@ class ChainCursor(Base):
     value: Mapped[int] = mapped_column(BigInteger)
 
 
-# --- leases of machines by the hour (core.leases; migration 0008) ---------------------------
+# --- hardware challenges and verified compute units (core.hwcheck; migration 0006) -----------
 
-from sqlalchemy import CheckConstraint  # noqa: E402 - only the lease tables use it
+import sqlalchemy as _hw_sa  # noqa: E402 - only the hardware tables use it here
 
 
-class LeaseHost(Base):
-    """A provider's offer to host leases: capacity, per-hour prices per resource class."""
+class HwClaim(Base):
+    """A provider's hardware claim as the challenges judged it (``core.hwcheck.ClaimState``)."""
 
-    __tablename__ = "lease_hosts"
+    __tablename__ = "hw_claims"
     provider_id: Mapped[str] = mapped_column(String(64), primary_key=True)
-    cpus: Mapped[int] = mapped_column(Integer)
-    memory_mb: Mapped[int] = mapped_column(Integer)
-    gpus: Mapped[int] = mapped_column(Integer, default=0)
-    gpu_model: Mapped[str | None] = mapped_column(String(100), nullable=True)
-    network: Mapped[bool] = mapped_column(Boolean, default=False)
-    prices: Mapped[dict[str, Any]] = mapped_column(JSON)  # resource class -> µ per hour
+    fingerprint: Mapped[str] = mapped_column(String(64))  # identity + claim challenged last
+    status: Mapped[str] = mapped_column(String(16), default="unverified")
+    failures: Mapped[int] = mapped_column(Integer, default=0)  # consecutive
+    passes: Mapped[int] = mapped_column(Integer, default=0)
+    fails: Mapped[int] = mapped_column(Integer, default=0)
+    flags: Mapped[int] = mapped_column(Integer, default=0)
+    wrong: Mapped[bool] = mapped_column(Boolean, default=False)
+    ratios: Mapped[list[Any]] = mapped_column(JSON)
+    verified: Mapped[dict[str, Any]] = mapped_column(JSON)  # devices, units, memory_mb
+    verified_units: Mapped[float] = mapped_column(Float, default=0.0)
+    slashed: Mapped[int] = mapped_column(BigInteger, default=0)
+    next_at: Mapped[float] = mapped_column(Float, index=True)
+    last_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    last_outcome: Mapped[str | None] = mapped_column(String(16), nullable=True)
     updated_at: Mapped[float] = mapped_column(Float)
 
+    __table_args__ = (_hw_sa.CheckConstraint(
+        "status IN ('unverified', 'verified', 'flagged')", name="ck_hw_claims_status"),)
 
-class Lease(Base):
-    """A machine by the hour: ``pending → active → ended(reason)`` (``core.leases``)."""
 
-    __tablename__ = "leases"
+class HwChallenge(Base):
+    """One challenge: issued → committed → passed | slow | wrong | error | expired."""
+
+    __tablename__ = "hw_challenges"
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
-    owner: Mapped[str] = mapped_column(String(64), index=True)
     provider_id: Mapped[str] = mapped_column(String(64), index=True)
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    reason: Mapped[str] = mapped_column(String(32))  # registration | identity | random | retry
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)
     status: Mapped[str] = mapped_column(String(16), index=True)
-    end_reason: Mapped[str | None] = mapped_column(String(32), nullable=True)
-    cpus: Mapped[int] = mapped_column(Integer)
-    memory_mb: Mapped[int] = mapped_column(Integer)
-    gpus: Mapped[int] = mapped_column(Integer, default=0)
-    gpu_model: Mapped[str | None] = mapped_column(String(100), nullable=True)
-    network: Mapped[bool] = mapped_column(Boolean, default=False)
-    spot: Mapped[bool] = mapped_column(Boolean, default=False)
-    price_hour: Mapped[int] = mapped_column(BigInteger)
-    max_price_hour: Mapped[int] = mapped_column(BigInteger)
-    escrow: Mapped[int] = mapped_column(BigInteger)  # deposited in total
-    charged: Mapped[int] = mapped_column(BigInteger, default=0)
-    refunded: Mapped[int] = mapped_column(BigInteger, default=0)
-    penalty: Mapped[int] = mapped_column(BigInteger, default=0)
-    created_at: Mapped[float] = mapped_column(Float, index=True)
-    started_at: Mapped[float | None] = mapped_column(Float, nullable=True)
-    last_heartbeat: Mapped[float | None] = mapped_column(Float, nullable=True)
-    term_seconds: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
-    term_end: Mapped[float | None] = mapped_column(Float, nullable=True)
-    settled_at: Mapped[float | None] = mapped_column(Float, nullable=True)
-    warned_at: Mapped[float | None] = mapped_column(Float, nullable=True)
-    ended_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    issued_at: Mapped[float] = mapped_column(Float)
+    committed_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    root: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    open_seed: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    elapsed_s: Mapped[float | None] = mapped_column(Float, nullable=True)
+    ratio: Mapped[float | None] = mapped_column(Float, nullable=True)
     detail: Mapped[str | None] = mapped_column(Text, nullable=True)
 
-    __table_args__ = (
-        CheckConstraint("status IN ('pending', 'active', 'ended')", name="ck_leases_status"),
-        CheckConstraint("end_reason IS NULL OR end_reason IN ('owner ended', 'time up', "
-                        "'escrow exhausted', 'provider lost', 'preempted', 'policy')",
-                        name="ck_leases_end_reason"),
-        CheckConstraint("(status = 'ended') = (end_reason IS NOT NULL)",
-                        name="ck_leases_ended_reason"),
-    )
-
-
-class LeaseEarning(Base):
-    """A lease charge's provider share, held in pending earnings for the challenge window."""
-
-    __tablename__ = "lease_earnings"
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    lease_id: Mapped[str] = mapped_column(String(40), index=True)
-    provider_id: Mapped[str] = mapped_column(String(64), index=True)
-    amount: Mapped[int] = mapped_column(BigInteger)
-    release_at: Mapped[float] = mapped_column(Float, index=True)
-    released: Mapped[bool] = mapped_column(Boolean, default=False, index=True)
-    journal_seq: Mapped[int] = mapped_column(BigInteger)
+    __table_args__ = (_hw_sa.CheckConstraint(
+        "status IN ('issued', 'committed', 'passed', 'slow', 'wrong', 'error', 'expired')",
+        name="ck_hw_challenges_status"),)

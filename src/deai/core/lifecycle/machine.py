@@ -63,7 +63,7 @@ class Machine:
     canary: bool = False
     treasury: int = 10**12
     max_attempts: int = 5
-    job_status: JobStatus = JobStatus.RUNNING
+    job_status: JobStatus = JobStatus.PENDING
     task_status: TaskStatus = TaskStatus.QUEUED
     need: Role | None = None
     attempts: int = 0
@@ -195,6 +195,8 @@ class Machine:
     def _end(self, to: JobStatus) -> None:
         if self.task_status in TASK_OPEN:
             self.task_status = move(TASK_MOVES, self.task_status, TaskStatus.FAILED)
+        if self.task_status != TaskStatus.DONE:
+            self.need = None
         for seat in self.seats.values():
             if seat.status == AssignmentStatus.LEASED:
                 seat.status = AssignmentStatus.CANCELLED
