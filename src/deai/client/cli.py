@@ -411,7 +411,8 @@ def ledger_audit(coordinator: Coordinator = DEFAULT_COORDINATOR,
     from deai.client.cli_chain import check_chain
 
     with Client(coordinator) as c:
-        result = client_audit(c)
+        # Entries are streamed, not held, unless the chain check needs them all.
+        result = client_audit(c, keep_entries=chain or last <= 0, tail=max(last, 1))
         print_audit(result.report, result.entries, last)
         chain_ok = check_chain(c, result.entries) if chain else True
     if not result.ok or not chain_ok:
@@ -423,7 +424,7 @@ def print_audit(report: AuditReport, entries: list[Entry], last: int = 20,
     shown = entries if last <= 0 else entries[-last:]
     if shown:
         t = Table("seq", "kind", "postings", "hash",
-                  title=f"journal (last {len(shown)} of {len(entries)} entries)")
+                  title=f"journal (last {len(shown)} of {report.entries} entries)")
         for e in shown:
             postings = ", ".join(f"{a[:20]} {'+' if d >= 0 else ''}{money.fmt(d)}"
                                  for a, d in e.postings)

@@ -193,7 +193,16 @@ class Client:
         return self._get("/api/ledger/journal", wire.JournalOut, after=after, limit=limit)
 
     def all_balances(self) -> dict[str, int]:
-        return dict(self.request("GET", "/api/ledger/balances").json()["balances"])
+        """Every balance, read page by page (pages may reflect different journal heads;
+        ``client.audit`` compares each at its own)."""
+        out: dict[str, int] = {}
+        after: str | None = ""
+        while after is not None:
+            page = self.request("GET", "/api/ledger/balances",
+                                params={"after": after, "limit": 5000}).json()
+            out.update(page["balances"])
+            after = page.get("next")
+        return out
 
     def server_audit(self) -> wire.AuditOut:
         return self._get("/api/ledger/audit", wire.AuditOut)
