@@ -34,9 +34,12 @@ router = APIRouter(prefix="/api")
 page = APIRouter()
 C = Annotated[Coordinator, Depends(coordinator)]
 Limit = Annotated[int, Query(ge=1, le=500)]
-MAX_ID = 2**63 - 1  # the database's BIGINT: a larger cursor is bad input, not a 500
+# Cursors within their column's range: a larger one is bad input, not a 500 from the database.
+MAX_SEQ = 2**63 - 1  # journal.seq is a BIGINT
+MAX_ID = 2**31 - 1  # events.id is an INTEGER
 After = Annotated[int, Query(ge=0, le=MAX_ID)]
-Before = Annotated[int | None, Query(ge=1, le=MAX_ID)]
+EventBefore = Annotated[int | None, Query(ge=1, le=MAX_ID)]
+SeqBefore = Annotated[int | None, Query(ge=1, le=MAX_SEQ)]
 Kinds = Annotated[list[str] | None, Query(max_length=32)]
 Id = Annotated[str, PathParam(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.:-]+$")]
 
@@ -73,13 +76,13 @@ def job_detail(job_id: Id, c: C) -> wx.JobDetailOut:
 
 
 @router.get("/explorer/verification", response_model=wx.EventsOut)
-def verification(c: C, limit: Limit = 100, before: Before = None) -> wx.EventsOut:
+def verification(c: C, limit: Limit = 100, before: EventBefore = None) -> wx.EventsOut:
     """Checks, verdicts and slashes, newest first (``before``: an event id, to page back)."""
     return views.verification(c, limit, before)
 
 
 @router.get("/explorer/ledger", response_model=wx.LedgerOut)
-def ledger(c: C, limit: Limit = 50, before: Before = None) -> wx.LedgerOut:
+def ledger(c: C, limit: Limit = 50, before: SeqBefore = None) -> wx.LedgerOut:
     """The journal's latest entries, newest first, its head, supply and the last audit."""
     return views.ledger_view(c, limit, before)
 
@@ -112,7 +115,7 @@ def events(c: C, after: After = 0, limit: Limit = 100, kind: Kinds = None) -> wx
 def _resume_point(after: int | None, last_event_id: str | None) -> int | None:
     if last_event_id is not None and last_event_id.strip():
         text = last_event_id.strip()
-        if not text.isdigit() or len(text) > 18:
+        if not text.isdigit() or len(text) > 18 or int(text) > MAX_ID:
             raise InvalidInput("Last-Event-ID: must be a non-negative integer",
                                field="Last-Event-ID")
         return int(text)

@@ -205,7 +205,7 @@ requests: a one-line task then costs one round trip each way, not three."""
 
 class ResultIn(In):
     output_digest: str = Field(pattern=r"^[0-9a-f]{64}$")
-    units: int = Field(ge=0, le=INT32)
+    units: StrictInt = Field(ge=0, le=INT32)
     seconds: float = Field(default=0.0, ge=0, le=10**7)
     signature: str = Field(pattern=r"^[0-9a-f]{128}$")
     output_b64: str | None = Field(default=None, max_length=(INLINE_MAX * 4) // 3 + 4)
