@@ -11,11 +11,12 @@ from __future__ import annotations
 import asyncio
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path, Query, Response
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
-from deai.coordinator import access, jobs, liveness
+from deai.coordinator import access, admission, jobs, liveness
 from deai.coordinator.auth import coordinator, signer
+from deai.coordinator.openai import keys as api_keys
 from deai.coordinator.service import Coordinator
 from deai.core import wire
 
@@ -83,10 +84,24 @@ def quote(body: wire.QuoteIn, c: C) -> wire.QuoteOut:
     return jobs.quote(c, body)
 
 
+async def spender(request: Request) -> tuple[str, admission.KeyUse | None]:
+    """Who pays for a job: the signer, or the account behind ``Authorization: Bearer``
+    (then the key's spend cap holds, as on /v1)."""
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        c: Coordinator = request.app.state.coordinator
+        key = await run_in_threadpool(api_keys.authenticate, c, token.strip())
+        return key.account, admission.KeyUse(key.id, "job")
+    return await signer(request), None
+
+
 @router.post("/jobs", response_model=wire.JobOut, status_code=201)
-def submit(body: wire.JobIn, c: C, me: Signer) -> wire.JobOut:
+def submit(body: wire.JobIn, c: C,
+           who: Annotated[tuple[str, admission.KeyUse | None], Depends(spender)]
+           ) -> wire.JobOut:
+    me, key = who
     access.require_blob(c, me, body.input_digest, "input_digest")
-    return jobs.submit(c, me, body)
+    return jobs.submit(c, me, body, key=key)
 
 
 @router.get("/jobs", response_model=dict[str, list[wire.JobOut]])

@@ -1,0 +1,114 @@
+"""An API key's spend cap holds under concurrency, on SQLite and on PostgreSQL.
+
+Requests of every kind that spends through a key (``/v1/embeddings``,
+``/v1/batches``, and native jobs submitted with the bearer key) are sent at
+once; the cap is held in the transaction that escrows, under a row lock on the
+key, so the escrow committed through the key never passes the cap.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+
+from deai.client.keys import Identity
+from deai.client.sdk import Client
+from deai.core import batch, kinds, ledger
+from deai.core.money import cost_for_units
+from tests.netutil import Network
+from tests.test_api import MODEL, HandProvider, audit_ok
+
+PRICE = 1000
+EACH = 6  # requests of each kind
+LINE = {"custom_id": "r0", "method": "POST", "url": "/v1/embeddings",
+        "body": {"model": MODEL, "input": "the same short sentence"}}
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def net(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+        ) -> Iterator[Network]:
+    url = "" if request.param == "sqlite" else request.getfixturevalue("module_pg_url")
+    n = Network(tmp_path_factory.mktemp(f"cap-{request.param}"), url, heartbeat_timeout=30.0,
+                lease_ttl=120.0, verify=False)
+    n.start_coordinator()
+    yield n
+    n.close()
+
+
+def one_request_cost() -> int:
+    """What each request escrows: the same one-line input at the only offer's price."""
+    kind = kinds.get("embeddings")
+    spec = kind.parse_spec({"kind": "embeddings", "model": MODEL, "max_price": PRICE})
+    (shard,) = kind.split(spec, batch.dumps(LINE))
+    return cost_for_units(shard.max_units, PRICE)
+
+
+def test_concurrent_spending_never_passes_the_cap(net: Network) -> None:
+    provider = HandProvider(net, price=PRICE)  # serves the model, never answers
+    me = Identity.generate()
+    owner = Client(net.url, me)
+    owner.faucet(100_000_000)
+    each = one_request_cost()
+    cap = 4 * each
+    key = owner.create_api_key("capped", spend_cap=cap).key
+    assert key is not None
+    data = batch.dumps(LINE)
+    digest = owner.upload(data).digest
+    auth = {"Authorization": f"Bearer {key}"}
+    with httpx.Client(base_url=net.url, headers=auth, timeout=60) as h:
+        files = [h.post("/v1/files", files={"file": ("in.jsonl", data)},
+                        data={"purpose": "batch"}).json()["id"] for _ in range(EACH)]
+    start = threading.Barrier(3 * EACH)
+
+    def send(kind: str, i: int) -> int:
+        with httpx.Client(base_url=net.url, headers=auth, timeout=8) as h:
+            start.wait()
+            try:
+                if kind == "embeddings":
+                    r = h.post("/v1/embeddings", json={"model": MODEL, "input": LINE["body"][
+                        "input"]})
+                elif kind == "batch":
+                    r = h.post("/v1/batches", json={"input_file_id": files[i],
+                                                    "endpoint": "/v1/embeddings",
+                                                    "completion_window": "24h"})
+                else:
+                    spec = {"kind": "embeddings", "model": MODEL, "max_price": PRICE}
+                    r = h.post("/api/jobs", json={"spec": spec, "input_digest": digest})
+            except httpx.ReadTimeout:
+                return 0  # admitted and waiting for an answer that never comes
+            return r.status_code
+
+    with ThreadPoolExecutor(3 * EACH) as pool:
+        codes = list(pool.map(lambda a: send(*a), [(k, i) for k in ("embeddings", "batch", "job")
+                                                    for i in range(EACH)]))
+    refused = codes.count(429)
+    assert all(code in (0, 200, 201, 429) for code in codes), codes
+    assert refused == 3 * EACH - 4, codes  # exactly the cap's worth got in
+
+    entries = [ledger.Entry.from_dict(e) for e in owner.journal(0, 1000).entries]
+    escrowed = sum(e.body["amount"] for e in entries
+                   if e.kind == "escrow" and e.body["owner"] == me.id)
+    assert escrowed <= cap, f"{escrowed} µ committed against a cap of {cap} µ"
+    assert escrowed == 4 * each
+    audit_ok(owner)
+    provider.quit()
+
+
+def test_a_refused_request_moves_no_money(net: Network) -> None:
+    HandProvider(net, price=PRICE)
+    owner = Client(net.url, Identity.generate())
+    owner.faucet(10_000_000)
+    key = owner.create_api_key("tiny", spend_cap=one_request_cost() - 1).key
+    before = owner.balance().available
+    digest = owner.upload(batch.dumps(LINE)).digest
+    r = httpx.post(f"{net.url}/api/jobs", headers={"Authorization": f"Bearer {key}"},
+                   json={"spec": {"kind": "embeddings", "model": MODEL, "max_price": PRICE},
+                         "input_digest": digest}, timeout=30)
+    assert r.status_code == 429 and r.json()["error"]["code"] == "spend_cap_exceeded"
+    assert owner.balance().available == before
+    assert json.loads(r.text)["error"]["details"]["spend_cap"] == one_request_cost() - 1
