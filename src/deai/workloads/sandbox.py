@@ -42,12 +42,13 @@ processes itself, the calling process makes itself a child subreaper
 (``PR_SET_CHILD_SUBREAPER``, once, process-wide): a sandbox's orphans are
 re-parented to it, and the watcher reaps the ones in the sandbox's namespace.
 
-Disk (``deai.workloads.quota``): every ``DISK_POLL_SECONDS`` (or longer, when a
-walk is slow) the watcher measures what was added to ``workdir`` (bytes, and
-names however deep, links not followed, hard links' bytes once, deleted files
-still held open included) and the inodes used in ``/tmp`` and ``/dev/shm``;
-past ``Limits.work_mb`` or ``Limits.max_files`` it kills the sandbox, and a
-last check after the program ended catches a run faster than one sample.
+Disk (``deai.workloads.quota``): every ``DISK_POLL_SECONDS`` (up to
+``DISK_POLL_MAX`` when a walk is slow) the watcher measures what was added to
+``workdir`` (bytes, and names however deep, links not followed, hard links'
+bytes once, deleted files still held open included) and the inodes used in
+``/tmp`` and ``/dev/shm``; past ``Limits.work_mb`` or ``Limits.max_files`` it
+kills the sandbox, and a last check after the program ended catches a run
+faster than one sample.
 
 Not covered (no cgroups here): memory summed over processes, and a disk
 overshoot between two samples (see ``quota``).
@@ -64,9 +65,7 @@ part of it never ran: a "processes" error).
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import functools
-import json
 import os
 import re
 import resource
@@ -79,14 +78,15 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from deai.workloads.pidns import Watch, become_subreaper
 from deai.workloads.quota import MB, Quota
 
 POLL_SECONDS = 0.05
 DISK_POLL_SECONDS = 0.2
-DISK_POLL_COST = 5  # wait at least this many times as long as a disk walk took
+DISK_POLL_COST = 10  # wait 10x as long as a walk took: walks use <= ~10% of a core,
+DISK_POLL_MAX = 1.0  # but never longer than this between two disk checks
 MAX_FILES = 10_000
 DISK_FLOOR_MB = 64
-PR_SET_CHILD_SUBREAPER = 36
 UID_BASE = 1_900_000
 UID_POOL = 64  # uids a process may use at once; each process gets its own block
 OPEN_FILES = 256
@@ -258,107 +258,6 @@ def _set_limits(limits: Limits, nproc: int) -> None:
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
 
 
-class _Watch:
-    """The processes of one sandbox's pid namespace: count and CPU time together.
-
-    CPU time is utime+stime+cutime+cstime summed over the namespace's processes
-    (zombies included, so a child's time is counted until its parent has
-    reaped it and it shows in the parent's cutime), plus the rusage of the
-    ones this process reaped itself as their subreaper.
-    """
-
-    def __init__(self, outer: int, info: int) -> None:
-        self.outer = outer
-        self._info = info  # read end of bwrap's --info-fd: {"child-pid": N}
-        self._buf = b""
-        self.ns: str | None = None
-        self.inner: int | None = None
-        self.cpu_ms = 0
-        self.peak = 0
-        self.pids: list[int] = []
-        """The namespace's processes at the last sample."""
-        self._reaped_ms = 0
-        self._tick = os.sysconf("SC_CLK_TCK")
-        self._me = os.getpid()
-
-    def _find_ns(self) -> None:
-        try:
-            while chunk := os.read(self._info, 4096):
-                self._buf += chunk
-        except BlockingIOError:
-            return  # bwrap has not written it yet
-        info = json.loads(self._buf or b"{}")
-        if "child-pid" in info:
-            self.inner = int(info["child-pid"])
-            try:
-                self.ns = os.readlink(f"/proc/{self.inner}/ns/pid")
-            except OSError:
-                self.ns = ""  # the sandbox has ended already
-        else:
-            self.ns = ""  # bwrap exited before starting the sandbox
-
-    def in_sandbox(self, pid: int) -> bool:
-        try:
-            return self.ns is not None and os.readlink(f"/proc/{pid}/ns/pid") == self.ns
-        except OSError:
-            return False
-
-    def sample(self) -> int:
-        """Refresh ``cpu_ms`` and ``peak``, reap zombies re-parented here; return how many
-        processes (zombies included) are left."""
-        if self.ns is None:
-            self._find_ns()
-            if self.ns is None:
-                return 0
-        n, ticks, pids = 0, 0, []
-        for d in os.listdir("/proc"):
-            if not d.isdigit():
-                continue
-            try:
-                if os.readlink(f"/proc/{d}/ns/pid") != self.ns:
-                    continue
-                with open(f"/proc/{d}/stat", "rb") as f:
-                    stat = f.read()
-            except OSError:
-                continue
-            # after "comm)": state, ppid, ... ; utime..cstime are fields 14-17 of proc(5)
-            fields = stat[stat.rfind(b")") + 2:].split()
-            if fields[0] == b"Z" and int(fields[1]) == self._me and self._reap(int(d)):
-                continue
-            ticks += sum(int(x) for x in fields[11:15])
-            pids.append(int(d))
-            n += 1
-        self.pids = pids
-        self.cpu_ms = max(self.cpu_ms, ticks * 1000 // self._tick + self._reaped_ms)
-        self.peak = max(self.peak, n)  # zombies count: RLIMIT_NPROC counts them too
-        return n
-
-    def _reap(self, pid: int) -> bool:
-        try:
-            done, _, ru = os.wait4(pid, os.WNOHANG)
-        except ChildProcessError:
-            return False
-        if done:
-            self._reaped_ms += int((ru.ru_utime + ru.ru_stime) * 1000)
-        return bool(done)
-
-
-_SUBREAPER = threading.Lock()
-_subreaper_set = False
-
-
-def _become_subreaper() -> None:
-    """Orphans of a sandbox (its pid 1 killed, bwrap gone) are re-parented here, so
-    their CPU time is counted and they are reaped now rather than by init.
-    Linux-only, process-wide and idempotent."""
-    global _subreaper_set
-    with _SUBREAPER:
-        if not _subreaper_set:
-            libc = ctypes.CDLL(None, use_errno=True)
-            libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
-            _subreaper_set = True
-
-
 def run(argv: list[str], workdir: Path, limits: Limits, *, env: dict[str, str] | None = None,
         stdout: Path, stderr: Path) -> Result:
     """Run ``argv`` in a sandbox over ``workdir``; stdout and stderr go to the given files.
@@ -391,7 +290,7 @@ def run(argv: list[str], workdir: Path, limits: Limits, *, env: dict[str, str] |
 
 def _run(cmd: list[str], limits: Limits, stdout: Path, stderr: Path, uid: int | None,
          nproc: int, quota: Quota) -> Result:
-    _become_subreaper()
+    become_subreaper()
     info_r, info_w = os.pipe()
     os.set_blocking(info_r, False)
     cmd = [cmd[0], "--info-fd", str(info_w), *cmd[1:]]
@@ -405,12 +304,12 @@ def _run(cmd: list[str], limits: Limits, stdout: Path, stderr: Path, uid: int | 
                                 preexec_fn=lambda: _set_limits(limits, nproc))
     os.close(info_w)
     try:
-        return _watch(proc, _Watch(proc.pid, info_r), quota, limits, t0, stderr)
+        return _watch(proc, Watch(proc.pid, info_r), quota, limits, t0, stderr)
     finally:
         os.close(info_r)
 
 
-def _watch(proc: subprocess.Popen[bytes], watch: _Watch, quota: Quota, limits: Limits,
+def _watch(proc: subprocess.Popen[bytes], watch: Watch, quota: Quota, limits: Limits,
            t0: float, stderr: Path) -> Result:
     killed: str | None = None
     disk: str | None = None
@@ -432,7 +331,8 @@ def _watch(proc: subprocess.Popen[bytes], watch: _Watch, quota: Quota, limits: L
                 disk = quota.check(watch.inner, watch.pids)
                 killed = "disk" if disk else None
                 took = time.monotonic() - now
-                next_disk = now + max(DISK_POLL_SECONDS, DISK_POLL_COST * took)
+                next_disk = now + min(DISK_POLL_MAX,
+                                      max(DISK_POLL_SECONDS, DISK_POLL_COST * took))
             if killed:
                 _kill(watch.inner, proc.pid)
         time.sleep(pause)
