@@ -14,8 +14,11 @@ it happens inside the caller's transaction: the entries and everything else
 the caller wrote commit together or not at all; if any draft is refused
 (``InsufficientFunds``) nothing of the batch is written.
 
-Reads (``balances``) select columns rather than ORM objects so they always see
-what this module wrote with Core statements in the same transaction.
+The writes are Core statements on the session's connection (compiled once,
+cached, executemany), so ORM objects of these tables loaded earlier in the same
+session are not refreshed by them: read through ``balances`` and ``head`` (which
+select columns, or refresh), never through a ``Balance`` or ``JournalHead``
+object held across an append.
 """
 
 from __future__ import annotations
@@ -23,15 +26,13 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import insert, select
+from sqlalchemy import select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from deai.core import ledger
 from deai.core.clock import Clock
 from deai.store.models import Balance, JournalEntry, JournalHead
-
-CHUNK = 1000  # rows per multi-row upsert: well inside SQLite's bound-parameter limit
 
 
 def dialect_insert(s: Session, table: Any) -> Any:
@@ -42,15 +43,16 @@ def dialect_insert(s: Session, table: Any) -> Any:
 
 
 def head(s: Session, *, lock: bool = False) -> JournalHead:
-    q = select(JournalHead).where(JournalHead.id == 1)
+    q = select(JournalHead).where(JournalHead.id == 1).execution_options(
+        populate_existing=True)
     if lock:
-        q = q.with_for_update().execution_options(populate_existing=True)
+        q = q.with_for_update()
     row = s.scalars(q).first()
     if row is None:
         # Two replicas may create the head at once: whoever loses simply reads it.
         s.execute(dialect_insert(s, JournalHead).values(id=1, seq=0, hash=ledger.GENESIS)
                   .on_conflict_do_nothing(index_elements=["id"]))
-        row = s.scalars(q.execution_options(populate_existing=True)).one()
+        row = s.scalars(q).one()
     return row
 
 
@@ -78,7 +80,15 @@ def append_many(s: Session, drafts: Sequence[ledger.Draft], clock: Clock) -> lis
     if not drafts:
         return []
     s.flush()  # the caller's earlier-in-order row locks come before the head's
-    h = head(s, lock=True)
+    conn = s.connection()  # Core from here on: statements compile once and are cached
+    ht = JournalHead.__table__
+    lock_head = select(ht.c.seq, ht.c.hash).where(ht.c.id == 1).with_for_update()
+    row = conn.execute(lock_head).first()
+    if row is None:  # two replicas may create the head at once: the loser reads it
+        conn.execute(dialect_insert(s, ht).values(id=1, seq=0, hash=ledger.GENESIS)
+                     .on_conflict_do_nothing(index_elements=["id"]))
+        row = conn.execute(lock_head).one()
+    seq, prev = int(row[0]), str(row[1])
     net: dict[str, int] = {}
     for d in drafts:
         for account, delta in d.postings:
@@ -88,7 +98,6 @@ def append_many(s: Session, drafts: Sequence[ledger.Draft], clock: Clock) -> lis
     running.update(balances(s, debited, lock=True))
     ts_ms = int(clock.now() * 1000)
     entries: list[ledger.Entry] = []
-    seq, prev = h.seq, h.hash
     for d in drafts:
         ledger.check_funds(d, running)
         for account, delta in d.postings:
@@ -97,24 +106,17 @@ def append_many(s: Session, drafts: Sequence[ledger.Draft], clock: Clock) -> lis
         e = ledger.chain(d, seq, prev, ts_ms)
         entries.append(e)
         prev = e.hash
-    s.execute(insert(JournalEntry), [
+    conn.execute(JournalEntry.__table__.insert(), [
         {"seq": e.seq, "prev_hash": e.prev_hash, "hash": e.hash, "ts_ms": e.ts_ms,
          "kind": e.kind, "body": e.body, "postings": [[a, v] for a, v in e.postings]}
         for e in entries])
-    moved = sorted((a, v) for a, v in net.items() if v != 0)
-    for i in range(0, len(moved), CHUNK):
-        stmt = dialect_insert(s, Balance).values(
-            [{"account": a, "amount": v} for a, v in moved[i:i + CHUNK]])
-        s.execute(stmt.on_conflict_do_update(
-            index_elements=["account"],
-            set_={"amount": Balance.__table__.c.amount + stmt.excluded.amount}))
-    untouched = sorted(a for a, v in net.items() if v == 0)
-    for i in range(0, len(untouched), CHUNK):  # posted to, even if it nets to zero
-        s.execute(dialect_insert(s, Balance).values(
-            [{"account": a, "amount": 0} for a in untouched[i:i + CHUNK]])
-            .on_conflict_do_nothing(index_elements=["account"]))
-    h.seq, h.hash = seq, prev
-    s.flush()
+    bt = Balance.__table__
+    ins = dialect_insert(s, bt)
+    if net:  # accounts that net to zero are still created: they have been posted to
+        conn.execute(ins.on_conflict_do_update(
+            index_elements=["account"], set_={"amount": bt.c.amount + ins.excluded.amount}),
+            [{"account": a, "amount": v} for a, v in sorted(net.items())])
+    conn.execute(update(ht).where(ht.c.id == 1).values(seq=seq, hash=prev))
     return entries
 
 
