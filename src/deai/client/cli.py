@@ -32,7 +32,7 @@ from rich.table import Table
 
 from deai.client import keys, training
 from deai.client.sdk import Client, retrying
-from deai.core import money, specs, wire
+from deai.core import kinds, money, specs, wire
 from deai.core.errors import DeAIError, InvalidInput
 from deai.core.ledger import AuditReport, Entry
 
@@ -337,6 +337,19 @@ def provider_start(
     raise typer.Exit(start(coordinator, key, threads, slots, price, amount, name))
 
 
+@command(provider_app, "verify")
+def provider_verify(
+    threads: Annotated[int | None, typer.Option(min=1, help="CPU threads; default every "
+                                                "usable core.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    target: Annotated[float, typer.Option(min=0.05, help="Seconds of products.")] = 3.0,
+) -> None:
+    """Run the hardware challenge the network would issue here; print what it would see."""
+    from deai.provider.agent import challenge as hwchallenge  # body: provider/challenge.py
+
+    raise typer.Exit(hwchallenge.verify_command(threads or usable_cores(), as_json, target))
+
+
 @command(devnet_app, "up")
 def devnet_up(
     providers: Annotated[int, typer.Option(min=0)] = 3,
@@ -541,13 +554,13 @@ def shard_units(spec: specs.JobSpec, input_file: Path | None, units: int | None)
         return [sh.max_units for sh in read_input(input_file, spec)[1]]
     if units is None or units < 1:
         raise InvalidInput("give --input FILE or --units N (N >= 1)", field="input")
-    return [min(spec.shard_size, units - i) for i in range(0, units, spec.shard_size)]
+    return kinds.get(spec.kind).quote_shards(spec, units)
 
 
 @command(market_app, "quote")
 def market_quote(spec_file: Annotated[Path, typer.Argument(metavar="SPEC.yaml")],
                  input_file: Annotated[Path | None, typer.Option("--input")] = None,
-                 units: Annotated[int | None, typer.Option(help="Inputs, one unit each.")]
+                 units: Annotated[int | None, typer.Option(help="How many inputs, if no --input.")]
                  = None, coordinator: Coordinator = DEFAULT_COORDINATOR) -> None:
     """What the job would cost, who could run it, and why every other provider cannot."""
     spec = load_spec(spec_file)

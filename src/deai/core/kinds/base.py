@@ -78,6 +78,11 @@ class Kind(ABC):
     def split(self, spec: SpecBase, data: bytes) -> list[Shard]:
         """Validate the whole input and cut it into shards; raises InvalidInput."""
 
+    def quote_shards(self, spec: SpecBase, inputs: int) -> list[int]:
+        """The shard units of a job of ``inputs`` inputs, for a quote made without the
+        input at hand (one unit per input, one shard, unless the kind knows better)."""
+        return [inputs]
+
     @abstractmethod
     def meter(self, spec: SpecBase, shard: bytes, output: bytes) -> int:
         """Check an output's shape against its shard; return the units it used."""

@@ -488,6 +488,12 @@ class ChatKind(Kind):
     unit: ClassVar[str] = "token"
     spec_type: ClassVar[type[SpecBase]] = ChatSpec
 
+    def quote_shards(self, spec: SpecBase, inputs: int) -> list[int]:
+        """``shard_size`` inputs a shard, one unit each."""
+        assert isinstance(spec, ChatSpec)
+        n = spec.shard_size
+        return [min(n, inputs - i) for i in range(0, inputs, n)]
+
     def split(self, spec: SpecBase, data: bytes) -> list[Shard]:
         assert isinstance(spec, ChatSpec)
         reqs = parse_input(data, spec)

@@ -338,6 +338,11 @@ class CommandKind(Kind):
     unit: ClassVar[str] = "CPU-millisecond"
     spec_type: ClassVar[type[SpecBase]] = CommandSpec
 
+    def quote_shards(self, spec: SpecBase, inputs: int) -> list[int]:
+        """One command a shard, each bounded by its CPU-seconds."""
+        assert isinstance(spec, CommandSpec)
+        return [spec.cpu_seconds * 1000] * inputs
+
     def split(self, spec: SpecBase, data: bytes) -> list[Shard]:
         assert isinstance(spec, CommandSpec)
         return [Shard(canonical(p), 1, spec.cpu_seconds * 1000)

@@ -161,6 +161,12 @@ class EmbeddingsKind(Kind):
     unit: ClassVar[str] = "input"
     spec_type: ClassVar[type[SpecBase]] = EmbeddingsSpec
 
+    def quote_shards(self, spec: SpecBase, inputs: int) -> list[int]:
+        """``shard_size`` inputs a shard, one unit each."""
+        assert isinstance(spec, EmbeddingsSpec)
+        n = spec.shard_size
+        return [min(n, inputs - i) for i in range(0, inputs, n)]
+
     def split(self, spec: SpecBase, data: bytes) -> list[Shard]:
         assert isinstance(spec, EmbeddingsSpec)
         items = parse_input(data, spec)
