@@ -20,6 +20,7 @@ from deai import __version__
 from deai.coordinator import (
     api_chain,
     api_explorer,
+    api_hardware,
     api_jobs,
     api_leases,
     api_ledger,
@@ -112,6 +113,7 @@ def create_app(settings: Settings, coordinator: Coordinator | None = None) -> Fa
     app.include_router(api_jobs.router)
     app.include_router(checkpoints.router)
     app.include_router(api_leases.router)  # leases by the hour, their relay and loop
+    app.include_router(api_hardware.router)  # hardware challenges, verified units
     api_explorer.install(app)  # read API, event stream, and the page at /explorer/
     metrics.install(app)  # /metrics, and request counts
     openai.install(app)  # /v1 in OpenAI's shape, API keys, task progress

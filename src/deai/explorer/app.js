@@ -563,12 +563,67 @@
     return v;
   }
 
+  // --- verified hardware and the cloud index (api_hardware.py, docs/compute-units.md) -------
+
+  function hardwareView() {
+    const v = { nav: "hardware", charts: {} };
+    const hwBadge = (s) => badge(s === "verified" ? "ok" : s === "flagged" ? "bad" : "pending", s);
+    const usd = (x, d = 4) => (x === null || x === undefined ? "—" : `$${num(x, d)}`);
+    v.mount = (root) => {
+      v.claims = h("div"); v.network = h("div"); v.cloud = h("div");
+      root.append(h("div", { class: "page-head" }, h("h1", {}, "Verified hardware"),
+        h("div", { class: "sub" }, "Compute units proven by seeded, timed challenges (1 CU = 50 GFLOP/s of fp32 matmul); prices per verified unit, and an index against public cloud list prices.")),
+        card("Providers", v.claims, { flush: true, testid: "hw-claims-card" }),
+        card("Per hardware class", v.network, { flush: true, testid: "hw-network-card" }),
+        card("Cloud list prices", v.cloud, { flush: true, testid: "cloud-index-card" }));
+    };
+    v.load = async () => {
+      const [c, idx] = await Promise.all([api("/api/hardware/claims"), api("/api/hardware/cloud-index")]);
+      return { claims: c.claims, idx };
+    };
+    v.update = ({ claims, idx }) => {
+      claims.forEach((c) => { if (c.name) state.names[c.provider] = c.name; });
+      v.claims.replaceChildren(table([
+        { key: "name", label: "Provider", render: (c) => providerLink(c.provider) },
+        { key: "class", label: "Class", render: (c) => c.hardware_class },
+        { key: "status", label: "Status", render: (c) => hwBadge(c.current ? c.status : "unverified") },
+        { key: "claimed", label: "Claimed CU", num: true, render: (c) => num(c.claimed_units, 2) },
+        { key: "verified", label: "Verified CU", num: true, render: (c) => num(c.verified_units, 2) },
+        { key: "mem", label: "Verified memory", num: true, render: (c) => `${num(c.verified_memory_mb / 1024, 1)} GB` },
+        { key: "ppvu", label: "Price / verified CU", num: true, render: (c) => (c.price_per_verified_unit === null ? "—" : num(c.price_per_verified_unit, 1)) },
+        { key: "record", label: "Passed / failed", num: true, render: (c) => `${c.passes} / ${c.fails}` },
+        { key: "slashed", label: "Slashed", num: true, render: (c) => money(c.slashed) },
+      ], claims, { testid: "hw-claims", rowTestid: "hw-claim-row", rowId: (c) => c.provider, empty: "No provider has registered yet." }));
+      v.network.replaceChildren(table([
+        { key: "cls", label: "Class", render: (r) => r.hardware_class },
+        { key: "n", label: "Providers", num: true, render: (r) => nf.format(r.providers) },
+        { key: "units", label: "Verified CU", num: true, render: (r) => num(r.verified_units, 2) },
+        { key: "ppvu", label: "Median µ/1k per CU", num: true, render: (r) => (r.median_price_per_verified_unit === null ? "—" : num(r.median_price_per_verified_unit, 1)) },
+        { key: "usd", label: "USD / CU-hour", num: true, render: (r) => usd(r.usd_per_unit_hour) },
+        { key: "cloud", label: "Cheapest cloud", num: true, render: (r) => usd(r.cloud_best_usd_per_unit_hour) },
+        { key: "index", label: "Index (DeAI / cloud)", num: true, render: (r) => (r.index === null ? "—" : num(r.index, 2)) },
+      ], idx.network, { testid: "hw-network", empty: "No verified provider yet." }));
+      v.cloud.replaceChildren(table([
+        { key: "cls", label: "Class", render: (r) => r.hardware_class },
+        { key: "prov", label: "Provider", render: (r) => r.provider },
+        { key: "inst", label: "Instance", render: (r) => r.instance },
+        { key: "usdh", label: "USD / hour", num: true, render: (r) => usd(r.usd_per_hour, 3) },
+        { key: "cu", label: "CU", num: true, render: (r) => num(r.units, 1) },
+        { key: "usdcu", label: "USD / CU-hour", num: true, render: (r) => usd(r.usd_per_unit_hour) },
+        { key: "src", label: "Source (date)", wrap: true, render: (r) => `${r.source} (${r.date})` },
+      ], idx.cloud, { testid: "cloud-index" }),
+      h("div", { class: "hint", style: "padding:8px 12px" }, `1 DEAI = $${num(idx.usd_per_deai, 2)} (DEAI_USD_PER_DEAI); cloud CU from spec sheets derated to sustained rates.`));
+    };
+    return v;
+  }
+
   // --- routing ---------------------------------------------------------------------------
 
   const ROUTES = [
     [/^#?\/?$/, overviewView], [/^#\/providers\/?$/, providersView], [/^#\/providers\/(.+)$/, providerView],
     [/^#\/jobs\/?$/, jobsView], [/^#\/jobs\/(.+)$/, jobView], [/^#\/verification\/?$/, verificationView],
     [/^#\/ledger\/?$/, ledgerView], [/^#\/ledger\/account\/(.+)$/, accountView],
+    [/^#\/hardware\/?$/, hardwareView],
   ];
 
   function route() {

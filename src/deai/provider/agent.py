@@ -59,7 +59,7 @@ from deai.core.errors import (
     InvalidInput,
     NotFound,
 )
-from deai.provider import benchmark, hardware, sandbox
+from deai.provider import benchmark, challenge, hardware, sandbox
 from deai.provider.cheats import Cheat, units_of
 from deai.provider.lease_runner import HostOffer, LeaseRunner
 from deai.workloads.base import TaskContext
@@ -118,6 +118,8 @@ class ProviderAgent:
             return
         beat = threading.Thread(target=self._heartbeat_loop, name="deai-heartbeat", daemon=True)
         beat.start()
+        challenge.start(self.client.base_url, self.identity, self.threads, stop,
+                        lambda: (self.network.heartbeat_timeout if self.network else 15.0) / 3)
         if self.lease_offer is not None:
             runner = LeaseRunner(sdk.Client(self.client.base_url, self.identity),
                                  self.identity, self.lease_offer)
@@ -143,6 +145,7 @@ class ProviderAgent:
         hw = hardware.probe()
         device = "cuda" if hw.gpus else "cpu"
         bench = benchmark.run(self.threads, device)
+        hw, bench = challenge.claimed(hw, bench, self.threads)  # what challenges check
         log.info("hardware: %s, %d cores, %d MiB, %d GPU(s); benchmark %.1f GFLOP/s, "
                  "%.1f GB/s (%.2f CU)", hw.cpu_model, hw.cores, hw.memory_mb, len(hw.gpus),
                  bench.gflops, bench.mem_gbps, benchmark.compute_units(bench))

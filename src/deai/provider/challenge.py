@@ -35,8 +35,8 @@ from typing import Any
 
 import numpy as np
 
+from deai.core import compute, wire
 from deai.core import hwcheck as hc
-from deai.core import wire
 from deai.core import wire_hardware as wh
 
 log = logging.getLogger("deai.provider.challenge")
@@ -69,7 +69,39 @@ def cheat_from_env() -> Cheat:
     return Cheat.parse(os.environ.get("DEAI_HW_CHEAT", ""))
 
 
-def claimed(hw: wire.Hardware, bench: wire.Benchmark) -> tuple[wire.Hardware, wire.Benchmark]:
+def sustained_gflops(threads: int, device: str = "cpu", seconds: float = 1.0) -> float:
+    """fp32 matmul rate held over ``seconds`` of back-to-back products of the challenge's
+    kind: total work over total time, not the best burst, so that a claim holds under
+    the load the machine had when it was measured."""
+    import torch
+
+    n = 4096 if device.startswith("cuda") else 768
+    previous = torch.get_num_threads()
+    torch.set_num_threads(max(1, threads))
+    try:
+        a = torch.rand(n, n, device=device)
+        b = torch.rand(n, n, device=device)
+        with torch.inference_mode():
+            (a @ b).sum().item()  # warm-up
+            done, t0 = 0, time.perf_counter()
+            while True:
+                (a @ b).sum().item()  # .item(): wait for the device, keep nothing
+                done += 1
+                if time.perf_counter() - t0 >= seconds and done >= 2:
+                    break
+        return 2.0 * n**3 * done / (time.perf_counter() - t0) / 1e9
+    finally:
+        torch.set_num_threads(previous)
+
+
+def claimed(hw: wire.Hardware, bench: wire.Benchmark, threads: int = 1) -> tuple[
+        wire.Hardware, wire.Benchmark]:
+    """What the agent registers. The fp32 rate is the lower of the benchmark's best burst
+    and the sustained rate (``DEAI_HW_SUSTAIN_S`` seconds of it, 0 to skip)."""
+    sustain = float(os.environ.get("DEAI_HW_SUSTAIN_S", "1.0") or 0)
+    if sustain > 0:
+        rate = sustained_gflops(threads, "cuda" if hw.gpus else "cpu", sustain)
+        bench = bench.model_copy(update={"gflops": round(min(bench.gflops, rate), 2)})
     cap = os.environ.get("DEAI_PROVIDER_MEMORY_MB", "")
     if cap.isdigit() and int(cap) > 0:
         hw = hw.model_copy(update={"memory_mb": min(hw.memory_mb, int(cap))})
@@ -278,3 +310,94 @@ class Responder:
             except Exception as exc:  # the agent's work goes on; say why and retry later
                 self.on_error(exc)
             self.stop.wait(self.interval())
+
+
+def start(base_url: str, identity: Any, threads: int, stop: threading.Event,
+          interval: Callable[[], float]) -> threading.Thread:
+    """Start the agent's challenge thread, on a client of its own."""
+    from deai.client import sdk
+
+    client = sdk.Client(base_url, identity)
+
+    def on_error(exc: Exception) -> None:
+        log.debug("hardware challenge poll failed: %s", exc)
+
+    poll_s = os.environ.get("DEAI_HW_POLL_S", "")
+    every = (lambda: float(poll_s)) if poll_s else interval
+    t = threading.Thread(target=Responder(client, threads, stop, every, on_error).run,
+                         name="deai-hwcheck", daemon=True)
+    t.start()
+    return t
+
+
+# --- deai provider verify ------------------------------------------------------------------
+
+def verify_local(threads: int, prm: hc.Params | None = None,
+                 bench: wire.Benchmark | None = None) -> dict[str, Any]:
+    """Run the challenge the network would issue for this machine's claim, check it the way
+    the coordinator does (timed here, so without network latency) and report it."""
+    import secrets
+
+    from deai.provider import benchmark, hardware
+
+    prm = prm or hc.Params()
+    hw = hardware.probe()
+    if bench is None:
+        bench = benchmark.run(threads, "cuda" if hw.gpus else "cpu")
+    hw, bench = claimed(hw, bench, threads)
+    devs = hc.devices(hw.model_dump(), bench.model_dump())
+    spec = hc.make_spec(secrets.randbits(63), devs, prm)
+    runner = Runner(threads)
+    t0 = time.monotonic()
+    error = None
+    try:
+        root = bytes.fromhex(runner.commit(spec))
+    except (MemoryError, RuntimeError) as exc:
+        error, root = f"{type(exc).__name__}: {exc}", b""
+    elapsed = time.monotonic() - t0
+    if error is None:
+        op = hc.openings(spec, secrets.randbits(63), prm)
+        body = runner.answer([list(r) for r in op.rows], [list(p) for p in op.positions])
+        ans = hc.Answer([np.frombuffer(base64.b64decode(r), dtype="<f4") for r in body.rows],
+                        [[bytes.fromhex(h) for h in p] for p in body.proofs], body.values)
+        # timed locally: add the latency allowance back, as the coordinator's clock would
+        v = hc.check(spec, op, root, ans, elapsed + prm.latency_s / 2, prm)
+    else:
+        v = hc.Verdict("error", error)
+    runner.release()
+    state = hc.next_state(hc.ClaimState(), v, prm, 0.5).state
+    ver = hc.verified(devs, hw.memory_mb, state, prm)
+    return {"hardware": hw.model_dump(), "benchmark": bench.model_dump(),
+            "fingerprint": hc.fingerprint(hw.model_dump(), bench.model_dump()),
+            "spec": spec.to_dict(), "elapsed_s": round(elapsed, 4), "outcome": v.outcome,
+            "reason": v.reason, "ratio": v.ratio, "claimed_units": round(sum(
+                compute.compute_units(d.gflops, d.mem_gbps or d.gflops) for d in devs), 3),
+            "verified_units": ver.units, "devices": list(ver.devices),
+            "verified_memory_mb": ver.memory_mb}
+
+
+def verify_command(threads: int, as_json: bool = False, target_s: float | None = None) -> int:
+    """The body of ``deai provider verify``: run, print, exit 0 when the claim passes."""
+    import json
+
+    prm = hc.Params() if target_s is None else hc.Params(target_s=target_s)
+    rep = verify_local(threads, prm)
+    if as_json:
+        print(json.dumps(rep, indent=2, default=str))
+        return 0 if rep["outcome"] == "passed" else 1
+    hw, b = rep["hardware"], rep["benchmark"]
+    print(f"machine      {hw['cpu_model']}, {hw['cores']} cores, {hw['memory_mb']} MiB, "
+          f"{len(hw['gpus'])} GPU(s)")
+    print(f"claim        {b['gflops']} GFLOP/s fp32, {b['mem_gbps']} GB/s "
+          f"= {rep['claimed_units']} CU   (fingerprint {rep['fingerprint'][:16]})")
+    for p in rep["spec"]["parts"]:
+        print(f"challenge    {p['device']}: {p['k']} × {p['n']}² matmul, {p['mem_mb']} MiB "
+              f"held, {p['scheme']} rows")
+    print(f"time         {rep['elapsed_s']:.2f} s (expected {rep['spec']['expected_s']:.2f} s, "
+          f"deadline {rep['spec']['deadline_s']:.2f} s incl. {prm.latency_s} s latency)")
+    print(f"verdict      {rep['outcome']} {rep['reason']}".rstrip())
+    for d in rep["devices"]:
+        print(f"verified     {d['device']}: {d['gflops']} GFLOP/s, {d['memory_mb']} MiB, "
+              f"{d['units']} CU")
+    print(f"network sees {rep['verified_units']} verified CU of {rep['claimed_units']} claimed")
+    return 0 if rep["outcome"] == "passed" else 1
