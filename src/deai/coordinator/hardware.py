@@ -58,10 +58,16 @@ def params_from_env(env: dict[str, str] | None = None) -> hc.Params:
     return replace(hc.Params(), **over)
 
 
+DEVNET = {"DEAI_HW_TARGET_S": "0.3", "DEAI_HW_MEM_CAP_MB": "64"}
+"""A devnet (tests, demos, a laptop) checks claims cheaply: a fraction of a second of
+products and at most 64 MiB held, unless ``DEAI_HW_*`` says otherwise."""
+
+
 def params(c: Coordinator) -> hc.Params:
     p: hc.Params | None = getattr(c, "_hw_params", None)
     if p is None:
-        p = params_from_env()
+        base = DEVNET if c.settings.devnet else {}
+        p = params_from_env({**base, **os.environ})
         c._hw_params = p  # type: ignore[attr-defined]
     return p
 

@@ -62,7 +62,7 @@ class Params:
     hash_gbps: float = 0.5  # CPU: allowance for hashing the rows of C
     fill_factor: float = 4.0  # buffer fill allowance: bytes × this / claimed bandwidth
     mem_fraction: float = 0.5  # of each device's claimed memory, held during the challenge
-    mem_cap_mb: int = 8192  # a host buffer never exceeds this (a busy host stays usable)
+    mem_cap_mb: int = 2048  # a host buffer never exceeds this (a busy host stays usable)
     cpu_n: tuple[int, int] = (256, 2048)
     gpu_n: int = 8192
     max_k: int = 64

@@ -98,7 +98,7 @@ def claimed(hw: wire.Hardware, bench: wire.Benchmark, threads: int = 1) -> tuple
         wire.Hardware, wire.Benchmark]:
     """What the agent registers. The fp32 rate is the lower of the benchmark's best burst
     and the sustained rate (``DEAI_HW_SUSTAIN_S`` seconds of it, 0 to skip)."""
-    sustain = float(os.environ.get("DEAI_HW_SUSTAIN_S", "1.0") or 0)
+    sustain = float(os.environ.get("DEAI_HW_SUSTAIN_S", "0.5") or 0)
     if sustain > 0:
         rate = sustained_gflops(threads, "cuda" if hw.gpus else "cpu", sustain)
         bench = bench.model_copy(update={"gflops": round(min(bench.gflops, rate), 2)})
