@@ -32,7 +32,7 @@ from tests.netutil import Network, Proc
 pytestmark = pytest.mark.slow
 HW_ENV = {"DEAI_HW_TARGET_S": "1.5", "DEAI_HW_LATENCY_S": "0.25", "DEAI_HW_PERIOD_S": "1.0",
           "DEAI_HW_RETRY_S": "0.3", "DEAI_HW_MEM_FRACTION": "0.1", "DEAI_HW_POLL_S": "0.3",
-          "DEAI_PROVIDER_MEMORY_MB": "512"}
+          "DEAI_HW_MEM_CAP_MB": "4096", "DEAI_PROVIDER_MEMORY_MB": "512"}
 
 
 @pytest.fixture

@@ -124,7 +124,21 @@ def _refresh(c: Coordinator, s: Session, row: HwClaim, p: Provider) -> None:
 
 # --- the protocol ------------------------------------------------------------------------------
 
+def _nothing_due(c: Coordinator, pid: str) -> bool:
+    """The common answer, from a read: same identity, not due, nothing outstanding."""
+    with c.db.read() as s:
+        p, row = s.get(Provider, pid), s.get(HwClaim, pid)
+        if p is None or row is None or row.next_at <= c.now():
+            return False
+        if row.fingerprint != hc.fingerprint(p.hardware or {}, p.benchmark or {}):
+            return False
+        return s.scalar(select(HwChallenge.id).where(HwChallenge.provider_id == pid,
+                                                     HwChallenge.status.in_(LIVE))) is None
+
+
 def poll(c: Coordinator, pid: str) -> wh.PollOut:
+    if _nothing_due(c, pid):
+        return wh.PollOut()
     with c.db.write() as s:
         p = c.require_provider(s, pid)
         row, why = _claim(c, s, p)

@@ -118,8 +118,7 @@ class ProviderAgent:
             return
         beat = threading.Thread(target=self._heartbeat_loop, name="deai-heartbeat", daemon=True)
         beat.start()
-        challenge.start(self.client.base_url, self.identity, self.threads, stop,
-                        lambda: (self.network.heartbeat_timeout if self.network else 15.0) / 3)
+        challenge.start(self.client.base_url, self.identity, self.threads, stop, lambda: 5.0)
         if self.lease_offer is not None:
             runner = LeaseRunner(sdk.Client(self.client.base_url, self.identity),
                                  self.identity, self.lease_offer)
