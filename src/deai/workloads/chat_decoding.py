@@ -15,7 +15,7 @@ line reproduces it exactly:
   allowed token, the whole tempered distribution is masked and drawn from once.
   The end-of-turn token is allowed only once the object is complete.
 - ``constrained_margins``: the verifier's greedy check for such lines: for each
-  claimed token, the best allowed logit minus its logit (inf if not allowed).
+  claimed token, the best allowed logit minus its logit (``NOT_ALLOWED`` if not allowed).
 - ``logprob_entry``: OpenAI's ``{"token", "logprob", "bytes", "top_logprobs"}``
   from the model's untempered log-softmax.
 - ``ending``: where stop sequences and end-of-turn tokens end a list of token
@@ -25,7 +25,6 @@ line reproduces it exactly:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
@@ -37,6 +36,7 @@ if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
 MAX_REJECTS = 32
+NOT_ALLOWED = 1e9  # the margin of a token the constraint forbids (finite: it goes in JSON)
 
 
 @lru_cache(maxsize=1)
@@ -128,12 +128,13 @@ def constrained_pick(logits: torch.Tensor, temperature: float, top_p: float,
 
 def constrained_margins(steps: torch.Tensor, claimed: Sequence[int],
                         vocab: Vocab) -> list[float]:
-    """For each claimed token: the best allowed logit minus its own (inf if not allowed)."""
+    """For each claimed token: the best allowed logit minus its own (``NOT_ALLOWED`` if the
+    constraint forbids it there)."""
     state: jsonprefix.State | None = jsonprefix.START
     out: list[float] = []
     for row, t in zip(steps, claimed, strict=True):
         if state is None or not vocab.allowed(state, t):
-            out.append(math.inf)
+            out.append(NOT_ALLOWED)
             state = None
             continue
         best = _best_allowed(row, vocab, state)
