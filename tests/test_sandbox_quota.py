@@ -80,6 +80,20 @@ def test_quota_counts_what_was_added_beyond_the_inputs(tmp_path: Path) -> None:
                          "in /work, /tmp and /dev/shm)")
 
 
+def test_filesystem_growth_makes_a_walk_due_early(tmp_path: Path) -> None:
+    q = quota.Quota(tmp_path, max_bytes=2 * MB, max_files=50)
+    with open(tmp_path / "big", "wb") as f:
+        f.write(b"b" * 3 * MB)
+        f.flush()
+        os.fsync(f.fileno())
+    assert q.due()  # (other writers on this filesystem can only make it sooner)
+    assert q.check() is not None
+    q = quota.Quota(tmp_path, max_bytes=1 << 40, max_files=50)
+    for i in range(60):
+        (tmp_path / f"e{i}").touch()
+    assert q.due()
+
+
 def write_out(out: Path, files: dict[str, bytes]) -> int:
     """Write ``files`` under ``out``; what they cost against the output limit."""
     out.mkdir()

@@ -18,11 +18,15 @@ are capped by the kernel; their inodes are not, since bubblewrap cannot set
   root is in place: its ``/work`` is ``workdir``).
 
 A walk stops counting as soon as the file quota is passed, so one check costs
-at most ``max_files`` (plus the inputs) stat calls. It is a sample, not a
-kernel quota: between two checks a job can overshoot by what it writes in the
-meantime (each file is still capped by RLIMIT_FSIZE), and a job that renames
-folders while a walk passes may hide them from that one walk. A walk that a
-swapped-in symlink leads astray only counts more, against the job itself.
+at most ``max_files`` (plus the inputs) stat calls. Between walks, ``due`` is
+one ``statvfs`` of the host filesystem under ``workdir`` (and of the two
+tmpfs): when that filesystem's used bytes or inodes grew by more than what is
+left of the quota since the last walk, a walk is due now rather than at its
+time. It is still a sample, not a kernel quota: a job can overshoot by what it
+writes between two polls and during a walk (each file is still capped by
+RLIMIT_FSIZE), and a job that renames folders while a walk passes may hide
+them from that one walk. A walk that a swapped-in symlink leads astray only
+counts more, against the job itself.
 
 A provider that is not root shares its uid with the sandbox, so a folder the
 job made unreadable (``chmod 000``) would hide its contents: the walk gives the
@@ -110,11 +114,29 @@ class Quota:
         """Bytes added at the last check (at most what the walk saw)."""
         self.files = 0
         """Files added at the last check (the walk stops a little past the quota)."""
+        self._fs = self._host_fs()
+
+    def _host_fs(self) -> tuple[int, int]:
+        """(used bytes, used inodes) of the whole filesystem that holds ``workdir``."""
+        fs = os.statvfs(self.workdir)
+        return (fs.f_blocks - fs.f_bfree) * fs.f_frsize, fs.f_files - fs.f_ffree
+
+    def due(self, root_pid: int | None = None) -> bool:
+        """Whether a walk is due before its time: the host filesystem grew by more than
+        the quota has left since the last walk, or the tmpfs hold too many files."""
+        used, inodes = self._host_fs()
+        if used - self._fs[0] > self.max_bytes - self.bytes:
+            return True
+        if inodes - self._fs[1] > self.max_files - self.files:
+            return True
+        tmp = self._tmpfs_inodes(root_pid) if root_pid is not None else 0
+        return tmp > self.max_files
 
     def check(self, root_pid: int | None = None, pids: Iterable[int] = ()) -> str | None:
         """Measure now. ``root_pid``: a process inside the sandbox whose root shows its
         ``/tmp`` and ``/dev/shm``; ``pids``: its processes. A message naming the quota
         that is exceeded, or None."""
+        self._fs = self._host_fs()
         tmp_files = self._tmpfs_inodes(root_pid) if root_pid is not None else 0
         used, names = measure(self.workdir, self.base_names + self.max_files - tmp_files)
         used += self._deleted_but_open(pids)

@@ -43,12 +43,13 @@ processes itself, the calling process makes itself a child subreaper
 re-parented to it, and the watcher reaps the ones in the sandbox's namespace.
 
 Disk (``deai.workloads.quota``): every ``DISK_POLL_SECONDS`` (up to
-``DISK_POLL_MAX`` when a walk is slow) the watcher measures what was added to
-``workdir`` (bytes, and names however deep, links not followed, hard links'
-bytes once, deleted files still held open included) and the inodes used in
-``/tmp`` and ``/dev/shm``; past ``Limits.work_mb`` or ``Limits.max_files`` it
-kills the sandbox, and a last check after the program ended catches a run
-faster than one sample.
+``DISK_POLL_MAX`` when a walk is slow), and sooner when one ``statvfs`` a poll
+shows the filesystem growing past what the quota has left, the watcher
+measures what was added to ``workdir`` (bytes, and names however deep, links
+not followed, hard links' bytes once, deleted files still held open included)
+and the inodes used in ``/tmp`` and ``/dev/shm``; past ``Limits.work_mb`` or
+``Limits.max_files`` it kills the sandbox, and a last check after the program
+ended catches a run faster than one sample.
 
 Not covered (no cgroups here): memory summed over processes, and a disk
 overshoot between two samples (see ``quota``).
@@ -316,6 +317,7 @@ def _watch(proc: subprocess.Popen[bytes], watch: Watch, quota: Quota, limits: Li
     status, usage = 0, None
     pause = POLL_SECONDS / 16  # short commands should not wait a whole poll
     next_disk = t0 + DISK_POLL_SECONDS
+    soonest_disk = t0  # walks, however due, take at most 1/DISK_POLL_COST of the time
     while True:
         pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
         if pid:
@@ -327,12 +329,12 @@ def _watch(proc: subprocess.Popen[bytes], watch: Watch, quota: Quota, limits: Li
                 killed = "wall"
             elif watch.cpu_ms > limits.cpu_seconds * 1000:
                 killed = "cpu"
-            elif now >= next_disk:
+            elif now >= next_disk or (now >= soonest_disk and quota.due(watch.inner)):
                 disk = quota.check(watch.inner, watch.pids)
                 killed = "disk" if disk else None
                 took = time.monotonic() - now
-                next_disk = now + min(DISK_POLL_MAX,
-                                      max(DISK_POLL_SECONDS, DISK_POLL_COST * took))
+                soonest_disk = now + DISK_POLL_COST * took
+                next_disk = now + min(DISK_POLL_MAX, max(DISK_POLL_SECONDS, DISK_POLL_COST * took))
             if killed:
                 _kill(watch.inner, proc.pid)
         time.sleep(pause)
