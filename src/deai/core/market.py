@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import heapq
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -79,29 +79,68 @@ class LowestEffectivePrice:
 DEFAULT_STRATEGY: Strategy = LowestEffectivePrice()
 
 
+# --- eligibility: one list of rules, read by why_not (quotes) and place (matching) --------------
+
+Rule = Callable[[TaskDemand, ProviderState, int], "str | None"]
+"""A rule returns why ``provider`` cannot run ``task`` (given the minimum stake), or None."""
+
+
+def _online(t: TaskDemand, p: ProviderState, min_stake: int) -> str | None:
+    return None if p.online else "offline"
+
+
+def _staked(t: TaskDemand, p: ProviderState, min_stake: int) -> str | None:
+    return None if p.stake >= min_stake else f"no stake (bonded {p.stake} µ, needs {min_stake} µ)"
+
+
+def _priced(t: TaskDemand, p: ProviderState, min_stake: int) -> str | None:
+    price = p.price_for(t.workload, t.model)
+    if price is None:
+        return f"model not served ({t.model})"
+    if price > t.max_price:
+        return f"price above the maximum ({price} > {t.max_price} µ per 1,000)"
+    return None
+
+
+def _memory(t: TaskDemand, p: ProviderState, min_stake: int) -> str | None:
+    if p.memory_mb >= t.memory_mb:
+        return None
+    return f"not enough memory ({p.memory_mb} MB < {t.memory_mb} MB)"
+
+
+def _not_excluded(t: TaskDemand, p: ProviderState, min_stake: int) -> str | None:
+    return "excluded for this task" if p.id in t.exclude else None
+
+
+def _stake_for_value(t: TaskDemand, p: ProviderState, min_stake: int) -> str | None:
+    if p.stake < min_stake or p.stake >= t.stake_needed:  # no stake at all: said above
+        return None
+    return (f"stake too small for a task this large (bonded {p.stake} µ, "
+            f"needs {t.stake_needed} µ)")
+
+
+def _free_slot(t: TaskDemand, p: ProviderState, min_stake: int) -> str | None:
+    return None if p.load < p.slots else "no free slot"
+
+
+RULES: tuple[Rule, ...] = (_online, _staked, _priced, _memory, _not_excluded,
+                           _stake_for_value)
+"""Who may run a task. Slots are a rule of placement only (``place`` counts them)."""
+
+
 def why_not(task: TaskDemand, p: ProviderState, min_stake: int,
             *, need_slot: bool = False) -> list[str]:
     """Every reason ``p`` cannot run ``task``; empty when it can."""
-    reasons: list[str] = []
-    if not p.online:
-        reasons.append("offline")
-    if p.stake < min_stake:
-        reasons.append(f"no stake (bonded {p.stake} µ, needs {min_stake} µ)")
-    price = p.price_for(task.workload, task.model)
-    if price is None:
-        reasons.append(f"model not served ({task.model})")
-    elif price > task.max_price:
-        reasons.append(f"price above the maximum ({price} > {task.max_price} µ per 1,000)")
-    if p.memory_mb < task.memory_mb:
-        reasons.append(f"not enough memory ({p.memory_mb} MB < {task.memory_mb} MB)")
-    if p.id in task.exclude:
-        reasons.append("excluded for this task")
-    if task.stake_needed > max(p.stake, min_stake - 1) and p.stake >= min_stake:
-        reasons.append(f"stake too small for a task this large (bonded {p.stake} µ, "
-                       f"needs {task.stake_needed} µ)")
-    if need_slot and p.load >= p.slots:
-        reasons.append("no free slot")
-    return reasons
+    rules = (*RULES, _free_slot) if need_slot else RULES
+    return [r for rule in rules if (r := rule(task, p, min_stake)) is not None]
+
+
+def eligible(task: TaskDemand, p: ProviderState, min_stake: int) -> bool:
+    """``why_not(task, p, min_stake) == []``, without building the reasons."""
+    return all(rule(task, p, min_stake) is None for rule in RULES)
+
+
+_ANY = TaskDemand(id="", workload="", model="", max_price=0, memory_mb=0)
 
 
 def place(tasks: Sequence[TaskDemand], providers: Iterable[ProviderState], min_stake: int,
@@ -116,7 +155,9 @@ def place(tasks: Sequence[TaskDemand], providers: Iterable[ProviderState], min_s
     by_id: dict[str, ProviderState] = {}
     load: dict[str, int] = {}
     for p in providers:
-        if not p.online or p.stake < min_stake or p.load >= p.slots:
+        # The rules that do not depend on the task, applied once to build the index.
+        if _online(_ANY, p, min_stake) or _staked(_ANY, p, min_stake) or _free_slot(
+                _ANY, p, min_stake):
             continue
         by_id[p.id] = p
         load[p.id] = p.load
@@ -143,11 +184,11 @@ def place(tasks: Sequence[TaskDemand], providers: Iterable[ProviderState], min_s
                 if load[pid] < p.slots:
                     heapq.heappush(heap, (score, load[pid], pid))
                 continue
-            price = p.price_for(t.workload, t.model)
-            if (price is None or price > t.max_price or p.memory_mb < t.memory_mb
-                    or pid in t.exclude or p.stake < t.stake_needed):
+            if not eligible(t, p, min_stake):
                 skipped.append((score, seen_load, pid))
                 continue
+            price = p.price_for(t.workload, t.model)
+            assert price is not None
             out.append(Placement(t.id, pid, price))
             load[pid] = seen_load + 1
             if load[pid] < p.slots:
