@@ -165,8 +165,9 @@ class PartRun:
         if dev.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = False
             torch.cuda.set_device(dev)
-        self._fill(torch, dev)
-        if dev.type == "cuda":
+        on_device = p.scheme == "lanehash"  # a GPU's path (also runs on a CPU, for tests)
+        self._fill(torch, dev, on_device)
+        if on_device:
             idx = torch.arange(n * n, dtype=torch.int64, device=dev)
             a = _torch_entries(torch, hc.key(seed, self.index, 0), idx).view(n, n)
             b = _torch_entries(torch, hc.key(seed, self.index, 1), idx).view(n, n)
@@ -186,17 +187,18 @@ class PartRun:
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
 
-    def _fill(self, torch: Any, dev: Any) -> None:
+    def _fill(self, torch: Any, dev: Any, on_device: bool) -> None:
         words = self.part.mem_mb * 2**20 // 8
         if not words:
             return
         blocks = -(-words // hc.BLOCK_WORDS)
         base = hc.buffer_block(self.spec.seed, self.index, hc.BLOCK_WORDS)
-        if dev.type == "cuda":
+        if on_device:
             buf = torch.empty((blocks, hc.BLOCK_WORDS), dtype=torch.int64, device=dev)
             tb = torch.from_numpy(base).to(dev)
             mult = torch.arange(blocks, dtype=torch.int64, device=dev) * 0x9E3779B1
-            buf.copy_(tb[None, :] ^ mult[:, None])
+            for i in range(0, blocks, 256):  # 256 MiB at a time: no full-size temporary
+                torch.bitwise_xor(tb[None, :], mult[i:i + 256, None], out=buf[i:i + 256])
         else:
             buf = np.empty((blocks, hc.BLOCK_WORDS), dtype=np.int64)
             for i in range(blocks):  # block by block: never a second full-size temporary
