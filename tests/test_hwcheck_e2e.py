@@ -92,7 +92,7 @@ def reader(net: Network) -> Coordinator:
 
 def test_honest_provider_passes_every_round_under_load(net: Network) -> None:
     start(net, "honest")
-    net.wait_providers(1)
+    net.wait_providers(1, timeout=400)
     # other work on the machine: a busy process, and embedding jobs for the provider
     hog = subprocess.Popen([sys.executable, "-c",
                             "import numpy as np\nx=np.ones(2_000_000)\nwhile True: x.sum()"])
@@ -130,7 +130,7 @@ def test_cheaters_are_flagged_within_three_challenges(net: Network) -> None:
     start(net, "fast-talker", env={"DEAI_HW_CHEAT": "overclaim=2"})
     start(net, "no-memory", env={"DEAI_HW_CHEAT": "memory_mb=16384"}, data_limit_mb=1536)
     start(net, "approximator", env={"DEAI_HW_CHEAT": "wrong"})
-    net.wait_providers(3)
+    net.wait_providers(3, timeout=400)
     got = wait_for(net, "three cheaters flagged",
                    lambda g: all(g.get(n, {}).get("status") == "flagged"
                                  for n in ("fast-talker", "no-memory", "approximator")))
@@ -169,7 +169,7 @@ def test_cheaters_are_flagged_within_three_challenges(net: Network) -> None:
 
 def test_a_changed_identity_is_challenged_again(net: Network) -> None:
     start(net, "mover")
-    net.wait_providers(1)
+    net.wait_providers(1, timeout=400)
     got = wait_for(net, "verified", lambda g: g.get("mover", {}).get("passes", 0) >= 1)
     pid = got["mover"]["provider"]
     c = net.client("mover")

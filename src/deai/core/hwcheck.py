@@ -222,8 +222,9 @@ def signed_perm(seed: int, part: int, t: int, n: int) -> tuple[np.ndarray, np.nd
 
 def buffer_block(seed: int, part: int, words: int) -> np.ndarray:
     """The base block of a part's buffer; block ``b`` holds ``base ^ (b * 0x9E3779B1)``."""
-    return (_fmix(np.arange(words, dtype=np.int64) + key(seed, part, 2))
-            | (_fmix(np.arange(words, dtype=np.int64) ^ 0x55555555) << 32)).astype(np.int64)
+    out: np.ndarray = (_fmix(np.arange(words, dtype=np.int64) + key(seed, part, 2))
+                       | (_fmix(np.arange(words, dtype=np.int64) ^ 0x55555555) << 32))
+    return out.astype(np.int64)
 
 
 BLOCK_WORDS = 1 << 17  # 1 MiB of int64
@@ -258,7 +259,7 @@ def lanehash(rows: np.ndarray) -> np.ndarray:
 def row_digest(scheme: str, row: np.ndarray) -> bytes:
     if scheme == "sha256":
         return hashlib.sha256(np.ascontiguousarray(row, dtype="<f4").tobytes()).digest()
-    return lanehash(row.reshape(1, -1))[0].astype("<u4").tobytes()
+    return bytes(lanehash(row.reshape(1, -1))[0].astype("<u4").tobytes())
 
 
 def leaf(digest: bytes) -> bytes:
@@ -333,7 +334,8 @@ def expected_row(spec: Spec, part: int, t: int, i: int, cols: Sequence[int]) -> 
     a = a[perm] * sign
     c = np.asarray(cols, dtype=np.int64)
     b = entries(key(spec.seed, part, 1), np.arange(n)[:, None] * n + c[None, :])
-    return a @ b.astype(np.float64)
+    out: np.ndarray = a @ b.astype(np.float64)
+    return out
 
 
 def tolerance(n: int, prm: Params) -> float:
