@@ -355,8 +355,9 @@ def apply_verified(c: Coordinator, s: Session,
         if cl is None or not eligible(cl, False, strict):
             continue
         if cl.status == "flagged":
-            st = replace(st, memory_mb=min(st.memory_mb, cl.memory_mb),
-                         compute_units=cl.units)
+            st = replace(st, memory_mb=min(st.memory_mb, cl.memory_mb))
+        if cl.status != "unverified":  # what it proved, even if it registered again since
+            st = replace(st, compute_units=cl.units)
         out.append(st)
     return out
 
