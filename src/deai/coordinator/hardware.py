@@ -24,6 +24,7 @@ import binascii
 import math
 import os
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
@@ -339,15 +340,17 @@ def eligible(claim: VerifiedClaim, needs_gpu: bool, strict: bool) -> bool:
     return claim.status != "unverified" or not strict
 
 
-def apply_verified(c: Coordinator, s: Session,
-                   states: list[market.ProviderState]) -> list[market.ProviderState]:
+def apply_verified(c: Coordinator, s: Session, states: list[market.ProviderState],
+                   rows: Sequence[Provider] | None = None) -> list[market.ProviderState]:
     """Matching's inputs with hardware as verified: a provider flagged for a wrong or
     missing answer (or, with DEAI_HW_REQUIRE=1, not yet verified) is left out; a flagged
     one keeps only the memory and compute units it proved. The hook for
-    ``matching.provider_states``: ``return hardware.apply_verified(c, s, states)``."""
+    ``matching.provider_states``: ``return hardware.apply_verified(c, s, states, rows)``
+    (``rows``: the Provider rows the states were built from; read again when omitted)."""
     if not states:
         return states
-    rows = s.scalars(select(Provider).where(Provider.id.in_([p.id for p in states]))).all()
+    if rows is None:
+        rows = s.scalars(select(Provider).where(Provider.id.in_([p.id for p in states]))).all()
     claims = verified_state(s, list(rows))
     strict, out = required(c), []
     for st in states:
