@@ -91,6 +91,16 @@ class Session:
         self.close()
 
 
+def dial(base_url: str, path: str, headers: dict[str, str],
+         timeout: float = 30.0) -> ClientConnection:
+    """A WebSocket to the coordinator, owned by the caller (who closes it)."""
+    ws = connect(ws_url(base_url, path), compression=None, proxy=None,
+                 additional_headers=headers, open_timeout=timeout,
+                 max_size=8 * 1024 * 1024, ping_interval=None)
+    # entering marks it as managed: websockets >= 17.1 warns about bare connect() calls
+    return ws.__enter__()
+
+
 def ws_url(base_url: str, path: str) -> str:
     if base_url.startswith("https://"):
         return "wss://" + base_url[len("https://"):] + path
@@ -152,9 +162,8 @@ class Leases:
         if self.client.identity is None:
             raise DeAIError("opening a session needs a key (pass --key)")
         path = f"/api/leases/{lease_id}/attach"
-        ws = connect(ws_url(self.client.base_url, path), compression=None, proxy=None,
-                     additional_headers=self.client.identity.headers("GET", path, b""),
-                     open_timeout=timeout, max_size=8 * 1024 * 1024, ping_interval=None)
+        ws = dial(self.client.base_url, path, self.client.identity.headers("GET", path, b""),
+                  timeout)
         try:
             ws.send(json.dumps(params))
             first = Session(ws).recv(timeout=timeout)

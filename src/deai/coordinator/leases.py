@@ -16,7 +16,8 @@ lease. The money rules are ``core.leases``'s; this module applies them.
   the last heartbeat, the rest refunded, ``penalty_bps`` of the stake taken), or
   that no provider started within ``start_timeout``; warn owners whose escrow
   runs out within ``warn`` seconds (event ``lease_warning``); charge running
-  leases every ``settle_every`` seconds; release the provider's share after the
+  leases every ``settle_every`` seconds, up to their last heartbeat (so a lost
+  provider is never paid past it); release the provider's share after the
   challenge window.
 - ``end`` (the owner) and ``extend`` (more hours or more escrow).
 
@@ -367,7 +368,7 @@ def tick(c: Coordinator, cfg: LeaseConfig) -> list[str]:
                            message=f"escrow runs out in {max(0.0, (at or now) - now):.0f} s; "
                                    "top it up with `deai lease extend`")
                 if now - (lease.settled_at or now) >= cfg.settle_every:
-                    charge(c, s, lease, now)
+                    charge(c, s, lease, last)  # only time the provider was heard to be up
         _release(c, s, now)
     if touched:
         c.notifier.published()

@@ -48,7 +48,6 @@ from pathlib import Path
 
 import httpx
 from websockets.exceptions import ConnectionClosed
-from websockets.sync.client import connect
 
 from deai.client import leases as lease_sdk
 from deai.client.keys import Identity
@@ -359,9 +358,8 @@ class LeaseRunner:
             box = self.state.boxes.get(sess.lease_id)
         path = f"/api/provider/leases/sessions/{sess.id}"
         try:
-            ws = connect(lease_sdk.ws_url(self.client.base_url, path), compression=None,
-                         proxy=None, additional_headers=self.identity.headers("GET", path, b""),
-                         max_size=8 * 1024 * 1024, ping_interval=None)
+            ws = lease_sdk.dial(self.client.base_url, path,
+                                self.identity.headers("GET", path, b""))
         except Exception as exc:
             log.warning("session %s: cannot reach the relay: %s", sess.id[:8], exc)
             return
