@@ -23,6 +23,7 @@ object held across an append.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -106,16 +107,18 @@ def append_many(s: Session, drafts: Sequence[ledger.Draft], clock: Clock) -> lis
         e = ledger.chain(d, seq, prev, ts_ms)
         entries.append(e)
         prev = e.hash
-    conn.execute(JournalEntry.__table__.insert(), [
-        {"seq": e.seq, "prev_hash": e.prev_hash, "hash": e.hash, "ts_ms": e.ts_ms,
-         "kind": e.kind, "body": e.body, "postings": [[a, v] for a, v in e.postings]}
-        for e in entries])
-    bt = Balance.__table__
-    ins = dialect_insert(s, bt)
+    # The driver's executemany with JSON serialised here: SQLAlchemy's per-row parameter
+    # processing would cost more than the inserts themselves.
+    ph = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+    conn.exec_driver_sql(
+        f"INSERT INTO journal (seq, prev_hash, hash, ts_ms, kind, body, postings) "
+        f"VALUES ({', '.join([ph] * 7)})",
+        [(e.seq, e.prev_hash, e.hash, e.ts_ms, e.kind, json.dumps(e.body),
+          json.dumps([[a, v] for a, v in e.postings])) for e in entries])
     if net:  # accounts that net to zero are still created: they have been posted to
-        conn.execute(ins.on_conflict_do_update(
-            index_elements=["account"], set_={"amount": bt.c.amount + ins.excluded.amount}),
-            [{"account": a, "amount": v} for a, v in sorted(net.items())])
+        conn.exec_driver_sql(
+            f"INSERT INTO balances (account, amount) VALUES ({ph}, {ph}) ON CONFLICT (account) "
+            f"DO UPDATE SET amount = balances.amount + excluded.amount", sorted(net.items()))
     conn.execute(update(ht).where(ht.c.id == 1).values(seq=seq, hash=prev))
     return entries
 
