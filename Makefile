@@ -10,7 +10,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 TORCH  := torch==2.13.0
 
-.PHONY: demo test check lint types bench postgres bwrap clean explorer chromium
+.PHONY: demo test check lint types bench postgres bwrap clean explorer chromium hardhat
 
 # torch goes in first: a package that pulls an unpinned torch into an
 # environment without one would fetch a multi-GB CUDA build.
@@ -38,7 +38,7 @@ bwrap:
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update && $$SUDO apt-get install -y bubblewrap; }
 
-test: $(STAMP) postgres bwrap explorer chromium
+test: $(STAMP) postgres bwrap explorer chromium hardhat
 	$(BIN)/pytest
 
 # The explorer's charting library comes from npm into a gitignored folder; without
@@ -50,6 +50,14 @@ $(EXPLORER)/node_modules/chart.js/package.json: $(EXPLORER)/package.json
 	  npm install --prefix $(EXPLORER) --no-audit --no-fund --no-package-lock --loglevel=error \
 	    && touch $@ || echo "npm install failed: the explorer will run without charts"; \
 	else echo "npm not found: the explorer will run without charts"; fi
+
+# The chain's end-to-end tests and `deai devnet up --chain` run a local hardhat node from npm,
+# installed into a gitignored folder; without it those tests fail (they never skip).
+CHAIN_NODE := src/deai/chain/node
+hardhat: $(CHAIN_NODE)/node_modules/hardhat/package.json
+$(CHAIN_NODE)/node_modules/hardhat/package.json: $(CHAIN_NODE)/package.json
+	npm install --prefix $(CHAIN_NODE) --no-audit --no-fund --no-package-lock --loglevel=error
+	touch $@
 
 # The browser tests drive Debian's Chromium through Playwright (never `playwright install`).
 chromium:
