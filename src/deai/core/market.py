@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import heapq
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -79,65 +79,60 @@ class LowestEffectivePrice:
 DEFAULT_STRATEGY: Strategy = LowestEffectivePrice()
 
 
-# --- eligibility: one list of rules, read by why_not (quotes) and place (matching) --------------
+# --- eligibility: one predicate, read by why_not (quotes) and place (matching) -----------------
 
-Rule = Callable[[TaskDemand, ProviderState, int], "str | None"]
-"""A rule returns why ``provider`` cannot run ``task`` (given the minimum stake), or None."""
-
-
-def _online(t: TaskDemand, p: ProviderState, min_stake: int) -> str | None:
-    return None if p.online else "offline"
+OFFLINE, NO_STAKE, STAKE_SMALL, NOT_SERVED, TOO_DEAR, NO_MEMORY, EXCLUDED, NO_SLOT = (
+    1 << i for i in range(8))
 
 
-def _staked(t: TaskDemand, p: ProviderState, min_stake: int) -> str | None:
-    return None if p.stake >= min_stake else f"no stake (bonded {p.stake} µ, needs {min_stake} µ)"
+def failures(t: TaskDemand, p: ProviderState, min_stake: int, price: int | None) -> int:
+    """Why ``p`` cannot run ``t``, as a bitmask of the flags above (0: it can).
 
-
-def _priced(t: TaskDemand, p: ProviderState, min_stake: int) -> str | None:
-    price = p.price_for(t.workload, t.model)
+    ``price`` is ``p.price_for(t.workload, t.model)``, passed in because the caller
+    has it. Every rule of eligibility is written here and nowhere else.
+    """
+    f = 0
+    if not p.online:
+        f |= OFFLINE
+    if p.stake < min_stake:
+        f |= NO_STAKE
+    elif p.stake < t.stake_needed:
+        f |= STAKE_SMALL
     if price is None:
-        return f"model not served ({t.model})"
-    if price > t.max_price:
-        return f"price above the maximum ({price} > {t.max_price} µ per 1,000)"
-    return None
-
-
-def _memory(t: TaskDemand, p: ProviderState, min_stake: int) -> str | None:
-    if p.memory_mb >= t.memory_mb:
-        return None
-    return f"not enough memory ({p.memory_mb} MB < {t.memory_mb} MB)"
-
-
-def _not_excluded(t: TaskDemand, p: ProviderState, min_stake: int) -> str | None:
-    return "excluded for this task" if p.id in t.exclude else None
-
-
-def _stake_for_value(t: TaskDemand, p: ProviderState, min_stake: int) -> str | None:
-    if p.stake < min_stake or p.stake >= t.stake_needed:  # no stake at all: said above
-        return None
-    return (f"stake too small for a task this large (bonded {p.stake} µ, "
-            f"needs {t.stake_needed} µ)")
-
-
-def _free_slot(t: TaskDemand, p: ProviderState, min_stake: int) -> str | None:
-    return None if p.load < p.slots else "no free slot"
-
-
-RULES: tuple[Rule, ...] = (_online, _staked, _priced, _memory, _not_excluded,
-                           _stake_for_value)
-"""Who may run a task. Slots are a rule of placement only (``place`` counts them)."""
+        f |= NOT_SERVED
+    elif price > t.max_price:
+        f |= TOO_DEAR
+    if p.memory_mb < t.memory_mb:
+        f |= NO_MEMORY
+    if p.id in t.exclude:
+        f |= EXCLUDED
+    if p.load >= p.slots:
+        f |= NO_SLOT
+    return f
 
 
 def why_not(task: TaskDemand, p: ProviderState, min_stake: int,
             *, need_slot: bool = False) -> list[str]:
-    """Every reason ``p`` cannot run ``task``; empty when it can."""
-    rules = (*RULES, _free_slot) if need_slot else RULES
-    return [r for rule in rules if (r := rule(task, p, min_stake)) is not None]
+    """Every reason ``p`` cannot run ``task``, in words; empty when it can."""
+    price = p.price_for(task.workload, task.model)
+    f = failures(task, p, min_stake, price) & (~0 if need_slot else ~NO_SLOT)
+    words = {
+        OFFLINE: "offline",
+        NO_STAKE: f"no stake (bonded {p.stake} µ, needs {min_stake} µ)",
+        NOT_SERVED: f"model not served ({task.model})",
+        TOO_DEAR: f"price above the maximum ({price} > {task.max_price} µ per 1,000)",
+        NO_MEMORY: f"not enough memory ({p.memory_mb} MB < {task.memory_mb} MB)",
+        EXCLUDED: "excluded for this task",
+        STAKE_SMALL: (f"stake too small for a task this large (bonded {p.stake} µ, "
+                      f"needs {task.stake_needed} µ)"),
+        NO_SLOT: "no free slot",
+    } if f else {}
+    return [text for flag, text in words.items() if f & flag]
 
 
 def eligible(task: TaskDemand, p: ProviderState, min_stake: int) -> bool:
-    """``why_not(task, p, min_stake) == []``, without building the reasons."""
-    return all(rule(task, p, min_stake) is None for rule in RULES)
+    """``why_not(task, p, min_stake) == []``, without the words."""
+    return failures(task, p, min_stake, p.price_for(task.workload, task.model)) & ~NO_SLOT == 0
 
 
 _ANY = TaskDemand(id="", workload="", model="", max_price=0, memory_mb=0)
@@ -155,9 +150,8 @@ def place(tasks: Sequence[TaskDemand], providers: Iterable[ProviderState], min_s
     by_id: dict[str, ProviderState] = {}
     load: dict[str, int] = {}
     for p in providers:
-        # The rules that do not depend on the task, applied once to build the index.
-        if _online(_ANY, p, min_stake) or _staked(_ANY, p, min_stake) or _free_slot(
-                _ANY, p, min_stake):
+        # What does not depend on the task is applied once, to build the index.
+        if failures(_ANY, p, min_stake, 0) & (OFFLINE | NO_STAKE | NO_SLOT):
             continue
         by_id[p.id] = p
         load[p.id] = p.load
@@ -184,11 +178,10 @@ def place(tasks: Sequence[TaskDemand], providers: Iterable[ProviderState], min_s
                 if load[pid] < p.slots:
                     heapq.heappush(heap, (score, load[pid], pid))
                 continue
-            if not eligible(t, p, min_stake):
-                skipped.append((score, seen_load, pid))
-                continue
             price = p.price_for(t.workload, t.model)
-            assert price is not None
+            if failures(t, p, min_stake, price) & ~NO_SLOT or price is None:
+                skipped.append((score, seen_load, pid))  # the heap counts slots itself
+                continue
             out.append(Placement(t.id, pid, price))
             load[pid] = seen_load + 1
             if load[pid] < p.slots:
