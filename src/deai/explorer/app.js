@@ -617,13 +617,68 @@
     return v;
   }
 
+  // --- settlement on a chain (api_chain.py, docs/chain.md) ------------------------------------
+
+  function chainView() {
+    const accountLink = (id) => link(`#/ledger/account/${encodeURIComponent(id)}`, nameOf(id), id);
+    const v = { nav: "chain", charts: {} };
+    v.mount = (root) => {
+      v.cards = h("div", { class: "grid cols-3" }); v.epochs = h("div"); v.deposits = h("div");
+      v.withdrawals = h("div"); v.stake = h("div");
+      root.append(h("div", { class: "page-head" }, h("h1", {}, "Chain"), h("div", { class: "sub" }, "Deposits, epoch commitments (journal head and the Merkle root of what each address may withdraw), withdrawals by proof, and stake as the chain holds it.")),
+        v.cards, card("Epochs", v.epochs, { flush: true, testid: "chain-epochs" }),
+        card("Deposits", v.deposits, { flush: true, testid: "chain-deposits" }),
+        card("Withdrawals", v.withdrawals, { flush: true, testid: "chain-withdrawals" }),
+        card("Stake: journal and vault", v.stake, { flush: true, testid: "chain-stake" }));
+    };
+    v.load = () => api("/api/chain");
+    v.update = (d) => {
+      if (!d.enabled) {
+        v.cards.replaceChildren(card("No chain", h("div", { class: "empty", "data-testid": "chain-off" }, "This coordinator settles on no chain: its journal is the only ledger. Start one with deai devnet up --chain.")));
+        return;
+      }
+      const e = d.latest_epoch, c = d.chain || {};
+      v.cards.replaceChildren(
+        card("Latest epoch", e ? kv([["Epoch", nf.format(e.epoch)], ["Journal head", `#${nf.format(e.head_seq)} ${short(e.head_hash, 14)}`], ["Root", hashText(e.root)], ["Block", e.block === null ? "—" : nf.format(e.block)], ["Withdrawable", money(e.total)]]) : h("div", { class: "empty" }, "No epoch committed yet."), { testid: "chain-latest" }),
+        card("Settlement contract", kv([["Address", hashText(d.deployment.settlement)], ["Holds", money(c.held || 0)], ["Deposited", money(c.deposited || 0)], ["Claimed", money(c.withdrawn || 0)], ["Block", c.block === undefined ? "—" : nf.format(c.block)]])),
+        card("Stake vault", kv([["Address", hashText(d.deployment.vault)], ["Staked", money(c.staked || 0)], ["Slashed", money(c.slashed || 0)], ["Challenge delay", `${d.deployment.challenge_delay} s`], ["Outbox", Object.entries(d.outbox).map(([k, n]) => `${k} ${n}`).join(", ") || "empty"]])));
+      v.epochs.replaceChildren(table([
+        { key: "epoch", label: "Epoch", num: true, render: (x) => (x.epoch === null ? "pending" : nf.format(x.epoch)) },
+        { key: "head", label: "Journal head", num: true, render: (x) => nf.format(x.head_seq) },
+        { key: "root", label: "Root", render: (x) => hashText(x.root) },
+        { key: "addrs", label: "Addresses", num: true, render: (x) => nf.format(x.addresses) },
+        { key: "total", label: "Withdrawable", num: true, render: (x) => money(x.total) },
+        { key: "block", label: "Block", num: true, render: (x) => (x.block === null ? "—" : nf.format(x.block)) },
+      ], d.epochs, { empty: "No epoch yet." }));
+      v.deposits.replaceChildren(table([
+        { key: "acct", label: "Account", render: (x) => accountLink(x.account) },
+        { key: "amount", label: "Amount", num: true, render: (x) => money(x.amount) },
+        { key: "block", label: "Block", num: true, render: (x) => nf.format(x.block) },
+        { key: "tx", label: "Transaction", render: (x) => hashText(x.tx) },
+        { key: "seq", label: "Journal entry", num: true, render: (x) => nf.format(x.journal_seq) },
+      ], d.deposits.recent, { empty: "No deposit yet." }));
+      v.withdrawals.replaceChildren(table([
+        { key: "acct", label: "Account", render: (x) => accountLink(x.account) },
+        { key: "amount", label: "Amount", num: true, render: (x) => money(x.amount) },
+        { key: "to", label: "To address", render: (x) => hashText(x.address) },
+        { key: "seq", label: "Journal entry", num: true, render: (x) => nf.format(x.journal_seq) },
+      ], d.withdrawals.recent, { empty: "No withdrawal yet." }));
+      v.stake.replaceChildren(table([
+        { key: "p", label: "Provider", render: (x) => providerLink(x.provider) },
+        { key: "j", label: "Journal", num: true, render: (x) => money(x.journal) },
+        { key: "c", label: "Vault", num: true, render: (x) => h("span", { class: x.chain === x.journal ? "" : "neg" }, money(x.chain)) },
+      ], d.stake || [], { empty: "No stake yet." }));
+    };
+    return v;
+  }
+
   // --- routing ---------------------------------------------------------------------------
 
   const ROUTES = [
     [/^#?\/?$/, overviewView], [/^#\/providers\/?$/, providersView], [/^#\/providers\/(.+)$/, providerView],
     [/^#\/jobs\/?$/, jobsView], [/^#\/jobs\/(.+)$/, jobView], [/^#\/verification\/?$/, verificationView],
     [/^#\/ledger\/?$/, ledgerView], [/^#\/ledger\/account\/(.+)$/, accountView],
-    [/^#\/hardware\/?$/, hardwareView],
+    [/^#\/hardware\/?$/, hardwareView], [/^#\/chain\/?$/, chainView],
   ];
 
   function route() {
