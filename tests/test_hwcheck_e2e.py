@@ -50,11 +50,11 @@ def start(net: Network, name: str, *, env: dict[str, str] | None = None,
           data_limit_mb: int | None = None) -> Proc:
     """A provider agent; ``data_limit_mb`` runs it under a real memory limit (RLIMIT_DATA)."""
     if data_limit_mb is None:
-        return net.start_provider(name, 1000, env=env)
+        return net.start_provider(name, 1000, "--name", name, env=env)
     keys.create(name, exist_ok=True)
     args = ["prlimit", f"--data={data_limit_mb << 20}", sys.executable, "-m", "deai.provider",
             "--coordinator", net.url, "--key", name, "--threads", "1", "--price", "1000",
-            "--models", "all-MiniLM-L6-v2"]
+            "--models", "all-MiniLM-L6-v2", "--name", name]
     proc = Proc(args, net.root / f"{name}.log", {**net.env, **(env or {})})
     net.providers[name] = proc
     return proc
@@ -79,6 +79,14 @@ def challenges(coord: Coordinator, pid: str) -> list[HwChallenge]:
     with coord.db.read() as s:
         return list(s.scalars(select(HwChallenge).where(HwChallenge.provider_id == pid)
                               .order_by(HwChallenge.issued_at)))
+
+
+def flagging_challenge(coord: Coordinator, pid: str) -> str | None:
+    """The challenge whose verdict first flagged the provider's claim."""
+    with coord.db.read() as s:
+        ev = s.scalars(select(Event).where(Event.kind == "hardware_flagged",
+                                           Event.subject == pid).order_by(Event.id)).first()
+        return None if ev is None else str(ev.body["challenge"])
 
 
 def judged(rows: list[HwChallenge]) -> list[str]:
@@ -137,10 +145,12 @@ def test_cheaters_are_flagged_within_three_challenges(net: Network) -> None:
     coord = reader(net)
     for name, first_fail in (("fast-talker", "slow"), ("no-memory", "error"),
                              ("approximator", "wrong")):
-        outcomes = judged(challenges(coord, got[name]["provider"]))
-        flagged_at = len(outcomes)  # the claim was flagged by the last judged challenge
-        assert flagged_at <= 3 and first_fail in outcomes, (name, outcomes)
-        assert "passed" not in outcomes, (name, outcomes)
+        rows = challenges(coord, got[name]["provider"])
+        flagged_by = flagging_challenge(coord, got[name]["provider"])
+        order = [r.id for r in rows if r.status not in ("issued", "committed")]
+        outcomes = judged(rows)
+        assert flagged_by in order and order.index(flagged_by) < 3, (name, outcomes)
+        assert first_fail in outcomes[:3] and "passed" not in outcomes, (name, outcomes)
     assert got["no-memory"]["verified_memory_mb"] == 0
     assert got["approximator"]["verified_units"] == 0
     assert 0 < got["fast-talker"]["verified_units"] < 0.75 * got["fast-talker"]["claimed_units"]

@@ -16,8 +16,8 @@ error instead of a root.
 gets. ``claimed(hw, bench)`` is what the agent registers: the probe and the
 benchmark, with memory capped by ``DEAI_PROVIDER_MEMORY_MB`` (an operator
 offering part of a machine) and, for demonstrations and tests only, the
-faults of ``DEAI_HW_CHEAT`` (``overclaim=<factor>``, ``memory_mb=<MiB>``,
-``wrong``: compute in bfloat16).
+faults of ``DEAI_HW_CHEAT`` (``overclaim=<factor>``: that multiple of the best
+rate it measured, ``memory_mb=<MiB>``, ``wrong``: compute in bfloat16).
 """
 
 from __future__ import annotations
@@ -99,8 +99,10 @@ def claimed(hw: wire.Hardware, bench: wire.Benchmark, threads: int = 1) -> tuple
     """What the agent registers. The fp32 rate is the lower of the benchmark's best burst
     and the sustained rate (``DEAI_HW_SUSTAIN_S`` seconds of it, 0 to skip)."""
     sustain = float(os.environ.get("DEAI_HW_SUSTAIN_S", "0.5") or 0)
+    best = bench.gflops
     if sustain > 0:
         rate = sustained_gflops(threads, "cuda" if hw.gpus else "cpu", sustain)
+        best = max(best, rate)
         bench = bench.model_copy(update={"gflops": round(min(bench.gflops, rate), 2)})
     cap = os.environ.get("DEAI_PROVIDER_MEMORY_MB", "")
     if cap.isdigit() and int(cap) > 0:
@@ -108,8 +110,8 @@ def claimed(hw: wire.Hardware, bench: wire.Benchmark, threads: int = 1) -> tuple
     ch = cheat_from_env()
     if ch.memory_mb is not None:
         hw = hw.model_copy(update={"memory_mb": ch.memory_mb})
-    if ch.overclaim != 1.0:
-        bench = bench.model_copy(update={"gflops": round(bench.gflops * ch.overclaim, 2),
+    if ch.overclaim != 1.0:  # the fault: a multiple of the best rate it ever measured
+        bench = bench.model_copy(update={"gflops": round(best * ch.overclaim, 2),
                                          "mem_gbps": round(bench.mem_gbps * ch.overclaim, 2)})
     return hw, bench
 
