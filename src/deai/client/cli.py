@@ -8,7 +8,10 @@ prices are integer micro-units per 1,000 units, as in a job spec.
 
 Errors are handled in one place (``handled``): a ``DeAIError`` prints
 ``error: <message> (field: X)`` on stderr and exits 1; an unreachable
-coordinator prints where we tried. Neither prints a traceback.
+coordinator prints where we tried; running out of money says how to fund a
+key. No input prints a traceback: anything unexpected is one ``error:`` line
+(``DEAI_DEBUG=1`` shows the traceback). A coordinator URL without a scheme
+gets ``http://``.
 """
 
 from __future__ import annotations
@@ -23,7 +26,9 @@ from pathlib import Path
 from types import FrameType
 from typing import Annotated, Any, ParamSpec, TypeVar
 
+import click
 import httpx
+import pydantic
 import typer
 import yaml
 from rich.console import Console
@@ -33,7 +38,7 @@ from rich.table import Table
 from deai.client import keys, training
 from deai.client.sdk import Client, retrying
 from deai.core import kinds, money, specs, wire
-from deai.core.errors import DeAIError, InvalidInput
+from deai.core.errors import DeAIError, InsufficientFunds, InvalidInput
 from deai.core.ledger import AuditReport, Entry
 
 P = ParamSpec("P")
@@ -58,8 +63,24 @@ for _name, _sub in (("keys", keys_app), ("provider", provider_app), ("devnet", d
                     ("job", job_app), ("market", market_app), ("ledger", ledger_app)):
     app.add_typer(_sub, name=_name)
 
+def coordinator_url(value: str) -> str:
+    """``127.0.0.1:8000`` means ``http://127.0.0.1:8000``; a URL must have a host."""
+    url = value.strip()
+    if "://" not in url:
+        url = f"http://{url}"
+    url = url.rstrip("/")
+    try:
+        ok = bool(httpx.URL(url).host) and httpx.URL(url).scheme in ("http", "https")
+    except (httpx.InvalidURL, TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise typer.BadParameter(f"{value!r} is not a coordinator URL such as "
+                                 "http://127.0.0.1:8000")
+    return url
+
+
 Coordinator = Annotated[str, typer.Option("--coordinator", envvar="DEAI_COORDINATOR",
-                                          help="Coordinator URL.")]
+                                          callback=coordinator_url, help="Coordinator URL.")]
 Key = Annotated[str, typer.Option("--key", envvar="DEAI_KEY", help="Key name to sign with.")]
 
 
@@ -77,7 +98,9 @@ def handled(fn: Callable[P, R]) -> Callable[P, R]:
             return fn(*args, **kwargs)
         except DeAIError as exc:
             where = f" (field: {exc.field})" if exc.field else ""
-            raise fail(f"{exc.message}{where}") from None
+            hint = ("\nfund the key on a devnet with `deai faucet --key NAME --amount 100`"
+                    if isinstance(exc, InsufficientFunds) else "")
+            raise fail(f"{exc.message}{where}{hint}") from None
         except httpx.TransportError as exc:
             url = "the coordinator"
             if _has_request(exc):
@@ -86,7 +109,37 @@ def handled(fn: Callable[P, R]) -> Callable[P, R]:
             raise fail(f"cannot reach {url}: {exc}") from None
         except OSError as exc:  # a file we were told to read or write
             raise fail(str(exc)) from None
+        except pydantic.ValidationError as exc:
+            err = exc.errors()[0]
+            field = ".".join(str(p) for p in err.get("loc", ()))
+            raise fail(f"{field}: {err.get('msg')}" if field else str(err.get("msg"))) from None
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            raise
+        except Exception as exc:
+            if os.environ.get("DEAI_DEBUG"):
+                raise
+            raise fail(f"unexpected {type(exc).__name__}: {exc} (DEAI_DEBUG=1 shows the "
+                       "traceback)") from None
     return wrapper
+
+
+def parse_amount(text: str, field: str) -> int:
+    """A positive amount of DEAI (``2.5``, or ``1500000µ``) in micro-units."""
+    try:
+        micro = money.parse(text)
+    except ValueError:
+        raise InvalidInput(f"{text!r} is not an amount of DEAI such as 100 or 2.5",
+                           field=field) from None
+    if micro <= 0:
+        raise InvalidInput(f"{field} must be above 0", field=field)
+    if micro > wire.MAX_MONEY:
+        raise InvalidInput(f"{field} must be at most {money.fmt(wire.MAX_MONEY)} DEAI",
+                           field=field)
+    return micro
+
+
+def plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
 
 def _has_request(exc: httpx.TransportError) -> bool:
@@ -197,7 +250,7 @@ def job_table(job: wire.JobOut, names: dict[str, str] | None = None) -> Table:
         ("escrow", money.fmt(job.escrow)), ("cost", money.fmt(job.cost)),
         ("refunded", money.fmt(job.refunded)),
     ]
-    rows += [(f"  by {names.get(pid) or pid[:12] + '…'}", f"{n} tasks")
+    rows += [(f"  by {names.get(pid) or pid[:12] + '…'}", plural(n, "task"))
              for pid, n in sorted(job.providers.items(), key=lambda kv: names.get(kv[0], kv[0]))]
     if job.error:
         rows.append(("error", job.error))
@@ -262,10 +315,7 @@ def api_key_create(coordinator: Coordinator = DEFAULT_COORDINATOR, key: Key = "c
                        help="Most DEAI the key may commit, e.g. 5; default no cap.")] = None
                    ) -> None:
     """Mint an API key that spends from --key's account; the secret is printed once."""
-    try:
-        cap = money.parse(spend_cap) if spend_cap is not None else None
-    except ValueError as exc:
-        raise InvalidInput(str(exc), field="spend_cap") from None
+    cap = parse_amount(spend_cap, "spend_cap") if spend_cap is not None else None
     with signer(coordinator, key) as c:
         out = c.create_api_key(name, cap)
     console.print(f"created API key [bold]{out.id}[/] for {key} ({out.account[:12]}…)"
@@ -333,8 +383,8 @@ def provider_start(
     from deai.provider.agent import start
 
     threads = threads or usable_cores()
-    amount = money.parse(stake) if stake is not None else None
-    raise typer.Exit(start(coordinator, key, threads, slots, price, amount, name))
+    bond = parse_amount(stake, "stake") if stake is not None else None
+    raise typer.Exit(start(coordinator, key, threads, slots, price, bond, name))
 
 
 @command(provider_app, "verify")
@@ -373,7 +423,8 @@ def devnet_up(
             console.print(f"coordinator  {net.url}\nexplorer     {net.explorer_line()}\n"
                           f"logs         {net.dir / 'logs'}\n"
                           f"export DEAI_COORDINATOR={net.url}   # then: deai job submit ...\n"
-                          "Ctrl-C to stop")
+                          "this terminal stays with the devnet: run commands in another "
+                          "one; Ctrl-C here stops it")
             while True:
                 time.sleep(1)
                 for child in net.children:
@@ -390,10 +441,7 @@ def devnet_up(
 def faucet(coordinator: Coordinator = DEFAULT_COORDINATOR, key: Key = "client",
            amount: Annotated[str, typer.Option(help="DEAI, e.g. 100 or 2.5")] = "100") -> None:
     """Fund a key from the devnet's faucet."""
-    try:
-        micro = money.parse(amount)
-    except ValueError as exc:
-        raise InvalidInput(str(exc), field="amount") from None
+    micro = parse_amount(amount, "amount")
     with signer(coordinator, key) as c:
         bal = c.faucet(micro)
     console.print(f"funded {key} with {money.fmt(micro)} DEAI; available "
@@ -620,7 +668,8 @@ def sim_verify(
         seed: int = 0,
         out: Annotated[Path, typer.Option(help="Where report.json and the PNG go.")] = Path(
             "sim-verify"),
-        fast: Annotated[bool, typer.Option(help="Small sizes everywhere (seconds).")] = False,
+        fast: Annotated[bool, typer.Option(help="Small sizes everywhere (seconds); reports "
+                                              "the targets without failing.")] = False,
         referee_error: Annotated[float, typer.Option(min=0.0, max=1.0)] = 0.0,
         churn: Annotated[bool, typer.Option(help="Slashed cheaters return as new identities.")
                          ] = True) -> None:
@@ -638,7 +687,14 @@ def sim_verify(
     report.show(r, console)
     for path in report.write(r, out):
         console.print(f"wrote {path}")
-    if not all(t["pass"] for t in r["targets"]):
+    missed = [t for t in r["targets"] if not t["pass"]]
+    if missed and plan.tasks < run.Plan().tasks:
+        # A small run cannot reach full-size targets (they are set for 10⁶ tasks): report.
+        console.print(f"note: this run has {plan.tasks:,} tasks and {plan.providers:,} "
+                      f"providers; {plural(len(missed), 'target')} set for the full size "
+                      f"({run.Plan().tasks:,} tasks) cannot be met by a run this small, so "
+                      "it does not fail. Run without --fast to check them.")
+    elif missed:
         raise typer.Exit(1)
 
 

@@ -17,10 +17,18 @@ sends SIGKILL to any still alive after ``stop_timeout``. Child output goes to
 
 A provider listed as a cheater is started with ``DEAI_PROVIDER_CHEAT=1`` in its
 environment; the agent decides what cheating means (returning wrong vectors).
+
+One devnet per ``DEAI_HOME``: ``start`` first takes ``$DEAI_HOME/devnet/devnet.lock``
+(an exclusive ``flock``, which the kernel drops when its holder dies, with the
+holder's pid and URL written inside) and only then wipes anything. A second
+devnet in the same home is refused with ``DevnetRunning``, naming the pid and
+URL of the one running, and touches none of its data, logs or keys.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import shutil
 import signal
@@ -50,6 +58,69 @@ class DevnetError(DeAIError):
     """A devnet process would not start or come online."""
 
 
+class DevnetRunning(DevnetError):
+    """Another devnet already runs in this DEAI_HOME."""
+
+    status = 409
+    code = "devnet_running"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class Lock:
+    """``$DEAI_HOME/devnet/devnet.lock``: held by one devnet at a time (see module doc)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd: int | None = None
+
+    def holder(self) -> tuple[int, str] | None:
+        """(pid, url) written by the devnet holding the lock, if one does and is alive."""
+        try:
+            pid_text, _, url = self.path.read_text().partition("\n")
+            pid = int(pid_text)
+        except (OSError, ValueError):
+            return None
+        return (pid, url.strip()) if _alive(pid) else None
+
+    def acquire(self, url: str) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            held = self.holder()
+            who = f" (pid {held[0]}, {held[1]})" if held else ""
+            raise DevnetRunning(
+                f"a devnet is already running in {self.path.parent.parent}{who}; stop it "
+                "(Ctrl-C in its terminal) or use another DEAI_HOME", field="DEAI_HOME") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n{url}\n".encode())
+        self._fd = fd
+
+    @property
+    def fds(self) -> tuple[int, ...]:
+        """The lock's descriptor, for children to inherit: the lock outlives a killed parent
+        for as long as the processes whose data it guards are alive."""
+        return (self._fd,) if self._fd is not None else ()
+
+    def release(self) -> None:
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, 0)
+            os.close(self._fd)  # closing drops the flock
+            self._fd = None
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
@@ -63,7 +134,8 @@ def devnet_dir() -> Path:
 class Child:
     """One child process, its log file, and how to stop it."""
 
-    def __init__(self, name: str, argv: list[str], log_path: Path, env: dict[str, str]) -> None:
+    def __init__(self, name: str, argv: list[str], log_path: Path, env: dict[str, str],
+                 pass_fds: tuple[int, ...] = ()) -> None:
         self.name = name
         self.argv = argv
         self.log_path = log_path
@@ -71,7 +143,8 @@ class Child:
         # A new session: Ctrl-C in the terminal reaches only us, and we stop
         # children in order instead of all of them racing at once.
         self.proc = subprocess.Popen(argv, stdout=self._log, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+                                     stdin=subprocess.DEVNULL, env=env, start_new_session=True,
+                                     pass_fds=pass_fds)
 
     @property
     def pid(self) -> int:
@@ -125,6 +198,7 @@ class Devnet:
         self.provider_keys: list[keys.Identity] = []
         self.client_key: keys.Identity | None = None
         self._client: Client | None = None
+        self.lock = Lock(self.dir / "devnet.lock")
 
     # --- addresses ------------------------------------------------------------------------
 
@@ -169,6 +243,7 @@ class Devnet:
         self.stop()
 
     def start(self) -> None:
+        self.lock.acquire(self.url)  # before anything is wiped: another devnet may own it
         data_dir = self.dir / "coordinator"
         logs = self.dir / "logs"
         if self.fresh and data_dir.exists():
@@ -183,7 +258,7 @@ class Devnet:
             "--database-url", f"sqlite:///{data_dir / 'deai.sqlite3'}",
             "--host", self.host, "--port", str(self.port), "--data-dir", str(data_dir),
             "--devnet",
-        ], logs / "coordinator.log", env)
+        ], logs / "coordinator.log", env, self.lock.fds)
         self._client = Client(self.url, keys.create("client", exist_ok=True))
         self._wait_for_coordinator()
 
@@ -199,7 +274,7 @@ class Devnet:
                 self.python, "-m", "deai.provider", "--coordinator", self.url,
                 "--key", ident.name, "--threads", str(self.threads), "--price", str(price),
                 "--name", ident.name,
-            ], logs / f"{ident.name}.log", child_env))
+            ], logs / f"{ident.name}.log", child_env, self.lock.fds))
         self.client.faucet(CLIENT_FUNDS)
         self._wait_online()
 
@@ -222,6 +297,7 @@ class Devnet:
         if self._client is not None:
             self._client.close()
             self._client = None
+        self.lock.release()
 
     # --- waiting --------------------------------------------------------------------------
 
