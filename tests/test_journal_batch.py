@@ -4,6 +4,7 @@ leaves nothing of its batch; concurrent appenders keep one unbroken chain."""
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -128,3 +129,12 @@ def test_concurrent_appenders_keep_one_chain(db: Database) -> None:
     rep = replay(db)
     assert rep.ok, rep.problems
     assert rep.entries == 4 * 10 * 2
+
+
+def test_the_fast_hash_path_agrees_with_core() -> None:
+    assert journal._chain is journal._chain_fast  # chosen only when it matches core
+    d = ledger.payout("job-é", "t", "a", OWNERS[0], 1000, 50)
+    fast, body_json, postings_json = journal._chain_fast(d, 3, "f" * 64, 99)
+    assert fast == ledger.chain(d, 3, "f" * 64, 99)
+    assert json.loads(body_json) == d.body and json.loads(postings_json) == [
+        [a, v] for a, v in d.postings]
