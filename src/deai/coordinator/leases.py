@@ -1,8 +1,9 @@
 """Leases on the coordinator: hosts, placement, per-second billing, ends with a reason.
 
 Every change happens in one ``db.write()`` transaction together with its journal
-entries (``core.ledger``'s lease postings), so a crash leaves no half-ended
-lease. The money rules are ``core.leases``'s; this module applies them.
+entries (``core.ledger``'s lease postings, posted through the settlement port
+``c.settlement`` so every rail sees them), so a crash leaves no half-ended lease.
+The money rules are ``core.leases``'s; this module applies them.
 
 - ``set_host``: a provider offers capacity and per-hour prices per resource class.
 - ``create``: choose a host (``core.leases.choose`` over online providers, their
@@ -152,7 +153,7 @@ def create(c: Coordinator, owner: str, body: LeaseIn) -> LeaseOut:
                       refunded=0, penalty=0, created_at=c.now(), term_seconds=term)
         s.add(lease)
         s.flush()
-        journal.append(s, ledger.escrow_lease(owner, lid, deposit), c.clock)
+        c.settlement.post(s, ledger.escrow_lease(owner, lid, deposit))
         c.emit(s, "lease_created", lid, owner=owner, provider=host.provider_id,
                price_hour=price, escrow=deposit, cpus=body.cpus, memory_mb=body.memory_mb)
         out = lease_out(lease, c)
@@ -194,7 +195,7 @@ def extend(c: Coordinator, owner: str, lid: str, body: ExtendIn) -> LeaseOut:
         else:
             assert body.amount is not None
             amount = body.amount
-        journal.append(s, ledger.escrow_lease(owner, lid, amount), c.clock)
+        c.settlement.post(s, ledger.escrow_lease(owner, lid, amount))
         lease.escrow += amount
         lease.warned_at = None  # a new warning if the topped-up escrow runs low again
         c.emit(s, "lease_extended", lid, owner=owner, amount=amount, hours=body.hours)
@@ -303,21 +304,21 @@ def charge(c: Coordinator, s: Session, lease: Lease, until: float, *, final: boo
                      penalty_bps=penalty_bps)
     if st.charge > 0:
         seconds = core.billable_seconds(b, until)
-        entry = journal.append(s, ledger.lease_charge(lease.id, lease.provider_id, st.charge,
-                                                      st.fee, seconds), c.clock)
+        entry = c.settlement.post(s, ledger.lease_charge(lease.id, lease.provider_id,
+                                                         st.charge, st.fee, seconds))
         if st.to_provider > 0:
             s.add(LeaseEarning(lease_id=lease.id, provider_id=lease.provider_id,
                                amount=st.to_provider, released=False, journal_seq=entry.seq,
                                release_at=c.now() + c.settings.challenge_window))
         lease.charged += st.charge
     if st.refund > 0:
-        journal.append(s, ledger.lease_refund(lease.owner, lease.id, st.refund,
-                                              lease.end_reason or ""), c.clock)
+        c.settlement.post(s, ledger.lease_refund(lease.owner, lease.id, st.refund,
+                                                 lease.end_reason or ""))
         lease.refunded += st.refund
     if st.penalty > 0:
         downtime = c.now() - (lease.last_heartbeat or lease.created_at)
-        journal.append(s, ledger.downtime_penalty(lease.provider_id, lease.id, st.penalty,
-                                                  downtime), c.clock)
+        c.settlement.post(s, ledger.downtime_penalty(lease.provider_id, lease.id, st.penalty,
+                                                     downtime))
         lease.penalty += st.penalty
     lease.settled_at = c.now()
     return st
@@ -385,7 +386,7 @@ def _release(c: Coordinator, s: Session, now: float) -> None:
     for pid, rows in sorted(by_provider.items()):
         amount = sum(e.amount for e in rows)
         if amount > 0:
-            journal.append(s, ledger.release(pid, amount, []), c.clock)
+            c.settlement.post(s, ledger.release(pid, amount, []))
         for e in rows:
             e.released = True
 

@@ -1,0 +1,194 @@
+"""The coordinator's lease rules on a real database (SQLite and PostgreSQL), with the clock
+driven by the test: placement, bad input that moves nothing, activation by heartbeat,
+per-second charges, warning then escrow exhaustion, time up, extend, provider lost with
+a pro-rata refund and a stake penalty, release of earnings; the journal audits."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from deai.coordinator import leases
+from deai.coordinator.service import Coordinator
+from deai.coordinator.settings import Settings
+from deai.core import ledger
+from deai.core.clock import ManualClock
+from deai.core.errors import Conflict, Forbidden, InsufficientFunds, InvalidInput, NoCapacity
+from deai.core.leases import cost_of
+from deai.core.wire_leases import ExtendIn, HostIn, LeaseIn
+from deai.store import journal, migrate
+from deai.store.models import Event, JournalEntry, Lease, Provider
+
+OWNER, HOST, OTHER = "a" * 64, "b" * 64, "c" * 64
+STAKE = 10_000_000
+PRICE = 396_000  # 1 CPU + 1 GiB at the prices below: 110 µ a second
+CFG = leases.LeaseConfig(grace=30.0, warn=60.0, settle_every=60.0, start_timeout=120.0,
+                         penalty_bps=100)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def c(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Coordinator]:
+    url = "" if request.param == "sqlite" else request.getfixturevalue("fresh_pg_url")
+    coord = Coordinator(Settings(data_dir=tmp_path, database_url=url, devnet=True,
+                                 fee_bps=500, challenge_window=100.0), clock=ManualClock())
+    migrate.upgrade(coord.db.engine)
+    with coord.db.write() as s:
+        s.add(Provider(id=HOST, name="host", hardware={}, benchmark={}, registered_at=0.0,
+                       last_seen=coord.now(), capabilities={"sandbox": True}))
+        s.flush()
+        coord.settlement.post(s, ledger.faucet(HOST, STAKE))
+        coord.settlement.post(s, ledger.bond(HOST, STAKE))
+        coord.settlement.post(s, ledger.faucet(OWNER, 10_000_000))
+    leases.set_host(coord, CFG, HOST, HostIn(cpus=2, memory_mb=4096,
+                                             prices={"cpu": 360_000, "memory_gb": 36_000}))
+    try:
+        yield coord
+    finally:
+        coord.db.dispose()
+
+
+def advance(c: Coordinator, seconds: float, *, beat: list[str] | None = None) -> None:
+    """Move the clock in steps of 10 s, the provider heartbeating ``beat`` at each."""
+    clock = c.clock
+    assert isinstance(clock, ManualClock)
+    left = seconds
+    while left > 0:
+        step = min(10.0, left)
+        clock.advance(step)
+        left -= step
+        if beat is not None:
+            leases.heartbeat(c, HOST, beat, {})
+        leases.tick(c, CFG)
+
+
+def balance(c: Coordinator, account: str) -> int:
+    with c.db.read() as s:
+        return journal.balance(s, account)
+
+
+def audit(c: Coordinator) -> ledger.AuditReport:
+    with c.db.read() as s:
+        rows = s.scalars(select(JournalEntry).order_by(JournalEntry.seq)).all()
+        claimed = journal.balances(s, {a for r in rows for a, _ in r.postings})
+        rep = ledger.audit([journal.to_entry(r) for r in rows], claimed)
+    assert rep.ok, rep.problems
+    return rep
+
+
+def start(c: Coordinator, **kw: object) -> str:
+    body = LeaseIn(**{"cpus": 1, "memory_mb": 1024, "hours": 1, "max_price_hour": 10**6,
+                      **kw})  # type: ignore[arg-type]
+    lease = leases.create(c, OWNER, body)
+    assert lease.status == "pending" and lease.price_hour == PRICE
+    assert leases.heartbeat(c, HOST, [lease.id], {}) == []
+    assert leases.show(c, OWNER, lease.id).status == "active"
+    return lease.id
+
+
+def test_bad_input_and_no_capacity_move_nothing(c: Coordinator) -> None:
+    before = balance(c, ledger.acct(OWNER))
+    with pytest.raises(NoCapacity) as e:
+        leases.create(c, OWNER, LeaseIn(cpus=1, memory_mb=1024, hours=1, max_price_hour=1000))
+    assert "over the maximum" in e.value.message
+    with pytest.raises(NoCapacity):
+        leases.create(c, OWNER, LeaseIn(cpus=3, memory_mb=1024, hours=1,
+                                        max_price_hour=10**7))
+    with pytest.raises(InsufficientFunds):
+        leases.create(c, OWNER, LeaseIn(cpus=1, memory_mb=1024, hours=1000,
+                                        max_price_hour=10**6))
+    with pytest.raises(InvalidInput) as e2:
+        leases.set_host(c, CFG, HOST, HostIn(cpus=1, memory_mb=1024, prices={"disk": 1}))
+    assert e2.value.field == "prices"
+    with pytest.raises(ValueError):
+        LeaseIn(cpus=1, memory_mb=1024, max_price_hour=1)  # neither hours nor deposit
+    assert balance(c, ledger.acct(OWNER)) == before
+    with c.db.read() as s:
+        assert s.scalars(select(Lease)).all() == []
+    audit(c)
+
+
+def test_charges_per_second_then_time_up_refunds_the_rest(c: Coordinator) -> None:
+    lid = start(c, hours=0.05)  # 180 s
+    with pytest.raises(Forbidden):
+        leases.show(c, OTHER, lid)
+    advance(c, 120, beat=[lid])
+    mid = leases.show(c, OWNER, lid)
+    assert mid.charged == cost_of(PRICE, 120) and mid.status == "active"
+    advance(c, 70, beat=[lid])
+    done = leases.show(c, OWNER, lid)
+    assert (done.status, done.end_reason) == ("ended", "time up")
+    assert done.charged == cost_of(PRICE, 180) == 19_800
+    assert done.refunded == done.escrow - done.charged == 0
+    fee = balance(c, ledger.FEE)
+    assert 0 < fee <= 19_800 * 500 // 10_000
+    assert balance(c, ledger.pending(HOST)) + balance(c, ledger.acct(HOST)) == 19_800 - fee
+    advance(c, 110)  # the challenge window passes: earnings become spendable
+    assert balance(c, ledger.pending(HOST)) == 0
+    assert balance(c, ledger.acct(HOST)) == 19_800 - fee
+    assert leases.heartbeat(c, HOST, [lid], {}) == [lid]  # the agent is told to stop it
+    audit(c)
+
+
+def test_escrow_runs_out_after_a_warning_and_extend_tops_up(c: Coordinator) -> None:
+    lid = start(c, hours=None, deposit=11_000)  # 100 s
+    advance(c, 30, beat=[lid])
+    assert leases.show(c, OWNER, lid).warned_at is None
+    extended = leases.extend(c, OWNER, lid, ExtendIn(amount=11_000))  # 200 s in all
+    assert extended.escrow == 22_000 and extended.ends_at is not None
+    advance(c, 120, beat=[lid])
+    warned = leases.show(c, OWNER, lid)
+    assert warned.warned_at is not None and warned.status == "active"
+    advance(c, 60, beat=[lid])
+    done = leases.show(c, OWNER, lid)
+    assert (done.end_reason, done.charged, done.refunded) == ("escrow exhausted", 22_000, 0)
+    kinds = [e["kind"] for e in done.events]
+    assert kinds.index("lease_warning") < kinds.index("lease_ended")
+    with pytest.raises(Conflict):
+        leases.extend(c, OWNER, lid, ExtendIn(hours=1))
+    audit(c)
+
+
+def test_provider_lost_refunds_pro_rata_and_takes_stake(c: Coordinator) -> None:
+    lid = start(c)
+    escrow = leases.show(c, OWNER, lid).escrow
+    advance(c, 100, beat=[lid])
+    advance(c, 25)  # silence, inside the grace
+    assert leases.show(c, OWNER, lid).status == "active"
+    advance(c, 20)  # past the grace
+    lost = leases.show(c, OWNER, lid)
+    assert lost.end_reason == "provider lost"
+    assert lost.charged == cost_of(PRICE, 100)  # billed to the last heartbeat only
+    assert lost.refunded == escrow - lost.charged
+    assert lost.penalty == STAKE // 100
+    assert balance(c, ledger.stake(HOST)) == STAKE - STAKE // 100
+    assert balance(c, ledger.escrow(lid)) == 0
+    with c.db.read() as s:
+        kinds = [e.kind for e in s.scalars(select(Event).where(Event.subject == lid))]
+    assert kinds[-1] == "lease_ended"
+    audit(c)
+
+
+def test_a_lease_nobody_starts_ends_and_owner_end_refunds(c: Coordinator) -> None:
+    orphan = leases.create(c, OWNER, LeaseIn(cpus=1, memory_mb=1024, hours=1,
+                                             max_price_hour=10**6))
+    advance(c, 130)
+    gone = leases.show(c, OWNER, orphan.id)
+    assert (gone.end_reason, gone.charged, gone.refunded) == ("provider lost", 0, gone.escrow)
+    assert gone.penalty == STAKE // 100
+    with c.db.write() as s:  # back to the minimum stake, and online again
+        c.settlement.post(s, ledger.faucet(HOST, gone.penalty))
+        c.settlement.post(s, ledger.bond(HOST, gone.penalty))
+    leases.heartbeat(c, HOST, [], {})
+    lid = start(c)
+    advance(c, 10, beat=[lid])
+    ended = leases.end(c, OWNER, lid)
+    assert ended.end_reason == "owner ended" and ended.charged == cost_of(PRICE, 10)
+    failed = leases.create(c, OWNER, LeaseIn(cpus=1, memory_mb=1024, hours=1,
+                                             max_price_hour=10**6))
+    assert leases.heartbeat(c, HOST, [], {failed.id: "bwrap: no"}) == [failed.id]
+    refused = leases.show(c, OWNER, failed.id)
+    assert refused.end_reason == "policy" and refused.refunded == refused.escrow
+    audit(c)
