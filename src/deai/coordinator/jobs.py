@@ -284,7 +284,7 @@ def give_up_checks(c: Coordinator) -> int:
             subject = next((a for a in submitted if a.role in SUBJECT_ROLES), None)
             required = subject is not None and verify.must_check(c, s, subject, job)
             effects.apply(c, s, job, task, D.on_check_abandoned(
-                effects.ctx(c, job, task), Role(task.pending_role),
+                effects.ctx(c, job, task), Role(task.pending_role or Role.REPLICA),
                 verify.party(subject) if subject is not None else None,
                 [verify.party(a) for a in submitted], required=required))
     if stuck:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from typing import TypeVar
+
+import numpy as np
+
 MICRO = 1_000_000
 
 
@@ -16,8 +20,15 @@ def cost_for_units(units: int, price_per_1000: int) -> int:
     return ceil_div(units * price_per_1000, 1000)
 
 
-def fee_of(amount: int, fee_bps: int) -> int:
-    """The network's cut, in basis points, rounded down so the provider never loses a unit."""
+Amount = TypeVar("Amount", int, "np.ndarray")
+
+
+def fee_of(amount: Amount, fee_bps: int) -> Amount:
+    """The network's cut, in basis points, rounded down so the provider never loses a unit.
+
+    The one fee rule: the coordinator's settlement port and the simulator (over arrays
+    of task values) both call it.
+    """
     return amount * fee_bps // 10_000
 
 

@@ -110,7 +110,9 @@ class Network:
         self.job_pos = np.zeros(n, np.int64)
         self.identities = np.ones(n, np.int64)
         # totals per slot (over all its identities)
-        z = lambda: np.zeros(n)  # noqa: E731
+        def z() -> np.ndarray:
+            return np.zeros(n)
+
         self.tasks, self.earned, self.bounty, self.forfeited = z(), z(), z(), z()
         self.compute, self.slashed, self.bad_accepted = z(), z(), z()
         self.real_tasks, self.useful, self.extra = z(), z(), z()
@@ -137,7 +139,8 @@ class Network:
         if replica:
             on &= self.b_on_replicas[beh]
         c = on & (self.rng.random(slots.size) < self.b_rate[beh])
-        return c & (training | ~self.b_train[beh])  # a step-skipper cheats on training only
+        out: np.ndarray = c & (training | ~self.b_train[beh])  # step-skippers: training only
+        return out
 
     def _cheat_distance(self, beh: np.ndarray, training: np.ndarray) -> np.ndarray:
         e = np.ones(beh.size)
@@ -219,7 +222,9 @@ class Network:
             self.faults += np.bincount(fault[esc], minlength=4)
         # who is paid, slashed and believed: core's decisions (deai.sim.rules)
         code = np.where(mismatch, fault, rules.AGREE)
-        look = lambda f: rules.lookup(f, code, repl, canary)  # noqa: E731
+        def look(field: str) -> np.ndarray:
+            return rules.lookup(field, code, repl, canary)
+
         sub_bad, chk_bad = look("subject_slashed"), look("checker_slashed") & repl
         self.canary_refs_dropped += int((mismatch & (fault >= 2) & canary).sum())
 

@@ -75,4 +75,5 @@ def table(field: str) -> np.ndarray:
 
 def lookup(field: str, code: np.ndarray, replicated: np.ndarray,
            canary: np.ndarray) -> np.ndarray:
-    return table(field)[code, replicated.astype(int), canary.astype(int)]
+    out: np.ndarray = table(field)[code, replicated.astype(int), canary.astype(int)]
+    return out

@@ -181,26 +181,27 @@ def on_verdict(ctx: TaskCtx, fault: Fault, referee: Party, subject: Party,
 
 def on_rejected(ctx: TaskCtx, a: Party, error: str) -> list[Effect]:
     """The output does not match its claim (e.g. the metered units)."""
-    return ([MoveAssignment(a.assignment, A.REJECTED, error),
-             Emit("result_rejected", ctx.task, {"provider": a.provider, "error": error,
-                                                "role": a.role.value})]
-            + _retry(ctx, a, f"rejected output from {a.provider[:12]}: {error}"))
+    out: list[Effect] = [MoveAssignment(a.assignment, A.REJECTED, error),
+                         Emit("result_rejected", ctx.task, {"provider": a.provider,
+                                                            "error": error, "role": a.role.value})]
+    return out + _retry(ctx, a, f"rejected output from {a.provider[:12]}: {error}")
 
 
 def on_failed(ctx: TaskCtx, a: Party, error: str) -> list[Effect]:
     """The provider reports that it could not run the task."""
-    return ([MoveAssignment(a.assignment, A.FAILED, error),
-             Emit("task_failed", ctx.task, {"provider": a.provider, "error": error[:500],
-                                            "role": a.role.value})]
-            + _retry(ctx, a, f"provider {a.provider[:12]} failed: {error}"))
+    out: list[Effect] = [MoveAssignment(a.assignment, A.FAILED, error),
+                         Emit("task_failed", ctx.task, {"provider": a.provider,
+                                                        "error": error[:500],
+                                                        "role": a.role.value})]
+    return out + _retry(ctx, a, f"provider {a.provider[:12]} failed: {error}")
 
 
 def on_expired(ctx: TaskCtx, a: Party, why: str) -> list[Effect]:
     """The lease ran out, or its provider stopped heartbeating."""
-    return ([MoveAssignment(a.assignment, A.EXPIRED, why),
-             Emit("lease_expired", ctx.task, {"provider": a.provider, "reason": why,
-                                              "role": a.role.value})]
-            + _retry(ctx, a, why))
+    out: list[Effect] = [MoveAssignment(a.assignment, A.EXPIRED, why),
+                         Emit("lease_expired", ctx.task, {"provider": a.provider, "reason": why,
+                                                          "role": a.role.value})]
+    return out + _retry(ctx, a, why)
 
 
 def _retry(ctx: TaskCtx, a: Party, why: str) -> list[Effect]:

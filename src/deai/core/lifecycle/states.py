@@ -21,7 +21,7 @@ a hidden flag, and only ``verifying`` tasks may carry it.
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from deai.core.errors import Conflict
 
@@ -146,8 +146,9 @@ CHECKS: dict[str, list[tuple[str, str]]] = {
 
 def mermaid(name: str) -> str:
     """The state diagram of one table, as Mermaid text (docs/architecture.md embeds it)."""
-    table = TABLES[name]
-    initial = {"job": JOB_INITIAL, "task": TASK_INITIAL, "assignment": ASSIGNMENT_INITIAL}[name]
+    table: dict[Any, frozenset[Any]] = TABLES[name]  # type: ignore[assignment]
+    initial: frozenset[StrEnum] = {"job": JOB_INITIAL, "task": TASK_INITIAL,
+                                   "assignment": ASSIGNMENT_INITIAL}[name]
     lines = ["stateDiagram-v2"]
     lines += [f"    [*] --> {s}" for s in sorted(initial)]
     for src in table:
