@@ -155,6 +155,7 @@ def test_two_misses_flag_and_three_failures_slash() -> None:
     assert s1.state.status == "unverified" and not s1.slash_bps and s1.next_in_s == prm.retry_s
     s2 = hc.next_state(s1.state, SLOW, prm, 0.5)
     assert s2.state.status == "flagged" and s2.flagged_now and not s2.slash_bps
+    assert s2.next_in_s == 2 * prm.retry_s
     s3 = hc.next_state(s2.state, SLOW, prm, 0.5)
     assert s3.slash_bps == prm.slash_bps and not s3.flagged_now
     back = hc.next_state(s3.state, PASS, prm, 0.5)

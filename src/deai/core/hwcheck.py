@@ -74,7 +74,7 @@ class Params:
     slash_after: int = 3  # consecutive failures that slash
     slash_bps: int = 1000  # of the stake, per slash
     period_s: float = 3600.0  # mean time between challenges (exponential)
-    retry_s: float = 5.0  # after a failure the next challenge comes this soon
+    retry_s: float = 5.0  # after a failure the next comes this soon (doubling after each)
     grace_s: float = 30.0  # an unanswered challenge expires this long after its deadline
     history: int = 5  # verified figures: best of the last this many passed challenges
     gpu_gbps: float = 500.0  # a GPU's fill allowance when it claims no bandwidth
@@ -434,7 +434,10 @@ def next_state(st: ClaimState, v: Verdict, prm: Params, u: float) -> Step:
     elif hard:
         new = replace(new, ratios=())
     slash = prm.slash_bps if failures % prm.slash_after == 0 else 0
-    return Step(new, slash, prm.retry_s, flag and st.status != "flagged")
+    # the next challenge comes soon, then ever later: a failing device is re-checked
+    # quickly but a stuck one is not slashed away in minutes
+    later = min(prm.period_s, prm.retry_s * 2.0 ** min(failures - 1, 30))
+    return Step(new, slash, later, flag and st.status != "flagged")
 
 
 def reset(st: ClaimState) -> ClaimState:
