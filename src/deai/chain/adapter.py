@@ -20,7 +20,8 @@ from typing import Any
 
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
-from eth_utils import keccak, to_checksum_address
+from eth_utils.address import to_checksum_address
+from eth_utils.crypto import keccak
 from web3 import Web3
 from web3.contract import Contract
 from web3.exceptions import ContractLogicError, TimeExhausted
@@ -72,9 +73,14 @@ class Deployment:
         return cls(**{k: v for k, v in data.items() if k in names})
 
 
+def _account(key: bytes | str) -> LocalAccount:
+    acct: LocalAccount = Account.from_key(key)
+    return acct
+
+
 def evm_key(seed: bytes) -> LocalAccount:
     """The secp256k1 account that belongs to an Ed25519 seed (domain-separated hash)."""
-    return Account.from_key(keccak(b"deai/evm-key/v1" + seed))
+    return _account(keccak(b"deai/evm-key/v1" + seed))
 
 
 def account_id(pubkey_hex: str) -> bytes:
@@ -113,15 +119,15 @@ class Chain:
     def settler(self) -> LocalAccount:
         if not self.dep.settler_key:
             raise ChainError("this deployment carries no settlement key")
-        return Account.from_key(self.dep.settler_key)
+        return _account(self.dep.settler_key)
 
     @property
     def guardian(self) -> LocalAccount:
-        return Account.from_key(self.dep.guardian_key)
+        return _account(self.dep.guardian_key)
 
     @property
     def deployer(self) -> LocalAccount:
-        return Account.from_key(self.dep.deployer_key)
+        return _account(self.dep.deployer_key)
 
     # --- transactions ---------------------------------------------------------------------
 

@@ -25,7 +25,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from eth_utils import to_checksum_address
+from eth_utils.address import to_checksum_address
 
 from deai.chain import books, merkle
 from deai.chain.adapter import Chain
@@ -60,7 +60,7 @@ def audit_chain(entries: list[Entry], chain: Chain) -> ChainAudit:
     sent = books.withdrawable(entries)
     claimed: dict[str, int] = {}
     for ev in chain.events(chain.settlement, "Withdrawn", start):
-        addr = to_checksum_address(ev.args.recipient)
+        addr = str(to_checksum_address(ev.args.recipient))
         claimed[addr] = max(claimed.get(addr, 0), int(ev.args.cumulative))
         rep.claims += 1
     for addr, cum in sorted(claimed.items()):

@@ -22,7 +22,8 @@ class Artifact:
 def artifact(name: str) -> Artifact:
     if name not in NAMES:
         raise KeyError(f"no contract {name!r}; have {', '.join(NAMES)}")
-    import vyper  # imported here: compiling takes a moment and most callers only need ABIs
+    # Imported here: compiling takes a moment, and most callers only need ABIs.
+    import vyper  # type: ignore[import-untyped]
 
     out = vyper.compile_code((CONTRACTS / f"{name}.vy").read_text(),
                              output_formats=["abi", "bytecode"])

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from eth_abi import encode
-from eth_utils import keccak, to_checksum_address
+from eth_abi.abi import encode
+from eth_utils.address import to_checksum_address
+from eth_utils.crypto import keccak
 
 ZERO = b"\x00" * 32
 

@@ -20,8 +20,9 @@ from typing import IO
 
 import httpx
 from eth_account import Account
-from eth_utils import to_checksum_address
+from eth_utils.address import to_checksum_address
 from web3 import Web3
+from web3.types import RPCEndpoint
 
 from deai.chain import adapter
 from deai.core.errors import DeAIError
@@ -93,7 +94,8 @@ class HardhatNode:
 
 
 def set_eth(w3: Web3, address: str, wei: int) -> None:
-    w3.provider.make_request("hardhat_setBalance", [to_checksum_address(address), hex(wei)])
+    w3.provider.make_request(RPCEndpoint("hardhat_setBalance"),
+                             [to_checksum_address(address), hex(wei)])
 
 
 def deploy_devnet(rpc: str, *, challenge_delay: int = 5, unbond_delay: int = 10,
