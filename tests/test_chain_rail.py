@@ -1,12 +1,11 @@
-"""The chain rail against a real SQLite database and web3's in-process EVM: deposits
-credited once and only when confirmed, bonds and slashes mirrored once through the
-settlement port, epochs whose proofs pay on chain once, and an audit that holds until
-the books and the chain disagree."""
+"""The chain rail against a real database (SQLite and PostgreSQL) and web3's in-process
+EVM: deposits credited once and only when confirmed, bonds and slashes mirrored once
+through the settlement port, epochs whose proofs pay on chain once, and an audit that
+holds until the books and the chain disagree."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from eth_account.signers.local import LocalAccount
@@ -28,10 +27,10 @@ PROV = "b2" * 32
 
 
 class World:
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, url: str) -> None:
         self.lc: LocalChain = local_chain(challenge_delay=600, unbond_delay=600)
         self.chain = self.lc.chain
-        self.db = Database(f"sqlite:///{tmp / 'deai.sqlite3'}")
+        self.db = Database(url)
         migrate.upgrade(self.db.engine)
         self.clock = ManualClock()
         self.port = Settlement(self.clock, 500, rails=[rail.ChainRail(self.clock.now)])
@@ -57,9 +56,12 @@ class World:
         c.send(who, c.settlement.functions.deposit(bytes.fromhex(account), amount))
 
 
-@pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    w = World(tmp_path_factory.mktemp("rail"))
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def world(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+          ) -> Iterator[World]:
+    url = f"sqlite:///{tmp_path_factory.mktemp('rail') / 'deai.sqlite3'}" \
+        if request.param == "sqlite" else request.getfixturevalue("module_pg_url")
+    w = World(url)
     yield w
     w.db.dispose()
 
