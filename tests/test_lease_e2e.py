@@ -14,6 +14,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import io
+import json
 import os
 import pty
 import select
@@ -40,7 +41,7 @@ pytestmark = pytest.mark.slow
 DEAI = str(Path(sys.executable).parent / "deai")
 PRICES = "cpu=360000,memory_gb=36000"  # 1 CPU + 1 GiB: 396,000 µ/h = 110 µ/s
 LEASE_ENV = {"DEAI_LEASE_GRACE": "3", "DEAI_LEASE_WARN": "4", "DEAI_LEASE_SETTLE": "1",
-             "DEAI_LEASE_TICK": "0.25"}
+             "DEAI_LEASE_TICK": "0.25", "DEAI_LEASE_NOTICE": "8"}
 
 
 def start_host(net: Network, name: str, prices: str = PRICES) -> None:
@@ -257,6 +258,36 @@ def test_escrow_runs_out_after_a_warning(net: Network, alice: Client) -> None:
     assert lease.warned_at < lease.ended_at
     with pytest.raises(Conflict):
         leases.exec(lid, ["id"])
+    audit_ok(alice)
+
+
+def test_spot_lease_gets_its_notice_and_is_preempted(net: Network, alice: Client) -> None:
+    leases = Leases(alice)
+    spot = new_lease(alice, spot=True)
+    assert leases.exec(spot, ["sh", "-c", "setsid sh -c 'trap \"echo got-term > term.txt; "
+                              "exit 0\" TERM; while true; do sleep 0.1; done' "
+                              ">/dev/null 2>&1 </dev/null &"]) == 0
+    full = leases.create(cpus=1, memory_mb=1024, hours=1, max_price_hour=1_000_000)
+    assert full.provider_id == leases.show(spot).provider_id  # the only host: it preempts
+    end = time.time() + 30
+    while True:
+        try:
+            assert leases.get(spot, "term.txt") == b"got-term\n"
+            break
+        except AssertionError:
+            raise
+        except Exception:
+            assert time.time() < end, "no SIGTERM reached the lease"
+            time.sleep(0.3)
+    notice = json.loads(leases.get(spot, ".deai/preempt"))
+    assert notice["at"] == leases.show(spot).preempt_at
+    gone = leases.wait_ended(spot, timeout=60)
+    assert gone.end_reason == "preempted" and gone.penalty == 0
+    assert gone.refunded == gone.escrow - gone.charged > 0
+    kinds = [e["kind"] for e in leases.show(spot).events]
+    assert kinds.index("lease_preempt_notice") < kinds.index("lease_ended")
+    assert leases.wait_active(full.id).status == "active"
+    leases.end(full.id)
     audit_ok(alice)
 
 

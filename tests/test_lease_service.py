@@ -192,3 +192,29 @@ def test_a_lease_nobody_starts_ends_and_owner_end_refunds(c: Coordinator) -> Non
     refused = leases.show(c, OWNER, failed.id)
     assert refused.end_reason == "policy" and refused.refunded == refused.escrow
     audit(c)
+
+
+def test_a_spot_lease_is_preempted_after_notice(c: Coordinator) -> None:
+    spot = leases.create(c, OWNER, LeaseIn(cpus=2, memory_mb=1024, hours=1, spot=True,
+                                           max_price_hour=10**6))
+    assert spot.price_hour == (2 * 360_000 + 36_000) // 2  # half price
+    leases.heartbeat(c, HOST, [spot.id], {})
+    advance(c, 20, beat=[spot.id])
+    with pytest.raises(NoCapacity):  # a spot lease never preempts another
+        leases.create(c, OWNER, LeaseIn(cpus=1, memory_mb=1024, hours=1, spot=True,
+                                        max_price_hour=10**6))
+    new = leases.create(c, OWNER, LeaseIn(cpus=1, memory_mb=1024, hours=1,
+                                          max_price_hour=10**6), CFG)
+    assert new.provider_id == HOST and new.price_hour == PRICE > spot.price_hour
+    noticed = leases.show(c, OWNER, spot.id)
+    assert noticed.preempt_at == c.now() + CFG.notice and noticed.status == "active"
+    assert "lease_preempt_notice" in [e["kind"] for e in noticed.events]
+    _, _, notices = leases.work_for(c, HOST, {spot.id, new.id})
+    assert [n.id for n in notices] == [spot.id]
+    advance(c, 60, beat=[spot.id, new.id])
+    gone = leases.show(c, OWNER, spot.id)
+    assert (gone.end_reason, gone.penalty) == ("preempted", 0)
+    assert gone.charged == cost_of(spot.price_hour, 80)
+    assert gone.refunded == gone.escrow - gone.charged
+    assert leases.show(c, OWNER, new.id).status == "active"
+    audit(c)

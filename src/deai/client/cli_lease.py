@@ -81,6 +81,9 @@ def show_lease(lease: LeaseOut) -> None:
         f"{f' ({lease.ends_by})' if lease.ends_by else ''}")
     if lease.detail:
         console.print(f"detail     {lease.detail}")
+    if lease.preempt_at and lease.status != "ended":
+        console.print(f"[yellow]preemption notice: this spot lease ends at "
+                      f"{_when(lease.preempt_at)}[/]")
     for e in lease.events:
         if e.get("kind") == "lease_warning":
             console.print(f"[yellow]warning {_when(e.get('ts'))}: {e.get('message')}[/]")

@@ -235,10 +235,11 @@ class Leases:
                                    json_body=host.model_dump(mode="json"))
         return wl.HostOut.model_validate(resp.json())
 
-    def poll(self, wait: float, known: list[str]) -> wl.LeasePollOut:
+    def poll(self, wait: float, known: list[str],
+             noticed: list[str] | None = None) -> wl.LeasePollOut:
         return self.client._post("/api/provider/leases/poll",
-                                 wl.LeasePollIn(wait=wait, known=known), wl.LeasePollOut,
-                                 timeout=wait + 15.0)
+                                 wl.LeasePollIn(wait=wait, known=known, noticed=noticed or []),
+                                 wl.LeasePollOut, timeout=wait + 15.0)
 
     def heartbeat(self, running: list[str], failed: dict[str, str]) -> wl.LeaseBeatOut:
         return self.client._post("/api/provider/leases/heartbeat",

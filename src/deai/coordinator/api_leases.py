@@ -96,8 +96,8 @@ Cfg = Annotated[leases.LeaseConfig, Depends(_cfg)]
 # --- the owner ----------------------------------------------------------------------------
 
 @router.post("/leases", response_model=LeaseOut, status_code=201)
-async def create(body: LeaseIn, c: C, me: Signer, hub: Hub) -> LeaseOut:
-    out = await run_in_threadpool(leases.create, c, me, body)
+async def create(body: LeaseIn, c: C, me: Signer, hub: Hub, cfg: Cfg) -> LeaseOut:
+    out = await run_in_threadpool(leases.create, c, me, body, cfg)
     hub.wake(out.provider_id)
     return out
 
@@ -148,11 +148,12 @@ async def poll(body: LeasePollIn, c: C, me: Signer, hub: Hub) -> LeasePollOut:
     deadline = loop.time() + body.wait
     known = set(body.known)
     while True:
-        start, stop = await run_in_threadpool(leases.work_for, c, me, known)
+        start, stop, notices = await run_in_threadpool(leases.work_for, c, me, known)
         sessions = hub.take(me)
         left = deadline - loop.time()
-        if start or stop or sessions or left <= 0 or c.notifier.closing:
-            return LeasePollOut(start=start, stop=stop, sessions=sessions)
+        fresh = [n for n in notices if n.id not in body.noticed]
+        if start or stop or sessions or fresh or left <= 0 or c.notifier.closing:
+            return LeasePollOut(start=start, stop=stop, sessions=sessions, notices=notices)
         await hub.wait(me, min(left, 5.0))
 
 

@@ -41,7 +41,15 @@ from deai.core import leases as core
 from deai.core import ledger
 from deai.core.errors import Conflict, Forbidden, InvalidInput, NoCapacity, NotFound
 from deai.core.leases import EndReason, LeaseStatus
-from deai.core.wire_leases import ExtendIn, HostIn, HostOut, LeaseIn, LeaseOut, LeaseSpec
+from deai.core.wire_leases import (
+    ExtendIn,
+    HostIn,
+    HostOut,
+    LeaseIn,
+    LeaseOut,
+    LeaseSpec,
+    Notice,
+)
 from deai.store import journal
 from deai.store.models import Event, Lease, LeaseEarning, LeaseHost, Provider
 
@@ -57,6 +65,7 @@ class LeaseConfig:
     start_timeout: float = 120.0
     penalty_bps: int = 100  # 1 % of the stake for a lost lease
     tick: float = 1.0
+    notice: float = 60.0  # a spot lease's warning before it is preempted
 
     @classmethod
     def from_env(cls) -> LeaseConfig:
@@ -67,7 +76,8 @@ class LeaseConfig:
                    settle_every=float(env.get("DEAI_LEASE_SETTLE", d.settle_every)),
                    start_timeout=float(env.get("DEAI_LEASE_START_TIMEOUT", d.start_timeout)),
                    penalty_bps=int(env.get("DEAI_LEASE_PENALTY_BPS", d.penalty_bps)),
-                   tick=float(env.get("DEAI_LEASE_TICK", d.tick)))
+                   tick=float(env.get("DEAI_LEASE_TICK", d.tick)),
+                   notice=float(env.get("DEAI_LEASE_NOTICE", d.notice)))
 
     @property
     def heartbeat_interval(self) -> float:
@@ -129,13 +139,32 @@ def hosts(c: Coordinator, s: Session) -> list[core.Host]:
 
 # --- the owner's operations -------------------------------------------------------------------
 
-def create(c: Coordinator, owner: str, body: LeaseIn) -> LeaseOut:
+def spot_leases(s: Session) -> dict[str, list[core.SpotLease]]:
+    """Live spot leases not yet under notice, by provider."""
+    out: dict[str, list[core.SpotLease]] = {}
+    for x in s.scalars(select(Lease).where(Lease.status.in_(LIVE), Lease.spot.is_(True),
+                                           Lease.preempt_at.is_(None))):
+        out.setdefault(x.provider_id, []).append(core.SpotLease(
+            x.id, x.cpus, x.memory_mb, x.gpus, x.price_hour))
+    return out
+
+
+def create(c: Coordinator, owner: str, body: LeaseIn,
+           cfg: LeaseConfig | None = None) -> LeaseOut:
+    """Place and escrow a lease. When no host is free, spot leases that pay less per hour
+    are given notice (``cfg.notice`` seconds) and the new lease goes on their host."""
+    cfg = cfg or LeaseConfig()
     ask = core.Ask(cpus=body.cpus, memory_mb=body.memory_mb, gpus=body.gpus,
                    gpu_model=body.gpu_model, network=body.network, spot=body.spot)
     lid = new_id("lease")
     with c.db.write() as s:
-        host, price, rejected = core.choose(ask, hosts(c, s), body.max_price_hour,
+        candidates = hosts(c, s)
+        host, price, rejected = core.choose(ask, candidates, body.max_price_hour,
                                             c.settings.min_stake)
+        preempt: list[str] = []
+        if host is None:
+            host, price, preempt = core.choose_preempting(
+                ask, candidates, spot_leases(s), body.max_price_hour, c.settings.min_stake)
         if host is None:
             why = "; ".join(f"{pid[:12]}: {', '.join(r)}" for pid, r in sorted(rejected.items()))
             raise NoCapacity(f"no provider can host this lease ({why or 'no lease hosts'})",
@@ -154,6 +183,8 @@ def create(c: Coordinator, owner: str, body: LeaseIn) -> LeaseOut:
         s.add(lease)
         s.flush()
         c.settlement.post(s, ledger.escrow_lease(owner, lid, deposit))
+        for victim in preempt:
+            notify_preemption(c, s, victim, lid, c.now() + cfg.notice)
         c.emit(s, "lease_created", lid, owner=owner, provider=host.provider_id,
                price_hour=price, escrow=deposit, cpus=body.cpus, memory_mb=body.memory_mb)
         out = lease_out(lease, c)
@@ -223,21 +254,35 @@ def listing(c: Coordinator, owner: str, limit: int = 100) -> list[LeaseOut]:
 
 # --- the provider's side ----------------------------------------------------------------------
 
-def work_for(c: Coordinator, pid: str, known: set[str]) -> tuple[list[LeaseSpec], list[str]]:
-    """Pending leases of ``pid`` that its agent does not know yet, and the known ones it
-    should stop (ended, or not its own)."""
+def work_for(c: Coordinator, pid: str,
+             known: set[str]) -> tuple[list[LeaseSpec], list[str], list[Notice]]:
+    """Pending leases of ``pid`` that its agent does not know yet, the known ones it
+    should stop (ended, or not its own), and preemption notices for known ones."""
     with c.db.read() as s:
         rows = s.scalars(select(Lease).where(Lease.provider_id == pid,
                                              Lease.status == LeaseStatus.PENDING.value)).all()
         start = [LeaseSpec(id=x.id, cpus=x.cpus, memory_mb=x.memory_mb, gpus=x.gpus,
                            network=x.network) for x in rows if x.id not in known]
         stop: list[str] = []
+        notices: list[Notice] = []
         if known:
-            live = set(s.scalars(select(Lease.id).where(Lease.id.in_(sorted(known)),
-                                                        Lease.provider_id == pid,
-                                                        Lease.status.in_(LIVE))))
-            stop = sorted(known - live)
-        return start, stop
+            live = {x.id: x for x in s.scalars(select(Lease).where(
+                Lease.id.in_(sorted(known)), Lease.provider_id == pid,
+                Lease.status.in_(LIVE)))}
+            stop = sorted(known - set(live))
+            notices = [Notice(id=x.id, at=x.preempt_at) for x in live.values()
+                       if x.preempt_at is not None]
+        return start, stop, notices
+
+
+def notify_preemption(c: Coordinator, s: Session, lid: str, by: str, at: float) -> None:
+    lease = s.get(Lease, lid, with_for_update=True)
+    if lease is None or lease.status == LeaseStatus.ENDED.value or lease.preempt_at:
+        return
+    lease.preempt_at = at
+    c.emit(s, "lease_preempt_notice", lid, owner=lease.owner, provider=lease.provider_id,
+           at=at, by=by, message=f"this spot lease will be preempted at {at:.0f} "
+                                 f"({at - c.now():.0f} s): checkpoint now")
 
 
 def heartbeat(c: Coordinator, pid: str, running: list[str], failed: dict[str, str]) -> list[str]:
@@ -354,6 +399,8 @@ def tick(c: Coordinator, cfg: LeaseConfig) -> list[str]:
                 continue
             last = lease.last_heartbeat or lease.started_at or now
             at, reason = core.ends_at(billing(lease))
+            if lease.preempt_at is not None and (at is None or lease.preempt_at < at):
+                at, reason = lease.preempt_at, EndReason.PREEMPTED
             if now - last > cfg.grace and (at is None or last < at):
                 lease.detail = f"no heartbeat for {now - last:.0f} s (grace {cfg.grace:.0f} s)"
                 finish(c, s, lease, EndReason.PROVIDER_LOST, last, cfg.penalty_bps)
@@ -404,7 +451,8 @@ def lease_out(lease: Lease, c: Coordinator) -> LeaseOut:
         refunded=lease.refunded, penalty=lease.penalty, created_at=lease.created_at,
         started_at=lease.started_at, last_heartbeat=lease.last_heartbeat,
         term_end=lease.term_end, ends_at=at, ends_by=reason.value if reason else None,
-        warned_at=lease.warned_at, ended_at=lease.ended_at, detail=lease.detail)
+        warned_at=lease.warned_at, preempt_at=lease.preempt_at, ended_at=lease.ended_at,
+        detail=lease.detail)
 
 
 def public_summary(c: Coordinator) -> dict[str, Any]:

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 
 from deai.core.errors import Conflict, InvalidInput
@@ -112,6 +112,17 @@ def hourly_price(ask: Ask, prices: Mapping[str, int]) -> int | None:
             return None
         total += ask.gpus * per_gpu
     return total
+
+
+SPOT_BPS = 5_000  # a spot lease pays half the price, and may be preempted
+
+
+def lease_price(ask: Ask, prices: Mapping[str, int]) -> int | None:
+    """What a lease pays per hour: ``hourly_price``, at ``SPOT_BPS`` of it when spot."""
+    price = hourly_price(ask, prices)
+    if price is None or not ask.spot:
+        return price
+    return price * SPOT_BPS // BPS
 
 
 # --- billing --------------------------------------------------------------------------------
@@ -245,7 +256,7 @@ def reasons_against(ask: Ask, h: Host, max_price_hour: int, min_stake: int) -> l
         why.append(f"GPU model {h.gpu_model or 'none'}")
     if ask.network and not h.network:
         why.append("no network for leases")
-    price = hourly_price(ask, h.prices)
+    price = lease_price(ask, h.prices)
     if price is None:
         why.append("no price for a resource asked")
     elif price > max_price_hour:
@@ -265,9 +276,54 @@ def choose(ask: Ask, hosts: Iterable[Host], max_price_hour: int,
         if why:
             rejected[h.provider_id] = why
             continue
-        price = hourly_price(ask, h.prices)
+        price = lease_price(ask, h.prices)
         assert price is not None
         key = (price, -h.reputation, -h.stake, h.provider_id)
         if best is None or key < best:
             best, chosen = key, h
     return chosen, (best[0] if best else 0), rejected
+
+
+@dataclass(frozen=True)
+class SpotLease:
+    """A running spot lease, as a candidate for preemption."""
+
+    lease_id: str
+    cpus: int
+    memory_mb: int
+    gpus: int
+    price_hour: int
+
+
+def choose_preempting(ask: Ask, hosts: Iterable[Host], spots: Mapping[str, list[SpotLease]],
+                      max_price_hour: int, min_stake: int
+                      ) -> tuple[Host | None, int, list[str]]:
+    """When no host is free: the cheapest host that would be, once some of its spot leases
+    that pay less per hour than this lease are preempted (cheapest first, as few as
+    needed). Returns the host, the price, and the leases to preempt. Spot asks never
+    preempt."""
+    if ask.spot:
+        return None, 0, []
+    best: tuple[int, int, float, str] | None = None
+    found: tuple[Host, int, list[str]] | None = None
+    for h in hosts:
+        price = lease_price(ask, h.prices)
+        if price is None:
+            continue
+        mine = sorted((x for x in spots.get(h.provider_id, []) if x.price_hour < price),
+                      key=lambda x: (x.price_hour, x.lease_id))
+        cpu, mem, gpu, chosen = h.free_cpus, h.free_memory_mb, h.free_gpus, []
+        for x in mine:
+            if cpu >= ask.cpus and mem >= ask.memory_mb and gpu >= ask.gpus:
+                break
+            cpu, mem, gpu = cpu + x.cpus, mem + x.memory_mb, gpu + x.gpus
+            chosen.append(x.lease_id)
+        if not chosen:
+            continue
+        freed = replace(h, free_cpus=cpu, free_memory_mb=mem, free_gpus=gpu)
+        if reasons_against(ask, freed, max_price_hour, min_stake):
+            continue
+        key = (price, len(chosen), -h.reputation, h.provider_id)
+        if best is None or key < best:
+            best, found = key, (h, price, chosen)
+    return found if found is not None else (None, 0, [])

@@ -69,6 +69,7 @@ class LeaseOut(Out):
     ends_at: float | None = None
     ends_by: str | None = None  # the reason it will end by itself at ends_at
     warned_at: float | None = None
+    preempt_at: float | None = None  # a spot lease's preemption notice: it ends then
     ended_at: float | None = None
     detail: str | None = None
     events: list[dict[str, Any]] = Field(default_factory=list)
@@ -117,12 +118,21 @@ class SessionOpen(Out):
 class LeasePollIn(In):
     wait: float = Field(default=20.0, ge=0, le=60)
     known: list[str] = Field(default_factory=list, max_length=1024)  # leases the agent has
+    noticed: list[str] = Field(default_factory=list, max_length=1024)  # notices it delivered
+
+
+class Notice(Out):
+    """A spot lease will be preempted at ``at``: tell the programs inside."""
+
+    id: str
+    at: float
 
 
 class LeasePollOut(Out):
     start: list[LeaseSpec] = Field(default_factory=list)
     stop: list[str] = Field(default_factory=list)
     sessions: list[SessionOpen] = Field(default_factory=list)
+    notices: list[Notice] = Field(default_factory=list)
 
 
 class LeaseBeatIn(In):

@@ -10,6 +10,9 @@ link to a host service. Each connection is one session:
     agent → init   T {"op": "exec", "argv": [...], "pty": bool, "rows", "cols", "env"}
                    T {"op": "put", "path": P, "mode": 0o644} | {"op": "get", "path": P}
                    T {"op": "connect", "port": N} | {"op": "ping"}
+                   T {"op": "notice", "at": T}  (a spot lease's preemption notice:
+                     ``~/.deai/preempt`` is written, then SIGTERM to every process but
+                     this one)
     then, both ways, frames: B <channel byte><data>  (0 stdin/upload, 1 stdout/download,
                    2 stderr) and T {"type": "resize"|"eof"|"signal"|"ready"|"exit"|"error"}
 
@@ -268,6 +271,16 @@ def connect(ch: Channel, req: dict[str, Any]) -> None:
     ch.text(type="exit", code=0)
 
 
+def notice(ch: Channel, req: dict[str, Any]) -> None:
+    """A spot lease's preemption notice: a file, then SIGTERM to every other process."""
+    folder = _home_path(".deai")
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, "preempt"), "w") as f:
+        json.dump({"at": req.get("at"), "seconds": req.get("seconds")}, f)
+    os.kill(-1, signal.SIGTERM)  # this process ignores it (main), the bwrap pid 1 is spared
+    ch.text(type="exit", code=0)
+
+
 def serve(conn: socket.socket) -> None:
     ch = Channel(conn)
     try:
@@ -286,6 +299,8 @@ def serve(conn: socket.socket) -> None:
             get(ch, req)
         elif op == "connect":
             connect(ch, req)
+        elif op == "notice":
+            notice(ch, req)
         else:
             ch.text(type="error", message=f"unknown op {op!r}")
     except OSError as exc:
@@ -301,6 +316,8 @@ def serve(conn: socket.socket) -> None:
 
 def main() -> None:
     srv = socket.socket(fileno=int(os.environ.pop("DEAI_CTL_FD")))
+    # a handler, not SIG_IGN: programs started from here get the default action back
+    signal.signal(signal.SIGTERM, lambda signum, frame: None)
     os.chdir(os.environ.get("HOME", "/"))
     while True:
         conn, _ = srv.accept()

@@ -217,6 +217,7 @@ class _State:
     boxes: dict[str, LeaseSandbox] = field(default_factory=dict)
     starting: set[str] = field(default_factory=set)
     failed: dict[str, str] = field(default_factory=dict)
+    noticed: set[str] = field(default_factory=set)
 
 
 class LeaseRunner:
@@ -276,8 +277,9 @@ class LeaseRunner:
         while not self._stop.is_set():
             with self._lock:
                 known = sorted(set(self.state.boxes) | self.state.starting)
+                noticed = sorted(self.state.noticed & set(known))
             try:
-                work = self.api.poll(self.poll_wait, known)
+                work = self.api.poll(self.poll_wait, known, noticed)
             except (httpx.TransportError, DeAIError) as exc:
                 log.warning("lease poll failed (%s); retrying", exc)
                 self._stop.wait(2.0)
@@ -290,6 +292,14 @@ class LeaseRunner:
                 self._starts.put(spec)
             for lid in work.stop:
                 self._end(lid)
+            for notice in work.notices:
+                with self._lock:
+                    box = self.state.boxes.get(notice.id)
+                    if box is None or notice.id in self.state.noticed:
+                        continue
+                    self.state.noticed.add(notice.id)
+                threading.Thread(target=deliver_notice, args=(box, notice.at), daemon=True,
+                                 name=f"deai-notice-{notice.id}").start()
             for sess in work.sessions:
                 threading.Thread(target=self._session, args=(sess,), daemon=True,
                                  name=f"deai-session-{sess.id[:8]}").start()
@@ -376,6 +386,19 @@ class LeaseRunner:
                 return
             with sock:
                 relay(ws, sock, sess.params)
+
+
+def deliver_notice(box: LeaseSandbox, at: float) -> None:
+    """Tell a spot lease it will be preempted: ``lease_init`` writes ``~/.deai/preempt``
+    and sends SIGTERM to every process in the sandbox but itself."""
+    try:
+        with box.connect() as sock:
+            ch = lease_init.Channel(sock)
+            ch.text(op="notice", at=at, seconds=max(0.0, at - time.time()))
+            ch.recv()
+        log.info("lease %s: preemption notice delivered", box.spec.id)
+    except OSError as exc:
+        log.warning("lease %s: notice not delivered: %s", box.spec.id, exc)
 
 
 def relay(ws, sock: socket.socket, params: dict[str, object]) -> None:  # type: ignore[no-untyped-def]

@@ -318,9 +318,6 @@ class BlobRef(Base):
 
 # --- leases of machines by the hour (core.leases; migration 0008) ---------------------------
 
-from sqlalchemy import CheckConstraint  # noqa: E402 - only the lease tables use it
-
-
 class LeaseHost(Base):
     """A provider's offer to host leases: capacity, per-hour prices per resource class."""
 
@@ -362,6 +359,7 @@ class Lease(Base):
     term_seconds: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     term_end: Mapped[float | None] = mapped_column(Float, nullable=True)
     settled_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    preempt_at: Mapped[float | None] = mapped_column(Float, nullable=True)  # spot: notice given
     warned_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     ended_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     detail: Mapped[str | None] = mapped_column(Text, nullable=True)

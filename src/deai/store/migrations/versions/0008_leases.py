@@ -53,6 +53,7 @@ def upgrade() -> None:
     sa.Column('term_seconds', sa.BigInteger(), nullable=True),
     sa.Column('term_end', sa.Float(), nullable=True),
     sa.Column('settled_at', sa.Float(), nullable=True),
+    sa.Column('preempt_at', sa.Float(), nullable=True),
     sa.Column('warned_at', sa.Float(), nullable=True),
     sa.Column('ended_at', sa.Float(), nullable=True),
     sa.Column('detail', sa.Text(), nullable=True),
