@@ -50,6 +50,20 @@ PUBLIC_FIELDS: dict[str, tuple[str, ...]] = {
     "checkpoint": ("provider", "step", "role"),
     "api_key_created": (),
     "api_key_revoked": (),
+    "result_corrected": ("task", "idx"),
+    "look_back": ("tasks",),
+    "withdrawal": ("amount", "address"),  # the journal's withdrawal entry says as much
+    "hardware_challenge": ("challenge", "reason"),
+    "hardware_verdict": ("challenge", "outcome", "status", "verified_units"),
+    "hardware_flagged": ("challenge", "outcome"),
+    "hardware_identity_changed": (),
+    "lease_host": ("cpus", "memory_mb", "gpus", "prices"),
+    "lease_created": ("owner", "provider", "price_hour", "escrow", "cpus", "memory_mb"),
+    "lease_extended": ("owner", "amount", "hours"),
+    "lease_started": ("owner", "provider"),
+    "lease_ended": ("owner", "provider", "reason", "charged", "refunded", "penalty"),
+    "lease_preempt_notice": ("owner", "provider", "at"),
+    "lease_warning": ("owner", "ends_at", "reason"),
 }
 
 PUBLIC_SPEC = ("kind", "model", "max_price")
