@@ -138,3 +138,7 @@ def test_the_fast_hash_path_agrees_with_core() -> None:
     assert fast == ledger.chain(d, 3, "f" * 64, 99)
     assert json.loads(body_json) == d.body and json.loads(postings_json) == [
         [a, v] for a, v in d.postings]
+    for kind in ("check_fee", 'a"b', "é", "", "x y"):  # kinds the plain quoting must not take
+        odd = ledger.Draft(kind, {"k": kind}, ())
+        assert journal._chain_fast(odd, 1, ledger.GENESIS, 5)[0] == ledger.chain(
+            odd, 1, ledger.GENESIS, 5)

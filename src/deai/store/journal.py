@@ -125,8 +125,13 @@ def append_many(s: Session, drafts: Sequence[ledger.Draft], clock: Clock) -> lis
     return entries
 
 
-def _canonical(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+_canonical = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode
+
+
+def _quoted(s: str) -> str:
+    """A JSON string: plain ASCII names (kinds, hex hashes) need no encoder."""
+    plain = s.isascii() and s.replace("_", "").isalnum()
+    return f'"{s}"' if plain else _canonical(s)
 
 
 def _chain_fast(d: ledger.Draft, seq: int, prev: str, ts_ms: int
@@ -135,7 +140,7 @@ def _chain_fast(d: ledger.Draft, seq: int, prev: str, ts_ms: int
     the hash's canonical payload is a JSON list whose last two items are exactly these."""
     body_json = _canonical(d.body)
     postings_json = _canonical([[a, v] for a, v in d.postings])
-    payload = f"[{seq},{_canonical(prev)},{ts_ms},{_canonical(d.kind)},{body_json},{postings_json}]"
+    payload = f"[{seq},{_quoted(prev)},{ts_ms},{_quoted(d.kind)},{body_json},{postings_json}]"
     h = hashlib.sha256(payload.encode()).hexdigest()
     return ledger.Entry(seq, prev, ts_ms, d.kind, d.body, d.postings, h), body_json, postings_json
 
