@@ -25,9 +25,14 @@ from eth_utils.address import to_checksum_address
 from deai.core.ledger import Entry
 
 
-def evidence_hash(body: Mapping[str, Any]) -> str:
-    """sha256 of the entry's body in the journal's canonical JSON (0x-prefixed hex)."""
+def evidence_hash(body: Mapping[str, Any], provider: str | None = None) -> str:
+    """sha256 of the entry's body in the journal's canonical JSON (0x-prefixed hex).
+
+    A slash entry names one provider; should an entry ever take several providers'
+    stake, each one's hash also covers its id (``provider`` differs from the body's)."""
     payload = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    if provider is not None and body.get("provider") != provider:
+        payload += ":" + provider
     return "0x" + hashlib.sha256(payload.encode()).hexdigest()
 
 
@@ -41,20 +46,22 @@ def stake_moves(entry: Entry) -> dict[str, int]:
 
 
 def mirror_ops(entry: Entry) -> list[tuple[str, dict[str, Any]]]:
-    """The vault calls that mirror one journal entry: (op, args), at most one per op."""
-    ops: dict[str, dict[str, Any]] = {}
+    """The vault calls that mirror one journal entry: (op, args), one per provider moved."""
+    ops: list[tuple[str, dict[str, Any]]] = []
     for pid, delta in sorted(stake_moves(entry).items()):
         if delta > 0:
-            op, args = "bond", {"provider": pid, "amount": delta, "ref": "0x" + entry.hash}
+            ops.append(("bond", {"provider": pid, "amount": delta, "ref": ref(entry, pid)}))
         elif entry.kind == "unbond":
-            op, args = "unbond", {"provider": pid, "amount": -delta, "ref": "0x" + entry.hash}
+            ops.append(("unbond", {"provider": pid, "amount": -delta, "ref": ref(entry, pid)}))
         else:
-            op, args = "slash", {"provider": pid, "amount": -delta,
-                                 "evidence": evidence_hash(entry.body), "kind": entry.kind}
-        if op in ops:  # one entry moving several providers' stake the same way
-            raise ValueError(f"entry {entry.seq} moves stake of several providers")
-        ops[op] = args
-    return list(ops.items())
+            ops.append(("slash", {"provider": pid, "amount": -delta, "kind": entry.kind,
+                                  "evidence": evidence_hash(entry.body, pid)}))
+    return ops
+
+
+def ref(entry: Entry, provider: str) -> str:
+    """The vault's once-only key for mirroring ``entry``'s move of ``provider``'s stake."""
+    return "0x" + hashlib.sha256(f"{entry.hash}:{provider}".encode()).hexdigest()
 
 
 def withdrawable(entries: Iterable[Entry], upto_seq: int | None = None) -> dict[str, int]:

@@ -55,10 +55,11 @@ def enqueue(s: Session, entry: ledger.Entry, now: float) -> int:
     new = 0
     for op, args in books.mirror_ops(entry):
         exists = s.scalar(select(ChainOutbox.id).where(ChainOutbox.journal_seq == entry.seq,
-                                                       ChainOutbox.op == op))
+                                                       ChainOutbox.op == op,
+                                                       ChainOutbox.provider == args["provider"]))
         if exists is None:
-            s.add(ChainOutbox(journal_seq=entry.seq, op=op, args=args, status="pending",
-                              attempts=0, created_at=now))
+            s.add(ChainOutbox(journal_seq=entry.seq, op=op, provider=args["provider"],
+                              args=args, status="pending", attempts=0, created_at=now))
             new += 1
     if new:
         s.flush()

@@ -438,6 +438,7 @@ class ChainOutbox(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     journal_seq: Mapped[int] = mapped_column(BigInteger)
     op: Mapped[str] = mapped_column(String(16))
+    provider: Mapped[str] = mapped_column(String(64))
     args: Mapped[dict[str, Any]] = mapped_column(JSON)
     status: Mapped[str] = mapped_column(String(16), index=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
@@ -447,7 +448,7 @@ class ChainOutbox(Base):
     done_at: Mapped[float | None] = mapped_column(Float, nullable=True)
 
     __table_args__ = (
-        UniqueConstraint("journal_seq", "op", name="uq_chain_outbox_entry"),
+        UniqueConstraint("journal_seq", "op", "provider", name="uq_chain_outbox_entry"),
         _sa.CheckConstraint("op IN ('bond', 'unbond', 'slash')", name="ck_chain_outbox_op"),
         _sa.CheckConstraint("status IN ('pending', 'done', 'failed')",
                             name="ck_chain_outbox_status"),

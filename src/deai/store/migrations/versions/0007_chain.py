@@ -55,6 +55,7 @@ def upgrade() -> None:
     sa.Column('id', sa.Integer(), autoincrement=True, nullable=False),
     sa.Column('journal_seq', sa.BigInteger(), nullable=False),
     sa.Column('op', sa.String(length=16), nullable=False),
+    sa.Column('provider', sa.String(length=64), nullable=False),
     sa.Column('args', sa.JSON(), nullable=False),
     sa.Column('status', sa.String(length=16), nullable=False),
     sa.Column('attempts', sa.Integer(), nullable=False),
@@ -66,7 +67,7 @@ def upgrade() -> None:
     sa.CheckConstraint("status IN ('pending', 'done', 'failed')",
                        name='ck_chain_outbox_status'),
     sa.PrimaryKeyConstraint('id'),
-    sa.UniqueConstraint('journal_seq', 'op', name='uq_chain_outbox_entry')
+    sa.UniqueConstraint('journal_seq', 'op', 'provider', name='uq_chain_outbox_entry')
     )
     op.create_index('ix_chain_outbox_status', 'chain_outbox', ['status'], unique=False)
     op.create_table('chain_cursors',
