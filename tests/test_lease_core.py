@@ -149,3 +149,20 @@ def test_lease_postings_balance_and_audit() -> None:
         ledger.escrow_lease(owner, lid, 0)
     with pytest.raises(ValueError):
         ledger.lease_charge(lid, prov, 10, 11, 1)
+
+
+def test_spot_price_and_preemption_choice() -> None:
+    ask = L.Ask(cpus=2, memory_mb=1024)
+    assert L.lease_price(L.Ask(cpus=2, memory_mb=1024, spot=True), PRICES) == \
+        L.hourly_price(ask, PRICES) // 2  # type: ignore[operator]
+    full = host("h", free_cpus=0, free_memory_mb=0)
+    spots = {"h": [L.SpotLease("s-dear", 2, 1024, 0, 10**9),
+                   L.SpotLease("s-cheap", 1, 512, 0, 100),
+                   L.SpotLease("s-cheaper", 1, 512, 0, 50)]}
+    chosen, price, victims = L.choose_preempting(ask, [full], spots, 10**7, 0)
+    assert chosen is full and price == L.hourly_price(ask, PRICES)
+    assert victims == ["s-cheaper", "s-cheap"]  # cheapest first, only what pays less
+    assert L.choose_preempting(L.Ask(cpus=2, memory_mb=1024, spot=True), [full], spots,
+                               10**7, 0)[0] is None
+    assert L.choose_preempting(L.Ask(cpus=3, memory_mb=1024), [full], spots, 10**7, 0)[0] \
+        is None  # the dear spot lease pays more: not enough can be freed
