@@ -5,6 +5,9 @@ workload runs inside it and workloads may not import the provider package
 (tests/test_layers.py); the agent asks here whether it may offer commands::
 
     ok, why = sandbox.available()   # (False, "bwrap not found on PATH ...")
+
+What the sandbox isolates and limits, and what it does not guarantee:
+docs/security.md ("What the sandbox guarantees").
 """
 
 from deai.workloads.sandbox import Limits, Result, SandboxUnavailable, available, run
