@@ -56,10 +56,14 @@ app = typer.Typer(no_args_is_help=True, add_completion=False,
 keys_app = typer.Typer(no_args_is_help=True, help="Ed25519 keys under $DEAI_HOME/keys.")
 provider_app = typer.Typer(no_args_is_help=True, help="Sell compute.")
 devnet_app = typer.Typer(no_args_is_help=True, help="A local network on loopback.")
+verifier_app = typer.Typer(no_args_is_help=True,
+                          help="Run the network's trusted verifier (its key listed by the "
+                               "coordinator).")
 job_app = typer.Typer(no_args_is_help=True, help="Submit and follow jobs.")
 market_app = typer.Typer(no_args_is_help=True, help="Prices and who could run a job.")
 ledger_app = typer.Typer(no_args_is_help=True, help="Balances and the journal's audit.")
-for _name, _sub in (("keys", keys_app), ("provider", provider_app), ("devnet", devnet_app),
+for _name, _sub in (("keys", keys_app), ("provider", provider_app), ("verifier", verifier_app),
+                    ("devnet", devnet_app),
                     ("job", job_app), ("market", market_app), ("ledger", ledger_app)):
     app.add_typer(_sub, name=_name)
 
@@ -358,13 +362,28 @@ def coordinator_cmd(
     devnet: Annotated[bool, typer.Option(help="Faucet on, short windows.")] = False,
     workers: Annotated[int, typer.Option(min=1, help="Replica processes on this port "
                                          "(PostgreSQL only).")] = 1,
+    verifier_key: Annotated[list[str] | None, typer.Option(
+        help="A trusted verifier's public key (repeatable; also DEAI_VERIFIER_KEYS, "
+             "comma-separated).")] = None,
+    trust_forwarded_for: Annotated[bool, typer.Option(
+        help="Behind a reverse proxy: a provider's address is X-Forwarded-For's last hop.")]
+    = False,
 ) -> None:
     """Run the coordinator (blocks until stopped)."""
+    import argparse
+
+    from deai.coordinator.__main__ import verifier_key as check_key
+    from deai.coordinator.__main__ import verifier_keys
     from deai.coordinator.server import serve
     from deai.coordinator.settings import Settings, default_data_dir
 
+    try:
+        trusted = verifier_keys([check_key(k) for k in verifier_key or []])
+    except argparse.ArgumentTypeError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--verifier-key") from None
     settings = Settings(data_dir=(data_dir or default_data_dir()).resolve(),
-                        database_url=database_url)
+                        database_url=database_url, verifiers=trusted,
+                        trust_forwarded_for=trust_forwarded_for)
     serve(settings.for_devnet() if devnet else settings, host, port, workers=workers)
 
 
@@ -378,13 +397,32 @@ def provider_start(
     stake: Annotated[str | None, typer.Option(help="DEAI to bond, e.g. 25; default the "
                                               "network's minimum.")] = None,
     name: str = "",
+    operator: Annotated[str | None, typer.Option(help="The operator key (from `deai keys`) "
+                                                 "that claims this provider.")] = None,
 ) -> None:
     """Run a provider agent: probe, benchmark, bond, offer, then serve work until stopped."""
     from deai.provider.agent import start
 
     threads = threads or usable_cores()
     bond = parse_amount(stake, "stake") if stake is not None else None
-    raise typer.Exit(start(coordinator, key, threads, slots, price, bond, name))
+    raise typer.Exit(start(coordinator, key, threads, slots, price, bond, name,
+                           operator=operator))
+
+
+@command(verifier_app, "start")
+def verifier_start(
+    key: Key, coordinator: Coordinator = DEFAULT_COORDINATOR,
+    threads: Annotated[int | None, typer.Option(min=1, help="CPU threads to use; "
+                                                "default every usable core.")] = None,
+    slots: Annotated[int, typer.Option(min=1, help="Checks run at once.")] = 1,
+    name: str = "",
+) -> None:
+    """Run the network's own verifier: a provider agent whose key the coordinator lists
+    (``--verifier-key``); it offers every model it can run at price 0 and bonds no stake."""
+    from deai.provider.agent import start
+
+    raise typer.Exit(start(coordinator, key, threads or usable_cores(), slots, 0, None, name,
+                           verifier=True))
 
 
 @command(provider_app, "verify")

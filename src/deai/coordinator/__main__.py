@@ -1,14 +1,16 @@
 """``python -m deai.coordinator --database-url URL --host H --port P --data-dir D [--devnet]
-[--workers N]``"""
+[--workers N] [--verifier-key HEX ...] [--trust-forwarded-for]``"""
 
 from __future__ import annotations
 
 import argparse
+import os
 from dataclasses import replace
 from pathlib import Path
 
 from deai.coordinator.server import serve
 from deai.coordinator.settings import Settings
+from deai.core.auth import is_account_id
 from deai.core.verify.params import OFF
 
 
@@ -29,6 +31,12 @@ def main(argv: list[str] | None = None) -> None:
                     help="no canaries and no replication unless a job asks for it")
     ap.add_argument("--canary-share", type=float, default=None)
     ap.add_argument("--verify-timeout", type=float, default=None)
+    ap.add_argument("--verifier-key", action="append", default=[], type=verifier_key,
+                    metavar="HEX", help="a trusted verifier's public key (repeatable; also "
+                    "DEAI_VERIFIER_KEYS, comma-separated)")
+    ap.add_argument("--trust-forwarded-for", action="store_true",
+                    help="behind a reverse proxy: a provider's address is the last hop of "
+                         "X-Forwarded-For")
     a = ap.parse_args(argv)
     st = Settings(database_url=a.database_url)
     if a.data_dir is not None:
@@ -46,7 +54,27 @@ def main(argv: list[str] | None = None) -> None:
         st = replace(st, verify=replace(st.verify, canary_share=a.canary_share))
     if a.verify_timeout is not None:
         st = replace(st, verify_timeout=a.verify_timeout)
+    st = replace(st, verifiers=verifier_keys(a.verifier_key),
+                 trust_forwarded_for=a.trust_forwarded_for)
     serve(st, a.host, a.port, workers=a.workers)
+
+
+def verifier_key(value: str) -> str:
+    """A verifier's public key: 64 hex digits (``deai keys show NAME``)."""
+    key = value.strip().lower()
+    if not is_account_id(key):
+        raise argparse.ArgumentTypeError(f"not a public key (64 hex digits): {value!r}")
+    return key
+
+
+def verifier_keys(flags: list[str], env: str | None = None) -> frozenset[str]:
+    """The flags' keys plus those of ``DEAI_VERIFIER_KEYS`` (comma-separated)."""
+    raw = os.environ.get("DEAI_VERIFIER_KEYS", "") if env is None else env
+    try:
+        listed = [verifier_key(k) for k in raw.split(",") if k.strip()]
+    except argparse.ArgumentTypeError as exc:
+        raise SystemExit(f"DEAI_VERIFIER_KEYS: {exc}") from None
+    return frozenset([*flags, *listed])
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from deai.coordinator.auth import coordinator, signer
 from deai.coordinator.openai import keys as api_keys
 from deai.coordinator.service import Coordinator
 from deai.core import wire
+from deai.core.diversity import client_address
 
 router = APIRouter(prefix="/api")
 C = Annotated[Coordinator, Depends(coordinator)]
@@ -29,8 +30,11 @@ AssignmentId = Annotated[str, Path(min_length=1, max_length=40)]
 
 
 @router.post("/providers/register", response_model=wire.ProviderOut)
-def register(body: wire.RegisterIn, c: C, me: Signer) -> wire.ProviderOut:
-    return c.register(me, body)
+def register(body: wire.RegisterIn, c: C, me: Signer, request: Request) -> wire.ProviderOut:
+    address = client_address(request.client.host if request.client else None,
+                             request.headers.get("x-forwarded-for"),
+                             c.settings.trust_forwarded_for)
+    return c.register(me, body, address=address)
 
 
 @router.post("/providers/bond", response_model=wire.BalanceOut)

@@ -6,6 +6,7 @@ module only gathers its inputs and records its outputs.
 from __future__ import annotations
 
 from collections import defaultdict
+from typing import Any
 
 from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session
@@ -49,7 +50,13 @@ def provider_states(c: Coordinator, s: Session) -> list[market.ProviderState]:
         id=p.id, online=True, stake=stakes.get(ledger.stake(p.id), 0),
         memory_mb=int(p.hardware.get("memory_mb", 0)), slots=p.slots,
         load=int(load.get(p.id, 0)), reputation=p.reputation, compute_units=p.compute_units,
-        offers=tuple(offers[p.id])) for p in rows]
+        offers=tuple(offers[p.id]), **_identity(c, p)) for p in rows]
+
+
+def _identity(c: Coordinator, p: Provider) -> dict[str, Any]:
+    """Who is behind a provider (``core.diversity``) and whether the network trusts it."""
+    return {"operator": p.operator or p.id, "origin": p.origin or "",
+            "fingerprint": p.fingerprint or "", "verifier": p.id in c.settings.verifiers}
 
 
 def all_provider_states(c: Coordinator, s: Session) -> list[market.ProviderState]:
@@ -67,7 +74,8 @@ def all_provider_states(c: Coordinator, s: Session) -> list[market.ProviderState
         out.append(market.ProviderState(
             id=p.id, online=False, stake=stakes.get(ledger.stake(p.id), 0),
             memory_mb=int(p.hardware.get("memory_mb", 0)), slots=p.slots,
-            reputation=p.reputation, compute_units=p.compute_units, offers=offers))
+            reputation=p.reputation, compute_units=p.compute_units, offers=offers,
+            **_identity(c, p)))
     return out
 
 

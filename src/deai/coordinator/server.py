@@ -44,8 +44,10 @@ class _Server(uvicorn.Server):
 
 def _run(settings: Settings, host: str, port: int, sock: socket.socket | None = None) -> None:
     app = create_app(settings)
+    # proxy_headers off: uvicorn would otherwise let any client on 127.0.0.1 rewrite its own
+    # address with X-Forwarded-For; Settings.trust_forwarded_for decides that instead.
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
-                            timeout_graceful_shutdown=5)
+                            timeout_graceful_shutdown=5, proxy_headers=False)
     server = _Server(config, app.state.coordinator.notifier)
     server.run(sockets=[sock] if sock is not None else None)
 

@@ -22,7 +22,7 @@ from deai import __version__
 from deai.coordinator.notifier import Notifier
 from deai.coordinator.settings import Settings
 from deai.coordinator.settlement import Settlement
-from deai.core import catalog, compute, ledger, wire
+from deai.core import auth, catalog, compute, diversity, ledger, wire
 from deai.core.clock import Clock, SystemClock
 from deai.core.errors import AuthError, Conflict, Forbidden, InvalidInput, NotFound
 from deai.core.lifecycle import AssignmentStatus, ProviderStatus
@@ -116,7 +116,30 @@ class Coordinator:
 
     # --- providers ------------------------------------------------------------------------
 
-    def register(self, pid: str, reg: wire.RegisterIn) -> wire.ProviderOut:
+    def register(self, pid: str, reg: wire.RegisterIn, address: str = "") -> wire.ProviderOut:
+        """Record a provider's hardware and offers, and who is behind it (``core.diversity``):
+        its operator (checked against ``operator_signature``), the network block of
+        ``address`` (the request's client) and the fingerprint of its hardware. A key
+        claiming ``capabilities["verifier"]`` keeps it only if ``settings.verifiers`` lists it.
+        """
+        if reg.operator_signature and not reg.operator:
+            raise InvalidInput("operator: required with operator_signature", field="operator")
+        if reg.operator:
+            try:
+                VerifyKey(bytes.fromhex(reg.operator)).verify(
+                    auth.operator_message(reg.operator, pid),
+                    bytes.fromhex(reg.operator_signature))
+            except (BadSignatureError, ValueError):
+                raise InvalidInput("operator_signature: not the operator's signature over "
+                                   "this provider key", field="operator_signature") from None
+        caps = dict(reg.capabilities)
+        if pid in self.settings.verifiers:
+            caps["verifier"] = True
+        else:  # an untrusted claim is dropped: the key serves as an ordinary provider
+            caps.pop("verifier", None)
+        hw = reg.hardware.model_dump()
+        fp = diversity.fingerprint(hw)
+        hw.pop("machine_id", None)  # links keys on one box; kept only inside the fingerprint
         for i, o in enumerate(reg.offers):
             info = catalog.lookup(o.model, field=f"offers[{i}].model", workload=o.workload)
             o.model = info.name
@@ -128,12 +151,15 @@ class Coordinator:
                 p = Provider(id=pid, registered_at=now, reputation=0.5, tasks_done=0)
                 s.add(p)
             p.name = reg.name or pid[:12]
-            p.hardware = reg.hardware.model_dump()
+            p.hardware = hw
             p.benchmark = reg.benchmark.model_dump()
             p.compute_units = cu
             p.threads, p.slots, p.last_seen = reg.threads, reg.slots, now
             p.status = ProviderStatus.ACTIVE
-            p.capabilities = dict(reg.capabilities)
+            p.capabilities = caps
+            p.operator = reg.operator or pid
+            p.origin = diversity.origin(address) or None
+            p.fingerprint = fp
             s.flush()
             s.execute(delete(Offer).where(Offer.provider_id == pid))
             for o in reg.offers:

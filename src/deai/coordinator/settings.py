@@ -35,6 +35,12 @@ class Settings:
     # draws (None: the operating system's randomness, which providers cannot predict).
     strategy: Strategy = DEFAULT_STRATEGY
     verify_seed: int | None = None
+    # Keys of the network's own verifier processes (``deai verifier start``): the only
+    # providers trusted to decide a verdict (hex public keys).
+    verifiers: frozenset[str] = frozenset()
+    # Behind a reverse proxy: take a registering provider's address from the last hop of
+    # X-Forwarded-For instead of the socket (core.diversity.client_address).
+    trust_forwarded_for: bool = False
 
     @property
     def db_url(self) -> str:

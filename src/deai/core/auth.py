@@ -40,3 +40,8 @@ def is_nonce(value: str) -> bool:
 def result_message(assignment_id: str, digest: str, units: int) -> bytes:
     """What a provider signs when it submits a result, kept as evidence."""
     return f"deai-result\n{assignment_id}\n{digest}\n{units}".encode()
+
+
+def operator_message(operator: str, provider_id: str) -> bytes:
+    """What an operator signs to claim a provider key as its own (``core.diversity``)."""
+    return f"deai-operator\n{operator}\n{provider_id}".encode()

@@ -36,6 +36,11 @@ class ProviderState:
     reputation: float = 0.5
     compute_units: float = 1.0
     offers: tuple[Offer, ...] = ()
+    # Who is behind the key (core.diversity): no two parties on one task may share one.
+    operator: str = ""  # "" = the key is its own operator
+    origin: str = ""  # network block it registered from; "" = unknown
+    fingerprint: str = ""  # digest of its registered hardware; "" = unknown
+    verifier: bool = False  # listed in the coordinator's settings as a trusted verifier
 
     def price_for(self, workload: str, model: str) -> int | None:
         for o in self.offers:

@@ -95,6 +95,8 @@ class Hardware(In):
     gpus: Annotated[list[dict[str, Any]], bounded(16_384, 3)] = Field(default_factory=list,
                                                                        max_length=64)
     platform: str = Field(default="", max_length=200)
+    machine_id: str = Field(default="", pattern=r"^([0-9a-f]{64})?$",
+                            description="SHA-256 of /etc/machine-id (never the id itself)")
 
 
 class Benchmark(In):
@@ -120,6 +122,11 @@ class RegisterIn(In):
                                                                        max_length=32)
     """What this machine can and cannot do, e.g. ``{"sandbox": false, "sandbox_reason":
     "bwrap not found on PATH"}``: a provider without a sandbox offers no command model."""
+    operator: str = Field(default="", pattern=r"^([0-9a-f]{64})?$",
+                          description="the operator's public key; empty: its own operator")
+    operator_signature: str = Field(default="", pattern=r"^([0-9a-f]{128})?$",
+                                    description="the operator's signature over "
+                                                "core.auth.operator_message")
 
 
 class BondIn(In):

@@ -6,6 +6,8 @@ arguments (an unknown model, a price for a model not offered).
 
     --models all-MiniLM-L6-v2,SmolLM2-135M-Instruct   (default: every available model)
     --price 1000 --price-for SmolLM2-135M-Instruct=300
+    --operator ops            (the operator key that claims this provider)
+    --verifier                (the network's verifier: price 0, no stake)
 """
 
 from __future__ import annotations
@@ -70,6 +72,17 @@ def parser() -> argparse.ArgumentParser:
                    help="memory to lease out in MiB (default half of this machine's)")
     p.add_argument("--lease-network", action="store_true",
                    help="let leases that ask for it use this machine's network")
+    p.add_argument("--operator", default=None, metavar="KEYNAME",
+                   help="the operator key (from `deai keys`) that claims this provider; "
+                        "default: the provider is its own operator")
+    p.add_argument("--verifier", action="store_true",
+                   help="run as the network's verifier: every model at price 0, no stake "
+                        "(the coordinator must list this key with --verifier-key)")
+    p.add_argument("--machine-id", default=None, metavar="TEXT",
+                   help="report a digest of TEXT instead of /etc/machine-id (several test "
+                        "agents on one machine)")
+    p.add_argument("--source-address", default=None, metavar="ADDR",
+                   help="connect to the coordinator from this local address")
     return p
 
 
@@ -102,7 +115,9 @@ def main(argv: list[str] | None = None) -> int:
                           prices=args.lease_prices, network=args.lease_network)
     return start(args.coordinator, args.key, threads=args.threads, slots=args.slots,
                  price=args.price, stake=args.stake, name=args.name, models=args.models,
-                 prices=prices, lease_offer=offer)
+                 prices=prices, lease_offer=offer, operator=args.operator,
+                 verifier=args.verifier, machine_id=args.machine_id,
+                 source_address=args.source_address)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,14 @@ workload, upload the output, sign ``core.auth.result_message`` and submit. A
 task that raises is reported as failed; a 409 on submit (lease expired, job
 cancelled) is logged and skipped.
 
+Identity: the registration names the provider's operator (``operator``, a key
+that signs ``core.auth.operator_message``; none: the key is its own operator)
+and reports a digest of ``/etc/machine-id`` in its hardware (``machine_digest``),
+so the coordinator can keep keys of one party off one task (``core.diversity``).
+A verifier (``verifier=True``, ``deai verifier start``) offers every model at
+price 0, claims ``capabilities["verifier"]`` and bonds nothing; it stops with an
+error unless the coordinator lists its key as a trusted verifier.
+
 Every coordinator call goes through ``sdk.retrying``: while the coordinator is
 down the agent backs off, and after a transport failure, or when the
 coordinator no longer knows the provider (401/404), it joins again before
@@ -43,6 +51,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
+from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
@@ -50,7 +59,7 @@ import httpx
 from deai import workloads
 from deai.client import keys, sdk
 from deai.client.keys import Identity
-from deai.core import auth, catalog, wire
+from deai.core import auth, catalog, diversity, wire
 from deai.core.errors import (
     AuthError,
     Conflict,
@@ -80,9 +89,18 @@ class ProviderAgent:
                  slots: int = 1, price: int = 1000, stake: int | None = None, name: str = "",
                  models: tuple[str, ...] | None = None, faucet: bool = True,
                  poll_wait: float = POLL_WAIT, prices: dict[str, int] | None = None,
-                 lease_offer: HostOffer | None = None) -> None:
+                 lease_offer: HostOffer | None = None, operator: Identity | None = None,
+                 verifier: bool = False, machine_id: str | None = None,
+                 source_address: str | None = None) -> None:
         self.client = sdk.Client(coordinator_url, identity)
+        if source_address:  # register from this address (several agents on one test box)
+            self.client.http = httpx.Client(
+                base_url=self.client.base_url, timeout=self.client.http.timeout,
+                transport=httpx.HTTPTransport(local_address=source_address))
         self.identity = identity
+        self.operator = operator
+        self.verifier = verifier
+        self.machine_id = machine_digest(machine_id)
         self.threads = max(1, threads)
         self.slots = max(1, slots)
         self.price = price
@@ -92,7 +110,9 @@ class ProviderAgent:
             catalog.lookup(m).name for m in (available_models() if models is None else models)))
         if not self.models:
             raise DeAIError("no model to offer: no workload can run on this machine")
-        self.prices = offer_prices(self.models, price, prices or {})
+        # A verifier is paid a fixed fee by the network, never by its offers.
+        self.prices = ({m: 0 for m in self.models} if verifier
+                       else offer_prices(self.models, price, prices or {}))
         self.faucet = faucet
         self.lease_offer = lease_offer  # host leases by the hour too (lease_runner)
         self.poll_wait = poll_wait
@@ -145,6 +165,7 @@ class ProviderAgent:
         device = "cuda" if hw.gpus else "cpu"
         bench = benchmark.run(self.threads, device)
         hw, bench = challenge.claimed(hw, bench, self.threads)  # what challenges check
+        hw = hw.model_copy(update={"machine_id": self.machine_id})
         log.info("hardware: %s, %d cores, %d MiB, %d GPU(s); benchmark %.1f GFLOP/s, "
                  "%.1f GB/s (%.2f CU)", hw.cpu_model, hw.cores, hw.memory_mb, len(hw.gpus),
                  bench.gflops, bench.mem_gbps, benchmark.compute_units(bench))
@@ -162,15 +183,23 @@ class ProviderAgent:
                 {"workload": info.workload, "model": model, "price": self.prices[model]}))
         if not offers:
             raise DeAIError("no model to offer on this machine")
+        caps: dict[str, object] = {"sandbox": can_sandbox, "sandbox_reason": why}
+        if self.verifier:
+            caps["verifier"] = True
+        operator = {} if self.operator is None else {
+            "operator": self.operator.id, "operator_signature": self.operator.sign(
+                auth.operator_message(self.operator.id, self.identity.id))}
         return wire.RegisterIn(name=self.name, hardware=hw, benchmark=bench,
                                threads=self.threads, slots=self.slots, offers=offers,
-                               capabilities={"sandbox": can_sandbox, "sandbox_reason": why})
+                               capabilities=caps, **operator)
 
     def join(self) -> wire.ProviderOut:
         """Fund (devnet), register and bond; safe to repeat after a reconnect."""
         assert self.registration is not None, "prepare() first"
         self._rejoin.clear()
         net = self.network = self._call(self.client.network)
+        if self.verifier:
+            return self._join_as_verifier()
         want = net.min_stake if self.stake is None else self.stake
         try:
             bal = self._call(self.client.balance)
@@ -189,6 +218,18 @@ class ProviderAgent:
                 raise DeAIError(f"cannot bond {want} µ stake: {exc.message}") from exc
         log.info("registered %s as %r: stake %d µ, %d offer(s), %d slot(s)",
                  self.identity.id, self.name, bal.stake, len(reg.offers), self.slots)
+        return provider
+
+    def _join_as_verifier(self) -> wire.ProviderOut:
+        """Register; a verifier the coordinator lists bonds nothing (the network pays it)."""
+        reg = self.registration
+        assert reg is not None
+        provider = self._call(lambda: self.client.register(reg))
+        if not (provider.capabilities or {}).get("verifier"):
+            raise DeAIError(f"the coordinator does not list {self.identity.id} as a verifier; "
+                            "start it with --verifier-key " + self.identity.id)
+        log.info("registered %s as verifier %r: %d model(s), %d slot(s), no stake",
+                 self.identity.id, self.name, len(reg.offers), self.slots)
         return provider
 
     def wait_idle(self, timeout: float) -> bool:
@@ -343,6 +384,21 @@ def available_models() -> tuple[str, ...]:
     return tuple(found)
 
 
+def machine_digest(override: str | None = None) -> str:
+    """The machine id this agent reports: a digest of ``/etc/machine-id`` (or of
+    ``override``, a stand-in for tests that run several agents on one box); "" if none."""
+    raw = override
+    if raw is None:
+        for path in ("/etc/machine-id", "/var/lib/dbus/machine-id"):
+            try:
+                raw = Path(path).read_text().strip()
+            except OSError:
+                continue
+            if raw:
+                break
+    return diversity.machine_id_digest(raw) if raw else ""
+
+
 def offer_prices(models: tuple[str, ...], default: int,
                  prices: dict[str, int]) -> dict[str, int]:
     """Each offered model's price: its own where given, else ``default``."""
@@ -410,11 +466,15 @@ def signed_result(identity: Identity, assignment_id: str, output: bytes, units: 
 
 def start(coordinator: str, key: str, threads: int, slots: int = 1, price: int = 1000,
           stake: int | None = None, name: str = "", *, models: tuple[str, ...] | None = None,
-          prices: dict[str, int] | None = None, lease_offer: HostOffer | None = None) -> int:
+          prices: dict[str, int] | None = None, lease_offer: HostOffer | None = None,
+          operator: str | None = None, verifier: bool = False, machine_id: str | None = None,
+          source_address: str | None = None) -> int:
     """Run a provider until SIGTERM/SIGINT; the exit status for the CLI (0 on a clean stop).
 
     ``models`` defaults to ``available_models()``; ``prices`` maps a model to its
-    own price, the others are offered at ``price``.
+    own price, the others are offered at ``price``. ``operator`` names the key (under
+    ``$DEAI_HOME/keys``) of the operator that claims this provider; ``verifier`` runs
+    the network's verifier (price 0, no stake; the coordinator must list the key).
     """
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO,
@@ -422,9 +482,11 @@ def start(coordinator: str, key: str, threads: int, slots: int = 1, price: int =
         logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request is noise
     identity = keys.create(key, exist_ok=True)
     try:
+        owner = keys.load(operator) if operator else None
         agent = ProviderAgent(coordinator, identity, threads=threads, slots=slots,
                               price=price, stake=stake, name=name, models=models, prices=prices,
-                              lease_offer=lease_offer)
+                              lease_offer=lease_offer, operator=owner, verifier=verifier,
+                              machine_id=machine_id, source_address=source_address)
     except DeAIError as exc:
         log.error("provider cannot start: %s", exc)
         return 1

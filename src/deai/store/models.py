@@ -83,6 +83,10 @@ class Provider(Base):
     reputation: Mapped[float] = mapped_column(Float, default=0.5)
     tasks_done: Mapped[int] = mapped_column(Integer, default=0)
     capabilities: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    # Who is behind the key (core.diversity; migration 0009); NULL on rows from before.
+    operator: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    origin: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    fingerprint: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
     __table_args__ = _checks("providers")
 
