@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -75,10 +76,18 @@ def wait_for(net: Network, what: str, cond: Any, timeout: float = 300.0) -> dict
     raise TimeoutError(f"{what}: {claims(net)}\n{net.logs()}")
 
 
-def challenges(coord: Coordinator, pid: str) -> list[HwChallenge]:
+@dataclass(frozen=True)
+class Ch:
+    id: str
+    status: str
+    reason: str
+
+
+def challenges(coord: Coordinator, pid: str) -> list[Ch]:
     with coord.db.read() as s:
-        return list(s.scalars(select(HwChallenge).where(HwChallenge.provider_id == pid)
-                              .order_by(HwChallenge.issued_at)))
+        return [Ch(r.id, r.status, r.reason) for r in s.scalars(
+            select(HwChallenge).where(HwChallenge.provider_id == pid)
+            .order_by(HwChallenge.issued_at))]
 
 
 def flagging_challenge(coord: Coordinator, pid: str) -> str | None:
@@ -89,7 +98,7 @@ def flagging_challenge(coord: Coordinator, pid: str) -> str | None:
         return None if ev is None else str(ev.body["challenge"])
 
 
-def judged(rows: list[HwChallenge]) -> list[str]:
+def judged(rows: list[Ch]) -> list[str]:
     return [r.status for r in rows if r.status not in ("issued", "committed")]
 
 
