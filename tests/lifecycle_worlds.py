@@ -72,9 +72,19 @@ def drive(w: World, draw: Draw, steps: int = 12) -> None:
     """Play up to ``steps`` outcomes in ``w``, each chosen by ``draw`` among those possible."""
     for _ in range(steps):
         ctx = w.ctx()
-        if not ctx.job_active or ctx.task_status == TaskStatus.DONE:
+        if ctx.task_status == TaskStatus.DONE:  # provisional: it may be audited
+            moves = [("result", s) for s in w.seats if s.role == Role.AUDIT
+                     and w.status(s) == AssignmentStatus.LEASED]
+            if w.need() == Role.AUDIT and not moves and len(w.seats) < 9:
+                moves.append(("place", Role.AUDIT))
+            if not moves:
+                return
+            kind, arg = draw(moves)
+            w.apply(_decide(w, ctx, kind, arg, draw))
+            continue
+        if not ctx.job_active:
             return
-        moves: list[tuple[str, Any]] = [("cancel", None), ("deadline", None)]
+        moves = [("cancel", None), ("deadline", None)]
         if ctx.task_status == TaskStatus.QUEUED and len(w.seats) < 8:
             moves.append(("place", Role.PRIMARY))
         need = w.need()
@@ -100,8 +110,8 @@ def _decide(w: World, ctx: D.TaskCtx, kind: str, arg: Any, draw: Draw) -> list[E
     if kind == "deadline":
         return D.on_deadline(ctx.job_status)
     if kind == "place":
-        if arg == Role.PRIMARY:
-            w.seat(Role.PRIMARY)
+        if arg in (Role.PRIMARY, Role.AUDIT):
+            w.seat(arg)
         elif _subject(w) is not None:
             w.seat(arg)
         return D.on_placed(ctx, arg)
@@ -109,7 +119,8 @@ def _decide(w: World, ctx: D.TaskCtx, kind: str, arg: Any, draw: Draw) -> list[E
         subject = _subject(w)
         submitted = [s for s in w.seats if w.status(s) == AssignmentStatus.SUBMITTED]
         return D.on_check_abandoned(ctx, arg, _party(subject) if subject else None,
-                                    [_party(s) for s in submitted], required=draw([True, False]))
+                                    [_party(s) for s in submitted], required=draw([True, False]),
+                                    accept_unverified=draw([False, True]))
     seat: Seat = arg
     if kind == "rejected":
         return D.on_rejected(ctx, _party(seat), "units: wrong")
@@ -122,7 +133,13 @@ def _decide(w: World, ctx: D.TaskCtx, kind: str, arg: Any, draw: Draw) -> list[E
 
 def _result(w: World, ctx: D.TaskCtx, seat: Seat, draw: Draw) -> list[Effect]:
     if seat.role == Role.PRIMARY:
-        return D.on_primary(ctx, _party(seat), replicate=draw([True, False]), rho=1.0)
+        return D.on_primary(ctx, _party(seat), replicate=draw([True, False]), rho=1.0,
+                            audit=draw([False, True]))
+    if seat.role == Role.AUDIT:
+        stood = [s for s in w.seats if w.status(s) == AssignmentStatus.ACCEPTED
+                 and s.role in (Role.PRIMARY, Role.CANARY, Role.REPLICA)]
+        return D.on_audit(ctx, _party(seat), [_party(s) for s in stood],
+                          match=draw([True, False]), evidence={})
     if seat.role == Role.CANARY:
         return D.on_canary(ctx, _party(seat), match=draw([True, False]), evidence={})
     subject = _subject(w)
@@ -130,7 +147,7 @@ def _result(w: World, ctx: D.TaskCtx, seat: Seat, draw: Draw) -> list[Effect]:
         return D.on_orphan_check(_party(seat))
     if seat.role == Role.REPLICA:
         return D.on_replica(ctx, _party(seat), _party(subject), match=draw([True, False]),
-                            evidence={})
+                            evidence={}, audit=draw([False, True]))
     checker = next((s for s in w.seats if s.role == Role.REPLICA
                     and w.status(s) == AssignmentStatus.SUBMITTED), None)
     fault = draw(list(Fault))

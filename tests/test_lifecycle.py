@@ -62,7 +62,7 @@ def test_move_refuses_what_the_table_does_not_list() -> None:
     with pytest.raises(IllegalTransition):
         move(JOB_MOVES, "completed", JobStatus.RUNNING)
     with pytest.raises(IllegalTransition):
-        move(ASSIGNMENT_MOVES, "accepted", AssignmentStatus.REJECTED)
+        move(ASSIGNMENT_MOVES, "rejected", AssignmentStatus.ACCEPTED)
 
 
 def test_the_architecture_page_shows_the_table() -> None:
@@ -83,8 +83,10 @@ def test_any_history_keeps_the_invariants(data: st.DataObject, canary: bool) -> 
     assert m.total() == total, "money is conserved"
     assert m.client_payments() <= 1, "the client pays for a task at most once"
     if m.task_status == TaskStatus.DONE and m.output is not None:
-        accepted = [a for a in m.accepts]
-        assert len(accepted) == 1, "exactly one output is accepted per done task"
+        assert len(m.accepts) == 1, "exactly one output is accepted per done task"
+        standing = [a for a, s in m.seats.items() if s.status == AssignmentStatus.ACCEPTED
+                    and s.role != Role.REPLICA and a == m.output]
+        assert standing == [m.output], "the output that stands is an accepted assignment's"
     if canary:
         assert m.client_payments() == 0 and m.money.get("client", 0) == 0
     for _, _, verdicts_before in m.slashes:
@@ -98,12 +100,13 @@ def test_any_history_keeps_the_invariants(data: st.DataObject, canary: bool) -> 
 
 
 def test_decisions_never_slash_outside_a_verdict() -> None:
-    """Only ``on_verdict`` may return a Slash: read from the source, not sampled."""
+    """Only a trusted decision (a referee's verdict, a verifier's audit) may return a
+    Slash: read from the source, not sampled."""
     tree = ast.parse((ROOT / "src/deai/core/lifecycle/decide.py").read_text())
     for fn in (n for n in tree.body if isinstance(n, ast.FunctionDef)):
         slashes = [n for n in ast.walk(fn) if isinstance(n, ast.Call)
                    and getattr(n.func, "id", None) == "Slash"]
-        assert not slashes or fn.name == "on_verdict", fn.name
+        assert not slashes or fn.name in ("on_verdict", "on_audit"), fn.name
 
 
 # --- the coordinator and the simulator agree -----------------------------------------------------

@@ -1,6 +1,6 @@
 """The verification protocol step by step, with providers driven by hand (no model):
-replicas that agree, a canary that catches a cheater, a referee who decides, the
-slash with its bounty, and honest providers left untouched."""
+replicas that agree, a canary that catches a cheater, a trusted verifier who
+referees, the slash with its bounty, and honest providers left untouched."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from deai.client.keys import Identity
 from deai.client.sdk import Client
 from deai.core import auth, ledger, wire
 from tests.netutil import Network
@@ -31,11 +32,15 @@ class Cheater(HandProvider):
                                                         signature=sig))
 
 
+VERIFIER = Identity.generate()
+
+
 @pytest.fixture
 def net(tmp_path: Path) -> Iterator[Network]:
-    # Canary share 0.5: odds 1, so every placement also plants a canary when one exists.
+    # Canary share 0.5: odds 1, so every placement also queues a canary when one exists.
     n = Network(tmp_path, heartbeat_timeout=5.0, lease_ttl=30.0,
-                extra=("--canary-share", "0.5", "--verify-timeout", "30"))
+                extra=("--canary-share", "0.5", "--verify-timeout", "30",
+                       "--verifier-key", VERIFIER.id))
     n.start_coordinator()
     yield n
     n.close()
@@ -53,21 +58,25 @@ def work(providers: list[HandProvider], until, timeout: float = 30.0) -> None:  
 
 def test_replicas_agree_then_a_canary_and_a_referee_catch_a_cheater(net: Network) -> None:
     a, b = HandProvider(net, price=900), HandProvider(net, price=950)
+    v = HandProvider(net, price=0, ident=VERIFIER)  # the network's trusted verifier
     c = funded(net)
     first = c.submit_job({**SPEC, "shard_size": 10}, c.upload(lines(2)).digest)
-    work([a, b], lambda: c.job(first.id).status == "completed")
+    work([a, b, v], lambda: c.job(first.id).status == "completed")
     events = Client(net.url).request("GET", "/api/events",
                                      params={"kind": "check_passed"}).json()["events"]
     assert [e["body"]["role"] for e in events] == ["replica"]  # new providers: ρ = 1
 
-    cheat = Cheater(net, price=100)  # the cheapest: it gets the next task, and a canary
+    # The cheapest, with two slots: it gets the next task, and the canary queued with it
+    # (a job of its own, placed by the matcher later, never in the same delivery).
+    cheat = Cheater(net, price=100, slots=2)
     second = c.submit_job({**SPEC, "shard_size": 10}, c.upload(lines(2, start=10)).digest)
     got: list[wire.AssignmentOut] = []
-    end = time.time() + 10
+    end = time.time() + 15
     while len(got) < 2 and time.time() < end:
         got += cheat.take(wait=1)
-    assert len(got) == 2, "a canary rides along with the real task"
+    assert len(got) == 2, "a canary is queued beside the real task"
     assert {g.workload for g in got} == {"embeddings"} and len({g.job_id for g in got}) == 2
+    assert sorted(got[0].model_dump()) == sorted(got[1].model_dump())  # same fields
     for g in got:  # indistinguishable: the cheater answers both the same wrong way
         assert cheat.answer(g).status == "submitted"
 
@@ -75,11 +84,12 @@ def test_replicas_agree_then_a_canary_and_a_referee_catch_a_cheater(net: Network
         kinds = [e.kind for e in map(ledger.Entry.from_dict, c.journal(0, 1000).entries)]
         return kinds.count("slash") >= 2 and c.job(second.id).status == "completed"
 
-    work([a, b], settled)
+    work([a, b, v], settled)
     entries = [ledger.Entry.from_dict(e) for e in c.journal(0, 1000).entries]
     verdicts = [e.body for e in entries if e.kind == "verdict"]
     assert {v["canary"] for v in verdicts} == {True, False}
-    assert all(v["fault"] == "subject" and v["subject"] == cheat.id for v in verdicts)
+    assert all(x["fault"] == "subject" and x["subject"] == cheat.id for x in verdicts)
+    assert all(x["referee"] == VERIFIER.id for x in verdicts), "only the verifier referees"
     slashes = [e.body for e in entries if e.kind == "slash"]
     assert {s["provider"] for s in slashes} == {cheat.id}
     assert any(s["bounty_to"] in (a.id, b.id) and s["bounty"] > 0 for s in slashes)

@@ -37,6 +37,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--trust-forwarded-for", action="store_true",
                     help="behind a reverse proxy: a provider's address is the last hop of "
                          "X-Forwarded-For")
+    ap.add_argument("--diversity", default=None, metavar="ATTRS",
+                    help="what no two parties on a task may share, comma-separated from "
+                         "operator,origin,fingerprint (default: all three; a devnet: "
+                         "operator)")
     a = ap.parse_args(argv)
     st = Settings(database_url=a.database_url)
     if a.data_dir is not None:
@@ -56,6 +60,12 @@ def main(argv: list[str] | None = None) -> None:
         st = replace(st, verify_timeout=a.verify_timeout)
     st = replace(st, verifiers=verifier_keys(a.verifier_key),
                  trust_forwarded_for=a.trust_forwarded_for)
+    if a.diversity is not None:
+        attrs = tuple(x.strip() for x in a.diversity.split(",") if x.strip())
+        bad = set(attrs) - {"operator", "origin", "fingerprint"}
+        if bad:
+            raise SystemExit(f"--diversity: unknown {', '.join(sorted(bad))}")
+        st = replace(st, diversity=attrs)
     serve(st, a.host, a.port, workers=a.workers)
 
 

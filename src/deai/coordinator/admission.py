@@ -29,6 +29,7 @@ class ShardIn:
     digest: str
     items: int
     units: int
+    reference: str | None = None  # a canary's known answer
 
 
 @dataclass(frozen=True)
@@ -70,7 +71,7 @@ def hold_cap(s: Session, key_id: str, amount: int) -> None:
 def create(c: Coordinator, s: Session, *, owner: str, kind: str, model: str,
            spec: dict[str, Any], input_digest: str, max_price: int, shards: Sequence[ShardIn],
            escrow: int, deadline: float, key: KeyUse | None = None, placed: bool = False,
-           reference: str | None = None, event: dict[str, Any] | None = None,
+           event: dict[str, Any] | None = None,
            ) -> tuple[Job, list[Task]]:
     """Create a job and its tasks; ``placed``: the caller leases its tasks at once."""
     if key is not None:
@@ -88,7 +89,7 @@ def create(c: Coordinator, s: Session, *, owner: str, kind: str, model: str,
     tasks = [Task(id=f"{job_id}.t{i:05d}", job_id=job_id, idx=i,
                   status=TaskStatus.ASSIGNED if placed else TaskStatus.QUEUED,
                   input_digest=sh.digest, items=sh.items, units=sh.units,
-                  attempts=1 if placed else 0, updated_at=now, reference_digest=reference)
+                  attempts=1 if placed else 0, updated_at=now, reference_digest=sh.reference)
              for i, sh in enumerate(shards)]
     s.add_all(tasks)
     if key is not None:

@@ -1,8 +1,9 @@
 """The canary pool: verified work kept as known answers, and canaries planted from it.
 
-A canary is a real shard whose answer the network already knows, leased as a
-job of its own owned by the network. It is created through the one job-creation
-path (``admission``) like every other job.
+A canary is a real shard whose answer the network already knows, queued as an
+ordinary job of a few shards (owned by the network, which no public surface
+shows) and placed by the matcher like any other work. It is created through the
+one job-creation path (``admission``) like every other job.
 """
 
 from __future__ import annotations
@@ -11,8 +12,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from deai.coordinator import admission
-from deai.coordinator.service import Coordinator, new_id
-from deai.core.lifecycle import AssignmentStatus, Role, TaskStatus
+from deai.coordinator.service import Coordinator
 from deai.core.verify import policy
 from deai.store.models import Assignment, Canary, Job, Task
 
@@ -39,32 +39,53 @@ def retire(s: Session, reference_digest: str | None) -> None:
         canary.active = False
 
 
-def wanted(c: Coordinator) -> bool:
-    return c.rng.random() < policy.canary_odds(c.settings.verify)
+def plant_jobs(c: Coordinator, s: Session, real: int, jobs: list[Job]) -> int:
+    """Queue canary tasks at the network's canary share: on average ``canary_odds`` per
+    real placement of this round, as ordinary-looking jobs of one to four shards.
+
+    A canary is never leased by itself: it waits in the queue like any job and the
+    matcher places it in a free slot, on whoever it picks, at that provider's price;
+    nothing in a lease tells it apart. Returns how many canary tasks were queued.
+    """
+    odds = policy.canary_odds(c.settings.verify)
+    want = sum(1 for _ in range(real) if c.rng.random() < odds)
+    models = sorted({(j.kind, j.model) for j in jobs if j.owner != NETWORK})
+    planted = 0
+    while want > 0 and models:
+        kind, model = c.rng.choice(models)
+        pool = s.scalars(select(Canary).where(Canary.kind == kind, Canary.model == model,
+                                              Canary.active.is_(True))
+                         .order_by(Canary.id.desc()).limit(200)).all()
+        if not pool:
+            models.remove((kind, model))
+            continue
+        first = c.rng.choice(pool)
+        same = [x for x in pool if x.spec == first.spec and x.id != first.id]
+        n = min(want, 1 + c.rng.randrange(4), 1 + len(same))
+        picked = [first, *c.rng.sample(same, n - 1)]
+        for x in picked:
+            x.uses += 1
+        spec = dict(first.spec)
+        admission.create(
+            c, s, owner=NETWORK, kind=kind, model=model, spec=spec,
+            input_digest=first.input_digest, max_price=int(spec.get("max_price", 0)),
+            shards=[admission.ShardIn(x.input_digest, x.items, x.units, x.output_digest)
+                    for x in picked], escrow=0, deadline=24 * 3600)
+        planted += n
+        want -= n
+    return planted
 
 
-def plant(c: Coordinator, s: Session, pid: str, workload: str, model: str,
-          price: int) -> str | None:
-    """Lease a canary to ``pid``: a known-answer shard it has never seen, dressed as a job."""
-    seen = select(Task.input_digest).join(Assignment, Assignment.task_id == Task.id).where(
-        Assignment.provider_id == pid)
-    pool = s.scalars(select(Canary).where(
-        Canary.kind == workload, Canary.model == model, Canary.active.is_(True),
-        Canary.input_digest.not_in(seen)).limit(50)).all()
-    if not pool:
-        return None
-    canary = c.rng.choice(pool)
-    canary.uses += 1
-    now = c.now()
-    spec = dict(canary.spec)
-    job, (task,) = admission.create(
-        c, s, owner=NETWORK, kind=canary.kind, model=canary.model, spec=spec,
-        input_digest=canary.input_digest, max_price=int(spec.get("max_price", price)),
-        shards=[admission.ShardIn(canary.input_digest, canary.items, canary.units)],
-        escrow=0, deadline=24 * 3600, placed=True, reference=canary.output_digest)
-    s.add(Assignment(id=new_id("asg"), task_id=task.id, job_id=job.id, provider_id=pid,
-                     role=Role.CANARY, status=AssignmentStatus.LEASED, price=price,
-                     leased_at=now, lease_deadline=now + c.settings.lease_ttl, delivered=False))
-    c.emit(s, "canary_planted", task.id, provider=pid, model=model)
-    assert task.status == TaskStatus.ASSIGNED
-    return task.id
+def seen_by(s: Session, tasks: list[Task]) -> dict[str, set[str]]:
+    """For each canary among ``tasks``: the providers that have run its input before
+    (they would recognise it, so they never get it)."""
+    digests = {t.id: t.input_digest for t in tasks if t.reference_digest is not None}
+    if not digests:
+        return {}
+    ran: dict[str, set[str]] = {}
+    for digest, pid in s.execute(
+            select(Task.input_digest, Assignment.provider_id)
+            .join(Assignment, Assignment.task_id == Task.id)
+            .where(Task.input_digest.in_(set(digests.values())))):
+        ran.setdefault(digest, set()).add(pid)
+    return {tid: ran.get(d, set()) for tid, d in digests.items()}

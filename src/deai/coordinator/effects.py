@@ -26,6 +26,7 @@ from deai.core.lifecycle import (
     AssignmentStatus,
     IllegalTransition,
     JobStatus,
+    Role,
     TaskStatus,
     move,
 )
@@ -58,7 +59,8 @@ class _Applier:
             E.NeedCheck: self.need_check, E.MoveJob: self.move_job, E.Accept: self.accept,
             E.PayCheck: self.pay_check, E.Slash: self.slash, E.Rate: self.rate,
             E.RecordVerdict: self.record_verdict, E.Remember: self.remember,
-            E.RetireReference: self.retire_reference, E.EndJob: self.end_job,
+            E.RetireReference: self.retire_reference, E.Correct: self.correct,
+            E.LookBack: self.look_back, E.EndJob: self.end_job,
             E.CompleteIfDone: self.complete_if_done, E.RefreshJob: self.refresh_job,
             E.Emit: self.emit,
         }
@@ -98,8 +100,9 @@ class _Applier:
 
     def need_check(self, e: E.NeedCheck) -> None:
         t = self.task
-        if e.need is not None and t.status != TaskStatus.VERIFYING:
-            raise IllegalTransition(f"a {t.status} task cannot wait for a check",
+        allowed = TaskStatus.DONE if e.need == Role.AUDIT else TaskStatus.VERIFYING
+        if e.need is not None and t.status != allowed:
+            raise IllegalTransition(f"a {t.status} task cannot wait for a {e.need} check",
                                     status=t.status)
         t.pending_role, t.updated_at = e.need, self.c.now()
 
@@ -154,27 +157,28 @@ class _Applier:
         cut = policy.slash_amounts(stake, c.settings.verify, reporter=e.reporter is not None)
         evidence = {"task": self.task.id, "role": e.role.value}
         c.settlement.slash(s, e.provider, cut.amount, e.reporter, cut.bounty, evidence)
-        forfeited = fee_back = 0
+        # Unreleased earnings for the job go back where they came from: what the client
+        # paid (and the fee on it) to the client, check fees to the treasury.
+        forfeited = fee_back = from_treasury = 0
         for row in s.scalars(select(Payout).where(
                 Payout.provider_id == e.provider, Payout.job_id == job.id,
                 Payout.released.is_(False), Payout.forfeited.is_(False))):
             row.forfeited, row.released = True, True
-            forfeited += row.amount
             entry = s.get(JournalEntry, row.journal_seq)
-            if entry is not None and entry.kind == "payout":  # the client paid a fee on it too
+            if entry is not None and entry.kind == "payout" and job.owner != NETWORK:
+                forfeited += row.amount
                 fee_back += int(entry.body.get("fee", 0))
-        if forfeited or fee_back:
-            if job.owner == NETWORK:
-                to, fee_back = ledger.FEE, 0
-            elif job.status in JOB_ACTIVE:
-                to = ledger.escrow(job.id)
             else:
-                to = ledger.acct(job.owner)
+                from_treasury += row.amount
+        if from_treasury:
+            c.settlement.forfeit(s, e.provider, job.id, from_treasury, 0, ledger.FEE)
+        if forfeited or fee_back:
+            to = ledger.escrow(job.id) if job.status in JOB_ACTIVE else ledger.acct(job.owner)
             fee_back = c.settlement.forfeit(s, e.provider, job.id, forfeited, fee_back, to)
-            if job.owner != NETWORK:
-                job.cost -= forfeited + fee_back
-                if to != ledger.escrow(job.id):
-                    job.refunded += forfeited + fee_back
+            job.cost -= forfeited + fee_back
+            if to != ledger.escrow(job.id):
+                job.refunded += forfeited + fee_back
+        forfeited += from_treasury
         c.emit(s, "slash", e.provider, job=job.id, amount=cut.amount, bounty=cut.bounty,
                bounty_to=e.reporter, forfeited=forfeited, **evidence)
 
@@ -192,6 +196,32 @@ class _Applier:
 
     def retire_reference(self, _: E.RetireReference) -> None:
         canaries.retire(self.s, self.task.reference_digest)
+
+    def correct(self, e: E.Correct) -> None:
+        """The verifier's output replaces the task's; the job's result is made again."""
+        s, c, job, t = self.s, self.c, self.job, self.task
+        a = self._assignment(e.assignment)
+        before = t.output_digest
+        t.output_digest, t.updated_at = a.output_digest, c.now()
+        if job.status == JobStatus.COMPLETED and job.owner != NETWORK:
+            s.flush()
+            job.error = self._assemble()
+        c.emit(s, "result_corrected", job.id, task=t.id, idx=t.idx, owner=job.owner,
+               was=before)
+
+    def look_back(self, e: E.LookBack) -> None:
+        """Audit again every result of ``e.provider`` still inside its challenge window."""
+        s, c = self.s, self.c
+        rows = s.execute(
+            select(Task).join(Assignment, Assignment.task_id == Task.id)
+            .join(Payout, Payout.assignment_id == Assignment.id)
+            .where(Assignment.provider_id == e.provider,
+                   Assignment.status == AssignmentStatus.ACCEPTED,
+                   Task.status == TaskStatus.DONE, Task.pending_role.is_(None),
+                   Payout.release_at > c.now())).scalars().all()  # still in its window
+        for t in {t.id: t for t in rows}.values():
+            t.pending_role, t.updated_at = Role.AUDIT, c.now()
+        c.emit(s, "look_back", e.provider, tasks=len(rows))
 
     # --- the job ------------------------------------------------------------------------------
 

@@ -283,10 +283,12 @@ def give_up_checks(c: Coordinator) -> int:
                 Assignment.status == AssignmentStatus.SUBMITTED)).all()
             subject = next((a for a in submitted if a.role in SUBJECT_ROLES), None)
             required = subject is not None and verify.must_check(c, s, subject, job)
+            spec = kinds.get(job.kind).parse_spec(job.spec)
             effects.apply(c, s, job, task, D.on_check_abandoned(
                 effects.ctx(c, job, task), Role(task.pending_role or Role.REPLICA),
                 verify.party(subject) if subject is not None else None,
-                [verify.party(a) for a in submitted], required=required))
+                [verify.party(a) for a in submitted], required=required,
+                accept_unverified=spec.accept_unverified))
     if stuck:
         c.notifier.kick()
         c.notifier.published()
@@ -296,8 +298,11 @@ def give_up_checks(c: Coordinator) -> int:
 def release_earnings(c: Coordinator) -> int:
     """Move pending earnings past their challenge window to the provider's balance."""
     with c.db.write() as s:
+        # A result still waiting for its audit keeps its earnings until the audit says.
+        audited = select(Task.id).where(Task.pending_role == Role.AUDIT)
         due = s.scalars(select(Payout).where(Payout.released.is_(False),
-                                             Payout.release_at <= c.now())
+                                             Payout.release_at <= c.now(),
+                                             Payout.task_id.not_in(audited))
                         .order_by(Payout.id)).all()
         by_provider: dict[str, list[Payout]] = {}
         for p in due:

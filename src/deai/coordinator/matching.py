@@ -6,6 +6,7 @@ module only gathers its inputs and records its outputs.
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import replace
 from typing import Any
 
 from sqlalchemy import and_, func, or_, select
@@ -17,6 +18,7 @@ from deai.core import catalog, kinds, ledger, market
 from deai.core.lifecycle import (
     JOB_ACTIVE,
     SUBJECT_ROLES,
+    TRUSTED_ROLES,
     AssignmentStatus,
     ProviderStatus,
     Role,
@@ -97,19 +99,24 @@ def stake_needed(c: Coordinator, value: int) -> int:
 
 
 def match_once(c: Coordinator) -> list[str]:
-    """Place queued tasks and pending checks; returns the providers given work.
+    """Place queued tasks and wanted checks; returns the providers given work.
 
-    A task's primary goes to the best eligible provider; a replica or referee
-    (``task.pending_role``) goes to a provider that has not touched the task.
-    Alongside real work, canaries are planted at the network's canary share.
+    A primary goes to the best eligible provider by the strategy (price and
+    reputation). A replica is drawn at random among eligible providers, weighted by
+    stake and reputation (``market.pick``): price cannot buy the checker's seat. A
+    referee or an audit goes only to a verifier the network trusts. No two parties
+    on one task share an operator, a network origin or a hardware fingerprint, and
+    verifiers take no untrusted work. Canaries are ordinary queued jobs, planted now
+    and then (``canaries.plant_job``) and placed like any other work.
     """
     now = c.now()
     with c.db.write() as s:
         rows = s.execute(
             select(Task, Job).join(Job, Job.id == Task.job_id)
-            .where(or_(Task.status == TaskStatus.QUEUED,
-                       and_(Task.status == TaskStatus.VERIFYING, Task.pending_role.is_not(None))),
-                   Job.status.in_(JOB_ACTIVE))
+            .where(or_(and_(Task.status == TaskStatus.QUEUED, Job.status.in_(JOB_ACTIVE)),
+                       and_(Task.status == TaskStatus.VERIFYING, Task.pending_role.is_not(None),
+                            Job.status.in_(JOB_ACTIVE)),
+                       and_(Task.status == TaskStatus.DONE, Task.pending_role == Role.AUDIT)))
             .order_by(Task.pending_role.is_(None), Job.created_at, Task.idx)
             .limit(BATCH)).all()
         if not rows:
@@ -117,35 +124,80 @@ def match_once(c: Coordinator) -> list[str]:
         providers = provider_states(c, s)
         if not providers:
             return []
-        task_ids = [t.id for t, _ in rows]
-        # A check goes to a provider that has not touched the task; a redo avoids
-        # providers whose result for it was rejected or failed.
-        checking = {t.id for t, _ in rows if t.pending_role is not None}
-        excluded: dict[str, set[str]] = defaultdict(set)
-        for a in s.execute(select(Assignment.task_id, Assignment.provider_id,
-                                  Assignment.status).where(Assignment.task_id.in_(task_ids))):
-            if a.task_id in checking or a.status in (AssignmentStatus.REJECTED,
-                                                     AssignmentStatus.FAILED):
-                excluded[a.task_id].add(a.provider_id)
-        demands = [demand(c, j, t, frozenset(excluded.get(t.id, ()))) for t, j in rows]
-        placements = market.place(demands, providers, c.settings.min_stake, c.settings.strategy)
+        placements = _place_round(c, s, rows, providers)
         by_task = {t.id: (t, j) for t, j in rows}
         for pl in placements:
             task, job = by_task[pl.task_id]
             _lease(c, s, task, job, pl, now)
-        planted = [pl.provider_id for pl in placements
-                   if by_task[pl.task_id][1].owner != canaries.NETWORK and canaries.wanted(c)
-                   and canaries.plant(c, s, pl.provider_id, by_task[pl.task_id][1].kind,
-                                      by_task[pl.task_id][1].model, pl.price)]
+        real = sum(1 for pl in placements if by_task[pl.task_id][1].owner != canaries.NETWORK
+                   and by_task[pl.task_id][0].pending_role is None)
+        canaries.plant_jobs(c, s, real, [j for _, j in rows])
     if placements:
         c.notifier.published()
-    return sorted({p.provider_id for p in placements} | set(planted))
+    return sorted({p.provider_id for p in placements})
+
+
+def _place_round(c: Coordinator, s: Session, rows: list[tuple[Task, Job]],
+                 providers: list[market.ProviderState]) -> list[market.Placement]:
+    workers = [p for p in providers if not p.verifier]
+    verifiers = [p for p in providers if p.verifier]
+    index = _ConflictIndex(providers, c.settings.diversity)
+    touched: dict[str, set[str]] = defaultdict(set)
+    failed: dict[str, set[str]] = defaultdict(set)
+    for a in s.execute(select(Assignment.task_id, Assignment.provider_id, Assignment.status)
+                       .where(Assignment.task_id.in_([t.id for t, _ in rows]))):
+        touched[a.task_id].add(a.provider_id)
+        if a.status in (AssignmentStatus.REJECTED, AssignmentStatus.FAILED):
+            failed[a.task_id].add(a.provider_id)
+    seen = canaries.seen_by(s, [t for t, _ in rows])
+    load = {p.id: p.load for p in providers}
+    out: list[market.Placement] = []
+    primaries: list[market.TaskDemand] = []
+    for task, job in rows:
+        if task.pending_role is None:  # a primary: avoid who failed it (and a canary's source)
+            primaries.append(demand(c, job, task, frozenset(failed[task.id] | seen.get(task.id,
+                                                                                      set()))))
+            continue
+        # A check: nobody who touched the task, nor anyone sharing their identity.
+        d = demand(c, job, task, index.around(touched[task.id]))
+        pool = verifiers if task.pending_role in TRUSTED_ROLES else workers
+        pl = market.pick(d, pool, c.settings.min_stake, c.rng.random(), load)
+        if pl is not None:
+            load[pl.provider_id] += 1
+            out.append(pl)
+    free = [replace(p, load=load[p.id]) for p in workers]
+    out += market.place(primaries, free, c.settings.min_stake, c.settings.strategy)
+    return out
+
+
+class _ConflictIndex:
+    """Which providers share an operator, a network origin or a hardware fingerprint."""
+
+    def __init__(self, providers: list[market.ProviderState], attrs: tuple[str, ...]) -> None:
+        self.attrs = attrs
+        self.of: dict[str, market.ProviderState] = {p.id: p for p in providers}
+        self.by: dict[tuple[str, str], set[str]] = defaultdict(set)
+        for p in providers:
+            for key in self._keys(p):
+                self.by[key].add(p.id)
+
+    def _keys(self, p: market.ProviderState) -> list[tuple[str, str]]:
+        return [(name, v) for name in self.attrs if (v := getattr(p, name, ""))]
+
+    def around(self, parties: set[str]) -> frozenset[str]:
+        out = set(parties)
+        for pid in parties:
+            p = self.of.get(pid)
+            if p is not None:
+                for key in self._keys(p):
+                    out |= self.by[key]
+        return frozenset(out)
 
 
 def place_now(c: Coordinator, s: Session, task: Task, job: Job) -> str | None:
     """Place one queued primary at once, ahead of the queue (an interactive /v1 request),
     inside the caller's transaction; returns the provider, or None to leave it queued."""
-    providers = provider_states(c, s)
+    providers = [p for p in provider_states(c, s) if not p.verifier]
     placed = market.place([demand(c, job, task)], providers, c.settings.min_stake,
                           c.settings.strategy)
     if not placed:
@@ -156,10 +208,14 @@ def place_now(c: Coordinator, s: Session, task: Task, job: Job) -> str | None:
 
 def _lease(c: Coordinator, s: Session, task: Task, job: Job, pl: market.Placement,
            now: float) -> None:
-    role = Role(task.pending_role or Role.PRIMARY)
+    role = Role(task.pending_role or (Role.CANARY if task.reference_digest else Role.PRIMARY))
     payload: str | None = None
     check_of: str | None = None
-    if role != Role.PRIMARY:
+    if role == Role.AUDIT:  # a re-run of the shard, checked against the result that stands
+        check_of = s.scalars(select(Assignment.id).where(
+            Assignment.task_id == task.id, Assignment.status == AssignmentStatus.ACCEPTED,
+            Assignment.output_digest == task.output_digest)).first()
+    elif role not in (Role.PRIMARY, Role.CANARY):
         subject = s.scalars(select(Assignment).where(
             Assignment.task_id == task.id, Assignment.status == AssignmentStatus.SUBMITTED,
             Assignment.role.in_(SUBJECT_ROLES))).first()
@@ -172,7 +228,8 @@ def _lease(c: Coordinator, s: Session, task: Task, job: Job, pl: market.Placemen
         extra = kind.check_payload(spec, c.blobs.get(task.input_digest),
                                    c.blobs.get(subject.output_digest))
         payload = c.blobs.put(extra) if extra is not None else None
-    effects.apply(c, s, job, task, D.on_placed(effects.ctx(c, job, task), role))
+    effects.apply(c, s, job, task, D.on_placed(effects.ctx(c, job, task),
+                                               Role.PRIMARY if role == Role.CANARY else role))
     task.updated_at = now
     s.add(Assignment(id=new_id("asg"), task_id=task.id, job_id=job.id,
                      provider_id=pl.provider_id, role=role, status=AssignmentStatus.LEASED,

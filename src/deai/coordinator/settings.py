@@ -41,6 +41,10 @@ class Settings:
     # Behind a reverse proxy: take a registering provider's address from the last hop of
     # X-Forwarded-For instead of the socket (core.diversity.client_address).
     trust_forwarded_for: bool = False
+    # What no two parties on one task may share (core.diversity): their operator, their
+    # network origin (/24, /48), their hardware fingerprint. A devnet runs every
+    # provider on one machine and one address, so there only operators count.
+    diversity: tuple[str, ...] = ("operator", "origin", "fingerprint")
 
     @property
     def db_url(self) -> str:
@@ -55,4 +59,4 @@ class Settings:
     def for_devnet(self) -> Settings:
         """Short windows so a demo settles in seconds rather than an hour."""
         return replace(self, devnet=True, challenge_window=5.0, heartbeat_timeout=6.0,
-                       lease_ttl=60.0, verify_timeout=30.0)
+                       lease_ttl=60.0, verify_timeout=30.0, diversity=("operator",))

@@ -53,10 +53,13 @@ def on_result(c: Coordinator, s: Session, a: Assignment, task: Task,
     role = Role(a.role)
     if role == Role.PRIMARY:
         p = rho(c, s, a, job)
-        return D.on_primary(here, party(a), replicate=c.rng.random() < p, rho=p)
+        return D.on_primary(here, party(a), replicate=c.rng.random() < p, rho=p,
+                            audit=_audit(c))
     kind = kinds.get(job.kind)
     spec = kind.parse_spec(job.spec)
     shard = c.blobs.get(task.input_digest)
+    if role == Role.AUDIT:
+        return _on_audit(c, s, a, task, job, kind, spec, shard)
     if role == Role.CANARY:
         reference = c.blobs.get(task.reference_digest or "")
         cmp = kind.compare(spec, shard, reference, c.blobs.get(a.output_digest or ""))
@@ -71,7 +74,8 @@ def on_result(c: Coordinator, s: Session, a: Assignment, task: Task,
     if role == Role.REPLICA:
         cmp = kind.check(spec, shard, claimed, c.blobs.get(a.output_digest or ""))
         return D.on_replica(here, party(a), party(subject), match=cmp.match,
-                            evidence=_evidence(subject, a, cmp.statistic, cmp.detail))
+                            evidence=_evidence(subject, a, cmp.statistic, cmp.detail),
+                            audit=_audit(c))
     return _on_referee(c, s, a, task, job, kind, spec, shard, subject)
 
 
@@ -104,6 +108,31 @@ def _on_referee(c: Coordinator, s: Session, ref: Assignment, task: Task, job: Jo
                         party(checker) if checker is not None else None,
                         reexec=kind.check_payload(spec, shard, claimed) is None,
                         evidence=evidence)
+
+
+def _audit(c: Coordinator) -> bool:
+    """Draw whether an accepted result is audited by a trusted verifier."""
+    return c.rng.random() < c.settings.verify.audit_share
+
+
+def _on_audit(c: Coordinator, s: Session, a: Assignment, task: Task, job: Job, kind: Kind,
+              spec: SpecBase, shard: bytes) -> list[Effect]:
+    """A verifier re-ran a done task: does the result that stands survive it?"""
+    accepted = s.scalars(select(Assignment).where(
+        Assignment.task_id == task.id, Assignment.status == AssignmentStatus.ACCEPTED,
+        Assignment.id != a.id)).all()
+    subject = [x for x in accepted if x.output_digest == task.output_digest
+               and x.role in (Role.PRIMARY, Role.CANARY, Role.REFEREE)]
+    agreed = [x for x in accepted if x.role == Role.REPLICA and x.check_of in
+              {y.id for y in subject}]
+    cmp = kind.compare(spec, shard, c.blobs.get(task.output_digest or ""),
+                       c.blobs.get(a.output_digest or ""))
+    evidence = {"auditor": a.provider_id, "subject": [x.provider_id for x in subject],
+                "checker": [x.provider_id for x in agreed], "statistic": cmp.statistic,
+                "detail": cmp.detail, "subject_output": task.output_digest,
+                "auditor_output": a.output_digest}
+    stood = [party(x) for x in subject if x.role != Role.REFEREE] + [party(x) for x in agreed]
+    return D.on_audit(ctx(c, job, task), party(a), stood, match=cmp.match, evidence=evidence)
 
 
 def _evidence(subject: Assignment, checker: Assignment, statistic: float,

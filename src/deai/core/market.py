@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import heapq
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -260,3 +260,34 @@ def quote(task: TaskDemand, shard_units: Sequence[int], providers: Iterable[Prov
     est = sum(cost_for_units(u, best) for u in shard_units) if best is not None else None
     return Quote(units, best, est, max_cost, [(pid, pr) for _, pid, pr in eligible],
                  sorted(ineligible))
+
+
+def pick(task: TaskDemand, providers: Sequence[ProviderState], min_stake: int, draw: float,
+         load: Mapping[str, int]) -> Placement | None:
+    """A checker for ``task``, drawn at random among the eligible with a free slot,
+    weighted by stake × reputation (``draw`` is uniform in [0, 1)).
+
+    Never cheapest-first: a low price cannot buy the checker's seat, and a party with
+    more at stake and a better record is likelier to check. ``load`` overrides each
+    provider's load with what this round has already placed on it.
+    """
+    cands: list[tuple[str, int, float]] = []
+    total = 0.0
+    for p in providers:
+        price = p.price_for(task.workload, task.model)
+        if price is None or failures(task, p, min_stake, price) & ~NO_SLOT:
+            continue
+        if load.get(p.id, p.load) >= p.slots:
+            continue
+        w = max(p.stake, 1) * max(p.reputation, 0.05)
+        cands.append((p.id, price, w))
+        total += w
+    if not cands:
+        return None
+    x = draw * total
+    for pid, price, w in cands:
+        x -= w
+        if x < 0:
+            return Placement(task.id, pid, price)
+    pid, price, _ = cands[-1]
+    return Placement(task.id, pid, price)

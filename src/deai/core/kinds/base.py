@@ -33,6 +33,10 @@ class SpecBase(BaseModel):
                           description="seconds")
     replicate: bool = Field(default=False, strict=True,
                             description="run every task on two providers and compare")
+    accept_unverified: bool = Field(
+        default=False, strict=True,
+        description="when no checker can be found in time, accept a result unchecked "
+                    "(marked unverified) rather than wait")
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ from deai.core.lifecycle.states import (
     SUBJECT_ROLES,
     TASK_MOVES,
     TASK_OPEN,
+    TRUSTED_ROLES,
     AssignmentStatus,
     IllegalTransition,
     JobStatus,
@@ -23,6 +24,20 @@ from deai.core.lifecycle.states import (
     move,
 )
 
-__all__ = ["ASSIGNMENT_MOVES", "CHECK_ROLES", "JOB_ACTIVE", "JOB_MOVES", "SUBJECT_ROLES",
-           "TASK_MOVES", "TASK_OPEN", "AssignmentStatus", "IllegalTransition", "JobStatus",
-           "ProviderStatus", "Role", "TaskStatus", "move"]
+__all__ = [
+    "ASSIGNMENT_MOVES",
+    "CHECK_ROLES",
+    "JOB_ACTIVE",
+    "JOB_MOVES",
+    "SUBJECT_ROLES",
+    "TASK_MOVES",
+    "TASK_OPEN",
+    "TRUSTED_ROLES",
+    "AssignmentStatus",
+    "IllegalTransition",
+    "JobStatus",
+    "ProviderStatus",
+    "Role",
+    "TaskStatus",
+    "move",
+]

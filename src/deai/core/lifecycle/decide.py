@@ -27,9 +27,11 @@ from typing import Any
 from deai.core.lifecycle.effects import (
     Accept,
     CompleteIfDone,
+    Correct,
     Effect,
     Emit,
     EndJob,
+    LookBack,
     MoveAssignment,
     MoveJob,
     MoveTask,
@@ -84,25 +86,33 @@ class TaskCtx:
 
 # --- results ----------------------------------------------------------------------------------
 
-def on_primary(ctx: TaskCtx, a: Party, *, replicate: bool, rho: float) -> list[Effect]:
-    """A structurally valid primary result: accept it, or hold it for a replica."""
+def on_primary(ctx: TaskCtx, a: Party, *, replicate: bool, rho: float,
+               audit: bool = False) -> list[Effect]:
+    """A structurally valid primary result: accept it (provisionally: ``audit`` asks a
+    trusted verifier to re-run it inside the window), or hold it for a replica."""
     if replicate:
         return [MoveAssignment(a.assignment, A.SUBMITTED),
                 MoveTask(T.VERIFYING, need=Role.REPLICA),
                 Emit("check_started", ctx.task, {"job": ctx.job, "provider": a.provider,
                                                  "role": Role.REPLICA.value, "rho": rho}),
                 RefreshJob()]
-    return [Accept(a.assignment)]
+    return [Accept(a.assignment), *_audit(audit)]
+
+
+def _audit(wanted: bool) -> list[Effect]:
+    return [NeedCheck(Role.AUDIT)] if wanted else []
 
 
 def on_replica(ctx: TaskCtx, check: Party, subject: Party, *, match: bool,
-               evidence: dict[str, Any]) -> list[Effect]:
-    """A replica's result, compared with the subject's."""
+               evidence: dict[str, Any], audit: bool = False) -> list[Effect]:
+    """A replica's result, compared with the subject's. An agreement is accepted, and
+    with ``audit`` re-run by a trusted verifier: two colluders who agree on a wrong
+    answer are both slashed when an audit catches them."""
     if match:
         return [MoveAssignment(check.assignment, A.ACCEPTED), PayCheck(check.assignment),
                 Rate(check.provider, True), Rate(subject.provider, True),
                 Emit("check_passed", ctx.task, {"role": Role.REPLICA.value, **evidence}),
-                Accept(subject.assignment), Remember(subject.assignment)]
+                Accept(subject.assignment), Remember(subject.assignment), *_audit(audit)]
     return [MoveAssignment(check.assignment, A.SUBMITTED), NeedCheck(Role.REFEREE),
             Emit("check_failed", ctx.task, {"role": Role.REPLICA.value, **evidence})]
 
@@ -145,12 +155,13 @@ def on_verdict(ctx: TaskCtx, fault: Fault, referee: Party, subject: Party,
     if subject_bad:
         reporter = checker.provider if checker is not None and fault == F.SUBJECT else None
         out += [MoveAssignment(subject.assignment, A.REJECTED), Rate(subject.provider, False),
-                Slash(subject.provider, reporter, subject.role)]
+                Slash(subject.provider, reporter, subject.role), LookBack(subject.provider)]
     if checker_bad:
         if checker is not None:
             reporter = subject.provider if fault == F.CHECKER else None
             out += [MoveAssignment(checker.assignment, A.REJECTED),
-                    Rate(checker.provider, False), Slash(checker.provider, reporter, checker.role)]
+                    Rate(checker.provider, False), Slash(checker.provider, reporter, checker.role),
+                    LookBack(checker.provider)]
         else:
             out.append(RetireReference())
     if not subject_bad:
@@ -175,6 +186,28 @@ def on_verdict(ctx: TaskCtx, fault: Fault, referee: Party, subject: Party,
             out += [MoveAssignment(checker.assignment, A.ACCEPTED), PayCheck(checker.assignment)]
         out += [MoveTask(T.QUEUED), RefreshJob()]
     return out
+
+
+def on_audit(ctx: TaskCtx, audit: Party, stood: list[Party], *, match: bool,
+             evidence: dict[str, Any]) -> list[Effect]:
+    """A trusted verifier re-ran an accepted result.
+
+    ``stood``: the parties whose word made the result stand (the accepted primary or
+    canary, and the replica that agreed with it). The verifier is trusted: if it
+    disagrees, every one of them is slashed, their other results in the window are
+    audited in turn, and the verifier's output replaces the result (the client keeps
+    the corrected shard and pays nothing for the wrong one).
+    """
+    out: list[Effect] = [MoveAssignment(audit.assignment, A.ACCEPTED), PayCheck(audit.assignment),
+                         NeedCheck(None)]
+    if match:
+        return out + [Emit("audit_passed", ctx.task, {"job": ctx.job, **evidence})]
+    out += [RecordVerdict({**evidence, "fault": "audit"}),
+            Emit("verdict", ctx.task, {"job": ctx.job, "fault": "audit", **evidence})]
+    for p in stood:
+        out += [MoveAssignment(p.assignment, A.REJECTED), Rate(p.provider, False),
+                Slash(p.provider, None, p.role), LookBack(p.provider)]
+    return out + [Correct(audit.assignment)]
 
 
 # --- leases that end without a usable result ---------------------------------------------------
@@ -227,23 +260,26 @@ def requeue(ctx: TaskCtx, why: str) -> list[Effect]:
 # --- checks nobody could place ------------------------------------------------------------
 
 def on_check_abandoned(ctx: TaskCtx, need: Role, subject: Party | None,
-                       submitted: list[Party], *, required: bool) -> list[Effect]:
+                       submitted: list[Party], *, required: bool,
+                       accept_unverified: bool = False) -> list[Effect]:
     """A wanted check found no checker in time.
 
-    A sampled replica (an established provider) is skipped and the primary
-    accepted, marked unverified; a required one is retried a few times first. A
-    canary without a referee fails; otherwise the task runs again from scratch.
-    Nobody is paid or penalised.
+    Nothing is accepted unchecked unless the job said so (``accept_unverified``):
+    then the subject's result stands, marked unverified. A required replica (a new or
+    probationary provider) sends the task to run again elsewhere; a sampled one, a
+    referee or an audit keeps waiting for a checker (only a trusted verifier may
+    referee or audit). A canary without a referee fails. Nobody is paid or penalised.
     """
     out: list[Effect] = [Emit("check_abandoned", ctx.task, {"role": need.value})]
-    if need == Role.REPLICA and subject is not None and (
-            not required or ctx.attempts >= ctx.max_attempts):
+    if need == Role.REPLICA and subject is not None and accept_unverified:
         return out + [Emit("unverified", ctx.task, {"job": ctx.job, "provider": subject.provider}),
                       NeedCheck(None), Accept(subject.assignment), RefreshJob()]
-    if ctx.canary:
+    if ctx.canary and need == Role.REFEREE:
         return out + [EndJob(J.FAILED, "no referee available")]
-    out += [MoveAssignment(p.assignment, A.EXPIRED) for p in submitted]
-    return out + [MoveTask(T.QUEUED), RefreshJob()]
+    if need == Role.REPLICA and required and ctx.attempts < ctx.max_attempts:
+        out += [MoveAssignment(p.assignment, A.EXPIRED) for p in submitted]
+        return out + [MoveTask(T.QUEUED), RefreshJob()]
+    return out + [Emit("check_waiting", ctx.task, {"role": need.value}), NeedCheck(need)]
 
 
 # --- placement and the job as a whole ---------------------------------------------------------

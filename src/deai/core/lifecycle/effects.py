@@ -17,6 +17,8 @@ lifecycle's terms; the settlement port turns them into journal entries.
     ├── RecordVerdict    the verdict and its evidence, in the journal
     ├── Remember         verified work becomes a future canary
     ├── RetireReference  a canary's known answer proved wrong: never use it again
+    ├── Correct          an audit overturned the result: the verifier's output stands
+    ├── LookBack         a caught provider's results in their window are audited again
     ├── EndJob           close the job: open tasks fail, leases cancel, escrow refunded
     ├── CompleteIfDone   complete the job if every task is done
     ├── RefreshJob       running ⇄ verifying from the tasks' statuses
@@ -102,6 +104,22 @@ class RetireReference:
 
 
 @dataclass(frozen=True)
+class Correct:
+    """An audit overturned the task's result: its output becomes ``assignment``'s
+    (a trusted verifier's re-run), and the job's result file is made again."""
+
+    assignment: str
+
+
+@dataclass(frozen=True)
+class LookBack:
+    """A provider was caught: every result of its still inside the challenge window is
+    audited again by a verifier (and its earnings on them held until then)."""
+
+    provider: str
+
+
+@dataclass(frozen=True)
 class EndJob:
     to: JobStatus
     error: str | None = None
@@ -125,5 +143,5 @@ class Emit:
 
 
 Effect = (MoveAssignment | MoveTask | NeedCheck | MoveJob | Accept | PayCheck | Slash | Rate
-          | RecordVerdict | Remember | RetireReference | EndJob | CompleteIfDone | RefreshJob
-          | Emit)
+          | RecordVerdict | Remember | RetireReference | Correct | LookBack | EndJob
+          | CompleteIfDone | RefreshJob | Emit)

@@ -119,6 +119,9 @@ class Machine:
             self.attempts += int(e.attempt)
         elif isinstance(e, E.NeedCheck):
             self.need = e.need
+        elif isinstance(e, E.Correct):
+            self.output = e.assignment
+            self.accepts = [e.assignment]
         elif isinstance(e, E.MoveJob):
             self.job_status = move(JOB_MOVES, self.job_status, e.to)
         elif isinstance(e, E.Accept):
@@ -140,7 +143,7 @@ class Machine:
                 self.job_status = job_status_for({self.task_status})
         elif isinstance(e, E.Emit):
             self.events.append(e.kind)
-        # Rate, Remember and RetireReference change no money and no status here.
+        # Rate, Remember, RetireReference and LookBack change no money and no status here.
 
     def _accept(self, assignment: str) -> None:
         seat = self.seats[assignment]
@@ -176,18 +179,21 @@ class Machine:
             self._add(f"acct:{reporter}", cut.bounty)
         self._add("fee", cut.amount - cut.bounty)
         self.slashes.append((provider, reporter, self.verdicts))
-        back = fee_back = 0
+        back = fee_back = treasury = 0
         for p in self.payouts:
             if p.provider == provider and not p.forfeited:
                 p.forfeited = True
-                back += p.amount
-                fee_back += p.fee
+                if p.from_escrow and not self.canary:
+                    back += p.amount
+                    fee_back += p.fee
+                else:
+                    treasury += p.amount
+        if treasury:
+            self._add(f"pending:{provider}", -treasury)
+            self._add("fee", treasury)
         if back or fee_back:
             fee_back = min(fee_back, self.money["fee"])
-            to = "fee" if self.canary else ("escrow" if self.job_status in JOB_ACTIVE
-                                           else "client")
-            if self.canary:
-                fee_back = 0
+            to = "escrow" if self.job_status in JOB_ACTIVE else "client"
             self._add(f"pending:{provider}", -back)
             self._add("fee", -fee_back)
             self._add(to, back + fee_back)

@@ -12,10 +12,13 @@ that the table does not list, so no code path can invent a transition.
                 queued | assigned | verifying ─▶ failed       (job ended, or out of attempts)
     assignment: leased ─▶ submitted ─▶ accepted | rejected | expired
                 leased ─▶ accepted | rejected | failed | expired | cancelled
+                accepted ─▶ rejected                         (overturned by an audit)
 
 A verifying task may wait for a check to be placed: ``Task.need`` names the role
 (replica or referee) the next assignment must fill; it is part of the state, not
-a hidden flag, and only ``verifying`` tasks may carry it.
+a hidden flag. A ``done`` task is provisional until its challenge window closes:
+it may wait for an ``audit`` (a trusted verifier re-runs it), and an audit that
+disagrees corrects its output.
 """
 
 from __future__ import annotations
@@ -58,6 +61,7 @@ class Role(StrEnum):
     REPLICA = "replica"    # runs it again on another provider, to compare
     REFEREE = "referee"    # decides a disagreement
     CANARY = "canary"      # runs a task whose answer the network knows
+    AUDIT = "audit"        # a trusted verifier re-runs an accepted result in its window
 
 
 class ProviderStatus(StrEnum):
@@ -69,6 +73,8 @@ J, T, A = JobStatus, TaskStatus, AssignmentStatus
 JOB_ACTIVE: frozenset[JobStatus] = frozenset({J.PENDING, J.RUNNING, J.VERIFYING})
 TASK_OPEN: frozenset[TaskStatus] = frozenset({T.QUEUED, T.ASSIGNED, T.VERIFYING})
 CHECK_ROLES: frozenset[Role] = frozenset({Role.REPLICA, Role.REFEREE})
+TRUSTED_ROLES: frozenset[Role] = frozenset({Role.REFEREE, Role.AUDIT})
+"""Roles only a verifier the network trusts may fill: they decide verdicts."""
 SUBJECT_ROLES: frozenset[Role] = frozenset({Role.PRIMARY, Role.CANARY})
 
 JOB_INITIAL: frozenset[JobStatus] = frozenset({J.PENDING, J.RUNNING})
@@ -94,7 +100,7 @@ ASSIGNMENT_MOVES: dict[AssignmentStatus, frozenset[AssignmentStatus]] = {
     A.LEASED: frozenset({A.SUBMITTED, A.ACCEPTED, A.REJECTED, A.FAILED, A.EXPIRED,
                          A.CANCELLED}),
     A.SUBMITTED: frozenset({A.ACCEPTED, A.REJECTED, A.EXPIRED}),
-    A.ACCEPTED: frozenset(),
+    A.ACCEPTED: frozenset({A.REJECTED}),  # an audit overturned a provisional acceptance
     A.REJECTED: frozenset(),
     A.FAILED: frozenset(),
     A.EXPIRED: frozenset(),

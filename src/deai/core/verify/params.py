@@ -16,9 +16,11 @@ class VerifyParams:
     bounty_share: float = 0.2         # share of a slash paid to whoever raised the mismatch
     decay_half_life: float = 7 * 24 * 3600.0  # seconds: old passes and fails fade
     referee_committee: int = 1        # referees per escalation; majority decides
+    audit_share: float = 0.005        # accepted results a trusted verifier re-runs
 
     def __post_init__(self) -> None:
-        for name in ("canary_share", "rho_min", "slash_fraction", "bounty_share"):
+        for name in ("canary_share", "rho_min", "slash_fraction", "bounty_share",
+                     "audit_share"):
             v = getattr(self, name)
             if not 0.0 <= v <= 1.0:
                 raise ValueError(f"{name} must lie in [0, 1], got {v}")
@@ -27,4 +29,4 @@ class VerifyParams:
 
 
 DEFAULT = VerifyParams()
-OFF = VerifyParams(replicate=False, canary_share=0.0)
+OFF = VerifyParams(replicate=False, canary_share=0.0, audit_share=0.0)
