@@ -23,7 +23,9 @@ from deai.chain.devnet import ChainDevnet, evm_account
 from deai.client import keys
 from deai.client.audit import client_audit
 from deai.client.cli import app
+from deai.client.sdk import Client
 from deai.core import money
+from deai.core.errors import DeAIError
 from deai.core.ledger import Entry
 
 pytestmark = pytest.mark.slow
@@ -109,6 +111,25 @@ def test_deposit_job_slash_withdraw_and_audit_on_a_real_chain(net: ChainDevnet,
     code, out = deai("withdraw", "--key", honest.name, *url)  # the same proof again
     assert code == 0 and "claimed 0.000000" in out, out
 
+    # Bad withdrawals are refused with the field named, and change nothing.
+    head_before = net.client.journal(limit=1).head_seq
+    poor = Client(net.url, keys.create("poor"))
+    rich = Client(net.url, client)
+    addr = evm_account(client).address
+    for who, body, status, field in (
+            (rich, {"amount": 1, "address": "0x12"}, 422, "address"),
+            (rich, {"amount": 0, "address": addr}, 422, "amount"),
+            (rich, {"amount": 1, "address": addr, "memo": "x"}, 422, "memo"),
+            (rich, {"amount": 60 * money.MICRO, "address": addr}, 409, "amount"),  # > reserve
+            (poor, {"amount": 1, "address": addr}, 402, None)):
+        with pytest.raises(DeAIError) as err:
+            who.request("POST", "/api/chain/withdraw", json_body=body)
+        assert err.value.status == status, (body, err.value.to_dict())
+        assert field is None or field in (err.value.field or ""), err.value.to_dict()
+    poor.close()
+    rich.close()
+    assert net.client.journal(limit=1).head_seq == head_before
+
     # 4. Anyone can check it all against the chain.
     def quiet() -> bool:
         info = net.client.request("GET", "/api/chain", signed=False).json()
@@ -140,3 +161,29 @@ def test_deposit_job_slash_withdraw_and_audit_on_a_real_chain(net: ChainDevnet,
     assert code == 1, out
     assert f"entry {seq}: hash does not recompute" in out, out
     assert "claimed" in out and "the journal sent it 0" in out, out
+
+
+def test_the_explorer_shows_the_chain(net: ChainDevnet) -> None:
+    from playwright.sync_api import sync_playwright
+
+    from tests.test_explorer_browser import ARGS, CHROMIUM, SHOTS
+
+    errors: list[str] = []
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+        page = browser.new_page(viewport={"width": 1366, "height": 900})
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.goto(f"{net.url}/explorer/#/chain")
+        latest = page.get_by_test_id("chain-latest")
+        latest.wait_for()
+        assert "Epoch" in latest.inner_text() or "No epoch" in latest.inner_text()
+        page.get_by_test_id("chain-deposits").wait_for()
+        page.get_by_test_id("chain-withdrawals").wait_for()
+        rows = page.get_by_test_id("chain-stake").locator("tbody tr")
+        rows.first.wait_for()
+        assert rows.count() == len(net.provider_keys)
+        SHOTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(SHOTS / "chain-laptop.png"), full_page=True)
+        browser.close()
+    assert not errors, errors
