@@ -37,7 +37,7 @@ from rich.table import Table
 
 from deai.client import keys, training
 from deai.client.sdk import Client, retrying
-from deai.core import kinds, money, specs, wire
+from deai.core import auth, kinds, money, specs, wire
 from deai.core.errors import DeAIError, InsufficientFunds, InvalidInput
 from deai.core.ledger import AuditReport, Entry
 
@@ -353,6 +353,15 @@ def api_key_revoke(key_id: str, coordinator: Coordinator = DEFAULT_COORDINATOR,
 
 # --- processes ---------------------------------------------------------------------------
 
+def public_keys(values: list[str] | None) -> list[str]:
+    """Each value a public key (64 hex digits), lower-cased."""
+    out = [v.strip().lower() for v in values or []]
+    bad = [v for v in out if not auth.is_account_id(v)]
+    if bad:
+        raise typer.BadParameter(f"not a public key (64 hex digits): {bad[0]!r}")
+    return out
+
+
 @command(app, "coordinator")
 def coordinator_cmd(
     database_url: Annotated[str, typer.Option(help="SQLAlchemy URL; SQLite under "
@@ -363,24 +372,18 @@ def coordinator_cmd(
     workers: Annotated[int, typer.Option(min=1, help="Replica processes on this port "
                                          "(PostgreSQL only).")] = 1,
     verifier_key: Annotated[list[str] | None, typer.Option(
-        help="A trusted verifier's public key (repeatable; also DEAI_VERIFIER_KEYS, "
-             "comma-separated).")] = None,
+        callback=public_keys, help="A trusted verifier's public key (repeatable; also "
+        "DEAI_VERIFIER_KEYS, comma-separated).")] = None,
     trust_forwarded_for: Annotated[bool, typer.Option(
         help="Behind a reverse proxy: a provider's address is X-Forwarded-For's last hop.")]
     = False,
 ) -> None:
     """Run the coordinator (blocks until stopped)."""
-    import argparse
-
-    from deai.coordinator.__main__ import verifier_key as check_key
     from deai.coordinator.__main__ import verifier_keys
     from deai.coordinator.server import serve
     from deai.coordinator.settings import Settings, default_data_dir
 
-    try:
-        trusted = verifier_keys([check_key(k) for k in verifier_key or []])
-    except argparse.ArgumentTypeError as exc:
-        raise typer.BadParameter(str(exc), param_hint="--verifier-key") from None
+    trusted = verifier_keys(verifier_key or [])
     settings = Settings(data_dir=(data_dir or default_data_dir()).resolve(),
                         database_url=database_url, verifiers=trusted,
                         trust_forwarded_for=trust_forwarded_for)
@@ -458,6 +461,8 @@ def devnet_up(
                log=lambda m: console.print(f"[dim]{m}[/]"))
     try:
         with net:
+            for v in net.verifier_keys:
+                console.print(f"verifier     {v.name} {v.id}")
             console.print(f"coordinator  {net.url}\nexplorer     {net.explorer_line()}\n"
                           f"logs         {net.dir / 'logs'}\n"
                           f"export DEAI_COORDINATOR={net.url}   # then: deai job submit ...\n"

@@ -1,7 +1,8 @@
 """``deai demo``: the whole network on loopback, narrated, in a few minutes.
 
-Starts a ``Devnet`` (a coordinator and N provider processes, one of them a
-cheater with a faulty executor, and a funded ``client`` key), then:
+Starts a ``Devnet`` (a coordinator, N provider processes, one of them a
+cheater with a faulty executor, the network's verifier, and a funded ``client``
+key), then:
 
 1. submits ``examples/embeddings.yaml`` over ``examples/sentences.jsonl`` with a
    progress bar, writes the results and shows what the job cost;
@@ -73,9 +74,11 @@ def run_demo(providers: int, spec_file: Path | None, input_file: Path | None,
     try:
         with Devnet(providers, cheaters=cheaters,
                     log=lambda m: out.print(f"[dim]{m}[/]")) as net:
-            names = {k.id: k.name for k in net.provider_keys}
+            names = {k.id: k.name for k in [*net.provider_keys, *net.verifier_keys]}
             cheats = {k.id for k in net.provider_keys[:cheaters]}
             out.print(f"coordinator {net.url}   explorer {net.explorer_line()}")
+            for v in net.verifier_keys:
+                out.print(f"verifier {v.name} ({v.id[:12]}…): the network's trusted referee")
             if cheats:
                 out.print(f"[yellow]{', '.join(names[c] for c in cheats)} runs a faulty "
                           "executor: it returns made-up vectors and will have to be caught[/]")

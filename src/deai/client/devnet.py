@@ -15,6 +15,14 @@ On exit it sends SIGTERM to each child by its pid (providers first), waits, and
 sends SIGKILL to any still alive after ``stop_timeout``. Child output goes to
 ``$DEAI_HOME/devnet/logs/<name>.log``.
 
+The devnet also runs the network's own verifier (``verifiers``, default 1
+when there are providers): key ``verifier-1``, listed by the coordinator with
+``--verifier-key``, started as ``python -m deai.provider --verifier`` (every
+model at price 0, no stake). On loopback every agent connects from its own
+address (``--source-address 127.0.1.N``) and reports its own stand-in machine
+id, so the coordinator's diversity rule (``core.diversity``) sees them as
+separate parties, as they would be on separate machines.
+
 A provider listed as a cheater is started with ``DEAI_PROVIDER_CHEAT=1`` in its
 environment; the agent decides what cheating means (returning wrong vectors).
 
@@ -178,10 +186,11 @@ class Devnet:
                  host: str = "127.0.0.1", threads: int = 1, fresh: bool = True,
                  start_timeout: float = 60.0, online_timeout: float = 300.0,
                  stop_timeout: float = 10.0, python: str = sys.executable,
-                 log: Callable[[str], None] | None = None) -> None:
+                 log: Callable[[str], None] | None = None, verifiers: int | None = None) -> None:
         if providers < 0 or not 0 <= cheaters <= providers:
             raise DevnetError("need 0 <= cheaters <= providers", field="cheaters")
         self.n_providers = providers
+        self.n_verifiers = (1 if providers else 0) if verifiers is None else max(0, verifiers)
         self.cheaters = cheaters
         self.host = host
         self.port = port or free_port(host)
@@ -196,6 +205,8 @@ class Devnet:
         self.coordinator: Child | None = None
         self.providers: list[Child] = []
         self.provider_keys: list[keys.Identity] = []
+        self.verifiers: list[Child] = []
+        self.verifier_keys: list[keys.Identity] = []
         self.client_key: keys.Identity | None = None
         self._client: Client | None = None
         self.lock = Lock(self.dir / "devnet.lock")
@@ -226,7 +237,16 @@ class Devnet:
 
     @property
     def children(self) -> list[Child]:
-        return [*self.providers, *([self.coordinator] if self.coordinator else [])]
+        return [*self.providers, *self.verifiers,
+                *([self.coordinator] if self.coordinator else [])]
+
+    def _agent_flags(self, n: int, name: str) -> list[str]:
+        """On loopback, agent ``n`` connects from its own address and reports its own
+        machine: separate parties to the coordinator, as on separate machines."""
+        if not self.host.startswith("127."):
+            return []
+        return ["--source-address", f"127.0.{1 + n // 250}.{1 + n % 250}",
+                "--machine-id", f"devnet-{name}"]
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -252,12 +272,14 @@ class Devnet:
         logs.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, "DEAI_HOME": str(keys.home()), "PYTHONUNBUFFERED": "1"}
 
+        self.verifier_keys = [keys.create(f"verifier-{i}", exist_ok=True)
+                              for i in range(1, self.n_verifiers + 1)]
         self.log(f"starting coordinator on {self.url}")
         self.coordinator = Child("coordinator", [
             self.python, "-m", "deai.coordinator",
             "--database-url", f"sqlite:///{data_dir / 'deai.sqlite3'}",
             "--host", self.host, "--port", str(self.port), "--data-dir", str(data_dir),
-            "--devnet",
+            "--devnet", *[f for k in self.verifier_keys for f in ("--verifier-key", k.id)],
         ], logs / "coordinator.log", env, self.lock.fds)
         self._client = Client(self.url, keys.create("client", exist_ok=True))
         self._wait_for_coordinator()
@@ -273,8 +295,15 @@ class Devnet:
             self.providers.append(Child(ident.name, [
                 self.python, "-m", "deai.provider", "--coordinator", self.url,
                 "--key", ident.name, "--threads", str(self.threads), "--price", str(price),
-                "--name", ident.name,
+                "--name", ident.name, *self._agent_flags(i, ident.name),
             ], logs / f"{ident.name}.log", child_env, self.lock.fds))
+        for i, ident in enumerate(self.verifier_keys):
+            self.log(f"starting {ident.name}, the network's verifier ({ident.id[:12]})")
+            self.verifiers.append(Child(ident.name, [
+                self.python, "-m", "deai.provider", "--coordinator", self.url,
+                "--key", ident.name, "--threads", str(self.threads), "--verifier",
+                "--name", ident.name, *self._agent_flags(self.n_providers + i, ident.name),
+            ], logs / f"{ident.name}.log", env, self.lock.fds))
         self.client.faucet(CLIENT_FUNDS)
         self._wait_online()
 
@@ -282,7 +311,8 @@ class Devnet:
         """Stop children by pid: providers first, so none is left polling a dead coordinator."""
         t0 = time.monotonic()
         stopped = []
-        for group in (self.providers, [self.coordinator] if self.coordinator else []):
+        for group in ([*self.providers, *self.verifiers],
+                      [self.coordinator] if self.coordinator else []):
             for child in group:
                 child.terminate()
             deadline = time.monotonic() + self.stop_timeout
@@ -293,6 +323,7 @@ class Devnet:
             self.log(f"stopped in {time.monotonic() - t0:.1f} s, exit codes: "
                      + ", ".join(stopped))
         self.providers = []
+        self.verifiers = []
         self.coordinator = None
         if self._client is not None:
             self._client.close()
@@ -324,14 +355,15 @@ class Devnet:
         return {p.id for p in self.client.providers() if p.online}
 
     def _wait_online(self) -> None:
-        want = {k.id for k in self.provider_keys}
+        agents = [*self.provider_keys, *self.verifier_keys]
+        want = {k.id for k in agents}
         deadline = time.monotonic() + self.online_timeout
         while not want <= self.online_ids():
             self._check_alive()
             if time.monotonic() > deadline:
-                missing = sorted(k.name for k in self.provider_keys
-                                 if k.id not in self.online_ids())
+                missing = sorted(k.name for k in agents if k.id not in self.online_ids())
                 raise DevnetError(f"providers not online after {self.online_timeout:.0f} s: "
                                   f"{', '.join(missing)}")
             time.sleep(0.5)
-        self.log(f"{len(want)} providers online")
+        self.log(f"{len(self.provider_keys)} providers online"
+                 + (f", and {len(self.verifier_keys)} verifier" if self.verifier_keys else ""))
