@@ -108,12 +108,13 @@ def reader(net: Network) -> Coordinator:
 
 
 def test_honest_provider_passes_every_round_under_load(net: Network) -> None:
-    start(net, "honest")
-    net.wait_providers(1, timeout=400)
-    # other work on the machine: a busy process, and embedding jobs for the provider
+    # other work on the machine, there before the provider measured what it claims and
+    # all along: a busy process, and embedding jobs for the provider itself
     hog = subprocess.Popen([sys.executable, "-c",
                             "import numpy as np\nx=np.ones(2_000_000)\nwhile True: x.sum()"])
     try:
+        start(net, "honest")
+        net.wait_providers(1, timeout=400)
         c = net.client("client")
         c.faucet(1_000_000_000)
         lines = (Path(__file__).resolve().parents[1] / "examples" / "sentences.jsonl") \
@@ -121,8 +122,8 @@ def test_honest_provider_passes_every_round_under_load(net: Network) -> None:
         digest = c.upload(b"\n".join(lines) + b"\n").digest
         c.submit_job({"kind": "embeddings", "model": "all-MiniLM-L6-v2", "max_price": 2000,
                       "deadline": 900}, digest)
-        got = wait_for(net, "eight passed challenges",
-                       lambda g: g.get("honest", {}).get("passes", 0) >= 8, timeout=240)
+        got = wait_for(net, "eight judged challenges", lambda g: g.get("honest", {})
+                       .get("passes", 0) + g.get("honest", {}).get("fails", 0) >= 8)
     finally:
         hog.kill()
         hog.wait(10)
