@@ -110,8 +110,14 @@ class Network:
         keys.create(name, exist_ok=True)
         if "--models" not in extra:  # embeddings only unless a test asks for more
             extra = ("--models", "all-MiniLM-L6-v2", *extra)
+        # Each agent its own loopback address and machine, as on separate machines, so the
+        # coordinator's diversity rule (core.diversity) sees separate parties; a test that
+        # wants sybils passes its own --source-address / --machine-id (the last flag wins).
+        n = list(self.providers).index(name) if name in self.providers else len(self.providers)
         args = [sys.executable, "-m", "deai.provider", "--coordinator", self.url, "--key", name,
-                "--threads", "1", "--price", str(price), *extra]
+                "--threads", "1", "--price", str(price),
+                "--source-address", f"127.0.{100 + n // 250}.{1 + n % 250}",
+                "--machine-id", f"test-{name}", *extra]
         proc = Proc(args, self.root / f"{name}.log", {**self.env, **(env or {})})
         self.providers[name] = proc
         return proc
