@@ -210,4 +210,6 @@ def test_a_changed_identity_is_challenged_again(net: Network) -> None:
              lambda g: any(r.reason == "identity" for r in challenges(reader(net), pid)))
     got = wait_for(net, "verified again", lambda g: g["mover"]["status"] == "verified"
                    and g["mover"]["current"] and g["mover"]["verified_memory_mb"] == 400)
-    assert got["mover"]["fails"] == 0
+    rows = challenges(reader(net), pid)
+    first = next(i for i, r in enumerate(rows) if r.reason == "identity")
+    assert "passed" in [r.status for r in rows[first:]], rows
