@@ -65,7 +65,7 @@ class Network:
     def __init__(self, root: Path, database_url: str = "", *, heartbeat_timeout: float = 4.0,
                  lease_ttl: float = 60.0, challenge_window: float = 2.0,
                  max_upload_bytes: int | None = None, verify: bool = True,
-                 extra: tuple[str, ...] = ()) -> None:
+                 extra: tuple[str, ...] = (), verifiers: int = 0) -> None:
         self.root = root
         self.database_url = database_url
         self.port = free_port()
@@ -80,6 +80,11 @@ class Network:
         if not verify:
             self.flags.append("--no-verify")
         self.flags += list(extra)
+        # The network's trusted verifiers (only they referee and audit): their keys are
+        # listed to the coordinator; ``start_verifier`` runs their processes.
+        self.verifier_names = [f"verifier-{i}" for i in range(1, verifiers + 1)]
+        for name in self.verifier_names:
+            self.flags += ["--verifier-key", keys.create(name, exist_ok=True).id]
         self.coordinator: Proc | None = None
         self.providers: dict[str, Proc] = {}
 
@@ -121,6 +126,10 @@ class Network:
         proc = Proc(args, self.root / f"{name}.log", {**self.env, **(env or {})})
         self.providers[name] = proc
         return proc
+
+    def start_verifier(self, name: str, *extra: str) -> Proc:
+        """A verifier process (``deai verifier start``): the agent in verifier mode."""
+        return self.start_provider(name, 0, "--verifier", *extra)
 
     def wait_providers(self, n: int, timeout: float = 120.0) -> None:
         c = self.client()

@@ -1,7 +1,7 @@
 """Cheaters against real processes: a devnet of honest providers plus one with a
-faulty executor. Every cheat is caught by a replica, confirmed by a referee and
-slashed; clients get correct results; honest providers are never slashed; the
-ledger audits.
+faulty executor, and the network's verifier. Every cheat is caught by a replica
+or a canary, confirmed by the verifier as referee and slashed; clients get
+correct results; honest providers are never slashed; the ledger audits.
 """
 
 from __future__ import annotations
@@ -32,11 +32,12 @@ SPEC = {"kind": "embeddings", "model": "all-MiniLM-L6-v2", "max_price": 2000, "d
 def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Network]:
     """Three honest providers shared by every case; each case brings its own cheater."""
     n = Network(tmp_path_factory.mktemp("verify"), heartbeat_timeout=4.0,
-                challenge_window=60.0, extra=("--verify-timeout", "30"))
+                challenge_window=60.0, extra=("--verify-timeout", "30"), verifiers=1)
     n.start_coordinator()
     try:
         for i, price in enumerate((900, 950, 1000), start=1):
             n.start_provider(f"honest-{i}", price, "--models", BOTH)
+        n.start_verifier("verifier-1", "--models", BOTH)
         n.wait_providers(3)
         yield n
     finally:

@@ -58,7 +58,13 @@ def run_job(providers: list[HandProvider], c: Client, items: int) -> wire.JobOut
 def ran(net: Network) -> Ran:
     providers = [HandProvider(net, price=700), HandProvider(net, price=900)]
     c = funded(net)
-    return Ran(c, run_job(providers, c, items=6), providers)
+    done = Ran(c, run_job(providers, c, items=6), providers)
+    # Who did what (roles, checks) is public once the challenge window has closed.
+    end = time.time() + 30
+    while not get(net, "/api/events", kind="task_accepted").json()["events"]:
+        assert time.time() < end, "task events never became public"
+        time.sleep(0.3)
+    return done
 
 
 def get(net: Network, path: str, **params: object) -> httpx.Response:

@@ -38,7 +38,7 @@ VERIFIER = Identity.generate()
 @pytest.fixture
 def net(tmp_path: Path) -> Iterator[Network]:
     # Canary share 0.5: odds 1, so every placement also queues a canary when one exists.
-    n = Network(tmp_path, heartbeat_timeout=5.0, lease_ttl=30.0,
+    n = Network(tmp_path, heartbeat_timeout=5.0, lease_ttl=30.0, challenge_window=6.0,
                 extra=("--canary-share", "0.5", "--verify-timeout", "30",
                        "--verifier-key", VERIFIER.id))
     n.start_coordinator()
@@ -62,9 +62,17 @@ def test_replicas_agree_then_a_canary_and_a_referee_catch_a_cheater(net: Network
     c = funded(net)
     first = c.submit_job({**SPEC, "shard_size": 10}, c.upload(lines(2)).digest)
     work([a, b, v], lambda: c.job(first.id).status == "completed")
-    events = Client(net.url).request("GET", "/api/events",
-                                     params={"kind": "check_passed"}).json()["events"]
-    assert [e["body"]["role"] for e in events] == ["replica"]  # new providers: ρ = 1
+
+    def passed() -> list[dict]:  # public once the challenge window has closed
+        return Client(net.url).request("GET", "/api/events",
+                                       params={"kind": "check_passed"}).json()["events"]
+
+    assert passed() == [], "checks stay sealed while the challenge window is open"
+    end = time.time() + 15
+    while not passed():
+        assert time.time() < end
+        time.sleep(0.3)
+    assert [e["body"]["role"] for e in passed()] == ["replica"]  # new providers: ρ = 1
 
     # The cheapest, with two slots: it gets the next task, and the canary queued with it
     # (a job of its own, placed by the matcher later, never in the same delivery).

@@ -44,9 +44,21 @@ MAX_SHARDS = 20_000
 FINISHED = ("completed", "failed", "cancelled")
 
 
-def event_out(e: Event) -> wx.EventOut:
+def event_out(e: Event, horizon: float) -> wx.EventOut | None:
+    """The public form of an event, or None while it is sealed (``public.SEALED``)."""
+    if not public.disclosed(e.kind, e.ts, horizon):
+        return None
     return wx.EventOut(id=e.id, ts=e.ts, kind=e.kind, subject=e.subject,
-                       body=public.event_body(e.kind, e.body))
+                       body=public.sealed_body(e.kind, e.body, e.ts, horizon))
+
+
+def horizon(c: Coordinator) -> float:
+    """Now minus the challenge window: what happened before it may be shown in full."""
+    return c.now() - c.settings.challenge_window
+
+
+def _shown(rows: Any, h: float) -> list[wx.EventOut]:
+    return [x for x in (event_out(e, h) for e in rows) if x is not None]
 
 
 def _counts(s: Session, col: Any) -> dict[str, int]:
@@ -155,9 +167,10 @@ def _price_series(s: Session, now: float, window: float) -> list[wx.PriceSeries]
 
 # --- providers ------------------------------------------------------------------------
 
-def assignment_row(a: Assignment) -> wx.AssignmentRow:
+def assignment_row(a: Assignment, h: float) -> wx.AssignmentRow:
     return public.assignment(wx.AssignmentRow(
-        id=a.id, task_id=a.task_id, job_id=a.job_id, provider_id=a.provider_id, role=a.role,
+        id=a.id, task_id=a.task_id, job_id=a.job_id, provider_id=a.provider_id,
+        role=public.role(a.role, a.leased_at, h),
         status=a.status, price=a.price, leased_at=a.leased_at, submitted_at=a.submitted_at,
         seconds=a.seconds, units=a.units, output_digest=a.output_digest, error=a.error))
 
@@ -172,16 +185,16 @@ def _mentions(value: Any, needle: str) -> bool:
     return False
 
 
-def verification_events(s: Session, limit: int, before: int | None = None,
+def verification_events(s: Session, limit: int, h: float, before: int | None = None,
                         party: str | None = None) -> list[wx.EventOut]:
     q = select(Event).where(Event.kind.in_(wx.VERIFICATION_KINDS))
     if before is not None:
         q = q.where(Event.id < before)
     if party is None:
-        return [event_out(e) for e in s.scalars(q.order_by(Event.id.desc()).limit(limit))]
+        return _shown(s.scalars(q.order_by(Event.id.desc()).limit(limit * 4)), h)[:limit]
     rows = s.scalars(q.order_by(Event.id.desc()).limit(max(limit * 40, 2000)))
-    return [event_out(e) for e in rows
-            if e.subject == party or _mentions(e.body, party)][:limit]
+    return _shown((e for e in rows if e.subject == party or _mentions(e.body, party)),
+                  h)[:limit]
 
 
 def provider_detail(c: Coordinator, pid: str, limit: int) -> wx.ProviderDetailOut:
@@ -197,8 +210,8 @@ def provider_detail(c: Coordinator, pid: str, limit: int) -> wx.ProviderDetailOu
         return wx.ProviderDetailOut(
             provider=prov, balance=bal, pending_earnings=int(sums.get(False, 0)),
             released_earnings=int(sums.get(True, 0)), assignments=statuses,
-            recent=[assignment_row(a) for a in recent],
-            checks=verification_events(s, limit, party=pid))
+            recent=[assignment_row(a, horizon(c)) for a in recent],
+            checks=verification_events(s, limit, horizon(c), party=pid))
 
 
 # --- jobs -----------------------------------------------------------------------------
@@ -211,7 +224,7 @@ def shard_state(task_status: str, submitted: bool) -> str:
 
 
 def job_detail(c: Coordinator, job_id: str) -> wx.JobDetailOut:
-    job = public.job(jobs.view(c, job_id))  # NotFound for an unknown id
+    job = public.job(jobs.view(c, job_id), horizon(c))  # NotFound for an unknown id
     with c.db.read() as s:
         tasks = s.scalars(select(Task).where(Task.job_id == job_id).order_by(Task.idx)
                           .limit(MAX_SHARDS)).all()
@@ -247,12 +260,12 @@ def job_detail(c: Coordinator, job_id: str) -> wx.JobDetailOut:
         latest = sorted(asgs, key=lambda a: a.leased_at, reverse=True)[:200]
         return wx.JobDetailOut(job=job, shards=shards, states=dict(states), cost_so_far=job.cost,
                                providers=providers,
-                               assignments=[assignment_row(a) for a in latest])
+                               assignments=[assignment_row(a, horizon(c)) for a in latest])
 
 
 def job_list(c: Coordinator, limit: int) -> list[wire.JobOut]:
     """The latest jobs of every owner, each by its public face."""
-    return [public.job(j) for j in jobs.list_jobs(c, None, limit)]
+    return [public.job(j, horizon(c)) for j in jobs.list_jobs(c, None, limit)]
 
 
 # --- events ---------------------------------------------------------------------------
@@ -263,7 +276,7 @@ def events_after(c: Coordinator, after: int, limit: int,
         q = select(Event).where(Event.id > after)
         if kinds:
             q = q.where(Event.kind.in_(kinds))
-        return [event_out(e) for e in s.scalars(q.order_by(Event.id).limit(limit))]
+        return _shown(s.scalars(q.order_by(Event.id).limit(limit)), horizon(c))
 
 
 def events_page(c: Coordinator, after: int, limit: int,
@@ -280,7 +293,7 @@ def latest_event_id(c: Coordinator) -> int:
 
 def verification(c: Coordinator, limit: int, before: int | None) -> wx.EventsOut:
     with c.db.read() as s:
-        return wx.EventsOut(events=verification_events(s, limit, before),
+        return wx.EventsOut(events=verification_events(s, limit, horizon(c), before),
                             last_id=last_event_id(s))
 
 

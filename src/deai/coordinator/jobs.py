@@ -20,7 +20,6 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from deai.coordinator import admission, checkpoints, effects, verify
-from deai.coordinator.admission import NETWORK
 from deai.coordinator.matching import all_provider_states, stake_needed
 from deai.coordinator.service import Coordinator
 from deai.core import auth, kinds, ledger, market, specs, wire
@@ -129,7 +128,8 @@ def _job_out(s: Session, job: Job) -> wire.JobOut:
 
 def list_jobs(c: Coordinator, owner: str | None, limit: int) -> list[wire.JobOut]:
     with c.db.read() as s:
-        q = (select(Job).where(Job.owner != NETWORK).order_by(Job.created_at.desc())
+        # Canaries are listed like any job (publicly, nothing tells them apart).
+        q = (select(Job).order_by(Job.created_at.desc())
              .limit(max(1, min(limit, 500))))
         if owner:
             q = q.where(Job.owner == owner)

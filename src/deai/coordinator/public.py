@@ -69,6 +69,42 @@ PUBLIC_FIELDS: dict[str, tuple[str, ...]] = {
 PUBLIC_SPEC = ("kind", "model", "max_price")
 
 
+# --- blind work: what waits for the challenge window ------------------------------------------
+# Events that tell whether a lease was a primary, a replica, a referee, an audit or a
+# canary, or that a result is being checked: a provider reading them before the window
+# closes could cheat only where it expects no check. They are served publicly once
+# their challenge window has closed (``disclosed``); until then they do not exist for
+# the public. The same holds for the role of a recent assignment, and for what a job
+# pays (a canary is paid by the network).
+SEALED = frozenset({
+    "task_assigned", "task_accepted", "result_rejected", "task_failed", "lease_expired",
+    "check_started", "check_passed", "check_failed", "check_abandoned", "check_waiting",
+    "unverified", "verdict", "canary_planted", "checkpoint", "look_back",
+    "result_corrected", "audit_passed",
+})
+SEALED_FIELDS = frozenset({"role", "canary", "subject", "checker", "referee", "rho",
+                           "statistic", "detail", "fault", "job"})
+
+
+def disclosed(kind: str, ts: float, horizon: float) -> bool:
+    """Whether an event of ``kind`` at ``ts`` may be shown publicly; ``horizon`` is now
+    minus the challenge window."""
+    return kind not in SEALED or ts <= horizon
+
+
+def sealed_body(kind: str, body: dict[str, Any], ts: float, horizon: float) -> dict[str, Any]:
+    """A disclosed event's public body; inside the window (a slash), without check details."""
+    out = event_body(kind, body)
+    if ts > horizon:
+        out = {k: v for k, v in out.items() if k not in SEALED_FIELDS}
+    return out
+
+
+def role(value: str, leased_at: float, horizon: float) -> str:
+    """An assignment's role, publicly: only once its window has closed."""
+    return value if leased_at <= horizon else "sealed"
+
+
 def event_body(kind: str, body: dict[str, Any] | None) -> dict[str, Any]:
     keep = PUBLIC_FIELDS.get(kind, ())
     return {k: v for k, v in (body or {}).items() if k in keep}
@@ -78,9 +114,14 @@ def event(e: wx.EventOut) -> wx.EventOut:
     return e.model_copy(update={"body": event_body(e.kind, e.body)})
 
 
-def job(j: wire.JobOut) -> wire.JobOut:
-    return j.model_copy(update={"spec": {k: j.spec[k] for k in PUBLIC_SPEC if k in j.spec},
-                                "output_digest": None, "error": error(j.error)})
+def job(j: wire.JobOut, horizon: float | None = None) -> wire.JobOut:
+    """A job's public face: no owner, no output, no private spec; what it pays only once
+    it ended a window ago (before then, who pays would tell a canary apart)."""
+    update: dict[str, Any] = {"spec": {k: j.spec[k] for k in PUBLIC_SPEC if k in j.spec},
+                              "owner": "", "output_digest": None, "error": error(j.error)}
+    if horizon is not None and (j.finished_at is None or j.finished_at > horizon):
+        update |= {"escrow": 0, "cost": 0, "refunded": 0}
+    return j.model_copy(update=update)
 
 
 def assignment(a: wx.AssignmentRow) -> wx.AssignmentRow:

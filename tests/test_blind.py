@@ -1,0 +1,92 @@
+"""Blind work: a provider cannot tell a primary from a replica or a canary.
+
+Leases of every role carry the same fields and the provider's own price, and
+before a task's challenge window closes the public surfaces (events, the
+explorer's provider and job pages) say nothing about roles, checks, canaries or
+who pays. Roles are read afterwards from the coordinator's own database.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from deai.client.keys import Identity
+from deai.coordinator import public
+from deai.core import wire
+from tests.netutil import Network
+from tests.test_api import SPEC, HandProvider, funded, lines
+
+VERIFIER = Identity.generate()
+WINDOW = 120.0
+
+
+@pytest.fixture
+def net(tmp_path: Path) -> Iterator[Network]:
+    n = Network(tmp_path, heartbeat_timeout=10.0, lease_ttl=60.0, challenge_window=WINDOW,
+                extra=("--canary-share", "0.5", "--verifier-key", VERIFIER.id))
+    n.start_coordinator()
+    yield n
+    n.close()
+
+
+def roles(net: Network) -> dict[str, str]:
+    db = sqlite3.connect(net.root / "coordinator" / "deai.sqlite3")
+    try:
+        return dict(db.execute("SELECT id, role FROM assignments").fetchall())
+    finally:
+        db.close()
+
+
+def test_leases_of_every_role_look_alike_and_nothing_public_tells(net: Network) -> None:
+    a, b = HandProvider(net, price=900, slots=2), HandProvider(net, price=950, slots=2)
+    v = HandProvider(net, price=0, ident=VERIFIER)
+    c = funded(net)
+    seen: dict[str, list[wire.AssignmentOut]] = {a.id: [], b.id: []}
+    jobs = []
+    end = time.time() + 90
+    # Jobs until the workers have seen primaries, replicas and a canary among them.
+    while time.time() < end:
+        jobs.append(c.submit_job({**SPEC, "shard_size": 1},
+                                 c.upload(lines(2, start=10 * len(jobs))).digest))
+        done = time.time() + 30
+        while c.job(jobs[-1]).status != "completed" and time.time() < done:
+            for p in (a, b, v):
+                for lease in p.take(wait=0.2):
+                    seen.get(p.id, []).append(lease)
+                    p.answer(lease)
+        got = {roles(net)[x.id] for leases in seen.values() for x in leases}
+        if {"primary", "replica", "canary"} <= got:
+            break
+    by_role = roles(net)
+    got = {by_role[x.id] for leases in seen.values() for x in leases}
+    assert {"primary", "replica", "canary"} <= got, got
+
+    for p, price in ((a, 900), (b, 950)):
+        leases = seen[p.id]
+        assert {frozenset(x.model_dump()) for x in leases} == {frozenset(leases[0].model_dump())}
+        assert {x.price for x in leases} == {price}, "every role pays the provider's own price"
+        assert all(x.input_b64 is not None for x in leases), "every role ships its input alike"
+
+    # Before the window closes: nothing public names a role, a check or a canary.
+    events = httpx.get(f"{net.url}/api/events", params={"after": 0, "limit": 1000}).json()
+    assert not {e["kind"] for e in events["events"]} & public.SEALED
+    for p in (a, b):
+        page = httpx.get(f"{net.url}/api/explorer/providers/{p.id}").json()
+        assert {r["role"] for r in page["recent"]} == {"sealed"}
+        assert page["checks"] == []
+    canary_jobs = {x.job_id for leases in seen.values() for x in leases
+                   if by_role[x.id] == "canary"}
+    for job_id in [*jobs, *canary_jobs]:
+        face = httpx.get(f"{net.url}/api/explorer/jobs/{job_id}").json()["job"]
+        assert face["owner"] == "" and face["escrow"] == face["cost"] == 0
+        assert {s for shard in httpx.get(f"{net.url}/api/explorer/jobs/{job_id}").json()[
+            "shards"] for s in [shard.get("state")]} <= {"accepted", "running", "verifying",
+                                                          "queued"}
+    listed = {j["id"] for j in httpx.get(f"{net.url}/api/explorer/jobs").json()["jobs"]}
+    assert canary_jobs <= listed, "canaries are listed like any job"
