@@ -272,10 +272,39 @@ class ProviderAgent:
                 self._running.add(a.id)
             pool.submit(self._execute, a)
 
+    def _keep_stake(self) -> None:
+        """Below the minimum stake (after a slash, say) a provider gets no work: bond
+        again from the available balance when it can, and say so either way."""
+        net = self.network
+        if net is None or self.verifier:
+            return
+        want = net.min_stake if self.stake is None else self.stake
+        bal = self.client.balance()
+        if bal.stake >= want:
+            self._stake_warned = False
+            return
+        short = want - bal.stake
+        if bal.available >= short:
+            bal = self.client.bond(short)
+            log.warning("stake was below the minimum: re-bonded %d µ (stake now %d µ)", short,
+                        bal.stake)
+        elif not getattr(self, "_stake_warned", False):
+            self._stake_warned = True
+            log.warning("stake %d µ is below the %d µ minimum and only %d µ is available: "
+                        "no work until it is topped up (deai faucet / deposit, then it "
+                        "re-bonds by itself)", bal.stake, want, bal.available)
+
     def _heartbeat_loop(self) -> None:
+        beats = 0
         while not self._stop.is_set():
             net = self.network
             interval = (net.heartbeat_timeout if net else 15.0) / 3
+            beats += 1
+            if beats % 10 == 0:  # now and then, not on every beat
+                try:
+                    self._keep_stake()
+                except (httpx.TransportError, DeAIError) as exc:
+                    log.debug("stake check failed: %s", exc)
             with self._lock:
                 running = sorted(self._running - self._dropped)
             try:
