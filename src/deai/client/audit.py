@@ -154,8 +154,8 @@ def client_audit(client: Client, *, keep_entries: bool = True, tail: int = 20,
             i += 1
 
     rep = ledger.audit(stream(), None)
-    for p in problems:
-        rep.fail(p)
+    for problem in problems:
+        rep.fail(problem)
     result.report = rep
     result.entries = list(kept)
     return result

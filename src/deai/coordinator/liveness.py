@@ -41,10 +41,10 @@ from __future__ import annotations
 import math
 import threading
 from dataclasses import dataclass, field
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 from fastapi import Depends, Request
-from sqlalchemy import bindparam, case, select, update
+from sqlalchemy import Table, bindparam, case, select, update
 from sqlalchemy.orm import Session
 
 from deai.coordinator.auth import verified
@@ -180,7 +180,7 @@ class Liveness:
         leases = self._locked(s, Assignment.id, sorted(owner),
                               Assignment.status == AssignmentStatus.LEASED)
         if leases:
-            t = Assignment.__table__
+            t = cast(Table, Assignment.__table__)
             s.execute(update(t).where(t.c.id == bindparam("b_id"),
                                       t.c.lease_deadline < bindparam("b_d"))
                       .values(lease_deadline=bindparam("b_d")),
@@ -188,7 +188,7 @@ class Liveness:
         pids = sorted(due)
         got = self._locked(s, Provider.id, pids)
         if got:
-            t = Provider.__table__
+            t = cast(Table, Provider.__table__)
             s.execute(update(t).where(t.c.id == bindparam("b_id"),
                                       t.c.last_seen < bindparam("b_t"))
                       .values(last_seen=bindparam("b_t")),

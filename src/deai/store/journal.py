@@ -26,9 +26,9 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import select, update
+from sqlalchemy import Table, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -83,7 +83,7 @@ def append_many(s: Session, drafts: Sequence[ledger.Draft], clock: Clock) -> lis
         return []
     s.flush()  # the caller's earlier-in-order row locks come before the head's
     conn = s.connection()  # Core from here on: statements compile once and are cached
-    ht = JournalHead.__table__
+    ht = cast(Table, JournalHead.__table__)
     lock_head = select(ht.c.seq, ht.c.hash).where(ht.c.id == 1).with_for_update()
     row = conn.execute(lock_head).first()
     if row is None:  # two replicas may create the head at once: the loser reads it
