@@ -44,7 +44,8 @@ and its output is one line per input line, in order::
 ``token_ids`` are the generated ids, the end-of-turn token included when the
 model stopped (so a verifier can rescore the decision to stop);
 ``completion_tokens == len(token_ids)``; ``logprobs`` has one entry per token id
-(the end-of-turn token's has token "" and is left out of responses). Units are
+(responses show those of the returned text: not the end-of-turn token's, which
+has no bytes, nor those of a stop sequence cut from the text). Units are
 prompt + completion tokens. The ``n`` lines of one request follow each other
 with the same ``custom_id`` and are assembled into one response's choices.
 
@@ -86,6 +87,7 @@ MAX_TOKENS = 2048
 # greedy choice: an incremental decode and a teacher-forced pass round differently.
 # Honest runs on one machine measure exactly 0; a different token is typically > 0.5.
 GREEDY_TOLERANCE = 1e-2
+FORGE_VOCAB = 49_152  # SmolLM2's vocabulary: a forged token id stays a real token
 DEFAULT_MAX_TOKENS = 128
 MESSAGE_OVERHEAD = 16
 PROMPT_OVERHEAD = 64
@@ -443,7 +445,15 @@ def response_logprobs(line: dict[str, Any]) -> dict[str, Any] | None:
     entries = line.get("logprobs")
     if not isinstance(entries, list):
         return None
-    shown = [e for e in entries if e.get("token") != "" or e.get("bytes")]
+    # The tokens of the text the caller gets: not the end-of-turn token (no bytes), not
+    # the tokens of a stop sequence cut from the text.
+    limit, at, shown = len(str(line.get("text", "")).encode()), 0, []
+    for e in entries:
+        if at >= limit:
+            break
+        if e.get("bytes"):
+            shown.append(e)
+            at += len(e["bytes"])
     return {"content": shown, "refusal": None}
 
 
@@ -599,6 +609,28 @@ class ChatKind(Kind):
                                          for p, q in zip(mx, my, strict=True)):
                 return Comparison(False, 1.0, f"line {n}: margins disagree")
         return Comparison(True, 0.0, "checks agree")
+
+    def forge(self, spec: SpecBase, payload: bytes, draw: float) -> tuple[bytes, Any] | None:
+        """One claimed token of one greedy line replaced by another vocabulary entry: an
+        honest re-scoring shows a margin above tolerance there; a rubber-stamp does not."""
+        lines = [obj for _, obj in batch.jsonl(payload, "payload")]
+        spots = [(n, k) for n, obj in enumerate(lines) if not obj.get("temperature")
+                 for k in range(len(obj.get("token_ids") or []))]
+        if not spots:
+            return None
+        n, k = spots[min(int(draw * len(spots)), len(spots) - 1)]
+        ids = list(lines[n]["token_ids"])
+        ids[k] = (ids[k] + 1 + int(draw * 997) % 500) % FORGE_VOCAB
+        lines[n] = {**lines[n], "token_ids": ids}
+        return b"".join(batch.dumps(obj) for obj in lines), {"line": n, "token": k}
+
+    def noticed(self, spec: SpecBase, marker: Any, output: bytes) -> bool:
+        checks = [obj for _, obj in batch.jsonl(output, "output")]
+        try:
+            margins = checks[int(marker["line"])]["margins"]
+            return float(margins[int(marker["token"])]) > GREEDY_TOLERANCE
+        except (IndexError, KeyError, TypeError, ValueError):
+            return True  # a check that does not even have the shape is no rubber-stamp
 
     def meter_check(self, spec: SpecBase, payload: bytes, output: bytes) -> int:
         """A check bills the prompt plus the tokens it re-scored or re-generated."""
