@@ -217,8 +217,9 @@ def test_unknown_model_and_bad_input(api: openai.OpenAI) -> None:
     with pytest.raises(openai.BadRequestError) as exc:
         api.chat.completions.create(model=CHAT, messages=QUESTION, max_tokens=100_000)
     assert exc.value.param == "max_tokens"
-    with pytest.raises(openai.BadRequestError):
-        api.chat.completions.create(model=CHAT, messages=QUESTION, n=2)  # type: ignore[arg-type]
+    with pytest.raises(openai.BadRequestError) as exc:
+        api.chat.completions.create(model=CHAT, messages=QUESTION, n=99)
+    assert exc.value.param == "n" and "Invalid value for 'n'" in exc.value.message
 
 
 def test_error_shapes_are_per_api(net: Network, account: Client) -> None:
