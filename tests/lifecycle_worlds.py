@@ -110,9 +110,7 @@ def _decide(w: World, ctx: D.TaskCtx, kind: str, arg: Any, draw: Draw) -> list[E
     if kind == "deadline":
         return D.on_deadline(ctx.job_status)
     if kind == "place":
-        if arg in (Role.PRIMARY, Role.AUDIT):
-            w.seat(arg)
-        elif _subject(w) is not None:
+        if arg in (Role.PRIMARY, Role.AUDIT) or _subject(w) is not None:
             w.seat(arg)
         return D.on_placed(ctx, arg)
     if kind == "abandon":
@@ -145,6 +143,8 @@ def _result(w: World, ctx: D.TaskCtx, seat: Seat, draw: Draw) -> list[Effect]:
     subject = _subject(w)
     if subject is None:
         return D.on_orphan_check(_party(seat))
+    if seat.role == Role.REPLICA and draw([False, True]):  # a forced error was planted
+        return D.on_forced(ctx, _party(seat), noticed=draw([True, False]), evidence={})
     if seat.role == Role.REPLICA:
         return D.on_replica(ctx, _party(seat), _party(subject), match=draw([True, False]),
                             evidence={}, audit=draw([False, True]))

@@ -6,6 +6,7 @@ module only gathers its inputs and records its outputs.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -137,7 +138,7 @@ def match_once(c: Coordinator) -> list[str]:
     return sorted({p.provider_id for p in placements})
 
 
-def _place_round(c: Coordinator, s: Session, rows: list[tuple[Task, Job]],
+def _place_round(c: Coordinator, s: Session, rows: Sequence[Any],
                  providers: list[market.ProviderState]) -> list[market.Placement]:
     workers = [p for p in providers if not p.verifier]
     verifiers = [p for p in providers if p.verifier]
@@ -211,6 +212,7 @@ def _lease(c: Coordinator, s: Session, task: Task, job: Job, pl: market.Placemen
     role = Role(task.pending_role or (Role.CANARY if task.reference_digest else Role.PRIMARY))
     payload: str | None = None
     check_of: str | None = None
+    forced: Any = None
     if role == Role.AUDIT:  # a re-run of the shard, checked against the result that stands
         check_of = s.scalars(select(Assignment.id).where(
             Assignment.task_id == task.id, Assignment.status == AssignmentStatus.ACCEPTED,
@@ -227,6 +229,11 @@ def _lease(c: Coordinator, s: Session, task: Task, job: Job, pl: market.Placemen
         spec = kind.parse_spec(job.spec)
         extra = kind.check_payload(spec, c.blobs.get(task.input_digest),
                                    c.blobs.get(subject.output_digest))
+        if (extra is not None and role == Role.REPLICA
+                and c.rng.random() < c.settings.verify.forced_share):
+            forged = kind.forge(spec, extra, c.rng.random())  # a forced error (Truebit)
+            if forged is not None:
+                extra, forced = forged
         payload = c.blobs.put(extra) if extra is not None else None
     effects.apply(c, s, job, task, D.on_placed(effects.ctx(c, job, task),
                                                Role.PRIMARY if role == Role.CANARY else role))
@@ -234,6 +241,7 @@ def _lease(c: Coordinator, s: Session, task: Task, job: Job, pl: market.Placemen
     s.add(Assignment(id=new_id("asg"), task_id=task.id, job_id=job.id,
                      provider_id=pl.provider_id, role=role, status=AssignmentStatus.LEASED,
                      price=pl.price, leased_at=now, lease_deadline=now + c.settings.lease_ttl,
-                     delivered=False, input_digest=payload, check_of=check_of))
+                     delivered=False, input_digest=payload, check_of=check_of,
+                     forced=forced))
     c.emit(s, "task_assigned", task.id, job=job.id, provider=pl.provider_id, price=pl.price,
            role=role.value)

@@ -71,6 +71,11 @@ def on_result(c: Coordinator, s: Session, a: Assignment, task: Task,
     if subject is None or subject.output_digest is None:
         return D.on_orphan_check(party(a))
     claimed = c.blobs.get(subject.output_digest)
+    if role == Role.REPLICA and a.forced is not None:
+        noticed = kind.noticed(spec, a.forced, c.blobs.get(a.output_digest or ""))
+        return D.on_forced(here, party(a), noticed=noticed,
+                           evidence={"checker": a.provider_id, "subject": subject.provider_id,
+                                     "planted": a.forced})
     if role == Role.REPLICA:
         cmp = kind.check(spec, shard, claimed, c.blobs.get(a.output_digest or ""))
         return D.on_replica(here, party(a), party(subject), match=cmp.match,

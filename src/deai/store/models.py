@@ -167,6 +167,8 @@ class Assignment(Base):
     input_digest: Mapped[str | None] = mapped_column(String(64), nullable=True)
     # For a replica or referee: the assignment whose result it checks.
     check_of: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    # A forced error (core.kinds.base.Kind.forge): where the planted mistake is.
+    forced: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
 
     __table_args__ = (Index("ix_assignments_provider_status", "provider_id", "status"),
                       *_checks("assignments"))

@@ -122,6 +122,21 @@ class Kind(ABC):
         """Do two checkers that ran the same ``payload`` agree (replica against referee)?"""
         return self.compare(spec, payload, a, b)
 
+    # --- forced errors (Truebit): does a checker really check? -----------------------------
+    # Where a check re-scores a claim instead of re-running the task, a checker could
+    # answer "agrees" without doing the work. Now and then the network hands it a claim
+    # it has made wrong on purpose (``forge``); a checker that does not notice
+    # (``noticed``) is rubber-stamping. Kinds whose checks re-execute need none of this.
+
+    def forge(self, spec: SpecBase, payload: bytes, draw: float) -> tuple[bytes, Any] | None:
+        """A check payload made wrong on purpose, and what the network needs to know the
+        checker noticed; None when this kind's checks cannot be rubber-stamped."""
+        return None
+
+    def noticed(self, spec: SpecBase, marker: Any, output: bytes) -> bool:
+        """Whether a checker's ``output`` for a forged payload shows the planted error."""
+        return True
+
     def meter_check(self, spec: SpecBase, payload: bytes, output: bytes) -> int:
         """Units a checker used running ``payload`` (a re-execution is metered as usual)."""
         return self.meter(spec, payload, output)

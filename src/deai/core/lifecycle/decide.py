@@ -127,6 +127,27 @@ def on_canary(ctx: TaskCtx, a: Party, *, match: bool, evidence: dict[str, Any]) 
             Emit("check_failed", ctx.task, {"role": Role.CANARY.value, **evidence})]
 
 
+def on_forced(ctx: TaskCtx, check: Party, *, noticed: bool,
+              evidence: dict[str, Any]) -> list[Effect]:
+    """A checker was handed a claim the network made wrong on purpose (a forced error).
+
+    Noticing it is the checker's job: it is paid and rated like any check. Not noticing
+    it is rubber-stamping, which the network knows without a referee: the checker is
+    slashed and its other results are looked at again. Either way the task still waits
+    for a real check.
+    """
+    if noticed:
+        return [MoveAssignment(check.assignment, A.ACCEPTED), PayCheck(check.assignment),
+                Rate(check.provider, True), Emit("forced_error_noticed", ctx.task,
+                                                 {"job": ctx.job, **evidence}),
+                NeedCheck(Role.REPLICA)]
+    return [RecordVerdict({**evidence, "fault": "rubber_stamp"}),
+            Emit("verdict", ctx.task, {"job": ctx.job, "fault": "rubber_stamp", **evidence}),
+            MoveAssignment(check.assignment, A.REJECTED), Rate(check.provider, False),
+            Slash(check.provider, None, check.role), LookBack(check.provider),
+            NeedCheck(Role.REPLICA)]
+
+
 def on_orphan_check(a: Party) -> list[Effect]:
     """A check whose subject is gone (the task was settled meanwhile): nothing to decide."""
     return [MoveAssignment(a.assignment, A.REJECTED)]

@@ -17,10 +17,11 @@ class VerifyParams:
     decay_half_life: float = 7 * 24 * 3600.0  # seconds: old passes and fails fade
     referee_committee: int = 1        # referees per escalation; majority decides
     audit_share: float = 0.005        # accepted results a trusted verifier re-runs
+    forced_share: float = 0.02        # re-scoring checks handed a claim made wrong on purpose
 
     def __post_init__(self) -> None:
         for name in ("canary_share", "rho_min", "slash_fraction", "bounty_share",
-                     "audit_share"):
+                     "audit_share", "forced_share"):
             v = getattr(self, name)
             if not 0.0 <= v <= 1.0:
                 raise ValueError(f"{name} must lie in [0, 1], got {v}")
@@ -29,4 +30,4 @@ class VerifyParams:
 
 
 DEFAULT = VerifyParams()
-OFF = VerifyParams(replicate=False, canary_share=0.0, audit_share=0.0)
+OFF = VerifyParams(replicate=False, canary_share=0.0, audit_share=0.0, forced_share=0.0)

@@ -1,4 +1,4 @@
-"""Verification: the audit role, so role and need constraints admit it
+"""Verification: the audit role, and forced errors planted in checks
 
 Revision ID: 0010
 Revises: 0009
@@ -8,6 +8,7 @@ Migration 0004 installed the lifecycle's CHECK constraints (triggers on SQLite)
 from the table as it was; this one re-installs the role and need constraints
 from the table as it is now (``audit`` joined the roles).
 """
+import sqlalchemy as sa
 from alembic import op
 
 from deai.core.lifecycle.states import CHECKS
@@ -21,6 +22,8 @@ NAMES = {"ck_assignments_role", "ck_tasks_need"}
 
 
 def upgrade() -> None:
+    with op.batch_alter_table("assignments") as b:
+        b.add_column(sa.Column("forced", sa.JSON(), nullable=True))
     sqlite = op.get_bind().dialect.name == "sqlite"
     for table, checks in CHECKS.items():
         for name, sql in checks:
@@ -41,4 +44,5 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    pass
+    with op.batch_alter_table("assignments") as b:
+        b.drop_column("forced")
