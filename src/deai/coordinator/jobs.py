@@ -108,13 +108,22 @@ def view(c: Coordinator, job_id: str) -> wire.JobOut:
         job = s.get(Job, job_id)
         if job is None:
             raise NotFound(f"no job {job_id}", field="job")
-        return _job_out(s, job)
+        return _job_out(s, job, c)
 
 
-def _job_out(s: Session, job: Job) -> wire.JobOut:
+def _job_out(s: Session, job: Job, c: Coordinator | None = None) -> wire.JobOut:
     counts: dict[str, int] = {}
-    for st in s.scalars(select(Task.status).where(Task.job_id == job.id)):
+    auditing = 0
+    for st, need in s.execute(select(Task.status, Task.pending_role)
+                              .where(Task.job_id == job.id)):
         counts[st] = counts.get(st, 0) + 1
+        auditing += need == Role.AUDIT
+    final_at = None
+    if job.finished_at is not None and not auditing and c is not None:
+        last = s.scalar(select(func.max(Payout.release_at)).where(Payout.job_id == job.id))
+        final_at = max(job.finished_at + c.settings.challenge_window, last or 0.0)
+    corrected = s.scalar(select(func.count()).select_from(Event).where(
+        Event.kind == "result_corrected", Event.subject == job.id)) or 0
     providers: dict[str, int] = {}
     for pid in s.scalars(select(Assignment.provider_id).where(
             Assignment.job_id == job.id, Assignment.status == AssignmentStatus.ACCEPTED)):
@@ -123,7 +132,9 @@ def _job_out(s: Session, job: Job) -> wire.JobOut:
         id=job.id, owner=job.owner, status=job.status, spec=job.spec, created_at=job.created_at,
         deadline_at=job.deadline_at, finished_at=job.finished_at, error=job.error,
         items=job.items, units=job.units, tasks=counts, escrow=job.escrow, cost=job.cost,
-        refunded=job.refunded, providers=providers, output_digest=job.output_digest)
+        refunded=job.refunded, providers=providers, output_digest=job.output_digest,
+        final=final_at is not None and c is not None and final_at <= c.now(),
+        final_at=final_at, corrected=int(corrected))
 
 
 def list_jobs(c: Coordinator, owner: str | None, limit: int) -> list[wire.JobOut]:
@@ -133,7 +144,7 @@ def list_jobs(c: Coordinator, owner: str | None, limit: int) -> list[wire.JobOut
              .limit(max(1, min(limit, 500))))
         if owner:
             q = q.where(Job.owner == owner)
-        return [_job_out(s, j) for j in s.scalars(q)]
+        return [_job_out(s, j, c) for j in s.scalars(q)]
 
 
 def results(c: Coordinator, job_id: str) -> bytes:

@@ -120,7 +120,7 @@ def job(j: wire.JobOut, horizon: float | None = None) -> wire.JobOut:
     update: dict[str, Any] = {"spec": {k: j.spec[k] for k in PUBLIC_SPEC if k in j.spec},
                               "owner": "", "output_digest": None, "error": error(j.error)}
     if horizon is not None and (j.finished_at is None or j.finished_at > horizon):
-        update |= {"escrow": 0, "cost": 0, "refunded": 0}
+        update |= {"escrow": 0, "cost": 0, "refunded": 0, "corrected": 0}
     return j.model_copy(update=update)
 
 

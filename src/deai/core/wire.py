@@ -252,6 +252,13 @@ class JobOut(Out):
     refunded: int
     providers: dict[str, int]
     output_digest: str | None = None
+    final: bool = False
+    """Results are provisional until the challenge window closes and no audit is pending:
+    until then an audit may still correct a shard (``result_corrected`` events)."""
+    final_at: float | None = None
+    """When the results become final (None while the job runs or an audit is pending)."""
+    corrected: int = 0
+    """Shards whose result an audit replaced with a verifier's."""
 
 
 class QuoteIn(In):
