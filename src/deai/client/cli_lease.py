@@ -163,7 +163,7 @@ def exec_(lease_id: str, cmd: Annotated[list[str], typer.Argument(help="-- CMD A
         code = Leases(c).exec(lease_id, cmd, stdin=stdin, stdout=sys.stdout.buffer,
                               stderr=sys.stderr.buffer)
     sys.stdout.flush()
-    raise typer.Exit(code)
+    raise SystemExit(code)  # not typer.Exit: it must pass any wrapper unchanged
 
 
 @command(lease_app, "cp")
@@ -195,7 +195,7 @@ def shell(lease_id: str, cmd: Annotated[list[str] | None, typer.Argument(
     """An interactive terminal in the lease; exits with the shell's status."""
     with signer(coordinator, key) as c:
         code = lease_tty.shell(Leases(c), lease_id, cmd or None)
-    raise typer.Exit(code)
+    raise SystemExit(code)  # not typer.Exit: it must pass any wrapper unchanged
 
 
 @command(lease_app, "forward")
