@@ -150,9 +150,20 @@ def test_conflicts_is_symmetric_and_matches_shared_links(
 
 # --- the coordinator, in process: what matching sees ------------------------------------
 
-def test_provider_states_carry_operator_origin_fingerprint(tmp_path: Path) -> None:
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def database_url(request: pytest.FixtureRequest) -> str:
+    """Migration 0009 on both databases the coordinator runs on."""
+    if request.param == "sqlite":
+        return ""
+    url: str = request.getfixturevalue("fresh_pg_url")
+    return url
+
+
+def test_provider_states_carry_operator_origin_fingerprint(tmp_path: Path,
+                                                           database_url: str) -> None:
     ops, p1, p2 = Identity.generate("ops"), Identity.generate("p1"), Identity.generate("p2")
-    settings = Settings(data_dir=tmp_path, devnet=True, verifiers=frozenset({p2.id}))
+    settings = Settings(data_dir=tmp_path, devnet=True, verifiers=frozenset({p2.id}),
+                        database_url=database_url)
     c = Coordinator(settings)
     migrate.upgrade(c.db.engine)
     box = {**HW, "machine_id": diversity.machine_id_digest("box")}
