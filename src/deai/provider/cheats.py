@@ -9,18 +9,61 @@ its tasks, then tampers with what it returns. Modes:
     sloppy              returns results at much lower precision than computed
     truncate            drops the tail of each result
     turncoat:N          honest for N tasks, then always wrong
+    bf16 / fp16         embeddings computed with the model cast to bfloat16 / float16
+                        instead of float32 (a cheap approximation: 0.75x the honest
+                        time on CPU; the calibrated tolerance rejects it)
 
-Cheats that do not apply to a workload leave its output alone.
+Cheats that do not apply to a workload leave its output alone. The low-precision
+modes run the approximate model in ``output`` on the shard remembered by
+``shard`` (same thread: the agent runs one task per thread), so the agent needs
+no hook of its own; ``approx_embed`` is shared with ``bench/calibrate_tolerances.py``
+and the calibration tests.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import random
 import threading
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from deai.core import batch
+
+if TYPE_CHECKING:
+    import numpy as np
+
+LOW_PRECISION = ("bf16", "fp16")
+_APPROX: dict[tuple[str, str], Any] = {}
+_APPROX_LOCK = threading.Lock()
+_local = threading.local()
+
+
+def approx_model(model: str, dtype: str) -> Any:
+    """A process-wide copy of an embeddings model cast to ``dtype`` (bf16, fp16)."""
+    import torch
+
+    from deai.workloads import embeddings
+
+    key = (embeddings.canonical(model), dtype)
+    with _APPROX_LOCK:
+        if key not in _APPROX:
+            base = embeddings.load_model(model)
+            cast = {"bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
+            _APPROX[key] = copy.deepcopy(base).to(cast)
+        return _APPROX[key]
+
+
+def approx_embed(model: str, texts: list[str], dtype: str) -> np.ndarray:
+    """The texts' embeddings computed in ``dtype``, returned as float32 like honest ones."""
+    import numpy as np
+
+    st = approx_model(model, dtype)
+    with _APPROX_LOCK:  # a fast tokenizer must not be used from two threads at once
+        vecs = st.encode(texts, batch_size=64, normalize_embeddings=False,
+                         convert_to_tensor=True, show_progress_bar=False)
+    return np.asarray(vecs.float().cpu().numpy(), dtype=np.float32)
 
 
 @dataclass
@@ -44,7 +87,7 @@ class Cheat:
             return cls("wrong", share=float(arg or 0.5))
         if name == "turncoat":
             return cls("wrong", honest_for=int(arg or 10))
-        if name in ("wrong", "lazy", "sloppy", "truncate"):
+        if name in ("wrong", "lazy", "sloppy", "truncate", *LOW_PRECISION):
             return cls(name)
         raise ValueError(f"unknown cheat mode {text!r}")
 
@@ -58,6 +101,7 @@ class Cheat:
 
     def shard(self, workload: str, shard: bytes) -> bytes:
         """Input tampering (``lazy``): do less work than the task asks for."""
+        _local.shard = shard  # the low-precision modes recompute from it in ``output``
         if self.mode != "lazy" or workload != "embeddings":
             return shard
         out = []
@@ -72,6 +116,8 @@ class Cheat:
             return self._chat(output, model)
         if workload != "embeddings" or self.mode == "lazy":
             return output
+        if self.mode in LOW_PRECISION:
+            return self._low_precision(output, model)
         lines = []
         for _, line in batch.jsonl(output, "output"):
             vecs = line["embeddings"]
@@ -84,6 +130,23 @@ class Cheat:
             line["embeddings"] = vecs
             lines.append(json.dumps(line, separators=(",", ":")).encode() + b"\n")
         return b"".join(lines)
+
+    def _low_precision(self, output: bytes, model: str) -> bytes:
+        """The shard's embeddings from the model cast to bf16/fp16, same lines and counts."""
+        from deai.workloads import embeddings
+
+        shard = getattr(_local, "shard", None)
+        if shard is None:
+            return output
+        lines = embeddings.parse_shard(shard)
+        texts = [t for _, ts in lines for t in ts]
+        rows = approx_embed(model, texts, self.mode).tolist()
+        out, i = [], 0
+        for _, line in batch.jsonl(output, "output"):
+            n = len(line["embeddings"])
+            line["embeddings"], i = rows[i:i + n], i + n
+            out.append(json.dumps(line, separators=(",", ":")).encode() + b"\n")
+        return b"".join(out)
 
     def _chat(self, output: bytes, model: str) -> bytes:
         """Claim tokens the model did not choose (``wrong``) or stop early (``truncate``),
