@@ -9,6 +9,9 @@ its tasks, then tampers with what it returns. Modes:
     sloppy              returns results at much lower precision than computed
     truncate            drops the tail of each result
     turncoat:N          honest for N tasks, then always wrong
+    collude             embeddings fabricated as a function of the request alone, so that
+                        every provider in the ring fabricates the same answer and a ring
+                        member asked to check another agrees (colluders, sybils)
     bf16 / fp16         embeddings computed with the model cast to bfloat16 / float16
                         instead of float32 (a cheap approximation: 0.75x the honest
                         time on CPU; the calibrated tolerance rejects it)
@@ -87,7 +90,7 @@ class Cheat:
             return cls("wrong", share=float(arg or 0.5))
         if name == "turncoat":
             return cls("wrong", honest_for=int(arg or 10))
-        if name in ("wrong", "lazy", "sloppy", "truncate", *LOW_PRECISION):
+        if name in ("wrong", "lazy", "sloppy", "truncate", "collude", *LOW_PRECISION):
             return cls(name)
         raise ValueError(f"unknown cheat mode {text!r}")
 
@@ -123,6 +126,8 @@ class Cheat:
             vecs = line["embeddings"]
             if self.mode == "wrong":
                 vecs = [[self._rng.gauss(0.0, 0.05) for _ in v] for v in vecs]
+            elif self.mode == "collude":
+                vecs = [_agreed(str(line.get("custom_id")), k, len(v)) for k, v in enumerate(vecs)]
             elif self.mode == "sloppy":
                 vecs = [[round(x, 1) for x in v] for v in vecs]
             elif self.mode == "truncate":
@@ -170,6 +175,12 @@ class Cheat:
             line["text"] = chat.text_of(model, ids)
             lines.append(json.dumps(line, separators=(",", ":")).encode() + b"\n")
         return b"".join(lines)
+
+
+def _agreed(custom_id: str, k: int, dims: int) -> list[float]:
+    """The ring's shared fake: every member derives the same vector from the request."""
+    rng = random.Random(f"{custom_id}/{k}")
+    return [rng.gauss(0.0, 0.05) for _ in range(dims)]
 
 
 def units_of(workload: str, output: bytes, units: int) -> int:
