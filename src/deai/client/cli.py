@@ -438,7 +438,7 @@ def provider_verify(
     """Run the hardware challenge the network would issue here; print what it would see."""
     from deai.provider.agent import challenge as hwchallenge  # body: provider/challenge.py
 
-    raise typer.Exit(hwchallenge.verify_command(threads or usable_cores(), as_json, target))
+    raise SystemExit(hwchallenge.verify_command(threads or usable_cores(), as_json, target))
 
 
 @command(devnet_app, "up")
