@@ -234,6 +234,7 @@ def test_litellm(net: Network, key: str) -> None:
 
 # --- the options under verification ---------------------------------------------------------
 
+@pytest.mark.timeout(1200)
 def test_options_are_verified_end_to_end(tmp_path: Path) -> None:
     """Every new provider's work is replicated and re-checked: stop, n, logprobs and JSON
     results of honest providers complete, unflagged."""

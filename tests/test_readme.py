@@ -70,6 +70,7 @@ def _wait_for(proc: subprocess.Popen[str], lines: list[str], pattern: str,
     raise AssertionError("devnet up did not get ready:\n" + "".join(lines))
 
 
+@pytest.mark.timeout(2400)  # a four-provider devnet, four jobs and the simulator
 def test_by_hand_block_runs_as_written(tmp_path: Path) -> None:
     work = tmp_path / "work"
     work.mkdir()
