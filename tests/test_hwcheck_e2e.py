@@ -33,13 +33,29 @@ from tests.netutil import Network, Proc
 pytestmark = pytest.mark.slow
 HW_ENV = {"DEAI_HW_TARGET_S": "1.5", "DEAI_HW_LATENCY_S": "0.25", "DEAI_HW_PERIOD_S": "1.0",
           "DEAI_HW_RETRY_S": "0.3", "DEAI_HW_MEM_FRACTION": "0.1", "DEAI_HW_POLL_S": "0.3",
-          "DEAI_HW_MEM_CAP_MB": "4096", "DEAI_PROVIDER_MEMORY_MB": "512"}
+          "DEAI_HW_MEM_CAP_MB": "4096", "DEAI_PROVIDER_MEMORY_MB": "512",
+          # production's margin and slashing, not a devnet's lenient defaults
+          "DEAI_HW_MARGIN": "1.5", "DEAI_HW_SLASH_AFTER": "3"}
 
 
 @pytest.fixture
 def net(tmp_path: Path) -> Iterator[Network]:
     n = Network(tmp_path, heartbeat_timeout=6.0, verify=False)
     n.env.update(HW_ENV)
+    n.start_coordinator()
+    try:
+        yield n
+    finally:
+        n.close()
+
+
+@pytest.fixture
+def busy_net(tmp_path: Path) -> Iterator[Network]:
+    """For an honest provider on a shared 2-core test machine under deliberate load: a
+    margin of 4 (docs/compute-units.md: timing spread measured 2-4x under such load),
+    which still flags a 4x overclaim; production's 1.5 assumes a machine of its own."""
+    n = Network(tmp_path, heartbeat_timeout=6.0, verify=False)
+    n.env.update({**HW_ENV, "DEAI_HW_MARGIN": "4"})
     n.start_coordinator()
     try:
         yield n
@@ -107,7 +123,8 @@ def reader(net: Network) -> Coordinator:
     return Coordinator(Settings(data_dir=net.root / "coordinator", devnet=True))
 
 
-def test_honest_provider_passes_every_round_under_load(net: Network) -> None:
+def test_honest_provider_passes_every_round_under_load(busy_net: Network) -> None:
+    net = busy_net
     # other work on the machine, there before the provider measured what it claims and
     # all along: a busy process, and embedding jobs for the provider itself
     hog = subprocess.Popen([sys.executable, "-c",
