@@ -135,6 +135,15 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
+def _can_bind(address: str) -> bool:
+    try:
+        with socket.socket() as s:
+            s.bind((address, 0))
+    except OSError:
+        return False
+    return True
+
+
 def devnet_dir() -> Path:
     return keys.home() / "devnet"
 
@@ -243,10 +252,10 @@ class Devnet:
     def _agent_flags(self, n: int, name: str) -> list[str]:
         """On loopback, agent ``n`` connects from its own address and reports its own
         machine: separate parties to the coordinator, as on separate machines."""
-        if not self.host.startswith("127."):
-            return []
-        return ["--source-address", f"127.0.{1 + n // 250}.{1 + n % 250}",
-                "--machine-id", f"devnet-{name}"]
+        address = f"127.0.{1 + n // 250}.{1 + n % 250}"
+        if not self.host.startswith("127.") or not _can_bind(address):
+            return []  # e.g. macOS routes only 127.0.0.1 to loopback
+        return ["--source-address", address, "--machine-id", f"devnet-{name}"]
 
     # --- lifecycle ------------------------------------------------------------------------
 
