@@ -379,11 +379,11 @@ def coordinator_cmd(
     = False,
 ) -> None:
     """Run the coordinator (blocks until stopped)."""
-    from deai.coordinator.__main__ import verifier_keys
     from deai.coordinator.server import serve
     from deai.coordinator.settings import Settings, default_data_dir
 
-    trusted = verifier_keys(verifier_key or [])
+    env = os.environ.get("DEAI_VERIFIER_KEYS", "").split(",")
+    trusted = auth.key_list([*(verifier_key or []), *env], "DEAI_VERIFIER_KEYS")
     settings = Settings(data_dir=(data_dir or default_data_dir()).resolve(),
                         database_url=database_url, verifiers=trusted,
                         trust_forwarded_for=trust_forwarded_for)

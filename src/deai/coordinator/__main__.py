@@ -10,7 +10,8 @@ from pathlib import Path
 
 from deai.coordinator.server import serve
 from deai.coordinator.settings import Settings
-from deai.core.auth import is_account_id
+from deai.core.auth import is_account_id, key_list
+from deai.core.errors import InvalidInput
 from deai.core.verify.params import OFF
 
 
@@ -81,10 +82,9 @@ def verifier_keys(flags: list[str], env: str | None = None) -> frozenset[str]:
     """The flags' keys plus those of ``DEAI_VERIFIER_KEYS`` (comma-separated)."""
     raw = os.environ.get("DEAI_VERIFIER_KEYS", "") if env is None else env
     try:
-        listed = [verifier_key(k) for k in raw.split(",") if k.strip()]
-    except argparse.ArgumentTypeError as exc:
-        raise SystemExit(f"DEAI_VERIFIER_KEYS: {exc}") from None
-    return frozenset([*flags, *listed])
+        return key_list([*flags, *raw.split(",")], "DEAI_VERIFIER_KEYS")
+    except InvalidInput as exc:
+        raise SystemExit(exc.message) from None
 
 
 if __name__ == "__main__":

@@ -13,6 +13,9 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Iterable
+
+from deai.core.errors import InvalidInput
 
 HEADER_KEY = "X-DeAI-Key"
 HEADER_TS = "X-DeAI-Timestamp"
@@ -40,6 +43,16 @@ def is_nonce(value: str) -> bool:
 def result_message(assignment_id: str, digest: str, units: int) -> bytes:
     """What a provider signs when it submits a result, kept as evidence."""
     return f"deai-result\n{assignment_id}\n{digest}\n{units}".encode()
+
+
+def key_list(values: Iterable[str], field: str) -> frozenset[str]:
+    """Public keys (64 hex digits each, case-insensitive), blanks skipped; a malformed one
+    is an ``InvalidInput`` naming ``field``."""
+    keys = [v.strip().lower() for v in values if v.strip()]
+    for k in keys:
+        if not is_account_id(k):
+            raise InvalidInput(f"{field}: not a public key (64 hex digits): {k!r}", field=field)
+    return frozenset(keys)
 
 
 def operator_message(operator: str, provider_id: str) -> bytes:
