@@ -121,8 +121,10 @@ class Client:
         return self._post("/api/providers/heartbeat", wire.HeartbeatIn(running=running),
                           wire.HeartbeatOut)
 
-    def poll(self, wait: float = 20.0) -> wire.PollOut:
-        return self._post("/api/providers/poll", wire.PollIn(wait=wait), wire.PollOut,
+    def poll(self, wait: float = 20.0, ack: list[str] | None = None) -> wire.PollOut:
+        """``ack``: ids received from the previous poll (a list opts into redelivery of
+        whatever is not acknowledged; ``None`` takes each lease once, unacknowledged)."""
+        return self._post("/api/providers/poll", wire.PollIn(wait=wait, ack=ack), wire.PollOut,
                           timeout=wait + 15.0)
 
     def submit_result(self, assignment_id: str, result: wire.ResultIn) -> wire.ResultOut:

@@ -49,18 +49,22 @@ def heartbeat(body: wire.HeartbeatIn, c: C, beat: liveness.SignedBeat) -> wire.H
 
 
 @router.post("/providers/poll", response_model=wire.PollOut)
-async def poll(body: wire.PollIn, c: C, me: Signer) -> wire.PollOut:
+async def poll(body: wire.PollIn, c: C, me: Signer, request: Request) -> wire.PollOut:
     """Long-poll for work: answers as soon as a lease is placed on the caller, or after
-    ``wait`` seconds with nothing."""
+    ``wait`` seconds with nothing. ``ack``: the ids the previous answer carried
+    (``jobs.deliver``). The wait ends as soon as the client goes away (checked every
+    second), and a poll never counts as a sign of life: heartbeats do."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + body.wait
     c.notifier.kick()
     while True:
-        got = await run_in_threadpool(jobs.deliver, c, me)
+        got = await run_in_threadpool(jobs.deliver, c, me, body.ack)
         left = deadline - loop.time()
         if got or left <= 0 or c.notifier.closing:
             return wire.PollOut(assignments=got)
-        await c.notifier.wait_provider(me, min(left, 5.0))
+        await c.notifier.wait_provider(me, min(left, 1.0))
+        if await request.is_disconnected():
+            return wire.PollOut(assignments=[])
 
 
 @router.get("/providers", response_model=dict[str, list[wire.ProviderOut]])

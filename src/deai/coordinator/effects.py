@@ -35,6 +35,7 @@ from deai.core.lifecycle.decide import TaskCtx, job_status_for
 from deai.core.money import cost_for_units
 from deai.core.verify import policy
 from deai.store.models import Assignment, Job, JournalEntry, Payout, Provider, Task
+from deai.store.models import Reputation as RepRow
 
 NETWORK = canaries.NETWORK
 
@@ -72,8 +73,34 @@ class _Applier:
         return self._task
 
     def run(self, effects: Iterable[E.Effect]) -> None:
-        for e in effects:
+        todo = list(effects)
+        self._lock_parties(todo)
+        for e in todo:
             self.handlers[type(e)](e)
+
+    def _lock_parties(self, todo: list[E.Effect]) -> None:
+        """Lock the providers (and their reputation for this workload) that the effects
+        pay, rate or slash, in ascending id, before any of them touches the journal:
+        the lock order of ``store.db`` puts providers and reputation before the journal
+        head, whatever order the decision lists its effects in. PostgreSQL only."""
+        if self.c.db.is_sqlite:
+            return
+        pids: set[str] = set()
+        for e in todo:
+            if isinstance(e, (E.Rate, E.Slash)):
+                pids.add(e.provider)
+            elif isinstance(e, (E.Accept, E.PayCheck)):
+                a = self.s.get(Assignment, e.assignment)
+                if a is not None:
+                    pids.add(a.provider_id)
+        if not pids:
+            return
+        ids = sorted(pids)
+        self.s.execute(select(Provider.id).where(Provider.id.in_(ids))
+                       .order_by(Provider.id).with_for_update())
+        self.s.execute(select(RepRow.provider_id).where(
+            RepRow.provider_id.in_(ids), RepRow.workload == self.job.kind)
+            .order_by(RepRow.provider_id).with_for_update())
 
     def _assignment(self, aid: str) -> Assignment:
         a = self.s.get(Assignment, aid)
@@ -120,6 +147,10 @@ class _Applier:
         """Pay the assignment (escrow; a canary's from the treasury), task done."""
         a, t, job = self._assignment(e.assignment), self.task, self.job
         cost = cost_for_units(a.units or 0, a.price)
+        prov = self.s.get(Provider, a.provider_id)
+        if prov is not None:  # before the journal posting (lock order, ``store.db``)
+            prov.tasks_done += 1
+            self.s.flush()
         if job.owner == NETWORK:
             self.pay_check(E.PayCheck(a.id))
         elif cost > 0:
@@ -131,9 +162,6 @@ class _Applier:
             a.status = move(ASSIGNMENT_MOVES, a.status, AssignmentStatus.ACCEPTED)
         t.status = move(TASK_MOVES, t.status, TaskStatus.DONE)
         t.output_digest, t.pending_role, t.updated_at = a.output_digest, None, self.c.now()
-        prov = self.s.get(Provider, a.provider_id)
-        if prov is not None:
-            prov.tasks_done += 1
         self.c.emit(self.s, "task_accepted", t.id, job=job.id, provider=a.provider_id,
                     cost=cost, role=a.role)
         self.s.flush()

@@ -16,7 +16,7 @@ import hashlib
 from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
 from deai.coordinator import admission, checkpoints, effects, verify
@@ -82,7 +82,8 @@ def submit(c: Coordinator, owner: str, body: wire.JobIn, *,
     shard_units = [sh.max_units for sh in shards]
     max_cost = sum(cost_for_units(u, spec.max_price) for u in shard_units)
     shard_digests = [c.blobs.put(sh.payload) for sh in shards]
-    with c.db.write() as s:
+
+    def create(s: Session) -> Job:
         q = _quote_out(c, spec, shard_units, all_provider_states(c, s))
         if not q.eligible:
             reasons = {p["provider"][:12]: p["reasons"] for p in q.ineligible}
@@ -98,6 +99,9 @@ def submit(c: Coordinator, owner: str, body: wire.JobIn, *,
             escrow=max_cost, deadline=spec.deadline, key=key)
         if then is not None:
             then(s, job)
+        return job
+
+    job = c.db.run(create)
     c.notifier.kick()
     c.notifier.published()
     return view(c, job.id)
@@ -160,7 +164,7 @@ def results(c: Coordinator, job_id: str) -> bytes:
 
 
 def cancel(c: Coordinator, owner: str, job_id: str) -> wire.JobOut:
-    with c.db.write() as s:
+    def body(s: Session) -> None:
         job = s.get(Job, job_id, with_for_update=True)
         if job is None:
             raise NotFound(f"no job {job_id}", field="job")
@@ -169,6 +173,8 @@ def cancel(c: Coordinator, owner: str, job_id: str) -> wire.JobOut:
         if job.status not in JOB_ACTIVE:
             raise Conflict(f"job {job_id} is already {job.status}", status=job.status)
         effects.apply(c, s, job, None, D.on_cancel(JobStatus(job.status)))
+
+    c.db.run(body)
     c.notifier.published()
     return view(c, job_id)
 
@@ -189,11 +195,8 @@ def submit_result(c: Coordinator, pid: str, assignment_id: str,
         c.blobs.put(inline, sync=False)  # the commit below is what makes the result count
     if not c.blobs.exists(r.output_digest):
         raise InvalidInput("output_digest: upload the output blob first", field="output_digest")
-    with c.db.write() as s:
-        a = c.live_lease(s, pid, assignment_id)
-        task = s.get(Task, a.task_id, with_for_update=True)
-        job = s.get(Job, a.job_id, with_for_update=True)
-        assert task is not None and job is not None
+    def body(s: Session) -> tuple[str, str, int]:
+        a, task, job = _locked(c, s, pid, assignment_id)
         a.submitted_at, a.output_digest = c.now(), r.output_digest
         a.units, a.seconds, a.signature = r.units, r.seconds, r.signature
         problem = _metering_problem(c, a, task, job, r.units)
@@ -204,10 +207,27 @@ def submit_result(c: Coordinator, pid: str, assignment_id: str,
         before = c.settlement.balance(s, ledger.pending(pid))
         effects.apply(c, s, job, task, [*todo, RefreshJob()])
         paid = c.settlement.balance(s, ledger.pending(pid)) - before
-    c.notifier.result_arrived(a.task_id)  # an interactive caller may be waiting (/v1)
+        return task.id, D.outcome(todo, a.id), paid
+
+    task_id, outcome, paid = c.db.run(body)
+    c.notifier.result_arrived(task_id)  # an interactive caller may be waiting (/v1)
     c.notifier.kick()
     c.notifier.published()
-    return wire.ResultOut(status=D.outcome(todo, a.id), paid=max(0, paid))
+    return wire.ResultOut(status=outcome, paid=max(0, paid))
+
+
+def _locked(c: Coordinator, s: Session, pid: str,
+            assignment_id: str) -> tuple[Assignment, Task, Job]:
+    """The live lease ``pid`` holds, with its task and job, locked in the documented
+    order (job → task → assignment): the unlocked read only learns which rows."""
+    row = s.execute(select(Assignment.job_id, Assignment.task_id)
+                    .where(Assignment.id == assignment_id)).first()
+    if row is None:
+        raise NotFound(f"no assignment {assignment_id}", field="assignment")
+    job = s.get(Job, row.job_id, with_for_update=True)
+    task = s.get(Task, row.task_id, with_for_update=True)
+    assert task is not None and job is not None
+    return c.live_lease(s, pid, assignment_id), task, job
 
 
 def _metering_problem(c: Coordinator, a: Assignment, task: Task, job: Job,
@@ -228,42 +248,53 @@ def _metering_problem(c: Coordinator, a: Assignment, task: Task, job: Job,
 
 
 def report_failure(c: Coordinator, pid: str, assignment_id: str, error: str) -> wire.ResultOut:
-    with c.db.write() as s:
-        a = c.live_lease(s, pid, assignment_id)
-        task, job = s.get(Task, a.task_id), s.get(Job, a.job_id)
-        assert task is not None and job is not None
+    def body(s: Session) -> None:
+        a, task, job = _locked(c, s, pid, assignment_id)
         effects.apply(c, s, job, task, D.on_failed(effects.ctx(c, job, task), verify.party(a),
                                                    error))
+
+    c.db.run(body)
     c.notifier.kick()
     c.notifier.published()
     return wire.ResultOut(status=AssignmentStatus.FAILED.value)
 
 
-def _expire(c: Coordinator, s: Session, a: Assignment, why: str) -> None:
-    task, job = s.get(Task, a.task_id), s.get(Job, a.job_id)
-    assert task is not None and job is not None
-    effects.apply(c, s, job, task, D.on_expired(effects.ctx(c, job, task), verify.party(a), why))
-
-
-# --- periodic upkeep -----------------------------------------------------------------------
-
 def expire_leases(c: Coordinator) -> int:
-    """Expire leases past their deadline or held by providers that stopped heartbeating."""
+    """Expire leases past their deadline or held by providers that stopped heartbeating.
+
+    Candidates come from a plain read; each is then expired in its own transaction
+    that locks job → task → assignment and checks again that the lease is still
+    live and still lapsed (a result may have arrived in between).
+    """
     now = c.now()
     stale = now - c.settings.heartbeat_timeout
-    with c.db.write() as s:
-        rows = s.execute(select(Assignment, Provider.last_seen)
+    with c.db.read() as s:
+        rows = s.execute(select(Assignment.id, Assignment.job_id, Assignment.task_id)
                          .join(Provider, Provider.id == Assignment.provider_id)
-                         .where(Assignment.status == AssignmentStatus.LEASED)).all()
-        n = 0
-        for a, last_seen in rows:
-            if a.lease_deadline < now:
-                _expire(c, s, a, "lease deadline passed")
-            elif last_seen < stale:
-                _expire(c, s, a, "provider stopped heartbeating")
-            else:
-                continue
-            n += 1
+                         .where(Assignment.status == AssignmentStatus.LEASED,
+                                or_(Assignment.lease_deadline < now,
+                                    Provider.last_seen < stale))
+                         .order_by(Assignment.job_id, Assignment.task_id)).all()
+
+    def expire(s: Session, aid: str, job_id: str, task_id: str) -> bool:
+        job = s.get(Job, job_id, with_for_update=True)
+        task = s.get(Task, task_id, with_for_update=True)
+        a = s.get(Assignment, aid, with_for_update=True)
+        assert job is not None and task is not None and a is not None
+        if a.status != AssignmentStatus.LEASED:
+            return False
+        last_seen = s.scalar(select(Provider.last_seen).where(Provider.id == a.provider_id))
+        if a.lease_deadline < now:
+            why = "lease deadline passed"
+        elif (last_seen or 0.0) < stale:
+            why = "provider stopped heartbeating"
+        else:
+            return False
+        effects.apply(c, s, job, task, D.on_expired(effects.ctx(c, job, task),
+                                                    verify.party(a), why))
+        return True
+
+    n = sum(c.db.run(lambda s, r=r: expire(s, r.id, r.job_id, r.task_id)) for r in rows)
     if n:
         c.notifier.kick()
         c.notifier.published()
@@ -271,23 +302,28 @@ def expire_leases(c: Coordinator) -> int:
 
 
 def enforce_deadlines(c: Coordinator) -> int:
-    with c.db.write() as s:
+    def body(s: Session) -> int:
         jobs = s.scalars(select(Job).where(Job.status.in_(JOB_ACTIVE),
-                                           Job.deadline_at < c.now())).all()
+                                           Job.deadline_at < c.now())
+                         .order_by(Job.id).with_for_update(skip_locked=True)).all()
         for job in jobs:
             effects.apply(c, s, job, None, D.on_deadline(JobStatus(job.status)))
-    if jobs:
+        return len(jobs)
+
+    n = c.db.run(body)
+    if n:
         c.notifier.published()
-    return len(jobs)
+    return n
 
 
 def give_up_checks(c: Coordinator) -> int:
     """Checks nobody could place in time (``decide.on_check_abandoned`` says what follows)."""
     cutoff = c.now() - c.settings.verify_timeout
-    with c.db.write() as s:
+    def body(s: Session) -> int:
         stuck = s.execute(select(Task, Job).join(Job, Job.id == Task.job_id).where(
             Task.status == TaskStatus.VERIFYING, Task.pending_role.is_not(None),
-            Task.updated_at < cutoff)).all()
+            Task.updated_at < cutoff).order_by(Job.id, Task.id)
+            .with_for_update(skip_locked=True, of=[Job, Task])).all()
         for task, job in stuck:
             submitted = s.scalars(select(Assignment).where(
                 Assignment.task_id == task.id,
@@ -300,21 +336,24 @@ def give_up_checks(c: Coordinator) -> int:
                 verify.party(subject) if subject is not None else None,
                 [verify.party(a) for a in submitted], required=required,
                 accept_unverified=spec.accept_unverified))
-    if stuck:
+        return len(stuck)
+
+    n = c.db.run(body)
+    if n:
         c.notifier.kick()
         c.notifier.published()
-    return len(stuck)
+    return n
 
 
 def release_earnings(c: Coordinator) -> int:
     """Move pending earnings past their challenge window to the provider's balance."""
-    with c.db.write() as s:
+    def body(s: Session) -> int:
         # A result still waiting for its audit keeps its earnings until the audit says.
         audited = select(Task.id).where(Task.pending_role == Role.AUDIT)
         due = s.scalars(select(Payout).where(Payout.released.is_(False),
                                              Payout.release_at <= c.now(),
                                              Payout.task_id.not_in(audited))
-                        .order_by(Payout.id)).all()
+                        .order_by(Payout.id).with_for_update(skip_locked=True)).all()
         by_provider: dict[str, list[Payout]] = {}
         for p in due:
             by_provider.setdefault(p.provider_id, []).append(p)
@@ -324,26 +363,46 @@ def release_earnings(c: Coordinator) -> int:
             for p in rows:
                 p.released = True
             c.emit(s, "earnings_released", pid, amount=amount)
-    if due:
+        return len(due)
+
+    n = c.db.run(body)
+    if n:
         c.notifier.published()
-    return len(due)
+    return n
 
 
-def deliver(c: Coordinator, pid: str) -> list[wire.AssignmentOut]:
-    """Hand a provider the leases placed on it that it has not yet received."""
+def deliver(c: Coordinator, pid: str, ack: list[str] | None = None) -> list[wire.AssignmentOut]:
+    """Hand a provider the leases placed on it that it has not acknowledged.
+
+    ``ack`` is the ids the provider received from its previous poll: those count
+    as delivered from now on. Every other live lease of the provider that is not
+    delivered is handed out (again) on each poll, so an answer lost on the way
+    (a client timeout, a coordinator killed after its commit) is redelivered at
+    the provider's next poll. ``ack=None`` is a client that predates
+    acknowledgements: what it is handed counts as delivered at once.
+
+    Liveness is ``coordinator.liveness``'s alone: a poll does not refresh
+    ``Provider.last_seen``. Locks: assignments only (ascending id).
+    """
     now = c.now()
-    with c.db.write() as s:
-        p = c.require_provider(s, pid)
-        p.last_seen = now
+
+    def body(s: Session) -> list[wire.AssignmentOut]:
+        c.require_provider(s, pid)
+        if ack:
+            s.execute(update(Assignment).where(
+                Assignment.id.in_(sorted(set(ack))[:1000]), Assignment.provider_id == pid,
+                Assignment.status == AssignmentStatus.LEASED).values(delivered=True))
         rows = s.execute(select(Assignment, Task, Job)
                          .join(Task, Task.id == Assignment.task_id)
                          .join(Job, Job.id == Assignment.job_id)
                          .where(Assignment.provider_id == pid,
                                 Assignment.status == AssignmentStatus.LEASED,
-                                Assignment.delivered.is_(False))).all()
+                                Assignment.delivered.is_(False))
+                         .order_by(Assignment.id)
+                         .with_for_update(skip_locked=True, of=Assignment)).all()
         out = []
         for a, t, j in rows:
-            a.delivered = True
+            a.delivered = ack is None
             a.lease_deadline = now + c.settings.lease_ttl
             digest = a.input_digest or t.input_digest
             inline = None
@@ -355,6 +414,8 @@ def deliver(c: Coordinator, pid: str) -> list[wire.AssignmentOut]:
                 lease_deadline=a.lease_deadline, resume=checkpoints.resume_for(s, a),
                 input_b64=inline))
         return out
+
+    return c.db.run(body)
 
 
 def recover(c: Coordinator) -> None:

@@ -111,7 +111,11 @@ def match_once(c: Coordinator) -> list[str]:
     and then (``canaries.plant_job``) and placed like any other work.
     """
     now = c.now()
-    with c.db.write() as s:
+
+    def body(s: Session) -> list[market.Placement]:
+        # Claimed, not just read: a second replica running a round at the same time
+        # skips these rows (and sees them moved on once this commits), so no task is
+        # leased twice. Lock order: the job, then its task (``store.db``).
         rows = s.execute(
             select(Task, Job).join(Job, Job.id == Task.job_id)
             .where(or_(and_(Task.status == TaskStatus.QUEUED, Job.status.in_(JOB_ACTIVE)),
@@ -119,7 +123,7 @@ def match_once(c: Coordinator) -> list[str]:
                             Job.status.in_(JOB_ACTIVE)),
                        and_(Task.status == TaskStatus.DONE, Task.pending_role == Role.AUDIT)))
             .order_by(Task.pending_role.is_(None), Job.created_at, Task.idx)
-            .limit(BATCH)).all()
+            .limit(BATCH).with_for_update(skip_locked=True, of=[Job, Task])).all()
         if not rows:
             return []
         providers = provider_states(c, s)
@@ -133,6 +137,9 @@ def match_once(c: Coordinator) -> list[str]:
         real = sum(1 for pl in placements if by_task[pl.task_id][1].owner != canaries.NETWORK
                    and by_task[pl.task_id][0].pending_role is None)
         canaries.plant_jobs(c, s, real, [j for _, j in rows])
+        return placements
+
+    placements = c.db.run(body)
     if placements:
         c.notifier.published()
     return sorted({p.provider_id for p in placements})

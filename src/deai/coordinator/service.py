@@ -2,8 +2,9 @@
 
 ``Coordinator`` bundles the database, blob store, settings, clock and notifier;
 every operation is a method or a function taking it, and every change of state
-happens inside one ``db.write()`` transaction so a crash leaves no half-written
-job, task or posting.
+happens inside one ``db.run(fn)`` transaction (re-run when PostgreSQL aborts it
+for a deadlock or a serialization failure; notifications go after it returns)
+so a crash leaves no half-written job, task or posting.
 """
 
 from __future__ import annotations
@@ -73,14 +74,13 @@ class Coordinator:
     def use_nonce(self, account: str, nonce: str, window: float) -> None:
         """Record a nonce; a second use inside the window is a replay."""
         try:
-            with self.db.write() as s:
-                s.add(Nonce(account=account, nonce=nonce, expires_at=self.now() + window))
+            self.db.run(lambda s: s.add(Nonce(account=account, nonce=nonce,
+                                              expires_at=self.now() + window)))
         except IntegrityError:
             raise AuthError("nonce already used (replayed request)") from None
 
     def purge_nonces(self) -> None:
-        with self.db.write() as s:
-            s.execute(delete(Nonce).where(Nonce.expires_at < self.now()))
+        self.db.run(lambda s: s.execute(delete(Nonce).where(Nonce.expires_at < self.now())))
 
     # --- money ----------------------------------------------------------------------------
 
@@ -90,9 +90,11 @@ class Coordinator:
         if amount > self.settings.faucet_max:
             raise InvalidInput(f"amount: at most {self.settings.faucet_max} µ per request",
                                field="amount")
-        with self.db.write() as s:
+        def body(s: Session) -> None:
             self.settlement.faucet(s, account, amount)
             self.emit(s, "faucet", account, amount=amount)
+
+        self.db.run(body)
         self.notifier.published()
         return self.balance(account)
 
@@ -145,8 +147,9 @@ class Coordinator:
             o.model = info.name
         cu = compute.compute_units(reg.benchmark.gflops, reg.benchmark.mem_gbps)
         now = self.now()
-        with self.db.write() as s:
-            p = s.get(Provider, pid)
+
+        def body(s: Session) -> None:
+            p = s.get(Provider, pid, with_for_update=True)
             if p is None:
                 p = Provider(id=pid, registered_at=now, reputation=0.5, tasks_done=0)
                 s.add(p)
@@ -166,6 +169,8 @@ class Coordinator:
                 s.add(Offer(provider_id=pid, workload=o.workload, model=o.model, price=o.price))
             self.emit(s, "provider_registered", pid, name=p.name, compute_units=cu,
                       offers=[o.model_dump() for o in reg.offers])
+
+        self.db.run(body)
         self.notifier.kick()
         self.notifier.published()
         return self.provider(pid)
@@ -178,28 +183,34 @@ class Coordinator:
         return p
 
     def bond(self, pid: str, amount: int) -> wire.BalanceOut:
-        with self.db.write() as s:
+        def body(s: Session) -> None:
             self.require_provider(s, pid)
             self.settlement.bond(s, pid, amount)
             self.emit(s, "bond", pid, amount=amount)
+
+        self.db.run(body)
         self.notifier.kick()
         self.notifier.published()
         return self.balance(pid)
 
     def heartbeat(self, pid: str, running: list[str]) -> wire.HeartbeatOut:
         now = self.now()
-        with self.db.write() as s:
-            p = self.require_provider(s, pid)
-            p.last_seen = now
+
+        def body(s: Session) -> list[str]:
+            # Lock order: assignments (ascending id), then the provider (``store.db``).
             drop: list[str] = []
             if running:
                 rows = s.scalars(select(Assignment).where(Assignment.id.in_(running))).all()
                 live = {a.id for a in rows
                         if a.provider_id == pid and a.status == AssignmentStatus.LEASED}
                 drop = [a for a in running if a not in live]
-                s.execute(update(Assignment).where(Assignment.id.in_(live))
+                s.execute(update(Assignment).where(Assignment.id.in_(sorted(live)))
                           .values(lease_deadline=now + self.settings.lease_ttl))
-        return wire.HeartbeatOut(drop=drop)
+            p = self.require_provider(s, pid)
+            p.last_seen = now
+            return drop
+
+        return wire.HeartbeatOut(drop=self.db.run(body))
 
     def live_lease(self, s: Session, pid: str, assignment_id: str) -> Assignment:
         """The assignment, locked, if ``pid`` holds its lease and the lease is still live."""

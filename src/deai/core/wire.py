@@ -171,6 +171,10 @@ class HeartbeatOut(Out):
 
 class PollIn(In):
     wait: float = Field(default=20.0, ge=0, le=60)
+    # Ids received from the previous poll. A list (even empty) asks for acknowledged
+    # delivery: a lease not acknowledged is handed out again at the next poll.
+    ack: list[Annotated[str, Field(max_length=40)]] | None = Field(default=None,
+                                                                  max_length=1000)
 
 
 class AssignmentOut(Out):

@@ -116,6 +116,7 @@ class ProviderAgent:
         self.faucet = faucet
         self.lease_offer = lease_offer  # host leases by the hour too (lease_runner)
         self.poll_wait = poll_wait
+        self._received: list[str] = []  # ids of the last poll's answer, acknowledged next
         self.cheat = Cheat.parse(os.environ.get("DEAI_PROVIDER_CHEAT", ""))
         self.network: wire.NetworkInfo | None = None
         self.registration: wire.RegisterIn | None = None
@@ -258,13 +259,20 @@ class ProviderAgent:
             if not self._idle.wait_for(lambda: len(self._running) < self.slots, timeout=1.0):
                 return
         try:
-            polled = self._call(lambda: self.client.poll(wait=self.poll_wait))
+            # Acknowledge what the last answer carried; an answer lost on the way is
+            # not acknowledged, so the coordinator hands its leases out again.
+            ack = list(self._received)
+            polled = self._call(lambda: self.client.poll(wait=self.poll_wait, ack=ack))
         except (AuthError, NotFound) as exc:
             log.warning("coordinator does not know this provider (%s); registering again", exc)
             self._rejoin.set()
             self._stop.wait(1.0)
             return
+        self._received = [a.id for a in polled.assignments]
         for a in polled.assignments:
+            with self._lock:
+                if a.id in self._running:  # redelivered: our acknowledgement was lost
+                    continue
             if self._stop.is_set():  # shutting down: hand it back rather than let it expire
                 self._fail(a.id, "provider is shutting down")
                 continue
