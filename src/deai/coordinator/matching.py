@@ -168,8 +168,10 @@ def _place_round(c: Coordinator, s: Session, rows: Sequence[Any],
             continue
         # A check: nobody who touched the task, nor anyone sharing their identity.
         d = demand(c, job, task, index.around(touched[task.id]))
-        pool = verifiers if task.pending_role in TRUSTED_ROLES else workers
-        pl = market.pick(d, pool, c.settings.min_stake, c.rng.random(), load)
+        if task.pending_role in TRUSTED_ROLES:  # the network's own verifiers bond no stake
+            pl = market.pick(replace(d, stake_needed=0), verifiers, 0, c.rng.random(), load)
+        else:
+            pl = market.pick(d, workers, c.settings.min_stake, c.rng.random(), load)
         if pl is not None:
             load[pl.provider_id] += 1
             out.append(pl)
