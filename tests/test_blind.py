@@ -45,7 +45,7 @@ def roles(net: Network) -> dict[str, str]:
 
 def test_leases_of_every_role_look_alike_and_nothing_public_tells(net: Network) -> None:
     a, b = HandProvider(net, price=900, slots=2), HandProvider(net, price=950, slots=2)
-    v = HandProvider(net, price=0, ident=VERIFIER)
+    v = HandProvider(net, price=0, stake=0, ident=VERIFIER)
     c = funded(net)
     seen: dict[str, list[wire.AssignmentOut]] = {a.id: [], b.id: []}
     jobs = []

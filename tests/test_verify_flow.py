@@ -58,7 +58,7 @@ def work(providers: list[HandProvider], until, timeout: float = 30.0) -> None:  
 
 def test_replicas_agree_then_a_canary_and_a_referee_catch_a_cheater(net: Network) -> None:
     a, b = HandProvider(net, price=900), HandProvider(net, price=950)
-    v = HandProvider(net, price=0, ident=VERIFIER)  # the network's trusted verifier
+    v = HandProvider(net, price=0, stake=0, ident=VERIFIER)  # trusted, bonds nothing
     c = funded(net)
     first = c.submit_job({**SPEC, "shard_size": 10}, c.upload(lines(2)).digest)
     work([a, b, v], lambda: c.job(first.id).status == "completed")
