@@ -106,7 +106,8 @@ def test_honest_network_slashes_nobody_and_overhead_meets_the_formula() -> None:
 def test_established_honest_overhead_is_the_formula_at_other_knobs() -> None:
     w = engine.World(params=VerifyParams(canary_share=0.05, rho_min=0.1))
     d = run.detection(10, 300, w, 4, established=True, horizon=200)
-    assert d["honest_overhead"] == pytest.approx(run.formula_overhead(w.params), rel=0.01)
+    assert d["honest_overhead"] == pytest.approx(
+        run.formula_overhead(w.params, w.rescore_share), rel=0.01)
 
 
 def test_always_wrong_cheater_is_caught_and_never_paid_more_than_honest() -> None:
@@ -116,7 +117,7 @@ def test_always_wrong_cheater_is_caught_and_never_paid_more_than_honest() -> Non
                          [agents.HONEST, agents.ALWAYS_WRONG], slots, rng)
     for _ in range(100):
         net.step()
-    caught = {s for s, _ in net.catches}
+    caught = {s for s, _, _ in net.catches}
     assert caught == set(range(20))  # bootstrap replicates everything: caught at once
     assert not net.active[:20].any() and net.active[20:].all()
     assert net.honest_slashed == set()
@@ -130,11 +131,16 @@ def test_referee_errors_can_slash_honest_providers() -> None:
     assert run.honest_run(plan, w, 6)["honest_slashed"] > 0
 
 
+TINY = replace(run.Plan.fast(), detect_cheaters=100, detect_honest=100, fresh_cheaters=50,
+               sweep_q=(0.02,), sweep_rho=(0.029,), sweep_cheaters=50, sweep_honest=50,
+               class_cheaters=20, class_providers=100, class_horizon=100, honest_tasks=20_000)
+
+
 def test_fast_verify_writes_the_report_and_the_png(tmp_path: Path) -> None:
-    r = run.verify(run.Plan.fast(), seed=0)
+    r = run.verify(TINY, seed=0)
     assert all(s >= 0 for s in r["seconds"].values())  # timed, but no threshold in a unit test
     names = [t["target"] for t in r["targets"]]
-    assert len(names) == 4
+    assert len(names) == 8
     assert r["network"]["honest_slashed"] == r["honest"]["honest_slashed"] == 0
     js, png = report.write(r, tmp_path)
     assert json.loads(js.read_text())["seed"] == 0
@@ -142,6 +148,7 @@ def test_fast_verify_writes_the_report_and_the_png(tmp_path: Path) -> None:
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
 def test_cli_sim_verify_fast(tmp_path: Path) -> None:
     from typer.testing import CliRunner
 

@@ -1,7 +1,8 @@
 """How far an output lies from the referee's deterministic answer, per task.
 
 Outputs are embeddings compared by cosine distance against
-``core.kinds.embeddings.COSINE_TOLERANCE`` (τ = 1e-3). Each output is summarised
+``core.kinds.embeddings.COSINE_TOLERANCE`` (τ, the calibrated cross-class
+tolerance; 1e-7 today, same-class outputs are bitwise equal). Each output is summarised
 by ``e``, its cosine distance from the referee's deterministic re-execution. Two
 outputs perturbed in independent directions of a high-dimensional space lie at
 
@@ -13,7 +14,8 @@ e ≤ τ.
 
 Honest model (assumptions, to be replaced by the GPU calibration of research
 §11.2): hardware class k deviates by ``e = s_k · LogNormal(0, 0.5)`` with
-s_k log-spaced over 5e-8..5e-6, so cross-class distances span ~1e-7..1e-5.
+s_k log-spaced over 5e-5·τ..5e-3·τ (relative to τ, so the model follows the
+calibration), so cross-class distances span ~1e-4·τ..1e-2·τ.
 With probability ``tail`` a task is ill-conditioned and every class deviates
 by U(0.55, 0.95)·τ: two classes then disagree (d > 1.1τ) while each stays
 within τ of the referee, so the referee clears both. The model's one load-
@@ -24,6 +26,7 @@ Cheat models (e for a cheated output):
 
     random / always-wrong   U(0.7, 1.3)            a random vector
     lazy (cheaper model)    LogUniform(0.01, 0.2)
+    cheap approximator      τ·U(1.2, 3)            just outside the tolerance (agents.py)
     lower precision         τ·0.7·10^N(0, 0.3)     above τ on ~30% of tasks
     truncating              1.0                    token counts differ: statistic 1.0
     skipped training steps  1.0                    the hash chain parts bitwise
@@ -36,7 +39,7 @@ import numpy as np
 from deai.core.kinds.embeddings import COSINE_TOLERANCE
 
 TAU = COSINE_TOLERANCE
-CLASS_SCALES = np.array([5e-8, 2.5e-7, 1.2e-6, 5e-6])
+CLASS_SCALES = TAU * np.array([5e-5, 2.5e-4, 1.2e-3, 5e-3])
 TAIL_LOW, TAIL_HIGH = 0.55, 0.95
 LOWPREC_MEDIAN, LOWPREC_SIGMA = 0.7, 0.3
 

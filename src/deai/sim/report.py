@@ -39,6 +39,7 @@ def show(r: dict[str, Any], console: Console) -> None:
         f"{r['world']['stake'] / 1e6:g}-DEAI stake may take (stake_for): "
         f"{net['max_task_value']:,} µ")
     t = Table("type", "slots", "identities", "cheated", "caught", "detection",
+              "stood after\nwindow",
               "tasks to detection\nmean / p50 / p99", "closed form\nmean at floor",
               "bad accepted\n(per identity)", title="detection per cheater type")
     for row in net["types"]:
@@ -46,7 +47,7 @@ def show(r: dict[str, Any], console: Console) -> None:
             continue
         q = row["tasks_to_detection"]
         t.add_row(row["type"], str(row["slots"]), str(row["identities"]), str(row["cheated"]),
-                  str(row["caught"]), _pct(row["detection_rate"]),
+                  str(row["caught"]), _pct(row["detection_rate"]), f"{row['standing']:,}",
                   f"{_n(q['mean'], '.1f')} / {_n(q['p50'])} / {_n(q['p99'])}",
                   _n(row["floor_mean_tasks_to_detection"]),
                   f"{row['bad_accepted']} ({row['bad_accepted_per_identity']:.2f})")
@@ -73,6 +74,25 @@ def show(r: dict[str, Any], console: Console) -> None:
                   f"{_n(q['mean'], '.1f')} / {_n(q['p50'])} / {_n(q['p99'])}",
                   f"{d['bad_accepted_per_cheater']:.1f}")
     console.print(t)
+    t = Table("class", "leak", "cheaters / providers", "caught ≤ horizon", "caught by",
+              "tasks to detection\nmean / p99", "wrong accepted\nper cheater",
+              "corrected", "stood after\nwindow", "honest\nslashed",
+              title="adversary classes (established identities, no churn)")
+    for c in r["classes"]:
+        q = c["tasks_to_detection"]
+        t.add_row(c["class"], f"{c['leak']:g}", f"{c['cheaters']:,} / {c['providers']:,}",
+                  f"{c['caught_within']:.2%} ≤ {c['horizon']:,}",
+                  ", ".join(f"{k} {v}" for k, v in c["caught_by"].items()),
+                  f"{_n(q['mean'], '.1f')} / {_n(q['p99'])}",
+                  f"{c['bad_accepted_per_cheater']:.1f}", f"{c['corrected']:,}",
+                  f"{c['standing']:,}", str(c["honest_slashed"]))
+    console.print(t)
+    console.print(
+        f"network run: {net['bad_accepted']:,} wrong results accepted provisionally, "
+        f"{net['corrected']:,} corrected by audits and look-back, {net['standing']:,} stood "
+        f"after the window, {net['provisional_at_end']:,} still in the window at the end; "
+        f"{net['audits']:,} audits, {net['forced_errors']:,} forced errors, "
+        f"{net['no_checker']:,} checks that found no eligible checker")
     console.print(
         f"[bold]honest only[/]: {h['honest_tasks']:,} tasks on {h['providers']:,} providers, "
         f"{h['honest_slashed']} slashed, {h['escalations']} mismatches all cleared by the "

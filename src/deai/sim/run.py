@@ -7,6 +7,10 @@
     detection   established providers (CV past the floor) turning to cheat on a
                 share f = 0.1 of tasks, no churn, each followed for 1,000 tasks;
                 and the same for fresh identities
+    classes     one run per adversary class of the threat model (established
+                identities, no churn, colluders 10% of their network): caught within
+                the horizon, by what, wrong results accepted provisionally, corrected
+                by audits and look-back, and left standing after the window
     sweep       detection within 1,000 tasks against overhead, over q and ρ_min
 
 Every figure comes with core.verify.economics' closed form beside it.
@@ -23,13 +27,15 @@ import numpy as np
 from deai.core.verify import economics, policy
 from deai.core.verify.params import VerifyParams
 from deai.core.verify.reputation import Reputation
-from deai.sim import agents, noise
+from deai.sim import agents, classes, noise
 from deai.sim.agents import Behaviour
 from deai.sim.engine import Network, World
 
 ESTABLISHED = Reputation(cv=10**6)  # far past the floor: ρ = ρ_min
 TARGET_OVERHEAD = 0.05
 TARGET_CATCH, TARGET_WITHIN, TARGET_F = 0.99, 1_000, 0.1
+TARGET_APPROX_WITHIN, TARGET_PROVISIONAL = 100, 20.0
+COLLUDER_SHARE = 0.10
 
 
 @dataclass(frozen=True)
@@ -46,13 +52,18 @@ class Plan:
     sweep_rho: tuple[float, ...] = (0.01, 0.029, 0.05, 0.1)
     sweep_cheaters: int = 1_000
     sweep_honest: int = 500
+    class_cheaters: int = 500        # per adversary class run
+    class_providers: int = 2_000     # every class run's network (colluders: 10% of it)
+    class_horizon: int = TARGET_WITHIN
+    leaks: tuple[float, ...] = (0.5,)  # role readers that see through the blinding
 
     @classmethod
     def fast(cls) -> Plan:
         return cls(providers=500, tasks=20_000, turn_after=20, honest_providers=200,
                    honest_tasks=100_000, detect_cheaters=1_000, detect_honest=300,
                    fresh_cheaters=300, sweep_q=(0.01, 0.05), sweep_rho=(0.01, 0.05),
-                   sweep_cheaters=200, sweep_honest=100)
+                   sweep_cheaters=200, sweep_honest=100, class_cheaters=60,
+                   class_providers=400, class_horizon=200)
 
 
 def _slots(mix: list[tuple[Behaviour, float]], n: int) -> tuple[list[Behaviour], np.ndarray]:
@@ -85,9 +96,13 @@ def floor_check_probability(p: VerifyParams) -> float:
     return policy.check_probability(Reputation(cv=2**31), p)
 
 
-def formula_overhead(p: VerifyParams) -> float:
-    """Steady state for established honest providers: canaries plus replicas at ρ_min."""
-    return policy.canary_odds(p) + (p.rho_min if p.replicate else 0.0)
+def formula_overhead(p: VerifyParams, rescore_share: float = 0.0) -> float:
+    """Steady state for established honest providers: canaries, replicas at ρ_min (a
+    forced error on ``forced_share`` of the re-scoring ones adds a check each), and an
+    audit of ``audit_share`` of the accepted results."""
+    rho = p.rho_min if p.replicate else 0.0
+    return (policy.canary_odds(p) + rho * (1 + p.forced_share * rescore_share)
+            + p.audit_share)
 
 
 # --- the experiments -----------------------------------------------------------------------------
@@ -105,7 +120,11 @@ def network(plan: Plan, w: World, seed: int) -> dict[str, Any]:
                                net.faults.tolist(), strict=True)),
             "honest_slashed": len(net.honest_slashed),
             "honest_tasks": int(net.tasks[net.b_honest[net.sb]].sum()),
-            "max_task_value": net.v_max,
+            "max_task_value": net.v_max, "audits": net.audits,
+            "forced_errors": net.forced_errors, "no_checker": net.no_checker,
+            "bad_accepted": int(net.bad_accepted.sum()),
+            "corrected": int(net.corrected.sum()), "standing": int(net.standing.sum()),
+            "provisional_at_end": int(net.provisional().sum()),
             "types": _per_type(net, w)}
 
 
@@ -114,7 +133,7 @@ def _per_type(net: Network, w: World) -> list[dict[str, Any]]:
     pf = floor_check_probability(p)
     honest = net.b_honest[net.sb]
     base = _profit(net, honest)
-    catches = np.array(net.catches, np.int64).reshape(-1, 2)
+    catches = np.array(net.catches, np.int64).reshape(-1, 3)
     censored = net.cheated_uncaught()
     mean_value = float(net.useful.sum() / max(1.0, net.real_tasks.sum()))
     mean_pay = mean_value * (1 - w.fee_bps / 10_000)
@@ -129,7 +148,7 @@ def _per_type(net: Network, w: World) -> list[dict[str, Any]]:
             row["slashed"] = len(net.honest_slashed)
             out.append(row)
             continue
-        caught = [int(t) for s, t in catches if net.sb[s] == b]
+        caught = [int(t) for s, t, _ in catches if net.sb[s] == b]
         cheated = len(caught) + int((censored & mine).sum())
         detectable = beh.detectable
         if beh.training:
@@ -142,9 +161,12 @@ def _per_type(net: Network, w: World) -> list[dict[str, Any]]:
             "identities": int(net.identities[mine].sum()), "cheated": cheated,
             "caught": len(caught), "detection_rate": len(caught) / cheated if cheated else None,
             "tasks_to_detection": _quantiles(caught),
-            "floor_mean_tasks_to_detection": 1 / (beh.cheat_rate * pe),
+            "floor_mean_tasks_to_detection": (1 / (beh.cheat_rate * pe) if beh.cheat_rate
+                                              else None),
             "bad_accepted": int(net.bad_accepted[mine].sum()),
             "bad_accepted_per_identity": float(net.bad_accepted[mine].sum() / max(1, cheated)),
+            "corrected": int(net.corrected[mine].sum()),
+            "standing": int(net.standing[mine].sum()),
             "excess_profit_per_task": row["profit_per_task"] - base,
             "floor_expected_profit_per_cheat": economics.expected_profit_per_cheat(gain, loss, pe),
         })
@@ -169,7 +191,7 @@ def honest_run(plan: Plan, w: World, seed: int) -> dict[str, Any]:
             "overhead_total": float(net.extra.sum() / net.useful.sum()),
             "overhead_steady": _overhead(net, 0.3, expected=True),
             "overhead_steady_drawn": _overhead(net, 0.3),
-            "formula": formula_overhead(w.params)}
+            "formula": formula_overhead(w.params, w.rescore_share)}
 
 
 def detection(cheaters: int, honest: int, w: World, seed: int, *, established: bool,
@@ -187,7 +209,7 @@ def detection(cheaters: int, honest: int, w: World, seed: int, *, established: b
                   start=ESTABLISHED if established else None)
     for _ in range(horizon):
         net.step()
-    caught = [t for s, t in net.catches if slots[s] == 1 and t <= horizon]
+    caught = [t for s, t, _ in net.catches if slots[s] == 1 and t <= horizon]
     pf = floor_check_probability(w.params)
     rate = len(caught) / cheaters
     return {"cheaters": cheaters, "f": f, "horizon": horizon, "established": established,
@@ -195,6 +217,7 @@ def detection(cheaters: int, honest: int, w: World, seed: int, *, established: b
             "stderr": float(np.sqrt(rate * (1 - rate) / cheaters)),
             "tasks_to_detection": _quantiles(caught),
             "bad_accepted_per_cheater": float(net.bad_accepted[slots == 1].mean()),
+            "standing": int(net.standing.sum()),
             "honest_overhead": _overhead(net, expected=True),
             "floor_p_caught_within": economics.p_caught_within(horizon, f, pf),
             "floor_tasks_to_99": economics.tasks_to_catch(f, pf),
@@ -209,7 +232,7 @@ def sweep(plan: Plan, w: World, seed: int) -> list[dict[str, Any]]:
             d = detection(plan.sweep_cheaters, plan.sweep_honest, wp, seed + 100 * i + k,
                           established=True, on_replicas=False)
             out.append({"q": q, "rho_min": r, "overhead": d["honest_overhead"],
-                        "formula_overhead": formula_overhead(wp.params),
+                        "formula_overhead": formula_overhead(wp.params, w.rescore_share),
                         "detection": d["caught_within"],
                         "floor_detection": d["floor_p_caught_within"]})
     return out
@@ -217,8 +240,19 @@ def sweep(plan: Plan, w: World, seed: int) -> list[dict[str, Any]]:
 
 # --- targets ---------------------------------------------------------------------------------
 
+def _class(r: dict[str, Any], prefix: str, leak: float = 0.0) -> dict[str, Any]:
+    c: dict[str, Any] = next(x for x in r["classes"]
+                             if x["class"].startswith(prefix) and x["leak"] == leak)
+    return c
+
+
 def targets(r: dict[str, Any]) -> list[dict[str, Any]]:
     h, d, net = r["honest"], r["detection_established"], r["network"]
+    col, apx = _class(r, "colluder"), _class(r, "cheap approximator")
+    blind = [x for x in r["classes"] if x["leak"] == 0.0]
+    standing = net["standing"] + sum(x["standing"] for x in r["classes"])
+    worst_prov = max(blind, key=lambda x: x["bad_accepted_per_cheater"])
+    col_honest = col["honest_slashed"]
     cheats = [t for t in net["types"] if "excess_profit_per_task" in t]
     worst = max(cheats, key=lambda t: t["excess_profit_per_task"])
     worst_floor = max(cheats, key=lambda t: t["floor_expected_profit_per_cheat"])
@@ -227,7 +261,7 @@ def targets(r: dict[str, Any]) -> list[dict[str, Any]]:
     return [
         {"target": "steady-state overhead ≤ 5% of useful compute",
          "value": f"{h['overhead_steady']:.3%} (drawn {h['overhead_steady_drawn']:.2%}; "
-                  f"q/(1−q)+ρ_min = {h['formula']:.3%})",
+                  f"q/(1−q) + ρ_min·(1 + forced·rescore) + audit = {h['formula']:.3%})",
          "pass": h["overhead_steady"] <= TARGET_OVERHEAD},
         {"target": "f ≥ 10% caught within 1,000 tasks with p ≥ 99%",
          "value": f"{d['caught_within']:.2%} ± {d['stderr']:.2%} of {d['cheaters']:,} "
@@ -237,6 +271,27 @@ def targets(r: dict[str, Any]) -> list[dict[str, Any]]:
         {"target": "zero honest providers slashed over 10^6 honest tasks",
          "value": f"{slashed} slashed over {honest_tasks:,} honest tasks",
          "pass": slashed == 0 and h["honest_tasks"] >= 1_000_000},
+        {"target": "colluding operators (10% of providers) caught ≥ 99%, 0 honest slashed "
+                   "over ≥ 10^6 honest tasks",
+         "value": f"{col['caught_within']:.2%} of {col['cheaters']:,} colluders (f = 0.1) "
+                  f"caught within {col['horizon']:,} tasks (by {col['caught_by']}); "
+                  f"{col_honest} honest slashed over {col['honest_tasks']:,} honest tasks",
+         "pass": col["caught_within"] >= TARGET_CATCH and col_honest == 0
+         and col["honest_tasks"] >= 1_000_000},
+        {"target": "cheap approximators caught ≥ 99% within 100 tasks",
+         "value": f"{apx['caught_within']:.2%} of {apx['cheaters']:,} established "
+                  f"approximators within {apx['horizon']} tasks",
+         "pass": apx["caught_within"] >= TARGET_CATCH and apx["horizon"] <= TARGET_APPROX_WITHIN},
+        {"target": "bad results standing after the challenge window: 0",
+         "value": f"{standing:,} stood (network run {net['standing']:,} of "
+                  f"{net['bad_accepted']:,} accepted wrong, {net['corrected']:,} corrected; "
+                  "class runs " + ", ".join(f"{x['class']} {x['standing']:,}"
+                                            for x in blind if x["standing"]) + ")",
+         "pass": standing == 0},
+        {"target": "mean wrong results accepted provisionally per cheater ≤ 20",
+         "value": f"worst class {worst_prov['bad_accepted_per_cheater']:.1f} "
+                  f"({worst_prov['class']}); f = 0.1: {d['bad_accepted_per_cheater']:.1f}",
+         "pass": worst_prov["bad_accepted_per_cheater"] <= TARGET_PROVISIONAL},
         {"target": "cheating has negative expected profit at the default stake",
          "value": f"worst excess {worst['excess_profit_per_task']:+,.0f} µ/task "
                   f"({worst['type']}); worst closed form "
@@ -265,6 +320,7 @@ def verify(plan: Plan, seed: int = 0, world: World | None = None,
                                                  w, seed + 5, established=True)),
         ("detection_fresh", lambda: detection(plan.fresh_cheaters, plan.detect_honest, w,
                                               seed + 3, established=False)),
+        ("classes", lambda: classes.classes(plan, w, seed + 10)),
         ("sweep", lambda: sweep(plan, w, seed + 4)),
     ):
         say(name)
