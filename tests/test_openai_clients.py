@@ -48,7 +48,7 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Network]:
     n.start_coordinator()
     n.start_provider("all", 1000, "--models", f"{EMB},{CHAT},mlp-digits")
     try:
-        n.wait_providers(1)
+        n.wait_providers(1, timeout=600)
         yield n
     finally:
         n.close()
@@ -200,6 +200,7 @@ def test_langchain_chat(net: Network, key: str) -> None:
     assert exc.value.param == "tools"
 
 
+@pytest.mark.filterwarnings("ignore::UserWarning:pydantic.*")  # litellm, for tiktoken's file
 def test_langchain_embeddings(net: Network, key: str) -> None:
     from langchain_openai import OpenAIEmbeddings
 
@@ -217,6 +218,7 @@ def test_langchain_embeddings(net: Network, key: str) -> None:
 
 # --- litellm --------------------------------------------------------------------------------
 
+@pytest.mark.filterwarnings("ignore::UserWarning:pydantic.*")  # raised inside litellm
 def test_litellm(net: Network, key: str) -> None:
     import litellm
 
@@ -244,7 +246,7 @@ def test_options_are_verified_end_to_end(tmp_path: Path) -> None:
     try:
         for name in ("v1", "v2"):
             n.start_provider(name, 1000, "--models", CHAT)
-        n.wait_providers(2)
+        n.wait_providers(2, timeout=600)
         c = n.client("verified")
         c.faucet(1_000_000_000)
         key = c.create_api_key().key
