@@ -237,6 +237,7 @@ def test_a_result_with_units_beyond_the_column_is_a_422(net: Network) -> None:
     c.submit_job(SPEC, c.upload(json.dumps(row).encode() + b"\n").digest)
     leases: list[wire.AssignmentOut] = []
     for _ in range(20):
+        p.heartbeat([])  # a poll is no sign of life: beat as an agent does
         leases += p.poll(wait=2).assignments
         if leases:
             break
