@@ -132,7 +132,7 @@ def test_meter_returns_cpu_ms_of_a_valid_output() -> None:
     {"custom_id": "b"},
     {"status": "ok", "error": "boom"},
     {"status": "error", "error": None},
-    {"limit": "disk", "status": "error", "error": "x"},
+    {"limit": "bogus", "status": "error", "error": "x"},
     {"manifest_sha256": "0" * 64},
     {"stdout_sha256": "nope"},
     {"stdout_tail": "x" * (cmd.TAIL_BYTES + 1)},

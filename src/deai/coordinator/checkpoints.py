@@ -3,7 +3,8 @@
     POST /api/assignments/{id}/checkpoint   (signed by the provider holding the lease)
     body  wire.CheckpointIn {step, digest, chain_hash, meta}
     →     wire.CheckpointOut {status: "recorded", step}
-    GET  /api/jobs/{id}/checkpoints         → {"checkpoints": [{task_id, step, ...}, ...]}
+    GET  /api/jobs/{id}/checkpoints         (signed by the job's owner)
+          → {"checkpoints": [{task_id, step, ...}, ...]}
 
 A checkpoint is recorded only if the lease is the signer's and still live,
 the blob was uploaded, the step advances past the assignment's own last
@@ -30,6 +31,7 @@ from fastapi import APIRouter, Depends
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from deai.coordinator import access
 from deai.coordinator.auth import coordinator, signer
 from deai.coordinator.service import Coordinator
 from deai.core import checkpoints, wire
@@ -49,8 +51,10 @@ def checkpoint(assignment_id: str, body: wire.CheckpointIn, c: C,
 
 
 @router.get("/jobs/{job_id}/checkpoints", response_model=dict[str, list[dict[str, Any]]])
-def listing(job_id: str, c: C) -> dict[str, list[dict[str, Any]]]:
-    """Every checkpoint recorded for a job's tasks, oldest first (progress, audits)."""
+def listing(job_id: str, c: C, me: Signer) -> dict[str, list[dict[str, Any]]]:
+    """Every checkpoint recorded for a job's tasks, oldest first (progress, audits): the
+    job's owner's to read, like the job itself."""
+    access.require_job(c, me, job_id)
     with c.db.read() as s:
         if s.get(Job, job_id) is None:
             raise NotFound(f"no job {job_id}", field="job")
@@ -68,6 +72,7 @@ def record(c: Coordinator, pid: str, assignment_id: str,
            body: wire.CheckpointIn) -> wire.CheckpointOut:
     if not c.blobs.exists(body.digest):
         raise InvalidInput("digest: upload the checkpoint blob first", field="digest")
+    access.require_blob(c, pid, body.digest, "digest")  # its own upload, not someone's data
     blob_digest = hashlib.sha256(c.blobs.get(body.digest)).hexdigest()
     with c.db.write() as s:
         a = c.live_lease(s, pid, assignment_id)

@@ -51,6 +51,9 @@ PUBLIC_FIELDS: dict[str, tuple[str, ...]] = {
     "api_key_created": (),
     "api_key_revoked": (),
     "result_corrected": ("task", "idx"),
+    "audit_passed": ("job", "auditor", "subject", "checker"),
+    "check_waiting": ("role",),
+    "forced_error_noticed": ("job", "checker"),
     "look_back": ("tasks",),
     "withdrawal": ("amount", "address"),  # the journal's withdrawal entry says as much
     "hardware_challenge": ("challenge", "reason"),
@@ -80,7 +83,7 @@ SEALED = frozenset({
     "task_assigned", "task_accepted", "result_rejected", "task_failed", "lease_expired",
     "check_started", "check_passed", "check_failed", "check_abandoned", "check_waiting",
     "unverified", "verdict", "canary_planted", "checkpoint", "look_back",
-    "result_corrected", "audit_passed",
+    "result_corrected", "audit_passed", "forced_error_noticed",
 })
 SEALED_FIELDS = frozenset({"role", "canary", "subject", "checker", "referee", "rho",
                            "statistic", "detail", "fault", "job"})

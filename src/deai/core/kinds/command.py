@@ -34,7 +34,8 @@ The shard payload is the line made self-contained: ``{"custom_id", "argv",
 Output of a shard: one JSON object (canonical, sorted keys) ::
 
     {"custom_id", "status": "ok" | "error", "error": str | null,
-     "limit": null | "cpu" | "wall" | "memory" | "file_size" | "processes" | "output",
+     "limit": null | "cpu" | "wall" | "memory" | "file_size" | "disk" | "processes"
+              | "output",
      "exit_code": int | null, "signal": "SIGXCPU" | ... | null,
      "cpu_ms": int, "wall_ms": int,
      "stdout_sha256", "stderr_sha256", "stdout_tail", "stderr_tail",
@@ -71,7 +72,7 @@ MAX_INLINE_BYTES = 32 * 1024 * 1024
 MAX_SCRIPT_BYTES = 100_000  # one argv string must stay under the kernel's 128 KiB
 MAX_PATH_CHARS = 255
 TAIL_BYTES = 4096
-LIMITS = ("cpu", "wall", "memory", "file_size", "processes", "output")
+LIMITS = ("cpu", "wall", "memory", "file_size", "disk", "processes", "output")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 _DIGEST = re.compile(r"^[0-9a-f]{64}$")
 
@@ -193,8 +194,8 @@ def parse_input(data: bytes, spec: CommandSpec) -> list[dict[str, Any]]:
                            "by digest", field="input")
     objs: list[tuple[str, Any]]
     try:
-        whole = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
+        whole = batch.loads(data.decode("utf-8"), "input")  # bounded depth, finite numbers
+    except (UnicodeDecodeError, InvalidInput):
         whole = None
     if isinstance(whole, dict) and b"\n" in data.strip():  # one pretty-printed object
         objs = [("input", whole)]
@@ -361,7 +362,9 @@ class CommandKind(Kind):
         if same_output(a, b):
             return Comparison(True, 0.0, "same status, files and stdout")
         limits = {_limit_of(a), _limit_of(b)}
-        if limits & {"cpu", "wall"}:
+        # The disk quota is sampled while the job runs (workloads.quota), so where exactly
+        # a job over it stops depends on timing too.
+        if limits & {"cpu", "wall", "disk"}:
             return Comparison(True, 0.0, "timing-dependent limit hit: inconclusive")
         return Comparison(False, 1.0, "outputs differ (status, files or stdout)")
 
