@@ -20,7 +20,7 @@ from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
 from deai.coordinator import admission, checkpoints, effects, verify
-from deai.coordinator.matching import all_provider_states, stake_needed
+from deai.coordinator.matching import all_provider_states, provider_states, stake_needed
 from deai.coordinator.service import Coordinator
 from deai.core import auth, kinds, ledger, market, specs, wire
 from deai.core.errors import Conflict, Forbidden, InvalidInput, NoCapacity, NotFound
@@ -84,7 +84,11 @@ def submit(c: Coordinator, owner: str, body: wire.JobIn, *,
     shard_digests = [c.blobs.put(sh.payload) for sh in shards]
 
     def create(s: Session) -> Job:
-        q = _quote_out(c, spec, shard_units, all_provider_states(c, s))
+        # Only online providers can be eligible: every other one is read (for the
+        # reasons in the refusal) only when none of them can take the job.
+        q = _quote_out(c, spec, shard_units, provider_states(c, s))
+        if not q.eligible:
+            q = _quote_out(c, spec, shard_units, all_provider_states(c, s))
         if not q.eligible:
             reasons = {p["provider"][:12]: p["reasons"] for p in q.ineligible}
             why = "; ".join(f"{k}: {', '.join(v)}" for k, v in reasons.items()) \

@@ -67,13 +67,16 @@ def all_provider_states(c: Coordinator, s: Session) -> list[market.ProviderState
     online = {p.id: p for p in provider_states(c, s)}
     rows = s.scalars(select(Provider)).all()
     stakes = c.settlement.balances(s, [ledger.stake(p.id) for p in rows])
+    by_provider: dict[str, list[market.Offer]] = defaultdict(list)
+    for o in s.scalars(select(Offer).order_by(Offer.provider_id, Offer.workload,
+                                              Offer.model)):  # one query, not one each
+        by_provider[o.provider_id].append(market.Offer(o.workload, o.model, o.price))
     out = []
     for p in rows:
         if p.id in online:
             out.append(online[p.id])
             continue
-        offers = tuple(market.Offer(o.workload, o.model, o.price) for o in
-                       s.scalars(select(Offer).where(Offer.provider_id == p.id)))
+        offers = tuple(by_provider[p.id])
         out.append(market.ProviderState(
             id=p.id, online=False, stake=stakes.get(ledger.stake(p.id), 0),
             memory_mb=int(p.hardware.get("memory_mb", 0)), slots=p.slots,
