@@ -436,7 +436,7 @@ def provider_verify(
     target: Annotated[float, typer.Option(min=0.05, help="Seconds of products.")] = 3.0,
 ) -> None:
     """Run the hardware challenge the network would issue here; print what it would see."""
-    from deai.provider.agent import challenge as hwchallenge  # body: provider/challenge.py
+    from deai.provider import challenge as hwchallenge  # body: provider/challenge.py
 
     raise SystemExit(hwchallenge.verify_command(threads or usable_cores(), as_json, target))
 

@@ -207,6 +207,7 @@ def show_training(raw: bytes, path: Path, out: Console) -> None:
 
 def openai_example(c: Client, url: str, out: Console) -> bool:
     key = c.create_api_key(name="demo")
+    assert key.key is not None  # shown once, at creation
     out.print(f"minted API key {key.key[:14]}… for the client's account")
     spec = importlib.util.spec_from_file_location("openai_client", example("openai_client.py"))
     if spec is None or spec.loader is None:

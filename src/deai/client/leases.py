@@ -20,6 +20,7 @@ for the agent's lease runner.
 
 from __future__ import annotations
 
+import builtins
 import json
 import time
 from collections.abc import Iterator
@@ -116,7 +117,7 @@ class Leases:
     def create(self, **fields: Any) -> wl.LeaseOut:
         return self.client._post("/api/leases", wl.LeaseIn(**fields), wl.LeaseOut)
 
-    def list(self) -> list[wl.LeaseOut]:
+    def list(self) -> builtins.list[wl.LeaseOut]:
         data = self.client.request("GET", "/api/leases", signed=True).json()
         return [wl.LeaseOut.model_validate(x) for x in data["leases"]]
 
@@ -177,7 +178,7 @@ class Leases:
             raise DeAIError(f"the relay answered {first!r} instead of opening the session")
         return Session(ws)
 
-    def exec(self, lease_id: str, argv: list[str], *, stdin: bytes | None = None,
+    def exec(self, lease_id: str, argv: builtins.list[str], *, stdin: bytes | None = None,
              stdout: IO[bytes] | None = None, stderr: IO[bytes] | None = None,
              env: dict[str, str] | None = None) -> int:
         """Run ``argv`` in the lease without a terminal; its exit status."""
@@ -216,7 +217,7 @@ class Leases:
 
     def get(self, lease_id: str, remote: str, out: IO[bytes] | None = None) -> bytes:
         """Read ``remote`` from the lease; written to ``out`` if given, else returned."""
-        parts: list[bytes] = []
+        parts: builtins.list[bytes] = []
         with self.open(lease_id, {"op": "get", "path": remote}) as s:
             for m in s.messages():
                 if isinstance(m, tuple):
@@ -235,13 +236,13 @@ class Leases:
                                    json_body=host.model_dump(mode="json"))
         return wl.HostOut.model_validate(resp.json())
 
-    def poll(self, wait: float, known: list[str],
-             noticed: list[str] | None = None) -> wl.LeasePollOut:
+    def poll(self, wait: float, known: builtins.list[str],
+             noticed: builtins.list[str] | None = None) -> wl.LeasePollOut:
         return self.client._post("/api/provider/leases/poll",
                                  wl.LeasePollIn(wait=wait, known=known, noticed=noticed or []),
                                  wl.LeasePollOut, timeout=wait + 15.0)
 
-    def heartbeat(self, running: list[str], failed: dict[str, str]) -> wl.LeaseBeatOut:
+    def heartbeat(self, running: builtins.list[str], failed: dict[str, str]) -> wl.LeaseBeatOut:
         return self.client._post("/api/provider/leases/heartbeat",
                                  wl.LeaseBeatIn(running=running, failed=failed),
                                  wl.LeaseBeatOut)

@@ -178,6 +178,6 @@ def _earnings_per_second(c: Coordinator, ids: list[str]) -> dict[str, float]:
     money: dict[str, float] = defaultdict(float)
     secs: dict[str, float] = defaultdict(float)
     for pid, price, units, seconds in rows:
-        money[pid] += price * units / 1000
-        secs[pid] += seconds
+        money[pid] += price * (units or 0) / 1000
+        secs[pid] += seconds or 0.0
     return {pid: money[pid] / secs[pid] for pid in money if secs[pid] > 0}

@@ -234,7 +234,8 @@ def job_detail(c: Coordinator, job_id: str) -> wx.JobDetailOut:
         for a in asgs:
             by_task[a.task_id].append(a)
         units = {t.id: t.units for t in tasks}
-        shards, states = [], defaultdict(int)
+        shards: list[wx.ShardOut] = []
+        states: dict[str, int] = defaultdict(int)
         for t in tasks:
             mine = by_task.get(t.id, [])
             state = shard_state(t.status, any(a.status == AssignmentStatus.SUBMITTED for a in mine))
@@ -362,7 +363,7 @@ def account_view(c: Coordinator, account: str, limit: int) -> wx.AccountOut:
     with c.db.read() as s:
         bal = journal.balances(s, names)
         text = cast(JournalEntry.postings, String)
-        cond = text.like(f'%"{_like(names[0])}"%', escape="\\")
+        cond: Any = text.like(f'%"{_like(names[0])}"%', escape="\\")
         for n in names[1:]:
             cond = cond | text.like(f'%"{_like(n)}"%', escape="\\")
         rows = s.scalars(select(JournalEntry).where(cond)

@@ -157,7 +157,8 @@ class Metrics:
 
 
 def _label_values(gauge: Gauge) -> list[tuple[str, ...]]:
-    return list(gauge._metrics)  # prometheus_client keeps children keyed by label values
+    # prometheus_client keeps children keyed by label values
+    return [tuple(k) for k in gauge._metrics]
 
 
 class _HttpMetrics:

@@ -43,8 +43,10 @@ import sysconfig
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import httpx
 from websockets.exceptions import ConnectionClosed
@@ -63,6 +65,9 @@ INIT_PYTHON = "/usr/bin/python3"  # under /usr, so it exists inside every sandbo
 START_TIMEOUT = 20.0
 PYTHON_MOUNT = "/opt/deai/python"  # the provider's packages, read-only, on PYTHONPATH
 HEADER = lease_init.HEADER
+
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -264,7 +269,8 @@ class LeaseRunner:
             for box in boxes:
                 box.stop()
 
-    def _retry(self, fn):  # type: ignore[no-untyped-def]
+    def _retry(self, fn: Callable[[], T]) -> T | None:
+        """``fn()``, retried until it answers; None once the agent is stopping."""
         while not self._stop.is_set():
             try:
                 return fn()
