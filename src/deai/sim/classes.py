@@ -9,7 +9,9 @@ caught as a checker, forced error, audit), tasks to detection, wrong results
 accepted provisionally per cheater, how many of them audits and look-back
 corrected, how many stood after the window, and honest providers slashed.
 Role readers run at the world's ``leak`` (default 0: blind work) and at each
-``Plan.leaks``, to show what the blinding is worth.
+``Plan.leaks``, to show what the blinding is worth; rare and f = 0.1 cheaters
+also at each ``Plan.windows`` (challenge window, in tasks), to show which window
+leaves no wrong result standing.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ def one(b: Behaviour, cheaters: int, providers: int, horizon: int, w: World,
     hon = ~mine
     return {
         "class": b.name, "cheaters": cheaters, "providers": providers, "horizon": horizon,
-        "leak": w.leak, "cheated": cheated,
+        "leak": w.leak, "window": w.window_tasks, "cheated": cheated,
         "caught_within": len(caught) / cheaters,
         "caught_of_cheated": len(caught) / cheated if cheated else None,
         "caught_by": {CAUSES[i]: int(by[i]) for i in range(len(CAUSES)) if by[i]},
@@ -73,6 +75,11 @@ def classes(plan: Any, w: World, seed: int) -> list[dict[str, Any]]:
         (agents.RUBBER_STAMPER, c, h, w),
     ]
     runs += [(agents.role_reader(), c, h, replace(w, leak=x)) for x in plan.leaks]
+    # what a longer challenge window (look-back reach) does to results left standing
+    runs += [(replace(agents.RARE, name="rare (f=0.01 forever)"), c, h,
+              replace(w, window_tasks=x)) for x in plan.windows]
+    runs += [(agents.fraction(0.1), c, h, replace(w, window_tasks=x))
+             for x in (w.window_tasks, *plan.windows)]
     return [one(b, k, n, hz, wx, seed + i) for i, (b, k, hz, wx) in enumerate(runs)]
 
 

@@ -74,13 +74,14 @@ def show(r: dict[str, Any], console: Console) -> None:
                   f"{_n(q['mean'], '.1f')} / {_n(q['p50'])} / {_n(q['p99'])}",
                   f"{d['bad_accepted_per_cheater']:.1f}")
     console.print(t)
-    t = Table("class", "leak", "cheaters / providers", "caught ≤ horizon", "caught by",
+    t = Table("class", "leak", "window", "cheaters / providers", "caught ≤ horizon", "caught by",
               "tasks to detection\nmean / p99", "wrong accepted\nper cheater",
               "corrected", "stood after\nwindow", "honest\nslashed",
               title="adversary classes (established identities, no churn)")
     for c in r["classes"]:
         q = c["tasks_to_detection"]
-        t.add_row(c["class"], f"{c['leak']:g}", f"{c['cheaters']:,} / {c['providers']:,}",
+        t.add_row(c["class"], f"{c['leak']:g}", f"{c['window']:,}",
+                  f"{c['cheaters']:,} / {c['providers']:,}",
                   f"{c['caught_within']:.2%} ≤ {c['horizon']:,}",
                   ", ".join(f"{k} {v}" for k, v in c["caught_by"].items()),
                   f"{_n(q['mean'], '.1f')} / {_n(q['p99'])}",

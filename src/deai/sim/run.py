@@ -56,6 +56,7 @@ class Plan:
     class_providers: int = 2_000     # every class run's network (colluders: 10% of it)
     class_horizon: int = TARGET_WITHIN
     leaks: tuple[float, ...] = (0.5,)  # role readers that see through the blinding
+    windows: tuple[int, ...] = (1_000,)  # longer challenge windows, in tasks
 
     @classmethod
     def fast(cls) -> Plan:
@@ -241,16 +242,22 @@ def sweep(plan: Plan, w: World, seed: int) -> list[dict[str, Any]]:
 # --- targets ---------------------------------------------------------------------------------
 
 def _class(r: dict[str, Any], prefix: str, leak: float = 0.0) -> dict[str, Any]:
-    c: dict[str, Any] = next(x for x in r["classes"]
-                             if x["class"].startswith(prefix) and x["leak"] == leak)
+    c: dict[str, Any] = next(x for x in _default(r) if x["class"].startswith(prefix)
+                             and x["leak"] == leak)
     return c
+
+
+def _default(r: dict[str, Any]) -> list[dict[str, Any]]:
+    """The class runs at the world's own window (not the longer-window what-ifs)."""
+    w = r["world"]["window_tasks"]
+    return [x for x in r["classes"] if x["window"] == w]
 
 
 def targets(r: dict[str, Any]) -> list[dict[str, Any]]:
     h, d, net = r["honest"], r["detection_established"], r["network"]
     col, apx = _class(r, "colluder"), _class(r, "cheap approximator")
-    blind = [x for x in r["classes"] if x["leak"] == 0.0]
-    standing = net["standing"] + sum(x["standing"] for x in r["classes"])
+    blind = [x for x in _default(r) if x["leak"] == 0.0]
+    standing = net["standing"] + sum(x["standing"] for x in blind)
     worst_prov = max(blind, key=lambda x: x["bad_accepted_per_cheater"])
     col_honest = col["honest_slashed"]
     cheats = [t for t in net["types"] if "excess_profit_per_task" in t]
