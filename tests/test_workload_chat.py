@@ -132,11 +132,11 @@ def test_a_loaded_model_is_not_loaded_again(greedy: tuple[bytes, int]) -> None:
     assert chat.load_count == before
 
 
-def test_the_dequantized_copy_loads_in_well_under_a_second() -> None:
+def test_later_loads_read_the_dequantized_copy() -> None:
+    """Dequantizing the GGUF takes ~20 s; every load after the first reads the saved
+    float32 copy instead (how fast that is belongs in a benchmark, not here)."""
     chat._loaded(MODEL)  # the copy exists (made now on a machine's first run)
-    t0 = time.perf_counter()
     entry = chat._build(MODEL, chat.device())
-    seconds = time.perf_counter() - t0
     assert (chat.dequantized_dir(MODEL) / "config.json").exists()
-    assert seconds < 1.0, f"loading the cached copy took {seconds:.2f} s"
+    assert str(entry.model.config._name_or_path) == str(chat.dequantized_dir(MODEL))
     assert entry.context == 8192
