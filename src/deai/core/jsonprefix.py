@@ -65,7 +65,7 @@ def _number_end(stack: str, b: int) -> State | None:
     return step(_after_value(stack), b) if stack else None
 
 
-def step(s: State, b: int) -> State | None:
+def step(s: State, b: int) -> State | None:  # noqa: C901 - one case per grammar state
     """The state after byte ``b``, or None when no JSON object can start this way."""
     mode, stack, aux, space, key = s
     if b in WS and mode in (VALUE, OBJ_FIRST, OBJ_KEY, COLON, AFTER, ARR_FIRST):

@@ -128,7 +128,7 @@ NO_TOOLS = ("DeAI's chat models (SmolLM2-135M-Instruct) cannot call tools or fun
             "reliably, so DeAI does not offer them; send the request without them.")
 
 
-def check_chat(body: S.ChatIn) -> None:
+def check_chat(body: S.ChatIn) -> None:  # noqa: C901 - one refusal per parameter
     """Refuse, naming the parameter, what DeAI's chat models cannot do faithfully."""
     for name in ("tools", "functions"):
         if getattr(body, name):
