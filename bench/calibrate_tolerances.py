@@ -134,7 +134,7 @@ def worker(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     job = json.loads(Path(args.worker).read_text())
     res = {"emb": honest_embed(job["texts"]).tolist(),
-           "margins": rescore(job["reqs"], job["claims"])}
+           "margins": rescore(job["reqs"], job["claims"]) if job["claims"] else []}
     Path(args.worker).write_text(json.dumps(res))
 
 
@@ -155,6 +155,7 @@ def main() -> int:
     ap.add_argument("--prompts", type=int, default=6)
     ap.add_argument("--max-tokens", type=int, default=24)
     ap.add_argument("--out", type=Path, default=OUT)
+    ap.add_argument("--kinds", default="embeddings,chat", help="embeddings, chat or both")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--threads", type=int, default=2, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -167,12 +168,14 @@ def main() -> int:
 
     t0 = time.time()
     torch.set_num_threads(2)
-    tx, reqs = texts(args.texts), chat_requests(args.prompts, args.max_tokens)
+    chat_on = "chat" in args.kinds.split(",")
+    tx = texts(args.texts)
+    reqs = chat_requests(args.prompts, args.max_tokens) if chat_on else []
     e2 = honest_embed(tx)
     claims = generate(reqs)  # the honest primary's greedy tokens (fp32, 2 threads)
     jobs = {}
     for name, env in (("process", {}), ("process-old-isa", OLD_ISA)):
-        p = args.out.parent / f".calib-{name}.json"
+        p = args.out.parent / f".calib-{name}-{args.kinds.replace(',', '-')}.json"
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_text(json.dumps({"texts": tx, "reqs": reqs, "claims": claims}))
         jobs[name] = (p, spawn(p, env, 2))
@@ -181,18 +184,20 @@ def main() -> int:
     chat_h: dict[str, Any] = {}
     chat_c: dict[str, Any] = {}
     emb["honest"]["same process"] = stats(cos_dist(e2, honest_embed(tx)))
-    m2 = rescore(reqs, claims)
+    m2 = rescore(reqs, claims) if chat_on else []
     torch.set_num_threads(1)
     e1 = honest_embed(tx)
-    m1 = rescore(reqs, claims)
-    claims1 = generate(reqs)
+    m1 = rescore(reqs, claims) if chat_on else []
+    claims1 = generate(reqs) if chat_on else []
     torch.set_num_threads(2)
     emb["honest"]["threads 1 vs 2"] = stats(cos_dist(e2, e1))
     flat = lambda ms: [x for m in ms for x in m]  # noqa: E731
     dmargin = lambda a, b: [abs(p - q) for p, q in zip(flat(a), flat(b), strict=True)]  # noqa: E731
-    chat_h["threads 1 vs 2"] = {"margin": stats(flat(m1)), "check_delta": stats(dmargin(m1, m2)),
-                                "same_tokens": claims1 == claims}
-    chat_h["same process"] = {"margin": stats(flat(m2))}
+    if chat_on:
+        chat_h["threads 1 vs 2"] = {"margin": stats(flat(m1)),
+                                    "check_delta": stats(dmargin(m1, m2)),
+                                    "same_tokens": claims1 == claims}
+        chat_h["same process"] = {"margin": stats(flat(m2))}
 
     for dt in ("bf16", "fp16"):
         try:
@@ -221,7 +226,7 @@ def main() -> int:
         emb["cheat"][f"rotated {theta:g} rad"] = stats(cos_dist(e2, np.cos(theta) * e2
                                                                 + np.sin(theta) * w))
 
-    for kind in ("bf16", "fp16", "int8", "drop-layer"):
+    for kind in ("bf16", "fp16", "int8", "drop-layer") if chat_on else ():
         try:
             t = time.time()
             cv = variant(kind)
@@ -244,8 +249,9 @@ def main() -> int:
         res = json.loads(p.read_text())
         p.unlink()
         emb["honest"][name] = stats(cos_dist(e2, np.array(res["emb"], np.float32)))
-        chat_h[name] = {"margin": stats(flat(res["margins"])),
-                        "check_delta": stats(dmargin(res["margins"], m2))}
+        if chat_on:
+            chat_h[name] = {"margin": stats(flat(res["margins"])),
+                            "check_delta": stats(dmargin(res["margins"], m2))}
 
     report = {"machine": {"python": platform.python_version(), "torch": torch.__version__,
                           "cpu_capability": torch.backends.cpu.get_cpu_capability(),

@@ -19,7 +19,7 @@ from deai.client import keys
 from deai.core import ledger
 from tests.netutil import Network
 from tests.test_e2e import check_books, journal, sample
-from tests.test_e2e_verify import honest_vectors, start_cheater
+from tests.test_e2e_verify import honest_vectors
 
 pytestmark = pytest.mark.slow
 MODEL = "all-MiniLM-L6-v2"
@@ -27,24 +27,38 @@ SPEC = {"kind": "embeddings", "model": MODEL, "max_price": 2000, "deadline": 900
         "shard_size": 5}
 
 
+class PatientNetwork(Network):
+    """The coordinator may take more than a minute to import on a loaded 2-core box."""
+
+    def wait_ready(self, timeout: float = 300.0) -> None:
+        super().wait_ready(timeout)
+
+
 @pytest.fixture(scope="module")
 def approx_net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Network]:
-    n = Network(tmp_path_factory.mktemp("approx"), heartbeat_timeout=4.0,
+    n = PatientNetwork(tmp_path_factory.mktemp("approx"), heartbeat_timeout=4.0,
                 challenge_window=60.0, extra=("--verify-timeout", "30"), verifiers=1)
     n.start_coordinator()
     try:
         for i, price in enumerate((900, 950, 1000), start=1):
             n.start_provider(f"approx-honest-{i}", price, "--models", MODEL)
         n.start_verifier("verifier-1", "--models", MODEL)
-        n.wait_providers(3)
+        n.wait_providers(3, timeout=900)
         yield n
     finally:
         n.close()
 
 
+@pytest.mark.timeout(2400)  # four model loads and a verdict on a loaded 2-core box
 def test_bf16_embeddings_cheater_is_caught_and_slashed(approx_net: Network) -> None:
     net = approx_net
-    proc = start_cheater(net, "approx-bf16", "bf16", MODEL)
+    proc = net.start_provider("approx-bf16", 500, "--models", MODEL,
+                              env={"DEAI_PROVIDER_CHEAT": "bf16"})
+    pid = keys.load("approx-bf16").id
+    end = time.time() + 900
+    while not any(p.id == pid and p.online and p.stake > 0 for p in net.client().providers()):
+        assert proc.alive() and time.time() < end, proc.tail()
+        time.sleep(0.5)
     cheater = keys.load("approx-bf16").id
     honest = {keys.load(f"approx-honest-{i}").id for i in (1, 2, 3)}
     c = net.client("approx-client")
