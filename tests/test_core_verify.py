@@ -93,12 +93,15 @@ def test_old_records_fade_with_the_half_life() -> None:
 
 
 def test_default_parameters_meet_the_targets() -> None:
-    """Research §10.7: ~5 % overhead; f ≥ 10 % caught within 1,000 tasks with ≥ 99 %."""
+    """Research §10.7: ≤ 5 % overhead (canaries, replicas and audits); f ≥ 10 % caught
+    within 1,000 tasks with ≥ 99 %."""
     established = Reputation(cv=10_000)
     p = policy.check_probability(established, DEFAULT)
-    assert p == pytest.approx(0.02 + 0.98 * DEFAULT.rho_min)
-    overhead = policy.canary_odds(DEFAULT) + policy.replication_probability(established, DEFAULT)
-    assert overhead <= 0.051
+    q, rho, a = DEFAULT.canary_share, DEFAULT.rho_min, DEFAULT.audit_share
+    assert p == pytest.approx(q + (1 - q) * (1 - (1 - rho) * (1 - a)))
+    overhead = (policy.canary_odds(DEFAULT) + policy.replication_probability(established, DEFAULT)
+                + DEFAULT.audit_share)
+    assert overhead <= 0.05
     assert economics.p_caught_within(1000, 0.1, p) >= 0.99
     assert economics.tasks_to_catch(0.1, p) <= 1000
 

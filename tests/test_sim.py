@@ -99,7 +99,9 @@ def test_honest_network_slashes_nobody_and_overhead_meets_the_formula() -> None:
     assert h["formula"] < h["overhead_steady"] < h["formula"] + 2e-3
     h = run.honest_run(replace(plan, honest_tasks=200_000), engine.World(), 3)
     assert h["honest_slashed"] == 0
-    assert h["overhead_steady"] == pytest.approx(h["formula"], rel=2e-3)
+    # (within 1 %: a forced error is a second check on re-scoring kinds, which the closed
+    # form counts only approximately)
+    assert h["overhead_steady"] == pytest.approx(h["formula"], rel=1e-2)
     assert h["overhead_steady_drawn"] == pytest.approx(h["formula"], rel=0.15)
 
 

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class VerifyParams:
     replicate: bool = True            # False: replicate only when a client asks (no policy)
-    canary_share: float = 0.02        # q: share of dispatched tasks that are canaries
-    rho_min: float = 0.029            # replication floor: 2.04 % canaries + 2.9 % ≤ 5 %
+    canary_share: float = 0.015       # q: share of dispatched tasks that are canaries
+    rho_min: float = 0.029            # floor: 1.52 % canaries + 2.9 % replicas + 0.5 % audits ≤ 5 %
     cv_bootstrap: int = 10            # full replication until this many consecutive passes
     probation_tasks: int = 50         # full replication after a fault, for this many checks
     slash_fraction: float = 0.5       # share of bonded stake lost per confirmed fault

@@ -39,9 +39,11 @@ def canary_odds(p: VerifyParams) -> float:
 
 
 def check_probability(rep: Reputation, p: VerifyParams) -> float:
-    """p = q + (1 − q)·ρ: the chance that a given dispatched task is checked."""
+    """p = q + (1 − q)·(1 − (1 − ρ)(1 − a)): the chance that a given dispatched task is
+    checked, by a canary, a replica or a verifier's audit of the accepted result."""
     q = p.canary_share
-    return q + (1.0 - q) * replication_probability(rep, p)
+    rho = replication_probability(rep, p)
+    return q + (1.0 - q) * (1.0 - (1.0 - rho) * (1.0 - p.audit_share))
 
 
 class Fault(StrEnum):
