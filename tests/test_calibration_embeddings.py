@@ -86,6 +86,11 @@ def test_low_precision_embeddings_are_rejected(honest: bytes, mode: str) -> None
         assert not cmp.match, (classes, cmp.detail)
         # A margin, not a coin flip: the cheat lands well beyond the loosest tolerance.
         assert cmp.statistic > 3 * kind.COSINE_TOLERANCE_CROSS_CLASS, cmp.statistic
+        # A replica's check and a referee's comparison of checks take the classes too.
+        assert not kind.EmbeddingsKind().check(SPEC, SHARD, fake, honest, classes=classes).match
+        assert not kind.EmbeddingsKind().compare_checks(SPEC, SHARD, honest, fake,
+                                                        classes=classes).match
+    assert kind.EmbeddingsKind().check(SPEC, SHARD, honest, honest).match
 
 
 def test_tolerance_by_hardware_class() -> None:

@@ -228,6 +228,15 @@ class EmbeddingsKind(Kind):
         ok = worst <= tol
         return Comparison(ok, worst, f"max cosine distance {worst:.3g} (tolerance {tol:g})")
 
+    def check(self, spec: SpecBase, shard: bytes, claimed: bytes, check_output: bytes,
+              classes: tuple[str, str] | None = None) -> Comparison:
+        """A replica re-executes the shard: ``compare`` with the two parties' classes."""
+        return self.compare(spec, shard, claimed, check_output, classes=classes)
+
+    def compare_checks(self, spec: SpecBase, payload: bytes, a: bytes, b: bytes,
+                       classes: tuple[str, str] | None = None) -> Comparison:
+        return self.compare(spec, payload, a, b, classes=classes)
+
     def assemble(self, job_id: str, spec: SpecBase, outputs: list[bytes]) -> bytes:
         model = self.model(spec).name
         return b"".join(
