@@ -7,7 +7,6 @@ leases that expire, late results, payment exactly once, and the audit.
 
 from __future__ import annotations
 
-import base64
 import json
 import time
 from collections.abc import Iterator
@@ -30,17 +29,16 @@ from deai.core.errors import (
     PayloadTooLarge,
     UnknownModel,
 )
+from tests.helpers import (  # noqa: F401 - re-exported for older imports
+    MODEL,
+    SPEC,
+    HandProvider,
+    audit_ok,
+    funded,
+    head,
+    lines,
+)
 from tests.netutil import Network
-
-MODEL = "all-MiniLM-L6-v2"
-SPEC = {"kind": "embeddings", "model": MODEL, "max_price": 2000, "deadline": 600,
-        "shard_size": 2}
-
-
-def lines(n: int, start: int = 0) -> bytes:
-    return b"".join(json.dumps({"custom_id": f"c{i}", "method": "POST", "url": "/v1/embeddings",
-                                "body": {"model": MODEL, "input": f"sentence {i}"}}).encode()
-                    + b"\n" for i in range(start, start + n))
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgres"])
@@ -52,74 +50,6 @@ def net(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
     n.start_coordinator()
     yield n
     n.close()
-
-
-class HandProvider:
-    """A provider whose every move the test makes itself."""
-
-    def __init__(self, net: Network, price: int = 1000, memory_mb: int = 4096,
-                 stake: int = 10_000_000, *, ident: Identity | None = None,
-                 slots: int = 1) -> None:
-        self.ident = ident or Identity.generate()
-        self.c = Client(net.url, self.ident)
-        self.c.faucet(50_000_000)
-        self.c.register(wire.RegisterIn(
-            hardware=wire.Hardware(cpu_model="test cpu", cores=2, memory_mb=memory_mb),
-            benchmark=wire.Benchmark(gflops=50.0, mem_gbps=10.0), threads=1, slots=slots,
-            offers=[wire.OfferIn(workload="embeddings", model=MODEL, price=price)]))
-        if stake:
-            self.c.bond(stake)
-
-    @property
-    def id(self) -> str:
-        return self.ident.id
-
-    def take(self, wait: float = 5.0) -> list[wire.AssignmentOut]:
-        # A poll is not a sign of life (liveness is the heartbeat's): beat as an agent does.
-        if time.time() - getattr(self, "_beat", 0.0) > 0.5:
-            self._beat = time.time()
-            self.c.heartbeat([])
-        return self.c.poll(wait=wait).assignments
-
-    def answer(self, a: wire.AssignmentOut, dims: int = 384) -> wire.ResultOut:
-        # Inline when small, as the agent reads it: a download needs a live lease.
-        raw = (base64.b64decode(a.input_b64) if a.input_b64 is not None
-               else self.c.download(a.input_digest))
-        rows = [json.loads(x) for x in raw.splitlines()]
-        out = b"".join(json.dumps({"custom_id": r["custom_id"],
-                                   "embeddings": [[0.25] * dims for _ in r["input"]],
-                                   "prompt_tokens": 4}).encode() + b"\n" for r in rows)
-        digest = self.c.upload(out).digest
-        sig = self.ident.sign(auth.result_message(a.id, digest, a.units))
-        return self.c.submit_result(a.id, wire.ResultIn(output_digest=digest, units=a.units,
-                                                        signature=sig))
-
-    def quit(self) -> None:
-        """Go silent: stop heartbeating so the coordinator takes the leases back."""
-        self.c.close()
-
-
-def audit_ok(c: Client) -> ledger.AuditReport:
-    entries, after = [], 0
-    while True:
-        page = c.journal(after=after, limit=500)
-        if not page.entries:
-            break
-        entries += [ledger.Entry.from_dict(e) for e in page.entries]
-        after = entries[-1].seq
-    rep = ledger.audit(entries, c.all_balances())
-    assert rep.ok, rep.problems
-    return rep
-
-
-def funded(net: Network, amount: int = 100_000_000) -> Client:
-    c = Client(net.url, Identity.generate())
-    c.faucet(amount)
-    return c
-
-
-def head(c: Client) -> int:
-    return c.journal(after=0, limit=1).head_seq
 
 
 # --- identity ----------------------------------------------------------------------------

@@ -19,8 +19,8 @@ import pytest
 from deai.client.keys import Identity
 from deai.coordinator import public
 from deai.core import wire
+from tests.helpers import SPEC, HandProvider, funded, lines
 from tests.netutil import Network
-from tests.test_api import SPEC, HandProvider, funded, lines
 
 VERIFIER = Identity.generate()
 WINDOW = 120.0

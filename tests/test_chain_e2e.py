@@ -172,7 +172,7 @@ def test_deposit_job_slash_withdraw_and_audit_on_a_real_chain(net: ChainDevnet,
 def test_the_explorer_shows_the_chain(net: ChainDevnet) -> None:
     from playwright.sync_api import sync_playwright
 
-    from tests.test_explorer_browser import ARGS, CHROMIUM, SHOTS
+    from tests.helpers import ARGS, CHROMIUM, SHOTS
 
     errors: list[str] = []
     with sync_playwright() as pw:

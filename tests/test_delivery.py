@@ -23,8 +23,8 @@ import pytest
 
 from deai.client.keys import Identity
 from deai.client.sdk import Client
+from tests.helpers import SPEC, HandProvider, funded, lines
 from tests.netutil import Network
-from tests.test_api import SPEC, HandProvider, funded, lines
 
 pytestmark = pytest.mark.slow
 

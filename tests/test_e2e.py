@@ -14,39 +14,12 @@ import numpy as np
 import pytest
 
 from deai.client.sdk import Client
-from deai.core import ledger
+from tests.helpers import check_books, journal, sample  # noqa: F401
 from tests.netutil import Network
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
 SPEC = {"kind": "embeddings", "model": "all-MiniLM-L6-v2", "max_price": 2000, "deadline": 900}
-
-
-def sample(n: int) -> bytes:
-    lines = (ROOT / "examples" / "sentences.jsonl").read_bytes().splitlines()[:n]
-    assert len(lines) == n
-    return b"\n".join(lines) + b"\n"
-
-
-def journal(c: Client) -> list[ledger.Entry]:
-    entries: list[ledger.Entry] = []
-    while True:
-        page = c.journal(after=entries[-1].seq if entries else 0, limit=1000)
-        if not page.entries:
-            return entries
-        entries += [ledger.Entry.from_dict(e) for e in page.entries]
-
-
-def check_books(c: Client, job_id: str) -> None:
-    """Audit holds; each task was paid exactly once; cost + refund = escrow."""
-    entries = journal(c)
-    rep = ledger.audit(entries, c.all_balances())
-    assert rep.ok, rep.problems
-    job = c.job(job_id)
-    paid = [e.body["task"] for e in entries if e.kind == "payout" and e.body["job"] == job_id]
-    assert len(paid) == len(set(paid)) == sum(job.tasks.values())
-    assert job.cost + job.refunded == job.escrow
-    assert rep.balances.get(ledger.escrow(job_id), 0) == 0
 
 
 def check_results(c: Client, job_id: str, data: bytes) -> None:

@@ -17,8 +17,8 @@ import pytest
 
 from deai.client import keys
 from deai.core import ledger
+from tests.helpers import check_books, journal, sample
 from tests.netutil import Network
-from tests.test_e2e import check_books, journal, sample
 from tests.test_e2e_verify import honest_vectors
 
 pytestmark = pytest.mark.slow

@@ -14,8 +14,8 @@ import pytest
 
 from deai.core.kinds.chat import ChatKind
 from deai.workloads import chat
+from tests.helpers import check_books, sample
 from tests.netutil import Network
-from tests.test_e2e import check_books, sample
 
 pytestmark = pytest.mark.slow
 CHAT = "SmolLM2-135M-Instruct"

@@ -19,12 +19,13 @@ import numpy as np
 import pytest
 
 from deai.client import keys
+from tests.helpers import honest_vectors, journal, sample
 from tests.netutil import Network, Proc
-from tests.test_e2e import journal, sample
-from tests.test_e2e_verify import SPEC, honest_vectors
 
 pytestmark = pytest.mark.slow
 MODEL = "all-MiniLM-L6-v2"
+SPEC = {"kind": "embeddings", "model": MODEL, "max_price": 2000, "deadline": 900,
+        "shard_size": 5}
 
 
 @pytest.fixture(scope="module")

@@ -23,8 +23,8 @@ from deai.core.kinds import command as cmd
 from deai.provider import sandbox
 from deai.workloads import command as wl
 from deai.workloads import sandbox as impl
+from tests.helpers import check_books
 from tests.netutil import Network
-from tests.test_e2e import check_books
 
 pytestmark = pytest.mark.slow
 SPEC = {"kind": "command", "model": "bwrap-sandbox", "max_price": 500, "deadline": 600,

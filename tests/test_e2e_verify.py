@@ -7,7 +7,6 @@ correct results; honest providers are never slashed; the ledger audits.
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator
 
 import numpy as np
@@ -16,9 +15,8 @@ import pytest
 from deai.client import keys
 from deai.client.sdk import Client
 from deai.core import ledger
-from deai.workloads import embeddings
-from tests.netutil import Network, Proc
-from tests.test_e2e import check_books, journal, sample
+from tests.helpers import check_books, honest_vectors, journal, sample, start_cheater  # noqa: F401
+from tests.netutil import Network
 
 pytestmark = pytest.mark.slow
 BOTH = "all-MiniLM-L6-v2,SmolLM2-135M-Instruct,mlp-digits"
@@ -42,26 +40,6 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Network]:
         yield n
     finally:
         n.close()
-
-
-def start_cheater(net: Network, name: str, mode: str, models: str) -> Proc:
-    proc = net.start_provider(name, 500, "--models", models,
-                              env={"DEAI_PROVIDER_CHEAT": mode})
-    pid = keys.load(name).id
-    end = time.time() + 180
-    while not any(p.id == pid and p.online and p.stake > 0 for p in net.client().providers()):
-        assert proc.alive() and time.time() < end, proc.tail()
-        time.sleep(0.5)
-    return proc
-
-
-def honest_vectors(data: bytes) -> dict[str, np.ndarray]:
-    shard = b"".join(json.dumps({"custom_id": json.loads(x)["custom_id"],
-                                 "input": [json.loads(x)["body"]["input"]]}).encode() + b"\n"
-                     for x in data.splitlines())
-    out, _ = embeddings.WORKLOAD.run("all-MiniLM-L6-v2", shard)
-    return {o["custom_id"]: np.array(o["embeddings"][0]) for o in map(json.loads,
-                                                                      out.splitlines())}
 
 
 @pytest.mark.parametrize("mode", ["wrong", "lazy", "sloppy", "truncate", "sometimes:0.5",

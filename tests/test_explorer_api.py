@@ -20,8 +20,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from deai.client.sdk import Client
 from deai.core import ledger, wire
+from tests.helpers import SPEC, HandProvider, funded, lines
 from tests.netutil import Network
-from tests.test_api import SPEC, HandProvider, funded, lines
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgres"])

@@ -17,15 +17,12 @@ import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from deai.client.sdk import Client
+from tests.helpers import ARGS, CHROMIUM, SHOTS
 from tests.netutil import Network
 
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
-SHOTS = ROOT / "artifacts" / "screenshots"
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync"]
 SIZES = {"laptop": {"width": 1366, "height": 768}, "phone": {"width": 390, "height": 844}}
 THEMES = {"laptop": "dark", "phone": "light"}  # so the screenshots show both themes
 SPEC = {"kind": "embeddings", "model": "all-MiniLM-L6-v2", "max_price": 2000, "deadline": 900}

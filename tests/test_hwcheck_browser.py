@@ -15,8 +15,8 @@ import httpx
 import pytest
 from playwright.sync_api import expect, sync_playwright
 
+from tests.helpers import HW_ENV
 from tests.netutil import Network
-from tests.test_hwcheck_e2e import HW_ENV
 
 pytestmark = pytest.mark.slow
 CHROMIUM = "/usr/bin/chromium"

@@ -28,14 +28,11 @@ from deai.coordinator.service import Coordinator
 from deai.coordinator.settings import Settings
 from deai.core import ledger, wire
 from deai.store.models import Event, HwChallenge
+from tests.helpers import HW_ENV
 from tests.netutil import Network, Proc
 
 pytestmark = pytest.mark.slow
-HW_ENV = {"DEAI_HW_TARGET_S": "1.5", "DEAI_HW_LATENCY_S": "0.25", "DEAI_HW_PERIOD_S": "1.0",
-          "DEAI_HW_RETRY_S": "0.3", "DEAI_HW_MEM_FRACTION": "0.1", "DEAI_HW_POLL_S": "0.3",
-          "DEAI_HW_MEM_CAP_MB": "4096", "DEAI_PROVIDER_MEMORY_MB": "512",
-          # production's margin and slashing, not a devnet's lenient defaults
-          "DEAI_HW_MARGIN": "1.5", "DEAI_HW_SLASH_AFTER": "3"}
+
 
 
 @pytest.fixture

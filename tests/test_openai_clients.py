@@ -22,8 +22,8 @@ import openai
 import pytest
 
 from deai.client.sdk import Client
+from tests.helpers import LENIENT_HW
 from tests.netutil import Network
-from tests.test_readme import LENIENT_HW
 
 pytestmark = pytest.mark.slow
 EMB, CHAT = "all-MiniLM-L6-v2", "SmolLM2-135M-Instruct"

@@ -26,8 +26,8 @@ from deai.client.sdk import Client
 from deai.coordinator.leader import conninfo
 from deai.core.errors import DeAIError
 from deai.core.money import cost_for_units
+from tests.helpers import SPEC, HandProvider, audit_ok, lines
 from tests.netutil import Network
-from tests.test_api import SPEC, HandProvider, audit_ok, lines
 from tests.test_delivery import Beating
 from tests.test_replicas import Replicas, settle
 

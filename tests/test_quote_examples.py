@@ -10,8 +10,8 @@ from click.testing import Result
 from typer.testing import CliRunner
 
 from deai.client.cli import app
+from tests.helpers import HandProvider
 from tests.netutil import Network
-from tests.test_api import HandProvider
 
 ROOT = Path(__file__).resolve().parent.parent
 SPECS = sorted((ROOT / "examples").glob("*.yaml"))

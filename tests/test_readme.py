@@ -23,12 +23,13 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import LENIENT_HW
+
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 # Hardware challenges time the CPU; on a machine whose cores the whole suite shares, an
 # honest provider can miss their deadlines and be slashed below the minimum stake.
-LENIENT_HW = {"DEAI_HW_MARGIN": "50", "DEAI_HW_LATENCY_S": "30", "DEAI_HW_SLASH_AFTER": "1000"}
 
 
 def block(after: str, lang: str) -> str:

@@ -20,8 +20,8 @@ from deai.client.keys import Identity
 from deai.client.sdk import Client
 from deai.core import batch, kinds, ledger
 from deai.core.money import cost_for_units
+from tests.helpers import MODEL, HandProvider, audit_ok
 from tests.netutil import Network
-from tests.test_api import MODEL, HandProvider, audit_ok
 
 PRICE = 1000
 EACH = 6  # requests of each kind

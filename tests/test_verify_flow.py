@@ -14,8 +14,8 @@ import pytest
 from deai.client.keys import Identity
 from deai.client.sdk import Client
 from deai.core import auth, ledger, wire
+from tests.helpers import MODEL, SPEC, HandProvider, audit_ok, funded, lines
 from tests.netutil import Network
-from tests.test_api import MODEL, SPEC, HandProvider, audit_ok, funded, lines
 
 
 class Cheater(HandProvider):

@@ -1,0 +1,168 @@
+"""Helpers shared by the tests: hand-driven providers, funded clients, sample inputs,
+the books checks and the cheater processes. Test modules import from here, never from
+each other.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from deai.client import keys
+from deai.client.keys import Identity
+from deai.client.sdk import Client
+from deai.core import auth, ledger, wire
+from tests.netutil import Network, Proc
+
+ROOT = Path(__file__).resolve().parents[1]
+
+MODEL = "all-MiniLM-L6-v2"
+SPEC = {"kind": "embeddings", "model": MODEL, "max_price": 2000, "deadline": 600,
+        "shard_size": 2}
+
+
+def lines(n: int, start: int = 0) -> bytes:
+    return b"".join(json.dumps({"custom_id": f"c{i}", "method": "POST", "url": "/v1/embeddings",
+                                "body": {"model": MODEL, "input": f"sentence {i}"}}).encode()
+                    + b"\n" for i in range(start, start + n))
+
+
+class HandProvider:
+    """A provider whose every move the test makes itself."""
+
+    def __init__(self, net: Network, price: int = 1000, memory_mb: int = 4096,
+                 stake: int = 10_000_000, *, ident: Identity | None = None,
+                 slots: int = 1) -> None:
+        self.ident = ident or Identity.generate()
+        self.c = Client(net.url, self.ident)
+        self.c.faucet(50_000_000)
+        self.c.register(wire.RegisterIn(
+            hardware=wire.Hardware(cpu_model="test cpu", cores=2, memory_mb=memory_mb),
+            benchmark=wire.Benchmark(gflops=50.0, mem_gbps=10.0), threads=1, slots=slots,
+            offers=[wire.OfferIn(workload="embeddings", model=MODEL, price=price)]))
+        if stake:
+            self.c.bond(stake)
+
+    @property
+    def id(self) -> str:
+        return self.ident.id
+
+    def take(self, wait: float = 5.0) -> list[wire.AssignmentOut]:
+        # A poll is not a sign of life (liveness is the heartbeat's): beat as an agent does.
+        if time.time() - getattr(self, "_beat", 0.0) > 0.5:
+            self._beat = time.time()
+            self.c.heartbeat([])
+        return self.c.poll(wait=wait).assignments
+
+    def answer(self, a: wire.AssignmentOut, dims: int = 384) -> wire.ResultOut:
+        # Inline when small, as the agent reads it: a download needs a live lease.
+        raw = (base64.b64decode(a.input_b64) if a.input_b64 is not None
+               else self.c.download(a.input_digest))
+        rows = [json.loads(x) for x in raw.splitlines()]
+        out = b"".join(json.dumps({"custom_id": r["custom_id"],
+                                   "embeddings": [[0.25] * dims for _ in r["input"]],
+                                   "prompt_tokens": 4}).encode() + b"\n" for r in rows)
+        digest = self.c.upload(out).digest
+        sig = self.ident.sign(auth.result_message(a.id, digest, a.units))
+        return self.c.submit_result(a.id, wire.ResultIn(output_digest=digest, units=a.units,
+                                                        signature=sig))
+
+    def quit(self) -> None:
+        """Go silent: stop heartbeating so the coordinator takes the leases back."""
+        self.c.close()
+
+
+def audit_ok(c: Client) -> ledger.AuditReport:
+    entries, after = [], 0
+    while True:
+        page = c.journal(after=after, limit=500)
+        if not page.entries:
+            break
+        entries += [ledger.Entry.from_dict(e) for e in page.entries]
+        after = entries[-1].seq
+    rep = ledger.audit(entries, c.all_balances())
+    assert rep.ok, rep.problems
+    return rep
+
+
+def funded(net: Network, amount: int = 100_000_000) -> Client:
+    c = Client(net.url, Identity.generate())
+    c.faucet(amount)
+    return c
+
+
+def head(c: Client) -> int:
+    return c.journal(after=0, limit=1).head_seq
+
+
+def sample(n: int) -> bytes:
+    lines = (ROOT / "examples" / "sentences.jsonl").read_bytes().splitlines()[:n]
+    assert len(lines) == n
+    return b"\n".join(lines) + b"\n"
+
+
+def journal(c: Client) -> list[ledger.Entry]:
+    entries: list[ledger.Entry] = []
+    while True:
+        page = c.journal(after=entries[-1].seq if entries else 0, limit=1000)
+        if not page.entries:
+            return entries
+        entries += [ledger.Entry.from_dict(e) for e in page.entries]
+
+
+def check_books(c: Client, job_id: str) -> None:
+    """Audit holds; each task was paid exactly once; cost + refund = escrow."""
+    entries = journal(c)
+    rep = ledger.audit(entries, c.all_balances())
+    assert rep.ok, rep.problems
+    job = c.job(job_id)
+    paid = [e.body["task"] for e in entries if e.kind == "payout" and e.body["job"] == job_id]
+    assert len(paid) == len(set(paid)) == sum(job.tasks.values())
+    assert job.cost + job.refunded == job.escrow
+    assert rep.balances.get(ledger.escrow(job_id), 0) == 0
+
+
+def start_cheater(net: Network, name: str, mode: str, models: str) -> Proc:
+    proc = net.start_provider(name, 500, "--models", models,
+                              env={"DEAI_PROVIDER_CHEAT": mode})
+    pid = keys.load(name).id
+    end = time.time() + 180
+    while not any(p.id == pid and p.online and p.stake > 0 for p in net.client().providers()):
+        assert proc.alive() and time.time() < end, proc.tail()
+        time.sleep(0.5)
+    return proc
+
+
+def honest_vectors(data: bytes) -> dict[str, np.ndarray]:
+    shard = b"".join(json.dumps({"custom_id": json.loads(x)["custom_id"],
+                                 "input": [json.loads(x)["body"]["input"]]}).encode() + b"\n"
+                     for x in data.splitlines())
+    from deai.workloads import embeddings  # loads torch: only where vectors are needed
+
+    out, _ = embeddings.WORKLOAD.run("all-MiniLM-L6-v2", shard)
+    return {o["custom_id"]: np.array(o["embeddings"][0]) for o in map(json.loads,
+                                                                      out.splitlines())}
+
+
+# --- the browser (Debian's Chromium, driven by Playwright) ------------------------------
+
+SHOTS = ROOT / "artifacts" / "screenshots"
+CHROMIUM = "/usr/bin/chromium"
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync"]
+
+
+# --- hardware challenges in tests --------------------------------------------------------
+
+# Production margins and slashing, for the hardware tests (a devnet is lenient).
+HW_ENV = {"DEAI_HW_TARGET_S": "1.5", "DEAI_HW_LATENCY_S": "0.25", "DEAI_HW_PERIOD_S": "1.0",
+          "DEAI_HW_RETRY_S": "0.3", "DEAI_HW_MEM_FRACTION": "0.1", "DEAI_HW_POLL_S": "0.3",
+          "DEAI_HW_MEM_CAP_MB": "4096", "DEAI_PROVIDER_MEMORY_MB": "512",
+          # production's margin and slashing, not a devnet's lenient defaults
+          "DEAI_HW_MARGIN": "1.5", "DEAI_HW_SLASH_AFTER": "3"}
+# For tests that are not about hardware, on a loaded machine.
+LENIENT_HW = {"DEAI_HW_MARGIN": "50", "DEAI_HW_LATENCY_S": "30", "DEAI_HW_SLASH_AFTER": "1000"}
