@@ -53,7 +53,7 @@ def test_leases_of_every_role_look_alike_and_nothing_public_tells(net: Network) 
     # Jobs until the workers have seen primaries, replicas and a canary among them.
     while time.time() < end:
         jobs.append(c.submit_job({**SPEC, "shard_size": 1},
-                                 c.upload(lines(2, start=10 * len(jobs))).digest))
+                                 c.upload(lines(2, start=10 * len(jobs))).digest).id)
         done = time.time() + 30
         while c.job(jobs[-1]).status != "completed" and time.time() < done:
             for p in (a, b, v):

@@ -19,7 +19,7 @@ from typing import Any
 from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
-from deai.coordinator import admission, checkpoints, effects, verify
+from deai.coordinator import access, admission, checkpoints, effects, verify
 from deai.coordinator.matching import all_provider_states, provider_states, stake_needed
 from deai.coordinator.service import Coordinator
 from deai.core import auth, kinds, ledger, market, specs, wire
@@ -199,6 +199,9 @@ def submit_result(c: Coordinator, pid: str, assignment_id: str,
         c.blobs.put(inline, sync=False)  # the commit below is what makes the result count
     if not c.blobs.exists(r.output_digest):
         raise InvalidInput("output_digest: upload the output blob first", field="output_digest")
+    if r.output_b64 is None:  # its own upload: never another account's blob as its output
+        access.require_blob(c, pid, r.output_digest, "output_digest")
+
     def body(s: Session) -> tuple[str, str, int]:
         a, task, job = _locked(c, s, pid, assignment_id)
         a.submitted_at, a.output_digest = c.now(), r.output_digest

@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session
 
-from deai.coordinator import canaries, effects
+from deai.coordinator import canaries, effects, hardware
 from deai.coordinator.service import Coordinator, new_id
 from deai.core import catalog, kinds, ledger, market
 from deai.core.lifecycle import (
@@ -49,11 +49,14 @@ def provider_states(c: Coordinator, s: Session) -> list[market.ProviderState]:
                                  Assignment.provider_id.in_(ids))
                           .group_by(Assignment.provider_id)).all())
     stakes = c.settlement.balances(s, [ledger.stake(i) for i in ids])
-    return [market.ProviderState(
+    states = [market.ProviderState(
         id=p.id, online=True, stake=stakes.get(ledger.stake(p.id), 0),
         memory_mb=int(p.hardware.get("memory_mb", 0)), slots=p.slots,
         load=int(load.get(p.id, 0)), reputation=p.reputation, compute_units=p.compute_units,
         offers=tuple(offers[p.id]), **_identity(c, p)) for p in rows]
+    # Hardware as verified by challenges: a provider flagged for a wrong or missing
+    # answer is not matched; one that proved less keeps only what it proved.
+    return hardware.apply_verified(c, s, states, rows)
 
 
 def _identity(c: Coordinator, p: Provider) -> dict[str, Any]:

@@ -151,7 +151,9 @@ def place(tasks: Sequence[TaskDemand], providers: Iterable[ProviderState], min_s
     task costs O(log n) when the best candidate is eligible, which is the common
     case; candidates skipped for a task go back on the heap afterwards.
     """
-    heaps: dict[tuple[str, str], list[tuple[float, int, str]]] = {}
+    # Entries are (score, load, provider, price): the price of the offer for that key,
+    # kept beside the score so a candidate's check needs no second look at its offers.
+    heaps: dict[tuple[str, str], list[tuple[float, int, str, int]]] = {}
     by_id: dict[str, ProviderState] = {}
     load: dict[str, int] = {}
     for p in providers:
@@ -165,7 +167,8 @@ def place(tasks: Sequence[TaskDemand], providers: Iterable[ProviderState], min_s
         for o in p.offers:
             first.setdefault((o.workload, o.model), o.price)
         for key, offered in first.items():
-            heaps.setdefault(key, []).append((strategy.score(offered, p), p.load, p.id))
+            heaps.setdefault(key, []).append((strategy.score(offered, p), p.load, p.id,
+                                              offered))
     for h in heaps.values():
         heapq.heapify(h)
 
@@ -174,23 +177,22 @@ def place(tasks: Sequence[TaskDemand], providers: Iterable[ProviderState], min_s
         heap = heaps.get((t.workload, t.model))
         if not heap:
             continue
-        skipped: list[tuple[float, int, str]] = []
+        skipped: list[tuple[float, int, str, int]] = []
         while heap:
-            score, seen_load, pid = heapq.heappop(heap)
+            score, seen_load, pid, price = heapq.heappop(heap)
             p = by_id[pid]
             if seen_load != load[pid]:
                 # Placed through another of its offers since this entry was pushed.
                 if load[pid] < p.slots:
-                    heapq.heappush(heap, (score, load[pid], pid))
+                    heapq.heappush(heap, (score, load[pid], pid, price))
                 continue
-            price = p.price_for(t.workload, t.model)
-            if failures(t, p, min_stake, price) & ~NO_SLOT or price is None:
-                skipped.append((score, seen_load, pid))  # the heap counts slots itself
+            if failures(t, p, min_stake, price) & ~NO_SLOT:
+                skipped.append((score, seen_load, pid, price))  # the heap counts slots
                 continue
             out.append(Placement(t.id, pid, price))
             load[pid] = seen_load + 1
             if load[pid] < p.slots:
-                heapq.heappush(heap, (score, load[pid], pid))
+                heapq.heappush(heap, (score, load[pid], pid, price))
             break
         for item in skipped:
             heapq.heappush(heap, item)
