@@ -117,7 +117,8 @@ def handled(fn: Callable[P, R]) -> Callable[P, R]:
             err = exc.errors()[0]
             field = ".".join(str(p) for p in err.get("loc", ()))
             raise fail(f"{field}: {err.get('msg')}" if field else str(err.get("msg"))) from None
-        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+        except (typer.Exit, typer.Abort, click.exceptions.Exit, click.exceptions.Abort,
+                click.ClickException, SystemExit):
             raise
         except Exception as exc:
             if os.environ.get("DEAI_DEBUG"):

@@ -12,6 +12,7 @@ refunds what is left in its escrow.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 from collections.abc import Callable
 from typing import Any
@@ -301,7 +302,7 @@ def expire_leases(c: Coordinator) -> int:
                                                     verify.party(a), why))
         return True
 
-    n = sum(c.db.run(lambda s, r=r: expire(s, r.id, r.job_id, r.task_id)) for r in rows)
+    n = sum(c.db.run(functools.partial(_expire_row, expire, r)) for r in rows)
     if n:
         c.notifier.kick()
         c.notifier.published()
@@ -447,3 +448,7 @@ def recover(c: Coordinator) -> None:
             c.settlement.grant(s, c.settings.treasury_grant, "devnet genesis")
             c.emit(s, "treasury_granted", "", amount=c.settings.treasury_grant)
         c.emit(s, "coordinator_started", "")
+
+
+def _expire_row(expire: Callable[[Session, str, str, str], bool], r: Any, s: Session) -> bool:
+    return expire(s, r.id, r.job_id, r.task_id)

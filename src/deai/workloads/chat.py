@@ -410,7 +410,8 @@ def _teacher_forced(model: str, messages: list[dict[str, str]],
         with torch.inference_mode():
             logits = entry.model(input_ids=full, use_cache=False).logits[0].float()
     start = len(ids) - 1
-    return logits[start:start + len(completion_token_ids)]
+    out: torch.Tensor = logits[start:start + len(completion_token_ids)]
+    return out
 
 
 def is_check(shard: bytes) -> bool:

@@ -96,7 +96,7 @@ def _build(name: str, dev: str) -> SentenceTransformer:
     from sentence_transformers import SentenceTransformer
     from transformers.utils import logging as hf_logging
 
-    hf_logging.disable_progress_bar()
+    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
     model = SentenceTransformer(MODEL_PATHS[name](), device=dev)
     model.eval()
     return model

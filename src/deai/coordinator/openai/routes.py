@@ -107,7 +107,7 @@ async def embeddings(raw: Json, request: Request, c: C, key: Key) -> JSONRespons
                        param="dimensions")
     texts: Any = body.input
     if tokens.is_token_input(body.input):
-        texts = await run_in_threadpool(tokens.texts, info.name, body.input)
+        texts = await run_in_threadpool(tokens.texts, info.name, body.input)  # type: ignore[arg-type]
     started = await _start(c, key, "embeddings", {"model": body.model, "input": texts})
     out = await gateway.wait_output(c, started, key.account, request)
     line = next(obj for _, obj in batch.jsonl(out, "output"))

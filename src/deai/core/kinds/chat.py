@@ -493,6 +493,28 @@ def group_choices(lines: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
     return groups
 
 
+def _line_problem(o: dict[str, Any], chk: Any, limit: int) -> str | None:
+    """What is wrong with a claimed line besides its margins, by its check; None if nothing."""
+    room = chk.get("room") if isinstance(chk, dict) else None
+    if isinstance(room, int) and not isinstance(room, bool):
+        limit = min(limit, room)  # the model's context may end a completion first
+    if o["finish_reason"] == "length" and len(o["token_ids"]) < limit:
+        # Every claimed token may be greedy, yet the completion stopped early.
+        return f"cut off at {len(o['token_ids'])} of {limit} tokens without a stop token"
+    if not isinstance(chk, dict) or chk.get("custom_id") != o["custom_id"]:
+        return "the check is for another line"
+    if chk.get("text") != o["text"]:
+        return "text does not match its tokens"
+    if chk.get("early"):
+        return "the tokens go on past a stop"
+    finish = chk.get("finish")
+    if finish is not None and finish != o["finish_reason"]:
+        return f"finish_reason {o['finish_reason']!r} but the tokens end with {finish!r}"
+    if isinstance(o.get("logprobs"), list):
+        return logprobs_agree(o["logprobs"], chk.get("logprobs") or [], LOGPROB_TOLERANCE)
+    return None
+
+
 class ChatKind(Kind):
     name: ClassVar[str] = "chat"
     unit: ClassVar[str] = "token"
@@ -553,28 +575,9 @@ class ChatKind(Kind):
         limits = [int(obj["max_tokens"]) for _, obj in batch.jsonl(shard, "shard")]
         worst = 0.0
         for n, (o, chk, limit) in enumerate(zip(outs, checks, limits, strict=True), start=1):
-            room = chk.get("room") if isinstance(chk, dict) else None
-            if isinstance(room, int) and not isinstance(room, bool):
-                limit = min(limit, room)  # the model's context may end a completion first
-            if o["finish_reason"] == "length" and len(o["token_ids"]) < limit:
-                # Every claimed token may be greedy, yet the completion stopped early.
-                return Comparison(False, 1.0, f"line {n}: cut off at {len(o['token_ids'])} of "
-                                              f"{limit} tokens without a stop token")
-            if not isinstance(chk, dict) or chk.get("custom_id") != o["custom_id"]:
-                return Comparison(False, 1.0, f"line {n}: the check is for another line")
-            if chk.get("text") != o["text"]:
-                return Comparison(False, 1.0, f"line {n}: text does not match its tokens")
-            if chk.get("early"):
-                return Comparison(False, 1.0, f"line {n}: the tokens go on past a stop")
-            finish = chk.get("finish")
-            if finish is not None and finish != o["finish_reason"]:
-                return Comparison(False, 1.0, f"line {n}: finish_reason {o['finish_reason']!r} "
-                                              f"but the tokens end with {finish!r}")
-            if isinstance(o.get("logprobs"), list):
-                why = logprobs_agree(o["logprobs"], chk.get("logprobs") or [],
-                                     LOGPROB_TOLERANCE)
-                if why is not None:
-                    return Comparison(False, 1.0, f"line {n}: {why}")
+            why = _line_problem(o, chk, limit)
+            if why is not None:
+                return Comparison(False, 1.0, f"line {n}: {why}")
             margins = chk.get("margins")
             if isinstance(margins, list):
                 if len(margins) != len(o["token_ids"]) or not all(
