@@ -34,6 +34,8 @@ from typing import Any
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from deai.core import batch
+
 MAX_JSON_DEPTH = 64
 DEFAULT_RATE_PER_KEY = "500/1000"
 DEFAULT_RATE_PER_IP = "2000/4000"
@@ -64,6 +66,8 @@ def json_problem(data: bytes, limit: int = MAX_JSON_DEPTH) -> str | None:
     """What is wrong with a JSON body before anything recurses into it: nesting deeper than
     ``limit`` levels, or a non-finite number (``NaN``, ``Infinity``, which Python's parser
     accepts and JSON does not). Text that is not JSON is left to the parser's own 422."""
+    if batch.too_deep(data, limit):  # before the parser recurses into it
+        return f"JSON nested more than {limit} levels"
     deep = data.count(b"[") + data.count(b"{") > limit
     if not deep and b"NaN" not in data and b"Infinity" not in data:
         return None

@@ -10,8 +10,11 @@ refused with the line's number, before anything recurses into it.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
+
+import numpy as np
 
 from deai.core.errors import InvalidInput
 
@@ -33,6 +36,33 @@ def depth(value: Any) -> int:
     return deepest
 
 
+_STRINGS = re.compile(rb'"(?:[^"\\]|\\.)*"', re.S)
+_NOT_BRACKETS = re.compile(rb"[^\[\]{}]+")
+
+
+def too_deep(text: str | bytes, limit: int = MAX_DEPTH) -> bool:
+    """Whether JSON text nests arrays and objects more than ``limit`` deep, read without
+    parsing it. Never rely on the parser's RecursionError: a library that raises the
+    interpreter's recursion limit (web3 sets 100,000) turns deep input into a crash of
+    the C stack instead."""
+    raw = text.encode() if isinstance(text, str) else text
+    if raw.count(b"[") + raw.count(b"{") <= limit:
+        return False
+    brackets = _NOT_BRACKETS.sub(b"", _STRINGS.sub(b"", raw))
+    codes = np.frombuffer(brackets, dtype=np.uint8)
+    steps = np.where((codes == ord("[")) | (codes == ord("{")), 1, -1)
+    return bool(steps.size) and int(steps.cumsum().max()) > limit
+
+
+def safe_loads(text: str | bytes) -> Any:
+    """``json.loads`` for untrusted text (a provider's output): refuses nesting deeper than
+    ``MAX_DEPTH`` with the parser's own ``JSONDecodeError`` before recursing into it."""
+    if too_deep(text):
+        doc = text if isinstance(text, str) else text.decode("utf-8", "replace")
+        raise json.JSONDecodeError(f"nested more than {MAX_DEPTH} levels", doc[:100], 0)
+    return json.loads(text)
+
+
 def _constant(name: str) -> Any:
     raise ValueError(f"{name} is not a number JSON allows")
 
@@ -40,6 +70,8 @@ def _constant(name: str) -> Any:
 def loads(raw: str, where: str) -> Any:
     """One JSON document, finite and at most ``MAX_DEPTH`` deep, or ``InvalidInput(where)``."""
     deep = InvalidInput(f"{where}: nested more than {MAX_DEPTH} levels", field=where)
+    if too_deep(raw):
+        raise deep
     try:
         obj = json.loads(raw, parse_constant=_constant)
     except json.JSONDecodeError as exc:

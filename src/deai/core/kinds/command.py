@@ -248,7 +248,7 @@ def check_output(payload: dict[str, Any], output: bytes) -> dict[str, Any]:  # n
         return InvalidInput(f"output: {msg}", field="output")
 
     try:
-        out = json.loads(output.decode("utf-8"))
+        out = batch.safe_loads(output.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError):
         raise bad("not a JSON object") from None
     if not isinstance(out, dict) or set(out) != _OUTPUT_FIELDS:
@@ -307,7 +307,7 @@ def same_output(a: bytes, b: bytes) -> bool:
     """
     def key(raw: bytes) -> tuple[Any, ...] | None:
         try:
-            o = json.loads(raw.decode("utf-8"))
+            o = batch.safe_loads(raw.decode("utf-8"))
             return (o["status"], o["limit"], o["exit_code"], o["signal"],
                     o["manifest_sha256"], o["stdout_sha256"])
         except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError):
@@ -319,7 +319,7 @@ def same_output(a: bytes, b: bytes) -> bool:
 
 def _limit_of(raw: bytes) -> str | None:
     try:
-        limit = json.loads(raw.decode("utf-8")).get("limit")
+        limit = batch.safe_loads(raw.decode("utf-8")).get("limit")
     except (UnicodeDecodeError, json.JSONDecodeError, AttributeError):
         return None
     return limit if isinstance(limit, str) else None
@@ -328,7 +328,7 @@ def _limit_of(raw: bytes) -> str | None:
 def parse_payload(shard: bytes) -> dict[str, Any]:
     """A shard's command payload, as ``split`` wrote it; ``InvalidInput`` if it is not one."""
     try:
-        p = json.loads(shard.decode("utf-8"))
+        p = batch.safe_loads(shard.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError):
         raise InvalidInput("shard: not a command payload", field="shard") from None
     if not isinstance(p, dict) or "limits" not in p or "custom_id" not in p:
@@ -374,7 +374,7 @@ class CommandKind(Kind):
         """``"<custom_id>: <error>"`` for each command that failed, in order."""
         msgs = []
         for raw in outputs:
-            o = json.loads(raw)
+            o = batch.safe_loads(raw)
             if o.get("status") == "error":
                 msgs.append(f"{o['custom_id']}: {o['error']}")
         return msgs

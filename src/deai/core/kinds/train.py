@@ -51,7 +51,7 @@ from typing import Any, ClassVar, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from deai.core import checkpoints
+from deai.core import batch, checkpoints
 from deai.core.errors import InvalidInput
 from deai.core.kinds import train_data
 from deai.core.kinds.base import Comparison, Kind, Shard, SpecBase, first_error
@@ -197,7 +197,7 @@ def audit_segments(chain: list[checkpoints.Link], seed: bytes) -> list[int]:
 
 
 def _audit_output(data: bytes) -> list[dict[str, Any]]:
-    out = json.loads(data)
+    out = batch.safe_loads(data)
     if not isinstance(out, dict) or out.get("audit") != AUDIT_FORMAT:
         raise InvalidInput("not an audit result", field="output")
     segs = out["segments"]
@@ -258,7 +258,7 @@ def _check_placeholder(data: bytes, dataset: str) -> None:
     hint = (f'the input for spec.dataset {dataset!r} is the JSON {{"dataset": "{dataset}"}} '
             f"(set spec.dataset: file to train on an uploaded CSV or NPZ)")
     try:
-        obj = json.loads(data.decode("utf-8")) if data.strip() else {}
+        obj = batch.safe_loads(data.decode("utf-8")) if data.strip() else {}
     except (UnicodeDecodeError, json.JSONDecodeError):
         raise InvalidInput(f"input: {hint}", field="input") from None
     if not isinstance(obj, dict) or set(obj) - {"dataset"}:
@@ -271,7 +271,7 @@ def _check_placeholder(data: bytes, dataset: str) -> None:
 def check_output(payload: Payload, shard: bytes, output: bytes) -> dict[str, Any]:
     """Check an output's structure against its payload; returns it parsed."""
     try:
-        out = json.loads(output)
+        out = batch.safe_loads(output)
     except (UnicodeDecodeError, json.JSONDecodeError):
         raise InvalidInput("output: not JSON", field="output") from None
     keys = {"format", "model", "steps", "units", "model_digest", "chain", "metrics"}
@@ -362,7 +362,7 @@ class TrainKind(Kind):
         if a == b:
             return Comparison(True, 0.0, "identical")
         try:
-            ca, cb = (_chain(json.loads(x)) for x in (a, b))
+            ca, cb = (_chain(batch.safe_loads(x)) for x in (a, b))
         except (InvalidInput, ValueError, TypeError, KeyError):
             return Comparison(False, 1.0, "outputs differ")
         i = checkpoints.first_mismatch(ca, cb)
@@ -377,7 +377,7 @@ class TrainKind(Kind):
         """Segments of the claimed chain for a checker to replay from their starting
         checkpoint (``audit_segments``); the checker is not told the claimed digests."""
         try:
-            chain = _chain(json.loads(claimed))
+            chain = _chain(batch.safe_loads(claimed))
         except (InvalidInput, ValueError, TypeError, KeyError):
             return None
         picks = audit_segments(chain, hashlib.sha256(claimed).digest())
@@ -392,7 +392,7 @@ class TrainKind(Kind):
         """Every audited segment, replayed from its starting checkpoint, ends in the very
         checkpoint the claim names (deterministic training agrees bitwise)."""
         try:
-            chain = {link.end: link for link in _chain(json.loads(claimed))}
+            chain = {link.end: link for link in _chain(batch.safe_loads(claimed))}
             replayed = _audit_output(check_output)
         except (InvalidInput, ValueError, TypeError, KeyError):
             return Comparison(False, 1.0, "malformed claim or audit")
@@ -419,7 +419,7 @@ class TrainKind(Kind):
 
     def meter_check(self, spec: SpecBase, payload: bytes, output: bytes) -> int:
         """An audit bills the steps it replayed, at the job's units per step."""
-        request = json.loads(payload)
+        request = batch.safe_loads(payload)
         done = _audit_output(output)
         if [(x["start"], x["end"]) for x in done] != [(x["start"], x["end"])
                                                       for x in request["segments"]]:
@@ -433,7 +433,7 @@ class TrainKind(Kind):
         if len(outputs) != 1:
             raise InvalidInput(f"a training job has one task, got {len(outputs)} outputs",
                                field="output")
-        out = json.loads(outputs[0])
+        out = batch.safe_loads(outputs[0])
         result = {"job": job_id, "kind": "train", "format": FORMAT, "model": out["model"],
                   "dataset": spec.dataset, "steps": out["steps"], "units": out["units"],
                   "model_digest": out["model_digest"], "chain": out["chain"],
