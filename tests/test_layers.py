@@ -42,6 +42,7 @@ ONLY: dict[str, set[str]] = {
 }
 LAUNCHERS = {"deai.client.cli", "deai.client.devnet", "deai.client.demo"}
 LAUNCHER_MAY_IMPORT = {"deai.coordinator.settings", "deai.coordinator.server",
+                       "deai.coordinator.__main__", "deai.provider.challenge",
                        "deai.provider.agent"}
 
 
