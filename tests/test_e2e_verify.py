@@ -7,6 +7,7 @@ correct results; honest providers are never slashed; the ledger audits.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 
 import numpy as np
@@ -135,9 +136,15 @@ def test_training_is_checked_by_replaying_audited_segments(net: Network) -> None
             "epochs": 2, "batch_size": 32, "checkpoint_every": 10, "seed": 3}
     job = c.submit_job(spec, c.upload(b'{"dataset": "digits"}').digest)
     assert net.wait_job(c, job.id, timeout=300) == "completed", net.logs()
-    events = c.request("GET", "/api/events", params={"kind": ["check_passed", "check_failed"],
-                                                      "limit": 500}).json()["events"]
-    mine = [e for e in events if e["subject"].startswith(job.id)]
+    # Checks are public once the task's challenge window has closed (blind work).
+    end = time.time() + 180
+    while True:
+        events = c.request("GET", "/api/events", params={
+            "kind": ["check_passed", "check_failed"], "limit": 500}).json()["events"]
+        mine = [e for e in events if e["subject"].startswith(job.id)]
+        if mine or time.time() > end:
+            break
+        time.sleep(2.0)
     assert [e["kind"] for e in mine] == ["check_passed"], mine
     detail = mine[0]["body"]["detail"]
     assert "audited segment" in detail and "replay bitwise" in detail
