@@ -87,7 +87,7 @@ def test_by_hand_block_runs_as_written(tmp_path: Path) -> None:
     try:
         for cmd in commands():
             if cmd.startswith("deai devnet up"):
-                devnet = subprocess.Popen(shlex.split(cmd), cwd=work, env=env, text=True,
+                devnet = subprocess.Popen(shlex.split(cmd, comments=True), cwd=work, env=env, text=True,
                                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
                 port = _wait_for(devnet, devnet_out, r"coordinator\s+http://127\.0\.0\.1:(\d+)",
                                  600).group(1)
@@ -98,7 +98,7 @@ def test_by_hand_block_runs_as_written(tmp_path: Path) -> None:
                 name, _, value = cmd.removeprefix("export ").partition("=")
                 env[name] = value
                 continue
-            p = subprocess.run(shlex.split(cmd), cwd=work, env=env, text=True,
+            p = subprocess.run(shlex.split(cmd, comments=True), cwd=work, env=env, text=True,
                                capture_output=True, timeout=900)
             out = p.stdout + p.stderr
             assert p.returncode == 0, f"`{cmd}` exited {p.returncode}:\n{out}"
