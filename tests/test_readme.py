@@ -87,8 +87,9 @@ def test_by_hand_block_runs_as_written(tmp_path: Path) -> None:
     try:
         for cmd in commands():
             if cmd.startswith("deai devnet up"):
-                devnet = subprocess.Popen(shlex.split(cmd, comments=True), cwd=work, env=env, text=True,
-                                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                devnet = subprocess.Popen(shlex.split(cmd, comments=True), cwd=work, env=env,
+                                          text=True, stdout=subprocess.PIPE,
+                                          stderr=subprocess.STDOUT)
                 port = _wait_for(devnet, devnet_out, r"coordinator\s+http://127\.0\.0\.1:(\d+)",
                                  600).group(1)
                 _wait_for(devnet, devnet_out, r"Ctrl-C", 600)
