@@ -41,19 +41,6 @@ DEFAULT_RATE_PER_KEY = "500/1000"
 DEFAULT_RATE_PER_IP = "2000/4000"
 MAX_BUCKETS = 100_000
 
-def json_depth(value: Any) -> int:
-    """How deeply arrays and objects nest in a decoded JSON value (iteratively)."""
-    deepest, stack = 0, [(value, 1)]
-    while stack:
-        v, d = stack.pop()
-        if isinstance(v, dict):
-            v = list(v.values())
-        if isinstance(v, list):
-            deepest = max(deepest, d)
-            stack.extend((x, d + 1) for x in v if isinstance(x, dict | list))
-    return deepest
-
-
 def _constant(name: str) -> Any:
     raise _NonFinite(name)
 
@@ -79,7 +66,7 @@ def json_problem(data: bytes, limit: int = MAX_JSON_DEPTH) -> str | None:
         return f"{exc} is not a number JSON allows"
     except ValueError:
         return None
-    if deep and json_depth(value) > limit:
+    if deep and batch.depth(value) > limit:
         return f"JSON nested more than {limit} levels"
     return None
 

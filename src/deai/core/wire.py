@@ -16,28 +16,18 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt
 
+from deai.core import batch
+
 INT32 = 2**31 - 1
 INT64 = 2**63 - 1
 MAX_MONEY = 10**15
-
-
-def _depth(value: Any) -> int:
-    deepest, stack = 0, [(value, 1)]
-    while stack:
-        v, d = stack.pop()
-        if isinstance(v, dict):
-            v = list(v.values())
-        if isinstance(v, list):
-            deepest = max(deepest, d)
-            stack.extend((x, d + 1) for x in v if isinstance(x, dict | list))
-    return deepest
 
 
 def bounded(max_bytes: int, max_depth: int) -> AfterValidator:
     """A free-form JSON value at most ``max_bytes`` long (as compact JSON) and
     ``max_depth`` levels deep, with finite numbers only."""
     def check(value: Any) -> Any:
-        if _depth(value) > max_depth:
+        if batch.depth(value) > max_depth:
             raise ValueError(f"nested more than {max_depth} levels")
         try:
             text = json.dumps(value, separators=(",", ":"), allow_nan=False)
