@@ -5,6 +5,10 @@ crash leaves either the whole blob or nothing; writing a blob twice is a no-op.
 ``put(data, sync=False)`` skips the fsync, for blobs whose loss in a machine
 crash costs only a retry (an interactive /v1 request's few hundred bytes): the
 rename still makes the blob whole or absent after a process crash.
+
+``put_many(blobs)`` stores a batch (a job's shards) in one pack file
+(``store.packs``) with one fsync for the whole batch; ``get``, ``exists`` and
+``size`` look in the loose files first, then in the packs.
 """
 
 from __future__ import annotations
@@ -13,7 +17,10 @@ import hashlib
 import os
 import re
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
+
+from deai.store.packs import PackStore
 
 _DIGEST = re.compile(r"^[0-9a-f]{64}$")
 
@@ -26,6 +33,7 @@ class BlobStore:
     def __init__(self, root: Path) -> None:
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
+        self.packs = PackStore(root / "packs")
 
     def path(self, digest: str) -> Path:
         if not _DIGEST.match(digest):
@@ -33,7 +41,9 @@ class BlobStore:
         return self.root / digest[:2] / digest[2:]
 
     def exists(self, digest: str) -> bool:
-        return _DIGEST.match(digest) is not None and self.path(digest).exists()
+        if _DIGEST.match(digest) is None:
+            return False
+        return self.path(digest).exists() or self.packs.locate(digest) is not None
 
     def put(self, data: bytes, *, sync: bool = True) -> str:
         digest = digest_of(data)
@@ -54,8 +64,39 @@ class BlobStore:
             raise
         return digest
 
+    def put_many(self, blobs: Sequence[bytes]) -> list[str]:
+        """Store a batch durably (one fsync for all of it); their digests, in order.
+
+        Blobs already stored are not written again; one new blob goes loose.
+        """
+        digests = [digest_of(b) for b in blobs]
+        packed = self.packs.known(digests)
+        root = str(self.root)
+        new: dict[str, bytes] = {}
+        for d, b in zip(digests, blobs, strict=True):
+            if d not in new and d not in packed and not os.path.exists(
+                    os.path.join(root, d[:2], d[2:])):
+                new[d] = b
+        if len(new) == 1:
+            self.put(next(iter(new.values())))
+        elif new:
+            self.packs.write(list(new.items()))
+        return digests
+
     def get(self, digest: str) -> bytes:
-        return self.path(digest).read_bytes()
+        try:
+            return self.path(digest).read_bytes()
+        except FileNotFoundError:
+            data = self.packs.read(digest)
+            if data is None:
+                raise
+            return data
 
     def size(self, digest: str) -> int:
-        return self.path(digest).stat().st_size
+        try:
+            return self.path(digest).stat().st_size
+        except FileNotFoundError:
+            hit = self.packs.locate(digest)
+            if hit is None:
+                raise
+            return hit[2]
