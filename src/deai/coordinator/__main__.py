@@ -28,6 +28,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--lease-ttl", type=float, default=None)
     ap.add_argument("--challenge-window", type=float, default=None)
     ap.add_argument("--max-upload-bytes", type=int, default=None)
+    ap.add_argument("--blob-quota-bytes", type=int, default=None,
+                    help="bytes of uploads no job or file uses yet, per account")
+    ap.add_argument("--blob-ttl", type=float, default=None,
+                    help="seconds an unused upload is kept")
+    ap.add_argument("--idempotency-ttl", type=float, default=None,
+                    help="seconds an Idempotency-Key is remembered")
     ap.add_argument("--no-verify", action="store_true",
                     help="no canaries and no replication unless a job asks for it")
     ap.add_argument("--canary-share", type=float, default=None)
@@ -51,6 +57,8 @@ def main(argv: list[str] | None = None) -> None:
     overrides = {k: v for k, v in {
         "heartbeat_timeout": a.heartbeat_timeout, "lease_ttl": a.lease_ttl,
         "challenge_window": a.challenge_window, "max_upload_bytes": a.max_upload_bytes,
+        "blob_quota_bytes": a.blob_quota_bytes, "blob_ttl": a.blob_ttl,
+        "idempotency_ttl": a.idempotency_ttl,
     }.items() if v is not None}
     st = replace(st, **overrides)
     if a.no_verify:

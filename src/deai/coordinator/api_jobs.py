@@ -14,7 +14,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
-from deai.coordinator import access, admission, jobs, liveness
+from deai.coordinator import access, admission, idempotency, jobs, liveness
 from deai.coordinator.auth import coordinator, signer
 from deai.coordinator.openai import keys as api_keys
 from deai.coordinator.service import Coordinator
@@ -105,11 +105,23 @@ async def spender(request: Request) -> tuple[str, admission.KeyUse | None]:
 
 @router.post("/jobs", response_model=wire.JobOut, status_code=201)
 def submit(body: wire.JobIn, c: C,
-           who: Annotated[tuple[str, admission.KeyUse | None], Depends(spender)]
-           ) -> wire.JobOut:
+           who: Annotated[tuple[str, admission.KeyUse | None], Depends(spender)],
+           request: Request, response: Response) -> wire.JobOut:
+    """``Idempotency-Key``: a retry with the same key gets the same job, escrowed once
+    (``idempotency``)."""
     me, key = who
-    access.require_blob(c, me, body.input_digest, "input_digest")
-    return jobs.submit(c, me, body, key=key)
+    claim = idempotency.claim(request, me, "POST /api/jobs",
+                              idempotency.canonical(body.model_dump(mode="json")))
+
+    def create(hook: idempotency.Hook | None) -> wire.JobOut:
+        access.require_blob(c, me, body.input_digest, "input_digest")
+        return jobs.submit(c, me, body, key=key, then=None if hook is None else (
+            lambda s, job: hook(s, job.id)))
+
+    out, replayed = idempotency.once(c, claim, create, lambda job_id: jobs.view(c, job_id))
+    if replayed:
+        response.headers[idempotency.REPLAYED] = "true"
+    return out
 
 
 @router.get("/jobs", response_model=dict[str, list[wire.JobOut]])

@@ -33,6 +33,7 @@ from deai.coordinator import (
     matching,
     metrics,
     openai,
+    retention,
 )
 from deai.coordinator.leader import Leader
 from deai.coordinator.service import Coordinator
@@ -84,6 +85,8 @@ def create_app(settings: Settings, coordinator: Coordinator | None = None) -> Fa
                 asyncio.create_task(_matcher(c)),
                 asyncio.create_task(_every(settings.tick, lambda: _upkeep(c), "upkeep")),
                 asyncio.create_task(_every(60.0, c.purge_nonces, "nonce purge")),
+                asyncio.create_task(_every(retention.period(settings),
+                                           lambda: retention.sweep(c), "retention")),
             ]
 
         await elected.campaign(start_loops)

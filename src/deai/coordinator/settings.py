@@ -45,6 +45,12 @@ class Settings:
     # network origin (/24, /48), their hardware fingerprint. A devnet runs every
     # provider on one machine and one address, so there only operators count.
     diversity: tuple[str, ...] = ("operator", "origin", "fingerprint")
+    # Retention (``coordinator.retention``): how long an Idempotency-Key is remembered;
+    # bytes an account may hold in uploads no job or file uses yet, and how long such an
+    # upload is kept before it is deleted.
+    idempotency_ttl: float = 86400.0
+    blob_quota_bytes: int = 4 * 1024**3
+    blob_ttl: float = 86400.0
 
     @property
     def db_url(self) -> str:
@@ -59,4 +65,5 @@ class Settings:
     def for_devnet(self) -> Settings:
         """Short windows so a demo settles in seconds rather than an hour."""
         return replace(self, devnet=True, challenge_window=5.0, heartbeat_timeout=6.0,
-                       lease_ttl=60.0, verify_timeout=30.0, diversity=("operator",))
+                       lease_ttl=60.0, verify_timeout=30.0, diversity=("operator",),
+                       blob_quota_bytes=1024**3)

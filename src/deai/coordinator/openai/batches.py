@@ -17,7 +17,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from deai.coordinator import admission, jobs
+from deai.coordinator import admission, idempotency, jobs
 from deai.coordinator.openai import gateway, keys
 from deai.coordinator.openai import schemas as S
 from deai.coordinator.openai.errors import ApiError
@@ -40,7 +40,9 @@ def file_out(f: ApiFile) -> S.FileOut:
                      purpose=f.purpose)
 
 
-def upload(c: Coordinator, account: str, filename: str, purpose: str, data: bytes) -> S.FileOut:
+def upload(c: Coordinator, account: str, filename: str, purpose: str, data: bytes,
+           hook: idempotency.Hook | None = None) -> S.FileOut:
+    """``hook``: called with the new file's id in the transaction that records it."""
     if purpose != "batch":
         raise ApiError(400, f"purpose {purpose!r} is not supported; use 'batch'",
                        param="purpose")
@@ -52,6 +54,8 @@ def upload(c: Coordinator, account: str, filename: str, purpose: str, data: byte
                       filename=filename[:255] or "upload.jsonl", size=len(data), digest=digest,
                       created_at=c.now())
         s.add(row)
+        if hook is not None:
+            hook(s, row.id)
         return file_out(row)
 
 
@@ -85,7 +89,9 @@ def _model(data: bytes) -> str:
     raise ApiError(400, "the input file's first line needs body.model", param="input_file_id")
 
 
-def create(c: Coordinator, key: keys.KeyInfo, body: S.BatchIn) -> S.BatchOut:
+def create(c: Coordinator, key: keys.KeyInfo, body: S.BatchIn,
+           hook: idempotency.Hook | None = None) -> S.BatchOut:
+    """``hook``: called with the batch's id in the transaction that escrows its job."""
     kind_name = KINDS.get(body.endpoint)
     if kind_name is None:
         raise ApiError(400, f"endpoint {body.endpoint!r} is not supported; use "
@@ -116,6 +122,8 @@ def create(c: Coordinator, key: keys.KeyInfo, body: S.BatchIn) -> S.BatchOut:
                        endpoint=body.endpoint, input_file_id=body.input_file_id, job_id=job.id,
                        completion_window=body.completion_window, meta=body.metadata,
                        created_at=c.now()))
+        if hook is not None:
+            hook(s, batch_id)
 
     jobs.submit(c, key.account, wire.JobIn(spec=spec, input_digest=digest),
                 key=admission.KeyUse(key.id, "batch"), then=record)

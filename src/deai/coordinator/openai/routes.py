@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import json
 import struct
 import time
@@ -25,7 +26,7 @@ from fastapi import APIRouter, Body, Depends, File, Form, Query, Request, Upload
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from deai.coordinator import matching
+from deai.coordinator import idempotency, matching
 from deai.coordinator.auth import coordinator
 from deai.coordinator.openai import batches, compat, files, gateway, keys, tokens
 from deai.coordinator.openai import schemas as S
@@ -225,14 +226,23 @@ async def _stream(c: Coordinator, relay: Relay, started: gateway.Started, owner:
 
 @router.post("/files", response_model=S.FileOut)
 async def upload_file(c: C, key: Key, file: Annotated[UploadFile, File()],
-                      purpose: Annotated[str, Form()]) -> S.FileOut:
+                      purpose: Annotated[str, Form()], request: Request,
+                      response: Response) -> S.FileOut:
     limit = c.settings.max_upload_bytes
     data = await file.read(limit + 1)
     if len(data) > limit:
         raise PayloadTooLarge(f"file is over the {limit}-byte limit", field="file",
                               limit=limit)
-    return await run_in_threadpool(batches.upload, c, key.account, file.filename or "",
-                                   purpose, data)
+    name = file.filename or ""
+    claim = idempotency.claim(request, key.account, "POST /v1/files", purpose.encode(),
+                              name.encode(), hashlib.sha256(data).digest())
+    out, replayed = await run_in_threadpool(
+        idempotency.once, c, claim,
+        lambda hook: batches.upload(c, key.account, name, purpose, data, hook),
+        lambda file_id: batches.get_file(c, key.account, file_id))
+    if replayed:
+        response.headers[idempotency.REPLAYED] = "true"
+    return out
 
 
 @router.get("/files", response_model=S.FileList)
@@ -262,8 +272,16 @@ def file_content(file_id: str, c: C, key: Key) -> Response:
 # --- batches ------------------------------------------------------------------------------
 
 @router.post("/batches", response_model=S.BatchOut)
-def create_batch(raw: Json, c: C, key: Key) -> S.BatchOut:
-    return batches.create(c, key, compat.parse(S.BatchIn, raw))
+def create_batch(raw: Json, c: C, key: Key, request: Request, response: Response
+                 ) -> S.BatchOut:
+    body = compat.parse(S.BatchIn, raw)
+    claim = idempotency.claim(request, key.account, "POST /v1/batches",
+                              idempotency.canonical(body.model_dump(mode="json")))
+    out, replayed = idempotency.once(c, claim, lambda hook: batches.create(c, key, body, hook),
+                                     lambda batch_id: batches.get(c, key.account, batch_id))
+    if replayed:
+        response.headers[idempotency.REPLAYED] = "true"
+    return out
 
 
 @router.get("/batches", response_model=S.BatchList)

@@ -1,0 +1,18 @@
+"""What the coordinator forgets: expired idempotency keys (the leader's loop).
+
+``sweep`` runs on the leader only, every ``period(settings)`` seconds.
+"""
+
+from __future__ import annotations
+
+from deai.coordinator import idempotency
+from deai.coordinator.service import Coordinator
+from deai.coordinator.settings import Settings
+
+
+def period(st: Settings) -> float:
+    return max(st.tick, min(60.0, st.blob_ttl / 4, st.idempotency_ttl / 4))
+
+
+def sweep(c: Coordinator) -> int:
+    return idempotency.purge(c)
