@@ -19,6 +19,7 @@ from starlette.concurrency import run_in_threadpool
 from deai import __version__
 from deai.coordinator import (
     api_chain,
+    api_clusters,
     api_explorer,
     api_hardware,
     api_jobs,
@@ -116,6 +117,7 @@ def create_app(settings: Settings, coordinator: Coordinator | None = None) -> Fa
     app.include_router(api_jobs.router)
     app.include_router(checkpoints.router)
     app.include_router(api_leases.router)  # leases by the hour, their relay and loop
+    app.include_router(api_clusters.router)  # gangs of leases as Ray clusters, their loop
     app.include_router(api_hardware.router)  # hardware challenges, verified units
     api_explorer.install(app)  # read API, event stream, and the page at /explorer/
     metrics.install(app)  # /metrics, and request counts

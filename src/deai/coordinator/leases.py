@@ -150,15 +150,16 @@ def spot_leases(s: Session) -> dict[str, list[core.SpotLease]]:
 
 
 def create(c: Coordinator, owner: str, body: LeaseIn,
-           cfg: LeaseConfig | None = None) -> LeaseOut:
+           cfg: LeaseConfig | None = None, exclude: frozenset[str] = frozenset()) -> LeaseOut:
     """Place and escrow a lease. When no host is free, spot leases that pay less per hour
-    are given notice (``cfg.notice`` seconds) and the new lease goes on their host."""
+    are given notice (``cfg.notice`` seconds) and the new lease goes on their host.
+    Providers in ``exclude`` are passed over (a cluster's members are distinct hosts)."""
     cfg = cfg or LeaseConfig()
     ask = core.Ask(cpus=body.cpus, memory_mb=body.memory_mb, gpus=body.gpus,
                    gpu_model=body.gpu_model, network=body.network, spot=body.spot)
     lid = new_id("lease")
     with c.db.write() as s:
-        candidates = hosts(c, s)
+        candidates = [h for h in hosts(c, s) if h.provider_id not in exclude]
         host, price, rejected = core.choose(ask, candidates, body.max_price_hour,
                                             c.settings.min_stake)
         preempt: list[str] = []

@@ -72,6 +72,9 @@ def parser() -> argparse.ArgumentParser:
                    help="memory to lease out in MiB (default half of this machine's)")
     p.add_argument("--lease-network", action="store_true",
                    help="let leases that ask for it use this machine's network")
+    p.add_argument("--lease-netns", default=None, metavar="NAME",
+                   help="with --lease-network: run lease sandboxes in the network namespace "
+                        "NAME (`ip netns`), e.g. a private network for a cluster's members")
     p.add_argument("--operator", default=None, metavar="KEYNAME",
                    help="the operator key (from `deai keys`) that claims this provider; "
                         "default: the provider is its own operator")
@@ -112,7 +115,8 @@ def main(argv: list[str] | None = None) -> int:
 
         offer = HostOffer(cpus=args.lease_cpus or args.threads,
                           memory_mb=args.lease_memory_mb or hardware.memory_mb() // 2,
-                          prices=args.lease_prices, network=args.lease_network)
+                          prices=args.lease_prices, network=args.lease_network,
+                          netns=args.lease_netns)
     return start(args.coordinator, args.key, threads=args.threads, slots=args.slots,
                  price=args.price, stake=args.stake, name=args.name, models=args.models,
                  prices=prices, lease_offer=offer, operator=args.operator,

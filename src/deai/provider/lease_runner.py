@@ -80,6 +80,26 @@ class HostOffer:
     network: bool = False
     max_processes: int = 512
     file_size_mb: int = 4096
+    netns: str | None = None  # sandboxes join this network namespace (`ip netns`) if set
+
+
+CLONE_NEWNET = 0x40000000
+
+
+def enter_netns(name: str) -> None:
+    """Move the calling *thread* into the network namespace ``name`` (/run/netns/NAME):
+    children it forks are born there. Only the sandbox spawner thread calls this, so the
+    agent's own connections stay on the host's network."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = os.open(f"/run/netns/{name}", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        if libc.setns(fd, CLONE_NEWNET) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"setns into network namespace {name}: {os.strerror(err)}")
+    finally:
+        os.close(fd)
 
 
 def available() -> tuple[bool, str]:
@@ -318,10 +338,23 @@ class LeaseRunner:
         return picked
 
     def _spawner(self) -> None:
+        broken = None
+        if self.offer.netns:
+            try:
+                enter_netns(self.offer.netns)
+            except OSError as exc:  # never start a lease on the host's network instead
+                log.error("leases cannot start: %s", exc)
+                broken = str(exc)
         while not self._stop.is_set():
             try:
                 spec = self._starts.get(timeout=0.5)
             except queue.Empty:
+                continue
+            if broken is not None:
+                with self._lock:
+                    self.state.starting.discard(spec.id)
+                    self.state.failed[spec.id] = broken
+                self._beat_now.set()
                 continue
             self._start(spec)
 

@@ -1,0 +1,133 @@
+"""Runs inside a cluster member's lease (copied there by ``deai cluster up``): starts or
+stops this member's Ray node. Stdlib only at the top; Ray comes from the provider's
+packages on ``PYTHONPATH``.
+
+    python3 cluster_node.py addr                       # {"ip": ...}: this lease's address
+    python3 cluster_node.py head IP CPUS               # {"pid": ..., "ip": ...} once GCS answers
+    python3 cluster_node.py worker IP CPUS HEAD:PORT   # {"pid": ..., "ip": ...}
+    python3 cluster_node.py wait HEAD:PORT N TIMEOUT   # until N nodes are alive
+    python3 cluster_node.py stop PID                   # SIGTERM, then SIGKILL, to its group
+
+The token is read from ``~/.deai/ray_token`` (written by ``up``, mode 0600); Ray's
+token authentication is on for every process started here (``RAY_AUTH_MODE=token``).
+``stop`` signals only the process group of the ``ray start`` it launched: never
+``ray stop``, which would stop every Ray process on the machine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+HOME = os.environ.get("HOME", "/work")
+STATE = os.path.join(HOME, ".deai")
+TOKEN = os.path.join(STATE, "ray_token")
+GCS_PORT = 6379
+DASHBOARD_PORT = 8265
+OBJECT_STORE = 256 * 1024 * 1024
+
+
+def ray_env() -> dict[str, str]:
+    env = dict(os.environ)
+    bin_dir = os.path.join(STATE, "bin")
+    os.makedirs(bin_dir, exist_ok=True)
+    py = os.path.join(bin_dir, "python")
+    if not os.path.lexists(py):  # `python script.py` in a job's entrypoint
+        os.symlink(sys.executable, py)
+    env.update({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": TOKEN,
+                "RAY_USAGE_STATS_ENABLED": "0",
+                "PATH": bin_dir + ":" + env.get("PATH", "/usr/bin:/bin")})
+    return env
+
+
+def address() -> str:
+    """The first IPv4 address of this lease's network that is not loopback."""
+    import psutil  # type: ignore[import-untyped]  # ships with ray[default]
+
+    for _name, addrs in sorted(psutil.net_if_addrs().items()):
+        for a in addrs:
+            if a.family == socket.AF_INET and not a.address.startswith("127."):
+                return str(a.address)
+    raise SystemExit("this lease has no network address but loopback")
+
+
+def wait_port(host: str, port: int, timeout: float, proc: subprocess.Popen[bytes]) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if proc.poll() is not None:
+            raise SystemExit(f"ray start exited with {proc.returncode}; see ~/ray-node.log")
+        try:
+            with socket.create_connection((host, port), timeout=2):
+                return
+        except OSError:
+            time.sleep(0.5)
+    raise SystemExit(f"{host}:{port} did not open within {timeout:.0f} s")
+
+
+def start(args: list[str], ip: str) -> subprocess.Popen[bytes]:
+    log = open(os.path.join(HOME, "ray-node.log"), "ab")  # noqa: SIM115 - the child keeps it
+    return subprocess.Popen(
+        [sys.executable, "-m", "ray.scripts.scripts", "start", "--block",
+         "--node-ip-address", ip, "--disable-usage-stats",
+         "--object-store-memory", str(OBJECT_STORE), *args],
+        stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=ray_env(), cwd=HOME,
+        start_new_session=True)
+
+
+def main(argv: list[str]) -> None:
+    op = argv[0]
+    if op == "addr":
+        print(json.dumps({"ip": address()}))
+    elif op == "head":
+        ip, cpus = argv[1], argv[2]
+        proc = start(["--head", "--port", str(GCS_PORT), "--num-cpus", cpus,
+                      "--dashboard-host", "127.0.0.1", "--dashboard-port",
+                      str(DASHBOARD_PORT), "--include-dashboard", "true"], ip)
+        wait_port(ip, GCS_PORT, 120, proc)
+        wait_port("127.0.0.1", DASHBOARD_PORT, 120, proc)
+        print(json.dumps({"pid": proc.pid, "ip": ip}))
+    elif op == "worker":
+        ip, cpus, head = argv[1], argv[2], argv[3]
+        proc = start(["--address", head, "--num-cpus", cpus], ip)
+        time.sleep(1.0)
+        if proc.poll() is not None:
+            raise SystemExit(f"ray start exited with {proc.returncode}; see ~/ray-node.log")
+        print(json.dumps({"pid": proc.pid, "ip": ip}))
+    elif op == "wait":
+        head, n, timeout = argv[1], int(argv[2]), float(argv[3])
+        os.environ.update(ray_env())
+        import ray
+
+        ray.init(address=head, logging_level=40, log_to_driver=False)
+        end = time.monotonic() + timeout
+        while (alive := len([x for x in ray.nodes() if x.get("Alive")])) < n:  # type: ignore[no-untyped-call]
+            if time.monotonic() > end:
+                raise SystemExit(f"{alive} of {n} Ray nodes alive after {timeout:.0f} s")
+            time.sleep(0.5)
+        print(json.dumps({"alive": alive}))
+    elif op == "stop":
+        pid = int(argv[1])
+        for sig, wait in ((signal.SIGTERM, 15.0), (signal.SIGKILL, 5.0)):
+            try:
+                os.killpg(pid, sig)
+            except ProcessLookupError:
+                break
+            end = time.monotonic() + wait
+            while time.monotonic() < end:
+                try:
+                    os.killpg(pid, 0)
+                except ProcessLookupError:
+                    break
+                time.sleep(0.2)
+        print(json.dumps({"stopped": pid}))
+    else:
+        raise SystemExit(f"unknown operation {op!r}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

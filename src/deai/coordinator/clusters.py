@@ -1,0 +1,241 @@
+"""Clusters on the coordinator: a gang of leases on distinct providers, all or nothing.
+
+A cluster is ``forming → running → ended(reason)`` (``models_clusters.Cluster``):
+
+- ``create``: one lease per node (``leases.create`` with the providers already
+  chosen excluded, so every member is a different host, each with ``network``).
+  If any node cannot be placed, the leases placed so far end at once (nothing
+  started, so the whole escrow comes back) and the request fails with the
+  placement's 409. The first lease is the Ray head.
+- ``tick`` (the cluster loop): a forming cluster becomes ``running`` when every
+  member's lease is active; if that has not happened by ``form_by`` (or a member
+  ended first) every live lease ends and is refunded through the lease
+  machinery (``leases.finish``: charges up to now, refunds the rest, journal
+  entries) and the cluster ends ``not formed``. A running cluster whose head
+  lease ended ends ``head lost`` and its other leases end (refunded past now);
+  a worker whose lease ended (its provider lost: billing already stopped at
+  its last heartbeat) is recorded in ``lost`` with a ``cluster_node_lost``
+  event. When every lease has ended, the cluster ends ``members ended``.
+- ``report_ray``: the owner's CLI, after starting Ray inside the leases, records
+  the head's address and the launcher pids (never the token, which only the
+  owner and the members' sandboxes hold).
+- ``end``: the owner ends every member lease; ``deai cluster down`` first stops
+  the Ray processes it started, by pid, inside each lease.
+
+Money never moves here except through ``leases.finish``: a cluster's bill is the
+sum of its members' (node-seconds at each lease's price).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from deai.coordinator import leases
+from deai.coordinator.service import Coordinator, new_id
+from deai.core.errors import Conflict, Forbidden, NotFound
+from deai.core.leases import EndReason, LeaseStatus
+from deai.core.wire_clusters import ClusterIn, ClusterOut, RayIn
+from deai.core.wire_leases import LeaseIn
+from deai.store.models import Event, Lease
+from deai.store.models_clusters import Cluster
+
+log = logging.getLogger("deai.coordinator.clusters")
+
+FORMING, RUNNING, ENDED = "forming", "running", "ended"
+LIVE = (FORMING, RUNNING)
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    form_timeout: float = 180.0  # seconds for every member's lease to become active
+    tick: float = 1.0
+
+    @classmethod
+    def from_env(cls) -> ClusterConfig:
+        d = cls()
+        return cls(form_timeout=float(os.environ.get("DEAI_CLUSTER_FORM_TIMEOUT",
+                                                     d.form_timeout)),
+                   tick=float(os.environ.get("DEAI_CLUSTER_TICK", d.tick)))
+
+
+def create(c: Coordinator, owner: str, body: ClusterIn,
+           cfg: ClusterConfig | None = None) -> ClusterOut:
+    cfg = cfg or ClusterConfig()
+    cid = new_id("cluster")
+    now = c.now()
+    timeout = body.form_timeout or cfg.form_timeout
+    with c.db.write() as s:
+        s.add(Cluster(id=cid, owner=owner, status=FORMING, nodes=body.nodes, leases=[],
+                      lost=[], created_at=now, form_by=now + timeout))
+        c.emit(s, "cluster_created", cid, owner=owner, nodes=body.nodes)
+    ask = LeaseIn(cpus=body.cpus, memory_mb=body.memory_mb, gpus=body.gpus,
+                  gpu_model=body.gpu_model, hours=body.hours, deposit=body.deposit,
+                  max_price_hour=body.max_price_hour, network=True)
+    placed: list[str] = []
+    hosts: set[str] = set()
+    try:
+        for _ in range(body.nodes):
+            lease = leases.create(c, owner, ask, exclude=frozenset(hosts))
+            placed.append(lease.id)
+            hosts.add(lease.provider_id)
+    except Exception as exc:
+        _abandon(c, cid, placed, f"only {len(placed)} of {body.nodes} nodes placed: {exc}")
+        raise
+    with c.db.write() as s:
+        cl = s.get(Cluster, cid, with_for_update=True)
+        assert cl is not None
+        cl.leases = placed
+        c.emit(s, "cluster_placed", cid, owner=owner, leases=placed, providers=sorted(hosts))
+    c.notifier.published()
+    return show(c, owner, cid)
+
+
+def _abandon(c: Coordinator, cid: str, placed: list[str], why: str) -> None:
+    with c.db.write() as s:
+        cl = s.get(Cluster, cid, with_for_update=True)
+        assert cl is not None
+        cl.leases = placed
+        _end(c, s, cl, "not formed", why, EndReason.OWNER_ENDED)
+    c.notifier.published()
+
+
+def _end(c: Coordinator, s: Session, cl: Cluster, reason: str, detail: str,
+         lease_reason: EndReason) -> None:
+    """End the cluster and every live member lease (billed up to now, the rest refunded)."""
+    now = c.now()
+    for lid in cl.leases:
+        lease = s.get(Lease, lid, with_for_update=True)
+        if lease is not None and lease.status != LeaseStatus.ENDED.value:
+            lease.detail = f"cluster {cl.id} ended: {reason}"
+            leases.finish(c, s, lease, lease_reason, now)
+    cl.status, cl.end_reason, cl.detail, cl.ended_at = ENDED, reason, detail[:1000], now
+    c.emit(s, "cluster_ended", cl.id, owner=cl.owner, reason=reason, detail=detail[:1000])
+    log.info("cluster %s ended: %s (%s)", cl.id, reason, detail)
+
+
+def owned(s: Session, owner: str, cid: str, *, lock: bool = False) -> Cluster:
+    cl = s.get(Cluster, cid, with_for_update=lock)
+    if cl is None:
+        raise NotFound(f"no cluster {cid}", field="cluster")
+    if cl.owner != owner:
+        raise Forbidden("this cluster belongs to another account")
+    return cl
+
+
+def end(c: Coordinator, owner: str, cid: str) -> ClusterOut:
+    with c.db.write() as s:
+        cl = owned(s, owner, cid, lock=True)
+        if cl.status != ENDED:
+            _end(c, s, cl, "owner ended", "ended by its owner", EndReason.OWNER_ENDED)
+    c.notifier.published()
+    return show(c, owner, cid)
+
+
+def report_ray(c: Coordinator, owner: str, cid: str, body: RayIn) -> ClusterOut:
+    with c.db.write() as s:
+        cl = owned(s, owner, cid, lock=True)
+        if cl.status != RUNNING:
+            raise Conflict(f"cluster {cid} is {cl.status}: Ray runs only on a running cluster",
+                           status=cl.status)
+        unknown = sorted(set(body.nodes) - set(cl.leases))
+        if unknown:
+            raise Conflict(f"nodes: {unknown[0]} is not a member of {cid}", field="nodes")
+        cl.ray = {"head_address": body.head_address, "dashboard_port": body.dashboard_port,
+                  "nodes": body.nodes}
+        c.emit(s, "cluster_ray", cid, owner=owner, head_address=body.head_address)
+    return show(c, owner, cid)
+
+
+def tick(c: Coordinator) -> int:
+    """One pass of the cluster loop; the number of clusters that changed state."""
+    now = c.now()
+    changed = 0
+    with c.db.write() as s:
+        for cl in s.scalars(select(Cluster).where(Cluster.status.in_(LIVE))
+                            .order_by(Cluster.id).with_for_update()).all():
+            if not cl.leases:  # still being placed (or create failed mid-way)
+                if now > cl.form_by:
+                    _end(c, s, cl, "not formed", "placement did not finish",
+                         EndReason.OWNER_ENDED)
+                    changed += 1
+                continue
+            rows = {x.id: x for x in s.scalars(select(Lease).where(Lease.id.in_(cl.leases)))}
+            changed += _step(c, s, cl, rows, now)
+    if changed:
+        c.notifier.published()
+    return changed
+
+
+def _step(c: Coordinator, s: Session, cl: Cluster, rows: dict[str, Lease], now: float) -> int:
+    status = {lid: (rows[lid].status if lid in rows else LeaseStatus.ENDED.value)
+              for lid in cl.leases}
+    ended = [lid for lid in cl.leases if status[lid] == LeaseStatus.ENDED.value]
+    if cl.status == FORMING:
+        if all(v == LeaseStatus.ACTIVE.value for v in status.values()):
+            cl.status, cl.ready_at = RUNNING, now
+            c.emit(s, "cluster_formed", cl.id, owner=cl.owner, seconds=now - cl.created_at)
+            return 1
+        if ended or now > cl.form_by:
+            why = (f"member {ended[0]} ended before the gang formed "
+                   f"({rows[ended[0]].end_reason if ended[0] in rows else 'gone'})"
+                   if ended else f"not every member started within "
+                                 f"{cl.form_by - cl.created_at:.0f} s")
+            _end(c, s, cl, "not formed", why, EndReason.OWNER_ENDED)
+            return 1
+        return 0
+    head = cl.leases[0]
+    if head in ended:
+        lease = rows.get(head)
+        _end(c, s, cl, "head lost", f"the head's lease {head} ended: "
+             f"{lease.end_reason if lease else 'gone'} ({(lease.detail if lease else '') or ''})",
+             EndReason.OWNER_ENDED)
+        return 1
+    new_lost = [lid for lid in ended if lid not in cl.lost]
+    for lid in new_lost:
+        lease = rows.get(lid)
+        cl.lost = [*cl.lost, lid]
+        c.emit(s, "cluster_node_lost", cl.id, owner=cl.owner, lease=lid,
+               provider=lease.provider_id if lease else None,
+               reason=lease.end_reason if lease else None)
+    if len(ended) == len(cl.leases):
+        _end(c, s, cl, "members ended", "every member's lease ended", EndReason.OWNER_ENDED)
+        return 1
+    return 1 if new_lost else 0
+
+
+# --- views ------------------------------------------------------------------------------------
+
+def cluster_out(s: Session, cl: Cluster, c: Coordinator, *, events: bool = False) -> ClusterOut:
+    rows = {x.id: x for x in s.scalars(select(Lease).where(Lease.id.in_(cl.leases)))} \
+        if cl.leases else {}
+    members = [leases.lease_out(rows[lid], c) for lid in cl.leases if lid in rows]
+    out = ClusterOut(
+        id=cl.id, owner=cl.owner, status=cl.status, end_reason=cl.end_reason,
+        detail=cl.detail, nodes=cl.nodes, head_lease=cl.leases[0] if cl.leases else None,
+        leases=list(cl.leases), lost=list(cl.lost), ray=cl.ray,
+        price_hour=sum(m.price_hour for m in members if m.status != LeaseStatus.ENDED.value),
+        escrow=sum(m.escrow for m in members), charged=sum(m.charged for m in members),
+        refunded=sum(m.refunded for m in members), created_at=cl.created_at,
+        form_by=cl.form_by, ready_at=cl.ready_at, ended_at=cl.ended_at, members=members)
+    if events:
+        evs = s.scalars(select(Event).where(Event.subject == cl.id).order_by(Event.id)
+                        .limit(200)).all()
+        out.events = [{"ts": e.ts, "kind": e.kind, **e.body} for e in evs]
+    return out
+
+
+def show(c: Coordinator, owner: str, cid: str) -> ClusterOut:
+    with c.db.read() as s:
+        return cluster_out(s, owned(s, owner, cid), c, events=True)
+
+
+def listing(c: Coordinator, owner: str, limit: int = 100) -> list[ClusterOut]:
+    with c.db.read() as s:
+        rows = s.scalars(select(Cluster).where(Cluster.owner == owner)
+                         .order_by(Cluster.created_at.desc()).limit(limit)).all()
+        return [cluster_out(s, x, c) for x in rows]
