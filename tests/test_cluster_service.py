@@ -1,0 +1,175 @@
+"""The coordinator's cluster rules on a real database (SQLite and PostgreSQL), the clock
+driven by the test: a gang on distinct providers, all or nothing (too many nodes, or not
+formed in time: every lease refunded in full); a lost worker is an event and its billing
+stops at its last heartbeat; a lost head ends the cluster with a reason and the other
+members are refunded past now; reads are the owner's only; the journal audits."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from deai.coordinator import clusters, leases
+from deai.coordinator.service import Coordinator
+from deai.coordinator.settings import Settings
+from deai.core import ledger
+from deai.core.clock import ManualClock
+from deai.core.errors import Conflict, Forbidden, NoCapacity
+from deai.core.wire_clusters import ClusterIn, RayIn
+from deai.core.wire_leases import HostIn
+from deai.store import journal, migrate
+from deai.store.models import Event, JournalEntry, Lease, Provider
+
+OWNER, OTHER = "a" * 64, "c" * 64
+HOSTS = ["b" * 63 + str(i) for i in range(3)]
+STAKE = 10_000_000
+CFG = leases.LeaseConfig(grace=30.0, warn=60.0, settle_every=10.0, start_timeout=600.0,
+                         penalty_bps=100)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def c(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Coordinator]:
+    url = "" if request.param == "sqlite" else request.getfixturevalue("fresh_pg_url")
+    coord = Coordinator(Settings(data_dir=tmp_path, database_url=url, devnet=True,
+                                 fee_bps=500, challenge_window=100.0), clock=ManualClock())
+    migrate.upgrade(coord.db.engine)
+    with coord.db.write() as s:
+        for h in HOSTS:
+            s.add(Provider(id=h, name=h[-4:], hardware={}, benchmark={}, registered_at=0.0,
+                           last_seen=coord.now(), capabilities={"sandbox": True}))
+        s.flush()
+        for h in HOSTS:
+            coord.settlement.post(s, ledger.faucet(h, STAKE))
+            coord.settlement.post(s, ledger.bond(h, STAKE))
+        coord.settlement.post(s, ledger.faucet(OWNER, 100_000_000))
+    for h in HOSTS:
+        leases.set_host(coord, CFG, h, HostIn(cpus=2, memory_mb=8192, network=True,
+                                              prices={"cpu": 360_000, "memory_gb": 36_000}))
+    try:
+        yield coord
+    finally:
+        coord.db.dispose()
+
+
+def ask(**kw: object) -> ClusterIn:
+    fields: dict[str, object] = {"nodes": 3, "cpus": 1, "memory_mb": 1024, "hours": 1,
+                                 "max_price_hour": 10**6, **kw}
+    return ClusterIn.model_validate(fields)
+
+
+def beat(c: Coordinator, up: list[str]) -> None:
+    """Each provider in ``up`` heartbeats the live leases it hosts."""
+    with c.db.read() as s:
+        rows = s.scalars(select(Lease).where(Lease.status.in_(leases.LIVE))).all()
+        mine = {h: [x.id for x in rows if x.provider_id == h] for h in up}
+    for h, ids in mine.items():
+        leases.heartbeat(c, h, ids, {})
+
+
+def advance(c: Coordinator, seconds: float, up: list[str]) -> None:
+    clock = c.clock
+    assert isinstance(clock, ManualClock)
+    left = seconds
+    while left > 0:
+        step = min(5.0, left)
+        clock.advance(step)
+        left -= step
+        beat(c, up)
+        leases.tick(c, CFG)
+        clusters.tick(c)
+
+
+def balance(c: Coordinator, account: str) -> int:
+    with c.db.read() as s:
+        return journal.balance(s, account)
+
+
+def audit(c: Coordinator) -> None:
+    with c.db.read() as s:
+        rows = s.scalars(select(JournalEntry).order_by(JournalEntry.seq)).all()
+        claimed = journal.balances(s, {a for r in rows for a, _ in r.postings})
+        rep = ledger.audit([journal.to_entry(r) for r in rows], claimed)
+    assert rep.ok, rep.problems
+
+
+def test_gang_forms_on_distinct_hosts_and_loses_a_worker_then_the_head(c: Coordinator) -> None:
+    cl = clusters.create(c, OWNER, ask())
+    assert cl.status == "forming" and len(cl.leases) == 3
+    assert sorted(m.provider_id for m in cl.members) == sorted(HOSTS)  # distinct hosts
+    with pytest.raises(Forbidden):
+        clusters.show(c, OTHER, cl.id)
+    with pytest.raises(Conflict):  # Ray is reported only on a running cluster
+        clusters.report_ray(c, OWNER, cl.id, RayIn(head_address="10.0.0.1:6379",
+                                                    dashboard_port=8265))
+    advance(c, 5, HOSTS)
+    cl = clusters.show(c, OWNER, cl.id)
+    assert cl.status == "running" and all(m.status == "active" for m in cl.members)
+    head = cl.members[0].provider_id
+    worker = cl.members[2].provider_id
+    alive = [h for h in HOSTS if h != worker]
+
+    # a worker's provider goes silent: its lease ends `provider lost`, billed only up to
+    # its last heartbeat; the cluster keeps running and records the loss
+    advance(c, 20, HOSTS)
+    advance(c, 60, alive)
+    cl = clusters.show(c, OWNER, cl.id)
+    assert cl.status == "running" and cl.lost == [cl.leases[2]]
+    lost = cl.members[2]
+    assert lost.status == "ended" and lost.end_reason == "provider lost"
+    assert lost.charged + lost.refunded == lost.escrow and lost.refunded > 0
+    assert any(e["kind"] == "cluster_node_lost" for e in cl.events)
+    charged_then = lost.charged
+    advance(c, 20, alive)
+    assert clusters.show(c, OWNER, cl.id).members[2].charged == charged_then  # stopped
+
+    # the head's provider goes silent: the cluster ends `head lost`, the rest refunded
+    advance(c, 60, [h for h in alive if h != head])
+    cl = clusters.show(c, OWNER, cl.id)
+    assert cl.status == "ended" and cl.end_reason == "head lost", cl.detail
+    assert all(m.status == "ended" for m in cl.members)
+    assert cl.charged + cl.refunded == cl.escrow and cl.refunded > 0
+    audit(c)
+
+
+def test_all_or_nothing(c: Coordinator) -> None:
+    before = balance(c, ledger.acct(OWNER)) if hasattr(ledger, "acct") else None
+    with pytest.raises(NoCapacity):  # three hosts, four nodes: nothing stays placed
+        clusters.create(c, OWNER, ask(nodes=4))
+    (cl,) = clusters.listing(c, OWNER)
+    assert cl.status == "ended" and cl.end_reason == "not formed"
+    assert len(cl.leases) == 3 and cl.charged == 0 and cl.refunded == cl.escrow
+    if before is not None:
+        assert balance(c, ledger.acct(OWNER)) == before
+
+    # placed, but the members never start: at the form timeout every lease is refunded
+    cl = clusters.create(c, OWNER, ask(form_timeout=30))
+    advance(c, 25, [])
+    assert clusters.show(c, OWNER, cl.id).status == "forming"
+    advance(c, 10, [])
+    cl = clusters.show(c, OWNER, cl.id)
+    assert cl.status == "ended" and cl.end_reason == "not formed"
+    assert cl.charged == 0 and cl.refunded == cl.escrow
+    with c.db.read() as s:
+        kinds = {e.kind for e in s.scalars(select(Event).where(Event.subject == cl.id))}
+    assert {"cluster_created", "cluster_placed", "cluster_ended"} <= kinds
+    audit(c)
+
+
+def test_owner_ends_a_running_cluster(c: Coordinator) -> None:
+    cl = clusters.create(c, OWNER, ask(nodes=2))
+    advance(c, 5, HOSTS)
+    cl = clusters.report_ray(c, OWNER, cl.id, RayIn(
+        head_address="10.0.0.1:6379", dashboard_port=8265,
+        nodes={cl.leases[0]: {"role": "head", "pid": 7, "ip": "10.0.0.1"}}))
+    assert cl.ray and cl.ray["head_address"] == "10.0.0.1:6379"
+    with pytest.raises(Conflict):  # a lease that is not a member
+        clusters.report_ray(c, OWNER, cl.id, RayIn(head_address="x:1", dashboard_port=1,
+                                                    nodes={"lease_0": {}}))
+    advance(c, 30, HOSTS)
+    cl = clusters.end(c, OWNER, cl.id)
+    assert cl.status == "ended" and cl.end_reason == "owner ended"
+    assert cl.charged > 0 and cl.charged + cl.refunded == cl.escrow
+    audit(c)
