@@ -20,7 +20,7 @@ from typing import Any
 from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
-from deai.coordinator import access, admission, checkpoints, effects, verify
+from deai.coordinator import access, admission, checkpoints, effects, hoarding, verify
 from deai.coordinator.matching import all_provider_states, provider_states, stake_needed
 from deai.coordinator.service import Coordinator
 from deai.core import auth, kinds, ledger, market, specs, wire
@@ -292,9 +292,11 @@ def expire_leases(c: Coordinator) -> int:
         if a.status != AssignmentStatus.LEASED:
             return False
         last_seen = s.scalar(select(Provider.last_seen).where(Provider.id == a.provider_id))
-        if a.lease_deadline < now:
-            why = "lease deadline passed"
-        elif (last_seen or 0.0) < stale:
+        if a.lease_deadline < now and (last_seen or 0.0) >= stale:
+            why = hoarding.LAPSE  # alive, and sat on it: that costs (``hoarding``)
+            if a.delivered:
+                hoarding.on_lapse(c, s, a, job.kind)
+        elif a.lease_deadline < now or (last_seen or 0.0) < stale:
             why = "provider stopped heartbeating"
         else:
             return False

@@ -161,7 +161,8 @@ def _place_round(c: Coordinator, s: Session, rows: Sequence[Any],
     for a in s.execute(select(Assignment.task_id, Assignment.provider_id, Assignment.status)
                        .where(Assignment.task_id.in_([t.id for t, _ in rows]))):
         touched[a.task_id].add(a.provider_id)
-        if a.status in (AssignmentStatus.REJECTED, AssignmentStatus.FAILED):
+        if a.status in (AssignmentStatus.REJECTED, AssignmentStatus.FAILED,
+                        AssignmentStatus.EXPIRED):  # a lapsed lease too (``hoarding``)
             failed[a.task_id].add(a.provider_id)
     seen = canaries.seen_by(s, [t for t, _ in rows])
     load = {p.id: p.load for p in providers}
