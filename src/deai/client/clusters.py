@@ -29,6 +29,7 @@ import secrets
 import shlex
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -127,19 +128,25 @@ class Clusters:
                   timeout: float = 180.0) -> dict[str, Any]:
         token = secrets.token_hex(32)
         script = Path(cluster_node.__file__).read_bytes()
-        for lid in cl.leases:
+
+        def prepare(lid: str) -> str:
             self.leases.put(lid, script, NODE_SCRIPT, mode=0o644)
             self.leases.put(lid, token.encode(), ".deai/ray_token", mode=0o600)
-        head = cl.leases[0]
-        ip = self.node(head, "addr")["ip"]
-        say(f"starting the Ray head in {head} ({ip})")
-        nodes: dict[str, dict[str, Any]] = {head: {**self.node(head, "head", ip, str(cpus)),
-                                                   "role": "head"}}
-        gcs = f"{ip}:{cluster_node.GCS_PORT}"
-        for lid in cl.leases[1:]:
-            wip = self.node(lid, "addr")["ip"]
-            say(f"starting a Ray worker in {lid} ({wip})")
-            nodes[lid] = {**self.node(lid, "worker", wip, str(cpus), gcs), "role": "worker"}
+            return str(self.node(lid, "addr")["ip"])
+
+        with ThreadPoolExecutor(max_workers=min(8, len(cl.leases))) as pool:
+            ips = dict(zip(cl.leases, pool.map(prepare, cl.leases), strict=True))
+            head = cl.leases[0]
+            say(f"starting the Ray head in {head} ({ips[head]})")
+            nodes: dict[str, dict[str, Any]] = {
+                head: {**self.node(head, "head", ips[head], str(cpus)), "role": "head"}}
+            gcs = f"{ips[head]}:{cluster_node.GCS_PORT}"
+
+            def worker(lid: str) -> dict[str, Any]:
+                say(f"starting a Ray worker in {lid} ({ips[lid]})")
+                return {**self.node(lid, "worker", ips[lid], str(cpus), gcs), "role": "worker"}
+
+            nodes.update(zip(cl.leases[1:], pool.map(worker, cl.leases[1:]), strict=True))
         self.node(head, "wait", gcs, str(len(cl.leases)), str(timeout))
         self.report_ray(cl.id, RayIn(head_address=gcs,
                                      dashboard_port=cluster_node.DASHBOARD_PORT, nodes=nodes))
