@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from deai.client import keys
+from deai.client.audit import client_audit
 from deai.client.keys import Identity
 from deai.client.sdk import Client
 from deai.core import auth, ledger, wire
@@ -77,14 +78,9 @@ class HandProvider:
 
 
 def audit_ok(c: Client) -> ledger.AuditReport:
-    entries, after = [], 0
-    while True:
-        page = c.journal(after=after, limit=500)
-        if not page.entries:
-            break
-        entries += [ledger.Entry.from_dict(e) for e in page.entries]
-        after = entries[-1].seq
-    rep = ledger.audit(entries, c.all_balances())
+    """The client-side replay of the whole journal, each balance page compared at the
+    journal head it was read at (the network may keep moving money while we read)."""
+    rep = client_audit(c).report
     assert rep.ok, rep.problems
     return rep
 
@@ -116,8 +112,8 @@ def journal(c: Client) -> list[ledger.Entry]:
 
 def check_books(c: Client, job_id: str) -> None:
     """Audit holds; each task was paid exactly once; cost + refund = escrow."""
-    entries = journal(c)
-    rep = ledger.audit(entries, c.all_balances())
+    got = client_audit(c)
+    rep, entries = got.report, got.entries
     assert rep.ok, rep.problems
     job = c.job(job_id)
     paid = [e.body["task"] for e in entries if e.kind == "payout" and e.body["job"] == job_id]

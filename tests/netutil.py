@@ -84,9 +84,15 @@ class Network:
         # listed to the coordinator; ``start_verifier`` runs their processes.
         self.verifier_names = [f"verifier-{i}" for i in range(1, verifiers + 1)]
         for name in self.verifier_names:
-            self.flags += ["--verifier-key", keys.create(name, exist_ok=True).id]
+            self.flags += ["--verifier-key", self.key(name).id]
         self.coordinator: Proc | None = None
         self.providers: dict[str, Proc] = {}
+
+    def key(self, name: str) -> keys.Identity:
+        """The key ``name`` in this network's home, created if new. A module may hold more
+        than one network, so the process-wide ``DEAI_HOME`` is pointed here first."""
+        os.environ["DEAI_HOME"] = self.env["DEAI_HOME"]
+        return keys.create(name, exist_ok=True)
 
     def start_coordinator(self) -> None:
         args = [sys.executable, "-m", "deai.coordinator", "--port", str(self.port),
@@ -112,7 +118,7 @@ class Network:
 
     def start_provider(self, name: str, price: int = 1000, *extra: str,
                        env: dict[str, str] | None = None) -> Proc:
-        keys.create(name, exist_ok=True)
+        self.key(name)
         if "--models" not in extra:  # embeddings only unless a test asks for more
             extra = ("--models", "all-MiniLM-L6-v2", *extra)
         # Each agent its own loopback address and machine, as on separate machines, so the
@@ -146,7 +152,7 @@ class Network:
         raise TimeoutError(f"fewer than {n} providers came online")
 
     def client(self, name: str | None = None) -> Client:
-        ident = keys.create(name, exist_ok=True) if name else None
+        ident = self.key(name) if name else None
         return Client(self.url, ident)
 
     def wait_job(self, client: Client, job_id: str, timeout: float = 240.0) -> str:

@@ -9,6 +9,7 @@ blobs here are arbitrary bytes.
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -112,10 +113,16 @@ class Hand:
         self.c.bond(10_000_000)
 
     def take(self) -> wire.AssignmentOut:
-        self.c.heartbeat([])  # a poll is no sign of life: beat as an agent does
-        got = self.c.poll(wait=10).assignments
-        assert len(got) == 1
-        return got[0]
+        # A poll is no sign of life: beat between short polls as an agent does, or this
+        # hand would go offline itself (heartbeat_timeout=2) while it waits for the task.
+        end = time.monotonic() + 90
+        while time.monotonic() < end:
+            self.c.heartbeat([])
+            got = self.c.poll(wait=1).assignments
+            if got:
+                assert len(got) == 1
+                return got[0]
+        raise AssertionError("no assignment within 90 s")
 
     def post(self, a: wire.AssignmentOut, step: int, data: bytes, chain_hash: str
              ) -> wire.CheckpointOut:

@@ -16,8 +16,7 @@ import numpy as np
 import pytest
 
 from deai.client import keys
-from deai.core import ledger
-from tests.helpers import check_books, journal, sample
+from tests.helpers import audit_ok, check_books, journal, sample
 from tests.netutil import Network
 from tests.test_e2e_verify import honest_vectors
 
@@ -91,5 +90,4 @@ def test_bf16_embeddings_cheater_is_caught_and_slashed(approx_net: Network) -> N
         assert after[pid].stake == stake_before[pid]
     for job_id in jobs:
         check_books(c, job_id)
-    audit = ledger.audit(entries, c.all_balances())
-    assert audit.ok, audit.problems
+    audit_ok(c)

@@ -15,8 +15,7 @@ import pytest
 
 from deai.client import keys
 from deai.client.sdk import Client
-from deai.core import ledger
-from tests.helpers import check_books, honest_vectors, journal, sample, start_cheater  # noqa: F401
+from tests.helpers import audit_ok, check_books, honest_vectors, journal, sample, start_cheater  # noqa: F401
 from tests.netutil import Network
 
 pytestmark = pytest.mark.slow
@@ -89,8 +88,7 @@ def test_cheater_is_caught_and_slashed_and_clients_get_correct_results(
     assert rep < min(after[pid].reputation for pid in honest)
     for job_id in jobs:
         check_books(c, job_id)
-    rep_audit = ledger.audit(entries, c.all_balances())
-    assert rep_audit.ok, rep_audit.problems
+    audit_ok(c)
 
 
 @pytest.mark.parametrize("mode", ["wrong", "truncate"])

@@ -28,7 +28,7 @@ from deai.coordinator.service import Coordinator
 from deai.coordinator.settings import Settings
 from deai.core import ledger, wire
 from deai.store.models import Event, HwChallenge
-from tests.helpers import HW_ENV
+from tests.helpers import HW_ENV, audit_ok
 from tests.netutil import Network, Proc
 
 pytestmark = pytest.mark.slow
@@ -53,6 +53,19 @@ def busy_net(tmp_path: Path) -> Iterator[Network]:
     which still flags a 4x overclaim; production's 1.5 assumes a machine of its own."""
     n = Network(tmp_path, heartbeat_timeout=6.0, verify=False)
     n.env.update({**HW_ENV, "DEAI_HW_MARGIN": "4"})
+    n.start_coordinator()
+    try:
+        yield n
+    finally:
+        n.close()
+
+
+@pytest.fixture
+def patient_net(tmp_path: Path) -> Iterator[Network]:
+    """Deadlines no busy test machine misses (30 s latency allowance): what flags a
+    provider here is what it computed, never when."""
+    n = Network(tmp_path, heartbeat_timeout=6.0, verify=False)
+    n.env.update({**HW_ENV, "DEAI_HW_LATENCY_S": "30"})
     n.start_coordinator()
     try:
         yield n
@@ -161,14 +174,12 @@ def test_honest_provider_passes_every_round_under_load(busy_net: Network) -> Non
 def test_cheaters_are_flagged_within_three_challenges(net: Network) -> None:
     start(net, "fast-talker", env={"DEAI_HW_CHEAT": "overclaim=2"})
     start(net, "no-memory", env={"DEAI_HW_CHEAT": "memory_mb=16384"}, data_limit_mb=1536)
-    start(net, "approximator", env={"DEAI_HW_CHEAT": "wrong"})
-    net.wait_providers(3, timeout=400)
-    got = wait_for(net, "three cheaters flagged",
+    net.wait_providers(2, timeout=400)
+    got = wait_for(net, "two cheaters flagged",
                    lambda g: all(g.get(n, {}).get("status") == "flagged"
-                                 for n in ("fast-talker", "no-memory", "approximator")))
+                                 for n in ("fast-talker", "no-memory")))
     coord = reader(net)
-    for name, first_fail in (("fast-talker", "slow"), ("no-memory", "error"),
-                             ("approximator", "wrong")):
+    for name, first_fail in (("fast-talker", "slow"), ("no-memory", "error")):
         rows = challenges(coord, got[name]["provider"])
         flagged_by = flagging_challenge(coord, got[name]["provider"])
         order = [r.id for r in rows if r.status not in ("issued", "committed")]
@@ -176,7 +187,6 @@ def test_cheaters_are_flagged_within_three_challenges(net: Network) -> None:
         assert flagged_by in order and order.index(flagged_by) < 3, (name, outcomes)
         assert first_fail in outcomes[:3] and "passed" not in outcomes, (name, outcomes)
     assert got["no-memory"]["verified_memory_mb"] == 0
-    assert got["approximator"]["verified_units"] == 0
     assert 0 < got["fast-talker"]["verified_units"] < 0.75 * got["fast-talker"]["claimed_units"]
 
     # matching's inputs, through the hook: the wrong one is out, the others keep only
@@ -184,7 +194,6 @@ def test_cheaters_are_flagged_within_three_challenges(net: Network) -> None:
     with coord.db.read() as s:
         states = {st.id: st for st in hardware.apply_verified(coord, s,
                                                               provider_states(coord, s))}
-    assert got["approximator"]["provider"] not in states
     nomem = states.get(got["no-memory"]["provider"])
     assert nomem is None or nomem.memory_mb == 0
     fast = states.get(got["fast-talker"]["provider"])
@@ -198,7 +207,28 @@ def test_cheaters_are_flagged_within_three_challenges(net: Network) -> None:
     slashes = [e for e in entries if e.kind == "slash"
                and e.body.get("provider") == got["fast-talker"]["provider"]]
     assert slashes and slashes[0].body["reason"] == "hardware challenge"
-    assert ledger.audit(entries, c.all_balances()).ok
+    audit_ok(c)
+
+
+def test_a_wrong_product_is_flagged_whatever_the_time(patient_net: Network) -> None:
+    """An agent that computes the challenge in bfloat16 (cheap, wrong) is flagged by its
+    answer alone, is out of matching's inputs and never passes."""
+    net = patient_net
+    start(net, "approximator", env={"DEAI_HW_CHEAT": "wrong"})
+    net.wait_providers(1, timeout=400)
+    got = wait_for(net, "the approximator flagged",
+                   lambda g: g.get("approximator", {}).get("status") == "flagged")
+    coord = reader(net)
+    pid = got["approximator"]["provider"]
+    rows = challenges(coord, pid)
+    order = [r.id for r in rows if r.status not in ("issued", "committed")]
+    outcomes = judged(rows)
+    assert flagging_challenge(coord, pid) in order[:3], outcomes
+    assert "wrong" in outcomes[:3] and "passed" not in outcomes, outcomes
+    assert got["approximator"]["verified_units"] == 0
+    with coord.db.read() as s:
+        states = {st.id for st in hardware.apply_verified(coord, s, provider_states(coord, s))}
+    assert pid not in states
 
 
 def test_a_changed_identity_is_challenged_again(net: Network) -> None:
