@@ -24,7 +24,6 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from deai.client import keys
 from deai.client.keys import Identity
 from deai.client.sdk import Client
 from deai.coordinator import matching
@@ -267,8 +266,7 @@ def test_forwarded_for_is_trusted_only_when_configured(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_agent_registers_with_its_operator_and_machine(net: Network) -> None:
-    ops = keys.create("ops-agent", exist_ok=True)
-    me = keys.create("agent-1", exist_ok=True)
+    ops, me = net.key("ops-agent"), net.key("agent-1")
     net.start_provider("agent-1", 1000, "--operator", "ops-agent", "--machine-id", "rack-7",
                        "--source-address", "127.0.0.9")
     net.wait_providers(1)
@@ -286,3 +284,20 @@ def test_agent_registers_with_its_operator_and_machine(net: Network) -> None:
         time.sleep(0.5)
     assert bad.p.returncode == 1, bad.tail()
     assert "no-such-key" in bad.tail()
+
+
+def test_a_slashed_or_offline_party_still_excludes_its_sybils() -> None:
+    """A key that touched a task but is no longer a candidate (slashed below the minimum,
+    offline, flagged) keeps its identity for exclusion: its operator's other key may not
+    check, re-execute or redo that task."""
+    def state(pid: str, operator: str) -> ProviderState:
+        return ProviderState(id=pid, online=True, stake=10, memory_mb=1024, slots=1,
+                             operator=operator)
+
+    gone, partner = state("gone", "ring"), state("partner", "ring")
+    honest = state("honest", "honest")
+    attrs = ("operator", "origin", "fingerprint")
+    index = matching._ConflictIndex([partner, honest], attrs, [gone])
+    assert index.around({"gone"}) == {"gone", "partner"}
+    # Without the absent party's identity the partner would slip through.
+    assert matching._ConflictIndex([partner, honest], attrs).around({"gone"}) == {"gone"}
