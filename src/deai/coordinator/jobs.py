@@ -15,13 +15,14 @@ import base64
 import functools
 import hashlib
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
-from deai.coordinator import access, admission, checkpoints, effects, hoarding, verify
-from deai.coordinator.matching import all_provider_states, provider_states, stake_needed
+from deai.coordinator import access, admission, capacity, checkpoints, effects, hoarding, verify
+from deai.coordinator.matching import all_provider_states, stake_needed
 from deai.coordinator.service import Coordinator
 from deai.core import auth, kinds, ledger, market, specs, wire
 from deai.core.errors import Conflict, Forbidden, InvalidInput, NoCapacity, NotFound
@@ -36,7 +37,10 @@ from deai.core.lifecycle import (
 from deai.core.lifecycle import decide as D
 from deai.core.lifecycle.effects import RefreshJob
 from deai.core.money import cost_for_units
+from deai.store.blobs import digest_of
 from deai.store.models import Assignment, Event, Job, Payout, Provider, Task
+
+_SHARD_WRITER = ThreadPoolExecutor(max_workers=4, thread_name_prefix="deai-shards")
 
 
 def quote(c: Coordinator, q: wire.QuoteIn) -> wire.QuoteOut:
@@ -49,14 +53,19 @@ def quote(c: Coordinator, q: wire.QuoteIn) -> wire.QuoteOut:
     return _quote_out(c, spec, q.shard_units, providers)
 
 
-def _quote_out(c: Coordinator, spec: specs.JobSpec, shard_units: list[int],
-               providers: list[market.ProviderState]) -> wire.QuoteOut:
+def _demand(c: Coordinator, spec: specs.JobSpec, shard_units: list[int]) -> market.TaskDemand:
+    """The job's largest task, as matching sees it: what a quote is for."""
     info = kinds.get(spec.kind).model(spec)
     biggest = max(shard_units)
-    d = market.TaskDemand(id="quote", workload=spec.kind, model=info.name,
-                          max_price=spec.max_price, memory_mb=info.memory_mb, units=biggest,
-                          stake_needed=stake_needed(c, cost_for_units(biggest,
-                                                                      spec.max_price)))
+    return market.TaskDemand(id="quote", workload=spec.kind, model=info.name,
+                             max_price=spec.max_price, memory_mb=info.memory_mb, units=biggest,
+                             stake_needed=stake_needed(c, cost_for_units(biggest,
+                                                                         spec.max_price)))
+
+
+def _quote_out(c: Coordinator, spec: specs.JobSpec, shard_units: list[int],
+               providers: list[market.ProviderState]) -> wire.QuoteOut:
+    d = _demand(c, spec, shard_units)
     r = market.quote(d, shard_units, providers, c.settings.min_stake)
     return wire.QuoteOut(
         units=r.units, best_price=r.best_price, estimated_cost=r.estimated_cost,
@@ -82,34 +91,49 @@ def submit(c: Coordinator, owner: str, body: wire.JobIn, *,
     shards = kind.split(spec, c.blobs.get(body.input_digest))
     shard_units = [sh.max_units for sh in shards]
     max_cost = sum(cost_for_units(u, spec.max_price) for u in shard_units)
-    shard_digests = [c.blobs.put(sh.payload) for sh in shards]
+    # The shards go to disk (one pack, one fsync for the whole job) while the
+    # transaction below checks capacity and escrows; it commits the tasks that name
+    # them only once they are durable (the wait at the end of ``create``).
+    payloads = [sh.payload for sh in shards]
+    stored = _SHARD_WRITER.submit(c.blobs.put_many, payloads)
+    shard_digests = [digest_of(p) for p in payloads]
 
-    def create(s: Session) -> Job:
-        # Only online providers can be eligible: every other one is read (for the
-        # reasons in the refusal) only when none of them can take the job.
-        q = _quote_out(c, spec, shard_units, provider_states(c, s))
-        if not q.eligible:
+    def create(s: Session) -> wire.JobOut:
+        # One eligible provider admits the job (read from the offers, a few at a time);
+        # every provider is read, for the reasons in the refusal, only when none is.
+        if not capacity.any_eligible(c, s, _demand(c, spec, shard_units)):
             q = _quote_out(c, spec, shard_units, all_provider_states(c, s))
-        if not q.eligible:
-            reasons = {p["provider"][:12]: p["reasons"] for p in q.ineligible}
-            why = "; ".join(f"{k}: {', '.join(v)}" for k, v in reasons.items()) \
-                or "no provider is registered"
-            raise NoCapacity(f"no provider can run this job ({why})", field="spec",
-                             providers=q.ineligible)
+            if not q.eligible:
+                reasons = {p["provider"][:12]: p["reasons"] for p in q.ineligible}
+                why = "; ".join(f"{k}: {', '.join(v)}" for k, v in reasons.items()) \
+                    or "no provider is registered"
+                raise NoCapacity(f"no provider can run this job ({why})", field="spec",
+                                 providers=q.ineligible)
         job, _ = admission.create(
             c, s, owner=owner, kind=spec.kind, model=model, spec=spec.model_dump(),
             input_digest=body.input_digest, max_price=spec.max_price,
             shards=[admission.ShardIn(d, sh.items, sh.max_units)
                     for d, sh in zip(shard_digests, shards, strict=True)],
-            escrow=max_cost, deadline=spec.deadline, key=key)
+            escrow=max_cost, deadline=spec.deadline, key=key, want_tasks=False)
         if then is not None:
             then(s, job)
-        return job
+        stored.result()  # raises if the shards could not be stored: nothing commits
+        return _submitted_out(job, len(shards))
 
-    job = c.db.run(create)
+    out = c.db.run(create)
     c.notifier.kick()
     c.notifier.published()
-    return view(c, job.id)
+    return out
+
+
+def _submitted_out(job: Job, tasks: int) -> wire.JobOut:
+    """A job as it commits: every task queued, nothing paid or placed yet (what
+    ``_job_out`` would read back, without reading)."""
+    return wire.JobOut(
+        id=job.id, owner=job.owner, status=job.status, spec=job.spec,
+        created_at=job.created_at, deadline_at=job.deadline_at, items=job.items,
+        units=job.units, tasks={TaskStatus.QUEUED: tasks}, escrow=job.escrow, cost=job.cost,
+        refunded=job.refunded, providers={})
 
 
 def view(c: Coordinator, job_id: str) -> wire.JobOut:
