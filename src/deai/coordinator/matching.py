@@ -160,7 +160,6 @@ def _place_round(c: Coordinator, s: Session, rows: Sequence[Any],
                  providers: list[market.ProviderState]) -> list[market.Placement]:
     workers = [p for p in providers if not p.verifier]
     verifiers = [p for p in providers if p.verifier]
-    index = _ConflictIndex(providers, c.settings.diversity)
     touched: dict[str, set[str]] = defaultdict(set)
     failed: dict[str, set[str]] = defaultdict(set)
     for a in s.execute(select(Assignment.task_id, Assignment.provider_id, Assignment.status)
@@ -169,14 +168,21 @@ def _place_round(c: Coordinator, s: Session, rows: Sequence[Any],
         if a.status in (AssignmentStatus.REJECTED, AssignmentStatus.FAILED,
                         AssignmentStatus.EXPIRED):  # a lapsed lease too (``hoarding``)
             failed[a.task_id].add(a.provider_id)
+    # Parties who touched a task but cannot take work now (offline, slashed below the
+    # minimum, flagged) still have an identity: without it, a slashed key's sybil partner
+    # would be free to check (or re-execute) what it did.
+    known = {p.id for p in providers}
+    absent = set().union(*touched.values()) - known if touched else set()
+    index = _ConflictIndex(providers, c.settings.diversity, _absent_identities(c, s, absent))
     seen = canaries.seen_by(s, [t for t, _ in rows])
     load = {p.id: p.load for p in providers}
     out: list[market.Placement] = []
     primaries: list[market.TaskDemand] = []
     for task, job in rows:
-        if task.pending_role is None:  # a primary: avoid who failed it (and a canary's source)
-            primaries.append(demand(c, job, task, frozenset(failed[task.id] | seen.get(task.id,
-                                                                                      set()))))
+        if task.pending_role is None:  # a primary: avoid who failed it (and their
+            # identity: a rejected key's sybil would repeat its answer) and a canary's source
+            primaries.append(demand(c, job, task, index.around(failed[task.id])
+                                    | seen.get(task.id, set())))
             continue
         # A check: nobody who touched the task, nor anyone sharing their identity.
         d = demand(c, job, task, index.around(touched[task.id]))
@@ -192,14 +198,27 @@ def _place_round(c: Coordinator, s: Session, rows: Sequence[Any],
     return out
 
 
-class _ConflictIndex:
-    """Which providers share an operator, a network origin or a hardware fingerprint."""
+def _absent_identities(c: Coordinator, s: Session, ids: set[str]
+                       ) -> list[market.ProviderState]:
+    """Identity-only states (never candidates) of parties missing from the live list."""
+    if not ids:
+        return []
+    return [market.ProviderState(id=p.id, online=False, stake=0, memory_mb=0, slots=0,
+                                 **_identity(c, p))
+            for p in s.scalars(select(Provider).where(Provider.id.in_(sorted(ids))))]
 
-    def __init__(self, providers: list[market.ProviderState], attrs: tuple[str, ...]) -> None:
+
+class _ConflictIndex:
+    """Which providers share an operator, a network origin or a hardware fingerprint.
+    ``absent`` are parties that touched a task but are not candidates now: their
+    identities count when excluding, and they are never offered."""
+
+    def __init__(self, providers: list[market.ProviderState], attrs: tuple[str, ...],
+                 absent: Sequence[market.ProviderState] = ()) -> None:
         self.attrs = attrs
-        self.of: dict[str, market.ProviderState] = {p.id: p for p in providers}
+        self.of: dict[str, market.ProviderState] = {p.id: p for p in [*absent, *providers]}
         self.by: dict[tuple[str, str], set[str]] = defaultdict(set)
-        for p in providers:
+        for p in providers:  # candidates only: who would be excluded
             for key in self._keys(p):
                 self.by[key].add(p.id)
 
