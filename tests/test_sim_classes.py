@@ -13,6 +13,7 @@ import pytest
 
 from deai.core.lifecycle import decide
 from deai.core.lifecycle import effects as E
+from deai.core.verify.lookback import Reach
 from deai.core.verify.params import VerifyParams
 from deai.core.verify.reputation import Reputation
 from deai.sim import agents, checkers, classes, rules, vec
@@ -182,10 +183,16 @@ def test_patient_cheaters_turn_after_trust_and_look_back_corrects_their_window()
     assert net.corrected[mine].sum() == net.bad_accepted[mine].sum()
 
 
-def test_rare_cheaters_leave_results_standing_when_the_window_is_short() -> None:
-    net, slots = net_of([(agents.HONEST, 100), (agents.RARE, 100)], World(window_tasks=10))
+def test_rare_cheaters_leave_results_standing_when_look_back_reaches_only_the_window() -> None:
+    mix = [(agents.HONEST, 100), (agents.RARE, 100)]
+    net, slots = net_of(mix, World(window_tasks=10, look_back=Reach.WINDOW))
     run(net, 300)
     assert net.standing[slots == 1].sum() > 0 and net.standing[slots == 0].sum() == 0
+    # reaching back to the provider's last look-back: nothing stands, the same draws
+    rec, _ = net_of(mix, World(window_tasks=10))
+    run(rec, 300)
+    assert rec.bad_accepted.sum() == net.bad_accepted.sum() and rec.standing.sum() == 0
+    assert rec.corrected.sum() > net.corrected.sum()
 
 
 def test_rubber_stampers_are_caught_by_forced_errors_only_on_rescoring_kinds() -> None:

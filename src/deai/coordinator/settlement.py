@@ -100,6 +100,23 @@ class Settlement:
             self.post(s, ledger.forfeit(provider, job_id, amount, fee_back, to_account))
         return fee_back
 
+    def claw_back(self, s: Session, provider: str, job_id: str, task_id: str, owed: int,
+                  fee_back: int, to_account: str) -> int:
+        """Released earnings (``owed``) and the fee on them back to the payer, from the
+        provider's balance, then its stake, the treasury covering the fee and any
+        shortfall as far as it holds; returns the amount returned."""
+        have = self.balances(s, [ledger.acct(provider), ledger.stake(provider), ledger.FEE])
+        from_balance = min(owed, max(0, have.get(ledger.acct(provider), 0)))
+        from_stake = min(owed - from_balance, max(0, have.get(ledger.stake(provider), 0)))
+        want = fee_back + owed - from_balance - from_stake
+        treasury = max(0, have.get(ledger.FEE, 0))
+        from_treasury = 0 if to_account == ledger.FEE else min(want, treasury)
+        total = from_balance + from_stake + from_treasury
+        if total > 0:
+            self.post(s, ledger.clawback(provider, job_id, task_id, from_balance, from_stake,
+                                         from_treasury, to_account))
+        return total
+
     def refund(self, s: Session, owner: str, job_id: str, why: str) -> int:
         """Return what is left in a job's escrow to its owner; returns the amount."""
         left = self.balance(s, ledger.escrow(job_id))

@@ -214,6 +214,23 @@ def forfeit(provider: str, job_id: str, amount: int, fee_back: int, to_account: 
                              "fee_back": fee_back, "to": to_account}, tuple(postings))
 
 
+def clawback(provider: str, job_id: str, task_id: str, from_balance: int, from_stake: int,
+             from_treasury: int, to_account: str) -> Draft:
+    """Earnings already released for a result a look-back proved wrong go back to the
+    payer: from the provider's balance, then its stake; the treasury (which the slash
+    funded) adds the fee it took and any shortfall. No account goes below zero."""
+    parts = {acct(provider): from_balance, stake(provider): from_stake, FEE: from_treasury}
+    if any(v < 0 for v in parts.values()):
+        raise ValueError("clawback amounts must not be negative")
+    total = sum(parts.values())
+    _positive(total, "clawback")
+    postings = [(a, -v) for a, v in parts.items() if v] + [(to_account, total)]
+    return Draft("clawback", {"provider": provider, "job": job_id, "task": task_id,
+                              "from_balance": from_balance, "from_stake": from_stake,
+                              "from_treasury": from_treasury, "to": to_account},
+                 tuple(postings))
+
+
 def refund(owner: str, job_id: str, amount: int, reason: str) -> Draft:
     _positive(amount, "refund")
     return Draft("refund", {"job": job_id, "owner": owner, "amount": amount, "reason": reason},

@@ -11,7 +11,9 @@ corrected, how many stood after the window, and honest providers slashed.
 Role readers run at the world's ``leak`` (default 0: blind work) and at each
 ``Plan.leaks``, to show what the blinding is worth; rare and f = 0.1 cheaters
 also at each ``Plan.windows`` (challenge window, in tasks), to show which window
-leaves no wrong result standing.
+leaves no wrong result standing; and both at the narrower look-back reaches of
+``core.verify.lookback`` (the window only, since the last passed check), to
+show what reaching back to the provider's last look-back is worth.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from deai.core.verify.lookback import Reach
 from deai.core.verify.reputation import Reputation
 from deai.sim import agents
 from deai.sim.agents import Behaviour
@@ -46,7 +49,8 @@ def one(b: Behaviour, cheaters: int, providers: int, horizon: int, w: World,
     hon = ~mine
     return {
         "class": b.name, "cheaters": cheaters, "providers": providers, "horizon": horizon,
-        "leak": w.leak, "window": w.window_tasks, "cheated": cheated,
+        "leak": w.leak, "window": w.window_tasks, "look_back": str(w.look_back),
+        "cheated": cheated,
         "caught_within": len(caught) / cheaters,
         "caught_of_cheated": len(caught) / cheated if cheated else None,
         "caught_by": {CAUSES[i]: int(by[i]) for i in range(len(CAUSES)) if by[i]},
@@ -56,6 +60,8 @@ def one(b: Behaviour, cheaters: int, providers: int, horizon: int, w: World,
         "bad_accepted": int(net.bad_accepted.sum()),
         "corrected": int(net.corrected.sum()), "standing": int(net.standing.sum()),
         "provisional_at_end": int(net.provisional().sum()),
+        "reachable_at_end": int(net.reachable().sum()),
+        "look_back_overhead": float(net.looked_back.sum() / net.useful.sum()),
         "partner_checks": net.partner_checks,
         "honest_slashed": len(net.honest_slashed),
         "honest_tasks": int(net.tasks[hon].sum()),
@@ -80,7 +86,16 @@ def classes(plan: Any, w: World, seed: int) -> list[dict[str, Any]]:
               replace(w, window_tasks=x)) for x in plan.windows]
     runs += [(agents.fraction(0.1), c, h, replace(w, window_tasks=x))
              for x in (w.window_tasks, *plan.windows)]
-    return [one(b, k, n, hz, wx, seed + i) for i, (b, k, hz, wx) in enumerate(runs)]
+    out = [one(b, k, n, hz, wx, seed + i) for i, (b, k, hz, wx) in enumerate(runs)]
+    # what the look-back's reach is worth: the window only, since the last passed check;
+    # each with the seed of the same class's run at the default reach, for a paired view
+    rare, frac = replace(agents.RARE, name="rare (f=0.01 forever)"), agents.fraction(0.1)
+    paired = {rare.name: 5, frac.name: len(runs) - 1 - len(plan.windows)}
+    for r in Reach:
+        if r != w.look_back:
+            out += [one(b, c, n, h, replace(w, look_back=r), seed + paired[b.name])
+                    for b in (rare, frac)]
+    return out
 
 
 COLLUDERS = 0.10        # colluding operators: up to 10% of providers

@@ -19,9 +19,13 @@ coordinator (``coordinator.matching`` and ``core.lifecycle.decide``) would:
              output stands are core.lifecycle.decide's effects, read through
              deai.sim.rules; core.verify.policy.slash_amounts on the bonded stake, the
              job's unreleased earnings forfeited, CV reset, probation
-    look-back  → a slashed provider's accepted results still inside the challenge
-             window (``World.window_tasks`` steps) are re-run; wrong ones are corrected.
-             A wrong result that leaves the window uncorrected stands for good.
+    look-back  → a slashed provider's accepted results within core's reach
+             (``core.verify.lookback``: the window of ``World.window_tasks`` steps, and
+             since the provider's last look-back by default, or its last passed check)
+             are re-run; wrong ones are corrected. A wrong result that leaves the window
+             uncorrected stays correctable while it is within reach of a future
+             look-back (``reachable``); it stands for good once the anchor moves past it
+             (``standing``).
     stake below the minimum  → the slot stops getting work, or (Sybil churn) comes
              back as a new identity of the same operator with fresh stake and reputation
 
@@ -43,7 +47,7 @@ import numpy as np
 
 from deai.core.market import stake_for
 from deai.core.money import fee_of
-from deai.core.verify import policy
+from deai.core.verify import lookback, policy
 from deai.core.verify.params import VerifyParams
 from deai.core.verify.reputation import Reputation
 from deai.sim import agents, checkers, noise, rules, vec
@@ -75,6 +79,7 @@ class World:
     rescore_share: float = 0.5      # tasks of a re-scoring kind (chat): forced errors apply
     leak: float = 0.0               # a role reader sees a check with this probability
     diversity: bool = True          # no checker shares the subject's operator
+    look_back: lookback.Reach = lookback.DEFAULT  # how far back a look-back re-checks
 
 
 def max_task_value(w: World) -> int:
@@ -145,9 +150,15 @@ class Network:
         self.compute, self.slashed, self.bad_accepted = z(), z(), z()
         self.real_tasks, self.useful, self.extra = z(), z(), z()
         self.corrected, self.standing = z(), z()
+        self.looked_back = z()  # value of the results look-backs re-ran
         # accepted results still in the challenge window: wrong ones and values, per step
         self.win_bad = np.zeros((n, world.window_tasks))
         self.win_val = np.zeros((n, world.window_tasks))
+        # past the window, still within a look-back's reach: wrong ones and values (all)
+        self.reach_bad, self.reach_val = z(), z()
+        # core.verify.lookback.Marks per identity, in steps (NaN: never)
+        self.last_pass = np.full(n, np.nan)
+        self.last_review = np.full(n, np.nan)
         # (slot, tasks from first cheat to the catch, cause index into CAUSES)
         self.catches: list[tuple[int, int, int]] = []
         self.honest_slashed: set[int] = set()
@@ -217,9 +228,8 @@ class Network:
             return
         self.steps += 1
         now = self.steps * w.step_seconds
-        pos = self.steps % w.window_tasks  # results accepted a window ago become final
-        self.standing += self.win_bad[:, pos]
-        self.win_bad[:, pos] = 0.0
+        pos = self.steps % w.window_tasks  # results accepted a window ago leave it
+        self._leave_window(pos)
         self.win_val[:, pos] = 0.0
         ar = np.arange(n)
         beh = self.sb[idx]
@@ -365,6 +375,7 @@ class Network:
         fail_j = (repl & chk_bad) | a_chk
         vec.passed(self.rep, np.concatenate([idx[checked & ~fail_s], j[repl & ~fail_j],
                                              jf[f_pass]]), now, p)
+        self._passed_check(idx[checked & ~fail_s])
         vec.failed(self.rep, np.concatenate([idx[fail_s], j[fail_j], jf[f_slash]]), now, p)
 
         # slashes (few): each with core's look-back, its cause recorded
@@ -413,11 +424,14 @@ class Network:
             self.pending[slot], self.job_pos[slot] = 0.0, 0
         if self.b_honest[self.sb[slot]]:
             self.honest_slashed.add(slot)
-        if back:  # look-back: its results in the window are re-run, wrong ones corrected
-            self.corrected[slot] += self.win_bad[slot].sum()
-            self.extra[slot] += self.win_val[slot].sum()
+        if back:  # look-back: its results in reach are re-run, wrong ones corrected
+            self.corrected[slot] += self.win_bad[slot].sum() + self.reach_bad[slot]
+            self.extra[slot] += self.win_val[slot].sum() + self.reach_val[slot]
+            self.looked_back[slot] += self.win_val[slot].sum() + self.reach_val[slot]
             self.win_bad[slot] = 0.0
             self.win_val[slot] = 0.0
+            self.reach_bad[slot] = self.reach_val[slot] = 0.0
+            self.last_review[slot] = self.steps  # its record is reviewed up to now
         start = self.id_cheat_start[slot]
         if start != -2:  # an identity's first catch only
             self.catches.append((slot, int(self.id_tasks[slot] - max(start, 0) + 1), cause))
@@ -436,12 +450,49 @@ class Network:
             self.id_cheat_start[again] = -1
             self.pending[again], self.job_pos[again] = 0.0, 0
             self.identities[again] += 1
+            self._unreachable(again)  # an old identity's record is out of reach
+            self.last_pass[again] = self.last_review[again] = np.nan
+
+    # --- look-back reach ----------------------------------------------------------------------
+
+    def _leave_window(self, pos: int) -> None:
+        """Results accepted a window ago (step ``steps - window``) leave the window: those
+        a future look-back can still reach stay correctable, the others stand."""
+        w = self.w
+        bad, val = self.win_bad[:, pos], self.win_val[:, pos]
+        # the window holds the results of the last ``window_tasks`` steps, this one
+        # included: accepted at ``steps - window_tasks + 1`` or later
+        cut = vec.look_back_since(w.look_back, self.last_pass, self.last_review,
+                                  now=self.steps, window=w.window_tasks - 1)
+        keep = (self.steps - w.window_tasks) >= cut
+        self.reach_bad += bad * keep
+        self.reach_val += val * keep
+        self.standing += bad * ~keep
+        self.win_bad[:, pos] = 0.0
+        self.win_val[:, pos] = 0.0
+
+    def _unreachable(self, slots: np.ndarray) -> None:
+        """The anchor moved to now: what is past the window is out of reach for good."""
+        self.standing[slots] += self.reach_bad[slots]
+        self.reach_bad[slots] = self.reach_val[slots] = 0.0
+
+    def _passed_check(self, slots: np.ndarray) -> None:
+        """A passed check as the checked party: the anchor of ``Reach.LAST_PASS``."""
+        if self.w.look_back == lookback.Reach.LAST_PASS and slots.size:
+            self._unreachable(slots)
+            self.last_pass[slots] = self.steps
 
     # --- summaries ------------------------------------------------------------------------------
 
     def cheated_uncaught(self) -> np.ndarray:
         """Slots whose current identity cheated and has not been caught (censored)."""
         return self.id_cheat_start >= 0
+
+    def reachable(self) -> np.ndarray:
+        """Wrong results past the window at the end, uncorrected, that a look-back would
+        still reach (their provider not caught yet)."""
+        out: np.ndarray = self.reach_bad.copy()
+        return out
 
     def provisional(self) -> np.ndarray:
         """Wrong results still inside the window at the end (neither final nor corrected)."""

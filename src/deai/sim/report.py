@@ -74,24 +74,28 @@ def show(r: dict[str, Any], console: Console) -> None:
                   f"{_n(q['mean'], '.1f')} / {_n(q['p50'])} / {_n(q['p99'])}",
                   f"{d['bad_accepted_per_cheater']:.1f}")
     console.print(t)
-    t = Table("class", "leak", "window", "cheaters / providers", "caught ≤ horizon", "caught by",
+    t = Table("class", "leak", "window\nlook-back", "cheaters / providers", "caught ≤ horizon",
+              "caught by",
               "tasks to detection\nmean / p99", "wrong accepted\nper cheater",
-              "corrected", "stood after\nwindow", "honest\nslashed",
+              "corrected", "stood after\nwindow", "reachable\nat end", "honest\nslashed",
               title="adversary classes (established identities, no churn)")
     for c in r["classes"]:
         q = c["tasks_to_detection"]
-        t.add_row(c["class"], f"{c['leak']:g}", f"{c['window']:,}",
+        t.add_row(c["class"], f"{c['leak']:g}", f"{c['window']:,} {c['look_back']}",
                   f"{c['cheaters']:,} / {c['providers']:,}",
                   f"{c['caught_within']:.2%} ≤ {c['horizon']:,}",
                   ", ".join(f"{k} {v}" for k, v in c["caught_by"].items()),
                   f"{_n(q['mean'], '.1f')} / {_n(q['p99'])}",
                   f"{c['bad_accepted_per_cheater']:.1f}", f"{c['corrected']:,}",
-                  f"{c['standing']:,}", str(c["honest_slashed"]))
+                  f"{c['standing']:,}", f"{c['reachable_at_end']:,}", str(c["honest_slashed"]))
     console.print(t)
     console.print(
         f"network run: {net['bad_accepted']:,} wrong results accepted provisionally, "
         f"{net['corrected']:,} corrected by audits and look-back, {net['standing']:,} stood "
-        f"after the window, {net['provisional_at_end']:,} still in the window at the end; "
+        f"after the window beyond any look-back's reach ({r['world']['look_back']}), "
+        f"{net['reachable_at_end']:,} past the window of providers not caught by the end "
+        f"(within reach), {net['provisional_at_end']:,} still in the window at the end; "
+        f"look-back re-runs {net['look_back_overhead']:.2%} of useful compute; "
         f"{net['audits']:,} audits, {net['forced_errors']:,} forced errors, "
         f"{net['no_checker']:,} checks that found no eligible checker")
     console.print(

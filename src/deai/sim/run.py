@@ -126,6 +126,8 @@ def network(plan: Plan, w: World, seed: int) -> dict[str, Any]:
             "bad_accepted": int(net.bad_accepted.sum()),
             "corrected": int(net.corrected.sum()), "standing": int(net.standing.sum()),
             "provisional_at_end": int(net.provisional().sum()),
+            "reachable_at_end": int(net.reachable().sum()),
+            "look_back_overhead": float(net.looked_back.sum() / net.useful.sum()),
             "types": _per_type(net, w)}
 
 
@@ -248,9 +250,9 @@ def _class(r: dict[str, Any], prefix: str, leak: float = 0.0) -> dict[str, Any]:
 
 
 def _default(r: dict[str, Any]) -> list[dict[str, Any]]:
-    """The class runs at the world's own window (not the longer-window what-ifs)."""
-    w = r["world"]["window_tasks"]
-    return [x for x in r["classes"] if x["window"] == w]
+    """The class runs at the world's own window and look-back reach (not the what-ifs)."""
+    w, reach = r["world"]["window_tasks"], r["world"]["look_back"]
+    return [x for x in r["classes"] if x["window"] == w and x["look_back"] == reach]
 
 
 def targets(r: dict[str, Any]) -> list[dict[str, Any]]:
@@ -258,6 +260,7 @@ def targets(r: dict[str, Any]) -> list[dict[str, Any]]:
     col, apx = _class(r, "colluder"), _class(r, "cheap approximator")
     blind = [x for x in _default(r) if x["leak"] == 0.0]
     standing = net["standing"] + sum(x["standing"] for x in blind)
+    reachable = net["reachable_at_end"] + sum(x["reachable_at_end"] for x in blind)
     worst_prov = max(blind, key=lambda x: x["bad_accepted_per_cheater"])
     col_honest = col["honest_slashed"]
     cheats = [t for t in net["types"] if "excess_profit_per_task" in t]
@@ -290,10 +293,13 @@ def targets(r: dict[str, Any]) -> list[dict[str, Any]]:
                   f"approximators within {apx['horizon']} tasks",
          "pass": apx["caught_within"] >= TARGET_CATCH and apx["horizon"] <= TARGET_APPROX_WITHIN},
         {"target": "bad results standing after the challenge window: 0",
-         "value": f"{standing:,} stood (network run {net['standing']:,} of "
-                  f"{net['bad_accepted']:,} accepted wrong, {net['corrected']:,} corrected; "
-                  "class runs " + ", ".join(f"{x['class']} {x['standing']:,}"
-                                            for x in blind if x["standing"]) + ")",
+         "value": f"{standing:,} stood beyond any look-back's reach (network run "
+                  f"{net['standing']:,} of {net['bad_accepted']:,} accepted wrong, "
+                  f"{net['corrected']:,} corrected; class runs "
+                  + (", ".join(f"{x['class']} {x['standing']:,}" for x in blind
+                               if x["standing"]) or "0") + "); "
+                  f"{reachable:,} past the window of cheaters not caught by the end, "
+                  "corrected when they are",
          "pass": standing == 0},
         {"target": "mean wrong results accepted provisionally per cheater ≤ 20",
          "value": f"worst class {worst_prov['bad_accepted_per_cheater']:.1f} "
@@ -343,4 +349,5 @@ def _world(w: World) -> dict[str, Any]:
     d = dict(w.__dict__)
     d["params"] = dict(w.params.__dict__)
     d["tolerance"] = noise.TAU
+    d["look_back"] = str(w.look_back)
     return d

@@ -6,6 +6,7 @@ The simulator cannot afford a ``Reputation`` object and a Python call per task a
     rho        core.verify.policy.replication_probability
     passed     core.verify.reputation.Reputation.passed   (``count`` times at one instant)
     failed     core.verify.reputation.Reputation.failed   (``count`` times at one instant)
+    look_back_since  core.verify.lookback.since (marks as arrays, NaN for None)
 
 tests/test_sim.py draws thousands of random states and proves each equal to
 core's function, so a change in core that is not mirrored here fails a test.
@@ -19,6 +20,7 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 
+from deai.core.verify import lookback
 from deai.core.verify.params import VerifyParams
 from deai.core.verify.reputation import Reputation
 
@@ -92,3 +94,14 @@ def failed(r: Reputations, who: np.ndarray, now: float, p: VerifyParams) -> None
     r.cv[i] = 0
     r.fails[i] += count
     r.probation[i] = p.probation_tasks
+
+
+def look_back_since(reach: lookback.Reach, last_pass: np.ndarray, last_review: np.ndarray,
+                    now: float, window: float) -> np.ndarray:
+    """``lookback.since`` per provider; a mark is NaN where core's is None."""
+    start = now - window
+    if reach == lookback.Reach.WINDOW:
+        return np.full(last_pass.shape, start)
+    a = last_pass if reach == lookback.Reach.LAST_PASS else last_review
+    out: np.ndarray = np.where(np.isnan(a), -np.inf, np.minimum(a, start))
+    return out
