@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from deai.coordinator import canaries
+from deai.coordinator import canaries, lookback
 from deai.coordinator import reputation as rep
 from deai.coordinator.service import Coordinator
 from deai.core import kinds, ledger
@@ -185,6 +185,8 @@ class _Applier:
         cut = policy.slash_amounts(stake, c.settings.verify, reporter=e.reporter is not None)
         evidence = {"task": self.task.id, "role": e.role.value}
         c.settlement.slash(s, e.provider, cut.amount, e.reporter, cut.bounty, evidence)
+        # this task's earnings that already left pending (a look-back past the window)
+        clawed = lookback.claw_back(c, s, job, self.task.id, e.provider)
         # Unreleased earnings for the job go back where they came from: what the client
         # paid (and the fee on it) to the client, check fees to the treasury.
         forfeited = fee_back = from_treasury = 0
@@ -206,9 +208,9 @@ class _Applier:
             job.cost -= forfeited + fee_back
             if to != ledger.escrow(job.id):
                 job.refunded += forfeited + fee_back
-        forfeited += from_treasury
+        forfeited += from_treasury + clawed
         c.emit(s, "slash", e.provider, job=job.id, amount=cut.amount, bounty=cut.bounty,
-               bounty_to=e.reporter, forfeited=forfeited, **evidence)
+               bounty_to=e.reporter, forfeited=forfeited, clawed_back=clawed, **evidence)
 
     # --- verification records ---------------------------------------------------------------
 
@@ -238,18 +240,8 @@ class _Applier:
                was=before)
 
     def look_back(self, e: E.LookBack) -> None:
-        """Audit again every result of ``e.provider`` still inside its challenge window."""
-        s, c = self.s, self.c
-        rows = s.execute(
-            select(Task).join(Assignment, Assignment.task_id == Task.id)
-            .join(Payout, Payout.assignment_id == Assignment.id)
-            .where(Assignment.provider_id == e.provider,
-                   Assignment.status == AssignmentStatus.ACCEPTED,
-                   Task.status == TaskStatus.DONE, Task.pending_role.is_(None),
-                   Payout.release_at > c.now())).scalars().all()  # still in its window
-        for t in {t.id: t for t in rows}.values():
-            t.pending_role, t.updated_at = Role.AUDIT, c.now()
-        c.emit(s, "look_back", e.provider, tasks=len(rows))
+        """Audit again every result of ``e.provider`` within core's look-back reach."""
+        lookback.queue(self.c, self.s, e.provider)
 
     # --- the job ------------------------------------------------------------------------------
 
