@@ -35,7 +35,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from deai.client import keys, training
+from deai.client import keys, sealed, training
 from deai.client.sdk import Client, retrying
 from deai.core import auth, kinds, money, specs, wire
 from deai.core.errors import DeAIError, InsufficientFunds, InvalidInput
@@ -271,7 +271,7 @@ def provider_names(c: Client) -> dict[str, str]:
 
 
 def write_results(client: Client, job_id: str, path: Path | None) -> tuple[Path, int]:
-    data = client.results(job_id)
+    data = sealed.results(client, job_id)  # a sealed job's, decrypted with the owner's key
     path = path or Path("results") / f"{job_id}.jsonl"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data)
@@ -556,13 +556,19 @@ def print_audit(report: AuditReport, entries: list[Entry], last: int = 20,
 def job_submit(spec_file: Annotated[Path, typer.Argument(metavar="SPEC.yaml")],
                input_file: Annotated[Path, typer.Option("--input", help="OpenAI Batch JSONL.")],
                wait: Annotated[bool, typer.Option(help="Follow until the job ends.")] = False,
+               seal: Annotated[bool, typer.Option(
+                   "--sealed", help="Encrypt the input to the quote's best providers and the "
+                                    "network's verifiers only (docs/sealed.md).")] = False,
                coordinator: Coordinator = DEFAULT_COORDINATOR, key: Key = "client") -> None:
     """Validate locally, upload the input, submit; with --wait exit 0 only if it completes."""
     spec = load_spec(spec_file)
     data, shards = read_input(input_file, spec)
     with signer(coordinator, key) as c:
-        digest = c.upload(data).digest
-        job = c.submit_job(spec.model_dump(), digest)
+        if seal or spec.sealed:  # split and encrypted here; the coordinator gets ciphertext
+            job = sealed.submit(c, spec.model_dump(mode="json"), data,
+                                sealed_for=list(spec.sealed_for) or None)
+        else:
+            job = c.submit_job(spec.model_dump(), c.upload(data).digest)
         console.print(f"submitted job [bold]{job.id}[/]: {sum(sh.items for sh in shards)} "
                       f"items, {job.units} units, escrowed {money.fmt(job.escrow)} DEAI")
         if not wait:

@@ -175,6 +175,10 @@ class Client:
     def results(self, job_id: str) -> bytes:
         return self.request("GET", f"/api/jobs/{job_id}/results").content
 
+    def verifiers(self) -> list[str]:
+        """The network's trusted verifiers (a sealed job names them: ``client.sealed``)."""
+        return list(self.request("GET", "/api/verifiers").json()["verifiers"])
+
     # --- API keys for the OpenAI-compatible API (/v1) --------------------------------------
 
     def create_api_key(self, name: str = "", spend_cap: int | None = None) -> wire.ApiKeyOut:

@@ -35,6 +35,7 @@ from deai.coordinator import (
     metrics,
     openai,
     retention,
+    sealed_jobs,
 )
 from deai.coordinator.leader import Leader
 from deai.coordinator.service import Coordinator
@@ -119,6 +120,7 @@ def create_app(settings: Settings, coordinator: Coordinator | None = None) -> Fa
     app.include_router(api_leases.router)  # leases by the hour, their relay and loop
     app.include_router(api_clusters.router)  # gangs of leases as Ray clusters, their loop
     app.include_router(api_hardware.router)  # hardware challenges, verified units
+    app.include_router(sealed_jobs.router)  # GET /api/verifiers, for sealed jobs
     api_explorer.install(app)  # read API, event stream, and the page at /explorer/
     metrics.install(app)  # /metrics, and request counts
     openai.install(app)  # /v1 in OpenAI's shape, API keys, task progress

@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 
 from deai.coordinator import admission
 from deai.coordinator.service import Coordinator
+from deai.core import sealed
 from deai.core.verify import policy
 from deai.store.models import Assignment, Canary, Job, Task
 
@@ -22,8 +23,8 @@ POOL = 500  # known answers kept per model
 
 def remember(c: Coordinator, s: Session, job: Job, task: Task, a: Assignment) -> None:
     """Verified work becomes a future canary (its answer is now known)."""
-    if job.owner == NETWORK or a.output_digest is None:
-        return
+    if job.owner == NETWORK or a.output_digest is None or sealed.is_sealed(job.spec):
+        return  # a sealed job's answer is no known answer: the network cannot read it
     s.add(Canary(kind=job.kind, model=job.model, spec=job.spec, input_digest=task.input_digest,
                  output_digest=a.output_digest, items=task.items, units=task.units,
                  source_task=task.id, created_at=c.now(), active=True, uses=0))

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 from deai.coordinator import canaries, lookback
 from deai.coordinator import reputation as rep
 from deai.coordinator.service import Coordinator
-from deai.core import kinds, ledger
+from deai.core import kinds, ledger, sealed
 from deai.core.lifecycle import (
     ASSIGNMENT_MOVES,
     JOB_ACTIVE,
@@ -281,6 +281,10 @@ class _Applier:
                                  .order_by(Task.idx)))
         kind = kinds.get(job.kind)
         outputs = [c.blobs.get(d) for d in digests if d]
+        if sealed.is_sealed(job.spec):  # ciphertexts only: the owner decrypts (client.sealed)
+            from deai.coordinator import sealed_jobs
+            job.output_digest = c.blobs.put(sealed_jobs.assemble(c, job, outputs))
+            return None
         job.output_digest = c.blobs.put(kind.assemble(job.id, kind.parse_spec(job.spec), outputs))
         # Work that ran and failed on its own terms (a command over its limit) is still
         # accepted work; the job completes and says what went wrong.

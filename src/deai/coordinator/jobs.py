@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 from deai.coordinator import access, admission, capacity, checkpoints, effects, hoarding, verify
 from deai.coordinator.matching import all_provider_states, stake_needed
 from deai.coordinator.service import Coordinator
-from deai.core import auth, kinds, ledger, market, specs, wire
+from deai.core import auth, kinds, ledger, market, sealed, specs, wire
 from deai.core.errors import Conflict, Forbidden, InvalidInput, NoCapacity, NotFound
 from deai.core.lifecycle import (
     JOB_ACTIVE,
@@ -74,6 +74,14 @@ def _quote_out(c: Coordinator, spec: specs.JobSpec, shard_units: list[int],
         ineligible=[{"provider": p, "reasons": rs} for p, rs in r.ineligible])
 
 
+def _quote_sealed(c: Coordinator, spec: specs.JobSpec, s: Session, shard_units: list[int],
+                  online: bool) -> wire.QuoteOut:
+    """A sealed job's quote: only its parties (``spec.sealed_for``) count."""
+    return _quote_out(c, spec, shard_units, [p for p in all_provider_states(c, s)
+                                             if p.id in spec.sealed_for
+                                             and (p.online or not online)])
+
+
 def submit(c: Coordinator, owner: str, body: wire.JobIn, *,
            key: admission.KeyUse | None = None,
            then: Callable[[Session, Job], Any] | None = None) -> wire.JobOut:
@@ -83,6 +91,11 @@ def submit(c: Coordinator, owner: str, body: wire.JobIn, *,
     transaction); ``then``: more rows to write in that transaction (a /v1 batch).
     """
     spec = specs.parse_spec(body.spec)
+    if spec.sealed:  # the client split and encrypted it: admitted from its manifest
+        from deai.coordinator import sealed_jobs
+        return sealed_jobs.submit(c, owner, body, spec, key=key, then=then,
+                                  view=functools.partial(view, c),
+                                  quote=functools.partial(_quote_sealed, c, spec))
     kind = kinds.get(spec.kind)
     model = kind.model(spec).name
     if not c.blobs.exists(body.input_digest):
@@ -265,6 +278,9 @@ def _locked(c: Coordinator, s: Session, pid: str,
 def _metering_problem(c: Coordinator, a: Assignment, task: Task, job: Job,
                       claimed: int) -> str | None:
     """Why the output does not match the result's claim, or None when it does."""
+    if sealed.is_sealed(job.spec):  # ciphertext: the envelope states its units
+        from deai.coordinator import sealed_jobs
+        return sealed_jobs.metering_problem(c, a, task, claimed)
     kind = kinds.get(job.kind)
     spec = kind.parse_spec(job.spec)
     try:

@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from deai.coordinator import canaries, effects, hardware
 from deai.coordinator.service import Coordinator, new_id
-from deai.core import catalog, kinds, ledger, market
+from deai.core import catalog, kinds, ledger, market, sealed
 from deai.core.lifecycle import (
     JOB_ACTIVE,
     SUBJECT_ROLES,
@@ -98,7 +98,7 @@ def demand(c: Coordinator, job: Job, task: Task,
     info = catalog.lookup(job.model)
     return market.TaskDemand(id=task.id, workload=job.kind, model=job.model,
                              max_price=job.max_price, memory_mb=info.memory_mb,
-                             units=task.units, exclude=exclude,
+                             units=task.units, exclude=exclude, only=sealed.only(job.spec),
                              stake_needed=stake_needed(c, cost_for_units(task.units,
                                                                          job.max_price)))
 
@@ -275,6 +275,9 @@ def _lease(c: Coordinator, s: Session, task: Task, job: Job, pl: market.Placemen
             if forged is not None:
                 extra, forced = forged
         payload = c.blobs.put(extra) if extra is not None else None
+    if check_of is not None and sealed.is_sealed(job.spec):  # its checker decrypts, compares
+        from deai.coordinator import sealed_jobs
+        payload = sealed_jobs.check_payload(c, s, task, job, role, check_of)
     effects.apply(c, s, job, task, D.on_placed(effects.ctx(c, job, task),
                                                Role.PRIMARY if role == Role.CANARY else role))
     task.updated_at = now

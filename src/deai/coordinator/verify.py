@@ -17,7 +17,7 @@ from deai.coordinator import reputation as rep
 from deai.coordinator.admission import NETWORK
 from deai.coordinator.effects import ctx
 from deai.coordinator.service import Coordinator
-from deai.core import kinds
+from deai.core import kinds, sealed
 from deai.core.kinds.base import Kind, SpecBase
 from deai.core.lifecycle import AssignmentStatus, Role
 from deai.core.lifecycle import decide as D
@@ -51,6 +51,11 @@ def on_result(c: Coordinator, s: Session, a: Assignment, task: Task,
     """A structurally valid result of any role: what follows from it."""
     here = ctx(c, job, task)
     role = Role(a.role)
+    if sealed.is_sealed(job.spec):  # its checkers compared the plaintext themselves
+        from deai.coordinator import sealed_jobs
+        done = sealed_jobs.on_result(c, s, a, task, here, lambda: _audit(c))
+        if done is not None:
+            return done
     if role == Role.PRIMARY:
         p = rho(c, s, a, job)
         return D.on_primary(here, party(a), replicate=c.rng.random() < p, rho=p,

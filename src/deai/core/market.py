@@ -60,6 +60,8 @@ class TaskDemand:
     exclude: frozenset[str] = frozenset()
     stake_needed: int = 0
     """Stake that makes cheating on this task a losing bet (see ``stake_for``)."""
+    only: frozenset[str] | None = None
+    """A sealed job's parties (``core.sealed``): nobody else may run or check it."""
 
 
 @dataclass(frozen=True)
@@ -109,7 +111,7 @@ def failures(t: TaskDemand, p: ProviderState, min_stake: int, price: int | None)
         f |= TOO_DEAR
     if p.memory_mb < t.memory_mb:
         f |= NO_MEMORY
-    if p.id in t.exclude:
+    if p.id in t.exclude or (t.only is not None and p.id not in t.only):
         f |= EXCLUDED
     if p.load >= p.slots:
         f |= NO_SLOT

@@ -68,7 +68,7 @@ from deai.core.errors import (
     InvalidInput,
     NotFound,
 )
-from deai.provider import benchmark, challenge, hardware, sandbox
+from deai.provider import benchmark, challenge, hardware, sandbox, sealed
 from deai.provider.cheats import Cheat, units_of
 from deai.provider.lease_runner import HostOffer, LeaseRunner
 from deai.workloads.base import TaskContext
@@ -355,13 +355,23 @@ class ProviderAgent:
             raise DeAIError(f"input blob does not match its digest {a.input_digest}")
         t0 = time.monotonic()
         cheat = self.cheat if self.cheat is not None and self.cheat.active() else None
-        if cheat is not None:  # a faulty executor, for demonstrations of verification
-            blob = cheat.shard(a.workload, blob)
-        output, units = workloads.get(a.workload).run(a.model, blob, self._context(a))
-        if cheat is not None:
-            output = cheat.output(a.workload, output, a.model)
-            units = units_of(a.workload, output, units)
-            log.warning("task %s: returned a tampered result (cheat mode %s)", a.id, cheat.mode)
+        context = self._context(a)
+
+        def run_plain(blob: bytes) -> tuple[bytes, int]:
+            if cheat is not None:  # a faulty executor, for demonstrations of verification
+                blob = cheat.shard(a.workload, blob)
+            output, units = workloads.get(a.workload).run(a.model, blob, context)
+            if cheat is not None:
+                output = cheat.output(a.workload, output, a.model)
+                units = units_of(a.workload, output, units)
+                log.warning("task %s: returned a tampered result (cheat mode %s)", a.id,
+                            cheat.mode)
+            return output, units
+
+        if sealed.is_sealed(blob):  # decrypted here, run, and sealed again
+            output, units = sealed.run(self.identity, a, blob, context.fetch, run_plain)
+        else:
+            output, units = run_plain(blob)
         seconds = time.monotonic() - t0
         if self._is_dropped(a.id):
             log.info("assignment %s dropped by the coordinator; result discarded", a.id)

@@ -14,9 +14,17 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    model_serializer,
+    model_validator,
+)
 
 from deai.core import catalog
 from deai.core.errors import InvalidInput
@@ -37,6 +45,30 @@ class SpecBase(BaseModel):
         default=False, strict=True,
         description="when no checker can be found in time, accept a result unchecked "
                     "(marked unverified) rather than wait")
+    sealed: bool = Field(default=False, strict=True,
+                         description="the client encrypts the input (core.sealed); only "
+                                     "``sealed_for`` may read it")
+    sealed_for: tuple[Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")], ...] = Field(
+        default=(), max_length=64,
+        description="a sealed job's parties: the providers and verifiers that may run, "
+                    "check and read it")
+
+    @model_validator(mode="after")
+    def _sealed_parties(self) -> SpecBase:
+        if self.sealed and not self.sealed_for:
+            raise ValueError("sealed_for: a sealed job names the parties that may read it")
+        if self.sealed_for and not self.sealed:
+            raise ValueError("sealed_for: only a sealed job names parties")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # An unsealed spec is stored exactly as before sealed jobs existed.
+        out: dict[str, Any] = handler(self)
+        if not self.sealed:
+            out.pop("sealed", None)
+            out.pop("sealed_for", None)
+        return out
 
 
 @dataclass(frozen=True)
