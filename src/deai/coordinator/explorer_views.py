@@ -23,7 +23,7 @@ from deai.coordinator.service import Coordinator
 from deai.core import compute, ledger, wire
 from deai.core import wire_explorer as wx
 from deai.core.errors import NotFound
-from deai.core.lifecycle import JOB_ACTIVE, AssignmentStatus
+from deai.core.lifecycle import JOB_ACTIVE, SUBJECT_ROLES, AssignmentStatus
 from deai.core.money import cost_for_units
 from deai.store import journal
 from deai.store.models import (
@@ -42,6 +42,7 @@ BUCKETS = 60
 MAX_PRICE_ROWS = 50_000
 MAX_SHARDS = 20_000
 FINISHED = ("completed", "failed", "cancelled")
+SUBJECTS = tuple(r.value for r in SUBJECT_ROLES)  # whose result a verdict can overturn
 
 
 def event_out(e: Event, horizon: float) -> wx.EventOut | None:
@@ -223,8 +224,24 @@ def shard_state(task_status: str, submitted: bool) -> str:
     return {"done": "accepted"}.get(task_status, task_status)
 
 
+def _redone(t: Task, mine: list[Assignment], h: float) -> bool:
+    """Run more than once: placed again, or a subject's result overturned by a verdict
+    (another result stands). Roles count once public (``public.role``)."""
+    return t.attempts > 1 or any(
+        a.status == AssignmentStatus.REJECTED and a.role in SUBJECTS and a.leased_at <= h
+        for a in mine)
+
+
+def _corrected(s: Session, job_id: str, h: float) -> set[str]:
+    """Tasks of ``job_id`` whose result an audit or a look-back replaced (disclosed only)."""
+    rows = s.scalars(select(Event.body).where(Event.kind == "result_corrected",
+                                              Event.subject == job_id, Event.ts <= h))
+    return {str(b.get("task")) for b in rows if isinstance(b, dict)}
+
+
 def job_detail(c: Coordinator, job_id: str) -> wx.JobDetailOut:
-    job = public.job(jobs.view(c, job_id), horizon(c))  # NotFound for an unknown id
+    h = horizon(c)
+    job = public.job(jobs.view(c, job_id), h)  # NotFound for an unknown id
     with c.db.read() as s:
         tasks = s.scalars(select(Task).where(Task.job_id == job_id).order_by(Task.idx)
                           .limit(MAX_SHARDS)).all()
@@ -234,6 +251,7 @@ def job_detail(c: Coordinator, job_id: str) -> wx.JobDetailOut:
         for a in asgs:
             by_task[a.task_id].append(a)
         units = {t.id: t.units for t in tasks}
+        corrected = _corrected(s, job_id, h)
         shards: list[wx.ShardOut] = []
         states: dict[str, int] = defaultdict(int)
         for t in tasks:
@@ -242,8 +260,8 @@ def job_detail(c: Coordinator, job_id: str) -> wx.JobDetailOut:
             states[state] += 1
             shards.append(wx.ShardOut(
                 idx=t.idx, task_id=t.id, status=t.status, state=state, attempts=t.attempts,
-                redone=t.attempts > 1, items=t.items, units=t.units,
-                providers=list(dict.fromkeys(a.provider_id for a in mine)),
+                redone=_redone(t, mine, h), corrected=t.id in corrected, items=t.items,
+                units=t.units, providers=list(dict.fromkeys(a.provider_id for a in mine)),
                 error=public.error(t.error)))
         per: dict[str, dict[str, int]] = defaultdict(lambda: {"accepted": 0, "n": 0, "paid": 0})
         for a in asgs:
@@ -261,7 +279,9 @@ def job_detail(c: Coordinator, job_id: str) -> wx.JobDetailOut:
         latest = sorted(asgs, key=lambda a: a.leased_at, reverse=True)[:200]
         return wx.JobDetailOut(job=job, shards=shards, states=dict(states), cost_so_far=job.cost,
                                providers=providers,
-                               assignments=[assignment_row(a, horizon(c)) for a in latest])
+                               assignments=[assignment_row(a, h) for a in latest],
+                               redone=sum(x.redone for x in shards),
+                               corrected=sum(x.corrected for x in shards))
 
 
 def job_list(c: Coordinator, limit: int) -> list[wire.JobOut]:

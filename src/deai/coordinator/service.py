@@ -27,9 +27,11 @@ from deai.core import auth, catalog, compute, diversity, ledger, wire
 from deai.core.clock import Clock, SystemClock
 from deai.core.errors import AuthError, Conflict, Forbidden, InvalidInput, NotFound
 from deai.core.lifecycle import AssignmentStatus, ProviderStatus
+from deai.core.standing import standing
 from deai.store.blobs import BlobStore
 from deai.store.db import Database
 from deai.store.models import Assignment, Event, Nonce, Offer, Payout, Provider
+from deai.store.models import Reputation as RepRow
 
 
 def new_id(prefix: str) -> str:
@@ -236,27 +238,47 @@ class Coordinator:
             p = s.get(Provider, pid)
             if p is None:
                 raise NotFound(f"no provider {pid}", field="provider")
-            return self._provider_out(s, p)
+            return self._provider_out(s, p, *_records(s, [pid]))
 
     def providers(self) -> list[wire.ProviderOut]:
         with self.db.read() as s:
             rows = s.scalars(select(Provider).order_by(Provider.registered_at)).all()
-            return [self._provider_out(s, p) for p in rows]
+            slashes, probation = _records(s, None)  # one GROUP BY each, not one per row
+            return [self._provider_out(s, p, slashes, probation) for p in rows]
 
-    def _provider_out(self, s: Session, p: Provider) -> wire.ProviderOut:
+    def _provider_out(self, s: Session, p: Provider, slashes: dict[str, int],
+                      probation: set[str]) -> wire.ProviderOut:
         offers = s.scalars(select(Offer).where(Offer.provider_id == p.id)).all()
         bal = self.settlement.balances(s, [ledger.stake(p.id)])
         earned = s.scalar(select(func.coalesce(func.sum(Payout.amount), 0))
                           .where(Payout.provider_id == p.id)) or 0
+        stake, online = bal.get(ledger.stake(p.id), 0), self.online(p)
+        n, on_probation = slashes.get(p.id, 0), p.id in probation
         return wire.ProviderOut(
-            id=p.id, name=p.name, status=p.status, online=self.online(p), hardware=p.hardware,
+            id=p.id, name=p.name, status=p.status, online=online, hardware=p.hardware,
             benchmark=p.benchmark, compute_units=p.compute_units, threads=p.threads,
-            slots=p.slots, stake=bal.get(ledger.stake(p.id), 0), reputation=p.reputation,
+            slots=p.slots, stake=stake, reputation=p.reputation,
             last_seen=p.last_seen, tasks_done=p.tasks_done, earned=int(earned),
             capabilities=p.capabilities or {},
             offers=[wire.OfferOut(workload=o.workload, model=o.model, price=o.price,
                                   price_per_cu=_per_cu(o.price, p.compute_units))
-                    for o in offers])
+                    for o in offers],
+            standing=standing(online=online, slashes=n, probation=on_probation, stake=stake,
+                              min_stake=self.settings.min_stake).value,
+            slashes=n, probation=on_probation)
+
+
+def _records(s: Session, pids: list[str] | None) -> tuple[dict[str, int], set[str]]:
+    """Slash counts (``slash`` events, by subject) and who is on probation for some
+    workload, for ``pids`` (None: every provider)."""
+    slash_q = (select(Event.subject, func.count()).where(Event.kind == "slash")
+               .group_by(Event.subject))
+    prob_q = select(RepRow.provider_id).where(RepRow.probation > 0).distinct()
+    if pids is not None:
+        slash_q = slash_q.where(Event.subject.in_(pids))
+        prob_q = prob_q.where(RepRow.provider_id.in_(pids))
+    slashes = {str(k): int(n) for k, n in s.execute(slash_q).all()}
+    return slashes, set(s.scalars(prob_q).all())
 
 
 def _per_cu(price: int, cu: float) -> float | None:

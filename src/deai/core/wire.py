@@ -147,6 +147,12 @@ class ProviderOut(Out):
     tasks_done: int = 0
     earned: int = 0
     capabilities: dict[str, Any] = Field(default_factory=dict)
+    standing: str = Field(default="online", description=(
+        "slashed | probation | below_stake | offline | online: the worst that holds "
+        "(core.standing)"))
+    slashes: int = Field(default=0, description="how many times its stake was slashed")
+    probation: bool = Field(default=False,
+                            description="on probation for some workload (full replication)")
 
 
 class HeartbeatIn(In):

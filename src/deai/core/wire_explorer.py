@@ -125,7 +125,10 @@ class ShardOut(Out):
     status: str = Field(description="the task's own status")
     state: str = Field(description="queued | running | verifying | accepted | failed")
     attempts: int
-    redone: bool
+    redone: bool = Field(description="run more than once: placed again, or its first "
+                         "result was overturned by a verdict and another result stands")
+    corrected: bool = Field(default=False, description="its accepted result was replaced "
+                            "after an audit or a look-back (public once the window closed)")
     items: int
     units: int
     providers: list[str]
@@ -147,6 +150,8 @@ class JobDetailOut(Out):
     cost_so_far: int
     providers: list[JobProviderOut]
     assignments: list[AssignmentRow]
+    redone: int = Field(default=0, description="shards run more than once")
+    corrected: int = Field(default=0, description="shards whose result was replaced")
 
 
 # --- ledger ---------------------------------------------------------------------------

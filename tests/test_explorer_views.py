@@ -1,0 +1,111 @@
+"""The explorer's reads over a history with every standing and every shard mark
+(``tests.explorer_world``): the coordinator's own applier on a real SQLite database,
+on an injected clock.
+
+A provider's standing is the worst public fact that holds (slashed, on probation,
+below the minimum stake, offline); a shard redone after a verdict or corrected after
+an audit is counted as such, but only once the challenge window has closed (a role is
+sealed until then); the provider list counts slashes with one grouped query.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from sqlalchemy import event
+
+from deai.coordinator import explorer_views as views
+from deai.core.clock import ManualClock
+from deai.core.standing import Standing, standing
+from tests.explorer_world import World, build, serve
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> World:
+    return build(tmp_path_factory.mktemp("explorer-world"))
+
+
+def test_the_worst_fact_wins() -> None:
+    base = {"online": True, "slashes": 0, "probation": False, "stake": 10, "min_stake": 10}
+    assert standing(**base) == Standing.ONLINE
+    assert standing(**{**base, "online": False}) == Standing.OFFLINE
+    assert standing(**{**base, "online": False, "stake": 9}) == Standing.BELOW_STAKE
+    assert standing(**{**base, "stake": 0, "probation": True}) == Standing.PROBATION
+    assert standing(**{**base, "slashes": 1, "probation": True, "stake": 0}) == Standing.SLASHED
+    assert [s.value for s in Standing] == ["slashed", "probation", "below_stake", "offline",
+                                           "online"]
+
+
+def test_every_standing_from_a_real_history(world: World) -> None:
+    got = {p.id: p for p in world.c.providers()}
+    assert {pid: p.standing for pid, p in got.items()} == world.standing
+    assert set(world.standing.values()) == {s.value for s in Standing}
+    for pid, p in got.items():
+        assert world.c.provider(pid) == p  # one provider reads as in the list
+        assert p.slashes == (1 if world.standing[pid] == "slashed" else 0)
+    slashed = [p for p in got.values() if p.standing == "slashed"]
+    assert all(p.probation and p.stake < world.c.settings.min_stake for p in slashed)
+    assert all(p.online is False for p in slashed)  # and a slashed one that beats ...
+    world.c.heartbeat(slashed[0].id, [])
+    again = world.c.provider(slashed[0].id)
+    assert again.online and again.standing == "slashed"  # ... is still not "online"
+
+
+def test_the_list_counts_slashes_in_one_query(world: World) -> None:
+    seen: list[str] = []
+
+    def count(conn: object, cursor: object, statement: str, *args: object) -> None:
+        if "FROM events" in statement:
+            seen.append(statement)
+
+    engine = world.c.db.engine
+    event.listen(engine, "before_cursor_execute", count)
+    try:
+        assert len(world.c.providers()) == len(world.standing)
+    finally:
+        event.remove(engine, "before_cursor_execute", count)
+    assert len(seen) == 1 and "GROUP BY" in seen[0], seen
+
+
+def test_redone_and_corrected_shards_are_counted_once_public(world: World) -> None:
+    d = views.job_detail(world.c, world.job_id)
+    (shard,) = d.shards
+    assert shard.attempts == 1 and shard.state == "accepted"  # never placed again ...
+    assert shard.redone and shard.corrected  # ... yet not its primary's result, then fixed
+    assert (d.redone, d.corrected) == (1, 1)
+    clock = world.c.clock
+    assert isinstance(clock, ManualClock)
+    now = clock.t
+    # Back to when all of it was inside its window (the seats were leased at t=0):
+    # who checked what is sealed then.
+    clock.t = world.c.settings.challenge_window - 1
+    try:
+        early = views.job_detail(world.c, world.job_id)
+    finally:
+        clock.t = now
+    assert (early.redone, early.corrected) == (0, 0)
+    assert not early.shards[0].redone and not early.shards[0].corrected
+
+
+@pytest.fixture(scope="module")
+def url(world: World) -> Iterator[str]:
+    with serve(world.c) as u:
+        yield u
+
+
+def test_the_public_api_carries_standing_and_marks(world: World, url: str) -> None:
+    provs = httpx.get(f"{url}/api/providers", timeout=30).json()["providers"]
+    assert {p["id"]: p["standing"] for p in provs} == world.standing
+    assert {p["id"]: p["slashes"] for p in provs if p["slashes"]} == {
+        pid: 1 for pid, st in world.standing.items() if st == "slashed"}
+    d = httpx.get(f"{url}/api/explorer/jobs/{world.job_id}", timeout=30).json()
+    assert (d["redone"], d["corrected"]) == (1, 1)
+    assert d["shards"][0]["redone"] is True and d["shards"][0]["corrected"] is True
+    page = httpx.get(f"{url}/api/explorer/ledger", params={"limit": 30}, timeout=30).json()
+    older = httpx.get(f"{url}/api/explorer/ledger",
+                      params={"limit": 30, "before": page["entries"][-1]["seq"]},
+                      timeout=30).json()
+    assert older["entries"][0]["seq"] == page["entries"][-1]["seq"] - 1
+
