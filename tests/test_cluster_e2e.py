@@ -11,7 +11,11 @@ workers, token authentication on); ``deai cluster submit`` runs a job whose task
 report three distinct node ids; a request to the Ray Jobs API without the token is
 refused while one with it is answered; ``deai cluster down`` stops the cluster's Ray
 processes and ends its leases (nothing is left running in the namespaces), and the
-ledger audits.
+ledger audits. Asking for more nodes than hosts places nothing and charges nothing.
+Then a second cluster loses a worker (its provider SIGKILLed in the middle of a job:
+Ray retries the tasks on the two other nodes and the job succeeds; the lease ends
+``provider lost`` and bills no more) and then its head (the cluster ends ``head lost``
+and the rest is refunded); the ledger still audits.
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ from tests.netutil import Network
 pytestmark = pytest.mark.slow
 DEAI = str(Path(sys.executable).parent / "deai")
 PRICES = "cpu=360000,memory_gb=36000"
-ENV = {"DEAI_LEASE_GRACE": "20", "DEAI_LEASE_SETTLE": "2", "DEAI_LEASE_TICK": "0.5",
+ENV = {"DEAI_LEASE_GRACE": "10", "DEAI_LEASE_SETTLE": "2", "DEAI_LEASE_TICK": "0.5",
        "DEAI_CLUSTER_TICK": "0.5", "DEAI_CLUSTER_FORM_TIMEOUT": "240",
        "DEAI_LEASE_START_TIMEOUT": "240"}
 NODES = 3
@@ -122,6 +126,13 @@ def net(tmp_path_factory: pytest.TempPathFactory, namespaces: list[str]) -> Iter
         n.close()
 
 
+@pytest.fixture(scope="module")
+def alice(net: Network) -> Client:
+    c = net.client("alice")
+    c.faucet(100_000_000)
+    return c
+
+
 def cli(net: Network, *args: str, cwd: Path | None = None,
         timeout: float = 400) -> subprocess.CompletedProcess[str]:
     env = {**net.env, "DEAI_COORDINATOR": net.url, "DEAI_KEY": "alice"}
@@ -129,9 +140,8 @@ def cli(net: Network, *args: str, cwd: Path | None = None,
                           timeout=timeout, check=False)
 
 
-def test_cluster_up_submit_down(net: Network, namespaces: list[str], tmp_path: Path) -> None:
-    alice: Client = net.client("alice")
-    alice.faucet(100_000_000)
+def test_cluster_up_submit_down(net: Network, namespaces: list[str], alice: Client,
+                                tmp_path: Path) -> None:
     up = cli(net, "cluster", "up", "--nodes", str(NODES), "--cpus", "1", "--memory", "3G",
              "--hours", "1", "--max-price-hour", "1")
     assert up.returncode == 0, up.stdout + up.stderr + net.logs()
@@ -192,7 +202,7 @@ def test_cluster_up_submit_down(net: Network, namespaces: list[str], tmp_path: P
     assert result_audit.ok, result_audit.report.problems
 
 
-def test_gang_is_all_or_nothing(net: Network) -> None:
+def test_gang_is_all_or_nothing(net: Network) -> None:  # before any provider is killed
     """Four nodes asked of three hosts: nothing is placed, nothing is charged."""
     carol = net.client("carol")
     carol.faucet(10_000_000)
@@ -205,3 +215,76 @@ def test_gang_is_all_or_nothing(net: Network) -> None:
     assert len(cl.leases) == NODES and cl.charged == 0 and cl.refunded == cl.escrow
     if before is not None:
         assert carol.balance() == before
+
+
+LONG_JOB = '''
+import json, time
+import ray
+
+ray.init()
+
+@ray.remote(num_cpus=1, scheduling_strategy="SPREAD", max_retries=5)
+def work(i):
+    time.sleep(2.0)
+    return ray.util.get_node_ip_address()
+
+refs = [work.remote(i) for i in range(30)]
+print("STARTED", flush=True)
+print("RESULT " + json.dumps(ray.get(refs)), flush=True)
+'''
+
+
+def wait_for(what: str, check: object, timeout: float = 180.0) -> None:
+    end = time.time() + timeout
+    while not check():  # type: ignore[operator]
+        assert time.time() < end, f"timed out waiting for {what}"
+        time.sleep(0.5)
+
+
+def test_lost_worker_then_lost_head(net: Network, namespaces: list[str], alice: Client,
+                                    tmp_path: Path) -> None:
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    api = Clusters(alice)
+    cl = api.up(nodes=NODES, cpus=1, memory_mb=3072, hours=1, max_price_hour=10**6)
+    assert cl.status == "running"
+    by_id = {net.key(name).id: name for name in net.providers}
+    head, worker = cl.members[0], cl.members[2]
+    worker_ip = (cl.ray or {})["nodes"][worker.id]["ip"]
+    job_dir = tmp_path / "long"
+    job_dir.mkdir()
+    (job_dir / "long.py").write_text(LONG_JOB)
+    url, stop, token = api.forward(cl.id)
+    try:
+        jobs = JobSubmissionClient(url, headers={"Authorization": f"Bearer {token}"})
+        job = jobs.submit_job(entrypoint="python long.py",
+                              runtime_env={"working_dir": str(job_dir)})
+        wait_for("the job's tasks", lambda: "STARTED" in jobs.get_job_logs(job))
+        net.providers[by_id[worker.provider_id]].kill()  # SIGKILL: its sandbox dies too
+        wait_for("the job", lambda: jobs.get_job_status(job) in (
+            JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED), timeout=300)
+        logs = jobs.get_job_logs(job)
+        assert jobs.get_job_status(job) == JobStatus.SUCCEEDED, logs
+    finally:
+        stop()
+    ips = json.loads(next(x for x in logs.splitlines() if x.startswith("RESULT "))[7:])
+    assert len(ips) == 30 and len(set(ips) - {worker_ip}) == NODES - 1, ips
+
+    def worker_lost() -> bool:
+        return api.show(cl.id).lost == [worker.id]
+
+    wait_for("the worker's loss", worker_lost)
+    now = api.show(cl.id)
+    assert now.status == "running"
+    lost = next(m for m in now.members if m.id == worker.id)
+    assert lost.end_reason == "provider lost" and lost.charged + lost.refunded == lost.escrow
+    assert any(e["kind"] == "cluster_node_lost" for e in now.events)
+
+    net.providers[by_id[head.provider_id]].kill()
+    wait_for("the head's loss", lambda: api.show(cl.id).status == "ended")
+    end = api.show(cl.id)
+    assert end.end_reason == "head lost", end.detail
+    assert all(m.status == "ended" for m in end.members)
+    assert end.refunded > 0 and end.charged + end.refunded == end.escrow
+    audit = client_audit(alice)
+    assert audit.ok, audit.report.problems

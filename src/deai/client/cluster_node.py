@@ -79,6 +79,26 @@ def start(args: list[str], ip: str) -> subprocess.Popen[bytes]:
         start_new_session=True)
 
 
+def wait_nodes(head: str, n: int, timeout: float) -> None:
+    os.environ.update(ray_env())
+    import ray
+
+    end = time.monotonic() + timeout
+    while True:  # the head's raylet may register with its GCS a moment after the port
+        try:
+            ray.init(address=head, logging_level=40, log_to_driver=False)
+            break
+        except (ConnectionError, RuntimeError):
+            if time.monotonic() > end:
+                raise
+            time.sleep(1.0)
+    while (alive := len([x for x in ray.nodes() if x.get("Alive")])) < n:  # type: ignore[no-untyped-call]
+        if time.monotonic() > end:
+            raise SystemExit(f"{alive} of {n} Ray nodes alive after {timeout:.0f} s")
+        time.sleep(0.5)
+    print(json.dumps({"alive": alive}))
+
+
 def main(argv: list[str]) -> None:
     op = argv[0]
     if op == "addr":
@@ -99,17 +119,7 @@ def main(argv: list[str]) -> None:
             raise SystemExit(f"ray start exited with {proc.returncode}; see ~/ray-node.log")
         print(json.dumps({"pid": proc.pid, "ip": ip}))
     elif op == "wait":
-        head, n, timeout = argv[1], int(argv[2]), float(argv[3])
-        os.environ.update(ray_env())
-        import ray
-
-        ray.init(address=head, logging_level=40, log_to_driver=False)
-        end = time.monotonic() + timeout
-        while (alive := len([x for x in ray.nodes() if x.get("Alive")])) < n:  # type: ignore[no-untyped-call]
-            if time.monotonic() > end:
-                raise SystemExit(f"{alive} of {n} Ray nodes alive after {timeout:.0f} s")
-            time.sleep(0.5)
-        print(json.dumps({"alive": alive}))
+        wait_nodes(argv[1], int(argv[2]), float(argv[3]))
     elif op == "stop":
         pid = int(argv[1])
         for sig, wait in ((signal.SIGTERM, 15.0), (signal.SIGKILL, 5.0)):
