@@ -67,7 +67,7 @@ class BlobStore:
     def put_many(self, blobs: Sequence[bytes]) -> list[str]:
         """Store a batch durably (one fsync for all of it); their digests, in order.
 
-        Blobs already stored are not written again; one new blob goes loose.
+        Blobs already stored are not written again.
         """
         digests = [digest_of(b) for b in blobs]
         packed = self.packs.known(digests)
@@ -77,9 +77,7 @@ class BlobStore:
             if d not in new and d not in packed and not os.path.exists(
                     os.path.join(root, d[:2], d[2:])):
                 new[d] = b
-        if len(new) == 1:
-            self.put(next(iter(new.values())))
-        elif new:
+        if new:  # a pack even for one: its rename is fsynced too, not only its bytes
             self.packs.write(list(new.items()))
         return digests
 

@@ -85,7 +85,9 @@ class PackStore:
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        root.mkdir(parents=True, exist_ok=True)
+        if not root.is_dir():
+            root.mkdir(parents=True, exist_ok=True)
+            _fsync_dir(root.parent)  # the folder's own entry, once
         self._lock = threading.Lock()
         self._db = sqlite3.connect(root / "index.sqlite", check_same_thread=False,
                                    timeout=30.0, isolation_level=None)
