@@ -20,6 +20,7 @@ and the rest is refunded); the ledger still audits.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -36,6 +37,7 @@ import pytest
 from deai.client.audit import client_audit
 from deai.client.clusters import Clusters
 from deai.client.sdk import Client
+from deai.core.errors import InvalidInput
 from tests.netutil import Network
 
 pytestmark = pytest.mark.slow
@@ -68,13 +70,12 @@ def _ip(*args: str) -> None:
     subprocess.run(["ip", *args], check=True, capture_output=True, timeout=30)
 
 
-@pytest.fixture(scope="module")
-def namespaces() -> Iterator[list[str]]:
-    if os.geteuid() != 0 or shutil.which("ip") is None or shutil.which("bwrap") is None:
-        pytest.skip("needs root, iproute2 and bubblewrap (network namespaces per provider)")
+@contextlib.contextmanager
+def make_namespaces(n: int) -> Iterator[list[str]]:
+    """``n`` network namespaces (lo up, one veth each, 10.213.X.2..) bridged in another."""
     tag = f"dc{os.getpid() % 100000}"
     sw, subnet = f"{tag}sw", f"10.213.{os.getpid() % 250}"
-    names = [f"{tag}n{i}" for i in range(NODES)]
+    names = [f"{tag}n{i}" for i in range(n)]
     made: list[str] = []
     try:
         for ns in (sw, *names):
@@ -95,6 +96,14 @@ def namespaces() -> Iterator[list[str]]:
         for ns in reversed(made):
             subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=30,
                            check=False)
+
+
+@pytest.fixture(scope="module")
+def namespaces() -> Iterator[list[str]]:
+    if os.geteuid() != 0 or shutil.which("ip") is None or shutil.which("bwrap") is None:
+        pytest.skip("needs root, iproute2 and bubblewrap (network namespaces per provider)")
+    with make_namespaces(NODES) as names:
+        yield names
 
 
 def ns_pids(ns: str) -> list[str]:
@@ -208,6 +217,14 @@ def test_gang_is_all_or_nothing(net: Network) -> None:  # before any provider is
     carol.faucet(10_000_000)
     before = carol.balance() if hasattr(carol, "balance") else None
     api = Clusters(carol)
+    for bad, field in (({"nodes": 0}, "nodes"), ({"cpus": "x"}, "cpus"),
+                       ({"hours": None}, "hours")):
+        body = {"nodes": 2, "cpus": 1, "memory_mb": 1024, "hours": 1,
+                "max_price_hour": 10**6, **bad}
+        with pytest.raises(InvalidInput) as err:
+            carol.request("POST", "/api/clusters", json_body=body)
+        assert err.value.status < 500 and field in str(err.value.field) + err.value.message
+    assert api.list() == []  # nothing was recorded for bad input
     with pytest.raises(Exception, match="only 3 of 4 nodes placed|no provider"):
         api.create(nodes=NODES + 1, cpus=1, memory_mb=1024, hours=1, max_price_hour=10**6)
     cl = api.list()[0]

@@ -17,7 +17,7 @@ from deai.coordinator.service import Coordinator
 from deai.coordinator.settings import Settings
 from deai.core import ledger
 from deai.core.clock import ManualClock
-from deai.core.errors import Conflict, Forbidden, NoCapacity
+from deai.core.errors import Conflict, Forbidden, InvalidInput, NoCapacity
 from deai.core.wire_clusters import ClusterIn, RayIn
 from deai.core.wire_leases import HostIn
 from deai.store import journal, migrate
@@ -165,7 +165,7 @@ def test_owner_ends_a_running_cluster(c: Coordinator) -> None:
         head_address="10.0.0.1:6379", dashboard_port=8265,
         nodes={cl.leases[0]: {"role": "head", "pid": 7, "ip": "10.0.0.1"}}))
     assert cl.ray and cl.ray["head_address"] == "10.0.0.1:6379"
-    with pytest.raises(Conflict):  # a lease that is not a member
+    with pytest.raises(InvalidInput, match="nodes"):  # a lease that is not a member
         clusters.report_ray(c, OWNER, cl.id, RayIn(head_address="x:1", dashboard_port=1,
                                                     nodes={"lease_0": {}}))
     advance(c, 30, HOSTS)

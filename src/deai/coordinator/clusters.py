@@ -37,7 +37,7 @@ from sqlalchemy.orm import Session
 
 from deai.coordinator import leases
 from deai.coordinator.service import Coordinator, new_id
-from deai.core.errors import Conflict, Forbidden, NotFound
+from deai.core.errors import Conflict, Forbidden, InvalidInput, NotFound
 from deai.core.leases import EndReason, LeaseStatus
 from deai.core.wire_clusters import ClusterIn, ClusterOut, RayIn
 from deai.core.wire_leases import LeaseIn
@@ -144,7 +144,7 @@ def report_ray(c: Coordinator, owner: str, cid: str, body: RayIn) -> ClusterOut:
                            status=cl.status)
         unknown = sorted(set(body.nodes) - set(cl.leases))
         if unknown:
-            raise Conflict(f"nodes: {unknown[0]} is not a member of {cid}", field="nodes")
+            raise InvalidInput(f"nodes: {unknown[0]} is not a member of {cid}", field="nodes")
         cl.ray = {"head_address": body.head_address, "dashboard_port": body.dashboard_port,
                   "nodes": body.nodes}
         c.emit(s, "cluster_ray", cid, owner=owner, head_address=body.head_address)
