@@ -15,12 +15,13 @@ from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
-from deai.coordinator import access, ledger_audit
+from deai.coordinator import access, blob_quota, ledger_audit
 from deai.coordinator.auth import coordinator, read_body, signer
 from deai.coordinator.service import Coordinator
 from deai.core import wire
 from deai.core.errors import InvalidInput
 from deai.store import journal
+from deai.store.blobs import digest_of
 from deai.store.models import Balance, JournalEntry, JournalHead
 
 router = APIRouter(prefix="/api")
@@ -46,12 +47,12 @@ def account(account: Annotated[str, Path(min_length=1, max_length=100)],
 
 @router.put("/blobs", response_model=wire.BlobOut, status_code=201)
 async def put_blob(request: Request, c: C, me: Signer) -> wire.BlobOut:
+    """Counted against the uploader's quota before it is stored (``blob_quota``)."""
     data = await read_body(request, c.settings.max_upload_bytes)
     if not data:
         raise InvalidInput("body: an empty blob is not allowed", field="body")
-    out = c.put_blob(data)
-    await run_in_threadpool(access.record_upload, c, me, out.digest, out.size)
-    return out
+    await run_in_threadpool(blob_quota.admit, c, me, digest_of(data), len(data))
+    return c.put_blob(data)
 
 
 @router.get("/blobs/{digest}")

@@ -1,11 +1,12 @@
-"""What the coordinator forgets: expired idempotency keys (the leader's loop).
+"""What the coordinator forgets: expired idempotency keys, uploads past their TTL and
+the blobs nothing uses any more (``blob_quota``); the leader's loop.
 
 ``sweep`` runs on the leader only, every ``period(settings)`` seconds.
 """
 
 from __future__ import annotations
 
-from deai.coordinator import idempotency
+from deai.coordinator import blob_quota, idempotency
 from deai.coordinator.service import Coordinator
 from deai.coordinator.settings import Settings
 
@@ -15,4 +16,4 @@ def period(st: Settings) -> float:
 
 
 def sweep(c: Coordinator) -> int:
-    return idempotency.purge(c)
+    return idempotency.purge(c) + blob_quota.sweep(c)

@@ -17,7 +17,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from deai.coordinator import admission, idempotency, jobs
+from deai.coordinator import admission, blob_quota, idempotency, jobs
 from deai.coordinator.openai import gateway, keys
 from deai.coordinator.openai import schemas as S
 from deai.coordinator.openai.errors import ApiError
@@ -25,6 +25,7 @@ from deai.coordinator.service import Coordinator
 from deai.core import batch, catalog, kinds, wire
 from deai.core.errors import InvalidInput, NotFound, UnknownModel
 from deai.core.lifecycle import JOB_ACTIVE, JobStatus, TaskStatus
+from deai.store.blobs import digest_of
 from deai.store.models import ApiBatch, ApiFile, Job, Task
 
 KINDS = {url: kind for kind, url in gateway.URLS.items()}
@@ -48,6 +49,7 @@ def upload(c: Coordinator, account: str, filename: str, purpose: str, data: byte
                        param="purpose")
     if not data:
         raise ApiError(400, "the file is empty", param="file")
+    blob_quota.admit(c, account, digest_of(data), len(data), field="file")
     digest = c.blobs.put(data)
     with c.db.write() as s:
         row = ApiFile(id=_file_id(), account=account, purpose=purpose,

@@ -68,7 +68,7 @@ def from_deai(exc: DeAIError) -> ApiError:
     if isinstance(exc, UnknownModel):
         return ApiError(404, m, code="model_not_found", param=f or "model")
     if isinstance(exc, PayloadTooLarge):
-        return ApiError(413, m, code="payload_too_large", param=f)
+        return ApiError(413, m, code=exc.code, param=f)  # payload_too_large, blob_quota_...
     if isinstance(exc, InvalidInput) and exc.status == 422 and exc.code != "invalid_input":
         return ApiError(422, m, code=exc.code, param=f)  # e.g. idempotency_key_reused
     if isinstance(exc, InvalidInput):

@@ -3,9 +3,10 @@
 ``list_files`` pages an account's files newest first, as OpenAI does
 (``after`` a file id, ``limit`` 1 to 10,000, ``order`` desc or asc, optional
 ``purpose``). ``delete`` removes the file's record, so it is no longer listed
-or readable; its bytes stay in the content-addressed blob store, where a
-batch's job may still need them as its input (blobs are shared by digest).
-Deleting a file a batch used does not change the batch.
+or readable; its bytes stay in the content-addressed blob store while a batch's
+job (or anything else) still uses them (blobs are shared by digest), and are
+deleted once nothing does (``blob_quota``). Deleting a file a batch used does
+not change the batch.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Literal
 
 from sqlalchemy import select
 
+from deai.coordinator import blob_quota
 from deai.coordinator.openai import batches
 from deai.coordinator.openai import schemas as S
 from deai.coordinator.service import Coordinator
@@ -48,5 +50,7 @@ def delete(c: Coordinator, account: str, file_id: str) -> S.FileDeleted:
         row = s.get(ApiFile, file_id)
         if row is None or row.account != account:
             raise NotFound(f"No such File object: {file_id}", field="file_id")
+        digest = row.digest
         s.delete(row)
+    blob_quota.discard_if_unused(c, [digest])  # the bytes too, unless something uses them
     return S.FileDeleted(id=file_id)

@@ -1,0 +1,105 @@
+"""Per-account blob quotas, and expiry of uploads nothing uses.
+
+Every upload (``PUT /api/blobs``, ``POST /v1/files``) is recorded against its
+account (``blob_refs``: digest, account, size, time) *before* its bytes are
+stored, and only while the account's recorded uploads stay within
+``Settings.blob_quota_bytes``; past it the upload is refused with 413
+``blob_quota_exceeded`` naming the field, and nothing is stored. Uploading a
+blob the account already holds costs nothing more. On PostgreSQL an advisory
+lock per account serialises the check, so concurrent uploads cannot pass it.
+
+An upload counts for ``Settings.blob_ttl`` (24 h). Then the leader's retention
+loop (``sweep``) drops its record; a blob that no record uses any more (no
+other account's upload, job, task, assignment, checkpoint or /v1 file) is
+deleted from the store. A blob a job or a file uses stays, readable by its
+owner through that record (``access``). So an account, funded or not, holds
+at most its quota in uploads that nothing uses, and never for long.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import delete, func, select, text
+from sqlalchemy.orm import Session
+
+from deai.coordinator.service import Coordinator
+from deai.core.errors import PayloadTooLarge
+from deai.store.models import ApiFile, Assignment, BlobRef, Checkpoint, Job, Task
+
+SWEEP_BATCH = 500
+
+
+class QuotaExceeded(PayloadTooLarge):
+    status = 413
+    code = "blob_quota_exceeded"
+
+
+def used(s: Session, account: str) -> int:
+    return int(s.scalar(select(func.coalesce(func.sum(BlobRef.size), 0))
+                        .where(BlobRef.account == account)) or 0)
+
+
+def admit(c: Coordinator, account: str, digest: str, size: int, field: str = "body") -> None:
+    """Record ``account``'s upload of ``digest``, or refuse it over the quota."""
+    quota = c.settings.blob_quota_bytes
+
+    def body(s: Session) -> None:
+        if not c.db.is_sqlite:  # one account's uploads, one at a time (SQLite: always)
+            s.execute(text("SELECT pg_advisory_xact_lock(hashtext(:k))"),
+                      {"k": f"blob-quota:{account}"})
+        if s.get(BlobRef, (digest, account)) is not None:
+            return  # already held: counted once
+        have = used(s, account)
+        if have + size > quota:
+            raise QuotaExceeded(
+                f"{field}: this account holds {have} bytes of uploads no job or file uses "
+                f"yet; {size} more would pass its quota of {quota} bytes (uploads count for "
+                f"{c.settings.blob_ttl:.0f} s)", field=field, quota=quota, used=have,
+                size=size)
+        s.add(BlobRef(digest=digest, account=account, size=size, created_at=c.now()))
+
+    c.db.run(body)
+
+
+def in_use(s: Session, digests: list[str]) -> set[str]:
+    """Those of ``digests`` that some record still names (any account's)."""
+    cols = (BlobRef.digest, Job.input_digest, Job.output_digest, Task.input_digest,
+            Task.output_digest, Task.reference_digest, Assignment.input_digest,
+            Assignment.output_digest, Checkpoint.digest, ApiFile.digest)
+    out: set[str] = set()
+    for col in cols:
+        out.update(d for d in s.scalars(select(col).where(col.in_(digests)).distinct()) if d)
+    return out
+
+
+def discard_if_unused(c: Coordinator, digests: list[str]) -> int:
+    """Delete the loose blobs among ``digests`` that nothing uses; returns how many."""
+    if not digests:
+        return 0
+    with c.db.read() as s:
+        gone = set(digests) - in_use(s, digests)
+    n = 0
+    for d in sorted(gone):
+        path = c.blobs.path(d)
+        if path.exists():  # a pack (a job's shards) is always in use: only loose files
+            path.unlink(missing_ok=True)
+            n += 1
+    return n
+
+
+def sweep(c: Coordinator) -> int:
+    """Drop upload records past the TTL; delete the blobs nobody uses any more."""
+    cutoff = c.now() - c.settings.blob_ttl
+    total = 0
+    while True:
+        def body(s: Session) -> list[str]:
+            rows = s.execute(select(BlobRef.digest, BlobRef.account)
+                             .where(BlobRef.created_at < cutoff)
+                             .order_by(BlobRef.created_at).limit(SWEEP_BATCH)).all()
+            for d, a in rows:
+                s.execute(delete(BlobRef).where(BlobRef.digest == d, BlobRef.account == a))
+            return sorted({d for d, _ in rows})
+
+        expired = c.db.run(body)
+        total += discard_if_unused(c, expired)
+        if len(expired) < SWEEP_BATCH:
+            return total

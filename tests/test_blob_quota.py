@@ -1,0 +1,117 @@
+"""Per-account blob quotas and the expiry of uploads nothing uses.
+
+A coordinator with a 1,000-byte quota and a 3-second upload TTL: an unfunded
+key fills its quota and is refused (413 naming the field), nothing stored; a
+blob it already holds costs nothing more; once the TTL passes the leader's
+retention loop deletes the unused upload (from the database and the disk) and
+the quota is free again, while a blob a job uses stays, readable by its owner.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from deai.client.keys import Identity
+from deai.core import batch
+from tests.helpers import MODEL, SPEC, HandProvider, funded, lines
+from tests.netutil import Network
+
+QUOTA = 1000
+TTL = 3.0
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def net(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+        ) -> Iterator[Network]:
+    url = "" if request.param == "sqlite" else request.getfixturevalue("module_pg_url")
+    n = Network(tmp_path_factory.mktemp(f"blobq-{request.param}"), url,
+                heartbeat_timeout=120.0, verify=False,
+                extra=("--blob-quota-bytes", str(QUOTA), "--blob-ttl", str(TTL)))
+    n.start_coordinator()
+    yield n
+    n.close()
+
+
+def put(net: Network, me: Identity, data: bytes) -> httpx.Response:
+    headers = {"content-type": "application/octet-stream",
+               **me.headers("PUT", "/api/blobs", data)}
+    return httpx.put(f"{net.url}/api/blobs", content=data, headers=headers, timeout=30)
+
+
+def get(net: Network, me: Identity, digest: str) -> httpx.Response:
+    path = f"/api/blobs/{digest}"
+    return httpx.get(f"{net.url}{path}", headers=me.headers("GET", path, b""), timeout=30)
+
+
+def on_disk(net: Network, digest: str) -> bool:
+    return os.path.exists(net.root / "coordinator" / "blobs" / digest[:2] / digest[2:])
+
+
+def test_an_unfunded_key_is_held_to_its_quota_until_uploads_expire(net: Network) -> None:
+    owner = funded(net)  # a job's input: kept past the TTL because the job uses it
+    HandProvider(net)
+    kept = lines(2)
+    kept_digest = owner.upload(kept).digest
+    job = owner.submit_job(SPEC, kept_digest)
+
+    me = Identity.generate()  # never funded
+    a, b = b"a" * 600, b"b" * 600
+    first = put(net, me, a)
+    assert first.status_code == 201, first.text
+    again = put(net, me, a)  # already held: not counted twice
+    assert again.status_code == 201, again.text
+    over = put(net, me, b)
+    assert over.status_code == 413, over.text
+    err = over.json()["error"]
+    assert err["code"] == "blob_quota_exceeded" and err["field"] == "body"
+    assert err["details"]["quota"] == QUOTA and err["details"]["used"] == 600
+    digest_b = hashlib.sha256(b).hexdigest()
+    assert not on_disk(net, digest_b)  # refused before anything was stored
+
+    digest_a = first.json()["digest"]
+    end = time.time() + 120
+    while on_disk(net, digest_a):  # the retention loop deletes the unused upload
+        assert time.time() < end, net.logs()
+        time.sleep(0.3)
+    assert get(net, me, digest_a).status_code == 404
+    assert put(net, me, b).status_code == 201  # the quota is free again
+
+    # The job's input outlived its upload record: still there, still its owner's to read.
+    assert on_disk(net, kept_digest)
+    assert owner.download(kept_digest) == kept
+    assert owner.job(job.id).status in ("pending", "running")
+
+
+def test_v1_files_count_and_a_deleted_file_frees_its_bytes(net: Network) -> None:
+    owner = funded(net)
+    key = owner.create_api_key("quota").key
+    assert key is not None
+    line = batch.dumps({"custom_id": "r0", "method": "POST", "url": "/v1/embeddings",
+                        "body": {"model": MODEL, "input": "x" * 500}})
+    with httpx.Client(base_url=net.url, timeout=30,
+                      headers={"Authorization": f"Bearer {key}"}) as h:
+        def upload(data: bytes) -> httpx.Response:
+            return h.post("/v1/files", files={"file": ("in.jsonl", data)},
+                          data={"purpose": "batch"})
+
+        ok = upload(line)
+        assert ok.status_code == 200, ok.text
+        other = line.replace(b'"r0"', b'"r1"')
+        over = upload(other)
+        assert over.status_code == 413, over.text
+        assert over.json()["error"]["param"] == "file"
+        assert over.json()["error"]["code"] == "blob_quota_exceeded"
+        digest = hashlib.sha256(line).hexdigest()
+        assert on_disk(net, digest)
+        assert h.delete(f"/v1/files/{ok.json()['id']}").status_code == 200
+        end = time.time() + 120
+        while on_disk(net, digest):  # gone with its file once its upload record expires
+            assert time.time() < end, net.logs()
+            time.sleep(0.3)
+        assert upload(other).status_code == 200
