@@ -5,6 +5,12 @@ Checks what a visitor sees: the running providers on the overview, a job submitt
 during the test appearing and its shard map advancing to done with no reload, a
 provider's hardware on its page, and no console error anywhere. Screenshots at laptop
 and phone sizes go to ``artifacts/screenshots/``.
+
+A second coordinator serves a history with every standing and shard mark
+(``tests.explorer_world``): standings as coloured badges (a slashed provider that
+heartbeats is never a green "online"), a shard redone after a verdict and corrected
+after an audit, a legend for every colour on the map, ledger postings by account
+name with paging, and at phone size (390×844) no page that scrolls sideways.
 """
 
 from __future__ import annotations
@@ -17,6 +23,8 @@ import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from deai.client.sdk import Client
+from tests import explorer_world
+from tests.explorer_world import World
 from tests.helpers import ARGS, CHROMIUM, SHOTS
 from tests.netutil import Network
 
@@ -61,7 +69,7 @@ def browser() -> Iterator[Browser]:
 class Tab:
     """A page at one viewport size that records every console error and page error."""
 
-    def __init__(self, browser: Browser, net: Network, size: str) -> None:
+    def __init__(self, browser: Browser, net: Network | str, size: str) -> None:
         self.size = size
         self.ctx = browser.new_context(viewport=SIZES[size],  # type: ignore[arg-type]
                                        color_scheme=THEMES[size])  # type: ignore[arg-type]
@@ -70,7 +78,7 @@ class Tab:
         self.page.on("console", lambda m: self.errors.append(f"console: {m.text}")
                      if m.type == "error" else None)
         self.page.on("pageerror", lambda e: self.errors.append(f"pageerror: {e}"))
-        self.base = f"{net.url}/explorer/"
+        self.base = f"{net if isinstance(net, str) else net.url}/explorer/"
 
     def open(self, hash_: str = "#/") -> Page:
         self.page.goto(self.base + hash_)
@@ -183,3 +191,154 @@ def test_without_the_chart_library_numbers_still_show(tab: Tab, net: Network) ->
     expect(page.get_by_test_id("stat-providers-online").locator(".value")).to_have_text(
         str(len(PROVIDERS)), timeout=20_000)
     expect(page.get_by_test_id("chart-price-cu")).to_contain_text("alpha-node")
+
+
+# --- a history with every standing and shard mark (tests/explorer_world.py) ----------------
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[World, str]]:
+    w = explorer_world.build(tmp_path_factory.mktemp("explorer-world"))
+    with explorer_world.serve(w.c) as url:
+        yield w, url
+
+
+@pytest.fixture(params=list(SIZES))
+def wtab(request: pytest.FixtureRequest, browser: Browser,
+         world: tuple[World, str]) -> Iterator[Tab]:
+    explorer_world.beat(world[0])
+    t = Tab(browser, world[1], request.param)
+    try:
+        yield t
+    finally:
+        t.close()
+
+
+GREEN = "rgb(34, 197, 94)"  # --accepted: the colour of "online"
+
+
+def test_standings_are_coloured_badges(wtab: Tab, world: tuple[World, str]) -> None:
+    w, _ = world
+    page = wtab.open("#/providers")
+    rows = page.get_by_test_id("providers-table").get_by_test_id("provider-row")
+    expect(rows).to_have_count(len(w.standing), timeout=30_000)
+    for pid, want in w.standing.items():
+        badge = page.locator(f"[data-testid=provider-row][data-id='{pid}']").get_by_test_id(
+            "standing")
+        expect(badge).to_have_attribute("data-standing", want, timeout=15_000)
+        colour = badge.evaluate("e => getComputedStyle(e).color")
+        assert (colour == GREEN) == (want == "online"), (want, colour)
+    expect(page.get_by_test_id("standing-legend")).to_contain_text("below stake")
+    wtab.shot("providers-standing")
+    slashed = next(pid for pid, s in w.standing.items() if s == "slashed")
+    page.goto(wtab.base + f"#/providers/{slashed}")
+    expect(page.locator(".page-head").get_by_test_id("standing")).to_have_text(
+        "slashed", timeout=15_000)
+    expect(page.get_by_test_id("money")).to_contain_text("Slashes")
+    page.goto(wtab.base + "#/")
+    badges = page.get_by_test_id("overview-providers").get_by_test_id("standing")
+    expect(badges).to_have_count(len(w.standing), timeout=15_000)
+    assert sorted(badges.evaluate_all("bs => bs.map(b => b.dataset.standing)")) == sorted(
+        w.standing.values())
+
+
+def test_job_page_marks_redone_and_corrected_shards(wtab: Tab,
+                                                    world: tuple[World, str]) -> None:
+    w, _ = world
+    page = wtab.open(f"#/jobs/{w.job_id}")
+    expect(page.get_by_test_id("stat-redone").locator(".value")).to_have_text("1",
+                                                                              timeout=30_000)
+    expect(page.get_by_test_id("stat-corrected").locator(".value")).to_have_text("1")
+    cell = page.get_by_test_id("shard-map").locator(".cell")
+    expect(cell).to_have_count(1)
+    expect(cell).to_have_class(re.compile(r"\bredone\b.*\bcorrected\b"))
+    # Every colour a cell can take, and every ring, has its swatch in the legend.
+    look = """els => els.map(e => { const s = getComputedStyle(e);
+        return [s.backgroundColor, ...(s.boxShadow.match(/rgba?\\([^)]*\\)/g) || [])]; })"""
+    legend = page.get_by_test_id("shard-legend").locator("i.swatch")
+    shown = {c for row in legend.evaluate_all(look) for c in row}
+    # The map shows one shard here: add a cell for every state the API can send
+    # (wire_explorer.ShardOut.state), with each mark, as the page's own update would.
+    page.evaluate("""() => { const map = document.querySelector('[data-testid=shard-map]');
+        for (const s of ['queued', 'running', 'verifying', 'accepted', 'failed'])
+          for (const m of ['', 'redone', 'corrected', 'redone corrected']) {
+            const d = document.createElement('div'); d.className = `cell ${m}`;
+            d.dataset.state = s; map.append(d); } }""")
+    used = {c for row in page.get_by_test_id("shard-map").locator(".cell").evaluate_all(look)
+            for c in row}
+    assert used <= shown, used - shown
+    assert legend.count() == 7  # five states and two marks
+    wtab.shot("job-marks")
+
+
+def test_ledger_postings_by_name_and_paging(wtab: Tab, world: tuple[World, str]) -> None:
+    w, _ = world
+    page = wtab.open("#/ledger")
+    journal = page.get_by_test_id("journal")
+    expect(journal.get_by_test_id("journal-row")).to_have_count(30, timeout=30_000)
+    postings = journal.get_by_test_id("posting")
+    expect(postings.first).to_be_visible()
+    texts = postings.locator("a").evaluate_all(
+        "as => as.map(a => [a.textContent, a.title])")
+    for text, title in texts:
+        assert not re.search(r"[0-9a-f]{16}", text), (text, title)  # a name, not hex
+        assert ":" in title or title in ("fee", "mint"), title  # the account in its title
+    first = journal.get_by_test_id("journal-row").first.get_attribute("data-id")
+    assert first is not None
+    page.get_by_test_id("ledger-older").click()
+    expect(journal.get_by_test_id("journal-row").first).to_have_attribute(
+        "data-id", str(int(first) - 30), timeout=15_000)
+    expect(page.get_by_test_id("ledger-newer")).to_be_enabled()
+    wtab.shot("ledger-older")
+    page.get_by_test_id("ledger-newer").click()
+    expect(journal.get_by_test_id("journal-row").first).to_have_attribute(
+        "data-id", first, timeout=15_000)
+    expect(page.get_by_test_id("ledger-newer")).to_be_disabled()
+    stake = next(pid for pid, s in w.standing.items() if s == "slashed")
+    named = journal.locator(f"[data-testid=posting][data-account='stake:{stake}'] a")
+    if named.count():  # on the newest page only if its slash is that recent
+        expect(named.first).to_have_text(f"stake of {w.names[stake]}")
+    page.goto(wtab.base + f"#/ledger/account/{stake}")
+    expect(page.locator("h1")).to_have_text(w.names[stake], timeout=15_000)
+    expect(page.get_by_test_id("posting").filter(has_text="stake of").first).to_be_visible()
+
+
+PAGES = ["#/", "#/providers", "#/jobs", "JOB", "#/verification", "#/ledger", "#/hardware",
+         "#/chain", "PROVIDER", "ACCOUNT"]
+
+
+def test_phone_pages_never_scroll_sideways(browser: Browser, world: tuple[World, str]) -> None:
+    w, url = world
+    explorer_world.beat(w)
+    tab = Tab(browser, url, "phone")
+    slashed = next(pid for pid, s in w.standing.items() if s == "slashed")
+    where = {"JOB": f"#/jobs/{w.job_id}", "PROVIDER": f"#/providers/{slashed}",
+             "ACCOUNT": f"#/ledger/account/{slashed}"}
+    try:
+        page = tab.open("#/")
+        ledger = page.locator("#nav a[data-nav=ledger]")
+        expect(ledger).to_be_in_viewport(ratio=1.0, timeout=15_000)
+        box = ledger.bounding_box()
+        assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= 390, box
+        ledger.click()
+        expect(page.get_by_test_id("journal")).to_be_visible(timeout=15_000)
+        for hash_ in PAGES:
+            target = where.get(hash_, hash_)
+            page.goto(tab.base + target)
+            expect(page.locator("main [data-view]")).to_be_visible(timeout=15_000)
+            page.wait_for_function(
+                "() => !document.querySelector('main .view-error') && "
+                "document.querySelector('main [data-view]').children.length > 0",
+                timeout=30_000)
+            expect(page.locator("main .empty, main table, main .card").first).to_be_visible(
+                timeout=30_000)
+            page.wait_for_timeout(300)  # the first refresh has rendered its tables
+            width = page.evaluate("document.documentElement.scrollWidth")
+            name = target.strip("#/").split("/")[0] or "overview"
+            tab.shot(f"phone-{name}")
+            wide = page.evaluate("""() => [...document.querySelectorAll('body *')]
+                .filter(e => e.getBoundingClientRect().right > 391
+                             && !e.closest('.table-wrap, nav'))
+                .slice(0, 5).map(e => e.tagName + '.' + e.className)""")
+            assert width <= 391, (target, width, wide)
+    finally:
+        tab.close()

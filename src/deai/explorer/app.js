@@ -58,6 +58,41 @@
   const hashText = (hex) => h("span", { class: "mono", title: hex }, short(hex, 12));
   const sum = (obj) => Object.values(obj || {}).reduce((a, b) => a + b, 0);
 
+  // A provider's standing (core/standing.py): the worst fact wins, so a slashed cheater
+  // that keeps heartbeating never shows a green "online".
+  const STANDING = { slashed: "slashed", probation: "probation", below_stake: "below stake", offline: "offline", online: "online" };
+  const STANDING_RANK = { slashed: 0, probation: 1, below_stake: 2, offline: 3, online: 4 };
+  function standingOf(p) { return p.standing || (p.online ? "online" : "offline"); }
+  function standingBadge(p) {
+    const s = standingOf(p);
+    const facts = [p.online ? "heartbeating" : "offline", `${nf.format(p.slashes || 0)} slash${p.slashes === 1 ? "" : "es"}`,
+      p.probation ? "on probation (every result replicated)" : null, `stake ${money(p.stake)}`].filter(Boolean).join(" · ");
+    const text = s === "slashed" && p.slashes > 1 ? `slashed ×${p.slashes}` : STANDING[s] || s;
+    return h("span", { class: `badge ${s}`, "data-testid": "standing", "data-standing": s, title: facts }, text);
+  }
+
+  // Ledger accounts (core/ledger.py) by name: providers' names, the job of an escrow.
+  function accountName(account) {
+    const [kind, ...rest] = String(account).split(":");
+    const who = rest.join(":");
+    const owner = (id) => (id === "network" ? "the network" : state.names[id] || short(id, 10));
+    if (!who) return account;  // fee, mint
+    if (kind === "acct") return owner(who);
+    if (kind === "pending") return `pending of ${owner(who)}`;
+    if (kind === "stake") return `stake of ${owner(who)}`;
+    if (kind === "escrow") return `escrow of job ${short(who, 14)}`;
+    return short(account, 22);
+  }
+  function accountLink(account) {
+    const [kind, ...rest] = String(account).split(":");
+    const target = ["acct", "pending", "stake"].includes(kind) && rest.length ? rest.join(":") : account;
+    return link(`#/ledger/account/${encodeURIComponent(target)}`, accountName(account), account);
+  }
+
+  // Event fields that are money (µ) or a price (µ per 1,000 units): shown as such.
+  const MONEY_KEYS = new Set(["amount", "bounty", "forfeited", "clawed_back", "escrow", "cost", "refunded", "owed", "charged", "penalty", "paid"]);
+  const PRICE_KEYS = new Set(["price", "max_price"]);
+
   async function api(path, opts) {
     const r = await fetch(path, { headers: { accept: "application/json" }, ...opts });
     const body = await r.json().catch(() => null);
@@ -155,6 +190,9 @@
       case "task_failed": return [`Shard ${shard(ev.subject)} failed on `, providerLink(b.provider)];
       case "lease_expired": return [`Lease on shard ${shard(ev.subject)} expired (${b.reason || ""})`];
       case "earnings_released": return [`Earnings of ${money(b.amount)} released to `, providerLink(ev.subject)];
+      case "slash": return [providerLink(ev.subject), ` slashed ${money(b.amount)}${b.bounty ? ` · bounty ${money(b.bounty)}` : ""}`];
+      case "withdrawal": return [`Withdrawal of ${money(b.amount)} by ${short(ev.subject)}`];
+      case "check_unpaid": return [`Check fee of ${money(b.owed)} unpaid to `, providerLink(b.provider)];
       case "coordinator_started": return ["Coordinator started"];
       default:
         if (ev.kind.startsWith("job_")) return [`Job `, jobLink(ev.subject), ` ${ev.kind.slice(4)}`];
@@ -288,7 +326,7 @@
 
       v.provs.replaceChildren(table([
         { key: "name", label: "Provider", render: (p) => providerLink(p.id) },
-        { key: "online", label: "Status", render: (p) => badge(p.online ? "online" : "offline") },
+        { key: "online", label: "Status", render: (p) => standingBadge(p) },
         { key: "hw", label: "Hardware", render: (p) => `${p.hardware.cores || "?"} cores${(p.hardware.gpus || []).length ? ` · ${p.hardware.gpus.length} GPU` : ""}` },
         { key: "cu", label: "CU", num: true, render: (p) => num(p.compute_units, 2) },
         { key: "price", label: "Price", num: true, render: (p) => bestOffer(p) ? price(bestOffer(p).price) : "—" },
@@ -318,15 +356,16 @@
     const v = { nav: "providers", charts: {} };
     const cols = [
       { key: "name", label: "Provider", value: (p) => p.name.toLowerCase(), render: (p) => providerLink(p.id) },
-      { key: "online", label: "Status", value: (p) => (p.online ? 1 : 0), render: (p) => badge(p.online ? "online" : "offline") },
+      { key: "online", label: "Status", value: (p) => STANDING_RANK[standingOf(p)] ?? 5, render: (p) => standingBadge(p) },
       { key: "cpu", label: "CPU", value: (p) => p.hardware.cpu_model || "", render: (p) => h("span", { title: p.hardware.cpu_model }, short(p.hardware.cpu_model || "?", 28)) },
       { key: "cores", label: "Cores", num: true, value: (p) => p.hardware.cores || 0, render: (p) => nf.format(p.hardware.cores || 0) },
       { key: "gpus", label: "GPUs", num: true, value: (p) => (p.hardware.gpus || []).length, render: (p) => nf.format((p.hardware.gpus || []).length) },
       { key: "mem", label: "Memory", num: true, value: (p) => p.hardware.memory_mb || 0, render: (p) => `${num((p.hardware.memory_mb || 0) / 1024, 1)} GB` },
       { key: "cu", label: "CU", num: true, value: (p) => p.compute_units, render: (p) => num(p.compute_units, 2) },
       { key: "price", label: "Price", num: true, value: (p) => (bestOffer(p) ? bestOffer(p).price : Infinity), render: (p) => (bestOffer(p) ? price(bestOffer(p).price) : "—") },
-      { key: "ppcu", label: "Price / CU", num: true, value: (p) => (bestOffer(p) && bestOffer(p).price_per_cu !== null ? bestOffer(p).price_per_cu : Infinity), render: (p) => (bestOffer(p) && bestOffer(p).price_per_cu !== null ? num(bestOffer(p).price_per_cu, 1) : "—") },
+      { key: "ppcu", label: "µ/1k per CU", num: true, value: (p) => (bestOffer(p) && bestOffer(p).price_per_cu !== null ? bestOffer(p).price_per_cu : Infinity), render: (p) => (bestOffer(p) && bestOffer(p).price_per_cu !== null ? num(bestOffer(p).price_per_cu, 1) : "—") },
       { key: "stake", label: "Stake", num: true, value: (p) => p.stake, render: (p) => money(p.stake) },
+      { key: "slashes", label: "Slashes", num: true, value: (p) => p.slashes || 0, render: (p) => h("span", { class: p.slashes ? "neg" : "" }, nf.format(p.slashes || 0)) },
       { key: "rep", label: "Reputation", num: true, value: (p) => p.reputation, render: (p) => num(p.reputation, 2) },
       { key: "tasks", label: "Tasks", num: true, value: (p) => p.tasks_done, render: (p) => nf.format(p.tasks_done) },
       { key: "earned", label: "Earned", num: true, value: (p) => p.earned, render: (p) => money(p.earned) },
@@ -334,8 +373,11 @@
     ];
     v.mount = (root) => {
       v.body = h("div");
-      root.append(h("div", { class: "page-head" }, h("h1", {}, "Providers"), h("div", { class: "sub" }, "Every machine that sells compute here. Click a column to sort; prices are micro-DEAI per 1,000 units, and per compute unit so different hardware compares fairly.")),
-        card(null, v.body, { flush: true }));
+      const legend = h("div", { class: "legend", "data-testid": "standing-legend", style: "padding:12px 16px 0" },
+        Object.keys(STANDING).map((s) => h("span", {}, badge(s, STANDING[s]))),
+        h("span", {}, "the worst that holds: slashed at least once, on probation (every result replicated), stake below the minimum, no heartbeat"));
+      root.append(h("div", { class: "page-head" }, h("h1", {}, "Providers"), h("div", { class: "sub" }, "Every machine that sells compute here. Click a column to sort; prices are micro-DEAI (µ) per 1,000 units, and per compute unit so different hardware compares fairly.")),
+        card(null, [legend, v.body], { flush: true }));
     };
     v.load = async () => (await api("/api/providers")).providers;
     v.update = (provs) => {
@@ -367,19 +409,19 @@
     v.update = (d) => {
       const p = d.provider, hw = p.hardware, bm = p.benchmark;
       state.names[p.id] = p.name;
-      v.head.replaceChildren(h("h1", {}, p.name), badge(p.online ? "online" : "offline"), h("div", { class: "sub mono" }, p.id));
+      v.head.replaceChildren(h("h1", {}, p.name), standingBadge(p), p.standing && !["online", "offline"].includes(p.standing) ? badge(p.online ? "online" : "offline") : null, h("div", { class: "sub mono" }, p.id));
       const gpus = (hw.gpus || []).map((g) => g.name || g.model || JSON.stringify(g));
       v.cards.replaceChildren(
         card("Hardware", kv([["CPU", hw.cpu_model || "?"], ["Cores", nf.format(hw.cores || 0)], ["Memory", `${num((hw.memory_mb || 0) / 1024, 1)} GB`], ["GPUs", gpus.length ? gpus.join(", ") : "none"], hw.platform ? ["Platform", hw.platform] : null]), { testid: "hardware" }),
         card("Benchmark", kv([["Matmul", `${num(bm.gflops, 1)} GFLOP/s`], ["Memory", `${num(bm.mem_gbps, 1)} GB/s`], ["Compute units", num(p.compute_units, 3)], ["Threads · slots", `${p.threads} · ${p.slots}`]]), { testid: "benchmark" }),
-        card("Stake and earnings", kv([["Stake", money(p.stake)], ["Available", money(d.balance.available)], ["Pending", money(d.pending_earnings)], ["Released", money(d.released_earnings)], ["Earned in all", money(p.earned)]]), { testid: "money" }),
+        card("Stake and earnings", kv([["Stake", money(p.stake)], ["Slashes", nf.format(p.slashes || 0)], ["Probation", p.probation ? "yes: every result replicated" : "no"], ["Available", money(d.balance.available)], ["Pending", money(d.pending_earnings)], ["Released", money(d.released_earnings)], ["Earned in all", money(p.earned)]]), { testid: "money" }),
         card("Reputation", h("div", {}, h("div", { class: "stat" }, h("div", { class: "value" }, num(p.reputation, 2))), h("div", { class: "meter" }, h("span", { style: `width:${Math.round(100 * Math.min(1, p.reputation))}%` })),
           h("div", { class: "muted", style: "margin-top:10px" }, `${nf.format(p.tasks_done)} tasks done · last seen ${ago(p.last_seen)}`),
           h("div", { class: "evidence", style: "margin-top:6px" }, Object.entries(d.assignments).map(([k, n]) => h("span", {}, `${k} `, h("b", {}, nf.format(n)))))), { testid: "reputation" }));
       v.offers.replaceChildren(table([
         { key: "workload", label: "Workload" }, { key: "model", label: "Model" },
         { key: "price", label: "Price", num: true, render: (o) => price(o.price) },
-        { key: "ppcu", label: "Per CU", num: true, render: (o) => (o.price_per_cu === null ? "—" : num(o.price_per_cu, 1)) },
+        { key: "ppcu", label: "µ/1k per CU", num: true, render: (o) => (o.price_per_cu === null ? "—" : num(o.price_per_cu, 1)) },
       ], p.offers));
       v.checks.replaceChildren(eventsTable(d.checks.slice(0, 8), "No check has involved this provider yet: canary, replica and referee results will be listed here."),
         d.checks.length > 8 ? h("div", { style: "margin-top:8px" }, link("#/verification", "All checks →")) : null);
@@ -407,6 +449,9 @@
         : typeof val === "number" && !Number.isInteger(val) ? val.toPrecision(3) : String(val);
       const isHash = typeof val === "string" && /^[0-9a-f]{40,}$/.test(val);
       const isKey = typeof val === "string" && /^[0-9a-f]{64}$/.test(val) && state.names[val];
+      if (typeof val === "number" && MONEY_KEYS.has(k)) return h("span", {}, `${k} `, h("b", { title: `${nf.format(val)} µ` }, money(val)));
+      if (typeof val === "number" && PRICE_KEYS.has(k)) return h("span", {}, `${k} `, h("b", {}, price(val)));
+      if (typeof val === "number" && k === "price_hour") return h("span", {}, `${k} `, h("b", {}, `${money(val)}/h`));
       return h("span", {}, `${k} `, isKey ? providerLink(val) : h("b", { class: isHash ? "mono" : "", title: text }, isHash ? short(text, 12) : short(text, 60)));
     }));
   }
@@ -436,7 +481,15 @@
     return v;
   }
 
+  // Every state a cell can take (explorer_views.shard_state) and every mark on it; the
+  // legend draws its swatches with the cells' own CSS, so the two cannot disagree.
   const STATES = ["queued", "running", "verifying", "accepted", "failed"];
+  const MARKS = { redone: "redone (ran again, or its first result was overturned)", corrected: "corrected (result replaced after an audit)" };
+  function shardLegend() {
+    return h("div", { class: "legend", "data-testid": "shard-legend" },
+      STATES.map((s) => h("span", {}, h("i", { class: "cell swatch", "data-state": s }), s)),
+      Object.entries(MARKS).map(([m, text]) => h("span", {}, h("i", { class: `cell swatch ${m}`, "data-state": "accepted" }), text)));
+  }
   function jobView(id) {
     const v = { nav: "jobs", charts: {} };
     v.mount = (root) => {
@@ -444,8 +497,7 @@
       v.bar = h("div"); v.stats = h("div", { class: "grid stats" });
       v.map = h("div", { class: "shards", "data-testid": "shard-map" });
       v.provs = h("div"); v.asg = h("div");
-      const legend = h("div", { class: "legend" }, STATES.map((s) => h("span", {}, h("i", { style: `background:var(--${s})` }), s)), h("span", {}, h("i", { class: "redone" }), "redone"));
-      root.append(v.head, v.bar, v.stats, card("Shard map", [legend, v.map]), h("div", { class: "grid cols-wide", style: "margin-top:16px" }, card("Providers", v.provs), card("Latest assignments", v.asg)));
+      root.append(v.head, v.bar, v.stats, card("Shard map", [shardLegend(), v.map]), h("div", { class: "grid cols-wide", style: "margin-top:16px" }, card("Providers", v.provs), card("Latest assignments", v.asg)));
     };
     v.load = () => api(`/api/explorer/jobs/${encodeURIComponent(id)}`);
     v.update = (d) => {
@@ -457,11 +509,11 @@
       const total = d.shards.length;
       v.stats.replaceChildren(
         stat("Shards accepted", `${nf.format(d.states.accepted || 0)} / ${nf.format(total)}`, `${d.states.running || 0} running · ${d.states.queued || 0} queued`, "", "stat-shards"),
-        stat("Redone", nf.format(d.shards.filter((s) => s.redone).length), "shards run more than once"),
+        stat("Redone", nf.format(d.redone ?? d.shards.filter((s) => s.redone).length), "ran again, or overturned", d.redone ? "warn" : "", "stat-redone"),
+        stat("Corrected", nf.format(d.corrected || 0), "replaced after an audit", d.corrected ? "warn" : "", "stat-corrected"),
         stat("Cost so far", moneyEl(d.cost_so_far), `of ${money(j.escrow)} escrowed`, "", "stat-cost"),
         stat("Refunded", moneyEl(j.refunded), j.finished_at ? `finished ${ago(j.finished_at)}` : "when the job ends"),
-        stat("Units", nf.format(j.units), "metered work"),
-        stat("Providers", nf.format(d.providers.length), "ran its shards"));
+        stat("Providers", nf.format(d.providers.length), `ran its shards · ${nf.format(j.units)} units`));
       if (v.map.children.length !== total) {
         v.map.replaceChildren(...d.shards.map(() => h("div", { class: "cell" })));
       }
@@ -469,7 +521,8 @@
         const cell = v.map.children[i];
         cell.dataset.state = s.state;
         cell.classList.toggle("redone", s.redone);
-        cell.title = `shard ${s.idx} · ${s.state} · ${s.attempts} attempt${s.attempts === 1 ? "" : "s"}${s.providers.length ? " · " + s.providers.map(nameOf).join(", ") : ""}${s.error ? " · " + s.error : ""}`;
+        cell.classList.toggle("corrected", !!s.corrected);
+        cell.title = `shard ${s.idx} · ${s.state}${s.redone ? " · redone" : ""}${s.corrected ? " · corrected" : ""} · ${s.attempts} attempt${s.attempts === 1 ? "" : "s"}${s.providers.length ? " · " + s.providers.map(nameOf).join(", ") : ""}${s.error ? " · " + s.error : ""}`;
       });
       v.provs.replaceChildren(table([
         { key: "name", label: "Provider", render: (p) => providerLink(p.id) },
@@ -503,24 +556,29 @@
   }
 
   function postingsCell(postings) {
-    const shown = postings.slice(0, 4).map(([a, d]) => h("div", {}, h("span", { class: "mono", title: a }, short(a, 22)), " ", h("span", { class: d >= 0 ? "pos" : "neg" }, `${d >= 0 ? "+" : ""}${money(d)}`)));
+    const shown = postings.slice(0, 4).map(([a, d]) => h("div", { class: "posting", "data-testid": "posting", "data-account": a }, accountLink(a), " ", h("span", { class: d >= 0 ? "pos" : "neg" }, `${d >= 0 ? "+" : ""}${money(d)}`)));
     return h("div", {}, shown, postings.length > 4 ? h("div", { class: "muted" }, `+${postings.length - 4} more`) : null);
   }
 
+  const PAGE = 30;
   function ledgerView() {
-    const v = { nav: "ledger", charts: {} };
+    const v = { nav: "ledger", charts: {}, before: null };  // before: null is the newest page
     v.mount = (root) => {
       v.cards = h("div", { class: "grid cols-3" }); v.body = h("div");
+      v.pager = h("div", { class: "pager", "data-testid": "ledger-pager" });
       const input = h("input", { placeholder: "account id, fee, mint or escrow:job_…", "aria-label": "account" });
       const form = h("form", { class: "search", onsubmit: (e) => { e.preventDefault(); if (input.value.trim()) location.hash = `#/ledger/account/${encodeURIComponent(input.value.trim())}`; } }, input, h("button", { class: "btn", type: "submit" }, "Look up"));
       root.append(h("div", { class: "page-head" }, h("h1", {}, "Ledger"), h("div", { class: "sub" }, "The hash-chained journal: every movement of money is one balanced entry that anyone can replay.")),
-        v.cards, card("Account", form), h("div", { style: "height:16px" }), card("Latest journal entries", v.body, { testid: "journal" }));
+        v.cards, card("Account", form), h("div", { style: "height:16px" }), card("Journal entries", [v.body, v.pager], { testid: "journal" }));
     };
     v.load = async () => {
-      const d = await api("/api/explorer/ledger?limit=30");
+      const q = v.before === null ? "" : `&before=${v.before}`;
+      const [d, provs] = await Promise.all([api(`/api/explorer/ledger?limit=${PAGE}${q}`), api("/api/providers").catch(() => null)]);
+      if (provs) provs.providers.forEach((p) => { state.names[p.id] = p.name; });
       if (!d.last_audit && !state.auditTried) { state.auditTried = true; d.last_audit = await api("/api/explorer/audit", { method: "POST" }); }
       return d;
     };
+    const go = (before) => { v.before = before; scheduleRefresh(); };
     v.update = (d) => {
       const a = d.last_audit;
       const run = h("button", { class: "btn primary", type: "button", onclick: async (e) => { e.target.disabled = true; e.target.textContent = "Auditing…"; await api("/api/explorer/audit", { method: "POST" }).catch(() => {}); scheduleRefresh(); } }, "Run audit");
@@ -537,7 +595,13 @@
         { key: "postings", label: "Postings", render: (e) => postingsCell(e.postings) },
         { key: "hash", label: "Hash", render: (e) => hashText(e.hash) },
         { key: "prev", label: "Previous", render: (e) => hashText(e.prev_hash) },
-      ], d.entries, { empty: "The journal is empty." }));
+      ], d.entries, { empty: "The journal is empty.", rowTestid: "journal-row", rowId: (e) => e.seq }));
+      const top = d.entries.length ? d.entries[0].seq : 0, bottom = d.entries.length ? d.entries[d.entries.length - 1].seq : 0;
+      const newer = v.before === null ? null : (top + PAGE >= d.head_seq ? null : top + PAGE + 1);
+      v.pager.replaceChildren(
+        h("button", { class: "btn", type: "button", "data-testid": "ledger-newer", disabled: v.before === null, onclick: () => go(newer) }, "← Newer"),
+        h("span", { class: "muted", "data-testid": "ledger-range" }, d.entries.length ? `#${nf.format(top)} – #${nf.format(bottom)} of ${nf.format(d.head_seq)}` : "no entries"),
+        h("button", { class: "btn", type: "button", "data-testid": "ledger-older", disabled: bottom <= 1, onclick: () => go(bottom) }, "Older →"));
     };
     return v;
   }
@@ -545,18 +609,19 @@
   function accountView(account) {
     const v = { nav: "ledger", charts: {} };
     v.mount = (root) => {
-      v.head = h("div", { class: "page-head" }, h("h1", {}, "Account"), h("div", { class: "sub mono" }, account));
+      v.head = h("div", { class: "page-head" }, h("h1", {}, state.names[account] || accountName(account)), h("div", { class: "sub mono" }, account));
       v.cards = h("div", { class: "grid cols-3" }); v.body = h("div");
       root.append(v.head, v.cards, card("History", v.body));
     };
     v.load = () => api(`/api/explorer/accounts/${encodeURIComponent(account)}?limit=100`);
     v.update = (d) => {
-      v.cards.replaceChildren(...Object.entries(d.ledger_accounts).map(([k, amt]) => stat(k.split(":")[0], money(amt), short(k, 30))));
+      v.cards.replaceChildren(...Object.entries(d.ledger_accounts).map(([k, amt]) => stat(accountName(k), money(amt), h("span", { class: "mono", title: k }, short(k, 30)))));
       v.body.replaceChildren(table([
         { key: "seq", label: "#", num: true, render: (e) => nf.format(e.seq) },
         { key: "ts", label: "Time", render: (e) => ago(e.ts_ms / 1000) },
         { key: "kind", label: "Kind", render: (e) => h("span", { class: "kind" }, e.kind) },
         { key: "delta", label: "Change", num: true, render: (e) => h("span", { class: e.delta >= 0 ? "pos" : "neg" }, `${e.delta >= 0 ? "+" : ""}${money(e.delta)}`) },
+        { key: "postings", label: "Postings", render: (e) => postingsCell(e.postings) },
         { key: "hash", label: "Entry hash", render: (e) => hashText(e.hash) },
       ], d.history, { empty: "No entry has touched this account." }));
     };
@@ -590,7 +655,7 @@
         { key: "claimed", label: "Claimed CU", num: true, render: (c) => num(c.claimed_units, 2) },
         { key: "verified", label: "Verified CU", num: true, render: (c) => num(c.verified_units, 2) },
         { key: "mem", label: "Verified memory", num: true, render: (c) => `${num(c.verified_memory_mb / 1024, 1)} GB` },
-        { key: "ppvu", label: "Price / verified CU", num: true, render: (c) => (c.price_per_verified_unit === null ? "—" : num(c.price_per_verified_unit, 1)) },
+        { key: "ppvu", label: "µ/1k per verified CU", num: true, render: (c) => (c.price_per_verified_unit === null ? "—" : num(c.price_per_verified_unit, 1)) },
         { key: "record", label: "Passed / failed", num: true, render: (c) => `${c.passes} / ${c.fails}` },
         { key: "slashed", label: "Slashed", num: true, render: (c) => money(c.slashed) },
       ], claims, { testid: "hw-claims", rowTestid: "hw-claim-row", rowId: (c) => c.provider, empty: "No provider has registered yet." }));
@@ -620,7 +685,7 @@
   // --- settlement on a chain (api_chain.py, docs/chain.md) ------------------------------------
 
   function chainView() {
-    const accountLink = (id) => link(`#/ledger/account/${encodeURIComponent(id)}`, nameOf(id), id);
+    const ownerLink = (id) => link(`#/ledger/account/${encodeURIComponent(id)}`, nameOf(id), id);
     const v = { nav: "chain", charts: {} };
     v.mount = (root) => {
       v.cards = h("div", { class: "grid cols-3" }); v.epochs = h("div"); v.deposits = h("div");
@@ -651,14 +716,14 @@
         { key: "block", label: "Block", num: true, render: (x) => (x.block === null ? "—" : nf.format(x.block)) },
       ], d.epochs, { empty: "No epoch yet." }));
       v.deposits.replaceChildren(table([
-        { key: "acct", label: "Account", render: (x) => accountLink(x.account) },
+        { key: "acct", label: "Account", render: (x) => ownerLink(x.account) },
         { key: "amount", label: "Amount", num: true, render: (x) => money(x.amount) },
         { key: "block", label: "Block", num: true, render: (x) => nf.format(x.block) },
         { key: "tx", label: "Transaction", render: (x) => hashText(x.tx) },
         { key: "seq", label: "Journal entry", num: true, render: (x) => nf.format(x.journal_seq) },
       ], d.deposits.recent, { empty: "No deposit yet." }));
       v.withdrawals.replaceChildren(table([
-        { key: "acct", label: "Account", render: (x) => accountLink(x.account) },
+        { key: "acct", label: "Account", render: (x) => ownerLink(x.account) },
         { key: "amount", label: "Amount", num: true, render: (x) => money(x.amount) },
         { key: "to", label: "To address", render: (x) => hashText(x.address) },
         { key: "seq", label: "Journal entry", num: true, render: (x) => nf.format(x.journal_seq) },
