@@ -220,6 +220,10 @@ def test_a_party_runs_a_sealed_shard_and_checks_a_claim() -> None:
     # An outsider leased the payload by mistake: it still cannot open anything.
     with pytest.raises(crypto.SealError):
         unseal.run(Identity.generate(), lease(1), store[shard1], store.__getitem__, fake_run)
+    # A shard with more units than its task declares is refused (the client under-declared).
+    with pytest.raises(crypto.SealError, match="declares 3"):
+        unseal.run(primary, lease(1).model_copy(update={"units": 3}), store[shard1],
+                   store.__getitem__, fake_run)
     # A shard delivered as another task's does not open.
     with pytest.raises(crypto.SealError):
         unseal.run(primary, lease(0), store[shard1], store.__getitem__, fake_run)

@@ -37,6 +37,8 @@ def run(identity: Identity, a: wire.AssignmentOut, blob: bytes,
     key = crypto.open_key(env.keys, identity)
     shard = crypto.open_shard(key, env, idx)
     output, units = run_plain(shard)
+    if units > a.units:  # the client declared the units; the coordinator cannot count them
+        raise crypto.SealError(f"the shard holds {units} units, its task declares {a.units}")
     verdict = _verdict(key, env.seal, idx, a, check, shard, output, fetch) if check else None
     return crypto.seal_output(key, env.seal, idx, output, units, verdict), units
 
