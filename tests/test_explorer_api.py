@@ -125,6 +125,8 @@ def test_job_detail_maps_every_shard(net: Network, ran: Ran) -> None:
     assert all(s["state"] == "accepted" and s["attempts"] >= 1 and s["providers"]
                for s in d["shards"])
     assert d["cost_so_far"] == ran.job.cost
+    assert (d["redone"], d["corrected"]) == (0, 0)  # every shard ran once and stood
+    assert not any(s["redone"] or s["corrected"] for s in d["shards"])
     assert {p["id"] for p in d["providers"]} <= {p.id for p in ran.providers}
     assert sum(p["accepted"] for p in d["providers"]) >= 3
     assert {a["job_id"] for a in d["assignments"]} == {ran.job.id}
@@ -143,6 +145,20 @@ def test_provider_detail_has_hardware_money_and_history(net: Network, ran: Ran) 
     assert sum(d["assignments"].values()) >= len(d["recent"])
     assert all(p.id in (e["subject"], *map(str, e["body"].values())) for e in d["checks"])
     assert get(net, f"/api/explorer/providers/{'0' * 64}").status_code == 404
+
+
+def test_providers_carry_their_standing(net: Network, ran: Ran) -> None:
+    unbonded = HandProvider(net, price=950, stake=0)
+    provs = {p["id"]: p for p in get(net, "/api/providers").json()["providers"]}
+    for hp in ran.providers:  # honest and bonded: online or offline, never slashed
+        p = provs[hp.id]
+        assert p["slashes"] == 0 and p["probation"] is False
+        assert p["standing"] == ("online" if p["online"] else "offline")
+    assert provs[unbonded.id]["standing"] == "below_stake"
+    assert provs[unbonded.id]["stake"] == 0
+    one = get(net, f"/api/explorer/providers/{unbonded.id}").json()["provider"]
+    assert one["standing"] == "below_stake" and one["slashes"] == 0
+    unbonded.quit()
 
 
 def test_ledger_view_chains_and_audit_is_cached(net: Network, ran: Ran) -> None:

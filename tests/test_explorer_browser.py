@@ -19,6 +19,7 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
@@ -300,6 +301,21 @@ def test_ledger_postings_by_name_and_paging(wtab: Tab, world: tuple[World, str])
     page.goto(wtab.base + f"#/ledger/account/{stake}")
     expect(page.locator("h1")).to_have_text(w.names[stake], timeout=15_000)
     expect(page.get_by_test_id("posting").filter(has_text="stake of").first).to_be_visible()
+
+
+def test_slash_amounts_read_in_deai(wtab: Tab, world: tuple[World, str]) -> None:
+    _, url = world
+    events = httpx.get(f"{url}/api/explorer/verification", timeout=30).json()["events"]
+    slashes = [e for e in events if e["kind"] == "slash"]
+    assert slashes and all(e["body"]["amount"] >= 1_000_000 for e in slashes)
+    page = wtab.open("#/verification")
+    stream = page.get_by_test_id("verification-stream")
+    expect(stream.locator("li[data-kind=slash]")).to_have_count(len(slashes), timeout=30_000)
+    for e, li in zip(slashes, stream.locator("li[data-kind=slash]").all(), strict=True):
+        amount = f"{e['body']['amount'] / 1e6:,.2f} DEAI"
+        expect(li).to_contain_text(f"amount {amount}")
+        assert str(e["body"]["amount"]) not in (li.text_content() or "")  # no raw µ
+    wtab.shot("verification-slashes")
 
 
 PAGES = ["#/", "#/providers", "#/jobs", "JOB", "#/verification", "#/ledger", "#/hardware",
