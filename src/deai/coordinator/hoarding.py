@@ -1,7 +1,8 @@
 """Griefing costs for lease hoarding: a provider that takes work and lets it lapse.
 
-A lease whose deadline passes while its provider is still heartbeating (it
-took the task and sat on it) costs the provider, in the transaction that
+A lease whose deadline passes after it was handed over (delivered) while its
+provider is still heartbeating (it took the task and sat on it; an agent
+working on a task extends its lease with each heartbeat) costs the provider, in the transaction that
 expires the lease (``jobs.expire_leases``):
 
 - its reputation for the workload: one more (decayed) fail, so ranking and
@@ -14,7 +15,8 @@ expires the lease (``jobs.expire_leases``):
   ``reason: lease_hoarding`` (the stake penalises downtime).
 
 A provider that stops heartbeating loses its leases too, but is offline and
-takes no new work until it is back; that lapse is not charged here.
+takes no new work until it is back; that lapse is not charged here, nor is
+a lease that lapsed before its provider ever received it (a busy agent).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from deai.core import ledger
 from deai.core.lifecycle import AssignmentStatus
 from deai.store.models import Assignment
 
-LAPSE = "lease deadline passed"  # the expiry reason ``jobs.expire_leases`` records
+LAPSE = "lease held past its deadline"  # the expiry reason ``jobs.expire_leases`` records
 WINDOW = 3600.0
 REPEATED = 3
 SLASH_BPS = 100  # 1 % of the stake per lapse, from the REPEATED-th on

@@ -332,11 +332,12 @@ def expire_leases(c: Coordinator) -> int:
         if a.status != AssignmentStatus.LEASED:
             return False
         last_seen = s.scalar(select(Provider.last_seen).where(Provider.id == a.provider_id))
-        if a.lease_deadline < now and (last_seen or 0.0) >= stale:
-            why = hoarding.LAPSE  # alive, and sat on it: that costs (``hoarding``)
-            if a.delivered:
-                hoarding.on_lapse(c, s, a, job.kind)
-        elif a.lease_deadline < now or (last_seen or 0.0) < stale:
+        if a.lease_deadline < now and a.delivered and (last_seen or 0.0) >= stale:
+            why = hoarding.LAPSE  # handed over, alive, and sat on it: that costs
+            hoarding.on_lapse(c, s, a, job.kind)
+        elif a.lease_deadline < now:
+            why = "lease deadline passed"
+        elif (last_seen or 0.0) < stale:
             why = "provider stopped heartbeating"
         else:
             return False

@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session
 
-from deai.coordinator import canaries, effects, hardware
+from deai.coordinator import canaries, effects, hardware, hoarding
 from deai.coordinator.service import Coordinator, new_id
 from deai.core import catalog, kinds, ledger, market, sealed
 from deai.core.lifecycle import (
@@ -162,12 +162,13 @@ def _place_round(c: Coordinator, s: Session, rows: Sequence[Any],
     verifiers = [p for p in providers if p.verifier]
     touched: dict[str, set[str]] = defaultdict(set)
     failed: dict[str, set[str]] = defaultdict(set)
-    for a in s.execute(select(Assignment.task_id, Assignment.provider_id, Assignment.status)
+    for a in s.execute(select(Assignment.task_id, Assignment.provider_id, Assignment.status,
+                              Assignment.error)
                        .where(Assignment.task_id.in_([t.id for t, _ in rows]))):
         touched[a.task_id].add(a.provider_id)
-        if a.status in (AssignmentStatus.REJECTED, AssignmentStatus.FAILED,
-                        AssignmentStatus.EXPIRED):  # a lapsed lease too (``hoarding``)
-            failed[a.task_id].add(a.provider_id)
+        if a.status in (AssignmentStatus.REJECTED, AssignmentStatus.FAILED) or (
+                a.status == AssignmentStatus.EXPIRED and a.error == hoarding.LAPSE):
+            failed[a.task_id].add(a.provider_id)  # a hoarded lease too (``hoarding``)
     # Parties who touched a task but cannot take work now (offline, slashed below the
     # minimum, flagged) still have an identity: without it, a slashed key's sybil partner
     # would be free to check (or re-execute) what it did.
