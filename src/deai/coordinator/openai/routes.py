@@ -22,6 +22,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
 
+import anyio
 from fastapi import APIRouter, Body, Depends, File, Form, Query, Request, UploadFile
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
@@ -143,7 +144,7 @@ async def chat_completions(raw: Json, request: Request, c: C, key: Key,
             raise
     if body.stream:
         usage = bool(body.stream_options and body.stream_options.include_usage)
-        return StreamingResponse(_stream(c, relay, started, key.account, usage),
+        return StreamingResponse(_stream(c, relay, started, key.account, usage, request),
                                  media_type="text/event-stream",
                                  headers={"x-deai-job": started.job_id,
                                           "cache-control": "no-cache"})
@@ -159,7 +160,11 @@ def _sse(obj: Any) -> bytes:
 
 
 async def _stream(c: Coordinator, relay: Relay, started: gateway.Started, owner: str,
-                  include_usage: bool) -> AsyncIterator[bytes]:
+                  include_usage: bool, request: Request | None = None
+                  ) -> AsyncIterator[bytes]:
+    """The answer as server-sent events. A caller that hangs up cancels the job (its
+    escrow comes back whole, the provider is told to drop the task): Starlette notices
+    a disconnect only when it next sends, so a quiet stream asks every second."""
     created = int(time.time())
     cid = _chat_id(started.job_id)
 
@@ -178,9 +183,12 @@ async def _stream(c: Coordinator, relay: Relay, started: gateway.Started, owner:
         yield chunk({"role": "assistant", "content": ""})
         while not result.done():
             get = asyncio.ensure_future(queue.get())
-            await asyncio.wait({result, get}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({result, get}, timeout=1.0,
+                               return_when=asyncio.FIRST_COMPLETED)
             if not get.done():
                 get.cancel()
+                if request is not None and await request.is_disconnected():
+                    return  # the caller left: ``finally`` cancels the job
                 continue
             event = get.result()
             text, index = event.get("text"), event.get("index", 0)
@@ -219,7 +227,8 @@ async def _stream(c: Coordinator, relay: Relay, started: gateway.Started, owner:
         relay.close(started.task_id)
         result.cancel()
         if not finished:  # the caller hung up before the answer: stop paying for it
-            await run_in_threadpool(gateway.cancel, c, owner, started.job_id)
+            with anyio.CancelScope(shield=True):  # even when the stream was cancelled
+                await run_in_threadpool(gateway.cancel, c, owner, started.job_id)
 
 
 # --- files --------------------------------------------------------------------------------

@@ -1,0 +1,139 @@
+"""Fair billing when a /v1 caller hangs up, streaming or not.
+
+A hand-driven provider takes the request's task and never finishes it; the
+caller closes its connection mid-way (a raw socket for a plain request, an
+HTTP client leaving a server-sent event stream after the first delta). The
+request's job is cancelled, the provider is told to drop the task at its next
+heartbeat, a result it sends afterwards is refused and paid nothing, and the
+caller's escrow comes back whole: nothing is billed beyond what was delivered.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from collections.abc import Iterator
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+
+from deai.client.keys import Identity
+from deai.client.sdk import Client
+from deai.core import auth, wire
+from deai.core.errors import DeAIError
+from tests.helpers import MODEL, audit_ok, funded, journal
+from tests.netutil import Network
+
+CHAT = "SmolLM2-135M-Instruct"
+
+
+@pytest.fixture(scope="module")
+def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Network]:
+    n = Network(tmp_path_factory.mktemp("v1-hangup"), heartbeat_timeout=120.0,
+                lease_ttl=300.0, verify=False)
+    n.start_coordinator()
+    yield n
+    n.close()
+
+
+@pytest.fixture(scope="module")
+def hand(net: Network) -> Hand:
+    """The only provider: every request of the module runs on it."""
+    return Hand(net)
+
+
+class Hand:
+    """A provider offering embeddings and chat, driven by the test."""
+
+    def __init__(self, net: Network) -> None:
+        self.ident = Identity.generate()
+        self.c = Client(net.url, self.ident)
+        self.c.faucet(50_000_000)
+        self.c.register(wire.RegisterIn(
+            hardware=wire.Hardware(cpu_model="test cpu", cores=2, memory_mb=8192),
+            benchmark=wire.Benchmark(gflops=50.0, mem_gbps=10.0), threads=1, slots=4,
+            offers=[wire.OfferIn(workload="embeddings", model=MODEL, price=1000),
+                    wire.OfferIn(workload="chat", model=CHAT, price=1000)]))
+        self.c.bond(10_000_000)
+
+    def take(self, end: float) -> wire.AssignmentOut:
+        while True:
+            assert time.time() < end, "the request never reached the provider"
+            self.c.heartbeat([])
+            got = self.c.poll(wait=1.0).assignments
+            if got:
+                return got[0]
+
+    def dropped(self, aid: str, end: float) -> None:
+        while aid not in self.c.heartbeat([aid]).drop:
+            assert time.time() < end, "the provider was never told to drop the task"
+            time.sleep(0.3)
+
+
+def settled(owner: Client, hand: Hand, a: wire.AssignmentOut, before: int) -> None:
+    """The job is cancelled and refunded whole; the provider's late result earns nothing."""
+    end = time.time() + 120
+    while owner.job(a.job_id).status != "cancelled":
+        assert time.time() < end, owner.job(a.job_id)
+        time.sleep(0.3)
+    hand.dropped(a.id, end)
+    job = owner.job(a.job_id)
+    assert job.cost == 0 and job.refunded == job.escrow > 0
+    assert owner.balance().available == before
+    digest = hand.c.upload(b'{"custom_id": "late"}\n').digest
+    with pytest.raises(DeAIError):
+        hand.c.submit_result(a.id, wire.ResultIn(
+            output_digest=digest, units=a.units,
+            signature=hand.ident.sign(auth.result_message(a.id, digest, a.units))))
+    assert not [e for e in journal(owner) if e.kind == "payout" and e.body["job"] == a.job_id]
+    audit_ok(owner)
+
+
+def test_a_plain_request_whose_caller_hangs_up_is_cancelled_and_free(net: Network,
+                                                                      hand: Hand) -> None:
+    owner = funded(net)
+    key = owner.create_api_key("hangup").key
+    assert key is not None
+    before = owner.balance().available
+    body = json.dumps({"model": MODEL, "input": "a sentence nobody waits for"}).encode()
+    u = urlsplit(net.url)
+    sock = socket.create_connection((u.hostname, u.port), timeout=30)
+    sock.sendall(b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+                 + key.encode() + b"\r\nContent-Type: application/json\r\nContent-Length: "
+                 + str(len(body)).encode() + b"\r\n\r\n" + body)
+    a = hand.take(time.time() + 120)  # the request is running on the provider ...
+    assert owner.job(a.job_id).status == "running"
+    sock.close()  # ... and its caller goes away
+    settled(owner, hand, a, before)
+
+
+def test_a_stream_closed_after_the_first_delta_is_cancelled_and_free(net: Network,
+                                                                      hand: Hand) -> None:
+    owner = funded(net)
+    key = owner.create_api_key("stream-hangup").key
+    assert key is not None
+    before = owner.balance().available
+    req = {"model": CHAT, "messages": [{"role": "user", "content": "Say hello"}],
+           "max_tokens": 16, "stream": True}
+    with httpx.Client(base_url=net.url, timeout=60,
+                      headers={"Authorization": f"Bearer {key}"}) as h, \
+            h.stream("POST", "/v1/chat/completions", json=req) as r:
+        assert r.status_code == 200
+        a = hand.take(time.time() + 120)
+        assert r.headers["x-deai-job"] == a.job_id
+        end = time.time() + 60
+        seen = ""
+        for line in r.iter_lines():
+            assert time.time() < end
+            if not line.startswith("data: {"):
+                continue
+            delta = json.loads(line[6:])["choices"][0]["delta"]
+            seen += delta.get("content") or ""
+            if not seen:  # the opening chunk: now the provider sends its first words
+                assert hand.c.progress(a.id, [{"text": "Hello"}])
+            if "Hello" in seen:
+                break  # leave the stream mid-answer: the connection closes
+    assert seen == "Hello"
+    settled(owner, hand, a, before)
