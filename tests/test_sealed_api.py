@@ -24,7 +24,7 @@ SPEC = {"kind": "embeddings", "model": MODEL, "max_price": 2000, "shard_size": 4
 
 @pytest.fixture(scope="module")
 def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Network]:
-    n = Network(tmp_path_factory.mktemp("sealed-api"), heartbeat_timeout=30.0)
+    n = Network(tmp_path_factory.mktemp("sealed-api"), heartbeat_timeout=30.0, verifiers=1)
     n.start_coordinator()
     try:
         yield n
@@ -41,7 +41,7 @@ def refused(call: object, status: int, field: str) -> None:
 def test_bad_sealed_submissions_are_refused_naming_the_field(net: Network) -> None:
     c = Client(net.url, Identity.generate())
     c.faucet(10_000_000)
-    who = [Identity.generate().id for _ in range(2)]
+    who = [Identity.generate().id, net.key("verifier-1").id]
     spec = {**SPEC, "sealed": True, "sealed_for": who}
     si = sealing.seal_input(specs.parse_spec(spec), lines(6), c._me())
     for blob, _, _ in si.shards:
@@ -66,6 +66,8 @@ def test_bad_sealed_submissions_are_refused_naming_the_field(net: Network) -> No
     chat = {"kind": "chat", "model": "SmolLM2-135M-Instruct", "max_price": 10,
             "sealed": True, "sealed_for": who}
     refused(submit(good.to_bytes(), chat), 422, "spec.sealed")
+    no_verifier = {**spec, "sealed_for": who[:1]}
+    refused(submit(good.to_bytes(), no_verifier), 422, "spec.sealed_for")
     # A good manifest with nobody in the set online: no capacity, still a 4xx.
     with pytest.raises(DeAIError) as exc:
         submit(good.to_bytes())()  # type: ignore[operator]
@@ -78,8 +80,9 @@ def test_a_sealed_job_is_leased_only_within_its_set(net: Network) -> None:
     outside = HandProvider(net, price=100)  # the cheapest: it would win an unsealed job
     c = Client(net.url, Identity.generate())
     c.faucet(10_000_000)
-    job = sealing.submit(c, SPEC, lines(8), sealed_for=[inside.id])
-    assert job.spec["sealed_for"] == [inside.id] and job.units == 8
+    verifier = net.key("verifier-1").id  # named, not running: no check is placed here
+    job = sealing.submit(c, SPEC, lines(8), sealed_for=[inside.id, verifier])
+    assert job.spec["sealed_for"] == sorted([inside.id, verifier]) and job.units == 8
     taken = []
     for _ in range(60):
         assert outside.take(wait=0.5) == []

@@ -61,6 +61,11 @@ def submit(c: Coordinator, owner: str, body: wire.JobIn, spec: SpecBase, *, quot
     if spec.kind not in sealed.KINDS:
         raise InvalidInput(f"spec.sealed: sealed jobs run {', '.join(sorted(sealed.KINDS))} "
                            f"for now, not {spec.kind}", field="spec.sealed")
+    if c.settings.verifiers and not c.settings.verifiers & set(spec.sealed_for):
+        # Without one, a dispute could not be refereed nor an agreement audited (and the
+        # earnings an audit holds would wait for it forever).
+        raise InvalidInput("spec.sealed_for: name at least one of the network's verifiers "
+                           "(GET /api/verifiers)", field="spec.sealed_for")
     if not c.blobs.exists(body.input_digest):
         raise NotFound("input_digest: no uploaded blob has this digest; upload it first",
                        field="input_digest")
