@@ -122,6 +122,23 @@ def test_a_bad_manifest_is_refused_naming_the_field(change: Any, field: str) -> 
     assert exc.value.field == field
 
 
+def test_a_bad_envelope_is_refused_naming_the_field() -> None:
+    owner, *who = parties(2)
+    blob = crypto.seal_input(spec_for(who), lines(2), owner.id).shards[0][0]
+    obj = json.loads(blob)
+    for key, value, field in (("nonce", "abc", "input.nonce"), ("ct", 7, "input.ct"),
+                              ("idx", -1, "input.idx"), ("keys", {}, "input.keys")):
+        with pytest.raises(InvalidInput) as exc:
+            sealed.parse_envelope(json.dumps({**obj, key: value}).encode(), "input")
+        assert exc.value.field == field
+    verdict = crypto.seal_output(bytes(32), obj["seal"], 0, b"x", 1,
+                                 sealed.Verdict(True, None, 0.0, "ok"))
+    bad = {**json.loads(verdict), "verdict": {"subject": "yes"}}
+    with pytest.raises(InvalidInput) as exc:
+        sealed.parse_envelope(json.dumps(bad).encode())
+    assert exc.value.field == "output.verdict"
+
+
 def test_not_a_manifest_is_refused() -> None:
     for raw in (b"", b"[1]", lines(2), b'{"deai_sealed": "other"}', b"[" * 100_000):
         with pytest.raises(InvalidInput):

@@ -193,9 +193,12 @@ class Verdict:
 
 
 def _b64(v: Any, where: str) -> bytes:
-    if not isinstance(v, str) or not _B64.match(v):
-        raise InvalidInput(f"{where}: base64 expected", field=where)
-    return base64.b64decode(v)
+    try:
+        if isinstance(v, str) and _B64.match(v):
+            return base64.b64decode(v, validate=True)
+    except ValueError:  # binascii.Error: bad padding
+        pass
+    raise InvalidInput(f"{where}: base64 expected", field=where)
 
 
 def _verdict(v: Any, where: str) -> Verdict | None:
