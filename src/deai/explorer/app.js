@@ -613,8 +613,13 @@
       v.cards = h("div", { class: "grid cols-3" }); v.body = h("div");
       root.append(v.head, v.cards, card("History", v.body));
     };
-    v.load = () => api(`/api/explorer/accounts/${encodeURIComponent(account)}?limit=100`);
+    v.load = async () => {
+      const [d, provs] = await Promise.all([api(`/api/explorer/accounts/${encodeURIComponent(account)}?limit=100`), api("/api/providers").catch(() => null)]);
+      if (provs) provs.providers.forEach((p) => { state.names[p.id] = p.name; });
+      return d;
+    };
     v.update = (d) => {
+      v.head.firstChild.textContent = state.names[account] || accountName(account);
       v.cards.replaceChildren(...Object.entries(d.ledger_accounts).map(([k, amt]) => stat(accountName(k), money(amt), h("span", { class: "mono", title: k }, short(k, 30)))));
       v.body.replaceChildren(table([
         { key: "seq", label: "#", num: true, render: (e) => nf.format(e.seq) },
