@@ -69,8 +69,13 @@ def wait_port(host: str, port: int, timeout: float, proc: subprocess.Popen[bytes
     raise SystemExit(f"{host}:{port} did not open within {timeout:.0f} s")
 
 
+LOG = os.path.join(HOME, "ray-node.log")
+STARTED = b"Ray runtime started"
+ATTEMPTS = 3
+
+
 def start(args: list[str], ip: str) -> subprocess.Popen[bytes]:
-    log = open(os.path.join(HOME, "ray-node.log"), "ab")  # noqa: SIM115 - the child keeps it
+    log = open(LOG, "ab")  # noqa: SIM115 - the child keeps it
     return subprocess.Popen(
         [sys.executable, "-m", "ray.scripts.scripts", "start", "--block",
          "--node-ip-address", ip, "--disable-usage-stats",
@@ -79,7 +84,47 @@ def start(args: list[str], ip: str) -> subprocess.Popen[bytes]:
         start_new_session=True)
 
 
+def stop_group(pid: int) -> None:
+    for sig, wait in ((signal.SIGTERM, 15.0), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(pid, sig)
+        except ProcessLookupError:
+            return
+        end = time.monotonic() + wait
+        while time.monotonic() < end:
+            try:
+                os.killpg(pid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.2)
+
+
+def start_node(args: list[str], ip: str, timeout: float = 240.0) -> subprocess.Popen[bytes]:
+    """``ray start`` until it says the runtime started. Ray gives a raylet 30 s to register
+    with its GCS (hard-coded); on a loaded machine that can pass, so a start that exits
+    or hangs is stopped (its own process group only) and tried again."""
+    why = ""
+    for _ in range(ATTEMPTS):
+        offset = os.path.getsize(LOG) if os.path.exists(LOG) else 0
+        proc = start(args, ip)
+        end = time.monotonic() + timeout
+        while time.monotonic() < end and proc.poll() is None:
+            with open(LOG, "rb") as f:
+                f.seek(offset)
+                if STARTED in f.read():
+                    return proc
+            time.sleep(0.5)
+        why = "exited" if proc.poll() is not None else f"not up within {timeout:.0f} s"
+        stop_group(proc.pid)
+    raise SystemExit(f"ray start {why} {ATTEMPTS} times; see ~/ray-node.log")
+
+
 def wait_nodes(head: str, n: int, timeout: float) -> None:
+    def expired(signum: int, frame: object) -> None:
+        raise SystemExit(f"Ray nodes not all alive after {timeout:.0f} s")
+
+    signal.signal(signal.SIGALRM, expired)
+    signal.alarm(int(timeout) + 5)  # ray.init itself may block on an unreachable GCS
     os.environ.update(ray_env())
     import ray
 
@@ -105,36 +150,21 @@ def main(argv: list[str]) -> None:
         print(json.dumps({"ip": address()}))
     elif op == "head":
         ip, cpus = argv[1], argv[2]
-        proc = start(["--head", "--port", str(GCS_PORT), "--num-cpus", cpus,
-                      "--dashboard-host", "127.0.0.1", "--dashboard-port",
-                      str(DASHBOARD_PORT), "--include-dashboard", "true"], ip)
+        proc = start_node(["--head", "--port", str(GCS_PORT), "--num-cpus", cpus,
+                           "--dashboard-host", "127.0.0.1", "--dashboard-port",
+                           str(DASHBOARD_PORT), "--include-dashboard", "true"], ip)
         wait_port(ip, GCS_PORT, 120, proc)
         wait_port("127.0.0.1", DASHBOARD_PORT, 120, proc)
         print(json.dumps({"pid": proc.pid, "ip": ip}))
     elif op == "worker":
         ip, cpus, head = argv[1], argv[2], argv[3]
-        proc = start(["--address", head, "--num-cpus", cpus], ip)
-        time.sleep(1.0)
-        if proc.poll() is not None:
-            raise SystemExit(f"ray start exited with {proc.returncode}; see ~/ray-node.log")
+        proc = start_node(["--address", head, "--num-cpus", cpus], ip)
         print(json.dumps({"pid": proc.pid, "ip": ip}))
     elif op == "wait":
         wait_nodes(argv[1], int(argv[2]), float(argv[3]))
     elif op == "stop":
-        pid = int(argv[1])
-        for sig, wait in ((signal.SIGTERM, 15.0), (signal.SIGKILL, 5.0)):
-            try:
-                os.killpg(pid, sig)
-            except ProcessLookupError:
-                break
-            end = time.monotonic() + wait
-            while time.monotonic() < end:
-                try:
-                    os.killpg(pid, 0)
-                except ProcessLookupError:
-                    break
-                time.sleep(0.2)
-        print(json.dumps({"stopped": pid}))
+        stop_group(int(argv[1]))
+        print(json.dumps({"stopped": int(argv[1])}))
     else:
         raise SystemExit(f"unknown operation {op!r}")
 
