@@ -90,6 +90,9 @@ class Tab:
         path = SHOTS / f"{name}-{self.size}.png"
         self.page.wait_for_timeout(400)  # let chart animations settle
         self.page.screenshot(path=str(path), full_page=True)
+        if self.size == "phone":  # no page scrolls sideways on a phone
+            width = self.page.evaluate("document.documentElement.scrollWidth")
+            assert width <= SIZES["phone"]["width"] + 1, (name, width)
         return path
 
     def close(self) -> None:
