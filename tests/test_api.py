@@ -176,8 +176,16 @@ def test_quote_explains_every_provider_that_cannot_run_the_job(net: Network) -> 
     dear = HandProvider(net, price=5000)
     small = HandProvider(net, memory_mb=100)
     broke = HandProvider(net, stake=0)
-    q = funded(net).quote(SPEC, [2, 2, 1])
-    eligible = {e["provider"]: e["price"] for e in q.eligible}
+    client = funded(net)
+    end = time.monotonic() + 60
+    while True:  # alive as agents are: beat (heartbeat_timeout is 2 s, beats are flushed
+        for p in (cheap, dear, small, broke):  # in batches) until the quote sees them
+            p.c.heartbeat([])
+        q = client.quote(SPEC, [2, 2, 1])
+        eligible = {e["provider"]: e["price"] for e in q.eligible}
+        if cheap.id in eligible or time.monotonic() > end:
+            break
+        time.sleep(0.3)
     reasons = {i["provider"]: " ".join(i["reasons"]) for i in q.ineligible}
     assert eligible[cheap.id] == 500 and q.max_cost == 2 * 4 + 2
     assert "price above the maximum" in reasons[dear.id]
