@@ -197,6 +197,12 @@ def test_cluster_up_submit_down(net: Network, namespaces: list[str], alice: Clie
     with pytest.raises(Exception, match="another account"):
         Clusters(bob).show(cluster_id)
 
+    status = cli(net, "cluster", "status", cluster_id, timeout=60)
+    assert status.returncode == 0 and "running" in status.stdout, status.stdout + status.stderr
+    assert all(m.id in status.stdout for m in cl.members) and "head" in status.stdout
+    listed = cli(net, "cluster", "list", timeout=60)
+    assert listed.returncode == 0 and cluster_id in listed.stdout, listed.stderr
+
     down = cli(net, "cluster", "down", cluster_id, timeout=200)
     assert down.returncode == 0, down.stdout + down.stderr
     cl = api.show(cluster_id)
