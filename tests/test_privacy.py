@@ -292,3 +292,19 @@ def test_check_event_bodies_lose_their_digests() -> None:
     assert public.event_body("checkpoint", {"digest": d, "step": 3}) == {"step": 3}
     assert public.event_body("a_kind_nobody_listed", {"x": 1}) == {}
 
+
+
+def test_verdicts_in_the_public_journal_carry_commitments_not_output_digests() -> None:
+    """A verdict's ``*_output`` fields are commitments bound to the task's input: whoever
+    knows both digests (the owner, the parties) can check one; a bare digest guess can't."""
+    from deai.core.verify import evidence
+
+    inp, out = "11" * 32, "ab" * 32
+    body = {"subject": "p1", "subject_output": out, "checker_output": None,
+            "referee_output": "", "fault": "subject", "statistic": 0.5}
+    blinded = evidence.blind(body, inp)
+    assert out not in json.dumps(blinded)
+    assert blinded["subject_output"] == evidence.commitment(inp, out)
+    assert blinded["subject_output"] != evidence.commitment("22" * 32, out)
+    assert {k: v for k, v in blinded.items() if k != "subject_output"} == {
+        k: v for k, v in body.items() if k != "subject_output"}

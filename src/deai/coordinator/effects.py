@@ -33,7 +33,7 @@ from deai.core.lifecycle import (
 from deai.core.lifecycle import effects as E
 from deai.core.lifecycle.decide import TaskCtx, job_status_for
 from deai.core.money import cost_for_units
-from deai.core.verify import policy
+from deai.core.verify import evidence, policy
 from deai.store.models import Assignment, Job, JournalEntry, Payout, Provider, Task
 from deai.store.models import Reputation as RepRow
 
@@ -183,8 +183,8 @@ class _Applier:
         s, c, job = self.s, self.c, self.job
         stake = c.settlement.balance(s, ledger.stake(e.provider))
         cut = policy.slash_amounts(stake, c.settings.verify, reporter=e.reporter is not None)
-        evidence = {"task": self.task.id, "role": e.role.value}
-        c.settlement.slash(s, e.provider, cut.amount, e.reporter, cut.bounty, evidence)
+        why = {"task": self.task.id, "role": e.role.value}
+        c.settlement.slash(s, e.provider, cut.amount, e.reporter, cut.bounty, why)
         # this task's earnings that already left pending (a look-back past the window)
         clawed = lookback.claw_back(c, s, job, self.task.id, e.provider)
         # Unreleased earnings for the job go back where they came from: what the client
@@ -210,7 +210,7 @@ class _Applier:
                 job.refunded += forfeited + fee_back
         forfeited += from_treasury + clawed
         c.emit(s, "slash", e.provider, job=job.id, amount=cut.amount, bounty=cut.bounty,
-               bounty_to=e.reporter, forfeited=forfeited, clawed_back=clawed, **evidence)
+               bounty_to=e.reporter, forfeited=forfeited, clawed_back=clawed, **why)
 
     # --- verification records ---------------------------------------------------------------
 
@@ -219,7 +219,9 @@ class _Applier:
                  self.c.settings.verify)
 
     def record_verdict(self, e: E.RecordVerdict) -> None:
-        self.c.settlement.record(self.s, self.task.id, e.evidence)
+        # The journal is public: outputs appear as commitments (``core.verify.evidence``).
+        self.c.settlement.record(self.s, self.task.id,
+                                 evidence.blind(e.evidence, self.task.input_digest))
 
     def remember(self, e: E.Remember) -> None:
         canaries.remember(self.c, self.s, self.job, self.task, self._assignment(e.assignment))
