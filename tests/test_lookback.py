@@ -31,7 +31,16 @@ from deai.core.verify.lookback import select as pick
 from deai.sim import agents, vec
 from deai.sim.engine import Network, World
 from deai.store import journal
-from deai.store.models import Assignment, Event, Job, JournalEntry, Payout, Task
+from deai.store.models import (
+    ApiBatch,
+    ApiFile,
+    Assignment,
+    Event,
+    Job,
+    JournalEntry,
+    Payout,
+    Task,
+)
 from tests.lifecycle_worlds import DbWorld
 
 W = 3600.0
@@ -148,6 +157,14 @@ def test_a_look_back_reaches_past_the_window_and_claws_back_released_earnings(
     client0 = _balances(w, ledger.acct(w.client))[0]
     assert acct0 > 0
 
+    # the job was a /v1 batch: its output file is the (wrong) result for now
+    with w.c.db.write() as s:
+        s.add(ApiFile(id="file-out", account=w.client, purpose="batch_output",
+                      filename="out.jsonl", size=1, digest=wrong, created_at=clock.now()))
+        s.add(ApiBatch(id="batch_1", account=w.client, api_key_id="k", endpoint="/v1/embeddings",
+                       input_file_id="file-in", job_id=w.job_id, completion_window="24h",
+                       created_at=clock.now(), output_file_id="file-out"))
+
     # p0 is caught elsewhere: its look-back reaches this result, past the window
     clock.advance(10)
     w.apply([E.LookBack(p0)])
@@ -174,6 +191,8 @@ def test_a_look_back_reaches_past_the_window_and_claws_back_released_earnings(
         task = s.get(Task, w.task_id)
         assert job is not None and task is not None
         assert task.output_digest == fixed and job.output_digest != wrong
+        out = s.get(ApiFile, "file-out")  # the batch's output file follows the correction
+        assert out is not None and out.digest == job.output_digest
         claw = s.scalars(select(JournalEntry).where(JournalEntry.kind == "clawback")).one()
         body = claw.body
         assert body["from_balance"] == acct0  # the balance first, all of it here

@@ -34,7 +34,16 @@ from deai.core.lifecycle import effects as E
 from deai.core.lifecycle.decide import TaskCtx, job_status_for
 from deai.core.money import cost_for_units
 from deai.core.verify import evidence, policy
-from deai.store.models import Assignment, Job, JournalEntry, Payout, Provider, Task
+from deai.store.models import (
+    ApiBatch,
+    ApiFile,
+    Assignment,
+    Job,
+    JournalEntry,
+    Payout,
+    Provider,
+    Task,
+)
 from deai.store.models import Reputation as RepRow
 
 NETWORK = canaries.NETWORK
@@ -238,8 +247,20 @@ class _Applier:
         if job.status == JobStatus.COMPLETED and job.owner != NETWORK:
             s.flush()
             job.error = self._assemble()
+            self._refresh_batch_output()
         c.emit(s, "result_corrected", job.id, task=t.id, idx=t.idx, owner=job.owner,
                was=before)
+
+    def _refresh_batch_output(self) -> None:
+        """A ``/v1`` batch's output file is the job's result: it follows a correction."""
+        job = self.job
+        if not job.output_digest:
+            return
+        for b in self.s.scalars(select(ApiBatch).where(ApiBatch.job_id == job.id,
+                                                       ApiBatch.output_file_id.is_not(None))):
+            f = self.s.get(ApiFile, b.output_file_id)
+            if f is not None and f.digest != job.output_digest:
+                f.digest, f.size = job.output_digest, len(self.c.blobs.get(job.output_digest))
 
     def look_back(self, e: E.LookBack) -> None:
         """Audit again every result of ``e.provider`` within core's look-back reach."""
