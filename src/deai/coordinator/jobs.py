@@ -41,6 +41,7 @@ from deai.store.blobs import digest_of
 from deai.store.models import Assignment, Event, Job, Payout, Provider, Task
 
 _SHARD_WRITER = ThreadPoolExecutor(max_workers=4, thread_name_prefix="deai-shards")
+_ORM_TASKS = 64  # up to this many shards, tasks are ORM rows as before; beyond, one bulk insert
 
 
 def quote(c: Coordinator, q: wire.QuoteIn) -> wire.QuoteOut:
@@ -127,7 +128,8 @@ def submit(c: Coordinator, owner: str, body: wire.JobIn, *,
             input_digest=body.input_digest, max_price=spec.max_price,
             shards=[admission.ShardIn(d, sh.items, sh.max_units)
                     for d, sh in zip(shard_digests, shards, strict=True)],
-            escrow=max_cost, deadline=spec.deadline, key=key, want_tasks=False)
+            escrow=max_cost, deadline=spec.deadline, key=key,
+            want_tasks=len(shards) <= _ORM_TASKS)
         if then is not None:
             then(s, job)
         stored.result()  # raises if the shards could not be stored: nothing commits
