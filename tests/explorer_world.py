@@ -37,12 +37,14 @@ from deai.core.lifecycle import Role
 from deai.core.lifecycle import decide as D
 from deai.core.lifecycle import effects as E
 from deai.core.verify.policy import Fault
-from deai.store.models import Provider
+from deai.store.models import Lease, Provider
+from deai.store.models_clusters import Cluster
 from tests.lifecycle_worlds import DbWorld
 from tests.netutil import free_port
 
 BELOW = "b" * 64
 EXTRA_ENTRIES = 40  # faucets, so the journal spans more than two explorer pages
+LEASE_ESCROW = 7_654_321  # private: never on a public page
 
 
 @dataclass
@@ -78,6 +80,19 @@ def build(root: Path) -> World:
                        registered_at=clock.now(), last_seen=0.0))
         for i in range(EXTRA_ENTRIES):
             w.c.settlement.faucet(s, w.client, 1_000 + i)
+        # Leases and a cluster (their lifecycle is tested in test_lease_* and
+        # test_cluster_*): rows as those modules leave them, for the Leases page.
+        now = clock.now()
+        for lid, pid, ended in (("lse_head", p[5], False), ("lse_worker", p[2], False),
+                                ("lse_gone", p[3], True)):
+            s.add(Lease(id=lid, owner=w.client, provider_id=pid,
+                        status="ended" if ended else "active",
+                        end_reason="provider lost" if ended else None, cpus=2, memory_mb=2048,
+                        price_hour=360_000, max_price_hour=500_000, escrow=LEASE_ESCROW,
+                        created_at=now, started_at=now, ended_at=now if ended else None))
+        s.add(Cluster(id="cl_world", owner=w.client, status="running", nodes=2,
+                      leases=["lse_head", "lse_worker"], lost=[], created_at=now,
+                      form_by=now + 180, ready_at=now, ray={"token": "never shown"}))
     clock.advance(w.c.settings.challenge_window + 1)  # every event of the job is public
     for pid in (p[5], BELOW):
         w.c.heartbeat(pid, [])

@@ -19,7 +19,7 @@ from sqlalchemy import event
 from deai.coordinator import explorer_views as views
 from deai.core.clock import ManualClock
 from deai.core.standing import Standing, standing
-from tests.explorer_world import World, build, serve
+from tests.explorer_world import LEASE_ESCROW, World, build, serve
 
 
 @pytest.fixture(scope="module")
@@ -109,3 +109,17 @@ def test_the_public_api_carries_standing_and_marks(world: World, url: str) -> No
                       timeout=30).json()
     assert older["entries"][0]["seq"] == page["entries"][-1]["seq"] - 1
 
+
+
+def test_leases_and_clusters_show_public_facts_only(world: World, url: str) -> None:
+    got = views.leases_view(world.c, 50)
+    assert got.leases == {"active": 2, "ended": 1}
+    assert got.lease_end_reasons == {"provider lost": 1}
+    assert got.clusters == {"running": 1} and got.nodes_running == 2
+    (cl,) = got.recent_clusters
+    assert cl.id == "cl_world" and len(cl.providers) == 2
+    assert {r.id: r.cluster for r in got.recent_leases} == {
+        "lse_head": "cl_world", "lse_worker": "cl_world", "lse_gone": None}
+    text = httpx.get(f"{url}/api/explorer/leases", timeout=30).text
+    for private in (str(LEASE_ESCROW), "never shown", '"owner"', '"escrow"'):
+        assert private not in text, private

@@ -81,6 +81,11 @@ def verification(c: C, limit: Limit = 100, before: EventBefore = None) -> wx.Eve
     return views.verification(c, limit, before)
 
 
+@router.get("/explorer/leases", response_model=wx.LeasesOut)
+def leases(c: C, limit: Limit = 50) -> wx.LeasesOut:
+    return views.leases_view(c, limit)
+
+
 @router.get("/explorer/ledger", response_model=wx.LedgerOut)
 def ledger(c: C, limit: Limit = 50, before: SeqBefore = None) -> wx.LedgerOut:
     """The journal's latest entries, newest first, its head, supply and the last audit."""

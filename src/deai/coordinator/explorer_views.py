@@ -32,11 +32,13 @@ from deai.store.models import (
     Job,
     JournalEntry,
     JournalHead,
+    Lease,
     Offer,
     Payout,
     Provider,
     Task,
 )
+from deai.store.models_clusters import Cluster
 
 BUCKETS = 60
 MAX_PRICE_ROWS = 50_000
@@ -400,3 +402,37 @@ def account_view(c: Coordinator, account: str, limit: int) -> wx.AccountOut:
     owner = c.balance(account) if len(names) == 3 else None
     return wx.AccountOut(account=account, ledger_accounts={n: bal.get(n, 0) for n in names},
                          balance=owner, history=history)
+
+
+def leases_view(c: Coordinator, limit: int) -> wx.LeasesOut:
+    """Machines by the hour and the clusters made of them: counts, the latest of each,
+    their hosts, prices and fates. Owners, escrow and Ray endpoints stay private."""
+    with c.db.read() as s:
+        names = dict(s.execute(select(Provider.id, Provider.name)).all())
+        lease_rows = s.scalars(select(Lease).order_by(Lease.created_at.desc())
+                               .limit(limit)).all()
+        cluster_rows = s.scalars(select(Cluster).order_by(Cluster.created_at.desc())
+                                 .limit(limit)).all()
+        member = {lid: cl.id for cl in cluster_rows for lid in (cl.leases or [])}
+        host = dict(s.execute(select(Lease.id, Lease.provider_id).where(
+            Lease.id.in_(sorted(member)))).all()) if member else {}
+        running = s.scalars(select(Cluster).where(Cluster.status == "running")).all()
+        return wx.LeasesOut(
+            leases=_counts(s, Lease.status),
+            lease_end_reasons=_counts_where(s, Lease.end_reason, Lease.end_reason.is_not(None)),
+            clusters=_counts(s, Cluster.status),
+            cluster_end_reasons=_counts_where(s, Cluster.end_reason,
+                                              Cluster.end_reason.is_not(None)),
+            nodes_running=sum(cl.nodes - len(cl.lost or []) for cl in running),
+            recent_leases=[wx.LeaseRow(
+                id=r.id, provider=r.provider_id,
+                provider_name=names.get(r.provider_id) or r.provider_id[:12], status=r.status,
+                end_reason=r.end_reason, cpus=r.cpus, memory_mb=r.memory_mb, gpus=r.gpus,
+                spot=r.spot, price_hour=r.price_hour, created_at=r.created_at,
+                started_at=r.started_at, ended_at=r.ended_at, cluster=member.get(r.id))
+                for r in lease_rows],
+            recent_clusters=[wx.ClusterRow(
+                id=cl.id, status=cl.status, end_reason=cl.end_reason, nodes=cl.nodes,
+                providers=[host[lid] for lid in (cl.leases or []) if lid in host],
+                lost=len(cl.lost or []), created_at=cl.created_at, ready_at=cl.ready_at,
+                ended_at=cl.ended_at) for cl in cluster_rows])

@@ -194,3 +194,47 @@ class AccountOut(Out):
     ledger_accounts: dict[str, int] = Field(description="balance of each ledger account")
     balance: BalanceOut | None = None
     history: list[AccountHistoryRow]
+
+
+class LeaseRow(Out):
+    """A lease as the public sees it: who hosts it, what it rents, its price and fate;
+    never its owner or its escrow."""
+
+    id: str
+    provider: str
+    provider_name: str
+    status: str
+    end_reason: str | None
+    cpus: int
+    memory_mb: int
+    gpus: int
+    spot: bool
+    price_hour: int
+    created_at: float
+    started_at: float | None
+    ended_at: float | None
+    cluster: str | None = None
+
+
+class ClusterRow(Out):
+    """A cluster as the public sees it: its nodes (the head first) and its fate."""
+
+    id: str
+    status: str
+    end_reason: str | None
+    nodes: int
+    providers: list[str]
+    lost: int
+    created_at: float
+    ready_at: float | None
+    ended_at: float | None
+
+
+class LeasesOut(Out):
+    leases: dict[str, int]  # status -> count
+    lease_end_reasons: dict[str, int]
+    clusters: dict[str, int]  # status -> count
+    cluster_end_reasons: dict[str, int]
+    nodes_running: int
+    recent_leases: list[LeaseRow]
+    recent_clusters: list[ClusterRow]

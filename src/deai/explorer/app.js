@@ -687,6 +687,45 @@
     return v;
   }
 
+  // --- machines by the hour and clusters (api_explorer /explorer/leases, docs/leases.md) -------
+
+  function leasesView() {
+    const v = { nav: "leases", charts: {} };
+    const fate = (x) => badge(x.status === "ended" ? (x.end_reason === "owner ended" || x.end_reason === "time up" ? "done" : "failed") : (x.status === "pending" || x.status === "forming" ? "pending" : "running"), x.status === "ended" ? `ended: ${x.end_reason}` : x.status);
+    const reasons = (m) => Object.entries(m).map(([k, n]) => `${k} ${nf.format(n)}`).join(" · ") || "none yet";
+    v.mount = (root) => {
+      v.cards = h("div", { class: "grid cols-3" }); v.leases = h("div"); v.clusters = h("div");
+      root.append(h("div", { class: "page-head" }, h("h1", {}, "Leases"), h("div", { class: "sub" }, "Machines rented by the hour (a shell, files and ports in a sandbox on the provider) and Ray clusters made of several leases. Owners and escrow stay private.")),
+        v.cards, card("Clusters", v.clusters, { flush: true, testid: "clusters" }), h("div", { style: "height:16px" }),
+        card("Latest leases", v.leases, { flush: true, testid: "leases" }));
+    };
+    v.load = () => api("/api/explorer/leases?limit=50");
+    v.update = (d) => {
+      const n = (m, k) => nf.format(m[k] || 0);
+      v.cards.replaceChildren(
+        stat("Active leases", n(d.leases, "active"), `${n(d.leases, "pending")} starting · ${n(d.leases, "ended")} ended`, d.leases.active ? "good" : "", "stat-leases-active"),
+        stat("Running clusters", n(d.clusters, "running"), `${nf.format(d.nodes_running)} nodes · ${n(d.clusters, "forming")} forming`, d.clusters.running ? "good" : "", "stat-clusters-running"),
+        stat("How leases ended", nf.format(Object.values(d.lease_end_reasons).reduce((a, b) => a + b, 0)), reasons(d.lease_end_reasons), "", "stat-lease-ends"));
+      v.clusters.replaceChildren(table([
+        { key: "id", label: "Cluster", render: (x) => h("span", { class: "mono", title: x.id }, short(x.id, 16)) },
+        { key: "status", label: "Status", render: fate },
+        { key: "nodes", label: "Nodes", num: true, render: (x) => `${nf.format(x.nodes - x.lost)} / ${nf.format(x.nodes)}` },
+        { key: "hosts", label: "Hosts (head first)", wrap: true, render: (x) => h("span", {}, x.providers.map((p, i) => [i ? ", " : "", providerLink(p)])) },
+        { key: "age", label: "Created", render: (x) => ago(x.created_at) },
+      ], d.recent_clusters, { empty: "No cluster yet. deai cluster up --nodes N makes one from N leases." }));
+      v.leases.replaceChildren(table([
+        { key: "id", label: "Lease", render: (x) => h("span", { class: "mono", title: x.id }, short(x.id, 16)) },
+        { key: "prov", label: "Host", render: (x) => providerLink(x.provider) },
+        { key: "status", label: "Status", render: fate },
+        { key: "res", label: "Resources", render: (x) => `${x.cpus} CPU · ${nf.format(x.memory_mb)} MB${x.gpus ? ` · ${x.gpus} GPU` : ""}${x.spot ? " · spot" : ""}` },
+        { key: "price", label: "Price", num: true, render: (x) => h("span", {}, money(x.price_hour), h("small", { class: "unit" }, " /h")) },
+        { key: "cluster", label: "Cluster", render: (x) => (x.cluster ? h("span", { class: "mono", title: x.cluster }, short(x.cluster, 12)) : "—") },
+        { key: "age", label: "Created", render: (x) => ago(x.created_at) },
+      ], d.recent_leases, { empty: "No lease yet. deai lease create rents a machine by the hour." }));
+    };
+    return v;
+  }
+
   // --- settlement on a chain (api_chain.py, docs/chain.md) ------------------------------------
 
   function chainView() {
@@ -748,7 +787,7 @@
     [/^#?\/?$/, overviewView], [/^#\/providers\/?$/, providersView], [/^#\/providers\/(.+)$/, providerView],
     [/^#\/jobs\/?$/, jobsView], [/^#\/jobs\/(.+)$/, jobView], [/^#\/verification\/?$/, verificationView],
     [/^#\/ledger\/?$/, ledgerView], [/^#\/ledger\/account\/(.+)$/, accountView],
-    [/^#\/hardware\/?$/, hardwareView], [/^#\/chain\/?$/, chainView],
+    [/^#\/hardware\/?$/, hardwareView], [/^#\/chain\/?$/, chainView], [/^#\/leases\/?$/, leasesView],
   ];
 
   function route() {
