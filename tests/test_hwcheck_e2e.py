@@ -2,7 +2,7 @@
 answer challenges with torch on this CPU, over loopback.
 
 An honest provider passes round after round while the machine is busy; providers that
-claim twice their speed, memory they cannot hold, or that compute in bfloat16 are
+claim twice their speed, memory they cannot hold, or that cut operands to bfloat16 are
 flagged within three challenges, lose what they claimed in matching's inputs and, on
 repeated failure, part of their stake; a changed identity is challenged again.
 """
@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,6 @@ import httpx
 import pytest
 from sqlalchemy import func, select
 
-from deai.client import keys
 from deai.coordinator import hardware
 from deai.coordinator.matching import provider_states
 from deai.coordinator.service import Coordinator
@@ -34,16 +34,21 @@ from tests.netutil import Network, Proc
 pytestmark = pytest.mark.slow
 
 
-
-@pytest.fixture
-def net(tmp_path: Path) -> Iterator[Network]:
-    n = Network(tmp_path, heartbeat_timeout=6.0, verify=False)
-    n.env.update(HW_ENV)
+@contextmanager
+def _network(root: Path, **env: str) -> Iterator[Network]:
+    n = Network(root, heartbeat_timeout=6.0, verify=False)
+    n.env.update({**HW_ENV, **env})
     n.start_coordinator()
     try:
         yield n
     finally:
         n.close()
+
+
+@pytest.fixture
+def net(tmp_path: Path) -> Iterator[Network]:
+    with _network(tmp_path) as n:
+        yield n
 
 
 @pytest.fixture
@@ -51,26 +56,16 @@ def busy_net(tmp_path: Path) -> Iterator[Network]:
     """For an honest provider on a shared 2-core test machine under deliberate load: a
     margin of 4 (docs/compute-units.md: timing spread measured 2-4x under such load),
     which still flags a 4x overclaim; production's 1.5 assumes a machine of its own."""
-    n = Network(tmp_path, heartbeat_timeout=6.0, verify=False)
-    n.env.update({**HW_ENV, "DEAI_HW_MARGIN": "4"})
-    n.start_coordinator()
-    try:
+    with _network(tmp_path, DEAI_HW_MARGIN="4") as n:
         yield n
-    finally:
-        n.close()
 
 
 @pytest.fixture
 def patient_net(tmp_path: Path) -> Iterator[Network]:
     """Deadlines no busy test machine misses (30 s latency allowance): what flags a
     provider here is what it computed, never when."""
-    n = Network(tmp_path, heartbeat_timeout=6.0, verify=False)
-    n.env.update({**HW_ENV, "DEAI_HW_LATENCY_S": "30"})
-    n.start_coordinator()
-    try:
+    with _network(tmp_path, DEAI_HW_LATENCY_S="30") as n:
         yield n
-    finally:
-        n.close()
 
 
 def start(net: Network, name: str, *, env: dict[str, str] | None = None,
@@ -78,7 +73,7 @@ def start(net: Network, name: str, *, env: dict[str, str] | None = None,
     """A provider agent; ``data_limit_mb`` runs it under a real memory limit (RLIMIT_DATA)."""
     if data_limit_mb is None:
         return net.start_provider(name, 1000, "--name", name, env=env)
-    keys.create(name, exist_ok=True)
+    net.key(name)
     args = ["prlimit", f"--data={data_limit_mb << 20}", sys.executable, "-m", "deai.provider",
             "--coordinator", net.url, "--key", name, "--threads", "1", "--price", "1000",
             "--models", "all-MiniLM-L6-v2", "--name", name]
@@ -211,7 +206,7 @@ def test_cheaters_are_flagged_within_three_challenges(net: Network) -> None:
 
 
 def test_a_wrong_product_is_flagged_whatever_the_time(patient_net: Network) -> None:
-    """An agent that computes the challenge in bfloat16 (cheap, wrong) is flagged by its
+    """An agent that cuts the challenge operands to bfloat16 (cheap, wrong) is flagged by its
     answer alone, is out of matching's inputs and never passes."""
     net = patient_net
     start(net, "approximator", env={"DEAI_HW_CHEAT": "wrong"})

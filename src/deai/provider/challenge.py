@@ -17,7 +17,7 @@ gets. ``claimed(hw, bench)`` is what the agent registers: the probe and the
 benchmark, with memory capped by ``DEAI_PROVIDER_MEMORY_MB`` (an operator
 offering part of a machine) and, for demonstrations and tests only, the
 faults of ``DEAI_HW_CHEAT`` (``overclaim=<factor>``: that multiple of the best
-rate it measured, ``memory_mb=<MiB>``, ``wrong``: compute in bfloat16).
+rate it measured, ``memory_mb=<MiB>``, ``wrong``: operands at bfloat16 precision).
 """
 
 from __future__ import annotations
@@ -178,12 +178,17 @@ class PartRun:
             flat = np.arange(n * n, dtype=np.int64)
             a = torch.from_numpy(hc.entries(hc.key(seed, self.index, 0), flat).reshape(n, n))
             b = torch.from_numpy(hc.entries(hc.key(seed, self.index, 1), flat).reshape(n, n))
-        dtype = torch.bfloat16 if self.cheat.wrong else torch.float32
+        def operand(m: Any) -> Any:
+            # The cheat: operands cut to bfloat16 precision (a low-precision shortcut), the
+            # product in float32, so it costs what honest work costs on any device (a
+            # bfloat16 matmul is fast on a GPU but slow on many CPUs) and is wrong.
+            return m.to(torch.bfloat16).to(torch.float32) if self.cheat.wrong else m
+
         with torch.inference_mode():
             for t in range(p.k):
                 perm, sign = hc.signed_perm(seed, self.index, t, n)
                 at = a[:, torch.from_numpy(perm).to(dev)] * torch.from_numpy(sign).to(dev)
-                c = (at.to(dtype) @ b.to(dtype)).to(torch.float32)
+                c = (operand(at) @ operand(b)).to(torch.float32)
                 self.products.append(c)
                 self.digests.extend(self._digest(torch, c))
         if dev.type == "cuda":
