@@ -59,12 +59,23 @@ def ran(net: Network) -> Ran:
     providers = [HandProvider(net, price=700), HandProvider(net, price=900)]
     c = funded(net)
     done = Ran(c, run_job(providers, c, items=6), providers)
-    # Who did what (roles, checks) is public once the challenge window has closed.
-    end = time.time() + 30
-    while not get(net, "/api/events", kind="task_accepted").json()["events"]:
-        assert time.time() < end, "task events never became public"
+    # Who did what (roles, checks) and the job's money are public once the challenge window
+    # of its last check has closed: wait for all of it, not just the first task's events.
+    end = time.time() + 60
+    while not _disclosed(net, done.job):
+        assert time.time() < end, "the job's events and money never became public"
         time.sleep(0.3)
     return done
+
+
+def _disclosed(net: Network, job: wire.JobOut) -> bool:
+    if not get(net, "/api/events", kind="task_accepted").json()["events"]:
+        return False
+    if get(net, f"/api/explorer/jobs/{job.id}").json()["cost_so_far"] != job.cost:
+        return False
+    passed = get(net, "/api/events", kind="check_passed", limit=500).json()["events"]
+    counted = get(net, "/api/explorer/overview").json()["verification"]["checks_passed"]
+    return bool(counted == len(passed))
 
 
 def get(net: Network, path: str, **params: object) -> httpx.Response:
