@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import json
+import signal
 import time
 from pathlib import Path
 
@@ -162,3 +163,10 @@ HW_ENV = {"DEAI_HW_TARGET_S": "1.5", "DEAI_HW_LATENCY_S": "0.25", "DEAI_HW_PERIO
           "DEAI_HW_MARGIN": "1.5", "DEAI_HW_SLASH_AFTER": "3"}
 # For tests that are not about hardware, on a loaded machine.
 LENIENT_HW = {"DEAI_HW_MARGIN": "50", "DEAI_HW_LATENCY_S": "30", "DEAI_HW_SLASH_AFTER": "1000"}
+
+
+def ctrl_c_works() -> None:
+    """``preexec_fn`` for a child the test stops with Ctrl-C (SIGINT): a suite started as a
+    background job (``make test &``) ignores SIGINT, and an ignored signal stays ignored
+    across exec, so the child would never see it."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

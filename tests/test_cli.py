@@ -20,6 +20,7 @@ from deai.client import keys
 from deai.client.cli import app, shard_units
 from deai.client.devnet import free_port
 from deai.core import specs, wire
+from tests.helpers import ctrl_c_works
 
 runner = CliRunner()
 ROOT = Path(__file__).resolve().parents[1]
@@ -238,7 +239,7 @@ def test_devnet_up_stops_cleanly_on_ctrl_c(home: Path) -> None:
     proc = subprocess.Popen(
         [sys.executable, "-m", "deai.client.cli", "devnet", "up", "--providers", "1",
          "--port", str(port)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, preexec_fn=ctrl_c_works)
     try:
         assert proc.stdout is not None
         seen = []

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import LENIENT_HW
+from tests.helpers import LENIENT_HW, ctrl_c_works
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
@@ -89,7 +89,7 @@ def test_by_hand_block_runs_as_written(tmp_path: Path) -> None:
             if cmd.startswith("deai devnet up"):
                 devnet = subprocess.Popen(shlex.split(cmd, comments=True), cwd=work, env=env,
                                           text=True, stdout=subprocess.PIPE,
-                                          stderr=subprocess.STDOUT)
+                                          stderr=subprocess.STDOUT, preexec_fn=ctrl_c_works)
                 port = _wait_for(devnet, devnet_out, r"coordinator\s+http://127\.0\.0\.1:(\d+)",
                                  600).group(1)
                 _wait_for(devnet, devnet_out, r"Ctrl-C", 600)
