@@ -18,7 +18,7 @@ from typing import Any
 from sqlalchemy import String, cast, func, select
 from sqlalchemy.orm import Session
 
-from deai.coordinator import api_ledger, jobs, public
+from deai.coordinator import api_ledger, clusters, jobs, public
 from deai.coordinator.service import Coordinator
 from deai.core import compute, ledger, wire
 from deai.core import wire_explorer as wx
@@ -416,7 +416,7 @@ def leases_view(c: Coordinator, limit: int) -> wx.LeasesOut:
         member = {lid: cl.id for cl in cluster_rows for lid in (cl.leases or [])}
         host = dict(s.execute(select(Lease.id, Lease.provider_id).where(
             Lease.id.in_(sorted(member)))).all()) if member else {}
-        running = s.scalars(select(Cluster).where(Cluster.status == "running")).all()
+        running = s.scalars(select(Cluster).where(Cluster.status == clusters.RUNNING)).all()
         return wx.LeasesOut(
             leases=_counts(s, Lease.status),
             lease_end_reasons=_counts_where(s, Lease.end_reason, Lease.end_reason.is_not(None)),
