@@ -14,7 +14,7 @@ import pytest
 from deai.client.keys import Identity
 from deai.client.sdk import Client
 from deai.core import auth, ledger, wire
-from tests.helpers import MODEL, SPEC, HandProvider, audit_ok, funded, lines
+from tests.helpers import MODEL, SPEC, HandProvider, audit_ok, funded, journal, lines
 from tests.netutil import Network
 
 
@@ -108,3 +108,27 @@ def test_replicas_agree_then_a_canary_and_a_referee_catch_a_cheater(net: Network
     assert Client(net.url).provider(cheat.id).reputation < 0.5
     audit_ok(c)
     assert MODEL in {o.model for p in Client(net.url).providers() for o in p.offers}
+
+
+def test_a_check_is_paid_the_checked_results_price_not_the_checkers_ask(net: Network) -> None:
+    """A fixed check fee: the replica asks almost twice the primary's price and is paid
+    the primary's price for the same units, so an inflated ask earns nothing more."""
+    a, b = HandProvider(net, price=900), HandProvider(net, price=1900)
+    v = HandProvider(net, price=0, stake=0, ident=VERIFIER)
+    c = funded(net)
+    job = c.submit_job({**SPEC, "shard_size": 10}, c.upload(lines(2)).digest)
+    work([a, b, v], lambda: c.job(job.id).status == "completed")
+
+    def fees() -> list[ledger.Entry]:
+        return [e for e in journal(c) if e.kind == "check_fee" and e.body["provider"] == b.id]
+
+    end = time.time() + 30
+    while not fees():
+        assert time.time() < end, "the replica's check fee never reached the journal"
+        time.sleep(0.3)
+    (fee,) = fees()
+    (paid,) = [e for e in journal(c) if e.kind == "payout" and e.body["job"] == job.id]
+    assert paid.body["provider"] == a.id
+    assert fee.body["role"] == "replica"
+    assert fee.body["amount"] == paid.body["cost"], (fee.body, paid.body)
+    assert audit_ok(c).ok

@@ -178,7 +178,7 @@ class _Applier:
 
     def pay_check(self, e: E.PayCheck) -> None:
         a = self._assignment(e.assignment)
-        cost = cost_for_units(a.units or 0, a.price)
+        cost = cost_for_units(a.units or 0, self._check_rate(a))
         if cost <= 0:
             return
         entry, amount = self.c.settlement.pay_check(self.s, a.provider_id, cost, a.id, a.role)
@@ -186,6 +186,17 @@ class _Applier:
             self.c.emit(self.s, "check_unpaid", a.id, provider=a.provider_id, owed=cost)
             return
         self._payout(a, amount, entry)
+
+    def _check_rate(self, a: Assignment) -> int:
+        """What a check earns per unit: the price of the result it checks, whatever the
+        checker asks. Checkers are drawn by stake and reputation, and a fixed fee means
+        an inflated ask earns nothing more from the treasury either. The lease itself
+        still shows the checker's own price, like every lease (blind work). A canary
+        checks nobody's result: it is paid at its own price, like the work it imitates."""
+        if a.check_of is None:
+            return a.price
+        subject = self.s.get(Assignment, a.check_of)
+        return a.price if subject is None else subject.price
 
     def slash(self, e: E.Slash) -> None:
         """Cut the stake, pay the bounty, and forfeit the job's unreleased earnings."""
