@@ -52,7 +52,7 @@ class Replicas:
                     "--database-url", self.url]
             self.procs[port] = Proc(args, self.root / f"replica-{i}.log", self.env)
         for port in self.procs:
-            self.health(port, wait=60)
+            self.health(port, wait=180)  # three interpreters importing torch on a busy machine
 
     def health(self, port: int, wait: float = 0) -> dict[str, object]:
         end = time.time() + wait
