@@ -32,6 +32,7 @@ from websockets.sync.client import ClientConnection, connect
 from deai.client.sdk import Client
 from deai.core import wire_leases as wl
 from deai.core.errors import Conflict, DeAIError, from_dict
+from deai.core.wire_volumes import VolumeOut
 
 CHUNK = 64 * 1024
 STDIN, STDOUT, STDERR = 0, 1, 2
@@ -237,10 +238,19 @@ class Leases:
         return wl.HostOut.model_validate(resp.json())
 
     def poll(self, wait: float, known: builtins.list[str],
-             noticed: builtins.list[str] | None = None) -> wl.LeasePollOut:
+             noticed: builtins.list[str] | None = None,
+             saving: builtins.list[str] | None = None) -> wl.LeasePollOut:
         return self.client._post("/api/provider/leases/poll",
-                                 wl.LeasePollIn(wait=wait, known=known, noticed=noticed or []),
+                                 wl.LeasePollIn(wait=wait, known=known, noticed=noticed or [],
+                                                saving=saving or []),
                                  wl.LeasePollOut, timeout=wait + 15.0)
+
+    def save_snapshot(self, lease_id: str, data: bytes) -> VolumeOut:
+        """The packed home of a lease with a volume (``provider.volume_pack``)."""
+        resp = self.client.request("PUT", f"/api/provider/leases/{lease_id}/snapshot",
+                                   body=data, content_type="application/octet-stream",
+                                   timeout=300.0)
+        return VolumeOut.model_validate(resp.json())
 
     def heartbeat(self, running: builtins.list[str], failed: dict[str, str]) -> wl.LeaseBeatOut:
         return self.client._post("/api/provider/leases/heartbeat",

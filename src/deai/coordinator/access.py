@@ -7,6 +7,9 @@ A blob is readable by an account that
   output, an assignment's payload or output, a checkpoint of one of its tasks,
   or one of its ``/v1`` files;
 
+and by the owner of a lease volume with that snapshot, or the provider of a live lease
+that mounts the volume (``volumes.may_read``);
+
 and by a provider holding a live lease (status ``leased``, deadline not
 passed) whose task needs it: the task's shard, the assignment's check payload,
 a checkpoint of that task (a resume point), or a digest named inside that
@@ -28,6 +31,7 @@ from sqlalchemy import or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from deai.coordinator import volumes
 from deai.coordinator.service import Coordinator
 from deai.core.errors import NotFound
 from deai.core.lifecycle import AssignmentStatus
@@ -100,7 +104,8 @@ def may_read_blob(c: Coordinator, account: str, digest: str) -> bool:
     if not _HEX64.match(digest) or not c.blobs.exists(digest):
         return False
     with c.db.read() as s:
-        return owner_may_read(s, account, digest) or lease_may_read(c, s, account, digest)
+        return (owner_may_read(s, account, digest) or lease_may_read(c, s, account, digest)
+                or volumes.may_read(s, account, digest))
 
 
 def require_blob(c: Coordinator, account: str, digest: str, field: str = "digest") -> None:

@@ -25,7 +25,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, FastAPI, Request, WebSocket
 from starlette.concurrency import run_in_threadpool
 
-from deai.coordinator import leases, relay_leases
+from deai.coordinator import leases, relay_leases, volumes
 from deai.coordinator.auth import coordinator, signer
 from deai.coordinator.service import Coordinator
 from deai.core.wire_leases import (
@@ -149,11 +149,15 @@ async def poll(body: LeasePollIn, c: C, me: Signer, hub: Hub) -> LeasePollOut:
     known = set(body.known)
     while True:
         start, stop, notices = await run_in_threadpool(leases.work_for, c, me, known)
+        asks = await run_in_threadpool(volumes.asked, c, me)
         sessions = hub.take(me)
         left = deadline - loop.time()
         fresh = [n for n in notices if n.id not in body.noticed]
-        if start or stop or sessions or fresh or left <= 0 or c.notifier.closing:
-            return LeasePollOut(start=start, stop=stop, sessions=sessions, notices=notices)
+        fresh_asks = [a for a in asks if a in known and a not in body.saving]
+        if (start or stop or sessions or fresh or fresh_asks or left <= 0
+                or c.notifier.closing):
+            return LeasePollOut(start=start, stop=stop, sessions=sessions, notices=notices,
+                                snapshots=asks)
         await hub.wait(me, min(left, 5.0))
 
 

@@ -20,17 +20,20 @@ from deai import __version__
 from deai.coordinator import (
     api_chain,
     api_clusters,
+    api_datasets,
     api_explorer,
     api_hardware,
     api_jobs,
     api_leases,
     api_ledger,
+    api_volumes,
     checkpoints,
     errors,
     jobs,
     leader,
     limits,
     liveness,
+    lookback,
     matching,
     metrics,
     openai,
@@ -67,6 +70,7 @@ def _upkeep(c: Coordinator) -> None:
     jobs.expire_leases(c)
     jobs.give_up_checks(c)
     jobs.enforce_deadlines(c)
+    lookback.resume(c)  # a look-back's backlog, a batch at a time
     jobs.release_earnings(c)
 
 
@@ -118,9 +122,11 @@ def create_app(settings: Settings, coordinator: Coordinator | None = None) -> Fa
     app.include_router(api_jobs.router)
     app.include_router(checkpoints.router)
     app.include_router(api_leases.router)  # leases by the hour, their relay and loop
+    app.include_router(api_volumes.router)  # volumes of leases and their snapshots
     app.include_router(api_clusters.router)  # gangs of leases as Ray clusters, their loop
     app.include_router(api_hardware.router)  # hardware challenges, verified units
     app.include_router(sealed_jobs.router)  # GET /api/verifiers, for sealed jobs
+    app.include_router(api_datasets.router)  # datasets, their terms, key release, uses
     api_explorer.install(app)  # read API, event stream, and the page at /explorer/
     metrics.install(app)  # /metrics, and request counts
     openai.install(app)  # /v1 in OpenAI's shape, API keys, task progress

@@ -10,7 +10,7 @@ lock per account serialises the check, so concurrent uploads cannot pass it.
 
 An upload counts for ``Settings.blob_ttl`` (24 h). Then the leader's retention
 loop (``sweep``) drops its record; a blob that no record uses any more (no
-other account's upload, job, task, assignment, checkpoint or /v1 file) is
+other account's upload, job, task, assignment, checkpoint, /v1 file or volume snapshot) is
 deleted from the store. A blob a job or a file uses stays, readable by its
 owner through that record (``access``). So an account, funded or not, holds
 at most its quota in uploads that nothing uses, and never for long.
@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session
 from deai.coordinator.service import Coordinator
 from deai.core.errors import PayloadTooLarge
 from deai.store.models import ApiFile, Assignment, BlobRef, Checkpoint, Job, Task
+from deai.store.models_volumes import VolumeSnapshot
 
 SWEEP_BATCH = 500
 
@@ -64,7 +65,7 @@ def in_use(s: Session, digests: list[str]) -> set[str]:
     """Those of ``digests`` that some record still names (any account's)."""
     cols = (BlobRef.digest, Job.input_digest, Job.output_digest, Task.input_digest,
             Task.output_digest, Task.reference_digest, Assignment.input_digest,
-            Assignment.output_digest, Checkpoint.digest, ApiFile.digest)
+            Assignment.output_digest, Checkpoint.digest, ApiFile.digest, VolumeSnapshot.digest)
     out: set[str] = set()
     for col in cols:
         out.update(d for d in s.scalars(select(col).where(col.in_(digests)).distinct()) if d)

@@ -36,6 +36,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from deai.coordinator import volumes
 from deai.coordinator.service import Coordinator, new_id
 from deai.core import leases as core
 from deai.core import ledger
@@ -183,12 +184,15 @@ def create(c: Coordinator, owner: str, body: LeaseIn,
                       refunded=0, penalty=0, created_at=c.now(), term_seconds=term)
         s.add(lease)
         s.flush()
+        vid = (volumes.attach(c, s, owner, body.volume, lid, host.provider_id)
+               if body.volume is not None else None)
         c.settlement.post(s, ledger.escrow_lease(owner, lid, deposit))
         for victim in preempt:
             notify_preemption(c, s, victim, lid, c.now() + cfg.notice)
         c.emit(s, "lease_created", lid, owner=owner, provider=host.provider_id,
                price_hour=price, escrow=deposit, cpus=body.cpus, memory_mb=body.memory_mb)
         out = lease_out(lease, c)
+        out.volume = vid
     c.notifier.published()
     return out
 
@@ -242,6 +246,7 @@ def show(c: Coordinator, owner: str, lid: str) -> LeaseOut:
         events = s.scalars(select(Event).where(Event.subject == lid).order_by(Event.id)
                            .limit(100)).all()
         out = lease_out(lease, c)
+        out.volume = volumes.of_lease(s, lid)
         out.events = [{"ts": e.ts, "kind": e.kind, **e.body} for e in events]
     return out
 
@@ -262,8 +267,10 @@ def work_for(c: Coordinator, pid: str,
     with c.db.read() as s:
         rows = s.scalars(select(Lease).where(Lease.provider_id == pid,
                                              Lease.status == LeaseStatus.PENDING.value)).all()
+        vols, held = volumes.specs(s, [x.id for x in rows if x.id not in known], c.now())
         start = [LeaseSpec(id=x.id, cpus=x.cpus, memory_mb=x.memory_mb, gpus=x.gpus,
-                           network=x.network) for x in rows if x.id not in known]
+                           network=x.network, volume=vols.get(x.id))
+                 for x in rows if x.id not in known and x.id not in held]
         stop: list[str] = []
         notices: list[Notice] = []
         if known:
@@ -377,6 +384,8 @@ def finish(c: Coordinator, s: Session, lease: Lease, reason: EndReason, until: f
     lease.status, lease.end_reason, lease.ended_at = (LeaseStatus.ENDED.value, reason.value,
                                                       c.now())
     st = charge(c, s, lease, until, final=True, penalty_bps=penalty_bps)
+    volumes.on_lease_end(c, s, lease, reason not in (EndReason.PROVIDER_LOST,
+                                                     EndReason.POLICY))
     c.emit(s, "lease_ended", lease.id, owner=lease.owner, provider=lease.provider_id,
            reason=reason.value, charged=lease.charged, refunded=st.refund,
            penalty=st.penalty)

@@ -12,6 +12,7 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from deai.core.wire import In, Out
+from deai.core.wire_volumes import VolumeSpec as VolumeSpec
 
 MAX_HOURS = 24 * 366
 
@@ -26,6 +27,7 @@ class LeaseIn(In):
     max_price_hour: int = Field(ge=0, le=10**12)
     network: bool = False
     spot: bool = False
+    volume: str | None = Field(default=None, min_length=1, max_length=63)  # id or name
 
     @model_validator(mode="after")
     def _term_or_deposit(self) -> LeaseIn:
@@ -72,6 +74,7 @@ class LeaseOut(Out):
     preempt_at: float | None = None  # a spot lease's preemption notice: it ends then
     ended_at: float | None = None
     detail: str | None = None
+    volume: str | None = None  # the volume mounted at its home (its id)
     events: list[dict[str, Any]] = Field(default_factory=list)
 
 
@@ -107,6 +110,7 @@ class LeaseSpec(Out):
     gpus: int = 0
     network: bool = False
     term_end: float | None = None
+    volume: VolumeSpec | None = None  # restore its head into the home before starting
 
 
 class SessionOpen(Out):
@@ -119,6 +123,7 @@ class LeasePollIn(In):
     wait: float = Field(default=20.0, ge=0, le=60)
     known: list[str] = Field(default_factory=list, max_length=1024)  # leases the agent has
     noticed: list[str] = Field(default_factory=list, max_length=1024)  # notices it delivered
+    saving: list[str] = Field(default_factory=list, max_length=1024)  # snapshots under way
 
 
 class Notice(Out):
@@ -133,6 +138,7 @@ class LeasePollOut(Out):
     stop: list[str] = Field(default_factory=list)
     sessions: list[SessionOpen] = Field(default_factory=list)
     notices: list[Notice] = Field(default_factory=list)
+    snapshots: list[str] = Field(default_factory=list)  # leases whose home to save now
 
 
 class LeaseBeatIn(In):

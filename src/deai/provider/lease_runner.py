@@ -31,6 +31,7 @@ messages to and from the lease's socket (``lease_init``'s frames, one to one).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import inspect
 import logging
 import os
@@ -56,7 +57,7 @@ from deai.client.keys import Identity
 from deai.client.sdk import Client
 from deai.core import wire_leases as wl
 from deai.core.errors import DeAIError
-from deai.provider import lease_init
+from deai.provider import lease_init, volume_pack
 from deai.workloads import sandbox
 
 log = logging.getLogger("deai.provider.leases")
@@ -131,15 +132,21 @@ class LeaseSandbox:
         self.uid: int | None = None
         self._listener: socket.socket | None = None
 
-    def start(self) -> None:
+    def start(self, restore: Callable[[Path], None] | None = None) -> None:
+        """Build the sandbox; ``restore`` first fills the home (a volume's snapshot)."""
         self.home.mkdir(mode=0o700)
         self.ctl.mkdir(mode=0o700)
+        if restore is not None:
+            restore(self.home)
         init = self.dir / "init.py"
         shutil.copyfile(lease_init.__file__, init)
         os.chmod(init, 0o644)
         if os.getuid() == 0:
             self.uid = sandbox._UIDS.take()
             os.chown(self.home, self.uid, self.uid)
+            for dirpath, dirnames, filenames in os.walk(self.home):  # a restored home
+                for name in dirnames + filenames:
+                    os.lchown(os.path.join(dirpath, name), self.uid, self.uid)
         lst = self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         lst.bind(str(self.ctl / "ctl.sock"))
         lst.listen(64)
@@ -205,17 +212,21 @@ class LeaseSandbox:
 
     def stop(self) -> None:
         """Kill everything in the sandbox and remove the lease's home."""
-        if self.proc is not None and self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGKILL)  # --die-with-parent takes the rest
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.proc.wait(10)
+        self.kill()
         if self._listener is not None:
             self._listener.close()
         if self.uid is not None:
             sandbox._UIDS.give(self.uid)
             self.uid = None
         shutil.rmtree(self.dir, ignore_errors=True)
+
+    def kill(self) -> None:
+        """Kill everything in the sandbox; the home stays (to be saved)."""
+        if self.proc is not None and self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)  # --die-with-parent takes the rest
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(10)
 
 
 def bwrap_command(home: Path, env: dict[str, str], argv: list[str], limits: sandbox.Limits,
@@ -243,6 +254,7 @@ class _State:
     starting: set[str] = field(default_factory=set)
     failed: dict[str, str] = field(default_factory=dict)
     noticed: set[str] = field(default_factory=set)
+    saving: set[str] = field(default_factory=set)  # snapshots being packed or uploaded
 
 
 class LeaseRunner:
@@ -304,8 +316,9 @@ class LeaseRunner:
             with self._lock:
                 known = sorted(set(self.state.boxes) | self.state.starting)
                 noticed = sorted(self.state.noticed & set(known))
+                saving = sorted(self.state.saving)
             try:
-                work = self.api.poll(self.poll_wait, known, noticed)
+                work = self.api.poll(self.poll_wait, known, noticed, saving)
             except (httpx.TransportError, DeAIError) as exc:
                 log.warning("lease poll failed (%s); retrying", exc)
                 self._stop.wait(2.0)
@@ -317,7 +330,9 @@ class LeaseRunner:
                     self.state.starting.add(spec.id)
                 self._starts.put(spec)
             for lid in work.stop:
-                self._end(lid)
+                self._end(lid, save=True)
+            for lid in work.snapshots:
+                self._snapshot(lid)
             for notice in work.notices:
                 with self._lock:
                     box = self.state.boxes.get(notice.id)
@@ -360,8 +375,10 @@ class LeaseRunner:
 
     def _start(self, spec: wl.LeaseSpec) -> None:
         box = LeaseSandbox(spec, self.offer, self._cpus_for(spec.cpus))
+        vol = spec.volume
         try:
-            box.start()
+            box.start(None if vol is None or vol.digest is None
+                      else lambda home: self._restore(home, vol))
         except Exception as exc:
             log.exception("lease %s: sandbox failed", spec.id)
             with self._lock:
@@ -375,12 +392,73 @@ class LeaseRunner:
                 self.state.boxes[spec.id] = box
         self._beat_now.set()
 
-    def _end(self, lid: str) -> None:
+    def _end(self, lid: str, save: bool = False) -> None:
+        """Stop a lease; with ``save`` (the coordinator ended it) and a volume, its home is
+        packed and uploaded first, in a thread of its own."""
         with self._lock:
             box = self.state.boxes.pop(lid, None)
-        if box is not None:
+        if box is None:
+            return
+        if save and box.spec.volume is not None:
+            threading.Thread(target=self._final_save, args=(box,), daemon=True,
+                             name=f"deai-save-{lid}").start()
+            return
+        box.stop()
+        log.info("lease %s: stopped", lid)
+
+    def _final_save(self, box: LeaseSandbox) -> None:
+        try:
+            box.kill()  # nothing writes while the home is packed
+            self._upload(box)
+        finally:
             box.stop()
-            log.info("lease %s: stopped", lid)
+            log.info("lease %s: stopped", box.spec.id)
+
+    def _snapshot(self, lid: str) -> None:
+        """The owner asked for a snapshot of a running lease."""
+        with self._lock:
+            if lid in self.state.saving or (lid not in self.state.boxes
+                                            and lid not in self.state.starting):
+                return
+            self.state.saving.add(lid)
+
+        def save() -> None:
+            end = time.monotonic() + START_TIMEOUT + 60
+            try:
+                while not self._stop.is_set() and time.monotonic() < end:
+                    with self._lock:  # a lease still starting is saved once it runs
+                        box = self.state.boxes.get(lid)
+                        starting = lid in self.state.starting
+                    if box is not None or not starting:
+                        break
+                    self._stop.wait(0.2)
+                if box is not None and box.spec.volume is not None:
+                    self._upload(box)
+            finally:
+                with self._lock:
+                    self.state.saving.discard(lid)
+
+        threading.Thread(target=save, daemon=True, name=f"deai-snapshot-{lid}").start()
+
+    def _upload(self, box: LeaseSandbox) -> None:
+        vol = box.spec.volume
+        assert vol is not None
+        try:
+            data = volume_pack.pack(box.home, vol.size_bytes)
+            out = self.api.save_snapshot(box.spec.id, data)
+        except (OSError, httpx.TransportError, DeAIError) as exc:
+            log.warning("lease %s: volume %s not saved: %s", box.spec.id, vol.id, exc)
+            return
+        log.info("lease %s: volume %s saved (%s, %d bytes)", box.spec.id, vol.id,
+                 (out.head or "")[:12], out.head_size or 0)
+
+    def _restore(self, home: Path, vol: wl.VolumeSpec) -> None:
+        assert vol.digest is not None
+        data = self.client.download(vol.digest)
+        if hashlib.sha256(data).hexdigest() != vol.digest:
+            raise DeAIError(f"volume {vol.id}: the snapshot does not match its digest")
+        size = volume_pack.unpack(data, home, vol.size_bytes)
+        log.info("lease: volume %s restored (%d bytes of files)", vol.id, size)
 
     def _beat_loop(self) -> None:
         while not self._stop.is_set():
@@ -397,7 +475,9 @@ class LeaseRunner:
                 with self._lock:
                     for k in failed:
                         self.state.failed.pop(k, None)
-                for lid in set(out.stop) | set(dead):
+                for lid in set(out.stop) - set(dead):
+                    self._end(lid, save=True)
+                for lid in dead:
                     self._end(lid)
             self._beat_now.wait(self._interval)
             self._beat_now.clear()

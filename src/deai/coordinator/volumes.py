@@ -1,0 +1,286 @@
+"""Volumes on the coordinator: create, list, remove; mount on a lease; record snapshots.
+
+The rules are ``core.volumes``'s; this module keeps the tables
+(``store.models_volumes``) and is called by ``coordinator.leases`` in the
+lease's own transactions:
+
+- ``attach`` (in ``leases.create``): the owner's volume, not held by another
+  mount (``core.volumes.saving_blocks``: a live one is a 409 naming ``volume``);
+- ``on_lease_end`` (in ``leases.finish``): the mount goes ``saving`` when the
+  provider is still there to pack the home, else ``done``;
+- ``specs`` (in ``leases.work_for``): what each starting lease restores; a lease
+  whose volume is still being saved by an earlier mount is held back until that
+  snapshot lands or ``save_timeout()`` passes (the last snapshot then stands).
+
+Snapshots arrive from the provider (``record``) as the body of a signed upload:
+stored in the blob store under their sha256, never counted against the
+provider's upload quota (the volume's size is the cap), kept ``KEEP_SNAPSHOTS``
+deep. Only the owner and the provider of a live mount may read one
+(``may_read``, used by ``access``). Volumes cost nothing for now.
+"""
+
+from __future__ import annotations
+
+import os
+
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session
+
+from deai.coordinator import blob_quota
+from deai.coordinator.service import Coordinator, new_id
+from deai.core import volumes as core
+from deai.core.errors import Conflict, NotFound, PayloadTooLarge
+from deai.core.volumes import MountState, SnapshotKind
+from deai.core.wire_volumes import SnapshotOut, VolumeIn, VolumeOut, VolumeSpec
+from deai.store.models import Lease
+from deai.store.models_volumes import Volume, VolumeMount, VolumeSnapshot
+
+LIVE = MountState.LIVE.value
+SAVING = MountState.SAVING.value
+DONE = MountState.DONE.value
+
+
+def save_timeout() -> float:
+    """How long a new lease waits for the previous lease's final snapshot."""
+    return float(os.environ.get("DEAI_VOLUME_SAVE_TIMEOUT", "60"))
+
+
+# --- the owner ----------------------------------------------------------------------------
+
+def create(c: Coordinator, owner: str, body: VolumeIn) -> VolumeOut:
+    name = core.check_name(body.name)
+    size = core.size_bytes(body.size_gb)
+    with c.db.write() as s:
+        mine = s.scalars(select(Volume).where(Volume.owner == owner)).all()
+        if any(v.name == name for v in mine):
+            raise Conflict(f"name: you already have a volume {name!r}", field="name")
+        if len(mine) >= core.MAX_VOLUMES:
+            raise Conflict(f"volumes: an account holds at most {core.MAX_VOLUMES}",
+                           field="name")
+        v = Volume(id=new_id("vol"), owner=owner, name=name, size_bytes=size,
+                   created_at=c.now(), updated_at=c.now())
+        s.add(v)
+        s.flush()
+        c.emit(s, "volume_created", v.id, owner=owner, name=name, size_bytes=size)
+        return _out(s, v, c.now())
+
+
+def find(s: Session, owner: str, ref: str, *, lock: bool = False) -> Volume:
+    """The owner's volume by id or name; someone else's is the same 404 as none."""
+    q = select(Volume).where(Volume.owner == owner,
+                             (Volume.id == ref) | (Volume.name == ref))
+    v = s.scalars(q.with_for_update() if lock else q).first()
+    if v is None:
+        raise NotFound(f"volume: you have no volume {ref!r}", field="volume")
+    return v
+
+
+def listing(c: Coordinator, owner: str) -> list[VolumeOut]:
+    with c.db.read() as s:
+        rows = s.scalars(select(Volume).where(Volume.owner == owner)
+                         .order_by(Volume.created_at)).all()
+        return [_out(s, v, c.now(), history=False) for v in rows]
+
+
+def show(c: Coordinator, owner: str, ref: str) -> VolumeOut:
+    with c.db.read() as s:
+        return _out(s, find(s, owner, ref), c.now())
+
+
+def remove(c: Coordinator, owner: str, ref: str) -> VolumeOut:
+    with c.db.write() as s:
+        v = find(s, owner, ref, lock=True)
+        holder = _holder(s, v.id, c.now())
+        if holder is not None:
+            raise Conflict(f"volume: lease {holder.lease_id} holds it ({holder.state}); end "
+                           "the lease first", field="volume", lease=holder.lease_id)
+        out = _out(s, v, c.now())
+        digests = sorted({x.digest for x in out.snapshots})
+        s.execute(delete(VolumeSnapshot).where(VolumeSnapshot.volume_id == v.id))
+        s.execute(delete(VolumeMount).where(VolumeMount.volume_id == v.id))
+        s.delete(v)
+        c.emit(s, "volume_removed", v.id, owner=owner, name=v.name)
+    blob_quota.discard_if_unused(c, digests)
+    return out
+
+
+def ask_snapshot(c: Coordinator, owner: str, lid: str) -> tuple[VolumeOut, str]:
+    """``deai lease snapshot``: the provider saves the lease's home at its next poll.
+    Returns the volume as it is now, and the provider to wake."""
+    with c.db.write() as s:
+        lease = s.get(Lease, lid)
+        if lease is None or lease.owner != owner:
+            raise NotFound(f"no lease {lid}", field="lease")
+        m = s.get(VolumeMount, lid, with_for_update=True)
+        if m is None:
+            raise Conflict(f"lease: {lid} mounts no volume", field="lease")
+        if m.state != LIVE:
+            raise Conflict(f"lease: {lid} has ended; its volume is {m.state}", field="lease")
+        m.asked_at = c.now()
+        c.emit(s, "volume_snapshot_asked", m.volume_id, owner=owner, lease=lid)
+        v = s.get(Volume, m.volume_id)
+        assert v is not None
+        return _out(s, v, c.now()), m.provider_id
+
+
+# --- with the lease's own transactions ----------------------------------------------------
+
+def attach(c: Coordinator, s: Session, owner: str, ref: str, lid: str, pid: str) -> str:
+    """Mount the owner's volume on a new lease; 409 while another lease holds it live."""
+    v = find(s, owner, ref, lock=True)
+    holder = _holder(s, v.id, c.now())
+    if holder is not None and holder.state == LIVE:
+        raise Conflict(f"volume: {v.name} is mounted by lease {holder.lease_id}; one live "
+                       "lease per volume", field="volume", lease=holder.lease_id)
+    s.add(VolumeMount(lease_id=lid, volume_id=v.id, provider_id=pid, state=LIVE,
+                      created_at=c.now()))
+    return v.id
+
+
+def on_lease_end(c: Coordinator, s: Session, lease: Lease, provider_reachable: bool) -> None:
+    m = s.get(VolumeMount, lease.id, with_for_update=True)
+    if m is None or m.state != LIVE:
+        return
+    new = core.end_state(provider_reachable, lease.started_at is not None)
+    core.check_move(m.state, new)
+    m.state, m.ended_at, m.asked_at = new.value, c.now(), None
+    c.emit(s, "volume_released" if new is MountState.DONE else "volume_saving", m.volume_id,
+           owner=lease.owner, lease=lease.id)
+
+
+def specs(s: Session, ids: list[str], now: float) -> tuple[dict[str, VolumeSpec], set[str]]:
+    """For starting leases: their volume's spec, and those held back (another mount of
+    their volume is still saving)."""
+    if not ids:
+        return {}, set()
+    mounts = s.scalars(select(VolumeMount).where(VolumeMount.lease_id.in_(ids))).all()
+    out: dict[str, VolumeSpec] = {}
+    held: set[str] = set()
+    for m in mounts:
+        holder = _holder(s, m.volume_id, now, besides=m.lease_id)
+        v = s.get(Volume, m.volume_id)
+        if v is None:
+            continue
+        if holder is not None:
+            held.add(m.lease_id)
+            continue
+        out[m.lease_id] = VolumeSpec(id=v.id, digest=v.head, size_bytes=v.size_bytes)
+    return out, held
+
+
+def of_lease(s: Session, lid: str) -> str | None:
+    m = s.get(VolumeMount, lid)
+    return m.volume_id if m is not None else None
+
+
+# --- the provider -------------------------------------------------------------------------
+
+def asked(c: Coordinator, pid: str) -> list[str]:
+    """Leases of ``pid`` whose owner asked for a snapshot not yet made."""
+    with c.db.read() as s:
+        return sorted(s.scalars(select(VolumeMount.lease_id).where(
+            VolumeMount.provider_id == pid, VolumeMount.state == LIVE,
+            VolumeMount.asked_at.is_not(None))))
+
+
+def record(c: Coordinator, pid: str, lid: str, data: bytes) -> VolumeOut:
+    """A provider's snapshot of a lease's home: accepted from the lease's provider while
+    the mount is live or saving (within the timeout); the volume's head moves to it."""
+    now = c.now()
+    with c.db.read() as s:
+        m = s.get(VolumeMount, lid)
+        if m is None or m.provider_id != pid:
+            raise NotFound(f"lease: no lease {lid} with a volume on this provider",
+                           field="lease")
+        v = s.get(Volume, m.volume_id)
+        cap = v.size_bytes if v is not None else 0
+    if len(data) > cap:
+        _refuse(c, lid, f"snapshot of {len(data)} bytes over the volume's {cap} bytes")
+        raise PayloadTooLarge(f"body: a snapshot of {len(data)} bytes is over the volume's "
+                              f"size of {cap} bytes", field="body", limit=cap)
+    digest = c.blobs.put(data)  # before the row that names it; the same bytes twice are one
+    with c.db.write() as s:
+        m = s.get(VolumeMount, lid, with_for_update=True)
+        v = s.get(Volume, m.volume_id, with_for_update=True) if m is not None else None
+        if m is None or v is None or not core.saving_blocks(m.state, m.ended_at, now,
+                                                             save_timeout()):
+            raise Conflict(f"lease: {lid} no longer holds its volume; the last snapshot "
+                           "stands", field="lease")
+        lease = s.get(Lease, lid)
+        kind = SnapshotKind.END if m.state == SAVING else SnapshotKind.ASKED
+        if v.head != digest:
+            s.add(VolumeSnapshot(volume_id=v.id, digest=digest, size=len(data), created_at=now,
+                                 lease_id=lid, provider_id=pid, kind=kind.value))
+            v.head, v.head_size = digest, len(data)
+        v.updated_at = now
+        m.asked_at = None
+        if m.state == SAVING:
+            core.check_move(m.state, MountState.DONE)
+            m.state = DONE
+        s.flush()
+        pruned = _prune(s, v.id)
+        c.emit(s, "volume_snapshot", v.id, owner=v.owner, lease=lid, provider=pid,
+               digest=digest, size=len(data), kind=kind.value,
+               lease_status=lease.status if lease is not None else None)
+        out = _out(s, v, now)
+    blob_quota.discard_if_unused(c, pruned)
+    return out
+
+
+def _refuse(c: Coordinator, lid: str, why: str) -> None:
+    """A snapshot that cannot be kept: a saving mount is done (the last snapshot stands)."""
+    with c.db.write() as s:
+        m = s.get(VolumeMount, lid, with_for_update=True)
+        if m is None:
+            return
+        if m.state == SAVING:
+            m.state = DONE
+        m.asked_at = None
+        c.emit(s, "volume_snapshot_refused", m.volume_id, lease=lid, reason=why)
+
+
+def _prune(s: Session, vid: str) -> list[str]:
+    old = s.scalars(select(VolumeSnapshot).where(VolumeSnapshot.volume_id == vid)
+                    .order_by(VolumeSnapshot.id.desc()).offset(core.KEEP_SNAPSHOTS)).all()
+    digests = sorted({x.digest for x in old})
+    for x in old:
+        s.delete(x)
+    return digests
+
+
+def may_read(s: Session, account: str, digest: str) -> bool:
+    """The volume's owner, or the provider of a live mount of the volume."""
+    owner = (select(VolumeSnapshot.id).join(Volume, Volume.id == VolumeSnapshot.volume_id)
+             .where(VolumeSnapshot.digest == digest, Volume.owner == account))
+    if s.scalar(owner.limit(1)) is not None:
+        return True
+    host = (select(VolumeSnapshot.id)
+            .join(VolumeMount, VolumeMount.volume_id == VolumeSnapshot.volume_id)
+            .where(VolumeSnapshot.digest == digest, VolumeMount.provider_id == account,
+                   VolumeMount.state == LIVE))
+    return s.scalar(host.limit(1)) is not None
+
+
+# --- views --------------------------------------------------------------------------------
+
+def _holder(s: Session, vid: str, now: float, besides: str | None = None) -> VolumeMount | None:
+    rows = s.scalars(select(VolumeMount).where(VolumeMount.volume_id == vid,
+                                               VolumeMount.state.in_((LIVE, SAVING)))).all()
+    for m in rows:
+        if m.lease_id != besides and core.saving_blocks(m.state, m.ended_at, now,
+                                                         save_timeout()):
+            return m
+    return None
+
+
+def _out(s: Session, v: Volume, now: float, *, history: bool = True) -> VolumeOut:
+    holder = _holder(s, v.id, now)
+    snaps = s.scalars(select(VolumeSnapshot).where(VolumeSnapshot.volume_id == v.id)
+                      .order_by(VolumeSnapshot.id.desc())).all() if history else []
+    return VolumeOut(
+        id=v.id, owner=v.owner, name=v.name, size_bytes=v.size_bytes, head=v.head,
+        head_size=v.head_size, created_at=v.created_at, updated_at=v.updated_at,
+        mounted_by=holder.lease_id if holder is not None else None,
+        snapshots=[SnapshotOut(digest=x.digest, size=x.size, created_at=x.created_at,
+                               lease_id=x.lease_id, provider_id=x.provider_id, kind=x.kind)
+                   for x in snaps])

@@ -1,0 +1,236 @@
+"""The coordinator's volume rules on a real database (SQLite and PostgreSQL), with the clock
+driven by the test: create, list and remove; bad input that changes nothing; volumes that
+are their owner's alone; one live lease per volume; snapshots recorded from the lease's
+provider only, capped by the volume's size, readable by the owner and by the provider of
+a live mount only; a lease ended with its provider reachable holds the volume until its
+final snapshot lands (or the save timeout passes), a lost provider's does not."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+from sqlalchemy import select
+
+from deai.coordinator import access, leases, volumes
+from deai.coordinator.service import Coordinator
+from deai.coordinator.settings import Settings
+from deai.core import ledger
+from deai.core.clock import ManualClock
+from deai.core.errors import Conflict, InvalidInput, NotFound, PayloadTooLarge
+from deai.core.wire_leases import HostIn, LeaseIn
+from deai.core.wire_volumes import VolumeIn
+from deai.store import journal, migrate
+from deai.store.models import JournalEntry, Provider
+from deai.store.models_volumes import Volume, VolumeSnapshot
+
+OWNER, HOST, OTHER, HOST2 = "a" * 64, "b" * 64, "c" * 64, "d" * 64
+STAKE = 10_000_000
+CFG = leases.LeaseConfig(grace=30.0, warn=60.0, settle_every=60.0, start_timeout=120.0,
+                         penalty_bps=100)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def c(request: pytest.FixtureRequest, tmp_path: Path,
+      monkeypatch: pytest.MonkeyPatch) -> Iterator[Coordinator]:
+    monkeypatch.setenv("DEAI_VOLUME_SAVE_TIMEOUT", "30")
+    url = "" if request.param == "sqlite" else request.getfixturevalue("fresh_pg_url")
+    coord = Coordinator(Settings(data_dir=tmp_path, database_url=url, devnet=True,
+                                 fee_bps=500, challenge_window=100.0), clock=ManualClock())
+    migrate.upgrade(coord.db.engine)
+    with coord.db.write() as s:
+        for pid in (HOST, HOST2):
+            s.add(Provider(id=pid, name=pid[:4], hardware={}, benchmark={}, registered_at=0.0,
+                           last_seen=coord.now(), capabilities={"sandbox": True}))
+        s.flush()
+        for pid in (HOST, HOST2):
+            coord.settlement.post(s, ledger.faucet(pid, 2 * STAKE))  # a penalty leaves enough
+            coord.settlement.post(s, ledger.bond(pid, 2 * STAKE))
+        coord.settlement.post(s, ledger.faucet(OWNER, 10_000_000))
+        coord.settlement.post(s, ledger.faucet(OTHER, 10_000_000))
+    leases.set_host(coord, CFG, HOST, HostIn(cpus=2, memory_mb=4096,
+                                             prices={"cpu": 360_000, "memory_gb": 36_000}))
+    try:
+        yield coord
+    finally:
+        coord.db.dispose()
+
+
+def tar_of(files: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def tick(c: Coordinator, seconds: float, beat: list[str] | None = None) -> None:
+    clock = c.clock
+    assert isinstance(clock, ManualClock)
+    clock.advance(seconds)
+    if beat is not None:
+        leases.heartbeat(c, HOST, beat, {})
+    leases.tick(c, CFG)
+
+
+def lease_on(c: Coordinator, volume: str | None, owner: str = OWNER) -> str:
+    body = LeaseIn(cpus=1, memory_mb=1024, hours=1, max_price_hour=10**6, volume=volume)
+    return leases.create(c, owner, body).id
+
+
+def start(c: Coordinator, lid: str) -> None:
+    starting = [x.id for x in leases.work_for(c, HOST, set())[0]]
+    assert lid in starting
+    assert leases.heartbeat(c, HOST, [lid], {}) == []
+
+
+def audit(c: Coordinator) -> None:
+    with c.db.read() as s:
+        rows = s.scalars(select(JournalEntry).order_by(JournalEntry.seq)).all()
+        claimed = journal.balances(s, {a for r in rows for a, _ in r.postings})
+        rep = ledger.audit([journal.to_entry(r) for r in rows], claimed)
+    assert rep.ok, rep.problems
+
+
+def test_create_list_remove_and_bad_input(c: Coordinator) -> None:
+    v = volumes.create(c, OWNER, VolumeIn(name="data", size_gb=0.5))
+    assert (v.name, v.size_bytes, v.head, v.mounted_by) == ("data", 512 * 1024**2, None, None)
+    with pytest.raises(Conflict) as dup:
+        volumes.create(c, OWNER, VolumeIn(name="data"))
+    assert dup.value.field == "name"
+    for bad in ("Data", "-x", "a/b", "", "x" * 64, "a b"):
+        with pytest.raises((InvalidInput, ValidationError)) as e:
+            volumes.create(c, OWNER, VolumeIn(name=bad))
+        if isinstance(e.value, InvalidInput):
+            assert e.value.field == "name"
+    for size in (0, -1, 1025, float("nan")):
+        with pytest.raises(ValidationError):
+            VolumeIn(name="x", size_gb=size)
+    with pytest.raises(InvalidInput) as tiny:
+        volumes.create(c, OWNER, VolumeIn(name="tiny", size_gb=1e-9))
+    assert tiny.value.field == "size_gb"
+    assert volumes.create(c, OTHER, VolumeIn(name="data")).owner == OTHER  # names are per owner
+    assert [x.id for x in volumes.listing(c, OWNER)] == [v.id]
+    assert volumes.show(c, OWNER, "data").id == v.id == volumes.show(c, OWNER, v.id).id
+    for who in (OTHER,):  # someone else's volume is the same 404 as none
+        with pytest.raises(NotFound) as nf:
+            volumes.show(c, who, v.id)
+        assert nf.value.field == "volume"
+        with pytest.raises(NotFound):
+            volumes.remove(c, who, v.id)
+        with pytest.raises(NotFound):
+            lease_on(c, v.id, owner=who)
+    assert volumes.remove(c, OWNER, "data").id == v.id
+    assert volumes.listing(c, OWNER) == []
+    audit(c)
+
+
+def test_one_live_lease_per_volume_and_snapshots_by_its_provider(c: Coordinator) -> None:
+    v = volumes.create(c, OWNER, VolumeIn(name="work", size_gb=0.001))  # about 1 MiB
+    first = lease_on(c, "work")
+    before = leases.show(c, OWNER, first)
+    assert before.volume == v.id
+    with pytest.raises(Conflict) as busy:
+        lease_on(c, v.id)
+    assert busy.value.field == "volume" and first in busy.value.message
+    with pytest.raises(Conflict):
+        volumes.remove(c, OWNER, v.id)
+    start(c, first)
+    assert first not in [x.id for x in leases.work_for(c, HOST, set())[0]]  # active now
+
+    # the owner asks for a snapshot; only the lease's provider may deliver it
+    volumes.ask_snapshot(c, OWNER, first)
+    assert volumes.asked(c, HOST) == [first]
+    with pytest.raises(NotFound):
+        volumes.ask_snapshot(c, OTHER, first)
+    snap = tar_of({"a.txt": b"one"})
+    with pytest.raises(NotFound):
+        volumes.record(c, HOST2, first, snap)
+    with pytest.raises(PayloadTooLarge):
+        volumes.record(c, HOST, first, b"x" * (v.size_bytes + 1))
+    saved = volumes.record(c, HOST, first, snap)
+    assert saved.head is not None and saved.head_size == len(snap)
+    assert [x.kind for x in saved.snapshots] == ["asked"]
+    assert volumes.asked(c, HOST) == []
+    digest = saved.head
+    assert access.may_read_blob(c, OWNER, digest)
+    assert access.may_read_blob(c, HOST, digest)  # the provider of the live mount
+    assert not access.may_read_blob(c, OTHER, digest)
+    assert not access.may_read_blob(c, HOST2, digest)
+
+    # the owner ends it: the mount is saving until the final snapshot lands
+    leases.end(c, OWNER, first)
+    assert not access.may_read_blob(c, HOST, digest)  # no live mount any more
+    second = lease_on(c, v.id)  # allowed: the first is no longer live ...
+    assert second not in [x.id for x in leases.work_for(c, HOST, set())[0]]  # ... but held
+    final = volumes.record(c, HOST, first, tar_of({"a.txt": b"two"}))
+    assert [x.kind for x in final.snapshots] == ["end", "asked"]
+    with pytest.raises(Conflict):  # done: nothing more from that lease
+        volumes.record(c, HOST, first, tar_of({"a.txt": b"three"}))
+    spec2 = next(x for x in leases.work_for(c, HOST, set())[0] if x.id == second)
+    assert spec2.volume is not None and spec2.volume.digest == final.head
+    assert spec2.volume.size_bytes == v.size_bytes
+    start(c, second)
+    assert access.may_read_blob(c, HOST, final.head or "")
+    audit(c)
+
+
+def test_lost_provider_keeps_the_last_snapshot_and_saves_time_out(c: Coordinator) -> None:
+    volumes.create(c, OWNER, VolumeIn(name="v", size_gb=0.001))
+    lid = lease_on(c, "v")
+    start(c, lid)
+    volumes.ask_snapshot(c, OWNER, lid)
+    head = volumes.record(c, HOST, lid, tar_of({"x": b"1"})).head
+    tick(c, 10, beat=[lid])
+    tick(c, CFG.grace + 5)  # no heartbeat: provider lost
+    assert leases.show(c, OWNER, lid).end_reason == "provider lost"
+    with pytest.raises(Conflict):  # a late upload does not replace the last snapshot
+        volumes.record(c, HOST, lid, tar_of({"x": b"2"}))
+    assert volumes.show(c, OWNER, "v").head == head
+    leases.heartbeat(c, HOST, [], {})  # the provider is back
+    nxt = lease_on(c, "v")
+    spec = next(x for x in leases.work_for(c, HOST, set())[0] if x.id == nxt)
+    assert spec.volume is not None and spec.volume.digest == head
+    start(c, nxt)
+
+    # an end the provider never saves: the next lease waits out the save timeout only
+    leases.end(c, OWNER, nxt)
+    third = lease_on(c, "v")
+    assert third not in [x.id for x in leases.work_for(c, HOST, set())[0]]
+    tick(c, 31)
+    assert third in [x.id for x in leases.work_for(c, HOST, set())[0]]
+    with pytest.raises(Conflict):
+        volumes.record(c, HOST, nxt, tar_of({"x": b"late"}))
+
+    # a pending lease ended before it started has nothing to save
+    leases.end(c, OWNER, third)
+    assert volumes.show(c, OWNER, "v").mounted_by is None
+    audit(c)
+
+
+def test_history_is_bounded_and_removal_drops_unused_blobs(c: Coordinator) -> None:
+    volumes.create(c, OWNER, VolumeIn(name="h", size_gb=0.001))
+    lid = lease_on(c, "h")
+    start(c, lid)
+    heads = []
+    for i in range(volumes.core.KEEP_SNAPSHOTS + 3):
+        tick(c, 1, beat=[lid])
+        heads.append(volumes.record(c, HOST, lid, tar_of({"n": str(i).encode()})).head)
+    v = volumes.show(c, OWNER, "h")
+    assert [x.digest for x in v.snapshots] == heads[::-1][:volumes.core.KEEP_SNAPSHOTS]
+    assert not c.blobs.exists(heads[0] or "")  # dropped with its record
+    assert c.blobs.exists(heads[-1] or "")
+    leases.end(c, OWNER, lid)
+    volumes.record(c, HOST, lid, tar_of({"n": b"end"}))
+    volumes.remove(c, OWNER, "h")
+    with c.db.read() as s:
+        assert s.scalars(select(Volume)).all() == []
+        assert s.scalars(select(VolumeSnapshot)).all() == []
+    assert not c.blobs.exists(heads[-1] or "")
+    audit(c)
