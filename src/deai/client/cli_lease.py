@@ -79,6 +79,8 @@ def show_lease(lease: LeaseOut) -> None:
         f"{f', provider penalty {money.fmt(lease.penalty)}' if lease.penalty else ''}\n"
         f"started    {_when(lease.started_at)}   ends {_when(lease.ends_at)}"
         f"{f' ({lease.ends_by})' if lease.ends_by else ''}")
+    if lease.volume:
+        console.print(f"volume     {lease.volume} at /work")
     if lease.detail:
         console.print(f"detail     {lease.detail}")
     if lease.preempt_at and lease.status != "ended":
@@ -102,6 +104,9 @@ def create(
     max_price_hour: Annotated[str, typer.Option(help="DEAI per hour at most.")] = "1",
     network: Annotated[bool, typer.Option(help="Ask for network access.")] = False,
     spot: bool = False,
+    volume: Annotated[str | None, typer.Option(help="A volume (id or name) to mount at "
+                                               "the home; saved when the lease ends.")
+                      ] = None,
     wait: Annotated[bool, typer.Option(help="Wait until the lease is active.")] = True,
     coordinator: Coordinator = DEFAULT_COORDINATOR, key: Key = "client",
 ) -> None:
@@ -112,7 +117,7 @@ def create(
             cpus=cpus, memory_mb=parse_memory(memory), gpus=gpus, gpu_model=gpu_model,
             hours=hours, deposit=_amount(deposit, "deposit") if deposit else None,
             max_price_hour=_amount(max_price_hour, "max_price_hour"), network=network,
-            spot=spot)
+            spot=spot, volume=volume)
         if wait:
             lease = leases.wait_active(lease.id)
         show_lease(lease)
