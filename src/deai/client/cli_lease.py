@@ -7,6 +7,7 @@
     deai lease forward LEASE 8888                         # or 9000:8888 (LOCALPORT:PORT)
     deai lease extend LEASE --hours 1 | --amount 0.2
     deai lease list | show LEASE | end LEASE
+    deai lease run-resumable -- --steps 400             # training that survives preemption
 
 Amounts and prices are DEAI decimals (``--max-price-hour 0.5`` is 0.5 DEAI an
 hour); memory takes ``512M``, ``4G`` or MiB. ``create`` waits until the
@@ -25,7 +26,7 @@ from typing import Annotated
 
 import typer
 
-from deai.client import lease_tty
+from deai.client import lease_resume, lease_tty
 from deai.client.cli import (
     DEFAULT_COORDINATOR,
     Coordinator,
@@ -224,3 +225,42 @@ def forward(lease_id: str, ports: Annotated[str, typer.Argument(
             pass
         finally:
             stop()
+
+
+@command(lease_app, "run-resumable")
+def run_resumable(
+    args: Annotated[list[str] | None, typer.Argument(help="-- ARGS for the script")] = None,
+    script: Annotated[Path | None, typer.Option(help="A script that keeps the contract of "
+                                                "deai.client.lease_train (default: that "
+                                                "example trainer).")] = None,
+    checkpoint: Annotated[str, typer.Option(help="The script's checkpoint, in the lease's "
+                                            "home.")] = "ckpt.pt",
+    output: Annotated[str, typer.Option(help="What the script leaves when done.")
+                      ] = "final.pt",
+    workdir: Annotated[Path, typer.Option(help="Where checkpoints and the output land.")
+                       ] = Path("."),
+    cpus: Annotated[int, typer.Option(min=1)] = 1,
+    memory: Annotated[str, typer.Option(help="e.g. 512M or 4G")] = "1G",
+    hours: float = 1.0,
+    max_price_hour: Annotated[str, typer.Option(help="DEAI per hour at most.")] = "1",
+    spot: Annotated[bool, typer.Option(help="Spot leases (half price, preemptible).")
+                    ] = True,
+    coordinator: Coordinator = DEFAULT_COORDINATOR, key: Key = "client",
+) -> None:
+    """Run a checkpointing training script on spot leases; on a preemption notice its
+    checkpoint is copied out and the run resumes on a new lease, until it finishes."""
+    source = script or Path(lease_resume.__file__).with_name("lease_train.py")
+    if not source.is_file():
+        raise InvalidInput(f"no script at {source}", field="script")
+    sigterm_as_interrupt()
+    fields = {"cpus": cpus, "memory_mb": parse_memory(memory), "hours": hours, "spot": spot,
+              "max_price_hour": _amount(max_price_hour, "max_price_hour")}
+    with signer(coordinator, key) as c:
+        result = lease_resume.run_resumable(
+            Leases(c), source, args or [], lease=fields, checkpoint=checkpoint,
+            output=output, workdir=workdir, log=lambda m: console.print(m, highlight=False))
+    for i, r in enumerate(result.rounds, 1):
+        console.print(f"round {i}: {r.lease_id} on {r.provider_id[:12]}  exit "
+                      f"{'-' if r.exit_code is None else r.exit_code}"
+                      f"{'  preempted' if r.noticed else ''}")
+    console.print(f"output: {result.output}")

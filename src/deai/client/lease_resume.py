@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from deai.client.leases import TERMINAL, Leases
+from deai.core import money
 from deai.core.errors import DeAIError
 
 RESUME_ME = 75
@@ -105,11 +106,14 @@ def run_resumable(leases: Leases, script: Path, args: list[str], *, lease: dict[
         noticed = _follow(leases, lid, runner, poll, log)
         rnd = Round(lid, active.provider_id, runner.code, noticed)
         result.rounds.append(rnd)
+        for line in runner.out.getvalue().decode(errors="replace").splitlines():
+            if not line.startswith("step "):  # its notes, not its progress
+                log(f"  | {line}")
         if runner.code == 0:
             result.output.write_bytes(leases.get(lid, output))
             ended = leases.end(lid)
             log(f"done; {output} copied out; lease {lid} ended, refunded "
-                f"{ended.refunded} µ")
+                f"{money.fmt(ended.refunded)} DEAI")
             return result
         if runner.code is not None and runner.code != RESUME_ME and not noticed:
             leases.end(lid)
