@@ -132,13 +132,36 @@ def test_concurrent_appenders_keep_one_chain(db: Database) -> None:
 
 
 def test_the_fast_hash_path_agrees_with_core() -> None:
-    assert journal._chain is journal._chain_fast  # chosen only when it matches core
-    d = ledger.payout("job-é", "t", "a", OWNERS[0], 1000, 50)
-    fast, body_json, postings_json = journal._chain_fast(d, 3, "f" * 64, 99)
-    assert fast == ledger.chain(d, 3, "f" * 64, 99)
-    assert json.loads(body_json) == d.body and json.loads(postings_json) == [
-        [a, v] for a, v in d.postings]
-    for kind in ("check_fee", 'a"b', "é", "", "x y"):  # kinds the plain quoting must not take
-        odd = ledger.Draft(kind, {"k": kind}, ())
-        assert journal._chain_fast(odd, 1, ledger.GENESIS, 5)[0] == ledger.chain(
-            odd, 1, ledger.GENESIS, 5)
+    assert journal._chain_all is journal._chain_fast  # chosen only when it matches core
+    batch = [ledger.faucet(OWNERS[0], 5000),
+             ledger.payout("job-é", "t", "a", OWNERS[0], 1000, 50),
+             ledger.slash(OWNERS[1], 30, OWNERS[2], 10, {"why": 'a"b\\ \u2028', "r": 0.25,
+                                                        "l": [1, None, True]})]
+    batch += [ledger.Draft(kind, {"k": kind}, ()) for kind in ("check_fee", 'a"b', "é", "",
+                                                               "x y")]
+    start = {a: 10**6 for d in batch for a, _ in d.postings}
+    fast, fast_rows = journal._chain_fast(batch, dict(start), 3, "f" * 64, 99)
+    core, core_rows = journal._chain_core(batch, dict(start), 3, "f" * 64, 99)
+    assert fast == core
+    prev = "f" * 64
+    for e, d, row in zip(fast, batch, fast_rows, strict=True):
+        assert e == ledger.chain(d, e.seq, prev, 99)
+        assert row[:5] == (e.seq, prev, e.hash, 99, d.kind)
+        assert json.loads(row[5]) == d.body
+        assert json.loads(row[6]) == [[a, v] for a, v in d.postings]
+        prev = e.hash
+
+
+def test_the_fast_funds_check_nets_an_entry_like_core() -> None:
+    """An account posted twice in one entry is judged on its net, as ``check_funds`` does;
+    the refusal names the account and leaves the running balances as they were."""
+    a = ledger.acct(OWNERS[0])
+    twice_down = ledger.Draft("x", {}, ((a, -3), (a, -3), ("fee", 6)))
+    up_then_down = ledger.Draft("x", {}, ((a, 10), (a, -12), ("fee", 2)))
+    for fn in (journal._chain_fast, journal._chain_core):
+        running = {a: 5, "fee": 0}
+        with pytest.raises(InsufficientFunds) as err:
+            fn([twice_down], running, 0, ledger.GENESIS, 1)
+        assert err.value.details["account"] == a and running == {a: 5, "fee": 0}
+        entries, _ = fn([up_then_down], running, 0, ledger.GENESIS, 1)
+        assert len(entries) == 1 and running == {a: 3, "fee": 2}
