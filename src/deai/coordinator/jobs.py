@@ -102,9 +102,14 @@ def submit(c: Coordinator, owner: str, body: wire.JobIn, *,
     if not c.blobs.exists(body.input_digest):
         raise NotFound("input_digest: no uploaded blob has this digest; upload it first",
                        field="input_digest")
-    shards = kind.split(spec, c.blobs.get(body.input_digest))
+    use = None
+    if spec.dataset_id is not None:  # planned from the dataset's public summary
+        from deai.coordinator import datasets
+        use = datasets.prepare(c, spec)
+    shards = use.shards if use else kind.split(spec, c.blobs.get(body.input_digest))
     shard_units = [sh.max_units for sh in shards]
     max_cost = sum(cost_for_units(u, spec.max_price) for u in shard_units)
+    royalty = use.price if use else 0
     # The shards go to disk (one pack, one fsync for the whole job) while the
     # transaction below checks capacity and escrows; it commits the tasks that name
     # them only once they are durable (the wait at the end of ``create``).
@@ -128,8 +133,10 @@ def submit(c: Coordinator, owner: str, body: wire.JobIn, *,
             input_digest=body.input_digest, max_price=spec.max_price,
             shards=[admission.ShardIn(d, sh.items, sh.max_units)
                     for d, sh in zip(shard_digests, shards, strict=True)],
-            escrow=max_cost, deadline=spec.deadline, key=key,
+            escrow=max_cost + royalty, deadline=spec.deadline, key=key,
             want_tasks=len(shards) <= _ORM_TASKS)
+        if use is not None:  # terms checked again under lock; the royalty from escrow
+            datasets.record_use(c, s, job, spec, use)
         if then is not None:
             then(s, job)
         stored.result()  # raises if the shards could not be stored: nothing commits

@@ -14,7 +14,7 @@ epoch roots). Adding a rail touches no job or verification code:
     Settlement(clock, rails=[ChainRail(...)])
 
 The named operations below (escrow, pay, check fee, slash, forfeit, refund,
-release, bond, faucet, grant) are the effects the lifecycle asks for, each
+royalty, release, bond, faucet, grant) are the effects the lifecycle asks for, each
 turned into one journal entry here and nowhere else.
 """
 
@@ -123,6 +123,13 @@ class Settlement:
         if left > 0:
             self.post(s, ledger.refund(owner, job_id, left, why))
         return max(0, left)
+
+    def royalty(self, s: Session, dataset_id: str, job_id: str, owner: str, payer: str,
+                amount: int) -> ledger.Entry | None:
+        """Pay a dataset's owner its price per use from the using job's escrow."""
+        if amount <= 0:
+            return None
+        return self.post(s, ledger.royalty(dataset_id, job_id, owner, payer, amount))
 
     def release(self, s: Session, provider: str, amount: int, payout_ids: list[int]) -> None:
         if amount > 0:

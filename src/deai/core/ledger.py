@@ -237,6 +237,15 @@ def refund(owner: str, job_id: str, amount: int, reason: str) -> Draft:
                  ((escrow(job_id), -amount), (acct(owner), amount)))
 
 
+def royalty(dataset_id: str, job_id: str, owner: str, payer: str, amount: int) -> Draft:
+    """A dataset's price per use, from the using job's escrow to the dataset's owner; the
+    body names the dataset and the job, so anyone can trace a model's data from here."""
+    _positive(amount, "royalty")
+    return Draft("royalty", {"dataset": dataset_id, "job": job_id, "owner": owner,
+                             "payer": payer, "amount": amount},
+                 ((escrow(job_id), -amount), (acct(owner), amount)))
+
+
 # --- the audit ---------------------------------------------------------------------------
 
 @dataclass

@@ -26,7 +26,7 @@ from pydantic import (
     model_validator,
 )
 
-from deai.core import catalog
+from deai.core import catalog, datasets
 from deai.core.errors import InvalidInput
 
 
@@ -53,12 +53,19 @@ class SpecBase(BaseModel):
         description="a sealed job's parties: the providers and verifiers that may run, "
                     "check and read it")
 
+    dataset_id: datasets.DatasetId | None = Field(
+        default=None, description="train on this dataset (core.datasets) instead of an input")
+    dataset_terms: datasets.Accepted | None = Field(
+        default=None, description="the dataset's terms this job accepts (its consent)")
+
     @model_validator(mode="after")
     def _sealed_parties(self) -> SpecBase:
         if self.sealed and not self.sealed_for:
             raise ValueError("sealed_for: a sealed job names the parties that may read it")
         if self.sealed_for and not self.sealed:
             raise ValueError("sealed_for: only a sealed job names parties")
+        if self.sealed and self.dataset_id is not None:
+            raise ValueError("dataset_id: a sealed job brings its own input, not a dataset")
         return self
 
     @model_serializer(mode="wrap")
@@ -68,6 +75,9 @@ class SpecBase(BaseModel):
         if not self.sealed:
             out.pop("sealed", None)
             out.pop("sealed_for", None)
+        if self.dataset_id is None and self.dataset_terms is None:
+            out.pop("dataset_id", None)
+            out.pop("dataset_terms", None)
         return out
 
 

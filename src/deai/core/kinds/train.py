@@ -220,10 +220,6 @@ def parse_payload(shard: bytes) -> Payload:
 def build_payload(spec: TrainSpec, data: bytes) -> Payload:
     """Check the input against the spec and build the shard payload; InvalidInput names
     the field."""
-    arch = NETS.get(spec.model)
-    if arch is None:
-        raise InvalidInput(f"spec.model: {spec.model!r} is not a training network; known: "
-                           f"{', '.join(NETS)}", field="spec.model")
     x = y = None
     if spec.dataset == "file":
         xa, ya, info = train_data.parse_file(data)
@@ -231,6 +227,18 @@ def build_payload(spec: TrainSpec, data: bytes) -> Payload:
     else:
         _check_placeholder(data, spec.dataset)
         info = train_data.BUNDLED[spec.dataset]
+    return payload_for(spec, info, spec.dataset, x, y)
+
+
+def payload_for(spec: TrainSpec, info: train_data.DataInfo, dataset: str,
+                x: str | None = None, y: str | None = None) -> Payload:
+    """The payload training ``spec`` on data summarised by ``info``; ``x``/``y``: the rows
+    packed, or None where the provider finds them by ``dataset`` (bundled, or a
+    ``core.datasets`` dataset whose owner releases the key)."""
+    arch = NETS.get(spec.model)
+    if arch is None:
+        raise InvalidInput(f"spec.model: {spec.model!r} is not a training network; known: "
+                           f"{', '.join(NETS)}", field="spec.model")
     if arch == "cnn" and info.features != CNN_SIDE * CNN_SIDE:
         raise InvalidInput(f"spec.model: {spec.model} takes 8×8 images (64 features); the "
                            f"data has {info.features}", field="spec.model")
@@ -247,7 +255,7 @@ def build_payload(spec: TrainSpec, data: bytes) -> Payload:
         raise InvalidInput(f"spec.epochs: {steps * units} step-units; at most {MAX_UNITS}",
                            field="spec.epochs")
     return Payload(format=FORMAT, model=spec.model, arch=arch,
-                   dataset=spec.dataset, n=info.n, features=info.features,
+                   dataset=dataset, n=info.n, features=info.features,
                    classes=info.classes, data_sha256=info.sha256, x=x, y=y,
                    optimizer=spec.optimizer, epochs=spec.epochs, batch_size=spec.batch_size,
                    seed=spec.seed, checkpoint_every=spec.checkpoint_every,

@@ -1,0 +1,295 @@
+"""Datasets: publish, terms, royalties at submission, and the owner's key release.
+
+- ``publish``: the owner uploaded the ciphertext (its own blob) and registers it
+  with its terms and the key wrapped to itself only.
+- A job naming a dataset (``spec.dataset_id``) is planned from the dataset's
+  public summary (``prepare``: no plaintext needed) and, in the transaction that
+  escrows it, ``record_use`` locks the dataset, checks every term again against
+  the job's signed consent, records the use and posts the royalty from the job's
+  escrow to the owner. A failed term raises before anything is written.
+- The coordinator never holds the key. ``pending`` tells the owner which
+  providers hold live leases of a use's job and have no key yet; the owner
+  (``deai dataset serve``) checks the terms itself and posts the key wrapped to
+  them (``release``); a leased provider fetches its wrapped key (``key_for``).
+  After revocation nothing is released or handed out any more.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from deai.coordinator import access
+from deai.coordinator.service import Coordinator
+from deai.core import batch
+from deai.core import datasets as D
+from deai.core import wire_datasets as W
+from deai.core.errors import Conflict, Forbidden, InvalidInput, NotFound
+from deai.core.kinds import Shard, SpecBase, train, train_data
+from deai.core.lifecycle import JOB_ACTIVE, AssignmentStatus, JobStatus
+from deai.store.models import Assignment, Job
+from deai.store.models_datasets import Dataset, DatasetKey, DatasetUse
+
+MAX_LIST = 500
+
+
+def _terms(d: Dataset) -> D.Terms:
+    return D.Terms(price_per_use=d.price_per_use, allow=tuple(d.allow),  # type: ignore[arg-type]
+                   expires_at=d.expires_at, max_uses=d.max_uses)
+
+
+def _out(d: Dataset, private: bool = False) -> W.DatasetOut:
+    face: dict[str, Any] = dict(
+        id=d.id, owner=d.owner, name=d.name, size=d.size, train=d.info or None,
+        terms=_terms(d), uses=d.uses, royalties=d.royalties, created_at=d.created_at,
+        revoked_at=d.revoked_at)
+    if private:
+        return W.DatasetPrivateOut(**face, blob_digest=d.blob_digest, owner_key=d.owner_key)
+    return W.DatasetOut(**face)
+
+
+def _get(s: Session, dataset_id: str, lock: bool = False) -> Dataset:
+    d = s.get(Dataset, dataset_id, with_for_update=lock) if D.ID.match(dataset_id) else None
+    if d is None:
+        raise NotFound(f"no dataset {dataset_id}", field="dataset")
+    return d
+
+
+# --- the owner's side -------------------------------------------------------------------------
+
+def publish(c: Coordinator, owner: str, body: W.DatasetIn) -> W.DatasetPrivateOut:
+    access.require_blob(c, owner, body.blob_digest, "blob_digest")
+    if body.terms.expires_at is not None and body.terms.expires_at <= c.now():
+        raise InvalidInput("terms.expires_at: already past", field="terms.expires_at")
+    if "train" in body.terms.allow and body.train is None:
+        raise InvalidInput("train: a dataset that allows training states its summary "
+                           "(n, features, classes, sha256)", field="train")
+
+    def create(s: Session) -> W.DatasetPrivateOut:
+        if s.get(Dataset, body.id) is not None:
+            raise Conflict(f"dataset {body.id} exists", field="id")
+        d = Dataset(id=body.id, owner=owner, name=body.name, blob_digest=body.blob_digest,
+                    size=body.size, info=body.train.model_dump() if body.train else {},
+                    owner_key=body.owner_key, price_per_use=body.terms.price_per_use,
+                    allow=list(body.terms.allow), expires_at=body.terms.expires_at,
+                    max_uses=body.terms.max_uses, uses=0, royalties=0, created_at=c.now())
+        s.add(d)
+        s.flush()
+        c.emit(s, "dataset_published", d.id, owner=owner, name=d.name,
+               price_per_use=d.price_per_use, allow=list(d.allow))
+        out = _out(d, private=True)
+        assert isinstance(out, W.DatasetPrivateOut)
+        return out
+
+    return c.db.run(create)
+
+
+def revoke(c: Coordinator, owner: str, dataset_id: str) -> W.DatasetOut:
+    def body(s: Session) -> W.DatasetOut:
+        d = _get(s, dataset_id, lock=True)
+        if d.owner != owner:
+            raise Forbidden("only the dataset's owner may revoke it")
+        if d.revoked_at is None:
+            d.revoked_at = c.now()
+            c.emit(s, "dataset_revoked", d.id, owner=owner)
+        return _out(d)
+
+    return c.db.run(body)
+
+
+def listing(c: Coordinator, owner: str | None = None, limit: int = 100) -> list[W.DatasetOut]:
+    with c.db.read() as s:
+        q = select(Dataset).order_by(Dataset.created_at.desc()).limit(
+            max(1, min(limit, MAX_LIST)))
+        if owner:
+            q = q.where(Dataset.owner == owner)
+        return [_out(d) for d in s.scalars(q)]
+
+
+def show(c: Coordinator, dataset_id: str, me: str | None = None) -> W.DatasetOut:
+    with c.db.read() as s:
+        d = _get(s, dataset_id)
+        return _out(d, private=me == d.owner)
+
+
+# --- jobs that use a dataset ---------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Use:
+    dataset_id: str
+    price: int
+    shards: list[Shard]
+
+
+def prepare(c: Coordinator, spec: SpecBase) -> Use:
+    """Plan a job on a dataset from its public summary; refuse a failed term early."""
+    assert spec.dataset_id is not None
+    with c.db.read() as s:
+        d = _get(s, spec.dataset_id)
+        _check(c, d, spec)
+        info, price = dict(d.info), d.price_per_use
+    if not isinstance(spec, train.TrainSpec) or spec.kind not in D.USABLE:
+        raise InvalidInput(f"spec.dataset_id: {spec.kind} jobs cannot use a dataset yet "
+                           "(training can)", field="spec.dataset_id")
+    if spec.dataset != "file":
+        raise InvalidInput("spec.dataset: a job on a dataset trains on its file: set "
+                           "dataset: file", field="spec.dataset")
+    summary = train_data.DataInfo(info["n"], info["features"], info["classes"], info["sha256"])
+    p = train.payload_for(spec, summary, D.SOURCE + spec.dataset_id)
+    shard = Shard(p.model_dump_json().encode(), p.steps, p.steps * p.step_units)
+    return Use(spec.dataset_id, price, [shard])
+
+
+def _check(c: Coordinator, d: Dataset, spec: SpecBase) -> None:
+    why = D.refusal(_terms(d), spec.dataset_terms, spec.kind, c.now(),
+                    d.revoked_at is not None, d.uses)
+    if why is not None:
+        term, reason = why
+        raise InvalidInput(f"{D.field_of(term)}: {reason}", field=D.field_of(term), term=term)
+
+
+def record_use(c: Coordinator, s: Session, job: Job, spec: SpecBase, use: Use) -> None:
+    """Inside the job's escrow transaction: check the terms under the dataset's lock, count
+    the use and pay the owner from the job's escrow (the job's cost includes it)."""
+    d = _get(s, use.dataset_id, lock=True)
+    _check(c, d, spec)
+    if d.price_per_use != use.price:
+        raise InvalidInput("spec.dataset_terms.price_per_use: the price changed",
+                           field="spec.dataset_terms.price_per_use", term="price_per_use")
+    entry = c.settlement.royalty(s, d.id, job.id, d.owner, job.owner, d.price_per_use)
+    d.uses += 1
+    d.royalties += d.price_per_use
+    job.cost += d.price_per_use
+    s.add(DatasetUse(dataset_id=d.id, job_id=job.id, job_owner=job.owner, kind=job.kind,
+                     price=d.price_per_use, royalty_seq=entry.seq if entry else None,
+                     created_at=c.now()))
+    c.emit(s, "dataset_used", d.id, job=job.id, price=d.price_per_use)
+
+
+# --- the key release -------------------------------------------------------------------------
+
+def _leased(s: Session, job_id: str) -> set[str]:
+    return set(s.scalars(select(Assignment.provider_id).where(
+        Assignment.job_id == job_id, Assignment.status == AssignmentStatus.LEASED)))
+
+
+def _released(s: Session, job_id: str) -> set[str]:
+    return set(s.scalars(select(DatasetKey.provider_id).where(DatasetKey.job_id == job_id)))
+
+
+def pending(c: Coordinator, owner: str) -> list[W.PendingOut]:
+    """Uses of ``owner``'s live datasets whose leased providers have no key yet."""
+    out = []
+    with c.db.read() as s:
+        rows = s.execute(select(DatasetUse, Job.status).join(Job, Job.id == DatasetUse.job_id)
+                         .join(Dataset, Dataset.id == DatasetUse.dataset_id)
+                         .where(Dataset.owner == owner, Dataset.revoked_at.is_(None),
+                                Job.status.in_(JOB_ACTIVE))
+                         .order_by(DatasetUse.id)).all()
+        for u, _ in rows:
+            waiting = sorted(_leased(s, u.job_id) - _released(s, u.job_id))
+            if waiting:
+                out.append(W.PendingOut(dataset_id=u.dataset_id, job_id=u.job_id, kind=u.kind,
+                                        price=u.price, providers=waiting))
+    return out
+
+
+def release(c: Coordinator, owner: str, dataset_id: str, body: W.ReleaseIn) -> list[str]:
+    """Store the key the owner wrapped to each provider leased for the job; returns them."""
+    def run(s: Session) -> list[str]:
+        d = _get(s, dataset_id, lock=True)
+        if d.owner != owner:
+            raise Forbidden("only the dataset's owner releases its key")
+        if d.revoked_at is not None:
+            raise Conflict("the dataset is revoked: its key is released to nobody",
+                           field="dataset")
+        use = s.scalar(select(DatasetUse).where(DatasetUse.job_id == body.job_id,
+                                                DatasetUse.dataset_id == d.id))
+        status = s.scalar(select(Job.status).where(Job.id == body.job_id))
+        if use is None or status not in JOB_ACTIVE:
+            raise NotFound(f"job_id: no running job {body.job_id} uses this dataset",
+                           field="job_id")
+        leased, done = _leased(s, body.job_id), _released(s, body.job_id)
+        for pid in body.keys:
+            if pid not in leased:
+                raise InvalidInput(f"keys: {pid[:16]}… holds no lease of job {body.job_id}",
+                                   field="keys")
+        fresh = sorted(set(body.keys) - done)
+        for pid in fresh:
+            s.add(DatasetKey(dataset_id=d.id, job_id=body.job_id, provider_id=pid,
+                             wrapped=body.keys[pid], created_at=c.now()))
+        if fresh:
+            c.emit(s, "dataset_key_released", d.id, job=body.job_id, providers=fresh)
+        return fresh
+
+    return c.db.run(run)
+
+
+def key_for(c: Coordinator, provider: str, dataset_id: str, job_id: str) -> W.KeyOut:
+    """A leased provider's wrapped key (Conflict ``waiting``: the owner has not released it)."""
+    with c.db.read() as s:
+        d = _get(s, dataset_id)
+        if d.revoked_at is not None:
+            raise Forbidden("the dataset is revoked", field="dataset")
+        if provider not in _leased(s, job_id) or s.scalar(select(DatasetUse.id).where(
+                DatasetUse.job_id == job_id, DatasetUse.dataset_id == d.id)) is None:
+            raise NotFound(f"no lease of a job {job_id} on this dataset held by this key",
+                           field="job")
+        wrapped = s.scalar(select(DatasetKey.wrapped).where(
+            DatasetKey.job_id == job_id, DatasetKey.provider_id == provider))
+        if wrapped is None:
+            raise Conflict("waiting for the dataset owner to release its key",
+                           field="key", waiting=True)
+        return W.KeyOut(dataset_id=d.id, job_id=job_id, wrapped=wrapped,
+                        blob_digest=d.blob_digest)
+
+
+def content(c: Coordinator, account: str, dataset_id: str) -> bytes:
+    """The ciphertext, to the owner or a provider the owner released the key to."""
+    with c.db.read() as s:
+        d = _get(s, dataset_id)
+        allowed = account == d.owner or (d.revoked_at is None and s.scalar(
+            select(DatasetKey.id).where(DatasetKey.dataset_id == d.id,
+                                        DatasetKey.provider_id == account).limit(1))
+            is not None)
+        digest = d.blob_digest
+    if not allowed:
+        raise NotFound(f"no dataset {dataset_id} this key may read", field="dataset")
+    return c.blobs.get(digest)
+
+
+# --- provenance ---------------------------------------------------------------------------------
+
+def uses(c: Coordinator, owner: str, dataset_id: str) -> list[W.UseOut]:
+    """Every use of the owner's dataset: the job, who ran it, and for a completed training
+    job the model it produced and its checkpoint chain head (from the job's result)."""
+    with c.db.read() as s:
+        d = _get(s, dataset_id)
+        if d.owner != owner:
+            raise NotFound(f"no dataset {dataset_id} owned by this key", field="dataset")
+        rows = s.execute(select(DatasetUse, Job.status, Job.output_digest)
+                         .join(Job, Job.id == DatasetUse.job_id)
+                         .where(DatasetUse.dataset_id == d.id)
+                         .order_by(DatasetUse.id)).all()
+        out = []
+        for u, status, output in rows:
+            model, head = _lineage(c, output) if status == JobStatus.COMPLETED else (None, None)
+            out.append(W.UseOut(dataset_id=u.dataset_id, job_id=u.job_id,
+                                job_owner=u.job_owner, kind=u.kind, price=u.price,
+                                royalty_seq=u.royalty_seq, created_at=u.created_at,
+                                job_status=status, released_to=sorted(_released(s, u.job_id)),
+                                model_digest=model, chain_head=head))
+        return out
+
+
+def _lineage(c: Coordinator, output_digest: str | None) -> tuple[str | None, str | None]:
+    if output_digest is None or not c.blobs.exists(output_digest):
+        return None, None
+    try:
+        result = batch.safe_loads(c.blobs.get(output_digest).splitlines()[0])
+        return str(result["model_digest"]), str(result["chain"][-1]["hash"])
+    except (ValueError, KeyError, IndexError, TypeError):
+        return None, None

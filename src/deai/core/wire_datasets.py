@@ -1,0 +1,90 @@
+"""Wire models of the datasets API (``/api/datasets``, ``/api/explorer/datasets``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import Field
+
+from deai.core.datasets import DatasetId, Terms
+from deai.core.wire import In, Out
+
+HEX64 = r"^[0-9a-f]{64}$"
+
+
+class TrainInfo(In):
+    """A training dataset's public summary: what a job needs to plan and bill."""
+
+    n: int = Field(ge=10, le=10**8, strict=True)
+    features: int = Field(ge=1, le=4096, strict=True)
+    classes: int = Field(ge=2, le=1000, strict=True)
+    sha256: str = Field(pattern=HEX64)
+
+
+class DatasetIn(In):
+    id: DatasetId
+    name: str = Field(min_length=1, max_length=100)
+    blob_digest: str = Field(pattern=HEX64, description="the ciphertext's blob")
+    size: int = Field(ge=1, le=10**12, strict=True, description="plaintext bytes")
+    train: TrainInfo | None = None
+    owner_key: str = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9+/]*={0,2}$")
+    terms: Terms
+
+
+class DatasetOut(Out):
+    """A dataset's public face: never its content or a key."""
+
+    id: str
+    owner: str
+    name: str
+    size: int
+    train: dict[str, Any] | None = None
+    terms: Terms
+    uses: int
+    royalties: int
+    created_at: float
+    revoked_at: float | None = None
+
+
+class DatasetPrivateOut(DatasetOut):
+    """What the owner (or a provider holding a released key) reads besides."""
+
+    blob_digest: str
+    owner_key: str | None = None
+
+
+class UseOut(Out):
+    dataset_id: str
+    job_id: str
+    job_owner: str
+    kind: str
+    price: int
+    royalty_seq: int | None = None
+    created_at: float
+    job_status: str = ""
+    released_to: list[str] = Field(default_factory=list)
+    model_digest: str | None = None
+    chain_head: str | None = None
+
+
+class PendingOut(Out):
+    """A use of the owner's dataset whose leased providers wait for the key."""
+
+    dataset_id: str
+    job_id: str
+    kind: str
+    price: int
+    providers: list[str]
+
+
+class ReleaseIn(In):
+    job_id: str = Field(min_length=1, max_length=40)
+    keys: dict[str, str] = Field(min_length=1, max_length=64,
+                                 description="provider id → the dataset key sealed to it")
+
+
+class KeyOut(Out):
+    dataset_id: str
+    job_id: str
+    wrapped: str
+    blob_digest: str

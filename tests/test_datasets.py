@@ -1,0 +1,235 @@
+"""Datasets through a real coordinator, on SQLite and on PostgreSQL.
+
+An owner publishes a dataset encrypted under its own key; its public face shows
+terms and uses, never the content or a key. A job on it that fails a term is
+refused naming the term and nothing moves; a job within the terms pays the
+owner once, in the transaction that escrows it. The owner's key release reaches
+only the providers leased for the job, and a provider decrypts the rows with
+it; revocation stops the next job and every later release. The audit holds.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+
+from deai.client import datasets
+from deai.client import sealed as crypto
+from deai.client.keys import Identity
+from deai.client.sdk import Client
+from deai.core import datasets as D
+from deai.core import ledger, wire
+from deai.core import wire_datasets as W
+from deai.core.errors import DeAIError
+from deai.core.kinds import train_data
+from tests.helpers import audit_ok, journal
+from tests.netutil import Network
+
+SPEC: dict[str, Any] = {"kind": "train", "model": "mlp-digits", "max_price": 1000,
+                        "deadline": 600, "epochs": 1, "batch_size": 8, "seed": 3,
+                        "checkpoint_every": 4}
+PRICE = 250_000
+
+
+def rows(n: int = 40, seed: int = 0) -> bytes:
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 4)).round(3)
+    y = (x[:, 0] > 0).astype(int) + (x[:, 1] > 0).astype(int)
+    return "\n".join(",".join(f"{v:g}" for v in (*r, int(c))) for r, c in
+                     zip(x, y, strict=True)).encode() + b"\n"
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def net(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+        ) -> Iterator[Network]:
+    url = request.getfixturevalue("module_pg_url") if request.param == "postgresql" else ""
+    n = Network(tmp_path_factory.mktemp(f"datasets-{request.param}"), url,
+                heartbeat_timeout=30.0, lease_ttl=120.0)
+    n.start_coordinator()
+    try:
+        yield n
+    finally:
+        n.close()
+
+
+def trainer(net: Network) -> Client:
+    c = Client(net.url, Identity.generate())
+    c.faucet(50_000_000)
+    c.register(wire.RegisterIn(
+        hardware=wire.Hardware(cpu_model="test cpu", cores=2, memory_mb=4096),
+        benchmark=wire.Benchmark(gflops=50.0, mem_gbps=10.0), threads=1, slots=1,
+        offers=[wire.OfferIn(workload="train", model="mlp-digits", price=500)]))
+    c.bond(10_000_000)
+    return c
+
+
+def refused(call: Any, status: int, field: str) -> None:
+    with pytest.raises(DeAIError) as exc:
+        call()
+    assert (exc.value.status, exc.value.field) == (status, field), exc.value
+
+
+def terms(**kw: Any) -> D.Terms:
+    return D.Terms(**{"price_per_use": PRICE, "allow": ("train",), **kw})
+
+
+def test_publish_lists_public_metadata_only(net: Network) -> None:
+    owner = Client(net.url, Identity.generate())
+    data = rows()
+    ds = datasets.publish(owner, data, "public rows", terms(max_uses=5))
+    assert ds.train is not None and ds.train["n"] == 40 and ds.size == len(data)
+    public = {d.id: d for d in datasets.listing(Client(net.url))}[ds.id]
+    assert public.terms == ds.terms and public.uses == 0 and public.owner == owner._me()
+    face = Client(net.url).request("GET", f"/api/datasets/{ds.id}").json()
+    assert "blob_digest" not in face and "owner_key" not in face
+    explorer = Client(net.url).request("GET", "/api/explorer/datasets").json()["datasets"]
+    assert {d["id"] for d in explorer} >= {ds.id}
+    assert all("owner_key" not in d and "blob_digest" not in d for d in explorer)
+    # The coordinator keeps ciphertext: no row of the file is in the blob it stores.
+    mine = datasets.show(owner, ds.id)
+    assert isinstance(mine, W.DatasetPrivateOut)
+    blob = owner.request("GET", f"/api/datasets/{ds.id}/content").content
+    assert data.splitlines()[0] not in blob
+    key = crypto.unwrap(mine.owner_key or "", owner.identity)  # type: ignore[arg-type]
+    assert datasets.decrypt(blob, ds.id, key) == data
+    stranger = Client(net.url, Identity.generate())
+    refused(lambda: stranger.request("GET", f"/api/datasets/{ds.id}/content"), 404, "dataset")
+    refused(lambda: stranger.request("GET", f"/api/datasets/{ds.id}/uses"), 404, "dataset")
+    refused(lambda: datasets.revoke(stranger, ds.id), 403, None)  # type: ignore[arg-type]
+    # Bad publications: 4xx naming the field.
+    refused(lambda: datasets.publish(owner, b"a,b\n1,x\n", "bad", terms()), 422,
+            "dataset[line 2]")
+    past = W.DatasetIn(id=datasets.new_id(), name="old", blob_digest=mine.blob_digest,
+                       size=1, owner_key="AAAA", terms=terms(expires_at=1.0),
+                       train=W.TrainInfo(**ds.train))
+    refused(lambda: owner._post("/api/datasets", past, W.DatasetOut), 422, "terms.expires_at")
+    theirs = past.model_copy(update={"terms": terms()})
+    refused(lambda: stranger._post("/api/datasets", theirs, W.DatasetOut), 404, "blob_digest")
+
+
+def test_terms_refusals_royalty_release_and_revocation(net: Network) -> None:
+    owner = Client(net.url, Identity.generate())
+    user = Client(net.url, Identity.generate())
+    user.faucet(100_000_000)
+    data = rows(seed=1)
+    ds = datasets.publish(owner, data, "rows", terms(max_uses=2))
+    before = user.balance().available
+
+    # Every failed term: 422 naming it, nothing moves, no use is counted.
+    refused(lambda: datasets.submit(user, SPEC, ds.id, price=PRICE - 1), 422,
+            "spec.dataset_terms.price_per_use")
+    emb = owner._post("/api/datasets", W.DatasetIn(
+        id=datasets.new_id(), name="emb only", blob_digest=datasets.show(owner, ds.id)
+        .blob_digest, size=10, owner_key="AAAA",  # type: ignore[attr-defined]
+        terms=D.Terms(price_per_use=1, allow=("embeddings",))), W.DatasetOut)
+    refused(lambda: datasets.submit(user, SPEC, emb.id), 422, "spec.dataset_terms.allow")
+    soon = datasets.publish(owner, data, "soon", terms(expires_at=time.time() + 3))
+    while time.time() < (soon.terms.expires_at or 0) + 1:  # wall clock only moves forward
+        time.sleep(0.2)
+    refused(lambda: datasets.submit(user, SPEC, soon.id), 422, "spec.dataset_terms.expires_at")
+    no_terms = {**SPEC, "dataset": "file", "dataset_id": ds.id}
+    refused(lambda: user.submit_job(no_terms, user.upload(b"{}").digest), 422,
+            "spec.dataset_terms.dataset_terms")
+    assert user.balance().available == before
+    assert datasets.show(owner, ds.id).uses == 0
+
+    # Within the terms, once a trainer is online: escrow and royalty in one transaction.
+    a, b = trainer(net), trainer(net)
+    owner_before = owner.balance().available
+    job = datasets.submit(user, SPEC, ds.id)
+    assert job.cost == PRICE and job.escrow > PRICE
+    assert owner.balance().available == owner_before + PRICE
+    assert user.balance().available == before - job.escrow
+    paid = [e for e in journal(user) if e.kind == "royalty" and e.body["job"] == job.id]
+    assert len(paid) == 1 and paid[0].body["dataset"] == ds.id
+    assert dict(paid[0].postings) == {ledger.escrow(job.id): -PRICE,
+                                      ledger.acct(owner._me()): PRICE}
+
+    # The lease carries the public summary only; the key waits for the owner.
+    prov, leased = take(a, b)
+    outsider = b if prov is a else a
+    assert leased.job_id == job.id
+    shard = payload(leased, prov)
+    assert shard["dataset"] == D.SOURCE + ds.id and shard["x"] is None
+    refused(lambda: datasets.rows(prov, prov.identity, ds.id, job.id),  # type: ignore[arg-type]
+            409, "key")
+    pending = owner.request("GET", "/api/datasets/pending").json()["pending"]
+    assert [(p["job_id"], p["providers"]) for p in pending] == [(job.id, [prov._me()])]
+    refused(lambda: owner.request("POST", f"/api/datasets/{ds.id}/release", json_body={
+        "job_id": job.id, "keys": {outsider._me(): "AAAA"}}), 422, "keys")
+    assert datasets.serve_once(owner) == [(job.id, [prov._me()])]
+    assert datasets.serve_once(owner) == []  # released once
+    x, y = datasets.rows(prov, prov.identity, ds.id, job.id)  # type: ignore[arg-type]
+    xa, ya, info = train_data.parse_file(data)
+    assert (x, y) == train_data.pack(xa, ya) and info.sha256 == shard["data_sha256"]
+    refused(lambda: datasets.rows(outsider, outsider.identity, ds.id,  # type: ignore[arg-type]
+                                  job.id), 404, "job")
+    refused(lambda: outsider.request("GET", f"/api/datasets/{ds.id}/content"), 404, "dataset")
+    user.cancel_job(job.id)
+    settled(user, job.id)
+    assert datasets.show(owner, ds.id).royalties == PRICE
+
+    # Uses are listed to the owner; max_uses counts; revocation stops the next job.
+    second = datasets.submit(user, SPEC, ds.id)
+    refused(lambda: datasets.submit(user, SPEC, ds.id), 422, "spec.dataset_terms.max_uses")
+    listed = datasets.uses(owner, ds.id)
+    assert [u.job_id for u in listed] == [job.id, second.id]
+    assert listed[0].released_to == [prov._me()] and listed[0].royalty_seq == paid[0].seq
+    other = datasets.publish(owner, data, "to revoke", terms())
+    datasets.revoke(owner, other.id)
+    spent = user.balance().available
+    refused(lambda: datasets.submit(user, SPEC, other.id), 422, "spec.dataset_terms.revoked")
+    assert user.balance().available == spent
+    datasets.revoke(owner, ds.id)
+    assert datasets.serve_once(owner) == []  # nothing is released after revocation
+    holder, _ = take(a, b)
+    refused(lambda: owner.request("POST", f"/api/datasets/{ds.id}/release", json_body={
+        "job_id": second.id, "keys": {holder._me(): "AAAA"}}), 409, "dataset")
+    refused(lambda: datasets.rows(holder, holder.identity, ds.id,  # type: ignore[arg-type]
+                                  second.id), 403, "dataset")
+    user.cancel_job(second.id)
+    settled(user, second.id)
+    audit_ok(user)
+
+
+def settled(c: Client, job_id: str) -> None:
+    """A cancelled job on a dataset: the royalty stays paid, the rest came back."""
+    rep = audit_ok(c)
+    job = c.job(job_id)
+    assert job.cost + job.refunded == job.escrow and job.cost == PRICE
+    assert rep.balances.get(ledger.escrow(job_id), 0) == 0
+
+
+def take(*providers: Client) -> tuple[Client, wire.AssignmentOut]:
+    """The first lease any of ``providers`` is handed, and who got it."""
+    end = time.time() + 120
+    while time.time() < end:
+        for p in providers:
+            p.heartbeat([])
+            got = p.poll(wait=1.0).assignments
+            if got:
+                return p, got[0]
+    raise AssertionError("no lease placed")
+
+
+def payload(a: wire.AssignmentOut, prov: Client) -> dict[str, Any]:
+    raw = base64.b64decode(a.input_b64) if a.input_b64 else prov.download(a.input_digest)
+    out: dict[str, Any] = json.loads(raw)
+    return out
+
+
+def test_ciphertext_binds_dataset_and_key() -> None:
+    """A dataset's ciphertext does not open with another dataset's id or another key."""
+    key = b"k" * 32
+    blob = datasets.encrypt(b"1,2,0\n", "ds_" + "a" * 24, key)
+    assert datasets.decrypt(blob, "ds_" + "a" * 24, key) == b"1,2,0\n"
+    with pytest.raises(crypto.SealError):
+        datasets.decrypt(blob, "ds_" + "b" * 24, key)
+    with pytest.raises(crypto.SealError):
+        datasets.decrypt(blob, "ds_" + "a" * 24, b"j" * 32)
