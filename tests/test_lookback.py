@@ -26,7 +26,7 @@ from deai.core.clock import ManualClock
 from deai.core.lifecycle import JobStatus, Role
 from deai.core.lifecycle import decide as D
 from deai.core.lifecycle import effects as E
-from deai.core.verify.lookback import Marks, Reach, in_reach, since
+from deai.core.verify.lookback import Marks, Reach, batch, in_reach, since
 from deai.core.verify.lookback import select as pick
 from deai.sim import agents, vec
 from deai.sim.engine import Network, World
@@ -226,3 +226,96 @@ def test_a_clawback_never_takes_an_account_below_zero() -> None:
                                 ledger.acct("c"): 15}
     with pytest.raises(ValueError):
         ledger.clawback("p", "j", "t", -1, 7, 3, ledger.acct("c"))
+
+
+# --- the rate: a batch at a time, newest first, nothing dropped ---------------------------------
+
+def test_batch_splits_newest_first_and_keeps_everything() -> None:
+    picked = [("a", 1.0), ("b", 3.0), ("c", 2.0), ("d", 3.0)]
+    assert batch(picked, 2) == (["b", "d"], ["c", "a"])
+    assert batch(picked, 10) == (["b", "d", "c", "a"], [])
+    with pytest.raises(ValueError):
+        batch(picked, 0)
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.tuples(st.text(min_size=1, max_size=3), st.floats(0, 100)),
+                unique_by=lambda x: x[0], max_size=30), st.integers(1, 40))
+def test_a_batch_and_its_backlog_are_the_whole_look_back(
+        picked: list[tuple[str, float]], cap: int) -> None:
+    now, rest = batch(picked, cap)
+    assert len(now) == min(cap, len(picked)) and sorted(now + rest) == sorted(k for k, _ in picked)
+    when = dict(picked)
+    assert all(when[a] >= when[b] for a in now for b in rest)
+
+
+def _more_results(w: DbWorld, n: int) -> list[str]:
+    """``n`` more accepted results of the first seat's provider, one a second apart,
+    copied from the one ``_accept_unchecked`` produced; their task ids, oldest first."""
+    ids = []
+    with w.c.db.write() as s:
+        task = s.get(Task, w.task_id)
+        asg = s.get(Assignment, "asg_0")
+        pay = s.scalars(select(Payout).where(Payout.assignment_id == "asg_0")).one()
+        assert task is not None and asg is not None
+        for i in range(1, n + 1):
+            def copy(row: object, **update: object) -> dict[str, object]:
+                cols = type(row).__table__.columns  # type: ignore[attr-defined]
+                return {c.name: getattr(row, c.name) for c in cols} | update
+            tid = f"{w.task_id}-{i}"
+            s.add(Task(**copy(task, id=tid, idx=task.idx + i)))
+            s.flush()  # the task before what refers to it
+            s.add(Assignment(**copy(asg, id=f"asg_0-{i}", task_id=tid)))
+            s.add(Payout(**copy(pay, id=None, assignment_id=f"asg_0-{i}", task_id=tid,
+                                release_at=pay.release_at + i)))
+            ids.append(tid)
+    return [w.task_id, *ids]
+
+
+def test_a_long_record_is_looked_back_at_a_batch_at_a_time(tmp_path: Path) -> None:
+    """A look-back over 5 results with a batch of 2 queues the 2 newest; the upkeep
+    queues the next 2 only once the verifiers have taken the first (none waits to be
+    placed), then the last one; every result is queued exactly once, newest first, and
+    until the backlog is done a new catch still reaches back to the beginning."""
+    w = DbWorld(tmp_path)
+    w.c.settings = replace(w.c.settings, look_back_batch=2)
+    p0 = _accept_unchecked(w)
+    order = _more_results(w, 4)[::-1]  # newest first
+    clock = w.c.clock
+    assert isinstance(clock, ManualClock)
+    clock.advance(10)
+
+    def queued() -> list[str]:
+        with w.c.db.read() as s:
+            return sorted(t.id for t in s.scalars(select(Task).where(
+                Task.pending_role == Role.AUDIT)))
+
+    def placed() -> None:  # what placing an audit does to the task's pending role
+        with w.c.db.write() as s:
+            for t in s.scalars(select(Task).where(Task.pending_role == Role.AUDIT)):
+                t.pending_role = None
+
+    def last_event() -> dict[str, object]:
+        with w.c.db.read() as s:
+            ev = s.scalars(select(Event).where(Event.kind == "look_back")
+                           .order_by(Event.id.desc())).first()
+            assert ev is not None
+            return dict(ev.body)
+
+    w.apply([E.LookBack(p0)])
+    assert queued() == sorted(order[:2])
+    assert last_event()["tasks"] == 2 and last_event()["backlog"] == 3
+    with w.c.db.read() as s:
+        assert lookback.marks(s, p0).last_review is None  # not covered yet
+    assert lookback.resume(w.c) == 0  # the first batch still waits to be placed
+    placed()
+    assert lookback.resume(w.c) == 2 and queued() == sorted(order[2:4])
+    assert last_event()["backlog"] == 1
+    placed()
+    assert lookback.resume(w.c) == 1 and queued() == [order[4]]
+    first_at = last_event()["at"]
+    assert last_event()["backlog"] == 0
+    placed()
+    assert lookback.resume(w.c) == 0 and queued() == []  # done: nothing queued twice
+    with w.c.db.read() as s:
+        assert lookback.marks(s, p0).last_review == first_at  # the review's own time

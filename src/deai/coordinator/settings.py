@@ -7,6 +7,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from deai.core.market import DEFAULT_STRATEGY, Strategy
+from deai.core.verify.lookback import DEFAULT_BATCH
 from deai.core.verify.params import VerifyParams
 
 
@@ -30,6 +31,7 @@ class Settings:
     tick: float = 0.5  # background loop period
     verify: VerifyParams = field(default_factory=VerifyParams)
     verify_timeout: float = 300.0  # a check nobody can place is given up after this
+    look_back_batch: int = DEFAULT_BATCH  # re-checks a look-back queues at a time (lookback)
     treasury_grant: int = 1_000_000_000_000  # devnet: the treasury starts with 1,000,000 DEAI
     # Policies, injected: how providers are ranked, and the seed of the verification
     # draws (None: the operating system's randomness, which providers cannot predict).

@@ -19,6 +19,13 @@ out everything older than that pass (``deai sim verify`` measures how many).
 A patient cheater (honest, then always wrong) passes no check after it turns,
 so for it the two reaches coincide. Every reach includes the window.
 
+How fast: a provider caught after a long record would queue its whole history
+for the verifiers at once and crowd out every other audit. ``batch`` splits a
+look-back's results into what is queued now (at most ``DEFAULT_BATCH``, newest
+first: those are still provisional, in clients' hands, and nearest the catch) and
+a backlog that is queued, a batch at a time, as the verifiers place the earlier
+ones. Nothing in reach is ever dropped: the backlog only waits.
+
 Pure functions of timestamps, used by the coordinator (``effects.look_back``)
 and by the simulator (which counts results in tasks rather than seconds).
 """
@@ -37,6 +44,7 @@ class Reach(StrEnum):
 
 
 DEFAULT = Reach.RECORD
+DEFAULT_BATCH = 200  # re-checks one look-back queues at once; the rest wait their turn
 
 
 @dataclass(frozen=True)
@@ -74,3 +82,12 @@ def select(accepted: Iterable[tuple[str, float]], reach: Reach, marks: Marks, *,
     """The results (id, accepted at) a look-back at ``now`` re-checks, oldest first."""
     cut = since(reach, marks, now=now, window=window)
     return [k for k, t in sorted(accepted, key=lambda x: (x[1], x[0])) if t >= cut]
+
+
+def batch(picked: Iterable[tuple[str, float]], cap: int) -> tuple[list[str], list[str]]:
+    """A look-back's results (id, accepted at) split into the ``cap`` queued now and
+    the backlog, each newest first (ties by id)."""
+    if cap < 1:
+        raise ValueError("a look-back must queue at least one re-check at a time")
+    order = [k for k, _ in sorted(picked, key=lambda x: (-x[1], x[0]))]
+    return order[:cap], order[cap:]
