@@ -22,7 +22,7 @@ from typing import TypeVar
 import pytest
 import torch
 
-from deai.client import lease_train
+from deai.client import lease_resume
 from deai.client.leases import Leases
 from deai.client.sdk import Client
 from deai.core.errors import DeAIError
@@ -34,6 +34,8 @@ pytestmark = pytest.mark.slow
 T = TypeVar("T")
 CHEAP = "cpu=100000,memory_gb=10000"  # 110,000 µ/h for 1 CPU + 1 GiB; spot 55,000
 DEAR = "cpu=360000,memory_gb=36000"  # 396,000 µ/h; spot 198,000
+TRAINER = Path(lease_resume.__file__).with_name("lease_train.py")  # not imported: it
+# installs a SIGTERM handler when run as a script
 TRAIN = ["--steps", "300", "--every", "20", "--step-seconds", "0.1"]
 
 
@@ -61,7 +63,7 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Network]:
 def reference(tmp: Path) -> Path:
     """The same run, uninterrupted, on this machine."""
     out = tmp / "reference.pt"
-    subprocess.run([sys.executable, lease_train.__file__, *TRAIN[:4], "--checkpoint",
+    subprocess.run([sys.executable, str(TRAINER), *TRAIN[:4], "--checkpoint",
                     str(tmp / "ref-ckpt.pt"), "--output", str(out)], check=True, timeout=600,
                    capture_output=True)
     return out

@@ -12,7 +12,10 @@ key), then:
    (``examples/train.yaml``), prints their answers and accuracy, plots the loss;
 4. calls the OpenAI-compatible API with the official ``openai`` client
    (``examples/openai_client.py``) using a freshly minted API key;
-5. waits out the devnet's challenge window, prints what each provider earned,
+5. rents a machine for a moment: a lease on the devnet's lease host, a command run
+   in it, a file copied in and one copied out, then ended with the unused escrow
+   refunded (skipped, saying why, where bubblewrap is not installed);
+6. waits out the devnet's challenge window, prints what each provider earned,
    replays the ledger on the client side, and shuts everything down.
 
 Returns 0 when every job completed, the cheater was caught, no honest provider
@@ -22,8 +25,11 @@ process starts, so a bad spec costs nothing.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
+import io
 import json
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -42,10 +48,12 @@ from deai.client.cli import (
     read_input,
     write_results,
 )
-from deai.client.devnet import Devnet
+from deai.client.devnet import LEASE_PRICES, Devnet
+from deai.client.leases import Leases
 from deai.client.sdk import Client
 from deai.core import money
 from deai.core.errors import DeAIError, InvalidInput
+from deai.core.money import MICRO
 
 EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
 
@@ -112,7 +120,16 @@ def run_demo(providers: int, spec_file: Path | None, input_file: Path | None,
                 out.rule("4. the OpenAI API, with the official openai client")
                 checks["openai client"] = openai_example(c, net.url, out)
 
-            out.rule("5. earnings and the ledger")
+            out.rule("5. a lease: a machine by the hour")
+            try:
+                leased = lease_example(c, net, out)
+            except DeAIError as exc:
+                out.print(f"[red]the lease failed: {exc}[/]")
+                leased = False
+            if leased is not None:
+                checks["lease"] = leased
+
+            out.rule("6. earnings and the ledger")
             wait_for_release(c, [k.id for k in net.provider_keys], out)
             result = client_audit(c)
             earnings_table(c, net, result.earnings(), cheats, out)
@@ -245,3 +262,41 @@ def earnings_table(c: Client, net: Devnet, earned: dict[str, int], cheats: set[s
                   f"{p.reputation:.2f}" if p else "?", money.fmt(earned.get(k.id, 0)),
                   money.fmt(bal.available), money.fmt(bal.stake))
     out.print(t)
+
+
+def lease_example(c: Client, net: Devnet, out: Console) -> bool | None:
+    """Create a lease, exec in it, copy a file both ways, end it; None when skipped."""
+    if net.lease_host is None:
+        why = ("bubblewrap (bwrap) is not installed" if shutil.which("bwrap") is None
+               else "no honest provider to host it")
+        out.print(f"[yellow]lease skipped: {why}; leases run only inside bubblewrap "
+                  "(`make bwrap` installs it)[/]")
+        return None
+    t0 = time.monotonic()
+    leases = Leases(c)
+    lease = leases.create(cpus=1, memory_mb=512, hours=0.25, max_price_hour=MICRO)
+    out.print(f"$ deai lease create --cpus 1 --memory 512M --hours 0.25\nlease [bold]"
+              f"{lease.id}[/] on {net.provider_keys[net.lease_host].name} ({LEASE_PRICES} µ "
+              f"an hour per class): {money.fmt(lease.price_hour)} DEAI/hour, escrowed "
+              f"{money.fmt(lease.escrow)} DEAI")
+    lease = leases.wait_active(lease.id, timeout=120)
+    buf = io.BytesIO()
+    code = leases.exec(lease.id, ["sh", "-c", "echo \"uid $(id -u) in $HOME on $(nproc) CPU\"; "
+                                  "python3 -c 'print(6 * 7)'"], stdout=buf, stderr=buf)
+    out.print(f"$ deai lease exec {lease.id} -- sh -c '…'\n{buf.getvalue().decode().strip()}"
+              f"\n(exit {code})")
+    data = example("sentences.jsonl").read_bytes()
+    leases.put(lease.id, data, "in/sentences.jsonl")
+    counted = leases.exec(lease.id, ["sh", "-c", "wc -l < in/sentences.jsonl > lines.txt"])
+    back = leases.get(lease.id, "in/sentences.jsonl")
+    lines = leases.get(lease.id, "lines.txt").decode().strip()
+    out.print(f"$ deai lease cp examples/sentences.jsonl {lease.id}:in/sentences.jsonl\n"
+              f"$ deai lease cp {lease.id}:in/sentences.jsonl copy.jsonl   # sha256 "
+              f"{hashlib.sha256(back).hexdigest()[:16]}…, {lines} lines")
+    ended = leases.end(lease.id)
+    out.print(f"$ deai lease end {lease.id}\nended ({ended.end_reason}): charged "
+              f"{money.fmt(ended.charged)} DEAI for the seconds used, refunded "
+              f"[bold]{money.fmt(ended.refunded)}[/] DEAI of the escrow "
+              f"({time.monotonic() - t0:.1f} s from create to end)")
+    return (code == 0 and counted == 0 and back == data and ended.end_reason == "owner ended"
+            and ended.refunded > 0 and ended.charged + ended.refunded == ended.escrow)

@@ -10,7 +10,8 @@ each devnet starts from genesis), waits for ``GET /api/network``, creates keys
 ``provider-1..N`` and ``client`` (kept across runs), starts one ``python -m
 deai.provider`` per key at slightly different prices (each agent tops itself up
 from the devnet faucet to bond its stake), funds the client and waits until
-every provider is online.
+every provider is online. Where bubblewrap is installed, the last honest provider
+also hosts leases (``LEASE_PRICES``, 2 GiB).
 On exit it sends SIGTERM to each child by its pid (providers first), waits, and
 sends SIGKILL to any still alive after ``stop_timeout``. Child output goes to
 ``$DEAI_HOME/devnet/logs/<name>.log``.
@@ -60,6 +61,9 @@ from deai.core.money import MICRO
 BASE_PRICE = 800
 PRICE_STEP = 100
 CLIENT_FUNDS = 1000 * MICRO
+# the last honest provider also hosts leases (where bubblewrap is installed): µ per hour,
+# so 1 CPU + 1 GiB costs 0.396 DEAI an hour
+LEASE_PRICES = "cpu=360000,memory_gb=36000"
 
 
 class DevnetError(DeAIError):
@@ -249,6 +253,13 @@ class Devnet:
         return [*self.providers, *self.verifiers,
                 *([self.coordinator] if self.coordinator else [])]
 
+    @property
+    def lease_host(self) -> int | None:
+        """The provider that hosts leases: the last honest one, if bubblewrap is here."""
+        if self.n_providers <= self.cheaters or shutil.which("bwrap") is None:
+            return None
+        return self.n_providers - 1
+
     def _agent_flags(self, n: int, name: str) -> list[str]:
         """On loopback, agent ``n`` connects from its own address and reports its own
         machine: separate parties to the coordinator, as on separate machines."""
@@ -300,11 +311,15 @@ class Devnet:
             child_env = dict(env)
             if i < self.cheaters:
                 child_env["DEAI_PROVIDER_CHEAT"] = "1"
-            self.log(f"starting {ident.name} at {price} µ per 1,000 inputs")
+            hosts = self.lease_host == i
+            self.log(f"starting {ident.name} at {price} µ per 1,000 inputs"
+                     + (f", hosting leases at {LEASE_PRICES} µ/hour" if hosts else ""))
             self.providers.append(Child(ident.name, [
                 self.python, "-m", "deai.provider", "--coordinator", self.url,
                 "--key", ident.name, "--threads", str(self.threads), "--price", str(price),
                 "--name", ident.name, *self._agent_flags(i, ident.name),
+                *(["--lease-prices", LEASE_PRICES, "--lease-memory-mb", "2048"]
+                  if hosts else []),
             ], logs / f"{ident.name}.log", child_env, self.lock.fds))
         for i, ident in enumerate(self.verifier_keys):
             self.log(f"starting {ident.name}, the network's verifier ({ident.id[:12]})")

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import io
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -96,7 +97,7 @@ def run_resumable(leases: Leases, script: Path, args: list[str], *, lease: dict[
         made = leases.create(**lease)
         lid = made.id
         active = leases.wait_active(lid, timeout=120)
-        log(f"lease {lid} active on provider {active.provider_id}")
+        log(f"lease {lid} active on provider {active.provider_id[:12]}")
         leases.put(lid, source, SCRIPT_NAME)
         if saved.exists():
             n = leases.put(lid, saved.read_bytes(), checkpoint)
@@ -133,7 +134,8 @@ def _follow(leases: Leases, lid: str, runner: _Exec, poll: float,
         lease = leases.show(lid)
         if lease.preempt_at is not None and not noticed:
             noticed = True
-            log(f"lease {lid}: preemption notice, it ends at {lease.preempt_at:.0f}")
+            at = time.strftime("%H:%M:%S", time.gmtime(lease.preempt_at))
+            log(f"lease {lid}: preemption notice, it ends at {at} UTC")
         if lease.status == TERMINAL:
             break
         runner.join(poll)

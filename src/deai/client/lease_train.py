@@ -40,8 +40,8 @@ def _on_term(signum: int, frame: FrameType | None) -> None:
     _stop.append(signum)
 
 
-# before torch is imported: a notice during the import must not kill the run unsaved
-signal.signal(signal.SIGTERM, _on_term)
+if __name__ == "__main__":  # before torch is imported: a notice then must not kill the run
+    signal.signal(signal.SIGTERM, _on_term)
 
 import torch  # noqa: E402
 
