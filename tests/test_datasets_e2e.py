@@ -1,0 +1,109 @@
+"""A dataset used by another account's training job, through real processes.
+
+Account A publishes a CSV under terms and runs ``deai dataset serve`` (its own
+process) to release the key; account B's training job on the dataset runs on a
+real provider agent, which waits for the key, decrypts the rows and trains.
+A is paid once; ``deai dataset uses`` lists the use with the model's checkpoint
+chain head; after revocation B's next job is refused naming the term; the
+ledger audit holds.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from deai.client.cli import app
+from deai.core import ledger
+from tests.helpers import audit_ok, journal
+from tests.netutil import Network, Proc
+
+pytestmark = [pytest.mark.slow,
+              pytest.mark.filterwarnings("ignore::DeprecationWarning:sklearn.*")]
+
+SPEC = {"kind": "train", "model": "mlp-digits", "max_price": 1000, "deadline": 600,
+        "optimizer": {"name": "adam", "lr": 0.01}, "epochs": 2, "batch_size": 16,
+        "seed": 5, "checkpoint_every": 4}
+
+
+@pytest.fixture
+def net(tmp_path: Path) -> Iterator[Network]:
+    n = Network(tmp_path, heartbeat_timeout=10.0, lease_ttl=120.0, challenge_window=1.0,
+                verify=False)
+    n.start_coordinator()
+    try:
+        yield n
+    finally:
+        n.close()
+
+
+def cli(net: Network, *args: str, ok: bool = True) -> str:
+    r = CliRunner().invoke(app, [*args, "--coordinator", net.url])
+    assert (r.exit_code == 0) == ok, r.output + net.logs()
+    return r.output
+
+
+def test_dataset_trains_another_accounts_model_and_pays_once(net: Network) -> None:
+    rng = np.random.default_rng(11)
+    x = rng.normal(size=(80, 6)).round(3)
+    y = (x[:, 0] + x[:, 1] > 0).astype(int)
+    data = net.root / "rows.csv"
+    data.write_text("".join(",".join(f"{v:g}" for v in (*r, c)) + "\n"
+                            for r, c in zip(x, y, strict=True)))
+    spec = net.root / "train.yaml"
+    spec.write_text(yaml.safe_dump(SPEC))
+    owner, user = net.client("owner"), net.client("user")
+    user.faucet(1_000_000_000)
+    net.start_provider("trainer", 500, "--models", "mlp-digits")
+    net.wait_providers(1)
+
+    out = cli(net, "dataset", "publish", str(data), "--price-per-use", "0.25",
+              "--allow", "train", "--key", "owner")
+    found = re.search(r"published dataset (ds_[0-9a-f]{24})", out)
+    assert found, out
+    ds = found.group(1)
+    assert ds in cli(net, "dataset", "list")
+    before = owner.balance().available
+
+    serve = Proc([sys.executable, "-m", "deai.client.cli", "dataset", "serve", "--key", "owner",
+                  "--coordinator", net.url, "--interval", "0.5"],
+                 net.root / "serve.log", net.env)
+    try:
+        out = cli(net, "dataset", "train", ds, str(spec), "--key", "user")
+        job_id = re.search(r"submitted job (\S+)", out).group(1)  # type: ignore[union-attr]
+        status = net.wait_job(user, job_id, timeout=600)
+        assert status == "completed", net.logs() + serve.tail()
+    finally:
+        serve.stop()
+
+    # The owner is paid once, from the job's escrow, in a royalty entry naming both.
+    royalties = [e for e in journal(user) if e.kind == "royalty"]
+    assert [(e.body["dataset"], e.body["job"], e.body["owner"]) for e in royalties] == [
+        (ds, job_id, owner._me())]
+    assert owner.balance().available == before + 250_000
+    job = user.job(job_id)
+    assert job.cost + job.refunded == job.escrow
+    assert audit_ok(user).balances.get(ledger.escrow(job_id), 0) == 0
+
+    # Provenance: the use names the model and its checkpoint chain head from the result.
+    result = json.loads(user.results(job_id).splitlines()[0])
+    head = result["chain"][-1]["hash"]
+    uses = cli(net, "dataset", "uses", ds, "--key", "owner")
+    assert job_id in uses and head in uses and result["model_digest"] in uses, uses
+    assert cli(net, "ledger", "audit")
+
+    # Revoked: the next job is refused naming the term, and nothing moves.
+    cli(net, "dataset", "revoke", ds, "--key", "owner")
+    spent = user.balance().available
+    out = cli(net, "dataset", "train", ds, str(spec), "--key", "user", ok=False)
+    assert "spec.dataset_terms.revoked" in out, out
+    assert user.balance().available == spent
+    audit_ok(user)
