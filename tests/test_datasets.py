@@ -196,6 +196,12 @@ def test_terms_refusals_royalty_release_and_revocation(net: Network) -> None:
     user.cancel_job(second.id)
     settled(user, second.id)
     audit_ok(user)
+    # The explorer shows uses and royalties paid, and still no content or key.
+    row = {d["id"]: d for d in Client(net.url).request(
+        "GET", "/api/explorer/datasets").json()["datasets"]}[ds.id]
+    assert (row["uses"], row["royalties"], row["terms"]["max_uses"]) == (2, 2 * PRICE, 2)
+    assert row["revoked_at"] is not None and set(row) >= {"name", "owner", "size", "train"}
+    assert not {"blob_digest", "owner_key"} & set(row)
 
 
 def settled(c: Client, job_id: str) -> None:

@@ -781,6 +781,34 @@
     return v;
   }
 
+  function datasetsView() {
+    const v = { nav: "datasets", charts: {} };
+    v.mount = (root) => {
+      v.cards = h("div", { class: "grid cols-3" }); v.body = h("div");
+      root.append(h("div", { class: "page-head" }, h("h1", {}, "Datasets"), h("div", { class: "sub" }, "Data offered under terms: each use pays its owner a royalty through the journal. Public metadata only; the content is encrypted under its owner's key.")),
+        v.cards, card("Datasets", v.body, { flush: true, testid: "datasets" }));
+    };
+    v.load = () => api("/api/explorer/datasets?limit=200");
+    v.update = (d) => {
+      const all = d.datasets;
+      const uses = all.reduce((a, x) => a + x.uses, 0), paid = all.reduce((a, x) => a + x.royalties, 0);
+      v.cards.replaceChildren(
+        stat("Datasets", nf.format(all.length), `${nf.format(all.filter((x) => !x.revoked_at).length)} active`, "", "stat-datasets"),
+        stat("Uses", nf.format(uses), "jobs that trained on one", "", "stat-dataset-uses"),
+        stat("Royalties paid", moneyEl(paid), "to dataset owners", "", "stat-royalties"));
+      v.body.replaceChildren(table([
+        { key: "name", label: "Dataset", render: (x) => h("span", { title: x.id }, x.name) },
+        { key: "owner", label: "Owner", render: (x) => accountLink(x.owner) },
+        { key: "terms", label: "Terms", wrap: true, render: (x) => `${money(x.terms.price_per_use)} per use · ${x.terms.allow.join(", ")}${x.terms.max_uses ? ` · at most ${nf.format(x.terms.max_uses)} uses` : ""}${x.terms.expires_at ? ` · until ${new Date(x.terms.expires_at * 1000).toISOString().slice(0, 10)}` : ""}` },
+        { key: "size", label: "Size", num: true, render: (x) => `${nf.format(x.size)} B${x.train ? ` · ${nf.format(x.train.n)} rows` : ""}` },
+        { key: "uses", label: "Uses", num: true, render: (x) => nf.format(x.uses) },
+        { key: "royalties", label: "Royalties", num: true, render: (x) => money(x.royalties) },
+        { key: "state", label: "State", render: (x) => badge(x.revoked_at ? "failed" : "running", x.revoked_at ? "revoked" : "active") },
+      ], all, { testid: "datasets-table", rowTestid: "dataset-row", rowId: (x) => x.id, empty: "No dataset yet. deai dataset publish FILE --price-per-use P --allow train offers one." }));
+    };
+    return v;
+  }
+
   // --- routing ---------------------------------------------------------------------------
 
   const ROUTES = [
@@ -788,6 +816,7 @@
     [/^#\/jobs\/?$/, jobsView], [/^#\/jobs\/(.+)$/, jobView], [/^#\/verification\/?$/, verificationView],
     [/^#\/ledger\/?$/, ledgerView], [/^#\/ledger\/account\/(.+)$/, accountView],
     [/^#\/hardware\/?$/, hardwareView], [/^#\/chain\/?$/, chainView], [/^#\/leases\/?$/, leasesView],
+    [/^#\/datasets\/?$/, datasetsView],
   ];
 
   function route() {
