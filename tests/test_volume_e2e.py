@@ -4,7 +4,8 @@ A volume is written in one lease (``deai lease exec``), saved on demand (``deai 
 snapshot``) and again when the owner ends the lease, then read in a later lease on the
 *other* provider (the second lease asks for more memory than the first host offers).
 Another account can neither read the snapshot nor mount or remove the volume; a second
-live lease on the same volume is refused; the ledger audits (volumes move no money).
+live lease on the same volume is refused; a home over the volume's size is not saved (the
+owner is told why); the ledger audits (volumes move no money).
 """
 
 from __future__ import annotations
@@ -102,7 +103,12 @@ def test_a_volume_moves_to_another_provider(net: Network) -> None:
     assert saved.mounted_by == second.id
     _refused(bob, saved.head or "", vol.id)
 
-    run(leases, second.id, "echo third > /work/c.txt")
+    # a home over the volume's size is not saved, and the owner hears why
+    run(leases, second.id, "head -c 12000000 /dev/urandom > /work/big.bin")
+    r = cli(net, "lease", "snapshot", second.id, timeout=180)
+    assert r.returncode != 0 and b"not saved" in r.stdout + r.stderr, r
+    assert vols.show("work").head == saved.head
+    run(leases, second.id, "rm /work/big.bin; echo third > /work/c.txt")
     leases.end(second.id)
     wait_saved(vols, "work")
     last = vols.show("work")

@@ -234,3 +234,24 @@ def test_history_is_bounded_and_removal_drops_unused_blobs(c: Coordinator) -> No
         assert s.scalars(select(VolumeSnapshot)).all() == []
     assert not c.blobs.exists(heads[-1] or "")
     audit(c)
+
+
+def test_a_save_the_provider_could_not_make_is_reported(c: Coordinator) -> None:
+    volumes.create(c, OWNER, VolumeIn(name="f", size_gb=0.001))
+    lid = lease_on(c, "f")
+    start(c, lid)
+    asked, _ = volumes.ask_snapshot(c, OWNER, lid)
+    with pytest.raises(NotFound):  # only the lease's provider
+        volumes.failed(c, HOST2, lid, "no")
+    volumes.failed(c, HOST, lid, "volume: the home holds more than the volume's 1 MiB")
+    v = volumes.show(c, OWNER, "f")
+    assert v.error is not None and "more than" in v.error and v.head is None
+    assert v.updated_at == asked.updated_at and volumes.asked(c, HOST) == []
+    leases.end(c, OWNER, lid)
+    assert volumes.show(c, OWNER, "f").mounted_by == lid  # saving
+    volumes.failed(c, HOST, lid, "still too big")
+    after = volumes.show(c, OWNER, "f")
+    assert after.mounted_by is None and after.head is None  # the last snapshot (none) stands
+    with pytest.raises(Conflict):  # a save after that is refused: the mount is done
+        volumes.record(c, HOST, lid, tar_of({"x": b"1"}))
+    audit(c)

@@ -752,8 +752,9 @@ from deai.client import cli_chain  # noqa: E402, F401 - registers chain, deposit
 from deai.client.cli_lease import lease_app  # noqa: E402 - it uses the helpers above
 
 app.add_typer(lease_app, name="lease")
-from deai.client.cli_volume import volume_app  # noqa: E402 - adds `lease snapshot` too
+from deai.client.cli_volume import lease_snapshot, volume_app  # noqa: E402
 
+command(lease_app, "snapshot")(lease_snapshot)
 app.add_typer(volume_app, name="volume")
 from deai.client.cli_cluster import cluster_app  # noqa: E402 - it uses the helpers above
 

@@ -5,7 +5,7 @@
     deai lease snapshot LEASE                                         # save it now
     deai volume list | show data | rm data
 
-Also registers ``deai lease snapshot`` on ``lease_app``. Registered in ``cli.py``;
+``lease_snapshot`` is ``deai lease snapshot``. Both are registered in ``cli.py``;
 errors go through its ``handled``.
 """
 
@@ -17,7 +17,6 @@ from typing import Annotated
 import typer
 
 from deai.client.cli import DEFAULT_COORDINATOR, Coordinator, Key, command, console, signer
-from deai.client.cli_lease import lease_app
 from deai.client.volumes import Volumes
 from deai.core.wire_volumes import VolumeOut
 
@@ -84,8 +83,7 @@ def rm(volume: str, coordinator: Coordinator = DEFAULT_COORDINATOR,
         console.print(f"removed {v.id} ({v.name})", highlight=False)
 
 
-@command(lease_app, "snapshot")
-def snapshot(lease_id: str, coordinator: Coordinator = DEFAULT_COORDINATOR,
+def lease_snapshot(lease_id: str, coordinator: Coordinator = DEFAULT_COORDINATOR,
              key: Key = "client") -> None:
     """Save the lease's home to its volume now (and wait until it is saved)."""
     with signer(coordinator, key) as c:

@@ -252,6 +252,10 @@ class Leases:
                                    timeout=300.0)
         return VolumeOut.model_validate(resp.json())
 
+    def snapshot_failed(self, lease_id: str, reason: str) -> None:
+        self.client.request("POST", f"/api/provider/leases/{lease_id}/snapshot/failed",
+                            json_body={"reason": reason[:500]})
+
     def heartbeat(self, running: builtins.list[str], failed: dict[str, str]) -> wl.LeaseBeatOut:
         return self.client._post("/api/provider/leases/heartbeat",
                                  wl.LeaseBeatIn(running=running, failed=failed),

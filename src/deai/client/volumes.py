@@ -44,5 +44,7 @@ class Volumes:
             v = self.show(asked.id)
             if v.updated_at > asked.updated_at:  # saved (the head moved, or was the same)
                 return v
+            if v.error_at is not None and v.error_at != asked.error_at:
+                raise DeAIError(f"lease {lease_id}: the volume was not saved: {v.error}")
             time.sleep(0.3)
         raise DeAIError(f"lease {lease_id}: no snapshot within {timeout:.0f} s")

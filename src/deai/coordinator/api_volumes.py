@@ -3,7 +3,8 @@
 Owner (signed):     POST /api/volumes, GET /api/volumes, GET /api/volumes/{ref},
                     DELETE /api/volumes/{ref} (ref: the volume's id or name),
                     POST /api/leases/{id}/snapshot (save the lease's home now)
-Provider (signed):  PUT /api/provider/leases/{id}/snapshot (the packed home as the body)
+Provider (signed):  PUT /api/provider/leases/{id}/snapshot (the packed home as the body),
+                    POST /api/provider/leases/{id}/snapshot/failed (why it could not)
 
 A snapshot's bytes are read under the coordinator's upload limit
 (``Settings.max_upload_bytes``) and then the volume's own size.
@@ -20,7 +21,7 @@ from deai.coordinator import volumes
 from deai.coordinator.auth import coordinator, read_body, signer
 from deai.coordinator.relay_leases import Hub
 from deai.coordinator.service import Coordinator
-from deai.core.wire_volumes import VolumeIn, VolumeOut
+from deai.core.wire_volumes import SnapshotFailedIn, VolumeIn, VolumeOut
 
 router = APIRouter(prefix="/api")
 C = Annotated[Coordinator, Depends(coordinator)]
@@ -59,3 +60,8 @@ async def snapshot(lease_id: str, request: Request, c: C, me: Signer) -> VolumeO
 async def upload(lease_id: str, request: Request, c: C, me: Signer) -> VolumeOut:
     data = await read_body(request, c.settings.max_upload_bytes)
     return await run_in_threadpool(volumes.record, c, me, lease_id, data)
+
+
+@router.post("/provider/leases/{lease_id}/snapshot/failed", status_code=204)
+def snapshot_failed(lease_id: str, body: SnapshotFailedIn, c: C, me: Signer) -> None:
+    volumes.failed(c, me, lease_id, body.reason)

@@ -213,6 +213,7 @@ def record(c: Coordinator, pid: str, lid: str, data: bytes) -> VolumeOut:
                                  lease_id=lid, provider_id=pid, kind=kind.value))
             v.head, v.head_size = digest, len(data)
         v.updated_at = now
+        v.error = v.error_at = None
         m.asked_at = None
         if m.state == SAVING:
             core.check_move(m.state, MountState.DONE)
@@ -227,16 +228,30 @@ def record(c: Coordinator, pid: str, lid: str, data: bytes) -> VolumeOut:
     return out
 
 
+def failed(c: Coordinator, pid: str, lid: str, reason: str) -> None:
+    """The lease's provider could not save its home: the ask is answered with the reason,
+    a saving mount is done (the last snapshot stands)."""
+    with c.db.read() as s:
+        m = s.get(VolumeMount, lid)
+        if m is None or m.provider_id != pid:
+            raise NotFound(f"lease: no lease {lid} with a volume on this provider",
+                           field="lease")
+    _refuse(c, lid, reason)
+
+
 def _refuse(c: Coordinator, lid: str, why: str) -> None:
     """A snapshot that cannot be kept: a saving mount is done (the last snapshot stands)."""
     with c.db.write() as s:
         m = s.get(VolumeMount, lid, with_for_update=True)
-        if m is None:
+        if m is None or m.state == DONE:
             return
         if m.state == SAVING:
             m.state = DONE
         m.asked_at = None
-        c.emit(s, "volume_snapshot_refused", m.volume_id, lease=lid, reason=why)
+        v = s.get(Volume, m.volume_id, with_for_update=True)
+        if v is not None:
+            v.error, v.error_at = why[:500], c.now()
+        c.emit(s, "volume_snapshot_failed", m.volume_id, lease=lid, reason=why[:500])
 
 
 def _prune(s: Session, vid: str) -> list[str]:
@@ -281,6 +296,7 @@ def _out(s: Session, v: Volume, now: float, *, history: bool = True) -> VolumeOu
         id=v.id, owner=v.owner, name=v.name, size_bytes=v.size_bytes, head=v.head,
         head_size=v.head_size, created_at=v.created_at, updated_at=v.updated_at,
         mounted_by=holder.lease_id if holder is not None else None,
+        error=v.error, error_at=v.error_at,
         snapshots=[SnapshotOut(digest=x.digest, size=x.size, created_at=x.created_at,
                                lease_id=x.lease_id, provider_id=x.provider_id, kind=x.kind)
                    for x in snaps])

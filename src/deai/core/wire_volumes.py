@@ -32,7 +32,15 @@ class VolumeOut(Out):
     created_at: float
     updated_at: float
     mounted_by: str | None = None  # the lease holding it (live, or saving its home)
+    error: str | None = None  # why the last save failed (the head did not move)
+    error_at: float | None = None
     snapshots: list[SnapshotOut] = Field(default_factory=list)  # newest first
+
+
+class SnapshotFailedIn(In):
+    """The provider could not save a lease's home (too big, unreadable)."""
+
+    reason: str = Field(min_length=1, max_length=500)
 
 
 class VolumeSpec(Out):

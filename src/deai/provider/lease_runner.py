@@ -448,6 +448,8 @@ class LeaseRunner:
             out = self.api.save_snapshot(box.spec.id, data)
         except (OSError, httpx.TransportError, DeAIError) as exc:
             log.warning("lease %s: volume %s not saved: %s", box.spec.id, vol.id, exc)
+            with contextlib.suppress(httpx.TransportError, DeAIError):  # the owner hears why
+                self.api.snapshot_failed(box.spec.id, str(exc) or type(exc).__name__)
             return
         log.info("lease %s: volume %s saved (%s, %d bytes)", box.spec.id, vol.id,
                  (out.head or "")[:12], out.head_size or 0)

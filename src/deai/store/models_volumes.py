@@ -3,7 +3,15 @@ mounts of leases on it. Kept apart from ``models.py``; it shares its ``Base``.""
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, CheckConstraint, Float, Integer, String, UniqueConstraint
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    Float,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import Mapped, mapped_column
 
 from deai.store.models import Base
@@ -18,7 +26,9 @@ class Volume(Base):
     head: Mapped[str | None] = mapped_column(String(64), nullable=True)
     head_size: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     created_at: Mapped[float] = mapped_column(Float)
-    updated_at: Mapped[float] = mapped_column(Float)
+    updated_at: Mapped[float] = mapped_column(Float)  # the head last saved (or confirmed)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)  # the last failed save
+    error_at: Mapped[float | None] = mapped_column(Float, nullable=True)
 
     __table_args__ = (UniqueConstraint("owner", "name", name="uq_volumes_owner_name"),)
 

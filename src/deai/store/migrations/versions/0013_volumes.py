@@ -24,6 +24,8 @@ def upgrade() -> None:
         sa.Column('head_size', sa.BigInteger(), nullable=True),
         sa.Column('created_at', sa.Float(), nullable=False),
         sa.Column('updated_at', sa.Float(), nullable=False),
+        sa.Column('error', sa.Text(), nullable=True),
+        sa.Column('error_at', sa.Float(), nullable=True),
         sa.PrimaryKeyConstraint('id'),
         sa.UniqueConstraint('owner', 'name', name='uq_volumes_owner_name'),
     )
