@@ -37,6 +37,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--no-verify", action="store_true",
                     help="no canaries and no replication unless a job asks for it")
     ap.add_argument("--canary-share", type=float, default=None)
+    ap.add_argument("--forced-share", type=float, default=None,
+                    help="share of re-scoring checks handed a claim made wrong on purpose")
+    ap.add_argument("--audit-share", type=float, default=None,
+                    help="share of accepted results a trusted verifier re-runs")
     ap.add_argument("--verify-timeout", type=float, default=None)
     ap.add_argument("--verifier-key", action="append", default=[], type=verifier_key,
                     metavar="HEX", help="a trusted verifier's public key (repeatable; also "
@@ -63,8 +67,13 @@ def main(argv: list[str] | None = None) -> None:
     st = replace(st, **overrides)
     if a.no_verify:
         st = replace(st, verify=OFF)
-    if a.canary_share is not None:
-        st = replace(st, verify=replace(st.verify, canary_share=a.canary_share))
+    shares = {k: v for k, v in {"canary_share": a.canary_share, "forced_share": a.forced_share,
+                                "audit_share": a.audit_share}.items() if v is not None}
+    if shares:  # VerifyParams checks each lies in [0, 1]
+        try:
+            st = replace(st, verify=replace(st.verify, **shares))
+        except ValueError as exc:
+            raise SystemExit(str(exc)) from None
     if a.verify_timeout is not None:
         st = replace(st, verify_timeout=a.verify_timeout)
     st = replace(st, verifiers=verifier_keys(a.verifier_key),

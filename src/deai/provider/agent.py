@@ -118,6 +118,8 @@ class ProviderAgent:
         self.poll_wait = poll_wait
         self._received: list[str] = []  # ids of the last poll's answer, acknowledged next
         self.cheat = Cheat.parse(os.environ.get("DEAI_PROVIDER_CHEAT", ""))
+        if self.cheat is not None:  # a role reader reads the public surfaces
+            self.cheat.attach(coordinator_url, identity.id)
         self.network: wire.NetworkInfo | None = None
         self.registration: wire.RegisterIn | None = None
         self._stop = threading.Event()
@@ -269,6 +271,8 @@ class ProviderAgent:
             self._stop.wait(1.0)
             return
         self._received = [a.id for a in polled.assignments]
+        if self.cheat is not None:  # what arrives together is a tell for a role reader
+            self.cheat.delivered(polled.assignments)
         for a in polled.assignments:
             with self._lock:
                 if a.id in self._running:  # redelivered: our acknowledgement was lost
@@ -354,18 +358,23 @@ class ProviderAgent:
         if hashlib.sha256(blob).hexdigest() != a.input_digest:
             raise DeAIError(f"input blob does not match its digest {a.input_digest}")
         t0 = time.monotonic()
-        cheat = self.cheat if self.cheat is not None and self.cheat.active() else None
+        cheat = self.cheat if self.cheat is not None and self.cheat.active(a) else None
         context = self._context(a)
 
         def run_plain(blob: bytes) -> tuple[bytes, int]:
+            stamped = cheat.stamp(a.workload, a.model, blob) if cheat is not None else None
+            if stamped is not None:  # a check agreed to without running it
+                log.warning("task %s: agreed to a check without running it (cheat)", a.id)
+                return stamped
             if cheat is not None:  # a faulty executor, for demonstrations of verification
                 blob = cheat.shard(a.workload, blob)
             output, units = workloads.get(a.workload).run(a.model, blob, context)
             if cheat is not None:
-                output = cheat.output(a.workload, output, a.model)
-                units = units_of(a.workload, output, units)
-                log.warning("task %s: returned a tampered result (cheat mode %s)", a.id,
-                            cheat.mode)
+                tampered = cheat.output(a.workload, output, a.model)
+                if tampered != output:
+                    log.warning("task %s: returned a tampered result (cheat mode %s)", a.id,
+                                cheat.mode)
+                output, units = tampered, units_of(a.workload, tampered, units)
             return output, units
 
         if sealed.is_sealed(blob):  # decrypted here, run, and sealed again

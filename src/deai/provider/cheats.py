@@ -15,6 +15,18 @@ its tasks, then tampers with what it returns. Modes:
     bf16 / fp16         embeddings computed with the model cast to bfloat16 / float16
                         instead of float32 (a cheap approximation: 0.75x the honest
                         time on CPU; the calibrated tolerance rejects it)
+    role-reader[:N]     a role reader (``cheat_roles.RoleReader``): before each task it
+                        reads everything a provider can see (the lease, what came with
+                        it, the explorer and the event stream) and fabricates the
+                        result only where nothing says it is a check, a canary or a
+                        replica; honest elsewhere (and for its first N tasks)
+    rubber-stamp        honest on its own work; asked to check a claim (a chat
+                        re-scoring check carries the claimed tokens) it agrees without
+                        running the model: the tokenizer alone fills in text, room and
+                        prompt tokens, every margin is 0 and a sampled line's tokens
+                        are the claimed ones. Embeddings checks are blind (the lease
+                        is an ordinary shard) so there is nothing to copy: it runs them
+                        honestly
 
 Cheats that do not apply to a workload leave its output alone. The low-precision
 modes run the approximate model in ``output`` on the shard remembered by
@@ -29,10 +41,12 @@ import copy
 import json
 import random
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from deai.core import batch
+from deai.provider.cheat_roles import RoleReader
 
 if TYPE_CHECKING:
     import numpy as np
@@ -77,6 +91,7 @@ class Cheat:
     _done: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _rng: random.Random = field(default_factory=random.Random)
+    reader: RoleReader | None = None
 
     @classmethod
     def parse(cls, text: str) -> Cheat | None:
@@ -90,17 +105,45 @@ class Cheat:
             return cls("wrong", share=float(arg or 0.5))
         if name == "turncoat":
             return cls("wrong", honest_for=int(arg or 10))
-        if name in ("wrong", "lazy", "sloppy", "truncate", "collude", *LOW_PRECISION):
+        if name == "role-reader":
+            return cls("wrong", honest_for=int(arg or 0), reader=RoleReader())
+        if name in ("wrong", "lazy", "sloppy", "truncate", "collude", "rubber-stamp",
+                    *LOW_PRECISION):
             return cls(name)
         raise ValueError(f"unknown cheat mode {text!r}")
 
-    def active(self) -> bool:
+    def attach(self, url: str, me: str) -> None:
+        """The coordinator and this provider's id, for modes that read public surfaces."""
+        if self.reader is not None:
+            self.reader.attach(url, me)
+
+    def delivered(self, leases: Sequence[Any]) -> None:
+        """One poll's leases, together (what arrives with what is a tell)."""
+        if self.reader is not None:
+            self.reader.delivered(leases)
+
+    def active(self, lease: Any = None) -> bool:
         """Whether to cheat on this task (decided once per task)."""
         with self._lock:
             self._done += 1
             if self._done <= self.honest_for:
                 return False
-            return self._rng.random() < self.share
+            if self._rng.random() >= self.share:
+                return False
+        if self.reader is not None and lease is not None:
+            return self.reader.unchecked(lease)
+        return True
+
+    def stamp(self, workload: str, model: str, shard: bytes) -> tuple[bytes, int] | None:
+        """``rubber-stamp``: a check's answer that agrees with its claim, with no model
+        run; None for anything that is not a check (run it honestly)."""
+        if self.mode != "rubber-stamp" or workload != "chat":
+            return None
+        from deai.workloads import chat
+
+        if not chat.is_check(shard):
+            return None
+        return rubber_stamp(model, shard)
 
     def shard(self, workload: str, shard: bytes) -> bytes:
         """Input tampering (``lazy``): do less work than the task asks for."""
@@ -117,7 +160,7 @@ class Cheat:
         """Output tampering (``wrong``, ``sloppy``, ``truncate``)."""
         if workload == "chat" and self.mode in ("wrong", "truncate"):
             return self._chat(output, model)
-        if workload != "embeddings" or self.mode == "lazy":
+        if workload != "embeddings" or self.mode in ("lazy", "rubber-stamp"):
             return output
         if self.mode in LOW_PRECISION:
             return self._low_precision(output, model)
@@ -175,6 +218,34 @@ class Cheat:
             line["text"] = chat.text_of(model, ids)
             lines.append(json.dumps(line, separators=(",", ":")).encode() + b"\n")
         return b"".join(lines)
+
+
+def rubber_stamp(model: str, shard: bytes) -> tuple[bytes, int]:
+    """Agree with every claimed line of a chat check without the forward pass: what the
+    tokenizer gives (text, finish, room, prompt tokens) is filled in honestly, every
+    greedy margin is 0 (each claimed token "was the top choice"), and a sampled line
+    "re-generates" the claimed tokens. Billed as an honest check would be."""
+    from deai.workloads import chat
+    from deai.workloads import chat_decoding as dec
+
+    entry = chat._loaded(model)
+    out, units = [], 0
+    for _, obj in batch.jsonl(shard, "shard"):
+        claimed = [int(t) for t in obj["token_ids"]]
+        with entry.lock:
+            prompt = len(chat.prompt_ids(entry, obj["messages"]))
+            text, finish, early = dec.ending(claimed, tuple(obj.get("stop") or ()),
+                                             entry.stop_ids, entry.text)
+        line: dict[str, Any] = {"custom_id": obj["custom_id"], "text": text,
+                                "room": entry.context - prompt, "finish": finish,
+                                "early": early, "prompt_tokens": prompt}
+        if float(obj.get("temperature") or 0.0) == 0.0:
+            line["margins"] = [0.0] * len(claimed)
+        else:
+            line["token_ids"] = claimed
+        units += prompt + len(claimed)
+        out.append(json.dumps(line, separators=(",", ":")).encode() + b"\n")
+    return b"".join(out), units
 
 
 def _agreed(custom_id: str, k: int, dims: int) -> list[float]:
