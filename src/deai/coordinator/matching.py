@@ -5,12 +5,13 @@ module only gathers its inputs and records its outputs.
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select
+from sqlalchemy import and_, func, insert, or_, select
 from sqlalchemy.orm import Session
 
 from deai.coordinator import canaries, effects, hardware, hoarding
@@ -29,31 +30,40 @@ from deai.core.lifecycle import decide as D
 from deai.core.money import cost_for_units
 from deai.core.verify import policy
 from deai.core.verify.reputation import Reputation
-from deai.store.models import Assignment, Job, Offer, Provider, Task
+from deai.store.models import Assignment, Event, Job, Offer, Provider, Task
 
 BATCH = 2000
 
 
 def provider_states(c: Coordinator, s: Session,
                     ids: Sequence[str] | None = None) -> list[market.ProviderState]:
-    """Every online provider's state, or only those among ``ids``."""
+    """Every online provider's state, or only those among ``ids``.
+
+    Plain column reads (no ORM objects): the matcher and every quote read this for
+    all online providers, so it is a few bulk queries whatever their number.
+    """
     since = c.now() - c.settings.heartbeat_timeout
-    q = select(Provider).where(Provider.status == ProviderStatus.ACTIVE,
-                               Provider.last_seen >= since)
+    q = select(*_STATE_COLUMNS).where(Provider.status == ProviderStatus.ACTIVE,
+                                      Provider.last_seen >= since)
     if ids is not None:
         q = q.where(Provider.id.in_(ids))
-    rows = s.scalars(q).all()
+    rows = s.execute(q).all()
     if not rows:
         return []
-    ids = [p.id for p in rows]
+    some = [p.id for p in rows]
+    # All of them: no IN list of every id, the few that are not asked for are dropped.
     offers: dict[str, list[market.Offer]] = defaultdict(list)
-    for o in s.scalars(select(Offer).where(Offer.provider_id.in_(ids))):
-        offers[o.provider_id].append(market.Offer(o.workload, o.model, o.price))
-    load = dict(s.execute(select(Assignment.provider_id, func.count())
-                          .where(Assignment.status == AssignmentStatus.LEASED,
-                                 Assignment.provider_id.in_(ids))
-                          .group_by(Assignment.provider_id)).all())
-    stakes = c.settlement.balances(s, [ledger.stake(i) for i in ids])
+    oq = (select(Offer.provider_id, Offer.workload, Offer.model, Offer.price)
+          .order_by(Offer.provider_id, Offer.workload, Offer.model))  # the key's order
+    lq = (select(Assignment.provider_id, func.count())
+          .where(Assignment.status == AssignmentStatus.LEASED)
+          .group_by(Assignment.provider_id))
+    if ids is not None:
+        oq, lq = oq.where(Offer.provider_id.in_(some)), lq.where(Assignment.provider_id.in_(some))
+    for pid, workload, model, price in s.execute(oq):
+        offers[pid].append(market.Offer(workload, model, price))
+    load = dict(s.execute(lq).all())
+    stakes = c.settlement.balances(s, [ledger.stake(i) for i in some])
     states = [market.ProviderState(
         id=p.id, online=True, stake=stakes.get(ledger.stake(p.id), 0),
         memory_mb=int(p.hardware.get("memory_mb", 0)), slots=p.slots,
@@ -61,10 +71,15 @@ def provider_states(c: Coordinator, s: Session,
         offers=tuple(offers[p.id]), **_identity(c, p)) for p in rows]
     # Hardware as verified by challenges: a provider flagged for a wrong or missing
     # answer is not matched; one that proved less keeps only what it proved.
-    return hardware.apply_verified(c, s, states, rows)
+    return hardware.apply_verified(c, s, states, rows)  # type: ignore[arg-type]
 
 
-def _identity(c: Coordinator, p: Provider) -> dict[str, Any]:
+_STATE_COLUMNS = (Provider.id, Provider.hardware, Provider.benchmark, Provider.slots,
+                  Provider.reputation, Provider.compute_units, Provider.operator,
+                  Provider.origin, Provider.fingerprint)
+
+
+def _identity(c: Coordinator, p: Any) -> dict[str, Any]:
     """Who is behind a provider (``core.diversity``) and whether the network trusts it."""
     return {"operator": p.operator or p.id, "origin": p.origin or "",
             "fingerprint": p.fingerprint or "", "verifier": p.id in c.settings.verifiers}
@@ -120,40 +135,108 @@ def match_once(c: Coordinator) -> list[str]:
     on one task share an operator, a network origin or a hardware fingerprint, and
     verifiers take no untrusted work. Canaries are ordinary queued jobs, planted now
     and then (``canaries.plant_job``) and placed like any other work.
-    """
-    now = c.now()
 
-    def body(s: Session) -> list[market.Placement]:
-        # Claimed, not just read: a second replica running a round at the same time
-        # skips these rows (and sees them moved on once this commits), so no task is
-        # leased twice. Lock order: the job, then its task (``store.db``).
-        rows = s.execute(
-            select(Task, Job).join(Job, Job.id == Task.job_id)
+    The round is planned on a read snapshot, outside any write transaction, and
+    committed in short batches (``_commit``): each re-claims its tasks and keeps a
+    placement only if its task is untouched since the plan and its provider still has
+    a free slot, so a heartbeat or a submission never waits behind a whole round.
+    """
+    plan = _plan(c)
+    if plan is None:
+        return []
+    jobs, placements, seen = plan
+    placed: list[market.Placement] = []
+    real = 0
+    i, chunk = 0, 64
+    while i < len(placements):
+        part = placements[i:i + chunk]
+        t0 = time.perf_counter()
+        done, n_real = c.db.run(lambda s, part=part: _commit(c, s, part, seen))  # type: ignore[misc]
+        spent = time.perf_counter() - t0
+        placed += done
+        real += n_real
+        i += len(part)
+        # Size the next batch to hold the write lock about COMMIT_S.
+        chunk = max(32, min(1024, int(len(part) * COMMIT_S / max(spent, 1e-4))))
+        if done:
+            c.notifier.published()
+        time.sleep(0)  # let a waiting writer (a heartbeat) take the lock between batches
+    if real:  # none: no draw, nothing to plant
+        c.db.run(lambda s: canaries.plant_jobs(c, s, real, jobs))
+    return sorted({p.provider_id for p in placed})
+
+
+Seen = dict[str, tuple[Any, ...]]
+
+
+def _plan(c: Coordinator) -> tuple[list[Job], list[market.Placement], Seen] | None:
+    """A round's placements, decided on one read snapshot (no write lock held): the
+    jobs read, the placements in order, and what the plan saw of each task."""
+    with c.db.read() as s:
+        rows = s.execute(_claimable().limit(BATCH)).all()
+        if not rows:
+            return None
+        providers = provider_states(c, s)
+        if not providers:
+            return None
+        placements = _place_round(c, s, rows, providers)
+        # A task moved since (placed by /v1, failed, cancelled) has a new
+        # ``updated_at``: its placement is dropped and it waits for the next round.
+        seen = {t.id: (t.status, t.pending_role, t.updated_at, t.attempts) for t, _ in rows}
+        jobs = [j for _, j in rows]
+        s.expunge_all()  # the jobs stay readable for the canaries
+    return jobs, placements, seen
+
+
+COMMIT_S = 0.004  # how long one batch of a round holds the write lock, about
+
+
+def _claimable() -> Any:
+    """Tasks that want a lease now: queued primaries and wanted checks, checks first."""
+    return (select(Task, Job).join(Job, Job.id == Task.job_id)
             .where(or_(and_(Task.status == TaskStatus.QUEUED, Job.status.in_(JOB_ACTIVE)),
                        and_(Task.status == TaskStatus.VERIFYING, Task.pending_role.is_not(None),
                             Job.status.in_(JOB_ACTIVE)),
                        and_(Task.status == TaskStatus.DONE, Task.pending_role == Role.AUDIT)))
-            .order_by(Task.pending_role.is_(None), Job.created_at, Task.idx)
-            .limit(BATCH).with_for_update(skip_locked=True, of=[Job, Task])).all()
-        if not rows:
-            return []
-        providers = provider_states(c, s)
-        if not providers:
-            return []
-        placements = _place_round(c, s, rows, providers)
-        by_task = {t.id: (t, j) for t, j in rows}
-        for pl in placements:
-            task, job = by_task[pl.task_id]
-            _lease(c, s, task, job, pl, now)
-        real = sum(1 for pl in placements if by_task[pl.task_id][1].owner != canaries.NETWORK
-                   and by_task[pl.task_id][0].pending_role is None)
-        canaries.plant_jobs(c, s, real, [j for _, j in rows])
-        return placements
+            .order_by(Task.pending_role.is_(None), Job.created_at, Task.idx))
 
-    placements = c.db.run(body)
-    if placements:
-        c.notifier.published()
-    return sorted({p.provider_id for p in placements})
+
+def _commit(c: Coordinator, s: Session, part: list[market.Placement],
+            seen: Seen) -> tuple[list[market.Placement], int]:
+    """Lease the planned placements of ``part`` that still hold; returns them and how
+    many are real work (not canaries, not checks)."""
+    # Claimed, not just read: a second replica (or a /v1 request) at the same time
+    # skips these rows (and sees them moved on once this commits), so no task is
+    # leased twice. Lock order: the job, then its task (``store.db``).
+    now = c.now()
+    rows = s.execute(_claimable().where(Task.id.in_([pl.task_id for pl in part]))
+                     .with_for_update(skip_locked=True, of=[Job, Task])).all()
+    fresh = {t.id: (t, j) for t, j in rows
+             if (t.status, t.pending_role, t.updated_at, t.attempts) == seen[t.id]}
+    pids = sorted({pl.provider_id for pl in part})
+    slots = dict(s.execute(select(Provider.id, Provider.slots).where(
+        Provider.id.in_(pids), Provider.status == ProviderStatus.ACTIVE)).all())
+    load: dict[str, int] = defaultdict(int, s.execute(
+        select(Assignment.provider_id, func.count())
+        .where(Assignment.status == AssignmentStatus.LEASED, Assignment.provider_id.in_(pids))
+        .group_by(Assignment.provider_id)).all())
+    done: list[market.Placement] = []
+    leases: list[dict[str, Any]] = []
+    events: list[dict[str, Any]] = []
+    real = 0
+    for pl in part:
+        tj = fresh.get(pl.task_id)
+        if tj is None or load[pl.provider_id] >= slots.get(pl.provider_id, 0):
+            continue
+        load[pl.provider_id] += 1
+        task, job = tj
+        real += job.owner != canaries.NETWORK and task.pending_role is None
+        _lease(c, s, task, job, pl, now, (leases, events))
+        done.append(pl)
+    if leases:  # one multi-row insert each, in the order they were made
+        s.execute(insert(Assignment), leases)
+        s.execute(insert(Event), events)
+    return done, real
 
 
 def _place_round(c: Coordinator, s: Session, rows: Sequence[Any],
@@ -236,10 +319,13 @@ class _ConflictIndex:
         return frozenset(out)
 
 
-def place_now(c: Coordinator, s: Session, task: Task, job: Job) -> str | None:
+def place_now(c: Coordinator, s: Session, task: Task, job: Job,
+              states: list[market.ProviderState] | None = None) -> str | None:
     """Place one queued primary at once, ahead of the queue (an interactive /v1 request),
-    inside the caller's transaction; returns the provider, or None to leave it queued."""
-    providers = [p for p in provider_states(c, s) if not p.verifier]
+    inside the caller's transaction; returns the provider, or None to leave it queued.
+    ``states``: ``provider_states`` as the caller already read them in this transaction."""
+    states = provider_states(c, s) if states is None else states
+    providers = [p for p in states if not p.verifier]
     placed = market.place([demand(c, job, task)], providers, c.settings.min_stake,
                           c.settings.strategy)
     if not placed:
@@ -249,7 +335,10 @@ def place_now(c: Coordinator, s: Session, task: Task, job: Job) -> str | None:
 
 
 def _lease(c: Coordinator, s: Session, task: Task, job: Job, pl: market.Placement,
-           now: float) -> None:
+           now: float, bulk: tuple[list[dict[str, Any]], list[dict[str, Any]]] | None = None
+           ) -> None:
+    """Record the lease; its assignment and event rows go to ``bulk`` for one insert
+    each by the caller, or into the session when ``bulk`` is None."""
     role = Role(task.pending_role or (Role.CANARY if task.reference_digest else Role.PRIMARY))
     payload: str | None = None
     check_of: str | None = None
@@ -282,10 +371,16 @@ def _lease(c: Coordinator, s: Session, task: Task, job: Job, pl: market.Placemen
     effects.apply(c, s, job, task, D.on_placed(effects.ctx(c, job, task),
                                                Role.PRIMARY if role == Role.CANARY else role))
     task.updated_at = now
-    s.add(Assignment(id=new_id("asg"), task_id=task.id, job_id=job.id,
-                     provider_id=pl.provider_id, role=role, status=AssignmentStatus.LEASED,
-                     price=pl.price, leased_at=now, lease_deadline=now + c.settings.lease_ttl,
-                     delivered=False, input_digest=payload, check_of=check_of,
-                     forced=forced))
-    c.emit(s, "task_assigned", task.id, job=job.id, provider=pl.provider_id, price=pl.price,
-           role=role.value)
+    row = {"id": new_id("asg"), "task_id": task.id, "job_id": job.id,
+           "provider_id": pl.provider_id, "role": role.value,
+           "status": AssignmentStatus.LEASED.value, "price": pl.price, "leased_at": now,
+           "lease_deadline": now + c.settings.lease_ttl, "delivered": False,
+           "input_digest": payload, "check_of": check_of, "forced": forced}
+    body = {"job": job.id, "provider": pl.provider_id, "price": pl.price, "role": role.value}
+    if bulk is None:
+        s.add(Assignment(**row))
+        c.emit(s, "task_assigned", task.id, **body)
+    else:
+        bulk[0].append(row)
+        bulk[1].append({"ts": c.now(), "kind": "task_assigned", "subject": task.id,
+                        "body": body})

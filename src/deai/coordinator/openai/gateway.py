@@ -98,7 +98,7 @@ def start(c: Coordinator, key: keys.KeyInfo, workload: str, body: dict[str, obje
             shards=[admission.ShardIn(shard_digest, shard.items, shard.max_units)],
             escrow=max_cost, deadline=DEADLINE, key=admission.KeyUse(key.id, "request"),
             event={"via": "v1"})
-        provider = matching.place_now(c, s, task, job)
+        provider = matching.place_now(c, s, task, job, providers)
     if provider is not None:
         c.notifier.wake([provider])
     else:

@@ -1,0 +1,276 @@
+"""Placements through the coordinator: ``matching.match_once`` on a real database.
+
+In process, on a real SQLite file (or ``--database postgres``: a throwaway
+PostgreSQL from ``tests/pg.py``; or ``--database-url URL``), per provider count:
+
+- N providers written in the shape ``Coordinator.register`` gives them (provider
+  row, offers, operator, origin, fingerprint), funded and bonded through the
+  journal, all online;
+- /v1 decisions: ``openai.gateway.start`` (validate, escrow, place at once),
+  p50/p99 over ``--decisions`` requests;
+- M queued shards in jobs of 1,000, then ``match_once`` rounds until a round
+  places nothing: placements/s through the coordinator; the baseline in the same
+  run is the pure ``core.market.place`` on the same inputs (the states and
+  demands of the first round), and the ratio is printed;
+- heartbeats (``Coordinator.heartbeat``) from a thread while the rounds run: the
+  latency of those that overlap a round.
+
+    .venv/bin/python bench/bench_matcher.py                 # writes bench/results/matcher.json
+    .venv/bin/python bench/bench_matcher.py --providers 1000 --tasks 2000 --profile
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import json
+import os
+import platform
+import pstats
+import random
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from sqlalchemy import func, insert, select  # noqa: E402
+from tests.helpers import MODEL  # noqa: E402
+
+from deai.coordinator import admission, matching  # noqa: E402
+from deai.coordinator.openai import gateway, keys  # noqa: E402
+from deai.coordinator.service import Coordinator  # noqa: E402
+from deai.coordinator.settings import Settings  # noqa: E402
+from deai.core import catalog, diversity, ledger, market, wire  # noqa: E402
+from deai.core.lifecycle import AssignmentStatus, ProviderStatus, TaskStatus  # noqa: E402
+from deai.store import journal, migrate  # noqa: E402
+from deai.store.models import Assignment, Offer, Provider, Task  # noqa: E402
+
+OUT = ROOT / "bench" / "results" / "matcher.json"
+STAKE = 20_000_000
+CLIENT = "c" * 64
+
+
+def add_providers(c: Coordinator, n: int, rng: random.Random) -> list[str]:
+    """``n`` providers as ``Coordinator.register`` writes them, funded and bonded."""
+    now = c.now()
+    ids = [f"{rng.getrandbits(256):064x}" for _ in range(n)]
+    prov, offers = [], []
+    for k, pid in enumerate(ids):
+        hw = {"cpu_model": "cpu", "cores": 4, "memory_mb": rng.choice([4096, 8192, 16384]),
+              "gpus": [], "machine_id": pid[:16]}
+        fp = diversity.fingerprint(hw)
+        hw.pop("machine_id")
+        prov.append({
+            "id": pid, "name": pid[:12], "hardware": hw,
+            "benchmark": {"gflops": 50.0, "mem_gbps": 10.0}, "compute_units": 1.0,
+            "threads": 1, "slots": rng.randint(2, 4), "status": ProviderStatus.ACTIVE,
+            "registered_at": now, "last_seen": now, "reputation": round(rng.uniform(0.3, 0.9), 2),
+            "tasks_done": 0, "capabilities": {}, "operator": pid,
+            "origin": diversity.origin(f"10.{k // 250 % 250}.{k % 250}.1") or None,
+            "fingerprint": fp})
+        offers.append({"provider_id": pid, "workload": "embeddings", "model": MODEL,
+                       "price": rng.randint(500, 1500)})
+
+    def body(s: Any) -> None:
+        s.execute(insert(Provider), prov)
+        s.execute(insert(Offer), offers)
+        drafts = [ledger.faucet(CLIENT, 10**15)]
+        for pid in ids:
+            drafts += [ledger.faucet(pid, STAKE), ledger.bond(pid, STAKE)]
+        journal.append_many(s, drafts, c.clock)
+
+    c.db.run(body)
+    return ids
+
+
+def queue(c: Coordinator, n: int) -> None:
+    digest = c.blobs.put(b"shard", sync=False)
+    spec = {"kind": "embeddings", "model": MODEL, "max_price": 2000, "deadline": 3600,
+            "shard_size": 1}
+    for start in range(0, n, 1000):
+        k = min(1000, n - start)
+        c.db.run(lambda s, k=k: admission.create(
+            c, s, owner=CLIENT, kind="embeddings", model=MODEL, spec=spec,
+            input_digest=digest, max_price=2000,
+            shards=[admission.ShardIn(digest, 1, 1) for _ in range(k)], escrow=2000 * k,
+            deadline=3600, want_tasks=False))
+
+
+def pure_baseline(c: Coordinator) -> dict[str, Any]:
+    """``core.market.place`` alone on the first round's inputs."""
+    with c.db.read() as s:
+        rows = s.execute(select(Task, matching.Job).join(matching.Job)
+                         .where(Task.status == TaskStatus.QUEUED)
+                         .order_by(matching.Job.created_at, Task.idx)
+                         .limit(matching.BATCH)).all()
+        states = [p for p in matching.provider_states(c, s) if not p.verifier]
+        demands = [matching.demand(c, j, t) for t, j in rows]
+    best = float("inf")
+    placed: list[market.Placement] = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        placed = market.place(demands, states, c.settings.min_stake, c.settings.strategy)
+        best = min(best, time.perf_counter() - t0)
+    return {"tasks": len(demands), "placed": len(placed),
+            "placements_per_s": round(len(placed) / best) if placed else 0}
+
+
+def decisions(c: Coordinator, n: int) -> dict[str, Any]:
+    out = keys.create(c, CLIENT, wire.ApiKeyIn(name="bench"))
+    key = keys.KeyInfo(id=out.id, account=CLIENT, spend_cap=None)
+    xs = []
+    placed = 0
+    for i in range(n):
+        t0 = time.perf_counter()
+        st = gateway.start(c, key, "embeddings", {"model": MODEL, "input": f"hello {i}"})
+        xs.append((time.perf_counter() - t0) * 1000)
+        placed += st.provider is not None
+    xs.sort()
+    return {"n": n, "placed": placed, "p50_ms": round(xs[len(xs) // 2], 2),
+            "p99_ms": round(xs[int(len(xs) * 0.99) - 1], 2), "max_ms": round(xs[-1], 2)}
+
+
+class Heartbeats(threading.Thread):
+    """Heartbeats through the service, one after another; latencies kept with their times."""
+
+    def __init__(self, c: Coordinator, pids: list[str]) -> None:
+        super().__init__(daemon=True)
+        self.c, self.pids, self.stop = c, pids, threading.Event()
+        self.samples: list[tuple[float, float]] = []  # (start, seconds)
+
+    def run(self) -> None:
+        i = 0
+        while not self.stop.is_set():
+            t0 = time.perf_counter()
+            self.c.heartbeat(self.pids[i % len(self.pids)], [])
+            self.samples.append((t0, time.perf_counter() - t0))
+            i += 1
+            time.sleep(0.002)
+
+
+def rounds(c: Coordinator, pids: list[str], profile: bool) -> dict[str, Any]:
+    hb = Heartbeats(c, pids)
+    hb.start()
+    spans: list[tuple[float, float]] = []
+    prof = cProfile.Profile() if profile else None
+    placed = 0
+    t_all = time.perf_counter()
+    while True:
+        t0 = time.perf_counter()
+        if prof:
+            prof.enable()
+        matching.match_once(c)
+        if prof:
+            prof.disable()
+        t1 = time.perf_counter()
+        with c.db.read() as s:
+            n = s.scalar(select(func.count()).select_from(Assignment)
+                         .where(Assignment.status == AssignmentStatus.LEASED)) or 0
+        spans.append((t0, t1))
+        if n == placed:
+            spans.pop()  # the empty round that ends the run
+            break
+        placed = n
+    elapsed = sum(b - a for a, b in spans)
+    wall = time.perf_counter() - t_all
+    hb.stop.set()
+    hb.join()
+    during = sorted(d * 1000 for t, d in hb.samples
+                    if any(a <= t <= b for a, b in spans))
+    idle = sorted(d * 1000 for t, d in hb.samples if not any(a <= t <= b for a, b in spans))
+    if prof:
+        prof.dump_stats(str(Path(tempfile.gettempdir()) / "matcher.prof"))
+        pstats.Stats(prof).sort_stats("cumulative").print_stats(45)
+    return {"rounds": len(spans), "round_seconds": [round(b - a, 3) for a, b in spans],
+            "wall_seconds": round(wall, 2), "match_seconds": round(elapsed, 3),
+            "placements_per_s": round(placed / elapsed) if elapsed else 0,
+            "heartbeat_during_round": _lat(during), "heartbeat_idle": _lat(idle)}
+
+
+def _lat(xs: list[float]) -> dict[str, Any]:
+    if not xs:
+        return {"n": 0}
+    return {"n": len(xs), "p50_ms": round(statistics.median(xs), 2),
+            "p99_ms": round(xs[max(0, int(len(xs) * 0.99) - 1)], 2), "max_ms": round(xs[-1], 2)}
+
+
+def run_case(n: int, tasks: int, n_decisions: int, url: str, profile: bool) -> dict[str, Any]:
+    rng = random.Random(7 + n)
+    c = Coordinator(Settings(data_dir=Path(tempfile.mkdtemp(prefix="deai-matcher-")),
+                             database_url=url, devnet=True, heartbeat_timeout=3600.0,
+                             verify_seed=7))
+    migrate.upgrade(c.db.engine)
+    t0 = time.perf_counter()
+    pids = add_providers(c, n, rng)
+    setup = time.perf_counter() - t0
+    dec = decisions(c, n_decisions)
+    with c.db.read() as s:
+        free = sum(max(0, p.slots - p.load) for p in matching.provider_states(c, s))
+    tasks = min(tasks, free)
+    queue(c, tasks)
+    base = pure_baseline(c)
+    r = rounds(c, pids[: min(len(pids), 200)], profile)
+    ratio = base["placements_per_s"] / r["placements_per_s"] if r["placements_per_s"] else None
+    c.db.dispose()
+    return {"providers": n, "setup_seconds": round(setup, 1), "tasks": tasks,
+            "v1_decision": dec, "match": r, "pure_place": base,
+            "pure_over_coordinator": round(ratio, 1) if ratio else None}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--providers", type=int, nargs="+", default=[1_000, 10_000])
+    ap.add_argument("--tasks", type=int, default=20_000)
+    ap.add_argument("--decisions", type=int, default=1_000)
+    ap.add_argument("--database", choices=["sqlite", "postgres"], default="sqlite")
+    ap.add_argument("--database-url", default="")
+    ap.add_argument("--profile", action="store_true", help="cProfile the matching rounds")
+    ap.add_argument("--out", type=Path, default=OUT)
+    a = ap.parse_args(argv)
+    catalog.lookup(MODEL)
+    pg = None
+    if a.database == "postgres" and not a.database_url:
+        from tests.pg import PgServer
+        pg = PgServer.start()
+    cases = []
+    try:
+        for n in a.providers:
+            url = a.database_url or (pg.url(pg.create_database()) if pg else "")
+            r = run_case(n, a.tasks, a.decisions, url, a.profile)
+            cases.append(r)
+            m, d = r["match"], r["v1_decision"]
+            print(f"{n:>6,} providers: {r['tasks']:,} tasks in {m['rounds']} rounds, "
+                  f"{m['placements_per_s']:,}/s through match_once against "
+                  f"{r['pure_place']['placements_per_s']:,}/s pure place "
+                  f"({r['pure_over_coordinator']}× slower); /v1 decision p50 {d['p50_ms']} ms "
+                  f"p99 {d['p99_ms']} ms; heartbeat during a round p50 "
+                  f"{m['heartbeat_during_round'].get('p50_ms')} ms p99 "
+                  f"{m['heartbeat_during_round'].get('p99_ms')} ms (idle p50 "
+                  f"{m['heartbeat_idle'].get('p50_ms')} ms)", flush=True)
+    finally:
+        if pg is not None:
+            pg.stop()
+    result = {
+        "benchmark": "placements through the coordinator (match_once), /v1 decision, "
+                     "heartbeat during a round",
+        "command": "python " + " ".join(["bench/bench_matcher.py", *(argv or sys.argv[1:])]),
+        "database": a.database if not a.database_url else "url",
+        "python": sys.version.split()[0],
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
+                    "loadavg": [round(x, 2) for x in os.getloadavg()]},
+        "cases": cases,
+    }
+    a.out.parent.mkdir(parents=True, exist_ok=True)
+    a.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {a.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

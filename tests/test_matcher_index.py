@@ -1,0 +1,232 @@
+"""The matcher's reads and its batched commit (``coordinator.matching``).
+
+``provider_states`` reads plain columns in a few bulk queries: it must agree with a
+straightforward read of the ORM rows (the reference below) after registrations,
+heartbeats, providers falling silent, leases, bonds and slashes. ``match_once`` plans
+a round on a read snapshot and commits it in batches: it must place exactly what
+``core.market.place`` decides on the same inputs, and a placement whose task moved
+or whose provider filled up between the plan and the commit must be dropped, never
+leased twice or over a provider's slots.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import defaultdict
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+
+from deai.client.keys import Identity
+from deai.coordinator import admission, hardware, matching
+from deai.coordinator.service import Coordinator
+from deai.coordinator.settings import Settings
+from deai.core import ledger, market, wire
+from deai.core.clock import ManualClock
+from deai.core.lifecycle import AssignmentStatus, ProviderStatus, TaskStatus
+from deai.store import migrate
+from deai.store.models import Assignment, Job, Offer, Provider, Task
+from tests.helpers import MODEL
+
+OTHER = "SmolLM2-135M-Instruct"
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def c(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Coordinator]:
+    url = "" if request.param == "sqlite" else request.getfixturevalue("fresh_pg_url")
+    coord = Coordinator(Settings(data_dir=tmp_path, database_url=url, devnet=True,
+                                 heartbeat_timeout=30.0, verify_seed=3), clock=ManualClock())
+    migrate.upgrade(coord.db.engine)
+    try:
+        yield coord
+    finally:
+        coord.db.dispose()
+
+
+def provider(c: Coordinator, k: int, *, price: int, slots: int = 1, memory_mb: int = 4096,
+             stake: int = 10_000_000, other: bool = False) -> str:
+    p = Identity.generate()
+    c.faucet(p.id, 50_000_000)
+    offers = [wire.OfferIn(workload="embeddings", model=MODEL, price=price)]
+    if other:
+        offers.append(wire.OfferIn(workload="chat", model=OTHER, price=price + 7))
+    c.register(p.id, wire.RegisterIn(
+        hardware=wire.Hardware(cpu_model="cpu", cores=2, memory_mb=memory_mb),
+        benchmark=wire.Benchmark(gflops=50.0, mem_gbps=10.0), threads=1, slots=slots,
+        offers=offers), address=f"10.2.{k}.1")
+    if stake:
+        c.bond(p.id, stake)
+    return p.id
+
+
+def queue(c: Coordinator, n: int, max_price: int = 2000) -> list[str]:
+    digest = c.blobs.put(b"shard")
+    spec = {"kind": "embeddings", "model": MODEL, "max_price": max_price, "deadline": 600,
+            "shard_size": 1}
+    c.faucet("c" * 64, 1_000_000)
+    _, tasks = c.db.run(lambda s: admission.create(
+        c, s, owner="c" * 64, kind="embeddings", model=MODEL, spec=spec,
+        input_digest=digest, max_price=max_price,
+        shards=[admission.ShardIn(digest, 1, 1) for _ in range(n)], escrow=0, deadline=600))
+    return [t.id for t in tasks]
+
+
+def reference_states(c: Coordinator) -> list[market.ProviderState]:
+    """What ``provider_states`` must return, read the plain way: ORM rows, one by one."""
+    since = c.now() - c.settings.heartbeat_timeout
+    with c.db.read() as s:
+        rows = s.scalars(select(Provider).where(Provider.status == ProviderStatus.ACTIVE,
+                                                Provider.last_seen >= since)).all()
+        out = []
+        for p in rows:
+            offers = tuple(market.Offer(o.workload, o.model, o.price) for o in s.scalars(
+                select(Offer).where(Offer.provider_id == p.id)))
+            load = s.scalar(select(func.count()).select_from(Assignment).where(
+                Assignment.provider_id == p.id,
+                Assignment.status == AssignmentStatus.LEASED)) or 0
+            stake = c.settlement.balance(s, ledger.stake(p.id))
+            out.append(market.ProviderState(
+                id=p.id, online=True, stake=stake, memory_mb=int(p.hardware["memory_mb"]),
+                slots=p.slots, load=load, reputation=p.reputation,
+                compute_units=p.compute_units, offers=offers, operator=p.operator or p.id,
+                origin=p.origin or "", fingerprint=p.fingerprint or "",
+                verifier=p.id in c.settings.verifiers))
+        return hardware.apply_verified(c, s, out, rows)
+
+
+def states(c: Coordinator, ids: list[str] | None = None) -> list[market.ProviderState]:
+    with c.db.read() as s:
+        return matching.provider_states(c, s, ids)
+
+
+def by_id(xs: list[market.ProviderState]) -> dict[str, market.ProviderState]:
+    return {p.id: p for p in xs}
+
+
+def leased(c: Coordinator) -> dict[str, list[str]]:
+    """Task -> the providers holding a live lease on it."""
+    out: dict[str, list[str]] = defaultdict(list)
+    with c.db.read() as s:
+        for tid, pid in s.execute(select(Assignment.task_id, Assignment.provider_id).where(
+                Assignment.status == AssignmentStatus.LEASED)):
+            out[tid].append(pid)
+    return out
+
+
+def check_slots(c: Coordinator) -> None:
+    with c.db.read() as s:
+        slots = dict(s.execute(select(Provider.id, Provider.slots)).all())
+        for pid, n in s.execute(select(Assignment.provider_id, func.count()).where(
+                Assignment.status == AssignmentStatus.LEASED).group_by(Assignment.provider_id)):
+            assert n <= slots[pid], f"{pid} holds {n} leases for {slots[pid]} slots"
+
+
+def test_provider_states_agree_with_a_plain_read_through_every_change(c: Coordinator) -> None:
+    rng = random.Random(5)
+    ids = [provider(c, k, price=rng.randint(100, 900), slots=rng.randint(1, 3),
+                    memory_mb=rng.choice([512, 4096]), stake=rng.choice([0, 10_000_000]),
+                    other=k % 2 == 0) for k in range(12)]
+    assert by_id(states(c)) == by_id(reference_states(c))
+    # Leases: load per provider.
+    queue(c, 9)
+    matching.match_once(c)
+    assert sum(len(v) for v in leased(c).values()) > 0
+    assert by_id(states(c)) == by_id(reference_states(c))
+    # Time passes: only those that heartbeat stay online; one registers again with
+    # other offers and slots; stakes move (bond, slash).
+    c.clock.advance(20.0)  # type: ignore[attr-defined]
+    for pid in ids[:6]:
+        c.heartbeat(pid, [])
+    c.clock.advance(15.0)  # type: ignore[attr-defined]
+    provider_again = ids[1]
+    c.register(provider_again, wire.RegisterIn(
+        hardware=wire.Hardware(cpu_model="cpu", cores=2, memory_mb=8192),
+        benchmark=wire.Benchmark(gflops=80.0, mem_gbps=10.0), threads=1, slots=4,
+        offers=[wire.OfferIn(workload="chat", model=OTHER, price=333)]),
+        address="10.9.9.1")
+    c.bond(ids[2], 5_000_000)
+    c.bond(ids[3], 5_000_000)
+    c.db.run(lambda s: c.settlement.slash(s, ids[3], 4_000_000, None, 0, {"why": "test"}))
+    got, want = by_id(states(c)), by_id(reference_states(c))
+    assert got == want
+    assert set(got) == set(ids[:6])  # the silent ones are gone
+    assert got[provider_again].slots == 4 and got[provider_again].offers == (
+        market.Offer("chat", OTHER, 333),)
+    # Only some asked for: the same states, restricted.
+    some = [ids[0], ids[4], ids[9]]
+    assert by_id(states(c, some)) == {k: v for k, v in want.items() if k in some}
+
+
+def test_a_round_places_what_core_market_place_decides(c: Coordinator) -> None:
+    rng = random.Random(9)
+    for k in range(15):
+        provider(c, k, price=rng.randint(100, 1900), slots=rng.randint(1, 3),
+                 stake=rng.choice([0, 10_000_000, 10_000_000]))
+    tids = queue(c, 30, max_price=1500)
+    with c.db.read() as s:
+        rows = s.execute(select(Task, Job).join(Job).where(Task.id.in_(tids))
+                         .order_by(Task.idx)).all()
+        demands = [matching.demand(c, j, t) for t, j in rows]
+        expected = market.place(demands, [p for p in matching.provider_states(c, s)
+                                          if not p.verifier],
+                                c.settings.min_stake, c.settings.strategy)
+    assert expected, "the market should place something"
+    placed = matching.match_once(c)
+    got = leased(c)
+    assert {t: ps for t, ps in got.items()} == {p.task_id: [p.provider_id] for p in expected}
+    assert placed == sorted({p.provider_id for p in expected})
+    with c.db.read() as s:
+        prices = dict(s.execute(select(Assignment.task_id, Assignment.price)).all())
+        queued = set(s.scalars(select(Task.id).where(Task.status == TaskStatus.QUEUED)))
+    assert prices == {p.task_id: p.price for p in expected}
+    assert queued == set(tids) - {p.task_id for p in expected}
+    check_slots(c)
+
+
+def test_a_placement_that_went_stale_between_plan_and_commit_is_dropped(
+        c: Coordinator) -> None:
+    best = provider(c, 0, price=100)
+    second = provider(c, 1, price=200)
+    third = provider(c, 2, price=300)
+    t0, t1, t2 = queue(c, 3)
+    plan = matching._plan(c)
+    assert plan is not None
+    _, placements, seen = plan
+    assert [(p.task_id, p.provider_id) for p in placements] == [
+        (t0, best), (t1, second), (t2, third)]
+    # Between the plan and its commit, a /v1-style placement takes t2, on the best
+    # provider (its only slot): the round must neither lease t2 again nor put t0 on
+    # the now full provider.
+    with c.db.write() as s:
+        task = s.get(Task, t2)
+        assert task is not None
+        job = s.get(Job, task.job_id)
+        assert job is not None
+        assert matching.place_now(c, s, task, job) == best
+    done, real = c.db.run(lambda s: matching._commit(c, s, placements, seen))
+    assert [(p.task_id, p.provider_id) for p in done] == [(t1, second)]
+    assert real == 1
+    assert leased(c) == {t1: [second], t2: [best]}
+    check_slots(c)
+    # The dropped task waits for the next round, which finds it a free provider.
+    assert matching.match_once(c) == [third]
+    assert leased(c) == {t0: [third], t1: [second], t2: [best]}
+    check_slots(c)
+
+
+def test_a_task_cancelled_after_the_plan_is_not_leased(c: Coordinator) -> None:
+    provider(c, 0, price=100, slots=3)
+    tids = queue(c, 2)
+    plan = matching._plan(c)
+    assert plan is not None
+    _, placements, seen = plan
+    with c.db.read() as s:
+        owner = s.scalars(select(Job.owner).join(Task).where(Task.id == tids[0])).one()
+        job_id = s.scalars(select(Task.job_id).where(Task.id == tids[0])).one()
+    from deai.coordinator import jobs
+    jobs.cancel(c, owner, job_id)
+    done, _ = c.db.run(lambda s: matching._commit(c, s, placements, seen))
+    assert done == []
+    assert leased(c) == {}
