@@ -39,7 +39,7 @@ Kind = Literal["train", "embeddings"]
 class Terms(BaseModel):
     """A dataset's terms, as its owner states them and a job accepts them."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     price_per_use: int = Field(ge=0, le=10**12, strict=True, description="µ per job")
     allow: tuple[Kind, ...] = Field(min_length=1, max_length=len(ALLOWABLE))
@@ -51,7 +51,7 @@ class Accepted(BaseModel):
     """What a job's spec says it accepts (``spec.dataset_terms``): the price it pays and
     the kinds the terms allow; both must equal the dataset's current terms."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     price_per_use: int = Field(ge=0, le=10**12, strict=True)
     allow: tuple[Kind, ...] = Field(min_length=1, max_length=len(ALLOWABLE))

@@ -23,7 +23,7 @@ class TrainInfo(In):
 
 class DatasetIn(In):
     id: DatasetId
-    name: str = Field(min_length=1, max_length=100)
+    name: str = Field(min_length=1, max_length=100, pattern=r"^[^\x00-\x1f\x7f]+$")
     blob_digest: str = Field(pattern=HEX64, description="the ciphertext's blob")
     size: int = Field(ge=1, le=10**12, strict=True, description="plaintext bytes")
     train: TrainInfo | None = None
