@@ -22,6 +22,10 @@ the packs' own indexes, for lookups in constant memory. It is written without
 an fsync of its own: ``sync`` re-indexes every pack file it has not recorded
 (after a crash, or a pack written by another process sharing the folder), and
 runs on opening and whenever a lookup misses while the folder has changed.
+
+Packs are collected (``collect``, run by the coordinator leader's retention loop)
+once none of their blobs is named by any record and nobody has written or
+relied on them for a long while: what a refused submission leaves behind.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ import struct
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 MAGIC = b"DEAIPACK1\n"
@@ -163,16 +167,28 @@ class PackStore:
         return (str(row[0]), int(row[1]), int(row[2])) if row else None
 
     def known(self, digests: Sequence[str]) -> set[str]:
-        """Which of ``digests`` some pack holds (indexed lookups, a few hundred a query)."""
+        """Which of ``digests`` some pack holds (indexed lookups, a few hundred a query).
+        Their packs count as used from now on: ``collect`` leaves them for a while."""
         if self._changed():
             self.sync()
-        out: set[str] = set()
+        where: dict[str, list[str]] = {}
         with self._lock:
             for i in range(0, len(digests), 500):
                 part = list(digests[i:i + 500])
                 marks = ",".join("?" * len(part))
-                out.update(r[0] for r in self._db.execute(
-                    f"SELECT digest FROM blobs WHERE digest IN ({marks})", part))  # noqa: S608
+                for d, pack in self._db.execute(
+                        f"SELECT digest, pack FROM blobs WHERE digest IN ({marks})",  # noqa: S608
+                        part):
+                    where.setdefault(pack, []).append(d)
+        out: set[str] = set()
+        for pack, found in where.items():
+            # A caller relies on these blobs from now on (it will not write them again):
+            # touching the pack keeps ``collect`` off it; one collected meanwhile is gone.
+            try:
+                os.utime(self.root / pack)
+            except FileNotFoundError:
+                continue
+            out.update(found)
         return out
 
     def read(self, digest: str) -> bytes | None:
@@ -188,6 +204,64 @@ class PackStore:
         if len(data) != length:
             raise CorruptPack(f"{pack}: blob {digest} is cut short")
         return data
+
+    # --- collection -------------------------------------------------------------------------
+
+    def collect(self, in_use: Callable[[list[str]], set[str]], *, older_than: float) -> list[str]:
+        """Delete the packs none of whose blobs ``in_use`` names and that nobody wrote or
+        relied on (``write``, ``known``) for ``older_than`` seconds; their names.
+
+        A pack whose blobs nothing uses is what a refused submission leaves (its shards
+        are written before the job's transaction decides). The age covers a submission
+        in flight: its tasks commit long before the pack it wrote or reused gets old.
+        The pack is first renamed out of reach, so a ``known`` that touches it after
+        that finds it gone and writes its blobs again; one that touched it before is
+        seen in its modification time, checked again after the rename (with the
+        blobs' use), and the pack is put back."""
+        for left in self.root.glob(".gc-*.pack"):  # a collection cut short: undecided
+            with contextlib.suppress(OSError):
+                os.replace(left, self.root / left.name.removeprefix(".gc-"))
+        cutoff = time.time() - older_than
+        with self._lock:
+            names = [str(r[0]) for r in self._db.execute("SELECT name FROM packs")]
+        gone: list[str] = []
+        for name in names:
+            path, hold = self.root / name, self.root / f".gc-{name}"
+            try:
+                if path.stat().st_mtime >= cutoff:
+                    continue
+                digests = [d for d, _, _ in read_index(path)]  # the pack's own, complete
+            except FileNotFoundError:
+                self._forget(name)
+                continue
+            except CorruptPack:
+                continue
+            if in_use(digests):
+                continue
+            try:
+                os.replace(path, hold)
+            except FileNotFoundError:
+                continue
+            if hold.stat().st_mtime >= cutoff or in_use(digests):
+                os.replace(hold, path)
+                continue
+            self._forget(name)
+            hold.unlink()
+            gone.append(name)
+        if gone:
+            _fsync_dir(self.root)
+        return gone
+
+    def _forget(self, name: str) -> None:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.execute("DELETE FROM blobs WHERE pack = ?", (name,))
+                self._db.execute("DELETE FROM packs WHERE name = ?", (name,))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
 
     # --- the index as a cache of the packs ------------------------------------------------
 
