@@ -239,3 +239,22 @@ def test_ciphertext_binds_dataset_and_key() -> None:
         datasets.decrypt(blob, "ds_" + "b" * 24, key)
     with pytest.raises(crypto.SealError):
         datasets.decrypt(blob, "ds_" + "a" * 24, b"j" * 32)
+
+
+def test_refusal_names_the_first_failed_term() -> None:
+    t = terms(expires_at=100.0, max_uses=3)
+    ok = D.Accepted(price_per_use=PRICE, allow=("train",))
+    assert D.refusal(t, ok, "train", 50.0, False, 2) is None
+    cases = [((t, ok, "train", 50.0, True, 0), "revoked"),
+             ((t, ok, "train", 100.0, False, 0), "expires_at"),
+             ((t, ok, "embeddings", 50.0, False, 0), "allow"),
+             ((t, None, "train", 50.0, False, 0), "dataset_terms"),
+             ((t, D.Accepted(price_per_use=PRICE + 1, allow=("train",)), "train", 50.0, False,
+               0), "price_per_use"),
+             ((t, D.Accepted(price_per_use=PRICE, allow=("train", "embeddings")), "train",
+               50.0, False, 0), "allow"),
+             ((t, ok, "train", 50.0, False, 3), "max_uses")]
+    for args, term in cases:
+        got = D.refusal(*args)  # type: ignore[arg-type]
+        assert got is not None and got[0] == term, (args, got)
+        assert D.field_of(term) == f"spec.dataset_terms.{term}"
