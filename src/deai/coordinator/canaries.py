@@ -25,6 +25,8 @@ def remember(c: Coordinator, s: Session, job: Job, task: Task, a: Assignment) ->
     """Verified work becomes a future canary (its answer is now known)."""
     if job.owner == NETWORK or a.output_digest is None or sealed.is_sealed(job.spec):
         return  # a sealed job's answer is no known answer: the network cannot read it
+    if (job.spec or {}).get("dataset_id"):
+        return  # its rows reach only the job's own leases (the owner's key release)
     s.add(Canary(kind=job.kind, model=job.model, spec=job.spec, input_digest=task.input_digest,
                  output_digest=a.output_digest, items=task.items, units=task.units,
                  source_task=task.id, created_at=c.now(), active=True, uses=0))
