@@ -13,11 +13,17 @@ can read them and nobody else, the coordinator included.
                         data)                 # parties: the quote's best + the verifiers
     ...
     lines = sealed.results(client, job.id)   # decrypted and assembled, as unsealed
+
+A sealed training job's checkpoints are encrypted to the same key
+(``ad(seal, "ckpt.<step>", idx)``) by the provider that writes them;
+``model(client, job_id, result)`` fetches and opens the final one (the model
+file) for its owner.
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import secrets
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -27,7 +33,7 @@ from nacl.exceptions import CryptoError
 from nacl.public import PublicKey, SealedBox
 from nacl.signing import VerifyKey
 
-from deai.core import batch, kinds, sealed, specs
+from deai.core import batch, checkpoints, kinds, sealed, specs
 from deai.core.errors import DeAIError, InvalidInput
 
 if TYPE_CHECKING:
@@ -101,6 +107,18 @@ def seal_output(key: bytes, seal: str, idx: int, output: bytes, units: int,
                            verdict=verdict).to_bytes()
 
 
+def seal_checkpoint(key: bytes, seal: str, idx: int, step: int, data: bytes) -> bytes:
+    nonce, ct = encrypt(key, data, sealed.ad(seal, sealed.ckpt_part(step), idx))
+    return sealed.Envelope(seal=seal, part="ckpt", idx=idx, nonce=nonce, ct=ct,
+                           step=step).to_bytes()
+
+
+def open_checkpoint(key: bytes, env: sealed.Envelope, seal: str, idx: int) -> bytes:
+    if env.part != "ckpt" or env.seal != seal or env.idx != idx:
+        raise SealError(f"the envelope is not a checkpoint of shard {idx}")
+    return decrypt(key, env.nonce, env.ct, sealed.ad(seal, sealed.ckpt_part(env.step), idx))
+
+
 def open_output(key: bytes, env: sealed.Envelope, seal: str, idx: int) -> bytes:
     if env.part != "out" or env.seal != seal or env.idx != idx:
         raise SealError(f"the output envelope is not shard {idx}'s output")
@@ -115,13 +133,13 @@ class SealedInput:
     key: bytes
     keys: dict[str, str]
     shards: list[tuple[bytes, int, int]]  # (envelope, items, units)
+    genesis: list[str | None] | None = None  # a training shard's chain H_0
 
     def manifest(self) -> sealed.Manifest:
-        import hashlib
-
+        gen = self.genesis or [None] * len(self.shards)
         return sealed.Manifest(self.seal, self.keys, [
-            sealed.ShardRef(hashlib.sha256(blob).hexdigest(), items, units)
-            for blob, items, units in self.shards])
+            sealed.ShardRef(hashlib.sha256(blob).hexdigest(), items, units, g)
+            for (blob, items, units), g in zip(self.shards, gen, strict=True)])
 
 
 def seal_input(spec: specs.JobSpec, data: bytes, owner: str,
@@ -132,11 +150,14 @@ def seal_input(spec: specs.JobSpec, data: bytes, owner: str,
     seal = secrets.token_hex(16)
     keys = {p: wrap(key, p) for p in sorted({*spec.sealed_for, owner})}
     out = []
+    genesis: list[str | None] = []
     for i, sh in enumerate(kinds.get(spec.kind).split(spec, data)):
         nonce, ct = encrypt(key, sh.payload, sealed.ad(seal, "in", i))
         env = sealed.Envelope(seal=seal, part="in", idx=i, nonce=nonce, ct=ct, keys=keys)
         out.append((env.to_bytes(), sh.items, sh.max_units))
-    return SealedInput(seal, key, keys, out)
+        genesis.append(checkpoints.genesis(hashlib.sha256(sh.payload).hexdigest())
+                       if spec.kind == "train" else None)
+    return SealedInput(seal, key, keys, out, genesis)
 
 
 def parties(client: Client, spec: dict[str, Any], data: bytes, workers: int = 3) -> list[str]:
@@ -163,19 +184,24 @@ def submit(client: Client, spec: dict[str, Any], data: bytes,
     return client.submit_job(full, digest)
 
 
-def open_results(raw: bytes, job_id: str, spec: dict[str, Any], identity: Identity) -> bytes:
-    """A sealed job's result file, decrypted and assembled as an unsealed job's would be."""
+def _head(raw: bytes, identity: Identity) -> tuple[bytes, str, list[bytes]]:
+    """(job key, seal, envelope lines) of a sealed job's result file."""
     lines = raw.splitlines()
     if not lines:
         raise InvalidInput("results: empty", field="results")
     head = batch.safe_loads(lines[0])
     if not isinstance(head, dict) or head.get("part") != "results":
         raise InvalidInput("results: not a sealed job's results", field="results")
-    key = open_key(head.get("keys") or {}, identity)
+    return open_key(head.get("keys") or {}, identity), str(head.get("seal")), lines
+
+
+def open_results(raw: bytes, job_id: str, spec: dict[str, Any], identity: Identity) -> bytes:
+    """A sealed job's result file, decrypted and assembled as an unsealed job's would be."""
+    key, seal, lines = _head(raw, identity)
     outputs = []
     for i, line in enumerate(lines[1:]):
         env = sealed.parse_envelope(line, f"results line {i + 2}")
-        outputs.append(open_output(key, env, head["seal"], i))  # in shard order
+        outputs.append(open_output(key, env, seal, i))  # in shard order
     parsed = specs.parse_spec(spec)
     return kinds.get(parsed.kind).assemble(job_id, parsed, outputs)
 
@@ -189,3 +215,24 @@ def results(client: Client, job_id: str) -> bytes:
     if client.identity is None:
         raise SealError("a sealed job's results open only with its owner's key")
     return open_results(raw, job_id, job.spec, client.identity)
+
+
+def model(client: Client, job_id: str, result: dict[str, Any]) -> bytes | None:
+    """A sealed training job's final model file (its last checkpoint), decrypted and
+    checked against the result's ``model_digest``; None for an unsealed job."""
+    job = client.job(job_id)
+    if not sealed.is_sealed(job.spec):
+        return None
+    if client.identity is None:
+        raise SealError("a sealed job's model opens only with its owner's key")
+    key, seal, _ = _head(client.results(job_id), client.identity)
+    want = result["model_digest"]
+    cps = client.request("GET", f"/api/jobs/{job_id}/checkpoints").json()["checkpoints"]
+    for cp in reversed(cps):
+        if (cp.get("meta") or {}).get("plain") != want:
+            continue
+        env = sealed.parse_envelope(client.download(cp["digest"]), "checkpoint")
+        data = open_checkpoint(key, env, seal, sealed.task_index(cp["task_id"]))
+        if hashlib.sha256(data).hexdigest() == want:
+            return data
+    raise DeAIError(f"no recorded checkpoint of job {job_id} opens to the model {want}")

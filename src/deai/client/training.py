@@ -34,10 +34,12 @@ def parse(data: bytes) -> dict[str, Any] | None:
     return None
 
 
-def save(client: Client, result: dict[str, Any], path: Path) -> list[Path]:
-    """Download the final model and write the metrics beside ``path``; returns the files."""
+def save(client: Client, result: dict[str, Any], path: Path,
+         model: bytes | None = None) -> list[Path]:
+    """Download the final model (unless given: a sealed job's, decrypted) and write the
+    metrics beside ``path``; returns the files."""
     stem = path.with_suffix("")
-    model = client.download(result["model_digest"])
+    model = model if model is not None else client.download(result["model_digest"])
     if hashlib.sha256(model).hexdigest() != result["model_digest"]:
         raise DeAIError(f"model blob does not match its digest {result['model_digest']}")
     model_path = stem.with_name(stem.name + ".model.safetensors")

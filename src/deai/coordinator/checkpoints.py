@@ -34,7 +34,7 @@ from sqlalchemy.orm import Session
 from deai.coordinator import access
 from deai.coordinator.auth import coordinator, signer
 from deai.coordinator.service import Coordinator
-from deai.core import checkpoints, wire
+from deai.core import checkpoints, sealed, wire
 from deai.core.errors import Conflict, InvalidInput, NotFound
 from deai.core.kinds import train
 from deai.store.models import Assignment, Checkpoint, Job, Task
@@ -81,8 +81,13 @@ def record(c: Coordinator, pid: str, assignment_id: str,
         if job.kind != train.TrainKind.name:
             raise InvalidInput(f"assignment: {job.kind} jobs take no checkpoints",
                                field="assignment")
-        payload_digest = a.input_digest or task.input_digest
-        seed, steps = _run_of(c, payload_digest)
+        if sealed.is_sealed(job.spec):  # ciphertext: the chain commits to the stated plaintext
+            from deai.coordinator import sealed_jobs
+            blob_digest, seed, steps, genesis = sealed_jobs.checkpoint_terms(c, job, task, body)
+        else:
+            payload_digest = a.input_digest or task.input_digest
+            seed, steps = _run_of(c, payload_digest)
+            genesis = checkpoints.genesis(payload_digest)
         if body.step > steps:
             raise InvalidInput(f"step: the run has {steps} steps", field="step")
         own = s.scalar(select(Checkpoint.step).where(Checkpoint.assignment_id == a.id)
@@ -91,7 +96,7 @@ def record(c: Coordinator, pid: str, assignment_id: str,
             raise Conflict(f"step: {body.step} does not advance past this assignment's "
                            f"checkpoint at step {own}", status="stale")
         prev = _latest(s, a.task_id, a.role, below=body.step)
-        prev_hash = prev.chain_hash if prev else checkpoints.genesis(payload_digest)
+        prev_hash = prev.chain_hash if prev else genesis
         prev_step = prev.step if prev else 0
         want = checkpoints.link(blob_digest, prev_hash, prev_step, body.step, seed)
         if body.chain_hash != want:

@@ -12,6 +12,13 @@ returns its verdict inside its signed output. ``on_result`` turns that verdict
 into the same ``core.lifecycle.decide`` calls as an unsealed comparison, so
 disputes still go to a trusted referee and audits still re-check agreements.
 Sealed jobs are never kept as canaries (the network could not know their answer).
+
+A sealed training task records checkpoints that are envelopes too
+(``checkpoint_terms``): the coordinator checks the envelope's shard, step and
+seal, and links the chain from the plaintext digest the provider states and
+the genesis the client put in the manifest, so the chain's structure is
+checked as for an unsealed job while the weights stay ciphertext. Its checks
+are segment audits done by the checker, from those checkpoints, decrypted.
 """
 
 from __future__ import annotations
@@ -35,7 +42,7 @@ from deai.core.lifecycle.decide import TaskCtx
 from deai.core.lifecycle.effects import Effect
 from deai.core.money import cost_for_units
 from deai.core.verify import policy
-from deai.store.models import Assignment, Job, Task
+from deai.store.models import Assignment, Checkpoint, Job, Task
 
 router = APIRouter(prefix="/api")
 C = Annotated[Coordinator, Depends(coordinator)]
@@ -77,6 +84,9 @@ def submit(c: Coordinator, owner: str, body: wire.JobIn, spec: SpecBase, *, quot
         if env.part != "in" or env.idx != i or env.seal != m.seal or env.keys != m.keys:
             raise InvalidInput(f"{where}: not shard {i} of seal {m.seal} with the "
                                "manifest's keys", field=where)
+    if spec.kind == "train" and any(sh.genesis is None for sh in m.shards):
+        raise InvalidInput("input_digest.shards[0].genesis: a sealed training shard names its "
+                           "chain's genesis hash", field="input_digest.shards[0].genesis")
     units = [sh.units for sh in m.shards]
     max_cost = sum(cost_for_units(u, spec.max_price) for u in units)
 
@@ -137,7 +147,49 @@ def check_payload(c: Coordinator, s: Session, task: Task, job: Job, role: Role,
     claimed = task.output_digest if role == Role.AUDIT else subject.output_digest
     return c.blobs.put(sealed.CheckPayload(
         shard=task.input_digest, claimed=claimed or subject.output_digest,
-        claimed_units=subject.units or 0, spec=job.spec, checker=checker).to_bytes())
+        claimed_units=subject.units or 0, spec=job.spec, checker=checker,
+        checkpoints=_recorded(s, task) if job.kind == "train" else {}).to_bytes())
+
+
+def _recorded(s: Session, task: Task) -> dict[str, str]:
+    """A training task's recorded checkpoints: plaintext digest (as the chain names it, stated
+    by the provider) → the sealed blob; the checker decrypts and checks the pairing."""
+    rows = s.scalars(select(Checkpoint).where(Checkpoint.task_id == task.id)
+                     .order_by(Checkpoint.id)).all()
+    out: dict[str, str] = {}
+    for cp in rows:
+        plain = (cp.meta or {}).get("plain")
+        if isinstance(plain, str):
+            out.setdefault(plain, cp.digest)
+    return out
+
+
+def checkpoint_terms(c: Coordinator, job: Job, task: Task, body: wire.CheckpointIn
+                     ) -> tuple[str, int, int, str]:
+    """(digest the chain commits to, data order seed, steps, genesis) for recording a sealed
+    training checkpoint: its blob must be this shard's checkpoint envelope at ``body.step``;
+    the chain commits to the plaintext's digest, which the provider states in ``meta.plain``
+    (a checker that decrypts the blob checks it); seed and steps come from the public spec
+    and the task, the genesis from the client's manifest."""
+    try:
+        env = sealed.parse_envelope(c.blobs.get(body.digest), "digest")
+    except KeyError:
+        raise InvalidInput("digest: upload the checkpoint blob first", field="digest") from None
+    m = sealed.parse_manifest(c.blobs.get(job.input_digest), job.owner,
+                              tuple(job.spec.get("sealed_for") or ()))
+    if env.part != "ckpt" or env.idx != task.idx or env.step != body.step or env.seal != m.seal:
+        raise InvalidInput(f"digest: not a sealed checkpoint of shard {task.idx} at step "
+                           f"{body.step}", field="digest")
+    plain = body.meta.get("plain")
+    if not isinstance(plain, str) or len(plain) != 64 or set(plain) - set("0123456789abcdef"):
+        raise InvalidInput("meta.plain: the sha256 of the checkpoint before sealing",
+                           field="meta.plain")
+    genesis = m.shards[task.idx].genesis if task.idx < len(m.shards) else None
+    seed = job.spec.get("seed")
+    if genesis is None or not isinstance(seed, int):
+        raise InvalidInput("assignment: this sealed job takes no checkpoints",
+                           field="assignment")
+    return plain, seed, task.items, genesis
 
 
 def _verdict(c: Coordinator, a: Assignment) -> sealed.Verdict:

@@ -15,7 +15,12 @@ byte of plaintext:
   same key (``ad(seal, "out", idx)``), its units, and for a check the party's
   signed **verdict** (the result signature covers the blob's digest);
 - a **check payload** (a checker's lease input): which shard, which claimed
-  output (and, for a referee, which checker's output) to decrypt and compare.
+  output (and, for a referee, which checker's output) to decrypt and compare,
+  and for a training job the recorded checkpoints it may replay from;
+- a **checkpoint envelope** (a sealed training task's checkpoint blob): the
+  checkpoint encrypted to the job key (``ad(seal, "ckpt.<step>", idx)``), so
+  weights never reach the coordinator; the chain it records commits to the
+  plaintext checkpoint's digest, which the provider states beside it.
 
 Crypto lives with the parties that hold keys (``deai.client.sealed``); this
 module is pure parsing and validation, so the coordinator, the client and the
@@ -35,7 +40,7 @@ from deai.core.errors import InvalidInput
 
 MAGIC = "deai-sealed/v1"
 CHECK = "deai-sealed-check/v1"
-KINDS = frozenset({"embeddings"})  # kinds whose shards, checks and outputs seal today
+KINDS = frozenset({"embeddings", "train"})  # kinds whose shards, checks and outputs seal
 MAX_SHARDS = 10_000
 MAX_PARTIES = 64
 MAX_DETAIL = 500
@@ -66,9 +71,20 @@ def is_check(blob: bytes) -> bool:
 
 @dataclass(frozen=True)
 class ShardRef:
+    """A shard blob by digest; ``genesis``: for a training shard, the chain's H_0 over the
+    plaintext payload (``core.checkpoints.genesis``), so the coordinator can check that
+    the checkpoints providers record link up without reading the payload."""
+
     digest: str
     items: int
     units: int
+    genesis: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"digest": self.digest, "items": self.items, "units": self.units}
+        if self.genesis is not None:
+            d["genesis"] = self.genesis
+        return d
 
 
 @dataclass(frozen=True)
@@ -80,8 +96,7 @@ class Manifest:
     def to_bytes(self) -> bytes:
         return dumps({"deai_sealed": MAGIC, "part": "manifest", "seal": self.seal,
                       "keys": self.keys,
-                      "shards": [{"digest": s.digest, "items": s.items, "units": s.units}
-                                 for s in self.shards]})
+                      "shards": [s.to_dict() for s in self.shards]})
 
 
 def _load(data: bytes, where: str) -> dict[str, Any]:
@@ -140,8 +155,11 @@ def parse_manifest(data: bytes, owner: str, sealed_for: tuple[str, ...],
         if not isinstance(sh, dict) or not isinstance(sh.get("digest"), str) \
                 or not _HEX64.match(sh["digest"]):
             raise InvalidInput(f"{w}.digest: a sha256 hex digest", field=f"{w}.digest")
+        genesis = sh.get("genesis")
+        if genesis is not None and (not isinstance(genesis, str) or not _HEX64.match(genesis)):
+            raise InvalidInput(f"{w}.genesis: a sha256 hex digest", field=f"{w}.genesis")
         shards.append(ShardRef(sh["digest"], _int(sh.get("items"), 1, 10**7, f"{w}.items"),
-                               _int(sh.get("units"), 1, 10**9, f"{w}.units")))
+                               _int(sh.get("units"), 1, 10**12, f"{w}.units"), genesis))
     return Manifest(seal, keys, shards)
 
 
@@ -149,7 +167,8 @@ def parse_manifest(data: bytes, owner: str, sealed_for: tuple[str, ...],
 
 @dataclass(frozen=True)
 class Envelope:
-    """A sealed shard (``part`` "in") or output ("out"); ``verdict`` only on a check's output."""
+    """A sealed shard (``part`` "in"), output ("out") or training checkpoint ("ckpt", at
+    ``step``); ``verdict`` only on a check's output."""
 
     seal: str
     part: str
@@ -159,10 +178,13 @@ class Envelope:
     keys: dict[str, str] = field(default_factory=dict)
     units: int = 0
     verdict: Verdict | None = None
+    step: int = 0
 
     def to_bytes(self) -> bytes:
         obj: dict[str, Any] = {"deai_sealed": MAGIC, "part": self.part, "seal": self.seal,
                                "idx": self.idx}
+        if self.part == "ckpt":
+            obj["step"] = self.step
         if self.keys:
             obj["keys"] = self.keys
         if self.part == "out":
@@ -220,15 +242,22 @@ def parse_envelope(data: bytes, where: str = "output") -> Envelope:
     obj = _load(data, where)
     part = obj.get("part")
     seal = obj.get("seal")
-    if part not in ("in", "out") or not isinstance(seal, str) or not _SEAL.match(seal):
-        raise InvalidInput(f"{where}: an envelope needs part 'in' or 'out' and a seal",
+    if part not in ("in", "out", "ckpt") or not isinstance(seal, str) or not _SEAL.match(seal):
+        raise InvalidInput(f"{where}: an envelope needs part 'in', 'out' or 'ckpt' and a seal",
                            field=where)
     return Envelope(
         seal=seal, part=part, idx=_int(obj.get("idx"), 0, MAX_SHARDS, f"{where}.idx"),
         nonce=_b64(obj.get("nonce"), f"{where}.nonce"), ct=_b64(obj.get("ct"), f"{where}.ct"),
         keys=_keys(obj, where) if part == "in" else {},
-        units=_int(obj.get("units"), 0, 10**9, f"{where}.units") if part == "out" else 0,
-        verdict=_verdict(obj.get("verdict"), where))
+        units=_int(obj.get("units"), 0, 10**12, f"{where}.units") if part == "out" else 0,
+        verdict=_verdict(obj.get("verdict"), where),
+        step=_int(obj.get("step"), 1, 2**63 - 1, f"{where}.step") if part == "ckpt" else 0)
+
+
+def ckpt_part(step: int) -> str:
+    """The associated data's part for a checkpoint at ``step`` (bound, so a checkpoint
+    cannot be passed off as another step's)."""
+    return f"ckpt.{step}"
 
 
 # --- check payloads ----------------------------------------------------------------------------
@@ -236,13 +265,16 @@ def parse_envelope(data: bytes, where: str = "output") -> Envelope:
 @dataclass(frozen=True)
 class CheckPayload:
     """A checker's lease input: the shard to re-run, the claimed output to test and, for a
-    referee, the first checker's output; ``spec``: the job's spec (public metadata)."""
+    referee, the first checker's output; ``spec``: the job's spec (public metadata);
+    ``checkpoints``: for a training task, its recorded checkpoints (plaintext digest, as
+    the chain names them → the sealed blob's digest), for a segment audit to replay from."""
 
     shard: str
     claimed: str
     claimed_units: int
     spec: dict[str, Any]
     checker: str | None = None
+    checkpoints: dict[str, str] = field(default_factory=dict)
 
     def to_bytes(self) -> bytes:
         obj: dict[str, Any] = {"deai_sealed_check": CHECK, "shard": self.shard,
@@ -250,6 +282,8 @@ class CheckPayload:
                                "spec": self.spec}
         if self.checker is not None:
             obj["checker"] = self.checker
+        if self.checkpoints:
+            obj["checkpoints"] = self.checkpoints
         return dumps(obj)
 
 
@@ -265,9 +299,14 @@ def parse_check(data: bytes) -> CheckPayload:
             raise InvalidInput(f"input.{k}: a sha256 hex digest", field=f"input.{k}")
     if not isinstance(obj.get("spec"), dict):
         raise InvalidInput("input.spec: the job's spec", field="input.spec")
+    cps = obj.get("checkpoints", {})
+    if not isinstance(cps, dict) or not all(
+            isinstance(k, str) and _HEX64.match(k) and isinstance(v, str) and _HEX64.match(v)
+            for k, v in cps.items()):
+        raise InvalidInput("input.checkpoints: digest → digest", field="input.checkpoints")
     return CheckPayload(obj["shard"], obj["claimed"],
-                        _int(obj.get("claimed_units"), 0, 10**9, "input.claimed_units"),
-                        obj["spec"], obj.get("checker"))
+                        _int(obj.get("claimed_units"), 0, 10**12, "input.claimed_units"),
+                        obj["spec"], obj.get("checker"), dict(cps))
 
 
 def is_sealed(spec: dict[str, Any] | None) -> bool:

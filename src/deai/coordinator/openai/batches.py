@@ -7,6 +7,14 @@ and billed at the price of whoever runs each task. Once the job ends, its
 output file is the job's assembled result (OpenAI batch output lines); for a
 cancelled, failed or expired batch, the lines of the tasks that finished, with
 an error file naming every request that did not.
+
+A sealed batch (DeAI's extra field ``sealed``: the model and the parties): the
+input file is the manifest of a sealed job (``core.sealed``), sealed and
+uploaded by the client (``deai.client.sealed_batches``), and the batch runs as
+that sealed job; the coordinator reads neither the requests nor the answers.
+Its output file is the sealed job's result file, which the client decrypts;
+the error file of a sealed batch that did not complete names the job's error
+once, as no request's ``custom_id`` can be read.
 """
 
 from __future__ import annotations
@@ -22,7 +30,7 @@ from deai.coordinator.openai import gateway, keys
 from deai.coordinator.openai import schemas as S
 from deai.coordinator.openai.errors import ApiError
 from deai.coordinator.service import Coordinator
-from deai.core import batch, catalog, kinds, wire
+from deai.core import batch, catalog, kinds, sealed, wire
 from deai.core.errors import InvalidInput, NotFound, UnknownModel
 from deai.core.lifecycle import JOB_ACTIVE, JobStatus, TaskStatus
 from deai.store.blobs import digest_of
@@ -105,18 +113,23 @@ def create(c: Coordinator, key: keys.KeyInfo, body: S.BatchIn,
         f = _own_file(s, key.account, body.input_file_id)
         digest = f.digest
     data = c.blobs.get(digest)
-    model = catalog.lookup(_model(data), field="model", workload=kind_name).name
+    name = body.sealed.model if body.sealed is not None else _model(data)
+    model = catalog.lookup(name, field="model", workload=kind_name).name
     prices = gateway.served_prices(c, kind_name, model)
     if not prices:
         raise UnknownModel(f"The model `{model}` is not served by any online provider.",
                            field="model")
     kind = kinds.get(kind_name)
-    spec = {"kind": kind_name, "model": model, "max_price": max(prices), "deadline": window}
-    try:
-        shards = kind.split(kind.parse_spec(spec), data)
-    except InvalidInput as exc:
-        raise ApiError(400, exc.message, param=exc.field) from None
-    del shards  # split here only to refuse a bad file with OpenAI's error; submit splits again
+    spec: dict[str, Any] = {"kind": kind_name, "model": model, "max_price": max(prices),
+                            "deadline": window}
+    if body.sealed is not None:  # the file is a manifest: admitted as a sealed job
+        spec.update(sealed=True, sealed_for=body.sealed.sealed_for)
+    else:
+        try:
+            shards = kind.split(kind.parse_spec(spec), data)
+        except InvalidInput as exc:
+            raise ApiError(400, exc.message, param=exc.field) from None
+        del shards  # split only to refuse a bad file with OpenAI's error; submit splits again
     batch_id = f"batch_{secrets.token_hex(12)}"
 
     def record(s: Session, job: Job) -> None:  # in the transaction that escrows the job
@@ -214,6 +227,9 @@ def _view(c: Coordinator, s: Session, b: ApiBatch) -> S.BatchOut:
 def _finalize(c: Coordinator, s: Session, b: ApiBatch, job: Job, status: str) -> None:
     """Write the output file (finished requests) and the error file (the others)."""
     kind = kinds.get(job.kind)
+    if sealed.is_sealed(job.spec):
+        _finalize_sealed(c, s, b, job, status)
+        return
     if job.status == JobStatus.COMPLETED and job.output_digest:
         output = c.blobs.get(job.output_digest)
     else:
@@ -233,6 +249,20 @@ def _finalize(c: Coordinator, s: Session, b: ApiBatch, job: Job, status: str) ->
         b.output_file_id = _store(c, s, b.account, f"{b.id}_output.jsonl", output)
     if errors:
         b.error_file_id = _store(c, s, b.account, f"{b.id}_error.jsonl", errors)
+
+
+def _finalize_sealed(c: Coordinator, s: Session, b: ApiBatch, job: Job, status: str) -> None:
+    """A sealed batch's output file is its job's sealed result file (only the client and the
+    set can open it); without one, the error file states the job's error once."""
+    if job.status == JobStatus.COMPLETED and job.output_digest:
+        b.output_file_id = _store(c, s, b.account, f"{b.id}_output.jsonl",
+                                  c.blobs.get(job.output_digest))
+        return
+    code = {"cancelled": "batch_cancelled", "expired": "batch_expired"}.get(status,
+                                                                           "batch_failed")
+    line = {"id": f"{b.id}-sealed", "custom_id": None, "response": None,
+            "error": {"code": code, "message": job.error or status}}
+    b.error_file_id = _store(c, s, b.account, f"{b.id}_error.jsonl", batch.dumps(line))
 
 
 def _error_line(batch_id: str, custom_id: str, code: str, message: str) -> dict[str, Any]:

@@ -160,12 +160,22 @@ class FileDeleted(Out):
     deleted: bool = True
 
 
+class SealedBatchIn(In):
+    """DeAI's extra field (``extra_body={"sealed": ...}``): the input file is a sealed job's
+    manifest (``deai.client.sealed_batches``), which the coordinator cannot read for the
+    model, so the batch names it; ``sealed_for``: the parties that hold the job key."""
+
+    model: str = Field(min_length=1, max_length=200)
+    sealed_for: list[str] = Field(min_length=1, max_length=64)
+
+
 class BatchIn(In):
     input_file_id: str = Field(min_length=1, max_length=40)
     endpoint: str
     completion_window: str = "24h"
     metadata: dict[str, str] | None = None
     output_expires_after: dict[str, Any] | None = None
+    sealed: SealedBatchIn | None = None
 
 
 class RequestCounts(Out):
