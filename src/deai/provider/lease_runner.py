@@ -378,7 +378,7 @@ class LeaseRunner:
         vol = spec.volume
         try:
             box.start(None if vol is None or vol.digest is None
-                      else lambda home: self._restore(home, vol))
+                      else lambda home: self._restore(spec.id, home, vol))
         except Exception as exc:
             log.exception("lease %s: sandbox failed", spec.id)
             with self._lock:
@@ -454,13 +454,13 @@ class LeaseRunner:
         log.info("lease %s: volume %s saved (%s, %d bytes)", box.spec.id, vol.id,
                  (out.head or "")[:12], out.head_size or 0)
 
-    def _restore(self, home: Path, vol: wl.VolumeSpec) -> None:
+    def _restore(self, lid: str, home: Path, vol: wl.VolumeSpec) -> None:
         assert vol.digest is not None
         data = self.client.download(vol.digest)
         if hashlib.sha256(data).hexdigest() != vol.digest:
             raise DeAIError(f"volume {vol.id}: the snapshot does not match its digest")
         size = volume_pack.unpack(data, home, vol.size_bytes)
-        log.info("lease: volume %s restored (%d bytes of files)", vol.id, size)
+        log.info("lease %s: volume %s restored (%d bytes of files)", lid, vol.id, size)
 
     def _beat_loop(self) -> None:
         while not self._stop.is_set():
