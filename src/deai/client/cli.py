@@ -618,7 +618,8 @@ def job_results(job_id: str, output: Annotated[Path | None, typer.Option(
     with Client(coordinator, keys.load(key)) as c:
         path, lines = write_results(c, job_id, output)
         result = training.parse(path.read_bytes())
-        extra = training.save(c, result, path) if result else []
+        extra = (training.save(c, result, path, model=sealed.model(c, job_id, result))
+                 if result else [])
     console.print(f"wrote {lines} lines to {path}")
     for p in extra:
         console.print(f"wrote {p}")

@@ -378,7 +378,7 @@ class ProviderAgent:
             return output, units
 
         if sealed.is_sealed(blob):  # decrypted here, run, and sealed again
-            output, units = sealed.run(self.identity, a, blob, context.fetch, run_plain)
+            output, units = sealed.run(self.identity, a, blob, context, run_plain)
         else:
             output, units = run_plain(blob)
         seconds = time.monotonic() - t0
