@@ -36,6 +36,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 from deai.client.leases import TERMINAL, Leases
 from deai.core import money
 from deai.core.errors import DeAIError
@@ -130,13 +132,19 @@ def _follow(leases: Leases, lid: str, runner: _Exec, poll: float,
             log: Callable[[str], None]) -> bool:
     """Until the script exits or the lease ends; whether a preemption notice came."""
     noticed = False
-    while runner.is_alive():
-        lease = leases.show(lid)
+    while True:
+        alive = runner.is_alive()
+        try:
+            lease = leases.show(lid)  # once more after the exit: the notice may come first
+        except httpx.TransportError as exc:  # a blip: the session itself carries on
+            log(f"could not follow lease {lid} ({exc}); retrying")
+            time.sleep(poll)
+            continue
         if lease.preempt_at is not None and not noticed:
             noticed = True
             at = time.strftime("%H:%M:%S", time.gmtime(lease.preempt_at))
             log(f"lease {lid}: preemption notice, it ends at {at} UTC")
-        if lease.status == TERMINAL:
+        if not alive or lease.status == TERMINAL:
             break
         runner.join(poll)
     runner.join(5.0)
