@@ -153,7 +153,11 @@ def test_one_live_lease_per_volume_and_snapshots_by_its_provider(c: Coordinator)
     with pytest.raises(NotFound):
         volumes.record(c, HOST2, first, snap)
     with pytest.raises(PayloadTooLarge):
-        volumes.record(c, HOST, first, b"x" * (v.size_bytes + 1))
+        volumes.record(c, HOST, first, b"\x1f\x8b" + b"x" * v.size_bytes)
+    for junk in (b"", b"not a tar"):
+        with pytest.raises(InvalidInput) as bad:
+            volumes.record(c, HOST, first, junk)
+        assert bad.value.field == "body"
     saved = volumes.record(c, HOST, first, snap)
     assert saved.head is not None and saved.head_size == len(snap)
     assert [x.kind for x in saved.snapshots] == ["asked"]

@@ -29,7 +29,7 @@ from sqlalchemy.orm import Session
 from deai.coordinator import blob_quota
 from deai.coordinator.service import Coordinator, new_id
 from deai.core import volumes as core
-from deai.core.errors import Conflict, NotFound, PayloadTooLarge
+from deai.core.errors import Conflict, InvalidInput, NotFound, PayloadTooLarge
 from deai.core.volumes import MountState, SnapshotKind
 from deai.core.wire_volumes import SnapshotOut, VolumeIn, VolumeOut, VolumeSpec
 from deai.store.models import Lease
@@ -38,6 +38,7 @@ from deai.store.models_volumes import Volume, VolumeMount, VolumeSnapshot
 LIVE = MountState.LIVE.value
 SAVING = MountState.SAVING.value
 DONE = MountState.DONE.value
+GZIP_MAGIC = b"\x1f\x8b"
 
 
 def save_timeout() -> float:
@@ -194,6 +195,8 @@ def record(c: Coordinator, pid: str, lid: str, data: bytes) -> VolumeOut:
                            field="lease")
         v = s.get(Volume, m.volume_id)
         cap = v.size_bytes if v is not None else 0
+    if data[:2] != GZIP_MAGIC:
+        raise InvalidInput("body: a snapshot is a gzip-compressed tar", field="body")
     if len(data) > cap:
         _refuse(c, lid, f"snapshot of {len(data)} bytes over the volume's {cap} bytes")
         raise PayloadTooLarge(f"body: a snapshot of {len(data)} bytes is over the volume's "
