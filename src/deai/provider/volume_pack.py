@@ -61,7 +61,7 @@ def pack(home: Path, cap: int) -> bytes:
                 elif stat.S_ISREG(st.st_mode):
                     total = _add_file(tar, info, name, dirfd, total, cap)
     out = io.BytesIO()
-    with gzip.GzipFile(fileobj=out, mode="wb", mtime=0, filename="", compresslevel=6) as gz:
+    with gzip.GzipFile(fileobj=out, mode="wb", mtime=0, filename="", compresslevel=1) as gz:
         gz.write(raw.getvalue())
     data = out.getvalue()
     if len(data) > cap:
