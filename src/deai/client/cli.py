@@ -760,6 +760,9 @@ app.add_typer(volume_app, name="volume")
 from deai.client.cli_cluster import cluster_app  # noqa: E402 - it uses the helpers above
 
 app.add_typer(cluster_app, name="cluster")
+from deai.client.cli_dataset import dataset_app  # noqa: E402 - it uses the helpers above
+
+app.add_typer(dataset_app, name="dataset")
 
 
 def main() -> None:

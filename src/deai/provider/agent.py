@@ -68,7 +68,7 @@ from deai.core.errors import (
     InvalidInput,
     NotFound,
 )
-from deai.provider import benchmark, challenge, hardware, sandbox, sealed
+from deai.provider import benchmark, challenge, datasets, hardware, sandbox, sealed
 from deai.provider.cheats import Cheat, units_of
 from deai.provider.lease_runner import HostOffer, LeaseRunner
 from deai.workloads.base import TaskContext
@@ -368,7 +368,8 @@ class ProviderAgent:
                 return stamped
             if cheat is not None:  # a faulty executor, for demonstrations of verification
                 blob = cheat.shard(a.workload, blob)
-            output, units = workloads.get(a.workload).run(a.model, blob, context)
+            with datasets.rows_for(self.client, self.identity, a, context.cancelled):
+                output, units = workloads.get(a.workload).run(a.model, blob, context)
             if cheat is not None:
                 tampered = cheat.output(a.workload, output, a.model)
                 if tampered != output:
