@@ -223,6 +223,26 @@ def run_case(n: int, tasks: int, n_decisions: int, url: str, profile: bool) -> d
             "pure_over_coordinator": round(ratio, 1) if ratio else None}
 
 
+def use_revision(rev: str) -> None:
+    """Run the matcher (and the /v1 path's use of it) as it was at ``rev``: the A/B
+    baseline under the same machine load."""
+    import importlib.util
+    import subprocess
+    src = subprocess.run(["git", "show", f"{rev}:src/deai/coordinator/matching.py"],
+                         check=True, capture_output=True, text=True, cwd=ROOT).stdout
+    path = Path(tempfile.mkdtemp()) / "matching_old.py"
+    path.write_text(src)
+    spec = importlib.util.spec_from_file_location("matching_old", path)
+    assert spec is not None and spec.loader is not None
+    old = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(old)
+    first = old.place_now  # it read the providers itself: the states passed are dropped
+    old.place_now = lambda c, s, task, job, states=None: first(c, s, task, job)
+    global matching
+    matching = old  # type: ignore[assignment]
+    gateway.matching = old  # type: ignore[attr-defined]
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--providers", type=int, nargs="+", default=[1_000, 10_000])
@@ -231,8 +251,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--database", choices=["sqlite", "postgres"], default="sqlite")
     ap.add_argument("--database-url", default="")
     ap.add_argument("--profile", action="store_true", help="cProfile the matching rounds")
+    ap.add_argument("--rev", default="", help="run the matcher of this git revision instead")
     ap.add_argument("--out", type=Path, default=OUT)
     a = ap.parse_args(argv)
+    if a.rev:
+        use_revision(a.rev)
     catalog.lookup(MODEL)
     pg = None
     if a.database == "postgres" and not a.database_url:
@@ -261,6 +284,7 @@ def main(argv: list[str] | None = None) -> int:
                      "heartbeat during a round",
         "command": "python " + " ".join(["bench/bench_matcher.py", *(argv or sys.argv[1:])]),
         "database": a.database if not a.database_url else "url",
+        "matcher_revision": a.rev or "working tree",
         "python": sys.version.split()[0],
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
                     "loadavg": [round(x, 2) for x in os.getloadavg()]},

@@ -230,3 +230,33 @@ def test_a_task_cancelled_after_the_plan_is_not_leased(c: Coordinator) -> None:
     done, _ = c.db.run(lambda s: matching._commit(c, s, placements, seen))
     assert done == []
     assert leased(c) == {}
+
+
+def test_a_wanted_replica_is_leased_by_the_batched_commit_to_another_identity(
+        c: Coordinator) -> None:
+    from deai.core.lifecycle import Role
+    # Hardware that differs, so no two share a fingerprint (``core.diversity``).
+    first = provider(c, 0, price=100)
+    others = {provider(c, k, price=100 + k, memory_mb=4096 + k) for k in (1, 2, 3)}
+    (tid,) = queue(c, 1)
+    assert matching.match_once(c) == [first]
+    # The primary's result is in and the task waits for a replica (what
+    # ``jobs.submit_result`` leaves behind under full replication).
+    out = c.blobs.put(b"result")
+    with c.db.write() as s:
+        a = s.scalars(select(Assignment).where(Assignment.task_id == tid)).one()
+        a.status, a.output_digest, a.units = AssignmentStatus.SUBMITTED, out, 1
+        t = s.get(Task, tid)
+        assert t is not None
+        t.status, t.pending_role, t.updated_at = TaskStatus.VERIFYING, Role.REPLICA, c.now()
+        primary = a.id
+    placed = matching.match_once(c)
+    assert len(placed) == 1 and placed[0] in others
+    with c.db.read() as s:
+        r = s.scalars(select(Assignment).where(Assignment.task_id == tid,
+                                               Assignment.role == Role.REPLICA)).one()
+        t = s.get(Task, tid)
+        assert t is not None and t.pending_role is None and t.status == TaskStatus.VERIFYING
+        got = (r.provider_id, r.check_of, r.status)
+    assert got == (placed[0], primary, AssignmentStatus.LEASED)
+    check_slots(c)
