@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import cProfile
 import json
+import math
 import os
 import platform
 import pstats
@@ -133,7 +134,7 @@ def decisions(c: Coordinator, n: int) -> dict[str, Any]:
         placed += st.provider is not None
     xs.sort()
     return {"n": n, "placed": placed, "p50_ms": round(xs[len(xs) // 2], 2),
-            "p99_ms": round(xs[int(len(xs) * 0.99) - 1], 2), "max_ms": round(xs[-1], 2)}
+            "p99_ms": round(_p99(xs), 2), "max_ms": round(xs[-1], 2)}
 
 
 class Heartbeats(threading.Thread):
@@ -197,7 +198,12 @@ def _lat(xs: list[float]) -> dict[str, Any]:
     if not xs:
         return {"n": 0}
     return {"n": len(xs), "p50_ms": round(statistics.median(xs), 2),
-            "p99_ms": round(xs[max(0, int(len(xs) * 0.99) - 1)], 2), "max_ms": round(xs[-1], 2)}
+            "p99_ms": round(_p99(xs), 2), "max_ms": round(xs[-1], 2)}
+
+
+def _p99(xs: list[float]) -> float:
+    """The 99th percentile of sorted ``xs`` (nearest rank; the maximum below 100)."""
+    return xs[min(len(xs), math.ceil(len(xs) * 0.99)) - 1]
 
 
 def run_case(n: int, tasks: int, n_decisions: int, url: str, profile: bool) -> dict[str, Any]:
