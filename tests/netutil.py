@@ -102,7 +102,7 @@ class Network:
         self.coordinator = Proc(args, self.root / "coordinator.log", self.env)
         self.wait_ready()
 
-    def wait_ready(self, timeout: float = 60.0) -> None:
+    def wait_ready(self, timeout: float = 180.0) -> None:  # imports take a minute under load
         end = time.time() + timeout
         while time.time() < end:
             assert self.coordinator is not None
