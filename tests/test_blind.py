@@ -87,11 +87,22 @@ def test_leases_of_every_role_look_alike_and_nothing_public_tells(net: Network) 
         assert page["checks"] == []
     canary_jobs = {x.job_id for leases in seen.values() for x in leases
                    if by_role[x.id] == "canary"}
+    announced = {e["subject"]: e["body"] for e in events["events"]
+                 if e["kind"] == "job_submitted"}
     for job_id in [*jobs, *canary_jobs]:
-        face = httpx.get(f"{net.url}/api/explorer/jobs/{job_id}").json()["job"]
+        # Every job is announced alike, a canary too; who pays waits for the window.
+        assert job_id in announced, f"{job_id} was never announced: a canary would stand out"
+        assert not {"owner", "escrow"} & set(announced[job_id]), announced[job_id]
+        page = httpx.get(f"{net.url}/api/explorer/jobs/{job_id}").json()
+        face = page["job"]
         assert face["owner"] == "" and face["escrow"] == face["cost"] == 0
-        assert {s for shard in httpx.get(f"{net.url}/api/explorer/jobs/{job_id}").json()[
-            "shards"] for s in [shard.get("state")]} <= {"accepted", "running", "verifying",
-                                                          "queued"}
+        # Nothing says a result waits for its check, nor who else ran a shard (a checker
+        # would learn it is one, and whom it checks).
+        assert face["status"] != "verifying" and "verifying" not in face["tasks"], face
+        assert face["providers"] == {}, face
+        assert {shard["state"] for shard in page["shards"]} <= {"accepted", "running",
+                                                               "queued"}, page["shards"]
+        assert all(shard["providers"] == [] for shard in page["shards"]), page["shards"]
+        assert page["assignments"] == [] and page["providers"] == [], page
     listed = {j["id"] for j in httpx.get(f"{net.url}/api/explorer/jobs").json()["jobs"]}
     assert canary_jobs <= listed, "canaries are listed like any job"

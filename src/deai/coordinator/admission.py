@@ -104,8 +104,9 @@ def create(c: Coordinator, s: Session, *, owner: str, kind: str, model: str,
     if key is not None:
         s.add(ApiKeyJob(job_id=job_id, api_key_id=key.key_id, source=key.source,
                         created_at=now))
-    if owner != NETWORK:
-        c.emit(s, "job_submitted", job_id, owner=owner, tasks=len(rows), escrow=escrow,
-               model=model, units=job.units, **(event or {}))
+    # Every job, a canary too: a job nobody announced would be a canary to anyone reading
+    # the event stream. Its owner and escrow stay sealed for the window (``public``).
+    c.emit(s, "job_submitted", job_id, owner=owner, tasks=len(rows), escrow=escrow,
+           model=model, units=job.units, **(event or {}))
     s.flush()
     return job, tasks

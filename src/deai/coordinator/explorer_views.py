@@ -247,7 +247,10 @@ def job_detail(c: Coordinator, job_id: str) -> wx.JobDetailOut:
     with c.db.read() as s:
         tasks = s.scalars(select(Task).where(Task.job_id == job_id).order_by(Task.idx)
                           .limit(MAX_SHARDS)).all()
-        asgs = s.scalars(select(Assignment).where(Assignment.job_id == job_id)
+        # Only what was leased before the challenge-window horizon: who else touched a
+        # shard, and in what order, would tell a checker it is one (and whom it checks).
+        asgs = s.scalars(select(Assignment).where(Assignment.job_id == job_id,
+                                                  Assignment.leased_at <= h)
                          .order_by(Assignment.leased_at)).all()
         by_task: dict[str, list[Assignment]] = defaultdict(list)
         for a in asgs:

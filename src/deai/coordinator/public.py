@@ -18,6 +18,7 @@ from typing import Any
 
 from deai.core import wire
 from deai.core import wire_explorer as wx
+from deai.core.lifecycle import JobStatus, TaskStatus
 
 _CHECK = ("job", "role", "provider", "subject", "checker", "referee", "statistic", "detail",
           "fault", "canary")
@@ -86,7 +87,9 @@ SEALED = frozenset({
     "result_corrected", "audit_passed", "forced_error_noticed",
 })
 SEALED_FIELDS = frozenset({"role", "canary", "subject", "checker", "referee", "rho",
-                           "statistic", "detail", "fault", "job"})
+                           "statistic", "detail", "fault", "job", "owner", "escrow"})
+# ``owner`` and ``escrow``: every job, a canary too, is announced by ``job_submitted`` at
+# once, and who pays for it (the network pays for a canary) waits for the window.
 
 
 def disclosed(kind: str, ts: float, horizon: float) -> bool:
@@ -124,6 +127,14 @@ def job(j: wire.JobOut, horizon: float | None = None) -> wire.JobOut:
                               "owner": "", "output_digest": None, "error": error(j.error)}
     if horizon is not None and (j.finished_at is None or j.finished_at > horizon):
         update |= {"escrow": 0, "cost": 0, "refunded": 0, "corrected": 0}
+        # A result waiting for its check, and who else ran the job, would tell a checker
+        # that it is one (and whom it checks): shown only once the window has closed.
+        tasks = dict(j.tasks)
+        waiting = tasks.pop(TaskStatus.VERIFYING, 0)
+        if waiting:
+            tasks[TaskStatus.ASSIGNED] = tasks.get(TaskStatus.ASSIGNED, 0) + waiting
+        update |= {"tasks": tasks, "providers": {},
+                   "status": JobStatus.RUNNING if j.status == JobStatus.VERIFYING else j.status}
     return j.model_copy(update=update)
 
 
