@@ -37,7 +37,7 @@ from deai.core.lifecycle import Role
 from deai.core.lifecycle import decide as D
 from deai.core.lifecycle import effects as E
 from deai.core.verify.policy import Fault
-from deai.store.models import Lease, Provider
+from deai.store.models import Lease, LeaseHost, Provider
 from deai.store.models_clusters import Cluster
 from tests.lifecycle_worlds import DbWorld
 from tests.netutil import free_port
@@ -90,6 +90,9 @@ def build(root: Path) -> World:
                         end_reason="provider lost" if ended else None, cpus=2, memory_mb=2048,
                         price_hour=360_000, max_price_hour=500_000, escrow=LEASE_ESCROW,
                         created_at=now, started_at=now, ended_at=now if ended else None))
+        for pid in (p[5], p[2], p[3]):
+            s.add(LeaseHost(provider_id=pid, cpus=4, memory_mb=8192, gpus=0,
+                            prices={"cpu": 360_000, "memory_gb": 36_000}, updated_at=now))
         s.add(Cluster(id="cl_world", owner=w.client, status="running", nodes=2,
                       leases=["lse_head", "lse_worker"], lost=[], created_at=now,
                       form_by=now + 180, ready_at=now, ray={"token": "never shown"}))

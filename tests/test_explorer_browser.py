@@ -294,6 +294,10 @@ def test_leases_page_shows_clusters_and_leases(wtab: Tab, world: tuple[World, st
     expect(leases).to_contain_text("ended: provider lost")
     head = next(pid for pid, st in w.standing.items() if st == "online")  # hosts the head
     expect(clusters.locator(f'a[href="#/providers/{head}"]')).to_have_text(w.names[head])
+    hosts = page.get_by_test_id("lease-hosts")
+    expect(hosts.locator("tbody tr")).to_have_count(3, timeout=30_000)
+    expect(hosts).to_contain_text("2 / 4")  # CPUs held by a live lease, of the host's four
+    expect(page.get_by_test_id("stat-lease-utilisation").locator(".value")).to_have_text("33%")
     assert not wtab.errors, wtab.errors
     wtab.shot("leases")
 

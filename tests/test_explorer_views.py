@@ -120,6 +120,13 @@ def test_leases_and_clusters_show_public_facts_only(world: World, url: str) -> N
     assert cl.id == "cl_world" and len(cl.providers) == 2
     assert {r.id: r.cluster for r in got.recent_leases} == {
         "lse_head": "cl_world", "lse_worker": "cl_world", "lse_gone": None}
+    # Hosts with their per-hour prices by resource class and what live leases hold.
+    used = {h.provider: h.cpus_used for h in got.hosts}
+    assert sorted(used.values()) == [0, 2, 2], used  # the ended lease holds nothing
+    assert {h.provider for h in got.hosts if h.cpus_used} == {
+        r.provider for r in got.recent_leases if r.status == "active"}
+    assert all(h.prices == {"cpu": 360_000, "memory_gb": 36_000} for h in got.hosts)
+    assert got.utilisation == 4 / 12
     text = httpx.get(f"{url}/api/explorer/leases", timeout=30).text
     for private in (str(LEASE_ESCROW), "never shown", '"owner"', '"escrow"'):
         assert private not in text, private

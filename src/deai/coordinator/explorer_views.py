@@ -18,7 +18,7 @@ from typing import Any
 from sqlalchemy import String, cast, func, select
 from sqlalchemy.orm import Session
 
-from deai.coordinator import api_ledger, clusters, jobs, public
+from deai.coordinator import api_ledger, clusters, jobs, leases, public
 from deai.coordinator.service import Coordinator
 from deai.core import compute, ledger, wire
 from deai.core import wire_explorer as wx
@@ -33,6 +33,7 @@ from deai.store.models import (
     JournalEntry,
     JournalHead,
     Lease,
+    LeaseHost,
     Offer,
     Payout,
     Provider,
@@ -420,7 +421,11 @@ def leases_view(c: Coordinator, limit: int) -> wx.LeasesOut:
         host = dict(s.execute(select(Lease.id, Lease.provider_id).where(
             Lease.id.in_(sorted(member)))).all()) if member else {}
         running = s.scalars(select(Cluster).where(Cluster.status == clusters.RUNNING)).all()
+        hosts = _lease_hosts(c, s, names)
+        capacity = sum(x.cpus for x in hosts)
         return wx.LeasesOut(
+            hosts=hosts[:limit],
+            utilisation=sum(x.cpus_used for x in hosts) / capacity if capacity else 0.0,
             leases=_counts(s, Lease.status),
             lease_end_reasons=_counts_where(s, Lease.end_reason, Lease.end_reason.is_not(None)),
             clusters=_counts(s, Cluster.status),
@@ -439,3 +444,25 @@ def leases_view(c: Coordinator, limit: int) -> wx.LeasesOut:
                 providers=[host[lid] for lid in (cl.leases or []) if lid in host],
                 lost=len(cl.lost or []), created_at=cl.created_at, ready_at=cl.ready_at,
                 ended_at=cl.ended_at) for cl in cluster_rows])
+
+
+def _lease_hosts(c: Coordinator, s: Session, names: dict[str, str]) -> list[wx.LeaseHostRow]:
+    """Lease hosts with their prices, capacity and what live leases hold of it, busiest
+    first."""
+    used = {pid: (int(cpu or 0), int(mem or 0), int(gpu or 0))
+            for pid, cpu, mem, gpu in s.execute(
+                select(Lease.provider_id, func.sum(Lease.cpus), func.sum(Lease.memory_mb),
+                       func.sum(Lease.gpus)).where(Lease.status.in_(leases.LIVE))
+                .group_by(Lease.provider_id))}
+    rows = s.execute(select(LeaseHost, Provider)
+                     .join(Provider, Provider.id == LeaseHost.provider_id)).all()
+    out = []
+    for h, p in rows:
+        cpu, mem, gpu = used.get(h.provider_id, (0, 0, 0))
+        out.append(wx.LeaseHostRow(
+            provider=p.id, provider_name=names.get(p.id) or p.id[:12], online=c.online(p),
+            prices={str(k): int(v) for k, v in dict(h.prices or {}).items()},
+            cpus=h.cpus, cpus_used=cpu, memory_mb=h.memory_mb, memory_used_mb=mem,
+            gpus=h.gpus, gpus_used=gpu, gpu_model=h.gpu_model))
+    out.sort(key=lambda x: (-x.cpus_used, x.provider))
+    return out

@@ -216,6 +216,24 @@ class LeaseRow(Out):
     cluster: str | None = None
 
 
+class LeaseHostRow(Out):
+    """A provider that hosts leases: its per-hour prices by resource class (µ per core,
+    per GiB of memory, per GPU, per GPU of a model), its capacity and what live leases
+    use of it now."""
+
+    provider: str
+    provider_name: str
+    online: bool
+    prices: dict[str, int]
+    cpus: int
+    cpus_used: int
+    memory_mb: int
+    memory_used_mb: int
+    gpus: int
+    gpus_used: int
+    gpu_model: str | None = None
+
+
 class ClusterRow(Out):
     """A cluster as the public sees it: its nodes (the head first) and its fate."""
 
@@ -238,3 +256,7 @@ class LeasesOut(Out):
     nodes_running: int
     recent_leases: list[LeaseRow]
     recent_clusters: list[ClusterRow]
+    hosts: list[LeaseHostRow] = []
+    """Every lease host, busiest first (at most ``limit``)."""
+    utilisation: float = 0.0
+    """Share of the hosts' CPU cores that live leases hold now."""

@@ -694,9 +694,10 @@
     const fate = (x) => badge(x.status === "ended" ? (x.end_reason === "owner ended" || x.end_reason === "time up" ? "done" : "failed") : (x.status === "pending" || x.status === "forming" ? "pending" : "running"), x.status === "ended" ? `ended: ${x.end_reason}` : x.status);
     const reasons = (m) => Object.entries(m).map(([k, n]) => `${k} ${nf.format(n)}`).join(" · ") || "none yet";
     v.mount = (root) => {
-      v.cards = h("div", { class: "grid cols-3" }); v.leases = h("div"); v.clusters = h("div");
+      v.cards = h("div", { class: "grid cols-4" }); v.leases = h("div"); v.clusters = h("div"); v.hosts = h("div");
       root.append(h("div", { class: "page-head" }, h("h1", {}, "Leases"), h("div", { class: "sub" }, "Machines rented by the hour (a shell, files and ports in a sandbox on the provider) and Ray clusters made of several leases. Owners and escrow stay private.")),
-        v.cards, card("Clusters", v.clusters, { flush: true, testid: "clusters" }), h("div", { style: "height:16px" }),
+        v.cards, card("Hosts and their prices per hour", v.hosts, { flush: true, testid: "lease-hosts" }), h("div", { style: "height:16px" }),
+        card("Clusters", v.clusters, { flush: true, testid: "clusters" }), h("div", { style: "height:16px" }),
         card("Latest leases", v.leases, { flush: true, testid: "leases" }));
     };
     v.load = () => api("/api/explorer/leases?limit=50");
@@ -705,7 +706,18 @@
       v.cards.replaceChildren(
         stat("Active leases", n(d.leases, "active"), `${n(d.leases, "pending")} starting · ${n(d.leases, "ended")} ended`, d.leases.active ? "good" : "", "stat-leases-active"),
         stat("Running clusters", n(d.clusters, "running"), `${nf.format(d.nodes_running)} nodes · ${n(d.clusters, "forming")} forming`, d.clusters.running ? "good" : "", "stat-clusters-running"),
-        stat("How leases ended", nf.format(Object.values(d.lease_end_reasons).reduce((a, b) => a + b, 0)), reasons(d.lease_end_reasons), "", "stat-lease-ends"));
+        stat("How leases ended", nf.format(Object.values(d.lease_end_reasons).reduce((a, b) => a + b, 0)), reasons(d.lease_end_reasons), "", "stat-lease-ends"),
+        stat("Host CPUs in use", `${num((d.utilisation || 0) * 100, 0)}%`, `${nf.format((d.hosts || []).length)} hosts`, "", "stat-lease-utilisation"));
+      const priceOf = (m) => Object.entries(m).map(([k, p]) => `${k.replace("memory_gb", "GiB").replace("cpu", "core")} ${money(p)}`).join(" · ") || "—";
+      const bar = (used, cap) => h("span", { title: `${nf.format(used)} of ${nf.format(cap)}` }, h("span", { class: "bar", style: `display:inline-block;width:60px;height:8px;border-radius:4px;background:linear-gradient(90deg,var(--accent,#4c8bf5) ${cap ? Math.round(100 * used / cap) : 0}%,rgba(127,127,127,.25) 0)` }), ` ${nf.format(used)} / ${nf.format(cap)}`);
+      v.hosts.replaceChildren(table([
+        { key: "prov", label: "Host", render: (x) => providerLink(x.provider) },
+        { key: "online", label: "Status", render: (x) => badge(x.online ? "running" : "failed", x.online ? "online" : "offline") },
+        { key: "prices", label: "Per hour (core, GiB, GPU)", wrap: true, render: (x) => priceOf(x.prices) },
+        { key: "cpu", label: "CPUs leased", render: (x) => bar(x.cpus_used, x.cpus) },
+        { key: "mem", label: "Memory leased (MB)", render: (x) => bar(x.memory_used_mb, x.memory_mb) },
+        { key: "gpu", label: "GPUs", render: (x) => (x.gpus ? `${nf.format(x.gpus_used)} / ${nf.format(x.gpus)}${x.gpu_model ? ` ${x.gpu_model}` : ""}` : "—") },
+      ], d.hosts || [], { empty: "No host yet. deai provider start --lease-prices cpu=P,memory_gb=P offers leases." }));
       v.clusters.replaceChildren(table([
         { key: "id", label: "Cluster", render: (x) => h("span", { class: "mono", title: x.id }, short(x.id, 16)) },
         { key: "status", label: "Status", render: fate },
