@@ -260,3 +260,33 @@ def test_a_wanted_replica_is_leased_by_the_batched_commit_to_another_identity(
         got = (r.provider_id, r.check_of, r.status)
     assert got == (placed[0], primary, AssignmentStatus.LEASED)
     check_slots(c)
+
+
+def test_a_checker_that_noticed_a_forced_error_may_run_the_real_check(
+        c: Coordinator) -> None:
+    """A forced error shows the checker only the network's forged claim; the checker that
+    noticed it is not a party to the task, so with one eligible checker the real check
+    still finds it (before, every forced error used up one checker for good)."""
+    from deai.core.lifecycle import Role
+    first = provider(c, 0, price=100)
+    checker = provider(c, 1, price=101, memory_mb=4097)
+    (tid,) = queue(c, 1)
+    assert matching.match_once(c) == [first]
+    out = c.blobs.put(b"result")
+    with c.db.write() as s:
+        a = s.scalars(select(Assignment).where(Assignment.task_id == tid)).one()
+        a.status, a.output_digest, a.units = AssignmentStatus.SUBMITTED, out, 1
+        # The checker was handed a forged claim, noticed it and was paid (``on_forced``).
+        s.add(Assignment(id="asg_forced", task_id=tid, job_id=a.job_id, provider_id=checker,
+                         role=Role.REPLICA, status=AssignmentStatus.ACCEPTED, price=101,
+                         leased_at=c.now(), lease_deadline=c.now() + 60, delivered=True,
+                         check_of=a.id, forced={"token": 1}, units=1))
+        t = s.get(Task, tid)
+        assert t is not None
+        t.status, t.pending_role, t.updated_at = TaskStatus.VERIFYING, Role.REPLICA, c.now()
+    assert matching.match_once(c) == [checker]
+    with c.db.read() as s:
+        real = s.scalars(select(Assignment).where(
+            Assignment.task_id == tid, Assignment.role == Role.REPLICA,
+            Assignment.status == AssignmentStatus.LEASED)).one()
+        assert real.provider_id == checker and real.forced is None

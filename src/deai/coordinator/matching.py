@@ -246,8 +246,13 @@ def _place_round(c: Coordinator, s: Session, rows: Sequence[Any],
     touched: dict[str, set[str]] = defaultdict(set)
     failed: dict[str, set[str]] = defaultdict(set)
     for a in s.execute(select(Assignment.task_id, Assignment.provider_id, Assignment.status,
-                              Assignment.error)
+                              Assignment.error, Assignment.forced)
                        .where(Assignment.task_id.in_([t.id for t, _ in rows]))):
+        if a.forced is not None and a.status == AssignmentStatus.ACCEPTED:
+            # It noticed a forced error: it saw only the network's forged claim, never the
+            # task's, and proved it computes. It may still run the real check; counting it
+            # as a party would use up one eligible checker per forced error.
+            continue
         touched[a.task_id].add(a.provider_id)
         if a.status in (AssignmentStatus.REJECTED, AssignmentStatus.FAILED) or (
                 a.status == AssignmentStatus.EXPIRED and a.error == hoarding.LAPSE):
