@@ -21,6 +21,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from deai.client import datasets
 from deai.client.cli import app
 from deai.core import ledger
 from tests.helpers import audit_ok, journal
@@ -106,4 +107,58 @@ def test_dataset_trains_another_accounts_model_and_pays_once(net: Network) -> No
     out = cli(net, "dataset", "train", ds, str(spec), "--key", "user", ok=False)
     assert "spec.dataset_terms.revoked" in out, out
     assert user.balance().available == spent
+    audit_ok(user)
+
+
+@pytest.fixture
+def checked_net(tmp_path: Path) -> Iterator[Network]:
+    n = Network(tmp_path, heartbeat_timeout=10.0, lease_ttl=120.0, challenge_window=1.0,
+                extra=("--verify-timeout", "120"), verifiers=1)
+    n.start_coordinator()
+    try:
+        yield n
+    finally:
+        n.close()
+
+
+def test_a_checked_dataset_job_releases_the_key_to_its_checker_too(checked_net: Network) -> None:
+    """With verification on (new providers are fully replicated), the replica needs the
+    dataset's key as much as the primary: the owner's serve loop releases it to both, the
+    job completes checked, and the use names both providers and one royalty."""
+    net = checked_net
+    rng = np.random.default_rng(12)
+    x = rng.normal(size=(60, 5)).round(3)
+    y = (x[:, 0] - x[:, 2] > 0).astype(int)
+    data = net.root / "rows.csv"
+    data.write_text("".join(",".join(f"{v:g}" for v in (*r, c)) + "\n"
+                            for r, c in zip(x, y, strict=True)))
+    spec = net.root / "train.yaml"
+    spec.write_text(yaml.safe_dump({**SPEC, "epochs": 1}))
+    owner, user = net.client("owner"), net.client("user")
+    user.faucet(1_000_000_000)
+    net.start_verifier("verifier-1", "--models", "mlp-digits")
+    for name, price in (("trainer-a", 500), ("trainer-b", 520)):
+        net.start_provider(name, price, "--models", "mlp-digits")
+    net.wait_providers(2)
+    out = cli(net, "dataset", "publish", str(data), "--price-per-use", "0.1",
+              "--allow", "train", "--key", "owner")
+    ds = re.search(r"published dataset (ds_[0-9a-f]{24})", out).group(1)  # type: ignore[union-attr]
+    before = owner.balance().available
+    serve = Proc([sys.executable, "-m", "deai.client.cli", "dataset", "serve", "--key", "owner",
+                  "--coordinator", net.url, "--interval", "0.5"],
+                 net.root / "serve.log", net.env)
+    try:
+        out = cli(net, "dataset", "train", ds, str(spec), "--key", "user")
+        job_id = re.search(r"submitted job (\S+)", out).group(1)  # type: ignore[union-attr]
+        status = net.wait_job(user, job_id, timeout=900)
+        assert status == "completed", net.logs() + serve.tail()
+    finally:
+        serve.stop()
+    checks = [e for e in journal(user) if e.kind == "check_fee"]
+    assert checks, "the job was not checked: " + net.logs()
+    (use,) = datasets.uses(owner, ds)
+    # The key went to the primary and its checker (and the verifier if it audited).
+    assert {net.key("trainer-a").id, net.key("trainer-b").id} <= set(use.released_to), use
+    assert use.job_id == job_id and use.chain_head, use
+    assert owner.balance().available == before + 100_000
     audit_ok(user)
