@@ -269,13 +269,17 @@ def test_job_page_marks_redone_and_corrected_shards(wtab: Tab,
     shown = {c for row in legend.evaluate_all(look) for c in row}
     # The map shows one shard here: add a cell for every state the API can send
     # (wire_explorer.ShardOut.state), with each mark, as the page's own update would.
-    page.evaluate("""() => { const map = document.querySelector('[data-testid=shard-map]');
+    # One synchronous script (the page's own refresh could otherwise redraw the map
+    # between adding the cells and reading their colours).
+    used = {c for row in page.evaluate("""() => {
+        const map = document.querySelector('[data-testid=shard-map]');
         for (const s of ['queued', 'running', 'verifying', 'accepted', 'failed'])
           for (const m of ['', 'redone', 'corrected', 'redone corrected']) {
             const d = document.createElement('div'); d.className = `cell ${m}`;
-            d.dataset.state = s; map.append(d); } }""")
-    used = {c for row in page.get_by_test_id("shard-map").locator(".cell").evaluate_all(look)
-            for c in row}
+            d.dataset.state = s; map.append(d); }
+        return [...map.querySelectorAll('.cell')].map(e => { const s = getComputedStyle(e);
+          return [s.backgroundColor, ...(s.boxShadow.match(/rgba?\\([^)]*\\)/g) || [])]; });
+        }""") for c in row}
     assert used <= shown, used - shown
     assert legend.count() == 7  # five states and two marks
     wtab.shot("job-marks")
@@ -300,6 +304,14 @@ def test_leases_page_shows_clusters_and_leases(wtab: Tab, world: tuple[World, st
     expect(page.get_by_test_id("stat-lease-utilisation").locator(".value")).to_have_text("33%")
     assert not wtab.errors, wtab.errors
     wtab.shot("leases")
+    # The host's own page: its prices, what is held and the leases it hosted.
+    page = wtab.open(f"#/providers/{head}")
+    hosting = page.get_by_test_id("provider-leases")
+    expect(hosting).to_contain_text("lse_head", timeout=30_000)
+    expect(hosting).to_contain_text("2 / 4")
+    assert not nulls(page), nulls(page)
+    assert not wtab.errors, wtab.errors
+    wtab.shot("provider-leases")
 
 
 def test_ledger_postings_by_name_and_paging(wtab: Tab, world: tuple[World, str]) -> None:
@@ -349,6 +361,14 @@ def test_slash_amounts_read_in_deai(wtab: Tab, world: tuple[World, str]) -> None
     wtab.shot("verification-slashes")
 
 
+def nulls(page: Page) -> list[str]:
+    """Elements showing the text "null" or "undefined" (a null handed to replaceChildren)."""
+    return page.evaluate("""() => [...document.querySelectorAll('main *')]
+        .filter(e => [...e.childNodes].some(n => n.nodeType === 3
+                                             && /^(null|undefined)$/.test(n.data.trim())))
+        .slice(0, 5).map(e => e.tagName + '.' + e.className)""")
+
+
 PAGES = ["#/", "#/providers", "#/jobs", "JOB", "#/verification", "#/ledger", "#/leases",
          "#/hardware", "#/chain", "PROVIDER", "ACCOUNT"]
 
@@ -387,5 +407,6 @@ def test_phone_pages_never_scroll_sideways(browser: Browser, world: tuple[World,
                              && !e.closest('.table-wrap, nav'))
                 .slice(0, 5).map(e => e.tagName + '.' + e.className)""")
             assert width <= 391, (target, width, wide)
+            assert not nulls(page), (target, nulls(page))
     finally:
         tab.close()

@@ -127,6 +127,13 @@ def test_leases_and_clusters_show_public_facts_only(world: World, url: str) -> N
         r.provider for r in got.recent_leases if r.status == "active"}
     assert all(h.prices == {"cpu": 360_000, "memory_gb": 36_000} for h in got.hosts)
     assert got.utilisation == 4 / 12
+    # A host's own page: its offer and the leases it hosted, nothing private.
+    head = next(r.provider for r in got.recent_leases if r.id == "lse_head")
+    page = views.provider_detail(world.c, head, 20)
+    assert page.lease_host is not None and page.lease_host.cpus_used == 2
+    assert [r.id for r in page.leases] == ["lse_head"]
+    ptext = httpx.get(f"{url}/api/explorer/providers/{head}", timeout=30).text
+    assert '"lse_head"' in ptext and str(LEASE_ESCROW) not in ptext
     text = httpx.get(f"{url}/api/explorer/leases", timeout=30).text
     for private in (str(LEASE_ESCROW), "never shown", '"owner"', '"escrow"'):
         assert private not in text, private

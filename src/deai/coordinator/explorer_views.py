@@ -211,11 +211,13 @@ def provider_detail(c: Coordinator, pid: str, limit: int) -> wx.ProviderDetailOu
         statuses = _counts_where(s, Assignment.status, Assignment.provider_id == pid)
         recent = s.scalars(select(Assignment).where(Assignment.provider_id == pid)
                            .order_by(Assignment.leased_at.desc()).limit(limit)).all()
+        host, hosted = _hosted(c, s, pid, prov.name or pid[:12], limit)
         return wx.ProviderDetailOut(
             provider=prov, balance=bal, pending_earnings=int(sums.get(False, 0)),
             released_earnings=int(sums.get(True, 0)), assignments=statuses,
             recent=[assignment_row(a, horizon(c)) for a in recent],
-            checks=verification_events(s, limit, horizon(c), party=pid))
+            checks=verification_events(s, limit, horizon(c), party=pid),
+            lease_host=host, leases=hosted)
 
 
 # --- jobs -----------------------------------------------------------------------------
@@ -432,13 +434,7 @@ def leases_view(c: Coordinator, limit: int) -> wx.LeasesOut:
             cluster_end_reasons=_counts_where(s, Cluster.end_reason,
                                               Cluster.end_reason.is_not(None)),
             nodes_running=sum(cl.nodes - len(cl.lost or []) for cl in running),
-            recent_leases=[wx.LeaseRow(
-                id=r.id, provider=r.provider_id,
-                provider_name=names.get(r.provider_id) or r.provider_id[:12], status=r.status,
-                end_reason=r.end_reason, cpus=r.cpus, memory_mb=r.memory_mb, gpus=r.gpus,
-                spot=r.spot, price_hour=r.price_hour, created_at=r.created_at,
-                started_at=r.started_at, ended_at=r.ended_at, cluster=member.get(r.id))
-                for r in lease_rows],
+            recent_leases=[_lease_row(r, names, member) for r in lease_rows],
             recent_clusters=[wx.ClusterRow(
                 id=cl.id, status=cl.status, end_reason=cl.end_reason, nodes=cl.nodes,
                 providers=[host[lid] for lid in (cl.leases or []) if lid in host],
@@ -446,16 +442,36 @@ def leases_view(c: Coordinator, limit: int) -> wx.LeasesOut:
                 ended_at=cl.ended_at) for cl in cluster_rows])
 
 
-def _lease_hosts(c: Coordinator, s: Session, names: dict[str, str]) -> list[wx.LeaseHostRow]:
+def _lease_row(r: Lease, names: dict[str, str], member: dict[str, str]) -> wx.LeaseRow:
+    return wx.LeaseRow(
+        id=r.id, provider=r.provider_id,
+        provider_name=names.get(r.provider_id) or r.provider_id[:12], status=r.status,
+        end_reason=r.end_reason, cpus=r.cpus, memory_mb=r.memory_mb, gpus=r.gpus,
+        spot=r.spot, price_hour=r.price_hour, created_at=r.created_at,
+        started_at=r.started_at, ended_at=r.ended_at, cluster=member.get(r.id))
+
+
+def _hosted(c: Coordinator, s: Session, pid: str, name: str,
+            limit: int) -> tuple[wx.LeaseHostRow | None, list[wx.LeaseRow]]:
+    """A provider's lease offer (prices, capacity, what is held) and its latest leases."""
+    rows = s.scalars(select(Lease).where(Lease.provider_id == pid)
+                     .order_by(Lease.created_at.desc()).limit(limit)).all()
+    host = next((h for h in _lease_hosts(c, s, {pid: name}, pid) if h.provider == pid), None)
+    return host, [_lease_row(r, {pid: name}, {}) for r in rows]
+
+
+def _lease_hosts(c: Coordinator, s: Session, names: dict[str, str],
+                 only: str | None = None) -> list[wx.LeaseHostRow]:
     """Lease hosts with their prices, capacity and what live leases hold of it, busiest
     first."""
+    live = select(Lease.provider_id, func.sum(Lease.cpus), func.sum(Lease.memory_mb),
+                  func.sum(Lease.gpus)).where(Lease.status.in_(leases.LIVE))
+    q = select(LeaseHost, Provider).join(Provider, Provider.id == LeaseHost.provider_id)
+    if only is not None:
+        live, q = live.where(Lease.provider_id == only), q.where(LeaseHost.provider_id == only)
     used = {pid: (int(cpu or 0), int(mem or 0), int(gpu or 0))
-            for pid, cpu, mem, gpu in s.execute(
-                select(Lease.provider_id, func.sum(Lease.cpus), func.sum(Lease.memory_mb),
-                       func.sum(Lease.gpus)).where(Lease.status.in_(leases.LIVE))
-                .group_by(Lease.provider_id))}
-    rows = s.execute(select(LeaseHost, Provider)
-                     .join(Provider, Provider.id == LeaseHost.provider_id)).all()
+            for pid, cpu, mem, gpu in s.execute(live.group_by(Lease.provider_id))}
+    rows = s.execute(q).all()
     out = []
     for h, p in rows:
         cpu, mem, gpu = used.get(h.provider_id, (0, 0, 0))

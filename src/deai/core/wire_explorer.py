@@ -117,6 +117,10 @@ class ProviderDetailOut(Out):
     assignments: dict[str, int] = Field(description="assignment count by status")
     recent: list[AssignmentRow]
     checks: list[EventOut]
+    lease_host: LeaseHostRow | None = Field(
+        default=None, description="its offer to host leases: prices per hour, capacity, use")
+    leases: list[LeaseRow] = Field(default_factory=list,
+                                   description="the latest leases it hosted (public facts)")
 
 
 class ShardOut(Out):

@@ -402,14 +402,14 @@
     v.mount = (root) => {
       v.head = h("div", { class: "page-head" }, h("h1", {}, nameOf(id)));
       v.cards = h("div", { class: "grid cols-4" });
-      v.offers = h("div"); v.checks = h("div"); v.recent = h("div");
-      root.append(v.head, v.cards, h("div", { class: "grid cols-2" }, card("Offers", v.offers, { testid: "offers" }), card("Verification history", v.checks, { testid: "checks" })), card("Latest assignments", v.recent));
+      v.offers = h("div"); v.checks = h("div"); v.recent = h("div"); v.hosting = h("div");
+      root.append(v.head, v.cards, h("div", { class: "grid cols-2" }, card("Offers", v.offers, { testid: "offers" }), card("Verification history", v.checks, { testid: "checks" })), v.hosting, card("Latest assignments", v.recent));
     };
     v.load = () => api(`/api/explorer/providers/${encodeURIComponent(id)}?limit=20`);
     v.update = (d) => {
       const p = d.provider, hw = p.hardware, bm = p.benchmark;
       state.names[p.id] = p.name;
-      v.head.replaceChildren(h("h1", {}, p.name), standingBadge(p), p.standing && !["online", "offline"].includes(p.standing) ? badge(p.online ? "online" : "offline") : null, h("div", { class: "sub mono" }, p.id));
+      v.head.replaceChildren(h("h1", {}, p.name), standingBadge(p), ...(p.standing && !["online", "offline"].includes(p.standing) ? [badge(p.online ? "online" : "offline")] : []), h("div", { class: "sub mono" }, p.id));
       const gpus = (hw.gpus || []).map((g) => g.name || g.model || JSON.stringify(g));
       v.cards.replaceChildren(
         card("Hardware", kv([["CPU", hw.cpu_model || "?"], ["Cores", nf.format(hw.cores || 0)], ["Memory", `${num((hw.memory_mb || 0) / 1024, 1)} GB`], ["GPUs", gpus.length ? gpus.join(", ") : "none"], hw.platform ? ["Platform", hw.platform] : null]), { testid: "hardware" }),
@@ -424,8 +424,11 @@
         { key: "ppcu", label: "µ/1k per CU", num: true, render: (o) => (o.price_per_cu === null ? "—" : num(o.price_per_cu, 1)) },
       ], p.offers));
       v.checks.replaceChildren(eventsTable(d.checks.slice(0, 8), "No check has involved this provider yet: canary, replica and referee results will be listed here."),
-        d.checks.length > 8 ? h("div", { style: "margin-top:8px" }, link("#/verification", "All checks →")) : null);
+        ...(d.checks.length > 8 ? [h("div", { style: "margin-top:8px" }, link("#/verification", "All checks →"))] : []));
       v.recent.replaceChildren(assignmentsTable(d.recent, true));
+      v.hosting.replaceChildren(...(d.lease_host || (d.leases || []).length ? [
+        card("Leases by the hour", h("div", {}, d.lease_host ? leaseHostsTable([d.lease_host], false) : null, leaseTable(d.leases || [], false)), { flush: true, testid: "provider-leases" }),
+        h("div", { style: "height:16px" })] : []));
     };
     return v;
   }
@@ -445,7 +448,7 @@
 
   function evidence(body) {
     return h("div", { class: "evidence" }, Object.entries(body || {}).map(([k, val]) => {
-      const text = typeof val === "object" ? JSON.stringify(val)
+      const text = val === null || val === undefined ? "—" : typeof val === "object" ? JSON.stringify(val)
         : typeof val === "number" && !Number.isInteger(val) ? val.toPrecision(3) : String(val);
       const isHash = typeof val === "string" && /^[0-9a-f]{40,}$/.test(val);
       const isKey = typeof val === "string" && /^[0-9a-f]{64}$/.test(val) && state.names[val];
@@ -689,9 +692,33 @@
 
   // --- machines by the hour and clusters (api_explorer /explorer/leases, docs/leases.md) -------
 
+  const leaseFate = (x) => badge(x.status === "ended" ? (x.end_reason === "owner ended" || x.end_reason === "time up" ? "done" : "failed") : (x.status === "pending" || x.status === "forming" ? "pending" : "running"), x.status === "ended" ? `ended: ${x.end_reason}` : x.status);
+  const leasePrices = (m) => Object.entries(m).map(([k, p]) => `${k.replace("memory_gb", "GiB").replace("cpu", "core")} ${money(p)}`).join(" · ") || "—";
+  const usageBar = (used, cap) => h("span", { title: `${nf.format(used)} of ${nf.format(cap)}` }, h("span", { class: "bar", style: `display:inline-block;width:60px;height:8px;border-radius:4px;background:linear-gradient(90deg,var(--accent,#4c8bf5) ${cap ? Math.round(100 * used / cap) : 0}%,rgba(127,127,127,.25) 0)` }), ` ${nf.format(used)} / ${nf.format(cap)}`);
+  function leaseHostsTable(rows, withHost) {
+    return table([
+      withHost ? { key: "prov", label: "Host", render: (x) => providerLink(x.provider) } : null,
+      { key: "online", label: "Status", render: (x) => badge(x.online ? "running" : "failed", x.online ? "online" : "offline") },
+      { key: "prices", label: "Per hour (core, GiB, GPU)", wrap: true, render: (x) => leasePrices(x.prices) },
+      { key: "cpu", label: "CPUs leased", render: (x) => usageBar(x.cpus_used, x.cpus) },
+      { key: "mem", label: "Memory leased (MB)", render: (x) => usageBar(x.memory_used_mb, x.memory_mb) },
+      { key: "gpu", label: "GPUs", render: (x) => (x.gpus ? `${nf.format(x.gpus_used)} / ${nf.format(x.gpus)}${x.gpu_model ? ` ${x.gpu_model}` : ""}` : "—") },
+    ].filter(Boolean), rows, { empty: "No host yet. deai provider start --lease-prices cpu=P,memory_gb=P offers leases." });
+  }
+  function leaseTable(rows, withHost) {
+    return table([
+      { key: "id", label: "Lease", render: (x) => h("span", { class: "mono", title: x.id }, short(x.id, 16)) },
+      withHost ? { key: "prov", label: "Host", render: (x) => providerLink(x.provider) } : null,
+      { key: "status", label: "Status", render: leaseFate },
+      { key: "res", label: "Resources", render: (x) => `${x.cpus} CPU · ${nf.format(x.memory_mb)} MB${x.gpus ? ` · ${x.gpus} GPU` : ""}${x.spot ? " · spot" : ""}` },
+      { key: "price", label: "Price", num: true, render: (x) => h("span", {}, money(x.price_hour), h("small", { class: "unit" }, " /h")) },
+      { key: "cluster", label: "Cluster", render: (x) => (x.cluster ? h("span", { class: "mono", title: x.cluster }, short(x.cluster, 12)) : "—") },
+      { key: "age", label: "Created", render: (x) => ago(x.created_at) },
+    ].filter(Boolean), rows, { empty: "No lease yet. deai lease create rents a machine by the hour." });
+  }
+
   function leasesView() {
     const v = { nav: "leases", charts: {} };
-    const fate = (x) => badge(x.status === "ended" ? (x.end_reason === "owner ended" || x.end_reason === "time up" ? "done" : "failed") : (x.status === "pending" || x.status === "forming" ? "pending" : "running"), x.status === "ended" ? `ended: ${x.end_reason}` : x.status);
     const reasons = (m) => Object.entries(m).map(([k, n]) => `${k} ${nf.format(n)}`).join(" · ") || "none yet";
     v.mount = (root) => {
       v.cards = h("div", { class: "grid cols-4" }); v.leases = h("div"); v.clusters = h("div"); v.hosts = h("div");
@@ -708,32 +735,15 @@
         stat("Running clusters", n(d.clusters, "running"), `${nf.format(d.nodes_running)} nodes · ${n(d.clusters, "forming")} forming`, d.clusters.running ? "good" : "", "stat-clusters-running"),
         stat("How leases ended", nf.format(Object.values(d.lease_end_reasons).reduce((a, b) => a + b, 0)), reasons(d.lease_end_reasons), "", "stat-lease-ends"),
         stat("Host CPUs in use", `${num((d.utilisation || 0) * 100, 0)}%`, `${nf.format((d.hosts || []).length)} hosts`, "", "stat-lease-utilisation"));
-      const priceOf = (m) => Object.entries(m).map(([k, p]) => `${k.replace("memory_gb", "GiB").replace("cpu", "core")} ${money(p)}`).join(" · ") || "—";
-      const bar = (used, cap) => h("span", { title: `${nf.format(used)} of ${nf.format(cap)}` }, h("span", { class: "bar", style: `display:inline-block;width:60px;height:8px;border-radius:4px;background:linear-gradient(90deg,var(--accent,#4c8bf5) ${cap ? Math.round(100 * used / cap) : 0}%,rgba(127,127,127,.25) 0)` }), ` ${nf.format(used)} / ${nf.format(cap)}`);
-      v.hosts.replaceChildren(table([
-        { key: "prov", label: "Host", render: (x) => providerLink(x.provider) },
-        { key: "online", label: "Status", render: (x) => badge(x.online ? "running" : "failed", x.online ? "online" : "offline") },
-        { key: "prices", label: "Per hour (core, GiB, GPU)", wrap: true, render: (x) => priceOf(x.prices) },
-        { key: "cpu", label: "CPUs leased", render: (x) => bar(x.cpus_used, x.cpus) },
-        { key: "mem", label: "Memory leased (MB)", render: (x) => bar(x.memory_used_mb, x.memory_mb) },
-        { key: "gpu", label: "GPUs", render: (x) => (x.gpus ? `${nf.format(x.gpus_used)} / ${nf.format(x.gpus)}${x.gpu_model ? ` ${x.gpu_model}` : ""}` : "—") },
-      ], d.hosts || [], { empty: "No host yet. deai provider start --lease-prices cpu=P,memory_gb=P offers leases." }));
+      v.hosts.replaceChildren(leaseHostsTable(d.hosts || [], true));
       v.clusters.replaceChildren(table([
         { key: "id", label: "Cluster", render: (x) => h("span", { class: "mono", title: x.id }, short(x.id, 16)) },
-        { key: "status", label: "Status", render: fate },
+        { key: "status", label: "Status", render: leaseFate },
         { key: "nodes", label: "Nodes", num: true, render: (x) => `${nf.format(x.nodes - x.lost)} / ${nf.format(x.nodes)}` },
         { key: "hosts", label: "Hosts (head first)", wrap: true, render: (x) => h("span", {}, x.providers.map((p, i) => [i ? ", " : "", providerLink(p)])) },
         { key: "age", label: "Created", render: (x) => ago(x.created_at) },
       ], d.recent_clusters, { empty: "No cluster yet. deai cluster up --nodes N makes one from N leases." }));
-      v.leases.replaceChildren(table([
-        { key: "id", label: "Lease", render: (x) => h("span", { class: "mono", title: x.id }, short(x.id, 16)) },
-        { key: "prov", label: "Host", render: (x) => providerLink(x.provider) },
-        { key: "status", label: "Status", render: fate },
-        { key: "res", label: "Resources", render: (x) => `${x.cpus} CPU · ${nf.format(x.memory_mb)} MB${x.gpus ? ` · ${x.gpus} GPU` : ""}${x.spot ? " · spot" : ""}` },
-        { key: "price", label: "Price", num: true, render: (x) => h("span", {}, money(x.price_hour), h("small", { class: "unit" }, " /h")) },
-        { key: "cluster", label: "Cluster", render: (x) => (x.cluster ? h("span", { class: "mono", title: x.cluster }, short(x.cluster, 12)) : "—") },
-        { key: "age", label: "Created", render: (x) => ago(x.created_at) },
-      ], d.recent_leases, { empty: "No lease yet. deai lease create rents a machine by the hour." }));
+      v.leases.replaceChildren(leaseTable(d.recent_leases, true));
     };
     return v;
   }
