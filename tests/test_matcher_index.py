@@ -290,3 +290,42 @@ def test_a_checker_that_noticed_a_forced_error_may_run_the_real_check(
             Assignment.task_id == tid, Assignment.role == Role.REPLICA,
             Assignment.status == AssignmentStatus.LEASED)).one()
         assert real.provider_id == checker and real.forced is None
+
+
+def test_a_verifier_that_audited_a_task_may_audit_it_again(tmp_path: Path) -> None:
+    """A look-back can ask for an audit of a result the only verifier audited before (the
+    caught provider was its checker): the verifier is not a conflicting party, or the
+    task would wait for an auditor for ever (found by the live rubber-stamper test)."""
+    from deai.core.lifecycle import Role
+    v = Identity.generate()
+    c = Coordinator(Settings(data_dir=tmp_path, devnet=True, heartbeat_timeout=30.0,
+                             verify_seed=3, verifiers=frozenset({v.id})), clock=ManualClock())
+    migrate.upgrade(c.db.engine)
+    try:
+        first = provider(c, 0, price=100)
+        c.register(v.id, wire.RegisterIn(
+            hardware=wire.Hardware(cpu_model="cpu", cores=2, memory_mb=8192),
+            benchmark=wire.Benchmark(gflops=50.0, mem_gbps=10.0), threads=1, slots=1,
+            offers=[wire.OfferIn(workload="embeddings", model=MODEL, price=0)]),
+            address="10.9.0.1")
+        (tid,) = queue(c, 1)
+        assert matching.match_once(c) == [first]
+        out = c.blobs.put(b"result")
+        with c.db.write() as s:
+            a = s.scalars(select(Assignment).where(Assignment.task_id == tid)).one()
+            a.status, a.output_digest, a.units = AssignmentStatus.ACCEPTED, out, 1
+            s.add(Assignment(id="asg_audited", task_id=tid, job_id=a.job_id, provider_id=v.id,
+                             role=Role.AUDIT, status=AssignmentStatus.ACCEPTED, price=0,
+                             leased_at=c.now(), lease_deadline=c.now() + 60, delivered=True,
+                             check_of=a.id, output_digest=out, units=1))
+            t = s.get(Task, tid)
+            assert t is not None
+            t.status, t.output_digest = TaskStatus.DONE, out
+            t.pending_role, t.updated_at = Role.AUDIT, c.now()  # queued again by a look-back
+        assert matching.match_once(c) == [v.id]
+        with c.db.read() as s:
+            again = s.scalars(select(Assignment).where(
+                Assignment.task_id == tid, Assignment.status == AssignmentStatus.LEASED)).one()
+            assert (again.provider_id, again.role) == (v.id, Role.AUDIT)
+    finally:
+        c.db.dispose()

@@ -273,9 +273,14 @@ def _place_round(c: Coordinator, s: Session, rows: Sequence[Any],
             primaries.append(demand(c, job, task, index.around(failed[task.id])
                                     | seen.get(task.id, set())))
             continue
-        # A check: nobody who touched the task, nor anyone sharing their identity.
-        d = demand(c, job, task, index.around(touched[task.id]))
-        if task.pending_role in TRUSTED_ROLES:  # the network's own verifiers bond no stake
+        # A check: nobody who touched the task, nor anyone sharing their identity; for a
+        # trusted role, except the network's verifiers themselves: one that audited or
+        # refereed the task before may do it again (a look-back's audit after an audit
+        # that passed), where excluding it could leave a task no verifier may take.
+        trusted = task.pending_role in TRUSTED_ROLES
+        parties = touched[task.id] - c.settings.verifiers if trusted else touched[task.id]
+        d = demand(c, job, task, index.around(parties))
+        if trusted:  # the network's own verifiers bond no stake
             pl = market.pick(replace(d, stake_needed=0), verifiers, 0, c.rng.random(), load)
         else:
             pl = market.pick(d, workers, c.settings.min_stake, c.rng.random(), load)
