@@ -23,6 +23,7 @@ from typer.testing import CliRunner
 
 from deai.client import datasets
 from deai.client.cli import app
+from deai.client.sdk import Client
 from deai.core import ledger
 from tests.helpers import audit_ok, journal
 from tests.netutil import Network, Proc
@@ -52,13 +53,35 @@ def cli(net: Network, *args: str, ok: bool = True) -> str:
     return r.output
 
 
-def test_dataset_trains_another_accounts_model_and_pays_once(net: Network) -> None:
-    rng = np.random.default_rng(11)
-    x = rng.normal(size=(80, 6)).round(3)
+def rows_csv(net: Network, seed: int, n: int, k: int) -> Path:
+    """A labelled CSV of ``n`` rows and ``k`` features, written in the network's folder."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, k)).round(3)
     y = (x[:, 0] + x[:, 1] > 0).astype(int)
     data = net.root / "rows.csv"
     data.write_text("".join(",".join(f"{v:g}" for v in (*r, c)) + "\n"
                             for r, c in zip(x, y, strict=True)))
+    return data
+
+
+def train_served(net: Network, user: Client, ds: str, spec: Path, timeout: float) -> str:
+    """Submit a training job on ``ds`` while the owner's ``deai dataset serve`` runs in its
+    own process; the job id once it completed."""
+    serve = Proc([sys.executable, "-m", "deai.client.cli", "dataset", "serve", "--key", "owner",
+                  "--coordinator", net.url, "--interval", "0.5"],
+                 net.root / "serve.log", net.env)
+    try:
+        out = cli(net, "dataset", "train", ds, str(spec), "--key", "user")
+        job_id = re.search(r"submitted job (\S+)", out).group(1)  # type: ignore[union-attr]
+        status = net.wait_job(user, job_id, timeout=timeout)
+        assert status == "completed", net.logs() + serve.tail()
+        return job_id
+    finally:
+        serve.stop()
+
+
+def test_dataset_trains_another_accounts_model_and_pays_once(net: Network) -> None:
+    data = rows_csv(net, 11, 80, 6)
     spec = net.root / "train.yaml"
     spec.write_text(yaml.safe_dump(SPEC))
     owner, user = net.client("owner"), net.client("user")
@@ -74,16 +97,7 @@ def test_dataset_trains_another_accounts_model_and_pays_once(net: Network) -> No
     assert ds in cli(net, "dataset", "list")
     before = owner.balance().available
 
-    serve = Proc([sys.executable, "-m", "deai.client.cli", "dataset", "serve", "--key", "owner",
-                  "--coordinator", net.url, "--interval", "0.5"],
-                 net.root / "serve.log", net.env)
-    try:
-        out = cli(net, "dataset", "train", ds, str(spec), "--key", "user")
-        job_id = re.search(r"submitted job (\S+)", out).group(1)  # type: ignore[union-attr]
-        status = net.wait_job(user, job_id, timeout=600)
-        assert status == "completed", net.logs() + serve.tail()
-    finally:
-        serve.stop()
+    job_id = train_served(net, user, ds, spec, 600)
 
     # The owner is paid once, from the job's escrow, in a royalty entry naming both.
     royalties = [e for e in journal(user) if e.kind == "royalty"]
@@ -126,12 +140,7 @@ def test_a_checked_dataset_job_releases_the_key_to_its_checker_too(checked_net: 
     dataset's key as much as the primary: the owner's serve loop releases it to both, the
     job completes checked, and the use names both providers and one royalty."""
     net = checked_net
-    rng = np.random.default_rng(12)
-    x = rng.normal(size=(60, 5)).round(3)
-    y = (x[:, 0] - x[:, 2] > 0).astype(int)
-    data = net.root / "rows.csv"
-    data.write_text("".join(",".join(f"{v:g}" for v in (*r, c)) + "\n"
-                            for r, c in zip(x, y, strict=True)))
+    data = rows_csv(net, 12, 60, 5)
     spec = net.root / "train.yaml"
     spec.write_text(yaml.safe_dump({**SPEC, "epochs": 1}))
     owner, user = net.client("owner"), net.client("user")
@@ -144,16 +153,7 @@ def test_a_checked_dataset_job_releases_the_key_to_its_checker_too(checked_net: 
               "--allow", "train", "--key", "owner")
     ds = re.search(r"published dataset (ds_[0-9a-f]{24})", out).group(1)  # type: ignore[union-attr]
     before = owner.balance().available
-    serve = Proc([sys.executable, "-m", "deai.client.cli", "dataset", "serve", "--key", "owner",
-                  "--coordinator", net.url, "--interval", "0.5"],
-                 net.root / "serve.log", net.env)
-    try:
-        out = cli(net, "dataset", "train", ds, str(spec), "--key", "user")
-        job_id = re.search(r"submitted job (\S+)", out).group(1)  # type: ignore[union-attr]
-        status = net.wait_job(user, job_id, timeout=900)
-        assert status == "completed", net.logs() + serve.tail()
-    finally:
-        serve.stop()
+    job_id = train_served(net, user, ds, spec, 900)
     checks = [e for e in journal(user) if e.kind == "check_fee"]
     assert checks, "the job was not checked: " + net.logs()
     (use,) = datasets.uses(owner, ds)
