@@ -110,8 +110,11 @@ def submit(client: Client, spec: dict[str, Any], dataset_id: str,
     ds = show(client, dataset_id)
     full = {**spec, "dataset": "file", "dataset_id": dataset_id,
             "dataset_terms": accept(ds, price)}
-    placeholder = client.upload(json.dumps({"dataset": dataset_id}).encode()).digest
-    return client.submit_job(full, placeholder)
+    # A job names its input by digest; a dataset job's input is the reference to the
+    # dataset (the coordinator plans it from the dataset's public summary, and the rows
+    # reach the leased providers only through the owner's key release).
+    reference = client.upload(json.dumps({"dataset": dataset_id}).encode()).digest
+    return client.submit_job(full, reference)
 
 
 # --- the owner's key release -------------------------------------------------------------
