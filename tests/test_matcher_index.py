@@ -20,7 +20,7 @@ import pytest
 from sqlalchemy import func, select
 
 from deai.client.keys import Identity
-from deai.coordinator import admission, hardware, matching
+from deai.coordinator import admission, hardware, matching, provider_index
 from deai.coordinator.service import Coordinator
 from deai.coordinator.settings import Settings
 from deai.core import ledger, market, wire
@@ -191,9 +191,10 @@ def test_a_placement_that_went_stale_between_plan_and_commit_is_dropped(
     second = provider(c, 1, price=200)
     third = provider(c, 2, price=300)
     t0, t1, t2 = queue(c, 3)
-    plan = matching._plan(c)
+    idx = provider_index.of(c)
+    plan = matching._plan(c, idx)
     assert plan is not None
-    _, placements, seen = plan
+    _, placements, seen, demands = plan
     assert [(p.task_id, p.provider_id) for p in placements] == [
         (t0, best), (t1, second), (t2, third)]
     # Between the plan and its commit, a /v1-style placement takes t2, on the best
@@ -205,9 +206,11 @@ def test_a_placement_that_went_stale_between_plan_and_commit_is_dropped(
         job = s.get(Job, task.job_id)
         assert job is not None
         assert matching.place_now(c, s, task, job) == best
-    done, real = c.db.run(lambda s: matching._commit(c, s, placements, seen))
+    done, real, stale = c.db.run(lambda s: matching._commit(
+        c, s, idx=idx, part=placements, seen=seen, demands=demands))
     assert [(p.task_id, p.provider_id) for p in done] == [(t1, second)]
     assert real == 1
+    assert stale == 1  # t0's provider, full since the plan (its index entry was not)
     assert leased(c) == {t1: [second], t2: [best]}
     check_slots(c)
     # The dropped task waits for the next round, which finds it a free provider.
@@ -219,15 +222,17 @@ def test_a_placement_that_went_stale_between_plan_and_commit_is_dropped(
 def test_a_task_cancelled_after_the_plan_is_not_leased(c: Coordinator) -> None:
     provider(c, 0, price=100, slots=3)
     tids = queue(c, 2)
-    plan = matching._plan(c)
+    idx = provider_index.of(c)
+    plan = matching._plan(c, idx)
     assert plan is not None
-    _, placements, seen = plan
+    _, placements, seen, demands = plan
     with c.db.read() as s:
         owner = s.scalars(select(Job.owner).join(Task).where(Task.id == tids[0])).one()
         job_id = s.scalars(select(Task.job_id).where(Task.id == tids[0])).one()
     from deai.coordinator import jobs
     jobs.cancel(c, owner, job_id)
-    done, _ = c.db.run(lambda s: matching._commit(c, s, placements, seen))
+    done, _, _ = c.db.run(lambda s: matching._commit(
+        c, s, idx=idx, part=placements, seen=seen, demands=demands))
     assert done == []
     assert leased(c) == {}
 

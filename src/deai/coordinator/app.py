@@ -37,6 +37,7 @@ from deai.coordinator import (
     matching,
     metrics,
     openai,
+    provider_index,
     retention,
     sealed_jobs,
 )
@@ -82,6 +83,7 @@ def create_app(settings: Settings, coordinator: Coordinator | None = None) -> Fa
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await run_in_threadpool(leader.migrate, c.db)
+        await run_in_threadpool(provider_index.warm, c)  # matching's index of providers
         c.notifier.bind(asyncio.get_running_loop())
         await c.notifier.connect(c.db.url)  # LISTEN/NOTIFY between replicas (PostgreSQL)
 

@@ -8,13 +8,14 @@ are ``core.lifecycle.decide``'s; nothing here chooses what happens next.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from typing import Any
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, cast
 
-from sqlalchemy import select
+from sqlalchemy import Table, bindparam, select, update
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
 
-from deai.coordinator import canaries, lookback
+from deai.coordinator import canaries, lookback, touch
 from deai.coordinator import reputation as rep
 from deai.coordinator.service import Coordinator
 from deai.core import kinds, ledger, sealed
@@ -30,6 +31,7 @@ from deai.core.lifecycle import (
     TaskStatus,
     move,
 )
+from deai.core.lifecycle import decide as D
 from deai.core.lifecycle import effects as E
 from deai.core.lifecycle.decide import TaskCtx, job_status_for
 from deai.core.money import cost_for_units
@@ -61,6 +63,44 @@ def apply(c: Coordinator, s: Session, job: Job, task: Task | None,
     _Applier(c, s, job, task).run(effects)
 
 
+def placed_many(c: Coordinator, s: Session, placed: Sequence[tuple[Job, Task]]) -> None:
+    """``on_placed`` for many primaries (and canaries) leased in one matcher batch: the
+    same decisions and the same moves through ``core.lifecycle.move`` as ``apply``, written
+    as one executemany per table instead of one ORM update per row. The session's
+    objects are kept in step (``set_committed_value``) so it writes nothing twice."""
+    now = c.now()
+    tasks: list[dict[str, Any]] = []
+    jobs: dict[str, dict[str, Any]] = {}
+    for job, task in placed:
+        for e in D.on_placed(ctx(c, job, task), Role.PRIMARY):
+            if isinstance(e, E.MoveTask):
+                to = move(TASK_MOVES, task.status, e.to)
+                tasks.append({"b_id": task.id, "b_from": task.status, "b_to": to,
+                              "b_need": e.need, "b_attempts": task.attempts + int(e.attempt),
+                              "b_t": now})
+                for name, value in (("status", to), ("pending_role", e.need),
+                                    ("attempts", task.attempts + int(e.attempt)),
+                                    ("updated_at", now)):
+                    set_committed_value(task, name, value)
+            elif isinstance(e, E.MoveJob):
+                to_job = move(JOB_MOVES, job.status, e.to)
+                jobs[job.id] = {"b_id": job.id, "b_from": job.status, "b_to": to_job}
+                set_committed_value(job, "status", to_job)
+            else:
+                raise IllegalTransition(f"placed_many: unexpected effect {e!r}")
+    tt, jt = cast(Table, Task.__table__), cast(Table, Job.__table__)
+    if tasks:
+        s.execute(update(tt).where(tt.c.id == bindparam("b_id"),
+                                   tt.c.status == bindparam("b_from"))
+                  .values(status=bindparam("b_to"), pending_role=bindparam("b_need"),
+                          attempts=bindparam("b_attempts"), updated_at=bindparam("b_t")),
+                  tasks)
+    if jobs:
+        s.execute(update(jt).where(jt.c.id == bindparam("b_id"),
+                                   jt.c.status == bindparam("b_from"))
+                  .values(status=bindparam("b_to")), list(jobs.values()))
+
+
 class _Applier:
     def __init__(self, c: Coordinator, s: Session, job: Job, task: Task | None) -> None:
         self.c, self.s, self.job, self._task = c, s, job, task
@@ -86,6 +126,20 @@ class _Applier:
         self._lock_parties(todo)
         for e in todo:
             self.handlers[type(e)](e)
+        self._touch(todo)
+
+    def _touch(self, todo: list[E.Effect]) -> None:
+        """Tell matching's index which providers' load, rating or stake these changed."""
+        pids: set[str] = set()
+        for e in todo:
+            if isinstance(e, (E.Rate, E.Slash)):
+                pids.add(e.provider)
+            elif isinstance(e, (E.MoveAssignment, E.Accept, E.PayCheck)):
+                a = self.s.get(Assignment, e.assignment)
+                if a is not None:
+                    pids.add(a.provider_id)
+        if pids:
+            touch.touched(self.s, pids)
 
     def _lock_parties(self, todo: list[E.Effect]) -> None:
         """Lock the providers (and their reputation for this workload) that the effects

@@ -318,6 +318,13 @@ class VerifiedClaim:
 def verified_state(s: Session, providers: list[Provider]) -> dict[str, VerifiedClaim]:
     rows = {r.provider_id: r for r in s.scalars(select(HwClaim).where(
         HwClaim.provider_id.in_([p.id for p in providers])))}
+    return verified_of(providers, rows)
+
+
+def verified_of(providers: Sequence[Any], rows: dict[str, Any]) -> dict[str, VerifiedClaim]:
+    """What each provider's claim row (or none) proves, for its current registration.
+    ``providers`` have ``id``, ``hardware`` and ``benchmark``; ``rows`` are claim rows
+    by provider (ORM rows or anything with their columns as attributes)."""
     out = {}
     for p in providers:
         r = rows.get(p.id)
@@ -355,7 +362,12 @@ def apply_verified(c: Coordinator, s: Session, states: list[market.ProviderState
         return states
     if rows is None:
         rows = s.scalars(select(Provider).where(Provider.id.in_([p.id for p in states]))).all()
-    claims = verified_state(s, list(rows))
+    return apply_claims(c, states, verified_state(s, list(rows)))
+
+
+def apply_claims(c: Coordinator, states: list[market.ProviderState],
+                 claims: dict[str, VerifiedClaim]) -> list[market.ProviderState]:
+    """``apply_verified`` once the claims are read."""
     strict, out = required(c), []
     for st in states:
         cl = claims.get(st.id)

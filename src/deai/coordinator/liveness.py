@@ -47,6 +47,7 @@ from fastapi import Depends, Request
 from sqlalchemy import Table, bindparam, case, select, update
 from sqlalchemy.orm import Session
 
+from deai.coordinator import provider_index
 from deai.coordinator.auth import verified
 from deai.coordinator.service import Coordinator
 from deai.core import auth, wire
@@ -115,6 +116,7 @@ class Liveness:
                     live = {i for i, p, st in rows if p == pid and st == AssignmentStatus.LEASED}
                     drop = [a for a in running if a not in live]
         now = self.c.now()
+        provider_index.of(self.c).beat(pid, now)  # online at once for matching, no read
         with self._lock:
             due = self._due.get(pid)
             if due is None:

@@ -5,16 +5,17 @@ module only gathers its inputs and records its outputs.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import replace
-from typing import Any
+from dataclasses import dataclass, field, replace
+from typing import Any, cast
 
-from sqlalchemy import and_, func, insert, or_, select
+from sqlalchemy import Table, and_, insert, or_, select
 from sqlalchemy.orm import Session
 
-from deai.coordinator import canaries, effects, hardware, hoarding
+from deai.coordinator import canaries, effects, hoarding, provider_index
 from deai.coordinator.service import Coordinator, new_id
 from deai.core import catalog, kinds, ledger, market, sealed
 from deai.core.lifecycle import (
@@ -22,7 +23,6 @@ from deai.core.lifecycle import (
     SUBJECT_ROLES,
     TRUSTED_ROLES,
     AssignmentStatus,
-    ProviderStatus,
     Role,
     TaskStatus,
 )
@@ -37,52 +37,14 @@ BATCH = 2000
 
 def provider_states(c: Coordinator, s: Session,
                     ids: Sequence[str] | None = None) -> list[market.ProviderState]:
-    """Every online provider's state, or only those among ``ids``.
-
-    Plain column reads (no ORM objects): the matcher and every quote read this for
-    all online providers, so it is a few bulk queries whatever their number.
-    """
+    """Every online provider's state, or only those among ``ids``, read now from the
+    database (``provider_index.load``). The matcher and the /v1 decision read the
+    index instead and check what they chose with ``ProviderIndex.reread``."""
     since = c.now() - c.settings.heartbeat_timeout
-    q = select(*_STATE_COLUMNS).where(Provider.status == ProviderStatus.ACTIVE,
-                                      Provider.last_seen >= since)
-    if ids is not None:
-        q = q.where(Provider.id.in_(ids))
-    rows = s.execute(q).all()
-    if not rows:
-        return []
-    some = [p.id for p in rows]
-    # All of them: no IN list of every id, the few that are not asked for are dropped.
-    offers: dict[str, list[market.Offer]] = defaultdict(list)
-    oq = (select(Offer.provider_id, Offer.workload, Offer.model, Offer.price)
-          .order_by(Offer.provider_id, Offer.workload, Offer.model))  # the key's order
-    lq = (select(Assignment.provider_id, func.count())
-          .where(Assignment.status == AssignmentStatus.LEASED)
-          .group_by(Assignment.provider_id))
-    if ids is not None:
-        oq, lq = oq.where(Offer.provider_id.in_(some)), lq.where(Assignment.provider_id.in_(some))
-    for pid, workload, model, price in s.execute(oq):
-        offers[pid].append(market.Offer(workload, model, price))
-    load = dict(s.execute(lq).all())
-    stakes = c.settlement.balances(s, [ledger.stake(i) for i in some])
-    states = [market.ProviderState(
-        id=p.id, online=True, stake=stakes.get(ledger.stake(p.id), 0),
-        memory_mb=int(p.hardware.get("memory_mb", 0)), slots=p.slots,
-        load=int(load.get(p.id, 0)), reputation=p.reputation, compute_units=p.compute_units,
-        offers=tuple(offers[p.id]), **_identity(c, p)) for p in rows]
-    # Hardware as verified by challenges: a provider flagged for a wrong or missing
-    # answer is not matched; one that proved less keeps only what it proved.
-    return hardware.apply_verified(c, s, states, rows)  # type: ignore[arg-type]
+    return provider_index.load(c, s, ids, since)[0]
 
 
-_STATE_COLUMNS = (Provider.id, Provider.hardware, Provider.benchmark, Provider.slots,
-                  Provider.reputation, Provider.compute_units, Provider.operator,
-                  Provider.origin, Provider.fingerprint)
-
-
-def _identity(c: Coordinator, p: Any) -> dict[str, Any]:
-    """Who is behind a provider (``core.diversity``) and whether the network trusts it."""
-    return {"operator": p.operator or p.id, "origin": p.origin or "",
-            "fingerprint": p.fingerprint or "", "verifier": p.id in c.settings.verifiers}
+_identity = provider_index.identity
 
 
 def all_provider_states(c: Coordinator, s: Session) -> list[market.ProviderState]:
@@ -141,26 +103,36 @@ def match_once(c: Coordinator) -> list[str]:
     placement only if its task is untouched since the plan and its provider still has
     a free slot, so a heartbeat or a submission never waits behind a whole round.
     """
-    plan = _plan(c)
-    if plan is None:
-        return []
-    jobs, placements, seen = plan
+    idx = provider_index.of(c)
     placed: list[market.Placement] = []
     real = 0
-    i, chunk = 0, 64
-    while i < len(placements):
-        part = placements[i:i + chunk]
-        t0 = time.perf_counter()
-        done, n_real = c.db.run(lambda s, part=part: _commit(c, s, part, seen))  # type: ignore[misc]
-        spent = time.perf_counter() - t0
-        placed += done
-        real += n_real
-        i += len(part)
-        # Size the next batch to hold the write lock about COMMIT_S.
-        chunk = max(32, min(1024, int(len(part) * COMMIT_S / max(spent, 1e-4))))
-        if done:
-            c.notifier.published()
-        time.sleep(0)  # let a waiting writer (a heartbeat) take the lock between batches
+    jobs: list[Job] = []
+    for _ in range(2):  # once more when the index was stale about a provider it chose
+        plan = _plan(c, idx)
+        if plan is None:
+            break
+        jobs, placements, seen, demands = plan
+        stale = 0
+        i, chunk = 0, 64
+        while i < len(placements):
+            part = placements[i:i + chunk]
+            t0 = time.perf_counter()
+            done, n_real, n_stale = c.db.run(functools.partial(
+                _commit, c, idx=idx, part=part, seen=seen, demands=demands))
+            spent = time.perf_counter() - t0
+            for pl in done:
+                idx.leased(pl.provider_id)
+            placed += done
+            real += n_real
+            stale += n_stale
+            i += len(part)
+            # Size the next batch to hold the write lock about COMMIT_S.
+            chunk = max(32, min(1024, int(len(part) * COMMIT_S / max(spent, 1e-4))))
+            if done:
+                c.notifier.published()
+            time.sleep(0)  # let a waiting writer (a heartbeat) take the lock between batches
+        if not stale:
+            break
     if real:  # none: no draw, nothing to plant
         c.db.run(lambda s: canaries.plant_jobs(c, s, real, jobs))
     return sorted({p.provider_id for p in placed})
@@ -169,26 +141,32 @@ def match_once(c: Coordinator) -> list[str]:
 Seen = dict[str, tuple[Any, ...]]
 
 
-def _plan(c: Coordinator) -> tuple[list[Job], list[market.Placement], Seen] | None:
-    """A round's placements, decided on one read snapshot (no write lock held): the
-    jobs read, the placements in order, and what the plan saw of each task."""
+Demands = dict[str, tuple[market.TaskDemand, int]]  # task -> (demand, its minimum stake)
+
+
+def _plan(c: Coordinator, idx: provider_index.ProviderIndex
+          ) -> tuple[list[Job], list[market.Placement], Seen, Demands] | None:
+    """A round's placements, decided on one read snapshot (no write lock held) and the
+    providers' index: the jobs read, the placements in order, what the plan saw of each
+    task, and the demand each placement was chosen for (checked again at commit)."""
     with c.db.read() as s:
         rows = s.execute(_claimable().limit(BATCH)).all()
         if not rows:
             return None
-        providers = provider_states(c, s)
+        providers = idx.states(s)
         if not providers:
             return None
-        placements = _place_round(c, s, rows, providers)
+        placements, demands = _place_round(c, s, rows, providers)
         # A task moved since (placed by /v1, failed, cancelled) has a new
         # ``updated_at``: its placement is dropped and it waits for the next round.
         seen = {t.id: (t.status, t.pending_role, t.updated_at, t.attempts) for t, _ in rows}
         jobs = [j for _, j in rows]
         s.expunge_all()  # the jobs stay readable for the canaries
-    return jobs, placements, seen
+    return jobs, placements, seen, demands
 
 
-COMMIT_S = 0.004  # how long one batch of a round holds the write lock, about
+COMMIT_S = 0.010  # how long one batch of a round holds the write lock, about (heartbeats
+# never wait on it: they are answered in memory and written in batches, ``liveness``)
 
 
 def _claimable() -> Any:
@@ -201,10 +179,12 @@ def _claimable() -> Any:
             .order_by(Task.pending_role.is_(None), Job.created_at, Task.idx))
 
 
-def _commit(c: Coordinator, s: Session, part: list[market.Placement],
-            seen: Seen) -> tuple[list[market.Placement], int]:
-    """Lease the planned placements of ``part`` that still hold; returns them and how
-    many are real work (not canaries, not checks)."""
+def _commit(c: Coordinator, s: Session, *, idx: provider_index.ProviderIndex,
+            part: list[market.Placement], seen: Seen, demands: Demands
+            ) -> tuple[list[market.Placement], int, int]:
+    """Lease the planned placements of ``part`` that still hold; returns them, how many
+    are real work (not canaries, not checks) and how many were dropped because the
+    provider is no longer as the index had it."""
     # Claimed, not just read: a second replica (or a /v1 request) at the same time
     # skips these rows (and sees them moved on once this commits), so no task is
     # leased twice. Lock order: the job, then its task (``store.db``).
@@ -213,34 +193,41 @@ def _commit(c: Coordinator, s: Session, part: list[market.Placement],
                      .with_for_update(skip_locked=True, of=[Job, Task])).all()
     fresh = {t.id: (t, j) for t, j in rows
              if (t.status, t.pending_role, t.updated_at, t.attempts) == seen[t.id]}
-    pids = sorted({pl.provider_id for pl in part})
-    slots = dict(s.execute(select(Provider.id, Provider.slots).where(
-        Provider.id.in_(pids), Provider.status == ProviderStatus.ACTIVE)).all())
-    load: dict[str, int] = defaultdict(int, s.execute(
-        select(Assignment.provider_id, func.count())
-        .where(Assignment.status == AssignmentStatus.LEASED, Assignment.provider_id.in_(pids))
-        .group_by(Assignment.provider_id)).all())
+    # The providers as they are now (the index is a hint): online, active, verified,
+    # staked, serving the model at the planned price, a free slot.
+    now_states = idx.reread(s, sorted({pl.provider_id for pl in part}))
+    load: dict[str, int] = {pid: st.load for pid, st in now_states.items()}
     done: list[market.Placement] = []
-    leases: list[dict[str, Any]] = []
-    events: list[dict[str, Any]] = []
-    real = 0
+    bulk = _Bulk()
+    real = stale = 0
     for pl in part:
         tj = fresh.get(pl.task_id)
-        if tj is None or load[pl.provider_id] >= slots.get(pl.provider_id, 0):
+        if tj is None:
             continue
-        load[pl.provider_id] += 1
+        st = now_states.get(pl.provider_id)
+        d, min_stake = demands[pl.task_id]
+        if (st is None or load[st.id] >= st.slots
+                or st.price_for(d.workload, d.model) != pl.price
+                or market.failures(d, st, min_stake, pl.price) & ~market.NO_SLOT):
+            stale += 1
+            continue
+        load[st.id] += 1
         task, job = tj
         real += job.owner != canaries.NETWORK and task.pending_role is None
-        _lease(c, s, task, job, pl, now, (leases, events))
+        _lease(c, s, task, job, pl, now, bulk)
         done.append(pl)
-    if leases:  # one multi-row insert each, in the order they were made
-        s.execute(insert(Assignment), leases)
-        s.execute(insert(Event), events)
-    return done, real
+    if bulk.primaries:
+        effects.placed_many(c, s, bulk.primaries)
+    if bulk.leases:  # one executemany each, in the order they were made; the tables' own
+        # inserts (Core), not the ORM's bulk path, which costs more than the rows
+        s.execute(insert(cast(Table, Assignment.__table__)), bulk.leases)
+        s.execute(insert(cast(Table, Event.__table__)), bulk.events)
+    return done, real, stale
 
 
 def _place_round(c: Coordinator, s: Session, rows: Sequence[Any],
-                 providers: list[market.ProviderState]) -> list[market.Placement]:
+                 providers: list[market.ProviderState]
+                 ) -> tuple[list[market.Placement], Demands]:
     workers = [p for p in providers if not p.verifier]
     verifiers = [p for p in providers if p.verifier]
     touched: dict[str, set[str]] = defaultdict(set)
@@ -267,11 +254,13 @@ def _place_round(c: Coordinator, s: Session, rows: Sequence[Any],
     load = {p.id: p.load for p in providers}
     out: list[market.Placement] = []
     primaries: list[market.TaskDemand] = []
+    demands: Demands = {}
     for task, job in rows:
         if task.pending_role is None:  # a primary: avoid who failed it (and their
             # identity: a rejected key's sybil would repeat its answer) and a canary's source
-            primaries.append(demand(c, job, task, index.around(failed[task.id])
-                                    | seen.get(task.id, set())))
+            d = demand(c, job, task, index.around(failed[task.id]) | seen.get(task.id, set()))
+            primaries.append(d)
+            demands[d.id] = (d, c.settings.min_stake)
             continue
         # A check: nobody who touched the task, nor anyone sharing their identity; for a
         # trusted role, except the network's verifiers themselves: one that audited or
@@ -281,15 +270,17 @@ def _place_round(c: Coordinator, s: Session, rows: Sequence[Any],
         parties = touched[task.id] - c.settings.verifiers if trusted else touched[task.id]
         d = demand(c, job, task, index.around(parties))
         if trusted:  # the network's own verifiers bond no stake
-            pl = market.pick(replace(d, stake_needed=0), verifiers, 0, c.rng.random(), load)
+            d = replace(d, stake_needed=0)
+            pl = market.pick(d, verifiers, 0, c.rng.random(), load)
         else:
             pl = market.pick(d, workers, c.settings.min_stake, c.rng.random(), load)
+        demands[d.id] = (d, 0 if trusted else c.settings.min_stake)
         if pl is not None:
             load[pl.provider_id] += 1
             out.append(pl)
     free = [replace(p, load=load[p.id]) for p in workers]
     out += market.place(primaries, free, c.settings.min_stake, c.settings.strategy)
-    return out
+    return out, demands
 
 
 def _absent_identities(c: Coordinator, s: Session, ids: set[str]
@@ -329,26 +320,32 @@ class _ConflictIndex:
         return frozenset(out)
 
 
-def place_now(c: Coordinator, s: Session, task: Task, job: Job,
-              states: list[market.ProviderState] | None = None) -> str | None:
+def place_now(c: Coordinator, s: Session, task: Task, job: Job) -> str | None:
     """Place one queued primary at once, ahead of the queue (an interactive /v1 request),
     inside the caller's transaction; returns the provider, or None to leave it queued.
-    ``states``: ``provider_states`` as the caller already read them in this transaction."""
-    states = provider_states(c, s) if states is None else states
-    providers = [p for p in states if not p.verifier]
-    placed = market.place([demand(c, job, task)], providers, c.settings.min_stake,
-                          c.settings.strategy)
-    if not placed:
+    The best candidate comes from the providers' index and is checked against its rows
+    here (``ProviderIndex.place``): no read of every provider."""
+    idx = provider_index.of(c)
+    pl = idx.place(s, demand(c, job, task), c.settings.min_stake)
+    if pl is None:
         return None
-    _lease(c, s, task, job, placed[0], c.now())
-    return placed[0].provider_id
+    _lease(c, s, task, job, pl, c.now())
+    return pl.provider_id  # the caller tells the index once this commits (``leased``)
+
+
+@dataclass
+class _Bulk:
+    """A batch's writes, made by the caller in one statement per table."""
+
+    leases: list[dict[str, Any]] = field(default_factory=list)
+    events: list[dict[str, Any]] = field(default_factory=list)
+    primaries: list[tuple[Job, Task]] = field(default_factory=list)  # ``effects.placed_many``
 
 
 def _lease(c: Coordinator, s: Session, task: Task, job: Job, pl: market.Placement,
-           now: float, bulk: tuple[list[dict[str, Any]], list[dict[str, Any]]] | None = None
-           ) -> None:
-    """Record the lease; its assignment and event rows go to ``bulk`` for one insert
-    each by the caller, or into the session when ``bulk`` is None."""
+           now: float, bulk: _Bulk | None = None) -> None:
+    """Record the lease; its rows (and a primary's moves) go to ``bulk`` for the caller
+    to write in one statement each, or into the session when ``bulk`` is None."""
     role = Role(task.pending_role or (Role.CANARY if task.reference_digest else Role.PRIMARY))
     payload: str | None = None
     check_of: str | None = None
@@ -378,9 +375,12 @@ def _lease(c: Coordinator, s: Session, task: Task, job: Job, pl: market.Placemen
     if check_of is not None and sealed.is_sealed(job.spec):  # its checker decrypts, compares
         from deai.coordinator import sealed_jobs
         payload = sealed_jobs.check_payload(c, s, task, job, role, check_of)
-    effects.apply(c, s, job, task, D.on_placed(effects.ctx(c, job, task),
-                                               Role.PRIMARY if role == Role.CANARY else role))
-    task.updated_at = now
+    if bulk is not None and role in (Role.PRIMARY, Role.CANARY):
+        bulk.primaries.append((job, task))  # its moves with the batch's (same decisions)
+    else:
+        effects.apply(c, s, job, task, D.on_placed(effects.ctx(c, job, task),
+                                                   Role.PRIMARY if role == Role.CANARY else role))
+        task.updated_at = now
     row = {"id": new_id("asg"), "task_id": task.id, "job_id": job.id,
            "provider_id": pl.provider_id, "role": role.value,
            "status": AssignmentStatus.LEASED.value, "price": pl.price, "leased_at": now,
@@ -391,6 +391,6 @@ def _lease(c: Coordinator, s: Session, task: Task, job: Job, pl: market.Placemen
         s.add(Assignment(**row))
         c.emit(s, "task_assigned", task.id, **body)
     else:
-        bulk[0].append(row)
-        bulk[1].append({"ts": c.now(), "kind": "task_assigned", "subject": task.id,
-                        "body": body})
+        bulk.leases.append(row)
+        bulk.events.append({"ts": now, "kind": "task_assigned", "subject": task.id,
+                            "body": body})

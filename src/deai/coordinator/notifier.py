@@ -23,7 +23,7 @@ import contextlib
 import json
 import logging
 import secrets
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import psycopg
@@ -51,6 +51,9 @@ class Notifier:
         self.sent = 0  # notifications sent and received from other replicas
         self.received = 0
         self.listening = asyncio.Event()
+        # Called with the providers another replica woke (its leases): the providers'
+        # index re-reads them (``provider_index``).
+        self.on_remote_wake: list[Callable[[list[str]], None]] = []
 
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
@@ -269,8 +272,11 @@ class Notifier:
             self._match.set()
         elif kind == "pub":
             self._publish()
-        elif kind == "wake":
-            self._wake(str(i) for i in ids)
+        elif kind == "wake":  # another replica leased to these providers
+            woken = [str(i) for i in ids]
+            self._wake(woken)
+            for fn in self.on_remote_wake:
+                fn(woken)
         elif kind == "res":
             for i in ids:
                 self._result(str(i))

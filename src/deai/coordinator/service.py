@@ -20,6 +20,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from deai import __version__
+from deai.coordinator import touch
 from deai.coordinator.notifier import Notifier
 from deai.coordinator.settings import Settings
 from deai.coordinator.settlement import Settlement
@@ -171,6 +172,7 @@ class Coordinator:
                 s.add(Offer(provider_id=pid, workload=o.workload, model=o.model, price=o.price))
             self.emit(s, "provider_registered", pid, name=p.name, compute_units=cu,
                       offers=[o.model_dump() for o in reg.offers])
+            touch.touched(s, [pid])  # matching's index reads it again
 
         self.db.run(body)
         self.notifier.kick()

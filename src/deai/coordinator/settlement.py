@@ -25,10 +25,13 @@ from typing import Any, Protocol
 
 from sqlalchemy.orm import Session
 
+from deai.coordinator import touch
 from deai.core import ledger
 from deai.core.clock import Clock
 from deai.core.money import fee_of
 from deai.store import journal
+
+_STAKE = ledger.stake("")
 
 
 class Rail(Protocol):
@@ -52,6 +55,8 @@ class Settlement:
 
     def post(self, s: Session, draft: ledger.Draft) -> ledger.Entry:
         entry = journal.append(s, draft, self.clock)
+        # A stake moved: matching's index reads the provider again (``touch``).
+        touch.touched(s, [a[len(_STAKE):] for a, _ in draft.postings if a.startswith(_STAKE)])
         for rail in self.rails:
             rail.on_posted(s, entry)
         return entry

@@ -3,7 +3,8 @@
 ``start`` validates the request as a one-line batch input (the kind's own
 rules), escrows its maximum cost at the highest price any online provider
 asks for the model, and places the task on the best provider in the same
-transaction (``matching.place_now``): it never waits behind queued batch work.
+transaction (``matching.place_now``, from the providers' index and checked against
+the chosen provider's rows): it never waits behind queued batch work.
 The job belongs to the key's account and is billed like any other, at the
 provider's price.
 
@@ -28,7 +29,7 @@ from fastapi import Request
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
-from deai.coordinator import admission, jobs, matching
+from deai.coordinator import admission, jobs, matching, provider_index
 from deai.coordinator.openai import keys
 from deai.coordinator.openai.errors import ApiError
 from deai.coordinator.service import Coordinator
@@ -55,11 +56,7 @@ class Started:
 def served_prices(c: Coordinator, workload: str, model: str) -> list[int]:
     """Prices of the online providers that offer ``model`` (empty: nobody serves it)."""
     with c.db.read() as s:
-        return _prices(matching.provider_states(c, s), workload, model)
-
-
-def _prices(providers: list, workload: str, model: str) -> list[int]:  # type: ignore[type-arg]
-    return [p for p in (st.price_for(workload, model) for st in providers) if p is not None]
+        return provider_index.of(c).prices(s, workload, model)
 
 
 def _clean(exc: InvalidInput) -> InvalidInput:
@@ -85,12 +82,11 @@ def start(c: Coordinator, key: keys.KeyInfo, workload: str, body: dict[str, obje
     input_digest = c.blobs.put(line, sync=False)
     shard_digest = c.blobs.put(shard.payload, sync=False)
     with c.db.write() as s:
-        providers = matching.provider_states(c, s)
-        prices = _prices(providers, workload, info.name)
-        if not prices:
+        top = provider_index.of(c).max_price(s, workload, info.name)
+        if top is None:
             raise UnknownModel(f"The model `{info.name}` is not served by any online provider.",
                                field="model")
-        spec = spec.model_copy(update={"max_price": max(prices)})
+        spec = spec.model_copy(update={"max_price": top})
         max_cost = cost_for_units(shard.max_units, spec.max_price)
         job, (task,) = admission.create(
             c, s, owner=key.account, kind=workload, model=info.name, spec=spec.model_dump(),
@@ -98,8 +94,9 @@ def start(c: Coordinator, key: keys.KeyInfo, workload: str, body: dict[str, obje
             shards=[admission.ShardIn(shard_digest, shard.items, shard.max_units)],
             escrow=max_cost, deadline=DEADLINE, key=admission.KeyUse(key.id, "request"),
             event={"via": "v1"})
-        provider = matching.place_now(c, s, task, job, providers)
+        provider = matching.place_now(c, s, task, job)
     if provider is not None:
+        provider_index.of(c).leased(provider)
         c.notifier.wake([provider])
     else:
         c.notifier.kick()  # every provider busy: the matcher places it when one frees up

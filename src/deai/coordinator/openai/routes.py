@@ -27,7 +27,7 @@ from fastapi import APIRouter, Body, Depends, File, Form, Query, Request, Upload
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from deai.coordinator import idempotency, matching
+from deai.coordinator import idempotency, provider_index
 from deai.coordinator.auth import coordinator
 from deai.coordinator.openai import batches, compat, files, gateway, keys, tokens
 from deai.coordinator.openai import schemas as S
@@ -75,7 +75,7 @@ async def _start(c: Coordinator, key: keys.KeyInfo, workload: str,
 
 def _served(c: Coordinator) -> list[str]:
     with c.db.read() as s:
-        providers = matching.provider_states(c, s)
+        providers = provider_index.of(c).states(s)
     names = {o.model for p in providers for o in p.offers}
     return [m.name for m in catalog.CATALOG
             if m.name in names and m.workload in SERVED_WORKLOADS]
