@@ -423,13 +423,6 @@ def test_a_beat_before_the_first_build_is_harmless(c: Coordinator) -> None:
     assert got == want and set(got) == {pid}
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "provider_index.ProviderIndex._resync reads only providers whose last_seen in the "
-    "database is within heartbeat_timeout (load(..., since=...)) and _replace_all rebuilds "
-    "_states from that read alone: a provider online only by a beat heard here (not yet "
-    "flushed by Liveness) vanishes from states()/place() until its next beat marks it "
-    "dirty, although such beats are meant to count (the beat survives in memory, its "
-    "state does not)"))
 def test_a_resync_keeps_a_provider_online_by_a_beat_heard_here(c: Coordinator) -> None:
     pid = provider(c, 0, price=100)
     idx = index(c)

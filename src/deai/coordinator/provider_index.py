@@ -161,7 +161,8 @@ class ProviderIndex:
         self.resync_s = resync_s
         self._lock = threading.RLock()
         self._states: dict[str, market.ProviderState] = {}
-        self._seen: dict[str, float] = {}  # last beat, from the database or heard here
+        self._db_seen: dict[str, float] = {}  # last beat, as the database has it
+        self._heard: dict[str, float] = {}  # beats heard here (maybe not written yet)
         self._ranked: dict[Key, list[Ranked]] = {}
         self._top: dict[Key, int] = {}  # the highest price offered per key, about
         self._dirty: set[str] = set()
@@ -183,12 +184,10 @@ class ProviderIndex:
 
     def beat(self, pid: str, now: float) -> None:
         with self._lock:
-            if pid in self._states:
-                if now > self._seen.get(pid, -math.inf):
-                    self._seen[pid] = now
-            elif self._built:
+            if now > self._heard.get(pid, -math.inf):
+                self._heard[pid] = now
+            if pid not in self._states and self._built:
                 self._dirty.add(pid)  # back from offline, or new: read it
-                self._seen[pid] = now
 
     def leased(self, pid: str, n: int = 1) -> None:
         """This process committed ``n`` leases to ``pid``."""
@@ -206,7 +205,7 @@ class ProviderIndex:
         since = self.c.now() - self.c.settings.heartbeat_timeout
         with self._lock:
             return [st for pid, st in self._states.items()
-                    if self._seen.get(pid, -math.inf) >= since]
+                    if self._last(pid) >= since]
 
     def reread(self, s: Session, ids: Sequence[str]) -> dict[str, market.ProviderState]:
         """The providers' states read now in ``s`` (the authority), stored in the index;
@@ -221,8 +220,8 @@ class ProviderIndex:
             for pid in ids:
                 self._drop(pid)
             for st in states:
-                last = max(seen[st.id], self._seen.get(st.id, -math.inf))
-                self._seen[st.id] = last
+                self._db_seen[st.id] = seen[st.id]
+                last = self._last(st.id)
                 self._put(st)
                 out[st.id] = st if last >= since else replace(st, online=False)
         return out
@@ -255,7 +254,7 @@ class ProviderIndex:
         key = (workload, model)
         since = self.c.now() - self.c.settings.heartbeat_timeout
         with self._lock:
-            if not any(self._seen.get(pid, -math.inf) >= since
+            if not any(self._last(pid) >= since
                        for _, pid, _ in self._ranked.get(key, ())):
                 return None
             return self._top.get(key)
@@ -266,7 +265,7 @@ class ProviderIndex:
         since = self.c.now() - self.c.settings.heartbeat_timeout
         with self._lock:
             return [price for _, pid, price in self._ranked.get((workload, model), ())
-                    if self._seen.get(pid, -math.inf) >= since]
+                    if self._last(pid) >= since]
 
     def place(self, s: Session, d: market.TaskDemand, min_stake: int) -> market.Placement | None:
         """The best provider for ``d`` by the strategy (as ``market.place`` would choose
@@ -289,7 +288,7 @@ class ProviderIndex:
             with self._lock:
                 ok = [self._states[pid] for pid in group
                       if pid in self._states and not self._states[pid].verifier
-                      and self._seen.get(pid, -math.inf) >= since
+                      and self._last(pid) >= since
                       and not market.failures(d, self._states[pid], min_stake,
                                               self._states[pid].price_for(*key))]
             if not ok:
@@ -308,10 +307,26 @@ class ProviderIndex:
 
     # --- keeping it -----------------------------------------------------------------------
 
-    def _build(self, s: Session) -> None:
-        t0 = time.monotonic()
+    def _last(self, pid: str) -> float:
+        """A provider's last beat: the database's, or a later one heard here."""
+        return max(self._db_seen.get(pid, -math.inf), self._heard.get(pid, -math.inf))
+
+    def _read_all(self, s: Session) -> tuple[list[market.ProviderState], dict[str, float]]:
+        """Every provider online by the database, and those online by a beat heard here
+        that the database has not been told of yet."""
         since = self.c.now() - self.c.settings.heartbeat_timeout
         states, seen = load(self.c, s, since=since)
+        with self._lock:
+            heard = sorted(p for p, t in self._heard.items() if t >= since and p not in seen)
+        if heard:
+            more, more_seen = load(self.c, s, heard)
+            states += more
+            seen.update(more_seen)
+        return states, seen
+
+    def _build(self, s: Session) -> None:
+        t0 = time.monotonic()
+        states, seen = self._read_all(s)
         self._replace_all(states, seen)
         self._build_s = time.monotonic() - t0
         self._synced = time.monotonic()
@@ -322,14 +337,11 @@ class ProviderIndex:
         try:
             with self.c.db.read() as s:
                 t0 = time.monotonic()
-                since = self.c.now() - self.c.settings.heartbeat_timeout
-                states, seen = load(self.c, s, since=since)
+                states, seen = self._read_all(s)
             with self._lock:
-                # Beats heard here since are newer than the database's.
-                for pid, t in self._seen.items():
-                    if pid in seen and t > seen[pid]:
-                        seen[pid] = t
                 self._replace_all(states, seen)
+                # Beats the database has caught up with are not needed any more.
+                self._heard = {p: t for p, t in self._heard.items() if t > seen.get(p, -math.inf)}
                 self._build_s = time.monotonic() - t0
                 self.builds += 1
         except Exception:  # the database closed under it (shutdown); the next use retries
@@ -341,7 +353,7 @@ class ProviderIndex:
 
     def _replace_all(self, states: list[market.ProviderState], seen: dict[str, float]) -> None:
         with self._lock:
-            self._states, self._seen, self._ranked, self._top = {}, dict(seen), {}, {}
+            self._states, self._db_seen, self._ranked, self._top = {}, dict(seen), {}, {}
             by: dict[Key, list[Ranked]] = defaultdict(list)
             strategy = self.c.settings.strategy
             for st in states:

@@ -212,6 +212,7 @@ class Coordinator:
                           .values(lease_deadline=now + self.settings.lease_ttl))
             p = self.require_provider(s, pid)
             p.last_seen = now
+            touch.touched(s, [pid])  # matching's index: online again, maybe
             return drop
 
         return wire.HeartbeatOut(drop=self.db.run(body))
