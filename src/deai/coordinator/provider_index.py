@@ -166,6 +166,11 @@ class ProviderIndex:
         self._ranked: dict[Key, list[Ranked]] = {}
         self._top: dict[Key, int] = {}  # the highest price offered per key, about
         self._dirty: set[str] = set()
+        # When each provider last changed (touch) or was leased here, on a counter: a read
+        # that began before a change may not hold it (``reread``, ``_resync``).
+        self._tick = 0
+        self._changed: dict[str, int] = {}
+        self._leased: dict[str, int] = {}
         self._built = False
         self._synced = -math.inf  # time.monotonic() of the last full read
         self._build_s = 0.0
@@ -180,7 +185,10 @@ class ProviderIndex:
     def touch(self, ids: Iterable[str]) -> None:
         """These providers changed: re-read them on the next use."""
         with self._lock:
-            self._dirty.update(ids)
+            self._tick += 1
+            for pid in ids:
+                self._dirty.add(pid)
+                self._changed[pid] = self._tick
 
     def beat(self, pid: str, now: float) -> None:
         with self._lock:
@@ -195,6 +203,8 @@ class ProviderIndex:
             st = self._states.get(pid)
             if st is not None:
                 self._states[pid] = replace(st, load=st.load + n)
+            self._tick += 1
+            self._leased[pid] = self._tick  # a resync reading from before must not undo it
 
     # --- reading -------------------------------------------------------------------------
 
@@ -212,11 +222,16 @@ class ProviderIndex:
         an id missing from the answer is not active, not verified or gone. ``online``
         counts beats heard here that the database has not been told of yet."""
         ids = sorted(set(ids))
+        with self._lock:
+            start = self._tick
         states, seen = load(self.c, s, ids)
         since = self.c.now() - self.c.settings.heartbeat_timeout
         out: dict[str, market.ProviderState] = {}
         with self._lock:
             self.rereads += len(ids)
+            # Changed again while this read ran: what it read may be older than the change
+            # (another thread's read of it may even have landed first). Read it once more.
+            self._dirty.update(p for p in ids if self._changed.get(p, -1) > start)
             for pid in ids:
                 self._drop(pid)
             for st in states:
@@ -240,7 +255,11 @@ class ProviderIndex:
                                                               20 * self._build_s))
             if due:
                 self._resyncing = True
-        if dirty:
+        if dirty and s.info.get("snapshot") and s.in_transaction():
+            # A snapshot may predate the changes: read them in a transaction begun now.
+            with self.c.db.read() as now:
+                self.reread(now, sorted(dirty))
+        elif dirty:
             self.reread(s, sorted(dirty))
         if due:
             threading.Thread(target=self._resync, name="provider-index-resync",
@@ -335,11 +354,18 @@ class ProviderIndex:
 
     def _resync(self) -> None:
         try:
+            with self._lock:
+                start = self._tick
             with self.c.db.read() as s:
                 t0 = time.monotonic()
                 states, seen = self._read_all(s)
             with self._lock:
                 self._replace_all(states, seen)
+                # What changed or was leased while it read may be missing from its snapshot.
+                for marks in (self._changed, self._leased):
+                    self._dirty.update(p for p, t in marks.items() if t > start)
+                self._changed = {p: t for p, t in self._changed.items() if t > start}
+                self._leased = {p: t for p, t in self._leased.items() if t > start}
                 # Beats the database has caught up with are not needed any more.
                 self._heard = {p: t for p, t in self._heard.items() if t > seen.get(p, -math.inf)}
                 self._build_s = time.monotonic() - t0

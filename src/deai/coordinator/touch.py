@@ -25,15 +25,18 @@ log = logging.getLogger("deai.coordinator.touch")
 _KEY = "deai_touched"
 _lock = threading.Lock()
 # Weak both ways: registering keeps neither the engine nor the callback's owner alive.
-_callbacks: weakref.WeakKeyDictionary[Engine, list[weakref.WeakMethod[Callable[[set[str]], None]]]]
-_callbacks = weakref.WeakKeyDictionary()
+# (A plain reference to the owner, not ``WeakMethod``: its finaliser can fail when the
+# method and its owner die in one garbage collection, CPython 3.11.)
+_Ref = tuple[weakref.ref[Any], Callable[..., None]]
+_callbacks: weakref.WeakKeyDictionary[Engine, list[_Ref]] = weakref.WeakKeyDictionary()
 
 
 def on_commit(engine: Engine, fn: Callable[[set[str]], None]) -> None:
     """Call the bound method ``fn(ids)`` after each commit on ``engine`` that touched
     providers, for as long as its object lives."""
+    owner, func = fn.__self__, fn.__func__  # type: ignore[attr-defined]
     with _lock:
-        _callbacks.setdefault(engine, []).append(weakref.WeakMethod(fn))
+        _callbacks.setdefault(engine, []).append((weakref.ref(owner), func))
 
 
 def touched(s: Session, ids: Iterable[str]) -> None:
@@ -56,12 +59,12 @@ def _after_commit(s: Session) -> None:
         return
     with _lock:
         refs = list(_callbacks.get(_engine(s), ()))
-    for ref in refs:
-        fn = ref()
-        if fn is None:
+    for ref, func in refs:
+        owner = ref()
+        if owner is None:
             continue
         try:
-            fn(ids)
+            func(owner, ids)
         except Exception:  # a cache's hint must never fail a committed transaction
             log.exception("a provider-change callback failed")
 

@@ -160,6 +160,7 @@ class Database:
     def read(self) -> Iterator[Session]:
         """A read-only snapshot: every query inside sees the same committed state."""
         with self._factory() as s:
+            s.info["snapshot"] = True  # for caches: changes committed after its start are unseen
             if not self.is_sqlite:
                 s.connection(execution_options={"isolation_level": "REPEATABLE READ"})
             yield s
