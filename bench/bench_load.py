@@ -14,10 +14,18 @@ requests in flight from one asyncio client process:
 
 It prints requests per second, p50/p99 latency, the heartbeat/health ratio,
 any non-200 answers, and how many nonce rows the heartbeats wrote (none: they
-are replay-protected by a timestamp floor). Providers taking leases are left
-for when the incremental matcher lands.
+are replay-protected by a timestamp floor).
+
+4. Leases (``--leases N``, after the rest): ``--pollers`` of the providers are
+   funded and bonded (the others stay unstaked, so nobody else can take the
+   work) and long-poll with acknowledged delivery, one connection each; a
+   client submits one job of N one-line shards, and the run times submission,
+   the first lease delivered and the last (every shard leased to a poller and
+   acknowledged). Leases delivered per second are printed against the same
+   ``GET /health`` baseline.
 
     .venv/bin/python bench/bench_load.py --providers 2000            # SQLite
+    .venv/bin/python bench/bench_load.py --providers 10000 --leases 2000 --pollers 500
     .venv/bin/python bench/bench_load.py --database postgres --workers 3
 """
 
@@ -25,11 +33,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -38,10 +48,12 @@ sys.path.insert(0, str(ROOT))  # the real-process harness lives with the tests
 
 import httpx  # noqa: E402
 from sqlalchemy import func, select  # noqa: E402
+from tests.helpers import MODEL  # noqa: E402
 from tests.netutil import Proc, free_port  # noqa: E402
 from tests.pg import PgServer  # noqa: E402
 
 from deai.client.keys import Identity  # noqa: E402
+from deai.client.sdk import Client  # noqa: E402
 from deai.coordinator.liveness import FLOOR_NONCE  # noqa: E402
 from deai.core import wire  # noqa: E402
 from deai.store.db import Database  # noqa: E402
@@ -49,6 +61,8 @@ from deai.store.models import Nonce  # noqa: E402
 
 OUT = ROOT / "bench" / "results" / "load.json"
 HB = "/api/providers/heartbeat"
+POLL = "/api/providers/poll"
+STAKE = 20_000_000
 
 
 def pct(xs: list[float], q: float) -> float:
@@ -59,7 +73,7 @@ def pct(xs: list[float], q: float) -> float:
 def register_body(i: int) -> bytes:
     reg = wire.RegisterIn(
         name=f"sim-{i}", hardware=wire.Hardware(cpu_model="sim", cores=4, memory_mb=8192),
-        benchmark=wire.Benchmark(gflops=50.0, mem_gbps=10.0), threads=1,
+        benchmark=wire.Benchmark(gflops=50.0, mem_gbps=10.0), threads=1, slots=4,
         offers=[wire.OfferIn(workload="embeddings", model="all-MiniLM-L6-v2", price=1000)])
     return reg.model_dump_json().encode()
 
@@ -115,6 +129,72 @@ async def register_all(url: str, people: list[Identity], concurrency: int) -> No
         await asyncio.gather(*(loop() for _ in range(concurrency)))
 
 
+def bond_all(url: str, people: list[Identity]) -> None:
+    """Fund and bond these providers (signed requests, 16 at a time)."""
+    def one(me: Identity) -> None:
+        with Client(url, me) as c:
+            c.faucet(STAKE)
+            c.bond(STAKE)
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(one, people))
+
+
+async def leases(url: str, pollers: list[Identity], n: int, timeout: float) -> dict[str, Any]:
+    """One job of ``n`` shards against ``pollers`` long-polling with acknowledgements:
+    seconds from the submission to the first and to the last lease delivered."""
+    got: dict[str, float] = {}  # assignment -> when its poll answer arrived
+    job: dict[str, str] = {}
+    done = asyncio.Event()
+    limits = httpx.Limits(max_connections=len(pollers) + 8,
+                          max_keepalive_connections=len(pollers) + 8)
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=60) as client:
+        async def poll_loop(me: Identity) -> None:
+            ack: list[str] = []
+            while not done.is_set():
+                body = json.dumps({"wait": 5.0, "ack": ack}).encode()
+                hdr = {**me.headers("POST", POLL, body), "content-type": "application/json"}
+                r = await client.post(POLL, content=body, headers=hdr)
+                now, ack = time.perf_counter(), []
+                if r.status_code != 200:
+                    continue
+                for a in r.json()["assignments"]:
+                    ack.append(a["id"])
+                    if a["job_id"] == job.get("id"):
+                        got.setdefault(a["id"], now)
+                if len(got) >= n:
+                    done.set()
+        tasks = [asyncio.create_task(poll_loop(me)) for me in pollers]
+        await asyncio.sleep(2.0)  # every poll waiting
+        lines = b"".join(json.dumps({"custom_id": f"r{i}", "method": "POST",
+                                     "url": "/v1/embeddings",
+                                     "body": {"model": MODEL, "input": f"row {i}"}}
+                                    ).encode() + b"\n" for i in range(n))
+
+        def submit() -> tuple[float, float]:
+            with Client(url, Identity.generate()) as c:
+                c.faucet(10**9)
+                digest = c.upload(lines).digest
+                t0 = time.perf_counter()
+                out = c.submit_job({"kind": "embeddings", "model": MODEL, "max_price": 2000,
+                                    "shard_size": 1, "deadline": 3600}, digest)
+                job["id"] = out.id
+                return t0, time.perf_counter()
+        t0, t1 = await asyncio.to_thread(submit)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(done.wait(), timeout)
+        done.set()
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    times = sorted(got.values())
+    last = (times[-1] - t0) if times else None
+    return {"shards": n, "pollers": len(pollers), "delivered": len(got),
+            "submit_s": round(t1 - t0, 3),
+            "first_lease_s": round(times[0] - t0, 3) if times else None,
+            "last_lease_s": round(last, 3) if last else None,
+            "per_s": round(len(got) / last, 1) if last else 0.0}
+
+
 def nonces(db_url: str) -> tuple[int, int]:
     """(per-request nonce rows, heartbeat floor rows)."""
     db = Database(db_url)
@@ -135,6 +215,8 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=32)
     ap.add_argument("--database", choices=["sqlite", "postgres"], default="sqlite")
     ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--leases", type=int, default=0, help="shards of the lease phase (0: none)")
+    ap.add_argument("--pollers", type=int, default=500, help="providers long-polling for them")
     a = ap.parse_args()
     pg = PgServer.start() if a.database == "postgres" else None
     tmp = Path(tempfile.mkdtemp(prefix="deai-load-"))
@@ -178,12 +260,25 @@ def main() -> None:
                "health_after": h2, "ratio_heartbeat_to_health": round(hb["per_s"] / base, 3),
                "nonce_rows_added": after[0] - before[0], "floor_rows": after[1],
                "load_average": os.getloadavg()}
+        if a.leases:
+            pollers = people[: min(a.pollers, len(people))]
+            bond_all(url, pollers)
+            lz = asyncio.run(leases(url, pollers, a.leases, timeout=300.0))
+            res["leases"] = lz
+            res["ratio_leases_to_health"] = round(lz["per_s"] / base, 3)
         for name, r in (("GET /health", h1), ("heartbeat", hb), ("GET /health", h2)):
             print(f"  {name:12s} {r['per_s']:>8,.0f}/s  p50 {r['p50_ms']:.1f} ms  "
                   f"p99 {r['p99_ms']:.1f} ms  non-200 {r['non_200'] or 0}")
         print(f"  heartbeats / health = {res['ratio_heartbeat_to_health']:.2f}; "
               f"{hb['requests']} heartbeats added {after[0] - before[0]} nonce rows and "
               f"{after[1]} floor rows (one per provider heard)")
+        if a.leases:
+            lz = res["leases"]
+            print(f"  leases: one job of {lz['shards']:,} shards to {lz['pollers']} polling "
+                  f"providers (of {a.providers:,} online): submitted in {lz['submit_s']} s, "
+                  f"first lease delivered at {lz['first_lease_s']} s, {lz['delivered']:,} "
+                  f"delivered by {lz['last_lease_s']} s = {lz['per_s']:,}/s "
+                  f"({res['ratio_leases_to_health']:.2f} of GET /health)")
         print(f"  load average {os.getloadavg()[0]:.1f} (2 cores, shared)")
         OUT.parent.mkdir(parents=True, exist_ok=True)
         out = OUT.with_name(f"load-{a.database}-{a.workers}.json")
