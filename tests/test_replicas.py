@@ -160,16 +160,26 @@ def test_signals_cross_replicas_by_notify(fresh_pg_url: str) -> None:
             result = b.watch_result("t1")
             events = b.subscribe()
             match = asyncio.create_task(b.wait_match(600))
+            changed: list[list[str]] = []
+            heard = asyncio.Event()
+
+            def hear(ids: list[str]) -> None:
+                changed.append(ids)
+                heard.set()
+            b.on_remote_change.append(hear)
             await asyncio.sleep(0)
             # From another thread, as request handlers call it.
             await asyncio.to_thread(a.wake, ["p1"])
             a.result_arrived("t1")
             a.published()
             a.kick()
+            await asyncio.to_thread(a.providers_changed, ["p3", "p4"])  # a commit's touch
             await asyncio.wait_for(poll, 30)  # the 600 s waits end only by a wake-up
             await asyncio.wait_for(result.wait(), 30)
             assert await asyncio.wait_for(events.get(), 30) == 1
             await asyncio.wait_for(match, 30)
+            await asyncio.wait_for(heard.wait(), 30)
+            assert changed == [["p3", "p4"]]  # the other replica's index re-reads them
             assert b.received >= 1 and a.sent >= 1
             assert a.received == 0  # a replica ignores its own notifications
             unrelated = asyncio.create_task(b.wait_provider("p2", 600))

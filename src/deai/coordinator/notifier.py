@@ -46,14 +46,16 @@ class Notifier:
         self.origin = secrets.token_hex(6)
         self._url: str | None = None
         self._dirty: asyncio.Event | None = None
-        self._out: dict[str, Any] = {"kick": False, "pub": False, "wake": set(), "res": set()}
+        self._out: dict[str, Any] = {"kick": False, "pub": False, "wake": set(), "res": set(),
+                                       "prov": set()}
         self._bridge: list[asyncio.Task[None]] = []
         self.sent = 0  # notifications sent and received from other replicas
         self.received = 0
         self.listening = asyncio.Event()
-        # Called with the providers another replica woke (its leases): the providers'
-        # index re-reads them (``provider_index``).
+        # Called with the providers another replica woke (its leases) or changed (its
+        # commits): the providers' index re-reads them (``provider_index``).
         self.on_remote_wake: list[Callable[[list[str]], None]] = []
+        self.on_remote_change: list[Callable[[list[str]], None]] = []
 
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
@@ -144,6 +146,13 @@ class Notifier:
     def unwatch_result(self, task_id: str) -> None:
         self._results.pop(task_id, None)
 
+    def providers_changed(self, provider_ids: Iterable[str]) -> None:
+        """These providers' rows changed here (any thread): other replicas' indexes
+        re-read them (``provider_index``). Nothing to do locally."""
+        ids = list(provider_ids)
+        if ids:
+            self._call(self._send, "prov", ids)
+
     def result_arrived(self, task_id: str) -> None:
         """An assignment of ``task_id`` has a result (any thread); wakes only its watchers."""
         self._call(self._result_out, task_id)
@@ -184,9 +193,10 @@ class Notifier:
         self._dirty.set()
 
     def _drain(self) -> list[str]:
-        out, self._out = self._out, {"kick": False, "pub": False, "wake": set(), "res": set()}
+        out, self._out = self._out, {"kick": False, "pub": False, "wake": set(), "res": set(),
+                                       "prov": set()}
         msgs = [json.dumps({"o": self.origin, "k": k}) for k in ("kick", "pub") if out[k]]
-        for kind in ("wake", "res"):
+        for kind in ("wake", "res", "prov"):
             chunk: list[str] = []
             size = 0
             for i in sorted(out[kind]):
@@ -280,3 +290,6 @@ class Notifier:
         elif kind == "res":
             for i in ids:
                 self._result(str(i))
+        elif kind == "prov":  # another replica changed these providers
+            for fn in self.on_remote_change:
+                fn([str(i) for i in ids])

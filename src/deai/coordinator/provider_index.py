@@ -177,8 +177,9 @@ class ProviderIndex:
         self._resyncing = False
         self.builds = 0  # full reads, for tests and metrics
         self.rereads = 0  # providers re-read one by one
-        touch.on_commit(c.db.engine, self.touch)
+        touch.on_commit(c.db.engine, self._committed)
         c.notifier.on_remote_wake.append(self.touch)  # leases by other replicas
+        c.notifier.on_remote_change.append(self.touch)  # their other changes
 
     # --- what writers tell it ------------------------------------------------------------
 
@@ -189,6 +190,12 @@ class ProviderIndex:
             for pid in ids:
                 self._dirty.add(pid)
                 self._changed[pid] = self._tick
+
+    def _committed(self, ids: set[str]) -> None:
+        """A transaction here changed these providers: re-read them, and tell the other
+        replicas (``NOTIFY``, PostgreSQL) so that theirs do too."""
+        self.touch(ids)
+        self.c.notifier.providers_changed(ids)
 
     def beat(self, pid: str, now: float) -> None:
         with self._lock:
