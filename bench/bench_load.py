@@ -143,6 +143,7 @@ async def leases(url: str, pollers: list[Identity], n: int, timeout: float) -> d
     """One job of ``n`` shards against ``pollers`` long-polling with acknowledgements:
     seconds from the submission to the first and to the last lease delivered."""
     got: dict[str, float] = {}  # assignment -> when its poll answer arrived
+    errors: dict[str, int] = {}
     job: dict[str, str] = {}
     done = asyncio.Event()
     limits = httpx.Limits(max_connections=len(pollers) + 8,
@@ -153,9 +154,14 @@ async def leases(url: str, pollers: list[Identity], n: int, timeout: float) -> d
             while not done.is_set():
                 body = json.dumps({"wait": 5.0, "ack": ack}).encode()
                 hdr = {**me.headers("POST", POLL, body), "content-type": "application/json"}
-                r = await client.post(POLL, content=body, headers=hdr)
+                try:
+                    r = await client.post(POLL, content=body, headers=hdr)
+                except httpx.HTTPError as exc:  # counted, and the poll goes on (un-acked
+                    errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
+                    continue  # leases come again)
                 now, ack = time.perf_counter(), []
                 if r.status_code != 200:
+                    errors[str(r.status_code)] = errors.get(str(r.status_code), 0) + 1
                     continue
                 for a in r.json()["assignments"]:
                     ack.append(a["id"])
@@ -192,7 +198,7 @@ async def leases(url: str, pollers: list[Identity], n: int, timeout: float) -> d
             "submit_s": round(t1 - t0, 3),
             "first_lease_s": round(times[0] - t0, 3) if times else None,
             "last_lease_s": round(last, 3) if last else None,
-            "per_s": round(len(got) / last, 1) if last else 0.0}
+            "per_s": round(len(got) / last, 1) if last else 0.0, "poll_errors": errors}
 
 
 def nonces(db_url: str) -> tuple[int, int]:
@@ -278,7 +284,8 @@ def main() -> None:
                   f"providers (of {a.providers:,} online): submitted in {lz['submit_s']} s, "
                   f"first lease delivered at {lz['first_lease_s']} s, {lz['delivered']:,} "
                   f"delivered by {lz['last_lease_s']} s = {lz['per_s']:,}/s "
-                  f"({res['ratio_leases_to_health']:.2f} of GET /health)")
+                  f"({res['ratio_leases_to_health']:.2f} of GET /health); poll errors "
+                  f"{lz['poll_errors'] or 0}")
         print(f"  load average {os.getloadavg()[0]:.1f} (2 cores, shared)")
         OUT.parent.mkdir(parents=True, exist_ok=True)
         out = OUT.with_name(f"load-{a.database}-{a.workers}.json")

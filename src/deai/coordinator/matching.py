@@ -150,12 +150,14 @@ def _plan(c: Coordinator, idx: provider_index.ProviderIndex
     providers' index: the jobs read, the placements in order, what the plan saw of each
     task, and the demand each placement was chosen for (checked again at commit)."""
     with c.db.read() as s:
-        # The index first: changes it was told of are re-read at the start of the snapshot.
-        providers = idx.states(s)
-        if not providers:
-            return None
+        # The index's pending changes first, re-read at the start of the snapshot; the
+        # providers' list only when there is work (a round that finds none is O(1)).
+        idx.refresh(s)
         rows = s.execute(_claimable().limit(BATCH)).all()
         if not rows:
+            return None
+        providers = idx.states(s)
+        if not providers:
             return None
         placements, demands = _place_round(c, s, rows, providers)
         # A task moved since (placed by /v1, failed, cancelled) has a new
