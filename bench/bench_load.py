@@ -65,6 +65,49 @@ POLL = "/api/providers/poll"
 STAKE = 20_000_000
 
 
+class Conn:
+    """One keep-alive HTTP/1.1 connection, written by hand for the load. httpx's
+    AsyncClient spent more CPU per request than the coordinator did (the client's process
+    at ~95 % of a core, the coordinator's at ~45 %), so the runs measured the client."""
+
+    def __init__(self, url: str) -> None:
+        u = httpx.URL(url)
+        self.host, self.port = u.host, u.port or 80
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def request(self, method: str, path: str, body: bytes | None = None,
+                      headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        assert self.reader is not None
+        body = body or b""
+        head = [f"{method} {path} HTTP/1.1", f"host: {self.host}:{self.port}",
+                f"content-length: {len(body)}"]
+        head += [f"{k}: {v}" for k, v in (headers or {}).items()]
+        try:
+            self.writer.write(("\r\n".join(head) + "\r\n\r\n").encode() + body)
+            raw = await self.reader.readuntil(b"\r\n\r\n")
+            lines = raw.decode("latin-1").split("\r\n")
+            status = int(lines[0].split()[1])
+            fields = dict(ln.split(":", 1) for ln in lines[1:] if ":" in ln)
+            fields = {k.strip().lower(): v.strip() for k, v in fields.items()}
+            if "content-length" not in fields:
+                raise ConnectionError(f"no content-length in the answer to {path}")
+            data = await self.reader.readexactly(int(fields["content-length"]))
+        except (OSError, asyncio.IncompleteReadError, ConnectionError):
+            self.close()
+            raise
+        if fields.get("connection", "").lower() == "close":
+            self.close()
+        return status, data
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        self.reader = self.writer = None
+
+
 def pct(xs: list[float], q: float) -> float:
     s = sorted(xs)
     return s[min(len(s) - 1, max(0, round(q * (len(s) - 1))))] if s else 0.0
@@ -84,19 +127,22 @@ async def drive(url: str, seconds: float, concurrency: int, make: Any) -> dict[s
     bad: dict[int, int] = {}
     stop = time.perf_counter() + seconds
     counter = iter(range(10**12))
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=30) as client:
-        async def loop() -> None:
+
+    async def loop() -> None:
+        conn = Conn(url)
+        try:
             while time.perf_counter() < stop:
                 method, path, body, headers = make(next(counter))
                 t0 = time.perf_counter()
-                r = await client.request(method, path, content=body, headers=headers)
+                status, _ = await conn.request(method, path, body, headers)
                 lat.append(time.perf_counter() - t0)
-                if r.status_code != 200:
-                    bad[r.status_code] = bad.get(r.status_code, 0) + 1
-        t0 = time.perf_counter()
-        await asyncio.gather(*(loop() for _ in range(concurrency)))
-        elapsed = time.perf_counter() - t0
+                if status != 200:
+                    bad[status] = bad.get(status, 0) + 1
+        finally:
+            conn.close()
+    t0 = time.perf_counter()
+    await asyncio.gather(*(loop() for _ in range(concurrency)))
+    elapsed = time.perf_counter() - t0
     return {"requests": len(lat), "per_s": round(len(lat) / elapsed, 1),
             "p50_ms": round(pct(lat, 0.5) * 1000, 2), "p99_ms": round(pct(lat, 0.99) * 1000, 2),
             "non_200": bad}
@@ -118,15 +164,20 @@ def heartbeats(people: list[Identity]) -> Any:
 
 async def register_all(url: str, people: list[Identity], concurrency: int) -> None:
     it = iter(enumerate(people))
-    async with httpx.AsyncClient(base_url=url, timeout=60) as client:
-        async def loop() -> None:
+
+    async def loop() -> None:
+        conn = Conn(url)
+        try:
             for i, me in it:
                 body = register_body(i)
                 hdr = {**me.headers("POST", "/api/providers/register", body),
                        "content-type": "application/json"}
-                r = await client.post("/api/providers/register", content=body, headers=hdr)
-                r.raise_for_status()
-        await asyncio.gather(*(loop() for _ in range(concurrency)))
+                status, data = await conn.request("POST", "/api/providers/register", body, hdr)
+                if status != 200:
+                    raise SystemExit(f"registration answered {status}: {data[:300]!r}")
+        finally:
+            conn.close()
+    await asyncio.gather(*(loop() for _ in range(concurrency)))
 
 
 def bond_all(url: str, people: list[Identity]) -> None:
@@ -146,52 +197,54 @@ async def leases(url: str, pollers: list[Identity], n: int, timeout: float) -> d
     errors: dict[str, int] = {}
     job: dict[str, str] = {}
     done = asyncio.Event()
-    limits = httpx.Limits(max_connections=len(pollers) + 8,
-                          max_keepalive_connections=len(pollers) + 8)
-    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=60) as client:
-        async def poll_loop(me: Identity) -> None:
-            ack: list[str] = []
-            while not done.is_set():
-                body = json.dumps({"wait": 5.0, "ack": ack}).encode()
-                hdr = {**me.headers("POST", POLL, body), "content-type": "application/json"}
-                try:
-                    r = await client.post(POLL, content=body, headers=hdr)
-                except httpx.HTTPError as exc:  # counted, and the poll goes on (un-acked
-                    errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
-                    continue  # leases come again)
-                now, ack = time.perf_counter(), []
-                if r.status_code != 200:
-                    errors[str(r.status_code)] = errors.get(str(r.status_code), 0) + 1
-                    continue
-                for a in r.json()["assignments"]:
-                    ack.append(a["id"])
-                    if a["job_id"] == job.get("id"):
-                        got.setdefault(a["id"], now)
-                if len(got) >= n:
-                    done.set()
-        tasks = [asyncio.create_task(poll_loop(me)) for me in pollers]
-        await asyncio.sleep(2.0)  # every poll waiting
-        lines = b"".join(json.dumps({"custom_id": f"r{i}", "method": "POST",
-                                     "url": "/v1/embeddings",
-                                     "body": {"model": MODEL, "input": f"row {i}"}}
-                                    ).encode() + b"\n" for i in range(n))
 
-        def submit() -> tuple[float, float]:
-            with Client(url, Identity.generate()) as c:
-                c.faucet(10**9)
-                digest = c.upload(lines).digest
-                t0 = time.perf_counter()
-                out = c.submit_job({"kind": "embeddings", "model": MODEL, "max_price": 2000,
-                                    "shard_size": 1, "deadline": 3600}, digest)
-                job["id"] = out.id
-                return t0, time.perf_counter()
-        t0, t1 = await asyncio.to_thread(submit)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(done.wait(), timeout)
-        done.set()
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+    async def poll_loop(me: Identity) -> None:
+        ack: list[str] = []
+        conn = Conn(url)
+        while not done.is_set():
+            body = json.dumps({"wait": 5.0, "ack": ack}).encode()
+            hdr = {**me.headers("POST", POLL, body), "content-type": "application/json"}
+            try:
+                status, data = await asyncio.wait_for(conn.request("POST", POLL, body, hdr),
+                                                      60)
+            except (OSError, TimeoutError, asyncio.IncompleteReadError) as exc:
+                conn.close()  # counted, and the poll goes on (un-acked leases come again)
+                errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
+                continue
+            now, ack = time.perf_counter(), []
+            if status != 200:
+                errors[str(status)] = errors.get(str(status), 0) + 1
+                continue
+            for a in json.loads(data)["assignments"]:
+                ack.append(a["id"])
+                if a["job_id"] == job.get("id"):
+                    got.setdefault(a["id"], now)
+            if len(got) >= n:
+                done.set()
+        conn.close()
+    tasks = [asyncio.create_task(poll_loop(me)) for me in pollers]
+    await asyncio.sleep(2.0)  # every poll waiting
+    lines = b"".join(json.dumps({"custom_id": f"r{i}", "method": "POST",
+                                 "url": "/v1/embeddings",
+                                 "body": {"model": MODEL, "input": f"row {i}"}}
+                                ).encode() + b"\n" for i in range(n))
+
+    def submit() -> tuple[float, float]:
+        with Client(url, Identity.generate()) as c:
+            c.faucet(10**9)
+            digest = c.upload(lines).digest
+            t0 = time.perf_counter()
+            out = c.submit_job({"kind": "embeddings", "model": MODEL, "max_price": 2000,
+                                "shard_size": 1, "deadline": 3600}, digest)
+            job["id"] = out.id
+            return t0, time.perf_counter()
+    t0, t1 = await asyncio.to_thread(submit)
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(done.wait(), timeout)
+    done.set()
+    for t in tasks:
+        t.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
     times = sorted(got.values())
     last = (times[-1] - t0) if times else None
     return {"shards": n, "pollers": len(pollers), "delivered": len(got),

@@ -67,7 +67,7 @@ C = Annotated[Coordinator, Depends(coordinator)]
 Signer = Annotated[str, Depends(signer)]
 
 
-def _cfg(request: Request) -> clusters.ClusterConfig:
+async def _cfg(request: Request) -> clusters.ClusterConfig:
     cfg: clusters.ClusterConfig = request.app.state.cluster_config
     return cfg
 

@@ -79,12 +79,12 @@ C = Annotated[Coordinator, Depends(coordinator)]
 Signer = Annotated[str, Depends(signer)]
 
 
-def _hub(request: Request) -> relay_leases.Hub:
+async def _hub(request: Request) -> relay_leases.Hub:
     hub: relay_leases.Hub = request.app.state.lease_hub
     return hub
 
 
-def _cfg(request: Request) -> leases.LeaseConfig:
+async def _cfg(request: Request) -> leases.LeaseConfig:
     cfg: leases.LeaseConfig = request.app.state.lease_config
     return cfg
 

@@ -120,6 +120,12 @@ def create_app(settings: Settings, coordinator: Coordinator | None = None) -> Fa
 
     limits.install(app, settings.max_upload_bytes)  # body size and depth, request rates
 
+    # First, and on the event loop: load balancers and probes call it often, and routes
+    # are matched in order (the included routers' ~100 routes cost more than the answer).
+    @app.get("/health")
+    async def health() -> dict[str, str | bool]:
+        return {"status": "ok", "version": __version__, "leader": elected.is_leader}
+
     app.include_router(api_ledger.router)
     app.include_router(api_jobs.router)
     app.include_router(checkpoints.router)
@@ -133,9 +139,5 @@ def create_app(settings: Settings, coordinator: Coordinator | None = None) -> Fa
     metrics.install(app)  # /metrics, and request counts
     openai.install(app)  # /v1 in OpenAI's shape, API keys, task progress
     api_chain.install(app)  # /api/chain; the chain rail when $DEAI_CHAIN is set
-
-    @app.get("/health")
-    def health() -> dict[str, str | bool]:
-        return {"status": "ok", "version": __version__, "leader": elected.is_leader}
 
     return app

@@ -20,9 +20,15 @@ from deai.core import auth
 from deai.core.errors import AuthError, PayloadTooLarge
 
 
-def coordinator(request: Request) -> Coordinator:
+def coordinator_of(request: Request) -> Coordinator:
     c: Coordinator = request.app.state.coordinator
     return c
+
+
+async def coordinator(request: Request) -> Coordinator:
+    """The dependency. ``async`` because FastAPI runs a plain ``def`` dependency in the
+    thread pool: a hop per request, which cost more than many routes' own work."""
+    return coordinator_of(request)
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -47,14 +53,14 @@ async def read_body(request: Request, limit: int) -> bytes:
 
 async def signer(request: Request) -> str:
     key, nonce, _ = await verified(request)
-    await run_in_threadpool(coordinator(request).use_nonce, key, nonce, 2 * auth.MAX_SKEW)
+    await run_in_threadpool(coordinator_of(request).use_nonce, key, nonce, 2 * auth.MAX_SKEW)
     return key
 
 
 async def verified(request: Request) -> tuple[str, str, float]:
     """Every check of ``signer`` but the nonce's: (account, nonce, timestamp). Heartbeats
     use it with a per-provider timestamp floor instead (``coordinator.liveness``)."""
-    c = coordinator(request)
+    c = coordinator_of(request)
     h = request.headers
     key, ts, nonce, sig = (h.get(auth.HEADER_KEY), h.get(auth.HEADER_TS),
                            h.get(auth.HEADER_NONCE), h.get(auth.HEADER_SIG))

@@ -95,6 +95,13 @@ class Liveness:
 
     # --- answering ------------------------------------------------------------------------
 
+    def reads(self, pid: str, running: list[str]) -> bool:
+        """Whether ``heartbeat`` would read the database: leases to confirm, or a provider
+        (or timestamp floor) not yet known here. Otherwise it is memory only, quick enough
+        to answer on the event loop without a thread."""
+        with self._lock:
+            return bool(running) or pid not in self._known or pid not in self._floors
+
     def heartbeat(self, pid: str, stamp: float, running: list[str]) -> wire.HeartbeatOut:
         if not math.isfinite(stamp):
             raise AuthError("X-DeAI-Timestamp must be a finite number")

@@ -76,7 +76,7 @@ def _route(c: Coordinator, assignment_id: str) -> tuple[str, str] | None:
 router = APIRouter(prefix="/api")
 
 
-def relay_of(request: Request) -> Relay:
+async def relay_of(request: Request) -> Relay:
     r: Relay = request.app.state.relay
     return r
 
