@@ -53,7 +53,7 @@ from tests.netutil import Proc, free_port  # noqa: E402
 from tests.pg import PgServer  # noqa: E402
 
 from deai.client.keys import Identity  # noqa: E402
-from deai.client.sdk import Client  # noqa: E402
+from deai.client.sdk import Client, signed_beat  # noqa: E402
 from deai.coordinator.liveness import FLOOR_NONCE  # noqa: E402
 from deai.core import wire  # noqa: E402
 from deai.store.db import Database  # noqa: E402
@@ -121,10 +121,12 @@ def register_body(i: int) -> bytes:
     return reg.model_dump_json().encode()
 
 
-async def drive(url: str, seconds: float, concurrency: int, make: Any) -> dict[str, Any]:
-    """``concurrency`` loops sending ``make(k)`` requests for ``seconds``."""
+async def drive(url: str, seconds: float, concurrency: int, make: Any,
+                per_request: int = 1) -> dict[str, Any]:
+    """``concurrency`` loops sending ``make(k)`` requests for ``seconds``; ``per_request``
+    heartbeats in each (relayed batches), whose refusals (``"error":"..."``) are counted."""
     lat: list[float] = []
-    bad: dict[int, int] = {}
+    bad: dict[int | str, int] = {}
     stop = time.perf_counter() + seconds
     counter = iter(range(10**12))
 
@@ -134,16 +136,19 @@ async def drive(url: str, seconds: float, concurrency: int, make: Any) -> dict[s
             while time.perf_counter() < stop:
                 method, path, body, headers = make(next(counter))
                 t0 = time.perf_counter()
-                status, _ = await conn.request(method, path, body, headers)
+                status, data = await conn.request(method, path, body, headers)
                 lat.append(time.perf_counter() - t0)
                 if status != 200:
                     bad[status] = bad.get(status, 0) + 1
+                elif per_request > 1 and data.count(b'"error":null') != per_request:
+                    bad["beats refused"] = (bad.get("beats refused", 0) + per_request
+                                            - data.count(b'"error":null'))
         finally:
             conn.close()
     t0 = time.perf_counter()
     await asyncio.gather(*(loop() for _ in range(concurrency)))
     elapsed = time.perf_counter() - t0
-    return {"requests": len(lat), "per_s": round(len(lat) / elapsed, 1),
+    return {"requests": len(lat), "per_s": round(len(lat) * per_request / elapsed, 1),
             "p50_ms": round(pct(lat, 0.5) * 1000, 2), "p99_ms": round(pct(lat, 0.99) * 1000, 2),
             "non_200": bad}
 
@@ -159,6 +164,18 @@ def heartbeats(people: list[Identity]) -> Any:
         me = people[k % len(people)]
         return "POST", HB, body, {**me.headers("POST", HB, body),
                                   "content-type": "application/json"}
+    return make
+
+
+def relayed(people: list[Identity], k: int) -> Any:
+    """Batches of ``k`` heartbeats, each signed by its own provider, in one request (what
+    a farm's gateway sends for the machines behind it), round-robin over the providers."""
+    turn = iter(range(10**12))
+
+    def make(_: int) -> tuple[str, str, bytes, dict[str, str]]:
+        beats = [signed_beat(people[next(turn) % len(people)]).model_dump() for _ in range(k)]
+        return ("POST", HB + "s", json.dumps({"beats": beats}).encode(),
+                {"content-type": "application/json"})
     return make
 
 
@@ -274,6 +291,8 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=32)
     ap.add_argument("--database", choices=["sqlite", "postgres"], default="sqlite")
     ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--batch", type=int, default=0,
+                    help="also relay heartbeats in batches of this many (0: not)")
     ap.add_argument("--leases", type=int, default=0, help="shards of the lease phase (0: none)")
     ap.add_argument("--pollers", type=int, default=500, help="providers long-polling for them")
     a = ap.parse_args()
@@ -310,6 +329,8 @@ def main() -> None:
         before = nonces(db_url)
         h1 = asyncio.run(drive(url, a.seconds, a.concurrency, health))
         hb = asyncio.run(drive(url, a.seconds, a.concurrency, heartbeats(people)))
+        rb = (asyncio.run(drive(url, a.seconds, max(1, a.concurrency // 8),
+                                relayed(people, a.batch), a.batch)) if a.batch else None)
         time.sleep(1.5)  # let the last liveness flush land before counting rows
         after = nonces(db_url)
         h2 = asyncio.run(drive(url, a.seconds, a.concurrency, health))
@@ -325,12 +346,20 @@ def main() -> None:
             lz = asyncio.run(leases(url, pollers, a.leases, timeout=300.0))
             res["leases"] = lz
             res["ratio_leases_to_health"] = round(lz["per_s"] / base, 3)
-        for name, r in (("GET /health", h1), ("heartbeat", hb), ("GET /health", h2)):
+        if rb:
+            res["relayed"] = {**rb, "batch": a.batch}
+            res["ratio_relayed_to_health"] = round(rb["per_s"] / base, 3)
+        rows = [("GET /health", h1), ("heartbeat", hb)]
+        rows += [(f"relayed x{a.batch}", rb)] if rb else []
+        for name, r in [*rows, ("GET /health", h2)]:
             print(f"  {name:12s} {r['per_s']:>8,.0f}/s  p50 {r['p50_ms']:.1f} ms  "
                   f"p99 {r['p99_ms']:.1f} ms  non-200 {r['non_200'] or 0}")
         print(f"  heartbeats / health = {res['ratio_heartbeat_to_health']:.2f}; "
               f"{hb['requests']} heartbeats added {after[0] - before[0]} nonce rows and "
               f"{after[1]} floor rows (one per provider heard)")
+        if rb:
+            print(f"  relayed heartbeats / health = {res['ratio_relayed_to_health']:.2f} "
+                  f"({a.batch} signed beats a request, {max(1, a.concurrency // 8)} in flight)")
         if a.leases:
             lz = res["leases"]
             print(f"  leases: one job of {lz['shards']:,} shards to {lz['pollers']} polling "

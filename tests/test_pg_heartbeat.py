@@ -19,7 +19,7 @@ import pytest
 from sqlalchemy import select
 
 from deai.client.keys import Identity
-from deai.client.sdk import Client
+from deai.client.sdk import Client, signed_beat
 from deai.coordinator.liveness import FLOOR_NONCE, WINDOW
 from deai.core import auth, wire
 from deai.store.db import Database
@@ -120,6 +120,84 @@ def test_unregistered_key_is_404_and_bad_signature_401(net: Network) -> None:
     body, hdr = signed(register(net), time.time())
     hdr[auth.HEADER_SIG] = "00" * 64
     assert send(net.url, (body, hdr)).status_code == 401
+
+
+def beat_of(req: tuple[bytes, dict[str, str]]) -> dict[str, str]:
+    """A signed single heartbeat, as a relay carries it."""
+    body, h = req
+    return {"key": h[auth.HEADER_KEY], "timestamp": h[auth.HEADER_TS],
+            "nonce": h[auth.HEADER_NONCE], "signature": h[auth.HEADER_SIG],
+            "body": body.decode()}
+
+
+def relay(url: str, beats: list[dict[str, str]]) -> httpx.Response:
+    return httpx.post(f"{url}/api/providers/heartbeats", json={"beats": beats}, timeout=10)
+
+
+def test_relayed_beats_are_judged_each_as_if_sent_alone(net: Network) -> None:
+    a, b, stranger = register(net), register(net), Identity.generate()
+    db = database(net)
+    t0 = round(time.time(), 3)
+    first_a = signed(a, t0)
+    tampered = beat_of(signed(b, t0 + 0.001))
+    tampered["body"] = json.dumps({"running": ["as_mine"]})  # the relay edits the body
+    junk_body = b"not a heartbeat"
+    junk = {**beat_of(signed(b, t0 + 0.002)), "body": junk_body.decode()}
+    junk["signature"] = b.sign(auth.message("POST", PATH, junk_body, junk["timestamp"],
+                                            junk["nonce"]))
+    beats = [beat_of(first_a),
+             beat_of(signed(b, t0 + 0.003, ["as_nothing"])),
+             tampered,
+             beat_of(first_a),  # the same beat twice: a replay
+             beat_of(signed(stranger, t0)),
+             junk,
+             beat_of(signed(a, t0 - 0.5))]  # older than the beat just accepted
+    r = relay(net.url, beats)
+    assert r.status_code == 200, r.text
+    got = r.json()["results"]
+    assert [g["key"] for g in got] == [x["key"] for x in beats]
+    assert got[0] == {"key": a.id, "drop": [], "error": None}
+    assert got[1] == {"key": b.id, "drop": ["as_nothing"], "error": None}
+    assert got[2]["error"] == "signature does not verify"
+    assert "replayed" in got[3]["error"] and "replayed" in got[6]["error"]
+    assert "not a registered provider" in got[4]["error"]
+    assert got[5]["error"].startswith("body is not a heartbeat")
+
+    # The floor is one: the relayed beat cannot be sent again alone, and liveness and
+    # floors reach the database in the same flush as single heartbeats.
+    assert send(net.url, first_a).status_code == 401
+    assert stored_floor(db, a.id, t0) == pytest.approx(t0, abs=1e-3)
+    assert stored_floor(db, b.id, t0 + 0.003) == pytest.approx(t0 + 0.003, abs=1e-3)
+    with db.read() as s:
+        seen = dict(s.execute(select(Provider.id, Provider.last_seen)
+                              .where(Provider.id.in_([a.id, b.id]))).all())
+    assert all(v is not None and v >= t0 - 1.0 for v in seen.values())
+    db.dispose()
+
+
+def test_relayed_batches_are_bounded_and_a_bad_batch_changes_nothing(net: Network) -> None:
+    me = register(net)
+    db = database(net)
+    one = beat_of(signed(me, round(time.time(), 3)))
+    for beats, field in (([], "beats"), ([one] * (wire.MAX_RELAYED_BEATS + 1), "beats"),
+                         ([{**one, "signature": "zz"}], "signature"),
+                         ([{**one, "body": "x" * 80_000}], "body")):
+        r = relay(net.url, beats)
+        assert r.status_code == 422, r.text
+        assert field in json.dumps(r.json()["error"])
+    # None of them counted: the beat is still fresh when it comes alone.
+    assert send(net.url, (one["body"].encode(), {
+        auth.HEADER_KEY: one["key"], auth.HEADER_TS: one["timestamp"],
+        auth.HEADER_NONCE: one["nonce"], auth.HEADER_SIG: one["signature"],
+        "content-type": "application/json"})).status_code == 200
+    db.dispose()
+
+
+def test_the_sdk_signs_beats_for_a_relay(net: Network) -> None:
+    people = [register(net) for _ in range(3)]
+    with Client(net.url, Identity.generate()) as relay_client:  # the relay: any key
+        out = relay_client.relay_heartbeats([signed_beat(p) for p in people])
+    assert [(r.key, r.error) for r in out.results] == [(p.id, None) for p in people]
 
 
 @pytest.mark.slow

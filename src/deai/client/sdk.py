@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 import httpx
 
 from deai.client.keys import Identity
-from deai.core import wire
+from deai.core import auth, wire
 from deai.core.errors import DeAIError, from_dict
 
 T = TypeVar("T")
@@ -120,6 +120,12 @@ class Client:
     def heartbeat(self, running: list[str]) -> wire.HeartbeatOut:
         return self._post("/api/providers/heartbeat", wire.HeartbeatIn(running=running),
                           wire.HeartbeatOut)
+
+    def relay_heartbeats(self, beats: list[wire.SignedBeat]) -> wire.HeartbeatsOut:
+        """Carry other providers' signed heartbeats (``signed_beat``), up to
+        ``wire.MAX_RELAYED_BEATS`` a request: a farm's gateway for the machines behind it."""
+        return self._post("/api/providers/heartbeats", wire.HeartbeatsIn(beats=beats),
+                          wire.HeartbeatsOut)
 
     def poll(self, wait: float = 20.0, ack: list[str] | None = None) -> wire.PollOut:
         """``ack``: ids received from the previous poll (a list opts into redelivery of
@@ -237,3 +243,12 @@ def retrying(call: Callable[[], T], *, attempts: int | None = None, base: float 
             if on_retry is not None:
                 on_retry(exc, delay)
             time.sleep(delay)
+
+
+def signed_beat(me: Identity, running: list[str] | None = None) -> wire.SignedBeat:
+    """A heartbeat signed by ``me``, exactly as ``Client.heartbeat`` would send it, for a
+    relay to carry (``Client.relay_heartbeats``)."""
+    body = wire.HeartbeatIn(running=running or []).model_dump_json()
+    h = me.headers("POST", "/api/providers/heartbeat", body.encode())
+    return wire.SignedBeat(key=h[auth.HEADER_KEY], timestamp=h[auth.HEADER_TS],
+                           nonce=h[auth.HEADER_NONCE], signature=h[auth.HEADER_SIG], body=body)

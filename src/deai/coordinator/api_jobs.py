@@ -54,6 +54,15 @@ async def heartbeat(body: wire.HeartbeatIn, c: C,
     return live.heartbeat(beat.account, beat.stamp, body.running)
 
 
+@router.post("/providers/heartbeats", response_model=wire.HeartbeatsOut)
+def heartbeats(body: wire.HeartbeatsIn, c: C) -> wire.HeartbeatsOut:
+    """Up to 500 providers' heartbeats in one request, each signed by its own provider
+    exactly as ``/providers/heartbeat`` takes it: a farm's gateway or any relay forwards
+    them, and can delay or drop a beat but not forge, alter or replay one. The request
+    itself needs no signature; each beat is answered on its own (``error`` or ``drop``)."""
+    return wire.HeartbeatsOut(results=liveness.of(c).relayed(body.beats))
+
+
 @router.post("/providers/poll", response_model=wire.PollOut)
 async def poll(body: wire.PollIn, c: C, me: Signer, request: Request) -> wire.PollOut:
     """Long-poll for work: answers as soon as a lease is placed on the caller, or after

@@ -64,6 +64,25 @@ async def verified(request: Request) -> tuple[str, str, float]:
     h = request.headers
     key, ts, nonce, sig = (h.get(auth.HEADER_KEY), h.get(auth.HEADER_TS),
                            h.get(auth.HEADER_NONCE), h.get(auth.HEADER_SIG))
+    key, ts, nonce, sig, stamp = checked_headers(c, key, ts, nonce, sig)  # before the body
+    body = await read_body(request, c.settings.max_upload_bytes)
+    c.check_signature(key, auth.message(request.method, request.url.path, body, ts, nonce), sig)
+    return key, nonce, stamp
+
+
+def signed_by(c: Coordinator, method: str, path: str, body: bytes, key: str | None,
+              ts: str | None, nonce: str | None, sig: str | None) -> tuple[str, float]:
+    """``verified``'s checks of a request carried as data (a relayed heartbeat):
+    (account, timestamp)."""
+    key, ts, nonce, sig, stamp = checked_headers(c, key, ts, nonce, sig)
+    c.check_signature(key, auth.message(method, path, body, ts, nonce), sig)
+    return key, stamp
+
+
+def checked_headers(c: Coordinator, key: str | None, ts: str | None, nonce: str | None,
+                    sig: str | None) -> tuple[str, str, str, str, float]:
+    """The signature headers' own checks (all but the signature's): the four, and the
+    timestamp as a number."""
     if not (key and ts and nonce and sig):
         raise AuthError("this request must be signed (X-DeAI-Key, -Timestamp, -Nonce, "
                         "-Signature)")
@@ -79,6 +98,4 @@ async def verified(request: Request) -> tuple[str, str, float]:
         raise AuthError("X-DeAI-Timestamp must be seconds since the epoch (a finite number)")
     if abs(stamp - c.now()) > auth.MAX_SKEW:
         raise AuthError("request timestamp is too far from the coordinator's clock (stale)")
-    body = await read_body(request, c.settings.max_upload_bytes)
-    c.check_signature(key, auth.message(request.method, request.url.path, body, ts, nonce), sig)
-    return key, nonce, stamp
+    return key, ts, nonce, sig, stamp

@@ -36,7 +36,9 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
         err = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
-        loc = [str(p) for p in err.get("loc", ()) if p != "body"]
+        loc = [str(p) for p in err.get("loc", ())]
+        if loc[:1] == ["body"]:  # where FastAPI found it, not a field of the body
+            loc = loc[1:]
         field = ".".join(loc) or "body"
         msg = str(err.get("msg", "invalid"))
         if err.get("type") == "json_invalid":

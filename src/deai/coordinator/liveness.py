@@ -44,20 +44,22 @@ from dataclasses import dataclass, field
 from typing import Annotated, Any, cast
 
 from fastapi import Depends, Request
+from pydantic import ValidationError
 from sqlalchemy import Table, bindparam, case, select, update
 from sqlalchemy.orm import Session
 
 from deai.coordinator import provider_index
-from deai.coordinator.auth import verified
+from deai.coordinator.auth import signed_by, verified
 from deai.coordinator.service import Coordinator
 from deai.core import auth, wire
-from deai.core.errors import AuthError, NotFound
+from deai.core.errors import AuthError, DeAIError, NotFound
 from deai.core.lifecycle import AssignmentStatus
 from deai.store.journal import dialect_insert
 from deai.store.models import Assignment, Nonce, Provider
 
 FLOOR_NONCE = "~heartbeat"
 WINDOW = 2 * auth.MAX_SKEW
+HEARTBEAT_PATH = "/api/providers/heartbeat"  # what a relayed beat's signature covers
 CHUNK = 500
 
 
@@ -132,6 +134,27 @@ class Liveness:
                 due.stamp, due.seen = max(due.stamp, stamp), max(due.seen, now)
                 due.live |= live
         return wire.HeartbeatOut(drop=drop)
+
+    def relayed(self, beats: list[wire.SignedBeat]) -> list[wire.BeatOut]:
+        """Heartbeats that a relay (a farm's gateway) carries for many providers, each
+        checked as if it had come alone to ``POST /api/providers/heartbeat``: the same
+        signature over the same path and bytes, the same timestamp floor. One refused beat
+        refuses only itself."""
+        out: list[wire.BeatOut] = []
+        for b in beats:
+            try:
+                body = b.body.encode()
+                pid, stamp = signed_by(self.c, "POST", HEARTBEAT_PATH, body, b.key,
+                                       b.timestamp, b.nonce, b.signature)
+                running = wire.HeartbeatIn.model_validate_json(body).running
+                out.append(wire.BeatOut(key=b.key, drop=self.heartbeat(pid, stamp,
+                                                                        running).drop))
+            except DeAIError as exc:
+                out.append(wire.BeatOut(key=b.key, error=str(exc)))
+            except ValidationError as exc:
+                out.append(wire.BeatOut(key=b.key, error="body is not a heartbeat: "
+                                        + exc.errors()[0]["msg"]))
+        return out
 
     def _advance(self, pid: str, stamp: float) -> None:
         with self._lock:

@@ -165,6 +165,35 @@ class HeartbeatOut(Out):
     """Assignments the provider should abandon (cancelled job, expired lease)."""
 
 
+MAX_RELAYED_BEATS = 500
+
+
+class SignedBeat(In):
+    """One provider's heartbeat exactly as it would send it alone to
+    ``POST /api/providers/heartbeat``: its signature headers' values and the body's bytes.
+    A relay forwards it as it is; it can delay or drop it, not alter or replay it."""
+    key: str = Field(min_length=64, max_length=64)
+    timestamp: str = Field(min_length=1, max_length=32)
+    nonce: str = Field(min_length=8, max_length=64)
+    signature: str = Field(min_length=128, max_length=128)
+    body: str = Field(max_length=72_000)  # HeartbeatIn's JSON: up to 1,024 running ids
+
+
+class HeartbeatsIn(In):
+    beats: list[SignedBeat] = Field(min_length=1, max_length=MAX_RELAYED_BEATS)
+
+
+class BeatOut(Out):
+    key: str
+    drop: list[str] = Field(default_factory=list)
+    error: str | None = None
+    """Why this beat was refused (the batch's other beats count all the same)."""
+
+
+class HeartbeatsOut(Out):
+    results: list[BeatOut]
+
+
 class PollIn(In):
     wait: float = Field(default=20.0, ge=0, le=60)
     # Ids received from the previous poll. A list (even empty) asks for acknowledged
