@@ -20,7 +20,7 @@ from sqlalchemy import select
 
 from deai.client.keys import Identity
 from deai.client.sdk import Client, signed_beat
-from deai.coordinator.liveness import FLOOR_NONCE, WINDOW
+from deai.coordinator.liveness import FLOOR_NONCE, MAX_REFUSED, WINDOW
 from deai.core import auth, wire
 from deai.store.db import Database
 from deai.store.models import Nonce, Provider
@@ -191,6 +191,21 @@ def test_relayed_batches_are_bounded_and_a_bad_batch_changes_nothing(net: Networ
         auth.HEADER_NONCE: one["nonce"], auth.HEADER_SIG: one["signature"],
         "content-type": "application/json"})).status_code == 200
     db.dispose()
+
+
+def test_a_batch_of_forged_beats_stops_being_checked(net: Network) -> None:
+    me = register(net)
+    forged = [{**beat_of(signed(me, time.time())), "signature": "00" * 64}
+              for _ in range(MAX_REFUSED + 4)]
+    good = beat_of(signed(me, round(time.time(), 3) + 0.5))
+    got = relay(net.url, [*forged, good]).json()["results"]
+    assert [g["error"] for g in got[:MAX_REFUSED]] == ["signature does not verify"] * MAX_REFUSED
+    assert all(g["error"].startswith("not checked") for g in got[MAX_REFUSED:])
+    # The good beat was not checked either, so it still counts when it comes alone.
+    assert send(net.url, (good["body"].encode(), {
+        auth.HEADER_KEY: good["key"], auth.HEADER_TS: good["timestamp"],
+        auth.HEADER_NONCE: good["nonce"], auth.HEADER_SIG: good["signature"],
+        "content-type": "application/json"})).status_code == 200
 
 
 def test_the_sdk_signs_beats_for_a_relay(net: Network) -> None:

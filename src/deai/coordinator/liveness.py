@@ -60,6 +60,7 @@ from deai.store.models import Assignment, Nonce, Provider
 FLOOR_NONCE = "~heartbeat"
 WINDOW = 2 * auth.MAX_SKEW
 HEARTBEAT_PATH = "/api/providers/heartbeat"  # what a relayed beat's signature covers
+MAX_REFUSED = 16  # refused beats in one relayed batch before the rest go unchecked
 CHUNK = 500
 
 
@@ -139,9 +140,16 @@ class Liveness:
         """Heartbeats that a relay (a farm's gateway) carries for many providers, each
         checked as if it had come alone to ``POST /api/providers/heartbeat``: the same
         signature over the same path and bytes, the same timestamp floor. One refused beat
-        refuses only itself."""
+        refuses only itself, up to ``MAX_REFUSED`` a batch: after that the rest are not
+        checked (a batch of forged beats must not buy 500 signature checks a request)."""
         out: list[wire.BeatOut] = []
+        refused = 0
         for b in beats:
+            if refused >= MAX_REFUSED:
+                out.append(wire.BeatOut(key=b.key, error=f"not checked: {MAX_REFUSED} beats "
+                                        "of this batch were refused already"))
+                continue
+            refused += 1  # until it is accepted
             try:
                 body = b.body.encode()
                 pid, stamp = signed_by(self.c, "POST", HEARTBEAT_PATH, body, b.key,
@@ -149,6 +157,7 @@ class Liveness:
                 running = wire.HeartbeatIn.model_validate_json(body).running
                 out.append(wire.BeatOut(key=b.key, drop=self.heartbeat(pid, stamp,
                                                                         running).drop))
+                refused -= 1
             except DeAIError as exc:
                 out.append(wire.BeatOut(key=b.key, error=str(exc)))
             except ValidationError as exc:
