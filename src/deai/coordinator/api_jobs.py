@@ -72,8 +72,10 @@ async def poll(body: wire.PollIn, c: C, me: Signer, request: Request) -> wire.Po
     loop = asyncio.get_running_loop()
     deadline = loop.time() + body.wait
     c.notifier.kick()
+    ack = body.ack
     while True:
-        got = await run_in_threadpool(jobs.deliver, c, me, body.ack)
+        got = await run_in_threadpool(jobs.deliver, c, me, ack)
+        ack = None if ack is None else []  # acknowledged once; still acknowledging
         left = deadline - loop.time()
         if got or left <= 0 or c.notifier.closing:
             return wire.PollOut(assignments=got)

@@ -445,6 +445,13 @@ def deliver(c: Coordinator, pid: str, ack: list[str] | None = None) -> list[wire
     ``Provider.last_seen``. Locks: assignments only (ascending id).
     """
     now = c.now()
+    if not ack:  # most polls find nothing: a read, not a write transaction, tells them
+        with c.db.read() as s:
+            c.require_provider(s, pid)
+            if s.scalar(select(Assignment.id).where(
+                    Assignment.provider_id == pid, Assignment.status == AssignmentStatus.LEASED,
+                    Assignment.delivered.is_(False)).limit(1)) is None:
+                return []
 
     def body(s: Session) -> list[wire.AssignmentOut]:
         c.require_provider(s, pid)
