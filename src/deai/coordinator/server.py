@@ -62,7 +62,11 @@ def serve(settings: Settings, host: str = "127.0.0.1", port: int = 8000,
     if settings.db_url.startswith("sqlite"):
         raise SystemExit("--workers above 1 needs PostgreSQL (--database-url "
                          "postgresql+psycopg://...): SQLite serves one process")
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    # proto IPPROTO_TCP, not 0: the accepted sockets inherit it, and asyncio sets TCP_NODELAY
+    # only on sockets that say TCP. Without it every answer uvicorn writes in two parts
+    # (head, body) waited ~40 ms for the client's delayed ACK (Nagle).
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET,
+                         socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
     sock.listen(2048)
