@@ -144,6 +144,7 @@ class Liveness:
         checked (a batch of forged beats must not buy 500 signature checks a request)."""
         out: list[wire.BeatOut] = []
         refused = 0
+        self._prefetch({b.key for b in beats})
         for b in beats:
             if refused >= MAX_REFUSED:
                 out.append(wire.BeatOut(key=b.key, error=f"not checked: {MAX_REFUSED} beats "
@@ -164,6 +165,23 @@ class Liveness:
                 out.append(wire.BeatOut(key=b.key, error="body is not a heartbeat: "
                                         + exc.errors()[0]["msg"]))
         return out
+
+    def _prefetch(self, pids: set[str]) -> None:
+        """Read, in one transaction, what the first beat of each of these providers would
+        read one by one: whether it is registered, and its stored floor."""
+        with self._lock:
+            missing = sorted(p for p in pids if p not in self._known or p not in self._floors)
+        if not missing:
+            return
+        with self.c.db.read() as s:
+            known = set(s.scalars(select(Provider.id).where(Provider.id.in_(missing))))
+            stored = dict(s.execute(select(Nonce.account, Nonce.expires_at).where(
+                Nonce.account.in_(missing), Nonce.nonce == FLOOR_NONCE)).all())
+        with self._lock:
+            self._known |= known
+            for pid in known:
+                exp = stored.get(pid)
+                self._floors.setdefault(pid, -math.inf if exp is None else float(exp) - WINDOW)
 
     def _advance(self, pid: str, stamp: float) -> None:
         with self._lock:
