@@ -55,7 +55,7 @@ from tests.pg import PgServer  # noqa: E402
 from deai.client.keys import Identity  # noqa: E402
 from deai.client.sdk import Client, signed_beat  # noqa: E402
 from deai.coordinator.liveness import FLOOR_NONCE  # noqa: E402
-from deai.core import wire  # noqa: E402
+from deai.core import auth, wire  # noqa: E402
 from deai.store.db import Database  # noqa: E402
 from deai.store.models import Nonce  # noqa: E402
 
@@ -174,9 +174,15 @@ def relayed(people: list[Identity], k: int) -> Any:
     """Batches of ``k`` heartbeats, each signed by its own provider, in one request (what
     a farm's gateway sends for the machines behind it), round-robin over the providers."""
     turn = iter(range(10**12))
+    body = signed_beat(people[0]).body  # what sdk.signed_beat signs, built once here
+
+    def beat(me: Identity) -> dict[str, str]:
+        h = me.headers("POST", HB, body.encode())
+        return {"key": h[auth.HEADER_KEY], "timestamp": h[auth.HEADER_TS],
+                "nonce": h[auth.HEADER_NONCE], "signature": h[auth.HEADER_SIG], "body": body}
 
     def make(_: int) -> tuple[str, str, bytes, dict[str, str]]:
-        beats = [signed_beat(people[next(turn) % len(people)]).model_dump() for _ in range(k)]
+        beats = [beat(people[next(turn) % len(people)]) for _ in range(k)]
         return ("POST", HB + "s", json.dumps({"beats": beats}).encode(),
                 {"content-type": "application/json"})
     return make
