@@ -248,7 +248,19 @@ async def leases(url: str, pollers: list[Identity], n: int, timeout: float) -> d
             if len(got) >= n:
                 done.set()
         conn.close()
+    async def beat_loop() -> None:  # agents heartbeat while they poll: keep them online
+        conn, make, k = Conn(url), heartbeats(pollers), 0
+        while not done.is_set():
+            t0 = time.perf_counter()
+            for _ in pollers:
+                with contextlib.suppress(OSError, asyncio.IncompleteReadError):
+                    await conn.request(*make(k))
+                k += 1
+            await asyncio.sleep(max(0.0, 5.0 - (time.perf_counter() - t0)))
+        conn.close()
+
     tasks = [asyncio.create_task(poll_loop(me)) for me in pollers]
+    tasks.append(asyncio.create_task(beat_loop()))
     await asyncio.sleep(2.0)  # every poll waiting
     lines = b"".join(json.dumps({"custom_id": f"r{i}", "method": "POST",
                                  "url": "/v1/embeddings",
