@@ -63,25 +63,36 @@ def heartbeats(body: wire.HeartbeatsIn, c: C) -> wire.HeartbeatsOut:
     return wire.HeartbeatsOut(results=liveness.of(c).relayed(body.beats))
 
 
+RECHECK_S = 5.0  # a waiting poll reads the database at least this often, woken or not
+
+
 @router.post("/providers/poll", response_model=wire.PollOut)
 async def poll(body: wire.PollIn, c: C, me: Signer, request: Request) -> wire.PollOut:
     """Long-poll for work: answers as soon as a lease is placed on the caller, or after
     ``wait`` seconds with nothing. ``ack``: the ids the previous answer carried
     (``jobs.deliver``). The wait ends as soon as the client goes away (checked every
-    second), and a poll never counts as a sign of life: heartbeats do."""
+    second), and a poll never counts as a sign of life: heartbeats do. The database is
+    read again when the matcher wakes this provider, and every ``RECHECK_S`` in case a
+    wake-up was lost (they are hints), not every second: hundreds of waiting polls
+    re-reading each second took the core the matcher needs."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + body.wait
     c.notifier.kick()
     ack = body.ack
+    check, checked = True, loop.time()
     while True:
-        got = await run_in_threadpool(jobs.deliver, c, me, ack)
-        ack = None if ack is None else []  # acknowledged once; still acknowledging
+        if check:
+            got = await run_in_threadpool(jobs.deliver, c, me, ack)
+            ack, checked = None if ack is None else [], loop.time()  # acknowledged once
+            if got:
+                return wire.PollOut(assignments=got)
         left = deadline - loop.time()
-        if got or left <= 0 or c.notifier.closing:
-            return wire.PollOut(assignments=got)
-        await c.notifier.wait_provider(me, min(left, 1.0))
+        if left <= 0 or c.notifier.closing:
+            return wire.PollOut(assignments=[])
+        woken = await c.notifier.wait_provider(me, min(left, 1.0))
         if await request.is_disconnected():
             return wire.PollOut(assignments=[])
+        check = woken or loop.time() - checked >= RECHECK_S or loop.time() >= deadline
 
 
 @router.get("/providers", response_model=dict[str, list[wire.ProviderOut]])

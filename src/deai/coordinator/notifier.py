@@ -106,11 +106,16 @@ class Notifier:
         self._match.set()
         self._send("kick")
 
-    async def wait_provider(self, provider_id: str, timeout: float) -> None:
+    async def wait_provider(self, provider_id: str, timeout: float) -> bool:
+        """Wait for a wake-up of this provider; whether one came (not the timeout)."""
         ev = self._providers.setdefault(provider_id, asyncio.Event())
-        with contextlib.suppress(asyncio.TimeoutError):
+        woken = True
+        try:
             await asyncio.wait_for(ev.wait(), timeout)
+        except TimeoutError:
+            woken = False
         ev.clear()
+        return woken
 
     async def wait_match(self, timeout: float) -> None:
         with contextlib.suppress(asyncio.TimeoutError):
