@@ -56,6 +56,7 @@ MAX_FRESH = 8  # candidates re-read for one decision before it is left to the ma
 
 Key = tuple[str, str]
 Ranked = tuple[float, str, int]  # (score, provider, price)
+_Built = tuple[dict[str, market.ProviderState], dict[Key, list[Ranked]], dict[Key, int]]
 
 def load(c: Coordinator, s: Session, ids: Sequence[str] | None = None,
          since: float | None = None) -> tuple[list[market.ProviderState], dict[str, float]]:
@@ -353,7 +354,7 @@ class ProviderIndex:
     def _build(self, s: Session) -> None:
         t0 = time.monotonic()
         states, seen = self._read_all(s)
-        self._replace_all(states, seen)
+        self._replace_all(self._structures(states), seen)
         self._build_s = time.monotonic() - t0
         self._synced = time.monotonic()
         self._built = True
@@ -366,8 +367,9 @@ class ProviderIndex:
             with self.c.db.read() as s:
                 t0 = time.monotonic()
                 states, seen = self._read_all(s)
+            built = self._structures(states)
             with self._lock:
-                self._replace_all(states, seen)
+                self._replace_all(built, seen)
                 # What changed or was leased while it read may be missing from its snapshot.
                 for marks in (self._changed, self._leased):
                     self._dirty.update(p for p, t in marks.items() if t > start)
@@ -384,19 +386,26 @@ class ProviderIndex:
                 self._synced = time.monotonic()
                 self._resyncing = False
 
-    def _replace_all(self, states: list[market.ProviderState], seen: dict[str, float]) -> None:
+    def _structures(self, states: list[market.ProviderState]) -> _Built:
+        """The index's maps for these states, built without the lock: a heartbeat answered
+        on the event loop takes it, so it is held for the swap only."""
+        by_id: dict[str, market.ProviderState] = {}
+        by: dict[Key, list[Ranked]] = defaultdict(list)
+        top: dict[Key, int] = {}
+        strategy = self.c.settings.strategy
+        for st in states:
+            by_id[st.id] = st
+            for key, price in _first_offers(st).items():
+                by[key].append((strategy.score(price, st), st.id, price))
+                top[key] = max(top.get(key, 0), price)
+        for items in by.values():
+            items.sort()
+        return by_id, dict(by), top
+
+    def _replace_all(self, built: _Built, seen: dict[str, float]) -> None:
         with self._lock:
-            self._states, self._db_seen, self._ranked, self._top = {}, dict(seen), {}, {}
-            by: dict[Key, list[Ranked]] = defaultdict(list)
-            strategy = self.c.settings.strategy
-            for st in states:
-                self._states[st.id] = st
-                for key, price in _first_offers(st).items():
-                    by[key].append((strategy.score(price, st), st.id, price))
-                    self._top[key] = max(self._top.get(key, 0), price)
-            for key, items in by.items():
-                items.sort()
-                self._ranked[key] = items
+            self._states, self._ranked, self._top = built
+            self._db_seen = dict(seen)
 
     def _drop(self, pid: str) -> None:
         old = self._states.pop(pid, None)
