@@ -167,7 +167,12 @@ def test_honest_provider_passes_every_round_under_load(busy_net: Network) -> Non
 
 
 def test_cheaters_are_flagged_within_three_challenges(net: Network) -> None:
-    start(net, "fast-talker", env={"DEAI_HW_CHEAT": "overclaim=2"})
+    # 4x its best measured rate: a 2x claim against margin 1.5 leaves 20 % between the
+    # cheat and the deadline, and an agent that measured its rate while another started
+    # beside it (both load models) can run that much faster later: in a whole-suite run
+    # it passed three challenges before failing (docs/benchmarks.md, bench_hwcheck, has
+    # how 1.5x and 2x claims fare on a machine whose load is steady).
+    start(net, "fast-talker", env={"DEAI_HW_CHEAT": "overclaim=4"})
     start(net, "no-memory", env={"DEAI_HW_CHEAT": "memory_mb=16384"}, data_limit_mb=1536)
     net.wait_providers(2, timeout=400)
     got = wait_for(net, "two cheaters flagged",
