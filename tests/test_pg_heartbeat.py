@@ -130,6 +130,14 @@ def beat_of(req: tuple[bytes, dict[str, str]]) -> dict[str, str]:
             "body": body.decode()}
 
 
+def alone(beat: dict[str, str]) -> tuple[bytes, dict[str, str]]:
+    """A relayed beat as the single heartbeat it was signed as (``beat_of``'s inverse)."""
+    return beat["body"].encode(), {
+        auth.HEADER_KEY: beat["key"], auth.HEADER_TS: beat["timestamp"],
+        auth.HEADER_NONCE: beat["nonce"], auth.HEADER_SIG: beat["signature"],
+        "content-type": "application/json"}
+
+
 def relay(url: str, beats: list[dict[str, str]]) -> httpx.Response:
     return httpx.post(f"{url}/api/providers/heartbeats", json={"beats": beats}, timeout=10)
 
@@ -186,10 +194,7 @@ def test_relayed_batches_are_bounded_and_a_bad_batch_changes_nothing(net: Networ
         assert r.status_code == 422, r.text
         assert field in json.dumps(r.json()["error"])
     # None of them counted: the beat is still fresh when it comes alone.
-    assert send(net.url, (one["body"].encode(), {
-        auth.HEADER_KEY: one["key"], auth.HEADER_TS: one["timestamp"],
-        auth.HEADER_NONCE: one["nonce"], auth.HEADER_SIG: one["signature"],
-        "content-type": "application/json"})).status_code == 200
+    assert send(net.url, alone(one)).status_code == 200
     db.dispose()
 
 
@@ -202,10 +207,7 @@ def test_a_batch_of_forged_beats_stops_being_checked(net: Network) -> None:
     assert [g["error"] for g in got[:MAX_REFUSED]] == ["signature does not verify"] * MAX_REFUSED
     assert all(g["error"].startswith("not checked") for g in got[MAX_REFUSED:])
     # The good beat was not checked either, so it still counts when it comes alone.
-    assert send(net.url, (good["body"].encode(), {
-        auth.HEADER_KEY: good["key"], auth.HEADER_TS: good["timestamp"],
-        auth.HEADER_NONCE: good["nonce"], auth.HEADER_SIG: good["signature"],
-        "content-type": "application/json"})).status_code == 200
+    assert send(net.url, alone(good)).status_code == 200
 
 
 def test_the_sdk_signs_beats_for_a_relay(net: Network) -> None:
