@@ -282,7 +282,8 @@ def _place_round(c: Coordinator, s: Session, rows: Sequence[Any],
         if pl is not None:
             load[pl.provider_id] += 1
             out.append(pl)
-    free = [replace(p, load=load[p.id]) for p in workers]
+    # Only the providers a check was just given change (10,000 copies a round otherwise).
+    free = [p if load[p.id] == p.load else replace(p, load=load[p.id]) for p in workers]
     out += market.place(primaries, free, c.settings.min_stake, c.settings.strategy)
     return out, demands
 
@@ -305,22 +306,35 @@ class _ConflictIndex:
     def __init__(self, providers: list[market.ProviderState], attrs: tuple[str, ...],
                  absent: Sequence[market.ProviderState] = ()) -> None:
         self.attrs = attrs
-        self.of: dict[str, market.ProviderState] = {p.id: p for p in [*absent, *providers]}
-        self.by: dict[tuple[str, str], set[str]] = defaultdict(set)
-        for p in providers:  # candidates only: who would be excluded
+        self.providers, self.absent = providers, absent
+        self._of: dict[str, market.ProviderState] | None = None
+        self._by: dict[tuple[str, str], set[str]] = {}
+
+    def _build(self) -> None:
+        """The maps, on the first task that has parties (most rounds place fresh shards
+        only, and 10,000 providers' keys cost more than the rest of such a round)."""
+        self._of = {p.id: p for p in [*self.absent, *self.providers]}
+        by: dict[tuple[str, str], set[str]] = defaultdict(set)
+        for p in self.providers:  # candidates only: who would be excluded
             for key in self._keys(p):
-                self.by[key].add(p.id)
+                by[key].add(p.id)
+        self._by = by
 
     def _keys(self, p: market.ProviderState) -> list[tuple[str, str]]:
         return [(name, v) for name in self.attrs if (v := getattr(p, name, ""))]
 
     def around(self, parties: set[str]) -> frozenset[str]:
+        if not parties:
+            return frozenset()
+        if self._of is None:
+            self._build()
+        assert self._of is not None
         out = set(parties)
         for pid in parties:
-            p = self.of.get(pid)
+            p = self._of.get(pid)
             if p is not None:
                 for key in self._keys(p):
-                    out |= self.by[key]
+                    out |= self._by.get(key, set())
         return frozenset(out)
 
 
