@@ -221,9 +221,11 @@ class ProviderIndex:
         up to the changes not yet reported (checked again at commit)."""
         self.refresh(s)
         since = self.c.now() - self.c.settings.heartbeat_timeout
-        with self._lock:
-            return [st for pid, st in self._states.items()
-                    if self._last(pid) >= since]
+        with self._lock:  # copies (in C, ~0.1 ms at 10,000): a beat waits on this lock
+            states, db_seen, heard = dict(self._states), dict(self._db_seen), dict(self._heard)
+        never = -math.inf
+        return [st for pid, st in states.items()
+                if db_seen.get(pid, never) >= since or heard.get(pid, never) >= since]
 
     def reread(self, s: Session, ids: Sequence[str]) -> dict[str, market.ProviderState]:
         """The providers' states read now in ``s`` (the authority), stored in the index;
