@@ -3,7 +3,8 @@
 Starts a coordinator process (SQLite, or ``--database postgres`` on a throwaway
 server), one provider (signed requests from a thread: heartbeats, a long-poll
 with acknowledgements, an answer to each lease) and one client. For each of
-``--jobs`` one-shard jobs, submitted one after another, it times:
+``--jobs`` one-shard jobs, each submitted once the provider has answered the
+previous one and is long-polling again (``Provider.wait_idle``), it times:
 
 - submit: the ``POST /api/jobs`` call alone;
 - submit → lease: from the start of that call to the provider's long-poll
@@ -40,6 +41,7 @@ from deai.client.sdk import Client  # noqa: E402
 from deai.core import auth, wire  # noqa: E402
 
 OUT = ROOT / "bench" / "results" / "submit.json"
+SETTLE_S = 0.05  # a poll sent this long ago is waiting at the coordinator
 
 
 def pct(xs: list[float], q: float) -> float:
@@ -62,6 +64,7 @@ class Provider:
         self.leased: dict[str, float] = {}
         self.cond = threading.Condition()
         self.stop = threading.Event()
+        self.idle = threading.Event()  # its previous lease answered, a poll under way
         for fn in (self._poll, self._beat):
             threading.Thread(target=fn, daemon=True).start()
 
@@ -75,6 +78,7 @@ class Provider:
     def _poll(self) -> None:
         ack: list[str] = []
         while not self.stop.is_set():
+            self.idle.set()
             try:
                 got = self.c.poll(wait=5, ack=ack).assignments
             except Exception:  # noqa: BLE001 - the coordinator is gone at the end of a run
@@ -82,6 +86,8 @@ class Provider:
                     return
                 continue
             now = time.perf_counter()
+            if got:
+                self.idle.clear()
             ack = [a.id for a in got]
             with self.cond:
                 for a in got:
@@ -106,6 +112,14 @@ class Provider:
         self.c.submit_result(a.id, wire.ResultIn(
             output_digest=digest, units=a.units,
             signature=self.ident.sign(auth.result_message(a.id, digest, a.units))))
+
+    def wait_idle(self, timeout: float = 30.0) -> None:
+        """Until the provider has answered its lease and is long-polling again (and its
+        poll has had time to reach the coordinator): the case measured is a provider
+        waiting for work, not one still busy with the previous job."""
+        if not self.idle.wait(timeout):
+            raise TimeoutError("the provider did not come back to poll")
+        time.sleep(SETTLE_S)
 
     def wait_for(self, job_id: str, timeout: float = 30.0) -> float:
         with self.cond:
@@ -132,6 +146,7 @@ def main() -> None:
         digests = [client.upload(lines(1, i)).digest for i in range(a.jobs)]
         base, submit, to_lease = [], [], []
         for d in digests:
+            prov.wait_idle()
             t0 = time.perf_counter()
             client.network()
             base.append(time.perf_counter() - t0)

@@ -42,16 +42,22 @@ def retire(s: Session, reference_digest: str | None) -> None:
         canary.active = False
 
 
-def plant_jobs(c: Coordinator, s: Session, real: int, jobs: list[Job]) -> int:
-    """Queue canary tasks at the network's canary share: on average ``canary_odds`` per
-    real placement of this round, as ordinary-looking jobs of one to four shards.
+def draw(c: Coordinator, real: int) -> int:
+    """How many canary tasks to plant for ``real`` placements: on average
+    ``canary_odds`` each. Drawn once, before any transaction (most rounds plant none
+    and then open none; a retried transaction does not draw again)."""
+    odds = policy.canary_odds(c.settings.verify)
+    return sum(1 for _ in range(real) if c.rng.random() < odds)
+
+
+def plant_jobs(c: Coordinator, s: Session, want: int, jobs: list[Job]) -> int:
+    """Queue ``want`` canary tasks (``draw``) as ordinary-looking jobs of one to four
+    shards, of the models among ``jobs``.
 
     A canary is never leased by itself: it waits in the queue like any job and the
     matcher places it in a free slot, on whoever it picks, at that provider's price;
     nothing in a lease tells it apart. Returns how many canary tasks were queued.
     """
-    odds = policy.canary_odds(c.settings.verify)
-    want = sum(1 for _ in range(real) if c.rng.random() < odds)
     models = sorted({(j.kind, j.model) for j in jobs if j.owner != NETWORK})
     planted = 0
     while want > 0 and models:

@@ -133,8 +133,9 @@ def match_once(c: Coordinator) -> list[str]:
             time.sleep(0)  # let a waiting writer (a heartbeat) take the lock between batches
         if not stale:
             break
-    if real:  # none: no draw, nothing to plant
-        c.db.run(lambda s: canaries.plant_jobs(c, s, real, jobs))
+    want = canaries.draw(c, real)
+    if want:
+        c.db.run(lambda s: canaries.plant_jobs(c, s, want, jobs))
     return sorted({p.provider_id for p in placed})
 
 
@@ -173,6 +174,7 @@ COMMIT_S = 0.004  # how long one batch of a round holds the write lock, about (h
 # 10 ms batches measured no more placements/s, and a submission waits behind one)
 
 
+@functools.cache  # built once: a statement is immutable, and building it took ~2 ms
 def _claimable() -> Any:
     """Tasks that want a lease now: queued primaries and wanted checks, checks first."""
     return (select(Task, Job).join(Job, Job.id == Task.job_id)
