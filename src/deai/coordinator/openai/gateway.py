@@ -29,7 +29,7 @@ from fastapi import Request
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
-from deai.coordinator import admission, jobs, matching, provider_index
+from deai.coordinator import admission, canaries, jobs, matching, provider_index
 from deai.coordinator.openai import keys
 from deai.coordinator.openai.errors import ApiError
 from deai.coordinator.service import Coordinator
@@ -95,6 +95,14 @@ def start(c: Coordinator, key: keys.KeyInfo, workload: str, body: dict[str, obje
             escrow=max_cost, deadline=DEADLINE, key=admission.KeyUse(key.id, "request"),
             event={"via": "v1"})
         provider = matching.place_now(c, s, task, job)
+        if provider is not None:
+            # Real work placed here never passes through a matcher round, where canaries
+            # are drawn per real placement (``matching.match_once``): it draws its own,
+            # or /v1 traffic (most of the demand) would thin the canary share that every
+            # provider's stake is sized against (``matching.stake_needed``).
+            want = canaries.draw(c, 1)
+            if want:
+                canaries.plant_jobs(c, s, want, [job])
     if provider is not None:
         provider_index.of(c).leased(provider)
         c.notifier.wake([provider])
