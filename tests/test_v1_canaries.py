@@ -6,6 +6,7 @@ are sized against."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -27,16 +28,18 @@ from tests.helpers import MODEL
 CLIENT = "d" * 64
 
 
-def coordinator(tmp_path: Path, canary_share: float) -> Coordinator:
-    c = Coordinator(Settings(data_dir=tmp_path, devnet=True, heartbeat_timeout=30.0,
-                             verify_seed=5, verify=VerifyParams(canary_share=canary_share)),
+def coordinator(tmp_path: Path, canary_share: float, url: str = "",
+                slots: int = 8) -> Coordinator:
+    c = Coordinator(Settings(data_dir=tmp_path, database_url=url, devnet=True,
+                             heartbeat_timeout=30.0, verify_seed=5,
+                             verify=VerifyParams(canary_share=canary_share)),
                     clock=ManualClock())
     migrate.upgrade(c.db.engine)
     pid = Identity.generate().id
     c.faucet(pid, 50_000_000)
     c.register(pid, wire.RegisterIn(
         hardware=wire.Hardware(cpu_model="cpu", cores=2, memory_mb=4096),
-        benchmark=wire.Benchmark(gflops=50.0, mem_gbps=10.0), threads=1, slots=8,
+        benchmark=wire.Benchmark(gflops=50.0, mem_gbps=10.0), threads=1, slots=slots,
         offers=[wire.OfferIn(workload="embeddings", model=MODEL, price=100)]),
         address="10.4.0.1")
     c.bond(pid, 10_000_000)
@@ -51,9 +54,10 @@ def coordinator(tmp_path: Path, canary_share: float) -> Coordinator:
     return c
 
 
-@pytest.fixture
-def every(tmp_path: Path) -> Iterator[Coordinator]:
-    c = coordinator(tmp_path, canary_share=0.5)  # odds 1: a canary per real placement
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def every(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Coordinator]:
+    url = "" if request.param == "sqlite" else request.getfixturevalue("fresh_pg_url")
+    c = coordinator(tmp_path, canary_share=0.5, url=url)  # odds 1: one per placement
     yield c
     c.db.dispose()
 
@@ -90,3 +94,24 @@ def test_a_v1_request_placed_at_once_plants_canaries_at_the_share(every: Coordin
 def test_no_canary_share_plants_none(never: Coordinator) -> None:
     assert _request(never).provider is not None
     assert _canary_tasks(never) == []
+
+
+def test_concurrent_v1_requests_on_postgres_each_plant_and_none_fails(
+        tmp_path: Path, fresh_pg_url: str) -> None:
+    """Many requests at once, each placed and each planting (its own transaction after
+    the request's, retried on a deadlock): every request answers, every placement has
+    its canary, and the pool's use counts add up."""
+    c = coordinator(tmp_path, canary_share=0.5, url=fresh_pg_url, slots=64)
+    try:
+        n = 24
+        with ThreadPoolExecutor(8) as pool:
+            started = list(pool.map(lambda _: _request(c), range(n)))
+        assert all(st.provider is not None for st in started)
+        planted = _canary_tasks(c)
+        assert len(planted) >= n  # one draw each, one to four shards a canary job
+        with c.db.read() as s:
+            assert s.scalar(select(func.sum(Canary.uses))) == len(planted)
+            assert s.scalar(select(func.count()).select_from(Job)
+                            .where(Job.owner == admission.NETWORK)) <= n
+    finally:
+        c.db.dispose()

@@ -309,18 +309,18 @@ class _ConflictIndex:
                  absent: Sequence[market.ProviderState] = ()) -> None:
         self.attrs = attrs
         self.providers, self.absent = providers, absent
-        self._of: dict[str, market.ProviderState] | None = None
-        self._by: dict[tuple[str, str], set[str]] = {}
 
-    def _build(self) -> None:
-        """The maps, on the first task that has parties (most rounds place fresh shards
-        only, and 10,000 providers' keys cost more than the rest of such a round)."""
-        self._of = {p.id: p for p in [*self.absent, *self.providers]}
+    @functools.cached_property
+    def _maps(self) -> tuple[dict[str, market.ProviderState], dict[tuple[str, str], set[str]]]:
+        """Each party's state, and who holds each identity key: built on the first task
+        that has parties (most rounds place fresh shards only, and 10,000 providers' keys
+        cost more than the rest of such a round)."""
+        of = {p.id: p for p in [*self.absent, *self.providers]}
         by: dict[tuple[str, str], set[str]] = defaultdict(set)
         for p in self.providers:  # candidates only: who would be excluded
             for key in self._keys(p):
                 by[key].add(p.id)
-        self._by = by
+        return of, by
 
     def _keys(self, p: market.ProviderState) -> list[tuple[str, str]]:
         return [(name, v) for name in self.attrs if (v := getattr(p, name, ""))]
@@ -328,15 +328,13 @@ class _ConflictIndex:
     def around(self, parties: set[str]) -> frozenset[str]:
         if not parties:
             return frozenset()
-        if self._of is None:
-            self._build()
-        assert self._of is not None
+        of, by = self._maps
         out = set(parties)
         for pid in parties:
-            p = self._of.get(pid)
+            p = of.get(pid)
             if p is not None:
                 for key in self._keys(p):
-                    out |= self._by.get(key, set())
+                    out |= by[key]
         return frozenset(out)
 
 
