@@ -9,13 +9,17 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
+from sqlalchemy import select
 
 from deai.client.sdk import Client
+from deai.coordinator.service import Coordinator
+from deai.coordinator.settings import Settings
 from deai.core import wire
 from deai.core import wire_hardware as wh
 from deai.core.errors import Conflict, DeAIError, Forbidden, InvalidInput
 from deai.core.hwcheck import Spec
 from deai.provider import challenge
+from deai.store.models import HwChallenge
 from tests.netutil import Network
 
 HW = wire.Hardware(cpu_model="test cpu", cores=1, memory_mb=600, gpus=[])
@@ -117,6 +121,27 @@ def test_a_changed_identity_asks_for_a_new_challenge(net: Network) -> None:
     assert not got["current"] and got["status"] == "unverified" and got["verified_units"] == 0
     again = poll(c)
     assert again is not None and Spec.from_dict(again.spec).parts[0].mem_mb == 15
+
+
+def test_an_identity_changed_during_a_challenge_gets_an_identity_challenge(
+        net: Network) -> None:
+    """The change is noticed by the in-flight challenge's commit, not by a poll: the next
+    challenge is still the new identity's (its reason says so), issued at once."""
+    c = provider(net, "hw-midway")
+    ch = poll(c)
+    assert ch is not None
+    provider(net, "hw-midway", HW.model_copy(update={"memory_mb": 300}))
+    challenge.run_challenge(c, 1, ch, challenge.Cheat())  # judged against the old identity
+    again = poll(c)
+    assert again is not None and Spec.from_dict(again.spec).parts[0].mem_mb == 15
+    reader = Coordinator(Settings(data_dir=net.root / "coordinator", devnet=True))
+    try:
+        with reader.db.read() as s:
+            reasons = dict(s.execute(select(HwChallenge.id, HwChallenge.reason).where(
+                HwChallenge.provider_id == c._me())).all())
+    finally:
+        reader.db.dispose()
+    assert reasons == {ch.id: "registration", again.id: "identity"}
 
 
 def test_cloud_index_lists_sources_and_dates(net: Network) -> None:

@@ -292,9 +292,13 @@ def test_links_count_as_files(link: str) -> None:
 
 def test_files_made_faster_than_a_sample_are_caught_at_the_end() -> None:
     res = run_sandbox("mkdir d && cd d && touch $(seq 301)", max_files=300)
-    assert res.exit_code == 0 and res.limit == "disk", res
-    assert res.error == ("file-count quota exceeded (more than 300 files and folders created "
-                         "in /work, /tmp and /dev/shm) (exited with 0)")
+    # Usually the command ends between two samples and the count at the end catches it;
+    # on a loaded machine a sample may land after ``touch`` and before the exit: caught
+    # then, and killed. Either way the quota is enforced and named.
+    assert res.limit == "disk", res
+    assert res.error in tuple(
+        "file-count quota exceeded (more than 300 files and folders created in /work, /tmp "
+        f"and /dev/shm) ({end})" for end in ("exited with 0", "killed by SIGKILL")), res
     assert run_sandbox("touch $(seq 299)", max_files=300).error is None
 
 

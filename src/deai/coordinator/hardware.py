@@ -114,6 +114,12 @@ def _claim(c: Coordinator, s: Session, p: Provider) -> tuple[HwClaim, str | None
         c.emit(s, "hardware_identity_changed", p.id)
         return row, "identity"
     if row.next_at <= now:
+        # A change noticed by a commit or a reveal (an identity changed while a challenge
+        # was in flight) reset the row there, where no challenge is issued: the first one
+        # for this fingerprint is still the identity's, whoever noticed the change.
+        if s.scalar(select(HwChallenge.id).where(HwChallenge.provider_id == p.id,
+                                                 HwChallenge.fingerprint == fp).limit(1)) is None:
+            return row, "identity"
         return row, "retry" if row.failures else "random"
     return row, None
 
