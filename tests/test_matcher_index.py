@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
+from sqlalchemy.exc import OperationalError
 
 from deai.client.keys import Identity
 from deai.coordinator import admission, hardware, matching, provider_index
@@ -25,7 +26,7 @@ from deai.coordinator.service import Coordinator
 from deai.coordinator.settings import Settings
 from deai.core import ledger, market, wire
 from deai.core.clock import ManualClock
-from deai.core.lifecycle import AssignmentStatus, ProviderStatus, TaskStatus
+from deai.core.lifecycle import AssignmentStatus, JobStatus, ProviderStatus, TaskStatus
 from deai.store import migrate
 from deai.store.models import Assignment, Job, Offer, Provider, Task
 from tests.helpers import MODEL
@@ -194,7 +195,7 @@ def test_a_placement_that_went_stale_between_plan_and_commit_is_dropped(
     idx = provider_index.of(c)
     plan = matching._plan(c, idx)
     assert plan is not None
-    _, placements, seen, demands = plan
+    _, placements, seen, demands, planned = plan
     assert [(p.task_id, p.provider_id) for p in placements] == [
         (t0, best), (t1, second), (t2, third)]
     # Between the plan and its commit, a /v1-style placement takes t2, on the best
@@ -207,7 +208,7 @@ def test_a_placement_that_went_stale_between_plan_and_commit_is_dropped(
         assert job is not None
         assert matching.place_now(c, s, task, job) == best
     done, real, stale = c.db.run(lambda s: matching._commit(
-        c, s, idx=idx, part=placements, seen=seen, demands=demands))
+        c, s, idx=idx, part=placements, seen=seen, demands=demands, planned=planned))
     assert [(p.task_id, p.provider_id) for p in done] == [(t1, second)]
     assert real == 1
     assert stale == 1  # t0's provider, full since the plan (its index entry was not)
@@ -225,16 +226,46 @@ def test_a_task_cancelled_after_the_plan_is_not_leased(c: Coordinator) -> None:
     idx = provider_index.of(c)
     plan = matching._plan(c, idx)
     assert plan is not None
-    _, placements, seen, demands = plan
+    _, placements, seen, demands, planned = plan
     with c.db.read() as s:
         owner = s.scalars(select(Job.owner).join(Task).where(Task.id == tids[0])).one()
         job_id = s.scalars(select(Task.job_id).where(Task.id == tids[0])).one()
     from deai.coordinator import jobs
     jobs.cancel(c, owner, job_id)
     done, _, _ = c.db.run(lambda s: matching._commit(
-        c, s, idx=idx, part=placements, seen=seen, demands=demands))
+        c, s, idx=idx, part=placements, seen=seen, demands=demands, planned=planned))
     assert done == []
     assert leased(c) == {}
+
+
+def test_a_batch_that_loses_a_race_is_run_again_from_the_plan(
+        c: Coordinator, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A batch's first attempt writes its moves, then fails as a lost race does; the
+    re-run starts from the plan's rows again (nothing of the failed attempt is kept in
+    memory): each task leased once, moved once, its job started once."""
+    pids = [provider(c, k, price=100 + k, slots=2) for k in range(3)]
+    tids = queue(c, 5)
+    real = matching.effects.placed_many
+    calls = []
+
+    def lose_first(*a: object, **kw: object) -> None:
+        real(*a, **kw)  # type: ignore[arg-type]
+        calls.append(1)
+        if len(calls) == 1:
+            raise OperationalError("UPDATE tasks ...", {}, Exception("database is locked"))
+
+    monkeypatch.setattr(matching.effects, "placed_many", lose_first)
+    retries = c.db.retries
+    assert set(matching.match_once(c)) <= set(pids)
+    assert len(calls) == 2 and c.db.retries == retries + 1
+    assert sorted(leased(c)) == sorted(tids)
+    assert all(len(v) == 1 for v in leased(c).values())
+    with c.db.read() as s:
+        rows = s.execute(select(Task.status, Task.attempts).where(Task.id.in_(tids))).all()
+        job = s.scalars(select(Job.status).join(Task).where(Task.id == tids[0])).one()
+    assert rows and all(st == TaskStatus.ASSIGNED and n == 1 for st, n in rows)
+    assert job == JobStatus.RUNNING
+    check_slots(c)
 
 
 def test_a_wanted_replica_is_leased_by_the_batched_commit_to_another_identity(

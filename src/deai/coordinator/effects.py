@@ -9,11 +9,11 @@ are ``core.lifecycle.decide``'s; nothing here chooses what happens next.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import replace
 from typing import Any, cast
 
 from sqlalchemy import Table, bindparam, select, update
 from sqlalchemy.orm import Session
-from sqlalchemy.orm.attributes import set_committed_value
 
 from deai.coordinator import canaries, lookback, touch
 from deai.coordinator import reputation as rep
@@ -51,8 +51,11 @@ from deai.store.models import Reputation as RepRow
 NETWORK = canaries.NETWORK
 
 
-def ctx(c: Coordinator, job: Job, task: Task) -> TaskCtx:
-    return TaskCtx(task=task.id, job=job.id, idx=task.idx, job_status=JobStatus(job.status),
+def ctx(c: Coordinator, job: Job, task: Task, job_status: JobStatus | None = None) -> TaskCtx:
+    """The task and its job as decisions see them; ``job_status``: the job's as the caller
+    read it, when newer than ``job``'s."""
+    return TaskCtx(task=task.id, job=job.id, idx=task.idx,
+                   job_status=job_status or JobStatus(job.status),
                    task_status=TaskStatus(task.status), attempts=task.attempts,
                    max_attempts=c.settings.max_attempts, canary=job.owner == NETWORK)
 
@@ -63,29 +66,29 @@ def apply(c: Coordinator, s: Session, job: Job, task: Task | None,
     _Applier(c, s, job, task).run(effects)
 
 
-def placed_many(c: Coordinator, s: Session, placed: Sequence[tuple[Job, Task]]) -> None:
+def placed_many(c: Coordinator, s: Session, placed: Sequence[TaskCtx]) -> None:
     """``on_placed`` for many primaries (and canaries) leased in one matcher batch: the
     same decisions and the same moves through ``core.lifecycle.move`` as ``apply``, written
-    as one executemany per table instead of one ORM update per row. The session's
-    objects are kept in step (``set_committed_value``) so it writes nothing twice."""
+    as one executemany per table instead of one ORM update per row. ``placed`` are the
+    tasks as the batch claimed them (``matching._commit``: their rows, read under lock,
+    not ORM objects); a job's status moves once, as the applier would move it."""
     now = c.now()
     tasks: list[dict[str, Any]] = []
     jobs: dict[str, dict[str, Any]] = {}
-    for job, task in placed:
-        for e in D.on_placed(ctx(c, job, task), Role.PRIMARY):
+    job_now: dict[str, JobStatus] = {}
+    for x in placed:
+        if x.job in job_now:  # moved by an earlier task of this batch
+            x = replace(x, job_status=job_now[x.job])
+        for e in D.on_placed(x, Role.PRIMARY):
             if isinstance(e, E.MoveTask):
-                to = move(TASK_MOVES, task.status, e.to)
-                tasks.append({"b_id": task.id, "b_from": task.status, "b_to": to,
-                              "b_need": e.need, "b_attempts": task.attempts + int(e.attempt),
+                to = move(TASK_MOVES, x.task_status, e.to)
+                tasks.append({"b_id": x.task, "b_from": x.task_status, "b_to": to,
+                              "b_need": e.need, "b_attempts": x.attempts + int(e.attempt),
                               "b_t": now})
-                for name, value in (("status", to), ("pending_role", e.need),
-                                    ("attempts", task.attempts + int(e.attempt)),
-                                    ("updated_at", now)):
-                    set_committed_value(task, name, value)
             elif isinstance(e, E.MoveJob):
-                to_job = move(JOB_MOVES, job.status, e.to)
-                jobs[job.id] = {"b_id": job.id, "b_from": job.status, "b_to": to_job}
-                set_committed_value(job, "status", to_job)
+                to_job = move(JOB_MOVES, x.job_status, e.to)
+                jobs.setdefault(x.job, {"b_id": x.job, "b_from": x.job_status, "b_to": to_job})
+                job_now[x.job] = JobStatus(to_job)
             else:
                 raise IllegalTransition(f"placed_many: unexpected effect {e!r}")
     tt, jt = cast(Table, Task.__table__), cast(Table, Job.__table__)

@@ -9,6 +9,7 @@ so a crash leaves no half-written job, task or posting.
 
 from __future__ import annotations
 
+import os
 import random
 import secrets
 from typing import Any
@@ -36,7 +37,9 @@ from deai.store.models import Reputation as RepRow
 
 
 def new_id(prefix: str) -> str:
-    return f"{prefix}_{secrets.token_hex(8)}"
+    """``prefix_`` and 64 random bits from the OS (``secrets.token_hex(8)``, its layers
+    skipped: the matcher makes one per lease)."""
+    return f"{prefix}_{os.urandom(8).hex()}"
 
 
 class Coordinator:
