@@ -49,6 +49,7 @@ try:  # the providers' index (absent before issue 12's item 3; ``--rev`` runs ol
     from deai.coordinator import provider_index
 except ImportError:  # pragma: no cover
     provider_index = None  # type: ignore[assignment]
+from deai.coordinator import server  # noqa: E402
 from deai.coordinator.openai import gateway, keys  # noqa: E402
 from deai.coordinator.service import Coordinator  # noqa: E402
 from deai.coordinator.settings import Settings  # noqa: E402
@@ -322,10 +323,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--profile", action="store_true", help="cProfile the matching rounds")
     ap.add_argument("--rev", default="", help="run the matcher of this git revision instead")
     ap.add_argument("--out", type=Path, default=OUT)
+    ap.add_argument("--gc", choices=["server", "default"], default="server",
+                    help="the cycle collector as the coordinator's process sets it "
+                         "(server.tune_gc), or Python's defaults")
     a = ap.parse_args(argv)
     if a.rev:
         use_revision(a.rev)
     catalog.lookup(MODEL)
+    if a.gc == "server":  # as ``deai coordinator`` does once it has started
+        server.tune_gc()
     pg = None
     if a.database == "postgres" and not a.database_url:
         from tests.pg import PgServer
@@ -357,6 +363,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": "python " + " ".join(["bench/bench_matcher.py", *(argv or sys.argv[1:])]),
         "database": a.database if not a.database_url else "url",
         "matcher_revision": a.rev or "working tree",
+        "gc": a.gc,
         "python": sys.version.split()[0],
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
                     "loadavg": [round(x, 2) for x in os.getloadavg()]},

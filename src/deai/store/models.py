@@ -150,7 +150,8 @@ class Assignment(Base):
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     task_id: Mapped[str] = mapped_column(ForeignKey("tasks.id"), index=True)
     job_id: Mapped[str] = mapped_column(String(40), index=True)
-    provider_id: Mapped[str] = mapped_column(ForeignKey("providers.id"), index=True)
+    provider_id: Mapped[str] = mapped_column(ForeignKey("providers.id"))  # indexed first
+    # in ix_assignments_provider_status
     role: Mapped[str] = mapped_column(String(16), default="primary")
     status: Mapped[str] = mapped_column(String(16), index=True)
     price: Mapped[int] = mapped_column(BigInteger)
