@@ -9,6 +9,7 @@ read. The explorer shows every job's public face instead.
 from __future__ import annotations
 
 import asyncio
+import functools
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
@@ -79,10 +80,11 @@ async def poll(body: wire.PollIn, c: C, me: Signer, request: Request) -> wire.Po
     deadline = loop.time() + body.wait
     c.notifier.kick()
     ack = body.ack
-    check, checked = True, loop.time()
+    check, woken, checked = True, False, loop.time()
     while True:
         if check:
-            got = await run_in_threadpool(jobs.deliver, c, me, ack)
+            got = await run_in_threadpool(functools.partial(jobs.deliver, c, me, ack,
+                                                            woken=woken))
             ack, checked = None if ack is None else [], loop.time()  # acknowledged once
             if got:
                 return wire.PollOut(assignments=got)

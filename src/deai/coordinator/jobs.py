@@ -431,7 +431,8 @@ def release_earnings(c: Coordinator) -> int:
     return n
 
 
-def deliver(c: Coordinator, pid: str, ack: list[str] | None = None) -> list[wire.AssignmentOut]:
+def deliver(c: Coordinator, pid: str, ack: list[str] | None = None, *,
+            woken: bool = False) -> list[wire.AssignmentOut]:
     """Hand a provider the leases placed on it that it has not acknowledged.
 
     ``ack`` is the ids the provider received from its previous poll: those count
@@ -439,13 +440,16 @@ def deliver(c: Coordinator, pid: str, ack: list[str] | None = None) -> list[wire
     delivered is handed out (again) on each poll, so an answer lost on the way
     (a client timeout, a coordinator killed after its commit) is redelivered at
     the provider's next poll. ``ack=None`` is a client that predates
-    acknowledgements: what it is handed counts as delivered at once.
+    acknowledgements: what it is handed counts as delivered at once. ``woken``: the
+    matcher has just placed work on this provider, so the read that tells an idle poll
+    there is nothing (most polls) is skipped.
 
     Liveness is ``coordinator.liveness``'s alone: a poll does not refresh
     ``Provider.last_seen``. Locks: assignments only (ascending id).
     """
     now = c.now()
-    if not ack:  # most polls find nothing: a read, not a write transaction, tells them
+    if not ack and not woken:  # most polls find nothing: a read, not a write
+        # transaction, tells them
         with c.db.read() as s:
             c.require_provider(s, pid)
             if s.scalar(select(Assignment.id).where(
