@@ -298,14 +298,21 @@ def use_revision(rev: str) -> None:
     baseline under the same machine load."""
     import importlib.util
     import subprocess
-    src = subprocess.run(["git", "show", f"{rev}:src/deai/coordinator/matching.py"],
-                         check=True, capture_output=True, text=True, cwd=ROOT).stdout
-    path = Path(tempfile.mkdtemp()) / "matching_old.py"
-    path.write_text(src)
-    spec = importlib.util.spec_from_file_location("matching_old", path)
-    assert spec is not None and spec.loader is not None
-    old = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(old)
+
+    def load(name: str) -> Any:
+        src = subprocess.run(["git", "show", f"{rev}:src/deai/coordinator/{name}.py"],
+                             check=True, capture_output=True, text=True, cwd=ROOT).stdout
+        path = Path(tempfile.mkdtemp()) / f"{name}_old.py"
+        path.write_text(src)
+        spec = importlib.util.spec_from_file_location(f"{name}_old", path)
+        assert spec is not None and spec.loader is not None
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = mod  # its dataclasses look their module up there
+        spec.loader.exec_module(mod)
+        return mod
+
+    old = load("matching")
+    old.effects = load("effects")  # its batch writes took (Job, Task) pairs before 1e2d33e
     first = old.place_now  # it read the providers itself: the states passed are dropped
     old.place_now = lambda c, s, task, job, states=None: first(c, s, task, job)
     global matching

@@ -268,7 +268,10 @@ def _commit(c: Coordinator, s: Session, *, idx: provider_index.ProviderIndex,
             stale += 1
             continue
         load[st.id] += 1
-        task, job = attached.get(pl.task_id) or planned[pl.task_id]
+        # A check on its rows in this session (the applier writes them), a primary from
+        # the plan's: a check missing from ``attached`` fails here, not half-written.
+        task, job = (attached[pl.task_id] if claimed[pl.task_id].pending_role is not None
+                     else planned[pl.task_id])
         real += job.owner != canaries.NETWORK and task.pending_role is None
         _lease(c, s, task, job, pl, now, bulk)
         done.append(pl)
