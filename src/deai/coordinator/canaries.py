@@ -8,6 +8,8 @@ one job-creation path (``admission``) like every other job.
 
 from __future__ import annotations
 
+import logging
+
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -19,6 +21,8 @@ from deai.store.models import Assignment, Canary, Job, Task
 
 NETWORK = admission.NETWORK
 POOL = 500  # known answers kept per model
+
+log = logging.getLogger("deai.coordinator.canaries")
 
 
 def remember(c: Coordinator, s: Session, job: Job, task: Task, a: Assignment) -> None:
@@ -48,6 +52,24 @@ def draw(c: Coordinator, real: int) -> int:
     and then open none; a retried transaction does not draw again)."""
     odds = policy.canary_odds(c.settings.verify)
     return sum(1 for _ in range(real) if c.rng.random() < odds)
+
+
+def plant_after(c: Coordinator, real: int, jobs: list[Job]) -> None:
+    """Canaries for ``real`` placements made outside a matcher round (a /v1 request placed
+    at once, ``matching.place_now``). A round draws per real placement
+    (``matching.match_once``); work placed at once must draw its own, or it would thin
+    the canary share that every provider's stake is sized against
+    (``matching.stake_needed``). Planted in a transaction of its own, after the one that
+    placed the work, as the matcher plants: retried on a deadlock (a request's
+    transaction holds the journal head; a verdict may hold a canary row), and a failure
+    here costs canaries, never the committed work it follows."""
+    want = draw(c, real)
+    if not want:
+        return
+    try:
+        c.db.run(lambda s: plant_jobs(c, s, want, jobs))
+    except Exception:  # noqa: BLE001 - the work itself is committed and placed
+        log.exception("planting canaries after work placed at once failed")
 
 
 def plant_jobs(c: Coordinator, s: Session, want: int, jobs: list[Job]) -> int:

@@ -99,30 +99,13 @@ def start(c: Coordinator, key: keys.KeyInfo, workload: str, body: dict[str, obje
             event={"via": "v1"})
         provider = matching.place_now(c, s, task, job)
     if provider is not None:
-        _draw_canaries(c, job)
         provider_index.of(c).leased(provider)
         c.notifier.wake([provider])
+        canaries.plant_after(c, 1, [job])  # after the wake: the lease is on its way
     else:
         c.notifier.kick()  # every provider busy: the matcher places it when one frees up
     c.notifier.published()
     return Started(job.id, task.id, info.name, provider)
-
-
-def _draw_canaries(c: Coordinator, job: Job) -> None:
-    """Real work placed at once never passes through a matcher round, where canaries
-    are drawn per real placement (``matching.match_once``): it draws its own, or /v1
-    traffic (most of the demand) would thin the canary share that every provider's stake
-    is sized against (``matching.stake_needed``). In a transaction of its own, after the
-    request's, as the matcher plants: retried on a deadlock (the request's transaction
-    holds the journal head; a verdict may hold a canary row), and a failure here costs
-    one canary, never the request it follows."""
-    want = canaries.draw(c, 1)
-    if not want:
-        return
-    try:
-        c.db.run(lambda s: canaries.plant_jobs(c, s, want, [job]))
-    except Exception:  # noqa: BLE001 - the request itself is committed and placed
-        log.exception("planting a canary after a /v1 placement failed")
 
 
 def primary_output(c: Coordinator, job_id: str, task_id: str) -> bytes | None:
