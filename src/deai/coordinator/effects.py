@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, select, update
+from sqlalchemy import Table, select
 from sqlalchemy.orm import Session
 
 from deai.coordinator import canaries, lookback, touch
@@ -36,6 +36,7 @@ from deai.core.lifecycle import effects as E
 from deai.core.lifecycle.decide import TaskCtx, job_status_for
 from deai.core.money import cost_for_units
 from deai.core.verify import evidence, policy
+from deai.store import db
 from deai.store.models import (
     ApiBatch,
     ApiFile,
@@ -92,16 +93,11 @@ def placed_many(c: Coordinator, s: Session, placed: Sequence[TaskCtx]) -> None:
             else:
                 raise IllegalTransition(f"placed_many: unexpected effect {e!r}")
     tt, jt = cast(Table, Task.__table__), cast(Table, Job.__table__)
-    if tasks:
-        s.execute(update(tt).where(tt.c.id == bindparam("b_id"),
-                                   tt.c.status == bindparam("b_from"))
-                  .values(status=bindparam("b_to"), pending_role=bindparam("b_need"),
-                          attempts=bindparam("b_attempts"), updated_at=bindparam("b_t")),
-                  tasks)
-    if jobs:
-        s.execute(update(jt).where(jt.c.id == bindparam("b_id"),
-                                   jt.c.status == bindparam("b_from"))
-                  .values(status=bindparam("b_to")), list(jobs.values()))
+    db.update_many(s, tt, tasks, where={"id": "b_id", "status": "b_from"},
+                   values={"status": "b_to", "pending_role": "b_need",
+                           "attempts": "b_attempts", "updated_at": "b_t"})
+    db.update_many(s, jt, list(jobs.values()), where={"id": "b_id", "status": "b_from"},
+                   values={"status": "b_to"})
 
 
 class _Applier:

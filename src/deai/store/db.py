@@ -42,16 +42,17 @@ retries the loser of a deadlock.
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import JSON, Engine, Table, create_engine, event
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -170,3 +171,52 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+
+
+def insert_many(s: Session, table: Table, rows: Sequence[Mapping[str, Any]]) -> None:
+    """``s.execute(insert(table), rows)`` as one executemany of the driver's own SQL, in
+    ``s``'s transaction: the same rows (JSON columns dumped as SQLAlchemy dumps them,
+    ``None`` as JSON ``null``), without SQLAlchemy's statement execution and per-row
+    parameter processing. For the matcher's bulk writes; everything else goes through
+    SQLAlchemy."""
+    if not rows:
+        return
+    cols = list(rows[0])
+    _many(s, table, "INSERT INTO {t} (" + ", ".join(_checked(table, cols)) + ") VALUES ({p})",
+          cols, cols, rows)
+
+
+def update_many(s: Session, table: Table, rows: Sequence[Mapping[str, Any]], *,
+                values: Mapping[str, str], where: Mapping[str, str]) -> None:
+    """``UPDATE table SET col = row[key], ... WHERE col = row[key] AND ...`` for each row,
+    one executemany of the driver's own SQL (``values`` and ``where`` map each column to
+    its key in the rows)."""
+    if not rows:
+        return
+    sets, wheres = _checked(table, list(values)), _checked(table, list(where))
+    _many(s, table, "UPDATE {t} SET " + ", ".join(c + " = {ph}" for c in sets)
+          + " WHERE " + " AND ".join(c + " = {ph}" for c in wheres),
+          [*sets, *wheres], [*values.values(), *where.values()], rows)
+
+
+def _checked(table: Table, cols: list[str]) -> list[str]:
+    known = {c.name for c in table.columns}
+    for c in cols:  # only the table's own column names reach the statement's text
+        if c not in known:
+            raise ValueError(f"{table.name} has no column {c!r}")
+    return cols
+
+
+def _many(s: Session, table: Table, sql: str, cols: list[str], keys: list[str],
+          rows: Sequence[Mapping[str, Any]]) -> None:
+    conn = s.connection()
+    ph = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+    sql = sql.replace("{t}", table.name).replace("{ph}", ph).replace(
+        "{p}", ", ".join([ph] * len(cols)))
+    json_cols = {c.name for c in table.columns if isinstance(c.type, JSON)}
+    dump = [c in json_cols for c in cols]
+    conn.exec_driver_sql(sql, [tuple(json.dumps(r[k]) if d else r[k]
+                                     for k, d in zip(keys, dump, strict=True))
+                               for r in rows])
