@@ -195,7 +195,7 @@ def test_a_placement_that_went_stale_between_plan_and_commit_is_dropped(
     idx = provider_index.of(c)
     plan = matching._plan(c, idx)
     assert plan is not None
-    _, placements, seen, demands, planned = plan
+    placements, seen, demands, planned = plan
     assert [(p.task_id, p.provider_id) for p in placements] == [
         (t0, best), (t1, second), (t2, third)]
     # Between the plan and its commit, a /v1-style placement takes t2, on the best
@@ -226,7 +226,7 @@ def test_a_task_cancelled_after_the_plan_is_not_leased(c: Coordinator) -> None:
     idx = provider_index.of(c)
     plan = matching._plan(c, idx)
     assert plan is not None
-    _, placements, seen, demands, planned = plan
+    placements, seen, demands, planned = plan
     with c.db.read() as s:
         owner = s.scalars(select(Job.owner).join(Task).where(Task.id == tids[0])).one()
         job_id = s.scalars(select(Task.job_id).where(Task.id == tids[0])).one()

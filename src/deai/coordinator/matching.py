@@ -108,12 +108,12 @@ def match_once(c: Coordinator) -> list[str]:
     idx = provider_index.of(c)
     placed: list[market.Placement] = []
     real = 0
-    jobs: list[Job] = []
+    planned: Planned = {}
     for _ in range(2):  # once more when the index was stale about a provider it chose
         plan = _plan(c, idx)
         if plan is None:
             break
-        jobs, placements, seen, demands, planned = plan
+        placements, seen, demands, planned = plan
         stale = 0
         i, chunk = 0, 64
         while i < len(placements):
@@ -137,6 +137,7 @@ def match_once(c: Coordinator) -> list[str]:
             break
     want = canaries.draw(c, real)
     if want:
+        jobs = [j for _, j in planned.values()]
         c.db.run(lambda s: canaries.plant_jobs(c, s, want, jobs))
     return sorted({p.provider_id for p in placed})
 
@@ -149,11 +150,12 @@ Planned = dict[str, tuple[Any, Job]]  # task -> its row and its job's, as the pl
 
 
 def _plan(c: Coordinator, idx: provider_index.ProviderIndex
-          ) -> tuple[list[Job], list[market.Placement], Seen, Demands, Planned] | None:
+          ) -> tuple[list[market.Placement], Seen, Demands, Planned] | None:
     """A round's placements, decided on one read snapshot (no write lock held) and the
-    providers' index: the jobs read, the placements in order, what the plan saw of each
-    task, the demand each placement was chosen for (checked again at commit), and the
-    rows read (never changed afterwards: a retried batch starts from them again)."""
+    providers' index: the placements in order, what the plan saw of each task's moving
+    parts (compared at commit), the demand each placement was chosen for (checked again
+    at commit), and the rows read (never changed afterwards: a retried batch starts from
+    them again; the canaries read the jobs)."""
     with c.db.read() as s:
         # The index's pending changes first, re-read at the start of the snapshot; the
         # providers' list only when there is work (a round that finds none is O(1)).
@@ -171,10 +173,9 @@ def _plan(c: Coordinator, idx: provider_index.ProviderIndex
         # A task moved since (placed by /v1, failed, cancelled) has a new
         # ``updated_at``: its placement is dropped and it waits for the next round.
         seen = {t.id: (t.status, t.pending_role, t.updated_at, t.attempts) for t, _ in rows}
-        jobs = [j for _, j in rows]
         planned = {t.id: (t, j) for t, j in rows}
         s.expunge_all()  # readable after the snapshot: the batches and the canaries read them
-    return jobs, placements, seen, demands, planned
+    return placements, seen, demands, planned
 
 
 COMMIT_S = 0.016  # how long one batch of a round holds the write lock, about. Heartbeats

@@ -48,6 +48,7 @@ from deai.coordinator import hardware, touch
 from deai.coordinator.service import Coordinator
 from deai.core import ledger, market
 from deai.core.lifecycle import AssignmentStatus, ProviderStatus
+from deai.store import db
 
 log = logging.getLogger("deai.coordinator.provider_index")
 
@@ -69,7 +70,7 @@ def load(c: Coordinator, s: Session, ids: Sequence[str] | None = None,
     ``online`` is True (the caller judges it from the beats).
     """
     conn = s.connection()
-    ph = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+    ph = db.placeholder(conn)
     where = "status = " + ph
     args: list[Any] = [ProviderStatus.ACTIVE.value]
     if since is not None:

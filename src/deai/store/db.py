@@ -173,6 +173,9 @@ class Database:
         self.engine.dispose()
 
 
+def placeholder(conn: Any) -> str:
+    """The driver's parameter marker for SQL written by hand: ``?`` (sqlite3) or ``%s``."""
+    return "?" if conn.dialect.paramstyle == "qmark" else "%s"
 
 
 def insert_many(s: Session, table: Table, rows: Sequence[Mapping[str, Any]]) -> None:
@@ -183,9 +186,10 @@ def insert_many(s: Session, table: Table, rows: Sequence[Mapping[str, Any]]) -> 
     SQLAlchemy."""
     if not rows:
         return
-    cols = list(rows[0])
-    _many(s, table, "INSERT INTO {t} (" + ", ".join(_checked(table, cols)) + ") VALUES ({p})",
-          cols, cols, rows)
+    cols = _checked(table, list(rows[0]))
+    ph = placeholder(s.connection())
+    _many(s, table, f"INSERT INTO {table.name} ({', '.join(cols)}) "
+                    f"VALUES ({', '.join([ph] * len(cols))})", cols, cols, rows)
 
 
 def update_many(s: Session, table: Table, rows: Sequence[Mapping[str, Any]], *,
@@ -196,8 +200,9 @@ def update_many(s: Session, table: Table, rows: Sequence[Mapping[str, Any]], *,
     if not rows:
         return
     sets, wheres = _checked(table, list(values)), _checked(table, list(where))
-    _many(s, table, "UPDATE {t} SET " + ", ".join(c + " = {ph}" for c in sets)
-          + " WHERE " + " AND ".join(c + " = {ph}" for c in wheres),
+    ph = placeholder(s.connection())
+    _many(s, table, f"UPDATE {table.name} SET {', '.join(f'{c} = {ph}' for c in sets)} "
+                    f"WHERE {' AND '.join(f'{c} = {ph}' for c in wheres)}",
           [*sets, *wheres], [*values.values(), *where.values()], rows)
 
 
@@ -211,12 +216,9 @@ def _checked(table: Table, cols: list[str]) -> list[str]:
 
 def _many(s: Session, table: Table, sql: str, cols: list[str], keys: list[str],
           rows: Sequence[Mapping[str, Any]]) -> None:
-    conn = s.connection()
-    ph = "?" if conn.dialect.paramstyle == "qmark" else "%s"
-    sql = sql.replace("{t}", table.name).replace("{ph}", ph).replace(
-        "{p}", ", ".join([ph] * len(cols)))
+    """``sql`` once per row: each column's value is ``row[key]``, JSON dumped."""
     json_cols = {c.name for c in table.columns if isinstance(c.type, JSON)}
     dump = [c in json_cols for c in cols]
-    conn.exec_driver_sql(sql, [tuple(json.dumps(r[k]) if d else r[k]
-                                     for k, d in zip(keys, dump, strict=True))
-                               for r in rows])
+    s.connection().exec_driver_sql(sql, [tuple(json.dumps(r[k]) if d else r[k]
+                                               for k, d in zip(keys, dump, strict=True))
+                                         for r in rows])

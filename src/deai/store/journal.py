@@ -35,6 +35,7 @@ from sqlalchemy.orm import Session
 
 from deai.core import ledger
 from deai.core.clock import Clock
+from deai.store import db
 from deai.store.models import Balance, JournalEntry, JournalHead
 
 
@@ -92,7 +93,7 @@ def append_many(s: Session, drafts: Sequence[ledger.Draft], clock: Clock) -> lis
                      .on_conflict_do_nothing(index_elements=["id"]))
         row = conn.execute(lock_head).one()
     seq, prev = int(row[0]), str(row[1])
-    ph = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+    ph = db.placeholder(conn)
     debited = {a for d in drafts for a, delta in d.postings if delta < 0}
     debited.discard(ledger.MINT)
     start = _read_balances(conn, ph, debited)

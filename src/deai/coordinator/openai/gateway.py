@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import re
 import secrets
 from dataclasses import dataclass
@@ -39,8 +38,6 @@ from deai.core.errors import DeAIError, InvalidInput, UnknownModel
 from deai.core.lifecycle import AssignmentStatus, JobStatus, Role
 from deai.core.money import cost_for_units
 from deai.store.models import Assignment, Job
-
-log = logging.getLogger("deai.coordinator.gateway")
 
 DEADLINE = 3600  # seconds for the job: the answer comes at once, its checks may take longer
 WAIT = 600.0  # longest a caller waits for an answer before the request is cancelled
