@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,14 @@ pytestmark = pytest.mark.slow
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
         "--disable-component-update", "--disable-sync"]
+
+
+def shown(v: float, digits: int) -> str:
+    """``v`` as the page shows it (``toLocaleString("en-US")``): rounded half away from
+    zero on its shortest decimal form (409.65 -> 409.7, where Python's ``f"{v:.1f}"``
+    rounds the binary value and gives 409.6), with thousands separators."""
+    q = Decimal(repr(v)).quantize(Decimal(1).scaleb(-digits), rounding=ROUND_HALF_UP)
+    return f"{q:,.{digits}f}"
 
 
 @pytest.fixture
@@ -62,8 +71,8 @@ def test_hardware_page_shows_verified_units_and_the_cloud_index(net: Network) ->
         if got["steady"]["status"] == "verified":
             expect(steady).to_contain_text("verified")
             units = got["steady"]["verified_units"]
-            expect(steady).to_contain_text(f"{units:,.2f}")
-            expect(steady).to_contain_text(f"{got['steady']['price_per_verified_unit']:,.1f}")
+            expect(steady).to_contain_text(shown(units, 2))
+            expect(steady).to_contain_text(shown(got["steady"]["price_per_verified_unit"], 1))
         expect(sloppy).to_contain_text("flagged")
         expect(sloppy).to_contain_text("0.00")
         cloud = page.get_by_test_id("cloud-index").locator("tbody tr")
