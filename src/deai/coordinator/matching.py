@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import functools
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, cast
@@ -16,7 +16,7 @@ from sqlalchemy import Table, and_, or_, select
 from sqlalchemy.orm import Session
 
 from deai.coordinator import canaries, effects, hoarding, provider_index
-from deai.coordinator.service import Coordinator, new_id
+from deai.coordinator.service import Coordinator, new_id, new_ids
 from deai.core import catalog, kinds, ledger, market, sealed
 from deai.core.lifecycle import (
     JOB_ACTIVE,
@@ -34,7 +34,9 @@ from deai.core.verify.reputation import Reputation
 from deai.store import db
 from deai.store.models import Assignment, Event, Job, Offer, Provider, Task
 
-BATCH = 2000
+BATCH = 5000  # tasks planned per round: a round's fixed cost (a copy of every provider's
+# state, the placement's heaps) spread over more placements. At 10,000 providers and 20,000
+# queued tasks, 5,000 placed 9 % more per second than 2,000, and 10,000 no more than 5,000.
 
 
 def provider_states(c: Coordinator, s: Session,
@@ -74,12 +76,33 @@ def all_provider_states(c: Coordinator, s: Session) -> list[market.ProviderState
 
 def demand(c: Coordinator, job: Job, task: Task,
            exclude: frozenset[str] = frozenset()) -> market.TaskDemand:
-    info = catalog.lookup(job.model)
-    return market.TaskDemand(id=task.id, workload=job.kind, model=job.model,
-                             max_price=job.max_price, memory_mb=info.memory_mb,
-                             units=task.units, exclude=exclude, only=sealed.only(job.spec),
-                             stake_needed=stake_needed(c, cost_for_units(task.units,
-                                                                         job.max_price)))
+    return _Demands(c)(job, task, exclude)
+
+
+class _Demands:
+    """``demand`` for the many tasks of a round's few jobs: what depends on the job alone
+    (its model's memory, its sealed parties) and the stake each value needs are worked
+    out once each, not once per task (a tenth of a round's plan)."""
+
+    def __init__(self, c: Coordinator) -> None:
+        self.c = c
+        self.jobs: dict[str, tuple[str, str, int, int, frozenset[str] | None]] = {}
+        self.stakes: dict[tuple[int, int], int] = {}
+
+    def __call__(self, job: Job, task: Any,
+                 exclude: frozenset[str] = frozenset()) -> market.TaskDemand:
+        of = self.jobs.get(job.id)
+        if of is None:
+            of = self.jobs[job.id] = (job.kind, job.model, job.max_price,
+                                      catalog.lookup(job.model).memory_mb, sealed.only(job.spec))
+        workload, model, max_price, memory_mb, only = of
+        units = task.units
+        need = self.stakes.get((units, max_price))
+        if need is None:
+            need = self.stakes[units, max_price] = stake_needed(
+                self.c, cost_for_units(units, max_price))
+        return market.TaskDemand(task.id, workload, model, max_price, memory_mb, units,
+                                 exclude, need, only)
 
 
 def stake_needed(c: Coordinator, value: int) -> int:
@@ -122,8 +145,8 @@ def match_once(c: Coordinator) -> list[str]:
             done, n_real, n_stale = c.db.run(functools.partial(
                 _commit, c, idx=idx, part=part, seen=seen, demands=demands, planned=planned))
             spent = time.perf_counter() - t0
-            for pl in done:
-                idx.leased(pl.provider_id)
+            for pid, n in Counter(pl.provider_id for pl in done).items():
+                idx.leased(pid, n)
             placed += done
             real += n_real
             stale += n_stale
@@ -257,7 +280,8 @@ def _commit(c: Coordinator, s: Session, *, idx: provider_index.ProviderIndex,
     now_states = idx.reread(s, sorted({pl.provider_id for pl in part}))
     load: dict[str, int] = {pid: st.load for pid, st in now_states.items()}
     done: list[market.Placement] = []
-    bulk = _Bulk(jobs_now={r.job_id: JobStatus(r.job_status) for r in claimed.values()})
+    bulk = _Bulk(jobs_now={r.job_id: JobStatus(r.job_status) for r in claimed.values()},
+                 ids=new_ids("asg", len(claimed)))
     real = stale = 0
     for pl in part:
         if pl.task_id not in claimed:
@@ -314,13 +338,14 @@ def _place_round(c: Coordinator, s: Session, rows: Sequence[Any],
     index = _ConflictIndex(providers, c.settings.diversity, _absent_identities(c, s, absent))
     seen = canaries.seen_by(s, [t for t, _ in rows])
     load = {p.id: p.load for p in providers}
+    demand_of = _Demands(c)
     out: list[market.Placement] = []
     primaries: list[market.TaskDemand] = []
     demands: Demands = {}
     for task, job in rows:
         if task.pending_role is None:  # a primary: avoid who failed it (and their
             # identity: a rejected key's sybil would repeat its answer) and a canary's source
-            d = demand(c, job, task, index.around(failed[task.id]) | seen.get(task.id, set()))
+            d = demand_of(job, task, index.around(failed[task.id]) | seen.get(task.id, set()))
             primaries.append(d)
             demands[d.id] = (d, c.settings.min_stake)
             continue
@@ -330,7 +355,7 @@ def _place_round(c: Coordinator, s: Session, rows: Sequence[Any],
         # that passed), where excluding it could leave a task no verifier may take.
         trusted = task.pending_role in TRUSTED_ROLES
         parties = touched[task.id] - c.settings.verifiers if trusted else touched[task.id]
-        d = demand(c, job, task, index.around(parties))
+        d = demand_of(job, task, index.around(parties))
         if trusted:  # the network's own verifiers bond no stake
             d = replace(d, stake_needed=0)
             pl = market.pick(d, verifiers, 0, c.rng.random(), load)
@@ -415,6 +440,7 @@ class _Bulk:
     events: list[dict[str, Any]] = field(default_factory=list)
     primaries: list[D.TaskCtx] = field(default_factory=list)  # ``effects.placed_many``
     jobs_now: dict[str, JobStatus] = field(default_factory=dict)  # as claimed, by job
+    ids: list[str] = field(default_factory=list)  # the leases' ids, drawn at once
 
 
 def _lease(c: Coordinator, s: Session, task: Task, job: Job, pl: market.Placement,
@@ -458,8 +484,8 @@ def _lease(c: Coordinator, s: Session, task: Task, job: Job, pl: market.Placemen
         effects.apply(c, s, job, task, D.on_placed(effects.ctx(c, job, task),
                                                    Role.PRIMARY if role == Role.CANARY else role))
         task.updated_at = now
-    row = {"id": new_id("asg"), "task_id": task.id, "job_id": job.id,
-           "provider_id": pl.provider_id, "role": role.value,
+    row = {"id": bulk.ids.pop() if bulk is not None else new_id("asg"),
+           "task_id": task.id, "job_id": job.id, "provider_id": pl.provider_id, "role": role.value,
            "status": AssignmentStatus.LEASED.value, "price": pl.price, "leased_at": now,
            "lease_deadline": now + c.settings.lease_ttl, "delivered": False,
            "input_digest": payload, "check_of": check_of, "forced": forced}

@@ -128,16 +128,21 @@ def _json(v: Any) -> Any:
 class _Row:
     """A provider row's columns that matching reads (``verified_of`` reads it too)."""
 
-    __slots__ = ("id", "hardware", "benchmark", "slots", "reputation", "compute_units",
+    __slots__ = ("id", "hardware", "_benchmark", "slots", "reputation", "compute_units",
                  "operator", "origin", "fingerprint", "last_seen")
 
     def __init__(self, id: str, hardware: Any, benchmark: Any, slots: int,  # noqa: A002
                  reputation: float, compute_units: float, operator: str | None,
                  origin: str | None, fingerprint: str | None, last_seen: float) -> None:
         self.id, self.slots, self.last_seen = id, int(slots), last_seen
-        self.hardware, self.benchmark = _json(hardware) or {}, _json(benchmark) or {}
+        self.hardware, self._benchmark = _json(hardware) or {}, benchmark
         self.reputation, self.compute_units = float(reputation), float(compute_units)
         self.operator, self.origin, self.fingerprint = operator, origin, fingerprint
+
+    @property
+    def benchmark(self) -> Any:
+        """Parsed when read: only a provider with a hardware claim needs it."""
+        return _json(self._benchmark) or {}
 
 
 class _Claim:

@@ -42,6 +42,12 @@ def new_id(prefix: str) -> str:
     return f"{prefix}_{os.urandom(8).hex()}"
 
 
+def new_ids(prefix: str, n: int) -> list[str]:
+    """``n`` ids as ``new_id`` makes them, from one read of the OS's random source."""
+    raw = os.urandom(8 * n).hex()
+    return [f"{prefix}_{raw[i:i + 16]}" for i in range(0, 16 * n, 16)]
+
+
 class Coordinator:
     def __init__(self, settings: Settings, clock: Clock | None = None) -> None:
         self.settings = settings
