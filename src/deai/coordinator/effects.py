@@ -72,7 +72,9 @@ def placed_many(c: Coordinator, s: Session, placed: Sequence[TaskCtx]) -> None:
     same decisions and the same moves through ``core.lifecycle.move`` as ``apply``, written
     as one executemany per table instead of one ORM update per row. ``placed`` are the
     tasks as the batch claimed them (``matching._commit``: their rows, read under lock,
-    not ORM objects); a job's status moves once, as the applier would move it."""
+    not ORM objects, each with no pending check: ``pending_role`` stays NULL and is left
+    out of the statement, which spares an index and a trigger per row); a job's status
+    moves once, as the applier would move it."""
     now = c.now()
     tasks: list[dict[str, Any]] = []
     jobs: dict[str, dict[str, Any]] = {}
@@ -82,10 +84,11 @@ def placed_many(c: Coordinator, s: Session, placed: Sequence[TaskCtx]) -> None:
             x = replace(x, job_status=job_now[x.job])
         for e in D.on_placed(x, Role.PRIMARY):
             if isinstance(e, E.MoveTask):
+                if e.need is not None:  # a primary's task waits for no check, before or after
+                    raise IllegalTransition(f"placed_many: a primary cannot need {e.need}")
                 to = move(TASK_MOVES, x.task_status, e.to)
                 tasks.append({"b_id": x.task, "b_from": x.task_status, "b_to": to,
-                              "b_need": e.need, "b_attempts": x.attempts + int(e.attempt),
-                              "b_t": now})
+                              "b_attempts": x.attempts + int(e.attempt), "b_t": now})
             elif isinstance(e, E.MoveJob):
                 to_job = move(JOB_MOVES, x.job_status, e.to)
                 jobs.setdefault(x.job, {"b_id": x.job, "b_from": x.job_status, "b_to": to_job})
@@ -94,8 +97,7 @@ def placed_many(c: Coordinator, s: Session, placed: Sequence[TaskCtx]) -> None:
                 raise IllegalTransition(f"placed_many: unexpected effect {e!r}")
     tt, jt = cast(Table, Task.__table__), cast(Table, Job.__table__)
     db.update_many(s, tt, tasks, where={"id": "b_id", "status": "b_from"},
-                   values={"status": "b_to", "pending_role": "b_need",
-                           "attempts": "b_attempts", "updated_at": "b_t"})
+                   values={"status": "b_to", "attempts": "b_attempts", "updated_at": "b_t"})
     db.update_many(s, jt, list(jobs.values()), where={"id": "b_id", "status": "b_from"},
                    values={"status": "b_to"})
 
