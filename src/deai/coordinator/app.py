@@ -60,8 +60,7 @@ async def _every(period: float, fn: Callable[[], Any], name: str) -> None:
 async def _matcher(c: Coordinator) -> None:
     while True:
         try:
-            placed = await run_in_threadpool(matching.match_once, c)
-            c.notifier.wake(placed)
+            await run_in_threadpool(matching.match_once, c)  # it wakes whom it leased to
         except Exception:
             log.exception("matching failed; retrying")
         await c.notifier.wait_match(c.settings.tick)

@@ -113,7 +113,8 @@ def stake_needed(c: Coordinator, value: int) -> int:
 
 
 def match_once(c: Coordinator) -> list[str]:
-    """Place queued tasks and wanted checks; returns the providers given work.
+    """Place queued tasks and wanted checks; returns the providers given work, each woken
+    (``Notifier.wake``) as soon as the batch that leased to it commits.
 
     A primary goes to the best eligible provider by the strategy (price and
     reputation). A replica is drawn at random among eligible providers, weighted by
@@ -153,7 +154,8 @@ def match_once(c: Coordinator) -> list[str]:
             i += len(part)
             # Size the next batch to hold the write lock about COMMIT_S.
             chunk = max(32, min(1024, int(len(part) * COMMIT_S / max(spent, 1e-4))))
-            if done:
+            if done:  # their long-polls answer now, not when the round (and its canaries) ends
+                c.notifier.wake({pl.provider_id for pl in done})
                 c.notifier.published()
             time.sleep(0)  # let a waiting writer (a heartbeat) take the lock between batches
         if not stale:

@@ -64,60 +64,66 @@ def load(c: Coordinator, s: Session, ids: Sequence[str] | None = None,
     """Active providers' states (only ``ids`` if given; only those seen at or after
     ``since`` if given) with each one's last beat in the database.
 
-    Five statements whatever the number of providers, in the driver's own SQL: a
-    re-read of one provider (every /v1 decision checks its choice) costs what the
-    database does, not SQLAlchemy's statement building (5x more, measured).
-    ``online`` is True (the caller judges it from the beats).
+    Two statements whatever the number of providers, in the driver's own SQL: the
+    providers with their stake, their leases and their hardware claim; then their
+    offers. A re-read of one provider (every /v1 decision and every matcher batch checks
+    its choices) costs what the database does, not SQLAlchemy's statement building (5x
+    more, measured), nor a round trip per table (PostgreSQL). ``online`` is True (the
+    caller judges it from the beats).
     """
     conn = s.connection()
     ph = db.placeholder(conn)
-    where = "status = " + ph
-    args: list[Any] = [ProviderStatus.ACTIVE.value]
+    where = "p.status = " + ph
+    args: list[Any] = [_LEASED, ProviderStatus.ACTIVE.value]
     if since is not None:
-        where += f" AND last_seen >= {ph}"
+        where += f" AND p.last_seen >= {ph}"
         args.append(since)
     if ids is not None:
         if not ids:
             return [], {}
-        where += f" AND id IN ({', '.join([ph] * len(ids))})"
+        where += f" AND p.id IN ({', '.join([ph] * len(ids))})"
         args += list(ids)
-    rows = [_Row(*r) for r in conn.exec_driver_sql(
-        "SELECT id, hardware, benchmark, slots, reputation, compute_units, operator, origin, "
-        f"fingerprint, last_seen FROM providers WHERE {where}", tuple(args))]
+    rows, stakes, loads, claims = [], {}, {}, {}
+    for r in conn.exec_driver_sql(
+            "SELECT p.id, p.hardware, p.benchmark, p.slots, p.reputation, p.compute_units, "
+            "p.operator, p.origin, p.fingerprint, p.last_seen, "
+            f"(SELECT b.amount FROM balances b WHERE b.account = '{_STAKE}' || p.id), "
+            "(SELECT count(*) FROM assignments a WHERE a.provider_id = p.id "
+            f"AND a.status = {ph}), "
+            "h.provider_id, h.fingerprint, h.status, h.verified, h.verified_units, h.wrong "
+            f"FROM providers p LEFT JOIN hw_claims h ON h.provider_id = p.id WHERE {where}",
+            tuple(args)):
+        row = _Row(*r[:10])
+        rows.append(row)
+        stakes[row.id], loads[row.id] = int(r[10] or 0), int(r[11])
+        if r[12] is not None:
+            claims[row.id] = _Claim(*r[13:])
     if not rows:
         return [], {}
-    some = [r.id for r in rows]
     # All of them: no IN list of every id, the few that are not asked for are dropped.
     among, among_args = "", ()  # type: str, tuple[str, ...]
     if ids is not None:
-        among, among_args = f" AND provider_id IN ({', '.join([ph] * len(some))})", tuple(some)
+        among = f" WHERE provider_id IN ({', '.join([ph] * len(rows))})"
+        among_args = tuple(r.id for r in rows)
     offers: dict[str, list[market.Offer]] = defaultdict(list)
     for pid, workload, model, price in conn.exec_driver_sql(
-            f"SELECT provider_id, workload, model, price FROM offers WHERE 1 = 1{among} "
+            f"SELECT provider_id, workload, model, price FROM offers{among} "
             "ORDER BY provider_id, workload, model", among_args):  # the key's order
         offers[pid].append(market.Offer(workload, model, int(price)))
-    loads: dict[str, int] = dict(conn.exec_driver_sql(
-        f"SELECT provider_id, count(*) FROM assignments WHERE status = {ph}{among} "
-        "GROUP BY provider_id", (AssignmentStatus.LEASED.value, *among_args)).all())
-    if ids is None:
-        stake_q, stake_args = f"account LIKE {ph}", (ledger.stake("") + "%",)  # type: str, tuple[str, ...]
-    else:
-        stake_args = tuple(ledger.stake(i) for i in some)
-        stake_q = f"account IN ({', '.join([ph] * len(some))})"
-    stakes = {a: int(v) for a, v in conn.exec_driver_sql(
-        f"SELECT account, amount FROM balances WHERE {stake_q}", stake_args)}
-    claims = {r[0]: _Claim(*r[1:]) for r in conn.exec_driver_sql(
-        "SELECT provider_id, fingerprint, status, verified, verified_units, wrong "
-        f"FROM hw_claims WHERE 1 = 1{among}", among_args)}
     states = [market.ProviderState(
-        id=p.id, online=True, stake=stakes.get(ledger.stake(p.id), 0),
-        memory_mb=int(p.hardware.get("memory_mb", 0)), slots=p.slots,
-        load=int(loads.get(p.id, 0)), reputation=p.reputation, compute_units=p.compute_units,
-        offers=tuple(offers[p.id]), **identity(c, p)) for p in rows]
+        id=p.id, online=True, stake=stakes[p.id], memory_mb=int(p.hardware.get("memory_mb", 0)),
+        slots=p.slots, load=loads[p.id], reputation=p.reputation,
+        compute_units=p.compute_units, offers=tuple(offers[p.id]), **identity(c, p))
+        for p in rows]
     # Hardware as verified by challenges: a provider flagged for a wrong or missing
     # answer is not matched; one that proved less keeps only what it proved.
     states = hardware.apply_claims(c, states, hardware.verified_of(rows, claims))
     return states, {p.id: float(p.last_seen or 0.0) for p in rows}
+
+
+_LEASED = AssignmentStatus.LEASED.value
+_STAKE = ledger.stake("")  # a stake account's prefix, written into the statement
+assert _STAKE.replace(":", "").isalnum(), _STAKE  # a constant: no quote can reach the SQL
 
 
 def _json(v: Any) -> Any:
