@@ -111,8 +111,11 @@ def record(c: Coordinator, pid: str, assignment_id: str,
     return wire.CheckpointOut(status="recorded", step=body.step)
 
 
-def resume_for(s: Session, a: Assignment) -> dict[str, Any] | None:
-    """The checkpoint assignment ``a`` resumes from: its task's latest, in its role's chain."""
+def resume_for(s: Session, a: Assignment, kind: str) -> dict[str, Any] | None:
+    """The checkpoint assignment ``a`` (of a ``kind`` job) resumes from: its task's latest,
+    in its role's chain; None without a read for kinds that take no checkpoints."""
+    if kind != train.TrainKind.name:
+        return None
     cp = _latest(s, a.task_id, a.role)
     if cp is None:
         return None
