@@ -113,8 +113,8 @@ def stake_needed(c: Coordinator, value: int) -> int:
 
 
 def match_once(c: Coordinator) -> list[str]:
-    """Place queued tasks and wanted checks; returns the providers given work, each woken
-    (``Notifier.wake``) as soon as the batch that leased to it commits.
+    """Place queued tasks and wanted checks; returns the providers given work, woken
+    (``Notifier.wake``) once the round's leases are committed.
 
     A primary goes to the best eligible provider by the strategy (price and
     reputation). A replica is drawn at random among eligible providers, weighted by
@@ -154,17 +154,21 @@ def match_once(c: Coordinator) -> list[str]:
             i += len(part)
             # Size the next batch to hold the write lock about COMMIT_S.
             chunk = max(32, min(1024, int(len(part) * COMMIT_S / max(spent, 1e-4))))
-            if done:  # their long-polls answer now, not when the round (and its canaries) ends
-                c.notifier.wake({pl.provider_id for pl in done})
+            if done:
                 c.notifier.published()
             time.sleep(0)  # let a waiting writer (a heartbeat) take the lock between batches
         if not stale:
             break
+    # Each provider woken once a round, all its leases committed: its poll takes them in
+    # one answer (woken each batch, a provider leased in four batches polled four times,
+    # and 2,000 leases to 500 pollers took twice as long); before the canaries are planted.
+    woken = sorted({p.provider_id for p in placed})
+    c.notifier.wake(woken)
     want = canaries.draw(c, real)
     if want:
         jobs = [j for _, j in planned.values()]
         c.db.run(lambda s: canaries.plant_jobs(c, s, want, jobs))
-    return sorted({p.provider_id for p in placed})
+    return woken
 
 
 Seen = dict[str, tuple[Any, ...]]
