@@ -45,7 +45,7 @@ def test_commits_are_checkpointed_by_the_database_thread(tmp_path: Path) -> None
     def copied() -> bool:  # everything the log holds is in the database file already
         with sqlite3.connect(path) as probe:
             busy, frames, done = probe.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-        return busy == 0 and frames > 0 and frames == done
+        return bool(busy == 0 and frames > 0 and frames == done)
 
     _wait_for(copied, "the log copied back")
     with d.write() as s:
@@ -74,3 +74,20 @@ def test_dispose_ends_the_thread_and_a_collected_database_too(tmp_path: Path) ->
 
 def test_an_in_memory_database_has_no_checkpointer() -> None:
     assert Database("sqlite:///:memory:").checkpointer is None
+
+
+def test_a_checkpoint_thread_that_died_is_started_by_the_next_write(tmp_path: Path) -> None:
+    d = Database(f"sqlite:///{tmp_path / 'r.db'}")
+    cp = d.checkpointer
+    assert cp is not None
+    good, cp.path = cp.path, str(tmp_path / "no such dir" / "r.db")  # its connect fails
+    _write_rows(d, 1)
+    dead = cp._thread
+    assert dead is not None
+    dead.join(timeout=10)
+    assert not dead.is_alive() and cp.checkpoints == 0
+    cp.path = good
+    _write_rows(d, 5)
+    assert cp._thread is not dead
+    _wait_for(lambda: cp.checkpoints > 0, "a checkpoint by the new thread")
+    d.dispose()

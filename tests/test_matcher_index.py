@@ -268,6 +268,37 @@ def test_a_batch_that_loses_a_race_is_run_again_from_the_plan(
     check_slots(c)
 
 
+def test_a_round_wakes_whom_it_leased_to_even_when_a_later_batch_fails(
+        c: Coordinator, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``match_once`` wakes each provider it leased to once, after the round's batches;
+    when a later batch fails for good, the providers of the batches already committed
+    are still woken (their long-polls would otherwise wait out their timeout)."""
+    pids = [provider(c, k, price=100 + k, slots=40) for k in range(4)]
+    queue(c, 6)
+    woken: list[list[str]] = []
+    monkeypatch.setattr(c.notifier, "wake", lambda ids: woken.append(list(ids)))
+    placed = matching.match_once(c)
+    assert woken == [placed] and placed and set(placed) <= set(pids)
+
+    tids = queue(c, 100)  # more than a first batch (64): a second one follows
+    real, calls = matching._commit, []
+
+    def fail_second(*a: object, **kw: object) -> object:
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("a batch that fails for good")
+        return real(*a, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(matching, "_commit", fail_second)
+    woken.clear()
+    with pytest.raises(RuntimeError):
+        matching.match_once(c)
+    now = leased(c)
+    holders = sorted({pid for tid in tids for pid in now.get(tid, [])})
+    assert holders and woken == [holders]
+    check_slots(c)
+
+
 def test_a_wanted_replica_is_leased_by_the_batched_commit_to_another_identity(
         c: Coordinator) -> None:
     from deai.core.lifecycle import Role

@@ -78,7 +78,7 @@ def record(c: Coordinator, pid: str, assignment_id: str,
         a = c.live_lease(s, pid, assignment_id)
         job, task = s.get(Job, a.job_id), s.get(Task, a.task_id)
         assert job is not None and task is not None
-        if job.kind != train.TrainKind.name:
+        if not takes_checkpoints(job.kind):
             raise InvalidInput(f"assignment: {job.kind} jobs take no checkpoints",
                                field="assignment")
         if sealed.is_sealed(job.spec):  # ciphertext: the chain commits to the stated plaintext
@@ -111,10 +111,15 @@ def record(c: Coordinator, pid: str, assignment_id: str,
     return wire.CheckpointOut(status="recorded", step=body.step)
 
 
+def takes_checkpoints(kind: str) -> bool:
+    """Whether leases of ``kind`` jobs record checkpoints (training only)."""
+    return kind == train.TrainKind.name
+
+
 def resume_for(s: Session, a: Assignment, kind: str) -> dict[str, Any] | None:
     """The checkpoint assignment ``a`` (of a ``kind`` job) resumes from: its task's latest,
     in its role's chain; None without a read for kinds that take no checkpoints."""
-    if kind != train.TrainKind.name:
+    if not takes_checkpoints(kind):
         return None
     cp = _latest(s, a.task_id, a.role)
     if cp is None:

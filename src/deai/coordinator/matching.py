@@ -101,8 +101,9 @@ class _Demands:
         if need is None:
             need = self.stakes[units, max_price] = stake_needed(
                 self.c, cost_for_units(units, max_price))
-        return market.TaskDemand(task.id, workload, model, max_price, memory_mb, units,
-                                 exclude, need, only)
+        return market.TaskDemand(id=task.id, workload=workload, model=model,
+                                 max_price=max_price, memory_mb=memory_mb, units=units,
+                                 exclude=exclude, stake_needed=need, only=only)
 
 
 def stake_needed(c: Coordinator, value: int) -> int:
@@ -133,37 +134,42 @@ def match_once(c: Coordinator) -> list[str]:
     placed: list[market.Placement] = []
     real = 0
     planned: Planned = {}
-    for _ in range(2):  # once more when the index was stale about a provider it chose
-        plan = _plan(c, idx)
-        if plan is None:
-            break
-        placements, seen, demands, planned = plan
-        stale = 0
-        i, chunk = 0, 64
-        while i < len(placements):
-            part = placements[i:i + chunk]
-            t0 = time.perf_counter()
-            done, n_real, n_stale = c.db.run(functools.partial(
-                _commit, c, idx=idx, part=part, seen=seen, demands=demands, planned=planned))
-            spent = time.perf_counter() - t0
-            for pid, n in Counter(pl.provider_id for pl in done).items():
-                idx.leased(pid, n)
-            placed += done
-            real += n_real
-            stale += n_stale
-            i += len(part)
-            # Size the next batch to hold the write lock about COMMIT_S.
-            chunk = max(32, min(1024, int(len(part) * COMMIT_S / max(spent, 1e-4))))
-            if done:
-                c.notifier.published()
-            time.sleep(0)  # let a waiting writer (a heartbeat) take the lock between batches
-        if not stale:
-            break
-    # Each provider woken once a round, all its leases committed: its poll takes them in
-    # one answer (woken each batch, a provider leased in four batches polled four times,
-    # and 2,000 leases to 500 pollers took twice as long); before the canaries are planted.
-    woken = sorted({p.provider_id for p in placed})
-    c.notifier.wake(woken)
+    try:
+        for _ in range(2):  # once more when the index was stale about a provider it chose
+            plan = _plan(c, idx)
+            if plan is None:
+                break
+            placements, seen, demands, planned = plan
+            stale = 0
+            i, chunk = 0, 64
+            while i < len(placements):
+                part = placements[i:i + chunk]
+                t0 = time.perf_counter()
+                done, n_real, n_stale = c.db.run(functools.partial(
+                    _commit, c, idx=idx, part=part, seen=seen, demands=demands,
+                    planned=planned))
+                spent = time.perf_counter() - t0
+                for pid, n in Counter(pl.provider_id for pl in done).items():
+                    idx.leased(pid, n)
+                placed += done
+                real += n_real
+                stale += n_stale
+                i += len(part)
+                # Size the next batch to hold the write lock about COMMIT_S.
+                chunk = max(32, min(1024, int(len(part) * COMMIT_S / max(spent, 1e-4))))
+                if done:
+                    c.notifier.published()
+                time.sleep(0)  # let a waiting writer (a heartbeat) take the lock between
+                # batches
+            if not stale:
+                break
+    finally:
+        # Each provider woken once a round, all its leases committed: its poll takes them
+        # in one answer (woken each batch, a provider leased in four batches polled four
+        # times, and 2,000 leases to 500 pollers took twice as long); before the canaries
+        # are planted; and even when a later batch failed, for what the earlier committed.
+        woken = sorted({p.provider_id for p in placed})
+        c.notifier.wake(woken)
     want = canaries.draw(c, real)
     if want:
         jobs = [j for _, j in planned.values()]
@@ -245,7 +251,9 @@ def _claim(s: Session, ids: Sequence[str]) -> Sequence[Any]:
     to check with ``_still_wanted``. In the driver's own SQL: neither ORM objects (a
     quarter of a round) nor SQLAlchemy's statement (a third of the claim's cost). By id
     alone: with the lifecycle's condition in the statement, SQLite walked every
-    claimable task for each batch. Lock order: the job, then its task (``store.db``)."""
+    claimable task for each batch. The lock order ``store.db`` asks for is jobs, then
+    tasks; PostgreSQL locks a join's rows as it produces them, and ``Database.run``
+    retries the loser of a deadlock."""
     conn = s.connection()
     ph = db.placeholder(conn)
     lock = "" if conn.dialect.name == "sqlite" else " FOR UPDATE OF jobs, tasks SKIP LOCKED"
@@ -493,7 +501,7 @@ def _lease(c: Coordinator, s: Session, task: Task, job: Job, pl: market.Placemen
         effects.apply(c, s, job, task, D.on_placed(effects.ctx(c, job, task),
                                                    Role.PRIMARY if role == Role.CANARY else role))
         task.updated_at = now
-    row = {"id": bulk.ids.pop() if bulk is not None else new_id("asg"),
+    row = {"id": bulk.ids.pop() if bulk is not None and bulk.ids else new_id("asg"),
            "task_id": task.id, "job_id": job.id, "provider_id": pl.provider_id, "role": role.value,
            "status": AssignmentStatus.LEASED.value, "price": pl.price, "leased_at": now,
            "lease_deadline": now + c.settings.lease_ttl, "delivered": False,

@@ -84,6 +84,7 @@ def make_engine(url: str) -> Engine:
             # Checkpoints run on a thread of their own (``_Checkpointer``); a writer checkpoints
             # only if that thread falls this far behind.
             cur.execute(f"PRAGMA wal_autocheckpoint={BACKSTOP_PAGES}")
+            cur.execute(f"PRAGMA journal_size_limit={WAL_LIMIT_BYTES}")
             cur.execute("PRAGMA foreign_keys=ON")
             cur.execute("PRAGMA busy_timeout=30000")
             # Temporary tables and indexes (a sort, a DISTINCT) in memory, not in files.
@@ -110,7 +111,8 @@ def is_retryable(exc: BaseException) -> bool:
     return "database is locked" in str(exc.orig)
 
 
-BACKSTOP_PAGES = 20_000  # ~80 MB of log: a writer checkpoints itself past this
+BACKSTOP_PAGES = 4_000  # ~16 MB of log: a writer checkpoints itself past this
+WAL_LIMIT_BYTES = 64 << 20  # the log file truncated to this after a checkpoint resets it
 CHECKPOINT_AFTER_S = 0.05  # a checkpoint this long after a write (more writes gather)
 
 
@@ -126,7 +128,8 @@ class _Checkpointer:
     at ``BACKSTOP_PAGES``, should this thread fall behind or stop.
 
     The thread holds no reference to its ``Database``: it ends on ``dispose`` or when the
-    ``Database`` is collected.
+    ``Database`` is collected. One that died (its connection refused) is started again by
+    the next write.
     """
 
     def __init__(self, path: str) -> None:
@@ -138,24 +141,34 @@ class _Checkpointer:
         self.checkpoints = 0
 
     def wrote(self) -> None:
-        if self._thread is None:
+        if self._thread is None or not self._thread.is_alive():
             with self._lock:
-                if self._thread is None and not self._stop.is_set():
+                if ((self._thread is None or not self._thread.is_alive())
+                        and not self._stop.is_set()):
                     self._thread = threading.Thread(target=self._run, daemon=True,
                                                     name="sqlite-checkpoint")
                     self._thread.start()
         self._wrote.set()
 
-    def stop(self) -> None:
+    def signal_stop(self) -> None:
+        """Ask the thread to end (it does within one pause); waits for nothing: a
+        collected ``Database``'s finalizer may run on any thread, the event loop's too."""
         self._stop.set()
         self._wrote.set()
+
+    def stop(self) -> None:
+        self.signal_stop()
         t = self._thread
         if t is not None and t is not threading.current_thread():
             t.join(timeout=5)
 
     def _run(self) -> None:
-        conn = sqlite3.connect(self.path, timeout=30, isolation_level=None,
-                               check_same_thread=False)
+        try:
+            conn = sqlite3.connect(self.path, timeout=30, isolation_level=None,
+                                   check_same_thread=False)
+        except Exception:  # the next write starts another; the backstop holds meanwhile
+            log.warning("background checkpoints: cannot open %s", self.path, exc_info=True)
+            return
         try:
             while True:
                 self._wrote.wait()
@@ -165,7 +178,7 @@ class _Checkpointer:
                 try:
                     conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
                     self.checkpoints += 1
-                except sqlite3.Error:  # busy, or the file went away: the backstop remains
+                except Exception:  # busy, or the file went away: the backstop remains
                     log.debug("background checkpoint failed", exc_info=True)
         finally:
             conn.close()
@@ -179,11 +192,11 @@ class Database:
         self._factory = sessionmaker(self.engine, expire_on_commit=False)
         self._write_lock = threading.Lock()
         self.retries = 0  # transactions re-run after a deadlock or serialization failure
-        path = url.split("///", 1)[-1] if self.is_sqlite else ""
+        path = self.engine.url.database if self.is_sqlite else None
         self.checkpointer = (_Checkpointer(path) if path and path != ":memory:"
-                             and "mode=memory" not in path else None)
+                             and not self.engine.url.query else None)  # a plain file only
         if self.checkpointer is not None:
-            weakref.finalize(self, self.checkpointer.stop)
+            weakref.finalize(self, self.checkpointer.signal_stop)
 
     @contextmanager
     def write(self, isolation: str | None = None) -> Iterator[Session]:
