@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from deai.coordinator import admission
@@ -94,8 +94,11 @@ def plant_jobs(c: Coordinator, s: Session, want: int, jobs: list[Job]) -> int:
         same = [x for x in pool if x.spec == first.spec and x.id != first.id]
         n = min(want, 1 + c.rng.randrange(4), 1 + len(same))
         picked = [first, *c.rng.sample(same, n - 1)]
-        for x in picked:
-            x.uses += 1
+        # Counted in the statement (uses = uses + 1), not from what this transaction read:
+        # two requests planting the same canary at once must not lose a use (PostgreSQL,
+        # READ COMMITTED).
+        s.execute(update(Canary).where(Canary.id.in_(sorted(x.id for x in picked)))
+                  .values(uses=Canary.uses + 1))
         spec = dict(first.spec)
         admission.create(
             c, s, owner=NETWORK, kind=kind, model=model, spec=spec,

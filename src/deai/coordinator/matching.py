@@ -139,28 +139,9 @@ def match_once(c: Coordinator) -> list[str]:
             plan = _plan(c, idx)
             if plan is None:
                 break
-            placements, seen, demands, planned = plan
-            stale = 0
-            i, chunk = 0, 64
-            while i < len(placements):
-                part = placements[i:i + chunk]
-                t0 = time.perf_counter()
-                done, n_real, n_stale = c.db.run(functools.partial(
-                    _commit, c, idx=idx, part=part, seen=seen, demands=demands,
-                    planned=planned))
-                spent = time.perf_counter() - t0
-                for pid, n in Counter(pl.provider_id for pl in done).items():
-                    idx.leased(pid, n)
-                placed += done
-                real += n_real
-                stale += n_stale
-                i += len(part)
-                # Size the next batch to hold the write lock about COMMIT_S.
-                chunk = max(32, min(1024, int(len(part) * COMMIT_S / max(spent, 1e-4))))
-                if done:
-                    c.notifier.published()
-                time.sleep(0)  # let a waiting writer (a heartbeat) take the lock between
-                # batches
+            planned = plan[3]
+            n_real, stale = _commit_plan(c, idx, plan, placed)
+            real += n_real
             if not stale:
                 break
     finally:
@@ -177,15 +158,43 @@ def match_once(c: Coordinator) -> list[str]:
     return woken
 
 
+def _commit_plan(c: Coordinator, idx: provider_index.ProviderIndex, plan: Plan,
+                 placed: list[market.Placement]) -> tuple[int, int]:
+    """Commit a round's plan in batches (``_commit``), adding each batch's leases to
+    ``placed`` as it commits; returns how many are real work and how many placements were
+    dropped because their provider was not as the index had it."""
+    placements, seen, demands, planned = plan
+    real = stale = 0
+    i, chunk = 0, 64
+    while i < len(placements):
+        part = placements[i:i + chunk]
+        t0 = time.perf_counter()
+        done, n_real, n_stale = c.db.run(functools.partial(
+            _commit, c, idx=idx, part=part, seen=seen, demands=demands, planned=planned))
+        spent = time.perf_counter() - t0
+        for pid, n in Counter(pl.provider_id for pl in done).items():
+            idx.leased(pid, n)
+        placed += done
+        real += n_real
+        stale += n_stale
+        i += len(part)
+        # Size the next batch to hold the write lock about COMMIT_S.
+        chunk = max(32, min(1024, int(len(part) * COMMIT_S / max(spent, 1e-4))))
+        if done:
+            c.notifier.published()
+        time.sleep(0)  # let a waiting writer (a heartbeat) take the lock between batches
+    return real, stale
+
+
 Seen = dict[str, tuple[Any, ...]]
 
 
 Demands = dict[str, tuple[market.TaskDemand, int]]  # task -> (demand, its minimum stake)
 Planned = dict[str, tuple[Any, Job]]  # task -> its row and its job's, as the plan read them
+Plan = tuple[list[market.Placement], Seen, Demands, Planned]
 
 
-def _plan(c: Coordinator, idx: provider_index.ProviderIndex
-          ) -> tuple[list[market.Placement], Seen, Demands, Planned] | None:
+def _plan(c: Coordinator, idx: provider_index.ProviderIndex) -> Plan | None:
     """A round's placements, decided on one read snapshot (no write lock held) and the
     providers' index: the placements in order, what the plan saw of each task's moving
     parts (compared at commit), the demand each placement was chosen for (checked again
