@@ -123,6 +123,16 @@ def check_books(c: Client, job_id: str) -> None:
     assert rep.balances.get(ledger.escrow(job_id), 0) == 0
 
 
+def stake_kept(entries: list[ledger.Entry], provider: str, stake_now: int) -> int:
+    """``provider``'s stake now, less what it bonded again after its first slash: the agent
+    re-bonds from its balance once a slash leaves it under the minimum
+    (``Agent._keep_stake``), so its stake alone may be back where it was. ``entries``:
+    the journal, read after the provider stopped."""
+    first = min(e.seq for e in entries if e.kind == "slash" and e.body["provider"] == provider)
+    return stake_now - sum(e.body["amount"] for e in entries if e.kind == "bond"
+                           and e.body["provider"] == provider and e.seq > first)
+
+
 def start_cheater(net: Network, name: str, mode: str, models: str) -> Proc:
     proc = net.start_provider(name, 500, "--models", models,
                               env={"DEAI_PROVIDER_CHEAT": mode})
