@@ -40,8 +40,10 @@ from tests.netutil import Network
 pytestmark = pytest.mark.slow
 DEAI = str(Path(sys.executable).parent / "deai")
 PRICES = "cpu=360000,memory_gb=36000"  # 1 CPU + 1 GiB: 396,000 µ/h = 110 µ/s
+# A spot lease's notice must outlast the notice's trip to the host, its SIGTERM and the
+# test's read of what the lease wrote: 8 s was once too short under CI's load.
 LEASE_ENV = {"DEAI_LEASE_GRACE": "3", "DEAI_LEASE_WARN": "4", "DEAI_LEASE_SETTLE": "1",
-             "DEAI_LEASE_TICK": "0.25", "DEAI_LEASE_NOTICE": "8"}
+             "DEAI_LEASE_TICK": "0.25", "DEAI_LEASE_NOTICE": "15"}
 
 
 def start_host(net: Network, name: str, prices: str = PRICES) -> None:
