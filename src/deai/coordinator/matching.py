@@ -9,6 +9,7 @@ import functools
 import time
 from collections import Counter, defaultdict
 from collections.abc import Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field, replace
 from typing import Any, cast
 
@@ -204,7 +205,9 @@ def _plan(c: Coordinator, idx: provider_index.ProviderIndex) -> Plan | None:
         # The index's pending changes first, re-read at the start of the snapshot; the
         # providers' list only when there is work (a round that finds none is O(1)).
         idx.refresh(s)
-        tasks = s.execute(_wanting().limit(BATCH)).all()
+        # On the session's connection, not through the ORM session: its result handling of
+        # plain columns cost as much as the query's own sort
+        tasks = s.connection().execute(_wanting().limit(BATCH)).all()
         if not tasks:
             return None
         providers = idx.states(s)
@@ -365,15 +368,17 @@ def _place_round(c: Coordinator, s: Session, rows: Sequence[Any],
     seen = canaries.seen_by(s, [t for t, _ in rows])
     load = {p.id: p.load for p in providers}
     demand_of = _Demands(c)
+    min_stake = c.settings.min_stake
     out: list[market.Placement] = []
     primaries: list[market.TaskDemand] = []
     demands: Demands = {}
     for task, job in rows:
         if task.pending_role is None:  # a primary: avoid who failed it (and their
             # identity: a rejected key's sybil would repeat its answer) and a canary's source
-            d = demand_of(job, task, index.around(failed[task.id]) | seen.get(task.id, set()))
+            d = demand_of(job, task, index.around(failed.get(task.id, _NONE))
+                          | seen.get(task.id, _NONE))  # a fresh shard's: no set built
             primaries.append(d)
-            demands[d.id] = (d, c.settings.min_stake)
+            demands[d.id] = (d, min_stake)
             continue
         # A check: nobody who touched the task, nor anyone sharing their identity; for a
         # trusted role, except the network's verifiers themselves: one that audited or
@@ -395,6 +400,9 @@ def _place_round(c: Coordinator, s: Session, rows: Sequence[Any],
     free = [p if load[p.id] == p.load else replace(p, load=load[p.id]) for p in workers]
     out += market.place(primaries, free, c.settings.min_stake, c.settings.strategy)
     return out, demands
+
+
+_NONE: frozenset[str] = frozenset()
 
 
 def _absent_identities(c: Coordinator, s: Session, ids: set[str]
@@ -432,9 +440,9 @@ class _ConflictIndex:
     def _keys(self, p: market.ProviderState) -> list[tuple[str, str]]:
         return [(name, v) for name in self.attrs if (v := getattr(p, name, ""))]
 
-    def around(self, parties: set[str]) -> frozenset[str]:
+    def around(self, parties: AbstractSet[str]) -> frozenset[str]:
         if not parties:
-            return frozenset()
+            return _NONE
         of, by = self._maps
         out = set(parties)
         for pid in parties:

@@ -83,8 +83,10 @@ def load(c: Coordinator, s: Session, ids: Sequence[str] | None = None,
             return [], {}
         where += f" AND p.id IN ({', '.join([ph] * len(ids))})"
         args += list(ids)
-    rows, stakes, loads, claims = [], {}, {}, {}
-    for r in conn.exec_driver_sql(
+    rows: list[_Row] = []
+    extra: list[tuple[int, int]] = []  # each row's stake and leases
+    claims: dict[str, _Claim] = {}
+    for r in conn.exec_driver_sql(  # all at once: rows fetched one by one cost more
             "SELECT p.id, p.hardware, p.benchmark, p.slots, p.reputation, p.compute_units, "
             "p.operator, p.origin, p.fingerprint, p.last_seen, "
             f"(SELECT b.amount FROM balances b WHERE b.account = '{_STAKE}' || p.id), "
@@ -92,10 +94,10 @@ def load(c: Coordinator, s: Session, ids: Sequence[str] | None = None,
             f"AND a.status = {ph}), "
             "h.provider_id, h.fingerprint, h.status, h.verified, h.verified_units, h.wrong "
             f"FROM providers p LEFT JOIN hw_claims h ON h.provider_id = p.id WHERE {where}",
-            tuple(args)):
+            tuple(args)).all():
         row = _Row(*r[:10])
         rows.append(row)
-        stakes[row.id], loads[row.id] = int(r[10] or 0), int(r[11])
+        extra.append((int(r[10] or 0), int(r[11])))
         if r[12] is not None:
             claims[row.id] = _Claim(*r[13:])
     if not rows:
@@ -108,13 +110,13 @@ def load(c: Coordinator, s: Session, ids: Sequence[str] | None = None,
     offers: dict[str, list[market.Offer]] = defaultdict(list)
     for pid, workload, model, price in conn.exec_driver_sql(
             f"SELECT provider_id, workload, model, price FROM offers{among} "
-            "ORDER BY provider_id, workload, model", among_args):  # the key's order
+            "ORDER BY provider_id, workload, model", among_args).all():  # the key's order
         offers[pid].append(market.Offer(workload, model, int(price)))
     states = [market.ProviderState(
-        id=p.id, online=True, stake=stakes[p.id], memory_mb=int(p.hardware.get("memory_mb", 0)),
-        slots=p.slots, load=loads[p.id], reputation=p.reputation,
-        compute_units=p.compute_units, offers=tuple(offers[p.id]), **identity(c, p))
-        for p in rows]
+        id=p.id, online=True, stake=stake, memory_mb=int(p.hardware.get("memory_mb", 0)),
+        slots=p.slots, load=n, reputation=p.reputation, compute_units=p.compute_units,
+        offers=tuple(offers[p.id]), **identity(c, p))
+        for p, (stake, n) in zip(rows, extra, strict=True)]
     # Hardware as verified by challenges: a provider flagged for a wrong or missing
     # answer is not matched; one that proved less keeps only what it proved.
     states = hardware.apply_claims(c, states, hardware.verified_of(rows, claims))
@@ -254,7 +256,7 @@ class ProviderIndex:
             # Changed again while this read ran: what it read may be older than the change
             # (another thread's read of it may even have landed first). Read it once more.
             self._dirty.update(p for p in ids if self._changed.get(p, -1) > start)
-            for pid in ids:
+            for pid in set(ids).difference(st.id for st in states):
                 self._drop(pid)
             for st in states:
                 self._db_seen[st.id] = seen[st.id]
@@ -436,6 +438,13 @@ class ProviderIndex:
                 del items[j]
 
     def _put(self, st: market.ProviderState) -> None:
+        old = self._states.get(st.id)
+        score = self.c.settings.strategy.score
+        if old is not None and old.offers == st.offers and all(
+                score(o.price, old) == score(o.price, st) for o in st.offers):
+            self._states[st.id] = st  # ranked as before (a re-read that found its load
+            # changed, most often): moving it in the sorted lists cost two memmoves each
+            return
         self._drop(st.id)
         self._states[st.id] = st
         strategy = self.c.settings.strategy

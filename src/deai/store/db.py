@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import json
 import logging
+import operator
 import random
 import sqlite3
 import threading
@@ -304,9 +305,24 @@ def _checked(table: Table, cols: list[str]) -> list[str]:
 
 def _many(s: Session, table: Table, sql: str, cols: list[str], keys: list[str],
           rows: Sequence[Mapping[str, Any]]) -> None:
-    """``sql`` once per row: each column's value is ``row[key]``, JSON dumped."""
+    """``sql`` once per row: each column's value is ``row[key]``, JSON dumped. The
+    values are picked in C (``itemgetter``) and only the JSON columns' are touched in
+    Python: building each row's parameters value by value cost a tenth of a matcher
+    batch."""
+    if len(cols) != len(keys):
+        raise ValueError("one key per column")
     json_cols = {c.name for c in table.columns if isinstance(c.type, JSON)}
-    dump = [c in json_cols for c in cols]
-    s.connection().exec_driver_sql(sql, [tuple(json.dumps(r[k]) if d else r[k]
-                                               for k, d in zip(keys, dump, strict=True))
-                                         for r in rows])
+    dumped = [i for i, c in enumerate(cols) if c in json_cols]
+    pick = operator.itemgetter(*keys)
+    if len(keys) == 1:
+        params: list[Any] = [(pick(r),) for r in rows]
+    else:
+        params = [pick(r) for r in rows]
+    if dumped:
+        dumps = json.dumps
+        for n, p in enumerate(params):
+            v = list(p)
+            for i in dumped:
+                v[i] = "null" if v[i] is None else dumps(v[i])
+            params[n] = tuple(v)
+    s.connection().exec_driver_sql(sql, params)
