@@ -528,3 +528,33 @@ def test_the_index_hears_ordinary_writes_and_ignores_rolled_back_ones(c: Coordin
     got, want = both(c, idx)
     assert got == want and got[pid].stake == 11_000_000
     assert idx._dirty == set()
+
+
+def test_re_reads_keep_each_provider_ranked_once_at_its_current_score(c: Coordinator) -> None:
+    """A re-read that finds only the load changed leaves the provider where it is in the
+    sorted lists; one that finds its price or reputation changed moves it. Either way the
+    lists are what a build from the same states makes."""
+    ids = [provider(c, k, price=100 + 10 * k, slots=3, other=k % 2 == 0) for k in range(5)]
+    idx = index(c)
+
+    def consistent() -> None:
+        with idx._lock:
+            _, ranked, top = idx._structures(list(idx._states.values()))
+            assert idx._ranked == ranked and idx._top == top
+
+    with c.db.read() as s:
+        idx.states(s)
+    consistent()
+    queue(c, 4)
+    assert matching.match_once(c)  # batches re-read their providers: loads only
+    with c.db.read() as s:
+        idx.reread(s, ids)
+    consistent()
+    sql(c, "UPDATE offers SET price = 90 WHERE provider_id = :p", p=ids[3])  # now the cheapest
+    sql(c, "UPDATE providers SET reputation = 0.95 WHERE id = :p", p=ids[4])
+    with c.db.read() as s:
+        idx.reread(s, ids)
+    consistent()
+    key = ("embeddings", MODEL)
+    assert [(pid, price) for _, pid, price in idx._ranked[key] if pid == ids[3]] == [(ids[3], 90)]
+    assert idx._ranked[key][0][1] == ids[4]  # 140 at reputation 0.95 scores 77: the best
