@@ -558,3 +558,68 @@ def test_re_reads_keep_each_provider_ranked_once_at_its_current_score(c: Coordin
     key = ("embeddings", MODEL)
     assert [(pid, price) for _, pid, price in idx._ranked[key] if pid == ids[3]] == [(ids[3], 90)]
     assert idx._ranked[key][0][1] == ids[4]  # 140 at reputation 0.95 scores 77: the best
+
+
+# --- 5. a re-read builds a state again whenever a column it was built from changed ------------
+
+MEMO_CHANGES: dict[str, str] = {
+    "reputation": "UPDATE providers SET reputation = 0.93 WHERE id = :p",
+    "compute units": "UPDATE providers SET compute_units = 2.5 WHERE id = :p",
+    "slots": "UPDATE providers SET slots = 3 WHERE id = :p",
+    "operator": "UPDATE providers SET operator = 'someone-else' WHERE id = :p",
+    "origin": "UPDATE providers SET origin = '10.77.0.0/16' WHERE id = :p",
+    "fingerprint": "UPDATE providers SET fingerprint = 'f00d' WHERE id = :p",
+    "offer price": "UPDATE offers SET price = 444 WHERE provider_id = :p",
+    "offer added": "INSERT INTO offers (provider_id, workload, model, price) "
+                   f"VALUES (:p, 'embeddings', '{OTHER}', 321)",
+    "offer gone": "DELETE FROM offers WHERE provider_id = :p",
+    "stake": f"UPDATE balances SET amount = 1234 WHERE account = '{ledger.stake('')}' || :p",
+}
+
+
+def hardware_changed(c: Coordinator, pid: str) -> None:
+    """Registered with other hardware: its memory, and a verified claim that no longer
+    matches the new fingerprint (so it proves nothing)."""
+    def body(s: Session) -> None:
+        p = s.get(Provider, pid)
+        assert p is not None
+        s.add(HwClaim(provider_id=pid, fingerprint=hc.fingerprint(p.hardware, p.benchmark),
+                      status="verified", wrong=False, ratios=[], verified={"memory_mb": 2048},
+                      verified_units=0.25, next_at=0.0, updated_at=c.now()))
+
+    c.db.run(body)
+    with c.db.read() as s:  # the index holds the state the claim made
+        assert provider_index.of(c).reread(s, [pid])[pid].compute_units == 0.25
+    sql(c, "UPDATE providers SET hardware = :h WHERE id = :p",
+        h='{"cpu_model": "cpu", "cores": 2, "memory_mb": 99999, "gpus": []}', p=pid)
+
+
+@pytest.mark.parametrize("c,change", [("sqlite", k) for k in [*sorted(MEMO_CHANGES), "hardware"]]
+                         + [pytest.param("postgres", k, marks=PG)
+                            for k in ("offer price", "hardware")], indirect=["c"])
+def test_a_re_read_reuses_a_state_only_while_its_columns_are_unchanged(
+        c: Coordinator, change: str) -> None:
+    """The index keeps each state with the columns it was built from (``load``'s memo)
+    and reuses it while they read the same. A change to any of them behind the index's
+    back (no ``touch``) is in the next re-read, as a direct read has it; a change to the
+    load alone reuses the state, with the load set."""
+    pid = provider(c, 0, price=150, slots=2, other=True)
+    provider(c, 1, price=160)
+    idx = index(c)
+    with c.db.read() as s:
+        first = idx.reread(s, [pid])[pid]
+        again = idx.reread(s, [pid])[pid]
+    assert again is first or again == first  # nothing changed: the same state
+    fill(c, pid)  # the load alone
+    with c.db.read() as s:
+        loaded = idx.reread(s, [pid])[pid]
+    assert loaded.load == first.load + 1 and loaded.with_(load=first.load) == first
+    if change == "hardware":
+        hardware_changed(c, pid)
+    else:
+        sql(c, MEMO_CHANGES[change], p=pid)
+    with c.db.read() as s:
+        got = idx.reread(s, [pid]).get(pid)
+        want = by_id(matching.provider_states(c, s)).get(pid)
+    assert got == want
+    assert got != loaded  # the change is seen (gone, or a field differs)

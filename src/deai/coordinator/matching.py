@@ -397,7 +397,7 @@ def _place_round(c: Coordinator, s: Session, rows: Sequence[Any],
             load[pl.provider_id] += 1
             out.append(pl)
     # Only the providers a check was just given change (10,000 copies a round otherwise).
-    free = [p if load[p.id] == p.load else replace(p, load=load[p.id]) for p in workers]
+    free = [p if load[p.id] == p.load else p.with_(load=load[p.id]) for p in workers]
     out += market.place(primaries, free, c.settings.min_stake, c.settings.strategy)
     return out, demands
 

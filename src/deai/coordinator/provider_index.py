@@ -20,9 +20,10 @@ them in memory and keeps them fresh:
 
 The index is a hint, never the authority. Every placement made from it is checked
 against the provider's rows inside the write transaction that records it
-(``reread``, the same ``load`` with no cache): a stale entry costs a skipped
-candidate, never a lease to a provider that is offline, full, unstaked, flagged or
-no longer serving the model at that price.
+(``reread``: every row read again; a state is built again unless its columns are
+those it was built from): a stale entry costs a skipped candidate, never a lease to
+a provider that is offline, full, unstaked, flagged or no longer serving the model at
+that price.
 
 The /v1 decision (``place``) walks a per-(workload, model) list sorted by the
 strategy's score: O(log n) to keep sorted when a provider changes, and O(1) reads
@@ -58,9 +59,12 @@ MAX_FRESH = 8  # candidates re-read for one decision before it is left to the ma
 Key = tuple[str, str]
 Ranked = tuple[float, str, int]  # (score, provider, price)
 _Built = tuple[dict[str, market.ProviderState], dict[Key, list[Ranked]], dict[Key, int]]
+# A provider's state and the columns it was built from (``load``); None: not matched.
+Memo = dict[str, tuple[tuple[Any, ...], market.ProviderState | None]]
 
 def load(c: Coordinator, s: Session, ids: Sequence[str] | None = None,
-         since: float | None = None) -> tuple[list[market.ProviderState], dict[str, float]]:
+         since: float | None = None, memo: Memo | None = None
+         ) -> tuple[list[market.ProviderState], dict[str, float]]:
     """Active providers' states (only ``ids`` if given; only those seen at or after
     ``since`` if given) with each one's last beat in the database.
 
@@ -70,6 +74,12 @@ def load(c: Coordinator, s: Session, ids: Sequence[str] | None = None,
     its choices) costs what the database does, not SQLAlchemy's statement building (5x
     more, measured), nor a round trip per table (PostgreSQL). ``online`` is True (the
     caller judges it from the beats).
+
+    ``memo`` (the index's) keeps each provider's state with the columns it was built
+    from: a provider whose columns read now equal those (all but its last beat, stake
+    and leases, which are set on the copy) is not built again. The columns are compared,
+    not a version trusted: a state is always what its rows say now. Building one (its
+    hardware's JSON, its identity, its verified claim) cost two thirds of a re-read.
     """
     conn = s.connection()
     ph = db.placeholder(conn)
@@ -83,44 +93,60 @@ def load(c: Coordinator, s: Session, ids: Sequence[str] | None = None,
             return [], {}
         where += f" AND p.id IN ({', '.join([ph] * len(ids))})"
         args += list(ids)
-    rows: list[_Row] = []
-    extra: list[tuple[int, int]] = []  # each row's stake and leases
-    claims: dict[str, _Claim] = {}
-    for r in conn.exec_driver_sql(  # all at once: rows fetched one by one cost more
-            "SELECT p.id, p.hardware, p.benchmark, p.slots, p.reputation, p.compute_units, "
-            "p.operator, p.origin, p.fingerprint, p.last_seen, "
-            f"(SELECT b.amount FROM balances b WHERE b.account = '{_STAKE}' || p.id), "
-            "(SELECT count(*) FROM assignments a WHERE a.provider_id = p.id "
-            f"AND a.status = {ph}), "
-            "h.provider_id, h.fingerprint, h.status, h.verified, h.verified_units, h.wrong "
-            f"FROM providers p LEFT JOIN hw_claims h ON h.provider_id = p.id WHERE {where}",
-            tuple(args)).all():
-        row = _Row(*r[:10])
-        rows.append(row)
-        extra.append((int(r[10] or 0), int(r[11])))
-        if r[12] is not None:
-            claims[row.id] = _Claim(*r[13:])
+    rows = conn.exec_driver_sql(  # all at once: rows fetched one by one cost more
+        "SELECT p.id, p.hardware, p.benchmark, p.slots, p.reputation, p.compute_units, "
+        "p.operator, p.origin, p.fingerprint, p.last_seen, "
+        f"(SELECT b.amount FROM balances b WHERE b.account = '{_STAKE}' || p.id), "
+        "(SELECT count(*) FROM assignments a WHERE a.provider_id = p.id "
+        f"AND a.status = {ph}), "
+        "h.provider_id, h.fingerprint, h.status, h.verified, h.verified_units, h.wrong "
+        f"FROM providers p LEFT JOIN hw_claims h ON h.provider_id = p.id WHERE {where}",
+        tuple(args)).all()
     if not rows:
         return [], {}
     # All of them: no IN list of every id, the few that are not asked for are dropped.
     among, among_args = "", ()  # type: str, tuple[str, ...]
     if ids is not None:
         among = f" WHERE provider_id IN ({', '.join([ph] * len(rows))})"
-        among_args = tuple(r.id for r in rows)
-    offers: dict[str, list[market.Offer]] = defaultdict(list)
+        among_args = tuple(r[0] for r in rows)
+    offered: dict[str, list[tuple[str, str, int]]] = defaultdict(list)
     for pid, workload, model, price in conn.exec_driver_sql(
             f"SELECT provider_id, workload, model, price FROM offers{among} "
             "ORDER BY provider_id, workload, model", among_args).all():  # the key's order
-        offers[pid].append(market.Offer(workload, model, int(price)))
+        offered[pid].append((workload, model, int(price)))
+    strict = hardware.required(c)
+    got: dict[str, market.ProviderState] = {}
+    build: list[tuple[_Row, int, int, tuple[Any, ...]]] = []
+    claims: dict[str, _Claim] = {}
+    for r in rows:
+        pid, stake, n = r[0], int(r[10] or 0), int(r[11])
+        key = (r[1:9], r[12:], tuple(offered[pid]), strict)
+        hit = memo.get(pid) if memo is not None else None
+        if hit is not None and hit[0] == key:
+            st = hit[1]
+            if st is not None:  # None: its claim keeps it out of matching
+                got[pid] = (st if st.stake == stake and st.load == n
+                            else st.with_(stake=stake, load=n))
+            continue
+        row = _Row(*r[:10])
+        build.append((row, stake, n, key))
+        if r[12] is not None:
+            claims[pid] = _Claim(*r[13:])
     states = [market.ProviderState(
         id=p.id, online=True, stake=stake, memory_mb=int(p.hardware.get("memory_mb", 0)),
         slots=p.slots, load=n, reputation=p.reputation, compute_units=p.compute_units,
-        offers=tuple(offers[p.id]), **identity(c, p))
-        for p, (stake, n) in zip(rows, extra, strict=True)]
+        offers=tuple(market.Offer(*o) for o in offered[p.id]), **identity(c, p))
+        for p, stake, n, _ in build]
     # Hardware as verified by challenges: a provider flagged for a wrong or missing
     # answer is not matched; one that proved less keeps only what it proved.
-    states = hardware.apply_claims(c, states, hardware.verified_of(rows, claims))
-    return states, {p.id: float(p.last_seen or 0.0) for p in rows}
+    kept = {st.id: st for st in hardware.apply_claims(
+        c, states, hardware.verified_of([p for p, *_ in build], claims))}
+    got.update(kept)
+    if memo is not None:
+        for p, _, _, key in build:
+            memo[p.id] = (key, kept.get(p.id))
+    return ([got[r[0]] for r in rows if r[0] in got],  # in the rows' order
+            {r[0]: float(r[9] or 0.0) for r in rows})
 
 
 _LEASED = AssignmentStatus.LEASED.value
@@ -180,6 +206,7 @@ class ProviderIndex:
         self._heard: dict[str, float] = {}  # beats heard here (maybe not written yet)
         self._ranked: dict[Key, list[Ranked]] = {}
         self._top: dict[Key, int] = {}  # the highest price offered per key, about
+        self._memo: Memo = {}  # states with the columns they were built from (``load``)
         self._dirty: set[str] = set()
         # When each provider last changed (touch) or was leased here, on a counter: a read
         # that began before a change may not hold it (``reread``, ``_resync``).
@@ -224,7 +251,7 @@ class ProviderIndex:
         with self._lock:
             st = self._states.get(pid)
             if st is not None:
-                self._states[pid] = replace(st, load=st.load + n)
+                self._states[pid] = st.with_(load=st.load + n)
             self._tick += 1
             self._leased[pid] = self._tick  # a resync reading from before must not undo it
 
@@ -248,7 +275,7 @@ class ProviderIndex:
         ids = sorted(set(ids))
         with self._lock:
             start = self._tick
-        states, seen = load(self.c, s, ids)
+        states, seen = load(self.c, s, ids, memo=self._memo)
         since = self.c.now() - self.c.settings.heartbeat_timeout
         out: dict[str, market.ProviderState] = {}
         with self._lock:
@@ -358,11 +385,11 @@ class ProviderIndex:
         """Every provider online by the database, and those online by a beat heard here
         that the database has not been told of yet."""
         since = self.c.now() - self.c.settings.heartbeat_timeout
-        states, seen = load(self.c, s, since=since)
+        states, seen = load(self.c, s, since=since, memo=self._memo)
         with self._lock:
             heard = sorted(p for p, t in self._heard.items() if t >= since and p not in seen)
         if heard:
-            more, more_seen = load(self.c, s, heard)
+            more, more_seen = load(self.c, s, heard, memo=self._memo)
             states += more
             seen.update(more_seen)
         return states, seen
@@ -422,6 +449,9 @@ class ProviderIndex:
         with self._lock:
             self._states, self._ranked, self._top = built
             self._db_seen = dict(seen)
+            for pid in list(self._memo):  # who left (offline, gone): built again if back
+                if pid not in seen:
+                    self._memo.pop(pid, None)
 
     def _drop(self, pid: str) -> None:
         old = self._states.pop(pid, None)

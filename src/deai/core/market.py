@@ -12,8 +12,8 @@ from __future__ import annotations
 import heapq
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Protocol
+from dataclasses import dataclass, field, fields
+from typing import Any, Protocol
 
 from deai.core.money import cost_for_units
 
@@ -47,6 +47,19 @@ class ProviderState:
             if o.workload == workload and o.model == model:
                 return o.price
         return None
+
+    def with_(self, **changes: Any) -> ProviderState:
+        """A copy with ``changes``: ``dataclasses.replace`` without its ``__init__`` call
+        (0.4 µs against 2.5; the matcher makes one per lease and per re-read provider)."""
+        if not changes.keys() <= _STATE_FIELDS:
+            unknown = sorted(changes.keys() - _STATE_FIELDS)
+            raise TypeError(f"not fields of ProviderState: {unknown}")
+        new = object.__new__(ProviderState)
+        new.__dict__.update(self.__dict__, **changes)
+        return new
+
+
+_STATE_FIELDS = frozenset(f.name for f in fields(ProviderState))
 
 
 @dataclass(frozen=True)
