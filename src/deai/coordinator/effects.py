@@ -9,8 +9,7 @@ are ``core.lifecycle.decide``'s; nothing here chooses what happens next.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import replace
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 from sqlalchemy import Table, select
 from sqlalchemy.orm import Session
@@ -67,39 +66,76 @@ def apply(c: Coordinator, s: Session, job: Job, task: Task | None,
     _Applier(c, s, job, task).run(effects)
 
 
-def placed_many(c: Coordinator, s: Session, placed: Sequence[TaskCtx]) -> None:
+class Placed(NamedTuple):
+    """A primary (or canary) leased in a matcher batch, as the batch claimed it."""
+
+    task: str
+    job: str
+    idx: int
+    job_status: str  # the job's, as claimed (an earlier task of the batch may move it)
+    task_status: str
+    attempts: int
+    canary: bool  # the network's own job
+
+
+def placed_many(c: Coordinator, s: Session, placed: Sequence[Placed]) -> None:
     """``on_placed`` for many primaries (and canaries) leased in one matcher batch: the
     same decisions and the same moves through ``core.lifecycle.move`` as ``apply``, written
     as one executemany per table instead of one ORM update per row. ``placed`` are the
     tasks as the batch claimed them (``matching._commit``: their rows, read under lock,
     not ORM objects, each with no pending check: ``pending_role`` stays NULL and is left
     out of the statement, which spares an index and a trigger per row); a job's status
-    moves once, as the applier would move it."""
+    moves once, as the applier would move it.
+
+    A decision reads a task's states and counts, not its names (they only say which
+    rows its effects move): it is made once per distinct (job status, task status,
+    attempts, canary) in the batch, most often once, not once per task (its context and
+    its effects were a tenth of a batch)."""
     now = c.now()
     tasks: list[dict[str, Any]] = []
     jobs: dict[str, dict[str, Any]] = {}
-    job_now: dict[str, JobStatus] = {}
+    job_now: dict[str, str] = {}
+    decided: dict[tuple[str, str, int, bool], tuple[str | None, int, str | None]] = {}
     for x in placed:
-        if x.job in job_now:  # moved by an earlier task of this batch
-            x = replace(x, job_status=job_now[x.job])
-        for e in D.on_placed(x, Role.PRIMARY):
-            if isinstance(e, E.MoveTask):
-                if e.need is not None:  # a primary's task waits for no check, before or after
-                    raise IllegalTransition(f"placed_many: a primary cannot need {e.need}")
-                to = move(TASK_MOVES, x.task_status, e.to)
-                tasks.append({"b_id": x.task, "b_from": x.task_status, "b_to": to,
-                              "b_attempts": x.attempts + int(e.attempt), "b_t": now})
-            elif isinstance(e, E.MoveJob):
-                to_job = move(JOB_MOVES, x.job_status, e.to)
-                jobs.setdefault(x.job, {"b_id": x.job, "b_from": x.job_status, "b_to": to_job})
-                job_now[x.job] = JobStatus(to_job)
-            else:
-                raise IllegalTransition(f"placed_many: unexpected effect {e!r}")
+        job_status = job_now.get(x.job, x.job_status)  # moved by an earlier task of this batch
+        sig = (job_status, x.task_status, x.attempts, x.canary)
+        d = decided.get(sig)
+        if d is None:
+            d = decided[sig] = _on_placed(TaskCtx(
+                task=x.task, job=x.job, idx=x.idx, job_status=JobStatus(job_status),
+                task_status=TaskStatus(x.task_status), attempts=x.attempts,
+                max_attempts=c.settings.max_attempts, canary=x.canary))
+        to, more, to_job = d
+        if to is not None:
+            tasks.append({"b_id": x.task, "b_from": x.task_status, "b_to": to,
+                          "b_attempts": x.attempts + more, "b_t": now})
+        if to_job is not None:
+            jobs.setdefault(x.job, {"b_id": x.job, "b_from": job_status, "b_to": to_job})
+            job_now[x.job] = to_job
     tt, jt = cast(Table, Task.__table__), cast(Table, Job.__table__)
     db.update_many(s, tt, tasks, where={"id": "b_id", "status": "b_from"},
                    values={"status": "b_to", "attempts": "b_attempts", "updated_at": "b_t"})
     db.update_many(s, jt, list(jobs.values()), where={"id": "b_id", "status": "b_from"},
                    values={"status": "b_to"})
+
+
+def _on_placed(x: TaskCtx) -> tuple[str | None, int, str | None]:
+    """A primary's ``on_placed`` as (the task's new status and the attempts it adds, the
+    job's new status; None where it does not move), each move checked by
+    ``core.lifecycle.move``."""
+    to: str | None = None
+    to_job: str | None = None
+    more = 0
+    for e in D.on_placed(x, Role.PRIMARY):
+        if isinstance(e, E.MoveTask):
+            if e.need is not None:  # a primary's task waits for no check, before or after
+                raise IllegalTransition(f"placed_many: a primary cannot need {e.need}")
+            to, more = move(TASK_MOVES, x.task_status, e.to), int(e.attempt)
+        elif isinstance(e, E.MoveJob):
+            to_job = move(JOB_MOVES, x.job_status, e.to)
+        else:
+            raise IllegalTransition(f"placed_many: unexpected effect {e!r}")
+    return to, more, to_job
 
 
 class _Applier:

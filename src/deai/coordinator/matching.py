@@ -24,7 +24,6 @@ from deai.core.lifecycle import (
     SUBJECT_ROLES,
     TRUSTED_ROLES,
     AssignmentStatus,
-    JobStatus,
     Role,
     TaskStatus,
 )
@@ -309,7 +308,7 @@ def _commit(c: Coordinator, s: Session, *, idx: provider_index.ProviderIndex,
     now_states = idx.reread(s, sorted({pl.provider_id for pl in part}))
     load: dict[str, int] = {pid: st.load for pid, st in now_states.items()}
     done: list[market.Placement] = []
-    bulk = _Bulk(jobs_now={r.job_id: JobStatus(r.job_status) for r in claimed.values()},
+    bulk = _Bulk(jobs_now={r.job_id: r.job_status for r in claimed.values()},
                  ids=new_ids("asg", len(claimed)))
     real = stale = 0
     for pl in part:
@@ -472,8 +471,8 @@ class _Bulk:
 
     leases: list[dict[str, Any]] = field(default_factory=list)
     events: list[dict[str, Any]] = field(default_factory=list)
-    primaries: list[D.TaskCtx] = field(default_factory=list)  # ``effects.placed_many``
-    jobs_now: dict[str, JobStatus] = field(default_factory=dict)  # as claimed, by job
+    primaries: list[effects.Placed] = field(default_factory=list)  # ``placed_many``
+    jobs_now: dict[str, str] = field(default_factory=dict)  # its status as claimed, by job
     ids: list[str] = field(default_factory=list)  # the leases' ids, drawn at once
 
 
@@ -481,7 +480,8 @@ def _lease(c: Coordinator, s: Session, task: Task, job: Job, pl: market.Placemen
            now: float, bulk: _Bulk | None = None) -> None:
     """Record the lease; its rows (and a primary's moves) go to ``bulk`` for the caller
     to write in one statement each, or into the session when ``bulk`` is None."""
-    role = Role(task.pending_role or (Role.CANARY if task.reference_digest else Role.PRIMARY))
+    role = (Role(task.pending_role) if task.pending_role
+            else Role.CANARY if task.reference_digest else Role.PRIMARY)
     payload: str | None = None
     check_of: str | None = None
     forced: Any = None
@@ -513,7 +513,9 @@ def _lease(c: Coordinator, s: Session, task: Task, job: Job, pl: market.Placemen
     if bulk is not None and role in (Role.PRIMARY, Role.CANARY):
         # Its moves with the batch's; its job as the batch claimed it (the plan's may be
         # older: an earlier batch may have started the job).
-        bulk.primaries.append(effects.ctx(c, job, task, bulk.jobs_now.get(job.id)))
+        bulk.primaries.append(effects.Placed(
+            task.id, job.id, task.idx, bulk.jobs_now.get(job.id) or job.status, task.status,
+            task.attempts, job.owner == canaries.NETWORK))
     else:
         effects.apply(c, s, job, task, D.on_placed(effects.ctx(c, job, task),
                                                    Role.PRIMARY if role == Role.CANARY else role))
