@@ -46,6 +46,7 @@ import json
 import logging
 import operator
 import random
+import re
 import sqlite3
 import threading
 import time
@@ -260,6 +261,18 @@ class Database:
         if self.checkpointer is not None:
             self.checkpointer.stop()
         self.engine.dispose()
+
+
+_IN = re.compile(r"(\w+) IN \(([^)]*)\)")
+
+
+def sqlite_equalities(sql: str) -> str:
+    """A CHECK predicate for SQLite: ``col IN ('a', 'b')`` as ``(col = 'a' OR col = 'b')``,
+    elsewhere unchanged; the same truth table, NULL included (``NULL = 'x'`` is NULL as
+    ``NULL IN (...)`` is). SQLite evaluates an IN list by building an ephemeral table
+    each time the statement (or trigger) runs: an executemany builds one per row."""
+    return _IN.sub(lambda m: "(" + " OR ".join(f"{m[1]} = {v.strip()}"
+                                                 for v in m[2].split(",")) + ")", sql)
 
 
 def placeholder(conn: Any) -> str:

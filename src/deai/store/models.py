@@ -27,7 +27,7 @@ from deai.core.lifecycle.states import CHECKS
 
 
 def _checks(table: str) -> tuple[CheckConstraint, ...]:
-    """The lifecycle's CHECK constraints for ``table`` (migration 0004 installs them)."""
+    """The lifecycle's CHECK constraints for ``table`` (migrations 0004 and, on SQLite, 0018)."""
     return tuple(CheckConstraint(sql, name=name) for name, sql in CHECKS[table])
 
 

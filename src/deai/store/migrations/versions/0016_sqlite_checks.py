@@ -14,24 +14,15 @@ same truth table, NULL included: ``NULL = 'x'`` is NULL as ``NULL IN (...)`` is)
 and an UPDATE trigger fires only when its column is written. PostgreSQL's real
 CHECK constraints are unchanged.
 """
-import re
-
 from alembic import op
 
 from deai.core.lifecycle.states import CHECKS
+from deai.store.db import sqlite_equalities as equalities
 
 revision = '0016c'
 down_revision = '0015s'
 branch_labels = None
 depends_on = None
-
-_IN = re.compile(r"(\w+) IN \(([^)]*)\)")
-
-
-def equalities(sql: str) -> str:
-    """``col IN ('a', 'b')`` -> ``(col = 'a' OR col = 'b')``, elsewhere unchanged."""
-    return _IN.sub(lambda m: "(" + " OR ".join(f"{m[1]} = {v.strip()}"
-                                                 for v in m[2].split(",")) + ")", sql)
 
 
 def _install(fast: bool) -> None:
