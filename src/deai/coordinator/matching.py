@@ -206,8 +206,9 @@ def _plan(c: Coordinator, idx: provider_index.ProviderIndex) -> Plan | None:
         idx.refresh(s)
         # On the session's connection, not through the ORM session: its result handling of
         # plain columns cost as much as the query's own sort; as named tuples, whose fields
-        # read in C (a Row's names cost ~10x more, and a task's are read ~15 times)
-        tasks = list(map(_Wanting._make, s.connection().execute(_wanting().limit(BATCH))))
+        # read in C (a Row's names cost ~10x more, and a task's are read ~15 times), from
+        # rows fetched at once (one by one, a fetch each cost more than the tuple saved)
+        tasks = list(map(_Wanting._make, s.connection().execute(_wanting().limit(BATCH)).all()))
         if not tasks:
             return None
         providers = idx.states(s)
@@ -270,7 +271,19 @@ def _wanting() -> Any:
             .order_by(Task.pending_role.is_(None), Job.created_at, Task.idx))
 
 
-def _claim(s: Session, ids: Sequence[str]) -> Sequence[Any]:
+class _Claimed(NamedTuple):
+    """A task as ``_claim`` reads it, with its job's status."""
+
+    id: str
+    status: str
+    pending_role: str | None
+    updated_at: float
+    attempts: int
+    job_id: str
+    job_status: str
+
+
+def _claim(s: Session, ids: Sequence[str]) -> list[_Claimed]:
     """The tasks ``ids`` with their moving parts and their job's status, claimed (``FOR
     UPDATE SKIP LOCKED`` on PostgreSQL; SQLite's write lock is the claim), for the caller
     to check with ``_still_wanted``. In the driver's own SQL: neither ORM objects (a
@@ -282,17 +295,16 @@ def _claim(s: Session, ids: Sequence[str]) -> Sequence[Any]:
     conn = s.connection()
     ph = db.placeholder(conn)
     lock = "" if conn.dialect.name == "sqlite" else " FOR UPDATE OF jobs, tasks SKIP LOCKED"
-    return conn.exec_driver_sql(
+    return list(map(_Claimed._make, conn.exec_driver_sql(
         "SELECT tasks.id, tasks.status, tasks.pending_role, tasks.updated_at, tasks.attempts, "
         "tasks.job_id, jobs.status AS job_status FROM tasks JOIN jobs ON jobs.id = tasks.job_id "
-        f"WHERE tasks.id IN ({', '.join([ph] * len(ids))}){lock}", tuple(ids)).all()
+        f"WHERE tasks.id IN ({', '.join([ph] * len(ids))}){lock}", tuple(ids)).all()))
 
 
-def _still_wanted(r: Any, seen: Seen) -> bool:
+def _still_wanted(r: _Claimed, seen: Seen) -> bool:
     """``_wants_lease`` for a claimed row: its task untouched since the plan (which read it
     wanting a lease), and its job still active unless it is an audit's."""
-    tid, status, role, updated, attempts, _, job_status = r  # by position: a Row's names
-    # cost more than the comparison
+    tid, status, role, updated, attempts, _, job_status = r
     return ((status, role, updated, attempts) == seen[tid]
             and (status == _DONE or job_status in JOB_ACTIVE))
 
@@ -496,6 +508,7 @@ def _lease(c: Coordinator, s: Session, task: Task, job: Job, pl: market.Placemen
     to write in one statement each, or into the session when ``bulk`` is None."""
     role = (Role(task.pending_role) if task.pending_role
             else Role.CANARY if task.reference_digest else Role.PRIMARY)
+    tid, jid = task.id, job.id  # read once: a job's are ORM attributes
     payload: str | None = None
     check_of: str | None = None
     forced: Any = None
@@ -528,22 +541,26 @@ def _lease(c: Coordinator, s: Session, task: Task, job: Job, pl: market.Placemen
         # Its moves with the batch's; its job as the batch claimed it (the plan's may be
         # older: an earlier batch may have started the job).
         bulk.primaries.append(effects.Placed(
-            task.id, job.id, task.idx, bulk.jobs_now.get(job.id) or job.status, task.status,
+            tid, jid, task.idx, bulk.jobs_now.get(jid) or job.status, task.status,
             task.attempts, job.owner == canaries.NETWORK))
     else:
         effects.apply(c, s, job, task, D.on_placed(effects.ctx(c, job, task),
                                                    Role.PRIMARY if role == Role.CANARY else role))
         task.updated_at = now
+    rv = _VALUE[role]  # an enum's ``value`` is a descriptor call; this, a dict's lookup
     row = {"id": bulk.ids.pop() if bulk is not None and bulk.ids else new_id("asg"),
-           "task_id": task.id, "job_id": job.id, "provider_id": pl.provider_id, "role": role.value,
-           "status": AssignmentStatus.LEASED.value, "price": pl.price, "leased_at": now,
+           "task_id": tid, "job_id": jid, "provider_id": pl.provider_id, "role": rv,
+           "status": _LEASED, "price": pl.price, "leased_at": now,
            "lease_deadline": now + c.settings.lease_ttl, "delivered": False,
            "input_digest": payload, "check_of": check_of, "forced": forced}
-    body = {"job": job.id, "provider": pl.provider_id, "price": pl.price, "role": role.value}
+    body = {"job": jid, "provider": pl.provider_id, "price": pl.price, "role": rv}
     if bulk is None:
         s.add(Assignment(**row))
-        c.emit(s, "task_assigned", task.id, **body)
+        c.emit(s, "task_assigned", tid, **body)
     else:
         bulk.leases.append(row)
-        bulk.events.append({"ts": now, "kind": "task_assigned", "subject": task.id,
-                            "body": body})
+        bulk.events.append({"ts": now, "kind": "task_assigned", "subject": tid, "body": body})
+
+
+_VALUE: dict[Role, str] = {r: r.value for r in Role}
+_LEASED = AssignmentStatus.LEASED.value
