@@ -46,8 +46,8 @@ def test_every_check_is_installed_and_refuses_a_value_outside_the_table(db: Data
     _rows(db)
     if db.is_sqlite:  # in the tables, as equalities (an IN list built a table per row)
         with db.read() as s:
-            assert s.execute(text("SELECT name FROM sqlite_master WHERE type = 'trigger'")
-                             ).all() == []
+            assert s.execute(text("SELECT name FROM sqlite_master WHERE type = 'trigger' "
+                                  "AND name LIKE 'ck_%'")).all() == []
             for table, checks in CHECKS.items():
                 body = s.execute(text("SELECT sql FROM sqlite_master WHERE name = :t"),
                                  {"t": table}).scalar_one()
@@ -114,12 +114,12 @@ def test_the_sqlite_rebuild_keeps_rows_indexes_and_keys(tmp_path: Path) -> None:
             "('a1', 't1', 'j1', 'p1', 'primary', 'leased', 5, 0, 60, 0)"))
     before = {t: _all(d, t) for t in CHECKS}
     indexes = _indexes(d)
-    migrate.upgrade(d.engine)
+    migrate.upgrade(d.engine, "0018k")
     assert {t: _all(d, t) for t in CHECKS} == before
     assert _indexes(d) == indexes
     with d.read() as s:
-        assert s.execute(text("SELECT count(*) FROM sqlite_master WHERE type = 'trigger'")
-                         ).scalar() == 0
+        assert s.execute(text("SELECT count(*) FROM sqlite_master WHERE type = 'trigger' "
+                              "AND name LIKE 'ck_%'")).scalar() == 0
         assert s.execute(text("PRAGMA foreign_keys")).scalar() == 1
     _refused(d, "UPDATE assignments SET status = 'lost' WHERE id = 'a1'")
     with pytest.raises(IntegrityError, match="(?i)foreign key"), d.write() as s:
@@ -130,8 +130,9 @@ def test_the_sqlite_rebuild_keeps_rows_indexes_and_keys(tmp_path: Path) -> None:
     migrate.downgrade(d.engine, "0017a")
     assert {t: _all(d, t) for t in CHECKS} == before
     with d.read() as s:
-        assert s.execute(text("SELECT count(*) FROM sqlite_master WHERE type = 'trigger'")
-                         ).scalar() == 2 * sum(len(v) for v in CHECKS.values())
+        assert s.execute(text("SELECT count(*) FROM sqlite_master WHERE type = 'trigger' "
+                              "AND name LIKE 'ck_%'")).scalar() == 2 * sum(
+            len(v) for v in CHECKS.values())
     _refused(d, "UPDATE assignments SET role = 'judge' WHERE id = 'a1'")
     d.dispose()
 

@@ -84,9 +84,14 @@ def test_any_history_keeps_the_invariants(data: st.DataObject, canary: bool) -> 
     assert m.client_payments() <= 1, "the client pays for a task at most once"
     if m.task_status == TaskStatus.DONE and m.output is not None:
         assert len(m.accepts) == 1, "exactly one output is accepted per done task"
+        # A replica's may stand: a referee that re-ran the task convicted the subject and
+        # agreed with the replica (``decide.on_verdict``).
         standing = [a for a, s in m.seats.items() if s.status == AssignmentStatus.ACCEPTED
-                    and s.role != Role.REPLICA and a == m.output]
+                    and a == m.output]
         assert standing == [m.output], "the output that stands is an accepted assignment's"
+        if m.seats[m.output].role == Role.REPLICA:
+            assert any(s.role == Role.REFEREE and s.status == AssignmentStatus.ACCEPTED
+                       for s in m.seats.values()), "a replica's output stands by a verdict"
     if canary:
         assert m.client_payments() == 0 and m.money.get("client", 0) == 0
     for _, _, verdicts_before in m.slashes:

@@ -599,10 +599,11 @@ def hardware_changed(c: Coordinator, pid: str) -> None:
                             for k in ("offer price", "hardware")], indirect=["c"])
 def test_a_re_read_reuses_a_state_only_while_its_columns_are_unchanged(
         c: Coordinator, change: str) -> None:
-    """The index keeps each state with the columns it was built from (``load``'s memo)
-    and reuses it while they read the same. A change to any of them behind the index's
-    back (no ``touch``) is in the next re-read, as a direct read has it; a change to the
-    load alone reuses the state, with the load set."""
+    """The index keeps each state with the version it was built at (``load``'s memo) and
+    reuses it while the version is unchanged. A change to any column it was built from,
+    behind the index's back (no ``touch``, raw SQL), moves the version (the database's
+    triggers) and is in the next re-read, as a direct read has it; the moving parts
+    (load, stake, reputation) are read each time and set on the reused state."""
     pid = provider(c, 0, price=150, slots=2, other=True)
     provider(c, 1, price=160)
     idx = index(c)
@@ -623,3 +624,43 @@ def test_a_re_read_reuses_a_state_only_while_its_columns_are_unchanged(
         want = by_id(matching.provider_states(c, s)).get(pid)
     assert got == want
     assert got != loaded  # the change is seen (gone, or a field differs)
+
+
+def version(c: Coordinator, pid: str) -> int:
+    with c.db.read() as s:
+        return int(s.execute(text("SELECT version FROM providers WHERE id = :p"),
+                             {"p": pid}).scalar_one())
+
+
+def test_the_version_moves_with_what_a_state_is_built_from_and_only_with_that(
+        c: Coordinator) -> None:
+    """The database's triggers (migration 0019) bump a provider's version for every
+    write of a column its state is built from, in its row, its offers or its hardware
+    claim, whoever writes it; a heartbeat, a rating, a bond or a challenge's bookkeeping
+    leaves it alone (those are read at every re-read)."""
+    pid = provider(c, 0, price=150, slots=2, other=True)
+    provider(c, 1, price=160)
+    hardware_changed(c, pid)  # a claim row to change
+    moves = {k: v for k, v in MEMO_CHANGES.items() if k not in ("reputation", "stake")}
+    moves |= {
+        "claim flagged": "UPDATE hw_claims SET status = 'flagged', wrong = TRUE "
+                         "WHERE provider_id = :p",
+        "claim units": "UPDATE hw_claims SET verified_units = 0.5 WHERE provider_id = :p",
+        "claim gone": "DELETE FROM hw_claims WHERE provider_id = :p",
+    }
+    for what, stmt in moves.items():
+        before = version(c, pid)
+        sql(c, stmt, p=pid)
+        assert version(c, pid) > before, what
+    before = version(c, pid)
+    for stmt in ("UPDATE providers SET last_seen = last_seen + 1, reputation = 0.11, "
+                 "tasks_done = tasks_done + 1 WHERE id = :p",
+                 MEMO_CHANGES["stake"]):
+        sql(c, stmt, p=pid)
+    c.bond(pid, 1_000_000)
+    assert version(c, pid) == before
+    hardware_changed(c, pid)
+    before = version(c, pid)
+    sql(c, "UPDATE hw_claims SET next_at = 99, passes = passes + 1 WHERE provider_id = :p",
+        p=pid)
+    assert version(c, pid) == before

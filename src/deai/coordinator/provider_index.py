@@ -20,10 +20,11 @@ them in memory and keeps them fresh:
 
 The index is a hint, never the authority. Every placement made from it is checked
 against the provider's rows inside the write transaction that records it
-(``reread``: every row read again; a state is built again unless its columns are
-those it was built from): a stale entry costs a skipped candidate, never a lease to
-a provider that is offline, full, unstaked, flagged or no longer serving the model at
-that price.
+(``reread``: its stake, load, reputation and last beat read again, and the rest
+built again whenever its ``version`` moved, which the database's own triggers bump
+on any change to what a state is built from): a stale entry costs a skipped
+candidate, never a lease to a provider that is offline, full, unstaked, flagged or
+no longer serving the model at that price.
 
 The /v1 decision (``place``) walks a per-(workload, model) list sorted by the
 strategy's score: O(log n) to keep sorted when a provider changes, and O(1) reads
@@ -59,99 +60,125 @@ MAX_FRESH = 8  # candidates re-read for one decision before it is left to the ma
 Key = tuple[str, str]
 Ranked = tuple[float, str, int]  # (score, provider, price)
 _Built = tuple[dict[str, market.ProviderState], dict[Key, list[Ranked]], dict[Key, int]]
-# A provider's state and the columns it was built from (``load``); None: not matched.
-Memo = dict[str, tuple[tuple[Any, ...], market.ProviderState | None]]
+
+# A provider's state with the version (and hardware rule) it was built at; None: the
+# provider is not matched (its claim keeps it out).
+Memo = dict[str, tuple[tuple[int, bool], market.ProviderState | None]]
+
 
 def load(c: Coordinator, s: Session, ids: Sequence[str] | None = None,
          since: float | None = None, memo: Memo | None = None
          ) -> tuple[list[market.ProviderState], dict[str, float]]:
     """Active providers' states (only ``ids`` if given; only those seen at or after
-    ``since`` if given) with each one's last beat in the database.
+    ``since`` if given) with each one's last beat in the database. ``online`` is True
+    (the caller judges it from the beats).
 
-    Two statements whatever the number of providers, in the driver's own SQL: the
-    providers with their stake, their leases and their hardware claim; then their
-    offers. A re-read of one provider (every /v1 decision and every matcher batch checks
-    its choices) costs what the database does, not SQLAlchemy's statement building (5x
-    more, measured), nor a round trip per table (PostgreSQL). ``online`` is True (the
-    caller judges it from the beats).
-
-    ``memo`` (the index's) keeps each provider's state with the columns it was built
-    from: a provider whose columns read now equal those (all but its last beat, stake
-    and leases, which are set on the copy) is not built again. The columns are compared,
-    not a version trusted: a state is always what its rows say now. Building one (its
-    hardware's JSON, its identity, its verified claim) cost two thirds of a re-read.
+    In the driver's own SQL, a few statements whatever the number of providers (not
+    SQLAlchemy's statement building, 5x more, measured; nor a round trip per table on
+    PostgreSQL): first each provider's moving parts (its stake, its leases, its
+    reputation, its last beat) and its ``version``, which the database bumps whenever
+    anything else a state is built from changes (its row's hardware, slots, identity;
+    its offers; its hardware claim: triggers, migration 0019). ``memo`` (the index's)
+    keeps each state with the version it was built at: a provider whose version is
+    unchanged gets that state with its moving parts set, and only the others are read
+    whole and built (``_build``). A matcher batch's re-read of its providers is then one
+    statement of a few columns; building a state (its hardware's JSON, its identity,
+    its verified claim) and reading its offers cost two thirds of a re-read before.
     """
+    if ids is not None and not ids:
+        return [], {}
     conn = s.connection()
+    where, args = _where(conn, ids, since)
+    rows = conn.exec_driver_sql(  # all at once: rows fetched one by one cost more
+        f"SELECT p.id, p.version, p.last_seen, p.reputation, {_moving(db.placeholder(conn))} "
+        f"FROM providers p WHERE {where}", (_LEASED, *args)).all()
+    strict = hardware.required(c)
+    got: dict[str, market.ProviderState] = {}
+    stale: list[str] = []
+    for pid, version, _, reputation, stake, n in rows:
+        hit = memo.get(pid) if memo is not None else None
+        if hit is None or hit[0] != (version, strict):
+            stale.append(pid)
+            continue
+        st = hit[1]
+        if st is None:  # its claim keeps it out of matching
+            continue
+        stake, reputation = int(stake or 0), float(reputation)
+        got[pid] = (st if st.stake == stake and st.load == n and st.reputation == reputation
+                    else st.with_(stake=stake, load=n, reputation=reputation))
+    if stale:
+        # The whole rows of those that changed, in the same snapshot: by id, or (a build)
+        # by the same condition, which reads every row once instead of an IN list of all.
+        built = _build(c, conn, *(_where(conn, stale, None) if ids is not None
+                                  or len(stale) < len(rows) // 2 else (where, args)))
+        for pid, (version, st) in built.items():
+            if memo is not None:
+                memo[pid] = ((version, strict), st)
+            if st is not None:
+                got[pid] = st
+    return ([got[r[0]] for r in rows if r[0] in got],  # in the rows' order
+            {r[0]: float(r[2] or 0.0) for r in rows})
+
+
+def _where(conn: Any, ids: Sequence[str] | None, since: float | None
+           ) -> tuple[str, list[Any]]:
+    """The providers ``load`` reads: active, seen since ``since``, among ``ids``."""
     ph = db.placeholder(conn)
     where = "p.status = " + ph
-    args: list[Any] = [_LEASED, ProviderStatus.ACTIVE.value]
+    args: list[Any] = [ProviderStatus.ACTIVE.value]
     if since is not None:
         where += f" AND p.last_seen >= {ph}"
         args.append(since)
     if ids is not None:
-        if not ids:
-            return [], {}
         where += f" AND p.id IN ({', '.join([ph] * len(ids))})"
         args += list(ids)
-    rows = conn.exec_driver_sql(  # all at once: rows fetched one by one cost more
+    return where, args
+
+
+def _build(c: Coordinator, conn: Any, where: str, args: list[Any]
+           ) -> dict[str, tuple[int, market.ProviderState | None]]:
+    """The states of the providers ``where`` selects, built from their whole rows, each
+    with the version read with them (None: not matched, by its hardware claim)."""
+    ph = db.placeholder(conn)
+    rows = conn.exec_driver_sql(
         "SELECT p.id, p.hardware, p.benchmark, p.slots, p.reputation, p.compute_units, "
-        "p.operator, p.origin, p.fingerprint, p.last_seen, "
-        f"(SELECT b.amount FROM balances b WHERE b.account = '{_STAKE}' || p.id), "
-        "(SELECT count(*) FROM assignments a WHERE a.provider_id = p.id "
-        f"AND a.status = {ph}), "
+        f"p.operator, p.origin, p.fingerprint, p.last_seen, {_moving(ph)}, p.version, "
         "h.provider_id, h.fingerprint, h.status, h.verified, h.verified_units, h.wrong "
         f"FROM providers p LEFT JOIN hw_claims h ON h.provider_id = p.id WHERE {where}",
-        tuple(args)).all()
+        (_LEASED, *args)).all()
     if not rows:
-        return [], {}
-    # All of them: no IN list of every id, the few that are not asked for are dropped.
-    among, among_args = "", ()  # type: str, tuple[str, ...]
-    if ids is not None:
-        among = f" WHERE provider_id IN ({', '.join([ph] * len(rows))})"
-        among_args = tuple(r[0] for r in rows)
-    offered: dict[str, list[tuple[str, str, int]]] = defaultdict(list)
+        return {}
+    offered: dict[str, list[market.Offer]] = defaultdict(list)
     for pid, workload, model, price in conn.exec_driver_sql(
-            f"SELECT provider_id, workload, model, price FROM offers{among} "
-            "ORDER BY provider_id, workload, model", among_args).all():  # the key's order
-        offered[pid].append((workload, model, int(price)))
-    strict = hardware.required(c)
-    got: dict[str, market.ProviderState] = {}
-    build: list[tuple[_Row, int, int, tuple[Any, ...]]] = []
-    claims: dict[str, _Claim] = {}
-    for r in rows:
-        pid, stake, n = r[0], int(r[10] or 0), int(r[11])
-        key = (r[1:9], r[12:], tuple(offered[pid]), strict)
-        hit = memo.get(pid) if memo is not None else None
-        if hit is not None and hit[0] == key:
-            st = hit[1]
-            if st is not None:  # None: its claim keeps it out of matching
-                got[pid] = (st if st.stake == stake and st.load == n
-                            else st.with_(stake=stake, load=n))
-            continue
-        row = _Row(*r[:10])
-        build.append((row, stake, n, key))
-        if r[12] is not None:
-            claims[pid] = _Claim(*r[13:])
+            "SELECT provider_id, workload, model, price FROM offers WHERE provider_id IN "
+            f"({', '.join([ph] * len(rows))}) ORDER BY provider_id, workload, model",
+            tuple(r[0] for r in rows)).all():  # the key's order
+        offered[pid].append(market.Offer(workload, model, int(price)))
+    provs = [_Row(*r[:10]) for r in rows]
+    claims = {r[0]: _Claim(*r[14:]) for r in rows if r[13] is not None}
     states = [market.ProviderState(
-        id=p.id, online=True, stake=stake, memory_mb=int(p.hardware.get("memory_mb", 0)),
-        slots=p.slots, load=n, reputation=p.reputation, compute_units=p.compute_units,
-        offers=tuple(market.Offer(*o) for o in offered[p.id]), **identity(c, p))
-        for p, stake, n, _ in build]
+        id=p.id, online=True, stake=int(r[10] or 0),
+        memory_mb=int(p.hardware.get("memory_mb", 0)), slots=p.slots, load=int(r[11]),
+        reputation=p.reputation, compute_units=p.compute_units, offers=tuple(offered[p.id]),
+        **identity(c, p)) for p, r in zip(provs, rows, strict=True)]
     # Hardware as verified by challenges: a provider flagged for a wrong or missing
     # answer is not matched; one that proved less keeps only what it proved.
     kept = {st.id: st for st in hardware.apply_claims(
-        c, states, hardware.verified_of([p for p, *_ in build], claims))}
-    got.update(kept)
-    if memo is not None:
-        for p, _, _, key in build:
-            memo[p.id] = (key, kept.get(p.id))
-    return ([got[r[0]] for r in rows if r[0] in got],  # in the rows' order
-            {r[0]: float(r[9] or 0.0) for r in rows})
+        c, states, hardware.verified_of(provs, claims))}
+    return {r[0]: (int(r[12]), kept.get(r[0])) for r in rows}
 
 
 _LEASED = AssignmentStatus.LEASED.value
 _STAKE = ledger.stake("")  # a stake account's prefix ("stake:"), a constant of the code
 # written into the statement's text: nothing a client sends reaches it
+
+
+def _moving(ph: str) -> str:
+    """A provider's stake and live leases, as two columns (their one parameter: the
+    leased status)."""
+    return (f"(SELECT b.amount FROM balances b WHERE b.account = '{_STAKE}' || p.id), "
+            f"(SELECT count(*) FROM assignments a WHERE a.provider_id = p.id "
+            f"AND a.status = {ph})")
 
 
 def _json(v: Any) -> Any:
@@ -206,7 +233,7 @@ class ProviderIndex:
         self._heard: dict[str, float] = {}  # beats heard here (maybe not written yet)
         self._ranked: dict[Key, list[Ranked]] = {}
         self._top: dict[Key, int] = {}  # the highest price offered per key, about
-        self._memo: Memo = {}  # states with the columns they were built from (``load``)
+        self._memo: Memo = {}  # states with the version they were built at (``load``)
         self._dirty: set[str] = set()
         # When each provider last changed (touch) or was leased here, on a counter: a read
         # that began before a change may not hold it (``reread``, ``_resync``).

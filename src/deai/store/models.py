@@ -87,6 +87,10 @@ class Provider(Base):
     operator: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
     origin: Mapped[str | None] = mapped_column(String(64), nullable=True)
     fingerprint: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # Bumped by the database's triggers whenever a column matching builds a provider's
+    # state from changes, in this row, its offers or its hardware claim (migration 0019):
+    # what the matcher's re-read compares (``coordinator.provider_index.load``).
+    version: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
 
     __table_args__ = _checks("providers")
 
