@@ -153,7 +153,8 @@ def match_once(c: Coordinator) -> list[str]:
         c.notifier.wake(woken)
     want = canaries.draw(c, real)
     if want:
-        jobs = [j for _, j in planned.values()]
+        # Each job once (its tasks' rows share its object): a job's fields are ORM reads.
+        jobs = list(dict.fromkeys(j for _, j in planned.values()))
         c.db.run(lambda s: canaries.plant_jobs(c, s, want, jobs))
     return woken
 
