@@ -577,9 +577,8 @@ MEMO_CHANGES: dict[str, str] = {
 }
 
 
-def hardware_changed(c: Coordinator, pid: str) -> None:
-    """Registered with other hardware: its memory, and a verified claim that no longer
-    matches the new fingerprint (so it proves nothing)."""
+def verified(c: Coordinator, pid: str) -> None:
+    """A verified hardware claim on the provider's current hardware."""
     def body(s: Session) -> None:
         p = s.get(Provider, pid)
         assert p is not None
@@ -588,6 +587,12 @@ def hardware_changed(c: Coordinator, pid: str) -> None:
                       verified_units=0.25, next_at=0.0, updated_at=c.now()))
 
     c.db.run(body)
+
+
+def hardware_changed(c: Coordinator, pid: str) -> None:
+    """Registered with other hardware: its memory, and a verified claim that no longer
+    matches the new fingerprint (so it proves nothing)."""
+    verified(c, pid)
     with c.db.read() as s:  # the index holds the state the claim made
         assert provider_index.of(c).reread(s, [pid])[pid].compute_units == 0.25
     sql(c, "UPDATE providers SET hardware = :h WHERE id = :p",
@@ -664,3 +669,56 @@ def test_the_version_moves_with_what_a_state_is_built_from_and_only_with_that(
     sql(c, "UPDATE hw_claims SET next_at = 99, passes = passes + 1 WHERE provider_id = :p",
         p=pid)
     assert version(c, pid) == before
+
+
+def _changed_value(col: Any) -> str | None:
+    """SQL that writes a different valid value into ``col`` (None: leave it alone)."""
+    from sqlalchemy import JSON, BigInteger, Boolean, Float, Integer, String, Text
+    name = col.name
+    if isinstance(col.type, JSON):
+        return (f"{name} = '{{\"cpu_model\": \"other\", \"cores\": 64, \"memory_mb\": 77777, "
+                "\"gpus\": [], \"gflops\": 999.0, \"mem_gbps\": 99.0, \"devices\": [], "
+                "\"units\": 3.5}'")
+    if isinstance(col.type, Boolean):
+        return f"{name} = NOT {name}"
+    if isinstance(col.type, (Integer, BigInteger, Float)):
+        return f"{name} = {name} + 3"
+    if isinstance(col.type, (String, Text)):  # its first letter changed: its length kept
+        v = f"COALESCE({name}, '')"
+        return (f"{name} = CASE WHEN substr({v}, 1, 1) = 'y' THEN 'z' ELSE 'y' END "
+                f"|| substr({v}, 2)")
+    return None
+
+
+@pytest.mark.parametrize("table", ["providers", "hw_claims"])
+def test_every_column_a_state_is_built_from_moves_the_version(
+        c: Coordinator, table: str) -> None:
+    """Column by column, whatever a state is built from: a write of any column of
+    ``providers`` or ``hw_claims`` that changes what a fresh build makes of the provider
+    (beyond its moving parts, read at every re-read) moves its version. A column that
+    ``load`` starts to read, and the triggers of migration 0019 do not cover, fails here."""
+    from deai.store.models import Provider as P
+    cols = (P if table == "providers" else HwClaim).__table__.columns
+    moving = {"stake", "load", "reputation"}
+    for col in cols:
+        if col.name in ("id", "provider_id", "version", "status"):  # the key; the
+            continue  # version itself; status has one legal value ('active', its check)
+        setter = _changed_value(col)
+        if setter is None:
+            continue
+        pid = provider(c, len(col.name), price=150, slots=2)
+        verified(c, pid)
+        with c.db.read() as s:
+            before = provider_index.load(c, s, [pid])[0]
+        assert before and before[0].compute_units == 0.25  # the claim counts
+        v = version(c, pid)
+        key = "id" if table == "providers" else "provider_id"
+        sql(c, f"UPDATE {table} SET {setter} WHERE {key} = :p", p=pid)
+        with c.db.read() as s:
+            after = provider_index.load(c, s, [pid])[0]
+
+        def fixed(states: list[market.ProviderState]) -> list[Any]:
+            return [{k: v for k, v in vars(st).items() if k not in moving} for st in states]
+
+        if fixed(after) != fixed(before):
+            assert version(c, pid) > v, f"{table}.{col.name} changes a state, not the version"
