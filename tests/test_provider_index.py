@@ -15,9 +15,10 @@ import random
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
-from sqlalchemy import select, text
+from sqlalchemy import JSON, BigInteger, Boolean, Float, Integer, String, Text, select, text
 from sqlalchemy.orm import Session
 
 from deai.client.keys import Identity
@@ -673,7 +674,6 @@ def test_the_version_moves_with_what_a_state_is_built_from_and_only_with_that(
 
 def _changed_value(col: Any) -> str | None:
     """SQL that writes a different valid value into ``col`` (None: leave it alone)."""
-    from sqlalchemy import JSON, BigInteger, Boolean, Float, Integer, String, Text
     name = col.name
     if isinstance(col.type, JSON):
         return (f"{name} = '{{\"cpu_model\": \"other\", \"cores\": 64, \"memory_mb\": 77777, "
@@ -697,8 +697,7 @@ def test_every_column_a_state_is_built_from_moves_the_version(
     ``providers`` or ``hw_claims`` that changes what a fresh build makes of the provider
     (beyond its moving parts, read at every re-read) moves its version. A column that
     ``load`` starts to read, and the triggers of migration 0019 do not cover, fails here."""
-    from deai.store.models import Provider as P
-    cols = (P if table == "providers" else HwClaim).__table__.columns
+    cols = (Provider if table == "providers" else HwClaim).__table__.columns
     moving = {"stake", "load", "reputation"}
     for col in cols:
         if col.name in ("id", "provider_id", "version", "status"):  # the key; the
