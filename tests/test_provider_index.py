@@ -721,3 +721,28 @@ def test_every_column_a_state_is_built_from_moves_the_version(
 
         if fixed(after) != fixed(before):
             assert version(c, pid) > v, f"{table}.{col.name} changes a state, not the version"
+
+
+def test_load_reads_long_id_lists_in_parts_and_few_changed_by_id(
+        c: Coordinator, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An id list longer than ``IN_MAX`` is read in parts (SQLite and PostgreSQL bound a
+    statement's parameters); a full read where few providers changed builds those by id,
+    one where most did reads every row once. All give what one plain read gives."""
+    ids = sorted(provider(c, k, price=100 + k, slots=2, other=k % 2 == 0) for k in range(7))
+
+    def read(ids: list[str] | None, memo: provider_index.Memo | None
+             ) -> dict[str, market.ProviderState]:
+        with c.db.read() as s:
+            return by_id(provider_index.load(c, s, ids, memo=memo)[0])
+
+    want = read(None, None)
+    assert set(want) == set(ids)
+    monkeypatch.setattr(provider_index, "IN_MAX", 3)
+    assert read(ids, None) == want  # 3 + 3 + 1
+    memo: provider_index.Memo = {}
+    assert read(None, memo) == want and set(memo) == set(ids)  # all changed: every row
+    sql(c, "UPDATE offers SET price = 777 WHERE provider_id = :p", p=ids[2])
+    want = read(None, None)
+    assert want[ids[2]].price_for("embeddings", MODEL) == 777
+    assert read(None, memo) == want  # one changed: by id
+    assert read(ids, memo) == want

@@ -87,6 +87,14 @@ def load(c: Coordinator, s: Session, ids: Sequence[str] | None = None,
     """
     if ids is not None and not ids:
         return [], {}
+    if ids is not None and len(ids) > IN_MAX:
+        states: list[market.ProviderState] = []
+        beats: dict[str, float] = {}
+        for i in range(0, len(ids), IN_MAX):
+            more, more_beats = load(c, s, ids[i:i + IN_MAX], since, memo)
+            states += more
+            beats.update(more_beats)
+        return states, beats
     conn = s.connection()
     where, args = _where(conn, ids, since)
     rows = conn.exec_driver_sql(  # all at once: rows fetched one by one cost more
@@ -107,10 +115,11 @@ def load(c: Coordinator, s: Session, ids: Sequence[str] | None = None,
         got[pid] = (st if st.stake == stake and st.load == n and st.reputation == reputation
                     else st.with_(stake=stake, load=n, reputation=reputation))
     if stale:
-        # The whole rows of those that changed, in the same snapshot: by id, or (a build)
-        # by the same condition, which reads every row once instead of an IN list of all.
-        built = _build(c, conn, *(_where(conn, stale, None) if ids is not None
-                                  or len(stale) < len(rows) // 2 else (where, args)))
+        # The whole rows of those that changed, in the same snapshot: by id, or (a build,
+        # or most of a full read changed) by the same condition, every row read once.
+        by_id = ids is not None or len(stale) <= min(IN_MAX, len(rows) // 2)
+        built = _build(c, conn, *(_where(conn, stale, None) if by_id else (where, args)),
+                       by_id=by_id)
         for pid, (version, st) in built.items():
             if memo is not None:
                 memo[pid] = ((version, strict), st)
@@ -135,10 +144,12 @@ def _where(conn: Any, ids: Sequence[str] | None, since: float | None
     return where, args
 
 
-def _build(c: Coordinator, conn: Any, where: str, args: list[Any]
+def _build(c: Coordinator, conn: Any, where: str, args: list[Any], *, by_id: bool
            ) -> dict[str, tuple[int, market.ProviderState | None]]:
     """The states of the providers ``where`` selects, built from their whole rows, each
-    with the version read with them (None: not matched, by its hardware claim)."""
+    with the version read with them (None: not matched, by its hardware claim).
+    ``by_id``: ``where`` lists their ids (then their offers are read by id too; else
+    every offer is, and those of other providers dropped)."""
     ph = db.placeholder(conn)
     rows = conn.exec_driver_sql(
         "SELECT p.id, p.hardware, p.benchmark, p.slots, p.reputation, p.compute_units, "
@@ -148,11 +159,14 @@ def _build(c: Coordinator, conn: Any, where: str, args: list[Any]
         (_LEASED, *args)).all()
     if not rows:
         return {}
+    among, among_args = "", ()  # type: str, tuple[str, ...]
+    if by_id:
+        among = f" WHERE provider_id IN ({', '.join([ph] * len(rows))})"
+        among_args = tuple(r[0] for r in rows)
     offered: dict[str, list[market.Offer]] = defaultdict(list)
     for pid, workload, model, price in conn.exec_driver_sql(
-            "SELECT provider_id, workload, model, price FROM offers WHERE provider_id IN "
-            f"({', '.join([ph] * len(rows))}) ORDER BY provider_id, workload, model",
-            tuple(r[0] for r in rows)).all():  # the key's order
+            f"SELECT provider_id, workload, model, price FROM offers{among} "
+            "ORDER BY provider_id, workload, model", among_args).all():  # the key's order
         offered[pid].append(market.Offer(workload, model, int(price)))
     provs = [_Row(*r[:10]) for r in rows]
     claims = {r[0]: _Claim(*r[14:]) for r in rows if r[13] is not None}
@@ -168,6 +182,8 @@ def _build(c: Coordinator, conn: Any, where: str, args: list[Any]
     return {r[0]: (int(r[12]), kept.get(r[0])) for r in rows}
 
 
+IN_MAX = 5000  # ids in one statement's IN list (SQLite allows 32,766 parameters in all,
+# PostgreSQL 65,535): a longer list is read in parts
 _LEASED = AssignmentStatus.LEASED.value
 _STAKE = ledger.stake("")  # a stake account's prefix ("stake:"), a constant of the code
 # written into the statement's text: nothing a client sends reaches it
