@@ -56,4 +56,8 @@ def _migrate(engine: Engine, run: Callable[[Config], None]) -> None:
                             f"names no row, e.g. {tuple(dangling[0])}: not committed")
         finally:
             if raw is not None:
-                raw.execute("PRAGMA foreign_keys=ON")
+                try:
+                    raw.execute("PRAGMA foreign_keys=ON")
+                except Exception:
+                    conn.invalidate()  # never back in the pool with its keys unchecked
+                    raise
