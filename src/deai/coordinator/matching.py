@@ -96,7 +96,7 @@ class _Demands:
                  exclude: frozenset[str] = frozenset()) -> market.TaskDemand:
         of = self.jobs.get(task.job_id)  # the task's: a job's id is an ORM attribute
         if of is None:
-            of = self.jobs[job.id] = (job.kind, job.model, job.max_price,
+            of = self.jobs[task.job_id] = (job.kind, job.model, job.max_price,
                                       catalog.lookup(job.model).memory_mb, sealed.only(job.spec))
         workload, model, max_price, memory_mb, only = of
         units = task.units
@@ -376,9 +376,10 @@ def _place_round(c: Coordinator, s: Session, rows: Sequence[Any],
     verifiers = [p for p in providers if p.verifier]
     touched: dict[str, set[str]] = defaultdict(set)
     failed: dict[str, set[str]] = defaultdict(set)
-    # In the driver's own SQL: SQLAlchemy's expanding IN rendered its 5,000 ids at ~1 µs
-    # each. ``forced`` comes back as the driver gives JSON: text on SQLite (JSON null as
-    # 'null'), parsed on PostgreSQL.
+    # In the driver's own SQL: SQLAlchemy's expanding IN rendered a round's ids at ~1 µs
+    # each (at most BATCH of them: within both engines' bounds on parameters, see
+    # ``provider_index.IN_MAX``). ``forced`` comes back as the driver gives JSON: text on
+    # SQLite (JSON null as 'null'), parsed on PostgreSQL.
     conn = s.connection()
     ids = [t.id for t, _ in rows]
     for tid, pid, status, error, forced in conn.exec_driver_sql(
