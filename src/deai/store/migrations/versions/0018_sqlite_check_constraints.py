@@ -21,7 +21,8 @@ the table first: that took 40 ms a database, and every test makes fresh ones. Th
 checks them all (``PRAGMA foreign_key_check``) before it commits. The predicates
 are written as chains of equalities, as 0016 wrote the triggers': SQLite evaluates
 an IN list by building an ephemeral table each time the statement runs, which an
-executemany does once per row. PostgreSQL's constraints are unchanged.
+executemany does once per row. PostgreSQL's constraints are unchanged. A later
+change to a lifecycle's values must rebuild its table the same way on SQLite.
 """
 import re
 
