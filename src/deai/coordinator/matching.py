@@ -10,7 +10,7 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from collections.abc import Set as AbstractSet
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple, cast
 
 from sqlalchemy import Table, and_, or_, select
@@ -424,7 +424,7 @@ def _place_round(c: Coordinator, s: Session, rows: Sequence[Any],
         parties = touched[task.id] - c.settings.verifiers if trusted else touched[task.id]
         d = demand_of(job, task, index.around(parties))
         if trusted:  # the network's own verifiers bond no stake
-            d = replace(d, stake_needed=0)
+            d = d._replace(stake_needed=0)
             pl = market.pick(d, verifiers, 0, c.rng.random(), load)
         else:
             pl = market.pick(d, workers, c.settings.min_stake, c.rng.random(), load)
