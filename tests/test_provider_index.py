@@ -640,7 +640,7 @@ def version(c: Coordinator, pid: str) -> int:
 
 def test_the_version_moves_with_what_a_state_is_built_from_and_only_with_that(
         c: Coordinator) -> None:
-    """The database's triggers (migration 0019) bump a provider's version for every
+    """The database's triggers (migrations 0019, 0020) move a provider's version on every
     write of a column its state is built from, in its row, its offers or its hardware
     claim, whoever writes it; a heartbeat, a rating, a bond or a challenge's bookkeeping
     leaves it alone (those are read at every re-read)."""
@@ -657,7 +657,7 @@ def test_the_version_moves_with_what_a_state_is_built_from_and_only_with_that(
     for what, stmt in moves.items():
         before = version(c, pid)
         sql(c, stmt, p=pid)
-        assert version(c, pid) > before, what
+        assert version(c, pid) != before, what
     before = version(c, pid)
     for stmt in ("UPDATE providers SET last_seen = last_seen + 1, reputation = 0.11, "
                  "tasks_done = tasks_done + 1 WHERE id = :p",
@@ -670,6 +670,58 @@ def test_the_version_moves_with_what_a_state_is_built_from_and_only_with_that(
     sql(c, "UPDATE hw_claims SET next_at = 99, passes = passes + 1 WHERE provider_id = :p",
         p=pid)
     assert version(c, pid) == before
+
+
+class _RolledBack(Exception):
+    pass
+
+
+def test_a_version_rolled_back_is_never_drawn_again(c: Coordinator) -> None:
+    """A transaction changes a provider, re-reads it (the index keeps the state with its
+    new version) and rolls back; a later change that commits must not reach the same
+    version, or the index would take the rolled-back state for it. With versions counted
+    up by one (migration 0019), it did: both changes made version + 1."""
+    pid = provider(c, 0, price=150, slots=2)
+    provider(c, 1, price=160)
+    idx = index(c)
+    with c.db.read() as s:
+        idx.reread(s, [pid])
+    before = version(c, pid)
+    with pytest.raises(_RolledBack), c.db.write() as s:
+        s.execute(text("UPDATE providers SET slots = 5 WHERE id = :p"), {"p": pid})
+        assert idx.reread(s, [pid])[pid].slots == 5
+        raise _RolledBack
+    assert version(c, pid) == before
+    sql(c, "UPDATE providers SET compute_units = 2.5 WHERE id = :p", p=pid)
+    with c.db.read() as s:
+        got = idx.reread(s, [pid])[pid]
+        want = by_id(matching.provider_states(c, s))[pid]
+    assert got == want and got.slots == 2 and got.compute_units == 2.5
+
+
+def _rolled_back_then_committed(c: Coordinator, pid: str) -> tuple[int, int]:
+    """The version a change rolled back reached, and then one a change committed did."""
+    with pytest.raises(_RolledBack), c.db.write() as s:
+        s.execute(text("UPDATE providers SET slots = slots + 1 WHERE id = :p"), {"p": pid})
+        rolled = int(s.execute(text("SELECT version FROM providers WHERE id = :p"),
+                               {"p": pid}).scalar_one())
+        raise _RolledBack
+    sql(c, "UPDATE providers SET slots = slots + 2 WHERE id = :p", p=pid)
+    return rolled, version(c, pid)
+
+
+def test_unique_versions_downgrade_to_counting_and_back(c: Coordinator) -> None:
+    """Migration 0020 down: a change counts the version up by one again (0019's
+    triggers), and a number rolled back is given out again; up again, never."""
+    pid = provider(c, 0, price=150)
+    migrate.downgrade(c.db.engine, "0019v")
+    before = version(c, pid)
+    rolled, committed = _rolled_back_then_committed(c, pid)
+    assert rolled == committed == before + 1
+    migrate.upgrade(c.db.engine)
+    rolled, committed = _rolled_back_then_committed(c, pid)
+    assert rolled != committed and before + 1 not in (rolled, committed)
+    assert version(c, provider(c, 1, price=160)) != 0  # a new provider draws one too
 
 
 def _changed_value(col: Any) -> str | None:
@@ -720,7 +772,7 @@ def test_every_column_a_state_is_built_from_moves_the_version(
             return [{k: v for k, v in vars(st).items() if k not in moving} for st in states]
 
         if fixed(after) != fixed(before):
-            assert version(c, pid) > v, f"{table}.{col.name} changes a state, not the version"
+            assert version(c, pid) != v, f"{table}.{col.name} changes a state, not the version"
 
 
 def test_load_reads_long_id_lists_in_parts_and_few_changed_by_id(

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import math
 import os
 import secrets
@@ -150,28 +151,45 @@ def _nothing_due(c: Coordinator, pid: str) -> bool:
 def poll(c: Coordinator, pid: str) -> wh.PollOut:
     if _nothing_due(c, pid):
         return wh.PollOut()
-    with c.db.write() as s:
-        p = c.require_provider(s, pid)
-        row, why = _claim(c, s, p)
-        live = s.scalars(select(HwChallenge).where(HwChallenge.provider_id == pid,
-                                                   HwChallenge.status.in_(LIVE))).all()
+    return c.db.run(lambda s: _poll(c, s, pid))
+
+
+def _poll(c: Coordinator, s: Session, pid: str) -> wh.PollOut:
+    p = _locked(c, s, pid)
+    row, why = _claim(c, s, p)
+    live = s.scalars(select(HwChallenge).where(HwChallenge.provider_id == pid,
+                                               HwChallenge.status.in_(LIVE))).all()
+    for ch in live:
+        _expire_if_due(c, s, row, p, ch)
+    if why == "identity":  # a challenge issued for the old identity proves nothing now
         for ch in live:
-            _expire_if_due(c, s, row, p, ch)
-        if why == "identity":  # a challenge issued for the old identity proves nothing now
-            for ch in live:
-                if ch.status in LIVE:
-                    ch.status, ch.detail = "expired", "superseded: the identity changed"
-        if why is None or any(ch.status in LIVE for ch in live):
-            return wh.PollOut()
-        prm = params(c)
-        spec = hc.make_spec(secrets.randbits(63), hc.devices(p.hardware or {},
-                                                             p.benchmark or {}), prm)
-        ch = HwChallenge(id=new_id("hwc"), provider_id=pid, fingerprint=row.fingerprint,
-                         reason=why, spec=spec.to_dict(), status="issued", issued_at=c.now())
-        s.add(ch)
-        row.next_at = c.now() + prm.period_s  # until this one is judged
-        c.emit(s, "hardware_challenge", pid, challenge=ch.id, reason=why)
-        return wh.PollOut(challenge=wh.ChallengeOut(id=ch.id, spec=ch.spec))
+            if ch.status in LIVE:
+                ch.status, ch.detail = "expired", "superseded: the identity changed"
+    if why is None or any(ch.status in LIVE for ch in live):
+        return wh.PollOut()
+    prm = params(c)
+    spec = hc.make_spec(secrets.randbits(63), hc.devices(p.hardware or {},
+                                                         p.benchmark or {}), prm)
+    ch = HwChallenge(id=new_id("hwc"), provider_id=pid, fingerprint=row.fingerprint,
+                     reason=why, spec=spec.to_dict(), status="issued", issued_at=c.now())
+    s.add(ch)
+    row.next_at = c.now() + prm.period_s  # until this one is judged
+    c.emit(s, "hardware_challenge", pid, challenge=ch.id, reason=why)
+    return wh.PollOut(challenge=wh.ChallengeOut(id=ch.id, spec=ch.spec))
+
+
+def _locked(c: Coordinator, s: Session, pid: str) -> Provider:
+    """The provider's row, locked before anything else: every write here (a poll, a
+    commit, an opening, an expiry) takes it first, so two of them on one provider queue
+    on it instead of locking its claim and challenge rows in different orders
+    (PostgreSQL). Taking it later would not do: a claim's judged columns bump the
+    provider's ``version`` through a trigger (migration 0019), and the flush's own
+    order (providers before their claims) is not the order the rows were read in."""
+    p = s.get(Provider, pid, with_for_update=True)
+    if p is None:
+        raise NotFound("this key is not a registered provider; register first",
+                       field="provider")
+    return p
 
 
 def _own(c: Coordinator, s: Session, pid: str, cid: str) -> HwChallenge:
@@ -183,46 +201,54 @@ def _own(c: Coordinator, s: Session, pid: str, cid: str) -> HwChallenge:
     return ch
 
 
+def _judging(c: Coordinator, s: Session, pid: str, cid: str, status: str, rule: str
+             ) -> tuple[Provider, HwChallenge, HwClaim]:
+    """The provider, its challenge ``cid`` (which must be ``status``, else a conflict
+    that states ``rule``) and its claim, locked in that order."""
+    p = _locked(c, s, pid)
+    ch = _own(c, s, pid, cid)
+    if ch.status != status:
+        raise Conflict(f"challenge {cid} is {ch.status}; {rule}", status=ch.status)
+    return p, ch, _claim(c, s, p)[0]
+
+
 def commit(c: Coordinator, pid: str, cid: str, body: wh.CommitIn) -> wh.CommitOut:
     now = c.now()
-    with c.db.write() as s:
-        ch = _own(c, s, pid, cid)
-        if ch.status != "issued":
-            raise Conflict(f"challenge {cid} is {ch.status}; it takes one commitment",
-                           status=ch.status)
-        p = c.require_provider(s, pid)
-        row, _ = _claim(c, s, p)
-        ch.elapsed_s = round(now - ch.issued_at, 4)
-        if body.error is not None or body.root is None:
-            if body.error is None:
-                raise InvalidInput("root: a commitment needs a root or an error", field="root")
-            v = hc.Verdict("error", f"the provider could not run it: {body.error}")
-            return wh.CommitOut(verdict=_judge(c, s, row, p, ch, v))
-        ch.status, ch.committed_at, ch.root = "committed", now, body.root
-        ch.open_seed = str(secrets.randbits(63))
-        op = hc.openings(hc.Spec.from_dict(ch.spec), int(ch.open_seed), params(c))
-        return wh.CommitOut(opening=wh.OpeningOut(rows=[list(r) for r in op.rows],
-                                                  positions=[list(q) for q in op.positions]))
+    return c.db.run(lambda s: _commit(c, s, pid, cid, body, now))
+
+
+def _commit(c: Coordinator, s: Session, pid: str, cid: str, body: wh.CommitIn,
+            now: float) -> wh.CommitOut:
+    p, ch, row = _judging(c, s, pid, cid, "issued", "it takes one commitment")
+    ch.elapsed_s = round(now - ch.issued_at, 4)
+    if body.error is not None or body.root is None:
+        if body.error is None:
+            raise InvalidInput("root: a commitment needs a root or an error", field="root")
+        v = hc.Verdict("error", f"the provider could not run it: {body.error}")
+        return wh.CommitOut(verdict=_judge(c, s, row, p, ch, v))
+    ch.status, ch.committed_at, ch.root = "committed", now, body.root
+    ch.open_seed = str(secrets.randbits(63))
+    op = hc.openings(hc.Spec.from_dict(ch.spec), int(ch.open_seed), params(c))
+    return wh.CommitOut(opening=wh.OpeningOut(rows=[list(r) for r in op.rows],
+                                              positions=[list(q) for q in op.positions]))
 
 
 def open_(c: Coordinator, pid: str, cid: str, body: wh.OpenIn) -> wh.VerdictOut:
-    with c.db.write() as s:
-        ch = _own(c, s, pid, cid)
-        if ch.status != "committed":
-            raise Conflict(f"challenge {cid} is {ch.status}; open it once, after committing",
-                           status=ch.status)
-        p = c.require_provider(s, pid)
-        row, _ = _claim(c, s, p)
-        spec = hc.Spec.from_dict(ch.spec)
-        prm = params(c)
-        assert ch.open_seed is not None and ch.root is not None and ch.elapsed_s is not None
-        op = hc.openings(spec, int(ch.open_seed), prm)
-        ans = _answer(spec, op, body)
-        if c.now() - (ch.committed_at or 0.0) > spec.deadline_s + prm.grace_s:
-            v = hc.Verdict("expired", "the opening came after the grace period")
-        else:
-            v = hc.check(spec, op, bytes.fromhex(ch.root), ans, ch.elapsed_s, prm)
-        return _judge(c, s, row, p, ch, v)
+    return c.db.run(lambda s: _open(c, s, pid, cid, body))
+
+
+def _open(c: Coordinator, s: Session, pid: str, cid: str, body: wh.OpenIn) -> wh.VerdictOut:
+    p, ch, row = _judging(c, s, pid, cid, "committed", "open it once, after committing")
+    spec = hc.Spec.from_dict(ch.spec)
+    prm = params(c)
+    assert ch.open_seed is not None and ch.root is not None and ch.elapsed_s is not None
+    op = hc.openings(spec, int(ch.open_seed), prm)
+    ans = _answer(spec, op, body)
+    if c.now() - (ch.committed_at or 0.0) > spec.deadline_s + prm.grace_s:
+        v = hc.Verdict("expired", "the opening came after the grace period")
+    else:
+        v = hc.check(spec, op, bytes.fromhex(ch.root), ans, ch.elapsed_s, prm)
+    return _judge(c, s, row, p, ch, v)
 
 
 def _answer(spec: hc.Spec, op: hc.Opening, body: wh.OpenIn) -> hc.Answer:
@@ -297,15 +323,33 @@ def _out(ch: HwChallenge, row: HwClaim) -> wh.VerdictOut:
 
 def expire(c: Coordinator) -> int:
     """Judge every challenge left unanswered past its deadline (for a background loop)."""
+    with c.db.read() as s:
+        live = s.execute(select(HwChallenge.provider_id, HwChallenge.id)
+                         .where(HwChallenge.status.in_(LIVE))
+                         .order_by(HwChallenge.provider_id, HwChallenge.id)).all()
+    by: dict[str, list[str]] = {}
+    for pid, cid in live:
+        by.setdefault(pid, []).append(cid)
+    # One provider a transaction, each locked in the order of the other writes here: its
+    # row, its claim, its challenges, read again locked (an opening may have judged one
+    # since the read above; judged twice, a pass would be overwritten by an expiry).
     n = 0
-    with c.db.write() as s:
-        for ch in s.scalars(select(HwChallenge).where(HwChallenge.status.in_(LIVE))).all():
-            p = s.get(Provider, ch.provider_id)
-            row = s.get(HwClaim, ch.provider_id)
-            if p is not None and row is not None:
-                before = ch.status
-                _expire_if_due(c, s, row, p, ch)
-                n += ch.status != before
+    for pid, ids in by.items():
+        n += c.db.run(functools.partial(_expire_of, c, pid=pid, ids=ids))
+    return n
+
+
+def _expire_of(c: Coordinator, s: Session, *, pid: str, ids: list[str]) -> int:
+    p = s.get(Provider, pid, with_for_update=True)
+    row = s.get(HwClaim, pid, with_for_update=True)
+    if p is None or row is None:
+        return 0
+    n = 0
+    for ch in s.scalars(select(HwChallenge).where(HwChallenge.id.in_(ids))
+                        .order_by(HwChallenge.id).with_for_update()).all():
+        if ch.status in LIVE:
+            _expire_if_due(c, s, row, p, ch)
+            n += ch.status not in LIVE
     return n
 
 

@@ -78,7 +78,8 @@ def load(c: Coordinator, s: Session, ids: Sequence[str] | None = None,
     PostgreSQL): first each provider's moving parts (its stake, its leases, its
     reputation, its last beat) and its ``version``, which the database bumps whenever
     anything else a state is built from changes (its row's hardware, slots, identity;
-    its offers; its hardware claim: triggers, migration 0019). ``memo`` (the index's)
+    its offers; its hardware claim: triggers, migrations 0019 and 0020; a
+    number never given back, compared for equality). ``memo`` (the index's)
     keeps each state with the version it was built at: a provider whose version is
     unchanged gets that state with its moving parts set, and only the others are read
     whole and built (``_build``). A matcher batch's re-read of its providers is then one

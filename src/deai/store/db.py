@@ -36,6 +36,9 @@ Consequences:
   task, assignment in that order and re-checks what it read.
 - Heartbeats and deliveries lock assignments before the provider row
   (``coordinator.liveness`` does so in ascending id, with ``SKIP LOCKED``).
+- Hardware challenges lock the provider row first, then its claim and its
+  challenges (``coordinator.hardware._locked``); the expiry takes one
+  provider a transaction.
 Anything that cannot follow the order is still safe, only slower: ``run``
 retries the loser of a deadlock.
 """
