@@ -28,7 +28,7 @@ from deai.core import ledger, market, wire
 from deai.core.clock import ManualClock
 from deai.core.lifecycle import AssignmentStatus, JobStatus, ProviderStatus, TaskStatus
 from deai.store import migrate
-from deai.store.models import Assignment, Job, Offer, Provider, Task
+from deai.store.models import Assignment, Event, Job, Offer, Provider, Task
 from tests.helpers import MODEL
 
 OTHER = "SmolLM2-135M-Instruct"
@@ -184,6 +184,18 @@ def test_a_round_places_what_core_market_place_decides(c: Coordinator) -> None:
     assert prices == {p.task_id: p.price for p in expected}
     assert queued == set(tids) - {p.task_id for p in expected}
     check_slots(c)
+    # One ``task_assigned`` event a lease, in the order they were placed, saying what
+    # its row says (the database builds them from the rows: ``_insert_leases``).
+    with c.db.read() as s:
+        rows = {a.task_id: a for a in s.scalars(select(Assignment))}
+        events = s.scalars(select(Event).where(Event.kind == "task_assigned")
+                           .order_by(Event.id)).all()
+        assert [e.subject for e in events] == [p.task_id for p in expected]
+        for e in events:
+            a = rows[e.subject]
+            assert e.ts == a.leased_at
+            assert e.body == {"job": a.job_id, "provider": a.provider_id, "price": a.price,
+                              "role": "primary"}
 
 
 def test_a_placement_that_went_stale_between_plan_and_commit_is_dropped(
