@@ -6,8 +6,10 @@ members are refunded past now; reads are the owner's only; the journal audits.""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import select
@@ -19,7 +21,7 @@ from deai.core import ledger
 from deai.core.clock import ManualClock
 from deai.core.errors import Conflict, Forbidden, InvalidInput, NoCapacity
 from deai.core.wire_clusters import ClusterIn, RayIn
-from deai.core.wire_leases import HostIn
+from deai.core.wire_leases import ExtendIn, HostIn
 from deai.store import journal, migrate
 from deai.store.models import Event, JournalEntry, Lease, Provider
 
@@ -172,4 +174,38 @@ def test_owner_ends_a_running_cluster(c: Coordinator) -> None:
     cl = clusters.end(c, OWNER, cl.id)
     assert cl.status == "ended" and cl.end_reason == "owner ended"
     assert cl.charged > 0 and cl.charged + cl.refunded == cl.escrow
+    audit(c)
+
+
+@pytest.mark.parametrize("c", ["postgres"], indirect=True)  # SQLite runs writes one by one
+def test_a_member_topped_up_while_its_cluster_ends_gets_the_top_up_back(
+        c: Coordinator, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The cluster loop reads its members, then ends the cluster (its head is gone); in
+    between, the owner tops a worker's lease up. The worker is finished as it is now:
+    its whole escrow, top-up included, charged or refunded. Finished from the loop's
+    first read, the top-up stayed in the lease's escrow account for good."""
+    cl = clusters.create(c, OWNER, ask(nodes=2))
+    advance(c, 5, HOSTS)
+    head, worker = cl.leases
+    leases.end(c, OWNER, head)
+    step, topped = clusters._step, []
+
+    def top_up_meanwhile(*args: Any) -> int:
+        if not topped:  # the members are read; the owner's request commits now
+            t = threading.Thread(target=lambda: topped.append(leases.extend(
+                c, OWNER, worker, ExtendIn(amount=50_000))))
+            t.start()
+            t.join(30)
+            assert topped, "the top-up did not commit"
+        return step(*args)
+
+    monkeypatch.setattr(clusters, "_step", top_up_meanwhile)
+    clusters.tick(c)
+    ended = clusters.show(c, OWNER, cl.id)
+    assert ended.status == "ended" and ended.end_reason == "head lost"
+    with c.db.read() as s:
+        w = s.get(Lease, worker)
+        assert w is not None and w.status == "ended"
+        assert w.escrow == topped[0].escrow and w.charged + w.refunded == w.escrow
+    assert balance(c, ledger.escrow(worker)) == 0
     audit(c)

@@ -13,7 +13,6 @@ trigger) the provider, while the expiry's flush locked them the other way round.
 from __future__ import annotations
 
 import base64
-import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -24,33 +23,25 @@ from sqlalchemy import func, select
 from deai.client.keys import Identity
 from deai.coordinator import hardware
 from deai.coordinator.service import Coordinator
-from deai.coordinator.settings import Settings
 from deai.core import hwcheck as hc
 from deai.core import wire
 from deai.core import wire_hardware as wh
 from deai.core.clock import ManualClock
 from deai.core.errors import Conflict
-from deai.store import migrate
 from deai.store.models import Event, HwChallenge, HwClaim
 from tests.helpers import MODEL
+from tests.races import ENGINES, coordinator, race
 
 PROVIDERS = 8
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+@pytest.fixture(params=ENGINES)
 def c(request: pytest.FixtureRequest, tmp_path: Path,
       monkeypatch: pytest.MonkeyPatch) -> Iterator[Coordinator]:
     # Production's slashing rule (a devnet never slashes): judged twice, a provider
     # would pay twice.
     monkeypatch.setenv("DEAI_HW_SLASH_AFTER", "1")
-    url = "" if request.param == "sqlite" else request.getfixturevalue("fresh_pg_url")
-    coord = Coordinator(Settings(data_dir=tmp_path, database_url=url, devnet=True),
-                        clock=ManualClock())
-    migrate.upgrade(coord.db.engine)
-    try:
-        yield coord
-    finally:
-        coord.db.dispose()
+    yield from coordinator(request, tmp_path)
 
 
 def provider(c: Coordinator, k: int) -> str:
@@ -76,27 +67,6 @@ def shaped(c: Coordinator, cid: str) -> wh.OpenIn:
     return wh.OpenIn(rows=[base64.b64encode(bytes(4 * spec.parts[p].n)).decode()
                            for p, _, _ in op.rows],
                      proofs=[[] for _ in op.rows], values=[0] * len(op.positions))
-
-
-def race(*fns: Callable[[], Any]) -> list[BaseException]:
-    """Run ``fns`` at once, each in its own thread; the errors they raised."""
-    start = threading.Barrier(len(fns))
-    errors: list[BaseException] = []
-
-    def go(fn: Callable[[], Any]) -> None:
-        start.wait()
-        try:
-            fn()
-        except BaseException as e:  # noqa: BLE001 - every error is reported to the test
-            errors.append(e)
-
-    threads = [threading.Thread(target=go, args=(fn,)) for fn in fns]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    assert not any(t.is_alive() for t in threads), "a writer is stuck"
-    return errors
 
 
 def test_a_late_answer_and_the_expiry_judge_each_challenge_once(c: Coordinator) -> None:

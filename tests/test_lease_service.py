@@ -5,8 +5,10 @@ a pro-rata refund and a stake penalty, release of earnings; the journal audits."
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import select
@@ -21,6 +23,7 @@ from deai.core.leases import cost_of
 from deai.core.wire_leases import ExtendIn, HostIn, LeaseIn
 from deai.store import journal, migrate
 from deai.store.models import Event, JournalEntry, Lease, Provider
+from tests.races import gate, race
 
 OWNER, HOST, OTHER = "a" * 64, "b" * 64, "c" * 64
 STAKE = 10_000_000
@@ -217,4 +220,64 @@ def test_a_spot_lease_is_preempted_after_notice(c: Coordinator) -> None:
     assert gone.charged == cost_of(spot.price_hour, 80)
     assert gone.refunded == gone.escrow - gone.charged
     assert leases.show(c, OWNER, new.id).status == "active"
+    audit(c)
+
+
+def releases(c: Coordinator) -> int:
+    with c.db.read() as s:
+        return len(s.scalars(select(JournalEntry).where(JournalEntry.kind == "release")).all())
+
+
+def test_two_ticks_at_once_release_the_earnings_once(c: Coordinator,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two lease loops at once (two leaders for a moment), every lease ended: each reads
+    the earnings due and posts their release. Claimed, they are released once; read
+    without a lock, both posted it, and the second found the pending account empty."""
+    lid = start(c, hours=0.05)
+    advance(c, 190, beat=[lid])  # time up: its earnings wait out the challenge window
+    assert leases.show(c, OWNER, lid).status == "ended"
+    clock = c.clock
+    assert isinstance(clock, ManualClock)
+    clock.advance(150)  # past the window, not yet released (no tick ran)
+    assert balance(c, ledger.pending(HOST)) > 0
+    before = releases(c)
+    meet, release = gate(), ledger.release
+
+    def slow(*args: object, **kw: object) -> ledger.Draft:
+        meet()  # both ticks have read the earnings due before either posts
+        return release(*args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(ledger, "release", slow)
+    assert race(lambda: leases.tick(c, CFG), lambda: leases.tick(c, CFG)) == []
+    assert releases(c) == before + 1
+    assert balance(c, ledger.pending(HOST)) == 0
+    audit(c)
+
+
+def test_two_requests_for_the_last_capacity_get_one_lease(
+        c: Coordinator, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two owners ask at once for the host's whole capacity; both have read it free
+    before either writes. One gets the lease, the other is told there is no capacity:
+    the host is never leased past what it offers. Read without a lock, both got it."""
+    meet, hosts, first = gate(), leases.hosts, threading.local()
+
+    def read_together(*args: Any) -> Any:
+        got = hosts(*args)
+        if not getattr(first, "done", False):  # a request's first read only
+            first.done = True
+            meet()
+        return got
+
+    monkeypatch.setattr(leases, "hosts", read_together)
+    made: list[str] = []
+
+    def ask() -> None:
+        made.append(leases.create(c, OWNER, LeaseIn(cpus=2, memory_mb=1024, hours=1,
+                                                    max_price_hour=10**6)).id)
+
+    errors = race(ask, ask)
+    assert len(made) == 1 and len(errors) == 1 and isinstance(errors[0], NoCapacity), errors
+    with c.db.read() as s:
+        live = s.execute(select(Lease.id, Lease.cpus).where(Lease.status.in_(leases.LIVE))).all()
+    assert [x.id for x in live] == made and sum(x.cpus for x in live) == 2
     audit(c)

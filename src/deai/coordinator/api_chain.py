@@ -200,6 +200,9 @@ def proof(address: str, request: Request, c: C) -> dict[str, Any]:
 
 def withdraw(c: Coordinator, me: str, body: WithdrawIn) -> dict[str, Any]:
     with c.db.write() as s:
+        # The journal's head locked first: two withdrawals at once each checked the
+        # reserve before the other's entry, and together took more than it holds.
+        journal.head(s, lock=True)
         held = rail.reserve(s)
         if body.amount > held:
             raise Conflict(f"amount: the settlement contract holds {held} µ for DeAI "

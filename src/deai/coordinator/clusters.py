@@ -108,8 +108,15 @@ def _end(c: Coordinator, s: Session, cl: Cluster, reason: str, detail: str,
          lease_reason: EndReason) -> None:
     """End the cluster and every live member lease (billed up to now, the rest refunded)."""
     now = c.now()
+    # Locked in ascending id (the lease loop's order) and read again: the cluster loop
+    # read them unlocked, and a lease ended or topped up since by its owner or by the
+    # lease loop must be finished as it is now, not as that read had it (its top-up
+    # refunded, not stranded in escrow; an ended one left alone).
+    members = {x.id: x for x in s.scalars(
+        select(Lease).where(Lease.id.in_(cl.leases)).order_by(Lease.id).with_for_update()
+        .execution_options(populate_existing=True))}
     for lid in cl.leases:
-        lease = s.get(Lease, lid, with_for_update=True)
+        lease = members.get(lid)
         if lease is not None and lease.status != LeaseStatus.ENDED.value:
             lease.detail = f"cluster {cl.id} ended: {reason}"
             leases.finish(c, s, lease, lease_reason, now)

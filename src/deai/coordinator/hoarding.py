@@ -53,7 +53,9 @@ def on_lapse(c: Coordinator, s: Session, a: Assignment, workload: str) -> int:
     pid, now, vp = a.provider_id, c.now(), c.settings.verify
     lapses = recent_lapses(c, s, pid) + 1
     repeated = lapses >= REPEATED
-    r = rep.get(s, pid, workload).decayed(now, vp)
+    # Locked: a rating committed since this transaction began (a result of the same
+    # provider accepted meanwhile) is counted, not overwritten.
+    r = rep.get(s, pid, workload, lock=True).decayed(now, vp)
     r = replace(r, fails=r.fails + 1.0)
     if repeated:
         r = replace(r, cv=0, probation=max(r.probation, vp.probation_tasks))

@@ -28,6 +28,7 @@ because the coordinator's ``Settings`` belong to another module.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from dataclasses import dataclass
@@ -159,8 +160,25 @@ def create(c: Coordinator, owner: str, body: LeaseIn,
     ask = core.Ask(cpus=body.cpus, memory_mb=body.memory_mb, gpus=body.gpus,
                    gpu_model=body.gpu_model, network=body.network, spot=body.spot)
     lid = new_id("lease")
-    with c.db.write() as s:
-        candidates = [h for h in hosts(c, s) if h.provider_id not in exclude]
+    out = c.db.run(functools.partial(_create, c, owner=owner, body=body, cfg=cfg,
+                                     exclude=exclude, ask=ask, lid=lid))
+    c.notifier.published()
+    return out
+
+
+def _choose(c: Coordinator, s: Session, ask: core.Ask, body: LeaseIn,
+            exclude: frozenset[str]) -> tuple[core.Host, int, list[str]]:
+    """The host for ``ask``, its price and the spot leases to give notice to.
+
+    On PostgreSQL the host chosen is locked (its ``LeaseHost`` row) and its fit checked
+    again on a fresh read: two requests at once that chose the same free capacity (or
+    the same spot lease to preempt) queue on that row, and the second sees the first's
+    lease and chooses again among the others. Without it both leased the one free GPU.
+    Two requests that lock two hosts in opposite orders deadlock; ``Database.run``
+    runs the loser again. SQLite's write lock already runs them one at a time."""
+    skip = set(exclude)
+    while True:
+        candidates = [h for h in hosts(c, s) if h.provider_id not in skip]
         host, price, rejected = core.choose(ask, candidates, body.max_price_hour,
                                             c.settings.min_stake)
         preempt: list[str] = []
@@ -171,29 +189,45 @@ def create(c: Coordinator, owner: str, body: LeaseIn,
             why = "; ".join(f"{pid[:12]}: {', '.join(r)}" for pid, r in sorted(rejected.items()))
             raise NoCapacity(f"no provider can host this lease ({why or 'no lease hosts'})",
                              rejected={k: v for k, v in list(rejected.items())[:20]})
-        term = round(body.hours * core.SECONDS_PER_HOUR) if body.hours is not None else None
-        deposit = body.deposit if body.deposit is not None else core.escrow_for(
-            price, body.hours or 0.0)
-        if deposit <= 0:  # a free lease still needs a positive escrow to be recorded
-            deposit = 1
-        lease = Lease(id=lid, owner=owner, provider_id=host.provider_id,
-                      status=LeaseStatus.PENDING.value, cpus=body.cpus,
-                      memory_mb=body.memory_mb, gpus=body.gpus, gpu_model=body.gpu_model,
-                      network=body.network, spot=body.spot, price_hour=price,
-                      max_price_hour=body.max_price_hour, escrow=deposit, charged=0,
-                      refunded=0, penalty=0, created_at=c.now(), term_seconds=term)
-        s.add(lease)
-        s.flush()
-        vid = (volumes.attach(c, s, owner, body.volume, lid, host.provider_id)
-               if body.volume is not None else None)
-        c.settlement.post(s, ledger.escrow_lease(owner, lid, deposit))
-        for victim in preempt:
-            notify_preemption(c, s, victim, lid, c.now() + cfg.notice)
-        c.emit(s, "lease_created", lid, owner=owner, provider=host.provider_id,
-               price_hour=price, escrow=deposit, cpus=body.cpus, memory_mb=body.memory_mb)
-        out = lease_out(lease, c)
-        out.volume = vid
-    c.notifier.published()
+        if c.db.is_sqlite:
+            return host, price, preempt
+        s.get(LeaseHost, host.provider_id, with_for_update=True)
+        again = [h for h in hosts(c, s) if h.provider_id == host.provider_id]
+        fresh, price, _ = core.choose(ask, again, body.max_price_hour, c.settings.min_stake)
+        preempt = []
+        if fresh is None:
+            fresh, price, preempt = core.choose_preempting(
+                ask, again, spot_leases(s), body.max_price_hour, c.settings.min_stake)
+        if fresh is not None:
+            return fresh, price, preempt
+        skip.add(host.provider_id)  # taken meanwhile
+
+
+def _create(c: Coordinator, s: Session, *, owner: str, body: LeaseIn, cfg: LeaseConfig,
+            exclude: frozenset[str], ask: core.Ask, lid: str) -> LeaseOut:
+    host, price, preempt = _choose(c, s, ask, body, exclude)
+    term = round(body.hours * core.SECONDS_PER_HOUR) if body.hours is not None else None
+    deposit = body.deposit if body.deposit is not None else core.escrow_for(
+        price, body.hours or 0.0)
+    if deposit <= 0:  # a free lease still needs a positive escrow to be recorded
+        deposit = 1
+    lease = Lease(id=lid, owner=owner, provider_id=host.provider_id,
+                  status=LeaseStatus.PENDING.value, cpus=body.cpus,
+                  memory_mb=body.memory_mb, gpus=body.gpus, gpu_model=body.gpu_model,
+                  network=body.network, spot=body.spot, price_hour=price,
+                  max_price_hour=body.max_price_hour, escrow=deposit, charged=0,
+                  refunded=0, penalty=0, created_at=c.now(), term_seconds=term)
+    s.add(lease)
+    s.flush()
+    vid = (volumes.attach(c, s, owner, body.volume, lid, host.provider_id)
+           if body.volume is not None else None)
+    c.settlement.post(s, ledger.escrow_lease(owner, lid, deposit))
+    for victim in preempt:
+        notify_preemption(c, s, victim, lid, c.now() + cfg.notice)
+    c.emit(s, "lease_created", lid, owner=owner, provider=host.provider_id,
+           price_hour=price, escrow=deposit, cpus=body.cpus, memory_mb=body.memory_mb)
+    out = lease_out(lease, c)
+    out.volume = vid
     return out
 
 
@@ -284,7 +318,8 @@ def work_for(c: Coordinator, pid: str,
 
 
 def notify_preemption(c: Coordinator, s: Session, lid: str, by: str, at: float) -> None:
-    lease = s.get(Lease, lid, with_for_update=True)
+    # Read again: the caller's read of the spot leases may predate another's notice.
+    lease = s.get(Lease, lid, with_for_update=True, populate_existing=True)
     if lease is None or lease.status == LeaseStatus.ENDED.value or lease.preempt_at:
         return
     lease.preempt_at = at
@@ -434,9 +469,12 @@ def tick(c: Coordinator, cfg: LeaseConfig) -> list[str]:
 
 
 def _release(c: Coordinator, s: Session, now: float) -> None:
+    """Earnings past their challenge window made spendable, each once: claimed (``FOR
+    UPDATE SKIP LOCKED``), since the leases' lock above serializes two ticks only while
+    a lease is live (two leaders for a moment, during a failover, both tick)."""
     due = s.scalars(select(LeaseEarning).where(LeaseEarning.released.is_(False),
                                                LeaseEarning.release_at <= now)
-                    .order_by(LeaseEarning.id)).all()
+                    .order_by(LeaseEarning.id).with_for_update(skip_locked=True)).all()
     by_provider: dict[str, list[LeaseEarning]] = {}
     for e in due:
         by_provider.setdefault(e.provider_id, []).append(e)

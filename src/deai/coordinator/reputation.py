@@ -10,8 +10,13 @@ from deai.store.models import Provider
 from deai.store.models import Reputation as RepRow
 
 
-def get(s: Session, pid: str, workload: str) -> Reputation:
-    row = s.get(RepRow, (pid, workload))
+def get(s: Session, pid: str, workload: str, *, lock: bool = False) -> Reputation:
+    """The provider's rating for ``workload``; ``lock``: its row locked and read again
+    (PostgreSQL), after the provider's row (``store.db``'s lock order), for a caller
+    that writes it back and holds no lock on it yet."""
+    if lock:
+        s.get(Provider, pid, with_for_update=True)
+    row = s.get(RepRow, (pid, workload), with_for_update=lock, populate_existing=lock)
     if row is None:
         return Reputation()
     return Reputation(row.cv, row.passes, row.fails, row.probation, row.updated_at)

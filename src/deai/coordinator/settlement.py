@@ -67,6 +67,14 @@ class Settlement:
     def balances(self, s: Session, accounts: Iterable[str]) -> dict[str, int]:
         return journal.balances(s, accounts)
 
+    def _held(self, s: Session, accounts: Iterable[str]) -> dict[str, int]:
+        """Balances an operation clamps an amount to, read with the journal's head locked:
+        no other posting moves them before this transaction's own. Read unlocked, two
+        checks paid at once from an almost empty treasury each saw all of it, and the
+        second payment was refused (PostgreSQL; on SQLite writes run one at a time)."""
+        journal.head(s, lock=True)
+        return journal.balances(s, accounts)
+
     def fee(self, cost: int) -> int:
         """The network's cut of a payment: the one fee rule."""
         return fee_of(cost, self.fee_bps)
@@ -87,7 +95,7 @@ class Settlement:
     def pay_check(self, s: Session, provider: str, cost: int, assignment_id: str,
                   role: str) -> tuple[ledger.Entry | None, int]:
         """The treasury pays a check, as far as it can; returns (entry, amount)."""
-        amount = min(cost, self.balance(s, ledger.FEE))
+        amount = min(cost, self._held(s, [ledger.FEE]).get(ledger.FEE, 0))
         if amount <= 0:
             return None, 0
         return self.post(s, ledger.check_fee(provider, amount, assignment_id, role)), amount
@@ -100,7 +108,7 @@ class Settlement:
     def forfeit(self, s: Session, provider: str, job_id: str, amount: int, fee_back: int,
                 to_account: str) -> int:
         """Unreleased earnings back to the payer; returns the fee actually returned."""
-        fee_back = min(fee_back, self.balance(s, ledger.FEE))
+        fee_back = min(fee_back, self._held(s, [ledger.FEE]).get(ledger.FEE, 0))
         if amount + fee_back > 0:
             self.post(s, ledger.forfeit(provider, job_id, amount, fee_back, to_account))
         return fee_back
@@ -110,7 +118,7 @@ class Settlement:
         """Released earnings (``owed``) and the fee on them back to the payer, from the
         provider's balance, then its stake, the treasury covering the fee and any
         shortfall as far as it holds; returns the amount returned."""
-        have = self.balances(s, [ledger.acct(provider), ledger.stake(provider), ledger.FEE])
+        have = self._held(s, [ledger.acct(provider), ledger.stake(provider), ledger.FEE])
         from_balance = min(owed, max(0, have.get(ledger.acct(provider), 0)))
         from_stake = min(owed - from_balance, max(0, have.get(ledger.stake(provider), 0)))
         want = fee_back + owed - from_balance - from_stake

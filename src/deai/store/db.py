@@ -39,6 +39,11 @@ Consequences:
 - Hardware challenges lock the provider row first, then its claim and its
   challenges (``coordinator.hardware._locked``); the expiry takes one
   provider a transaction.
+- A decision made from a row read earlier without a lock (a status, an
+  amount, a balance an amount is clamped to) is read again locked before it
+  is written: PostgreSQL's READ COMMITTED lets another writer commit in
+  between. ``Session.get(..., with_for_update=True)`` returns an object the
+  session already holds as it was unless ``populate_existing=True``.
 Anything that cannot follow the order is still safe, only slower: ``run``
 retries the loser of a deadlock.
 """

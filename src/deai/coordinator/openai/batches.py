@@ -202,7 +202,11 @@ def _view(c: Coordinator, s: Session, b: ApiBatch) -> S.BatchOut:
                                                              Task.status == TaskStatus.DONE)))
     ended = job.status not in JOB_ACTIVE
     if ended and b.output_file_id is None and b.error_file_id is None:
-        _finalize(c, s, b, job, status)
+        # Locked and read again: two reads of a batch that just ended (PostgreSQL lets
+        # them overlap) would each write its files; the second finds them written.
+        s.refresh(b, with_for_update=True)
+        if b.output_file_id is None and b.error_file_id is None:
+            _finalize(c, s, b, job, status)
     t = int(job.finished_at) if job.finished_at is not None else None
     errors = None
     if job.status == JobStatus.FAILED and job.error:
