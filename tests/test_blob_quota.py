@@ -13,14 +13,19 @@ import hashlib
 import os
 import time
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
 from deai.client.keys import Identity
+from deai.coordinator import blob_quota
+from deai.coordinator.service import Coordinator
 from deai.core import batch
 from tests.helpers import MODEL, SPEC, HandProvider, funded, lines
 from tests.netutil import Network
+from tests.races import ENGINES, coordinator, gate, race
 
 QUOTA = 1000
 TTL = 3.0
@@ -115,3 +120,37 @@ def test_v1_files_count_and_a_deleted_file_frees_its_bytes(net: Network) -> None
             assert time.time() < end, net.logs()
             time.sleep(0.3)
         assert upload(other).status_code == 200
+
+
+@pytest.fixture(params=ENGINES)
+def c(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Coordinator]:
+    yield from coordinator(request, tmp_path)
+
+
+def test_a_blob_uploaded_again_while_it_is_discarded_keeps_its_bytes(
+        c: Coordinator, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The retention loop finds a blob nothing uses and deletes it; at that moment its
+    account uploads the same bytes again (the upload route: recorded, then stored,
+    which finds the file there and writes nothing). The upload keeps its bytes: before,
+    the delete that followed the loop's check took them from under its record."""
+    data = b"the same bytes, uploaded twice"
+    digest = c.blobs.put(data)
+    me = "ab" * 32
+    checked, uploaded, in_use = gate(), gate(), blob_quota.in_use
+
+    def check_then_wait(*args: Any) -> set[str]:
+        got = in_use(*args)
+        checked()  # the upload starts after this check...
+        uploaded()  # ...and is done before the delete
+        return got
+
+    monkeypatch.setattr(blob_quota, "in_use", check_then_wait)
+
+    def upload() -> None:
+        checked()
+        blob_quota.admit(c, me, digest, len(data))
+        assert c.blobs.put(data) == digest
+        uploaded()
+
+    assert race(lambda: blob_quota.discard_if_unused(c, [digest]), upload) == []
+    assert c.blobs.get(digest) == data

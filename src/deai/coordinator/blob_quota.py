@@ -47,6 +47,7 @@ def admit(c: Coordinator, account: str, digest: str, size: int, field: str = "bo
         if not c.db.is_sqlite:  # one account's uploads, one at a time (SQLite: always)
             s.execute(text("SELECT pg_advisory_xact_lock(hashtext(:k))"),
                       {"k": f"blob-quota:{account}"})
+        _lock_digests(c, s, [digest])  # not while a discard of these bytes checks
         if s.get(BlobRef, (digest, account)) is not None:
             return  # already held: counted once
         have = used(s, account)
@@ -72,19 +73,38 @@ def in_use(s: Session, digests: list[str]) -> set[str]:
     return out
 
 
+def _lock_digests(c: Coordinator, s: Session, digests: list[str]) -> None:
+    """Hold these blobs (PostgreSQL; SQLite's write lock holds everything) until the
+    transaction ends: an upload records itself, and a discard checks and deletes, one at
+    a time per blob. In ascending order: two discards never wait on each other in a
+    cycle."""
+    if not c.db.is_sqlite:
+        s.execute(text("SELECT pg_advisory_xact_lock(hashtext(k)) "
+                       "FROM unnest(CAST(:ks AS text[])) AS k ORDER BY k"),
+                  {"ks": [f"blob:{d}" for d in sorted(set(digests))]})
+
+
 def discard_if_unused(c: Coordinator, digests: list[str]) -> int:
-    """Delete the loose blobs among ``digests`` that nothing uses; returns how many."""
+    """Delete the loose blobs among ``digests`` that nothing uses; returns how many.
+
+    Checked and deleted inside one write transaction holding the blobs
+    (``_lock_digests``): checked outside it, an upload of the same bytes that recorded
+    itself after the check, and found the file still there (so wrote nothing), lost
+    its bytes to the delete that followed."""
     if not digests:
         return 0
-    with c.db.read() as s:
-        gone = set(digests) - in_use(s, digests)
-    n = 0
-    for d in sorted(gone):
-        path = c.blobs.path(d)
-        if path.exists():  # a pack (a job's shards) is always in use: only loose files
-            path.unlink(missing_ok=True)
-            n += 1
-    return n
+
+    def body(s: Session) -> int:
+        _lock_digests(c, s, digests)
+        n = 0
+        for d in sorted(set(digests) - in_use(s, digests)):
+            path = c.blobs.path(d)
+            if path.exists():  # a pack (a job's shards) is always in use: only loose files
+                path.unlink(missing_ok=True)
+                n += 1
+        return n
+
+    return c.db.run(body)
 
 
 def sweep(c: Coordinator) -> int:
