@@ -28,6 +28,7 @@ sum of its members' (node-seconds at each lease's price).
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from dataclasses import dataclass
@@ -96,11 +97,13 @@ def create(c: Coordinator, owner: str, body: ClusterIn,
 
 
 def _abandon(c: Coordinator, cid: str, placed: list[str], why: str) -> None:
-    with c.db.write() as s:
+    def body(s: Session) -> None:
         cl = s.get(Cluster, cid, with_for_update=True)
         assert cl is not None
         cl.leases = placed
         _end(c, s, cl, "not formed", why, EndReason.OWNER_ENDED)
+
+    c.db.run(body)
     c.notifier.published()
 
 
@@ -135,10 +138,12 @@ def owned(s: Session, owner: str, cid: str, *, lock: bool = False) -> Cluster:
 
 
 def end(c: Coordinator, owner: str, cid: str) -> ClusterOut:
-    with c.db.write() as s:
+    def body(s: Session) -> None:
         cl = owned(s, owner, cid, lock=True)
         if cl.status != ENDED:
             _end(c, s, cl, "owner ended", "ended by its owner", EndReason.OWNER_ENDED)
+
+    c.db.run(body)  # run again if it loses a deadlock (the lease loop)
     c.notifier.published()
     return show(c, owner, cid)
 
@@ -159,23 +164,35 @@ def report_ray(c: Coordinator, owner: str, cid: str, body: RayIn) -> ClusterOut:
 
 
 def tick(c: Coordinator) -> int:
-    """One pass of the cluster loop; the number of clusters that changed state."""
+    """One pass of the cluster loop; the number of clusters that changed state.
+
+    One cluster a transaction: ending one locks its leases and then the journal's head,
+    and a second ended in the same transaction would lock its leases after the head,
+    against the lease loop's order (its leases, then the head): a deadlock on
+    PostgreSQL. Each is re-run if it loses one anyway."""
     now = c.now()
+    with c.db.read() as s:
+        ids = list(s.scalars(select(Cluster.id).where(Cluster.status.in_(LIVE))
+                             .order_by(Cluster.id)))
     changed = 0
-    with c.db.write() as s:
-        for cl in s.scalars(select(Cluster).where(Cluster.status.in_(LIVE))
-                            .order_by(Cluster.id).with_for_update()).all():
-            if not cl.leases:  # still being placed (or create failed mid-way)
-                if now > cl.form_by:
-                    _end(c, s, cl, "not formed", "placement did not finish",
-                         EndReason.OWNER_ENDED)
-                    changed += 1
-                continue
-            rows = {x.id: x for x in s.scalars(select(Lease).where(Lease.id.in_(cl.leases)))}
-            changed += _step(c, s, cl, rows, now)
+    for cid in ids:
+        changed += c.db.run(functools.partial(_tick_one, c, cid=cid, now=now))
     if changed:
         c.notifier.published()
     return changed
+
+
+def _tick_one(c: Coordinator, s: Session, *, cid: str, now: float) -> int:
+    cl = s.get(Cluster, cid, with_for_update=True)
+    if cl is None or cl.status not in LIVE:  # ended since the read above
+        return 0
+    if not cl.leases:  # still being placed (or create failed mid-way)
+        if now > cl.form_by:
+            _end(c, s, cl, "not formed", "placement did not finish", EndReason.OWNER_ENDED)
+            return 1
+        return 0
+    rows = {x.id: x for x in s.scalars(select(Lease).where(Lease.id.in_(cl.leases)))}
+    return _step(c, s, cl, rows, now)
 
 
 def _step(c: Coordinator, s: Session, cl: Cluster, rows: dict[str, Lease], now: float) -> int:

@@ -197,7 +197,7 @@ class _Applier:
             return
         ids = sorted(pids)
         self.s.execute(select(Provider.id).where(Provider.id.in_(ids))
-                       .order_by(Provider.id).with_for_update())
+                       .order_by(Provider.id).with_for_update(key_share=True))
         self.s.execute(select(RepRow.provider_id).where(
             RepRow.provider_id.in_(ids), RepRow.workload == self.job.kind)
             .order_by(RepRow.provider_id).with_for_update())

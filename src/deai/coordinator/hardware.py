@@ -185,7 +185,7 @@ def _locked(c: Coordinator, s: Session, pid: str) -> Provider:
     (PostgreSQL). Taking it later would not do: a claim's judged columns bump the
     provider's ``version`` through a trigger (migration 0019), and the flush's own
     order (providers before their claims) is not the order the rows were read in."""
-    p = s.get(Provider, pid, with_for_update=True)
+    p = s.get(Provider, pid, with_for_update={"key_share": True})
     if p is None:
         raise NotFound("this key is not a registered provider; register first",
                        field="provider")
@@ -340,7 +340,7 @@ def expire(c: Coordinator) -> int:
 
 
 def _expire_of(c: Coordinator, s: Session, *, pid: str, ids: list[str]) -> int:
-    p = s.get(Provider, pid, with_for_update=True)
+    p = s.get(Provider, pid, with_for_update={"key_share": True})
     row = s.get(HwClaim, pid, with_for_update=True)
     if p is None or row is None:
         return 0

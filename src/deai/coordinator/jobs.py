@@ -497,21 +497,27 @@ def recover(c: Coordinator) -> None:
     extended so work finished during the outage can still be submitted.
     """
     now = c.now()
-    with c.db.write() as s:
+
+    def body(s: Session) -> None:
         last_alive = max(s.scalar(select(func.max(Event.ts))) or 0.0,
                          s.scalar(select(func.max(Provider.last_seen))) or 0.0)
-        for p in s.scalars(select(Provider).where(
-                Provider.last_seen >= last_alive - c.settings.heartbeat_timeout)):
-            p.last_seen = max(p.last_seen, now)
-        for a in s.scalars(select(Assignment).where(
-                Assignment.status == AssignmentStatus.LEASED)):
-            a.lease_deadline = max(a.lease_deadline, now + c.settings.lease_ttl)
+        # The leases, then their providers (``store.db``'s order: a result locks its
+        # assignment, then its provider), each one statement.
+        until = now + c.settings.lease_ttl
+        s.execute(update(Assignment).where(Assignment.status == AssignmentStatus.LEASED,
+                                           Assignment.lease_deadline < until)
+                  .values(lease_deadline=until))
+        s.execute(update(Provider).where(
+            Provider.last_seen >= last_alive - c.settings.heartbeat_timeout,
+            Provider.last_seen < now).values(last_seen=now))
         if c.settings.devnet and c.settings.treasury_grant > 0 and s.scalar(
                 select(func.count()).select_from(Event).where(
                     Event.kind == "treasury_granted")) == 0:
             c.settlement.grant(s, c.settings.treasury_grant, "devnet genesis")
             c.emit(s, "treasury_granted", "", amount=c.settings.treasury_grant)
         c.emit(s, "coordinator_started", "")
+
+    c.db.run(body)  # a leader's first act: re-run, not given up, if it loses a deadlock
 
 
 def _expire_row(expire: Callable[[Session, str, str, str], bool], r: Any, s: Session) -> bool:

@@ -221,9 +221,9 @@ def _create(c: Coordinator, s: Session, *, owner: str, body: LeaseIn, cfg: Lease
     s.flush()
     vid = (volumes.attach(c, s, owner, body.volume, lid, host.provider_id)
            if body.volume is not None else None)
-    c.settlement.post(s, ledger.escrow_lease(owner, lid, deposit))
-    for victim in preempt:
+    for victim in preempt:  # its lease locked before the journal's head (store.db's order)
         notify_preemption(c, s, victim, lid, c.now() + cfg.notice)
+    c.settlement.post(s, ledger.escrow_lease(owner, lid, deposit))
     c.emit(s, "lease_created", lid, owner=owner, provider=host.provider_id,
            price_hour=price, escrow=deposit, cpus=body.cpus, memory_mb=body.memory_mb)
     out = lease_out(lease, c)
@@ -241,37 +241,42 @@ def owned(s: Session, owner: str, lid: str, *, lock: bool = False) -> Lease:
 
 
 def end(c: Coordinator, owner: str, lid: str) -> LeaseOut:
-    with c.db.write() as s:
+    def body(s: Session) -> LeaseOut:
         lease = owned(s, owner, lid, lock=True)
         if lease.status != LeaseStatus.ENDED.value:
             finish(c, s, lease, EndReason.OWNER_ENDED, c.now())
-        out = lease_out(lease, c)
+        return lease_out(lease, c)
+
+    out = c.db.run(body)  # run again if it loses a deadlock (the lease loop, a cluster's)
     c.notifier.published()
     return out
 
 
 def extend(c: Coordinator, owner: str, lid: str, body: ExtendIn) -> LeaseOut:
-    with c.db.write() as s:
-        lease = owned(s, owner, lid, lock=True)
-        if lease.status == LeaseStatus.ENDED.value:
-            raise Conflict(f"lease {lid} has ended ({lease.end_reason})", status="ended")
-        if body.hours is not None:
-            seconds = round(body.hours * core.SECONDS_PER_HOUR)
-            amount = max(1, core.escrow_for(lease.price_hour, body.hours))
-            if lease.term_seconds is not None:
-                lease.term_seconds += seconds
-                if lease.term_end is not None:
-                    lease.term_end += seconds
-        else:
-            assert body.amount is not None
-            amount = body.amount
-        c.settlement.post(s, ledger.escrow_lease(owner, lid, amount))
-        lease.escrow += amount
-        lease.warned_at = None  # a new warning if the topped-up escrow runs low again
-        c.emit(s, "lease_extended", lid, owner=owner, amount=amount, hours=body.hours)
-        out = lease_out(lease, c)
+    out = c.db.run(functools.partial(_extend, c, owner=owner, lid=lid, body=body))
     c.notifier.published()
     return out
+
+
+def _extend(c: Coordinator, s: Session, *, owner: str, lid: str, body: ExtendIn) -> LeaseOut:
+    lease = owned(s, owner, lid, lock=True)
+    if lease.status == LeaseStatus.ENDED.value:
+        raise Conflict(f"lease {lid} has ended ({lease.end_reason})", status="ended")
+    if body.hours is not None:
+        seconds = round(body.hours * core.SECONDS_PER_HOUR)
+        amount = max(1, core.escrow_for(lease.price_hour, body.hours))
+        if lease.term_seconds is not None:
+            lease.term_seconds += seconds
+            if lease.term_end is not None:
+                lease.term_end += seconds
+    else:
+        assert body.amount is not None
+        amount = body.amount
+    c.settlement.post(s, ledger.escrow_lease(owner, lid, amount))
+    lease.escrow += amount
+    lease.warned_at = None  # a new warning if the topped-up escrow runs low again
+    c.emit(s, "lease_extended", lid, owner=owner, amount=amount, hours=body.hours)
+    return lease_out(lease, c)
 
 
 def show(c: Coordinator, owner: str, lid: str) -> LeaseOut:
@@ -330,40 +335,48 @@ def notify_preemption(c: Coordinator, s: Session, lid: str, by: str, at: float) 
 
 def heartbeat(c: Coordinator, pid: str, running: list[str], failed: dict[str, str]) -> list[str]:
     """Record the agent's running leases; start pending ones; return the ids to stop."""
-    now = c.now()
-    stop: list[str] = []
-    changed = False
-    with c.db.write() as s:
-        c.require_provider(s, pid).last_seen = now
-        ids = sorted(set(running) | set(failed))
-        rows = {x.id: x for x in s.scalars(select(Lease).where(Lease.id.in_(ids))
-                                           .with_for_update())} if ids else {}
-        for lid in ids:
-            lease = rows.get(lid)
-            if lease is None or lease.provider_id != pid:
-                stop.append(lid)
-                continue
-            if lid in failed:
-                if lease.status != LeaseStatus.ENDED.value:
-                    lease.detail = f"provider could not run it: {failed[lid][:500]}"
-                    finish(c, s, lease, EndReason.POLICY, now)
-                    changed = True
-                stop.append(lid)
-            elif lease.status == LeaseStatus.PENDING.value:
-                core.check_transition(lease.status, LeaseStatus.ACTIVE)
-                lease.status = LeaseStatus.ACTIVE.value
-                lease.started_at = lease.last_heartbeat = lease.settled_at = now
-                if lease.term_seconds is not None:
-                    lease.term_end = now + lease.term_seconds
-                c.emit(s, "lease_started", lid, owner=lease.owner, provider=pid)
-                changed = True
-            elif lease.status == LeaseStatus.ACTIVE.value:
-                lease.last_heartbeat = now
-            else:
-                stop.append(lid)
+    stop, changed = c.db.run(functools.partial(_heartbeat, c, pid=pid, running=running,
+                                               failed=failed))
     if changed:
         c.notifier.published()
     return stop
+
+
+def _heartbeat(c: Coordinator, s: Session, *, pid: str, running: list[str],
+               failed: dict[str, str]) -> tuple[list[str], bool]:
+    """``heartbeat``'s transaction: the leases locked in ascending id (the lease loop's
+    order), then the provider's row (``store.db``: leases before their provider)."""
+    now = c.now()
+    stop: list[str] = []
+    changed = False
+    ids = sorted(set(running) | set(failed))
+    rows = {x.id: x for x in s.scalars(select(Lease).where(Lease.id.in_(ids))
+                                       .order_by(Lease.id).with_for_update())} if ids else {}
+    c.require_provider(s, pid).last_seen = now
+    for lid in ids:
+        lease = rows.get(lid)
+        if lease is None or lease.provider_id != pid:
+            stop.append(lid)
+            continue
+        if lid in failed:
+            if lease.status != LeaseStatus.ENDED.value:
+                lease.detail = f"provider could not run it: {failed[lid][:500]}"
+                finish(c, s, lease, EndReason.POLICY, now)
+                changed = True
+            stop.append(lid)
+        elif lease.status == LeaseStatus.PENDING.value:
+            core.check_transition(lease.status, LeaseStatus.ACTIVE)
+            lease.status = LeaseStatus.ACTIVE.value
+            lease.started_at = lease.last_heartbeat = lease.settled_at = now
+            if lease.term_seconds is not None:
+                lease.term_end = now + lease.term_seconds
+            c.emit(s, "lease_started", lid, owner=lease.owner, provider=pid)
+            changed = True
+        elif lease.status == LeaseStatus.ACTIVE.value:
+            lease.last_heartbeat = now
+        else:
+            stop.append(lid)
+    return stop, changed
 
 
 def runs_on(c: Coordinator, lid: str) -> tuple[str, str, str]:
@@ -430,41 +443,45 @@ def finish(c: Coordinator, s: Session, lease: Lease, reason: EndReason, until: f
 
 def tick(c: Coordinator, cfg: LeaseConfig) -> list[str]:
     """One pass of the lease loop; returns the providers whose leases ended."""
-    now = c.now()
-    touched: list[str] = []
-    with c.db.write() as s:
-        rows = s.scalars(select(Lease).where(Lease.status.in_(LIVE)).order_by(Lease.id)
-                         .with_for_update()).all()
-        for lease in rows:
-            if lease.status == LeaseStatus.PENDING.value:
-                if now - lease.created_at > cfg.start_timeout:
-                    lease.detail = f"not started within {cfg.start_timeout:.0f} s"
-                    finish(c, s, lease, EndReason.PROVIDER_LOST, now, cfg.penalty_bps)
-                    touched.append(lease.provider_id)
-                continue
-            last = lease.last_heartbeat or lease.started_at or now
-            at, reason = core.ends_at(billing(lease))
-            if lease.preempt_at is not None and (at is None or lease.preempt_at < at):
-                at, reason = lease.preempt_at, EndReason.PREEMPTED
-            if now - last > cfg.grace and (at is None or last < at):
-                lease.detail = f"no heartbeat for {now - last:.0f} s (grace {cfg.grace:.0f} s)"
-                finish(c, s, lease, EndReason.PROVIDER_LOST, last, cfg.penalty_bps)
-                touched.append(lease.provider_id)
-            elif at is not None and reason is not None and now >= at:
-                finish(c, s, lease, reason, at)
-                touched.append(lease.provider_id)
-            else:
-                if lease.warned_at is None and core.warn_due(billing(lease), now, cfg.warn):
-                    lease.warned_at = now
-                    c.emit(s, "lease_warning", lease.id, owner=lease.owner,
-                           ends_at=at, reason=EndReason.ESCROW_EXHAUSTED.value,
-                           message=f"escrow runs out in {max(0.0, (at or now) - now):.0f} s; "
-                                   "top it up with `deai lease extend`")
-                if now - (lease.settled_at or now) >= cfg.settle_every:
-                    charge(c, s, lease, last)  # only time the provider was heard to be up
-        _release(c, s, now)
+    touched = c.db.run(functools.partial(_tick, c, cfg=cfg))
     if touched:
         c.notifier.published()
+    return touched
+
+
+def _tick(c: Coordinator, s: Session, *, cfg: LeaseConfig) -> list[str]:
+    now = c.now()
+    touched: list[str] = []
+    rows = s.scalars(select(Lease).where(Lease.status.in_(LIVE)).order_by(Lease.id)
+                     .with_for_update()).all()
+    for lease in rows:
+        if lease.status == LeaseStatus.PENDING.value:
+            if now - lease.created_at > cfg.start_timeout:
+                lease.detail = f"not started within {cfg.start_timeout:.0f} s"
+                finish(c, s, lease, EndReason.PROVIDER_LOST, now, cfg.penalty_bps)
+                touched.append(lease.provider_id)
+            continue
+        last = lease.last_heartbeat or lease.started_at or now
+        at, reason = core.ends_at(billing(lease))
+        if lease.preempt_at is not None and (at is None or lease.preempt_at < at):
+            at, reason = lease.preempt_at, EndReason.PREEMPTED
+        if now - last > cfg.grace and (at is None or last < at):
+            lease.detail = f"no heartbeat for {now - last:.0f} s (grace {cfg.grace:.0f} s)"
+            finish(c, s, lease, EndReason.PROVIDER_LOST, last, cfg.penalty_bps)
+            touched.append(lease.provider_id)
+        elif at is not None and reason is not None and now >= at:
+            finish(c, s, lease, reason, at)
+            touched.append(lease.provider_id)
+        else:
+            if lease.warned_at is None and core.warn_due(billing(lease), now, cfg.warn):
+                lease.warned_at = now
+                c.emit(s, "lease_warning", lease.id, owner=lease.owner,
+                       ends_at=at, reason=EndReason.ESCROW_EXHAUSTED.value,
+                       message=f"escrow runs out in {max(0.0, (at or now) - now):.0f} s; "
+                               "top it up with `deai lease extend`")
+            if now - (lease.settled_at or now) >= cfg.settle_every:
+                charge(c, s, lease, last)  # only time the provider was heard to be up
+    _release(c, s, now)
     return touched
 
 

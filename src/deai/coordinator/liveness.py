@@ -229,7 +229,7 @@ class Liveness:
         got: set[str] = set()
         for i in range(0, len(ids), CHUNK):
             q = (select(col).where(col.in_(ids[i:i + CHUNK]), *extra).order_by(col)
-                 .with_for_update(skip_locked=True))
+                 .with_for_update(skip_locked=True, key_share=True))
             got.update(s.scalars(q))
         return got
 

@@ -15,7 +15,7 @@ def get(s: Session, pid: str, workload: str, *, lock: bool = False) -> Reputatio
     (PostgreSQL), after the provider's row (``store.db``'s lock order), for a caller
     that writes it back and holds no lock on it yet."""
     if lock:
-        s.get(Provider, pid, with_for_update=True)
+        s.get(Provider, pid, with_for_update={"key_share": True})
     row = s.get(RepRow, (pid, workload), with_for_update=lock, populate_existing=lock)
     if row is None:
         return Reputation()

@@ -161,7 +161,7 @@ class Coordinator:
         now = self.now()
 
         def body(s: Session) -> None:
-            p = s.get(Provider, pid, with_for_update=True)
+            p = s.get(Provider, pid, with_for_update={"key_share": True})
             if p is None:
                 p = Provider(id=pid, registered_at=now, reputation=0.5, tasks_done=0)
                 s.add(p)

@@ -202,9 +202,9 @@ def record(c: Coordinator, pid: str, lid: str, data: bytes) -> VolumeOut:
         raise PayloadTooLarge(f"body: a snapshot of {len(data)} bytes is over the volume's "
                               f"size of {cap} bytes", field="body", limit=cap)
     digest = c.blobs.put(data)  # before the row that names it; the same bytes twice are one
-    with c.db.write() as s:
-        m = s.get(VolumeMount, lid, with_for_update=True)
-        v = s.get(Volume, m.volume_id, with_for_update=True) if m is not None else None
+
+    def body(s: Session) -> tuple[VolumeOut, list[str]]:
+        m, v = _locked_mount(s, lid)
         if m is None or v is None or not core.saving_blocks(m.state, m.ended_at, now,
                                                              save_timeout()):
             raise Conflict(f"lease: {lid} no longer holds its volume; the last snapshot "
@@ -226,9 +226,25 @@ def record(c: Coordinator, pid: str, lid: str, data: bytes) -> VolumeOut:
         c.emit(s, "volume_snapshot", v.id, owner=v.owner, lease=lid, provider=pid,
                digest=digest, size=len(data), kind=kind.value,
                lease_status=lease.status if lease is not None else None)
-        out = _out(s, v, now)
+        return _out(s, v, now), pruned
+
+    out, pruned = c.db.run(body)
     blob_quota.discard_if_unused(c, pruned)
     return out
+
+
+def _locked_mount(s: Session, lid: str) -> tuple[VolumeMount | None, Volume | None]:
+    """A lease's mount and its volume, locked volume first (as ``remove``, which deletes
+    a volume's mounts, locks them) and read again: locked mount first, a snapshot and a
+    removal of its volume at once deadlocked on PostgreSQL."""
+    seen = s.get(VolumeMount, lid)  # unlocked: which volume to lock
+    if seen is None:
+        return None, None
+    v = s.get(Volume, seen.volume_id, with_for_update=True)
+    m = s.get(VolumeMount, lid, with_for_update=True, populate_existing=True)
+    if m is None or v is None or m.volume_id != v.id:
+        return m, None
+    return m, v
 
 
 def failed(c: Coordinator, pid: str, lid: str, reason: str) -> None:
@@ -244,17 +260,18 @@ def failed(c: Coordinator, pid: str, lid: str, reason: str) -> None:
 
 def _refuse(c: Coordinator, lid: str, why: str) -> None:
     """A snapshot that cannot be kept: a saving mount is done (the last snapshot stands)."""
-    with c.db.write() as s:
-        m = s.get(VolumeMount, lid, with_for_update=True)
+    def body(s: Session) -> None:
+        m, v = _locked_mount(s, lid)
         if m is None or m.state == DONE:
             return
         if m.state == SAVING:
             m.state = DONE
         m.asked_at = None
-        v = s.get(Volume, m.volume_id, with_for_update=True)
         if v is not None:
             v.error, v.error_at = why[:500], c.now()
         c.emit(s, "volume_snapshot_failed", m.volume_id, lease=lid, reason=why[:500])
+
+    c.db.run(body)
 
 
 def _prune(s: Session, vid: str) -> list[str]:

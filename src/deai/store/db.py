@@ -23,7 +23,13 @@ primary key::
          → journal_head → balances (ascending account)
 
 Inserts of new rows (events, nonces, journal entries, assignments being
-created) take no lock anyone else waits on and may happen at any point.
+created) may happen at any point, but an insert's foreign key takes a KEY
+SHARE lock on the row it names (an assignment's provider, a task's job). So a
+row that others' inserts name is locked ``FOR NO KEY UPDATE``
+(``with_for_update(key_share=True)``), never ``FOR UPDATE``, unless its key
+changes or it is deleted: providers above all (a /v1 request inserts its lease
+after the journal's head, while a result holds the provider and waits for the
+head; with ``FOR UPDATE`` those two deadlocked).
 
 Consequences:
 - The journal head is the last lock before the balances: ``journal.append``
@@ -39,6 +45,9 @@ Consequences:
 - Hardware challenges lock the provider row first, then its claim and its
   challenges (``coordinator.hardware._locked``); the expiry takes one
   provider a transaction.
+- Hourly leases: a lease's rows in ascending id, then its provider, then the
+  journal's head; a cluster's row, then its leases (one cluster a transaction);
+  a volume, then its mounts.
 - A decision made from a row read earlier without a lock (a status, an
   amount, a balance an amount is clamped to) is read again locked before it
   is written: PostgreSQL's READ COMMITTED lets another writer commit in

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 from fastapi import Request
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from deai.coordinator import admission, canaries, jobs, matching, provider_index
@@ -37,7 +38,7 @@ from deai.core import batch, catalog, kinds
 from deai.core.errors import DeAIError, InvalidInput, UnknownModel
 from deai.core.lifecycle import AssignmentStatus, JobStatus, Role
 from deai.core.money import cost_for_units
-from deai.store.models import Assignment, Job
+from deai.store.models import Assignment, Job, Task
 
 DEADLINE = 3600  # seconds for the job: the answer comes at once, its checks may take longer
 WAIT = 600.0  # longest a caller waits for an answer before the request is cancelled
@@ -81,20 +82,25 @@ def start(c: Coordinator, key: keys.KeyInfo, workload: str, body: dict[str, obje
     # A lost request blob (machine crash) costs a failed request, not money: no fsync.
     input_digest = c.blobs.put(line, sync=False)
     shard_digest = c.blobs.put(shard.payload, sync=False)
-    with c.db.write() as s:
+
+    def admit(s: Session) -> tuple[Job, Task, str | None]:
         top = provider_index.of(c).max_price(s, workload, info.name)
         if top is None:
             raise UnknownModel(f"The model `{info.name}` is not served by any online provider.",
                                field="model")
-        spec = spec.model_copy(update={"max_price": top})
-        max_cost = cost_for_units(shard.max_units, spec.max_price)
+        priced = spec.model_copy(update={"max_price": top})
+        max_cost = cost_for_units(shard.max_units, priced.max_price)
         job, (task,) = admission.create(
-            c, s, owner=key.account, kind=workload, model=info.name, spec=spec.model_dump(),
-            input_digest=input_digest, max_price=spec.max_price,
+            c, s, owner=key.account, kind=workload, model=info.name, spec=priced.model_dump(),
+            input_digest=input_digest, max_price=priced.max_price,
             shards=[admission.ShardIn(shard_digest, shard.items, shard.max_units)],
             escrow=max_cost, deadline=DEADLINE, key=admission.KeyUse(key.id, "request"),
             event={"via": "v1"})
-        provider = matching.place_now(c, s, task, job)
+        return job, task, matching.place_now(c, s, task, job)
+
+    # Re-run from scratch if PostgreSQL picks it as a deadlock's victim: it locks the key's
+    # row, the journal's head and (its lease's foreign key) the provider's row.
+    job, task, provider = c.db.run(admit)
     if provider is not None:
         provider_index.of(c).leased(provider)
         c.notifier.wake([provider])
