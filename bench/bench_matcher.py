@@ -370,7 +370,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--database-url", default="")
     ap.add_argument("--profile", action="store_true", help="cProfile the matching rounds")
     ap.add_argument("--breakdown", action="store_true",
-                    help="time each step of match_once, in µs a placement")
+                    help="time each step of match_once, in µs a placement (steps nest: "
+                         "_commit holds _claim, reread, _lease, placed_many and "
+                         "_insert_leases, which holds insert_many; _plan holds "
+                         "_place_round, which holds place)")
     ap.add_argument("--rev", default="", help="run the matcher of this git revision instead")
     ap.add_argument("--out", type=Path, default=OUT)
     ap.add_argument("--gc", choices=["server", "default"], default="server",

@@ -261,8 +261,8 @@ def test_two_requests_for_the_last_capacity_get_one_lease(
     the host is never leased past what it offers. Read without a lock, both got it."""
     meet, hosts, first = gate(), leases.hosts, threading.local()
 
-    def read_together(*args: Any) -> Any:
-        got = hosts(*args)
+    def read_together(*args: Any, **kw: Any) -> Any:
+        got = hosts(*args, **kw)
         if not getattr(first, "done", False):  # a request's first read only
             first.done = True
             meet()

@@ -25,7 +25,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, Request
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, field_validator
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
@@ -200,9 +200,12 @@ def proof(address: str, request: Request, c: C) -> dict[str, Any]:
 
 def withdraw(c: Coordinator, me: str, body: WithdrawIn) -> dict[str, Any]:
     with c.db.write() as s:
-        # The journal's head locked first: two withdrawals at once each checked the
-        # reserve before the other's entry, and together took more than it holds.
-        journal.head(s, lock=True)
+        # Withdrawals one at a time (PostgreSQL: an advisory lock; SQLite's write lock
+        # already is one): two at once each checked the reserve before the other's
+        # entry, and together took more than it holds. Only withdrawals lower it, so the
+        # journal's head (every payment waits on it) is not held while it is summed.
+        if not c.db.is_sqlite:
+            s.execute(text("SELECT pg_advisory_xact_lock(hashtext('deai-withdraw'))"))
         held = rail.reserve(s)
         if body.amount > held:
             raise Conflict(f"amount: the settlement contract holds {held} µ for DeAI "

@@ -18,6 +18,8 @@ at most its quota in uploads that nothing uses, and never for long.
 
 from __future__ import annotations
 
+import functools
+
 from sqlalchemy import delete, func, select, text
 from sqlalchemy.orm import Session
 
@@ -84,27 +86,37 @@ def _lock_digests(c: Coordinator, s: Session, digests: list[str]) -> None:
                   {"ks": [f"blob:{d}" for d in sorted(set(digests))]})
 
 
+DISCARD_BATCH = 100  # blobs checked again and deleted in one write transaction
+
+
 def discard_if_unused(c: Coordinator, digests: list[str]) -> int:
     """Delete the loose blobs among ``digests`` that nothing uses; returns how many.
 
-    Checked and deleted inside one write transaction holding the blobs
-    (``_lock_digests``): checked outside it, an upload of the same bytes that recorded
-    itself after the check, and found the file still there (so wrote nothing), lost
-    its bytes to the delete that followed."""
+    What uses them is read on a snapshot (``in_use``: several tables scanned, no lock
+    held). The candidates are then deleted in short write transactions that hold them
+    (``_lock_digests``) and first check again for an upload recorded since the read (a
+    key lookup): an upload of the same bytes in between found the file still there,
+    wrote nothing, and lost its bytes to the delete that followed."""
     if not digests:
         return 0
+    with c.db.read() as s:
+        gone = sorted(set(digests) - in_use(s, digests))
+    n = 0
+    for i in range(0, len(gone), DISCARD_BATCH):
+        n += c.db.run(functools.partial(_discard, c, digests=gone[i:i + DISCARD_BATCH]))
+    return n
 
-    def body(s: Session) -> int:
-        _lock_digests(c, s, digests)
-        n = 0
-        for d in sorted(set(digests) - in_use(s, digests)):
-            path = c.blobs.path(d)
-            if path.exists():  # a pack (a job's shards) is always in use: only loose files
-                path.unlink(missing_ok=True)
-                n += 1
-        return n
 
-    return c.db.run(body)
+def _discard(c: Coordinator, s: Session, *, digests: list[str]) -> int:
+    _lock_digests(c, s, digests)
+    kept = set(s.scalars(select(BlobRef.digest).where(BlobRef.digest.in_(digests))))
+    n = 0
+    for d in digests:
+        path = c.blobs.path(d)
+        if d not in kept and path.exists():  # a pack (a job's shards) is always in use:
+            path.unlink(missing_ok=True)  # only loose files
+            n += 1
+    return n
 
 
 def sweep(c: Coordinator) -> int:

@@ -233,22 +233,43 @@ def _commit(c: Coordinator, s: Session, pid: str, cid: str, body: wh.CommitIn,
                                               positions=[list(q) for q in op.positions]))
 
 
+_OPEN_RULE = "open it once, after committing"
+
+
 def open_(c: Coordinator, pid: str, cid: str, body: wh.OpenIn) -> wh.VerdictOut:
-    return c.db.run(lambda s: _open(c, s, pid, cid, body))
-
-
-def _open(c: Coordinator, s: Session, pid: str, cid: str, body: wh.OpenIn) -> wh.VerdictOut:
-    p, ch, row = _judging(c, s, pid, cid, "committed", "open it once, after committing")
-    spec = hc.Spec.from_dict(ch.spec)
+    """Judge an opening. The answer is checked first, on the challenge as read without a
+    lock (what it is checked against, its spec, seed, root and time, is fixed once it is
+    committed): the provider's row is locked only to record the verdict, not while its
+    rows are decoded and its products recomputed."""
+    with c.db.read() as s:
+        ch = s.get(HwChallenge, cid)
+        if ch is None:
+            raise NotFound(f"no hardware challenge {cid}", field="challenge")
+        if ch.provider_id != pid:
+            raise Forbidden("this challenge was issued to another provider")
+        if ch.status != "committed":
+            raise Conflict(f"challenge {cid} is {ch.status}; {_OPEN_RULE}", status=ch.status)
+        assert ch.open_seed is not None and ch.root is not None and ch.elapsed_s is not None
+        spec, seed, root = hc.Spec.from_dict(ch.spec), int(ch.open_seed), ch.root
+        elapsed, committed_at = ch.elapsed_s, ch.committed_at or 0.0
     prm = params(c)
-    assert ch.open_seed is not None and ch.root is not None and ch.elapsed_s is not None
-    op = hc.openings(spec, int(ch.open_seed), prm)
+    op = hc.openings(spec, seed, prm)
     ans = _answer(spec, op, body)
-    if c.now() - (ch.committed_at or 0.0) > spec.deadline_s + prm.grace_s:
+    if c.now() - committed_at > spec.deadline_s + prm.grace_s:
         v = hc.Verdict("expired", "the opening came after the grace period")
     else:
-        v = hc.check(spec, op, bytes.fromhex(ch.root), ans, ch.elapsed_s, prm)
-    return _judge(c, s, row, p, ch, v)
+        v = hc.check(spec, op, bytes.fromhex(root), ans, elapsed, prm)
+    return c.db.run(lambda s: _judge(c, s, *_opening(c, s, pid, cid, root), v))
+
+
+def _opening(c: Coordinator, s: Session, pid: str, cid: str, root: str
+             ) -> tuple[HwClaim, Provider, HwChallenge]:
+    """The claim, provider and challenge to record an opening's verdict on, locked; the
+    challenge still committed to ``root`` (an expiry may have judged it meanwhile)."""
+    p, ch, row = _judging(c, s, pid, cid, "committed", _OPEN_RULE)
+    if ch.root != root:  # cannot happen: a committed challenge's root never changes
+        raise Conflict(f"challenge {cid} changed while it was checked", status=ch.status)
+    return row, p, ch
 
 
 def _answer(spec: hc.Spec, op: hc.Opening, body: wh.OpenIn) -> hc.Answer:

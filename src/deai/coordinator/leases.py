@@ -118,17 +118,19 @@ def _host_out(h: LeaseHost, cfg: LeaseConfig) -> HostOut:
                    heartbeat_interval=cfg.heartbeat_interval, grace=cfg.grace)
 
 
-def hosts(c: Coordinator, s: Session) -> list[core.Host]:
-    """Every lease host as ``core.leases.Host``, with what its live leases leave free."""
+def hosts(c: Coordinator, s: Session, only: str | None = None) -> list[core.Host]:
+    """Every lease host (or only the provider ``only``) as ``core.leases.Host``, with
+    what its live leases leave free."""
+    live = [Lease.status.in_(LIVE)] + ([Lease.provider_id == only] if only else [])
     used: dict[str, tuple[int, int, int]] = {
         pid: (int(cpu or 0), int(mem or 0), int(gpu or 0))
         for pid, cpu, mem, gpu in s.execute(
             select(Lease.provider_id, func.sum(Lease.cpus), func.sum(Lease.memory_mb),
-                   func.sum(Lease.gpus)).where(Lease.status.in_(LIVE))
+                   func.sum(Lease.gpus)).where(*live)
             .group_by(Lease.provider_id))}
     out = []
-    for h, p in s.execute(select(LeaseHost, Provider)
-                          .join(Provider, Provider.id == LeaseHost.provider_id)):
+    q = select(LeaseHost, Provider).join(Provider, Provider.id == LeaseHost.provider_id)
+    for h, p in s.execute(q.where(LeaseHost.provider_id == only) if only else q):
         cpu, mem, gpu = used.get(h.provider_id, (0, 0, 0))
         stake = journal.balance(s, ledger.stake(p.id))
         out.append(core.Host(
@@ -192,7 +194,7 @@ def _choose(c: Coordinator, s: Session, ask: core.Ask, body: LeaseIn,
         if c.db.is_sqlite:
             return host, price, preempt
         s.get(LeaseHost, host.provider_id, with_for_update=True)
-        again = [h for h in hosts(c, s) if h.provider_id == host.provider_id]
+        again = hosts(c, s, only=host.provider_id)
         fresh, price, _ = core.choose(ask, again, body.max_price_hour, c.settings.min_stake)
         preempt = []
         if fresh is None:
@@ -221,7 +223,8 @@ def _create(c: Coordinator, s: Session, *, owner: str, body: LeaseIn, cfg: Lease
     s.flush()
     vid = (volumes.attach(c, s, owner, body.volume, lid, host.provider_id)
            if body.volume is not None else None)
-    for victim in preempt:  # its lease locked before the journal's head (store.db's order)
+    for victim in sorted(preempt):  # locked in ascending id (the lease loop's order),
+        # before the journal's head (store.db's order)
         notify_preemption(c, s, victim, lid, c.now() + cfg.notice)
     c.settlement.post(s, ledger.escrow_lease(owner, lid, deposit))
     c.emit(s, "lease_created", lid, owner=owner, provider=host.provider_id,
