@@ -192,8 +192,8 @@ def _locked(c: Coordinator, s: Session, pid: str) -> Provider:
     return p
 
 
-def _own(c: Coordinator, s: Session, pid: str, cid: str) -> HwChallenge:
-    ch = s.get(HwChallenge, cid, with_for_update=True)
+def _own(c: Coordinator, s: Session, pid: str, cid: str, *, lock: bool = True) -> HwChallenge:
+    ch = s.get(HwChallenge, cid, with_for_update=lock)
     if ch is None:
         raise NotFound(f"no hardware challenge {cid}", field="challenge")
     if ch.provider_id != pid:
@@ -242,11 +242,7 @@ def open_(c: Coordinator, pid: str, cid: str, body: wh.OpenIn) -> wh.VerdictOut:
     committed): the provider's row is locked only to record the verdict, not while its
     rows are decoded and its products recomputed."""
     with c.db.read() as s:
-        ch = s.get(HwChallenge, cid)
-        if ch is None:
-            raise NotFound(f"no hardware challenge {cid}", field="challenge")
-        if ch.provider_id != pid:
-            raise Forbidden("this challenge was issued to another provider")
+        ch = _own(c, s, pid, cid, lock=False)
         if ch.status != "committed":
             raise Conflict(f"challenge {cid} is {ch.status}; {_OPEN_RULE}", status=ch.status)
         assert ch.open_seed is not None and ch.root is not None and ch.elapsed_s is not None
