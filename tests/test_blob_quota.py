@@ -23,6 +23,7 @@ from deai.client.keys import Identity
 from deai.coordinator import blob_quota
 from deai.coordinator.service import Coordinator
 from deai.core import batch
+from deai.store.models import ApiFile
 from tests.helpers import MODEL, SPEC, HandProvider, funded, lines
 from tests.netutil import Network
 from tests.races import ENGINES, coordinator, gate, race
@@ -153,4 +154,38 @@ def test_a_blob_uploaded_again_while_it_is_discarded_keeps_its_bytes(
         uploaded()
 
     assert race(lambda: blob_quota.discard_if_unused(c, [digest]), upload) == []
+    assert c.blobs.get(digest) == data
+
+
+def test_an_output_file_written_while_its_bytes_are_discarded_keeps_them(
+        c: Coordinator, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same race for a row the coordinator writes itself that names stored bytes (a
+    batch's output file, a volume's snapshot), later: the discard has checked again,
+    holding the bytes, and is about to delete them when the file is written. Held
+    (``blob_quota.hold``), the write waits, then stores the bytes again; stored first
+    and named without the hold, they were deleted under the new row."""
+    data = b"an output that happens to equal bytes being discarded"
+    digest = c.blobs.put(data)
+    checked, written, path, first = gate(), gate(), c.blobs.path, [True]
+
+    def about_to_delete(d: str) -> Any:
+        if first.pop() if first else False:  # the discard's call, before it deletes
+            checked()  # the discard has checked again and holds the bytes...
+            written()  # ...and deletes once the file is written (or 2 s have passed)
+        return path(d)
+
+    monkeypatch.setattr(c.blobs, "path", about_to_delete)
+
+    def write_file(s: Any) -> None:
+        s.add(ApiFile(id="file-held", account="ab" * 32, purpose="batch_output",
+                      filename="out.jsonl", size=len(data),
+                      digest=blob_quota.hold(c, s, data), created_at=c.now()))
+
+    def output() -> None:
+        checked()
+        c.db.run(write_file)
+        written()
+
+    assert race(lambda: blob_quota.discard_if_unused(c, [digest]), output) == []
+    monkeypatch.undo()
     assert c.blobs.get(digest) == data

@@ -25,6 +25,7 @@ from sqlalchemy.orm import Session
 
 from deai.coordinator.service import Coordinator
 from deai.core.errors import PayloadTooLarge
+from deai.store.blobs import digest_of
 from deai.store.models import ApiFile, Assignment, BlobRef, Checkpoint, Job, Task
 from deai.store.models_volumes import VolumeSnapshot
 
@@ -86,6 +87,18 @@ def _lock_digests(c: Coordinator, s: Session, digests: list[str]) -> None:
                   {"ks": [f"blob:{d}" for d in sorted(set(digests))]})
 
 
+def hold(c: Coordinator, s: Session, data: bytes) -> str:
+    """Store ``data`` for a row this transaction is about to write that names it (a
+    snapshot, an output file), holding its digest until the commit: a discard of the
+    same bytes that checked before the row existed cannot delete them after this
+    returns. Stored again, under the hold, if such a discard deleted them first."""
+    digest = digest_of(data)
+    _lock_digests(c, s, [digest])
+    if not c.blobs.exists(digest):
+        c.blobs.put(data)
+    return digest
+
+
 DISCARD_BATCH = 100  # blobs checked again and deleted in one write transaction
 
 
@@ -94,9 +107,10 @@ def discard_if_unused(c: Coordinator, digests: list[str]) -> int:
 
     What uses them is read on a snapshot (``in_use``: several tables scanned, no lock
     held). The candidates are then deleted in short write transactions that hold them
-    (``_lock_digests``) and first check again for an upload recorded since the read (a
-    key lookup): an upload of the same bytes in between found the file still there,
-    wrote nothing, and lost its bytes to the delete that followed."""
+    (``_lock_digests``) and first check again for a row written since the read under
+    the same hold (an upload's record, a snapshot, an output file): an upload of the
+    same bytes in between found the file still there, wrote nothing, and lost its
+    bytes to the delete that followed."""
     if not digests:
         return 0
     with c.db.read() as s:
@@ -107,9 +121,15 @@ def discard_if_unused(c: Coordinator, digests: list[str]) -> int:
     return n
 
 
+HELD_BY = (BlobRef.digest, ApiFile.digest, VolumeSnapshot.digest)  # the rows written
+# under a digest's hold (``admit``, ``hold``): what a discard checks again, holding it
+
+
 def _discard(c: Coordinator, s: Session, *, digests: list[str]) -> int:
     _lock_digests(c, s, digests)
-    kept = set(s.scalars(select(BlobRef.digest).where(BlobRef.digest.in_(digests))))
+    kept: set[str] = set()
+    for col in HELD_BY:
+        kept.update(s.scalars(select(col).where(col.in_(digests)).distinct()))
     n = 0
     for d in digests:
         path = c.blobs.path(d)

@@ -201,10 +201,11 @@ def record(c: Coordinator, pid: str, lid: str, data: bytes) -> VolumeOut:
         _refuse(c, lid, f"snapshot of {len(data)} bytes over the volume's {cap} bytes")
         raise PayloadTooLarge(f"body: a snapshot of {len(data)} bytes is over the volume's "
                               f"size of {cap} bytes", field="body", limit=cap)
-    digest = c.blobs.put(data)  # before the row that names it; the same bytes twice are one
+    c.blobs.put(data)  # before the row that names it, outside the lock; twice are one
 
     def body(s: Session) -> tuple[VolumeOut, list[str]]:
         m, v = _locked_mount(s, lid)
+        digest = blob_quota.hold(c, s, data)  # and kept from a discard of these bytes
         if m is None or v is None or not core.saving_blocks(m.state, m.ended_at, now,
                                                              save_timeout()):
             raise Conflict(f"lease: {lid} no longer holds its volume; the last snapshot "

@@ -276,6 +276,6 @@ def _error_line(batch_id: str, custom_id: str, code: str, message: str) -> dict[
 
 def _store(c: Coordinator, s: Session, account: str, name: str, data: bytes) -> str:
     row = ApiFile(id=_file_id(), account=account, purpose="batch_output", filename=name,
-                  size=len(data), digest=c.blobs.put(data), created_at=c.now())
+                  size=len(data), digest=blob_quota.hold(c, s, data), created_at=c.now())
     s.add(row)
     return row.id
