@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import OperationalError
 
 from deai.client.keys import Identity
@@ -408,3 +408,21 @@ def test_a_verifier_that_audited_a_task_may_audit_it_again(tmp_path: Path) -> No
             assert (again.provider_id, again.role) == (v.id, Role.AUDIT)
     finally:
         c.db.dispose()
+
+
+def test_a_task_that_cannot_be_planned_is_left_out_and_the_rest_placed(
+        c: Coordinator) -> None:
+    """A queued job whose model the catalog no longer knows (an upgrade dropped it): its
+    tasks raise when planned. They are left out of the round (and logged), and every
+    other task is placed; before, the round failed, every round, and nobody got work."""
+    for k in range(4):
+        provider(c, k, price=100, slots=2)
+    good = queue(c, 3)
+    bad = queue(c, 2)
+    with c.db.write() as s:
+        s.execute(update(Job).where(Job.id == select(Task.job_id).where(
+            Task.id == bad[0]).scalar_subquery()).values(model="a-model-since-removed"))
+    matching.match_once(c)
+    got = leased(c)
+    assert set(got) == set(good) and not set(got) & set(bad)
+    check_slots(c)

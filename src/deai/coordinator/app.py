@@ -67,11 +67,15 @@ async def _matcher(c: Coordinator) -> None:
 
 
 def _upkeep(c: Coordinator) -> None:
-    jobs.expire_leases(c)
-    jobs.give_up_checks(c)
-    jobs.enforce_deadlines(c)
-    lookback.resume(c)  # a look-back's backlog, a batch at a time
-    jobs.release_earnings(c)
+    """Each step on its own: one that fails (and is logged) does not keep the steps after
+    it from running, pass after pass."""
+    for step in (jobs.expire_leases, jobs.give_up_checks, jobs.enforce_deadlines,
+                 lookback.resume,  # a look-back's backlog, a batch at a time
+                 jobs.release_earnings):
+        try:
+            step(c)
+        except Exception:
+            log.exception("upkeep: %s failed; the other steps went on", step.__name__)
 
 
 def create_app(settings: Settings, coordinator: Coordinator | None = None) -> FastAPI:

@@ -175,8 +175,11 @@ def tick(c: Coordinator) -> int:
         ids = list(s.scalars(select(Cluster.id).where(Cluster.status.in_(LIVE))
                              .order_by(Cluster.id)))
     changed = 0
-    for cid in ids:
-        changed += c.db.run(functools.partial(_tick_one, c, cid=cid, now=now))
+    for cid in ids:  # one that fails is logged, and the others still move
+        try:
+            changed += c.db.run(functools.partial(_tick_one, c, cid=cid, now=now))
+        except Exception:
+            log.exception("the cluster loop's step of %s failed and was skipped", cid)
     if changed:
         c.notifier.published()
     return changed

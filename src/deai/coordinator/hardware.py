@@ -22,6 +22,7 @@ from __future__ import annotations
 import base64
 import binascii
 import functools
+import logging
 import math
 import os
 import secrets
@@ -39,6 +40,8 @@ from deai.core import ledger, market
 from deai.core import wire_hardware as wh
 from deai.core.errors import Conflict, Forbidden, InvalidInput, NotFound
 from deai.store.models import HwChallenge, HwClaim, Provider
+
+log = logging.getLogger("deai.coordinator.hardware")
 
 LIVE = ("issued", "committed")
 
@@ -351,8 +354,11 @@ def expire(c: Coordinator) -> int:
     # row, its claim, its challenges, read again locked (an opening may have judged one
     # since the read above; judged twice, a pass would be overwritten by an expiry).
     n = 0
-    for pid, ids in by.items():
-        n += c.db.run(functools.partial(_expire_of, c, pid=pid, ids=ids))
+    for pid, ids in by.items():  # one that fails is logged, and the others still expire
+        try:
+            n += c.db.run(functools.partial(_expire_of, c, pid=pid, ids=ids))
+        except Exception:
+            log.exception("expiring the hardware challenges of %s failed; skipped", pid)
     return n
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import functools
 import hashlib
+import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -37,8 +38,11 @@ from deai.core.lifecycle import (
 from deai.core.lifecycle import decide as D
 from deai.core.lifecycle.effects import RefreshJob
 from deai.core.money import cost_for_units
+from deai.store import db
 from deai.store.blobs import digest_of
 from deai.store.models import Assignment, Event, Job, Payout, Provider, Task
+
+log = logging.getLogger("deai.coordinator.jobs")
 
 _SHARD_WRITER = ThreadPoolExecutor(max_workers=4, thread_name_prefix="deai-shards")
 _ORM_TASKS = 64  # up to this many shards, tasks are ORM rows as before; beyond, one bulk insert
@@ -354,7 +358,12 @@ def expire_leases(c: Coordinator) -> int:
                                                     verify.party(a), why))
         return True
 
-    n = sum(c.db.run(functools.partial(_expire_row, expire, r)) for r in rows)
+    n = 0
+    for r in rows:  # each alone: one that fails is logged, and the others still expire
+        try:
+            n += c.db.run(functools.partial(_expire_row, expire, r))
+        except Exception:
+            log.exception("expiring lease %s failed and was skipped", r.id)
     if n:
         c.notifier.kick()
         c.notifier.published()
@@ -384,7 +393,9 @@ def give_up_checks(c: Coordinator) -> int:
             Task.status == TaskStatus.VERIFYING, Task.pending_role.is_not(None),
             Task.updated_at < cutoff).order_by(Job.id, Task.id)
             .with_for_update(skip_locked=True, of=[Job, Task])).all()
-        for task, job in stuck:
+
+        def give_up(row: Any) -> None:
+            task, job = row
             submitted = s.scalars(select(Assignment).where(
                 Assignment.task_id == task.id,
                 Assignment.status == AssignmentStatus.SUBMITTED)).all()
@@ -396,7 +407,10 @@ def give_up_checks(c: Coordinator) -> int:
                 verify.party(subject) if subject is not None else None,
                 [verify.party(a) for a in submitted], required=required,
                 accept_unverified=spec.accept_unverified))
-        return len(stuck)
+
+        failed = db.each_alone(s, stuck, give_up,
+                               what=lambda r: f"giving up the check of task {r[0].id}")
+        return len(stuck) - len(failed)
 
     n = c.db.run(body)
     if n:
@@ -417,13 +431,18 @@ def release_earnings(c: Coordinator) -> int:
         by_provider: dict[str, list[Payout]] = {}
         for p in due:
             by_provider.setdefault(p.provider_id, []).append(p)
-        for pid, rows in by_provider.items():
+
+        def release(pid: str) -> None:
+            rows = by_provider[pid]
             amount = sum(p.amount for p in rows)
             c.settlement.release(s, pid, amount, [p.id for p in rows])
             for p in rows:
                 p.released = True
             c.emit(s, "earnings_released", pid, amount=amount)
-        return len(due)
+
+        failed = db.each_alone(s, sorted(by_provider), release,
+                               what=lambda pid: f"releasing the earnings of {pid}")
+        return len(due) - sum(len(by_provider[pid]) for pid in failed)
 
     n = c.db.run(body)
     if n:

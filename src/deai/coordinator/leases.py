@@ -52,7 +52,7 @@ from deai.core.wire_leases import (
     LeaseSpec,
     Notice,
 )
-from deai.store import journal
+from deai.store import db, journal
 from deai.store.models import Event, Lease, LeaseEarning, LeaseHost, Provider
 
 log = logging.getLogger("deai.coordinator.leases")
@@ -457,13 +457,14 @@ def _tick(c: Coordinator, s: Session, *, cfg: LeaseConfig) -> list[str]:
     touched: list[str] = []
     rows = s.scalars(select(Lease).where(Lease.status.in_(LIVE)).order_by(Lease.id)
                      .with_for_update()).all()
-    for lease in rows:
+
+    def step(lease: Lease) -> None:
         if lease.status == LeaseStatus.PENDING.value:
             if now - lease.created_at > cfg.start_timeout:
                 lease.detail = f"not started within {cfg.start_timeout:.0f} s"
                 finish(c, s, lease, EndReason.PROVIDER_LOST, now, cfg.penalty_bps)
                 touched.append(lease.provider_id)
-            continue
+            return
         last = lease.last_heartbeat or lease.started_at or now
         at, reason = core.ends_at(billing(lease))
         if lease.preempt_at is not None and (at is None or lease.preempt_at < at):
@@ -484,6 +485,8 @@ def _tick(c: Coordinator, s: Session, *, cfg: LeaseConfig) -> list[str]:
                                "top it up with `deai lease extend`")
             if now - (lease.settled_at or now) >= cfg.settle_every:
                 charge(c, s, lease, last)  # only time the provider was heard to be up
+
+    db.each_alone(s, rows, step, what=lambda lease: f"the lease loop's step of {lease.id}")
     _release(c, s, now)
     return touched
 
@@ -498,12 +501,17 @@ def _release(c: Coordinator, s: Session, now: float) -> None:
     by_provider: dict[str, list[LeaseEarning]] = {}
     for e in due:
         by_provider.setdefault(e.provider_id, []).append(e)
-    for pid, rows in sorted(by_provider.items()):
+
+    def release(pid: str) -> None:
+        rows = by_provider[pid]
         amount = sum(e.amount for e in rows)
         if amount > 0:
             c.settlement.post(s, ledger.release(pid, amount, []))
         for e in rows:
             e.released = True
+
+    db.each_alone(s, sorted(by_provider), release,
+                  what=lambda pid: f"releasing the lease earnings of {pid}")
 
 
 # --- views ------------------------------------------------------------------------------------

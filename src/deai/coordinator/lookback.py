@@ -22,6 +22,7 @@ from deai.coordinator.service import Coordinator
 from deai.core import ledger
 from deai.core.lifecycle import JOB_ACTIVE, AssignmentStatus, Role, TaskStatus
 from deai.core.verify import lookback
+from deai.store import db
 from deai.store.models import Assignment, Event, Job, JournalEntry, Payout, Task
 
 REACH = lookback.DEFAULT
@@ -63,15 +64,19 @@ def resume(c: Coordinator) -> int:
     def body(s: Session) -> int:
         latest = (select(func.max(Event.id)).where(Event.kind == "look_back")
                   .group_by(Event.subject))
-        n = 0
-        for ev in s.scalars(select(Event).where(Event.id.in_(latest))).all():
+        n = [0]
+
+        def step(ev: Event) -> None:
             b = ev.body or {}
             if not b.get("backlog") or _waiting(s, ev.subject):
-                continue
+                return
             since = NEVER if b.get("since") is None else float(b["since"])
             after = (float(b["before"]), str(b["before_task"]))
-            n += _queue(c, s, ev.subject, since, after, float(b.get("at", ev.ts)))
-        return n
+            n[0] += _queue(c, s, ev.subject, since, after, float(b.get("at", ev.ts)))
+
+        db.each_alone(s, s.scalars(select(Event).where(Event.id.in_(latest))).all(), step,
+                      what=lambda ev: f"the look-back backlog of {ev.subject}")
+        return n[0]
 
     return c.db.run(body)
 

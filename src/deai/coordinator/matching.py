@@ -6,6 +6,7 @@ module only gathers its inputs and records its outputs.
 from __future__ import annotations
 
 import functools
+import logging
 import time
 from collections import Counter, defaultdict
 from collections.abc import Sequence
@@ -33,6 +34,8 @@ from deai.core.verify import policy
 from deai.core.verify.reputation import Reputation
 from deai.store import db
 from deai.store.models import Assignment, Job, Offer, Provider, Task
+
+log = logging.getLogger("deai.coordinator.matching")
 
 BATCH = 10000  # tasks planned per round: a round's fixed cost (a copy of every provider's
 # state, the placement's heaps: ~10 ms at 10,000 providers) spread over more placements.
@@ -351,13 +354,26 @@ def _commit(c: Coordinator, s: Session, *, idx: provider_index.ProviderIndex,
                 or market.failures(d, st, min_stake, pl.price) & ~market.NO_SLOT):
             stale += 1
             continue
-        load[st.id] += 1
         # A check on its rows in this session (the applier writes them), a primary from
         # the plan's: a check missing from ``attached`` fails here, not half-written.
-        task, job = (attached[pl.task_id] if claimed[pl.task_id].pending_role is not None
-                     else planned[pl.task_id])
-        real += job.owner != canaries.NETWORK and task.pending_role is None
-        _lease(c, s, task, job, pl, now, bulk)
+        if claimed[pl.task_id].pending_role is not None:
+            task, job = attached[pl.task_id]
+            # In a savepoint: a check reads its subject's output and the task's shard
+            # (a blob gone from disk, a spec an upgrade no longer parses), and one that
+            # cannot be leased must not stop the batch, and every round, for the rest.
+            try:
+                with s.begin_nested():
+                    _lease(c, s, task, job, pl, now, bulk)
+            except Exception as exc:
+                if db.is_retryable(exc):
+                    raise
+                _skipped(pl.task_id, "leasing its check")
+                continue
+        else:
+            task, job = planned[pl.task_id]
+            _lease(c, s, task, job, pl, now, bulk)
+            real += job.owner != canaries.NETWORK
+        load[st.id] += 1
         done.append(pl)
     if bulk.primaries:
         effects.placed_many(c, s, bulk.primaries)
@@ -438,8 +454,12 @@ def _place_round(c: Coordinator, s: Session, rows: Sequence[Any],
     for task, job in rows:
         if task.pending_role is None:  # a primary: avoid who failed it (and their
             # identity: a rejected key's sybil would repeat its answer) and a canary's source
-            d = demand_of(job, task, index.around(failed.get(task.id, _NONE))
-                          | seen.get(task.id, _NONE))  # a fresh shard's: no set built
+            try:  # free when nothing is raised
+                d = demand_of(job, task, index.around(failed.get(task.id, _NONE))
+                              | seen.get(task.id, _NONE))  # a fresh shard's: no set built
+            except Exception:  # its job's model no longer in the catalog, say: not
+                _skipped(task.id, "planning it")  # a reason to plan nothing at all
+                continue
             primaries.append(d)
             demands[d.id] = (d, min_stake)
             continue
@@ -449,7 +469,11 @@ def _place_round(c: Coordinator, s: Session, rows: Sequence[Any],
         # that passed), where excluding it could leave a task no verifier may take.
         trusted = task.pending_role in TRUSTED_ROLES
         parties = touched[task.id] - c.settings.verifiers if trusted else touched[task.id]
-        d = demand_of(job, task, index.around(parties))
+        try:
+            d = demand_of(job, task, index.around(parties))
+        except Exception:
+            _skipped(task.id, "planning its check")
+            continue
         if trusted:  # the network's own verifiers bond no stake
             d = d._replace(stake_needed=0)
             pl = market.pick(d, verifiers, 0, c.rng.random(), load)
@@ -466,6 +490,20 @@ def _place_round(c: Coordinator, s: Session, rows: Sequence[Any],
 
 
 _NONE: frozenset[str] = frozenset()
+_SKIPPED: dict[str, None] = {}  # tasks a round could not plan or lease, logged once each
+
+
+def _skipped(task_id: str, doing: str) -> None:
+    """A task the matcher left out of a round because ``doing`` it raised: logged (with
+    its traceback) the first time, so that a task that fails every round does not fill
+    the log, while every other task is placed as usual."""
+    if task_id in _SKIPPED:
+        return
+    if len(_SKIPPED) >= 10_000:
+        _SKIPPED.pop(next(iter(_SKIPPED)))
+    _SKIPPED[task_id] = None
+    log.exception("matching: %s of task %s failed; the task was left out of the round",
+                  doing, task_id)
 
 
 def _absent_identities(c: Coordinator, s: Session, ids: set[str]

@@ -68,7 +68,7 @@ import sqlite3
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
@@ -295,6 +295,28 @@ def sqlite_equalities(sql: str) -> str:
 def placeholder(conn: Any) -> str:
     """The driver's parameter marker for SQL written by hand: ``?`` (sqlite3) or ``%s``."""
     return "?" if conn.dialect.paramstyle == "qmark" else "%s"
+
+
+def each_alone(s: Session, items: Iterable[T], fn: Callable[[T], Any], *,
+               what: Callable[[T], str]) -> list[T]:
+    """``fn(item)`` for each item, each in a savepoint of ``s``'s transaction; returns the
+    items that failed. An item whose ``fn`` raises is rolled back alone and logged, and
+    the others go on: one bad row (a spec an upgrade no longer parses, a blob gone from
+    disk, an account short of what it owes) must not stop a loop's work for everyone,
+    pass after pass. A lost race is not a bad row: it propagates, and ``Database.run``
+    runs the whole pass again."""
+    failed: list[T] = []
+    for item in items:
+        try:
+            with s.begin_nested():
+                fn(item)
+        except Exception as exc:
+            if is_retryable(exc) or (isinstance(exc, DBAPIError)
+                                     and exc.connection_invalidated):
+                raise
+            log.exception("%s failed and was skipped; the rest went on", what(item))
+            failed.append(item)
+    return failed
 
 
 def insert_many(s: Session, table: Table, rows: Sequence[Mapping[str, Any]]) -> None:
