@@ -253,10 +253,24 @@ def _find_epoch(chain: Chain, head_seq: int, head_hash: str, root: str) -> int |
 
 
 def tick(db: Database, chain: Chain, post: Post, now: float) -> dict[str, Any]:
-    done: dict[str, Any] = {"enqueued": scan_journal(db, now)}
-    done["deposits"] = watch_deposits(db, chain, post, now)
-    done["sent"] = send_outbox(db, chain, now)
-    done["epoch"] = commit_epoch(db, chain, now)
+    """One round: each step on its own, so that one that keeps failing (a node that
+    refuses a log range, an epoch the contract reverts) does not stop the others; the
+    first failure is raised after every step has run, for the loop to log."""
+    done: dict[str, Any] = {}
+    failed: Exception | None = None
+    steps: list[tuple[str, Callable[[], Any]]] = [
+        ("enqueued", lambda: scan_journal(db, now)),
+        ("deposits", lambda: watch_deposits(db, chain, post, now)),
+        ("sent", lambda: send_outbox(db, chain, now)),
+        ("epoch", lambda: commit_epoch(db, chain, now))]
+    for name, step in steps:
+        try:
+            done[name] = step()
+        except Exception as exc:
+            log.exception("chain tick: %s failed; the other steps went on", name)
+            failed = failed or exc
+    if failed is not None:
+        raise failed
     return done
 
 
