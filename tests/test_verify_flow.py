@@ -4,6 +4,7 @@ referees, the slash with its bounty, and honest providers left untouched."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Iterator
@@ -14,6 +15,7 @@ import pytest
 from deai.client.keys import Identity
 from deai.client.sdk import Client
 from deai.core import auth, ledger, wire
+from deai.core.errors import Conflict
 from tests.helpers import MODEL, SPEC, HandProvider, audit_ok, funded, journal, lines
 from tests.netutil import Network
 
@@ -53,7 +55,10 @@ def work(providers: list[HandProvider], until, timeout: float = 30.0) -> None:  
         assert time.time() < end, "the network did not get there in time"
         for p in providers:
             for a in p.take(wait=0.2):
-                p.answer(a)
+                # A lease that lapsed while the test waited elsewhere (these providers
+                # beat only when they poll) is refused and placed again: not a failure.
+                with contextlib.suppress(Conflict):
+                    p.answer(a)
 
 
 def test_replicas_agree_then_a_canary_and_a_referee_catch_a_cheater(net: Network) -> None:
