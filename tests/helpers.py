@@ -123,14 +123,16 @@ def check_books(c: Client, job_id: str) -> None:
     assert rep.balances.get(ledger.escrow(job_id), 0) == 0
 
 
-def stake_kept(entries: list[ledger.Entry], provider: str, stake_now: int) -> int:
-    """``provider``'s stake now, less what it bonded again after its first slash: the agent
-    re-bonds from its balance once a slash leaves it under the minimum
-    (``Agent._keep_stake``), so its stake alone may be back where it was. ``entries``:
-    the journal, read after the provider stopped."""
+def stake_kept(entries: list[ledger.Entry], provider: str) -> int:
+    """``provider``'s stake by the journal ``entries``, less what it bonded again after its
+    first slash: the agent re-bonds from its balance once a slash leaves it under the
+    minimum (``Agent._keep_stake``), so its stake alone may be back where it was. Summed
+    from the journal, not read from the API beside it: a re-bond the stopped agent had
+    in flight can commit between the two reads (CI saw it do so once)."""
     first = min(e.seq for e in entries if e.kind == "slash" and e.body["provider"] == provider)
-    return stake_now - sum(e.body["amount"] for e in entries if e.kind == "bond"
-                           and e.body["provider"] == provider and e.seq > first)
+    acct = ledger.stake(provider)
+    return sum(amount for e in entries for a, amount in e.postings
+               if a == acct and not (e.kind == "bond" and e.seq > first))
 
 
 def start_cheater(net: Network, name: str, mode: str, models: str) -> Proc:
