@@ -189,3 +189,84 @@ def test_an_output_file_written_while_its_bytes_are_discarded_keeps_them(
     assert race(lambda: blob_quota.discard_if_unused(c, [digest]), output) == []
     monkeypatch.undo()
     assert c.blobs.get(digest) == data
+
+
+def _file(c: Coordinator, data: bytes, fid: str) -> str:
+    """A /v1 file of ``data``, as a batch's output is written; returns its digest."""
+    def body(s: Any) -> str:
+        digest = blob_quota.hold(c, s, data)
+        s.add(ApiFile(id=fid, account="ab" * 32, purpose="batch_output", filename="o.jsonl",
+                      size=len(data), digest=digest, created_at=c.now()))
+        return digest
+
+    return c.db.run(body)
+
+
+def _graves(c: Coordinator) -> set[str]:
+    from sqlalchemy import select
+
+    from deai.store.models import BlobRef
+    with c.db.read() as s:
+        return set(s.scalars(select(BlobRef.digest).where(BlobRef.account == blob_quota.GRAVE)))
+
+
+def test_a_deletion_that_fails_after_the_commit_is_retried_by_the_next_sweep(
+        c: Coordinator, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file is deleted and the deletion of its bytes then fails (or the process dies
+    before it runs): the request still succeeds, and the bytes are not left on disk for
+    good: their grave, written with the file's removal, has the next sweep delete them.
+    Before, nothing named them any more and nothing would look at them again."""
+    from deai.coordinator.openai import files
+    data = b"bytes whose deletion fails the first time"
+    digest = _file(c, data, "file-failing")
+    real = blob_quota._discard
+
+    def fails(*args: Any, **kw: Any) -> int:
+        raise OSError("EIO: the disk said no")
+
+    monkeypatch.setattr(blob_quota, "_discard", fails)
+    assert files.delete(c, "ab" * 32, "file-failing").deleted  # no 500 for the client
+    assert c.blobs.exists(digest) and _graves(c) == {digest}
+    monkeypatch.setattr(blob_quota, "_discard", real)
+    assert blob_quota.sweep(c) == 1
+    assert not c.blobs.exists(digest) and _graves(c) == set()
+
+
+def test_a_grave_of_bytes_still_in_use_keeps_them_and_goes(c: Coordinator) -> None:
+    """Bytes buried by one row and still named by another (two files of the same
+    output) stay; the grave goes, and the last file's removal buries them again."""
+    from deai.coordinator.openai import files
+    data = b"the same output, twice"
+    digest = _file(c, data, "file-a")
+    assert _file(c, data, "file-b") == digest
+    files.delete(c, "ab" * 32, "file-a")
+    assert c.blobs.exists(digest) and _graves(c) == set()
+    c.db.run(lambda s: blob_quota.bury(s, [digest]))  # as a crash before the discard left it
+    assert blob_quota.sweep(c) == 0
+    assert c.blobs.exists(digest) and _graves(c) == set()
+    files.delete(c, "ab" * 32, "file-b")
+    assert not c.blobs.exists(digest) and _graves(c) == set()
+
+
+def test_one_blob_that_cannot_be_deleted_stops_no_other(
+        c: Coordinator, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Graves are swept a page at a time, a failing page logged and skipped: the other
+    pages' bytes are deleted in the same sweep, the failing one's in a later sweep."""
+    bad = c.blobs.put(b"this one fails")
+    good = [c.blobs.put(f"this one goes {i}".encode()) for i in range(3)]
+    c.db.run(lambda s: blob_quota.bury(s, [bad, *good]))
+    monkeypatch.setattr(blob_quota, "SWEEP_BATCH", 1)
+    real = blob_quota._discard
+
+    def fails_on_bad(c: Coordinator, s: Any, *, digests: list[str], graves: list[str]) -> int:
+        if bad in graves:
+            raise OSError("EIO")
+        return real(c, s, digests=digests, graves=graves)
+
+    monkeypatch.setattr(blob_quota, "_discard", fails_on_bad)
+    assert blob_quota.sweep(c) == 3
+    assert c.blobs.exists(bad) and not any(map(c.blobs.exists, good))
+    assert _graves(c) == {bad}
+    monkeypatch.setattr(blob_quota, "_discard", real)
+    assert blob_quota.sweep(c) == 1
+    assert not c.blobs.exists(bad) and _graves(c) == set()

@@ -14,20 +14,31 @@ other account's upload, job, task, assignment, checkpoint, /v1 file or volume sn
 deleted from the store. A blob a job or a file uses stays, readable by its
 owner through that record (``access``). So an account, funded or not, holds
 at most its quota in uploads that nothing uses, and never for long.
+
+Bytes are deleted after the commit that drops the last row naming them (an
+upload's record, a /v1 file, a volume snapshot), so that no write lock is held
+while the tables are scanned. That transaction also writes a grave for them
+(``bury``). The grave goes with the bytes. If the deletion fails, or the
+process dies first, the next sweep finds the grave and deletes the bytes then,
+so they are never left on disk with nothing pointing at them.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 
 from sqlalchemy import delete, func, select, text
 from sqlalchemy.orm import Session
 
 from deai.coordinator.service import Coordinator
 from deai.core.errors import PayloadTooLarge
+from deai.store import journal
 from deai.store.blobs import digest_of
 from deai.store.models import ApiFile, Assignment, BlobRef, Checkpoint, Job, Task
 from deai.store.models_volumes import VolumeSnapshot
+
+log = logging.getLogger("deai.blobs")
 
 SWEEP_BATCH = 500
 
@@ -72,8 +83,28 @@ def in_use(s: Session, digests: list[str]) -> set[str]:
             Assignment.output_digest, Checkpoint.digest, ApiFile.digest, VolumeSnapshot.digest)
     out: set[str] = set()
     for col in cols:
-        out.update(d for d in s.scalars(select(col).where(col.in_(digests)).distinct()) if d)
+        q = select(col).where(col.in_(digests)).distinct()
+        if col is BlobRef.digest:
+            q = q.where(BlobRef.account != GRAVE)
+        out.update(d for d in s.scalars(q) if d)
     return out
+
+
+GRAVE = "~unused"  # the account of a grave: a blob_refs row marking bytes to delete once
+# nothing uses them. Not an account anyone holds (ids are hex), so it grants no access
+# and counts against no quota.
+
+
+def bury(s: Session, digests: list[str]) -> None:
+    """Mark ``digests`` for deletion, in the transaction that drops the last row naming
+    them (an upload's record past its TTL, a file, a snapshot). The deletion after the
+    commit (``discard_if_unused``) removes the grave with the bytes; one that failed, or
+    never ran because the process died after the commit, is retried by the next sweep
+    (``sweep``) instead of leaving the bytes on disk for good."""
+    for d in sorted(set(digests)):
+        s.execute(journal.dialect_insert(s, BlobRef)
+                  .values(digest=d, account=GRAVE, size=0, created_at=0.0)
+                  .on_conflict_do_nothing(index_elements=["digest", "account"]))
 
 
 def _lock_digests(c: Coordinator, s: Session, digests: list[str]) -> None:
@@ -103,7 +134,8 @@ DISCARD_BATCH = 100  # blobs checked again and deleted in one write transaction
 
 
 def discard_if_unused(c: Coordinator, digests: list[str]) -> int:
-    """Delete the loose blobs among ``digests`` that nothing uses; returns how many.
+    """Delete the loose blobs among ``digests`` that nothing uses, with their graves
+    (``bury``); returns how many blobs were deleted.
 
     What uses them is read on a snapshot (``in_use``: several tables scanned, no lock
     held). The candidates are then deleted in short write transactions that hold them
@@ -113,46 +145,83 @@ def discard_if_unused(c: Coordinator, digests: list[str]) -> int:
     bytes to the delete that followed."""
     if not digests:
         return 0
+    digests = sorted(set(digests))
     with c.db.read() as s:
-        gone = sorted(set(digests) - in_use(s, digests))
+        used_now = in_use(s, digests)
     n = 0
-    for i in range(0, len(gone), DISCARD_BATCH):
-        n += c.db.run(functools.partial(_discard, c, digests=gone[i:i + DISCARD_BATCH]))
+    for i in range(0, len(digests), DISCARD_BATCH):
+        part = digests[i:i + DISCARD_BATCH]
+        n += c.db.run(functools.partial(_discard, c, digests=[d for d in part
+                                                              if d not in used_now],
+                                        graves=part))
     return n
+
+
+def discard_quietly(c: Coordinator, digests: list[str]) -> int:
+    """``discard_if_unused``, a failure logged rather than raised: after a request's own
+    commit (it did what it was asked) or in a sweep (the other pages go on). The graves
+    (``bury``) keep the bytes' deletion for the next sweep. Returns how many were deleted."""
+    try:
+        return discard_if_unused(c, digests)
+    except Exception:
+        log.exception("deleting %d unused blob(s) failed; the next sweep retries",
+                      len(digests))
+        return 0
 
 
 HELD_BY = (BlobRef.digest, ApiFile.digest, VolumeSnapshot.digest)  # the rows written
 # under a digest's hold (``admit``, ``hold``): what a discard checks again, holding it
 
 
-def _discard(c: Coordinator, s: Session, *, digests: list[str]) -> int:
-    _lock_digests(c, s, digests)
+def _discard(c: Coordinator, s: Session, *, digests: list[str], graves: list[str]) -> int:
+    """Delete the blobs ``digests`` unless a row written since the snapshot names them,
+    and the graves of ``graves`` (a superset: those found in use lose theirs too)."""
+    _lock_digests(c, s, graves)
     kept: set[str] = set()
-    for col in HELD_BY:
-        kept.update(s.scalars(select(col).where(col.in_(digests)).distinct()))
+    if digests:
+        for col in HELD_BY:
+            q = select(col).where(col.in_(digests)).distinct()
+            if col is BlobRef.digest:
+                q = q.where(BlobRef.account != GRAVE)
+            kept.update(s.scalars(q))
     n = 0
     for d in digests:
         path = c.blobs.path(d)
         if d not in kept and path.exists():  # a pack (a job's shards) is always in use:
             path.unlink(missing_ok=True)  # only loose files
             n += 1
+    s.execute(delete(BlobRef).where(BlobRef.account == GRAVE, BlobRef.digest.in_(graves)))
     return n
 
 
 def sweep(c: Coordinator) -> int:
-    """Drop upload records past the TTL; delete the blobs nobody uses any more."""
+    """Delete the blobs of graves a deletion left (it failed, or never ran); then drop
+    upload records past the TTL, burying their blobs, and delete those nothing uses.
+    Returns how many blobs were deleted. A page that fails is logged and left for the
+    next sweep, and the rest go on: one blob that cannot be deleted stops nothing."""
+    total, after = 0, ""
+    while True:  # by digest, after the last page: a grave that stays is not read again
+        with c.db.read() as s:
+            page = list(s.scalars(select(BlobRef.digest)
+                                  .where(BlobRef.account == GRAVE, BlobRef.digest > after)
+                                  .order_by(BlobRef.digest).limit(SWEEP_BATCH)))
+        if not page:
+            break
+        total += discard_quietly(c, page)
+        after = page[-1]
     cutoff = c.now() - c.settings.blob_ttl
-    total = 0
     while True:
         def body(s: Session) -> list[str]:
             rows = s.execute(select(BlobRef.digest, BlobRef.account)
-                             .where(BlobRef.created_at < cutoff)
+                             .where(BlobRef.created_at < cutoff, BlobRef.account != GRAVE)
                              .order_by(BlobRef.created_at).limit(SWEEP_BATCH)).all()
             for d, a in rows:
                 s.execute(delete(BlobRef).where(BlobRef.digest == d, BlobRef.account == a))
-            return sorted({d for d, _ in rows})
+            expired = sorted({d for d, _ in rows})
+            bury(s, expired)
+            return expired
 
         expired = c.db.run(body)
-        total += discard_if_unused(c, expired)
+        total += discard_quietly(c, expired)
         if len(expired) < SWEEP_BATCH:
             return total

@@ -100,8 +100,9 @@ def remove(c: Coordinator, owner: str, ref: str) -> VolumeOut:
         s.execute(delete(VolumeSnapshot).where(VolumeSnapshot.volume_id == v.id))
         s.execute(delete(VolumeMount).where(VolumeMount.volume_id == v.id))
         s.delete(v)
+        blob_quota.bury(s, digests)
         c.emit(s, "volume_removed", v.id, owner=owner, name=v.name)
-    blob_quota.discard_if_unused(c, digests)
+    blob_quota.discard_quietly(c, digests)
     return out
 
 
@@ -230,7 +231,7 @@ def record(c: Coordinator, pid: str, lid: str, data: bytes) -> VolumeOut:
         return _out(s, v, now), pruned
 
     out, pruned = c.db.run(body)
-    blob_quota.discard_if_unused(c, pruned)
+    blob_quota.discard_quietly(c, pruned)
     return out
 
 
@@ -281,6 +282,7 @@ def _prune(s: Session, vid: str) -> list[str]:
     digests = sorted({x.digest for x in old})
     for x in old:
         s.delete(x)
+    blob_quota.bury(s, digests)
     return digests
 
 

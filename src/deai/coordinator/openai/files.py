@@ -52,5 +52,6 @@ def delete(c: Coordinator, account: str, file_id: str) -> S.FileDeleted:
             raise NotFound(f"No such File object: {file_id}", field="file_id")
         digest = row.digest
         s.delete(row)
-    blob_quota.discard_if_unused(c, [digest])  # the bytes too, unless something uses them
+        blob_quota.bury(s, [digest])
+    blob_quota.discard_quietly(c, [digest])  # the bytes too, unless something uses them
     return S.FileDeleted(id=file_id)
