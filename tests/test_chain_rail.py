@@ -5,14 +5,17 @@ holds until the books and the chain disagree."""
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from eth_account.signers.local import LocalAccount
 from sqlalchemy import select, update
+from web3.exceptions import Web3RPCError
 
 from deai.chain import books, merkle, rail
-from deai.chain.adapter import ChainError
+from deai.chain.adapter import Chain, ChainError
 from deai.chain.audit import audit_chain
 from deai.coordinator.settlement import Settlement
 from deai.core import ledger
@@ -90,6 +93,40 @@ def test_deposit_is_credited_once_after_its_confirmations(world: World) -> None:
     assert credited(w) == [3_000_000]
 
 
+def test_a_backlog_is_read_in_ranges_the_node_serves(
+        world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    """After an outage, more blocks wait than a node serves in one ``eth_getLogs`` (many
+    cap the range). The rail asks for a range at a time, halves one the node refuses,
+    and credits every deposit once, in order. Before, it asked for the whole backlog
+    in one call, and a node that refused it stopped deposits for good."""
+    w = world
+    before = credited(w)
+    payer = w.lc.account("backlog", tokens=1_000_000)
+    for i in range(4):
+        w.deposit(payer, ALICE, 1_000 + i)
+    w.lc.tester.mine_blocks(6)
+    asked: list[tuple[int, int]] = []
+    real = Chain.events
+
+    def limited(self: Chain, contract: Any, name: str, from_block: int,
+                to_block: int | str = "latest") -> list[Any]:
+        assert isinstance(to_block, int)  # a bounded range, never "latest"
+        asked.append((from_block, to_block))
+        if to_block - from_block + 1 > 3:
+            raise Web3RPCError("query exceeds max block range 3")
+        return real(self, contract, name, from_block, to_block)
+
+    monkeypatch.setattr(Chain, "events", limited)
+    monkeypatch.setattr(rail, "SCAN_BLOCKS", 16)
+    n = rail.watch_deposits(w.db, w.chain, w.port.post, w.clock.now())
+    assert n == 4 and credited(w) == before + [1_000, 1_001, 1_002, 1_003]
+    served = [(a, b) for a, b in asked if b - a + 1 <= 3]
+    assert [b - a + 1 for a, b in asked][:3] == [16, 8, 4]  # halved until it answers
+    assert all(b + 1 == a2 for (_, b), (a2, _) in itertools.pairwise(served))  # no gap
+    assert served[-1][1] == w.chain.block_number() - w.chain.dep.confirmations
+    assert rail.watch_deposits(w.db, w.chain, w.port.post, w.clock.now()) == 0
+
+
 def test_bonds_and_slashes_are_mirrored_once_with_their_evidence(world: World) -> None:
     w = world
     w.post(ledger.faucet(PROV, 50_000_000))
@@ -142,7 +179,7 @@ def test_audit_holds_then_reports_a_tampered_root_and_journal(world: World) -> N
     w.tick()
     rep = audit_chain(w.entries(), w.chain)
     assert rep.ok, rep.problems
-    assert (rep.epochs, rep.deposits, rep.claims, rep.slashes) == (1, 1, 1, 1)
+    assert (rep.epochs, rep.deposits, rep.claims, rep.slashes) == (1, len(credited(w)), 1, 1)
     # The settlement key commits a root the journal does not support.
     thief = w.lc.account("thief")
 

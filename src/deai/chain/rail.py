@@ -10,8 +10,9 @@ unique key on journal seq and op makes the two paths meet once).
 
 1. ``watch_deposits``: Deposited events at least ``confirmations`` blocks deep
    are credited to the journal, each once (unique tx hash + log index, and the
-   block cursor moves in the same transaction as the credits), so a reorg
-   shallower than the confirmations never credits a deposit that vanished;
+   block cursor moves in the same transaction as the credits, so a reorg
+   shallower than the confirmations never credits a deposit that vanished),
+   read a range of blocks at a time that the node's log limits allow;
 2. ``send_outbox``: pending rows are sent with the settlement key; a row the
    vault already applied (its ``ref`` or evidence hash) is marked done without
    sending, so a crash between sending and recording never applies it twice;
@@ -35,6 +36,7 @@ from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
+from web3.exceptions import Web3RPCError
 
 from deai.chain import books, merkle
 from deai.chain.adapter import CHAIN_ENV, Chain, ChainError, Deployment
@@ -109,18 +111,51 @@ def scan_journal(db: Database, now: float) -> int:
     return new
 
 
+SCAN_BLOCKS = 2_000  # blocks of logs asked for at once: within what public nodes serve in
+# one eth_getLogs (many cap a range at 1,000-10,000 blocks, or its results at 10,000)
+SCAN_PAGES = 20  # ranges a tick reads at most: after a long outage the backlog takes a
+# few ticks, and the other steps are not kept waiting behind it
+
+
 def watch_deposits(db: Database, chain: Chain, post: Post, now: float) -> int:
-    """Credit confirmed Deposited events once each; returns how many were credited."""
+    """Credit confirmed Deposited events once each; returns how many were credited.
+
+    Read a range of blocks at a time (``SCAN_BLOCKS``), each committed with the cursor
+    that moves past it. A range the node refuses (too many blocks or results for its
+    limits) is halved until it answers, down to one block: a node's limit does not
+    stop deposits for good after an outage."""
     safe = chain.block_number() - chain.dep.confirmations
-    with db.read() as s:
-        start = cursor(s, "deposit_block", chain.dep.start_block - 1) + 1
-    if safe < start:
-        return 0
-    events = chain.events(chain.settlement, "Deposited", start, safe)
+    credited, span = 0, SCAN_BLOCKS
+    for _ in range(SCAN_PAGES):
+        with db.read() as s:
+            start = cursor(s, "deposit_block", chain.dep.start_block - 1) + 1
+        if safe < start:
+            break
+        end = min(safe, start + span - 1)
+        try:
+            events = chain.events(chain.settlement, "Deposited", start, end)
+        except Web3RPCError as exc:
+            if span == 1:
+                raise
+            span = max(1, span // 2)
+            log.info("the node refused logs of blocks %d-%d (%s); asking for %d at a time",
+                     start, end, exc, span)
+            continue
+        got = _credit(db, chain, post, now, start, end, events)
+        if got is None:
+            break  # another replica moved the cursor meanwhile
+        credited += got
+    return credited
+
+
+def _credit(db: Database, chain: Chain, post: Post, now: float, start: int, end: int,
+            events: list[Any]) -> int | None:
+    """Credit ``events`` (blocks ``start``..``end``) and move the cursor past ``end``, in
+    one transaction; None if the cursor is no longer at ``start``."""
     credited = 0
     with db.write() as s:
         if cursor(s, "deposit_block", chain.dep.start_block - 1) + 1 != start:
-            return 0  # another replica moved the cursor meanwhile
+            return None
         for ev in events:
             tx = "0x" + bytes(ev.transactionHash).hex()
             idx = int(ev.logIndex)
@@ -135,7 +170,7 @@ def watch_deposits(db: Database, chain: Chain, post: Post, now: float) -> int:
                                account=account, sender=str(ev.args.sender), amount=amount,
                                journal_seq=entry.seq, credited_at=now))
             credited += 1
-        set_cursor(s, "deposit_block", safe)
+        set_cursor(s, "deposit_block", end)
     return credited
 
 
