@@ -14,7 +14,7 @@ from eth_account.signers.local import LocalAccount
 from sqlalchemy import select, update
 from web3.exceptions import Web3RPCError
 
-from deai.chain import books, merkle, rail
+from deai.chain import adapter, books, merkle, rail
 from deai.chain.adapter import Chain, ChainError
 from deai.chain.audit import audit_chain
 from deai.coordinator.settlement import Settlement
@@ -106,18 +106,16 @@ def test_a_backlog_is_read_in_ranges_the_node_serves(
         w.deposit(payer, ALICE, 1_000 + i)
     w.lc.tester.mine_blocks(6)
     asked: list[tuple[int, int]] = []
-    real = Chain.events
+    real = Chain._get_logs
 
-    def limited(self: Chain, contract: Any, name: str, from_block: int,
-                to_block: int | str = "latest") -> list[Any]:
-        assert isinstance(to_block, int)  # a bounded range, never "latest"
-        asked.append((from_block, to_block))
-        if to_block - from_block + 1 > 3:
+    def limited(contract: Any, name: str, first: int, last: int) -> list[Any]:
+        asked.append((first, last))
+        if last - first + 1 > 3:
             raise Web3RPCError("query exceeds max block range 3")
-        return real(self, contract, name, from_block, to_block)
+        return real(contract, name, first, last)
 
-    monkeypatch.setattr(Chain, "events", limited)
-    monkeypatch.setattr(rail, "SCAN_BLOCKS", 16)
+    monkeypatch.setattr(Chain, "_get_logs", staticmethod(limited))
+    monkeypatch.setattr(adapter, "LOG_RANGE", 16)
     n = rail.watch_deposits(w.db, w.chain, w.port.post, w.clock.now())
     assert n == 4 and credited(w) == before + [1_000, 1_001, 1_002, 1_003]
     served = [(a, b) for a, b in asked if b - a + 1 <= 3]
@@ -125,6 +123,9 @@ def test_a_backlog_is_read_in_ranges_the_node_serves(
     assert all(b + 1 == a2 for (_, b), (a2, _) in itertools.pairwise(served))  # no gap
     assert served[-1][1] == w.chain.block_number() - w.chain.dep.confirmations
     assert rail.watch_deposits(w.db, w.chain, w.port.post, w.clock.now()) == 0
+    # The audit reads the whole chain the same way.
+    deposited = w.chain.events(w.chain.settlement, "Deposited", w.chain.dep.start_block)
+    assert [int(ev.args.amount) for ev in deposited] == credited(w)
 
 
 def test_bonds_and_slashes_are_mirrored_once_with_their_evidence(world: World) -> None:

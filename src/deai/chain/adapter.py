@@ -13,7 +13,9 @@ EVM keys for DeAI identities are derived from their Ed25519 seeds
 from __future__ import annotations
 
 import json
+import logging
 import os
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -24,12 +26,16 @@ from eth_utils.address import to_checksum_address
 from eth_utils.crypto import keccak
 from web3 import Web3
 from web3.contract import Contract
-from web3.exceptions import ContractLogicError, TimeExhausted
+from web3.exceptions import ContractLogicError, TimeExhausted, Web3RPCError
 from web3.logs import DISCARD
 
 from deai.chain.compile import artifact
 from deai.core.errors import Conflict
 
+log = logging.getLogger("deai.chain")
+
+LOG_RANGE = 2_000  # blocks asked for in one eth_getLogs: within what public nodes serve
+# (many cap a range at 1,000-10,000 blocks, or its results at 10,000)
 SUPPLY = 1_000_000_000 * 10**6  # one billion DEAI, in micro-units
 CHAIN_ENV = "DEAI_CHAIN"  # names the deployment file a coordinator settles with
 
@@ -175,11 +181,40 @@ class Chain:
         return int(self.w3.eth.block_number)
 
     def events(self, contract: Contract, name: str, from_block: int,
-               to_block: int | str = "latest") -> list[Any]:
-        if isinstance(to_block, int) and to_block < from_block:
-            return []
-        ev = getattr(contract.events, name)
-        return list(ev.get_logs(from_block=from_block, to_block=to_block))
+               to_block: int | None = None) -> list[Any]:
+        """``contract``'s ``name`` logs in blocks ``from_block``..``to_block`` (None: the
+        latest), in order, read a range at a time (``event_pages``)."""
+        return [ev for _, _, got in self.event_pages(contract, name, from_block, to_block)
+                for ev in got]
+
+    def event_pages(self, contract: Contract, name: str, from_block: int,
+                    to_block: int | None = None, span: int | None = None
+                    ) -> Iterator[tuple[int, int, list[Any]]]:
+        """``(first, last, logs)`` for consecutive ranges of blocks from ``from_block`` to
+        ``to_block`` (None: the latest now), at most ``span`` (``LOG_RANGE``) blocks
+        each. A range the node refuses (many cap ``eth_getLogs`` at a few thousand blocks
+        or ten thousand results) is halved until it answers, down to one block, so a
+        long backlog is read whatever the node's limits."""
+        last = self.block_number() if to_block is None else to_block
+        first, span = from_block, span or LOG_RANGE
+        while first <= last:
+            end = min(last, first + span - 1)
+            try:
+                got = self._get_logs(contract, name, first, end)
+            except Web3RPCError as exc:
+                if span == 1:
+                    raise
+                span = max(1, span // 2)
+                log.info("the node refused %s logs of blocks %d-%d (%s); asking for %d "
+                         "blocks at a time", name, first, end, exc, span)
+                continue
+            yield first, end, got
+            first = end + 1
+
+    @staticmethod
+    def _get_logs(contract: Contract, name: str, first: int, last: int) -> list[Any]:
+        """One ``eth_getLogs``, as the node answers it."""
+        return list(getattr(contract.events, name).get_logs(from_block=first, to_block=last))
 
     @staticmethod
     def logs(contract: Contract, name: str, receipt: Any) -> list[Any]:

@@ -26,6 +26,7 @@ Nothing here holds state between ticks: the database and the chain are the state
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import os
 import time
@@ -36,7 +37,6 @@ from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
-from web3.exceptions import Web3RPCError
 
 from deai.chain import books, merkle
 from deai.chain.adapter import CHAIN_ENV, Chain, ChainError, Deployment
@@ -111,37 +111,23 @@ def scan_journal(db: Database, now: float) -> int:
     return new
 
 
-SCAN_BLOCKS = 2_000  # blocks of logs asked for at once: within what public nodes serve in
-# one eth_getLogs (many cap a range at 1,000-10,000 blocks, or its results at 10,000)
-SCAN_PAGES = 20  # ranges a tick reads at most: after a long outage the backlog takes a
-# few ticks, and the other steps are not kept waiting behind it
+SCAN_PAGES = 20  # ranges of blocks (``Chain.event_pages``) a tick reads at most: after a
+# long outage the backlog takes a few ticks, and the other steps are not kept waiting
 
 
 def watch_deposits(db: Database, chain: Chain, post: Post, now: float) -> int:
     """Credit confirmed Deposited events once each; returns how many were credited.
 
-    Read a range of blocks at a time (``SCAN_BLOCKS``), each committed with the cursor
-    that moves past it. A range the node refuses (too many blocks or results for its
-    limits) is halved until it answers, down to one block: a node's limit does not
-    stop deposits for good after an outage."""
+    Read a range of blocks at a time that the node serves (``Chain.event_pages``), each
+    committed with the cursor that moves past it, so a node's log limits do not stop
+    deposits for good after an outage."""
     safe = chain.block_number() - chain.dep.confirmations
-    credited, span = 0, SCAN_BLOCKS
-    for _ in range(SCAN_PAGES):
-        with db.read() as s:
-            start = cursor(s, "deposit_block", chain.dep.start_block - 1) + 1
-        if safe < start:
-            break
-        end = min(safe, start + span - 1)
-        try:
-            events = chain.events(chain.settlement, "Deposited", start, end)
-        except Web3RPCError as exc:
-            if span == 1:
-                raise
-            span = max(1, span // 2)
-            log.info("the node refused logs of blocks %d-%d (%s); asking for %d at a time",
-                     start, end, exc, span)
-            continue
-        got = _credit(db, chain, post, now, start, end, events)
+    with db.read() as s:
+        start = cursor(s, "deposit_block", chain.dep.start_block - 1) + 1
+    credited = 0
+    pages = chain.event_pages(chain.settlement, "Deposited", start, safe)
+    for first, last, events in itertools.islice(pages, SCAN_PAGES):
+        got = _credit(db, chain, post, now, first, last, events)
         if got is None:
             break  # another replica moved the cursor meanwhile
         credited += got
