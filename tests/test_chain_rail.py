@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,7 +23,7 @@ from deai.core import ledger
 from deai.core.clock import ManualClock
 from deai.store import journal, migrate
 from deai.store.db import Database
-from deai.store.models import ChainDeposit, ChainOutbox, JournalEntry
+from deai.store.models import ChainDeposit, ChainEpoch, ChainOutbox, JournalEntry
 from tests.chainutil import LocalChain, local_chain
 
 ALICE = "a1" * 32
@@ -199,3 +200,58 @@ def test_audit_holds_then_reports_a_tampered_root_and_journal(world: World) -> N
         for e in entries]
     rep = audit_chain(forged, w.chain)
     assert any("credits 9000000 µ" in p for p in rep.problems), rep.problems
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def fresh(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[World]:
+    url = f"sqlite:///{tmp_path / 'deai.sqlite3'}" if request.param == "sqlite" \
+        else request.getfixturevalue("pg_url")
+    w = World(url)
+    yield w
+    w.db.dispose()
+
+
+def test_an_epoch_the_contract_refuses_is_counted_backed_off_and_made_again(
+        fresh: World) -> None:
+    """The journal sends more to the chain than was deposited there (a faucet's money on
+    a network that later took a chain): the contract refuses the epoch. The refusal is
+    counted with its reason and tried again only after a doubling back-off, not every
+    tick; once deposits cover it, the epoch is made again at the journal's new head and
+    posted. Before, the same commit was sent every second, forever, and nothing said so."""
+    w, interval = fresh, fresh.chain.dep.epoch_interval
+    payee = w.lc.account("early-payee")
+    w.post(ledger.faucet(ALICE, 2_000_000))
+    w.post(ledger.withdrawal(ALICE, 500_000, payee.address))
+    with pytest.raises(ChainError, match="promises more than was deposited"):
+        rail.commit_epoch(w.db, w.chain, w.clock.now())
+
+    def pending() -> dict[str, Any]:
+        with w.db.read() as s:
+            (e,) = s.scalars(select(ChainEpoch).where(ChainEpoch.status == "pending")).all()
+            return {"attempts": e.attempts, "error": e.error, "retry_at": e.retry_at,
+                    "head_seq": e.head_seq}
+
+    first = pending()
+    assert first["attempts"] == 1 and "promises more" in first["error"]
+    assert first["retry_at"] == w.clock.now() + interval
+    w.clock.advance(interval / 2)
+    assert rail.commit_epoch(w.db, w.chain, w.clock.now()) is None  # waits: no send
+    assert pending()["attempts"] == 1
+    w.clock.advance(interval / 2)
+    with pytest.raises(ChainError):
+        rail.commit_epoch(w.db, w.chain, w.clock.now())
+    assert pending()["attempts"] == 2
+    assert pending()["retry_at"] == w.clock.now() + 2 * interval  # doubled
+    payer = w.lc.account("late-payer", tokens=1_000_000)
+    w.deposit(payer, ALICE, 600_000)
+    w.lc.tester.mine_blocks(w.chain.dep.confirmations)
+    assert rail.watch_deposits(w.db, w.chain, w.port.post, w.clock.now()) == 1
+    w.clock.advance(2 * interval)
+    epoch = rail.commit_epoch(w.db, w.chain, w.clock.now())
+    assert epoch == 1
+    with w.db.read() as s:
+        e = rail.latest_epoch(s)
+        assert e is not None and e.attempts == 2 and e.retry_at is None
+        assert e.head_seq == journal.head(s).seq > first["head_seq"]  # made again
+        assert e.leaves == {payee.address: 500_000}
+    assert audit_chain(w.entries(), w.chain).ok

@@ -223,21 +223,36 @@ def leaves_at(s: Session, head_seq: int) -> dict[str, int]:
     return books.withdrawable(journal.to_entry(r) for r in rows)
 
 
+EPOCH_BACKOFF_MAX = 600.0  # seconds between tries of an epoch whose commit keeps failing
+
+
 def commit_epoch(db: Database, chain: Chain, now: float, *, force: bool = False) -> int | None:
-    """Post a pending epoch, or start a new one when due; the epoch number posted."""
+    """Post a pending epoch, or start a new one when due; the epoch number posted.
+
+    A commit that fails (the contract refused it, or it was not mined) is counted on
+    the pending epoch with its reason, and tried again after a back-off that doubles
+    from the epoch interval to ``EPOCH_BACKOFF_MAX`` (``force``: now). One the contract
+    refused is first made again at the journal's head, if that moved: a refusal may be
+    of that commitment alone (a head an epoch on chain has passed), and a newer one
+    covers it (the withdrawals it commits are cumulative). One not mined is sent again
+    as it was: it may still be mined, and the resend guard must find it."""
     with db.write() as s:
         pending = s.scalars(select(ChainEpoch).where(ChainEpoch.status == "pending")
                             .order_by(ChainEpoch.id)).first()
-        if pending is None:
+        if pending is not None:
+            if not force and pending.retry_at is not None and now < pending.retry_at:
+                return None
+            head = journal.head(s)
+            if pending.error and "reverted" in pending.error and head.seq > pending.head_seq:
+                _build(s, pending, chain, head)
+        else:
             last = s.scalars(select(ChainEpoch).order_by(ChainEpoch.id.desc())).first()
             head = journal.head(s)
             due = last is None or now - last.created_at >= chain.dep.epoch_interval
             if not (force or due) or head.seq == 0 or (last and last.head_seq == head.seq):
                 return None
-            tree = merkle.Tree(chain.dep.settlement, leaves_at(s, head.seq))
-            pending = ChainEpoch(status="pending", head_seq=head.seq, head_hash=head.hash,
-                                 root="0x" + tree.root.hex(), total=tree.total,
-                                 leaves=tree.amounts, created_at=now)
+            pending = ChainEpoch(status="pending", created_at=now, attempts=0)
+            _build(s, pending, chain, head)
             s.add(pending)
             s.flush()
         pid, head_seq, head_hash, root, total = (pending.id, pending.head_seq,
@@ -247,8 +262,12 @@ def commit_epoch(db: Database, chain: Chain, now: float, *, force: bool = False)
     block = None
     tx_hash = None
     if found is None:
-        receipt = chain.send(chain.settler, st.commit(head_seq, bytes.fromhex(head_hash),
-                                                      bytes.fromhex(root[2:]), total))
+        try:
+            receipt = chain.send(chain.settler, st.commit(head_seq, bytes.fromhex(head_hash),
+                                                          bytes.fromhex(root[2:]), total))
+        except ChainError as exc:
+            _failed(db, chain, pid, now, exc.message)
+            raise
         (ev,) = chain.logs(chain.settlement, "EpochCommitted", receipt)
         found = int(ev.args.epoch)
         block = int(receipt["blockNumber"])
@@ -257,8 +276,30 @@ def commit_epoch(db: Database, chain: Chain, now: float, *, force: bool = False)
         row = s.get(ChainEpoch, pid)
         if row is not None and row.status == "pending":
             row.status, row.epoch, row.posted_at = "posted", found, now
-            row.block, row.tx_hash = block, tx_hash
+            row.block, row.tx_hash, row.retry_at = block, tx_hash, None
     return found
+
+
+def _build(s: Session, e: ChainEpoch, chain: Chain, head: Any) -> None:
+    """``e`` made the commitment of the journal at ``head``."""
+    tree = merkle.Tree(chain.dep.settlement, leaves_at(s, head.seq))
+    e.head_seq, e.head_hash, e.root = head.seq, head.hash, "0x" + tree.root.hex()
+    e.total, e.leaves = tree.total, {str(a): v for a, v in tree.amounts.items()}
+
+
+def _failed(db: Database, chain: Chain, pid: int, now: float, why: str) -> None:
+    """Count a failed commit of epoch row ``pid`` and set when to try it again."""
+    with db.write() as s:
+        row = s.get(ChainEpoch, pid)
+        if row is None or row.status != "pending":
+            return
+        row.attempts += 1
+        row.error = why[:500]
+        wait = min(EPOCH_BACKOFF_MAX,
+                   max(chain.dep.epoch_interval, 1.0) * 2.0 ** min(row.attempts - 1, 30))
+        row.retry_at = now + wait
+        log.warning("committing the epoch of journal head %d failed (%d time(s)): %s; "
+                    "next try in %.0f s", row.head_seq, row.attempts, why, wait)
 
 
 def _find_epoch(chain: Chain, head_seq: int, head_hash: str, root: str) -> int | None:

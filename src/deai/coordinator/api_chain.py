@@ -110,7 +110,8 @@ def _epoch_out(e: ChainEpoch, delay: int) -> dict[str, Any]:
             "head_hash": e.head_hash, "root": e.root, "total": e.total,
             "addresses": len(e.leaves), "block": e.block, "tx": e.tx_hash,
             "posted_at": e.posted_at,
-            "matures_at": e.posted_at + delay if e.posted_at is not None else None}
+            "matures_at": e.posted_at + delay if e.posted_at is not None else None,
+            "attempts": e.attempts, "error": e.error, "retry_at": e.retry_at}
 
 
 def _withdrawals(s: Session) -> list[JournalEntry]:

@@ -437,6 +437,10 @@ class ChainEpoch(Base):
     block: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     created_at: Mapped[float] = mapped_column(Float)
     posted_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")  # sends
+    # that failed (reverted, or not mined); the reason of the last, and when to try again
+    error: Mapped[str | None] = mapped_column(String(500), nullable=True)
+    retry_at: Mapped[float | None] = mapped_column(Float, nullable=True)
 
     __table_args__ = (_sa.CheckConstraint("status IN ('pending', 'posted')",
                                           name="ck_chain_epochs_status"),)
