@@ -21,6 +21,7 @@ for the agent's lease runner.
 from __future__ import annotations
 
 import builtins
+import contextlib
 import json
 import time
 from collections.abc import Iterator
@@ -184,10 +185,14 @@ class Leases:
              env: dict[str, str] | None = None) -> int:
         """Run ``argv`` in the lease without a terminal; its exit status."""
         with self.open(lease_id, {"op": "exec", "argv": argv, "env": env or {}}) as s:
-            if stdin:
-                for i in range(0, len(stdin), CHUNK):
-                    s.send(stdin[i:i + CHUNK])
-            s.control(type="eof")
+            # A session the provider refused at once (the lease not running there, or not
+            # answering) is closed by the time this sends: the send raises before the
+            # refusal is read. Stop sending then, and read: the refusal is raised below.
+            with contextlib.suppress(ConnectionClosed):
+                if stdin:
+                    for i in range(0, len(stdin), CHUNK):
+                        s.send(stdin[i:i + CHUNK])
+                s.control(type="eof")
             for m in s.messages():
                 if isinstance(m, tuple):
                     out = stdout if m[0] == STDOUT else stderr
@@ -204,13 +209,14 @@ class Leases:
         if mode is not None:
             params["mode"] = mode
         with self.open(lease_id, params) as s:
-            if isinstance(data, bytes):
-                for i in range(0, len(data), CHUNK):
-                    s.send(data[i:i + CHUNK])
-            else:
-                while chunk := data.read(CHUNK):
-                    s.send(chunk)
-            s.control(type="eof")
+            with contextlib.suppress(ConnectionClosed):  # refused at once: as in ``exec``
+                if isinstance(data, bytes):
+                    for i in range(0, len(data), CHUNK):
+                        s.send(data[i:i + CHUNK])
+                else:
+                    while chunk := data.read(CHUNK):
+                        s.send(chunk)
+                s.control(type="eof")
             for m in s.messages():
                 if isinstance(m, dict) and m.get("type") == "exit":
                     return int(m.get("size", 0))
