@@ -258,10 +258,11 @@ def test_one_blob_that_cannot_be_deleted_stops_no_other(
     monkeypatch.setattr(blob_quota, "SWEEP_BATCH", 1)
     real = blob_quota._discard
 
-    def fails_on_bad(c: Coordinator, s: Any, *, digests: list[str], graves: list[str]) -> int:
-        if bad in graves:
-            raise OSError("EIO")
-        return real(c, s, digests=digests, graves=graves)
+    def fails_on_bad(c: Coordinator, s: Any, *, unused: list[str],
+                     burials: dict[str, int]) -> int:
+        if bad in burials:
+            raise RuntimeError("a page that fails as a whole")
+        return real(c, s, unused=unused, burials=burials)
 
     monkeypatch.setattr(blob_quota, "_discard", fails_on_bad)
     assert blob_quota.sweep(c) == 3
@@ -270,3 +271,117 @@ def test_one_blob_that_cannot_be_deleted_stops_no_other(
     monkeypatch.setattr(blob_quota, "_discard", real)
     assert blob_quota.sweep(c) == 1
     assert not c.blobs.exists(bad) and _graves(c) == set()
+
+
+def test_a_file_that_cannot_be_deleted_keeps_its_grave_and_stops_no_other(
+        c: Coordinator, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Within one page, a file the disk refuses to delete keeps its grave; the others
+    are deleted with theirs. Before, its error rolled the whole page back."""
+    stuck = c.blobs.put(b"the disk will not let this one go")
+    rest = [c.blobs.put(f"these go {i}".encode()) for i in range(3)]
+    c.db.run(lambda s: blob_quota.bury(s, [stuck, *rest]))
+    path = c.blobs.path
+
+    class Stuck(type(path(stuck))):  # type: ignore[misc]
+        def unlink(self, missing_ok: bool = False) -> None:
+            raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(c.blobs, "path", lambda d: Stuck(path(d)) if d == stuck else path(d))
+    assert blob_quota.sweep(c) == 3
+    assert c.blobs.exists(stuck) and not any(map(c.blobs.exists, rest))
+    assert _graves(c) == {stuck}
+
+
+def test_bytes_buried_again_while_a_discard_found_them_in_use_keep_their_grave(
+        c: Coordinator, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A discard reads, on its snapshot, that a file still names the bytes. Before it
+    removes their grave, the file is deleted and the bytes buried again, and that
+    process dies before its own discard. The grave stays (it was buried again since
+    the snapshot), and the next sweep deletes the bytes. Before, the discard removed
+    it, and nothing named the bytes any more."""
+    data = b"named by two files, then by none"
+    digest = _file(c, data, "file-1")
+    _file(c, data, "file-2")
+    real = blob_quota._burials
+
+    def then_the_other_file_goes(s: Any, digests: list[str]) -> dict[str, int]:
+        got = real(s, digests)
+
+        def drop(t: Any) -> None:
+            t.delete(t.get(ApiFile, "file-2"))
+            blob_quota.bury(t, [digest])  # ...and its process dies before discarding
+        c.db.run(drop)
+        return got
+
+    from deai.coordinator.openai import files
+    monkeypatch.setattr(blob_quota, "_burials", then_the_other_file_goes)
+    files.delete(c, "ab" * 32, "file-1")  # its discard finds file-2 on its snapshot
+    monkeypatch.undo()
+    assert c.blobs.exists(digest) and _graves(c) == {digest}
+    assert blob_quota.sweep(c) == 1
+    assert not c.blobs.exists(digest) and _graves(c) == set()
+
+
+def test_a_dataset_keeps_its_bytes_after_its_upload_record_runs_out(
+        c: Coordinator, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A dataset names its ciphertext, uploaded by its owner. When the upload's record
+    runs out, the sweep leaves the bytes: the dataset uses them. Before, nothing but the
+    record did, and the sweep deleted the dataset's content. A dataset whose bytes a
+    discard took between the owner's check and its row is refused, naming the field."""
+    from sqlalchemy import update
+
+    from deai.coordinator import access, datasets
+    from deai.core import wire_datasets as W
+    from deai.core.datasets import Terms
+    from deai.core.errors import InvalidInput
+    from deai.store.models import BlobRef
+
+    owner = "cd" * 32
+
+    def upload(data: bytes) -> str:
+        digest = c.blobs.put(data)
+        blob_quota.admit(c, owner, digest, len(data))
+        return digest
+
+    def publish(ds: str, digest: str) -> None:
+        datasets.publish(c, owner, W.DatasetIn(
+            id=ds, name="rows", blob_digest=digest, size=100, owner_key="a2V5",
+            terms=Terms(price_per_use=1, allow=("embeddings",))))
+
+    def expire() -> None:
+        c.db.run(lambda s: s.execute(update(BlobRef).values(
+            created_at=c.now() - c.settings.blob_ttl - 1)))
+
+    kept = upload(b"a dataset's ciphertext")
+    publish("ds_" + "1" * 24, kept)
+    expire()
+    blob_quota.sweep(c)
+    assert c.blobs.exists(kept) and datasets.content(c, owner, "ds_" + "1" * 24)
+    late = upload(b"another ciphertext")
+    checked = access.require_blob
+
+    def then_its_record_runs_out(*args: Any) -> None:
+        checked(*args)  # the owner may read it...
+        expire()
+        blob_quota.sweep(c)  # ...and then the sweep deletes it: nothing else uses it
+
+    monkeypatch.setattr(access, "require_blob", then_its_record_runs_out)
+    with pytest.raises(InvalidInput, match="blob_digest"):
+        publish("ds_" + "2" * 24, late)
+    assert not c.blobs.exists(late)
+
+
+def test_an_upload_made_again_starts_its_time_again(c: Coordinator) -> None:
+    """Uploading bytes the account already holds renews its record: the sweep that runs
+    out the first upload's time leaves the bytes of the second."""
+    from sqlalchemy import update
+
+    from deai.store.models import BlobRef
+
+    me, data = "ef" * 32, b"uploaded twice, a day apart"
+    digest = c.blobs.put(data)
+    blob_quota.admit(c, me, digest, len(data))
+    c.db.run(lambda s: s.execute(update(BlobRef).values(
+        created_at=c.now() - c.settings.blob_ttl - 1)))
+    blob_quota.admit(c, me, digest, len(data))
+    assert blob_quota.sweep(c) == 0 and c.blobs.exists(digest)

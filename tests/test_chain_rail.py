@@ -121,6 +121,8 @@ def test_a_backlog_is_read_in_ranges_the_node_serves(
     assert n == 4 and credited(w) == before + [1_000, 1_001, 1_002, 1_003]
     served = [(a, b) for a, b in asked if b - a + 1 <= 3]
     assert [b - a + 1 for a, b in asked][:3] == [16, 8, 4]  # halved until it answers
+    refused = len(asked) - len(served)  # then kept at what it answered: not one a range
+    assert refused <= 2 + len(served) // adapter.GROW_AFTER
     assert all(b + 1 == a2 for (_, b), (a2, _) in itertools.pairwise(served))  # no gap
     assert served[-1][1] == w.chain.block_number() - w.chain.dep.confirmations
     assert rail.watch_deposits(w.db, w.chain, w.port.post, w.clock.now()) == 0

@@ -36,6 +36,7 @@ log = logging.getLogger("deai.chain")
 
 LOG_RANGE = 2_000  # blocks asked for in one eth_getLogs: within what public nodes serve
 # (many cap a range at 1,000-10,000 blocks, or its results at 10,000)
+GROW_AFTER = 8  # ranges served in a row before a range the node refused is tried again
 SUPPLY = 1_000_000_000 * 10**6  # one billion DEAI, in micro-units
 CHAIN_ENV = "DEAI_CHAIN"  # names the deployment file a coordinator settles with
 
@@ -193,10 +194,13 @@ class Chain:
         """``(first, last, logs)`` for consecutive ranges of blocks from ``from_block`` to
         ``to_block`` (None: the latest now), at most ``span`` (``LOG_RANGE``) blocks
         each. A range the node refuses (many cap ``eth_getLogs`` at a few thousand blocks
-        or ten thousand results) is halved until it answers, down to one block, so a
-        long backlog is read whatever the node's limits."""
+        or ten thousand results) is halved until it answers, down to one block; the size
+        it answered at is kept, and tried doubled after ``GROW_AFTER`` ranges in a row
+        served (a dense stretch of logs is not the rule). A long backlog is read whatever
+        the node's limits, in few calls where they allow, without a refusal per range."""
         last = self.block_number() if to_block is None else to_block
         first, span = from_block, span or LOG_RANGE
+        top, served = span, 0
         while first <= last:
             end = min(last, first + span - 1)
             try:
@@ -204,12 +208,14 @@ class Chain:
             except Web3RPCError as exc:
                 if span == 1:
                     raise
-                span = max(1, span // 2)
+                span, served = max(1, span // 2), 0
                 log.info("the node refused %s logs of blocks %d-%d (%s); asking for %d "
                          "blocks at a time", name, first, end, exc, span)
                 continue
             yield first, end, got
-            first = end + 1
+            first, served = end + 1, served + 1
+            if served >= GROW_AFTER and span < top:
+                span, served = min(span * 2, top), 0
 
     @staticmethod
     def _get_logs(contract: Contract, name: str, first: int, last: int) -> list[Any]:

@@ -274,7 +274,10 @@ def commit_epoch(db: Database, chain: Chain, now: float, *, force: bool = False)
         tx_hash = "0x" + bytes(receipt["transactionHash"]).hex()
     with db.write() as s:
         row = s.get(ChainEpoch, pid)
-        if row is not None and row.status == "pending":
+        # Still the commitment sent: another leader (a failover) may have made the row
+        # again since; its own commit records that one.
+        if row is not None and row.status == "pending" and (row.head_seq, row.root) == (
+                head_seq, root):
             row.status, row.epoch, row.posted_at = "posted", found, now
             row.block, row.tx_hash, row.retry_at = block, tx_hash, None
     return found

@@ -27,15 +27,17 @@ from __future__ import annotations
 
 import functools
 import logging
+from typing import Any
 
-from sqlalchemy import delete, func, select, text
+from sqlalchemy import delete, func, select, text, update
 from sqlalchemy.orm import Session
 
 from deai.coordinator.service import Coordinator
-from deai.core.errors import PayloadTooLarge
+from deai.core.errors import InvalidInput, PayloadTooLarge
 from deai.store import journal
 from deai.store.blobs import digest_of
-from deai.store.models import ApiFile, Assignment, BlobRef, Checkpoint, Job, Task
+from deai.store.models import ApiFile, Assignment, BlobRef, Canary, Checkpoint, Job, Task
+from deai.store.models_datasets import Dataset
 from deai.store.models_volumes import VolumeSnapshot
 
 log = logging.getLogger("deai.blobs")
@@ -62,8 +64,13 @@ def admit(c: Coordinator, account: str, digest: str, size: int, field: str = "bo
             s.execute(text("SELECT pg_advisory_xact_lock(hashtext(:k))"),
                       {"k": f"blob-quota:{account}"})
         _lock_digests(c, s, [digest])  # not while a discard of these bytes checks
-        if s.get(BlobRef, (digest, account)) is not None:
-            return  # already held: counted once
+        # Already held: counted once, and its time starts again. An update, not a read:
+        # a sweep deleting the record at this moment (``sweep``: only a record still past
+        # its time) either waits for it and keeps the record, or is waited for, and the
+        # upload is recorded anew below.
+        if _changed(s.execute(update(BlobRef).where(
+                BlobRef.digest == digest, BlobRef.account == account).values(created_at=c.now()))):
+            return
         have = used(s, account)
         if have + size > quota:
             raise QuotaExceeded(
@@ -76,11 +83,17 @@ def admit(c: Coordinator, account: str, digest: str, size: int, field: str = "bo
     c.db.run(body)
 
 
+def _changed(result: Any) -> int:
+    """The rows an UPDATE or DELETE changed."""
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
 def in_use(s: Session, digests: list[str]) -> set[str]:
     """Those of ``digests`` that some record still names (any account's)."""
     cols = (BlobRef.digest, Job.input_digest, Job.output_digest, Task.input_digest,
             Task.output_digest, Task.reference_digest, Assignment.input_digest,
-            Assignment.output_digest, Checkpoint.digest, ApiFile.digest, VolumeSnapshot.digest)
+            Assignment.output_digest, Checkpoint.digest, ApiFile.digest, VolumeSnapshot.digest,
+            Dataset.blob_digest, Canary.input_digest, Canary.output_digest)
     out: set[str] = set()
     for col in cols:
         q = select(col).where(col.in_(digests)).distinct()
@@ -102,9 +115,12 @@ def bury(s: Session, digests: list[str]) -> None:
     never ran because the process died after the commit, is retried by the next sweep
     (``sweep``) instead of leaving the bytes on disk for good."""
     for d in sorted(set(digests)):
+        # A grave's ``size`` counts its burials: a discard that found the bytes in use
+        # removes the grave only if nobody buried them again since it looked (``_discard``)
         s.execute(journal.dialect_insert(s, BlobRef)
                   .values(digest=d, account=GRAVE, size=0, created_at=0.0)
-                  .on_conflict_do_nothing(index_elements=["digest", "account"]))
+                  .on_conflict_do_update(index_elements=["digest", "account"],
+                                         set_={"size": BlobRef.__table__.c.size + 1}))
 
 
 def _lock_digests(c: Coordinator, s: Session, digests: list[str]) -> None:
@@ -130,6 +146,16 @@ def hold(c: Coordinator, s: Session, data: bytes) -> str:
     return digest
 
 
+def keep(c: Coordinator, s: Session, digest: str, field: str) -> None:
+    """Hold stored bytes that a row this transaction is about to write will name (a
+    dataset's ciphertext), as ``hold`` does for bytes it stores; refused, naming
+    ``field``, if a discard deleted them first (their upload's record ran out)."""
+    _lock_digests(c, s, [digest])
+    if not c.blobs.exists(digest):
+        raise InvalidInput(f"{field}: no stored blob {digest} (its upload expired); upload "
+                           "it again", field=field)
+
+
 DISCARD_BATCH = 100  # blobs checked again and deleted in one write transaction
 
 
@@ -148,13 +174,20 @@ def discard_if_unused(c: Coordinator, digests: list[str]) -> int:
     digests = sorted(set(digests))
     with c.db.read() as s:
         used_now = in_use(s, digests)
+        burials = _burials(s, digests)  # on the same snapshot
     n = 0
     for i in range(0, len(digests), DISCARD_BATCH):
         part = digests[i:i + DISCARD_BATCH]
-        n += c.db.run(functools.partial(_discard, c, digests=[d for d in part
-                                                              if d not in used_now],
-                                        graves=part))
+        n += c.db.run(functools.partial(
+            _discard, c, unused=[d for d in part if d not in used_now],
+            burials={d: burials[d] for d in part if d in burials}))
     return n
+
+
+def _burials(s: Session, digests: list[str]) -> dict[str, int]:
+    """The graves among ``digests``, with how many times each was buried."""
+    return dict(s.execute(select(BlobRef.digest, BlobRef.size).where(
+        BlobRef.account == GRAVE, BlobRef.digest.in_(digests))).all())
 
 
 def discard_quietly(c: Coordinator, digests: list[str]) -> int:
@@ -169,28 +202,47 @@ def discard_quietly(c: Coordinator, digests: list[str]) -> int:
         return 0
 
 
-HELD_BY = (BlobRef.digest, ApiFile.digest, VolumeSnapshot.digest)  # the rows written
-# under a digest's hold (``admit``, ``hold``): what a discard checks again, holding it
+HELD_BY = (BlobRef.digest, ApiFile.digest, VolumeSnapshot.digest, Dataset.blob_digest,
+           Job.output_digest)  # the rows written under a digest's hold (``admit``, ``hold``,
+# ``keep``): what a discard checks again, holding it
 
 
-def _discard(c: Coordinator, s: Session, *, digests: list[str], graves: list[str]) -> int:
-    """Delete the blobs ``digests`` unless a row written since the snapshot names them,
-    and the graves of ``graves`` (a superset: those found in use lose theirs too)."""
-    _lock_digests(c, s, graves)
+def _discard(c: Coordinator, s: Session, *, unused: list[str], burials: dict[str, int]
+             ) -> int:
+    """Delete the blobs ``unused`` (nothing used them on the snapshot) unless a row
+    written since names them, and remove graves: those of the bytes deleted, and those
+    of bytes in use that nobody buried again since the snapshot (``burials``: each grave's
+    count as the snapshot read it). A grave buried again meanwhile stays: the row that
+    used the bytes may be gone now, and the next discard or sweep looks again. A file
+    that cannot be deleted keeps its grave and stops no other."""
+    _lock_digests(c, s, [*unused, *burials])
     kept: set[str] = set()
-    if digests:
+    if unused:
         for col in HELD_BY:
-            q = select(col).where(col.in_(digests)).distinct()
+            q = select(col).where(col.in_(unused)).distinct()
             if col is BlobRef.digest:
                 q = q.where(BlobRef.account != GRAVE)
             kept.update(s.scalars(q))
     n = 0
-    for d in digests:
+    gone: list[str] = []
+    for d in unused:
+        if d in kept:
+            continue
         path = c.blobs.path(d)
-        if d not in kept and path.exists():  # a pack (a job's shards) is always in use:
-            path.unlink(missing_ok=True)  # only loose files
-            n += 1
-    s.execute(delete(BlobRef).where(BlobRef.account == GRAVE, BlobRef.digest.in_(graves)))
+        try:
+            if path.exists():  # a pack (a job's shards) is always in use: only loose files
+                path.unlink(missing_ok=True)
+                n += 1
+        except OSError as exc:
+            log.warning("blob %s: cannot delete it (%s); its grave stays", d[:12], exc)
+            continue
+        gone.append(d)
+    if gone:
+        s.execute(delete(BlobRef).where(BlobRef.account == GRAVE, BlobRef.digest.in_(gone)))
+    for d, times in sorted(burials.items()):
+        if d not in unused or d in kept:
+            s.execute(delete(BlobRef).where(BlobRef.account == GRAVE, BlobRef.digest == d,
+                                            BlobRef.size == times))
     return n
 
 
@@ -211,17 +263,19 @@ def sweep(c: Coordinator) -> int:
         after = page[-1]
     cutoff = c.now() - c.settings.blob_ttl
     while True:
-        def body(s: Session) -> list[str]:
+        def body(s: Session) -> tuple[list[str], list[str]]:
             rows = s.execute(select(BlobRef.digest, BlobRef.account)
                              .where(BlobRef.created_at < cutoff, BlobRef.account != GRAVE)
                              .order_by(BlobRef.created_at).limit(SWEEP_BATCH)).all()
-            for d, a in rows:
-                s.execute(delete(BlobRef).where(BlobRef.digest == d, BlobRef.account == a))
-            expired = sorted({d for d, _ in rows})
-            bury(s, expired)
-            return expired
+            expired: set[str] = set()
+            for d, a in rows:  # still past its time: an upload of it again renewed it
+                if _changed(s.execute(delete(BlobRef).where(
+                        BlobRef.digest == d, BlobRef.account == a, BlobRef.created_at < cutoff))):
+                    expired.add(d)
+            bury(s, sorted(expired))
+            return sorted({d for d, _ in rows}), sorted(expired)
 
-        expired = c.db.run(body)
+        seen, expired = c.db.run(body)
         total += discard_quietly(c, expired)
-        if len(expired) < SWEEP_BATCH:
+        if len(seen) < SWEEP_BATCH:
             return total

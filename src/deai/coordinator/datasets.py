@@ -22,7 +22,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from deai.coordinator import access
+from deai.coordinator import access, blob_quota
 from deai.coordinator.service import Coordinator
 from deai.core import batch
 from deai.core import datasets as D
@@ -71,6 +71,9 @@ def publish(c: Coordinator, owner: str, body: W.DatasetIn) -> W.DatasetPrivateOu
     def create(s: Session) -> W.DatasetPrivateOut:
         if s.get(Dataset, body.id) is not None:
             raise Conflict(f"dataset {body.id} exists", field="id")
+        # kept from a discard until this commits: the dataset then names the bytes, and
+        # they stay after its owner's upload record runs out
+        blob_quota.keep(c, s, body.blob_digest, "blob_digest")
         d = Dataset(id=body.id, owner=owner, name=body.name, blob_digest=body.blob_digest,
                     size=body.size, info=body.train.model_dump() if body.train else {},
                     owner_key=body.owner_key, price_per_use=body.terms.price_per_use,

@@ -14,7 +14,7 @@ from typing import Any, NamedTuple, cast
 from sqlalchemy import Table, select
 from sqlalchemy.orm import Session
 
-from deai.coordinator import canaries, lookback, touch
+from deai.coordinator import blob_quota, canaries, lookback, touch
 from deai.coordinator import reputation as rep
 from deai.coordinator.service import Coordinator
 from deai.core import kinds, ledger, sealed
@@ -408,9 +408,11 @@ class _Applier:
         outputs = [c.blobs.get(d) for d in digests if d]
         if sealed.is_sealed(job.spec):  # ciphertexts only: the owner decrypts (client.sealed)
             from deai.coordinator import sealed_jobs
-            job.output_digest = c.blobs.put(sealed_jobs.assemble(c, job, outputs))
+            job.output_digest = blob_quota.hold(c, s, sealed_jobs.assemble(c, job, outputs))
             return None
-        job.output_digest = c.blobs.put(kind.assemble(job.id, kind.parse_spec(job.spec), outputs))
+        # held until this commits: a discard of equal bytes cannot take them from the job
+        job.output_digest = blob_quota.hold(
+            c, s, kind.assemble(job.id, kind.parse_spec(job.spec), outputs))
         # Work that ran and failed on its own terms (a command over its limit) is still
         # accepted work; the job completes and says what went wrong.
         problems = kind.errors(outputs)

@@ -122,7 +122,7 @@ class Job(Base):
     deadline_at: Mapped[float] = mapped_column(Float)
     finished_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
-    output_digest: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    output_digest: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
 
     __table_args__ = _checks("jobs")
 
@@ -293,7 +293,7 @@ class ApiFile(Base):
     purpose: Mapped[str] = mapped_column(String(32))
     filename: Mapped[str] = mapped_column(String(255))
     size: Mapped[int] = mapped_column(BigInteger)
-    digest: Mapped[str] = mapped_column(String(64))
+    digest: Mapped[str] = mapped_column(String(64), index=True)
     created_at: Mapped[float] = mapped_column(Float, index=True)
 
 

@@ -21,7 +21,7 @@ class Dataset(Base):
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     owner: Mapped[str] = mapped_column(String(64), index=True)
     name: Mapped[str] = mapped_column(String(100))
-    blob_digest: Mapped[str] = mapped_column(String(64))
+    blob_digest: Mapped[str] = mapped_column(String(64), index=True)
     size: Mapped[int] = mapped_column(BigInteger)  # plaintext bytes
     info: Mapped[dict[str, Any]] = mapped_column(JSON)  # public summary: n, features, ...
     owner_key: Mapped[str] = mapped_column(Text)  # the key wrapped to the owner
