@@ -10,6 +10,7 @@ the quota is free again, while a blob a job uses stays, readable by its owner.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import time
 from collections.abc import Iterator
@@ -20,6 +21,7 @@ import httpx
 import pytest
 
 from deai.client.keys import Identity
+from deai.client.sdk import Client
 from deai.coordinator import blob_quota
 from deai.coordinator.service import Coordinator
 from deai.core import batch
@@ -91,6 +93,48 @@ def test_an_unfunded_key_is_held_to_its_quota_until_uploads_expire(net: Network)
     # The job's input outlived its upload record: still there, still its owner's to read.
     assert on_disk(net, kept_digest)
     assert owner.download(kept_digest) == kept
+    assert owner.job(job.id).status in ("pending", "running")
+
+
+def test_a_command_jobs_files_outlive_their_uploads_and_are_its_owners_alone(
+        net: Network) -> None:
+    """A command job names a file by digest, uploaded before it. Past the upload's TTL
+    the file stays (the job uses it: ``job_blobs``) and its owner may still read it.
+    Before, nothing but the upload's record named it: the sweep deleted it under a job
+    that may run for seven days, and its owner lost the right to read it. A job naming
+    a file its owner may not read is refused at submission, naming the field, with no
+    money moved; before, it was admitted and failed on the provider."""
+    from deai.core import wire
+    from deai.core.errors import NotFound
+
+    owner, mallory = funded(net), funded(net)
+    host = Client(net.url, Identity.generate())
+    host.faucet(50_000_000)
+    host.register(wire.RegisterIn(
+        hardware=wire.Hardware(cpu_model="test cpu", cores=2, memory_mb=4096),
+        benchmark=wire.Benchmark(gflops=50.0, mem_gbps=10.0), threads=1, slots=1,
+        offers=[wire.OfferIn(workload="command", model="bwrap-sandbox", price=100)]))
+    host.bond(10_000_000)
+    data = b"rows the command reads\n"
+    digest = owner.upload(data).digest
+    spec = {"kind": "command", "model": "bwrap-sandbox", "max_price": 500, "deadline": 600,
+            "cpu_seconds": 1}
+    cmd = {"custom_id": "c", "script": "wc -l in.txt", "files": {"in.txt": {"digest": digest}}}
+    inp = json.dumps(cmd).encode() + b"\n"
+    job = owner.submit_job(spec, owner.upload(inp).digest)
+
+    before, head = mallory.balance(), mallory.journal(limit=1).head_seq
+    with pytest.raises(NotFound) as info:
+        mallory.submit_job(spec, mallory.upload(inp).digest)
+    assert info.value.field == "input.files"
+    assert mallory.balance() == before and mallory.journal(limit=1).head_seq == head
+
+    probe = owner.upload(b"uploaded after the file, used by nothing").digest
+    end = time.time() + 120
+    while on_disk(net, probe):  # a sweep past both uploads' time has run
+        assert time.time() < end, net.logs()
+        time.sleep(0.3)
+    assert on_disk(net, digest) and owner.download(digest) == data
     assert owner.job(job.id).status in ("pending", "running")
 
 

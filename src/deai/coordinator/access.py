@@ -35,7 +35,7 @@ from deai.coordinator import volumes
 from deai.coordinator.service import Coordinator
 from deai.core.errors import NotFound
 from deai.core.lifecycle import AssignmentStatus
-from deai.store.models import ApiFile, Assignment, BlobRef, Checkpoint, Job, Task
+from deai.store.models import ApiFile, Assignment, BlobRef, Checkpoint, Job, JobBlob, Task
 
 NETWORK = "network"
 """Owner of the jobs the coordinator makes itself (canaries, audits): ``verify.NETWORK``."""
@@ -69,6 +69,7 @@ def owner_may_read(s: Session, account: str, digest: str) -> bool:
         select(Checkpoint.id).join(Task, Task.id == Checkpoint.task_id)
         .where(Task.job_id.in_(mine), Checkpoint.digest == digest),
         select(ApiFile.id).where(ApiFile.account == account, ApiFile.digest == digest),
+        select(JobBlob.job_id).where(JobBlob.digest == digest, JobBlob.job_id.in_(mine)),
     )
     return any(s.scalar(q.limit(1)) is not None for q in checks)
 

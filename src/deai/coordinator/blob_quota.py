@@ -36,7 +36,16 @@ from deai.coordinator.service import Coordinator
 from deai.core.errors import InvalidInput, PayloadTooLarge
 from deai.store import journal
 from deai.store.blobs import digest_of
-from deai.store.models import ApiFile, Assignment, BlobRef, Canary, Checkpoint, Job, Task
+from deai.store.models import (
+    ApiFile,
+    Assignment,
+    BlobRef,
+    Canary,
+    Checkpoint,
+    Job,
+    JobBlob,
+    Task,
+)
 from deai.store.models_datasets import Dataset
 from deai.store.models_volumes import VolumeSnapshot
 
@@ -93,7 +102,7 @@ def in_use(s: Session, digests: list[str]) -> set[str]:
     cols = (BlobRef.digest, Job.input_digest, Job.output_digest, Task.input_digest,
             Task.output_digest, Task.reference_digest, Assignment.input_digest,
             Assignment.output_digest, Checkpoint.digest, ApiFile.digest, VolumeSnapshot.digest,
-            Dataset.blob_digest, Canary.input_digest, Canary.output_digest)
+            Dataset.blob_digest, Canary.input_digest, Canary.output_digest, JobBlob.digest)
     out: set[str] = set()
     for col in cols:
         q = select(col).where(col.in_(digests)).distinct()
@@ -146,14 +155,17 @@ def hold(c: Coordinator, s: Session, data: bytes) -> str:
     return digest
 
 
-def keep(c: Coordinator, s: Session, digest: str, field: str) -> None:
-    """Hold stored bytes that a row this transaction is about to write will name (a
-    dataset's ciphertext), as ``hold`` does for bytes it stores; refused, naming
-    ``field``, if a discard deleted them first (their upload's record ran out)."""
-    _lock_digests(c, s, [digest])
-    if not c.blobs.exists(digest):
-        raise InvalidInput(f"{field}: no stored blob {digest} (its upload expired); upload "
-                           "it again", field=field)
+def keep(c: Coordinator, s: Session, digests: str | list[str], field: str) -> None:
+    """Hold stored bytes that rows this transaction is about to write will name (a
+    dataset's ciphertext, a job's input files), as ``hold`` does for bytes it stores;
+    refused, naming ``field``, if a discard deleted them first (their upload's record
+    ran out)."""
+    digests = [digests] if isinstance(digests, str) else digests
+    _lock_digests(c, s, digests)
+    for d in digests:
+        if not c.blobs.exists(d):
+            raise InvalidInput(f"{field}: no stored blob {d} (its upload expired); upload "
+                               "it again", field=field)
 
 
 DISCARD_BATCH = 100  # blobs checked again and deleted in one write transaction
@@ -203,8 +215,8 @@ def discard_quietly(c: Coordinator, digests: list[str]) -> int:
 
 
 HELD_BY = (BlobRef.digest, ApiFile.digest, VolumeSnapshot.digest, Dataset.blob_digest,
-           Job.output_digest)  # the rows written under a digest's hold (``admit``, ``hold``,
-# ``keep``): what a discard checks again, holding it
+           Job.output_digest, JobBlob.digest)  # the rows written under a digest's hold
+# (``admit``, ``hold``, ``keep``): what a discard checks again, holding it
 
 
 def _discard(c: Coordinator, s: Session, *, unused: list[str], burials: dict[str, int]

@@ -17,12 +17,21 @@ import hashlib
 import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import Table, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from deai.coordinator import access, admission, capacity, checkpoints, effects, hoarding, verify
+from deai.coordinator import (
+    access,
+    admission,
+    blob_quota,
+    capacity,
+    checkpoints,
+    effects,
+    hoarding,
+    verify,
+)
 from deai.coordinator.matching import all_provider_states, stake_needed
 from deai.coordinator.service import Coordinator
 from deai.core import auth, kinds, ledger, market, sealed, specs, wire
@@ -40,7 +49,7 @@ from deai.core.lifecycle.effects import RefreshJob
 from deai.core.money import cost_for_units
 from deai.store import db
 from deai.store.blobs import digest_of
-from deai.store.models import Assignment, Event, Job, Payout, Provider, Task
+from deai.store.models import Assignment, Event, Job, JobBlob, Payout, Provider, Task
 
 log = logging.getLogger("deai.coordinator.jobs")
 
@@ -117,6 +126,11 @@ def submit(c: Coordinator, owner: str, body: wire.JobIn, *,
     # The shards go to disk (one pack, one fsync for the whole job) while the
     # transaction below checks capacity and escrows; it commits the tasks that name
     # them only once they are durable (the wait at the end of ``create``).
+    # The blobs the shards name (a command's files): the owner's to use, and recorded
+    # with the job (``JobBlob``), which keeps them after the uploads' records run out.
+    named = sorted({d for sh in shards for d in sh.blobs})
+    for d in named:
+        access.require_blob(c, owner, d, "input.files")
     payloads = [sh.payload for sh in shards]
     stored = _SHARD_WRITER.submit(c.blobs.put_many, payloads)
     shard_digests = [digest_of(p) for p in payloads]
@@ -141,6 +155,10 @@ def submit(c: Coordinator, owner: str, body: wire.JobIn, *,
             want_tasks=len(shards) <= _ORM_TASKS)
         if use is not None:  # terms checked again under lock; the royalty from escrow
             datasets.record_use(c, s, job, spec, use)
+        if named:  # held until this commits: a discard cannot take them meanwhile
+            blob_quota.keep(c, s, named, "input.files")
+            db.insert_many(s, cast(Table, JobBlob.__table__),
+                           [{"job_id": job.id, "digest": d} for d in named])
         if then is not None:
             then(s, job)
         stored.result()  # raises if the shards could not be stored: nothing commits

@@ -237,6 +237,15 @@ class Canary(Base):
     uses: Mapped[int] = mapped_column(Integer, default=0)
 
 
+class JobBlob(Base):
+    """A blob a job's shards name by digest (a command's input file): in use while the
+    job is, and readable by its owner, after the upload's own record has run out."""
+
+    __tablename__ = "job_blobs"
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"), primary_key=True)
+    digest: Mapped[str] = mapped_column(String(64), primary_key=True, index=True)
+
+
 class Checkpoint(Base):
     """A training checkpoint a provider recorded: its blob digest and its chain hash.
 

@@ -86,6 +86,7 @@ class Shard:
     payload: bytes
     items: int
     max_units: int
+    blobs: tuple[str, ...] = ()  # the blobs the payload names by digest (a command's files)
 
 
 @dataclass(frozen=True)

@@ -348,7 +348,8 @@ class CommandKind(Kind):
 
     def split(self, spec: SpecBase, data: bytes) -> list[Shard]:
         assert isinstance(spec, CommandSpec)
-        return [Shard(canonical(p), 1, spec.cpu_seconds * 1000)
+        return [Shard(canonical(p), 1, spec.cpu_seconds * 1000,
+                      tuple(sorted({f["digest"] for f in p["files"].values() if "digest" in f})))
                 for p in parse_input(data, spec)]
 
     def meter(self, spec: SpecBase, shard: bytes, output: bytes) -> int:
