@@ -40,7 +40,9 @@ def test_a_batch_is_one_pack_and_reads_back(tmp_path: Path) -> None:
         store.size("0" * 64)
 
 
-def test_stored_blobs_and_duplicates_are_not_written_again(tmp_path: Path) -> None:
+def test_packed_blobs_and_duplicates_are_not_written_again(tmp_path: Path) -> None:
+    """A blob already in a pack is not written again; one stored only loose (an upload,
+    which the retention loop may delete once nothing uses it) is packed too."""
     store = BlobStore(tmp_path)
     first = store.put(b"already loose")
     data = blobs(10)
@@ -48,9 +50,11 @@ def test_stored_blobs_and_duplicates_are_not_written_again(tmp_path: Path) -> No
     (first_pack,) = (tmp_path / "packs").glob("*.pack")
     again = store.put_many([*data, b"already loose", data[0], b"new one"])
     assert again[-3:] == [first, digest_of(data[0]), digest_of(b"new one")]
-    # The second batch wrote only its one new blob, in a pack of its own.
+    # The second batch wrote only what no pack held, in a pack of its own.
     (second,) = set((tmp_path / "packs").glob("*.pack")) - {first_pack}
-    assert [d for d, _, _ in read_index(second)] == [digest_of(b"new one")]
+    assert [d for d, _, _ in read_index(second)] == [first, digest_of(b"new one")]
+    store.path(first).unlink()  # the upload's loose copy deleted: the pack's remains
+    assert store.get(first) == b"already loose"
     assert store.get(digest_of(b"new one")) == b"new one"
     assert store.put_many([]) == []
 

@@ -67,15 +67,16 @@ class BlobStore:
     def put_many(self, blobs: Sequence[bytes]) -> list[str]:
         """Store a batch durably (one fsync for all of it); their digests, in order.
 
-        Blobs already stored are not written again.
+        Blobs already in a pack are not written again. One stored only as a loose file
+        is: a loose file is an upload's, which the retention loop deletes once nothing
+        uses it, and the rows naming this batch are not written yet (a discard that read
+        before them would take the only copy).
         """
         digests = [digest_of(b) for b in blobs]
         packed = self.packs.known(digests)
-        root = str(self.root)
         new: dict[str, bytes] = {}
         for d, b in zip(digests, blobs, strict=True):
-            if d not in new and d not in packed and not os.path.exists(
-                    os.path.join(root, d[:2], d[2:])):
+            if d not in new and d not in packed:
                 new[d] = b
         if new:  # a pack even for one: its rename is fsynced too, not only its bytes
             self.packs.write(list(new.items()))
