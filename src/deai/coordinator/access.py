@@ -116,6 +116,19 @@ def require_blob(c: Coordinator, account: str, digest: str, field: str = "digest
                        "(upload it first)", field=field)
 
 
+def require_own_blob(c: Coordinator, account: str, digest: str, field: str) -> None:
+    """Raise the not-found error unless ``account`` uploaded the blob or owns something
+    that uses it: not a blob it may read only through a provider's lease or a mount, whose
+    reading ends with them (a job naming it would keep it, and the right to read it)."""
+    ok = _HEX64.match(digest) is not None and c.blobs.exists(digest)
+    if ok:
+        with c.db.read() as s:
+            ok = owner_may_read(s, account, digest)
+    if not ok:
+        raise NotFound(f"{field}: no blob {digest} that this key uploaded or owns "
+                       "(upload it first)", field=field)
+
+
 def require_job(c: Coordinator, account: str, job_id: str) -> None:
     """Raise the not-found error unless ``account`` owns the job."""
     with c.db.read() as s:

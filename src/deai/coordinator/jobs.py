@@ -130,7 +130,7 @@ def submit(c: Coordinator, owner: str, body: wire.JobIn, *,
     # with the job (``JobBlob``), which keeps them after the uploads' records run out.
     named = sorted({d for sh in shards for d in sh.blobs})
     for d in named:
-        access.require_blob(c, owner, d, "input.files")
+        access.require_own_blob(c, owner, d, "input.files")
     payloads = [sh.payload for sh in shards]
     stored = _SHARD_WRITER.submit(c.blobs.put_many, payloads)
     shard_digests = [digest_of(p) for p in payloads]
