@@ -429,3 +429,22 @@ def test_an_upload_made_again_starts_its_time_again(c: Coordinator) -> None:
         created_at=c.now() - c.settings.blob_ttl - 1)))
     blob_quota.admit(c, me, digest, len(data))
     assert blob_quota.sweep(c) == 0 and c.blobs.exists(digest)
+
+
+def test_a_job_names_a_bounded_number_of_files(c: Coordinator) -> None:
+    """Distinct files named by digest are bounded per job: past the bound the job is
+    refused, naming the field, before anything is read for each of them."""
+    from deai.coordinator import jobs
+    from deai.core import wire
+    from deai.core.errors import InvalidInput
+
+    many = [{"custom_id": f"m{n}", "script": "true",
+             "files": {f"f{i}": {"digest": f"{n:02x}{i:062x}"} for i in range(600)}}
+            for n in range(2)]
+    assert 2 * 600 > jobs.MAX_NAMED_BLOBS
+    data = b"".join(json.dumps(m).encode() + b"\n" for m in many)
+    spec = {"kind": "command", "model": "bwrap-sandbox", "max_price": 500, "deadline": 600,
+            "cpu_seconds": 1}
+    with pytest.raises(InvalidInput) as bad:
+        jobs.submit(c, "ab" * 32, wire.JobIn(spec=spec, input_digest=c.blobs.put(data)))
+    assert bad.value.field == "input.files"

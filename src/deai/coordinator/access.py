@@ -116,16 +116,24 @@ def require_blob(c: Coordinator, account: str, digest: str, field: str = "digest
                        "(upload it first)", field=field)
 
 
-def require_own_blob(c: Coordinator, account: str, digest: str, field: str) -> None:
-    """Raise the not-found error unless ``account`` uploaded the blob or owns something
-    that uses it: not a blob it may read only through a provider's lease or a mount, whose
-    reading ends with them (a job naming it would keep it, and the right to read it)."""
-    ok = _HEX64.match(digest) is not None and c.blobs.exists(digest)
-    if ok:
-        with c.db.read() as s:
-            ok = owner_may_read(s, account, digest)
-    if not ok:
-        raise NotFound(f"{field}: no blob {digest} that this key uploaded or owns "
+def require_own_blobs(c: Coordinator, account: str, digests: list[str], field: str) -> None:
+    """Raise the not-found error, naming the first offender, unless ``account`` uploaded
+    each blob or owns something that uses it: not a blob it may read only through a
+    provider's lease or a mount, whose reading ends with them (a job naming it would keep
+    it, and the right to read it). In one read, in parts: its uploads, then its jobs'
+    files, then the slower checks for what is left."""
+    missing = [d for d in digests if not _HEX64.match(d) or not c.blobs.exists(d)]
+    left = [d for d in digests if d not in set(missing)]
+    with c.db.read() as s:
+        for i in range(0, len(left), 500):
+            part = left[i:i + 500]
+            mine = set(s.scalars(select(BlobRef.digest).where(
+                BlobRef.account == account, BlobRef.digest.in_(part))))
+            mine |= set(s.scalars(select(JobBlob.digest).join(Job, Job.id == JobBlob.job_id)
+                                  .where(Job.owner == account, JobBlob.digest.in_(part))))
+            missing += [d for d in part if d not in mine and not owner_may_read(s, account, d)]
+    if missing:
+        raise NotFound(f"{field}: no blob {missing[0]} that this key uploaded or owns "
                        "(upload it first)", field=field)
 
 

@@ -96,6 +96,9 @@ def _quote_sealed(c: Coordinator, spec: specs.JobSpec, s: Session, shard_units: 
                                              and (p.online or not online)])
 
 
+MAX_NAMED_BLOBS = 1_000  # distinct files a job's commands name by digest, at most
+
+
 def submit(c: Coordinator, owner: str, body: wire.JobIn, *,
            key: admission.KeyUse | None = None,
            then: Callable[[Session, Job], Any] | None = None) -> wire.JobOut:
@@ -129,13 +132,17 @@ def submit(c: Coordinator, owner: str, body: wire.JobIn, *,
     # The blobs the shards name (a command's files): the owner's to use, and recorded
     # with the job (``JobBlob``), which keeps them after the uploads' records run out.
     named = sorted({d for sh in shards for d in sh.blobs})
-    for d in named:
-        access.require_own_blob(c, owner, d, "input.files")
+    if len(named) > MAX_NAMED_BLOBS:
+        raise InvalidInput(f"input.files: {len(named)} distinct files by digest; at most "
+                           f"{MAX_NAMED_BLOBS} a job", field="input.files")
+    access.require_own_blobs(c, owner, named, "input.files")
     payloads = [sh.payload for sh in shards]
     stored = _SHARD_WRITER.submit(c.blobs.put_many, payloads)
     shard_digests = [digest_of(p) for p in payloads]
 
     def create(s: Session) -> wire.JobOut:
+        if named:  # held until this commits, first (``store.db``: blob holds before rows)
+            blob_quota.keep(c, s, named, "input.files")
         # One eligible provider admits the job (read from the offers, a few at a time);
         # every provider is read, for the reasons in the refusal, only when none is.
         if not capacity.any_eligible(c, s, _demand(c, spec, shard_units)):
@@ -155,8 +162,7 @@ def submit(c: Coordinator, owner: str, body: wire.JobIn, *,
             want_tasks=len(shards) <= _ORM_TASKS)
         if use is not None:  # terms checked again under lock; the royalty from escrow
             datasets.record_use(c, s, job, spec, use)
-        if named:  # held until this commits: a discard cannot take them meanwhile
-            blob_quota.keep(c, s, named, "input.files")
+        if named:
             db.insert_many(s, cast(Table, JobBlob.__table__),
                            [{"job_id": job.id, "digest": d} for d in named])
         if then is not None:

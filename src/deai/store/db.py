@@ -53,6 +53,12 @@ Consequences:
   is written: PostgreSQL's READ COMMITTED lets another writer commit in
   between. ``Session.get(..., with_for_update=True)`` returns an object the
   session already holds as it was unless ``populate_existing=True``.
+- A blob's hold (an advisory lock on its digest, ``coordinator.blob_quota``) comes
+  before any row lock: an upload's record, a discard, a job submission naming
+  files, a dataset's publication take it first. Two take it later, where the bytes
+  are made inside the transaction: a job's assembled output (its job row held) and
+  a snapshot or a batch's output file. They can meet a submission naming the same
+  bytes in a cycle; ``run`` retries the loser.
 Anything that cannot follow the order is still safe, only slower: ``run``
 retries the loser of a deadlock.
 """
