@@ -441,7 +441,7 @@ def test_a_job_names_a_bounded_number_of_files(c: Coordinator) -> None:
     many = [{"custom_id": f"m{n}", "script": "true",
              "files": {f"f{i}": {"digest": f"{n:02x}{i:062x}"} for i in range(600)}}
             for n in range(2)]
-    assert 2 * 600 > jobs.MAX_NAMED_BLOBS
+    assert jobs.MAX_NAMED_BLOBS < 2 * 600
     data = b"".join(json.dumps(m).encode() + b"\n" for m in many)
     spec = {"kind": "command", "model": "bwrap-sandbox", "max_price": 500, "deadline": 600,
             "cpu_seconds": 1}
