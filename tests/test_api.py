@@ -191,6 +191,7 @@ def test_quote_explains_every_provider_that_cannot_run_the_job(net: Network) -> 
     assert "price above the maximum" in reasons[dear.id]
     assert "not enough memory" in reasons[small.id]
     assert "no stake" in reasons[broke.id]
+    assert q.ineligible_count == len(q.ineligible) >= 3  # under the list's cap: all listed
     for p in (cheap, dear, small, broke):
         p.quit()
 

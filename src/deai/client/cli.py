@@ -672,12 +672,14 @@ def market_quote(spec_file: Annotated[Path, typer.Argument(metavar="SPEC.yaml")]
         pid = str(d.get("provider") or d.get("provider_id") or d.get("id") or "?")
         return pid[:16], str(d.get("name") or names.get(pid, ""))
 
-    t = Table("provider", "name", "price µ/1,000", title=f"eligible ({len(q.eligible)})")
+    t = Table("provider", "name", "price µ/1,000",
+              title=f"eligible ({q.eligible_count or len(q.eligible)})")
     for d in q.eligible:
         t.add_row(*who(d), str(d.get("price", "")))
     console.print(t)
     if q.ineligible:
-        t = Table("provider", "name", "why not", title=f"ineligible ({len(q.ineligible)})")
+        t = Table("provider", "name", "why not",
+                  title=f"ineligible ({q.ineligible_count or len(q.ineligible)})")
         for d in q.ineligible:
             t.add_row(*who(d), "; ".join(str(r) for r in d.get("reasons", [])))
         console.print(t)

@@ -15,7 +15,7 @@ import weakref
 from collections import defaultdict
 from typing import Any
 
-from sqlalchemy import String, cast, func, select
+from sqlalchemy import Integer, String, cast, func, select
 from sqlalchemy.orm import Session
 
 from deai.coordinator import api_ledger, clusters, jobs, leases, public
@@ -87,6 +87,9 @@ def _supply(s: Session) -> int:
 
 # --- overview -------------------------------------------------------------------------
 
+MAX_PRICES = 2_000  # offers the overview lists, at most: the online first, cheapest first
+
+
 def overview(c: Coordinator, window: float, price_window: float) -> wx.OverviewOut:
     now = c.now()
     with c.db.read() as s:
@@ -97,22 +100,28 @@ def overview(c: Coordinator, window: float, price_window: float) -> wx.OverviewO
 
         bucket = window / BUCKETS
         since = now - window
-        done_ts = s.scalars(select(Event.ts).where(Event.kind == "task_accepted",
-                                                   Event.ts >= since)).all()
+        # Counted by the database, a bucket at a time: not every accepted task's time
+        # loaded (millions in a busy day's window).
+        accepted = (Event.kind == "task_accepted", Event.ts >= since)
+        at = (Event.ts - since) / bucket
+        slot = (cast(at, Integer) if c.db.is_sqlite else func.floor(at)).label("slot")
         per_bucket = [0] * BUCKETS
-        for ts in done_ts:
-            per_bucket[min(BUCKETS - 1, max(0, int((ts - since) // bucket)))] += 1
-        last_minute = sum(1 for ts in done_ts if ts >= now - 60.0)
+        for k, n in s.execute(select(slot, func.count()).where(*accepted).group_by(slot)):
+            per_bucket[min(BUCKETS - 1, max(0, int(k)))] += int(n)
+        last_minute = s.scalar(select(func.count()).where(
+            Event.kind == "task_accepted", Event.ts >= max(since, now - 60.0))) or 0
 
-        offers = s.scalars(select(Offer)).all()
         by_id = {p.id: p for p in provs}
+        live = {p.id for p in online}
+        offers = sorted((o for o in s.scalars(select(Offer)) if o.provider_id in by_id),
+                        key=lambda o: (o.provider_id not in live, o.price))[:MAX_PRICES]
         provider_prices = [
             wx.ProviderPrice(provider=o.provider_id, name=by_id[o.provider_id].name,
-                             online=by_id[o.provider_id] in online, workload=o.workload,
+                             online=o.provider_id in live, workload=o.workload,
                              model=o.model, price=o.price,
                              compute_units=by_id[o.provider_id].compute_units,
                              price_per_cu=_per_cu(o.price, by_id[o.provider_id].compute_units))
-            for o in offers if o.provider_id in by_id]
+            for o in offers]
 
         verif = _counts_where(s, Event.kind, Event.kind.in_(wx.VERIFICATION_KINDS))
         roles = _counts(s, Assignment.role)

@@ -84,8 +84,13 @@ def _quote_out(c: Coordinator, spec: specs.JobSpec, shard_units: list[int],
     return wire.QuoteOut(
         units=r.units, best_price=r.best_price, estimated_cost=r.estimated_cost,
         max_cost=r.max_cost,
-        eligible=[{"provider": p, "price": pr} for p, pr in r.eligible],
-        ineligible=[{"provider": p, "reasons": rs} for p, rs in r.ineligible])
+        eligible=[{"provider": p, "price": pr} for p, pr in r.eligible[:QUOTE_LIST]],
+        ineligible=[{"provider": p, "reasons": rs} for p, rs in r.ineligible[:QUOTE_LIST]],
+        eligible_count=len(r.eligible), ineligible_count=len(r.ineligible))
+
+
+QUOTE_LIST = 100  # providers a quote lists on each side, at most (the best first; the
+# counts say how many there are): a network's every provider is not one answer's business
 
 
 def _quote_sealed(c: Coordinator, spec: specs.JobSpec, s: Session, shard_units: list[int],

@@ -253,18 +253,38 @@ class Coordinator:
             return self._provider_out(s, p, *_records(s, [pid]))
 
     def providers(self) -> list[wire.ProviderOut]:
+        """Every provider, in a few statements whatever their number: offers, stakes,
+        earnings and records each read for all at once, not once per provider."""
         with self.db.read() as s:
             rows = s.scalars(select(Provider).order_by(Provider.registered_at)).all()
             slashes, probation = _records(s, None)  # one GROUP BY each, not one per row
-            return [self._provider_out(s, p, slashes, probation) for p in rows]
+            offers: dict[str, list[Offer]] = {}
+            for o in s.scalars(select(Offer).order_by(Offer.provider_id, Offer.workload,
+                                                      Offer.model)):
+                offers.setdefault(o.provider_id, []).append(o)
+            stakes = self.settlement.balances(s, [ledger.stake(p.id) for p in rows])
+            earned = {str(k): int(v) for k, v in s.execute(
+                select(Payout.provider_id, func.sum(Payout.amount))
+                .group_by(Payout.provider_id)).all()}
+            return [self._provider_out(s, p, slashes, probation,
+                                       (offers.get(p.id, []), stakes.get(ledger.stake(p.id), 0),
+                                        earned.get(p.id, 0)))
+                    for p in rows]
 
     def _provider_out(self, s: Session, p: Provider, slashes: dict[str, int],
-                      probation: set[str]) -> wire.ProviderOut:
-        offers = s.scalars(select(Offer).where(Offer.provider_id == p.id)).all()
-        bal = self.settlement.balances(s, [ledger.stake(p.id)])
-        earned = s.scalar(select(func.coalesce(func.sum(Payout.amount), 0))
-                          .where(Payout.provider_id == p.id)) or 0
-        stake, online = bal.get(ledger.stake(p.id), 0), self.online(p)
+                      probation: set[str],
+                      known: tuple[list[Offer], int, int] | None = None) -> wire.ProviderOut:
+        """``known``: its offers, stake and earnings, read with others' (``providers``)."""
+        if known is None:
+            offers = list(s.scalars(select(Offer).where(Offer.provider_id == p.id)
+                                    .order_by(Offer.workload, Offer.model)))
+            stake = self.settlement.balances(s, [ledger.stake(p.id)]).get(
+                ledger.stake(p.id), 0)
+            earned = s.scalar(select(func.coalesce(func.sum(Payout.amount), 0))
+                              .where(Payout.provider_id == p.id)) or 0
+        else:
+            offers, stake, earned = known
+        online = self.online(p)
         n, on_probation = slashes.get(p.id, 0), p.id in probation
         return wire.ProviderOut(
             id=p.id, name=p.name, status=p.status, online=online, hardware=p.hardware,

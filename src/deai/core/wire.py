@@ -301,8 +301,10 @@ class QuoteOut(Out):
     best_price: int | None
     estimated_cost: int | None
     max_cost: int
-    eligible: list[dict[str, Any]]
-    ineligible: list[dict[str, Any]]
+    eligible: list[dict[str, Any]]  # the best first, at most 100
+    ineligible: list[dict[str, Any]]  # at most 100
+    eligible_count: int = 0  # how many there are in all
+    ineligible_count: int = 0
 
 
 # --- ledger ---------------------------------------------------------------------------
