@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from eth_abi.abi import encode
+from eth_typing import ChecksumAddress
 from eth_utils.address import to_checksum_address
 from eth_utils.crypto import keccak
 
@@ -34,6 +35,8 @@ class Tree:
         self.settlement = to_checksum_address(settlement)
         self.amounts = {to_checksum_address(a): int(v) for a, v in amounts.items()}
         self.order = sorted(self.amounts, key=lambda a: bytes.fromhex(a[2:]))
+        self._at = {a: i for i, a in enumerate(self.order)}
+        self._lower = {a.lower(): a for a in self.order}
         level = [leaf(self.settlement, a, self.amounts[a]) for a in self.order]
         self.levels = [level]
         while len(level) > 1:
@@ -49,8 +52,12 @@ class Tree:
     def total(self) -> int:
         return sum(self.amounts.values())
 
+    def address(self, address: str) -> ChecksumAddress | None:
+        """The leaf's address as the tree spells it (checksummed), any case given."""
+        return self._lower.get(address.lower())
+
     def proof(self, recipient: str) -> list[bytes]:
-        i = self.order.index(to_checksum_address(recipient))
+        i = self._at[to_checksum_address(recipient)]
         out = []
         for level in self.levels[:-1]:
             sibling = i ^ 1

@@ -288,6 +288,7 @@ def _build(s: Session, e: ChainEpoch, chain: Chain, head: Any) -> None:
     tree = merkle.Tree(chain.dep.settlement, leaves_at(s, head.seq))
     e.head_seq, e.head_hash, e.root = head.seq, head.hash, "0x" + tree.root.hex()
     e.total, e.leaves = tree.total, {str(a): v for a, v in tree.amounts.items()}
+    e.addresses = len(tree.amounts)
 
 
 def _failed(db: Database, chain: Chain, pid: int, now: float, why: str) -> None:
@@ -345,8 +346,15 @@ def reserve(s: Session) -> int:
     """Tokens the settlement contract holds for DeAI accounts, by the journal's account:
     credited deposits less every withdrawal (claimed on chain or not)."""
     deposited = s.scalar(select(func.coalesce(func.sum(ChainDeposit.amount), 0))) or 0
-    rows = s.scalars(select(JournalEntry).where(JournalEntry.kind == "withdrawal")).all()
-    return int(deposited) - sum(int(r.body["amount"]) for r in rows)
+    return int(deposited) - withdrawn(s)[1]
+
+
+def withdrawn(s: Session) -> tuple[int, int]:
+    """How many withdrawals the journal holds and their total, summed by the database."""
+    n, total = s.execute(select(func.count(), func.coalesce(func.sum(
+        JournalEntry.body["amount"].as_integer()), 0)).where(
+        JournalEntry.kind == "withdrawal")).one()
+    return int(n), int(total)
 
 
 def latest_epoch(s: Session) -> ChainEpoch | None:

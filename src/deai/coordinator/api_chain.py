@@ -26,7 +26,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, FastAPI, Request
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, field_validator
 from sqlalchemy import func, select, text
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, defer
 from starlette.concurrency import run_in_threadpool
 
 from deai.chain import merkle, rail
@@ -43,6 +43,7 @@ C = Annotated[Coordinator, Depends(coordinator)]
 Signer = Annotated[str, Depends(signer)]
 ADDRESS = re.compile(r"^0x[0-9a-fA-F]{40}$")
 RECENT = 20
+STAKES_SHOWN = 50  # providers whose stake the chain page compares with the vault's
 
 
 class WithdrawIn(BaseModel):
@@ -108,32 +109,38 @@ def install(app: FastAPI, period: float = 1.0) -> None:
 def _epoch_out(e: ChainEpoch, delay: int) -> dict[str, Any]:
     return {"epoch": e.epoch, "status": e.status, "head_seq": e.head_seq,
             "head_hash": e.head_hash, "root": e.root, "total": e.total,
-            "addresses": len(e.leaves), "block": e.block, "tx": e.tx_hash,
+            "addresses": e.addresses if e.addresses is not None else len(e.leaves),
+            "block": e.block, "tx": e.tx_hash,
             "posted_at": e.posted_at,
             "matures_at": e.posted_at + delay if e.posted_at is not None else None,
             "attempts": e.attempts, "error": e.error, "retry_at": e.retry_at}
 
 
-def _withdrawals(s: Session) -> list[JournalEntry]:
+def _recent_withdrawals(s: Session) -> list[JournalEntry]:
     return list(s.scalars(select(JournalEntry).where(JournalEntry.kind == "withdrawal")
-                          .order_by(JournalEntry.seq)))
+                          .order_by(JournalEntry.seq.desc()).limit(RECENT)))
 
 
 def _summary(c: Coordinator, chain: Chain) -> dict[str, Any]:
     delay = chain.dep.challenge_delay
     with c.db.read() as s:
-        epochs = s.scalars(select(ChainEpoch).order_by(ChainEpoch.id.desc())
-                           .limit(RECENT)).all()
+        epochs = s.scalars(select(ChainEpoch).options(defer(ChainEpoch.leaves))
+                           .order_by(ChainEpoch.id.desc()).limit(RECENT)).all()
         deposits = s.scalars(select(ChainDeposit).order_by(ChainDeposit.id.desc())
                              .limit(RECENT)).all()
         dep_total = s.scalar(select(func.coalesce(func.sum(ChainDeposit.amount), 0))) or 0
         dep_count = s.scalar(select(func.count(ChainDeposit.id))) or 0
-        wds = _withdrawals(s)
+        wds = _recent_withdrawals(s)
+        wd_count, wd_total = rail.withdrawn(s)
         outbox = dict(s.execute(select(ChainOutbox.status, func.count(ChainOutbox.id))
                                 .group_by(ChainOutbox.status)).all())
         reserve = rail.reserve(s)
+        # The largest stakes, to compare with the vault's (a call to the node each); the
+        # whole comparison is the audit's (``deai ledger audit --chain``).
         stake = {b.account.removeprefix("stake:"): int(b.amount) for b in
-                 s.scalars(select(Balance).where(Balance.account.like("stake:%")))}
+                 s.scalars(select(Balance).where(Balance.account.like("stake:%"))
+                           .order_by(Balance.amount.desc(), Balance.account)
+                           .limit(STAKES_SHOWN))}
         out: dict[str, Any] = {
             "enabled": True, "deployment": chain.dep.public(),
             "epochs": [_epoch_out(e, delay) for e in epochs],
@@ -143,10 +150,10 @@ def _summary(c: Coordinator, chain: Chain) -> dict[str, Any]:
                          "recent": [{"account": d.account, "amount": d.amount, "tx": d.tx_hash,
                                      "log_index": d.log_index, "block": d.block,
                                      "journal_seq": d.journal_seq} for d in deposits]},
-            "withdrawals": {"count": len(wds), "total": sum(int(w.body["amount"]) for w in wds),
+            "withdrawals": {"count": wd_count, "total": wd_total,
                             "recent": [{"account": w.body["account"], "amount": w.body["amount"],
                                         "address": w.body["address"], "journal_seq": w.seq}
-                                       for w in wds[-RECENT:][::-1]]},
+                                       for w in wds]},
             "reserve": reserve,
             "outbox": {k: int(v) for k, v in outbox.items()},
         }
@@ -177,6 +184,22 @@ def chain_summary(request: Request, c: C) -> dict[str, Any]:
     return _summary(c, chain)
 
 
+_TREES: dict[tuple[str, int | None], merkle.Tree] = {}  # the latest epochs' trees, built once
+
+
+def _tree(settlement: str, epoch: int | None, leaves: dict[str, int]) -> merkle.Tree:
+    """The epoch's Merkle tree, built once per process: every address's proof request
+    built the whole tree again (an anonymous request, O(addresses) hashes each)."""
+    key = (settlement, epoch)
+    tree = _TREES.get(key)
+    if tree is None:
+        tree = merkle.Tree(settlement, leaves)
+        if len(_TREES) >= 4:
+            _TREES.pop(next(iter(_TREES)))
+        _TREES[key] = tree
+    return tree
+
+
 @router.get("/proof/{address}")
 def proof(address: str, request: Request, c: C) -> dict[str, Any]:
     chain = chain_of(request)
@@ -188,8 +211,8 @@ def proof(address: str, request: Request, c: C) -> dict[str, Any]:
             raise NotFound("no epoch has been committed yet", field="epoch")
         epoch, leaves, root, head_seq, posted_at = (e.epoch, dict(e.leaves), e.root, e.head_seq,
                                                     e.posted_at)
-    tree = merkle.Tree(chain.dep.settlement, leaves)
-    key = next((a for a in tree.amounts if a.lower() == address.lower()), None)
+    tree = _tree(chain.dep.settlement, epoch, leaves)
+    key = tree.address(address)
     if key is None:
         raise NotFound(f"epoch {epoch} holds nothing for {address}", field="address")
     return {"epoch": epoch, "address": key, "cumulative": tree.amounts[key],

@@ -450,6 +450,7 @@ class ChainEpoch(Base):
     # that failed (reverted, or not mined); the reason of the last, and when to try again
     error: Mapped[str | None] = mapped_column(String(500), nullable=True)
     retry_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    addresses: Mapped[int | None] = mapped_column(Integer, nullable=True)  # len(leaves)
 
     __table_args__ = (_sa.CheckConstraint("status IN ('pending', 'posted')",
                                           name="ck_chain_epochs_status"),)

@@ -8,6 +8,7 @@ A pending epoch whose commit the contract refused (say, a root that promises mor
 than was deposited) was sent again every tick, forever, with nothing recorded. Now
 each failure is counted (``attempts``), its reason kept (``error``) for the
 operator and the chain page, and the next try waits (``retry_at``, doubling).
+``addresses`` counts an epoch's leaves, so that the chain page need not load them.
 """
 import sqlalchemy as sa
 from alembic import op
@@ -17,7 +18,7 @@ down_revision = '0020u'
 branch_labels = None
 depends_on = None
 
-COLUMNS = ("attempts", "error", "retry_at")
+COLUMNS = ("attempts", "error", "retry_at", "addresses")
 
 
 def upgrade() -> None:
@@ -25,6 +26,7 @@ def upgrade() -> None:
                                             server_default='0'))
     op.add_column('chain_epochs', sa.Column('error', sa.String(length=500), nullable=True))
     op.add_column('chain_epochs', sa.Column('retry_at', sa.Float(), nullable=True))
+    op.add_column('chain_epochs', sa.Column('addresses', sa.Integer(), nullable=True))
 
 
 def downgrade() -> None:
