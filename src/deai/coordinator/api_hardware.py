@@ -77,7 +77,8 @@ def cloud_index(c: C) -> wh.CloudIndexOut:
 # --- views -------------------------------------------------------------------------------------
 
 def claim_views(c: Coordinator, only: str | None = None) -> list[wh.ClaimOut]:
-    hardware.expire(c)
+    # A read: challenges left unanswered are judged by the leader's loop
+    # (``hardware.expire``), not by whoever asks (an anonymous GET wrote per provider).
     with c.db.read() as s:
         q = select(Provider).order_by(Provider.registered_at)
         if only is not None:

@@ -29,6 +29,7 @@ from deai.coordinator import (
     api_volumes,
     checkpoints,
     errors,
+    hardware,
     jobs,
     leader,
     limits,
@@ -96,6 +97,8 @@ def create_app(settings: Settings, coordinator: Coordinator | None = None) -> Fa
                 asyncio.create_task(_matcher(c)),
                 asyncio.create_task(_every(settings.tick, lambda: _upkeep(c), "upkeep")),
                 asyncio.create_task(_every(60.0, c.purge_nonces, "nonce purge")),
+                asyncio.create_task(_every(hardware.EXPIRE_EVERY_S,
+                                           lambda: hardware.expire(c), "hardware expiry")),
                 asyncio.create_task(_every(retention.period(settings),
                                            lambda: retention.sweep(c), "retention")),
             ]

@@ -341,15 +341,25 @@ def _out(ch: HwChallenge, row: HwClaim) -> wh.VerdictOut:
                          verified_units=row.verified_units)
 
 
+EXPIRE_EVERY_S = 2.0  # how often the leader judges challenges left unanswered
+
+
 def expire(c: Coordinator) -> int:
-    """Judge every challenge left unanswered past its deadline (for a background loop)."""
+    """Judge every challenge left unanswered past its deadline (the leader's loop, every
+    ``EXPIRE_EVERY_S``). Only providers with a challenge due get a transaction: the
+    deadlines are read, not every live challenge's provider written each pass."""
+    now, grace = c.now(), params(c).grace_s
     with c.db.read() as s:
-        live = s.execute(select(HwChallenge.provider_id, HwChallenge.id)
+        live = s.execute(select(HwChallenge.provider_id, HwChallenge.id, HwChallenge.status,
+                                HwChallenge.issued_at, HwChallenge.committed_at,
+                                HwChallenge.spec["deadline_s"].as_float())
                          .where(HwChallenge.status.in_(LIVE))
                          .order_by(HwChallenge.provider_id, HwChallenge.id)).all()
     by: dict[str, list[str]] = {}
-    for pid, cid in live:
-        by.setdefault(pid, []).append(cid)
+    for pid, cid, status, issued, committed, deadline in live:
+        start = committed if status == "committed" else issued
+        if now > (start or 0.0) + float(deadline or 0.0) + grace:  # as ``_expire_if_due``
+            by.setdefault(pid, []).append(cid)
     # One provider a transaction, each locked in the order of the other writes here: its
     # row, its claim, its challenges, read again locked (an opening may have judged one
     # since the read above; judged twice, a pass would be overwritten by an expiry).
