@@ -34,7 +34,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from deai.coordinator.service import Coordinator
-from deai.core.lifecycle import AssignmentStatus
+from deai.core.lifecycle import AssignmentStatus, ProviderStatus
 from deai.core.wire_explorer import VERIFICATION_KINDS
 from deai.store.models import Assignment, Event, Job, JournalEntry, Provider, Task
 
@@ -146,9 +146,11 @@ class Metrics:
         return len(rows) == BATCH
 
     def _gauges(self, c: Coordinator, s: Session) -> None:
-        provs = s.scalars(select(Provider)).all()
-        self.providers.labels("registered").set(len(provs))
-        self.providers.labels("online").set(sum(1 for p in provs if c.online(p)))
+        # Counted by the database (as ``Coordinator.online`` judges), not every row loaded
+        since = c.now() - c.settings.heartbeat_timeout
+        self.providers.labels("registered").set(s.scalar(select(func.count(Provider.id))) or 0)
+        self.providers.labels("online").set(s.scalar(select(func.count(Provider.id)).where(
+            Provider.status == ProviderStatus.ACTIVE, Provider.last_seen >= since)) or 0)
         for gauge, col in ((self.jobs, Job.status), (self.tasks, Task.status)):
             counts = dict(s.execute(select(col, func.count()).group_by(col)).all())
             known = {labels[0] for labels in _label_values(gauge)}
