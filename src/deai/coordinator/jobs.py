@@ -202,10 +202,11 @@ def view(c: Coordinator, job_id: str) -> wire.JobOut:
 def _job_out(s: Session, job: Job, c: Coordinator | None = None) -> wire.JobOut:
     counts: dict[str, int] = {}
     auditing = 0
-    for st, need in s.execute(select(Task.status, Task.pending_role)
-                              .where(Task.job_id == job.id)):
-        counts[st] = counts.get(st, 0) + 1
-        auditing += need == Role.AUDIT
+    audit = (Task.pending_role == Role.AUDIT.value).label("audit")
+    for st, need, n in s.execute(select(Task.status, audit, func.count())
+                                 .where(Task.job_id == job.id).group_by(Task.status, audit)):
+        counts[st] = counts.get(st, 0) + int(n)  # counted by the database, not row by row
+        auditing += int(n) if need else 0
     final_at = None
     if job.finished_at is not None and not auditing and c is not None:
         last = s.scalar(select(func.max(Payout.release_at)).where(Payout.job_id == job.id))
