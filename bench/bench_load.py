@@ -17,7 +17,11 @@ counted apart, never in the rate), p50/p99 latency, the heartbeat/health ratio,
 any refusals, and how many nonce rows the heartbeats wrote (none: they
 are replay-protected by a timestamp floor).
 
-4. Leases (``--leases N``, after the rest): ``--pollers`` of the providers are
+4. Public reads (``--reads N``): the routes anyone may call whose work grows with the
+   network (providers, explorer overview, quote, hardware claims, metrics), N times each
+   one at a time, p50/p99 and answer size against ``GET /health`` timed the same way.
+
+5. Leases (``--leases N``, after the rest): ``--pollers`` of the providers are
    funded and bonded (the others stay unstaked, so nobody else can take the
    work) and long-poll with acknowledged delivery, one connection each; a
    client submits one job of N one-line shards, and the run times submission,
@@ -28,6 +32,7 @@ are replay-protected by a timestamp floor).
     .venv/bin/python bench/bench_load.py --providers 2000            # SQLite
     .venv/bin/python bench/bench_load.py --providers 10000 --leases 2000 --pollers 500
     .venv/bin/python bench/bench_load.py --database postgres --workers 3
+    .venv/bin/python bench/bench_load.py --providers 10000 --seconds 2 --reads 20
 """
 
 from __future__ import annotations
@@ -339,6 +344,36 @@ def nonces(db_url: str) -> tuple[int, int]:
         db.dispose()
 
 
+READS = (("GET /api/providers", "GET", "/api/providers", None),
+         ("GET /api/explorer/overview", "GET", "/api/explorer/overview", None),
+         ("POST /api/market/quote", "POST", "/api/market/quote",
+          {"spec": {"kind": "embeddings", "model": MODEL, "max_price": 2000},
+           "shard_units": [100, 100]}),
+         ("GET /api/hardware/claims", "GET", "/api/hardware/claims", None),
+         ("GET /metrics", "GET", "/metrics", None))
+
+
+def reads(url: str, n: int) -> dict[str, Any]:
+    """The public reads that grow with the network, ``n`` times each, one at a time,
+    with ``GET /health`` between them for the baseline: p50/p99 ms and answer size."""
+    out: dict[str, Any] = {}
+    with httpx.Client(base_url=url, timeout=120) as h:
+        for name, method, path, body in (("GET /health", "GET", "/health", None), *READS):
+            lat, size = [], 0
+            for _ in range(n):
+                t0 = time.perf_counter()
+                r = h.request(method, path, json=body)
+                lat.append((time.perf_counter() - t0) * 1000)
+                if r.status_code != 200:
+                    raise SystemExit(f"{name} answered {r.status_code}: {r.text[:300]}")
+                size = len(r.content)
+            lat.sort()
+            out[name] = {"p50_ms": round(lat[len(lat) // 2], 2),
+                         "p99_ms": round(lat[min(len(lat) - 1, int(len(lat) * 0.99))], 2),
+                         "bytes": size}
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--providers", type=int, default=2000)
@@ -350,6 +385,8 @@ def main() -> None:
                     help="also relay heartbeats in batches of this many (0: not)")
     ap.add_argument("--leases", type=int, default=0, help="shards of the lease phase (0: none)")
     ap.add_argument("--pollers", type=int, default=500, help="providers long-polling for them")
+    ap.add_argument("--reads", type=int, default=0,
+                    help="time the public reads that grow with the network, this many each")
     a = ap.parse_args()
     pg = PgServer.start() if a.database == "postgres" else None
     tmp = Path(tempfile.mkdtemp(prefix="deai-load-"))
@@ -411,6 +448,12 @@ def main() -> None:
                "health_after": h2, "ratio_heartbeat_to_health": round(hb["per_s"] / base, 3),
                "nonce_rows_added": after[0] - before[0], "floor_rows": after[1],
                "load_average": os.getloadavg()}
+        if a.reads:
+            res["reads"] = rd = reads(url, a.reads)
+            base_ms = rd["GET /health"]["p50_ms"]
+            for name, r in rd.items():
+                print(f"  {name:28s} p50 {r['p50_ms']:8.1f} ms  p99 {r['p99_ms']:8.1f} ms  "
+                      f"{r['bytes']:>10,} bytes  (p50 {r['p50_ms'] / base_ms:,.0f}x GET /health)")
         if a.leases:
             pollers = people[: min(a.pollers, len(people))]
             bond_all(url, pollers)
