@@ -207,7 +207,7 @@ def test_audit_holds_then_reports_a_tampered_root_and_journal(world: World) -> N
 @pytest.fixture(params=["sqlite", "postgres"])
 def fresh(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[World]:
     url = f"sqlite:///{tmp_path / 'deai.sqlite3'}" if request.param == "sqlite" \
-        else request.getfixturevalue("pg_url")
+        else request.getfixturevalue("fresh_pg_url")
     w = World(url)
     yield w
     w.db.dispose()
@@ -257,3 +257,15 @@ def test_an_epoch_the_contract_refuses_is_counted_backed_off_and_made_again(
         assert e.head_seq == journal.head(s).seq > first["head_seq"]  # made again
         assert e.leaves == {payee.address: 500_000}
     assert audit_chain(w.entries(), w.chain).ok
+
+
+def test_withdrawals_are_summed_by_the_database_past_32_bits(fresh: World) -> None:
+    """The chain page and the withdrawal's reserve check sum withdrawals in the database
+    (not every row loaded), in 64 bits: a µ amount passes 2³¹ at 2,148 DEAI."""
+    w, payee = fresh, fresh.lc.account("big-payee")
+    w.post(ledger.faucet(ALICE, 6 * 10**12))
+    w.post(ledger.withdrawal(ALICE, 5 * 10**12, payee.address))
+    w.post(ledger.withdrawal(ALICE, 7, payee.address))
+    with w.db.read() as s:
+        assert rail.withdrawn(s) == (2, 5 * 10**12 + 7)
+        assert rail.reserve(s) == -(5 * 10**12 + 7)  # nothing deposited on this chain

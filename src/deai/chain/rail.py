@@ -35,7 +35,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import BigInteger, cast, func, select
 from sqlalchemy.orm import Session
 
 from deai.chain import books, merkle
@@ -351,8 +351,8 @@ def reserve(s: Session) -> int:
 
 def withdrawn(s: Session) -> tuple[int, int]:
     """How many withdrawals the journal holds and their total, summed by the database."""
-    n, total = s.execute(select(func.count(), func.coalesce(func.sum(
-        JournalEntry.body["amount"].as_integer()), 0)).where(
+    amount = cast(JournalEntry.body["amount"].as_string(), BigInteger)  # 64 bits: µ amounts
+    n, total = s.execute(select(func.count(), func.coalesce(func.sum(amount), 0)).where(
         JournalEntry.kind == "withdrawal")).one()
     return int(n), int(total)
 
