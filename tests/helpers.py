@@ -123,16 +123,21 @@ def check_books(c: Client, job_id: str) -> None:
     assert rep.balances.get(ledger.escrow(job_id), 0) == 0
 
 
-def stake_kept(entries: list[ledger.Entry], provider: str) -> int:
-    """``provider``'s stake by the journal ``entries``, less what it bonded again after its
-    first slash: the agent re-bonds from its balance once a slash leaves it under the
-    minimum (``Agent._keep_stake``), so its stake alone may be back where it was. Summed
-    from the journal, not read from the API beside it: a re-bond the stopped agent had
-    in flight can commit between the two reads (CI saw it do so once)."""
+def stake_lost(entries: list[ledger.Entry], provider: str) -> int:
+    """What ``provider`` lost of the stake it had bonded before its first slash, by the
+    journal ``entries`` alone. Bonds after that slash do not count: the agent re-bonds
+    from its balance once a slash leaves it under the minimum (``Agent._keep_stake``), so
+    its stake alone may be back where it was. Nor is the API's stake read beside the
+    journal as a baseline: a re-bond the stopped agent had in flight can commit between
+    the two reads, and a cheater can be slashed (as a look-back audit's or a replica's
+    runner, for an earlier case's job) before the test reads anything (CI saw both)."""
     first = min(e.seq for e in entries if e.kind == "slash" and e.body["provider"] == provider)
     acct = ledger.stake(provider)
-    return sum(amount for e in entries for a, amount in e.postings
+    bonded = sum(amount for e in entries if e.kind == "bond" and e.seq < first
+                 for a, amount in e.postings if a == acct)
+    kept = sum(amount for e in entries for a, amount in e.postings
                if a == acct and not (e.kind == "bond" and e.seq > first))
+    return bonded - kept
 
 
 def start_cheater(net: Network, name: str, mode: str, models: str) -> Proc:
