@@ -344,6 +344,10 @@ def test_ledger_postings_by_name_and_paging(wtab: Tab, world: tuple[World, str])
     page.goto(wtab.base + f"#/ledger/account/{stake}")
     expect(page.locator("h1")).to_have_text(w.names[stake], timeout=15_000)
     expect(page.get_by_test_id("posting").filter(has_text="stake of").first).to_be_visible()
+    # the history says how far back it searched: this journal is short, so to its start
+    expect(page.get_by_test_id("account-range")).to_have_text(
+        "searched back to the journal's start")
+    expect(page.get_by_test_id("account-older")).to_be_disabled()
 
 
 def test_slash_amounts_read_in_deai(wtab: Tab, world: tuple[World, str]) -> None:

@@ -137,3 +137,35 @@ def test_leases_and_clusters_show_public_facts_only(world: World, url: str) -> N
     text = httpx.get(f"{url}/api/explorer/leases", timeout=30).text
     for private in (str(LEASE_ESCROW), "never shown", '"owner"', '"escrow"'):
         assert private not in text, private
+
+
+def test_an_accounts_history_is_searched_a_bounded_range_at_a_time(
+        world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each answer searches at most ``HISTORY_WINDOW`` entries (an account with old or few
+    entries must not make a visitor's request walk the whole journal) and says where it
+    stopped; paging back from there finds every entry once, newest first."""
+    def pages(limit: int) -> tuple[list[int], int]:
+        seqs, before, asked = [], None, 0
+        while True:
+            out = views.account_view(world.c, "fee", limit, before)
+            asked += 1
+            assert [r.seq for r in out.history] == sorted(
+                (r.seq for r in out.history), reverse=True)
+            assert all(before is None or r.seq < before for r in out.history)
+            seqs += [r.seq for r in out.history]
+            if not out.searched_from:
+                return seqs, asked
+            assert before is None or out.searched_from < before
+            before = out.searched_from
+
+    whole = views.account_view(world.c, "fee", 500).history
+    assert len(whole) >= 3 and whole[-1].seq > 0
+    monkeypatch.setattr(views, "HISTORY_WINDOW", 2)
+    for limit in (1, 2, 500):
+        seqs, asked = pages(limit)
+        assert seqs == [r.seq for r in whole]
+        assert asked >= len(whole) // limit
+    # nothing of the account's in the range searched: an empty page that points further
+    # back, not a 404
+    older = views.account_view(world.c, "fee", 500, before=whole[-1].seq)
+    assert older.history == [] and older.searched_from < whole[-1].seq

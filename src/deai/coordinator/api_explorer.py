@@ -105,10 +105,13 @@ def run_audit(c: C) -> wx.AuditRun:
 
 
 @router.get("/explorer/accounts/{account}", response_model=wx.AccountOut)
-def account(account: Id, c: C, limit: Limit = 100) -> wx.AccountOut:
+def account(account: Id, c: C, limit: Limit = 100,
+            before: SeqBefore = None) -> wx.AccountOut:
     """An owner id (its spendable, pending and staked accounts) or a ledger account such as
-    ``fee``, ``mint`` or ``escrow:<job>``: balances and the entries that moved them."""
-    return views.account_view(c, account, limit)
+    ``fee``, ``mint`` or ``escrow:<job>``: balances and the entries that moved them, newest
+    first, searched a bounded range of the journal at a time (``searched_from``: pass it as
+    ``before`` for older ones)."""
+    return views.account_view(c, account, limit, before)
 
 
 @router.get("/events", response_model=wx.EventsOut)

@@ -250,7 +250,7 @@ def cluster_out(s: Session, cl: Cluster, c: Coordinator, *, events: bool = False
         refunded=sum(m.refunded for m in members), created_at=cl.created_at,
         form_by=cl.form_by, ready_at=cl.ready_at, ended_at=cl.ended_at, members=members)
     if events:
-        evs = s.scalars(select(Event).where(Event.subject == cl.id).order_by(Event.id)
+        evs = s.scalars(select(Event).where(Event.of_subject(cl.id)).order_by(Event.id)
                         .limit(200)).all()
         out.events = [{"ts": e.ts, "kind": e.kind, **e.body} for e in evs]
     return out

@@ -249,7 +249,7 @@ def _redone(t: Task, mine: list[Assignment], h: float) -> bool:
 def _corrected(s: Session, job_id: str, h: float) -> set[str]:
     """Tasks of ``job_id`` whose result an audit or a look-back replaced (disclosed only)."""
     rows = s.scalars(select(Event.body).where(Event.kind == "result_corrected",
-                                              Event.subject == job_id, Event.ts <= h))
+                                              Event.of_subject(job_id), Event.ts <= h))
     return {str(b.get("task")) for b in rows if isinstance(b, dict)}
 
 
@@ -395,15 +395,30 @@ def _like(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
-def account_view(c: Coordinator, account: str, limit: int) -> wx.AccountOut:
+HISTORY_WINDOW = 20_000  # journal entries one account view searches, at most: the postings
+# are matched as text, and an account whose entries are old (or few) would otherwise make
+# any visitor's request walk the whole journal (millions of rows on a live network)
+
+
+def account_view(c: Coordinator, account: str, limit: int,
+                 before: int | None = None) -> wx.AccountOut:
+    """An account's balances and the latest ``limit`` entries that moved them among the
+    ``HISTORY_WINDOW`` entries below ``before`` (the head when None): each answer searches a
+    bounded range of the journal by its primary key, and says where it stopped."""
     names = ledger_accounts_of(account)
     with c.db.read() as s:
         bal = journal.balances(s, names)
+        head = s.get(JournalHead, 1)
+        end = (head.seq if head else 0) + 1
+        if before is not None:
+            end = min(end, before)
+        start = max(1, end - HISTORY_WINDOW)
         text = cast(JournalEntry.postings, String)
         cond: Any = text.like(f'%"{_like(names[0])}"%', escape="\\")
         for n in names[1:]:
             cond = cond | text.like(f'%"{_like(n)}"%', escape="\\")
-        rows = s.scalars(select(JournalEntry).where(cond)
+        rows = s.scalars(select(JournalEntry)
+                         .where(JournalEntry.seq >= start, JournalEntry.seq < end, cond)
                          .order_by(JournalEntry.seq.desc()).limit(limit)).all()
         history = []
         for r in rows:
@@ -412,11 +427,13 @@ def account_view(c: Coordinator, account: str, limit: int) -> wx.AccountOut:
                 history.append(wx.AccountHistoryRow(seq=r.seq, ts_ms=r.ts_ms, kind=r.kind,
                                                     hash=r.hash, delta=delta,
                                                     postings=[list(p) for p in r.postings]))
-    if not history and not bal:
+        searched = rows[-1].seq if len(rows) == limit else start
+    if not history and not bal and before is None:
         raise NotFound(f"no ledger account {account}", field="account")
     owner = c.balance(account) if len(names) == 3 else None
     return wx.AccountOut(account=account, ledger_accounts={n: bal.get(n, 0) for n in names},
-                         balance=owner, history=history)
+                         balance=owner, history=history,
+                         searched_from=0 if searched <= 1 else searched)
 
 
 def leases_view(c: Coordinator, limit: int) -> wx.LeasesOut:

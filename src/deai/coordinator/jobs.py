@@ -212,7 +212,7 @@ def _job_out(s: Session, job: Job, c: Coordinator | None = None) -> wire.JobOut:
         last = s.scalar(select(func.max(Payout.release_at)).where(Payout.job_id == job.id))
         final_at = max(job.finished_at + c.settings.challenge_window, last or 0.0)
     corrected = s.scalar(select(func.count()).select_from(Event).where(
-        Event.kind == "result_corrected", Event.subject == job.id)) or 0
+        Event.kind == "result_corrected", Event.of_subject(job.id))) or 0
     providers: dict[str, int] = {}
     for pid in s.scalars(select(Assignment.provider_id).where(
             Assignment.job_id == job.id, Assignment.status == AssignmentStatus.ACCEPTED)):

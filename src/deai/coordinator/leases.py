@@ -285,7 +285,7 @@ def _extend(c: Coordinator, s: Session, *, owner: str, lid: str, body: ExtendIn)
 def show(c: Coordinator, owner: str, lid: str) -> LeaseOut:
     with c.db.read() as s:
         lease = owned(s, owner, lid)
-        events = s.scalars(select(Event).where(Event.subject == lid).order_by(Event.id)
+        events = s.scalars(select(Event).where(Event.of_subject(lid)).order_by(Event.id)
                            .limit(100)).all()
         out = lease_out(lease, c)
         out.volume = volumes.of_lease(s, lid)

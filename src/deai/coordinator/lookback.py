@@ -30,7 +30,7 @@ NEVER = -float("inf")
 
 
 def _latest(s: Session, provider: str) -> Event | None:
-    return s.scalars(select(Event).where(Event.kind == "look_back", Event.subject == provider)
+    return s.scalars(select(Event).where(Event.kind == "look_back", Event.of_subject(provider))
                      .order_by(Event.id.desc()).limit(1)).first()
 
 

@@ -197,7 +197,13 @@ class AccountOut(Out):
     account: str
     ledger_accounts: dict[str, int] = Field(description="balance of each ledger account")
     balance: BalanceOut | None = None
-    history: list[AccountHistoryRow]
+    history: list[AccountHistoryRow] = Field(
+        description="the entries that moved these accounts, newest first, among those "
+                    "below ``before`` searched by this answer")
+    searched_from: int = Field(
+        description="the lowest journal seq this answer searched: ask again with "
+                    "``before`` set to it for older history (0 when the search reached "
+                    "the journal's start)")
 
 
 class LeaseRow(Out):

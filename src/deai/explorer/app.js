@@ -610,14 +610,19 @@
   }
 
   function accountView(account) {
-    const v = { nav: "ledger", charts: {} };
+    // before: null is the newest page; each answer searched a bounded range of the journal
+    // and says where it stopped (searched_from), which is where "Older" asks next.
+    const v = { nav: "ledger", charts: {}, before: null };
+    const go = (before) => { v.before = before; scheduleRefresh(); };
     v.mount = (root) => {
       v.head = h("div", { class: "page-head" }, h("h1", {}, state.names[account] || accountName(account)), h("div", { class: "sub mono" }, account));
       v.cards = h("div", { class: "grid cols-3" }); v.body = h("div");
-      root.append(v.head, v.cards, card("History", v.body));
+      v.pager = h("div", { class: "pager", "data-testid": "account-pager" });
+      root.append(v.head, v.cards, card("History", [v.body, v.pager], { testid: "account-history" }));
     };
     v.load = async () => {
-      const [d, provs] = await Promise.all([api(`/api/explorer/accounts/${encodeURIComponent(account)}?limit=100`), api("/api/providers").catch(() => null)]);
+      const q = v.before === null ? "" : `&before=${v.before}`;
+      const [d, provs] = await Promise.all([api(`/api/explorer/accounts/${encodeURIComponent(account)}?limit=100${q}`), api("/api/providers").catch(() => null)]);
       if (provs) provs.providers.forEach((p) => { state.names[p.id] = p.name; });
       return d;
     };
@@ -631,7 +636,11 @@
         { key: "delta", label: "Change", num: true, render: (e) => h("span", { class: e.delta >= 0 ? "pos" : "neg" }, `${e.delta >= 0 ? "+" : ""}${money(e.delta)}`) },
         { key: "postings", label: "Postings", render: (e) => postingsCell(e.postings) },
         { key: "hash", label: "Entry hash", render: (e) => hashText(e.hash) },
-      ], d.history, { empty: "No entry has touched this account." }));
+      ], d.history, { empty: v.before === null && !d.searched_from ? "No entry has touched this account." : "No entry in this range of the journal touched this account." }));
+      v.pager.replaceChildren(
+        h("button", { class: "btn", type: "button", "data-testid": "account-newest", disabled: v.before === null, onclick: () => go(null) }, "← Newest"),
+        h("span", { class: "muted", "data-testid": "account-range" }, d.searched_from ? `searched back to entry #${nf.format(d.searched_from)}` : "searched back to the journal's start"),
+        h("button", { class: "btn", type: "button", "data-testid": "account-older", disabled: !d.searched_from, onclick: () => go(d.searched_from) }, "Older →"));
     };
     return v;
   }

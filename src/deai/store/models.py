@@ -20,6 +20,9 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    and_,
+    literal_column,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -197,6 +200,12 @@ class Payout(Base):
     __table_args__ = (UniqueConstraint("assignment_id", name="uq_payouts_assignment"),)
 
 
+# The events a lease, a cluster or a job is the subject of are found by ``of_subject``,
+# through a partial index that leaves out the matcher's one event per placement: indexing
+# those would cost its hottest insert, and no view reads them by subject.
+_SUBJECT_INDEXED = "kind <> 'task_assigned'"
+
+
 class Event(Base):
     __tablename__ = "events"
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
@@ -204,6 +213,17 @@ class Event(Base):
     kind: Mapped[str] = mapped_column(String(32), index=True)
     subject: Mapped[str] = mapped_column(String(100), default="")
     body: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+    __table_args__ = (Index("ix_events_subject", "subject",
+                            sqlite_where=text(_SUBJECT_INDEXED),
+                            postgresql_where=text(_SUBJECT_INDEXED)),)
+
+    @staticmethod
+    def of_subject(subject: str) -> Any:
+        """The condition for ``subject``'s events, in the form the planner matches to the
+        partial index ``ix_events_subject`` (a literal, not a bound parameter)."""
+        return and_(Event.subject == subject,
+                    Event.kind != literal_column("'task_assigned'"))
 
 
 class Reputation(Base):
