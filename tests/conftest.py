@@ -3,8 +3,8 @@
 ``pg_server`` starts lazily, the first time a test asks for a database, and is
 stopped at the end of the session. ``pg_url`` is the session's ``deai_test``
 database; ``module_pg_url`` and ``fresh_pg_url`` create a new, empty database for
-each module or test. Without the server binaries these fixtures fail, they do
-not skip.
+each module or test, ``fresh_url`` one on each engine in turn. Without the server
+binaries these fixtures fail, they do not skip.
 """
 
 from __future__ import annotations
@@ -49,6 +49,14 @@ def module_pg_url(pg_server: PgServer) -> str:
 def fresh_pg_url(pg_server: PgServer) -> str:
     """An empty database of its own for one test."""
     return pg_server.url(pg_server.create_database())
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def fresh_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """An empty database of its own for one test, on each engine in turn."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path_factory.mktemp('db') / 'deai.sqlite3'}"
+    return str(request.getfixturevalue("fresh_pg_url"))
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

@@ -5,7 +5,6 @@ ever name the table's own columns."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, cast
 
 import pytest
@@ -22,11 +21,9 @@ ET = cast(Table, Event.__table__)
 TT = cast(Table, Task.__table__)
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def db(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
-    url = (f"sqlite:///{tmp_path / 'bulk.db'}" if request.param == "sqlite"
-           else request.getfixturevalue("fresh_pg_url"))
-    d = Database(url)
+@pytest.fixture
+def db(fresh_url: str) -> Any:
+    d = Database(fresh_url)
     migrate.upgrade(d.engine)
     with d.write() as s:
         s.execute(text(

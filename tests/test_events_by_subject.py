@@ -5,7 +5,6 @@ matcher's ``task_assigned`` rows without changing what the views read."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,11 +15,9 @@ from deai.store.db import Database
 from deai.store.models import Event
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def db(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
-    url = (f"sqlite:///{tmp_path / 'events.db'}" if request.param == "sqlite"
-           else request.getfixturevalue("fresh_pg_url"))
-    d = Database(url)
+@pytest.fixture
+def db(fresh_url: str) -> Any:
+    d = Database(fresh_url)
     migrate.upgrade(d.engine)
     rows = [{"ts": float(i), "kind": "task_assigned", "subject": f"t{i % 50}",
              "body": {"provider": "p"}} for i in range(2000)]
