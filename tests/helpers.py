@@ -38,14 +38,14 @@ class HandProvider:
 
     def __init__(self, net: Network, price: int = 1000, memory_mb: int = 4096,
                  stake: int = 10_000_000, *, ident: Identity | None = None,
-                 slots: int = 1) -> None:
+                 slots: int = 1, offer: tuple[str, str] = ("embeddings", MODEL)) -> None:
         self.ident = ident or Identity.generate()
         self.c = Client(net.url, self.ident)
         self.c.faucet(50_000_000)
         self.c.register(wire.RegisterIn(
             hardware=wire.Hardware(cpu_model="test cpu", cores=2, memory_mb=memory_mb),
             benchmark=wire.Benchmark(gflops=50.0, mem_gbps=10.0), threads=1, slots=slots,
-            offers=[wire.OfferIn(workload="embeddings", model=MODEL, price=price)]))
+            offers=[wire.OfferIn(workload=offer[0], model=offer[1], price=price)]))
         if stake:
             self.c.bond(stake)
 

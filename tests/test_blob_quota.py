@@ -21,7 +21,6 @@ import httpx
 import pytest
 
 from deai.client.keys import Identity
-from deai.client.sdk import Client
 from deai.coordinator import blob_quota
 from deai.coordinator.service import Coordinator
 from deai.core import batch
@@ -104,17 +103,10 @@ def test_a_command_jobs_files_outlive_their_uploads_and_are_its_owners_alone(
     that may run for seven days, and its owner lost the right to read it. A job naming
     a file its owner may not read is refused at submission, naming the field, with no
     money moved; before, it was admitted and failed on the provider."""
-    from deai.core import wire
     from deai.core.errors import NotFound
 
     owner, mallory = funded(net), funded(net)
-    host = Client(net.url, Identity.generate())
-    host.faucet(50_000_000)
-    host.register(wire.RegisterIn(
-        hardware=wire.Hardware(cpu_model="test cpu", cores=2, memory_mb=4096),
-        benchmark=wire.Benchmark(gflops=50.0, mem_gbps=10.0), threads=1, slots=1,
-        offers=[wire.OfferIn(workload="command", model="bwrap-sandbox", price=100)]))
-    host.bond(10_000_000)
+    HandProvider(net, price=100, offer=("command", "bwrap-sandbox"))  # the job can be placed
     data = b"rows the command reads\n"
     digest = owner.upload(data).digest
     spec = {"kind": "command", "model": "bwrap-sandbox", "max_price": 500, "deadline": 600,

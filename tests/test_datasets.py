@@ -28,7 +28,7 @@ from deai.core import ledger, wire
 from deai.core import wire_datasets as W
 from deai.core.errors import DeAIError
 from deai.core.kinds import train_data
-from tests.helpers import audit_ok, journal
+from tests.helpers import HandProvider, audit_ok, journal
 from tests.netutil import Network
 
 SPEC: dict[str, Any] = {"kind": "train", "model": "mlp-digits", "max_price": 1000,
@@ -56,17 +56,6 @@ def net(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
         yield n
     finally:
         n.close()
-
-
-def trainer(net: Network) -> Client:
-    c = Client(net.url, Identity.generate())
-    c.faucet(50_000_000)
-    c.register(wire.RegisterIn(
-        hardware=wire.Hardware(cpu_model="test cpu", cores=2, memory_mb=4096),
-        benchmark=wire.Benchmark(gflops=50.0, mem_gbps=10.0), threads=1, slots=1,
-        offers=[wire.OfferIn(workload="train", model="mlp-digits", price=500)]))
-    c.bond(10_000_000)
-    return c
 
 
 def refused(call: Any, status: int, field: str) -> None:
@@ -140,7 +129,7 @@ def test_terms_refusals_royalty_release_and_revocation(net: Network) -> None:
     assert datasets.show(owner, ds.id).uses == 0
 
     # Within the terms, once a trainer is online: escrow and royalty in one transaction.
-    a, b = trainer(net), trainer(net)
+    a, b = (HandProvider(net, price=500, offer=("train", "mlp-digits")).c for _ in range(2))
     owner_before = owner.balance().available
     job = datasets.submit(user, SPEC, ds.id)
     assert job.cost == PRICE and job.escrow > PRICE

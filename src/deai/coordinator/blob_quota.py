@@ -27,14 +27,13 @@ from __future__ import annotations
 
 import functools
 import logging
-from typing import Any
 
 from sqlalchemy import delete, func, select, text, update
 from sqlalchemy.orm import Session
 
 from deai.coordinator.service import Coordinator
 from deai.core.errors import InvalidInput, PayloadTooLarge
-from deai.store import journal
+from deai.store import db, journal
 from deai.store.blobs import digest_of
 from deai.store.models import (
     ApiFile,
@@ -77,7 +76,7 @@ def admit(c: Coordinator, account: str, digest: str, size: int, field: str = "bo
         # a sweep deleting the record at this moment (``sweep``: only a record still past
         # its time) either waits for it and keeps the record, or is waited for, and the
         # upload is recorded anew below.
-        if _changed(s.execute(update(BlobRef).where(
+        if db.changed(s.execute(update(BlobRef).where(
                 BlobRef.digest == digest, BlobRef.account == account).values(created_at=c.now()))):
             return
         have = used(s, account)
@@ -90,11 +89,6 @@ def admit(c: Coordinator, account: str, digest: str, size: int, field: str = "bo
         s.add(BlobRef(digest=digest, account=account, size=size, created_at=c.now()))
 
     c.db.run(body)
-
-
-def _changed(result: Any) -> int:
-    """The rows an UPDATE or DELETE changed."""
-    return int(getattr(result, "rowcount", 0) or 0)
 
 
 def in_use(s: Session, digests: list[str]) -> set[str]:
@@ -281,7 +275,7 @@ def sweep(c: Coordinator) -> int:
                              .order_by(BlobRef.created_at).limit(SWEEP_BATCH)).all()
             expired: set[str] = set()
             for d, a in rows:  # still past its time: an upload of it again renewed it
-                if _changed(s.execute(delete(BlobRef).where(
+                if db.changed(s.execute(delete(BlobRef).where(
                         BlobRef.digest == d, BlobRef.account == a, BlobRef.created_at < cutoff))):
                     expired.add(d)
             bury(s, sorted(expired))

@@ -38,6 +38,7 @@ from sqlalchemy.orm import Session
 
 from deai.coordinator.service import Coordinator
 from deai.core.errors import InvalidInput
+from deai.store import db
 from deai.store.idempotency import MAX_KEY, IdempotencyKey
 
 HEADER = "Idempotency-Key"
@@ -139,5 +140,5 @@ def once(c: Coordinator, cl: Claim | None, create: Callable[[Hook | None], T],
 def purge(c: Coordinator) -> int:
     """Delete expired keys (the leader's retention loop)."""
     with c.db.write() as s:
-        n = s.execute(delete(IdempotencyKey).where(IdempotencyKey.expires_at <= c.now()))
-        return int(getattr(n, "rowcount", 0) or 0)
+        return db.changed(s.execute(delete(IdempotencyKey).where(
+            IdempotencyKey.expires_at <= c.now())))

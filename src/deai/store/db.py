@@ -298,6 +298,12 @@ def sqlite_equalities(sql: str) -> str:
                                                  for v in m[2].split(",")) + ")", sql)
 
 
+def changed(result: Any) -> int:
+    """The rows an UPDATE or DELETE changed (``Session.execute`` types its result as one
+    that may have no ``rowcount``)."""
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
 def placeholder(conn: Any) -> str:
     """The driver's parameter marker for SQL written by hand: ``?`` (sqlite3) or ``%s``."""
     return "?" if conn.dialect.paramstyle == "qmark" else "%s"
