@@ -112,3 +112,38 @@ def test_a_refused_request_moves_no_money(net: Network) -> None:
     assert r.status_code == 429 and r.json()["error"]["code"] == "spend_cap_exceeded"
     assert owner.balance().available == before
     assert json.loads(r.text)["error"]["details"]["spend_cap"] == one_request_cost() - 1
+
+
+def test_an_account_holds_a_bounded_number_of_keys_even_when_it_asks_at_once(
+        net: Network) -> None:
+    """Keys cost nothing to mint, so an account holds at most ``MAX_LIVE`` unrevoked ones:
+    creations sent at once never pass it (the count is held per account), the rest are
+    refused naming ``api_keys`` with nothing written. A listing shows every live key and
+    only the latest revoked ones, each with what it committed."""
+    from deai.coordinator.openai.keys import LISTED_REVOKED, MAX_LIVE
+    from deai.core.errors import DeAIError
+
+    me = Client(net.url, Identity.generate())
+
+    def mint(i: int) -> int:
+        try:
+            me.create_api_key(f"k{i}")
+            return 201
+        except DeAIError as exc:
+            assert exc.field == "api_keys", exc
+            return exc.status
+
+    with ThreadPoolExecutor(8) as pool:
+        codes = list(pool.map(mint, range(MAX_LIVE + 12)))
+    assert codes.count(201) == MAX_LIVE and codes.count(409) == 12
+    listed = me.api_keys()
+    assert len(listed) == MAX_LIVE and all(k.revoked_at is None for k in listed)
+    me.revoke_api_key(listed[0].id)
+    assert mint(0) == 201  # a revoked key frees its place
+    assert mint(1) == 409
+    for k in me.api_keys():
+        if k.revoked_at is None:
+            me.revoke_api_key(k.id)
+    listed = me.api_keys()
+    assert len(listed) == LISTED_REVOKED and all(k.revoked_at is not None for k in listed)
+    assert all(k.spent == 0 for k in listed)

@@ -55,6 +55,16 @@ def committed(s: Session, key_id: str) -> int:
     return int(total or 0)
 
 
+def committed_many(s: Session, key_ids: list[str]) -> dict[str, int]:
+    """``committed`` of each of ``key_ids`` (those with jobs), in one grouped read."""
+    if not key_ids:
+        return {}
+    return {str(k): int(v) for k, v in s.execute(
+        select(ApiKeyJob.api_key_id, func.coalesce(func.sum(Job.escrow - Job.refunded), 0))
+        .join(Job, Job.id == ApiKeyJob.job_id)
+        .where(ApiKeyJob.api_key_id.in_(key_ids)).group_by(ApiKeyJob.api_key_id))}
+
+
 def hold_cap(s: Session, key_id: str, amount: int) -> None:
     """Lock the key and refuse ``amount`` if it would take the key past its cap."""
     row = s.scalars(select(ApiKey).where(ApiKey.id == key_id).with_for_update()).first()
