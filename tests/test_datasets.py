@@ -169,6 +169,15 @@ def test_terms_refusals_royalty_release_and_revocation(net: Network) -> None:
     refused(lambda: datasets.submit(user, SPEC, ds.id), 422, "spec.dataset_terms.max_uses")
     listed = datasets.uses(owner, ds.id)
     assert [u.job_id for u in listed] == [job.id, second.id]
+    pages, after = [], 0  # a page at a time: one use each, then the end
+    while after is not None:
+        page = owner.request("GET", f"/api/datasets/{ds.id}/uses",
+                             params={"after": after, "limit": 1}).json()
+        pages.append([u["job_id"] for u in page["uses"]])
+        after = page["next_after"]
+    assert pages == [[job.id], [second.id]]
+    refused(lambda: owner.request("GET", f"/api/datasets/{ds.id}/uses",
+                                  params={"limit": 1000}), 422, "query.limit")
     assert listed[0].released_to == [prov._me()] and listed[0].royalty_seq == paid[0].seq
     other = datasets.publish(owner, data, "to revoke", terms())
     datasets.revoke(owner, other.id)

@@ -93,8 +93,15 @@ def revoke(client: Client, dataset_id: str) -> W.DatasetOut:
 
 
 def uses(client: Client, dataset_id: str) -> list[W.UseOut]:
-    raw = client.request("GET", f"/api/datasets/{dataset_id}/uses").json()
-    return [W.UseOut.model_validate(u) for u in raw["uses"]]
+    """Every use of the dataset, read a page at a time."""
+    out: list[W.UseOut] = []
+    after: int | None = 0
+    while after is not None:
+        page = W.UsesOut.model_validate(client.request(
+            "GET", f"/api/datasets/{dataset_id}/uses", params={"after": after}).json())
+        out += page.uses
+        after = page.next_after
+    return out
 
 
 def accept(ds: W.DatasetOut, price: int | None = None) -> dict[str, Any]:

@@ -81,6 +81,10 @@ def content(dataset_id: DatasetId, c: C, me: Signer) -> Response:
                     media_type="application/octet-stream")
 
 
-@router.get("/datasets/{dataset_id}/uses", response_model=dict[str, list[W.UseOut]])
-def uses(dataset_id: DatasetId, c: C, me: Signer) -> dict[str, list[W.UseOut]]:
-    return {"uses": datasets.uses(c, me, dataset_id)}
+@router.get("/datasets/{dataset_id}/uses", response_model=W.UsesOut)
+def uses(dataset_id: DatasetId, c: C, me: Signer,
+         after: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
+         limit: Annotated[int, Query(ge=1, le=datasets.USES_PAGE)] = datasets.USES_PAGE
+         ) -> W.UsesOut:
+    """The owner's dataset's uses, oldest first, a page at a time (``next_after``)."""
+    return datasets.uses(c, me, dataset_id, after, limit)

@@ -266,17 +266,25 @@ def content(c: Coordinator, account: str, dataset_id: str) -> bytes:
 
 # --- provenance ---------------------------------------------------------------------------------
 
-def uses(c: Coordinator, owner: str, dataset_id: str) -> list[W.UseOut]:
-    """Every use of the owner's dataset: the job, who ran it, and for a completed training
-    job the model it produced and its checkpoint chain head (from the job's result)."""
+USES_PAGE = 100  # uses listed at once, at most: each completed one reads its job's result
+
+
+def uses(c: Coordinator, owner: str, dataset_id: str, after: int = 0,
+         limit: int = USES_PAGE) -> W.UsesOut:
+    """The owner's dataset's uses after the cursor ``after``, oldest first, ``limit`` at
+    most: the job, who ran it, and for a completed training job the model it produced and
+    its checkpoint chain head (from the job's result)."""
+    limit = max(1, min(limit, USES_PAGE))
     with c.db.read() as s:
         d = _get(s, dataset_id)
         if d.owner != owner:
             raise NotFound(f"no dataset {dataset_id} owned by this key", field="dataset")
         rows = s.execute(select(DatasetUse, Job.status, Job.output_digest)
                          .join(Job, Job.id == DatasetUse.job_id)
-                         .where(DatasetUse.dataset_id == d.id)
-                         .order_by(DatasetUse.id)).all()
+                         .where(DatasetUse.dataset_id == d.id, DatasetUse.id > after)
+                         .order_by(DatasetUse.id).limit(limit + 1)).all()
+        more = len(rows) > limit
+        rows = rows[:limit]
         out = []
         for u, status, output in rows:
             model, head = _lineage(c, output) if status == JobStatus.COMPLETED else (None, None)
@@ -285,7 +293,7 @@ def uses(c: Coordinator, owner: str, dataset_id: str) -> list[W.UseOut]:
                                 royalty_seq=u.royalty_seq, created_at=u.created_at,
                                 job_status=status, released_to=sorted(_released(s, u.job_id)),
                                 model_digest=model, chain_head=head))
-        return out
+        return W.UsesOut(uses=out, next_after=rows[-1][0].id if more else None)
 
 
 def _lineage(c: Coordinator, output_digest: str | None) -> tuple[str | None, str | None]:

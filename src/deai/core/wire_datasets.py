@@ -67,6 +67,14 @@ class UseOut(Out):
     chain_head: str | None = None
 
 
+class UsesOut(Out):
+    """A page of a dataset's uses, oldest first."""
+
+    uses: list[UseOut]
+    next_after: int | None = Field(
+        default=None, description="pass as ``after`` for the next page; null: the last page")
+
+
 class PendingOut(Out):
     """A use of the owner's dataset whose leased providers wait for the key."""
 
