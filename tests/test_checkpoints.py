@@ -171,9 +171,16 @@ def test_checkpoints_are_checked_recorded_and_resumed_elsewhere(net: Network) ->
     h30 = checkpoints.link(sha(b"step 30"), h20, 20, 30, seed)
     assert second.post(b, 30, b"step 30", h30).status == "recorded"
 
-    listed = client.request("GET", f"/api/jobs/{job.id}/checkpoints").json()["checkpoints"]
+    listed = client.checkpoints(job.id)
     assert [(cp["step"], cp["provider_id"]) for cp in listed] == [
         (10, first.ident.id), (20, first.ident.id), (30, second.ident.id)]
     assert [cp["chain_hash"] for cp in listed] == [h10, h20, h30]
+    pages, after = [], 0  # a page at a time, as far as ``next_after`` leads
+    while after is not None:
+        page = client.request("GET", f"/api/jobs/{job.id}/checkpoints",
+                              params={"after": after, "limit": 2}).json()
+        pages.append([cp["step"] for cp in page["checkpoints"]])
+        after = page["next_after"]
+    assert pages == [[10, 20], [30]]
     client.cancel_job(job.id)
 

@@ -51,9 +51,7 @@ def net(tmp_path: Path) -> Iterator[Network]:
 
 
 def recorded(c: Client, job_id: str) -> list[dict[str, Any]]:
-    cps: list[dict[str, Any]] = c.request("GET", f"/api/jobs/{job_id}/checkpoints").json()[
-        "checkpoints"]
-    return cps
+    return c.checkpoints(job_id)
 
 
 def wait_checkpoints(c: Client, job_id: str, n: int) -> None:

@@ -120,7 +120,7 @@ def test_a_sealed_training_job_verifies_and_the_coordinator_holds_no_plaintext(
 
     # The chain is recorded; every checkpoint blob is an envelope, the chain's digests are
     # the plaintext's, stated beside it.
-    cps = c.request("GET", f"/api/jobs/{job.id}/checkpoints").json()["checkpoints"]
+    cps = c.checkpoints(job.id)
     primary = [cp for cp in cps if cp["role"] == "primary"]
     assert [cp["step"] for cp in primary] == [15, 30, 45]
     for cp in primary:

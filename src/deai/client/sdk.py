@@ -192,6 +192,17 @@ class Client:
         return self._post("/api/api-keys", wire.ApiKeyIn(name=name, spend_cap=spend_cap),
                           wire.ApiKeyOut)
 
+    def checkpoints(self, job_id: str) -> list[dict[str, Any]]:
+        """Every checkpoint recorded for the job's tasks, oldest first, a page at a time."""
+        out: list[dict[str, Any]] = []
+        after: int | None = 0
+        while after is not None:
+            page = self.request("GET", f"/api/jobs/{job_id}/checkpoints",
+                                params={"after": after}).json()
+            out += page["checkpoints"]
+            after = page["next_after"]
+        return out
+
     def api_keys(self) -> list[wire.ApiKeyOut]:
         data = self.request("GET", "/api/api-keys", signed=True).json()
         return [wire.ApiKeyOut.model_validate(k) for k in data["api_keys"]]

@@ -227,7 +227,7 @@ def model(client: Client, job_id: str, result: dict[str, Any]) -> bytes | None:
         raise SealError("a sealed job's model opens only with its owner's key")
     key, seal, _ = _head(client.results(job_id), client.identity)
     want = result["model_digest"]
-    cps = client.request("GET", f"/api/jobs/{job_id}/checkpoints").json()["checkpoints"]
+    cps = client.checkpoints(job_id)
     for cp in reversed(cps):
         if (cp.get("meta") or {}).get("plain") != want:
             continue

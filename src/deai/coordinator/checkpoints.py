@@ -27,7 +27,7 @@ import hashlib
 import threading
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Query
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -50,22 +50,31 @@ def checkpoint(assignment_id: str, body: wire.CheckpointIn, c: C,
     return record(c, me, assignment_id, body)
 
 
-@router.get("/jobs/{job_id}/checkpoints", response_model=dict[str, list[dict[str, Any]]])
-def listing(job_id: str, c: C, me: Signer) -> dict[str, list[dict[str, Any]]]:
-    """Every checkpoint recorded for a job's tasks, oldest first (progress, audits): the
-    job's owner's to read, like the job itself."""
+PAGE = 1000  # checkpoints listed at once, at most: a long run records one every few steps
+
+
+@router.get("/jobs/{job_id}/checkpoints", response_model=dict[str, Any])
+def listing(job_id: str, c: C, me: Signer,
+            after: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
+            limit: Annotated[int, Query(ge=1, le=PAGE)] = PAGE) -> dict[str, Any]:
+    """The checkpoints recorded for a job's tasks after the cursor ``after`` (a
+    checkpoint's ``id``), oldest first, ``limit`` at most, and ``next_after`` for the next
+    page (null: the last) (progress, audits): the job's owner's to read, like the job."""
     access.require_job(c, me, job_id)
     with c.db.read() as s:
         if s.get(Job, job_id) is None:
             raise NotFound(f"no job {job_id}", field="job")
         rows = s.execute(select(Checkpoint, Assignment.role)
                          .join(Assignment, Assignment.id == Checkpoint.assignment_id)
-                         .where(Assignment.job_id == job_id).order_by(Checkpoint.id)).all()
+                         .where(Assignment.job_id == job_id, Checkpoint.id > after)
+                         .order_by(Checkpoint.id).limit(limit + 1)).all()
+        more = len(rows) > limit
+        rows = rows[:limit]
         return {"checkpoints": [
-            {"task_id": cp.task_id, "step": cp.step, "digest": cp.digest,
+            {"id": cp.id, "task_id": cp.task_id, "step": cp.step, "digest": cp.digest,
              "chain_hash": cp.chain_hash, "meta": cp.meta, "assignment_id": cp.assignment_id,
              "provider_id": cp.provider_id, "role": role, "created_at": cp.created_at}
-            for cp, role in rows]}
+            for cp, role in rows], "next_after": rows[-1][0].id if more else None}
 
 
 def record(c: Coordinator, pid: str, assignment_id: str,
