@@ -21,6 +21,7 @@ import httpx
 import pytest
 
 from deai.client.keys import Identity
+from deai.client.sdk import Client
 from deai.coordinator import blob_quota
 from deai.coordinator.service import Coordinator
 from deai.core import batch
@@ -440,3 +441,65 @@ def test_a_job_names_a_bounded_number_of_files(c: Coordinator) -> None:
     with pytest.raises(InvalidInput) as bad:
         jobs.submit(c, "ab" * 32, wire.JobIn(spec=spec, input_digest=c.blobs.put(data)))
     assert bad.value.field == "input.files"
+
+
+@pytest.mark.parametrize("column", ["output_digest", "input_digest"])
+def test_bytes_an_assignment_names_are_checked_again_under_the_hold(
+        c: Coordinator, monkeypatch: pytest.MonkeyPatch, column: str) -> None:
+    """A result sent inline and a check's payload are stored by the coordinator in the
+    transaction that writes the assignment naming them, under the bytes' hold. A discard
+    that read before that row existed (here: its snapshot found nothing using the bytes)
+    checks again under the hold and finds the assignment, so it keeps them; before,
+    ``HELD_BY`` left the assignments out and the only copy of an accepted result went."""
+    from sqlalchemy import text
+
+    data = f"a result equal to bytes being discarded ({column})".encode()
+    digest = c.blobs.put(data)
+
+    def rows(s: Any) -> None:
+        s.execute(text(
+            "INSERT INTO providers (id, name, hardware, benchmark, compute_units, threads, "
+            "slots, status, registered_at, last_seen, reputation, tasks_done, capabilities, "
+            "operator, origin, fingerprint) VALUES ('p1', 'p', '{}', '{}', 1.0, 1, 1, "
+            "'active', 0, 0, 0.5, 0, '{}', 'p1', '', '')"))
+        s.execute(text(
+            "INSERT INTO jobs (id, owner, status, kind, model, spec, input_digest, items, "
+            "units, max_price, escrow, cost, refunded, created_at, deadline_at) VALUES "
+            "('j1', 'o', 'running', 'embeddings', 'm', '{}', 'd', 1, 1, 1, 0, 0, 0, 0, 1)"))
+        s.execute(text(
+            "INSERT INTO tasks (id, job_id, idx, status, input_digest, items, units, "
+            "attempts, updated_at) VALUES ('t1', 'j1', 0, 'assigned', 'd', 1, 1, 1, 0)"))
+        digest_of_held = blob_quota.hold(c, s, data)
+        s.execute(text(
+            f"INSERT INTO assignments (id, task_id, job_id, provider_id, role, status, price, "
+            f"leased_at, lease_deadline, delivered, {column}) VALUES ('a1', 't1', 'j1', "
+            f"'p1', 'primary', 'submitted', 1, 0, 1, true, :d)"), {"d": digest_of_held})
+
+    c.db.run(rows)
+    monkeypatch.setattr(blob_quota, "in_use", lambda s, digests: set())  # read before it
+    assert blob_quota.discard_if_unused(c, [digest]) == 0
+    assert c.blobs.get(digest) == data
+
+
+def test_a_result_refused_leaves_no_bytes_behind(net: Network) -> None:
+    """An inline result is stored only for a lease that is the caller's and live: before,
+    any key could post one for a made-up assignment and leave up to 64 KiB on disk each
+    time, recorded nowhere, so neither the quota nor the sweep ever saw them."""
+    import base64
+    import hashlib
+
+    from deai.core import auth, wire
+    from deai.core.errors import DeAIError
+
+    me = Identity.generate()
+    c = Client(net.url, me)
+    for n in range(3):
+        out = f"bytes nobody asked for {n}".encode() * 100
+        digest = hashlib.sha256(out).hexdigest()
+        sig = me.sign(auth.result_message("asg_nope", digest, 1))
+        with pytest.raises(DeAIError) as refused:
+            c.submit_result("asg_nope", wire.ResultIn(
+                output_digest=digest, units=1, signature=sig,
+                output_b64=base64.b64encode(out).decode()))
+        assert refused.value.status == 404
+        assert not on_disk(net, digest)

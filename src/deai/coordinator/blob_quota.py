@@ -209,8 +209,11 @@ def discard_quietly(c: Coordinator, digests: list[str]) -> int:
 
 
 HELD_BY = (BlobRef.digest, ApiFile.digest, VolumeSnapshot.digest, Dataset.blob_digest,
-           Job.output_digest, JobBlob.digest)  # the rows written under a digest's hold
-# (``admit``, ``hold``, ``keep``): what a discard checks again, holding it
+           Job.output_digest, JobBlob.digest, Assignment.output_digest,
+           Assignment.input_digest)  # the rows written under a digest's hold (``admit``,
+# ``hold``, ``keep``: an upload, a file, a snapshot, a dataset, a job's assembled output
+# and its named files, a result sent inline, a check's payload): what a discard checks
+# again, holding it. Each column is indexed.
 
 
 def _discard(c: Coordinator, s: Session, *, unused: list[str], burials: dict[str, int]

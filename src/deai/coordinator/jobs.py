@@ -270,6 +270,7 @@ def submit_result(c: Coordinator, pid: str, assignment_id: str,
                   r: wire.ResultIn) -> wire.ResultOut:
     c.check_signature(pid, auth.result_message(assignment_id, r.output_digest, r.units),
                       r.signature)
+    inline = None
     if r.output_b64 is not None:
         try:
             inline = base64.b64decode(r.output_b64, validate=True)
@@ -277,6 +278,8 @@ def submit_result(c: Coordinator, pid: str, assignment_id: str,
             raise InvalidInput("output_b64: not base64", field="output_b64") from None
         if hashlib.sha256(inline).hexdigest() != r.output_digest:
             raise InvalidInput("output_b64: its sha256 is not output_digest", field="output_b64")
+        with c.db.read() as s:  # no bytes stored for a lease that is not the caller's, live
+            c.live_lease(s, pid, assignment_id, lock=False)
         c.blobs.put(inline, sync=False)  # the commit below is what makes the result count
     if not c.blobs.exists(r.output_digest):
         raise InvalidInput("output_digest: upload the output blob first", field="output_digest")
@@ -284,6 +287,8 @@ def submit_result(c: Coordinator, pid: str, assignment_id: str,
         access.require_blob(c, pid, r.output_digest, "output_digest")
 
     def body(s: Session) -> tuple[str, str, int]:
+        if inline is not None:  # kept from a discard of the same bytes (another's upload
+            blob_quota.hold(c, s, inline)  # that ran out) until the row names them
         a, task, job = _locked(c, s, pid, assignment_id)
         a.submitted_at, a.output_digest = c.now(), r.output_digest
         a.units, a.seconds, a.signature = r.units, r.seconds, r.signature
@@ -297,7 +302,12 @@ def submit_result(c: Coordinator, pid: str, assignment_id: str,
         paid = c.settlement.balance(s, ledger.pending(pid)) - before
         return task.id, D.outcome(todo, a.id), paid
 
-    task_id, outcome, paid = c.db.run(body)
+    try:
+        task_id, outcome, paid = c.db.run(body)
+    except Exception:
+        if inline is not None:  # refused after all (the lease ended meanwhile): not kept
+            blob_quota.discard_quietly(c, [r.output_digest])  # unless something uses them
+        raise
     c.notifier.result_arrived(task_id)  # an interactive caller may be waiting (/v1)
     c.notifier.kick()
     c.notifier.published()

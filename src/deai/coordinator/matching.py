@@ -17,7 +17,7 @@ from typing import Any, NamedTuple, cast
 from sqlalchemy import Table, and_, or_, select
 from sqlalchemy.orm import Session
 
-from deai.coordinator import canaries, effects, hoarding, provider_index
+from deai.coordinator import blob_quota, canaries, effects, hoarding, provider_index
 from deai.coordinator.service import Coordinator, new_id, new_ids
 from deai.core import catalog, kinds, ledger, market, sealed
 from deai.core.lifecycle import (
@@ -608,7 +608,8 @@ def _lease(c: Coordinator, s: Session, task: Task, job: Job, pl: market.Placemen
             forged = kind.forge(spec, extra, c.rng.random())  # a forced error (Truebit)
             if forged is not None:
                 extra, forced = forged
-        payload = c.blobs.put(extra) if extra is not None else None
+        # held until the lease that names it commits (``blob_quota.hold``)
+        payload = blob_quota.hold(c, s, extra) if extra is not None else None
     if check_of is not None and sealed.is_sealed(job.spec):  # its checker decrypts, compares
         from deai.coordinator import sealed_jobs
         payload = sealed_jobs.check_payload(c, s, task, job, role, check_of)

@@ -30,7 +30,7 @@ from fastapi import APIRouter, Depends
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from deai.coordinator import access, admission
+from deai.coordinator import access, admission, blob_quota
 from deai.coordinator.auth import coordinator
 from deai.coordinator.service import Coordinator
 from deai.core import kinds, sealed, wire
@@ -145,7 +145,7 @@ def check_payload(c: Coordinator, s: Session, task: Task, job: Job, role: Role,
             Assignment.task_id == task.id, Assignment.role == Role.REPLICA,
             Assignment.status == AssignmentStatus.SUBMITTED)).first()
     claimed = task.output_digest if role == Role.AUDIT else subject.output_digest
-    return c.blobs.put(sealed.CheckPayload(
+    return blob_quota.hold(c, s, sealed.CheckPayload(
         shard=task.input_digest, claimed=claimed or subject.output_digest,
         claimed_units=subject.units or 0, spec=job.spec, checker=checker,
         checkpoints=_recorded(s, task) if job.kind == "train" else {}).to_bytes())

@@ -226,9 +226,11 @@ class Coordinator:
 
         return wire.HeartbeatOut(drop=self.db.run(body))
 
-    def live_lease(self, s: Session, pid: str, assignment_id: str) -> Assignment:
-        """The assignment, locked, if ``pid`` holds its lease and the lease is still live."""
-        a = s.get(Assignment, assignment_id, with_for_update=True)
+    def live_lease(self, s: Session, pid: str, assignment_id: str, *,
+                   lock: bool = True) -> Assignment:
+        """The assignment, locked (unless ``lock`` is False: a check before a write), if
+        ``pid`` holds its lease and the lease is still live."""
+        a = s.get(Assignment, assignment_id, with_for_update=lock)
         if a is None:
             raise NotFound(f"no assignment {assignment_id}", field="assignment")
         if a.provider_id != pid:

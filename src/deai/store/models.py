@@ -178,7 +178,15 @@ class Assignment(Base):
     # A forced error (core.kinds.base.Kind.forge): where the planted mistake is.
     forced: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
 
+    # The digests, for a blob discard's check under its hold (``blob_quota.HELD_BY``):
+    # partial, so the matcher's inserts (neither digest set on a primary's lease) add none.
     __table_args__ = (Index("ix_assignments_provider_status", "provider_id", "status"),
+                      Index("ix_assignments_output_digest", "output_digest",
+                            sqlite_where=text("output_digest IS NOT NULL"),
+                            postgresql_where=text("output_digest IS NOT NULL")),
+                      Index("ix_assignments_input_digest", "input_digest",
+                            sqlite_where=text("input_digest IS NOT NULL"),
+                            postgresql_where=text("input_digest IS NOT NULL")),
                       *_checks("assignments"))
 
 
