@@ -116,3 +116,36 @@ def test_unknown_model_and_workload_are_refused() -> None:
         embeddings.embed("no-such-model", encode_items(ITEMS))
     with pytest.raises(InvalidInput, match="unknown workload"):
         get("painting")
+
+
+def _junk(out: bytes, value: float) -> bytes:
+    """``out`` with every component of every vector replaced by ``value``."""
+    lines = [json.loads(x) for x in out.splitlines()]
+    for line in lines:
+        line["embeddings"] = [[value] * len(v) for v in line["embeddings"]]
+    return b"".join(json.dumps(x).encode() + b"\n" for x in lines)
+
+
+@pytest.mark.parametrize("value", [1e200, 1e5, 1e-150, 1e-170, 0.0])
+def test_junk_vectors_never_match_the_models(output: tuple[bytes, int], value: float) -> None:
+    """Vectors whose norms overflowed (1e200: ``inf / inf`` made the distance NaN, which
+    no tolerance refused, so junk passed every replica, canary and audit) or underflowed
+    (1e-150 against 1e-170 divided by zero), or that are merely far off, are refused or
+    compared as a mismatch, in both orders, whatever the parties' classes."""
+    from deai.core import kinds
+
+    kind = kinds.get("embeddings")
+    spec = kind.parse_spec({"kind": "embeddings", "model": MODEL, "max_price": 1})
+    shard = encode_items(ITEMS)
+    honest, _ = output
+    junk = _junk(honest, value)
+    for a, b in ((honest, junk), (junk, honest)):
+        for classes in (None, ("cpu", "cuda")):
+            got = kind.compare(spec, shard, a, b, classes=classes)
+            assert not got.match, (value, got)
+            assert got.statistic == got.statistic  # a number, never NaN
+    if value >= 1e200:
+        with pytest.raises(InvalidInput):
+            check_output(shard, junk, 384)
+    tiny = kind.compare(spec, shard, _junk(honest, 1e-150), _junk(honest, 1e-170))
+    assert not tiny.match

@@ -32,6 +32,8 @@ from deai.core.kinds.base import Comparison, Kind, Shard, SpecBase
 URL = "/v1/embeddings"
 MAX_INPUTS_PER_LINE = 2048
 MAX_INPUT_CHARS = 32_768
+MAX_COMPONENT = 1e6  # a vector's components, at most: real models' lie within ±1 (normalised)
+# to a few hundred; junk of 1e200 is refused as malformed, not compared
 # Tolerances on ``distance`` (below), set from calibration: bench/calibrate_tolerances.py
 # measures honest variation (repeats, threads 1 vs 2, other processes, another CPU
 # instruction set) and cheap approximations with the real model; figures and the
@@ -148,9 +150,9 @@ def check_output(shard_input: bytes, output: bytes, dims: int) -> list[dict[str,
         for v in vecs:
             if (not isinstance(v, list) or len(v) != dims
                     or not all(isinstance(x, (int, float)) and not isinstance(x, bool)
-                               and math.isfinite(x) for x in v)):
-                raise InvalidInput(f"{where}: each vector needs {dims} finite numbers",
-                                   field="output")
+                               and -MAX_COMPONENT <= x <= MAX_COMPONENT for x in v)):
+                raise InvalidInput(f"{where}: each vector needs {dims} finite numbers within "
+                                   f"±{MAX_COMPONENT:g}", field="output")
         tokens = line.get("prompt_tokens")
         if not isinstance(tokens, int) or isinstance(tokens, bool) or tokens < 0:
             raise InvalidInput(f"{where}: prompt_tokens must be a non-negative integer",
@@ -158,25 +160,20 @@ def check_output(shard_input: bytes, output: bytes, dims: int) -> list[dict[str,
     return lines
 
 
-def cosine(u: list[float], v: list[float]) -> float:
-    dot = sum(a * b for a, b in zip(u, v, strict=True))
-    nu = math.sqrt(sum(a * a for a in u))
-    nv = math.sqrt(sum(b * b for b in v))
-    if nu == 0.0 or nv == 0.0:
-        return 1.0 if nu == nv else 0.0
-    return dot / (nu * nv)
-
-
 def distance(u: list[float], v: list[float]) -> float:
     """``|u - v|^2 / (2 |u| |v|)``: the cosine distance ``1 - cos`` plus
     ``(|u| - |v|)^2 / (2 |u| |v|)``, so a rescaled vector counts too; computed from the
     difference, it is exactly 0 for equal vectors and exact down to 1e-30, where
-    ``1 - cos`` bottoms out at 1e-16 of rounding."""
-    nu = math.sqrt(sum(a * a for a in u))
-    nv = math.sqrt(sum(b * b for b in v))
+    ``1 - cos`` bottoms out at 1e-16 of rounding. The norms are ``math.hypot``'s, which
+    scales: squares summed as they are overflowed to ``inf`` for components near 1e200
+    (and ``inf / inf`` is NaN, which every comparison with a tolerance let through) and
+    underflowed to 0 near 1e-160. A distance past float's range is ``inf``, never NaN."""
+    nu, nv = math.hypot(*u), math.hypot(*v)
     if nu == 0.0 or nv == 0.0:
         return 0.0 if u == v else 1.0
-    return sum((a - b) * (a - b) for a, b in zip(u, v, strict=True)) / (2.0 * nu * nv)
+    d = math.hypot(*(a - b for a, b in zip(u, v, strict=True)))
+    out = (d / nu) * (d / nv) / 2.0
+    return out if math.isfinite(out) else math.inf
 
 
 def response_body(model: str, line: dict[str, Any]) -> dict[str, Any]:
@@ -224,7 +221,12 @@ class EmbeddingsKind(Kind):
             if x["prompt_tokens"] != y["prompt_tokens"]:
                 return Comparison(False, 1.0, f"line {n}: token counts differ")
             for u, v in zip(x["embeddings"], y["embeddings"], strict=True):
-                worst = max(worst, distance(u, v))
+                d = distance(u, v)
+                if not d <= tol:  # NaN included: a distance that is not a number is no match
+                    return Comparison(False, d if math.isfinite(d) else 1.0,
+                                      f"line {n}: cosine distance {d:.3g} over the tolerance "
+                                      f"{tol:g}")
+                worst = max(worst, d)
         ok = worst <= tol
         return Comparison(ok, worst, f"max cosine distance {worst:.3g} (tolerance {tol:g})")
 
