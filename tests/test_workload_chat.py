@@ -140,3 +140,26 @@ def test_later_loads_read_the_dequantized_copy() -> None:
     assert (chat.dequantized_dir(MODEL) / "config.json").exists()
     assert str(entry.model.config._name_or_path) == str(chat.dequantized_dir(MODEL))
     assert entry.context == 8192
+
+
+def test_a_padded_prompt_token_count_is_caught_by_every_check(
+        greedy: tuple[bytes, int]) -> None:
+    """Chat is billed per token, the prompt's included. A primary claiming more prompt
+    tokens than the model's tokenizer counts (within the escrow bound, so metering takes
+    it) overcharged the client: the checks compared tokens, text and margins only. Now a
+    re-score, a re-execution and two checkers' outputs all compare the count."""
+    honest = greedy[0]
+    padded = b"".join(json.dumps({**x, "prompt_tokens": x["prompt_tokens"] + 1}).encode()
+                      + b"\n" for x in lines(honest))
+    KIND.meter(SPEC, GREEDY, padded)  # within the bound: metering alone takes it
+    payload = KIND.check_payload(SPEC, GREEDY, padded)
+    assert payload is not None
+    checked, _ = chat.check(MODEL, payload)
+    assert KIND.check(SPEC, GREEDY, honest, chat.check(
+        MODEL, KIND.check_payload(SPEC, GREEDY, honest) or b"")[0]).match
+    verdict = KIND.check(SPEC, GREEDY, padded, checked)
+    assert not verdict.match and "prompt_tokens" in verdict.detail
+    assert not KIND.compare(SPEC, GREEDY, honest, padded).match
+    lying = b"".join(json.dumps({**x, "prompt_tokens": x["prompt_tokens"] + 1}).encode()
+                     + b"\n" for x in lines(checked))
+    assert not KIND.compare_checks(SPEC, payload, checked, lying).match

@@ -269,7 +269,7 @@ class _Applier:
 
     def pay_check(self, e: E.PayCheck) -> None:
         a = self._assignment(e.assignment)
-        cost = cost_for_units(a.units or 0, self._check_rate(a))
+        cost = cost_for_units(*self._check_terms(a))
         if cost <= 0:
             return
         entry, amount = self.c.settlement.pay_check(self.s, a.provider_id, cost, a.id, a.role)
@@ -278,16 +278,26 @@ class _Applier:
             return
         self._payout(a, amount, entry)
 
-    def _check_rate(self, a: Assignment) -> int:
-        """What a check earns per unit: the price of the result it checks, whatever the
-        checker asks. Checkers are drawn by stake and reputation, and a fixed fee means
-        an inflated ask earns nothing more from the treasury either. The lease itself
-        still shows the checker's own price, like every lease (blind work). A canary
-        checks nobody's result: it is paid at its own price, like the work it imitates."""
-        if a.check_of is None:
-            return a.price
-        subject = self.s.get(Assignment, a.check_of)
-        return a.price if subject is None else subject.price
+    def _check_terms(self, a: Assignment) -> tuple[int, int]:
+        """What a check is paid for: (units, price per unit).
+
+        The price is that of the result it checks, whatever the checker asks. Checkers
+        are drawn by stake and reputation, and a fixed fee means an inflated ask earns
+        nothing more from the treasury either. The lease itself still shows the checker's
+        own price, like every lease (blind work).
+
+        The units are the check's own, as metered from its output, but never more than
+        the result it checks was metered at. A check does that result's work again, and
+        its output is the checker's to write: a chat checker claiming two billion prompt
+        tokens was otherwise paid for them from the treasury, up to all of it.
+
+        A canary checks nobody's result: it is paid at its own price, like the work it
+        imitates, for at most its task's units (what the shard can hold)."""
+        units = a.units or 0
+        subject = self.s.get(Assignment, a.check_of) if a.check_of is not None else None
+        if subject is None:
+            return min(units, self.task.units), a.price
+        return min(units, subject.units or 0), subject.price
 
     def slash(self, e: E.Slash) -> None:
         """Cut the stake, pay the bounty, and forfeit the job's unreleased earnings."""

@@ -503,6 +503,10 @@ def _line_problem(o: dict[str, Any], chk: Any, limit: int) -> str | None:
         return f"cut off at {len(o['token_ids'])} of {limit} tokens without a stop token"
     if not isinstance(chk, dict) or chk.get("custom_id") != o["custom_id"]:
         return "the check is for another line"
+    counted = chk.get("prompt_tokens")
+    if isinstance(counted, int) and counted != o["prompt_tokens"]:
+        # billed per token: a padded count is an overcharge the tokens alone never show
+        return f"prompt_tokens {o['prompt_tokens']}, the model's tokenizer counts {counted}"
     if chk.get("text") != o["text"]:
         return "text does not match its tokens"
     if chk.get("early"):
@@ -548,6 +552,8 @@ class ChatKind(Kind):
         for n, (x, y) in enumerate(zip(la, lb, strict=True), start=1):
             if x["token_ids"] != y["token_ids"]:
                 return Comparison(False, 1.0, f"line {n}: different tokens")
+            if x["prompt_tokens"] != y["prompt_tokens"]:  # what each bills for the prompt
+                return Comparison(False, 1.0, f"line {n}: different prompt token counts")
         return Comparison(True, 0.0, "same tokens on every line")
 
     def check_payload(self, spec: SpecBase, shard: bytes, claimed: bytes) -> bytes | None:
@@ -602,7 +608,7 @@ class ChatKind(Kind):
             return Comparison(False, 1.0, "checks differ in length")
         for n, (x, y) in enumerate(zip(la, lb, strict=True), start=1):
             if any(x.get(k) != y.get(k) for k in ("text", "token_ids", "room", "finish",
-                                                  "early")):
+                                                  "early", "prompt_tokens")):
                 return Comparison(False, 1.0, f"line {n}: checks disagree")
             if isinstance(x.get("logprobs"), list) and logprobs_agree(
                     x["logprobs"], y.get("logprobs") or [], LOGPROB_TOLERANCE) is not None:
