@@ -135,12 +135,23 @@ def _on_audit(c: Coordinator, s: Session, a: Assignment, task: Task, job: Job, k
                and x.role in (Role.PRIMARY, Role.CANARY, Role.REFEREE)]
     agreed = [x for x in accepted if x.role == Role.REPLICA and x.check_of in
               {y.id for y in subject}]
-    cmp = kind.compare(spec, shard, c.blobs.get(task.output_digest or ""),
-                       c.blobs.get(a.output_digest or ""))
+    mine = c.blobs.get(a.output_digest or "")
+    cmp = kind.compare(spec, shard, c.blobs.get(task.output_digest or ""), mine)
+    spared: list[Assignment] = []
+    if not cmp.match:
+        # A replica that ran the task again is judged by its own output, not by the
+        # result it agreed with: agreement within a tolerance is not transitive (a
+        # command's bill padded within reach of a slow honest replica, but not of the
+        # verifier's run), and an honest replica must not pay for the primary's lie.
+        # One that re-scored a claim (a check payload) vouched for that claim itself.
+        spared = [x for x in agreed if x.input_digest is None and kind.compare(
+            spec, shard, c.blobs.get(x.output_digest or ""), mine).match]
+        agreed = [x for x in agreed if x not in spared]
     evidence = {"auditor": a.provider_id, "subject": [x.provider_id for x in subject],
                 "checker": [x.provider_id for x in agreed], "statistic": cmp.statistic,
                 "detail": cmp.detail, "subject_output": task.output_digest,
-                "auditor_output": a.output_digest}
+                "auditor_output": a.output_digest,
+                **({"spared": [x.provider_id for x in spared]} if spared else {})}
     stood = [party(x) for x in subject if x.role != Role.REFEREE] + [party(x) for x in agreed]
     return D.on_audit(ctx(c, job, task), party(a), stood, match=cmp.match, evidence=evidence)
 

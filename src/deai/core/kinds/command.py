@@ -46,9 +46,12 @@ Files travel inline (base64) in the output blob, bounded by ``output_mb``; a
 run that exceeds a limit is still a result (status "error", ``limit`` names
 it, the CPU it used is billed), because the user's command, not the
 provider, chose to exceed it. The job's result is these objects as JSONL, in
-input order. ``same_output`` is what verification compares: exit status,
-limit, the file manifest and stdout's hash; timings, tails and stderr are
-left out (they legitimately differ between runs).
+input order. ``same_output`` is what two runs' results must agree on: exit
+status, limit, the file manifest and stdout's hash; tails and stderr are left
+out (they legitimately differ between runs). ``CommandKind.compare`` adds the
+timings, within ``SLOWDOWN`` times plus ``SLACK_MS``: a bill no honest machine could
+run up, or a CPU or wall-clock limit the other run came nowhere near, is a
+disagreement (``cpu_disagreement``, ``limit_disagreement``).
 """
 
 from __future__ import annotations
@@ -73,6 +76,24 @@ MAX_SCRIPT_BYTES = 100_000  # one argv string must stay under the kernel's 128 K
 MAX_PATH_CHARS = 255
 TAIL_BYTES = 4096
 LIMITS = ("cpu", "wall", "memory", "file_size", "disk", "processes", "output")
+# Limits whose hit depends on the machine's speed or on when the sandbox sampled, not on
+# the command alone: two honest runs may differ there.
+TIMED_LIMITS = ("cpu", "wall", "disk")
+# The tolerance between two honest runs' timings: one may be up to SLOWDOWN times the
+# other plus SLACK_MS. CPU time of the same work differs between machines with per-core
+# speed (an old core without AVX, a slower memory system, a busy SMT sibling): about 2x
+# between a current server core and a ten-year-old one, so 4x leaves as much again for
+# noise. The slack is what does not scale with speed: starting the shell and loading
+# shared libraries, and the sandbox's sampling (``workloads.sandbox``, 50 ms polls).
+# One tolerance serves both checks, so they cannot contradict each other: a bill within
+# it of the other run's is accepted, and a CPU or wall-clock limit hit is plausible only
+# if the other run, on a machine this much slower, would have reached that limit too
+# (so "well inside the limits" means under about a quarter of them). Known limit: a
+# runtime that spins on every idle core (OpenMP's active wait, a GC per core) bills
+# CPU in proportion to the core count; such commands should pin their thread count
+# (OMP_NUM_THREADS, GOMAXPROCS in ``env``) or two honest runs may disagree.
+SLOWDOWN = 4
+SLACK_MS = 250
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 _DIGEST = re.compile(r"^[0-9a-f]{64}$")
 
@@ -317,12 +338,69 @@ def same_output(a: bytes, b: bytes) -> bool:
     return ka is not None and ka == key(b)
 
 
-def _limit_of(raw: bytes) -> str | None:
+def within_slowdown(ms: int, other_ms: int) -> bool:
+    """Whether ``ms`` could be ``other_ms`` measured on an honest machine up to
+    ``SLOWDOWN`` times slower (plus ``SLACK_MS``)."""
+    return ms <= SLOWDOWN * other_ms + SLACK_MS
+
+
+def _timings(raw: bytes) -> dict[str, Any] | None:
+    """An output's fields that ``compare`` reads, or None if it has none of that shape."""
     try:
-        limit = batch.safe_loads(raw.decode("utf-8")).get("limit")
-    except (UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+        o = batch.safe_loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
         return None
-    return limit if isinstance(limit, str) else None
+    if (not isinstance(o, dict) or not {"limit", "exit_code", "cpu_ms", "wall_ms"} <= set(o)
+            or not _is_int(o["cpu_ms"]) or not _is_int(o["wall_ms"])
+            or not (o["exit_code"] is None or _is_int(o["exit_code"]))):
+        return None
+    return o
+
+
+def cpu_disagreement(a: dict[str, Any], b: dict[str, Any]) -> str | None:
+    """Why two runs with the same output cannot both have billed honestly; None if they can.
+
+    Either ``cpu_ms`` above ``SLOWDOWN`` times the other plus ``SLACK_MS`` is a false
+    claim: a padded bill (the primary's, or a checker's, whose fee is its own metered
+    CPU) or a made-up low one. Both directions count because callers pass the checked
+    party first or second (a canary's reference comes first). Runs the sandbox stopped
+    (``exit_code`` null: killed at the CPU or wall-clock limit or a disk sample) are not
+    compared: where it stopped them depends on the machine and its load, so their CPU
+    time measures no fixed amount of work.
+    """
+    if a["exit_code"] is None or b["exit_code"] is None:
+        return None
+    if within_slowdown(a["cpu_ms"], b["cpu_ms"]) and within_slowdown(b["cpu_ms"], a["cpu_ms"]):
+        return None
+    return (f"cpu_ms {a['cpu_ms']} vs {b['cpu_ms']}: more apart than {SLOWDOWN}x + "
+            f"{SLACK_MS} ms for the same output")
+
+
+def limit_disagreement(cpu_seconds: int, wall_seconds: int, hit: dict[str, Any],
+                       done: dict[str, Any]) -> str | None:
+    """Why ``hit``'s timing-dependent limit cannot be honest next to ``done``, a run of the
+    same command that ended on its own; None when it can (an inconclusive difference).
+
+    ``hit`` did at most the work ``done`` did in full, on a machine at most ``SLOWDOWN``
+    times slower: it cannot have used more CPU than that, and it can have reached its
+    CPU limit only if ``done``'s CPU time would have, and its wall-clock limit only if
+    ``done``'s wall or CPU time would have (CPU time too: a machine with one core takes
+    at least that long). A "disk" hit (a quota sample caught a transient overshoot)
+    leaves no measure in the outputs, so only its CPU is bounded.
+    """
+    limit = hit["limit"]
+    if not within_slowdown(hit["cpu_ms"], done["cpu_ms"]):
+        return (f"{limit} limit claimed after {hit['cpu_ms']} CPU-ms; the whole command took "
+                f"{done['cpu_ms']} elsewhere (more than {SLOWDOWN}x + {SLACK_MS} ms apart)")
+    if limit == "cpu" and not within_slowdown(cpu_seconds * 1000, done["cpu_ms"]):
+        return (f"CPU limit ({cpu_seconds} s) claimed; the other run finished in "
+                f"{done['cpu_ms']} CPU-ms, out of reach on a {SLOWDOWN}x slower machine")
+    if limit == "wall" and not within_slowdown(wall_seconds * 1000,
+                                               max(done["wall_ms"], done["cpu_ms"])):
+        return (f"wall-clock limit ({wall_seconds} s) claimed; the other run finished in "
+                f"{done['wall_ms']} ms ({done['cpu_ms']} CPU-ms), out of reach on a "
+                f"{SLOWDOWN}x slower machine")
+    return None
 
 
 def parse_payload(shard: bytes) -> dict[str, Any]:
@@ -359,17 +437,40 @@ class CommandKind(Kind):
         return b"".join(out.rstrip(b"\n") + b"\n" for out in outputs)
 
     def compare(self, spec: SpecBase, shard: bytes, a: bytes, b: bytes) -> Comparison:
-        """Same exit status, files and stdout. A run that hit its CPU or wall-clock limit
-        depends on the machine's speed, so disagreeing there proves nothing: it counts
-        as agreement rather than as evidence against either party."""
+        """Same exit status, limit, files and stdout, and CPU times within ``SLOWDOWN``.
+
+        Where the results differ and exactly one run hit a timing-dependent limit
+        (CPU, wall clock, disk sample), the other run decides: if a machine
+        ``SLOWDOWN`` times slower could have hit that limit (``limit_disagreement``)
+        it is inconclusive and counts as agreement, evidence against nobody; if not,
+        the limit claim is a disagreement, which goes to a trusted referee, whose
+        own run judges each party the same way: an honest slow run that hit the
+        wall is not convicted by a referee whose run came near the limit too. Where
+        both runs were stopped by the sandbox the difference is inconclusive.
+        """
+        assert isinstance(spec, CommandSpec)
+        oa, ob = _timings(a), _timings(b)
+        if oa is None or ob is None:
+            return Comparison(False, 1.0, "malformed output")
         if same_output(a, b):
+            bill = cpu_disagreement(oa, ob)
+            if bill is not None:
+                return Comparison(False, 1.0, bill)
             return Comparison(True, 0.0, "same status, files and stdout")
-        limits = {_limit_of(a), _limit_of(b)}
-        # The disk quota is sampled while the job runs (workloads.quota), so where exactly
-        # a job over it stops depends on timing too.
-        if limits & {"cpu", "wall", "disk"}:
-            return Comparison(True, 0.0, "timing-dependent limit hit: inconclusive")
-        return Comparison(False, 1.0, "outputs differ (status, files or stdout)")
+        timed_a, timed_b = oa["limit"] in TIMED_LIMITS, ob["limit"] in TIMED_LIMITS
+        if not (timed_a or timed_b):
+            return Comparison(False, 1.0, "outputs differ (status, files or stdout)")
+        hit, done = (oa, ob) if timed_a else (ob, oa)
+        # Both stopped where timing put them (a run reporting another limit, such as a
+        # fork bomb's "processes", may still have been killed at the clock: exit_code null).
+        if (timed_a and timed_b) or done["exit_code"] is None:
+            return Comparison(True, 0.0, "both runs stopped at a timing-dependent limit: "
+                                         "inconclusive")
+        why = limit_disagreement(spec.cpu_seconds, spec.wall_seconds, hit, done)
+        if why is not None:
+            return Comparison(False, 1.0, why)
+        return Comparison(True, 0.0, f"{hit['limit']} limit hit within reach of the other "
+                                     "run: inconclusive")
 
     def errors(self, outputs: list[bytes]) -> list[str]:
         """``"<custom_id>: <error>"`` for each command that failed, in order."""
