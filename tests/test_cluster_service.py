@@ -209,3 +209,34 @@ def test_a_member_topped_up_while_its_cluster_ends_gets_the_top_up_back(
         assert w.escrow == topped[0].escrow and w.charged + w.refunded == w.escrow
     assert balance(c, ledger.escrow(worker)) == 0
     audit(c)
+
+
+def test_nodes_placed_after_the_cluster_ended_are_ended_and_refunded(
+        c: Coordinator, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The cluster ends while its request is still placing nodes (the form timeout here;
+    the owner's ``cluster end`` alike): the nodes placed after that end at once, refunded
+    in full. Before, they were recorded as members of the ended cluster and ran on,
+    billed, with nothing left to end them."""
+    create, placed = leases.create, []
+
+    def then_the_cluster_loop(*args: Any, **kw: Any) -> Any:
+        out = create(*args, **kw)
+        placed.append(out.id)
+        if len(placed) == 1:  # the form timeout passes while the request places nodes
+            clock = c.clock
+            assert isinstance(clock, ManualClock)
+            clock.advance(2)
+            assert clusters.tick(c) == 1
+        return out
+
+    monkeypatch.setattr(leases, "create", then_the_cluster_loop)
+    cl = clusters.create(c, OWNER, ask(form_timeout=1))
+    monkeypatch.undo()
+    assert cl.status == "ended" and cl.end_reason == "not formed"
+    assert cl.leases == placed and len(placed) == 1  # no more placed once it ended
+    assert all(m.status == "ended" for m in cl.members)
+    assert cl.charged == 0 and cl.refunded == cl.escrow
+    advance(c, 600, HOSTS)
+    cl = clusters.show(c, OWNER, cl.id)
+    assert cl.charged == 0 and all(m.status == "ended" for m in cl.members)
+    audit(c)

@@ -177,6 +177,7 @@ def test_provider_lost_refunds_pro_rata_and_takes_stake(c: Coordinator) -> None:
 def test_a_lease_nobody_starts_ends_and_owner_end_refunds(c: Coordinator) -> None:
     orphan = leases.create(c, OWNER, LeaseIn(cpus=1, memory_mb=1024, hours=1,
                                              max_price_hour=10**6))
+    assert [x.id for x in leases.work_for(c, HOST, set())[0]] == [orphan.id]  # offered
     advance(c, 130)
     gone = leases.show(c, OWNER, orphan.id)
     assert (gone.end_reason, gone.charged, gone.refunded) == ("provider lost", 0, gone.escrow)
@@ -280,4 +281,107 @@ def test_two_requests_for_the_last_capacity_get_one_lease(
     with c.db.read() as s:
         live = s.execute(select(Lease.id, Lease.cpus).where(Lease.status.in_(leases.LIVE))).all()
     assert [x.id for x in live] == made and sum(x.cpus for x in live) == 2
+    audit(c)
+
+
+def test_the_start_window_counts_from_the_offer_and_an_unreceived_lease_costs_no_stake(
+        c: Coordinator) -> None:
+    """A lease the provider's lease agent never received (no lease agent polls, or the
+    coordinator held it back) ends refunded without a penalty; one it received and did
+    not start within the start timeout, counted from that moment, costs the penalty."""
+    unseen = leases.create(c, OWNER, LeaseIn(cpus=1, memory_mb=1024, hours=1,
+                                             max_price_hour=10**6))
+    advance(c, 130)  # nobody polls for lease work
+    gone = leases.show(c, OWNER, unseen.id)
+    assert (gone.status, gone.end_reason) == ("ended", "provider lost")
+    assert (gone.charged, gone.refunded, gone.penalty) == (0, gone.escrow, 0)
+    assert "never taken up" in (gone.detail or "")
+    assert balance(c, ledger.stake(HOST)) == STAKE
+
+    leases.heartbeat(c, HOST, [], {})  # online again (silent lease agents look offline)
+    late = leases.create(c, OWNER, LeaseIn(cpus=1, memory_mb=1024, hours=1,
+                                           max_price_hour=10**6))
+    advance(c, 100)  # not offered yet
+    assert [x.id for x in leases.work_for(c, HOST, set())[0]] == [late.id]
+    assert leases.work_for(c, HOST, {late.id})[0] == []
+    advance(c, 100)  # 200 s after its creation, 100 s after the offer: still waiting
+    assert leases.show(c, OWNER, late.id).status == "pending"
+    advance(c, 30)
+    lost = leases.show(c, OWNER, late.id)
+    assert (lost.end_reason, lost.refunded, lost.penalty) == ("provider lost", lost.escrow,
+                                                              STAKE // 100)
+    assert balance(c, ledger.stake(HOST)) == STAKE - STAKE // 100
+    audit(c)
+
+
+def test_ending_the_preempting_lease_withdraws_its_notices(c: Coordinator) -> None:
+    """A non-spot lease that preempts a spot lease and ends (or fails) before the notice
+    runs out takes its notice back: the spot lease runs on. Before, the preemptor was
+    refunded in full and the spot lease still died at ``preempt_at``."""
+    spot = leases.create(c, OWNER, LeaseIn(cpus=2, memory_mb=1024, hours=1, spot=True,
+                                           max_price_hour=10**6))
+    leases.heartbeat(c, HOST, [spot.id], {})
+    advance(c, 20, beat=[spot.id])
+    evict = leases.create(c, OWNER, LeaseIn(cpus=1, memory_mb=1024, hours=1,
+                                            max_price_hour=10**6), CFG)
+    assert leases.show(c, OWNER, spot.id).preempt_at is not None
+    ended = leases.end(c, OWNER, evict.id)
+    assert (ended.charged, ended.refunded) == (0, ended.escrow)
+    kept = leases.show(c, OWNER, spot.id)
+    assert kept.preempt_at is None and kept.status == "active"
+    assert "lease_preempt_withdrawn" in [e["kind"] for e in kept.events]
+    _, _, notices = leases.work_for(c, HOST, {spot.id})
+    assert notices == []
+    advance(c, 90, beat=[spot.id])
+    assert leases.show(c, OWNER, spot.id).status == "active"
+
+    # a preemptor that fails to start withdraws its notice too; a second one that runs
+    # has its victim preempted as before
+    failing = leases.create(c, OWNER, LeaseIn(cpus=1, memory_mb=1024, hours=1,
+                                              max_price_hour=10**6), CFG)
+    assert leases.heartbeat(c, HOST, [spot.id], {failing.id: "bwrap: no"}) == [failing.id]
+    assert leases.show(c, OWNER, spot.id).preempt_at is None
+    runs = leases.create(c, OWNER, LeaseIn(cpus=1, memory_mb=1024, hours=1,
+                                           max_price_hour=10**6), CFG)
+    advance(c, 70, beat=[spot.id, runs.id])
+    assert leases.show(c, OWNER, spot.id).end_reason == "preempted"
+    assert leases.show(c, OWNER, runs.id).status == "active"
+    audit(c)
+
+
+def test_a_failure_reported_for_a_running_lease_is_a_lost_provider(c: Coordinator) -> None:
+    """A provider that reports a running lease ``failed`` is paid up to its last heartbeat
+    only, and the lease ends ``provider lost``; before, it ended ``policy`` billed to now,
+    the silence before the report included. No stake penalty: the lease's own programs
+    can end its sandbox. (A lease that never started ends ``policy``: see above.)"""
+    lid = start(c)
+    advance(c, 100, beat=[lid])
+    clock = c.clock
+    assert isinstance(clock, ManualClock)
+    clock.advance(29)  # silent, still inside the grace
+    assert leases.heartbeat(c, HOST, [], {lid: "whatever"}) == [lid]
+    x = leases.show(c, OWNER, lid)
+    assert x.end_reason == "provider lost" and "whatever" in (x.detail or "")
+    assert x.charged == cost_of(PRICE, 100) and x.refunded == x.escrow - x.charged
+    assert x.penalty == 0 and balance(c, ledger.stake(HOST)) == STAKE
+    audit(c)
+
+
+def test_a_host_whose_lease_agent_is_silent_gets_no_new_leases(c: Coordinator) -> None:
+    """A provider kept online by its job agent alone, its lease agent gone: placement
+    passes over it (each lease placed there would wait out the start timeout, never
+    taken up) until its lease agent polls or beats again."""
+    advance(c, leases.AGENT_SILENT + 10)
+    with c.db.write() as s:  # the job agent's heartbeat
+        p = s.get(Provider, HOST)
+        assert p is not None
+        p.last_seen = c.now()
+    with pytest.raises(NoCapacity) as e:
+        leases.create(c, OWNER, LeaseIn(cpus=1, memory_mb=1024, hours=1,
+                                        max_price_hour=10**6))
+    assert "lease agent silent" in e.value.message
+    assert leases.work_for(c, HOST, set())[0] == []  # the lease agent polls again
+    placed = leases.create(c, OWNER, LeaseIn(cpus=1, memory_mb=1024, hours=1,
+                                             max_price_hour=10**6))
+    assert placed.provider_id == HOST
     audit(c)

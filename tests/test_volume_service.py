@@ -26,7 +26,7 @@ from deai.core.wire_leases import HostIn, LeaseIn
 from deai.core.wire_volumes import VolumeIn
 from deai.store import journal, migrate
 from deai.store.models import JournalEntry, Provider
-from deai.store.models_volumes import Volume, VolumeSnapshot
+from deai.store.models_volumes import Volume, VolumeMount, VolumeSnapshot
 
 OWNER, HOST, OTHER, HOST2 = "a" * 64, "b" * 64, "c" * 64, "d" * 64
 STAKE = 10_000_000
@@ -258,4 +258,42 @@ def test_a_save_the_provider_could_not_make_is_reported(c: Coordinator) -> None:
     assert after.mounted_by is None and after.head is None  # the last snapshot (none) stands
     with pytest.raises(Conflict):  # a save after that is refused: the mount is done
         volumes.record(c, HOST, lid, tar_of({"x": b"1"}))
+    audit(c)
+
+
+def test_a_volume_being_saved_takes_one_new_lease_at_a_time(c: Coordinator) -> None:
+    """While a volume's last lease is saving, one new lease may wait for it; a second is
+    refused (409 naming the first). Before, both were accepted, each held the other
+    back, and both ended ``provider lost`` without ever being offered."""
+    volumes.create(c, OWNER, VolumeIn(name="v", size_gb=0.001))
+    first = lease_on(c, "v")
+    start(c, first)
+    leases.end(c, OWNER, first)  # saving
+    second = lease_on(c, "v")
+    with pytest.raises(Conflict) as busy:
+        lease_on(c, "v")
+    assert busy.value.field == "volume" and second in busy.value.message
+    assert second not in [x.id for x in leases.work_for(c, HOST, set())[0]]  # held back
+    volumes.record(c, HOST, first, tar_of({"x": b"1"}))
+    start(c, second)
+    audit(c)
+
+
+def test_two_live_mounts_of_a_volume_offer_the_older_one(c: Coordinator) -> None:
+    """Rows left by the old rule (two live mounts of one volume): ``specs`` offers the
+    older lease and holds the other back, instead of holding both back forever."""
+    v = volumes.create(c, OWNER, VolumeIn(name="v", size_gb=0.001))
+    older = lease_on(c, "v")
+    tick(c, 1)
+    newer = lease_on(c, None)
+    with c.db.write() as s:
+        s.add(VolumeMount(lease_id=newer, volume_id=v.id, provider_id=HOST, state="live",
+                          created_at=c.now()))
+    for _ in range(3):
+        assert [x.id for x in leases.work_for(c, HOST, set())[0] if x.volume] == [older]
+    start(c, older)
+    assert newer not in [x.id for x in leases.work_for(c, HOST, set())[0]]
+    leases.end(c, OWNER, older)
+    volumes.record(c, HOST, older, tar_of({"x": b"1"}))
+    start(c, newer)
     audit(c)

@@ -6,7 +6,9 @@ A cluster is ``forming → running → ended(reason)`` (``models_clusters.Cluste
   chosen excluded, so every member is a different host, each with ``network``).
   If any node cannot be placed, the leases placed so far end at once (nothing
   started, so the whole escrow comes back) and the request fails with the
-  placement's 409. The first lease is the Ray head.
+  placement's 409. The first lease is the Ray head. If the cluster ended while
+  its nodes were being placed (the owner's ``end``, the form timeout), placing
+  stops and the nodes placed end at once, refunded (``_placed``).
 - ``tick`` (the cluster loop): a forming cluster becomes ``running`` when every
   member's lease is active; if that has not happened by ``form_by`` (or a member
   ended first) every live lease ends and is refunded through the lease
@@ -84,16 +86,37 @@ def create(c: Coordinator, owner: str, body: ClusterIn,
             lease = leases.create(c, owner, ask, exclude=frozenset(hosts))
             placed.append(lease.id)
             hosts.add(lease.provider_id)
+            if _status(c, cid) != FORMING:  # ended meanwhile: place no more
+                break
     except Exception as exc:
         _abandon(c, cid, placed, f"only {len(placed)} of {body.nodes} nodes placed: {exc}")
         raise
-    with c.db.write() as s:
-        cl = s.get(Cluster, cid, with_for_update=True)
-        assert cl is not None
-        cl.leases = placed
-        c.emit(s, "cluster_placed", cid, owner=owner, leases=placed, providers=sorted(hosts))
+    c.db.run(functools.partial(_placed, c, cid=cid, placed=placed, hosts=sorted(hosts)))
     c.notifier.published()
     return show(c, owner, cid)
+
+
+def _status(c: Coordinator, cid: str) -> str:
+    with c.db.read() as s:
+        cl = s.get(Cluster, cid)
+        return cl.status if cl is not None else ENDED
+
+
+def _placed(c: Coordinator, s: Session, *, cid: str, placed: list[str],
+            hosts: list[str]) -> None:
+    """Record the members. A cluster that ended while they were being placed (its owner's
+    ``end``, or the form timeout of the cluster loop, which saw no members yet) gets its
+    members ended here, refunded, as ``_abandon`` does: recorded as members of an ended
+    cluster they would run on, billed, with nothing left to end them."""
+    cl = s.get(Cluster, cid, with_for_update=True)
+    assert cl is not None
+    cl.leases = placed
+    if cl.status != FORMING:
+        _end_members(c, s, cl, f"cluster {cid} ended while its nodes were placed "
+                               f"({cl.end_reason})", EndReason.OWNER_ENDED)
+        c.emit(s, "cluster_placed_late", cid, owner=cl.owner, leases=placed)
+        return
+    c.emit(s, "cluster_placed", cid, owner=cl.owner, leases=placed, providers=hosts)
 
 
 def _abandon(c: Coordinator, cid: str, placed: list[str], why: str) -> None:
@@ -111,6 +134,16 @@ def _end(c: Coordinator, s: Session, cl: Cluster, reason: str, detail: str,
          lease_reason: EndReason) -> None:
     """End the cluster and every live member lease (billed up to now, the rest refunded)."""
     now = c.now()
+    _end_members(c, s, cl, f"cluster {cl.id} ended: {reason}", lease_reason)
+    cl.status, cl.end_reason, cl.detail, cl.ended_at = ENDED, reason, detail[:1000], now
+    c.emit(s, "cluster_ended", cl.id, owner=cl.owner, reason=reason, detail=detail[:1000])
+    log.info("cluster %s ended: %s (%s)", cl.id, reason, detail)
+
+
+def _end_members(c: Coordinator, s: Session, cl: Cluster, detail: str,
+                 lease_reason: EndReason) -> None:
+    """End every live member lease of ``cl`` now (billed up to now, the rest refunded)."""
+    now = c.now()
     # Locked in ascending id (the lease loop's order) and read again: the cluster loop
     # read them unlocked, and a lease ended or topped up since by its owner or by the
     # lease loop must be finished as it is now, not as that read had it (its top-up
@@ -121,11 +154,8 @@ def _end(c: Coordinator, s: Session, cl: Cluster, reason: str, detail: str,
     for lid in cl.leases:
         lease = members.get(lid)
         if lease is not None and lease.status != LeaseStatus.ENDED.value:
-            lease.detail = f"cluster {cl.id} ended: {reason}"
+            lease.detail = detail
             leases.finish(c, s, lease, lease_reason, now)
-    cl.status, cl.end_reason, cl.detail, cl.ended_at = ENDED, reason, detail[:1000], now
-    c.emit(s, "cluster_ended", cl.id, owner=cl.owner, reason=reason, detail=detail[:1000])
-    log.info("cluster %s ended: %s (%s)", cl.id, reason, detail)
 
 
 def owned(s: Session, owner: str, cid: str, *, lock: bool = False) -> Cluster:

@@ -11,16 +11,21 @@ The money rules are ``core.leases``'s; this module applies them.
   ``pending``. The provider's agent builds the sandbox and its first heartbeat
   naming the lease makes it ``active``; billing starts then.
 - ``heartbeat``: the agent names the leases it runs; each gets ``last_heartbeat``.
+  A failure it reports ends a pending lease ``policy`` (nothing billed) and a
+  running one ``provider lost``, billed to its last heartbeat (no penalty).
 - ``tick`` (a background loop, every ``LeaseConfig.tick`` seconds): end leases
   whose term or escrow is over (``time up``, ``escrow exhausted``), whose provider
   has not been heard from for ``grace`` seconds (``provider lost``: billed up to
   the last heartbeat, the rest refunded, ``penalty_bps`` of the stake taken), or
-  that no provider started within ``start_timeout``; warn owners whose escrow
+  that its provider did not start within ``start_timeout`` of being handed it
+  (``offered_at``, stamped by ``work_for``; one never handed over ends refunded,
+  without a penalty); warn owners whose escrow
   runs out within ``warn`` seconds (event ``lease_warning``); charge running
   leases every ``settle_every`` seconds, up to their last heartbeat (so a lost
   provider is never paid past it); release the provider's share after the
   challenge window.
-- ``end`` (the owner) and ``extend`` (more hours or more escrow).
+- ``end`` (the owner) and ``extend`` (more hours or more escrow). A lease that ends
+  before the preemption notices it caused run out takes them back (``finish``).
 
 Knobs come from ``DEAI_LEASE_*`` environment variables (``LeaseConfig.from_env``)
 because the coordinator's ``Settings`` belong to another module.
@@ -57,6 +62,8 @@ from deai.store.models import Event, Lease, LeaseEarning, LeaseHost, Provider
 
 log = logging.getLogger("deai.coordinator.leases")
 LIVE = (LeaseStatus.PENDING.value, LeaseStatus.ACTIVE.value)
+AGENT_SILENT = 60.0  # a host's lease agent unheard (poll, lease heartbeat) this long: not placed on
+AGENT_STAMP = 2.0  # ``agent_seen_at`` is written at most this often
 
 
 @dataclass(frozen=True)
@@ -120,7 +127,8 @@ def _host_out(h: LeaseHost, cfg: LeaseConfig) -> HostOut:
 
 def hosts(c: Coordinator, s: Session, only: str | None = None) -> list[core.Host]:
     """Every lease host (or only the provider ``only``) as ``core.leases.Host``, with
-    what its live leases leave free."""
+    what its live leases leave free, and whether its lease agent was heard from within
+    ``AGENT_SILENT`` (the provider may be online through its job agent alone)."""
     live = [Lease.status.in_(LIVE)] + ([Lease.provider_id == only] if only else [])
     used: dict[str, tuple[int, int, int]] = {
         pid: (int(cpu or 0), int(mem or 0), int(gpu or 0))
@@ -137,8 +145,26 @@ def hosts(c: Coordinator, s: Session, only: str | None = None) -> list[core.Host
             provider_id=p.id, prices=dict(h.prices), free_cpus=h.cpus - cpu,
             free_memory_mb=h.memory_mb - mem, free_gpus=h.gpus - gpu, gpu_model=h.gpu_model,
             network=h.network, online=c.online(p), stake=stake, reputation=p.reputation,
-            sandbox=bool((p.capabilities or {}).get("sandbox", True))))
+            sandbox=bool((p.capabilities or {}).get("sandbox", True)),
+            agent=c.now() - max(h.agent_seen_at or 0.0, h.updated_at) <= AGENT_SILENT))
     return out
+
+
+def agent_seen(c: Coordinator, pid: str) -> None:
+    """The host's lease agent polled or beat: stamp ``agent_seen_at`` (at most every
+    ``AGENT_STAMP`` seconds), in a transaction of its own, so the host row is never
+    locked after the leases (``_choose`` locks it before them)."""
+    with c.db.read() as s:
+        h = s.get(LeaseHost, pid)
+        if h is None or c.now() - (h.agent_seen_at or 0.0) < AGENT_STAMP:
+            return
+
+    def body(s: Session) -> None:
+        row = s.get(LeaseHost, pid, with_for_update=True)
+        if row is not None:
+            row.agent_seen_at = c.now()
+
+    c.db.run(body)
 
 
 # --- the owner's operations -------------------------------------------------------------------
@@ -305,14 +331,20 @@ def listing(c: Coordinator, owner: str, limit: int = 100) -> list[LeaseOut]:
 def work_for(c: Coordinator, pid: str,
              known: set[str]) -> tuple[list[LeaseSpec], list[str], list[Notice]]:
     """Pending leases of ``pid`` that its agent does not know yet, the known ones it
-    should stop (ended, or not its own), and preemption notices for known ones."""
+    should stop (ended, or not its own), and preemption notices for known ones.
+
+    The leases handed over get ``offered_at`` (once): the start timeout counts from it,
+    and a lease never handed over costs its provider nothing (``_tick``)."""
     with c.db.read() as s:
         rows = s.scalars(select(Lease).where(Lease.provider_id == pid,
-                                             Lease.status == LeaseStatus.PENDING.value)).all()
+                                             Lease.status == LeaseStatus.PENDING.value)
+                         .order_by(Lease.id)).all()
         vols, held = volumes.specs(s, [x.id for x in rows if x.id not in known], c.now())
         start = [LeaseSpec(id=x.id, cpus=x.cpus, memory_mb=x.memory_mb, gpus=x.gpus,
                            network=x.network, volume=vols.get(x.id))
                  for x in rows if x.id not in known and x.id not in held]
+        handed = {x.id for x in start}
+        first = [x.id for x in rows if x.id in handed and x.offered_at is None]
         stop: list[str] = []
         notices: list[Notice] = []
         if known:
@@ -322,7 +354,19 @@ def work_for(c: Coordinator, pid: str,
             stop = sorted(known - set(live))
             notices = [Notice(id=x.id, at=x.preempt_at) for x in live.values()
                        if x.preempt_at is not None]
-        return start, stop, notices
+    agent_seen(c, pid)
+    if first:
+        c.db.run(functools.partial(_offered, c, ids=first))
+    return start, stop, notices
+
+
+def _offered(c: Coordinator, s: Session, *, ids: list[str]) -> None:
+    """Stamp ``offered_at`` on leases handed to their agent, locked in ascending id (the
+    lease loop's order); one ended or stamped meanwhile is left alone."""
+    for lease in s.scalars(select(Lease).where(Lease.id.in_(ids)).order_by(Lease.id)
+                           .with_for_update()):
+        if lease.offered_at is None and lease.status == LeaseStatus.PENDING.value:
+            lease.offered_at = c.now()
 
 
 def notify_preemption(c: Coordinator, s: Session, lid: str, by: str, at: float) -> None:
@@ -330,7 +374,7 @@ def notify_preemption(c: Coordinator, s: Session, lid: str, by: str, at: float) 
     lease = s.get(Lease, lid, with_for_update=True, populate_existing=True)
     if lease is None or lease.status == LeaseStatus.ENDED.value or lease.preempt_at:
         return
-    lease.preempt_at = at
+    lease.preempt_at, lease.preempt_by = at, by
     c.emit(s, "lease_preempt_notice", lid, owner=lease.owner, provider=lease.provider_id,
            at=at, by=by, message=f"this spot lease will be preempted at {at:.0f} "
                                  f"({at - c.now():.0f} s): checkpoint now")
@@ -340,6 +384,7 @@ def heartbeat(c: Coordinator, pid: str, running: list[str], failed: dict[str, st
     """Record the agent's running leases; start pending ones; return the ids to stop."""
     stop, changed = c.db.run(functools.partial(_heartbeat, c, pid=pid, running=running,
                                                failed=failed))
+    agent_seen(c, pid)
     if changed:
         c.notifier.published()
     return stop
@@ -348,7 +393,14 @@ def heartbeat(c: Coordinator, pid: str, running: list[str], failed: dict[str, st
 def _heartbeat(c: Coordinator, s: Session, *, pid: str, running: list[str],
                failed: dict[str, str]) -> tuple[list[str], bool]:
     """``heartbeat``'s transaction: the leases locked in ascending id (the lease loop's
-    order), then the provider's row (``store.db``: leases before their provider)."""
+    order), then the provider's row (``store.db``: leases before their provider).
+
+    A failure reported for a lease that never started ends it ``policy``: nothing billed,
+    no penalty. For one that had started it ends ``provider lost``, billed up to the last
+    heartbeat, the rest refunded (ended ``policy`` at now, a provider billed the silence
+    before its report). No stake penalty, though: the lease's own programs can end its
+    sandbox (they may kill its init, which runs as their uid), so with one any owner could
+    take 1 % of a provider's stake, and its place in the market, for seconds of a lease."""
     now = c.now()
     stop: list[str] = []
     changed = False
@@ -362,15 +414,21 @@ def _heartbeat(c: Coordinator, s: Session, *, pid: str, running: list[str],
             stop.append(lid)
             continue
         if lid in failed:
-            if lease.status != LeaseStatus.ENDED.value:
+            if lease.status == LeaseStatus.PENDING.value:
                 lease.detail = f"provider could not run it: {failed[lid][:500]}"
                 finish(c, s, lease, EndReason.POLICY, now)
+                changed = True
+            elif lease.status == LeaseStatus.ACTIVE.value:
+                lease.detail = f"provider reported it failed: {failed[lid][:500]}"
+                finish(c, s, lease, EndReason.PROVIDER_LOST,
+                       lease.last_heartbeat or lease.started_at or now)
                 changed = True
             stop.append(lid)
         elif lease.status == LeaseStatus.PENDING.value:
             core.check_transition(lease.status, LeaseStatus.ACTIVE)
             lease.status = LeaseStatus.ACTIVE.value
             lease.started_at = lease.last_heartbeat = lease.settled_at = now
+            lease.offered_at = lease.offered_at or now  # it ran, so its agent had it
             if lease.term_seconds is not None:
                 lease.term_end = now + lease.term_seconds
             c.emit(s, "lease_started", lid, owner=lease.owner, provider=pid)
@@ -420,7 +478,7 @@ def charge(c: Coordinator, s: Session, lease: Lease, until: float, *, final: boo
                                                  lease.end_reason or ""))
         lease.refunded += st.refund
     if st.penalty > 0:
-        downtime = c.now() - (lease.last_heartbeat or lease.created_at)
+        downtime = c.now() - (lease.last_heartbeat or lease.offered_at or lease.created_at)
         c.settlement.post(s, ledger.downtime_penalty(lease.provider_id, lease.id, st.penalty,
                                                      downtime))
         lease.penalty += st.penalty
@@ -434,6 +492,7 @@ def finish(c: Coordinator, s: Session, lease: Lease, reason: EndReason, until: f
     core.check_transition(lease.status, LeaseStatus.ENDED)
     lease.status, lease.end_reason, lease.ended_at = (LeaseStatus.ENDED.value, reason.value,
                                                       c.now())
+    _withdraw_notices(c, s, lease)  # before charge: leases are locked before the journal
     st = charge(c, s, lease, until, final=True, penalty_bps=penalty_bps)
     volumes.on_lease_end(c, s, lease, reason not in (EndReason.PROVIDER_LOST,
                                                      EndReason.POLICY))
@@ -442,6 +501,25 @@ def finish(c: Coordinator, s: Session, lease: Lease, reason: EndReason, until: f
            penalty=st.penalty)
     log.info("lease %s ended: %s (charged %d µ, refunded %d µ, penalty %d µ)", lease.id,
              reason.value, lease.charged, st.refund, st.penalty)
+
+
+def _withdraw_notices(c: Coordinator, s: Session, lease: Lease) -> None:
+    """Take back the preemption notices ``lease`` caused, when it ends before they run
+    out: the capacity it needed is free again, and a lease created and ended at once
+    (refunded in full) must not evict spot leases for free. Victims are locked in
+    ascending id (the lease loop's order); the agent stops sending the notice."""
+    now = c.now()
+    for victim in s.scalars(select(Lease).where(Lease.preempt_by == lease.id)
+                            .order_by(Lease.id).with_for_update()
+                            .execution_options(populate_existing=True)):
+        if (victim.status == LeaseStatus.ENDED.value or victim.preempt_at is None
+                or victim.preempt_at <= now):
+            continue
+        victim.preempt_at = victim.preempt_by = None
+        c.emit(s, "lease_preempt_withdrawn", victim.id, owner=victim.owner,
+               provider=victim.provider_id, by=lease.id,
+               message=f"the lease that preempted this one ({lease.id}) ended first: "
+                       "this spot lease runs on")
 
 
 def tick(c: Coordinator, cfg: LeaseConfig) -> list[str]:
@@ -460,9 +538,17 @@ def _tick(c: Coordinator, s: Session, *, cfg: LeaseConfig) -> list[str]:
 
     def step(lease: Lease) -> None:
         if lease.status == LeaseStatus.PENDING.value:
-            if now - lease.created_at > cfg.start_timeout:
-                lease.detail = f"not started within {cfg.start_timeout:.0f} s"
+            if lease.offered_at is not None and now - lease.offered_at > cfg.start_timeout:
+                lease.detail = (f"not started within {cfg.start_timeout:.0f} s of being "
+                                "handed to the provider")
                 finish(c, s, lease, EndReason.PROVIDER_LOST, now, cfg.penalty_bps)
+                touched.append(lease.provider_id)
+            elif lease.offered_at is None and now - lease.created_at > cfg.start_timeout:
+                # Never handed over (no lease agent polled, or it was held back): the
+                # provider never had it, so no penalty; the whole escrow comes back.
+                lease.detail = (f"never taken up: the provider's lease agent did not ask for "
+                                f"it within {cfg.start_timeout:.0f} s")
+                finish(c, s, lease, EndReason.PROVIDER_LOST, now)
                 touched.append(lease.provider_id)
             return
         last = lease.last_heartbeat or lease.started_at or now

@@ -46,6 +46,7 @@ from deai.core.wire_leases import SessionOpen, SessionParams
 
 AGENT_TIMEOUT = 15.0  # how long an owner waits for the provider to pick a session up
 FIRST_MESSAGE_TIMEOUT = 30.0
+MAX_QUEUED = 32  # sessions waiting for one provider's poll; a first message is up to ~16 MB
 
 
 @dataclass
@@ -84,6 +85,11 @@ class Hub:
 
     def file(self, provider_id: str, lease_id: str, params: dict[str, Any]) -> tuple[str,
                                                                                      _Pending]:
+        """Queue a session for the provider's next poll; a ``Conflict`` when
+        ``MAX_QUEUED`` already wait for it (each holds its first message in memory)."""
+        if len(self.queued.get(provider_id, [])) >= MAX_QUEUED:
+            raise Conflict(f"the provider has {MAX_QUEUED} sessions waiting to be picked up; "
+                           "try again shortly", field="lease")
         sid = secrets.token_urlsafe(24)
         p = _Pending(provider_id, lease_id, self.loop.create_future())
         self.pending[sid] = p
@@ -91,6 +97,18 @@ class Hub:
             SessionOpen(id=sid, lease_id=lease_id, params=params))
         self._wake(provider_id)
         return sid, p
+
+    def drop(self, sid: str) -> None:
+        """Forget a session whose owner stopped waiting: pending, and queued if the
+        provider's poll has not taken it yet (else its first message stays forever)."""
+        p = self.pending.pop(sid, None)
+        if p is None:
+            return
+        left = [x for x in self.queued.get(p.provider_id, []) if x.id != sid]
+        if left:
+            self.queued[p.provider_id] = left
+        else:
+            self.queued.pop(p.provider_id, None)
 
 
 async def ws_signer(ws: WebSocket, c: Coordinator) -> str:
@@ -153,14 +171,19 @@ async def attach(ws: WebSocket, lease_id: str, c: Coordinator, hub: Hub) -> None
         with contextlib.suppress(Exception):
             await ws.close(code=4408)
         return
-    sid, pending = hub.file(provider_id, lease_id, params.model_dump(exclude_none=True))
+    try:
+        sid, pending = hub.file(provider_id, lease_id, params.model_dump(exclude_none=True))
+    except Conflict as exc:
+        await refuse(ws, exc, accepted=True)
+        return
     try:
         agent, done = await asyncio.wait_for(pending.agent, AGENT_TIMEOUT)
     except TimeoutError:
-        hub.pending.pop(sid, None)
         await refuse(ws, NotFound("the provider did not pick the session up in time",
                                   field="lease"), accepted=True)
         return
+    finally:  # picked up (then already gone from both), timed out or cancelled
+        hub.drop(sid)
     try:
         await ws.send_text('{"type": "open"}')  # the session is through to the lease
         await pipe(ws, agent)

@@ -4,8 +4,8 @@ The rules are ``core.volumes``'s; this module keeps the tables
 (``store.models_volumes``) and is called by ``coordinator.leases`` in the
 lease's own transactions:
 
-- ``attach`` (in ``leases.create``): the owner's volume, not held by another
-  mount (``core.volumes.saving_blocks``: a live one is a 409 naming ``volume``);
+- ``attach`` (in ``leases.create``): the owner's volume, mounted live by no other
+  lease (a 409 naming ``volume``); one saving is no bar, the new lease waits;
 - ``on_lease_end`` (in ``leases.finish``): the mount goes ``saving`` when the
   provider is still there to pack the home, else ``done``;
 - ``specs`` (in ``leases.work_for``): what each starting lease restores; a lease
@@ -128,12 +128,17 @@ def ask_snapshot(c: Coordinator, owner: str, lid: str) -> tuple[VolumeOut, str]:
 # --- with the lease's own transactions ----------------------------------------------------
 
 def attach(c: Coordinator, s: Session, owner: str, ref: str, lid: str, pid: str) -> str:
-    """Mount the owner's volume on a new lease; 409 while another lease holds it live."""
+    """Mount the owner's volume on a new lease; 409 while any other lease mounts it live
+    (running, pending, or waiting for an earlier mount's save), read under the volume's
+    lock. Checking only the first blocking mount let a second and a third lease in while
+    an earlier one was saving: each then held the other back and neither ever started."""
     v = find(s, owner, ref, lock=True)
-    holder = _holder(s, v.id, c.now())
-    if holder is not None and holder.state == LIVE:
-        raise Conflict(f"volume: {v.name} is mounted by lease {holder.lease_id}; one live "
-                       "lease per volume", field="volume", lease=holder.lease_id)
+    live = s.scalars(select(VolumeMount).where(VolumeMount.volume_id == v.id,
+                                               VolumeMount.state == LIVE)
+                     .order_by(VolumeMount.created_at, VolumeMount.lease_id)).first()
+    if live is not None:
+        raise Conflict(f"volume: {v.name} is mounted by lease {live.lease_id}; one live "
+                       "lease per volume", field="volume", lease=live.lease_id)
     s.add(VolumeMount(lease_id=lid, volume_id=v.id, provider_id=pid, state=LIVE,
                       created_at=c.now()))
     return v.id
@@ -152,14 +157,16 @@ def on_lease_end(c: Coordinator, s: Session, lease: Lease, provider_reachable: b
 
 def specs(s: Session, ids: list[str], now: float) -> tuple[dict[str, VolumeSpec], set[str]]:
     """For starting leases: their volume's spec, and those held back (another mount of
-    their volume is still saving)."""
+    their volume is still saving, or is live and older: of two live mounts, which
+    ``attach`` no longer lets in, the older is offered, never neither)."""
     if not ids:
         return {}, set()
-    mounts = s.scalars(select(VolumeMount).where(VolumeMount.lease_id.in_(ids))).all()
+    mounts = s.scalars(select(VolumeMount).where(VolumeMount.lease_id.in_(ids))
+                       .order_by(VolumeMount.lease_id)).all()
     out: dict[str, VolumeSpec] = {}
     held: set[str] = set()
     for m in mounts:
-        holder = _holder(s, m.volume_id, now, besides=m.lease_id)
+        holder = _holder(s, m.volume_id, now, besides=m.lease_id, before=m)
         v = s.get(Volume, m.volume_id)
         if v is None:
             continue
@@ -301,13 +308,22 @@ def may_read(s: Session, account: str, digest: str) -> bool:
 
 # --- views --------------------------------------------------------------------------------
 
-def _holder(s: Session, vid: str, now: float, besides: str | None = None) -> VolumeMount | None:
+def _holder(s: Session, vid: str, now: float, besides: str | None = None,
+            before: VolumeMount | None = None) -> VolumeMount | None:
+    """The oldest mount that holds the volume, other than ``besides``; with ``before``,
+    a live mount holds only when it is older than that one (created earlier, ties by
+    lease id), so two live mounts never hold each other back."""
     rows = s.scalars(select(VolumeMount).where(VolumeMount.volume_id == vid,
-                                               VolumeMount.state.in_((LIVE, SAVING)))).all()
+                                               VolumeMount.state.in_((LIVE, SAVING)))
+                     .order_by(VolumeMount.created_at, VolumeMount.lease_id)).all()
     for m in rows:
-        if m.lease_id != besides and core.saving_blocks(m.state, m.ended_at, now,
-                                                         save_timeout()):
-            return m
+        if m.lease_id == besides or not core.saving_blocks(m.state, m.ended_at, now,
+                                                           save_timeout()):
+            continue
+        if (before is not None and m.state == LIVE
+                and (m.created_at, m.lease_id) > (before.created_at, before.lease_id)):
+            continue
+        return m
     return None
 
 

@@ -235,6 +235,7 @@ class Host:
     stake: int
     reputation: float
     sandbox: bool = True
+    agent: bool = True  # its lease agent polled (or beat) recently
 
 
 def reasons_against(ask: Ask, h: Host, max_price_hour: int, min_stake: int) -> list[str]:
@@ -244,6 +245,8 @@ def reasons_against(ask: Ask, h: Host, max_price_hour: int, min_stake: int) -> l
         why.append("offline")
     if not h.sandbox:
         why.append("no sandbox")
+    if not h.agent:
+        why.append("lease agent silent")
     if h.stake < min_stake:
         why.append(f"stake {h.stake} µ below the minimum {min_stake} µ")
     if ask.cpus > h.free_cpus:

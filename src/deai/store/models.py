@@ -378,6 +378,7 @@ class LeaseHost(Base):
     network: Mapped[bool] = mapped_column(Boolean, default=False)
     prices: Mapped[dict[str, Any]] = mapped_column(JSON)  # resource class -> µ per hour
     updated_at: Mapped[float] = mapped_column(Float)
+    agent_seen_at: Mapped[float | None] = mapped_column(Float, nullable=True)  # poll or beat
 
 
 class Lease(Base):
@@ -408,6 +409,8 @@ class Lease(Base):
     term_end: Mapped[float | None] = mapped_column(Float, nullable=True)
     settled_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     preempt_at: Mapped[float | None] = mapped_column(Float, nullable=True)  # spot: notice given
+    preempt_by: Mapped[str | None] = mapped_column(String(40), nullable=True, index=True)
+    offered_at: Mapped[float | None] = mapped_column(Float, nullable=True)  # to its agent
     warned_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     ended_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     detail: Mapped[str | None] = mapped_column(Text, nullable=True)
