@@ -147,3 +147,25 @@ def test_an_account_holds_a_bounded_number_of_keys_even_when_it_asks_at_once(
     listed = me.api_keys()
     assert len(listed) == LISTED_REVOKED and all(k.revoked_at is not None for k in listed)
     assert all(k.spent == 0 for k in listed)
+
+
+def test_a_nul_in_a_name_is_refused_or_dropped_never_a_500(net: Network) -> None:
+    """PostgreSQL's text columns refuse NUL: a key's name with one was a 500 after the
+    request was accepted. A signed body's text fields refuse it naming the field; a /v1
+    file's name (multipart, chosen by the caller's library) keeps its printable part."""
+    from deai.core.errors import DeAIError
+
+    me = Client(net.url, Identity.generate())
+    with pytest.raises(DeAIError) as refused:
+        me.request("POST", "/api/api-keys", json_body={"name": "bad\x00name"})
+    assert (refused.value.status, refused.value.field) == (422, "name")
+    key = me.create_api_key("good").key
+    with httpx.Client(base_url=net.url, timeout=30,
+                      headers={"Authorization": f"Bearer {key}"}) as h:
+        body = (b'--b\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nbatch\r\n'
+                b'--b\r\nContent-Disposition: form-data; name="file"; '
+                b'filename="in\x00put.jsonl"\r\n\r\n' + batch.dumps(LINE) + b"\r\n--b--\r\n")
+        r = h.post("/v1/files", content=body,
+                   headers={"content-type": "multipart/form-data; boundary=b"})
+        assert r.status_code == 200, r.text
+        assert r.json()["filename"] == "input.jsonl"

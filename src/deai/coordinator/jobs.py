@@ -49,7 +49,16 @@ from deai.core.lifecycle.effects import RefreshJob
 from deai.core.money import cost_for_units
 from deai.store import db
 from deai.store.blobs import digest_of
-from deai.store.models import Assignment, Event, Job, JobBlob, Payout, Provider, Task
+from deai.store.models import (
+    ApiKeyJob,
+    Assignment,
+    Event,
+    Job,
+    JobBlob,
+    Payout,
+    Provider,
+    Task,
+)
 
 log = logging.getLogger("deai.coordinator.jobs")
 
@@ -257,11 +266,27 @@ def cancel(c: Coordinator, owner: str, job_id: str) -> wire.JobOut:
             raise Forbidden("only the job's owner may cancel it")
         if job.status not in JOB_ACTIVE:
             raise Conflict(f"job {job_id} is already {job.status}", status=job.status)
+        if _answered(s, job_id):
+            raise Conflict(f"job {job_id} answered its /v1 request already (the primary's "
+                           "result, still being checked); it ends once checked, and is "
+                           "refunded if the check finds it wrong", status=job.status)
         effects.apply(c, s, job, None, D.on_cancel(JobStatus(job.status)))
 
     c.db.run(body)
     c.notifier.published()
     return view(c, job_id)
+
+
+def _answered(s: Session, job_id: str) -> bool:
+    """Whether ``job_id`` is an interactive /v1 request whose primary has submitted: its
+    caller may hold the answer (``openai.gateway.primary_output`` hands it back before the
+    checks end), so cancelling it would refund the whole escrow and leave the provider
+    who did the work unpaid."""
+    return s.scalar(select(func.count()).select_from(ApiKeyJob).join(
+        Assignment, Assignment.job_id == ApiKeyJob.job_id).where(
+        ApiKeyJob.job_id == job_id, ApiKeyJob.source == "request",
+        Assignment.role == Role.PRIMARY, Assignment.output_digest.is_not(None),
+        Assignment.status.in_((AssignmentStatus.SUBMITTED, AssignmentStatus.ACCEPTED)))) != 0
 
 
 # --- results from providers -----------------------------------------------------------------

@@ -10,6 +10,7 @@ refused with the line's number, before anything recurses into it.
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
@@ -21,6 +22,18 @@ from deai.core.errors import InvalidInput
 T = TypeVar("T")
 
 MAX_DEPTH = 64
+
+
+def finite(x: Any) -> bool:
+    """A JSON number (not a bool) with a finite float value. An integer past float's
+    range is not one: ``math.isfinite`` and ``float`` raise ``OverflowError`` on it, which
+    from a provider's output or a client's body would be a 500, not a refusal."""
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        return False
+    try:
+        return math.isfinite(x)
+    except OverflowError:
+        return False
 
 
 def depth(value: Any) -> int:

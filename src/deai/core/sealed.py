@@ -44,6 +44,8 @@ KINDS = frozenset({"embeddings", "train"})  # kinds whose shards, checks and out
 MAX_SHARDS = 10_000
 MAX_PARTIES = 64
 MAX_DETAIL = 500
+MAX_SHARD_UNITS = 2**31 - 1  # a task's units are a 32-bit column (``tasks.units``), as a
+# result's are (``wire.ResultIn.units``): past it PostgreSQL refused the row with a 500
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _SEAL = re.compile(r"^[0-9a-f]{32}$")
 _B64 = re.compile(r"^[A-Za-z0-9+/]*={0,2}$")
@@ -159,7 +161,8 @@ def parse_manifest(data: bytes, owner: str, sealed_for: tuple[str, ...],
         if genesis is not None and (not isinstance(genesis, str) or not _HEX64.match(genesis)):
             raise InvalidInput(f"{w}.genesis: a sha256 hex digest", field=f"{w}.genesis")
         shards.append(ShardRef(sh["digest"], _int(sh.get("items"), 1, 10**7, f"{w}.items"),
-                               _int(sh.get("units"), 1, 10**12, f"{w}.units"), genesis))
+                               _int(sh.get("units"), 1, MAX_SHARD_UNITS, f"{w}.units"),
+                               genesis))
     return Manifest(seal, keys, shards)
 
 
@@ -228,8 +231,7 @@ def _verdict(v: Any, where: str) -> Verdict | None:
         return None
     ok = (isinstance(v, dict) and isinstance(v.get("subject"), bool)
           and isinstance(v.get("checker", False), bool)
-          and isinstance(v.get("statistic", 0.0), int | float)
-          and not isinstance(v.get("statistic", 0.0), bool)
+          and batch.finite(v.get("statistic", 0.0))
           and isinstance(v.get("detail", ""), str))
     if not ok:
         raise InvalidInput(f"{where}.verdict: needs subject (bool), statistic, detail",
@@ -249,7 +251,8 @@ def parse_envelope(data: bytes, where: str = "output") -> Envelope:
         seal=seal, part=part, idx=_int(obj.get("idx"), 0, MAX_SHARDS, f"{where}.idx"),
         nonce=_b64(obj.get("nonce"), f"{where}.nonce"), ct=_b64(obj.get("ct"), f"{where}.ct"),
         keys=_keys(obj, where) if part == "in" else {},
-        units=_int(obj.get("units"), 0, 10**12, f"{where}.units") if part == "out" else 0,
+        units=(_int(obj.get("units"), 0, MAX_SHARD_UNITS, f"{where}.units") if part == "out"
+               else 0),
         verdict=_verdict(obj.get("verdict"), where),
         step=_int(obj.get("step"), 1, 2**63 - 1, f"{where}.step") if part == "ckpt" else 0)
 
@@ -305,7 +308,7 @@ def parse_check(data: bytes) -> CheckPayload:
             for k, v in cps.items()):
         raise InvalidInput("input.checkpoints: digest → digest", field="input.checkpoints")
     return CheckPayload(obj["shard"], obj["claimed"],
-                        _int(obj.get("claimed_units"), 0, 10**12, "input.claimed_units"),
+                        _int(obj.get("claimed_units"), 0, MAX_SHARD_UNITS, "input.claimed_units"),
                         obj["spec"], obj.get("checker"), dict(cps))
 
 

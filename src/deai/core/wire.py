@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, field_validator
 
 from deai.core import batch
 
@@ -41,6 +41,15 @@ def bounded(max_bytes: int, max_depth: int) -> AfterValidator:
 
 class In(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _no_nul(cls, value: Any) -> Any:
+        """A text field holds no NUL character: PostgreSQL's text columns refuse one (a
+        500 after the request was accepted); refused here, naming the field."""
+        if isinstance(value, str) and "\x00" in value:
+            raise ValueError("must not contain a NUL character")
+        return value
 
 
 class Out(BaseModel):

@@ -61,12 +61,18 @@ def upload(c: Coordinator, account: str, filename: str, purpose: str, data: byte
     digest = c.blobs.put(data)
     with c.db.write() as s:
         row = ApiFile(id=_file_id(), account=account, purpose=purpose,
-                      filename=filename[:255] or "upload.jsonl", size=len(data), digest=digest,
+                      filename=_name(filename), size=len(data), digest=digest,
                       created_at=c.now())
         s.add(row)
         if hook is not None:
             hook(s, row.id)
         return file_out(row)
+
+
+def _name(filename: str) -> str:
+    """The name a file is kept under: control characters dropped (PostgreSQL's text
+    columns refuse NUL), 255 characters at most."""
+    return "".join(ch for ch in filename if ch >= " " and ch != "\x7f")[:255] or "upload.jsonl"
 
 
 def _own_file(s: Session, account: str, file_id: str) -> ApiFile:
@@ -158,7 +164,7 @@ def list_batches(c: Coordinator, account: str, after: str | None, limit: int) ->
         q = select(ApiBatch).where(ApiBatch.account == account)
         if after:
             cursor = s.get(ApiBatch, after)
-            if cursor is not None:
+            if cursor is not None and cursor.account == account:  # another's: not a hint
                 q = q.where((ApiBatch.created_at < cursor.created_at) | (
                     (ApiBatch.created_at == cursor.created_at) & (ApiBatch.id < cursor.id)))
         rows = s.scalars(q.order_by(ApiBatch.created_at.desc(), ApiBatch.id.desc())

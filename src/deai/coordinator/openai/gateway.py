@@ -30,7 +30,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from deai.coordinator import admission, canaries, jobs, matching, provider_index
+from deai.coordinator import admission, blob_quota, canaries, jobs, matching, provider_index
 from deai.coordinator.openai import keys
 from deai.coordinator.openai.errors import ApiError
 from deai.coordinator.service import Coordinator
@@ -100,7 +100,11 @@ def start(c: Coordinator, key: keys.KeyInfo, workload: str, body: dict[str, obje
 
     # Re-run from scratch if PostgreSQL picks it as a deadlock's victim: it locks the key's
     # row, the journal's head and (its lease's foreign key) the provider's row.
-    job, task, provider = c.db.run(admit)
+    try:
+        job, task, provider = c.db.run(admit)
+    except BaseException:  # refused (no provider, no funds, the cap): nothing names them
+        blob_quota.discard_quietly(c, [input_digest, shard_digest])
+        raise
     if provider is not None:
         provider_index.of(c).leased(provider)
         c.notifier.wake([provider])

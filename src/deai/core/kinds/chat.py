@@ -322,8 +322,7 @@ def _number(b: dict[str, Any], key: str, where: str, default: float, lo: float,
     if value is None:
         return default
     field = f"{where}.body.{key}"
-    if (not isinstance(value, (int, float)) or isinstance(value, bool)
-            or not math.isfinite(value) or not lo <= value <= hi):
+    if not batch.finite(value) or not lo <= value <= hi:
         raise InvalidInput(f"{field}: must be a number from {lo:g} to {hi:g}", field=field)
     return float(value)
 
@@ -402,8 +401,7 @@ def check_output(shard_input: bytes, output: bytes) -> list[dict[str, Any]]:
 
 def _entry_ok(e: Any) -> bool:
     return (isinstance(e, dict) and isinstance(e.get("token"), str)
-            and isinstance(e.get("logprob"), (int, float)) and not isinstance(
-                e.get("logprob"), bool) and math.isfinite(e["logprob"]) and e["logprob"] <= 0
+            and batch.finite(e.get("logprob")) and e["logprob"] <= 0
             and isinstance(e.get("bytes"), list)
             and all(isinstance(x, int) and 0 <= x < 256 for x in e["bytes"]))
 
@@ -587,7 +585,7 @@ class ChatKind(Kind):
             margins = chk.get("margins")
             if isinstance(margins, list):
                 if len(margins) != len(o["token_ids"]) or not all(
-                        isinstance(m, (int, float)) for m in margins):
+                        batch.finite(m) for m in margins):
                     return Comparison(False, 1.0, f"line {n}: malformed margins")
                 worst = max([worst, *(float(m) for m in margins)])
                 if not greedy_ok([float(m) for m in margins], GREEDY_TOLERANCE):
@@ -614,6 +612,8 @@ class ChatKind(Kind):
                     x["logprobs"], y.get("logprobs") or [], LOGPROB_TOLERANCE) is not None:
                 return Comparison(False, 1.0, f"line {n}: logprobs disagree")
             mx, my = x.get("margins") or [], y.get("margins") or []
+            if not all(batch.finite(m) for m in [*mx, *my]):
+                return Comparison(False, 1.0, f"line {n}: malformed margins")
             if len(mx) != len(my) or any(abs(float(p) - float(q)) > GREEDY_TOLERANCE
                                          for p, q in zip(mx, my, strict=True)):
                 return Comparison(False, 1.0, f"line {n}: margins disagree")

@@ -341,8 +341,7 @@ def _int(v: Any) -> bool:
 
 
 def _num(v: Any, lo: float, hi: float) -> bool:
-    return (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-            and lo <= v <= hi)
+    return batch.finite(v) and lo <= v <= hi
 
 
 class TrainKind(Kind):
