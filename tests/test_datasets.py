@@ -102,6 +102,29 @@ def test_publish_lists_public_metadata_only(net: Network) -> None:
     refused(lambda: stranger._post("/api/datasets", theirs, W.DatasetOut), 404, "blob_digest")
 
 
+def test_a_user_never_runs_its_own_job_on_a_dataset(net: Network) -> None:
+    """A dataset's key goes to the providers of its jobs: a user registered as the
+    cheapest trainer on its own account took its own job's lease, the owner's serve loop
+    released the key to it, and it read every row for one royalty. The matcher now passes
+    over the job's owner, and the owner's release refuses it."""
+    from deai.client.keys import Identity
+
+    owner = Client(net.url, Identity.generate())
+    ds = datasets.publish(owner, rows(seed=3), "not for the user's eyes", terms())
+    me = HandProvider(net, price=1, offer=("train", "mlp-digits"))  # the user, cheapest
+    other = HandProvider(net, price=500, offer=("train", "mlp-digits"))
+    user = me.c
+    user.faucet(50_000_000)
+    job = datasets.submit(user, SPEC, ds.id)
+    prov, leased = take(user, other.c)
+    assert prov is other.c and leased.job_id == job.id
+    waiting = owner.request("GET", "/api/datasets/pending").json()["pending"]
+    assert [p["providers"] for p in waiting if p["job_id"] == job.id] == [[other.id]]
+    refused(lambda: owner.request("POST", f"/api/datasets/{ds.id}/release", json_body={
+        "job_id": job.id, "keys": {me.id: "AAAA"}}), 403, "keys")
+    user.cancel_job(job.id)
+
+
 def test_terms_refusals_royalty_release_and_revocation(net: Network) -> None:
     owner = Client(net.url, Identity.generate())
     user = Client(net.url, Identity.generate())

@@ -194,8 +194,8 @@ def pending(c: Coordinator, owner: str) -> list[W.PendingOut]:
                          .where(Dataset.owner == owner, Dataset.revoked_at.is_(None),
                                 DatasetUse.job_id.in_(live))
                          .order_by(DatasetUse.id)).all()
-        for u in rows:
-            waiting = sorted(_leased(s, u.job_id) - _released(s, u.job_id))
+        for u in rows:  # never the job's owner (``release``)
+            waiting = sorted(_leased(s, u.job_id) - _released(s, u.job_id) - {u.job_owner})
             if waiting:
                 out.append(W.PendingOut(dataset_id=u.dataset_id, job_id=u.job_id, kind=u.kind,
                                         price=u.price, providers=waiting))
@@ -217,6 +217,10 @@ def release(c: Coordinator, owner: str, dataset_id: str, body: W.ReleaseIn) -> l
             raise NotFound(f"job_id: no job {body.job_id} uses this dataset", field="job_id")
         leased, done = _leased(s, body.job_id), _released(s, body.job_id)
         for pid in body.keys:
+            if pid == use.job_owner:  # it would read every row for one royalty
+                raise Forbidden(f"keys: {pid[:16]}… is the job's owner; a dataset's key "
+                                "goes only to the providers that run its jobs for others",
+                                field="keys")
             if pid not in leased:
                 raise InvalidInput(f"keys: {pid[:16]}… holds no lease of job {body.job_id}",
                                    field="keys")

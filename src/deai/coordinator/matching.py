@@ -92,16 +92,24 @@ class _Demands:
 
     def __init__(self, c: Coordinator) -> None:
         self.c = c
-        self.jobs: dict[str, tuple[str, str, int, int, frozenset[str] | None]] = {}
+        self.jobs: dict[str, tuple[str, str, int, int, frozenset[str] | None,
+                                   frozenset[str]]] = {}
         self.stakes: dict[tuple[int, int], int] = {}
 
     def __call__(self, job: Job, task: Any,
                  exclude: frozenset[str] = frozenset()) -> market.TaskDemand:
         of = self.jobs.get(task.job_id)  # the task's: a job's id is an ORM attribute
         if of is None:
+            # A job on a dataset never runs on its owner's account: the dataset's key is
+            # released to the job's providers, and the owner would read every row for
+            # one royalty (``datasets.release`` refuses it too).
+            mine = frozenset((job.owner,)) if job.spec.get("dataset_id") else frozenset()
             of = self.jobs[task.job_id] = (job.kind, job.model, job.max_price,
-                                      catalog.lookup(job.model).memory_mb, sealed.only(job.spec))
-        workload, model, max_price, memory_mb, only = of
+                                           catalog.lookup(job.model).memory_mb,
+                                           sealed.only(job.spec), mine)
+        workload, model, max_price, memory_mb, only, mine = of
+        if mine:
+            exclude = exclude | mine
         units = task.units
         need = self.stakes.get((units, max_price))
         if need is None:
