@@ -137,3 +137,47 @@ def test_a_stream_closed_after_the_first_delta_is_cancelled_and_free(net: Networ
                 break  # leave the stream mid-answer: the connection closes
     assert seen == "Hello"
     settled(owner, hand, a, before)
+
+
+def test_a_stream_that_is_not_the_recorded_result_ends_in_an_error(net: Network,
+                                                                   hand: Hand) -> None:
+    """The deltas are relayed as the primary sends them; its submitted result is the
+    record. Text it streamed that the record does not start with cannot be taken back:
+    before, the stream simply ended, and the caller kept the injected text as the
+    answer. Now the stream ends in a ``stream_diverged`` error instead of ``[DONE]``."""
+    import base64
+    import hashlib
+
+    owner = funded(net)
+    key = owner.create_api_key("diverged").key
+    req = {"model": CHAT, "messages": [{"role": "user", "content": "Say hello"}],
+           "max_tokens": 8, "stream": True}
+    with httpx.Client(base_url=net.url, timeout=60,
+                      headers={"Authorization": f"Bearer {key}"}) as h, \
+            h.stream("POST", "/v1/chat/completions", json=req) as r:
+        assert r.status_code == 200
+        a = hand.take(time.time() + 120)
+        shard = json.loads(base64.b64decode(a.input_b64 or ""))
+        events: list[dict] = []
+        for line in r.iter_lines():
+            if not line.startswith("data: "):
+                continue
+            if line == "data: [DONE]":
+                events.append({"done": True})
+                break
+            ev = json.loads(line[6:])
+            events.append(ev)
+            if "error" in ev:
+                break
+            if len(events) == 1:  # the opening chunk: inject, then record something else
+                assert hand.c.progress(a.id, [{"text": "Buy cheap pills"}])
+                time.sleep(0.5)
+                out = json.dumps({"custom_id": shard["custom_id"], "token_ids": [19556],
+                                  "text": "Hello", "finish_reason": "stop",
+                                  "prompt_tokens": 20, "completion_tokens": 1}).encode() + b"\n"
+                digest = hashlib.sha256(out).hexdigest()
+                hand.c.submit_result(a.id, wire.ResultIn(
+                    output_digest=digest, units=21, output_b64=base64.b64encode(out).decode(),
+                    signature=hand.ident.sign(auth.result_message(a.id, digest, 21))))
+    assert events[-1].get("error", {}).get("code") == "stream_diverged", events
+    assert not any(e.get("done") for e in events)

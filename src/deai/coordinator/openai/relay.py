@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
@@ -41,14 +42,15 @@ class ProgressOut(wire.Out):
 class Relay:
     def __init__(self) -> None:
         self._streams: dict[str, asyncio.Queue[Event]] = {}
-        self.routes: dict[str, tuple[str, str] | None] = {}  # assignment -> (task, provider)
+        # assignment -> ((task, provider) while its lease is live, when that was read)
+        self.routes: dict[str, tuple[tuple[str, str] | None, float]] = {}
 
     def open(self, task_id: str) -> asyncio.Queue[Event]:
         return self._streams.setdefault(task_id, asyncio.Queue())
 
     def close(self, task_id: str) -> None:
         self._streams.pop(task_id, None)
-        for a, route in list(self.routes.items()):
+        for a, (route, _) in list(self.routes.items()):
             if route is None or route[0] == task_id:
                 self.routes.pop(a, None)
 
@@ -73,6 +75,8 @@ def _route(c: Coordinator, assignment_id: str) -> tuple[str, str] | None:
     return (row.task_id, row.provider_id) if row else None
 
 
+ROUTE_TTL = 2.0  # seconds a progress route is trusted before its lease is read again
+
 router = APIRouter(prefix="/api")
 
 
@@ -88,9 +92,12 @@ async def progress(assignment_id: str, body: ProgressIn,
                    relay: Annotated[Relay, Depends(relay_of)]) -> ProgressOut:
     if not relay.streaming():
         return ProgressOut(listening=False)
-    if assignment_id not in relay.routes:
-        relay.routes[assignment_id] = await run_in_threadpool(_route, c, assignment_id)
-    route = relay.routes[assignment_id]
+    route, read_at = relay.routes.get(assignment_id, (None, -ROUTE_TTL))
+    now = time.monotonic()
+    if now - read_at >= ROUTE_TTL:  # read again now and then: a lease that ended (the task
+        # placed again, streaming to the same caller) must not keep its voice
+        route = await run_in_threadpool(_route, c, assignment_id)
+        relay.routes[assignment_id] = (route, now)
     if route is None or route[1] != me:
         return ProgressOut(listening=False)
     return ProgressOut(listening=relay.push(route[0], body.events))

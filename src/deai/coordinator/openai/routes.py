@@ -17,6 +17,7 @@ import asyncio
 import base64
 import hashlib
 import json
+import logging
 import struct
 import time
 from collections.abc import AsyncIterator
@@ -39,6 +40,7 @@ from deai.core.errors import AuthError, InvalidInput, PayloadTooLarge
 from deai.core.kinds import chat as chat_kind
 from deai.core.kinds import embeddings as emb_kind
 
+log = logging.getLogger("deai.v1")
 router = APIRouter(prefix="/v1")
 C = Annotated[Coordinator, Depends(coordinator)]
 
@@ -204,12 +206,26 @@ async def _stream(c: Coordinator, relay: Relay, started: gateway.Started, owner:
             yield _sse(to_api_error(exc).body())
             return
         lines = [obj for _, obj in batch.jsonl(out, "output")]
+        diverged = [i for i, line in enumerate(lines)
+                    if not str(line["text"]).startswith(sent.get(i, ""))]
+        if diverged:
+            # The relayed deltas are the primary's word, the result is its record: text it
+            # streamed that the record does not start with cannot be taken back, so the
+            # caller is told to drop the stream rather than left believing it.
+            log.warning("job %s: streamed text differs from the recorded result (choices "
+                        "%s)", started.job_id, diverged)
+            finished = True
+            yield _sse(ApiError(502, "the text streamed so far is not the provider's "
+                                     f"recorded result; discard it (job {started.job_id} "
+                                     "holds the result, as a request without stream)",
+                                "server_error", "stream_diverged").body())
+            return
         for index, line in enumerate(lines):
             if index and index not in sent:
                 yield chunk({"role": "assistant", "content": ""}, index=index)
             final, streamed = str(line["text"]), sent.get(index, "")
             # The result is the record: send whatever the streamed deltas did not cover.
-            rest = final[len(streamed):] if final.startswith(streamed) else ""
+            rest = final[len(streamed):]
             if rest:
                 yield chunk({"content": rest}, index=index)
             yield chunk({}, str(line["finish_reason"]), index,
