@@ -15,6 +15,7 @@ import base64
 import functools
 import hashlib
 import logging
+import math
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, cast
@@ -559,7 +560,7 @@ def deliver(c: Coordinator, pid: str, ack: list[str] | None = None, *,
         out = []
         for a, t, j in rows:
             a.delivered = ack is None
-            a.lease_deadline = now + c.settings.lease_ttl
+            a.lease_deadline = min(now + c.settings.lease_ttl, a.hold_until or math.inf)
             digest = a.input_digest or t.input_digest
             inline = None
             if c.blobs.size(digest) <= wire.INLINE_MAX:

@@ -54,6 +54,7 @@ from deai.coordinator.service import Coordinator
 from deai.core import auth, wire
 from deai.core.errors import AuthError, DeAIError, NotFound
 from deai.core.lifecycle import AssignmentStatus
+from deai.store import db
 from deai.store.journal import dialect_insert
 from deai.store.models import Assignment, Nonce, Provider
 
@@ -242,7 +243,7 @@ class Liveness:
             t = cast(Table, Assignment.__table__)
             s.execute(update(t).where(t.c.id == bindparam("b_id"),
                                       t.c.lease_deadline < bindparam("b_d"))
-                      .values(lease_deadline=bindparam("b_d")),
+                      .values(lease_deadline=db.capped(bindparam("b_d"), t.c.hold_until)),
                       [{"b_id": a, "b_d": due[owner[a]].seen + ttl} for a in sorted(leases)])
         pids = sorted(due)
         got = self._locked(s, Provider.id, pids)

@@ -636,13 +636,33 @@ def _lease(c: Coordinator, s: Session, task: Task, job: Job, pl: market.Placemen
            "task_id": tid, "job_id": jid, "provider_id": pl.provider_id, "role": rv,
            "status": _LEASED, "price": pl.price, "leased_at": now,
            "lease_deadline": now + c.settings.lease_ttl, "delivered": False,
-           "input_digest": payload, "check_of": check_of, "forced": forced}
+           "input_digest": payload, "check_of": check_of, "forced": forced,
+           "hold_until": None if check_of is None else now + check_hold(c, s, check_of)}
     if bulk is None:
         s.add(Assignment(**row))
         c.emit(s, "task_assigned", tid, job=jid, provider=pl.provider_id, price=pl.price,
                role=rv)
     else:  # its event is made from its row (``_insert_leases``)
         bulk.leases.append(row)
+
+
+CHECK_HOLD_MIN = 600.0  # seconds a check's lease may be held at least, whatever its subject
+CHECK_HOLD_RUNS = 4  # ... or this many times as long as the checked result took to make
+
+
+def check_hold(c: Coordinator, s: Session, subject_id: str) -> float:
+    """How long a check's lease may be held by heartbeats: ``CHECK_HOLD_RUNS`` times the
+    checked result's own run (a slower machine, a model to load), at least
+    ``CHECK_HOLD_MIN`` and ``verify_timeout``, plus a lease's time to live. Past it the
+    lease lapses like any other held and not returned (``hoarding``): the check goes to
+    someone else, and the one who sat on it is not offered that task again. Unbounded,
+    a checker that kept listing the lease in its heartbeats held the verdict, and the
+    checked result's pay, until the job's deadline."""
+    row = s.execute(select(Assignment.leased_at, Assignment.submitted_at)
+                    .where(Assignment.id == subject_id)).first()
+    run = (row.submitted_at - row.leased_at) if row and row.submitted_at else 0.0
+    return (max(CHECK_HOLD_MIN, c.settings.verify_timeout, CHECK_HOLD_RUNS * max(0.0, run))
+            + c.settings.lease_ttl)
 
 
 _VALUE: dict[Role, str] = {r: r.value for r in Role}

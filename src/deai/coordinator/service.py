@@ -30,6 +30,7 @@ from deai.core.clock import Clock, SystemClock
 from deai.core.errors import AuthError, Conflict, Forbidden, InvalidInput, NotFound
 from deai.core.lifecycle import AssignmentStatus, ProviderStatus
 from deai.core.standing import standing
+from deai.store import db
 from deai.store.blobs import BlobStore
 from deai.store.db import Database
 from deai.store.models import Assignment, Event, Nonce, Offer, Payout, Provider
@@ -218,7 +219,8 @@ class Coordinator:
                         if a.provider_id == pid and a.status == AssignmentStatus.LEASED}
                 drop = [a for a in running if a not in live]
                 s.execute(update(Assignment).where(Assignment.id.in_(sorted(live)))
-                          .values(lease_deadline=now + self.settings.lease_ttl))
+                          .values(lease_deadline=db.capped(now + self.settings.lease_ttl,
+                                                           Assignment.hold_until)))
             p = self.require_provider(s, pid)
             p.last_seen = now
             touch.touched(s, [pid])  # matching's index: online again, maybe

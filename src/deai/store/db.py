@@ -79,7 +79,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import JSON, Engine, Table, create_engine, event
+from sqlalchemy import JSON, Engine, Table, case, create_engine, event
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -296,6 +296,12 @@ def sqlite_equalities(sql: str) -> str:
     each time the statement (or trigger) runs: an executemany builds one per row."""
     return _IN.sub(lambda m: "(" + " OR ".join(f"{m[1]} = {v.strip()}"
                                                  for v in m[2].split(",")) + ")", sql)
+
+
+def capped(value: Any, bound: Any) -> Any:
+    """``value``, but no more than the column ``bound`` where it is not NULL, in SQL (a
+    lease's deadline extended no later than its ``hold_until``)."""
+    return case((bound < value, bound), else_=value)
 
 
 def changed(result: Any) -> int:

@@ -177,6 +177,10 @@ class Assignment(Base):
     check_of: Mapped[str | None] = mapped_column(String(40), nullable=True)
     # A forced error (core.kinds.base.Kind.forge): where the planted mistake is.
     forced: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    # A check's lease is extended by heartbeats no later than this (``matching.check_hold``):
+    # a checker sitting on it would stall the verdict, and the checked result's pay, until
+    # the job's deadline. None: no bound but the job's deadline (a primary's).
+    hold_until: Mapped[float | None] = mapped_column(Float, nullable=True)
 
     # The digests, for a blob discard's check under its hold (``blob_quota.HELD_BY``):
     # partial, so the matcher's inserts (neither digest set on a primary's lease) add none.
