@@ -230,6 +230,21 @@ def test_foreign_token_ids_get_the_langchain_hint(ids: list[Any]) -> None:
     assert exc.value.param == "input" and "check_embedding_ctx_length=False" in exc.value.message
 
 
+@pytest.mark.parametrize("ids", [[[101]] * (tokens.MAX_INPUTS_PER_LINE + 1),
+                                 [[1000] * (tokens.MAX_IDS + 1)]])
+def test_token_id_input_is_bounded_before_the_tokenizer(ids: list[Any],
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every token-id request shares the tokenizer's lock: too many inputs, or an input
+    longer than any text could be, is refused before it is taken."""
+    def no_tokenizer(model: str) -> Any:
+        raise AssertionError("the tokenizer was reached")
+
+    monkeypatch.setattr(tokens, "_tokenizer", no_tokenizer)
+    with pytest.raises(ApiError) as exc:
+        tokens.texts("all-MiniLM-L6-v2", ids)
+    assert exc.value.param == "input"
+
+
 def test_batch_files_refuse_token_ids_by_name() -> None:
     kind = EmbeddingsKind()
     spec = kind.parse_spec({"kind": "embeddings", "model": "all-MiniLM-L6-v2", "max_price": 1})

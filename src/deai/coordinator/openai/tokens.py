@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from deai.coordinator.openai.errors import ApiError
+from deai.core.kinds.embeddings import MAX_INPUT_CHARS, MAX_INPUTS_PER_LINE
 
 LANGCHAIN_HINT = ("If you use LangChain's OpenAIEmbeddings, create it with "
                   "check_embedding_ctx_length=False so that it sends text (by default it "
@@ -35,6 +36,7 @@ def _minilm() -> Path:
 
 
 TOKENIZER_FILES: dict[str, Callable[[], Path]] = {"all-MiniLM-L6-v2": _minilm}
+MAX_IDS = MAX_INPUT_CHARS  # token ids in one input: a token is at least one character
 _LOCK = threading.Lock()  # a tokenizers.Tokenizer must not be used from two threads at once
 
 
@@ -64,12 +66,19 @@ def texts(model: str, value: list[Any]) -> list[str]:
     rows: list[list[int]] = [value] if all(isinstance(x, int) for x in value) else value
     if model not in TOKENIZER_FILES:
         raise _refuse(model, "token-id input is not supported for this model")
-    with _LOCK:
-        tok = _tokenizer(model)
-        size = int(tok.get_vocab_size())
-        special = {tok.token_to_id(t) for t in ("[CLS]", "[SEP]", "[PAD]")} - {None}
-        out: list[str] = []
-        for n, ids in enumerate(rows):
+    # Bounded before the tokenizer's lock, which every token-id request shares: as many
+    # inputs as text input takes, each no longer than the longest text in tokens.
+    if len(rows) > MAX_INPUTS_PER_LINE:
+        raise _refuse(model, f"at most {MAX_INPUTS_PER_LINE} inputs a request")
+    for n, ids in enumerate(rows):
+        if len(ids) > MAX_IDS:
+            raise _refuse(model, f"input[{n}] has over {MAX_IDS} token ids")
+    out: list[str] = []
+    for n, ids in enumerate(rows):  # the lock a row at a time: other requests interleave
+        with _LOCK:
+            tok = _tokenizer(model)
+            size = int(tok.get_vocab_size())
+            special = {tok.token_to_id(t) for t in ("[CLS]", "[SEP]", "[PAD]")} - {None}
             if not ids:
                 raise _refuse(model, f"input[{n}] is an empty list of token ids")
             if any(not 0 <= t < size for t in ids):
@@ -80,5 +89,5 @@ def texts(model: str, value: list[Any]) -> list[str]:
             if not text.strip() or tok.encode(text, add_special_tokens=False).ids != core:
                 raise _refuse(model, f"input[{n}] is not a tokenization this model's "
                                      "tokenizer produces")
-            out.append(text)
+        out.append(text)
     return out
