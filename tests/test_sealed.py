@@ -237,10 +237,14 @@ def test_a_party_runs_a_sealed_shard_and_checks_a_claim() -> None:
     # An outsider leased the payload by mistake: it still cannot open anything.
     with pytest.raises(crypto.SealError):
         unseal.run(Identity.generate(), lease(1), store[shard1], store.__getitem__, fake_run)
-    # A shard with more units than its task declares is refused (the client under-declared).
+    # A shard with more units than its task declares is refused (the client under-declared),
+    # before it runs: the provider would otherwise do the whole shard's work unpaid.
+    def never(shard: bytes) -> tuple[bytes, int]:
+        raise AssertionError("an under-declared shard was run")
+
     with pytest.raises(crypto.SealError, match="declares 3"):
         unseal.run(primary, lease(1).model_copy(update={"units": 3}), store[shard1],
-                   store.__getitem__, fake_run)
+                   store.__getitem__, never)
     # A shard delivered as another task's does not open.
     with pytest.raises(crypto.SealError):
         unseal.run(primary, lease(0), store[shard1], store.__getitem__, fake_run)

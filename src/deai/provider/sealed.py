@@ -58,6 +58,15 @@ def run(identity: Identity, a: wire.AssignmentOut, blob: bytes,
         audited = _audit(key, env.seal, idx, a, check, shard, ctx, run_plain)
         if audited is not None:
             return audited
+    if check is None:  # before the work: an under-declared shard ran, then went unpaid
+        try:
+            bound = kinds.get(a.workload).payload_units(shard)
+        except InvalidInput as exc:
+            raise crypto.SealError(f"the shard is not a {a.workload} shard: {exc.message}"
+                                   ) from None
+        if bound is not None and bound > a.units:
+            raise crypto.SealError(f"the shard can bill {bound} units, its task declares "
+                                   f"{a.units}: not run")
     _seal_context(ctx, key, env.seal, idx)
     output, units = run_plain(shard)
     if units > a.units:  # the client declared the units; the coordinator cannot count them

@@ -130,6 +130,15 @@ class Kind(ABC):
         input at hand (one unit per input, one shard, unless the kind knows better)."""
         return [inputs]
 
+    def payload_units(self, shard: bytes) -> int | None:
+        """The most units a shard (``split``'s payload) can bill, read from the shard
+        alone, as ``split`` counted them for its ``max_units``; None if the kind cannot
+        tell. A sealed job's client declares its shards' units and the coordinator cannot
+        count a ciphertext, so a provider checks the declared units against this before
+        it runs the shard (``provider.sealed``): an under-declared shard ran in full and
+        was then refused, unpaid. Raises InvalidInput if the shard is not one."""
+        return None
+
     @abstractmethod
     def meter(self, spec: SpecBase, shard: bytes, output: bytes) -> int:
         """Check an output's shape against its shard; return the units it used."""

@@ -535,6 +535,18 @@ class ChatKind(Kind):
         return [Shard(encode_requests(sh), len(sh), sum(r.max_units for r in sh))
                 for sh in (reqs[i:i + n] for i in range(0, len(reqs), n))]
 
+    def payload_units(self, shard: bytes) -> int | None:
+        """Each line (a choice) bills at most ``line_bound`` of its messages and
+        ``max_tokens`` (``Request.max_units`` is that times its choices)."""
+        total = 0
+        for _, line in batch.jsonl(shard, "shard"):
+            try:
+                msgs = tuple((str(m["role"]), str(m["content"])) for m in line["messages"])
+                total += line_bound(msgs, int(line["max_tokens"]))
+            except (KeyError, TypeError, ValueError):
+                raise InvalidInput("shard: not a chat request line", field="shard") from None
+        return total
+
     def meter(self, spec: SpecBase, shard_input: bytes, output: bytes) -> int:
         return sum(int(x["prompt_tokens"]) + int(x["completion_tokens"])
                    for x in check_output(shard_input, output))

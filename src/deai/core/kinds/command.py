@@ -430,6 +430,13 @@ class CommandKind(Kind):
                       tuple(sorted({f["digest"] for f in p["files"].values() if "digest" in f})))
                 for p in parse_input(data, spec)]
 
+    def payload_units(self, shard: bytes) -> int | None:
+        """Its CPU budget in milliseconds."""
+        seconds = parse_payload(shard)["limits"].get("cpu_seconds")
+        if not _is_int(seconds) or seconds < 0:
+            raise InvalidInput("shard: limits.cpu_seconds is not an integer", field="shard")
+        return int(seconds) * 1000
+
     def meter(self, spec: SpecBase, shard: bytes, output: bytes) -> int:
         return int(check_output(parse_payload(shard), output)["cpu_ms"])
 

@@ -202,6 +202,16 @@ class EmbeddingsKind(Kind):
         return [Shard(encode_items(sh), len(sh), sum(it.units for it in sh))
                 for sh in shard(items, spec.shard_size)]
 
+    def payload_units(self, shard: bytes) -> int | None:
+        """One unit an input text (``Item.units``)."""
+        total = 0
+        for _, line in batch.jsonl(shard, "shard"):
+            texts = line.get("input") if isinstance(line, dict) else None
+            if not isinstance(texts, list):
+                raise InvalidInput("shard: a line without its input texts", field="shard")
+            total += len(texts)
+        return total
+
     def meter(self, spec: SpecBase, shard_input: bytes, output: bytes) -> int:
         lines = check_output(shard_input, output, self.model(spec).dims)
         return sum(len(line["embeddings"]) for line in lines)

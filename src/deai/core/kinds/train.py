@@ -354,6 +354,10 @@ class TrainKind(Kind):
         p = build_payload(spec, data)
         return [Shard(p.model_dump_json().encode(), p.steps, p.steps * p.step_units)]
 
+    def payload_units(self, shard: bytes) -> int | None:
+        p = parse_payload(shard)
+        return p.steps * p.step_units
+
     def meter(self, spec: SpecBase, shard: bytes, output: bytes) -> int:
         p = parse_payload(shard)
         out = check_output(p, shard, output)
