@@ -1,10 +1,11 @@
-"""Verification of command results: timings are part of the claim.
+"""Verification of command results: the wall clock is part of the claim, CPU time is not.
 
-A provider that skips the work and claims it "hit a limit", or that pads the CPU
-it bills, must disagree with an honest run; an honest run that hit the wall clock
-on slower hardware must not be convicted by a referee whose run came near the
-limit too. Pure comparisons first, then the referee's verdict through
-``core.lifecycle.decide``, then real sandboxed runs.
+A provider that skips the work and claims it hit the wall-clock limit must disagree
+with an honest run that finished far inside it; an honest run that hit the wall
+on slower hardware must not be convicted by a referee whose run came near the limit
+too. CPU times are never evidence: they grow with a machine's core count, and
+comparing them let a client get honest providers slashed. Pure comparisons first,
+then the referee's verdict through ``core.lifecycle.decide``, then real sandboxed runs.
 """
 
 from __future__ import annotations
@@ -50,23 +51,19 @@ def test_a_lazy_limit_claim_billing_the_maximum_disagrees_with_an_honest_run() -
     lazy = stopped(p, "wall", cpu_ms=3000, wall_ms=0)
     assert KIND.meter(s, shard, lazy) == 3000
     assert both_ways(honest(p), lazy) == (False, False)
-    for limit in ("cpu", "wall", "disk"):  # any timing-dependent limit, maximum bill
-        assert both_ways(honest(p), stopped(p, limit, 3000, 30_000)) == (False, False), limit
+    assert both_ways(honest(p), stopped(p, "wall", 3000, 30_000)) == (False, False)
 
 
-def test_a_limit_the_other_run_finished_far_inside_of_is_a_disagreement() -> None:
-    """Even claiming no CPU: a wall or CPU limit out of reach of a 4x slower machine."""
+def test_a_wall_limit_the_other_run_finished_far_inside_of_is_a_disagreement() -> None:
     _, _, p = one_shard()
-    # wall: the other run took 7,400 ms; 4 x 7,400 + 250 = 29,850 < 30,000
+    # the other run took 7,400 ms; 4 x 7,400 + 250 = 29,850 < 30,000
     assert both_ways(honest(p, cpu_ms=10, wall_ms=7400),
                      stopped(p, "wall", 10, 30_000)) == (False, False)
-    # CPU: the other run used 600 CPU-ms; 4 x 600 + 250 = 2,650 < 3,000
-    assert both_ways(honest(p, cpu_ms=600, wall_ms=700),
-                     stopped(p, "cpu", 600, 800)) == (False, False)
 
 
-def test_a_limit_within_reach_of_the_other_run_is_inconclusive() -> None:
-    """Genuinely timing-dependent: a machine 4x slower could have hit it."""
+def test_a_limit_within_reach_or_not_on_the_wall_clock_is_inconclusive() -> None:
+    """Genuinely timing-dependent: a machine 4x slower could have hit it; and a CPU or
+    disk limit depends on the machine's cores or a quota sample, which no output shows."""
     s, shard, p = one_shard()
     slow_wall = stopped(p, "wall", cpu_ms=2000, wall_ms=30_001)
     cmp = KIND.compare(s, shard, slow_wall, honest(p, cpu_ms=700, wall_ms=7500))
@@ -75,11 +72,9 @@ def test_a_limit_within_reach_of_the_other_run_is_inconclusive() -> None:
     # (4 x 1,000 + 250 < 10,000 <= 4 x 2,900 + 250)
     assert both_ways(honest(p, cpu_ms=2900, wall_ms=1000), stopped(p, "wall", 2900, 10_000),
                      wall_seconds=10) == (True, True)
-    assert both_ways(honest(p, cpu_ms=700, wall_ms=800),
-                     stopped(p, "cpu", 3000, 3100)) == (True, True)
-    # ...but never a bill above what the whole command cost the other run, 4x over
-    assert both_ways(honest(p, cpu_ms=500, wall_ms=7500),
-                     stopped(p, "wall", 3000, 30_000)) == (False, False)
+    for limit in ("cpu", "disk"):  # 64 spinning cores reach a CPU limit 2 cores never do
+        assert both_ways(honest(p, cpu_ms=100, wall_ms=200),
+                         stopped(p, limit, 3000, 100)) == (True, True), limit
 
 
 def test_runs_both_stopped_by_the_sandbox_are_inconclusive() -> None:
@@ -105,19 +100,13 @@ def test_deterministic_differences_still_disagree() -> None:
 
 # --- the bill ------------------------------------------------------------------------------
 
-def test_a_padded_bill_with_the_same_output_disagrees() -> None:
-    s, shard, p = one_shard()
-    padded = honest(p, cpu_ms=3000)
-    assert both_ways(honest(p), padded) == (False, False)  # a primary's or a checker's
-    assert "cpu_ms" in KIND.compare(s, shard, honest(p), padded).detail
-
-
-def test_the_bill_tolerance_is_four_times_plus_250_ms() -> None:
+def test_cpu_times_are_no_evidence_between_machines_of_other_core_counts() -> None:
+    """A command whose threads spin on every core bills CPU in proportion to the cores:
+    honest runs on 2 and 64 cores are 32x apart. A padded bill is bounded by the
+    ``cpu_seconds`` the client chose, not refuted."""
     _, _, p = one_shard()
-    assert (cmd.SLOWDOWN, cmd.SLACK_MS) == (4, 250)
-    assert both_ways(honest(p, cpu_ms=100), honest(p, cpu_ms=650)) == (True, True)
-    assert both_ways(honest(p, cpu_ms=100), honest(p, cpu_ms=651)) == (False, False)
-    assert both_ways(honest(p, cpu_ms=0), honest(p, cpu_ms=250)) == (True, True)
+    assert both_ways(honest(p, cpu_ms=80), honest(p, cpu_ms=2560)) == (True, True)
+    assert both_ways(honest(p), honest(p, cpu_ms=3000)) == (True, True)
 
 
 def test_cpu_of_runs_the_sandbox_stopped_is_not_compared() -> None:
@@ -180,20 +169,25 @@ def test_an_honest_wall_hit_on_slow_hardware_is_not_slashed_by_a_referee_near_th
     assert slashed == set() and stands == {"pa"}
 
 
-def test_a_lazy_limit_claim_and_a_padded_bill_are_slashed_by_the_referee() -> None:
+def test_a_lazy_wall_claim_is_slashed_by_the_referee() -> None:
     _, _, p = one_shard()
-    for cheat in (stopped(p, "wall", 3000, 0), honest(p, cpu_ms=3000)):
-        slashed, stands = referee(cheat, honest(p, cpu_ms=12), honest(p, cpu_ms=20))
-        assert slashed == {"P"} and stands == {"ra"}
-    # a checker that pads its own fee is the one slashed
-    slashed, stands = referee(honest(p, cpu_ms=12), honest(p, cpu_ms=3000),
+    slashed, stands = referee(stopped(p, "wall", 3000, 0), honest(p, cpu_ms=12),
                               honest(p, cpu_ms=20))
-    assert slashed == {"R"} and stands == {"pa"}
+    assert slashed == {"P"} and stands == {"ra"}
+
+
+def test_no_honest_party_is_slashed_for_its_core_count() -> None:
+    """A lazy claim, a 2-core replica and a 64-core referee: only the liar is slashed,
+    whatever CPU each honest run billed."""
+    _, _, p = one_shard()
+    slashed, stands = referee(stopped(p, "wall", 3000, 30_000), honest(p, cpu_ms=80),
+                              honest(p, cpu_ms=2560))
+    assert slashed == {"P"} and stands == {"ra"}
 
 
 # --- real sandboxed runs -------------------------------------------------------------------
 
-def test_real_runs_agree_and_a_fabricated_limit_or_bill_does_not() -> None:
+def test_real_runs_agree_and_a_fabricated_wall_limit_does_not() -> None:
     from deai.provider import sandbox
     from deai.workloads import get
 
@@ -206,8 +200,8 @@ def test_real_runs_agree_and_a_fabricated_limit_or_bill_does_not() -> None:
     assert KIND.compare(s, shard, runs[0], runs[1]).match
     real = json.loads(runs[0])
     lazy = stopped(p, "wall", 3000, 0)
-    padded = cmd.canonical({**real, "cpu_ms": 3000})
-    for fake in (lazy, padded):
-        assert KIND.meter(s, shard, fake) == 3000
-        assert not KIND.compare(s, shard, runs[1], fake).match
-        assert not KIND.compare(s, shard, fake, runs[1]).match
+    assert KIND.meter(s, shard, lazy) == 3000
+    assert not KIND.compare(s, shard, runs[1], lazy).match
+    assert not KIND.compare(s, shard, lazy, runs[1]).match
+    padded = cmd.canonical({**real, "cpu_ms": 3000})  # not refutable: bounded by the budget
+    assert KIND.compare(s, shard, runs[1], padded).match

@@ -49,9 +49,9 @@ provider, chose to exceed it. The job's result is these objects as JSONL, in
 input order. ``same_output`` is what two runs' results must agree on: exit
 status, limit, the file manifest and stdout's hash; tails and stderr are left
 out (they legitimately differ between runs). ``CommandKind.compare`` adds the
-timings, within ``SLOWDOWN`` times plus ``SLACK_MS``: a bill no honest machine could
-run up, or a CPU or wall-clock limit the other run came nowhere near, is a
-disagreement (``cpu_disagreement``, ``limit_disagreement``).
+wall clock: a wall-clock limit the other run came nowhere near (``SLOWDOWN`` times
+plus ``SLACK_MS``) is a disagreement (``limit_disagreement``). CPU times are never
+compared: they grow with a machine's cores.
 """
 
 from __future__ import annotations
@@ -79,19 +79,18 @@ LIMITS = ("cpu", "wall", "memory", "file_size", "disk", "processes", "output")
 # Limits whose hit depends on the machine's speed or on when the sandbox sampled, not on
 # the command alone: two honest runs may differ there.
 TIMED_LIMITS = ("cpu", "wall", "disk")
-# The tolerance between two honest runs' timings: one may be up to SLOWDOWN times the
-# other plus SLACK_MS. CPU time of the same work differs between machines with per-core
-# speed (an old core without AVX, a slower memory system, a busy SMT sibling): about 2x
-# between a current server core and a ten-year-old one, so 4x leaves as much again for
-# noise. The slack is what does not scale with speed: starting the shell and loading
-# shared libraries, and the sandbox's sampling (``workloads.sandbox``, 50 ms polls).
-# One tolerance serves both checks, so they cannot contradict each other: a bill within
-# it of the other run's is accepted, and a CPU or wall-clock limit hit is plausible only
-# if the other run, on a machine this much slower, would have reached that limit too
-# (so "well inside the limits" means under about a quarter of them). Known limit: a
-# runtime that spins on every idle core (OpenMP's active wait, a GC per core) bills
-# CPU in proportion to the core count; such commands should pin their thread count
-# (OMP_NUM_THREADS, GOMAXPROCS in ``env``) or two honest runs may disagree.
+# A wall-clock limit hit is plausible only if the other run, on a machine SLOWDOWN times
+# slower (plus SLACK_MS), would have reached that limit too: per-core speed differs about
+# 2x between a current server core and a ten-year-old one, so 4x leaves as much again for
+# noise, and the slack is what does not scale with speed (starting the shell, loading
+# libraries, the sandbox's 50 ms polls). The other run's CPU time counts as wall time too
+# (a one-core machine needs at least that long), which also covers a parallel command
+# that a machine with fewer cores runs longer. CPU times themselves are not compared: a
+# command's CPU time grows with the machine's core count (threads that spin on every
+# core, OpenMP's active wait, a GC per core, a client's ``$(nproc)`` busy loops), and no
+# tolerance makes two honest runs on 2 and 64 cores agree: comparing them let a client
+# get honest providers slashed. So neither a padded bill with the right output nor a
+# CPU-limit claim can be refuted; both are bounded by the ``cpu_seconds`` the client set.
 SLOWDOWN = 4
 SLACK_MS = 250
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
@@ -357,46 +356,15 @@ def _timings(raw: bytes) -> dict[str, Any] | None:
     return o
 
 
-def cpu_disagreement(a: dict[str, Any], b: dict[str, Any]) -> str | None:
-    """Why two runs with the same output cannot both have billed honestly; None if they can.
-
-    Either ``cpu_ms`` above ``SLOWDOWN`` times the other plus ``SLACK_MS`` is a false
-    claim: a padded bill (the primary's, or a checker's, whose fee is its own metered
-    CPU) or a made-up low one. Both directions count because callers pass the checked
-    party first or second (a canary's reference comes first). Runs the sandbox stopped
-    (``exit_code`` null: killed at the CPU or wall-clock limit or a disk sample) are not
-    compared: where it stopped them depends on the machine and its load, so their CPU
-    time measures no fixed amount of work.
-    """
-    if a["exit_code"] is None or b["exit_code"] is None:
-        return None
-    if within_slowdown(a["cpu_ms"], b["cpu_ms"]) and within_slowdown(b["cpu_ms"], a["cpu_ms"]):
-        return None
-    return (f"cpu_ms {a['cpu_ms']} vs {b['cpu_ms']}: more apart than {SLOWDOWN}x + "
-            f"{SLACK_MS} ms for the same output")
-
-
-def limit_disagreement(cpu_seconds: int, wall_seconds: int, hit: dict[str, Any],
-                       done: dict[str, Any]) -> str | None:
-    """Why ``hit``'s timing-dependent limit cannot be honest next to ``done``, a run of the
-    same command that ended on its own; None when it can (an inconclusive difference).
-
-    ``hit`` did at most the work ``done`` did in full, on a machine at most ``SLOWDOWN``
-    times slower: it cannot have used more CPU than that, and it can have reached its
-    CPU limit only if ``done``'s CPU time would have, and its wall-clock limit only if
-    ``done``'s wall or CPU time would have (CPU time too: a machine with one core takes
-    at least that long). A "disk" hit (a quota sample caught a transient overshoot)
-    leaves no measure in the outputs, so only its CPU is bounded.
-    """
-    limit = hit["limit"]
-    if not within_slowdown(hit["cpu_ms"], done["cpu_ms"]):
-        return (f"{limit} limit claimed after {hit['cpu_ms']} CPU-ms; the whole command took "
-                f"{done['cpu_ms']} elsewhere (more than {SLOWDOWN}x + {SLACK_MS} ms apart)")
-    if limit == "cpu" and not within_slowdown(cpu_seconds * 1000, done["cpu_ms"]):
-        return (f"CPU limit ({cpu_seconds} s) claimed; the other run finished in "
-                f"{done['cpu_ms']} CPU-ms, out of reach on a {SLOWDOWN}x slower machine")
-    if limit == "wall" and not within_slowdown(wall_seconds * 1000,
-                                               max(done["wall_ms"], done["cpu_ms"])):
+def limit_disagreement(wall_seconds: int, hit: dict[str, Any], done: dict[str, Any]
+                       ) -> str | None:
+    """Why ``hit``'s claimed wall-clock limit cannot be honest next to ``done``, a run of
+    the same command that ended on its own; None when it can (an inconclusive
+    difference): it reached the limit only if ``done``'s wall or CPU time would have on a
+    machine ``SLOWDOWN`` times slower. Only the wall clock: a CPU or disk limit depends on
+    the machine's cores or on when a quota sample ran, which the outputs do not show."""
+    if hit["limit"] == "wall" and not within_slowdown(
+            wall_seconds * 1000, max(done["wall_ms"], done["cpu_ms"])):
         return (f"wall-clock limit ({wall_seconds} s) claimed; the other run finished in "
                 f"{done['wall_ms']} ms ({done['cpu_ms']} CPU-ms), out of reach on a "
                 f"{SLOWDOWN}x slower machine")
@@ -444,25 +412,22 @@ class CommandKind(Kind):
         return b"".join(out.rstrip(b"\n") + b"\n" for out in outputs)
 
     def compare(self, spec: SpecBase, shard: bytes, a: bytes, b: bytes) -> Comparison:
-        """Same exit status, limit, files and stdout, and CPU times within ``SLOWDOWN``.
+        """Same exit status, limit, files and stdout.
 
         Where the results differ and exactly one run hit a timing-dependent limit
-        (CPU, wall clock, disk sample), the other run decides: if a machine
-        ``SLOWDOWN`` times slower could have hit that limit (``limit_disagreement``)
-        it is inconclusive and counts as agreement, evidence against nobody; if not,
-        the limit claim is a disagreement, which goes to a trusted referee, whose
-        own run judges each party the same way: an honest slow run that hit the
-        wall is not convicted by a referee whose run came near the limit too. Where
-        both runs were stopped by the sandbox the difference is inconclusive.
+        (CPU, wall clock, disk sample), it is inconclusive and counts as agreement,
+        evidence against nobody, unless the limit is the wall clock and the other run
+        finished far inside it (``limit_disagreement``): then it is a disagreement,
+        which goes to a trusted referee, whose own run judges each party the same
+        way (an honest slow run that hit the wall is not convicted by a referee whose
+        run came near the limit too). Where both runs were stopped by the sandbox the
+        difference is inconclusive.
         """
         assert isinstance(spec, CommandSpec)
         oa, ob = _timings(a), _timings(b)
         if oa is None or ob is None:
             return Comparison(False, 1.0, "malformed output")
         if same_output(a, b):
-            bill = cpu_disagreement(oa, ob)
-            if bill is not None:
-                return Comparison(False, 1.0, bill)
             return Comparison(True, 0.0, "same status, files and stdout")
         timed_a, timed_b = oa["limit"] in TIMED_LIMITS, ob["limit"] in TIMED_LIMITS
         if not (timed_a or timed_b):
@@ -473,7 +438,7 @@ class CommandKind(Kind):
         if (timed_a and timed_b) or done["exit_code"] is None:
             return Comparison(True, 0.0, "both runs stopped at a timing-dependent limit: "
                                          "inconclusive")
-        why = limit_disagreement(spec.cpu_seconds, spec.wall_seconds, hit, done)
+        why = limit_disagreement(spec.wall_seconds, hit, done)
         if why is not None:
             return Comparison(False, 1.0, why)
         return Comparison(True, 0.0, f"{hit['limit']} limit hit within reach of the other "
