@@ -147,8 +147,11 @@ class Client:
         return bool(resp.json().get("listening", False))
 
     def report_failure(self, assignment_id: str, error: str) -> wire.ResultOut:
+        # A workload's error may echo a user's text; a NUL would be refused (``wire.In``)
+        # and the failure never reported, leaving the lease to lapse as hoarded.
+        text = error.replace("\x00", "\ufffd")[:2000]
         return self._post(f"/api/assignments/{assignment_id}/fail",
-                          wire.FailIn(error=error[:2000]), wire.ResultOut)
+                          wire.FailIn(error=text), wire.ResultOut)
 
     def providers(self) -> list[wire.ProviderOut]:
         data = self.request("GET", "/api/providers").json()

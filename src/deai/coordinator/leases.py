@@ -63,7 +63,8 @@ from deai.store.models import Event, Lease, LeaseEarning, LeaseHost, Provider
 log = logging.getLogger("deai.coordinator.leases")
 LIVE = (LeaseStatus.PENDING.value, LeaseStatus.ACTIVE.value)
 AGENT_SILENT = 60.0  # a host's lease agent unheard (poll, lease heartbeat) this long: not placed on
-AGENT_STAMP = 2.0  # ``agent_seen_at`` is written at most this often
+AGENT_STAMP = AGENT_SILENT / 4  # ``agent_seen_at`` is written at most this often: a poll
+# comes every few seconds, and a write each would contend with the matcher for SQLite's lock
 
 
 @dataclass(frozen=True)

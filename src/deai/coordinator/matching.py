@@ -14,7 +14,7 @@ from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, cast
 
-from sqlalchemy import Table, and_, or_, select
+from sqlalchemy import Table, and_, func, or_, select
 from sqlalchemy.orm import Session
 
 from deai.coordinator import blob_quota, canaries, effects, hoarding, provider_index
@@ -652,15 +652,20 @@ CHECK_HOLD_RUNS = 4  # ... or this many times as long as the checked result took
 
 def check_hold(c: Coordinator, s: Session, subject_id: str) -> float:
     """How long a check's lease may be held by heartbeats: ``CHECK_HOLD_RUNS`` times the
-    checked result's own run (a slower machine, a model to load), at least
+    checked result's run from its task's first lease (a slower machine, a model to
+    load), at least
     ``CHECK_HOLD_MIN`` and ``verify_timeout``, plus a lease's time to live. Past it the
     lease lapses like any other held and not returned (``hoarding``): the check goes to
     someone else, and the one who sat on it is not offered that task again. Unbounded,
     a checker that kept listing the lease in its heartbeats held the verdict, and the
     checked result's pay, until the job's deadline."""
-    row = s.execute(select(Assignment.leased_at, Assignment.submitted_at)
+    # From the task's first lease, not the subject's own: a training primary that resumed
+    # from another's checkpoint ran only the end, and a check replays the whole shard.
+    row = s.execute(select(Assignment.task_id, Assignment.submitted_at)
                     .where(Assignment.id == subject_id)).first()
-    run = (row.submitted_at - row.leased_at) if row and row.submitted_at else 0.0
+    first = s.scalar(select(func.min(Assignment.leased_at)).where(
+        Assignment.task_id == row.task_id)) if row and row.submitted_at else None
+    run = row.submitted_at - first if row and row.submitted_at and first is not None else 0.0
     return (max(CHECK_HOLD_MIN, c.settings.verify_timeout, CHECK_HOLD_RUNS * max(0.0, run))
             + c.settings.lease_ttl)
 

@@ -55,10 +55,15 @@ Consequences:
   session already holds as it was unless ``populate_existing=True``.
 - A blob's hold (an advisory lock on its digest, ``coordinator.blob_quota``) comes
   before any row lock: an upload's record, a discard, a job submission naming
-  files, a dataset's publication take it first. Two take it later, where the bytes
-  are made inside the transaction: a job's assembled output (its job row held) and
-  a snapshot or a batch's output file. They can meet a submission naming the same
-  bytes in a cycle; ``run`` retries the loser.
+  files, a dataset's publication, a result sent inline take it first. Three take it
+  later, where the bytes are made inside the transaction: a job's assembled output
+  (its job row held), a check's payload (the matcher's batch holds its jobs and
+  tasks) and a snapshot or a batch's output file. They can meet a submission naming
+  the same bytes in a cycle; ``run`` retries the loser.
+- A lease that ends withdraws the preemption notices it caused (``leases.finish``):
+  the victims' rows are locked after the ending lease's, whatever their ids, and can
+  meet the leader's tick, which locks live leases in ascending id; ``run`` retries
+  the loser.
 Anything that cannot follow the order is still safe, only slower: ``run``
 retries the loser of a deadlock.
 """

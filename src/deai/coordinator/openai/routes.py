@@ -20,7 +20,7 @@ import json
 import logging
 import struct
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any, Literal
 
 import anyio
@@ -179,6 +179,17 @@ async def _stream(c: Coordinator, relay: Relay, started: gateway.Started, owner:
 
     queue = relay.open(started.task_id)
     sent: dict[int, str] = {}
+
+    def delta(event: dict[str, Any]) -> list[bytes]:
+        """A relayed event's chunks (a choice's opening one first), noted in ``sent``."""
+        text, index = event.get("text"), event.get("index", 0)
+        if not (isinstance(text, str) and text and isinstance(index, int)):
+            return []
+        out = ([chunk({"role": "assistant", "content": ""}, index=index)]
+               if index not in sent and index else [])
+        sent[index] = sent.get(index, "") + text
+        return [*out, chunk({"content": text}, index=index)]
+
     finished = False
     result = asyncio.ensure_future(gateway.wait_output(c, started, owner))
     try:
@@ -192,13 +203,11 @@ async def _stream(c: Coordinator, relay: Relay, started: gateway.Started, owner:
                 if request is not None and await request.is_disconnected():
                     return  # the caller left: ``finally`` cancels the job
                 continue
-            event = get.result()
-            text, index = event.get("text"), event.get("index", 0)
-            if isinstance(text, str) and text and isinstance(index, int):
-                if index not in sent and index:
-                    yield chunk({"role": "assistant", "content": ""}, index=index)
-                sent[index] = sent.get(index, "") + text
-                yield chunk({"content": text}, index=index)
+            for part in delta(get.result()):
+                yield part
+        while not queue.empty():  # deltas that came in with the result, in order, first
+            for part in delta(queue.get_nowait()):
+                yield part
         try:
             out = result.result()
         except Exception as exc:
@@ -206,30 +215,12 @@ async def _stream(c: Coordinator, relay: Relay, started: gateway.Started, owner:
             yield _sse(to_api_error(exc).body())
             return
         lines = [obj for _, obj in batch.jsonl(out, "output")]
-        diverged = [i for i, line in enumerate(lines)
-                    if not str(line["text"]).startswith(sent.get(i, ""))]
+        ending, diverged = _ending(started.job_id, lines, sent, chunk)
+        for part in ending:
+            yield part
         if diverged:
-            # The relayed deltas are the primary's word, the result is its record: text it
-            # streamed that the record does not start with cannot be taken back, so the
-            # caller is told to drop the stream rather than left believing it.
-            log.warning("job %s: streamed text differs from the recorded result (choices "
-                        "%s)", started.job_id, diverged)
             finished = True
-            yield _sse(ApiError(502, "the text streamed so far is not the provider's "
-                                     f"recorded result; discard it (job {started.job_id} "
-                                     "holds the result, as a request without stream)",
-                                "server_error", "stream_diverged").body())
             return
-        for index, line in enumerate(lines):
-            if index and index not in sent:
-                yield chunk({"role": "assistant", "content": ""}, index=index)
-            final, streamed = str(line["text"]), sent.get(index, "")
-            # The result is the record: send whatever the streamed deltas did not cover.
-            rest = final[len(streamed):]
-            if rest:
-                yield chunk({"content": rest}, index=index)
-            yield chunk({}, str(line["finish_reason"]), index,
-                        chat_kind.response_logprobs(line))
         if include_usage:
             p = int(lines[0]["prompt_tokens"])
             k = sum(int(x["completion_tokens"]) for x in lines)
@@ -245,6 +236,34 @@ async def _stream(c: Coordinator, relay: Relay, started: gateway.Started, owner:
         if not finished:  # the caller hung up before the answer: stop paying for it
             with anyio.CancelScope(shield=True):  # even when the stream was cancelled
                 await run_in_threadpool(gateway.cancel, c, owner, started.job_id)
+
+
+def _ending(job_id: str, lines: list[dict[str, Any]], sent: dict[int, str],
+            chunk: Callable[..., bytes]) -> tuple[list[bytes], bool]:
+    """The chunks that finish a stream from its recorded result ``lines``: what the relayed
+    deltas (``sent``) did not cover, and each choice's finish. The deltas are the primary's
+    word and the result its record: text it streamed that the record does not start with
+    cannot be taken back, so the caller is told to drop the stream (a ``stream_diverged``
+    error, and True) rather than left believing it."""
+    diverged = [i for i, line in enumerate(lines)
+                if not str(line["text"]).startswith(sent.get(i, ""))]
+    if diverged:
+        log.warning("job %s: streamed text differs from the recorded result (choices %s)",
+                    job_id, diverged)
+        return [_sse(ApiError(502, "the text streamed so far is not the provider's recorded "
+                                   f"result; discard it (job {job_id} holds the result, as a "
+                                   "request without stream)", "server_error",
+                              "stream_diverged").body())], True
+    out: list[bytes] = []
+    for index, line in enumerate(lines):
+        if index and index not in sent:
+            out.append(chunk({"role": "assistant", "content": ""}, index=index))
+        rest = str(line["text"])[len(sent.get(index, "")):]
+        if rest:
+            out.append(chunk({"content": rest}, index=index))
+        out.append(chunk({}, str(line["finish_reason"]), index,
+                         chat_kind.response_logprobs(line)))
+    return out, False
 
 
 # --- files --------------------------------------------------------------------------------
