@@ -151,17 +151,15 @@ def test_terms_refusals_royalty_release_and_revocation(net: Network) -> None:
     assert user.balance().available == before
     assert datasets.show(owner, ds.id).uses == 0
 
-    # Within the terms, once a trainer is online: escrow and royalty in one transaction.
+    # Within the terms, once a trainer is online: the escrow holds the royalty, unpaid
+    # until the owner releases the key.
     a, b = (HandProvider(net, price=500, offer=("train", "mlp-digits")).c for _ in range(2))
     owner_before = owner.balance().available
     job = datasets.submit(user, SPEC, ds.id)
-    assert job.cost == PRICE and job.escrow > PRICE
-    assert owner.balance().available == owner_before + PRICE
+    assert job.cost == 0 and job.escrow > PRICE
+    assert owner.balance().available == owner_before
     assert user.balance().available == before - job.escrow
-    paid = [e for e in journal(user) if e.kind == "royalty" and e.body["job"] == job.id]
-    assert len(paid) == 1 and paid[0].body["dataset"] == ds.id
-    assert dict(paid[0].postings) == {ledger.escrow(job.id): -PRICE,
-                                      ledger.acct(owner._me()): PRICE}
+    assert not [e for e in journal(user) if e.kind == "royalty"]
 
     # The lease carries the public summary only; the key waits for the owner.
     prov, leased = take(a, b)
@@ -177,6 +175,13 @@ def test_terms_refusals_royalty_release_and_revocation(net: Network) -> None:
         "job_id": job.id, "keys": {outsider._me(): "AAAA"}}), 422, "keys")
     assert datasets.serve_once(owner) == [(job.id, [prov._me()])]
     assert datasets.serve_once(owner) == []  # released once
+    # The release pays the royalty, once, from the job's escrow.
+    paid = [e for e in journal(user) if e.kind == "royalty" and e.body["job"] == job.id]
+    assert len(paid) == 1 and paid[0].body["dataset"] == ds.id
+    assert dict(paid[0].postings) == {ledger.escrow(job.id): -PRICE,
+                                      ledger.acct(owner._me()): PRICE}
+    assert owner.balance().available == owner_before + PRICE
+    assert user.job(job.id).cost == PRICE
     x, y = datasets.rows(prov, prov.identity, ds.id, job.id)  # type: ignore[arg-type]
     xa, ya, info = train_data.parse_file(data)
     assert (x, y) == train_data.pack(xa, ya) and info.sha256 == shard["data_sha256"]
@@ -184,7 +189,7 @@ def test_terms_refusals_royalty_release_and_revocation(net: Network) -> None:
                                   job.id), 404, "job")
     refused(lambda: outsider.request("GET", f"/api/datasets/{ds.id}/content"), 404, "dataset")
     user.cancel_job(job.id)
-    settled(user, job.id)
+    settled(user, job.id, PRICE)  # the key was released: the royalty stays paid
     assert datasets.show(owner, ds.id).royalties == PRICE
 
     # Uses are listed to the owner; max_uses counts; revocation stops the next job.
@@ -215,21 +220,24 @@ def test_terms_refusals_royalty_release_and_revocation(net: Network) -> None:
     refused(lambda: datasets.rows(holder, holder.identity, ds.id,  # type: ignore[arg-type]
                                   second.id), 403, "dataset")
     user.cancel_job(second.id)
-    settled(user, second.id)
+    settled(user, second.id, 0)  # never released: the royalty came back, the use uncounted
+    assert [u.job_id for u in datasets.uses(owner, ds.id)] == [job.id]
+    assert len([e for e in journal(user) if e.kind == "royalty"]) == 1
     audit_ok(user)
     # The explorer shows uses and royalties paid, and still no content or key.
     row = {d["id"]: d for d in Client(net.url).request(
         "GET", "/api/explorer/datasets").json()["datasets"]}[ds.id]
-    assert (row["uses"], row["royalties"], row["terms"]["max_uses"]) == (2, 2 * PRICE, 2)
+    assert (row["uses"], row["royalties"], row["terms"]["max_uses"]) == (1, PRICE, 2)
     assert row["revoked_at"] is not None and set(row) >= {"name", "owner", "size", "train"}
     assert not {"blob_digest", "owner_key"} & set(row)
 
 
-def settled(c: Client, job_id: str) -> None:
-    """A cancelled job on a dataset: the royalty stays paid, the rest came back."""
+def settled(c: Client, job_id: str, royalty: int) -> None:
+    """A cancelled job on a dataset: ``royalty`` paid (the key was released) and the rest
+    of its escrow came back."""
     rep = audit_ok(c)
     job = c.job(job_id)
-    assert job.cost + job.refunded == job.escrow and job.cost == PRICE
+    assert job.cost + job.refunded == job.escrow and job.cost == royalty
     assert rep.balances.get(ledger.escrow(job_id), 0) == 0
 
 

@@ -1,17 +1,22 @@
-"""Datasets: publish, terms, royalties at submission, and the owner's key release.
+"""Datasets: publish, terms, the owner's key release, and royalties paid at release.
 
 - ``publish``: the owner uploaded the ciphertext (its own blob) and registers it
   with its terms and the key wrapped to itself only.
 - A job naming a dataset (``spec.dataset_id``) is planned from the dataset's
   public summary (``prepare``: no plaintext needed) and, in the transaction that
-  escrows it, ``record_use`` locks the dataset, checks every term again against
-  the job's signed consent, records the use and posts the royalty from the job's
-  escrow to the owner. A failed term raises before anything is written.
+  escrows it (the royalty included), ``record_use`` locks the dataset, checks
+  every term again against the job's signed consent and records the use. A
+  failed term raises before anything is written.
 - The coordinator never holds the key. ``pending`` tells the owner which
   providers hold live leases of a use's job and have no key yet; the owner
   (``deai dataset serve``) checks the terms itself and posts the key wrapped to
   them (``release``); a leased provider fetches its wrapped key (``key_for``).
   After revocation nothing is released or handed out any more.
+- The royalty is paid from the job's escrow to the owner when the owner first
+  releases the key for the job (the use happens: a provider can read the rows),
+  not at admission: an owner that never releases is never paid, and a job that
+  ends before any release (cancelled, expired, no trainer) gets the royalty back
+  with the rest of its escrow, its use no longer counted (``end_use``).
 """
 
 from __future__ import annotations
@@ -24,12 +29,12 @@ from sqlalchemy.orm import Session
 
 from deai.coordinator import access, blob_quota
 from deai.coordinator.service import Coordinator
-from deai.core import batch
+from deai.core import batch, ledger
 from deai.core import datasets as D
 from deai.core import wire_datasets as W
 from deai.core.errors import Conflict, Forbidden, InvalidInput, NotFound
 from deai.core.kinds import Shard, SpecBase, train, train_data
-from deai.core.lifecycle import AssignmentStatus, JobStatus
+from deai.core.lifecycle import JOB_ACTIVE, AssignmentStatus, JobStatus
 from deai.store.models import Assignment, Job
 from deai.store.models_datasets import Dataset, DatasetKey, DatasetUse
 
@@ -155,21 +160,44 @@ def _check(c: Coordinator, d: Dataset, spec: SpecBase) -> None:
 
 
 def record_use(c: Coordinator, s: Session, job: Job, spec: SpecBase, use: Use) -> None:
-    """Inside the job's escrow transaction: check the terms under the dataset's lock, count
-    the use and pay the owner from the job's escrow (the job's cost includes it)."""
+    """Inside the job's escrow transaction (the escrow holds the royalty): check the terms
+    under the dataset's lock and count the use; the royalty waits for the key's release."""
     d = _get(s, use.dataset_id, lock=True)
     _check(c, d, spec)
     if d.price_per_use != use.price:
         raise InvalidInput("spec.dataset_terms.price_per_use: the price changed",
                            field="spec.dataset_terms.price_per_use", term="price_per_use")
-    entry = c.settlement.royalty(s, d.id, job.id, d.owner, job.owner, d.price_per_use)
     d.uses += 1
-    d.royalties += d.price_per_use
-    job.cost += d.price_per_use
     s.add(DatasetUse(dataset_id=d.id, job_id=job.id, job_owner=job.owner, kind=job.kind,
-                     price=d.price_per_use, royalty_seq=entry.seq if entry else None,
-                     created_at=c.now()))
+                     price=d.price_per_use, royalty_seq=None, created_at=c.now()))
     c.emit(s, "dataset_used", d.id, job=job.id, price=d.price_per_use)
+
+
+def _pay(c: Coordinator, s: Session, d: Dataset, use: DatasetUse, job: Job) -> None:
+    """The royalty of ``use``, from its job's escrow to the owner, once (``job`` and ``d``
+    locked, the job still active: an ended job's escrow went back to its owner)."""
+    if use.royalty_seq is not None or job.status not in JOB_ACTIVE:
+        return
+    entry = c.settlement.royalty(s, d.id, job.id, d.owner, job.owner, use.price)
+    if entry is None:
+        return
+    amount = -dict(entry.postings)[ledger.escrow(job.id)]
+    use.royalty_seq = entry.seq
+    d.royalties += amount
+    job.cost += amount
+
+
+def end_use(c: Coordinator, s: Session, job: Job) -> None:
+    """A job ending (its row locked, its escrow about to be refunded) whose royalty was
+    never paid: the use is no longer counted (``max_uses``) nor listed, and the royalty
+    goes back with the rest of the escrow. A paid one stays paid."""
+    use = s.scalar(select(DatasetUse).where(DatasetUse.job_id == job.id))
+    if use is None or use.royalty_seq is not None:
+        return
+    d = _get(s, use.dataset_id, lock=True)
+    d.uses = max(0, d.uses - 1)
+    s.delete(use)
+    c.emit(s, "dataset_use_void", d.id, job=job.id)
 
 
 # --- the key release -------------------------------------------------------------------------
@@ -205,16 +233,25 @@ def pending(c: Coordinator, owner: str) -> list[W.PendingOut]:
 def release(c: Coordinator, owner: str, dataset_id: str, body: W.ReleaseIn) -> list[str]:
     """Store the key the owner wrapped to each provider leased for the job; returns them."""
     def run(s: Session) -> list[str]:
-        d = _get(s, dataset_id, lock=True)
-        if d.owner != owner:
+        if _get(s, dataset_id).owner != owner:
             raise Forbidden("only the dataset's owner releases its key")
+        use = s.scalar(select(DatasetUse).where(DatasetUse.job_id == body.job_id,
+                                                DatasetUse.dataset_id == dataset_id))
+        if use is None:
+            raise NotFound(f"job_id: no job {body.job_id} uses this dataset", field="job_id")
+        # The lock order: the job (its escrow pays the royalty), then the dataset.
+        job = s.get(Job, body.job_id, with_for_update={"key_share": True},
+                    populate_existing=True)
+        d = s.get(Dataset, dataset_id, with_for_update=True, populate_existing=True)
+        # Again, locked: a job that ended meanwhile took its use away (``end_use``).
+        use = s.scalar(select(DatasetUse).where(DatasetUse.job_id == body.job_id,
+                                                DatasetUse.dataset_id == dataset_id)
+                       .execution_options(populate_existing=True))
+        if d is None or job is None or use is None:
+            raise NotFound(f"job_id: no job {body.job_id} uses this dataset", field="job_id")
         if d.revoked_at is not None:
             raise Conflict("the dataset is revoked: its key is released to nobody",
                            field="dataset")
-        use = s.scalar(select(DatasetUse).where(DatasetUse.job_id == body.job_id,
-                                                DatasetUse.dataset_id == d.id))
-        if use is None:
-            raise NotFound(f"job_id: no job {body.job_id} uses this dataset", field="job_id")
         leased, done = _leased(s, body.job_id), _released(s, body.job_id)
         for pid in body.keys:
             if pid == use.job_owner:  # it would read every row for one royalty
@@ -230,6 +267,7 @@ def release(c: Coordinator, owner: str, dataset_id: str, body: W.ReleaseIn) -> l
                              wrapped=body.keys[pid], created_at=c.now()))
         if fresh:
             c.emit(s, "dataset_key_released", d.id, job=body.job_id, providers=fresh)
+            _pay(c, s, d, use, job)
         return fresh
 
     return c.db.run(run)

@@ -14,7 +14,7 @@ from typing import Any, NamedTuple, cast
 from sqlalchemy import Table, select
 from sqlalchemy.orm import Session
 
-from deai.coordinator import blob_quota, canaries, lookback, touch
+from deai.coordinator import blob_quota, canaries, datasets, lookback, touch
 from deai.coordinator import reputation as rep
 from deai.coordinator.service import Coordinator
 from deai.core import kinds, ledger, sealed
@@ -392,6 +392,8 @@ class _Applier:
         for a in s.scalars(select(Assignment).where(Assignment.job_id == job.id,
                                                     Assignment.status == AssignmentStatus.LEASED)):
             a.status = move(ASSIGNMENT_MOVES, a.status, AssignmentStatus.CANCELLED)
+        if job.spec.get("dataset_id"):  # a royalty never paid goes back with the escrow
+            datasets.end_use(c, s, job)
         left = c.settlement.refund(s, job.owner, job.id, e.to.value)
         job.status = move(JOB_MOVES, job.status, e.to)
         job.error, job.finished_at = e.error, now

@@ -139,7 +139,10 @@ class Settlement:
 
     def royalty(self, s: Session, dataset_id: str, job_id: str, owner: str, payer: str,
                 amount: int) -> ledger.Entry | None:
-        """Pay a dataset's owner its price per use from the using job's escrow."""
+        """Pay a dataset's owner its price per use from the using job's escrow, as far as
+        the escrow holds it (it does while the job is active: its payouts are bounded by
+        the rest)."""
+        amount = min(amount, self._held(s, [ledger.escrow(job_id)]).get(ledger.escrow(job_id), 0))
         if amount <= 0:
             return None
         return self.post(s, ledger.royalty(dataset_id, job_id, owner, payer, amount))

@@ -20,7 +20,7 @@ transaction take row locks in this order, and within one table in ascending
 primary key::
 
     jobs → tasks → assignments → providers → offers, reputation → payouts
-         → journal_head → balances (ascending account)
+         → datasets → journal_head → balances (ascending account)
 
 Inserts of new rows (events, nonces, journal entries, assignments being
 created) may happen at any point, but an insert's foreign key takes a KEY
@@ -45,6 +45,8 @@ Consequences:
 - Hardware challenges lock the provider row first, then its claim and its
   challenges (``coordinator.hardware._locked``); the expiry takes one
   provider a transaction.
+- A dataset is locked after its using job (a key's release pays the job's royalty;
+  a job that ends gives an unpaid one back, ``coordinator.datasets``).
 - Hourly leases: a lease's rows in ascending id, then its provider, then the
   journal's head; a cluster's row, then its leases (one cluster a transaction);
   a volume, then its mounts.
