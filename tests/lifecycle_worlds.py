@@ -210,10 +210,13 @@ def _output() -> bytes:
 
 
 class DbWorld:
-    """The coordinator's applier on a real SQLite database, one job of one task."""
+    """The coordinator's applier on a real database (SQLite in ``root`` unless
+    ``database_url`` names another), one job of one task."""
 
-    def __init__(self, root: Path, canary: bool = False) -> None:
-        settings = Settings(data_dir=root, devnet=True, fee_bps=FEE_BPS, verify=PARAMS)
+    def __init__(self, root: Path, canary: bool = False, database_url: str | None = None
+                 ) -> None:
+        settings = Settings(data_dir=root, devnet=True, fee_bps=FEE_BPS, verify=PARAMS,
+                            **({"database_url": database_url} if database_url else {}))
         self.c = Coordinator(settings, clock=ManualClock())
         migrate.upgrade(self.c.db.engine)
         self.client = "c" * 64

@@ -17,8 +17,9 @@ from tests.lifecycle_worlds import DbWorld
 
 
 @pytest.mark.parametrize("path", ["service", "liveness"])
-def test_a_checks_lease_is_held_no_later_than_its_hold(tmp_path: Path, path: str) -> None:
-    w = DbWorld(tmp_path)
+def test_a_checks_lease_is_held_no_later_than_its_hold(tmp_path: Path, path: str,
+                                                        fresh_url: str) -> None:
+    w = DbWorld(tmp_path, database_url=fresh_url)
     clock, st = w.c.clock, w.c.settings
     assert isinstance(clock, ManualClock)
     primary, replica = w.seat(Role.PRIMARY), w.seat(Role.REPLICA)

@@ -10,6 +10,7 @@ caller's escrow comes back whole: nothing is billed beyond what was delivered.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import time
@@ -91,6 +92,20 @@ def settled(owner: Client, hand: Hand, a: wire.AssignmentOut, before: int) -> No
     audit_ok(owner)
 
 
+@contextlib.contextmanager
+def chat_stream(net: Network, hand: Hand, key: str, max_tokens: int
+                ) -> Iterator[tuple[httpx.Response, wire.AssignmentOut]]:
+    """A streamed "Say hello" chat request under ``key``, open, and the lease ``hand``
+    took for it."""
+    req = {"model": CHAT, "messages": [{"role": "user", "content": "Say hello"}],
+           "max_tokens": max_tokens, "stream": True}
+    with httpx.Client(base_url=net.url, timeout=60,
+                      headers={"Authorization": f"Bearer {key}"}) as h, \
+            h.stream("POST", "/v1/chat/completions", json=req) as r:
+        assert r.status_code == 200
+        yield r, hand.take(time.time() + 120)
+
+
 def test_a_plain_request_whose_caller_hangs_up_is_cancelled_and_free(net: Network,
                                                                       hand: Hand) -> None:
     owner = funded(net)
@@ -115,13 +130,7 @@ def test_a_stream_closed_after_the_first_delta_is_cancelled_and_free(net: Networ
     key = owner.create_api_key("stream-hangup").key
     assert key is not None
     before = owner.balance().available
-    req = {"model": CHAT, "messages": [{"role": "user", "content": "Say hello"}],
-           "max_tokens": 16, "stream": True}
-    with httpx.Client(base_url=net.url, timeout=60,
-                      headers={"Authorization": f"Bearer {key}"}) as h, \
-            h.stream("POST", "/v1/chat/completions", json=req) as r:
-        assert r.status_code == 200
-        a = hand.take(time.time() + 120)
+    with chat_stream(net, hand, key, max_tokens=16) as (r, a):
         assert r.headers["x-deai-job"] == a.job_id
         end = time.time() + 60
         seen = ""
@@ -150,13 +159,8 @@ def test_a_stream_that_is_not_the_recorded_result_ends_in_an_error(net: Network,
 
     owner = funded(net)
     key = owner.create_api_key("diverged").key
-    req = {"model": CHAT, "messages": [{"role": "user", "content": "Say hello"}],
-           "max_tokens": 8, "stream": True}
-    with httpx.Client(base_url=net.url, timeout=60,
-                      headers={"Authorization": f"Bearer {key}"}) as h, \
-            h.stream("POST", "/v1/chat/completions", json=req) as r:
-        assert r.status_code == 200
-        a = hand.take(time.time() + 120)
+    assert key is not None
+    with chat_stream(net, hand, key, max_tokens=8) as (r, a):
         shard = json.loads(base64.b64decode(a.input_b64 or ""))
         events: list[dict] = []
         for line in r.iter_lines():
