@@ -25,8 +25,9 @@ import subprocess
 import sys
 import termios
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -279,11 +280,41 @@ def test_escrow_runs_out_after_a_warning(net: Network, alice: Client) -> None:
 
 
 def test_spot_lease_gets_its_notice_and_is_preempted(net: Network, alice: Client) -> None:
+    """A notice reaches the lease (a file, SIGTERM); one withdrawn (its preemptor ended
+    first) is taken back from the lease, and a later one is delivered again. Before, the
+    agent delivered a lease's notice once: the withdrawn notice's file stayed, and the
+    real notice that followed never reached the programs inside."""
     leases = Leases(alice)
     spot = new_lease(alice, spot=True)
+
+    def preempt_file() -> dict[str, Any] | None:
+        if leases.exec(spot, ["test", "-e", ".deai/preempt"]) != 0:
+            return None
+        out: dict[str, Any] = json.loads(leases.get(spot, ".deai/preempt"))
+        return out
+
+    def wait_for(check: Callable[[], bool], timeout: float) -> bool:
+        end = time.time() + timeout
+        while not check():
+            if time.time() > end:
+                return False
+            time.sleep(0.3)
+        return True
+
+    first = leases.create(cpus=1, memory_mb=1024, hours=1, max_price_hour=1_000_000)
+    at = leases.show(spot).preempt_at
+    assert at is not None
+    assert wait_for(lambda: (preempt_file() or {}).get("at") == at, 30), "no notice"
+    leases.end(first.id)  # before the notice runs out: withdrawn
+    assert leases.show(spot).preempt_at is None
+    assert wait_for(lambda: preempt_file() is None, 30), "the withdrawal did not reach it"
+    assert leases.show(spot).status == "active"
+
     assert leases.exec(spot, ["sh", "-c", "setsid sh -c 'trap \"echo got-term > term.txt; "
-                              "exit 0\" TERM; while true; do sleep 0.1; done' "
+                              "exit 0\" TERM; touch trapped; while true; do sleep 0.1; done' "
                               ">/dev/null 2>&1 </dev/null &"]) == 0
+    # its trap set before the notice can come (a SIGTERM before it would just kill it)
+    assert wait_for(lambda: leases.exec(spot, ["test", "-e", "trapped"]) == 0, 30)
     full = leases.create(cpus=1, memory_mb=1024, hours=1, max_price_hour=1_000_000)
     assert full.provider_id == leases.show(spot).provider_id  # the only host: it preempts
     end = time.time() + 30

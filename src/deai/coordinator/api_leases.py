@@ -153,8 +153,11 @@ async def poll(body: LeasePollIn, c: C, me: Signer, hub: Hub) -> LeasePollOut:
         sessions = hub.take(me)
         left = deadline - loop.time()
         fresh = [n for n in notices if n.id not in body.noticed]
+        # A notice the agent delivered and the lease no longer has: withdrawn (the lease
+        # that caused it ended first); the agent tells the lease, and hears a new one.
+        withdrawn = set(body.noticed) & known - {n.id for n in notices}
         fresh_asks = [a for a in asks if a in known and a not in body.saving]
-        if (start or stop or sessions or fresh or fresh_asks or left <= 0
+        if (start or stop or sessions or fresh or withdrawn or fresh_asks or left <= 0
                 or c.notifier.closing):
             return LeasePollOut(start=start, stop=stop, sessions=sessions, notices=notices,
                                 snapshots=asks)

@@ -12,7 +12,8 @@ link to a host service. Each connection is one session:
                    T {"op": "connect", "port": N} | {"op": "ping"}
                    T {"op": "notice", "at": T}  (a spot lease's preemption notice:
                      ``~/.deai/preempt`` is written, then SIGTERM to every process but
-                     this one)
+                     this one) | {"op": "withdraw"} (the notice was withdrawn:
+                     ``~/.deai/preempt`` is removed)
     then, both ways, frames: B <channel byte><data>  (0 stdin/upload, 1 stdout/download,
                    2 stderr) and T {"type": "resize"|"eof"|"signal"|"ready"|"exit"|"error"}
 
@@ -281,6 +282,13 @@ def notice(ch: Channel, req: dict[str, Any]) -> None:
     ch.text(type="exit", code=0)
 
 
+def withdraw(ch: Channel) -> None:
+    """A preemption notice taken back: the lease runs on, ``~/.deai/preempt`` goes."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(os.path.join(_home_path(".deai"), "preempt"))
+    ch.text(type="exit", code=0)
+
+
 def serve(conn: socket.socket) -> None:
     ch = Channel(conn)
     try:
@@ -301,6 +309,8 @@ def serve(conn: socket.socket) -> None:
             connect(ch, req)
         elif op == "notice":
             notice(ch, req)
+        elif op == "withdraw":
+            withdraw(ch)
         else:
             ch.text(type="error", message=f"unknown op {op!r}")
     except OSError as exc:

@@ -253,7 +253,7 @@ class _State:
     boxes: dict[str, LeaseSandbox] = field(default_factory=dict)
     starting: set[str] = field(default_factory=set)
     failed: dict[str, str] = field(default_factory=dict)
-    noticed: set[str] = field(default_factory=set)
+    noticed: dict[str, float] = field(default_factory=dict)  # notices delivered: lease -> at
     saving: set[str] = field(default_factory=set)  # snapshots being packed or uploaded
 
 
@@ -315,7 +315,7 @@ class LeaseRunner:
         while not self._stop.is_set():
             with self._lock:
                 known = sorted(set(self.state.boxes) | self.state.starting)
-                noticed = sorted(self.state.noticed & set(known))
+                noticed = sorted(self.state.noticed.keys() & set(known))
                 saving = sorted(self.state.saving)
             try:
                 work = self.api.poll(self.poll_wait, known, noticed, saving)
@@ -333,17 +333,34 @@ class LeaseRunner:
                 self._end(lid, save=True)
             for lid in work.snapshots:
                 self._snapshot(lid)
-            for notice in work.notices:
-                with self._lock:
-                    box = self.state.boxes.get(notice.id)
-                    if box is None or notice.id in self.state.noticed:
-                        continue
-                    self.state.noticed.add(notice.id)
-                threading.Thread(target=deliver_notice, args=(box, notice.at), daemon=True,
-                                 name=f"deai-notice-{notice.id}").start()
+            for box, at in self._notices(set(known) - set(work.stop), work.notices):
+                threading.Thread(target=deliver_notice, args=(box, at), daemon=True,
+                                 name=f"deai-notice-{box.spec.id}").start()
             for sess in work.sessions:
                 threading.Thread(target=self._session, args=(sess,), daemon=True,
                                  name=f"deai-session-{sess.id[:8]}").start()
+
+    def _notices(self, asked: set[str], notices: list[wl.Notice]
+                 ) -> list[tuple[LeaseSandbox, float | None]]:
+        """What to tell the leases after a poll that asked about ``asked``: each new notice
+        (or one whose time changed) and, as ``None``, each delivered notice the poll no
+        longer lists (withdrawn: the lease that caused it ended first). A lease whose
+        notice was withdrawn and comes again is told again."""
+        now = {n.id: n.at for n in notices}
+        out: list[tuple[LeaseSandbox, float | None]] = []
+        with self._lock:
+            for lid in [x for x in self.state.noticed if x in asked and x not in now]:
+                del self.state.noticed[lid]
+                if (box := self.state.boxes.get(lid)) is not None:
+                    out.append((box, None))
+            for lid in [x for x in self.state.noticed if x not in self.state.boxes]:
+                del self.state.noticed[lid]  # an ended lease's
+            for lid, at in now.items():
+                box = self.state.boxes.get(lid)
+                if box is not None and self.state.noticed.get(lid) != at:
+                    self.state.noticed[lid] = at
+                    out.append((box, at))
+        return out
 
     def _cpus_for(self, n: int) -> list[int]:
         with self._lock:
@@ -509,17 +526,23 @@ class LeaseRunner:
                 relay(ws, sock, sess.params)
 
 
-def deliver_notice(box: LeaseSandbox, at: float) -> None:
-    """Tell a spot lease it will be preempted: ``lease_init`` writes ``~/.deai/preempt``
-    and sends SIGTERM to every process in the sandbox but itself."""
+def deliver_notice(box: LeaseSandbox, at: float | None) -> None:
+    """Tell a spot lease it will be preempted at ``at``: ``lease_init`` writes
+    ``~/.deai/preempt`` and sends SIGTERM to every process in the sandbox but itself.
+    ``None``: the notice was withdrawn, and ``~/.deai/preempt`` is removed (what the
+    SIGTERM ended stays ended: the owner restarts it, the lease runs on)."""
+    what = "preemption notice" if at is not None else "notice's withdrawal"
     try:
         with box.connect() as sock:
             ch = lease_init.Channel(sock)
-            ch.text(op="notice", at=at, seconds=max(0.0, at - time.time()))
+            if at is None:
+                ch.text(op="withdraw")
+            else:
+                ch.text(op="notice", at=at, seconds=max(0.0, at - time.time()))
             ch.recv()
-        log.info("lease %s: preemption notice delivered", box.spec.id)
+        log.info("lease %s: %s delivered", box.spec.id, what)
     except OSError as exc:
-        log.warning("lease %s: notice not delivered: %s", box.spec.id, exc)
+        log.warning("lease %s: %s not delivered: %s", box.spec.id, what, exc)
 
 
 def relay(ws, sock: socket.socket, params: dict[str, object]) -> None:  # type: ignore[no-untyped-def]
