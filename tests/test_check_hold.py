@@ -8,11 +8,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from sqlalchemy import select
 
-from deai.coordinator import jobs, liveness, matching
+from deai.coordinator import hoarding, jobs, liveness, matching, reputation
+from deai.core import ledger
 from deai.core.clock import ManualClock
 from deai.core.lifecycle import AssignmentStatus, Role
-from deai.store.models import Assignment
+from deai.store.models import Assignment, Event, Job
 from tests.lifecycle_worlds import DbWorld
 
 
@@ -29,7 +31,9 @@ def test_a_checks_lease_is_held_no_later_than_its_hold(tmp_path: Path, path: str
         p.leased_at, p.submitted_at = clock.now() - 50.0, clock.now() - 10.0  # a 40 s run
         p.status = AssignmentStatus.SUBMITTED
         r.check_of, r.leased_at, r.lease_deadline = primary.id, clock.now(), clock.now() + 1
-        hold = matching.check_hold(w.c, s, primary.id)
+        job = s.get(Job, w.job_id)
+        assert job is not None
+        hold = matching.check_hold(w.c, s, primary.id, job)
         r.hold_until = r.leased_at + hold
     assert hold == max(matching.CHECK_HOLD_MIN, st.verify_timeout,
                        matching.CHECK_HOLD_RUNS * 40.0) + st.lease_ttl
@@ -56,3 +60,65 @@ def test_a_checks_lease_is_held_no_later_than_its_hold(tmp_path: Path, path: str
     with w.c.db.read() as s:
         a = s.get(Assignment, replica.id)
         assert a is not None and a.status == AssignmentStatus.EXPIRED
+
+
+def test_a_checker_held_to_its_hold_is_not_charged_as_a_hoarder(tmp_path: Path) -> None:
+    """A colluding primary that answers at once sets its checkers' hold to the floor; an
+    honest checker whose real run is longer, heartbeating all along, reaches the hold.
+    Before, each such lapse was charged as hoarding: a reputation fail, and from the
+    third within an hour probation and a 1 % slash. Now the check just moves on."""
+    w = DbWorld(tmp_path)
+    clock, st = w.c.clock, w.c.settings
+    assert isinstance(clock, ManualClock)
+    primary = w.seat(Role.PRIMARY)
+    honest = w.providers[5]
+    with w.c.db.write() as s:
+        p = s.get(Assignment, primary.id)
+        assert p is not None
+        p.leased_at, p.submitted_at = clock.now() - 1.0, clock.now()  # "ran" in 1 s
+        p.status = AssignmentStatus.SUBMITTED
+    with w.c.db.read() as s:
+        stake0 = w.c.settlement.balance(s, ledger.stake(honest))
+        rep0 = reputation.get(s, honest, "embeddings")
+    for j in range(hoarding.REPEATED + 1):
+        rid = f"asg_check_{j}"
+        with w.c.db.write() as s:
+            job = s.get(Job, w.job_id)
+            assert job is not None
+            hold = matching.check_hold(w.c, s, primary.id, job)
+            s.add(Assignment(id=rid, task_id=w.task_id, job_id=w.job_id, provider_id=honest,
+                             role=Role.REPLICA, status=AssignmentStatus.LEASED, price=1,
+                             leased_at=clock.now(), lease_deadline=clock.now() + st.lease_ttl,
+                             delivered=True, units=1, check_of=primary.id,
+                             hold_until=clock.now() + hold))
+        while True:  # the honest checker works on, heartbeating as its agent does
+            clock.advance(10.0)
+            w.c.heartbeat(honest, [rid])
+            jobs.expire_leases(w.c)
+            with w.c.db.read() as s:
+                a = s.get(Assignment, rid)
+                assert a is not None
+                fate = (a.status, a.error)
+            if fate[0] != AssignmentStatus.LEASED:
+                break
+        assert fate == (AssignmentStatus.EXPIRED, jobs.CHECK_HOLD_PASSED)
+    with w.c.db.read() as s:
+        assert w.c.settlement.balance(s, ledger.stake(honest)) == stake0
+        assert reputation.get(s, honest, "embeddings").fails == rep0.fails
+        assert not s.scalars(select(Event).where(Event.kind == "slash",
+                                                 Event.subject == honest)).all()
+
+
+def test_a_commands_checkers_are_held_for_its_wall_clock_limit(tmp_path: Path) -> None:
+    """A command job's checkers may take as long as the client's wall-clock limit allows,
+    however fast the checked result claims it ran."""
+    w = DbWorld(tmp_path)
+    primary = w.seat(Role.PRIMARY)
+    with w.c.db.write() as s:
+        job = s.get(Job, w.job_id)
+        assert job is not None
+        job.kind = "command"
+        job.spec = {"kind": "command", "model": "bwrap-sandbox", "max_price": 100,
+                    "wall_seconds": 1500}
+        hold = matching.check_hold(w.c, s, primary.id, job)
+    assert hold == matching.CHECK_HOLD_RUNS * 1500 + w.c.settings.lease_ttl

@@ -386,6 +386,9 @@ def report_failure(c: Coordinator, pid: str, assignment_id: str, error: str) -> 
     return wire.ResultOut(status=AssignmentStatus.FAILED.value)
 
 
+CHECK_HOLD_PASSED = "check held past its hold"  # an expired check lease's error
+
+
 def expire_leases(c: Coordinator) -> int:
     """Expire leases past their deadline or held by providers that stopped heartbeating.
 
@@ -411,7 +414,13 @@ def expire_leases(c: Coordinator) -> int:
         if a.status != AssignmentStatus.LEASED:
             return False
         last_seen = s.scalar(select(Provider.last_seen).where(Provider.id == a.provider_id))
-        if a.lease_deadline < now and a.delivered and (last_seen or 0.0) >= stale:
+        if (a.lease_deadline < now and a.hold_until is not None
+                and a.lease_deadline >= a.hold_until):
+            # A check held as long as its hold allows: the verdict waits no longer, and
+            # the check goes to someone else. No charge: the hold may have been cut short
+            # by what the checked result claimed (a colluding primary answering at once).
+            why = CHECK_HOLD_PASSED
+        elif a.lease_deadline < now and a.delivered and (last_seen or 0.0) >= stale:
             why = hoarding.LAPSE  # handed over, alive, and sat on it: that costs
             hoarding.on_lapse(c, s, a, job.kind)
         elif a.lease_deadline < now:

@@ -637,7 +637,7 @@ def _lease(c: Coordinator, s: Session, task: Task, job: Job, pl: market.Placemen
            "status": _LEASED, "price": pl.price, "leased_at": now,
            "lease_deadline": now + c.settings.lease_ttl, "delivered": False,
            "input_digest": payload, "check_of": check_of, "forced": forced,
-           "hold_until": None if check_of is None else now + check_hold(c, s, check_of)}
+           "hold_until": None if check_of is None else now + check_hold(c, s, check_of, job)}
     if bulk is None:
         s.add(Assignment(**row))
         c.emit(s, "task_assigned", tid, job=jid, provider=pl.provider_id, price=pl.price,
@@ -647,16 +647,19 @@ def _lease(c: Coordinator, s: Session, task: Task, job: Job, pl: market.Placemen
 
 
 CHECK_HOLD_MIN = 600.0  # seconds a check's lease may be held at least, whatever its subject
-CHECK_HOLD_RUNS = 4  # ... or this many times as long as the checked result took to make
+CHECK_HOLD_RUNS = 4  # ... or this many times as long as the checked result took to make,
+# or the longest run the job's spec allows (``Kind.run_bound``)
 
 
-def check_hold(c: Coordinator, s: Session, subject_id: str) -> float:
+def check_hold(c: Coordinator, s: Session, subject_id: str, job: Job) -> float:
     """How long a check's lease may be held by heartbeats: ``CHECK_HOLD_RUNS`` times the
     checked result's run from its task's first lease (a slower machine, a model to
-    load), at least
-    ``CHECK_HOLD_MIN`` and ``verify_timeout``, plus a lease's time to live. Past it the
-    lease lapses like any other held and not returned (``hoarding``): the check goes to
-    someone else, and the one who sat on it is not offered that task again. Unbounded,
+    load), at least ``CHECK_HOLD_MIN``, ``verify_timeout`` and ``CHECK_HOLD_RUNS`` times
+    the longest run the job's spec allows (a command's wall-clock limit: a colluding
+    primary answering a long command at once, with output it knew, must not cut its
+    checkers' time short), plus a lease's time to live. Past it the lease ends and the
+    check goes to someone else, at no charge to the checker (``jobs.expire_leases``):
+    the hold is a bound on how long a verdict waits, not evidence of hoarding. Unbounded,
     a checker that kept listing the lease in its heartbeats held the verdict, and the
     checked result's pay, until the job's deadline."""
     # From the task's first lease, not the subject's own: a training primary that resumed
@@ -666,8 +669,13 @@ def check_hold(c: Coordinator, s: Session, subject_id: str) -> float:
     first = s.scalar(select(func.min(Assignment.leased_at)).where(
         Assignment.task_id == row.task_id)) if row and row.submitted_at else None
     run = row.submitted_at - first if row and row.submitted_at and first is not None else 0.0
-    return (max(CHECK_HOLD_MIN, c.settings.verify_timeout, CHECK_HOLD_RUNS * max(0.0, run))
-            + c.settings.lease_ttl)
+    try:
+        kind = kinds.get(job.kind)
+        bound = kind.run_bound(kind.parse_spec(job.spec)) or 0.0
+    except Exception:  # a spec an upgrade no longer parses: the other bounds stand
+        bound = 0.0
+    return (max(CHECK_HOLD_MIN, c.settings.verify_timeout,
+                CHECK_HOLD_RUNS * max(0.0, run, bound)) + c.settings.lease_ttl)
 
 
 _VALUE: dict[Role, str] = {r: r.value for r in Role}

@@ -121,6 +121,12 @@ class Kind(ABC):
     def model(self, spec: SpecBase) -> catalog.ModelInfo:
         return catalog.lookup(spec.model, field="spec.model", workload=self.name)
 
+    def run_bound(self, spec: SpecBase) -> float | None:
+        """Seconds an honest run of one shard may take at most, as the client's spec bounds
+        it (None: the spec does not): a check's lease is held at least this long, whatever
+        the checked result claims it took (``matching.check_hold``)."""
+        return None
+
     @abstractmethod
     def split(self, spec: SpecBase, data: bytes) -> list[Shard]:
         """Validate the whole input and cut it into shards; raises InvalidInput."""

@@ -398,6 +398,11 @@ class CommandKind(Kind):
                       tuple(sorted({f["digest"] for f in p["files"].values() if "digest" in f})))
                 for p in parse_input(data, spec)]
 
+    def run_bound(self, spec: SpecBase) -> float | None:
+        """The wall-clock limit: an honest run is killed there."""
+        assert isinstance(spec, CommandSpec)
+        return float(spec.wall_seconds)
+
     def payload_units(self, shard: bytes) -> int | None:
         """Its CPU budget in milliseconds."""
         seconds = parse_payload(shard)["limits"].get("cpu_seconds")
