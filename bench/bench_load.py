@@ -69,6 +69,7 @@ from deai.store.models import Nonce  # noqa: E402
 OUT = ROOT / "bench" / "results" / "load.json"
 HB = "/api/providers/heartbeat"
 POLL = "/api/providers/poll"
+NETWORK = [""]  # the coordinator's network id, which every signed request signs (set in main)
 STAKE = 20_000_000
 
 
@@ -179,7 +180,7 @@ def heartbeats(people: list[Identity]) -> Any:
 
     def make(k: int) -> tuple[str, str, bytes, dict[str, str]]:
         me = people[k % len(people)]
-        return "POST", HB, body, {**me.headers("POST", HB, body),
+        return "POST", HB, body, {**me.headers("POST", HB, body, network=NETWORK[0]),
                                   "content-type": "application/json"}
     return make
 
@@ -199,12 +200,12 @@ class Relayed:
     def __init__(self, people: list[Identity], k: int) -> None:
         self.people, self.k = people, k
         self.turn = iter(range(10**12))
-        self.body = signed_beat(people[0]).body  # what sdk.signed_beat signs
+        self.body = signed_beat(people[0], network=NETWORK[0]).body  # what sdk.signed_beat signs
         self.pool: list[bytes] = []
         self.inline = 0
 
     def _beat(self, me: Identity) -> dict[str, str]:
-        h = me.headers("POST", HB, self.body.encode())
+        h = me.headers("POST", HB, self.body.encode(), network=NETWORK[0])
         return {"key": h[auth.HEADER_KEY], "timestamp": h[auth.HEADER_TS],
                 "nonce": h[auth.HEADER_NONCE], "signature": h[auth.HEADER_SIG],
                 "body": self.body}
@@ -235,7 +236,7 @@ async def register_all(url: str, people: list[Identity], concurrency: int) -> No
         try:
             for i, me in it:
                 body = register_body(i)
-                hdr = {**me.headers("POST", "/api/providers/register", body),
+                hdr = {**me.headers("POST", "/api/providers/register", body, network=NETWORK[0]),
                        "content-type": "application/json"}
                 status, data = await conn.request("POST", "/api/providers/register", body, hdr)
                 if status != 200:
@@ -268,7 +269,8 @@ async def leases(url: str, pollers: list[Identity], n: int, timeout: float) -> d
         conn = Conn(url)
         while not done.is_set():
             body = json.dumps({"wait": 5.0, "ack": ack}).encode()
-            hdr = {**me.headers("POST", POLL, body), "content-type": "application/json"}
+            hdr = {**me.headers("POST", POLL, body, network=NETWORK[0]),
+                   "content-type": "application/json"}
             try:
                 status, data = await asyncio.wait_for(conn.request("POST", POLL, body, hdr),
                                                       60)
@@ -416,6 +418,7 @@ def main() -> None:
             if not proc.alive() or time.time() > end:
                 raise SystemExit(f"coordinator did not start:\n{proc.tail()}")
             time.sleep(0.3)
+        NETWORK[0] = httpx.get(f"{url}/api/network", timeout=10).json()["network_id"]
         people = [Identity.generate() for _ in range(a.providers)]
         t0 = time.perf_counter()
         asyncio.run(register_all(url, people, a.concurrency))

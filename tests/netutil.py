@@ -88,6 +88,12 @@ class Network:
         self.coordinator: Proc | None = None
         self.providers: dict[str, Proc] = {}
 
+    @property
+    def network_id(self) -> str:
+        """The coordinator's network id, which a request signed by hand signs."""
+        nid: str = httpx.get(f"{self.url}/api/network", timeout=30).json()["network_id"]
+        return nid
+
     def key(self, name: str) -> keys.Identity:
         """The key ``name`` in this network's home, created if new. A module may hold more
         than one network, so the process-wide ``DEAI_HOME`` is pointed here first."""

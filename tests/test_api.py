@@ -59,8 +59,9 @@ def test_unsigned_bad_stale_and_replayed_requests_are_refused(net: Network) -> N
     r = httpx.post(f"{net.url}/api/faucet", content=body)
     assert r.status_code == 401 and r.json()["error"]["code"] == "unauthorized"
 
-    me = Identity.generate()
-    hdr = {**me.headers("POST", "/api/faucet", body), "content-type": "application/json"}
+    me, nid = Identity.generate(), net.network_id
+    hdr = {**me.headers("POST", "/api/faucet", body, network=nid),
+           "content-type": "application/json"}
     bad = dict(hdr, **{auth.HEADER_SIG: "00" * 64})
     assert httpx.post(f"{net.url}/api/faucet", content=body, headers=bad).status_code == 401
 
@@ -73,11 +74,12 @@ def test_unsigned_bad_stale_and_replayed_requests_are_refused(net: Network) -> N
     replay = httpx.post(f"{net.url}/api/faucet", content=body, headers=hdr)
     assert replay.status_code == 401 and "replay" in replay.json()["error"]["message"]
 
-    stale = {**me.headers("POST", "/api/faucet", body), "content-type": "application/json"}
+    stale = {**me.headers("POST", "/api/faucet", body, network=nid),
+             "content-type": "application/json"}
     stale[auth.HEADER_TS] = f"{time.time() - 3600:.3f}"
     stale[auth.HEADER_SIG] = me.sign(auth.message("POST", "/api/faucet", body,
                                                   stale[auth.HEADER_TS],
-                                                  stale[auth.HEADER_NONCE]))
+                                                  stale[auth.HEADER_NONCE], network=nid))
     r = httpx.post(f"{net.url}/api/faucet", content=body, headers=stale)
     assert r.status_code == 401 and "stale" in r.json()["error"]["message"]
     assert Client(net.url).balance(me.id).available == 5
@@ -158,14 +160,15 @@ def test_unknown_input_digest_and_job_are_404(net: Network) -> None:
 
 
 def test_malformed_json_and_wrong_types_are_422_not_500(net: Network) -> None:
-    me = Identity.generate()
+    me, nid = Identity.generate(), net.network_id
     for body in (b"{", b"[]", b'{"spec": 5, "input_digest": "zz"}', b"\xff\xfe"):
-        hdr = {**me.headers("POST", "/api/jobs", body), "content-type": "application/json"}
+        hdr = {**me.headers("POST", "/api/jobs", body, network=nid),
+               "content-type": "application/json"}
         r = httpx.post(f"{net.url}/api/jobs", content=body, headers=hdr)
         assert r.status_code == 422, r.text
         assert r.json()["error"]["code"] == "invalid_input"
     r = httpx.get(f"{net.url}/api/jobs", params={"limit": "many"},
-                  headers=me.headers("GET", "/api/jobs", b""))
+                  headers=me.headers("GET", "/api/jobs", b"", network=nid))
     assert r.status_code == 422 and r.json()["error"]["field"] == "query.limit"
 
 

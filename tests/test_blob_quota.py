@@ -48,13 +48,14 @@ def net(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 
 def put(net: Network, me: Identity, data: bytes) -> httpx.Response:
     headers = {"content-type": "application/octet-stream",
-               **me.headers("PUT", "/api/blobs", data)}
+               **me.headers("PUT", "/api/blobs", data, network=net.network_id)}
     return httpx.put(f"{net.url}/api/blobs", content=data, headers=headers, timeout=30)
 
 
 def get(net: Network, me: Identity, digest: str) -> httpx.Response:
     path = f"/api/blobs/{digest}"
-    return httpx.get(f"{net.url}{path}", headers=me.headers("GET", path, b""), timeout=30)
+    headers = me.headers("GET", path, b"", network=net.network_id)
+    return httpx.get(f"{net.url}{path}", headers=headers, timeout=30)
 
 
 def on_disk(net: Network, digest: str) -> bool:

@@ -51,7 +51,7 @@ def account(net: Network) -> Client:
 def post(net: Network, who: Identity, path: str, body: bytes | Any) -> httpx.Response:
     raw = body if isinstance(body, bytes) else json.dumps(body).encode()
     return httpx.post(f"{net.url}{path}", content=raw,
-                      headers={**who.headers("POST", path, raw),
+                      headers={**who.headers("POST", path, raw, network=net.network_id),
                                "content-type": "application/json"})
 
 
@@ -179,7 +179,8 @@ def test_non_finite_timestamps_are_refused(net: Network) -> None:
     body = json.dumps({"amount": 5}).encode()
     for ts in ("nan", "NaN", "inf", "-inf", "1e400", "1" * 40):
         nonce = secrets.token_hex(8)
-        sig = c.identity.sign(auth.message("POST", "/api/faucet", body, ts, nonce))
+        sig = c.identity.sign(auth.message("POST", "/api/faucet", body, ts, nonce,
+                                           network=c.network_id))
         r = httpx.post(f"{net.url}/api/faucet", content=body, headers={
             auth.HEADER_KEY: c.identity.id, auth.HEADER_TS: ts, auth.HEADER_NONCE: nonce,
             auth.HEADER_SIG: sig, "content-type": "application/json"})

@@ -43,7 +43,8 @@ def net(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 def post_job(net: Network, me: Identity, body: dict[str, Any], key: str | None,
              timeout: float = 60.0) -> httpx.Response:
     raw = json.dumps(body).encode()
-    headers = {"content-type": "application/json", **me.headers("POST", "/api/jobs", raw)}
+    headers = {"content-type": "application/json", **me.headers("POST", "/api/jobs", raw,
+                                                                     network=net.network_id)}
     if key is not None:
         headers["Idempotency-Key"] = key
     return httpx.post(f"{net.url}/api/jobs", content=raw, headers=headers, timeout=timeout)
@@ -94,7 +95,8 @@ def test_keys_are_per_account_and_bounded(net: Network) -> None:
     raw = json.dumps({"spec": SPEC, "input_digest": da}).encode()
     for bad in ("x" * 256, "tab\there", ""):
         r = httpx.post(f"{net.url}/api/jobs", content=raw, timeout=30, headers={
-            **a.headers("POST", "/api/jobs", raw), "content-type": "application/json",
+            **a.headers("POST", "/api/jobs", raw, network=net.network_id),
+            "content-type": "application/json",
             "Idempotency-Key": bad})
         assert r.status_code == 422, r.text
         assert r.json()["error"]["field"] == "Idempotency-Key"

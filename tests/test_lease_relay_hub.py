@@ -79,7 +79,8 @@ def test_an_owner_who_gives_up_leaves_nothing_queued(monkeypatch: pytest.MonkeyP
         first = json.dumps({"op": "exec", "argv": ["x" * 65536] * 16})
 
         def attach() -> dict[str, object]:
-            with client.websocket_connect(path, headers=owner.headers("GET", path, b"")) as ws:
+            with client.websocket_connect(path, headers=owner.headers(
+                    "GET", path, b"", network=c.network_id)) as ws:
                 ws.send_text(first)
                 answer: dict[str, object] = json.loads(ws.receive_text())
                 return answer

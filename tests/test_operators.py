@@ -57,8 +57,9 @@ def register(url: str, ident: Identity, body: dict[str, Any], source: str = "127
     path = "/api/providers/register"
     transport = httpx.HTTPTransport(local_address=source)
     with httpx.Client(base_url=url, transport=transport, timeout=30) as http:
+        nid = http.get("/api/network").json()["network_id"]
         return http.post(path, content=raw, headers={
-            "content-type": "application/json", **ident.headers("POST", path, raw),
+            "content-type": "application/json", **ident.headers("POST", path, raw, network=nid),
             **(headers or {})})
 
 

@@ -56,13 +56,14 @@ def register(net: Network) -> Identity:
     return me
 
 
-def signed(me: Identity, stamp: float, running: list[str] | None = None
+def signed(net: Network, me: Identity, stamp: float, running: list[str] | None = None
            ) -> tuple[bytes, dict[str, str]]:
     body = json.dumps({"running": running or []}).encode()
-    hdr = me.headers("POST", PATH, body)
+    nid = net.network_id
+    hdr = me.headers("POST", PATH, body, network=nid)
     hdr[auth.HEADER_TS] = f"{stamp:.3f}"
     hdr[auth.HEADER_SIG] = me.sign(auth.message("POST", PATH, body, hdr[auth.HEADER_TS],
-                                                hdr[auth.HEADER_NONCE]))
+                                                hdr[auth.HEADER_NONCE], network=nid))
     return body, {**hdr, "content-type": "application/json"}
 
 
@@ -89,16 +90,16 @@ def test_replayed_and_older_heartbeats_are_refused_without_nonce_rows(net: Netwo
     with db.read() as s:
         before = set(s.scalars(select(Nonce.nonce).where(Nonce.account == me.id)))
     t0 = round(time.time(), 3)
-    first = signed(me, t0)
+    first = signed(net, me, t0)
     r = send(net.url, first)
     assert r.status_code == 200, r.text
     assert r.json() == {"drop": []}
 
     again = send(net.url, first)
     assert again.status_code == 401 and "replayed" in again.json()["error"]["message"]
-    older = send(net.url, signed(me, t0 - 0.5))
+    older = send(net.url, signed(net, me, t0 - 0.5))
     assert older.status_code == 401
-    assert send(net.url, signed(me, t0 + 0.001)).status_code == 200
+    assert send(net.url, signed(net, me, t0 + 0.001)).status_code == 200
 
     assert stored_floor(db, me.id, t0 + 0.001) == pytest.approx(t0 + 0.001, abs=1e-3)
     with db.read() as s:
@@ -108,16 +109,16 @@ def test_replayed_and_older_heartbeats_are_refused_without_nonce_rows(net: Netwo
     assert seen is not None and seen >= t0 - 1.0
 
     # A lease the provider does not hold is answered as one to drop.
-    r = send(net.url, signed(me, t0 + 0.002, ["as_nothing"]))
+    r = send(net.url, signed(net, me, t0 + 0.002, ["as_nothing"]))
     assert r.status_code == 200 and r.json() == {"drop": ["as_nothing"]}
     db.dispose()
 
 
 def test_unregistered_key_is_404_and_bad_signature_401(net: Network) -> None:
     stranger = Identity.generate()
-    r = send(net.url, signed(stranger, time.time()))
+    r = send(net.url, signed(net, stranger, time.time()))
     assert r.status_code == 404 and r.json()["error"]["field"] == "provider"
-    body, hdr = signed(register(net), time.time())
+    body, hdr = signed(net, register(net), time.time())
     hdr[auth.HEADER_SIG] = "00" * 64
     assert send(net.url, (body, hdr)).status_code == 401
 
@@ -146,20 +147,20 @@ def test_relayed_beats_are_judged_each_as_if_sent_alone(net: Network) -> None:
     a, b, stranger = register(net), register(net), Identity.generate()
     db = database(net)
     t0 = round(time.time(), 3)
-    first_a = signed(a, t0)
-    tampered = beat_of(signed(b, t0 + 0.001))
+    first_a = signed(net, a, t0)
+    tampered = beat_of(signed(net, b, t0 + 0.001))
     tampered["body"] = json.dumps({"running": ["as_mine"]})  # the relay edits the body
     junk_body = b"not a heartbeat"
-    junk = {**beat_of(signed(b, t0 + 0.002)), "body": junk_body.decode()}
+    junk = {**beat_of(signed(net, b, t0 + 0.002)), "body": junk_body.decode()}
     junk["signature"] = b.sign(auth.message("POST", PATH, junk_body, junk["timestamp"],
-                                            junk["nonce"]))
+                                            junk["nonce"], network=net.network_id))
     beats = [beat_of(first_a),
-             beat_of(signed(b, t0 + 0.003, ["as_nothing"])),
+             beat_of(signed(net, b, t0 + 0.003, ["as_nothing"])),
              tampered,
              beat_of(first_a),  # the same beat twice: a replay
-             beat_of(signed(stranger, t0)),
+             beat_of(signed(net, stranger, t0)),
              junk,
-             beat_of(signed(a, t0 - 0.5))]  # older than the beat just accepted
+             beat_of(signed(net, a, t0 - 0.5))]  # older than the beat just accepted
     r = relay(net.url, beats)
     assert r.status_code == 200, r.text
     got = r.json()["results"]
@@ -186,7 +187,7 @@ def test_relayed_beats_are_judged_each_as_if_sent_alone(net: Network) -> None:
 def test_relayed_batches_are_bounded_and_a_bad_batch_changes_nothing(net: Network) -> None:
     me = register(net)
     db = database(net)
-    one = beat_of(signed(me, round(time.time(), 3)))
+    one = beat_of(signed(net, me, round(time.time(), 3)))
     for beats, field in (([], "beats"), ([one] * (wire.MAX_RELAYED_BEATS + 1), "beats"),
                          ([{**one, "signature": "zz"}], "signature"),
                          ([{**one, "body": "x" * 80_000}], "body")):
@@ -200,9 +201,9 @@ def test_relayed_batches_are_bounded_and_a_bad_batch_changes_nothing(net: Networ
 
 def test_a_batch_of_forged_beats_stops_being_checked(net: Network) -> None:
     me = register(net)
-    forged = [{**beat_of(signed(me, time.time())), "signature": "00" * 64}
+    forged = [{**beat_of(signed(net, me, time.time())), "signature": "00" * 64}
               for _ in range(MAX_REFUSED + 4)]
-    good = beat_of(signed(me, round(time.time(), 3) + 0.5))
+    good = beat_of(signed(net, me, round(time.time(), 3) + 0.5))
     got = relay(net.url, [*forged, good]).json()["results"]
     assert [g["error"] for g in got[:MAX_REFUSED]] == ["signature does not verify"] * MAX_REFUSED
     assert all(g["error"].startswith("not checked") for g in got[MAX_REFUSED:])
@@ -213,7 +214,8 @@ def test_a_batch_of_forged_beats_stops_being_checked(net: Network) -> None:
 def test_the_sdk_signs_beats_for_a_relay(net: Network) -> None:
     people = [register(net) for _ in range(3)]
     with Client(net.url, Identity.generate()) as relay_client:  # the relay: any key
-        out = relay_client.relay_heartbeats([signed_beat(p) for p in people])
+        out = relay_client.relay_heartbeats([signed_beat(p, network=relay_client.network_id)
+                                              for p in people])
     assert [(r.key, r.error) for r in out.results] == [(p.id, None) for p in people]
 
 
@@ -229,12 +231,12 @@ def test_replay_to_another_replica_is_refused(tmp_path: Path, fresh_pg_url: str)
     db = Database(fresh_pg_url)
     try:
         me = register(a)
-        beat = signed(me, time.time())
+        beat = signed(a, me, time.time())
         assert send(a.url, beat).status_code == 200
         stored_floor(db, me.id, float(beat[1][auth.HEADER_TS]))
         r = send(b.url, beat)
         assert r.status_code == 401 and "replayed" in r.json()["error"]["message"]
-        assert send(b.url, signed(me, time.time())).status_code == 200
+        assert send(b.url, signed(a, me, time.time())).status_code == 200
     finally:
         db.dispose()
         a.close()

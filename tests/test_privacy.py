@@ -81,7 +81,8 @@ def answer(p: Client, a: wire.AssignmentOut, data: bytes) -> str:
 
 
 def signed_get(net: Network, who: Identity, path: str, **params: str) -> httpx.Response:
-    return httpx.get(f"{net.url}{path}", params=params, headers=who.headers("GET", path, b""))
+    return httpx.get(f"{net.url}{path}", params=params,
+                     headers=who.headers("GET", path, b"", network=net.network_id))
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +98,7 @@ def story(net: Network) -> dict[str, object]:
     assert lease.input_b64 is None
     during = {who: httpx.get(f"{net.url}/api/blobs/{lease.input_digest}",
                              headers=ident.headers("GET", f"/api/blobs/{lease.input_digest}",
-                                                   b"")).status_code
+                                                   b"", network=net.network_id)).status_code
               for who, ident in (("bob", bob.identity), ("mallory", mallory.identity))}
     shard = bob.download(lease.input_digest)
     out = answer(bob, lease, shard)

@@ -41,10 +41,13 @@ class Identity:
     def sign(self, data: bytes) -> str:
         return self.signing_key.sign(data).signature.hex()
 
-    def headers(self, method: str, path: str, body: bytes) -> dict[str, str]:
+    def headers(self, method: str, path: str, body: bytes, *, network: str
+                ) -> dict[str, str]:
+        """A signed request's headers, for the coordinator whose network id is ``network``
+        (``Client.network_id``): no other deployment accepts them."""
         ts = f"{time.time():.3f}"
         nonce = secrets.token_urlsafe(18)
-        sig = self.sign(auth.message(method, path, body, ts, nonce))
+        sig = self.sign(auth.message(method, path, body, ts, nonce, network=network))
         return {auth.HEADER_KEY: self.id, auth.HEADER_TS: ts, auth.HEADER_NONCE: nonce,
                 auth.HEADER_SIG: sig}
 

@@ -165,7 +165,7 @@ class Leases:
         if self.client.identity is None:
             raise DeAIError("opening a session needs a key (pass --key)")
         path = f"/api/leases/{lease_id}/attach"
-        ws = dial(self.client.base_url, path, self.client.identity.headers("GET", path, b""),
+        ws = dial(self.client.base_url, path, self.client.signed_headers("GET", path, b""),
                   timeout)
         try:
             ws.send(json.dumps(params))

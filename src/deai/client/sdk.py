@@ -33,6 +33,7 @@ class Client:
         self.base_url = base_url.rstrip("/")
         self.identity = identity
         self.http = httpx.Client(base_url=self.base_url, timeout=timeout)
+        self._network_id: str | None = None
 
     def close(self) -> None:
         self.http.close()
@@ -51,6 +52,25 @@ class Client:
 
     # --- plumbing -------------------------------------------------------------------------
 
+    @property
+    def network_id(self) -> str:
+        """The coordinator's network id, which every signed request signs
+        (``core.auth.message``): asked once (``GET /api/network``)."""
+        if self._network_id is None:
+            resp = self.http.get("/api/network")
+            nid = resp.json().get("network_id") if resp.status_code == 200 else None
+            if not auth.is_network_id(nid):
+                raise DeAIError(f"{self.base_url} gave no network id to sign for "
+                                f"(HTTP {resp.status_code})")
+            self._network_id = str(nid)
+        return self._network_id
+
+    def signed_headers(self, method: str, path: str, body: bytes) -> dict[str, str]:
+        """The headers that sign a request for this coordinator (and no other)."""
+        if self.identity is None:
+            raise DeAIError("this call needs a key (pass --key)")
+        return self.identity.headers(method, path, body, network=self.network_id)
+
     def request(self, method: str, path: str, *, body: bytes | None = None,
                 json_body: Any = None, params: dict[str, Any] | None = None,
                 timeout: float | None = None, content_type: str = "application/json",
@@ -63,14 +83,18 @@ class Client:
         # are answered only to their owner or a provider whose lease needs them.
         if signed if signed is not None else (method.upper() != "GET"
                                               or self.identity is not None):
-            if self.identity is None:
-                raise DeAIError("this call needs a key (pass --key)")
-            headers.update(self.identity.headers(method, path, body))
+            headers.update(self.signed_headers(method, path, body))
         kwargs: dict[str, Any] = {}
         if timeout is not None:
             kwargs["timeout"] = timeout
         resp = self.http.request(method, path, content=body or None, headers=headers,
                                  params=params, **kwargs)
+        if resp.status_code == 401 and auth.HEADER_SIG in headers and self._renetworked():
+            # The coordinator's database was made anew since the id was asked (a devnet
+            # reset): sign again, once, for the id it has now.
+            headers.update(self.signed_headers(method, path, body))
+            resp = self.http.request(method, path, content=body or None, headers=headers,
+                                     params=params, **kwargs)
         if resp.status_code >= 400:
             try:
                 payload = resp.json()
@@ -78,6 +102,15 @@ class Client:
                 payload = resp.text
             raise from_dict(resp.status_code, payload)
         return resp
+
+    def _renetworked(self) -> bool:
+        """Whether the coordinator's network id changed since it was asked."""
+        known, self._network_id = self._network_id, None
+        try:
+            return self.network_id != known
+        except (DeAIError, httpx.HTTPError, ValueError):
+            self._network_id = known
+            return False
 
     def _get(self, path: str, model: type[T], **params: Any) -> T:
         clean = {k: v for k, v in params.items() if v is not None}
@@ -259,10 +292,12 @@ def retrying(call: Callable[[], T], *, attempts: int | None = None, base: float 
             time.sleep(delay)
 
 
-def signed_beat(me: Identity, running: list[str] | None = None) -> wire.SignedBeat:
-    """A heartbeat signed by ``me``, exactly as ``Client.heartbeat`` would send it, for a
-    relay to carry (``Client.relay_heartbeats``)."""
+def signed_beat(me: Identity, running: list[str] | None = None, *, network: str
+                ) -> wire.SignedBeat:
+    """A heartbeat signed by ``me`` for the coordinator whose network id is ``network``,
+    exactly as ``Client.heartbeat`` would send it, for a relay to carry
+    (``Client.relay_heartbeats``)."""
     body = wire.HeartbeatIn(running=running or []).model_dump_json()
-    h = me.headers("POST", "/api/providers/heartbeat", body.encode())
+    h = me.headers("POST", "/api/providers/heartbeat", body.encode(), network=network)
     return wire.SignedBeat(key=h[auth.HEADER_KEY], timestamp=h[auth.HEADER_TS],
                            nonce=h[auth.HEADER_NONCE], signature=h[auth.HEADER_SIG], body=body)

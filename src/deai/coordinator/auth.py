@@ -66,7 +66,8 @@ async def verified(request: Request) -> tuple[str, str, float]:
                            h.get(auth.HEADER_NONCE), h.get(auth.HEADER_SIG))
     key, ts, nonce, sig, stamp = checked_headers(c, key, ts, nonce, sig)  # before the body
     body = await read_body(request, c.settings.max_upload_bytes)
-    c.check_signature(key, auth.message(request.method, request.url.path, body, ts, nonce), sig)
+    c.check_signature(key, auth.message(request.method, request.url.path, body, ts, nonce,
+                                         network=c.network_id), sig)
     return key, nonce, stamp
 
 
@@ -75,7 +76,8 @@ def signed_by(c: Coordinator, method: str, path: str, body: bytes, key: str | No
     """``verified``'s checks of a request carried as data (a relayed heartbeat):
     (account, timestamp)."""
     key, ts, nonce, sig, stamp = checked_headers(c, key, ts, nonce, sig)
-    c.check_signature(key, auth.message(method, path, body, ts, nonce), sig)
+    c.check_signature(key, auth.message(method, path, body, ts, nonce,
+                                         network=c.network_id), sig)
     return key, stamp
 
 

@@ -129,7 +129,8 @@ async def ws_signer(ws: WebSocket, c: Coordinator) -> str:
         stamp = math.nan
     if not math.isfinite(stamp) or abs(stamp - c.now()) > auth.MAX_SKEW:
         raise AuthError("request timestamp is missing or too far from the coordinator's clock")
-    c.check_signature(key, auth.message("GET", ws.url.path, b"", ts, nonce), sig)
+    c.check_signature(key, auth.message("GET", ws.url.path, b"", ts, nonce,
+                                         network=c.network_id), sig)
     await run_in_threadpool(c.use_nonce, key, nonce, 2 * auth.MAX_SKEW)
     return key
 

@@ -9,6 +9,7 @@ so a crash leaves no half-written job, task or posting.
 
 from __future__ import annotations
 
+import functools
 import os
 import random
 import secrets
@@ -33,7 +34,7 @@ from deai.core.standing import standing
 from deai.store import db
 from deai.store.blobs import BlobStore
 from deai.store.db import Database
-from deai.store.models import Assignment, Event, Nonce, Offer, Payout, Provider
+from deai.store.models import Assignment, Event, NetworkMeta, Nonce, Offer, Payout, Provider
 from deai.store.models import Reputation as RepRow
 
 
@@ -66,13 +67,24 @@ class Coordinator:
     def now(self) -> float:
         return self.clock.now()
 
+    @functools.cached_property
+    def network_id(self) -> str:
+        """This deployment's id, which every signed request signs (``core.auth``): made at
+        random with its database (migration 0028), the same on every replica."""
+        with self.db.read() as s:
+            value = s.scalar(select(NetworkMeta.value).where(NetworkMeta.key == "network_id"))
+        if value is None:
+            raise RuntimeError("the database has no network id: run its migrations")
+        return value
+
     def emit(self, s: Session, kind: str, subject: str = "", /, **body: Any) -> None:
         s.add(Event(ts=self.now(), kind=kind, subject=subject, body=body))
 
     def network(self) -> wire.NetworkInfo:
         st = self.settings
         return wire.NetworkInfo(
-            version=__version__, devnet=st.devnet, min_stake=st.min_stake, fee_bps=st.fee_bps,
+            version=__version__, network_id=self.network_id, devnet=st.devnet,
+            min_stake=st.min_stake, fee_bps=st.fee_bps,
             challenge_window=st.challenge_window, heartbeat_timeout=st.heartbeat_timeout,
             lease_ttl=st.lease_ttl, max_upload_bytes=st.max_upload_bytes)
 

@@ -3,10 +3,13 @@
 A mutating request carries four headers: the signer's public key, a timestamp,
 a nonce and an Ed25519 signature over
 
-    METHOD \\n PATH \\n sha256(body) \\n TIMESTAMP \\n NONCE
+    NETWORK \\n METHOD \\n PATH \\n sha256(body) \\n TIMESTAMP \\n NONCE
 
-The server refuses a request whose timestamp is more than ``MAX_SKEW`` seconds
-from its clock, or whose (key, nonce) it has seen inside that window.
+``NETWORK`` is the coordinator's network id (``GET /api/network``: random, one per
+deployment, shared by its replicas), so a request signed for one deployment is
+refused by every other. The server refuses a request whose timestamp is more than
+``MAX_SKEW`` seconds from its clock, or whose (key, nonce) it has seen inside that
+window.
 """
 
 from __future__ import annotations
@@ -27,9 +30,17 @@ _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _NONCE = re.compile(r"^[0-9A-Za-z_-]{8,64}$")
 
 
-def message(method: str, path: str, body: bytes, timestamp: str, nonce: str) -> bytes:
+def message(method: str, path: str, body: bytes, timestamp: str, nonce: str, *,
+            network: str) -> bytes:
     digest = hashlib.sha256(body).hexdigest()
-    return "\n".join([method.upper(), path, digest, timestamp, nonce]).encode()
+    return "\n".join([network, method.upper(), path, digest, timestamp, nonce]).encode()
+
+
+_NETWORK = re.compile(r"^[0-9a-z_-]{1,64}$")
+
+
+def is_network_id(value: object) -> bool:
+    return isinstance(value, str) and bool(_NETWORK.match(value))
 
 
 def is_account_id(value: str) -> bool:

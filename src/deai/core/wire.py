@@ -60,6 +60,7 @@ class Out(BaseModel):
 
 class NetworkInfo(Out):
     version: str
+    network_id: str  # what every signed request signs (``core.auth.message``)
     devnet: bool
     min_stake: int
     fee_bps: int

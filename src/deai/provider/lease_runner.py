@@ -507,7 +507,7 @@ class LeaseRunner:
         path = f"/api/provider/leases/sessions/{sess.id}"
         try:
             ws = lease_sdk.dial(self.client.base_url, path,
-                                self.identity.headers("GET", path, b""))
+                                self.client.signed_headers("GET", path, b""))
         except Exception as exc:
             log.warning("session %s: cannot reach the relay: %s", sess.id[:8], exc)
             return

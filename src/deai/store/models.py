@@ -64,6 +64,17 @@ class Balance(Base):
     amount: Mapped[int] = mapped_column(BigInteger, default=0)
 
 
+class NetworkMeta(Base):
+    """Facts of this deployment that every replica shares: ``network_id``, made at
+    random when its database was created, which every signed request signs
+    (``core.auth.message``), so that a request signed for one coordinator is refused by
+    every other, whoever carries it there."""
+
+    __tablename__ = "network_meta"
+    key: Mapped[str] = mapped_column(String(32), primary_key=True)
+    value: Mapped[str] = mapped_column(String(200))
+
+
 class Nonce(Base):
     __tablename__ = "nonces"
     account: Mapped[str] = mapped_column(String(64), primary_key=True)
