@@ -11,7 +11,9 @@ drawn (``commit``), and ``open`` judges the answer with ``core.hwcheck.check``
 and applies ``core.hwcheck.next_state``: verified figures, ``Provider.compute_units``
 set to the verified units, a flag, and on repeated failure a slash of part of
 the stake through the settlement port (a journal entry). A challenge left
-unanswered past its deadline plus ``grace_s`` expires, which is a failure.
+unanswered past its deadline plus ``grace_s`` expires, which is a failure; so
+does one that was due that long ago while its provider, online, never asked for
+it (``expire``: re-challenges are not left to the provider's goodwill).
 
 Matching reads the outcome through ``apply_verified`` (see its docstring).
 Parameters come from ``DEAI_HW_*`` variables (``params_from_env``).
@@ -299,9 +301,9 @@ def _answer(spec: hc.Spec, op: hc.Opening, body: wh.OpenIn) -> hc.Answer:
 
 def _expire_if_due(c: Coordinator, s: Session, row: HwClaim, p: Provider,
                    ch: HwChallenge) -> None:
-    spec_deadline = float(ch.spec.get("deadline_s", 0.0))
+    prm = params(c)
     start = ch.committed_at if ch.status == "committed" else ch.issued_at
-    if c.now() > (start or 0.0) + spec_deadline + params(c).grace_s:
+    if c.now() > (start or 0.0) + hc.deadline_of(ch.spec or {}, prm) + prm.grace_s:
         _judge(c, s, row, p, ch, hc.Verdict("expired", "no answer before the deadline"))
 
 
@@ -311,7 +313,7 @@ def _judge(c: Coordinator, s: Session, row: HwClaim, p: Provider, ch: HwChalleng
     now = c.now()
     ch.status, ch.ratio, ch.detail = v.outcome, v.ratio, v.reason or None
     if ch.fingerprint != row.fingerprint:  # judged against an identity no longer claimed
-        return _out(ch, row)
+        return _out(ch, row, prm)
     step = hc.next_state(_state(row), v, prm, 1.0 - secrets.SystemRandom().random())
     _store(row, step.state)
     row.last_at, row.last_outcome, row.updated_at = now, v.outcome, now
@@ -331,13 +333,14 @@ def _judge(c: Coordinator, s: Session, row: HwClaim, p: Provider, ch: HwChalleng
             row.slashed += amount
             c.emit(s, "slash", p.id, amount=amount, reason="hardware challenge")
     c.notifier.kick()
-    return _out(ch, row)
+    return _out(ch, row, prm)
 
 
-def _out(ch: HwChallenge, row: HwClaim) -> wh.VerdictOut:
+def _out(ch: HwChallenge, row: HwClaim, prm: hc.Params) -> wh.VerdictOut:
     return wh.VerdictOut(challenge=ch.id, outcome=ch.status, reason=ch.detail or "",
                          ratio=ch.ratio or 0.0, elapsed_s=ch.elapsed_s,
-                         deadline_s=float(ch.spec.get("deadline_s", 0.0)), status=row.status,
+                         deadline_s=hc.deadline_of(ch.spec or {}, prm),
+                         status=row.status,
                          verified_units=row.verified_units)
 
 
@@ -346,19 +349,29 @@ EXPIRE_EVERY_S = 2.0  # how often the leader judges challenges left unanswered
 
 def expire(c: Coordinator) -> int:
     """Judge every challenge left unanswered past its deadline (the leader's loop, every
-    ``EXPIRE_EVERY_S``). Only providers with a challenge due get a transaction: the
-    deadlines are read, not every live challenge's provider written each pass."""
-    now, grace = c.now(), params(c).grace_s
+    ``EXPIRE_EVERY_S``), and every challenge an online provider did not ask for although
+    it was due (``_missed_of``). Only providers with a challenge due get a transaction:
+    the deadlines are read, not every live challenge's provider written each pass."""
+    prm = params(c)
+    now, grace = c.now(), prm.grace_s
     with c.db.read() as s:
+        # the specs are parsed here, not by the database: one malformed stored spec (an
+        # ``Infinity`` SQLite's JSON functions refuse) must not stop everyone's expiry
         live = s.execute(select(HwChallenge.provider_id, HwChallenge.id, HwChallenge.status,
                                 HwChallenge.issued_at, HwChallenge.committed_at,
-                                HwChallenge.spec["deadline_s"].as_float())
+                                HwChallenge.spec)
                          .where(HwChallenge.status.in_(LIVE))
                          .order_by(HwChallenge.provider_id, HwChallenge.id)).all()
+        overdue = s.scalars(select(HwClaim.provider_id).where(
+            HwClaim.next_at < now - grace,
+            ~select(HwChallenge.id).where(HwChallenge.provider_id == HwClaim.provider_id,
+                                          HwChallenge.status.in_(LIVE)).exists())
+            .order_by(HwClaim.provider_id)).all()
     by: dict[str, list[str]] = {}
-    for pid, cid, status, issued, committed, deadline in live:
+    for pid, cid, status, issued, committed, spec in live:
         start = committed if status == "committed" else issued
-        if now > (start or 0.0) + float(deadline or 0.0) + grace:  # as ``_expire_if_due``
+        deadline = hc.deadline_of(spec if isinstance(spec, dict) else {}, prm)
+        if now > (start or 0.0) + deadline + grace:  # as ``_expire_if_due``
             by.setdefault(pid, []).append(cid)
     # One provider a transaction, each locked in the order of the other writes here: its
     # row, its claim, its challenges, read again locked (an opening may have judged one
@@ -369,7 +382,37 @@ def expire(c: Coordinator) -> int:
             n += c.db.run(functools.partial(_expire_of, c, pid=pid, ids=ids))
         except Exception:
             log.exception("expiring the hardware challenges of %s failed; skipped", pid)
+    for pid in overdue:
+        try:
+            n += c.db.run(functools.partial(_missed_of, c, pid=pid))
+        except Exception:
+            log.exception("judging the missed hardware challenge of %s failed; skipped", pid)
     return n
+
+
+def _missed_of(c: Coordinator, s: Session, *, pid: str) -> int:
+    """A challenge was due and the provider, online all the same, never asked for it:
+    it counts as issued when it was due and left unanswered (expired), so that passing
+    once and never polling again does not keep a claim verified. An offline provider is
+    left alone (it is matched for nothing; it is judged once it is heard from again)."""
+    p = s.get(Provider, pid, with_for_update={"key_share": True})
+    if p is None or not c.online(p):
+        return 0
+    row, why = _claim(c, s, p)
+    if why is None or s.scalar(select(HwChallenge.id).where(
+            HwChallenge.provider_id == pid, HwChallenge.status.in_(LIVE)).limit(1)):
+        return 0
+    prm = params(c)
+    spec = hc.make_spec(secrets.randbits(63), hc.devices(p.hardware or {},
+                                                         p.benchmark or {}), prm)
+    if c.now() <= row.next_at + spec.deadline_s + prm.grace_s:
+        return 0  # not overdue yet, or an identity change just made one due now
+    ch = HwChallenge(id=new_id("hwc"), provider_id=pid, fingerprint=row.fingerprint,
+                     reason=why, spec=spec.to_dict(), status="issued", issued_at=row.next_at)
+    s.add(ch)
+    c.emit(s, "hardware_challenge", pid, challenge=ch.id, reason=why)
+    _judge(c, s, row, p, ch, hc.Verdict("expired", "due and never asked for"))
+    return 1
 
 
 def _expire_of(c: Coordinator, s: Session, *, pid: str, ids: list[str]) -> int:
@@ -396,6 +439,24 @@ class VerifiedClaim:
     memory_mb: int
     gpus: int  # GPUs whose part passed
     wrong: bool
+    gpu_models: tuple[str, ...] = ()  # the models of those GPUs, while current
+
+
+def gpus_shown(p: Any, claim: VerifiedClaim) -> tuple[str, ...]:
+    """The models of the GPUs a provider's hardware shows, for what it may offer beyond
+    the challenges (leases): those verified while its claim is; those registered while
+    it is unverified (not yet challenged, or registered again since); none while it is
+    flagged."""
+    if claim.status == "verified":
+        return claim.gpu_models
+    if claim.status == "unverified":
+        return registered_gpus(p)
+    return ()
+
+
+def registered_gpus(p: Any) -> tuple[str, ...]:
+    """The models of the GPUs a provider registered (``p`` has ``hardware``, ``benchmark``)."""
+    return tuple(d.model for d in hc.devices(p.hardware or {}, p.benchmark or {}) if d.gpu)
 
 
 def verified_state(s: Session, providers: list[Provider]) -> dict[str, VerifiedClaim]:
@@ -418,10 +479,16 @@ def verified_of(providers: Sequence[Any], rows: dict[str, Any]) -> dict[str, Ver
         devs = (r.verified or {}).get("devices", [])
         gpus = sum(1 for d in devs if str(d.get("device", "")).startswith("cuda")
                    and d.get("memory_mb", 0) > 0) if r.status == "verified" else 0
-        out[p.id] = VerifiedClaim(r.status if current else "unverified", current,
+        # a wrong answer stays flagged across a new registration until the new identity
+        # passes (``hc.reset``), whether or not it has polled since
+        fresh = "flagged" if r.wrong else "unverified"
+        models = tuple(str(d.get("model", "")) for d in devs
+                       if str(d.get("device", "")).startswith("cuda")
+                       and d.get("memory_mb", 0) > 0) if r.status == "verified" else ()
+        out[p.id] = VerifiedClaim(r.status if current else fresh, current,
                                   r.verified_units if current else 0.0,
                                   int((r.verified or {}).get("memory_mb", 0)) if current else 0,
-                                  gpus, r.wrong)
+                                  gpus, r.wrong, models if current else ())
     return out
 
 
@@ -469,10 +536,7 @@ def hardware_class(hw: dict[str, Any]) -> str:
     if not gpus:
         return "cpu"
     name = str(gpus[0].get("name", "gpu")) if isinstance(gpus[0], dict) else "gpu"
-    for known in ("H200", "H100", "A100", "L40S", "L4", "A10", "4090", "3090", "T4", "V100"):
-        if known in name:
-            return f"gpu:{known}"
-    return "gpu:other"
+    return hc.gpu_class(name)
 
 
 def median(values: list[float]) -> float | None:

@@ -42,7 +42,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from deai.coordinator import volumes
+from deai.coordinator import hardware, volumes
 from deai.coordinator.service import Coordinator, new_id
 from deai.core import leases as core
 from deai.core import ledger
@@ -105,7 +105,15 @@ def set_host(c: Coordinator, cfg: LeaseConfig, pid: str, body: HostIn) -> HostOu
     if body.gpus and not any(k == "gpu" or k.startswith("gpu:") for k in body.prices):
         raise InvalidInput("prices: a host with GPUs needs a gpu price", field="prices")
     with c.db.write() as s:
-        c.require_provider(s, pid)
+        p = c.require_provider(s, pid)
+        # refused here against the registration (what the host can know it lacks); what
+        # the challenges verified, which changes, limits the GPUs leased in ``hosts``
+        shown = hardware.registered_gpus(p)
+        if core.gpus_offerable(body.gpus, body.gpu_model, shown) < body.gpus:
+            model = f" {body.gpu_model}" if body.gpu_model else ""
+            raise InvalidInput(f"gpus: {body.gpus}{model} offered; the registered hardware "
+                               f"shows {len(shown)} ({', '.join(shown) or 'no GPU'})",
+                               field="gpus")
         h = s.get(LeaseHost, pid)
         if h is None:
             h = LeaseHost(provider_id=pid)
@@ -139,15 +147,22 @@ def hosts(c: Coordinator, s: Session, only: str | None = None) -> list[core.Host
             .group_by(Lease.provider_id))}
     out = []
     q = select(LeaseHost, Provider).join(Provider, Provider.id == LeaseHost.provider_id)
-    for h, p in s.execute(q.where(LeaseHost.provider_id == only) if only else q):
+    rows = s.execute(q.where(LeaseHost.provider_id == only) if only else q).all()
+    # the GPUs offered count only as far as the hardware claim shows them, as it stands
+    # now (a claim flagged since the host was set offers none)
+    claims = hardware.verified_state(s, [p for _, p in rows])
+    for h, p in rows:
         cpu, mem, gpu = used.get(h.provider_id, (0, 0, 0))
         stake = journal.balance(s, ledger.stake(p.id))
+        claim = claims[p.id]
+        gpus = core.gpus_offerable(h.gpus, h.gpu_model, hardware.gpus_shown(p, claim))
         out.append(core.Host(
             provider_id=p.id, prices=dict(h.prices), free_cpus=h.cpus - cpu,
-            free_memory_mb=h.memory_mb - mem, free_gpus=h.gpus - gpu, gpu_model=h.gpu_model,
+            free_memory_mb=h.memory_mb - mem, free_gpus=gpus - gpu, gpu_model=h.gpu_model,
             network=h.network, online=c.online(p), stake=stake, reputation=p.reputation,
             sandbox=bool((p.capabilities or {}).get("sandbox", True)),
-            agent=c.now() - max(h.agent_seen_at or 0.0, h.updated_at) <= AGENT_SILENT))
+            agent=c.now() - max(h.agent_seen_at or 0.0, h.updated_at) <= AGENT_SILENT,
+            hardware_wrong=claim.wrong and claim.status == "flagged"))
     return out
 
 

@@ -30,7 +30,8 @@ as fast as they claim, without the coordinator redoing the computation:
 wrong one (proof, value, or an error) fails at once; ``flag_after``
 consecutive misses flag the claim, ``slash_after`` consecutive failures slash
 ``slash_bps`` of the stake. Verified figures are the claim scaled by the
-speed the provider proved (``ratio`` capped at 1), best of the last few.
+speed the provider proved (``ratio`` capped at 1), best of the last few, and
+never above what the challenge can measure (``measurable_gflops``).
 """
 
 from __future__ import annotations
@@ -78,6 +79,7 @@ class Params:
     grace_s: float = 30.0  # an unanswered challenge expires this long after its deadline
     history: int = 5  # verified figures: best of the last this many passed challenges
     gpu_gbps: float = 500.0  # a GPU's fill allowance when it claims no bandwidth
+    max_allow_x: float = 10.0  # a part's allowances never exceed this × target_s
 
 
 @dataclass(frozen=True)
@@ -94,22 +96,53 @@ class Device:
         return self.name.startswith("cuda")
 
 
+def _number(value: Any, hi: float, default: float = 0.0) -> float:
+    """``value`` if it is a finite number in ``[0, hi]``, else ``default``: rows stored
+    before the wire bounded them (or written by hand) are read, never raised on."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return default
+    x = float(value)
+    return x if math.isfinite(x) and 0 <= x <= hi else default
+
+
+MAX_MEMORY_MB = 2**26  # as ``wire.Hardware``
+MAX_GFLOPS, MAX_GBPS = 1e9, 1e7  # as ``wire.Benchmark``
+MIN_GBPS = 0.1  # as ``wire.Benchmark``: the least nonzero bandwidth a claim may state
+
+
 def devices(hardware: Mapping[str, Any], benchmark: Mapping[str, Any]) -> list[Device]:
     """The devices a registration claims. With GPUs the benchmark rates the GPUs (one
-    figure, applied to each); without, it rates the CPU."""
-    gflops = float(benchmark.get("gflops", 0.0) or 0.0)
-    gbps = float(benchmark.get("mem_gbps", 0.0) or 0.0)
-    gpus = list(hardware.get("gpus") or [])
+    figure, applied to each); without, it rates the CPU. A figure out of the wire's
+    bounds (a malformed stored row) reads as 0, an index as the entry's position."""
+    gflops = _number(benchmark.get("gflops"), MAX_GFLOPS)
+    gbps = _number(benchmark.get("mem_gbps"), MAX_GBPS)
+    gpus = hardware.get("gpus")
+    gpus = list(gpus) if isinstance(gpus, list) else []
     if not gpus:
         return [Device("cpu", str(hardware.get("cpu_model", "")),
-                       int(hardware.get("memory_mb", 0) or 0), gflops, gbps)]
+                       int(_number(hardware.get("memory_mb"), MAX_MEMORY_MB)), gflops, gbps)]
     out = []
     for i, g in enumerate(gpus):
         g = g if isinstance(g, Mapping) else {}
-        out.append(Device(f"cuda:{int(g.get('index', i))}", str(g.get("name", "")),
-                          int(g.get("memory_mb", 0) or 0), gflops,
-                          float(g.get("mem_gbps", 0.0) or 0.0), str(g.get("uuid", ""))))
+        index = g.get("index")
+        index = index if isinstance(index, int) and not isinstance(index, bool) \
+            and 0 <= index < 64 else i
+        out.append(Device(f"cuda:{index}", str(g.get("name", "")),
+                          int(_number(g.get("memory_mb"), MAX_MEMORY_MB)), gflops,
+                          _number(g.get("mem_gbps"), MAX_GBPS), str(g.get("uuid", ""))))
     return out
+
+
+GPU_CLASSES = ("H200", "H100", "A100", "L40S", "L4", "A10", "4090", "3090", "T4", "V100")
+
+
+def gpu_class(name: str) -> str:
+    """A GPU's class from its model name ("NVIDIA H100 80GB HBM3" → ``gpu:H100``): the
+    first known class it names (longer names first where one contains another)."""
+    for known in GPU_CLASSES:
+        if known in name:
+            return f"gpu:{known}"
+    return "gpu:other"
 
 
 def fingerprint(hardware: Mapping[str, Any], benchmark: Mapping[str, Any]) -> str:
@@ -151,8 +184,16 @@ class Spec:
                 "parts": [p.__dict__.copy() for p in self.parts]}
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Spec:
+        """A stored spec; a time that is not a finite number (written before ``make_spec``
+        capped it) reads as 0: it grants no time and proves no speed."""
         return cls(int(d["seed"]), tuple(Part(**p) for p in d["parts"]),
-                   float(d["expected_s"]), float(d["deadline_s"]))
+                   _number(d.get("expected_s"), math.inf), _number(d.get("deadline_s"), math.inf))
+
+
+def deadline_of(spec: Mapping[str, Any], prm: Params) -> float:
+    """A stored spec's deadline, at most ``max_deadline_s``; one that is not a finite
+    number (stored before ``make_spec`` capped it) reads as 0, as in ``Spec.from_dict``."""
+    return min(_number(spec.get("deadline_s"), math.inf), max_deadline_s(prm))
 
 
 def size_part(dev: Device, prm: Params) -> Part:
@@ -171,12 +212,23 @@ def size_part(dev: Device, prm: Params) -> Part:
     mem_mb = int(dev.memory_mb * prm.mem_fraction)
     if not dev.gpu:
         mem_mb = min(mem_mb, prm.mem_cap_mb)
-    gbps = dev.mem_gbps or (prm.gpu_gbps if dev.gpu else 1.0)
+    gbps = max(dev.mem_gbps, MIN_GBPS) if dev.mem_gbps else (prm.gpu_gbps if dev.gpu else 1.0)
     allow = mem_mb * 2**20 * prm.fill_factor / (gbps * 1e9)
     if not dev.gpu:
         allow += 2 * n * n * prm.gen_ns * 1e-9 + k * n * n * 4 / (prm.hash_gbps * 1e9)
+    # A claimed bandwidth buys time for the fill; a tiny one must not buy an unbounded
+    # deadline, in which any machine passes with its whole claim proven.
+    allow = min(allow, prm.max_allow_x * prm.target_s)
     return Part(dev.name, n, k, mem_mb, "lanehash" if dev.gpu else "sha256",
                 round(2 * n**3 * k / rate, 4), round(allow, 4))
+
+
+def max_deadline_s(prm: Params) -> float:
+    """The longest deadline any challenge gets: its products at the least rate a claim
+    may state (``size_part``'s floor of 0.1 GFLOP/s on the largest product), its
+    allowances at their cap, stretched by the margin. Finite, whatever was claimed."""
+    products = 2 * max(prm.gpu_n, prm.cpu_n[1]) ** 3 / 1e8
+    return round((products + prm.max_allow_x * prm.target_s) * prm.margin + prm.latency_s, 4)
 
 
 def make_spec(seed: int, devs: Sequence[Device], prm: Params) -> Spec:
@@ -185,7 +237,8 @@ def make_spec(seed: int, devs: Sequence[Device], prm: Params) -> Spec:
     stretches all of them; the network's latency is added as it is."""
     parts = tuple(size_part(d, prm) for d in devs)
     expected = max((p.expected_s for p in parts), default=0.0)
-    return Spec(seed, parts, round(expected, 4), round(expected * prm.margin + prm.latency_s, 4))
+    deadline = min(expected * prm.margin + prm.latency_s, max_deadline_s(prm))
+    return Spec(seed, parts, round(expected, 4), round(deadline, 4))
 
 
 # --- the seeded data ------------------------------------------------------------------------
@@ -441,8 +494,25 @@ def next_state(st: ClaimState, v: Verdict, prm: Params, u: float) -> Step:
 
 
 def reset(st: ClaimState) -> ClaimState:
-    """A new identity or claim: proven figures no longer apply; the record stays."""
-    return replace(st, status="unverified", failures=0, ratios=(), wrong=False)
+    """A new identity or claim: proven figures no longer apply; the record stays. So do
+    a wrong answer's flag and the run of failures: registering again is not a way out of
+    them (only a pass on the new identity clears them, as ``next_state`` does)."""
+    return replace(st, status="flagged" if st.wrong else "unverified", ratios=())
+
+
+def measurable_gflops(dev: Device, prm: Params) -> float:
+    """The highest fp32 rate a challenge of ``dev`` can tell from a slower one. Products
+    are sized to take ``target_s`` at the claimed rate up to ``max_k`` products of the
+    largest ``n``; a claim beyond that size gets products that take less, and the time
+    measured is then mostly the allowances (generation, hashing, the fill), which do not
+    shrink with the claim: a device far slower than its claim would pass. So a claim is
+    verified at most at the rate at which its largest products take as long as its
+    allowances: about 400 GFLOP/s for a CPU at the defaults (n 2048, k 64, 2.65 s of
+    allowances), while a GPU's small allowances leave its bound beyond any GPU's."""
+    part = size_part(dev, prm)
+    if part.k < prm.max_k or part.allow_s <= 0:
+        return math.inf
+    return 2 * part.n**3 * part.k / (part.allow_s * 1e9)
 
 
 @dataclass(frozen=True)
@@ -463,9 +533,10 @@ def verified(devs: Sequence[Device], host_memory_mb: int, st: ClaimState,
     out, total = [], 0.0
     for d in devs:
         gbps = d.mem_gbps or (prm.gpu_gbps if d.gpu else 0.0)
-        cu = compute.compute_units(d.gflops * s, gbps * s) if s else 0.0
+        gflops = min(d.gflops, measurable_gflops(d, prm))
+        cu = compute.compute_units(gflops * s, gbps * s) if s else 0.0
         total += cu
-        out.append({"device": d.name, "model": d.model, "gflops": round(d.gflops * s, 2),
+        out.append({"device": d.name, "model": d.model, "gflops": round(gflops * s, 2),
                     "mem_gbps": round(gbps * s, 2),
                     "memory_mb": d.memory_mb if mem_ok else 0, "units": cu})
     return Verified(tuple(out), round(total, 3), host_memory_mb if mem_ok else 0)

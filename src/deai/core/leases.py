@@ -26,11 +26,12 @@ clock) and cut to whole seconds here, so tests drive it without sleeping.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from enum import StrEnum
 
 from deai.core.errors import Conflict, InvalidInput
+from deai.core.hwcheck import gpu_class
 
 SECONDS_PER_HOUR = 3600
 BPS = 10_000
@@ -236,6 +237,19 @@ class Host:
     reputation: float
     sandbox: bool = True
     agent: bool = True  # its lease agent polled (or beat) recently
+    hardware_wrong: bool = False  # its hardware claim is flagged for a wrong answer
+
+
+def gpus_offerable(offered: int, gpu_model: str | None, shown: Sequence[str]) -> int:
+    """How many of the ``offered`` GPUs a host may lease: no more than the devices its
+    hardware shows (``shown``: their model names, as verified or else as registered;
+    see ``coordinator.hardware.gpus_shown``), counting only those of the class its
+    ``gpu_model`` names when it names one."""
+    if gpu_model:
+        want = gpu_class(gpu_model)
+        shown = [m for m in shown if gpu_class(m) == want
+                 and (want != "gpu:other" or gpu_model.lower() in m.lower())]
+    return max(0, min(offered, len(shown)))
 
 
 def reasons_against(ask: Ask, h: Host, max_price_hour: int, min_stake: int) -> list[str]:
@@ -243,6 +257,8 @@ def reasons_against(ask: Ask, h: Host, max_price_hour: int, min_stake: int) -> l
     why = []
     if not h.online:
         why.append("offline")
+    if h.hardware_wrong:
+        why.append("hardware claim flagged for a wrong answer")
     if not h.sandbox:
         why.append("no sandbox")
     if not h.agent:
@@ -253,8 +269,8 @@ def reasons_against(ask: Ask, h: Host, max_price_hour: int, min_stake: int) -> l
         why.append(f"{h.free_cpus} free CPUs")
     if ask.memory_mb > h.free_memory_mb:
         why.append(f"{h.free_memory_mb} MiB free memory")
-    if ask.gpus > h.free_gpus:
-        why.append(f"{h.free_gpus} free GPUs")
+    if ask.gpus and ask.gpus > h.free_gpus:  # below 0 when its claim shows fewer than leased
+        why.append(f"{max(0, h.free_gpus)} free GPUs")
     if ask.gpus and ask.gpu_model and (h.gpu_model or "").lower() != ask.gpu_model.lower():
         why.append(f"GPU model {h.gpu_model or 'none'}")
     if ask.network and not h.network:
@@ -317,7 +333,7 @@ def choose_preempting(ask: Ask, hosts: Iterable[Host], spots: Mapping[str, list[
                       key=lambda x: (x.price_hour, x.lease_id))
         cpu, mem, gpu, chosen = h.free_cpus, h.free_memory_mb, h.free_gpus, []
         for x in mine:
-            if cpu >= ask.cpus and mem >= ask.memory_mb and gpu >= ask.gpus:
+            if cpu >= ask.cpus and mem >= ask.memory_mb and (not ask.gpus or gpu >= ask.gpus):
                 break
             cpu, mem, gpu = cpu + x.cpus, mem + x.memory_mb, gpu + x.gpus
             chosen.append(x.lease_id)

@@ -14,7 +14,15 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictInt,
+    field_validator,
+    model_validator,
+)
 
 from deai.core import batch
 
@@ -88,21 +96,57 @@ class BlobOut(Out):
 
 # --- providers ------------------------------------------------------------------------
 
+MIN_GBPS = 0.1
+"""The least nonzero bandwidth (and fp32 rate) a claim may state: a challenge's time
+allowances divide by it (``core.hwcheck.size_part``)."""
+
+
+def _rate(value: float) -> float:
+    if 0 < value < MIN_GBPS:
+        raise ValueError(f"0 (not measured) or at least {MIN_GBPS}")
+    return value
+
+
+class Gpu(In):
+    """One GPU of a registration, as ``provider.hardware.gpus`` probes it. Every figure
+    is bounded: the coordinator sizes and checks challenges from them
+    (``core.hwcheck.devices``)."""
+    index: int | None = Field(default=None, ge=0, le=63)
+    name: str = Field(default="", max_length=200)
+    memory_mb: int = Field(default=0, ge=0, le=2**26)
+    mem_gbps: Annotated[float, AfterValidator(_rate)] = Field(default=0.0, ge=0, le=1e7)
+    uuid: str = Field(default="", max_length=200)
+    capability: str = Field(default="", max_length=16)
+
+
+def _gpus(value: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each entry checked as a ``Gpu``; kept as the fields it gave (what is stored, and
+    fingerprinted, is what the agent sent)."""
+    return [Gpu.model_validate(g).model_dump(exclude_unset=True) for g in value]
+
+
 class Hardware(In):
     cpu_model: str = Field(max_length=200)
     cores: int = Field(ge=1, le=4096)
     memory_mb: int = Field(ge=1, le=2**26, description="at most 64 TiB")
-    gpus: Annotated[list[dict[str, Any]], bounded(16_384, 3)] = Field(default_factory=list,
-                                                                       max_length=64)
+    gpus: Annotated[list[dict[str, Any]], bounded(16_384, 3), AfterValidator(_gpus)] = Field(
+        default_factory=list, max_length=64, description="entries as ``Gpu``")
     platform: str = Field(default="", max_length=200)
     machine_id: str = Field(default="", pattern=r"^([0-9a-f]{64})?$",
                             description="SHA-256 of /etc/machine-id (never the id itself)")
 
 
 class Benchmark(In):
-    gflops: float = Field(ge=0, le=1e9, description="finite; at most an exaflop")
-    mem_gbps: float = Field(ge=0, le=1e7)
+    gflops: Annotated[float, AfterValidator(_rate)] = Field(
+        ge=0, le=1e9, description="finite; 0 or from 0.1 to an exaflop")
+    mem_gbps: Annotated[float, AfterValidator(_rate)] = Field(ge=0, le=1e7)
     seconds: float = Field(default=0.0, ge=0, le=86_400)
+
+    @model_validator(mode="after")
+    def _bandwidth_with_rate(self) -> Benchmark:
+        if self.gflops > 0 and self.mem_gbps == 0:
+            raise ValueError("mem_gbps: a claimed fp32 rate needs a claimed bandwidth")
+        return self
 
 
 class OfferIn(In):

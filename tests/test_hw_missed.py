@@ -1,0 +1,109 @@
+"""Re-challenges are not left to the provider's goodwill: a challenge that came due
+while its provider was online, and that it never asked for, counts once its deadline
+and grace have passed as issued then and left unanswered (``hardware.expire``, the
+leader's loop). A provider that is offline is left alone until it is heard from.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from deai.client.keys import Identity
+from deai.coordinator import hardware
+from deai.coordinator.service import Coordinator
+from deai.coordinator.settings import Settings
+from deai.core import hwcheck as hc
+from deai.core import wire
+from deai.core import wire_hardware as wh
+from deai.core.clock import ManualClock
+from deai.provider import challenge
+from deai.store import migrate
+from deai.store.models import HwChallenge, HwClaim, Provider
+from tests.helpers import MODEL
+
+HEARTBEAT_TIMEOUT = 60.0
+
+
+@pytest.fixture
+def c(tmp_path: Path, fresh_url: str,
+      monkeypatch: pytest.MonkeyPatch) -> Iterator[Coordinator]:
+    monkeypatch.setenv("DEAI_HW_TARGET_S", "0.05")
+    monkeypatch.setenv("DEAI_HW_MEM_FRACTION", "0.05")
+    c = Coordinator(Settings(data_dir=tmp_path, database_url=fresh_url, devnet=True,
+                             heartbeat_timeout=HEARTBEAT_TIMEOUT), clock=ManualClock())
+    migrate.upgrade(c.db.engine)
+    try:
+        yield c
+    finally:
+        c.db.dispose()
+
+
+def verified_provider(c: Coordinator) -> str:
+    pid = Identity.generate().id
+    c.faucet(pid, 50_000_000)
+    c.register(pid, wire.RegisterIn(
+        hardware=wire.Hardware(cpu_model="test cpu", cores=1, memory_mb=600),
+        benchmark=wire.Benchmark(gflops=5.0, mem_gbps=4.0), threads=1,
+        offers=[wire.OfferIn(workload="embeddings", model=MODEL, price=500)]))
+    ch = hardware.poll(c, pid).challenge
+    assert ch is not None
+    run = challenge.Runner(1)
+    try:
+        root = run.commit(hc.Spec.from_dict(ch.spec))
+        got = hardware.commit(c, pid, ch.id, wh.CommitIn(root=root))
+        assert got.opening is not None
+        v = hardware.open_(c, pid, ch.id, run.answer(got.opening.rows, got.opening.positions))
+    finally:
+        run.release()
+    assert v.outcome == "passed" and v.status == "verified"
+    return pid
+
+
+def status(c: Coordinator, pid: str) -> str:
+    with c.db.read() as s:
+        return hardware.verified_state(s, [s.get(Provider, pid)])[pid].status
+
+
+def outcomes(c: Coordinator, pid: str) -> list[tuple[str, str]]:
+    with c.db.read() as s:
+        return [(ch.reason, ch.status) for ch in s.scalars(
+            select(HwChallenge).where(HwChallenge.provider_id == pid)
+            .order_by(HwChallenge.issued_at)).all()]
+
+
+def live_for(c: Coordinator, pid: str, seconds: float) -> None:
+    """Heartbeat (as its job agent does) while the clock runs; never poll challenges."""
+    for _ in range(int(seconds // (HEARTBEAT_TIMEOUT / 2))):
+        c.clock.advance(HEARTBEAT_TIMEOUT / 2)  # type: ignore[attr-defined]
+        c.heartbeat(pid, [])
+
+
+def test_a_due_challenge_never_asked_for_expires(c: Coordinator) -> None:
+    pid = verified_provider(c)
+    prm = hardware.params(c)
+    with c.db.read() as s:
+        due = s.get(HwClaim, pid).next_at
+    live_for(c, pid, due - c.now() + 1)  # due now, not yet overdue
+    assert hardware.expire(c) == 0 and status(c, pid) == "verified"
+
+    live_for(c, pid, 200 * prm.latency_s + prm.grace_s + 60)  # past any deadline and grace
+    assert hardware.expire(c) == 1
+    assert status(c, pid) == "flagged"
+    assert outcomes(c, pid)[-1] == ("random", "expired")
+    with c.db.read() as s:
+        row = s.get(HwClaim, pid)
+        assert (row.failures, row.last_outcome, row.verified_units) == (1, "expired", 0.0)
+        assert row.next_at > c.now()  # the next one is due a retry later, not at once
+    assert hardware.expire(c) == 0  # judged once
+
+
+def test_an_offline_provider_is_left_alone_until_heard_from(c: Coordinator) -> None:
+    pid = verified_provider(c)
+    c.clock.advance(50 * hardware.params(c).period_s)  # type: ignore[attr-defined]
+    assert hardware.expire(c) == 0 and status(c, pid) == "verified"
+    c.heartbeat(pid, [])  # back, and still not asking
+    assert hardware.expire(c) == 1 and status(c, pid) == "flagged"
