@@ -16,7 +16,9 @@ a checkpoint of that task (a resume point), or a digest named inside that
 payload that the job's owner may read itself (files of a command job, the
 shard and checkpoints of a network audit). The last condition stops a job
 owner from naming someone else's digest in a payload and reading it back
-through a provider of its own.
+through a provider of its own. The network owns no data: a canary's lease reads
+its shard, its check payload and its checkpoints, and of what its shard names only
+the files the client job that shard came from named and owned (``named_by_source``).
 
 Everyone else gets the same 404 as for a digest that does not exist, so a
 guess confirms nothing. Jobs follow the same rule: a job's spec, status and
@@ -35,7 +37,16 @@ from deai.coordinator import volumes
 from deai.coordinator.service import Coordinator
 from deai.core.errors import NotFound
 from deai.core.lifecycle import AssignmentStatus
-from deai.store.models import ApiFile, Assignment, BlobRef, Checkpoint, Job, JobBlob, Task
+from deai.store.models import (
+    ApiFile,
+    Assignment,
+    BlobRef,
+    Canary,
+    Checkpoint,
+    Job,
+    JobBlob,
+    Task,
+)
 
 NETWORK = "network"
 """Owner of the jobs the coordinator makes itself (canaries, audits): ``verify.NETWORK``."""
@@ -96,9 +107,28 @@ def lease_may_read(c: Coordinator, s: Session, provider: str, digest: str) -> bo
         payload = a.input_digest or t.input_digest
         if not c.blobs.exists(payload) or needle not in c.blobs.get(payload):
             continue
-        if owner == NETWORK or owner_may_read(s, owner, digest):
+        if owner == NETWORK:
+            if named_by_source(s, t.input_digest, digest):
+                return True
+        elif owner_may_read(s, owner, digest):
             return True
     return False
+
+
+def named_by_source(s: Session, shard: str, digest: str) -> bool:
+    """A canary re-runs a client's shard (``canaries.plant_jobs``): the files that shard's
+    job named by digest, checked as its owner's and recorded with it at admission
+    (``JobBlob``), are what the canary's lease may read besides the shard itself.
+
+    Not "anything its payload names": a canary's payload is old client text, so a digest
+    in it is only a string someone typed (another account's blob, say). The network's
+    own check payloads name the shard and the task's checkpoints, both allowed above.
+    """
+    sources = select(Task.job_id).join(Job, Job.id == Task.job_id).where(
+        Task.id.in_(select(Canary.source_task).where(Canary.input_digest == shard)),
+        Job.owner != NETWORK)
+    return s.scalar(select(JobBlob.job_id).where(JobBlob.digest == digest,
+                                                 JobBlob.job_id.in_(sources)).limit(1)) is not None
 
 
 def may_read_blob(c: Coordinator, account: str, digest: str) -> bool:

@@ -114,9 +114,11 @@ def account(account: Id, c: C, limit: Limit = 100,
     return views.account_view(c, account, limit, before)
 
 
-@router.get("/events", response_model=wx.EventsOut)
-def events(c: C, after: After = 0, limit: Limit = 100, kind: Kinds = None) -> wx.EventsOut:
-    """Event rows with an id above ``after``, oldest first; ``kind`` filters (repeatable)."""
+@router.get("/events", response_model=views.EventsPage)
+def events(c: C, after: After = 0, limit: Limit = 100, kind: Kinds = None) -> views.EventsPage:
+    """Public event rows with an id above ``after``, oldest first; ``kind`` filters
+    (repeatable). Resume with ``after=next_after``: a page may hold fewer than ``limit``
+    rows (none) while more follow, where events still sealed were skipped."""
     return views.events_page(c, after, limit, kind)
 
 
@@ -157,14 +159,19 @@ async def _events(c: Coordinator, start: int, heartbeat: float,
     try:
         yield f"retry: 2000\n: resuming after {start}\n\n"
         while not notifier.closing:
-            rows = await run_in_threadpool(views.events_after, c, max(start, cursor - LOOKBACK),
+            before = cursor
+            page = await run_in_threadpool(views.events_after, c, max(start, cursor - LOOKBACK),
                                            BATCH, kinds)
-            fresh = [e for e in rows if e.id not in sent]
-            for e in fresh:
+            for e in page.events:
+                if e.id in sent:
+                    continue
                 sent.append(e.id)
                 cursor = max(cursor, e.id)
                 yield f"id: {e.id}\ndata: {json.dumps(e.model_dump(), default=str)}\n\n"
-            if len(rows) == BATCH and fresh:
+            # Past what it searched, sent or sealed: a run of sealed events is skipped,
+            # not re-read until its window closes.
+            cursor = max(cursor, page.next_after)
+            if cursor > before and page.next_after < page.last_id:
                 continue
             try:
                 await asyncio.wait_for(wakeups.get(), heartbeat)

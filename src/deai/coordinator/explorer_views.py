@@ -15,7 +15,8 @@ import weakref
 from collections import defaultdict
 from typing import Any
 
-from sqlalchemy import Integer, String, cast, func, select
+from pydantic import Field
+from sqlalchemy import Integer, String, cast, func, or_, select
 from sqlalchemy.orm import Session
 
 from deai.coordinator import api_ledger, clusters, jobs, leases, public
@@ -95,8 +96,8 @@ def overview(c: Coordinator, window: float, price_window: float) -> wx.OverviewO
     with c.db.read() as s:
         provs = s.scalars(select(Provider).order_by(Provider.registered_at)).all()
         online = [p for p in provs if c.online(p)]
-        job_counts = _counts(s, Job.status)
-        task_counts = _counts(s, Task.status)
+        job_counts = public.statuses(_counts(s, Job.status), public.JOB_SHOWN_AS)
+        task_counts = public.statuses(_counts(s, Task.status), public.TASK_SHOWN_AS)
 
         bucket = window / BUCKETS
         since = now - window
@@ -123,8 +124,12 @@ def overview(c: Coordinator, window: float, price_window: float) -> wx.OverviewO
                              price_per_cu=_per_cu(o.price, by_id[o.provider_id].compute_units))
             for o in offers]
 
-        verif = _counts_where(s, Event.kind, Event.kind.in_(wx.VERIFICATION_KINDS))
-        roles = _counts(s, Assignment.role)
+        # Checks and their cost once their window has closed, like the events they count:
+        # counted as they happen, a leaseholder would watch them move with its own result.
+        h = now - c.settings.challenge_window
+        verif = _counts_where(s, Event.kind, Event.kind.in_(wx.VERIFICATION_KINDS),
+                              Event.ts <= h)
+        roles = _counts_where(s, Assignment.role, Assignment.leased_at <= h)
         primary = roles.get("primary", 0)
         extra = sum(n for r, n in roles.items() if r != "primary")
         head = s.get(JournalHead, 1)
@@ -151,8 +156,8 @@ def overview(c: Coordinator, window: float, price_window: float) -> wx.OverviewO
             last_event_id=last_event_id(s))
 
 
-def _counts_where(s: Session, col: Any, cond: Any) -> dict[str, int]:
-    rows = s.execute(select(col, func.count()).where(cond).group_by(col)).all()
+def _counts_where(s: Session, col: Any, *cond: Any) -> dict[str, int]:
+    rows = s.execute(select(col, func.count()).where(*cond).group_by(col)).all()
     return {str(k): int(n) for k, n in rows}
 
 
@@ -217,15 +222,20 @@ def provider_detail(c: Coordinator, pid: str, limit: int) -> wx.ProviderDetailOu
         sums = dict(s.execute(select(Payout.released, func.coalesce(func.sum(Payout.amount), 0))
                               .where(Payout.provider_id == pid)
                               .group_by(Payout.released)).all())
-        statuses = _counts_where(s, Assignment.status, Assignment.provider_id == pid)
-        recent = s.scalars(select(Assignment).where(Assignment.provider_id == pid)
+        # Only what was leased before the challenge-window horizon (as ``job_detail``):
+        # another provider's assignment on a task, or its count going up, would tell a
+        # leaseholder that its lease is a check of that provider's result.
+        h = horizon(c)
+        shown = (Assignment.provider_id == pid, Assignment.leased_at <= h)
+        statuses = _counts_where(s, Assignment.status, *shown)
+        recent = s.scalars(select(Assignment).where(*shown)
                            .order_by(Assignment.leased_at.desc()).limit(limit)).all()
         host, hosted = _hosted(c, s, pid, prov.name or pid[:12], limit)
         return wx.ProviderDetailOut(
             provider=prov, balance=bal, pending_earnings=int(sums.get(False, 0)),
             released_earnings=int(sums.get(True, 0)), assignments=statuses,
-            recent=[assignment_row(a, horizon(c)) for a in recent],
-            checks=verification_events(s, limit, horizon(c), party=pid),
+            recent=[assignment_row(a, h) for a in recent],
+            checks=verification_events(s, limit, h, party=pid),
             lease_host=host, leases=hosted)
 
 
@@ -308,20 +318,42 @@ def job_list(c: Coordinator, limit: int) -> list[wire.JobOut]:
 
 # --- events ---------------------------------------------------------------------------
 
+SCAN = 20_000  # event ids one read of the public feed looks through, at most
+
+
+class EventsPage(wx.EventsOut):
+    """``/api/events``: the page, and where to resume the feed."""
+
+    next_after: int = Field(0, description=(
+        "the last event id this page searched past: pass it as ``after`` for the next page "
+        "(events still inside their challenge window are skipped, not waited for)"))
+
+
+def disclosed_now(h: float) -> Any:
+    """``public.disclosed`` as SQL: a sealed kind only once its window has closed. Filtered
+    before the LIMIT, so a run of sealed events cannot fill a page with nothing to show."""
+    return or_(Event.kind.not_in(sorted(public.SEALED)), Event.ts <= h)
+
+
 def events_after(c: Coordinator, after: int, limit: int,
-                 kinds: list[str] | None = None) -> list[wx.EventOut]:
+                 kinds: list[str] | None = None) -> EventsPage:
+    """Up to ``limit`` public events with an id above ``after``, oldest first, looking
+    through at most ``SCAN`` ids, and the id to resume after (``next_after``)."""
+    h = horizon(c)
     with c.db.read() as s:
-        q = select(Event).where(Event.id > after)
+        top = last_event_id(s)
+        end = min(top, after + SCAN)
+        q = select(Event).where(Event.id > after, Event.id <= end, disclosed_now(h))
         if kinds:
             q = q.where(Event.kind.in_(kinds))
-        return _shown(s.scalars(q.order_by(Event.id).limit(limit)), horizon(c))
+        rows = s.scalars(q.order_by(Event.id).limit(limit)).all()
+        resume = rows[-1].id if len(rows) == limit else max(after, end)
+        return EventsPage(events=_shown(rows, h), last_id=top, next_after=resume)
 
 
 def events_page(c: Coordinator, after: int, limit: int,
-                kinds: list[str] | None) -> wx.EventsOut:
-    rows = events_after(c, after, limit, kinds)
-    with c.db.read() as s:
-        return wx.EventsOut(events=rows, last_id=last_event_id(s))
+                kinds: list[str] | None) -> EventsPage:
+    return events_after(c, after, limit, kinds)
 
 
 def latest_event_id(c: Coordinator) -> int:

@@ -8,6 +8,11 @@ scrape stopped. So placements, task outcomes and durations, verification
 outcomes (any ``check_passed``/``check_failed``/``verdict``/``slash`` event, as
 soon as someone emits one) and ledger postings need no instrumentation in the
 code that causes them, and a transaction that rolls back is never counted.
+``/metrics`` is public, so the events are tailed only up to the challenge window's
+horizon (what ``public.disclosed`` lets anyone read): placements, outcomes and checks
+are counted once their window has closed, never while a leaseholder could watch them
+move with its own result. For the same reason the job and task gauges show a result
+waiting for its check as ``public.job`` does (``running``, ``assigned``).
 These counters start from the network's genesis in each coordinator process;
 with several replicas on one database, aggregate them with ``max``, not ``sum``.
 """
@@ -33,6 +38,7 @@ from prometheus_client import (
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from deai.coordinator import public
 from deai.coordinator.service import Coordinator
 from deai.core.lifecycle import AssignmentStatus, ProviderStatus
 from deai.core.wire_explorer import VERIFICATION_KINDS
@@ -97,20 +103,27 @@ class Metrics:
     def refresh(self, c: Coordinator) -> None:
         """Catch up with the events and journal written since the last scrape."""
         with self._lock, c.db.read() as s:
+            horizon = c.now() - c.settings.challenge_window
             for _ in range(MAX_BATCHES):
-                if not self._tail_events(s):
+                if not self._tail_events(s, horizon):
                     break
             for _ in range(MAX_BATCHES):
                 if not self._tail_journal(s):
                     break
             self._gauges(c, s)
 
-    def _tail_events(self, s: Session) -> bool:
-        rows = s.execute(select(Event.id, Event.kind, Event.subject, Event.body)
+    def _tail_events(self, s: Session, horizon: float) -> bool:
+        """Count the events after the last one counted, up to the first still inside its
+        challenge window (the next scrape starts there)."""
+        rows = s.execute(select(Event.id, Event.kind, Event.subject, Event.body, Event.ts)
                          .where(Event.id > self._event_id).order_by(Event.id)
                          .limit(BATCH)).all()
         accepted: list[tuple[str, str]] = []
-        for eid, kind, subject, body in rows:
+        more = len(rows) == BATCH
+        for eid, kind, subject, body, ts in rows:
+            if ts > horizon:
+                more = False
+                break
             self._event_id = eid
             if kind == "task_assigned":
                 self.placements.inc()
@@ -129,7 +142,7 @@ class Metrics:
                            Assignment.status == AssignmentStatus.ACCEPTED)):
                 if (task_id, pid) in wanted and submitted is not None:
                     self.durations.observe(max(0.0, submitted - leased))
-        return len(rows) == BATCH
+        return more
 
     def _tail_journal(self, s: Session) -> bool:
         rows = s.execute(select(JournalEntry.seq, JournalEntry.kind, JournalEntry.postings)
@@ -151,8 +164,11 @@ class Metrics:
         self.providers.labels("registered").set(s.scalar(select(func.count(Provider.id))) or 0)
         self.providers.labels("online").set(s.scalar(select(func.count(Provider.id)).where(
             Provider.status == ProviderStatus.ACTIVE, Provider.last_seen >= since)) or 0)
-        for gauge, col in ((self.jobs, Job.status), (self.tasks, Task.status)):
-            counts = dict(s.execute(select(col, func.count()).group_by(col)).all())
+        for gauge, col, shown_as in ((self.jobs, Job.status, public.JOB_SHOWN_AS),
+                                     (self.tasks, Task.status, public.TASK_SHOWN_AS)):
+            counts = public.statuses(
+                {str(k): int(n) for k, n in s.execute(select(col, func.count())
+                                                      .group_by(col)).all()}, shown_as)
             known = {labels[0] for labels in _label_values(gauge)}
             for status in known | set(counts):
                 gauge.labels(status).set(int(counts.get(status, 0)))

@@ -120,6 +120,21 @@ def event(e: wx.EventOut) -> wx.EventOut:
     return e.model_copy(update={"body": event_body(e.kind, e.body)})
 
 
+JOB_SHOWN_AS = {JobStatus.VERIFYING.value: JobStatus.RUNNING.value}
+TASK_SHOWN_AS = {TaskStatus.VERIFYING.value: TaskStatus.ASSIGNED.value}
+"""Statuses that say a result waits for its check, and what ``job`` shows them as."""
+
+
+def statuses(counts: dict[str, int], shown_as: dict[str, str]) -> dict[str, int]:
+    """Counts by status as the public sees them (``JOB_SHOWN_AS``, ``TASK_SHOWN_AS``): a
+    total of results waiting for their checks would move with a checker's own lease."""
+    out: dict[str, int] = {}
+    for status, n in counts.items():
+        key = shown_as.get(status, status)
+        out[key] = out.get(key, 0) + n
+    return out
+
+
 def job(j: wire.JobOut, horizon: float | None = None) -> wire.JobOut:
     """A job's public face: no owner, no output, no private spec; what it pays only once
     it ended a window ago (before then, who pays would tell a canary apart)."""
@@ -129,12 +144,8 @@ def job(j: wire.JobOut, horizon: float | None = None) -> wire.JobOut:
         update |= {"escrow": 0, "cost": 0, "refunded": 0, "corrected": 0}
         # A result waiting for its check, and who else ran the job, would tell a checker
         # that it is one (and whom it checks): shown only once the window has closed.
-        tasks = dict(j.tasks)
-        waiting = tasks.pop(TaskStatus.VERIFYING, 0)
-        if waiting:
-            tasks[TaskStatus.ASSIGNED] = tasks.get(TaskStatus.ASSIGNED, 0) + waiting
-        update |= {"tasks": tasks, "providers": {},
-                   "status": JobStatus.RUNNING if j.status == JobStatus.VERIFYING else j.status}
+        update |= {"tasks": statuses(dict(j.tasks), TASK_SHOWN_AS), "providers": {},
+                   "status": JOB_SHOWN_AS.get(j.status, j.status)}
     return j.model_copy(update=update)
 
 
