@@ -164,6 +164,7 @@ def _credit(db: Database, chain: Chain, post: Post, now: float, start: int, end:
 class Pending:
     id: int
     op: str
+    provider: str
     args: dict[str, Any]
 
 
@@ -186,34 +187,56 @@ def _send(chain: Chain, row: Pending) -> Any:
 
 
 def send_outbox(db: Database, chain: Chain, now: float, limit: int = 50) -> int:
-    with db.read() as s:
-        rows = [Pending(r.id, r.op, dict(r.args)) for r in
-                s.scalars(select(ChainOutbox).where(ChainOutbox.status == "pending")
-                          .order_by(ChainOutbox.id).limit(limit))]
-    sent = 0
-    for row in rows:
-        tx_hash, error = None, None
-        try:
-            if not _applied(chain, row):
-                tx_hash = "0x" + bytes(_send(chain, row)["transactionHash"]).hex()
-        except ChainError as exc:
-            error = exc.message
-        with db.write() as s:
-            r = s.get(ChainOutbox, row.id)
-            if r is None or r.status != "pending":
+    """Send up to ``limit`` pending rows, in order per provider: a row that fails holds
+    back the later rows of its provider only (they may depend on it), never another
+    provider's. Anyone can take a provider's id in the vault first (``bond`` is open),
+    after which that provider's calls revert; that must not stop everyone's mirroring."""
+    blocked: set[str] = set()
+    tried = sent = 0
+    after = 0
+    while tried < limit:
+        with db.read() as s:
+            rows = [Pending(r.id, r.op, r.provider, dict(r.args)) for r in
+                    s.scalars(select(ChainOutbox).where(ChainOutbox.status == "pending",
+                                                        ChainOutbox.id > after)
+                              .order_by(ChainOutbox.id).limit(limit))]
+        if not rows:
+            break
+        for row in rows:
+            after = row.id
+            if row.provider in blocked:
                 continue
-            r.attempts += 1
-            if error is None:
-                r.status, r.tx_hash, r.done_at, r.error = "done", tx_hash, now, None
-                sent += 1
-            else:
-                r.error = error
-                if r.attempts >= MAX_ATTEMPTS:
-                    r.status = "failed"
-                log.warning("chain outbox %d (%s): %s", r.id, r.op, error)
-        if error is not None:
-            break  # keep the order: a later row may depend on this one
+            if tried >= limit:
+                break
+            tried += 1
+            ok = _send_row(db, chain, now, row)
+            if ok is None:
+                blocked.add(row.provider)
+            sent += ok or 0
     return sent
+
+
+def _send_row(db: Database, chain: Chain, now: float, row: Pending) -> int | None:
+    """Send one row and record what happened: 1 sent, 0 no longer pending, None failed."""
+    tx_hash, error = None, None
+    try:
+        if not _applied(chain, row):
+            tx_hash = "0x" + bytes(_send(chain, row)["transactionHash"]).hex()
+    except ChainError as exc:
+        error = exc.message
+    with db.write() as s:
+        r = s.get(ChainOutbox, row.id)
+        if r is None or r.status != "pending":
+            return 0
+        r.attempts += 1
+        if error is None:
+            r.status, r.tx_hash, r.done_at, r.error = "done", tx_hash, now, None
+            return 1
+        r.error = error
+        if r.attempts >= MAX_ATTEMPTS:
+            r.status = "failed"
+        log.warning("chain outbox %d (%s): %s", r.id, r.op, error)
+    return None
 
 
 def leaves_at(s: Session, head_seq: int) -> dict[str, int]:
@@ -229,13 +252,16 @@ EPOCH_BACKOFF_MAX = 600.0  # seconds between tries of an epoch whose commit keep
 def commit_epoch(db: Database, chain: Chain, now: float, *, force: bool = False) -> int | None:
     """Post a pending epoch, or start a new one when due; the epoch number posted.
 
-    A commit that fails (the contract refused it, or it was not mined) is counted on
-    the pending epoch with its reason, and tried again after a back-off that doubles
-    from the epoch interval to ``EPOCH_BACKOFF_MAX`` (``force``: now). One the contract
-    refused is first made again at the journal's head, if that moved: a refusal may be
-    of that commitment alone (a head an epoch on chain has passed), and a newer one
-    covers it (the withdrawals it commits are cumulative). One not mined is sent again
-    as it was: it may still be mined, and the resend guard must find it."""
+    A commit that fails (the contract refused it, it was not mined, or anything else
+    went wrong on the way) is counted on the pending epoch with its reason, and tried
+    again after a back-off that doubles from the epoch interval to ``EPOCH_BACKOFF_MAX``
+    (``force``: now). One the contract refused is first made again at the journal's
+    head, if that moved: a refusal may be of that commitment alone (a head an epoch on
+    chain has passed), and a newer one covers it (the withdrawals it commits are
+    cumulative). One not mined is sent again as it was: it may still be mined, and the
+    resend guard must find it. An epoch that could not even be built is kept as a
+    pending row without a root (its reason and back-off on it) and built again when
+    next tried, so a fault in one entry is logged at a slowing pace, not every tick."""
     with db.write() as s:
         pending = s.scalars(select(ChainEpoch).where(ChainEpoch.status == "pending")
                             .order_by(ChainEpoch.id)).first()
@@ -243,8 +269,10 @@ def commit_epoch(db: Database, chain: Chain, now: float, *, force: bool = False)
             if not force and pending.retry_at is not None and now < pending.retry_at:
                 return None
             head = journal.head(s)
-            if pending.error and "reverted" in pending.error and head.seq > pending.head_seq:
-                _build(s, pending, chain, head)
+            refused = bool(pending.error and "reverted" in pending.error
+                           and head.seq > pending.head_seq)
+            if (refused or not pending.root) and not _rebuild(s, pending, chain, head, now):
+                return None
         else:
             last = s.scalars(select(ChainEpoch).order_by(ChainEpoch.id.desc())).first()
             head = journal.head(s)
@@ -252,26 +280,29 @@ def commit_epoch(db: Database, chain: Chain, now: float, *, force: bool = False)
             if not (force or due) or head.seq == 0 or (last and last.head_seq == head.seq):
                 return None
             pending = ChainEpoch(status="pending", created_at=now, attempts=0)
-            _build(s, pending, chain, head)
+            built = _rebuild(s, pending, chain, head, now)
             s.add(pending)
             s.flush()
+            if not built:
+                return None
         pid, head_seq, head_hash, root, total = (pending.id, pending.head_seq,
                                                  pending.head_hash, pending.root, pending.total)
     st = chain.settlement.functions
-    found = _find_epoch(chain, head_seq, head_hash, root)
     block = None
     tx_hash = None
-    if found is None:
-        try:
+    try:
+        found = _find_epoch(chain, head_seq, head_hash, root)
+        if found is None:
             receipt = chain.send(chain.settler, st.commit(head_seq, bytes.fromhex(head_hash),
                                                           bytes.fromhex(root[2:]), total))
-        except ChainError as exc:
-            _failed(db, chain, pid, now, exc.message)
-            raise
-        (ev,) = chain.logs(chain.settlement, "EpochCommitted", receipt)
-        found = int(ev.args.epoch)
-        block = int(receipt["blockNumber"])
-        tx_hash = "0x" + bytes(receipt["transactionHash"]).hex()
+            (ev,) = chain.logs(chain.settlement, "EpochCommitted", receipt)
+            found = int(ev.args.epoch)
+            block = int(receipt["blockNumber"])
+            tx_hash = "0x" + bytes(receipt["transactionHash"]).hex()
+    except Exception as exc:
+        why = exc.message if isinstance(exc, ChainError) else f"{type(exc).__name__}: {exc}"
+        _failed(db, chain, pid, now, why)
+        raise
     with db.write() as s:
         row = s.get(ChainEpoch, pid)
         # Still the commitment sent: another leader (a failover) may have made the row
@@ -291,19 +322,37 @@ def _build(s: Session, e: ChainEpoch, chain: Chain, head: Any) -> None:
     e.addresses = len(tree.amounts)
 
 
+def _rebuild(s: Session, e: ChainEpoch, chain: Chain, head: Any, now: float) -> bool:
+    """``_build``; if that fails, ``e`` is left without a root, carrying the reason and
+    when to try again, and False is returned (the caller commits the row as it is)."""
+    try:
+        _build(s, e, chain, head)
+        return True
+    except Exception as exc:
+        log.exception("building the epoch of journal head %d failed", head.seq)
+        e.head_seq, e.head_hash, e.root, e.total, e.leaves = head.seq, head.hash, "", 0, {}
+        e.addresses = 0
+        _backoff(e, chain, now, f"building the epoch failed: {type(exc).__name__}: {exc}")
+        return False
+
+
 def _failed(db: Database, chain: Chain, pid: int, now: float, why: str) -> None:
     """Count a failed commit of epoch row ``pid`` and set when to try it again."""
     with db.write() as s:
         row = s.get(ChainEpoch, pid)
         if row is None or row.status != "pending":
             return
-        row.attempts += 1
-        row.error = why[:500]
-        wait = min(EPOCH_BACKOFF_MAX,
-                   max(chain.dep.epoch_interval, 1.0) * 2.0 ** min(row.attempts - 1, 30))
-        row.retry_at = now + wait
-        log.warning("committing the epoch of journal head %d failed (%d time(s)): %s; "
-                    "next try in %.0f s", row.head_seq, row.attempts, why, wait)
+        _backoff(row, chain, now, why)
+
+
+def _backoff(row: ChainEpoch, chain: Chain, now: float, why: str) -> None:
+    row.attempts = (row.attempts or 0) + 1
+    row.error = why[:500]
+    wait = min(EPOCH_BACKOFF_MAX,
+               max(chain.dep.epoch_interval, 1.0) * 2.0 ** min(row.attempts - 1, 30))
+    row.retry_at = now + wait
+    log.warning("committing the epoch of journal head %d failed (%d time(s)): %s; "
+                "next try in %.0f s", row.head_seq, row.attempts, why, wait)
 
 
 def _find_epoch(chain: Chain, head_seq: int, head_hash: str, root: str) -> int | None:

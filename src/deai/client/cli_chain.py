@@ -12,6 +12,10 @@ sign on chain with the EVM key derived from the ``--key`` identity
   then claim it on chain by Merkle proof. Without AMOUNT: only claim.
 - ``chain audit`` (or ``ledger audit --chain``): replay the journal here and
   compare it with the chain (``deai.chain.audit``); exit 1 on any difference.
+  The audited coordinator names the deployment, so the auditor may pin what it
+  knows itself (``--settlement``, ``--vault``, ``--token``, ``--start-block``,
+  or ``$DEAI_AUDIT_*`` for ``ledger audit --chain``), and counts at most
+  ``--max-confirmations`` (64) of the confirmations it reports.
 - ``chain up``: a local hardhat node with the contracts deployed, for
   ``DEAI_CHAIN=… deai coordinator``; ``chain fund`` gives a key's address ETH
   and DEAI on such a devnet chain.
@@ -21,7 +25,9 @@ Registered by ``deai.client.cli`` (imported at its end).
 
 from __future__ import annotations
 
+import os
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -61,13 +67,57 @@ def amount_of(text: str) -> int:
         raise InvalidInput(str(exc), field="amount") from None
 
 
-def connect(c: Client, rpc: str = "") -> adapter.Chain:
+@dataclass(frozen=True)
+class Pins:
+    """What an auditor knows of the deployment without asking the audited coordinator:
+    each field set replaces what ``GET /api/chain`` reports."""
+
+    settlement: str = ""
+    vault: str = ""
+    token: str = ""
+    start_block: int | None = None
+    max_confirmations: int = 64
+
+    @classmethod
+    def from_env(cls) -> Pins:
+        """``$DEAI_AUDIT_SETTLEMENT``, ``_VAULT``, ``_TOKEN``, ``_START_BLOCK``,
+        ``_MAX_CONFIRMATIONS`` (what ``deai ledger audit --chain`` reads)."""
+        env = os.environ.get
+        start, most = env("DEAI_AUDIT_START_BLOCK", ""), env("DEAI_AUDIT_MAX_CONFIRMATIONS", "")
+        try:
+            return cls(settlement=env("DEAI_AUDIT_SETTLEMENT", ""),
+                       vault=env("DEAI_AUDIT_VAULT", ""), token=env("DEAI_AUDIT_TOKEN", ""),
+                       start_block=int(start) if start else None,
+                       max_confirmations=int(most) if most else 64)
+        except ValueError:
+            raise InvalidInput("DEAI_AUDIT_START_BLOCK and DEAI_AUDIT_MAX_CONFIRMATIONS: "
+                               "whole numbers of blocks", field="env") from None
+
+    def apply(self, public: dict[str, Any]) -> dict[str, Any]:
+        from deai.chain import books
+
+        out = dict(public)
+        for name in ("settlement", "vault", "token"):
+            value = getattr(self, name)
+            if value:
+                if not books.is_address(value):
+                    raise InvalidInput(f"{name}: an EVM address, 0x and 40 hex digits",
+                                       field=name)
+                out[name] = value
+        if self.start_block is not None:
+            out["start_block"] = self.start_block
+        return out
+
+
+def connect(c: Client, rpc: str = "", pins: Pins | None = None) -> adapter.Chain:
     from deai.chain import adapter
 
     info = c.request("GET", "/api/chain", signed=False).json()
     if not info.get("enabled"):
         raise NotFound(f"the coordinator at {c.base_url} settles on no chain", field="chain")
     public = dict(info["deployment"])
+    if pins is not None:
+        public = pins.apply(public)
     if rpc:
         public["rpc"] = rpc
     return adapter.Chain.connect(adapter.Deployment(**public))
@@ -192,6 +242,11 @@ def print_chain_audit(rep: ChainAudit) -> None:
     console.print(f"chain: {rep.epochs} epochs, {rep.deposits} deposits, {rep.claims} claims, "
                   f"{rep.providers} providers' stake, {rep.slashes} slashes checked; contract "
                   f"holds {money.fmt(f.get('held', 0))} DEAI")
+    if f.get("surplus"):
+        console.print(f"the contract holds {money.fmt(f['surplus'])} DEAI more than deposits "
+                      "less claims (tokens sent to it directly)")
+    if f.get("confirmations"):
+        console.print(f"confirmations: {f['confirmations']}")
     if rep.ok:
         console.print("[bold green]chain audit OK[/]: every root recomputes from the "
                       "journal, deposits credited once, claims covered, stake and slashes "
@@ -202,16 +257,20 @@ def print_chain_audit(rep: ChainAudit) -> None:
             console.print(f"  - {p}", markup=False)
 
 
-def check_chain(c: Client, entries: list[Entry], rpc: str = "") -> bool:
-    """Compare a journal replayed here with the chain the coordinator names; print why not."""
+def check_chain(c: Client, entries: list[Entry], rpc: str = "",
+                pins: Pins | None = None) -> bool:
+    """Compare a journal replayed here with the chain the coordinator names (less what
+    ``pins``, default ``Pins.from_env()``, fixes); print why not."""
     from deai.chain.audit import audit_chain
 
-    rep = audit_chain(entries, connect(c, rpc))
+    pins = pins if pins is not None else Pins.from_env()
+    chain = connect(c, rpc, pins)
+    rep = audit_chain(entries, chain, max_confirmations=pins.max_confirmations)
     print_chain_audit(rep)
     return rep.ok
 
 
-def chain_audit(coordinator: str, rpc: str = "") -> bool:
+def chain_audit(coordinator: str, rpc: str = "", pins: Pins | None = None) -> bool:
     """Replay the journal here and compare it with the chain; True when both hold."""
     from deai.client.audit import client_audit
     from deai.client.cli import print_audit
@@ -219,14 +278,29 @@ def chain_audit(coordinator: str, rpc: str = "") -> bool:
     with Client(coordinator) as c:
         result = client_audit(c)
         print_audit(result.report, result.entries, last=5)
-        return check_chain(c, result.entries, rpc) and result.ok
+        return check_chain(c, result.entries, rpc, pins) and result.ok
+
+
+def _pin(name: str, what: str) -> Any:
+    return typer.Option(f"--{name}", envvar=f"DEAI_AUDIT_{name.upper().replace('-', '_')}",
+                        help=f"{what}; default what the coordinator reports.")
 
 
 @command(chain_app, "audit")
-def chain_audit_cmd(coordinator: Coordinator = DEFAULT_COORDINATOR, rpc: Rpc = "") -> None:
+def chain_audit_cmd(coordinator: Coordinator = DEFAULT_COORDINATOR, rpc: Rpc = "",
+                    settlement: Annotated[str, _pin("settlement", "Settlement address")] = "",
+                    vault: Annotated[str, _pin("vault", "StakeVault address")] = "",
+                    token: Annotated[str, _pin("token", "Token address")] = "",
+                    start_block: Annotated[int | None, _pin(
+                        "start-block", "Block the contracts were deployed in")] = None,
+                    max_confirmations: Annotated[int, typer.Option(
+                        envvar="DEAI_AUDIT_MAX_CONFIRMATIONS", min=0,
+                        help="Count at most this many of the confirmations the coordinator "
+                             "reports before a deposit must be credited.")] = 64) -> None:
     """Replay the journal and compare every epoch, deposit, claim, stake and slash with
     the chain; exit 1 if anything differs."""
-    if not chain_audit(coordinator, rpc):
+    pins = Pins(settlement, vault, token, start_block, max_confirmations)
+    if not chain_audit(coordinator, rpc, pins):
         raise typer.Exit(1)
 
 

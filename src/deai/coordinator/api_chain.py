@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
 from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any
 
@@ -29,7 +28,7 @@ from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session, defer
 from starlette.concurrency import run_in_threadpool
 
-from deai.chain import merkle, rail
+from deai.chain import books, merkle, rail
 from deai.chain.adapter import Chain
 from deai.coordinator.auth import coordinator, signer
 from deai.coordinator.service import Coordinator
@@ -41,7 +40,6 @@ from deai.store.models import Balance, ChainDeposit, ChainEpoch, ChainOutbox, Jo
 router = APIRouter(prefix="/api/chain")
 C = Annotated[Coordinator, Depends(coordinator)]
 Signer = Annotated[str, Depends(signer)]
-ADDRESS = re.compile(r"^0x[0-9a-fA-F]{40}$")
 RECENT = 20
 STAKES_SHOWN = 50  # providers whose stake the chain page compares with the vault's
 
@@ -54,7 +52,7 @@ class WithdrawIn(BaseModel):
     @field_validator("address")
     @classmethod
     def _address(cls, v: str) -> str:
-        if not ADDRESS.match(v):
+        if not books.is_address(v):  # the whole string: a trailing newline froze epochs
             raise ValueError("an EVM address: 0x and 40 hex digits")
         return v
 
@@ -203,7 +201,7 @@ def _tree(settlement: str, epoch: int | None, leaves: dict[str, int]) -> merkle.
 @router.get("/proof/{address}")
 def proof(address: str, request: Request, c: C) -> dict[str, Any]:
     chain = chain_of(request)
-    if not ADDRESS.match(address):
+    if not books.is_address(address):
         raise InvalidInput("address: an EVM address, 0x and 40 hex digits", field="address")
     with c.db.read() as s:
         e = rail.latest_epoch(s)

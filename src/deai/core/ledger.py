@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -248,6 +248,77 @@ def royalty(dataset_id: str, job_id: str, owner: str, payer: str, amount: int) -
 
 # --- the audit ---------------------------------------------------------------------------
 
+def _slash_of(b: Mapping[str, Any]) -> Draft:
+    evidence = {k: v for k, v in b.items()
+                if k not in ("provider", "amount", "bounty", "bounty_to")}
+    return slash(b["provider"], b["amount"], b["bounty_to"], b["bounty"], evidence)
+
+
+# Each kind that a builder above makes, and that builder called with the entry's body:
+# the postings an honest entry of that kind carries. Functions because the lease builders
+# are defined further down. The journal keeps every entry ever made, so a builder must
+# go on making the same postings from an old body: a new shape of entry is a new kind.
+CANONICAL: dict[str, Callable[[Mapping[str, Any]], Draft]] = {
+    "faucet": lambda b: faucet(b["account"], b["amount"]),
+    "bond": lambda b: bond(b["provider"], b["amount"]),
+    "unbond": lambda b: unbond(b["provider"], b["amount"]),
+    "escrow": lambda b: escrow_job(b["owner"], b["job"], b["amount"]),
+    "payout": lambda b: payout(b["job"], b["task"], b["assignment"], b["provider"], b["cost"],
+                               b["fee"]),
+    "release": lambda b: release(b["provider"], b["amount"], b["payouts"]),
+    "treasury_grant": lambda b: treasury_grant(b["amount"], b["reason"]),
+    "check_fee": lambda b: check_fee(b["provider"], b["amount"], b["assignment"], b["role"]),
+    "verdict": lambda b: Draft("verdict", dict(b), ()),
+    "slash": _slash_of,
+    "forfeit": lambda b: forfeit(b["provider"], b["job"], b["amount"], b["fee_back"], b["to"]),
+    "clawback": lambda b: clawback(b["provider"], b["job"], b["task"], b["from_balance"],
+                                   b["from_stake"], b["from_treasury"], b["to"]),
+    "refund": lambda b: refund(b["owner"], b["job"], b["amount"], b["reason"]),
+    "royalty": lambda b: royalty(b["dataset"], b["job"], b["owner"], b["payer"], b["amount"]),
+    "lease_escrow": lambda b: escrow_lease(b["owner"], b["lease"], b["amount"]),
+    "lease_charge": lambda b: lease_charge(b["lease"], b["provider"], b["cost"], b["fee"],
+                                           b["seconds"]),
+    "lease_refund": lambda b: lease_refund(b["owner"], b["lease"], b["amount"], b["reason"]),
+    "lease_penalty": lambda b: downtime_penalty(b["provider"], b["lease"], b["amount"],
+                                                b["downtime"]),
+    "deposit": lambda b: deposit(b["account"], b["amount"], b["chain_id"], b["tx"],
+                                 b["log_index"], b["block"]),
+    "withdrawal": lambda b: withdrawal(b["account"], b["amount"], b["address"]),
+}
+
+
+def _net(postings: Iterable[Sequence[Any]]) -> dict[str, int]:
+    net: dict[str, int] = {}
+    for account, delta in postings:
+        net[account] = net.get(account, 0) + delta
+    return {a: d for a, d in net.items() if d}
+
+
+def postings_problem(seq: int, kind: str, body: Mapping[str, Any],
+                     postings: Sequence[Sequence[Any]]) -> str | None:
+    """Why an entry does not move the money its body describes, or None.
+
+    An entry of a kind in ``CANONICAL`` must move, account by account, what its builder
+    makes of its body: otherwise a body could say one thing (the deposit credited to
+    Alice, the withdrawal that took 3 DEAI out) while the postings did another, and
+    everything that reads bodies (the chain's epochs and deposits, the explorer) would
+    believe it. Kinds without a builder are not judged."""
+    make = CANONICAL.get(kind)
+    if make is None:
+        return None
+    try:
+        want = make(body).postings
+    except Exception as exc:  # noqa: BLE001 - a body no builder accepts is the finding
+        return f"entry {seq}: its body is not a valid {kind} ({type(exc).__name__}: " \
+               f"{str(exc)[:80]})"
+    if len(want) == len(postings) and all(  # the usual case: the builder's own postings
+            a == p[0] and d == p[1] for (a, d), p in zip(want, postings, strict=True)):
+        return None
+    if _net(want) != _net(postings):
+        return f"entry {seq}: postings do not move what its {kind} body says"
+    return None
+
+
 @dataclass
 class AuditReport:
     ok: bool = True
@@ -271,7 +342,8 @@ class AuditReport:
 def audit(entries: Iterable[Entry], claimed: Mapping[str, int] | None = None) -> AuditReport:
     """Replay the journal from genesis and check every invariant.
 
-    The chain is unbroken and every hash recomputes; every entry balances; no
+    The chain is unbroken and every hash recomputes; every entry balances, and one of
+    a kind with a builder moves what its body says (``postings_problem``); no
     account but the mint ever dips below zero; the balances the operator claims
     equal the replayed ones; and the sum of all balances is zero, so the only
     source of money is the mint.
@@ -288,6 +360,9 @@ def audit(entries: Iterable[Entry], claimed: Mapping[str, int] | None = None) ->
             rep.fail(f"entry {e.seq}: hash does not recompute")
         if sum(d for _, d in e.postings) != 0:
             rep.fail(f"entry {e.seq}: postings do not balance")
+        mismatch = postings_problem(e.seq, e.kind, e.body, e.postings)
+        if mismatch is not None:
+            rep.fail(mismatch)
         for account, delta in e.postings:
             bal[account] = bal.get(account, 0) + delta
         # An entry is atomic: judge balances after all its postings, as check_funds does.

@@ -6,8 +6,9 @@ caller can feed entries as they arrive (a client streaming pages, the server
 replaying only what was appended since its last call) and read the state at any
 entry. Every check is the one ``ledger.audit`` makes, with the same messages:
 the sequence has no gap, every entry carries its predecessor's hash, every
-hash recomputes, every entry balances, no account but the mint goes below zero
-after an entry. ``finish`` adds the conservation of supply.
+hash recomputes, every entry balances and moves what its body says
+(``ledger.postings_problem``), no account but the mint goes below zero after an
+entry. ``finish`` adds the conservation of supply.
 
 The hash is ``ledger.entry_hash``'s canonical JSON made by the standard
 library's C encoder built once (``entry_hash`` builds one per call, which costs
@@ -90,6 +91,10 @@ class Replay:
             total += delta
         if total != 0:
             self.fail(f"entry {seq}: postings do not balance")
+        if kind in ledger.CANONICAL:
+            mismatch = ledger.postings_problem(seq, kind, body, postings)
+            if mismatch is not None:
+                self.fail(mismatch)
         # An entry is atomic: judge balances after all its postings, as check_funds does.
         for account, _ in postings:
             if bal[account] < 0 and account != ledger.MINT:
