@@ -200,13 +200,17 @@ def test_cheaters_are_flagged_within_three_challenges(net: Network) -> None:
     assert fast is not None and fast.compute_units == pytest.approx(
         got["fast-talker"]["verified_units"], rel=1e-6)
 
-    # repeated failure slashes part of the stake, through the journal
-    got = wait_for(net, "a slash", lambda g: g["fast-talker"]["slashed"] > 0)
+    # repeated hard failure slashes part of the stake, through the journal; late answers
+    # alone never do (a client's load can make an honest machine late)
+    got = wait_for(net, "a slash", lambda g: g["no-memory"]["slashed"] > 0)
     c = net.client()
     entries = [ledger.Entry.from_dict(e) for e in c.journal(limit=5000).entries]
     slashes = [e for e in entries if e.kind == "slash"
-               and e.body.get("provider") == got["fast-talker"]["provider"]]
+               and e.body.get("provider") == got["no-memory"]["provider"]]
     assert slashes and slashes[0].body["reason"] == "hardware challenge"
+    fast = challenges(coord, got["fast-talker"]["provider"])
+    if "passed" not in judged(fast) and {"wrong", "error", "expired"}.isdisjoint(judged(fast)):
+        assert got["fast-talker"]["slashed"] == 0, judged(fast)
     audit_ok(c)
 
 
