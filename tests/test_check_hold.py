@@ -101,7 +101,7 @@ def test_a_checker_held_to_its_hold_is_not_charged_as_a_hoarder(tmp_path: Path) 
                 fate = (a.status, a.error)
             if fate[0] != AssignmentStatus.LEASED:
                 break
-        assert fate == (AssignmentStatus.EXPIRED, jobs.CHECK_HOLD_PASSED)
+        assert fate == (AssignmentStatus.EXPIRED, jobs.HOLD_PASSED)
     with w.c.db.read() as s:
         assert w.c.settlement.balance(s, ledger.stake(honest)) == stake0
         assert reputation.get(s, honest, "embeddings").fails == rep0.fails
@@ -122,3 +122,45 @@ def test_a_commands_checkers_are_held_for_its_wall_clock_limit(tmp_path: Path) -
                     "wall_seconds": 1500}
         hold = matching.check_hold(w.c, s, primary.id, job)
     assert hold == matching.CHECK_HOLD_RUNS * 1500 + w.c.settings.lease_ttl
+
+
+def test_a_commands_primary_is_held_no_later_than_its_bound(tmp_path: Path) -> None:
+    """A command's primary lease is held at most four times its wall-clock limit: past
+    that no honest run is still going (the sandbox kills it at the limit), and the task
+    goes to someone else at no charge. Before, a provider that kept listing it held the
+    job until its deadline. Kinds with no declared bound keep the job's deadline."""
+    w = DbWorld(tmp_path)
+    clock, st = w.c.clock, w.c.settings
+    assert isinstance(clock, ManualClock)
+    with w.c.db.write() as s:
+        job = s.get(Job, w.job_id)
+        assert job is not None
+        assert matching.primary_hold(w.c, job) is None  # embeddings: no bound
+        job.kind = "command"
+        job.spec = {"kind": "command", "model": "bwrap-sandbox", "max_price": 100,
+                    "wall_seconds": 300}
+        hold = matching.primary_hold(w.c, job)
+        bulk = matching._Bulk()
+        assert matching._primary_hold(w.c, job, 10.0, bulk) == 10.0 + hold
+        assert bulk.holds == {w.job_id: hold}  # the spec parsed once a batch
+    assert hold == max(matching.CHECK_HOLD_MIN, matching.CHECK_HOLD_RUNS * 300) + st.lease_ttl
+    primary = w.seat(Role.PRIMARY)
+    with w.c.db.write() as s:
+        a = s.get(Assignment, primary.id)
+        assert a is not None
+        a.hold_until, a.delivered = clock.now() + hold, True
+    with w.c.db.read() as s:
+        stake0 = w.c.settlement.balance(s, ledger.stake(primary.provider))
+    while True:
+        clock.advance(10.0)
+        w.c.heartbeat(primary.provider, [primary.id])
+        jobs.expire_leases(w.c)
+        with w.c.db.read() as s:
+            a = s.get(Assignment, primary.id)
+            assert a is not None
+            fate = (a.status, a.error)
+        if fate[0] != AssignmentStatus.LEASED:
+            break
+    assert fate == (AssignmentStatus.EXPIRED, jobs.HOLD_PASSED)
+    with w.c.db.read() as s:
+        assert w.c.settlement.balance(s, ledger.stake(primary.provider)) == stake0

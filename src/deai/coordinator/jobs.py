@@ -386,7 +386,7 @@ def report_failure(c: Coordinator, pid: str, assignment_id: str, error: str) -> 
     return wire.ResultOut(status=AssignmentStatus.FAILED.value)
 
 
-CHECK_HOLD_PASSED = "check held past its hold"  # an expired check lease's error
+HOLD_PASSED = "held past its hold"  # a lease with ``hold_until`` that reached it
 
 
 def expire_leases(c: Coordinator) -> int:
@@ -416,10 +416,11 @@ def expire_leases(c: Coordinator) -> int:
         last_seen = s.scalar(select(Provider.last_seen).where(Provider.id == a.provider_id))
         if (a.lease_deadline < now and a.hold_until is not None
                 and a.lease_deadline >= a.hold_until):
-            # A check held as long as its hold allows: the verdict waits no longer, and
-            # the check goes to someone else. No charge: the hold may have been cut short
-            # by what the checked result claimed (a colluding primary answering at once).
-            why = CHECK_HOLD_PASSED
+            # Held as long as its hold allows (``matching.check_hold``, ``primary_hold``):
+            # the task waits no longer and goes to someone else. No charge: a check's
+            # hold may have been cut short by what the checked result claimed (a
+            # colluding primary answering at once).
+            why = HOLD_PASSED
         elif a.lease_deadline < now and a.delivered and (last_seen or 0.0) >= stale:
             why = hoarding.LAPSE  # handed over, alive, and sat on it: that costs
             hoarding.on_lapse(c, s, a, job.kind)

@@ -583,6 +583,7 @@ class _Bulk:
     primaries: list[effects.Placed] = field(default_factory=list)  # ``placed_many``
     jobs_now: dict[str, str] = field(default_factory=dict)  # its status as claimed, by job
     ids: list[str] = field(default_factory=list)  # the leases' ids, drawn at once
+    holds: dict[str, float | None] = field(default_factory=dict)  # ``primary_hold``, by job
 
 
 def _lease(c: Coordinator, s: Session, task: Task, job: Job, pl: market.Placement,
@@ -637,7 +638,8 @@ def _lease(c: Coordinator, s: Session, task: Task, job: Job, pl: market.Placemen
            "status": _LEASED, "price": pl.price, "leased_at": now,
            "lease_deadline": now + c.settings.lease_ttl, "delivered": False,
            "input_digest": payload, "check_of": check_of, "forced": forced,
-           "hold_until": None if check_of is None else now + check_hold(c, s, check_of, job)}
+           "hold_until": now + check_hold(c, s, check_of, job) if check_of is not None
+           else _primary_hold(c, job, now, bulk)}
     if bulk is None:
         s.add(Assignment(**row))
         c.emit(s, "task_assigned", tid, job=jid, provider=pl.provider_id, price=pl.price,
@@ -649,6 +651,35 @@ def _lease(c: Coordinator, s: Session, task: Task, job: Job, pl: market.Placemen
 CHECK_HOLD_MIN = 600.0  # seconds a check's lease may be held at least, whatever its subject
 CHECK_HOLD_RUNS = 4  # ... or this many times as long as the checked result took to make,
 # or the longest run the job's spec allows (``Kind.run_bound``)
+
+
+def _primary_hold(c: Coordinator, job: Job, now: float, bulk: _Bulk | None) -> float | None:
+    """``primary_hold`` once per job and batch (a spec parsed per placement would cost the
+    matcher a fifth of its rate), as a lease's ``hold_until`` from ``now``."""
+    jid = job.id
+    if bulk is None:
+        hold = primary_hold(c, job)
+    elif jid in bulk.holds:
+        hold = bulk.holds[jid]
+    else:
+        hold = bulk.holds[jid] = primary_hold(c, job)
+    return None if hold is None else now + hold
+
+
+def primary_hold(c: Coordinator, job: Job) -> float | None:
+    """How long a primary's lease may be held by heartbeats, when the job's spec bounds a
+    run (``Kind.run_bound``: a command's wall-clock limit): ``CHECK_HOLD_RUNS`` times
+    that, at least ``CHECK_HOLD_MIN``, plus a lease's ttl; past it the lease ends at no
+    charge and the task goes to someone else (``jobs.expire_leases``). None: bounded by
+    the job's deadline only (a training run, a batch of embeddings: no declared bound)."""
+    try:
+        kind = kinds.get(job.kind)
+        bound = kind.run_bound(kind.parse_spec(job.spec))
+    except Exception:  # a spec an upgrade no longer parses: the deadline bounds it
+        return None
+    if bound is None:
+        return None
+    return max(CHECK_HOLD_MIN, CHECK_HOLD_RUNS * bound) + c.settings.lease_ttl
 
 
 def check_hold(c: Coordinator, s: Session, subject_id: str, job: Job) -> float:
