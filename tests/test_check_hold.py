@@ -62,38 +62,32 @@ def test_a_checks_lease_is_held_no_later_than_its_hold(tmp_path: Path, path: str
         assert a is not None and a.status == AssignmentStatus.EXPIRED
 
 
-def test_a_checker_held_to_its_hold_is_not_charged_as_a_hoarder(tmp_path: Path) -> None:
-    """A colluding primary that answers at once sets its checkers' hold to the floor; an
-    honest checker whose real run is longer, heartbeating all along, reaches the hold.
-    Before, each such lapse was charged as hoarding: a reputation fail, and from the
-    third within an hour probation and a 1 % slash. Now the check just moves on."""
-    w = DbWorld(tmp_path)
+def sit_on_checks(w: DbWorld, checker: str, n: int) -> list[tuple[str, str | None]]:
+    """``checker`` takes ``n`` checks of a primary that "ran" in 1 s, one after another,
+    and heartbeats each (working, or sitting on it) until it ends; their fates."""
     clock, st = w.c.clock, w.c.settings
     assert isinstance(clock, ManualClock)
     primary = w.seat(Role.PRIMARY)
-    honest = w.providers[5]
     with w.c.db.write() as s:
         p = s.get(Assignment, primary.id)
         assert p is not None
-        p.leased_at, p.submitted_at = clock.now() - 1.0, clock.now()  # "ran" in 1 s
+        p.leased_at, p.submitted_at = clock.now() - 1.0, clock.now()
         p.status = AssignmentStatus.SUBMITTED
-    with w.c.db.read() as s:
-        stake0 = w.c.settlement.balance(s, ledger.stake(honest))
-        rep0 = reputation.get(s, honest, "embeddings")
-    for j in range(hoarding.REPEATED + 1):
+    fates = []
+    for j in range(n):
         rid = f"asg_check_{j}"
         with w.c.db.write() as s:
             job = s.get(Job, w.job_id)
             assert job is not None
             hold = matching.check_hold(w.c, s, primary.id, job)
-            s.add(Assignment(id=rid, task_id=w.task_id, job_id=w.job_id, provider_id=honest,
+            s.add(Assignment(id=rid, task_id=w.task_id, job_id=w.job_id, provider_id=checker,
                              role=Role.REPLICA, status=AssignmentStatus.LEASED, price=1,
                              leased_at=clock.now(), lease_deadline=clock.now() + st.lease_ttl,
                              delivered=True, units=1, check_of=primary.id,
                              hold_until=clock.now() + hold))
-        while True:  # the honest checker works on, heartbeating as its agent does
+        while True:
             clock.advance(10.0)
-            w.c.heartbeat(honest, [rid])
+            w.c.heartbeat(checker, [rid])
             jobs.expire_leases(w.c)
             with w.c.db.read() as s:
                 a = s.get(Assignment, rid)
@@ -101,12 +95,47 @@ def test_a_checker_held_to_its_hold_is_not_charged_as_a_hoarder(tmp_path: Path) 
                 fate = (a.status, a.error)
             if fate[0] != AssignmentStatus.LEASED:
                 break
-        assert fate == (AssignmentStatus.EXPIRED, jobs.HOLD_PASSED)
+        fates.append(fate)
+    return fates
+
+
+def test_an_honest_training_checker_held_to_its_hold_is_not_charged(tmp_path: Path) -> None:
+    """A colluding primary that answers at once sets its checkers' hold to the floor; a
+    training check (no declared bound on a run) whose honest replay is longer reaches
+    the hold, heartbeating all along. Before, each such lapse was charged as hoarding:
+    a reputation fail, and from the third within an hour probation and a 1 % slash.
+    Now the check just moves on."""
+    w = DbWorld(tmp_path)
+    with w.c.db.write() as s:
+        job = s.get(Job, w.job_id)
+        assert job is not None
+        job.kind = "train"  # its spec is not a training one: no bound read from it either
+    honest = w.providers[5]
+    with w.c.db.read() as s:
+        stake0 = w.c.settlement.balance(s, ledger.stake(honest))
+        rep0 = reputation.get(s, honest, "train")
+    fates = sit_on_checks(w, honest, hoarding.REPEATED + 1)
+    assert set(fates) == {(AssignmentStatus.EXPIRED, jobs.HOLD_PASSED)}
     with w.c.db.read() as s:
         assert w.c.settlement.balance(s, ledger.stake(honest)) == stake0
-        assert reputation.get(s, honest, "embeddings").fails == rep0.fails
+        assert reputation.get(s, honest, "train").fails == rep0.fails
         assert not s.scalars(select(Event).where(Event.kind == "slash",
                                                  Event.subject == honest)).all()
+
+
+def test_sitting_on_a_bounded_check_is_still_hoarding(tmp_path: Path) -> None:
+    """Any other check's hold covers an honest run (ten minutes for an embeddings shard at
+    least): a checker that sits on it to its end is charged as a hoarder, as before."""
+    w = DbWorld(tmp_path)
+    griefer = w.providers[5]
+    with w.c.db.read() as s:
+        rep0 = reputation.get(s, griefer, "embeddings")
+    fates = sit_on_checks(w, griefer, hoarding.REPEATED)
+    assert set(fates) == {(AssignmentStatus.EXPIRED, hoarding.LAPSE)}
+    with w.c.db.read() as s:
+        assert reputation.get(s, griefer, "embeddings").fails > rep0.fails
+        assert s.scalars(select(Event).where(Event.kind == "slash",
+                                             Event.subject == griefer)).all()
 
 
 def test_a_commands_checkers_are_held_for_its_wall_clock_limit(tmp_path: Path) -> None:
@@ -126,9 +155,10 @@ def test_a_commands_checkers_are_held_for_its_wall_clock_limit(tmp_path: Path) -
 
 def test_a_commands_primary_is_held_no_later_than_its_bound(tmp_path: Path) -> None:
     """A command's primary lease is held at most four times its wall-clock limit: past
-    that no honest run is still going (the sandbox kills it at the limit), and the task
-    goes to someone else at no charge. Before, a provider that kept listing it held the
-    job until its deadline. Kinds with no declared bound keep the job's deadline."""
+    that no honest run is still going (the sandbox kills it at the limit), so the lease
+    lapses as a hoarded one and the task goes to someone else. Before, a provider that
+    kept listing it held the job until its deadline. Kinds with no declared bound keep
+    the job's deadline."""
     w = DbWorld(tmp_path)
     clock, st = w.c.clock, w.c.settings
     assert isinstance(clock, ManualClock)
@@ -150,7 +180,7 @@ def test_a_commands_primary_is_held_no_later_than_its_bound(tmp_path: Path) -> N
         assert a is not None
         a.hold_until, a.delivered = clock.now() + hold, True
     with w.c.db.read() as s:
-        stake0 = w.c.settlement.balance(s, ledger.stake(primary.provider))
+        rep0 = reputation.get(s, primary.provider, "command")
     while True:
         clock.advance(10.0)
         w.c.heartbeat(primary.provider, [primary.id])
@@ -161,6 +191,6 @@ def test_a_commands_primary_is_held_no_later_than_its_bound(tmp_path: Path) -> N
             fate = (a.status, a.error)
         if fate[0] != AssignmentStatus.LEASED:
             break
-    assert fate == (AssignmentStatus.EXPIRED, jobs.HOLD_PASSED)
+    assert fate == (AssignmentStatus.EXPIRED, hoarding.LAPSE)
     with w.c.db.read() as s:
-        assert w.c.settlement.balance(s, ledger.stake(primary.provider)) == stake0
+        assert reputation.get(s, primary.provider, "command").fails == rep0.fails + 1

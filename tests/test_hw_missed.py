@@ -1,7 +1,9 @@
 """Re-challenges are not left to the provider's goodwill: a challenge that came due
-while its provider was online, and that it never asked for, counts once its deadline
-and grace have passed as issued then and left unanswered (``hardware.expire``, the
-leader's loop). A provider that is offline is left alone until it is heard from.
+while its provider was online, and that it did not ask for within its deadline and
+grace, is issued by the leader (``hardware.expire``), handed over at the next poll, and
+expires like any other if it is not answered in time from then. A provider that is
+offline is left alone; one back online gets the same time to answer as any other (its
+challenge thread polls a few seconds after its first heartbeat).
 """
 
 from __future__ import annotations
@@ -42,6 +44,17 @@ def c(tmp_path: Path, fresh_url: str,
         c.db.dispose()
 
 
+def answer(c: Coordinator, pid: str, ch: wh.ChallengeOut) -> hc.Verdict | wh.VerdictOut:
+    run = challenge.Runner(1)
+    try:
+        root = run.commit(hc.Spec.from_dict(ch.spec))
+        got = hardware.commit(c, pid, ch.id, wh.CommitIn(root=root))
+        assert got.opening is not None
+        return hardware.open_(c, pid, ch.id, run.answer(got.opening.rows, got.opening.positions))
+    finally:
+        run.release()
+
+
 def verified_provider(c: Coordinator) -> str:
     pid = Identity.generate().id
     c.faucet(pid, 50_000_000)
@@ -51,15 +64,8 @@ def verified_provider(c: Coordinator) -> str:
         offers=[wire.OfferIn(workload="embeddings", model=MODEL, price=500)]))
     ch = hardware.poll(c, pid).challenge
     assert ch is not None
-    run = challenge.Runner(1)
-    try:
-        root = run.commit(hc.Spec.from_dict(ch.spec))
-        got = hardware.commit(c, pid, ch.id, wh.CommitIn(root=root))
-        assert got.opening is not None
-        v = hardware.open_(c, pid, ch.id, run.answer(got.opening.rows, got.opening.positions))
-    finally:
-        run.release()
-    assert v.outcome == "passed" and v.status == "verified"
+    v = answer(c, pid, ch)
+    assert v.outcome == "passed" and v.status == "verified"  # type: ignore[union-attr]
     return pid
 
 
@@ -82,7 +88,7 @@ def live_for(c: Coordinator, pid: str, seconds: float) -> None:
         c.heartbeat(pid, [])
 
 
-def test_a_due_challenge_never_asked_for_expires(c: Coordinator) -> None:
+def test_a_due_challenge_never_asked_for_is_issued_then_expires(c: Coordinator) -> None:
     pid = verified_provider(c)
     prm = hardware.params(c)
     with c.db.read() as s:
@@ -91,6 +97,11 @@ def test_a_due_challenge_never_asked_for_expires(c: Coordinator) -> None:
     assert hardware.expire(c) == 0 and status(c, pid) == "verified"
 
     live_for(c, pid, 200 * prm.latency_s + prm.grace_s + 60)  # past any deadline and grace
+    assert hardware.expire(c) == 1  # issued, unasked: not judged yet
+    assert status(c, pid) == "verified" and outcomes(c, pid)[-1] == ("random", "issued")
+    assert hardware.expire(c) == 0  # issued once
+
+    live_for(c, pid, 200 * prm.latency_s + prm.grace_s + 60)  # and never answered
     assert hardware.expire(c) == 1
     assert status(c, pid) == "flagged"
     assert outcomes(c, pid)[-1] == ("random", "expired")
@@ -101,9 +112,35 @@ def test_a_due_challenge_never_asked_for_expires(c: Coordinator) -> None:
     assert hardware.expire(c) == 0  # judged once
 
 
-def test_an_offline_provider_is_left_alone_until_heard_from(c: Coordinator) -> None:
+def test_an_issued_challenge_is_handed_over_at_the_next_poll(c: Coordinator) -> None:
+    """An honest agent back from an outage: its first heartbeat makes it online, the
+    leader issues the overdue challenge, and the challenge thread's poll a few seconds
+    later gets it and answers in time. Before, the leader judged it expired at once."""
     pid = verified_provider(c)
     c.clock.advance(50 * hardware.params(c).period_s)  # type: ignore[attr-defined]
-    assert hardware.expire(c) == 0 and status(c, pid) == "verified"
-    c.heartbeat(pid, [])  # back, and still not asking
-    assert hardware.expire(c) == 1 and status(c, pid) == "flagged"
+    assert hardware.expire(c) == 0 and status(c, pid) == "verified"  # offline: left alone
+    c.heartbeat(pid, [])  # back
+    assert hardware.expire(c) == 1 and status(c, pid) == "verified"
+    ch = hardware.poll(c, pid).challenge
+    assert ch is not None and outcomes(c, pid)[-1] == ("random", "issued")
+    assert hardware.poll(c, pid).challenge == ch  # asked again (an answer lost): the same
+    v = answer(c, pid, ch)
+    assert v.outcome == "passed" and status(c, pid) == "verified"  # type: ignore[union-attr]
+    assert hardware.expire(c) == 0
+
+
+def test_offline_providers_cost_the_leader_nothing(c: Coordinator,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Providers that polled once and left get no transaction every pass."""
+    pids = [verified_provider(c) for _ in range(3)]
+    c.clock.advance(50 * hardware.params(c).period_s)  # type: ignore[attr-defined]
+    ran: list[str] = []
+    real = hardware._missed_of
+
+    def counted(c: Coordinator, s: object, *, pid: str) -> int:
+        ran.append(pid)
+        return real(c, s, pid=pid)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(hardware, "_missed_of", counted)
+    assert hardware.expire(c) == 0
+    assert ran == [] and all(status(c, p) == "verified" for p in pids)

@@ -58,7 +58,7 @@ def test_registration_challenge_passes_and_verifies_the_claim(net: Network) -> N
     c = provider(net, "hw-ok")
     ch = poll(c)
     assert ch is not None and Spec.from_dict(ch.spec).parts[0].device == "cpu"
-    assert poll(c) is None  # one outstanding challenge at a time
+    assert poll(c) == ch  # one outstanding challenge at a time: asked again, the same
     v = challenge.run_challenge(c, 1, ch, challenge.Cheat())
     assert v is not None and v.outcome == "passed", v
     got = claim(net, c._me())

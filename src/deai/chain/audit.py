@@ -174,10 +174,16 @@ def _deposits(rep: ChainAudit, entries: list[Entry], at: _At, max_confirmations:
         elif got[:2] != (account, amount):
             rep.fail(f"entry {seq} credits {amount} µ to {account[:16]}…; the chain's deposit "
                      f"is {got[1]} µ to {got[0][:16]}…")
+    # A deployment that waits more blocks than the cap fails here for deposits it may still
+    # be waiting for: the auditor who accepts that depth says so (``max_confirmations``);
+    # taking the depth from the audited coordinator would let it hide any deposit.
+    deeper = (f" (the coordinator waits {reported} blocks; the audit {confirmations}: "
+              "raise the audit's max confirmations to accept that)"
+              if reported > confirmations else "")
     for key, (_account, amount, block) in sorted(on_chain.items()):
         if block <= safe and key not in counts:
             rep.fail(f"deposit {key[0][:18]}…#{key[1]} of {amount} µ (block {block}) "
-                     "is not credited in the journal")
+                     f"is not credited in the journal{deeper}")
 
 
 def _claims(rep: ChainAudit, entries: list[Entry], at: _At) -> None:

@@ -56,6 +56,11 @@ def _out(d: Dataset, private: bool = False) -> W.DatasetOut:
     return W.DatasetOut(**face)
 
 
+def lock(s: Session, dataset_id: str) -> None:
+    """Lock a dataset's row (``store.db``'s order: before the journal's head)."""
+    _get(s, dataset_id, lock=True)
+
+
 def _get(s: Session, dataset_id: str, lock: bool = False) -> Dataset:
     d = s.get(Dataset, dataset_id, with_for_update=lock) if D.ID.match(dataset_id) else None
     if d is None:

@@ -41,6 +41,7 @@ from deai.core import hwcheck as hc
 from deai.core import ledger, market
 from deai.core import wire_hardware as wh
 from deai.core.errors import Conflict, Forbidden, InvalidInput, NotFound
+from deai.core.lifecycle import ProviderStatus
 from deai.store.models import HwChallenge, HwClaim, Provider
 
 log = logging.getLogger("deai.coordinator.hardware")
@@ -170,6 +171,9 @@ def _poll(c: Coordinator, s: Session, pid: str) -> wh.PollOut:
         for ch in live:
             if ch.status in LIVE:
                 ch.status, ch.detail = "expired", "superseded: the identity changed"
+    issued = [ch for ch in live if ch.status == "issued"]
+    if issued:  # one the leader issued unasked (``_missed_of``), or a lost answer: again
+        return wh.PollOut(challenge=wh.ChallengeOut(id=issued[0].id, spec=issued[0].spec))
     if why is None or any(ch.status in LIVE for ch in live):
         return wh.PollOut()
     prm = params(c)
@@ -362,8 +366,13 @@ def expire(c: Coordinator) -> int:
                                 HwChallenge.spec)
                          .where(HwChallenge.status.in_(LIVE))
                          .order_by(HwChallenge.provider_id, HwChallenge.id)).all()
-        overdue = s.scalars(select(HwClaim.provider_id).where(
+        # online providers only, in the query: one that polled once and left must not
+        # cost a write transaction every pass
+        overdue = s.scalars(select(HwClaim.provider_id)
+                            .join(Provider, Provider.id == HwClaim.provider_id).where(
             HwClaim.next_at < now - grace,
+            Provider.status == ProviderStatus.ACTIVE,
+            Provider.last_seen >= now - c.settings.heartbeat_timeout,
             ~select(HwChallenge.id).where(HwChallenge.provider_id == HwClaim.provider_id,
                                           HwChallenge.status.in_(LIVE)).exists())
             .order_by(HwClaim.provider_id)).all()
@@ -391,10 +400,12 @@ def expire(c: Coordinator) -> int:
 
 
 def _missed_of(c: Coordinator, s: Session, *, pid: str) -> int:
-    """A challenge was due and the provider, online all the same, never asked for it:
-    it counts as issued when it was due and left unanswered (expired), so that passing
-    once and never polling again does not keep a claim verified. An offline provider is
-    left alone (it is matched for nothing; it is judged once it is heard from again)."""
+    """A challenge was due and the provider, online all the same, has not asked for it:
+    it is issued now, unasked (its next poll hands it over, ``_poll``), and expires like
+    any other if it is not answered within its deadline and grace from now. So passing
+    once and never polling again does not keep a claim verified; and an honest agent
+    back from an outage, whose challenge thread polls a few seconds after its first
+    heartbeat, is not judged before it could ask. An offline provider is left alone."""
     p = s.get(Provider, pid, with_for_update={"key_share": True})
     if p is None or not c.online(p):
         return 0
@@ -408,10 +419,10 @@ def _missed_of(c: Coordinator, s: Session, *, pid: str) -> int:
     if c.now() <= row.next_at + spec.deadline_s + prm.grace_s:
         return 0  # not overdue yet, or an identity change just made one due now
     ch = HwChallenge(id=new_id("hwc"), provider_id=pid, fingerprint=row.fingerprint,
-                     reason=why, spec=spec.to_dict(), status="issued", issued_at=row.next_at)
+                     reason=why, spec=spec.to_dict(), status="issued", issued_at=c.now())
     s.add(ch)
-    c.emit(s, "hardware_challenge", pid, challenge=ch.id, reason=why)
-    _judge(c, s, row, p, ch, hc.Verdict("expired", "due and never asked for"))
+    row.next_at = c.now() + prm.period_s  # until this one is judged
+    c.emit(s, "hardware_challenge", pid, challenge=ch.id, reason=why, unasked=True)
     return 1
 
 

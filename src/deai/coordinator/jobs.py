@@ -158,6 +158,8 @@ def submit(c: Coordinator, owner: str, body: wire.JobIn, *,
     def create(s: Session) -> wire.JobOut:
         if named:  # held until this commits, first (``store.db``: blob holds before rows)
             blob_quota.keep(c, s, named, "input.files")
+        if use is not None:  # its dataset before the escrow locks the journal's head
+            datasets.lock(s, use.dataset_id)
         # One eligible provider admits the job (read from the offers, a few at a time);
         # every provider is read, for the reasons in the refusal, only when none is.
         if not capacity.any_eligible(c, s, _demand(c, spec, shard_units)):
@@ -386,7 +388,14 @@ def report_failure(c: Coordinator, pid: str, assignment_id: str, error: str) -> 
     return wire.ResultOut(status=AssignmentStatus.FAILED.value)
 
 
-HOLD_PASSED = "held past its hold"  # a lease with ``hold_until`` that reached it
+HOLD_PASSED = "held past its hold"  # a training check's lease that reached its hold
+
+
+def _open_ended(kind: str) -> bool:
+    try:
+        return kinds.get(kind).open_ended
+    except Exception:  # a kind an upgrade no longer knows
+        return False
 
 
 def expire_leases(c: Coordinator) -> int:
@@ -415,11 +424,14 @@ def expire_leases(c: Coordinator) -> int:
             return False
         last_seen = s.scalar(select(Provider.last_seen).where(Provider.id == a.provider_id))
         if (a.lease_deadline < now and a.hold_until is not None
-                and a.lease_deadline >= a.hold_until):
-            # Held as long as its hold allows (``matching.check_hold``, ``primary_hold``):
-            # the task waits no longer and goes to someone else. No charge: a check's
-            # hold may have been cut short by what the checked result claimed (a
-            # colluding primary answering at once).
+                and a.lease_deadline >= a.hold_until and a.check_of is not None
+                and _open_ended(job.kind)):
+            # A training check held as long as its hold allows: the task waits no longer
+            # and goes to someone else, at no charge, for its hold followed the checked
+            # result's claimed run, which a colluding primary can make short. Any other
+            # hold (at least 10 minutes, four times the checked run and a command's
+            # wall-clock limit: ``matching.check_hold``, ``primary_hold``) covers an
+            # honest run, and reaching it is hoarding, below.
             why = HOLD_PASSED
         elif a.lease_deadline < now and a.delivered and (last_seen or 0.0) >= stale:
             why = hoarding.LAPSE  # handed over, alive, and sat on it: that costs

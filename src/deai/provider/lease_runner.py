@@ -275,6 +275,9 @@ class LeaseRunner:
         self._cores = cores
         self._next_core = 0
         self._starts: queue.Queue[wl.LeaseSpec] = queue.Queue()
+        # notices and their withdrawals, told to the leases in the order they came (a
+        # thread each could let a withdrawal overtake the notice it takes back)
+        self._notices_q: queue.Queue[tuple[LeaseSandbox, float | None]] = queue.Queue()
 
     def run(self, stop: threading.Event) -> None:
         self._stop = stop
@@ -292,6 +295,7 @@ class LeaseRunner:
         # bwrap's --die-with-parent follows the *thread* that started it: sandboxes are
         # started from this one thread, which lives as long as the runner
         threading.Thread(target=self._spawner, name="deai-lease-spawner", daemon=True).start()
+        threading.Thread(target=self._notifier, name="deai-lease-notices", daemon=True).start()
         try:
             self._poll_loop()
         finally:
@@ -333,12 +337,19 @@ class LeaseRunner:
                 self._end(lid, save=True)
             for lid in work.snapshots:
                 self._snapshot(lid)
-            for box, at in self._notices(set(known) - set(work.stop), work.notices):
-                threading.Thread(target=deliver_notice, args=(box, at), daemon=True,
-                                 name=f"deai-notice-{box.spec.id}").start()
+            for told in self._notices(set(known) - set(work.stop), work.notices):
+                self._notices_q.put(told)
             for sess in work.sessions:
                 threading.Thread(target=self._session, args=(sess,), daemon=True,
                                  name=f"deai-session-{sess.id[:8]}").start()
+
+    def _notifier(self) -> None:
+        while not self._stop.is_set():
+            try:
+                box, at = self._notices_q.get(timeout=1.0)
+            except queue.Empty:
+                continue
+            deliver_notice(box, at)
 
     def _notices(self, asked: set[str], notices: list[wl.Notice]
                  ) -> list[tuple[LeaseSandbox, float | None]]:
@@ -526,6 +537,9 @@ class LeaseRunner:
                 relay(ws, sock, sess.params)
 
 
+NOTICE_TIMEOUT_S = 10.0
+
+
 def deliver_notice(box: LeaseSandbox, at: float | None) -> None:
     """Tell a spot lease it will be preempted at ``at``: ``lease_init`` writes
     ``~/.deai/preempt`` and sends SIGTERM to every process in the sandbox but itself.
@@ -534,6 +548,9 @@ def deliver_notice(box: LeaseSandbox, at: float | None) -> None:
     what = "preemption notice" if at is not None else "notice's withdrawal"
     try:
         with box.connect() as sock:
+            # bounded: a lease whose init does not answer (its owner can stop it) must not
+            # hold up the notices of every other lease, told one after another
+            sock.settimeout(NOTICE_TIMEOUT_S)
             ch = lease_init.Channel(sock)
             if at is None:
                 ch.text(op="withdraw")

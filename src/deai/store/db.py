@@ -45,8 +45,11 @@ Consequences:
 - Hardware challenges lock the provider row first, then its claim and its
   challenges (``coordinator.hardware._locked``); the expiry takes one
   provider a transaction.
-- A dataset is locked after its using job (a key's release pays the job's royalty;
-  a job that ends gives an unpaid one back, ``coordinator.datasets``).
+- A dataset is locked after its using job and before the journal's head (a key's
+  release pays the job's royalty; a submission locks it before its escrow). One
+  exception: a job that ends gives an unpaid royalty back and locks its dataset
+  then, after whatever the ending already posted (a slash, a forfeit); it can meet
+  a release for another job on the same dataset, and ``run`` retries the loser.
 - Hourly leases: a lease's rows in ascending id, then its provider, then the
   journal's head; a cluster's row, then its leases (one cluster a transaction);
   a volume, then its mounts.
