@@ -470,7 +470,10 @@ def account_view(c: Coordinator, account: str, limit: int,
 
 def leases_view(c: Coordinator, limit: int) -> wx.LeasesOut:
     """Machines by the hour and the clusters made of them: counts, the latest of each,
-    their hosts, prices and fates. Owners, escrow and Ray endpoints stay private."""
+    their hosts, prices and fates. This view names no owner or escrow and no Ray
+    endpoint; a lease's payer and escrow are public facts all the same, in the journal
+    (``escrow_lease``) and the event stream (``lease_created``): every payment is, and an
+    account is a key, not a name. Ray endpoints stay private."""
     with c.db.read() as s:
         names = dict(s.execute(select(Provider.id, Provider.name)).all())
         lease_rows = s.scalars(select(Lease).order_by(Lease.created_at.desc())
