@@ -93,12 +93,20 @@ def record(c: Coordinator, pid: str, assignment_id: str,
         if sealed.is_sealed(job.spec):  # ciphertext: the chain commits to the stated plaintext
             from deai.coordinator import sealed_jobs
             blob_digest, seed, steps, genesis = sealed_jobs.checkpoint_terms(c, job, task, body)
+            every = job.spec.get("checkpoint_every")
         else:
             payload_digest = a.input_digest or task.input_digest
-            seed, steps = _run_of(c, payload_digest)
+            seed, steps, every = _run_of(c, payload_digest)
             genesis = checkpoints.genesis(payload_digest)
         if body.step > steps:
             raise InvalidInput(f"step: the run has {steps} steps", field="step")
+        # On the grid only (each multiple of ``checkpoint_every``, and the last step): one
+        # off it became every later attempt's resume point, whose honest chains then could
+        # not end on the grid, and failed until the job did.
+        if not (isinstance(every, int) and every > 0
+                and (body.step % every == 0 or body.step == steps)):
+            raise InvalidInput(f"step: checkpoints are at multiples of {every} and at step "
+                               f"{steps}", field="step")
         own = s.scalar(select(Checkpoint.step).where(Checkpoint.assignment_id == a.id)
                        .order_by(Checkpoint.step.desc()).limit(1))
         if own is not None and body.step <= own:
@@ -157,17 +165,18 @@ def _latest(s: Session, task_id: str, role: str, below: int | None = None) -> Ch
     return s.scalar(q.order_by(Checkpoint.step.desc(), Checkpoint.id).limit(1))
 
 
-_RUNS: dict[str, tuple[int, int]] = {}
+_RUNS: dict[str, tuple[int, int, int]] = {}
 _RUNS_LOCK = threading.Lock()
 
 
-def _run_of(c: Coordinator, payload_digest: str) -> tuple[int, int]:
-    """(data order seed, steps) of a payload; cached, as a user's data can make it large."""
+def _run_of(c: Coordinator, payload_digest: str) -> tuple[int, int, int]:
+    """(data order seed, steps, checkpoint_every) of a payload; cached, as a user's data
+    can make it large."""
     with _RUNS_LOCK:
         run = _RUNS.get(payload_digest)
     if run is None:
         p = train.parse_payload(c.blobs.get(payload_digest))
-        run = (p.seed, p.steps)
+        run = (p.seed, p.steps, p.checkpoint_every)
         with _RUNS_LOCK:
             _RUNS[payload_digest] = run
             if len(_RUNS) > 1024:

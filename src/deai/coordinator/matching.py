@@ -611,7 +611,8 @@ def _lease(c: Coordinator, s: Session, task: Task, job: Job, pl: market.Placemen
         kind = kinds.get(job.kind)
         spec = kind.parse_spec(job.spec)
         extra = kind.check_payload(spec, c.blobs.get(task.input_digest),
-                                   c.blobs.get(subject.output_digest))
+                                   c.blobs.get(subject.output_digest),
+                                   c.rng.getrandbits(128).to_bytes(16, "big"))
         if (extra is not None and role == Role.REPLICA
                 and c.rng.random() < c.settings.verify.forced_share):
             forged = kind.forge(spec, extra, c.rng.random())  # a forced error (Truebit)

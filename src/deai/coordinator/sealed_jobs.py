@@ -148,7 +148,8 @@ def check_payload(c: Coordinator, s: Session, task: Task, job: Job, role: Role,
     return blob_quota.hold(c, s, sealed.CheckPayload(
         shard=task.input_digest, claimed=claimed or subject.output_digest,
         claimed_units=subject.units or 0, spec=job.spec, checker=checker,
-        checkpoints=_recorded(s, task) if job.kind == "train" else {}).to_bytes())
+        checkpoints=_recorded(s, task) if job.kind == "train" else {},
+        nonce=c.rng.getrandbits(128).to_bytes(16, "big").hex()).to_bytes())
 
 
 def _recorded(s: Session, task: Task) -> dict[str, str]:

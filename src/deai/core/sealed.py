@@ -278,6 +278,7 @@ class CheckPayload:
     spec: dict[str, Any]
     checker: str | None = None
     checkpoints: dict[str, str] = field(default_factory=dict)
+    nonce: str = ""  # hex: the coordinator's draw for a sampling check (``Kind.check_payload``)
 
     def to_bytes(self) -> bytes:
         obj: dict[str, Any] = {"deai_sealed_check": CHECK, "shard": self.shard,
@@ -287,6 +288,8 @@ class CheckPayload:
             obj["checker"] = self.checker
         if self.checkpoints:
             obj["checkpoints"] = self.checkpoints
+        if self.nonce:
+            obj["nonce"] = self.nonce
         return dumps(obj)
 
 
@@ -307,9 +310,12 @@ def parse_check(data: bytes) -> CheckPayload:
             isinstance(k, str) and _HEX64.match(k) and isinstance(v, str) and _HEX64.match(v)
             for k, v in cps.items()):
         raise InvalidInput("input.checkpoints: digest → digest", field="input.checkpoints")
+    nonce = obj.get("nonce", "")
+    if not isinstance(nonce, str) or not re.fullmatch(r"(?:[0-9a-f]{2}){0,32}", nonce):
+        raise InvalidInput("input.nonce: at most 32 bytes, hex", field="input.nonce")
     return CheckPayload(obj["shard"], obj["claimed"],
                         _int(obj.get("claimed_units"), 0, MAX_SHARD_UNITS, "input.claimed_units"),
-                        obj["spec"], obj.get("checker"), dict(cps))
+                        obj["spec"], obj.get("checker"), dict(cps), nonce)
 
 
 def is_sealed(spec: dict[str, Any] | None) -> bool:

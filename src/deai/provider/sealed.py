@@ -106,14 +106,15 @@ def _audit(key: bytes, seal: str, idx: int, a: wire.AssignmentOut,
            check: sealed.CheckPayload, shard: bytes, ctx: TaskContext, run_plain: RunPlain
            ) -> tuple[bytes, int] | None:
     """A check by segment audit, for kinds that have one (training): replay the segments
-    the claim's own hash draws, from the recorded checkpoints, decrypted here. None: the
-    kind re-runs the shard instead."""
+    the claim's hash and the coordinator's nonce draw, from the recorded checkpoints,
+    decrypted here. None: the kind re-runs the shard instead."""
     kind = kinds.get(a.workload)
     if type(kind).check_payload is kinds.Kind.check_payload:
         return None
     spec = _spec(kind, check)
     claimed = _open(key, seal, idx, check.claimed, ctx.fetch)
-    request = kind.check_payload(spec, shard, claimed) if claimed is not None else None
+    request = (kind.check_payload(spec, shard, claimed, bytes.fromhex(check.nonce))
+               if claimed is not None else None)
     if claimed is None or request is None:
         return _sealed_verdict(key, seal, idx, b"{}", 0, sealed.Verdict(
             False, None, 1.0, "the claimed output does not decrypt or has no chain"))

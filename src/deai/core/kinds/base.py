@@ -171,8 +171,11 @@ class Kind(ABC):
         same = a == b
         return Comparison(same, 0.0 if same else 1.0, "identical" if same else "outputs differ")
 
-    def check_payload(self, spec: SpecBase, shard: bytes, claimed: bytes) -> bytes | None:
-        """What a checker runs to test ``claimed``; None: re-execute the shard."""
+    def check_payload(self, spec: SpecBase, shard: bytes, claimed: bytes,
+                      nonce: bytes = b"") -> bytes | None:
+        """What a checker runs to test ``claimed``; None: re-execute the shard. ``nonce``:
+        the coordinator's draw when it places the check, for a kind that samples what it
+        checks (training's segments): the claimant cannot know it when it commits."""
         return None
 
     def check(self, spec: SpecBase, shard: bytes, claimed: bytes,

@@ -566,7 +566,8 @@ class ChatKind(Kind):
                 return Comparison(False, 1.0, f"line {n}: different prompt token counts")
         return Comparison(True, 0.0, "same tokens on every line")
 
-    def check_payload(self, spec: SpecBase, shard: bytes, claimed: bytes) -> bytes | None:
+    def check_payload(self, spec: SpecBase, shard: bytes, claimed: bytes,
+                      nonce: bytes = b"") -> bytes | None:
         """Each line's request with the claimed tokens, for the checker to re-score."""
         reqs = [obj for _, obj in batch.jsonl(shard, "shard")]
         try:

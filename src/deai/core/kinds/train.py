@@ -174,19 +174,24 @@ def step_units(arch: str, features: int, classes: int, batch_size: int) -> int:
 
 AUDIT_FORMAT = "deai.train.audit.v1"
 AUDIT_SHARE = 0.05  # research §10.3: p_a = max(1/N_seg, 2–5 %)
+AUDIT_MIN = 3  # segments an audit replays at least (all of a chain this short)
 
 
 def audit_segments(chain: list[checkpoints.Link], seed: bytes) -> list[int]:
-    """Which segments a checker replays: max(1, ⌈5 % of them⌉), drawn from ``seed``.
+    """Which segments a checker replays: ⌈5 % of them⌉, at least ``AUDIT_MIN`` (all of a
+    shorter chain), drawn from ``seed``; the last segment (the final model) always.
 
-    The seed is the hash of the claimed output, so the draw happens after the
-    provider committed to every checkpoint and cannot be steered without
-    re-training; the last segment (the final model) is always among them.
+    The seed is the claimed output's hash with the coordinator's draw when it placed
+    the check (``check_payload``'s nonce), so the claimant, which commits to every
+    checkpoint first, can neither know nor steer the draw: from the claim's hash alone,
+    re-serialising the claim (its metrics, its whitespace) ground picks for free, and a
+    chain of 20 segments or fewer had only its last one replayed, so untrained weights
+    labelled as the earlier checkpoints passed.
     """
     n = len(chain)
     if n == 0:
         return []
-    m = max(1, math.ceil(AUDIT_SHARE * n))
+    m = min(n, max(AUDIT_MIN, math.ceil(AUDIT_SHARE * n)))
     picks = {n - 1}
     counter = 0
     while len(picks) < m:
@@ -385,14 +390,16 @@ class TrainKind(Kind):
 
     # --- verification: audit a few segments instead of re-running the whole job ----------
 
-    def check_payload(self, spec: SpecBase, shard: bytes, claimed: bytes) -> bytes | None:
+    def check_payload(self, spec: SpecBase, shard: bytes, claimed: bytes,
+                      nonce: bytes = b"") -> bytes | None:
         """Segments of the claimed chain for a checker to replay from their starting
-        checkpoint (``audit_segments``); the checker is not told the claimed digests."""
+        checkpoint (``audit_segments``, drawn with the coordinator's ``nonce``); the
+        checker is not told the claimed digests."""
         try:
             chain = _chain(batch.safe_loads(claimed))
         except (InvalidInput, ValueError, TypeError, KeyError):
             return None
-        picks = audit_segments(chain, hashlib.sha256(claimed).digest())
+        picks = audit_segments(chain, hashlib.sha256(claimed + nonce).digest())
         segments = [{"start": chain[i].start, "end": chain[i].end,
                      "from": chain[i - 1].digest if i > 0 else ""} for i in picks]
         return json.dumps({"audit": AUDIT_FORMAT, "shard": hashlib.sha256(shard).hexdigest(),
@@ -422,12 +429,18 @@ class TrainKind(Kind):
 
     def compare_checks(self, spec: SpecBase, payload: bytes, a: bytes, b: bytes
                        ) -> Comparison:
+        """Two audits agree on every segment both replayed (each draws its own: the last,
+        the final model, is in every draw)."""
         try:
-            same = _audit_output(a) == _audit_output(b)
+            sa = {(x["start"], x["end"]): x["digest"] for x in _audit_output(a)}
+            sb = {(x["start"], x["end"]): x["digest"] for x in _audit_output(b)}
         except (InvalidInput, ValueError, TypeError, KeyError):
-            same = False
+            sa, sb = {}, {}
+        common = sa.keys() & sb.keys()
+        same = bool(common) and all(sa[k] == sb[k] for k in common)
         return Comparison(same, 0.0 if same else 1.0,
-                          "audits agree" if same else "audits replay differently")
+                          f"audits agree on {len(common)} segment(s)" if same
+                          else "audits replay differently")
 
     def meter_check(self, spec: SpecBase, payload: bytes, output: bytes) -> int:
         """An audit bills the steps it replayed, at the job's units per step."""
