@@ -231,8 +231,13 @@ def model(client: Client, job_id: str, result: dict[str, Any]) -> bytes | None:
     for cp in reversed(cps):
         if (cp.get("meta") or {}).get("plain") != want:
             continue
-        env = sealed.parse_envelope(client.download(cp["digest"]), "checkpoint")
-        data = open_checkpoint(key, env, seal, sealed.task_index(cp["task_id"]))
+        # Any party of the task may record a checkpoint claiming to be the model: one that
+        # does not open (or opens to something else) is passed over, not the end of it.
+        try:
+            env = sealed.parse_envelope(client.download(cp["digest"]), "checkpoint")
+            data = open_checkpoint(key, env, seal, sealed.task_index(cp["task_id"]))
+        except (SealError, InvalidInput):
+            continue
         if hashlib.sha256(data).hexdigest() == want:
             return data
     raise DeAIError(f"no recorded checkpoint of job {job_id} opens to the model {want}")
