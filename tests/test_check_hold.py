@@ -99,41 +99,49 @@ def sit_on_checks(w: DbWorld, checker: str, n: int) -> list[tuple[str, str | Non
     return fates
 
 
-def test_an_honest_training_checker_held_to_its_hold_is_not_charged(tmp_path: Path) -> None:
+@pytest.mark.parametrize("kind", ["embeddings", "train"])
+def test_an_honest_checker_held_to_an_unbounded_hold_is_not_charged(tmp_path: Path,
+                                                                     kind: str) -> None:
     """A colluding primary that answers at once sets its checkers' hold to the floor; a
-    training check (no declared bound on a run) whose honest replay is longer reaches
-    the hold, heartbeating all along. Before, each such lapse was charged as hoarding:
-    a reputation fail, and from the third within an hour probation and a 1 % slash.
-    Now the check just moves on."""
+    check of a job whose spec bounds no run (a long chat or embeddings shard, a training
+    replay) may honestly take longer, heartbeating all along. Before, each such lapse
+    was charged as hoarding: a reputation fail, and from the third within an hour
+    probation and a 1 % slash. Now the check just moves on."""
     w = DbWorld(tmp_path)
     with w.c.db.write() as s:
         job = s.get(Job, w.job_id)
         assert job is not None
-        job.kind = "train"  # its spec is not a training one: no bound read from it either
+        job.kind = kind  # (a train job here keeps an embeddings spec: no bound read either)
     honest = w.providers[5]
     with w.c.db.read() as s:
         stake0 = w.c.settlement.balance(s, ledger.stake(honest))
-        rep0 = reputation.get(s, honest, "train")
+        rep0 = reputation.get(s, honest, kind)
     fates = sit_on_checks(w, honest, hoarding.REPEATED + 1)
     assert set(fates) == {(AssignmentStatus.EXPIRED, jobs.HOLD_PASSED)}
     with w.c.db.read() as s:
         assert w.c.settlement.balance(s, ledger.stake(honest)) == stake0
-        assert reputation.get(s, honest, "train").fails == rep0.fails
+        assert reputation.get(s, honest, kind).fails == rep0.fails
         assert not s.scalars(select(Event).where(Event.kind == "slash",
                                                  Event.subject == honest)).all()
 
 
 def test_sitting_on_a_bounded_check_is_still_hoarding(tmp_path: Path) -> None:
-    """Any other check's hold covers an honest run (ten minutes for an embeddings shard at
-    least): a checker that sits on it to its end is charged as a hoarder, as before."""
+    """A command's checks are held four times its wall-clock limit at least, which no
+    honest run outlasts: a checker that sits on one to its end is charged as a hoarder."""
     w = DbWorld(tmp_path)
+    with w.c.db.write() as s:
+        job = s.get(Job, w.job_id)
+        assert job is not None
+        job.kind = "command"
+        job.spec = {"kind": "command", "model": "bwrap-sandbox", "max_price": 100,
+                    "wall_seconds": 30}
     griefer = w.providers[5]
     with w.c.db.read() as s:
-        rep0 = reputation.get(s, griefer, "embeddings")
+        rep0 = reputation.get(s, griefer, "command")
     fates = sit_on_checks(w, griefer, hoarding.REPEATED)
     assert set(fates) == {(AssignmentStatus.EXPIRED, hoarding.LAPSE)}
     with w.c.db.read() as s:
-        assert reputation.get(s, griefer, "embeddings").fails > rep0.fails
+        assert reputation.get(s, griefer, "command").fails > rep0.fails
         assert s.scalars(select(Event).where(Event.kind == "slash",
                                              Event.subject == griefer)).all()
 

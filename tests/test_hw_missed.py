@@ -121,8 +121,11 @@ def test_an_issued_challenge_is_handed_over_at_the_next_poll(c: Coordinator) -> 
     assert hardware.expire(c) == 0 and status(c, pid) == "verified"  # offline: left alone
     c.heartbeat(pid, [])  # back
     assert hardware.expire(c) == 1 and status(c, pid) == "verified"
+    c.clock.advance(4.0)  # type: ignore[attr-defined]  # its challenge thread polls later
     ch = hardware.poll(c, pid).challenge
     assert ch is not None and outcomes(c, pid)[-1] == ("random", "issued")
+    with c.db.read() as s:  # its clock started when it was handed over, not before
+        assert s.get(HwChallenge, ch.id).issued_at == c.now()
     assert hardware.poll(c, pid).challenge == ch  # asked again (an answer lost): the same
     v = answer(c, pid, ch)
     assert v.outcome == "passed" and status(c, pid) == "verified"  # type: ignore[union-attr]

@@ -148,3 +148,17 @@ def test_checkpoints_are_recorded_on_the_grid_only(net: Network) -> None:
     assert getattr(refused.value, "field", None) == "step" or "step" in str(refused.value)
     on = checkpoints.link(sha(b"on grid"), g, 0, every, p.seed)
     griefer.post(a, every, b"on grid", on)  # on the grid: recorded as before
+
+
+def test_every_check_of_one_result_draws_alike_and_only_the_coordinator_knows(
+        tmp_path: Path) -> None:
+    """The nonce is keyed by the result checked, with a secret made with the database:
+    a replica's and a referee's audits replay the same segments (drawn apart, a referee
+    that missed the replica's bad segment agreed with both and the cheat stood), and
+    another deployment (or anyone without the secret) draws otherwise."""
+    from tests.lifecycle_worlds import DbWorld
+
+    a, b = DbWorld(tmp_path / "a").c, DbWorld(tmp_path / "b").c
+    assert a.check_nonce("asg_1") == a.check_nonce("asg_1") != a.check_nonce("asg_2")
+    assert a.check_nonce("asg_1") != b.check_nonce("asg_1")
+    assert len(a.check_nonce("asg_1")) == 16

@@ -173,7 +173,10 @@ def _poll(c: Coordinator, s: Session, pid: str) -> wh.PollOut:
                 ch.status, ch.detail = "expired", "superseded: the identity changed"
     issued = [ch for ch in live if ch.status == "issued"]
     if issued:  # one the leader issued unasked (``_missed_of``), or a lost answer: again
-        return wh.PollOut(challenge=wh.ChallengeOut(id=issued[0].id, spec=issued[0].spec))
+        ch = issued[0]
+        if ch.detail == UNASKED:  # its clock starts now, handed over for the first time
+            ch.issued_at, ch.detail = c.now(), None
+        return wh.PollOut(challenge=wh.ChallengeOut(id=ch.id, spec=ch.spec))
     if why is None or any(ch.status in LIVE for ch in live):
         return wh.PollOut()
     prm = params(c)
@@ -399,6 +402,9 @@ def expire(c: Coordinator) -> int:
     return n
 
 
+UNASKED = "issued by the leader; not handed over yet"
+
+
 def _missed_of(c: Coordinator, s: Session, *, pid: str) -> int:
     """A challenge was due and the provider, online all the same, has not asked for it:
     it is issued now, unasked (its next poll hands it over, ``_poll``), and expires like
@@ -418,8 +424,11 @@ def _missed_of(c: Coordinator, s: Session, *, pid: str) -> int:
                                                          p.benchmark or {}), prm)
     if c.now() <= row.next_at + spec.deadline_s + prm.grace_s:
         return 0  # not overdue yet, or an identity change just made one due now
+    # Not handed over yet: its clock restarts when it is (``_poll``); unasked for good, it
+    # expires its deadline and grace from now.
     ch = HwChallenge(id=new_id("hwc"), provider_id=pid, fingerprint=row.fingerprint,
-                     reason=why, spec=spec.to_dict(), status="issued", issued_at=c.now())
+                     reason=why, spec=spec.to_dict(), status="issued", issued_at=c.now(),
+                     detail=UNASKED)
     s.add(ch)
     row.next_at = c.now() + prm.period_s  # until this one is judged
     c.emit(s, "hardware_challenge", pid, challenge=ch.id, reason=why, unasked=True)

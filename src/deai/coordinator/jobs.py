@@ -388,14 +388,16 @@ def report_failure(c: Coordinator, pid: str, assignment_id: str, error: str) -> 
     return wire.ResultOut(status=AssignmentStatus.FAILED.value)
 
 
-HOLD_PASSED = "held past its hold"  # a training check's lease that reached its hold
+HOLD_PASSED = "held past its hold"  # a lease that reached a hold no declared bound set
 
 
-def _open_ended(kind: str) -> bool:
+def _unbounded(job: Job) -> bool:
+    """Whether ``job``'s spec bounds no run (``Kind.run_bound``)."""
     try:
-        return kinds.get(kind).open_ended
-    except Exception:  # a kind an upgrade no longer knows
-        return False
+        kind = kinds.get(job.kind)
+        return kind.run_bound(kind.parse_spec(job.spec)) is None
+    except Exception:  # a spec an upgrade no longer parses: no bound to hold it to
+        return True
 
 
 def expire_leases(c: Coordinator) -> int:
@@ -424,14 +426,13 @@ def expire_leases(c: Coordinator) -> int:
             return False
         last_seen = s.scalar(select(Provider.last_seen).where(Provider.id == a.provider_id))
         if (a.lease_deadline < now and a.hold_until is not None
-                and a.lease_deadline >= a.hold_until and a.check_of is not None
-                and _open_ended(job.kind)):
-            # A training check held as long as its hold allows: the task waits no longer
-            # and goes to someone else, at no charge, for its hold followed the checked
-            # result's claimed run, which a colluding primary can make short. Any other
-            # hold (at least 10 minutes, four times the checked run and a command's
-            # wall-clock limit: ``matching.check_hold``, ``primary_hold``) covers an
-            # honest run, and reaching it is hoarding, below.
+                and a.lease_deadline >= a.hold_until and _unbounded(job)):
+            # Held as long as its hold allows, on a job whose spec bounds no run: the task
+            # waits no longer and goes to someone else, at no charge, for a check's hold
+            # then follows the checked result's claimed run, which a colluding primary can
+            # make short (a long chat shard, a training run). A hold a declared bound set
+            # (a command's wall-clock limit: ``matching.check_hold``, ``primary_hold``)
+            # covers any honest run, and reaching it is hoarding, below.
             why = HOLD_PASSED
         elif a.lease_deadline < now and a.delivered and (last_seen or 0.0) >= stale:
             why = hoarding.LAPSE  # handed over, alive, and sat on it: that costs

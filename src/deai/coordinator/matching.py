@@ -612,7 +612,7 @@ def _lease(c: Coordinator, s: Session, task: Task, job: Job, pl: market.Placemen
         spec = kind.parse_spec(job.spec)
         extra = kind.check_payload(spec, c.blobs.get(task.input_digest),
                                    c.blobs.get(subject.output_digest),
-                                   c.rng.getrandbits(128).to_bytes(16, "big"))
+                                   c.check_nonce(subject.id))
         if (extra is not None and role == Role.REPLICA
                 and c.rng.random() < c.settings.verify.forced_share):
             forged = kind.forge(spec, extra, c.rng.random())  # a forced error (Truebit)
@@ -690,10 +690,11 @@ def check_hold(c: Coordinator, s: Session, subject_id: str, job: Job) -> float:
     the longest run the job's spec allows (a command's wall-clock limit: a colluding
     primary answering a long command at once, with output it knew, must not cut its
     checkers' time short), plus a lease's time to live. Past it the lease ends and the
-    check goes to someone else, at no charge to the checker (``jobs.expire_leases``):
-    the hold is a bound on how long a verdict waits, not evidence of hoarding. Unbounded,
-    a checker that kept listing the lease in its heartbeats held the verdict, and the
-    checked result's pay, until the job's deadline."""
+    check goes to someone else (``jobs.expire_leases``): charged as hoarding when a
+    declared bound set the hold (no honest run outlasts it), at no charge otherwise (the
+    checked result's claimed run set it, which a colluding primary can make short).
+    Unbounded, a checker that kept listing the lease in its heartbeats held the verdict,
+    and the checked result's pay, until the job's deadline."""
     # From the task's first lease, not the subject's own: a training primary that resumed
     # from another's checkpoint ran only the end, and a check replays the whole shard.
     row = s.execute(select(Assignment.task_id, Assignment.submitted_at)

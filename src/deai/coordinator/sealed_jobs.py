@@ -149,7 +149,7 @@ def check_payload(c: Coordinator, s: Session, task: Task, job: Job, role: Role,
         shard=task.input_digest, claimed=claimed or subject.output_digest,
         claimed_units=subject.units or 0, spec=job.spec, checker=checker,
         checkpoints=_recorded(s, task) if job.kind == "train" else {},
-        nonce=c.rng.getrandbits(128).to_bytes(16, "big").hex()).to_bytes())
+        nonce=c.check_nonce(check_of).hex()).to_bytes())
 
 
 def _recorded(s: Session, task: Task) -> dict[str, str]:

@@ -10,6 +10,8 @@ so a crash leaves no half-written job, task or posting.
 from __future__ import annotations
 
 import functools
+import hashlib
+import hmac
 import os
 import random
 import secrets
@@ -71,10 +73,35 @@ class Coordinator:
     def network_id(self) -> str:
         """This deployment's id, which every signed request signs (``core.auth``): made at
         random with its database (migration 0028), the same on every replica."""
+        return self._meta("network_id")
+
+    def check_nonce(self, subject_id: str) -> bytes:
+        """What a sampling check of the result ``subject_id`` draws with (training's
+        segments, ``Kind.check_payload``): keyed by a secret made with the database and
+        never published, so the claimant cannot know it when it commits, and the same
+        for every check of that result (a replica's and a referee's audits replay the
+        same segments: drawn apart, a referee that missed the replica's bad segment
+        agreed with both, and the cheat stood)."""
+        key = bytes.fromhex(self._check_secret)
+        return hmac.new(key, subject_id.encode(), hashlib.sha256).digest()[:16]
+
+    @functools.cached_property
+    def _check_secret(self) -> str:
+        try:
+            return self._meta("check_secret")
+        except RuntimeError:  # a database from before the secret: made once, by one replica
+            try:
+                with self.db.write() as s:
+                    s.add(NetworkMeta(key="check_secret", value=secrets.token_hex(32)))
+            except IntegrityError:
+                pass
+            return self._meta("check_secret")
+
+    def _meta(self, key: str) -> str:
         with self.db.read() as s:
-            value = s.scalar(select(NetworkMeta.value).where(NetworkMeta.key == "network_id"))
+            value = s.scalar(select(NetworkMeta.value).where(NetworkMeta.key == key))
         if value is None:
-            raise RuntimeError("the database has no network id: run its migrations")
+            raise RuntimeError(f"the database has no {key}: run its migrations")
         return value
 
     def emit(self, s: Session, kind: str, subject: str = "", /, **body: Any) -> None:

@@ -29,9 +29,9 @@ as fast as they claim, without the coordinator redoing the computation:
 ``next_state`` is the per-claim policy: a right but late answer is a miss; a
 wrong one (proof, value, or an error) fails at once; ``flag_after``
 consecutive misses flag the claim, and a hard failure (wrong, error, expired)
-that makes ``slash_after`` consecutive failures slashes ``slash_bps`` of the
-stake (a late answer alone never does: load a client put on the machine makes
-an honest provider late). Verified figures are the claim scaled by the
+in a run of at least ``slash_after`` consecutive failures slashes ``slash_bps``
+of the stake (a late answer alone never does: load a client put on the machine
+makes an honest provider late). Verified figures are the claim scaled by the
 speed the provider proved (``ratio`` capped at 1), best of the last few, and
 never above what the challenge can measure (``measurable_gflops``).
 """
@@ -491,9 +491,11 @@ def next_state(st: ClaimState, v: Verdict, prm: Params, u: float) -> Step:
     # A late answer never slashes: load its provider did not choose (a client's job that
     # fills every core) makes an honest machine late, and a client must not be able to
     # burn a provider's stake that way. It costs the overclaimer what it did not prove
-    # (its verified figures) and a flag. Only a hard failure (a wrong answer, an error,
-    # no answer) completing a run of ``slash_after`` slashes.
-    slash = prm.slash_bps if hard and failures % prm.slash_after == 0 else 0
+    # (its verified figures) and a flag. A hard failure (a wrong answer, an error, no
+    # answer) slashes once the run of failures reaches ``slash_after``, and every one
+    # after it: counted only on every ``slash_after``-th failure, a forger that put a
+    # late honest answer between its wrong ones was never slashed.
+    slash = prm.slash_bps if hard and failures >= prm.slash_after else 0
     # the next challenge comes soon, then ever later: a failing device is re-checked
     # quickly but a stuck one is not slashed away in minutes
     later = min(prm.period_s, prm.retry_s * 2.0 ** min(failures - 1, 30))

@@ -198,9 +198,12 @@ class LeaseSandbox:
         self.stop()
         raise DeAIError(f"the lease's sandbox did not start: {why or 'no reason given'}")
 
-    def connect(self) -> socket.socket:
+    def connect(self, timeout: float | None = None) -> socket.socket:
+        """A session with the lease's init; ``timeout`` bounds the connect too (its backlog
+        full, a stopped init never accepts) and every later send and receive."""
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
+            s.settimeout(timeout)
             s.connect(str(self.ctl / "ctl.sock"))
         except OSError:
             s.close()
@@ -349,7 +352,10 @@ class LeaseRunner:
                 box, at = self._notices_q.get(timeout=1.0)
             except queue.Empty:
                 continue
-            deliver_notice(box, at)
+            try:
+                deliver_notice(box, at)
+            except Exception:  # a malformed answer, say: the next lease is still told
+                log.exception("lease %s: the notice could not be delivered", box.spec.id)
 
     def _notices(self, asked: set[str], notices: list[wl.Notice]
                  ) -> list[tuple[LeaseSandbox, float | None]]:
@@ -547,10 +553,9 @@ def deliver_notice(box: LeaseSandbox, at: float | None) -> None:
     SIGTERM ended stays ended: the owner restarts it, the lease runs on)."""
     what = "preemption notice" if at is not None else "notice's withdrawal"
     try:
-        with box.connect() as sock:
-            # bounded: a lease whose init does not answer (its owner can stop it) must not
-            # hold up the notices of every other lease, told one after another
-            sock.settimeout(NOTICE_TIMEOUT_S)
+        # bounded: a lease whose init does not answer (its owner can stop it) must not hold
+        # up the notices of every other lease, told one after another
+        with box.connect(NOTICE_TIMEOUT_S) as sock:
             ch = lease_init.Channel(sock)
             if at is None:
                 ch.text(op="withdraw")

@@ -39,7 +39,6 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
@@ -84,7 +83,7 @@ class History:
                        loss=[[int(s), float(v)] for s, v in d["loss"]],
                        pending=[float(d["pending"][0]), int(d["pending"][1])],
                        acc=[[int(s), float(v)] for s, v in d["acc"]])
-        except (KeyError, TypeError, ValueError, IndexError):
+        except (KeyError, TypeError, ValueError, IndexError, OverflowError):
             raise InvalidInput("checkpoint: malformed history", field="checkpoint") from None
 
 
@@ -359,15 +358,20 @@ def audit(request: bytes, ctx: TaskContext | None) -> tuple[bytes, int]:
     p = parse_payload(shard)
     out = []
     for start, end, origin in segments:
+        # The claim names a start this checker may not read (never recorded for the task)
+        # or that is no checkpoint of this run: the segment does not replay to what the
+        # claim says. Raising made the check fail on every checker instead, with no
+        # verdict, and the cheater was paid or waited out. Only the network's errors (a
+        # fetch that did not answer) are failures, tried again.
         try:
             start_from = ctx.fetch(origin) if origin else b""
+        except (NotFound, KeyError) as exc:
+            out.append({"start": start, "end": end,
+                        "digest": f"unreplayable: {type(exc).__name__}"})
+            continue
+        try:
             digest = sha256(replay(shard, start_from, start, end - start))
-        except (NotFound, InvalidInput, ValueError, RuntimeError, KeyError,
-                SafetensorError) as exc:  # not the network's errors: those are tried again
-            # The claim names a start this checker may not read (it was never recorded for
-            # the task) or that is no checkpoint: the segment does not replay to what the
-            # claim says. Raising made the check fail on every checker instead, with no
-            # verdict, and the cheater was paid or waited out.
+        except Exception as exc:  # noqa: BLE001 - whatever the bytes make the replay raise
             digest = f"unreplayable: {type(exc).__name__}"
         out.append({"start": start, "end": end, "digest": digest})
     units = sum(e - s for s, e, _ in segments) * p.step_units

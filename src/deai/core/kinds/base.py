@@ -109,10 +109,6 @@ class Kind(ABC):
     name: ClassVar[str]
     unit: ClassVar[str]
     spec_type: ClassVar[type[SpecBase]]
-    # An honest run's length has no bound the coordinator knows (training replays a whole
-    # run): a check's hold follows the checked result's claimed run, which a colluding
-    # primary can make short, so a check held to its hold is not evidence of hoarding.
-    open_ended: ClassVar[bool] = False
 
     def parse_spec(self, data: dict[str, Any]) -> SpecBase:
         try:

@@ -353,7 +353,6 @@ class TrainKind(Kind):
     name: ClassVar[str] = "train"
     unit: ClassVar[str] = "step-unit"
     spec_type: ClassVar[type[SpecBase]] = TrainSpec
-    open_ended: ClassVar[bool] = True
 
     def split(self, spec: SpecBase, data: bytes) -> list[Shard]:
         assert isinstance(spec, TrainSpec)

@@ -9,6 +9,10 @@ coordinator: one sent to a coordinator (and seen by its operator, or a proxy) co
 be replayed within two minutes to any other deployment where the same key has an
 account (a new API key, a withdrawal, a bond). Every request now signs the network
 id, 128 random bits made here, once per database: every replica reads the same one.
+
+``check_secret`` (256 random bits, never published) keys what a sampling check draws
+(``Coordinator.check_nonce``): every check of one result draws the same, and the
+claimant cannot compute it.
 """
 import secrets
 
@@ -26,7 +30,8 @@ def upgrade() -> None:
         'network_meta',
         sa.Column('key', sa.String(32), primary_key=True),
         sa.Column('value', sa.String(200), nullable=False))
-    op.bulk_insert(meta, [{'key': 'network_id', 'value': secrets.token_hex(16)}])
+    op.bulk_insert(meta, [{'key': 'network_id', 'value': secrets.token_hex(16)},
+                          {'key': 'check_secret', 'value': secrets.token_hex(32)}])
 
 
 def downgrade() -> None:
