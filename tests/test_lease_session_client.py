@@ -46,7 +46,8 @@ def relay() -> Iterator[tuple[str, list[Any]]]:
 
 def test_a_session_refused_at_once_raises_the_refusal(relay: tuple[str, list[Any]]) -> None:
     url, heard = relay
-    leases = Leases(Client(url, Identity.generate("owner")))
+    # pinned: this relay answers WebSockets only, so the client cannot ask it
+    leases = Leases(Client(url, Identity.generate("owner"), network_id="test-net"))
     with pytest.raises(Conflict, match="not running on this provider"):
         leases.exec("lease-1", ["true"], stdin=b"x" * 200_000)
     with pytest.raises(Conflict, match="not running on this provider"):

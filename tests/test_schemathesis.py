@@ -44,15 +44,16 @@ class Signed(requests.auth.AuthBase):
     """Sign a prepared request the way ``core.auth`` verifies it: over the decoded path
     (what the server sees as ``scope["path"]``) and the exact body bytes."""
 
-    def __init__(self, ident: Identity) -> None:
-        self.ident = ident
+    def __init__(self, ident: Identity, network: str) -> None:
+        self.ident, self.network = ident, network
 
     def __call__(self, r: requests.PreparedRequest) -> requests.PreparedRequest:
         body = r.body or b""
         if isinstance(body, str):
             body = body.encode()
         path = unquote(urlsplit(r.url or "").path)
-        r.headers.update(self.ident.headers(r.method or "GET", path, bytes(body)))
+        r.headers.update(self.ident.headers(r.method or "GET", path, bytes(body),
+                                            network=self.network))
         return r
 
 
@@ -71,7 +72,8 @@ def fuzz_auth(fuzz_net: Network) -> dict[str, Any]:
         c.faucet(1_000_000_000)
         key = c.create_api_key("fuzz").key
     session = requests.Session()
-    return {"signed": Signed(ident), "bearer": f"Bearer {key}", "session": session}
+    return {"signed": Signed(ident, fuzz_net.network_id), "bearer": f"Bearer {key}",
+            "session": session}
 
 
 def _operations(url: str) -> list[schemathesis.APIOperation]:
@@ -155,7 +157,9 @@ def main() -> None:
     with Client(url, ident) as c:
         c.faucet(1_000_000_000)
         key = c.create_api_key("fuzz").key
-    auth = {"signed": Signed(ident), "bearer": f"Bearer {key}", "session": requests.Session()}
+        network = c.network_id
+    auth = {"signed": Signed(ident, network), "bearer": f"Bearer {key}",
+            "session": requests.Session()}
     t0 = time.perf_counter()
     sent, problems = fuzz(url, auth, examples)
     print(f"{sent} cases in {time.perf_counter() - t0:.0f} s, {len(problems)} server errors")

@@ -29,11 +29,17 @@ T = TypeVar("T")
 
 class Client:
     def __init__(self, base_url: str, identity: Identity | None = None, *,
-                 timeout: float = 30.0) -> None:
+                 timeout: float = 30.0, network_id: str | None = None) -> None:
+        """``network_id`` pins the network this client signs for (else the coordinator's
+        own is asked once, ``network_id``): a coordinator of another network refuses
+        what it signs."""
         self.base_url = base_url.rstrip("/")
         self.identity = identity
         self.http = httpx.Client(base_url=self.base_url, timeout=timeout)
-        self._network_id: str | None = None
+        if network_id is not None and not auth.is_network_id(network_id):
+            raise DeAIError(f"network_id: not a network id: {network_id!r}")
+        self._pinned = network_id is not None
+        self._network_id: str | None = network_id
 
     def close(self) -> None:
         self.http.close()
@@ -104,7 +110,9 @@ class Client:
         return resp
 
     def _renetworked(self) -> bool:
-        """Whether the coordinator's network id changed since it was asked."""
+        """Whether the coordinator's network id changed since it was asked (never, pinned)."""
+        if self._pinned:
+            return False
         known, self._network_id = self._network_id, None
         try:
             return self.network_id != known
