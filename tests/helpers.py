@@ -6,9 +6,11 @@ each other.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import signal
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +19,11 @@ from deai.client import keys
 from deai.client.audit import client_audit
 from deai.client.keys import Identity
 from deai.client.sdk import Client
+from deai.coordinator.service import Coordinator
+from deai.coordinator.settings import Settings
 from deai.core import auth, ledger, wire
+from deai.core.clock import ManualClock
+from deai.store import migrate
 from tests.netutil import Network, Proc
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -187,3 +193,17 @@ def ctrl_c_works() -> None:
     background job (``make test &``) ignores SIGINT, and an ignored signal stays ignored
     across exec, so the child would never see it."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+@contextlib.contextmanager
+def small_challenges(tmp_path: Path, database_url: str, heartbeat_timeout: float
+                     ) -> Iterator[Coordinator]:
+    """A coordinator on a manual clock whose hardware challenges are tiny (the caller sets
+    ``DEAI_HW_TARGET_S`` and ``DEAI_HW_MEM_FRACTION`` first), its database migrated."""
+    c = Coordinator(Settings(data_dir=tmp_path, database_url=database_url, devnet=True,
+                             heartbeat_timeout=heartbeat_timeout), clock=ManualClock())
+    migrate.upgrade(c.db.engine)
+    try:
+        yield c
+    finally:
+        c.db.dispose()

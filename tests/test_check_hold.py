@@ -62,6 +62,16 @@ def test_a_checks_lease_is_held_no_later_than_its_hold(tmp_path: Path, path: str
         assert a is not None and a.status == AssignmentStatus.EXPIRED
 
 
+def as_command(w: DbWorld, wall_seconds: int) -> None:
+    """Make ``w``'s job a command job with this wall-clock limit (its shard unchanged)."""
+    with w.c.db.write() as s:
+        job = s.get(Job, w.job_id)
+        assert job is not None
+        job.kind = "command"
+        job.spec = {"kind": "command", "model": "bwrap-sandbox", "max_price": 100,
+                    "wall_seconds": wall_seconds}
+
+
 def sit_on_checks(w: DbWorld, checker: str, n: int) -> list[tuple[str, str | None]]:
     """``checker`` takes ``n`` checks of a primary that "ran" in 1 s, one after another,
     and heartbeats each (working, or sitting on it) until it ends; their fates."""
@@ -129,12 +139,7 @@ def test_sitting_on_a_bounded_check_is_still_hoarding(tmp_path: Path) -> None:
     """A command's checks are held four times its wall-clock limit at least, which no
     honest run outlasts: a checker that sits on one to its end is charged as a hoarder."""
     w = DbWorld(tmp_path)
-    with w.c.db.write() as s:
-        job = s.get(Job, w.job_id)
-        assert job is not None
-        job.kind = "command"
-        job.spec = {"kind": "command", "model": "bwrap-sandbox", "max_price": 100,
-                    "wall_seconds": 30}
+    as_command(w, wall_seconds=30)
     griefer = w.providers[5]
     with w.c.db.read() as s:
         rep0 = reputation.get(s, griefer, "command")
@@ -151,12 +156,10 @@ def test_a_commands_checkers_are_held_for_its_wall_clock_limit(tmp_path: Path) -
     however fast the checked result claims it ran."""
     w = DbWorld(tmp_path)
     primary = w.seat(Role.PRIMARY)
+    as_command(w, wall_seconds=1500)
     with w.c.db.write() as s:
         job = s.get(Job, w.job_id)
         assert job is not None
-        job.kind = "command"
-        job.spec = {"kind": "command", "model": "bwrap-sandbox", "max_price": 100,
-                    "wall_seconds": 1500}
         hold = matching.check_hold(w.c, s, primary.id, job)
     assert hold == matching.CHECK_HOLD_RUNS * 1500 + w.c.settings.lease_ttl
 

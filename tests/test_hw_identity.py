@@ -13,15 +13,12 @@ import pytest
 from deai.client.keys import Identity
 from deai.coordinator import hardware, matching
 from deai.coordinator.service import Coordinator
-from deai.coordinator.settings import Settings
 from deai.core import hwcheck as hc
 from deai.core import wire
 from deai.core import wire_hardware as wh
-from deai.core.clock import ManualClock
 from deai.provider import challenge
-from deai.store import migrate
 from deai.store.models import HwClaim
-from tests.helpers import MODEL
+from tests.helpers import MODEL, small_challenges
 
 
 @pytest.fixture
@@ -29,13 +26,8 @@ def c(tmp_path: Path, fresh_url: str,
       monkeypatch: pytest.MonkeyPatch) -> Iterator[Coordinator]:
     monkeypatch.setenv("DEAI_HW_TARGET_S", "0.05")
     monkeypatch.setenv("DEAI_HW_MEM_FRACTION", "0.05")
-    c = Coordinator(Settings(data_dir=tmp_path, database_url=fresh_url, devnet=True,
-                             heartbeat_timeout=1e9), clock=ManualClock())
-    migrate.upgrade(c.db.engine)
-    try:
+    with small_challenges(tmp_path, fresh_url, 1e9) as c:
         yield c
-    finally:
-        c.db.dispose()
 
 
 def register(c: Coordinator, pid: str, gflops: float) -> None:

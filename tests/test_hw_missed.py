@@ -17,15 +17,12 @@ from sqlalchemy import select
 from deai.client.keys import Identity
 from deai.coordinator import hardware
 from deai.coordinator.service import Coordinator
-from deai.coordinator.settings import Settings
 from deai.core import hwcheck as hc
 from deai.core import wire
 from deai.core import wire_hardware as wh
-from deai.core.clock import ManualClock
 from deai.provider import challenge
-from deai.store import migrate
 from deai.store.models import HwChallenge, HwClaim, Provider
-from tests.helpers import MODEL
+from tests.helpers import MODEL, small_challenges
 
 HEARTBEAT_TIMEOUT = 60.0
 
@@ -35,13 +32,8 @@ def c(tmp_path: Path, fresh_url: str,
       monkeypatch: pytest.MonkeyPatch) -> Iterator[Coordinator]:
     monkeypatch.setenv("DEAI_HW_TARGET_S", "0.05")
     monkeypatch.setenv("DEAI_HW_MEM_FRACTION", "0.05")
-    c = Coordinator(Settings(data_dir=tmp_path, database_url=fresh_url, devnet=True,
-                             heartbeat_timeout=HEARTBEAT_TIMEOUT), clock=ManualClock())
-    migrate.upgrade(c.db.engine)
-    try:
+    with small_challenges(tmp_path, fresh_url, HEARTBEAT_TIMEOUT) as c:
         yield c
-    finally:
-        c.db.dispose()
 
 
 def answer(c: Coordinator, pid: str, ch: wh.ChallengeOut) -> hc.Verdict | wh.VerdictOut:

@@ -16,6 +16,7 @@ import hashlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -92,12 +93,18 @@ def test_the_draw_follows_the_coordinators_nonce_not_only_the_claim() -> None:
     assert kind_train.audit_segments(short, seed) == [0, 1]  # all of a short chain
 
 
-def test_checks_of_two_draws_agree_on_the_segments_both_replayed() -> None:
+def honest_run() -> tuple[Any, bytes, Recorder, bytes]:
+    """(spec, shard, its recorder with every checkpoint and the shard, the honest claim)."""
     spec = specs.parse_spec(BASE)
     shard = shard_for()
     rec = Recorder()
     claim, _ = wl.WORKLOAD.run("mlp-digits", shard, rec.ctx())
     rec.blobs[sha(shard)] = shard
+    return spec, shard, rec, claim
+
+
+def test_checks_of_two_draws_agree_on_the_segments_both_replayed() -> None:
+    spec, shard, rec, claim = honest_run()
     outs = []
     for nonce in (b"a", b"b"):
         request = KIND.check_payload(spec, shard, claim, nonce)
@@ -111,11 +118,7 @@ def test_checks_of_two_draws_agree_on_the_segments_both_replayed() -> None:
 
 
 def test_a_start_no_checker_can_replay_is_a_mismatch_not_a_failure() -> None:
-    spec = specs.parse_spec(BASE)
-    shard = shard_for()
-    rec = Recorder()
-    claim, _ = wl.WORKLOAD.run("mlp-digits", shard, rec.ctx())
-    rec.blobs[sha(shard)] = shard
+    spec, shard, rec, claim = honest_run()
     request = json.loads(KIND.check_payload(spec, shard, claim, b"n") or b"{}")
     request["segments"][-1]["from"] = "f" * 64  # never recorded, never uploaded
     audit, _ = wl.WORKLOAD.run("mlp-digits", json.dumps(request).encode(), rec.ctx())
