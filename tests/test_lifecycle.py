@@ -105,14 +105,15 @@ def test_any_history_keeps_the_invariants(data: st.DataObject, canary: bool) -> 
 
 
 def test_decisions_never_slash_outside_a_verdict() -> None:
-    """Only a trusted decision (a referee's verdict, a verifier's audit, a forced error the
-    network planted itself) may return a
-    Slash: read from the source, not sampled."""
+    """Only a trusted decision (a referee's verdict, whole or on inherited checkpoints, a
+    verifier's audit, a forced error the network planted itself) may return a Slash: read
+    from the source, not sampled."""
     tree = ast.parse((ROOT / "src/deai/core/lifecycle/decide.py").read_text())
     for fn in (n for n in tree.body if isinstance(n, ast.FunctionDef)):
         slashes = [n for n in ast.walk(fn) if isinstance(n, ast.Call)
                    and getattr(n.func, "id", None) == "Slash"]
-        assert not slashes or fn.name in ("on_verdict", "on_audit", "on_forced"), fn.name
+        assert not slashes or fn.name in ("on_verdict", "on_inherited", "on_audit",
+                                                  "on_forced"), fn.name
 
 
 # --- the coordinator and the simulator agree -----------------------------------------------------

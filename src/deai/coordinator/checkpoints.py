@@ -28,7 +28,7 @@ import threading
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from deai.coordinator import access
@@ -37,6 +37,7 @@ from deai.coordinator.service import Coordinator
 from deai.core import checkpoints, sealed, wire
 from deai.core.errors import Conflict, InvalidInput, NotFound
 from deai.core.kinds import train
+from deai.core.lifecycle import Role
 from deai.store.models import Assignment, Checkpoint, Job, Task
 
 router = APIRouter(prefix="/api")
@@ -155,6 +156,19 @@ def chain_of(s: Session, task_id: str, role: str = "primary") -> list[Checkpoint
     for cp in rows:
         by_step.setdefault(cp.step, cp)
     return list(by_step.values())
+
+
+def void(s: Session, task_id: str, step: int) -> int:
+    """Delete a task's primary checkpoints at ``step`` and after (one of them was proved
+    wrong: every later one grew from it); returns how many. Their blobs, referenced no
+    more, are swept like any unreferenced upload (``blob_quota``)."""
+    ids = s.scalars(select(Checkpoint.id).join(Assignment, Assignment.id ==
+                                                Checkpoint.assignment_id)
+                    .where(Checkpoint.task_id == task_id, Assignment.role == Role.PRIMARY,
+                           Checkpoint.step >= step)).all()
+    if ids:
+        s.execute(delete(Checkpoint).where(Checkpoint.id.in_(ids)))
+    return len(ids)
 
 
 def _latest(s: Session, task_id: str, role: str, below: int | None = None) -> Checkpoint | None:

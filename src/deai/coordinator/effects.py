@@ -147,7 +147,8 @@ class _Applier:
             E.PayCheck: self.pay_check, E.Slash: self.slash, E.Rate: self.rate,
             E.RecordVerdict: self.record_verdict, E.Remember: self.remember,
             E.RetireReference: self.retire_reference, E.Correct: self.correct,
-            E.LookBack: self.look_back, E.EndJob: self.end_job,
+            E.LookBack: self.look_back, E.VoidCheckpoints: self.void_checkpoints,
+            E.EndJob: self.end_job,
             E.CompleteIfDone: self.complete_if_done, E.RefreshJob: self.refresh_job,
             E.Emit: self.emit,
         }
@@ -379,6 +380,14 @@ class _Applier:
         lookback.queue(self.c, self.s, e.provider)
 
     # --- the job ------------------------------------------------------------------------------
+
+    def void_checkpoints(self, e: E.VoidCheckpoints) -> None:
+        """Drop the task's primary chain from ``e.step`` on (``checkpoints.void``)."""
+        from deai.coordinator import checkpoints
+
+        n = checkpoints.void(self.s, self.task.id, e.step)
+        if n:
+            self.c.emit(self.s, "checkpoints_voided", self.task.id, step=e.step, count=n)
 
     def end_job(self, e: E.EndJob) -> None:
         """Close the job: open tasks fail, live leases are cancelled, escrow refunded."""

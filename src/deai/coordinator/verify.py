@@ -13,6 +13,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from deai.coordinator import checkpoints
 from deai.coordinator import reputation as rep
 from deai.coordinator.admission import NETWORK
 from deai.coordinator.effects import ctx
@@ -23,7 +24,8 @@ from deai.core.lifecycle import AssignmentStatus, Role
 from deai.core.lifecycle import decide as D
 from deai.core.lifecycle.effects import Effect
 from deai.core.verify import policy
-from deai.store.models import Assignment, Job, Task
+from deai.core.verify.policy import Fault
+from deai.store.models import Assignment, Checkpoint, Job, Task
 
 
 def party(a: Assignment) -> D.Party:
@@ -57,7 +59,10 @@ def on_result(c: Coordinator, s: Session, a: Assignment, task: Task,
         if done is not None:
             return done
     if role == Role.PRIMARY:
-        p = rho(c, s, a, job)
+        # A result resumed from another attempt's checkpoints is always checked: they
+        # were recorded unchecked, by a provider that left.
+        p = 1.0 if checkpoints.takes_checkpoints(job.kind) and resumed(s, a) else rho(
+            c, s, a, job)
         return D.on_primary(here, party(a), replicate=c.rng.random() < p, rho=p,
                             audit=_audit(c))
     kind = kinds.get(job.kind)
@@ -107,17 +112,60 @@ def _on_referee(c: Coordinator, s: Session, ref: Assignment, task: Task, job: Jo
         agree_checker = kind.check(spec, shard, reference, ref_out).match
         reporter = None
     v = policy.verdict([agree_subject.match], [agree_checker])
-    evidence = {
+    blamed = (_inherited(s, task, subject, kind.wrong_checkpoints(claimed, ref_out))
+              if v.fault in (Fault.SUBJECT, Fault.BOTH) and job.owner != NETWORK else None)
+    evidence: dict[str, Any] = {
         "fault": v.fault.value, "subject": subject.provider_id, "checker": reporter,
         "referee": ref.provider_id, "subject_output": subject.output_digest,
         "checker_output": checker.output_digest if checker else task.reference_digest,
         "referee_output": ref.output_digest, "statistic": agree_subject.statistic,
         "detail": agree_subject.detail, "canary": job.owner == NETWORK,
     }
+    if blamed is not None:
+        recorders, void_from = blamed
+        evidence |= {"fault": "inherited", "recorders": sorted({r.provider_id
+                                                                for r in recorders})}
+        return D.on_inherited(ctx(c, job, task), party(ref), party(subject),
+                              party(checker) if checker is not None else None,
+                              [party(r) for r in recorders],
+                              checker_bad=v.fault == Fault.BOTH, void_from=void_from,
+                              evidence=evidence)
     return D.on_verdict(ctx(c, job, task), v.fault, party(ref), party(subject),
                         party(checker) if checker is not None else None,
                         reexec=kind.check_payload(spec, shard, claimed) is None,
                         evidence=evidence)
+
+
+def _inherited(s: Session, task: Task, subject: Assignment, wrong: list[tuple[int, str]]
+               ) -> tuple[list[Assignment], int] | None:
+    """Who recorded the claimed checkpoints a check shows ``wrong``, when none is the
+    subject's own: the earlier attempts the subject resumed from, and the first step
+    of the task's chain to void (the first checkpoint any of their providers recorded
+    for the task: nothing a caught provider recorded is built on again). None when
+    the subject is to blame (a wrong checkpoint of its own, or of its provider's)."""
+    if not wrong:
+        return None
+    recorded = {cp.step: cp for cp in checkpoints.chain_of(s, task.id)}
+    recorders: dict[str, Assignment] = {}
+    for step, digest in wrong:
+        cp = recorded.get(step)
+        if cp is None or cp.digest != digest or cp.assignment_id == subject.id:
+            return None
+        a = s.get(Assignment, cp.assignment_id)
+        if a is None or a.provider_id == subject.provider_id:
+            return None
+        recorders[a.id] = a
+    providers = {a.provider_id for a in recorders.values()}
+    first = min(cp.step for cp in recorded.values() if cp.provider_id in providers)
+    return list(recorders.values()), first
+
+
+def resumed(s: Session, a: Assignment) -> bool:
+    """Whether primary ``a`` grew its chain from another attempt's checkpoints."""
+    return s.scalar(select(Checkpoint.id).join(Assignment, Assignment.id ==
+                                               Checkpoint.assignment_id)
+                    .where(Checkpoint.task_id == a.task_id, Assignment.role == Role.PRIMARY,
+                           Checkpoint.assignment_id != a.id).limit(1)) is not None
 
 
 def _audit(c: Coordinator) -> bool:

@@ -183,6 +183,13 @@ class Kind(ABC):
         """Do two checkers that ran the same ``payload`` agree (replica against referee)?"""
         return self.compare(spec, payload, a, b)
 
+    def wrong_checkpoints(self, claimed: bytes, other: bytes) -> list[tuple[int, str]]:
+        """The checkpoints of ``claimed`` (step, digest) that ``other``, a check's output or
+        a re-run of the task, shows wrong: where a claim grew from checkpoints an earlier
+        attempt recorded, whoever recorded a wrong one is to blame, not the claimant that
+        resumed from it. Empty for kinds that keep no checkpoints."""
+        return []
+
     # --- forced errors (Truebit): does a checker really check? -----------------------------
     # Where a check re-scores a claim instead of re-running the task, a checker could
     # answer "agrees" without doing the work. Now and then the network hands it a claim

@@ -441,6 +441,21 @@ class TrainKind(Kind):
                           f"audits agree on {len(common)} segment(s)" if same
                           else "audits replay differently")
 
+    def wrong_checkpoints(self, claimed: bytes, other: bytes) -> list[tuple[int, str]]:
+        """The claimed checkpoints an audit replayed to another digest, or the first where a
+        re-run's chain parts from the claim's (each later one grew from it)."""
+        try:
+            chain = _chain(batch.safe_loads(claimed))
+            out = batch.safe_loads(other)
+            if isinstance(out, dict) and out.get("audit") == AUDIT_FORMAT:
+                by_end = {link.end: link for link in chain}
+                return [(x["end"], by_end[x["end"]].digest) for x in _audit_output(other)
+                        if x["end"] in by_end and by_end[x["end"]].digest != x["digest"]]
+            i = checkpoints.first_mismatch(chain, _chain(out))
+        except (InvalidInput, ValueError, TypeError, KeyError):
+            return []
+        return [] if i is None else [(chain[i].end, chain[i].digest)]
+
     def meter_check(self, spec: SpecBase, payload: bytes, output: bytes) -> int:
         """An audit bills the steps it replayed, at the job's units per step."""
         request = batch.safe_loads(payload)

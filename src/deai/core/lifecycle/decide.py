@@ -43,6 +43,7 @@ from deai.core.lifecycle.effects import (
     Remember,
     RetireReference,
     Slash,
+    VoidCheckpoints,
 )
 from deai.core.lifecycle.states import (
     CHECK_ROLES,
@@ -207,6 +208,36 @@ def on_verdict(ctx: TaskCtx, fault: Fault, referee: Party, subject: Party,
             out += [MoveAssignment(checker.assignment, A.ACCEPTED), PayCheck(checker.assignment)]
         out += [MoveTask(T.QUEUED), RefreshJob()]
     return out
+
+
+def on_inherited(ctx: TaskCtx, referee: Party, subject: Party, checker: Party | None,
+                 recorders: list[Party], *, checker_bad: bool, void_from: int,
+                 evidence: dict[str, Any]) -> list[Effect]:
+    """A referee found the subject's claim wrong only in checkpoints it inherited: earlier
+    attempts (``recorders``) recorded them, and the subject resumed from them.
+
+    The recorders are slashed as the claim's liars would be; the subject is neither
+    rated nor slashed, but its output does not stand (its model grew from a wrong
+    checkpoint), so it is rejected unpaid. The task's chain from ``void_from`` on is
+    dropped and the task runs again from the last checkpoint before it. Before, the
+    resumer was blamed: one provider that recorded junk and let its lease lapse got the
+    honest provider that took the task over slashed.
+    """
+    out: list[Effect] = [RecordVerdict(evidence),
+                         Emit("verdict", ctx.task, {"job": ctx.job, **evidence}),
+                         MoveAssignment(referee.assignment, A.ACCEPTED),
+                         Rate(referee.provider, True), PayCheck(referee.assignment)]
+    for r in recorders:
+        out += [Rate(r.provider, False), Slash(r.provider, None, r.role), LookBack(r.provider)]
+    if checker is not None and checker_bad:
+        out += [MoveAssignment(checker.assignment, A.REJECTED), Rate(checker.provider, False),
+                Slash(checker.provider, None, checker.role), LookBack(checker.provider)]
+    elif checker is not None:
+        out += [MoveAssignment(checker.assignment, A.ACCEPTED), Rate(checker.provider, True),
+                PayCheck(checker.assignment)]
+    return out + [MoveAssignment(subject.assignment, A.REJECTED,
+                                 "resumed from a checkpoint an earlier attempt recorded wrong"),
+                  VoidCheckpoints(void_from), MoveTask(T.QUEUED), RefreshJob()]
 
 
 def on_audit(ctx: TaskCtx, audit: Party, stood: list[Party], *, match: bool,

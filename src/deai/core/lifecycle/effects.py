@@ -19,6 +19,7 @@ lifecycle's terms; the settlement port turns them into journal entries.
     ├── RetireReference  a canary's known answer proved wrong: never use it again
     ├── Correct          an audit overturned the result: the verifier's output stands
     ├── LookBack         a caught provider's results in their window are audited again
+    ├── VoidCheckpoints  a task's checkpoints from a step on are dropped (proved wrong)
     ├── EndJob           close the job: open tasks fail, leases cancel, escrow refunded
     ├── CompleteIfDone   complete the job if every task is done
     ├── RefreshJob       running ⇄ verifying from the tasks' statuses
@@ -120,6 +121,15 @@ class LookBack:
 
 
 @dataclass(frozen=True)
+class VoidCheckpoints:
+    """The task's checkpoints (its primaries' chain) at ``step`` and after are dropped: one
+    was proved wrong, and every later one grew from it. The next attempt resumes from
+    the last before them, or from the start."""
+
+    step: int
+
+
+@dataclass(frozen=True)
 class EndJob:
     to: JobStatus
     error: str | None = None
@@ -143,5 +153,5 @@ class Emit:
 
 
 Effect = (MoveAssignment | MoveTask | NeedCheck | MoveJob | Accept | PayCheck | Slash | Rate
-          | RecordVerdict | Remember | RetireReference | Correct | LookBack | EndJob
-          | CompleteIfDone | RefreshJob | Emit)
+          | RecordVerdict | Remember | RetireReference | Correct | LookBack | VoidCheckpoints
+          | EndJob | CompleteIfDone | RefreshJob | Emit)

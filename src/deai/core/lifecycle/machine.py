@@ -143,7 +143,8 @@ class Machine:
                 self.job_status = job_status_for({self.task_status})
         elif isinstance(e, E.Emit):
             self.events.append(e.kind)
-        # Rate, Remember, RetireReference and LookBack change no money and no status here.
+        # Rate, Remember, RetireReference, LookBack and VoidCheckpoints change no money and
+        # no status here.
 
     def _accept(self, assignment: str) -> None:
         seat = self.seats[assignment]
