@@ -16,6 +16,7 @@ import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -23,12 +24,20 @@ from deai.client import keys
 from deai.core import kinds, specs
 from deai.core.kinds import train as kind_train
 from deai.workloads import train as wl
+from deai.coordinator import admission, effects, verify
+from deai.core.lifecycle import AssignmentStatus, Role, TaskStatus
+from deai.core.lifecycle import decide as D
+from deai.core.lifecycle import effects as E
+from deai.store.models import Assignment, Checkpoint, Task
 from tests.helpers import check_books, journal, stake_lost
+from tests.lifecycle_worlds import DbWorld, MachineWorld, Seat, World, _party
 from tests.netutil import Network
 from tests.test_checkpoints import Hand
+from tests.test_cluster_service import audit
 from tests.test_train_audit_draw import fabricated_claim, sha
+from tests.test_workload_train import Recorder
 
-pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::DeprecationWarning:sklearn.*")]
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:sklearn.*")
 SPEC = {"kind": "train", "model": "mlp-digits", "max_price": 5000, "deadline": 900,
         "epochs": 2, "batch_size": 32, "checkpoint_every": 20, "seed": 5}
 
@@ -44,6 +53,7 @@ def net(tmp_path: Path) -> Iterator[Network]:
         n.close()
 
 
+@pytest.mark.slow
 def test_the_provider_that_recorded_junk_is_blamed_not_the_honest_resumer(
         net: Network) -> None:
     client = net.client("client")
@@ -115,3 +125,110 @@ def test_wrong_checkpoints_name_the_claimed_links_a_check_shows_wrong() -> None:
         {"start": 80, "end": 90, "digest": chain[-1]["digest"]}]}).encode()
     assert kind.wrong_checkpoints(claim, audit) == [(40, chain[1]["digest"])]
     assert kind.wrong_checkpoints(b"not json", audit) == []
+
+
+def _audit_after_a_poisoned_resume(w: World) -> tuple[Seat, Seat]:
+    """A recorder's lease lapses, a resumer's result is accepted, a verifier's audit finds
+    it wrong where the recorder's checkpoints were: the recorder is slashed, the resumer
+    only gives its earnings back."""
+    recorder = w.seat(Role.PRIMARY)
+    w.apply(D.on_placed(w.ctx(), Role.PRIMARY))
+    w.apply(D.on_expired(w.ctx(), _party(recorder), "lease lapsed"))
+    resumer = w.seat(Role.PRIMARY)
+    w.apply(D.on_placed(w.ctx(), Role.PRIMARY))
+    w.apply(D.on_primary(w.ctx(), _party(resumer), replicate=False, rho=0.0, audit=True))
+    auditor = w.seat(Role.AUDIT)
+    w.apply(D.on_placed(w.ctx(), Role.AUDIT))
+    w.apply(D.on_audit(w.ctx(), _party(auditor), [], match=False, evidence={},
+                       released=[_party(resumer)], recorders=[_party(recorder)]))
+    return recorder, resumer
+
+
+def test_an_audit_slashes_the_recorder_and_the_resumer_only_gives_its_earnings_back(
+        tmp_path: Path) -> None:
+    """The coordinator's applier and core's machine agree on every status and amount."""
+    machine, db = MachineWorld(), DbWorld(tmp_path)
+    for w in (machine, db):
+        _audit_after_a_poisoned_resume(w)
+    assert db.snapshot() == machine.snapshot()
+    money = machine.snapshot()["money"]
+    assert money["stake:p0"] < 0  # the recorder: slashed
+    assert "stake:p1" not in money and "pending:p1" not in money  # the resumer: even
+    assert db.snapshot()["seats"][:2] == ["expired", "rejected"]
+    audit(db.c)
+
+
+def test_a_segment_audit_vouches_for_the_segments_it_replayed_only() -> None:
+    kind = kinds.get("train")
+    audit = json.dumps({"audit": kind_train.AUDIT_FORMAT, "segments": [
+        {"start": 20, "end": 40, "digest": "ab" * 32},
+        {"start": 80, "end": 90, "digest": "cd" * 32}]}).encode()
+    assert kind.vouched(audit) == {40, 90}
+    assert kind.vouched(b"{}") == set() == kinds.get("embeddings").vouched(audit)
+
+
+def test_a_verifiers_audit_blames_the_recorder_and_spares_honest_samples(
+        tmp_path: Path) -> None:
+    """The coordinator's judgement of an audit that overturned a resumed training result:
+    the recorder of the first wrong checkpoint is slashed, the resumer released (its
+    earnings back, no slash), a replica that replayed other segments spared, and one
+    that vouched for the wrong checkpoint itself slashed."""
+    world = DbWorld(tmp_path)
+    c = world.c
+    spec = specs.parse_spec(SPEC)
+    shard = kinds.get("train").split(spec, b"")[0].payload
+    junk, blobs = fabricated_claim(shard)
+    first = json.loads(junk)["chain"][0]  # untrained weights labelled step 20
+    rec = Recorder()
+    rec.blobs.update(blobs)
+    claim, _ = wl.train(shard, rec.ctx({"step": 20, "digest": first["digest"],
+                                        "chain_hash": first["hash"], "meta": {}}))
+    truth, _ = wl.train(shard)
+    links = {ln["end"]: ln for ln in json.loads(claim)["chain"]}
+
+    def vouch(*ends: int) -> bytes:
+        return json.dumps({"audit": kind_train.AUDIT_FORMAT, "segments": [
+            {"start": links[e]["start"], "end": e, "digest": links[e]["digest"]}
+            for e in ends]}).encode()
+
+    p = world.providers
+    with c.db.write() as s:
+        job, (task,) = admission.create(
+            c, s, owner=world.client, kind="train", model="mlp-digits",
+            spec=spec.model_dump(), input_digest=c.blobs.put(b'{"dataset": "digits"}'),
+            max_price=5000, shards=[admission.ShardIn(c.blobs.put(shard), 1, 1000)],
+            escrow=10_000, deadline=3600.0)
+        task.status, task.output_digest = TaskStatus.DONE, c.blobs.put(claim)
+
+        def seat(aid: str, who: str, role: Role, status: AssignmentStatus, out: bytes,
+                 **kw: Any) -> Assignment:
+            a = Assignment(id=aid, task_id=task.id, job_id=job.id, provider_id=who, role=role,
+                           status=status, price=1000, leased_at=0.0, lease_deadline=10**9,
+                           delivered=True, units=1000, output_digest=c.blobs.put(out), **kw)
+            s.add(a)
+            return a
+
+        seat("asg_rec", p[0], Role.PRIMARY, AssignmentStatus.EXPIRED, b"")
+        s.add(Checkpoint(task_id=task.id, step=20, digest=first["digest"],
+                         chain_hash=first["hash"], meta={}, assignment_id="asg_rec",
+                         provider_id=p[0], created_at=0.0))
+        seat("asg_res", p[1], Role.PRIMARY, AssignmentStatus.ACCEPTED, claim)
+        payload = c.blobs.put(b"check payload")
+        seat("asg_fair", p[2], Role.REPLICA, AssignmentStatus.ACCEPTED, vouch(80, 90),
+             check_of="asg_res", input_digest=payload)
+        seat("asg_stamp", p[3], Role.REPLICA, AssignmentStatus.ACCEPTED, vouch(20, 90),
+             check_of="asg_res", input_digest=payload)
+        auditor = seat("asg_aud", p[4], Role.AUDIT, AssignmentStatus.LEASED, truth,
+                       check_of="asg_res")
+        s.flush()
+        todo = verify.on_result(c, s, auditor, task, job)
+        effects.apply(c, s, job, task, todo)
+    slashed = {e.provider for e in todo if isinstance(e, E.Slash)}
+    assert slashed == {p[0], p[3]}, todo
+    assert [e.provider for e in todo if isinstance(e, E.Forfeit)] == [p[1]]
+    verdict = next(e.evidence for e in todo if isinstance(e, E.RecordVerdict))
+    assert verdict["released"] == [p[1]] and verdict["recorders"] == [p[0]]
+    assert verdict["spared"] == [p[2]]
+    with c.db.read() as s:
+        assert s.get(Task, task.id).output_digest == sha(truth)  # the verifier's stands
+    audit(c)

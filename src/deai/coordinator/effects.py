@@ -148,6 +148,7 @@ class _Applier:
             E.RecordVerdict: self.record_verdict, E.Remember: self.remember,
             E.RetireReference: self.retire_reference, E.Correct: self.correct,
             E.LookBack: self.look_back, E.VoidCheckpoints: self.void_checkpoints,
+            E.Forfeit: self.forfeit,
             E.EndJob: self.end_job,
             E.CompleteIfDone: self.complete_if_done, E.RefreshJob: self.refresh_job,
             E.Emit: self.emit,
@@ -188,7 +189,7 @@ class _Applier:
             return
         pids: set[str] = set()
         for e in todo:
-            if isinstance(e, (E.Rate, E.Slash)):
+            if isinstance(e, (E.Rate, E.Slash, E.Forfeit)):
                 pids.add(e.provider)
             elif isinstance(e, (E.Accept, E.PayCheck)):
                 a = self.s.get(Assignment, e.assignment)
@@ -202,6 +203,15 @@ class _Applier:
         self.s.execute(select(RepRow.provider_id).where(
             RepRow.provider_id.in_(ids), RepRow.workload == self.job.kind)
             .order_by(RepRow.provider_id).with_for_update())
+        # The earnings a slash or a forfeit takes back: a release (``jobs.release_earnings``,
+        # which skips locked payouts) that claimed one first has committed by now, and none
+        # claims them until this commits, so one payout is never both released and taken
+        # back. Before the journal head (``RecordVerdict`` comes first in a verdict).
+        takers = sorted({e.provider for e in todo if isinstance(e, (E.Slash, E.Forfeit))})
+        if takers:
+            self.s.execute(select(Payout.id).where(Payout.provider_id.in_(takers),
+                                                   Payout.job_id == self.job.id)
+                           .order_by(Payout.id).with_for_update())
 
     def _assignment(self, aid: str) -> Assignment:
         a = self.s.get(Assignment, aid)
@@ -307,14 +317,32 @@ class _Applier:
         cut = policy.slash_amounts(stake, c.settings.verify, reporter=e.reporter is not None)
         why = {"task": self.task.id, "role": e.role.value}
         c.settlement.slash(s, e.provider, cut.amount, e.reporter, cut.bounty, why)
+        clawed, forfeited = self._take_back(e.provider, whole_job=True)
+        c.emit(s, "slash", e.provider, job=job.id, amount=cut.amount, bounty=cut.bounty,
+               bounty_to=e.reporter, forfeited=forfeited, clawed_back=clawed, **why)
+
+    def forfeit(self, e: E.Forfeit) -> None:
+        """The task's earnings go back where they came from; no stake is cut."""
+        clawed, forfeited = self._take_back(e.provider, whole_job=False)
+        if forfeited:
+            self.c.emit(self.s, "forfeit", e.provider, job=self.job.id, task=self.task.id,
+                        forfeited=forfeited, clawed_back=clawed)
+
+    def _take_back(self, provider: str, *, whole_job: bool) -> tuple[int, int]:
+        """Return ``provider``'s earnings on this task (``whole_job``: its unreleased ones
+        on the whole job too) to whoever paid them: what the client paid (and the fee on
+        it) to the client, check fees and canaries' pay to the treasury. Returns (what had
+        already left pending, everything returned). On PostgreSQL the payouts were
+        locked before any effect (``_lock_parties``)."""
+        s, c, job = self.s, self.c, self.job
         # this task's earnings that already left pending (a look-back past the window)
-        clawed = lookback.claw_back(c, s, job, self.task.id, e.provider)
-        # Unreleased earnings for the job go back where they came from: what the client
-        # paid (and the fee on it) to the client, check fees to the treasury.
+        clawed = lookback.claw_back(c, s, job, self.task.id, provider)
         forfeited = fee_back = from_treasury = 0
-        for row in s.scalars(select(Payout).where(
-                Payout.provider_id == e.provider, Payout.job_id == job.id,
-                Payout.released.is_(False), Payout.forfeited.is_(False))):
+        rows = select(Payout).where(Payout.provider_id == provider, Payout.job_id == job.id,
+                                    Payout.released.is_(False), Payout.forfeited.is_(False))
+        if not whole_job:
+            rows = rows.where(Payout.task_id == self.task.id)
+        for row in s.scalars(rows.execution_options(populate_existing=True)):
             row.forfeited, row.released = True, True
             entry = s.get(JournalEntry, row.journal_seq)
             if entry is not None and entry.kind == "payout" and job.owner != NETWORK:
@@ -323,16 +351,14 @@ class _Applier:
             else:
                 from_treasury += row.amount
         if from_treasury:
-            c.settlement.forfeit(s, e.provider, job.id, from_treasury, 0, ledger.FEE)
+            c.settlement.forfeit(s, provider, job.id, from_treasury, 0, ledger.FEE)
         if forfeited or fee_back:
             to = ledger.escrow(job.id) if job.status in JOB_ACTIVE else ledger.acct(job.owner)
-            fee_back = c.settlement.forfeit(s, e.provider, job.id, forfeited, fee_back, to)
+            fee_back = c.settlement.forfeit(s, provider, job.id, forfeited, fee_back, to)
             job.cost -= forfeited + fee_back
             if to != ledger.escrow(job.id):
                 job.refunded += forfeited + fee_back
-        forfeited += from_treasury + clawed
-        c.emit(s, "slash", e.provider, job=job.id, amount=cut.amount, bounty=cut.bounty,
-               bounty_to=e.reporter, forfeited=forfeited, clawed_back=clawed, **why)
+        return clawed, forfeited + from_treasury + clawed
 
     # --- verification records ---------------------------------------------------------------
 

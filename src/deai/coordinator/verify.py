@@ -184,8 +184,11 @@ def _on_audit(c: Coordinator, s: Session, a: Assignment, task: Task, job: Job, k
     agreed = [x for x in accepted if x.role == Role.REPLICA and x.check_of in
               {y.id for y in subject}]
     mine = c.blobs.get(a.output_digest or "")
-    cmp = kind.compare(spec, shard, c.blobs.get(task.output_digest or ""), mine)
+    stands = c.blobs.get(task.output_digest or "")
+    cmp = kind.compare(spec, shard, stands, mine)
     spared: list[Assignment] = []
+    released: list[Assignment] = []
+    recorders: list[Assignment] = []
     if not cmp.match:
         # A replica that ran the task again is judged by its own output, not by the
         # result it agreed with: agreement within a tolerance is not transitive (a
@@ -195,13 +198,35 @@ def _on_audit(c: Coordinator, s: Session, a: Assignment, task: Task, job: Job, k
         spared = [x for x in agreed if x.input_digest is None and kind.compare(
             spec, shard, c.blobs.get(x.output_digest or ""), mine).match]
         agreed = [x for x in agreed if x not in spared]
+        wrong = kind.wrong_checkpoints(stands, mine)
+        if wrong:
+            # A check that replayed a few segments of the claim answers for those: it is
+            # to blame if it replayed the first wrong one, not for one it was not asked to
+            # (before, an honest replica was slashed with the cheat its sample missed).
+            first = min(step for step, _ in wrong)
+            fair = [x for x in agreed if x.input_digest is not None
+                    and first not in kind.vouched(c.blobs.get(x.output_digest or ""))]
+            spared += fair
+            agreed = [x for x in agreed if x not in fair]
+            for x in subject:
+                blamed = (_inherited(s, task, x, wrong) if x.role == Role.PRIMARY
+                          else None)
+                if blamed is not None:
+                    released.append(x)
+                    recorders += [r for r in blamed[0] if r not in recorders]
     evidence = {"auditor": a.provider_id, "subject": [x.provider_id for x in subject],
                 "checker": [x.provider_id for x in agreed], "statistic": cmp.statistic,
                 "detail": cmp.detail, "subject_output": task.output_digest,
                 "auditor_output": a.output_digest,
-                **({"spared": [x.provider_id for x in spared]} if spared else {})}
-    stood = [party(x) for x in subject if x.role != Role.REFEREE] + [party(x) for x in agreed]
-    return D.on_audit(ctx(c, job, task), party(a), stood, match=cmp.match, evidence=evidence)
+                **({"spared": [x.provider_id for x in spared]} if spared else {}),
+                **({"released": [x.provider_id for x in released],
+                    "recorders": sorted({r.provider_id for r in recorders})}
+                   if released else {})}
+    stood = ([party(x) for x in subject if x.role != Role.REFEREE and x not in released]
+             + [party(x) for x in agreed])
+    return D.on_audit(ctx(c, job, task), party(a), stood, match=cmp.match, evidence=evidence,
+                      released=[party(x) for x in released],
+                      recorders=[party(r) for r in recorders])
 
 
 def _evidence(subject: Assignment, checker: Assignment, statistic: float,

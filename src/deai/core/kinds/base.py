@@ -190,6 +190,11 @@ class Kind(ABC):
         resumed from it. Empty for kinds that keep no checkpoints."""
         return []
 
+    def vouched(self, check_output: bytes) -> set[int]:
+        """The checkpoints (by step) a check that replayed part of a claim vouched for: it
+        answers for those only, not for what it was not asked to replay."""
+        return set()
+
     # --- forced errors (Truebit): does a checker really check? -----------------------------
     # Where a check re-scores a claim instead of re-running the task, a checker could
     # answer "agrees" without doing the work. Now and then the network hands it a claim

@@ -456,6 +456,13 @@ class TrainKind(Kind):
             return []
         return [] if i is None else [(chain[i].end, chain[i].digest)]
 
+    def vouched(self, check_output: bytes) -> set[int]:
+        """The ends of the segments an audit replayed."""
+        try:
+            return {x["end"] for x in _audit_output(check_output)}
+        except (InvalidInput, ValueError, TypeError, KeyError):
+            return set()
+
     def meter_check(self, spec: SpecBase, payload: bytes, output: bytes) -> int:
         """An audit bills the steps it replayed, at the job's units per step."""
         request = batch.safe_loads(payload)

@@ -31,6 +31,7 @@ from deai.core.lifecycle.effects import (
     Effect,
     Emit,
     EndJob,
+    Forfeit,
     LookBack,
     MoveAssignment,
     MoveJob,
@@ -210,6 +211,9 @@ def on_verdict(ctx: TaskCtx, fault: Fault, referee: Party, subject: Party,
     return out
 
 
+INHERITED = "resumed from a checkpoint an earlier attempt recorded wrong"
+
+
 def on_inherited(ctx: TaskCtx, referee: Party, subject: Party, checker: Party | None,
                  recorders: list[Party], *, checker_bad: bool, void_from: int,
                  evidence: dict[str, Any]) -> list[Effect]:
@@ -235,13 +239,13 @@ def on_inherited(ctx: TaskCtx, referee: Party, subject: Party, checker: Party | 
     elif checker is not None:
         out += [MoveAssignment(checker.assignment, A.ACCEPTED), Rate(checker.provider, True),
                 PayCheck(checker.assignment)]
-    return out + [MoveAssignment(subject.assignment, A.REJECTED,
-                                 "resumed from a checkpoint an earlier attempt recorded wrong"),
+    return out + [MoveAssignment(subject.assignment, A.REJECTED, INHERITED),
                   VoidCheckpoints(void_from), MoveTask(T.QUEUED), RefreshJob()]
 
 
 def on_audit(ctx: TaskCtx, audit: Party, stood: list[Party], *, match: bool,
-             evidence: dict[str, Any]) -> list[Effect]:
+             evidence: dict[str, Any], released: list[Party] | None = None,
+             recorders: list[Party] | None = None) -> list[Effect]:
     """A trusted verifier re-ran an accepted result.
 
     ``stood``: the parties whose word made the result stand (the accepted primary or
@@ -249,6 +253,10 @@ def on_audit(ctx: TaskCtx, audit: Party, stood: list[Party], *, match: bool,
     disagrees, every one of them is slashed, their other results in the window are
     audited in turn, and the verifier's output replaces the result (the client keeps
     the corrected shard and pays nothing for the wrong one).
+
+    ``released``: a primary whose output was wrong only where it inherited checkpoints
+    that ``recorders`` (earlier attempts) recorded: the recorders are slashed in its
+    stead, and its earnings go back to the client, as the slashed's would.
     """
     out: list[Effect] = [MoveAssignment(audit.assignment, A.ACCEPTED), PayCheck(audit.assignment),
                          NeedCheck(None)]
@@ -259,6 +267,10 @@ def on_audit(ctx: TaskCtx, audit: Party, stood: list[Party], *, match: bool,
     for p in stood:
         out += [MoveAssignment(p.assignment, A.REJECTED), Rate(p.provider, False),
                 Slash(p.provider, None, p.role), LookBack(p.provider)]
+    for p in released or []:
+        out += [MoveAssignment(p.assignment, A.REJECTED, INHERITED), Forfeit(p.provider)]
+    for p in recorders or []:
+        out += [Rate(p.provider, False), Slash(p.provider, None, p.role), LookBack(p.provider)]
     return out + [Correct(audit.assignment)]
 
 

@@ -13,6 +13,7 @@ lifecycle's terms; the settlement port turns them into journal entries.
     ├── Accept           the task's output is this assignment's; pay it, task done
     ├── PayCheck         a check fee from the treasury to a checker or referee
     ├── Slash            a confirmed fault: stake cut, bounty, unreleased earnings forfeited
+    ├── Forfeit          a task's earnings go back to whoever paid them, no stake cut
     ├── Rate             a pass or a fail for a provider's reputation
     ├── RecordVerdict    the verdict and its evidence, in the journal
     ├── Remember         verified work becomes a future canary
@@ -84,6 +85,15 @@ class Slash:
 
 
 @dataclass(frozen=True)
+class Forfeit:
+    """A provider's earnings on the task go back to whoever paid them, and no stake is cut:
+    its output was overturned through no fault of its own (it resumed from a checkpoint
+    another attempt recorded wrong)."""
+
+    provider: str
+
+
+@dataclass(frozen=True)
 class Rate:
     provider: str
     passed: bool
@@ -152,6 +162,6 @@ class Emit:
     body: dict[str, Any] = field(default_factory=dict, hash=False)
 
 
-Effect = (MoveAssignment | MoveTask | NeedCheck | MoveJob | Accept | PayCheck | Slash | Rate
-          | RecordVerdict | Remember | RetireReference | Correct | LookBack | VoidCheckpoints
-          | EndJob | CompleteIfDone | RefreshJob | Emit)
+Effect = (MoveAssignment | MoveTask | NeedCheck | MoveJob | Accept | PayCheck | Slash | Forfeit
+          | Rate | RecordVerdict | Remember | RetireReference | Correct | LookBack
+          | VoidCheckpoints | EndJob | CompleteIfDone | RefreshJob | Emit)

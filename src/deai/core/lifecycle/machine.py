@@ -130,6 +130,8 @@ class Machine:
             self._pay_check(e.assignment)
         elif isinstance(e, E.Slash):
             self._slash(e.provider, e.reporter)
+        elif isinstance(e, E.Forfeit):
+            self._forfeit(e.provider)
         elif isinstance(e, E.RecordVerdict):
             self.verdicts += 1
         elif isinstance(e, E.EndJob):
@@ -180,6 +182,10 @@ class Machine:
             self._add(f"acct:{reporter}", cut.bounty)
         self._add("fee", cut.amount - cut.bounty)
         self.slashes.append((provider, reporter, self.verdicts))
+        self._forfeit(provider)
+
+    def _forfeit(self, provider: str) -> None:
+        """``provider``'s earnings on the task go back to whoever paid them."""
         back = fee_back = treasury = 0
         for p in self.payouts:
             if p.provider == provider and not p.forfeited:
