@@ -33,7 +33,7 @@ from deai.coordinator import (
     hoarding,
     verify,
 )
-from deai.coordinator.matching import all_provider_states, stake_needed
+from deai.coordinator.matching import all_provider_states, run_bound, stake_needed
 from deai.coordinator.service import Coordinator
 from deai.core import auth, kinds, ledger, market, sealed, specs, wire
 from deai.core.errors import Conflict, Forbidden, InvalidInput, NoCapacity, NotFound
@@ -391,15 +391,6 @@ def report_failure(c: Coordinator, pid: str, assignment_id: str, error: str) -> 
 HOLD_PASSED = "held past its hold"  # a lease that reached a hold no declared bound set
 
 
-def _unbounded(job: Job) -> bool:
-    """Whether ``job``'s spec bounds no run (``Kind.run_bound``)."""
-    try:
-        kind = kinds.get(job.kind)
-        return kind.run_bound(kind.parse_spec(job.spec)) is None
-    except Exception:  # a spec an upgrade no longer parses: no bound to hold it to
-        return True
-
-
 def expire_leases(c: Coordinator) -> int:
     """Expire leases past their deadline or held by providers that stopped heartbeating.
 
@@ -426,7 +417,7 @@ def expire_leases(c: Coordinator) -> int:
             return False
         last_seen = s.scalar(select(Provider.last_seen).where(Provider.id == a.provider_id))
         if (a.lease_deadline < now and a.hold_until is not None
-                and a.lease_deadline >= a.hold_until and _unbounded(job)):
+                and a.lease_deadline >= a.hold_until and run_bound(job) is None):
             # Held as long as its hold allows, on a job whose spec bounds no run: the task
             # waits no longer and goes to someone else, at no charge, for a check's hold
             # then follows the checked result's claimed run, which a colluding primary can

@@ -673,14 +673,21 @@ def primary_hold(c: Coordinator, job: Job) -> float | None:
     that, at least ``CHECK_HOLD_MIN``, plus a lease's ttl; past it the lease ends at no
     charge and the task goes to someone else (``jobs.expire_leases``). None: bounded by
     the job's deadline only (a training run, a batch of embeddings: no declared bound)."""
-    try:
-        kind = kinds.get(job.kind)
-        bound = kind.run_bound(kind.parse_spec(job.spec))
-    except Exception:  # a spec an upgrade no longer parses: the deadline bounds it
-        return None
+    bound = run_bound(job)
     if bound is None:
         return None
     return max(CHECK_HOLD_MIN, CHECK_HOLD_RUNS * bound) + c.settings.lease_ttl
+
+
+def run_bound(job: Job) -> float | None:
+    """The longest run ``job``'s spec allows (``Kind.run_bound``: a command's wall-clock
+    limit), in seconds; None where it declares none, or where the spec no longer parses
+    (an upgrade changed its kind): then only the job's deadline bounds a run."""
+    try:
+        kind = kinds.get(job.kind)
+        return kind.run_bound(kind.parse_spec(job.spec))
+    except Exception:
+        return None
 
 
 def check_hold(c: Coordinator, s: Session, subject_id: str, job: Job) -> float:
@@ -702,11 +709,7 @@ def check_hold(c: Coordinator, s: Session, subject_id: str, job: Job) -> float:
     first = s.scalar(select(func.min(Assignment.leased_at)).where(
         Assignment.task_id == row.task_id)) if row and row.submitted_at else None
     run = row.submitted_at - first if row and row.submitted_at and first is not None else 0.0
-    try:
-        kind = kinds.get(job.kind)
-        bound = kind.run_bound(kind.parse_spec(job.spec)) or 0.0
-    except Exception:  # a spec an upgrade no longer parses: the other bounds stand
-        bound = 0.0
+    bound = run_bound(job) or 0.0
     return (max(CHECK_HOLD_MIN, c.settings.verify_timeout,
                 CHECK_HOLD_RUNS * max(0.0, run, bound)) + c.settings.lease_ttl)
 
