@@ -21,14 +21,14 @@ from typing import Any
 import pytest
 
 from deai.client import keys
+from deai.coordinator import admission, effects, verify
 from deai.core import kinds, specs
 from deai.core.kinds import train as kind_train
-from deai.workloads import train as wl
-from deai.coordinator import admission, effects, verify
 from deai.core.lifecycle import AssignmentStatus, Role, TaskStatus
 from deai.core.lifecycle import decide as D
 from deai.core.lifecycle import effects as E
 from deai.store.models import Assignment, Checkpoint, Task
+from deai.workloads import train as wl
 from tests.helpers import check_books, journal, stake_lost
 from tests.lifecycle_worlds import DbWorld, MachineWorld, Seat, World, _party
 from tests.netutil import Network

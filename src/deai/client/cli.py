@@ -191,8 +191,13 @@ def read_input(path: Path, spec: specs.JobSpec) -> tuple[bytes, list[specs.Shard
     return data, specs.split(spec, data)
 
 
-def signer(coordinator: str, key: str) -> Client:
-    return Client(coordinator, keys.load(key))
+def signer(coordinator: str, key: str | keys.Identity) -> Client:
+    """A client signing with ``key`` (a name in the keys folder) for the coordinator's
+    network: pinned by ``DEAI_NETWORK_ID``, else asked, and then signed for at the
+    address this home first met it at only (``keys.bind_network``)."""
+    me = keys.load(key) if isinstance(key, str) else key
+    pinned = os.environ.get("DEAI_NETWORK_ID") or None
+    return Client(coordinator, me, network_id=pinned, bind=pinned is None)
 
 
 def usable_cores() -> int:
@@ -588,7 +593,7 @@ def job_submit(spec_file: Annotated[Path, typer.Argument(metavar="SPEC.yaml")],
 def job_status(job_id: str, coordinator: Coordinator = DEFAULT_COORDINATOR,
                key: Key = "client") -> None:
     """A job's state, tasks and money (jobs are private: the owner's --key reads them)."""
-    with Client(coordinator, keys.load(key)) as c:
+    with signer(coordinator, key) as c:
         console.print(job_table(c.job(job_id), provider_names(c)))
 
 
@@ -599,7 +604,7 @@ def job_list(coordinator: Coordinator = DEFAULT_COORDINATOR, key: Key = "client"
     """Your jobs (the --key's), newest first; --all is kept for old scripts (jobs are private:
     every owner's jobs are on the explorer, without their specs)."""
     me = keys.load(key)
-    with Client(coordinator, me) as c:
+    with signer(coordinator, me) as c:
         jobs = c.jobs(owner=me.id, limit=limit)
     t = Table("job", "status", "tasks", "inputs", "cost", "created")
     t.columns[0].no_wrap = t.columns[5].no_wrap = True
@@ -615,7 +620,7 @@ def job_results(job_id: str, output: Annotated[Path | None, typer.Option(
                     "-o", "--output", help="Default results/<job id>.jsonl.")] = None,
                 coordinator: Coordinator = DEFAULT_COORDINATOR, key: Key = "client") -> None:
     """Write a completed job's output (one line per input line, in input order)."""
-    with Client(coordinator, keys.load(key)) as c:
+    with signer(coordinator, key) as c:
         path, lines = write_results(c, job_id, output)
         result = training.parse(path.read_bytes())
         extra = (training.save(c, result, path, model=sealed.model(c, job_id, result))
@@ -630,7 +635,7 @@ def job_plot(job_id: str, output: Annotated[Path, typer.Option(
                  "-o", "--output", help="PNG file to write.")] = Path("loss.png"),
              coordinator: Coordinator = DEFAULT_COORDINATOR, key: Key = "client") -> None:
     """Draw a completed training job's loss curve and test accuracy to a PNG."""
-    with Client(coordinator, keys.load(key)) as c:
+    with signer(coordinator, key) as c:
         result = training.parse(c.results(job_id))
     if result is None:
         raise InvalidInput(f"job {job_id} is not a training job", field="job")

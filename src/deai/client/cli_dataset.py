@@ -18,7 +18,7 @@ from typing import Annotated
 
 import typer
 
-from deai.client import datasets, keys
+from deai.client import datasets
 from deai.client.cli import (
     DEFAULT_COORDINATOR,
     Coordinator,
@@ -150,7 +150,7 @@ def serve(once: Annotated[bool, typer.Option(help="One pass, then exit.")] = Fal
           interval: Annotated[float, typer.Option(min=0.1)] = 1.0,
           coordinator: Coordinator = DEFAULT_COORDINATOR, key: Key = "client") -> None:
     """Release your datasets' key to the providers leased for jobs within their terms."""
-    with Client(coordinator, keys.load(key)) as c:
+    with signer(coordinator, key) as c:
         if once:
             for job_id, to in datasets.serve_once(c):
                 console.print(f"released to {len(to)} provider(s) for job {job_id}")

@@ -6,6 +6,7 @@ checkout has its own keys. Files are created 0600.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import secrets
@@ -97,3 +98,48 @@ def load(name: str) -> Identity:
 def names() -> list[str]:
     d = keys_dir()
     return sorted(p.stem for p in d.glob("*.key")) if d.exists() else []
+
+
+# --- which coordinator each network id belongs to --------------------------------------------
+
+def networks_file() -> Path:
+    return home() / "networks.json"
+
+
+def bind_network(network_id: str, url: str) -> None:
+    """Remember that ``network_id`` is the network of the coordinator at ``url``; refuse it
+    from any other address.
+
+    Every signed request signs the coordinator's network id, which the coordinator itself
+    reports. One that reports another deployment's id would collect signatures that
+    deployment accepts, from every key it sees (a request replayed there within two
+    minutes). The keys of this home sign for a network at the address they first met it
+    at only; one deployment served at two addresses is pinned by hand
+    (``DEAI_NETWORK_ID``)."""
+    path = networks_file()
+    try:
+        known = json.loads(path.read_text())
+    except FileNotFoundError:
+        known = {}
+    except (OSError, ValueError) as exc:
+        raise InvalidInput(f"{path}: unreadable ({exc}); remove it to start over",
+                           field="network") from None
+    if not isinstance(known, dict):
+        raise InvalidInput(f"{path}: not a JSON object; remove it to start over",
+                           field="network")
+    first = known.get(network_id)
+    if first == url:
+        return
+    if first is not None:
+        raise InvalidInput(
+            f"{url} says it is network {network_id}, which the keys in {home()} sign for at "
+            f"{first} only: a coordinator that reports another deployment's id collects "
+            f"signatures that deployment accepts. If both addresses serve one deployment, "
+            f"pin it: DEAI_NETWORK_ID={network_id}", field="network")
+    known[network_id] = url
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(known, f, indent=1, sort_keys=True)
+    os.replace(tmp, path)

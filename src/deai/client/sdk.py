@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 
 import httpx
 
+from deai.client import keys
 from deai.client.keys import Identity
 from deai.core import auth, wire
 from deai.core.errors import DeAIError, from_dict
@@ -29,10 +30,12 @@ T = TypeVar("T")
 
 class Client:
     def __init__(self, base_url: str, identity: Identity | None = None, *,
-                 timeout: float = 30.0, network_id: str | None = None) -> None:
+                 timeout: float = 30.0, network_id: str | None = None,
+                 bind: bool = False) -> None:
         """``network_id`` pins the network this client signs for (else the coordinator's
         own is asked once, ``network_id``): a coordinator of another network refuses
-        what it signs."""
+        what it signs. ``bind``: sign for a network id asked from the coordinator only
+        at the address this home first met it at (``keys.bind_network``; the CLI's)."""
         self.base_url = base_url.rstrip("/")
         self.identity = identity
         self.http = httpx.Client(base_url=self.base_url, timeout=timeout)
@@ -40,6 +43,7 @@ class Client:
             raise DeAIError(f"network_id: not a network id: {network_id!r}")
         self._pinned = network_id is not None
         self._network_id: str | None = network_id
+        self._bind = bind
 
     def close(self) -> None:
         self.http.close()
@@ -68,6 +72,8 @@ class Client:
             if not auth.is_network_id(nid):
                 raise DeAIError(f"{self.base_url} gave no network id to sign for "
                                 f"(HTTP {resp.status_code})")
+            if self._bind:
+                keys.bind_network(str(nid), self.base_url)
             self._network_id = str(nid)
         return self._network_id
 
