@@ -2,7 +2,8 @@
 
 ``create`` runs inside the caller's write transaction and does, atomically:
 check and hold an API key's spend cap (the key's row is locked, so concurrent
-requests on one key serialise and can never commit more than the cap), escrow
+requests on one key serialise and can never commit more than the cap, and a key
+revoked since the request was authenticated spends nothing more), escrow
 the maximum cost through the settlement port, and write the job and its tasks.
 Either all of it commits or none of it does.
 """
@@ -17,7 +18,7 @@ from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session
 
 from deai.coordinator.service import Coordinator, new_id
-from deai.core.errors import DeAIError
+from deai.core.errors import AuthError, DeAIError
 from deai.core.lifecycle import JobStatus, TaskStatus
 from deai.store.models import ApiKey, ApiKeyJob, Job, Task
 
@@ -66,8 +67,15 @@ def committed_many(s: Session, key_ids: list[str]) -> dict[str, int]:
 
 
 def hold_cap(s: Session, key_id: str, amount: int) -> None:
-    """Lock the key and refuse ``amount`` if it would take the key past its cap."""
-    row = s.scalars(select(ApiKey).where(ApiKey.id == key_id).with_for_update()).first()
+    """Lock the key and refuse ``amount`` if it would take the key past its cap, or if
+    the key was revoked since the request was authenticated (``AuthError``, 401)."""
+    # populate_existing: the locked read, not a copy the session may hold from before it
+    row = s.scalars(select(ApiKey).where(ApiKey.id == key_id).with_for_update()
+                    .execution_options(populate_existing=True)).first()
+    if row is not None and row.revoked_at is not None:
+        # Authentication read the key earlier, unlocked; a revocation that committed
+        # since then must stop the spending (and one that comes later waits for it).
+        raise AuthError("This API key has been revoked.")
     if row is None or row.spend_cap is None:
         return
     used = committed(s, key_id)

@@ -20,7 +20,13 @@ Race safety: the key's row is inserted in the same transaction that creates
 and escrows (``hook``), and (account, key) is its primary key. Of two
 concurrent twins one commits; the other fails on the key (PostgreSQL makes it
 wait for the first to commit, SQLite serialises writers), its whole
-transaction rolls back, and it answers with what the first created.
+transaction rolls back, and it answers with what the first created. A twin
+can fail earlier in that transaction, because of what the first committed
+while it waited: the API key's spend cap or the account's balance, checked
+again under their locks, no longer cover a second escrow. So a twin that fails
+in any way looks the key up once more; when the key is now live it answers
+with what the first created (or 422 if the key went to another request), and
+only otherwise with its own error.
 """
 
 from __future__ import annotations
@@ -33,7 +39,6 @@ from typing import Any, TypeVar
 
 from fastapi import Request
 from sqlalchemy import delete
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from deai.coordinator.service import Coordinator
@@ -130,7 +135,10 @@ def once(c: Coordinator, cl: Claim | None, create: Callable[[Hook | None], T],
         return replay(done), True
     try:
         return create(lambda s, resource: record(c, s, cl, resource)), False
-    except (IntegrityError, _Taken):
+    except Exception:
+        # Not only the key's own conflict (IntegrityError, ``_Taken``): a twin that
+        # committed while this one waited for a lock has taken the cap or the funds, and
+        # this one's refusal (429, 402) would tell the client that nothing was created.
         done = find(c, cl)
         if done is None:
             raise
