@@ -396,14 +396,14 @@ def test_a_dataset_keeps_its_bytes_after_its_upload_record_runs_out(
     blob_quota.sweep(c)
     assert c.blobs.exists(kept) and datasets.content(c, owner, "ds_" + "1" * 24)
     late = upload(b"another ciphertext")
-    checked = access.require_blob
+    checked = access.require_own_blobs
 
     def then_its_record_runs_out(*args: Any) -> None:
-        checked(*args)  # the owner may read it...
+        checked(*args)  # the owner uploaded it...
         expire()
         blob_quota.sweep(c)  # ...and then the sweep deletes it: nothing else uses it
 
-    monkeypatch.setattr(access, "require_blob", then_its_record_runs_out)
+    monkeypatch.setattr(access, "require_own_blobs", then_its_record_runs_out)
     with pytest.raises(InvalidInput, match="blob_digest"):
         publish("ds_" + "2" * 24, late)
     assert not c.blobs.exists(late)

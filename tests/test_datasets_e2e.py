@@ -25,6 +25,7 @@ from deai.client import datasets
 from deai.client.cli import app
 from deai.client.sdk import Client
 from deai.core import ledger
+from deai.core.errors import DeAIError
 from tests.helpers import audit_ok, journal
 from tests.netutil import Network, Proc
 
@@ -114,6 +115,21 @@ def test_dataset_trains_another_accounts_model_and_pays_once(net: Network) -> No
     uses = cli(net, "dataset", "uses", ds, "--key", "owner")
     assert job_id in uses and head in uses and result["model_digest"] in uses, uses
     assert cli(net, "ledger", "audit")
+
+    # The buyer reads the final model, not the checkpoints on the way: with few rows a
+    # step, the change between two of them spells rows out.
+    listed = user.checkpoints(job_id)
+    assert {cp["digest"] for cp in listed} == {result["model_digest"]}, listed
+    assert user.download(result["model_digest"])
+    for link in result["chain"][:-1]:
+        with pytest.raises(DeAIError) as exc:
+            user.download(link["digest"])
+        assert exc.value.status == 404
+    too_small = {**SPEC, "batch_size": 8}
+    spec.write_text(yaml.safe_dump(too_small))
+    out = cli(net, "dataset", "train", ds, str(spec), "--key", "user", ok=False)
+    assert "spec.batch_size" in out, out
+    spec.write_text(yaml.safe_dump(SPEC))
 
     # Revoked: the next job is refused naming the term, and nothing moves.
     cli(net, "dataset", "revoke", ds, "--key", "owner")

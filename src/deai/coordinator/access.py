@@ -29,14 +29,14 @@ from __future__ import annotations
 
 import re
 
-from sqlalchemy import or_, select
+from sqlalchemy import ColumnElement, and_, func, or_, select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from deai.coordinator import volumes
 from deai.coordinator.service import Coordinator
 from deai.core.errors import NotFound
-from deai.core.lifecycle import AssignmentStatus
+from deai.core.lifecycle import AssignmentStatus, JobStatus
 from deai.store.models import (
     ApiFile,
     Assignment,
@@ -47,6 +47,7 @@ from deai.store.models import (
     JobBlob,
     Task,
 )
+from deai.store.models_datasets import DatasetUse
 
 NETWORK = "network"
 """Owner of the jobs the coordinator makes itself (canaries, audits): ``verify.NETWORK``."""
@@ -78,11 +79,23 @@ def owner_may_read(s: Session, account: str, digest: str) -> bool:
                                     or_(Assignment.input_digest == digest,
                                         Assignment.output_digest == digest)),
         select(Checkpoint.id).join(Task, Task.id == Checkpoint.task_id)
-        .where(Task.job_id.in_(mine), Checkpoint.digest == digest),
+        .where(Task.job_id.in_(mine), Checkpoint.digest == digest, shown_to_owner()),
         select(ApiFile.id).where(ApiFile.account == account, ApiFile.digest == digest),
         select(JobBlob.job_id).where(JobBlob.digest == digest, JobBlob.job_id.in_(mine)),
     )
     return any(s.scalar(q.limit(1)) is not None for q in checks)
+
+
+def shown_to_owner() -> ColumnElement[bool]:
+    """The checkpoints a job's owner may read: all of them, but on a dataset only its
+    final model, once the job has completed. With one row a training step, the change
+    between two checkpoints gives the row; a buyer pays for a model, not for the rows."""
+    last = aliased(Checkpoint)
+    final = Checkpoint.step == select(func.max(last.step)).where(
+        last.task_id == Checkpoint.task_id).scalar_subquery()
+    completed = select(Job.id).where(Job.status == JobStatus.COMPLETED)
+    return or_(Task.job_id.not_in(select(DatasetUse.job_id)),
+               and_(Task.job_id.in_(completed), final))
 
 
 def lease_may_read(c: Coordinator, s: Session, provider: str, digest: str) -> bool:

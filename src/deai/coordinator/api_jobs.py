@@ -144,7 +144,7 @@ def submit(body: wire.JobIn, c: C,
                               idempotency.canonical(body.model_dump(mode="json")))
 
     def create(hook: idempotency.Hook | None) -> wire.JobOut:
-        access.require_blob(c, me, body.input_digest, "input_digest")
+        access.require_own_blobs(c, me, [body.input_digest], "input_digest")
         return jobs.submit(c, me, body, key=key, then=None if hook is None else (
             lambda s, job: hook(s, job.id)))
 

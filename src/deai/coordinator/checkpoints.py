@@ -67,7 +67,9 @@ def listing(job_id: str, c: C, me: Signer,
             raise NotFound(f"no job {job_id}", field="job")
         rows = s.execute(select(Checkpoint, Assignment.role)
                          .join(Assignment, Assignment.id == Checkpoint.assignment_id)
-                         .where(Assignment.job_id == job_id, Checkpoint.id > after)
+                         .join(Task, Task.id == Checkpoint.task_id)
+                         .where(Assignment.job_id == job_id, Checkpoint.id > after,
+                                access.shown_to_owner())
                          .order_by(Checkpoint.id).limit(limit + 1)).all()
         more = len(rows) > limit
         rows = rows[:limit]
@@ -82,7 +84,7 @@ def record(c: Coordinator, pid: str, assignment_id: str,
            body: wire.CheckpointIn) -> wire.CheckpointOut:
     if not c.blobs.exists(body.digest):
         raise InvalidInput("digest: upload the checkpoint blob first", field="digest")
-    access.require_blob(c, pid, body.digest, "digest")  # its own upload, not someone's data
+    access.require_own_blobs(c, pid, [body.digest], "digest")  # its own, not a leased read
     blob_digest = hashlib.sha256(c.blobs.get(body.digest)).hexdigest()
     with c.db.write() as s:
         a = c.live_lease(s, pid, assignment_id)

@@ -12,11 +12,20 @@
   (``deai dataset serve``) checks the terms itself and posts the key wrapped to
   them (``release``); a leased provider fetches its wrapped key (``key_for``).
   After revocation nothing is released or handed out any more.
-- The royalty is paid from the job's escrow to the owner when the owner first
-  releases the key for the job (the use happens: a provider can read the rows),
-  not at admission: an owner that never releases is never paid, and a job that
-  ends before any release (cancelled, expired, no trainer) gets the royalty back
-  with the rest of its escrow, its use no longer counted (``end_use``).
+- The royalty is paid from the job's escrow to the owner when the job completes
+  (a model was made from the rows: ``pay_use``), not at admission nor at the
+  key's release: a key the coordinator cannot check (garbage wrapped, or the
+  dataset revoked once paid) made a release pay for nothing; and a job run by a
+  provider that kept an earlier job's key, with no release, was never paid. A job
+  that ends otherwise (cancelled, failed, expired) gets the royalty back with the
+  rest of its escrow, its use no longer counted (``end_use``).
+- The job's owner reads no checkpoint of its job but the final model, once the job
+  has completed (``access.owner_may_read``, ``checkpoints.listing``): with one row a
+  step, the change between two checkpoints gives the row. Training on a dataset
+  takes batches of at least ``MIN_BATCH`` rows.
+- A key released for a job stays fetchable, with the ciphertext, by the providers
+  leased for that job after the dataset is revoked: revocation stops new releases
+  and new jobs, not the ones already let in.
 """
 
 from __future__ import annotations
@@ -39,6 +48,7 @@ from deai.store.models import Assignment, Job
 from deai.store.models_datasets import Dataset, DatasetKey, DatasetUse
 
 MAX_LIST = 500
+MIN_BATCH = 16  # rows a training step on a dataset averages over, at least
 
 
 def _terms(d: Dataset) -> D.Terms:
@@ -71,7 +81,9 @@ def _get(s: Session, dataset_id: str, lock: bool = False) -> Dataset:
 # --- the owner's side -------------------------------------------------------------------------
 
 def publish(c: Coordinator, owner: str, body: W.DatasetIn) -> W.DatasetPrivateOut:
-    access.require_blob(c, owner, body.blob_digest, "blob_digest")
+    # Its own upload, or its own job's data: never a blob it may read only through a
+    # lease (a client's shard), which a dataset would keep readable, and kept, for ever.
+    access.require_own_blobs(c, owner, [body.blob_digest], "blob_digest")
     if body.terms.expires_at is not None and body.terms.expires_at <= c.now():
         raise InvalidInput("terms.expires_at: already past", field="terms.expires_at")
     if "train" in body.terms.allow and body.train is None:
@@ -150,6 +162,9 @@ def prepare(c: Coordinator, spec: SpecBase) -> Use:
     if spec.dataset != "file":
         raise InvalidInput("spec.dataset: a job on a dataset trains on its file: set "
                            "dataset: file", field="spec.dataset")
+    if spec.batch_size < MIN_BATCH:  # one row a step: its checkpoints would spell the row
+        raise InvalidInput(f"spec.batch_size: training on a dataset takes batches of at "
+                           f"least {MIN_BATCH} rows", field="spec.batch_size")
     summary = train_data.DataInfo(info["n"], info["features"], info["classes"], info["sha256"])
     p = train.payload_for(spec, summary, D.SOURCE + spec.dataset_id)
     shard = Shard(p.model_dump_json().encode(), p.steps, p.steps * p.step_units)
@@ -178,11 +193,13 @@ def record_use(c: Coordinator, s: Session, job: Job, spec: SpecBase, use: Use) -
     c.emit(s, "dataset_used", d.id, job=job.id, price=d.price_per_use)
 
 
-def _pay(c: Coordinator, s: Session, d: Dataset, use: DatasetUse, job: Job) -> None:
-    """The royalty of ``use``, from its job's escrow to the owner, once (``job`` and ``d``
-    locked, the job still active: an ended job's escrow went back to its owner)."""
-    if use.royalty_seq is not None or job.status not in JOB_ACTIVE:
+def pay_use(c: Coordinator, s: Session, job: Job) -> None:
+    """A job that completed (its row locked, still active, its escrow not yet refunded):
+    its royalty, from the escrow to the dataset's owner, once."""
+    use = s.scalar(select(DatasetUse).where(DatasetUse.job_id == job.id))
+    if use is None or use.royalty_seq is not None or job.status not in JOB_ACTIVE:
         return
+    d = _get(s, use.dataset_id, lock=True)
     entry = c.settlement.royalty(s, d.id, job.id, d.owner, job.owner, use.price)
     if entry is None:
         return
@@ -272,7 +289,6 @@ def release(c: Coordinator, owner: str, dataset_id: str, body: W.ReleaseIn) -> l
                              wrapped=body.keys[pid], created_at=c.now()))
         if fresh:
             c.emit(s, "dataset_key_released", d.id, job=body.job_id, providers=fresh)
-            _pay(c, s, d, use, job)
         return fresh
 
     return c.db.run(run)
@@ -282,14 +298,14 @@ def key_for(c: Coordinator, provider: str, dataset_id: str, job_id: str) -> W.Ke
     """A leased provider's wrapped key (Conflict ``waiting``: the owner has not released it)."""
     with c.db.read() as s:
         d = _get(s, dataset_id)
-        if d.revoked_at is not None:
-            raise Forbidden("the dataset is revoked", field="dataset")
         if provider not in _leased(s, job_id) or s.scalar(select(DatasetUse.id).where(
                 DatasetUse.job_id == job_id, DatasetUse.dataset_id == d.id)) is None:
             raise NotFound(f"no lease of a job {job_id} on this dataset held by this key",
                            field="job")
         wrapped = s.scalar(select(DatasetKey.wrapped).where(
             DatasetKey.job_id == job_id, DatasetKey.provider_id == provider))
+        if wrapped is None and d.revoked_at is not None:  # released before: still served
+            raise Forbidden("the dataset is revoked", field="dataset")
         if wrapped is None:
             raise Conflict("waiting for the dataset owner to release its key",
                            field="key", waiting=True)
@@ -298,13 +314,16 @@ def key_for(c: Coordinator, provider: str, dataset_id: str, job_id: str) -> W.Ke
 
 
 def content(c: Coordinator, account: str, dataset_id: str) -> bytes:
-    """The ciphertext, to the owner or a provider the owner released the key to."""
+    """The ciphertext, to the owner or a provider holding a live lease of a job the owner
+    released the key for (revoked since or not: that job was let in)."""
     with c.db.read() as s:
         d = _get(s, dataset_id)
-        allowed = account == d.owner or (d.revoked_at is None and s.scalar(
+        live = select(Assignment.job_id).where(Assignment.provider_id == account,
+                                               Assignment.status == AssignmentStatus.LEASED)
+        allowed = account == d.owner or s.scalar(
             select(DatasetKey.id).where(DatasetKey.dataset_id == d.id,
-                                        DatasetKey.provider_id == account).limit(1))
-            is not None)
+                                        DatasetKey.provider_id == account,
+                                        DatasetKey.job_id.in_(live)).limit(1)) is not None
         digest = d.blob_digest
     if not allowed:
         raise NotFound(f"no dataset {dataset_id} this key may read", field="dataset")

@@ -427,8 +427,11 @@ class _Applier:
         for a in s.scalars(select(Assignment).where(Assignment.job_id == job.id,
                                                     Assignment.status == AssignmentStatus.LEASED)):
             a.status = move(ASSIGNMENT_MOVES, a.status, AssignmentStatus.CANCELLED)
-        if job.spec.get("dataset_id"):  # a royalty never paid goes back with the escrow
-            datasets.end_use(c, s, job)
+        if job.spec.get("dataset_id"):  # paid when a model was made, else given back
+            if e.to == JobStatus.COMPLETED:
+                datasets.pay_use(c, s, job)
+            else:
+                datasets.end_use(c, s, job)
         left = c.settlement.refund(s, job.owner, job.id, e.to.value)
         job.status = move(JOB_MOVES, job.status, e.to)
         job.error, job.finished_at = e.error, now

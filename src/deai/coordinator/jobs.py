@@ -312,7 +312,7 @@ def submit_result(c: Coordinator, pid: str, assignment_id: str,
     if not c.blobs.exists(r.output_digest):
         raise InvalidInput("output_digest: upload the output blob first", field="output_digest")
     if r.output_b64 is None:  # its own upload: never another account's blob as its output
-        access.require_blob(c, pid, r.output_digest, "output_digest")
+        access.require_own_blobs(c, pid, [r.output_digest], "output_digest")
 
     def body(s: Session) -> tuple[str, str, int]:
         if inline is not None:  # kept from a discard of the same bytes (another's upload

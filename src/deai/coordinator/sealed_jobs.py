@@ -79,7 +79,7 @@ def submit(c: Coordinator, owner: str, body: wire.JobIn, spec: SpecBase, *, quot
     m = sealed.parse_manifest(c.blobs.get(body.input_digest), owner, spec.sealed_for)
     for i, sh in enumerate(m.shards):
         where = f"input_digest.shards[{i}].digest"
-        access.require_blob(c, owner, sh.digest, where)
+        access.require_own_blobs(c, owner, [sh.digest], where)
         env = sealed.parse_envelope(c.blobs.get(sh.digest), where)
         if env.part != "in" or env.idx != i or env.seal != m.seal or env.keys != m.keys:
             raise InvalidInput(f"{where}: not shard {i} of seal {m.seal} with the "
