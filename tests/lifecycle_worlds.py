@@ -118,7 +118,8 @@ def _decide(w: World, ctx: D.TaskCtx, kind: str, arg: Any, draw: Draw) -> list[E
         submitted = [s for s in w.seats if w.status(s) == AssignmentStatus.SUBMITTED]
         return D.on_check_abandoned(ctx, arg, _party(subject) if subject else None,
                                     [_party(s) for s in submitted], required=draw([True, False]),
-                                    accept_unverified=draw([False, True]))
+                                    accept_unverified=draw([False, True]),
+                                    served=draw([False, True]))
     seat: Seat = arg
     if kind == "rejected":
         return D.on_rejected(ctx, _party(seat), "units: wrong")

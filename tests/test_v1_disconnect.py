@@ -1,11 +1,13 @@
 """Fair billing when a /v1 caller hangs up, streaming or not.
 
-A hand-driven provider takes the request's task and never finishes it; the
-caller closes its connection mid-way (a raw socket for a plain request, an
-HTTP client leaving a server-sent event stream after the first delta). The
-request's job is cancelled, the provider is told to drop the task at its next
-heartbeat, a result it sends afterwards is refused and paid nothing, and the
-caller's escrow comes back whole: nothing is billed beyond what was delivered.
+A hand-driven provider takes the request's task; the caller closes its
+connection mid-way (a raw socket for a plain request, an HTTP client leaving a
+server-sent event stream). Before any text reached the caller, the request's
+job is cancelled, the provider is told to drop the task at its next heartbeat,
+a result it sends afterwards is refused and paid nothing, and the caller's
+escrow comes back whole. Once a delta was relayed the caller holds part of the
+answer: the job runs on, its owner cannot cancel it, and the provider's result
+is accepted and billed like any answer (``jobs._answered``).
 """
 
 from __future__ import annotations
@@ -124,8 +126,40 @@ def test_a_plain_request_whose_caller_hangs_up_is_cancelled_and_free(net: Networ
     settled(owner, hand, a, before)
 
 
-def test_a_stream_closed_after_the_first_delta_is_cancelled_and_free(net: Network,
-                                                                      hand: Hand) -> None:
+def test_a_stream_closed_before_any_text_is_cancelled_and_free(net: Network,
+                                                                hand: Hand) -> None:
+    owner = funded(net)
+    key = owner.create_api_key("stream-early").key
+    assert key is not None
+    before = owner.balance().available
+    with chat_stream(net, hand, key, max_tokens=16) as (r, a):
+        assert r.headers["x-deai-job"] == a.job_id
+        for line in r.iter_lines():
+            if line.startswith("data: {"):  # the opening chunk, no text: leave now
+                assert json.loads(line[6:])["choices"][0]["delta"] == {
+                    "role": "assistant", "content": ""}
+                break
+    settled(owner, hand, a, before)
+
+
+def _chat_result(hand: Hand, a: wire.AssignmentOut, text: str) -> wire.ResultOut:
+    """``hand``'s honest-looking result for a one-choice chat lease: ``text`` in one token."""
+    import base64
+    import hashlib
+
+    shard = json.loads(base64.b64decode(a.input_b64 or ""))
+    out = json.dumps({"custom_id": shard["custom_id"], "token_ids": [19556], "text": text,
+                      "finish_reason": "stop", "prompt_tokens": 20,
+                      "completion_tokens": 1}).encode() + b"\n"
+    digest = hashlib.sha256(out).hexdigest()
+    return hand.c.submit_result(a.id, wire.ResultIn(
+        output_digest=digest, units=21, output_b64=base64.b64encode(out).decode(),
+        signature=hand.ident.sign(auth.result_message(a.id, digest, 21))))
+
+
+def test_a_stream_closed_after_the_first_delta_is_billed(net: Network, hand: Hand) -> None:
+    """Before, leaving the stream once "Hello" arrived cancelled the job and refunded it
+    whole: the caller kept the text for free, and the provider was never paid."""
     owner = funded(net)
     key = owner.create_api_key("stream-hangup").key
     assert key is not None
@@ -145,7 +179,18 @@ def test_a_stream_closed_after_the_first_delta_is_cancelled_and_free(net: Networ
             if "Hello" in seen:
                 break  # leave the stream mid-answer: the connection closes
     assert seen == "Hello"
-    settled(owner, hand, a, before)
+    with pytest.raises(DeAIError) as refused:  # nor may its owner cancel it afterwards
+        owner.cancel_job(a.job_id)
+    assert refused.value.status == 409
+    assert _chat_result(hand, a, "Hello there").status == "accepted"
+    end = time.time() + 120
+    while (job := owner.job(a.job_id)).status != "completed":
+        assert time.time() < end, job
+        time.sleep(0.3)
+    assert job.cost > 0 and job.refunded == job.escrow - job.cost
+    assert owner.balance().available == before - job.cost
+    assert [e for e in journal(owner) if e.kind == "payout" and e.body["job"] == a.job_id]
+    audit_ok(owner)
 
 
 def test_a_stream_that_is_not_the_recorded_result_ends_in_an_error(net: Network,

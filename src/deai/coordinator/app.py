@@ -13,7 +13,7 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from starlette.concurrency import run_in_threadpool
 
 from deai import __version__
@@ -119,7 +119,9 @@ def create_app(settings: Settings, coordinator: Coordinator | None = None) -> Fa
             await c.notifier.disconnect()
             c.db.dispose()
 
-    app = FastAPI(title="DeAI coordinator", version=__version__, lifespan=lifespan)
+    # ``limits.plain_url`` first on every route: no NUL reaches a route's SQL (PostgreSQL).
+    app = FastAPI(title="DeAI coordinator", version=__version__, lifespan=lifespan,
+                  dependencies=[Depends(limits.plain_url)])
     app.state.coordinator = c
     app.state.leader = elected
     errors.install(app)

@@ -270,9 +270,10 @@ def cancel(c: Coordinator, owner: str, job_id: str) -> wire.JobOut:
         if job.status not in JOB_ACTIVE:
             raise Conflict(f"job {job_id} is already {job.status}", status=job.status)
         if _answered(s, job_id):
-            raise Conflict(f"job {job_id} answered its /v1 request already (the primary's "
-                           "result, still being checked); it ends once checked, and is "
-                           "refunded if the check finds it wrong", status=job.status)
+            raise Conflict(f"job {job_id} answered its /v1 request already (a result or "
+                           "streamed text its caller may hold): it runs on and is billed, "
+                           "and is refunded if a check finds the result wrong",
+                           status=job.status)
         effects.apply(c, s, job, None, D.on_cancel(JobStatus(job.status)))
 
     c.db.run(body)
@@ -280,16 +281,28 @@ def cancel(c: Coordinator, owner: str, job_id: str) -> wire.JobOut:
     return view(c, job_id)
 
 
+STREAMED = "answer_streamed"  # an event: a /v1 stream relayed text of this job to its caller
+
+
 def _answered(s: Session, job_id: str) -> bool:
-    """Whether ``job_id`` is an interactive /v1 request whose primary has submitted: its
-    caller may hold the answer (``openai.gateway.primary_output`` hands it back before the
-    checks end), so cancelling it would refund the whole escrow and leave the provider
-    who did the work unpaid."""
-    return s.scalar(select(func.count()).select_from(ApiKeyJob).join(
-        Assignment, Assignment.job_id == ApiKeyJob.job_id).where(
-        ApiKeyJob.job_id == job_id, ApiKeyJob.source == "request",
-        Assignment.role == Role.PRIMARY, Assignment.output_digest.is_not(None),
-        Assignment.status.in_((AssignmentStatus.SUBMITTED, AssignmentStatus.ACCEPTED)))) != 0
+    """Whether ``job_id`` is an interactive /v1 request whose caller may hold its answer, so
+    that cancelling it would refund the whole escrow and leave the provider who did the
+    work unpaid: a primary's output that was not found wrong (``REJECTED``): submitted,
+    accepted, or expired once its required check could not be placed
+    (``openai.gateway.primary_output`` hands it back before the checks end), or text
+    relayed to a stream (``STREAMED``) unless a primary's result was found wrong."""
+    if s.scalar(select(ApiKeyJob.job_id).where(ApiKeyJob.job_id == job_id,
+                                               ApiKeyJob.source == "request")) is None:
+        return False
+    primary = (Assignment.job_id == job_id, Assignment.role == Role.PRIMARY,
+               Assignment.output_digest.is_not(None))
+    if s.scalar(select(Assignment.id).where(
+            *primary, Assignment.status != AssignmentStatus.REJECTED).limit(1)) is not None:
+        return True
+    streamed = s.scalar(select(Event.id).where(Event.of_subject(job_id),
+                                               Event.kind == STREAMED).limit(1))
+    return streamed is not None and s.scalar(select(Assignment.id).where(
+        *primary, Assignment.status == AssignmentStatus.REJECTED).limit(1)) is None
 
 
 # --- results from providers -----------------------------------------------------------------
@@ -486,7 +499,8 @@ def give_up_checks(c: Coordinator) -> int:
                 effects.ctx(c, job, task), Role(task.pending_role or Role.REPLICA),
                 verify.party(subject) if subject is not None else None,
                 [verify.party(a) for a in submitted], required=required,
-                accept_unverified=spec.accept_unverified))
+                accept_unverified=spec.accept_unverified,
+                served=subject is not None and _answered(s, job.id)))
 
         failed = db.each_alone(s, stuck, give_up,
                                what=lambda r: f"giving up the check of task {r[0].id}")

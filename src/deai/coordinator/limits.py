@@ -6,10 +6,18 @@ once; a body without one (chunked) is counted as it arrives and refused the
 moment it passes the limit. A JSON body (or one without a content type, which
 FastAPI parses as JSON) nested deeper than ``MAX_JSON_DEPTH``, or holding
 ``NaN`` or ``Infinity`` (numbers JSON does not have, though Python's parser
-takes them), is answered 422 (400 on ``/v1``) before any parser recurses into
-it. The body is read ahead and replayed to the application; every later
-``receive`` goes to the server, so a client that hangs up is still seen as
+takes them), or holding a string or key with a lone UTF-16 surrogate (``"\\ud800"``:
+valid JSON, yet no text UTF-8, PostgreSQL or a response can carry), is answered
+422 (400 on ``/v1``), naming the field, before any parser recurses into it. The
+body is read ahead and replayed to the application; every later ``receive``
+goes to the server, so a client that hangs up is still seen as
 ``http.disconnect``.
+
+``plain_url`` does the same for the URL, as a dependency of every route (after
+routing, so it names the route's parameter): a NUL character (or a lone
+surrogate) in a path parameter or the query string is answered 422 (400 on
+``/v1``), for every route at once (PostgreSQL refuses a NUL in a text
+parameter, which would otherwise be a 500 wherever a route reads by it).
 
 ``RateLimit`` is a token bucket per API key on ``/v1`` (the bearer token, by
 its hash) and per client address everywhere: ``DEAI_RATE_PER_KEY`` and
@@ -25,6 +33,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import time
 from collections import OrderedDict
 from collections.abc import MutableMapping
@@ -32,14 +41,32 @@ from dataclasses import dataclass
 from typing import Any
 
 from fastapi import FastAPI
+from starlette.exceptions import WebSocketException
+from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from deai.core import batch
+from deai.core.errors import InvalidInput
 
 MAX_JSON_DEPTH = 64
 DEFAULT_RATE_PER_KEY = "500/1000"
 DEFAULT_RATE_PER_IP = "2000/4000"
 MAX_BUCKETS = 100_000
+
+_SURROGATE = re.compile("[\ud800-\udfff]")  # a lone one: a pair decodes to one character
+# Where a decoded body may hold one: a \uD800-\uDFFF escape, or raw surrogate bytes (Python's
+# parser decodes bytes with "surrogatepass"); other bodies are not parsed for it.
+_SURROGATE_HINT = re.compile(rb"\\u[dD][89a-fA-F]|\xed[\xa0-\xbf]")
+_UTF8 = ("utf-8", "utf-8-sig")
+
+
+@dataclass(frozen=True)
+class Problem:
+    """What is wrong with a request's text, and where (a field, a parameter)."""
+
+    field: str
+    message: str
+
 
 def _constant(name: str) -> Any:
     raise _NonFinite(name)
@@ -49,26 +76,60 @@ class _NonFinite(ValueError):
     pass
 
 
-def json_problem(data: bytes, limit: int = MAX_JSON_DEPTH) -> str | None:
+def text_problem(value: str) -> str | None:
+    """Why ``value`` cannot be stored or answered as text, or None."""
+    if "\x00" in value:
+        return "must not contain a NUL character"
+    if _SURROGATE.search(value):
+        return "must not hold a lone UTF-16 surrogate (one half of a pair, not a character)"
+    return None
+
+
+def _shown(key: str) -> str:
+    return key.encode("utf-8", "backslashreplace").decode()
+
+
+def _lone_surrogate(value: Any) -> Problem | None:
+    """The first string or key (in document order) holding a lone surrogate."""
+    stack: list[tuple[Any, str]] = [(value, "")]
+    while stack:
+        v, at = stack.pop()
+        if isinstance(v, str) and _SURROGATE.search(v):
+            return Problem(at or "body", f"{at or 'body'}: {text_problem(v)}")
+        if isinstance(v, dict):
+            for k in v:
+                if _SURROGATE.search(k):
+                    where = at or "body"
+                    return Problem(where, f"{where}: the key {_shown(k)!r} {text_problem(k)}")
+            stack.extend((x, f"{at}.{k}" if at else k) for k, x in reversed(v.items()))
+        elif isinstance(v, list):
+            stack.extend((x, f"{at}[{i}]") for i, x in reversed(list(enumerate(v))))
+    return None
+
+
+def json_problem(data: bytes, limit: int = MAX_JSON_DEPTH) -> Problem | None:
     """What is wrong with a JSON body before anything recurses into it: nesting deeper than
-    ``limit`` levels, or a non-finite number (``NaN``, ``Infinity``, which Python's parser
-    accepts and JSON does not). Text that is not JSON is left to the parser's own 422."""
+    ``limit`` levels, a non-finite number (``NaN``, ``Infinity``, which Python's parser
+    accepts and JSON does not), or a lone surrogate in a string or key (named). Text that
+    is not JSON is left to the parser's own 422."""
     if batch.too_deep(data, limit):  # before the parser recurses into it
-        return f"JSON nested more than {limit} levels"
+        return Problem("body", f"body: JSON nested more than {limit} levels")
     deep = data.count(b"[") + data.count(b"{") > limit
-    if not deep and b"NaN" not in data and b"Infinity" not in data:
+    odd = (_SURROGATE_HINT.search(data) is not None
+           or json.detect_encoding(data) not in _UTF8)
+    if not deep and not odd and b"NaN" not in data and b"Infinity" not in data:
         return None
     try:
         value = json.loads(data, parse_constant=_constant)
     except RecursionError:
-        return f"JSON nested more than {limit} levels"
+        return Problem("body", f"body: JSON nested more than {limit} levels")
     except _NonFinite as exc:
-        return f"{exc} is not a number JSON allows"
+        return Problem("body", f"body: {exc} is not a number JSON allows")
     except ValueError:
         return None
     if deep and batch.depth(value) > limit:
-        return f"JSON nested more than {limit} levels"
-    return None
+        return Problem("body", f"body: JSON nested more than {limit} levels")
+    return _lone_surrogate(value) if odd else None
 
 
 def _error(status: int, code: str, message: str, field: str | None = None,
@@ -139,9 +200,7 @@ class BodyLimit:
         problem = (json_problem(body, self.max_depth)
                    if body and (not ctype or ctype.endswith(b"json")) else None)
         if problem is not None:
-            status = 400 if v1 else 422  # OpenAI's status for a bad request
-            await _answer(send, status, _error(status, "invalid_input", f"body: {problem}",
-                                               "body", v1))
+            await _refuse_text(send, problem, v1)
             return
         replayed = False
 
@@ -159,6 +218,36 @@ class BodyLimit:
         await _answer(send, 413, _error(413, "payload_too_large", msg, "body", v1,
                                             limit=self.limit),
                       [(b"connection", b"close")])
+
+
+async def _refuse_text(send: Send, problem: Problem, v1: bool) -> None:
+    status = 400 if v1 else 422  # OpenAI's status for a bad request
+    await _answer(send, status, _error(status, "invalid_input", problem.message,
+                                       problem.field, v1))
+
+
+async def plain_url(conn: HTTPConnection) -> None:
+    """An app-wide dependency (``app.create_app``), run after routing and before a route's
+    own dependencies: a NUL (or a lone surrogate) in a path parameter or the query string
+    is refused, naming the parameter, before anything reads it. PostgreSQL refuses a NUL
+    in a text parameter: unchecked, each route reading by one would answer 500."""
+    for name, value in conn.path_params.items():
+        _plain(conn, name, str(value))
+    raw: bytes = conn.scope.get("query_string", b"")
+    if b"%00" in raw or b"\x00" in raw:  # decoding replaces bad UTF-8: only a NUL can
+        for name, value in conn.query_params.multi_items():  # come out of a query string
+            _plain(conn, name, name)
+            _plain(conn, name, value)
+
+
+def _plain(conn: HTTPConnection, name: str, value: str) -> None:
+    why = text_problem(value)
+    if why is None:
+        return
+    shown = _shown(name.replace("\x00", "\\x00"))
+    if conn.scope["type"] == "websocket":
+        raise WebSocketException(1008, f"{shown}: {why}"[:120])
+    raise InvalidInput(f"{shown}: {why}", field=shown)
 
 
 @dataclass(frozen=True)
@@ -263,7 +352,8 @@ def _bearer(scope: Scope) -> str | None:
 
 
 def install(app: FastAPI, body_limit: int) -> None:
-    """Body limit inside, rate limit outside it (a flood is refused before its body)."""
+    """Body limit inside, rate limit outside it (a flood is refused before its body); the
+    URL's text is ``plain_url``'s, a dependency of every route."""
     app.add_middleware(BodyLimit, limit=body_limit)
     app.add_middleware(RateLimit,
                        per_key=Rate.parse(os.environ.get("DEAI_RATE_PER_KEY",

@@ -84,7 +84,8 @@ SEALED = frozenset({
     "task_assigned", "task_accepted", "result_rejected", "task_failed", "lease_expired",
     "check_started", "check_passed", "check_failed", "check_abandoned", "check_waiting",
     "unverified", "verdict", "canary_planted", "checkpoint", "look_back",
-    "result_corrected", "audit_passed", "forced_error_noticed",
+    "result_corrected", "audit_passed", "forced_error_noticed", "checkpoints_voided",
+    "forfeit", "answer_streamed",
 })
 SEALED_FIELDS = frozenset({"role", "canary", "subject", "checker", "referee", "rho",
                            "statistic", "detail", "fault", "job", "owner", "escrow"})

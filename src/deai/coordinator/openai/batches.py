@@ -22,7 +22,7 @@ from __future__ import annotations
 import secrets
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
 from deai.coordinator import admission, blob_quota, idempotency, jobs
@@ -49,17 +49,37 @@ def file_out(f: ApiFile) -> S.FileOut:
                      purpose=f.purpose)
 
 
+MAX_LIVE_FILES = 10_000  # uploaded files an account may keep: each is a row and a listing
+# entry, the same bytes uploaded again cost no quota, and accounts cost nothing to make
+
+
+def _room_for_a_file(s: Session, account: str) -> None:
+    live = s.scalar(select(func.count()).select_from(ApiFile).where(
+        ApiFile.account == account, ApiFile.purpose == "batch")) or 0
+    if live >= MAX_LIVE_FILES:
+        raise ApiError(409, f"This account keeps {live} uploaded files, the most it may "
+                            f"({MAX_LIVE_FILES}); delete one first.", code="files_limit",
+                       param="file")
+
+
 def upload(c: Coordinator, account: str, filename: str, purpose: str, data: bytes,
            hook: idempotency.Hook | None = None) -> S.FileOut:
-    """``hook``: called with the new file's id in the transaction that records it."""
+    """``hook``: called with the new file's id in the transaction that records it. Refused
+    (409) once the account keeps ``MAX_LIVE_FILES`` uploads."""
     if purpose != "batch":
         raise ApiError(400, f"purpose {purpose!r} is not supported; use 'batch'",
                        param="purpose")
     if not data:
         raise ApiError(400, "the file is empty", param="file")
+    with c.db.read() as s:  # before any byte is kept; counted again below, under a lock
+        _room_for_a_file(s, account)
     blob_quota.admit(c, account, digest_of(data), len(data), field="file")
     digest = c.blobs.put(data)
     with c.db.write() as s:
+        if not c.db.is_sqlite:  # one account's uploads, one at a time (SQLite: always)
+            s.execute(text("SELECT pg_advisory_xact_lock(hashtext(:k))"),
+                      {"k": f"api-files:{account}"})
+        _room_for_a_file(s, account)
         row = ApiFile(id=_file_id(), account=account, purpose=purpose,
                       filename=_name(filename), size=len(data), digest=digest,
                       created_at=c.now())

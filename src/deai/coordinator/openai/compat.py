@@ -159,7 +159,7 @@ def check_chat(body: S.ChatIn) -> None:  # noqa: C901 - one refusal per paramete
         if m.role not in ROLES:
             if m.role in ("tool", "function"):
                 raise _unsupported_value(f"{at}.role", m.role, NO_TOOLS)
-            raise ApiError(400, f"Invalid value: '{m.role}'. Supported values are: "
+            raise ApiError(400, f"Invalid value: {m.role!r}. Supported values are: "
                                 + ", ".join(f"'{r}'" for r in ROLES) + ".",
                            code="invalid_value", param=f"{at}.role")
         if m.tool_calls or m.function_call is not None or m.tool_call_id is not None:

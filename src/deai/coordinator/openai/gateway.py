@@ -132,6 +132,16 @@ def primary_output(c: Coordinator, job_id: str, task_id: str) -> bytes | None:
     return c.blobs.get(digest)
 
 
+def mark_streamed(c: Coordinator, job_id: str) -> bool:
+    """Record, before the first delta leaves, that the caller is being sent the answer: from
+    then on the request is billed like an answered one (``jobs._answered`` refuses its
+    owner's cancel), so hanging up, or cancelling, once the text is in hand costs what the
+    text is worth. Committed before the delta is sent, so no caller holds text unrecorded.
+    True, once recorded."""
+    c.db.run(lambda s: c.emit(s, jobs.STREAMED, job_id))
+    return True
+
+
 def cancel(c: Coordinator, owner: str, job_id: str) -> None:
     with contextlib.suppress(DeAIError):  # already over: nothing left to refund
         jobs.cancel(c, owner, job_id)

@@ -146,7 +146,8 @@ async def chat_completions(raw: Json, request: Request, c: C, key: Key,
             raise
     if body.stream:
         usage = bool(body.stream_options and body.stream_options.include_usage)
-        return StreamingResponse(_stream(c, relay, started, key.account, usage, request),
+        return StreamingResponse(_stream(c, relay, started, key.account, usage, request,
+                                         choices=body.n or 1),
                                  media_type="text/event-stream",
                                  headers={"x-deai-job": started.job_id,
                                           "cache-control": "no-cache"})
@@ -162,11 +163,14 @@ def _sse(obj: Any) -> bytes:
 
 
 async def _stream(c: Coordinator, relay: Relay, started: gateway.Started, owner: str,
-                  include_usage: bool, request: Request | None = None
+                  include_usage: bool, request: Request | None = None, *, choices: int = 1
                   ) -> AsyncIterator[bytes]:
-    """The answer as server-sent events. A caller that hangs up cancels the job (its
-    escrow comes back whole, the provider is told to drop the task): Starlette notices
-    a disconnect only when it next sends, so a quiet stream asks every second."""
+    """The answer as server-sent events. A caller that hangs up before any text reached it
+    cancels the job (its escrow comes back whole, the provider is told to drop the task);
+    once a delta was relayed the caller holds part of the answer, so the job runs on and
+    is billed like an answered request (``gateway.mark_streamed``, before the first delta
+    leaves). Starlette notices a disconnect only when it next sends, so a quiet stream asks
+    every second. Only deltas of the ``choices`` asked for are relayed."""
     created = int(time.time())
     cid = _chat_id(started.job_id)
 
@@ -179,12 +183,17 @@ async def _stream(c: Coordinator, relay: Relay, started: gateway.Started, owner:
 
     queue = relay.open(started.task_id)
     sent: dict[int, str] = {}
+    marked = False  # the job is recorded as streamed (``jobs.STREAMED``): not cancelled
 
-    def delta(event: dict[str, Any]) -> list[bytes]:
-        """A relayed event's chunks (a choice's opening one first), noted in ``sent``."""
-        text, index = event.get("text"), event.get("index", 0)
-        if not (isinstance(text, str) and text and isinstance(index, int)):
+    async def delta(event: dict[str, Any]) -> list[bytes]:
+        """A relayed event's chunks (a choice's opening one first), noted in ``sent``; an
+        event of a choice not asked for (an index not in ``range(choices)``) is dropped."""
+        nonlocal marked
+        got = _relayable(event, choices)
+        if got is None:
             return []
+        index, text = got
+        marked = marked or await run_in_threadpool(gateway.mark_streamed, c, started.job_id)
         out = ([chunk({"role": "assistant", "content": ""}, index=index)]
                if index not in sent and index else [])
         sent[index] = sent.get(index, "") + text
@@ -201,12 +210,12 @@ async def _stream(c: Coordinator, relay: Relay, started: gateway.Started, owner:
             if not get.done():
                 get.cancel()
                 if request is not None and await request.is_disconnected():
-                    return  # the caller left: ``finally`` cancels the job
+                    return  # the caller left: ``finally`` cancels the job if no text reached it
                 continue
-            for part in delta(get.result()):
+            for part in await delta(get.result()):
                 yield part
         while not queue.empty():  # deltas that came in with the result, in order, first
-            for part in delta(queue.get_nowait()):
+            for part in await delta(queue.get_nowait()):
                 yield part
         try:
             out = result.result()
@@ -233,9 +242,19 @@ async def _stream(c: Coordinator, relay: Relay, started: gateway.Started, owner:
     finally:
         relay.close(started.task_id)
         result.cancel()
-        if not finished:  # the caller hung up before the answer: stop paying for it
-            with anyio.CancelScope(shield=True):  # even when the stream was cancelled
-                await run_in_threadpool(gateway.cancel, c, owner, started.job_id)
+        if not finished and not marked:  # the caller hung up before any text: it pays
+            with anyio.CancelScope(shield=True):  # nothing (even when the stream was
+                await run_in_threadpool(gateway.cancel, c, owner, started.job_id)  # cancelled)
+
+
+def _relayable(event: dict[str, Any], choices: int) -> tuple[int, str] | None:
+    """A progress event's (choice, text), or None for one not to relay: no text, or an index
+    that is not one of the ``choices`` asked for (not an integer, a boolean, out of range)."""
+    text, index = event.get("text"), event.get("index", 0)
+    if (isinstance(text, str) and text and isinstance(index, int)
+            and not isinstance(index, bool) and 0 <= index < choices):
+        return index, text
+    return None
 
 
 def _ending(job_id: str, lines: list[dict[str, Any]], sent: dict[int, str],
@@ -244,9 +263,11 @@ def _ending(job_id: str, lines: list[dict[str, Any]], sent: dict[int, str],
     deltas (``sent``) did not cover, and each choice's finish. The deltas are the primary's
     word and the result its record: text it streamed that the record does not start with
     cannot be taken back, so the caller is told to drop the stream (a ``stream_diverged``
-    error, and True) rather than left believing it."""
+    error, and True) rather than left believing it; so is text streamed under a choice the
+    record does not have."""
     diverged = [i for i, line in enumerate(lines)
                 if not str(line["text"]).startswith(sent.get(i, ""))]
+    diverged += sorted(i for i in sent if not 0 <= i < len(lines))
     if diverged:
         log.warning("job %s: streamed text differs from the recorded result (choices %s)",
                     job_id, diverged)

@@ -10,7 +10,7 @@ OpenAI. ``compat.parse`` turns validation errors into OpenAI's wording too.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -21,6 +21,11 @@ class In(BaseModel):
 
 class Out(BaseModel):
     model_config = ConfigDict(extra="ignore")
+
+
+# OpenAI's bounds on ``metadata``: 16 pairs, keys of 64 characters, values of 512 at most.
+Metadata = Annotated[dict[Annotated[str, Field(max_length=64)],
+                          Annotated[str, Field(max_length=512)]], Field(max_length=16)]
 
 
 # --- models -------------------------------------------------------------------------------
@@ -107,7 +112,7 @@ class ChatIn(In):
     service_tier: str | None = None
     user: str | None = Field(default=None, max_length=256)
     store: bool | None = None
-    metadata: dict[str, str] | None = None
+    metadata: Metadata | None = None
 
     def deai_body(self) -> dict[str, Any]:
         """The body of a DeAI chat input line (``core.kinds.chat``); ``compat.check_chat``
@@ -173,7 +178,7 @@ class BatchIn(In):
     input_file_id: str = Field(min_length=1, max_length=40)
     endpoint: str
     completion_window: str = "24h"
-    metadata: dict[str, str] | None = None
+    metadata: Metadata | None = None
     output_expires_after: dict[str, Any] | None = None
     sealed: SealedBatchIn | None = None
 

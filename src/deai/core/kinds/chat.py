@@ -228,7 +228,7 @@ def _messages(b: dict[str, Any], where: str) -> tuple[tuple[str, str], ...]:
                                field=f"{at}.role")
         if not isinstance(content, str):
             raise InvalidInput(f"{at}.content: must be a string", field=f"{at}.content")
-        size += len(content.encode("utf-8"))
+        size += len(_utf8(content, f"{at}.content"))
         out.append((role, content))
     if size > MAX_PROMPT_BYTES:
         raise InvalidInput(f"{field}: contents total {size} bytes, over {MAX_PROMPT_BYTES}",
@@ -237,6 +237,23 @@ def _messages(b: dict[str, Any], where: str) -> tuple[tuple[str, str], ...]:
         raise InvalidInput(f"{field}: the last message must be from the user or system",
                            field=f"{field}[{len(out) - 1}].role")
     return tuple(out)
+
+
+def _utf8(text: str, field: str) -> bytes:
+    """``text`` as UTF-8; a lone surrogate (``"\\ud800"`` is valid JSON) is bad input."""
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidInput(f"{field}: holds a lone UTF-16 surrogate, which is not text",
+                           field=field) from None
+
+
+def _encodes(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _stop(b: dict[str, Any], where: str) -> tuple[str, ...]:
@@ -248,6 +265,8 @@ def _stop(b: dict[str, Any], where: str) -> tuple[str, ...]:
         raise InvalidInput(f"{field}: must be a string or a list of up to {MAX_STOP} "
                            f"non-empty strings of at most {MAX_STOP_CHARS} characters",
                            field=field)
+    for x in stops:
+        _utf8(x, field)
     return tuple(stops)
 
 
@@ -378,8 +397,10 @@ def check_output(shard_input: bytes, output: bytes) -> list[dict[str, Any]]:
                 isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in ids):
             raise InvalidInput(f"{where}: token_ids must be a list of token ids",
                                field="output")
-        if not isinstance(line.get("text"), str):
-            raise InvalidInput(f"{where}: text must be a string", field="output")
+        if not isinstance(line.get("text"), str) or not _encodes(line["text"]):
+            # a lone surrogate: valid JSON, yet no answer (UTF-8) can carry it
+            raise InvalidInput(f"{where}: text must be a string of Unicode text",
+                               field="output")
         if line.get("finish_reason") not in FINISH_REASONS:
             raise InvalidInput(f"{where}: finish_reason must be stop or length", field="output")
         completion = _count(line, "completion_tokens", where, 0)
@@ -400,7 +421,7 @@ def check_output(shard_input: bytes, output: bytes) -> list[dict[str, Any]]:
 
 
 def _entry_ok(e: Any) -> bool:
-    return (isinstance(e, dict) and isinstance(e.get("token"), str)
+    return (isinstance(e, dict) and isinstance(e.get("token"), str) and _encodes(e["token"])
             and batch.finite(e.get("logprob")) and e["logprob"] <= 0
             and isinstance(e.get("bytes"), list)
             and all(isinstance(x, int) and 0 <= x < 256 for x in e["bytes"]))

@@ -325,7 +325,7 @@ def requeue(ctx: TaskCtx, why: str) -> list[Effect]:
 
 def on_check_abandoned(ctx: TaskCtx, need: Role, subject: Party | None,
                        submitted: list[Party], *, required: bool,
-                       accept_unverified: bool = False) -> list[Effect]:
+                       accept_unverified: bool = False, served: bool = False) -> list[Effect]:
     """A wanted check found no checker in time.
 
     Nothing is accepted unchecked unless the job said so (``accept_unverified``):
@@ -333,6 +333,9 @@ def on_check_abandoned(ctx: TaskCtx, need: Role, subject: Party | None,
     probationary provider) sends the task to run again elsewhere; a sampled one, a
     referee or an audit keeps waiting for a checker (only a trusted verifier may
     referee or audit). A canary without a referee fails. Nobody is paid or penalised.
+    A result already ``served`` (a /v1 caller holds it) keeps waiting too: run again,
+    the task would bill a second run for an answer nobody receives, and the first
+    provider, whose answer the caller kept, would never be paid.
     """
     out: list[Effect] = [Emit("check_abandoned", ctx.task, {"role": need.value})]
     if need == Role.REPLICA and subject is not None and accept_unverified:
@@ -340,7 +343,7 @@ def on_check_abandoned(ctx: TaskCtx, need: Role, subject: Party | None,
                       NeedCheck(None), Accept(subject.assignment), RefreshJob()]
     if ctx.canary and need == Role.REFEREE:
         return out + [EndJob(J.FAILED, "no referee available")]
-    if need == Role.REPLICA and required and ctx.attempts < ctx.max_attempts:
+    if need == Role.REPLICA and required and ctx.attempts < ctx.max_attempts and not served:
         out += [MoveAssignment(p.assignment, A.EXPIRED) for p in submitted]
         return out + [MoveTask(T.QUEUED), RefreshJob()]
     return out + [Emit("check_waiting", ctx.task, {"role": need.value}), NeedCheck(need)]
