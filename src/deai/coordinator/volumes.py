@@ -21,6 +21,7 @@ deep. Only the owner and the provider of a live mount may read one
 
 from __future__ import annotations
 
+import logging
 import os
 
 from sqlalchemy import delete, select
@@ -39,6 +40,8 @@ LIVE = MountState.LIVE.value
 SAVING = MountState.SAVING.value
 DONE = MountState.DONE.value
 GZIP_MAGIC = b"\x1f\x8b"
+
+log = logging.getLogger("deai.coordinator.volumes")
 
 
 def save_timeout() -> float:
@@ -203,21 +206,21 @@ def record(c: Coordinator, pid: str, lid: str, data: bytes) -> VolumeOut:
                            field="lease")
         v = s.get(Volume, m.volume_id)
         cap = v.size_bytes if v is not None else 0
+        if v is None or not _takes_snapshots(m, now):
+            raise _gone(lid)  # before any byte is stored: nothing would name them
     if data[:2] != GZIP_MAGIC:
         raise InvalidInput("body: a snapshot is a gzip-compressed tar", field="body")
     if len(data) > cap:
         _refuse(c, lid, f"snapshot of {len(data)} bytes over the volume's {cap} bytes")
         raise PayloadTooLarge(f"body: a snapshot of {len(data)} bytes is over the volume's "
                               f"size of {cap} bytes", field="body", limit=cap)
-    c.blobs.put(data)  # before the row that names it, outside the lock; twice are one
+    digest = c.blobs.put(data)  # before the row that names it, outside the lock
 
     def body(s: Session) -> tuple[VolumeOut, list[str]]:
         m, v = _locked_mount(s, lid)
-        digest = blob_quota.hold(c, s, data)  # and kept from a discard of these bytes
-        if m is None or v is None or not core.saving_blocks(m.state, m.ended_at, now,
-                                                             save_timeout()):
-            raise Conflict(f"lease: {lid} no longer holds its volume; the last snapshot "
-                           "stands", field="lease")
+        if m is None or v is None or not _takes_snapshots(m, now):
+            raise _gone(lid)
+        blob_quota.hold(c, s, data)  # kept from a discard of these bytes until the commit
         lease = s.get(Lease, lid)
         kind = SnapshotKind.END if m.state == SAVING else SnapshotKind.ASKED
         if v.head != digest:
@@ -237,9 +240,37 @@ def record(c: Coordinator, pid: str, lid: str, data: bytes) -> VolumeOut:
                lease_status=lease.status if lease is not None else None)
         return _out(s, v, now), pruned
 
-    out, pruned = c.db.run(body)
+    try:
+        out, pruned = c.db.run(body)
+    except BaseException:
+        _forget(c, digest)
+        raise
     blob_quota.discard_quietly(c, pruned)
     return out
+
+
+def _takes_snapshots(m: VolumeMount, now: float) -> bool:
+    """Whether the mount still takes its provider's snapshots: live, or saving within
+    the timeout."""
+    return core.saving_blocks(m.state, m.ended_at, now, save_timeout())
+
+
+def _gone(lid: str) -> Conflict:
+    return Conflict(f"lease: {lid} no longer holds its volume; the last snapshot stands",
+                    field="lease")
+
+
+def _forget(c: Coordinator, digest: str) -> None:
+    """Bytes stored for a snapshot that was then refused (the mount ended between the
+    check and the commit): buried and deleted unless something else names them, so that a
+    provider uploading to a finished mount leaves nothing behind, counted by no quota and
+    found by no sweep. A failure here is logged; the grave makes the next sweep retry."""
+    try:
+        c.db.run(lambda s: blob_quota.bury(s, [digest]))
+    except Exception:
+        log.exception("snapshot %s: cannot mark the refused upload for deletion", digest[:12])
+        return
+    blob_quota.discard_quietly(c, [digest])
 
 
 def _locked_mount(s: Session, lid: str) -> tuple[VolumeMount | None, Volume | None]:
