@@ -104,8 +104,13 @@ class _Demands:
             # released to the job's providers, and the owner would read every row for
             # one royalty (``datasets.release`` refuses it too).
             mine = frozenset((job.owner,)) if job.spec.get("dataset_id") else frozenset()
-            of = self.jobs[task.job_id] = (job.kind, job.model, job.max_price,
-                                           catalog.lookup(job.model).memory_mb,
+            # The model's memory, or what the spec asks for when more (a command's
+            # ``memory_mb``: its tmpfs mounts and processes live in the host's RAM).
+            asked = job.spec.get("memory_mb")
+            memory = max(catalog.lookup(job.model).memory_mb,
+                         asked if isinstance(asked, int) and not isinstance(asked, bool)
+                         else 0)
+            of = self.jobs[task.job_id] = (job.kind, job.model, job.max_price, memory,
                                            sealed.only(job.spec), mine)
         workload, model, max_price, memory_mb, only, mine = of
         if mine:

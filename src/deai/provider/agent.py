@@ -71,6 +71,7 @@ from deai.core.errors import (
 from deai.provider import benchmark, challenge, datasets, hardware, sandbox, sealed
 from deai.provider.cheats import Cheat, units_of
 from deai.provider.lease_runner import HostOffer, LeaseRunner
+from deai.workloads import command as command_workload
 from deai.workloads.base import TaskContext
 
 log = logging.getLogger("deai.provider")
@@ -187,6 +188,8 @@ class ProviderAgent:
         if not offers:
             raise DeAIError("no model to offer on this machine")
         caps: dict[str, object] = {"sandbox": can_sandbox, "sandbox_reason": why}
+        if can_sandbox:  # larger command specs are refused (workloads.command.execute)
+            caps["command_memory_mb"] = command_workload.memory_ceiling_mb()
         if self.verifier:
             caps["verifier"] = True
         operator = {} if self.operator is None else {

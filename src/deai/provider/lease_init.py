@@ -5,7 +5,9 @@ the host's ``/usr/bin/python3``, so it imports nothing of DeAI: the agent
 copies this file into the lease's folder and binds it read-only. It inherits a
 listening Unix socket (fd ``DEAI_CTL_FD``) that the agent bound on the host in
 a folder the sandbox cannot see, so nothing inside can swap the socket for a
-link to a host service. Each connection is one session:
+link to a host service; it marks it close-on-exec at once (and a PTY's child
+closes every descriptor above 2), so no program it starts holds it. Each
+connection is one session:
 
     agent → init   T {"op": "exec", "argv": [...], "pty": bool, "rows", "cols", "env"}
                    T {"op": "put", "path": P, "mode": 0o644} | {"op": "get", "path": P}
@@ -111,6 +113,7 @@ def run_pty(ch: Channel, req: dict[str, Any]) -> None:
     pid, master = pty.fork()
     if pid == 0:  # the child: its own session, the pty as its controlling terminal
         try:
+            os.closerange(3, os.sysconf("SC_OPEN_MAX"))  # nothing of init's: no sockets
             os.chdir(env.get("HOME", "/"))
             os.execvpe(argv[0], argv, env)
         finally:
@@ -326,6 +329,7 @@ def serve(conn: socket.socket) -> None:
 
 def main() -> None:
     srv = socket.socket(fileno=int(os.environ.pop("DEAI_CTL_FD")))
+    srv.set_inheritable(False)  # inherited from the agent; no program of the lease gets it
     # a handler, not SIG_IGN: programs started from here get the default action back
     signal.signal(signal.SIGTERM, lambda signum, frame: None)
     os.chdir(os.environ.get("HOME", "/"))

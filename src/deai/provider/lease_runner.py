@@ -12,8 +12,9 @@ gets the same sealing as command jobs, plus:
   across every exec and shell of the lease and removed at its end;
 - the provider's Python packages (its virtualenv, torch and the models that
   ship inside packages) read-only, on ``PYTHONPATH`` for ``/usr/bin/python3``;
-- the limits asked: CPUs by affinity (the first N of the agent's cores),
-  memory as RLIMIT_AS per process, processes, open files, file size;
+- the limits asked: CPUs by affinity (N of the agent's cores, put back every
+  ``PIN_SECONDS`` on every thread of the lease, since any program may widen its
+  own), memory as RLIMIT_AS per process, processes, open files, file size;
 - no network but its own loopback, unless the lease asked for it and the
   provider allows it (``HostOffer.network``: then the host's network is shared);
 - a long-lived ``lease_init.py`` inside that serves sessions over a Unix socket
@@ -26,6 +27,8 @@ leases every ``heartbeat_interval`` seconds (and at once after a start), which
 makes a new lease active and keeps running ones from being declared lost. A
 session dials ``WS /api/provider/leases/sessions/{sid}`` and pipes WebSocket
 messages to and from the lease's socket (``lease_init``'s frames, one to one).
+Each loop catches and logs what one answer or one lease raises and goes on, and
+``LeaseSandbox.stop`` never raises: one tenant cannot stop the others' leases.
 """
 
 from __future__ import annotations
@@ -58,12 +61,13 @@ from deai.client.sdk import Client
 from deai.core import wire_leases as wl
 from deai.core.errors import DeAIError
 from deai.provider import lease_init, volume_pack
-from deai.workloads import sandbox
+from deai.workloads import quota, sandbox
 
 log = logging.getLogger("deai.provider.leases")
 
 INIT_PYTHON = "/usr/bin/python3"  # under /usr, so it exists inside every sandbox
 START_TIMEOUT = 20.0
+PIN_SECONDS = 1.0  # how often the leases' threads are put back on their CPUs
 PYTHON_MOUNT = "/opt/deai/python"  # the provider's packages, read-only, on PYTHONPATH
 HEADER = lease_init.HEADER
 
@@ -131,6 +135,7 @@ class LeaseSandbox:
         self.proc: subprocess.Popen[bytes] | None = None
         self.uid: int | None = None
         self._listener: socket.socket | None = None
+        self._ns: str | None = None  # its pid namespace, once it runs
 
     def start(self, restore: Callable[[Path], None] | None = None) -> None:
         """Build the sandbox; ``restore`` first fills the home (a volume's snapshot)."""
@@ -190,6 +195,7 @@ class LeaseSandbox:
                     ch = lease_init.Channel(s)
                     ch.text(op="ping")
                     if ch.recv() is not None:
+                        self._ns = lease_ns(self.proc.pid)
                         return
             except OSError:
                 pass
@@ -214,14 +220,35 @@ class LeaseSandbox:
         return self.proc is not None and self.proc.poll() is None
 
     def stop(self) -> None:
-        """Kill everything in the sandbox and remove the lease's home."""
-        self.kill()
+        """Kill everything in the sandbox and remove the lease's home. Never raises: what
+        cannot be removed is logged (the tenant chose what its home holds, however deep)."""
+        try:
+            self.kill()
+        except Exception:  # the folder goes all the same
+            log.exception("lease %s: the sandbox could not be killed", self.spec.id)
         if self._listener is not None:
             self._listener.close()
         if self.uid is not None:
             sandbox._UIDS.give(self.uid)
             self.uid = None
-        shutil.rmtree(self.dir, ignore_errors=True)
+        left = quota.remove_tree(self.dir)
+        if left is not None:
+            log.error("lease %s: %s", self.spec.id, left)
+
+    def pin(self) -> int:
+        """Put every thread of the lease back on its CPUs (a program may widen its own
+        affinity); how many threads had left them."""
+        if not self.cpus or self._ns is None or not self.alive():
+            return 0
+        want, moved = set(self.cpus), 0
+        for tid in ns_threads(self._ns):
+            try:
+                if os.sched_getaffinity(tid) != want:
+                    os.sched_setaffinity(tid, want)
+                    moved += 1
+            except OSError:
+                continue  # ended meanwhile
+        return moved
 
     def kill(self) -> None:
         """Kill everything in the sandbox; the home stays (to be saved)."""
@@ -230,6 +257,61 @@ class LeaseSandbox:
                 os.killpg(self.proc.pid, signal.SIGKILL)  # --die-with-parent takes the rest
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.proc.wait(10)
+        if self._ns is not None:
+            reap(self._ns)
+
+
+def _stat(pid: str) -> list[bytes]:
+    """The fields of ``/proc/PID/stat`` after the command name: state, ppid, ..."""
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        return f.read().rsplit(b")", 1)[1].split()
+
+
+def lease_ns(outer: int) -> str | None:
+    """The pid namespace of the sandbox whose outer ``bwrap`` is ``outer`` (its child
+    there is that namespace's pid 1); None once it is gone."""
+    for d in os.listdir("/proc"):
+        try:
+            if d.isdigit() and int(_stat(d)[1]) == outer:
+                return os.readlink(f"/proc/{d}/ns/pid")
+        except (OSError, ValueError, IndexError):
+            continue
+    return None
+
+
+def ns_pids(ns: str) -> list[str]:
+    """The processes of the pid namespace ``ns`` (zombies included), as host pids."""
+    found = []
+    for d in os.listdir("/proc"):
+        try:
+            if d.isdigit() and os.readlink(f"/proc/{d}/ns/pid") == ns:
+                found.append(d)
+        except OSError:
+            continue
+    return found
+
+
+def ns_threads(ns: str) -> list[int]:
+    """Every thread of every process of the pid namespace ``ns``."""
+    tids: list[int] = []
+    for d in ns_pids(ns):
+        with contextlib.suppress(OSError):
+            tids += [int(t) for t in os.listdir(f"/proc/{d}/task")]
+    return tids
+
+
+def reap(ns: str, timeout: float = 10.0) -> None:
+    """Reap the processes of ``ns`` re-parented to this process once their pid 1 died (it
+    is a child subreaper when it runs command jobs too: ``pidns.become_subreaper``), so
+    an ended lease leaves no zombie; waits up to ``timeout`` for them to die."""
+    end = time.monotonic() + timeout
+    while (left := ns_pids(ns)) and time.monotonic() < end:
+        for d in left:
+            with contextlib.suppress(OSError, ValueError, IndexError, ChildProcessError):
+                st = _stat(d)
+                if st[0] == b"Z" and int(st[1]) == os.getpid():
+                    os.waitpid(int(d), os.WNOHANG)
+        time.sleep(0.02)
 
 
 def bwrap_command(home: Path, env: dict[str, str], argv: list[str], limits: sandbox.Limits,
@@ -299,6 +381,7 @@ class LeaseRunner:
         # started from this one thread, which lives as long as the runner
         threading.Thread(target=self._spawner, name="deai-lease-spawner", daemon=True).start()
         threading.Thread(target=self._notifier, name="deai-lease-notices", daemon=True).start()
+        threading.Thread(target=self._pin_loop, name="deai-lease-pin", daemon=True).start()
         try:
             self._poll_loop()
         finally:
@@ -306,7 +389,7 @@ class LeaseRunner:
                 boxes = list(self.state.boxes.values())
                 self.state.boxes.clear()
             for box in boxes:
-                box.stop()
+                box.stop()  # never raises: each lease is stopped
 
     def _retry(self, fn: Callable[[], T]) -> T | None:
         """``fn()``, retried until it answers; None once the agent is stopping."""
@@ -320,31 +403,38 @@ class LeaseRunner:
 
     def _poll_loop(self) -> None:
         while not self._stop.is_set():
-            with self._lock:
-                known = sorted(set(self.state.boxes) | self.state.starting)
-                noticed = sorted(self.state.noticed.keys() & set(known))
-                saving = sorted(self.state.saving)
             try:
-                work = self.api.poll(self.poll_wait, known, noticed, saving)
-            except (httpx.TransportError, DeAIError) as exc:
-                log.warning("lease poll failed (%s); retrying", exc)
+                self._poll_once()
+            except Exception:  # one lease's trouble must not stop every lease on the host
+                log.exception("lease poll: an answer could not be handled; polling on")
                 self._stop.wait(2.0)
-                continue
-            for spec in work.start:
-                with self._lock:
-                    if spec.id in self.state.boxes or spec.id in self.state.starting:
-                        continue
-                    self.state.starting.add(spec.id)
-                self._starts.put(spec)
-            for lid in work.stop:
-                self._end(lid, save=True)
-            for lid in work.snapshots:
-                self._snapshot(lid)
-            for told in self._notices(set(known) - set(work.stop), work.notices):
-                self._notices_q.put(told)
-            for sess in work.sessions:
-                threading.Thread(target=self._session, args=(sess,), daemon=True,
-                                 name=f"deai-session-{sess.id[:8]}").start()
+
+    def _poll_once(self) -> None:
+        with self._lock:
+            known = sorted(set(self.state.boxes) | self.state.starting)
+            noticed = sorted(self.state.noticed.keys() & set(known))
+            saving = sorted(self.state.saving)
+        try:
+            work = self.api.poll(self.poll_wait, known, noticed, saving)
+        except (httpx.TransportError, DeAIError) as exc:
+            log.warning("lease poll failed (%s); retrying", exc)
+            self._stop.wait(2.0)
+            return
+        for spec in work.start:
+            with self._lock:
+                if spec.id in self.state.boxes or spec.id in self.state.starting:
+                    continue
+                self.state.starting.add(spec.id)
+            self._starts.put(spec)
+        for lid in work.stop:
+            self._end(lid, save=True)
+        for lid in work.snapshots:
+            self._snapshot(lid)
+        for told in self._notices(set(known) - set(work.stop), work.notices):
+            self._notices_q.put(told)
+        for sess in work.sessions:
+            threading.Thread(target=self._session, args=(sess,), daemon=True,
+                             name=f"deai-session-{sess.id[:8]}").start()
 
     def _notifier(self) -> None:
         while not self._stop.is_set():
@@ -405,7 +495,14 @@ class LeaseRunner:
                     self.state.failed[spec.id] = broken
                 self._beat_now.set()
                 continue
-            self._start(spec)
+            try:
+                self._start(spec)
+            except Exception as exc:  # its folder could not be made, say: the next one starts
+                log.exception("lease %s: not started", spec.id)
+                with self._lock:
+                    self.state.starting.discard(spec.id)
+                    self.state.failed[spec.id] = f"{type(exc).__name__}: {exc}"
+                self._beat_now.set()
 
     def _start(self, spec: wl.LeaseSpec) -> None:
         box = LeaseSandbox(spec, self.offer, self._cpus_for(spec.cpus))
@@ -428,17 +525,21 @@ class LeaseRunner:
 
     def _end(self, lid: str, save: bool = False) -> None:
         """Stop a lease; with ``save`` (the coordinator ended it) and a volume, its home is
-        packed and uploaded first, in a thread of its own."""
+        packed and uploaded first, in a thread of its own. Never raises: the loops that
+        call it serve every other lease too."""
         with self._lock:
             box = self.state.boxes.pop(lid, None)
         if box is None:
             return
-        if save and box.spec.volume is not None:
-            threading.Thread(target=self._final_save, args=(box,), daemon=True,
-                             name=f"deai-save-{lid}").start()
-            return
-        box.stop()
-        log.info("lease %s: stopped", lid)
+        try:
+            if save and box.spec.volume is not None:
+                threading.Thread(target=self._final_save, args=(box,), daemon=True,
+                                 name=f"deai-save-{lid}").start()
+                return
+            box.stop()
+            log.info("lease %s: stopped", lid)
+        except Exception:
+            log.exception("lease %s: could not be stopped cleanly", lid)
 
     def _final_save(self, box: LeaseSandbox) -> None:
         try:
@@ -498,25 +599,45 @@ class LeaseRunner:
 
     def _beat_loop(self) -> None:
         while not self._stop.is_set():
-            with self._lock:
-                running = sorted(k for k, b in self.state.boxes.items() if b.alive())
-                dead = {k: "the sandbox exited" for k, b in self.state.boxes.items()
-                        if not b.alive()}
-                failed = {**self.state.failed, **dead}
             try:
-                out = self.api.heartbeat(running, failed)
-            except (httpx.TransportError, DeAIError) as exc:
-                log.debug("lease heartbeat failed: %s", exc)
-            else:
-                with self._lock:
-                    for k in failed:
-                        self.state.failed.pop(k, None)
-                for lid in set(out.stop) - set(dead):
-                    self._end(lid, save=True)
-                for lid in dead:
-                    self._end(lid)
+                self._beat_once()
+            except Exception:  # the next beat still names every running lease
+                log.exception("lease heartbeat: an answer could not be handled")
             self._beat_now.wait(self._interval)
             self._beat_now.clear()
+
+    def _beat_once(self) -> None:
+        with self._lock:
+            running = sorted(k for k, b in self.state.boxes.items() if b.alive())
+            dead = {k: "the sandbox exited" for k, b in self.state.boxes.items()
+                    if not b.alive()}
+            failed = {**self.state.failed, **dead}
+        try:
+            out = self.api.heartbeat(running, failed)
+        except (httpx.TransportError, DeAIError) as exc:
+            log.debug("lease heartbeat failed: %s", exc)
+            return
+        with self._lock:
+            for k in failed:
+                self.state.failed.pop(k, None)
+        for lid in set(out.stop) - set(dead):
+            self._end(lid, save=True)
+        for lid in dead:
+            self._end(lid)
+
+    def _pin_loop(self) -> None:
+        """Every ``PIN_SECONDS``, put each lease's threads back on its CPUs: a lease's
+        CPUs are an affinity, which any program in it may widen (no cgroup here)."""
+        while not self._stop.wait(PIN_SECONDS):
+            with self._lock:
+                boxes = list(self.state.boxes.values())
+            for box in boxes:
+                try:
+                    if moved := box.pin():
+                        log.debug("lease %s: %d thread(s) put back on CPUs %s", box.spec.id,
+                                 moved, box.cpus)
+                except Exception:
+                    log.exception("lease %s: its CPUs could not be enforced", box.spec.id)
 
     def _session(self, sess: wl.SessionOpen) -> None:
         with self._lock:

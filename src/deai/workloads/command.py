@@ -9,14 +9,22 @@ Shard and output formats are ``deai.core.kinds.command``'s. For each shard:
 2. ``deai.provider.sandbox.run`` runs the argv with ``work/`` at ``/work`` and
    the shard's limits (its disk quota and tmpfs sizes derived from them: see
    ``sandbox.Limits``);
-3. the output folder is collected (after ``unlock``, so folders the command
-   made unreadable do not make a non-root provider differ): regular files only (symlinks, fifos and
-   the like are skipped, and nothing is followed, so a link to a host file
+3. the output folder is collected by folder descriptors (``collect``: folders
+   and files the command locked are opened for their owner, so they do not
+   make a non-root provider differ): regular files only (symlinks, fifos and
+   the like are skipped, and nothing is followed, not even a link the command
+   put in place of a folder of ``output_dir``, so a link to a host file
    leaks nothing), paths sorted, each hashed with sha256 and carried inline
    as base64; if their bytes plus their manifest rows (``[path, size,
    sha256]``, so that many empty files cost too) total more than
    ``output_mb``, none is carried and the result is an "output" limit error;
-4. the host folder is removed.
+4. the host folder is removed (``quota.remove_tree``: however deep the command
+   nested its folders); if something cannot be removed, the result is a
+   "disk" limit error, never an exception.
+
+Memory: a shard whose ``memory_mb`` is over ``memory_ceiling_mb()`` is not run
+(``NoCapacity``, which the agent reports as the task's failure): ``memory_mb``
+sizes RAM-backed tmpfs, and the spec's bound (64 GiB) is not the host's.
 
 Units: the sandbox's CPU time in milliseconds, capped at the shard's
 ``cpu_seconds * 1000`` (the overrun of a process killed at its limit is the
@@ -31,19 +39,19 @@ limit family of what a job writes) until then; the error message names it.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import logging
 import os
-import shutil
 import stat
 import tempfile
 from pathlib import Path
 from typing import Any
 
 from deai.core import catalog
-from deai.core.errors import InvalidInput
+from deai.core.errors import InvalidInput, NoCapacity
 from deai.core.kinds import command as kind
-from deai.workloads import sandbox
+from deai.workloads import quota, sandbox
 from deai.workloads.base import TaskContext
 
 MODEL = "bwrap-sandbox"
@@ -55,6 +63,17 @@ def _check_model(model: str) -> None:
     if catalog.lookup(model, workload="command").name != MODEL:
         raise InvalidInput(f"model {model!r} is not a sandbox this provider runs",
                            field="model")
+
+
+def memory_ceiling_mb() -> int:
+    """The most ``memory_mb`` this provider gives one command: ``DEAI_COMMAND_MEMORY_MB``,
+    else half of the host's RAM. Its ``/tmp`` and ``/dev/shm`` (half and a quarter of
+    ``memory_mb``) are RAM, and RLIMIT_AS is per process, so a spec is not trusted to
+    size them."""
+    given = os.environ.get("DEAI_COMMAND_MEMORY_MB", "")
+    if given.isdigit() and int(given) > 0:
+        return int(given)
+    return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // (2 * 1024 * 1024)
 
 
 def _require_sandbox() -> None:
@@ -73,10 +92,11 @@ def _materialize(work: Path, payload: dict[str, Any], ctx: TaskContext) -> None:
     (work / kind.check_path(payload["output_dir"])).mkdir(parents=True, exist_ok=True)
 
 
-def _read_regular(path: str, limit: int) -> bytes | None:
-    """The file's bytes if it is a regular file (not followed through a link)."""
+def _read_regular(name: str, dir_fd: int, limit: int) -> bytes | None:
+    """The bytes of ``name`` in ``dir_fd`` if it is a regular file (never through a link),
+    at most ``limit + 1`` of them."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        fd = quota.open_as_owner(name, dir_fd, os.O_RDONLY | os.O_NONBLOCK)
     except OSError:
         return None
     with os.fdopen(fd, "rb") as f:
@@ -90,31 +110,92 @@ def row_bytes(path: str, size: int, sha256: str) -> int:
     return len(kind.canonical([path, size, sha256])) + 1
 
 
-def collect(out_dir: Path, limit: int) -> list[dict[str, Any]] | None:
+def _open_out(out_dir: Path, root: Path) -> int | None:
+    """A descriptor of ``out_dir``, each folder below ``root`` opened without following
+    a link (the job may have made ``out``'s parent a link to a host folder)."""
+    try:
+        fd = os.open(root, quota.DIR_FLAGS)
+    except OSError:
+        return None
+    for part in out_dir.relative_to(root).parts:
+        try:
+            nxt = quota.open_as_owner(part, fd)
+        except OSError:
+            nxt = None
+        os.close(fd)
+        if nxt is None:
+            return None
+        fd = nxt
+    return fd
+
+
+def _entries(fd: int) -> list[tuple[str, int]]:
+    """(name, st_mode) of each entry of the folder ``fd``, links not followed."""
+    out = []
+    try:
+        with os.scandir(fd) as it:
+            for e in it:
+                with contextlib.suppress(OSError):
+                    out.append((e.name, e.stat(follow_symlinks=False).st_mode))
+    except OSError:
+        pass
+    return out
+
+
+def collect(out_dir: Path, limit: int, *, root: Path | None = None
+            ) -> list[dict[str, Any]] | None:
     """Regular files under ``out_dir``, sorted by path; None if their bytes and manifest
-    rows (``row_bytes``) exceed ``limit`` bytes."""
-    if out_dir.is_symlink() or not out_dir.is_dir():
+    rows (``row_bytes``) exceed ``limit`` bytes. The folders from ``root`` (default:
+    ``out_dir``'s parent) down are opened by descriptor, never through a link; folders
+    too deep for a path the manifest can carry are not entered; folders and files the
+    command locked are opened for their owner (so a root and a non-root provider
+    collect the same files whatever modes the command left)."""
+    top = _open_out(out_dir, out_dir.parent if root is None else root)
+    if top is None:
         return []
     files: list[dict[str, Any]] = []
     total = 0
-    for d, dirs, names in os.walk(out_dir, followlinks=False):
-        dirs.sort()
-        for name in names:
-            full = os.path.join(d, name)
-            rel = os.path.relpath(full, out_dir)
-            try:
-                kind.check_path(rel)
-            except ValueError:
-                continue  # a name the manifest cannot carry
-            data = _read_regular(full, limit - total)
-            if data is None:
-                continue
-            digest = hashlib.sha256(data).hexdigest()
-            total += len(data) + row_bytes(rel, len(data), digest)
-            if total > limit:
-                return None
-            files.append({"path": rel, "size": len(data), "sha256": digest,
-                          "base64": base64.b64encode(data).decode()})
+    fds, rels = [top], [""]  # the open folders, out_dir first, and their paths in it
+    todo: list[list[str]] = []  # per open folder: the subfolders still to enter
+    try:
+        while fds:
+            if len(todo) < len(fds):  # entered just now: read it
+                subs = []
+                for name, mode in _entries(fds[-1]):
+                    rel = rels[-1] + name
+                    if stat.S_ISDIR(mode) and len(rel) + 2 <= kind.MAX_PATH_CHARS:
+                        subs.append(name)
+                    if not stat.S_ISREG(mode):
+                        continue
+                    try:
+                        kind.check_path(rel)
+                    except ValueError:
+                        continue  # a name the manifest cannot carry
+                    data = _read_regular(name, fds[-1], limit - total)
+                    if data is None:
+                        continue
+                    digest = hashlib.sha256(data).hexdigest()
+                    total += len(data) + row_bytes(rel, len(data), digest)
+                    if total > limit:
+                        return None
+                    files.append({"path": rel, "size": len(data), "sha256": digest,
+                                  "base64": base64.b64encode(data).decode()})
+                todo.append(subs)
+            if todo[-1]:
+                name = todo[-1].pop()
+                try:
+                    child = quota.open_as_owner(name, fds[-1])
+                except OSError:
+                    continue
+                fds.append(child)
+                rels.append(f"{rels[-1]}{name}/")
+            else:
+                todo.pop()
+                rels.pop()
+                os.close(fds.pop())
+    finally:
+        for fd in fds:
+            os.close(fd)
     return sorted(files, key=lambda f: str(f["path"]))
 
 
@@ -130,33 +211,20 @@ def _stream(path: Path) -> tuple[str, str]:
     return h.hexdigest(), tail
 
 
-def unlock(root: Path) -> None:
-    """Give the owner rwx on every folder and r on every file under ``root``, so a
-    root and a non-root provider collect (and remove) the same files whatever modes
-    the command left. Never through a symlink: each entry is lstat-ed first, and
-    the sandbox is gone, so nothing can swap it in between."""
-    for d, dirs, files in os.walk(root):
-        for name in dirs + files:
-            p = os.path.join(d, name)
-            st = os.lstat(p)
-            if stat.S_ISDIR(st.st_mode):
-                os.chmod(p, st.st_mode | stat.S_IRWXU)
-            elif stat.S_ISREG(st.st_mode):
-                os.chmod(p, st.st_mode | stat.S_IRUSR)
-
-
 def _rmtree(path: Path) -> None:
-    try:
-        unlock(path)
-    finally:
-        shutil.rmtree(path, onerror=lambda _f, p, exc: log.warning(
-            "could not remove %s: %s", p, exc[1]))
+    """Remove a folder a command wrote (``quota.remove_tree``); what is left is logged."""
+    left = quota.remove_tree(path)
+    if left is not None:
+        log.error("%s", left)
 
 
 def execute(payload: dict[str, Any], ctx: TaskContext | None = None) -> dict[str, Any]:
     """Run one command payload in the sandbox; the output object (see the kind's docstring)."""
     _require_sandbox()
     lim = payload["limits"]
+    if lim["memory_mb"] > (most := memory_ceiling_mb()):  # the agent reports it failed
+        raise NoCapacity(f"memory_mb {lim['memory_mb']} is more than this provider gives a "
+                         f"command ({most} MB)")
     limits = sandbox.Limits(cpu_seconds=lim["cpu_seconds"], wall_seconds=lim["wall_seconds"],
                             memory_mb=lim["memory_mb"], file_size_mb=lim["file_size_mb"],
                             max_processes=lim["max_processes"])
@@ -168,9 +236,8 @@ def execute(payload: dict[str, Any], ctx: TaskContext | None = None) -> dict[str
         _materialize(work, payload, ctx or TaskContext())
         res = sandbox.run(list(payload["argv"]), work, limits, env=dict(payload["env"]),
                           stdout=base / "stdout", stderr=base / "stderr")
-        unlock(work)
         out_limit = lim["output_mb"] * 1024 * 1024
-        files = collect(work / payload["output_dir"], out_limit)
+        files = collect(work / payload["output_dir"], out_limit, root=work)
         error, limit = res.error, DISK_LIMIT if res.limit == "disk" else res.limit
         if files is None:
             files = []
@@ -180,7 +247,12 @@ def execute(payload: dict[str, Any], ctx: TaskContext | None = None) -> dict[str
         stdout_sha, stdout_tail = _stream(base / "stdout")
         stderr_sha, stderr_tail = _stream(base / "stderr")
     finally:
-        _rmtree(base)
+        left = quota.remove_tree(base)
+        if left is not None:
+            log.error("command %s: %s", payload.get("custom_id"), left)
+    if left is not None:  # what the command left could not be removed: it is over quota
+        msg = "disk quota exceeded (what the command wrote could not be removed)"
+        error, limit = (msg if error is None else f"{error}; {msg}"), limit or DISK_LIMIT
     return {"custom_id": payload["custom_id"], "status": "ok" if error is None else "error",
             "error": error, "limit": limit, "exit_code": res.exit_code, "signal": res.signal,
             "cpu_ms": min(res.cpu_ms, lim["cpu_seconds"] * 1000), "wall_ms": res.wall_ms,

@@ -32,10 +32,21 @@ A provider that is not root shares its uid with the sandbox, so a folder the
 job made unreadable (``chmod 000``) would hide its contents: the walk gives the
 owner rwx back on such a folder (through an ``O_PATH`` descriptor, never
 through a link). A root provider reads everything as it is.
+
+Walks go by folder descriptors (``openat`` with ``O_NOFOLLOW``), never by path
+strings and never by recursion, because a job can nest folders past
+``PATH_MAX`` (a path walk fails there with ENAMETOOLONG and sees nothing
+below) and past Python's recursion limit. ``measure`` holds one descriptor
+per level and gives up past ``MAX_DEPTH`` levels (``Unmeasurable``): what it
+cannot walk counts as over the quota, never as empty. ``remove_tree`` (the
+provider's cleanup of a job's or a lease's folder, once nothing writes there)
+holds one descriptor at a time, however deep, and reports instead of raising.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import stat
 from collections.abc import Iterable
@@ -43,19 +54,30 @@ from pathlib import Path
 
 MB = 1024 * 1024
 TMPFS = ("tmp", "dev/shm")
+MAX_DEPTH = 256
+"""Folder levels ``measure`` walks (a descriptor each); inputs nest at most ~128."""
+DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_GONE = (errno.ENOENT, errno.ENOTDIR, errno.ELOOP)  # removed, or swapped for a file or link
 
 
-def _let_owner_in(path: str) -> bool:
-    """Give the owner rwx on the folder ``path`` (not on what a link there points to)."""
+class Unmeasurable(Exception):
+    """A folder tree ``measure`` cannot walk to the end: too deep, or unreadable."""
+
+
+def _let_owner_in(name: str, dir_fd: int | None = None) -> bool:
+    """Give the owner rwx on the folder ``name`` (r on a regular file), never on what a
+    link there points to; ``name`` is relative to ``dir_fd`` when given."""
     try:
-        fd = os.open(path, os.O_PATH | os.O_NOFOLLOW)
+        fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
     except OSError:
         return False
     try:
         st = os.fstat(fd)
-        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
+        add = (stat.S_IRWXU if stat.S_ISDIR(st.st_mode)
+               else stat.S_IRUSR if stat.S_ISREG(st.st_mode) else 0)
+        if not add or st.st_uid != os.getuid():
             return False
-        os.chmod(f"/proc/self/fd/{fd}", stat.S_IMODE(st.st_mode) | stat.S_IRWXU)
+        os.chmod(f"/proc/self/fd/{fd}", stat.S_IMODE(st.st_mode) | add)
         return True
     except OSError:
         return False
@@ -63,40 +85,162 @@ def _let_owner_in(path: str) -> bool:
         os.close(fd)
 
 
+def open_as_owner(name: str, dir_fd: int | None, flags: int = DIR_FLAGS) -> int:
+    """``os.open(name, flags | O_NOFOLLOW, dir_fd=dir_fd)``; a folder or file its owner
+    (this process's uid) locked is opened for it first. Raises ``OSError``."""
+    flags |= os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        return os.open(name, flags, dir_fd=dir_fd)
+    except PermissionError:
+        if not _let_owner_in(name, dir_fd):
+            raise
+        return os.open(name, flags, dir_fd=dir_fd)
+
+
+def _enter(parent: int, name: str) -> int | None:
+    """A descriptor of the folder ``name`` in ``parent``; None if it is gone or no
+    longer a folder (a running job may have removed or swapped it)."""
+    try:
+        return open_as_owner(name, parent)
+    except OSError as exc:
+        if exc.errno in _GONE:
+            return None
+        raise
+
+
 def measure(root: Path, stop_at: int) -> tuple[int, int]:
     """(bytes, names) under ``root``: blocks of each inode once, every name counted,
-    links not followed; counting stops once the names pass ``stop_at``."""
+    links not followed; counting stops once the names pass ``stop_at``.
+
+    Raises ``Unmeasurable`` past ``MAX_DEPTH`` levels or on a folder it cannot read."""
     seen: set[tuple[int, int]] = set()
     used = names = 0
-    todo = [os.fspath(root)]
-    while todo:
-        d = todo.pop()
+    fds: list[int] = []  # one per level, root first
+    todo: list[list[str]] = []  # per level: the subfolders still to walk
+    try:
+        fd: int | None = os.open(os.fspath(root), DIR_FLAGS)
+        while True:
+            if fd is not None:
+                fds.append(fd)
+                if len(fds) > MAX_DEPTH:
+                    raise Unmeasurable(f"folders nested deeper than {MAX_DEPTH} levels")
+                subs: list[str] = []
+                with os.scandir(fd) as it:
+                    for e in it:
+                        names += 1
+                        if names > stop_at:
+                            return used, names
+                        try:
+                            st = e.stat(follow_symlinks=False)
+                        except OSError:
+                            continue  # removed meanwhile
+                        if (st.st_dev, st.st_ino) not in seen:
+                            seen.add((st.st_dev, st.st_ino))
+                            used += st.st_blocks * 512
+                        if stat.S_ISDIR(st.st_mode):
+                            subs.append(e.name)
+                todo.append(subs)
+            while todo and not todo[-1]:
+                todo.pop()
+                os.close(fds.pop())
+            if not todo:
+                return used, names
+            fd = _enter(fds[-1], todo[-1].pop())
+    except OSError as exc:
+        raise Unmeasurable(f"a folder cannot be read: {exc.strerror or exc}") from None
+    finally:
+        for fd_ in fds:
+            os.close(fd_)
+
+
+def remove_tree(path: Path) -> str | None:
+    """Remove ``path`` and everything under it; None, or why something was left.
+
+    Never raises: a caller that cleans up after a job or a lease reports what is left
+    and goes on. Never follows a link and never recurses: it holds one descriptor at
+    a time, climbing back through ``..`` (checked against the folder it left), so no
+    depth of folders stops it. Folders their owner locked are opened for it. For trees
+    nothing writes to any more: a folder moved meanwhile stops it."""
+    try:
+        _remove_tree(os.path.abspath(path))
+    except Exception as exc:  # noqa: BLE001 - reported, never raised: see above
+        return f"{path} not removed: {type(exc).__name__}: {exc}"
+    return None
+
+
+def _remove_tree(path: str) -> None:
+    parent, name = os.path.split(path)
+    pfd = os.open(parent or "/", DIR_FLAGS)  # the caller's own folder: trusted
+    try:
         try:
-            it = os.scandir(d)
-        except PermissionError:
-            if not _let_owner_in(d):
-                continue
-            try:
-                it = os.scandir(d)
-            except OSError:
-                continue
-        except OSError:
-            continue  # removed meanwhile
-        with it:
-            for e in it:
-                names += 1
-                if names > stop_at:
-                    return used, names
-                try:
-                    st = e.stat(follow_symlinks=False)
-                except OSError:
+            st = os.stat(name, dir_fd=pfd, follow_symlinks=False)
+        except FileNotFoundError:
+            return
+        if stat.S_ISDIR(st.st_mode):
+            _empty(pfd, name)
+            os.rmdir(name, dir_fd=pfd)
+        else:
+            os.unlink(name, dir_fd=pfd)
+    finally:
+        os.close(pfd)
+
+
+def _ident(fd: int) -> tuple[int, int]:
+    st = os.fstat(fd)
+    return st.st_dev, st.st_ino
+
+
+def _writable(fd: int) -> None:
+    """Let the owner (this uid) list and empty the folder ``fd`` whatever its mode."""
+    st = os.fstat(fd)
+    if st.st_uid == os.getuid() and st.st_mode & stat.S_IRWXU != stat.S_IRWXU:
+        os.fchmod(fd, stat.S_IMODE(st.st_mode) | stat.S_IRWXU)
+
+
+def _clear_files(fd: int) -> list[str]:
+    """Unlink everything in the folder ``fd`` but its subfolders; return their names."""
+    subs = []
+    with os.scandir(fd) as it:
+        for e in it:
+            if e.is_dir(follow_symlinks=False):
+                subs.append(e.name)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(e.name, dir_fd=fd)
+    return subs
+
+
+def _empty(parent: int, name: str) -> None:
+    """Empty the folder ``name`` in ``parent``, depth first, one descriptor held."""
+    fd = open_as_owner(name, parent)
+    # per folder above ``fd``: its identity, the name of the one below, its subfolders left
+    above: list[tuple[tuple[int, int], str, list[str]]] = []
+    try:
+        _writable(fd)
+        subs = _clear_files(fd)
+        while True:
+            if subs:
+                sub = subs.pop()
+                child = _enter(fd, sub)
+                if child is None:
                     continue
-                if (st.st_dev, st.st_ino) not in seen:
-                    seen.add((st.st_dev, st.st_ino))
-                    used += st.st_blocks * 512
-                if stat.S_ISDIR(st.st_mode):
-                    todo.append(e.path)
-    return used, names
+                above.append((_ident(fd), sub, subs))
+                os.close(fd)
+                fd = child
+                _writable(fd)
+                subs = _clear_files(fd)
+                continue
+            if not above:
+                return
+            ident, sub, subs = above.pop()
+            up = os.open("..", DIR_FLAGS, dir_fd=fd)
+            os.close(fd)
+            fd = up
+            if _ident(fd) != ident:
+                raise OSError(errno.ESTALE, "a folder moved while it was being removed")
+            os.rmdir(sub, dir_fd=fd)
+    finally:
+        os.close(fd)
 
 
 class Quota:
@@ -138,7 +282,11 @@ class Quota:
         that is exceeded, or None."""
         self._fs = self._host_fs()
         tmp_files = self._tmpfs_inodes(root_pid) if root_pid is not None else 0
-        used, names = measure(self.workdir, self.base_names + self.max_files - tmp_files)
+        try:
+            used, names = measure(self.workdir,
+                                  self.base_names + self.max_files - tmp_files)
+        except Unmeasurable as exc:
+            return f"work-folder quota exceeded (it cannot be measured: {exc})"
         used += self._deleted_but_open(pids)
         self.bytes = max(0, used - self.base_bytes)
         self.files = max(0, names - self.base_names) + tmp_files

@@ -78,7 +78,11 @@ TAIL_BYTES = 4096
 LIMITS = ("cpu", "wall", "memory", "file_size", "disk", "processes", "output")
 # Limits whose hit depends on the machine's speed or on when the sandbox sampled, not on
 # the command alone: two honest runs may differ there.
-TIMED_LIMITS = ("cpu", "wall", "disk")
+TIMED_LIMITS = ("cpu", "wall", "disk", "processes")
+# "processes" is among them: the sandbox learns that a command reached its process cap
+# from a refused fork (which depends on how fast children exit) or from its process
+# count sampled every 50 ms, so one honest run of a forking command may report it and
+# another not.
 # A wall-clock limit hit is plausible only if the other run, on a machine SLOWDOWN times
 # slower (plus SLACK_MS), would have reached that limit too: per-core speed differs about
 # 2x between a current server core and a ten-year-old one, so 4x leaves as much again for
@@ -199,6 +203,9 @@ def _command(obj: Any, where: str, n: int, output_dir: str) -> dict[str, Any]:
         if path == output_dir or path.startswith(output_dir + "/"):
             raise InvalidInput(f"{field}: inside the output folder {output_dir!r}",
                                field=field)
+        if output_dir.startswith(path + "/"):  # the output folder could not be made
+            raise InvalidInput(f"{field}: a file where the output folder {output_dir!r} "
+                               "needs a folder", field=field)
     for path in files:  # "a" and "a/b" cannot both be files
         if any(other.startswith(path + "/") for other in files):
             raise InvalidInput(f"{where}.files.{path}: also a folder of another file",
@@ -420,8 +427,9 @@ class CommandKind(Kind):
         """Same exit status, limit, files and stdout.
 
         Where the results differ and exactly one run hit a timing-dependent limit
-        (CPU, wall clock, disk sample), it is inconclusive and counts as agreement,
-        evidence against nobody, unless the limit is the wall clock and the other run
+        (CPU, wall clock, a disk or process-count sample, a refused fork), it is
+        inconclusive and counts as agreement, evidence against nobody, unless the
+        limit is the wall clock and the other run
         finished far inside it (``limit_disagreement``): then it is a disagreement,
         which goes to a trusted referee, whose own run judges each party the same
         way (an honest slow run that hit the wall is not convicted by a referee whose
