@@ -6,6 +6,7 @@ checkout has its own keys. Files are created 0600.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
@@ -117,6 +118,15 @@ def bind_network(network_id: str, url: str) -> None:
     at only; one deployment served at two addresses is pinned by hand
     (``DEAI_NETWORK_ID``)."""
     path = networks_file()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # One CLI at a time reads, adds and replaces the file: two at once lost bindings,
+    # and a lost one would be trusted again at whatever address claimed it next.
+    with open(path.with_name(f".{path.name}.lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        _bind(path, network_id, url)
+
+
+def _bind(path: Path, network_id: str, url: str) -> None:
     try:
         known = json.loads(path.read_text())
     except FileNotFoundError:
@@ -137,7 +147,6 @@ def bind_network(network_id: str, url: str) -> None:
             f"signatures that deployment accepts. If both addresses serve one deployment, "
             f"pin it: DEAI_NETWORK_ID={network_id}", field="network")
     known[network_id] = url
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:

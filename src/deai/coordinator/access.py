@@ -47,7 +47,6 @@ from deai.store.models import (
     JobBlob,
     Task,
 )
-from deai.store.models_datasets import DatasetUse
 
 NETWORK = "network"
 """Owner of the jobs the coordinator makes itself (canaries, audits): ``verify.NETWORK``."""
@@ -90,12 +89,17 @@ def shown_to_owner() -> ColumnElement[bool]:
     """The checkpoints a job's owner may read: all of them, but on a dataset only its
     final model, once the job has completed. With one row a training step, the change
     between two checkpoints gives the row; a buyer pays for a model, not for the rows."""
+    # A dataset job by its spec, not by its use: a job that ends uncompleted gives its
+    # use back (``datasets.end_use`` deletes it), and a buyer that cancelled at the last
+    # step read every checkpoint with no royalty paid.
     last = aliased(Checkpoint)
     final = Checkpoint.step == select(func.max(last.step)).where(
         last.task_id == Checkpoint.task_id).scalar_subquery()
-    completed = select(Job.id).where(Job.status == JobStatus.COMPLETED)
-    return or_(Task.job_id.not_in(select(DatasetUse.job_id)),
-               and_(Task.job_id.in_(completed), final))
+    on_dataset = select(Job.id).where(
+        Job.id == Task.job_id, Job.spec["dataset_id"].as_string().is_not(None)).exists()
+    completed = select(Job.id).where(Job.id == Task.job_id,
+                                     Job.status == JobStatus.COMPLETED).exists()
+    return or_(~on_dataset, and_(completed, final))
 
 
 def lease_may_read(c: Coordinator, s: Session, provider: str, digest: str) -> bool:

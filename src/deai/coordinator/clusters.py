@@ -11,10 +11,9 @@ A cluster is ``forming → running → ended(reason)`` (``models_clusters.Cluste
   stops and the nodes placed end at once, refunded (``_placed``).
 - ``tick`` (the cluster loop): a forming cluster becomes ``running`` when every
   member's lease is active; if that has not happened by ``form_by`` (or a member
-  ended first) every live lease ends through the lease machinery
-  (``leases.finish``, as of its start) and the cluster ends ``not formed``,
-  billing nothing: what any member was charged while it waited for the others
-  goes back to the owner (``_return_charges``). A running cluster whose head
+  ended first) every live lease ends and is refunded through the lease
+  machinery (``leases.finish``: charges up to now, refunds the rest, journal
+  entries) and the cluster ends ``not formed``. A running cluster whose head
   lease ended ends ``head lost`` and its other leases end (refunded past now);
   a worker whose lease ended (its provider lost: billing already stopped at
   its last heartbeat) is recorded in ``lost`` with a ``cluster_node_lost``
@@ -25,9 +24,8 @@ A cluster is ``forming → running → ended(reason)`` (``models_clusters.Cluste
 - ``end``: the owner ends every member lease; ``deai cluster down`` first stops
   the Ray processes it started, by pid, inside each lease.
 
-Money moves here only through ``leases.finish`` and, for a cluster that never
-formed, ``_return_charges``: a cluster's bill is the sum of its members'
-(node-seconds at each lease's price), and nothing for a gang that never formed.
+Money never moves here except through ``leases.finish``: a cluster's bill is the
+sum of its members' (node-seconds at each lease's price).
 """
 
 from __future__ import annotations
@@ -42,18 +40,16 @@ from sqlalchemy.orm import Session
 
 from deai.coordinator import leases
 from deai.coordinator.service import Coordinator, new_id
-from deai.core import ledger
 from deai.core.errors import Conflict, Forbidden, InvalidInput, NotFound
 from deai.core.leases import EndReason, LeaseStatus
 from deai.core.wire_clusters import ClusterIn, ClusterOut, RayIn
 from deai.core.wire_leases import LeaseIn
-from deai.store.models import Event, Lease, LeaseEarning
+from deai.store.models import Event, Lease
 from deai.store.models_clusters import Cluster
 
 log = logging.getLogger("deai.coordinator.clusters")
 
 FORMING, RUNNING, ENDED = "forming", "running", "ended"
-NOT_FORMED = "not formed"  # the end reason under which no member is billed
 LIVE = (FORMING, RUNNING)
 
 
@@ -117,8 +113,7 @@ def _placed(c: Coordinator, s: Session, *, cid: str, placed: list[str],
     cl.leases = placed
     if cl.status != FORMING:
         _end_members(c, s, cl, f"cluster {cid} ended while its nodes were placed "
-                               f"({cl.end_reason})", EndReason.OWNER_ENDED,
-                     unformed=cl.end_reason == NOT_FORMED)
+                               f"({cl.end_reason})", EndReason.OWNER_ENDED)
         c.emit(s, "cluster_placed_late", cid, owner=cl.owner, leases=placed)
         return
     c.emit(s, "cluster_placed", cid, owner=cl.owner, leases=placed, providers=hosts)
@@ -129,7 +124,7 @@ def _abandon(c: Coordinator, cid: str, placed: list[str], why: str) -> None:
         cl = s.get(Cluster, cid, with_for_update=True)
         assert cl is not None
         cl.leases = placed
-        _end(c, s, cl, NOT_FORMED, why, EndReason.OWNER_ENDED)
+        _end(c, s, cl, "not formed", why, EndReason.OWNER_ENDED)
 
     c.db.run(body)
     c.notifier.published()
@@ -137,26 +132,17 @@ def _abandon(c: Coordinator, cid: str, placed: list[str], why: str) -> None:
 
 def _end(c: Coordinator, s: Session, cl: Cluster, reason: str, detail: str,
          lease_reason: EndReason) -> None:
-    """End the cluster and every live member lease (billed up to now, the rest refunded;
-    nothing billed at all when the gang never formed)."""
+    """End the cluster and every live member lease (billed up to now, the rest refunded)."""
     now = c.now()
-    _end_members(c, s, cl, f"cluster {cl.id} ended: {reason}", lease_reason,
-                 unformed=reason == NOT_FORMED)
+    _end_members(c, s, cl, f"cluster {cl.id} ended: {reason}", lease_reason)
     cl.status, cl.end_reason, cl.detail, cl.ended_at = ENDED, reason, detail[:1000], now
     c.emit(s, "cluster_ended", cl.id, owner=cl.owner, reason=reason, detail=detail[:1000])
     log.info("cluster %s ended: %s (%s)", cl.id, reason, detail)
 
 
 def _end_members(c: Coordinator, s: Session, cl: Cluster, detail: str,
-                 lease_reason: EndReason, *, unformed: bool = False) -> None:
-    """End every live member lease of ``cl`` now (billed up to now, the rest refunded).
-
-    With ``unformed`` (the gang never formed) no member is billed at all: a live one is
-    finished as of its start, and what any member was charged meanwhile (the lease loop
-    settles a running lease every few seconds) goes back to the owner (``_return_charges``).
-    The owner asked for all of the nodes at once and got none of them as a cluster; a
-    provider operator holding two keys, one starting its lease and one never taking its
-    own up, was otherwise paid by every gang that landed on the pair."""
+                 lease_reason: EndReason) -> None:
+    """End every live member lease of ``cl`` now (billed up to now, the rest refunded)."""
     now = c.now()
     # Locked in ascending id (the lease loop's order) and read again: the cluster loop
     # read them unlocked, and a lease ended or topped up since by its owner or by the
@@ -165,56 +151,11 @@ def _end_members(c: Coordinator, s: Session, cl: Cluster, detail: str,
     members = {x.id: x for x in s.scalars(
         select(Lease).where(Lease.id.in_(cl.leases)).order_by(Lease.id).with_for_update()
         .execution_options(populate_existing=True))}
-    earned: dict[str, list[LeaseEarning]] = {}
-    if unformed:
-        # Locked before the journal, as the lease loop's release does (leases, earnings,
-        # then the journal's head), so that neither waits on the other in a cycle.
-        for e in s.scalars(select(LeaseEarning).where(LeaseEarning.lease_id.in_(cl.leases))
-                           .order_by(LeaseEarning.id).with_for_update()
-                           .execution_options(populate_existing=True)):
-            earned.setdefault(e.lease_id, []).append(e)
     for lid in cl.leases:
         lease = members.get(lid)
-        if lease is None:
-            continue
-        if lease.status != LeaseStatus.ENDED.value:
+        if lease is not None and lease.status != LeaseStatus.ENDED.value:
             lease.detail = detail
-            start = lease.started_at
-            leases.finish(c, s, lease, lease_reason,
-                          start if unformed and start is not None else now)
-        if unformed:
-            _return_charges(c, s, cl, lease, earned.get(lid, []))
-
-
-def _return_charges(c: Coordinator, s: Session, cl: Cluster, lease: Lease,
-                    earned: list[LeaseEarning]) -> None:
-    """Give a member of a cluster that never formed its charges back to the owner: the
-    provider's share still in its pending earnings (``forfeit``), the share already
-    released (``clawback``: from its balance, then its stake, the treasury covering any
-    shortfall), and the network's fee on both, through the journal's own kinds of entry
-    (their ``job`` names the lease), so that the journal still audits. The lease's
-    ``charged`` goes down and its ``refunded`` up by what came back: ``charged`` is then
-    what was not recovered (a treasury too poor to give the fee back), normally 0."""
-    if lease.charged <= 0:
-        return
-    held = sum(e.amount for e in earned if not e.released)
-    paid_out = sum(e.amount for e in earned if e.released)
-    fee = max(0, lease.charged - held - paid_out)  # a charge is the provider's share + fee
-    for e in earned:
-        e.released = True  # no longer pending: the lease loop never pays it out now
-    to = ledger.acct(lease.owner)
-    returned = 0
-    if held or fee:
-        returned += held + c.settlement.forfeit(s, lease.provider_id, lease.id, held, fee, to)
-    if paid_out:
-        returned += c.settlement.claw_back(s, lease.provider_id, lease.id, "", paid_out, 0, to)
-    if returned <= 0:
-        return
-    lease.charged -= returned
-    lease.refunded += returned
-    c.emit(s, "lease_charges_returned", lease.id, owner=lease.owner,
-           provider=lease.provider_id, cluster=cl.id, amount=returned, pending=held,
-           released=paid_out, fee=fee, charged=lease.charged)
+            leases.finish(c, s, lease, lease_reason, now)
 
 
 def owned(s: Session, owner: str, cid: str, *, lock: bool = False) -> Cluster:
@@ -280,7 +221,7 @@ def _tick_one(c: Coordinator, s: Session, *, cid: str, now: float) -> int:
         return 0
     if not cl.leases:  # still being placed (or create failed mid-way)
         if now > cl.form_by:
-            _end(c, s, cl, NOT_FORMED, "placement did not finish", EndReason.OWNER_ENDED)
+            _end(c, s, cl, "not formed", "placement did not finish", EndReason.OWNER_ENDED)
             return 1
         return 0
     rows = {x.id: x for x in s.scalars(select(Lease).where(Lease.id.in_(cl.leases)))}
@@ -301,7 +242,7 @@ def _step(c: Coordinator, s: Session, cl: Cluster, rows: dict[str, Lease], now: 
                    f"({rows[ended[0]].end_reason if ended[0] in rows else 'gone'})"
                    if ended else f"not every member started within "
                                  f"{cl.form_by - cl.created_at:.0f} s")
-            _end(c, s, cl, NOT_FORMED, why, EndReason.OWNER_ENDED)
+            _end(c, s, cl, "not formed", why, EndReason.OWNER_ENDED)
             return 1
         return 0
     head = cl.leases[0]

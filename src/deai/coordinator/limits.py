@@ -40,6 +40,7 @@ from collections.abc import MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
+import anyio
 from fastapi import FastAPI
 from starlette.exceptions import WebSocketException
 from starlette.requests import HTTPConnection
@@ -49,6 +50,7 @@ from deai.core import batch
 from deai.core.errors import InvalidInput
 
 MAX_JSON_DEPTH = 64
+OFF_LOOP = 256 * 1024  # bytes of a JSON body past which it is checked off the event loop
 DEFAULT_RATE_PER_KEY = "500/1000"
 DEFAULT_RATE_PER_IP = "2000/4000"
 MAX_BUCKETS = 100_000
@@ -129,7 +131,13 @@ def json_problem(data: bytes, limit: int = MAX_JSON_DEPTH) -> Problem | None:
         return None
     if deep and batch.depth(value) > limit:
         return Problem("body", f"body: JSON nested more than {limit} levels")
-    return _lone_surrogate(value) if odd else None
+    if not odd:
+        return None
+    try:  # the common case (an emoji written as a pair of escapes): one pass in C
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+        return None
+    except UnicodeEncodeError:
+        return _lone_surrogate(value)  # only now walk the value, to name the field
 
 
 def _error(status: int, code: str, message: str, field: str | None = None,
@@ -197,8 +205,13 @@ class BodyLimit:
                 break
         body = b"".join(chunks)
         ctype = (_header(scope, b"content-type") or b"").split(b";")[0].strip().lower()
-        problem = (json_problem(body, self.max_depth)
-                   if body and (not ctype or ctype.endswith(b"json")) else None)
+        problem = None
+        if body and (not ctype or ctype.endswith(b"json")):
+            # A large body is parsed off the event loop: a 64 MiB one takes seconds, and
+            # every other request (a heartbeat, /health) would wait behind it.
+            problem = (json_problem(body, self.max_depth) if len(body) < OFF_LOOP
+                       else await anyio.to_thread.run_sync(json_problem, body,
+                                                           self.max_depth))
         if problem is not None:
             await _refuse_text(send, problem, v1)
             return

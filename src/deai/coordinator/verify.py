@@ -142,20 +142,26 @@ def _inherited(s: Session, task: Task, subject: Assignment, wrong: list[tuple[in
     subject's own: the earlier attempts the subject resumed from, and the first step
     of the task's chain to void (the first checkpoint any of their providers recorded
     for the task: nothing a caught provider recorded is built on again). None when
-    the subject is to blame (a wrong checkpoint of its own, or of its provider's)."""
+    the subject is to blame (a wrong checkpoint of its own, or of its provider's).
+
+    A checkpoint is inherited only when the claim's chain hash there is the recorded
+    one, which commits to every checkpoint before it: a resumer that swapped an earlier
+    recorded digest for junk (so that an honest checker, replaying from the junk, could
+    not reach the next recorded checkpoint) framed its honest recorder otherwise. One
+    provider is blamed once, however many of its leases recorded the chain."""
     if not wrong:
         return None
     recorded = {cp.step: cp for cp in checkpoints.chain_of(s, task.id)}
     recorders: dict[str, Assignment] = {}
-    for step, digest in wrong:
+    for step, chain_hash in wrong:
         cp = recorded.get(step)
-        if cp is None or cp.digest != digest or cp.assignment_id == subject.id:
+        if cp is None or cp.chain_hash != chain_hash or cp.assignment_id == subject.id:
             return None
         a = s.get(Assignment, cp.assignment_id)
         if a is None or a.provider_id == subject.provider_id:
             return None
-        recorders[a.id] = a
-    providers = {a.provider_id for a in recorders.values()}
+        recorders.setdefault(a.provider_id, a)
+    providers = set(recorders)
     first = min(cp.step for cp in recorded.values() if cp.provider_id in providers)
     return list(recorders.values()), first
 
@@ -200,28 +206,34 @@ def _on_audit(c: Coordinator, s: Session, a: Assignment, task: Task, job: Job, k
         agreed = [x for x in agreed if x not in spared]
         wrong = kind.wrong_checkpoints(stands, mine)
         if wrong:
-            # A check that replayed a few segments of the claim answers for those: it is
-            # to blame if it replayed the first wrong one, not for one it was not asked to
-            # (before, an honest replica was slashed with the cheat its sample missed).
+            # A check that replayed a few segments of the claim answers for those. One
+            # that replayed the first wrong checkpoint vouched for a lie: slashed. One that
+            # did not may be honest (its sample missed the cheat) or may have stamped a
+            # later segment that does not replay either, which the verifier's re-run
+            # cannot tell (past the first wrong checkpoint the claim's starts are not the
+            # true ones): it is neither slashed nor paid (its fee back, ``Forfeit``) and
+            # its other results are looked at again. Before, it was slashed: an honest
+            # replica paid for what others answered.
             first = min(step for step, _ in wrong)
-            fair = [x for x in agreed if x.input_digest is not None
-                    and first not in kind.vouched(c.blobs.get(x.output_digest or ""))]
-            spared += fair
-            agreed = [x for x in agreed if x not in fair]
+            unproven = [x for x in agreed if x.input_digest is not None
+                        and first not in kind.vouched(c.blobs.get(x.output_digest or ""))]
+            released += unproven
+            agreed = [x for x in agreed if x not in unproven]
             for x in subject:
                 blamed = (_inherited(s, task, x, wrong) if x.role == Role.PRIMARY
                           else None)
                 if blamed is not None:
                     released.append(x)
-                    recorders += [r for r in blamed[0] if r not in recorders]
+                    known = {r.provider_id for r in recorders}
+                    recorders += [r for r in blamed[0] if r.provider_id not in known]
     evidence = {"auditor": a.provider_id, "subject": [x.provider_id for x in subject],
                 "checker": [x.provider_id for x in agreed], "statistic": cmp.statistic,
                 "detail": cmp.detail, "subject_output": task.output_digest,
                 "auditor_output": a.output_digest,
                 **({"spared": [x.provider_id for x in spared]} if spared else {}),
-                **({"released": [x.provider_id for x in released],
-                    "recorders": sorted({r.provider_id for r in recorders})}
-                   if released else {})}
+                **({"released": [x.provider_id for x in released]} if released else {}),
+                **({"recorders": sorted({r.provider_id for r in recorders})}
+                   if recorders else {})}
     stood = ([party(x) for x in subject if x.role != Role.REFEREE and x not in released]
              + [party(x) for x in agreed])
     return D.on_audit(ctx(c, job, task), party(a), stood, match=cmp.match, evidence=evidence,

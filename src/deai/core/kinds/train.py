@@ -443,18 +443,19 @@ class TrainKind(Kind):
 
     def wrong_checkpoints(self, claimed: bytes, other: bytes) -> list[tuple[int, str]]:
         """The claimed checkpoints an audit replayed to another digest, or the first where a
-        re-run's chain parts from the claim's (each later one grew from it)."""
+        re-run's chain parts from the claim's (each later one grew from it), by step and
+        the claim's chain hash there (which commits to every checkpoint before it)."""
         try:
             chain = _chain(batch.safe_loads(claimed))
             out = batch.safe_loads(other)
             if isinstance(out, dict) and out.get("audit") == AUDIT_FORMAT:
                 by_end = {link.end: link for link in chain}
-                return [(x["end"], by_end[x["end"]].digest) for x in _audit_output(other)
+                return [(x["end"], by_end[x["end"]].hash) for x in _audit_output(other)
                         if x["end"] in by_end and by_end[x["end"]].digest != x["digest"]]
             i = checkpoints.first_mismatch(chain, _chain(out))
         except (InvalidInput, ValueError, TypeError, KeyError):
             return []
-        return [] if i is None else [(chain[i].end, chain[i].digest)]
+        return [] if i is None else [(chain[i].end, chain[i].hash)]
 
     def vouched(self, check_output: bytes) -> set[int]:
         """The ends of the segments an audit replayed."""

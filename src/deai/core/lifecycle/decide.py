@@ -212,6 +212,7 @@ def on_verdict(ctx: TaskCtx, fault: Fault, referee: Party, subject: Party,
 
 
 INHERITED = "resumed from a checkpoint an earlier attempt recorded wrong"
+UNPROVEN = "overturned by an audit; wrong only where others answered for it"
 
 
 def on_inherited(ctx: TaskCtx, referee: Party, subject: Party, checker: Party | None,
@@ -254,9 +255,12 @@ def on_audit(ctx: TaskCtx, audit: Party, stood: list[Party], *, match: bool,
     audited in turn, and the verifier's output replaces the result (the client keeps
     the corrected shard and pays nothing for the wrong one).
 
-    ``released``: a primary whose output was wrong only where it inherited checkpoints
-    that ``recorders`` (earlier attempts) recorded: the recorders are slashed in its
-    stead, and its earnings go back to the client, as the slashed's would.
+    ``released``: parties whose word the overturned result stood on but whom the audit
+    cannot show wrong: a primary whose output was wrong only where it inherited
+    checkpoints that ``recorders`` (earlier attempts) recorded, who are slashed in its
+    stead; a replica that replayed a few segments, none of them the first wrong one.
+    They are not slashed: their earnings on the task go back to whoever paid them, and
+    their other results in the window are looked at again.
     """
     out: list[Effect] = [MoveAssignment(audit.assignment, A.ACCEPTED), PayCheck(audit.assignment),
                          NeedCheck(None)]
@@ -268,7 +272,8 @@ def on_audit(ctx: TaskCtx, audit: Party, stood: list[Party], *, match: bool,
         out += [MoveAssignment(p.assignment, A.REJECTED), Rate(p.provider, False),
                 Slash(p.provider, None, p.role), LookBack(p.provider)]
     for p in released or []:
-        out += [MoveAssignment(p.assignment, A.REJECTED, INHERITED), Forfeit(p.provider)]
+        out += [MoveAssignment(p.assignment, A.REJECTED, UNPROVEN), Forfeit(p.provider),
+                LookBack(p.provider)]
     for p in recorders or []:
         out += [Rate(p.provider, False), Slash(p.provider, None, p.role), LookBack(p.provider)]
     return out + [Correct(audit.assignment)]
