@@ -185,9 +185,10 @@ class Kind(ABC):
 
     def wrong_checkpoints(self, claimed: bytes, other: bytes) -> list[tuple[int, str]]:
         """The checkpoints of ``claimed`` (step, the claim's chain hash there) that
-        ``other``, a check's output or a re-run of the task, shows wrong: where a claim grew from checkpoints an earlier
-        attempt recorded, whoever recorded a wrong one is to blame, not the claimant that
-        resumed from it. Empty for kinds that keep no checkpoints."""
+        ``other``, a check's output or a re-run of the task, shows wrong: where a claim
+        grew from checkpoints an earlier attempt recorded, whoever recorded a wrong one is
+        to blame, not the claimant that resumed from it. Empty for kinds that keep no
+        checkpoints."""
         return []
 
     def vouched(self, check_output: bytes) -> set[int]:
