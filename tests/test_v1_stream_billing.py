@@ -243,3 +243,39 @@ def test_a_result_with_a_lone_surrogate_is_rejected_not_a_500(net: Network, prov
     job = owner.job(a.job_id)
     assert job.status == "cancelled" and job.cost == 0 and job.refunded == job.escrow
     assert owner.balance().available == before
+
+
+def test_a_stream_whose_primary_failed_can_be_cancelled_for_a_refund(net: Network) -> None:
+    """Streamed text counts as an answer while the lease that streamed it may be paid for
+    it. Its provider failing without a result leaves the caller a fragment: the job (run
+    again for nobody) is then the owner's to cancel, refunded whole. Before, the stream
+    made it uncancellable and the caller was billed for a re-run it never saw."""
+    prov = Provider(net)
+    owner = funded(net)
+    before = owner.balance().available
+    req = {"model": CHAT, "messages": [{"role": "user", "content": "What is the capital?"}],
+           "max_tokens": 64, "stream": True}
+    got = ""
+    with httpx.Client(base_url=net.url, timeout=60, headers=_key(owner)) as h, \
+            h.stream("POST", "/v1/chat/completions", json=req) as r:
+        assert r.status_code == 200
+        end = time.time() + 60
+        leases: list[wire.AssignmentOut] = []
+        while not leases:
+            assert time.time() < end, "the request was never leased"
+            prov.c.heartbeat([])
+            leases = prov.c.poll(wait=0.5).assignments
+        a = leases[0]
+        assert prov.c.progress(a.id, [{"index": 0, "text": "Hel"}])
+        for line in r.iter_lines():
+            if line.startswith("data: {"):
+                got += json.loads(line[6:])["choices"][0]["delta"].get("content") or ""
+            if got == "Hel":
+                break  # the caller hangs up: text reached it, the job runs on
+    with pytest.raises(DeAIError) as held:  # its streamer still holds the lease
+        owner.cancel_job(a.job_id)
+    assert held.value.status == 409
+    prov.c.report_failure(a.id, "crashed")
+    job = owner.cancel_job(a.job_id)
+    assert job.status == "cancelled" and job.cost == 0
+    assert owner.balance().available == before

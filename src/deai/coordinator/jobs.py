@@ -299,10 +299,16 @@ def _answered(s: Session, job_id: str) -> bool:
     if s.scalar(select(Assignment.id).where(
             *primary, Assignment.status != AssignmentStatus.REJECTED).limit(1)) is not None:
         return True
-    streamed = s.scalar(select(Event.id).where(Event.of_subject(job_id),
-                                               Event.kind == STREAMED).limit(1))
-    return streamed is not None and s.scalar(select(Assignment.id).where(
-        *primary, Assignment.status == AssignmentStatus.REJECTED).limit(1)) is None
+    # Streamed text counts while the lease that streamed it may still be paid for it: one
+    # that failed or lapsed without a result leaves the caller a fragment, and the job
+    # (run again on another provider for nobody) may be cancelled for a refund.
+    streamers = {aid for body in s.scalars(select(Event.body).where(
+        Event.of_subject(job_id), Event.kind == STREAMED))
+        for aid in (body or {}).get("assignments", [])}
+    return bool(streamers) and s.scalar(select(Assignment.id).where(
+        Assignment.id.in_(streamers), Assignment.status.in_(
+            (AssignmentStatus.LEASED, AssignmentStatus.SUBMITTED,
+             AssignmentStatus.ACCEPTED))).limit(1)) is not None
 
 
 # --- results from providers -----------------------------------------------------------------

@@ -138,7 +138,15 @@ def mark_streamed(c: Coordinator, job_id: str) -> bool:
     owner's cancel), so hanging up, or cancelling, once the text is in hand costs what the
     text is worth. Committed before the delta is sent, so no caller holds text unrecorded.
     True, once recorded."""
-    c.db.run(lambda s: c.emit(s, jobs.STREAMED, job_id))
+    def record(s: Session) -> None:
+        # The lease that is streaming: the request counts as answered while it holds
+        # (``jobs._answered``), not after it failed without a result.
+        streaming = s.scalars(select(Assignment.id).where(
+            Assignment.job_id == job_id, Assignment.role == Role.PRIMARY,
+            Assignment.status == AssignmentStatus.LEASED)).all()
+        c.emit(s, jobs.STREAMED, job_id, assignments=list(streaming))
+
+    c.db.run(record)
     return True
 
 
