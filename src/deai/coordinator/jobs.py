@@ -475,13 +475,37 @@ def enforce_deadlines(c: Coordinator) -> int:
                                            Job.deadline_at < c.now())
                          .order_by(Job.id).with_for_update(skip_locked=True)).all()
         for job in jobs:
-            effects.apply(c, s, job, None, D.on_deadline(JobStatus(job.status)))
+            if _answered(s, job.id):
+                _accept_served(c, s, job)
+            if job.status in JOB_ACTIVE:
+                effects.apply(c, s, job, None, D.on_deadline(JobStatus(job.status)))
         return len(jobs)
 
     n = c.db.run(body)
     if n:
         c.notifier.published()
     return n
+
+
+def _accept_served(c: Coordinator, s: Session, job: Job) -> None:
+    """A /v1 request past its deadline whose served result still waits for a check nobody
+    could place: the result stands, marked unverified (``decide.on_check_abandoned``'s
+    ``accept_unverified``), and is paid like any; its look-back window still applies.
+    Before, the deadline refunded the whole escrow: the caller kept the answer free and
+    the provider who made it was never paid."""
+    for task in s.scalars(select(Task).where(Task.job_id == job.id,
+                                             Task.status == TaskStatus.VERIFYING)
+                          .order_by(Task.id).with_for_update()):
+        submitted = s.scalars(select(Assignment).where(
+            Assignment.task_id == task.id,
+            Assignment.status == AssignmentStatus.SUBMITTED)).all()
+        subject = next((a for a in submitted if a.role in SUBJECT_ROLES), None)
+        if subject is None:
+            continue
+        effects.apply(c, s, job, task, D.on_check_abandoned(
+            effects.ctx(c, job, task), Role.REPLICA, verify.party(subject),
+            [verify.party(a) for a in submitted], required=True, accept_unverified=True,
+            served=True))
 
 
 def give_up_checks(c: Coordinator) -> int:
