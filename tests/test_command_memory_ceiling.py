@@ -78,6 +78,7 @@ def test_matching_asks_for_the_memory_a_command_spec_asks_for(tmp_path: Path) ->
         return SimpleNamespace(id="j1", kind="command", model="bwrap-sandbox", max_price=100,
                                owner="o", spec=spec)
 
-    assert matching.demand(c, job({"memory_mb": 8192}), task).memory_mb == 8192  # type: ignore[arg-type]
+    # twice the spec's: an agent gives a command half its RAM (its default ceiling)
+    assert matching.demand(c, job({"memory_mb": 8192}), task).memory_mb == 16384  # type: ignore[arg-type]
     assert matching.demand(c, job({}), task).memory_mb == 256  # type: ignore[arg-type]
     assert matching.demand(c, job({"memory_mb": True}), task).memory_mb == 256  # type: ignore[arg-type]

@@ -85,6 +85,9 @@ def demand(c: Coordinator, job: Job, task: Task,
     return _Demands(c)(job, task, exclude)
 
 
+COMMAND_RAM_SHARE = 2  # a host's RAM over the most ``memory_mb`` its agent gives a command
+
+
 class _Demands:
     """``demand`` for the many tasks of a round's few jobs: what depends on the job alone
     (its model's memory, its sealed parties) and the stake each value needs are worked
@@ -104,12 +107,15 @@ class _Demands:
             # released to the job's providers, and the owner would read every row for
             # one royalty (``datasets.release`` refuses it too).
             mine = frozenset((job.owner,)) if job.spec.get("dataset_id") else frozenset()
-            # The model's memory, or what the spec asks for when more (a command's
-            # ``memory_mb``: its tmpfs mounts and processes live in the host's RAM).
+            # The model's memory, or what the spec asks for when more: a command's
+            # ``memory_mb`` (its tmpfs mounts and processes live in the host's RAM), of
+            # which an agent gives a command at most half its RAM by default
+            # (``workloads.command.memory_ceiling_mb``): a host matched on its whole RAM
+            # refused the shard every time, and the job failed after its retries.
             asked = job.spec.get("memory_mb")
             memory = max(catalog.lookup(job.model).memory_mb,
-                         asked if isinstance(asked, int) and not isinstance(asked, bool)
-                         else 0)
+                         COMMAND_RAM_SHARE * asked
+                         if isinstance(asked, int) and not isinstance(asked, bool) else 0)
             of = self.jobs[task.job_id] = (job.kind, job.model, job.max_price, memory,
                                            sealed.only(job.spec), mine)
         workload, model, max_price, memory_mb, only, mine = of
