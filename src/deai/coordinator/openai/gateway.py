@@ -150,9 +150,14 @@ def mark_streamed(c: Coordinator, job_id: str) -> bool:
     return True
 
 
-def cancel(c: Coordinator, owner: str, job_id: str) -> None:
-    with contextlib.suppress(DeAIError):  # already over: nothing left to refund
+def cancel(c: Coordinator, owner: str, job_id: str) -> bool:
+    """Cancel the request's job for a refund; False when it runs on: already over, or
+    answered (text streamed to the caller: billed, ``jobs._answered``)."""
+    try:
         jobs.cancel(c, owner, job_id)
+    except DeAIError:
+        return False
+    return True
 
 
 async def wait_output(c: Coordinator, started: Started, owner: str,
@@ -169,9 +174,13 @@ async def wait_output(c: Coordinator, started: Started, owner: str,
                 return out
             left = deadline - loop.time()
             if left <= 0 or c.notifier.closing:
-                await run_in_threadpool(cancel, c, owner, started.job_id)
-                raise ApiError(504, "no provider answered in time; the request was cancelled",
-                               "server_error", "timeout")
+                if await run_in_threadpool(cancel, c, owner, started.job_id):
+                    raise ApiError(504, "no provider answered in time; the request was "
+                                   "cancelled", "server_error", "timeout")
+                raise ApiError(504, f"no result in time; part of the answer was already "
+                               f"sent, so job {started.job_id} runs on and is billed when "
+                               "it completes (GET /api/jobs/{id}/results)", "server_error",
+                               "timeout")
             if request is not None and await request.is_disconnected():
                 await run_in_threadpool(cancel, c, owner, started.job_id)
                 raise ApiError(499, "client closed the request", "server_error")
