@@ -314,7 +314,7 @@ def test_spot_lease_gets_its_notice_and_is_preempted(net: Network, alice: Client
                               "exit 0\" TERM; touch trapped; while true; do sleep 0.1; done' "
                               ">/dev/null 2>&1 </dev/null &"]) == 0
     # its trap set before the notice can come (a SIGTERM before it would just kill it)
-    assert wait_for(lambda: leases.exec(spot, ["test", "-e", "trapped"]) == 0, 30)
+    assert wait_for(lambda: leases.exec(spot, ["test", "-e", "trapped"]) == 0, 60)
     full = leases.create(cpus=1, memory_mb=1024, hours=1, max_price_hour=1_000_000)
     assert full.provider_id == leases.show(spot).provider_id  # the only host: it preempts
     end = time.time() + 30

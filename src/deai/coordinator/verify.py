@@ -59,10 +59,10 @@ def on_result(c: Coordinator, s: Session, a: Assignment, task: Task,
         if done is not None:
             return done
     if role == Role.PRIMARY:
-        # A result resumed from another attempt's checkpoints is always checked: they
-        # were recorded unchecked, by a provider that left.
-        p = 1.0 if checkpoints.takes_checkpoints(job.kind) and resumed(s, a) else rho(
-            c, s, a, job)
+        # A result resumed from another attempt's checkpoints is always checked where
+        # results are checked at all: they were recorded unchecked, by a provider that left.
+        p = (1.0 if c.settings.verify.replicate and checkpoints.takes_checkpoints(job.kind)
+             and resumed(s, a) else rho(c, s, a, job))
         return D.on_primary(here, party(a), replicate=c.rng.random() < p, rho=p,
                             audit=_audit(c))
     kind = kinds.get(job.kind)
