@@ -310,11 +310,17 @@ def test_spot_lease_gets_its_notice_and_is_preempted(net: Network, alice: Client
     assert wait_for(lambda: preempt_file() is None, 30), "the withdrawal did not reach it"
     assert leases.show(spot).status == "active"
 
-    assert leases.exec(spot, ["sh", "-c", "setsid sh -c 'trap \"echo got-term > term.txt; "
-                              "exit 0\" TERM; touch trapped; while true; do sleep 0.1; done' "
-                              ">/dev/null 2>&1 </dev/null &"]) == 0
-    # its trap set before the notice can come (a SIGTERM before it would just kill it)
-    assert wait_for(lambda: leases.exec(spot, ["test", "-e", "trapped"]) == 0, 60)
+    # its trap set before the notice can come (a SIGTERM before it would just kill it);
+    # started again if it never shows (the full suite's loaded CI lost it twice, once
+    # the withdrawn preemptor's end had reached the host: not what this test is about)
+    for _ in range(3):
+        assert leases.exec(spot, ["sh", "-c", "setsid sh -c 'trap \"echo got-term > "
+                                  "term.txt; exit 0\" TERM; touch trapped; while true; do "
+                                  "sleep 0.1; done' >/dev/null 2>&1 </dev/null &"]) == 0
+        if wait_for(lambda: leases.exec(spot, ["test", "-e", "trapped"]) == 0, 30):
+            break
+    else:
+        raise AssertionError("the program with a SIGTERM trap never started in the lease")
     full = leases.create(cpus=1, memory_mb=1024, hours=1, max_price_hour=1_000_000)
     assert full.provider_id == leases.show(spot).provider_id  # the only host: it preempts
     end = time.time() + 30
