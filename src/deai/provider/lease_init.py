@@ -23,6 +23,9 @@ A frame on the socket is ``type (1 byte: B or T) + length (4 bytes, big-endian) 
 payload``; the agent maps B to a binary WebSocket message and T to a text one,
 one to one. Every session ends with T ``exit`` (code: the program's status,
 128+N for a signal) or T ``error`` (message), then the connection closes.
+A session that closes before its program has exited takes the program's process
+group with it (SIGKILL for pipes, SIGHUP for a PTY); what a program left running in
+the background after it exited runs on, as over ssh.
 Paths are relative to ``$HOME`` unless absolute, and are resolved in here, so a
 link made inside the lease can only point inside the lease.
 """
@@ -181,6 +184,7 @@ def run_pipes(ch: Channel, req: dict[str, Any]) -> None:
         ch.text(type="exit", code=127)
         return
     assert proc.stdin and proc.stdout and proc.stderr
+    exited = threading.Event()
 
     def pump(stream: Any, channel: int) -> None:
         while out := stream.read1(CHUNK):
@@ -202,7 +206,9 @@ def run_pipes(ch: Channel, req: dict[str, Any]) -> None:
                         os.killpg(proc.pid, int(msg["signal"]))
             except (OSError, ValueError):
                 continue
-        with contextlib.suppress(ProcessLookupError):
+        if exited.is_set():  # what it left running in the background runs on, as over ssh
+            return
+        with contextlib.suppress(ProcessLookupError):  # the client hung up mid-run
             os.killpg(proc.pid, signal.SIGKILL)
 
     pumps = [threading.Thread(target=pump, args=(proc.stdout, STDOUT), daemon=True),
@@ -211,6 +217,7 @@ def run_pipes(ch: Channel, req: dict[str, Any]) -> None:
         t.start()
     threading.Thread(target=inbound, daemon=True).start()
     code = proc.wait()
+    exited.set()  # before the client can learn it and hang up
     for t in pumps:
         t.join(5.0)
     ch.text(type="exit", code=_status(code))
