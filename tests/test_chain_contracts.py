@@ -34,6 +34,7 @@ def test_bond_unbond_waits_for_the_delay_and_stays_slashable(tc: LocalChain) -> 
     owner = tc.account("bonder", tokens=1_000)
     other = tc.account("stranger", tokens=10)
     c.send(owner, c.token.functions.approve(c.dep.vault, 1_000))
+    c.send(tc.settler, c.vault.functions.assign(PROVIDER, owner.address))
     c.send(owner, c.vault.functions.bond(PROVIDER, 600))
     assert c.vault.functions.stake(PROVIDER).call() == 600
     with pytest.raises(ChainError, match="only the stake's owner"):
@@ -58,12 +59,37 @@ def test_bond_unbond_waits_for_the_delay_and_stays_slashable(tc: LocalChain) -> 
         c.send(owner, c.vault.functions.withdraw_unbonded(PROVIDER))
 
 
+def test_only_the_settlement_key_gives_an_id_its_owner(tc: LocalChain) -> None:
+    """Before, the first ``bond`` to an id made its caller the owner: anyone could claim a
+    provider's id before the coordinator mirrored its first bond, and every mirror of
+    that provider then reverted ("stake belongs to another address")."""
+    c = tc.chain
+    pid, ref = bytes.fromhex("9a" * 32), keccak(b"first mirrored bond")
+    squatter = tc.account("would-be squatter", tokens=10)
+    c.send(squatter, c.token.functions.approve(c.dep.vault, 10))
+    with pytest.raises(ChainError, match="the id has no owner"):
+        c.send(squatter, c.vault.functions.bond(pid, 1))
+    for who in (squatter, tc.guardian, tc.deployer):
+        with pytest.raises(ChainError, match="only the settlement key"):
+            c.send(who, c.vault.functions.assign(pid, squatter.address))
+    c.send(tc.deployer, c.token.functions.transfer(tc.settler.address, 50))
+    c.send(tc.settler, c.token.functions.approve(c.dep.vault, 50))
+    c.send(tc.settler, c.vault.functions.mirror_bond(pid, 50, ref))
+    assert (c.vault.functions.owner(pid).call(), c.vault.functions.stake(pid).call()) == (
+        tc.settler.address, 50)
+    with pytest.raises(ChainError, match="stake belongs to another address"):
+        c.send(squatter, c.vault.functions.bond(pid, 1))
+    with pytest.raises(ChainError, match="the id already has an owner"):
+        c.send(tc.settler, c.vault.functions.assign(pid, squatter.address))
+
+
 def test_slash_only_by_the_settlement_key_once_per_evidence(tc: LocalChain) -> None:
     c = tc.chain
     pid = bytes.fromhex("ef" * 32)
     owner = tc.account("slashed", tokens=500)
     reporter = tc.account("reporter")
     c.send(owner, c.token.functions.approve(c.dep.vault, 500))
+    c.send(tc.settler, c.vault.functions.assign(pid, owner.address))
     c.send(owner, c.vault.functions.bond(pid, 500))
     for who in (owner, reporter, tc.guardian, tc.deployer):
         with pytest.raises(ChainError, match="only the settlement key"):

@@ -8,6 +8,10 @@
         bounty goes to the reporter, the rest to the treasury.
         The settlement key also mirrors the journal's bonds and unbonds
         (`mirror_*`, each applied once per journal entry hash `ref`).
+        An id's owner is set by the settlement key only: its first mirrored bond, or
+        `assign` (a provider bonding natively from an address of its own). An open
+        first `bond` let anyone claim a provider's id before its first mirror, after
+        which every mirror of that provider reverted.
 """
 from ethereum.ercs import IERC20
 
@@ -27,6 +31,10 @@ event Unbonded:
     provider: indexed(bytes32)
     owner: address
     amount: uint256
+
+event Assigned:
+    provider: indexed(bytes32)
+    owner: address
 
 event Slashed:
     provider: indexed(bytes32)
@@ -88,7 +96,18 @@ def _request_unbond(provider: bytes32, amount: uint256, ref: bytes32):
 
 @external
 def bond(provider: bytes32, amount: uint256):
+    assert self.owner[provider] != empty(address), "the id has no owner: the settlement key assigns it"
     self._bond(provider, amount, empty(bytes32))
+
+
+@external
+def assign(provider: bytes32, owner: address):
+    assert msg.sender == self.settler, "only the settlement key"
+    assert provider != empty(bytes32), "provider must be set"
+    assert owner != empty(address), "owner must be set"
+    assert self.owner[provider] == empty(address), "the id already has an owner"
+    self.owner[provider] = owner
+    log Assigned(provider=provider, owner=owner)
 
 
 @external
