@@ -4,16 +4,22 @@
 stopped at the end of the session. ``pg_url`` is the session's ``deai_test``
 database; ``module_pg_url`` and ``fresh_pg_url`` create a new, empty database for
 each module or test, ``fresh_url`` one on each engine in turn. Without the server
-binaries these fixtures fail, they do not skip.
+binaries these fixtures fail, they do not skip. ``devnet_app`` is an in-process
+coordinator's app on each engine in turn.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from tests.pg import PgServer, PgUnavailable
+
+if TYPE_CHECKING:
+    from fastapi.testclient import TestClient
 
 
 @pytest.fixture(scope="session")
@@ -57,6 +63,21 @@ def fresh_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathF
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path_factory.mktemp('db') / 'deai.sqlite3'}"
     return str(request.getfixturevalue("fresh_pg_url"))
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def devnet_app(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[TestClient]:
+    """A devnet coordinator's app, in process, on SQLite and then on PostgreSQL (a fresh
+    database), its errors answered as they would be over HTTP (500), not raised."""
+    from fastapi.testclient import TestClient  # the app's imports: only where it is used
+
+    from deai.coordinator.app import create_app
+    from deai.coordinator.settings import Settings
+
+    url = "" if request.param == "sqlite" else request.getfixturevalue("fresh_pg_url")
+    with TestClient(create_app(Settings(data_dir=tmp_path, database_url=url, devnet=True)),
+                    raise_server_exceptions=False) as tc:
+        yield tc
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

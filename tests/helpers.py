@@ -7,18 +7,24 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import hashlib
 import json
 import signal
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import TypeVar
 
+import httpx
 import numpy as np
+from sqlalchemy.orm import Session
 
 from deai.client import keys
 from deai.client.audit import client_audit
 from deai.client.keys import Identity
 from deai.client.sdk import Client
+from deai.coordinator import admission
 from deai.coordinator.service import Coordinator
 from deai.coordinator.settings import Settings
 from deai.core import auth, ledger, wire
@@ -31,6 +37,9 @@ ROOT = Path(__file__).resolve().parents[1]
 MODEL = "all-MiniLM-L6-v2"
 SPEC = {"kind": "embeddings", "model": MODEL, "max_price": 2000, "deadline": 600,
         "shard_size": 2}
+CHAT = "SmolLM2-135M-Instruct"
+
+T = TypeVar("T")
 
 
 def lines(n: int, start: int = 0) -> bytes:
@@ -44,14 +53,17 @@ class HandProvider:
 
     def __init__(self, net: Network, price: int = 1000, memory_mb: int = 4096,
                  stake: int = 10_000_000, *, ident: Identity | None = None,
-                 slots: int = 1, offer: tuple[str, str] = ("embeddings", MODEL)) -> None:
+                 slots: int = 1, offer: tuple[str, str] = ("embeddings", MODEL),
+                 extra_offers: Sequence[tuple[str, str]] = ()) -> None:
+        """``offer`` (and any ``extra_offers``, a (workload, model) each), all at ``price``."""
         self.ident = ident or Identity.generate()
         self.c = Client(net.url, self.ident)
         self.c.faucet(50_000_000)
         self.c.register(wire.RegisterIn(
             hardware=wire.Hardware(cpu_model="test cpu", cores=2, memory_mb=memory_mb),
             benchmark=wire.Benchmark(gflops=50.0, mem_gbps=10.0), threads=1, slots=slots,
-            offers=[wire.OfferIn(workload=offer[0], model=offer[1], price=price)]))
+            offers=[wire.OfferIn(workload=w, model=m, price=price)
+                    for w, m in (offer, *extra_offers)]))
         if stake:
             self.c.bond(stake)
 
@@ -66,6 +78,15 @@ class HandProvider:
             self.c.heartbeat([])
         return self.c.poll(wait=wait).assignments
 
+    def take_one(self, within: float = 120.0) -> wire.AssignmentOut:
+        """The first lease offered within ``within`` seconds (the request the test sent)."""
+        end = time.time() + within
+        while True:
+            assert time.time() < end, "the request never reached the provider"
+            got = self.take(wait=1.0)
+            if got:
+                return got[0]
+
     def answer(self, a: wire.AssignmentOut, dims: int = 384) -> wire.ResultOut:
         # Inline when small, as the agent reads it: a download needs a live lease.
         raw = (base64.b64decode(a.input_b64) if a.input_b64 is not None
@@ -79,9 +100,103 @@ class HandProvider:
         return self.c.submit_result(a.id, wire.ResultIn(output_digest=digest, units=a.units,
                                                         signature=sig))
 
+    def record_chat(self, a: wire.AssignmentOut, lines: list[bytes]) -> wire.ResultOut:
+        """Submit, inline, ``lines`` as the result of the chat lease ``a``: one line per
+        choice, ``%(cid)s`` standing for the request's custom_id (see ``chat_line``)."""
+        shard = base64.b64decode(a.input_b64 or "").splitlines()
+        cids = [json.loads(x)["custom_id"].encode() for x in shard]
+        assert len(cids) == len(lines)
+        out = b"".join(line.replace(b"%(cid)s", cid) + b"\n"
+                       for line, cid in zip(lines, cids, strict=True))
+        units = 20 * len(lines) + len(lines)
+        digest = hashlib.sha256(out).hexdigest()
+        return self.c.submit_result(a.id, wire.ResultIn(
+            output_digest=digest, units=units, output_b64=base64.b64encode(out).decode(),
+            signature=self.ident.sign(auth.result_message(a.id, digest, units))))
+
     def quit(self) -> None:
         """Go silent: stop heartbeating so the coordinator takes the leases back."""
         self.c.close()
+
+
+def chat_line(text: str) -> bytes:
+    """An honest-looking chat output line for ``HandProvider.record_chat``: ``text`` in one
+    token, after a 20-token prompt."""
+    return json.dumps({"custom_id": "%(cid)s", "token_ids": [19556], "text": text,
+                       "finish_reason": "stop", "prompt_tokens": 20,
+                       "completion_tokens": 1}).encode()
+
+
+def running(net: Network) -> Iterator[Network]:
+    """``net`` with its coordinator started, closed afterwards: for a fixture to yield from."""
+    net.start_coordinator()
+    try:
+        yield net
+    finally:
+        net.close()
+
+
+def api_key(owner: Client, name: str) -> str:
+    """The secret of a new API key of ``owner``'s."""
+    key = owner.create_api_key(name).key
+    assert key is not None
+    return key
+
+
+def in_background(fn: Callable[[], T]) -> Callable[[float], T]:
+    """Start ``fn`` in a thread now; the function returned waits up to its argument in
+    seconds for ``fn`` to finish, and gives what it returned."""
+    got: list[T] = []
+    thread = threading.Thread(target=lambda: got.append(fn()))
+    thread.start()
+
+    def result(join_s: float) -> T:
+        thread.join(join_s)
+        assert got, "the call never returned (still running, or it raised)"
+        return got[0]
+    return result
+
+
+def served_embedding(net: Network, hand: HandProvider, key: str
+                     ) -> tuple[wire.AssignmentOut, wire.ResultOut, httpx.Response]:
+    """A /v1 embeddings request under ``key``, its caller in a thread: the lease ``hand``
+    took for it (within a minute), ``hand``'s answer to it, and the caller's response,
+    served (200, one vector of 384)."""
+    response = in_background(lambda: httpx.post(
+        f"{net.url}/v1/embeddings", json={"model": MODEL, "input": "hi"},
+        headers={"authorization": f"Bearer {key}"}, timeout=120))
+    lease = hand.take_one(within=60)
+    result = hand.answer(lease)
+    r = response(60)
+    assert r.status_code == 200 and len(r.json()["data"][0]["embedding"]) == 384
+    return lease, result, r
+
+
+@contextlib.contextmanager
+def chat_stream(net: Network, hand: HandProvider, key: str, max_tokens: int, *,
+                content: str = "Say hello", n: int | None = None
+                ) -> Iterator[tuple[httpx.Response, wire.AssignmentOut]]:
+    """A streamed chat request (one user message, ``content``; ``n`` choices if given)
+    under ``key``, open, and the lease ``hand`` took for it."""
+    req = {"model": CHAT, "messages": [{"role": "user", "content": content}],
+           "max_tokens": max_tokens, "stream": True, **({} if n is None else {"n": n})}
+    with httpx.Client(base_url=net.url, timeout=60,
+                      headers={"Authorization": f"Bearer {key}"}) as h, \
+            h.stream("POST", "/v1/chat/completions", json=req) as r:
+        assert r.status_code == 200
+        yield r, hand.take_one(within=120)
+
+
+def admit_one(c: Coordinator, s: Session, *, owner: str, digest: str, price: int,
+              escrow: int, key: admission.KeyUse | None) -> str:
+    """In ``s``, the escrowing transaction of a one-task embeddings request of ``owner``'s
+    (input ``digest``, spent through ``key`` if given): the new job's id."""
+    job, _ = admission.create(
+        c, s, owner=owner, kind="embeddings", model=MODEL,
+        spec={"kind": "embeddings", "model": MODEL, "max_price": price},
+        input_digest=digest, max_price=price, shards=[admission.ShardIn(digest, 1, 1)],
+        escrow=escrow, deadline=3600.0, key=key)
+    return job.id
 
 
 def audit_ok(c: Client) -> ledger.AuditReport:

@@ -25,7 +25,6 @@ import pytest
 from sqlalchemy import Connection, create_engine, func, select, text
 from sqlalchemy.orm import Session
 
-from deai.client.keys import Identity
 from deai.client.sdk import Client
 from deai.coordinator import admission, idempotency
 from deai.coordinator.openai import keys
@@ -33,7 +32,7 @@ from deai.coordinator.service import Coordinator
 from deai.core import batch, ledger, wire
 from deai.core.errors import InsufficientFunds
 from deai.store.models import Job
-from tests.helpers import MODEL, SPEC, HandProvider, audit_ok, lines
+from tests.helpers import MODEL, SPEC, HandProvider, admit_one, audit_ok, funded, lines
 from tests.netutil import Network
 from tests.races import ENGINES, coordinator
 
@@ -59,14 +58,11 @@ def submitter(c: Coordinator, key: admission.KeyUse | None) -> Create:
 
     def create(hook: idempotency.Hook | None) -> str:
         def tx(s: Session) -> str:
-            job, _ = admission.create(
-                c, s, owner=OWNER, kind="embeddings", model=MODEL,
-                spec={"kind": "embeddings", "model": MODEL, "max_price": PRICE},
-                input_digest=digest, max_price=PRICE, shards=[admission.ShardIn(digest, 1, 1)],
-                escrow=ESCROW, deadline=3600.0, key=key)
+            job_id = admit_one(c, s, owner=OWNER, digest=digest, price=PRICE, escrow=ESCROW,
+                               key=key)
             if hook is not None:
-                hook(s, job.id)
-            return job.id
+                hook(s, job_id)
+            return job_id
         return c.db.run(tx)
     return create
 
@@ -188,6 +184,22 @@ def held_key_race(net: Network, key_id: str, send: Callable[[], httpx.Response]
         engine.dispose()
 
 
+def capped_key(c: Client, name: str, escrow: int) -> tuple[str, str]:
+    """A new key of ``c``'s capped at ``escrow``: its id and its secret."""
+    key = c.create_api_key(name, spend_cap=escrow)
+    assert key.key is not None
+    return key.id, key.key
+
+
+def spent_once(c: Client, key_id: str, before: int, escrow: int) -> None:
+    """``c`` paid one ``escrow`` since its balance was ``before``, all of it through the key
+    ``key_id``; the books hold."""
+    assert before - c.balance().available == escrow
+    [k] = [k for k in c.api_keys() if k.id == key_id]
+    assert k.spent == escrow
+    audit_ok(c)
+
+
 def waiting(conn: Connection) -> int:
     """Coordinator transactions waiting for a lock on ``api_keys`` (the test's own holds
     it and waits for nothing). PostgreSQL keeps one snapshot of the activity for a
@@ -201,38 +213,30 @@ def waiting(conn: Connection) -> int:
 @pytest.mark.postgres
 def test_job_twins_through_a_capped_key_get_one_job(net: Network) -> None:
     """POST /api/jobs with a bearer key capped at one job's escrow."""
-    me = Identity.generate()
-    c = Client(net.url, me)
-    c.faucet(100_000_000)
+    c = funded(net)
     body = json.dumps({"spec": SPEC, "input_digest": c.upload(lines(4)).digest})
     escrow = c.submit_job(SPEC, c.upload(lines(4)).digest).escrow
     before = c.balance().available
-    key = c.create_api_key("one job", spend_cap=escrow)
-    assert key.key is not None
+    key_id, secret = capped_key(c, "one job", escrow)
 
     def send() -> httpx.Response:
         return httpx.post(f"{net.url}/api/jobs", content=body, timeout=120,
-                          headers={"authorization": f"Bearer {key.key}",
+                          headers={"authorization": f"Bearer {secret}",
                                    "content-type": "application/json",
                                    "Idempotency-Key": "cap-twin"})
 
-    got = held_key_race(net, key.id, send)
+    got = held_key_race(net, key_id, send)
     assert [r.status_code for r in got] == [201] * TWINS, [r.text[:200] for r in got]
     assert len({r.json()["id"] for r in got}) == 1
     assert sorted(r.headers.get("idempotent-replayed", "") for r in got) == \
         [""] + ["true"] * (TWINS - 1)
-    assert before - c.balance().available == escrow
-    [k] = [k for k in c.api_keys() if k.id == key.id]
-    assert k.spent == escrow
-    audit_ok(c)
+    spent_once(c, key_id, before, escrow)
 
 
 @pytest.mark.postgres
 def test_batch_twins_through_a_capped_key_get_one_batch(net: Network) -> None:
     """POST /v1/batches with a key capped at one batch's escrow."""
-    me = Identity.generate()
-    c = Client(net.url, me)
-    c.faucet(100_000_000)
+    c = funded(net)
     line = {"custom_id": "r0", "method": "POST", "url": "/v1/embeddings",
             "body": {"model": MODEL, "input": "one short sentence"}}
     probe = c.create_api_key("probe").key
@@ -249,19 +253,15 @@ def test_batch_twins_through_a_capped_key_get_one_batch(net: Network) -> None:
     [job] = c.jobs()
     escrow = job.escrow
     before = c.balance().available
-    key = c.create_api_key("one batch", spend_cap=escrow)
-    assert key.key is not None
+    key_id, secret = capped_key(c, "one batch", escrow)
 
     def send() -> httpx.Response:
         return httpx.post(f"{net.url}/v1/batches", json=req, timeout=120,
-                          headers={"Authorization": f"Bearer {key.key}",
+                          headers={"Authorization": f"Bearer {secret}",
                                    "Idempotency-Key": "batch-twin"})
 
-    got = held_key_race(net, key.id, send)
+    got = held_key_race(net, key_id, send)
     assert [r.status_code for r in got] == [200] * TWINS, [r.text[:200] for r in got]
     assert len({r.json()["id"] for r in got}) == 1
-    assert before - c.balance().available == escrow
-    [k] = [k for k in c.api_keys() if k.id == key.id]
-    assert k.spent == escrow
-    audit_ok(c)
+    spent_once(c, key_id, before, escrow)
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -25,19 +24,15 @@ import pytest
 from fastapi.responses import JSONResponse
 from fastapi.testclient import TestClient
 
-from deai.coordinator.app import create_app
+from deai.client.sdk import Client
 from deai.coordinator.limits import json_problem
 from deai.coordinator.openai import compat
 from deai.coordinator.openai import schemas as S
 from deai.coordinator.openai.errors import ApiError
-from deai.coordinator.settings import Settings
 from deai.core.errors import InvalidInput
 from deai.core.kinds.chat import URL, ChatKind, check_output
-from tests.helpers import MODEL, HandProvider, funded
+from tests.helpers import CHAT, MODEL, HandProvider, api_key, funded
 from tests.netutil import Network
-
-CHAT = "SmolLM2-135M-Instruct"
-
 
 # --- the body check, alone ----------------------------------------------------------------
 
@@ -121,14 +116,7 @@ def test_provider_output_that_is_not_text_is_refused() -> None:
 
 
 # --- NUL in a URL, on both databases (PostgreSQL refuses a NUL in text) --------------------
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def app(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[TestClient]:
-    url = "" if request.param == "sqlite" else request.getfixturevalue("fresh_pg_url")
-    with TestClient(create_app(Settings(data_dir=tmp_path, database_url=url, devnet=True)),
-                    raise_server_exceptions=False) as tc:
-        yield tc
-
+# (``devnet_app``, from conftest: the app in process, on SQLite and then on PostgreSQL)
 
 @pytest.mark.parametrize(("method", "path", "field"), [
     ("GET", "/api/volumes/a%00b", "ref"), ("DELETE", "/api/volumes/a%00b", "ref"),
@@ -139,16 +127,16 @@ def app(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[TestClient]:
     ("GET", "/api/ledger/balances?after=a%00b", "after"),
     ("GET", "/api/accounts/a%00b", "account"),
 ])
-def test_a_nul_in_a_url_is_a_422_naming_it(app: TestClient, method: str, path: str,
+def test_a_nul_in_a_url_is_a_422_naming_it(devnet_app: TestClient, method: str, path: str,
                                            field: str) -> None:
-    r = app.request(method, path, content=b"{}" if method == "POST" else None,
-                    headers={"content-type": "application/json"})
+    r = devnet_app.request(method, path, content=b"{}" if method == "POST" else None,
+                           headers={"content-type": "application/json"})
     assert r.status_code == 422, (r.status_code, r.text)
     assert r.json()["error"]["field"] == field, r.text
 
 
-def test_a_nul_in_a_v1_url_is_a_400_naming_it(app: TestClient) -> None:
-    r = app.get("/v1/files/file-a%00b", headers={"authorization": "Bearer sk-deai-x"})
+def test_a_nul_in_a_v1_url_is_a_400_naming_it(devnet_app: TestClient) -> None:
+    r = devnet_app.get("/v1/files/file-a%00b", headers={"authorization": "Bearer sk-deai-x"})
     assert r.status_code == 400, r.text
     assert r.json()["error"]["param"] == "file_id", r.text
 
@@ -169,19 +157,25 @@ def _raw(net: Network, path: str, key: str, body: str) -> httpx.Response:
                                "content-type": "application/json"})
 
 
-def test_batch_metadata_with_a_lone_surrogate_commits_nothing(net: Network) -> None:
-    hand = HandProvider(net)
-    hand.c.heartbeat([])
+def _batch_file(net: Network, offer: tuple[str, str], url: str, body: dict[str, Any]
+                ) -> tuple[Client, str, str]:
+    """A provider of ``offer`` online; a funded owner, a key of its, and the id of the
+    batch input file it uploaded: one request, ``body`` to ``url``."""
+    HandProvider(net, offer=offer).c.heartbeat([])
     owner = funded(net)
-    key = owner.create_api_key("m").key
-    assert key is not None
-    h = {"authorization": f"Bearer {key}"}
-    line = json.dumps({"custom_id": "a", "method": "POST", "url": "/v1/embeddings",
-                       "body": {"model": MODEL, "input": "hi"}}) + "\n"
-    f = httpx.post(net.url + "/v1/files", headers=h, data={"purpose": "batch"},
-                   files={"file": ("in.jsonl", line.encode())}, timeout=60)
+    key = api_key(owner, "b")
+    line = json.dumps({"custom_id": "a", "method": "POST", "url": url, "body": body}) + "\n"
+    f = httpx.post(net.url + "/v1/files", headers={"authorization": f"Bearer {key}"},
+                   data={"purpose": "batch"}, files={"file": ("in.jsonl", line.encode())},
+                   timeout=60)
     assert f.status_code == 200, f.text
-    fid = f.json()["id"]
+    return owner, key, f.json()["id"]
+
+
+def test_batch_metadata_with_a_lone_surrogate_commits_nothing(net: Network) -> None:
+    owner, key, fid = _batch_file(net, ("embeddings", MODEL), "/v1/embeddings",
+                                  {"model": MODEL, "input": "hi"})
+    h = {"authorization": f"Bearer {key}"}
     before = owner.balance().available
     # json.dumps writes the lone surrogate as the escape "\\ud800" (ensure_ascii)
     r = _raw(net, "/v1/batches", key, json.dumps({"input_file_id": fid,
@@ -214,9 +208,7 @@ def test_batch_metadata_with_a_lone_surrogate_commits_nothing(net: Network) -> N
 ])
 def test_a_chat_message_with_a_lone_surrogate_is_a_400(net: Network, body: str,
                                                        param: str) -> None:
-    owner = funded(net)
-    key = owner.create_api_key("s").key
-    assert key is not None
+    key = api_key(funded(net), "s")
     r = _raw(net, "/v1/chat/completions", key, body)
     assert r.status_code == 400, r.text
     assert r.json()["error"]["param"] == param, r.text
@@ -230,19 +222,10 @@ def test_a_native_body_with_a_lone_surrogate_is_a_422(net: Network) -> None:
 
 
 def test_a_batch_file_with_a_lone_surrogate_is_a_400(net: Network) -> None:
-    prov = HandProvider(net, offer=("chat", CHAT))
-    prov.c.heartbeat([])
-    owner = funded(net)
-    key = owner.create_api_key("b").key
-    assert key is not None
-    h = {"authorization": f"Bearer {key}"}
-    line = json.dumps({"custom_id": "a", "method": "POST", "url": "/v1/chat/completions",
-                       "body": {"model": CHAT, "messages": [{"role": "user",
-                                                              "content": "x\ud800"}]}}) + "\n"
-    f = httpx.post(net.url + "/v1/files", headers=h, data={"purpose": "batch"},
-                   files={"file": ("in.jsonl", line.encode())}, timeout=60)
-    assert f.status_code == 200, f.text
-    r = httpx.post(net.url + "/v1/batches", headers=h, timeout=60,
-                   json={"input_file_id": f.json()["id"], "endpoint": "/v1/chat/completions"})
+    _, key, fid = _batch_file(net, ("chat", CHAT), "/v1/chat/completions",
+                              {"model": CHAT, "messages": [{"role": "user",
+                                                            "content": "x\ud800"}]})
+    r = httpx.post(net.url + "/v1/batches", headers={"authorization": f"Bearer {key}"},
+                   timeout=60, json={"input_file_id": fid, "endpoint": "/v1/chat/completions"})
     assert r.status_code == 400, r.text
     assert "surrogate" in r.json()["error"]["message"], r.text

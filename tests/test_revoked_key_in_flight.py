@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
-from sqlalchemy.orm import Session
 
 from deai.coordinator import admission
 from deai.coordinator.openai import keys
@@ -21,7 +20,7 @@ from deai.coordinator.service import Coordinator
 from deai.core import ledger, wire
 from deai.core.errors import AuthError
 from deai.store.models import ApiKeyJob, Job
-from tests.helpers import MODEL
+from tests.helpers import admit_one
 from tests.races import ENGINES, coordinator
 
 OWNER = "cd" * 32
@@ -37,15 +36,8 @@ def c(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Coordinator]:
 def spend(c: Coordinator, key: admission.KeyUse) -> str:
     """The escrowing transaction of a request spent through ``key``."""
     digest = c.blobs.put(b'{"custom_id": "r0", "input": ["hello"]}\n')
-
-    def tx(s: Session) -> str:
-        job, _ = admission.create(
-            c, s, owner=OWNER, kind="embeddings", model=MODEL,
-            spec={"kind": "embeddings", "model": MODEL, "max_price": PRICE},
-            input_digest=digest, max_price=PRICE, shards=[admission.ShardIn(digest, 1, 1)],
-            escrow=ESCROW, deadline=3600.0, key=key)
-        return job.id
-    return c.db.run(tx)
+    return c.db.run(lambda s: admit_one(c, s, owner=OWNER, digest=digest, price=PRICE,
+                                        escrow=ESCROW, key=key))
 
 
 def money_and_jobs(c: Coordinator) -> tuple[int, int, int]:

@@ -14,16 +14,13 @@ served result keeps waiting for its check, and the cancel is refused (409).
 from __future__ import annotations
 
 import sqlite3
-import threading
 import time
 from collections.abc import Iterator
-from typing import Any
 
-import httpx
 import pytest
 
 from deai.core.errors import DeAIError
-from tests.helpers import MODEL, HandProvider, funded
+from tests.helpers import HandProvider, api_key, funded, served_embedding
 from tests.netutil import Network
 
 
@@ -39,27 +36,10 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Network]:
 def test_an_answer_whose_check_was_abandoned_cannot_be_cancelled(net: Network) -> None:
     hand = HandProvider(net)  # the only provider of the model: no replica can be placed
     owner = funded(net)
-    key = owner.create_api_key("k").key
-    assert key is not None
-    got: dict[str, Any] = {}
-
-    def call() -> None:
-        got["r"] = httpx.post(f"{net.url}/v1/embeddings", json={"model": MODEL, "input": "hi"},
-                              headers={"authorization": f"Bearer {key}"}, timeout=120)
-
-    caller = threading.Thread(target=call)
-    caller.start()
-    end = time.time() + 60
-    leases = []
-    while not leases:
-        assert time.time() < end, "the request was never leased"
-        leases = hand.take(wait=1.0)
-    assert hand.answer(leases[0]).status == "submitted"  # held for its replica
-    caller.join(60)
-    r = got["r"]
-    assert r.status_code == 200 and len(r.json()["data"][0]["embedding"]) == 384
+    lease, result, r = served_embedding(net, hand, api_key(owner, "k"))
+    assert result.status == "submitted"  # held for its replica
     job_id = r.headers["x-deai-job"]
-    assert job_id == leases[0].job_id
+    assert job_id == lease.job_id
     with pytest.raises(DeAIError) as held:  # answered, its check pending: not cancellable
         owner.cancel_job(job_id)
     assert held.value.status == 409

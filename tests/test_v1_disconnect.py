@@ -12,33 +12,37 @@ is accepted and billed like any answer (``jobs._answered``).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import socket
 import time
 from collections.abc import Iterator
+from typing import Any
 from urllib.parse import urlsplit
 
-import httpx
 import pytest
 
-from deai.client.keys import Identity
 from deai.client.sdk import Client
 from deai.core import auth, wire
 from deai.core.errors import DeAIError
-from tests.helpers import MODEL, audit_ok, funded, journal
+from tests.helpers import (
+    CHAT,
+    MODEL,
+    HandProvider,
+    api_key,
+    audit_ok,
+    chat_line,
+    chat_stream,
+    funded,
+    journal,
+    running,
+)
 from tests.netutil import Network
-
-CHAT = "SmolLM2-135M-Instruct"
 
 
 @pytest.fixture(scope="module")
 def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Network]:
-    n = Network(tmp_path_factory.mktemp("v1-hangup"), heartbeat_timeout=120.0,
-                lease_ttl=300.0, verify=False)
-    n.start_coordinator()
-    yield n
-    n.close()
+    yield from running(Network(tmp_path_factory.mktemp("v1-hangup"), heartbeat_timeout=120.0,
+                               lease_ttl=300.0, verify=False))
 
 
 @pytest.fixture(scope="module")
@@ -47,27 +51,12 @@ def hand(net: Network) -> Hand:
     return Hand(net)
 
 
-class Hand:
+class Hand(HandProvider):
     """A provider offering embeddings and chat, driven by the test."""
 
     def __init__(self, net: Network) -> None:
-        self.ident = Identity.generate()
-        self.c = Client(net.url, self.ident)
-        self.c.faucet(50_000_000)
-        self.c.register(wire.RegisterIn(
-            hardware=wire.Hardware(cpu_model="test cpu", cores=2, memory_mb=8192),
-            benchmark=wire.Benchmark(gflops=50.0, mem_gbps=10.0), threads=1, slots=4,
-            offers=[wire.OfferIn(workload="embeddings", model=MODEL, price=1000),
-                    wire.OfferIn(workload="chat", model=CHAT, price=1000)]))
-        self.c.bond(10_000_000)
-
-    def take(self, end: float) -> wire.AssignmentOut:
-        while True:
-            assert time.time() < end, "the request never reached the provider"
-            self.c.heartbeat([])
-            got = self.c.poll(wait=1.0).assignments
-            if got:
-                return got[0]
+        super().__init__(net, memory_mb=8192, slots=4, offer=("embeddings", MODEL),
+                         extra_offers=[("chat", CHAT)])
 
     def dropped(self, aid: str, end: float) -> None:
         while aid not in self.c.heartbeat([aid]).drop:
@@ -94,25 +83,10 @@ def settled(owner: Client, hand: Hand, a: wire.AssignmentOut, before: int) -> No
     audit_ok(owner)
 
 
-@contextlib.contextmanager
-def chat_stream(net: Network, hand: Hand, key: str, max_tokens: int
-                ) -> Iterator[tuple[httpx.Response, wire.AssignmentOut]]:
-    """A streamed "Say hello" chat request under ``key``, open, and the lease ``hand``
-    took for it."""
-    req = {"model": CHAT, "messages": [{"role": "user", "content": "Say hello"}],
-           "max_tokens": max_tokens, "stream": True}
-    with httpx.Client(base_url=net.url, timeout=60,
-                      headers={"Authorization": f"Bearer {key}"}) as h, \
-            h.stream("POST", "/v1/chat/completions", json=req) as r:
-        assert r.status_code == 200
-        yield r, hand.take(time.time() + 120)
-
-
 def test_a_plain_request_whose_caller_hangs_up_is_cancelled_and_free(net: Network,
                                                                       hand: Hand) -> None:
     owner = funded(net)
-    key = owner.create_api_key("hangup").key
-    assert key is not None
+    key = api_key(owner, "hangup")
     before = owner.balance().available
     body = json.dumps({"model": MODEL, "input": "a sentence nobody waits for"}).encode()
     u = urlsplit(net.url)
@@ -120,7 +94,7 @@ def test_a_plain_request_whose_caller_hangs_up_is_cancelled_and_free(net: Networ
     sock.sendall(b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
                  + key.encode() + b"\r\nContent-Type: application/json\r\nContent-Length: "
                  + str(len(body)).encode() + b"\r\n\r\n" + body)
-    a = hand.take(time.time() + 120)  # the request is running on the provider ...
+    a = hand.take_one()  # the request is running on the provider ...
     assert owner.job(a.job_id).status == "running"
     sock.close()  # ... and its caller goes away
     settled(owner, hand, a, before)
@@ -129,8 +103,7 @@ def test_a_plain_request_whose_caller_hangs_up_is_cancelled_and_free(net: Networ
 def test_a_stream_closed_before_any_text_is_cancelled_and_free(net: Network,
                                                                 hand: Hand) -> None:
     owner = funded(net)
-    key = owner.create_api_key("stream-early").key
-    assert key is not None
+    key = api_key(owner, "stream-early")
     before = owner.balance().available
     with chat_stream(net, hand, key, max_tokens=16) as (r, a):
         assert r.headers["x-deai-job"] == a.job_id
@@ -142,27 +115,11 @@ def test_a_stream_closed_before_any_text_is_cancelled_and_free(net: Network,
     settled(owner, hand, a, before)
 
 
-def _chat_result(hand: Hand, a: wire.AssignmentOut, text: str) -> wire.ResultOut:
-    """``hand``'s honest-looking result for a one-choice chat lease: ``text`` in one token."""
-    import base64
-    import hashlib
-
-    shard = json.loads(base64.b64decode(a.input_b64 or ""))
-    out = json.dumps({"custom_id": shard["custom_id"], "token_ids": [19556], "text": text,
-                      "finish_reason": "stop", "prompt_tokens": 20,
-                      "completion_tokens": 1}).encode() + b"\n"
-    digest = hashlib.sha256(out).hexdigest()
-    return hand.c.submit_result(a.id, wire.ResultIn(
-        output_digest=digest, units=21, output_b64=base64.b64encode(out).decode(),
-        signature=hand.ident.sign(auth.result_message(a.id, digest, 21))))
-
-
 def test_a_stream_closed_after_the_first_delta_is_billed(net: Network, hand: Hand) -> None:
     """Before, leaving the stream once "Hello" arrived cancelled the job and refunded it
     whole: the caller kept the text for free, and the provider was never paid."""
     owner = funded(net)
-    key = owner.create_api_key("stream-hangup").key
-    assert key is not None
+    key = api_key(owner, "stream-hangup")
     before = owner.balance().available
     with chat_stream(net, hand, key, max_tokens=16) as (r, a):
         assert r.headers["x-deai-job"] == a.job_id
@@ -182,7 +139,7 @@ def test_a_stream_closed_after_the_first_delta_is_billed(net: Network, hand: Han
     with pytest.raises(DeAIError) as refused:  # nor may its owner cancel it afterwards
         owner.cancel_job(a.job_id)
     assert refused.value.status == 409
-    assert _chat_result(hand, a, "Hello there").status == "accepted"
+    assert hand.record_chat(a, [chat_line("Hello there")]).status == "accepted"
     end = time.time() + 120
     while (job := owner.job(a.job_id)).status != "completed":
         assert time.time() < end, job
@@ -199,15 +156,9 @@ def test_a_stream_that_is_not_the_recorded_result_ends_in_an_error(net: Network,
     record. Text it streamed that the record does not start with cannot be taken back:
     before, the stream simply ended, and the caller kept the injected text as the
     answer. Now the stream ends in a ``stream_diverged`` error instead of ``[DONE]``."""
-    import base64
-    import hashlib
-
     owner = funded(net)
-    key = owner.create_api_key("diverged").key
-    assert key is not None
-    with chat_stream(net, hand, key, max_tokens=8) as (r, a):
-        shard = json.loads(base64.b64decode(a.input_b64 or ""))
-        events: list[dict] = []
+    with chat_stream(net, hand, api_key(owner, "diverged"), max_tokens=8) as (r, a):
+        events: list[dict[str, Any]] = []
         for line in r.iter_lines():
             if not line.startswith("data: "):
                 continue
@@ -221,12 +172,6 @@ def test_a_stream_that_is_not_the_recorded_result_ends_in_an_error(net: Network,
             if len(events) == 1:  # the opening chunk: inject, then record something else
                 assert hand.c.progress(a.id, [{"text": "Buy cheap pills"}])
                 time.sleep(0.5)
-                out = json.dumps({"custom_id": shard["custom_id"], "token_ids": [19556],
-                                  "text": "Hello", "finish_reason": "stop",
-                                  "prompt_tokens": 20, "completion_tokens": 1}).encode() + b"\n"
-                digest = hashlib.sha256(out).hexdigest()
-                hand.c.submit_result(a.id, wire.ResultIn(
-                    output_digest=digest, units=21, output_b64=base64.b64encode(out).decode(),
-                    signature=hand.ident.sign(auth.result_message(a.id, digest, 21))))
+                hand.record_chat(a, [chat_line("Hello")])
     assert events[-1].get("error", {}).get("code") == "stream_diverged", events
     assert not any(e.get("done") for e in events)

@@ -6,11 +6,8 @@ bytes left in the store when it is refused (up to 64 MiB a request, recorded now
 from __future__ import annotations
 
 import os
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -18,7 +15,7 @@ import pytest
 from deai.client.keys import Identity
 from deai.client.sdk import Client
 from deai.core.errors import DeAIError
-from tests.helpers import MODEL, HandProvider, funded, journal
+from tests.helpers import MODEL, HandProvider, api_key, funded, journal, served_embedding
 from tests.netutil import Network
 
 
@@ -33,24 +30,7 @@ def net(tmp_path: Path) -> Iterator[Network]:
 def test_an_answered_request_is_not_refunded_by_a_cancel(net: Network) -> None:
     hand = HandProvider(net)
     owner = funded(net)
-    key = owner.create_api_key("k").key
-    got: dict[str, Any] = {}
-
-    def call() -> None:
-        got["r"] = httpx.post(f"{net.url}/v1/embeddings", json={"model": MODEL, "input": "hi"},
-                              headers={"authorization": f"Bearer {key}"}, timeout=120)
-
-    caller = threading.Thread(target=call)
-    caller.start()
-    end = time.time() + 60
-    leases = []
-    while not leases:
-        assert time.time() < end, "the request was never leased"
-        leases = hand.take(wait=1.0)
-    hand.answer(leases[0])
-    caller.join(60)
-    r = got["r"]
-    assert r.status_code == 200 and len(r.json()["data"][0]["embedding"]) == 384
+    _, _, r = served_embedding(net, hand, api_key(owner, "k"))
     job_id = r.headers["x-deai-job"]
     assert owner.job(job_id).status == "verifying"
     with pytest.raises(DeAIError) as refused:

@@ -29,6 +29,27 @@ def graves(c: Coordinator) -> list[str]:  # noqa: F811 - the fixture's name
         return list(s.scalars(select(BlobRef.digest).where(BlobRef.account == blob_quota.GRAVE)))
 
 
+def saving_then_failed(c: Coordinator, monkeypatch: pytest.MonkeyPatch,  # noqa: F811
+                       head: bytes) -> str:
+    """A mount of the volume "v" whose snapshot ``head`` is the volume's head, its lease
+    ended (saving now); from here the provider reports the save failed (``volumes.failed``:
+    the mount is done) while an upload's bytes are being stored. The lease's id."""
+    volumes.create(c, OWNER, VolumeIn(name="v", size_gb=0.01))
+    lid = lease_on(c, "v")
+    start(c, lid)
+    volumes.record(c, HOST, lid, head)
+    leases.end(c, OWNER, lid)
+    put = c.blobs.put
+
+    def put_then_fail(data: bytes, *, sync: bool = True) -> str:
+        digest = put(data, sync=sync)
+        volumes.failed(c, HOST, lid, "the disk is full")
+        return digest
+
+    monkeypatch.setattr(c.blobs, "put", put_then_fail)
+    return lid
+
+
 def test_uploads_to_a_finished_mount_store_nothing(c: Coordinator) -> None:  # noqa: F811
     volumes.create(c, OWNER, VolumeIn(name="v", size_gb=0.01))
     lid = lease_on(c, "v")
@@ -46,20 +67,7 @@ def test_an_upload_refused_at_the_commit_is_deleted(c: Coordinator,  # noqa: F81
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     """The mount is saving when the upload is checked; the provider reports the save
     failed (``volumes.failed``: the mount is done) while the bytes are being stored."""
-    volumes.create(c, OWNER, VolumeIn(name="v", size_gb=0.01))
-    lid = lease_on(c, "v")
-    start(c, lid)
-    kept = tar_of({"x": b"asked"})
-    volumes.record(c, HOST, lid, kept)  # a snapshot that stays the volume's head
-    leases.end(c, OWNER, lid)  # saving now
-    put = c.blobs.put
-
-    def put_then_fail(data: bytes, *, sync: bool = True) -> str:
-        digest = put(data, sync=sync)
-        volumes.failed(c, HOST, lid, "the disk is full")
-        return digest
-
-    monkeypatch.setattr(c.blobs, "put", put_then_fail)
+    lid = saving_then_failed(c, monkeypatch, tar_of({"x": b"asked"}))
     late = junk()
     with pytest.raises(Conflict):
         volumes.record(c, HOST, lid, late)
@@ -69,20 +77,8 @@ def test_an_upload_refused_at_the_commit_is_deleted(c: Coordinator,  # noqa: F81
 
 def test_refused_bytes_that_a_snapshot_names_stay(c: Coordinator,  # noqa: F811
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    volumes.create(c, OWNER, VolumeIn(name="v", size_gb=0.01))
-    lid = lease_on(c, "v")
-    start(c, lid)
     head = tar_of({"x": b"asked"})
-    volumes.record(c, HOST, lid, head)
-    leases.end(c, OWNER, lid)
-    put = c.blobs.put
-
-    def put_then_fail(data: bytes, *, sync: bool = True) -> str:
-        digest = put(data, sync=sync)
-        volumes.failed(c, HOST, lid, "the disk is full")
-        return digest
-
-    monkeypatch.setattr(c.blobs, "put", put_then_fail)
+    lid = saving_then_failed(c, monkeypatch, head)
     with pytest.raises(Conflict):  # the same bytes again, refused at the commit
         volumes.record(c, HOST, lid, head)
     digest = digest_of(head)
