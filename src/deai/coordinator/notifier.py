@@ -14,12 +14,23 @@ are hints: a waiter always re-reads the database when woken and every wait
 has a timeout, so a notification lost while a connection is down costs
 latency, never correctness. After the listener reconnects it wakes every
 local waiter once for that reason. On SQLite ``connect`` does nothing.
+
+Progress of a streamed /v1 answer crosses replicas too (``forward_progress``, kind
+``prog``): the replica a provider posted to sends the task id and the events' pieces,
+in order, in as many notifications as the payload limit needs; the replica streaming
+that task applies them (``on_remote_progress``). Unlike the other kinds they are not
+coalesced, and bounded (``PROGRESS_PENDING_MAX``) rather than accumulated. Which tasks a
+replica streams is a fact in PostgreSQL, not a hint: while it streams one it holds a
+shared advisory lock on (``STREAM_LOCK_NS``, ``stream_key(task)``) on a connection of
+its own (``claim_stream``), which ends with the connection, and any replica reads it
+(``STREAM_CLAIMED_SQL``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
 import secrets
@@ -32,6 +43,19 @@ log = logging.getLogger("deai.coordinator.notifier")
 
 CHANNEL = "deai"
 PAYLOAD_MAX = 7000  # PostgreSQL refuses NOTIFY payloads of 8000 bytes or more
+PROGRESS_PENDING_MAX = 4 << 20  # bytes of progress waiting to be sent; past it, refused
+STREAM_LOCK_NS = 0x64656169  # "deai": the advisory locks' first key, for claimed streams
+# Whether some session holds the claim of a stream (two-key advisory locks: objsubid 2).
+STREAM_CLAIMED_SQL = (
+    "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted "
+    "AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
+    "AND classid = :ns AND objid = :key AND objsubid = 2)")
+
+
+def stream_key(task_id: str) -> int:
+    """The second key of the advisory lock that claims ``task_id``'s stream (31 bits, so
+    that the lock's signed int4 and pg_locks' unsigned oid read the same)."""
+    return int.from_bytes(hashlib.sha256(task_id.encode()).digest()[:4], "big") & 0x7FFFFFFF
 
 
 class Notifier:
@@ -47,7 +71,10 @@ class Notifier:
         self._url: str | None = None
         self._dirty: asyncio.Event | None = None
         self._out: dict[str, Any] = {"kick": False, "pub": False, "wake": set(), "res": set(),
-                                       "prov": set()}
+                                       "prov": set(), "prog": []}
+        self._prog_pending = 0  # bytes in ``_out["prog"]``
+        self._streams: set[str] = set()  # tasks streamed here, claimed in PostgreSQL
+        self._claims_dirty: asyncio.Event | None = None
         self._bridge: list[asyncio.Task[None]] = []
         self.sent = 0  # notifications sent and received from other replicas
         self.received = 0
@@ -56,6 +83,8 @@ class Notifier:
         # commits): the providers' index re-reads them (``provider_index``).
         self.on_remote_wake: list[Callable[[list[str]], None]] = []
         self.on_remote_change: list[Callable[[list[str]], None]] = []
+        # Called with (task, pieces) of progress another replica forwarded (``relay``).
+        self.on_remote_progress: list[Callable[[str, list[Any]], None]] = []
 
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
@@ -171,22 +200,107 @@ class Notifier:
         if ev is not None:
             ev.set()
 
+    # --- progress of streamed answers (on the event loop) ----------------------------------
+
+    @property
+    def bridged(self) -> bool:
+        """Whether other replicas may exist (PostgreSQL): a stream may be held elsewhere."""
+        return self._dirty is not None
+
+    def claim_stream(self, task_id: str) -> None:
+        """This replica streams ``task_id``'s answer: claim it where others can read it."""
+        self._streams.add(task_id)
+        if self._claims_dirty is not None:
+            self._claims_dirty.set()
+
+    def release_stream(self, task_id: str) -> None:
+        self._streams.discard(task_id)
+        if self._claims_dirty is not None:
+            self._claims_dirty.set()
+
+    def forward_progress(self, task_id: str, pieces: list[list[Any]]) -> bool:
+        """Send progress ``pieces`` (JSON lists, each small: ``relay`` cuts them) of
+        ``task_id`` to the replica streaming it, in order, in notifications under the
+        payload limit. False, sending nothing, when not bridged or too much is waiting."""
+        if self._dirty is None:
+            return False
+        head = len(json.dumps({"o": self.origin, "k": "prog", "t": task_id, "ev": []}))
+        msgs: list[str] = []
+        chunk: list[list[Any]] = []
+        size = head
+        for piece in pieces:
+            n = len(json.dumps(piece)) + 2
+            if chunk and size + n > PAYLOAD_MAX:
+                msgs.append(json.dumps({"o": self.origin, "k": "prog", "t": task_id,
+                                        "ev": chunk}))
+                chunk, size = [], head
+            chunk.append(piece)
+            size += n
+        if chunk:
+            msgs.append(json.dumps({"o": self.origin, "k": "prog", "t": task_id, "ev": chunk}))
+        total = sum(len(m) for m in msgs)
+        if self._prog_pending + total > PROGRESS_PENDING_MAX:
+            return False
+        self._prog_pending += total
+        self._out["prog"].extend(msgs)
+        self._dirty.set()
+        return True
+
+    async def _claimer(self) -> None:
+        """Hold a shared advisory lock per task streamed here, on a connection of its own:
+        a replica that dies or loses the connection stops claiming at once."""
+        from deai.coordinator.leader import connect
+
+        assert self._url is not None and self._claims_dirty is not None
+        conn = None
+        held: set[str] = set()
+        try:
+            while True:
+                await self._claims_dirty.wait()
+                self._claims_dirty.clear()
+                try:
+                    if conn is None or conn.closed:
+                        conn, held = await connect(self._url, "deai-streams"), set()
+                    for t in sorted(self._streams - held):
+                        await conn.execute("SELECT pg_try_advisory_lock_shared(%s, %s)",
+                                           (STREAM_LOCK_NS, stream_key(t)))
+                        held.add(t)
+                    for t in sorted(held - self._streams):
+                        await conn.execute("SELECT pg_advisory_unlock_shared(%s, %s)",
+                                           (STREAM_LOCK_NS, stream_key(t)))
+                        held.discard(t)
+                except (OSError, psycopg.Error) as exc:
+                    log.warning("stream claims lost (%s); claiming again", exc)
+                    if conn is not None:
+                        with contextlib.suppress(Exception):
+                            await conn.close()
+                    conn = None
+                    await asyncio.sleep(0.5)
+                    self._claims_dirty.set()
+        finally:
+            if conn is not None:
+                with contextlib.suppress(Exception):
+                    await conn.close()
+
     # --- the PostgreSQL bridge (on the event loop) ------------------------------------------
 
     async def connect(self, url: str) -> None:
         """Bridge this replica to the others on the same PostgreSQL; no-op on SQLite."""
         if url.startswith("sqlite") or self._bridge:
             return
-        self._url, self._dirty = url, asyncio.Event()
+        self._url, self._dirty, self._claims_dirty = url, asyncio.Event(), asyncio.Event()
+        if self._streams:
+            self._claims_dirty.set()
         self._bridge = [asyncio.create_task(self._listen(), name="notify-listen"),
-                        asyncio.create_task(self._sender(), name="notify-send")]
+                        asyncio.create_task(self._sender(), name="notify-send"),
+                        asyncio.create_task(self._claimer(), name="notify-claims")]
 
     async def disconnect(self) -> None:
         tasks, self._bridge = self._bridge, []
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        self._dirty = None
+        self._dirty = self._claims_dirty = None
 
     def _send(self, kind: str, ids: Iterable[str] = ()) -> None:
         if self._dirty is None:
@@ -199,7 +313,8 @@ class Notifier:
 
     def _drain(self) -> list[str]:
         out, self._out = self._out, {"kick": False, "pub": False, "wake": set(), "res": set(),
-                                       "prov": set()}
+                                       "prov": set(), "prog": []}
+        self._prog_pending = 0
         msgs = [json.dumps({"o": self.origin, "k": k}) for k in ("kick", "pub") if out[k]]
         for kind in ("wake", "res", "prov"):
             chunk: list[str] = []
@@ -212,7 +327,8 @@ class Notifier:
                 size += len(i) + 4
             if chunk:
                 msgs.append(json.dumps({"o": self.origin, "k": kind, "ids": chunk}))
-        return msgs
+        prog: list[str] = out["prog"]
+        return msgs + prog  # in the order forwarded
 
     async def _sender(self) -> None:
         from deai.coordinator.leader import connect
@@ -298,3 +414,8 @@ class Notifier:
         elif kind == "prov":  # another replica changed these providers
             for fn in self.on_remote_change:
                 fn([str(i) for i in ids])
+        elif kind == "prog":  # progress of a task, posted to another replica
+            task, pieces = msg.get("t"), msg.get("ev")
+            if isinstance(task, str) and isinstance(pieces, list):
+                for take in self.on_remote_progress:
+                    take(task, pieces)

@@ -474,9 +474,24 @@ def offer_prices(models: tuple[str, ...], default: int,
 
 class ProgressSender:
     """Posts a task's partial output to the coordinator from a thread of its own, so
-    decoding never waits on the network; events that pile up go in one request.
-    Best effort: once the coordinator says nobody is listening, or a post fails, it
-    stops. The submitted result stays the only record."""
+    decoding never waits on the network; events that pile up go in one request, those of
+    one choice merged. Each event posted carries ``n`` (0, 1, ... in posting order), by
+    which the replica streaming to the caller puts back in order what reached it through
+    other replicas.
+
+    Best effort. A post answered "not listening" delivered nothing, and may be passing
+    (the caller's replica has not claimed its stream yet) or lasting (the caller left):
+    the sender keeps what it has (up to ``BACKLOG_MAX`` characters) and, instead of
+    posting, asks again with an empty post after ``PROBE_FIRST`` seconds, then twice as
+    long each time up to ``PROBE_MAX``; once answered yes it posts what it kept. It stops
+    for good when a post fails (whether it was delivered is unknown), the backlog
+    overflows, or no event came for ``IDLE`` seconds (the task has long finished). The
+    submitted result stays the only record."""
+
+    PROBE_FIRST, PROBE_MAX = 0.5, 8.0
+    IDLE = 30.0
+    BACKLOG_MAX = 1 << 20
+    EVENTS_MAX = 4096  # events in one post (``relay.ProgressIn``)
 
     def __init__(self, client: sdk.Client, assignment_id: str) -> None:
         self.client, self.assignment_id = client, assignment_id
@@ -484,35 +499,85 @@ class ProgressSender:
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
         self._done = False
+        self._last = time.monotonic()  # when the last event came
+        self._n = 0  # the number of the next event posted
 
     def send(self, event: dict[str, Any]) -> None:
         with self._cond:
             if self._done:
                 return
             self._queue.append(event)
+            self._last = time.monotonic()
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, daemon=True,
                                                 name=f"deai-progress-{self.assignment_id}")
                 self._thread.start()
             self._cond.notify()
 
-    def _run(self) -> None:
-        while True:
-            with self._cond:
-                if not self._queue:
-                    self._cond.wait(timeout=30.0)
-                    if not self._queue:  # the task has long finished
-                        self._done = True
-                        return
-                batch, self._queue = self._queue, []
-            try:
-                listening = self.client.progress(self.assignment_id, batch)
-            except (httpx.TransportError, DeAIError):
-                listening = False
-            if not listening:
-                with self._cond:
+    def _next_batch(self, ask_at: float | None) -> list[dict[str, Any]] | None:
+        """Wait for events to post (or, told nobody listens, for the time to ask again);
+        None once idle. Takes at most ``EVENTS_MAX`` events, merged, off the queue."""
+        with self._cond:
+            while True:
+                now = time.monotonic()
+                if (self._queue and ask_at is None) or (ask_at is not None and now >= ask_at):
+                    break
+                if now - self._last >= self.IDLE:
                     self._done, self._queue = True, []
-                return
+                    return None
+                wait = self.IDLE - (now - self._last)
+                self._cond.wait(timeout=wait if ask_at is None else min(wait, ask_at - now))
+            merged = merge_events(self._queue)
+            batch, self._queue = merged[:self.EVENTS_MAX], merged[self.EVENTS_MAX:]
+            return batch
+
+    def _post(self, batch: list[dict[str, Any]]) -> bool:
+        numbered = [{**e, "n": self._n + i} for i, e in enumerate(batch)]
+        listening = self.client.progress(self.assignment_id, numbered)
+        if listening:
+            self._n += len(batch)
+        return listening
+
+    def _run(self) -> None:
+        ask_at: float | None = None  # told nobody listens: when to ask again
+        backoff = self.PROBE_FIRST
+        while (batch := self._next_batch(ask_at)) is not None:
+            try:
+                if ask_at is not None:  # an empty post: is anyone listening now?
+                    listening = self.client.progress(self.assignment_id, [])
+                    listening = listening and (not batch or self._post(batch))
+                else:
+                    listening = self._post(batch)
+            except (httpx.TransportError, DeAIError):
+                listening = None
+            with self._cond:
+                if listening is None:
+                    self._done, self._queue = True, []
+                    return
+                if listening:
+                    ask_at, backoff = None, self.PROBE_FIRST
+                    continue
+                self._queue[:0] = batch  # delivered nowhere: keep it, in order
+                if sum(len(str(e.get("text", ""))) for e in self._queue) > self.BACKLOG_MAX:
+                    self._done, self._queue = True, []
+                    return
+            ask_at = time.monotonic() + backoff
+            backoff = min(2 * backoff, self.PROBE_MAX)
+
+
+def merge_events(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``events`` with each run of consecutive text events of one choice (the same fields
+    but ``text``) made one, in order."""
+    out: list[dict[str, Any]] = []
+    for e in events:
+        last = out[-1] if out else None
+        if (last is not None and isinstance(last.get("text"), str)
+                and isinstance(e.get("text"), str) and last.keys() == e.keys()
+                and all(last[k] == e[k] for k in e if k != "text")):
+            out[-1] = {**last, "text": last["text"] + e["text"]}
+        else:
+            out.append(e)
+    return out
 
 
 def signed_result(identity: Identity, assignment_id: str, output: bytes, units: int,

@@ -13,7 +13,7 @@ from deai.coordinator.openai import errors, relay, routes
 
 
 def install(app: FastAPI) -> None:
-    app.state.relay = relay.Relay()
+    app.state.relay = relay.Relay(app.state.coordinator.notifier)  # progress, any replica
     app.include_router(routes.router)
     app.include_router(relay.router)
     app.include_router(api_keys.router)

@@ -1,27 +1,43 @@
-"""Progress from a running task to the caller streaming its answer, in memory.
+"""Progress from a running task to the caller streaming its answer, on any replica.
 
 A provider running a task whose payload asks to stream posts what it has so
 far (``POST /api/assignments/{id}/progress``, signed, ``{"events": [{"text":
-delta}, ...]}``); the relay hands the events to the /v1 response waiting on
-that task. Nothing is stored: progress is a courtesy to an open connection,
-and the result the provider submits afterwards stays the only record. Only the
-task's primary, posting under its own key, is relayed; anything else, or a
-task nobody is streaming, is answered ``{"listening": false}`` so the provider
-can stop posting.
+delta, "index": choice, "n": number}, ...]}``); the relay hands the events to the
+/v1 response waiting on that task. Nothing is stored: progress is a courtesy to an
+open connection, and the result the provider submits afterwards stays the only
+record. Only the task's primary, posting under its own key, is relayed.
+
+Replicas: the stream lives in the memory of the replica the caller is connected to,
+which claims it in PostgreSQL while it streams (``Notifier.claim_stream``). A post to
+another replica is forwarded there through LISTEN/NOTIFY (``Notifier.forward_progress``:
+each event cut into pieces of at most ``PIECE_CHARS`` characters, in order), at most
+``FORWARD_RATE`` bytes a second per task after a burst of ``FORWARD_BURST``, so one
+provider cannot flood every replica. ``{"listening": true}`` means the events were
+handed to the stream here or forwarded to the replica claiming it; ``false`` means they
+were delivered nowhere (not the primary, nobody streams the task, or over the bound), so
+a provider may keep them and ask again later with an empty post.
+
+Order: an event's ``n`` (0, 1, ... in the order the provider posted them) lets the
+stream put back in order what reached it through different replicas; an event is
+relayed once those before it were, a repeated number is dropped, and a stream whose gap
+never fills (a notification lost) holds at most ``HOLD_MAX`` characters, then relays no
+more deltas: the recorded result ends the answer. Events without ``n`` (older agents)
+are relayed as they arrive.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import json
 import time
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
 from pydantic import Field
-from sqlalchemy import select
+from sqlalchemy import select, text
 from starlette.concurrency import run_in_threadpool
 
+from deai.coordinator import notifier as nt
 from deai.coordinator.auth import coordinator, signer
 from deai.coordinator.service import Coordinator
 from deai.core import wire
@@ -29,6 +45,14 @@ from deai.core.lifecycle import AssignmentStatus, Role
 from deai.store.models import Assignment
 
 Event = dict[str, Any]
+
+PIECE_CHARS = 500  # characters of text per forwarded piece: <= 6,000 bytes of JSON
+FORWARD_RATE = 64 * 1024  # bytes a second a task's progress may be forwarded at, on average
+FORWARD_BURST = 256 * 1024  # ... and at once (a provider's backlog after a pause)
+HOLD_MAX = 1 << 20  # characters a stream holds waiting for a gap in ``n`` to fill
+ROUTE_TTL = 2.0  # seconds a progress route is trusted before its lease is read again
+UNCLAIMED_TTL = 0.5  # ... a route whose task nobody streamed yet (a stream opening)
+SWEEP_S = 30.0  # routes and rate buckets idle this long are forgotten
 
 
 class ProgressIn(wire.In):
@@ -39,43 +63,156 @@ class ProgressOut(wire.Out):
     listening: bool
 
 
-class Relay:
+def _number(value: Any) -> int | None:
+    """An event's ``n``, or None where it has none usable (not a non-negative integer)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    return None
+
+
+def pieces(events: list[Event]) -> list[list[Any]]:
+    """``events`` as forwarded: ``[n, index, text, more]`` each, only what a stream reads
+    (``routes._relayable`` judges the index), the text cut into pieces of at most
+    ``PIECE_CHARS`` characters; ``more`` is 1 on every piece of an event but its last."""
+    out: list[list[Any]] = []
+    for e in events:
+        n, index, body = _number(e.get("n")), e.get("index", 0), e.get("text")
+        if not isinstance(index, int) or isinstance(index, bool):
+            index = -1
+        body = body if isinstance(body, str) else ""
+        cuts = [body[i:i + PIECE_CHARS] for i in range(0, len(body), PIECE_CHARS)] or [""]
+        out += [[n, index, cut, int(k < len(cuts) - 1)] for k, cut in enumerate(cuts)]
+    return out
+
+
+class _Stream:
+    """One open stream: its queue, and the events held until their turn (``n``)."""
+
     def __init__(self) -> None:
-        self._streams: dict[str, asyncio.Queue[Event]] = {}
-        # assignment -> ((task, provider) while its lease is live, when that was read)
-        self.routes: dict[str, tuple[tuple[str, str] | None, float]] = {}
+        self.queue: asyncio.Queue[Event] = asyncio.Queue()
+        self.next = 0  # the number of the next event to relay
+        self.held: dict[int, list[Event]] = {}
+        self.whole: set[int] = set()  # held events whose last piece came
+        self.held_chars = 0
+        self.broken = False  # a gap never filled: relays nothing more
+
+    def take(self, n: int | None, event: Event, more: bool = False) -> None:
+        if self.broken:
+            return
+        if n is None:
+            self.queue.put_nowait(event)
+            return
+        if n < self.next or n in self.whole:
+            return  # relayed, or held whole, already: a repeat
+        self.held.setdefault(n, []).append(event)
+        self.held_chars += len(str(event.get("text", ""))) + 1
+        if not more:
+            self.whole.add(n)
+        while self.next in self.whole:
+            self.whole.discard(self.next)
+            for e in self.held.pop(self.next):
+                self.held_chars -= len(str(e.get("text", ""))) + 1
+                self.queue.put_nowait(e)
+            self.next += 1
+        if self.held_chars > HOLD_MAX:
+            self.broken, self.held, self.whole = True, {}, set()
+
+
+class Relay:
+    def __init__(self, notifier: nt.Notifier | None = None) -> None:
+        self.notifier = notifier
+        self._streams: dict[str, _Stream] = {}
+        # assignment -> ((task, provider) while its lease is live, whether another replica
+        # streams that task, when that was read)
+        self.routes: dict[str, tuple[tuple[str, str] | None, bool, float]] = {}
+        self._buckets: dict[str, tuple[float, float]] = {}  # task -> (bytes allowed, when)
+        self._swept = time.monotonic()
+        if notifier is not None:
+            notifier.on_remote_progress.append(self.take_remote)
 
     def open(self, task_id: str) -> asyncio.Queue[Event]:
-        return self._streams.setdefault(task_id, asyncio.Queue())
+        if task_id not in self._streams:
+            self._streams[task_id] = _Stream()
+            if self.notifier is not None:
+                self.notifier.claim_stream(task_id)
+        return self._streams[task_id].queue
 
     def close(self, task_id: str) -> None:
-        self._streams.pop(task_id, None)
-        for a, (route, _) in list(self.routes.items()):
+        if self._streams.pop(task_id, None) is not None and self.notifier is not None:
+            self.notifier.release_stream(task_id)
+        for a, (route, _, _) in list(self.routes.items()):
             if route is None or route[0] == task_id:
                 self.routes.pop(a, None)
 
     def streaming(self) -> bool:
         return bool(self._streams)
 
+    def holds(self, task_id: str) -> bool:
+        return task_id in self._streams
+
     def push(self, task_id: str, events: list[Event]) -> bool:
-        q = self._streams.get(task_id)
-        if q is None:
+        """Events posted here for a stream held here; False if it is not (or relays no
+        more)."""
+        s = self._streams.get(task_id)
+        if s is None:
             return False
         for e in events:
-            with contextlib.suppress(asyncio.QueueFull):
-                q.put_nowait(e)
-        return True
+            s.take(_number(e.get("n")), e)
+        return not s.broken
+
+    def take_remote(self, task_id: str, got: list[Any]) -> None:
+        """Pieces another replica forwarded (``pieces``); ignored unless streamed here."""
+        s = self._streams.get(task_id)
+        if s is None:
+            return
+        for p in got:
+            if (isinstance(p, list) and len(p) == 4 and isinstance(p[2], str)
+                    and isinstance(p[1], int) and not isinstance(p[1], bool)
+                    and p[3] in (0, 1)):
+                s.take(_number(p[0]), {"index": p[1], "text": p[2]}, bool(p[3]))
+
+    def forward(self, task_id: str, events: list[Event], now: float) -> bool:
+        """Forward events to the replica streaming ``task_id``, within the task's rate."""
+        if self.notifier is None:
+            return False
+        got = pieces(events)
+        size = sum(len(json.dumps(p)) for p in got)
+        allowed, at = self._buckets.get(task_id, (float(FORWARD_BURST), now))
+        allowed = min(float(FORWARD_BURST), allowed + (now - at) * FORWARD_RATE)
+        if allowed < 0:  # over its rate: refused, so the provider keeps them for later
+            self._buckets[task_id] = (allowed, now)
+            return False
+        self._buckets[task_id] = (allowed - size, now)
+        return self.notifier.forward_progress(task_id, got)
+
+    def sweep(self, now: float) -> None:
+        """Forget routes and buckets of tasks that went quiet (streamed elsewhere: no
+        ``close`` here ever drops them)."""
+        if now - self._swept < SWEEP_S:
+            return
+        self._swept = now
+        for a, (_, _, read_at) in list(self.routes.items()):
+            if now - read_at > SWEEP_S:
+                self.routes.pop(a, None)
+        for t, (_, at) in list(self._buckets.items()):
+            if now - at > SWEEP_S:
+                self._buckets.pop(t, None)
 
 
-def _route(c: Coordinator, assignment_id: str) -> tuple[str, str] | None:
+def _route(c: Coordinator, assignment_id: str) -> tuple[tuple[str, str] | None, bool]:
+    """(task, provider) of the assignment while it is a live primary lease, and whether a
+    replica (another, if the stream is not here) claims that task's stream."""
     with c.db.read() as s:
         row = s.execute(select(Assignment.task_id, Assignment.provider_id).where(
             Assignment.id == assignment_id, Assignment.role == Role.PRIMARY,
             Assignment.status == AssignmentStatus.LEASED)).first()
-    return (row.task_id, row.provider_id) if row else None
+        if row is None:
+            return None, False
+        claimed = c.notifier.bridged and bool(s.execute(
+            text(nt.STREAM_CLAIMED_SQL),
+            {"ns": nt.STREAM_LOCK_NS, "key": nt.stream_key(row.task_id)}).scalar())
+    return (row.task_id, row.provider_id), claimed
 
-
-ROUTE_TTL = 2.0  # seconds a progress route is trusted before its lease is read again
 
 router = APIRouter(prefix="/api")
 
@@ -90,14 +227,18 @@ async def progress(assignment_id: str, body: ProgressIn,
                    c: Annotated[Coordinator, Depends(coordinator)],
                    me: Annotated[str, Depends(signer)],
                    relay: Annotated[Relay, Depends(relay_of)]) -> ProgressOut:
-    if not relay.streaming():
+    if not relay.streaming() and not c.notifier.bridged:  # one replica, streaming nothing
         return ProgressOut(listening=False)
-    route, read_at = relay.routes.get(assignment_id, (None, -ROUTE_TTL))
     now = time.monotonic()
-    if now - read_at >= ROUTE_TTL:  # read again now and then: a lease that ended (the task
+    relay.sweep(now)
+    route, claimed, read_at = relay.routes.get(assignment_id, (None, False, -ROUTE_TTL))
+    ttl = ROUTE_TTL if route is None or claimed or relay.holds(route[0]) else UNCLAIMED_TTL
+    if now - read_at >= ttl:  # read again now and then: a lease that ended (the task
         # placed again, streaming to the same caller) must not keep its voice
-        route = await run_in_threadpool(_route, c, assignment_id)
-        relay.routes[assignment_id] = (route, now)
+        route, claimed = await run_in_threadpool(_route, c, assignment_id)
+        relay.routes[assignment_id] = (route, claimed, now)
     if route is None or route[1] != me:
         return ProgressOut(listening=False)
-    return ProgressOut(listening=relay.push(route[0], body.events))
+    if relay.holds(route[0]):
+        return ProgressOut(listening=relay.push(route[0], body.events))
+    return ProgressOut(listening=claimed and relay.forward(route[0], body.events, now))
