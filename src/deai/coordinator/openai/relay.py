@@ -15,7 +15,10 @@ each event cut into pieces of at most ``PIECE_CHARS`` characters, in order), at 
 provider cannot flood every replica. ``{"listening": true}`` means the events were
 handed to the stream here or forwarded to the replica claiming it; ``false`` means they
 were delivered nowhere (not the primary, nobody streams the task, or over the bound), so
-a provider may keep them and ask again later with an empty post.
+a provider may keep them and ask again later with an empty post. A canary's lease whose
+payload asks to stream is answered ``true`` too (its events dropped): its source was a
+streamed /v1 request, and a ``false`` where a real one has a caller listening would tell
+its provider it holds a canary before it does the work.
 
 Order: an event's ``n`` (0, 1, ... in the order the provider posted them) lets the
 stream put back in order what reached it through different replicas; an event is
@@ -42,7 +45,7 @@ from deai.coordinator.auth import coordinator, signer
 from deai.coordinator.service import Coordinator
 from deai.core import wire
 from deai.core.lifecycle import AssignmentStatus, Role
-from deai.store.models import Assignment
+from deai.store.models import Assignment, Task
 
 Event = dict[str, Any]
 
@@ -201,17 +204,33 @@ class Relay:
 
 def _route(c: Coordinator, assignment_id: str) -> tuple[tuple[str, str] | None, bool]:
     """(task, provider) of the assignment while it is a live primary lease, and whether a
-    replica (another, if the stream is not here) claims that task's stream."""
+    replica (another, if the stream is not here) claims that task's stream; for a live
+    canary lease whose payload asks to stream, ("", provider) and True (a sink)."""
     with c.db.read() as s:
-        row = s.execute(select(Assignment.task_id, Assignment.provider_id).where(
-            Assignment.id == assignment_id, Assignment.role == Role.PRIMARY,
-            Assignment.status == AssignmentStatus.LEASED)).first()
+        row = s.execute(select(Assignment.task_id, Assignment.provider_id, Assignment.role,
+                               Task.input_digest).join(Task, Task.id == Assignment.task_id)
+                        .where(Assignment.id == assignment_id,
+                               Assignment.role.in_((Role.PRIMARY, Role.CANARY)),
+                               Assignment.status == AssignmentStatus.LEASED)).first()
         if row is None:
             return None, False
+        if row.role == Role.CANARY:
+            return (("", row.provider_id), True) if _streams(c, row.input_digest) else (
+                None, False)
         claimed = c.notifier.bridged and bool(s.execute(
             text(nt.STREAM_CLAIMED_SQL),
             {"ns": nt.STREAM_LOCK_NS, "key": nt.stream_key(row.task_id)}).scalar())
     return (row.task_id, row.provider_id), claimed
+
+
+def _streams(c: Coordinator, digest: str | None) -> bool:
+    """Whether a chat shard asks to stream (a line with ``"stream": true``)."""
+    try:
+        data = c.blobs.get(digest) if digest else b""
+        return any(isinstance(o := json.loads(line), dict) and o.get("stream") is True
+                   for line in data.splitlines() if line.strip())
+    except (OSError, ValueError):
+        return False
 
 
 router = APIRouter(prefix="/api")
@@ -227,8 +246,6 @@ async def progress(assignment_id: str, body: ProgressIn,
                    c: Annotated[Coordinator, Depends(coordinator)],
                    me: Annotated[str, Depends(signer)],
                    relay: Annotated[Relay, Depends(relay_of)]) -> ProgressOut:
-    if not relay.streaming() and not c.notifier.bridged:  # one replica, streaming nothing
-        return ProgressOut(listening=False)
     now = time.monotonic()
     relay.sweep(now)
     route, claimed, read_at = relay.routes.get(assignment_id, (None, False, -ROUTE_TTL))
@@ -239,6 +256,8 @@ async def progress(assignment_id: str, body: ProgressIn,
         relay.routes[assignment_id] = (route, claimed, now)
     if route is None or route[1] != me:
         return ProgressOut(listening=False)
+    if not route[0]:  # a canary's: heard as a real request's would be, and dropped
+        return ProgressOut(listening=True)
     if relay.holds(route[0]):
         return ProgressOut(listening=relay.push(route[0], body.events))
     return ProgressOut(listening=claimed and relay.forward(route[0], body.events, now))
