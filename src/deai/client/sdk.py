@@ -201,8 +201,18 @@ class Client:
                           wire.FailIn(error=text), wire.ResultOut)
 
     def providers(self) -> list[wire.ProviderOut]:
-        data = self.request("GET", "/api/providers").json()
-        return [wire.ProviderOut.model_validate(p) for p in data["providers"]]
+        """Every provider, following the list's pages to the end (each row's hardware is
+        a summary: ``provider`` gives one provider's whole)."""
+        out: list[wire.ProviderOut] = []
+        after: str | None = None
+        while True:
+            params = {"after": after} if after is not None else None
+            page = wire.ProvidersOut.model_validate(
+                self.request("GET", "/api/providers", params=params).json())
+            out += page.providers
+            if page.next is None or not page.providers:
+                return out
+            after = page.next
 
     def provider(self, provider_id: str) -> wire.ProviderOut:
         return self._get(f"/api/providers/{provider_id}", wire.ProviderOut)

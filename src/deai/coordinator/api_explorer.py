@@ -5,31 +5,42 @@ Everything here reads; nothing needs a signature, so everything here is public
 event bodies through the allow-list of their kind. ``/api/events/stream`` is a
 server-sent-events stream of event rows: it resumes after ``Last-Event-ID`` (or
 ``?after=``), sends a comment every ``heartbeat`` seconds so proxies keep it
-open, and ends as soon as the coordinator starts shutting down.
+open, and ends as soon as the coordinator starts shutting down, or after
+``STREAM_LIFETIME_S``. One ``Hub`` per coordinator reads new events for every
+stream; streams are capped per client address (429) and in all (503). The
+overview is shared by its callers for a few seconds (``public_reads``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
 import json
+import logging
+import weakref
 from collections import deque
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, FastAPI, Header, Query
+from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Query, Request
 from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
+from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 
 from deai.coordinator import explorer_views as views
 from deai.coordinator.auth import coordinator
+from deai.coordinator.public_reads import Shared, public_read
 from deai.coordinator.service import Coordinator
 from deai.core import wire
 from deai.core import wire_explorer as wx
-from deai.core.errors import InvalidInput
+from deai.core.diversity import client_address
+from deai.core.errors import InvalidInput, RateLimited
 
+log = logging.getLogger("deai.coordinator.events")
 router = APIRouter(prefix="/api")
 page = APIRouter()
 C = Annotated[Coordinator, Depends(coordinator)]
@@ -49,12 +60,20 @@ BATCH = 500
 LOOKBACK = 64  # PostgreSQL can commit a lower event id after a higher one
 
 
-@router.get("/explorer/overview", response_model=wx.OverviewOut)
+OVERVIEW: Shared[wx.OverviewOut] = Shared(ttl=3.0)
+
+
+@router.get("/explorer/overview", response_model=wx.OverviewOut,
+            dependencies=[Depends(public_read)])
 def overview(c: C, window: Annotated[float, Query(ge=60, le=86_400)] = 600.0,
              price_window: Annotated[float, Query(ge=60, le=30 * 86_400)] = 3600.0,
              ) -> wx.OverviewOut:
-    """Network totals, throughput over ``window`` seconds and prices over ``price_window``."""
-    return views.overview(c, window, price_window)
+    """Network totals, throughput over ``window`` seconds and prices over ``price_window``:
+    computed once for every caller asking meanwhile, and kept a few seconds while no new
+    event is written (``public_reads.Shared``)."""
+    return OVERVIEW.get(c, (window, price_window),
+                        lambda: views.overview(c, window, price_window),
+                        lambda: views.latest_event_id(c))
 
 
 @router.get("/explorer/providers/{provider_id}", response_model=wx.ProviderDetailOut)
@@ -134,31 +153,185 @@ def _resume_point(after: int | None, last_event_id: str | None) -> int | None:
 
 @router.get("/events/stream", response_class=StreamingResponse,
             responses={200: {"content": {"text/event-stream": {}},
-                             "description": "one `data:` line per event row (JSON)"}})
-async def stream(c: C, after: Annotated[int | None, Query(ge=0, le=MAX_ID)] = None,
+                             "description": "one `data:` line per event row (JSON)"},
+                       429: {"description": "this address holds its most streams"},
+                       503: {"description": "the coordinator holds its most streams"}})
+async def stream(c: C, request: Request,
+                 after: Annotated[int | None, Query(ge=0, le=MAX_ID)] = None,
                  heartbeat: Annotated[float, Query(ge=0.5, le=60)] = 15.0,
                  kind: Kinds = None,
                  last_event_id: Annotated[str | None, Header(max_length=32)] = None,
                  ) -> StreamingResponse:
     """Server-sent events: every new event row as JSON, with its id as the SSE id.
 
-    Starts after ``Last-Event-ID`` or ``after`` if given, else at the newest event."""
+    Starts after ``Last-Event-ID`` or ``after`` if given, else at the newest event. A
+    stream ends after ``STREAM_LIFETIME_S`` (or when it falls ``RING`` events behind):
+    the client reconnects with ``Last-Event-ID`` and misses nothing."""
     start = _resume_point(after, last_event_id)
-    if start is None:
-        start = await run_in_threadpool(views.latest_event_id, c)
-    return StreamingResponse(_events(c, start, heartbeat, kind), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    address = client_address(request.client.host if request.client else None,
+                             request.headers.get("x-forwarded-for"),
+                             c.settings.trust_forwarded_for)
+    hub = _hub(c)
+    sub = hub.join(c, address, set(kind) if kind else None)
+    try:
+        caught_up = start is None and hub.cursor is not None
+        if start is None:
+            start = hub.cursor if hub.cursor is not None else await run_in_threadpool(
+                views.latest_event_id, c)
+    except BaseException:
+        hub.leave(sub)
+        raise
+    return StreamingResponse(_events(c, hub, sub, start, heartbeat, kind, caught_up),
+                             media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+                             background=BackgroundTask(hub.leave, sub))
 
 
-async def _events(c: Coordinator, start: int, heartbeat: float,
-                  kinds: list[str] | None) -> AsyncIterator[str]:
+# --- one reader of new events per coordinator, for every stream ----------------------------
+
+MAX_STREAMS = 1_000  # open streams per coordinator; one more is answered 503
+MAX_STREAMS_PER_ADDRESS = 20  # per client address; one more is answered 429
+STREAM_LIFETIME_S = 900.0  # then a stream ends and its client resumes (Last-Event-ID)
+RING = 4_096  # new events kept for streams that have not sent them yet
+RESCAN_S = 5.0  # the reader looks for new events at least this often, woken or not
+
+
+class _Sub:
+    """One open stream: its kinds (None: all), address and place in the hub's ring."""
+
+    def __init__(self, address: str, kinds: set[str] | None, seq: int) -> None:
+        self.address, self.kinds, self.seq = address, kinds, seq
+        self.wake = asyncio.Event()
+        self.joined = True
+
+
+class Hub:
+    """Reads new public events once per publication and hands them to every stream.
+
+    Each stream read the database itself on every publication, in the thread pool: 500
+    anonymous streams cost 28 s of CPU for 20 events. The reader runs while a stream is
+    open; it reads as a stream did alone (``views.events_after``, the last ``LOOKBACK``
+    ids again, since PostgreSQL can commit a lower id after a higher one), so what it
+    shows, and when, follows ``public.disclosed`` exactly as before. Each stream picks
+    its kinds out of the ring in memory."""
+
+    def __init__(self) -> None:
+        self.ring: deque[tuple[int, wx.EventOut]] = deque(maxlen=RING)
+        self.seq = 0  # the ring position of the newest event
+        self.cursor: int | None = None  # None until the reader has started
+        self.subs: set[_Sub] = set()
+        self.per_address: dict[str, int] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    def join(self, c: Coordinator, address: str, kinds: set[str] | None) -> _Sub:
+        if self.per_address.get(address, 0) >= MAX_STREAMS_PER_ADDRESS:
+            raise RateLimited("too many event streams from this address",
+                              field="address")
+        if len(self.subs) >= MAX_STREAMS:
+            raise HTTPException(503, "too many event streams open; retry later",
+                                headers={"Retry-After": "5"})
+        sub = _Sub(address, kinds, self.seq)
+        self.subs.add(sub)
+        self.per_address[address] = self.per_address.get(address, 0) + 1
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._run(c))
+        return sub
+
+    def leave(self, sub: _Sub) -> None:
+        """Idempotent: called by the stream's end and by its response's."""
+        if not sub.joined:
+            return
+        sub.joined = False
+        self.subs.discard(sub)
+        left = self.per_address.get(sub.address, 1) - 1
+        if left > 0:
+            self.per_address[sub.address] = left
+        else:
+            self.per_address.pop(sub.address, None)
+
+    def behind(self, sub: _Sub) -> bool:
+        """Events it has not sent have left the ring."""
+        return bool(self.ring) and sub.seq < self.ring[0][0] - 1
+
+    def new_for(self, sub: _Sub) -> list[wx.EventOut]:
+        first = self.ring[0][0] if self.ring else self.seq + 1
+        out = [e for _, e in itertools.islice(self.ring, max(0, sub.seq + 1 - first), None)]
+        sub.seq = self.seq
+        return out
+
+    async def _run(self, c: Coordinator) -> None:
+        """Holds the coordinator only while it runs (the hub is keyed by it, weakly)."""
+        notifier = c.notifier
+        wakeups = notifier.subscribe()
+        try:
+            base = await run_in_threadpool(views.latest_event_id, c)
+            self.cursor = base
+            seen: deque[int] = deque(maxlen=4 * LOOKBACK)
+            while self.subs and not notifier.closing:
+                try:
+                    await self._read(c, base, seen)
+                except Exception:  # the database: the streams wait, the reader tries again
+                    log.exception("event stream reader failed; retrying")
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(wakeups.get(), RESCAN_S)
+                while not wakeups.empty():
+                    wakeups.get_nowait()
+        finally:
+            notifier.unsubscribe(wakeups)
+            self.cursor = None  # a later reader starts from the newest event again
+            for sub in list(self.subs):
+                sub.wake.set()
+
+    async def _read(self, c: Coordinator, base: int, seen: deque[int]) -> None:
+        assert self.cursor is not None
+        while True:
+            before = self.cursor
+            page = await run_in_threadpool(views.events_after, c,
+                                           max(base, self.cursor - LOOKBACK), BATCH, None)
+            for e in page.events:
+                if e.id in seen:
+                    continue
+                seen.append(e.id)
+                self.cursor = max(self.cursor, e.id)
+                self.seq += 1
+                self.ring.append((self.seq, e))
+            # Past what it searched, sent or sealed: a run of sealed events is skipped,
+            # not re-read until its window closes.
+            self.cursor = max(self.cursor, page.next_after)
+            if page.events:
+                for sub in self.subs:
+                    sub.wake.set()
+            if not (self.cursor > before and page.next_after < page.last_id):
+                return
+
+
+_hubs: weakref.WeakKeyDictionary[Coordinator, Hub] = weakref.WeakKeyDictionary()
+
+
+def _hub(c: Coordinator) -> Hub:
+    hub = _hubs.get(c)
+    if hub is None:
+        hub = _hubs[c] = Hub()
+    return hub
+
+
+def _frame(e: wx.EventOut) -> str:
+    return f"id: {e.id}\ndata: {json.dumps(e.model_dump(), default=str)}\n\n"
+
+
+async def _events(c: Coordinator, hub: Hub, sub: _Sub, start: int, heartbeat: float,
+                  kinds: list[str] | None, caught_up: bool) -> AsyncIterator[str]:
+    """The events after ``start``: those already written read from the database as a
+    stream did alone (unless ``caught_up``: it starts where the hub's reader stands),
+    then the hub's, until the stream's lifetime ends."""
     notifier = c.notifier
-    wakeups = notifier.subscribe()
+    loop = asyncio.get_running_loop()
+    ends = loop.time() + STREAM_LIFETIME_S
     sent: deque[int] = deque(maxlen=4 * LOOKBACK)
     cursor = start
     try:
         yield f"retry: 2000\n: resuming after {start}\n\n"
-        while not notifier.closing:
+        while not caught_up and not notifier.closing and loop.time() < ends:
             before = cursor
             page = await run_in_threadpool(views.events_after, c, max(start, cursor - LOOKBACK),
                                            BATCH, kinds)
@@ -167,20 +340,26 @@ async def _events(c: Coordinator, start: int, heartbeat: float,
                     continue
                 sent.append(e.id)
                 cursor = max(cursor, e.id)
-                yield f"id: {e.id}\ndata: {json.dumps(e.model_dump(), default=str)}\n\n"
-            # Past what it searched, sent or sealed: a run of sealed events is skipped,
-            # not re-read until its window closes.
+                yield _frame(e)
             cursor = max(cursor, page.next_after)
-            if cursor > before and page.next_after < page.last_id:
-                continue
+            caught_up = not (cursor > before and page.next_after < page.last_id)
+        while sub.joined and not notifier.closing and loop.time() < ends:
+            if hub.behind(sub):
+                return  # the client resumes from its last id, read from the database
+            sub.wake.clear()
+            for e in hub.new_for(sub):
+                if e.id <= start or e.id in sent or (sub.kinds and e.kind not in sub.kinds):
+                    continue
+                sent.append(e.id)
+                yield _frame(e)
+            wait = min(heartbeat, ends - loop.time())
             try:
-                await asyncio.wait_for(wakeups.get(), heartbeat)
+                await asyncio.wait_for(sub.wake.wait(), max(0.0, wait))
             except TimeoutError:
-                yield ": heartbeat\n\n"
-            while not wakeups.empty():
-                wakeups.get_nowait()
+                if wait >= heartbeat:
+                    yield ": heartbeat\n\n"
     finally:
-        notifier.unsubscribe(wakeups)
+        hub.leave(sub)
 
 
 # --- the page ---------------------------------------------------------------------------

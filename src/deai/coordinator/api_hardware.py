@@ -7,8 +7,11 @@
     GET  /api/hardware/cloud-index                cloud list prices per compute-unit-hour
 
 The public views carry the verdicts and verified figures, never when the next
-challenge is due. Cloud rows come from ``cloud_prices.json`` (documented in
-docs/cloud-prices.md); DEAI_USD_PER_DEAI converts DEAI to dollars (1.0 unless set).
+challenge is due. ``claims`` is paged by provider id (``limit`` ≤ 500, ``after``,
+``next``); the cloud index is computed once for every caller for a few seconds
+(``public_reads.Shared``), and both take a slot of ``public_reads.public_read``.
+Cloud rows come from ``cloud_prices.json`` (documented in docs/cloud-prices.md);
+DEAI_USD_PER_DEAI converts DEAI to dollars (1.0 unless set).
 """
 
 from __future__ import annotations
@@ -20,18 +23,20 @@ from functools import cache
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Query
 from fastapi import Path as PathParam
+from pydantic import Field
 from sqlalchemy import func, select
 
 from deai.coordinator import hardware
 from deai.coordinator.auth import coordinator, signer
-from deai.coordinator.service import Coordinator
+from deai.coordinator.public_reads import Shared, public_read
+from deai.coordinator.service import MAX_PAGE, Coordinator
 from deai.core import compute
 from deai.core import hwcheck as hc
 from deai.core import wire_hardware as wh
 from deai.core.errors import NotFound
-from deai.store.models import Assignment, HwClaim, Offer, Provider
+from deai.store.models import Assignment, Event, HwClaim, Offer, Provider
 
 router = APIRouter(prefix="/api/hardware")
 C = Annotated[Coordinator, Depends(coordinator)]
@@ -56,9 +61,19 @@ def open_(cid: Cid, body: wh.OpenIn, c: C, me: Signer) -> wh.VerdictOut:
     return hardware.open_(c, me, cid, body)
 
 
-@router.get("/claims", response_model=wh.ClaimsOut)
-def claims(c: C) -> wh.ClaimsOut:
-    return wh.ClaimsOut(claims=claim_views(c))
+class ClaimsPage(wh.ClaimsOut):
+    """``/claims``: a page of claims by provider id, and where the next begins."""
+
+    next: str | None = Field(default=None, description=(
+        "pass as ``after`` for the next page; null after the last"))
+
+
+@router.get("/claims", response_model=ClaimsPage, dependencies=[Depends(public_read)])
+def claims(c: C, limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = MAX_PAGE,
+           after: Annotated[str | None, Query(max_length=100)] = None) -> ClaimsPage:
+    views = claim_views(c, limit=limit, after=after)
+    return ClaimsPage(claims=views,
+                      next=views[-1].provider if len(views) == limit else None)
 
 
 @router.get("/claims/{pid}", response_model=wh.ClaimOut)
@@ -69,20 +84,39 @@ def claim(pid: Pid, c: C) -> wh.ClaimOut:
     return found[0]
 
 
-@router.get("/cloud-index", response_model=wh.CloudIndexOut)
+@router.get("/cloud-index", response_model=wh.CloudIndexOut,
+            dependencies=[Depends(public_read)])
 def cloud_index(c: C) -> wh.CloudIndexOut:
-    return index(c)
+    return INDEX.get(c, usd_per_deai(), lambda: index(c), lambda: _stamp(c))
+
+
+INDEX: Shared[wh.CloudIndexOut] = Shared(ttl=5.0)
+
+
+def _stamp(c: Coordinator) -> int:
+    """What moves when the index may have: a verdict, a payment, a registration (each
+    an event)."""
+    with c.db.read() as s:
+        return int(s.scalar(select(func.max(Event.id))) or 0)
 
 
 # --- views -------------------------------------------------------------------------------------
 
-def claim_views(c: Coordinator, only: str | None = None) -> list[wh.ClaimOut]:
+def claim_views(c: Coordinator, only: str | None = None, *, limit: int = MAX_PAGE,
+                after: str | None = None, verified: bool = False) -> list[wh.ClaimOut]:
+    """Up to ``limit`` providers' claims by id, those above ``after`` (``only``: one
+    provider's; ``verified``: only providers whose claim row holds verified units)."""
     # A read: challenges left unanswered are judged by the leader's loop
     # (``hardware.expire``), not by whoever asks (an anonymous GET wrote per provider).
     with c.db.read() as s:
-        q = select(Provider).order_by(Provider.registered_at)
+        q = select(Provider).order_by(Provider.id).limit(min(limit, MAX_PAGE))
         if only is not None:
             q = q.where(Provider.id == only)
+        if after is not None:
+            q = q.where(Provider.id > after)
+        if verified:
+            q = q.where(Provider.id.in_(select(HwClaim.provider_id)
+                                        .where(HwClaim.verified_units > 0)))
         provs = s.scalars(q).all()
         ids = [p.id for p in provs]
         rows = {r.provider_id: r for r in s.scalars(select(HwClaim)
@@ -141,7 +175,14 @@ def index(c: Coordinator) -> wh.CloudIndexOut:
         best[r.hardware_class] = min(best.get(r.hardware_class, float("inf")),
                                      r.usd_per_unit_hour)
     rate = usd_per_deai()
-    views = [v for v in claim_views(c) if v.verified_units > 0]
+    views: list[wh.ClaimOut] = []
+    after: str | None = None
+    while True:  # a page at a time: each statement's list of ids stays bounded
+        page = claim_views(c, limit=MAX_PAGE, after=after, verified=True)
+        views += [v for v in page if v.verified_units > 0]
+        if len(page) < MAX_PAGE:
+            break
+        after = page[-1].provider
     earn = _earnings_per_second(c, [v.provider for v in views])
     by_class: dict[str, list[wh.ClaimOut]] = defaultdict(list)
     for v in views:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import weakref
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
@@ -18,7 +19,8 @@ from starlette.concurrency import run_in_threadpool
 from deai.coordinator import access, admission, idempotency, jobs, liveness
 from deai.coordinator.auth import coordinator, signer
 from deai.coordinator.openai import keys as api_keys
-from deai.coordinator.service import Coordinator
+from deai.coordinator.public_reads import public_read
+from deai.coordinator.service import MAX_PAGE, Coordinator
 from deai.core import wire
 from deai.core.diversity import client_address
 
@@ -75,31 +77,53 @@ async def poll(body: wire.PollIn, c: C, me: Signer, request: Request) -> wire.Po
     second), and a poll never counts as a sign of life: heartbeats do. The database is
     read again when the matcher wakes this provider, and every ``RECHECK_S`` in case a
     wake-up was lost (they are hints), not every second: hundreds of waiting polls
-    re-reading each second took the core the matcher needs."""
+    re-reading each second took the core the matcher needs.
+
+    One live poll per provider key (per replica): a newer one ends the older with an
+    empty answer within a second (after the older has taken its ``ack``), and only a
+    poll that found none live asks the matcher to run. A provider polls in one loop; a
+    thousand concurrent polls of one free key each kicked the matcher and re-read the
+    database."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + body.wait
-    c.notifier.kick()
+    live = _live_polls.setdefault(c, {})
+    mine = object()
+    if live.setdefault(me, mine) is mine:
+        c.notifier.kick()
+    live[me] = mine  # whichever poll was live is now superseded
     ack = body.ack
     check, woken, checked = True, False, loop.time()
-    while True:
-        if check:
-            got = await run_in_threadpool(functools.partial(jobs.deliver, c, me, ack,
-                                                            woken=woken))
-            ack, checked = None if ack is None else [], loop.time()  # acknowledged once
-            if got:
-                return wire.PollOut(assignments=got)
-        left = deadline - loop.time()
-        if left <= 0 or c.notifier.closing:
-            return wire.PollOut(assignments=[])
-        woken = await c.notifier.wait_provider(me, min(left, 1.0))
-        if await request.is_disconnected():
-            return wire.PollOut(assignments=[])
-        check = woken or loop.time() - checked >= RECHECK_S or loop.time() >= deadline
+    try:
+        while True:
+            if check:
+                got = await run_in_threadpool(functools.partial(jobs.deliver, c, me, ack,
+                                                                woken=woken))
+                ack, checked = None if ack is None else [], loop.time()  # acknowledged once
+                if got:
+                    return wire.PollOut(assignments=got)
+            left = deadline - loop.time()
+            if left <= 0 or c.notifier.closing or live.get(me) is not mine:
+                return wire.PollOut(assignments=[])
+            woken = await c.notifier.wait_provider(me, min(left, 1.0))
+            if await request.is_disconnected() or live.get(me) is not mine:
+                return wire.PollOut(assignments=[])
+            check = woken or loop.time() - checked >= RECHECK_S or loop.time() >= deadline
+    finally:
+        if live.get(me) is mine:
+            del live[me]
 
 
-@router.get("/providers", response_model=dict[str, list[wire.ProviderOut]])
-def providers(c: C) -> dict[str, list[wire.ProviderOut]]:
-    return {"providers": c.providers()}
+# The live long-poll of each provider key, by coordinator (touched on the event loop only).
+_live_polls: weakref.WeakKeyDictionary[Coordinator, dict[str, object]] = (
+    weakref.WeakKeyDictionary())
+
+
+@router.get("/providers", response_model=wire.ProvidersOut,
+            dependencies=[Depends(public_read)])
+def providers(c: C, limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = MAX_PAGE,
+              after: Annotated[str | None, Query(max_length=64)] = None) -> wire.ProvidersOut:
+    """Providers by id, ``limit`` at a time: follow ``next`` (as ``after``) to the end."""
+    return c.providers_page(limit, after)
 
 
 @router.get("/providers/{provider_id}", response_model=wire.ProviderOut)

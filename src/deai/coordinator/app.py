@@ -92,7 +92,7 @@ def create_app(settings: Settings, coordinator: Coordinator | None = None) -> Fa
         await c.notifier.connect(c.db.url)  # LISTEN/NOTIFY between replicas (PostgreSQL)
 
         async def start_loops() -> list[asyncio.Task[None]]:
-            await run_in_threadpool(jobs.recover, c)
+            await run_in_threadpool(jobs.recover, c, elected.served_for())
             return [
                 asyncio.create_task(_matcher(c)),
                 asyncio.create_task(_every(settings.tick, lambda: _upkeep(c), "upkeep")),

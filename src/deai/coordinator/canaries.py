@@ -9,28 +9,33 @@ one job-creation path (``admission``) like every other job.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from deai.coordinator import admission
 from deai.coordinator.service import Coordinator
-from deai.core import sealed
+from deai.core.kinds.base import SpecBase
 from deai.core.verify import policy
 from deai.store.models import Assignment, Canary, Job, Task
 
 NETWORK = admission.NETWORK
 POOL = 500  # known answers kept per model
+DEFAULT_DEADLINE: int = SpecBase.model_fields["deadline"].default  # a spec stored without one
 
 log = logging.getLogger("deai.coordinator.canaries")
 
 
 def remember(c: Coordinator, s: Session, job: Job, task: Task, a: Assignment) -> None:
     """Verified work becomes a future canary (its answer is now known)."""
-    if job.owner == NETWORK or a.output_digest is None or sealed.is_sealed(job.spec):
-        return  # a sealed job's answer is no known answer: the network cannot read it
-    if (job.spec or {}).get("dataset_id"):
-        return  # its rows reach only the job's own leases (the owner's key release)
+    if job.owner == NETWORK or a.output_digest is None:
+        return
+    if not policy.may_be_canary(job.spec, 1):
+        # A sealed job's answer is no known answer (the network cannot read it); a
+        # dataset job's rows reach only the job's own leases (the owner's key release).
+        # Matching stakes such jobs as ones no canary comes to (``stake_needed``).
+        return
     s.add(Canary(kind=job.kind, model=job.model, spec=job.spec, input_digest=task.input_digest,
                  output_digest=a.output_digest, items=task.items, units=task.units,
                  source_task=task.id, created_at=c.now(), active=True, uses=0))
@@ -92,7 +97,7 @@ def plant_jobs(c: Coordinator, s: Session, want: int, jobs: list[Job]) -> int:
             continue
         first = c.rng.choice(pool)
         same = [x for x in pool if x.spec == first.spec and x.id != first.id]
-        n = min(want, 1 + c.rng.randrange(4), 1 + len(same))
+        n = min(want, 1 + c.rng.randrange(policy.MAX_CANARY_SHARDS), 1 + len(same))
         picked = [first, *c.rng.sample(same, n - 1)]
         # Counted in the statement (uses = uses + 1), not from what this transaction read:
         # two requests planting the same canary at once must not lose a use (PostgreSQL,
@@ -100,14 +105,24 @@ def plant_jobs(c: Coordinator, s: Session, want: int, jobs: list[Job]) -> int:
         s.execute(update(Canary).where(Canary.id.in_(sorted(x.id for x in picked)))
                   .values(uses=Canary.uses + 1))
         spec = dict(first.spec)
+        # The source job's own deadline: the explorer shows ``deadline_at - created_at``,
+        # and a span no client job has (a day, before) named every canary before its work.
         admission.create(
             c, s, owner=NETWORK, kind=kind, model=model, spec=spec,
             input_digest=first.input_digest, max_price=int(spec.get("max_price", 0)),
             shards=[admission.ShardIn(x.input_digest, x.items, x.units, x.output_digest)
-                    for x in picked], escrow=0, deadline=24 * 3600)
+                    for x in picked], escrow=0, deadline=deadline_of(spec))
         planted += n
         want -= n
     return planted
+
+
+def deadline_of(spec: dict[str, Any]) -> int:
+    """A job's deadline in seconds as its spec set it (``SpecBase.deadline``; a /v1
+    request's spec carries its own)."""
+    value = spec.get("deadline", DEFAULT_DEADLINE)
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 \
+        else DEFAULT_DEADLINE
 
 
 def seen_by(s: Session, tasks: list[Task]) -> dict[str, set[str]]:

@@ -4,20 +4,24 @@ A cluster is ``forming → running → ended(reason)`` (``models_clusters.Cluste
 
 - ``create``: one lease per node (``leases.create`` with the providers already
   chosen excluded, so every member is a different host, each with ``network``).
-  If any node cannot be placed, the leases placed so far end at once (nothing
-  started, so the whole escrow comes back) and the request fails with the
-  placement's 409. The first lease is the Ray head. If the cluster ended while
-  its nodes were being placed (the owner's ``end``, the form timeout), placing
-  stops and the nodes placed end at once, refunded (``_placed``).
+  Each lease joins the cluster's member list in its own transaction, under the
+  cluster's lock (``_join``): no lease of a cluster exists unrecorded, so ending
+  the cluster ends every lease it made, even if the replica placing them died
+  in between. If any node cannot be placed, the members so far end at once
+  (nothing started, so the whole escrow comes back) and the request fails with
+  the placement's 409. The first lease is the Ray head. If the cluster ended
+  while its nodes were being placed (the owner's ``end``, the form timeout), its
+  members ended with it and no more are placed.
 - ``tick`` (the cluster loop): a forming cluster becomes ``running`` when every
-  member's lease is active; if that has not happened by ``form_by`` (or a member
-  ended first) every live lease ends and is refunded through the lease
-  machinery (``leases.finish``: charges up to now, refunds the rest, journal
-  entries) and the cluster ends ``not formed``. A running cluster whose head
-  lease ended ends ``head lost`` and its other leases end (refunded past now);
-  a worker whose lease ended (its provider lost: billing already stopped at
-  its last heartbeat) is recorded in ``lost`` with a ``cluster_node_lost``
-  event. When every lease has ended, the cluster ends ``members ended``.
+  node is placed and every member's lease is active; if that has not happened by
+  ``form_by`` (or a member ended first) every live lease ends and is refunded
+  through the lease machinery (``leases.finish``: charges up to now, refunds the
+  rest, journal entries) and the cluster ends ``not formed``. A running cluster
+  whose head lease ended ends ``head lost`` and its other leases end (refunded
+  past now); a worker whose lease ended (its provider lost: billing already
+  stopped at its last heartbeat) is recorded in ``lost`` with a
+  ``cluster_node_lost`` event. When every lease has ended, the cluster ends
+  ``members ended``.
 - ``report_ray``: the owner's CLI, after starting Ray inside the leases, records
   the head's address and the launcher pids (never the token, which only the
   owner and the members' sandboxes hold).
@@ -79,52 +83,57 @@ def create(c: Coordinator, owner: str, body: ClusterIn,
     ask = LeaseIn(cpus=body.cpus, memory_mb=body.memory_mb, gpus=body.gpus,
                   gpu_model=body.gpu_model, hours=body.hours, deposit=body.deposit,
                   max_price_hour=body.max_price_hour, network=True)
-    placed: list[str] = []
     hosts: set[str] = set()
+    join = functools.partial(_join, cid=cid)
     try:
         for _ in range(body.nodes):
-            lease = leases.create(c, owner, ask, exclude=frozenset(hosts))
-            placed.append(lease.id)
+            lease = leases.create(c, owner, ask, exclude=frozenset(hosts), join=join)
             hosts.add(lease.provider_id)
-            if _status(c, cid) != FORMING:  # ended meanwhile: place no more
-                break
+    except _Ended:
+        pass  # ended meanwhile (its owner, the form timeout): its members ended with it
     except Exception as exc:
-        _abandon(c, cid, placed, f"only {len(placed)} of {body.nodes} nodes placed: {exc}")
+        _abandon(c, cid, f"only {len(hosts)} of {body.nodes} nodes placed: {exc}")
         raise
-    c.db.run(functools.partial(_placed, c, cid=cid, placed=placed, hosts=sorted(hosts)))
+    c.db.run(functools.partial(_placed, c, cid=cid, hosts=sorted(hosts)))
     c.notifier.published()
     return show(c, owner, cid)
 
 
-def _status(c: Coordinator, cid: str) -> str:
-    with c.db.read() as s:
-        cl = s.get(Cluster, cid)
-        return cl.status if cl is not None else ENDED
+class _Ended(Conflict):
+    """The cluster ended while its nodes were being placed: place no more."""
 
 
-def _placed(c: Coordinator, s: Session, *, cid: str, placed: list[str],
-            hosts: list[str]) -> None:
-    """Record the members. A cluster that ended while they were being placed (its owner's
-    ``end``, or the form timeout of the cluster loop, which saw no members yet) gets its
-    members ended here, refunded, as ``_abandon`` does: recorded as members of an ended
-    cluster they would run on, billed, with nothing left to end them."""
+def _join(s: Session, lease_id: str, *, cid: str) -> None:
+    """A member joins in its lease's own transaction, under the cluster's lock: a lease
+    exists only as a recorded member of a forming cluster, so whatever ends the cluster
+    (its owner, the form timeout, even after the placing replica died between two
+    members) ends every lease it made. Recorded only after the last lease, a replica
+    killed in between left leases that no cluster knew, billed with nothing to end them;
+    placed after the cluster ended, they ran on as members of an ended cluster."""
+    cl = s.get(Cluster, cid, with_for_update=True)
+    if cl is None or cl.status != FORMING:
+        raise _Ended(f"cluster {cid} ended while its nodes were placed "
+                     f"({cl.end_reason if cl else 'gone'})", field="cluster")
+    cl.leases = [*cl.leases, lease_id]
+
+
+def _placed(c: Coordinator, s: Session, *, cid: str, hosts: list[str]) -> None:
+    """Every node placed: ``cluster_placed``, unless the cluster ended meanwhile."""
     cl = s.get(Cluster, cid, with_for_update=True)
     assert cl is not None
-    cl.leases = placed
-    if cl.status != FORMING:
-        _end_members(c, s, cl, f"cluster {cid} ended while its nodes were placed "
-                               f"({cl.end_reason})", EndReason.OWNER_ENDED)
-        c.emit(s, "cluster_placed_late", cid, owner=cl.owner, leases=placed)
-        return
-    c.emit(s, "cluster_placed", cid, owner=cl.owner, leases=placed, providers=hosts)
+    if cl.status == FORMING:
+        c.emit(s, "cluster_placed", cid, owner=cl.owner, leases=list(cl.leases),
+               providers=hosts)
 
 
-def _abandon(c: Coordinator, cid: str, placed: list[str], why: str) -> None:
+def _abandon(c: Coordinator, cid: str, why: str) -> None:
+    """A node could not be placed: the cluster ends ``not formed`` with the members it has
+    (ended at once; nothing started, so each escrow comes back whole)."""
     def body(s: Session) -> None:
         cl = s.get(Cluster, cid, with_for_update=True)
         assert cl is not None
-        cl.leases = placed
-        _end(c, s, cl, "not formed", why, EndReason.OWNER_ENDED)
+        if cl.status != ENDED:
+            _end(c, s, cl, "not formed", why, EndReason.OWNER_ENDED)
 
     c.db.run(body)
     c.notifier.published()
@@ -219,7 +228,7 @@ def _tick_one(c: Coordinator, s: Session, *, cid: str, now: float) -> int:
     cl = s.get(Cluster, cid, with_for_update=True)
     if cl is None or cl.status not in LIVE:  # ended since the read above
         return 0
-    if not cl.leases:  # still being placed (or create failed mid-way)
+    if not cl.leases:  # nothing placed yet (or the placing replica died first)
         if now > cl.form_by:
             _end(c, s, cl, "not formed", "placement did not finish", EndReason.OWNER_ENDED)
             return 1
@@ -233,15 +242,18 @@ def _step(c: Coordinator, s: Session, cl: Cluster, rows: dict[str, Lease], now: 
               for lid in cl.leases}
     ended = [lid for lid in cl.leases if status[lid] == LeaseStatus.ENDED.value]
     if cl.status == FORMING:
-        if all(v == LeaseStatus.ACTIVE.value for v in status.values()):
+        placing = len(cl.leases) < cl.nodes  # members join one lease at a time
+        if not placing and all(v == LeaseStatus.ACTIVE.value for v in status.values()):
             cl.status, cl.ready_at = RUNNING, now
             c.emit(s, "cluster_formed", cl.id, owner=cl.owner, seconds=now - cl.created_at)
             return 1
         if ended or now > cl.form_by:
             why = (f"member {ended[0]} ended before the gang formed "
                    f"({rows[ended[0]].end_reason if ended[0] in rows else 'gone'})"
-                   if ended else f"not every member started within "
-                                 f"{cl.form_by - cl.created_at:.0f} s")
+                   if ended else f"placement did not finish ({len(cl.leases)} of "
+                                 f"{cl.nodes} nodes placed)"
+                   if placing else f"not every member started within "
+                                   f"{cl.form_by - cl.created_at:.0f} s")
             _end(c, s, cl, "not formed", why, EndReason.OWNER_ENDED)
             return 1
         return 0

@@ -16,7 +16,7 @@ from collections import defaultdict
 from typing import Any
 
 from pydantic import Field
-from sqlalchemy import Integer, String, cast, func, or_, select
+from sqlalchemy import Integer, String, and_, case, cast, func, or_, select
 from sqlalchemy.orm import Session
 
 from deai.coordinator import api_ledger, clusters, jobs, leases, public
@@ -24,7 +24,7 @@ from deai.coordinator.service import Coordinator
 from deai.core import compute, ledger, wire
 from deai.core import wire_explorer as wx
 from deai.core.errors import NotFound
-from deai.core.lifecycle import JOB_ACTIVE, SUBJECT_ROLES, AssignmentStatus
+from deai.core.lifecycle import JOB_ACTIVE, SUBJECT_ROLES, AssignmentStatus, ProviderStatus
 from deai.core.money import cost_for_units
 from deai.store import journal
 from deai.store.models import (
@@ -92,10 +92,20 @@ MAX_PRICES = 2_000  # offers the overview lists, at most: the online first, chea
 
 
 def overview(c: Coordinator, window: float, price_window: float) -> wx.OverviewOut:
+    """Providers are counted and summed by the database, and their prices read already
+    sorted and cut: registering is free, so no row per provider is loaded here (the
+    online ones' hardware aside, a bounded batch at a time)."""
     now = c.now()
     with c.db.read() as s:
-        provs = s.scalars(select(Provider).order_by(Provider.registered_at)).all()
-        online = [p for p in provs if c.online(p)]
+        live_q = _online_now(c, now)
+        total = s.scalar(select(func.count()).select_from(Provider)) or 0
+        n_online, cpus, gpus, units = 0, 0, 0, 0.0
+        for hw, cu in s.execute(select(Provider.hardware, Provider.compute_units)
+                                .where(live_q).execution_options(yield_per=500)):
+            hw = hw or {}
+            n_online, units = n_online + 1, units + cu
+            cpus += _int(hw.get("cores"))
+            gpus += len(hw.get("gpus") or [])
         job_counts = public.statuses(_counts(s, Job.status), public.JOB_SHOWN_AS)
         task_counts = public.statuses(_counts(s, Task.status), public.TASK_SHOWN_AS)
 
@@ -112,17 +122,16 @@ def overview(c: Coordinator, window: float, price_window: float) -> wx.OverviewO
         last_minute = s.scalar(select(func.count()).where(
             Event.kind == "task_accepted", Event.ts >= max(since, now - 60.0))) or 0
 
-        by_id = {p.id: p for p in provs}
-        live = {p.id for p in online}
-        offers = sorted((o for o in s.scalars(select(Offer)) if o.provider_id in by_id),
-                        key=lambda o: (o.provider_id not in live, o.price))[:MAX_PRICES]
+        offline = case((live_q, 0), else_=1)
         provider_prices = [
-            wx.ProviderPrice(provider=o.provider_id, name=by_id[o.provider_id].name,
-                             online=o.provider_id in live, workload=o.workload,
-                             model=o.model, price=o.price,
-                             compute_units=by_id[o.provider_id].compute_units,
-                             price_per_cu=_per_cu(o.price, by_id[o.provider_id].compute_units))
-            for o in offers]
+            wx.ProviderPrice(provider=o.provider_id, name=name, online=not off,
+                             workload=o.workload, model=o.model, price=o.price,
+                             compute_units=cu, price_per_cu=_per_cu(o.price, cu))
+            for o, name, cu, off in s.execute(
+                select(Offer, Provider.name, Provider.compute_units, offline)
+                .join(Provider, Provider.id == Offer.provider_id)
+                .order_by(offline, Offer.price, Offer.provider_id, Offer.workload, Offer.model)
+                .limit(MAX_PRICES))]
 
         # Checks and their cost once their window has closed, like the events they count:
         # counted as they happen, a leaseholder would watch them move with its own result.
@@ -134,10 +143,8 @@ def overview(c: Coordinator, window: float, price_window: float) -> wx.OverviewO
         extra = sum(n for r, n in roles.items() if r != "primary")
         head = s.get(JournalHead, 1)
         return wx.OverviewOut(
-            now=now, providers_online=len(online), providers_total=len(provs),
-            cpus=sum(_int(p.hardware.get("cores")) for p in online),
-            gpus=sum(len(p.hardware.get("gpus") or []) for p in online),
-            compute_units=round(sum(p.compute_units for p in online), 3),
+            now=now, providers_online=n_online, providers_total=int(total),
+            cpus=cpus, gpus=gpus, compute_units=round(units, 3),
             jobs=job_counts,
             jobs_running=sum(job_counts.get(k, 0) for k in JOB_ACTIVE),
             jobs_finished=job_counts.get("completed", 0),
@@ -154,6 +161,12 @@ def overview(c: Coordinator, window: float, price_window: float) -> wx.OverviewO
                 overhead=round(extra / primary, 4) if primary else 0.0),
             journal_seq=head.seq if head else 0, supply=_supply(s),
             last_event_id=last_event_id(s))
+
+
+def _online_now(c: Coordinator, now: float) -> Any:
+    """``Coordinator.online`` as SQL."""
+    return and_(Provider.status == ProviderStatus.ACTIVE,
+                Provider.last_seen >= now - c.settings.heartbeat_timeout)
 
 
 def _counts_where(s: Session, col: Any, *cond: Any) -> dict[str, int]:
@@ -265,7 +278,10 @@ def _corrected(s: Session, job_id: str, h: float) -> set[str]:
 
 def job_detail(c: Coordinator, job_id: str) -> wx.JobDetailOut:
     h = horizon(c)
-    job = public.job(jobs.view(c, job_id), h)  # NotFound for an unknown id
+    raw = jobs.view(c, job_id)  # NotFound for an unknown id
+    job = public.job(raw, h, c.settings.challenge_window)
+    # Inside the window a shard's status says nothing of checks (``public.shard_status``)
+    sealed = raw.finished_at is None or raw.finished_at > h
     with c.db.read() as s:
         tasks = s.scalars(select(Task).where(Task.job_id == job_id).order_by(Task.idx)
                           .limit(MAX_SHARDS)).all()
@@ -283,10 +299,12 @@ def job_detail(c: Coordinator, job_id: str) -> wx.JobDetailOut:
         states: dict[str, int] = defaultdict(int)
         for t in tasks:
             mine = by_task.get(t.id, [])
-            state = shard_state(t.status, any(a.status == AssignmentStatus.SUBMITTED for a in mine))
+            status = public.shard_status(t.status, sealed)
+            state = shard_state(status, not sealed and any(
+                a.status == AssignmentStatus.SUBMITTED for a in mine))
             states[state] += 1
             shards.append(wx.ShardOut(
-                idx=t.idx, task_id=t.id, status=t.status, state=state, attempts=t.attempts,
+                idx=t.idx, task_id=t.id, status=status, state=state, attempts=t.attempts,
                 redone=_redone(t, mine, h), corrected=t.id in corrected, items=t.items,
                 units=t.units, providers=list(dict.fromkeys(a.provider_id for a in mine)),
                 error=public.error(t.error)))
@@ -313,7 +331,8 @@ def job_detail(c: Coordinator, job_id: str) -> wx.JobDetailOut:
 
 def job_list(c: Coordinator, limit: int) -> list[wire.JobOut]:
     """The latest jobs of every owner, each by its public face."""
-    return [public.job(j, horizon(c)) for j in jobs.list_jobs(c, None, limit)]
+    h, window = horizon(c), c.settings.challenge_window
+    return [public.job(j, h, window) for j in jobs.list_jobs(c, None, limit)]
 
 
 # --- events ---------------------------------------------------------------------------

@@ -48,6 +48,7 @@ from deai.core.lifecycle import (
 from deai.core.lifecycle import decide as D
 from deai.core.lifecycle.effects import RefreshJob
 from deai.core.money import cost_for_units
+from deai.core.verify import policy
 from deai.store import db
 from deai.store.blobs import digest_of
 from deai.store.models import (
@@ -83,8 +84,10 @@ def _demand(c: Coordinator, spec: specs.JobSpec, shard_units: list[int]) -> mark
     biggest = max(shard_units)
     return market.TaskDemand(id="quote", workload=spec.kind, model=info.name,
                              max_price=spec.max_price, memory_mb=info.memory_mb, units=biggest,
-                             stake_needed=stake_needed(c, cost_for_units(biggest,
-                                                                         spec.max_price)))
+                             stake_needed=stake_needed(
+                                 c, cost_for_units(biggest, spec.max_price),
+                                 canary=policy.may_be_canary(spec.model_dump(),
+                                                             len(shard_units))))
 
 
 def _quote_out(c: Coordinator, spec: specs.JobSpec, shard_units: list[int],
@@ -220,7 +223,8 @@ def _job_out(s: Session, job: Job, c: Coordinator | None = None) -> wire.JobOut:
         counts[st] = counts.get(st, 0) + int(n)  # counted by the database, not row by row
         auditing += int(n) if need else 0
     final_at = None
-    if job.finished_at is not None and not auditing and c is not None:
+    if job.finished_at is not None and not auditing and c is not None and s.scalar(
+            live_audits().where(Assignment.job_id == job.id).limit(1)) is None:
         last = s.scalar(select(func.max(Payout.release_at)).where(Payout.job_id == job.id))
         final_at = max(job.finished_at + c.settings.challenge_window, last or 0.0)
     corrected = s.scalar(select(func.count()).select_from(Event).where(
@@ -543,14 +547,26 @@ def give_up_checks(c: Coordinator) -> int:
     return n
 
 
+def live_audits() -> Any:
+    """The tasks (``Assignment.task_id``) whose audit is leased or submitted and not yet
+    decided. ``decide.on_placed`` clears a task's ``pending_role`` once its audit is
+    leased, so ``pending_role`` alone would let a result's earnings go, and its job read
+    final, while a verifier is still re-running it."""
+    return select(Assignment.task_id).where(
+        Assignment.role == Role.AUDIT,
+        Assignment.status.in_((AssignmentStatus.LEASED, AssignmentStatus.SUBMITTED)))
+
+
 def release_earnings(c: Coordinator) -> int:
     """Move pending earnings past their challenge window to the provider's balance."""
     def body(s: Session) -> int:
-        # A result still waiting for its audit keeps its earnings until the audit says.
+        # A result still waiting for its audit, or being audited, keeps its earnings until
+        # the audit says (docs/verification.md, "Audits of agreements").
         audited = select(Task.id).where(Task.pending_role == Role.AUDIT)
         due = s.scalars(select(Payout).where(Payout.released.is_(False),
                                              Payout.release_at <= c.now(),
-                                             Payout.task_id.not_in(audited))
+                                             Payout.task_id.not_in(audited),
+                                             Payout.task_id.not_in(live_audits()))
                         .order_by(Payout.id).with_for_update(skip_locked=True)).all()
         by_provider: dict[str, list[Payout]] = {}
         for p in due:
@@ -633,32 +649,50 @@ def deliver(c: Coordinator, pid: str, ack: list[str] | None = None, *,
     return c.db.run(body)
 
 
-def recover(c: Coordinator) -> None:
-    """After a restart, give providers a heartbeat's grace before declaring them gone.
+def recover(c: Coordinator, served_for: float = 0.0) -> None:
+    """A new leader's first act; after an outage of the whole fleet, it gives providers a
+    heartbeat's grace before declaring them gone.
 
-    The coordinator was down, not they: leases that lapsed while it was away are
-    extended so work finished during the outage can still be submitted.
+    The coordinator was down, not they: providers seen shortly before are seen now, and
+    leases that lapsed while it was away are extended so work finished during the outage
+    can still be submitted (event ``coordinator_started``). An outage is this replica
+    having just started (``served_for``, seconds since its first campaign, under the
+    heartbeat timeout: a restart, the only case on SQLite) or no replica having reached
+    the database for longer than a provider's heartbeat interval (``leader.silence``). A
+    takeover on a live fleet (replicas served and took heartbeats all along) changes no
+    provider's liveness and no deadline: granted there, the grace kept dead providers
+    online and moved deadlines for as long as leadership changed hands every few seconds.
     """
+    from deai.coordinator.leader import silence
+
     now = c.now()
+    timeout = c.settings.heartbeat_timeout
 
     def body(s: Session) -> None:
-        last_alive = max(s.scalar(select(func.max(Event.ts))) or 0.0,
-                         s.scalar(select(func.max(Provider.last_seen))) or 0.0)
-        # The leases, then their providers (``store.db``'s order: a result locks its
-        # assignment, then its provider), each one statement.
-        until = now + c.settings.lease_ttl
-        s.execute(update(Assignment).where(Assignment.status == AssignmentStatus.LEASED,
-                                           Assignment.lease_deadline < until)
-                  .values(lease_deadline=until))
-        s.execute(update(Provider).where(
-            Provider.last_seen >= last_alive - c.settings.heartbeat_timeout,
-            Provider.last_seen < now).values(last_seen=now))
+        quiet = silence(s)
+        outage = served_for < timeout or quiet is None or quiet > timeout / 3
+        if not outage:
+            log.info("leader takeover on a live fleet (replicas silent %.1f s): no grace",
+                     quiet)
+        else:
+            last_alive = max(s.scalar(select(func.max(Event.ts))) or 0.0,
+                             s.scalar(select(func.max(Provider.last_seen))) or 0.0)
+            # The leases, then their providers (``store.db``'s order: a result locks its
+            # assignment, then its provider), each one statement.
+            until = now + c.settings.lease_ttl
+            s.execute(update(Assignment).where(Assignment.status == AssignmentStatus.LEASED,
+                                               Assignment.lease_deadline < until)
+                      .values(lease_deadline=until))
+            s.execute(update(Provider).where(
+                Provider.last_seen >= last_alive - timeout,
+                Provider.last_seen < now).values(last_seen=now))
         if c.settings.devnet and c.settings.treasury_grant > 0 and s.scalar(
                 select(func.count()).select_from(Event).where(
                     Event.kind == "treasury_granted")) == 0:
             c.settlement.grant(s, c.settings.treasury_grant, "devnet genesis")
             c.emit(s, "treasury_granted", "", amount=c.settings.treasury_grant)
-        c.emit(s, "coordinator_started", "")
+        if outage:
+            c.emit(s, "coordinator_started", "")
 
     c.db.run(body)  # a leader's first act: re-run, not given up, if it loses a deadlock
 

@@ -25,6 +25,14 @@ before changing them); the election only makes that rare.
 
 On SQLite there is one process, and it is always the leader.
 
+Every replica, leader or follower, also stamps ``network_meta``'s ``fleet_alive`` row
+every ``period`` through its own pool (``stamp``): the newest moment, by the database's
+clock, that some replica reached the database and so could take heartbeats.
+``jobs.recover`` reads it (``silence``) on each election: a takeover while replicas kept
+stamping is no outage, and changes no provider's liveness or deadline; a long silence
+(the database or every replica down) is, and so is a replica that has just started
+(``served_for``).
+
 ``migrate(db)`` runs the Alembic upgrade under another advisory lock so
 replicas starting together do not race to create the same tables.
 """
@@ -35,11 +43,13 @@ import asyncio
 import contextlib
 import logging
 import os
+import time
 from collections.abc import Awaitable, Callable
 
 import psycopg
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session
 
 from deai.store import migrate as migrations
 from deai.store.db import Database
@@ -48,6 +58,7 @@ log = logging.getLogger("deai.coordinator.leader")
 
 LEADER_KEY = 0x0DEA1_1EAD  # advisory lock keys are per database
 MIGRATE_KEY = 0x0DEA1_0A16
+FLEET_ALIVE = "fleet_alive"  # network_meta's key: a replica last reached the database
 
 
 def conninfo(url: str) -> str:
@@ -77,6 +88,29 @@ def migrate(db: Database) -> None:
             conn.commit()
 
 
+def stamp(db: Database) -> None:
+    """Record that this replica reaches the database now, by the database's clock (one
+    clock for every replica). SQLite: nothing (one process)."""
+    if db.is_sqlite:
+        return
+    with db.write() as s:
+        s.execute(text("INSERT INTO network_meta (key, value) "
+                       "VALUES (:k, CAST(EXTRACT(EPOCH FROM clock_timestamp()) AS TEXT)) "
+                       "ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value"),
+                  {"k": FLEET_ALIVE})
+
+
+def silence(s: Session) -> float | None:
+    """Seconds since a replica last stamped, by the database's clock; None on SQLite or
+    before any replica has."""
+    if s.get_bind().dialect.name == "sqlite":
+        return None
+    quiet = s.scalar(text("SELECT EXTRACT(EPOCH FROM clock_timestamp()) "
+                          "- CAST(value AS DOUBLE PRECISION) FROM network_meta WHERE key = :k"),
+                     {"k": FLEET_ALIVE})
+    return None if quiet is None else float(quiet)
+
+
 Start = Callable[[], Awaitable[list["asyncio.Task[None]"]]]
 
 
@@ -89,13 +123,20 @@ class Leader:
         self.terms = 0  # how many times this replica became the leader
         self._conn: psycopg.AsyncConnection | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._since: float | None = None  # monotonic time of the first campaign
 
     @property
     def name(self) -> str:
         return f"deai-leader-{os.getpid()}"
 
+    def served_for(self) -> float:
+        """Seconds since this replica's first campaign (it serves from then on)."""
+        return 0.0 if self._since is None else time.monotonic() - self._since
+
     async def campaign(self, start: Start) -> None:
         """One attempt, awaited at start-up so a sole replica recovers before it serves."""
+        if self._since is None:
+            self._since = time.monotonic()
         try:
             if self.db.is_sqlite:
                 if not self.is_leader:
@@ -116,9 +157,18 @@ class Leader:
             while True:
                 await asyncio.sleep(self.period)
                 await self.campaign(start)
+                await self._stamp()  # after the campaign: an election reads the others'
         finally:
             await self._stop_loops()
             await self._close()
+
+    async def _stamp(self) -> None:
+        if self.db.is_sqlite:
+            return
+        try:
+            await asyncio.to_thread(stamp, self.db)
+        except Exception as exc:  # the database is away: the silence is what it records
+            log.debug("fleet_alive stamp failed: %s", exc)
 
     async def _try_lock(self) -> bool:
         if self._conn is None or self._conn.closed:

@@ -36,6 +36,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -196,16 +197,20 @@ def spot_leases(s: Session) -> dict[str, list[core.SpotLease]]:
 
 
 def create(c: Coordinator, owner: str, body: LeaseIn,
-           cfg: LeaseConfig | None = None, exclude: frozenset[str] = frozenset()) -> LeaseOut:
+           cfg: LeaseConfig | None = None, exclude: frozenset[str] = frozenset(),
+           join: Callable[[Session, str], None] | None = None) -> LeaseOut:
     """Place and escrow a lease. When no host is free, spot leases that pay less per hour
     are given notice (``cfg.notice`` seconds) and the new lease goes on their host.
-    Providers in ``exclude`` are passed over (a cluster's members are distinct hosts)."""
+    Providers in ``exclude`` are passed over (a cluster's members are distinct hosts).
+    ``join(s, lease_id)`` runs first in the lease's own transaction (a cluster records
+    its member there, so the lease and its membership commit together or not at all);
+    whatever it raises places nothing."""
     cfg = cfg or LeaseConfig()
     ask = core.Ask(cpus=body.cpus, memory_mb=body.memory_mb, gpus=body.gpus,
                    gpu_model=body.gpu_model, network=body.network, spot=body.spot)
     lid = new_id("lease")
     out = c.db.run(functools.partial(_create, c, owner=owner, body=body, cfg=cfg,
-                                     exclude=exclude, ask=ask, lid=lid))
+                                     exclude=exclude, ask=ask, lid=lid, join=join))
     c.notifier.published()
     return out
 
@@ -248,7 +253,10 @@ def _choose(c: Coordinator, s: Session, ask: core.Ask, body: LeaseIn,
 
 
 def _create(c: Coordinator, s: Session, *, owner: str, body: LeaseIn, cfg: LeaseConfig,
-            exclude: frozenset[str], ask: core.Ask, lid: str) -> LeaseOut:
+            exclude: frozenset[str], ask: core.Ask, lid: str,
+            join: Callable[[Session, str], None] | None = None) -> LeaseOut:
+    if join is not None:  # first: a cluster's row before its hosts, leases and the journal
+        join(s, lid)  # (the cluster loop's order)
     host, price, preempt = _choose(c, s, ask, body, exclude)
     term = round(body.hours * core.SECONDS_PER_HOUR) if body.hours is not None else None
     deposit = body.deposit if body.deposit is not None else core.escrow_for(

@@ -14,7 +14,7 @@ from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, cast
 
-from sqlalchemy import Table, and_, func, or_, select
+from sqlalchemy import Table, and_, func, inspect, or_, select
 from sqlalchemy.orm import Session
 
 from deai.coordinator import blob_quota, canaries, effects, hoarding, provider_index
@@ -97,7 +97,8 @@ class _Demands:
         self.c = c
         self.jobs: dict[str, tuple[str, str, int, int, frozenset[str] | None,
                                    frozenset[str]]] = {}
-        self.stakes: dict[tuple[int, int], int] = {}
+        self.stakes: dict[tuple[int, int, bool], int] = {}
+        self.canary: dict[str, bool] = {}  # per job: whether it could be a canary
 
     def __call__(self, job: Job, task: Any,
                  exclude: frozenset[str] = frozenset()) -> market.TaskDemand:
@@ -122,20 +123,43 @@ class _Demands:
         if mine:
             exclude = exclude | mine
         units = task.units
-        need = self.stakes.get((units, max_price))
+        canary = self.canary.get(task.job_id)
+        if canary is None:
+            canary = self.canary[task.job_id] = _may_be_canary(job)
+        need = self.stakes.get((units, max_price, canary))
         if need is None:
-            need = self.stakes[units, max_price] = stake_needed(
-                self.c, cost_for_units(units, max_price))
+            need = self.stakes[units, max_price, canary] = stake_needed(
+                self.c, cost_for_units(units, max_price), canary=canary)
         return market.TaskDemand(id=task.id, workload=workload, model=model,
                                  max_price=max_price, memory_mb=memory_mb, units=units,
                                  exclude=exclude, stake_needed=need, only=only)
 
 
-def stake_needed(c: Coordinator, value: int) -> int:
-    """Stake a provider needs for a task worth ``value`` (0 when nothing is checked)."""
+def stake_needed(c: Coordinator, value: int, *, canary: bool = True) -> int:
+    """Stake a provider needs for a task worth ``value`` (0 when nothing is checked).
+
+    ``canary=False``: the task's job can never be a canary (``policy.may_be_canary``),
+    and its provider can tell: the odds of a check leave the canary share out, so the
+    stake is larger and cheating on such a task still has negative expected profit."""
     vp = c.settings.verify
-    p = policy.check_probability(Reputation(cv=2**31), vp)
+    p = policy.check_probability(Reputation(cv=2**31), vp, canary=canary)
     return market.stake_for(value, vp.slash_fraction, p) if p > 0 else 0
+
+
+def _may_be_canary(job: Job) -> bool:
+    """``policy.may_be_canary`` of a job: its shard count read as whether its task of index
+    ``MAX_CANARY_SHARDS`` exists, a primary-key lookup (ids as ``admission.create`` writes
+    them). A job read outside a session counts as one that may be a canary."""
+    spec = job.spec or {}
+    if not policy.may_be_canary(spec, 1):
+        return False
+    state = inspect(job, raiseerr=False)
+    s = state.session if state is not None else None
+    if s is None:
+        return True
+    beyond = f"{job.id}.t{policy.MAX_CANARY_SHARDS:05d}"
+    more = s.scalar(select(Task.id).where(Task.id == beyond)) is not None
+    return policy.may_be_canary(spec, policy.MAX_CANARY_SHARDS + 1 if more else 1)
 
 
 def match_once(c: Coordinator) -> list[str]:

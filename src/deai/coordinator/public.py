@@ -91,6 +91,10 @@ SEALED_FIELDS = frozenset({"role", "canary", "subject", "checker", "referee", "r
                            "statistic", "detail", "fault", "job", "owner", "escrow"})
 # ``owner`` and ``escrow``: every job, a canary too, is announced by ``job_submitted`` at
 # once, and who pays for it (the network pays for a canary) waits for the window.
+JOB_ENDS = frozenset({"job_completed", "job_failed", "job_cancelled"})
+"""Their ``cost`` and ``refunded`` wait for the window too: a canary job costs and refunds
+nothing (the treasury pays its check fees), so an end at 0 and 0 named it at once, as a
+job's face would (``job`` shows its money only once the window has closed)."""
 
 
 def disclosed(kind: str, ts: float, horizon: float) -> bool:
@@ -103,7 +107,8 @@ def sealed_body(kind: str, body: dict[str, Any], ts: float, horizon: float) -> d
     """A disclosed event's public body; inside the window (a slash), without check details."""
     out = event_body(kind, body)
     if ts > horizon:
-        out = {k: v for k, v in out.items() if k not in SEALED_FIELDS}
+        money = ("cost", "refunded") if kind in JOB_ENDS else ()
+        out = {k: v for k, v in out.items() if k not in SEALED_FIELDS and k not in money}
     return out
 
 
@@ -136,9 +141,14 @@ def statuses(counts: dict[str, int], shown_as: dict[str, str]) -> dict[str, int]
     return out
 
 
-def job(j: wire.JobOut, horizon: float | None = None) -> wire.JobOut:
+def job(j: wire.JobOut, horizon: float | None = None, window: float = 0.0) -> wire.JobOut:
     """A job's public face: no owner, no output, no private spec; what it pays only once
-    it ended a window ago (before then, who pays would tell a canary apart)."""
+    it ended a window ago (before then, who pays would tell a canary apart).
+
+    ``window``: the challenge window (``horizon`` is now minus it). Until the window
+    after the job finished has closed, ``final_at`` reads as that window's end whatever
+    the job waits for: a blank one, while an audit waits for its verifier, told the
+    job's providers that one of their results was being audited."""
     update: dict[str, Any] = {"spec": {k: j.spec[k] for k in PUBLIC_SPEC if k in j.spec},
                               "owner": "", "output_digest": None, "error": error(j.error)}
     if horizon is not None and (j.finished_at is None or j.finished_at > horizon):
@@ -146,8 +156,16 @@ def job(j: wire.JobOut, horizon: float | None = None) -> wire.JobOut:
         # A result waiting for its check, and who else ran the job, would tell a checker
         # that it is one (and whom it checks): shown only once the window has closed.
         update |= {"tasks": statuses(dict(j.tasks), TASK_SHOWN_AS), "providers": {},
-                   "status": JOB_SHOWN_AS.get(j.status, j.status)}
+                   "status": JOB_SHOWN_AS.get(j.status, j.status), "final": False,
+                   "final_at": None if j.finished_at is None else j.finished_at + window}
     return j.model_copy(update=update)
+
+
+def shard_status(status: str, sealed: bool) -> str:
+    """A task's status on the public job page: inside the window (``sealed``) a result
+    waiting for its check reads as running (``TASK_SHOWN_AS``), or a replica's
+    leaseholder would read on its own shard that it is a check."""
+    return TASK_SHOWN_AS.get(status, status) if sealed else status
 
 
 def assignment(a: wx.AssignmentRow) -> wx.AssignmentRow:

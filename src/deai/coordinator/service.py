@@ -15,6 +15,7 @@ import hmac
 import os
 import random
 import secrets
+from collections.abc import Callable
 from typing import Any
 
 from nacl.exceptions import BadSignatureError
@@ -194,9 +195,16 @@ class Coordinator:
         hw = reg.hardware.model_dump()
         fp = diversity.fingerprint(hw)
         hw.pop("machine_id", None)  # links keys on one box; kept only inside the fingerprint
+        seen: set[tuple[str, str]] = set()
         for i, o in enumerate(reg.offers):
             info = catalog.lookup(o.model, field=f"offers[{i}].model", workload=o.workload)
             o.model = info.name
+            # After the alias is resolved: two names of one model are one offer (the
+            # table's key), and a second would fail the insert as a 500.
+            if (o.workload, o.model) in seen:
+                raise InvalidInput(f"offers[{i}]: {o.workload} {o.model} is offered twice",
+                                   field=f"offers[{i}]")
+            seen.add((o.workload, o.model))
         cu = compute.compute_units(reg.benchmark.gflops, reg.benchmark.mem_gbps)
         now = self.now()
 
@@ -296,28 +304,55 @@ class Coordinator:
             return self._provider_out(s, p, *_records(s, [pid]))
 
     def providers(self) -> list[wire.ProviderOut]:
-        """Every provider, in a few statements whatever their number: offers, stakes,
-        earnings and records each read for all at once, not once per provider."""
+        """Every provider with its whole hardware, a page at a time (``providers_page``):
+        for callers inside the process; the API serves pages of summaries."""
+        out: list[wire.ProviderOut] = []
+        after: str | None = None
+        while True:
+            page = self.providers_page(MAX_PAGE, after, summary=False)
+            out.extend(page.providers)
+            if page.next is None:
+                return out
+            after = page.next
+
+    def providers_page(self, limit: int, after: str | None = None, *,
+                       summary: bool = True) -> wire.ProvidersOut:
+        """Up to ``limit`` providers by id, those above ``after``, in a few statements
+        whatever their number: offers, stakes, earnings and records each read for the
+        page at once. Each row carries a summary of its hardware, not the registration's
+        blob (up to ~16 KB each: registering is free, so a list of them must not be what
+        a stranger can grow; ``summary=False``: whole); ``provider`` gives it whole.
+        ``next``: the id to pass as ``after`` for the next page, None after the last."""
+        limit = max(1, min(limit, MAX_PAGE))
         with self.db.read() as s:
-            rows = s.scalars(select(Provider).order_by(Provider.registered_at)).all()
-            slashes, probation = _records(s, None)  # one GROUP BY each, not one per row
+            q = select(Provider).order_by(Provider.id).limit(limit)
+            if after is not None:
+                q = q.where(Provider.id > after)
+            rows = s.scalars(q).all()
+            ids = [p.id for p in rows]
+            slashes, probation = _records(s, ids)
             offers: dict[str, list[Offer]] = {}
-            for o in s.scalars(select(Offer).order_by(Offer.provider_id, Offer.workload,
-                                                      Offer.model)):
+            for o in s.scalars(select(Offer).where(Offer.provider_id.in_(ids))
+                               .order_by(Offer.provider_id, Offer.workload, Offer.model)):
                 offers.setdefault(o.provider_id, []).append(o)
             stakes = self.settlement.balances(s, [ledger.stake(p.id) for p in rows])
             earned = {str(k): int(v) for k, v in s.execute(
                 select(Payout.provider_id, func.sum(Payout.amount))
-                .group_by(Payout.provider_id)).all()}
-            return [self._provider_out(s, p, slashes, probation,
-                                       (offers.get(p.id, []), stakes.get(ledger.stake(p.id), 0),
-                                        earned.get(p.id, 0)))
-                    for p in rows]
+                .where(Payout.provider_id.in_(ids)).group_by(Payout.provider_id)).all()}
+            out = [self._provider_out(s, p, slashes, probation,
+                                      (offers.get(p.id, []), stakes.get(ledger.stake(p.id), 0),
+                                       earned.get(p.id, 0)),
+                                      hardware=hardware_summary if summary else dict)
+                   for p in rows]
+        return wire.ProvidersOut(providers=out, next=ids[-1] if len(ids) == limit else None)
 
     def _provider_out(self, s: Session, p: Provider, slashes: dict[str, int],
                       probation: set[str],
-                      known: tuple[list[Offer], int, int] | None = None) -> wire.ProviderOut:
-        """``known``: its offers, stake and earnings, read with others' (``providers``)."""
+                      known: tuple[list[Offer], int, int] | None = None,
+                      hardware: Callable[[dict[str, Any]], dict[str, Any]] = dict,
+                      ) -> wire.ProviderOut:
+        """``known``: its offers, stake and earnings, read with others' (``providers``);
+        ``hardware``: what of its hardware to show (a list's rows: ``hardware_summary``)."""
         if known is None:
             offers = list(s.scalars(select(Offer).where(Offer.provider_id == p.id)
                                     .order_by(Offer.workload, Offer.model)))
@@ -330,9 +365,10 @@ class Coordinator:
         online = self.online(p)
         n, on_probation = slashes.get(p.id, 0), p.id in probation
         return wire.ProviderOut(
-            id=p.id, name=p.name, status=p.status, online=online, hardware=p.hardware,
-            benchmark=p.benchmark, compute_units=p.compute_units, threads=p.threads,
-            slots=p.slots, stake=stake, reputation=p.reputation,
+            id=p.id, name=p.name, status=p.status, online=online,
+            hardware=hardware(p.hardware or {}), benchmark=p.benchmark,
+            compute_units=p.compute_units, threads=p.threads, slots=p.slots, stake=stake,
+            reputation=p.reputation,
             last_seen=p.last_seen, tasks_done=p.tasks_done, earned=int(earned),
             capabilities=p.capabilities or {},
             offers=[wire.OfferOut(workload=o.workload, model=o.model, price=o.price,
@@ -341,6 +377,19 @@ class Coordinator:
             standing=standing(online=online, slashes=n, probation=on_probation, stake=stake,
                               min_stake=self.settings.min_stake).value,
             slashes=n, probation=on_probation)
+
+
+MAX_PAGE = 500  # rows of a public list, at most
+
+
+def hardware_summary(hw: dict[str, Any]) -> dict[str, Any]:
+    """A list row's hardware: the figures a table shows, and how many GPUs (not each
+    GPU's entry: a registration may carry 64 of them)."""
+    gpus = hw.get("gpus")
+    out: dict[str, Any] = {k: hw[k] for k in ("cpu_model", "cores", "memory_mb", "platform")
+                           if k in hw}
+    out["gpu_count"] = len(gpus) if isinstance(gpus, list) else 0
+    return out
 
 
 def _records(s: Session, pids: list[str] | None) -> tuple[dict[str, int], set[str]]:

@@ -24,7 +24,8 @@ from __future__ import annotations
 import logging
 import os
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, text
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from deai.coordinator import blob_quota
@@ -52,9 +53,17 @@ def save_timeout() -> float:
 # --- the owner ----------------------------------------------------------------------------
 
 def create(c: Coordinator, owner: str, body: VolumeIn) -> VolumeOut:
+    """A new volume; 409 naming ``name`` if the owner has one by that name or holds
+    ``MAX_VOLUMES`` already. One owner's creations run one at a time (PostgreSQL: an
+    advisory lock on the owner; SQLite: its write lock), or concurrent ones would each
+    pass both checks: the name's unique constraint then raised a 500 and the cap was
+    overrun."""
     name = core.check_name(body.name)
     size = core.size_bytes(body.size_gb)
     with c.db.write() as s:
+        if not c.db.is_sqlite:
+            s.execute(text("SELECT pg_advisory_xact_lock(hashtext(:k))"),
+                      {"k": f"volumes:{owner}"})
         mine = s.scalars(select(Volume).where(Volume.owner == owner)).all()
         if any(v.name == name for v in mine):
             raise Conflict(f"name: you already have a volume {name!r}", field="name")
@@ -64,7 +73,13 @@ def create(c: Coordinator, owner: str, body: VolumeIn) -> VolumeOut:
         v = Volume(id=new_id("vol"), owner=owner, name=name, size_bytes=size,
                    created_at=c.now(), updated_at=c.now())
         s.add(v)
-        s.flush()
+        try:
+            s.flush()
+        except IntegrityError as e:  # a writer that took no lock (none does today)
+            if "uq_volumes_owner_name" not in str(e) and "volumes.owner" not in str(e):
+                raise
+            raise Conflict(f"name: you already have a volume {name!r}",
+                           field="name") from e
         c.emit(s, "volume_created", v.id, owner=owner, name=name, size_bytes=size)
         return _out(s, v, c.now())
 

@@ -209,6 +209,14 @@ class ProviderOut(Out):
                             description="on probation for some workload (full replication)")
 
 
+class ProvidersOut(Out):
+    """``GET /api/providers``: a page of providers by id, each with a summary of its
+    hardware (``/api/providers/{id}`` has all of it)."""
+    providers: list[ProviderOut]
+    next: str | None = Field(default=None, description=(
+        "pass as ``after`` for the next page; null after the last"))
+
+
 class HeartbeatIn(In):
     running: list[Annotated[str, Field(max_length=64)]] = Field(default_factory=list,
                                                                  max_length=1024)

@@ -104,6 +104,24 @@
     return body;
   }
 
+  // /api/providers and /api/hardware/claims are paged (by provider id, at most 500 a
+  // page): follow `next`, up to a bound a page can draw (a network of more providers
+  // shows its first PAGES_AT_MOST pages).
+  const PAGES_AT_MOST = 20;
+  async function pagedList(path, key) {
+    const rows = [];
+    let after = null;
+    for (let i = 0; i < PAGES_AT_MOST; i++) {
+      const d = await api(`${path}${after === null ? "" : `?after=${encodeURIComponent(after)}`}`);
+      rows.push(...d[key]);
+      if (!d.next || !d[key].length) break;
+      after = d.next;
+    }
+    return { [key]: rows };
+  }
+  const providerList = () => pagedList("/api/providers", "providers");
+  const gpuCount = (hw) => hw.gpu_count ?? (hw.gpus || []).length;
+
   function card(title, body, opts = {}) {
     return h("section", { class: `card ${opts.flush ? "flush" : ""}`, "data-testid": opts.testid }, title ? h("h2", {}, title) : null, body);
   }
@@ -283,7 +301,7 @@
       }
     };
     v.load = async () => {
-      const [o, provs, jobs] = await Promise.all([api("/api/explorer/overview"), api("/api/providers"), api("/api/explorer/jobs?limit=8")]);
+      const [o, provs, jobs] = await Promise.all([api("/api/explorer/overview"), providerList(), api("/api/explorer/jobs?limit=8")]);
       provs.providers.forEach((p) => { state.names[p.id] = p.name; });
       return { o, provs: provs.providers, jobs: jobs.jobs };
     };
@@ -327,7 +345,7 @@
       v.provs.replaceChildren(table([
         { key: "name", label: "Provider", render: (p) => providerLink(p.id) },
         { key: "online", label: "Status", render: (p) => standingBadge(p) },
-        { key: "hw", label: "Hardware", render: (p) => `${p.hardware.cores || "?"} cores${(p.hardware.gpus || []).length ? ` · ${p.hardware.gpus.length} GPU` : ""}` },
+        { key: "hw", label: "Hardware", render: (p) => `${p.hardware.cores || "?"} cores${gpuCount(p.hardware) ? ` · ${gpuCount(p.hardware)} GPU` : ""}` },
         { key: "cu", label: "CU", num: true, render: (p) => num(p.compute_units, 2) },
         { key: "price", label: "Price", num: true, render: (p) => bestOffer(p) ? price(bestOffer(p).price) : "—" },
         { key: "tasks", label: "Tasks", num: true, render: (p) => nf.format(p.tasks_done) },
@@ -359,7 +377,7 @@
       { key: "online", label: "Status", value: (p) => STANDING_RANK[standingOf(p)] ?? 5, render: (p) => standingBadge(p) },
       { key: "cpu", label: "CPU", value: (p) => p.hardware.cpu_model || "", render: (p) => h("span", { title: p.hardware.cpu_model }, short(p.hardware.cpu_model || "?", 28)) },
       { key: "cores", label: "Cores", num: true, value: (p) => p.hardware.cores || 0, render: (p) => nf.format(p.hardware.cores || 0) },
-      { key: "gpus", label: "GPUs", num: true, value: (p) => (p.hardware.gpus || []).length, render: (p) => nf.format((p.hardware.gpus || []).length) },
+      { key: "gpus", label: "GPUs", num: true, value: (p) => gpuCount(p.hardware), render: (p) => nf.format(gpuCount(p.hardware)) },
       { key: "mem", label: "Memory", num: true, value: (p) => p.hardware.memory_mb || 0, render: (p) => `${num((p.hardware.memory_mb || 0) / 1024, 1)} GB` },
       { key: "cu", label: "CU", num: true, value: (p) => p.compute_units, render: (p) => num(p.compute_units, 2) },
       { key: "price", label: "Price", num: true, value: (p) => (bestOffer(p) ? bestOffer(p).price : Infinity), render: (p) => (bestOffer(p) ? price(bestOffer(p).price) : "—") },
@@ -379,7 +397,7 @@
       root.append(h("div", { class: "page-head" }, h("h1", {}, "Providers"), h("div", { class: "sub" }, "Every machine that sells compute here. Click a column to sort; prices are micro-DEAI (µ) per 1,000 units, and per compute unit so different hardware compares fairly.")),
         card(null, [legend, v.body], { flush: true }));
     };
-    v.load = async () => (await api("/api/providers")).providers;
+    v.load = async () => (await providerList()).providers;
     v.update = (provs) => {
       provs.forEach((p) => { state.names[p.id] = p.name; });
       const col = cols.find((c) => c.key === state.sort.key) || cols[1];
@@ -576,7 +594,7 @@
     };
     v.load = async () => {
       const q = v.before === null ? "" : `&before=${v.before}`;
-      const [d, provs] = await Promise.all([api(`/api/explorer/ledger?limit=${PAGE}${q}`), api("/api/providers").catch(() => null)]);
+      const [d, provs] = await Promise.all([api(`/api/explorer/ledger?limit=${PAGE}${q}`), providerList().catch(() => null)]);
       if (provs) provs.providers.forEach((p) => { state.names[p.id] = p.name; });
       if (!d.last_audit && !state.auditTried) { state.auditTried = true; d.last_audit = await api("/api/explorer/audit", { method: "POST" }); }
       return d;
@@ -622,7 +640,7 @@
     };
     v.load = async () => {
       const q = v.before === null ? "" : `&before=${v.before}`;
-      const [d, provs] = await Promise.all([api(`/api/explorer/accounts/${encodeURIComponent(account)}?limit=100${q}`), api("/api/providers").catch(() => null)]);
+      const [d, provs] = await Promise.all([api(`/api/explorer/accounts/${encodeURIComponent(account)}?limit=100${q}`), providerList().catch(() => null)]);
       if (provs) provs.providers.forEach((p) => { state.names[p.id] = p.name; });
       return d;
     };
@@ -660,7 +678,7 @@
         card("Cloud list prices", v.cloud, { flush: true, testid: "cloud-index-card" }));
     };
     v.load = async () => {
-      const [c, idx] = await Promise.all([api("/api/hardware/claims"), api("/api/hardware/cloud-index")]);
+      const [c, idx] = await Promise.all([pagedList("/api/hardware/claims", "claims"), api("/api/hardware/cloud-index")]);
       return { claims: c.claims, idx };
     };
     v.update = ({ claims, idx }) => {
@@ -882,7 +900,7 @@
     n.textContent = "Charts are off: the charting library is not installed on this coordinator (run `make explorer`). Every number below is still live.";
   }
 
-  api("/api/providers").then((d) => { d.providers.forEach((p) => { state.names[p.id] = p.name; }); scheduleRefresh(); }).catch(() => {});
+  providerList().then((d) => { d.providers.forEach((p) => { state.names[p.id] = p.name; }); scheduleRefresh(); }).catch(() => {});
   window.addEventListener("hashchange", route);
   setInterval(() => { if (!document.hidden) scheduleRefresh(); }, 10000);
   route();

@@ -100,12 +100,22 @@ RETRY_SQLSTATES = frozenset({"40001", "40P01"})  # serialization_failure, deadlo
 DEFAULT_ATTEMPTS = 8
 
 
+# Connections: more than the threads that can ask for one at a time. Each database call
+# runs on anyio's thread pool (40 threads) and holds one connection; a pool smaller than
+# that made the 16th (SQLite) or 31st (PostgreSQL) concurrent reader wait 30 s and answer
+# 500, whatever it was for. The margin covers the threads of our own (checkpoints).
+THREADS = 40  # anyio's default thread limiter
+POOL_SIZE = 10  # kept open
+POOL_OVERFLOW = THREADS + 10 - POOL_SIZE  # opened under load, closed when returned
+
+
 def make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30},
+                               pool_size=POOL_SIZE, max_overflow=POOL_OVERFLOW)
 
         @event.listens_for(engine, "connect")
         def _pragmas(dbapi_conn, _record):  # type: ignore[no-untyped-def]
@@ -131,7 +141,8 @@ def make_engine(url: str) -> Engine:
             conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.info.get("write") else "BEGIN")
 
         return engine
-    return create_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
+    return create_engine(url, pool_size=POOL_SIZE, max_overflow=POOL_OVERFLOW,
+                         pool_pre_ping=True)
 
 
 def is_retryable(exc: BaseException) -> bool:

@@ -9,10 +9,12 @@ the work and the party that contradicts the referee is at fault.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
+from deai.core import sealed
 from deai.core.verify.params import VerifyParams
 from deai.core.verify.reputation import Reputation
 
@@ -38,10 +40,25 @@ def canary_odds(p: VerifyParams) -> float:
     return p.canary_share / (1.0 - p.canary_share) if p.canary_share < 1.0 else float("inf")
 
 
-def check_probability(rep: Reputation, p: VerifyParams) -> float:
+MAX_CANARY_SHARDS = 4  # a canary job has one to four shards (``coordinator.canaries``)
+
+
+def may_be_canary(spec: Mapping[str, Any] | None, shards: int) -> bool:
+    """Whether a job could be a canary, as anyone can tell from its public face: a sealed
+    job's answer is no known answer (the network cannot read it), a dataset job's rows
+    reach only its own leases, and a canary job has at most ``MAX_CANARY_SHARDS``
+    shards. A provider leased work of any other job knows no canary can come."""
+    return (shards <= MAX_CANARY_SHARDS and not sealed.is_sealed(dict(spec or {}))
+            and not (spec or {}).get("dataset_id"))
+
+
+def check_probability(rep: Reputation, p: VerifyParams, *, canary: bool = True) -> float:
     """p = q + (1 − q)·(1 − (1 − ρ)(1 − a)): the chance that a given dispatched task is
-    checked, by a canary, a replica or a verifier's audit of the accepted result."""
-    q = p.canary_share
+    checked, by a canary, a replica or a verifier's audit of the accepted result.
+
+    ``canary=False``: the task is of a job that can never be a canary
+    (``may_be_canary``), which its provider can see: p = 1 − (1 − ρ)(1 − a)."""
+    q = p.canary_share if canary else 0.0
     rho = replication_probability(rep, p)
     return q + (1.0 - q) * (1.0 - (1.0 - rho) * (1.0 - p.audit_share))
 
