@@ -162,8 +162,9 @@ def test_a_large_body_is_refused_before_it_is_read(net: Network) -> None:
     req = (b"POST /api/faucet HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
            b"Content-Length: 1000000000\r\n\r\n")
     assert _raw(net, req, []).startswith(b"HTTP/1.1 413")
-    # No length declared (chunked): counted as it streams, refused once past the limit.
-    req = (b"PUT /api/blobs HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\n"
+    # No length declared (chunked): counted as it streams, refused once past the limit
+    # (a route that reads its body: an unsigned upload is refused before it is read).
+    req = (b"POST /api/faucet HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
            b"Transfer-Encoding: chunked\r\n\r\n")
     piece = b"x" * 50_000
     chunk = f"{len(piece):x}\r\n".encode() + piece + b"\r\n"

@@ -1,19 +1,35 @@
-"""Per-account blob quotas, and expiry of uploads nothing uses.
+"""Per-account blob quotas, a disk budget for uploads, and expiry of uploads nothing uses.
 
 Every upload (``PUT /api/blobs``, ``POST /v1/files``) is recorded against its
 account (``blob_refs``: digest, account, size, time) *before* its bytes are
-stored, and only while the account's recorded uploads stay within
-``Settings.blob_quota_bytes``; past it the upload is refused with 413
-``blob_quota_exceeded`` naming the field, and nothing is stored. Uploading a
-blob the account already holds costs nothing more. On PostgreSQL an advisory
-lock per account serialises the check, so concurrent uploads cannot pass it.
+stored, and only while what the account holds stays within its quota
+(``quota_for``); past it the upload is refused with 413 ``blob_quota_exceeded``
+naming the field, and nothing is stored. Uploading a blob the account already
+holds costs nothing more. On PostgreSQL an advisory lock per account serialises
+the check, so concurrent uploads cannot pass it.
 
-An upload counts for ``Settings.blob_ttl`` (24 h). Then the leader's retention
-loop (``sweep``) drops its record; a blob that no record uses any more (no
-other account's upload, job, task, assignment, checkpoint, /v1 file or volume snapshot) is
-deleted from the store. A blob a job or a file uses stays, readable by its
-owner through that record (``access``). So an account, funded or not, holds
-at most its quota in uploads that nothing uses, and never for long.
+What an account holds (``used``), each digest once: its uploads of the last
+``Settings.blob_ttl`` (24 h), its /v1 files (kept until it deletes them), and
+the content of its datasets, whose upload record never runs out while a dataset
+of the account names it (a dataset keeps its bytes for as long as it exists:
+``keep`` with ``account``, ``sweep``). Keys are free, so the quota follows money:
+an account holding ``Settings.blob_quota_funds`` (its balance, pending earnings
+and stake together) or more, or a network verifier, gets ``blob_quota_bytes``;
+one holding less gets that share of it, and never less than
+``blob_quota_free_bytes`` (64 KiB: a small job's input, not disk worth a key).
+Many keys hold no more than the money behind them.
+
+All uploads together may take ``Settings.blob_disk_budget`` bytes of the disk
+under the blob store (0: 80 % of what was free there when the coordinator first
+took an upload), measured as the fall in its free space since (``check_disk``).
+Past it, new bytes are refused with 507 ``insufficient_storage`` before anything
+is recorded or stored; bytes the store already holds are still taken.
+
+An upload counts for ``Settings.blob_ttl``. Then the leader's retention loop
+(``sweep``) drops its record (unless a dataset of its account names it); a blob
+that no record uses any more (no other account's upload, job, task, assignment,
+checkpoint, /v1 file or volume snapshot) is deleted from the store. A blob a job
+uses stays, readable by its owner through that record (``access``).
 
 Bytes are deleted after the commit that drops the last row naming them (an
 upload's record, a /v1 file, a volume snapshot), so that no write lock is held
@@ -27,12 +43,16 @@ from __future__ import annotations
 
 import functools
 import logging
+import shutil
+import threading
+import weakref
 
-from sqlalchemy import delete, func, select, text, update
+from sqlalchemy import ColumnElement, delete, func, select, text, union_all, update
 from sqlalchemy.orm import Session
 
 from deai.coordinator.service import Coordinator
-from deai.core.errors import InvalidInput, PayloadTooLarge
+from deai.core import ledger
+from deai.core.errors import DeAIError, InvalidInput, PayloadTooLarge
 from deai.store import db, journal
 from deai.store.blobs import digest_of
 from deai.store.models import (
@@ -58,37 +78,129 @@ class QuotaExceeded(PayloadTooLarge):
     code = "blob_quota_exceeded"
 
 
+class StorageFull(DeAIError):
+    status = 507
+    code = "insufficient_storage"
+
+
+def quota_of(full: int, free: int, funds_for_full: int, funds: int) -> int:
+    """The bytes an account holding ``funds`` µ may keep: ``full`` from ``funds_for_full``
+    up (``funds_for_full`` 0: everyone), that share of it below, never under ``free``
+    (nor over ``full``)."""
+    if funds_for_full <= 0:
+        return full
+    share = full * min(max(funds, 0), funds_for_full) // funds_for_full
+    return min(full, max(free, share))
+
+
+def quota_for(c: Coordinator, s: Session, account: str) -> int:
+    """``account``'s quota: by its balance, pending earnings and stake (``quota_of``); a
+    network verifier's (it holds no stake, and uploads the checks it runs) is full."""
+    st = c.settings
+    if account in st.verifiers or st.blob_quota_funds <= 0:
+        return st.blob_quota_bytes
+    held = c.settlement.balances(s, [ledger.acct(account), ledger.pending(account),
+                                     ledger.stake(account)])
+    return quota_of(st.blob_quota_bytes, st.blob_quota_free_bytes, st.blob_quota_funds,
+                    sum(held.values()))
+
+
 def used(s: Session, account: str) -> int:
-    return int(s.scalar(select(func.coalesce(func.sum(BlobRef.size), 0))
-                        .where(BlobRef.account == account)) or 0)
+    """The bytes ``account`` holds, each digest once: its upload records (those of the
+    TTL, and those its datasets keep) and its /v1 files."""
+    both = union_all(
+        select(BlobRef.digest, BlobRef.size).where(BlobRef.account == account),
+        select(ApiFile.digest, ApiFile.size).where(ApiFile.account == account)).subquery()
+    each = select(both.c.digest, func.max(both.c.size).label("size")) \
+        .group_by(both.c.digest).subquery()
+    return int(s.scalar(select(func.coalesce(func.sum(each.c.size), 0))) or 0)
+
+
+def lock_account(c: Coordinator, s: Session, account: str) -> None:
+    """One account's quota checks, one at a time (PostgreSQL; SQLite: always). Taken
+    before any blob's hold (``_lock_digests``), in every transaction that takes both."""
+    if not c.db.is_sqlite:
+        s.execute(text("SELECT pg_advisory_xact_lock(hashtext(:k))"),
+                  {"k": f"blob-quota:{account}"})
+
+
+def _count(c: Coordinator, s: Session, account: str, digest: str, size: int,
+           field: str) -> None:
+    """Record ``digest`` against ``account`` (its locks held): renewed if it holds it,
+    else counted, and refused past its quota, naming ``field``."""
+    # Already held: counted once, and its time starts again. An update, not a read: a
+    # sweep deleting the record at this moment (``sweep``: only a record still past its
+    # time) either waits for it and keeps the record, or is waited for, and the upload is
+    # recorded anew below.
+    if db.changed(s.execute(update(BlobRef).where(
+            BlobRef.digest == digest, BlobRef.account == account).values(created_at=c.now()))):
+        return
+    have, quota = used(s, account), quota_for(c, s, account)
+    filed = s.scalar(select(ApiFile.id).where(ApiFile.account == account,
+                                              ApiFile.digest == digest).limit(1))
+    if filed is None and have + size > quota:
+        short = (f"; an account holding less than {c.settings.blob_quota_funds} µ (balance, "
+                 f"pending and stake) gets that share of {c.settings.blob_quota_bytes}"
+                 if quota < c.settings.blob_quota_bytes else "")
+        raise QuotaExceeded(
+            f"{field}: this account holds {have} bytes (uploads of the last "
+            f"{c.settings.blob_ttl:.0f} s, /v1 files, datasets); {size} more would pass its "
+            f"quota of {quota} bytes{short}", field=field, quota=quota, used=have, size=size)
+    s.add(BlobRef(digest=digest, account=account, size=size, created_at=c.now()))
 
 
 def admit(c: Coordinator, account: str, digest: str, size: int, field: str = "body") -> None:
-    """Record ``account``'s upload of ``digest``, or refuse it over the quota."""
-    quota = c.settings.blob_quota_bytes
+    """Record ``account``'s upload of ``digest``, or refuse it: over its quota, or new
+    bytes past the disk budget."""
+    if not c.blobs.exists(digest):  # bytes the store holds take no more disk
+        check_disk(c, size, field)
 
     def body(s: Session) -> None:
-        if not c.db.is_sqlite:  # one account's uploads, one at a time (SQLite: always)
-            s.execute(text("SELECT pg_advisory_xact_lock(hashtext(:k))"),
-                      {"k": f"blob-quota:{account}"})
+        lock_account(c, s, account)
         _lock_digests(c, s, [digest])  # not while a discard of these bytes checks
-        # Already held: counted once, and its time starts again. An update, not a read:
-        # a sweep deleting the record at this moment (``sweep``: only a record still past
-        # its time) either waits for it and keeps the record, or is waited for, and the
-        # upload is recorded anew below.
-        if db.changed(s.execute(update(BlobRef).where(
-                BlobRef.digest == digest, BlobRef.account == account).values(created_at=c.now()))):
-            return
-        have = used(s, account)
-        if have + size > quota:
-            raise QuotaExceeded(
-                f"{field}: this account holds {have} bytes of uploads no job or file uses "
-                f"yet; {size} more would pass its quota of {quota} bytes (uploads count for "
-                f"{c.settings.blob_ttl:.0f} s)", field=field, quota=quota, used=have,
-                size=size)
-        s.add(BlobRef(digest=digest, account=account, size=size, created_at=c.now()))
+        _count(c, s, account, digest, size, field)
 
     c.db.run(body)
+
+
+# --- the disk budget -------------------------------------------------------------------------
+
+DISK_SHARE = 0.8  # of the free disk at the first upload: the default budget
+_disk: weakref.WeakKeyDictionary[Coordinator, tuple[int, int]] = weakref.WeakKeyDictionary()
+_disk_lock = threading.Lock()
+
+
+def _free(c: Coordinator) -> int:
+    return shutil.disk_usage(c.blobs.root).free
+
+
+def disk_room(c: Coordinator) -> int:
+    """Bytes uploads may still add to the blob store's disk: the budget less the fall in
+    its free space since the first upload (whatever wrote: a disk full for any reason
+    takes no upload), and never more than is free. Raises ``OSError``."""
+    free = _free(c)
+    with _disk_lock:
+        if c not in _disk:
+            budget = c.settings.blob_disk_budget or int(free * DISK_SHARE)
+            _disk[c] = (budget, free)
+        budget, first = _disk[c]
+    return max(0, min(budget - max(0, first - free), free))
+
+
+def check_disk(c: Coordinator, size: int, field: str) -> None:
+    """Refuse ``size`` new bytes past the disk budget (``StorageFull``, 507), naming
+    ``field``: before a byte is recorded or stored."""
+    try:
+        room = disk_room(c)
+    except OSError as exc:
+        log.error("blob store: cannot read the free disk (%s); uploads refused", exc)
+        raise StorageFull(f"{field}: the coordinator cannot measure its free disk; "
+                          "try again later", field=field) from None
+    if size > room:
+        log.warning("blob store: an upload of %d bytes refused, %d bytes of the disk "
+                    "budget left", size, room)
+        raise StorageFull(f"{field}: the coordinator's blob store is full (its disk "
+                          "budget for uploads is spent); try again later", field=field)
 
 
 def in_use(s: Session, digests: list[str]) -> set[str]:
@@ -149,17 +261,26 @@ def hold(c: Coordinator, s: Session, data: bytes) -> str:
     return digest
 
 
-def keep(c: Coordinator, s: Session, digests: str | list[str], field: str) -> None:
+def keep(c: Coordinator, s: Session, digests: str | list[str], field: str,
+         account: str | None = None) -> None:
     """Hold stored bytes that rows this transaction is about to write will name (a
     dataset's ciphertext, a job's input files), as ``hold`` does for bytes it stores;
     refused, naming ``field``, if a discard deleted them first (their upload's record
-    ran out)."""
+    ran out). With ``account`` (a dataset's owner), the bytes count against its quota
+    for as long as a dataset of its names them: its record is renewed, or written anew
+    within its quota (``QuotaExceeded`` naming ``field`` past it), and ``sweep`` never
+    drops it while such a dataset exists."""
     digests = [digests] if isinstance(digests, str) else digests
+    if account is not None:
+        lock_account(c, s, account)  # before the blobs' holds, as ``admit``
     _lock_digests(c, s, digests)
     for d in digests:
         if not c.blobs.exists(d):
             raise InvalidInput(f"{field}: no stored blob {d} (its upload expired); upload "
                                "it again", field=field)
+    if account is not None:
+        for d in sorted(set(digests)):
+            _count(c, s, account, d, c.blobs.size(d), field)
 
 
 DISCARD_BATCH = 100  # blobs checked again and deleted in one write transaction
@@ -255,11 +376,19 @@ def _discard(c: Coordinator, s: Session, *, unused: list[str], burials: dict[str
     return n
 
 
+def _kept_by_dataset() -> ColumnElement[bool]:
+    """An upload record whose account has a dataset naming its bytes: it counts against
+    that account's quota for as long as the dataset keeps them (for ever)."""
+    return select(Dataset.id).where(Dataset.owner == BlobRef.account,
+                                    Dataset.blob_digest == BlobRef.digest).exists()
+
+
 def sweep(c: Coordinator) -> int:
     """Delete the blobs of graves a deletion left (it failed, or never ran); then drop
-    upload records past the TTL, burying their blobs, and delete those nothing uses.
-    Returns how many blobs were deleted. A page that fails is logged and left for the
-    next sweep, and the rest go on: one blob that cannot be deleted stops nothing."""
+    upload records past the TTL (not those a dataset of their account names), burying
+    their blobs, and delete those nothing uses. Returns how many blobs were deleted. A
+    page that fails is logged and left for the next sweep, and the rest go on: one blob
+    that cannot be deleted stops nothing."""
     total, after = 0, ""
     while True:  # by digest, after the last page: a grave that stays is not read again
         with c.db.read() as s:
@@ -274,12 +403,14 @@ def sweep(c: Coordinator) -> int:
     while True:
         def body(s: Session) -> tuple[list[str], list[str]]:
             rows = s.execute(select(BlobRef.digest, BlobRef.account)
-                             .where(BlobRef.created_at < cutoff, BlobRef.account != GRAVE)
+                             .where(BlobRef.created_at < cutoff, BlobRef.account != GRAVE,
+                                    ~_kept_by_dataset())
                              .order_by(BlobRef.created_at).limit(SWEEP_BATCH)).all()
             expired: set[str] = set()
             for d, a in rows:  # still past its time: an upload of it again renewed it
                 if db.changed(s.execute(delete(BlobRef).where(
-                        BlobRef.digest == d, BlobRef.account == a, BlobRef.created_at < cutoff))):
+                        BlobRef.digest == d, BlobRef.account == a, BlobRef.created_at < cutoff,
+                        ~_kept_by_dataset()))):
                     expired.add(d)
             bury(s, sorted(expired))
             return sorted({d for d, _ in rows}), sorted(expired)

@@ -1,7 +1,10 @@
 """Datasets: publish, terms, the owner's key release, and royalties paid at release.
 
 - ``publish``: the owner uploaded the ciphertext (its own blob) and registers it
-  with its terms and the key wrapped to itself only.
+  with its terms and the key wrapped to itself only. A dataset keeps its bytes for
+  as long as it exists (revoked too), so they count against the owner's blob quota
+  all that time (``blob_quota.keep``), and one owner publishes at most
+  ``Settings.max_datasets_per_owner`` (409 ``datasets_limit``, field ``id``).
 - A job naming a dataset (``spec.dataset_id``) is planned from the dataset's
   public summary (``prepare``: no plaintext needed) and, in the transaction that
   escrows it (the royalty included), ``record_use`` locks the dataset, checks
@@ -33,7 +36,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from deai.coordinator import access, blob_quota
@@ -49,6 +52,10 @@ from deai.store.models_datasets import Dataset, DatasetKey, DatasetUse
 
 MAX_LIST = 500
 MIN_BATCH = 16  # rows a training step on a dataset averages over, at least
+
+
+class TooManyDatasets(Conflict):
+    code = "datasets_limit"
 
 
 def _terms(d: Dataset) -> D.Terms:
@@ -93,9 +100,17 @@ def publish(c: Coordinator, owner: str, body: W.DatasetIn) -> W.DatasetPrivateOu
     def create(s: Session) -> W.DatasetPrivateOut:
         if s.get(Dataset, body.id) is not None:
             raise Conflict(f"dataset {body.id} exists", field="id")
+        blob_quota.lock_account(c, s, owner)  # its datasets counted one at a time
+        cap = c.settings.max_datasets_per_owner
+        have = s.scalar(select(func.count()).select_from(Dataset)
+                        .where(Dataset.owner == owner)) or 0
+        if have >= cap:  # revoked ones too: each keeps its bytes for ever
+            raise TooManyDatasets(f"id: this account has published {have} datasets, the "
+                                  f"most one account may ({cap})", field="id", limit=cap)
         # kept from a discard until this commits: the dataset then names the bytes, and
-        # they stay after its owner's upload record runs out
-        blob_quota.keep(c, s, body.blob_digest, "blob_digest")
+        # they stay after its owner's upload record runs out, counted against its quota
+        # for as long as they do (the record stays: ``blob_quota.sweep``)
+        blob_quota.keep(c, s, body.blob_digest, "blob_digest", account=owner)
         d = Dataset(id=body.id, owner=owner, name=body.name, blob_digest=body.blob_digest,
                     size=body.size, info=body.train.model_dump() if body.train else {},
                     owner_key=body.owner_key, price_per_use=body.terms.price_per_use,

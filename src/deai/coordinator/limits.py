@@ -1,17 +1,34 @@
-"""Request limits as pure ASGI middleware: body size and JSON depth, and request rates.
+"""Request limits as pure ASGI middleware and an HTTP protocol: heads, bodies, JSON, rates.
 
-``BodyLimit`` refuses a body over ``limit`` bytes before the application reads
-any of it: a declared ``Content-Length`` over the limit is answered 413 at
-once; a body without one (chunked) is counted as it arrives and refused the
-moment it passes the limit. A JSON body (or one without a content type, which
-FastAPI parses as JSON) nested deeper than ``MAX_JSON_DEPTH``, or holding
-``NaN`` or ``Infinity`` (numbers JSON does not have, though Python's parser
-takes them), or holding a string or key with a lone UTF-16 surrogate (``"\\ud800"``:
-valid JSON, yet no text UTF-8, PostgreSQL or a response can carry), is answered
-422 (400 on ``/v1``), naming the field, before any parser recurses into it. The
-body is read ahead and replayed to the application; every later ``receive``
-goes to the server, so a client that hangs up is still seen as
-``http.disconnect``.
+``BoundedHttp`` is uvicorn's httptools protocol with a bounded request head: a head
+(request line and headers) over ``Settings.max_head_bytes`` is answered 431, one not
+complete within ``Settings.head_timeout`` of the connection (or of its first byte, on a
+kept-alive one) 408, and the socket closed. ``raise_nofile`` lifts the process's file
+limit to its hard limit, so idle sockets run out of time before the process runs out of
+descriptors.
+
+``BodyLimit`` bounds a body before the application holds it. Which limit is decided by
+the path, before a byte is read: ``--max-upload-bytes`` on the upload routes (``UPLOADS``),
+``Settings.max_json_bytes`` (never more) everywhere else. A declared ``Content-Length``
+over it is answered 413 at once; a chunked body is counted as it arrives and refused the
+moment it passes it. The body is read only when the application asks for it, so a path
+no route matches is answered 404 without reading a byte. Each chunk must come within
+``Settings.body_timeout`` seconds, and the body as a whole at ``Settings.min_body_rate``
+bytes a second after that grace: else 408. A body over ``LARGE_BODY`` (or chunked) waits
+for one of ``Settings.max_large_bodies`` slots, held until its request is answered (503
+if none frees within ``body_timeout``), so a few huge uploads cannot exhaust memory.
+
+A JSON body (or one without a content type, which FastAPI parses as JSON) nested deeper
+than ``MAX_JSON_DEPTH``, or holding ``NaN`` or ``Infinity`` (numbers JSON does not have,
+though Python's parser takes them), or holding a string or key with a lone UTF-16
+surrogate (``"\\ud800"``: valid JSON, yet no text UTF-8, PostgreSQL or a response can
+carry), is answered 422 (400 on ``/v1``), naming the field, before any parser sees it.
+``json_problem`` finds all three in one scan of the bytes with numpy (no Python object
+per token: a body of a million empty lists costs a few bytes a byte, not the 50 a parse
+would); only the path of the offending string is decoded. The body is replayed to the
+application; every later ``receive`` goes to the server, so a client that hangs up is
+still seen as ``http.disconnect``. A refusal found while the application reads replaces
+whatever the application answers.
 
 ``plain_url`` does the same for the URL, as a dependency of every route (after
 routing, so it names the route's parameter): a NUL character (or a lone
@@ -20,20 +37,25 @@ surrogate) in a path parameter or the query string is answered 422 (400 on
 parameter, which would otherwise be a 500 wherever a route reads by it).
 
 ``RateLimit`` is a token bucket per API key on ``/v1`` (the bearer token, by
-its hash) and per client address everywhere: ``DEAI_RATE_PER_KEY`` and
-``DEAI_RATE_PER_IP`` are ``RATE[/BURST]`` in requests per second (``0``: no
-limit). Over the limit: 429 with ``Retry-After``; on ``/v1`` every answer
-carries OpenAI's ``x-ratelimit-*-requests`` headers. The defaults are generous:
+its hash) and per client address everywhere (behind a trusted proxy, the last hop
+of ``X-Forwarded-For``, as ``diversity.client_address`` reads it):
+``DEAI_RATE_PER_KEY`` and ``DEAI_RATE_PER_IP`` are ``RATE[/BURST]`` in requests per
+second (``0``: no limit). Over the limit: 429 with ``Retry-After``; on ``/v1`` every
+answer carries OpenAI's ``x-ratelimit-*-requests`` headers. The defaults are generous:
 they stop floods, not clients, tests or benchmarks.
 """
 
 from __future__ import annotations
 
+import asyncio
+import codecs
 import hashlib
 import json
+import logging
 import math
 import os
 import re
+import resource
 import time
 from collections import OrderedDict
 from collections.abc import MutableMapping
@@ -41,25 +63,37 @@ from dataclasses import dataclass
 from typing import Any
 
 import anyio
+import numpy as np
 from fastapi import FastAPI
 from starlette.exceptions import WebSocketException
 from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from deai.core import batch
+from deai.coordinator.settings import Settings
+from deai.core.diversity import client_address
 from deai.core.errors import InvalidInput
+
+log = logging.getLogger("deai.coordinator.limits")
 
 MAX_JSON_DEPTH = 64
 OFF_LOOP = 256 * 1024  # bytes of a JSON body past which it is checked off the event loop
+LARGE_BODY = 1024 * 1024  # bytes past which a body needs one of the large-body slots
 DEFAULT_RATE_PER_KEY = "500/1000"
 DEFAULT_RATE_PER_IP = "2000/4000"
 MAX_BUCKETS = 100_000
+# The routes that take a body that is not JSON, up to --max-upload-bytes: (method, path).
+UPLOADS = (("PUT", re.compile(r"/api/blobs")),
+           ("PUT", re.compile(r"/api/provider/leases/[^/]+/snapshot")),
+           ("POST", re.compile(r"/v1/files")))
 
 _SURROGATE = re.compile("[\ud800-\udfff]")  # a lone one: a pair decodes to one character
 # Where a decoded body may hold one: a \uD800-\uDFFF escape, or raw surrogate bytes (Python's
-# parser decodes bytes with "surrogatepass"); other bodies are not parsed for it.
+# parser decodes bytes with "surrogatepass"); other bodies are not scanned for it.
 _SURROGATE_HINT = re.compile(rb"\\u[dD][89a-fA-F]|\xed[\xa0-\xbf]")
 _UTF8 = ("utf-8", "utf-8-sig")
+_COLON = re.compile(rb"[ \t\r\n]*:")
+_DISCONNECT: Message = {"type": "http.disconnect"}
 
 
 @dataclass(frozen=True)
@@ -68,14 +102,6 @@ class Problem:
 
     field: str
     message: str
-
-
-def _constant(name: str) -> Any:
-    raise _NonFinite(name)
-
-
-class _NonFinite(ValueError):
-    pass
 
 
 def text_problem(value: str) -> str | None:
@@ -91,53 +117,177 @@ def _shown(key: str) -> str:
     return key.encode("utf-8", "backslashreplace").decode()
 
 
-def _lone_surrogate(value: Any) -> Problem | None:
-    """The first string or key (in document order) holding a lone surrogate."""
-    stack: list[tuple[Any, str]] = [(value, "")]
-    while stack:
-        v, at = stack.pop()
-        if isinstance(v, str) and _SURROGATE.search(v):
-            return Problem(at or "body", f"{at or 'body'}: {text_problem(v)}")
-        if isinstance(v, dict):
-            for k in v:
-                if _SURROGATE.search(k):
-                    where = at or "body"
-                    return Problem(where, f"{where}: the key {_shown(k)!r} {text_problem(k)}")
-            stack.extend((x, f"{at}.{k}" if at else k) for k, x in reversed(v.items()))
-        elif isinstance(v, list):
-            stack.extend((x, f"{at}[{i}]") for i, x in reversed(list(enumerate(v))))
-    return None
-
-
 def json_problem(data: bytes, limit: int = MAX_JSON_DEPTH) -> Problem | None:
-    """What is wrong with a JSON body before anything recurses into it: nesting deeper than
+    """What is wrong with a JSON body, found without parsing it: nesting deeper than
     ``limit`` levels, a non-finite number (``NaN``, ``Infinity``, which Python's parser
-    accepts and JSON does not), or a lone surrogate in a string or key (named). Text that
-    is not JSON is left to the parser's own 422."""
-    if batch.too_deep(data, limit):  # before the parser recurses into it
-        return Problem("body", f"body: JSON nested more than {limit} levels")
+    accepts and JSON does not), or a lone surrogate in a string or key (the first in the
+    document, named by its path). Text that is not JSON is left to the parser's own 422."""
+    enc = json.detect_encoding(data)
+    if enc not in _UTF8:  # UTF-16 or -32, as Python's parser reads it: scanned as UTF-8
+        try:
+            data = data.decode(enc, "surrogatepass").encode("utf-8", "surrogatepass")
+        except (UnicodeError, LookupError):
+            return None
+    elif data.startswith(codecs.BOM_UTF8):
+        data = data[len(codecs.BOM_UTF8):]
     deep = data.count(b"[") + data.count(b"{") > limit
-    odd = (_SURROGATE_HINT.search(data) is not None
-           or json.detect_encoding(data) not in _UTF8)
+    odd = _SURROGATE_HINT.search(data) is not None
     if not deep and not odd and b"NaN" not in data and b"Infinity" not in data:
         return None
-    try:
-        value = json.loads(data, parse_constant=_constant)
-    except RecursionError:
+    scan = _Scan(data)
+    if deep and scan.deepest() > limit:
         return Problem("body", f"body: JSON nested more than {limit} levels")
-    except _NonFinite as exc:
-        return Problem("body", f"body: {exc} is not a number JSON allows")
-    except ValueError:
-        return None
-    if deep and batch.depth(value) > limit:
-        return Problem("body", f"body: JSON nested more than {limit} levels")
-    if not odd:
-        return None
-    try:  # the common case (an emoji written as a pair of escapes): one pass in C
-        json.dumps(value, ensure_ascii=False).encode("utf-8")
-        return None
-    except UnicodeEncodeError:
-        return _lone_surrogate(value)  # only now walk the value, to name the field
+    constant = scan.constant()
+    if constant is not None:
+        return Problem("body", f"body: {constant} is not a number JSON allows")
+    return scan.lone_surrogate() if odd else None
+
+
+class _Scan:
+    """One JSON text as bytes in numpy: which bytes lie outside strings, and what they say.
+
+    A quote opens or closes a string unless an odd run of backslashes comes before it;
+    in JSON that parses, every other quote is such a one. Arrays here are as long as the
+    body (bytes and booleans; one of 32-bit depths) or as long as its quotes and
+    backslashes: never an object per token."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.a = a = np.frombuffer(data, np.uint8)
+        self.bs = _where(a, ord("\\"))
+        if self.bs.size:  # where each run of backslashes starts, for each backslash
+            new = np.ones(self.bs.size, bool)
+            new[1:] = np.diff(self.bs) != 1
+            self.run_start = self.bs[new][np.cumsum(new, dtype=np.int32) - 1]
+        quotes = _where(a, ord('"'))
+        quotes = quotes[~self._escaped(quotes)]
+        self.opens, self.closes = quotes[0::2], quotes[1::2]
+        edge = np.zeros(a.size + 1, np.int8)
+        edge[self.opens] = 1
+        edge[self.closes] = -1
+        self.outside = np.cumsum(edge[:-1], dtype=np.int8) == 0
+
+    def _escaped(self, at: np.ndarray) -> np.ndarray:
+        """Whether the byte at each position follows an odd run of backslashes."""
+        escaped = np.zeros(at.size, bool)
+        if not self.bs.size or not at.size:
+            return escaped
+        after = np.flatnonzero((at > 0) & (self.a[np.maximum(at, 1) - 1] == ord("\\")))
+        prev = at[after] - 1  # only those right after a backslash need their run's length
+        i = np.searchsorted(self.bs, prev)
+        escaped[after] = (prev - self.run_start[i]) % 2 == 0
+        return escaped
+
+    def _brackets(self, start: int, end: int) -> tuple[np.ndarray, np.ndarray]:
+        a, out = self.a[start:end], self.outside[start:end]
+        opens = out & ((a == ord("[")) | (a == ord("{")))
+        closes = out & ((a == ord("]")) | (a == ord("}")))
+        return opens, closes
+
+    def deepest(self) -> int:
+        deepest = depth = 0
+        for start in range(0, self.a.size, _BLOCK):  # a block at a time: 32-bit sums
+            opens, closes = self._brackets(start, start + _BLOCK)
+            sums = np.cumsum(opens.astype(np.int8) - closes.astype(np.int8), dtype=np.int32)
+            if sums.size:
+                deepest = max(deepest, depth + int(sums.max()))
+                depth += int(sums[-1])
+        return deepest
+
+    def constant(self) -> str | None:
+        """``NaN``, ``Infinity`` or ``-Infinity`` outside strings: the only tokens there
+        that start with N or I in text Python's parser takes."""
+        a = self.a
+        hits = np.flatnonzero(((a == ord("N")) | (a == ord("I"))) & self.outside)
+        if not hits.size:
+            return None
+        at = int(hits[0])
+        if self.data.startswith(b"NaN", at):
+            return "NaN"
+        if self.data.startswith(b"Infinity", at):
+            return "-Infinity" if at and self.data[at - 1] == ord("-") else "Infinity"
+        return None  # not JSON: the parser says so
+
+    def lone_surrogate(self) -> Problem | None:
+        a = self.a
+        raw = np.flatnonzero((a[:-1] == 0xED) & (a[1:] >= 0xA0) & (a[1:] <= 0xBF))
+        found = [raw]  # raw surrogate bytes never pair: Python decodes each alone
+        if a.size >= 6:  # \uD800-\uDBFF then \uDC00-\uDFFF is a pair; any other is lone
+            esc = np.flatnonzero((a[:-5] == ord("\\")) & (a[1:-4] == ord("u"))
+                                 & ((a[2:-3] | 0x20) == ord("d")))
+            esc = esc[~self._escaped(esc)]
+            x = a[esc + 3] | 0x20
+            high = esc[(x == ord("8")) | (x == ord("9")) | (x == ord("a")) | (x == ord("b"))]
+            low = esc[(x >= ord("c")) & (x <= ord("f"))]
+            found += [high[~np.isin(high + 6, low)], low[~np.isin(low - 6, high)]]
+        at = np.concatenate(found)
+        at = at[~self.outside[at]]
+        if not at.size:
+            return None
+        k = int(np.searchsorted(self.opens, at.min(), "right")) - 1
+        if k < 0 or k >= self.closes.size:
+            return None  # not JSON
+        start, end = int(self.opens[k]), int(self.closes[k]) + 1
+        try:
+            text = json.loads(self.data[start:end])
+        except ValueError:
+            return None
+        why = text_problem(text)
+        if why is None:
+            return None
+        if _COLON.match(self.data, end):  # a key: its object is named
+            where = self._path(start, key=True) or "body"
+            return Problem(where, f"{where}: the key {_shown(text)!r} {why}")
+        where = self._path(start, key=False) or "body"
+        return Problem(where, f"{where}: {why}")
+
+    def _path(self, at: int, key: bool) -> str:
+        """The path (``a[1].b``) to the value that starts at ``at`` (to its object, when
+        it is a key): at each enclosing level, the array's index or the object's key."""
+        opens, closes = self._brackets(0, at)
+        br = np.flatnonzero(opens | closes)
+        if not br.size:
+            return ""
+        step = np.where(opens[br], 1, -1)
+        depth = np.cumsum(step)
+        levels = int(depth[-1]) - (1 if key else 0)
+        if levels <= 0:
+            return ""
+        # The container open at each level: the last opener that reached that level.
+        opener = np.full(int(depth.max()) + 1, -1)
+        np.maximum.at(opener, depth[step == 1], br[step == 1])
+        a = self.a
+        commas = np.flatnonzero(self.outside[:at] & (a[:at] == ord(",")))
+        i = np.searchsorted(br, commas)
+        level = np.where(i > 0, depth[np.maximum(i - 1, 0)], 0)
+        mine = (level >= 1) & (level <= levels)
+        commas, level = commas[mine], level[mine]
+        mine = commas > opener[level]  # a comma of the container still open there
+        commas, level = commas[mine], level[mine]
+        count = np.bincount(level, minlength=levels + 1)
+        last = np.full(levels + 1, -1)
+        np.maximum.at(last, level, commas)
+        path = ""
+        for lv in range(1, levels + 1):
+            o = int(opener[lv])
+            if a[o] == ord("["):
+                path += f"[{int(count[lv])}]"
+                continue
+            k = int(np.searchsorted(self.opens, max(o, int(last[lv]))))
+            name = json.loads(self.data[int(self.opens[k]):int(self.closes[k]) + 1])
+            path = f"{path}.{name}" if path else str(name)
+        return path
+
+
+_BLOCK = 1 << 20
+
+
+def _where(a: np.ndarray, byte: int) -> np.ndarray:
+    """Positions of ``byte`` in ``a`` (32-bit while they fit), found a block at a time."""
+    kind = np.int32 if a.size < 2**31 else np.int64
+    parts = [np.flatnonzero(a[i:i + _BLOCK] == byte).astype(kind) + i
+             for i in range(0, a.size, _BLOCK)]
+    return np.concatenate(parts) if parts else np.zeros(0, kind)
 
 
 def _error(status: int, code: str, message: str, field: str | None = None,
@@ -169,9 +319,117 @@ def _header(scope: Scope, name: bytes) -> bytes | None:
     return None
 
 
+def is_upload(method: str, path: str) -> bool:
+    return any(method == m and p.fullmatch(path) for m, p in UPLOADS)
+
+
+@dataclass(frozen=True)
+class Refusal:
+    status: int
+    body: bytes
+    headers: tuple[tuple[bytes, bytes], ...] = ((b"connection", b"close"),)
+
+
+class _Body:
+    """A request's body as the application receives it, within its limits.
+
+    JSON (``check``) is read whole on the application's first ``receive``, checked and
+    handed over in one message; any other body chunk by chunk. Once a limit is broken,
+    ``refusal`` says the answer and the application is told the client left. The state
+    lives here, not in a frame: a ``receive`` cancelled midway (Starlette's
+    ``is_disconnected`` asks under a cancelled scope) loses nothing."""
+
+    def __init__(self, limits: BodyLimit, receive: Receive, limit: int, large: bool,
+                 check: bool, v1: bool) -> None:
+        self.limits, self.receive, self.limit = limits, receive, limit
+        self.large, self.check, self.v1 = large, check, v1
+        self.chunks: list[bytes] = []
+        self.size, self.done, self.slot = 0, False, False
+        self.started: float | None = None
+        self.refusal: Refusal | None = None
+
+    async def __call__(self) -> Message:
+        if self.refusal is not None:
+            return _DISCONNECT
+        if self.done:
+            return await self.receive()  # after the body: a disconnect, for a stream
+        if not self.check:
+            message = await self._next()
+            return message or _DISCONNECT
+        while not self.done:
+            message = await self._next()
+            if message is None:
+                return _DISCONNECT
+            if message["type"] != "http.request":
+                return message  # the client left before the body ended
+        body = b"".join(self.chunks)
+        self.chunks = [body]
+        problem = None
+        if body:  # a large body is scanned off the event loop: /health must not wait
+            depth = self.limits.max_depth
+            problem = (json_problem(body, depth) if len(body) < OFF_LOOP
+                       else await anyio.to_thread.run_sync(json_problem, body, depth))
+        if problem is not None:
+            status = 400 if self.v1 else 422  # OpenAI's status for a bad request
+            self.refusal = Refusal(status, _error(status, "invalid_input", problem.message,
+                                                  problem.field, self.v1), ())
+            return _DISCONNECT
+        self.chunks = []
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    async def _next(self) -> Message | None:
+        """The next message from the server, counted, or None once refused."""
+        lim = self.limits
+        if self.large and not self.slot:
+            with anyio.move_on_after(lim.timeout):
+                await lim.gate().acquire()
+                self.slot = True
+            if not self.slot:
+                self.refusal = Refusal(503, _error(
+                    503, "busy", "too many large bodies are arriving at once; retry",
+                    "body", self.v1), ((b"retry-after", b"5"), (b"connection", b"close")))
+                return None
+        now = time.monotonic()
+        if self.started is None:
+            self.started = now
+        wait = lim.timeout
+        if lim.min_rate > 0:  # after a grace of one timeout, min_rate bytes a second
+            wait = min(wait, self.started + lim.timeout + self.size / lim.min_rate - now)
+        message: Message | None = None
+        with anyio.move_on_after(max(wait, 0.0)):
+            message = await self.receive()
+        if message is None:
+            why = (f"no byte of the body for {lim.timeout:g} s" if wait >= lim.timeout else
+                   f"the body came slower than {lim.min_rate} bytes a second")
+            self.refusal = Refusal(408, _error(408, "request_timeout", f"body: {why}",
+                                               "body", self.v1))
+            return None
+        if message["type"] == "http.request":
+            chunk = message.get("body", b"")
+            self.size += len(chunk)
+            if self.size > self.limit:
+                self.refusal = lim.too_large("body", self.limit, self.v1)
+                return None
+            if self.check:
+                self.chunks.append(chunk)
+            if not message.get("more_body", False):
+                self.done = True
+        return message
+
+
 class BodyLimit:
-    def __init__(self, app: ASGIApp, limit: int, max_depth: int = MAX_JSON_DEPTH) -> None:
+    def __init__(self, app: ASGIApp, limit: int, max_depth: int = MAX_JSON_DEPTH, *,
+                 json_limit: int | None = None, timeout: float = 30.0,
+                 min_rate: int = 0, large_bodies: int = 8) -> None:
         self.app, self.limit, self.max_depth = app, limit, max_depth
+        self.json_limit = min(limit, json_limit if json_limit is not None else limit)
+        self.timeout, self.min_rate, self.large_bodies = timeout, min_rate, large_bodies
+        self._gate: anyio.Semaphore | None = None
+
+    def gate(self) -> anyio.Semaphore:
+        if self._gate is None:  # made in the event loop that uses it
+            self._gate = anyio.Semaphore(max(1, self.large_bodies))
+        return self._gate
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -179,64 +437,60 @@ class BodyLimit:
             return
         v1 = scope["path"].startswith("/v1/")
         declared = _header(scope, b"content-length")
-        if declared is not None:
-            if not declared.isdigit():
-                await _answer(send, 400, _error(400, "invalid_input",
-                                                "Content-Length must be a number", "body", v1))
-                return
-            if int(declared) > self.limit:
-                await self._too_large(send, f"body of {int(declared)} bytes", v1)
-                return
-        elif _header(scope, b"transfer-encoding") is None:
+        if declared is not None and not declared.isdigit():
+            await _answer(send, 400, _error(400, "invalid_input",
+                                            "Content-Length must be a number", "body", v1))
+            return
+        size = int(declared) if declared is not None else None
+        if size == 0 or (size is None and _header(scope, b"transfer-encoding") is None):
             await self.app(scope, receive, send)  # no body at all
             return
-        chunks, size = [], 0
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":  # the client left before the body ended
-                return
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.limit:
-                await self._too_large(send, "body", v1)
-                return
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
-        body = b"".join(chunks)
-        ctype = (_header(scope, b"content-type") or b"").split(b";")[0].strip().lower()
-        problem = None
-        if body and (not ctype or ctype.endswith(b"json")):
-            # A large body is parsed off the event loop: a 64 MiB one takes seconds, and
-            # every other request (a heartbeat, /health) would wait behind it.
-            problem = (json_problem(body, self.max_depth) if len(body) < OFF_LOOP
-                       else await anyio.to_thread.run_sync(json_problem, body,
-                                                           self.max_depth))
-        if problem is not None:
-            await _refuse_text(send, problem, v1)
+        upload = is_upload(scope["method"], scope["path"])
+        limit = self.limit if upload else self.json_limit
+        if size is not None and size > limit:
+            await self._send(send, self.too_large(f"body of {size} bytes", limit, v1))
             return
-        replayed = False
+        ctype = (_header(scope, b"content-type") or b"").split(b";")[0].strip().lower()
+        body = _Body(self, receive, limit, large=size is None or size > LARGE_BODY,
+                     check=not upload and (not ctype or ctype.endswith(b"json")), v1=v1)
+        try:
+            await self._guarded(scope, body, send)
+        finally:
+            if body.slot:
+                self.gate().release()
 
-        async def replay() -> Message:
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
+    async def _guarded(self, scope: Scope, body: _Body, send: Send) -> None:
+        """The application, whose answer a refusal found while it reads replaces."""
+        started = answered = False
 
-        await self.app(scope, replay, send)
+        async def guarded(message: Message) -> None:
+            nonlocal started, answered
+            if body.refusal is not None and not started:
+                if not answered:
+                    answered = True
+                    await self._send(send, body.refusal)
+                return
+            if answered:
+                return
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
 
-    async def _too_large(self, send: Send, what: str, v1: bool) -> None:
-        msg = f"{what} is over the {self.limit}-byte limit"
-        await _answer(send, 413, _error(413, "payload_too_large", msg, "body", v1,
-                                            limit=self.limit),
-                      [(b"connection", b"close")])
+        try:
+            await self.app(scope, body, guarded)
+        except Exception:
+            if body.refusal is None or started:
+                raise
+        if body.refusal is not None and not started and not answered:
+            await self._send(send, body.refusal)
 
+    def too_large(self, what: str, limit: int, v1: bool) -> Refusal:
+        msg = f"{what} is over the {limit}-byte limit"
+        return Refusal(413, _error(413, "payload_too_large", msg, "body", v1, limit=limit))
 
-async def _refuse_text(send: Send, problem: Problem, v1: bool) -> None:
-    status = 400 if v1 else 422  # OpenAI's status for a bad request
-    await _answer(send, status, _error(status, "invalid_input", problem.message,
-                                       problem.field, v1))
+    @staticmethod
+    async def _send(send: Send, refusal: Refusal) -> None:
+        await _answer(send, refusal.status, refusal.body, list(refusal.headers))
 
 
 async def plain_url(conn: HTTPConnection) -> None:
@@ -309,10 +563,12 @@ def _reset(seconds: float) -> bytes:
 
 
 class RateLimit:
-    def __init__(self, app: ASGIApp, per_key: Rate | None, per_ip: Rate | None) -> None:
+    def __init__(self, app: ASGIApp, per_key: Rate | None, per_ip: Rate | None,
+                 trust_forwarded_for: bool = False) -> None:
         self.app = app
         self.keys = Buckets(per_key) if per_key else None
         self.ips = Buckets(per_ip) if per_ip else None
+        self.trust_forwarded_for = trust_forwarded_for
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] == "/health":
@@ -320,9 +576,8 @@ class RateLimit:
             return
         now = time.monotonic()
         v1 = scope["path"].startswith("/v1/")
-        client = scope.get("client")
         if self.ips is not None:
-            ok, _, wait = self.ips.take(f"ip:{client[0] if client else '-'}", now)
+            ok, _, wait = self.ips.take(f"ip:{self._address(scope)}", now)
             if not ok:
                 await self._refuse(send, wait, "this address", v1, [])
                 return
@@ -347,6 +602,15 @@ class RateLimit:
 
         await self.app(scope, receive, with_headers)
 
+    def _address(self, scope: Scope) -> str:
+        """The client's address as the rest of the coordinator reads it: behind a trusted
+        proxy the last hop of X-Forwarded-For, else the socket's peer."""
+        client = scope.get("client")
+        forwarded = _header(scope, b"x-forwarded-for") if self.trust_forwarded_for else None
+        return client_address(client[0] if client else None,
+                              forwarded.decode("latin-1") if forwarded else None,
+                              self.trust_forwarded_for) or "-"
+
     async def _refuse(self, send: Send, wait: float, who: str, v1: bool,
                       headers: list[tuple[bytes, bytes]]) -> None:
         retry = max(1, math.ceil(wait))
@@ -364,14 +628,112 @@ def _bearer(scope: Scope) -> str | None:
     return "key:" + hashlib.sha256(token.strip().encode()).hexdigest()[:32]
 
 
-def install(app: FastAPI, body_limit: int) -> None:
+def install(app: FastAPI, body_limit: int, settings: Settings | None = None) -> None:
     """Body limit inside, rate limit outside it (a flood is refused before its body); the
-    URL's text is ``plain_url``'s, a dependency of every route."""
-    app.add_middleware(BodyLimit, limit=body_limit)
+    URL's text is ``plain_url``'s, a dependency of every route. ``settings`` default to the
+    coordinator's (``app.state.coordinator``)."""
+    if settings is None:
+        c = getattr(app.state, "coordinator", None)
+        settings = getattr(c, "settings", None) or Settings()
+    app.add_middleware(BodyLimit, limit=body_limit, json_limit=settings.max_json_bytes,
+                       timeout=settings.body_timeout, min_rate=settings.min_body_rate,
+                       large_bodies=settings.max_large_bodies)
     app.add_middleware(RateLimit,
                        per_key=Rate.parse(os.environ.get("DEAI_RATE_PER_KEY",
                                                          DEFAULT_RATE_PER_KEY),
                                           "DEAI_RATE_PER_KEY"),
                        per_ip=Rate.parse(os.environ.get("DEAI_RATE_PER_IP",
                                                         DEFAULT_RATE_PER_IP),
-                                         "DEAI_RATE_PER_IP"))
+                                         "DEAI_RATE_PER_IP"),
+                       trust_forwarded_for=settings.trust_forwarded_for)
+
+
+# --- the request head, and the process's sockets ---------------------------------------
+
+class BoundedHttp(HttpToolsProtocol):
+    """uvicorn's httptools protocol, with a bound on each request head: its size (431)
+    and the time it takes to arrive (408), counted from the connection (a fresh one) or
+    from the head's first byte (a kept-alive one; idle between requests is uvicorn's
+    ``timeout_keep_alive``). httptools itself keeps a header of any size; the bytes
+    received while a head is incomplete are counted instead, so the bound is
+    ``max_head`` plus at most one read."""
+
+    max_head = 32 * 1024
+    head_timeout = 10.0
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        self._head_bytes, self._in_head = 0, True
+        self._head_timer: asyncio.TimerHandle | None = None
+        super().connection_made(transport)
+        self._head_since = self.loop.time()
+        self._arm(self.head_timeout)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._in_head:
+            self._head_bytes += len(data)
+        super().data_received(data)
+        if self._in_head and self._head_bytes > self.max_head:
+            self._refuse(b"431 Request Header Fields Too Large")
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        if not self._in_head:  # the next request on a kept-alive connection
+            self._in_head, self._head_bytes = True, 0
+            self._head_since = self.loop.time()
+            self._arm(self.head_timeout)
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False  # the timer, if any, finds nothing to do and is not re-armed
+        super().on_headers_complete()
+
+    def _arm(self, delay: float) -> None:
+        # One timer a connection at a time, not one a request: a kept-alive connection
+        # asking many times a second re-arms it once a head_timeout at most.
+        if self._head_timer is None:
+            self._head_timer = self.loop.call_later(delay, self._late)
+
+    def _late(self) -> None:
+        self._head_timer = None
+        if not self._in_head or self.transport.is_closing():
+            return
+        left = self._head_since + self.head_timeout - self.loop.time()
+        busy = self.cycle is not None and not self.cycle.response_complete
+        if left > 0 or busy:  # a later head; or a pipelined one behind an answer
+            self._arm(max(left, 0.0) or self.head_timeout)
+            return
+        self._refuse(b"408 Request Timeout" if self._head_bytes else None)
+
+    def _refuse(self, status: bytes | None) -> None:
+        if self.transport.is_closing():
+            return
+        busy = self.cycle is not None and not self.cycle.response_complete
+        if status is not None and not busy:  # never into the middle of another answer
+            self.transport.write(b"HTTP/1.1 " + status + b"\r\ncontent-length: 0\r\n"
+                                 b"connection: close\r\n\r\n")
+        self.transport.close()
+
+
+def http_protocol(max_head: int, head_timeout: float) -> type[asyncio.Protocol]:
+    """``BoundedHttp`` with these bounds, for ``uvicorn.Config(http=...)``."""
+    return type("BoundedHttp", (BoundedHttp,),
+                {"max_head": max_head, "head_timeout": head_timeout})
+
+
+def raise_nofile() -> int:
+    """Raise this process's soft limit on open files to its hard limit, and return it. At
+    the soft limit (often 1,024) accept fails and nobody new is served; idle sockets are
+    closed after ``head_timeout``, which a higher limit gives them time for."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError) as exc:
+            log.warning("could not raise the open-file limit to %d: %s", hard, exc)
+    return soft

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TypeVar
 
 from deai.core.market import DEFAULT_STRATEGY, Strategy
 from deai.core.verify.lookback import DEFAULT_BATCH
@@ -53,6 +55,33 @@ class Settings:
     idempotency_ttl: float = 86400.0
     blob_quota_bytes: int = 4 * 1024**3
     blob_ttl: float = 86400.0
+    # The HTTP front's own bounds (``limits``, ``server``; docs/security.md), each also a
+    # ``DEAI_*`` variable: a JSON body's bytes (uploads have max_upload_bytes), a request
+    # head's bytes and seconds, seconds a body may go without a byte (then at least
+    # min_body_rate bytes a second), bodies over a MiB read at once, connections served
+    # at once (uvicorn answers 503 past it), and seconds an idle kept-alive one is kept.
+    max_json_bytes: int = field(default_factory=lambda: _env("DEAI_MAX_JSON_BYTES", 4 << 20))
+    max_head_bytes: int = field(default_factory=lambda: _env("DEAI_MAX_HEAD_BYTES", 32 << 10))
+    head_timeout: float = field(default_factory=lambda: _env("DEAI_HEAD_TIMEOUT", 10.0))
+    body_timeout: float = field(default_factory=lambda: _env("DEAI_BODY_TIMEOUT", 30.0))
+    min_body_rate: int = field(default_factory=lambda: _env("DEAI_MIN_BODY_RATE", 16 << 10))
+    max_large_bodies: int = field(default_factory=lambda: _env("DEAI_MAX_LARGE_BODIES", 8))
+    max_connections: int = field(default_factory=lambda: _env("DEAI_MAX_CONNECTIONS",
+                                                              10_000))
+    keep_alive: int = field(default_factory=lambda: _env("DEAI_KEEP_ALIVE", 5))
+    # Disk (``coordinator.blob_quota``; keys are free, money is not): an account holding
+    # less than ``blob_quota_funds`` µ (balance, pending and stake) gets that share of
+    # ``blob_quota_bytes``, never under ``blob_quota_free_bytes``; the datasets one account
+    # may publish (each keeps its bytes for ever); the bytes all uploads may take of the
+    # blob store's disk (0: 80 % of what was free at the first upload). From ``DEAI_*``.
+    blob_quota_funds: int = field(
+        default_factory=lambda: _env_count("DEAI_BLOB_QUOTA_FUNDS", 10_000_000))
+    blob_quota_free_bytes: int = field(
+        default_factory=lambda: _env_count("DEAI_BLOB_QUOTA_FREE_BYTES", 64 * 1024))
+    max_datasets_per_owner: int = field(
+        default_factory=lambda: _env_count("DEAI_MAX_DATASETS_PER_OWNER", 100))
+    blob_disk_budget: int = field(
+        default_factory=lambda: _env_count("DEAI_BLOB_DISK_BUDGET", 0))
 
     @property
     def db_url(self) -> str:
@@ -69,3 +98,31 @@ class Settings:
         return replace(self, devnet=True, challenge_window=5.0, heartbeat_timeout=6.0,
                        lease_ttl=60.0, verify_timeout=30.0, diversity=("operator",),
                        blob_quota_bytes=1024**3)
+
+
+def _env_count(name: str, default: int) -> int:
+    """A whole number ≥ 0 from the environment variable ``name``, else ``default``."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    if not (raw.isascii() and raw.isdigit()):
+        raise SystemExit(f"{name} must be a whole number ≥ 0, not {raw!r}")
+    return int(raw)
+
+
+N = TypeVar("N", int, float)
+
+
+def _env(name: str, default: N) -> N:
+    """``$name`` as a number of the default's type, or the default; not a positive number
+    of that type: ``SystemExit`` naming it."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = type(default)(raw)
+    except ValueError:
+        value = type(default)(-1)
+    if not value > 0 or not math.isfinite(value):
+        raise SystemExit(f"{name} must be a positive {type(default).__name__}, not {raw!r}")
+    return value
