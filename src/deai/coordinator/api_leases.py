@@ -9,9 +9,10 @@ Provider (signed):  PUT /api/provider/leases/host, POST /api/provider/leases/pol
 Public:             GET /api/market/leases (hosts, prices, counts by status and reason)
 
 ``router`` carries its own lifespan (merged into the app's by ``include_router``):
-it makes the session ``Hub`` and runs ``leases.tick`` every ``LeaseConfig.tick``
-seconds. Like the app's loops it keeps no state of its own: a restarted
-coordinator picks up from the database.
+it makes the session ``Hub`` (on PostgreSQL with its ``Relay``: the sessions every
+replica sees and this replica's internal relay endpoint), has other replicas' wake-ups
+wake it, and runs ``leases.tick`` every ``LeaseConfig.tick`` seconds. Like the app's
+loops it keeps no state of its own: a restarted coordinator picks up from the database.
 """
 
 from __future__ import annotations
@@ -54,6 +55,8 @@ async def _loop(app: FastAPI) -> None:
             if leader is None or leader.is_leader:
                 for pid in await run_in_threadpool(leases.tick, c, cfg):
                     hub.wake(pid)
+                if hub.relay is not None:
+                    await run_in_threadpool(hub.relay.sweep)
             failures = 0
         except Exception:
             failures += 1  # the first ticks may run before the app's migration
@@ -64,14 +67,24 @@ async def _loop(app: FastAPI) -> None:
 
 @contextlib.asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    c: Coordinator = app.state.coordinator
     app.state.lease_config = leases.LeaseConfig.from_env()
-    app.state.lease_hub = relay_leases.Hub(asyncio.get_running_loop())
+    hub = relay_leases.Hub(asyncio.get_running_loop(), c.notifier)
+    app.state.lease_hub = hub
+    c.notifier.on_remote_wake.append(hub.woken_elsewhere)
+    if not c.db.is_sqlite:  # replicas may share the database: sessions must cross them
+        hub.relay = relay_leases.Relay(c, hub)
+        await hub.relay.start()
     task = asyncio.create_task(_loop(app))
     try:
         yield
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+        with contextlib.suppress(ValueError):
+            c.notifier.on_remote_wake.remove(hub.woken_elsewhere)
+        if hub.relay is not None:
+            await hub.relay.stop()
 
 
 router = APIRouter(prefix="/api", lifespan=lifespan)
@@ -151,6 +164,8 @@ async def poll(body: LeasePollIn, c: C, me: Signer, hub: Hub) -> LeasePollOut:
         start, stop, notices = await run_in_threadpool(leases.work_for, c, me, known)
         asks = await run_in_threadpool(volumes.asked, c, me)
         sessions = hub.take(me)
+        if hub.relay is not None:  # filed on any replica
+            sessions += await run_in_threadpool(hub.relay.take, me)
         left = deadline - loop.time()
         fresh = [n for n in notices if n.id not in body.noticed]
         # A notice the agent delivered and the lease no longer has: withdrawn (the lease
