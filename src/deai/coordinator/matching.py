@@ -100,6 +100,22 @@ class _Demands:
         self.stakes: dict[tuple[int, int, bool], int] = {}
         self.canary: dict[str, bool] = {}  # per job: whether it could be a canary
 
+    def know(self, s: Session, jobs: Sequence[Job]) -> None:
+        """Whether each of ``jobs`` could be a canary (``_may_be_canary``), for a round at
+        once: one query for their shard counts, not one a job (~270 µs each, a second a
+        round of 3,000 one-task jobs)."""
+        maybe = [j.id for j in jobs if j.id not in self.canary
+                 and policy.may_be_canary(j.spec or {}, 1)]
+        for j in jobs:
+            self.canary.setdefault(j.id, False)  # the rest: sealed, on a dataset
+        beyond: set[str] = set()
+        for i in range(0, len(maybe), provider_index.IN_MAX):
+            beyond.update(s.scalars(select(Task.job_id).where(Task.id.in_(
+                [f"{jid}.t{policy.MAX_CANARY_SHARDS:05d}"
+                 for jid in maybe[i:i + provider_index.IN_MAX]]))))
+        for jid in maybe:
+            self.canary[jid] = jid not in beyond
+
     def __call__(self, job: Job, task: Any,
                  exclude: frozenset[str] = frozenset()) -> market.TaskDemand:
         of = self.jobs.get(task.job_id)  # the task's: a job's id is an ORM attribute
@@ -490,6 +506,7 @@ def _place_round(c: Coordinator, s: Session, rows: Sequence[Any],
     seen = canaries.seen_by(s, [t for t, _ in rows])
     load = {p.id: p.load for p in providers}
     demand_of = _Demands(c)
+    demand_of.know(s, list({j.id: j for _, j in rows}.values()))
     min_stake = c.settings.min_stake
     out: list[market.Placement] = []
     primaries: list[market.TaskDemand] = []

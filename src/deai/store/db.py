@@ -112,10 +112,14 @@ POOL_OVERFLOW = THREADS + 10 - POOL_SIZE  # opened under load, closed when retur
 def make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
-        if path and path != ":memory:":
+        in_memory = not path or path == ":memory:" or "mode=memory" in url
+        if not in_memory:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
+        # A file's pool is sized; an in-memory database has one connection a thread
+        # (SQLAlchemy's SingletonThreadPool, which takes no size).
+        sized = {} if in_memory else {"pool_size": POOL_SIZE, "max_overflow": POOL_OVERFLOW}
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30},
-                               pool_size=POOL_SIZE, max_overflow=POOL_OVERFLOW)
+                               **sized)
 
         @event.listens_for(engine, "connect")
         def _pragmas(dbapi_conn, _record):  # type: ignore[no-untyped-def]

@@ -307,7 +307,12 @@ def on_expired(ctx: TaskCtx, a: Party, why: str) -> list[Effect]:
 
 
 def _retry(ctx: TaskCtx, a: Party, why: str) -> list[Effect]:
-    """Place the lost assignment's role again, where that still makes sense."""
+    """Place the lost assignment's role again, where that still makes sense. An audit is
+    asked for again whatever its job's state (it checks a done task of a job that has
+    usually ended): dropped with its lapsed lease, the task's earnings were released and
+    its job read final with no verdict."""
+    if a.role == Role.AUDIT:
+        return [NeedCheck(Role.AUDIT)] if ctx.task_status == T.DONE else []
     if not ctx.job_active:
         return []
     if a.role == Role.CANARY:  # never re-placed: a second try would reveal it
