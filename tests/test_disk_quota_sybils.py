@@ -32,18 +32,20 @@ from hypothesis import strategies as st
 from sqlalchemy import func, select, update
 
 from deai.client.keys import Identity
-from deai.coordinator import blob_quota, datasets
+from deai.coordinator import blob_quota, datasets, jobs, leases
 from deai.coordinator.openai import batches, files
 from deai.coordinator.service import Coordinator
 from deai.coordinator.settings import Settings
+from deai.core import ledger
 from deai.core import wire_datasets as W
 from deai.core.clock import ManualClock
 from deai.core.datasets import Terms
 from deai.core.errors import DeAIError
+from deai.core.wire_leases import HostIn, LeaseIn
 from deai.store import migrate
-from deai.store.models import BlobRef
+from deai.store.models import BlobRef, Provider
 from deai.store.models_datasets import Dataset
-from tests.helpers import funded
+from tests.helpers import admit_one, funded
 from tests.netutil import Network
 from tests.races import ENGINES
 
@@ -191,6 +193,66 @@ def test_one_owner_publishes_a_bounded_number_of_datasets(c: Coordinator) -> Non
     assert refused.value.details["limit"] == 2
     with c.db.read() as s:
         assert s.scalar(select(func.count()).select_from(Dataset)) == 2
+
+
+def test_files_the_coordinator_writes_count_against_no_quota(c: Coordinator) -> None:
+    """A batch's output and error files (1.1 MiB, written by the coordinator, kept until
+    the owner deletes them) leave a funded account its whole 1 MiB quota for the next
+    batch's input. Bytes it uploads itself still count, the same as an output's too.
+    Before, the output alone filled the quota and a 600 KiB upload got 413."""
+    owner = key_with_money(c)
+    out, err = os.urandom(900 * KiB), os.urandom(200 * KiB)
+    c.db.run(lambda s: batches._store(c, s, owner, "batch_1_output.jsonl", out))
+    c.db.run(lambda s: batches._store(c, s, owner, "batch_1_error.jsonl", err))
+    assert used(c, owner) == 0
+    upload(c, owner, os.urandom(600 * KiB))
+    assert used(c, owner) == 600 * KiB
+    with pytest.raises(blob_quota.QuotaExceeded):  # stored already, but its upload counts
+        upload(c, owner, out)
+    assert used(c, owner) == 600 * KiB
+
+
+def test_escrow_for_open_jobs_and_leases_counts_as_funds(
+        c: Coordinator, monkeypatch: pytest.MonkeyPatch) -> None:
+    """10 DEAI, 9 of them escrowed for two open jobs, or 7.92 for a lease: still the full
+    1 MiB quota, so the next job's input is taken. The escrow is read from at most
+    ``ESCROW_READ`` open jobs. Before, escrowing cut the quota to the share of what was
+    left (1 DEAI: 102 KiB), and a 100 KiB upload after a 600 KiB one got 413."""
+    owner = key_with_money(c)
+    first = upload(c, owner, os.urandom(600 * KiB))
+    opened = [c.db.run(lambda s: admit_one(c, s, owner=owner, digest=first, price=1,
+                                           escrow=45 * DEAI // 10, key=None))
+              for _ in range(2)]
+    upload(c, owner, os.urandom(100 * KiB))
+    with c.db.read() as s:
+        assert c.settlement.balances(s, [ledger.acct(owner)])[ledger.acct(owner)] == DEAI
+        assert blob_quota.escrowed(s, owner) == 9 * DEAI
+        assert blob_quota.quota_for(c, s, owner) == MiB
+    monkeypatch.setattr(blob_quota, "ESCROW_READ", 1)
+    with c.db.read() as s:
+        assert blob_quota.quota_for(c, s, owner) == MiB * 55 // 100
+    monkeypatch.undo()
+
+    for jid in opened:  # ended: its escrow is back in the balance, counted there
+        jobs.cancel(c, owner, jid)
+    host = key()
+    with c.db.write() as s:
+        s.add(Provider(id=host, name="host", hardware={}, benchmark={}, registered_at=0.0,
+                       last_seen=c.now(), capabilities={"sandbox": True}))
+        s.flush()
+        c.settlement.post(s, ledger.faucet(host, 10 * DEAI))
+        c.settlement.post(s, ledger.bond(host, 10 * DEAI))
+    leases.set_host(c, leases.LeaseConfig(), host, HostIn(
+        cpus=2, memory_mb=4096, prices={"cpu": 360_000, "memory_gb": 36_000}))
+    lease = leases.create(c, owner, LeaseIn(cpus=1, memory_mb=1024, hours=20,
+                                            max_price_hour=DEAI))
+    upload(c, owner, os.urandom(100 * KiB))
+    with c.db.read() as s:
+        assert blob_quota.escrowed(s, owner) == lease.escrow == 792 * DEAI // 100
+        assert blob_quota.escrowed(s, host) == 0
+    with pytest.raises(blob_quota.QuotaExceeded) as refused:
+        upload(c, owner, os.urandom(300 * KiB))
+    assert refused.value.details["quota"] == MiB
 
 
 class FakeDisk:

@@ -9,12 +9,14 @@ holds costs nothing more. On PostgreSQL an advisory lock per account serialises
 the check, so concurrent uploads cannot pass it.
 
 What an account holds (``used``), each digest once: its uploads of the last
-``Settings.blob_ttl`` (24 h), its /v1 files (kept until it deletes them), and
-the content of its datasets, whose upload record never runs out while a dataset
-of the account names it (a dataset keeps its bytes for as long as it exists:
-``keep`` with ``account``, ``sweep``). Keys are free, so the quota follows money:
-an account holding ``Settings.blob_quota_funds`` (its balance, pending earnings
-and stake together) or more, or a network verifier, gets ``blob_quota_bytes``;
+``Settings.blob_ttl`` (24 h), the /v1 files it uploaded (kept until it deletes
+them; not those the coordinator wrote for it, a batch's output and error files:
+``WRITTEN``), and the content of its datasets, whose upload record never runs out
+while a dataset of the account names it (a dataset keeps its bytes for as long as
+it exists: ``keep`` with ``account``, ``sweep``). Keys are free, so the quota
+follows money: an account holding ``Settings.blob_quota_funds`` (its balance,
+pending earnings, stake, and the escrow of its open jobs and leases together) or
+more, or a network verifier, gets ``blob_quota_bytes``;
 one holding less gets that share of it, and never less than
 ``blob_quota_free_bytes`` (64 KiB: a small job's input, not disk worth a key).
 Many keys hold no more than the money behind them.
@@ -47,22 +49,26 @@ import shutil
 import threading
 import weakref
 
-from sqlalchemy import ColumnElement, delete, func, select, text, union_all, update
+from sqlalchemy import ColumnElement, String, delete, func, literal, select, text, union_all, update
 from sqlalchemy.orm import Session
 
 from deai.coordinator.service import Coordinator
 from deai.core import ledger
 from deai.core.errors import DeAIError, InvalidInput, PayloadTooLarge
+from deai.core.leases import LeaseStatus
+from deai.core.lifecycle.states import JOB_ACTIVE
 from deai.store import db, journal
 from deai.store.blobs import digest_of
 from deai.store.models import (
     ApiFile,
     Assignment,
+    Balance,
     BlobRef,
     Canary,
     Checkpoint,
     Job,
     JobBlob,
+    Lease,
     Task,
 )
 from deai.store.models_datasets import Dataset
@@ -93,24 +99,60 @@ def quota_of(full: int, free: int, funds_for_full: int, funds: int) -> int:
     return min(full, max(free, share))
 
 
+ESCROW_READ = 500  # open jobs, and open leases, whose escrow one quota check reads
+
+
+def escrowed(s: Session, account: str) -> int:
+    """What ``account`` holds in escrow for its open jobs and leases (a cluster's is its
+    leases'): the balances of their ``escrow:<id>`` accounts, of at most ``ESCROW_READ``
+    of each, so that a check never reads the account's whole history. Money that is
+    still the account's until the job or lease spends it: escrowing it for a job takes
+    none of the quota the job's input needs."""
+    prefix = literal(ledger.escrow(""), String)
+    jobs = select(prefix + Job.id).where(Job.owner == account,
+                                         Job.status.in_(sorted(JOB_ACTIVE))) \
+        .limit(ESCROW_READ)
+    leases = select(prefix + Lease.id).where(Lease.owner == account,
+                                             Lease.status != LeaseStatus.ENDED) \
+        .limit(ESCROW_READ)
+    held = 0
+    for ids in (jobs, leases):
+        held += int(s.scalar(select(func.coalesce(func.sum(Balance.amount), 0))
+                             .where(Balance.account.in_(ids.scalar_subquery()))) or 0)
+    return held
+
+
 def quota_for(c: Coordinator, s: Session, account: str) -> int:
-    """``account``'s quota: by its balance, pending earnings and stake (``quota_of``); a
-    network verifier's (it holds no stake, and uploads the checks it runs) is full."""
+    """``account``'s quota: by its balance, pending earnings, stake and open escrow
+    (``quota_of``, ``escrowed``); a network verifier's (it holds no stake, and uploads
+    the checks it runs) is full."""
     st = c.settings
     if account in st.verifiers or st.blob_quota_funds <= 0:
         return st.blob_quota_bytes
     held = c.settlement.balances(s, [ledger.acct(account), ledger.pending(account),
                                      ledger.stake(account)])
     return quota_of(st.blob_quota_bytes, st.blob_quota_free_bytes, st.blob_quota_funds,
-                    sum(held.values()))
+                    sum(held.values()) + escrowed(s, account))
+
+
+WRITTEN = ("batch_output",)  # the purposes of the /v1 files the coordinator writes for an
+# account (``openai.batches._store``: a batch's output and error files), without a quota
+# check: they count against no quota, or a large batch output would refuse its owner's
+# next small upload until it deleted the file.
+
+
+def _counted_file() -> ColumnElement[bool]:
+    """A /v1 file its account uploaded: one that counts against its quota."""
+    return ApiFile.purpose.not_in(WRITTEN)
 
 
 def used(s: Session, account: str) -> int:
     """The bytes ``account`` holds, each digest once: its upload records (those of the
-    TTL, and those its datasets keep) and its /v1 files."""
+    TTL, and those its datasets keep) and the /v1 files it uploaded."""
     both = union_all(
         select(BlobRef.digest, BlobRef.size).where(BlobRef.account == account),
-        select(ApiFile.digest, ApiFile.size).where(ApiFile.account == account)).subquery()
+        select(ApiFile.digest, ApiFile.size).where(ApiFile.account == account,
+                                                   _counted_file())).subquery()
     each = select(both.c.digest, func.max(both.c.size).label("size")) \
         .group_by(both.c.digest).subquery()
     return int(s.scalar(select(func.coalesce(func.sum(each.c.size), 0))) or 0)
@@ -137,10 +179,12 @@ def _count(c: Coordinator, s: Session, account: str, digest: str, size: int,
         return
     have, quota = used(s, account), quota_for(c, s, account)
     filed = s.scalar(select(ApiFile.id).where(ApiFile.account == account,
-                                              ApiFile.digest == digest).limit(1))
+                                              ApiFile.digest == digest, _counted_file())
+                     .limit(1))
     if filed is None and have + size > quota:
         short = (f"; an account holding less than {c.settings.blob_quota_funds} µ (balance, "
-                 f"pending and stake) gets that share of {c.settings.blob_quota_bytes}"
+                 f"pending, stake and open escrow) gets that share of "
+                 f"{c.settings.blob_quota_bytes}"
                  if quota < c.settings.blob_quota_bytes else "")
         raise QuotaExceeded(
             f"{field}: this account holds {have} bytes (uploads of the last "
