@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import resource
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,10 +23,11 @@ import httpx
 import pytest
 
 from deai.client.keys import Identity
+from deai.coordinator import limits
 from tests.netutil import Network
 
 TIGHT = {"DEAI_HEAD_TIMEOUT": "1", "DEAI_BODY_TIMEOUT": "1", "DEAI_MAX_HEAD_BYTES": "16384",
-         "DEAI_MAX_JSON_BYTES": "100000"}
+         "DEAI_MAX_JSON_BYTES": "100000", "DEAI_MAX_LARGE_BODIES": "2"}
 
 
 @pytest.fixture(scope="module")
@@ -169,8 +171,9 @@ def test_the_file_limit_is_raised_and_idle_sockets_do_not_starve_others(
     try:
         assert n.coordinator is not None
         assert _nofile(n.coordinator.p.pid)[0] == _nofile(n.coordinator.p.pid)[1]
-        for _ in range(300):  # more than the soft limit it was started with
-            s = socket.create_connection(("127.0.0.1", n.port), timeout=30)
+        for i in range(300):  # more than the soft limit it was started with, from two
+            s = socket.create_connection(("127.0.0.1", n.port), timeout=30,  # peers (each
+                                         source_address=(f"127.0.0.{2 + i % 2}", 0))  # capped)
             s.sendall(b"GET /api/network HTTP/1.1\r\n")
             idle.append(s)
         time.sleep(1)
@@ -197,4 +200,82 @@ def test_behind_a_trusted_proxy_each_client_has_its_own_rate_bucket(
         spoof = httpx.get(url, headers={"x-forwarded-for": "198.51.100.10, 203.0.113.7"})
         assert spoof.status_code == 429
     finally:
+        n.close()
+
+
+def _signed_head(net: Network, me: Identity, blob: bytes) -> bytes:
+    signed = me.headers("PUT", "/api/blobs", blob, network=net.network_id)
+    return (b"PUT /api/blobs HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\n"
+            + b"".join(f"{k}: {v}\r\n".encode() for k, v in signed.items()))
+
+
+def test_a_content_length_of_5000_digits_is_no_server_error(net: Network) -> None:
+    # Before: it passed isdigit(), then int() refused over 4,300 digits: 500 (both in
+    # limits.BodyLimit and in auth.read_body, behind it on a signed route).
+    me = Identity.generate()
+    blob = b'{"x":[]}'
+    heads = [b"POST /api/faucet HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n",
+             _signed_head(net, me, blob)]
+    for head in heads:
+        for length, body, ok in [(b"0" * 5000 + b"8", blob, (b"2", b"4")),
+                                 (b"1" * 5000, blob, (b"400", b"413")),
+                                 (b"9" * 25, blob, (b"400", b"413"))]:
+            with _connect(net) as s:
+                s.sendall(head + b"Content-Length: " + length + b"\r\n\r\n" + body)
+                got = _answer(s)
+            assert got.startswith(b"HTTP/1.1 ") and got[9:].startswith(ok), (head[:20], got)
+
+
+def test_small_chunked_bodies_do_not_keep_large_uploads_out(net: Network) -> None:
+    # Before: every chunked body held a large-body slot (2 here) until answered, so two
+    # dripping ones got an honest provider's 2 MiB upload a 503.
+    stop = threading.Event()
+
+    def drip() -> None:
+        with _connect(net) as s:
+            s.sendall(b"POST /api/faucet HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
+                      b"\r\nTransfer-Encoding: chunked\r\n\r\n1\r\n[\r\n")
+            with contextlib.suppress(OSError):
+                while not stop.wait(0.2):
+                    s.sendall(b"1000\r\n" + b" " * 4096 + b"\r\n")
+    drippers = [threading.Thread(target=drip) for _ in range(2)]
+    for t in drippers:
+        t.start()
+    try:
+        time.sleep(0.3)
+        me = Identity.generate()
+        blob = b"x" * (2 << 20)
+        r = httpx.put(f"{net.url}/api/blobs", content=blob, timeout=30,
+                      headers=me.headers("PUT", "/api/blobs", blob, network=net.network_id))
+        assert r.status_code != 503, r.text
+    finally:
+        stop.set()
+        for t in drippers:
+            t.join()
+
+
+def test_one_peer_cannot_hold_every_connection(
+        tmp_path_factory: pytest.TempPathFactory) -> None:
+    # Before: 300 idle sockets from one peer filled limit_concurrency (300 here) and
+    # everyone else got 503 for as long as it kept them (each up to the head timeout).
+    n = Network(tmp_path_factory.mktemp("peers"), verify=False)
+    n.env.update({"DEAI_HEAD_TIMEOUT": "30", "DEAI_MAX_CONNECTIONS": "300"})
+    n.start_coordinator()
+    idle: list[socket.socket] = []
+    try:
+        for _ in range(300):
+            idle.append(socket.create_connection(("127.0.0.1", n.port), timeout=30,
+                                                 source_address=("127.0.0.2", 0)))
+        time.sleep(1)  # those over the cap are closed at once, the others kept open
+        closed = 0
+        for s in idle:
+            s.setblocking(False)
+            with contextlib.suppress(BlockingIOError):
+                closed += s.recv(1) == b""
+        assert closed == 300 - limits.MAX_CONNECTIONS_PER_PEER, closed
+        r = httpx.get(f"{n.url}/api/network", timeout=20)  # from 127.0.0.1
+        assert r.status_code == 200, r.text
+    finally:
+        for s in idle:
+            s.close()
         n.close()

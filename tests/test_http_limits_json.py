@@ -16,6 +16,7 @@ import tracemalloc
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 from fastapi import FastAPI, Request
 from fastapi.testclient import TestClient
@@ -202,3 +203,154 @@ def test_the_upload_routes_are_the_coordinators(tmp_path: Path) -> None:
         assert any(r.matches(scope)[0] == Match.FULL for r in app.router.routes), path
     assert not limits.is_upload("POST", "/api/blobs")
     assert not limits.is_upload("PUT", "/api/blobs/x")
+
+
+# --- the large-body slots: who holds one, and for how long ----------------------------------
+
+_BIG = [(b"content-length", str(2 << 20).encode())]  # over limits.LARGE_BODY
+_CHUNKED = [(b"transfer-encoding", b"chunked")]
+
+
+def _reader(hold: anyio.Event) -> Any:
+    """An ASGI app that reads the whole body, starts its answer, and ends it on ``hold``
+    (a streamed answer)."""
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return
+            size += len(message.get("body", b""))
+            if not message.get("more_body", False):
+                break
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await hold.wait()
+        await send({"type": "http.response.body", "body": str(size).encode()})
+    return app
+
+
+def _whole(size: int) -> Any:
+    sent = False
+
+    async def receive() -> dict[str, Any]:
+        nonlocal sent
+        if sent:
+            await anyio.sleep_forever()
+        sent = True
+        return {"type": "http.request", "body": b"x" * size, "more_body": False}
+    return receive
+
+
+def _drip(every: float, chunk: bytes = b"x" * 10) -> Any:
+    """A body that never ends: ``chunk`` every ``every`` seconds."""
+    async def receive() -> dict[str, Any]:
+        await anyio.sleep(every)
+        return {"type": "http.request", "body": chunk, "more_body": True}
+    return receive
+
+
+async def _request(mw: BodyLimit, receive: Any, headers: list[tuple[bytes, bytes]],
+                   sent: list[dict[str, Any]], client: str = "10.0.0.1") -> None:
+    scope = {"type": "http", "method": "PUT", "path": "/api/blobs", "headers": headers,
+             "client": (client, 40000), "query_string": b"", "root_path": ""}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+    await mw(scope, receive, send)
+
+
+async def _status(sent: list[dict[str, Any]], within: float = 10.0) -> int:
+    with anyio.fail_after(within):
+        while not sent:
+            await anyio.sleep(0.01)
+    status: int = sent[0]["status"]
+    return status
+
+
+def test_a_slot_is_held_while_the_body_arrives_not_while_the_answer_streams() -> None:
+    # Before: held until the answer ended, so a second large body waited, then 503.
+    async def main() -> None:
+        hold = anyio.Event()
+        mw = BodyLimit(_reader(hold), limit=8 << 20, timeout=0.5, large_bodies=1)
+        a: list[dict[str, Any]] = []
+        b: list[dict[str, Any]] = []
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_request, mw, _whole(2 << 20), _BIG, a)
+            assert await _status(a) == 200  # its body read, its answer streaming
+            tg.start_soon(_request, mw, _whole(2 << 20), _BIG, b)
+            assert await _status(b) == 200
+            hold.set()
+        assert a[-1]["body"] == b[-1]["body"] == str(2 << 20).encode()
+    anyio.run(main)
+
+
+def test_a_chunked_body_takes_a_slot_only_past_a_large_body() -> None:
+    # Before: any chunked body, however small, held a slot: a few drips took them all.
+    async def main() -> None:
+        hold = anyio.Event()
+        mw = BodyLimit(_reader(hold), limit=8 << 20, timeout=0.5, large_bodies=1)
+        drips: list[dict[str, Any]] = []
+        big: list[dict[str, Any]] = []
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_request, mw, _drip(0.05), _CHUNKED, drips)
+            await anyio.sleep(0.2)
+            tg.start_soon(_request, mw, _whole(2 << 20), _BIG, big)
+            assert await _status(big) == 200
+            hold.set()
+            tg.cancel_scope.cancel()
+        # past LARGE_BODY a chunked body does wait for one: none is free while one is held
+        hold2 = anyio.Event()
+        mw = BodyLimit(_reader(hold2), limit=8 << 20, timeout=0.5, large_bodies=1)
+        first: list[dict[str, Any]] = []
+        late: list[dict[str, Any]] = []
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_request, mw, _drip(0.05), _BIG, first)
+            await anyio.sleep(0.1)
+            tg.start_soon(_request, mw, _drip(0.01, b"x" * (256 << 10)), _CHUNKED, late)
+            assert await _status(late) == 503
+            tg.cancel_scope.cancel()
+        assert mw._mine == {}
+    anyio.run(main)
+
+
+def test_one_client_address_holds_at_most_two_slots() -> None:
+    async def main() -> None:
+        hold = anyio.Event()
+        mw = BodyLimit(_reader(hold), limit=8 << 20, timeout=0.5, large_bodies=3)
+        mine: list[list[dict[str, Any]]] = [[], [], []]
+        other: list[dict[str, Any]] = []
+        async with anyio.create_task_group() as tg:
+            for sent in mine:  # three dripping uploads from one address
+                tg.start_soon(_request, mw, _drip(0.05), _BIG, sent, "10.0.0.1")
+            await anyio.sleep(0.1)
+            tg.start_soon(_request, mw, _whole(2 << 20), _BIG, other, "10.0.0.2")
+            assert await _status(other) == 200  # before: 503, the first address had all 3
+            assert await _status(mine[2]) == 503  # the third waited for its own address
+            assert not mine[0] and not mine[1]  # still arriving, in their slots
+            hold.set()
+            tg.cancel_scope.cancel()
+        assert mw._mine == {}  # every slot given back, every address forgotten
+    anyio.run(main)
+
+
+def test_a_body_in_a_slot_gets_no_long_grace_before_the_rate_counts() -> None:
+    # Before: a whole body_timeout (30 s here) of grace, then min_rate, in a slot.
+    async def main() -> None:
+        hold = anyio.Event()
+        mw = BodyLimit(_reader(hold), limit=8 << 20, timeout=30, min_rate=1000,
+                       large_bodies=1)
+        sent: list[dict[str, Any]] = []
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_request, mw, _drip(0.05), _BIG, sent)  # 200 bytes a second
+            assert await _status(sent, within=10) == 408
+        assert mw._mine == {}
+    anyio.run(main)
+
+
+@pytest.mark.parametrize(("value", "size"), [
+    (b"0" * 5000 + b"8", 8), (b"0", 0), (b"0000", 0), (b"9" * 19, 10**19 - 1),
+    (b"1" * 20, 10**19), (b"1" * 5000, 10**19), (b"", None), (b"-1", None), (b"1e3", None),
+    (b" 8", None), ("²".encode("latin-1"), None), ("8\u00b2", None)])
+def test_a_content_length_is_ascii_digits_and_never_parsed_long(value: bytes | str,
+                                                                size: int | None) -> None:
+    assert limits.declared_length(value) == size

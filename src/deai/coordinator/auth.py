@@ -15,6 +15,7 @@ import math
 from fastapi import Request
 from starlette.concurrency import run_in_threadpool
 
+from deai.coordinator.limits import declared_length
 from deai.coordinator.service import Coordinator
 from deai.core import auth
 from deai.core.errors import AuthError, PayloadTooLarge
@@ -32,8 +33,9 @@ async def coordinator(request: Request) -> Coordinator:
 
 
 async def read_body(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
+    raw = request.headers.get("content-length")
+    declared = declared_length(raw) if raw is not None else None
+    if declared is not None and declared > limit:
         raise PayloadTooLarge(f"body of {declared} bytes is over the {limit}-byte limit",
                               field="body", limit=limit)
     cached = getattr(request, "_body", None)

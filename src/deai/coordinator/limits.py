@@ -14,9 +14,13 @@ over it is answered 413 at once; a chunked body is counted as it arrives and ref
 moment it passes it. The body is read only when the application asks for it, so a path
 no route matches is answered 404 without reading a byte. Each chunk must come within
 ``Settings.body_timeout`` seconds, and the body as a whole at ``Settings.min_body_rate``
-bytes a second after that grace: else 408. A body over ``LARGE_BODY`` (or chunked) waits
-for one of ``Settings.max_large_bodies`` slots, held until its request is answered (503
-if none frees within ``body_timeout``), so a few huge uploads cannot exhaust memory.
+bytes a second after that grace: else 408. A body declared over ``LARGE_BODY`` (a chunked
+one, once that much of it came) waits for one of ``Settings.max_large_bodies`` slots, at
+most ``SLOTS_PER_ADDRESS`` of them per client address (503 if none frees within
+``body_timeout``), so a few huge uploads cannot exhaust memory. A slot is held until the
+body is complete or refused, never while the answer streams; and while held, the body
+gets ``SLOT_GRACE`` seconds of grace, not a whole timeout, before ``min_body_rate`` counts.
+A ``Content-Length`` is digits (leading zeros ignored, more than 19 of them: 413), else 400.
 
 A JSON body (or one without a content type, which FastAPI parses as JSON) nested deeper
 than ``MAX_JSON_DEPTH``, or holding ``NaN`` or ``Infinity`` (numbers JSON does not have,
@@ -43,6 +47,10 @@ of ``X-Forwarded-For``, as ``diversity.client_address`` reads it):
 second (``0``: no limit). Over the limit: 429 with ``Retry-After``; on ``/v1`` every
 answer carries OpenAI's ``x-ratelimit-*-requests`` headers. The defaults are generous:
 they stop floods, not clients, tests or benchmarks.
+
+``BoundedHttp`` also closes at once a connection over ``MAX_CONNECTIONS_PER_PEER``
+from one socket peer (not behind a trusted proxy, whose peer is everyone), so one peer's
+idle sockets cannot take all of uvicorn's ``limit_concurrency``.
 """
 
 from __future__ import annotations
@@ -79,6 +87,10 @@ log = logging.getLogger("deai.coordinator.limits")
 MAX_JSON_DEPTH = 64
 OFF_LOOP = 256 * 1024  # bytes of a JSON body past which it is checked off the event loop
 LARGE_BODY = 1024 * 1024  # bytes past which a body needs one of the large-body slots
+SLOTS_PER_ADDRESS = 2  # large-body slots one client address may hold at once
+SLOT_GRACE = 1.0  # seconds (at most body_timeout) before min_body_rate counts, in a slot
+MAX_LENGTH_DIGITS = 19  # a Content-Length longer than this is over any limit
+MAX_CONNECTIONS_PER_PEER = 256  # connections one socket peer may hold open at once
 DEFAULT_RATE_PER_KEY = "500/1000"
 DEFAULT_RATE_PER_IP = "2000/4000"
 MAX_BUCKETS = 100_000
@@ -312,6 +324,28 @@ async def _answer(send: Send, status: int, body: bytes,
     await send({"type": "http.response.body", "body": body})
 
 
+def declared_length(value: bytes | str) -> int | None:
+    """A ``Content-Length``'s value, or None if it is not a number. ASCII digits only
+    (``str.isdigit`` takes "²", which ``int`` refuses); past ``MAX_LENGTH_DIGITS``
+    digits, ``10 ** MAX_LENGTH_DIGITS`` (over any limit), never a long ``int`` parse
+    (Python refuses over 4,300 digits)."""
+    raw = value.encode("latin-1", "replace") if isinstance(value, str) else value
+    if not raw or not raw.isdigit() or not raw.isascii():
+        return None
+    raw = raw.lstrip(b"0") or b"0"
+    return int(raw) if len(raw) <= MAX_LENGTH_DIGITS else 10 ** MAX_LENGTH_DIGITS
+
+
+def address_of(scope: Scope, trust_forwarded_for: bool) -> str:
+    """The client's address as the rest of the coordinator reads it: behind a trusted
+    proxy the last hop of X-Forwarded-For, else the socket's peer."""
+    client = scope.get("client")
+    forwarded = _header(scope, b"x-forwarded-for") if trust_forwarded_for else None
+    return client_address(client[0] if client else None,
+                          forwarded.decode("latin-1") if forwarded else None,
+                          trust_forwarded_for) or "-"
+
+
 def _header(scope: Scope, name: bytes) -> bytes | None:
     for k, v in scope.get("headers", ()):
         if k == name:
@@ -340,13 +374,29 @@ class _Body:
     ``is_disconnected`` asks under a cancelled scope) loses nothing."""
 
     def __init__(self, limits: BodyLimit, receive: Receive, limit: int, large: bool,
-                 check: bool, v1: bool) -> None:
+                 check: bool, v1: bool, address: str) -> None:
         self.limits, self.receive, self.limit = limits, receive, limit
-        self.large, self.check, self.v1 = large, check, v1
+        self.large, self.check, self.v1, self.address = large, check, v1, address
         self.chunks: list[bytes] = []
         self.size, self.done, self.slot = 0, False, False
-        self.started: float | None = None
-        self.refusal: Refusal | None = None
+        # Pace: min_body_rate counts from (when, bytes so far) after a grace of seconds.
+        self.paced: tuple[float, int] | None = None
+        self.grace = limits.timeout
+        self._refusal: Refusal | None = None
+
+    @property
+    def refusal(self) -> Refusal | None:
+        return self._refusal
+
+    @refusal.setter
+    def refusal(self, refusal: Refusal | None) -> None:
+        self._refusal = refusal
+        self.release()  # a refused body reads no more
+
+    def release(self) -> None:
+        if self.slot:
+            self.slot = False
+            self.limits.give_back(self.address)
 
     async def __call__(self) -> Message:
         if self.refusal is not None:
@@ -380,21 +430,21 @@ class _Body:
     async def _next(self) -> Message | None:
         """The next message from the server, counted, or None once refused."""
         lim = self.limits
-        if self.large and not self.slot:
-            with anyio.move_on_after(lim.timeout):
-                await lim.gate().acquire()
-                self.slot = True
+        if not self.slot and (self.large or self.size > LARGE_BODY):
+            self.slot = await lim.take(self.address)
             if not self.slot:
                 self.refusal = Refusal(503, _error(
                     503, "busy", "too many large bodies are arriving at once; retry",
                     "body", self.v1), ((b"retry-after", b"5"), (b"connection", b"close")))
                 return None
+            self.paced, self.grace = None, min(lim.timeout, SLOT_GRACE)
         now = time.monotonic()
-        if self.started is None:
-            self.started = now
+        if self.paced is None:
+            self.paced = (now, self.size)
         wait = lim.timeout
-        if lim.min_rate > 0:  # after a grace of one timeout, min_rate bytes a second
-            wait = min(wait, self.started + lim.timeout + self.size / lim.min_rate - now)
+        if lim.min_rate > 0:  # after the grace, min_rate bytes a second
+            since, base = self.paced
+            wait = min(wait, since + self.grace + (self.size - base) / lim.min_rate - now)
         message: Message | None = None
         with anyio.move_on_after(max(wait, 0.0)):
             message = await self.receive()
@@ -414,22 +464,58 @@ class _Body:
                 self.chunks.append(chunk)
             if not message.get("more_body", False):
                 self.done = True
+                self.release()  # whole: the slot is for bodies still arriving
         return message
 
 
 class BodyLimit:
     def __init__(self, app: ASGIApp, limit: int, max_depth: int = MAX_JSON_DEPTH, *,
                  json_limit: int | None = None, timeout: float = 30.0,
-                 min_rate: int = 0, large_bodies: int = 8) -> None:
+                 min_rate: int = 0, large_bodies: int = 8,
+                 trust_forwarded_for: bool = False) -> None:
         self.app, self.limit, self.max_depth = app, limit, max_depth
         self.json_limit = min(limit, json_limit if json_limit is not None else limit)
         self.timeout, self.min_rate, self.large_bodies = timeout, min_rate, large_bodies
+        self.trust_forwarded_for = trust_forwarded_for
         self._gate: anyio.Semaphore | None = None
+        # Per client address: its own semaphore, and how many bodies use it (to forget it).
+        self._mine: dict[str, tuple[anyio.Semaphore, int]] = {}
 
     def gate(self) -> anyio.Semaphore:
         if self._gate is None:  # made in the event loop that uses it
             self._gate = anyio.Semaphore(max(1, self.large_bodies))
         return self._gate
+
+    async def take(self, address: str) -> bool:
+        """One large-body slot for ``address`` (one of its own ``SLOTS_PER_ADDRESS``, then
+        one of all), waiting at most ``timeout``: whether it got one."""
+        sem, users = self._mine.get(address) or (anyio.Semaphore(SLOTS_PER_ADDRESS), 0)
+        self._mine[address] = (sem, users + 1)
+        own = got = False
+        try:
+            with anyio.move_on_after(self.timeout):
+                await sem.acquire()
+                own = True
+                await self.gate().acquire()
+                got = True
+        finally:
+            if not got:
+                if own:
+                    sem.release()
+                self._forget(address)
+        return got
+
+    def give_back(self, address: str) -> None:
+        self.gate().release()
+        self._mine[address][0].release()
+        self._forget(address)
+
+    def _forget(self, address: str) -> None:
+        sem, users = self._mine[address]
+        if users > 1:
+            self._mine[address] = (sem, users - 1)
+        else:
+            del self._mine[address]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -437,11 +523,11 @@ class BodyLimit:
             return
         v1 = scope["path"].startswith("/v1/")
         declared = _header(scope, b"content-length")
-        if declared is not None and not declared.isdigit():
+        size = declared_length(declared) if declared is not None else None
+        if declared is not None and size is None:
             await _answer(send, 400, _error(400, "invalid_input",
                                             "Content-Length must be a number", "body", v1))
             return
-        size = int(declared) if declared is not None else None
         if size == 0 or (size is None and _header(scope, b"transfer-encoding") is None):
             await self.app(scope, receive, send)  # no body at all
             return
@@ -451,13 +537,13 @@ class BodyLimit:
             await self._send(send, self.too_large(f"body of {size} bytes", limit, v1))
             return
         ctype = (_header(scope, b"content-type") or b"").split(b";")[0].strip().lower()
-        body = _Body(self, receive, limit, large=size is None or size > LARGE_BODY,
-                     check=not upload and (not ctype or ctype.endswith(b"json")), v1=v1)
+        body = _Body(self, receive, limit, large=size is not None and size > LARGE_BODY,
+                     check=not upload and (not ctype or ctype.endswith(b"json")), v1=v1,
+                     address=address_of(scope, self.trust_forwarded_for))
         try:
             await self._guarded(scope, body, send)
         finally:
-            if body.slot:
-                self.gate().release()
+            body.release()  # a body the application left unread, or a client that left
 
     async def _guarded(self, scope: Scope, body: _Body, send: Send) -> None:
         """The application, whose answer a refusal found while it reads replaces."""
@@ -577,7 +663,8 @@ class RateLimit:
         now = time.monotonic()
         v1 = scope["path"].startswith("/v1/")
         if self.ips is not None:
-            ok, _, wait = self.ips.take(f"ip:{self._address(scope)}", now)
+            ok, _, wait = self.ips.take(f"ip:{address_of(scope, self.trust_forwarded_for)}",
+                                        now)
             if not ok:
                 await self._refuse(send, wait, "this address", v1, [])
                 return
@@ -601,15 +688,6 @@ class RateLimit:
             await send(message)
 
         await self.app(scope, receive, with_headers)
-
-    def _address(self, scope: Scope) -> str:
-        """The client's address as the rest of the coordinator reads it: behind a trusted
-        proxy the last hop of X-Forwarded-For, else the socket's peer."""
-        client = scope.get("client")
-        forwarded = _header(scope, b"x-forwarded-for") if self.trust_forwarded_for else None
-        return client_address(client[0] if client else None,
-                              forwarded.decode("latin-1") if forwarded else None,
-                              self.trust_forwarded_for) or "-"
 
     async def _refuse(self, send: Send, wait: float, who: str, v1: bool,
                       headers: list[tuple[bytes, bytes]]) -> None:
@@ -637,7 +715,11 @@ def install(app: FastAPI, body_limit: int, settings: Settings | None = None) -> 
         settings = getattr(c, "settings", None) or Settings()
     app.add_middleware(BodyLimit, limit=body_limit, json_limit=settings.max_json_bytes,
                        timeout=settings.body_timeout, min_rate=settings.min_body_rate,
-                       large_bodies=settings.max_large_bodies)
+                       large_bodies=settings.max_large_bodies,
+                       trust_forwarded_for=settings.trust_forwarded_for)
+    # Behind a trusted proxy every connection comes from the proxy: it caps per client.
+    app.state.max_connections_per_peer = (0 if settings.trust_forwarded_for
+                                          else MAX_CONNECTIONS_PER_PEER)
     app.add_middleware(RateLimit,
                        per_key=Rate.parse(os.environ.get("DEAI_RATE_PER_KEY",
                                                          DEFAULT_RATE_PER_KEY),
@@ -660,11 +742,24 @@ class BoundedHttp(HttpToolsProtocol):
 
     max_head = 32 * 1024
     head_timeout = 10.0
+    # Open connections by socket peer, for the whole process (one event loop): a peer
+    # over its cap (the app's ``state.max_connections_per_peer``, 0: none) is closed at once.
+    _peers: dict[str, int] = {}
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         self._head_bytes, self._in_head = 0, True
         self._head_timer: asyncio.TimerHandle | None = None
+        self._peer: str | None = None
         super().connection_made(transport)
+        cap = getattr(getattr(self.app, "state", None), "max_connections_per_peer",
+                      MAX_CONNECTIONS_PER_PEER)
+        peer = self.client[0] if cap and self.client else None
+        if peer is not None:
+            self._peer = peer
+            self._peers[peer] = self._peers.get(peer, 0) + 1
+            if self._peers[peer] > cap:  # counted down again in connection_lost
+                transport.close()
+                return
         self._head_since = self.loop.time()
         self._arm(self.head_timeout)
 
@@ -672,6 +767,11 @@ class BoundedHttp(HttpToolsProtocol):
         if self._head_timer is not None:
             self._head_timer.cancel()
             self._head_timer = None
+        if self._peer is not None:
+            left = self._peers.pop(self._peer) - 1
+            if left > 0:
+                self._peers[self._peer] = left
+            self._peer = None
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
