@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -296,24 +297,46 @@ class Client:
         return self.identity.id
 
 
+RATE_LIMITED_ATTEMPTS = 6  # 429s in a row ``retrying`` rides out, whatever ``attempts``
+
+
 def retrying(call: Callable[[], T], *, attempts: int | None = None, base: float = 0.5,
              cap: float = 15.0, on_retry: Callable[[Exception, float], None] | None = None) -> T:
-    """Call until it succeeds, backing off on transport errors and 502/503/504 answers."""
-    n = 0
+    """Call until it succeeds, backing off on transport errors and 502/503/504 answers,
+    and on 429 for up to ``RATE_LIMITED_ATTEMPTS`` in a row, waiting what the server asked
+    (``details.retry_after`` or "retry in N s"; at most ``cap``)."""
+    n = limited = 0
     while True:
         try:
             return call()
         except (httpx.TransportError, DeAIError) as exc:
+            status = getattr(exc, "status", 0)
             # 500 is a bug on the server, not an outage: retrying would spin forever.
             transient = (isinstance(exc, httpx.TransportError)
-                         or getattr(exc, "status", 0) in (502, 503, 504))
+                         or status in (429, 502, 503, 504))
             n += 1
-            if not transient or (attempts is not None and n >= attempts):
+            limited = limited + 1 if status == 429 else 0
+            if (not transient or (attempts is not None and n >= attempts)
+                    or limited >= RATE_LIMITED_ATTEMPTS):
                 raise
             delay = min(cap, base * 2 ** min(n, 10)) * (0.5 + random.random() / 2)
+            asked = _retry_after(exc) if status == 429 else None
+            if asked is not None:
+                delay = min(cap, max(asked, 0.0)) + random.random() * base
             if on_retry is not None:
                 on_retry(exc, delay)
             time.sleep(delay)
+
+
+def _retry_after(exc: Exception) -> float | None:
+    """The wait a 429 asked for: its ``details.retry_after``, else its "retry in N s"."""
+    details = getattr(exc, "details", None) or {}
+    try:
+        return float(details["retry_after"])
+    except (KeyError, TypeError, ValueError):
+        pass
+    found = re.search(r"retry in (\d+(?:\.\d+)?) s", str(exc))
+    return float(found.group(1)) if found else None
 
 
 def signed_beat(me: Identity, running: list[str] | None = None, *, network: str

@@ -6,9 +6,15 @@ event bodies through the allow-list of their kind. ``/api/events/stream`` is a
 server-sent-events stream of event rows: it resumes after ``Last-Event-ID`` (or
 ``?after=``), sends a comment every ``heartbeat`` seconds so proxies keep it
 open, and ends as soon as the coordinator starts shutting down, or after
-``STREAM_LIFETIME_S``. One ``Hub`` per coordinator reads new events for every
-stream; streams are capped per client address (429) and in all (503). The
-overview is shared by its callers for a few seconds (``public_reads``).
+``STREAM_LIFETIME_S`` (less up to a quarter, at random, so streams opened together do
+not all come back together). One ``Hub`` per coordinator reads new events for every
+stream; if its reader stops while streams are open, they end too, and their clients
+resume with ``Last-Event-ID`` rather than miss what no reader read. Streams are capped
+per client address (``public_reads.address_of``: an IPv6 one by its /64) and in all:
+over a cap, the answer is still 200 ``text/event-stream``, a ``retry: 10000`` line and
+the end, since a browser's ``EventSource`` never retries a 429 or 503 but does retry a
+stream that ended. The overview is shared by its callers for a few seconds
+(``public_reads``).
 """
 
 from __future__ import annotations
@@ -18,13 +24,14 @@ import contextlib
 import itertools
 import json
 import logging
+import random
 import weakref
 from collections import deque
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request
 from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
@@ -33,12 +40,11 @@ from starlette.concurrency import run_in_threadpool
 
 from deai.coordinator import explorer_views as views
 from deai.coordinator.auth import coordinator
-from deai.coordinator.public_reads import Shared, public_read
+from deai.coordinator.public_reads import Shared, address_of, shared_read
 from deai.coordinator.service import Coordinator
 from deai.core import wire
 from deai.core import wire_explorer as wx
-from deai.core.diversity import client_address
-from deai.core.errors import InvalidInput, RateLimited
+from deai.core.errors import InvalidInput
 
 log = logging.getLogger("deai.coordinator.events")
 router = APIRouter(prefix="/api")
@@ -60,20 +66,32 @@ BATCH = 500
 LOOKBACK = 64  # PostgreSQL can commit a lower event id after a higher one
 
 
-OVERVIEW: Shared[wx.OverviewOut] = Shared(ttl=3.0)
+# The windows an overview is computed for: one asked is widened to the next of these, so
+# a caller varying them cannot make each request a computation of its own (every pair
+# fits in ``OVERVIEW``).
+WINDOWS = (60.0, 600.0, 3_600.0, 21_600.0, 86_400.0)
+PRICE_WINDOWS = (600.0, 3_600.0, 86_400.0, 7 * 86_400.0, 30 * 86_400.0)
+OVERVIEW: Shared[wx.OverviewOut] = Shared(ttl=3.0, keys=len(WINDOWS) * len(PRICE_WINDOWS))
 
 
-@router.get("/explorer/overview", response_model=wx.OverviewOut,
-            dependencies=[Depends(public_read)])
-def overview(c: C, window: Annotated[float, Query(ge=60, le=86_400)] = 600.0,
-             price_window: Annotated[float, Query(ge=60, le=30 * 86_400)] = 3600.0,
-             ) -> wx.OverviewOut:
-    """Network totals, throughput over ``window`` seconds and prices over ``price_window``:
-    computed once for every caller asking meanwhile, and kept a few seconds while no new
-    event is written (``public_reads.Shared``)."""
-    return OVERVIEW.get(c, (window, price_window),
-                        lambda: views.overview(c, window, price_window),
-                        lambda: views.latest_event_id(c))
+def snap(asked: float, allowed: tuple[float, ...]) -> float:
+    """The smallest allowed window that covers ``asked`` (the largest, past them all)."""
+    return next((w for w in allowed if w >= asked), allowed[-1])
+
+
+@router.get("/explorer/overview", response_model=wx.OverviewOut)
+async def overview(c: C, request: Request,
+                   window: Annotated[float, Query(ge=60, le=86_400)] = 600.0,
+                   price_window: Annotated[float, Query(ge=60, le=30 * 86_400)] = 3600.0,
+                   ) -> wx.OverviewOut:
+    """Network totals, throughput over ``window`` seconds and prices over ``price_window``
+    (each widened to the next of ``WINDOWS``, ``PRICE_WINDOWS``): computed once for every
+    caller asking meanwhile, and kept a few seconds while no new event is written
+    (``public_reads.shared_read``)."""
+    w, pw = snap(window, WINDOWS), snap(price_window, PRICE_WINDOWS)
+    return await shared_read(request, OVERVIEW, c, (w, pw),
+                             lambda: views.overview(c, w, pw),
+                             lambda: views.latest_event_id(c))
 
 
 @router.get("/explorer/providers/{provider_id}", response_model=wx.ProviderDetailOut)
@@ -153,9 +171,8 @@ def _resume_point(after: int | None, last_event_id: str | None) -> int | None:
 
 @router.get("/events/stream", response_class=StreamingResponse,
             responses={200: {"content": {"text/event-stream": {}},
-                             "description": "one `data:` line per event row (JSON)"},
-                       429: {"description": "this address holds its most streams"},
-                       503: {"description": "the coordinator holds its most streams"}})
+                             "description": "one `data:` line per event row (JSON); over "
+                                            "a cap on streams, a `retry:` line and the end"}})
 async def stream(c: C, request: Request,
                  after: Annotated[int | None, Query(ge=0, le=MAX_ID)] = None,
                  heartbeat: Annotated[float, Query(ge=0.5, le=60)] = 15.0,
@@ -166,13 +183,17 @@ async def stream(c: C, request: Request,
 
     Starts after ``Last-Event-ID`` or ``after`` if given, else at the newest event. A
     stream ends after ``STREAM_LIFETIME_S`` (or when it falls ``RING`` events behind):
-    the client reconnects with ``Last-Event-ID`` and misses nothing."""
+    the client reconnects with ``Last-Event-ID`` and misses nothing. Over a cap on
+    streams: a ``retry:`` line and the end, so the client comes back later."""
     start = _resume_point(after, last_event_id)
-    address = client_address(request.client.host if request.client else None,
-                             request.headers.get("x-forwarded-for"),
-                             c.settings.trust_forwarded_for)
     hub = _hub(c)
-    sub = hub.join(c, address, set(kind) if kind else None)
+    try:
+        sub = hub.join(c, address_of(request), set(kind) if kind else None)
+    except Full as full:
+        return StreamingResponse(iter([f"retry: {FULL_RETRY_MS}\n: {full}\n\n"]),
+                                 media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache",
+                                          "Retry-After": str(FULL_RETRY_MS // 1000)})
     try:
         caught_up = start is None and hub.cursor is not None
         if start is None:
@@ -189,20 +210,27 @@ async def stream(c: C, request: Request,
 
 # --- one reader of new events per coordinator, for every stream ----------------------------
 
-MAX_STREAMS = 1_000  # open streams per coordinator; one more is answered 503
-MAX_STREAMS_PER_ADDRESS = 20  # per client address; one more is answered 429
+MAX_STREAMS = 1_000  # open streams per coordinator; one more is told to come back later
+MAX_STREAMS_PER_ADDRESS = 20  # per client address (an IPv6 /64), likewise
+FULL_RETRY_MS = 10_000  # when a refused stream's client comes back
 STREAM_LIFETIME_S = 900.0  # then a stream ends and its client resumes (Last-Event-ID)
 RING = 4_096  # new events kept for streams that have not sent them yet
 RESCAN_S = 5.0  # the reader looks for new events at least this often, woken or not
 
 
+class Full(Exception):
+    """A cap on streams is reached; the message says which."""
+
+
 class _Sub:
-    """One open stream: its kinds (None: all), address and place in the hub's ring."""
+    """One open stream: its kinds (None: all), address and place in the hub's ring;
+    ``orphaned`` once the reader that filled its ring stopped."""
 
     def __init__(self, address: str, kinds: set[str] | None, seq: int) -> None:
         self.address, self.kinds, self.seq = address, kinds, seq
         self.wake = asyncio.Event()
         self.joined = True
+        self.orphaned = False
 
 
 class Hub:
@@ -225,11 +253,9 @@ class Hub:
 
     def join(self, c: Coordinator, address: str, kinds: set[str] | None) -> _Sub:
         if self.per_address.get(address, 0) >= MAX_STREAMS_PER_ADDRESS:
-            raise RateLimited("too many event streams from this address",
-                              field="address")
+            raise Full("too many event streams from this address; retry later")
         if len(self.subs) >= MAX_STREAMS:
-            raise HTTPException(503, "too many event streams open; retry later",
-                                headers={"Retry-After": "5"})
+            raise Full("too many event streams open; retry later")
         sub = _Sub(address, kinds, self.seq)
         self.subs.add(sub)
         self.per_address[address] = self.per_address.get(address, 0) + 1
@@ -260,11 +286,15 @@ class Hub:
         return out
 
     async def _run(self, c: Coordinator) -> None:
-        """Holds the coordinator only while it runs (the hub is keyed by it, weakly)."""
+        """Holds the coordinator only while it runs (the hub is keyed by it, weakly). When
+        it stops, the streams still open end (``orphaned``): a later reader starts from
+        the newest event, so they would miss what came between."""
         notifier = c.notifier
         wakeups = notifier.subscribe()
         try:
-            base = await run_in_threadpool(views.latest_event_id, c)
+            base = await self._newest(c)
+            if base is None:
+                return
             self.cursor = base
             seen: deque[int] = deque(maxlen=4 * LOOKBACK)
             while self.subs and not notifier.closing:
@@ -280,7 +310,21 @@ class Hub:
             notifier.unsubscribe(wakeups)
             self.cursor = None  # a later reader starts from the newest event again
             for sub in list(self.subs):
+                sub.orphaned = True
                 sub.wake.set()
+
+    async def _newest(self, c: Coordinator) -> int | None:
+        """The newest event id, tried again while the database fails and a stream is
+        open (None: none is, or the coordinator is shutting down)."""
+        delay = 0.1
+        while self.subs and not c.notifier.closing:
+            try:
+                return await run_in_threadpool(views.latest_event_id, c)
+            except Exception:
+                log.exception("event stream reader could not start; retrying")
+            await asyncio.sleep(delay)
+            delay = min(2 * delay, RESCAN_S)
+        return None
 
     async def _read(self, c: Coordinator, base: int, seen: deque[int]) -> None:
         assert self.cursor is not None
@@ -326,7 +370,7 @@ async def _events(c: Coordinator, hub: Hub, sub: _Sub, start: int, heartbeat: fl
     then the hub's, until the stream's lifetime ends."""
     notifier = c.notifier
     loop = asyncio.get_running_loop()
-    ends = loop.time() + STREAM_LIFETIME_S
+    ends = loop.time() + STREAM_LIFETIME_S * (1 - random.random() / 4)
     sent: deque[int] = deque(maxlen=4 * LOOKBACK)
     cursor = start
     try:
@@ -344,7 +388,7 @@ async def _events(c: Coordinator, hub: Hub, sub: _Sub, start: int, heartbeat: fl
             cursor = max(cursor, page.next_after)
             caught_up = not (cursor > before and page.next_after < page.last_id)
         while sub.joined and not notifier.closing and loop.time() < ends:
-            if hub.behind(sub):
+            if hub.behind(sub) or sub.orphaned:
                 return  # the client resumes from its last id, read from the database
             sub.wake.clear()
             for e in hub.new_for(sub):

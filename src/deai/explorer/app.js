@@ -93,9 +93,21 @@
   const MONEY_KEYS = new Set(["amount", "bounty", "forfeited", "clawed_back", "escrow", "cost", "refunded", "owed", "charged", "penalty", "paid"]);
   const PRICE_KEYS = new Set(["price", "max_price"]);
 
+  // A 429 (the coordinator's busiest reads are bounded, public_reads.py) is asked again
+  // after what it says to wait (Retry-After, details.retry_after) or a growing back-off,
+  // a few times, before the view says it could not load.
+  const RETRIES_429 = 4;
+  const sleep = (ms) => new Promise((ok) => setTimeout(ok, ms));
   async function api(path, opts) {
-    const r = await fetch(path, { headers: { accept: "application/json" }, ...opts });
-    const body = await r.json().catch(() => null);
+    let r, body;
+    for (let i = 0; ; i++) {
+      r = await fetch(path, { headers: { accept: "application/json" }, ...opts });
+      body = await r.json().catch(() => null);
+      if (r.status !== 429 || i >= RETRIES_429) break;
+      const asked = Number(r.headers.get("retry-after") || (body && body.error && body.error.details && body.error.details.retry_after));
+      const wait = Number.isFinite(asked) && asked > 0 ? Math.min(asked, 10) * 1000 : 500 * 2 ** i;
+      await sleep(wait + Math.random() * 500);
+    }
     if (!r.ok) {
       const e = new Error((body && body.error && body.error.message) || `HTTP ${r.status}`);
       e.status = r.status;
@@ -238,19 +250,30 @@
     el.textContent = on ? "live" : "reconnecting";
   }
 
+  // The browser retries a stream that ended by itself (a refused one ends with `retry:`),
+  // but gives up for good after an answer it cannot use (a 5xx, a proxy's error page):
+  // then a new stream is opened after a growing, jittered back-off, from the last event.
+  let stream = null, lastEventId = null, backoff = 1000;
   function connect() {
-    const es = new EventSource("/api/events/stream");
-    es.onopen = () => setLive(true);
-    es.onerror = () => setLive(false);
+    const es = stream = new EventSource(`/api/events/stream${lastEventId === null ? "" : `?after=${lastEventId}`}`);
+    es.onopen = () => { setLive(true); backoff = 1000; };
+    es.onerror = () => {
+      setLive(false);
+      if (es.readyState !== EventSource.CLOSED || stream !== es) return;
+      stream = null;
+      setTimeout(connect, backoff / 2 + Math.random() * backoff);
+      backoff = Math.min(backoff * 2, 60000);
+    };
     es.onmessage = (m) => {
       let ev;
+      if (m.lastEventId && /^\d+$/.test(m.lastEventId)) lastEventId = m.lastEventId;
       try { ev = JSON.parse(m.data); } catch (e) { return; }
       if (ev.kind === "provider_registered" && ev.body && ev.body.name) state.names[ev.subject] = ev.body.name;
       pushFeed(ev);
       scheduleRefresh(150);
     };
-    window.addEventListener("pagehide", () => es.close());
   }
+  window.addEventListener("pagehide", () => { if (stream) stream.close(); stream = null; });
 
   // --- refresh scheduling: at most one request in flight per view -------------------------
 
