@@ -16,19 +16,20 @@ import httpx
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from deai.client.keys import Identity
-from deai.coordinator import admission, jobs, matching
+from deai.coordinator import admission, canaries, jobs, matching
 from deai.coordinator.service import Coordinator
 from deai.coordinator.settings import Settings
 from deai.core import market, specs
+from deai.core.lifecycle import AssignmentStatus, Role
 from deai.core.money import cost_for_units
 from deai.core.verify import economics, policy
 from deai.core.verify.params import VerifyParams
 from deai.core.verify.reputation import Reputation
 from deai.store import migrate
-from deai.store.models import Job, Task
+from deai.store.models import Assignment, Canary, Job, Task
 from tests.helpers import MODEL, SPEC, HandProvider, funded, lines
 from tests.netutil import Network
 
@@ -153,16 +154,22 @@ def _stakes(c: Coordinator) -> None:
             policy.check_probability(ESTABLISHED, vp, canary=False),
         _job(c, {**plain, "dataset_id": "ds_x"}, 1):
             policy.check_probability(ESTABLISHED, vp, canary=False),
+        # shorter than any canary source's (``canaries.min_deadline``): never imitated
+        _job(c, {**plain, "deadline": 60}, 1):
+            policy.check_probability(ESTABLISHED, vp, canary=False),
     }
     with c.db.read() as s:
+        round_of = matching._Demands(c)  # a matching round's: every job's shards at once
+        round_of.know(s, [s.get(Job, job_id) for job_id in cases])
         for job_id, p in cases.items():
             job = s.get(Job, job_id)
             assert job is not None
             for task in s.scalars(select(Task).where(Task.job_id == job_id)):
-                need = matching.demand(c, job, task).stake_needed
-                assert need == market.stake_for(value, vp.slash_fraction, p), (job.spec, task.idx)
+                want = market.stake_for(value, vp.slash_fraction, p)
+                assert matching.demand(c, job, task).stake_needed == want, (job.spec, task.idx)
+                assert round_of(job, task).stake_needed == want, (job.spec, task.idx)
     big = [j for j in cases if cases[j] < policy.check_probability(ESTABLISHED, vp)]
-    assert len(big) == 3
+    assert len(big) == 4
 
 
 def test_a_quote_asks_the_stake_matching_will(tmp_path: Path) -> None:
@@ -180,5 +187,49 @@ def test_a_quote_asks_the_stake_matching_will(tmp_path: Path) -> None:
             need = jobs._demand(c, spec, [1000] * shards).stake_needed
             p = policy.check_probability(ESTABLISHED, vp, canary=canary)
             assert need == market.stake_for(value, vp.slash_fraction, p), shards
+    finally:
+        c.db.dispose()
+
+
+# --- canaries' deadlines -------------------------------------------------------------------
+
+def test_canaries_are_drawn_only_from_sources_with_time_for_a_verdict(tmp_path: Path) -> None:
+    """A canary takes its source job's deadline (a span no client job has would name it),
+    counted from planting. A source of a short deadline made canaries that expired while
+    queued or waiting for a referee (failed, nobody slashed) yet counted in the canary
+    share: such sources are neither remembered nor drawn."""
+    c = Coordinator(Settings(data_dir=tmp_path, devnet=True))
+    migrate.upgrade(c.db.engine)
+    try:
+        floor = canaries.min_deadline(c)
+        assert floor >= max(600.0, c.settings.verify_timeout + c.settings.lease_ttl)
+        plain = {"kind": "embeddings", "model": MODEL, "max_price": 2000}
+        with c.db.write() as s:
+            for i, deadline in enumerate((60, int(floor) - 1, int(floor), 3600)):
+                s.add(Canary(kind="embeddings", model=MODEL,
+                             spec={**plain, "deadline": deadline}, input_digest=f"{i:064x}",
+                             output_digest="a" * 64, items=1, units=1,
+                             source_task=f"t{i}", created_at=0.0, active=True, uses=0))
+        client_id = _job(c, {**plain, "deadline": 60}, 1)
+        client = c.db.run(lambda s: s.get(Job, client_id))
+        for _ in range(20):
+            c.db.run(lambda s: canaries.plant_jobs(c, s, 1, [client]))
+        with c.db.read() as s:
+            used = {r.spec["deadline"]: r.uses for r in s.scalars(select(Canary))}
+            spans = {j.deadline_at - j.created_at for j in s.scalars(
+                select(Job).where(Job.owner == admission.NETWORK))}
+        with c.db.write() as s:
+            short = s.scalars(select(Job).where(Job.id == client.id)).one()
+            task = s.scalars(select(Task).where(Task.job_id == client.id)).one()
+            a = Assignment(id="asg_x", task_id=task.id, job_id=client.id,
+                           provider_id="p", role=Role.PRIMARY,
+                           status=AssignmentStatus.ACCEPTED, price=1, leased_at=0.0,
+                           lease_deadline=1.0, delivered=True, output_digest="b" * 64)
+            before = s.scalar(select(func.count()).select_from(Canary))
+            canaries.remember(c, s, short, task, a)  # a short deadline: not remembered
+            assert s.scalar(select(func.count()).select_from(Canary)) == before
+        assert used[60] == used[int(floor) - 1] == 0
+        assert used[int(floor)] + used[3600] >= 20
+        assert spans <= {floor, 3600.0}  # each canary its source's own deadline
     finally:
         c.db.dispose()

@@ -3,7 +3,11 @@
 streamed /v1 request carries the request's ``"stream": true``; it was answered
 ``listening: false`` while a real streamed request's primary was answered ``true``, so
 the probe told a provider it held a canary before it did the work (a role reader cheats
-only where no check is expected). A canary's probe is now answered as a real one's."""
+only where no check is expected). A canary's probe is now answered as a real one's.
+
+And only a streamed /v1 request's canary hears ``true``: a chat job sent through
+/api/jobs (or a /v1 batch) keeps ``"stream": true`` in its lines while nobody streams
+it, so its primary hears ``false``, and so must a canary copied from it."""
 
 from __future__ import annotations
 
@@ -17,11 +21,74 @@ from pathlib import Path
 import httpx
 import pytest
 
+from deai.coordinator import admission
+from deai.coordinator.openai import relay
+from deai.coordinator.service import Coordinator
+from deai.coordinator.settings import Settings
 from deai.core import auth, wire
+from deai.core.clock import ManualClock
+from deai.core.lifecycle import AssignmentStatus, Role
+from deai.store import migrate
+from deai.store.models import ApiKeyJob, Assignment, Canary, Provider
 from tests.helpers import CHAT, HandProvider, api_key, chat_line, funded
 from tests.netutil import Network
 
-pytestmark = pytest.mark.slow
+
+def _with_streamed_lines(tmp_path: Path, source: str | None) -> tuple[bool, bool]:
+    """What the probe of the primary of a chat job whose shard asks to stream hears, and of
+    a canary copied from it; ``source``: the job's ``ApiKeyJob.source`` (None: sent
+    through /api/jobs)."""
+    c = Coordinator(Settings(data_dir=tmp_path, devnet=True), clock=ManualClock())
+    migrate.upgrade(c.db.engine)
+    try:
+        now = c.now()
+        shard = c.blobs.put(json.dumps({"custom_id": "a", "stream": True,
+                                        "messages": []}).encode() + b"\n")
+        answer = c.blobs.put(b"known\n")
+        spec = {"kind": "chat", "model": CHAT, "max_price": 2000, "deadline": 3600}
+        with c.db.write() as s:
+            s.add(Provider(id="p" * 64, hardware={}, benchmark={}, registered_at=now,
+                           last_seen=now))
+            job, (task,) = admission.create(
+                c, s, owner="client", kind="chat", model=CHAT, spec=spec,
+                input_digest=shard, max_price=2000, shards=[admission.ShardIn(shard, 1, 10)],
+                escrow=0, deadline=3600.0)
+            if source is not None:
+                s.add(ApiKeyJob(job_id=job.id, api_key_id="key", source=source,
+                                created_at=now))
+            s.add(Canary(kind="chat", model=CHAT, spec=spec, input_digest=shard,
+                         output_digest=answer, items=1, units=10, source_task=task.id,
+                         created_at=now))
+            canary, (ctask,) = admission.create(
+                c, s, owner=admission.NETWORK, kind="chat", model=CHAT, spec=spec,
+                input_digest=shard, max_price=2000,
+                shards=[admission.ShardIn(shard, 1, 10, reference=answer)], escrow=0,
+                deadline=3600.0)
+            for aid, t, j, role in (("asg_primary", task, job, Role.PRIMARY),
+                                    ("asg_canary", ctask, canary, Role.CANARY)):
+                s.add(Assignment(id=aid, task_id=t.id, job_id=j.id, provider_id="p" * 64,
+                                 role=role, status=AssignmentStatus.LEASED, price=900,
+                                 leased_at=now, lease_deadline=now + 600, delivered=True))
+        primary, canary_ = relay._route(c, "asg_primary"), relay._route(c, "asg_canary")
+        return (primary[0] is not None and primary[1],
+                canary_[0] is not None and canary_[1])
+    finally:
+        c.db.dispose()
+
+
+@pytest.mark.parametrize("source", [None, "batch"])
+def test_a_canary_of_a_job_nobody_streams_is_heard_like_its_primary(
+        tmp_path: Path, source: str | None) -> None:
+    assert _with_streamed_lines(tmp_path, source) == (False, False)
+
+
+def test_a_canary_of_a_streamed_request_hears_a_listener(tmp_path: Path) -> None:
+    # Its primary heard ``true`` while the caller's stream was open (here nobody claims
+    # it: a coordinator without PostgreSQL), and its canary does.
+    assert _with_streamed_lines(tmp_path, "request")[1] is True
+
+
+@pytest.mark.slow
 
 
 def _caller(url: str, key: str) -> None:

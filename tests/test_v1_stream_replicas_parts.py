@@ -24,7 +24,16 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from deai.coordinator import notifier as nt
-from deai.coordinator.openai.relay import FORWARD_BURST, HOLD_MAX, PIECE_CHARS, Relay, pieces
+from deai.coordinator.openai.relay import (
+    AHEAD_MAX,
+    EVENT_COST,
+    FORWARD_BURST,
+    HOLD_MAX,
+    PIECE_CHARS,
+    PROVIDER_BURST,
+    Relay,
+    pieces,
+)
 from deai.provider.agent import ProgressSender, merge_events
 
 
@@ -60,6 +69,40 @@ def test_relay_puts_events_back_in_order() -> None:
     asyncio.run(scenario())
 
 
+def test_held_events_keep_only_what_a_stream_reads_and_count_each_event() -> None:
+    """Events held for a gap kept whole dicts, extra fields and all, and counted only their
+    text: posts of empty texts with junk beside them held tens of MiB under HOLD_MAX."""
+    async def scenario() -> None:
+        relay = Relay()
+        q = relay.open("t")
+        assert relay.push("t", [{"n": 1, "text": "b", "junk": "x" * 512}])
+        s = relay._streams["t"]
+        assert s.held == {1: [{"index": 0, "text": "b"}]}  # the junk is not kept
+        assert s.held_chars == EVENT_COST + 1
+        assert relay.push("t", [{"n": 0, "index": 0, "text": "a", "junk": "y"}])
+        assert _drain(q) == [{"index": 0, "text": "a"}, {"index": 0, "text": "b"}]
+        assert s.held_chars == 0
+        # Empty pieces of one event, forwarded past a gap: the pieces alone fill the bound.
+        relay.take_remote("t", [[3, 0, "", 1]] * (HOLD_MAX // EVENT_COST + 1))
+        assert s.broken and s.held == {}
+        assert not relay.push("t", [{"n": 2, "text": "c"}])
+
+    asyncio.run(scenario())
+
+
+def test_an_event_far_past_the_gap_breaks_the_stream() -> None:
+    async def scenario() -> None:
+        relay = Relay()
+        q = relay.open("t")
+        assert relay.push("t", [{"n": AHEAD_MAX, "text": "near"}])
+        assert not relay.push("t", [{"n": AHEAD_MAX + 2, "text": "far"}])
+        assert relay._streams["t"].held == {}
+        assert not relay.push("t", [{"n": 0, "text": "a"}])  # relays no more
+        assert _drain(q) == []
+
+    asyncio.run(scenario())
+
+
 def test_pieces_keep_only_what_a_stream_reads() -> None:
     got = pieces([{"n": 4, "index": 1, "text": "hi", "custom_id": "x" * 10_000},
                   {"n": "4", "index": True, "text": 7}, {"text": ""}])
@@ -87,6 +130,18 @@ def test_forwarding_is_bounded_per_task() -> None:
     assert relay.forward("t2", [{"n": 0, "text": "y"}], now=0.0)  # other tasks do not
     assert relay.forward("t1", [{"n": 100, "text": "y"}], now=60.0)  # time refills it
     assert sum(len(json.dumps(p)) for _, got in bus.sent[:1] for p in got) > FORWARD_BURST
+
+
+def test_forwarding_is_bounded_per_provider() -> None:
+    """One provider's many streamed tasks, each within its own rate, share one bound."""
+    bus = _Bus()
+    relay = Relay(bus)  # type: ignore[arg-type]
+    event = [{"n": 0, "text": "x" * 100_000}]
+    tasks = PROVIDER_BURST // 100_000 + 2
+    sent = [relay.forward(f"t{i}", event, now=0.0, provider="p1") for i in range(tasks)]
+    assert sent[0] and not sent[-1]  # the provider's burst spent
+    assert relay.forward("other", event, now=0.0, provider="p2")  # another provider's not
+    assert relay.forward(f"t{tasks}", event, now=60.0, provider="p1")  # time refills it
 
 
 @pytest.mark.postgres

@@ -4,6 +4,11 @@ A canary is a real shard whose answer the network already knows, queued as an
 ordinary job of a few shards (owned by the network, which no public surface
 shows) and placed by the matcher like any other work. It is created through the
 one job-creation path (``admission``) like every other job.
+
+A canary job's deadline is its source job's (a span no client job has would name it),
+so only sources whose deadline leaves room to wait in the queue, run and be refereed
+are drawn (``min_deadline``): a canary that expires before its verdict fails its job,
+slashes nobody and still counts in the canary share stakes are sized against.
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ from deai.store.models import Assignment, Canary, Job, Task
 NETWORK = admission.NETWORK
 POOL = 500  # known answers kept per model
 DEFAULT_DEADLINE: int = SpecBase.model_fields["deadline"].default  # a spec stored without one
+MIN_DEADLINE = 600  # seconds: the shortest source deadline a canary is drawn from ...
+QUEUE_S = 180  # ... or a check's time to be placed, a lease's and this margin to queue
 
 log = logging.getLogger("deai.coordinator.canaries")
 
@@ -31,10 +38,12 @@ def remember(c: Coordinator, s: Session, job: Job, task: Task, a: Assignment) ->
     """Verified work becomes a future canary (its answer is now known)."""
     if job.owner == NETWORK or a.output_digest is None:
         return
-    if not policy.may_be_canary(job.spec, 1):
+    if not policy.may_be_canary(job.spec, 1) or deadline_of(job.spec) < min_deadline(c):
         # A sealed job's answer is no known answer (the network cannot read it); a
         # dataset job's rows reach only the job's own leases (the owner's key release).
-        # Matching stakes such jobs as ones no canary comes to (``stake_needed``).
+        # Matching stakes such jobs as ones no canary comes to (``stake_needed``). A
+        # deadline too short for a canary's queue and referee (``min_deadline``): its
+        # canary would expire unjudged.
         return
     s.add(Canary(kind=job.kind, model=job.model, spec=job.spec, input_digest=task.input_digest,
                  output_digest=a.output_digest, items=task.items, units=task.units,
@@ -89,9 +98,10 @@ def plant_jobs(c: Coordinator, s: Session, want: int, jobs: list[Job]) -> int:
     planted = 0
     while want > 0 and models:
         kind, model = c.rng.choice(models)
-        pool = s.scalars(select(Canary).where(Canary.kind == kind, Canary.model == model,
-                                              Canary.active.is_(True))
-                         .order_by(Canary.id.desc()).limit(200)).all()
+        floor = min_deadline(c)
+        pool = [x for x in s.scalars(select(Canary).where(
+            Canary.kind == kind, Canary.model == model, Canary.active.is_(True))
+            .order_by(Canary.id.desc()).limit(200)) if deadline_of(x.spec) >= floor]
         if not pool:
             models.remove((kind, model))
             continue
@@ -115,6 +125,21 @@ def plant_jobs(c: Coordinator, s: Session, want: int, jobs: list[Job]) -> int:
         planted += n
         want -= n
     return planted
+
+
+def min_deadline(c: Coordinator) -> float:
+    """The shortest deadline a canary source may have: time to wait in the queue, run (a
+    lease), and have a disagreement placed with a referee (``verify_timeout``), at least
+    ``MIN_DEADLINE``. Shorter sources are never remembered nor drawn."""
+    return max(float(MIN_DEADLINE),
+               c.settings.verify_timeout + c.settings.lease_ttl + QUEUE_S)
+
+
+def could_be(c: Coordinator, spec: dict[str, Any], shards: int) -> bool:
+    """Whether a job of ``spec`` and ``shards`` could be a canary, as its providers can
+    tell (``policy.may_be_canary``, and a deadline no shorter than ``min_deadline``: a
+    shorter source is never drawn). Matching and the quote size the stake by it."""
+    return policy.may_be_canary(spec, shards) and deadline_of(spec) >= min_deadline(c)
 
 
 def deadline_of(spec: dict[str, Any]) -> int:

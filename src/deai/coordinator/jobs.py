@@ -27,6 +27,7 @@ from deai.coordinator import (
     access,
     admission,
     blob_quota,
+    canaries,
     capacity,
     checkpoints,
     effects,
@@ -48,7 +49,6 @@ from deai.core.lifecycle import (
 from deai.core.lifecycle import decide as D
 from deai.core.lifecycle.effects import RefreshJob
 from deai.core.money import cost_for_units
-from deai.core.verify import policy
 from deai.store import db
 from deai.store.blobs import digest_of
 from deai.store.models import (
@@ -86,8 +86,8 @@ def _demand(c: Coordinator, spec: specs.JobSpec, shard_units: list[int]) -> mark
                              max_price=spec.max_price, memory_mb=info.memory_mb, units=biggest,
                              stake_needed=stake_needed(
                                  c, cost_for_units(biggest, spec.max_price),
-                                 canary=policy.may_be_canary(spec.model_dump(),
-                                                             len(shard_units))))
+                                 canary=canaries.could_be(c, spec.model_dump(),
+                                                          len(shard_units))))
 
 
 def _quote_out(c: Coordinator, spec: specs.JobSpec, shard_units: list[int],

@@ -105,7 +105,7 @@ class _Demands:
         once: one query for their shard counts, not one a job (~270 µs each, a second a
         round of 3,000 one-task jobs)."""
         maybe = [j.id for j in jobs if j.id not in self.canary
-                 and policy.may_be_canary(j.spec or {}, 1)]
+                 and canaries.could_be(self.c, j.spec or {}, 1)]
         for j in jobs:
             self.canary.setdefault(j.id, False)  # the rest: sealed, on a dataset
         beyond: set[str] = set()
@@ -141,7 +141,7 @@ class _Demands:
         units = task.units
         canary = self.canary.get(task.job_id)
         if canary is None:
-            canary = self.canary[task.job_id] = _may_be_canary(job)
+            canary = self.canary[task.job_id] = _may_be_canary(self.c, job)
         need = self.stakes.get((units, max_price, canary))
         if need is None:
             need = self.stakes[units, max_price, canary] = stake_needed(
@@ -162,12 +162,12 @@ def stake_needed(c: Coordinator, value: int, *, canary: bool = True) -> int:
     return market.stake_for(value, vp.slash_fraction, p) if p > 0 else 0
 
 
-def _may_be_canary(job: Job) -> bool:
+def _may_be_canary(c: Coordinator, job: Job) -> bool:
     """``policy.may_be_canary`` of a job: its shard count read as whether its task of index
     ``MAX_CANARY_SHARDS`` exists, a primary-key lookup (ids as ``admission.create`` writes
     them). A job read outside a session counts as one that may be a canary."""
     spec = job.spec or {}
-    if not policy.may_be_canary(spec, 1):
+    if not canaries.could_be(c, spec, 1):
         return False
     state = inspect(job, raiseerr=False)
     s = state.session if state is not None else None

@@ -11,20 +11,27 @@ Replicas: the stream lives in the memory of the replica the caller is connected 
 which claims it in PostgreSQL while it streams (``Notifier.claim_stream``). A post to
 another replica is forwarded there through LISTEN/NOTIFY (``Notifier.forward_progress``:
 each event cut into pieces of at most ``PIECE_CHARS`` characters, in order), at most
-``FORWARD_RATE`` bytes a second per task after a burst of ``FORWARD_BURST``, so one
-provider cannot flood every replica. ``{"listening": true}`` means the events were
+``FORWARD_RATE`` bytes a second per task after a burst of ``FORWARD_BURST``, and at most
+``PROVIDER_RATE`` a second per provider after ``PROVIDER_BURST`` (over all its tasks), so
+one provider cannot flood every replica. ``{"listening": true}`` means the events were
 handed to the stream here or forwarded to the replica claiming it; ``false`` means they
 were delivered nowhere (not the primary, nobody streams the task, or over the bound), so
-a provider may keep them and ask again later with an empty post. A canary's lease whose
-payload asks to stream is answered ``true`` too (its events dropped): its source was a
-streamed /v1 request, and a ``false`` where a real one has a caller listening would tell
-its provider it holds a canary before it does the work.
+a provider may keep them and ask again later with an empty post. A canary's lease is
+answered ``true`` (its events dropped) when its source was a /v1 request whose caller
+streamed (an ``ApiKeyJob`` of source ``request`` whose shard asks to stream: the gateway
+writes ``"stream": true`` only for a streamed request), as that request's primary was;
+a ``false`` there would tell its provider it holds a canary before it does the work.
+Any other canary is answered ``false``, as its source's primary was: a chat job sent
+through /api/jobs or a /v1 batch keeps ``"stream": true`` in its lines, but nobody
+streams it.
 
 Order: an event's ``n`` (0, 1, ... in the order the provider posted them) lets the
 stream put back in order what reached it through different replicas; an event is
 relayed once those before it were, a repeated number is dropped, and a stream whose gap
-never fills (a notification lost) holds at most ``HOLD_MAX`` characters, then relays no
-more deltas: the recorded result ends the answer. Events without ``n`` (older agents)
+never fills (a notification lost) holds at most ``HOLD_MAX`` (an event's text plus
+``EVENT_COST`` for each event held: only its index and text are kept), and takes no ``n``
+more than ``AHEAD_MAX`` past the next it waits for; past either it relays no more deltas:
+the recorded result ends the answer. Events without ``n`` (older agents)
 are relayed as they arrive.
 """
 
@@ -45,14 +52,18 @@ from deai.coordinator.auth import coordinator, signer
 from deai.coordinator.service import Coordinator
 from deai.core import wire
 from deai.core.lifecycle import AssignmentStatus, Role
-from deai.store.models import Assignment, Task
+from deai.store.models import ApiKeyJob, Assignment, Canary, Task
 
 Event = dict[str, Any]
 
 PIECE_CHARS = 500  # characters of text per forwarded piece: <= 6,000 bytes of JSON
 FORWARD_RATE = 64 * 1024  # bytes a second a task's progress may be forwarded at, on average
 FORWARD_BURST = 256 * 1024  # ... and at once (a provider's backlog after a pause)
-HOLD_MAX = 1 << 20  # characters a stream holds waiting for a gap in ``n`` to fill
+PROVIDER_RATE = 4 * FORWARD_RATE  # ... and a provider's, over all its tasks
+PROVIDER_BURST = 4 * FORWARD_BURST
+HOLD_MAX = 1 << 20  # characters a stream holds waiting for a gap in ``n`` to fill ...
+EVENT_COST = 64  # ... counting this many for each event held, on top of its text
+AHEAD_MAX = 4096  # the furthest an event's ``n`` may run past the next one expected
 ROUTE_TTL = 2.0  # seconds a progress route is trusted before its lease is read again
 UNCLAIMED_TTL = 0.5  # ... a route whose task nobody streamed yet (a stream opening)
 SWEEP_S = 30.0  # routes and rate buckets idle this long are forgotten
@@ -88,6 +99,16 @@ def pieces(events: list[Event]) -> list[list[Any]]:
     return out
 
 
+def _slim(event: Event) -> Event:
+    """What a stream reads of an event (``routes._relayable``): its index and text."""
+    return {"index": event.get("index", 0), "text": event.get("text")}
+
+
+def _cost(event: Event) -> int:
+    text_ = event.get("text")
+    return EVENT_COST + (len(text_) if isinstance(text_, str) else 0)
+
+
 class _Stream:
     """One open stream: its queue, and the events held until their turn (``n``)."""
 
@@ -102,23 +123,27 @@ class _Stream:
     def take(self, n: int | None, event: Event, more: bool = False) -> None:
         if self.broken:
             return
+        event = _slim(event)
         if n is None:
             self.queue.put_nowait(event)
             return
         if n < self.next or n in self.whole:
             return  # relayed, or held whole, already: a repeat
+        if n - self.next > AHEAD_MAX:  # numbers no provider posting in order reaches
+            self.broken, self.held, self.whole, self.held_chars = True, {}, set(), 0
+            return
         self.held.setdefault(n, []).append(event)
-        self.held_chars += len(str(event.get("text", ""))) + 1
+        self.held_chars += _cost(event)
         if not more:
             self.whole.add(n)
         while self.next in self.whole:
             self.whole.discard(self.next)
             for e in self.held.pop(self.next):
-                self.held_chars -= len(str(e.get("text", ""))) + 1
+                self.held_chars -= _cost(e)
                 self.queue.put_nowait(e)
             self.next += 1
         if self.held_chars > HOLD_MAX:
-            self.broken, self.held, self.whole = True, {}, set()
+            self.broken, self.held, self.whole, self.held_chars = True, {}, set(), 0
 
 
 class Relay:
@@ -128,7 +153,8 @@ class Relay:
         # assignment -> ((task, provider) while its lease is live, whether another replica
         # streams that task, when that was read)
         self.routes: dict[str, tuple[tuple[str, str] | None, bool, float]] = {}
-        self._buckets: dict[str, tuple[float, float]] = {}  # task -> (bytes allowed, when)
+        # task, or ("p", provider) -> (bytes allowed, when)
+        self._buckets: dict[Any, tuple[float, float]] = {}
         self._swept = time.monotonic()
         if notifier is not None:
             notifier.on_remote_progress.append(self.take_remote)
@@ -174,18 +200,26 @@ class Relay:
                     and p[3] in (0, 1)):
                 s.take(_number(p[0]), {"index": p[1], "text": p[2]}, bool(p[3]))
 
-    def forward(self, task_id: str, events: list[Event], now: float) -> bool:
-        """Forward events to the replica streaming ``task_id``, within the task's rate."""
+    def forward(self, task_id: str, events: list[Event], now: float,
+                provider: str = "") -> bool:
+        """Forward events to the replica streaming ``task_id``, within the task's rate and
+        its provider's."""
         if self.notifier is None:
             return False
         got = pieces(events)
         size = sum(len(json.dumps(p)) for p in got)
-        allowed, at = self._buckets.get(task_id, (float(FORWARD_BURST), now))
-        allowed = min(float(FORWARD_BURST), allowed + (now - at) * FORWARD_RATE)
-        if allowed < 0:  # over its rate: refused, so the provider keeps them for later
-            self._buckets[task_id] = (allowed, now)
+        keys = ((task_id, FORWARD_RATE, FORWARD_BURST),
+                (("p", provider), PROVIDER_RATE, PROVIDER_BURST))
+        allowed = {}
+        for key, rate, burst in keys:
+            left, at = self._buckets.get(key, (float(burst), now))
+            allowed[key] = min(float(burst), left + (now - at) * rate)
+        if any(v < 0 for v in allowed.values()):  # over a rate: refused, so the provider
+            for key, v in allowed.items():  # keeps them for later
+                self._buckets[key] = (v, now)
             return False
-        self._buckets[task_id] = (allowed - size, now)
+        for key, v in allowed.items():
+            self._buckets[key] = (v - size, now)
         return self.notifier.forward_progress(task_id, got)
 
     def sweep(self, now: float) -> None:
@@ -205,7 +239,7 @@ class Relay:
 def _route(c: Coordinator, assignment_id: str) -> tuple[tuple[str, str] | None, bool]:
     """(task, provider) of the assignment while it is a live primary lease, and whether a
     replica (another, if the stream is not here) claims that task's stream; for a live
-    canary lease whose payload asks to stream, ("", provider) and True (a sink)."""
+    canary lease copied from a streamed /v1 request, ("", provider) and True (a sink)."""
     with c.db.read() as s:
         row = s.execute(select(Assignment.task_id, Assignment.provider_id, Assignment.role,
                                Task.input_digest).join(Task, Task.id == Assignment.task_id)
@@ -215,12 +249,23 @@ def _route(c: Coordinator, assignment_id: str) -> tuple[tuple[str, str] | None, 
         if row is None:
             return None, False
         if row.role == Role.CANARY:
-            return (("", row.provider_id), True) if _streams(c, row.input_digest) else (
-                None, False)
+            heard = _streamed_source(s, row.input_digest) and _streams(c, row.input_digest)
+            return (("", row.provider_id), True) if heard else (None, False)
         claimed = c.notifier.bridged and bool(s.execute(
             text(nt.STREAM_CLAIMED_SQL),
             {"ns": nt.STREAM_LOCK_NS, "key": nt.stream_key(row.task_id)}).scalar())
     return (row.task_id, row.provider_id), claimed
+
+
+def _streamed_source(s: Any, digest: str | None) -> bool:
+    """Whether a canary of input ``digest`` was copied from a /v1 request (an
+    ``ApiKeyJob`` of source ``request``, not a batch nor an /api/jobs job): only there
+    did a caller stream the source, if its shard asks to (``_streams``)."""
+    return digest is not None and s.scalar(
+        select(ApiKeyJob.job_id).join(Task, Task.job_id == ApiKeyJob.job_id)
+        .join(Canary, Canary.source_task == Task.id)
+        .where(Canary.input_digest == digest, ApiKeyJob.source == "request")
+        .limit(1)) is not None
 
 
 def _streams(c: Coordinator, digest: str | None) -> bool:
@@ -260,4 +305,4 @@ async def progress(assignment_id: str, body: ProgressIn,
         return ProgressOut(listening=True)
     if relay.holds(route[0]):
         return ProgressOut(listening=relay.push(route[0], body.events))
-    return ProgressOut(listening=claimed and relay.forward(route[0], body.events, now))
+    return ProgressOut(listening=claimed and relay.forward(route[0], body.events, now, me))
