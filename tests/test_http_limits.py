@@ -279,3 +279,18 @@ def test_one_peer_cannot_hold_every_connection(
         for s in idle:
             s.close()
         n.close()
+
+
+def test_a_peers_websockets_do_not_use_up_its_connections(net: Network) -> None:
+    """An upgraded connection is the WebSocket protocol's from then on, and its end never
+    reached the HTTP protocol's count: every WebSocket a peer ever opened kept a place,
+    and after ``MAX_CONNECTIONS_PER_PEER`` of them (a cluster's forwarded requests, lease
+    shells) the peer was refused for good."""
+    req = (b"GET /api/leases/lease_x/attach HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+           b"Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+           b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+    for _ in range(limits.MAX_CONNECTIONS_PER_PEER + 20):
+        with _connect(net) as s:
+            s.sendall(req)
+            assert _answer(s).startswith(b"HTTP/1.1 "), "refused before its answer"
+    assert httpx.get(f"{net.url}/api/network", timeout=20).status_code == 200

@@ -764,15 +764,26 @@ class BoundedHttp(HttpToolsProtocol):
         self._arm(self.head_timeout)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._release()
+        super().connection_lost(exc)
+
+    def handle_websocket_upgrade(self) -> None:
+        # From here the connection is the WebSocket protocol's: its end never reaches this
+        # protocol's ``connection_lost``, so it stops counting against its peer now (left
+        # counted, every upgrade leaked a place, and a peer was refused for good after
+        # ``MAX_CONNECTIONS_PER_PEER`` WebSockets over the process's life).
+        self._release()
+        super().handle_websocket_upgrade()
+
+    def _release(self) -> None:
         if self._head_timer is not None:
             self._head_timer.cancel()
             self._head_timer = None
         if self._peer is not None:
-            left = self._peers.pop(self._peer) - 1
+            left = self._peers.pop(self._peer, 1) - 1
             if left > 0:
                 self._peers[self._peer] = left
             self._peer = None
-        super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
         if self._in_head:
