@@ -28,6 +28,7 @@ from typing import Any
 import httpx
 import pytest
 
+from deai.client import sdk
 from deai.client.keys import Identity
 from deai.client.sdk import Client
 from deai.coordinator import api_explorer, explorer_views, public_reads
@@ -476,3 +477,40 @@ class Held:
         t = threading.Thread(target=get)
         t.start()
         return t
+
+
+def test_the_sdks_provider_list_rides_out_a_busy_moment(
+        coord: tuple[Coordinator, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """``Client.providers`` asks a page again after a 429 instead of failing the whole
+    list: the slot is held by another reader past the wait, then freed."""
+    c, url = coord
+    monkeypatch.setattr(public_reads, "SLOTS", 1)
+    monkeypatch.setattr(public_reads, "WAIT_S", 0.2)
+    entered, release = threading.Event(), threading.Event()
+    real, refused = c.providers_page, [0]
+
+    def slow(*args: Any) -> Any:
+        if not release.is_set():
+            entered.set()
+            release.wait(30)
+        return real(*args)
+
+    monkeypatch.setattr(c, "providers_page", slow)
+    busy = threading.Thread(target=lambda: httpx.get(f"{url}/api/providers", timeout=60))
+    busy.start()
+    assert entered.wait(30)  # the only slot is taken
+    got: list[Any] = []
+    real_sleep = sdk.time.sleep
+
+    def waited(s: float) -> None:  # the SDK backs off: the holder lets go meanwhile
+        refused[0] += 1
+        release.set()
+        real_sleep(min(s, 0.5))
+
+    monkeypatch.setattr(sdk.time, "sleep", waited)
+    reader = threading.Thread(target=lambda: got.append(Client(url).providers()))
+    reader.start()
+    reader.join(60)
+    release.set()
+    busy.join(30)
+    assert refused[0] >= 1 and got == [[]]

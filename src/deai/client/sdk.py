@@ -12,6 +12,7 @@ with capped exponential back-off for agents that must ride out a restart.
 
 from __future__ import annotations
 
+import functools
 import json
 import random
 import re
@@ -203,13 +204,16 @@ class Client:
 
     def providers(self) -> list[wire.ProviderOut]:
         """Every provider, following the list's pages to the end (each row's hardware is
-        a summary: ``provider`` gives one provider's whole)."""
+        a summary: ``provider`` gives one provider's whole). A page answered 429 (the
+        public reads' slots are busy) is asked again as the server says, so that a busy
+        moment does not lose the pages already read."""
         out: list[wire.ProviderOut] = []
         after: str | None = None
         while True:
             params = {"after": after} if after is not None else None
-            page = wire.ProvidersOut.model_validate(
-                self.request("GET", "/api/providers", params=params).json())
+            page = wire.ProvidersOut.model_validate(retrying(
+                functools.partial(self.request, "GET", "/api/providers", params=params),
+                attempts=RATE_LIMITED_ATTEMPTS).json())
             out += page.providers
             if page.next is None or not page.providers:
                 return out
