@@ -23,7 +23,7 @@ import httpx
 import pytest
 
 from deai.client.keys import Identity
-from deai.coordinator import limits
+from deai.coordinator import http_protocol
 from tests.netutil import Network
 
 TIGHT = {"DEAI_HEAD_TIMEOUT": "1", "DEAI_BODY_TIMEOUT": "1", "DEAI_MAX_HEAD_BYTES": "16384",
@@ -272,7 +272,7 @@ def test_one_peer_cannot_hold_every_connection(
             s.setblocking(False)
             with contextlib.suppress(BlockingIOError):
                 closed += s.recv(1) == b""
-        assert closed == 300 - limits.MAX_CONNECTIONS_PER_PEER, closed
+        assert closed == 300 - http_protocol.MAX_CONNECTIONS_PER_PEER, closed
         r = httpx.get(f"{n.url}/api/network", timeout=20)  # from 127.0.0.1
         assert r.status_code == 200, r.text
     finally:
@@ -289,7 +289,7 @@ def test_a_peers_websockets_do_not_use_up_its_connections(net: Network) -> None:
     req = (b"GET /api/leases/lease_x/attach HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
            b"Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
-    for _ in range(limits.MAX_CONNECTIONS_PER_PEER + 20):
+    for _ in range(http_protocol.MAX_CONNECTIONS_PER_PEER + 20):
         with _connect(net) as s:
             s.sendall(req)
             assert _answer(s).startswith(b"HTTP/1.1 "), "refused before its answer"

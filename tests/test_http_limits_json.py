@@ -1,4 +1,4 @@
-"""``limits.json_problem`` scans the bytes; it never parses the body it judges.
+"""``json_scan.json_problem`` scans the bytes; it never parses the body it judges.
 
 Before, a body with more than 64 brackets was parsed with ``json.loads`` and walked:
 60 MiB of ``[[],[],...]`` to a path no route had took 4.8 GB and 74 s holding the
@@ -24,8 +24,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from starlette.routing import Match
 
-from deai.coordinator import limits
-from deai.coordinator.limits import BodyLimit, Problem, json_problem
+from deai.coordinator import json_scan, limits
+from deai.coordinator.json_scan import Problem, json_problem
+from deai.coordinator.limits import BodyLimit
 
 # --- the reference: parse, then walk in document order -------------------------------------
 
@@ -64,13 +65,13 @@ def reference(data: bytes, limit: int = 64) -> Problem | None:
 def _walk(v: Any, at: str) -> Problem | None:
     where = at or "body"
     if isinstance(v, str):
-        why = limits.text_problem(v)
+        why = json_scan.text_problem(v)
         return Problem(where, f"{where}: {why}") if why and _LONE.search(v) else None
     if isinstance(v, dict):
         for k, x in v.items():
             if _LONE.search(k):
-                return Problem(where, f"{where}: the key {limits._shown(k)!r} "
-                                      f"{limits.text_problem(k)}")
+                return Problem(where, f"{where}: the key {json_scan.shown(k)!r} "
+                                      f"{json_scan.text_problem(k)}")
             found = _walk(x, f"{at}.{k}" if at else k)
             if found:
                 return found
@@ -249,6 +250,14 @@ def _drip(every: float, chunk: bytes = b"x" * 10) -> Any:
     return receive
 
 
+def _slots(large_bodies: int = 1) -> tuple[anyio.Event, BodyLimit]:
+    """Bodies up to 8 MiB to a ``_reader`` that ends its answers on the event, with
+    ``large_bodies`` slots that are waited for half a second."""
+    hold = anyio.Event()
+    return hold, BodyLimit(_reader(hold), limit=8 << 20, timeout=0.5,
+                           large_bodies=large_bodies)
+
+
 async def _request(mw: BodyLimit, receive: Any, headers: list[tuple[bytes, bytes]],
                    sent: list[dict[str, Any]], client: str = "10.0.0.1") -> None:
     scope = {"type": "http", "method": "PUT", "path": "/api/blobs", "headers": headers,
@@ -270,8 +279,7 @@ async def _status(sent: list[dict[str, Any]], within: float = 10.0) -> int:
 def test_a_slot_is_held_while_the_body_arrives_not_while_the_answer_streams() -> None:
     # Before: held until the answer ended, so a second large body waited, then 503.
     async def main() -> None:
-        hold = anyio.Event()
-        mw = BodyLimit(_reader(hold), limit=8 << 20, timeout=0.5, large_bodies=1)
+        hold, mw = _slots()
         a: list[dict[str, Any]] = []
         b: list[dict[str, Any]] = []
         async with anyio.create_task_group() as tg:
@@ -287,8 +295,7 @@ def test_a_slot_is_held_while_the_body_arrives_not_while_the_answer_streams() ->
 def test_a_chunked_body_takes_a_slot_only_past_a_large_body() -> None:
     # Before: any chunked body, however small, held a slot: a few drips took them all.
     async def main() -> None:
-        hold = anyio.Event()
-        mw = BodyLimit(_reader(hold), limit=8 << 20, timeout=0.5, large_bodies=1)
+        hold, mw = _slots()
         drips: list[dict[str, Any]] = []
         big: list[dict[str, Any]] = []
         async with anyio.create_task_group() as tg:
@@ -299,8 +306,7 @@ def test_a_chunked_body_takes_a_slot_only_past_a_large_body() -> None:
             hold.set()
             tg.cancel_scope.cancel()
         # past LARGE_BODY a chunked body does wait for one: none is free while one is held
-        hold2 = anyio.Event()
-        mw = BodyLimit(_reader(hold2), limit=8 << 20, timeout=0.5, large_bodies=1)
+        hold2, mw = _slots()
         first: list[dict[str, Any]] = []
         late: list[dict[str, Any]] = []
         async with anyio.create_task_group() as tg:
@@ -315,8 +321,7 @@ def test_a_chunked_body_takes_a_slot_only_past_a_large_body() -> None:
 
 def test_one_client_address_holds_at_most_two_slots() -> None:
     async def main() -> None:
-        hold = anyio.Event()
-        mw = BodyLimit(_reader(hold), limit=8 << 20, timeout=0.5, large_bodies=3)
+        hold, mw = _slots(large_bodies=3)
         mine: list[list[dict[str, Any]]] = [[], [], []]
         other: list[dict[str, Any]] = []
         async with anyio.create_task_group() as tg:

@@ -6,7 +6,7 @@ escrowed its job, then answered 500, and the account's batch list answered 500 f
 then on; a chat message's content raised ``UnicodeEncodeError`` (500); a role holding
 one was echoed into an error that could not be encoded. A NUL in a URL path parameter
 (``/api/volumes/{ref}``, ``/api/clusters/{cluster_id}``, ...) was a 500 on PostgreSQL.
-Now ``limits.json_problem`` refuses a body holding a lone surrogate in any string or
+Now ``json_scan.json_problem`` refuses a body holding a lone surrogate in any string or
 key (422, 400 on /v1, naming the field), ``limits.plain_url`` refuses a NUL in any
 route's path parameter or query string (naming the parameter), and the chat kind
 refuses both in batch files and provider output. ``metadata`` is bounded as OpenAI
@@ -25,7 +25,7 @@ from fastapi.responses import JSONResponse
 from fastapi.testclient import TestClient
 
 from deai.client.sdk import Client
-from deai.coordinator.limits import json_problem
+from deai.coordinator.json_scan import json_problem
 from deai.coordinator.openai import compat
 from deai.coordinator.openai import schemas as S
 from deai.coordinator.openai.errors import ApiError

@@ -41,7 +41,7 @@ def faucet(body: wire.FaucetIn, c: C, me: Signer) -> wire.BalanceOut:
 @router.get("/accounts/{account}", response_model=wire.BalanceOut)
 def account(account: Annotated[str, Path(min_length=1, max_length=100)],
             c: C) -> wire.BalanceOut:
-    return c.balance(account)  # a NUL in it: ``limits.ParamText``
+    return c.balance(account)  # a NUL in it: ``limits.plain_url``
 
 
 @router.put("/blobs", response_model=wire.BlobOut, status_code=201)
@@ -74,7 +74,7 @@ def balances(c: C, after: Annotated[str, Query(max_length=100)] = "",
     """Balances in account order, a page at a time: pass the page's ``next`` as ``after``
     (``next`` is null on the last page). ``head_seq`` is the journal entry the page's
     snapshot reflects, so an auditor can compare it mid-replay (``client.audit``)."""
-    with c.db.read() as s:  # a NUL in ``after`` never gets here: ``limits.ParamText``
+    with c.db.read() as s:  # a NUL in ``after`` never gets here: ``limits.plain_url``
         rows = s.execute(select(Balance.account, Balance.amount).where(Balance.account > after)
                          .order_by(Balance.account).limit(limit)).all()
         head = s.scalar(select(JournalHead.seq).where(JournalHead.id == 1)) or 0

@@ -24,7 +24,7 @@ from types import FrameType
 
 import uvicorn
 
-from deai.coordinator import limits
+from deai.coordinator import http_protocol
 from deai.coordinator.app import create_app
 from deai.coordinator.notifier import Notifier
 from deai.coordinator.settings import Settings
@@ -68,15 +68,15 @@ def _run(settings: Settings, host: str, port: int, sock: socket.socket | None = 
     app = create_app(settings)
     tune_gc()
     # The HTTP front's bounds (docs/security.md): request heads by size and time
-    # (limits.BoundedHttp), connections served at once, idle kept-alive ones, and a file
+    # (http_protocol.BoundedHttp), connections served at once, idle kept-alive ones, and a file
     # limit high enough that idle sockets time out before accept fails.
-    limits.raise_nofile()
+    http_protocol.raise_nofile()
     # proxy_headers off: uvicorn would otherwise let any client on 127.0.0.1 rewrite its own
     # address with X-Forwarded-For; Settings.trust_forwarded_for decides that instead.
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
                             timeout_graceful_shutdown=5, proxy_headers=False,
-                            http=limits.http_protocol(settings.max_head_bytes,
-                                                      settings.head_timeout),
+                            http=http_protocol.http_protocol(settings.max_head_bytes,
+                                                             settings.head_timeout),
                             limit_concurrency=settings.max_connections,
                             timeout_keep_alive=settings.keep_alive)
     server = _Server(config, app.state.coordinator.notifier)

@@ -55,11 +55,12 @@ class Settings:
     idempotency_ttl: float = 86400.0
     blob_quota_bytes: int = 4 * 1024**3
     blob_ttl: float = 86400.0
-    # The HTTP front's own bounds (``limits``, ``server``; docs/security.md), each also a
-    # ``DEAI_*`` variable: a JSON body's bytes (uploads have max_upload_bytes), a request
-    # head's bytes and seconds, seconds a body may go without a byte (then at least
-    # min_body_rate bytes a second), bodies over a MiB read at once, connections served
-    # at once (uvicorn answers 503 past it), and seconds an idle kept-alive one is kept.
+    # The HTTP front's own bounds (``limits``, ``http_protocol``, ``server``;
+    # docs/security.md), each also a ``DEAI_*`` variable: a JSON body's bytes (uploads
+    # have max_upload_bytes), a request head's bytes and seconds, seconds a body may go
+    # without a byte (then at least min_body_rate bytes a second), bodies over a MiB read
+    # at once, connections served at once (uvicorn answers 503 past it), and seconds an
+    # idle kept-alive one is kept.
     max_json_bytes: int = field(default_factory=lambda: _env("DEAI_MAX_JSON_BYTES", 4 << 20))
     max_head_bytes: int = field(default_factory=lambda: _env("DEAI_MAX_HEAD_BYTES", 32 << 10))
     head_timeout: float = field(default_factory=lambda: _env("DEAI_HEAD_TIMEOUT", 10.0))
