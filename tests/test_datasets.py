@@ -240,6 +240,45 @@ def test_terms_refusals_royalty_release_and_revocation(net: Network) -> None:
     assert not {"blob_digest", "owner_key"} & set(row)
 
 
+def test_a_dataset_is_deleted_once_no_job_using_it_runs(net: Network) -> None:
+    """While a job on it runs (and a provider holds its lease) the owner's delete is 409
+    ``in_use`` and nothing changes; once the job ended, the dataset is deleted: revoked,
+    gone from the lists, its content and key served to nobody, its row still shown."""
+    owner = Client(net.url, Identity.generate())
+    user = Client(net.url, Identity.generate())
+    user.faucet(100_000_000)
+    ds = datasets.publish(owner, rows(seed=2), "to delete", terms())
+    a, b = (HandProvider(net, price=500, offer=("train", "mlp-digits")).c for _ in range(2))
+    job = datasets.submit(user, SPEC, ds.id)
+    prov, leased = take(a, b)
+    assert leased.job_id == job.id
+    refused(lambda: datasets.delete(Client(net.url, Identity.generate()), ds.id), 403,
+            None)  # type: ignore[arg-type]
+    with pytest.raises(DeAIError) as busy:
+        datasets.delete(owner, ds.id)
+    assert (busy.value.status, busy.value.field) == (409, "dataset")
+    assert busy.value.details["running"] == 1 and busy.value.details["leased"] == 1
+    still = datasets.show(owner, ds.id)
+    assert still.revoked_at is None and still.deleted_at is None
+    assert datasets.serve_once(owner) == [(job.id, [prov._me()])]  # the job goes on
+
+    user.cancel_job(job.id)
+    settled(user, job.id, 0)
+    gone = datasets.delete(owner, ds.id)
+    assert gone.deleted_at is not None and gone.revoked_at is not None
+    assert datasets.delete(owner, ds.id).deleted_at == gone.deleted_at  # once is enough
+    assert ds.id not in {d.id for d in datasets.listing(Client(net.url))}
+    assert ds.id not in {d["id"] for d in Client(net.url).request(
+        "GET", "/api/explorer/datasets").json()["datasets"]}
+    face = Client(net.url).request("GET", f"/api/datasets/{ds.id}").json()
+    assert face["deleted_at"] == gone.deleted_at  # its history stays readable
+    refused(lambda: owner.request("GET", f"/api/datasets/{ds.id}/content"), 404, "dataset")
+    refused(lambda: datasets.rows(prov, prov.identity, ds.id,  # type: ignore[arg-type]
+                                  job.id), 404, "job")
+    refused(lambda: datasets.submit(user, SPEC, ds.id), 422, "spec.dataset_terms.revoked")
+    audit_ok(user)
+
+
 def settled(c: Client, job_id: str, royalty: int) -> None:
     """A job on a dataset that ended: ``royalty`` paid (it completed) and the rest of its
     escrow came back."""

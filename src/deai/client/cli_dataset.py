@@ -1,7 +1,7 @@
 """``deai dataset``: publish data under terms, use it, release its key, see where it went.
 
     deai dataset publish rows.csv --price-per-use 0.5 --allow train [--expires 2027-01-01]
-    deai dataset list | show ID | revoke ID
+    deai dataset list | show ID | revoke ID | delete ID
     deai dataset train ID spec.yaml [--accept-price P] [--wait]   # another account's job
     deai dataset serve [--once]      # the owner releases the key to leased providers
     deai dataset uses ID             # each use: job, status, model and chain head
@@ -63,7 +63,8 @@ def _allow(text: str) -> tuple[str, ...]:
 
 def show_dataset(ds: W.DatasetOut) -> None:
     t = ds.terms
-    state = f"revoked {_when(ds.revoked_at)}" if ds.revoked_at else "active"
+    state = (f"deleted {_when(ds.deleted_at)}" if ds.deleted_at
+             else f"revoked {_when(ds.revoked_at)}" if ds.revoked_at else "active")
     console.print(f"dataset    {ds.id}  [bold]{ds.name}[/]  ({state})\n"
                   f"owner      {ds.owner}\n"
                   f"size       {ds.size} bytes"
@@ -123,6 +124,15 @@ def revoke(dataset_id: str, coordinator: Coordinator = DEFAULT_COORDINATOR,
     """No new job may use it, and its key is released to nobody any more."""
     with signer(coordinator, key) as c:
         show_dataset(datasets.revoke(c, dataset_id))
+
+
+@command(dataset_app, "delete")
+def delete(dataset_id: str, coordinator: Coordinator = DEFAULT_COORDINATOR,
+           key: Key = "client") -> None:
+    """Revoke it and let its content go (once no job using it runs): it no longer counts
+    against this account's storage quota nor its number of datasets."""
+    with signer(coordinator, key) as c:
+        show_dataset(datasets.delete(c, dataset_id))
 
 
 @command(dataset_app, "train")

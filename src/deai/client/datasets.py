@@ -92,6 +92,12 @@ def revoke(client: Client, dataset_id: str) -> W.DatasetOut:
     return client._post(f"/api/datasets/{dataset_id}/revoke", {}, W.DatasetOut)
 
 
+def delete(client: Client, dataset_id: str) -> W.DatasetOut:
+    """Delete one's dataset (revoked, its bytes no longer kept) once no job using it runs."""
+    return W.DatasetOut.model_validate(
+        client.request("DELETE", f"/api/datasets/{dataset_id}").json())
+
+
 def uses(client: Client, dataset_id: str) -> list[W.UseOut]:
     """Every use of the dataset, read a page at a time."""
     out: list[W.UseOut] = []

@@ -2,7 +2,7 @@
 
 Public: the list and each dataset's public face (``GET /api/datasets``,
 ``/api/datasets/{id}``, ``/api/explorer/datasets``). Signed: publishing,
-revoking, the owner's pending releases, key releases and list of uses; a
+revoking, deleting, the owner's pending releases, key releases and list of uses; a
 provider's wrapped key; the ciphertext (owner or a provider holding a key).
 """
 
@@ -62,6 +62,12 @@ def show(dataset_id: DatasetId, c: C,
 @router.post("/datasets/{dataset_id}/revoke", response_model=W.DatasetOut)
 def revoke(dataset_id: DatasetId, c: C, me: Signer) -> W.DatasetOut:
     return datasets.revoke(c, me, dataset_id)
+
+
+@router.delete("/datasets/{dataset_id}", response_model=W.DatasetOut)
+def delete(dataset_id: DatasetId, c: C, me: Signer) -> W.DatasetOut:
+    """The owner deletes its dataset once no job using it runs (409 ``in_use``)."""
+    return datasets.delete(c, me, dataset_id)
 
 
 @router.post("/datasets/{dataset_id}/release", response_model=dict[str, list[str]])

@@ -12,8 +12,8 @@ What an account holds (``used``), each digest once: its uploads of the last
 ``Settings.blob_ttl`` (24 h), the /v1 files it uploaded (kept until it deletes
 them; not those the coordinator wrote for it, a batch's output and error files:
 ``WRITTEN``), and the content of its datasets, whose upload record never runs out
-while a dataset of the account names it (a dataset keeps its bytes for as long as
-it exists: ``keep`` with ``account``, ``sweep``). Keys are free, so the quota
+while an undeleted dataset of the account names it (a dataset keeps its bytes until
+its owner deletes it: ``keep`` with ``account``, ``sweep``). Keys are free, so the quota
 follows money: an account holding ``Settings.blob_quota_funds`` (its balance,
 pending earnings, stake, and the escrow of its open jobs and leases together) or
 more, or a network verifier, gets ``blob_quota_bytes``;
@@ -422,9 +422,10 @@ def _discard(c: Coordinator, s: Session, *, unused: list[str], burials: dict[str
 
 def _kept_by_dataset() -> ColumnElement[bool]:
     """An upload record whose account has a dataset naming its bytes: it counts against
-    that account's quota for as long as the dataset keeps them (for ever)."""
+    that account's quota for as long as the dataset keeps them (until it is deleted)."""
     return select(Dataset.id).where(Dataset.owner == BlobRef.account,
-                                    Dataset.blob_digest == BlobRef.digest).exists()
+                                    Dataset.blob_digest == BlobRef.digest,
+                                    Dataset.deleted_at.is_(None)).exists()
 
 
 def sweep(c: Coordinator) -> int:

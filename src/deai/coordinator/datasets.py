@@ -2,9 +2,13 @@
 
 - ``publish``: the owner uploaded the ciphertext (its own blob) and registers it
   with its terms and the key wrapped to itself only. A dataset keeps its bytes for
-  as long as it exists (revoked too), so they count against the owner's blob quota
-  all that time (``blob_quota.keep``), and one owner publishes at most
-  ``Settings.max_datasets_per_owner`` (409 ``datasets_limit``, field ``id``).
+  as long as it is not deleted (revoked too), so they count against the owner's blob
+  quota all that time (``blob_quota.keep``), and one owner keeps at most
+  ``Settings.max_datasets_per_owner`` undeleted (409 ``datasets_limit``, field ``id``).
+- ``delete``: once no job that uses it is running (409 ``in_use`` otherwise), the
+  owner deletes it: revoked, its row kept (its uses and royalties are history the
+  journal names), its bytes no longer kept (they fall to the blob TTL and stop
+  counting against the quota and the count of datasets), its content read by nobody.
 - A job naming a dataset (``spec.dataset_id``) is planned from the dataset's
   public summary (``prepare``: no plaintext needed) and, in the transaction that
   escrows it (the royalty included), ``record_use`` locks the dataset, checks
@@ -58,6 +62,10 @@ class TooManyDatasets(Conflict):
     code = "datasets_limit"
 
 
+class InUse(Conflict):
+    code = "in_use"
+
+
 def _terms(d: Dataset) -> D.Terms:
     return D.Terms(price_per_use=d.price_per_use, allow=tuple(d.allow),  # type: ignore[arg-type]
                    expires_at=d.expires_at, max_uses=d.max_uses)
@@ -67,7 +75,7 @@ def _out(d: Dataset, private: bool = False) -> W.DatasetOut:
     face: dict[str, Any] = dict(
         id=d.id, owner=d.owner, name=d.name, size=d.size, train=d.info or None,
         terms=_terms(d), uses=d.uses, royalties=d.royalties, created_at=d.created_at,
-        revoked_at=d.revoked_at)
+        revoked_at=d.revoked_at, deleted_at=d.deleted_at)
     if private:
         return W.DatasetPrivateOut(**face, blob_digest=d.blob_digest, owner_key=d.owner_key)
     return W.DatasetOut(**face)
@@ -103,10 +111,11 @@ def publish(c: Coordinator, owner: str, body: W.DatasetIn) -> W.DatasetPrivateOu
         blob_quota.lock_account(c, s, owner)  # its datasets counted one at a time
         cap = c.settings.max_datasets_per_owner
         have = s.scalar(select(func.count()).select_from(Dataset)
-                        .where(Dataset.owner == owner)) or 0
-        if have >= cap:  # revoked ones too: each keeps its bytes for ever
-            raise TooManyDatasets(f"id: this account has published {have} datasets, the "
-                                  f"most one account may ({cap})", field="id", limit=cap)
+                        .where(Dataset.owner == owner, Dataset.deleted_at.is_(None))) or 0
+        if have >= cap:  # revoked ones too: each keeps its bytes until deleted
+            raise TooManyDatasets(f"id: this account keeps {have} datasets, the most one "
+                                  f"account may ({cap}); delete one it no longer sells",
+                                  field="id", limit=cap)
         # kept from a discard until this commits: the dataset then names the bytes, and
         # they stay after its owner's upload record runs out, counted against its quota
         # for as long as they do (the record stays: ``blob_quota.sweep``)
@@ -140,10 +149,40 @@ def revoke(c: Coordinator, owner: str, dataset_id: str) -> W.DatasetOut:
     return c.db.run(body)
 
 
+def delete(c: Coordinator, owner: str, dataset_id: str) -> W.DatasetOut:
+    """The owner deletes its dataset: revoked, no longer keeping its bytes (they fall to
+    the blob TTL, out of its quota and its count of datasets), its content served to
+    nobody; its row and uses stay. Refused (409 ``in_use``) while a job that uses it is
+    still active or a provider holds a live lease of one (an audit of a completed job):
+    those were let in and still read the rows. Deleting twice is the same as once."""
+    def body(s: Session) -> W.DatasetOut:
+        d = _get(s, dataset_id, lock=True)  # a job's use is recorded under this lock
+        if d.owner != owner:
+            raise Forbidden("only the dataset's owner may delete it")
+        if d.deleted_at is None:
+            jobs = select(DatasetUse.job_id).where(DatasetUse.dataset_id == d.id)
+            running = s.scalar(select(func.count()).select_from(Job).where(
+                Job.id.in_(jobs), Job.status.in_(JOB_ACTIVE))) or 0
+            leased = s.scalar(select(func.count()).select_from(Assignment).where(
+                Assignment.job_id.in_(jobs),
+                Assignment.status == AssignmentStatus.LEASED)) or 0
+            if running or leased:
+                raise InUse(f"dataset: {running} job(s) using it still run and {leased} "
+                            "lease(s) of them are live; revoke it now and delete it once "
+                            "they end", field="dataset", running=running, leased=leased)
+            now = c.now()
+            d.revoked_at = d.revoked_at if d.revoked_at is not None else now
+            d.deleted_at = now
+            c.emit(s, "dataset_deleted", d.id, owner=owner)
+        return _out(d)
+
+    return c.db.run(body)
+
+
 def listing(c: Coordinator, owner: str | None = None, limit: int = 100) -> list[W.DatasetOut]:
     with c.db.read() as s:
-        q = select(Dataset).order_by(Dataset.created_at.desc()).limit(
-            max(1, min(limit, MAX_LIST)))
+        q = select(Dataset).where(Dataset.deleted_at.is_(None)).order_by(
+            Dataset.created_at.desc()).limit(max(1, min(limit, MAX_LIST)))
         if owner:
             q = q.where(Dataset.owner == owner)
         return [_out(d) for d in s.scalars(q)]
@@ -319,6 +358,8 @@ def key_for(c: Coordinator, provider: str, dataset_id: str, job_id: str) -> W.Ke
                            field="job")
         wrapped = s.scalar(select(DatasetKey.wrapped).where(
             DatasetKey.job_id == job_id, DatasetKey.provider_id == provider))
+        if d.deleted_at is not None:  # its owner deleted it once no job of it was live
+            raise Forbidden("the dataset is deleted", field="dataset")
         if wrapped is None and d.revoked_at is not None:  # released before: still served
             raise Forbidden("the dataset is revoked", field="dataset")
         if wrapped is None:
@@ -340,6 +381,7 @@ def content(c: Coordinator, account: str, dataset_id: str) -> bytes:
                                         DatasetKey.provider_id == account,
                                         DatasetKey.job_id.in_(live)).limit(1)) is not None
         digest = d.blob_digest
+        allowed = allowed and d.deleted_at is None
     if not allowed:
         raise NotFound(f"no dataset {dataset_id} this key may read", field="dataset")
     return c.blobs.get(digest)

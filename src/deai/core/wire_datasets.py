@@ -44,6 +44,7 @@ class DatasetOut(Out):
     royalties: int
     created_at: float
     revoked_at: float | None = None
+    deleted_at: float | None = None  # deleted by its owner: its content is gone
 
 
 class DatasetPrivateOut(DatasetOut):

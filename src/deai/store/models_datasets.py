@@ -33,6 +33,8 @@ class Dataset(Base):
     royalties: Mapped[int] = mapped_column(BigInteger, default=0)  # µ paid to the owner
     created_at: Mapped[float] = mapped_column(Float, index=True)
     revoked_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # deleted by its owner: the row stays (history), the bytes are no longer kept
+    deleted_at: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
 class DatasetUse(Base):
