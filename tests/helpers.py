@@ -9,27 +9,35 @@ import base64
 import contextlib
 import hashlib
 import json
+import os
 import signal
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
 import httpx
 import numpy as np
+import pytest
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from deai.client import keys
 from deai.client.audit import client_audit
 from deai.client.keys import Identity
 from deai.client.sdk import Client
-from deai.coordinator import admission
+from deai.coordinator import admission, leases
 from deai.coordinator.service import Coordinator
 from deai.coordinator.settings import Settings
 from deai.core import auth, ledger, wire
 from deai.core.clock import ManualClock
+from deai.core.errors import DeAIError
+from deai.core.wire_leases import HostIn
+from deai.store import journal as db_journal
 from deai.store import migrate
+from deai.store.models import JournalEntry, Provider
 from tests.netutil import Network, Proc
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -119,6 +127,47 @@ class HandProvider:
         self.c.close()
 
 
+@dataclass
+class AuditedJob:
+    """What ``audited_job`` made: the network, its two workers, its verifier, the job's
+    owner and the job."""
+
+    net: Network
+    workers: tuple[HandProvider, HandProvider]
+    verifier: HandProvider
+    owner: Client
+    job: str
+
+
+@contextlib.contextmanager
+def audited_job(root: Path, *, heartbeat_timeout: float, lease_ttl: float,
+                challenge_window: float) -> Iterator[AuditedJob]:
+    """A coordinator that audits every task and draws no canaries, with one trusted
+    verifier (a ``HandProvider`` of no price or stake) and two workers (prices 900 and
+    950); a funded owner's two-line embeddings job, answered by the workers until it
+    completes (within a minute). The network is closed afterwards."""
+    verifier = Identity.generate()
+    net = Network(root, heartbeat_timeout=heartbeat_timeout, lease_ttl=lease_ttl,
+                  challenge_window=challenge_window,
+                  extra=("--canary-share", "0", "--audit-share", "1.0",
+                         "--verifier-key", verifier.id))
+    net.start_coordinator()
+    try:
+        a, b = HandProvider(net, price=900), HandProvider(net, price=950)
+        v = HandProvider(net, price=0, stake=0, ident=verifier)
+        c = funded(net)
+        job = c.submit_job({**SPEC, "shard_size": 2}, c.upload(lines(2)).digest).id
+        end = time.time() + 60
+        while c.job(job).status != "completed":
+            assert time.time() < end, f"the job never completed: {c.job(job)}"
+            for p in (a, b):
+                for lease in p.take(wait=0.2):
+                    p.answer(lease)
+        yield AuditedJob(net, (a, b), v, c, job)
+    finally:
+        net.close()
+
+
 def chat_line(text: str) -> bytes:
     """An honest-looking chat output line for ``HandProvider.record_chat``: ``text`` in one
     token, after a 20-token prompt."""
@@ -187,6 +236,38 @@ def chat_stream(net: Network, hand: HandProvider, key: str, max_tokens: int, *,
         yield r, hand.take_one(within=120)
 
 
+def put_blob(net: Network, me: Identity, data: bytes) -> httpx.Response:
+    """``PUT /api/blobs`` of ``data``, signed by ``me``: the raw response."""
+    headers = {"content-type": "application/octet-stream",
+               **me.headers("PUT", "/api/blobs", data, network=net.network_id)}
+    return httpx.put(f"{net.url}/api/blobs", content=data, headers=headers, timeout=30)
+
+
+def blob_on_disk(net: Network, digest: str) -> bool:
+    """Whether ``net``'s coordinator holds the blob ``digest`` in its store on disk."""
+    return os.path.exists(net.root / "coordinator" / "blobs" / digest[:2] / digest[2:])
+
+
+def billed_once_text_was_sent(owner: Client, hand: HandProvider, a: wire.AssignmentOut,
+                              result: list[bytes], before: int) -> wire.JobOut:
+    """After text of the lease ``a``'s stream reached its caller: ``owner``'s cancel is
+    refused (409), ``hand``'s recorded ``result`` (see ``record_chat``) is accepted, and
+    the job completes (within two minutes) billed: ``owner``'s balance is ``before`` less
+    its cost, a payout for it is in the journal, and the books audit. The completed job."""
+    with pytest.raises(DeAIError) as refused:
+        owner.cancel_job(a.job_id)
+    assert refused.value.status == 409, refused.value
+    assert hand.record_chat(a, result).status == "accepted"
+    end = time.time() + 120
+    while (job := owner.job(a.job_id)).status != "completed":
+        assert time.time() < end, job
+        time.sleep(0.3)
+    assert job.cost > 0 and owner.balance().available == before - job.cost
+    assert [e for e in journal(owner) if e.kind == "payout" and e.body["job"] == a.job_id]
+    audit_ok(owner)
+    return job
+
+
 def admit_one(c: Coordinator, s: Session, *, owner: str, digest: str, price: int,
               escrow: int, key: admission.KeyUse | None) -> str:
     """In ``s``, the escrowing transaction of a one-task embeddings request of ``owner``'s
@@ -205,6 +286,41 @@ def audit_ok(c: Client) -> ledger.AuditReport:
     rep = client_audit(c).report
     assert rep.ok, rep.problems
     return rep
+
+
+def db_balance(c: Coordinator, account: str) -> int:
+    """``account``'s balance in the in-process coordinator ``c``'s journal."""
+    with c.db.read() as s:
+        return db_journal.balance(s, account)
+
+
+def db_audit(c: Coordinator) -> None:
+    """The in-process coordinator ``c``'s whole journal audits, its claimed balances
+    read in the same transaction."""
+    with c.db.read() as s:
+        rows = s.scalars(select(JournalEntry).order_by(JournalEntry.seq)).all()
+        claimed = db_journal.balances(s, {a for r in rows for a, _ in r.postings})
+        rep = ledger.audit([db_journal.to_entry(r) for r in rows], claimed)
+    assert rep.ok, rep.problems
+
+
+def seed_lease_hosts(c: Coordinator, cfg: leases.LeaseConfig, hosts: Sequence[str],
+                     stake: int, owner: str, owner_funds: int) -> None:
+    """In the in-process coordinator ``c``: ``hosts`` registered (sandbox capable), each
+    funded and bonded ``stake`` and offering 2 CPUs, 8 GiB and the network for leases
+    under ``cfg``; ``owner`` given ``owner_funds``."""
+    with c.db.write() as s:
+        for h in hosts:
+            s.add(Provider(id=h, name=h[-4:], hardware={}, benchmark={}, registered_at=0.0,
+                           last_seen=c.now(), capabilities={"sandbox": True}))
+        s.flush()
+        for h in hosts:
+            c.settlement.post(s, ledger.faucet(h, stake))
+            c.settlement.post(s, ledger.bond(h, stake))
+        c.settlement.post(s, ledger.faucet(owner, owner_funds))
+    for h in hosts:
+        leases.set_host(c, cfg, h, HostIn(cpus=2, memory_mb=8192, network=True,
+                                          prices={"cpu": 360_000, "memory_gb": 36_000}))
 
 
 def funded(net: Network, amount: int = 100_000_000) -> Client:

@@ -13,10 +13,9 @@ from typing import Any
 
 import pytest
 
-from deai.client.keys import Identity
 from deai.core.lifecycle import JobStatus, Role, TaskStatus
 from deai.core.lifecycle import decide as D
-from tests.helpers import SPEC, HandProvider, funded, lines
+from tests.helpers import audited_job
 from tests.netutil import Network
 
 
@@ -41,22 +40,9 @@ def _rows(net: Network, sql: str, *args: Any) -> list[tuple[Any, ...]]:
 
 @pytest.mark.slow
 def test_earnings_wait_for_an_audit_whose_verifier_went_quiet(tmp_path: Path) -> None:
-    verifier = Identity.generate()
-    net = Network(tmp_path, heartbeat_timeout=6.0, lease_ttl=6.0, challenge_window=4.0,
-                  extra=("--canary-share", "0", "--audit-share", "1.0",
-                         "--verifier-key", verifier.id))
-    net.start_coordinator()
-    try:
-        a, b = HandProvider(net, price=900), HandProvider(net, price=950)
-        v = HandProvider(net, price=0, stake=0, ident=verifier)
-        c = funded(net)
-        job = c.submit_job({**SPEC, "shard_size": 2}, c.upload(lines(2)).digest).id
-        end = time.time() + 60
-        while c.job(job).status != "completed":
-            assert time.time() < end, "the job never completed"
-            for p in (a, b):
-                for lease in p.take(wait=0.2):
-                    p.answer(lease)
+    with audited_job(tmp_path, heartbeat_timeout=6.0, lease_ttl=6.0,
+                     challenge_window=4.0) as w:
+        net, (a, b), v, c, job = w.net, w.workers, w.verifier, w.owner, w.job
         audit = v.take_one(within=30.0)
         end = time.time() + 60  # the verifier goes quiet; the others keep beating
         while _rows(net, "SELECT status FROM assignments WHERE id = ?", audit.id) \
@@ -71,5 +57,3 @@ def test_earnings_wait_for_an_audit_whose_verifier_went_quiet(tmp_path: Path) ->
         assert not c.job(job).final
         again = v.take_one(within=30.0)  # back online: offered the audit again
         assert again.task_id == audit.task_id and again.id != audit.id
-    finally:
-        net.close()

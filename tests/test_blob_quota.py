@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,7 +25,7 @@ from deai.coordinator import blob_quota
 from deai.coordinator.service import Coordinator
 from deai.core import batch
 from deai.store.models import ApiFile
-from tests.helpers import MODEL, SPEC, HandProvider, funded, lines
+from tests.helpers import MODEL, SPEC, HandProvider, blob_on_disk, funded, lines, put_blob
 from tests.netutil import Network
 from tests.races import ENGINES, coordinator, gate, race
 
@@ -46,20 +45,10 @@ def net(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
     n.close()
 
 
-def put(net: Network, me: Identity, data: bytes) -> httpx.Response:
-    headers = {"content-type": "application/octet-stream",
-               **me.headers("PUT", "/api/blobs", data, network=net.network_id)}
-    return httpx.put(f"{net.url}/api/blobs", content=data, headers=headers, timeout=30)
-
-
 def get(net: Network, me: Identity, digest: str) -> httpx.Response:
     path = f"/api/blobs/{digest}"
     headers = me.headers("GET", path, b"", network=net.network_id)
     return httpx.get(f"{net.url}{path}", headers=headers, timeout=30)
-
-
-def on_disk(net: Network, digest: str) -> bool:
-    return os.path.exists(net.root / "coordinator" / "blobs" / digest[:2] / digest[2:])
 
 
 def test_an_unfunded_key_is_held_to_its_quota_until_uploads_expire(net: Network) -> None:
@@ -71,28 +60,28 @@ def test_an_unfunded_key_is_held_to_its_quota_until_uploads_expire(net: Network)
 
     me = Identity.generate()  # never funded
     a, b = b"a" * 600, b"b" * 600
-    first = put(net, me, a)
+    first = put_blob(net, me, a)
     assert first.status_code == 201, first.text
-    again = put(net, me, a)  # already held: not counted twice
+    again = put_blob(net, me, a)  # already held: not counted twice
     assert again.status_code == 201, again.text
-    over = put(net, me, b)
+    over = put_blob(net, me, b)
     assert over.status_code == 413, over.text
     err = over.json()["error"]
     assert err["code"] == "blob_quota_exceeded" and err["field"] == "body"
     assert err["details"]["quota"] == QUOTA and err["details"]["used"] == 600
     digest_b = hashlib.sha256(b).hexdigest()
-    assert not on_disk(net, digest_b)  # refused before anything was stored
+    assert not blob_on_disk(net, digest_b)  # refused before anything was stored
 
     digest_a = first.json()["digest"]
     end = time.time() + 120
-    while on_disk(net, digest_a):  # the retention loop deletes the unused upload
+    while blob_on_disk(net, digest_a):  # the retention loop deletes the unused upload
         assert time.time() < end, net.logs()
         time.sleep(0.3)
     assert get(net, me, digest_a).status_code == 404
-    assert put(net, me, b).status_code == 201  # the quota is free again
+    assert put_blob(net, me, b).status_code == 201  # the quota is free again
 
     # The job's input outlived its upload record: still there, still its owner's to read.
-    assert on_disk(net, kept_digest)
+    assert blob_on_disk(net, kept_digest)
     assert owner.download(kept_digest) == kept
     assert owner.job(job.id).status in ("pending", "running")
 
@@ -125,10 +114,10 @@ def test_a_command_jobs_files_outlive_their_uploads_and_are_its_owners_alone(
 
     probe = owner.upload(b"uploaded after the file, used by nothing").digest
     end = time.time() + 120
-    while on_disk(net, probe):  # a sweep past both uploads' time has run
+    while blob_on_disk(net, probe):  # a sweep past both uploads' time has run
         assert time.time() < end, net.logs()
         time.sleep(0.3)
-    assert on_disk(net, digest) and owner.download(digest) == data
+    assert blob_on_disk(net, digest) and owner.download(digest) == data
     assert owner.job(job.id).status in ("pending", "running")
 
 
@@ -152,10 +141,10 @@ def test_v1_files_count_and_a_deleted_file_frees_its_bytes(net: Network) -> None
         assert over.json()["error"]["param"] == "file"
         assert over.json()["error"]["code"] == "blob_quota_exceeded"
         digest = hashlib.sha256(line).hexdigest()
-        assert on_disk(net, digest)
+        assert blob_on_disk(net, digest)
         assert h.delete(f"/v1/files/{ok.json()['id']}").status_code == 200
         end = time.time() + 120
-        while on_disk(net, digest):  # gone with its file once its upload record expires
+        while blob_on_disk(net, digest):  # gone with its file once its upload record expires
             assert time.time() < end, net.logs()
             time.sleep(0.3)
         assert upload(other).status_code == 200
@@ -503,4 +492,4 @@ def test_a_result_refused_leaves_no_bytes_behind(net: Network) -> None:
                 output_digest=digest, units=1, signature=sig,
                 output_b64=base64.b64encode(out).decode()))
         assert refused.value.status == 404
-        assert not on_disk(net, digest)
+        assert not blob_on_disk(net, digest)

@@ -22,10 +22,11 @@ from deai.coordinator.service import Coordinator
 from deai.core import ledger
 from deai.core.clock import ManualClock
 from deai.core.wire_clusters import ClusterIn
-from deai.core.wire_leases import HostIn
-from deai.store import journal
-from deai.store.models import JournalEntry, Lease, Provider
+from deai.store.models import Lease
 from deai.store.models_clusters import Cluster
+from tests.helpers import db_audit as audit
+from tests.helpers import db_balance as balance
+from tests.helpers import seed_lease_hosts
 from tests.races import ENGINES, coordinator
 
 OWNER = "a" * 64
@@ -39,18 +40,7 @@ CFG = leases.LeaseConfig(grace=30.0, warn=60.0, settle_every=10.0, start_timeout
 def c(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Coordinator]:
     """Three lease hosts with the network, and a funded owner."""
     for coord in coordinator(request, tmp_path):
-        with coord.db.write() as s:
-            for h in HOSTS:
-                s.add(Provider(id=h, name=h[-4:], hardware={}, benchmark={}, registered_at=0.0,
-                               last_seen=coord.now(), capabilities={"sandbox": True}))
-            s.flush()
-            for h in HOSTS:
-                coord.settlement.post(s, ledger.faucet(h, STAKE))
-                coord.settlement.post(s, ledger.bond(h, STAKE))
-            coord.settlement.post(s, ledger.faucet(OWNER, 100_000_000))
-        for h in HOSTS:
-            leases.set_host(coord, CFG, h, HostIn(cpus=2, memory_mb=8192, network=True,
-                                                  prices={"cpu": 360_000, "memory_gb": 36_000}))
+        seed_lease_hosts(coord, CFG, HOSTS, STAKE, OWNER, 100_000_000)
         yield coord
 
 
@@ -73,19 +63,6 @@ def advance(c: Coordinator, seconds: float, up: list[str]) -> None:
             leases.heartbeat(c, h, ids, {})
         leases.tick(c, CFG)
         clusters.tick(c)
-
-
-def balance(c: Coordinator, account: str) -> int:
-    with c.db.read() as s:
-        return journal.balance(s, account)
-
-
-def audit(c: Coordinator) -> None:
-    with c.db.read() as s:
-        rows = s.scalars(select(JournalEntry).order_by(JournalEntry.seq)).all()
-        claimed = journal.balances(s, {a for r in rows for a, _ in r.postings})
-        rep = ledger.audit([journal.to_entry(r) for r in rows], claimed)
-    assert rep.ok, rep.problems
 
 
 class Killed(BaseException):

@@ -21,9 +21,12 @@ from deai.core import ledger
 from deai.core.clock import ManualClock
 from deai.core.errors import Conflict, Forbidden, InvalidInput, NoCapacity
 from deai.core.wire_clusters import ClusterIn, RayIn
-from deai.core.wire_leases import ExtendIn, HostIn
-from deai.store import journal, migrate
-from deai.store.models import Event, JournalEntry, Lease, Provider
+from deai.core.wire_leases import ExtendIn
+from deai.store import migrate
+from deai.store.models import Event, Lease
+from tests.helpers import db_audit as audit
+from tests.helpers import db_balance as balance
+from tests.helpers import seed_lease_hosts
 
 OWNER, OTHER = "a" * 64, "c" * 64
 HOSTS = ["b" * 63 + str(i) for i in range(3)]
@@ -38,18 +41,7 @@ def c(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Coordinator]:
     coord = Coordinator(Settings(data_dir=tmp_path, database_url=url, devnet=True,
                                  fee_bps=500, challenge_window=100.0), clock=ManualClock())
     migrate.upgrade(coord.db.engine)
-    with coord.db.write() as s:
-        for h in HOSTS:
-            s.add(Provider(id=h, name=h[-4:], hardware={}, benchmark={}, registered_at=0.0,
-                           last_seen=coord.now(), capabilities={"sandbox": True}))
-        s.flush()
-        for h in HOSTS:
-            coord.settlement.post(s, ledger.faucet(h, STAKE))
-            coord.settlement.post(s, ledger.bond(h, STAKE))
-        coord.settlement.post(s, ledger.faucet(OWNER, 100_000_000))
-    for h in HOSTS:
-        leases.set_host(coord, CFG, h, HostIn(cpus=2, memory_mb=8192, network=True,
-                                              prices={"cpu": 360_000, "memory_gb": 36_000}))
+    seed_lease_hosts(coord, CFG, HOSTS, STAKE, OWNER, 100_000_000)
     try:
         yield coord
     finally:
@@ -82,19 +74,6 @@ def advance(c: Coordinator, seconds: float, up: list[str]) -> None:
         beat(c, up)
         leases.tick(c, CFG)
         clusters.tick(c)
-
-
-def balance(c: Coordinator, account: str) -> int:
-    with c.db.read() as s:
-        return journal.balance(s, account)
-
-
-def audit(c: Coordinator) -> None:
-    with c.db.read() as s:
-        rows = s.scalars(select(JournalEntry).order_by(JournalEntry.seq)).all()
-        claimed = journal.balances(s, {a for r in rows for a, _ in r.postings})
-        rep = ledger.audit([journal.to_entry(r) for r in rows], claimed)
-    assert rep.ok, rep.problems
 
 
 def test_gang_forms_on_distinct_hosts_and_loses_a_worker_then_the_head(c: Coordinator) -> None:

@@ -45,7 +45,7 @@ from deai.core.wire_leases import HostIn, LeaseIn
 from deai.store import migrate
 from deai.store.models import BlobRef, Provider
 from deai.store.models_datasets import Dataset
-from tests.helpers import admit_one, funded
+from tests.helpers import admit_one, blob_on_disk, funded, put_blob
 from tests.netutil import Network
 from tests.races import ENGINES
 
@@ -271,9 +271,10 @@ class FakeDisk:
 def test_uploads_stop_at_the_disk_budget(c: Coordinator,
                                          monkeypatch: pytest.MonkeyPatch) -> None:
     """The budget (0: 80 % of the disk free at the first upload) refuses new bytes with
-    507 naming the field, recording and storing nothing; bytes already stored are still
-    taken, and room comes back as the sweep deletes. A disk that cannot be read refuses
-    too, never a 500. Before, uploads filled the disk."""
+    507 naming the field, recording and storing nothing; bytes the account already holds
+    are still taken (not bytes only another holds), and room comes back as the sweep
+    deletes. A disk that cannot be read refuses too, never a 500. Before, uploads filled
+    the disk."""
     disk = FakeDisk(1 * MiB)
     monkeypatch.setattr(blob_quota, "_free", disk.free)
     rich, other = key_with_money(c), key_with_money(c)
@@ -285,8 +286,10 @@ def test_uploads_stop_at_the_disk_budget(c: Coordinator,
     assert refused.value.status == 507 and refused.value.field == "body"
     assert refused.value.code == "insufficient_storage"
     assert used(c, other) == 0 and not c.blobs.exists(hashlib.sha256(late).hexdigest())
-    upload(c, other, first)  # stored already: no more disk
-    expire(c)  # both records run out, the bytes go
+    upload(c, rich, first)  # held already: no more disk
+    with pytest.raises(blob_quota.StorageFull):  # stored, but only another account's: as
+        upload(c, other, first)  # new bytes, or it would tell that someone stored them
+    expire(c)  # its record runs out, the bytes go
     upload(c, other, late)
     disk.broken = True
     with pytest.raises(blob_quota.StorageFull):
@@ -324,16 +327,6 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Network]:
     n.close()
 
 
-def put(net: Network, me: Identity, data: bytes) -> httpx.Response:
-    headers = {"content-type": "application/octet-stream",
-               **me.headers("PUT", "/api/blobs", data, network=net.network_id)}
-    return httpx.put(f"{net.url}/api/blobs", content=data, headers=headers, timeout=30)
-
-
-def on_disk(net: Network, digest: str) -> bool:
-    return os.path.exists(net.root / "coordinator" / "blobs" / digest[:2] / digest[2:])
-
-
 def dataset(ds: str, digest: str) -> dict[str, object]:
     return {"id": ds, "name": "junk", "blob_digest": digest, "size": 1,
             "owner_key": base64.b64encode(b"x" * 32).decode(),
@@ -347,12 +340,12 @@ def test_sybils_and_dataset_churn_over_http(net: Network) -> None:
     dataset's bytes still count), then publishes past its cap of 3 (409, field ``id``)."""
     for _ in range(20):
         data = os.urandom(MiB - 100)
-        r = put(net, Identity.generate(), data)
+        r = put_blob(net, Identity.generate(), data)
         assert r.status_code == 413, r.text
         err = r.json()["error"]
         assert err["code"] == "blob_quota_exceeded" and err["field"] == "body"
         assert err["details"]["quota"] == 64 * KiB
-        assert not on_disk(net, hashlib.sha256(data).hexdigest())
+        assert not blob_on_disk(net, hashlib.sha256(data).hexdigest())
 
     owner, control = funded(net), funded(net)
     digest = owner.upload(os.urandom(600 * KiB)).digest
@@ -360,14 +353,14 @@ def test_sybils_and_dataset_churn_over_http(net: Network) -> None:
     assert r.status_code in (200, 201), r.text
     gone = control.upload(os.urandom(1000)).digest  # nothing keeps it: the sweep deletes it
     end = time.time() + 120
-    while on_disk(net, gone):  # the TTL passed and the sweep ran
+    while blob_on_disk(net, gone):  # the TTL passed and the sweep ran
         assert time.time() < end, net.logs()
         time.sleep(0.3)
     assert owner.identity is not None
-    again = put(net, owner.identity, os.urandom(600 * KiB))
+    again = put_blob(net, owner.identity, os.urandom(600 * KiB))
     assert again.status_code == 413, again.text
     assert again.json()["error"]["details"]["used"] == 600 * KiB
-    assert on_disk(net, digest)
+    assert blob_on_disk(net, digest)
 
     for i in "bc":
         r = owner.request("POST", "/api/datasets",
@@ -388,7 +381,7 @@ def test_a_full_blob_store_answers_507_on_both_apis(tmp_path: Path) -> None:
     try:
         me = funded(n)
         assert me.identity is not None
-        r = put(n, me.identity, b"more than one byte")
+        r = put_blob(n, me.identity, b"more than one byte")
         assert r.status_code == 507, r.text
         assert r.json()["error"]["code"] == "insufficient_storage"
         assert r.json()["error"]["field"] == "body"

@@ -79,11 +79,25 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Network]:
         n.close()
 
 
-@pytest.fixture(scope="module")
-def alice(net: Network) -> Client:
+def funded_alice(net: Network) -> Client:
+    """The key ``alice`` on ``net``'s coordinator, given 100 DEAI."""
     c = net.client("alice")
     c.faucet(100_000_000)
     return c
+
+
+def end_live_leases(c: Client) -> None:
+    """End every pending or active lease of ``c``'s."""
+    leases = Leases(c)
+    for x in leases.list():
+        if x.status in ("pending", "active"):
+            with contextlib.suppress(DeAIError):
+                leases.end(x.id)
+
+
+@pytest.fixture(scope="module")
+def alice(net: Network) -> Client:
+    return funded_alice(net)
 
 
 @pytest.fixture(autouse=True)
@@ -91,11 +105,7 @@ def no_lease_left(alice: Client) -> Iterator[None]:
     """A test that fails half-way leaves its lease live and the host full: ended here, so
     that the tests after it fail only for their own reasons."""
     yield
-    leases = Leases(alice)
-    for x in leases.list():
-        if x.status in ("pending", "active"):
-            with contextlib.suppress(DeAIError):
-                leases.end(x.id)
+    end_live_leases(alice)
 
 
 def cli(net: Network, *args: str, key: str = "alice", stdin: bytes | None = None,
@@ -116,6 +126,22 @@ def new_lease(c: Client, **kw: object) -> str:
 def audit_ok(c: Client) -> None:
     result = client_audit(c)
     assert result.ok, result.report.problems
+
+
+def check_stdin_and_upload(net: Network, leases: Leases, lid: str, tmp_path: Path) -> bytes:
+    """``deai lease exec`` feeds the command its stdin; ``deai lease cp`` copies 300 kB of
+    random bytes into the lease as ``in/up.bin``, their sha256 there checked: the bytes."""
+    r = cli(net, "lease", "exec", lid, "--", "sort", stdin=b"b\nc\na\n")
+    assert (r.returncode, r.stdout) == (0, b"a\nb\nc\n"), r
+
+    data = os.urandom(300_000)
+    (tmp_path / "up.bin").write_bytes(data)
+    r = cli(net, "lease", "cp", str(tmp_path / "up.bin"), f"{lid}:in/up.bin")
+    assert r.returncode == 0, r
+    out = io.BytesIO()
+    assert leases.exec(lid, ["sha256sum", "in/up.bin"], stdout=out) == 0
+    assert out.getvalue().split()[0].decode() == hashlib.sha256(data).hexdigest()
+    return data
 
 
 class Terminal:
@@ -166,16 +192,7 @@ def test_exec_cp_shell_and_forward(net: Network, alice: Client, tmp_path: Path) 
 
     r = cli(net, "lease", "exec", lid, "--", "sh", "-c", "echo hi; echo oops >&2; exit 3")
     assert (r.returncode, r.stdout, r.stderr) == (3, b"hi\n", b"oops\n"), r
-    r = cli(net, "lease", "exec", lid, "--", "sort", stdin=b"b\nc\na\n")
-    assert (r.returncode, r.stdout) == (0, b"a\nb\nc\n"), r
-
-    data = os.urandom(300_000)
-    (tmp_path / "up.bin").write_bytes(data)
-    r = cli(net, "lease", "cp", str(tmp_path / "up.bin"), f"{lid}:in/up.bin")
-    assert r.returncode == 0, r
-    out = io.BytesIO()
-    assert leases.exec(lid, ["sha256sum", "in/up.bin"], stdout=out) == 0
-    assert out.getvalue().split()[0].decode() == hashlib.sha256(data).hexdigest()
+    data = check_stdin_and_upload(net, leases, lid, tmp_path)
     assert leases.exec(lid, ["sh", "-c", "cp in/up.bin out.bin && echo made > made.txt"]) == 0
     r = cli(net, "lease", "cp", f"{lid}:out.bin", str(tmp_path / "down.bin"))
     assert r.returncode == 0, r

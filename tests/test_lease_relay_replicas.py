@@ -12,10 +12,6 @@ checked.
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import io
-import os
 import sys
 import threading
 import time
@@ -27,9 +23,17 @@ import pytest
 
 from deai.client.leases import Leases
 from deai.client.sdk import Client
-from deai.core.errors import DeAIError
 from tests.netutil import Network, Proc, free_port
-from tests.test_lease_e2e import LEASE_ENV, PRICES, cli, new_lease, wait_hosts
+from tests.test_lease_e2e import (
+    LEASE_ENV,
+    PRICES,
+    check_stdin_and_upload,
+    cli,
+    end_live_leases,
+    funded_alice,
+    new_lease,
+    wait_hosts,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 
@@ -86,20 +90,14 @@ def net(tmp_path_factory: pytest.TempPathFactory, module_pg_url: str) -> Iterato
 
 @pytest.fixture(scope="module")
 def alice(net: TwoReplicas) -> Client:
-    c = net.client("alice")  # on replica A
-    c.faucet(100_000_000)
-    return c
+    return funded_alice(net)  # on replica A
 
 
 @pytest.fixture(autouse=True)
 def no_lease_left(alice: Client) -> Iterator[None]:
     """A test that fails half-way does not leave the one-CPU host full for the next."""
     yield
-    leases = Leases(alice)
-    for x in leases.list():
-        if x.status in ("pending", "active"):
-            with contextlib.suppress(DeAIError):
-                leases.end(x.id)
+    end_live_leases(alice)
 
 
 def test_exec_and_cp_cross_replicas(net: TwoReplicas, alice: Client, tmp_path: Path) -> None:
@@ -109,16 +107,7 @@ def test_exec_and_cp_cross_replicas(net: TwoReplicas, alice: Client, tmp_path: P
     r = cli(net, "lease", "exec", lid, "--", "sh", "-c", "echo hi; echo oops >&2; exit 3")
     assert (r.returncode, r.stdout, r.stderr) == (3, b"hi\n", b"oops\n"), (r, net.logs())
     assert time.time() - t0 < 12, "the session waited for a poll's re-check"
-    r = cli(net, "lease", "exec", lid, "--", "sort", stdin=b"b\nc\na\n")
-    assert (r.returncode, r.stdout) == (0, b"a\nb\nc\n"), r
-
-    data = os.urandom(300_000)
-    (tmp_path / "up.bin").write_bytes(data)
-    r = cli(net, "lease", "cp", str(tmp_path / "up.bin"), f"{lid}:in/up.bin")
-    assert r.returncode == 0, r
-    out = io.BytesIO()
-    assert leases.exec(lid, ["sha256sum", "in/up.bin"], stdout=out) == 0
-    assert out.getvalue().split()[0].decode() == hashlib.sha256(data).hexdigest()
+    data = check_stdin_and_upload(net, leases, lid, tmp_path)
     r = cli(net, "lease", "cp", f"{lid}:in/up.bin", str(tmp_path / "down.bin"))
     assert r.returncode == 0, r
     assert (tmp_path / "down.bin").read_bytes() == data

@@ -114,6 +114,19 @@ def _attach(w: World, cl: TestClient, first: dict[str, Any], out: dict[str, Any]
         out["bytes"] = ws.receive_bytes()
 
 
+def _owner_waiting(w: World) -> tuple[threading.Thread, dict[str, Any]]:
+    """The owner's ``get`` of ``x`` attached on A in a thread, once its session is filed
+    (within 10 s): the thread, and the dict ``_attach`` fills."""
+    out: dict[str, Any] = {}
+    waiting = threading.Thread(target=_attach, args=(w, w.a, {"op": "get", "path": "x"}, out))
+    waiting.start()
+    end = time.time() + 10
+    while not w.rows():
+        assert time.time() < end
+        time.sleep(0.05)
+    return waiting, out
+
+
 def _refusal(cl: TestClient, path: str, headers: dict[str, str]) -> dict[str, Any]:
     with cl.websocket_connect(path, headers=headers) as ws:
         answer: dict[str, Any] = json.loads(ws.receive_text())
@@ -169,13 +182,7 @@ def test_the_queue_cap_counts_every_replica(world: World,
     monkeypatch.setattr(relay_leases, "MAX_QUEUED", 1)
     monkeypatch.setattr(relay_leases, "AGENT_TIMEOUT", 3.0)
     w = world
-    out: dict[str, Any] = {}
-    waiting = threading.Thread(target=_attach, args=(w, w.a, {"op": "get", "path": "x"}, out))
-    waiting.start()
-    end = time.time() + 10
-    while not w.rows():
-        assert time.time() < end
-        time.sleep(0.05)
+    waiting, out = _owner_waiting(w)
     refused: dict[str, Any] = {}
     _attach(w, w.b, {"op": "get", "path": "y"}, refused)
     assert refused["first"]["status"] == 409 and "waiting" in refused["first"]["message"]
@@ -188,13 +195,7 @@ def test_the_internal_endpoint_wants_the_secret(world: World,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(relay_leases, "AGENT_TIMEOUT", 4.0)
     w = world
-    out: dict[str, Any] = {}
-    waiting = threading.Thread(target=_attach, args=(w, w.a, {"op": "get", "path": "x"}, out))
-    waiting.start()
-    end = time.time() + 10
-    while not w.rows():
-        assert time.time() < end
-        time.sleep(0.05)
+    waiting, out = _owner_waiting(w)
     (row,) = w.rows()
     host, _, port = row.endpoint.rpartition(":")
     assert host == "127.0.0.1"

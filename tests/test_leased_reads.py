@@ -23,19 +23,14 @@ from deai.core import auth, wire
 from deai.core import datasets as D
 from deai.core import wire_datasets as W
 from deai.core.errors import DeAIError
-from tests.helpers import MODEL, HandProvider
+from tests.helpers import MODEL, HandProvider, running
 from tests.netutil import Network
 
 
 @pytest.fixture(scope="module")
 def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Network]:
-    n = Network(Path(tmp_path_factory.mktemp("leased-reads")), "", heartbeat_timeout=30.0,
-                lease_ttl=120.0, verify=False)
-    n.start_coordinator()
-    try:
-        yield n
-    finally:
-        n.close()
+    yield from running(Network(Path(tmp_path_factory.mktemp("leased-reads")), "",
+                               heartbeat_timeout=30.0, lease_ttl=120.0, verify=False))
 
 
 def refused_404(call: object, field: str) -> None:

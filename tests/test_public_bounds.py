@@ -23,6 +23,7 @@ from deai.client.sdk import Client
 from deai.core import wire
 from deai.core.errors import InvalidInput
 from deai.store.db import make_engine
+from tests.helpers import running
 from tests.netutil import Network
 
 MODEL = "all-MiniLM-L6-v2"
@@ -43,10 +44,7 @@ def registration(offers: list[wire.OfferIn] | None = None) -> wire.RegisterIn:
 
 @pytest.fixture(scope="module")
 def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Network]:
-    n = Network(tmp_path_factory.mktemp("public-bounds"), verify=False)
-    n.start_coordinator()
-    yield n
-    n.close()
+    yield from running(Network(tmp_path_factory.mktemp("public-bounds"), verify=False))
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 from sqlalchemy import func, select
 
-from deai.client.keys import Identity
 from deai.coordinator import admission, canaries, jobs, matching
 from deai.coordinator.service import Coordinator
 from deai.coordinator.settings import Settings
@@ -30,7 +29,7 @@ from deai.core.verify.params import VerifyParams
 from deai.core.verify.reputation import Reputation
 from deai.store import migrate
 from deai.store.models import Assignment, Canary, Job, Task
-from tests.helpers import MODEL, SPEC, HandProvider, funded, lines
+from tests.helpers import MODEL, audited_job
 from tests.netutil import Network
 
 WINDOW = 4.0
@@ -53,22 +52,9 @@ def test_earnings_wait_while_an_audit_is_leased_and_the_job_reads_final_only_aft
     while the verifier still held the audit: a cheater could withdraw before the
     verdict. And publicly the job reads final a window after it finished whatever waits
     (a blank ``final_at`` told its providers an audit was coming)."""
-    verifier = Identity.generate()
-    net = Network(tmp_path, heartbeat_timeout=30.0, lease_ttl=60.0, challenge_window=WINDOW,
-                  extra=("--canary-share", "0", "--audit-share", "1.0",
-                         "--verifier-key", verifier.id))
-    net.start_coordinator()
-    try:
-        a, b = HandProvider(net, price=900), HandProvider(net, price=950)
-        v = HandProvider(net, price=0, stake=0, ident=verifier)
-        c = funded(net)
-        job = c.submit_job({**SPEC, "shard_size": 2}, c.upload(lines(2)).digest).id
-        end = time.time() + 60
-        while c.job(job).status != "completed":
-            assert time.time() < end, c.job(job)
-            for p in (a, b):
-                for lease in p.take(wait=0.2):
-                    p.answer(lease)
+    with audited_job(tmp_path, heartbeat_timeout=30.0, lease_ttl=60.0,
+                     challenge_window=WINDOW) as w:
+        net, v, c, job = w.net, w.verifier, w.owner, w.job
         face = httpx.get(f"{net.url}/api/explorer/jobs/{job}").json()["job"]
         assert face["final"] is False
         assert face["final_at"] == pytest.approx(face["finished_at"] + WINDOW), face
@@ -88,8 +74,6 @@ def test_earnings_wait_while_an_audit_is_leased_and_the_job_reads_final_only_aft
         while not all(r for _, r in payouts(net, job)) or not c.job(job).final:
             assert time.time() < end, (payouts(net, job), c.job(job))
             time.sleep(0.3)
-    finally:
-        net.close()
 
 
 # --- stakes for jobs that can never be canaries ------------------------------------------

@@ -32,6 +32,7 @@ from schemathesis import GenerationMode
 
 from deai.client.keys import Identity
 from deai.client.sdk import Client
+from tests.helpers import running
 from tests.netutil import Network
 
 pytestmark = pytest.mark.slow
@@ -59,10 +60,7 @@ class Signed(requests.auth.AuthBase):
 
 @pytest.fixture(scope="module")
 def fuzz_net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Network]:
-    n = Network(tmp_path_factory.mktemp("fuzz"), verify=False)
-    n.start_coordinator()
-    yield n
-    n.close()
+    yield from running(Network(tmp_path_factory.mktemp("fuzz"), verify=False))
 
 
 @pytest.fixture(scope="module")

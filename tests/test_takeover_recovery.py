@@ -14,8 +14,6 @@ again and again, as a dropped connection would.
 
 from __future__ import annotations
 
-import os
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,8 +31,8 @@ from deai.core import wire
 from deai.core.clock import ManualClock
 from deai.store.models import Assignment, Event, Provider
 from tests.helpers import MODEL
-from tests.netutil import Proc, free_port
 from tests.races import ENGINES, coordinator
+from tests.test_replicas import Replicas
 
 SERVED = 3600.0  # a replica that has served for an hour: not a restart
 
@@ -177,22 +175,10 @@ def leaders(ports: list[int]) -> list[int]:
 @pytest.mark.postgres
 def test_leadership_flapping_keeps_no_dead_provider_alive(tmp_path: Path,
                                                           fresh_pg_url: str) -> None:
-    env = {**os.environ, "DEAI_HOME": str(tmp_path / "home"), "PYTHONUNBUFFERED": "1"}
-    ports = [free_port() for _ in range(2)]
-    procs = [Proc([sys.executable, "-m", "deai.coordinator", "--port", str(p), "--data-dir",
-                   str(tmp_path / "coordinator"), "--devnet", "--database-url", fresh_pg_url],
-                  tmp_path / f"replica-{i}.log", env) for i, p in enumerate(ports)]
+    replicas = Replicas(tmp_path, fresh_pg_url)
     try:
-        for p, proc in zip(ports, procs, strict=True):
-            end = time.time() + 180  # interpreters importing torch on a busy machine
-            while True:
-                try:
-                    if httpx.get(f"http://127.0.0.1:{p}/health", timeout=5).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                assert proc.alive() and time.time() < end, proc.tail()
-                time.sleep(0.2)
+        replicas.start(2)
+        ports = list(replicas.procs)
         timeout = float(httpx.get(f"http://127.0.0.1:{ports[0]}/api/network", timeout=5)
                         .json()["heartbeat_timeout"])
         me = Identity.generate()
@@ -222,5 +208,4 @@ def test_leadership_flapping_keeps_no_dead_provider_alive(tmp_path: Path,
             assert read(fresh_pg_url, "SELECT count(*) FROM events "
                                       "WHERE kind = 'coordinator_started'") == starts
     finally:
-        for proc in procs:
-            proc.stop(10)
+        replicas.stop()

@@ -24,9 +24,10 @@ from deai.core.clock import ManualClock
 from deai.core.errors import Conflict, InvalidInput, NotFound, PayloadTooLarge
 from deai.core.wire_leases import HostIn, LeaseIn
 from deai.core.wire_volumes import VolumeIn
-from deai.store import journal, migrate
-from deai.store.models import JournalEntry, Provider
+from deai.store import migrate
+from deai.store.models import Provider
 from deai.store.models_volumes import Volume, VolumeMount, VolumeSnapshot
+from tests.helpers import db_audit as audit
 
 OWNER, HOST, OTHER, HOST2 = "a" * 64, "b" * 64, "c" * 64, "d" * 64
 STAKE = 10_000_000
@@ -88,14 +89,6 @@ def start(c: Coordinator, lid: str) -> None:
     starting = [x.id for x in leases.work_for(c, HOST, set())[0]]
     assert lid in starting
     assert leases.heartbeat(c, HOST, [lid], {}) == []
-
-
-def audit(c: Coordinator) -> None:
-    with c.db.read() as s:
-        rows = s.scalars(select(JournalEntry).order_by(JournalEntry.seq)).all()
-        claimed = journal.balances(s, {a for r in rows for a, _ in r.postings})
-        rep = ledger.audit([journal.to_entry(r) for r in rows], claimed)
-    assert rep.ok, rep.problems
 
 
 def test_create_list_remove_and_bad_input(c: Coordinator) -> None:
