@@ -195,6 +195,31 @@ def test_one_owner_publishes_a_bounded_number_of_datasets(c: Coordinator) -> Non
         assert s.scalar(select(func.count()).select_from(Dataset)) == 2
 
 
+def test_a_deleted_datasets_bytes_and_place_are_given_back(c: Coordinator) -> None:
+    """Deleted by its owner, a dataset stops keeping its bytes: past the TTL they stop
+    counting (another 600 KiB fits the 1 MiB quota again) and are deleted, and it no
+    longer counts toward ``max_datasets_per_owner``. Its row stays."""
+    owner = key()
+    c.faucet(owner, 10 * DEAI)
+    digest = upload(c, owner, os.urandom(600 * KiB))
+    publish(c, owner, "ds_" + "6" * 24, digest)
+    publish(c, owner, "ds_" + "7" * 24, digest)
+    expire(c)
+    assert used(c, owner) == 600 * KiB
+    datasets.delete(c, owner, "ds_" + "6" * 24)
+    expire(c)
+    assert used(c, owner) == 600 * KiB  # the other dataset still keeps the same bytes
+    publish(c, owner, "ds_" + "8" * 24, digest)  # the deleted one's place is free
+    for ds in ("ds_" + "7" * 24, "ds_" + "8" * 24):
+        datasets.delete(c, owner, ds)
+    expire(c)
+    assert used(c, owner) == 0 and not c.blobs.exists(digest)
+    upload(c, owner, os.urandom(600 * KiB))
+    with c.db.read() as s:
+        assert s.scalar(select(func.count()).select_from(Dataset)
+                        .where(Dataset.deleted_at.is_not(None))) == 3
+
+
 def test_files_the_coordinator_writes_count_against_no_quota(c: Coordinator) -> None:
     """A batch's output and error files (1.1 MiB, written by the coordinator, kept until
     the owner deletes them) leave a funded account its whole 1 MiB quota for the next

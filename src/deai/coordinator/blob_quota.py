@@ -48,6 +48,7 @@ import logging
 import shutil
 import threading
 import weakref
+from typing import Any
 
 from sqlalchemy import ColumnElement, String, delete, func, literal, select, text, union_all, update
 from sqlalchemy.orm import Session
@@ -255,11 +256,19 @@ def in_use(s: Session, digests: list[str]) -> set[str]:
             Dataset.blob_digest, Canary.input_digest, Canary.output_digest, JobBlob.digest)
     out: set[str] = set()
     for col in cols:
-        q = select(col).where(col.in_(digests)).distinct()
-        if col is BlobRef.digest:
-            q = q.where(BlobRef.account != GRAVE)
-        out.update(d for d in s.scalars(q) if d)
+        out.update(d for d in s.scalars(_naming(col, digests)) if d)
     return out
+
+
+def _naming(col: Any, digests: list[str]) -> Any:
+    """The digests among ``digests`` that rows of ``col`` name and keep: not a grave's,
+    nor a deleted dataset's (it no longer keeps its bytes)."""
+    q = select(col).where(col.in_(digests)).distinct()
+    if col is BlobRef.digest:
+        q = q.where(BlobRef.account != GRAVE)
+    elif col is Dataset.blob_digest:
+        q = q.where(Dataset.deleted_at.is_(None))
+    return q
 
 
 GRAVE = "~unused"  # the account of a grave: a blob_refs row marking bytes to delete once
@@ -393,10 +402,7 @@ def _discard(c: Coordinator, s: Session, *, unused: list[str], burials: dict[str
     kept: set[str] = set()
     if unused:
         for col in HELD_BY:
-            q = select(col).where(col.in_(unused)).distinct()
-            if col is BlobRef.digest:
-                q = q.where(BlobRef.account != GRAVE)
-            kept.update(s.scalars(q))
+            kept.update(s.scalars(_naming(col, unused)))
     n = 0
     gone: list[str] = []
     for d in unused:
