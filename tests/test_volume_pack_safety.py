@@ -220,11 +220,13 @@ def test_a_home_round_trips(tmp_path: Path) -> None:
     os.utime(home / "empty", (1_000_000, 1_000_000))
     os.chmod(home / "ro", 0o555)
     try:
-        data = volume_pack.pack(home, 1 << 20)
+        with volume_pack.pack(home, 1 << 20) as packed:
+            data = packed.read()
         back = tmp_path / "back"
         back.mkdir()
         assert volume_pack.unpack(data, back, 1 << 20) == 5000 + len("#!/bin/sh\necho hi\n") + 4
-        assert volume_pack.pack(back, 1 << 20) == data
+        with volume_pack.pack(back, 1 << 20) as packed:
+            assert packed.read() == data
         assert os.readlink(back / "abs") == "/work/src"
         assert os.readlink(back / "src" / "up") == "../usr"
         assert (back / "latest").read_bytes() == (home / "src" / "pkg" / "mod.py").read_bytes()
@@ -257,8 +259,9 @@ def test_pack_streams_a_sparse_file(tmp_path: Path) -> None:
         f.truncate(256 << 20)
     tracemalloc.start()
     try:
-        data = volume_pack.pack(home, 1 << 30)
-        _, peak = tracemalloc.get_traced_memory()
+        with volume_pack.pack(home, 1 << 30) as packed:
+            _, peak = tracemalloc.get_traced_memory()
+            data = packed.read()
     finally:
         tracemalloc.stop()
     assert peak < 32 << 20, f"packing took {peak >> 20} MiB of memory"

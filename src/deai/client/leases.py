@@ -251,8 +251,9 @@ class Leases:
                                                 saving=saving or []),
                                  wl.LeasePollOut, timeout=wait + 15.0)
 
-    def save_snapshot(self, lease_id: str, data: bytes) -> VolumeOut:
-        """The packed home of a lease with a volume (``provider.volume_pack``)."""
+    def save_snapshot(self, lease_id: str, data: bytes | IO[bytes]) -> VolumeOut:
+        """The packed home of a lease with a volume (``provider.volume_pack``): a file is
+        streamed, never read into memory."""
         resp = self.client.request("PUT", f"/api/provider/leases/{lease_id}/snapshot",
                                    body=data, content_type="application/octet-stream",
                                    timeout=300.0)

@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import functools
 import json
+import mmap
+import os
 import random
 import re
 import time
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import IO, Any, TypeVar, cast
 
 import httpx
 
@@ -85,30 +87,32 @@ class Client:
             raise DeAIError("this call needs a key (pass --key)")
         return self.identity.headers(method, path, body, network=self.network_id)
 
-    def request(self, method: str, path: str, *, body: bytes | None = None,
+    def request(self, method: str, path: str, *, body: bytes | IO[bytes] | None = None,
                 json_body: Any = None, params: dict[str, Any] | None = None,
                 timeout: float | None = None, content_type: str = "application/json",
                 signed: bool | None = None) -> httpx.Response:
+        """``body`` may be a file with a descriptor (a lease's snapshot, ``provider.
+        volume_pack``): it is sent whole from its start, read in chunks, and signed
+        through a read-only map of it, never held in memory."""
         if json_body is not None:
             body = json.dumps(json_body).encode()
         body = body or b""
         headers = {"content-type": content_type} if body else {}
         # A GET is signed whenever a key is loaded: private reads (jobs, results, blobs)
         # are answered only to their owner or a provider whose lease needs them.
-        if signed if signed is not None else (method.upper() != "GET"
-                                              or self.identity is not None):
-            headers.update(self.signed_headers(method, path, body))
+        sign = signed if signed is not None else (method.upper() != "GET"
+                                                  or self.identity is not None)
+        if sign:
+            headers.update(self._signed(method, path, body))
         kwargs: dict[str, Any] = {}
         if timeout is not None:
             kwargs["timeout"] = timeout
-        resp = self.http.request(method, path, content=body or None, headers=headers,
-                                 params=params, **kwargs)
+        resp = self._send(method, path, body, headers, params, kwargs)
         if resp.status_code == 401 and auth.HEADER_SIG in headers and self._renetworked():
             # The coordinator's database was made anew since the id was asked (a devnet
             # reset): sign again, once, for the id it has now.
-            headers.update(self.signed_headers(method, path, body))
-            resp = self.http.request(method, path, content=body or None, headers=headers,
-                                     params=params, **kwargs)
+            headers.update(self._signed(method, path, body))
+            resp = self._send(method, path, body, headers, params, kwargs)
         if resp.status_code >= 400:
             try:
                 payload = resp.json()
@@ -116,6 +120,23 @@ class Client:
                 payload = resp.text
             raise from_dict(resp.status_code, payload)
         return resp
+
+    def _signed(self, method: str, path: str, body: bytes | IO[bytes]) -> dict[str, str]:
+        if isinstance(body, bytes):
+            return self.signed_headers(method, path, body)
+        if os.fstat(body.fileno()).st_size == 0:
+            return self.signed_headers(method, path, b"")
+        with mmap.mmap(body.fileno(), 0, access=mmap.ACCESS_READ) as mm, \
+                memoryview(mm) as view:
+            # only hashed (``auth.message``), straight from the page cache: no copy
+            return self.signed_headers(method, path, cast(bytes, view))
+
+    def _send(self, method: str, path: str, body: bytes | IO[bytes], headers: dict[str, str],
+              params: dict[str, Any] | None, kwargs: dict[str, Any]) -> httpx.Response:
+        if not isinstance(body, bytes):
+            body.seek(0)  # httpx sends a file in chunks, with its size as Content-Length
+        return self.http.request(method, path, content=body or None, headers=headers,
+                                 params=params, **kwargs)
 
     def _renetworked(self) -> bool:
         """Whether the coordinator's network id changed since it was asked (never, pinned)."""

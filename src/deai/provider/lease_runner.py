@@ -165,7 +165,7 @@ class LeaseSandbox:
         argv = bwrap_command(self.home, env, [INIT_PYTHON, "-I", "/run/deai/init.py"], limits,
                              init=init, network=self.spec.network and self.offer.network)
         nproc = limits.max_processes + 2 + (0 if self.uid is not None
-                                            else sandbox._own_processes())
+                                            else sandbox._own_threads())
         cpus = set(self.cpus)
 
         def pre_exec() -> None:
@@ -576,11 +576,17 @@ class LeaseRunner:
         threading.Thread(target=save, daemon=True, name=f"deai-snapshot-{lid}").start()
 
     def _upload(self, box: LeaseSandbox) -> None:
+        """Pack the home and stream it to the coordinator; a failure (a home over the
+        volume's size or the coordinator's upload limit, which ``GET /api/network``
+        tells) is logged and reported to the owner. The packed home stays in a spool
+        file: a home of random bytes packs to its own size, up to the volume's (1 TiB),
+        and the agent's memory held all of it before."""
         vol = box.spec.volume
         assert vol is not None
         try:
-            data = volume_pack.pack(box.home, vol.size_bytes)
-            out = self.api.save_snapshot(box.spec.id, data)
+            limit = self.client.network().max_upload_bytes
+            with volume_pack.pack(box.home, vol.size_bytes, limit) as packed:
+                out = self.api.save_snapshot(box.spec.id, packed)
         except (OSError, httpx.TransportError, DeAIError) as exc:
             log.warning("lease %s: volume %s not saved: %s", box.spec.id, vol.id, exc)
             with contextlib.suppress(httpx.TransportError, DeAIError):  # the owner hears why

@@ -1,22 +1,27 @@
 """A lease's home as a snapshot: a deterministic, size-capped tar.gz, and its restore.
 
-``pack(home, cap)`` walks the home with directory descriptors (``os.fwalk``, no
-symlink followed, every file opened ``O_NOFOLLOW`` relative to its folder), so a
-program in a running lease that swaps a folder or file for a link cannot make
-the agent pack a host file. Entries are sorted; owners are dropped (uid/gid 0,
-no names), modes keep only the permission bits, mtimes are whole seconds, the
-gzip header has no time and no name: the same tree gives the same bytes, hence
-the same content address. Regular files, folders and symlinks (as links) are
+``pack(home, cap, limit)`` walks the home with directory descriptors of its own, never
+``os.fwalk``: that one tells folders by ``is_dir()`` (a link followed) and opens them
+without ``O_NOFOLLOW`` or ``O_NONBLOCK``, so a link to a folder swapped for a link to a
+host file or a pipe at the right moment made the root agent open that file, and a pipe
+held the snapshot's thread for good. Here what an entry is comes from ``lstat``; a
+folder is entered ``O_DIRECTORY | O_NOFOLLOW | O_NONBLOCK`` relative to its parent's
+descriptor, a file opened ``O_NOFOLLOW | O_NONBLOCK`` and read only if ``fstat`` says
+it is a regular file; anything else is never opened. Entries are sorted; owners are
+dropped (uid/gid 0, no names), modes keep only the permission bits, mtimes are whole
+seconds, the gzip header has no time and no name: the same tree gives the same bytes,
+hence the same content address. Regular files, folders and symlinks (as links) are
 kept; sockets, pipes and devices are skipped.
 
 The tar is streamed through gzip into a temporary file, never held uncompressed
 in memory: the lease's own program decides what the home holds (a sparse file of
 a terabyte takes no disk, a thousand hard links to one file take one file's
-blocks), and the agent's memory must not pay for it. Only the compressed result,
-at most ``cap`` bytes, is read back. File content counts at its apparent size,
-once per name, a hard link again (a restore writes each as its own file): more
-than ``cap`` bytes of it raises ``VolumeFull`` before the file that passes it is
-read, and so do compressed bytes past ``cap``, as soon as they are written.
+blocks), and the agent's memory must not pay for it. The result is that file, for the
+upload to stream: at most ``min(cap, limit)`` bytes of disk, none of memory. File content
+counts at its apparent size, once per name, a hard link again (a restore writes each as
+its own file): more than ``cap`` bytes of it raises ``VolumeFull`` before the file that
+passes it is read, and so do compressed bytes past ``cap`` or ``limit``, as soon as they
+are written.
 
 ``unpack(data, home, cap)`` restores by hand, member by member, and never
 through ``tarfile``'s extraction: its ``data`` filter trusts
@@ -55,6 +60,7 @@ import shutil
 import stat
 import tarfile
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
@@ -70,6 +76,11 @@ MAX_FOLDER_NAMES = 64 * 1024 * 1024  # bytes of folder names kept to set their t
 CHUNK = 1024 * 1024
 
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+# a folder of a running lease may be swapped for a link, a pipe or a device between its
+# listing and its open: O_DIRECTORY | O_NOFOLLOW refuse all of them, O_NONBLOCK keeps a
+# pipe from holding the open (before, a pipe swapped in hung the snapshot for good)
+_WALK_DIR = _DIR | os.O_NONBLOCK
+_WALK_FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 _NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _RECORDS = (tarfile.XHDTYPE, tarfile.SOLARIS_XHDTYPE,
             tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK)
@@ -85,43 +96,98 @@ class BadSnapshot(InvalidInput):
 
 # --- pack -----------------------------------------------------------------------------------
 
-def pack(home: Path, cap: int) -> bytes:
-    with tempfile.TemporaryFile(prefix="deai-snapshot-") as spool:
-        out = _Capped(spool, cap)
-        with gzip.GzipFile(fileobj=out, mode="wb", mtime=0, filename="",
-                           compresslevel=1) as gz, \
+def pack(home: Path, cap: int, limit: int | None = None) -> IO[bytes]:
+    """The home as a tar.gz in a temporary file, at its start; the caller closes it.
+
+    ``cap`` is the volume's size: content past it raises ``VolumeFull``, and so does a
+    packed result past it or past ``limit`` (the coordinator's upload limit,
+    ``NetworkInfo.max_upload_bytes``: a bigger snapshot would be refused anyway), as soon
+    as the compressed bytes pass it. The result is a file so that its bytes are streamed
+    to the upload and never held here: a 1 GiB volume of random bytes held 1 GiB of the
+    agent's memory before (``tests/test_volume_pack_hostile.py``).
+    """
+    packed = cap if limit is None else min(cap, limit)
+    why = (f"volume: the packed home is over the volume's {cap} bytes" if packed == cap else
+           f"volume: the packed home is over the coordinator's upload limit of {packed} bytes")
+    spool = tempfile.TemporaryFile(prefix="deai-snapshot-")  # noqa: SIM115 - returned
+    try:
+        with gzip.GzipFile(fileobj=_Capped(spool, packed, why), mode="wb", mtime=0,
+                           filename="", compresslevel=1) as gz, \
                 tarfile.open(fileobj=gz, mode="w|", format=tarfile.PAX_FORMAT) as tar:
             _walk(tar, home, cap)
         spool.seek(0)
-        return spool.read()
+    except BaseException:
+        spool.close()
+        raise
+    return spool
 
 
 def _walk(tar: tarfile.TarFile, home: Path, cap: int) -> None:
+    """Each folder's entries, sorted, then its folders one by one, depth first; the
+    folders held open are a stack of descriptors, one per level, never a path."""
     total = 0
-    for dirpath, dirnames, filenames, dirfd in os.fwalk(home, follow_symlinks=False):
-        dirnames.sort()
-        rel = os.path.relpath(dirpath, home)
-        for name in sorted(dirnames + filenames):
-            path = name if rel == "." else f"{rel}/{name}"
-            st = os.stat(name, dir_fd=dirfd, follow_symlinks=False)
-            info = tarfile.TarInfo(path)
-            info.mode, info.mtime = stat.S_IMODE(st.st_mode) & 0o777, int(st.st_mtime)
-            info.uid = info.gid = 0
-            info.uname = info.gname = ""
-            if stat.S_ISDIR(st.st_mode):
-                info.type = tarfile.DIRTYPE
-                tar.addfile(info)
-            elif stat.S_ISLNK(st.st_mode):
-                info.type, info.linkname = tarfile.SYMTYPE, os.readlink(name, dir_fd=dirfd)
-                tar.addfile(info)
-            elif stat.S_ISREG(st.st_mode):
-                total = _add_file(tar, info, name, dirfd, total, cap)
+    top = os.open(home, _WALK_DIR)
+    stack: list[tuple[int, str, Iterator[str]]] = [(top, "", iter(()))]
+    try:
+        folders, total = _folder(tar, top, "", total, cap)
+        stack[-1] = (top, "", iter(folders))
+        while stack:
+            fd, rel, todo = stack[-1]
+            name = next(todo, None)
+            if name is None:
+                stack.pop()
+                os.close(fd)
+                continue
+            try:  # a folder when listed: now maybe a link, a pipe, a device, or gone
+                sub = os.open(name, _WALK_DIR, dir_fd=fd)
+            except OSError:
+                continue  # a link or no folder: its entry was already written as it was
+            path = f"{rel}/{name}" if rel else name
+            stack.append((sub, path, iter(())))
+            folders, total = _folder(tar, sub, path, total, cap)
+            stack[-1] = (sub, path, iter(folders))
+    finally:
+        for fd, _, _ in stack:
+            os.close(fd)
+
+
+def _folder(tar: tarfile.TarFile, fd: int, rel: str, total: int, cap: int
+            ) -> tuple[list[str], int]:
+    """Write the entries of the folder open at ``fd``; returns its folders' names and the
+    content counted so far. What an entry is comes from ``lstat``, never from a followed
+    link; only regular files are opened, and only folders entered."""
+    with os.scandir(fd) as it:
+        names = sorted(e.name for e in it)
+    folders: list[str] = []
+    for name in names:
+        try:
+            st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+        except FileNotFoundError:
+            continue  # removed since the listing (the lease may be running)
+        info = tarfile.TarInfo(f"{rel}/{name}" if rel else name)
+        info.mode, info.mtime = stat.S_IMODE(st.st_mode) & 0o777, int(st.st_mtime)
+        info.uid = info.gid = 0
+        info.uname = info.gname = ""
+        if stat.S_ISDIR(st.st_mode):
+            info.type = tarfile.DIRTYPE
+            tar.addfile(info)
+            folders.append(name)
+        elif stat.S_ISLNK(st.st_mode):
+            try:
+                info.type, info.linkname = tarfile.SYMTYPE, os.readlink(name, dir_fd=fd)
+            except OSError:
+                continue  # no longer a link
+            tar.addfile(info)
+        elif stat.S_ISREG(st.st_mode):
+            total = _add_file(tar, info, name, fd, total, cap)
+        # sockets, pipes and devices: skipped, never opened
+    return folders, total
 
 
 def _add_file(tar: tarfile.TarFile, info: tarfile.TarInfo, name: str, dirfd: int,
               total: int, cap: int) -> int:
-    try:
-        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=dirfd)
+    try:  # a regular file when listed; swapped for a pipe, O_NONBLOCK opens it at once
+        fd = os.open(name, _WALK_FILE, dir_fd=dirfd)
     except OSError:
         return total  # swapped for a link or something else since the listing: skipped
     with os.fdopen(fd, "rb") as f:
@@ -141,8 +207,8 @@ class _Capped(io.RawIOBase):
     """The compressed stream on its way to the spool file, stopped past ``cap`` bytes:
     a home of compressible content may hold ``cap`` of files and still pack to more."""
 
-    def __init__(self, f: IO[bytes], cap: int) -> None:
-        self.f, self.cap, self.written = f, cap, 0
+    def __init__(self, f: IO[bytes], cap: int, why: str) -> None:
+        self.f, self.cap, self.why, self.written = f, cap, why, 0
 
     def writable(self) -> bool:
         return True
@@ -150,8 +216,7 @@ class _Capped(io.RawIOBase):
     def write(self, b: bytes | bytearray | memoryview) -> int:  # type: ignore[override]
         self.written += len(b)
         if self.written > self.cap:
-            raise VolumeFull(f"volume: the packed home is over the volume's {self.cap} bytes",
-                             field="volume", cap=self.cap)
+            raise VolumeFull(self.why, field="volume", cap=self.cap)
         return self.f.write(b)
 
 

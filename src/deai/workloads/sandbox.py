@@ -26,7 +26,13 @@ the provider's; the program gets ``--clearenv`` plus ``PATH``, ``HOME``,
 Identity: when the provider runs as root, the sandbox runs as an unprivileged
 uid of its own from a pool (``UID_BASE + n``), so RLIMIT_NPROC counts only its
 processes (root is exempt from RLIMIT_NPROC); ``workdir`` is handed to that
-uid. Otherwise it runs as the provider's uid in a user namespace.
+uid. Otherwise it runs as the provider's uid in a user namespace, and its process
+limit is shared: the kernel counts RLIMIT_NPROC over all the threads of a uid, so the
+limit is set to ``max_processes`` plus the threads the uid has when the sandbox starts
+(the agent's own, other sandboxes'). Threads the agent or another sandbox of that uid
+starts *later* still count against it: a job may then fail with ``limit: processes``
+before it has ``max_processes``. Only separate uids (a root provider) keep sandboxes'
+counts apart.
 
 Limits, set with ``setrlimit`` just before ``bwrap`` starts and inherited by
 everything inside: RLIMIT_CPU (per process; SIGXCPU, then SIGKILL a second
@@ -236,14 +242,19 @@ class _UidPool:
 _UIDS = _UidPool()
 
 
-def _own_processes() -> int:
+def _own_threads() -> int:
+    """The threads of every process of this uid: what the kernel counts against
+    RLIMIT_NPROC (each thread is a task), not the processes. Counting processes left the
+    agent's own threads (a lease session is one) to eat the job's budget: beside 40 idle
+    threads, a job of ``max_processes=8`` stopped with ``limit: processes`` before its
+    six children ran (``tests/test_sandbox_nproc.py``)."""
     uid, n = os.getuid(), 0
     for d in Path("/proc").iterdir():
         try:
             if d.name.isdigit() and d.stat().st_uid == uid:
-                n += 1
+                n += len(os.listdir(d / "task"))
         except OSError:
-            continue
+            continue  # ended since the listing
     return n
 
 
@@ -279,8 +290,9 @@ def run(argv: list[str], workdir: Path, limits: Limits, *, env: dict[str, str] |
                 os.chown(d, uid, uid)
                 for f in files:
                     os.chown(os.path.join(d, f), uid, uid, follow_symlinks=False)
-        # the outer bwrap and the sandbox's pid 1 count against RLIMIT_NPROC too
-        nproc = limits.max_processes + 2 + (0 if root else _own_processes())
+        # the outer bwrap and the sandbox's pid 1 count against RLIMIT_NPROC too; a non-root
+        # provider's own threads and other sandboxes share the count (see the docstring)
+        nproc = limits.max_processes + 2 + (0 if root else _own_threads())
         quota = Quota(workdir, max_bytes=limits.work_mb * MB, max_files=limits.max_files)
         cmd = bwrap_args(workdir, env or {}, argv, limits, exe=exe)
         return _run(cmd, limits, stdout, stderr, uid, nproc, quota)
