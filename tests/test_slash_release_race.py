@@ -11,6 +11,7 @@ applier now locks the payouts a slash or forfeit takes back before any effect
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from collections.abc import Iterator
@@ -28,9 +29,11 @@ from deai.core import ledger
 from deai.core.clock import ManualClock
 from deai.core.lifecycle import Role
 from deai.core.lifecycle import effects as E
+from deai.core.verify import policy
 from deai.store import journal, migrate
 from deai.store.models import Job, JournalEntry, Payout, Task
-from tests.races import race
+from tests.helpers import db_audit
+from tests.races import gate, race
 
 CLIENT = "aa" * 32
 PROVIDER = "bb" * 32
@@ -101,3 +104,44 @@ def test_a_payout_is_never_both_released_and_taken_back(
     assert kinds[-2:] == ["release", "clawback"]
     c.clock.advance(20_000)  # the other job's payout comes due, and is released
     assert jobs.release_earnings(c) == 1
+
+
+def test_verdicts_at_once_never_slash_more_than_the_stake(
+        c: Coordinator, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Three verdicts against one provider read its stake at the same moment and each
+    cuts half of what it read: the journal would refuse the third (more than the stake
+    left), failing its verdict. Each cut is clamped to the stake as it stands when
+    posted (``Settlement.slash``): every verdict lands, the stake ends at zero, not
+    below, and the books balance."""
+    def setup(s: Session) -> list[tuple[str, str]]:
+        c.settlement.faucet(s, CLIENT, 10_000)
+        c.settlement.faucet(s, PROVIDER, 1_000)
+        c.settlement.bond(s, PROVIDER, 1_000)
+        return [_paid_job(c, s, f"asg_{i}", c.now() + 10_000) for i in range(3)]
+
+    jobs_tasks = c.db.run(setup)
+    read_all = gate(3)
+    real = policy.slash_amounts
+
+    def after_all_read(stake: int, *a: Any, **kw: Any) -> Any:
+        read_all()  # each verdict has read the stake; none has posted its cut yet
+        return real(stake, *a, **kw)
+
+    monkeypatch.setattr(policy, "slash_amounts", after_all_read)
+
+    def verdict(job_id: str, task_id: str) -> None:
+        def body(s: Session) -> None:
+            job = s.get(Job, job_id, with_for_update=True)
+            task = s.get(Task, task_id, with_for_update=True)
+            assert job is not None and task is not None
+            effects.apply(c, s, job, task, [E.Slash(PROVIDER, None, Role.PRIMARY)])
+        c.db.run(body)
+
+    assert race(*(functools.partial(verdict, j, t) for j, t in jobs_tasks)) == []
+    monkeypatch.undo()
+    with c.db.read() as s:
+        stake = journal.balance(s, ledger.stake(PROVIDER))
+        cuts = [e.body["amount"] for e in s.scalars(
+            select(JournalEntry).where(JournalEntry.kind == "slash"))]
+    db_audit(c)
+    assert stake == 0 and sum(cuts) == 1_000 and len(cuts) == 2  # the third found nothing

@@ -316,9 +316,9 @@ class _Applier:
         stake = c.settlement.balance(s, ledger.stake(e.provider))
         cut = policy.slash_amounts(stake, c.settings.verify, reporter=e.reporter is not None)
         why = {"task": self.task.id, "role": e.role.value}
-        c.settlement.slash(s, e.provider, cut.amount, e.reporter, cut.bounty, why)
+        taken = c.settlement.slash(s, e.provider, cut.amount, e.reporter, cut.bounty, why)
         clawed, forfeited = self._take_back(e.provider, whole_job=True)
-        c.emit(s, "slash", e.provider, job=job.id, amount=cut.amount, bounty=cut.bounty,
+        c.emit(s, "slash", e.provider, job=job.id, amount=taken, bounty=min(cut.bounty, taken),
                bounty_to=e.reporter, forfeited=forfeited, clawed_back=clawed, **why)
 
     def forfeit(self, e: E.Forfeit) -> None:

@@ -334,9 +334,10 @@ def _judge(c: Coordinator, s: Session, row: HwClaim, p: Provider, ch: HwChalleng
         stake = c.settlement.balance(s, ledger.stake(p.id))
         amount = stake * step.slash_bps // 10_000
         if amount > 0:
-            c.settlement.slash(s, p.id, amount, None, 0,
-                               {"reason": "hardware challenge", "challenge": ch.id,
-                                "outcome": v.outcome, "failures": row.failures})
+            amount = c.settlement.slash(s, p.id, amount, None, 0,
+                                        {"reason": "hardware challenge", "challenge": ch.id,
+                                         "outcome": v.outcome, "failures": row.failures})
+        if amount > 0:
             row.slashed += amount
             c.emit(s, "slash", p.id, amount=amount, reason="hardware challenge")
     c.notifier.kick()

@@ -65,7 +65,8 @@ def on_lapse(c: Coordinator, s: Session, a: Assignment, workload: str) -> int:
         return 0
     amount = c.settlement.balance(s, ledger.stake(pid)) * SLASH_BPS // 10_000
     if amount > 0:
-        c.settlement.slash(s, pid, amount, None, 0, {"reason": REASON, "task": a.task_id,
-                                                     "lapses": lapses})
+        amount = c.settlement.slash(s, pid, amount, None, 0, {
+            "reason": REASON, "task": a.task_id, "lapses": lapses})
+    if amount > 0:
         c.emit(s, "slash", pid, amount=amount, reason=REASON, lapses=lapses)
     return amount

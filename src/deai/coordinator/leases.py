@@ -37,7 +37,7 @@ import functools
 import logging
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from sqlalchemy import func, select
@@ -503,9 +503,9 @@ def charge(c: Coordinator, s: Session, lease: Lease, until: float, *, final: boo
         lease.refunded += st.refund
     if st.penalty > 0:
         downtime = c.now() - (lease.last_heartbeat or lease.offered_at or lease.created_at)
-        c.settlement.post(s, ledger.downtime_penalty(lease.provider_id, lease.id, st.penalty,
-                                                     downtime))
-        lease.penalty += st.penalty
+        taken = c.settlement.penalize(s, lease.provider_id, lease.id, st.penalty, downtime)
+        lease.penalty += taken
+        st = replace(st, penalty=taken)  # less if another slash came first
     lease.settled_at = c.now()
     return st
 

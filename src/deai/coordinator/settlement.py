@@ -101,9 +101,29 @@ class Settlement:
         return self.post(s, ledger.check_fee(provider, amount, assignment_id, role)), amount
 
     def slash(self, s: Session, provider: str, amount: int, bounty_to: str | None,
-              bounty: int, evidence: dict[str, Any]) -> None:
+              bounty: int, evidence: dict[str, Any]) -> int:
+        """Take ``amount`` of the provider's stake (the bounty to ``bounty_to``); returns
+        the amount taken. Callers size it from the stake they read, unlocked: another
+        slash or penalty committed since may have left less, so it is clamped to what the
+        stake holds now (head locked) and the bounty with it. Unclamped, three verdicts
+        on one provider at once each took half of the stake they had read, and the
+        journal refused the third: its verdict failed and was asked again."""
+        held = max(0, self._held(s, [ledger.stake(provider)]).get(ledger.stake(provider), 0))
+        amount = min(amount, held)
         if amount > 0:
-            self.post(s, ledger.slash(provider, amount, bounty_to, bounty, evidence))
+            self.post(s, ledger.slash(provider, amount, bounty_to, min(bounty, amount),
+                                      evidence))
+        return max(0, amount)
+
+    def penalize(self, s: Session, provider: str, lease_id: str, amount: int,
+                 downtime: float) -> int:
+        """A lost lease's downtime penalty from the provider's stake, clamped like
+        ``slash``; returns the amount taken."""
+        held = max(0, self._held(s, [ledger.stake(provider)]).get(ledger.stake(provider), 0))
+        amount = min(amount, held)
+        if amount > 0:
+            self.post(s, ledger.downtime_penalty(provider, lease_id, amount, downtime))
+        return max(0, amount)
 
     def forfeit(self, s: Session, provider: str, job_id: str, amount: int, fee_back: int,
                 to_account: str) -> int:
