@@ -21,7 +21,7 @@ from deai.client.keys import Identity
 from deai.client.sdk import Client
 from deai.core import checkpoints, kinds, specs, wire
 from deai.core.checkpoints import Link
-from deai.core.errors import Conflict, Forbidden, InvalidInput
+from deai.core.errors import Conflict, Forbidden, InvalidInput, NotFound
 from deai.core.kinds import train
 from tests.netutil import Network
 
@@ -149,7 +149,7 @@ def test_checkpoints_are_checked_recorded_and_resumed_elsewhere(net: Network) ->
     with pytest.raises(InvalidInput) as exc:  # links to genesis, skipping step 10
         first.post(a, 20, b"step 20", checkpoints.link(sha(b"step 20"), g, 0, 20, seed))
     assert exc.value.field == "chain_hash"
-    with pytest.raises(InvalidInput) as exc:
+    with pytest.raises(NotFound) as exc:  # never uploaded: the 404 of another's blob
         first.c.checkpoint(a.id, wire.CheckpointIn(step=20, digest="0" * 64, chain_hash=h10))
     assert exc.value.field == "digest"
     with pytest.raises(InvalidInput) as exc:

@@ -164,23 +164,30 @@ def require_blob(c: Coordinator, account: str, digest: str, field: str = "digest
 
 
 def require_own_blobs(c: Coordinator, account: str, digests: list[str], field: str) -> None:
-    """Raise the not-found error, naming the first offender, unless ``account`` uploaded
-    each blob or owns something that uses it: not a blob it may read only through a
-    provider's lease or a mount, whose reading ends with them (a job naming it would keep
-    it, and the right to read it). In one read, in parts: its uploads, then its jobs'
-    files, then the slower checks for what is left."""
-    missing = [d for d in digests if not _HEX64.match(d) or not c.blobs.exists(d)]
-    left = [d for d in digests if d not in set(missing)]
+    """Raise the not-found error unless ``account`` uploaded each blob or owns something
+    that uses it: not a blob it may read only through a provider's lease or a mount, whose
+    reading ends with them (a job naming it would keep it, and the right to read it).
+
+    Whose first, then whether stored, and only for its own: a digest that is not stored
+    and one another account uploaded get the same error, naming the first of ``digests``
+    (in the caller's order) that fails either way, so that neither the answer nor the
+    digest it names tells whether a guessed digest is stored (``docs/security.md``). In
+    one read, in parts: its uploads, then its jobs' files, then the slower checks for
+    what is left."""
+    valid = [d for d in dict.fromkeys(digests) if _HEX64.match(d)]
+    mine: set[str] = set()
     with c.db.read() as s:
-        for i in range(0, len(left), 500):
-            part = left[i:i + 500]
-            mine = set(s.scalars(select(BlobRef.digest).where(
+        for i in range(0, len(valid), 500):
+            part = valid[i:i + 500]
+            quick = set(s.scalars(select(BlobRef.digest).where(
                 BlobRef.account == account, BlobRef.digest.in_(part))))
-            mine |= set(s.scalars(select(JobBlob.digest).join(Job, Job.id == JobBlob.job_id)
-                                  .where(Job.owner == account, JobBlob.digest.in_(part))))
-            missing += [d for d in part if d not in mine and not owner_may_read(s, account, d)]
-    if missing:
-        raise NotFound(f"{field}: no blob {missing[0]} that this key uploaded or owns "
+            quick |= set(s.scalars(select(JobBlob.digest).join(Job, Job.id == JobBlob.job_id)
+                                   .where(Job.owner == account, JobBlob.digest.in_(part))))
+            mine |= quick | {d for d in part
+                             if d not in quick and owner_may_read(s, account, d)}
+    bad = next((d for d in digests if d not in mine or not c.blobs.exists(d)), None)
+    if bad is not None:
+        raise NotFound(f"{field}: no blob {bad} that this key uploaded or owns "
                        "(upload it first)", field=field)
 
 

@@ -25,7 +25,8 @@ All uploads together may take ``Settings.blob_disk_budget`` bytes of the disk
 under the blob store (0: 80 % of what was free there when the coordinator first
 took an upload), measured as the fall in its free space since (``check_disk``).
 Past it, new bytes are refused with 507 ``insufficient_storage`` before anything
-is recorded or stored; bytes the store already holds are still taken.
+is recorded or stored; bytes the uploading account already holds are still taken
+(not bytes only another account holds: that would tell who has stored what).
 
 An upload counts for ``Settings.blob_ttl``. Then the leader's retention loop
 (``sweep``) drops its record (unless a dataset of its account names it); a blob
@@ -197,8 +198,14 @@ def _count(c: Coordinator, s: Session, account: str, digest: str, size: int,
 def admit(c: Coordinator, account: str, digest: str, size: int, field: str = "body") -> None:
     """Record ``account``'s upload of ``digest``, or refuse it: over its quota, or new
     bytes past the disk budget."""
-    if not c.blobs.exists(digest):  # bytes the store holds take no more disk
+    try:
         check_disk(c, size, field)
+    except StorageFull:
+        # Bytes the store holds take no more disk, but only an account that holds them
+        # already passes a spent budget: for any other, passing would tell that someone
+        # stored these bytes (a guessed content confirmed; ``docs/security.md``).
+        if not _holds(c, account, digest) or not c.blobs.exists(digest):
+            raise
 
     def body(s: Session) -> None:
         lock_account(c, s, account)
@@ -206,6 +213,15 @@ def admit(c: Coordinator, account: str, digest: str, size: int, field: str = "bo
         _count(c, s, account, digest, size, field)
 
     c.db.run(body)
+
+
+def _holds(c: Coordinator, account: str, digest: str) -> bool:
+    """``account`` holds ``digest``: its upload record, or a /v1 file it uploaded."""
+    with c.db.read() as s:
+        return (s.get(BlobRef, (digest, account)) is not None
+                or s.scalar(select(ApiFile.id).where(ApiFile.account == account,
+                                                     ApiFile.digest == digest).limit(1))
+                is not None)
 
 
 # --- the disk budget -------------------------------------------------------------------------

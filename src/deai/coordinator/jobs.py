@@ -321,6 +321,11 @@ def submit_result(c: Coordinator, pid: str, assignment_id: str,
                   r: wire.ResultIn) -> wire.ResultOut:
     c.check_signature(pid, auth.result_message(assignment_id, r.output_digest, r.units),
                       r.signature)
+    # The lease before the digest: a made-up assignment, or another's, answers the same
+    # whatever digest it names; and no bytes are stored for a lease that is not the
+    # caller's, live.
+    with c.db.read() as s:
+        c.live_lease(s, pid, assignment_id, lock=False)
     inline = None
     if r.output_b64 is not None:
         try:
@@ -329,12 +334,8 @@ def submit_result(c: Coordinator, pid: str, assignment_id: str,
             raise InvalidInput("output_b64: not base64", field="output_b64") from None
         if hashlib.sha256(inline).hexdigest() != r.output_digest:
             raise InvalidInput("output_b64: its sha256 is not output_digest", field="output_b64")
-        with c.db.read() as s:  # no bytes stored for a lease that is not the caller's, live
-            c.live_lease(s, pid, assignment_id, lock=False)
         c.blobs.put(inline, sync=False)  # the commit below is what makes the result count
-    if not c.blobs.exists(r.output_digest):
-        raise InvalidInput("output_digest: upload the output blob first", field="output_digest")
-    if r.output_b64 is None:  # its own upload: never another account's blob as its output
+    else:  # its own upload, never another account's blob; stored or not, the same 404
         access.require_own_blobs(c, pid, [r.output_digest], "output_digest")
 
     def body(s: Session) -> tuple[str, str, int]:
