@@ -28,6 +28,7 @@ results are its owner's (``require_job``).
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 
 from sqlalchemy import ColumnElement, and_, func, or_, select
 from sqlalchemy.exc import IntegrityError
@@ -66,23 +67,43 @@ def record_upload(c: Coordinator, account: str, digest: str, size: int) -> None:
 
 def owner_may_read(s: Session, account: str, digest: str) -> bool:
     """``account`` uploaded the blob or owns a job (or /v1 file) that uses it."""
-    if s.get(BlobRef, (digest, account)) is not None:
-        return True
+    return digest in owner_may_read_many(s, account, [digest])
+
+
+def owner_may_read_many(s: Session, account: str, digests: Sequence[str]) -> set[str]:
+    """Those of ``digests`` (at most a few hundred: one ``IN`` list) that ``account``
+    uploaded or that a job (or /v1 file) it owns uses: a statement per place a digest
+    can stand, whatever their number. One digest at a time, a command job naming 1,000
+    made-up files cost 7,005 statements (2.8 s on an empty SQLite)."""
+    want = set(digests)
+    if not want:
+        return set()
+    part = sorted(want)
     mine = select(Job.id).where(Job.owner == account)
-    checks = (
-        select(Job.id).where(Job.owner == account,
-                             or_(Job.input_digest == digest, Job.output_digest == digest)),
-        select(Task.id).where(Task.job_id.in_(mine),
-                              or_(Task.input_digest == digest, Task.output_digest == digest)),
-        select(Assignment.id).where(Assignment.job_id.in_(mine),
-                                    or_(Assignment.input_digest == digest,
-                                        Assignment.output_digest == digest)),
-        select(Checkpoint.id).join(Task, Task.id == Checkpoint.task_id)
-        .where(Task.job_id.in_(mine), Checkpoint.digest == digest, shown_to_owner()),
-        select(ApiFile.id).where(ApiFile.account == account, ApiFile.digest == digest),
-        select(JobBlob.job_id).where(JobBlob.digest == digest, JobBlob.job_id.in_(mine)),
+    pairs = (
+        select(Job.input_digest, Job.output_digest).where(
+            Job.owner == account, or_(Job.input_digest.in_(part), Job.output_digest.in_(part))),
+        select(Task.input_digest, Task.output_digest).where(
+            Task.job_id.in_(mine), or_(Task.input_digest.in_(part),
+                                       Task.output_digest.in_(part))),
+        select(Assignment.input_digest, Assignment.output_digest).where(
+            Assignment.job_id.in_(mine), or_(Assignment.input_digest.in_(part),
+                                             Assignment.output_digest.in_(part))),
     )
-    return any(s.scalar(q.limit(1)) is not None for q in checks)
+    singles = (
+        select(BlobRef.digest).where(BlobRef.account == account, BlobRef.digest.in_(part)),
+        select(Checkpoint.digest).join(Task, Task.id == Checkpoint.task_id)
+        .where(Task.job_id.in_(mine), Checkpoint.digest.in_(part), shown_to_owner()),
+        select(ApiFile.digest).where(ApiFile.account == account, ApiFile.digest.in_(part)),
+        select(JobBlob.digest).where(JobBlob.digest.in_(part), JobBlob.job_id.in_(mine)),
+    )
+    found: set[str] = set()
+    for q in pairs:
+        for a, b in s.execute(q.distinct()):
+            found.update(d for d in (a, b) if d is not None and d in want)
+    for q1 in singles:
+        found.update(d for d in s.scalars(q1.distinct()) if d in want)
+    return found
 
 
 def shown_to_owner() -> ColumnElement[bool]:
@@ -172,19 +193,12 @@ def require_own_blobs(c: Coordinator, account: str, digests: list[str], field: s
     and one another account uploaded get the same error, naming the first of ``digests``
     (in the caller's order) that fails either way, so that neither the answer nor the
     digest it names tells whether a guessed digest is stored (``docs/security.md``). In
-    one read, in parts: its uploads, then its jobs' files, then the slower checks for
-    what is left."""
+    one read, a few statements per 500 digests (``owner_may_read_many``)."""
     valid = [d for d in dict.fromkeys(digests) if _HEX64.match(d)]
     mine: set[str] = set()
     with c.db.read() as s:
         for i in range(0, len(valid), 500):
-            part = valid[i:i + 500]
-            quick = set(s.scalars(select(BlobRef.digest).where(
-                BlobRef.account == account, BlobRef.digest.in_(part))))
-            quick |= set(s.scalars(select(JobBlob.digest).join(Job, Job.id == JobBlob.job_id)
-                                   .where(Job.owner == account, JobBlob.digest.in_(part))))
-            mine |= quick | {d for d in part
-                             if d not in quick and owner_may_read(s, account, d)}
+            mine |= owner_may_read_many(s, account, valid[i:i + 500])
     bad = next((d for d in digests if d not in mine or not c.blobs.exists(d)), None)
     if bad is not None:
         raise NotFound(f"{field}: no blob {bad} that this key uploaded or owns "
