@@ -203,10 +203,31 @@ def test_a_file_body_is_signed_and_streamed(tmp_path: Path) -> None:
         with net.client("alice") as alice, open(tmp_path / "blob", "w+b") as f:
             alice.faucet(100_000_000)
             data = os.urandom(300_000)
-            f.write(data)  # left at its end: sent whole all the same
+            for i in range(0, len(data), 1000):  # small writes, some still in f's buffer,
+                f.write(data[i:i + 1000])  # left at its end: sent (and signed) whole
             resp = alice.request("PUT", "/api/blobs", body=f,
                                  content_type="application/octet-stream")
             assert resp.json()["digest"] == digest_of(data)
             assert alice.download(digest_of(data)) == data
     finally:
         net.close()
+
+
+def test_a_home_nested_too_deep_is_refused_and_holds_no_descriptor(tmp_path: Path) -> None:
+    """Folders nested past ``MAX_DEPTH`` stop the pack with ``BadSnapshot`` (reported to
+    the owner) instead of holding a descriptor per level until the agent meets EMFILE;
+    every descriptor the walk opened is closed."""
+    home = tmp_path / "home"
+    deep = home
+    for _ in range(volume_pack.MAX_DEPTH + 10):
+        deep = deep / "d"
+    os.makedirs(deep)
+    before = len(os.listdir("/proc/self/fd"))
+    with pytest.raises(volume_pack.BadSnapshot) as refused:
+        volume_pack.pack(home, 1 << 30)
+    assert refused.value.field == "volume" and "deeper" in str(refused.value)
+    assert len(os.listdir("/proc/self/fd")) == before
+    ok = tmp_path / "ok"
+    os.makedirs(ok.joinpath(*["d"] * (volume_pack.MAX_DEPTH - 2)))
+    with volume_pack.pack(ok, 1 << 30) as packed:
+        assert len(members(packed)) == volume_pack.MAX_DEPTH - 2

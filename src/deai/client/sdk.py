@@ -124,6 +124,7 @@ class Client:
     def _signed(self, method: str, path: str, body: bytes | IO[bytes]) -> dict[str, str]:
         if isinstance(body, bytes):
             return self.signed_headers(method, path, body)
+        body.flush()  # what a buffered writer holds is sent: sign it too
         if os.fstat(body.fileno()).st_size == 0:
             return self.signed_headers(method, path, b"")
         with mmap.mmap(body.fileno(), 0, access=mmap.ACCESS_READ) as mm, \

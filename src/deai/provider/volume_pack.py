@@ -122,9 +122,14 @@ def pack(home: Path, cap: int, limit: int | None = None) -> IO[bytes]:
     return spool
 
 
+MAX_DEPTH = 256  # folders nested in a home, at most: one descriptor held open per level
+
+
 def _walk(tar: tarfile.TarFile, home: Path, cap: int) -> None:
     """Each folder's entries, sorted, then its folders one by one, depth first; the
-    folders held open are a stack of descriptors, one per level, never a path."""
+    folders held open are a stack of descriptors, one per level, never a path, and at
+    most ``MAX_DEPTH`` of them: a tenant's folders nested 3,000 deep held 3,000 of the
+    agent's descriptors until every other thread of it met EMFILE."""
     total = 0
     top = os.open(home, _WALK_DIR)
     stack: list[tuple[int, str, Iterator[str]]] = [(top, "", iter(()))]
@@ -138,6 +143,10 @@ def _walk(tar: tarfile.TarFile, home: Path, cap: int) -> None:
                 stack.pop()
                 os.close(fd)
                 continue
+            if len(stack) >= MAX_DEPTH:
+                raise BadSnapshot(f"volume: the home's folders nest deeper than {MAX_DEPTH} "
+                                  f"levels ({rel}/{name[:40]}…); it is not saved",
+                                  field="volume")
             try:  # a folder when listed: now maybe a link, a pipe, a device, or gone
                 sub = os.open(name, _WALK_DIR, dir_fd=fd)
             except OSError:
