@@ -24,6 +24,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -32,7 +33,7 @@ from hypothesis import strategies as st
 from sqlalchemy import func, select, update
 
 from deai.client.keys import Identity
-from deai.coordinator import blob_quota, datasets, jobs, leases
+from deai.coordinator import admission, blob_quota, datasets, jobs, leases
 from deai.coordinator.openai import batches, files
 from deai.coordinator.service import Coordinator
 from deai.coordinator.settings import Settings
@@ -43,8 +44,8 @@ from deai.core.datasets import Terms
 from deai.core.errors import DeAIError
 from deai.core.wire_leases import HostIn, LeaseIn
 from deai.store import migrate
-from deai.store.models import BlobRef, Provider
-from deai.store.models_datasets import Dataset
+from deai.store.models import BlobRef, Provider, Task
+from deai.store.models_datasets import Dataset, DatasetUse
 from tests.helpers import admit_one, blob_on_disk, funded, put_blob
 from tests.netutil import Network
 from tests.races import ENGINES
@@ -420,3 +421,34 @@ def test_a_full_blob_store_answers_507_on_both_apis(tmp_path: Path) -> None:
         assert httpx.get(f"{n.url}/health", timeout=10).status_code == 200
     finally:
         n.close()
+
+
+def test_a_dataset_with_a_queued_audit_is_not_deleted(c: Coordinator) -> None:
+    """A completed job on the dataset whose task waits for an audit (a look-back) keeps
+    it: deleted, the audit's verifier could never read the rows, and the audit, asked
+    again and again, held the job's earnings for ever. 409 ``in_use``, nothing changed;
+    once the audit is done, the delete goes through."""
+    owner, buyer = key(), key()
+    c.faucet(owner, 10 * DEAI)
+    c.faucet(buyer, 10 * DEAI)
+    digest = upload(c, owner, b"a small ciphertext")
+    publish(c, owner, "ds_" + "9" * 24, digest)
+
+    def audited(s: Any) -> str:
+        job, (task,) = admission.create(
+            c, s, owner=buyer, kind="train", model="m", spec={}, input_digest="d" * 64,
+            max_price=1, shards=[admission.ShardIn("e" * 64, 1, 1)], escrow=0, deadline=3600)
+        job.status, task.status, task.pending_role = "completed", "done", "audit"
+        s.add(DatasetUse(dataset_id="ds_" + "9" * 24, job_id=job.id, job_owner=buyer,
+                         kind="train", price=1, royalty_seq=1, created_at=c.now()))
+        return task.id
+
+    task_id = c.db.run(audited)
+    with pytest.raises(datasets.InUse) as busy:
+        datasets.delete(c, owner, "ds_" + "9" * 24)
+    assert (busy.value.status, busy.value.field, busy.value.details["audits"]) == (
+        409, "dataset", 1)
+    assert datasets.show(c, "ds_" + "9" * 24).deleted_at is None
+    c.db.run(lambda s: s.execute(update(Task).where(Task.id == task_id)
+                                 .values(pending_role=None)))
+    assert datasets.delete(c, owner, "ds_" + "9" * 24).deleted_at is not None

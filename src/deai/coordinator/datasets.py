@@ -50,8 +50,8 @@ from deai.core import datasets as D
 from deai.core import wire_datasets as W
 from deai.core.errors import Conflict, Forbidden, InvalidInput, NotFound
 from deai.core.kinds import Shard, SpecBase, train, train_data
-from deai.core.lifecycle import JOB_ACTIVE, AssignmentStatus, JobStatus
-from deai.store.models import Assignment, Job
+from deai.core.lifecycle import JOB_ACTIVE, AssignmentStatus, JobStatus, Role
+from deai.store.models import Assignment, Job, Task
 from deai.store.models_datasets import Dataset, DatasetKey, DatasetUse
 
 MAX_LIST = 500
@@ -153,8 +153,9 @@ def delete(c: Coordinator, owner: str, dataset_id: str) -> W.DatasetOut:
     """The owner deletes its dataset: revoked, no longer keeping its bytes (they fall to
     the blob TTL, out of its quota and its count of datasets), its content served to
     nobody; its row and uses stay. Refused (409 ``in_use``) while a job that uses it is
-    still active or a provider holds a live lease of one (an audit of a completed job):
-    those were let in and still read the rows. Deleting twice is the same as once."""
+    still active, a provider holds a live lease of one, or an audit of one is queued (a
+    completed job's look-back): those were let in and still read the rows. Deleting
+    twice is the same as once."""
     def body(s: Session) -> W.DatasetOut:
         d = _get(s, dataset_id, lock=True)  # a job's use is recorded under this lock
         if d.owner != owner:
@@ -166,10 +167,15 @@ def delete(c: Coordinator, owner: str, dataset_id: str) -> W.DatasetOut:
             leased = s.scalar(select(func.count()).select_from(Assignment).where(
                 Assignment.job_id.in_(jobs),
                 Assignment.status == AssignmentStatus.LEASED)) or 0
-            if running or leased:
-                raise InUse(f"dataset: {running} job(s) using it still run and {leased} "
-                            "lease(s) of them are live; revoke it now and delete it once "
-                            "they end", field="dataset", running=running, leased=leased)
+            # an audit queued on a completed job (a look-back) is placed later and reads
+            # the rows too: deleted, it could never run, and held the earnings for ever
+            audits = s.scalar(select(func.count()).select_from(Task).where(
+                Task.job_id.in_(jobs), Task.pending_role == Role.AUDIT)) or 0
+            if running or leased or audits:
+                raise InUse(f"dataset: {running} job(s) using it still run, {leased} "
+                            f"lease(s) of them are live and {audits} audit(s) of them "
+                            "are queued; revoke it now and delete it once they end",
+                            field="dataset", running=running, leased=leased, audits=audits)
             now = c.now()
             d.revoked_at = d.revoked_at if d.revoked_at is not None else now
             d.deleted_at = now
