@@ -8,6 +8,7 @@ PostgreSQL from ``tests/pg.py``; or ``--database-url URL``), per provider count:
   journal, all online;
 - /v1 decisions: ``openai.gateway.start`` (validate, escrow, place at once),
   p50/p99 over ``--decisions`` requests;
+- ``--history H`` settled leases of the past (a network that has run a while);
 - M queued shards in jobs of 1,000, then ``match_once`` rounds until a round
   places nothing: placements/s through the coordinator; the baseline in the same
   run is the pure ``core.market.place`` on the same inputs (the states and
@@ -107,6 +108,47 @@ def queue(c: Coordinator, n: int) -> None:
             input_digest=digest, max_price=2000,
             shards=[admission.ShardIn(digest, 1, 1) for _ in range(k)], escrow=2000 * k,
             deadline=3600, want_tasks=False))
+
+
+def history(c: Coordinator, pids: list[str], n: int, rng: random.Random) -> None:
+    """``n`` settled leases of the past (a completed job's done shards, each accepted
+    from a provider drawn at random, with their ``task_assigned`` events), written as the
+    matcher writes them: a network that has run a while. The tables' indexes are that
+    large when the rounds add to them (each lease lands in ``assignments``' indexes by its
+    id and by its provider, at a random place in each unless the ids are ordered)."""
+    if n <= 0:
+        return
+    from deai.coordinator import service
+    from deai.store import db
+    from deai.store.models import Job
+
+    lease_ids = getattr(matching, "lease_ids", None) or (lambda k: service.new_ids("asg", k))
+    now = c.now() - 86_400.0
+    digest = "0" * 64
+    for start in range(0, n, 50_000):
+        k = min(50_000, n - start)
+        jid = service.new_id("job")
+        ids = lease_ids(k)
+
+        def body(s: Any, k: int = k, jid: str = jid, ids: list[str] = ids) -> None:
+            s.execute(insert(Job), [{
+                "id": jid, "owner": CLIENT, "status": "completed", "kind": "embeddings",
+                "model": MODEL, "spec": {}, "input_digest": digest, "items": k, "units": k,
+                "max_price": 2000, "escrow": 0, "cost": 0, "refunded": 0, "created_at": now,
+                "deadline_at": now + 3600, "finished_at": now + 60}])
+            tids = [f"{jid}.t{i:05d}" for i in range(k)]
+            db.insert_many(s, Task.__table__, [{  # type: ignore[arg-type]
+                "id": t, "job_id": jid, "idx": i, "status": "done", "input_digest": digest,
+                "items": 1, "units": 1, "attempts": 1, "output_digest": digest,
+                "updated_at": now + 60} for i, t in enumerate(tids)])
+            matching._insert_leases(s, [{
+                "id": a, "task_id": t, "job_id": jid, "provider_id": rng.choice(pids),
+                "role": "primary", "status": "accepted", "price": 1000, "leased_at": now,
+                "lease_deadline": now + 60, "delivered": True, "input_digest": None,
+                "check_of": None, "forced": None, "hold_until": None}
+                for a, t in zip(ids, tids, strict=True)])
+
+        c.db.run(body)
 
 
 def pure_baseline(c: Coordinator) -> dict[str, Any]:
@@ -263,7 +305,8 @@ def _p99(xs: list[float]) -> float:
     return xs[min(len(xs), math.ceil(len(xs) * 0.99)) - 1]
 
 
-def run_case(n: int, tasks: int, n_decisions: int, url: str, profile: bool) -> dict[str, Any]:
+def run_case(n: int, tasks: int, n_decisions: int, url: str, profile: bool,
+             past: int = 0) -> dict[str, Any]:
     rng = random.Random(7 + n)
     c = Coordinator(Settings(data_dir=Path(tempfile.mkdtemp(prefix="deai-matcher-")),
                              database_url=url, devnet=True, heartbeat_timeout=3600.0,
@@ -271,6 +314,7 @@ def run_case(n: int, tasks: int, n_decisions: int, url: str, profile: bool) -> d
     migrate.upgrade(c.db.engine)
     t0 = time.perf_counter()
     pids = add_providers(c, n, rng)
+    history(c, pids, past, rng)
     setup = time.perf_counter() - t0
     build = None
     if provider_index is not None:  # built once per process (at start), not per request
@@ -288,7 +332,7 @@ def run_case(n: int, tasks: int, n_decisions: int, url: str, profile: bool) -> d
     ratio = base["placements_per_s"] / r["placements_per_s"] if r["placements_per_s"] else None
     c.db.dispose()
     return {"providers": n, "setup_seconds": round(setup, 1), "index_build_seconds": build,
-            "tasks": tasks,
+            "tasks": tasks, "history": past,
             "v1_decision": dec, "match": r, "pure_place": base,
             "pure_over_coordinator": round(ratio, 1) if ratio else None}
 
@@ -368,6 +412,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--decisions", type=int, default=1_000)
     ap.add_argument("--database", choices=["sqlite", "postgres"], default="sqlite")
     ap.add_argument("--database-url", default="")
+    ap.add_argument("--history", type=int, default=0,
+                    help="settled leases written before the rounds (a network that has run a "
+                         "while: the tables' indexes as large)")
     ap.add_argument("--profile", action="store_true", help="cProfile the matching rounds")
     ap.add_argument("--breakdown", action="store_true",
                     help="time each step of match_once, in µs a placement (steps nest: "
@@ -394,10 +441,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for n in a.providers:
             url = a.database_url or (pg.url(pg.create_database()) if pg else "")
-            r = run_case(n, a.tasks, a.decisions, url, a.profile)
+            r = run_case(n, a.tasks, a.decisions, url, a.profile, a.history)
             cases.append(r)
             m, d = r["match"], r["v1_decision"]
-            print(f"{n:>6,} providers: {r['tasks']:,} tasks in {m['rounds']} rounds, "
+            print(f"{n:>6,} providers, {a.history:,} past leases: {r['tasks']:,} tasks in "
+                  f"{m['rounds']} rounds, "
                   f"{m['placements_per_s']:,}/s through match_once against "
                   f"{r['pure_place']['placements_per_s']:,}/s pure place "
                   f"({r['pure_over_coordinator']}× slower); /v1 request (gateway.start) "

@@ -426,3 +426,27 @@ def test_a_task_that_cannot_be_planned_is_left_out_and_the_rest_placed(
     got = leased(c)
     assert set(got) == set(good) and not set(got) & set(bad)
     check_slots(c)
+
+
+def test_leases_ids_sort_by_when_they_were_made(c: Coordinator) -> None:
+    """A round's leases land at the end of ``assignments``' primary key, not at random
+    places in it (a page written per lease once the table is large): their ids sort by
+    the time they were made, and still carry 64 random bits each."""
+    import time
+
+    for k in range(6):
+        provider(c, k, price=1000, slots=2)
+    queue(c, 6)
+    matching.match_once(c)
+    with c.db.read() as s:
+        first = set(s.scalars(select(Assignment.id)))
+    time.sleep(0.005)  # the next round's ids in a later millisecond
+    queue(c, 6)
+    matching.match_once(c)
+    with c.db.read() as s:
+        second = set(s.scalars(select(Assignment.id))) - first
+    assert len(first) == len(second) == 6
+    assert max(first) < min(second)
+    ids = [*first, *second]
+    assert all(len(i) <= Assignment.__table__.c.id.type.length for i in ids)
+    assert len({i[-16:] for i in ids}) == len(ids)  # the random part: not a counter

@@ -17,7 +17,7 @@ from typing import Any
 from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session
 
-from deai.coordinator.service import Coordinator, new_id
+from deai.coordinator.service import Coordinator, ordered_ids
 from deai.core.errors import AuthError, DeAIError
 from deai.core.lifecycle import JobStatus, TaskStatus
 from deai.store.models import ApiKey, ApiKeyJob, Job, Task
@@ -99,7 +99,9 @@ def create(c: Coordinator, s: Session, *, owner: str, kind: str, model: str,
     if key is not None:
         hold_cap(s, key.key_id, escrow)
     now = c.now()
-    job_id = new_id("job")
+    # Ordered by time: a job's row and its tasks' (ids made from its) go to the end of
+    # their tables' primary keys (a /v1 request makes a job of one task each).
+    job_id = ordered_ids("job", 1)[0]
     c.settlement.escrow(s, owner, job_id, escrow)
     job = Job(id=job_id, owner=owner, status=JobStatus.RUNNING if placed else JobStatus.PENDING,
               kind=kind, model=model, spec=spec, input_digest=input_digest,

@@ -18,7 +18,7 @@ from sqlalchemy import Table, and_, func, inspect, or_, select
 from sqlalchemy.orm import Session
 
 from deai.coordinator import blob_quota, canaries, effects, hoarding, provider_index
-from deai.coordinator.service import Coordinator, new_id, new_ids
+from deai.coordinator.service import Coordinator, ordered_ids
 from deai.core import catalog, kinds, ledger, market, sealed
 from deai.core.lifecycle import (
     JOB_ACTIVE,
@@ -401,7 +401,7 @@ def _commit(c: Coordinator, s: Session, *, idx: provider_index.ProviderIndex,
     load: dict[str, int] = {pid: st.load for pid, st in now_states.items()}
     done: list[market.Placement] = []
     bulk = _Bulk(jobs_now={r.job_id: r.job_status for r in claimed.values()},
-                 ids=new_ids("asg", len(claimed)))
+                 ids=lease_ids(len(claimed)))
     real = stale = 0
     for pl in part:
         if pl.task_id not in claimed:
@@ -686,7 +686,7 @@ def _lease(c: Coordinator, s: Session, task: Task, job: Job, pl: market.Placemen
                                                    Role.PRIMARY if role == Role.CANARY else role))
         task.updated_at = now
     rv = _VALUE[role]  # an enum's ``value`` is a descriptor call; this, a dict's lookup
-    row = {"id": bulk.ids.pop() if bulk is not None and bulk.ids else new_id("asg"),
+    row = {"id": bulk.ids.pop() if bulk is not None and bulk.ids else lease_ids(1)[0],
            "task_id": tid, "job_id": jid, "provider_id": pl.provider_id, "role": rv,
            "status": _LEASED, "price": pl.price, "leased_at": now,
            "lease_deadline": now + c.settings.lease_ttl, "delivered": False,
@@ -699,6 +699,12 @@ def _lease(c: Coordinator, s: Session, task: Task, job: Job, pl: market.Placemen
                role=rv)
     else:  # its event is made from its row (``_insert_leases``)
         bulk.leases.append(row)
+
+
+def lease_ids(n: int) -> list[str]:
+    """``n`` leases' ids: ordered by time (``service.ordered_ids``), so that a batch's
+    rows go to the end of ``assignments``' primary key, not a page each of it."""
+    return ordered_ids("asg", n)
 
 
 CHECK_HOLD_MIN = 600.0  # seconds a check's lease may be held at least, whatever its subject

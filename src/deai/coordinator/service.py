@@ -15,6 +15,7 @@ import hmac
 import os
 import random
 import secrets
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -51,6 +52,18 @@ def new_ids(prefix: str, n: int) -> list[str]:
     """``n`` ids as ``new_id`` makes them, from one read of the OS's random source."""
     raw = os.urandom(8 * n).hex()
     return [f"{prefix}_{raw[i:i + 16]}" for i in range(0, 16 * n, 16)]
+
+
+def ordered_ids(prefix: str, n: int) -> list[str]:
+    """``n`` ids that sort by the time they were made: ``prefix_``, the milliseconds
+    since the epoch in 12 hex digits, and 64 random bits (as ``new_id``'s, as hard to
+    guess). For rows made at a high rate into a table that keeps them (a lease per
+    placement): a random id lands each row at a random place in the primary key's index,
+    and each commit wrote a page of it per row (a third of a lease's cost once the table
+    held 300,000 leases); these land together at the index's end."""
+    ms = f"{prefix}_{int(time.time() * 1000):012x}"
+    raw = os.urandom(8 * n).hex()
+    return [ms + raw[i:i + 16] for i in range(0, 16 * n, 16)]
 
 
 class Coordinator:
