@@ -18,7 +18,14 @@ from deai.coordinator.service import Coordinator
 from deai.coordinator.settings import Settings
 from deai.core import ledger
 from deai.core.clock import ManualClock
-from deai.core.errors import Conflict, Forbidden, InsufficientFunds, InvalidInput, NoCapacity
+from deai.core.errors import (
+    Conflict,
+    Forbidden,
+    InsufficientFunds,
+    InvalidInput,
+    NoCapacity,
+    NotFound,
+)
 from deai.core.leases import cost_of
 from deai.core.wire_leases import ExtendIn, HostIn, LeaseIn
 from deai.store import journal, migrate
@@ -384,4 +391,40 @@ def test_a_host_whose_lease_agent_is_silent_gets_no_new_leases(c: Coordinator) -
     placed = leases.create(c, OWNER, LeaseIn(cpus=1, memory_mb=1024, hours=1,
                                              max_price_hour=10**6))
     assert placed.provider_id == HOST
+    audit(c)
+
+
+def test_a_withdrawn_host_drains_its_leases_and_takes_no_new_one(c: Coordinator) -> None:
+    """``withdraw_host``: no lease is placed on the host from then on; the one it runs goes
+    on, charged as before, to its end, and is not extended (so the host drains and its
+    agent can stop without ending anyone's lease); its offer put again takes leases."""
+    lid = start(c, hours=0.05)  # 180 s
+    advance(c, 60, beat=[lid])
+    before = leases.show(c, OWNER, lid)
+    out = leases.withdraw_host(c, HOST)
+    assert (out.withdrawn, out.live, out.until) == (True, [lid], before.ends_at)
+    again = leases.withdraw_host(c, HOST)  # twice is the same as once
+    assert (again.withdrawn, again.live) == (False, [lid])
+    with pytest.raises(NoCapacity):
+        leases.create(c, OWNER, LeaseIn(cpus=1, memory_mb=1024, hours=1,
+                                        max_price_hour=10**6))
+    escrow = balance(c, ledger.acct(OWNER))
+    with pytest.raises(Conflict) as e:
+        leases.extend(c, OWNER, lid, ExtendIn(hours=1))
+    assert e.value.details["status"] == "host_withdrawn" and e.value.field == "lease"
+    assert balance(c, ledger.acct(OWNER)) == escrow  # the refused extension moved nothing
+    assert leases.work_for(c, HOST, {lid})[0] == []  # the agent's poll: nothing to stop
+    advance(c, 130, beat=[lid])
+    done = leases.show(c, OWNER, lid)
+    assert (done.status, done.end_reason) == ("ended", "time up")
+    assert done.charged == cost_of(PRICE, 180)
+    with c.db.read() as s:
+        kinds = [e.kind for e in s.scalars(select(Event).where(Event.subject == HOST))]
+    assert kinds.count("lease_host_withdrawn") == 1
+    assert leases.withdraw_host(c, HOST).live == []  # drained: the agent may stop
+    leases.set_host(c, CFG, HOST, HostIn(cpus=2, memory_mb=4096,
+                                         prices={"cpu": 360_000, "memory_gb": 36_000}))
+    assert start(c)
+    with pytest.raises(NotFound):
+        leases.withdraw_host(c, OTHER)  # not a provider
     audit(c)

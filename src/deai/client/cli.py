@@ -418,6 +418,25 @@ def provider_start(
                            operator=operator))
 
 
+@command(provider_app, "withdraw-leases")
+def provider_withdraw_leases(key: Key, coordinator: Coordinator = DEFAULT_COORDINATOR) -> None:
+    """Take this host's lease offer back: no new lease is placed on it, and the leases it
+    runs go on to their end (not extended); stop the agent once none is left."""
+    from deai.client.leases import Leases
+
+    with signer(coordinator, key) as c:
+        out = Leases(c).withdraw_host()
+    if not out.withdrawn:
+        console.print("no lease offer to withdraw")
+    if not out.live:
+        console.print("no lease running: the agent can stop now")
+        return
+    until = (time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(out.until))
+             if out.until is not None else "their owners end them")
+    console.print(f"{len(out.live)} lease(s) still running, until {until}: "
+                  + ", ".join(out.live))
+
+
 @command(verifier_app, "start")
 def verifier_start(
     key: Key, coordinator: Coordinator = DEFAULT_COORDINATOR,

@@ -243,6 +243,11 @@ class Leases:
                                    json_body=host.model_dump(mode="json"))
         return wl.HostOut.model_validate(resp.json())
 
+    def withdraw_host(self) -> wl.HostWithdrawOut:
+        """Take this provider's offer back: no new lease; its live ones run to their end."""
+        resp = self.client.request("DELETE", "/api/provider/leases/host")
+        return wl.HostWithdrawOut.model_validate(resp.json())
+
     def poll(self, wait: float, known: builtins.list[str],
              noticed: builtins.list[str] | None = None,
              saving: builtins.list[str] | None = None) -> wl.LeasePollOut:

@@ -3,7 +3,8 @@
 Owner (signed):     POST /api/leases, GET /api/leases, GET /api/leases/{id},
                     POST /api/leases/{id}/end, POST /api/leases/{id}/extend,
                     WS /api/leases/{id}/attach (``relay_leases``)
-Provider (signed):  PUT /api/provider/leases/host, POST /api/provider/leases/poll,
+Provider (signed):  PUT /api/provider/leases/host, DELETE /api/provider/leases/host
+                    (the offer taken back: the host drains), POST /api/provider/leases/poll,
                     POST /api/provider/leases/heartbeat,
                     WS /api/provider/leases/sessions/{sid}
 Public:             GET /api/market/leases (hosts, prices, counts by status and reason)
@@ -33,6 +34,7 @@ from deai.core.wire_leases import (
     ExtendIn,
     HostIn,
     HostOut,
+    HostWithdrawOut,
     LeaseBeatIn,
     LeaseBeatOut,
     LeaseIn,
@@ -152,6 +154,12 @@ def market(c: C) -> dict[str, Any]:
 @router.put("/provider/leases/host", response_model=HostOut)
 def host(body: HostIn, c: C, me: Signer, cfg: Cfg) -> HostOut:
     return leases.set_host(c, cfg, me, body)
+
+
+@router.delete("/provider/leases/host", response_model=HostWithdrawOut)
+def withdraw_host(c: C, me: Signer) -> HostWithdrawOut:
+    """Take the offer back: no new lease; the live ones run to their end, not extended."""
+    return leases.withdraw_host(c, me)
 
 
 @router.post("/provider/leases/poll", response_model=LeasePollOut)

@@ -53,6 +53,7 @@ from deai.core.wire_leases import (
     ExtendIn,
     HostIn,
     HostOut,
+    HostWithdrawOut,
     LeaseIn,
     LeaseOut,
     LeaseSpec,
@@ -125,6 +126,32 @@ def set_host(c: Coordinator, cfg: LeaseConfig, pid: str, body: HostIn) -> HostOu
         c.emit(s, "lease_host", pid, cpus=body.cpus, memory_mb=body.memory_mb, gpus=body.gpus,
                prices=dict(body.prices))
         out = _host_out(h, cfg)
+    c.notifier.published()
+    return out
+
+
+def withdraw_host(c: Coordinator, pid: str) -> HostWithdrawOut:
+    """The host takes its offer back: from now on no lease is placed on it, and its live
+    leases run on to their end (their term, their escrow, or their owner) without being
+    extended, so that the host drains and its agent can then stop without ending anyone's
+    lease early (which costs it stake: ``provider lost``). Putting an offer again
+    (``set_host``) takes leases again. A request choosing this host at the same moment
+    either committed first (its lease is among ``live``) or finds it gone: ``_choose``
+    locks the host's row and reads it again (PostgreSQL); SQLite runs them one at a time."""
+    def body(s: Session) -> HostWithdrawOut:
+        c.require_provider(s, pid)
+        h = s.get(LeaseHost, pid, with_for_update=True)
+        if h is not None:
+            s.delete(h)
+            c.emit(s, "lease_host_withdrawn", pid)
+        live = s.scalars(select(Lease).where(Lease.provider_id == pid,
+                                             Lease.status.in_(LIVE)).order_by(Lease.id)).all()
+        ends = [lease_out(x, c).ends_at for x in live]
+        until = None if not ends or None in ends else max(e for e in ends if e is not None)
+        return HostWithdrawOut(provider_id=pid, withdrawn=h is not None,
+                               live=[x.id for x in live], until=until)
+
+    out = c.db.run(body)
     c.notifier.published()
     return out
 
@@ -315,6 +342,9 @@ def _extend(c: Coordinator, s: Session, *, owner: str, lid: str, body: ExtendIn)
     lease = owned(s, owner, lid, lock=True)
     if lease.status == LeaseStatus.ENDED.value:
         raise Conflict(f"lease {lid} has ended ({lease.end_reason})", status="ended")
+    if s.get(LeaseHost, lease.provider_id) is None:  # ``withdraw_host``: it drains
+        raise Conflict(f"lease {lid}: its host has withdrawn its offer; the lease runs to "
+                       "its end and is not extended", field="lease", status="host_withdrawn")
     if body.hours is not None:
         seconds = round(body.hours * core.SECONDS_PER_HOUR)
         amount = max(1, core.escrow_for(lease.price_hour, body.hours))

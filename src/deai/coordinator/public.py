@@ -62,6 +62,7 @@ PUBLIC_FIELDS: dict[str, tuple[str, ...]] = {
     "hardware_flagged": ("challenge", "outcome"),
     "hardware_identity_changed": (),
     "lease_host": ("cpus", "memory_mb", "gpus", "prices"),
+    "lease_host_withdrawn": (),
     "lease_created": ("owner", "provider", "price_hour", "escrow", "cpus", "memory_mb"),
     "lease_extended": ("owner", "amount", "hours"),
     "lease_started": ("owner", "provider"),

@@ -101,6 +101,17 @@ class HostOut(Out):
     grace: float
 
 
+class HostWithdrawOut(Out):
+    """A host's offer taken back (``DELETE /api/provider/leases/host``): no new lease is
+    placed on it; ``live`` are its leases still running, each to its end (``until``: the
+    latest of their ends as they stand, None when one has no end yet known)."""
+
+    provider_id: str
+    withdrawn: bool  # False: there was no offer to take back
+    live: list[str]
+    until: float | None
+
+
 class LeaseSpec(Out):
     """What an agent needs to build a lease's sandbox."""
 
