@@ -28,6 +28,7 @@ from deai.coordinator import (
     api_ledger,
     api_volumes,
     checkpoints,
+    datasets,
     errors,
     hardware,
     jobs,
@@ -72,6 +73,7 @@ def _upkeep(c: Coordinator) -> None:
     it from running, pass after pass."""
     for step in (jobs.expire_leases, jobs.give_up_checks, jobs.enforce_deadlines,
                  lookback.resume,  # a look-back's backlog, a batch at a time
+                 datasets.drop_blocked_audits,  # before the earnings they would hold
                  jobs.release_earnings):
         try:
             step(c)

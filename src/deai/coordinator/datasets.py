@@ -185,6 +185,45 @@ def delete(c: Coordinator, owner: str, dataset_id: str) -> W.DatasetOut:
     return c.db.run(body)
 
 
+def drop_blocked_audits(c: Coordinator) -> int:
+    """Queued audits that can never run: their job trains on a dataset since revoked or
+    deleted, whose key is released to nobody new (``release``), so the verifier leased
+    one failed at once and the audit, queued again, held the result's earnings for ever
+    and took a verifier's slot each time. Each is dropped (an ``audit_dropped`` event, as
+    sealed as the audit was): the result stands as accepted when it passed its checks,
+    and its earnings follow the challenge window. A dataset's owner can thereby spare a
+    completed job's results a look-back; the job's client chose the dataset, and the
+    checks before acceptance ran as on any job (docs/datasets.md). From the upkeep loop;
+    returns how many were dropped."""
+    blocked = (select(DatasetUse.job_id).join(Dataset, Dataset.id == DatasetUse.dataset_id)
+               .where(Dataset.revoked_at.is_not(None)))
+    with c.db.read() as s:  # most passes find none: no write transaction for them
+        if s.scalar(select(Task.id).where(Task.pending_role == Role.AUDIT.value,
+                                          Task.job_id.in_(blocked)).limit(1)) is None:
+            return 0
+
+    def body(s: Session) -> int:
+        # Tasks alone are locked (skipped when another holds them: the matcher's claim,
+        # a verdict), so no lock order is crossed; a task taken meanwhile waits a pass.
+        tasks = s.scalars(select(Task).where(
+            Task.pending_role == Role.AUDIT.value, Task.job_id.in_(blocked))
+            .order_by(Task.id).limit(BLOCKED_BATCH)
+            .with_for_update(skip_locked=True)).all()
+        now = c.now()
+        for t in tasks:
+            t.pending_role, t.updated_at = None, now
+            c.emit(s, "audit_dropped", t.id, job=t.job_id, reason="dataset revoked")
+        return len(tasks)
+
+    n = c.db.run(body)
+    if n:
+        c.notifier.published()
+    return n
+
+
+BLOCKED_BATCH = 500  # audits dropped in one transaction; the next pass takes the rest
+
+
 def listing(c: Coordinator, owner: str | None = None, limit: int = 100) -> list[W.DatasetOut]:
     with c.db.read() as s:
         q = select(Dataset).where(Dataset.deleted_at.is_(None)).order_by(

@@ -53,6 +53,7 @@ PUBLIC_FIELDS: dict[str, tuple[str, ...]] = {
     "api_key_revoked": (),
     "result_corrected": ("task", "idx"),
     "audit_passed": ("job", "auditor", "subject", "checker"),
+    "audit_dropped": ("job", "reason"),
     "check_waiting": ("role",),
     "forced_error_noticed": ("job", "checker"),
     "look_back": ("tasks",),
@@ -86,7 +87,7 @@ SEALED = frozenset({
     "check_started", "check_passed", "check_failed", "check_abandoned", "check_waiting",
     "unverified", "verdict", "canary_planted", "checkpoint", "look_back",
     "result_corrected", "audit_passed", "forced_error_noticed", "checkpoints_voided",
-    "forfeit", "answer_streamed",
+    "forfeit", "answer_streamed", "audit_dropped",
 })
 SEALED_FIELDS = frozenset({"role", "canary", "subject", "checker", "referee", "rho",
                            "statistic", "detail", "fault", "job", "owner", "escrow"})

@@ -1,0 +1,97 @@
+"""An audit of a job on a dataset that was revoked can never run: the dataset's key is
+released to nobody new, so each verifier leased it failed at once, and the audit,
+queued again, held the result's earnings for ever (``jobs.release_earnings`` keeps a
+result waiting for its audit). ``datasets.drop_blocked_audits`` (the upkeep loop)
+drops such audits, sealed like the audit, and the earnings follow the challenge
+window; audits of jobs on live datasets are untouched. Both engines."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from deai.coordinator import admission, blob_quota, datasets, jobs, public
+from deai.coordinator.service import Coordinator
+from deai.core import ledger
+from deai.core import wire_datasets as W
+from deai.core.datasets import Terms
+from deai.store import journal
+from deai.store.models import Event, Payout, Task
+from deai.store.models_datasets import DatasetUse
+from tests.helpers import db_audit
+from tests.races import ENGINES, coordinator
+
+OWNER, BUYER, PROVIDER = "a1" * 32, "b2" * 32, "c3" * 32
+REVOKED, LIVE = "ds_" + "1" * 24, "ds_" + "2" * 24
+
+
+@pytest.fixture(params=ENGINES)
+def c(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Coordinator]:
+    yield from coordinator(request, tmp_path)
+
+
+def audited_job(c: Coordinator, dataset_id: str, aid: str) -> str:
+    """A completed job on ``dataset_id`` whose one result (``aid``, paid and due for
+    release now) waits for an audit (a look-back queued it); returns its task."""
+    def body(s: Session) -> str:
+        job, (task,) = admission.create(
+            c, s, owner=BUYER, kind="embeddings", model="m", spec={"dataset_id": dataset_id},
+            input_digest="d" * 64, max_price=1, shards=[admission.ShardIn("e" * 64, 1, 1)],
+            escrow=1000, deadline=3600)
+        entry, to_provider, _ = c.settlement.pay_task(s, job.id, task.id, aid, PROVIDER, 100)
+        s.add(Payout(assignment_id=aid, task_id=task.id, provider_id=PROVIDER,
+                     amount=to_provider, release_at=c.now() - 1, released=False,
+                     journal_seq=entry.seq, job_id=job.id, forfeited=False))
+        job.status, task.status, task.pending_role = "completed", "done", "audit"
+        s.add(DatasetUse(dataset_id=dataset_id, job_id=job.id, job_owner=BUYER,
+                         kind="embeddings", price=1, royalty_seq=1, created_at=c.now()))
+        return task.id
+    return c.db.run(body)
+
+
+def pending_role(c: Coordinator, task_id: str) -> str | None:
+    with c.db.read() as s:
+        return s.scalar(select(Task.pending_role).where(Task.id == task_id))
+
+
+def earned(c: Coordinator) -> int:
+    with c.db.read() as s:
+        return journal.balance(s, ledger.acct(PROVIDER))
+
+
+def test_an_audit_a_revoked_dataset_blocks_is_dropped_and_the_earnings_go(
+        c: Coordinator) -> None:
+    c.faucet(BUYER, 10_000)
+    c.faucet(OWNER, 10_000_000)
+    for ds in (REVOKED, LIVE):
+        data = f"ciphertext of {ds}".encode()
+        blob_quota.admit(c, OWNER, hashlib.sha256(data).hexdigest(), len(data))
+        datasets.publish(c, OWNER, W.DatasetIn(
+            id=ds, name="rows", blob_digest=c.blobs.put(data), size=100, owner_key="a2V5",
+            terms=Terms(price_per_use=1, allow=("embeddings",))))
+    blocked = audited_job(c, REVOKED, "asg_blocked")
+    kept = audited_job(c, LIVE, "asg_kept")
+
+    assert datasets.drop_blocked_audits(c) == 0  # nothing revoked: both wait
+    assert jobs.release_earnings(c) == 0  # each result waits for its audit
+    assert earned(c) == 0
+
+    datasets.revoke(c, OWNER, REVOKED)
+    assert datasets.drop_blocked_audits(c) == 1
+    assert datasets.drop_blocked_audits(c) == 0  # once
+    assert (pending_role(c, blocked), pending_role(c, kept)) == (None, "audit")
+    assert jobs.release_earnings(c) == 1  # the blocked one's result: paid out now
+    assert earned(c) > 0
+    with c.db.read() as s:
+        (ev,) = s.scalars(select(Event).where(Event.kind == "audit_dropped")).all()
+        assert (ev.subject, ev.body["reason"]) == (blocked, "dataset revoked")
+        # It tells a result was being audited: sealed until the window closes.
+        assert "audit_dropped" in public.SEALED
+    # The revoked dataset can be deleted now: no audit of it is queued any more.
+    assert datasets.delete(c, OWNER, REVOKED).deleted_at is not None
+    db_audit(c)
