@@ -421,10 +421,64 @@ def test_a_withdrawn_host_drains_its_leases_and_takes_no_new_one(c: Coordinator)
     with c.db.read() as s:
         kinds = [e.kind for e in s.scalars(select(Event).where(Event.subject == HOST))]
     assert kinds.count("lease_host_withdrawn") == 1
-    assert leases.withdraw_host(c, HOST).live == []  # drained: the agent may stop
+    assert "lease_host_withdrawn" in [e["kind"] for e in done.events]  # its owner was told
+    drained = leases.withdraw_host(c, HOST)
+    assert (drained.live, drained.saving) == ([], [])  # the agent may stop
     leases.set_host(c, CFG, HOST, HostIn(cpus=2, memory_mb=4096,
                                          prices={"cpu": 360_000, "memory_gb": 36_000}))
     assert start(c)
     with pytest.raises(NotFound):
         leases.withdraw_host(c, OTHER)  # not a provider
     audit(c)
+
+
+def test_an_extension_racing_a_withdrawal_is_seen_by_it_or_refused(
+        c: Coordinator, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An extension that passed its host check while the host withdrew: the withdrawal
+    reports the lease's true end either way (it waits for the extension, or the extension
+    waits for it and is refused). Unlocked on PostgreSQL, the extension went through and
+    the withdrawal reported the end before it: a host that stopped then lost stake."""
+    lid = start(c, hours=0.05)
+    checked, withdrawing = threading.Event(), threading.Event()
+    real = leases.core.escrow_for
+
+    def after_the_host_check(*a: Any, **kw: Any) -> int:  # ``_extend``, past its check
+        checked.set()
+        withdrawing.wait(2 if not c.db.is_sqlite else 0.1)  # SQLite: the withdrawal waits
+        return real(*a, **kw)
+
+    monkeypatch.setattr(leases.core, "escrow_for", after_the_host_check)
+    got: dict[str, Any] = {}
+
+    def extend() -> None:
+        try:
+            got["out"] = leases.extend(c, OWNER, lid, ExtendIn(hours=1))
+        except Conflict as e:
+            got["out"] = e
+
+    t = threading.Thread(target=extend)
+    t.start()
+    assert checked.wait(10)
+    threading.Timer(0.3, withdrawing.set).start()  # once the withdrawal waits on the lease
+    out = leases.withdraw_host(c, HOST)
+    t.join(10)
+    final = leases.show(c, OWNER, lid)
+    assert out.live == [lid] and out.until == final.ends_at
+    if isinstance(got["out"], Conflict):
+        assert got["out"].details["status"] == "host_withdrawn"
+    audit(c)
+
+
+def test_a_volume_still_saving_keeps_the_agent_from_stopping(c: Coordinator) -> None:
+    """A lease that ended with a volume owes its last snapshot: the withdrawal lists it
+    under ``saving`` (stopping the agent then loses the home's last state)."""
+    from deai.coordinator import volumes
+    from deai.core.wire_volumes import VolumeIn
+
+    volumes.create(c, OWNER, VolumeIn(name="home", size_gb=1))
+    lid = start(c, hours=0.05, volume="home")
+    assert leases.withdraw_host(c, HOST).live == [lid]
+    advance(c, 190, beat=[lid])
+    assert leases.show(c, OWNER, lid).status == "ended"
+    out = leases.withdraw_host(c, HOST)
+    assert (out.live, out.saving) == ([], [lid])

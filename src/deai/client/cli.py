@@ -428,13 +428,16 @@ def provider_withdraw_leases(key: Key, coordinator: Coordinator = DEFAULT_COORDI
         out = Leases(c).withdraw_host()
     if not out.withdrawn:
         console.print("no lease offer to withdraw")
-    if not out.live:
+    if out.live:
+        until = (time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(out.until))
+                 if out.until is not None else "an end not known yet (one has not started)")
+        console.print(f"{len(out.live)} lease(s) still running, until {until}: "
+                      + ", ".join(out.live))
+    if out.saving:
+        console.print(f"{len(out.saving)} ended lease(s) still saving their volume: "
+                      + ", ".join(out.saving))
+    if not out.live and not out.saving:
         console.print("no lease running: the agent can stop now")
-        return
-    until = (time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(out.until))
-             if out.until is not None else "their owners end them")
-    console.print(f"{len(out.live)} lease(s) still running, until {until}: "
-                  + ", ".join(out.live))
 
 
 @command(verifier_app, "start")

@@ -61,6 +61,7 @@ from deai.core.wire_leases import (
 )
 from deai.store import db, journal
 from deai.store.models import Event, Lease, LeaseEarning, LeaseHost, Provider
+from deai.store.models_volumes import VolumeMount
 
 log = logging.getLogger("deai.coordinator.leases")
 LIVE = (LeaseStatus.PENDING.value, LeaseStatus.ACTIVE.value)
@@ -116,7 +117,8 @@ def set_host(c: Coordinator, cfg: LeaseConfig, pid: str, body: HostIn) -> HostOu
             raise InvalidInput(f"gpus: {body.gpus}{model} offered; the registered hardware "
                                f"shows {len(shown)} ({', '.join(shown) or 'no GPU'})",
                                field="gpus")
-        h = s.get(LeaseHost, pid)
+        # locked: a withdrawal at the same moment deletes it first or waits for this
+        h = s.get(LeaseHost, pid, with_for_update=True)
         if h is None:
             h = LeaseHost(provider_id=pid)
             s.add(h)
@@ -141,15 +143,25 @@ def withdraw_host(c: Coordinator, pid: str) -> HostWithdrawOut:
     def body(s: Session) -> HostWithdrawOut:
         c.require_provider(s, pid)
         h = s.get(LeaseHost, pid, with_for_update=True)
+        # The live leases locked after the host (``_create``'s order): an extension that
+        # passed its host check before this commits is seen here (``until`` includes
+        # it), and one that had not waits, then finds no offer (PostgreSQL).
+        live = s.scalars(select(Lease).where(Lease.provider_id == pid,
+                                             Lease.status.in_(LIVE)).order_by(Lease.id)
+                         .with_for_update().execution_options(populate_existing=True)).all()
         if h is not None:
             s.delete(h)
             c.emit(s, "lease_host_withdrawn", pid)
-        live = s.scalars(select(Lease).where(Lease.provider_id == pid,
-                                             Lease.status.in_(LIVE)).order_by(Lease.id)).all()
+            for x in live:  # each owner sees it among its lease's events
+                c.emit(s, "lease_host_withdrawn", x.id, owner=x.owner, provider=pid)
         ends = [lease_out(x, c).ends_at for x in live]
         until = None if not ends or None in ends else max(e for e in ends if e is not None)
+        # Ended leases whose volume's last snapshot the agent still owes (``volumes``):
+        # stopping the agent now would lose it.
+        saving = sorted(s.scalars(select(VolumeMount.lease_id).where(
+            VolumeMount.provider_id == pid, VolumeMount.state == volumes.SAVING)))
         return HostWithdrawOut(provider_id=pid, withdrawn=h is not None,
-                               live=[x.id for x in live], until=until)
+                               live=[x.id for x in live], until=until, saving=saving)
 
     out = c.db.run(body)
     c.notifier.published()
@@ -619,10 +631,13 @@ def _tick(c: Coordinator, s: Session, *, cfg: LeaseConfig) -> list[str]:
         else:
             if lease.warned_at is None and core.warn_due(billing(lease), now, cfg.warn):
                 lease.warned_at = now
+                more = ("top it up with `deai lease extend`"
+                        if s.get(LeaseHost, lease.provider_id) is not None
+                        else "its host has withdrawn its offer: it cannot be extended")
                 c.emit(s, "lease_warning", lease.id, owner=lease.owner,
                        ends_at=at, reason=EndReason.ESCROW_EXHAUSTED.value,
                        message=f"escrow runs out in {max(0.0, (at or now) - now):.0f} s; "
-                               "top it up with `deai lease extend`")
+                               + more)
             if now - (lease.settled_at or now) >= cfg.settle_every:
                 charge(c, s, lease, last)  # only time the provider was heard to be up
 

@@ -104,12 +104,15 @@ class HostOut(Out):
 class HostWithdrawOut(Out):
     """A host's offer taken back (``DELETE /api/provider/leases/host``): no new lease is
     placed on it; ``live`` are its leases still running, each to its end (``until``: the
-    latest of their ends as they stand, None when one has no end yet known)."""
+    latest of their ends as they stand, None when one has no end yet known: a lease not
+    started yet); ``saving`` are ended leases whose volume's last snapshot the agent
+    still owes. The agent can stop once both are empty."""
 
     provider_id: str
     withdrawn: bool  # False: there was no offer to take back
     live: list[str]
     until: float | None
+    saving: list[str] = []
 
 
 class LeaseSpec(Out):

@@ -40,7 +40,15 @@
     return h("span", { title: money(micro) }, text, h("small", { class: "unit" }, " DEAI"));
   }
   const price = (p) => `${nf.format(p)} µ/1k`;
-  const short = (id, n = 10) => (id && id.length > n + 2 ? id.slice(0, n) + "…" : id || "");
+  // Ordered ids (``service.ordered_ids``: a prefix, 12 hex digits of time, 16 random, and a
+  // task's ".tNNNNN"): their start is the time, shared by a busy moment's ids; the random
+  // end tells them apart.
+  const ORDERED = /^([a-z]+_)[0-9a-f]{12}([0-9a-f]{16})(\.t\d+)?$/;
+  const short = (id, n = 10) => {
+    const m = ORDERED.exec(id || "");
+    if (m) return m[1] + "…" + m[2].slice(-Math.max(4, n - m[1].length)) + (m[3] || "");
+    return id && id.length > n + 2 ? id.slice(0, n) + "…" : id || "";
+  };
   const nameOf = (id) => state.names[id] || short(id, 12);
   const clock = (ts) => new Date(ts * 1000).toLocaleTimeString("en-GB", { hour12: false });
   function ago(ts) {
