@@ -193,22 +193,20 @@ def drop_blocked_audits(c: Coordinator) -> int:
     sealed as the audit was): the result stands as accepted when it passed its checks,
     and its earnings follow the challenge window. A dataset's owner can thereby spare a
     completed job's results a look-back; the job's client chose the dataset, and the
-    checks before acceptance ran as on any job (docs/datasets.md). From the upkeep loop;
+    checks before acceptance ran as on any job (docs/sealed.md). From the upkeep loop;
     returns how many were dropped."""
-    blocked = (select(DatasetUse.job_id).join(Dataset, Dataset.id == DatasetUse.dataset_id)
-               .where(Dataset.revoked_at.is_not(None)))
+    blocked = (Task.pending_role == Role.AUDIT.value, Task.job_id.in_(
+        select(DatasetUse.job_id).join(Dataset, Dataset.id == DatasetUse.dataset_id)
+        .where(Dataset.revoked_at.is_not(None))))
     with c.db.read() as s:  # most passes find none: no write transaction for them
-        if s.scalar(select(Task.id).where(Task.pending_role == Role.AUDIT.value,
-                                          Task.job_id.in_(blocked)).limit(1)) is None:
+        if s.scalar(select(Task.id).where(*blocked).limit(1)) is None:
             return 0
 
     def body(s: Session) -> int:
         # Tasks alone are locked (skipped when another holds them: the matcher's claim,
         # a verdict), so no lock order is crossed; a task taken meanwhile waits a pass.
-        tasks = s.scalars(select(Task).where(
-            Task.pending_role == Role.AUDIT.value, Task.job_id.in_(blocked))
-            .order_by(Task.id).limit(BLOCKED_BATCH)
-            .with_for_update(skip_locked=True)).all()
+        tasks = s.scalars(select(Task).where(*blocked).order_by(Task.id)
+                          .limit(BLOCKED_BATCH).with_for_update(skip_locked=True)).all()
         now = c.now()
         for t in tasks:
             t.pending_role, t.updated_at = None, now
