@@ -3,7 +3,8 @@ released to nobody new, so each verifier leased it failed at once, and the audit
 queued again, held the result's earnings for ever (``jobs.release_earnings`` keeps a
 result waiting for its audit). ``datasets.drop_blocked_audits`` (the upkeep loop)
 drops such audits, sealed like the audit, and the earnings follow the challenge
-window; audits of jobs on live datasets are untouched. Both engines."""
+window; audits of jobs on live datasets are untouched. It drops, too, an audit whose
+dataset's owner let ``KEY_TRIES`` of its leases end without the key. Both engines."""
 
 from __future__ import annotations
 
@@ -15,15 +16,16 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from deai.client.keys import Identity
 from deai.coordinator import admission, blob_quota, datasets, jobs, public
 from deai.coordinator.service import Coordinator
-from deai.core import ledger
+from deai.core import ledger, wire
 from deai.core import wire_datasets as W
 from deai.core.datasets import Terms
 from deai.store import journal
-from deai.store.models import Event, Payout, Task
-from deai.store.models_datasets import DatasetUse
-from tests.helpers import db_audit
+from deai.store.models import Assignment, Event, Payout, Task
+from deai.store.models_datasets import DatasetKey, DatasetUse
+from tests.helpers import MODEL, db_audit
 from tests.races import ENGINES, coordinator
 
 OWNER, BUYER, PROVIDER = "a1" * 32, "b2" * 32, "c3" * 32
@@ -94,4 +96,67 @@ def test_an_audit_a_revoked_dataset_blocks_is_dropped_and_the_earnings_go(
         assert "audit_dropped" in public.SEALED
     # The revoked dataset can be deleted now: no audit of it is queued any more.
     assert datasets.delete(c, OWNER, REVOKED).deleted_at is not None
+    db_audit(c)
+
+
+def verifier(c: Coordinator, n: int) -> str:
+    pid = Identity.generate().id
+    c.register(pid, wire.RegisterIn(
+        hardware=wire.Hardware(cpu_model="cpu", cores=2, memory_mb=4096),
+        benchmark=wire.Benchmark(gflops=5.0, mem_gbps=4.0), threads=1,
+        offers=[wire.OfferIn(workload="embeddings", model=MODEL, price=1000)]),
+        address=f"10.7.0.{n}")
+    return pid
+
+
+def audit_lease(c: Coordinator, task_id: str, pid: str, status: str, *,
+                key: bool = False, role: str = "audit") -> None:
+    """A lease of ``task_id`` (an audit's unless ``role``) by ``pid``, in ``status``;
+    ``key``: the owner released the dataset's key to it."""
+    def body(s: Session) -> None:
+        t = s.get(Task, task_id)
+        assert t is not None
+        s.add(Assignment(id=f"asg_{pid[:12]}", task_id=t.id, job_id=t.job_id,
+                         provider_id=pid, role=role, status=status, price=0,
+                         leased_at=c.now(), lease_deadline=c.now() + 600, delivered=True))
+        if key:
+            s.add(DatasetKey(dataset_id=LIVE, job_id=t.job_id, provider_id=pid,
+                             wrapped="a2V5", created_at=c.now()))
+    c.db.run(body)
+
+
+def test_an_audit_whose_owner_withholds_the_key_is_dropped_after_its_tries(
+        c: Coordinator) -> None:
+    """An owner that neither releases the key to the audit's verifiers nor revokes held
+    the audit, and the result's earnings, for ever: each verifier waited, failed, and the
+    audit was queued again. After ``KEY_TRIES`` audit leases ended without the key it is
+    dropped; a lease that had the key and failed for another reason does not count, nor
+    does a keyless lease of another role (the job's replica, before it completed)."""
+    c.faucet(BUYER, 10_000)
+    c.faucet(OWNER, 10_000_000)
+    data = b"ciphertext of the live one"
+    blob_quota.admit(c, OWNER, hashlib.sha256(data).hexdigest(), len(data))
+    datasets.publish(c, OWNER, W.DatasetIn(
+        id=LIVE, name="rows", blob_digest=c.blobs.put(data), size=100, owner_key="a2V5",
+        terms=Terms(price_per_use=1, allow=("embeddings",))))
+    task = audited_job(c, LIVE, "asg_withheld")
+    vs = [verifier(c, n) for n in range(1, datasets.KEY_TRIES + 3)]
+
+    audit_lease(c, task, vs[0], "failed", key=True)  # it had the key: not the owner's doing
+    for v in vs[1:datasets.KEY_TRIES]:
+        audit_lease(c, task, v, "failed")
+    audit_lease(c, task, vs[datasets.KEY_TRIES], "failed", role="replica")
+    assert datasets.drop_blocked_audits(c) == 0
+    assert pending_role(c, task) == "audit"
+    assert jobs.release_earnings(c) == 0
+
+    audit_lease(c, task, vs[datasets.KEY_TRIES + 1], "expired")  # the last try, keyless
+    assert datasets.drop_blocked_audits(c) == 1
+    assert datasets.drop_blocked_audits(c) == 0
+    assert pending_role(c, task) is None
+    assert jobs.release_earnings(c) == 1
+    assert earned(c) > 0
+    with c.db.read() as s:
+        (ev,) = s.scalars(select(Event).where(Event.kind == "audit_dropped")).all()
+        assert (ev.subject, ev.body["reason"]) == (task, "dataset key withheld")
     db_audit(c)

@@ -40,7 +40,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session
 
 from deai.coordinator import access, blob_quota
@@ -186,18 +186,33 @@ def delete(c: Coordinator, owner: str, dataset_id: str) -> W.DatasetOut:
 
 
 def drop_blocked_audits(c: Coordinator) -> int:
-    """Queued audits that can never run: their job trains on a dataset since revoked or
-    deleted, whose key is released to nobody new (``release``), so the verifier leased
-    one failed at once and the audit, queued again, held the result's earnings for ever
-    and took a verifier's slot each time. Each is dropped (an ``audit_dropped`` event, as
-    sealed as the audit was): the result stands as accepted when it passed its checks,
-    and its earnings follow the challenge window. A dataset's owner can thereby spare a
-    completed job's results a look-back; the job's client chose the dataset, and the
-    checks before acceptance ran as on any job (docs/sealed.md). From the upkeep loop;
-    returns how many were dropped."""
-    blocked = (Task.pending_role == Role.AUDIT.value, Task.job_id.in_(
+    """Queued audits that cannot run, dropped; from the upkeep loop, returns how many.
+
+    - *dataset revoked*: the job trains on a dataset since revoked or deleted, whose key
+      is released to nobody new (``release``), so the verifier leased one failed at once
+      and the audit, queued again, held the result's earnings for ever and took a
+      verifier's slot each time;
+    - *key withheld*: its owner let ``KEY_TRIES`` audit leases of the task end without
+      releasing the key to them (each verifier waits ``provider.datasets.WAIT`` and fails
+      it): a silent owner held the audit, and the earnings, just as long.
+
+    Each is dropped (an ``audit_dropped`` event with the reason, as sealed as the audit
+    was): the result stands as accepted when it passed its checks, and its earnings
+    follow the challenge window. A dataset's owner can thereby spare a completed job's
+    results a look-back; the job's client chose the dataset, and the checks before
+    acceptance ran as on any job (docs/sealed.md)."""
+    revoked = Task.job_id.in_(
         select(DatasetUse.job_id).join(Dataset, Dataset.id == DatasetUse.dataset_id)
-        .where(Dataset.revoked_at.is_not(None))))
+        .where(Dataset.revoked_at.is_not(None)))
+    # Audit leases of the task that ended with no key released to their verifier.
+    keyless = (select(func.count(Assignment.id)).where(
+        Assignment.task_id == Task.id, Assignment.role == Role.AUDIT.value,
+        Assignment.status != AssignmentStatus.LEASED.value,
+        ~select(DatasetKey.id).where(DatasetKey.job_id == Assignment.job_id,
+                                     DatasetKey.provider_id == Assignment.provider_id)
+        .exists()).scalar_subquery())
+    withheld = and_(Task.job_id.in_(select(DatasetUse.job_id)), keyless >= KEY_TRIES)
+    blocked = (Task.pending_role == Role.AUDIT.value, or_(revoked, withheld))
     with c.db.read() as s:  # most passes find none: no write transaction for them
         if s.scalar(select(Task.id).where(*blocked).limit(1)) is None:
             return 0
@@ -205,19 +220,24 @@ def drop_blocked_audits(c: Coordinator) -> int:
     def body(s: Session) -> int:
         # Tasks alone are locked (skipped when another holds them: the matcher's claim,
         # a verdict), so no lock order is crossed; a task taken meanwhile waits a pass.
-        tasks = s.scalars(select(Task).where(*blocked).order_by(Task.id)
-                          .limit(BLOCKED_BATCH).with_for_update(skip_locked=True)).all()
+        rows = s.execute(select(Task, revoked).where(*blocked).order_by(Task.id)
+                         .limit(BLOCKED_BATCH).with_for_update(of=Task, skip_locked=True)
+                         ).all()
         now = c.now()
-        for t in tasks:
+        for t, was_revoked in rows:
             t.pending_role, t.updated_at = None, now
-            c.emit(s, "audit_dropped", t.id, job=t.job_id, reason="dataset revoked")
-        return len(tasks)
+            c.emit(s, "audit_dropped", t.id, job=t.job_id,
+                   reason="dataset revoked" if was_revoked else "dataset key withheld")
+        return len(rows)
 
     n = c.db.run(body)
     if n:
         c.notifier.published()
     return n
 
+
+KEY_TRIES = 3  # audit leases a dataset's owner may let end without the key (each waits
+# ``provider.datasets.WAIT``, 10 minutes) before the audit is dropped as withheld
 
 BLOCKED_BATCH = 500  # audits dropped in one transaction; the next pass takes the rest
 
