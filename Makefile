@@ -38,8 +38,13 @@ bwrap:
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update && $$SUDO apt-get install -y bubblewrap; }
 
+# The suite in TEST_WORKERS processes (pytest-xdist), each taking whole test files, so a
+# module's coordinator and database are built once; most of the slow tests wait on real
+# processes and sockets, so two workers on two cores took 30 minutes where one took 42-47.
+# TEST_WORKERS=0 runs it in this process, one test after another.
+TEST_WORKERS ?= 2
 test: $(STAMP) postgres bwrap explorer chromium hardhat
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile
 
 # The explorer's charting library comes from npm into a gitignored folder; without
 # npm the explorer still works, showing numbers and a notice instead of charts.
