@@ -1,8 +1,9 @@
 """Every error leaves as ``{"error": {"code", "message", "field"?}}`` with a fitting status.
 
 Bad input never becomes a 500: validation errors name the field, unknown routes
-and methods keep their 404/405, and only a genuine bug reaches the last handler
-(logged with its traceback, answered without one).
+and methods keep their 404/405, a database that cannot answer now is a 503
+``unavailable`` with ``Retry-After`` (``store.db.is_unavailable``), and only a genuine
+bug reaches the last handler (logged with its traceback, answered without one).
 """
 
 from __future__ import annotations
@@ -12,11 +13,15 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException
 
-from deai.core.errors import DeAIError
+from deai.core.errors import DeAIError, Unavailable
+from deai.store import db
 
 log = logging.getLogger("deai.coordinator")
+
+RETRY_AFTER_S = 2  # what a 503 for an unavailable database asks the client to wait
 
 
 def _body(code: str, message: str, field: str | None = None) -> dict[str, object]:
@@ -50,6 +55,18 @@ def install(app: FastAPI) -> None:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         return JSONResponse(_body(code, str(exc.detail)), status_code=exc.status_code,
                             headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(SQLAlchemyError)
+    async def database(_: Request, exc: SQLAlchemyError) -> JSONResponse:
+        if not db.is_unavailable(exc):
+            return await bug(_, exc)
+        # Not a bug: PostgreSQL restarting, out of connections, SQLite's lock held past
+        # its timeout. One line, no traceback; the agents and the SDK retry a 503.
+        log.warning("database unavailable: %s", str(getattr(exc, "orig", exc)).strip()[:300])
+        err = Unavailable(f"the database is unavailable; retry in {RETRY_AFTER_S} s",
+                          retry_after=RETRY_AFTER_S)
+        return JSONResponse(err.to_dict(), status_code=err.status,
+                            headers={"Retry-After": str(RETRY_AFTER_S)})
 
     @app.exception_handler(Exception)
     async def bug(_: Request, exc: Exception) -> JSONResponse:

@@ -90,11 +90,19 @@ class RateLimited(DeAIError):
     code = "rate_limited"
 
 
+class Unavailable(DeAIError):
+    """The coordinator cannot answer now (its database is down or out of connections);
+    the same request may succeed after ``details.retry_after`` seconds."""
+
+    status = 503
+    code = "unavailable"
+
+
 _BY_CODE: dict[str, type[DeAIError]] = {
     cls.code: cls
     for cls in (
         DeAIError, InvalidInput, UnknownModel, PayloadTooLarge, AuthError, Forbidden,
-        NotFound, Conflict, InsufficientFunds, NoCapacity, RateLimited,
+        NotFound, Conflict, InsufficientFunds, NoCapacity, RateLimited, Unavailable,
     )
 }
 

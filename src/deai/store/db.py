@@ -89,8 +89,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
+import psycopg
 from sqlalchemy import JSON, Engine, Table, case, create_engine, event
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, sessionmaker
 
 T = TypeVar("T")
@@ -159,6 +161,23 @@ def is_retryable(exc: BaseException) -> bool:
     if code in RETRY_SQLSTATES:
         return True
     return "database is locked" in str(exc.orig)
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    """The database cannot answer now, and the same request may succeed later:
+    PostgreSQL down, restarting or refusing connections (out of them, a database closed
+    to them), a connection lost, a lock or statement timeout, a race still lost after
+    ``run``'s retries; SQLite's lock held past its busy timeout; or no pooled connection
+    free within the pool's timeout. A bug (a missing table, a violated constraint, bad
+    SQL) is not: psycopg raises those as other classes than ``OperationalError``."""
+    if isinstance(exc, PoolTimeout):
+        return True
+    if not isinstance(exc, DBAPIError):
+        return False
+    if exc.connection_invalidated or isinstance(exc.orig, psycopg.OperationalError):
+        return True
+    return isinstance(exc.orig, sqlite3.OperationalError) and any(
+        m in str(exc.orig) for m in ("database is locked", "database is busy"))
 
 
 BACKSTOP_PAGES = 4_000  # ~16 MB of log: a writer checkpoints itself past this

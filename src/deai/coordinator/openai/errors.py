@@ -9,6 +9,7 @@
     409 invalid_request_error    wrong state (cancelling a finished batch)
     429 insufficient_quota       the account's balance or the key's spend cap cannot cover it
     503 no_capacity              the model is served but nobody can take the request now
+    503 unavailable              the coordinator's database cannot answer now (retried)
     504 timeout                  no provider answered in time
 
 A 429 for money carries ``x-should-retry: false``: waiting will not top up a
@@ -25,6 +26,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException
 
 from deai.coordinator.admission import SpendCapExceeded
@@ -40,6 +42,7 @@ from deai.core.errors import (
     PayloadTooLarge,
     UnknownModel,
 )
+from deai.store import db
 
 log = logging.getLogger("deai.coordinator")
 
@@ -116,6 +119,10 @@ def to_api_error(exc: Exception) -> ApiError:
     if isinstance(exc, HTTPException):
         return ApiError(exc.status_code, str(exc.detail),
                         code="not_found" if exc.status_code == 404 else None)
+    if db.is_unavailable(exc):  # as /api answers it (``coordinator.errors``)
+        log.warning("database unavailable: %s", str(getattr(exc, "orig", exc)).strip()[:300])
+        return ApiError(503, "the database is unavailable; retry in a few seconds",
+                        "server_error", "unavailable", retry=True)
     log.error("unhandled error under /v1", exc_info=exc)
     return ApiError(500, "internal error; see the coordinator's log", "server_error")
 
@@ -130,7 +137,8 @@ Handler = Callable[[Request, Exception], Awaitable[Response]]
 
 def install(app: FastAPI) -> None:
     """Wrap the app's handlers so /v1 answers in OpenAI's shape and /api is unchanged."""
-    for exc_type in (DeAIError, RequestValidationError, HTTPException, Exception):
+    for exc_type in (DeAIError, RequestValidationError, HTTPException, SQLAlchemyError,
+                     Exception):
         native: Handler | None = app.exception_handlers.get(exc_type)  # type: ignore[assignment]
 
         async def handler(request: Request, exc: Exception,
