@@ -16,16 +16,15 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from deai.client.keys import Identity
 from deai.coordinator import admission, blob_quota, datasets, jobs, public
 from deai.coordinator.service import Coordinator
-from deai.core import ledger, wire
+from deai.core import ledger
 from deai.core import wire_datasets as W
 from deai.core.datasets import Terms
 from deai.store import journal
 from deai.store.models import Assignment, Event, Payout, Task
 from deai.store.models_datasets import DatasetKey, DatasetUse
-from tests.helpers import MODEL, db_audit
+from tests.helpers import db_audit, register
 from tests.races import ENGINES, coordinator
 
 OWNER, BUYER, PROVIDER = "a1" * 32, "b2" * 32, "c3" * 32
@@ -100,13 +99,7 @@ def test_an_audit_a_revoked_dataset_blocks_is_dropped_and_the_earnings_go(
 
 
 def verifier(c: Coordinator, n: int) -> str:
-    pid = Identity.generate().id
-    c.register(pid, wire.RegisterIn(
-        hardware=wire.Hardware(cpu_model="cpu", cores=2, memory_mb=4096),
-        benchmark=wire.Benchmark(gflops=5.0, mem_gbps=4.0), threads=1,
-        offers=[wire.OfferIn(workload="embeddings", model=MODEL, price=1000)]),
-        address=f"10.7.0.{n}")
-    return pid
+    return register(c, f"10.7.0.{n}")
 
 
 def audit_lease(c: Coordinator, task_id: str, pid: str, status: str, *,

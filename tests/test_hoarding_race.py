@@ -12,15 +12,13 @@ from typing import Any
 
 import pytest
 
-from deai.client.keys import Identity
 from deai.coordinator import hoarding
 from deai.coordinator import reputation as rep
 from deai.coordinator.service import Coordinator
-from deai.core import wire
 from deai.core.verify.reputation import Reputation
 from deai.store.models import Assignment, Provider
 from deai.store.models import Reputation as RepRow
-from tests.helpers import MODEL
+from tests.helpers import register
 from tests.races import ENGINES, coordinator, gate, race
 
 WORKLOAD = "embeddings"
@@ -33,12 +31,7 @@ def c(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Coordinator]:
 
 def test_a_lapse_and_a_failed_check_at_once_both_count(c: Coordinator,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    pid = Identity.generate().id
-    c.register(pid, wire.RegisterIn(
-        hardware=wire.Hardware(cpu_model="cpu", cores=2, memory_mb=4096),
-        benchmark=wire.Benchmark(gflops=5.0, mem_gbps=4.0), threads=1,
-        offers=[wire.OfferIn(workload=WORKLOAD, model=MODEL, price=1000)]),
-        address="10.8.0.1")
+    pid = register(c, "10.8.0.1")
     c.db.run(lambda s: rep.put(s, pid, WORKLOAD, Reputation(updated_at=c.now())))
     meet, get = gate(), rep.get
 

@@ -18,13 +18,11 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from deai.client.keys import Identity
 from deai.coordinator import admission, hardware
 from deai.coordinator import reputation as rep
 from deai.coordinator.service import Coordinator
-from deai.core import wire
 from deai.store.models import Assignment
-from tests.helpers import MODEL
+from tests.helpers import MODEL, register
 from tests.races import coordinator
 
 pytestmark = pytest.mark.postgres
@@ -42,12 +40,7 @@ def c(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Coordinator]:
 
 @pytest.mark.parametrize("locker", sorted(LOCKERS))
 def test_a_provider_held_by_a_writer_still_takes_a_lease(c: Coordinator, locker: str) -> None:
-    pid = Identity.generate().id
-    c.register(pid, wire.RegisterIn(
-        hardware=wire.Hardware(cpu_model="cpu", cores=2, memory_mb=4096),
-        benchmark=wire.Benchmark(gflops=5.0, mem_gbps=4.0), threads=1,
-        offers=[wire.OfferIn(workload="embeddings", model=MODEL, price=1000)]),
-        address="10.7.0.1")
+    pid = register(c, "10.7.0.1")
     owner = "d" * 64
     c.faucet(owner, 1_000_000)
     spec = {"kind": "embeddings", "model": MODEL, "max_price": 2000, "deadline": 600,

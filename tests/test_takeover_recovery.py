@@ -30,7 +30,7 @@ from deai.coordinator.service import Coordinator
 from deai.core import wire
 from deai.core.clock import ManualClock
 from deai.store.models import Assignment, Event, Provider
-from tests.helpers import MODEL
+from tests.helpers import MODEL, register
 from tests.races import ENGINES, coordinator
 from tests.test_replicas import Replicas
 
@@ -51,11 +51,7 @@ def pg(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Coordinator]:
 def provider_and_lease(c: Coordinator) -> tuple[str, str]:
     """A provider last seen 4 s ago (inside the heartbeat timeout, 15 s) holding a lease
     due in 6 s."""
-    pid = Identity.generate().id
-    c.register(pid, wire.RegisterIn(
-        hardware=wire.Hardware(cpu_model="cpu", cores=2, memory_mb=4096),
-        benchmark=wire.Benchmark(gflops=5.0, mem_gbps=4.0), threads=1,
-        offers=[wire.OfferIn(workload="embeddings", model=MODEL, price=1000)]))
+    pid = register(c)
     spec = {"kind": "embeddings", "model": MODEL, "max_price": 2000, "deadline": 600,
             "shard_size": 1}
     _, (task,) = c.db.run(lambda s: admission.create(

@@ -31,6 +31,15 @@ def _body(code: str, message: str, field: str | None = None) -> dict[str, object
     return {"error": err}
 
 
+def log_unavailable(exc: BaseException) -> None:
+    """The one line a database that cannot answer leaves in the log, under /api and /v1.
+
+    Not a bug (PostgreSQL restarting, out of connections, SQLite's lock held past its
+    timeout): no traceback; the agents and the SDK retry the 503 it answers.
+    """
+    log.warning("database unavailable: %s", str(getattr(exc, "orig", exc)).strip()[:300])
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(DeAIError)
     async def deai_error(_: Request, exc: DeAIError) -> JSONResponse:
@@ -60,9 +69,7 @@ def install(app: FastAPI) -> None:
     async def database(_: Request, exc: SQLAlchemyError) -> JSONResponse:
         if not db.is_unavailable(exc):
             return await bug(_, exc)
-        # Not a bug: PostgreSQL restarting, out of connections, SQLite's lock held past
-        # its timeout. One line, no traceback; the agents and the SDK retry a 503.
-        log.warning("database unavailable: %s", str(getattr(exc, "orig", exc)).strip()[:300])
+        log_unavailable(exc)
         err = Unavailable(f"the database is unavailable; retry in {RETRY_AFTER_S} s",
                           retry_after=RETRY_AFTER_S)
         return JSONResponse(err.to_dict(), status_code=err.status,

@@ -71,7 +71,7 @@ class Coordinator:
         self.settings = settings
         self.clock: Clock = clock or SystemClock()
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-        self.db = Database(settings.db_url)
+        self.db = Database(settings.db_url, settings.db_connections)
         self.blobs = BlobStore(settings.blob_dir)
         self.notifier = Notifier()
         self.settlement = Settlement(self.clock, settings.fee_bps)

@@ -11,6 +11,7 @@ from typing import TypeVar
 from deai.core.market import DEFAULT_STRATEGY, Strategy
 from deai.core.verify.lookback import DEFAULT_BATCH
 from deai.core.verify.params import VerifyParams
+from deai.store import db
 
 
 def default_data_dir() -> Path:
@@ -70,6 +71,11 @@ class Settings:
     max_connections: int = field(default_factory=lambda: _env("DEAI_MAX_CONNECTIONS",
                                                               10_000))
     keep_alive: int = field(default_factory=lambda: _env("DEAI_KEEP_ALIVE", 5))
+    # Database connections this process may hold at once (``store.db``): by default more
+    # than the threads that can ask; replicas sharing one PostgreSQL take fewer each so
+    # that together they stay under its ``max_connections``.
+    db_connections: int = field(default_factory=lambda: _env_connections(
+        "DEAI_DB_CONNECTIONS"))
     # Disk (``coordinator.blob_quota``; keys are free, money is not): an account holding
     # less than ``blob_quota_funds`` µ (balance, pending and stake) gets that share of
     # ``blob_quota_bytes``, never under ``blob_quota_free_bytes``; the datasets one account
@@ -109,6 +115,13 @@ def _env_count(name: str, default: int) -> int:
     if not (raw.isascii() and raw.isdigit()):
         raise SystemExit(f"{name} must be a whole number ≥ 0, not {raw!r}")
     return int(raw)
+
+
+def _env_connections(name: str) -> int:
+    n = _env_count(name, db.CONNECTIONS)
+    if not db.MIN_CONNECTIONS <= n <= 10_000:
+        raise SystemExit(f"{name} must be {db.MIN_CONNECTIONS}..10000, not {n}")
+    return n
 
 
 N = TypeVar("N", int, float)

@@ -102,16 +102,28 @@ RETRY_SQLSTATES = frozenset({"40001", "40P01"})  # serialization_failure, deadlo
 DEFAULT_ATTEMPTS = 8
 
 
-# Connections: more than the threads that can ask for one at a time. Each database call
-# runs on anyio's thread pool (40 threads) and holds one connection; a pool smaller than
-# that made the 16th (SQLite) or 31st (PostgreSQL) concurrent reader wait 30 s and answer
-# 500, whatever it was for. The margin covers the threads of our own (checkpoints).
+# Connections: by default more than the threads that can ask for one at a time. Each
+# database call runs on anyio's thread pool (40 threads) and holds one connection; a pool
+# smaller than that made the 16th (SQLite) or 31st (PostgreSQL) concurrent reader wait
+# 30 s, whatever it was for. The margin covers the threads of our own (checkpoints).
+# Several replicas on one PostgreSQL may each be given fewer (``DEAI_DB_CONNECTIONS``,
+# ``Settings.db_connections``) to fit its ``max_connections``: a request then waits for a
+# connection (up to the pool's 30 s, then 503 ``unavailable``) instead of being refused.
 THREADS = 40  # anyio's default thread limiter
 POOL_SIZE = 10  # kept open
-POOL_OVERFLOW = THREADS + 10 - POOL_SIZE  # opened under load, closed when returned
+CONNECTIONS = THREADS + 10  # at most, kept and opened under load (closed when returned)
+MIN_CONNECTIONS = 2  # the leader's loop and one request at a time
 
 
-def make_engine(url: str) -> Engine:
+def _pool(connections: int) -> dict[str, int]:
+    if not MIN_CONNECTIONS <= connections <= 10_000:
+        raise ValueError(f"connections must be {MIN_CONNECTIONS}..10000, not {connections}")
+    size = min(POOL_SIZE, connections)
+    return {"pool_size": size, "max_overflow": connections - size}
+
+
+def make_engine(url: str, connections: int = CONNECTIONS) -> Engine:
+    pool = _pool(connections)
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
         in_memory = not path or path == ":memory:" or "mode=memory" in url
@@ -119,7 +131,7 @@ def make_engine(url: str) -> Engine:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         # A file's pool is sized; an in-memory database has one connection a thread
         # (SQLAlchemy's SingletonThreadPool, which takes no size).
-        sized = {} if in_memory else {"pool_size": POOL_SIZE, "max_overflow": POOL_OVERFLOW}
+        sized = {} if in_memory else pool
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30},
                                **sized)
 
@@ -147,8 +159,7 @@ def make_engine(url: str) -> Engine:
             conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.info.get("write") else "BEGIN")
 
         return engine
-    return create_engine(url, pool_size=POOL_SIZE, max_overflow=POOL_OVERFLOW,
-                         pool_pre_ping=True)
+    return create_engine(url, pool_pre_ping=True, **pool)
 
 
 def is_retryable(exc: BaseException) -> bool:
@@ -254,9 +265,9 @@ class _Checkpointer:
 
 
 class Database:
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, connections: int = CONNECTIONS) -> None:
         self.url = url
-        self.engine = make_engine(url)
+        self.engine = make_engine(url, connections)
         self.is_sqlite = url.startswith("sqlite")
         self._factory = sessionmaker(self.engine, expire_on_commit=False)
         self._write_lock = threading.Lock()

@@ -30,6 +30,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException
 
 from deai.coordinator.admission import SpendCapExceeded
+from deai.coordinator.errors import log_unavailable
 from deai.core.errors import (
     AuthError,
     Conflict,
@@ -120,7 +121,7 @@ def to_api_error(exc: Exception) -> ApiError:
         return ApiError(exc.status_code, str(exc.detail),
                         code="not_found" if exc.status_code == 404 else None)
     if db.is_unavailable(exc):  # as /api answers it (``coordinator.errors``)
-        log.warning("database unavailable: %s", str(getattr(exc, "orig", exc)).strip()[:300])
+        log_unavailable(exc)
         return ApiError(503, "the database is unavailable; retry in a few seconds",
                         "server_error", "unavailable", retry=True)
     log.error("unhandled error under /v1", exc_info=exc)
