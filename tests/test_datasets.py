@@ -23,6 +23,7 @@ from deai.client import datasets
 from deai.client import sealed as crypto
 from deai.client.keys import Identity
 from deai.client.sdk import Client
+from deai.coordinator.datasets import HOLD_PERIOD_S
 from deai.core import datasets as D
 from deai.core import ledger, wire
 from deai.core import wire_datasets as W
@@ -187,7 +188,8 @@ def test_terms_refusals_royalty_release_and_revocation(net: Network) -> None:
     refused(lambda: outsider.request("GET", f"/api/datasets/{ds.id}/content"), 404, "dataset")
     user.cancel_job(job.id)
     settled(user, job.id, 0)  # it never completed: the royalty came back, the use uncounted
-    assert (datasets.show(owner, ds.id).uses, datasets.show(owner, ds.id).royalties) == (0, 0)
+    assert (datasets.show(owner, ds.id).uses, datasets.show(owner, ds.id).royalties) == (
+        0, held_fee(user, job.id))
     refused(lambda: prov.request("GET", f"/api/datasets/{ds.id}/content"), 404, "dataset")
 
     # Uses are listed to the owner; max_uses counts; revocation stops new releases and
@@ -235,7 +237,8 @@ def test_terms_refusals_royalty_release_and_revocation(net: Network) -> None:
     # The explorer shows uses and royalties paid, and still no content or key.
     row = {d["id"]: d for d in Client(net.url).request(
         "GET", "/api/explorer/datasets").json()["datasets"]}[ds.id]
-    assert (row["uses"], row["royalties"], row["terms"]["max_uses"]) == (0, 0, 2)
+    fees = sum(held_fee(user, j) for j in (job.id, second.id, third.id))
+    assert (row["uses"], row["royalties"], row["terms"]["max_uses"]) == (0, fees, 2)
     assert row["revoked_at"] is not None and set(row) >= {"name", "owner", "size", "train"}
     assert not {"blob_digest", "owner_key"} & set(row)
 
@@ -280,12 +283,21 @@ def test_a_dataset_is_deleted_once_no_job_using_it_runs(net: Network) -> None:
 
 
 def settled(c: Client, job_id: str, royalty: int) -> None:
-    """A job on a dataset that ended: ``royalty`` paid (it completed) and the rest of its
-    escrow came back."""
+    """A job on a dataset that ended: ``royalty`` paid (it completed), or else the hold
+    fee of a scarce use for the seconds before its first lease (a few here), and the rest
+    of its escrow came back."""
     rep = audit_ok(c)
     job = c.job(job_id)
-    assert job.cost + job.refunded == job.escrow and job.cost == royalty
+    held = held_fee(c, job_id)
+    assert 0 <= held <= PRICE * 300 // HOLD_PERIOD_S
+    assert job.cost + job.refunded == job.escrow and job.cost == royalty + held
     assert rep.balances.get(ledger.escrow(job_id), 0) == 0
+
+
+def held_fee(c: Client, job_id: str) -> int:
+    """The hold fee the job paid (``datasets.hold_fee``), from the journal."""
+    return sum(e.body["amount"] for e in journal(c)
+               if e.kind == "hold_fee" and e.body["job"] == job_id)
 
 
 def take(*providers: Client) -> tuple[Client, wire.AssignmentOut]:

@@ -72,7 +72,10 @@ def show_dataset(ds: W.DatasetOut) -> None:
                      f"{ds.train['classes']} classes" if ds.train else "") + "\n"
                   f"terms      {money.fmt(t.price_per_use)} DEAI per use; allow "
                   f"{','.join(t.allow)}; expires {_when(t.expires_at)}; max uses "
-                  f"{t.max_uses or '-'}\n"
+                  f"{t.max_uses or '-'}"
+                  + (" (a use held by a job no provider has taken costs the price per "
+                     "day, pro rata, if the job ends without a model)" if t.max_uses else "")
+                  + "\n"
                   f"uses       {ds.uses}; royalties paid {money.fmt(ds.royalties)} DEAI")
 
 

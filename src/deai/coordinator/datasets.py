@@ -25,7 +25,9 @@
   dataset revoked once paid) made a release pay for nothing; and a job run by a
   provider that kept an earlier job's key, with no release, was never paid. A job
   that ends otherwise (cancelled, failed, expired) gets the royalty back with the
-  rest of its escrow, its use no longer counted (``end_use``).
+  rest of its escrow, its use no longer counted (``end_use``); on a dataset with
+  ``max_uses``, less a hold fee for the time the use was held before any provider took
+  the job (``hold_fee``: the price per ``HOLD_PERIOD_S``, a day).
 - The job's owner reads no checkpoint of its job but the final model, once the job
   has completed (``access.owner_may_read``, ``checkpoints.listing``): with one row a
   step, the change between two checkpoints gives the row. Training on a dataset
@@ -329,14 +331,48 @@ def pay_use(c: Coordinator, s: Session, job: Job) -> None:
 def end_use(c: Coordinator, s: Session, job: Job) -> None:
     """A job ending (its row locked, its escrow about to be refunded) whose royalty was
     never paid: the use is no longer counted (``max_uses``) nor listed, and the royalty
-    goes back with the rest of the escrow. A paid one stays paid."""
+    goes back with the rest of the escrow, less the hold fee of a scarce use
+    (``hold_fee``). A paid one stays paid."""
     use = s.scalar(select(DatasetUse).where(DatasetUse.job_id == job.id))
     if use is None or use.royalty_seq is not None:
         return
     d = _get(s, use.dataset_id, lock=True)
+    fee, held = hold_fee(c, s, d, use)
+    if fee:
+        entry = c.settlement.hold_fee(s, d.id, job.id, d.owner, job.owner, fee, held)
+        if entry is not None:
+            fee = -dict(entry.postings)[ledger.escrow(job.id)]
+            d.royalties += fee
+            job.cost += fee
+        else:
+            fee = 0
     d.uses = max(0, d.uses - 1)
     s.delete(use)
-    c.emit(s, "dataset_use_void", d.id, job=job.id)
+    c.emit(s, "dataset_use_void", d.id, job=job.id, hold_fee=fee, held=held)
+
+
+HOLD_PERIOD_S = 86_400  # a scarce use held this long before any provider took its job
+# costs its whole price per use (``hold_fee``)
+
+
+def hold_fee(c: Coordinator, s: Session, d: Dataset, use: DatasetUse) -> tuple[int, int]:
+    """What a job that ends without a model pays the owner for the scarce use it held, and
+    the seconds it held it: ``price × held / HOLD_PERIOD_S`` (whole µ, at most the price),
+    where *held* runs from the use's admission to the job's first lease (or its end).
+
+    Without it a buyer held a dataset's ``max_uses`` with jobs priced for nobody to take
+    (or a key per slot) and cancelled them at no cost, and nobody else could buy a use:
+    holding now costs what buying does, a day's holding one price. The time after the
+    first lease is not charged: the job then waits on the owner's release (which an owner
+    could stall to earn fees) or on the providers. A dataset with no ``max_uses`` has no
+    scarce use to hold: free."""
+    if d.max_uses is None:
+        return 0, 0
+    first = s.scalar(select(func.min(Assignment.leased_at)).where(
+        Assignment.job_id == use.job_id))
+    until = c.now() if first is None else min(first, c.now())
+    held = int(max(0.0, min(until - use.created_at, float(HOLD_PERIOD_S))))
+    return use.price * held // HOLD_PERIOD_S, held
 
 
 # --- the key release -------------------------------------------------------------------------

@@ -1,0 +1,161 @@
+"""A scarce dataset use held by a job that never ran is paid for (``datasets.hold_fee``).
+
+A buyer could take every one of a dataset's ``max_uses`` with jobs priced for nobody to
+take (or with a key per slot), cancel them at no cost and submit again, and nobody else
+could buy a use while the owner sold nothing. A job on a dataset with ``max_uses`` that
+ends without a model now pays the owner ``price × held / HOLD_PERIOD_S`` (a day's holding
+costs one price), where *held* runs from admission to the job's first lease: after it the
+job waits on the owner's key or on the providers, not on the buyer's choice. Both
+engines, the journal audited."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from deai.coordinator import admission, jobs
+from deai.coordinator.datasets import HOLD_PERIOD_S
+from deai.coordinator.service import Coordinator
+from deai.core import ledger
+from deai.core.clock import ManualClock
+from deai.core.lifecycle import AssignmentStatus, Role
+from deai.store import journal
+from deai.store.models import Assignment, Event, Job, JournalEntry, Task
+from deai.store.models_datasets import Dataset, DatasetUse
+from tests.helpers import db_audit, register
+from tests.races import ENGINES, coordinator
+
+OWNER, BUYER = "a1" * 32, "b2" * 32
+SCARCE, OPEN = "ds_" + "5" * 24, "ds_" + "6" * 24
+PRICE = 250_000
+COMPUTE = 100_000  # the job's escrow beside the royalty
+
+
+@pytest.fixture(params=ENGINES)
+def c(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Coordinator]:
+    yield from coordinator(request, tmp_path)
+
+
+def clock(c: Coordinator) -> ManualClock:
+    assert isinstance(c.clock, ManualClock)
+    return c.clock
+
+
+def dataset(c: Coordinator, dsid: str, max_uses: int | None) -> None:
+    with c.db.write() as s:
+        s.add(Dataset(id=dsid, owner=OWNER, name="rows", blob_digest=c.blobs.put(b"ct"),
+                      size=2, info={}, owner_key="k", price_per_use=PRICE, allow=["train"],
+                      expires_at=None, max_uses=max_uses, uses=0, royalties=0,
+                      created_at=c.now()))
+
+
+def use(c: Coordinator, dsid: str) -> str:
+    """A job of BUYER's on ``dsid`` admitted now, its escrow holding the royalty."""
+    def body(s: Session) -> str:
+        job, _ = admission.create(
+            c, s, owner=BUYER, kind="train", model="mlp-digits",
+            spec={"kind": "train", "model": "mlp-digits", "dataset_id": dsid},
+            input_digest=c.blobs.put(b"{}"), max_price=1, shards=[
+                admission.ShardIn(c.blobs.put(b"shard"), 1, 1)],
+            escrow=COMPUTE + PRICE, deadline=4 * 86_400.0)
+        d = s.get(Dataset, dsid, with_for_update=True)
+        assert d is not None
+        d.uses += 1
+        s.add(DatasetUse(dataset_id=dsid, job_id=job.id, job_owner=BUYER, kind="train",
+                         price=PRICE, royalty_seq=None, created_at=c.now()))
+        return job.id
+    return c.db.run(body)
+
+
+def lease(c: Coordinator, job_id: str) -> None:
+    """A provider takes the job's task now (and holds it, waiting for the owner's key)."""
+    pid = register(c, "10.9.0.1")
+
+    def body(s: Session) -> None:
+        job = s.get(Job, job_id)
+        assert job is not None
+        task_id = s.scalar(select(Task.id).where(Task.job_id == job_id))
+        s.add(Assignment(id="asg_" + job_id[-12:], task_id=task_id, job_id=job_id,
+                         provider_id=pid, role=Role.PRIMARY,
+                         status=AssignmentStatus.LEASED, price=1, leased_at=c.now(),
+                         lease_deadline=c.now() + 10**6, delivered=True))
+    c.db.run(body)
+
+
+def fees(c: Coordinator, job_id: str) -> list[dict[str, object]]:
+    with c.db.read() as s:
+        return [r.body for r in s.scalars(select(JournalEntry).where(
+            JournalEntry.kind == "hold_fee").order_by(JournalEntry.seq))
+            if r.body["job"] == job_id]
+
+
+def ended(c: Coordinator, job_id: str, fee: int) -> None:
+    """The job's hold fee was ``fee``: paid to the owner, counted in its cost and the
+    dataset's royalties, the rest of its escrow back, the use no longer counted."""
+    with c.db.read() as s:
+        job = s.get(Job, job_id)
+        assert job is not None
+        assert (job.cost, job.refunded) == (fee, COMPUTE + PRICE - fee)
+        assert journal.balance(s, ledger.escrow(job_id)) == 0
+        void = s.scalars(select(Event).where(Event.kind == "dataset_use_void",
+                                             Event.body["job"].as_string() == job_id)).one()
+        assert void.body["hold_fee"] == fee
+        assert s.scalar(select(DatasetUse).where(DatasetUse.job_id == job_id)) is None
+    db_audit(c)
+
+
+def test_a_scarce_use_held_by_a_job_nobody_took_costs_its_time(c: Coordinator) -> None:
+    c.faucet(BUYER, 10_000_000)
+    dataset(c, SCARCE, max_uses=2)
+    held = use(c, SCARCE)
+    clock(c).advance(2 * 3600)  # two hours queued, priced for nobody
+    jobs.cancel(c, BUYER, held)
+    fee = PRICE * 7200 // HOLD_PERIOD_S
+    assert fee > 0
+    assert fees(c, held) == [{"dataset": SCARCE, "job": held, "owner": OWNER,
+                              "payer": BUYER, "amount": fee, "seconds": 7200}]
+    ended(c, held, fee)
+    with c.db.read() as s:
+        d = s.get(Dataset, SCARCE)
+        assert d is not None and (d.uses, d.royalties) == (0, fee)
+        assert journal.balance(s, ledger.acct(OWNER)) == fee
+        assert journal.balance(s, ledger.acct(BUYER)) == 10_000_000 - fee
+
+
+def test_the_time_after_the_first_lease_is_not_charged(c: Coordinator) -> None:
+    """The job then waits on the owner's release (an owner stalling it would earn) or on
+    the providers; the hour before the lease is the buyer's."""
+    c.faucet(BUYER, 10_000_000)
+    dataset(c, SCARCE, max_uses=2)
+    job_id = use(c, SCARCE)
+    clock(c).advance(3600)
+    lease(c, job_id)
+    clock(c).advance(5 * 3600)  # the owner never releases the key
+    jobs.cancel(c, BUYER, job_id)
+    fee = PRICE * 3600 // HOLD_PERIOD_S
+    assert [f["seconds"] for f in fees(c, job_id)] == [3600]
+    ended(c, job_id, fee)
+
+
+def test_a_use_held_past_a_day_costs_one_price_no_more(c: Coordinator) -> None:
+    c.faucet(BUYER, 10_000_000)
+    dataset(c, SCARCE, max_uses=1)
+    job_id = use(c, SCARCE)
+    clock(c).advance(3 * 86_400 + 5)
+    jobs.cancel(c, BUYER, job_id)
+    assert [(f["amount"], f["seconds"]) for f in fees(c, job_id)] == [(PRICE, HOLD_PERIOD_S)]
+    ended(c, job_id, PRICE)
+
+
+def test_a_dataset_without_max_uses_has_no_scarce_use_to_hold(c: Coordinator) -> None:
+    c.faucet(BUYER, 10_000_000)
+    dataset(c, OPEN, max_uses=None)
+    job_id = use(c, OPEN)
+    clock(c).advance(10 * 3600)
+    jobs.cancel(c, BUYER, job_id)
+    assert fees(c, job_id) == []
+    ended(c, job_id, 0)
