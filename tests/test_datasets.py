@@ -282,6 +282,39 @@ def test_a_dataset_is_deleted_once_no_job_using_it_runs(net: Network) -> None:
     audit_ok(user)
 
 
+def test_an_owner_serving_only_trusted_providers_refuses_the_others(net: Network) -> None:
+    """``serve --trust``: a provider not in the owner's list is refused, not left waiting
+    for a key that never comes (holding the job's use and its own slot until the job's
+    deadline); the task goes to another provider, which is released the key."""
+    owner = Client(net.url, Identity.generate())
+    user = Client(net.url, Identity.generate())
+    user.faucet(100_000_000)
+    ds = datasets.publish(owner, rows(seed=3), "trusted only", terms(max_uses=1))
+    a, b = (HandProvider(net, price=500, offer=("train", "mlp-digits")).c for _ in range(2))
+    job = datasets.submit(user, SPEC, ds.id)
+    prov, leased = take(a, b)
+    other = b if prov is a else a
+    assert leased.job_id == job.id
+    url = f"/api/datasets/{ds.id}/refuse"
+    refused(lambda: user.request("POST", url, json_body={
+        "job_id": job.id, "providers": [prov._me()]}), 403, None)  # type: ignore[arg-type]
+    refused(lambda: datasets.refuse(owner, ds.id, job.id, [other._me()]), 422, "providers")
+    refused(lambda: owner.request("POST", url, json_body={"job_id": job.id, "providers": []}),
+            422, "providers")
+    refused(lambda: datasets.refuse(owner, ds.id, "job_nope", [prov._me()]), 404, "job_id")
+
+    trust = frozenset({other._me()})
+    done = datasets.serve_pass(owner, trust=trust)
+    assert (done.released, done.refused) == ([], [(job.id, [prov._me()])])
+    assert prov.heartbeat([leased.id]).drop == [leased.id]  # its agent drops the lease
+    again, lease2 = take(other)
+    assert (again, lease2.job_id) == (other, job.id)
+    assert datasets.serve_pass(owner, trust=trust).released == [(job.id, [other._me()])]
+    refused(lambda: datasets.refuse(owner, ds.id, job.id, [other._me()]), 409, "providers")
+    user.cancel_job(job.id)
+    settled(user, job.id, 0)
+
+
 def settled(c: Client, job_id: str, royalty: int) -> None:
     """A job on a dataset that ended: ``royalty`` paid (it completed), or else the hold
     fee of a scarce use for the seconds before its first lease (a few here), and the rest

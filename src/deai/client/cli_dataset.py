@@ -161,20 +161,38 @@ def train(dataset_id: str, spec_file: Annotated[Path, typer.Argument(metavar="SP
 @command(dataset_app, "serve")
 def serve(once: Annotated[bool, typer.Option(help="One pass, then exit.")] = False,
           interval: Annotated[float, typer.Option(min=0.1)] = 1.0,
+          trust: Annotated[Path | None, typer.Option(
+              exists=True, dir_okay=False,
+              help="A file of provider ids, one a line: release the key to these only and "
+                   "refuse the others (their leases fail, the job goes to another).")] = None,
           coordinator: Coordinator = DEFAULT_COORDINATOR, key: Key = "client") -> None:
     """Release your datasets' key to the providers leased for jobs within their terms."""
+    trusted = datasets.read_trust(trust) if trust is not None else None
     with signer(coordinator, key) as c:
         if once:
-            for job_id, to in datasets.serve_once(c):
+            done = datasets.serve_pass(c, trust=trusted)
+            for job_id, to in done.released:
                 console.print(f"released to {len(to)} provider(s) for job {job_id}")
+            for job_id, to in done.refused:
+                console.print(f"refused {len(to)} provider(s) for job {job_id}")
             return
         sigterm_as_interrupt()
         stop = threading.Event()
         console.print("serving key releases; Ctrl-C stops")
         try:
-            datasets.serve(c, stop, interval)
+            datasets.serve(c, stop, interval, trusted)
         except KeyboardInterrupt:
             stop.set()
+
+
+@command(dataset_app, "refuse")
+def refuse(dataset_id: str, job_id: str, providers: list[str],
+           coordinator: Coordinator = DEFAULT_COORDINATOR, key: Key = "client") -> None:
+    """Turn away providers leased for a job on your dataset, before releasing them the
+    key: their leases fail and the job is placed on others."""
+    with signer(coordinator, key) as c:
+        got = datasets.refuse(c, dataset_id, job_id, providers)
+        console.print(f"refused {len(got)} provider(s) for job {job_id}")
 
 
 @command(dataset_app, "uses")

@@ -11,6 +11,7 @@ those providers (their X25519 keys, derived from their account keys).
     ds = datasets.publish(client, data, "my rows", terms)
     job = datasets.submit(other, spec, ds.id)        # accepts the current terms
     datasets.serve_once(client)                      # the owner releases the key
+    datasets.serve_once(client, trust=ids)           # ... to those only, refusing others
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ import base64
 import json
 import secrets
 import threading
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from deai.client import sealed as crypto
@@ -138,12 +141,22 @@ def _key(ds: W.DatasetOut, identity: Identity) -> bytes:
     return crypto.unwrap(ds.owner_key, identity)
 
 
-def serve_once(client: Client, now: float | None = None) -> list[tuple[str, list[str]]]:
+@dataclass
+class Served:
+    """One pass of the owner's release loop: (job, providers) released and refused."""
+    released: list[tuple[str, list[str]]] = field(default_factory=list)
+    refused: list[tuple[str, list[str]]] = field(default_factory=list)
+
+
+def serve_pass(client: Client, now: float | None = None,
+               trust: frozenset[str] | None = None) -> Served:
     """Release the key of the owner's datasets to every provider leased for an allowed use
-    that waits for it; returns (job, providers) released. Terms are checked here too."""
+    that waits for it; with ``trust`` (provider ids), only to those, and refuse the others
+    (``refuse``: their leases fail, the task goes to another provider). Terms are checked
+    here too."""
     assert client.identity is not None
     pending = client.request("GET", "/api/datasets/pending").json()["pending"]
-    done = []
+    out = Served()
     for p in (W.PendingOut.model_validate(x) for x in pending):
         ds = show(client, p.dataset_id)
         why = D.refusal(ds.terms, D.Accepted(price_per_use=p.price, allow=ds.terms.allow),
@@ -151,12 +164,45 @@ def serve_once(client: Client, now: float | None = None) -> list[tuple[str, list
                         0)
         if why is not None and why[0] != "expires_at":  # expiry binds new jobs only
             continue
-        key = _key(ds, client.identity)
-        keys = {pid: crypto.wrap(key, pid) for pid in p.providers}
-        got = client.request("POST", f"/api/datasets/{p.dataset_id}/release",
-                             json_body={"job_id": p.job_id, "keys": keys}).json()
-        done.append((p.job_id, got["released"]))
-    return done
+        to = [pid for pid in p.providers if trust is None or pid in trust]
+        away = [pid for pid in p.providers if pid not in to]
+        if away:
+            out.refused.append((p.job_id, refuse(client, p.dataset_id, p.job_id, away)))
+        if to:
+            key = _key(ds, client.identity)
+            keys = {pid: crypto.wrap(key, pid) for pid in to}
+            got = client.request("POST", f"/api/datasets/{p.dataset_id}/release",
+                                 json_body={"job_id": p.job_id, "keys": keys}).json()
+            out.released.append((p.job_id, got["released"]))
+    return out
+
+
+def serve_once(client: Client, now: float | None = None,
+               trust: frozenset[str] | None = None) -> list[tuple[str, list[str]]]:
+    """``serve_pass``'s releases: (job, providers) released."""
+    return serve_pass(client, now, trust).released
+
+
+def refuse(client: Client, dataset_id: str, job_id: str, providers: list[str]) -> list[str]:
+    """Turn away providers leased for ``job_id`` (none released the key yet): their leases
+    fail and the task is placed again without them; returns those refused."""
+    got = client.request("POST", f"/api/datasets/{dataset_id}/refuse",
+                         json_body={"job_id": job_id, "providers": providers}).json()
+    return list(got["refused"])
+
+
+def read_trust(path: Path) -> frozenset[str]:
+    """Provider ids, one a line (``#`` starts a comment), from the owner's trust file."""
+    ids = set()
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        pid = line.split("#", 1)[0].strip()
+        if not pid:
+            continue
+        if len(pid) != 64 or any(ch not in "0123456789abcdef" for ch in pid):
+            raise InvalidInput(f"trust: line {n} of {path} is not a provider id "
+                               "(64 hex digits)", field="trust")
+        ids.add(pid)
+    return frozenset(ids)
 
 
 def _now() -> float:
@@ -165,10 +211,11 @@ def _now() -> float:
     return time.time()
 
 
-def serve(client: Client, stop: threading.Event, interval: float = 1.0) -> None:
-    """``serve_once`` until ``stop`` is set."""
+def serve(client: Client, stop: threading.Event, interval: float = 1.0,
+          trust: frozenset[str] | None = None) -> None:
+    """``serve_pass`` until ``stop`` is set."""
     while not stop.is_set():
-        serve_once(client)
+        serve_pass(client, trust=trust)
         stop.wait(interval)
 
 

@@ -76,6 +76,14 @@ def release(dataset_id: DatasetId, body: W.ReleaseIn, c: C, me: Signer
     return {"released": datasets.release(c, me, dataset_id, body)}
 
 
+@router.post("/datasets/{dataset_id}/refuse", response_model=dict[str, list[str]])
+def refuse(dataset_id: DatasetId, body: W.RefuseIn, c: C, me: Signer
+           ) -> dict[str, list[str]]:
+    """The owner turns away providers leased for a job on its dataset, before releasing
+    them the key (``datasets.refuse``)."""
+    return {"refused": datasets.refuse(c, me, dataset_id, body)}
+
+
 @router.get("/datasets/{dataset_id}/key", response_model=W.KeyOut)
 def key(dataset_id: DatasetId, job: JobId, c: C, me: Signer) -> W.KeyOut:
     return datasets.key_for(c, me, dataset_id, job)

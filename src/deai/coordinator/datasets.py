@@ -358,24 +358,88 @@ HOLD_PERIOD_S = 86_400  # a scarce use held this long before any provider took i
 def hold_fee(c: Coordinator, s: Session, d: Dataset, use: DatasetUse) -> tuple[int, int]:
     """What a job that ends without a model pays the owner for the scarce use it held, and
     the seconds it held it: ``price × held / HOLD_PERIOD_S`` (whole µ, at most the price),
-    where *held* runs from the use's admission to the job's first lease (or its end).
+    where *held* runs from the use's admission to the job's first lease by a provider the
+    owner did not refuse (``refuse``), or to the job's end.
 
     Without it a buyer held a dataset's ``max_uses`` with jobs priced for nobody to take
     (or a key per slot) and cancelled them at no cost, and nobody else could buy a use:
     holding now costs what buying does, a day's holding one price. The time after the
     first lease is not charged: the job then waits on the owner's release (which an owner
-    could stall to earn fees) or on the providers. A dataset with no ``max_uses`` has no
-    scarce use to hold: free."""
+    could stall to earn fees) or on the providers. A lease the owner refused does not end
+    the holding: a buyer's own provider, taking the job at once, held the use free for as
+    long as the owner withheld the key. A dataset with no ``max_uses`` has no scarce use
+    to hold: free."""
     if d.max_uses is None:
         return 0, 0
     first = s.scalar(select(func.min(Assignment.leased_at)).where(
-        Assignment.job_id == use.job_id))
+        Assignment.job_id == use.job_id,
+        or_(Assignment.error.is_(None), Assignment.error != REFUSED)))
     until = c.now() if first is None else min(first, c.now())
     held = int(max(0.0, min(until - use.created_at, float(HOLD_PERIOD_S))))
     return use.price * held // HOLD_PERIOD_S, held
 
 
 # --- the key release -------------------------------------------------------------------------
+
+REFUSED = "refused by the dataset's owner"  # a refused lease's error (``refuse``)
+
+
+def refuse(c: Coordinator, owner: str, dataset_id: str, body: W.RefuseIn) -> list[str]:
+    """The owner turns away providers leased for a job on its dataset, none of which has
+    been released the key: each lease fails (``REFUSED``, as if its provider had reported
+    a failure: an attempt of the task, no mark on its reputation) and the task is placed
+    again, never with that provider nor anyone sharing its identity (the matcher avoids
+    who failed a task). After ``max_attempts`` the job fails and its escrow comes back,
+    less the hold fee of a scarce use, which a refused lease does not stop (``hold_fee``).
+
+    Before this an owner that trusted only some providers could only withhold the key,
+    and the job (a buyer's own provider taking it at once, say) held its use, and the
+    provider's slot, until its deadline. Returns the providers refused."""
+    from deai.coordinator import effects, verify
+    from deai.core.lifecycle import decide
+
+    wanted = list(dict.fromkeys(body.providers))
+
+    def run(s: Session) -> list[str]:
+        d = _get(s, dataset_id)
+        if d.owner != owner:
+            raise Forbidden("only the dataset's owner refuses its jobs' providers")
+        if s.scalar(select(DatasetUse.id).where(DatasetUse.job_id == body.job_id,
+                                                DatasetUse.dataset_id == dataset_id)) is None:
+            raise NotFound(f"job_id: no job {body.job_id} uses this dataset", field="job_id")
+        # The documented order: the job, then its tasks, then their leases.
+        job = s.get(Job, body.job_id, with_for_update=True, populate_existing=True)
+        if job is None or job.status not in JOB_ACTIVE:
+            raise Conflict(f"job_id: job {body.job_id} has ended", field="job_id")
+        released = _released(s, job.id)
+        leases = {a.provider_id: a for a in s.scalars(select(Assignment).where(
+            Assignment.job_id == job.id, Assignment.role == Role.PRIMARY.value,
+            Assignment.status == AssignmentStatus.LEASED))}
+        for pid in wanted:
+            if pid in released:
+                raise Conflict(f"providers: {pid[:16]}… was released the key already; "
+                               "it runs the job", field="providers")
+            if pid not in leases:
+                raise InvalidInput(f"providers: {pid[:16]}… holds no lease of job {job.id}",
+                                   field="providers")
+        done = []
+        for pid in sorted(wanted, key=lambda p: (leases[p].task_id, p)):
+            task = s.get(Task, leases[pid].task_id, with_for_update=True,
+                         populate_existing=True)
+            a = s.get(Assignment, leases[pid].id, with_for_update=True,
+                      populate_existing=True)
+            if task is None or a is None or a.status != AssignmentStatus.LEASED \
+                    or job.status not in JOB_ACTIVE:
+                continue  # ended meanwhile (the job too, after its last attempt)
+            effects.apply(c, s, job, task, decide.on_failed(
+                effects.ctx(c, job, task), verify.party(a), REFUSED))
+            done.append(pid)
+        return done
+
+    refused = c.db.run(run)
+    c.notifier.kick()
+    c.notifier.published()
+    return refused
 
 def _leased(s: Session, job_id: str) -> set[str]:
     return set(s.scalars(select(Assignment.provider_id).where(

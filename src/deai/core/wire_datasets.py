@@ -92,6 +92,13 @@ class ReleaseIn(In):
                                  description="provider id → the dataset key sealed to it")
 
 
+class RefuseIn(In):
+    job_id: str = Field(min_length=1, max_length=40)
+    providers: list[str] = Field(min_length=1, max_length=64, description=(
+        "providers leased for the job, none released the key yet, that the owner turns "
+        "away: their leases fail and the task is placed again without them"))
+
+
 class KeyOut(Out):
     dataset_id: str
     job_id: str
