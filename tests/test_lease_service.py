@@ -29,7 +29,7 @@ from deai.core.errors import (
 from deai.core.leases import cost_of
 from deai.core.wire_leases import ExtendIn, HostIn, LeaseIn
 from deai.store import journal, migrate
-from deai.store.models import Event, JournalEntry, Lease, Provider
+from deai.store.models import Event, JournalEntry, Lease, LeaseHost, Provider
 from tests.races import gate, race
 
 OWNER, HOST, OTHER = "a" * 64, "b" * 64, "c" * 64
@@ -467,6 +467,47 @@ def test_an_extension_racing_a_withdrawal_is_seen_by_it_or_refused(
     if isinstance(got["out"], Conflict):
         assert got["out"].details["status"] == "host_withdrawn"
     audit(c)
+
+
+def test_an_offer_put_again_while_the_host_withdraws_is_one_or_the_other(
+        c: Coordinator, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``set_host`` holding the host's row while a withdrawal comes: the withdrawal waits
+    for it and deletes the offer it wrote (or, the other way round, the offer is written
+    again after the withdrawal). Read unlocked on PostgreSQL, the withdrawal deleted the
+    row under the offer's update, which then matched no row: a 500."""
+    written, withdrawing = threading.Event(), threading.Event()
+    real = leases._host_out
+
+    def inside_the_offers_transaction(*a: Any, **kw: Any) -> Any:
+        written.set()
+        withdrawing.wait(2 if not c.db.is_sqlite else 0.1)  # SQLite: the withdrawal waits
+        return real(*a, **kw)
+
+    monkeypatch.setattr(leases, "_host_out", inside_the_offers_transaction)
+    got: dict[str, Any] = {}
+
+    def offer() -> None:
+        try:
+            got["out"] = leases.set_host(c, CFG, HOST, HostIn(
+                cpus=4, memory_mb=8192, prices={"cpu": 360_000, "memory_gb": 36_000}))
+        except Exception as e:  # noqa: BLE001 - the test reports it
+            got["out"] = e
+
+    t = threading.Thread(target=offer)
+    t.start()
+    assert written.wait(10)
+    threading.Timer(0.3, withdrawing.set).start()  # once the withdrawal waits on the row
+    out = leases.withdraw_host(c, HOST)
+    t.join(10)
+    assert not isinstance(got["out"], Exception), repr(got["out"])
+    assert got["out"].cpus == 4 and out.withdrawn  # the offer, then its withdrawal
+    with c.db.read() as s:
+        assert s.get(LeaseHost, HOST) is None
+        kinds = s.scalars(select(Event.kind).where(Event.subject == HOST, Event.kind.in_(
+            ("lease_host", "lease_host_withdrawn"))).order_by(Event.id)).all()
+    assert kinds[-2:] == ["lease_host", "lease_host_withdrawn"]
+    assert leases.set_host(c, CFG, HOST, HostIn(  # and it may offer again
+        cpus=2, memory_mb=4096, prices={"cpu": 360_000, "memory_gb": 36_000})).cpus == 2
 
 
 def test_a_volume_still_saving_keeps_the_agent_from_stopping(c: Coordinator) -> None:
