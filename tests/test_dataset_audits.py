@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import select
@@ -25,7 +26,7 @@ from deai.store import journal
 from deai.store.models import Assignment, Event, Payout, Task
 from deai.store.models_datasets import DatasetKey, DatasetUse
 from tests.helpers import db_audit, register
-from tests.races import ENGINES, coordinator
+from tests.races import ENGINES, coordinator, gate, race
 
 OWNER, BUYER, PROVIDER = "a1" * 32, "b2" * 32, "c3" * 32
 REVOKED, LIVE = "ds_" + "1" * 24, "ds_" + "2" * 24
@@ -152,4 +153,38 @@ def test_an_audit_whose_owner_withholds_the_key_is_dropped_after_its_tries(
     with c.db.read() as s:
         (ev,) = s.scalars(select(Event).where(Event.kind == "audit_dropped")).all()
         assert (ev.subject, ev.body["reason"]) == (task, "dataset key withheld")
+    db_audit(c)
+
+
+def test_two_leaders_dropping_at_once_drop_each_audit_once(c: Coordinator) -> None:
+    """Two upkeep passes at once (a leader and the one taking over, or a pass that runs
+    long): each blocked audit is dropped once, one ``audit_dropped`` each, by whichever
+    pass locked its task first (``SKIP LOCKED``: the other skips it); none is lost."""
+    c.faucet(BUYER, 100_000)
+    c.faucet(OWNER, 10_000_000)
+    data = b"ciphertext of the revoked one"
+    blob_quota.admit(c, OWNER, hashlib.sha256(data).hexdigest(), len(data))
+    datasets.publish(c, OWNER, W.DatasetIn(
+        id=REVOKED, name="rows", blob_digest=c.blobs.put(data), size=100, owner_key="a2V5",
+        terms=Terms(price_per_use=1, allow=("embeddings",))))
+    tasks = [audited_job(c, REVOKED, f"asg_{i:03d}") for i in range(12)]
+    datasets.revoke(c, OWNER, REVOKED)
+    counts: list[int] = []
+    meet = gate()
+    real = c.db.run
+
+    def run_met(fn: Any, **kw: Any) -> Any:  # both passes read, then both write
+        meet()
+        return real(fn, **kw)
+
+    c.db.run = run_met  # type: ignore[method-assign]
+    try:
+        assert race(*[lambda: counts.append(datasets.drop_blocked_audits(c))] * 2) == []
+    finally:
+        c.db.run = real  # type: ignore[method-assign]
+    assert sum(counts) == len(tasks)
+    with c.db.read() as s:
+        dropped = s.scalars(select(Event.subject).where(Event.kind == "audit_dropped")).all()
+    assert sorted(dropped) == sorted(tasks)
+    assert all(pending_role(c, t) is None for t in tasks)
     db_audit(c)
