@@ -4,9 +4,10 @@ A buyer could take every one of a dataset's ``max_uses`` with jobs priced for no
 take (or with a key per slot), cancel them at no cost and submit again, and nobody else
 could buy a use while the owner sold nothing. A job on a dataset with ``max_uses`` that
 ends without a model now pays the owner ``price × held / HOLD_PERIOD_S`` (a day's holding
-costs one price), where *held* runs from admission to the job's first lease: after it the
-job waits on the owner's key or on the providers, not on the buyer's choice. Both
-engines, the journal audited."""
+costs one price), where *held* is the time the job had no live lease, until the key's
+first release, the dataset's revocation or the job's end: while a lease is live the job
+waits on the owner's key or on that provider, not on the buyer's choice. Both engines,
+the journal audited."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from deai.coordinator.datasets import HOLD_PERIOD_S
 from deai.coordinator.service import Coordinator
 from deai.core import ledger
 from deai.core.clock import ManualClock
-from deai.core.lifecycle import AssignmentStatus, Role
+from deai.core.lifecycle import AssignmentStatus, JobStatus, Role, TaskStatus
 from deai.store import journal
 from deai.store.models import Assignment, Event, Job, JournalEntry, Task
 from deai.store.models_datasets import Dataset, DatasetUse
@@ -71,19 +72,26 @@ def use(c: Coordinator, dsid: str) -> str:
     return c.db.run(body)
 
 
-def lease(c: Coordinator, job_id: str) -> None:
-    """A provider takes the job's task now (and holds it, waiting for the owner's key)."""
-    pid = register(c, "10.9.0.1")
+def lease(c: Coordinator, job_id: str, n: int = 1) -> str:
+    """A provider takes the job's task now (and holds it, waiting for the owner's key);
+    the lease's id."""
+    pid = register(c, f"10.9.0.{n}", cpu=f"cpu {n}")
 
     def body(s: Session) -> None:
         job = s.get(Job, job_id)
         assert job is not None
-        task_id = s.scalar(select(Task.id).where(Task.job_id == job_id))
-        s.add(Assignment(id="asg_" + job_id[-12:], task_id=task_id, job_id=job_id,
+        task = s.scalars(select(Task).where(Task.job_id == job_id)).one()
+        # as the matcher leaves them (``matching._lease``)
+        job.status, task.status = JobStatus.RUNNING, TaskStatus.ASSIGNED
+        task.attempts += 1
+        s.add(Assignment(id=aid, task_id=task.id, job_id=job_id,
                          provider_id=pid, role=Role.PRIMARY,
                          status=AssignmentStatus.LEASED, price=1, leased_at=c.now(),
                          lease_deadline=c.now() + 10**6, delivered=True))
+
+    aid = f"asg_{job_id[-10:]}_{n}"
     c.db.run(body)
+    return aid
 
 
 def fees(c: Coordinator, job_id: str) -> list[dict[str, object]]:
@@ -159,3 +167,67 @@ def test_a_dataset_without_max_uses_has_no_scarce_use_to_hold(c: Coordinator) ->
     jobs.cancel(c, BUYER, job_id)
     assert fees(c, job_id) == []
     ended(c, job_id, 0)
+
+
+def test_a_buyers_own_provider_dropping_the_job_at_once_stops_no_clock(
+        c: Coordinator) -> None:
+    """The buyer's second key takes the job as soon as it is queued and reports a failure
+    a second later; nobody else takes it at its price. The lease was live one second:
+    the queue's days after it are charged, up to the price."""
+    c.faucet(BUYER, 10_000_000)
+    dataset(c, SCARCE, max_uses=1)
+    job_id = use(c, SCARCE)
+    clock(c).advance(60)
+    aid = lease(c, job_id)
+    clock(c).advance(1)
+    pid = c.db.run(lambda s: s.get(Assignment, aid).provider_id)  # type: ignore[union-attr]
+    jobs.report_failure(c, pid, aid, "out of memory")
+    clock(c).advance(3 * 86_400)
+    jobs.cancel(c, BUYER, job_id)
+    assert [(f["amount"], f["seconds"]) for f in fees(c, job_id)] == [(PRICE, HOLD_PERIOD_S)]
+    ended(c, job_id, PRICE)
+
+
+def test_an_owner_stalling_a_lease_then_refusing_it_is_not_paid_for_the_stall(
+        c: Coordinator) -> None:
+    """The owner's own provider takes the job and holds it (heartbeating) for 20 hours,
+    then the owner refuses it: those hours were a live lease, not the buyer's holding."""
+    from deai.coordinator import dataset_refusals
+    from deai.core import wire_datasets as W
+
+    c.faucet(BUYER, 10_000_000)
+    dataset(c, SCARCE, max_uses=1)
+    job_id = use(c, SCARCE)
+    clock(c).advance(600)
+    aid = lease(c, job_id)
+    clock(c).advance(20 * 3600)
+    pid = c.db.run(lambda s: s.get(Assignment, aid).provider_id)  # type: ignore[union-attr]
+    refused = W.RefuseIn(job_id=job_id, providers=[pid])
+    assert dataset_refusals.refuse(c, OWNER, SCARCE, refused) == [pid]
+    clock(c).advance(300)  # queued again, then the buyer gives up
+    jobs.cancel(c, BUYER, job_id)
+    assert [f["seconds"] for f in fees(c, job_id)] == [900]
+    ended(c, job_id, PRICE * 900 // HOLD_PERIOD_S)
+
+
+def test_no_use_is_scarce_once_the_dataset_is_revoked(c: Coordinator) -> None:
+    from deai.coordinator import datasets as ds
+
+    c.faucet(BUYER, 10_000_000)
+    dataset(c, SCARCE, max_uses=2)
+    job_id = use(c, SCARCE)
+    clock(c).advance(3600)
+    ds.revoke(c, OWNER, SCARCE)
+    clock(c).advance(9 * 3600)
+    jobs.cancel(c, BUYER, job_id)
+    assert [f["seconds"] for f in fees(c, job_id)] == [3600]
+    ended(c, job_id, PRICE * 3600 // HOLD_PERIOD_S)
+
+
+def test_the_uncovered_time_between_leases() -> None:
+    from deai.coordinator.datasets import _uncovered
+
+    assert _uncovered(0, 100, []) == 100
+    assert _uncovered(0, 100, [(10, 20), (15, 30), (50, 60)]) == 100 - 20 - 10
+    assert _uncovered(0, 100, [(-5, 200)]) == 0  # clipped to the span
+    assert _uncovered(10, 20, [(0, 5), (25, 30)]) == 10  # outside it

@@ -1,11 +1,11 @@
-"""A dataset's owner turns away providers it does not trust (``datasets.refuse``).
+"""A dataset's owner turns away providers it does not trust (``dataset_refusals.refuse``).
 
 An owner that released its key only to providers it trusted could only withhold it
 from the others, and the job held its use, and the provider's slot, until its deadline:
 a buyer whose own provider took its job at once held a scarce use for free. Now the
 owner refuses such a provider: the lease fails, the task is placed again without it,
-the job fails after ``max_attempts`` refusals, and the hold fee keeps running through
-refused leases (``datasets.hold_fee``). Both engines, the real matcher, the journal
+the job fails after ``max_attempts`` refusals, and the hold fee charges the queue's time
+around the refused leases (``datasets.hold_fee``). Both engines, the real matcher, the journal
 audited."""
 
 from __future__ import annotations
@@ -16,13 +16,14 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from deai.coordinator import datasets, jobs, matching
-from deai.coordinator.datasets import HOLD_PERIOD_S, REFUSED
+from deai.coordinator import dataset_refusals, jobs, matching
+from deai.coordinator.dataset_refusals import REFUSED
+from deai.coordinator.datasets import HOLD_PERIOD_S
 from deai.coordinator.service import Coordinator
 from deai.core import wire_datasets as W
 from deai.core.errors import Conflict, Forbidden, InvalidInput, NotFound
 from deai.core.lifecycle import AssignmentStatus
-from deai.store.models import Assignment, Job, Task
+from deai.store.models import Assignment, Event, Job, Task
 from deai.store.models_datasets import DatasetKey
 from tests.helpers import db_audit, register
 from tests.races import ENGINES, coordinator
@@ -71,7 +72,7 @@ def placed(c: Coordinator, job_id: str, online: list[str]) -> str:
 
 
 def refuse(c: Coordinator, job_id: str, *pids: str, who: str = OWNER) -> list[str]:
-    return datasets.refuse(c, who, SCARCE, W.RefuseIn(job_id=job_id, providers=list(pids)))
+    return dataset_refusals.refuse(c, who, SCARCE, W.RefuseIn(job_id=job_id, providers=list(pids)))
 
 
 def lease_of(c: Coordinator, job_id: str, pid: str) -> tuple[str, str, str | None]:
@@ -107,6 +108,11 @@ def test_a_refused_provider_loses_the_lease_and_the_task_goes_to_another(
     lost, status, error = lease_of(c, job_id, first)
     assert (status, error) == (AssignmentStatus.FAILED, REFUSED)
     assert c.heartbeat(first, [lost]).drop == [lost]  # its agent stops the work
+    assert refuse(c, job_id, first) == []  # its lease has ended: skipped, no error
+    with c.db.read() as s:  # no failure of the provider's: an event of its own
+        kinds = s.scalars(select(Event.kind).where(Event.kind.in_(
+            ("lease_refused", "task_failed")))).all()
+    assert kinds == ["lease_refused"]
     clock(c).advance(2 * 3600)  # two more hours before another provider takes it
     assert placed(c, job_id, pool) == other  # never the refused one again
 

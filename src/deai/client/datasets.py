@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import secrets
 import threading
 from dataclasses import dataclass, field
@@ -28,13 +29,16 @@ from deai.client import sealed as crypto
 from deai.core import batch
 from deai.core import datasets as D
 from deai.core import wire_datasets as W
-from deai.core.errors import InvalidInput
+from deai.core.errors import DeAIError, InvalidInput
 from deai.core.kinds import train_data
 
 if TYPE_CHECKING:
     from deai.client.keys import Identity
     from deai.client.sdk import Client
     from deai.core import wire
+
+
+log = logging.getLogger("deai.client.datasets")
 
 
 def new_id() -> str:
@@ -158,23 +162,30 @@ def serve_pass(client: Client, now: float | None = None,
     pending = client.request("GET", "/api/datasets/pending").json()["pending"]
     out = Served()
     for p in (W.PendingOut.model_validate(x) for x in pending):
-        ds = show(client, p.dataset_id)
-        why = D.refusal(ds.terms, D.Accepted(price_per_use=p.price, allow=ds.terms.allow),
-                        p.kind, now if now is not None else _now(), ds.revoked_at is not None,
-                        0)
-        if why is not None and why[0] != "expires_at":  # expiry binds new jobs only
-            continue
-        to = [pid for pid in p.providers if trust is None or pid in trust]
-        away = [pid for pid in p.providers if pid not in to]
-        if away:
-            out.refused.append((p.job_id, refuse(client, p.dataset_id, p.job_id, away)))
-        if to:
-            key = _key(ds, client.identity)
-            keys = {pid: crypto.wrap(key, pid) for pid in to}
-            got = client.request("POST", f"/api/datasets/{p.dataset_id}/release",
-                                 json_body={"job_id": p.job_id, "keys": keys}).json()
-            out.released.append((p.job_id, got["released"]))
+        try:
+            _serve_one(client, client.identity, p, now, trust, out)
+        except DeAIError as exc:  # the job ended meanwhile, say: the others still served
+            log.warning("dataset %s, job %s: %s", p.dataset_id, p.job_id, exc)
     return out
+
+
+def _serve_one(client: Client, me: Identity, p: W.PendingOut, now: float | None,
+               trust: frozenset[str] | None, out: Served) -> None:
+    ds = show(client, p.dataset_id)
+    why = D.refusal(ds.terms, D.Accepted(price_per_use=p.price, allow=ds.terms.allow),
+                    p.kind, now if now is not None else _now(), ds.revoked_at is not None, 0)
+    if why is not None and why[0] != "expires_at":  # expiry binds new jobs only
+        return
+    to = [pid for pid in p.providers if trust is None or pid in trust]
+    away = [pid for pid in p.providers if pid not in to]
+    if away:
+        out.refused.append((p.job_id, refuse(client, p.dataset_id, p.job_id, away)))
+    if to:
+        key = _key(ds, me)
+        keys = {pid: crypto.wrap(key, pid) for pid in to}
+        got = client.request("POST", f"/api/datasets/{p.dataset_id}/release",
+                             json_body={"job_id": p.job_id, "keys": keys}).json()
+        out.released.append((p.job_id, got["released"]))
 
 
 def serve_once(client: Client, now: float | None = None,

@@ -12,7 +12,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
 
-from deai.coordinator import datasets
+from deai.coordinator import dataset_refusals, datasets
 from deai.coordinator.auth import coordinator, signer
 from deai.coordinator.service import Coordinator
 from deai.core import auth
@@ -80,8 +80,8 @@ def release(dataset_id: DatasetId, body: W.ReleaseIn, c: C, me: Signer
 def refuse(dataset_id: DatasetId, body: W.RefuseIn, c: C, me: Signer
            ) -> dict[str, list[str]]:
     """The owner turns away providers leased for a job on its dataset, before releasing
-    them the key (``datasets.refuse``)."""
-    return {"refused": datasets.refuse(c, me, dataset_id, body)}
+    them the key (``dataset_refusals.refuse``)."""
+    return {"refused": dataset_refusals.refuse(c, me, dataset_id, body)}
 
 
 @router.get("/datasets/{dataset_id}/key", response_model=W.KeyOut)

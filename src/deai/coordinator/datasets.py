@@ -85,10 +85,10 @@ def _out(d: Dataset, private: bool = False) -> W.DatasetOut:
 
 def lock(s: Session, dataset_id: str) -> None:
     """Lock a dataset's row (``store.db``'s order: before the journal's head)."""
-    _get(s, dataset_id, lock=True)
+    get(s, dataset_id, lock=True)
 
 
-def _get(s: Session, dataset_id: str, lock: bool = False) -> Dataset:
+def get(s: Session, dataset_id: str, lock: bool = False) -> Dataset:
     d = s.get(Dataset, dataset_id, with_for_update=lock) if D.ID.match(dataset_id) else None
     if d is None:
         raise NotFound(f"no dataset {dataset_id}", field="dataset")
@@ -140,7 +140,7 @@ def publish(c: Coordinator, owner: str, body: W.DatasetIn) -> W.DatasetPrivateOu
 
 def revoke(c: Coordinator, owner: str, dataset_id: str) -> W.DatasetOut:
     def body(s: Session) -> W.DatasetOut:
-        d = _get(s, dataset_id, lock=True)
+        d = get(s, dataset_id, lock=True)
         if d.owner != owner:
             raise Forbidden("only the dataset's owner may revoke it")
         if d.revoked_at is None:
@@ -159,7 +159,7 @@ def delete(c: Coordinator, owner: str, dataset_id: str) -> W.DatasetOut:
     completed job's look-back): those were let in and still read the rows. Deleting
     twice is the same as once."""
     def body(s: Session) -> W.DatasetOut:
-        d = _get(s, dataset_id, lock=True)  # a job's use is recorded under this lock
+        d = get(s, dataset_id, lock=True)  # a job's use is recorded under this lock
         if d.owner != owner:
             raise Forbidden("only the dataset's owner may delete it")
         if d.deleted_at is None:
@@ -255,7 +255,7 @@ def listing(c: Coordinator, owner: str | None = None, limit: int = 100) -> list[
 
 def show(c: Coordinator, dataset_id: str, me: str | None = None) -> W.DatasetOut:
     with c.db.read() as s:
-        d = _get(s, dataset_id)
+        d = get(s, dataset_id)
         return _out(d, private=me == d.owner)
 
 
@@ -272,7 +272,7 @@ def prepare(c: Coordinator, spec: SpecBase) -> Use:
     """Plan a job on a dataset from its public summary; refuse a failed term early."""
     assert spec.dataset_id is not None
     with c.db.read() as s:
-        d = _get(s, spec.dataset_id)
+        d = get(s, spec.dataset_id)
         _check(c, d, spec)
         info, price = dict(d.info), d.price_per_use
     if not isinstance(spec, train.TrainSpec) or spec.kind not in D.USABLE:
@@ -301,7 +301,7 @@ def _check(c: Coordinator, d: Dataset, spec: SpecBase) -> None:
 def record_use(c: Coordinator, s: Session, job: Job, spec: SpecBase, use: Use) -> None:
     """Inside the job's escrow transaction (the escrow holds the royalty): check the terms
     under the dataset's lock and count the use; the royalty waits for the key's release."""
-    d = _get(s, use.dataset_id, lock=True)
+    d = get(s, use.dataset_id, lock=True)
     _check(c, d, spec)
     if d.price_per_use != use.price:
         raise InvalidInput("spec.dataset_terms.price_per_use: the price changed",
@@ -318,7 +318,7 @@ def pay_use(c: Coordinator, s: Session, job: Job) -> None:
     use = s.scalar(select(DatasetUse).where(DatasetUse.job_id == job.id))
     if use is None or use.royalty_seq is not None or job.status not in JOB_ACTIVE:
         return
-    d = _get(s, use.dataset_id, lock=True)
+    d = get(s, use.dataset_id, lock=True)
     entry = c.settlement.royalty(s, d.id, job.id, d.owner, job.owner, use.price)
     if entry is None:
         return
@@ -336,7 +336,7 @@ def end_use(c: Coordinator, s: Session, job: Job) -> None:
     use = s.scalar(select(DatasetUse).where(DatasetUse.job_id == job.id))
     if use is None or use.royalty_seq is not None:
         return
-    d = _get(s, use.dataset_id, lock=True)
+    d = get(s, use.dataset_id, lock=True)
     fee, held = hold_fee(c, s, d, use)
     if fee:
         entry = c.settlement.hold_fee(s, d.id, job.id, d.owner, job.owner, fee, held)
@@ -351,102 +351,63 @@ def end_use(c: Coordinator, s: Session, job: Job) -> None:
     c.emit(s, "dataset_use_void", d.id, job=job.id, hold_fee=fee, held=held)
 
 
-HOLD_PERIOD_S = 86_400  # a scarce use held this long before any provider took its job
-# costs its whole price per use (``hold_fee``)
+HOLD_PERIOD_S = 86_400  # a scarce use held this long with no provider on its job costs
+# its whole price per use (``hold_fee``)
 
 
 def hold_fee(c: Coordinator, s: Session, d: Dataset, use: DatasetUse) -> tuple[int, int]:
     """What a job that ends without a model pays the owner for the scarce use it held, and
-    the seconds it held it: ``price × held / HOLD_PERIOD_S`` (whole µ, at most the price),
-    where *held* runs from the use's admission to the job's first lease by a provider the
-    owner did not refuse (``refuse``), or to the job's end.
+    the seconds charged: ``price × idle / HOLD_PERIOD_S`` (whole µ, at most the price),
+    where *idle* is the time the job had no live lease (queued, no provider on it), from
+    the use's admission until the first release of the key, the dataset's revocation or
+    the job's end, whichever comes first.
 
     Without it a buyer held a dataset's ``max_uses`` with jobs priced for nobody to take
     (or a key per slot) and cancelled them at no cost, and nobody else could buy a use:
-    holding now costs what buying does, a day's holding one price. The time after the
-    first lease is not charged: the job then waits on the owner's release (which an owner
-    could stall to earn fees) or on the providers. A lease the owner refused does not end
-    the holding: a buyer's own provider, taking the job at once, held the use free for as
-    long as the owner withheld the key. A dataset with no ``max_uses`` has no scarce use
-    to hold: free."""
+    idle holding now costs what buying does, a day of it one price. The time a lease was
+    live is not charged, whoever's provider held it and however it ended: the job then
+    waited on the owner's release or on that provider, and an owner stalling a lease (its
+    own provider's, say) and refusing it at the end would be paid for its own delay. A
+    buyer's own provider that takes the job and drops it at once only ends its lease
+    sooner: the queue's time after it is charged; one that holds the lease waits for a
+    key the owner refuses (``dataset_refusals``). After the key's first release the owner has let
+    the job in, and after revocation no use is scarce. A dataset with no ``max_uses``
+    has no scarce use to hold: free."""
     if d.max_uses is None:
         return 0, 0
-    first = s.scalar(select(func.min(Assignment.leased_at)).where(
-        Assignment.job_id == use.job_id,
-        or_(Assignment.error.is_(None), Assignment.error != REFUSED)))
-    until = c.now() if first is None else min(first, c.now())
-    held = int(max(0.0, min(until - use.created_at, float(HOLD_PERIOD_S))))
-    return use.price * held // HOLD_PERIOD_S, held
+    end = c.now()
+    released = s.scalar(select(func.min(DatasetKey.created_at)).where(
+        DatasetKey.job_id == use.job_id))
+    for stop in (released, d.revoked_at):
+        if stop is not None:
+            end = min(end, stop)
+    spans = s.execute(select(Assignment.leased_at, Assignment.ended_at).where(
+        Assignment.job_id == use.job_id, Assignment.role == Role.PRIMARY.value)).all()
+    idle = int(min(_uncovered(use.created_at, end, [(a, end if b is None else b)
+                                                     for a, b in spans]),
+                   float(HOLD_PERIOD_S)))
+    return use.price * idle // HOLD_PERIOD_S, idle
+
+
+def _uncovered(start: float, end: float, spans: list[tuple[float, float]]) -> float:
+    """Seconds of [start, end] that none of ``spans`` covers."""
+    covered, at = 0.0, start
+    for a, b in sorted((max(a, start), min(b, end)) for a, b in spans):
+        if b <= max(a, at):  # empty, outside the span, or covered already
+            continue
+        covered += b - max(a, at)
+        at = b
+    return max(0.0, end - start - covered)
 
 
 # --- the key release -------------------------------------------------------------------------
-
-REFUSED = "refused by the dataset's owner"  # a refused lease's error (``refuse``)
-
-
-def refuse(c: Coordinator, owner: str, dataset_id: str, body: W.RefuseIn) -> list[str]:
-    """The owner turns away providers leased for a job on its dataset, none of which has
-    been released the key: each lease fails (``REFUSED``, as if its provider had reported
-    a failure: an attempt of the task, no mark on its reputation) and the task is placed
-    again, never with that provider nor anyone sharing its identity (the matcher avoids
-    who failed a task). After ``max_attempts`` the job fails and its escrow comes back,
-    less the hold fee of a scarce use, which a refused lease does not stop (``hold_fee``).
-
-    Before this an owner that trusted only some providers could only withhold the key,
-    and the job (a buyer's own provider taking it at once, say) held its use, and the
-    provider's slot, until its deadline. Returns the providers refused."""
-    from deai.coordinator import effects, verify
-    from deai.core.lifecycle import decide
-
-    wanted = list(dict.fromkeys(body.providers))
-
-    def run(s: Session) -> list[str]:
-        d = _get(s, dataset_id)
-        if d.owner != owner:
-            raise Forbidden("only the dataset's owner refuses its jobs' providers")
-        if s.scalar(select(DatasetUse.id).where(DatasetUse.job_id == body.job_id,
-                                                DatasetUse.dataset_id == dataset_id)) is None:
-            raise NotFound(f"job_id: no job {body.job_id} uses this dataset", field="job_id")
-        # The documented order: the job, then its tasks, then their leases.
-        job = s.get(Job, body.job_id, with_for_update=True, populate_existing=True)
-        if job is None or job.status not in JOB_ACTIVE:
-            raise Conflict(f"job_id: job {body.job_id} has ended", field="job_id")
-        released = _released(s, job.id)
-        leases = {a.provider_id: a for a in s.scalars(select(Assignment).where(
-            Assignment.job_id == job.id, Assignment.role == Role.PRIMARY.value,
-            Assignment.status == AssignmentStatus.LEASED))}
-        for pid in wanted:
-            if pid in released:
-                raise Conflict(f"providers: {pid[:16]}… was released the key already; "
-                               "it runs the job", field="providers")
-            if pid not in leases:
-                raise InvalidInput(f"providers: {pid[:16]}… holds no lease of job {job.id}",
-                                   field="providers")
-        done = []
-        for pid in sorted(wanted, key=lambda p: (leases[p].task_id, p)):
-            task = s.get(Task, leases[pid].task_id, with_for_update=True,
-                         populate_existing=True)
-            a = s.get(Assignment, leases[pid].id, with_for_update=True,
-                      populate_existing=True)
-            if task is None or a is None or a.status != AssignmentStatus.LEASED \
-                    or job.status not in JOB_ACTIVE:
-                continue  # ended meanwhile (the job too, after its last attempt)
-            effects.apply(c, s, job, task, decide.on_failed(
-                effects.ctx(c, job, task), verify.party(a), REFUSED))
-            done.append(pid)
-        return done
-
-    refused = c.db.run(run)
-    c.notifier.kick()
-    c.notifier.published()
-    return refused
 
 def _leased(s: Session, job_id: str) -> set[str]:
     return set(s.scalars(select(Assignment.provider_id).where(
         Assignment.job_id == job_id, Assignment.status == AssignmentStatus.LEASED)))
 
 
-def _released(s: Session, job_id: str) -> set[str]:
+def released_to(s: Session, job_id: str) -> set[str]:
     return set(s.scalars(select(DatasetKey.provider_id).where(DatasetKey.job_id == job_id)))
 
 
@@ -462,7 +423,7 @@ def pending(c: Coordinator, owner: str) -> list[W.PendingOut]:
                                 DatasetUse.job_id.in_(live))
                          .order_by(DatasetUse.id)).all()
         for u in rows:  # never the job's owner (``release``)
-            waiting = sorted(_leased(s, u.job_id) - _released(s, u.job_id) - {u.job_owner})
+            waiting = sorted(_leased(s, u.job_id) - released_to(s, u.job_id) - {u.job_owner})
             if waiting:
                 out.append(W.PendingOut(dataset_id=u.dataset_id, job_id=u.job_id, kind=u.kind,
                                         price=u.price, providers=waiting))
@@ -472,7 +433,7 @@ def pending(c: Coordinator, owner: str) -> list[W.PendingOut]:
 def release(c: Coordinator, owner: str, dataset_id: str, body: W.ReleaseIn) -> list[str]:
     """Store the key the owner wrapped to each provider leased for the job; returns them."""
     def run(s: Session) -> list[str]:
-        if _get(s, dataset_id).owner != owner:
+        if get(s, dataset_id).owner != owner:
             raise Forbidden("only the dataset's owner releases its key")
         use = s.scalar(select(DatasetUse).where(DatasetUse.job_id == body.job_id,
                                                 DatasetUse.dataset_id == dataset_id))
@@ -491,7 +452,7 @@ def release(c: Coordinator, owner: str, dataset_id: str, body: W.ReleaseIn) -> l
         if d.revoked_at is not None:
             raise Conflict("the dataset is revoked: its key is released to nobody",
                            field="dataset")
-        leased, done = _leased(s, body.job_id), _released(s, body.job_id)
+        leased, done = _leased(s, body.job_id), released_to(s, body.job_id)
         for pid in body.keys:
             if pid == use.job_owner:  # it would read every row for one royalty
                 raise Forbidden(f"keys: {pid[:16]}… is the job's owner; a dataset's key "
@@ -514,7 +475,7 @@ def release(c: Coordinator, owner: str, dataset_id: str, body: W.ReleaseIn) -> l
 def key_for(c: Coordinator, provider: str, dataset_id: str, job_id: str) -> W.KeyOut:
     """A leased provider's wrapped key (Conflict ``waiting``: the owner has not released it)."""
     with c.db.read() as s:
-        d = _get(s, dataset_id)
+        d = get(s, dataset_id)
         if provider not in _leased(s, job_id) or s.scalar(select(DatasetUse.id).where(
                 DatasetUse.job_id == job_id, DatasetUse.dataset_id == d.id)) is None:
             raise NotFound(f"no lease of a job {job_id} on this dataset held by this key",
@@ -536,7 +497,7 @@ def content(c: Coordinator, account: str, dataset_id: str) -> bytes:
     """The ciphertext, to the owner or a provider holding a live lease of a job the owner
     released the key for (revoked since or not: that job was let in)."""
     with c.db.read() as s:
-        d = _get(s, dataset_id)
+        d = get(s, dataset_id)
         live = select(Assignment.job_id).where(Assignment.provider_id == account,
                                                Assignment.status == AssignmentStatus.LEASED)
         allowed = account == d.owner or s.scalar(
@@ -562,7 +523,7 @@ def uses(c: Coordinator, owner: str, dataset_id: str, after: int = 0,
     its checkpoint chain head (from the job's result)."""
     limit = max(1, min(limit, USES_PAGE))
     with c.db.read() as s:
-        d = _get(s, dataset_id)
+        d = get(s, dataset_id)
         if d.owner != owner:
             raise NotFound(f"no dataset {dataset_id} owned by this key", field="dataset")
         rows = s.execute(select(DatasetUse, Job.status, Job.output_digest)
@@ -577,7 +538,7 @@ def uses(c: Coordinator, owner: str, dataset_id: str, after: int = 0,
             out.append(W.UseOut(dataset_id=u.dataset_id, job_id=u.job_id,
                                 job_owner=u.job_owner, kind=u.kind, price=u.price,
                                 royalty_seq=u.royalty_seq, created_at=u.created_at,
-                                job_status=status, released_to=sorted(_released(s, u.job_id)),
+                                job_status=status, released_to=sorted(released_to(s, u.job_id)),
                                 model_digest=model, chain_head=head))
         return W.UsesOut(uses=out, next_after=rows[-1][0].id if more else None)
 

@@ -49,6 +49,10 @@ from deai.store.models import (
 from deai.store.models import Reputation as RepRow
 
 NETWORK = canaries.NETWORK
+# A lease that ends here has no result standing: its ``ended_at`` is set (the gaps
+# between a job's leases are what ``datasets.hold_fee`` charges).
+ENDED = frozenset({AssignmentStatus.FAILED, AssignmentStatus.EXPIRED,
+                   AssignmentStatus.CANCELLED, AssignmentStatus.REJECTED})
 
 
 def ctx(c: Coordinator, job: Job, task: Task, job_status: JobStatus | None = None) -> TaskCtx:
@@ -224,6 +228,8 @@ class _Applier:
     def move_assignment(self, e: E.MoveAssignment) -> None:
         a = self._assignment(e.assignment)
         a.status = move(ASSIGNMENT_MOVES, a.status, e.to)
+        if e.to in ENDED:
+            a.ended_at = self.c.now()
         if e.error is not None:
             a.error = e.error
 
@@ -427,6 +433,7 @@ class _Applier:
         for a in s.scalars(select(Assignment).where(Assignment.job_id == job.id,
                                                     Assignment.status == AssignmentStatus.LEASED)):
             a.status = move(ASSIGNMENT_MOVES, a.status, AssignmentStatus.CANCELLED)
+            a.ended_at = now
         if job.spec.get("dataset_id"):  # paid when a model was made, else given back
             if e.to == JobStatus.COMPLETED:
                 datasets.pay_use(c, s, job)

@@ -38,6 +38,7 @@ PUBLIC_FIELDS: dict[str, tuple[str, ...]] = {
     "task_accepted": ("job", "provider", "cost", "role"),
     "result_rejected": ("provider", "role"),
     "task_failed": ("provider", "role"),
+    "lease_refused": ("provider", "role"),
     "lease_expired": ("provider", "reason", "role"),
     "check_started": ("job", "provider", "role", "rho"),
     "check_passed": _CHECK,
@@ -84,6 +85,7 @@ PUBLIC_SPEC = ("kind", "model", "max_price")
 # pays (a canary is paid by the network).
 SEALED = frozenset({
     "task_assigned", "task_accepted", "result_rejected", "task_failed", "lease_expired",
+    "lease_refused",
     "check_started", "check_passed", "check_failed", "check_abandoned", "check_waiting",
     "unverified", "verdict", "canary_planted", "checkpoint", "look_back",
     "result_corrected", "audit_passed", "forced_error_noticed", "checkpoints_voided",

@@ -227,6 +227,7 @@
       case "result_rejected": return [`Result for shard ${shard(ev.subject)} rejected from `, providerLink(b.provider)];
       case "task_failed": return [`Shard ${shard(ev.subject)} failed on `, providerLink(b.provider)];
       case "lease_expired": return [`Lease on shard ${shard(ev.subject)} expired (${b.reason || ""})`];
+      case "lease_refused": return [`Lease on shard ${shard(ev.subject)} refused by the dataset's owner: `, providerLink(b.provider)];
       case "earnings_released": return [`Earnings of ${money(b.amount)} released to `, providerLink(ev.subject)];
       case "slash": return [providerLink(ev.subject), ` slashed ${money(b.amount)}${b.bounty ? ` · bounty ${money(b.bounty)}` : ""}`];
       case "withdrawal": return [`Withdrawal of ${money(b.amount)} by ${short(ev.subject)}`];

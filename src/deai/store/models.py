@@ -192,6 +192,9 @@ class Assignment(Base):
     # a checker sitting on it would stall the verdict, and the checked result's pay, until
     # the job's deadline. None: no bound but the job's deadline (a primary's).
     hold_until: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # When the lease ended without its result standing (failed, expired, cancelled,
+    # refused, rejected: ``effects``); None while live, submitted or accepted.
+    ended_at: Mapped[float | None] = mapped_column(Float, nullable=True)
 
     # The digests, for a blob discard's check under its hold (``blob_quota.HELD_BY``):
     # partial, so the matcher's inserts (neither digest set on a primary's lease) add none.

@@ -298,6 +298,17 @@ def on_failed(ctx: TaskCtx, a: Party, error: str) -> list[Effect]:
     return out + _retry(ctx, a, f"provider {a.provider[:12]} failed: {error}")
 
 
+def on_refused(ctx: TaskCtx, a: Party, why: str) -> list[Effect]:
+    """A dataset's owner turned the lease's provider away before releasing it the key:
+    the lease ends as failed (the matcher then avoids the provider, and anyone sharing
+    its identity, on the task) and its role is placed again as after a failure; its
+    event is ``lease_refused``, not ``task_failed``: it is no failure of the provider's."""
+    out: list[Effect] = [MoveAssignment(a.assignment, A.FAILED, why),
+                         Emit("lease_refused", ctx.task, {"provider": a.provider,
+                                                          "role": a.role.value})]
+    return out + _retry(ctx, a, f"provider {a.provider[:12]} {why}")
+
+
 def on_expired(ctx: TaskCtx, a: Party, why: str) -> list[Effect]:
     """The lease ran out, or its provider stopped heartbeating."""
     out: list[Effect] = [MoveAssignment(a.assignment, A.EXPIRED, why),
