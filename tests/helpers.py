@@ -57,11 +57,12 @@ def lines(n: int, start: int = 0) -> bytes:
 
 
 def register(c: Coordinator, address: str = "", *, model: str = MODEL,
-             price: int = 1000, workload: str = "embeddings", cpu: str = "cpu") -> str:
-    """A new provider registered straight into ``c`` (one thread, an offer of ``model``
-    for ``workload`` at ``price``), from the network ``address``, its hardware's
-    fingerprint told by its ``cpu``; its id."""
-    pid = Identity.generate().id
+             price: int = 1000, workload: str = "embeddings", cpu: str = "cpu",
+             ident: Identity | None = None) -> str:
+    """A provider (``ident``, else a new key) registered straight into ``c`` (one thread,
+    an offer of ``model`` for ``workload`` at ``price``), from the network ``address``,
+    its hardware's fingerprint told by its ``cpu``; its id."""
+    pid = (ident or Identity.generate()).id
     c.register(pid, wire.RegisterIn(
         hardware=wire.Hardware(cpu_model=cpu, cores=2, memory_mb=4096),
         benchmark=wire.Benchmark(gflops=5.0, mem_gbps=4.0), threads=1,

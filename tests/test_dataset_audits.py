@@ -188,3 +188,28 @@ def test_two_leaders_dropping_at_once_drop_each_audit_once(c: Coordinator) -> No
     assert sorted(dropped) == sorted(tasks)
     assert all(pending_role(c, t) is None for t in tasks)
     db_audit(c)
+
+
+def test_an_audit_of_a_job_that_gave_its_use_back_is_dropped(c: Coordinator) -> None:
+    """A job on a dataset that ended uncompleted gave its use back (``end_use`` deleted
+    the row), yet a done task of it may still be audited (drawn at acceptance, or by a
+    look-back): no key is released for it any more, so the audit never ran and held the
+    result's earnings, and the provider's look-back backlog, for ever."""
+    c.faucet(BUYER, 10_000)
+    c.faucet(OWNER, 10_000_000)
+    data = b"ciphertext of the live one"
+    blob_quota.admit(c, OWNER, hashlib.sha256(data).hexdigest(), len(data))
+    datasets.publish(c, OWNER, W.DatasetIn(
+        id=LIVE, name="rows", blob_digest=c.blobs.put(data), size=100, owner_key="a2V5",
+        terms=Terms(price_per_use=1, allow=("embeddings",))))
+    kept = audited_job(c, LIVE, "asg_kept")
+    void = audited_job(c, LIVE, "asg_void")
+    with c.db.write() as s:  # the second job's use given back, as ``end_use`` does
+        job_id = s.scalar(select(Task.job_id).where(Task.id == void))
+        s.delete(s.scalars(select(DatasetUse).where(DatasetUse.job_id == job_id)).one())
+    assert datasets.drop_blocked_audits(c) == 1
+    assert (pending_role(c, void), pending_role(c, kept)) == (None, "audit")
+    with c.db.read() as s:
+        (ev,) = s.scalars(select(Event).where(Event.kind == "audit_dropped")).all()
+        assert (ev.subject, ev.body["reason"]) == (void, "dataset use void")
+    db_audit(c)

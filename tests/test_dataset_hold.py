@@ -3,14 +3,14 @@
 A buyer could take every one of a dataset's ``max_uses`` with jobs priced for nobody to
 take (or with a key per slot), cancel them at no cost and submit again, and nobody else
 could buy a use while the owner sold nothing. A job on a dataset with ``max_uses`` that
-ends without a model now pays the owner ``price × held / HOLD_PERIOD_S`` (a day's holding
-costs one price), where *held* is the time the job had no live lease, until the key's
-first release, the dataset's revocation or the job's end: while a lease is live the job
-waits on the owner's key or on that provider, not on the buyer's choice. Both engines,
-the journal audited."""
+ends without a model now pays the network ``price × idle / HOLD_PERIOD_S`` (a day idle
+costs one price), where *idle* is the time the job had no live lease, until its end or
+the dataset's revocation: while a lease is live the job waits on the owner's key or on
+that provider, not on the buyer's choice. Both engines, the journal audited."""
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +18,7 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from deai.client.keys import Identity
 from deai.coordinator import admission, jobs
 from deai.coordinator.datasets import HOLD_PERIOD_S
 from deai.coordinator.service import Coordinator
@@ -72,10 +73,10 @@ def use(c: Coordinator, dsid: str) -> str:
     return c.db.run(body)
 
 
-def lease(c: Coordinator, job_id: str, n: int = 1) -> str:
-    """A provider takes the job's task now (and holds it, waiting for the owner's key);
-    the lease's id."""
-    pid = register(c, f"10.9.0.{n}", cpu=f"cpu {n}")
+def lease(c: Coordinator, job_id: str, n: int = 1, provider: Identity | None = None) -> str:
+    """A provider (``provider``, else a new one) takes the job's task now and holds it,
+    waiting for the owner's key; the lease's id."""
+    pid = register(c, f"10.9.0.{n}", cpu=f"cpu {n}", ident=provider)
 
     def body(s: Session) -> None:
         job = s.get(Job, job_id)
@@ -102,8 +103,8 @@ def fees(c: Coordinator, job_id: str) -> list[dict[str, object]]:
 
 
 def ended(c: Coordinator, job_id: str, fee: int) -> None:
-    """The job's hold fee was ``fee``: paid to the owner, counted in its cost and the
-    dataset's royalties, the rest of its escrow back, the use no longer counted."""
+    """The job's hold fee was ``fee``: paid to the network, counted in its cost (not in
+    the dataset's royalties), the rest of its escrow back, the use no longer counted."""
     with c.db.read() as s:
         job = s.get(Job, job_id)
         assert job is not None
@@ -124,13 +125,14 @@ def test_a_scarce_use_held_by_a_job_nobody_took_costs_its_time(c: Coordinator) -
     jobs.cancel(c, BUYER, held)
     fee = PRICE * 7200 // HOLD_PERIOD_S
     assert fee > 0
-    assert fees(c, held) == [{"dataset": SCARCE, "job": held, "owner": OWNER,
-                              "payer": BUYER, "amount": fee, "seconds": 7200}]
+    assert fees(c, held) == [{"dataset": SCARCE, "job": held, "payer": BUYER,
+                              "amount": fee, "seconds": 7200}]
     ended(c, held, fee)
     with c.db.read() as s:
         d = s.get(Dataset, SCARCE)
-        assert d is not None and (d.uses, d.royalties) == (0, fee)
-        assert journal.balance(s, ledger.acct(OWNER)) == fee
+        assert d is not None and (d.uses, d.royalties) == (0, 0)
+        assert journal.balance(s, ledger.acct(OWNER)) == 0  # nothing for an idle job
+        assert journal.balance(s, ledger.FEE) == fee
         assert journal.balance(s, ledger.acct(BUYER)) == 10_000_000 - fee
 
 
@@ -231,3 +233,32 @@ def test_the_uncovered_time_between_leases() -> None:
     assert _uncovered(0, 100, [(10, 20), (15, 30), (50, 60)]) == 100 - 20 - 10
     assert _uncovered(0, 100, [(-5, 200)]) == 0  # clipped to the span
     assert _uncovered(10, 20, [(0, 5), (25, 30)]) == 10  # outside it
+
+
+def test_a_result_made_without_the_key_is_rejected_and_ends_no_idle_time(
+        c: Coordinator) -> None:
+    """The buyer's second key takes the job and at once submits made-up output (it was
+    never released the key): the result is rejected, its lease ended then, and the queue's
+    time after it is charged. A submitted result no longer stops the clock for free."""
+    from deai.core import auth, wire
+    from deai.store.models import Provider
+
+    c.faucet(BUYER, 10_000_000)
+    dataset(c, SCARCE, max_uses=1)
+    job_id = use(c, SCARCE)
+    clock(c).advance(60)
+    ident = Identity.generate()
+    aid = lease(c, job_id, provider=ident)
+    out = c.blobs.put(b"made-up weights")
+    jobs.submit_result(c, ident.id, aid, wire.ResultIn(
+        output_digest=out, units=1, seconds=1.0, output_b64=base64.b64encode(
+            b"made-up weights").decode(),
+        signature=ident.sign(auth.result_message(aid, out, 1))))
+    with c.db.read() as s:
+        a = s.get(Assignment, aid)
+        assert a is not None and a.status == AssignmentStatus.REJECTED
+        assert "no dataset key" in (a.error or "")
+        assert s.get(Provider, ident.id) is not None
+    clock(c).advance(2 * 86_400)
+    jobs.cancel(c, BUYER, job_id)
+    ended(c, job_id, PRICE)

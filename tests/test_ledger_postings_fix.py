@@ -50,7 +50,7 @@ HONEST = [
     ledger.clawback(PROV, "job-1", "t1", 5, 5, 5, ledger.acct(ALICE)),
     ledger.refund(ALICE, "job-1", 100, "done"),
     ledger.royalty("ds-1", "job-1", MALLORY, ALICE, 50),
-    ledger.hold_fee("ds-1", "job-1", MALLORY, ALICE, 5, 1_800),
+    ledger.hold_fee("ds-1", "job-1", ALICE, 5, 1_800),
     ledger.escrow_lease(ALICE, "lease_1", 500),
     ledger.lease_charge("lease_1", PROV, 100, 5, 60),
     ledger.lease_refund(ALICE, "lease_1", 400, "ended"),

@@ -197,6 +197,8 @@ def drop_blocked_audits(c: Coordinator) -> int:
     - *key withheld*: its owner let ``KEY_TRIES`` audit leases of the task end without
       releasing the key to them (each verifier waits ``provider.datasets.WAIT`` and fails
       it): a silent owner held the audit, and the earnings, just as long.
+    - *use void*: the job ended uncompleted and gave its use back (``end_use``), so no
+      key is released for it any more (an audit drawn at acceptance, or a look-back's).
 
     Each is dropped (an ``audit_dropped`` event with the reason, as sealed as the audit
     was): the result stands as accepted when it passed its checks, and its earnings
@@ -214,7 +216,12 @@ def drop_blocked_audits(c: Coordinator) -> int:
                                      DatasetKey.provider_id == Assignment.provider_id)
         .exists()).scalar_subquery())
     withheld = and_(Task.job_id.in_(select(DatasetUse.job_id)), keyless >= KEY_TRIES)
-    blocked = (Task.pending_role == Role.AUDIT.value, or_(revoked, withheld))
+    # A job on a dataset that ended uncompleted gave its use back (``end_use``): no key
+    # is released for it any more, and its audits never ran.
+    void = and_(Task.job_id.in_(select(Job.id).where(
+        Job.spec["dataset_id"].as_string().is_not(None))),
+        Task.job_id.not_in(select(DatasetUse.job_id)))
+    blocked = (Task.pending_role == Role.AUDIT.value, or_(revoked, withheld, void))
     with c.db.read() as s:  # most passes find none: no write transaction for them
         if s.scalar(select(Task.id).where(*blocked).limit(1)) is None:
             return 0
@@ -222,14 +229,15 @@ def drop_blocked_audits(c: Coordinator) -> int:
     def body(s: Session) -> int:
         # Tasks alone are locked (skipped when another holds them: the matcher's claim,
         # a verdict), so no lock order is crossed; a task taken meanwhile waits a pass.
-        rows = s.execute(select(Task, revoked).where(*blocked).order_by(Task.id)
+        rows = s.execute(select(Task, revoked, void).where(*blocked).order_by(Task.id)
                          .limit(BLOCKED_BATCH).with_for_update(of=Task, skip_locked=True)
                          ).all()
         now = c.now()
-        for t, was_revoked in rows:
+        for t, was_revoked, was_void in rows:
             t.pending_role, t.updated_at = None, now
-            c.emit(s, "audit_dropped", t.id, job=t.job_id,
-                   reason="dataset revoked" if was_revoked else "dataset key withheld")
+            why = ("dataset use void" if was_void else "dataset revoked" if was_revoked
+                   else "dataset key withheld")
+            c.emit(s, "audit_dropped", t.id, job=t.job_id, reason=why)
         return len(rows)
 
     n = c.db.run(body)
@@ -332,61 +340,62 @@ def end_use(c: Coordinator, s: Session, job: Job) -> None:
     """A job ending (its row locked, its escrow about to be refunded) whose royalty was
     never paid: the use is no longer counted (``max_uses``) nor listed, and the royalty
     goes back with the rest of the escrow, less the hold fee of a scarce use
-    (``hold_fee``). A paid one stays paid."""
+    (``hold_fee``, to the network). A paid one stays paid."""
     use = s.scalar(select(DatasetUse).where(DatasetUse.job_id == job.id))
     if use is None or use.royalty_seq is not None:
         return
     d = get(s, use.dataset_id, lock=True)
     fee, held = hold_fee(c, s, d, use)
     if fee:
-        entry = c.settlement.hold_fee(s, d.id, job.id, d.owner, job.owner, fee, held)
-        if entry is not None:
-            fee = -dict(entry.postings)[ledger.escrow(job.id)]
-            d.royalties += fee
-            job.cost += fee
-        else:
-            fee = 0
+        entry = c.settlement.hold_fee(s, d.id, job.id, job.owner, fee, held)
+        fee = -dict(entry.postings)[ledger.escrow(job.id)] if entry is not None else 0
+        job.cost += fee
     d.uses = max(0, d.uses - 1)
     s.delete(use)
     c.emit(s, "dataset_use_void", d.id, job=job.id, hold_fee=fee, held=held)
 
 
-HOLD_PERIOD_S = 86_400  # a scarce use held this long with no provider on its job costs
-# its whole price per use (``hold_fee``)
+HOLD_PERIOD_S = 86_400  # a scarce use held this long idle (no provider on its job)
+# costs its whole price per use (``hold_fee``)
 
 
 def hold_fee(c: Coordinator, s: Session, d: Dataset, use: DatasetUse) -> tuple[int, int]:
-    """What a job that ends without a model pays the owner for the scarce use it held, and
-    the seconds charged: ``price × idle / HOLD_PERIOD_S`` (whole µ, at most the price),
-    where *idle* is the time the job had no live lease (queued, no provider on it), from
-    the use's admission until the first release of the key, the dataset's revocation or
-    the job's end, whichever comes first.
+    """What a job that ends without a model pays for the scarce use it held, and the
+    seconds charged: ``price × idle / HOLD_PERIOD_S`` (whole µ, at most the price), where
+    *idle* is the time the job had no live primary lease (queued: the gaps between its
+    leases, each from ``leased_at`` to ``ended_at``), from the use's admission until the
+    job's end or the dataset's revocation (no use is scarce after it). Paid to the network
+    (``ledger.FEE``), not to the owner.
 
     Without it a buyer held a dataset's ``max_uses`` with jobs priced for nobody to take
     (or a key per slot) and cancelled them at no cost, and nobody else could buy a use:
     idle holding now costs what buying does, a day of it one price. The time a lease was
-    live is not charged, whoever's provider held it and however it ended: the job then
-    waited on the owner's release or on that provider, and an owner stalling a lease (its
-    own provider's, say) and refusing it at the end would be paid for its own delay. A
-    buyer's own provider that takes the job and drops it at once only ends its lease
-    sooner: the queue's time after it is charged; one that holds the lease waits for a
-    key the owner refuses (``dataset_refusals``). After the key's first release the owner has let
-    the job in, and after revocation no use is scarce. A dataset with no ``max_uses``
-    has no scarce use to hold: free."""
+    live is not charged, whoever's provider held it: the job then waited on the owner's
+    release or on that provider. A lease cannot end that time early with a made-up
+    result: a result on a dataset job comes only from a provider the key was released to
+    (``require_key``). Not the owner's: an owner that refused or starved every provider
+    willing to run a job left it idle, and would have been paid for that; to the network
+    an owner's refusals earn nothing, and the buyer, who sees why its job waits, may
+    cancel. A dataset with no ``max_uses`` has no scarce use to hold: free."""
     if d.max_uses is None:
         return 0, 0
-    end = c.now()
-    released = s.scalar(select(func.min(DatasetKey.created_at)).where(
-        DatasetKey.job_id == use.job_id))
-    for stop in (released, d.revoked_at):
-        if stop is not None:
-            end = min(end, stop)
+    end = c.now() if d.revoked_at is None else min(c.now(), d.revoked_at)
     spans = s.execute(select(Assignment.leased_at, Assignment.ended_at).where(
         Assignment.job_id == use.job_id, Assignment.role == Role.PRIMARY.value)).all()
     idle = int(min(_uncovered(use.created_at, end, [(a, end if b is None else b)
                                                      for a, b in spans]),
                    float(HOLD_PERIOD_S)))
     return use.price * idle // HOLD_PERIOD_S, idle
+
+
+def require_key(s: Session, job: Job, pid: str) -> str | None:
+    """Why a result of ``pid``'s for ``job`` cannot stand, or None: on a dataset, a
+    provider the owner never released the key to for this job cannot have trained on the
+    rows (it would have to keep a key from an earlier job, which the owner gave for that
+    job only); its output is junk, or a way to end its lease's live time early."""
+    if not (job.spec or {}).get("dataset_id") or pid in released_to(s, job.id):
+        return None
+    return "no dataset key was released to this provider for the job"
 
 
 def _uncovered(start: float, end: float, spans: list[tuple[float, float]]) -> float:

@@ -167,14 +167,14 @@ class Settlement:
             return None
         return self.post(s, ledger.royalty(dataset_id, job_id, owner, payer, amount))
 
-    def hold_fee(self, s: Session, dataset_id: str, job_id: str, owner: str, payer: str,
-                 amount: int, seconds: int) -> ledger.Entry | None:
+    def hold_fee(self, s: Session, dataset_id: str, job_id: str, payer: str, amount: int,
+                 seconds: int) -> ledger.Entry | None:
         """A held scarce use's fee (``datasets.end_use``), from the job's escrow to the
-        dataset's owner, as far as the escrow holds it."""
+        network, as far as the escrow holds it."""
         amount = min(amount, self._held(s, [ledger.escrow(job_id)]).get(ledger.escrow(job_id), 0))
         if amount <= 0:
             return None
-        return self.post(s, ledger.hold_fee(dataset_id, job_id, owner, payer, amount, seconds))
+        return self.post(s, ledger.hold_fee(dataset_id, job_id, payer, amount, seconds))
 
     def release(self, s: Session, provider: str, amount: int, payout_ids: list[int]) -> None:
         if amount > 0:

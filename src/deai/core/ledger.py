@@ -246,15 +246,15 @@ def royalty(dataset_id: str, job_id: str, owner: str, payer: str, amount: int) -
                  ((escrow(job_id), -amount), (acct(owner), amount)))
 
 
-def hold_fee(dataset_id: str, job_id: str, owner: str, payer: str, amount: int,
-             seconds: int) -> Draft:
-    """A job that held one of a dataset's scarce uses (``max_uses``) for ``seconds`` before
-    any provider took it, and ended without a model: the owner's share of the royalty for
-    that time, from the job's escrow (``coordinator.datasets.end_use``)."""
+def hold_fee(dataset_id: str, job_id: str, payer: str, amount: int, seconds: int) -> Draft:
+    """A job that held one of a dataset's scarce uses (``max_uses``) idle for ``seconds``
+    (queued, no provider on it) and ended without a model: the fee for that holding, from
+    the job's escrow to the network (``coordinator.datasets.hold_fee``), not to the owner,
+    whose refusals could leave a job idle."""
     _positive(amount, "hold fee")
-    return Draft("hold_fee", {"dataset": dataset_id, "job": job_id, "owner": owner,
-                              "payer": payer, "amount": amount, "seconds": seconds},
-                 ((escrow(job_id), -amount), (acct(owner), amount)))
+    return Draft("hold_fee", {"dataset": dataset_id, "job": job_id, "payer": payer,
+                              "amount": amount, "seconds": seconds},
+                 ((escrow(job_id), -amount), (FEE, amount)))
 
 
 # --- the audit ---------------------------------------------------------------------------
@@ -286,8 +286,8 @@ CANONICAL: dict[str, Callable[[Mapping[str, Any]], Draft]] = {
                                    b["from_stake"], b["from_treasury"], b["to"]),
     "refund": lambda b: refund(b["owner"], b["job"], b["amount"], b["reason"]),
     "royalty": lambda b: royalty(b["dataset"], b["job"], b["owner"], b["payer"], b["amount"]),
-    "hold_fee": lambda b: hold_fee(b["dataset"], b["job"], b["owner"], b["payer"],
-                                   b["amount"], b["seconds"]),
+    "hold_fee": lambda b: hold_fee(b["dataset"], b["job"], b["payer"], b["amount"],
+                                   b["seconds"]),
     "lease_escrow": lambda b: escrow_lease(b["owner"], b["lease"], b["amount"]),
     "lease_charge": lambda b: lease_charge(b["lease"], b["provider"], b["cost"], b["fee"],
                                            b["seconds"]),
