@@ -37,6 +37,19 @@ def c(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Coordinator]:
     yield from coordinator(request, tmp_path)
 
 
+def published(c: Coordinator, *ids: str, buyer_funds: int = 10_000) -> None:
+    """The datasets ``ids`` published by OWNER (its ciphertext uploaded and kept), and
+    BUYER funded."""
+    c.faucet(BUYER, buyer_funds)
+    c.faucet(OWNER, 10_000_000)
+    for ds in ids:
+        data = f"ciphertext of {ds}".encode()
+        blob_quota.admit(c, OWNER, hashlib.sha256(data).hexdigest(), len(data))
+        datasets.publish(c, OWNER, W.DatasetIn(
+            id=ds, name="rows", blob_digest=c.blobs.put(data), size=100, owner_key="a2V5",
+            terms=Terms(price_per_use=1, allow=("embeddings",))))
+
+
 def audited_job(c: Coordinator, dataset_id: str, aid: str) -> str:
     """A completed job on ``dataset_id`` whose one result (``aid``, paid and due for
     release now) waits for an audit (a look-back queued it); returns its task."""
@@ -68,14 +81,7 @@ def earned(c: Coordinator) -> int:
 
 def test_an_audit_a_revoked_dataset_blocks_is_dropped_and_the_earnings_go(
         c: Coordinator) -> None:
-    c.faucet(BUYER, 10_000)
-    c.faucet(OWNER, 10_000_000)
-    for ds in (REVOKED, LIVE):
-        data = f"ciphertext of {ds}".encode()
-        blob_quota.admit(c, OWNER, hashlib.sha256(data).hexdigest(), len(data))
-        datasets.publish(c, OWNER, W.DatasetIn(
-            id=ds, name="rows", blob_digest=c.blobs.put(data), size=100, owner_key="a2V5",
-            terms=Terms(price_per_use=1, allow=("embeddings",))))
+    published(c, REVOKED, LIVE)
     blocked = audited_job(c, REVOKED, "asg_blocked")
     kept = audited_job(c, LIVE, "asg_kept")
 
@@ -126,13 +132,7 @@ def test_an_audit_whose_owner_withholds_the_key_is_dropped_after_its_tries(
     audit was queued again. After ``KEY_TRIES`` audit leases ended without the key it is
     dropped; a lease that had the key and failed for another reason does not count, nor
     does a keyless lease of another role (the job's replica, before it completed)."""
-    c.faucet(BUYER, 10_000)
-    c.faucet(OWNER, 10_000_000)
-    data = b"ciphertext of the live one"
-    blob_quota.admit(c, OWNER, hashlib.sha256(data).hexdigest(), len(data))
-    datasets.publish(c, OWNER, W.DatasetIn(
-        id=LIVE, name="rows", blob_digest=c.blobs.put(data), size=100, owner_key="a2V5",
-        terms=Terms(price_per_use=1, allow=("embeddings",))))
+    published(c, LIVE)
     task = audited_job(c, LIVE, "asg_withheld")
     vs = [verifier(c, n) for n in range(1, datasets.KEY_TRIES + 3)]
 
@@ -160,13 +160,7 @@ def test_two_leaders_dropping_at_once_drop_each_audit_once(c: Coordinator) -> No
     """Two upkeep passes at once (a leader and the one taking over, or a pass that runs
     long): each blocked audit is dropped once, one ``audit_dropped`` each, by whichever
     pass locked its task first (``SKIP LOCKED``: the other skips it); none is lost."""
-    c.faucet(BUYER, 100_000)
-    c.faucet(OWNER, 10_000_000)
-    data = b"ciphertext of the revoked one"
-    blob_quota.admit(c, OWNER, hashlib.sha256(data).hexdigest(), len(data))
-    datasets.publish(c, OWNER, W.DatasetIn(
-        id=REVOKED, name="rows", blob_digest=c.blobs.put(data), size=100, owner_key="a2V5",
-        terms=Terms(price_per_use=1, allow=("embeddings",))))
+    published(c, REVOKED, buyer_funds=100_000)
     tasks = [audited_job(c, REVOKED, f"asg_{i:03d}") for i in range(12)]
     datasets.revoke(c, OWNER, REVOKED)
     counts: list[int] = []
@@ -195,13 +189,7 @@ def test_an_audit_of_a_job_that_gave_its_use_back_is_dropped(c: Coordinator) -> 
     the row), yet a done task of it may still be audited (drawn at acceptance, or by a
     look-back): no key is released for it any more, so the audit never ran and held the
     result's earnings, and the provider's look-back backlog, for ever."""
-    c.faucet(BUYER, 10_000)
-    c.faucet(OWNER, 10_000_000)
-    data = b"ciphertext of the live one"
-    blob_quota.admit(c, OWNER, hashlib.sha256(data).hexdigest(), len(data))
-    datasets.publish(c, OWNER, W.DatasetIn(
-        id=LIVE, name="rows", blob_digest=c.blobs.put(data), size=100, owner_key="a2V5",
-        terms=Terms(price_per_use=1, allow=("embeddings",))))
+    published(c, LIVE)
     kept = audited_job(c, LIVE, "asg_kept")
     void = audited_job(c, LIVE, "asg_void")
     with c.db.write() as s:  # the second job's use given back, as ``end_use`` does
