@@ -262,3 +262,49 @@ def test_a_result_made_without_the_key_is_rejected_and_ends_no_idle_time(
     clock(c).advance(2 * 86_400)
     jobs.cancel(c, BUYER, job_id)
     ended(c, job_id, PRICE)
+
+
+def test_a_checkpoint_made_without_the_key_is_refused(c: Coordinator) -> None:
+    """A primary never released the key cannot record a checkpoint either: its chain
+    was made without the rows, and an honest provider leased next would resume from it
+    and be paid a royalty's model trained on none of them."""
+    import hashlib
+
+    from deai.coordinator import blob_quota, checkpoints
+    from deai.core import wire
+    from deai.core.errors import Conflict
+    from deai.store.models_datasets import DatasetKey
+
+    c.faucet(BUYER, 10_000_000)
+    dataset(c, SCARCE, max_uses=1)
+    job_id = use(c, SCARCE)
+    ident = Identity.generate()
+    aid = lease(c, job_id, provider=ident)
+    weights = b"weights made without the rows"
+    blob_quota.admit(c, ident.id, hashlib.sha256(weights).hexdigest(), len(weights))
+    body = wire.CheckpointIn(step=4, digest=c.blobs.put(weights), chain_hash="0" * 64)
+    with pytest.raises(Conflict, match="no dataset key") as exc:
+        checkpoints.record(c, ident.id, aid, body)
+    assert exc.value.field == "assignment"
+    with c.db.write() as s:  # released the key, it gets past that check to the chain's
+        s.add(DatasetKey(dataset_id=SCARCE, job_id=job_id, provider_id=ident.id,
+                         wrapped="a2V5", created_at=c.now()))
+    with pytest.raises(Exception) as later:
+        checkpoints.record(c, ident.id, aid, body)
+    assert "no dataset key" not in str(later.value)
+
+
+def test_only_a_primary_is_held_to_the_key(c: Coordinator) -> None:
+    """A checker may judge without the rows (a chain whose checkpoints were never uploaded
+    is unreplayable whatever the key): rejecting its result would let the cheat's audit
+    be dropped as a withheld key."""
+    from deai.coordinator.datasets import require_key
+
+    job = Job(id="job_x", spec={"dataset_id": SCARCE})
+    with c.db.read() as s:
+        for role, why in ((Role.PRIMARY, "no dataset key"), (Role.REPLICA, None),
+                          (Role.REFEREE, None), (Role.AUDIT, None)):
+            got = require_key(s, job, Assignment(role=role.value, provider_id="p" * 64))
+            assert (got if got is None else got[:14]) == why
+        assert require_key(s, Job(id="job_y", spec={}), Assignment(
+            role=Role.PRIMARY.value, provider_id="p" * 64)) is None  # no dataset

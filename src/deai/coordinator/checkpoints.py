@@ -31,7 +31,7 @@ from fastapi import APIRouter, Depends, Query
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from deai.coordinator import access
+from deai.coordinator import access, datasets
 from deai.coordinator.auth import coordinator, signer
 from deai.coordinator.service import Coordinator
 from deai.core import checkpoints, sealed, wire
@@ -94,6 +94,9 @@ def record(c: Coordinator, pid: str, assignment_id: str,
         if not takes_checkpoints(job.kind):
             raise InvalidInput(f"assignment: {job.kind} jobs take no checkpoints",
                                field="assignment")
+        keyless = datasets.require_key(s, job, a)
+        if keyless is not None:  # a chain made without the rows, for another to resume
+            raise Conflict(f"assignment: {keyless}", field="assignment")
         if sealed.is_sealed(job.spec):  # ciphertext: the chain commits to the stated plaintext
             from deai.coordinator import sealed_jobs
             blob_digest, seed, steps, genesis = sealed_jobs.checkpoint_terms(c, job, task, body)

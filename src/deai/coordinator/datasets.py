@@ -388,12 +388,16 @@ def hold_fee(c: Coordinator, s: Session, d: Dataset, use: DatasetUse) -> tuple[i
     return use.price * idle // HOLD_PERIOD_S, idle
 
 
-def require_key(s: Session, job: Job, pid: str) -> str | None:
-    """Why a result of ``pid``'s for ``job`` cannot stand, or None: on a dataset, a
-    provider the owner never released the key to for this job cannot have trained on the
-    rows (it would have to keep a key from an earlier job, which the owner gave for that
-    job only); its output is junk, or a way to end its lease's live time early."""
-    if not (job.spec or {}).get("dataset_id") or pid in released_to(s, job.id):
+def require_key(s: Session, job: Job, a: Assignment) -> str | None:
+    """Why lease ``a``'s result or checkpoint for ``job`` cannot stand, or None: on a
+    dataset, a primary the owner never released the key to for this job cannot have
+    trained on the rows (it would have to keep a key from an earlier job, which the
+    owner gave for that job only); its output is junk, or a way to end its lease's live
+    time early. A check is not held to it: a checker may judge without the rows (a chain
+    whose checkpoints were never uploaded is unreplayable whatever the key), and
+    rejecting it would let such a cheat's audit be dropped as withheld."""
+    if a.role != Role.PRIMARY.value or not (job.spec or {}).get("dataset_id") \
+            or a.provider_id in released_to(s, job.id):
         return None
     return "no dataset key was released to this provider for the job"
 

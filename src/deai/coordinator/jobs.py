@@ -345,8 +345,8 @@ def submit_result(c: Coordinator, pid: str, assignment_id: str,
         a, task, job = _locked(c, s, pid, assignment_id)
         a.submitted_at, a.output_digest = c.now(), r.output_digest
         a.units, a.seconds, a.signature = r.units, r.seconds, r.signature
-        problem = datasets.require_key(s, job, pid) or _metering_problem(c, a, task, job,
-                                                                        r.units)
+        problem = datasets.require_key(s, job, a) or _metering_problem(c, a, task, job,
+                                                                      r.units)
         if problem is not None:
             todo = D.on_rejected(effects.ctx(c, job, task), verify.party(a), problem)
         else:
