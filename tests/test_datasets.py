@@ -299,6 +299,8 @@ def test_an_owner_serving_only_trusted_providers_refuses_the_others(net: Network
     refused(lambda: datasets.refuse(owner, ds.id, job.id, [other._me()]), 422, "providers")
     refused(lambda: owner.request("POST", url, json_body={"job_id": job.id, "providers": []}),
             422, "providers")
+    refused(lambda: owner.request("POST", url, json_body={
+        "job_id": job.id, "providers": ["f" * 65]}), 422, "providers.0")
     refused(lambda: datasets.refuse(owner, ds.id, "job_nope", [prov._me()]), 404, "job_id")
 
     trust = frozenset({other._me()})

@@ -26,8 +26,11 @@
   provider that kept an earlier job's key, with no release, was never paid. A job
   that ends otherwise (cancelled, failed, expired) gets the royalty back with the
   rest of its escrow, its use no longer counted (``end_use``); on a dataset with
-  ``max_uses``, less a hold fee for the time the use was held before any provider took
-  the job (``hold_fee``: the price per ``HOLD_PERIOD_S``, a day).
+  ``max_uses``, less a hold fee to the network for the time the job sat idle, no
+  provider on it (``hold_fee``: the price per ``HOLD_PERIOD_S``, a day). A primary's
+  result or checkpoint stands only if the key was released to it (``require_key``).
+- The owner may refuse providers leased for its jobs before releasing them the key
+  (``dataset_refusals``).
 - The job's owner reads no checkpoint of its job but the final model, once the job
   has completed (``access.owner_may_read``, ``checkpoints.listing``): with one row a
   step, the change between two checkpoints gives the row. Training on a dataset

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import Field
 
@@ -94,9 +94,10 @@ class ReleaseIn(In):
 
 class RefuseIn(In):
     job_id: str = Field(min_length=1, max_length=40)
-    providers: list[str] = Field(min_length=1, max_length=64, description=(
-        "providers leased for the job, none released the key yet, that the owner turns "
-        "away: their leases fail and the task is placed again without them"))
+    providers: list[Annotated[str, Field(min_length=1, max_length=64)]] = Field(
+        min_length=1, max_length=64, description=(
+            "providers leased for the job, none released the key yet, that the owner "
+            "turns away: their leases fail and the task is placed again without them"))
 
 
 class KeyOut(Out):
