@@ -175,6 +175,10 @@ def serve(once: Annotated[bool, typer.Option(help="One pass, then exit.")] = Fal
                 console.print(f"released to {len(to)} provider(s) for job {job_id}")
             for job_id, to in done.refused:
                 console.print(f"refused {len(to)} provider(s) for job {job_id}")
+            for job_id, why in done.failed:
+                console.print(f"[red]job {job_id}: {why}[/]")
+            if done.failed:
+                raise typer.Exit(1)
             return
         sigterm_as_interrupt()
         stop = threading.Event()

@@ -147,9 +147,11 @@ def _key(ds: W.DatasetOut, identity: Identity) -> bytes:
 
 @dataclass
 class Served:
-    """One pass of the owner's release loop: (job, providers) released and refused."""
+    """One pass of the owner's release loop: (job, providers) released and refused, and
+    (job, error) for each job it could not serve."""
     released: list[tuple[str, list[str]]] = field(default_factory=list)
     refused: list[tuple[str, list[str]]] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)
 
 
 def serve_pass(client: Client, now: float | None = None,
@@ -166,6 +168,7 @@ def serve_pass(client: Client, now: float | None = None,
             _serve_one(client, client.identity, p, now, trust, out)
         except DeAIError as exc:  # the job ended meanwhile, say: the others still served
             log.warning("dataset %s, job %s: %s", p.dataset_id, p.job_id, exc)
+            out.failed.append((p.job_id, str(exc)))
     return out
 
 

@@ -221,9 +221,12 @@ def drop_blocked_audits(c: Coordinator) -> int:
     withheld = and_(Task.job_id.in_(select(DatasetUse.job_id)), keyless >= KEY_TRIES)
     # A job on a dataset that ended uncompleted gave its use back (``end_use``): no key
     # is released for it any more, and its audits never ran.
-    void = and_(Task.job_id.in_(select(Job.id).where(
-        Job.spec["dataset_id"].as_string().is_not(None))),
-        Task.job_id.not_in(select(DatasetUse.job_id)))
+    # Correlated by key, the task's own job only: not a scan of every job's spec at each
+    # upkeep pass.
+    void = and_(~select(DatasetUse.id).where(DatasetUse.job_id == Task.job_id).exists(),
+                select(Job.id).where(Job.id == Task.job_id,
+                                     Job.spec["dataset_id"].as_string().is_not(None))
+                .exists())
     blocked = (Task.pending_role == Role.AUDIT.value, or_(revoked, withheld, void))
     with c.db.read() as s:  # most passes find none: no write transaction for them
         if s.scalar(select(Task.id).where(*blocked).limit(1)) is None:

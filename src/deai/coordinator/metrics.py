@@ -51,7 +51,8 @@ ASGIApp = Callable[[Scope, Callable[[], Awaitable[Any]], Callable[[Any], Awaitab
 BATCH = 5000
 MAX_BATCHES = 40  # bounds one scrape; the rest is read by the next
 OUTCOMES = {"task_accepted": "accepted", "result_rejected": "rejected",
-            "task_failed": "failed", "lease_expired": "expired"}
+            "task_failed": "failed", "lease_expired": "expired",
+            "lease_refused": "refused"}
 DURATION_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
 
 
