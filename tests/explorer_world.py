@@ -39,12 +39,14 @@ from deai.core.lifecycle import effects as E
 from deai.core.verify.policy import Fault
 from deai.store.models import Lease, LeaseHost, Provider
 from deai.store.models_clusters import Cluster
+from deai.store.models_datasets import Dataset
 from tests.lifecycle_worlds import DbWorld
 from tests.netutil import free_port
 
 BELOW = "b" * 64
 EXTRA_ENTRIES = 40  # faucets, so the journal spans more than two explorer pages
 LEASE_ESCROW = 7_654_321  # private: never on a public page
+DATASETS = ("ds_" + "7" * 24, "ds_" + "8" * 24)
 
 
 @dataclass
@@ -96,6 +98,14 @@ def build(root: Path) -> World:
         s.add(Cluster(id="cl_world", owner=w.client, status="running", nodes=2,
                       leases=["lse_head", "lse_worker"], lost=[], created_at=now,
                       form_by=now + 180, ready_at=now, ray={"token": "never shown"}))
+        # Two datasets on offer: one any provider may run, one its owner named two for.
+        for dsid, name, named in ((DATASETS[0], "open rows", None),
+                                  (DATASETS[1], "named rows", [p[5], p[2]])):
+            s.add(Dataset(id=dsid, owner=w.client, name=name, blob_digest="0" * 64, size=2048,
+                          info={"n": 64, "features": 4, "classes": 2, "sha256": "1" * 64},
+                          owner_key="never shown", price_per_use=250_000, allow=["train"],
+                          expires_at=None, max_uses=10, uses=0, royalties=0, created_at=now,
+                          providers=named))
     clock.advance(w.c.settings.challenge_window + 1)  # every event of the job is public
     for pid in (p[5], BELOW):
         w.c.heartbeat(pid, [])

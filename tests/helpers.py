@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import httpx
 import numpy as np
@@ -219,6 +219,44 @@ def in_background(fn: Callable[[], T]) -> Callable[[float], T]:
         assert got, "the call never returned (still running, or it raised)"
         return got[0]
     return result
+
+
+@dataclass
+class Pause:
+    """Where ``paused`` holds a writer: ``reached`` is set when it gets there, and it goes
+    on once ``go`` is set."""
+
+    reached: threading.Event
+    go: threading.Event
+
+    def go_after(self, seconds: float) -> None:
+        """Set ``go`` in ``seconds``, from a timer: time for the other writer, sent
+        meanwhile, to come to the lock it must wait on."""
+        threading.Timer(seconds, self.go.set).start()
+
+
+@contextlib.contextmanager
+def paused(owner: object, name: str, hold: float) -> Iterator[Pause]:
+    """While the block runs, ``owner.name`` (a function a writer calls inside its
+    transaction, its locks taken) sets ``reached``, waits for ``go`` (at most ``hold``
+    seconds), then calls the real one: a writer held with its locks while the test sends
+    another, which must wait for them rather than run before or after it by luck. Every
+    call waits so until ``go`` is set; leaving the block sets it and puts the real one
+    back."""
+    real = getattr(owner, name)
+    pause = Pause(threading.Event(), threading.Event())
+
+    def held(*args: Any, **kw: Any) -> Any:
+        pause.reached.set()
+        pause.go.wait(hold)
+        return real(*args, **kw)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(owner, name, held)
+        try:
+            yield pause
+        finally:
+            pause.go.set()  # a writer the block left held goes on
 
 
 def served_embedding(net: Network, hand: HandProvider, key: str

@@ -315,6 +315,39 @@ def test_an_owner_serving_only_trusted_providers_refuses_the_others(net: Network
     settled(user, job.id, 0)
 
 
+def test_a_dataset_names_the_only_providers_its_jobs_run_on(net: Network) -> None:
+    """``providers`` at publication, ``PUT /api/datasets/{id}/providers`` after: the
+    matcher places the dataset's jobs on those only, however cheap the others; the list
+    is public (a buyer sees where its job will run)."""
+    owner = Client(net.url, Identity.generate())
+    user = Client(net.url, Identity.generate())
+    user.faucet(100_000_000)
+    cheap = HandProvider(net, price=1, offer=("train", "mlp-digits"))
+    dear = HandProvider(net, price=500, offer=("train", "mlp-digits"))
+    ds = datasets.publish(owner, rows(seed=5), "named providers", terms(),
+                          frozenset({dear.id}))
+    assert datasets.show(Client(net.url), ds.id).providers == [dear.id]
+    url = f"/api/datasets/{ds.id}/providers"
+    refused(lambda: user.request("PUT", url, json_body={"providers": [cheap.id]}), 403, None)
+    refused(lambda: owner.request("PUT", url, json_body={"providers": ["F" * 64]}), 422,
+            "providers.0")
+    refused(lambda: owner.request("PUT", url, json_body={"providers": []}), 422, "providers")
+    refused(lambda: owner.request("PUT", url, json_body={}), 422, "providers")
+    assert datasets.show(Client(net.url), ds.id).providers == [dear.id]  # unchanged
+
+    job = datasets.submit(user, SPEC, ds.id)
+    prov, leased = take(cheap.c, dear.c)  # the cheap one asks first, every time
+    assert (prov, leased.job_id) == (dear.c, job.id)
+    # The owner names the cheap one instead and refuses the lease it no longer trusts.
+    assert datasets.set_providers(owner, ds.id, frozenset({cheap.id})).providers == [cheap.id]
+    assert datasets.refuse(owner, ds.id, job.id, [dear.id]) == [dear.id]
+    again, lease2 = take(dear.c, cheap.c)
+    assert (again, lease2.job_id) == (cheap.c, job.id)
+    assert datasets.set_providers(owner, ds.id, None).providers is None
+    user.cancel_job(job.id)
+    settled(user, job.id, 0)
+
+
 def settled(c: Client, job_id: str, royalty: int) -> None:
     """A job on a dataset that ended: ``royalty`` paid (it completed), or else the hold
     fee of a scarce use for the seconds it sat queued (a few here), and the rest of its

@@ -25,7 +25,7 @@ from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from deai.client.sdk import Client
 from tests import explorer_world
-from tests.explorer_world import World
+from tests.explorer_world import DATASETS, World
 from tests.helpers import ARGS, CHROMIUM, SHOTS
 from tests.netutil import Network
 
@@ -312,6 +312,22 @@ def test_leases_page_shows_clusters_and_leases(wtab: Tab, world: tuple[World, st
     assert not nulls(page), nulls(page)
     assert not wtab.errors, wtab.errors
     wtab.shot("provider-leases")
+
+
+def test_datasets_page_shows_terms_and_named_providers(wtab: Tab,
+                                                       world: tuple[World, str]) -> None:
+    page = wtab.open("#/datasets")
+    table = page.get_by_test_id("datasets-table")
+    expect(table.locator("tbody tr")).to_have_count(2, timeout=30_000)
+    named = table.locator(f'tr[data-id="{DATASETS[1]}"]')
+    expect(named).to_contain_text("runs on 2 named providers")
+    expect(named).to_contain_text("at most 10 uses")
+    expect(table.locator(f'tr[data-id="{DATASETS[0]}"]')).not_to_contain_text("named")
+    expect(page.get_by_test_id("stat-datasets").locator(".value")).to_have_text("2")
+    assert "never shown" not in page.content()  # the owner's wrapped key
+    assert not nulls(page), nulls(page)
+    assert not wtab.errors, wtab.errors
+    wtab.shot("datasets")
 
 
 def test_ledger_postings_by_name_and_paging(wtab: Tab, world: tuple[World, str]) -> None:

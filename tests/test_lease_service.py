@@ -27,9 +27,10 @@ from deai.core.errors import (
     NotFound,
 )
 from deai.core.leases import cost_of
-from deai.core.wire_leases import ExtendIn, HostIn, LeaseIn
+from deai.core.wire_leases import ExtendIn, HostIn, HostOut, LeaseIn, LeaseOut
 from deai.store import journal, migrate
 from deai.store.models import Event, JournalEntry, Lease, LeaseHost, Provider
+from tests.helpers import in_background, paused
 from tests.races import gate, race
 
 OWNER, HOST, OTHER = "a" * 64, "b" * 64, "c" * 64
@@ -432,75 +433,56 @@ def test_a_withdrawn_host_drains_its_leases_and_takes_no_new_one(c: Coordinator)
     audit(c)
 
 
-def test_an_extension_racing_a_withdrawal_is_seen_by_it_or_refused(
-        c: Coordinator, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_extension_racing_a_withdrawal_is_seen_by_it_or_refused(c: Coordinator) -> None:
     """An extension that passed its host check while the host withdrew: the withdrawal
     reports the lease's true end either way (it waits for the extension, or the extension
     waits for it and is refused). Unlocked on PostgreSQL, the extension went through and
     the withdrawal reported the end before it: a host that stopped then lost stake."""
     lid = start(c, hours=0.05)
-    checked, withdrawing = threading.Event(), threading.Event()
-    real = leases.core.escrow_for
 
-    def after_the_host_check(*a: Any, **kw: Any) -> int:  # ``_extend``, past its check
-        checked.set()
-        withdrawing.wait(2 if not c.db.is_sqlite else 0.1)  # SQLite: the withdrawal waits
-        return real(*a, **kw)
-
-    monkeypatch.setattr(leases.core, "escrow_for", after_the_host_check)
-    got: dict[str, Any] = {}
-
-    def extend() -> None:
+    def extend() -> LeaseOut | Conflict:
         try:
-            got["out"] = leases.extend(c, OWNER, lid, ExtendIn(hours=1))
+            return leases.extend(c, OWNER, lid, ExtendIn(hours=1))
         except Conflict as e:
-            got["out"] = e
+            return e
 
-    t = threading.Thread(target=extend)
-    t.start()
-    assert checked.wait(10)
-    threading.Timer(0.3, withdrawing.set).start()  # once the withdrawal waits on the lease
-    out = leases.withdraw_host(c, HOST)
-    t.join(10)
+    # ``_extend`` held past its host check (SQLite: the withdrawal waits for it anyway)
+    with paused(leases.core, "escrow_for", hold=2 if not c.db.is_sqlite else 0.1) as p:
+        extended = in_background(extend)
+        assert p.reached.wait(10)
+        p.go_after(0.3)  # once the withdrawal waits on the lease
+        out = leases.withdraw_host(c, HOST)
+        got = extended(10)
     final = leases.show(c, OWNER, lid)
     assert out.live == [lid] and out.until == final.ends_at
-    if isinstance(got["out"], Conflict):
-        assert got["out"].details["status"] == "host_withdrawn"
+    if isinstance(got, Conflict):
+        assert got.details["status"] == "host_withdrawn"
     audit(c)
 
 
 def test_an_offer_put_again_while_the_host_withdraws_is_one_or_the_other(
-        c: Coordinator, monkeypatch: pytest.MonkeyPatch) -> None:
+        c: Coordinator) -> None:
     """``set_host`` holding the host's row while a withdrawal comes: the withdrawal waits
     for it and deletes the offer it wrote (or, the other way round, the offer is written
     again after the withdrawal). Read unlocked on PostgreSQL, the withdrawal deleted the
     row under the offer's update, which then matched no row: a 500."""
-    written, withdrawing = threading.Event(), threading.Event()
-    real = leases._host_out
 
-    def inside_the_offers_transaction(*a: Any, **kw: Any) -> Any:
-        written.set()
-        withdrawing.wait(2 if not c.db.is_sqlite else 0.1)  # SQLite: the withdrawal waits
-        return real(*a, **kw)
-
-    monkeypatch.setattr(leases, "_host_out", inside_the_offers_transaction)
-    got: dict[str, Any] = {}
-
-    def offer() -> None:
+    def offer() -> HostOut | Exception:
         try:
-            got["out"] = leases.set_host(c, CFG, HOST, HostIn(
+            return leases.set_host(c, CFG, HOST, HostIn(
                 cpus=4, memory_mb=8192, prices={"cpu": 360_000, "memory_gb": 36_000}))
         except Exception as e:  # noqa: BLE001 - the test reports it
-            got["out"] = e
+            return e
 
-    t = threading.Thread(target=offer)
-    t.start()
-    assert written.wait(10)
-    threading.Timer(0.3, withdrawing.set).start()  # once the withdrawal waits on the row
-    out = leases.withdraw_host(c, HOST)
-    t.join(10)
-    assert not isinstance(got["out"], Exception), repr(got["out"])
-    assert got["out"].cpus == 4 and out.withdrawn  # the offer, then its withdrawal
+    # inside the offer's transaction (SQLite: the withdrawal waits for it anyway)
+    with paused(leases, "_host_out", hold=2 if not c.db.is_sqlite else 0.1) as p:
+        offered = in_background(offer)
+        assert p.reached.wait(10)
+        p.go_after(0.3)  # once the withdrawal waits on the row
+        out = leases.withdraw_host(c, HOST)
+        got = offered(10)
+    assert not isinstance(got, Exception), repr(got)
+    assert got.cpus == 4 and out.withdrawn  # the offer, then its withdrawal
     with c.db.read() as s:
         assert s.get(LeaseHost, HOST) is None
         kinds = s.scalars(select(Event.kind).where(Event.subject == HOST, Event.kind.in_(

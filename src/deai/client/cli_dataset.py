@@ -2,6 +2,7 @@
 
     deai dataset publish rows.csv --price-per-use 0.5 --allow train [--expires 2027-01-01]
     deai dataset list | show ID | revoke ID | delete ID
+    deai dataset providers ID FILE | --anyone   # the only providers its jobs run on
     deai dataset train ID spec.yaml [--accept-price P] [--wait]   # another account's job
     deai dataset serve [--once]      # the owner releases the key to leased providers
     deai dataset uses ID             # each use: job, status, model and chain head
@@ -76,7 +77,9 @@ def show_dataset(ds: W.DatasetOut) -> None:
                   + (" (a use held by a job no provider has taken costs the price per "
                      "day, pro rata, if the job ends without a model)" if t.max_uses else "")
                   + "\n"
-                  f"uses       {ds.uses}; royalties paid {money.fmt(ds.royalties)} DEAI")
+                  f"uses       {ds.uses}; royalties paid {money.fmt(ds.royalties)} DEAI\n"
+                  f"providers  " + ("any" if ds.providers is None else
+                                    f"{len(ds.providers)} named by the owner"))
 
 
 @command(dataset_app, "publish")
@@ -88,6 +91,10 @@ def publish(path: Path,
             = None,
             max_uses: Annotated[int | None, typer.Option(min=1)] = None,
             name: Annotated[str | None, typer.Option()] = None,
+            providers: Annotated[Path | None, typer.Option(
+                exists=True, dir_okay=False,
+                help="A file of provider ids, one a line: its jobs run on these only.")]
+            = None,
             coordinator: Coordinator = DEFAULT_COORDINATOR, key: Key = "client") -> None:
     """Encrypt PATH under a fresh key, upload it, and offer it under these terms."""
     try:
@@ -97,8 +104,9 @@ def publish(path: Path,
     terms = D.Terms(price_per_use=_amount(price_per_use, "price_per_use"),
                     allow=_allow(allow),  # type: ignore[arg-type]
                     expires_at=_expiry(expires), max_uses=max_uses)
+    trusted = datasets.read_trust(providers) if providers is not None else None
     with signer(coordinator, key) as c:
-        ds = datasets.publish(c, data, name or path.name, terms)
+        ds = datasets.publish(c, data, name or path.name, terms, trusted)
     console.print(f"published dataset [bold]{ds.id}[/]")
     show_dataset(ds)
 
@@ -127,6 +135,23 @@ def revoke(dataset_id: str, coordinator: Coordinator = DEFAULT_COORDINATOR,
     """No new job may use it, and its key is released to nobody any more."""
     with signer(coordinator, key) as c:
         show_dataset(datasets.revoke(c, dataset_id))
+
+
+@command(dataset_app, "providers")
+def providers(dataset_id: str,
+              file: Annotated[Path | None, typer.Argument(
+                  exists=True, dir_okay=False,
+                  help="Provider ids, one a line; leave out with --anyone.")] = None,
+              anyone: Annotated[bool, typer.Option(
+                  help="Let any provider run the dataset's jobs again.")] = False,
+              coordinator: Coordinator = DEFAULT_COORDINATOR, key: Key = "client") -> None:
+    """Name the only providers your dataset's jobs run on from now on: their primaries
+    and replicas, who read the rows (audits stay the network's verifiers')."""
+    if (file is None) == (not anyone):
+        raise InvalidInput("file: give a file of provider ids, or --anyone", field="file")
+    trusted = None if anyone else datasets.read_trust(file)  # type: ignore[arg-type]
+    with signer(coordinator, key) as c:
+        show_dataset(datasets.set_providers(c, dataset_id, trusted))
 
 
 @command(dataset_app, "delete")

@@ -71,17 +71,37 @@ def summary(data: bytes) -> W.TrainInfo:
                        sha256=info.sha256)
 
 
-def publish(client: Client, data: bytes, name: str, terms: D.Terms) -> W.DatasetPrivateOut:
-    """Encrypt ``data`` under a fresh key, upload the ciphertext, register it with ``terms``."""
+def publish(client: Client, data: bytes, name: str, terms: D.Terms,
+            providers: frozenset[str] | None = None) -> W.DatasetPrivateOut:
+    """Encrypt ``data`` under a fresh key, upload the ciphertext, register it with ``terms``;
+    ``providers``: the only ones its jobs may run on (None: any)."""
     if "embeddings" in terms.allow and "train" not in terms.allow:
         raise InvalidInput("allow: only training jobs can use a dataset so far",
                            field="allow")
+    _some(providers)
     info = summary(data) if "train" in terms.allow else None
     dataset_id, key = new_id(), secrets.token_bytes(crypto.KEY_BYTES)
     digest = client.upload(encrypt(data, dataset_id, key)).digest
     body = W.DatasetIn(id=dataset_id, name=name, blob_digest=digest, size=len(data), train=info,
-                       owner_key=crypto.wrap(key, client._me()), terms=terms)
+                       owner_key=crypto.wrap(key, client._me()), terms=terms,
+                       providers=sorted(providers) if providers is not None else None)
     return client._post("/api/datasets", body, W.DatasetPrivateOut)
+
+
+def _some(providers: frozenset[str] | None) -> None:
+    if providers is not None and not 1 <= len(providers) <= W.MAX_TRUSTED:
+        raise InvalidInput(f"providers: name 1 to {W.MAX_TRUSTED} providers "
+                           f"({len(providers)} given)", field="providers")
+
+
+def set_providers(client: Client, dataset_id: str,
+                  providers: frozenset[str] | None) -> W.DatasetOut:
+    """Name the only providers one's dataset's jobs run on from now on (None: any)."""
+    _some(providers)
+    body = W.ProvidersIn(providers=sorted(providers) if providers is not None else None)
+    return W.DatasetOut.model_validate(client.request(
+        "PUT", f"/api/datasets/{dataset_id}/providers",
+        json_body=body.model_dump(mode="json")).json())
 
 
 def listing(client: Client, owner: str | None = None) -> list[W.DatasetOut]:

@@ -2,8 +2,9 @@
 
 Public: the list and each dataset's public face (``GET /api/datasets``,
 ``/api/datasets/{id}``, ``/api/explorer/datasets``). Signed: publishing,
-revoking, deleting, the owner's pending releases, key releases and list of uses; a
-provider's wrapped key; the ciphertext (owner or a provider holding a key).
+revoking, deleting, naming its trusted providers, the owner's pending releases, key
+releases and list of uses; a provider's wrapped key; the ciphertext (owner or a
+provider holding a key).
 """
 
 from __future__ import annotations
@@ -62,6 +63,12 @@ def show(dataset_id: DatasetId, c: C,
 @router.post("/datasets/{dataset_id}/revoke", response_model=W.DatasetOut)
 def revoke(dataset_id: DatasetId, c: C, me: Signer) -> W.DatasetOut:
     return datasets.revoke(c, me, dataset_id)
+
+
+@router.put("/datasets/{dataset_id}/providers", response_model=W.DatasetOut)
+def providers(dataset_id: DatasetId, body: W.ProvidersIn, c: C, me: Signer) -> W.DatasetOut:
+    """The owner names the only providers its dataset's jobs run on (``null``: any)."""
+    return datasets.set_providers(c, me, dataset_id, body)
 
 
 @router.delete("/datasets/{dataset_id}", response_model=W.DatasetOut)

@@ -65,6 +65,8 @@ def _candidates(c: Coordinator, s: Session,
                 Offer.price <= demand.max_price, Provider.status == ProviderStatus.ACTIVE,
                 Provider.last_seen >= since)
          .order_by(Offer.provider_id))
+    if demand.only is not None:  # a few named providers (a sealed set, a dataset's list)
+        q = q.where(Offer.provider_id.in_(sorted(demand.only)))
     offset, size = 0, FIRST
     while True:
         ids = list(s.scalars(q.offset(offset).limit(size)))

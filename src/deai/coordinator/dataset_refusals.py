@@ -18,7 +18,6 @@ from deai.core import wire_datasets as W
 from deai.core.errors import Conflict, Forbidden, InvalidInput, NotFound
 from deai.core.lifecycle import AssignmentStatus, decide
 from deai.store.models import Assignment, Job, Task
-from deai.store.models_datasets import DatasetUse
 
 REFUSED = "refused by the dataset's owner"  # a refused lease's error (``refuse``)
 
@@ -42,12 +41,13 @@ def refuse(c: Coordinator, owner: str, dataset_id: str, body: W.RefuseIn) -> lis
         d = datasets.get(s, dataset_id)
         if d.owner != owner:
             raise Forbidden("only the dataset's owner refuses its jobs' providers")
-        if s.scalar(select(DatasetUse.id).where(DatasetUse.job_id == body.job_id,
-                                                DatasetUse.dataset_id == dataset_id)) is None:
-            raise NotFound(f"job_id: no job {body.job_id} uses this dataset", field="job_id")
-        # The documented order: the job, then its tasks, then their leases.
+        # The documented order: the job, then its tasks, then their leases. A job of
+        # the dataset's by its spec, not by its use: a job that ended without a model
+        # gave its use back (``datasets.end_use``), and a refusal that lost the race to
+        # its cancel skips its ended leases like any other, rather than a 404.
         job = s.get(Job, body.job_id, with_for_update=True, populate_existing=True)
-        assert job is not None  # a use names a job that exists
+        if job is None or (job.spec or {}).get("dataset_id") != dataset_id:
+            raise NotFound(f"job_id: no job {body.job_id} uses this dataset", field="job_id")
         ever = set(s.scalars(select(Assignment.provider_id).where(
             Assignment.job_id == job.id, Assignment.provider_id.in_(wanted))))
         released = datasets.released_to(s, job.id)

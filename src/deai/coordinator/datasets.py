@@ -42,6 +42,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -80,7 +81,7 @@ def _out(d: Dataset, private: bool = False) -> W.DatasetOut:
     face: dict[str, Any] = dict(
         id=d.id, owner=d.owner, name=d.name, size=d.size, train=d.info or None,
         terms=_terms(d), uses=d.uses, royalties=d.royalties, created_at=d.created_at,
-        revoked_at=d.revoked_at, deleted_at=d.deleted_at)
+        revoked_at=d.revoked_at, deleted_at=d.deleted_at, providers=d.providers)
     if private:
         return W.DatasetPrivateOut(**face, blob_digest=d.blob_digest, owner_key=d.owner_key)
     return W.DatasetOut(**face)
@@ -129,7 +130,8 @@ def publish(c: Coordinator, owner: str, body: W.DatasetIn) -> W.DatasetPrivateOu
                     size=body.size, info=body.train.model_dump() if body.train else {},
                     owner_key=body.owner_key, price_per_use=body.terms.price_per_use,
                     allow=list(body.terms.allow), expires_at=body.terms.expires_at,
-                    max_uses=body.terms.max_uses, uses=0, royalties=0, created_at=c.now())
+                    max_uses=body.terms.max_uses, uses=0, royalties=0, created_at=c.now(),
+                    providers=_trusted(body.providers))
         s.add(d)
         s.flush()
         c.emit(s, "dataset_published", d.id, owner=owner, name=d.name,
@@ -139,6 +141,52 @@ def publish(c: Coordinator, owner: str, body: W.DatasetIn) -> W.DatasetPrivateOu
         return out
 
     return c.db.run(create)
+
+
+def _trusted(providers: list[str] | None) -> list[str] | None:
+    return sorted(set(providers)) if providers is not None else None
+
+
+def set_providers(c: Coordinator, owner: str, dataset_id: str,
+                  body: W.ProvidersIn) -> W.DatasetOut:
+    """The owner names the only providers its dataset's jobs run on (``None``: any).
+
+    From the next placement on, for every job on the dataset, those admitted already
+    too: a primary or a replica (who read the rows) goes only to a listed provider; an
+    audit or a referee stays the network's verifiers'. A live lease is left as it is:
+    the owner refuses it (``dataset_refusals``) if it no longer trusts its provider.
+    A deleted dataset's list no longer matters: 409 ``dataset``."""
+    def run(s: Session) -> W.DatasetOut:
+        d = get(s, dataset_id, lock=True)
+        if d.owner != owner:
+            raise Forbidden("only the dataset's owner may name its providers")
+        if d.deleted_at is not None:
+            raise Conflict(f"dataset {dataset_id} is deleted", field="dataset")
+        d.providers = _trusted(body.providers)
+        c.emit(s, "dataset_providers", d.id, owner=owner,
+               providers=None if d.providers is None else len(d.providers))
+        return _out(d)
+
+    return c.db.run(run)
+
+
+def trusted(s: Session, dataset_id: str) -> frozenset[str] | None:
+    """The only providers a job on the dataset may run on, None for any."""
+    got = get(s, dataset_id).providers
+    return None if got is None else frozenset(got)
+
+
+def trusted_for(s: Session, job_ids: Sequence[str]) -> dict[str, frozenset[str]]:
+    """``trusted`` of each of ``job_ids`` that uses a dataset with a list, by job."""
+    out: dict[str, frozenset[str]] = {}
+    for i in range(0, len(job_ids), 500):
+        for jid, got in s.execute(
+                select(DatasetUse.job_id, Dataset.providers)
+                .join(Dataset, Dataset.id == DatasetUse.dataset_id)
+                .where(DatasetUse.job_id.in_(job_ids[i:i + 500]))).all():
+            if got is not None:
+                out[jid] = frozenset(got)
+    return out
 
 
 def revoke(c: Coordinator, owner: str, dataset_id: str) -> W.DatasetOut:

@@ -76,11 +76,24 @@ def quote(c: Coordinator, q: wire.QuoteIn) -> wire.QuoteOut:
                            field="shard_units")
     with c.db.read() as s:
         providers = all_provider_states(c, s)
-    return _quote_out(c, spec, q.shard_units, providers)
+        only = _trusted(s, spec)
+    return _quote_out(c, spec, q.shard_units, providers, only)
 
 
-def _demand(c: Coordinator, spec: specs.JobSpec, shard_units: list[int]) -> market.TaskDemand:
-    """The job's largest task, as matching sees it: what a quote is for."""
+def _trusted(s: Session, spec: specs.JobSpec) -> frozenset[str] | None:
+    """The only providers a job on a dataset runs on, by its owner's list (None: any)."""
+    if spec.dataset_id is None:
+        return None
+    from deai.coordinator import datasets
+    return datasets.trusted(s, spec.dataset_id)
+
+
+def _demand(c: Coordinator, spec: specs.JobSpec, shard_units: list[int],
+            only: frozenset[str] | None = None,
+            exclude: frozenset[str] = frozenset()) -> market.TaskDemand:
+    """The job's largest task, as matching sees it: what a quote is for. ``only``: the
+    providers a dataset's owner trusts with its rows (``_trusted``); ``exclude``: the
+    job's owner, for a job on a dataset (the matcher never places it there)."""
     info = kinds.get(spec.kind).model(spec)
     biggest = max(shard_units)
     return market.TaskDemand(id="quote", workload=spec.kind, model=info.name,
@@ -88,12 +101,14 @@ def _demand(c: Coordinator, spec: specs.JobSpec, shard_units: list[int]) -> mark
                              stake_needed=stake_needed(
                                  c, cost_for_units(biggest, spec.max_price),
                                  canary=canaries.could_be(c, spec.model_dump(),
-                                                          len(shard_units))))
+                                                          len(shard_units))),
+                             only=only, exclude=exclude)
 
 
 def _quote_out(c: Coordinator, spec: specs.JobSpec, shard_units: list[int],
-               providers: list[market.ProviderState]) -> wire.QuoteOut:
-    d = _demand(c, spec, shard_units)
+               providers: list[market.ProviderState],
+               only: frozenset[str] | None = None) -> wire.QuoteOut:
+    d = _demand(c, spec, shard_units, only)
     r = market.quote(d, shard_units, providers, c.settings.min_stake)
     return wire.QuoteOut(
         units=r.units, best_price=r.best_price, estimated_cost=r.estimated_cost,
@@ -162,12 +177,14 @@ def submit(c: Coordinator, owner: str, body: wire.JobIn, *,
     def create(s: Session) -> wire.JobOut:
         if named:  # held until this commits, first (``store.db``: blob holds before rows)
             blob_quota.keep(c, s, named, "input.files")
+        only, mine = None, frozenset[str]()
         if use is not None:  # its dataset before the escrow locks the journal's head
             datasets.lock(s, use.dataset_id)
+            only, mine = datasets.trusted(s, use.dataset_id), frozenset((owner,))
         # One eligible provider admits the job (read from the offers, a few at a time);
         # every provider is read, for the reasons in the refusal, only when none is.
-        if not capacity.any_eligible(c, s, _demand(c, spec, shard_units)):
-            q = _quote_out(c, spec, shard_units, all_provider_states(c, s))
+        if not capacity.any_eligible(c, s, _demand(c, spec, shard_units, only, mine)):
+            q = _quote_out(c, spec, shard_units, all_provider_states(c, s), only)
             if not q.eligible:
                 reasons = {p["provider"][:12]: p["reasons"] for p in q.ineligible}
                 why = "; ".join(f"{k}: {', '.join(v)}" for k, v in reasons.items()) \

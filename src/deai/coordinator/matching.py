@@ -17,7 +17,7 @@ from typing import Any, NamedTuple, cast
 from sqlalchemy import Table, and_, func, inspect, or_, select
 from sqlalchemy.orm import Session
 
-from deai.coordinator import blob_quota, canaries, effects, hoarding, provider_index
+from deai.coordinator import blob_quota, canaries, datasets, effects, hoarding, provider_index
 from deai.coordinator.service import Coordinator, ordered_ids
 from deai.core import catalog, kinds, ledger, market, sealed
 from deai.core.lifecycle import (
@@ -96,9 +96,11 @@ class _Demands:
     def __init__(self, c: Coordinator) -> None:
         self.c = c
         self.jobs: dict[str, tuple[str, str, int, int, frozenset[str] | None,
-                                   frozenset[str]]] = {}
+                                   frozenset[str], frozenset[str] | None]] = {}
         self.stakes: dict[tuple[int, int, bool], int] = {}
         self.canary: dict[str, bool] = {}  # per job: whether it could be a canary
+        # per job on a dataset: the providers its owner trusts with the rows (None: any)
+        self.trusted: dict[str, frozenset[str] | None] = {}
 
     def know(self, s: Session, jobs: Sequence[Job]) -> None:
         """Whether each of ``jobs`` could be a canary (``_may_be_canary``), for a round at
@@ -115,9 +117,17 @@ class _Demands:
                  for jid in maybe[i:i + provider_index.IN_MAX]]))))
         for jid in maybe:
             self.canary[jid] = jid not in beyond
+        on_data = [j.id for j in jobs if j.id not in self.trusted
+                   and (j.spec or {}).get("dataset_id")]
+        if on_data:
+            lists = datasets.trusted_for(s, on_data)
+            for jid in on_data:
+                self.trusted[jid] = lists.get(jid)
 
-    def __call__(self, job: Job, task: Any,
-                 exclude: frozenset[str] = frozenset()) -> market.TaskDemand:
+    def __call__(self, job: Job, task: Any, exclude: frozenset[str] = frozenset(),
+                 verifier: bool = False) -> market.TaskDemand:
+        """``verifier``: the role goes to the network's verifiers (an audit, a referee),
+        whom a dataset's list of trusted providers does not bind."""
         of = self.jobs.get(task.job_id)  # the task's: a job's id is an ORM attribute
         if of is None:
             # A job on a dataset never runs on its owner's account: the dataset's key is
@@ -134,10 +144,13 @@ class _Demands:
                          COMMAND_RAM_SHARE * asked
                          if isinstance(asked, int) and not isinstance(asked, bool) else 0)
             of = self.jobs[task.job_id] = (job.kind, job.model, job.max_price, memory,
-                                           sealed.only(job.spec), mine)
-        workload, model, max_price, memory_mb, only, mine = of
+                                           sealed.only(job.spec), mine,
+                                           self._trusted(job) if mine else None)
+        workload, model, max_price, memory_mb, only, mine, trusted = of
         if mine:
             exclude = exclude | mine
+        if trusted is not None and not verifier:  # who may read the dataset's rows
+            only = trusted if only is None else only & trusted
         units = task.units
         canary = self.canary.get(task.job_id)
         if canary is None:
@@ -149,6 +162,17 @@ class _Demands:
         return market.TaskDemand(id=task.id, workload=workload, model=model,
                                  max_price=max_price, memory_mb=memory_mb, units=units,
                                  exclude=exclude, stake_needed=need, only=only)
+
+
+    def _trusted(self, job: Job) -> frozenset[str] | None:
+        """The providers the job's dataset is trusted to (None: any), as ``know`` read
+        them; else read now in the job's session; a job read outside one goes nowhere."""
+        if job.id not in self.trusted:
+            state = inspect(job, raiseerr=False)
+            s = state.session if state is not None else None
+            self.trusted[job.id] = (datasets.trusted_for(s, [job.id]).get(job.id)
+                                    if s is not None else frozenset())
+        return self.trusted[job.id]
 
 
 def stake_needed(c: Coordinator, value: int, *, canary: bool = True) -> int:
@@ -530,7 +554,7 @@ def _place_round(c: Coordinator, s: Session, rows: Sequence[Any],
         trusted = task.pending_role in TRUSTED_ROLES
         parties = touched[task.id] - c.settings.verifiers if trusted else touched[task.id]
         try:
-            d = demand_of(job, task, index.around(parties))
+            d = demand_of(job, task, index.around(parties), verifier=trusted)
         except Exception:
             _skipped(task.id, "planning its check")
             continue

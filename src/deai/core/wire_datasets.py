@@ -21,6 +21,14 @@ class TrainInfo(In):
     sha256: str = Field(pattern=HEX64)
 
 
+MAX_TRUSTED = 256  # providers a dataset's owner may name as the only ones to run its jobs
+
+Trusted = Annotated[list[Annotated[str, Field(pattern=HEX64)]], Field(
+    min_length=1, max_length=MAX_TRUSTED, description=(
+        "the only providers (ids) its jobs' primaries and replicas are placed on: they "
+        "read the rows; audits and referees stay the network's verifiers"))]
+
+
 class DatasetIn(In):
     id: DatasetId
     name: str = Field(min_length=1, max_length=100, pattern=r"^[^\x00-\x1f\x7f]+$")
@@ -29,6 +37,13 @@ class DatasetIn(In):
     train: TrainInfo | None = None
     owner_key: str = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9+/]*={0,2}$")
     terms: Terms
+    providers: Trusted | None = None  # None: any provider
+
+
+class ProvidersIn(In):
+    """The owner's new list of trusted providers (``null``: any provider again)."""
+
+    providers: Trusted | None
 
 
 class DatasetOut(Out):
@@ -45,6 +60,7 @@ class DatasetOut(Out):
     created_at: float
     revoked_at: float | None = None
     deleted_at: float | None = None  # deleted by its owner: its content is gone
+    providers: list[str] | None = None  # the only providers its jobs run on; None: any
 
 
 class DatasetPrivateOut(DatasetOut):

@@ -880,7 +880,7 @@
       v.body.replaceChildren(table([
         { key: "name", label: "Dataset", render: (x) => h("span", { title: x.id }, x.name) },
         { key: "owner", label: "Owner", render: (x) => accountLink(x.owner) },
-        { key: "terms", label: "Terms", wrap: true, render: (x) => `${money(x.terms.price_per_use)} per use · ${x.terms.allow.join(", ")}${x.terms.max_uses ? ` · at most ${nf.format(x.terms.max_uses)} uses` : ""}${x.terms.expires_at ? ` · until ${new Date(x.terms.expires_at * 1000).toISOString().slice(0, 10)}` : ""}` },
+        { key: "terms", label: "Terms", wrap: true, render: (x) => `${money(x.terms.price_per_use)} per use · ${x.terms.allow.join(", ")}${x.terms.max_uses ? ` · at most ${nf.format(x.terms.max_uses)} uses` : ""}${x.terms.expires_at ? ` · until ${new Date(x.terms.expires_at * 1000).toISOString().slice(0, 10)}` : ""}${x.providers ? ` · runs on ${nf.format(x.providers.length)} named provider${x.providers.length === 1 ? "" : "s"}` : ""}` },
         { key: "size", label: "Size", num: true, render: (x) => `${nf.format(x.size)} B${x.train ? ` · ${nf.format(x.train.n)} rows` : ""}` },
         { key: "uses", label: "Uses", num: true, render: (x) => nf.format(x.uses) },
         { key: "royalties", label: "Royalties", num: true, render: (x) => money(x.royalties) },

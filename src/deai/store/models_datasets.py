@@ -35,6 +35,9 @@ class Dataset(Base):
     revoked_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     # deleted by its owner: the row stays (history), the bytes are no longer kept
     deleted_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # the providers the owner trusts with its rows: its jobs' leases that read them go to
+    # these only (``matching``); None: any provider
+    providers: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
 
 
 class DatasetUse(Base):

@@ -1,0 +1,160 @@
+"""A dataset's owner names the only providers its jobs run on (``Dataset.providers``).
+
+Before, an owner who trusted a few providers could only refuse the others once the
+matcher had leased them the job, and each refusal used one of the job's attempts: on
+an open market, a trust list failed the jobs it was meant to protect. Now the matcher
+places a primary or a replica of a job on a dataset (who read its rows) only on a
+provider the list names; an audit or a referee stays the network's verifiers', whom
+the list does not bind (an owner that could keep them away would keep its buyers'
+cheats unaudited). Both engines, the real matcher."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+from sqlalchemy import select
+
+from deai.coordinator import datasets, jobs, matching
+from deai.coordinator.service import Coordinator
+from deai.core import wire
+from deai.core import wire_datasets as W
+from deai.core.errors import Conflict, Forbidden, NoCapacity, NotFound
+from deai.core.lifecycle import AssignmentStatus
+from deai.store.models import Assignment, Event, Job, Task
+from deai.store.models_datasets import Dataset
+from tests.races import ENGINES, coordinator
+from tests.test_dataset_hold import BUYER, OWNER, SCARCE, dataset, use
+from tests.test_dataset_refuse import placed, refuse, trainers
+
+
+@pytest.fixture(params=ENGINES)
+def c(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Coordinator]:
+    yield from coordinator(request, tmp_path)
+
+
+def trust(c: Coordinator, providers: list[str] | None, who: str = OWNER) -> W.DatasetOut:
+    return datasets.set_providers(c, who, SCARCE, W.ProvidersIn(providers=providers))
+
+
+def leased_to(c: Coordinator, job_id: str) -> list[str]:
+    with c.db.read() as s:
+        return sorted(s.scalars(select(Assignment.provider_id).where(
+            Assignment.job_id == job_id, Assignment.status == AssignmentStatus.LEASED)))
+
+
+def test_a_datasets_jobs_go_only_to_the_providers_its_owner_names(c: Coordinator) -> None:
+    c.faucet(BUYER, 10_000_000)
+    dataset(c, SCARCE, max_uses=None)
+    a, b, d = trainers(c, 3)
+    out = trust(c, [b, b])  # named twice: kept once
+    assert out.providers == [b]
+    with c.db.read() as s:  # public: where the buyer's job will run
+        assert datasets.show(c, SCARCE).providers == [b]
+        assert s.scalars(select(Event.kind).where(Event.subject == SCARCE)).all() == [
+            "dataset_providers"]
+
+    job_id = use(c, SCARCE)
+    assert placed(c, job_id, [a, b, d]) == b
+    more = [use(c, SCARCE) for _ in range(2)]
+    for _ in range(3):  # b's one slot taken, a and d free and as cheap: never them
+        matching.match_once(c)
+    assert [leased_to(c, j) for j in more] == [[], []]
+    for j in more:
+        jobs.cancel(c, BUYER, j)
+
+    # The owner changes its mind: from now on the job goes only to the new list's. Its
+    # live lease stays until the owner refuses it (which no longer costs an attempt of a
+    # provider the matcher would otherwise pick at random).
+    trust(c, [d])
+    assert leased_to(c, job_id) == [b]
+    assert refuse(c, job_id, b) == [b]
+    assert placed(c, job_id, [a, b, d]) == d
+
+    # Back to anyone: a new job may go to a, as before any list.
+    assert trust(c, None).providers is None
+    second = use(c, SCARCE)
+    assert placed(c, second, [a, b, d]) in {a, b, d}
+
+
+def test_only_the_owner_names_them_and_bad_lists_change_nothing(c: Coordinator) -> None:
+    dataset(c, SCARCE, max_uses=None)
+    (a,) = trainers(c, 1)
+    with pytest.raises(Forbidden):
+        trust(c, [a], who=BUYER)
+    with pytest.raises(NotFound):
+        datasets.set_providers(c, OWNER, "ds_" + "0" * 24, W.ProvidersIn(providers=[a]))
+    for bad in ([], ["A" * 64], ["f" * 65], [a] * (W.MAX_TRUSTED + 1)):
+        with pytest.raises(ValidationError):
+            W.ProvidersIn(providers=bad)
+    with pytest.raises(ValidationError):  # the key must be there: null means any
+        W.ProvidersIn.model_validate({})
+    with c.db.write() as s:
+        row = s.get(Dataset, SCARCE)
+        assert row is not None
+        row.deleted_at = c.now()
+    with pytest.raises(Conflict) as gone:
+        trust(c, [a])
+    assert gone.value.field == "dataset"
+    with c.db.read() as s:
+        row = s.get(Dataset, SCARCE)
+        assert row is not None and row.providers is None
+
+
+def test_checks_that_read_the_rows_are_bound_and_the_networks_verifiers_are_not(
+        c: Coordinator) -> None:
+    """A replica re-runs the job on the rows: the owner's list binds it. An audit or a
+    referee goes to the network's verifiers, whom the list does not name: bound, a
+    dataset's jobs could never be audited (the owner can still refuse one, and an audit
+    refused ``KEY_TRIES`` times is dropped as withheld, ``datasets``)."""
+    c.faucet(BUYER, 10_000_000)
+    dataset(c, SCARCE, max_uses=None)
+    (a,) = trainers(c, 1)
+    trust(c, [a])
+    job_id = use(c, SCARCE)
+    with c.db.read() as s:
+        job = s.get(Job, job_id)
+        assert job is not None
+        task = s.scalars(select(Task).where(Task.job_id == job_id)).one()
+        of = matching._Demands(c)
+        of.know(s, [job])
+        assert of(job, task).only == frozenset({a})
+        assert of(job, task, verifier=True).only is None
+        # Read through the job's own session when not known beforehand (``demand``).
+        assert matching.demand(c, job, task).only == frozenset({a})
+        assert BUYER in of(job, task).exclude  # never its own buyer's provider
+
+
+def test_a_quote_and_an_admission_count_the_named_providers_only(c: Coordinator) -> None:
+    c.faucet(BUYER, 10_000_000)
+    dataset(c, SCARCE, max_uses=None)
+    with c.db.write() as s:  # the public summary a job is planned from
+        row = s.get(Dataset, SCARCE)
+        assert row is not None
+        row.info = {"n": 40, "features": 4, "classes": 3, "sha256": "0" * 64}
+    a, b = trainers(c, 2)
+    trust(c, [b])
+    q = jobs.quote(c, wire.QuoteIn(spec=RAW, shard_units=[1]))
+    assert [e["provider"] for e in q.eligible] == [b]
+    assert {i["provider"]: i["reasons"] for i in q.ineligible}[a] == ["excluded for this task"]
+
+    # No named provider could run it: refused, naming why, and nothing moves.
+    trust(c, ["e" * 64])  # a provider that never registered
+    before = c.balance(BUYER)
+    body = wire.JobIn(spec=RAW, input_digest=c.blobs.put(b"{}"))
+    with pytest.raises(NoCapacity) as none:
+        jobs.submit(c, BUYER, body)
+    assert none.value.field == "spec"
+    assert c.balance(BUYER) == before
+    assert datasets.show(c, SCARCE).uses == 0
+    trust(c, [b])
+    job = jobs.submit(c, BUYER, body)
+    assert datasets.show(c, SCARCE).uses == 1
+    assert placed(c, job.id, [a, b]) == b
+
+
+RAW = {"kind": "train", "model": "mlp-digits", "dataset": "file", "dataset_id": SCARCE,
+       "dataset_terms": {"price_per_use": 250_000, "allow": ["train"]},
+       "max_price": 1, "deadline": 600, "epochs": 1, "batch_size": 16}
