@@ -61,6 +61,9 @@ def tasks(draw: st.DrawFn, ids: Sequence[str], max_size: int = 15) -> list[TaskD
             units=draw(st.integers(1, 100)),
             exclude=frozenset(draw(st.lists(st.sampled_from(ids), max_size=3))) if ids
             else frozenset(),
+            # a few named providers (a sealed set, a dataset's list), or anyone
+            only=frozenset(draw(st.lists(st.sampled_from(ids), max_size=4)))
+            if ids and draw(st.booleans()) else None,
         ))
     return out
 
@@ -202,6 +205,28 @@ def test_ties_go_to_the_less_loaded_then_the_smaller_id() -> None:
     ts = [TaskDemand(f"t{i}", "embeddings", "mini", 1_000, 0) for i in range(4)]
     got = [pl.provider_id for pl in market.place(ts, [c, a, b], MIN_STAKE)]
     assert got == ["b", "c", "a", "b"]
+
+
+def test_named_providers_are_read_directly_in_the_heaps_order() -> None:
+    """A task only a few named providers may take is placed from those (``only``), not by
+    walking the heap: in the same order (score, then load, then id), and the heap sees
+    the loads it added (a provider filled that way takes no more from it)."""
+    offer = (Offer("embeddings", "mini", 1_000),)
+    a = ProviderState("a", True, 100, 1_024, 4, load=2, offers=offer)
+    b = ProviderState("b", True, 100, 1_024, 2, load=1, offers=offer)
+    c = ProviderState("c", True, 100, 1_024, 4, load=1, offers=offer)
+    d = ProviderState("d", True, 100, 1_024, 4, load=3, offers=offer)
+
+    def task(i: int, only: frozenset[str] | None) -> TaskDemand:
+        return TaskDemand(f"t{i}", "embeddings", "mini", 1_000, 0, only=only)
+
+    ab = frozenset({"a", "b"})  # fewer than the heap's four: read directly
+    ts = [task(0, ab), task(1, ab), task(2, None), task(3, None), task(4, ab),
+          task(5, frozenset({"b"}))]
+    got = [(pl.task_id, pl.provider_id) for pl in market.place(ts, [a, b, c, d], MIN_STAKE)]
+    # t0: b (load 1 against a's 2), which fills b; t1: a (now 3); t2 and t3 from the heap:
+    # c (load 1, then 2, against a's and d's 3), never b; t4: a; t5: b is full, nobody.
+    assert got == [("t0", "b"), ("t1", "a"), ("t2", "c"), ("t3", "c"), ("t4", "a")]
 
 
 def test_a_duplicate_offer_does_not_rank_a_provider_below_its_price() -> None:

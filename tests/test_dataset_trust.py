@@ -17,17 +17,24 @@ import pytest
 from pydantic import ValidationError
 from sqlalchemy import select
 
-from deai.coordinator import datasets, jobs, matching
+from deai.client.keys import Identity
+from deai.coordinator import datasets, jobs, matching, verify
+from deai.coordinator.dataset_refusals import REFUSED
+from deai.coordinator.datasets import HOLD_PERIOD_S
 from deai.coordinator.service import Coordinator
+from deai.coordinator.settings import Settings
 from deai.core import wire
 from deai.core import wire_datasets as W
+from deai.core.clock import ManualClock
 from deai.core.errors import Conflict, Forbidden, NoCapacity, NotFound
-from deai.core.lifecycle import AssignmentStatus
+from deai.core.lifecycle import AssignmentStatus, Role, TaskStatus
+from deai.store import migrate
 from deai.store.models import Assignment, Event, Job, Task
 from deai.store.models_datasets import Dataset
+from tests.helpers import register
 from tests.races import ENGINES, coordinator
-from tests.test_dataset_hold import BUYER, OWNER, SCARCE, dataset, use
-from tests.test_dataset_refuse import placed, refuse, trainers
+from tests.test_dataset_hold import BUYER, OWNER, PRICE, SCARCE, clock, dataset, ended, fees, use
+from tests.test_dataset_refuse import lease_of, placed, refuse, trainers
 
 
 @pytest.fixture(params=ENGINES)
@@ -158,3 +165,135 @@ def test_a_quote_and_an_admission_count_the_named_providers_only(c: Coordinator)
 RAW = {"kind": "train", "model": "mlp-digits", "dataset": "file", "dataset_id": SCARCE,
        "dataset_terms": {"price_per_use": 250_000, "allow": ["train"]},
        "max_price": 1, "deadline": 600, "epochs": 1, "batch_size": 16}
+
+
+def test_the_wait_an_owners_refusal_causes_is_not_the_buyers_to_pay(c: Coordinator) -> None:
+    """On a dataset that names its providers, only a provider the owner listed holds a
+    lease it refuses: the wait after the refusal, until the next lease, is not charged
+    to the buyer as idle holding (without a list it is: a buyer's own keys, refused at
+    once, would otherwise hold a scarce use for free). A listed provider that reports a
+    failure in the refusal's words is no refusal: the wait after it is charged."""
+    c.faucet(BUYER, 10_000_000)
+    dataset(c, SCARCE, max_uses=1)
+    a, b, d = trainers(c, 3)
+    trust(c, [a, b, d])
+    job_id = use(c, SCARCE)
+    clock(c).advance(3600)  # an hour queued: the buyer's to pay
+    assert placed(c, job_id, [a]) == a
+    clock(c).advance(30)
+    assert refuse(c, job_id, a) == [a]
+    clock(c).advance(2 * 3600)  # two hours waiting because of the owner: not charged
+    assert placed(c, job_id, [b]) == b
+    clock(c).advance(30)
+    lease_id = lease_of(c, job_id, b)[0]
+    jobs.report_failure(c, b, lease_id, REFUSED)  # b fails, quoting the refusal's words
+    clock(c).advance(1800)  # half an hour queued after a failure: charged
+    assert placed(c, job_id, [d]) == d
+    clock(c).advance(30)
+    jobs.cancel(c, BUYER, job_id)
+    assert [f["seconds"] for f in fees(c, job_id)] == [3600 + 1800]
+    ended(c, job_id, PRICE * (3600 + 1800) // HOLD_PERIOD_S)
+
+
+VERIFIER = Identity.generate()
+
+
+@pytest.fixture(params=ENGINES)
+def cv(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Coordinator]:
+    """A coordinator whose network trusts one verifier (``VERIFIER``), serving training."""
+    url = "" if request.param == "sqlite" else request.getfixturevalue("fresh_pg_url")
+    c = Coordinator(Settings(data_dir=tmp_path, database_url=url, devnet=True,
+                             verifiers=frozenset({VERIFIER.id})), clock=ManualClock())
+    migrate.upgrade(c.db.engine)
+    try:
+        register(c, "10.99.0.1", workload="train", model="mlp-digits", price=1,
+                 cpu="verifier", ident=VERIFIER)
+        yield c
+    finally:
+        c.db.dispose()
+
+
+def with_summary(c: Coordinator) -> None:
+    with c.db.write() as s:  # the public summary a job is planned from
+        row = s.get(Dataset, SCARCE)
+        assert row is not None
+        row.info = {"n": 40, "features": 4, "classes": 3, "sha256": "0" * 64}
+
+
+def test_a_listed_jobs_results_are_all_checked_by_the_networks_verifiers(
+        cv: Coordinator) -> None:
+    """The owner picks who runs a job on its listed dataset, and could list two keys of
+    its own, one to answer junk and one to agree as its replica (and withhold the key
+    from a later audit, which is then dropped). So every result of such a job is
+    replicated before acceptance, and the replica goes to the network's verifiers, never
+    to the list."""
+    c = cv
+    c.faucet(BUYER, 10_000_000)
+    dataset(c, SCARCE, max_uses=None)
+    a, b = trainers(c, 2)
+    trust(c, [a, b])
+    job_id = use(c, SCARCE)
+    assert placed(c, job_id, [a, b, VERIFIER.id]) in {a, b}
+    with c.db.write() as s:  # a's result came in and waits for its replica
+        job = s.get(Job, job_id)
+        task = s.scalars(select(Task).where(Task.job_id == job_id)).one()
+        lease = s.scalars(select(Assignment).where(Assignment.job_id == job_id)).one()
+        assert job is not None
+        job.spec = dict(RAW)  # a whole spec, as admission stores it
+        assert verify.rho(c, s, lease, job) == 1.0  # every result, whatever its provider
+        lease.status = AssignmentStatus.SUBMITTED
+        lease.output_digest = c.blobs.put(b"a model")
+        task.status, task.pending_role = TaskStatus.VERIFYING, Role.REPLICA
+        primary = lease.provider_id
+    other = b if primary == a else a
+    for pid in (a, b, VERIFIER.id):
+        c.heartbeat(pid, [])
+    matching.match_once(c)
+    with c.db.read() as s:
+        replica = s.scalars(select(Assignment.provider_id).where(
+            Assignment.job_id == job_id, Assignment.role == Role.REPLICA)).one()
+    assert replica == VERIFIER.id != other  # the other listed key never checks it
+    # An unlisted dataset's job keeps the usual odds (a fresh provider: replicated).
+    trust(c, None)
+    with c.db.read() as s:
+        job = s.get(Job, job_id)
+        lease = s.scalars(select(Assignment).where(Assignment.job_id == job_id,
+                                                   Assignment.provider_id == primary)).one()
+        assert job is not None and not verify._always(s, job)
+
+
+def test_admission_counts_neither_the_buyer_nor_a_verifier_as_a_listed_provider(
+        cv: Coordinator) -> None:
+    c = cv
+    dataset(c, SCARCE, max_uses=1)
+    with_summary(c)
+    (a,) = trainers(c, 1)
+    c.faucet(a, 10_000_000)
+    body = wire.JobIn(spec=RAW, input_digest=c.blobs.put(b"{}"))
+    for only in ([a], [VERIFIER.id]):  # a submits: its own provider never runs it
+        trust(c, only)
+        with pytest.raises(NoCapacity):
+            jobs.submit(c, a, body)
+        assert datasets.show(c, SCARCE).uses == 0
+
+
+def test_a_provider_the_list_leaves_out_is_never_released_the_key(c: Coordinator) -> None:
+    """A lease placed before the list (or planned as it changed) may be held by a provider
+    the list leaves out: ``pending`` names it apart (the serve loop refuses it) and a
+    release to it is refused, nothing stored."""
+    c.faucet(BUYER, 10_000_000)
+    dataset(c, SCARCE, max_uses=None)
+    a, b = trainers(c, 2)
+    job_id = use(c, SCARCE)
+    holder = placed(c, job_id, [a, b])
+    trust(c, [b if holder == a else a])
+    (p,) = datasets.pending(c, OWNER)
+    assert (p.providers, p.unlisted) == ([], [holder])
+    with pytest.raises(Conflict) as out:
+        datasets.release(c, OWNER, SCARCE, W.ReleaseIn(job_id=job_id, keys={holder: "a2V5"}))
+    assert out.value.field == "keys"
+    with c.db.read() as s:
+        assert datasets.released_to(s, job_id) == set()
+    trust(c, None)
+    (p,) = datasets.pending(c, OWNER)
+    assert (p.providers, p.unlisted) == ([holder], [])

@@ -178,8 +178,9 @@ def serve_pass(client: Client, now: float | None = None,
                trust: frozenset[str] | None = None) -> Served:
     """Release the key of the owner's datasets to every provider leased for an allowed use
     that waits for it; with ``trust`` (provider ids), only to those, and refuse the others
-    (``refuse``: their leases fail, the task goes to another provider). Terms are checked
-    here too."""
+    (``refuse``: their leases fail, the task goes to another provider). Providers a
+    dataset's named list leaves out (``PendingOut.unlisted``) are refused too. Terms are
+    checked here too."""
     assert client.identity is not None
     pending = client.request("GET", "/api/datasets/pending").json()["pending"]
     out = Served()
@@ -200,7 +201,8 @@ def _serve_one(client: Client, me: Identity, p: W.PendingOut, now: float | None,
     if why is not None and why[0] != "expires_at":  # expiry binds new jobs only
         return
     to = [pid for pid in p.providers if trust is None or pid in trust]
-    away = [pid for pid in p.providers if pid not in to]
+    # and those the dataset's named list leaves out (leased before the list changed)
+    away = [pid for pid in p.providers if pid not in to] + p.unlisted
     if away:
         out.refused.append((p.job_id, refuse(client, p.dataset_id, p.job_id, away)))
     if to:

@@ -57,7 +57,7 @@ from deai.core import wire_datasets as W
 from deai.core.errors import Conflict, Forbidden, InvalidInput, NotFound
 from deai.core.kinds import Shard, SpecBase, train, train_data
 from deai.core.lifecycle import JOB_ACTIVE, AssignmentStatus, JobStatus, Role
-from deai.store.models import Assignment, Job, Task
+from deai.store.models import Assignment, Event, Job, Task
 from deai.store.models_datasets import Dataset, DatasetKey, DatasetUse
 
 MAX_LIST = 500
@@ -430,15 +430,40 @@ def hold_fee(c: Coordinator, s: Session, d: Dataset, use: DatasetUse) -> tuple[i
     (``require_key``). Not the owner's: an owner that refused or starved every provider
     willing to run a job left it idle, and would have been paid for that; to the network
     an owner's refusals earn nothing, and the buyer, who sees why its job waits, may
-    cancel. A dataset with no ``max_uses`` has no scarce use to hold: free."""
+    cancel. A dataset with no ``max_uses`` has no scarce use to hold: free.
+
+    On a dataset that names its providers (``set_providers``), the wait after an owner's
+    refusal, until the next lease, is not charged either: only a provider the owner
+    listed could hold the lease it refused, so the buyer (whose own keys the list keeps
+    out) did nothing to cause that wait. A refusal is told by its ``lease_refused``
+    event, which only ``dataset_refusals`` writes (a lease's error text is the
+    provider's to choose when it reports a failure)."""
     if d.max_uses is None:
         return 0, 0
     end = c.now() if d.revoked_at is None else min(c.now(), d.revoked_at)
-    spans = s.execute(select(Assignment.leased_at, Assignment.ended_at).where(
+    rows = s.execute(select(Assignment.task_id, Assignment.provider_id, Assignment.leased_at,
+                            Assignment.ended_at).where(
         Assignment.job_id == use.job_id, Assignment.role == Role.PRIMARY.value)).all()
-    idle = int(min(_uncovered(use.created_at, end, [(a, end if b is None else b)
-                                                     for a, b in spans]),
-                   float(HOLD_PERIOD_S)))
+    refused: set[tuple[str, str]] = set()
+    if d.providers is not None and rows:
+        for task_id, body in s.execute(select(Event.subject, Event.body).where(
+                Event.kind == "lease_refused",
+                Event.subject.in_(sorted({r.task_id for r in rows})))).all():
+            refused.add((task_id, (body or {}).get("provider", "")))
+    # A refused provider is never leased the task again: its refused lease is its last.
+    last: dict[tuple[str, str], float] = {}
+    for r in rows:
+        key = (r.task_id, r.provider_id)
+        last[key] = max(last.get(key, r.leased_at), r.leased_at)
+    starts = sorted(r.leased_at for r in rows)
+    spans = []
+    for r in rows:
+        stop = end if r.ended_at is None else r.ended_at
+        key = (r.task_id, r.provider_id)
+        if key in refused and r.leased_at == last[key]:  # to the next lease, or the end
+            stop = next((a for a in starts if a >= stop), end)
+        spans.append((r.leased_at, stop))
+    idle = int(min(_uncovered(use.created_at, end, spans), float(HOLD_PERIOD_S)))
     return use.price * idle // HOLD_PERIOD_S, idle
 
 
@@ -489,12 +514,25 @@ def pending(c: Coordinator, owner: str) -> list[W.PendingOut]:
                          .where(Dataset.owner == owner, Dataset.revoked_at.is_(None),
                                 DatasetUse.job_id.in_(live))
                          .order_by(DatasetUse.id)).all()
+        named: dict[str, list[str] | None] = {}
         for u in rows:  # never the job's owner (``release``)
             waiting = sorted(_leased(s, u.job_id) - released_to(s, u.job_id) - {u.job_owner})
+            if u.dataset_id not in named:
+                named[u.dataset_id] = get(s, u.dataset_id).providers
+            away = [p for p in waiting if not _may_hold(c, named[u.dataset_id], p)]
             if waiting:
                 out.append(W.PendingOut(dataset_id=u.dataset_id, job_id=u.job_id, kind=u.kind,
-                                        price=u.price, providers=waiting))
+                                        price=u.price, unlisted=away,
+                                        providers=[p for p in waiting if p not in away]))
     return out
+
+
+def _may_hold(c: Coordinator, named: list[str] | None, provider: str) -> bool:
+    """Whether ``provider`` may be released a dataset's key: any provider, unless the
+    dataset names its providers; then those and the network's verifiers (who check its
+    jobs) only. A lease placed before the list (or before it shrank), or planned as it
+    changed, may be held by another: never released the key, the owner refuses it."""
+    return named is None or provider in named or provider in c.settings.verifiers
 
 
 def release(c: Coordinator, owner: str, dataset_id: str, body: W.ReleaseIn) -> list[str]:
@@ -528,6 +566,9 @@ def release(c: Coordinator, owner: str, dataset_id: str, body: W.ReleaseIn) -> l
             if pid not in leased:
                 raise InvalidInput(f"keys: {pid[:16]}… holds no lease of job {body.job_id}",
                                    field="keys")
+            if not _may_hold(c, d.providers, pid):
+                raise Conflict(f"keys: {pid[:16]}… is not among the providers the dataset "
+                               "names; refuse its lease instead", field="keys")
         fresh = sorted(set(body.keys) - done)
         for pid in fresh:
             s.add(DatasetKey(dataset_id=d.id, job_id=body.job_id, provider_id=pid,

@@ -93,7 +93,9 @@ def _demand(c: Coordinator, spec: specs.JobSpec, shard_units: list[int],
             exclude: frozenset[str] = frozenset()) -> market.TaskDemand:
     """The job's largest task, as matching sees it: what a quote is for. ``only``: the
     providers a dataset's owner trusts with its rows (``_trusted``); ``exclude``: the
-    job's owner, for a job on a dataset (the matcher never places it there)."""
+    job's owner, for a job on a dataset (the matcher never places it there). The
+    network's verifiers never count: the matcher gives them no primary."""
+    exclude = exclude | c.settings.verifiers
     info = kinds.get(spec.kind).model(spec)
     biggest = max(shard_units)
     return market.TaskDemand(id="quote", workload=spec.kind, model=info.name,
@@ -106,9 +108,9 @@ def _demand(c: Coordinator, spec: specs.JobSpec, shard_units: list[int],
 
 
 def _quote_out(c: Coordinator, spec: specs.JobSpec, shard_units: list[int],
-               providers: list[market.ProviderState],
-               only: frozenset[str] | None = None) -> wire.QuoteOut:
-    d = _demand(c, spec, shard_units, only)
+               providers: list[market.ProviderState], only: frozenset[str] | None = None,
+               exclude: frozenset[str] = frozenset()) -> wire.QuoteOut:
+    d = _demand(c, spec, shard_units, only, exclude)
     r = market.quote(d, shard_units, providers, c.settings.min_stake)
     return wire.QuoteOut(
         units=r.units, best_price=r.best_price, estimated_cost=r.estimated_cost,
@@ -184,7 +186,7 @@ def submit(c: Coordinator, owner: str, body: wire.JobIn, *,
         # One eligible provider admits the job (read from the offers, a few at a time);
         # every provider is read, for the reasons in the refusal, only when none is.
         if not capacity.any_eligible(c, s, _demand(c, spec, shard_units, only, mine)):
-            q = _quote_out(c, spec, shard_units, all_provider_states(c, s), only)
+            q = _quote_out(c, spec, shard_units, all_provider_states(c, s), only, mine)
             if not q.eligible:
                 reasons = {p["provider"][:12]: p["reasons"] for p in q.ineligible}
                 why = "; ".join(f"{k}: {', '.join(v)}" for k, v in reasons.items()) \

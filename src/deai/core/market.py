@@ -195,7 +195,27 @@ def place(tasks: Sequence[TaskDemand], providers: Iterable[ProviderState], min_s
         heap = heaps.get((t.workload, t.model))
         if not heap:
             continue
-        skipped: list[tuple[float, int, str, int]] = []
+        if t.only is not None and len(t.only) < len(heap):
+            # A few named providers (a sealed set, a dataset's list): read those, not the
+            # heap, which a task none of them can take now would walk whole, every round.
+            pl = _best_of(t, by_id, load, min_stake, strategy)
+            if pl is not None:
+                out.append(pl)
+                load[pl.provider_id] += 1  # its heap entries are refreshed as they are popped
+            continue
+        pl = _from_heap(t, heap, by_id, load, min_stake)
+        if pl is not None:
+            out.append(pl)
+    return out
+
+
+def _from_heap(t: TaskDemand, heap: list[tuple[float, int, str, int]],
+               by_id: dict[str, ProviderState], load: dict[str, int],
+               min_stake: int) -> Placement | None:
+    """``place``'s choice for ``t`` from its (workload, model)'s heap: the best candidate
+    that can take it, its load counted; the candidates skipped go back afterwards."""
+    skipped: list[tuple[float, int, str, int]] = []
+    try:
         while heap:
             score, seen_load, pid, price = heapq.heappop(heap)
             p = by_id[pid]
@@ -207,14 +227,33 @@ def place(tasks: Sequence[TaskDemand], providers: Iterable[ProviderState], min_s
             if failures(t, p, min_stake, price) & ~NO_SLOT:
                 skipped.append((score, seen_load, pid, price))  # the heap counts slots
                 continue
-            out.append(Placement(t.id, pid, price))
             load[pid] = seen_load + 1
             if load[pid] < p.slots:
                 heapq.heappush(heap, (score, load[pid], pid, price))
-            break
+            return Placement(t.id, pid, price)
+        return None
+    finally:
         for item in skipped:
             heapq.heappush(heap, item)
-    return out
+
+
+def _best_of(t: TaskDemand, by_id: dict[str, ProviderState], load: dict[str, int],
+             min_stake: int, strategy: Strategy) -> Placement | None:
+    """``place``'s choice for a task only ``t.only`` may take, read from those providers:
+    the same order as the heap's (score, then load, then id)."""
+    assert t.only is not None
+    best: tuple[float, int, str, int] | None = None
+    for pid in t.only:
+        p = by_id.get(pid)
+        if p is None or load[pid] >= p.slots:
+            continue
+        price = p.price_for(t.workload, t.model)
+        if price is None or failures(t, p, min_stake, price) & ~NO_SLOT:
+            continue
+        cand = (strategy.score(price, p), load[pid], pid, price)
+        if best is None or cand < best:
+            best = cand
+    return None if best is None else Placement(t.id, best[2], best[3])
 
 
 def stake_for(value: int, slash_fraction: float, check_probability: float) -> int:

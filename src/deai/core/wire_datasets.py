@@ -100,6 +100,9 @@ class PendingOut(Out):
     kind: str
     price: int
     providers: list[str]
+    # leased, but neither named by the dataset nor a network verifier: never released
+    # the key (``release`` refuses), to be refused (their leases predate the list)
+    unlisted: list[str] = Field(default_factory=list)
 
 
 class ReleaseIn(In):

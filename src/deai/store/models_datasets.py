@@ -37,7 +37,7 @@ class Dataset(Base):
     deleted_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     # the providers the owner trusts with its rows: its jobs' leases that read them go to
     # these only (``matching``); None: any provider
-    providers: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
+    providers: Mapped[list[str] | None] = mapped_column(JSON(none_as_null=True), nullable=True)
 
 
 class DatasetUse(Base):
