@@ -505,3 +505,50 @@ def test_a_volume_still_saving_keeps_the_agent_from_stopping(c: Coordinator) -> 
     assert leases.show(c, OWNER, lid).status == "ended"
     out = leases.withdraw_host(c, HOST)
     assert (out.live, out.saving) == ([], [lid])
+
+
+def test_an_outage_of_the_coordinator_costs_no_host_its_stake(c: Coordinator) -> None:
+    """Nobody could heartbeat while the coordinator was away: back, it counts a host's
+    silence from its return (``jobs.recover`` → ``leases.resumed``), not from the last
+    beat before the outage; before, every live lease ended at the first tick, each
+    taking a penalty from its host. Billing still stops at the last beat."""
+    from deai.coordinator import jobs
+
+    lid = start(c)
+    advance(c, 100, beat=[lid])
+    clock = c.clock
+    assert isinstance(clock, ManualClock)
+    clock.advance(600)  # the coordinator is down ten minutes
+    jobs.recover(c)  # a restart: an outage of the whole fleet
+    advance(c, 20)  # back, inside the grace: the host has not beaten yet
+    assert leases.show(c, OWNER, lid).status == "active"
+    advance(c, 20)  # past the grace counted from the return, still silent: lost
+    lost = leases.show(c, OWNER, lid)
+    assert lost.end_reason == "provider lost"
+    assert lost.charged == cost_of(PRICE, 100)  # to its last heartbeat, before the outage
+    assert lost.penalty == STAKE // 100  # silent after the return: its stake, once
+    audit(c)
+
+
+def test_a_start_missed_while_a_volume_restores_costs_no_stake(c: Coordinator) -> None:
+    """A volume's content is its renter's: a snapshot made to unpack slowly had the host
+    miss the start window of that lease (and of the next, started after it), and its
+    stake paid for the renter's data, a penalty a renter could farm. A start missed while
+    the host restored a volume ends the lease, refunded, without one."""
+    from deai.coordinator import volumes
+    from deai.core.wire_volumes import VolumeIn
+
+    volumes.create(c, OWNER, VolumeIn(name="home", size_gb=1))
+    slow = leases.create(c, OWNER, LeaseIn(cpus=1, memory_mb=1024, hours=1,
+                                           max_price_hour=10**6, volume="home"))
+    behind = leases.create(c, OWNER, LeaseIn(cpus=1, memory_mb=1024, hours=1,
+                                             max_price_hour=10**6))
+    assert {x.id for x in leases.work_for(c, HOST, set())[0]} == {slow.id, behind.id}
+    advance(c, 130)
+    for lid in (slow.id, behind.id):
+        gone = leases.show(c, OWNER, lid)
+        assert (gone.end_reason, gone.penalty, gone.refunded) == ("provider lost", 0,
+                                                                  gone.escrow)
+        assert "volume" in (gone.detail or "")
+    assert balance(c, ledger.stake(HOST)) == STAKE
+    audit(c)

@@ -708,6 +708,8 @@ def recover(c: Coordinator, served_for: float = 0.0) -> None:
             s.execute(update(Provider).where(
                 Provider.last_seen >= last_alive - timeout,
                 Provider.last_seen < now).values(last_seen=now))
+            from deai.coordinator import leases  # the hourly leases' loop: the same grace
+            leases.resumed(c, s)
         if c.settings.devnet and c.settings.treasury_grant > 0 and s.scalar(
                 select(func.count()).select_from(Event).where(
                     Event.kind == "treasury_granted")) == 0:

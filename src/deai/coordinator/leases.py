@@ -60,7 +60,7 @@ from deai.core.wire_leases import (
     Notice,
 )
 from deai.store import db, journal
-from deai.store.models import Event, Lease, LeaseEarning, LeaseHost, Provider
+from deai.store.models import Event, Lease, LeaseEarning, LeaseHost, NetworkMeta, Provider
 from deai.store.models_volumes import VolumeMount
 
 log = logging.getLogger("deai.coordinator.leases")
@@ -596,18 +596,55 @@ def tick(c: Coordinator, cfg: LeaseConfig) -> list[str]:
     return touched
 
 
+RESUMED = "leases_resumed"  # network_meta's key: when the fleet last came back from an outage
+
+
+def resumed(c: Coordinator, s: Session) -> None:
+    """Record that the fleet came back from an outage now (``jobs.recover``): the lease
+    loop counts a host's silence, and a lease's start window, from here, since nobody
+    could heartbeat or start anything while the coordinator was away. Billing still stops
+    at a lease's last heartbeat."""
+    s.merge(NetworkMeta(key=RESUMED, value=repr(c.now())))
+
+
+def _resumed_at(s: Session) -> float:
+    value = s.scalar(select(NetworkMeta.value).where(NetworkMeta.key == RESUMED))
+    try:
+        return float(value) if value is not None else 0.0
+    except ValueError:
+        return 0.0
+
+
+def _restoring(s: Session, lease: Lease, cfg: LeaseConfig, now: float) -> bool:
+    """Whether ``lease``'s host was handed a lease that restores a volume (this one, or
+    one just before it: its agent starts leases one at a time) within the start window.
+    A volume's content is its renter's: a snapshot made to unpack slowly would have the
+    host miss the window, and its stake paid the penalty for the renter's data."""
+    since = (lease.offered_at or now) - cfg.start_timeout
+    return s.scalar(select(func.count()).select_from(Lease)
+                    .join(VolumeMount, VolumeMount.lease_id == Lease.id)
+                    .where(Lease.provider_id == lease.provider_id,
+                           Lease.offered_at >= since, Lease.offered_at <= now)) != 0
+
+
 def _tick(c: Coordinator, s: Session, *, cfg: LeaseConfig) -> list[str]:
     now = c.now()
     touched: list[str] = []
     rows = s.scalars(select(Lease).where(Lease.status.in_(LIVE)).order_by(Lease.id)
                      .with_for_update()).all()
+    back = _resumed_at(s)  # after an outage, nobody was silent before this
 
     def step(lease: Lease) -> None:
         if lease.status == LeaseStatus.PENDING.value:
-            if lease.offered_at is not None and now - lease.offered_at > cfg.start_timeout:
+            if lease.offered_at is not None and (
+                    now - max(lease.offered_at, back) > cfg.start_timeout):
                 lease.detail = (f"not started within {cfg.start_timeout:.0f} s of being "
                                 "handed to the provider")
-                finish(c, s, lease, EndReason.PROVIDER_LOST, now, cfg.penalty_bps)
+                if _restoring(s, lease, cfg, now):
+                    lease.detail += " (a volume was being restored: no penalty)"
+                    finish(c, s, lease, EndReason.PROVIDER_LOST, now)
+                else:
+                    finish(c, s, lease, EndReason.PROVIDER_LOST, now, cfg.penalty_bps)
                 touched.append(lease.provider_id)
             elif lease.offered_at is None and now - lease.created_at > cfg.start_timeout:
                 # Never handed over (no lease agent polled, or it was held back): the
@@ -621,7 +658,7 @@ def _tick(c: Coordinator, s: Session, *, cfg: LeaseConfig) -> list[str]:
         at, reason = core.ends_at(billing(lease))
         if lease.preempt_at is not None and (at is None or lease.preempt_at < at):
             at, reason = lease.preempt_at, EndReason.PREEMPTED
-        if now - last > cfg.grace and (at is None or last < at):
+        if now - max(last, back) > cfg.grace and (at is None or last < at):
             lease.detail = f"no heartbeat for {now - last:.0f} s (grace {cfg.grace:.0f} s)"
             finish(c, s, lease, EndReason.PROVIDER_LOST, last, cfg.penalty_bps)
             touched.append(lease.provider_id)
