@@ -12,14 +12,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from deai.coordinator import clusters, leases
 from deai.coordinator.service import Coordinator
 from deai.coordinator.settings import Settings
 from deai.core import ledger
 from deai.core.clock import ManualClock
-from deai.core.errors import Conflict, Forbidden, InvalidInput, NoCapacity
+from deai.core.errors import Conflict, Forbidden, InsufficientFunds, InvalidInput, NoCapacity
 from deai.core.wire_clusters import ClusterIn, RayIn
 from deai.core.wire_leases import ExtendIn
 from deai.store import migrate
@@ -137,6 +137,22 @@ def test_all_or_nothing(c: Coordinator) -> None:
         kinds = {e.kind for e in s.scalars(select(Event).where(Event.subject == cl.id))}
     assert {"cluster_created", "cluster_placed", "cluster_ended"} <= kinds
     audit(c)
+
+
+def test_an_account_that_cannot_escrow_its_nodes_writes_nothing(c: Coordinator) -> None:
+    """A cluster whose first lease failed for want of money left its row and two events,
+    and an empty account made them without end (found by a red-team review): refused
+    first (402, field ``deposit``), nothing written."""
+    with c.db.read() as s:
+        events = s.scalar(select(func.count()).select_from(Event))
+    for deposit in (None, 10**12):  # nothing at all, or less than its deposit per node
+        with pytest.raises(InsufficientFunds) as poor:
+            clusters.create(c, OTHER if deposit is None else OWNER,
+                            ask(**({"deposit": deposit} if deposit else {})))
+        assert poor.value.field == "deposit"
+    assert clusters.listing(c, OTHER) == clusters.listing(c, OWNER) == []
+    with c.db.read() as s:
+        assert s.scalar(select(func.count()).select_from(Event)) == events
 
 
 def test_owner_ends_a_running_cluster(c: Coordinator) -> None:

@@ -119,6 +119,11 @@ def test_create_list_remove_and_bad_input(c: Coordinator) -> None:
             volumes.remove(c, who, v.id)
         with pytest.raises(NotFound):
             lease_on(c, v.id, owner=who)
+    # A volume named like another's id: the id wins (``id OR name`` took whichever
+    # came first, and a removal by id could remove the namesake).
+    twin = volumes.create(c, OWNER, VolumeIn(name=v.id))
+    assert volumes.show(c, OWNER, v.id).id == v.id != twin.id
+    assert volumes.remove(c, OWNER, twin.id).id == twin.id
     assert volumes.remove(c, OWNER, "data").id == v.id
     assert volumes.listing(c, OWNER) == []
     audit(c)

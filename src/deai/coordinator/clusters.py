@@ -44,7 +44,8 @@ from sqlalchemy.orm import Session
 
 from deai.coordinator import leases
 from deai.coordinator.service import Coordinator, new_id
-from deai.core.errors import Conflict, Forbidden, InvalidInput, NotFound
+from deai.core import ledger
+from deai.core.errors import Conflict, Forbidden, InsufficientFunds, InvalidInput, NotFound
 from deai.core.leases import EndReason, LeaseStatus
 from deai.core.wire_clusters import ClusterIn, ClusterOut, RayIn
 from deai.core.wire_leases import LeaseIn
@@ -77,6 +78,15 @@ def create(c: Coordinator, owner: str, body: ClusterIn,
     now = c.now()
     timeout = body.form_timeout or cfg.form_timeout
     with c.db.write() as s:
+        # Nothing written for an account that could not escrow one node each (its deposit,
+        # or at least 1 µ): a cluster whose first lease failed for want of money left its
+        # row and two events, and an empty account made them without end.
+        need = body.nodes * max(1, body.deposit or 0)
+        have = c.settlement.balance(s, ledger.acct(owner))
+        if have < need:
+            raise InsufficientFunds(f"deposit: {body.nodes} nodes need at least {need} µ "
+                                    f"in escrow; the account holds {have} µ",
+                                    field="deposit", balance=have, needed=need)
         s.add(Cluster(id=cid, owner=owner, status=FORMING, nodes=body.nodes, leases=[],
                       lost=[], created_at=now, form_by=now + timeout))
         c.emit(s, "cluster_created", cid, owner=owner, nodes=body.nodes)

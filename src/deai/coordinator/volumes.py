@@ -85,10 +85,15 @@ def create(c: Coordinator, owner: str, body: VolumeIn) -> VolumeOut:
 
 
 def find(s: Session, owner: str, ref: str, *, lock: bool = False) -> Volume:
-    """The owner's volume by id or name; someone else's is the same 404 as none."""
-    q = select(Volume).where(Volume.owner == owner,
-                             (Volume.id == ref) | (Volume.name == ref))
-    v = s.scalars(q.with_for_update() if lock else q).first()
+    """The owner's volume by id, else by name; someone else's is the same 404 as none.
+    The id first: a volume may be named like another's id, and ``id OR name`` took
+    whichever came first (a removal could hit the other)."""
+    v = None
+    for match in (Volume.id == ref, Volume.name == ref):
+        q = select(Volume).where(Volume.owner == owner, match)
+        v = s.scalars(q.with_for_update() if lock else q).first()
+        if v is not None:
+            break
     if v is None:
         raise NotFound(f"volume: you have no volume {ref!r}", field="volume")
     return v
