@@ -537,8 +537,13 @@ def test_a_start_missed_while_a_volume_restores_costs_no_stake(c: Coordinator) -
     the host restored a volume ends the lease, refunded, without one."""
     from deai.coordinator import volumes
     from deai.core.wire_volumes import VolumeIn
+    from deai.store.models_volumes import Volume
 
-    volumes.create(c, OWNER, VolumeIn(name="home", size_gb=1))
+    home = volumes.create(c, OWNER, VolumeIn(name="home", size_gb=1))
+    with c.db.write() as s:  # a snapshot saved by an earlier lease: there is one to restore
+        v = s.get(Volume, home.id)
+        assert v is not None
+        v.head, v.head_size = c.blobs.put(b"snapshot"), 8
     slow = leases.create(c, OWNER, LeaseIn(cpus=1, memory_mb=1024, hours=1,
                                            max_price_hour=10**6, volume="home"))
     behind = leases.create(c, OWNER, LeaseIn(cpus=1, memory_mb=1024, hours=1,
@@ -551,4 +556,17 @@ def test_a_start_missed_while_a_volume_restores_costs_no_stake(c: Coordinator) -
                                                                   gone.escrow)
         assert "volume" in (gone.detail or "")
     assert balance(c, ledger.stake(HOST)) == STAKE
+
+    # A lease handed over after the missed one covers nothing: a host's own renter key
+    # cannot spare it every penalty with a fresh lease each start window.
+    leases.heartbeat(c, HOST, [], {})
+    missed = leases.create(c, OWNER, LeaseIn(cpus=1, memory_mb=1024, hours=1,
+                                             max_price_hour=10**6))
+    assert [x.id for x in leases.work_for(c, HOST, set())[0]] == [missed.id]
+    advance(c, 100, beat=[])
+    cover = leases.create(c, OWNER, LeaseIn(cpus=1, memory_mb=1024, hours=1,
+                                            max_price_hour=10**6, volume="home"))
+    assert [x.id for x in leases.work_for(c, HOST, {missed.id})[0]] == [cover.id]
+    advance(c, 30, beat=[])
+    assert leases.show(c, OWNER, missed.id).penalty == STAKE // 100
     audit(c)

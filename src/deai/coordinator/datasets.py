@@ -461,7 +461,7 @@ def hold_fee(c: Coordinator, s: Session, d: Dataset, use: DatasetUse) -> tuple[i
         stop = end if r.ended_at is None else r.ended_at
         key = (r.task_id, r.provider_id)
         if key in refused and r.leased_at == last[key]:  # to the next lease, or the end
-            stop = next((a for a in starts if a >= stop), end)
+            stop = next((a for a in starts if a >= stop and a > r.leased_at), end)
         spans.append((r.leased_at, stop))
     idle = int(min(_uncovered(use.created_at, end, spans), float(HOLD_PERIOD_S)))
     return use.price * idle // HOLD_PERIOD_S, idle

@@ -61,7 +61,7 @@ from deai.core.wire_leases import (
 )
 from deai.store import db, journal
 from deai.store.models import Event, Lease, LeaseEarning, LeaseHost, NetworkMeta, Provider
-from deai.store.models_volumes import VolumeMount
+from deai.store.models_volumes import Volume, VolumeMount
 
 log = logging.getLogger("deai.coordinator.leases")
 LIVE = (LeaseStatus.PENDING.value, LeaseStatus.ACTIVE.value)
@@ -618,24 +618,33 @@ def resumed(c: Coordinator, s: Session) -> None:
     s.merge(NetworkMeta(key=RESUMED, value=repr(c.now())))
 
 
-def _resumed_at(s: Session) -> float:
+def _resumed_at(s: Session, now: float) -> float:
+    """When the fleet last came back, never later than ``now``: a stamp from a clock that
+    ran ahead (since set back, or another replica's) must not keep every silent host
+    live until the wall clock catches up."""
     value = s.scalar(select(NetworkMeta.value).where(NetworkMeta.key == RESUMED))
     try:
-        return float(value) if value is not None else 0.0
+        return min(float(value), now) if value is not None else 0.0
     except ValueError:
         return 0.0
 
 
-def _restoring(s: Session, lease: Lease, cfg: LeaseConfig, now: float) -> bool:
-    """Whether ``lease``'s host was handed a lease that restores a volume (this one, or
-    one just before it: its agent starts leases one at a time) within the start window.
-    A volume's content is its renter's: a snapshot made to unpack slowly would have the
-    host miss the window, and its stake paid the penalty for the renter's data."""
-    since = (lease.offered_at or now) - cfg.start_timeout
+def _restoring(s: Session, lease: Lease, cfg: LeaseConfig) -> bool:
+    """Whether ``lease``'s host was handed a lease that restores a volume's snapshot
+    (this one, or one before it within the start window: its agent starts leases one at
+    a time). A volume's content is its renter's: a snapshot made to unpack slowly would
+    have the host miss the window, and its stake paid the penalty for the renter's data.
+    Not a lease handed over after this one (a host's own renter key could otherwise
+    cover any missed start with a fresh lease), nor an empty volume (nothing to restore)."""
+    at = lease.offered_at
+    if at is None:
+        return False
     return s.scalar(select(func.count()).select_from(Lease)
                     .join(VolumeMount, VolumeMount.lease_id == Lease.id)
-                    .where(Lease.provider_id == lease.provider_id,
-                           Lease.offered_at >= since, Lease.offered_at <= now)) != 0
+                    .join(Volume, Volume.id == VolumeMount.volume_id)
+                    .where(Lease.provider_id == lease.provider_id, Volume.head.is_not(None),
+                           Lease.offered_at >= at - cfg.start_timeout,
+                           Lease.offered_at <= at)) != 0
 
 
 def _tick(c: Coordinator, s: Session, *, cfg: LeaseConfig) -> list[str]:
@@ -643,7 +652,7 @@ def _tick(c: Coordinator, s: Session, *, cfg: LeaseConfig) -> list[str]:
     touched: list[str] = []
     rows = s.scalars(select(Lease).where(Lease.status.in_(LIVE)).order_by(Lease.id)
                      .with_for_update()).all()
-    back = _resumed_at(s)  # after an outage, nobody was silent before this
+    back = _resumed_at(s, now)  # after an outage, nobody was silent before this
 
     def step(lease: Lease) -> None:
         if lease.status == LeaseStatus.PENDING.value:
@@ -651,7 +660,7 @@ def _tick(c: Coordinator, s: Session, *, cfg: LeaseConfig) -> list[str]:
                     now - max(lease.offered_at, back) > cfg.start_timeout):
                 lease.detail = (f"not started within {cfg.start_timeout:.0f} s of being "
                                 "handed to the provider")
-                if _restoring(s, lease, cfg, now):
+                if _restoring(s, lease, cfg):
                     lease.detail += " (a volume was being restored: no penalty)"
                     finish(c, s, lease, EndReason.PROVIDER_LOST, now)
                 else:

@@ -126,9 +126,9 @@ class _Demands:
 
     def __call__(self, job: Job, task: Any, exclude: frozenset[str] = frozenset(),
                  verifier: bool = False) -> market.TaskDemand:
-        """``verifier``: the role goes to the network's verifiers (an audit, a referee, a
-        replica of a job on a dataset that names its providers), whom the dataset's list
-        does not bind."""
+        """``verifier``: the role goes to the network's verifiers (an audit, a referee),
+        whom a dataset's list of providers does not bind: a list that bound them would
+        keep its jobs unaudited."""
         of = self.jobs.get(task.job_id)  # the task's: a job's id is an ORM attribute
         if of is None:
             # A job on a dataset never runs on its owner's account: the dataset's key is
@@ -164,10 +164,6 @@ class _Demands:
                                  max_price=max_price, memory_mb=memory_mb, units=units,
                                  exclude=exclude, stake_needed=need, only=only)
 
-
-    def listed(self, job: Job) -> bool:
-        """Whether ``job`` runs on a dataset that names its providers."""
-        return bool((job.spec or {}).get("dataset_id")) and self._trusted(job) is not None
 
     def _trusted(self, job: Job) -> frozenset[str] | None:
         """The providers the job's dataset is trusted to (None: any), as ``know`` read
@@ -556,11 +552,7 @@ def _place_round(c: Coordinator, s: Session, rows: Sequence[Any],
         # trusted role, except the network's verifiers themselves: one that audited or
         # refereed the task before may do it again (a look-back's audit after an audit
         # that passed), where excluding it could leave a task no verifier may take.
-        # A replica of a job on a dataset that names its providers is the network's
-        # verifiers' too: the list is the owner's choice, and its own keys could hold
-        # both seats (``verify._always`` has every such result checked before acceptance).
-        trusted = task.pending_role in TRUSTED_ROLES or (
-            task.pending_role == Role.REPLICA and demand_of.listed(job))
+        trusted = task.pending_role in TRUSTED_ROLES
         parties = touched[task.id] - c.settings.verifiers if trusted else touched[task.id]
         try:
             d = demand_of(job, task, index.around(parties), verifier=trusted)

@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from deai.coordinator import checkpoints, datasets
+from deai.coordinator import checkpoints
 from deai.coordinator import reputation as rep
 from deai.coordinator.admission import NETWORK
 from deai.coordinator.effects import ctx
@@ -32,25 +32,15 @@ def party(a: Assignment) -> D.Party:
     return D.Party(a.id, a.provider_id, Role(a.role))
 
 
-def _always(s: Session, job: Job) -> bool:
-    """Every result of ``job`` checked before acceptance: its spec asks it (``replicate``),
-    or it runs on a dataset that names its providers (``datasets.set_providers``). There
-    the dataset's owner picks who runs the job, and could list its own keys: a check by
-    one of the network's verifiers (``matching``) before acceptance is what keeps them
-    honest, since the owner could withhold the key from a later audit and so have it
-    dropped (``datasets.drop_blocked_audits``). Withheld from the replica, the result is
-    never accepted and the owner is never paid."""
+def _always(job: Job) -> bool:
     spec = kinds.get(job.kind).parse_spec(job.spec)
-    if getattr(spec, "replicate", False):
-        return True
-    return bool((job.spec or {}).get("dataset_id")) and job.id in datasets.trusted_for(
-        s, [job.id])
+    return bool(getattr(spec, "replicate", False))
 
 
 def rho(c: Coordinator, s: Session, a: Assignment, job: Job) -> float:
     """The probability that ``a``'s result is replicated."""
     r = rep.get(s, a.provider_id, job.kind)
-    return policy.replication_probability(r, c.settings.verify, always=_always(s, job))
+    return policy.replication_probability(r, c.settings.verify, always=_always(job))
 
 
 def must_check(c: Coordinator, s: Session, a: Assignment, job: Job) -> bool:
