@@ -25,25 +25,6 @@ from deai.store.models import Provider
 HOST = "b" * 64
 
 
-def test_a_wake_up_is_kept_only_while_someone_waits_on_it() -> None:
-    """Any key may long-poll for lease work: a wake-up kept for every key that ever
-    polled grew without bound (found by a red-team review). Two polls of one provider
-    share theirs, and a wake reaches both."""
-    async def run() -> None:
-        hub = relay_leases.Hub(asyncio.get_running_loop())
-        for i in range(100):  # a hundred keys poll once each and time out
-            await hub.wait(f"{i:064x}", 0.001)
-        assert hub._wakers == {} and hub._waiting == {}
-        both = [asyncio.create_task(hub.wait(HOST, 10.0)) for _ in range(2)]
-        await asyncio.sleep(0.01)
-        assert hub._waiting == {HOST: 2}
-        hub._wake(HOST)
-        await asyncio.wait_for(asyncio.gather(*both), 5.0)  # both woken, not timed out
-        assert hub._wakers == {} and hub._waiting == {}
-
-    asyncio.run(run())
-
-
 def test_abandoned_sessions_leave_the_queue_and_the_queue_is_capped() -> None:
     async def run() -> None:
         hub = relay_leases.Hub(asyncio.get_running_loop())

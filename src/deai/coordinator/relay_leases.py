@@ -110,7 +110,6 @@ class Hub:
         self.queued: dict[str, list[SessionOpen]] = {}
         self.pending: dict[str, _Pending] = {}
         self._wakers: dict[str, asyncio.Event] = {}
-        self._waiting: dict[str, int] = {}  # long-polls waiting on each wake-up
         self.relay: Relay | None = None  # PostgreSQL: the rendezvous every replica sees
 
     def wake(self, provider_id: str) -> None:
@@ -130,22 +129,10 @@ class Hub:
             self._wake(pid)
 
     async def wait(self, provider_id: str, timeout: float) -> None:
-        """Until the provider is woken, or ``timeout``. Its wake-up is forgotten once
-        nobody waits on it: any key may long-poll, and one kept per key that ever polled
-        grew without bound. A wake between two polls is then missed; the poll re-reads
-        everything before it waits again (at most 5 s later)."""
         ev = self._wakers.setdefault(provider_id, asyncio.Event())
-        self._waiting[provider_id] = self._waiting.get(provider_id, 0) + 1
-        try:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(ev.wait(), timeout)
-            ev.clear()
-        finally:
-            n = self._waiting.pop(provider_id) - 1
-            if n:
-                self._waiting[provider_id] = n
-            elif self._wakers.get(provider_id) is ev:
-                del self._wakers[provider_id]
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(ev.wait(), timeout)
+        ev.clear()
 
     def take(self, provider_id: str) -> list[SessionOpen]:
         return self.queued.pop(provider_id, [])
