@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import secrets
 from pathlib import Path
 
 import pytest
@@ -92,3 +93,30 @@ def test_an_owner_who_gives_up_leaves_nothing_queued(monkeypatch: pytest.MonkeyP
         refused = attach()
         assert refused["status"] == 409 and "waiting" in str(refused["message"])
         assert hub.queued == {} and hub.pending == {}
+
+
+def test_a_wake_is_kept_for_each_poll_in_progress_and_forgotten_after() -> None:
+    """A wake between a poll's reads and its wait ends the wait at once; two polls of one
+    key each get it (one's next round does not clear the other's); once no poll of a key
+    is in progress, the hub keeps nothing for it (a key that once polled costs nothing)."""
+    async def run() -> None:
+        hub = relay_leases.Hub(asyncio.get_running_loop())
+        with hub.watching(HOST) as a, hub.watching(HOST) as b:
+            a.reading()
+            b.reading()
+            hub.woken_elsewhere([HOST])  # between the reads and the waits
+            a.reading()  # a's next round of reads: b's wake stays
+            await asyncio.wait_for(b.wait(30.0), 5.0)
+            hub.woken_elsewhere([HOST])
+            await asyncio.wait_for(a.wait(30.0), 5.0)
+            with hub.watching("c" * 64) as other:
+                other.reading()
+                hub.woken_elsewhere([HOST])
+                assert not other.event.is_set()  # another key's wake is not its
+        assert hub._wakers == {}
+        for _ in range(100):  # many keys, each polling once
+            with hub.watching(secrets.token_hex(32)) as w:
+                w.reading()
+        assert hub._wakers == {}
+
+    asyncio.run(run())

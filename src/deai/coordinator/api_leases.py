@@ -168,23 +168,25 @@ async def poll(body: LeasePollIn, c: C, me: Signer, hub: Hub) -> LeasePollOut:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + body.wait
     known = set(body.known)
-    while True:
-        start, stop, notices = await run_in_threadpool(leases.work_for, c, me, known)
-        asks = await run_in_threadpool(volumes.asked, c, me)
-        sessions = hub.take(me)
-        if hub.relay is not None:  # filed on any replica
-            sessions += await run_in_threadpool(hub.relay.take, me)
-        left = deadline - loop.time()
-        fresh = [n for n in notices if n.id not in body.noticed]
-        # A notice the agent delivered and the lease no longer has: withdrawn (the lease
-        # that caused it ended first); the agent tells the lease, and hears a new one.
-        withdrawn = set(body.noticed) & known - {n.id for n in notices}
-        fresh_asks = [a for a in asks if a in known and a not in body.saving]
-        if (start or stop or sessions or fresh or withdrawn or fresh_asks or left <= 0
-                or c.notifier.closing):
-            return LeasePollOut(start=start, stop=stop, sessions=sessions, notices=notices,
-                                snapshots=asks)
-        await hub.wait(me, min(left, 5.0))
+    with hub.watching(me) as woken:
+        while True:
+            woken.reading()  # a wake from here on ends the wait below at once
+            start, stop, notices = await run_in_threadpool(leases.work_for, c, me, known)
+            asks = await run_in_threadpool(volumes.asked, c, me)
+            sessions = hub.take(me)
+            if hub.relay is not None:  # filed on any replica
+                sessions += await run_in_threadpool(hub.relay.take, me)
+            left = deadline - loop.time()
+            fresh = [n for n in notices if n.id not in body.noticed]
+            # A notice the agent delivered and the lease no longer has: withdrawn (the
+            # lease that caused it ended first); the agent tells the lease, hears a new one.
+            withdrawn = set(body.noticed) & known - {n.id for n in notices}
+            fresh_asks = [a for a in asks if a in known and a not in body.saving]
+            if (start or stop or sessions or fresh or withdrawn or fresh_asks or left <= 0
+                    or c.notifier.closing):
+                return LeasePollOut(start=start, stop=stop, sessions=sessions,
+                                    notices=notices, snapshots=asks)
+            await woken.wait(min(left, 5.0))
 
 
 @router.post("/provider/leases/heartbeat", response_model=LeaseBeatOut)

@@ -57,6 +57,7 @@ from deai.core import wire_datasets as W
 from deai.core.errors import Conflict, Forbidden, InvalidInput, NotFound
 from deai.core.kinds import Shard, SpecBase, train, train_data
 from deai.core.lifecycle import JOB_ACTIVE, AssignmentStatus, JobStatus, Role
+from deai.store import journal
 from deai.store.models import Assignment, Event, Job, Task
 from deai.store.models_datasets import Dataset, DatasetKey, DatasetUse
 
@@ -179,11 +180,11 @@ def trusted(s: Session, dataset_id: str) -> frozenset[str] | None:
 def trusted_for(s: Session, job_ids: Sequence[str]) -> dict[str, frozenset[str]]:
     """``trusted`` of each of ``job_ids`` that uses a dataset with a list, by job."""
     out: dict[str, frozenset[str]] = {}
-    for i in range(0, len(job_ids), 500):
+    for i in range(0, len(job_ids), journal.IN_PART):
         for jid, got in s.execute(
                 select(DatasetUse.job_id, Dataset.providers)
                 .join(Dataset, Dataset.id == DatasetUse.dataset_id)
-                .where(DatasetUse.job_id.in_(job_ids[i:i + 500]))).all():
+                .where(DatasetUse.job_id.in_(job_ids[i:i + journal.IN_PART]))).all():
             if got is not None:
                 out[jid] = frozenset(got)
     return out
@@ -509,17 +510,14 @@ def pending(c: Coordinator, owner: str) -> list[W.PendingOut]:
     with c.db.read() as s:
         # Any live lease counts, a check placed after the job completed (an audit) too.
         live = select(Assignment.job_id).where(Assignment.status == AssignmentStatus.LEASED)
-        rows = s.scalars(select(DatasetUse)
+        rows = s.execute(select(DatasetUse, Dataset.providers)  # with each one's list
                          .join(Dataset, Dataset.id == DatasetUse.dataset_id)
                          .where(Dataset.owner == owner, Dataset.revoked_at.is_(None),
                                 DatasetUse.job_id.in_(live))
                          .order_by(DatasetUse.id)).all()
-        named: dict[str, list[str] | None] = {}
-        for u in rows:  # never the job's owner (``release``)
+        for u, named in rows:  # never the job's owner (``release``)
             waiting = sorted(_leased(s, u.job_id) - released_to(s, u.job_id) - {u.job_owner})
-            if u.dataset_id not in named:
-                named[u.dataset_id] = get(s, u.dataset_id).providers
-            away = [p for p in waiting if not _may_hold(c, named[u.dataset_id], p)]
+            away = [p for p in waiting if not _may_hold(c, named, p)]
             if waiting:
                 out.append(W.PendingOut(dataset_id=u.dataset_id, job_id=u.job_id, kind=u.kind,
                                         price=u.price, unlisted=away,

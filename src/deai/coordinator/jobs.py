@@ -76,23 +76,15 @@ def quote(c: Coordinator, q: wire.QuoteIn) -> wire.QuoteOut:
                            field="shard_units")
     with c.db.read() as s:
         providers = all_provider_states(c, s)
-        only = _trusted(s, spec)
+        only = None if spec.dataset_id is None else datasets.trusted(s, spec.dataset_id)
     return _quote_out(c, spec, q.shard_units, providers, only)
-
-
-def _trusted(s: Session, spec: specs.JobSpec) -> frozenset[str] | None:
-    """The only providers a job on a dataset runs on, by its owner's list (None: any)."""
-    if spec.dataset_id is None:
-        return None
-    from deai.coordinator import datasets
-    return datasets.trusted(s, spec.dataset_id)
 
 
 def _demand(c: Coordinator, spec: specs.JobSpec, shard_units: list[int],
             only: frozenset[str] | None = None,
             exclude: frozenset[str] = frozenset()) -> market.TaskDemand:
     """The job's largest task, as matching sees it: what a quote is for. ``only``: the
-    providers a dataset's owner trusts with its rows (``_trusted``); ``exclude``: the
+    providers a dataset's owner trusts with its rows (``datasets.trusted``); ``exclude``: the
     job's owner, for a job on a dataset (the matcher never places it there). The
     network's verifiers never count: the matcher gives them no primary."""
     exclude = exclude | c.settings.verifiers

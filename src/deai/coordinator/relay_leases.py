@@ -43,6 +43,7 @@ import os
 import secrets
 import socket
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -89,6 +90,21 @@ class _Peer(Protocol):
     async def close(self) -> None: ...
 
 
+class Waker:
+    """One long-poll's wake-up (``Hub.watching``): ``reading`` before each round of its
+    reads, ``wait`` after them; a wake in between ends the wait at once."""
+
+    def __init__(self) -> None:
+        self.event = asyncio.Event()
+
+    def reading(self) -> None:
+        self.event.clear()
+
+    async def wait(self, timeout: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.event.wait(), timeout)
+
+
 @dataclass
 class _Pending:
     provider_id: str
@@ -109,7 +125,7 @@ class Hub:
         self.notifier = notifier
         self.queued: dict[str, list[SessionOpen]] = {}
         self.pending: dict[str, _Pending] = {}
-        self._wakers: dict[str, asyncio.Event] = {}
+        self._wakers: dict[str, set[asyncio.Event]] = {}  # a provider's polls in progress
         self.relay: Relay | None = None  # PostgreSQL: the rendezvous every replica sees
 
     def wake(self, provider_id: str) -> None:
@@ -119,8 +135,7 @@ class Hub:
             self.notifier.wake([provider_id])
 
     def _wake(self, provider_id: str) -> None:
-        ev = self._wakers.get(provider_id)
-        if ev is not None:
+        for ev in self._wakers.get(provider_id, ()):
             ev.set()
 
     def woken_elsewhere(self, provider_ids: list[str]) -> None:
@@ -128,11 +143,22 @@ class Hub:
         for pid in provider_ids:
             self._wake(pid)
 
-    async def wait(self, provider_id: str, timeout: float) -> None:
-        ev = self._wakers.setdefault(provider_id, asyncio.Event())
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(ev.wait(), timeout)
-        ev.clear()
+    @contextlib.contextmanager
+    def watching(self, provider_id: str) -> Iterator[Waker]:
+        """A wake-up for one poll of the provider's, kept from before the poll's first
+        read to its answer, so that a wake between a read and the wait is never lost; a
+        poll's own (another poll of the same key does not clear it), and forgotten with
+        the provider's last poll: the map holds the polls in progress only, not every key
+        that ever polled."""
+        w = Waker()
+        mine = self._wakers.setdefault(provider_id, set())
+        mine.add(w.event)
+        try:
+            yield w
+        finally:
+            mine.discard(w.event)
+            if not mine and self._wakers.get(provider_id) is mine:
+                del self._wakers[provider_id]
 
     def take(self, provider_id: str) -> list[SessionOpen]:
         return self.queued.pop(provider_id, [])
