@@ -143,8 +143,11 @@ def test_deposit_job_slash_withdraw_and_audit_on_a_real_chain(net: ChainDevnet,
             info["latest_epoch"]["head_seq"] == net.client.journal(limit=1).head_seq
 
     wait_for("the outbox and the epochs to catch up", quiet, 120)
-    code, out = deai("ledger", "audit", "--chain", *url)
+    code, out = deai("ledger", "audit", "--chain", *url)  # the devnet's faucet money
+    assert code == 1 and "entered the journal from the mint without a deposit" in out, out
+    code, out = deai("ledger", "audit", "--chain", "--devnet", *url)
     assert code == 0 and "chain audit OK" in out, out
+    assert "without a deposit (faucet, grants): no deposit backs it" in out, out
 
     # 5. A root the journal does not support is reported...
     head = client_audit(net.client).entries[-1]
@@ -152,8 +155,9 @@ def test_deposit_job_slash_withdraw_and_audit_on_a_real_chain(net: ChainDevnet,
     bad = merkle.Tree(chain.dep.settlement, {thief.address: amount})
     chain.send(chain.settler, chain.settlement.functions.commit(
         head.seq, bytes.fromhex(head.hash), bad.root, bad.total))
-    code, out = deai("chain", "audit", *url)
+    code, out = deai("chain", "audit", "--devnet", *url)
     assert code == 1 and "does not recompute from the journal" in out, out
+    assert "audit one with --devnet" not in out, out  # reported, not a failure
 
     # 6. ...and so is a journal edited behind the chain's back.
     db = net.dir / "coordinator" / "deai.sqlite3"
@@ -163,7 +167,7 @@ def test_deposit_job_slash_withdraw_and_audit_on_a_real_chain(net: ChainDevnet,
         forged = {**json.loads(body), "address": thief.address}
         conn.execute("UPDATE journal SET body = ? WHERE seq = ?", (json.dumps(forged), seq))
     conn.close()
-    code, out = deai("ledger", "audit", "--chain", *url)
+    code, out = deai("ledger", "audit", "--chain", "--devnet", *url)
     assert code == 1, out
     assert f"entry {seq}: hash does not recompute" in out, out
     assert "claimed" in out and "the journal sent it 0" in out, out

@@ -27,6 +27,7 @@ from deai.store.models import ChainDeposit, ChainEpoch, ChainOutbox, JournalEntr
 from tests.chainutil import LocalChain, local_chain
 
 ALICE = "a1" * 32
+MALLORY = "c3" * 32
 PROV = "b2" * 32
 
 
@@ -181,7 +182,7 @@ def test_audit_holds_then_reports_a_tampered_root_and_journal(world: World) -> N
     w = world
     w.lc.tester.mine_blocks(2)
     w.tick()
-    rep = audit_chain(w.entries(), w.chain)
+    rep = audit_chain(w.entries(), w.chain, devnet=True)  # its providers bond faucet money
     assert rep.ok, rep.problems
     assert (rep.epochs, rep.deposits, rep.claims, rep.slashes) == (1, len(credited(w)), 1, 1)
     # The settlement key commits a root the journal does not support.
@@ -191,7 +192,7 @@ def test_audit_holds_then_reports_a_tampered_root_and_journal(world: World) -> N
     head = w.entries()[-1]
     w.chain.send(w.lc.settler, w.chain.settlement.functions.commit(
         head.seq, bytes.fromhex(head.hash), bad.root, bad.total))
-    rep = audit_chain(w.entries(), w.chain)
+    rep = audit_chain(w.entries(), w.chain, devnet=True)
     assert not rep.ok
     assert any("epoch 2: root" in p for p in rep.problems), rep.problems
     # A journal whose deposit was edited no longer matches the chain either.
@@ -200,8 +201,40 @@ def test_audit_holds_then_reports_a_tampered_root_and_journal(world: World) -> N
         e.seq, e.prev_hash, e.ts_ms, e.kind, {**e.body, "amount": 9_000_000},
         ((ledger.MINT, -9_000_000), (ledger.acct(ALICE), 9_000_000)), e.hash)
         for e in entries]
-    rep = audit_chain(forged, w.chain)
+    rep = audit_chain(forged, w.chain, devnet=True)
     assert any("credits 9000000 µ" in p for p in rep.problems), rep.problems
+
+
+def test_money_no_deposit_backs_fails_the_audit_unless_it_is_a_devnet(fresh: World) -> None:
+    """A faucet entry (or any entry minting but a deposit) makes money the contract does
+    not hold: withdrawn, it is paid out of someone else's deposit, and every other check
+    still holds (roots recompute, claims stay under deposits, the contract holds deposits
+    less claims). A coordinator doing that on a real chain fails the audit; an auditor of
+    a devnet says so (``devnet``) and sees the amount reported."""
+    w, mallory = fresh, fresh.lc.account("mallory")
+    alice = w.lc.account("alice", tokens=10_000_000)
+    w.deposit(alice, ALICE, 3_000_000)
+    w.lc.tester.mine_blocks(w.chain.dep.confirmations)
+    assert rail.watch_deposits(w.db, w.chain, w.port.post, w.clock.now()) == 1
+    w.post(ledger.faucet(MALLORY, 3_000_000))
+    w.post(ledger.withdrawal(MALLORY, 3_000_000, mallory.address))
+    epoch = rail.commit_epoch(w.db, w.chain, w.clock.now())
+    assert epoch == 1
+    with w.db.read() as s:
+        made = rail.latest_epoch(s)
+        assert made is not None
+        tree = merkle.Tree(w.chain.dep.settlement, made.leaves)
+    w.lc.skip(600)
+    w.chain.send(mallory, w.chain.settlement.functions.withdraw(
+        epoch, mallory.address, 3_000_000, tree.proof(mallory.address)))
+    assert w.chain.token_balance(mallory.address) == 3_000_000  # Alice's tokens
+    rep = audit_chain(w.entries(), w.chain)
+    assert not rep.ok and rep.facts["unbacked"] == 3_000_000
+    assert any("3000000 µ entered the journal from the mint without a deposit" in p
+               for p in rep.problems), rep.problems
+    devnet = audit_chain(w.entries(), w.chain, devnet=True)
+    assert devnet.ok, devnet.problems
+    assert devnet.facts["unbacked"] == 3_000_000
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -256,7 +289,8 @@ def test_an_epoch_the_contract_refuses_is_counted_backed_off_and_made_again(
         assert e is not None and e.attempts == 2 and e.retry_at is None
         assert e.head_seq == journal.head(s).seq > first["head_seq"]  # made again
         assert e.leaves == {payee.address: 500_000}
-    assert audit_chain(w.entries(), w.chain).ok
+    assert audit_chain(w.entries(), w.chain, devnet=True).ok
+    assert audit_chain(w.entries(), w.chain).facts["unbacked"] == 2_000_000
 
 
 def test_withdrawals_are_summed_by_the_database_past_32_bits(fresh: World) -> None:

@@ -155,6 +155,18 @@ def test_meter_refuses_malformed_output(changes: dict[str, Any]) -> None:
         KIND.meter(SPEC, shard.payload, output_for(shard.payload, **changes))
 
 
+def test_a_prompt_count_stays_within_the_prompts_own_bound() -> None:
+    """A provider that stopped after one token may not bill the rest of ``max_tokens`` as
+    prompt: the prompt alone is bounded by its bytes and the template's tokens (the line's
+    bound less ``max_tokens``), even where prompt and completion together fit the line."""
+    shard = KIND.split(SPEC, jsonl(line("a"), line("b")))[0]
+    most = line_bound(HELLO, 8) - 8
+    KIND.meter(SPEC, shard.payload, output_for(shard.payload, prompt_tokens=most))
+    one = {"token_ids": [5], "completion_tokens": 1}
+    with pytest.raises(InvalidInput, match="prompt_tokens"):
+        KIND.meter(SPEC, shard.payload, output_for(shard.payload, prompt_tokens=most + 1, **one))
+
+
 def test_meter_refuses_missing_lines() -> None:
     shard = KIND.split(SPEC, jsonl(line("a"), line("b")))[0]
     with pytest.raises(InvalidInput):

@@ -31,7 +31,10 @@ from deai.coordinator.openai.relay import (
     HOLD_MAX,
     PIECE_CHARS,
     PROVIDER_BURST,
+    STREAM_MAX,
+    STREAM_MIN,
     Relay,
+    budget,
     pieces,
 )
 from deai.provider.agent import ProgressSender, merge_events
@@ -86,6 +89,30 @@ def test_held_events_keep_only_what_a_stream_reads_and_count_each_event() -> Non
         relay.take_remote("t", [[3, 0, "", 1]] * (HOLD_MAX // EVENT_COST + 1))
         assert s.broken and s.held == {}
         assert not relay.push("t", [{"n": 2, "text": "c"}])
+
+    asyncio.run(scenario())
+
+
+def test_a_stream_relays_no_more_than_its_request_asked_for() -> None:
+    """What a stream relays is bounded by its request (``budget``: characters per token
+    asked for): a provider posting megabytes to a ``max_tokens=1`` stream whose caller
+    stopped reading grew the queue without end (80 posts of 3 MB: 152 -> 401 MB)."""
+    async def scenario() -> None:
+        assert budget(1, 1) == STREAM_MIN and budget(2048, 16) == STREAM_MAX
+        assert budget(1000, 2) == 128_000
+        relay = Relay()
+        q = relay.open("t", budget(1, 1))
+        assert relay.push("t", [{"n": 0, "text": "a" * 1000}])  # an honest start
+        big = "z" * (1 << 20)
+        assert not relay.push("t", [{"n": k, "text": big} for k in range(1, 4)])
+        assert not relay.push("t", [{"text": big}])  # without n: the same bound
+        got = _drain(q)
+        assert sum(len(e["text"]) + EVENT_COST for e in got) <= STREAM_MIN
+        assert [e["text"] for e in got] == ["a" * 1000]
+        unbounded = relay.open("u")  # a stream opened without one: STREAM_MAX
+        assert relay.push("u", [{"n": 0, "text": big}])
+        assert not relay.push("u", [{"n": 1, "text": big + big}])
+        assert [len(e["text"]) for e in _drain(unbounded)] == [len(big)]
 
     asyncio.run(scenario())
 

@@ -43,6 +43,17 @@ def test_output_passes_the_coordinators_structural_check(output: tuple[bytes, in
     check_output(encode_items(ITEMS), output[0], dims=384)
 
 
+@pytest.mark.parametrize("tokens", [10**18, int("9" * 4000), -1])
+def test_a_prompt_count_past_the_inputs_bytes_is_refused(output: tuple[bytes, int],
+                                                         tokens: int) -> None:
+    """The caller's ``usage`` is the provider's word: bounded by the line's bytes."""
+    lines = [json.loads(x) for x in output[0].splitlines()]
+    lines[2]["prompt_tokens"] = tokens
+    forged = b"".join(json.dumps(x).encode() + b"\n" for x in lines)
+    with pytest.raises(InvalidInput, match="prompt_tokens"):
+        check_output(encode_items(ITEMS), forged, dims=384)
+
+
 def test_line_separators_inside_texts_do_not_split_lines() -> None:
     items = [Item(0, "sep\u2028id", ("one\u2028two", "three\x85four\x1c")), Item(1, "z", ("z",))]
     blob, units = embeddings.embed(MODEL, encode_items(items))

@@ -4,6 +4,8 @@
 given the journal entries (fetched and replayed by the caller) and a read-only
 connection to the chain, it checks that
 
+- no money entered the journal from the mint but by a deposit (unless the auditor says
+  the network is a devnet, whose faucet mints: ``devnet``);
 - every ``deposit`` and ``withdrawal`` entry moves what its body says
   (``ledger.postings_problem``: the bodies are what the checks below read),
   every withdrawal names a valid address and amount (``books.unpayable``), the
@@ -81,11 +83,14 @@ class _At:
 
 
 def audit_chain(entries: list[Entry], chain: Chain, *,
-                max_confirmations: int = MAX_CONFIRMATIONS) -> ChainAudit:
+                max_confirmations: int = MAX_CONFIRMATIONS, devnet: bool = False) -> ChainAudit:
+    """``devnet``: the auditor knows the network mints money without deposits (a devnet's
+    faucet and genesis grant); else any such money fails the audit (``_unbacked``)."""
     rep = ChainAudit()
     at = _At(chain, chain.block_number())
     rep.facts["block"] = at.block
     _money_entries(rep, entries)
+    _unbacked(rep, entries, devnet)
     _deployment(rep, at)
     _epochs(rep, entries, at)
     _deposits(rep, entries, at, max_confirmations)
@@ -105,6 +110,28 @@ def _money_entries(rep: ChainAudit, entries: list[Entry]) -> None:
         rep.fail(problem)
     for seq in books.malformed_deposits(entries):
         rep.fail(f"entry {seq}: a deposit whose body names no chain event")
+
+
+def _unbacked(rep: ChainAudit, entries: list[Entry], devnet: bool) -> None:
+    """Money the journal made from the mint with no deposit behind it (a faucet, a grant:
+    any entry but a deposit or a withdrawal that moves the mint). The contract holds only
+    deposits, so such money, once withdrawn, is paid out of other people's deposits, and
+    every other check still holds: roots recompute, claims stay under deposits, the
+    contract holds deposits less claims. On a network settling on a real chain only
+    deposits mint; a devnet's faucet mints too, which its auditor says (``devnet``)."""
+    made, entries_ = 0, 0
+    for e in entries:
+        if e.kind in ("deposit", "withdrawal"):
+            continue
+        out = -sum(delta for account, delta in e.postings if account == ledger.MINT)
+        if out:
+            made += out
+            entries_ += 1
+    rep.facts["unbacked"] = made
+    if made > 0 and not devnet:
+        rep.fail(f"{made} µ entered the journal from the mint without a deposit ({entries_} "
+                 "entries: faucet, grants); withdrawals can pay it out of others' deposits "
+                 "(a devnet's faucet does this: audit one with --devnet)")
 
 
 def _deployment(rep: ChainAudit, at: _At) -> None:

@@ -537,16 +537,23 @@ def ledger_audit(coordinator: Coordinator = DEFAULT_COORDINATOR,
                  last: Annotated[int, typer.Option(help="Entries to list; 0 lists all.")] = 20,
                  chain: Annotated[bool, typer.Option(
                      "--chain", help="Also compare with the chain it settles on.")] = False,
+                 devnet: Annotated[bool, typer.Option(
+                     "--devnet", envvar="DEAI_AUDIT_DEVNET",
+                     help="With --chain: the network is a devnet, whose faucet mints money "
+                          "no deposit backs; report it, do not fail on it.")] = False,
                  ) -> None:
     """Fetch the whole journal and replay it here; exit 1 if any invariant fails."""
-    from deai.client.audit import client_audit
-    from deai.client.cli_chain import check_chain
+    from dataclasses import replace
 
+    from deai.client.audit import client_audit
+    from deai.client.cli_chain import Pins, check_chain
+
+    pins = replace(Pins.from_env(), devnet=True) if devnet else Pins.from_env()
     with Client(coordinator) as c:
         # Entries are streamed, not held, unless the chain check needs them all.
         result = client_audit(c, keep_entries=chain or last <= 0, tail=max(last, 1))
         print_audit(result.report, result.entries, last)
-        chain_ok = check_chain(c, result.entries) if chain else True
+        chain_ok = check_chain(c, result.entries, pins=pins) if chain else True
     if not result.ok or not chain_ok:
         raise typer.Exit(1)
 

@@ -77,18 +77,20 @@ class Pins:
     token: str = ""
     start_block: int | None = None
     max_confirmations: int = 64
+    devnet: bool = False  # the network mints without deposits (a faucet): not a failure
 
     @classmethod
     def from_env(cls) -> Pins:
         """``$DEAI_AUDIT_SETTLEMENT``, ``_VAULT``, ``_TOKEN``, ``_START_BLOCK``,
-        ``_MAX_CONFIRMATIONS`` (what ``deai ledger audit --chain`` reads)."""
+        ``_MAX_CONFIRMATIONS``, ``_DEVNET`` (what ``deai ledger audit --chain`` reads)."""
         env = os.environ.get
         start, most = env("DEAI_AUDIT_START_BLOCK", ""), env("DEAI_AUDIT_MAX_CONFIRMATIONS", "")
         try:
             return cls(settlement=env("DEAI_AUDIT_SETTLEMENT", ""),
                        vault=env("DEAI_AUDIT_VAULT", ""), token=env("DEAI_AUDIT_TOKEN", ""),
                        start_block=int(start) if start else None,
-                       max_confirmations=int(most) if most else 64)
+                       max_confirmations=int(most) if most else 64,
+                       devnet=env("DEAI_AUDIT_DEVNET", "") not in ("", "0"))
         except ValueError:
             raise InvalidInput("DEAI_AUDIT_START_BLOCK and DEAI_AUDIT_MAX_CONFIRMATIONS: "
                                "whole numbers of blocks", field="env") from None
@@ -242,6 +244,9 @@ def print_chain_audit(rep: ChainAudit) -> None:
     console.print(f"chain: {rep.epochs} epochs, {rep.deposits} deposits, {rep.claims} claims, "
                   f"{rep.providers} providers' stake, {rep.slashes} slashes checked; contract "
                   f"holds {money.fmt(f.get('held', 0))} DEAI")
+    if f.get("unbacked"):
+        console.print(f"{money.fmt(f['unbacked'])} DEAI entered the journal from the mint "
+                      "without a deposit (faucet, grants): no deposit backs it")
     if f.get("surplus"):
         console.print(f"the contract holds {money.fmt(f['surplus'])} DEAI more than deposits "
                       "less claims (tokens sent to it directly)")
@@ -265,7 +270,8 @@ def check_chain(c: Client, entries: list[Entry], rpc: str = "",
 
     pins = pins if pins is not None else Pins.from_env()
     chain = connect(c, rpc, pins)
-    rep = audit_chain(entries, chain, max_confirmations=pins.max_confirmations)
+    rep = audit_chain(entries, chain, max_confirmations=pins.max_confirmations,
+                      devnet=pins.devnet)
     print_chain_audit(rep)
     return rep.ok
 
@@ -279,6 +285,12 @@ def chain_audit(coordinator: str, rpc: str = "", pins: Pins | None = None) -> bo
         result = client_audit(c)
         print_audit(result.report, result.entries, last=5)
         return check_chain(c, result.entries, rpc, pins) and result.ok
+
+
+Devnet = Annotated[bool, typer.Option(
+    "--devnet", envvar="DEAI_AUDIT_DEVNET",
+    help="The network is a devnet, whose faucet mints money no deposit backs: report it, "
+         "do not fail on it.")]
 
 
 def _pin(name: str, what: str) -> Any:
@@ -296,10 +308,11 @@ def chain_audit_cmd(coordinator: Coordinator = DEFAULT_COORDINATOR, rpc: Rpc = "
                     max_confirmations: Annotated[int, typer.Option(
                         envvar="DEAI_AUDIT_MAX_CONFIRMATIONS", min=0,
                         help="Count at most this many of the confirmations the coordinator "
-                             "reports before a deposit must be credited.")] = 64) -> None:
+                             "reports before a deposit must be credited.")] = 64,
+                    devnet: Devnet = False) -> None:
     """Replay the journal and compare every epoch, deposit, claim, stake and slash with
     the chain; exit 1 if anything differs."""
-    pins = Pins(settlement, vault, token, start_block, max_confirmations)
+    pins = Pins(settlement, vault, token, start_block, max_confirmations, devnet)
     if not chain_audit(coordinator, rpc, pins):
         raise typer.Exit(1)
 

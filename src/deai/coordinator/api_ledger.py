@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
+from fastapi.responses import StreamingResponse
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
@@ -19,7 +20,7 @@ from deai.coordinator import access, blob_quota, ledger_audit
 from deai.coordinator.auth import coordinator, read_body, signer
 from deai.coordinator.service import Coordinator
 from deai.core import wire
-from deai.core.errors import InvalidInput
+from deai.core.errors import InvalidInput, NotFound
 from deai.store.blobs import digest_of
 from deai.store.models import Balance, JournalHead
 
@@ -58,7 +59,11 @@ async def put_blob(request: Request, c: C, me: Signer) -> wire.BlobOut:
 def get_blob(digest: Annotated[str, Path(pattern=r"^[0-9a-f]{64}$")], c: C,
              me: Signer) -> Response:
     access.require_blob(c, me, digest)
-    return Response(c.get_blob(digest), media_type="application/octet-stream")
+    if not c.blobs.exists(digest):
+        raise NotFound(f"no blob {digest}", field="digest")
+    length, pieces = c.blobs.stream(digest)  # from disk as it is sent, not held whole
+    return StreamingResponse(pieces, media_type="application/octet-stream",
+                             headers={"content-length": str(length)})
 
 
 @router.get("/ledger/journal", response_model=wire.JournalOut)

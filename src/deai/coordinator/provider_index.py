@@ -54,12 +54,16 @@ from deai.store import db
 
 log = logging.getLogger("deai.coordinator.provider_index")
 
+GOING_FACTOR = 3  # a request with no price of its own pays at most this many times the
+# median asking price of the providers that may run it (``going_price``)
+GOING_TTL_S = 1.0  # ``going_price`` read again at most this often per model, unless an offer
+# of the model changed
 RESYNC_S = 2.0  # a full re-read at most this often (and at least 20 builds apart)
 MAX_FRESH = 8  # candidates re-read for one decision before it is left to the matcher
 
 Key = tuple[str, str]
 Ranked = tuple[float, str, int]  # (score, provider, price)
-_Built = tuple[dict[str, market.ProviderState], dict[Key, list[Ranked]], dict[Key, int]]
+_Built = tuple[dict[str, market.ProviderState], dict[Key, list[Ranked]]]
 
 # A provider's state with the version (and hardware rule) it was built at; None: the
 # provider is not matched (its claim keeps it out).
@@ -249,7 +253,7 @@ class ProviderIndex:
         self._db_seen: dict[str, float] = {}  # last beat, as the database has it
         self._heard: dict[str, float] = {}  # beats heard here (maybe not written yet)
         self._ranked: dict[Key, list[Ranked]] = {}
-        self._top: dict[Key, int] = {}  # the highest price offered per key, about
+        self._going: dict[Key, tuple[float, int]] = {}  # ``going_price``, when read
         self._memo: Memo = {}  # states with the version they were built at (``load``)
         self._dirty: set[str] = set()
         # When each provider last changed (touch) or was leased here, on a counter: a read
@@ -360,26 +364,33 @@ class ProviderIndex:
             threading.Thread(target=self._resync, name="provider-index-resync",
                              daemon=True).start()
 
-    def max_price(self, s: Session, workload: str, model: str) -> int | None:
-        """The highest price any online provider asks for ``model``, about (it may be one
-        that went offline since the last resync; escrow above the cost is refunded);
-        None when no provider online serves it."""
+    def going_price(self, s: Session, workload: str, model: str) -> int | None:
+        """The most a request with no price of its own (``/v1``) pays a unit of ``model``:
+        the highest price among the online providers that may run it (staked, not the
+        network's verifiers), but never more than ``GOING_FACTOR`` times their median
+        price. Not the highest price of anyone online: a provider asking 10⁹ was paid
+        10⁹ by whichever request the cheap ones were too busy for, and one that bonds
+        nothing priced every caller out of the model. Read at most once every
+        ``GOING_TTL_S`` per model (it sorts every provider's price); None when no such
+        provider serves it."""
         self.refresh(s)
         key = (workload, model)
-        since = self.c.now() - self.c.settings.heartbeat_timeout
+        at = time.monotonic()
         with self._lock:
-            if not any(self._last(pid) >= since
-                       for _, pid, _ in self._ranked.get(key, ())):
-                return None
-            return self._top.get(key)
-
-    def prices(self, s: Session, workload: str, model: str) -> list[int]:
-        """The prices of the online providers that serve ``model``."""
-        self.refresh(s)
-        since = self.c.now() - self.c.settings.heartbeat_timeout
-        with self._lock:
-            return [price for _, pid, price in self._ranked.get((workload, model), ())
-                    if self._last(pid) >= since]
+            got = self._going.get(key)
+            if got is not None and at - got[0] < GOING_TTL_S:
+                return got[1]
+            since = self.c.now() - self.c.settings.heartbeat_timeout
+            floor = self.c.settings.min_stake
+            asks = sorted(price for _, pid, price in self._ranked.get(key, ())
+                          if self._last(pid) >= since
+                          and (st := self._states.get(pid)) is not None
+                          and not st.verifier and st.stake >= floor)
+            if not asks:
+                return None  # not kept: the first provider to come serves at once
+            going = min(asks[-1], GOING_FACTOR * asks[(len(asks) - 1) // 2])
+            self._going[key] = (at, going)
+            return going
 
     def place(self, s: Session, d: market.TaskDemand, min_stake: int) -> market.Placement | None:
         """The best provider for ``d`` by the strategy (as ``market.place`` would choose
@@ -478,20 +489,19 @@ class ProviderIndex:
         on the event loop takes it, so it is held for the swap only."""
         by_id: dict[str, market.ProviderState] = {}
         by: dict[Key, list[Ranked]] = defaultdict(list)
-        top: dict[Key, int] = {}
         strategy = self.c.settings.strategy
         for st in states:
             by_id[st.id] = st
             for key, price in _first_offers(st).items():
                 by[key].append((strategy.score(price, st), st.id, price))
-                top[key] = max(top.get(key, 0), price)
         for items in by.values():
             items.sort()
-        return by_id, dict(by), top
+        return by_id, dict(by)
 
     def _replace_all(self, built: _Built, seen: dict[str, float]) -> None:
         with self._lock:
-            self._states, self._ranked, self._top = built
+            self._states, self._ranked = built
+            self._going.clear()
             self._db_seen = dict(seen)
             for pid in list(self._memo):  # who left (offline, gone): built again if back
                 if pid not in seen:
@@ -503,6 +513,7 @@ class ProviderIndex:
             return
         strategy = self.c.settings.strategy
         for key, price in _first_offers(old).items():
+            self._going.pop(key, None)
             items = self._ranked.get(key)
             if items is None:
                 continue
@@ -523,10 +534,9 @@ class ProviderIndex:
         self._states[st.id] = st
         strategy = self.c.settings.strategy
         for key, price in _first_offers(st).items():
+            self._going.pop(key, None)  # its price moved, or it is new: read again
             bisect.insort(self._ranked.setdefault(key, []), (strategy.score(price, st), st.id,
                                                               price))
-            if price > self._top.get(key, 0):
-                self._top[key] = price
 
 
 def _first_offers(st: market.ProviderState) -> dict[Key, int]:

@@ -177,11 +177,6 @@ class Coordinator:
     def put_blob(self, data: bytes) -> wire.BlobOut:
         return wire.BlobOut(digest=self.blobs.put(data), size=len(data))
 
-    def get_blob(self, digest: str) -> bytes:
-        if not self.blobs.exists(digest):
-            raise NotFound(f"no blob {digest}", field="digest")
-        return self.blobs.get(digest)
-
     # --- providers ------------------------------------------------------------------------
 
     def register(self, pid: str, reg: wire.RegisterIn, address: str = "") -> wire.ProviderOut:

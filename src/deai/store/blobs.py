@@ -17,10 +17,10 @@ import hashlib
 import os
 import re
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from deai.store.packs import PackStore
+from deai.store.packs import CorruptPack, PackStore
 
 _DIGEST = re.compile(r"^[0-9a-f]{64}$")
 
@@ -90,6 +90,34 @@ class BlobStore:
             if data is None:
                 raise
             return data
+
+    def stream(self, digest: str, chunk: int = 1 << 20) -> tuple[int, Iterator[bytes]]:
+        """The blob's length, and its bytes in pieces of ``chunk`` read as they are asked
+        for: an answer sent from disk, not held whole in memory (thirty slow readers of
+        one 60 MB file held 1.8 GB). A missing blob raises here, before any answer; the
+        file is opened when the first piece is asked for and closed with the last."""
+        length = self.size(digest)
+        return length, self._pieces(digest, length, chunk)
+
+    def _pieces(self, digest: str, length: int, chunk: int) -> Iterator[bytes]:
+        try:
+            fd, offset = os.open(self.path(digest), os.O_RDONLY), 0
+        except FileNotFoundError:
+            hit = self.packs.locate(digest)
+            if hit is None:
+                raise
+            pack, offset, _ = hit
+            fd = os.open(self.packs.root / pack, os.O_RDONLY)
+        try:
+            done = 0
+            while done < length:
+                data = os.pread(fd, min(chunk, length - done), offset + done)
+                if not data:
+                    raise CorruptPack(f"blob {digest} is cut short")
+                done += len(data)
+                yield data
+        finally:
+            os.close(fd)
 
     def size(self, digest: str) -> int:
         try:

@@ -20,6 +20,7 @@ once, as no request's ``custom_id`` can be read.
 from __future__ import annotations
 
 import secrets
+from collections.abc import Iterator
 from typing import Any
 
 from sqlalchemy import func, select, text
@@ -31,7 +32,7 @@ from deai.coordinator.openai import schemas as S
 from deai.coordinator.openai.errors import ApiError
 from deai.coordinator.service import Coordinator
 from deai.core import batch, catalog, kinds, sealed, wire
-from deai.core.errors import InvalidInput, NotFound, UnknownModel
+from deai.core.errors import InvalidInput, NotFound
 from deai.core.lifecycle import JOB_ACTIVE, JobStatus, TaskStatus
 from deai.store.blobs import digest_of
 from deai.store.models import ApiBatch, ApiFile, Job, Task
@@ -107,10 +108,11 @@ def get_file(c: Coordinator, account: str, file_id: str) -> S.FileOut:
         return file_out(_own_file(s, account, file_id))
 
 
-def file_content(c: Coordinator, account: str, file_id: str) -> bytes:
+def file_content(c: Coordinator, account: str, file_id: str) -> tuple[int, Iterator[bytes]]:
+    """The file's length and its bytes, read from disk as they are sent (``stream``)."""
     with c.db.read() as s:
         digest = _own_file(s, account, file_id).digest
-    return c.blobs.get(digest)
+    return c.blobs.stream(digest)
 
 
 # --- batches ------------------------------------------------------------------------------
@@ -141,12 +143,9 @@ def create(c: Coordinator, key: keys.KeyInfo, body: S.BatchIn,
     data = c.blobs.get(digest)
     name = body.sealed.model if body.sealed is not None else _model(data)
     model = catalog.lookup(name, field="model", workload=kind_name).name
-    prices = gateway.served_prices(c, kind_name, model)
-    if not prices:
-        raise UnknownModel(f"The model `{model}` is not served by any online provider.",
-                           field="model")
+    price = gateway.going_price(c, kind_name, model)  # UnknownModel: nobody serves it
     kind = kinds.get(kind_name)
-    spec: dict[str, Any] = {"kind": kind_name, "model": model, "max_price": max(prices),
+    spec: dict[str, Any] = {"kind": kind_name, "model": model, "max_price": price,
                             "deadline": window}
     if body.sealed is not None:  # the file is a manifest: admitted as a sealed job
         spec.update(sealed=True, sealed_for=body.sealed.sealed_for)

@@ -54,10 +54,19 @@ class Started:
     provider: str | None
 
 
-def served_prices(c: Coordinator, workload: str, model: str) -> list[int]:
-    """Prices of the online providers that offer ``model`` (empty: nobody serves it)."""
+def going_price(c: Coordinator, workload: str, model: str) -> int:
+    """The most a request (or a batch) pays a unit of ``model``: ``ProviderIndex
+    .going_price``; ``UnknownModel`` when no online staked provider serves it."""
     with c.db.read() as s:
-        return provider_index.of(c).prices(s, workload, model)
+        return _going(c, s, workload, model)
+
+
+def _going(c: Coordinator, s: Session, workload: str, model: str) -> int:
+    top = provider_index.of(c).going_price(s, workload, model)
+    if top is None:
+        raise UnknownModel(f"The model `{model}` is not served by any online provider.",
+                           field="model")
+    return top
 
 
 def _clean(exc: InvalidInput) -> InvalidInput:
@@ -84,11 +93,9 @@ def start(c: Coordinator, key: keys.KeyInfo, workload: str, body: dict[str, obje
     shard_digest = c.blobs.put(shard.payload, sync=False)
 
     def admit(s: Session) -> tuple[Job, Task, str | None]:
-        top = provider_index.of(c).max_price(s, workload, info.name)
-        if top is None:
-            raise UnknownModel(f"The model `{info.name}` is not served by any online provider.",
-                               field="model")
-        priced = spec.model_copy(update={"max_price": top})
+        # At the going price, not the highest anyone asks: a provider above it is not
+        # offered the request (it waits for one at or below it, as a job would).
+        priced = spec.model_copy(update={"max_price": _going(c, s, workload, info.name)})
         max_cost = cost_for_units(shard.max_units, priced.max_price)
         job, (task,) = admission.create(
             c, s, owner=key.account, kind=workload, model=info.name, spec=priced.model_dump(),

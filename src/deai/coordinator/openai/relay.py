@@ -63,6 +63,9 @@ PROVIDER_RATE = 4 * FORWARD_RATE  # ... and a provider's, over all its tasks
 PROVIDER_BURST = 4 * FORWARD_BURST
 HOLD_MAX = 1 << 20  # characters a stream holds waiting for a gap in ``n`` to fill ...
 EVENT_COST = 64  # ... counting this many for each event held, on top of its text
+STREAM_CHARS_PER_TOKEN = 64  # what a stream may relay per token asked for (a token's text
+STREAM_MIN = 1 << 16  # is a few characters; a run of spaces, a few dozen), at least this,
+STREAM_MAX = 1 << 21  # at most this (16 choices of 2,048 tokens): ``budget``
 AHEAD_MAX = 4096  # the furthest an event's ``n`` may run past the next one expected
 ROUTE_TTL = 2.0  # seconds a progress route is trusted before its lease is read again
 UNCLAIMED_TTL = 0.5  # ... a route whose task nobody streamed yet (a stream opening)
@@ -109,23 +112,40 @@ def _cost(event: Event) -> int:
     return EVENT_COST + (len(text_) if isinstance(text_, str) else 0)
 
 
+def budget(max_tokens: int, choices: int) -> int:
+    """What one stream may relay in all (``STREAM_CHARS_PER_TOKEN`` a token asked for, at
+    least ``STREAM_MIN``, at most ``STREAM_MAX``), counted as ``HOLD_MAX`` counts."""
+    return min(STREAM_MAX, max(STREAM_MIN, STREAM_CHARS_PER_TOKEN * max_tokens * choices))
+
+
 class _Stream:
     """One open stream: its queue, and the events held until their turn (``n``)."""
 
-    def __init__(self) -> None:
+    def __init__(self, room: int = STREAM_MAX) -> None:
         self.queue: asyncio.Queue[Event] = asyncio.Queue()
+        self.room = room  # what may still be queued (``budget``), counted as ``_cost``
         self.next = 0  # the number of the next event to relay
         self.held: dict[int, list[Event]] = {}
         self.whole: set[int] = set()  # held events whose last piece came
         self.held_chars = 0
-        self.broken = False  # a gap never filled: relays nothing more
+        self.broken = False  # a gap never filled, or over its budget: relays nothing more
+
+    def _queue(self, event: Event) -> None:
+        """Relay ``event``; past the stream's budget, break it instead (the recorded
+        result ends the answer): a provider posting text its request never asked for,
+        to a caller that stopped reading, grew the queue without end."""
+        self.room -= _cost(event)
+        if self.room < 0:
+            self.broken, self.held, self.whole, self.held_chars = True, {}, set(), 0
+            return
+        self.queue.put_nowait(event)
 
     def take(self, n: int | None, event: Event, more: bool = False) -> None:
         if self.broken:
             return
         event = _slim(event)
         if n is None:
-            self.queue.put_nowait(event)
+            self._queue(event)
             return
         if n < self.next or n in self.whole:
             return  # relayed, or held whole, already: a repeat
@@ -136,11 +156,11 @@ class _Stream:
         self.held_chars += _cost(event)
         if not more:
             self.whole.add(n)
-        while self.next in self.whole:
+        while self.next in self.whole and not self.broken:
             self.whole.discard(self.next)
             for e in self.held.pop(self.next):
                 self.held_chars -= _cost(e)
-                self.queue.put_nowait(e)
+                self._queue(e)
             self.next += 1
         if self.held_chars > HOLD_MAX:
             self.broken, self.held, self.whole, self.held_chars = True, {}, set(), 0
@@ -159,9 +179,10 @@ class Relay:
         if notifier is not None:
             notifier.on_remote_progress.append(self.take_remote)
 
-    def open(self, task_id: str) -> asyncio.Queue[Event]:
+    def open(self, task_id: str, room: int = STREAM_MAX) -> asyncio.Queue[Event]:
+        """The queue of the task's stream, which relays at most ``room`` (``budget``)."""
         if task_id not in self._streams:
-            self._streams[task_id] = _Stream()
+            self._streams[task_id] = _Stream(room)
             if self.notifier is not None:
                 self.notifier.claim_stream(task_id)
         return self._streams[task_id].queue

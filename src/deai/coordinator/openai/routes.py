@@ -33,7 +33,7 @@ from deai.coordinator.auth import coordinator
 from deai.coordinator.openai import batches, compat, files, gateway, keys, tokens
 from deai.coordinator.openai import schemas as S
 from deai.coordinator.openai.errors import ApiError, to_api_error
-from deai.coordinator.openai.relay import Relay, relay_of
+from deai.coordinator.openai.relay import Relay, budget, relay_of
 from deai.coordinator.service import Coordinator
 from deai.core import batch, catalog
 from deai.core.errors import AuthError, InvalidInput, PayloadTooLarge
@@ -147,7 +147,10 @@ async def chat_completions(raw: Json, request: Request, c: C, key: Key,
     if body.stream:
         usage = bool(body.stream_options and body.stream_options.include_usage)
         return StreamingResponse(_stream(c, relay, started, key.account, usage, request,
-                                         choices=body.n or 1),
+                                         choices=body.n or 1,
+                                         max_tokens=body.max_tokens
+                                         or body.max_completion_tokens
+                                         or chat_kind.DEFAULT_MAX_TOKENS),
                                  media_type="text/event-stream",
                                  headers={"x-deai-job": started.job_id,
                                           "cache-control": "no-cache"})
@@ -163,8 +166,8 @@ def _sse(obj: Any) -> bytes:
 
 
 async def _stream(c: Coordinator, relay: Relay, started: gateway.Started, owner: str,
-                  include_usage: bool, request: Request | None = None, *, choices: int = 1
-                  ) -> AsyncIterator[bytes]:
+                  include_usage: bool, request: Request | None = None, *, choices: int = 1,
+                  max_tokens: int = chat_kind.MAX_TOKENS) -> AsyncIterator[bytes]:
     """The answer as server-sent events. A caller that hangs up before any text reached it
     cancels the job (its escrow comes back whole, the provider is told to drop the task);
     once a delta was relayed the caller holds part of the answer, so the job runs on and
@@ -181,7 +184,7 @@ async def _stream(c: Coordinator, relay: Relay, started: gateway.Started, owner:
                      "choices": [{"index": index, "delta": delta, "logprobs": logprobs,
                                   "finish_reason": finish}]})
 
-    queue = relay.open(started.task_id)
+    queue = relay.open(started.task_id, budget(max_tokens, choices))
     sent: dict[int, str] = {}
     marked = False  # the job is recorded as streamed (``jobs.STREAMED``): not cancelled
 
@@ -330,8 +333,9 @@ def get_file(file_id: str, c: C, key: Key) -> S.FileOut:
 
 @router.get("/files/{file_id}/content")
 def file_content(file_id: str, c: C, key: Key) -> Response:
-    return Response(batches.file_content(c, key.account, file_id),
-                    media_type="application/jsonl")
+    length, pieces = batches.file_content(c, key.account, file_id)
+    return StreamingResponse(pieces, media_type="application/jsonl",
+                             headers={"content-length": str(length)})
 
 
 # --- batches ------------------------------------------------------------------------------

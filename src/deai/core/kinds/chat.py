@@ -62,7 +62,8 @@ tokens (at most ``MESSAGE_OVERHEAD``) and, per prompt, a default system prompt
 and the assistant header (at most ``PROMPT_OVERHEAD``). A line's bound is
 therefore ``sum(bytes(content) + MESSAGE_OVERHEAD) + PROMPT_OVERHEAD +
 max_tokens`` (``line_bound``), a shard's ``max_units`` is the sum over its
-lines, and ``meter`` refuses a line whose usage exceeds its bound.
+lines, and ``meter`` refuses a line whose usage exceeds its bound; ``check_output``
+refuses one whose prompt alone exceeds the bound less ``max_tokens``.
 """
 
 from __future__ import annotations
@@ -380,8 +381,8 @@ def check_output(shard_input: bytes, output: bytes) -> list[dict[str, Any]]:
 
     One line per request, same custom_id and order; token ids that are
     non-negative integers, no more than ``max_tokens`` of them; a finish
-    reason; usage that fits the line's escrow bound. Whether the tokens are
-    what the model would produce is the verifier's job (``greedy_ok``).
+    reason; a prompt count within its bytes and the template's tokens. Whether the
+    tokens are what the model would produce is the verifier's job (``greedy_ok``).
     """
     inputs = [obj for _, obj in batch.jsonl(shard_input, "input")]
     lines = [obj for _, obj in batch.jsonl(output, "output")]
@@ -408,10 +409,12 @@ def check_output(shard_input: bytes, output: bytes) -> list[dict[str, Any]]:
         if completion != len(ids) or completion > inp["max_tokens"]:
             raise InvalidInput(f"{where}: completion_tokens must equal len(token_ids) and be "
                                f"at most max_tokens ({inp['max_tokens']})", field="output")
-        bound = line_bound(inp["messages"], inp["max_tokens"])
-        if prompt + completion > bound:
-            raise InvalidInput(f"{where}: {prompt + completion} tokens, over the line's bound "
-                               f"of {bound}", field="output")
+        # The prompt within the bound less max_tokens: a provider that stopped after one
+        # token billed the rest of max_tokens as prompt (a 70x bill for "Say hello").
+        most = line_bound(inp["messages"], inp["max_tokens"]) - inp["max_tokens"]
+        if prompt > most:
+            raise InvalidInput(f"{where}: prompt_tokens {prompt}, over the prompt's bound of "
+                               f"{most} (its bytes and the template's tokens)", field="output")
         if inp.get("logprobs") and not _logprobs_shape(line.get("logprobs"), len(ids),
                                                         int(inp.get("top_logprobs", 0))):
             raise InvalidInput(f"{where}: logprobs must have one entry per token id, each "

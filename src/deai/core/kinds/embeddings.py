@@ -153,11 +153,21 @@ def check_output(shard_input: bytes, output: bytes, dims: int) -> list[dict[str,
                                and -MAX_COMPONENT <= x <= MAX_COMPONENT for x in v)):
                 raise InvalidInput(f"{where}: each vector needs {dims} finite numbers within "
                                    f"±{MAX_COMPONENT:g}", field="output")
-        tokens = line.get("prompt_tokens")
-        if not isinstance(tokens, int) or isinstance(tokens, bool) or tokens < 0:
-            raise InvalidInput(f"{where}: prompt_tokens must be a non-negative integer",
-                               field="output")
+        tokens, most = line.get("prompt_tokens"), usage_bound(inp["input"])
+        if not isinstance(tokens, int) or isinstance(tokens, bool) or not 0 <= tokens <= most:
+            raise InvalidInput(f"{where}: prompt_tokens must be an integer from 0 to {most} "
+                               "(a token is at least one byte of the input)", field="output")
     return lines
+
+
+TOKENS_AROUND = 8  # tokens a model may add around each input (``[CLS]``, ``[SEP]``, ...)
+
+
+def usage_bound(inputs: list[str]) -> int:
+    """The most ``prompt_tokens`` a line of ``inputs`` may report: the caller's ``usage``
+    is the provider's word (not billed: a line is billed by its input), and a provider
+    wrote 10¹⁸ there, or a number of 4,000 digits."""
+    return sum(len(str(x).encode("utf-8")) + TOKENS_AROUND for x in inputs)
 
 
 def distance(u: list[float], v: list[float]) -> float:

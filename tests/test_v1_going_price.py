@@ -1,0 +1,91 @@
+"""A ``/v1`` request names no price: it pays at most the model's going price
+(``ProviderIndex.going_price``), the highest price among the online providers that may
+run it (staked, not the network's verifiers), never above ``GOING_FACTOR`` times their
+median.
+
+Before, it was escrowed and placed at the highest price of any provider online: a
+provider asking 10⁹ µ per unit was paid 10⁹ by whichever request the cheap providers
+were too busy for (the same 21 tokens cost a million times more), and one that bonded
+nothing, asking 10¹², priced every caller out of the model (402 and 429 for all) for as
+long as it beat. Both engines, the real index and the gateway's own admission."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import select
+
+from deai.coordinator import provider_index
+from deai.coordinator.openai import gateway, keys
+from deai.coordinator.service import Coordinator
+from deai.core import wire
+from deai.core.errors import UnknownModel
+from deai.core.money import cost_for_units
+from deai.store.models import Job, Task
+from tests.helpers import MODEL
+from tests.test_provider_index import c, index, leased, provider
+
+__all__ = ["c"]  # the engines' fixture
+
+CLIENT = "d" * 64
+CHEAP = 1_000
+DEAR = 10**9
+
+
+def request(c: Coordinator) -> gateway.Started:
+    key = keys.authenticate(c, keys.create(c, CLIENT, wire.ApiKeyIn(name="t")).key or "")
+    return gateway.start(c, key, "embeddings", {"model": MODEL, "input": "hello"})
+
+
+def going(c: Coordinator) -> int | None:
+    with c.db.read() as s:
+        return index(c).going_price(s, "embeddings", MODEL)
+
+
+def priced(c: Coordinator, job_id: str) -> tuple[int, int]:
+    """A job's price per unit; its escrow is what its one task may cost at that price."""
+    with c.db.read() as s:
+        job = s.scalars(select(Job).where(Job.id == job_id)).one()
+        task = s.scalars(select(Task).where(Task.job_id == job_id)).one()
+        assert job.escrow == cost_for_units(task.units, job.max_price)
+        return job.max_price, job.escrow
+
+
+def test_a_dear_provider_is_offered_no_request_and_sets_no_escrow(c: Coordinator) -> None:
+    c.faucet(CLIENT, 10**12)
+    cheap = [provider(c, k, price=CHEAP) for k in range(3)]
+    dear = provider(c, 3, price=DEAR)
+    assert going(c) == provider_index.GOING_FACTOR * CHEAP
+
+    first = [request(c) for _ in range(3)]
+    assert sorted(str(r.provider) for r in first) == sorted(cheap)
+    late = request(c)  # the cheap ones are busy: it waits, the dear one never gets it
+    assert late.provider is None and leased(c, [late.task_id]) == {}
+    for r in [*first, late]:
+        assert priced(c, r.job_id)[0] == provider_index.GOING_FACTOR * CHEAP
+    assert dear not in {r.provider for r in first}
+
+
+def test_an_unstaked_or_lone_outlier_moves_nothing(c: Coordinator) -> None:
+    c.faucet(CLIENT, 10**12)
+    provider(c, 0, price=CHEAP)
+    assert going(c) == CHEAP  # one provider: its own price, however low the factor
+    provider(c, 1, price=10**12, stake=0)  # bonds nothing: may run nothing
+    assert going(c) == CHEAP
+    r = request(c)
+    assert r.provider is not None and priced(c, r.job_id)[0] == CHEAP
+    provider(c, 2, price=CHEAP)
+    provider(c, 3, price=10**12)  # staked, but a quarter of the providers
+    assert going(c) == provider_index.GOING_FACTOR * CHEAP
+
+
+def test_a_new_price_counts_at_once_and_nobody_staked_serves_nothing(c: Coordinator) -> None:
+    c.faucet(CLIENT, 10**12)
+    with pytest.raises(UnknownModel):  # nobody at all
+        request(c)
+    provider(c, 0, price=CHEAP, stake=0)
+    with pytest.raises(UnknownModel):  # nobody who may run it
+        request(c)
+    pid = provider(c, 1, price=CHEAP)
+    assert going(c) == CHEAP  # not the "nobody" of a moment ago
+    provider(c, 1, price=2 * CHEAP, pid=pid, stake=0)  # re-registered at a new price
+    assert going(c) == 2 * CHEAP
