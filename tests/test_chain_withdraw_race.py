@@ -14,7 +14,7 @@ import pytest
 from deai.chain import rail
 from deai.coordinator import api_chain
 from deai.coordinator.service import Coordinator
-from deai.core.errors import Conflict
+from deai.core.errors import Conflict, InvalidInput
 from deai.store.models import ChainDeposit
 from tests.races import ENGINES, coordinator, gate, race
 
@@ -55,3 +55,20 @@ def test_two_withdrawals_at_once_never_exceed_the_reserve(
     assert len(done) == 1 and len(errors) == 1 and isinstance(errors[0], Conflict), errors
     with c.db.read() as s:
         assert reserve(s) == RESERVE - 800_000
+
+
+def test_a_withdrawal_below_the_minimum_is_refused_and_moves_nothing(c: Coordinator) -> None:
+    """Each address withdrawn to is a leaf of every epoch from then on: 1 µ withdrawals to
+    a million addresses cost 1 DEAI. The least a withdrawal takes is a setting (0.01 DEAI;
+    a devnet's, 1 µ)."""
+    assert c.settings.min_withdrawal == 10_000
+    c.faucet(ALICE, 100_000)
+    with pytest.raises(InvalidInput) as out:
+        api_chain.withdraw(c, ALICE, api_chain.WithdrawIn(amount=9_999,
+                                                          address="0x" + "ab" * 20))
+    assert out.value.field == "amount" and out.value.details["minimum"] == 10_000
+    with c.db.read() as s:
+        assert rail.reserve(s) == RESERVE
+    assert c.balance(ALICE).available == 100_000
+    api_chain.withdraw(c, ALICE, api_chain.WithdrawIn(amount=10_000, address="0x" + "ab" * 20))
+    assert c.balance(ALICE).available == 90_000

@@ -287,3 +287,30 @@ def test_a_provider_the_list_leaves_out_is_never_released_the_key(c: Coordinator
     trust(c, None)
     (p,) = datasets.pending(c, OWNER)
     assert (p.providers, p.unlisted) == ([holder], [])
+
+
+def test_a_lapsed_lease_reads_neither_the_key_nor_the_rows(c: Coordinator) -> None:
+    """Past its deadline a lease reads nothing, before the sweep ends it too (as any
+    blob's reader, ``access.lease_may_read``): the dataset's key and ciphertext were
+    served to it until the sweep came. Its owner is not released a key for it either."""
+    c.faucet(BUYER, 10_000_000)
+    dataset(c, SCARCE, max_uses=None)
+    a, b = trainers(c, 2)
+    job_id = use(c, SCARCE)
+    holder = placed(c, job_id, [a, b])
+    assert datasets.release(c, OWNER, SCARCE, W.ReleaseIn(
+        job_id=job_id, keys={holder: "a2V5"})) == [holder]
+    assert datasets.key_for(c, holder, SCARCE, job_id).wrapped == "a2V5"
+    assert datasets.content(c, holder, SCARCE) == b"ct"
+    with c.db.read() as s:
+        deadline = s.scalars(select(Assignment.lease_deadline).where(
+            Assignment.job_id == job_id)).one()
+    clock(c).advance(deadline - c.now() + 1)  # lapsed; no sweep yet
+    with c.db.read() as s:
+        assert s.scalars(select(Assignment.status).where(
+            Assignment.job_id == job_id)).one() == AssignmentStatus.LEASED
+    with pytest.raises(NotFound):
+        datasets.key_for(c, holder, SCARCE, job_id)
+    with pytest.raises(NotFound):
+        datasets.content(c, holder, SCARCE)
+    assert datasets.pending(c, OWNER) == []

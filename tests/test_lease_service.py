@@ -570,3 +570,28 @@ def test_a_start_missed_while_a_volume_restores_costs_no_stake(c: Coordinator) -
     advance(c, 30, beat=[])
     assert leases.show(c, OWNER, missed.id).penalty == STAKE // 100
     audit(c)
+
+
+def test_the_public_market_lists_hosts_a_page_at_a_time(c: Coordinator,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """An offer costs a host nothing; the public answer listed every host at once. Now a
+    page of ``HOSTS_LISTED`` by id, a cursor to the next, and the count of all."""
+    monkeypatch.setattr(leases, "HOSTS_LISTED", 2)
+    more = [f"{k:x}" * 64 for k in range(1, 5)]  # 1111..., 2222..., ...
+    with c.db.write() as s:
+        for pid in more:
+            s.add(Provider(id=pid, name=pid[:4], hardware={}, benchmark={}, registered_at=0.0,
+                           last_seen=c.now(), capabilities={"sandbox": True}))
+    for pid in more:
+        leases.set_host(c, CFG, pid, HostIn(cpus=1, memory_mb=1024,
+                                            prices={"cpu": 1, "memory_gb": 1}))
+    seen, after, pages = [], "", 0
+    while True:
+        got = leases.public_summary(c, after)
+        assert got["hosts_total"] == 5 and len(got["hosts"]) <= 2
+        seen += [h["provider_id"] for h in got["hosts"]]
+        pages += 1
+        if got["next"] is None:
+            break
+        after = got["next"]
+    assert seen == sorted([*more, HOST]) and pages == 3

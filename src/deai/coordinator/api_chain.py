@@ -31,6 +31,7 @@ from starlette.concurrency import run_in_threadpool
 from deai.chain import books, merkle, rail
 from deai.chain.adapter import Chain
 from deai.coordinator.auth import coordinator, signer
+from deai.coordinator.public_reads import Shared, shared_read
 from deai.coordinator.service import Coordinator
 from deai.core import ledger
 from deai.core.errors import Conflict, InvalidInput, NotFound
@@ -174,12 +175,20 @@ def _summary(c: Coordinator, chain: Chain) -> dict[str, Any]:
     return out
 
 
+SUMMARY: Shared[dict[str, Any]] = Shared(ttl=1.0, keys=1)
+
+
 @router.get("")
-def chain_summary(request: Request, c: C) -> dict[str, Any]:
+async def chain_summary(request: Request, c: C) -> dict[str, Any]:
+    """Anonymous, and it costs several reads of the chain (a stake each for up to
+    ``STAKES_SHOWN`` providers, each waiting on a node that may be slow) and sums over
+    deposits and withdrawals: computed once for every caller asking meanwhile, kept a
+    second, under a public read's slot (``public_reads.shared_read``)."""
     chain: Chain | None = getattr(request.app.state, "chain", None)
     if chain is None:
         return {"enabled": False}
-    return _summary(c, chain)
+    return await shared_read(request, SUMMARY, c, "summary", lambda: _summary(c, chain),
+                             lambda: None)
 
 
 _TREES: dict[tuple[str, int | None], merkle.Tree] = {}  # the latest epochs' trees, built once
@@ -221,6 +230,9 @@ def proof(address: str, request: Request, c: C) -> dict[str, Any]:
 # --- withdrawals ----------------------------------------------------------------------------
 
 def withdraw(c: Coordinator, me: str, body: WithdrawIn) -> dict[str, Any]:
+    if body.amount < c.settings.min_withdrawal:
+        raise InvalidInput(f"amount: at least {c.settings.min_withdrawal} µ a withdrawal",
+                           field="amount", minimum=c.settings.min_withdrawal)
     with c.db.write() as s:
         # Withdrawals one at a time (PostgreSQL: an advisory lock; SQLite's write lock
         # already is one): two at once each checked the reserve before the other's

@@ -24,7 +24,7 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, FastAPI, Request, WebSocket
+from fastapi import APIRouter, Depends, FastAPI, Query, Request, WebSocket
 from starlette.concurrency import run_in_threadpool
 
 from deai.coordinator import leases, relay_leases, volumes
@@ -145,8 +145,10 @@ async def attach(ws: WebSocket, lease_id: str) -> None:
 
 
 @router.get("/market/leases")
-def market(c: C) -> dict[str, Any]:
-    return leases.public_summary(c)
+def market(c: C, after: Annotated[str, Query(max_length=64)] = "") -> dict[str, Any]:
+    """Lease counts and the hosts' offers, a page of ``leases.HOSTS_LISTED`` after the
+    cursor ``after`` (the last page's ``next``)."""
+    return leases.public_summary(c, after)
 
 
 # --- the provider -------------------------------------------------------------------------

@@ -495,9 +495,16 @@ def _uncovered(start: float, end: float, spans: list[tuple[float, float]]) -> fl
 
 # --- the key release -------------------------------------------------------------------------
 
-def _leased(s: Session, job_id: str) -> set[str]:
-    return set(s.scalars(select(Assignment.provider_id).where(
-        Assignment.job_id == job_id, Assignment.status == AssignmentStatus.LEASED)))
+def _leased(c: Coordinator, s: Session, job_id: str) -> set[str]:
+    """Who holds a live lease of the job: leased and within its deadline (a lapsed lease
+    the sweep has not ended yet reads nothing, as ``access.lease_may_read`` has it)."""
+    return set(s.scalars(select(Assignment.provider_id)
+                         .where(_live(c, Assignment.job_id == job_id))))
+
+
+def _live(c: Coordinator, *where: Any) -> Any:
+    return and_(Assignment.status == AssignmentStatus.LEASED,
+                Assignment.lease_deadline >= c.now(), *where)
 
 
 def released_to(s: Session, job_id: str) -> set[str]:
@@ -516,7 +523,7 @@ def pending(c: Coordinator, owner: str) -> list[W.PendingOut]:
                                 DatasetUse.job_id.in_(live))
                          .order_by(DatasetUse.id)).all()
         for u, named in rows:  # never the job's owner (``release``)
-            waiting = sorted(_leased(s, u.job_id) - released_to(s, u.job_id) - {u.job_owner})
+            waiting = sorted(_leased(c, s, u.job_id) - released_to(s, u.job_id) - {u.job_owner})
             away = [p for p in waiting if not _may_hold(c, named, p)]
             if waiting:
                 out.append(W.PendingOut(dataset_id=u.dataset_id, job_id=u.job_id, kind=u.kind,
@@ -555,7 +562,7 @@ def release(c: Coordinator, owner: str, dataset_id: str, body: W.ReleaseIn) -> l
         if d.revoked_at is not None:
             raise Conflict("the dataset is revoked: its key is released to nobody",
                            field="dataset")
-        leased, done = _leased(s, body.job_id), released_to(s, body.job_id)
+        leased, done = _leased(c, s, body.job_id), released_to(s, body.job_id)
         for pid in body.keys:
             if pid == use.job_owner:  # it would read every row for one royalty
                 raise Forbidden(f"keys: {pid[:16]}… is the job's owner; a dataset's key "
@@ -582,7 +589,7 @@ def key_for(c: Coordinator, provider: str, dataset_id: str, job_id: str) -> W.Ke
     """A leased provider's wrapped key (Conflict ``waiting``: the owner has not released it)."""
     with c.db.read() as s:
         d = get(s, dataset_id)
-        if provider not in _leased(s, job_id) or s.scalar(select(DatasetUse.id).where(
+        if provider not in _leased(c, s, job_id) or s.scalar(select(DatasetUse.id).where(
                 DatasetUse.job_id == job_id, DatasetUse.dataset_id == d.id)) is None:
             raise NotFound(f"no lease of a job {job_id} on this dataset held by this key",
                            field="job")
@@ -604,8 +611,7 @@ def content(c: Coordinator, account: str, dataset_id: str) -> bytes:
     released the key for (revoked since or not: that job was let in)."""
     with c.db.read() as s:
         d = get(s, dataset_id)
-        live = select(Assignment.job_id).where(Assignment.provider_id == account,
-                                               Assignment.status == AssignmentStatus.LEASED)
+        live = select(Assignment.job_id).where(_live(c, Assignment.provider_id == account))
         allowed = account == d.owner or s.scalar(
             select(DatasetKey.id).where(DatasetKey.dataset_id == d.id,
                                         DatasetKey.provider_id == account,

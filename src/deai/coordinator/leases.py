@@ -743,17 +743,26 @@ def lease_out(lease: Lease, c: Coordinator) -> LeaseOut:
         detail=lease.detail)
 
 
-def public_summary(c: Coordinator) -> dict[str, Any]:
-    """Counts for the explorer: leases by status and end reason, hosts and their prices."""
+HOSTS_LISTED = 500  # hosts ``public_summary`` lists at most (by id after ``after``): an
+# offer costs a host nothing, and one answer listed every host there was
+
+
+def public_summary(c: Coordinator, after: str = "") -> dict[str, Any]:
+    """Counts for the explorer: leases by status and end reason, and the hosts with their
+    prices, ``HOSTS_LISTED`` at most, by id after ``after``; ``hosts_total`` counts all,
+    ``next`` is the cursor of the next page (None on the last)."""
     with c.db.read() as s:
         by_status = dict(s.execute(select(Lease.status, func.count())
                                    .group_by(Lease.status)).all())
         by_reason = dict(s.execute(select(Lease.end_reason, func.count())
                                    .where(Lease.end_reason.is_not(None))
                                    .group_by(Lease.end_reason)).all())
+        total = s.scalar(select(func.count()).select_from(LeaseHost)) or 0
+        page = s.scalars(select(LeaseHost).where(LeaseHost.provider_id > after)
+                         .order_by(LeaseHost.provider_id).limit(HOSTS_LISTED + 1)).all()
         host_rows = [{"provider_id": h.provider_id, "cpus": h.cpus, "memory_mb": h.memory_mb,
-                      "gpus": h.gpus, "prices": dict(h.prices)}
-                     for h in s.scalars(select(LeaseHost))]
+                      "gpus": h.gpus, "prices": dict(h.prices)} for h in page[:HOSTS_LISTED]]
     return {"leases": {str(k): int(v) for k, v in by_status.items()},
             "end_reasons": {str(k): int(v) for k, v in by_reason.items()},
-            "hosts": host_rows}
+            "hosts": host_rows, "hosts_total": int(total),
+            "next": host_rows[-1]["provider_id"] if len(page) > HOSTS_LISTED else None}

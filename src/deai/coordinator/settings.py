@@ -36,6 +36,9 @@ class Settings:
     verify_timeout: float = 300.0  # a check nobody can place is given up after this
     look_back_batch: int = DEFAULT_BATCH  # re-checks a look-back queues at a time (lookback)
     treasury_grant: int = 1_000_000_000_000  # devnet: the treasury starts with 1,000,000 DEAI
+    # The least one withdrawal to the chain takes: each address withdrawn to is a leaf of
+    # every epoch's tree from then on, and 1 µ each made a million leaves for 1 DEAI.
+    min_withdrawal: int = 10_000  # 0.01 DEAI (a devnet's: 1 µ, its earnings are tiny)
     # Policies, injected: how providers are ranked, and the seed of the verification
     # draws (None: the operating system's randomness, which providers cannot predict).
     strategy: Strategy = DEFAULT_STRATEGY
@@ -104,7 +107,7 @@ class Settings:
         """Short windows so a demo settles in seconds rather than an hour."""
         return replace(self, devnet=True, challenge_window=5.0, heartbeat_timeout=6.0,
                        lease_ttl=60.0, verify_timeout=30.0, diversity=("operator",),
-                       blob_quota_bytes=1024**3)
+                       blob_quota_bytes=1024**3, min_withdrawal=1)
 
 
 def _env_count(name: str, default: int) -> int:
