@@ -181,6 +181,8 @@ BASE = {"model": "SmolLM2-135M-Instruct", "messages": MSG}
     ({"logit_bias": {"50256": -100}}, "logit_bias", "Unsupported parameter"),
     ({"presence_penalty": 0.5}, "presence_penalty", "Only the default (0)"),
     ({"top_logprobs": 2}, "top_logprobs", "'logprobs' must be set to true"),
+    ({"stream_options": {"include_usage": True}}, "stream_options",
+     "only allowed when 'stream' is enabled"),
     ({"temperature": "hot"}, "temperature", "Invalid type for 'temperature': expected a "
                                             "number, but got a string instead."),
     ({"n": "two"}, "n", "Invalid type for 'n'"),

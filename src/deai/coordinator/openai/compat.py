@@ -150,6 +150,9 @@ def check_chat(body: S.ChatIn) -> None:  # noqa: C901 - one refusal per paramete
     if rf is not None and rf.json_schema is not None:
         raise _unsupported_param("response_format.json_schema",
                                  "Use {'type': 'json_object'} for JSON output.")
+    if body.stream_options is not None and not body.stream:  # as OpenAI answers it
+        raise ApiError(400, "The 'stream_options' parameter is only allowed when 'stream' "
+                            "is enabled.", code="invalid_value", param="stream_options")
     if body.top_logprobs is not None and not body.logprobs:
         raise ApiError(400, "Invalid value for 'top_logprobs': 'logprobs' must be set to true "
                             "when 'top_logprobs' is used.", code="invalid_value",
