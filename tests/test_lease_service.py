@@ -322,6 +322,25 @@ def test_the_start_window_counts_from_the_offer_and_an_unreceived_lease_costs_no
     audit(c)
 
 
+def test_a_lease_the_agent_claims_to_know_and_never_starts_costs_the_penalty(
+        c: Coordinator) -> None:
+    """An agent that names a pending lease in ``known`` without ever being handed it (so
+    that it never comes in ``start``) has it as much as one handed over: its start window
+    counts, and a miss costs the penalty. Before, the lease ended "never taken up", free,
+    and a host offering the lowest price broke every cluster it headed that way."""
+    lease = leases.create(c, OWNER, LeaseIn(cpus=1, memory_mb=1024, hours=1,
+                                            max_price_hour=10**6))
+    for _ in range(13):  # the agent polls every 10 s, saying it knows the lease
+        assert leases.work_for(c, HOST, {lease.id}) == ([], [], [])
+        advance(c, 10)
+    lost = leases.show(c, OWNER, lease.id)
+    assert (lost.status, lost.end_reason) == ("ended", "provider lost")
+    assert "never taken up" not in (lost.detail or "")
+    assert (lost.refunded, lost.penalty) == (lost.escrow, STAKE // 100)
+    assert balance(c, ledger.stake(HOST)) == STAKE - STAKE // 100
+    audit(c)
+
+
 def test_ending_the_preempting_lease_withdraws_its_notices(c: Coordinator) -> None:
     """A non-spot lease that preempts a spot lease and ends (or fails) before the notice
     runs out takes its notice back: the spot lease runs on. Before, the preemptor was

@@ -37,6 +37,7 @@ def saving_then_failed(c: Coordinator, monkeypatch: pytest.MonkeyPatch,  # noqa:
     volumes.create(c, OWNER, VolumeIn(name="v", size_gb=0.01))
     lid = lease_on(c, "v")
     start(c, lid)
+    volumes.ask_snapshot(c, OWNER, lid)
     volumes.record(c, HOST, lid, head)
     leases.end(c, OWNER, lid)
     put = c.blobs.put

@@ -152,6 +152,7 @@ def test_one_live_lease_per_volume_and_snapshots_by_its_provider(c: Coordinator)
         volumes.record(c, HOST2, first, snap)
     with pytest.raises(PayloadTooLarge):
         volumes.record(c, HOST, first, b"\x1f\x8b" + b"x" * v.size_bytes)
+    volumes.ask_snapshot(c, OWNER, first)  # a refused snapshot ends the ask: again
     for junk in (b"", b"not a tar"):
         with pytest.raises(InvalidInput) as bad:
             volumes.record(c, HOST, first, junk)
@@ -223,6 +224,7 @@ def test_history_is_bounded_and_removal_drops_unused_blobs(c: Coordinator) -> No
     heads = []
     for i in range(volumes.core.KEEP_SNAPSHOTS + 3):
         tick(c, 1, beat=[lid])
+        volumes.ask_snapshot(c, OWNER, lid)
         heads.append(volumes.record(c, HOST, lid, tar_of({"n": str(i).encode()})).head)
     v = volumes.show(c, OWNER, "h")
     assert [x.digest for x in v.snapshots] == heads[::-1][:volumes.core.KEEP_SNAPSHOTS]
@@ -294,4 +296,32 @@ def test_two_live_mounts_of_a_volume_offer_the_older_one(c: Coordinator) -> None
     leases.end(c, OWNER, older)
     volumes.record(c, HOST, older, tar_of({"x": b"1"}))
     start(c, newer)
+    audit(c)
+
+
+def test_a_snapshot_nobody_asked_for_is_refused_and_an_asked_one_is_the_owners(
+        c: Coordinator) -> None:
+    """A host may not push a volume's history out with snapshots of its own: not of a
+    lease that never started (eight of them deleted a renter's whole history, the lease
+    then ended "never taken up" at no cost), nor of a live one whose owner asked for
+    none."""
+    volumes.create(c, OWNER, VolumeIn(name="v", size_gb=0.001))
+    first = lease_on(c, "v")
+    start(c, first)
+    volumes.ask_snapshot(c, OWNER, first)
+    kept = volumes.record(c, HOST, first, tar_of({"x": b"mine"})).head
+    leases.end(c, OWNER, first)
+    volumes.record(c, HOST, first, tar_of({"x": b"final"}))
+    head = volumes.show(c, OWNER, "v").head
+
+    pending = lease_on(c, "v")  # handed over, never started
+    assert pending in [x.id for x in leases.work_for(c, HOST, set())[0]]
+    with pytest.raises(Conflict, match="never started"):
+        volumes.record(c, HOST, pending, tar_of({"x": b"theirs"}))
+    start(c, pending)
+    with pytest.raises(Conflict, match="asked for no snapshot"):
+        volumes.record(c, HOST, pending, tar_of({"x": b"unasked"}))
+    v = volumes.show(c, OWNER, "v")
+    assert v.head == head and len(v.snapshots) == 2
+    assert c.blobs.exists(kept or "")
     audit(c)

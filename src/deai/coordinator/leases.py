@@ -410,8 +410,9 @@ def work_for(c: Coordinator, pid: str,
     """Pending leases of ``pid`` that its agent does not know yet, the known ones it
     should stop (ended, or not its own), and preemption notices for known ones.
 
-    The leases handed over get ``offered_at`` (once): the start timeout counts from it,
-    and a lease never handed over costs its provider nothing (``_tick``)."""
+    The leases handed over (or that the agent says it knows) get ``offered_at`` (once):
+    the start timeout counts from it, and a lease never handed over costs its provider
+    nothing (``_tick``)."""
     with c.db.read() as s:
         rows = s.scalars(select(Lease).where(Lease.provider_id == pid,
                                              Lease.status == LeaseStatus.PENDING.value)
@@ -420,7 +421,12 @@ def work_for(c: Coordinator, pid: str,
         start = [LeaseSpec(id=x.id, cpus=x.cpus, memory_mb=x.memory_mb, gpus=x.gpus,
                            network=x.network, volume=vols.get(x.id))
                  for x in rows if x.id not in known and x.id not in held]
-        handed = {x.id for x in start}
+        # Handed over now, or named by the agent as one it has (``known``): a lease it
+        # claims and never starts is its to answer for. Counting only those in ``start``
+        # let an agent keep every lease out of it by naming them all: each ended "never
+        # taken up", free, and each cluster it headed never formed, its renter paying the
+        # members that did start.
+        handed = {x.id for x in start} | known
         first = [x.id for x in rows if x.id in handed and x.offered_at is None]
         stop: list[str] = []
         notices: list[Notice] = []

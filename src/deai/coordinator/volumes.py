@@ -216,8 +216,9 @@ def asked(c: Coordinator, pid: str) -> list[str]:
 
 
 def record(c: Coordinator, pid: str, lid: str, data: bytes) -> VolumeOut:
-    """A provider's snapshot of a lease's home: accepted from the lease's provider while
-    the mount is live or saving (within the timeout); the volume's head moves to it."""
+    """A provider's snapshot of a lease's home: accepted from the lease's provider, once
+    the lease has started, while the mount is live and its owner asked for one, or saving
+    (within the timeout), and within the disk budget; the volume's head moves to it."""
     now = c.now()
     with c.db.read() as s:
         m = s.get(VolumeMount, lid)
@@ -228,12 +229,17 @@ def record(c: Coordinator, pid: str, lid: str, data: bytes) -> VolumeOut:
         cap = v.size_bytes if v is not None else 0
         if v is None or not _takes_snapshots(m, now):
             raise _gone(lid)  # before any byte is stored: nothing would name them
+        _unasked(m, s.get(Lease, lid))
     if data[:2] != GZIP_MAGIC:
         raise InvalidInput("body: a snapshot is a gzip-compressed tar", field="body")
     if len(data) > cap:
         _refuse(c, lid, f"snapshot of {len(data)} bytes over the volume's {cap} bytes")
         raise PayloadTooLarge(f"body: a snapshot of {len(data)} bytes is over the volume's "
                               f"size of {cap} bytes", field="body", limit=cap)
+    # Within the disk budget: snapshots were stored past a spent one. (Counted by no
+    # account's quota: at most ``core.KEEP_SNAPSHOTS`` a volume, each asked by its owner
+    # of a lease it pays for, or a lease's final save.)
+    blob_quota.check_disk(c, len(data), "body")
     digest = c.blobs.put(data)  # before the row that names it, outside the lock
 
     def body(s: Session) -> tuple[VolumeOut, list[str]]:
@@ -242,6 +248,7 @@ def record(c: Coordinator, pid: str, lid: str, data: bytes) -> VolumeOut:
             raise _gone(lid)
         blob_quota.hold(c, s, data)  # kept from a discard of these bytes until the commit
         lease = s.get(Lease, lid)
+        _unasked(m, lease)
         kind = SnapshotKind.END if m.state == SAVING else SnapshotKind.ASKED
         if v.head != digest:
             s.add(VolumeSnapshot(volume_id=v.id, digest=digest, size=len(data), created_at=now,
@@ -267,6 +274,19 @@ def record(c: Coordinator, pid: str, lid: str, data: bytes) -> VolumeOut:
         raise
     blob_quota.discard_quietly(c, pruned)
     return out
+
+
+def _unasked(m: VolumeMount, lease: Lease | None) -> None:
+    """Refuse a snapshot nobody asked for: of a lease that never started (its host never
+    ran the home it would replace), or of a live mount whose owner asked for none. A host
+    uploaded eight unasked ones to a lease it never started and pushed the renter's whole
+    history out (``_prune``), its blobs deleted."""
+    if lease is None or lease.started_at is None:
+        raise Conflict(f"lease: {m.lease_id} never started; it has no home to save",
+                       field="lease")
+    if m.state == LIVE and m.asked_at is None:
+        raise Conflict(f"lease: the owner of {m.lease_id} asked for no snapshot",
+                       field="lease")
 
 
 def _takes_snapshots(m: VolumeMount, now: float) -> bool:
