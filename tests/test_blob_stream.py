@@ -33,16 +33,25 @@ def test_a_missing_blob_is_refused_before_any_piece(tmp_path: Path) -> None:
         store.stream("0" * 64)
 
 
-def test_an_unread_stream_holds_no_file_open(tmp_path: Path) -> None:
-    """The file is opened with the first piece and closed with the last (or when the
-    reader stops early): an answer never sent leaves no descriptor behind."""
+def test_a_stream_holds_its_file_until_read_closed_or_dropped(tmp_path: Path) -> None:
+    """The file is opened before the answer starts (a blob deleted after its headers went
+    out is still read whole) and closed with the last piece, or when the reader stops
+    early, or when the stream is dropped unread: no descriptor is left behind."""
     store = BlobStore(tmp_path)
-    d = store.put(os.urandom(5000))
+    data = os.urandom(5000)
+    d = store.put(data)
     fds = len(os.listdir("/proc/self/fd"))
-    streams = [store.stream(d, chunk=1000)[1] for _ in range(50)]
+    length, read = store.stream(d, chunk=1000)
+    store.path(d).unlink()  # deleted after the headers: still read whole
+    assert length == 5000 and b"".join(read) == data
     assert len(os.listdir("/proc/self/fd")) == fds
-    started = [next(s) for s in streams]
-    assert len(os.listdir("/proc/self/fd")) == fds + 50 and len(started) == 50
-    for s in streams:
+    d = store.put(data)
+    streams = [store.stream(d, chunk=1000)[1] for _ in range(50)]
+    assert len(os.listdir("/proc/self/fd")) == fds + 50
+    for s in streams[:25]:
+        next(s)
         s.close()  # the reader hung up
+    del s
+    assert len(os.listdir("/proc/self/fd")) == fds + 25
+    streams.clear()  # dropped unread
     assert len(os.listdir("/proc/self/fd")) == fds

@@ -303,3 +303,15 @@ def test_withdrawals_are_summed_by_the_database_past_32_bits(fresh: World) -> No
     with w.db.read() as s:
         assert rail.withdrawn(s) == (2, 5 * 10**12 + 7)
         assert rail.reserve(s) == -(5 * 10**12 + 7)  # nothing deposited on this chain
+
+
+@pytest.mark.parametrize(("raw", "devnet"), [("", False), ("0", False), ("false", False),
+                                             ("off", False), ("1", True), ("TRUE", True)])
+def test_the_auditors_devnet_flag_reads_as_a_flag(monkeypatch: pytest.MonkeyPatch, raw: str,
+                                                  devnet: bool) -> None:
+    """``DEAI_AUDIT_DEVNET=false`` turned the unbacked-money check off (anything but "" or
+    "0" read as true)."""
+    from deai.client.cli_chain import Pins
+
+    monkeypatch.setenv("DEAI_AUDIT_DEVNET", raw)
+    assert Pins.from_env().devnet is devnet

@@ -89,3 +89,25 @@ def test_a_new_price_counts_at_once_and_nobody_staked_serves_nothing(c: Coordina
     assert going(c) == CHEAP  # not the "nobody" of a moment ago
     provider(c, 1, price=2 * CHEAP, pid=pid, stake=0)  # re-registered at a new price
     assert going(c) == 2 * CHEAP
+
+
+def test_who_could_never_be_given_the_request_sets_no_price(c: Coordinator) -> None:
+    """A sybil with too little memory for the model, asking 1, is never placed (so never
+    at risk): counted, it dragged the median to its price, and no request was ever
+    placed on the honest providers. A sealed batch's parties price it among themselves
+    (its client chose them): the network's going price left a dearer party never offered
+    its batch."""
+    honest = provider(c, 0, price=CHEAP)
+    for k in range(1, 4):
+        provider(c, k, price=1, memory_mb=1)
+    assert going(c) == CHEAP
+    c.faucet(CLIENT, 10**12)
+    r = request(c)
+    assert r.provider == honest and priced(c, r.job_id)[0] == CHEAP
+
+    party = provider(c, 5, price=10 * CHEAP)
+    with c.db.read() as s:
+        idx = index(c)
+        assert idx.going_price(s, "embeddings", MODEL) == CHEAP * 3  # the median's cap
+        assert idx.going_price(s, "embeddings", MODEL, frozenset({party})) == 10 * CHEAP
+        assert idx.going_price(s, "embeddings", MODEL, frozenset({"e" * 64})) is None

@@ -99,7 +99,11 @@ def test_a_stream_relays_no_more_than_its_request_asked_for() -> None:
     stopped reading grew the queue without end (80 posts of 3 MB: 152 -> 401 MB)."""
     async def scenario() -> None:
         assert budget(1, 1) == STREAM_MIN and budget(2048, 16) == STREAM_MAX
-        assert budget(1000, 2) == 128_000
+        assert budget(1000, 2) == 256_000
+        honest = Relay()  # a full answer, an event per token: within its budget
+        hq = honest.open("h", budget(2048, 1))
+        assert honest.push("h", [{"n": k, "text": "abcd"} for k in range(2048)])
+        assert len(_drain(hq)) == 2048
         relay = Relay()
         q = relay.open("t", budget(1, 1))
         assert relay.push("t", [{"n": 0, "text": "a" * 1000}])  # an honest start
@@ -111,7 +115,10 @@ def test_a_stream_relays_no_more_than_its_request_asked_for() -> None:
         assert [e["text"] for e in got] == ["a" * 1000]
         unbounded = relay.open("u")  # a stream opened without one: STREAM_MAX
         assert relay.push("u", [{"n": 0, "text": big}])
-        assert not relay.push("u", [{"n": 1, "text": big + big}])
+        assert not relay.push("u", [{"n": 1, "text": big * 4}])
+        junk = relay.open("j", budget(1, 1))  # text that is not text is held as none
+        assert relay.push("j", [{"n": 0, "text": [0] * 100_000, "index": "x" * 10_000}])
+        assert _drain(junk) == [{"index": -1, "text": ""}]
         assert [len(e["text"]) for e in _drain(unbounded)] == [len(big)]
 
     asyncio.run(scenario())

@@ -90,7 +90,8 @@ class Pins:
                        vault=env("DEAI_AUDIT_VAULT", ""), token=env("DEAI_AUDIT_TOKEN", ""),
                        start_block=int(start) if start else None,
                        max_confirmations=int(most) if most else 64,
-                       devnet=env("DEAI_AUDIT_DEVNET", "") not in ("", "0"))
+                       devnet=env("DEAI_AUDIT_DEVNET", "").strip().lower()
+                       in ("1", "true", "yes", "on", "t", "y"))  # as Click reads a flag
         except ValueError:
             raise InvalidInput("DEAI_AUDIT_START_BLOCK and DEAI_AUDIT_MAX_CONFIRMATIONS: "
                                "whole numbers of blocks", field="env") from None

@@ -59,9 +59,10 @@ async def put_blob(request: Request, c: C, me: Signer) -> wire.BlobOut:
 def get_blob(digest: Annotated[str, Path(pattern=r"^[0-9a-f]{64}$")], c: C,
              me: Signer) -> Response:
     access.require_blob(c, me, digest)
-    if not c.blobs.exists(digest):
-        raise NotFound(f"no blob {digest}", field="digest")
-    length, pieces = c.blobs.stream(digest)  # from disk as it is sent, not held whole
+    try:
+        length, pieces = c.blobs.stream(digest)  # from disk as it is sent, not held whole
+    except FileNotFoundError:
+        raise NotFound(f"no blob {digest}", field="digest") from None
     return StreamingResponse(pieces, media_type="application/octet-stream",
                              headers={"content-length": str(length)})
 

@@ -48,7 +48,7 @@ from sqlalchemy.orm import Session
 
 from deai.coordinator import hardware, touch
 from deai.coordinator.service import Coordinator
-from deai.core import ledger, market
+from deai.core import catalog, ledger, market
 from deai.core.lifecycle import AssignmentStatus, ProviderStatus
 from deai.store import db
 
@@ -56,6 +56,8 @@ log = logging.getLogger("deai.coordinator.provider_index")
 
 GOING_FACTOR = 3  # a request with no price of its own pays at most this many times the
 # median asking price of the providers that may run it (``going_price``)
+_GOING_IGNORES = ~(market.NO_SLOT | market.OFFLINE)  # busy now, or online by a beat heard
+# here that its state does not hold yet: still a provider the request could be given
 GOING_TTL_S = 1.0  # ``going_price`` read again at most this often per model, unless an offer
 # of the model changed
 RESYNC_S = 2.0  # a full re-read at most this often (and at least 20 builds apart)
@@ -364,30 +366,42 @@ class ProviderIndex:
             threading.Thread(target=self._resync, name="provider-index-resync",
                              daemon=True).start()
 
-    def going_price(self, s: Session, workload: str, model: str) -> int | None:
+    def going_price(self, s: Session, workload: str, model: str,
+                    only: frozenset[str] | None = None) -> int | None:
         """The most a request with no price of its own (``/v1``) pays a unit of ``model``:
-        the highest price among the online providers that may run it (staked, not the
-        network's verifiers), but never more than ``GOING_FACTOR`` times their median
-        price. Not the highest price of anyone online: a provider asking 10⁹ was paid
-        10⁹ by whichever request the cheap ones were too busy for, and one that bonds
-        nothing priced every caller out of the model. Read at most once every
-        ``GOING_TTL_S`` per model (it sorts every provider's price); None when no such
-        provider serves it."""
+        the highest price among the online providers that could be given it (staked,
+        memory enough for the model, a slot, not the network's verifiers), but never more
+        than ``GOING_FACTOR`` times their median price. Not the highest price of anyone
+        online: a provider asking 10⁹ was paid 10⁹ by whichever request the cheap ones
+        were too busy for, and one that bonds nothing priced every caller out of the
+        model; and not anyone's who could never be placed (a sybil with 1 MB of memory
+        asking 0 dragged the median to 0, and no request was ever placed). Read at most
+        once every ``GOING_TTL_S`` per model (it looks at every provider's price); None
+        when no such provider serves it. ``only`` (a sealed job's parties, whom its
+        client chose): the highest price among those of them that could run it."""
         self.refresh(s)
         key = (workload, model)
         at = time.monotonic()
+        if only is None:
+            with self._lock:
+                got = self._going.get(key)
+                if got is not None and at - got[0] < GOING_TTL_S:
+                    return got[1]
+        floor = self.c.settings.min_stake
+        d = market.TaskDemand(id="", workload=workload, model=model, max_price=2**62,
+                              memory_mb=catalog.lookup(model).memory_mb,
+                              stake_needed=floor, only=only)
+        since = self.c.now() - self.c.settings.heartbeat_timeout
         with self._lock:
-            got = self._going.get(key)
-            if got is not None and at - got[0] < GOING_TTL_S:
-                return got[1]
-            since = self.c.now() - self.c.settings.heartbeat_timeout
-            floor = self.c.settings.min_stake
             asks = sorted(price for _, pid, price in self._ranked.get(key, ())
                           if self._last(pid) >= since
                           and (st := self._states.get(pid)) is not None
-                          and not st.verifier and st.stake >= floor)
+                          and not st.verifier and st.slots > 0
+                          and not market.failures(d, st, floor, price) & _GOING_IGNORES)
             if not asks:
                 return None  # not kept: the first provider to come serves at once
+            if only is not None:
+                return asks[-1]
             going = min(asks[-1], GOING_FACTOR * asks[(len(asks) - 1) // 2])
             self._going[key] = (at, going)
             return going

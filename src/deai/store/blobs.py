@@ -29,6 +29,36 @@ def digest_of(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+class Pieces:
+    """A blob's bytes read from an open file as they are asked for (``BlobStore.stream``)."""
+
+    def __init__(self, fd: int, offset: int, length: int, chunk: int, digest: str) -> None:
+        self._fd: int | None = fd
+        self._at, self._end, self._chunk, self._digest = offset, offset + length, chunk, digest
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self
+
+    def __next__(self) -> bytes:
+        if self._fd is None or self._at >= self._end:
+            self.close()
+            raise StopIteration
+        data = os.pread(self._fd, min(self._chunk, self._end - self._at), self._at)
+        if not data:
+            self.close()
+            raise CorruptPack(f"blob {self._digest} is cut short")
+        self._at += len(data)
+        return data
+
+    def close(self) -> None:
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            os.close(fd)
+
+    def __del__(self) -> None:
+        self.close()
+
+
 class BlobStore:
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -91,33 +121,23 @@ class BlobStore:
                 raise
             return data
 
-    def stream(self, digest: str, chunk: int = 1 << 20) -> tuple[int, Iterator[bytes]]:
+    def stream(self, digest: str, chunk: int = 1 << 20) -> tuple[int, Pieces]:
         """The blob's length, and its bytes in pieces of ``chunk`` read as they are asked
         for: an answer sent from disk, not held whole in memory (thirty slow readers of
-        one 60 MB file held 1.8 GB). A missing blob raises here, before any answer; the
-        file is opened when the first piece is asked for and closed with the last."""
-        length = self.size(digest)
-        return length, self._pieces(digest, length, chunk)
-
-    def _pieces(self, digest: str, length: int, chunk: int) -> Iterator[bytes]:
+        one 60 MB file held 1.8 GB). The file is opened here, so a missing blob raises
+        before any answer starts and one deleted meanwhile is still read whole (a pack
+        is renamed, then unlinked); it is closed with the last piece, ``close``, or
+        when the pieces are dropped."""
         try:
-            fd, offset = os.open(self.path(digest), os.O_RDONLY), 0
+            fd = os.open(self.path(digest), os.O_RDONLY)
+            offset, length = 0, os.fstat(fd).st_size
         except FileNotFoundError:
             hit = self.packs.locate(digest)
             if hit is None:
                 raise
-            pack, offset, _ = hit
+            pack, offset, length = hit
             fd = os.open(self.packs.root / pack, os.O_RDONLY)
-        try:
-            done = 0
-            while done < length:
-                data = os.pread(fd, min(chunk, length - done), offset + done)
-                if not data:
-                    raise CorruptPack(f"blob {digest} is cut short")
-                done += len(data)
-                yield data
-        finally:
-            os.close(fd)
+        return length, Pieces(fd, offset, length, chunk, digest)
 
     def size(self, digest: str) -> int:
         try:

@@ -112,7 +112,10 @@ def file_content(c: Coordinator, account: str, file_id: str) -> tuple[int, Itera
     """The file's length and its bytes, read from disk as they are sent (``stream``)."""
     with c.db.read() as s:
         digest = _own_file(s, account, file_id).digest
-    return c.blobs.stream(digest)
+    try:
+        return c.blobs.stream(digest)
+    except FileNotFoundError:  # deleted since (the file with it): as if never there
+        raise NotFound(f"No such File object: {file_id}", field="file_id") from None
 
 
 # --- batches ------------------------------------------------------------------------------
@@ -143,7 +146,10 @@ def create(c: Coordinator, key: keys.KeyInfo, body: S.BatchIn,
     data = c.blobs.get(digest)
     name = body.sealed.model if body.sealed is not None else _model(data)
     model = catalog.lookup(name, field="model", workload=kind_name).name
-    price = gateway.going_price(c, kind_name, model)  # UnknownModel: nobody serves it
+    # UnknownModel: nobody serves it. A sealed batch runs only on its parties: priced by
+    # theirs (its client chose them), or none of them would ever be offered it.
+    price = gateway.going_price(c, kind_name, model, frozenset(body.sealed.sealed_for)
+                                if body.sealed is not None else None)
     kind = kinds.get(kind_name)
     spec: dict[str, Any] = {"kind": kind_name, "model": model, "max_price": price,
                             "deadline": window}

@@ -54,17 +54,21 @@ class Started:
     provider: str | None
 
 
-def going_price(c: Coordinator, workload: str, model: str) -> int:
+def going_price(c: Coordinator, workload: str, model: str,
+                only: frozenset[str] | None = None) -> int:
     """The most a request (or a batch) pays a unit of ``model``: ``ProviderIndex
-    .going_price``; ``UnknownModel`` when no online staked provider serves it."""
+    .going_price`` (``only``: a sealed batch's parties); ``UnknownModel`` when no online
+    staked provider (of ``only``) serves it."""
     with c.db.read() as s:
-        return _going(c, s, workload, model)
+        return _going(c, s, workload, model, only)
 
 
-def _going(c: Coordinator, s: Session, workload: str, model: str) -> int:
-    top = provider_index.of(c).going_price(s, workload, model)
+def _going(c: Coordinator, s: Session, workload: str, model: str,
+           only: frozenset[str] | None = None) -> int:
+    top = provider_index.of(c).going_price(s, workload, model, only)
     if top is None:
-        raise UnknownModel(f"The model `{model}` is not served by any online provider.",
+        raise UnknownModel(f"The model `{model}` is not served by any online provider"
+                           f"{' the batch is sealed for' if only is not None else ''}.",
                            field="model")
     return top
 

@@ -63,9 +63,10 @@ PROVIDER_RATE = 4 * FORWARD_RATE  # ... and a provider's, over all its tasks
 PROVIDER_BURST = 4 * FORWARD_BURST
 HOLD_MAX = 1 << 20  # characters a stream holds waiting for a gap in ``n`` to fill ...
 EVENT_COST = 64  # ... counting this many for each event held, on top of its text
-STREAM_CHARS_PER_TOKEN = 64  # what a stream may relay per token asked for (a token's text
-STREAM_MIN = 1 << 16  # is a few characters; a run of spaces, a few dozen), at least this,
-STREAM_MAX = 1 << 21  # at most this (16 choices of 2,048 tokens): ``budget``
+STREAM_CHARS_PER_TOKEN = 128  # what a stream may relay per token asked for, counted as
+# ``_cost``: an event a token (``EVENT_COST``) and its text (a few characters; a run of
+STREAM_MIN = 1 << 16  # spaces, a few dozen), at least this,
+STREAM_MAX = 1 << 22  # at most this (16 choices of 2,048 tokens): ``budget``
 AHEAD_MAX = 4096  # the furthest an event's ``n`` may run past the next one expected
 ROUTE_TTL = 2.0  # seconds a progress route is trusted before its lease is read again
 UNCLAIMED_TTL = 0.5  # ... a route whose task nobody streamed yet (a stream opening)
@@ -103,8 +104,14 @@ def pieces(events: list[Event]) -> list[list[Any]]:
 
 
 def _slim(event: Event) -> Event:
-    """What a stream reads of an event (``routes._relayable``): its index and text."""
-    return {"index": event.get("index", 0), "text": event.get("text")}
+    """What a stream reads of an event (``routes._relayable``): its index and text, an
+    integer and a string (anything else is what ``pieces`` makes of it: -1 and ""). A
+    list in place of the text was kept whole and counted as empty: megabytes held for
+    the 64 an event costs."""
+    index, text_ = event.get("index", 0), event.get("text")
+    if not isinstance(index, int) or isinstance(index, bool):
+        index = -1
+    return {"index": index, "text": text_ if isinstance(text_, str) else ""}
 
 
 def _cost(event: Event) -> int:
