@@ -54,16 +54,17 @@ def offer(c: Coordinator, pid: str, gpus: int, model: str | None = "H100") -> No
 
 
 def judged(c: Coordinator, pid: str, status: str, *, wrong: bool = False,
-           passed: int = 0) -> None:
-    """The claim as its challenges would have left it: ``passed`` of its GPUs verified."""
+           passed: int = 0, gflops: float = 50_000.0) -> None:
+    """The claim as its challenges would have left it: ``passed`` of its GPUs verified,
+    each at ``gflops``."""
     hardware.poll(c, pid)
 
     def body(s: Any) -> None:
         row = s.get(HwClaim, pid)
         row.status, row.wrong = status, wrong
         row.verified = {"memory_mb": 4096, "units": 1.0, "devices": [
-            {"device": f"cuda:{i}", "model": H100["name"], "memory_mb": H100["memory_mb"]}
-            for i in range(passed)]}
+            {"device": f"cuda:{i}", "model": H100["name"], "memory_mb": H100["memory_mb"],
+             "gflops": gflops} for i in range(passed)]}
     c.db.run(body)
 
 
@@ -104,7 +105,9 @@ def test_a_host_flagged_wrong_gets_no_lease(c: Coordinator) -> None:
 def test_a_host_leases_only_the_gpus_its_claim_shows(c: Coordinator) -> None:
     pid = host(c, [H100] * 8)
     offer(c, pid, 8)
-    assert as_host(c, pid).free_gpus == 8  # unverified: as registered
+    assert as_host(c, pid).free_gpus == 0  # never asked for a challenge: none
+    hardware.poll(c, pid)
+    assert as_host(c, pid).free_gpus == 8  # unverified, being challenged: as registered
     judged(c, pid, "verified", passed=2)
     with pytest.raises(NoCapacity):
         lease(c, 8)
@@ -113,6 +116,20 @@ def test_a_host_leases_only_the_gpus_its_claim_shows(c: Coordinator) -> None:
     judged(c, pid, "flagged")  # too slow: its GPUs are not shown
     assert as_host(c, pid).free_gpus <= 0
     assert lease(c, 0) == pid  # its CPUs still are
+
+
+def test_a_gpu_proven_below_its_class_floor_is_no_gpu(c: Coordinator) -> None:
+    """A claim of 0.1 GFLOP/s per "H100" got a challenge any CPU answers in time: a
+    2-core box without a GPU was verified, and leased, as eight H100s. A GPU counts
+    only once it proved its class's floor rate (a quarter of its spec sheet's fp32)."""
+    pid = host(c, [H100] * 8)
+    offer(c, pid, 8)
+    judged(c, pid, "verified", passed=8, gflops=0.1)
+    assert as_host(c, pid).free_gpus <= 0
+    with pytest.raises(NoCapacity):
+        lease(c, 1)
+    judged(c, pid, "verified", passed=8, gflops=hardware.hc.gpu_floor_gflops(H100["name"]))
+    assert as_host(c, pid).free_gpus == 8
 
 
 def test_gpus_offerable_counts_the_class_named() -> None:

@@ -461,18 +461,20 @@ class VerifiedClaim:
     gpus: int  # GPUs whose part passed
     wrong: bool
     gpu_models: tuple[str, ...] = ()  # the models of those GPUs, while current
+    challenged: bool = True  # it has a claim row: it asked for a challenge, or was issued one
 
 
 def gpus_shown(p: Any, claim: VerifiedClaim) -> tuple[str, ...]:
     """The models of the GPUs a provider's hardware shows, for what it may offer beyond
     the challenges (leases): those verified while its claim is; those registered while
     it is unverified (not yet challenged, or registered again since); none while it is
-    flagged."""
+    flagged, nor while it never asked for a challenge."""
     if claim.status == "verified":
         return claim.gpu_models
-    if claim.status == "unverified":
+    if claim.status == "unverified" and claim.challenged:
         return registered_gpus(p)
-    return ()
+    return ()  # flagged; or never challenged: a provider that never asked for a
+    # challenge was never issued one, and leased its registered GPUs for ever
 
 
 def registered_gpus(p: Any) -> tuple[str, ...]:
@@ -494,23 +496,31 @@ def verified_of(providers: Sequence[Any], rows: dict[str, Any]) -> dict[str, Ver
     for p in providers:
         r = rows.get(p.id)
         if r is None:
-            out[p.id] = VerifiedClaim("unverified", False, 0.0, 0, 0, False)
+            out[p.id] = VerifiedClaim("unverified", False, 0.0, 0, 0, False, challenged=False)
             continue
         current = r.fingerprint == hc.fingerprint(p.hardware or {}, p.benchmark or {})
         devs = (r.verified or {}).get("devices", [])
-        gpus = sum(1 for d in devs if str(d.get("device", "")).startswith("cuda")
-                   and d.get("memory_mb", 0) > 0) if r.status == "verified" else 0
+        # a GPU counts when its memory and at least its class's floor rate were proven
+        models = tuple(str(d.get("model", "")) for d in devs if _proven_gpu(d)) \
+            if r.status == "verified" else ()
+        gpus = len(models)
         # a wrong answer stays flagged across a new registration until the new identity
         # passes (``hc.reset``), whether or not it has polled since
         fresh = "flagged" if r.wrong else "unverified"
-        models = tuple(str(d.get("model", "")) for d in devs
-                       if str(d.get("device", "")).startswith("cuda")
-                       and d.get("memory_mb", 0) > 0) if r.status == "verified" else ()
         out[p.id] = VerifiedClaim(r.status if current else fresh, current,
                                   r.verified_units if current else 0.0,
                                   int((r.verified or {}).get("memory_mb", 0)) if current else 0,
                                   gpus, r.wrong, models if current else ())
     return out
+
+
+def _proven_gpu(d: dict[str, Any]) -> bool:
+    """A verified device entry that counts as a GPU: a CUDA device whose memory passed
+    and whose proven rate is at least its class's floor (``hc.gpu_floor_gflops``)."""
+    gflops = d.get("gflops", 0)
+    return (str(d.get("device", "")).startswith("cuda") and d.get("memory_mb", 0) > 0
+            and isinstance(gflops, (int, float))
+            and gflops >= hc.gpu_floor_gflops(str(d.get("model", ""))))
 
 
 def eligible(claim: VerifiedClaim, needs_gpu: bool, strict: bool) -> bool:

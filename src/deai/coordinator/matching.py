@@ -33,7 +33,7 @@ from deai.core.money import cost_for_units
 from deai.core.verify import policy
 from deai.core.verify.reputation import Reputation
 from deai.store import db
-from deai.store.models import Assignment, Job, Offer, Provider, Task
+from deai.store.models import ApiKeyJob, Assignment, Job, Offer, Provider, Task
 
 log = logging.getLogger("deai.coordinator.matching")
 
@@ -717,7 +717,7 @@ def _lease(c: Coordinator, s: Session, task: Task, job: Job, pl: market.Placemen
            "lease_deadline": now + c.settings.lease_ttl, "delivered": False,
            "input_digest": payload, "check_of": check_of, "forced": forced,
            "hold_until": now + check_hold(c, s, check_of, job) if check_of is not None
-           else _primary_hold(c, job, now, bulk)}
+           else _primary_hold(c, job, now, bulk, s)}
     if bulk is None:
         s.add(Assignment(**row))
         c.emit(s, "task_assigned", tid, job=jid, provider=pl.provider_id, price=pl.price,
@@ -737,29 +737,41 @@ CHECK_HOLD_RUNS = 4  # ... or this many times as long as the checked result took
 # or the longest run the job's spec allows (``Kind.run_bound``)
 
 
-def _primary_hold(c: Coordinator, job: Job, now: float, bulk: _Bulk | None) -> float | None:
+def _primary_hold(c: Coordinator, job: Job, now: float, bulk: _Bulk | None,
+                  s: Session | None = None) -> float | None:
     """``primary_hold`` once per job and batch (a spec parsed per placement would cost the
     matcher a fifth of its rate), as a lease's ``hold_until`` from ``now``."""
     jid = job.id
     if bulk is None:
-        hold = primary_hold(c, job)
+        hold = primary_hold(c, job, s)
     elif jid in bulk.holds:
         hold = bulk.holds[jid]
     else:
-        hold = bulk.holds[jid] = primary_hold(c, job)
+        hold = bulk.holds[jid] = primary_hold(c, job, s)
     return None if hold is None else now + hold
 
 
-def primary_hold(c: Coordinator, job: Job) -> float | None:
+REQUEST_HOLD = 600.0  # a /v1 request's primary lease is held at most this (and a ttl): its
+# caller waits no longer for the answer (``openai.gateway.WAIT``)
+
+
+def primary_hold(c: Coordinator, job: Job, s: Session | None = None) -> float | None:
     """How long a primary's lease may be held by heartbeats, when the job's spec bounds a
     run (``Kind.run_bound``: a command's wall-clock limit): ``CHECK_HOLD_RUNS`` times
     that, at least ``CHECK_HOLD_MIN``, plus a lease's ttl; past it the lease ends at no
-    charge and the task goes to someone else (``jobs.expire_leases``). None: bounded by
-    the job's deadline only (a training run, a batch of embeddings: no declared bound)."""
+    charge and the task goes to someone else (``jobs.expire_leases``, as hoarding when
+    its provider beat on). A /v1 request's (read in ``s``): ``REQUEST_HOLD`` at most, its
+    caller's wait (a provider held one for its job's whole hour, the caller answered
+    504 after ten minutes). None: bounded by the job's deadline only (a training run, a
+    batch of embeddings: no declared bound)."""
     bound = run_bound(job)
-    if bound is None:
-        return None
-    return max(CHECK_HOLD_MIN, CHECK_HOLD_RUNS * bound) + c.settings.lease_ttl
+    hold = None if bound is None else (max(CHECK_HOLD_MIN, CHECK_HOLD_RUNS * bound)
+                                       + c.settings.lease_ttl)
+    if s is not None and s.scalar(select(ApiKeyJob.source).where(
+            ApiKeyJob.job_id == job.id)) == "request":
+        request = REQUEST_HOLD + c.settings.lease_ttl
+        hold = request if hold is None else min(hold, request)
+    return hold
 
 
 def run_bound(job: Job) -> float | None:

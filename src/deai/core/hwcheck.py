@@ -81,7 +81,9 @@ class Params:
     grace_s: float = 30.0  # an unanswered challenge expires this long after its deadline
     history: int = 5  # verified figures: best of the last this many passed challenges
     gpu_gbps: float = 500.0  # a GPU's fill allowance when it claims no bandwidth
-    max_allow_x: float = 10.0  # a part's allowances never exceed this × target_s
+    max_allow_x: float = 2.0  # a part's allowances never exceed this × target_s (at 10, a
+    # claimed bandwidth of 0.25 GB/s bought 30 s a skipped fill spent on the products:
+    # a 10x overclaim passed)
 
 
 @dataclass(frozen=True)
@@ -136,6 +138,23 @@ def devices(hardware: Mapping[str, Any], benchmark: Mapping[str, Any]) -> list[D
 
 
 GPU_CLASSES = ("H200", "H100", "A100", "L40S", "L4", "A10", "4090", "3090", "T4", "V100")
+
+
+# A quarter of each class's fp32 rate on its spec sheet (GFLOP/s; PCIe parts, clocks held
+# down, and what a real run sustains stay above it): a GPU is counted as one only when it
+# proved at least this much. A claim of 0.1 GFLOP/s got a challenge any CPU answers in
+# time, and a 2-core box without a GPU was verified, and leased, as eight H100s.
+GPU_FLOORS = {"H200": 16_000.0, "H100": 12_000.0, "A100": 4_800.0, "L40S": 22_000.0,
+              "L4": 7_500.0, "A10": 7_800.0, "4090": 20_000.0, "3090": 9_000.0,
+              "T4": 2_000.0, "V100": 3_900.0}
+GPU_FLOOR_OTHER = 1_000.0  # any other GPU: 1 TFLOP/s fp32, which every CUDA GPU of the
+# last decade does
+
+
+def gpu_floor_gflops(model: str) -> float:
+    """The least fp32 rate a GPU of ``model`` must prove to count as one (``GPU_FLOORS``)."""
+    cls = gpu_class(model).removeprefix("gpu:")
+    return GPU_FLOORS.get(cls, GPU_FLOOR_OTHER)
 
 
 def gpu_class(name: str) -> str:
