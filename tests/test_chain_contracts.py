@@ -194,6 +194,26 @@ def test_guardian_revokes_a_bad_root_only_before_it_matures(tc: LocalChain) -> N
         c.send(tc.guardian, c.settlement.functions.revoke(late))
 
 
+def test_a_revoked_head_no_journal_reaches_blocks_no_later_commit(tc: LocalChain) -> None:
+    """A settlement key (stolen) commits the head 2**256 - 1; the guardian revokes it.
+    The head may not go back past the latest epoch that stands, and a revoked one does
+    not stand: the honest commit after it goes through. Before, every later commit was
+    refused as going backwards, for good."""
+    c = tc.chain
+    st = c.settlement.functions
+    empty = merkle.Tree(c.dep.settlement, {})
+    before = int(st.epoch_count().call())
+    last_head = int(st.epochs(before).call()[0]) if before else 0
+    poisoned = commit(tc, empty, 2**256 - 1)
+    with pytest.raises(ChainError, match="journal head went backwards"):
+        c.send(tc.settler, st.commit(last_head + 1, b"\2" * 32, empty.root, 0))
+    c.send(tc.guardian, st.revoke(poisoned))
+    honest = commit(tc, empty, last_head + 1)
+    assert honest == poisoned + 1
+    with pytest.raises(ChainError, match="journal head went backwards"):  # it stands
+        c.send(tc.settler, st.commit(last_head, b"\2" * 32, empty.root, 0))
+
+
 def test_totals_are_conserved(tc: LocalChain) -> None:
     """Every token is somewhere: no contract creates or loses any, whatever ran above."""
     c = tc.chain

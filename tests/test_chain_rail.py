@@ -293,6 +293,44 @@ def test_an_epoch_the_contract_refuses_is_counted_backed_off_and_made_again(
     assert audit_chain(w.entries(), w.chain).facts["unbacked"] == 2_000_000
 
 
+def test_a_revoked_epoch_is_passed_over_and_the_head_committed_again(fresh: World) -> None:
+    """The guardian revokes the latest epoch (a root it found wrong, or one it could not
+    check in time). It pays nothing, so the coordinator stops serving its proofs and
+    commits the journal's head again in a new epoch, though the head has not moved: a
+    quiet network's payees were left with the revoked epoch's proofs, which the contract
+    refuses, until someone else's payment moved the head."""
+    w = fresh
+    payer = w.lc.account("payer", tokens=5_000_000)
+    w.deposit(payer, ALICE, 2_000_000)
+    w.lc.tester.mine_blocks(w.chain.dep.confirmations)
+    assert rail.watch_deposits(w.db, w.chain, w.port.post, w.clock.now()) == 1
+    payee = w.lc.account("payee")
+    w.post(ledger.withdrawal(ALICE, 1_500_000, payee.address))
+    first = rail.commit_epoch(w.db, w.chain, w.clock.now())
+    assert first == 1
+    assert rail.watch_revocation(w.db, w.chain, w.clock.now()) is None  # it stands
+    w.chain.send(w.lc.guardian, w.chain.settlement.functions.revoke(first))
+    w.clock.advance(1)
+    assert w.tick()["revoked"] == first
+    with w.db.read() as s:
+        assert rail.latest_epoch(s) is None  # no proof is served from the revoked one
+    w.clock.advance(w.chain.dep.epoch_interval)
+    w.tick()
+    with w.db.read() as s:
+        again = rail.latest_epoch(s)
+        assert again is not None and again.epoch == 2
+        assert again.head_seq == journal.head(s).seq  # the same head, committed again
+        leaves = dict(again.leaves)
+    assert rail.watch_revocation(w.db, w.chain, w.clock.now()) is None
+    w.lc.skip(600)
+    tree = merkle.Tree(w.chain.dep.settlement, leaves)
+    w.chain.send(payee, w.chain.settlement.functions.withdraw(
+        2, payee.address, 1_500_000, tree.proof(payee.address)))
+    assert w.chain.token_balance(payee.address) == 1_500_000
+    rep = audit_chain(w.entries(), w.chain)
+    assert rep.ok, rep.problems
+
+
 def test_withdrawals_are_summed_by_the_database_past_32_bits(fresh: World) -> None:
     """The chain page and the withdrawal's reserve check sum withdrawals in the database
     (not every row loaded), in 64 bits: a µ amount passes 2³¹ at 2,148 DEAI."""

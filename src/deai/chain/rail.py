@@ -16,9 +16,12 @@ unique key on journal seq and op makes the two paths meet once).
 2. ``send_outbox``: pending rows are sent with the settlement key; a row the
    vault already applied (its ``ref`` or evidence hash) is marked done without
    sending, so a crash between sending and recording never applies it twice;
-3. ``commit_epoch``: every ``epoch_interval`` seconds, if the journal moved, the
-   head hash and the Merkle root of cumulative withdrawals are committed; a
-   pending epoch found on chain (same head and root) is recorded, not resent.
+3. ``watch_revocation``: the latest posted epoch, while it can still be revoked,
+   is marked revoked if the guardian revoked it on chain;
+4. ``commit_epoch``: every ``epoch_interval`` seconds, if the journal moved (or
+   the latest epoch was revoked), the head hash and the Merkle root of cumulative
+   withdrawals are committed; a pending epoch found on chain (same head and root,
+   not revoked) is recorded, not resent.
 
 Nothing here holds state between ticks: the database and the chain are the state.
 """
@@ -277,7 +280,9 @@ def commit_epoch(db: Database, chain: Chain, now: float, *, force: bool = False)
             last = s.scalars(select(ChainEpoch).order_by(ChainEpoch.id.desc())).first()
             head = journal.head(s)
             due = last is None or now - last.created_at >= chain.dep.epoch_interval
-            if not (force or due) or head.seq == 0 or (last and last.head_seq == head.seq):
+            # A revoked epoch stands for nothing: the head is committed again, moved or not.
+            same = last is not None and last.head_seq == head.seq and last.revoked_at is None
+            if not (force or due) or head.seq == 0 or same:
                 return None
             pending = ChainEpoch(status="pending", created_at=now, attempts=0)
             built = _rebuild(s, pending, chain, head, now)
@@ -356,15 +361,44 @@ def _backoff(row: ChainEpoch, chain: Chain, now: float, why: str) -> None:
 
 
 def _find_epoch(chain: Chain, head_seq: int, head_hash: str, root: str) -> int | None:
-    """The number of the latest epoch on chain if it is this commitment (a resend guard)."""
+    """The number of the latest epoch on chain if it is this commitment and stands (a
+    resend guard: a revoked one is committed again)."""
     n = int(chain.settlement.functions.epoch_count().call())
     if n == 0:
         return None
     e = chain.settlement.functions.epochs(n).call()
     if int(e[0]) == head_seq and bytes(e[1]).hex() == head_hash and \
-            "0x" + bytes(e[2]).hex() == root:
+            "0x" + bytes(e[2]).hex() == root and not bool(e[5]):
         return n
     return None
+
+
+REVOCABLE_SLACK = 600.0  # seconds past its challenge delay an epoch is still looked at
+# (the chain's clock and the coordinator's differ a little)
+
+
+def watch_revocation(db: Database, chain: Chain, now: float) -> int | None:
+    """Mark the latest posted epoch revoked if the guardian revoked it on chain; its
+    number if so. It is asked about while it can still be revoked (its challenge delay):
+    one call a tick. A revoked epoch pays nothing, so its proofs are no longer served
+    (``latest_epoch`` passes over it) and ``commit_epoch`` commits the head again."""
+    with db.read() as s:
+        row = latest_epoch(s)
+        if row is None or row.epoch is None or row.posted_at is None:
+            return None
+        if now > row.posted_at + chain.dep.challenge_delay + REVOCABLE_SLACK:
+            return None
+        pid, n = row.id, int(row.epoch)
+    if not bool(chain.settlement.functions.epochs(n).call()[5]):
+        return None
+    with db.write() as s:
+        row = s.get(ChainEpoch, pid)
+        if row is None or row.revoked_at is not None:
+            return None
+        row.revoked_at = now
+    log.warning("the guardian revoked epoch %d (journal head %d): it pays nothing; the "
+                "head is committed again", n, row.head_seq)
+    return n
 
 
 def tick(db: Database, chain: Chain, post: Post, now: float) -> dict[str, Any]:
@@ -377,6 +411,7 @@ def tick(db: Database, chain: Chain, post: Post, now: float) -> dict[str, Any]:
         ("enqueued", lambda: scan_journal(db, now)),
         ("deposits", lambda: watch_deposits(db, chain, post, now)),
         ("sent", lambda: send_outbox(db, chain, now)),
+        ("revoked", lambda: watch_revocation(db, chain, now)),
         ("epoch", lambda: commit_epoch(db, chain, now))]
     for name, step in steps:
         try:
@@ -407,7 +442,9 @@ def withdrawn(s: Session) -> tuple[int, int]:
 
 
 def latest_epoch(s: Session) -> ChainEpoch | None:
-    return s.scalars(select(ChainEpoch).where(ChainEpoch.status == "posted")
+    """The latest posted epoch not seen revoked: the one whose proofs are served."""
+    return s.scalars(select(ChainEpoch).where(ChainEpoch.status == "posted",
+                                              ChainEpoch.revoked_at.is_(None))
                      .order_by(ChainEpoch.epoch.desc())).first()
 
 

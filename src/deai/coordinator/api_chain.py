@@ -106,7 +106,8 @@ def install(app: FastAPI, period: float = 1.0) -> None:
 # --- reads ------------------------------------------------------------------------------------
 
 def _epoch_out(e: ChainEpoch, delay: int) -> dict[str, Any]:
-    return {"epoch": e.epoch, "status": e.status, "head_seq": e.head_seq,
+    return {"epoch": e.epoch, "status": "revoked" if e.revoked_at is not None else e.status,
+            "revoked_at": e.revoked_at, "head_seq": e.head_seq,
             "head_hash": e.head_hash, "root": e.root, "total": e.total,
             "addresses": e.addresses if e.addresses is not None else len(e.leaves),
             "block": e.block, "tx": e.tx_hash,
@@ -143,8 +144,8 @@ def _summary(c: Coordinator, chain: Chain) -> dict[str, Any]:
         out: dict[str, Any] = {
             "enabled": True, "deployment": chain.dep.public(),
             "epochs": [_epoch_out(e, delay) for e in epochs],
-            "latest_epoch": next((_epoch_out(e, delay) for e in epochs if e.status == "posted"),
-                                 None),
+            "latest_epoch": next((_epoch_out(e, delay) for e in epochs
+                                  if e.status == "posted" and e.revoked_at is None), None),
             "deposits": {"count": int(dep_count), "total": int(dep_total),
                          "recent": [{"account": d.account, "amount": d.amount, "tx": d.tx_hash,
                                      "log_index": d.log_index, "block": d.block,

@@ -125,7 +125,7 @@ class Coordinator:
         st = self.settings
         return wire.NetworkInfo(
             version=__version__, network_id=self.network_id, devnet=st.devnet,
-            min_stake=st.min_stake, fee_bps=st.fee_bps,
+            min_stake=st.min_stake, min_bond=st.min_bond, fee_bps=st.fee_bps,
             challenge_window=st.challenge_window, heartbeat_timeout=st.heartbeat_timeout,
             lease_ttl=st.lease_ttl, max_upload_bytes=st.max_upload_bytes)
 
@@ -252,6 +252,10 @@ class Coordinator:
         return p
 
     def bond(self, pid: str, amount: int) -> wire.BalanceOut:
+        if amount < self.settings.min_bond:
+            raise InvalidInput(f"amount: at least {self.settings.min_bond} µ a bond",
+                               field="amount", minimum=self.settings.min_bond)
+
         def body(s: Session) -> None:
             self.require_provider(s, pid)
             self.settlement.bond(s, pid, amount)

@@ -39,6 +39,9 @@ class Settings:
     # The least one withdrawal to the chain takes: each address withdrawn to is a leaf of
     # every epoch's tree from then on, and 1 µ each made a million leaves for 1 DEAI.
     min_withdrawal: int = 10_000  # 0.01 DEAI (a devnet's: 1 µ, its earnings are tiny)
+    # The least one bond takes: each is a vault call the settlement key pays gas for
+    # (``chain.books.mirror_ops``), and a million bonds of 1 µ cost it a million calls.
+    min_bond: int = 10_000  # 0.01 DEAI (a devnet's: 1 µ)
     # Policies, injected: how providers are ranked, and the seed of the verification
     # draws (None: the operating system's randomness, which providers cannot predict).
     strategy: Strategy = DEFAULT_STRATEGY
@@ -107,7 +110,7 @@ class Settings:
         """Short windows so a demo settles in seconds rather than an hour."""
         return replace(self, devnet=True, challenge_window=5.0, heartbeat_timeout=6.0,
                        lease_ttl=60.0, verify_timeout=30.0, diversity=("operator",),
-                       blob_quota_bytes=1024**3, min_withdrawal=1)
+                       blob_quota_bytes=1024**3, min_withdrawal=1, min_bond=1)
 
 
 def _env_count(name: str, default: int) -> int:

@@ -71,6 +71,7 @@ class NetworkInfo(Out):
     network_id: str  # what every signed request signs (``core.auth.message``)
     devnet: bool
     min_stake: int
+    min_bond: int = 1  # the least one bond takes (a coordinator from before: any)
     fee_bps: int
     challenge_window: float
     heartbeat_timeout: float

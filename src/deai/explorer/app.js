@@ -833,7 +833,7 @@
         card("Settlement contract", kv([["Address", hashText(d.deployment.settlement)], ["Holds", money(c.held || 0)], ["Deposited", money(c.deposited || 0)], ["Claimed", money(c.withdrawn || 0)], ["Block", c.block === undefined ? "—" : nf.format(c.block)]])),
         card("Stake vault", kv([["Address", hashText(d.deployment.vault)], ["Staked", money(c.staked || 0)], ["Slashed", money(c.slashed || 0)], ["Challenge delay", `${d.deployment.challenge_delay} s`], ["Outbox", Object.entries(d.outbox).map(([k, n]) => `${k} ${n}`).join(", ") || "empty"]])));
       v.epochs.replaceChildren(table([
-        { key: "epoch", label: "Epoch", num: true, render: (x) => (x.epoch !== null ? nf.format(x.epoch) : x.attempts ? h("span", { class: "badge bad", title: x.error || "" }, `pending, ${nf.format(x.attempts)} failed`) : "pending") },
+        { key: "epoch", label: "Epoch", num: true, render: (x) => (x.epoch !== null ? (x.status === "revoked" ? h("span", {}, nf.format(x.epoch), " ", h("span", { class: "badge bad", title: "revoked by the guardian: it pays nothing" }, "revoked")) : nf.format(x.epoch)) : x.attempts ? h("span", { class: "badge bad", title: x.error || "" }, `pending, ${nf.format(x.attempts)} failed`) : "pending") },
         { key: "head", label: "Journal head", num: true, render: (x) => nf.format(x.head_seq) },
         { key: "root", label: "Root", render: (x) => hashText(x.root) },
         { key: "addrs", label: "Addresses", num: true, render: (x) => nf.format(x.addresses) },

@@ -218,8 +218,9 @@ class ProviderAgent:
         reg = self.registration
         provider = self._call(lambda: self.client.register(reg))
         if want > bal.stake:
+            top = max(want - bal.stake, net.min_bond)  # a bond takes at least min_bond
             try:
-                bal = self._call(lambda: self.client.bond(want - bal.stake))
+                bal = self._call(lambda: self.client.bond(top))
             except InsufficientFunds as exc:
                 raise DeAIError(f"cannot bond {want} µ stake: {exc.message}") from exc
         log.info("registered %s as %r: stake %d µ, %d offer(s), %d slot(s)",
@@ -298,7 +299,7 @@ class ProviderAgent:
         if bal.stake >= want:
             self._stake_warned = False
             return
-        short = want - bal.stake
+        short = max(want - bal.stake, net.min_bond)  # a bond takes at least min_bond
         if bal.available >= short:
             bal = self.client.bond(short)
             log.warning("stake was below the minimum: re-bonded %d µ (stake now %d µ)", short,

@@ -500,6 +500,9 @@ class ChainEpoch(Base):
     error: Mapped[str | None] = mapped_column(String(500), nullable=True)
     retry_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     addresses: Mapped[int | None] = mapped_column(Integer, nullable=True)  # len(leaves)
+    # When the rail saw the guardian revoke it on chain: it pays nothing, and its
+    # proofs are no longer served (``rail.watch_revocation``).
+    revoked_at: Mapped[float | None] = mapped_column(Float, nullable=True)
 
     __table_args__ = (_sa.CheckConstraint("status IN ('pending', 'posted')",
                                           name="ck_chain_epochs_status"),)
