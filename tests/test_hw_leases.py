@@ -107,7 +107,9 @@ def test_a_host_leases_only_the_gpus_its_claim_shows(c: Coordinator) -> None:
     offer(c, pid, 8)
     assert as_host(c, pid).free_gpus == 0  # never asked for a challenge: none
     hardware.poll(c, pid)
-    assert as_host(c, pid).free_gpus == 8  # unverified, being challenged: as registered
+    assert as_host(c, pid).free_gpus == 0  # being challenged: nothing proven yet
+    with pytest.raises(NoCapacity):
+        lease(c, 1)
     judged(c, pid, "verified", passed=2)
     with pytest.raises(NoCapacity):
         lease(c, 8)
@@ -140,3 +142,16 @@ def test_gpus_offerable_counts_the_class_named() -> None:
     assert core.gpus_offerable(2, None, shown) == 2
     assert core.gpus_offerable(1, "MI300", shown) == 0
     assert core.gpus_offerable(1, "MI300", ["AMD MI300X"]) == 1
+
+
+@pytest.mark.parametrize(("name", "cls"), [
+    ("NVIDIA H100 80GB HBM3", "gpu:H100"), ("H100-SXM5-80GB", "gpu:H100"),
+    ("NVIDIA A10G", "gpu:A10"), ("Tesla V100S-PCIE-32GB", "gpu:V100"),
+    ("NVIDIA L40S", "gpu:L40S"), ("NVIDIA L4", "gpu:L4"), ("Tesla T4", "gpu:T4"),
+    # substrings of a class's name are not that class (each was held to its floor, and
+    # an honest one counted as no GPU), nor is a MIG slice of one
+    ("NVIDIA T400", "gpu:other"), ("NVIDIA RTX A1000", "gpu:other"),
+    ("NVIDIA L40", "gpu:other"), ("NVIDIA GH200 480GB", "gpu:other"),
+    ("NVIDIA H100 80GB HBM3 MIG 1g.10gb", "gpu:other")])
+def test_a_gpus_class_is_a_word_of_its_name(name: str, cls: str) -> None:
+    assert hardware.hc.gpu_class(name) == cls

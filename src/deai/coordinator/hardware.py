@@ -461,20 +461,15 @@ class VerifiedClaim:
     gpus: int  # GPUs whose part passed
     wrong: bool
     gpu_models: tuple[str, ...] = ()  # the models of those GPUs, while current
-    challenged: bool = True  # it has a claim row: it asked for a challenge, or was issued one
 
 
-def gpus_shown(p: Any, claim: VerifiedClaim) -> tuple[str, ...]:
+def gpus_shown(claim: VerifiedClaim) -> tuple[str, ...]:
     """The models of the GPUs a provider's hardware shows, for what it may offer beyond
-    the challenges (leases): those verified while its claim is; those registered while
-    it is unverified (not yet challenged, or registered again since); none while it is
-    flagged, nor while it never asked for a challenge."""
-    if claim.status == "verified":
-        return claim.gpu_models
-    if claim.status == "unverified" and claim.challenged:
-        return registered_gpus(p)
-    return ()  # flagged; or never challenged: a provider that never asked for a
-    # challenge was never issued one, and leased its registered GPUs for ever
+    the challenges (leases): those its claim verified, each at its class's floor rate,
+    and none before. Its registered GPUs were shown while a challenge ran: a claim of
+    0.1 GFLOP/s a GPU gets a challenge hours long, and a 2-core box was leased eight
+    "H100s" meanwhile, and again after each new registration started another."""
+    return claim.gpu_models if claim.status == "verified" else ()
 
 
 def registered_gpus(p: Any) -> tuple[str, ...]:
@@ -496,7 +491,7 @@ def verified_of(providers: Sequence[Any], rows: dict[str, Any]) -> dict[str, Ver
     for p in providers:
         r = rows.get(p.id)
         if r is None:
-            out[p.id] = VerifiedClaim("unverified", False, 0.0, 0, 0, False, challenged=False)
+            out[p.id] = VerifiedClaim("unverified", False, 0.0, 0, 0, False)
             continue
         current = r.fingerprint == hc.fingerprint(p.hardware or {}, p.benchmark or {})
         devs = (r.verified or {}).get("devices", [])

@@ -201,7 +201,7 @@ def hosts(c: Coordinator, s: Session, only: str | None = None) -> list[core.Host
         cpu, mem, gpu = used.get(h.provider_id, (0, 0, 0))
         stake = stakes.get(ledger.stake(p.id), 0)
         claim = claims[p.id]
-        gpus = core.gpus_offerable(h.gpus, h.gpu_model, hardware.gpus_shown(p, claim))
+        gpus = core.gpus_offerable(h.gpus, h.gpu_model, hardware.gpus_shown(claim))
         out.append(core.Host(
             provider_id=p.id, prices=dict(h.prices), free_cpus=h.cpus - cpu,
             free_memory_mb=h.memory_mb - mem, free_gpus=gpus - gpu, gpu_model=h.gpu_model,

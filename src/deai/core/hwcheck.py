@@ -41,6 +41,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -159,10 +160,19 @@ def gpu_floor_gflops(model: str) -> float:
 
 def gpu_class(name: str) -> str:
     """A GPU's class from its model name ("NVIDIA H100 80GB HBM3" → ``gpu:H100``): the
-    first known class it names (longer names first where one contains another)."""
+    first known class a word of the name is, or is with one letter after it (A10G, V100S);
+    a MIG slice of any is ``gpu:other`` (a part of the GPU, not one). Words, not
+    substrings: "T400" was a T4, "RTX A1000" an A100, "L40" an L4 and "GH200" an H200,
+    each held to a floor its class sets (``GPU_FLOORS``), and an honest one of them
+    counted as no GPU at all."""
+    words = [w for w in re.split(r"[^A-Z0-9]+", name.upper()) if w]
+    if "MIG" in words:
+        return "gpu:other"
     for known in GPU_CLASSES:
-        if known in name:
-            return f"gpu:{known}"
+        for w in words:
+            if w == known or (len(w) == len(known) + 1 and w.startswith(known)
+                              and w[-1].isalpha()):
+                return f"gpu:{known}"
     return "gpu:other"
 
 

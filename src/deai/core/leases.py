@@ -242,7 +242,7 @@ class Host:
 
 def gpus_offerable(offered: int, gpu_model: str | None, shown: Sequence[str]) -> int:
     """How many of the ``offered`` GPUs a host may lease: no more than the devices its
-    hardware shows (``shown``: their model names, as verified or else as registered;
+    hardware shows (``shown``: their model names, as its claim verified them;
     see ``coordinator.hardware.gpus_shown``), counting only those of the class its
     ``gpu_model`` names when it names one."""
     if gpu_model:

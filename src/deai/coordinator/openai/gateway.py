@@ -26,7 +26,7 @@ import secrets
 from dataclasses import dataclass
 
 from fastapi import Request
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
@@ -156,6 +156,14 @@ def mark_streamed(c: Coordinator, job_id: str) -> bool:
             Assignment.job_id == job_id, Assignment.role == Role.PRIMARY,
             Assignment.status == AssignmentStatus.LEASED)).all()
         c.emit(s, jobs.STREAMED, job_id, assignments=list(streaming))
+        # The caller holds text now and the request runs on past its wait, billed when it
+        # completes: its lease is no longer held only for the caller's wait
+        # (``matching.REQUEST_HOLD``), or a slow honest stream lapsed unpaid at ten
+        # minutes, ran again from scratch, and its caller could cancel for a refund.
+        # The job's deadline bounds it, as any job's.
+        if streaming:
+            s.execute(update(Assignment).where(Assignment.id.in_(sorted(streaming)))
+                      .values(hold_until=None))
 
     c.db.run(record)
     return True
