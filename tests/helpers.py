@@ -402,13 +402,17 @@ def journal(c: Client) -> list[ledger.Entry]:
 
 
 def check_books(c: Client, job_id: str) -> None:
-    """Audit holds; each task was paid exactly once; cost + refund = escrow."""
+    """Audit holds; each task was paid, each assignment at most once (a job's escrow pays
+    the checks its owner chose too: ``policy.owner_pays_check``); cost + refund = escrow."""
     got = client_audit(c)
     rep, entries = got.report, got.entries
     assert rep.ok, rep.problems
     job = c.job(job_id)
-    paid = [e.body["task"] for e in entries if e.kind == "payout" and e.body["job"] == job_id]
-    assert len(paid) == len(set(paid)) == sum(job.tasks.values())
+    payouts = [e.body for e in entries if e.kind == "payout" and e.body["job"] == job_id]
+    paid = {b["task"] for b in payouts}
+    assert len(paid) == sum(job.tasks.values())
+    assigned = [b["assignment"] for b in payouts]
+    assert len(assigned) == len(set(assigned))
     assert job.cost + job.refunded == job.escrow
     assert rep.balances.get(ledger.escrow(job_id), 0) == 0
 

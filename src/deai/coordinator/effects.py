@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, NamedTuple, cast
 
-from sqlalchemy import Table, select
+from sqlalchemy import Table, func, select
 from sqlalchemy.orm import Session
 
 from deai.coordinator import blob_quota, canaries, datasets, lookback, touch
@@ -289,11 +289,46 @@ class _Applier:
         cost = cost_for_units(*self._check_terms(a))
         if cost <= 0:
             return
+        if self._owner_pays(a):
+            self._pay_check_from_escrow(a, cost)
+            return
         entry, amount = self.c.settlement.pay_check(self.s, a.provider_id, cost, a.id, a.role)
         if entry is None:
             self.c.emit(self.s, "check_unpaid", a.id, provider=a.provider_id, owed=cost)
             return
         self._payout(a, amount, entry)
+
+    def _owner_pays(self, a: Assignment) -> bool:
+        """``policy.owner_pays_check`` for ``a`` on this job (the network's own jobs,
+        canaries, pay from the treasury)."""
+        job = self.job
+        if job.owner == NETWORK:
+            return False
+        spec = job.spec or {}
+        return policy.owner_pays_check(
+            a.role, replicate=bool(spec.get("replicate")),
+            parties_chosen=parties_chosen(self.s, spec))
+
+    def _pay_check_from_escrow(self, a: Assignment, cost: int) -> None:
+        """Pay a check the job's owner pays (``policy.owner_pays_check``) from its escrow,
+        as a payout, so a forfeit returns it to the owner: as far as the escrow holds more
+        than the job's unfinished tasks may still cost at its price (and a royalty not yet
+        paid), which their primaries are owed first; the rest is owed unpaid."""
+        s, job = self.s, self.job
+        units, tasks = s.execute(select(func.coalesce(func.sum(Task.units), 0), func.count())
+                                 .where(Task.job_id == job.id,
+                                        Task.status != TaskStatus.DONE)).one()
+        owed = cost_for_units(int(units), job.max_price) + int(tasks)  # each rounds up
+        owed += datasets.unpaid_royalty(s, job.id)
+        amount = min(cost, self.c.settlement.balance(s, ledger.escrow(job.id)) - owed)
+        if amount > 0:
+            entry, to_provider, _ = self.c.settlement.pay_task(
+                s, job.id, a.task_id, a.id, a.provider_id, amount)
+            job.cost += amount
+            self._payout(a, to_provider, entry)
+        if amount < cost:
+            self.c.emit(s, "check_unpaid", a.id, provider=a.provider_id,
+                        owed=cost - max(amount, 0), payer="escrow")
 
     def _check_terms(self, a: Assignment) -> tuple[int, int]:
         """What a check is paid for: (units, price per unit).
@@ -491,3 +526,12 @@ class _Applier:
 
     def emit(self, e: E.Emit) -> None:
         self.c.emit(self.s, e.kind, e.subject, **e.body)
+
+
+def parties_chosen(s: Session, spec: dict[str, Any]) -> bool:
+    """Whether a job's owner chose who may run it: sealed for its parties, or on a
+    dataset whose owner listed the providers trusted with its rows."""
+    if spec.get("sealed"):
+        return True
+    ds = spec.get("dataset_id")
+    return isinstance(ds, str) and datasets.trusted(s, ds) is not None

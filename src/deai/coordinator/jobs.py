@@ -50,6 +50,7 @@ from deai.core.lifecycle import (
 from deai.core.lifecycle import decide as D
 from deai.core.lifecycle.effects import RefreshJob
 from deai.core.money import cost_for_units
+from deai.core.verify import policy
 from deai.store import db
 from deai.store.blobs import digest_of
 from deai.store.models import (
@@ -104,9 +105,12 @@ def _quote_out(c: Coordinator, spec: specs.JobSpec, shard_units: list[int],
                exclude: frozenset[str] = frozenset()) -> wire.QuoteOut:
     d = _demand(c, spec, shard_units, only, exclude)
     r = market.quote(d, shard_units, providers, c.settings.min_stake)
+    # what is escrowed: its checks too, where its owner pays them (``submit``)
+    reserve = policy.check_reserve(r.max_cost, len(shard_units), replicate=spec.replicate,
+                                   parties_chosen=spec.sealed or only is not None)
     return wire.QuoteOut(
         units=r.units, best_price=r.best_price, estimated_cost=r.estimated_cost,
-        max_cost=r.max_cost,
+        max_cost=r.max_cost + reserve,
         eligible=[{"provider": p, "price": pr} for p, pr in r.eligible[:QUOTE_LIST]],
         ineligible=[{"provider": p, "reasons": rs} for p, rs in r.ineligible[:QUOTE_LIST]],
         eligible_count=len(r.eligible), ineligible_count=len(r.ineligible))
@@ -190,7 +194,11 @@ def submit(c: Coordinator, owner: str, body: wire.JobIn, *,
             input_digest=body.input_digest, max_price=spec.max_price,
             shards=[admission.ShardIn(d, sh.items, sh.max_units)
                     for d, sh in zip(shard_digests, shards, strict=True)],
-            escrow=max_cost + royalty, deadline=spec.deadline, key=key,
+            # its checks too, where its owner pays them (``policy.owner_pays_check``)
+            escrow=max_cost + royalty + policy.check_reserve(
+                max_cost, len(shards), replicate=spec.replicate,
+                parties_chosen=only is not None),
+            deadline=spec.deadline, key=key,
             want_tasks=len(shards) <= _ORM_TASKS)
         if use is not None:  # terms checked again under lock; the royalty from escrow
             datasets.record_use(c, s, job, spec, use)

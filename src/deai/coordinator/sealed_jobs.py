@@ -103,7 +103,11 @@ def submit(c: Coordinator, owner: str, body: wire.JobIn, spec: SpecBase, *, quot
             spec=spec.model_dump(mode="json"), input_digest=body.input_digest,
             max_price=spec.max_price,
             shards=[admission.ShardIn(sh.digest, sh.items, sh.units) for sh in m.shards],
-            escrow=max_cost, deadline=spec.deadline, key=key, event={"sealed": True})
+            # its parties are its owner's choice: it pays its checks (``policy.owner_pays_check``)
+            escrow=max_cost + policy.check_reserve(max_cost, len(m.shards),
+                                                   replicate=spec.replicate,
+                                                   parties_chosen=True),
+            deadline=spec.deadline, key=key, event={"sealed": True})
         if then is not None:
             then(s, job)
         return job

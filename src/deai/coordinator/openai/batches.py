@@ -146,6 +146,13 @@ def create(c: Coordinator, key: keys.KeyInfo, body: S.BatchIn,
     data = c.blobs.get(digest)
     name = body.sealed.model if body.sealed is not None else _model(data)
     model = catalog.lookup(name, field="model", workload=kind_name).name
+    if body.sealed is not None:  # its parties named as keys before they are priced
+        try:
+            kinds.get(kind_name).parse_spec({
+                "kind": kind_name, "model": model, "max_price": 0, "deadline": window,
+                "sealed": True, "sealed_for": body.sealed.sealed_for})
+        except InvalidInput as exc:
+            raise ApiError(400, exc.message, param=exc.field) from None
     # UnknownModel: nobody serves it. A sealed batch runs only on its parties: priced by
     # theirs (its client chose them), or none of them would ever be offered it.
     price = gateway.going_price(c, kind_name, model, frozenset(body.sealed.sealed_for)

@@ -35,6 +35,26 @@ def should_replicate(rep: Reputation, p: VerifyParams, draw: float, *,
     return draw < replication_probability(rep, p, always=always)
 
 
+def owner_pays_check(role: str, *, replicate: bool, parties_chosen: bool) -> bool:
+    """Whether a check on a client's job is paid from that job's escrow, not by the
+    treasury: every check on a job whose owner chose who may run it (a sealed job's
+    parties, a dataset's listed providers), and the replicas its owner asked for
+    (``replicate``). The treasury pays only for checks the network chose and placed: a
+    client and its own providers, on a job sealed for them alone with every task
+    replicated, were paid 95% of what the job cost again by the treasury, for honest
+    work no check could fault, on every job they ran."""
+    if role in ("primary", "canary"):
+        return False
+    return parties_chosen or (replicate and role == "replica")
+
+
+def check_reserve(max_cost: int, tasks: int, *, replicate: bool, parties_chosen: bool) -> int:
+    """What a job's escrow holds beyond its tasks' cost at its price (``max_cost``) when
+    its owner pays its checks (``owner_pays_check``): as much again, and 1 µ a task for
+    the rounding of each task's reserve; what no check used is refunded with the rest."""
+    return max_cost + tasks if replicate or parties_chosen else 0
+
+
 def canary_odds(p: VerifyParams) -> float:
     """Canaries per real task so that canaries are a share q of all dispatched tasks."""
     return p.canary_share / (1.0 - p.canary_share) if p.canary_share < 1.0 else float("inf")
