@@ -217,3 +217,35 @@ def test_canaries_are_drawn_only_from_sources_with_time_for_a_verdict(tmp_path: 
         assert spans <= {floor, 3600.0}  # each canary its source's own deadline
     finally:
         c.db.dispose()
+
+
+def test_one_owner_fills_no_more_than_its_share_of_the_canary_pool(tmp_path: Path) -> None:
+    """A client whose jobs filled a model's pool (small jobs, each result verified and
+    remembered) knew every canary by marks it chose (a max_price, custom ids) and told
+    its providers: an owner's results are remembered up to ``OWNER_SHARE`` of the pool,
+    and the least used canary is planted first, so the same answer comes back only once
+    every other of its model came as often."""
+    c = Coordinator(Settings(data_dir=tmp_path, devnet=True))
+    migrate.upgrade(c.db.engine)
+    try:
+        spec = {"kind": "embeddings", "model": MODEL, "max_price": 2000, "deadline": 3600}
+        n = canaries.OWNER_SHARE + 5
+        job_id = _job(c, spec, n)
+        with c.db.write() as s:
+            job = s.get(Job, job_id)
+            assert job is not None
+            for i, task in enumerate(s.scalars(select(Task).where(Task.job_id == job_id)
+                                               .order_by(Task.id))):
+                a = Assignment(id=f"asg_{i}", task_id=task.id, job_id=job_id,
+                               provider_id="p", role=Role.PRIMARY,
+                               status=AssignmentStatus.ACCEPTED, price=1, leased_at=0.0,
+                               lease_deadline=1.0, delivered=True, output_digest="b" * 64)
+                canaries.remember(c, s, job, task, a)  # its answer, verified
+            assert s.scalar(select(func.count()).select_from(Canary)) == canaries.OWNER_SHARE
+        for _ in range(canaries.OWNER_SHARE):
+            c.db.run(lambda s: canaries.plant_jobs(c, s, 1, [job]))
+        with c.db.read() as s:
+            uses = [r.uses for r in s.scalars(select(Canary))]
+        assert sum(uses) >= canaries.OWNER_SHARE and max(uses) - min(uses) <= 1
+    finally:
+        c.db.dispose()

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from deai.coordinator import admission
@@ -27,6 +27,9 @@ from deai.store.models import Assignment, Canary, Job, Task
 
 NETWORK = admission.NETWORK
 POOL = 500  # known answers kept per model
+OWNER_SHARE = 25  # of them, at most this many from one owner's jobs: a client whose jobs
+# filled the pool (small replicated jobs, each result verified and remembered) knew every
+# canary by marks it chose (a max_price, custom ids), and told its providers
 DEFAULT_DEADLINE: int = SpecBase.model_fields["deadline"].default  # a spec stored without one
 MIN_DEADLINE = 600  # seconds: the shortest source deadline a canary is drawn from ...
 QUEUE_S = 180  # ... or a check's time to be placed, a lease's and this margin to queue
@@ -44,6 +47,12 @@ def remember(c: Coordinator, s: Session, job: Job, task: Task, a: Assignment) ->
         # Matching stakes such jobs as ones no canary comes to (``stake_needed``). A
         # deadline too short for a canary's queue and referee (``min_deadline``): its
         # canary would expire unjudged.
+        return
+    mine = s.scalar(select(func.count()).select_from(Canary)
+                    .join(Task, Task.id == Canary.source_task).join(Job, Job.id == Task.job_id)
+                    .where(Canary.model == job.model, Canary.active.is_(True),
+                           Job.owner == job.owner))
+    if (mine or 0) >= OWNER_SHARE:
         return
     s.add(Canary(kind=job.kind, model=job.model, spec=job.spec, input_digest=task.input_digest,
                  output_digest=a.output_digest, items=task.items, units=task.units,
@@ -99,16 +108,23 @@ def plant_jobs(c: Coordinator, s: Session, want: int, jobs: list[Job]) -> int:
     while want > 0 and models:
         kind, model = c.rng.choice(models)
         floor = min_deadline(c)
+        # The least used first: the journal names a canary's provider and role once its
+        # window closes, and a ring that met one knew it the next time it was planted.
+        # One is planted again only once every other of its model was as often.
         pool = [x for x in s.scalars(select(Canary).where(
             Canary.kind == kind, Canary.model == model, Canary.active.is_(True))
-            .order_by(Canary.id.desc()).limit(200)) if deadline_of(x.spec) >= floor]
+            .order_by(Canary.uses, Canary.id.desc()).limit(200))
+            if deadline_of(x.spec) >= floor]
         if not pool:
             models.remove((kind, model))
             continue
-        first = c.rng.choice(pool)
+        least = min(x.uses for x in pool)
+        first = c.rng.choice([x for x in pool if x.uses == least])
         same = [x for x in pool if x.spec == first.spec and x.id != first.id]
+        c.rng.shuffle(same)
+        same.sort(key=lambda x: x.uses)  # the least used of its spec, at random among equals
         n = min(want, 1 + c.rng.randrange(policy.MAX_CANARY_SHARDS), 1 + len(same))
-        picked = [first, *c.rng.sample(same, n - 1)]
+        picked = [first, *same[:n - 1]]
         # Counted in the statement (uses = uses + 1), not from what this transaction read:
         # two requests planting the same canary at once must not lose a use (PostgreSQL,
         # READ COMMITTED).

@@ -245,7 +245,11 @@ def match_once(c: Coordinator) -> list[str]:
     if want:
         # Each job once (its tasks' rows share its object): a job's fields are ORM reads.
         jobs = list(dict.fromkeys(j for _, j in planned.values()))
-        c.db.run(lambda s: canaries.plant_jobs(c, s, want, jobs))
+        if c.db.run(lambda s: canaries.plant_jobs(c, s, want, jobs)):
+            # placed at once, as a submitted job is: a canary that waited for the next
+            # tick was older at its lease than any job submitted (its id and created_at
+            # are public), and a provider could tell it by that
+            c.notifier.kick()
     return woken
 
 
@@ -540,8 +544,8 @@ def _place_round(c: Coordinator, s: Session, rows: Sequence[Any],
         if task.pending_role is None:  # a primary: avoid who failed it (and their
             # identity: a rejected key's sybil would repeat its answer) and a canary's source
             try:  # free when nothing is raised
-                d = demand_of(job, task, index.around(failed.get(task.id, _NONE))
-                              | seen.get(task.id, _NONE))  # a fresh shard's: no set built
+                d = demand_of(job, task, index.around(  # a fresh shard's: no set built
+                    failed.get(task.id, _NONE) | seen.get(task.id, _NONE)))
             except Exception:  # its job's model no longer in the catalog, say: not
                 _skipped(task.id, "planning it")  # a reason to plan nothing at all
                 continue
