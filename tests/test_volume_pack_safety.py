@@ -97,6 +97,7 @@ def test_a_planted_snapshot_restores_nothing_outside_on_the_next_host(
     first = leases.create(c, OWNER, ask, exclude=frozenset({HOST2}))
     assert leases.heartbeat(c, HOST, [first.id], {}) == []
     evil = link_chain("../outside")
+    volumes.ask_snapshot(c, OWNER, first.id)  # a live mount's snapshot is the owner's ask
     assert volumes.record(c, HOST, first.id, evil).head == hashlib.sha256(evil).hexdigest()
     leases.end(c, OWNER, first.id)
     volumes.record(c, HOST, first.id, evil)  # its final save
