@@ -559,6 +559,7 @@ class LeaseRunner:
 
         def save() -> None:
             end = time.monotonic() + START_TIMEOUT + 60
+            waited = False
             try:
                 while not self._stop.is_set() and time.monotonic() < end:
                     with self._lock:  # a lease still starting is saved once it runs
@@ -566,8 +567,12 @@ class LeaseRunner:
                         starting = lid in self.state.starting
                     if box is not None or not starting:
                         break
+                    waited = True
                     self._stop.wait(0.2)
                 if box is not None and box.spec.volume is not None:
+                    if waited:  # its first beat says it started, before the snapshot
+                        # does: the coordinator takes none of a lease it never saw start
+                        self._beat_once()
                     self._upload(box)
             finally:
                 with self._lock:
