@@ -292,3 +292,20 @@ def test_quote_lists_every_provider_once_with_reasons(ps: list[ProviderState],
         assert q.estimated_cost <= q.max_cost
     else:
         assert q.best_price is None and q.estimated_cost is None
+
+
+def test_a_provider_is_asked_the_stake_its_own_price_makes_worth_cheating_for() -> None:
+    """A task's ``stake_needed`` is sized at its maximum price; a provider is paid its own
+    price, which is what it gains by cheating. Asked the maximum's stake, every provider
+    was refused a /v1 request whose maximum (a going price sybils had raised) called for
+    more stake than any had, and no request was placed."""
+    need = market.stake_for(cost_for_units(1_000, 10**9), 0.5, 0.05)
+    t = TaskDemand("t", "embeddings", "mini", 10**9, 0, units=1_000, stake_needed=need)
+    cheap = ProviderState("cheap", True, 10_000_000, 1_024, 1,
+                          offers=(Offer("embeddings", "mini", 1_000),))
+    dear = dataclasses.replace(cheap, id="dear", offers=(Offer("embeddings", "mini", 10**9),))
+    assert market.place([t], [dear, cheap], MIN_STAKE) == [Placement("t", "cheap", 1_000)]
+    assert "stake too small" in " ".join(market.why_not(t, dear, MIN_STAKE))
+    at_own = market.stake_for(cost_for_units(1_000, 1_000), 0.5, 0.05)
+    assert at_own <= market.stake_at(t, 1_000) <= at_own + market.STAKE_SLACK
+    assert market.stake_at(t, 10**9) == need

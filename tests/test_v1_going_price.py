@@ -28,7 +28,8 @@ __all__ = ["c"]  # the engines' fixture
 
 CLIENT = "d" * 64
 CHEAP = 1_000
-DEAR = 10**9
+DEAR = 100_000  # its stake (10 DEAI) covers a request at this price: it counts
+SYBIL = 10**9  # a price no minimum stake covers
 
 
 def request(c: Coordinator) -> gateway.Started:
@@ -74,8 +75,26 @@ def test_an_unstaked_or_lone_outlier_moves_nothing(c: Coordinator) -> None:
     r = request(c)
     assert r.provider is not None and priced(c, r.job_id)[0] == CHEAP
     provider(c, 2, price=CHEAP)
-    provider(c, 3, price=10**12)  # staked, but a quarter of the providers
+    provider(c, 3, price=DEAR)  # staked, but a quarter of the providers
     assert going(c) == provider_index.GOING_FACTOR * CHEAP
+
+
+def test_staked_sybils_asking_more_than_their_stake_covers_set_no_price(
+        c: Coordinator) -> None:
+    """Two sybils asking 10⁹ on the bare minimum stake each, against one honest provider:
+    they were the median, every request was escrowed at 10⁹ a unit and asked each
+    provider for 39 DEAI of stake for one embedding, so none was placed (a 504 after ten
+    minutes, for as long as they beat). To count in the going price a price must be
+    staked in proportion to it (``_going_stake``); and a provider is asked for the stake
+    its own price makes worth cheating for, not the request's maximum's
+    (``market.stake_at``)."""
+    c.faucet(CLIENT, 10**12)
+    honest = provider(c, 0, price=CHEAP)
+    for k in (1, 2):
+        provider(c, k, price=SYBIL)
+    assert going(c) == CHEAP
+    r = request(c)
+    assert r.provider == honest and priced(c, r.job_id)[0] == CHEAP
 
 
 def test_a_new_price_counts_at_once_and_nobody_staked_serves_nothing(c: Coordinator) -> None:

@@ -50,6 +50,9 @@ from deai.coordinator import hardware, touch
 from deai.coordinator.service import Coordinator
 from deai.core import catalog, ledger, market
 from deai.core.lifecycle import AssignmentStatus, ProviderStatus
+from deai.core.money import cost_for_units
+from deai.core.verify import policy
+from deai.core.verify.reputation import Reputation
 from deai.store import db
 
 log = logging.getLogger("deai.coordinator.provider_index")
@@ -58,6 +61,7 @@ GOING_FACTOR = 3  # a request with no price of its own pays at most this many ti
 # median asking price of the providers that may run it (``going_price``)
 _GOING_IGNORES = ~(market.NO_SLOT | market.OFFLINE)  # busy now, or online by a beat heard
 # here that its state does not hold yet: still a provider the request could be given
+GOING_REF_UNITS = 1_000  # a request's size the going price's stake is sized for
 GOING_TTL_S = 1.0  # ``going_price`` read again at most this often per model, unless an offer
 # of the model changed
 RESYNC_S = 2.0  # a full re-read at most this often (and at least 20 builds apart)
@@ -397,7 +401,8 @@ class ProviderIndex:
                           if self._last(pid) >= since
                           and (st := self._states.get(pid)) is not None
                           and not st.verifier and st.slots > 0
-                          and not market.failures(d, st, floor, price) & _GOING_IGNORES)
+                          and not market.failures(d, st, floor, price) & _GOING_IGNORES
+                          and st.stake >= self._going_stake(price))
             if not asks:
                 return None  # not kept: the first provider to come serves at once
             if only is not None:
@@ -405,6 +410,17 @@ class ProviderIndex:
             going = min(asks[-1], GOING_FACTOR * asks[(len(asks) - 1) // 2])
             self._going[key] = (at, going)
             return going
+
+    def _going_stake(self, price: int) -> int:
+        """The stake a provider asking ``price`` needs to count in the going price: what
+        a request of ``GOING_REF_UNITS`` at that price asks of it (``matching.stake_needed``,
+        a task that may be a canary). Sybils asking 10⁹ on a bare minimum stake each set
+        the median, and with it every caller's escrow and the stake asked of every
+        provider; to count, a price must now be staked in proportion to it."""
+        vp = self.c.settings.verify
+        p = policy.check_probability(Reputation(cv=2**31), vp, canary=True)
+        return market.stake_for(cost_for_units(GOING_REF_UNITS, price), vp.slash_fraction, p) \
+            if p > 0 else 0
 
     def place(self, s: Session, d: market.TaskDemand, min_stake: int) -> market.Placement | None:
         """The best provider for ``d`` by the strategy (as ``market.place`` would choose

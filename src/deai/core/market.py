@@ -119,7 +119,7 @@ def failures(t: TaskDemand, p: ProviderState, min_stake: int, price: int | None)
         f |= OFFLINE
     if p.stake < min_stake:
         f |= NO_STAKE
-    elif p.stake < t.stake_needed:
+    elif p.stake < stake_at(t, price):
         f |= STAKE_SMALL
     if price is None:
         f |= NOT_SERVED
@@ -132,6 +132,22 @@ def failures(t: TaskDemand, p: ProviderState, min_stake: int, price: int | None)
     if p.load >= p.slots:
         f |= NO_SLOT
     return f
+
+
+STAKE_SLACK = 8  # µ: what the rounding of ``stake_for`` may add to a scaled stake
+
+
+def stake_at(t: TaskDemand, price: int | None) -> int:
+    """The stake a provider asking ``price`` needs for ``t``: ``t.stake_needed`` is sized
+    for the task paid at ``t.max_price``, and a provider is paid its own price, which is
+    what it gains by cheating (``stake_for`` is linear in that, to its rounding). Sized
+    at the maximum for everyone, a /v1 request's maximum (a going price that staked
+    sybils asking 10⁹ had raised) asked every provider for more stake than any had, and
+    no request was placed."""
+    need = t.stake_needed
+    if need <= 0 or price is None or price >= t.max_price or t.max_price <= 0:
+        return need
+    return min(need, -(-need * price // t.max_price) + STAKE_SLACK)
 
 
 def why_not(task: TaskDemand, p: ProviderState, min_stake: int,
@@ -147,7 +163,7 @@ def why_not(task: TaskDemand, p: ProviderState, min_stake: int,
         NO_MEMORY: f"not enough memory ({p.memory_mb} MB < {task.memory_mb} MB)",
         EXCLUDED: "excluded for this task",
         STAKE_SMALL: (f"stake too small for a task this large (bonded {p.stake} µ, "
-                      f"needs {task.stake_needed} µ)"),
+                      f"needs {stake_at(task, price)} µ)"),
         NO_SLOT: "no free slot",
     } if f else {}
     return [text for flag, text in words.items() if f & flag]
