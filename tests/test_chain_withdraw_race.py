@@ -72,9 +72,3 @@ def test_a_withdrawal_below_the_minimum_is_refused_and_moves_nothing(c: Coordina
     assert c.balance(ALICE).available == 100_000
     api_chain.withdraw(c, ALICE, api_chain.WithdrawIn(amount=10_000, address="0x" + "ab" * 20))
     assert c.balance(ALICE).available == 90_000
-    # A whole balance below the minimum may go: it could never leave otherwise.
-    c.faucet(BOB, 5_000)
-    with pytest.raises(InvalidInput):
-        api_chain.withdraw(c, BOB, api_chain.WithdrawIn(amount=4_999, address="0x" + "ab" * 20))
-    api_chain.withdraw(c, BOB, api_chain.WithdrawIn(amount=5_000, address="0x" + "ab" * 20))
-    assert c.balance(BOB).available == 0

@@ -232,14 +232,8 @@ def proof(address: str, request: Request, c: C) -> dict[str, Any]:
 
 def withdraw(c: Coordinator, me: str, body: WithdrawIn) -> dict[str, Any]:
     if body.amount < c.settings.min_withdrawal:
-        # A whole balance below the minimum may go (or it could never leave): one leaf
-        # for what it took a deposit or earnings to make, not a million for 1 DEAI.
-        with c.db.read() as s:
-            whole = body.amount == journal.balance(s, ledger.acct(me))
-        if not whole:
-            raise InvalidInput(f"amount: at least {c.settings.min_withdrawal} µ a "
-                               "withdrawal, or the whole balance", field="amount",
-                               minimum=c.settings.min_withdrawal)
+        raise InvalidInput(f"amount: at least {c.settings.min_withdrawal} µ a withdrawal",
+                           field="amount", minimum=c.settings.min_withdrawal)
     with c.db.write() as s:
         # Withdrawals one at a time (PostgreSQL: an advisory lock; SQLite's write lock
         # already is one): two at once each checked the reserve before the other's
