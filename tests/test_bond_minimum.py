@@ -1,8 +1,9 @@
 """The least one bond takes. Each bond is a vault call the settlement key pays gas for
 (``chain.books.mirror_ops``): bonds of 1 µ, a million of them for 1 DEAI, made the key
 pay for a million calls. A bond below ``Settings.min_bond`` (0.01 DEAI; a devnet's,
-1 µ) is refused naming the field and moves nothing; the network's answer says the
-minimum, and a provider agent tops its stake up by at least that."""
+1 µ), unless it brings the stake up to the minimum, is refused naming the field and
+moves nothing; the network's answer says the minimum, and a provider agent tops its
+stake up by at least that where its balance allows."""
 
 from __future__ import annotations
 
@@ -45,7 +46,28 @@ def test_a_bond_below_the_minimum_is_refused_and_moves_nothing(c: Coordinator) -
         assert journal.head(s).seq == seq  # no entry
     assert (c.balance(pid).available, c.balance(pid).stake) == (50_000_000, 0)
     assert c.bond(pid, 10_000).stake == 10_000
+    # Below it only what brings the stake up to the minimum (a top-up after a penalty),
+    # once: a stake at the minimum takes no more bonds of 1 µ.
+    floor = c.settings.min_stake
+    assert c.bond(pid, floor - 10_000 - 50).stake == floor - 50
+    with pytest.raises(InvalidInput):
+        c.bond(pid, 49)
+    assert c.bond(pid, 50).stake == floor
+    with pytest.raises(InvalidInput):
+        c.bond(pid, 1)
 
 
 def test_a_devnet_takes_bonds_of_any_size() -> None:
     assert Settings().for_devnet().min_bond == 1
+
+
+def test_an_agent_tops_up_by_what_the_coordinator_takes() -> None:
+    from deai.provider.agent import _top_up
+    net = wire.NetworkInfo(version="x", network_id="n", devnet=False, min_stake=1_000_000,
+                           min_bond=10_000, fee_bps=0, challenge_window=1.0,
+                           heartbeat_timeout=1.0, lease_ttl=1.0, max_upload_bytes=1)
+    assert _top_up(50, 999_950, 20_000, net) == 10_000  # at least min_bond, when it can
+    assert _top_up(50, 999_950, 9_000, net) == 50  # else what reaches the minimum
+    assert _top_up(50, 1_000_000, 9_000, net) == 0  # at the minimum: nothing it takes
+    assert _top_up(0, 1_000_000, 9_000, net) == 0
+    assert _top_up(500_000, 0, 100, net) == 500_000  # unfunded: refused, and said so

@@ -252,12 +252,18 @@ class Coordinator:
         return p
 
     def bond(self, pid: str, amount: int) -> wire.BalanceOut:
-        if amount < self.settings.min_bond:
-            raise InvalidInput(f"amount: at least {self.settings.min_bond} µ a bond",
-                               field="amount", minimum=self.settings.min_bond)
-
         def body(s: Session) -> None:
             self.require_provider(s, pid)
+            # At least min_bond, or what brings the stake up to the minimum (a top-up
+            # after a penalty, once per fall below it): each bond is a vault call the
+            # settlement key pays gas for, and bonds of 1 µ made it a million per DEAI.
+            st = self.settings
+            if amount < st.min_bond and not (
+                    self.settlement.balance(s, ledger.stake(pid)) < st.min_stake
+                    <= self.settlement.balance(s, ledger.stake(pid)) + amount):
+                raise InvalidInput(f"amount: at least {st.min_bond} µ a bond, or what "
+                                   f"brings the stake up to {st.min_stake} µ",
+                                   field="amount", minimum=st.min_bond)
             self.settlement.bond(s, pid, amount)
             self.emit(s, "bond", pid, amount=amount)
 

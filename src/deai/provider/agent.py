@@ -217,8 +217,8 @@ class ProviderAgent:
             log.info("faucet: +%d µ (available %d)", short, bal.available)
         reg = self.registration
         provider = self._call(lambda: self.client.register(reg))
-        if want > bal.stake:
-            top = max(want - bal.stake, net.min_bond)  # a bond takes at least min_bond
+        top = _top_up(want - bal.stake, bal.stake, bal.available, net)
+        if top:
             try:
                 bal = self._call(lambda: self.client.bond(top))
             except InsufficientFunds as exc:
@@ -299,8 +299,8 @@ class ProviderAgent:
         if bal.stake >= want:
             self._stake_warned = False
             return
-        short = max(want - bal.stake, net.min_bond)  # a bond takes at least min_bond
-        if bal.available >= short:
+        short = _top_up(want - bal.stake, bal.stake, bal.available, net)
+        if short and bal.available >= short:
             bal = self.client.bond(short)
             log.warning("stake was below the minimum: re-bonded %d µ (stake now %d µ)", short,
                         bal.stake)
@@ -646,4 +646,19 @@ def start(coordinator: str, key: str, threads: int, slots: int = 1, price: int =
     if failure:
         log.error("provider stopped: %s", failure[0])
         return 1
+    return 0
+
+
+def _top_up(short: int, stake: int, available: int, net: wire.NetworkInfo) -> int:
+    """What to bond for a stake ``short`` of what is wanted (0: nothing to bond): at least
+    the network's ``min_bond`` when the balance allows it, else just the shortfall where
+    that brings the stake up to the network's minimum (a coordinator takes no smaller
+    bond: each is a vault call its settlement key pays gas for); below what it wanted
+    but at the minimum, the provider still gets work, and tops up once it can."""
+    if short <= 0:
+        return 0
+    if available >= max(short, net.min_bond):
+        return max(short, net.min_bond)
+    if short >= net.min_bond or stake < net.min_stake <= stake + short:
+        return short  # what it can: refused as unfunded, and said so, if it cannot
     return 0
