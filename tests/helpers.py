@@ -403,7 +403,7 @@ def journal(c: Client) -> list[ledger.Entry]:
 
 def check_books(c: Client, job_id: str) -> None:
     """Audit holds; each task was paid, each assignment at most once (a job's escrow pays
-    the checks its owner chose too: ``policy.owner_pays_check``); cost + refund = escrow."""
+    the replicas its owner chose too: ``policy.owner_pays_check``); cost + refund = escrow."""
     got = client_audit(c)
     rep, entries = got.report, got.entries
     assert rep.ok, rep.problems

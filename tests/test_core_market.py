@@ -300,7 +300,8 @@ def test_a_provider_is_asked_the_stake_its_own_price_makes_worth_cheating_for() 
     was refused a /v1 request whose maximum (a going price sybils had raised) called for
     more stake than any had, and no request was placed."""
     need = market.stake_for(cost_for_units(1_000, 10**9), 0.5, 0.05)
-    t = TaskDemand("t", "embeddings", "mini", 10**9, 0, units=1_000, stake_needed=need)
+    t = TaskDemand("t", "embeddings", "mini", 10**9, 0, units=1_000, stake_needed=need,
+                   at_own_price=True)
     cheap = ProviderState("cheap", True, 10_000_000, 1_024, 1,
                           offers=(Offer("embeddings", "mini", 1_000),))
     dear = dataclasses.replace(cheap, id="dear", offers=(Offer("embeddings", "mini", 10**9),))
@@ -309,3 +310,7 @@ def test_a_provider_is_asked_the_stake_its_own_price_makes_worth_cheating_for() 
     at_own = market.stake_for(cost_for_units(1_000, 1_000), 0.5, 0.05)
     assert at_own <= market.stake_at(t, 1_000) <= at_own + market.STAKE_SLACK
     assert market.stake_at(t, 10**9) == need
+    # A check is paid the checked result's price, whatever it asks: its full stake.
+    check = t._replace(at_own_price=False)
+    assert market.stake_at(check, 1_000) == need
+    assert market.place([check], [cheap], MIN_STAKE) == []

@@ -3,8 +3,9 @@ treasury. A client and two providers of its own (a ring), on a job sealed for th
 every task replicated, were paid by the treasury for each replica at the ring's own
 price: 95% of what the job cost, again, on every job, for honest work no check could
 fault. The treasury pays only for checks the network chose and placed
-(``policy.owner_pays_check``); the escrow holds the owner's checks too, and what they
-did not use is refunded. Real coordinator, hand-driven providers (SQLite)."""
+(``policy.owner_pays_check``: audits, referees, canaries, forced errors); the escrow
+holds the owner's replicas too, and what they did not use is refunded. Real
+coordinator, hand-driven providers (SQLite)."""
 
 from __future__ import annotations
 
@@ -131,3 +132,11 @@ def test_replicas_an_owner_asks_for_on_an_open_job_are_the_owners_to_pay(
     assert len(payouts) == 4  # two tasks, each run by both
     fees = sum(int(p["fee"]) for p in payouts)  # type: ignore[index]
     assert balances(net).get("fee", 0) - treasury == fees
+
+
+def test_the_network_pays_the_checks_it_chose() -> None:
+    from deai.core.verify import policy
+    assert policy.owner_pays_check("replica", forced=False)
+    for role in ("audit", "referee", "canary", "primary"):
+        assert not policy.owner_pays_check(role, forced=False)
+    assert not policy.owner_pays_check("replica", forced=True)  # its test of the checker

@@ -90,8 +90,9 @@ def create(c: Coordinator, s: Session, *, owner: str, kind: str, model: str,
            spec: dict[str, Any], input_digest: str, max_price: int, shards: Sequence[ShardIn],
            escrow: int, deadline: float, key: KeyUse | None = None, placed: bool = False,
            event: dict[str, Any] | None = None, want_tasks: bool = True,
-           ) -> tuple[Job, list[Task]]:
-    """Create a job and its tasks; ``placed``: the caller leases its tasks at once.
+           check_budget: int | None = None) -> tuple[Job, list[Task]]:
+    """Create a job and its tasks; ``placed``: the caller leases its tasks at once;
+    ``check_budget``: what of ``escrow`` is for the checks its owner pays (None: none).
 
     ``want_tasks=False``: the tasks are written in bulk and not returned (the list is
     empty), for callers that do not touch them in this transaction.
@@ -107,7 +108,7 @@ def create(c: Coordinator, s: Session, *, owner: str, kind: str, model: str,
               kind=kind, model=model, spec=spec, input_digest=input_digest,
               items=sum(sh.items for sh in shards), units=sum(sh.units for sh in shards),
               max_price=max_price, escrow=escrow, cost=0, refunded=0, created_at=now,
-              deadline_at=now + deadline)
+              deadline_at=now + deadline, check_budget=check_budget)
     s.add(job)
     s.flush()  # no relationship() orders these inserts: the job must exist first
     rows = [{"id": f"{job_id}.t{i:05d}", "job_id": job_id, "idx": i,

@@ -391,12 +391,6 @@ def pay_use(c: Coordinator, s: Session, job: Job) -> None:
     job.cost += amount
 
 
-def unpaid_royalty(s: Session, job_id: str) -> int:
-    """The royalty the job's escrow still owes its dataset's owner (0: none, or paid)."""
-    use = s.scalar(select(DatasetUse).where(DatasetUse.job_id == job_id))
-    return 0 if use is None or use.royalty_seq is not None else int(use.price)
-
-
 def end_use(c: Coordinator, s: Session, job: Job) -> None:
     """A job ending (its row locked, its escrow about to be refunded) whose royalty was
     never paid: the use is no longer counted (``max_uses``) nor listed, and the royalty

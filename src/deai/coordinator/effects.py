@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, NamedTuple, cast
 
-from sqlalchemy import Table, func, select
+from sqlalchemy import Table, select
 from sqlalchemy.orm import Session
 
 from deai.coordinator import blob_quota, canaries, datasets, lookback, touch
@@ -299,32 +299,24 @@ class _Applier:
         self._payout(a, amount, entry)
 
     def _owner_pays(self, a: Assignment) -> bool:
-        """``policy.owner_pays_check`` for ``a`` on this job (the network's own jobs,
-        canaries, pay from the treasury)."""
-        job = self.job
-        if job.owner == NETWORK:
-            return False
-        spec = job.spec or {}
-        return policy.owner_pays_check(
-            a.role, replicate=bool(spec.get("replicate")),
-            parties_chosen=parties_chosen(self.s, spec))
+        """``policy.owner_pays_check`` for ``a``, as decided when the job was submitted: a
+        job with a check budget (``Job.check_budget``) pays its own replicas."""
+        return self.job.check_budget is not None and policy.owner_pays_check(
+            a.role, forced=a.forced is not None)
 
     def _pay_check_from_escrow(self, a: Assignment, cost: int) -> None:
-        """Pay a check the job's owner pays (``policy.owner_pays_check``) from its escrow,
-        as a payout, so a forfeit returns it to the owner: as far as the escrow holds more
-        than the job's unfinished tasks may still cost at its price (and a royalty not yet
-        paid), which their primaries are owed first; the rest is owed unpaid."""
+        """Pay a replica the job's owner pays (``policy.owner_pays_check``) from what its
+        escrow holds for them (``Job.check_budget``, set aside at submission beyond its
+        tasks' cost and royalty), as a payout, so a forfeit returns it to the owner; the
+        rest, if the budget is spent, is owed unpaid."""
         s, job = self.s, self.job
-        units, tasks = s.execute(select(func.coalesce(func.sum(Task.units), 0), func.count())
-                                 .where(Task.job_id == job.id,
-                                        Task.status != TaskStatus.DONE)).one()
-        owed = cost_for_units(int(units), job.max_price) + int(tasks)  # each rounds up
-        owed += datasets.unpaid_royalty(s, job.id)
-        amount = min(cost, self.c.settlement.balance(s, ledger.escrow(job.id)) - owed)
+        left = min(job.check_budget or 0, self.c.settlement.balance(s, ledger.escrow(job.id)))
+        amount = min(cost, left)
         if amount > 0:
             entry, to_provider, _ = self.c.settlement.pay_task(
                 s, job.id, a.task_id, a.id, a.provider_id, amount)
             job.cost += amount
+            job.check_budget = (job.check_budget or 0) - amount
             self._payout(a, to_provider, entry)
         if amount < cost:
             self.c.emit(s, "check_unpaid", a.id, provider=a.provider_id,
@@ -527,11 +519,3 @@ class _Applier:
     def emit(self, e: E.Emit) -> None:
         self.c.emit(self.s, e.kind, e.subject, **e.body)
 
-
-def parties_chosen(s: Session, spec: dict[str, Any]) -> bool:
-    """Whether a job's owner chose who may run it: sealed for its parties, or on a
-    dataset whose owner listed the providers trusted with its rows."""
-    if spec.get("sealed"):
-        return True
-    ds = spec.get("dataset_id")
-    return isinstance(ds, str) and datasets.trusted(s, ds) is not None

@@ -189,17 +189,16 @@ def submit(c: Coordinator, owner: str, body: wire.JobIn, *,
                     or "no provider is registered"
                 raise NoCapacity(f"no provider can run this job ({why})", field="spec",
                                  providers=q.ineligible)
+        # its replicas too, where its owner pays them (``policy.owner_pays_check``)
+        reserve = policy.check_reserve(max_cost, len(shards), replicate=spec.replicate,
+                                       parties_chosen=only is not None)
         job, _ = admission.create(
             c, s, owner=owner, kind=spec.kind, model=model, spec=spec.model_dump(),
             input_digest=body.input_digest, max_price=spec.max_price,
             shards=[admission.ShardIn(d, sh.items, sh.max_units)
                     for d, sh in zip(shard_digests, shards, strict=True)],
-            # its checks too, where its owner pays them (``policy.owner_pays_check``)
-            escrow=max_cost + royalty + policy.check_reserve(
-                max_cost, len(shards), replicate=spec.replicate,
-                parties_chosen=only is not None),
-            deadline=spec.deadline, key=key,
-            want_tasks=len(shards) <= _ORM_TASKS)
+            escrow=max_cost + royalty + reserve, deadline=spec.deadline, key=key,
+            want_tasks=len(shards) <= _ORM_TASKS, check_budget=reserve or None)
         if use is not None:  # terms checked again under lock; the royalty from escrow
             datasets.record_use(c, s, job, spec, use)
         if named:

@@ -82,7 +82,8 @@ def all_provider_states(c: Coordinator, s: Session) -> list[market.ProviderState
 
 def demand(c: Coordinator, job: Job, task: Task,
            exclude: frozenset[str] = frozenset()) -> market.TaskDemand:
-    return _Demands(c)(job, task, exclude)
+    """A primary's demand (paid its provider's own price: ``market.stake_at``)."""
+    return _Demands(c)(job, task, exclude)._replace(at_own_price=True)
 
 
 COMMAND_RAM_SHARE = 2  # a host's RAM over the most ``memory_mb`` its agent gives a command
@@ -545,7 +546,8 @@ def _place_round(c: Coordinator, s: Session, rows: Sequence[Any],
             # identity: a rejected key's sybil would repeat its answer) and a canary's source
             try:  # free when nothing is raised
                 d = demand_of(job, task, index.around(  # a fresh shard's: no set built
-                    failed.get(task.id, _NONE) | seen.get(task.id, _NONE)))
+                    failed.get(task.id, _NONE) | seen.get(task.id, _NONE)))._replace(
+                    at_own_price=True)  # paid its own price (``market.stake_at``)
             except Exception:  # its job's model no longer in the catalog, say: not
                 _skipped(task.id, "planning it")  # a reason to plan nothing at all
                 continue

@@ -90,6 +90,9 @@ def submit(c: Coordinator, owner: str, body: wire.JobIn, spec: SpecBase, *, quot
     units = [sh.units for sh in m.shards]
     max_cost = sum(cost_for_units(u, spec.max_price) for u in units)
 
+    reserve = policy.check_reserve(max_cost, len(m.shards), replicate=spec.replicate,
+                                   parties_chosen=True)
+
     def create(s: Session) -> Job:
         q = quote(s, units, True)
         if not any(p["provider"] not in c.settings.verifiers for p in q.eligible):
@@ -103,10 +106,9 @@ def submit(c: Coordinator, owner: str, body: wire.JobIn, spec: SpecBase, *, quot
             spec=spec.model_dump(mode="json"), input_digest=body.input_digest,
             max_price=spec.max_price,
             shards=[admission.ShardIn(sh.digest, sh.items, sh.units) for sh in m.shards],
-            # its parties are its owner's choice: it pays its checks (``policy.owner_pays_check``)
-            escrow=max_cost + policy.check_reserve(max_cost, len(m.shards),
-                                                   replicate=spec.replicate,
-                                                   parties_chosen=True),
+            # its parties are its owner's choice: it pays its replicas
+            # (``policy.owner_pays_check``)
+            escrow=max_cost + reserve, check_budget=reserve,
             deadline=spec.deadline, key=key, event={"sealed": True})
         if then is not None:
             then(s, job)

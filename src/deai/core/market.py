@@ -74,6 +74,7 @@ class TaskDemand(NamedTuple):
     units: int = 1
     exclude: frozenset[str] = frozenset()
     stake_needed: int = 0  # the stake that makes cheating on it a losing bet (``stake_for``)
+    at_own_price: bool = False  # a primary, paid its provider's own price: ``stake_at``
     only: frozenset[str] | None = None  # a sealed job's parties (``core.sealed``): nobody
     # else may run or check it
 
@@ -139,14 +140,16 @@ STAKE_SLACK = 8  # µ: what the rounding of ``stake_for`` may add to a scaled st
 
 def stake_at(t: TaskDemand, price: int | None) -> int:
     """The stake a provider asking ``price`` needs for ``t``: ``t.stake_needed`` is sized
-    for the task paid at ``t.max_price``, and a provider is paid its own price, which is
-    what it gains by cheating (``stake_for`` is linear in that, to its rounding). Sized
+    for the task paid at ``t.max_price``, and a primary (``at_own_price``) is paid its
+    own price, which is what it gains by cheating (``stake_for`` is linear in that, to
+    its rounding). A check is paid the price of the result it checks: its full stake. Sized
     at the maximum for everyone, a /v1 request's maximum (a going price that staked
     sybils asking 10⁹ had raised) asked every provider for more stake than any had, and
     no request was placed."""
     need = t.stake_needed
-    if need <= 0 or price is None or price >= t.max_price or t.max_price <= 0:
-        return need
+    if (not t.at_own_price or need <= 0 or price is None or price >= t.max_price
+            or t.max_price <= 0):
+        return need  # a check is paid the checked result's price, not its own
     return min(need, -(-need * price // t.max_price) + STAKE_SLACK)
 
 

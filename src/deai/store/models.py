@@ -132,6 +132,9 @@ class Job(Base):
     escrow: Mapped[int] = mapped_column(BigInteger)
     cost: Mapped[int] = mapped_column(BigInteger, default=0)
     refunded: Mapped[int] = mapped_column(BigInteger, default=0)
+    # What the escrow still holds for the checks its owner pays (``policy.owner_pays_check``),
+    # set at submission; None: the treasury pays its checks.
+    check_budget: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     created_at: Mapped[float] = mapped_column(Float, index=True)
     deadline_at: Mapped[float] = mapped_column(Float)
     finished_at: Mapped[float | None] = mapped_column(Float, nullable=True)

@@ -35,24 +35,31 @@ def should_replicate(rep: Reputation, p: VerifyParams, draw: float, *,
     return draw < replication_probability(rep, p, always=always)
 
 
-def owner_pays_check(role: str, *, replicate: bool, parties_chosen: bool) -> bool:
-    """Whether a check on a client's job is paid from that job's escrow, not by the
-    treasury: every check on a job whose owner chose who may run it (a sealed job's
-    parties, a dataset's listed providers), and the replicas its owner asked for
-    (``replicate``). The treasury pays only for checks the network chose and placed: a
-    client and its own providers, on a job sealed for them alone with every task
-    replicated, were paid 95% of what the job cost again by the treasury, for honest
-    work no check could fault, on every job they ran."""
-    if role in ("primary", "canary"):
-        return False
-    return parties_chosen or (replicate and role == "replica")
+def owner_pays_replicas(*, replicate: bool, parties_chosen: bool) -> bool:
+    """Whether a client's job pays its own replicas, from its escrow, not the treasury:
+    one whose owner chose who may run it (a sealed job's parties, a dataset's listed
+    providers), or asked for every task to be replicated (``replicate``). The treasury
+    pays the checks the network chose and placed. A client and its own providers, on a
+    job sealed for them alone with every task replicated, were paid 95% of what the job
+    cost again by the treasury, for honest work no check could fault, on every job."""
+    return replicate or parties_chosen
+
+
+def owner_pays_check(role: str, *, forced: bool) -> bool:
+    """On a job that pays its own replicas (``owner_pays_replicas``), whether this check
+    is one: a replica, not one carrying a forced error (the network's test of its
+    checker). Audits and referees (the network's verifiers) and canaries stay the
+    treasury's."""
+    return role == "replica" and not forced
 
 
 def check_reserve(max_cost: int, tasks: int, *, replicate: bool, parties_chosen: bool) -> int:
     """What a job's escrow holds beyond its tasks' cost at its price (``max_cost``) when
-    its owner pays its checks (``owner_pays_check``): as much again, and 1 µ a task for
-    the rounding of each task's reserve; what no check used is refunded with the rest."""
-    return max_cost + tasks if replicate or parties_chosen else 0
+    it pays its own replicas (``owner_pays_replicas``): as much again, and 1 µ a task
+    for the rounding of each; what no replica used is refunded with the rest. None of
+    it is spent on the tasks' own runs, which ``max_cost`` covers."""
+    return max_cost + tasks if owner_pays_replicas(replicate=replicate,
+                                                   parties_chosen=parties_chosen) else 0
 
 
 def canary_odds(p: VerifyParams) -> float:
