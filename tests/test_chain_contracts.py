@@ -208,10 +208,13 @@ def test_a_revoked_head_no_journal_reaches_blocks_no_later_commit(tc: LocalChain
     with pytest.raises(ChainError, match="journal head went backwards"):
         c.send(tc.settler, st.commit(last_head + 1, b"\2" * 32, empty.root, 0))
     c.send(tc.guardian, st.revoke(poisoned))
-    honest = commit(tc, empty, last_head + 1)
-    assert honest == poisoned + 1
-    with pytest.raises(ChainError, match="journal head went backwards"):  # it stands
-        c.send(tc.settler, st.commit(last_head, b"\2" * 32, empty.root, 0))
+    standing = commit(tc, empty, last_head + 10)
+    poisoned = commit(tc, empty, 2**256 - 1)
+    c.send(tc.guardian, st.revoke(poisoned))
+    with pytest.raises(ChainError, match="journal head went backwards"):  # the floor:
+        c.send(tc.settler, st.commit(last_head + 9, b"\2" * 32, empty.root, 0))  # it stands
+    honest = commit(tc, empty, last_head + 10)
+    assert honest == poisoned + 1 and standing == poisoned - 1
 
 
 def test_totals_are_conserved(tc: LocalChain) -> None:

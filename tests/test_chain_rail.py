@@ -331,6 +331,26 @@ def test_a_revoked_epoch_is_passed_over_and_the_head_committed_again(fresh: Worl
     assert rep.ok, rep.problems
 
 
+def test_every_revoked_epoch_still_revocable_is_passed_over(fresh: World) -> None:
+    """Two epochs revoked: both are marked in one look (asked about the latest alone, the
+    one before it was served again once the latest was marked)."""
+    w = fresh
+    payer = w.lc.account("payer2", tokens=5_000_000)
+    w.deposit(payer, ALICE, 3_000_000)
+    w.lc.tester.mine_blocks(w.chain.dep.confirmations)
+    assert rail.watch_deposits(w.db, w.chain, w.port.post, w.clock.now()) == 1
+    for k in (1, 2):
+        w.post(ledger.withdrawal(ALICE, 1_000_000, w.lc.account(f"payee{k}").address))
+        w.clock.advance(w.chain.dep.epoch_interval)
+        assert rail.commit_epoch(w.db, w.chain, w.clock.now()) == k
+    for k in (1, 2):
+        w.chain.send(w.lc.guardian, w.chain.settlement.functions.revoke(k))
+    assert rail.watch_revocation(w.db, w.chain, w.clock.now()) == 2
+    with w.db.read() as s:
+        assert rail.latest_epoch(s) is None
+        assert all(e.revoked_at is not None for e in s.scalars(select(ChainEpoch)))
+
+
 def test_withdrawals_are_summed_by_the_database_past_32_bits(fresh: World) -> None:
     """The chain page and the withdrawal's reserve check sum withdrawals in the database
     (not every row loaded), in 64 bits: a µ amount passes 2³¹ at 2,148 DEAI."""

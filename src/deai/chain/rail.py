@@ -16,8 +16,8 @@ unique key on journal seq and op makes the two paths meet once).
 2. ``send_outbox``: pending rows are sent with the settlement key; a row the
    vault already applied (its ``ref`` or evidence hash) is marked done without
    sending, so a crash between sending and recording never applies it twice;
-3. ``watch_revocation``: the latest posted epoch, while it can still be revoked,
-   is marked revoked if the guardian revoked it on chain;
+3. ``watch_revocation``: the posted epochs that can still be revoked are marked
+   revoked if the guardian revoked them on chain;
 4. ``commit_epoch``: every ``epoch_interval`` seconds, if the journal moved (or
    the latest epoch was revoked), the head hash and the Merkle root of cumulative
    withdrawals are committed; a pending epoch found on chain (same head and root,
@@ -375,30 +375,36 @@ def _find_epoch(chain: Chain, head_seq: int, head_hash: str, root: str) -> int |
 
 REVOCABLE_SLACK = 600.0  # seconds past its challenge delay an epoch is still looked at
 # (the chain's clock and the coordinator's differ a little)
+WATCHED = 8  # posted epochs asked about a tick, the newest first
 
 
 def watch_revocation(db: Database, chain: Chain, now: float) -> int | None:
-    """Mark the latest posted epoch revoked if the guardian revoked it on chain; its
-    number if so. It is asked about while it can still be revoked (its challenge delay):
-    one call a tick. A revoked epoch pays nothing, so its proofs are no longer served
-    (``latest_epoch`` passes over it) and ``commit_epoch`` commits the head again."""
+    """Mark the posted epochs the guardian revoked on chain; the latest of them, if any.
+    Those that can still be revoked (within their challenge delay) are asked about, the
+    newest ``WATCHED`` at most: a call each a tick. A revoked epoch pays nothing, so its
+    proofs are no longer served (``latest_epoch`` passes over it) and ``commit_epoch``
+    commits the head again. Asked about the latest alone, a revoked one before it (seen
+    after it) was served again once the latest was marked."""
+    since = now - chain.dep.challenge_delay - REVOCABLE_SLACK
     with db.read() as s:
-        row = latest_epoch(s)
-        if row is None or row.epoch is None or row.posted_at is None:
-            return None
-        if now > row.posted_at + chain.dep.challenge_delay + REVOCABLE_SLACK:
-            return None
-        pid, n = row.id, int(row.epoch)
-    if not bool(chain.settlement.functions.epochs(n).call()[5]):
+        rows = [(r.id, int(r.epoch or 0), r.head_seq) for r in s.scalars(
+            select(ChainEpoch).where(ChainEpoch.status == "posted",
+                                     ChainEpoch.revoked_at.is_(None),
+                                     ChainEpoch.epoch.is_not(None),
+                                     ChainEpoch.posted_at >= since)
+            .order_by(ChainEpoch.epoch.desc()).limit(WATCHED))]
+    revoked = [(pid, n, head) for pid, n, head in rows
+               if bool(chain.settlement.functions.epochs(n).call()[5])]
+    if not revoked:
         return None
     with db.write() as s:
-        row = s.get(ChainEpoch, pid)
-        if row is None or row.revoked_at is not None:
-            return None
-        row.revoked_at = now
-    log.warning("the guardian revoked epoch %d (journal head %d): it pays nothing; the "
-                "head is committed again", n, row.head_seq)
-    return n
+        for pid, n, head in revoked:
+            row = s.get(ChainEpoch, pid)
+            if row is not None and row.revoked_at is None:
+                row.revoked_at = now
+                log.warning("the guardian revoked epoch %d (journal head %d): it pays "
+                            "nothing; the head is committed again", n, head)
+    return max(n for _, n, _ in revoked)
 
 
 def tick(db: Database, chain: Chain, post: Post, now: float) -> dict[str, Any]:

@@ -9,8 +9,8 @@
         `cumulative - withdrawn[recipient]`, so a proof pays at most once.
         Only the settlement key commits; only the guardian revokes an epoch,
         and only before it matures. No root may promise more than was deposited.
-        A commit may not take the journal head back past the latest epoch, unless
-        the guardian revoked that one.
+        A commit may not take the journal head back past the latest epoch that
+        stands; one the guardian revoked sets no floor.
 """
 from ethereum.ercs import IERC20
 
@@ -44,6 +44,7 @@ event Withdrawn:
     cumulative: uint256
 
 MAX_DEPTH: constant(uint256) = 32
+FLOOR_LOOKBACK: constant(uint256) = 64  # revoked epochs passed over to find the floor
 
 token: public(IERC20)
 settler: public(address)
@@ -79,11 +80,18 @@ def commit(head_seq: uint256, head: bytes32, root: bytes32, total: uint256) -> u
     assert msg.sender == self.settler, "only the settlement key"
     assert total <= self.total_deposited, "root promises more than was deposited"
     last: uint256 = self.epoch_count
-    # The head may not go back past the latest epoch that stands. One the guardian
-    # revoked sets no floor: a settlement key that committed a head no journal will
-    # reach (2**256 - 1) would otherwise, once revoked, refuse every commit after it.
-    if last > 0 and not self.epochs[last].revoked:
-        assert head_seq >= self.epochs[last].head_seq, "journal head went backwards"
+    # The head may not go back past the latest epoch that stands (of the last
+    # FLOOR_LOOKBACK). One the guardian revoked sets no floor: a settlement key that
+    # committed a head no journal will reach (2**256 - 1) would otherwise, once
+    # revoked, refuse every commit after it.
+    i: uint256 = last
+    for _: uint256 in range(FLOOR_LOOKBACK):
+        if i == 0:
+            break
+        if not self.epochs[i].revoked:
+            assert head_seq >= self.epochs[i].head_seq, "journal head went backwards"
+            break
+        i -= 1
     n: uint256 = last + 1
     self.epochs[n] = Epoch(head_seq=head_seq, head=head, root=root, total=total,
                            posted_at=block.timestamp, revoked=False)
